@@ -1,0 +1,227 @@
+//! Reference cases in the golden format (`../shared/golden/README.md`): a stack's parameters,
+//! padded time-major input with lengths, optional initial states and output gradients, and
+//! optionally the expected results. Used by the CLI (`wgpu-rnn run`, `wgpu-rnn check`) and
+//! the tests.
+
+use crate::config::RnnConfig;
+use crate::cpu::{self, Float, Pass};
+use crate::error::{check_len, Error, Result};
+use crate::io::TensorFile;
+use crate::packing::PackedSequence;
+use crate::weights::Weights;
+use std::path::Path;
+
+/// Tolerances of the golden cases: an element passes when `|got - want| <= atol + rtol*|want|`.
+pub mod tolerance {
+    /// Forward (`output`, `h_n`, `c_n`) absolute tolerance.
+    pub const FORWARD_ATOL: f64 = 2e-5;
+    /// Forward relative tolerance.
+    pub const FORWARD_RTOL: f64 = 2e-4;
+    /// Gradient absolute tolerance.
+    pub const GRAD_ATOL: f64 = 1e-4;
+    /// Gradient relative tolerance.
+    pub const GRAD_RTOL: f64 = 1e-3;
+}
+
+/// A case's inputs, in compute type `T`. Shapes: `input: [T, B, I]` (time-major, padded),
+/// `h0: [L*D, B, H_out]`, `c0: [L*D, B, H]`, `grad_output: [T, B, D*H_out]`.
+#[derive(Clone, Debug)]
+pub struct Case<T> {
+    pub weights: Weights<T>,
+    pub steps: usize,
+    pub batch: usize,
+    pub input: Vec<T>,
+    pub lengths: Vec<usize>,
+    pub h0: Option<Vec<T>>,
+    pub c0: Option<Vec<T>>,
+    pub grad_output: Option<Vec<T>>,
+    pub grad_h_n: Option<Vec<T>>,
+    pub grad_c_n: Option<Vec<T>>,
+    /// The file's metadata, written back with the results.
+    pub metadata: std::collections::HashMap<String, String>,
+}
+
+/// What running a case produces, as named tensors in the golden names (`output`, `h_n`,
+/// `c_n`, `grad_input`, `grad_h0`, `grad_c0`, `grad.<param>`), padded like the case.
+pub type CaseResult = TensorFile;
+
+fn opt_float<T: Float>(file: &TensorFile, name: &str, shape: &[usize]) -> Result<Option<Vec<T>>> {
+    match file.float_opt(name)? {
+        None => Ok(None),
+        Some(t) => {
+            if t.shape != shape {
+                return Err(Error::ShapeMismatch { what: name.into(), expected: shape.to_vec(), got: t.shape.clone() });
+            }
+            Ok(Some(cpu::cast(&t.data)))
+        }
+    }
+}
+
+impl<T: Float> Case<T> {
+    /// Reads a case file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        Self::from_file(&TensorFile::read(path)?)
+    }
+
+    /// Builds a case from a parsed file; checks every shape.
+    pub fn from_file(file: &TensorFile) -> Result<Self> {
+        if let Some(bf) = file.metadata.get("batch_first") {
+            if bf.trim() == "true" {
+                return Err(Error::Unsupported("batch_first cases (the golden format is time-major)".into()));
+            }
+        }
+        let weights = Weights::<T>::from_file(file, "", None)?;
+        let cfg = weights.config.clone();
+        let input = file.float("input")?;
+        if input.shape.len() != 3 || input.shape[2] != cfg.input_size {
+            return Err(Error::ShapeMismatch {
+                what: "input [T, B, I]".into(),
+                expected: vec![input.shape.first().copied().unwrap_or(0), input.shape.get(1).copied().unwrap_or(0), cfg.input_size],
+                got: input.shape.clone(),
+            });
+        }
+        let (steps, batch) = (input.shape[0], input.shape[1]);
+        let lengths_t = file.int("lengths")?;
+        if lengths_t.shape != [batch] {
+            return Err(Error::ShapeMismatch { what: "lengths".into(), expected: vec![batch], got: lengths_t.shape.clone() });
+        }
+        let mut lengths = Vec::with_capacity(batch);
+        for (i, &l) in lengths_t.data.iter().enumerate() {
+            if l < 0 {
+                return Err(Error::InvalidLengths(format!("sequence {i} has negative length {l}")));
+            }
+            lengths.push(l as usize);
+        }
+        let out_shape = [steps, batch, cfg.output_size()];
+        Ok(Case {
+            steps,
+            batch,
+            input: cpu::cast(&input.data),
+            lengths,
+            h0: opt_float(file, "h0", &cfg.h_shape(batch))?,
+            c0: if cfg.has_cell_state() { opt_float(file, "c0", &cfg.c_shape(batch))? } else { None },
+            grad_output: opt_float(file, "grad_output", &out_shape)?,
+            grad_h_n: opt_float(file, "grad_h_n", &cfg.h_shape(batch))?,
+            grad_c_n: if cfg.has_cell_state() { opt_float(file, "grad_c_n", &cfg.c_shape(batch))? } else { None },
+            metadata: file.metadata.clone(),
+            weights,
+        })
+    }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.weights.config
+    }
+
+    /// The input packed as `pack_padded_sequence(input, lengths, enforce_sorted=False)`.
+    pub fn packed_input(&self) -> Result<PackedSequence<T>> {
+        PackedSequence::from_padded(&self.input, [self.steps, self.batch, self.config().input_size], false, &self.lengths)
+    }
+
+    /// Runs the case on the CPU reference: forward, and backward when `backward` is set.
+    pub fn run_cpu(&self, backward: bool) -> Result<CaseResult> {
+        let packed = self.packed_input()?;
+        let pass = if backward { Pass::Training } else { Pass::Inference };
+        let (fwd, tape) = cpu::forward(&self.weights, &packed, self.h0.as_deref(), self.c0.as_deref(), pass)?;
+        let grads = match (backward, tape) {
+            (true, Some(tape)) => {
+                let go = self.packed_grad_output()?;
+                Some(cpu::backward(&self.weights, &tape, &go, self.grad_h_n.as_deref(), self.grad_c_n.as_deref())?)
+            }
+            _ => None,
+        };
+        self.result(fwd, grads)
+    }
+
+    /// `grad_output` packed like the output (zeros when the case has none).
+    pub fn packed_grad_output(&self) -> Result<Vec<T>> {
+        let w = self.config().output_size();
+        let shape = [self.steps, self.batch, w];
+        let padded = match &self.grad_output {
+            Some(g) => g.clone(),
+            None => vec![T::zero(); shape.iter().product()],
+        };
+        check_len("grad_output", &shape, padded.len())?;
+        Ok(PackedSequence::from_padded(&padded, shape, false, &self.lengths)?.data)
+    }
+
+    /// Turns forward outputs and gradients into the golden names, padded to the case's T.
+    pub fn result(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
+        let mut out = TensorFile { metadata: self.metadata.clone(), ..Default::default() };
+        let to64 = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
+        let (padded, _) = fwd.output.to_padded(false, T::zero(), Some(self.steps))?;
+        out.put_float("output", padded.shape, to64(&padded.data));
+        out.put_float("h_n", fwd.h_n.shape, to64(&fwd.h_n.data));
+        if let Some(c) = fwd.c_n {
+            out.put_float("c_n", c.shape, to64(&c.data));
+        }
+        if let Some(g) = grads {
+            let (gi, _) = g.input.to_padded(false, T::zero(), Some(self.steps))?;
+            out.put_float("grad_input", gi.shape, to64(&gi.data));
+            out.put_float("grad_h0", g.h0.shape, to64(&g.h0.data));
+            if let Some(c) = g.c0 {
+                out.put_float("grad_c0", c.shape, to64(&c.data));
+            }
+            let cfg = self.config().clone();
+            g.params.for_each(|kind, layer, dir, v| {
+                let name = format!("grad.{}", RnnConfig::param_name(kind, layer, dir));
+                out.put_float(name, cfg.param_shape(kind, layer), to64(v));
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// One tensor's comparison against the expected values.
+#[derive(Clone, Debug)]
+pub struct Mismatch {
+    pub name: String,
+    /// Elements outside tolerance.
+    pub failures: usize,
+    pub total: usize,
+    /// The worst element: index, got, want.
+    pub worst: (usize, f64, f64),
+    /// Largest `|got - want| / (atol + rtol*|want|)`; <= 1 passes.
+    pub worst_ratio: f64,
+}
+
+/// Compares every expected tensor of `expected` that `got` also names (forward tolerances for
+/// `output`, `h_n`, `c_n`; gradient tolerances for `grad*`). Returns one entry per tensor
+/// compared; a tensor missing from `got` counts as a failure.
+pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<Mismatch> {
+    use tolerance::*;
+    let mut names: Vec<&str> = vec!["output", "h_n", "c_n"];
+    if backward {
+        names.extend(["grad_input", "grad_h0", "grad_c0"]);
+    }
+    let param_grads: Vec<String> = expected.tensors.keys().filter(|k| k.starts_with("grad.")).cloned().collect();
+    if backward {
+        names.extend(param_grads.iter().map(|s| s.as_str()));
+    }
+    let mut report = Vec::new();
+    for name in names {
+        let Ok(want) = expected.float(name) else { continue };
+        let (atol, rtol) = if name.starts_with("grad") { (GRAD_ATOL, GRAD_RTOL) } else { (FORWARD_ATOL, FORWARD_RTOL) };
+        let mut m = Mismatch { name: name.into(), failures: 0, total: want.data.len(), worst: (0, f64::NAN, f64::NAN), worst_ratio: 0.0 };
+        match got.float(name) {
+            Ok(g) if g.shape == want.shape => {
+                for (i, (&gv, &wv)) in g.data.iter().zip(&want.data).enumerate() {
+                    let ratio = (gv - wv).abs() / (atol + rtol * wv.abs());
+                    let ratio = if ratio.is_nan() { f64::INFINITY } else { ratio };
+                    if ratio > 1.0 {
+                        m.failures += 1;
+                    }
+                    if ratio > m.worst_ratio || i == 0 {
+                        m.worst_ratio = m.worst_ratio.max(ratio);
+                        m.worst = (i, gv, wv);
+                    }
+                }
+            }
+            _ => {
+                m.failures = m.total.max(1);
+                m.worst_ratio = f64::INFINITY;
+            }
+        }
+        report.push(m);
+    }
+    report
+}

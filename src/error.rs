@@ -1,0 +1,98 @@
+//! The crate's one error type. Every entry point that takes user input returns
+//! [`Result`]; nothing panics on bad shapes, lengths, files or adapter limits.
+
+use thiserror::Error;
+
+/// Everything that can go wrong in wgpu-rnn, with enough structure to act on.
+#[derive(Debug, Error)]
+pub enum Error {
+    /// A configuration field is out of range (e.g. `hidden_size == 0`, `proj_size >= hidden_size`).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The mode string is not one of `RNN_TANH`, `RNN_RELU`, `LSTM`, `GRU`.
+    #[error("unknown mode {0:?}: expected RNN_TANH, RNN_RELU, LSTM or GRU")]
+    UnknownMode(String),
+
+    /// A tensor has the wrong shape.
+    #[error("shape mismatch for {what}: expected {expected:?}, got {got:?}")]
+    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+
+    /// A buffer's element count does not match the shape it was described with.
+    #[error("{what}: {got} elements do not fill shape {shape:?} ({expected} elements)")]
+    LengthMismatch { what: String, shape: Vec<usize>, expected: usize, got: usize },
+
+    /// A required tensor is absent from a weights or case file.
+    #[error("missing tensor {0:?}")]
+    MissingTensor(String),
+
+    /// A tensor present in a file that the configuration does not expect.
+    #[error("unexpected tensor {0:?} for this configuration")]
+    UnexpectedTensor(String),
+
+    /// A tensor has a dtype we cannot read.
+    #[error("tensor {name:?} has unsupported dtype {dtype}")]
+    UnsupportedDtype { name: String, dtype: String },
+
+    /// Sequence lengths are out of range or inconsistent.
+    #[error("invalid lengths: {0}")]
+    InvalidLengths(String),
+
+    /// A batch with no sequences, or a sequence with no steps.
+    #[error("empty batch: {0}")]
+    EmptyBatch(String),
+
+    /// Metadata in a file disagrees with the tensors or with the caller.
+    #[error("metadata: {0}")]
+    Metadata(String),
+
+    /// A non-finite value where finite input is required.
+    #[error("non-finite value in {0}")]
+    NonFinite(String),
+
+    /// Backward was asked of a forward pass that kept nothing (inference mode).
+    #[error("backward needs a forward pass run in training mode")]
+    NotTraining,
+
+    /// The safetensors container could not be parsed or written.
+    #[error("safetensors: {0}")]
+    SafeTensors(String),
+
+    /// File system errors.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
+
+    /// No wgpu adapter was found (or none matching the requested backend or name).
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+
+    /// The adapter cannot run this problem (binding too large, missing feature ...).
+    #[error("beyond the adapter's limits: {0}")]
+    Limit(String),
+
+    /// A wgpu validation or out-of-memory error captured through an error scope.
+    #[error("wgpu: {0}")]
+    Gpu(String),
+
+    /// A feature that is not available on this path yet.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl From<safetensors::SafeTensorError> for Error {
+    fn from(e: safetensors::SafeTensorError) -> Self {
+        Error::SafeTensors(e.to_string())
+    }
+}
+
+/// Shorthand for `std::result::Result<T, wgpu_rnn::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Checks that `data.len()` fills `shape`.
+pub(crate) fn check_len(what: &str, shape: &[usize], got: usize) -> Result<()> {
+    let expected: usize = shape.iter().product();
+    if expected != got {
+        return Err(Error::LengthMismatch { what: what.into(), shape: shape.to_vec(), expected, got });
+    }
+    Ok(())
+}

@@ -1,0 +1,169 @@
+//! safetensors reading and writing: the one place that knows the container format.
+//!
+//! Float tensors of any dtype PyTorch saves (F64, F32, F16, BF16) are read into f64, so a
+//! file keeps its precision whatever the compute type; integer tensors (I64, I32, I16, I8, U8)
+//! into i64. Files are written as F32 (floats) and I32 (lengths), with string metadata.
+
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use safetensors::tensor::{Dtype, TensorView};
+use safetensors::SafeTensors;
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+/// One tensor read from a file.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Float(Tensor<f64>),
+    Int(Tensor<i64>),
+}
+
+impl Value {
+    pub fn shape(&self) -> &[usize] {
+        match self {
+            Value::Float(t) => &t.shape,
+            Value::Int(t) => &t.shape,
+        }
+    }
+}
+
+/// The contents of a safetensors file: metadata and named tensors.
+#[derive(Clone, Debug, Default)]
+pub struct TensorFile {
+    pub metadata: HashMap<String, String>,
+    pub tensors: BTreeMap<String, Value>,
+}
+
+fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
+    data.chunks_exact(N).map(|c| c.try_into().expect("chunks_exact"))
+}
+
+impl TensorFile {
+    /// Parses a safetensors buffer.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let (_, meta) = SafeTensors::read_metadata(bytes)?;
+        let metadata = meta.metadata().clone().unwrap_or_default();
+        let st = SafeTensors::deserialize(bytes)?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in st.tensors() {
+            let shape = view.shape().to_vec();
+            let d = view.data();
+            let value = match view.dtype() {
+                Dtype::F64 => Value::Float(Tensor { shape, data: chunks::<8>(d).map(f64::from_le_bytes).collect() }),
+                Dtype::F32 => Value::Float(Tensor {
+                    shape,
+                    data: chunks::<4>(d).map(|b| f32::from_le_bytes(b) as f64).collect(),
+                }),
+                Dtype::F16 => Value::Float(Tensor {
+                    shape,
+                    data: chunks::<2>(d).map(|b| half::f16::from_le_bytes(b).to_f64()).collect(),
+                }),
+                Dtype::BF16 => Value::Float(Tensor {
+                    shape,
+                    data: chunks::<2>(d).map(|b| half::bf16::from_le_bytes(b).to_f64()).collect(),
+                }),
+                Dtype::I64 => Value::Int(Tensor { shape, data: chunks::<8>(d).map(i64::from_le_bytes).collect() }),
+                Dtype::I32 => Value::Int(Tensor {
+                    shape,
+                    data: chunks::<4>(d).map(|b| i32::from_le_bytes(b) as i64).collect(),
+                }),
+                Dtype::I16 => Value::Int(Tensor {
+                    shape,
+                    data: chunks::<2>(d).map(|b| i16::from_le_bytes(b) as i64).collect(),
+                }),
+                Dtype::I8 => Value::Int(Tensor { shape, data: d.iter().map(|&b| b as i8 as i64).collect() }),
+                Dtype::U8 => Value::Int(Tensor { shape, data: d.iter().map(|&b| b as i64).collect() }),
+                other => {
+                    return Err(Error::UnsupportedDtype { name, dtype: format!("{other:?}") });
+                }
+            };
+            tensors.insert(name, value);
+        }
+        Ok(TensorFile { metadata, tensors })
+    }
+
+    /// Reads a safetensors file.
+    pub fn read(path: impl AsRef<Path>) -> Result<Self> {
+        let bytes = std::fs::read(path)?;
+        Self::from_bytes(&bytes)
+    }
+
+    /// A float tensor by name.
+    pub fn float(&self, name: &str) -> Result<&Tensor<f64>> {
+        match self.tensors.get(name) {
+            Some(Value::Float(t)) => Ok(t),
+            Some(Value::Int(_)) => {
+                Err(Error::UnsupportedDtype { name: name.into(), dtype: "integer (float expected)".into() })
+            }
+            None => Err(Error::MissingTensor(name.into())),
+        }
+    }
+
+    /// An optional float tensor by name.
+    pub fn float_opt(&self, name: &str) -> Result<Option<&Tensor<f64>>> {
+        if self.tensors.contains_key(name) {
+            self.float(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// An integer tensor by name (floats holding whole numbers are accepted too).
+    pub fn int(&self, name: &str) -> Result<Tensor<i64>> {
+        match self.tensors.get(name) {
+            Some(Value::Int(t)) => Ok(t.clone()),
+            Some(Value::Float(t)) => {
+                if t.data.iter().all(|v| v.fract() == 0.0 && v.is_finite()) {
+                    Ok(t.map(|&v| v as i64))
+                } else {
+                    Err(Error::UnsupportedDtype { name: name.into(), dtype: "float (integers expected)".into() })
+                }
+            }
+            None => Err(Error::MissingTensor(name.into())),
+        }
+    }
+
+    /// Inserts a float tensor (written as F32).
+    pub fn put_float(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<f64>) {
+        self.tensors.insert(name.into(), Value::Float(Tensor { shape, data }));
+    }
+
+    /// Inserts an integer tensor (written as I32 when it fits, else I64).
+    pub fn put_int(&mut self, name: impl Into<String>, shape: Vec<usize>, data: Vec<i64>) {
+        self.tensors.insert(name.into(), Value::Int(Tensor { shape, data }));
+    }
+
+    /// Serialises to safetensors bytes.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+        for (name, v) in &self.tensors {
+            match v {
+                Value::Float(t) => {
+                    let b: Vec<u8> = t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
+                    buffers.push((name.clone(), Dtype::F32, t.shape.clone(), b));
+                }
+                Value::Int(t) => {
+                    if t.data.iter().all(|&x| i32::try_from(x).is_ok()) {
+                        let b: Vec<u8> = t.data.iter().flat_map(|&x| (x as i32).to_le_bytes()).collect();
+                        buffers.push((name.clone(), Dtype::I32, t.shape.clone(), b));
+                    } else {
+                        let b: Vec<u8> = t.data.iter().flat_map(|&x| x.to_le_bytes()).collect();
+                        buffers.push((name.clone(), Dtype::I64, t.shape.clone(), b));
+                    }
+                }
+            }
+        }
+        let mut views = Vec::with_capacity(buffers.len());
+        for (name, dtype, shape, bytes) in &buffers {
+            views.push((name.clone(), TensorView::new(*dtype, shape.clone(), bytes)?));
+        }
+        let meta = if self.metadata.is_empty() { None } else { Some(self.metadata.clone()) };
+        Ok(safetensors::serialize(views, meta)?)
+    }
+
+    /// Writes a safetensors file.
+    pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
+        std::fs::write(path, self.to_bytes()?)?;
+        Ok(())
+    }
+}

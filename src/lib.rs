@@ -1,0 +1,38 @@
+//! # wgpu-rnn
+//!
+//! Fused recurrent-network kernels (vanilla RNN with tanh or ReLU, LSTM with optional
+//! projection, GRU), forward and backward through time, with PyTorch's semantics exactly,
+//! and a CPU reference that every GPU result is tested against.
+//!
+//! ## Layouts (row-major everywhere)
+//! - Padded input `x: [T, B, I]` (or `[B, T, I]` batch-first) with `lengths: [B]` in any order;
+//!   packed input `PackedSequence { data: [N, I], batch_sizes: [T], sorted_indices,
+//!   unsorted_indices }` as `torch.nn.utils.rnn.pack_padded_sequence` builds it.
+//! - Output `[N, D*H_out]` packed (padded `[T, B, D*H_out]`), forward direction's columns first.
+//! - States `h0, h_n: [L*D, B, H_out]`, `c0, c_n: [L*D, B, H]`, index `layer*D + direction`,
+//!   in the caller's batch order. `H_out = proj_size` when projecting, else `hidden_size`.
+//! - Parameters under PyTorch's names: `weight_ih_l{k}[_reverse]: [G*H, in_k]`,
+//!   `weight_hh_l{k}: [G*H, H_out]`, `bias_ih_l{k}`, `bias_hh_l{k}: [G*H]`,
+//!   `weight_hr_l{k}: [P, H]`. Gate order: LSTM i, f, g, o; GRU r, z, n (G = 4, 3, 1).
+//! - GRU keeps `b_hn` inside the reset product: `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`.
+//!
+//! ## Modules
+//! - [`config`]: the model description and parameter names; [`weights`]: load/save/init;
+//! - [`packing`]: packed sequences; [`cpu`]: the reference forward and backward;
+//! - [`case`]: the golden case format; [`io`]: safetensors.
+
+pub mod case;
+pub mod config;
+pub mod cpu;
+pub mod error;
+pub mod info;
+pub mod io;
+pub mod packing;
+pub mod tensor;
+pub mod weights;
+
+pub use config::{Mode, ParamKind, RnnConfig};
+pub use error::{Error, Result};
+pub use packing::PackedSequence;
+pub use tensor::Tensor;
+pub use weights::Weights;
