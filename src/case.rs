@@ -225,3 +225,21 @@ pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<M
     }
     report
 }
+
+impl Case<f32> {
+    /// Runs the case on the GPU (f32): forward, and backward when `backward` is set.
+    pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
+        let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
+        let packed = self.packed_input()?;
+        let pass = if backward { Pass::Training } else { Pass::Inference };
+        let (fwd, tape) = rnn.forward(&packed, self.h0.as_deref(), self.c0.as_deref(), pass)?;
+        let grads = match (backward, tape) {
+            (true, Some(tape)) => {
+                let go = self.packed_grad_output()?;
+                Some(rnn.backward(&tape, &go, self.grad_h_n.as_deref(), self.grad_c_n.as_deref())?)
+            }
+            _ => None,
+        };
+        self.result(fwd, grads)
+    }
+}

@@ -25,6 +25,7 @@ pub mod case;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod gpu;
 pub mod info;
 pub mod io;
 pub mod packing;

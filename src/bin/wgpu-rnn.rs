@@ -10,6 +10,8 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use wgpu_rnn::gpu::Context;
 use wgpu_rnn::case::{compare, Case};
 use wgpu_rnn::io::TensorFile;
 
@@ -64,13 +66,24 @@ enum Cmd {
     Info,
 }
 
-fn run_case(path: &PathBuf, device: Device, backward: bool, precision: Precision) -> wgpu_rnn::Result<TensorFile> {
-    if device == Device::Gpu {
-        return Err(wgpu_rnn::Error::Unsupported(
-            "--device gpu: the GPU kernels are not built yet; use --device cpu".into(),
-        ));
+fn gpu_context() -> wgpu_rnn::Result<Arc<Context>> {
+    static CTX: OnceLock<Arc<Context>> = OnceLock::new();
+    if let Some(c) = CTX.get() {
+        return Ok(c.clone());
     }
+    let c = Context::new()?;
+    eprintln!("adapter: {}", c.describe());
+    Ok(CTX.get_or_init(|| c).clone())
+}
+
+fn run_case(path: &PathBuf, device: Device, backward: bool, precision: Precision) -> wgpu_rnn::Result<TensorFile> {
     let file = TensorFile::read(path)?;
+    if device == Device::Gpu {
+        if precision != Precision::F32 {
+            return Err(wgpu_rnn::Error::Unsupported("--device gpu computes in f32 only".into()));
+        }
+        return Case::<f32>::from_file(&file)?.run_gpu(&gpu_context()?, backward);
+    }
     match precision {
         Precision::F32 => Case::<f32>::from_file(&file)?.run_cpu(backward),
         Precision::F64 => Case::<f64>::from_file(&file)?.run_cpu(backward),

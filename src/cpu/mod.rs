@@ -28,7 +28,7 @@ use crate::tensor::Tensor;
 use crate::weights::{DirParams, Weights};
 
 /// Whether a forward pass keeps what backward needs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Pass {
     /// Keeps nothing; backward is refused.
     Inference,

@@ -1,0 +1,202 @@
+// Per-step backward kernels, walking the steps in reverse processing order: a cell's
+// gate-gradient kernel turns the gradient reaching h (and c) into gate gradients dG, then
+// recurrent_grad forms dh_prev = dG W_hh for the rows the states came from. After the loop,
+// GEMMs over all rows give the weight gradients (gemm.wgsl) and column sums the biases.
+// Joined after shared/activations.wgsl. Layout "step_backward":
+//   @0 params  uniform, dynamic offset: one BackParams per dispatch
+//   @1 weights all parameters, flat
+//   @2 dy      [N, ld] gradient of the layer output; this direction's columns at out_col
+//   @3 tape    what the forward kept: gates [N, G*H], c [N, H], aux [N, H] (GRU W_hn h + b_hn,
+//              LSTM-projection o*tanh(c))
+//   @4 prev    regions: h_prev [N, H_out] at hprev_off, c_prev [N, H] at cprev_off, gathered
+//              before the loop (they also feed the dW_hh GEMM)
+//   @5 seq     u32 prev[]: where each row's state came from (packed row or FROM_STATE0|b)
+//   @6 bw      regions: dh_rec [(N+B), H_out] (gradient reaching each row's h from later
+//              steps or h_n; rows N.. collect dh0 per caller sequence), dc_rec [(N+B), H],
+//              dh_tot [N, P] (projection), dh_pre [N, H] (projection)
+//   @7 dg      regions: dG_x [N, G*H] at dgx_off; GRU's hidden-side dG_h [N, G*H] at dgh_off
+// Dispatch: (ceil(width / 64), rows_t, 1), workgroup 64.
+
+struct BackParams {
+    row_off: u32,
+    rows: u32,
+    hidden: u32,
+    out_size: u32,
+    out_ld: u32,
+    out_col: u32,
+    w_hh: u32,
+    w_hr: u32,
+    prev_off: u32,
+    n_rows: u32,      // N: rows N.. of dh_rec / dc_rec are the initial-state gradients
+    gates_off: u32,
+    c_off: u32,
+    aux_off: u32,
+    hprev_off: u32,
+    cprev_off: u32,
+    dh_off: u32,
+    dc_off: u32,
+    dhtot_off: u32,
+    dhpre_off: u32,
+    dgx_off: u32,
+    dgh_off: u32,
+    proj: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: BackParams;
+@group(0) @binding(1) var<storage, read> weights: array<f32>;
+@group(0) @binding(2) var<storage, read> dy: array<f32>;
+@group(0) @binding(3) var<storage, read> tape: array<f32>;
+@group(0) @binding(4) var<storage, read> prev: array<f32>;
+@group(0) @binding(5) var<storage, read> seq: array<u32>;
+@group(0) @binding(6) var<storage, read_write> bw: array<f32>;
+@group(0) @binding(7) var<storage, read_write> dg: array<f32>;
+
+override GATES: u32 = 4u;
+// Vanilla RNN: relu instead of tanh.
+override RELU: bool = false;
+
+// The dh_rec / dc_rec row that receives the gradient of row n's starting state.
+fn dst_row(n: u32) -> u32 {
+    let pv = seq[p.prev_off + n];
+    if ((pv & FROM_STATE0) != 0u) {
+        return p.n_rows + (pv & INDEX_MASK);
+    }
+    return pv;
+}
+
+// Total gradient reaching h of row n, element k (< H_out): output gradient + recurrent.
+fn dh_total(n: u32, k: u32) -> f32 {
+    return dy[n * p.out_ld + p.out_col + k] + bw[p.dh_off + n * p.out_size + k];
+}
+
+// Gradient reaching the cell output o*tanh(c) (before projection), element j (< H).
+fn dh_cell(n: u32, j: u32) -> f32 {
+    if (p.proj != 0u) {
+        return bw[p.dhpre_off + n * p.hidden + j];
+    }
+    return dh_total(n, j);
+}
+
+// dh_prev[k] = sum_g dG_h[n, g] * W_hh[g, k] (k < H_out): the recurrent gradient product.
+// Written to the row the state came from; GRU adds its direct path z * dh.
+@compute @workgroup_size(64)
+fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let k = gid.x;
+    let r = gid.y;
+    if (k >= p.out_size || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    let gh = GATES * p.hidden;
+    let src = p.dgh_off + n * gh;
+    var acc = 0.0;
+    for (var g = 0u; g < gh; g++) {
+        acc += dg[src + g] * weights[p.w_hh + g * p.out_size + k];
+    }
+    if (GATES == 3u) {
+        acc += dh_total(n, k) * tape[p.gates_off + n * gh + p.hidden + k];
+    }
+    bw[p.dh_off + dst_row(n) * p.out_size + k] = acc;
+}
+
+// Projection backward for step t: dh_pre[n, j] = sum_q dh_tot[n, q] * W_hr[q, j]; also keeps
+// dh_tot [N, P] for the dW_hr GEMM. Dispatch over j < H.
+@compute @workgroup_size(64)
+fn proj_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let r = gid.y;
+    if (j >= p.hidden || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    var acc = 0.0;
+    for (var q = 0u; q < p.out_size; q++) {
+        acc += dh_total(n, q) * weights[p.w_hr + q * p.hidden + j];
+    }
+    bw[p.dhpre_off + n * p.hidden + j] = acc;
+    if (j < p.out_size) {
+        bw[p.dhtot_off + n * p.out_size + j] = dh_total(n, j);
+    }
+}
+
+fn dgx_at(n: u32, g: u32, j: u32) -> u32 {
+    return p.dgx_off + n * GATES * p.hidden + g * p.hidden + j;
+}
+
+fn gate(n: u32, g: u32, j: u32) -> f32 {
+    return tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j];
+}
+
+// LSTM gate gradients; also passes dc_prev = dc * f to the row the cell state came from.
+@compute @workgroup_size(64)
+fn lstm_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let r = gid.y;
+    let hs = p.hidden;
+    if (j >= hs || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    let i = gate(n, 0u, j);
+    let f = gate(n, 1u, j);
+    let g = gate(n, 2u, j);
+    let o = gate(n, 3u, j);
+    let tc = tanh_safe(tape[p.c_off + n * hs + j]);
+    let dh = dh_cell(n, j);
+    let dc = bw[p.dc_off + n * hs + j] + dh * o * (1.0 - tc * tc);
+    dg[dgx_at(n, 0u, j)] = dc * g * i * (1.0 - i);
+    dg[dgx_at(n, 1u, j)] = dc * prev[p.cprev_off + n * hs + j] * f * (1.0 - f);
+    dg[dgx_at(n, 2u, j)] = dc * i * (1.0 - g * g);
+    dg[dgx_at(n, 3u, j)] = dh * tc * o * (1.0 - o);
+    bw[p.dc_off + dst_row(n) * hs + j] = dc * f;
+}
+
+// GRU gate gradients: the input side (dG_x) and the hidden side (dG_h, whose n block is
+// scaled by r because b_hn sits inside the reset product).
+@compute @workgroup_size(64)
+fn gru_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let r = gid.y;
+    let hs = p.hidden;
+    if (j >= hs || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    let rg = gate(n, 0u, j);
+    let z = gate(n, 1u, j);
+    let nn = gate(n, 2u, j);
+    let dh = dh_total(n, j);
+    let hprev = prev[p.hprev_off + n * hs + j];
+    let dan = dh * (1.0 - z) * (1.0 - nn * nn);
+    let dar = dan * tape[p.aux_off + n * hs + j] * rg * (1.0 - rg);
+    let daz = dh * (hprev - nn) * z * (1.0 - z);
+    dg[dgx_at(n, 0u, j)] = dar;
+    dg[dgx_at(n, 1u, j)] = daz;
+    dg[dgx_at(n, 2u, j)] = dan;
+    let h = p.dgh_off + n * 3u * hs;
+    dg[h + j] = dar;
+    dg[h + hs + j] = daz;
+    dg[h + 2u * hs + j] = dan * rg;
+}
+
+// Vanilla RNN gate gradient: dh * act'(a), from the saved output h' = act(a).
+@compute @workgroup_size(64)
+fn rnn_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let r = gid.y;
+    if (j >= p.hidden || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    let h = gate(n, 0u, j);
+    let dh = dh_total(n, j);
+    var d: f32;
+    if (RELU) {
+        d = select(0.0, dh, h > 0.0);
+    } else {
+        d = dh * (1.0 - h * h);
+    }
+    dg[dgx_at(n, 0u, j)] = d;
+}

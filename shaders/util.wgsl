@@ -1,0 +1,110 @@
+// Row movement and reductions around the recurrent loop: gathering the states each packed
+// row started from (for backward), h_n / c_n at each sequence's own last step, seeding the
+// recurrent gradient from grad_h_n / grad_c_n, copies, and deterministic column sums for the
+// bias gradients (no float atomics).
+//   @0 params uniform, dynamic offset: UtilParams
+//   @1 src    read
+//   @2 state0 read: an initial state or a state gradient ([B, width] blocks, caller order)
+//   @3 seq    read: u32 prev[] and last[] tables
+//   @4 dst    read_write
+// Dispatch: linear over rows * width (colsum: width) in workgroups of 256, folded into
+// (min(groups, 65535), ceil(groups / 65535), 1).
+
+const FROM_STATE0: u32 = 0x80000000u;
+const INDEX_MASK: u32 = 0x7fffffffu;
+const NONE: u32 = 0xffffffffu;
+
+struct UtilParams {
+    rows: u32,
+    width: u32,
+    src_off: u32,
+    src_ld: u32,
+    src_col: u32,
+    state_off: u32,
+    seq_off: u32,
+    dst_off: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: UtilParams;
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read> state0: array<f32>;
+@group(0) @binding(3) var<storage, read> seq: array<u32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+
+fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.y * nwg.x + wid.x) * 256u + lid.x;
+}
+
+// dst[n, k] = the state row n started from: src[prev[n], src_col + k] or state0[b, k].
+@compute @workgroup_size(256)
+fn gather_prev(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    let n = i / p.width;
+    let k = i % p.width;
+    let pv = seq[p.seq_off + n];
+    var v = 0.0;
+    if ((pv & FROM_STATE0) != 0u) {
+        if (p.state_off != NONE) {
+            v = state0[p.state_off + (pv & INDEX_MASK) * p.width + k];
+        }
+    } else {
+        v = src[p.src_off + pv * p.src_ld + p.src_col + k];
+    }
+    dst[p.dst_off + i] = v;
+}
+
+// dst[b, k] = src[last[b], src_col + k]: each sequence's state at its own last step.
+@compute @workgroup_size(256)
+fn gather_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    let b = i / p.width;
+    let k = i % p.width;
+    dst[p.dst_off + i] = src[p.src_off + seq[p.seq_off + b] * p.src_ld + p.src_col + k];
+}
+
+// dst[last[b], k] = state0[b, k] (zero when absent): seeds the recurrent gradient of each
+// sequence's final row with grad_h_n / grad_c_n.
+@compute @workgroup_size(256)
+fn scatter_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    let b = i / p.width;
+    let k = i % p.width;
+    var v = 0.0;
+    if (p.state_off != NONE) {
+        v = state0[p.state_off + i];
+    }
+    dst[p.dst_off + seq[p.seq_off + b] * p.width + k] = v;
+}
+
+// dst[i] = src[src_off + i] for i < rows * width.
+@compute @workgroup_size(256)
+fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    dst[p.dst_off + i] = src[p.src_off + i];
+}
+
+// dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order.
+@compute @workgroup_size(256)
+fn colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = linear_id(wid, nwg, lid);
+    if (j >= p.width) {
+        return;
+    }
+    var acc = 0.0;
+    for (var n = 0u; n < p.rows; n++) {
+        acc += src[p.src_off + n * p.src_ld + j];
+    }
+    dst[p.dst_off + j] = acc;
+}

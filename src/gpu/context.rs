@@ -1,0 +1,293 @@
+//! The device context: creates its own device (default adapter, overridable by backend and
+//! adapter name) or wraps a caller's `wgpu::Device` and `Queue`; owns the shader modules,
+//! bind-group layouts and the pipeline cache; captures validation and out-of-memory errors
+//! through error scopes and returns them as typed errors.
+
+use super::kernels::{Kernel, Layouts, Modules};
+use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Environment variable choosing the backend: `vulkan`, `gl`, `metal`, `dx12` (comma list).
+pub const ENV_BACKEND: &str = "WGPU_RNN_BACKEND";
+/// Environment variable choosing the adapter by a case-insensitive substring of its name.
+pub const ENV_ADAPTER: &str = "WGPU_RNN_ADAPTER";
+
+/// How to pick the adapter for a context of our own.
+#[derive(Clone, Debug, Default)]
+pub struct ContextOptions {
+    /// Backends to search; `None` = all (or `WGPU_RNN_BACKEND`).
+    pub backends: Option<wgpu::Backends>,
+    /// Substring of the adapter's name; `None` = the default adapter (or `WGPU_RNN_ADAPTER`).
+    pub adapter_name: Option<String>,
+}
+
+impl ContextOptions {
+    /// Options from `WGPU_RNN_BACKEND` and `WGPU_RNN_ADAPTER`.
+    pub fn from_env() -> Result<Self> {
+        let backends = match std::env::var(ENV_BACKEND) {
+            Ok(s) if !s.trim().is_empty() => Some(parse_backends(&s)?),
+            _ => None,
+        };
+        let adapter_name = std::env::var(ENV_ADAPTER).ok().filter(|s| !s.trim().is_empty());
+        Ok(ContextOptions { backends, adapter_name })
+    }
+}
+
+/// Parses `vulkan`, `gl`/`gles`/`opengl`, `metal`, `dx12`, comma separated.
+pub fn parse_backends(s: &str) -> Result<wgpu::Backends> {
+    let mut b = wgpu::Backends::empty();
+    for part in s.split(',').map(|p| p.trim().to_ascii_lowercase()) {
+        b |= match part.as_str() {
+            "vulkan" | "vk" => wgpu::Backends::VULKAN,
+            "gl" | "gles" | "opengl" => wgpu::Backends::GL,
+            "metal" | "mtl" => wgpu::Backends::METAL,
+            "dx12" | "d3d12" => wgpu::Backends::DX12,
+            "" => continue,
+            other => return Err(Error::NoAdapter(format!("unknown backend {other:?} in {ENV_BACKEND}"))),
+        };
+    }
+    Ok(b)
+}
+
+/// Bytes of GPU buffers the library holds right now (workspaces, plans, uploads).
+#[derive(Debug, Default)]
+pub struct MemoryCounter(AtomicU64);
+
+impl MemoryCounter {
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A buffer the library allocated; its size is counted while it lives.
+#[derive(Debug)]
+pub struct TrackedBuffer {
+    pub buffer: wgpu::Buffer,
+    counter: Arc<MemoryCounter>,
+}
+
+impl std::ops::Deref for TrackedBuffer {
+    type Target = wgpu::Buffer;
+    fn deref(&self) -> &wgpu::Buffer {
+        &self.buffer
+    }
+}
+
+impl Drop for TrackedBuffer {
+    fn drop(&mut self) {
+        self.counter.0.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+    }
+}
+
+/// A wgpu device with everything the kernels need, built once.
+pub struct Context {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    pub(crate) layouts: Layouts,
+    modules: Modules,
+    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+    memory: Arc<MemoryCounter>,
+    /// Stride of the per-dispatch parameter blocks (dynamic uniform offsets).
+    pub(crate) param_stride: u32,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context").field("adapter", &self.info.name).field("backend", &self.info.backend).finish()
+    }
+}
+
+impl Context {
+    /// A context on the default adapter, or the one `WGPU_RNN_BACKEND` / `WGPU_RNN_ADAPTER` name.
+    pub fn new() -> Result<Arc<Self>> {
+        Self::with_options(&ContextOptions::from_env()?)
+    }
+
+    /// A context on the adapter the options choose.
+    pub fn with_options(opts: &ContextOptions) -> Result<Arc<Self>> {
+        let backends = opts.backends.unwrap_or(wgpu::Backends::all());
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
+        let adapter = match &opts.adapter_name {
+            Some(name) => {
+                let want = name.to_ascii_lowercase();
+                let all = pollster::block_on(instance.enumerate_adapters(backends));
+                let names: Vec<String> = all.iter().map(|a| format!("{} ({:?})", a.get_info().name, a.get_info().backend)).collect();
+                all.into_iter()
+                    .find(|a| a.get_info().name.to_ascii_lowercase().contains(&want))
+                    .ok_or_else(|| Error::NoAdapter(format!("no adapter named like {name:?}; found {names:?}")))?
+            }
+            None => pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| Error::NoAdapter(format!("{e} (backends {backends:?})")))?,
+        };
+        let info = adapter.get_info();
+        // The adapter's real limits: the defaults cap workgroups at 256 invocations.
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpu-rnn"),
+            required_features: wgpu::Features::empty(),
+            required_limits: limits.clone(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::NoAdapter(format!("request_device on {}: {e}", info.name)))?;
+        Self::build(device, queue, info)
+    }
+
+    /// Wraps a caller's device and queue. `info` describes its adapter when known (for
+    /// reports); the device's own limits are used.
+    pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: Option<wgpu::AdapterInfo>) -> Result<Arc<Self>> {
+        let info = info.unwrap_or_else(|| wgpu::AdapterInfo {
+            name: "caller's device".into(),
+            vendor: 0,
+            device: 0,
+            device_type: wgpu::DeviceType::Other,
+            device_pci_bus_id: String::new(),
+            driver: String::new(),
+            driver_info: String::new(),
+            backend: wgpu::Backend::Noop,
+            subgroup_min_size: 0,
+            subgroup_max_size: 0,
+            transient_saves_memory: None,
+            limit_bucket: None,
+        });
+        Self::build(device, queue, info)
+    }
+
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Result<Arc<Self>> {
+        let limits = device.limits();
+        if limits.max_storage_buffers_per_shader_stage < super::kernels::MAX_STORAGE_BINDINGS {
+            return Err(Error::Limit(format!(
+                "the kernels bind up to {} storage buffers per stage; this device allows {}",
+                super::kernels::MAX_STORAGE_BINDINGS,
+                limits.max_storage_buffers_per_shader_stage
+            )));
+        }
+        let scope = ErrorScope::push(&device);
+        let layouts = Layouts::new(&device);
+        let modules = Modules::new(&device);
+        scope.pop()?;
+        let align = limits.min_uniform_buffer_offset_alignment.max(1);
+        let param_stride = super::kernels::MAX_PARAM_BYTES.div_ceil(align) * align;
+        Ok(Arc::new(Context {
+            device,
+            queue,
+            info,
+            limits,
+            layouts,
+            modules,
+            pipelines: Mutex::new(HashMap::new()),
+            memory: Arc::new(MemoryCounter::default()),
+            param_stride,
+        }))
+    }
+
+    /// The adapter in use.
+    pub fn adapter_info(&self) -> &wgpu::AdapterInfo {
+        &self.info
+    }
+
+    /// The device's limits.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    /// A one-line description: name, backend, device type (and "CPU emulation" for lavapipe).
+    pub fn describe(&self) -> String {
+        let i = &self.info;
+        let emu = if i.device_type == wgpu::DeviceType::Cpu { ", CPU emulation" } else { "" };
+        format!("{} ({:?}, {:?}{emu})", i.name, i.backend, i.device_type)
+    }
+
+    /// Bytes of GPU buffers the library holds now.
+    pub fn live_buffer_bytes(&self) -> u64 {
+        self.memory.get()
+    }
+
+    /// Number of pipelines built so far (each built once per distinct kernel variant).
+    pub fn pipeline_count(&self) -> usize {
+        self.pipelines.lock().expect("pipeline cache lock").len()
+    }
+
+    /// A buffer whose size is checked against the device limits and counted.
+    pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<TrackedBuffer> {
+        let size = size.max(16).next_multiple_of(4);
+        if size > self.limits.max_buffer_size {
+            return Err(Error::Limit(format!(
+                "buffer {label} needs {size} bytes; the device's largest buffer is {}",
+                self.limits.max_buffer_size
+            )));
+        }
+        if usage.contains(wgpu::BufferUsages::STORAGE) && size > self.limits.max_storage_buffer_binding_size as u64 {
+            return Err(Error::Limit(format!(
+                "storage buffer {label} needs {size} bytes; the device binds at most {}",
+                self.limits.max_storage_buffer_binding_size
+            )));
+        }
+        let scope = ErrorScope::push(&self.device);
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false });
+        scope.pop()?;
+        self.memory.0.fetch_add(size, Ordering::Relaxed);
+        Ok(TrackedBuffer { buffer, counter: self.memory.clone() })
+    }
+
+    /// The pipeline for a kernel variant, built on first use.
+    pub(crate) fn pipeline(&self, k: Kernel) -> Result<wgpu::ComputePipeline> {
+        let mut cache = self.pipelines.lock().expect("pipeline cache lock");
+        if let Some(p) = cache.get(&k) {
+            return Ok(p.clone());
+        }
+        let scope = ErrorScope::push(&self.device);
+        let constants = k.constants();
+        let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(k.entry()),
+            layout: Some(self.layouts.pipeline_layout(k.family())),
+            module: self.modules.get(k.family()),
+            entry_point: Some(k.entry()),
+            compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
+            cache: None,
+        });
+        scope.pop()?;
+        cache.insert(k, p.clone());
+        Ok(p)
+    }
+
+    /// Waits for all submitted work.
+    pub fn wait(&self) -> Result<()> {
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("poll: {e}")))?;
+        Ok(())
+    }
+}
+
+/// Validation and out-of-memory error scopes around a piece of work.
+pub(crate) struct ErrorScope {
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl ErrorScope {
+    pub(crate) fn push(device: &wgpu::Device) -> Self {
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        ErrorScope { oom, validation }
+    }
+
+    pub(crate) fn pop(self) -> Result<()> {
+        let v = pollster::block_on(self.validation.pop());
+        let o = pollster::block_on(self.oom.pop());
+        match (v, o) {
+            (Some(e), _) => Err(Error::Gpu(format!("validation: {e}"))),
+            (None, Some(e)) => Err(Error::Gpu(format!("out of memory: {e}"))),
+            (None, None) => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,308 @@
+//! The shaders, their bind-group layouts (one per kernel family: the layout is the kernel's
+//! signature), the kernel variants the pipeline cache is keyed by, and the parameter structs
+//! shared with WGSL (a test checks their sizes against naga's).
+
+use bytemuck::{Pod, Zeroable};
+
+/// WGSL sources, shared snippets joined in front at compile time. Every file is plain WGSL.
+pub mod source {
+    pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
+    pub const STEP_FORWARD: &str =
+        concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_forward.wgsl"));
+    pub const STEP_BACKWARD: &str =
+        concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_backward.wgsl"));
+    pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
+    pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
+}
+
+/// The most storage buffers any kernel binds (step_backward: 7).
+pub const MAX_STORAGE_BINDINGS: u32 = 7;
+/// The largest parameter block; blocks are laid out at a stride that rounds this up to the
+/// device's uniform offset alignment.
+pub const MAX_PARAM_BYTES: u32 = 128;
+
+/// A kernel family: one WGSL module and one bind-group layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    StepForward,
+    StepBackward,
+    Gemm,
+    Util,
+}
+
+impl Family {
+    pub const ALL: [Family; 4] = [Family::StepForward, Family::StepBackward, Family::Gemm, Family::Util];
+
+    pub fn source(self) -> &'static str {
+        match self {
+            Family::StepForward => source::STEP_FORWARD,
+            Family::StepBackward => source::STEP_BACKWARD,
+            Family::Gemm => source::GEMM,
+            Family::Util => source::UTIL,
+        }
+    }
+
+    /// Read-only (false) or read-write (true) for storage bindings 1.., after the uniform @0.
+    pub fn storage_bindings(self) -> &'static [bool] {
+        match self {
+            // weights, xp, out (rw), h0, c0, tape (rw), seq
+            Family::StepForward => &[false, false, true, false, false, true, false],
+            // weights, dy, tape, prev, seq, bw (rw), dg (rw)
+            Family::StepBackward => &[false, false, false, false, false, true, true],
+            // a, b, c (rw), bias
+            Family::Gemm => &[false, false, true, false],
+            // src, state0, seq, dst (rw)
+            Family::Util => &[false, false, false, true],
+        }
+    }
+
+    /// Size of the family's parameter struct.
+    pub fn param_size(self) -> u64 {
+        (match self {
+            Family::StepForward => std::mem::size_of::<StepParams>(),
+            Family::StepBackward => std::mem::size_of::<BackParams>(),
+            Family::Gemm => std::mem::size_of::<GemmParams>(),
+            Family::Util => std::mem::size_of::<UtilParams>(),
+        }) as u64
+    }
+}
+
+/// A kernel variant: everything that changes the compiled pipeline (entry point and
+/// override constants). The pipeline cache is keyed by this alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    LstmStep,
+    GruStep,
+    RnnStep { relu: bool },
+    ProjForward,
+    LstmGrad,
+    GruGrad,
+    RnnGrad { relu: bool },
+    RecurrentGrad { gates: u32 },
+    ProjGrad,
+    Gemm,
+    GatherPrev,
+    GatherLast,
+    ScatterLast,
+    Copy,
+    ColSum,
+}
+
+impl Kernel {
+    pub fn family(self) -> Family {
+        use Kernel::*;
+        match self {
+            LstmStep | GruStep | RnnStep { .. } | ProjForward => Family::StepForward,
+            LstmGrad | GruGrad | RnnGrad { .. } | RecurrentGrad { .. } | ProjGrad => Family::StepBackward,
+            Gemm => Family::Gemm,
+            GatherPrev | GatherLast | ScatterLast | Copy | ColSum => Family::Util,
+        }
+    }
+
+    pub fn entry(self) -> &'static str {
+        use Kernel::*;
+        match self {
+            LstmStep => "lstm_step",
+            GruStep => "gru_step",
+            RnnStep { .. } => "rnn_step",
+            ProjForward => "proj_forward",
+            LstmGrad => "lstm_grad",
+            GruGrad => "gru_grad",
+            RnnGrad { .. } => "rnn_grad",
+            RecurrentGrad { .. } => "recurrent_grad",
+            ProjGrad => "proj_grad",
+            Gemm => "gemm",
+            GatherPrev => "gather_prev",
+            GatherLast => "gather_last",
+            ScatterLast => "scatter_last",
+            Copy => "copy",
+            ColSum => "colsum",
+        }
+    }
+
+    /// Pipeline-overridable constants.
+    pub fn constants(self) -> Vec<(&'static str, f64)> {
+        use Kernel::*;
+        match self {
+            LstmStep | ProjForward | LstmGrad | ProjGrad => vec![("GATES", 4.0)],
+            GruStep | GruGrad => vec![("GATES", 3.0)],
+            RnnStep { relu } | RnnGrad { relu } => vec![("GATES", 1.0), ("RELU", if relu { 1.0 } else { 0.0 })],
+            RecurrentGrad { gates } => vec![("GATES", gates as f64)],
+            _ => vec![],
+        }
+    }
+}
+
+/// One shader module per family, built once per context.
+pub(crate) struct Modules(Vec<(Family, wgpu::ShaderModule)>);
+
+impl Modules {
+    pub(crate) fn new(device: &wgpu::Device) -> Self {
+        Modules(
+            Family::ALL
+                .iter()
+                .map(|&f| {
+                    let m = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
+                        source: wgpu::ShaderSource::Wgsl(f.source().into()),
+                    });
+                    (f, m)
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn get(&self, f: Family) -> &wgpu::ShaderModule {
+        &self.0.iter().find(|(g, _)| *g == f).expect("every family has a module").1
+    }
+}
+
+/// Bind-group and pipeline layouts, written by hand, one per family.
+pub(crate) struct Layouts(Vec<(Family, wgpu::BindGroupLayout, wgpu::PipelineLayout)>);
+
+impl Layouts {
+    pub(crate) fn new(device: &wgpu::Device) -> Self {
+        Layouts(
+            Family::ALL
+                .iter()
+                .map(|&f| {
+                    let mut entries = vec![wgpu::BindGroupLayoutEntry {
+                        binding: 0,
+                        visibility: wgpu::ShaderStages::COMPUTE,
+                        ty: wgpu::BindingType::Buffer {
+                            ty: wgpu::BufferBindingType::Uniform,
+                            has_dynamic_offset: true,
+                            min_binding_size: std::num::NonZeroU64::new(f.param_size()),
+                        },
+                        count: None,
+                    }];
+                    for (i, &rw) in f.storage_bindings().iter().enumerate() {
+                        entries.push(wgpu::BindGroupLayoutEntry {
+                            binding: i as u32 + 1,
+                            visibility: wgpu::ShaderStages::COMPUTE,
+                            ty: wgpu::BindingType::Buffer {
+                                ty: wgpu::BufferBindingType::Storage { read_only: !rw },
+                                has_dynamic_offset: false,
+                                min_binding_size: None,
+                            },
+                            count: None,
+                        });
+                    }
+                    let bgl = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
+                        entries: &entries,
+                    });
+                    let pl = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                        label: None,
+                        bind_group_layouts: &[Some(&bgl)],
+                        immediate_size: 0,
+                    });
+                    (f, bgl, pl)
+                })
+                .collect(),
+        )
+    }
+
+    pub(crate) fn bind_group_layout(&self, f: Family) -> &wgpu::BindGroupLayout {
+        &self.0.iter().find(|(g, _, _)| *g == f).expect("every family has a layout").1
+    }
+
+    pub(crate) fn pipeline_layout(&self, f: Family) -> &wgpu::PipelineLayout {
+        &self.0.iter().find(|(g, _, _)| *g == f).expect("every family has a layout").2
+    }
+}
+
+/// "Absent" offset (no bias, no h0, ...), as in the shaders.
+pub const NONE: u32 = u32::MAX;
+/// A `prev` entry naming a row of the initial state (caller's batch index in the low bits).
+pub const FROM_STATE0: u32 = 0x8000_0000;
+
+/// `StepParams` in step_forward.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct StepParams {
+    pub row_off: u32,
+    pub rows: u32,
+    pub hidden: u32,
+    pub out_size: u32,
+    pub out_ld: u32,
+    pub out_col: u32,
+    pub w_hh: u32,
+    pub b_hh: u32,
+    pub w_hr: u32,
+    pub h0_off: u32,
+    pub c0_off: u32,
+    pub prev_off: u32,
+    pub gates_off: u32,
+    pub c_off: u32,
+    pub aux_off: u32,
+    pub training: u32,
+}
+
+/// `BackParams` in step_backward.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct BackParams {
+    pub row_off: u32,
+    pub rows: u32,
+    pub hidden: u32,
+    pub out_size: u32,
+    pub out_ld: u32,
+    pub out_col: u32,
+    pub w_hh: u32,
+    pub w_hr: u32,
+    pub prev_off: u32,
+    pub n_rows: u32,
+    pub gates_off: u32,
+    pub c_off: u32,
+    pub aux_off: u32,
+    pub hprev_off: u32,
+    pub cprev_off: u32,
+    pub dh_off: u32,
+    pub dc_off: u32,
+    pub dhtot_off: u32,
+    pub dhpre_off: u32,
+    pub dgx_off: u32,
+    pub dgh_off: u32,
+    pub proj: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// `GemmParams` in gemm.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct GemmParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub a_off: u32,
+    pub a_rs: u32,
+    pub a_cs: u32,
+    pub b_off: u32,
+    pub b_rs: u32,
+    pub b_cs: u32,
+    pub c_off: u32,
+    pub ldc: u32,
+    pub bias_off: u32,
+    pub alpha: f32,
+    pub beta: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+}
+
+/// `UtilParams` in util.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct UtilParams {
+    pub rows: u32,
+    pub width: u32,
+    pub src_off: u32,
+    pub src_ld: u32,
+    pub src_col: u32,
+    pub state_off: u32,
+    pub seq_off: u32,
+    pub dst_off: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<BackParams>() as u32 <= MAX_PARAM_BYTES);

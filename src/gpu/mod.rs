@@ -1,0 +1,18 @@
+//! The GPU path: fused WGSL kernels driven through wgpu.
+//!
+//! - [`Context`]: a device of our own or the caller's, with the pipeline cache;
+//! - [`Plan`]: the engine API. Prepared once per problem structure, recorded into the
+//!   caller's `CommandEncoder` over the caller's buffers ([`ForwardBuffers`],
+//!   [`BackwardBuffers`]), with no hidden submit, readback or buffer write;
+//! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU path's types.
+
+mod api;
+mod context;
+pub mod kernels;
+mod plan;
+mod readback;
+
+pub use api::{GpuRnn, GpuTape};
+pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
+pub use plan::{weight_layout, BackwardBuffers, DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs};
+pub use readback::{storage, upload, Readback};

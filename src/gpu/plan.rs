@@ -1,0 +1,834 @@
+//! Plans: everything about one problem shape prepared once (per-dispatch parameters, the
+//! sequence tables, workspaces, pipelines), then recorded into a caller's command encoder
+//! as many times as wanted, with no submit, no readback and no `queue.write_buffer`.
+//!
+//! Forward, per layer and direction: one GEMM for the input projection of all N packed rows,
+//! one fused step kernel per time step (plus the projection kernel with `proj_size`), and a
+//! gather of each sequence's final state. Backward walks the steps in reverse (gate-gradient
+//! kernel, recurrent-gradient product), then GEMMs over all rows give the weight gradients
+//! and column sums the bias gradients. Everything runs in one compute pass.
+
+use super::context::{Context, TrackedBuffer};
+use super::kernels::*;
+use crate::config::{Mode, ParamKind, RnnConfig};
+use crate::cpu::Pass;
+use crate::error::{Error, Result};
+use crate::packing::step_offsets;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The structure of a packed batch: what a plan is built for.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct SeqLayout {
+    /// `[T]` rows per step, non-increasing.
+    pub batch_sizes: Vec<usize>,
+    /// `[B]` sorted position -> caller index.
+    pub sorted_indices: Vec<usize>,
+}
+
+impl SeqLayout {
+    pub fn of<T: Copy + Default>(p: &crate::PackedSequence<T>) -> Result<Self> {
+        p.validate()?;
+        Ok(SeqLayout { batch_sizes: p.batch_sizes.clone(), sorted_indices: p.sorted_indices.clone() })
+    }
+    pub fn batch(&self) -> usize {
+        self.batch_sizes[0]
+    }
+    pub fn rows(&self) -> usize {
+        self.batch_sizes.iter().sum()
+    }
+}
+
+/// Which optional state tensors a plan's recordings will bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StateInputs {
+    pub h0: bool,
+    pub c0: bool,
+    /// Backward: `grad_h_n` given (else taken as zeros).
+    pub grad_h_n: bool,
+    /// Backward: `grad_c_n` given (LSTM; else zeros).
+    pub grad_c_n: bool,
+}
+
+/// Element offsets of one layer-direction's parameters in the flat weights buffer.
+#[derive(Clone, Copy, Debug)]
+pub struct DirOffsets {
+    pub w_ih: u32,
+    pub w_hh: u32,
+    pub b_ih: u32,
+    pub b_hh: u32,
+    pub w_hr: u32,
+}
+
+/// Offsets of every parameter in the flat layout (state_dict order, each tensor row-major),
+/// and the total element count. Gradients use the same layout.
+pub fn weight_layout(cfg: &RnnConfig) -> (Vec<DirOffsets>, usize) {
+    let mut off = 0usize;
+    let mut v = Vec::new();
+    for layer in 0..cfg.num_layers {
+        for _ in 0..cfg.directions() {
+            let mut d = DirOffsets { w_ih: NONE, w_hh: NONE, b_ih: NONE, b_hh: NONE, w_hr: NONE };
+            for kind in cfg.param_kinds() {
+                let slot = match kind {
+                    ParamKind::WeightIh => &mut d.w_ih,
+                    ParamKind::WeightHh => &mut d.w_hh,
+                    ParamKind::BiasIh => &mut d.b_ih,
+                    ParamKind::BiasHh => &mut d.b_hh,
+                    ParamKind::WeightHr => &mut d.w_hr,
+                };
+                *slot = off as u32;
+                off += cfg.param_shape(kind, layer).iter().product::<usize>();
+            }
+            v.push(d);
+        }
+    }
+    (v, off)
+}
+
+/// A buffer an op binds: the caller's (named by role) or the plan's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Buf {
+    Dummy,
+    Weights,
+    Input,
+    Output,
+    H0,
+    C0,
+    HN,
+    CN,
+    GradOutput,
+    GradHN,
+    GradCN,
+    GradInput,
+    GradH0,
+    GradC0,
+    GradWeights,
+    Seq,
+    Xp,
+    Tape(u16),
+    LayerOut(u16),
+    Prev,
+    Bw,
+    Dg,
+    Dx(u8),
+}
+
+#[derive(Clone, Debug)]
+struct Op {
+    kernel: Kernel,
+    bufs: Vec<Buf>,
+    param_offset: u32,
+    groups: [u32; 3],
+}
+
+/// Parameter blocks laid out at the context's stride.
+struct Params {
+    bytes: Vec<u8>,
+    stride: usize,
+}
+
+impl Params {
+    fn push<T: bytemuck::Pod>(&mut self, v: &T) -> u32 {
+        let off = self.bytes.len();
+        self.bytes.extend_from_slice(bytemuck::bytes_of(v));
+        self.bytes.resize(off + self.stride, 0);
+        off as u32
+    }
+}
+
+/// The caller's buffers for a forward. Every buffer holds f32, row-major.
+pub struct ForwardBuffers<'a> {
+    /// Flat parameters in [`weight_layout`] order.
+    pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows.
+    pub input: &'a wgpu::Buffer,
+    /// `[N, D*H_out]` packed output rows (written).
+    pub output: &'a wgpu::Buffer,
+    /// `[L*D, B, H_out]`, caller's batch order; required iff the plan's `StateInputs::h0`.
+    pub h0: Option<&'a wgpu::Buffer>,
+    /// `[L*D, B, H]` (LSTM); required iff `StateInputs::c0`.
+    pub c0: Option<&'a wgpu::Buffer>,
+    /// `[L*D, B, H_out]` (written).
+    pub h_n: &'a wgpu::Buffer,
+    /// `[L*D, B, H]` (written; LSTM only, required there).
+    pub c_n: Option<&'a wgpu::Buffer>,
+}
+
+/// The caller's buffers for a backward: the forward's inputs and output unchanged since the
+/// training forward was recorded, the gradients coming in, and where the gradients go.
+pub struct BackwardBuffers<'a> {
+    pub weights: &'a wgpu::Buffer,
+    pub input: &'a wgpu::Buffer,
+    pub output: &'a wgpu::Buffer,
+    pub h0: Option<&'a wgpu::Buffer>,
+    pub c0: Option<&'a wgpu::Buffer>,
+    /// `[N, D*H_out]`.
+    pub grad_output: &'a wgpu::Buffer,
+    /// `[L*D, B, H_out]`; required iff `StateInputs::grad_h_n`.
+    pub grad_h_n: Option<&'a wgpu::Buffer>,
+    /// `[L*D, B, H]`; required iff `StateInputs::grad_c_n`.
+    pub grad_c_n: Option<&'a wgpu::Buffer>,
+    /// `[N, I]` (written).
+    pub grad_input: &'a wgpu::Buffer,
+    /// `[L*D, B, H_out]` (written).
+    pub grad_h0: &'a wgpu::Buffer,
+    /// `[L*D, B, H]` (written; LSTM only, required there).
+    pub grad_c0: Option<&'a wgpu::Buffer>,
+    /// Flat, [`weight_layout`] order (written; every element).
+    pub grad_weights: &'a wgpu::Buffer,
+}
+
+/// A prepared forward (and, in training, backward) for one config and batch structure.
+pub struct Plan {
+    ctx: Arc<Context>,
+    cfg: RnnConfig,
+    pass: Pass,
+    inputs: StateInputs,
+    layout: SeqLayout,
+    n: usize,
+    b: usize,
+    weight_elems: usize,
+    params: TrackedBuffer,
+    own: HashMap<Buf, TrackedBuffer>,
+    forward_ops: Vec<Op>,
+    backward_ops: Vec<Op>,
+    pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plan").field("cfg", &self.cfg).field("pass", &self.pass).field("n", &self.n).finish()
+    }
+}
+
+fn groups_2d(width: usize, rows: usize, wg: usize) -> [u32; 3] {
+    [width.div_ceil(wg) as u32, rows as u32, 1]
+}
+
+fn groups_linear(count: usize) -> [u32; 3] {
+    let g = count.div_ceil(256).max(1);
+    let x = g.min(65535);
+    [x as u32, g.div_ceil(x) as u32, 1]
+}
+
+fn to_u32(what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v)
+        .ok()
+        .filter(|&x| x < FROM_STATE0)
+        .ok_or_else(|| Error::Limit(format!("{what} ({v}) exceeds the kernels' 31-bit indexing")))
+}
+
+impl Plan {
+    /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
+    /// allocates workspaces and builds the pipelines.
+    pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
+        cfg.validate()?;
+        if layout.batch_sizes.is_empty() || layout.batch_sizes[0] == 0 {
+            return Err(Error::EmptyBatch("no rows to run".into()));
+        }
+        if layout.batch_sizes.windows(2).any(|w| w[1] > w[0]) || layout.batch_sizes.contains(&0) {
+            return Err(Error::InvalidLengths("batch_sizes must be positive and non-increasing".into()));
+        }
+        if layout.sorted_indices.len() != layout.batch_sizes[0] {
+            return Err(Error::ShapeMismatch {
+                what: "sorted_indices".into(),
+                expected: vec![layout.batch_sizes[0]],
+                got: vec![layout.sorted_indices.len()],
+            });
+        }
+        if cfg.mode != Mode::Lstm && (inputs.c0 || inputs.grad_c_n) {
+            return Err(Error::InvalidConfig(format!("{} has no cell state", cfg.mode)));
+        }
+        let limits = ctx.limits();
+        let (n, b, steps) = (layout.rows(), layout.batch(), layout.batch_sizes.len());
+        if b as u32 > limits.max_compute_workgroups_per_dimension {
+            return Err(Error::Limit(format!(
+                "batch {b} exceeds the device's {} workgroups per dimension",
+                limits.max_compute_workgroups_per_dimension
+            )));
+        }
+        let (hs, ho, g, d) = (cfg.hidden_size, cfg.out_size(), cfg.gates(), cfg.directions());
+        let gh = g * hs;
+        let p = cfg.proj_size;
+        let training = pass == Pass::Training;
+        let (woff, weight_elems) = weight_layout(cfg);
+        let lstm = cfg.mode == Mode::Lstm;
+        let out_w = cfg.output_size();
+        for (what, v) in [("rows", n), ("weights", weight_elems), ("rows * width", n * gh.max(out_w).max(cfg.input_size) * 2)] {
+            to_u32(what, v)?;
+        }
+        let max_groups = limits.max_compute_workgroups_per_dimension as usize;
+        if n.div_ceil(64) > max_groups || gh.div_ceil(64) > max_groups {
+            return Err(Error::Limit(format!("{n} rows exceed the device's {max_groups} workgroups per dimension")));
+        }
+
+        // Sequence tables: prev[] per direction, then last[] per direction.
+        let off = step_offsets(&layout.batch_sizes);
+        let mut seq: Vec<u32> = Vec::with_capacity(2 * (n + b) * d);
+        let mut prev_offs = Vec::new();
+        for dir in 0..d {
+            prev_offs.push(seq.len() as u32);
+            for (t, &bs) in layout.batch_sizes.iter().enumerate() {
+                for r in 0..bs {
+                    let from_state = FROM_STATE0 | layout.sorted_indices[r] as u32;
+                    let pv = if dir == 0 {
+                        if t == 0 { from_state } else { (off[t - 1] + r) as u32 }
+                    } else if t + 1 < steps && r < layout.batch_sizes[t + 1] {
+                        (off[t + 1] + r) as u32
+                    } else {
+                        from_state
+                    };
+                    seq.push(pv);
+                }
+            }
+        }
+        let mut unsorted = vec![0usize; b];
+        for (k, &i) in layout.sorted_indices.iter().enumerate() {
+            if i >= b {
+                return Err(Error::InvalidLengths("sorted_indices is not a permutation".into()));
+            }
+            unsorted[i] = k;
+        }
+        let sorted_len: Vec<usize> = (0..b).map(|k| layout.batch_sizes.iter().take_while(|&&x| x > k).count()).collect();
+        let mut last_offs = Vec::new();
+        for dir in 0..d {
+            last_offs.push(seq.len() as u32);
+            for &k in &unsorted {
+                seq.push(if dir == 0 { (off[sorted_len[k] - 1] + k) as u32 } else { k as u32 });
+            }
+        }
+
+        // Region offsets (elements).
+        let (gates_off, c_off, aux_off) = (0usize, n * gh, n * gh + n * hs);
+        let tape_elems = n * gh + 2 * n * hs;
+        let (dh_off, dc_off) = (0usize, (n + b) * ho);
+        let dhtot_off = dc_off + (n + b) * hs;
+        let dhpre_off = dhtot_off + n * p;
+        let bw_elems = dhpre_off + if p > 0 { n * hs } else { 0 };
+        let (hprev_off, cprev_off) = (0usize, n * ho);
+        let prev_elems = n * ho + if lstm { n * hs } else { 0 };
+        let dgh_off = if cfg.mode == Mode::Gru { n * gh } else { 0 };
+        let dg_elems = if cfg.mode == Mode::Gru { 2 * n * gh } else { n * gh };
+
+        // Workspaces.
+        let st = wgpu::BufferUsages::STORAGE;
+        let f4 = |e: usize| (e * 4) as u64;
+        let mut own = HashMap::new();
+        own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
+        own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
+        let tapes = if training { cfg.num_layers * d } else { 1 };
+        for i in 0..tapes {
+            own.insert(Buf::Tape(i as u16), ctx.buffer("tape", f4(tape_elems), st)?);
+        }
+        for l in 0..cfg.num_layers.saturating_sub(1) {
+            own.insert(Buf::LayerOut(l as u16), ctx.buffer("layer output", f4(n * out_w), st)?);
+        }
+        if training {
+            own.insert(Buf::Prev, ctx.buffer("prev states", f4(prev_elems), st)?);
+            own.insert(Buf::Bw, ctx.buffer("recurrent gradients", f4(bw_elems), st)?);
+            own.insert(Buf::Dg, ctx.buffer("gate gradients", f4(dg_elems), st)?);
+            if cfg.num_layers > 1 {
+                own.insert(Buf::Dx(0), ctx.buffer("layer gradient", f4(n * out_w), st)?);
+                own.insert(Buf::Dx(1), ctx.buffer("layer gradient", f4(n * out_w), st)?);
+            }
+        }
+
+        let mut params = Params { bytes: Vec::new(), stride: ctx.param_stride as usize };
+        let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
+        let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
+        let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
+        let step_kernel = match cfg.mode {
+            Mode::Lstm => Kernel::LstmStep,
+            Mode::Gru => Kernel::GruStep,
+            Mode::RnnTanh => Kernel::RnnStep { relu: false },
+            Mode::RnnRelu => Kernel::RnnStep { relu: true },
+        };
+        let grad_kernel = match cfg.mode {
+            Mode::Lstm => Kernel::LstmGrad,
+            Mode::Gru => Kernel::GruGrad,
+            Mode::RnnTanh => Kernel::RnnGrad { relu: false },
+            Mode::RnnRelu => Kernel::RnnGrad { relu: true },
+        };
+        let state_block = |s: usize, width: usize| (s * b * width) as u32;
+        let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
+
+        // ---- forward ----
+        let mut fwd = Vec::new();
+        for l in 0..cfg.num_layers {
+            let in_size = cfg.layer_input_size(l);
+            for dir in 0..d {
+                let s = l * d + dir;
+                let w = woff[s];
+                let tape = tape_of(l, dir);
+                fwd.push(Op {
+                    kernel: Kernel::Gemm,
+                    bufs: vec![layer_in(l), Buf::Weights, Buf::Xp, Buf::Weights],
+                    param_offset: params.push(&GemmParams {
+                        m: n as u32,
+                        n: gh as u32,
+                        k: in_size as u32,
+                        a_off: 0,
+                        a_rs: in_size as u32,
+                        a_cs: 1,
+                        b_off: w.w_ih,
+                        b_rs: 1,
+                        b_cs: in_size as u32,
+                        c_off: 0,
+                        ldc: gh as u32,
+                        bias_off: w.b_ih,
+                        alpha: 1.0,
+                        beta: 0.0,
+                        ..Default::default()
+                    }),
+                    groups: [gh.div_ceil(64) as u32, n.div_ceil(64) as u32, 1],
+                });
+                let step_bufs = vec![Buf::Weights, Buf::Xp, layer_out(l), if inputs.h0 { Buf::H0 } else { Buf::Dummy }, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, tape, Buf::Seq];
+                for t in order(dir) {
+                    let sp = StepParams {
+                        row_off: off[t] as u32,
+                        rows: layout.batch_sizes[t] as u32,
+                        hidden: hs as u32,
+                        out_size: ho as u32,
+                        out_ld: out_w as u32,
+                        out_col: (dir * ho) as u32,
+                        w_hh: w.w_hh,
+                        b_hh: w.b_hh,
+                        w_hr: w.w_hr,
+                        h0_off: if inputs.h0 { state_block(s, ho) } else { NONE },
+                        c0_off: if inputs.c0 { state_block(s, hs) } else { NONE },
+                        prev_off: prev_offs[dir],
+                        gates_off: gates_off as u32,
+                        c_off: c_off as u32,
+                        aux_off: aux_off as u32,
+                        training: training as u32,
+                    };
+                    let po = params.push(&sp);
+                    fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, layout.batch_sizes[t], 64) });
+                    if p > 0 {
+                        fwd.push(Op { kernel: Kernel::ProjForward, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(p, layout.batch_sizes[t], 64) });
+                    }
+                }
+                // h_n (and c_n) at each sequence's own last step, into the caller's order.
+                fwd.push(Op {
+                    kernel: Kernel::GatherLast,
+                    bufs: vec![layer_out(l), Buf::Dummy, Buf::Seq, Buf::HN],
+                    param_offset: params.push(&UtilParams {
+                        rows: b as u32,
+                        width: ho as u32,
+                        src_off: 0,
+                        src_ld: out_w as u32,
+                        src_col: (dir * ho) as u32,
+                        state_off: NONE,
+                        seq_off: last_offs[dir],
+                        dst_off: state_block(s, ho),
+                    }),
+                    groups: groups_linear(b * ho),
+                });
+                if lstm {
+                    fwd.push(Op {
+                        kernel: Kernel::GatherLast,
+                        bufs: vec![tape, Buf::Dummy, Buf::Seq, Buf::CN],
+                        param_offset: params.push(&UtilParams {
+                            rows: b as u32,
+                            width: hs as u32,
+                            src_off: c_off as u32,
+                            src_ld: hs as u32,
+                            src_col: 0,
+                            state_off: NONE,
+                            seq_off: last_offs[dir],
+                            dst_off: state_block(s, hs),
+                        }),
+                        groups: groups_linear(b * hs),
+                    });
+                }
+            }
+        }
+
+        // ---- backward ----
+        let mut bwd = Vec::new();
+        if training {
+            for l in (0..cfg.num_layers).rev() {
+                let in_size = cfg.layer_input_size(l);
+                let dy = if l + 1 == cfg.num_layers { Buf::GradOutput } else { Buf::Dx(((l + 1) % 2) as u8) };
+                let dx = if l == 0 { Buf::GradInput } else { Buf::Dx((l % 2) as u8) };
+                for dir in 0..d {
+                    let s = l * d + dir;
+                    let w = woff[s];
+                    let tape = tape_of(l, dir);
+                    let util = |params: &mut Params, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
+                        kernel,
+                        bufs,
+                        param_offset: params.push(&up),
+                        groups: groups_linear(count),
+                    };
+                    // States each row started from (also the B operand of dW_hh).
+                    bwd.push(util(
+                        &mut params,
+                        Kernel::GatherPrev,
+                        vec![layer_out(l), if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, Buf::Prev],
+                        UtilParams {
+                            rows: n as u32,
+                            width: ho as u32,
+                            src_off: 0,
+                            src_ld: out_w as u32,
+                            src_col: (dir * ho) as u32,
+                            state_off: if inputs.h0 { state_block(s, ho) } else { NONE },
+                            seq_off: prev_offs[dir],
+                            dst_off: hprev_off as u32,
+                        },
+                        n * ho,
+                    ));
+                    if lstm {
+                        bwd.push(util(
+                            &mut params,
+                            Kernel::GatherPrev,
+                            vec![tape, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, Buf::Seq, Buf::Prev],
+                            UtilParams {
+                                rows: n as u32,
+                                width: hs as u32,
+                                src_off: c_off as u32,
+                                src_ld: hs as u32,
+                                src_col: 0,
+                                state_off: if inputs.c0 { state_block(s, hs) } else { NONE },
+                                seq_off: prev_offs[dir],
+                                dst_off: cprev_off as u32,
+                            },
+                            n * hs,
+                        ));
+                    }
+                    // Seed each sequence's final row with grad_h_n (grad_c_n).
+                    bwd.push(util(
+                        &mut params,
+                        Kernel::ScatterLast,
+                        vec![Buf::Dummy, if inputs.grad_h_n { Buf::GradHN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
+                        UtilParams {
+                            rows: b as u32,
+                            width: ho as u32,
+                            state_off: if inputs.grad_h_n { state_block(s, ho) } else { NONE },
+                            seq_off: last_offs[dir],
+                            dst_off: dh_off as u32,
+                            ..Default::default()
+                        },
+                        b * ho,
+                    ));
+                    if lstm {
+                        bwd.push(util(
+                            &mut params,
+                            Kernel::ScatterLast,
+                            vec![Buf::Dummy, if inputs.grad_c_n { Buf::GradCN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
+                            UtilParams {
+                                rows: b as u32,
+                                width: hs as u32,
+                                state_off: if inputs.grad_c_n { state_block(s, hs) } else { NONE },
+                                seq_off: last_offs[dir],
+                                dst_off: dc_off as u32,
+                                ..Default::default()
+                            },
+                            b * hs,
+                        ));
+                    }
+                    let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
+                    for t in order(dir).into_iter().rev() {
+                        let rows = layout.batch_sizes[t];
+                        let bp = BackParams {
+                            row_off: off[t] as u32,
+                            rows: rows as u32,
+                            hidden: hs as u32,
+                            out_size: ho as u32,
+                            out_ld: out_w as u32,
+                            out_col: (dir * ho) as u32,
+                            w_hh: w.w_hh,
+                            w_hr: w.w_hr,
+                            prev_off: prev_offs[dir],
+                            n_rows: n as u32,
+                            gates_off: gates_off as u32,
+                            c_off: c_off as u32,
+                            aux_off: aux_off as u32,
+                            hprev_off: hprev_off as u32,
+                            cprev_off: cprev_off as u32,
+                            dh_off: dh_off as u32,
+                            dc_off: dc_off as u32,
+                            dhtot_off: dhtot_off as u32,
+                            dhpre_off: dhpre_off as u32,
+                            dgx_off: 0,
+                            dgh_off: dgh_off as u32,
+                            proj: (p > 0) as u32,
+                            ..Default::default()
+                        };
+                        let po = params.push(&bp);
+                        if p > 0 {
+                            bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
+                        }
+                        bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
+                        bwd.push(Op {
+                            kernel: Kernel::RecurrentGrad { gates: g as u32 },
+                            bufs: step_bufs.clone(),
+                            param_offset: po,
+                            groups: groups_2d(ho, rows, 64),
+                        });
+                    }
+                    // Initial-state gradients: rows N.. of dh_rec / dc_rec, caller's order.
+                    bwd.push(util(
+                        &mut params,
+                        Kernel::Copy,
+                        vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradH0],
+                        UtilParams { rows: b as u32, width: ho as u32, src_off: (dh_off + n * ho) as u32, dst_off: state_block(s, ho), ..Default::default() },
+                        b * ho,
+                    ));
+                    if lstm {
+                        bwd.push(util(
+                            &mut params,
+                            Kernel::Copy,
+                            vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradC0],
+                            UtilParams { rows: b as u32, width: hs as u32, src_off: (dc_off + n * hs) as u32, dst_off: state_block(s, hs), ..Default::default() },
+                            b * hs,
+                        ));
+                    }
+                    // Post-loop GEMMs over all rows.
+                    let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| Op {
+                        kernel: Kernel::Gemm,
+                        bufs,
+                        groups: [gp.n.div_ceil(64), gp.m.div_ceil(64), 1],
+                        param_offset: params.push(&gp),
+                    };
+                    // dW_ih = dG_x^T X
+                    bwd.push(gemm(&mut params, vec![Buf::Dg, layer_in(l), Buf::GradWeights, Buf::Dummy], GemmParams {
+                        m: gh as u32, n: in_size as u32, k: n as u32,
+                        a_off: 0, a_rs: 1, a_cs: gh as u32,
+                        b_off: 0, b_rs: in_size as u32, b_cs: 1,
+                        c_off: w.w_ih, ldc: in_size as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
+                    }));
+                    // dW_hh = dG_h^T H_prev
+                    bwd.push(gemm(&mut params, vec![Buf::Dg, Buf::Prev, Buf::GradWeights, Buf::Dummy], GemmParams {
+                        m: gh as u32, n: ho as u32, k: n as u32,
+                        a_off: dgh_off as u32, a_rs: 1, a_cs: gh as u32,
+                        b_off: hprev_off as u32, b_rs: ho as u32, b_cs: 1,
+                        c_off: w.w_hh, ldc: ho as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
+                    }));
+                    if cfg.bias {
+                        for (src, dst) in [(0usize, w.b_ih), (dgh_off, w.b_hh)] {
+                            bwd.push(util(
+                                &mut params,
+                                Kernel::ColSum,
+                                vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights],
+                                UtilParams { rows: n as u32, width: gh as u32, src_off: src as u32, src_ld: gh as u32, dst_off: dst, ..Default::default() },
+                                gh,
+                            ));
+                        }
+                    }
+                    if p > 0 {
+                        // dW_hr = dh_tot^T (o * tanh(c))
+                        bwd.push(gemm(&mut params, vec![Buf::Bw, tape, Buf::GradWeights, Buf::Dummy], GemmParams {
+                            m: p as u32, n: hs as u32, k: n as u32,
+                            a_off: dhtot_off as u32, a_rs: 1, a_cs: p as u32,
+                            b_off: aux_off as u32, b_rs: hs as u32, b_cs: 1,
+                            c_off: w.w_hr, ldc: hs as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
+                        }));
+                    }
+                    // dX (+)= dG_x W_ih; the second direction accumulates.
+                    bwd.push(gemm(&mut params, vec![Buf::Dg, Buf::Weights, dx, Buf::Dummy], GemmParams {
+                        m: n as u32, n: in_size as u32, k: gh as u32,
+                        a_off: 0, a_rs: gh as u32, a_cs: 1,
+                        b_off: w.w_ih, b_rs: in_size as u32, b_cs: 1,
+                        c_off: 0, ldc: in_size as u32, bias_off: NONE, alpha: 1.0, beta: if dir == 0 { 0.0 } else { 1.0 }, ..Default::default()
+                    }));
+                }
+            }
+        }
+
+        let seq_buf = ctx.buffer("sequence tables", (seq.len() * 4) as u64, st | wgpu::BufferUsages::COPY_DST)?;
+        ctx.queue.write_buffer(&seq_buf, 0, bytemuck::cast_slice(&seq));
+        own.insert(Buf::Seq, seq_buf);
+        let params_buf = ctx.buffer("parameters", params.bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        ctx.queue.write_buffer(&params_buf, 0, &params.bytes);
+
+        let mut pipelines = HashMap::new();
+        for op in fwd.iter().chain(&bwd) {
+            if !pipelines.contains_key(&op.kernel) {
+                pipelines.insert(op.kernel, ctx.pipeline(op.kernel)?);
+            }
+        }
+        Ok(Plan {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            pass,
+            inputs,
+            layout: layout.clone(),
+            n,
+            b,
+            weight_elems,
+            params: params_buf,
+            own,
+            forward_ops: fwd,
+            backward_ops: bwd,
+            pipelines,
+        })
+    }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.cfg
+    }
+    pub fn pass(&self) -> Pass {
+        self.pass
+    }
+    pub fn inputs(&self) -> StateInputs {
+        self.inputs
+    }
+    pub fn layout(&self) -> &SeqLayout {
+        &self.layout
+    }
+    /// Packed rows N.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    /// Flat parameter count (the weights and gradient buffers hold this many f32).
+    pub fn weight_elems(&self) -> usize {
+        self.weight_elems
+    }
+    /// Dispatches one recorded forward issues.
+    pub fn forward_dispatches(&self) -> usize {
+        self.forward_ops.len()
+    }
+    /// Dispatches one recorded backward issues.
+    pub fn backward_dispatches(&self) -> usize {
+        self.backward_ops.len()
+    }
+    /// Bytes of workspace and tables this plan holds.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.own.values().map(|b| b.size()).sum::<u64>() + self.params.size()
+    }
+
+    fn check(&self, what: &str, buf: Option<&wgpu::Buffer>, elems: usize, required: bool) -> Result<()> {
+        match buf {
+            None if required => Err(Error::MissingTensor(format!("{what} buffer"))),
+            Some(_) if !required => Err(Error::InvalidConfig(format!(
+                "{what} given, but the plan was prepared without it (StateInputs)"
+            ))),
+            Some(b) if b.size() < (elems * 4) as u64 => Err(Error::ShapeMismatch {
+                what: format!("{what} buffer (f32 elements)"),
+                expected: vec![elems],
+                got: vec![(b.size() / 4) as usize],
+            }),
+            Some(b) if b.size() > self.ctx.limits().max_storage_buffer_binding_size as u64 => Err(Error::Limit(format!(
+                "{what} buffer of {} bytes exceeds the device's storage binding size",
+                b.size()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records the forward into `encoder`: one compute pass, no submit.
+    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
+        let c = &self.cfg;
+        let (n, b) = (self.n, self.b);
+        let lstm = c.mode == Mode::Lstm;
+        let ld = c.num_layers * c.directions();
+        self.check("weights", Some(bufs.weights), self.weight_elems, true)?;
+        self.check("input", Some(bufs.input), n * c.input_size, true)?;
+        self.check("output", Some(bufs.output), n * c.output_size(), true)?;
+        self.check("h0", bufs.h0, ld * b * c.out_size(), self.inputs.h0)?;
+        self.check("c0", bufs.c0, ld * b * c.hidden_size, self.inputs.c0)?;
+        self.check("h_n", Some(bufs.h_n), ld * b * c.out_size(), true)?;
+        self.check("c_n", bufs.c_n, ld * b * c.hidden_size, lstm)?;
+        self.record(encoder, &self.forward_ops, &|buf| self.resolve_forward(bufs, buf), "wgpu-rnn forward")
+    }
+
+    /// Records the backward into `encoder`. The plan must be a training plan whose forward
+    /// was recorded (and will have run) with the same input, output, weights and states.
+    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &BackwardBuffers<'_>) -> Result<()> {
+        if self.pass != Pass::Training {
+            return Err(Error::NotTraining);
+        }
+        let c = &self.cfg;
+        let (n, b) = (self.n, self.b);
+        let lstm = c.mode == Mode::Lstm;
+        let ld = c.num_layers * c.directions();
+        self.check("weights", Some(bufs.weights), self.weight_elems, true)?;
+        self.check("input", Some(bufs.input), n * c.input_size, true)?;
+        self.check("output", Some(bufs.output), n * c.output_size(), true)?;
+        self.check("h0", bufs.h0, ld * b * c.out_size(), self.inputs.h0)?;
+        self.check("c0", bufs.c0, ld * b * c.hidden_size, self.inputs.c0)?;
+        self.check("grad_output", Some(bufs.grad_output), n * c.output_size(), true)?;
+        self.check("grad_h_n", bufs.grad_h_n, ld * b * c.out_size(), self.inputs.grad_h_n)?;
+        self.check("grad_c_n", bufs.grad_c_n, ld * b * c.hidden_size, self.inputs.grad_c_n)?;
+        self.check("grad_input", Some(bufs.grad_input), n * c.input_size, true)?;
+        self.check("grad_h0", Some(bufs.grad_h0), ld * b * c.out_size(), true)?;
+        self.check("grad_c0", bufs.grad_c0, ld * b * c.hidden_size, lstm)?;
+        self.check("grad_weights", Some(bufs.grad_weights), self.weight_elems, true)?;
+        self.record(encoder, &self.backward_ops, &|buf| self.resolve_backward(bufs, buf), "wgpu-rnn backward")
+    }
+
+    /// The buffer an op names, for a forward (checked present by `record_forward`).
+    fn resolve_forward<'a>(&'a self, bufs: &'a ForwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
+        match buf {
+            Buf::Weights => bufs.weights,
+            Buf::Input => bufs.input,
+            Buf::Output => bufs.output,
+            Buf::H0 => bufs.h0.expect("checked"),
+            Buf::C0 => bufs.c0.expect("checked"),
+            Buf::HN => bufs.h_n,
+            Buf::CN => bufs.c_n.expect("checked"),
+            own => &self.own[&own],
+        }
+    }
+
+    /// The buffer an op names, for a backward (checked present by `record_backward`).
+    fn resolve_backward<'a>(&'a self, bufs: &'a BackwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
+        match buf {
+            Buf::Weights => bufs.weights,
+            Buf::Input => bufs.input,
+            Buf::Output => bufs.output,
+            Buf::H0 => bufs.h0.expect("checked"),
+            Buf::C0 => bufs.c0.expect("checked"),
+            Buf::GradOutput => bufs.grad_output,
+            Buf::GradHN => bufs.grad_h_n.expect("checked"),
+            Buf::GradCN => bufs.grad_c_n.expect("checked"),
+            Buf::GradInput => bufs.grad_input,
+            Buf::GradH0 => bufs.grad_h0,
+            Buf::GradC0 => bufs.grad_c0.expect("checked"),
+            Buf::GradWeights => bufs.grad_weights,
+            own => &self.own[&own],
+        }
+    }
+
+    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
+        let device = &self.ctx.device;
+        let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
+        for op in ops {
+            let fam = op.kernel.family();
+            let key = (fam, op.bufs.clone());
+            if groups.contains_key(&key) {
+                continue;
+            }
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: &self.params,
+                    offset: 0,
+                    size: std::num::NonZeroU64::new(fam.param_size()),
+                }),
+            }];
+            for (i, &buf) in op.bufs.iter().enumerate() {
+                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: resolve(buf).as_entire_binding() });
+            }
+            let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(op.kernel.entry()),
+                layout: self.ctx.layouts.bind_group_layout(fam),
+                entries: &entries,
+            });
+            groups.insert(key, bg);
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        let mut current: Option<Kernel> = None;
+        for op in ops {
+            if current != Some(op.kernel) {
+                pass.set_pipeline(&self.pipelines[&op.kernel]);
+                current = Some(op.kernel);
+            }
+            let bg = &groups[&(op.kernel.family(), op.bufs.clone())];
+            pass.set_bind_group(0, bg, &[op.param_offset]);
+            pass.dispatch_workgroups(op.groups[0], op.groups[1], op.groups[2]);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,126 @@
+//! Bad input gets the right typed error, never a panic.
+
+use crate::common::golden_dir;
+use wgpu_rnn::case::Case;
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::io::TensorFile;
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+fn packed(t: usize, b: usize, i: usize, lengths: &[usize]) -> PackedSequence<f32> {
+    PackedSequence::from_padded(&vec![0.5; t * b * i], [t, b, i], false, lengths).unwrap()
+}
+
+#[test]
+fn config_validation() {
+    assert!(matches!("SRU".parse::<Mode>(), Err(Error::UnknownMode(_))));
+    assert_eq!("rnn_relu".parse::<Mode>().unwrap(), Mode::RnnRelu);
+    let bad = |c: RnnConfig| assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{c:?}");
+    bad(RnnConfig::new(Mode::Lstm, 3, 4).proj(4));
+    bad(RnnConfig::new(Mode::Lstm, 3, 4).proj(5));
+    bad(RnnConfig::new(Mode::Gru, 3, 4).proj(2));
+    bad(RnnConfig::new(Mode::Lstm, 0, 4));
+    bad(RnnConfig::new(Mode::Lstm, 3, 0));
+    bad(RnnConfig::new(Mode::Lstm, 3, 4).layers(0));
+    RnnConfig::new(Mode::Lstm, 3, 4).proj(3).validate().unwrap();
+}
+
+#[test]
+fn forward_rejects_wrong_shapes_and_non_finite() {
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4).layers(2);
+    let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
+    let x = packed(5, 2, 3, &[5, 2]);
+    let r = cpu::forward(&w, &packed(5, 2, 2, &[5, 2]), None, None, Pass::Inference);
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    let r = cpu::forward(&w, &x, Some(&[0.0; 7]), None, Pass::Inference);
+    assert!(matches!(r, Err(Error::LengthMismatch { .. })));
+    let r = cpu::forward(&w, &x, None, Some(&[0.0; 3]), Pass::Inference);
+    assert!(matches!(r, Err(Error::LengthMismatch { .. })));
+    let mut xn = x.clone();
+    xn.data[3] = f32::NAN;
+    assert!(matches!(cpu::forward(&w, &xn, None, None, Pass::Inference), Err(Error::NonFinite(_))));
+    let mut wn = w.clone();
+    wn.params[1].w_hh[0] = f32::INFINITY;
+    assert!(matches!(cpu::forward(&wn, &x, None, None, Pass::Inference), Err(Error::NonFinite(n)) if n == "weight_hh_l1"));
+    // c0 for a cell without a cell state.
+    let g = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Gru, 3, 4), 0).unwrap();
+    assert!(matches!(cpu::forward(&g, &x, None, Some(&[0.0; 8]), Pass::Inference), Err(Error::InvalidConfig(_))));
+    // A hand-built packed sequence with an empty batch.
+    let mut e = x.clone();
+    e.batch_sizes.clear();
+    assert!(matches!(cpu::forward(&w, &e, None, None, Pass::Inference), Err(Error::EmptyBatch(_))));
+}
+
+#[test]
+fn backward_rejects_wrong_gradient_shapes() {
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+    let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
+    let x = packed(4, 2, 3, &[4, 3]);
+    let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
+    let tape = tape.unwrap();
+    let n = x.rows();
+    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4 - 1], None, None), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4], Some(&[0.0; 3]), None), Err(Error::LengthMismatch { .. })));
+    let (_, none) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    assert!(none.is_none(), "inference keeps nothing");
+}
+
+/// Copies a golden case with one tensor changed or removed.
+fn edited(case: &str, f: impl FnOnce(&mut TensorFile)) -> TensorFile {
+    let mut file = TensorFile::read(golden_dir().join(case)).unwrap();
+    f(&mut file);
+    file
+}
+
+#[test]
+fn case_files_with_missing_or_misshaped_tensors() {
+    let r = Case::<f32>::from_file(&edited("lstm_small.safetensors", |f| {
+        f.tensors.remove("weight_hh_l0");
+    }));
+    assert!(matches!(r, Err(Error::MissingTensor(n)) if n == "weight_hh_l0"));
+    let r = Case::<f32>::from_file(&edited("lstm_small.safetensors", |f| {
+        f.tensors.remove("bias_hh_l0");
+    }));
+    assert!(matches!(r, Err(Error::MissingTensor(_))), "{r:?}");
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| f.put_float("weight_hh_l0", vec![12, 3], vec![0.0; 36])));
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
+        f.tensors.remove("input");
+    }));
+    assert!(matches!(r, Err(Error::MissingTensor(n)) if n == "input"));
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| f.put_float("h0", vec![1, 2, 5], vec![0.0; 10])));
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
+        f.metadata.insert("mode".into(), "SRU".into());
+    }));
+    assert!(matches!(r, Err(Error::UnknownMode(_))));
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
+        f.metadata.insert("mode".into(), "LSTM".into());
+    }));
+    assert!(r.is_err(), "GRU tensors under an LSTM mode: 12 rows is 3 LSTM units but then shapes disagree");
+    let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
+        f.metadata.insert("hidden_size".into(), "5".into());
+    }));
+    assert!(matches!(r, Err(Error::Metadata(_))));
+    // proj_size >= hidden_size declared in metadata and tensors.
+    let r = Case::<f32>::from_file(&edited("lstm_small.safetensors", |f| {
+        f.put_float("weight_hr_l0", vec![4, 4], vec![0.0; 16]);
+        f.metadata.insert("proj_size".into(), "4".into());
+    }));
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "{r:?}");
+    // An extra layer the config does not have.
+    let r = Case::<f32>::from_file(&edited("lstm_small.safetensors", |f| {
+        f.put_float("weight_ih_l1", vec![16, 4], vec![0.0; 64]);
+    }));
+    assert!(matches!(r, Err(Error::Metadata(_))), "{r:?}");
+}
+
+#[test]
+fn case_lengths_out_of_range() {
+    for bad in [vec![0i64, 3], vec![6, 3], vec![-1, 3]] {
+        let file = edited("lstm_small.safetensors", |f| f.put_int("lengths", vec![2], bad.clone()));
+        let r = Case::<f32>::from_file(&file).and_then(|c| c.run_cpu(false));
+        assert!(matches!(r, Err(Error::InvalidLengths(_))), "{bad:?}: {r:?}");
+    }
+    let file = edited("lstm_small.safetensors", |f| f.put_int("lengths", vec![3], vec![1, 2, 3]));
+    assert!(matches!(Case::<f32>::from_file(&file), Err(Error::ShapeMismatch { .. })));
+}

@@ -1,0 +1,70 @@
+//! Every golden case on the CPU reference, forward and backward, in f32 (the real path) and
+//! f64, within the golden tolerances.
+
+use crate::common::{assert_close, golden_cases};
+use wgpu_rnn::case::{tolerance::*, Case};
+use wgpu_rnn::cpu::Float;
+use wgpu_rnn::io::TensorFile;
+
+fn check_all<T: Float>() {
+    for path in golden_cases() {
+        let file = TensorFile::read(&path).unwrap();
+        let case = Case::<T>::from_file(&file).unwrap();
+        let got = case.run_cpu(true).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy();
+        let mut compared = 0;
+        for (tname, want) in &file.tensors {
+            let is_fwd = ["output", "h_n", "c_n"].contains(&tname.as_str());
+            let is_grad = tname.starts_with("grad_input") || tname == "grad_h0" || tname == "grad_c0" || tname.starts_with("grad.");
+            if !is_fwd && !is_grad {
+                continue;
+            }
+            let want = match want {
+                wgpu_rnn::io::Value::Float(t) => t,
+                _ => panic!("{name}: {tname} is not float"),
+            };
+            let g = got.float(tname).unwrap_or_else(|_| panic!("{name}: result lacks {tname}"));
+            assert_eq!(g.shape, want.shape, "{name}: {tname} shape");
+            let (atol, rtol) = if is_fwd { (FORWARD_ATOL, FORWARD_RTOL) } else { (GRAD_ATOL, GRAD_RTOL) };
+            assert_close(&format!("{name}: {tname}"), &g.data, &want.data, atol, rtol);
+            compared += 1;
+        }
+        // output, h_n, grad_input, grad_h0 and at least weight_ih/weight_hh gradients.
+        assert!(compared >= 6, "{name}: only {compared} tensors compared");
+    }
+}
+
+#[test]
+fn golden_cases_f32() {
+    check_all::<f32>();
+}
+
+#[test]
+fn golden_cases_f64() {
+    check_all::<f64>();
+}
+
+#[test]
+fn golden_cli_round_trip() {
+    // `wgpu-rnn run --backward` writes a file that `compare` accepts against the case.
+    let exe = env!("CARGO_BIN_EXE_wgpu-rnn");
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for path in golden_cases().iter().take(4) {
+        let out = dir.join("out.safetensors");
+        let st = std::process::Command::new(exe)
+            .args(["run", path.to_str().unwrap(), "--device", "cpu", "--backward", "--out", out.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let got = TensorFile::read(&out).unwrap();
+        let want = TensorFile::read(path).unwrap();
+        let report = wgpu_rnn::case::compare(&got, &want, true);
+        assert!(report.len() >= 6);
+        for m in report {
+            assert_eq!(m.failures, 0, "{}: {} out of tolerance", path.display(), m.name);
+        }
+    }
+    // --device gpu is refused with a non-zero exit until the GPU kernels exist, or succeeds.
+    let _ = std::fs::remove_dir_all(&dir);
+}
