@@ -65,6 +65,17 @@ fn golden_cli_round_trip() {
             assert_eq!(m.failures, 0, "{}: {} out of tolerance", path.display(), m.name);
         }
     }
-    // --device gpu is refused with a non-zero exit until the GPU kernels exist, or succeeds.
+    // `check` compares on its own and fails (non-zero exit) on a tampered expectation.
+    let mut file = TensorFile::read(&golden_cases()[0]).unwrap();
+    if let Some(wgpu_rnn::io::Value::Float(t)) = file.tensors.get_mut("output") {
+        t.data[0] += 1.0;
+    }
+    let bad = dir.join("tampered.safetensors");
+    file.write(&bad).unwrap();
+    let ok = std::process::Command::new(exe).args(["check", golden_cases()[0].to_str().unwrap()]).output().unwrap();
+    assert!(ok.status.success());
+    let st = std::process::Command::new(exe).args(["check", bad.to_str().unwrap()]).output().unwrap();
+    assert!(!st.status.success(), "check must fail on a wrong expectation");
+    assert!(String::from_utf8_lossy(&st.stdout).contains("FAIL"));
     let _ = std::fs::remove_dir_all(&dir);
 }

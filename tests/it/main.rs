@@ -3,6 +3,9 @@
 mod common;
 mod errors;
 mod golden_cpu;
+mod gpu;
+mod gpu_common;
 mod gradcheck;
 mod packing;
+mod shaders;
 mod weights_io;

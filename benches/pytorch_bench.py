@@ -1,0 +1,108 @@
+#!/usr/bin/env python3
+"""Times PyTorch's nn.LSTM / nn.GRU / nn.RNN on the configurations of `wgpu-rnn bench`, the
+same way: forward under no_grad (inference) and forward + backward (training), median of
+repeats after warm-up. Prints a JSON array in the bench's record format, so its rows can be
+merged into the table (`wgpu-rnn bench --merge pytorch.json`).
+
+    python3 benches/pytorch_bench.py --threads 2 [--device cpu|cuda] [--quick] > pytorch.json
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+# Kept in step with DEFAULT_CONFIGS in src/bench.rs.
+CONFIGS = [
+    # name, cell, T, B, I, H, layers, bidirectional
+    ("C1", "LSTM", 50, 32, 128, 256, 1, False),
+    ("DB-LSTM-H256-B16-T150", "LSTM", 150, 16, 256, 256, 1, False),
+    ("DB-LSTM-H512-B16-T25", "LSTM", 25, 16, 512, 512, 1, False),
+    ("DB-LSTM-H512-B32-T25", "LSTM", 25, 32, 512, 512, 1, False),
+    ("DB-LSTM-H512-B64-T25", "LSTM", 25, 64, 512, 512, 1, False),
+    ("DB-GRU-H512-B32-T1", "GRU", 1, 32, 512, 512, 1, False),
+    ("DB-GRU-H512-B32-T187s", "GRU", 47, 32, 512, 512, 1, False),
+    ("DB-RNN-H32-B1-T672", "RNN_TANH", 672, 1, 32, 32, 1, False),
+    ("DB-RNN-H64-B1-T96", "RNN_TANH", 96, 1, 64, 64, 1, False),
+    ("C1-GRU", "GRU", 50, 32, 128, 256, 1, False),
+]
+
+
+def flops(cell, t, b, i, h, layers, bidir, training):
+    g = {"LSTM": 4, "GRU": 3}.get(cell, 1)
+    d = 2 if bidir else 1
+    total = 0
+    for l in range(layers):
+        inp = i if l == 0 else d * h
+        total += d * 2 * t * b * g * h * (inp + h)
+    return total * (3 if training else 1)
+
+
+def make(cell, i, h, layers, bidir, device):
+    if cell == "LSTM":
+        m = torch.nn.LSTM(i, h, layers, bidirectional=bidir)
+    elif cell == "GRU":
+        m = torch.nn.GRU(i, h, layers, bidirectional=bidir)
+    else:
+        m = torch.nn.RNN(i, h, layers, nonlinearity="relu" if cell == "RNN_RELU" else "tanh", bidirectional=bidir)
+    return m.to(device)
+
+
+def timeit(fn, repeats, sync):
+    for _ in range(3):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times), min(times), max(times)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", default=None, help="comma list of configuration names")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    dev = torch.device(a.device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    adapter = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"PyTorch CPU ({a.threads} threads)"
+    rows = []
+    for name, cell, t, b, i, h, layers, bidir in CONFIGS:
+        if a.only and name not in a.only.split(","):
+            continue
+        m = make(cell, i, h, layers, bidir, dev)
+        x = torch.randn(t, b, i, device=dev)
+        repeats = 5 if a.quick else 20
+
+        def fwd():
+            with torch.no_grad():
+                m(x)
+
+        def train():
+            xi = x.requires_grad_(False)
+            out, _ = m(xi)
+            out.sum().backward()
+
+        for mode, fn in (("forward", fwd), ("training", train)):
+            med, lo, hi = timeit(fn, repeats, sync)
+            fl = flops(cell, t, b, i, h, layers, bidir, mode == "training")
+            rows.append({
+                "name": name, "cell": cell, "t": t, "b": b, "input": i, "hidden": h, "layers": layers,
+                "bidirectional": bidir, "device": "pytorch-" + dev.type, "mode": mode,
+                "median_ms": med, "min_ms": lo, "max_ms": hi, "gflops": fl / (med * 1e6), "adapter": adapter,
+            })
+            print(f"{name:24} {mode:9} {med:9.3f} ms  {fl / (med * 1e6):7.1f} GFLOP/s", file=sys.stderr)
+    json.dump(rows, sys.stdout, indent=1)
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+//! The GPU path against the golden cases and the CPU reference, on every backend the tests
+//! cover (lavapipe through Vulkan, llvmpipe through GL).
+
+use crate::common::{assert_close, golden_cases, rng, uniform};
+use crate::gpu_common::{contexts, vulkan};
+use rand::Rng;
+use std::sync::Arc;
+use wgpu::util::DeviceExt;
+use wgpu_rnn::case::{tolerance::*, Case};
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::{weight_layout, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs};
+use wgpu_rnn::io::TensorFile;
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+/// GPU (f32) against the CPU reference in f64 on random shapes. Sums run over up to 257
+/// terms per step and 12,800 rows per weight gradient, in f32: a few 1e-6 relative per sum.
+const GPU_FWD_ATOL: f64 = 5e-5;
+const GPU_FWD_RTOL: f64 = 5e-4;
+const GPU_GRAD_ATOL: f64 = 5e-4;
+const GPU_GRAD_RTOL: f64 = 5e-3;
+
+#[test]
+fn golden_cases_on_every_backend() {
+    for ctx in contexts() {
+        for path in golden_cases() {
+            let file = TensorFile::read(&path).unwrap();
+            let case = Case::<f32>::from_file(&file).unwrap();
+            let got = case.run_gpu(ctx, true).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let report = wgpu_rnn::case::compare(&got, &file, true);
+            assert!(report.len() >= 6, "{}: {} tensors compared", path.display(), report.len());
+            for m in &report {
+                assert_eq!(
+                    m.failures, 0,
+                    "{} on {}: {} has {}/{} out of tolerance; worst at {}: got {} want {}",
+                    path.display(), ctx.describe(), m.name, m.failures, m.total, m.worst.0, m.worst.1, m.worst.2
+                );
+            }
+        }
+    }
+}
+
+/// Everything one engine run reads back.
+struct EngineOut {
+    output: Vec<f32>,
+    h_n: Vec<f32>,
+    c_n: Vec<f32>,
+    grad_input: Vec<f32>,
+    grad_h0: Vec<f32>,
+    grad_c0: Vec<f32>,
+    grad_w: Vec<f32>,
+}
+
+fn flat(w: &Weights<f32>) -> Vec<f32> {
+    let mut v = Vec::new();
+    w.for_each(|_, _, _, x| v.extend_from_slice(x));
+    assert_eq!(v.len(), weight_layout(&w.config).1);
+    v
+}
+
+/// Forward + backward through the engine API, over buffers this test owns, every output
+/// buffer pre-filled with NaN so an unwritten element shows. One encoder, one submit.
+#[allow(clippy::too_many_arguments)]
+fn engine_run(
+    ctx: &Arc<Context>,
+    w: &Weights<f32>,
+    x: &PackedSequence<f32>,
+    h0: Option<&[f32]>,
+    c0: Option<&[f32]>,
+    go: &[f32],
+    ghn: Option<&[f32]>,
+    gcn: Option<&[f32]>,
+) -> EngineOut {
+    let cfg = &w.config;
+    let dev = &ctx.device;
+    let lstm = cfg.mode == Mode::Lstm;
+    let b = x.batch();
+    let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let init = |label: &str, data: &[f32]| {
+        dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::cast_slice(data), usage })
+    };
+    let nan = |label: &str, n: usize| init(label, &vec![f32::NAN; n.max(1)]);
+    let hn_len: usize = cfg.h_shape(b).iter().product();
+    let cn_len: usize = cfg.c_shape(b).iter().product();
+    let n = x.rows();
+    let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: ghn.is_some(), grad_c_n: gcn.is_some() };
+    let plan = Plan::new(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs).unwrap();
+    let wb = init("w", &flat(w));
+    let xb = init("x", &x.data);
+    let h0b = h0.map(|h| init("h0", h));
+    let c0b = c0.map(|c| init("c0", c));
+    let out = nan("out", n * cfg.output_size());
+    let hn = nan("hn", hn_len);
+    let cn = lstm.then(|| nan("cn", cn_len));
+    let gob = init("go", go);
+    let ghnb = ghn.map(|g| init("ghn", g));
+    let gcnb = gcn.map(|g| init("gcn", g));
+    let gi = nan("gi", n * cfg.input_size);
+    let gh0 = nan("gh0", hn_len);
+    let gc0 = lstm.then(|| nan("gc0", cn_len));
+    let gw = nan("gw", plan.weight_elems());
+    let mut enc = dev.create_command_encoder(&Default::default());
+    plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, h0: h0b.as_ref(), c0: c0b.as_ref(), h_n: &hn, c_n: cn.as_ref() })
+        .unwrap();
+    plan.record_backward(
+        &mut enc,
+        &BackwardBuffers {
+            weights: &wb,
+            input: &xb,
+            output: &out,
+            h0: h0b.as_ref(),
+            c0: c0b.as_ref(),
+            grad_output: &gob,
+            grad_h_n: ghnb.as_ref(),
+            grad_c_n: gcnb.as_ref(),
+            grad_input: &gi,
+            grad_h0: &gh0,
+            grad_c0: gc0.as_ref(),
+            grad_weights: &gw,
+        },
+    )
+    .unwrap();
+    let mut rb = wgpu_rnn::gpu::Readback::new();
+    let mut read = |buf: Option<&wgpu::Buffer>, elems: usize| {
+        if let Some(buf) = buf {
+            rb.copy(ctx, &mut enc, buf, elems).unwrap();
+        }
+    };
+    read(Some(&out), n * cfg.output_size());
+    read(Some(&hn), hn_len);
+    read(Some(&gi), n * cfg.input_size);
+    read(Some(&gh0), hn_len);
+    read(Some(&gw), plan.weight_elems());
+    read(cn.as_ref(), cn_len);
+    read(gc0.as_ref(), cn_len);
+    let mut v = rb.submit_and_read(ctx, enc).unwrap().into_iter();
+    EngineOut {
+        output: v.next().unwrap(),
+        h_n: v.next().unwrap(),
+        grad_input: v.next().unwrap(),
+        grad_h0: v.next().unwrap(),
+        grad_w: v.next().unwrap(),
+        c_n: v.next().unwrap_or_default(),
+        grad_c0: v.next().unwrap_or_default(),
+    }
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A random problem, its GPU run through the engine API and its CPU f64 reference.
+fn compare_with_cpu(ctx: &Arc<Context>, cfg: &RnnConfig, lengths: &[usize], seed: u64, with_states: bool) {
+    let label = format!("{} {cfg:?} lengths {:?}.. seed {seed}", ctx.describe(), &lengths[..lengths.len().min(6)]);
+    let mut g = rng(seed);
+    let w32 = Weights::<f32>::init_uniform(cfg, seed).unwrap();
+    let w64 = w32.cast::<f64>();
+    let (t, b) = (*lengths.iter().max().unwrap(), lengths.len());
+    let xpad = uniform(&mut g, t * b * cfg.input_size, 1.0);
+    let x64 = PackedSequence::from_padded(&xpad, [t, b, cfg.input_size], false, lengths).unwrap();
+    let x32 = x64.with_data(x64.data.iter().map(|&v| v as f32).collect(), cfg.input_size).unwrap();
+    let n = x64.rows();
+    let hl: usize = cfg.h_shape(b).iter().product();
+    let cl: usize = cfg.c_shape(b).iter().product();
+    let lstm = cfg.mode == Mode::Lstm;
+    let h0 = with_states.then(|| uniform(&mut g, hl, 0.5));
+    let c0 = (with_states && lstm).then(|| uniform(&mut g, cl, 0.5));
+    let go = uniform(&mut g, n * cfg.output_size(), 1.0);
+    let ghn = with_states.then(|| uniform(&mut g, hl, 1.0));
+    let gcn = (with_states && lstm).then(|| uniform(&mut g, cl, 1.0));
+    let f32v = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
+    let (h0f, c0f, ghnf, gcnf) = (f32v(&h0), f32v(&c0), f32v(&ghn), f32v(&gcn));
+    let gof: Vec<f32> = go.iter().map(|&x| x as f32).collect();
+    let gpu = engine_run(ctx, &w32, &x32, h0f.as_deref(), c0f.as_deref(), &gof, ghnf.as_deref(), gcnf.as_deref());
+
+    let (f, tape) = cpu::forward(&w64, &x64, h0.as_deref(), c0.as_deref(), Pass::Training).unwrap();
+    let gr = cpu::backward(&w64, &tape.unwrap(), &go, ghn.as_deref(), gcn.as_deref()).unwrap();
+    assert_close(&format!("{label}: output"), &to64(&gpu.output), &f.output.data, GPU_FWD_ATOL, GPU_FWD_RTOL);
+    assert_close(&format!("{label}: h_n"), &to64(&gpu.h_n), &f.h_n.data, GPU_FWD_ATOL, GPU_FWD_RTOL);
+    if lstm {
+        assert_close(&format!("{label}: c_n"), &to64(&gpu.c_n), &f.c_n.unwrap().data, GPU_FWD_ATOL, GPU_FWD_RTOL);
+        assert_close(&format!("{label}: grad_c0"), &to64(&gpu.grad_c0), &gr.c0.unwrap().data, GPU_GRAD_ATOL, GPU_GRAD_RTOL);
+    }
+    assert_close(&format!("{label}: grad_input"), &to64(&gpu.grad_input), &gr.input.data, GPU_GRAD_ATOL, GPU_GRAD_RTOL);
+    assert_close(&format!("{label}: grad_h0"), &to64(&gpu.grad_h0), &gr.h0.data, GPU_GRAD_ATOL, GPU_GRAD_RTOL);
+    let mut gw = Vec::new();
+    gr.params.for_each(|_, _, _, v| gw.extend_from_slice(v));
+    assert_close(&format!("{label}: grad weights"), &to64(&gpu.grad_w), &gw, GPU_GRAD_ATOL, GPU_GRAD_RTOL);
+}
+
+#[test]
+fn gpu_matches_cpu_on_awkward_sizes() {
+    let sizes = [1usize, 7, 17, 65, 129, 257];
+    let mut g = rng(2024);
+    for ctx in contexts() {
+        // Every awkward size as input and as hidden size, cells and shapes varied.
+        for (k, &hs) in sizes.iter().enumerate() {
+            let mode = Mode::ALL[k % 4];
+            let is = sizes[(k + 3) % sizes.len()];
+            // Keep each case's work bounded on a CPU-emulated adapter: ~ T * B * G*H * H.
+            let b = if hs >= 129 { g.random_range(1..9) } else { g.random_range(1..65) };
+            let t = if hs >= 129 { g.random_range(1..24) } else { g.random_range(1..60) };
+            let lengths: Vec<usize> = (0..b).map(|_| g.random_range(1..=t)).collect();
+            let cfg = RnnConfig::new(mode, is, hs).bidirectional(k % 2 == 0);
+            compare_with_cpu(ctx, &cfg, &lengths, 100 + k as u64, k % 3 != 1);
+        }
+        // Long sequences, batch 64, two layers, projection.
+        compare_with_cpu(ctx, &RnnConfig::new(Mode::Lstm, 7, 17), &[200, 1, 150, 200], 7, true);
+        compare_with_cpu(ctx, &RnnConfig::new(Mode::Gru, 17, 7).layers(2), &(1..=64).map(|i| 1 + i % 13).collect::<Vec<_>>(), 8, false);
+        compare_with_cpu(ctx, &RnnConfig::new(Mode::Lstm, 9, 20).layers(2).bidirectional(true).proj(7), &[5, 9, 3], 9, true);
+        compare_with_cpu(ctx, &RnnConfig::new(Mode::RnnRelu, 5, 33).layers(3).bidirectional(true).bias(false), &[4, 6, 6, 1], 10, true);
+    }
+}
+
+#[test]
+fn two_identical_runs_are_bitwise_identical() {
+    for ctx in contexts() {
+        let cfg = RnnConfig::new(Mode::Lstm, 13, 40).layers(2).bidirectional(true);
+        let lengths = [9, 3, 12, 12, 1];
+        let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+        let mut g = rng(6);
+        let xpad: Vec<f32> = uniform(&mut g, 12 * 5 * 13, 1.0).into_iter().map(|v| v as f32).collect();
+        let x = PackedSequence::from_padded(&xpad, [12, 5, 13], false, &lengths).unwrap();
+        let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+        let a = engine_run(ctx, &w, &x, None, None, &go, None, None);
+        let b = engine_run(ctx, &w, &x, None, None, &go, None, None);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+        for (name, x, y) in [
+            ("output", &a.output, &b.output),
+            ("h_n", &a.h_n, &b.h_n),
+            ("c_n", &a.c_n, &b.c_n),
+            ("grad_input", &a.grad_input, &b.grad_input),
+            ("grad_h0", &a.grad_h0, &b.grad_h0),
+            ("grad_c0", &a.grad_c0, &b.grad_c0),
+            ("grad_w", &a.grad_w, &b.grad_w),
+        ] {
+            assert!(!x.is_empty());
+            assert_eq!(bits(x), bits(y), "{name} differs between runs on {}", ctx.describe());
+        }
+    }
+}
+
+#[test]
+fn engine_api_on_a_caller_created_device() {
+    // The caller makes the device; the library only wraps it.
+    let Some(ours) = vulkan() else { return };
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::VULKAN, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let info = adapter.get_info();
+    assert_eq!(info.backend, ours.adapter_info().backend);
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: adapter.limits(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let ctx = Context::from_device(device.clone(), queue.clone(), Some(info)).unwrap();
+    compare_with_cpu(&ctx, &RnnConfig::new(Mode::Gru, 6, 10).bidirectional(true), &[4, 2, 5], 77, true);
+    // The caller's device, not a new one.
+    assert!(std::ptr::eq(&ctx.device as *const _ as *const u8, &ctx.device as *const _ as *const u8));
+    assert_eq!(ctx.limits().max_storage_buffer_binding_size, device.limits().max_storage_buffer_binding_size);
+}
+
+#[test]
+fn repeated_calls_do_not_grow_buffer_memory() {
+    let Some(ctx) = vulkan() else { return };
+    let ctx = Context::from_device(ctx.device.clone(), ctx.queue.clone(), Some(ctx.adapter_info().clone())).unwrap();
+    let cfg = RnnConfig::new(Mode::Lstm, 4, 8);
+    let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+    let rnn = GpuRnn::new(&ctx, &w).unwrap();
+    let xs: Vec<f32> = (0..6 * 3 * 4).map(|i| (i as f32 * 0.37).sin()).collect();
+    let x = PackedSequence::from_padded(&xs, [6, 3, 4], false, &[6, 2, 4]).unwrap();
+    let go = vec![0.1f32; x.rows() * 8];
+    let mut after_first = 0;
+    let mut first_result = None;
+    for i in 0..1000 {
+        let (f, tape) = rnn.forward(&x, None, None, Pass::Training).unwrap();
+        let g = rnn.backward(&tape.unwrap(), &go, None, None).unwrap();
+        if i == 0 {
+            after_first = ctx.live_buffer_bytes();
+            first_result = Some((f.output.data.clone(), g.input.data.clone()));
+        }
+        if i == 999 {
+            let (o, gi) = first_result.clone().unwrap();
+            assert_eq!(f.output.data, o);
+            assert_eq!(g.input.data, gi);
+        }
+    }
+    assert!(after_first > 0);
+    assert_eq!(ctx.live_buffer_bytes(), after_first, "buffer memory grew over 1,000 forward/backward calls");
+    let pipelines = ctx.pipeline_count();
+    assert!(pipelines > 0 && pipelines <= 12, "pipelines built once each: {pipelines}");
+}
+
+#[test]
+fn pipeline_cache_and_models_are_shared_across_threads() {
+    let Some(ctx) = vulkan() else { return };
+    let cfg = RnnConfig::new(Mode::RnnTanh, 3, 5).layers(2);
+    let w = Weights::<f32>::init_uniform(&cfg, 3).unwrap();
+    let rnn = Arc::new(GpuRnn::new(ctx, &w).unwrap());
+    let xs: Vec<f32> = (0..4 * 2 * 3).map(|i| (i as f32 * 0.1).cos()).collect();
+    let x = PackedSequence::from_padded(&xs, [4, 2, 3], false, &[4, 3]).unwrap();
+    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (rnn, x) = (rnn.clone(), x.clone());
+            std::thread::spawn(move || rnn.forward(&x, None, None, Pass::Inference).unwrap().0.output.data)
+        })
+        .collect();
+    for h in handles {
+        let got = h.join().unwrap();
+        assert_close("threaded forward", &to64(&got), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
+    }
+}
+
+#[test]
+fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
+    let Some(full) = vulkan() else { return };
+    // A device whose storage bindings are capped at 1 MiB.
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor { backends: wgpu::Backends::VULKAN, ..wgpu::InstanceDescriptor::new_without_display_handle() });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let mut limits = adapter.limits();
+    limits.max_storage_buffer_binding_size = 1 << 20;
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor { required_limits: limits, ..Default::default() })).unwrap();
+    let ctx = Context::from_device(device, queue, Some(full.adapter_info().clone())).unwrap();
+    let cfg = RnnConfig::new(Mode::Lstm, 8, 64);
+    let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
+    let rnn = GpuRnn::new(&ctx, &w).unwrap();
+    // xp alone is N * 4H * 4 bytes = 2,000 * 256 * 4 = 2 MB > 1 MiB.
+    let x = PackedSequence::from_padded(&vec![0.1f32; 100 * 20 * 8], [100, 20, 8], false, &[100; 20]).unwrap();
+    match rnn.forward(&x, None, None, Pass::Inference) {
+        Err(Error::Limit(msg)) => assert!(msg.contains("storage"), "{msg}"),
+        other => panic!("expected a limit error, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[test]
+fn engine_api_rejects_wrong_buffers_and_inference_backward() {
+    let Some(ctx) = vulkan() else { return };
+    let cfg = RnnConfig::new(Mode::Gru, 3, 4);
+    let x = PackedSequence::from_padded(&[0.5f32; 2 * 2 * 3], [2, 2, 3], false, &[2, 1]).unwrap();
+    let layout = SeqLayout::of(&x).unwrap();
+    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
+    let small = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    let big = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &small, output: &big, h0: None, c0: None, h_n: &big, c_n: None });
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "input too small");
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, h0: Some(&big), c0: None, h_n: &big, c_n: None });
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "h0 the plan was not prepared for");
+    let r = plan.record_backward(
+        &mut enc,
+        &BackwardBuffers {
+            weights: &big, input: &big, output: &big, h0: None, c0: None, grad_output: &big, grad_h_n: None, grad_c_n: None,
+            grad_input: &big, grad_h0: &big, grad_c0: None, grad_weights: &big,
+        },
+    );
+    assert!(matches!(r, Err(Error::NotTraining)));
+    assert!(matches!(Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs { c0: true, ..Default::default() }), Err(Error::InvalidConfig(_))));
+    let bad = SeqLayout { batch_sizes: vec![1, 2], sorted_indices: vec![0] };
+    assert!(matches!(Plan::new(ctx, &cfg, &bad, Pass::Inference, StateInputs::default()), Err(Error::InvalidLengths(_))));
+    // NaN input through the convenience API.
+    let rnn = GpuRnn::new(ctx, &Weights::<f32>::init_uniform(&cfg, 0).unwrap()).unwrap();
+    let mut xn = x.clone();
+    xn.data[1] = f32::NAN;
+    assert!(matches!(rnn.forward(&xn, None, None, Pass::Inference), Err(Error::NonFinite(_))));
+    let mut wn = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
+    wn.params[0].w_hh[2] = f32::NAN;
+    assert!(matches!(GpuRnn::new(ctx, &wn), Err(Error::NonFinite(_))));
+}
+
+#[test]
+fn dispatch_and_submit_counts() {
+    let Some(ctx) = vulkan() else { return };
+    // C1-shaped structure (one LSTM layer, T = 50): GEMM + 50 steps + h_n + c_n gathers.
+    let cfg = RnnConfig::new(Mode::Lstm, 8, 16);
+    let layout = SeqLayout { batch_sizes: vec![4; 50], sorted_indices: vec![0, 1, 2, 3] };
+    let plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+    assert_eq!(plan.forward_dispatches(), 1 + 50 + 2);
+    // gathers (2) + seeds (2) + 50 * (gate grad + recurrent grad) + copies (2) + 3 GEMMs + 2 colsums
+    assert_eq!(plan.backward_dispatches(), 2 + 2 + 100 + 2 + 3 + 2);
+}

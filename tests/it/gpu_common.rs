@@ -1,0 +1,33 @@
+//! GPU test contexts: lavapipe through Vulkan and llvmpipe through GL. Under `CI=true` a
+//! missing adapter fails the test run; elsewhere the GPU tests say loudly that they skip.
+
+use std::sync::{Arc, OnceLock};
+use wgpu_rnn::gpu::{Context, ContextOptions};
+
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+fn make(backends: wgpu::Backends) -> Option<Arc<Context>> {
+    match Context::with_options(&ContextOptions { backends: Some(backends), adapter_name: None }) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            if in_ci() {
+                panic!("CI=true but no {backends:?} adapter: {e}");
+            }
+            eprintln!("SKIPPING {backends:?} GPU tests: no adapter ({e}); run .ci/setup to install lavapipe");
+            None
+        }
+    }
+}
+
+/// One context per backend the tests cover (Vulkan, GL), shared by all tests in the binary.
+pub fn contexts() -> &'static [Arc<Context>] {
+    static CTX: OnceLock<Vec<Arc<Context>>> = OnceLock::new();
+    CTX.get_or_init(|| [wgpu::Backends::VULKAN, wgpu::Backends::GL].into_iter().filter_map(make).collect())
+}
+
+/// The Vulkan context (lavapipe here), if any.
+pub fn vulkan() -> Option<&'static Arc<Context>> {
+    contexts().iter().find(|c| c.adapter_info().backend == wgpu::Backend::Vulkan)
+}

@@ -1,0 +1,72 @@
+//! Every shader parses and validates with naga, without a GPU; the Rust parameter structs
+//! have the sizes naga computes for their WGSL twins.
+
+use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, UtilParams};
+
+fn module(src: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)))
+}
+
+fn validate(name: &str, src: &str) -> naga::Module {
+    let m = module(src);
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&m)
+        .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+    m
+}
+
+fn struct_size(m: &naga::Module, name: &str) -> u32 {
+    for (_, ty) in m.types.iter() {
+        if ty.name.as_deref() == Some(name) {
+            if let naga::TypeInner::Struct { span, .. } = ty.inner {
+                return span;
+            }
+        }
+    }
+    panic!("no struct {name}");
+}
+
+#[test]
+fn every_shader_family_validates_with_naga() {
+    for f in Family::ALL {
+        validate(&format!("{f:?}"), f.source());
+    }
+    // The shared snippet on its own is valid WGSL too.
+    validate("activations", source::ACTIVATIONS);
+}
+
+#[test]
+fn every_shader_file_is_valid_wgsl_on_its_own_or_after_its_snippets() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
+    let shared = std::fs::read_to_string(dir.join("shared/activations.wgsl")).unwrap();
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|x| x == "wgsl") {
+            let src = std::fs::read_to_string(&p).unwrap();
+            let joined = if src.contains("sigmoid(") || src.contains("FROM_STATE0") && !src.contains("const FROM_STATE0") {
+                format!("{shared}{src}")
+            } else {
+                src
+            };
+            validate(&p.display().to_string(), &joined);
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "found {n} shader files");
+}
+
+#[test]
+fn parameter_structs_match_wgsl_sizes() {
+    let m = module(Family::StepForward.source());
+    assert_eq!(struct_size(&m, "StepParams") as usize, std::mem::size_of::<StepParams>());
+    let m = module(Family::StepBackward.source());
+    assert_eq!(struct_size(&m, "BackParams") as usize, std::mem::size_of::<BackParams>());
+    let m = module(Family::Gemm.source());
+    assert_eq!(struct_size(&m, "GemmParams") as usize, std::mem::size_of::<GemmParams>());
+    let m = module(Family::Util.source());
+    assert_eq!(struct_size(&m, "UtilParams") as usize, std::mem::size_of::<UtilParams>());
+    for f in Family::ALL {
+        assert!(f.param_size() <= wgpu_rnn::gpu::kernels::MAX_PARAM_BYTES as u64);
+    }
+}
