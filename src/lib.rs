@@ -21,6 +21,7 @@
 //! - [`packing`]: packed sequences; [`cpu`]: the reference forward and backward;
 //! - [`case`]: the golden case format; [`io`]: safetensors.
 
+pub mod bench;
 pub mod case;
 pub mod config;
 pub mod cpu;

@@ -64,6 +64,98 @@ enum Cmd {
     },
     /// List the adapters wgpu sees: backend, device type, limits and features.
     Info,
+    /// Time configurations on the CPU path and the GPU, forward and training, and print a
+    /// table (median, min-max, GFLOP/s, share of the device's GEMM ceiling, GPU/CPU speedup).
+    Bench {
+        /// A configuration: `lstm,t=50,b=32,i=128,h=256[,layers=2][,bidir][,lengths=random]`;
+        /// repeat for several. Default: the DeepBench-derived set plus C1.
+        #[arg(long)]
+        config: Vec<String>,
+        /// Write every row as a JSON array.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Merge rows from a JSON file (e.g. benches/pytorch_bench.py's output) into the table.
+        #[arg(long)]
+        merge: Vec<PathBuf>,
+        /// Fewer repeats (for CI and smoke runs).
+        #[arg(long)]
+        quick: bool,
+        /// Which devices to run.
+        #[arg(long, value_enum, default_value = "both")]
+        device: BenchDevice,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum BenchDevice {
+    Cpu,
+    Gpu,
+    Both,
+}
+
+fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice) -> wgpu_rnn::Result<()> {
+    use wgpu_rnn::bench::*;
+    let configs = if config.is_empty() {
+        default_configs()
+    } else {
+        config.iter().map(|c| BenchConfig::parse(c)).collect::<wgpu_rnn::Result<Vec<_>>>()?
+    };
+    let timing = if quick { Timing::quick() } else { Timing::full() };
+    let ctx = if device != BenchDevice::Cpu { Some(gpu_context()?) } else { None };
+    if let Some(ctx) = &ctx {
+        let emu = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
+            "  -- a CPU emulation, not a GPU: compare its figures only as ratios within one run"
+        } else {
+            ""
+        };
+        println!("GPU adapter: {}{emu}", ctx.describe());
+    }
+    println!("CPU path: {} threads (MATMUL_NUM_THREADS)", cpu_threads());
+    let steps = configs.len() as u64 * if device == BenchDevice::Both { 2 } else { 1 } + 1;
+    let bar = indicatif::ProgressBar::new(steps);
+    bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]").expect("template"));
+    let mut records = Vec::new();
+    bar.set_message("GEMM ceilings");
+    if device != BenchDevice::Gpu {
+        records.push(bench_cpu_gemm(timing)?);
+    }
+    if let Some(ctx) = &ctx {
+        records.push(bench_gpu_gemm(ctx, timing)?);
+    }
+    bar.inc(1);
+    for c in &configs {
+        if device != BenchDevice::Gpu {
+            bar.set_message(format!("{} cpu", c.name));
+            records.extend(bench_cpu(c, timing)?);
+            bar.inc(1);
+        }
+        if let Some(ctx) = &ctx {
+            bar.set_message(format!("{} gpu", c.name));
+            records.extend(bench_gpu(ctx, c, timing)?);
+            bar.inc(1);
+        }
+    }
+    bar.finish_and_clear();
+    for m in &merge {
+        let text = std::fs::read_to_string(m)?;
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| wgpu_rnn::Error::InvalidConfig(format!("{}: {e}", m.display())))?;
+        for r in v.as_array().into_iter().flatten() {
+            let r = Record::from_json(r)?;
+            if configs.iter().any(|c| c.name == r.name) {
+                records.push(r);
+            }
+        }
+    }
+    // Group rows by configuration and mode.
+    let order = |r: &Record| configs.iter().position(|c| c.name == r.name).map(|p| p + 1).unwrap_or(0);
+    records.sort_by_key(|r| (order(r), r.mode.clone()));
+    print!("{}", format_table(&records));
+    if let Some(path) = json {
+        let arr: Vec<serde_json::Value> = records.iter().map(|r| r.to_json()).collect();
+        std::fs::write(&path, serde_json::to_string_pretty(&arr).expect("json"))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
 }
 
 fn gpu_context() -> wgpu_rnn::Result<Arc<Context>> {
@@ -144,6 +236,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Cmd::Bench { config, json, merge, quick, device } => match bench(config, json, merge, quick, device) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Cmd::Info => {
             let adapters = wgpu_rnn::info::adapters();
             if adapters.is_empty() {

@@ -17,9 +17,11 @@
 
 mod float;
 pub mod gemm;
+pub mod smallgemm;
 
-pub use float::{cast, Float};
+pub use float::{cast, fast, Float};
 use gemm::{gemm, Mat, Op};
+use smallgemm::PackedB;
 
 use crate::config::{Mode, RnnConfig};
 use crate::error::{check_len, Error, Result};
@@ -181,15 +183,17 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
             tp.hn = vec![T::zero(); n * hs];
         }
     }
-    // Workspaces, allocated once per layer-direction.
+    // Workspaces and packed recurrent weights, once per layer-direction.
     let mut hp = vec![T::zero(); b * gh];
+    let w_hh = PackedB::transposed(&a.p.w_hh, gh, ho);
+    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::transposed(w, cfg.proj_size, hs));
     let mut h_pre = vec![T::zero(); if cfg.proj_size > 0 { b * hs } else { 0 }];
 
     for t in step_order(a.batch_sizes.len(), a.reverse) {
         let rows = a.batch_sizes[t];
         let o = off[t];
         // 2. Recurrent product for the active rows.
-        gemm(T::one(), Mat::new(&a.h[..rows * ho], rows, ho), Op::N, Mat::new(&a.p.w_hh, gh, ho), Op::T, T::zero(), &mut hp[..rows * gh], gh);
+        w_hh.gemm(&a.h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh);
         add_bias(&mut hp[..rows * gh], gh, a.p.b_hh.as_deref());
         if let Some(tp) = tape.as_deref_mut() {
             tp.h_prev[o * ho..(o + rows) * ho].copy_from_slice(&a.h[..rows * ho]);
@@ -197,75 +201,37 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
                 tp.c_prev[o * hs..(o + rows) * hs].copy_from_slice(&a.c[..rows * hs]);
             }
         }
-        // 3. Fused pointwise update.
+        // 3. Fused pointwise update, one row at a time over exact-length slices (vectorises).
         for r in 0..rows {
             let xr = &xp[(o + r) * gh..(o + r + 1) * gh];
             let hr = &hp[r * gh..(r + 1) * gh];
-            let (mut gates_row, mut hn_row) = match tape.as_deref_mut() {
+            let (gates_row, aux_row) = match tape.as_deref_mut() {
                 Some(tp) => {
-                    let hn_row = if cfg.mode == Mode::Gru { Some(&mut tp.hn[(o + r) * hs..(o + r + 1) * hs]) } else { None };
-                    (Some(&mut tp.gates[(o + r) * gh..(o + r + 1) * gh]), hn_row)
+                    let aux = if cfg.mode == Mode::Gru { Some(&mut tp.hn[(o + r) * hs..(o + r + 1) * hs]) } else { None };
+                    (Some(&mut tp.gates[(o + r) * gh..(o + r + 1) * gh]), aux)
                 }
                 None => (None, None),
             };
             match cfg.mode {
                 Mode::RnnTanh | Mode::RnnRelu => {
-                    for j in 0..hs {
-                        let pre = xr[j] + hr[j];
-                        let v = if cfg.mode == Mode::RnnTanh { pre.tanh() } else { pre.relu() };
-                        a.h[r * ho + j] = v;
-                        if let Some(gr) = gates_row.as_deref_mut() {
-                            gr[j] = v;
-                        }
+                    let h = &mut a.h[r * ho..r * ho + hs];
+                    rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, h);
+                    if let Some(gr) = gates_row {
+                        gr.copy_from_slice(h);
                     }
                 }
                 Mode::Lstm => {
-                    for j in 0..hs {
-                        let i = (xr[j] + hr[j]).sigmoid();
-                        let f = (xr[hs + j] + hr[hs + j]).sigmoid();
-                        let gg = (xr[2 * hs + j] + hr[2 * hs + j]).tanh();
-                        let og = (xr[3 * hs + j] + hr[3 * hs + j]).sigmoid();
-                        let c_new = f * a.c[r * hs + j] + i * gg;
-                        a.c[r * hs + j] = c_new;
-                        let hv = og * c_new.tanh();
-                        if cfg.proj_size > 0 {
-                            h_pre[r * hs + j] = hv;
-                        } else {
-                            a.h[r * ho + j] = hv;
-                        }
-                        if let Some(gr) = gates_row.as_deref_mut() {
-                            gr[j] = i;
-                            gr[hs + j] = f;
-                            gr[2 * hs + j] = gg;
-                            gr[3 * hs + j] = og;
-                        }
-                    }
+                    let h = if cfg.proj_size > 0 { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut a.h[r * ho..r * ho + hs] };
+                    lstm_row(xr, hr, &mut a.c[r * hs..(r + 1) * hs], h, gates_row);
                 }
                 Mode::Gru => {
-                    for j in 0..hs {
-                        let rg = (xr[j] + hr[j]).sigmoid();
-                        let z = (xr[hs + j] + hr[hs + j]).sigmoid();
-                        let hn = hr[2 * hs + j];
-                        let nn = (xr[2 * hs + j] + rg * hn).tanh();
-                        let hv = (T::one() - z) * nn + z * a.h[r * ho + j];
-                        a.h[r * ho + j] = hv;
-                        if let Some(gr) = gates_row.as_deref_mut() {
-                            gr[j] = rg;
-                            gr[hs + j] = z;
-                            gr[2 * hs + j] = nn;
-                        }
-                        if let Some(hr) = hn_row.as_deref_mut() {
-                            hr[j] = hn;
-                        }
-                    }
+                    gru_row(xr, hr, &mut a.h[r * ho..r * ho + hs], gates_row, aux_row);
                 }
             }
         }
-        if cfg.proj_size > 0 {
+        if let Some(wr) = &w_hr {
             // h = (o * tanh(c)) W_hr^T for the active rows.
-            let p = cfg.proj_size;
-            let wr = a.p.w_hr.as_deref().expect("validated: projection weights present");
-            gemm(T::one(), Mat::new(&h_pre[..rows * hs], rows, hs), Op::N, Mat::new(wr, p, hs), Op::T, T::zero(), &mut a.h[..rows * ho], ho);
+            wr.gemm(&h_pre[..rows * hs], rows, hs, &mut a.h[..rows * ho], ho);
         }
         if let Some(tp) = tape.as_deref_mut() {
             if cfg.mode == Mode::Lstm {
@@ -278,6 +244,89 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
         for r in 0..rows {
             let dst = (o + r) * out_w + a.col;
             a.out[dst..dst + ho].copy_from_slice(&a.h[r * ho..(r + 1) * ho]);
+        }
+    }
+}
+
+/// `h = act(x + hp)` for one row; slices of length H.
+fn rnn_row<T: Float>(tanh: bool, x: &[T], hp: &[T], h: &mut [T]) {
+    let n = h.len();
+    let (x, hp) = (&x[..n], &hp[..n]);
+    for j in 0..n {
+        let pre = x[j] + hp[j];
+        h[j] = if tanh { pre.tanh() } else { pre.relu() };
+    }
+}
+
+/// The LSTM update for one row: `x`, `hp` are `[4H]` (gates i, f, g, o), `c` is updated in
+/// place, `h` gets `o * tanh(c)`, and `gates` (training) the activated gates.
+fn lstm_row<T: Float>(x: &[T], hp: &[T], c: &mut [T], h: &mut [T], gates: Option<&mut [T]>) {
+    let n = c.len();
+    let h = &mut h[..n];
+    let (xi, xf, xg, xo) = (&x[..n], &x[n..2 * n], &x[2 * n..3 * n], &x[3 * n..4 * n]);
+    let (hi, hf, hg, ho) = (&hp[..n], &hp[n..2 * n], &hp[2 * n..3 * n], &hp[3 * n..4 * n]);
+    match gates {
+        Some(g) => {
+            let (gi, rest) = g[..4 * n].split_at_mut(n);
+            let (gf, rest) = rest.split_at_mut(n);
+            let (gg, go) = rest.split_at_mut(n);
+            for j in 0..n {
+                let i = (xi[j] + hi[j]).sigmoid();
+                let f = (xf[j] + hf[j]).sigmoid();
+                let g = (xg[j] + hg[j]).tanh();
+                let o = (xo[j] + ho[j]).sigmoid();
+                let cn = f * c[j] + i * g;
+                c[j] = cn;
+                h[j] = o * cn.tanh();
+                gi[j] = i;
+                gf[j] = f;
+                gg[j] = g;
+                go[j] = o;
+            }
+        }
+        None => {
+            for j in 0..n {
+                let i = (xi[j] + hi[j]).sigmoid();
+                let f = (xf[j] + hf[j]).sigmoid();
+                let g = (xg[j] + hg[j]).tanh();
+                let o = (xo[j] + ho[j]).sigmoid();
+                let cn = f * c[j] + i * g;
+                c[j] = cn;
+                h[j] = o * cn.tanh();
+            }
+        }
+    }
+}
+
+/// The GRU update for one row: `x`, `hp` are `[3H]` (gates r, z, n; `hp` includes b_hh), `h`
+/// is updated in place; training keeps the gates and `W_hn h + b_hn` (`aux`).
+fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: Option<&mut [T]>, aux: Option<&mut [T]>) {
+    let n = h.len();
+    let (xr, xz, xn) = (&x[..n], &x[n..2 * n], &x[2 * n..3 * n]);
+    let (hr, hz, hn) = (&hp[..n], &hp[n..2 * n], &hp[2 * n..3 * n]);
+    match (gates, aux) {
+        (Some(g), Some(aux)) => {
+            let (gr, rest) = g[..3 * n].split_at_mut(n);
+            let (gz, gn) = rest.split_at_mut(n);
+            let aux = &mut aux[..n];
+            for j in 0..n {
+                let r = (xr[j] + hr[j]).sigmoid();
+                let z = (xz[j] + hz[j]).sigmoid();
+                let nn = (xn[j] + r * hn[j]).tanh();
+                h[j] = (T::one() - z) * nn + z * h[j];
+                gr[j] = r;
+                gz[j] = z;
+                gn[j] = nn;
+                aux[j] = hn[j];
+            }
+        }
+        _ => {
+            for j in 0..n {
+                let r = (xr[j] + hr[j]).sigmoid();
+                let z = (xz[j] + hz[j]).sigmoid();
+                let nn = (xn[j] + r * hn[j]).tanh();
+                h[j] = (T::one() - z) * nn + z * h[j];
+            }
         }
     }
 }
@@ -433,6 +482,8 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     let mut dh_tot = vec![T::zero(); b * ho];
     let mut dh_pre = vec![T::zero(); if proj { b * hs } else { 0 }];
     let mut direct = vec![T::zero(); if cfg.mode == Mode::Gru { b * ho } else { 0 }];
+    let w_hh = PackedB::plain(&a.p.w_hh, gh, ho);
+    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::plain(w, cfg.proj_size, hs));
 
     // Reverse of the processing order.
     for t in step_order(a.batch_sizes.len(), !a.reverse) {
@@ -446,8 +497,8 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
         // Gradient with respect to the pre-projection h (o * tanh(c)).
         let dhp: &[T] = if proj {
             dh_tot_all[o * ho..(o + rows) * ho].copy_from_slice(&dh_tot[..rows * ho]);
-            let wr = a.p.w_hr.as_deref().expect("validated");
-            gemm(one, Mat::new(&dh_tot[..rows * ho], rows, ho), Op::N, Mat::new(wr, cfg.proj_size, hs), Op::N, T::zero(), &mut dh_pre[..rows * hs], hs);
+            let wr = w_hr.as_ref().expect("validated: projection weights present");
+            wr.gemm(&dh_tot[..rows * ho], rows, ho, &mut dh_pre[..rows * hs], hs);
             &dh_pre
         } else {
             &dh_tot
@@ -503,7 +554,7 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
         }
         // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
         let dgh_rows = if cfg.mode == Mode::Gru { &dgh[o * gh..(o + rows) * gh] } else { &dgx[o * gh..(o + rows) * gh] };
-        gemm(one, Mat::new(dgh_rows, rows, gh), Op::N, Mat::new(&a.p.w_hh, gh, ho), Op::N, T::zero(), &mut a.dh[..rows * ho], ho);
+        w_hh.gemm(dgh_rows, rows, gh, &mut a.dh[..rows * ho], ho);
         if cfg.mode == Mode::Gru {
             for (v, &d) in a.dh[..rows * ho].iter_mut().zip(&direct[..rows * ho]) {
                 *v += d;

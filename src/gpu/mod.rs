@@ -8,11 +8,13 @@
 
 mod api;
 mod context;
+mod gemm;
 pub mod kernels;
 mod plan;
 mod readback;
 
 pub use api::{GpuRnn, GpuTape};
+pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use plan::{weight_layout, BackwardBuffers, DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs};
 pub use readback::{storage, upload, Readback};

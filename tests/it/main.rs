@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so wgpu links once.
 
 mod common;
+mod cpu_kernels;
 mod errors;
 mod golden_cpu;
 mod gpu;

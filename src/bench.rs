@@ -1,0 +1,417 @@
+//! `wgpu-rnn bench`: the same configurations on the CPU path and on the GPU, inference
+//! (forward) and training (forward + backward), timed as medians with min-max, with the GEMM
+//! ceiling each device reached in the same run, and optionally PyTorch's figures merged in.
+
+use crate::config::{Mode, RnnConfig};
+use crate::cpu::{self, Pass};
+use crate::error::{Error, Result};
+use crate::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs};
+use crate::packing::PackedSequence;
+use crate::weights::Weights;
+use rand::{Rng, SeedableRng};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// One benchmark configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BenchConfig {
+    pub name: String,
+    pub mode: Mode,
+    pub t: usize,
+    pub b: usize,
+    pub input: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub bidirectional: bool,
+    /// Equal lengths (`None`) or random lengths in `1..=t` from this seed.
+    pub random_lengths: Option<u64>,
+}
+
+impl BenchConfig {
+    fn new(name: &str, mode: Mode, t: usize, b: usize, input: usize, hidden: usize) -> Self {
+        BenchConfig { name: name.into(), mode, t, b, input, hidden, layers: 1, bidirectional: false, random_lengths: None }
+    }
+
+    pub fn rnn_config(&self) -> RnnConfig {
+        RnnConfig::new(self.mode, self.input, self.hidden).layers(self.layers).bidirectional(self.bidirectional)
+    }
+
+    pub fn lengths(&self) -> Vec<usize> {
+        match self.random_lengths {
+            None => vec![self.t; self.b],
+            Some(seed) => {
+                let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut v: Vec<usize> = (0..self.b).map(|_| r.random_range(1..=self.t)).collect();
+                v[0] = self.t;
+                v
+            }
+        }
+    }
+
+    /// Multiply-adds x 2 of the GEMMs (forward; training counts 3x: forward, dX/dh, dW).
+    pub fn flops(&self, training: bool) -> f64 {
+        let g = self.mode.gates() as f64;
+        let d = if self.bidirectional { 2.0 } else { 1.0 };
+        let rows: f64 = self.lengths().iter().sum::<usize>() as f64;
+        let h = self.hidden as f64;
+        let mut total = 0.0;
+        for l in 0..self.layers {
+            let inp = if l == 0 { self.input as f64 } else { d * h };
+            total += d * 2.0 * rows * g * h * (inp + h);
+        }
+        if training {
+            3.0 * total
+        } else {
+            total
+        }
+    }
+
+    /// Parses `lstm,t=50,b=32,i=128,h=256[,layers=2][,bidir][,lengths=random][,name=X]`.
+    pub fn parse(s: &str) -> Result<Self> {
+        let mut parts = s.split(',').map(str::trim);
+        let mode: Mode = parts.next().unwrap_or("").parse()?;
+        let mut c = BenchConfig::new("custom", mode, 50, 32, 128, 256);
+        for p in parts {
+            let (k, v) = p.split_once('=').unwrap_or((p, "true"));
+            let num = || v.parse::<usize>().map_err(|_| Error::InvalidConfig(format!("--config: {k}={v} is not a whole number")));
+            match k {
+                "t" => c.t = num()?,
+                "b" => c.b = num()?,
+                "i" | "input" => c.input = num()?,
+                "h" | "hidden" => c.hidden = num()?,
+                "layers" | "l" => c.layers = num()?,
+                "bidir" | "bidirectional" => c.bidirectional = v == "true" || v == "1",
+                "lengths" => c.random_lengths = (v == "random").then_some(1),
+                "name" => c.name = v.into(),
+                _ => return Err(Error::InvalidConfig(format!("--config: unknown key {k:?}"))),
+            }
+        }
+        if c.t == 0 || c.b == 0 {
+            return Err(Error::EmptyBatch("--config needs t >= 1 and b >= 1".into()));
+        }
+        if c.name == "custom" {
+            c.name = format!("{}-T{}-B{}-I{}-H{}", c.mode, c.t, c.b, c.input, c.hidden);
+        }
+        c.rnn_config().validate()?;
+        Ok(c)
+    }
+}
+
+/// The default set: Baidu DeepBench's RNN shapes, scaled to finish in a few minutes on a
+/// CPU-emulated adapter, plus C1 (LSTM T 50, B 32, I 128, H 256) and its GRU twin.
+/// Kept in step with `benches/pytorch_bench.py`.
+pub fn default_configs() -> Vec<BenchConfig> {
+    use Mode::*;
+    vec![
+        BenchConfig::new("C1", Lstm, 50, 32, 128, 256),
+        BenchConfig::new("DB-LSTM-H256-B16-T150", Lstm, 150, 16, 256, 256),
+        BenchConfig::new("DB-LSTM-H512-B16-T25", Lstm, 25, 16, 512, 512),
+        BenchConfig::new("DB-LSTM-H512-B32-T25", Lstm, 25, 32, 512, 512),
+        BenchConfig::new("DB-LSTM-H512-B64-T25", Lstm, 25, 64, 512, 512),
+        BenchConfig::new("DB-GRU-H512-B32-T1", Gru, 1, 32, 512, 512),
+        BenchConfig::new("DB-GRU-H512-B32-T187s", Gru, 47, 32, 512, 512),
+        BenchConfig::new("DB-RNN-H32-B1-T672", RnnTanh, 672, 1, 32, 32),
+        BenchConfig::new("DB-RNN-H64-B1-T96", RnnTanh, 96, 1, 64, 64),
+        BenchConfig::new("C1-GRU", Gru, 50, 32, 128, 256),
+    ]
+}
+
+/// One row of results (the JSON record).
+#[derive(Clone, Debug)]
+pub struct Record {
+    pub name: String,
+    pub cell: String,
+    pub t: usize,
+    pub b: usize,
+    pub input: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub bidirectional: bool,
+    pub device: String,
+    pub mode: String,
+    pub median_ms: f64,
+    pub min_ms: f64,
+    pub max_ms: f64,
+    pub gflops: f64,
+    pub adapter: String,
+}
+
+impl Record {
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "name": self.name, "cell": self.cell, "t": self.t, "b": self.b, "input": self.input,
+            "hidden": self.hidden, "layers": self.layers, "bidirectional": self.bidirectional,
+            "device": self.device, "mode": self.mode, "median_ms": self.median_ms,
+            "min_ms": self.min_ms, "max_ms": self.max_ms, "gflops": self.gflops, "adapter": self.adapter,
+        })
+    }
+
+    pub fn from_json(v: &serde_json::Value) -> Result<Self> {
+        let s = |k: &str| v[k].as_str().map(String::from).ok_or_else(|| Error::InvalidConfig(format!("record lacks {k}")));
+        let u = |k: &str| v[k].as_u64().map(|x| x as usize).unwrap_or(0);
+        let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+        Ok(Record {
+            name: s("name")?,
+            cell: v["cell"].as_str().unwrap_or("").into(),
+            t: u("t"),
+            b: u("b"),
+            input: u("input"),
+            hidden: u("hidden"),
+            layers: u("layers"),
+            bidirectional: v["bidirectional"].as_bool().unwrap_or(false),
+            device: s("device")?,
+            mode: s("mode")?,
+            median_ms: f("median_ms"),
+            min_ms: f("min_ms"),
+            max_ms: f("max_ms"),
+            gflops: f("gflops"),
+            adapter: v["adapter"].as_str().unwrap_or("").into(),
+        })
+    }
+}
+
+/// Timing policy: at least `min_reps` repeats after one warm-up, more while under `budget`.
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    pub min_reps: usize,
+    pub max_reps: usize,
+    pub budget: Duration,
+}
+
+impl Timing {
+    pub fn quick() -> Self {
+        Timing { min_reps: 3, max_reps: 5, budget: Duration::from_millis(300) }
+    }
+    pub fn full() -> Self {
+        Timing { min_reps: 5, max_reps: 30, budget: Duration::from_secs(2) }
+    }
+}
+
+/// Median, min, max in ms of `f` under the timing policy.
+pub fn time_ms(timing: Timing, mut f: impl FnMut() -> Result<()>) -> Result<(f64, f64, f64)> {
+    f()?;
+    let start = Instant::now();
+    let mut v = Vec::new();
+    while v.len() < timing.min_reps || (v.len() < timing.max_reps && start.elapsed() < timing.budget) {
+        let t0 = Instant::now();
+        f()?;
+        v.push(t0.elapsed().as_secs_f64() * 1e3);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    Ok((v[v.len() / 2], v[0], v[v.len() - 1]))
+}
+
+fn data(n: usize, seed: u64) -> Vec<f32> {
+    let mut r = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| r.random_range(-1.0..1.0)).collect()
+}
+
+fn record(c: &BenchConfig, device: &str, mode: &str, (med, lo, hi): (f64, f64, f64), adapter: &str) -> Record {
+    Record {
+        name: c.name.clone(),
+        cell: c.mode.as_str().into(),
+        t: c.t,
+        b: c.b,
+        input: c.input,
+        hidden: c.hidden,
+        layers: c.layers,
+        bidirectional: c.bidirectional,
+        device: device.into(),
+        mode: mode.into(),
+        median_ms: med,
+        min_ms: lo,
+        max_ms: hi,
+        gflops: c.flops(mode == "training") / (med * 1e6),
+        adapter: adapter.into(),
+    }
+}
+
+/// The CPU path's two rows (forward, training) for a configuration.
+pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
+    let cfg = c.rnn_config();
+    let w = Weights::<f32>::init_uniform(&cfg, 0)?;
+    let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
+    let go = data(x.rows() * cfg.output_size(), 2);
+    let adapter = format!("CPU ({} threads)", cpu_threads());
+    let fwd = time_ms(timing, || cpu::forward(&w, &x, None, None, Pass::Inference).map(|_| ()))?;
+    let train = time_ms(timing, || {
+        let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training)?;
+        cpu::backward(&w, &tape.expect("training tape"), &go, None, None).map(|_| ())
+    })?;
+    Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)])
+}
+
+/// Threads the CPU GEMM uses (`MATMUL_NUM_THREADS`, else matrixmultiply's default).
+pub fn cpu_threads() -> usize {
+    std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
+}
+
+/// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
+/// wait for the device. Uploads and readbacks are outside the timed loop.
+pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
+    let cfg = c.rnn_config();
+    let w = Weights::<f32>::init_uniform(&cfg, 0)?;
+    let rnn = gpu::GpuRnn::new(ctx, &w)?;
+    let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
+    let layout = SeqLayout::of(&x)?;
+    let n = x.rows();
+    let ld = cfg.num_layers * cfg.directions();
+    let lstm = cfg.mode == Mode::Lstm;
+    let fwd_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default())?;
+    let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default())?;
+    let xb = gpu::upload(ctx, "input", &x.data)?;
+    let out = gpu::storage(ctx, "output", n * cfg.output_size())?;
+    let hn = gpu::storage(ctx, "h_n", ld * c.b * cfg.out_size())?;
+    let cn = gpu::storage(ctx, "c_n", ld * c.b * cfg.hidden_size)?;
+    let go = gpu::upload(ctx, "grad_output", &data(n * cfg.output_size(), 2))?;
+    let gi = gpu::storage(ctx, "grad_input", n * cfg.input_size)?;
+    let gh0 = gpu::storage(ctx, "grad_h0", ld * c.b * cfg.out_size())?;
+    let gc0 = gpu::storage(ctx, "grad_c0", ld * c.b * cfg.hidden_size)?;
+    let gw = gpu::storage(ctx, "grad_weights", train_plan.weight_elems())?;
+    let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: lstm.then_some(&*cn) };
+    let bb = BackwardBuffers {
+        weights: rnn.weights_buffer(),
+        input: &xb,
+        output: &out,
+        h0: None,
+        c0: None,
+        grad_output: &go,
+        grad_h_n: None,
+        grad_c_n: None,
+        grad_input: &gi,
+        grad_h0: &gh0,
+        grad_c0: lstm.then_some(&*gc0),
+        grad_weights: &gw,
+    };
+    let run = |train: bool| -> Result<()> {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        if train {
+            train_plan.record_forward(&mut enc, &fb)?;
+            train_plan.record_backward(&mut enc, &bb)?;
+        } else {
+            fwd_plan.record_forward(&mut enc, &fb)?;
+        }
+        ctx.queue.submit([enc.finish()]);
+        ctx.wait()
+    };
+    let adapter = ctx.describe();
+    let fwd = time_ms(timing, || run(false))?;
+    let train = time_ms(timing, || run(true))?;
+    Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)])
+}
+
+fn gemm_record(device: &str, adapter: &str, (m, n, k): (usize, usize, usize), t: (f64, f64, f64)) -> Record {
+    Record {
+        name: format!("GEMM {m}x{n}x{k}"),
+        cell: String::new(),
+        t: 0,
+        b: 0,
+        input: k,
+        hidden: n,
+        layers: 0,
+        bidirectional: false,
+        device: device.into(),
+        mode: "gemm".into(),
+        median_ms: t.0,
+        min_ms: t.1,
+        max_ms: t.2,
+        gflops: 2.0 * (m * n * k) as f64 / (t.0 * 1e6),
+        adapter: adapter.into(),
+    }
+}
+
+/// GEMM shapes the ceiling is measured on: the input projection of C1 and a square one.
+pub const GEMM_SHAPES: [(usize, usize, usize); 2] = [(1600, 1024, 128), (1024, 1024, 1024)];
+
+/// The best GEMM GFLOP/s of the CPU path (matrixmultiply) over [`GEMM_SHAPES`].
+pub fn bench_cpu_gemm(timing: Timing) -> Result<Record> {
+    let mut best: Option<Record> = None;
+    for (m, n, k) in GEMM_SHAPES {
+        let a = data(m * k, 3);
+        let b = data(k * n, 4);
+        let mut c = vec![0f32; m * n];
+        let t = time_ms(timing, || {
+            cpu::gemm::gemm(1.0, cpu::gemm::Mat::new(&a, m, k), cpu::gemm::Op::N, cpu::gemm::Mat::new(&b, k, n), cpu::gemm::Op::N, 0.0, &mut c, n);
+            Ok(())
+        })?;
+        let r = gemm_record("cpu", &format!("CPU ({} threads)", cpu_threads()), (m, n, k), t);
+        if best.as_ref().is_none_or(|b| r.gflops > b.gflops) {
+            best = Some(r);
+        }
+    }
+    Ok(best.expect("shapes"))
+}
+
+/// The best GEMM GFLOP/s of the library's GPU kernel over [`GEMM_SHAPES`] (several products
+/// per submit, so the figure is the kernel's, not the submit's).
+pub fn bench_gpu_gemm(ctx: &Arc<Context>, timing: Timing) -> Result<Record> {
+    let mut best: Option<Record> = None;
+    for (m, n, k) in GEMM_SHAPES {
+        let mm = MatMul::new(ctx, MatMulDesc { m, n, k, trans_a: false, trans_b: false, alpha: 1.0, beta: 0.0, bias: false })?;
+        let a = gpu::upload(ctx, "a", &data(m * k, 3))?;
+        let b = gpu::upload(ctx, "b", &data(k * n, 4))?;
+        let c = gpu::storage(ctx, "c", m * n)?;
+        let reps = 4;
+        let t = time_ms(timing, || {
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            mm.record(&mut enc, &a, &b, &c, None, reps)?;
+            ctx.queue.submit([enc.finish()]);
+            ctx.wait()
+        })?;
+        let per = (t.0 / reps as f64, t.1 / reps as f64, t.2 / reps as f64);
+        let r = gemm_record("gpu", &ctx.describe(), (m, n, k), per);
+        if best.as_ref().is_none_or(|b| r.gflops > b.gflops) {
+            best = Some(r);
+        }
+    }
+    Ok(best.expect("shapes"))
+}
+
+/// Prints the table: one line per record, the GPU/CPU speedup beside GPU rows and the
+/// fraction of the device's GEMM ceiling.
+pub fn format_table(records: &[Record]) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "{:<24} {:<8} {:>4} {:>3} {:>4} {:>4} {:>2}{:1} {:<14} {:<9} {:>10} {:>21} {:>8} {:>7} {:>9}",
+        "config", "cell", "T", "B", "I", "H", "L", "", "device", "mode", "median ms", "(min - max)", "GFLOP/s", "of GEMM", "GPU/CPU"
+    );
+    let ceiling = |dev: &str| records.iter().find(|r| r.mode == "gemm" && r.device == dev).map(|r| r.gflops);
+    for r in records {
+        if r.mode == "gemm" {
+            let _ = writeln!(s, "{:<52} {:<14} {:<9} {:>10.3} {:>21} {:>8.1}", r.name, r.device, r.mode, r.median_ms, format!("({:.3} - {:.3})", r.min_ms, r.max_ms), r.gflops);
+            continue;
+        }
+        let speed = if r.device != "cpu" {
+            records
+                .iter()
+                .find(|c| c.device == "cpu" && c.name == r.name && c.mode == r.mode)
+                .map(|c| format!("{:.2}x", c.median_ms / r.median_ms))
+                .unwrap_or_default()
+        } else {
+            String::new()
+        };
+        let of = ceiling(&r.device).map(|g| format!("{:.0}%", 100.0 * r.gflops / g)).unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "{:<24} {:<8} {:>4} {:>3} {:>4} {:>4} {:>2}{:1} {:<14} {:<9} {:>10.3} {:>21} {:>8.1} {:>7} {:>9}",
+            r.name,
+            r.cell,
+            r.t,
+            r.b,
+            r.input,
+            r.hidden,
+            r.layers,
+            if r.bidirectional { "b" } else { "" },
+            r.device,
+            r.mode,
+            r.median_ms,
+            format!("({:.3} - {:.3})", r.min_ms, r.max_ms),
+            r.gflops,
+            of,
+            speed
+        );
+    }
+    s
+}

@@ -1,0 +1,116 @@
+//! A standalone GEMM on the GPU (engine API): `C = alpha * op(A) op(B) + beta * C (+ bias)`
+//! over dense row-major caller buffers, recorded into a caller's encoder. The same kernel
+//! computes the input projections and weight gradients of the recurrent layers; the
+//! benchmark uses it for the adapter's GEMM ceiling.
+
+use super::context::{Context, TrackedBuffer};
+use super::kernels::{Family, GemmParams, Kernel, NONE};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// What a [`MatMul`] computes. A is `[m, k]` (`[k, m]` when `trans_a`), B is `[k, n]`
+/// (`[n, k]` when `trans_b`), C and the optional bias row `[n]` are `[m, n]` / `[n]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MatMulDesc {
+    pub m: usize,
+    pub n: usize,
+    pub k: usize,
+    pub trans_a: bool,
+    pub trans_b: bool,
+    pub alpha: f32,
+    pub beta: f32,
+    pub bias: bool,
+}
+
+/// A prepared GEMM.
+pub struct MatMul {
+    ctx: Arc<Context>,
+    desc: MatMulDesc,
+    params: TrackedBuffer,
+    pipeline: wgpu::ComputePipeline,
+}
+
+impl MatMul {
+    pub fn new(ctx: &Arc<Context>, desc: MatMulDesc) -> Result<Self> {
+        let MatMulDesc { m, n, k, .. } = desc;
+        if m == 0 || n == 0 || k == 0 {
+            return Err(Error::InvalidConfig(format!("empty GEMM {m}x{n}x{k}")));
+        }
+        let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
+        if m.div_ceil(64) > max || n.div_ceil(64) > max {
+            return Err(Error::Limit(format!("GEMM {m}x{n} exceeds {max} workgroups per dimension")));
+        }
+        for v in [m * k, k * n, m * n] {
+            if v >= 1 << 31 {
+                return Err(Error::Limit("GEMM operand exceeds 31-bit indexing".into()));
+            }
+        }
+        let p = GemmParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            a_off: 0,
+            a_rs: if desc.trans_a { 1 } else { k as u32 },
+            a_cs: if desc.trans_a { m as u32 } else { 1 },
+            b_off: 0,
+            b_rs: if desc.trans_b { 1 } else { n as u32 },
+            b_cs: if desc.trans_b { k as u32 } else { 1 },
+            c_off: 0,
+            ldc: n as u32,
+            bias_off: if desc.bias { 0 } else { NONE },
+            alpha: desc.alpha,
+            beta: desc.beta,
+            ..Default::default()
+        };
+        let params = ctx.buffer("gemm parameters", ctx.param_stride as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
+        Ok(MatMul { ctx: ctx.clone(), desc, params, pipeline: ctx.pipeline(Kernel::Gemm)? })
+    }
+
+    /// Floating-point operations of one product.
+    pub fn flops(&self) -> f64 {
+        2.0 * self.desc.m as f64 * self.desc.n as f64 * self.desc.k as f64
+    }
+
+    /// Records `reps` products (one compute pass) into `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, reps: usize) -> Result<()> {
+        let d = &self.desc;
+        let need = |what: &str, buf: &wgpu::Buffer, elems: usize| {
+            if buf.size() < (elems * 4) as u64 {
+                Err(Error::ShapeMismatch { what: format!("GEMM {what} (f32 elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] })
+            } else {
+                Ok(())
+            }
+        };
+        need("A", a, d.m * d.k)?;
+        need("B", b, d.k * d.n)?;
+        need("C", c, d.m * d.n)?;
+        match (bias, d.bias) {
+            (Some(bb), true) => need("bias", bb, d.n)?,
+            (None, false) => {}
+            _ => return Err(Error::InvalidConfig("bias buffer given iff MatMulDesc::bias".into())),
+        }
+        let fam = Family::Gemm;
+        let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("gemm"),
+            layout: self.ctx.layouts.bind_group_layout(fam),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
+                },
+                wgpu::BindGroupEntry { binding: 1, resource: a.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 3, resource: c.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 4, resource: bias.unwrap_or(b).as_entire_binding() },
+            ],
+        });
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn gemm"), timestamp_writes: None });
+        pass.set_pipeline(&self.pipeline);
+        pass.set_bind_group(0, &bg, &[0]);
+        for _ in 0..reps {
+            pass.dispatch_workgroups(d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, 1);
+        }
+        Ok(())
+    }
+}
