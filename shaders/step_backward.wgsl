@@ -10,12 +10,16 @@
 //              LSTM-projection o*tanh(c))
 //   @4 prev    regions: h_prev [N, H_out] at hprev_off, c_prev [N, H] at cprev_off, gathered
 //              before the loop (they also feed the dW_hh GEMM)
-//   @5 seq     u32 prev[]: where each row's state came from (packed row or FROM_STATE0|b)
+//   @5 seq     u32 prev[]: the row each packed row's state came from (a packed row, or N+b
+//              for sequence b's initial state)
 //   @6 bw      regions: dh_rec [(N+B), H_out] (gradient reaching each row's h from later
 //              steps or h_n; rows N.. collect dh0 per caller sequence), dc_rec [(N+B), H],
 //              dh_tot [N, P] (projection), dh_pre [N, H] (projection)
 //   @7 dg      regions: dG_x [N, G*H] at dgx_off; GRU's hidden-side dG_h [N, G*H] at dgh_off
-// Dispatch: (ceil(width / 64), rows_t, 1), workgroup 64.
+// Dispatch: gate kernels (ceil(H / 64), rows_t, 1); recurrent_grad and proj_grad
+// (ceil(width / 64), ceil(rows_t / RB), 1), each invocation a block of RB rows. Workgroup 64.
+
+const RB: u32 = 8u;
 
 struct BackParams {
     row_off: u32,
@@ -59,11 +63,7 @@ override RELU: bool = false;
 
 // The dh_rec / dc_rec row that receives the gradient of row n's starting state.
 fn dst_row(n: u32) -> u32 {
-    let pv = seq[p.prev_off + n];
-    if ((pv & FROM_STATE0) != 0u) {
-        return p.n_rows + (pv & INDEX_MASK);
-    }
-    return pv;
+    return seq[p.prev_off + n];
 }
 
 // Total gradient reaching h of row n, element k (< H_out): output gradient + recurrent.
@@ -79,26 +79,45 @@ fn dh_cell(n: u32, j: u32) -> f32 {
     return dh_total(n, j);
 }
 
-// dh_prev[k] = sum_g dG_h[n, g] * W_hh[g, k] (k < H_out): the recurrent gradient product.
-// Written to the row the state came from; GRU adds its direct path z * dh.
+// Row n of block rb (rows past the end repeat the last one).
+fn block_row(rb: u32, t: u32) -> u32 {
+    return p.row_off + min(rb + t, p.rows - 1u);
+}
+
+// dh_prev[k] = sum_g dG_h[n, g] * W_hh[g, k] (k < H_out): the recurrent gradient product,
+// written to the row the state came from; GRU adds its direct path z * dh.
 @compute @workgroup_size(64)
 fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let k = gid.x;
-    let r = gid.y;
-    if (k >= p.out_size || r >= p.rows) {
+    let rb = gid.y * RB;
+    if (k >= p.out_size || rb >= p.rows) {
         return;
     }
-    let n = p.row_off + r;
     let gh = GATES * p.hidden;
-    let src = p.dgh_off + n * gh;
-    var acc = 0.0;
+    let d0 = p.dgh_off + block_row(rb, 0u) * gh;
+    let d1 = p.dgh_off + block_row(rb, 1u) * gh;
+    let d2 = p.dgh_off + block_row(rb, 2u) * gh;
+    let d3 = p.dgh_off + block_row(rb, 3u) * gh;
+    let d4 = p.dgh_off + block_row(rb, 4u) * gh;
+    let d5 = p.dgh_off + block_row(rb, 5u) * gh;
+    let d6 = p.dgh_off + block_row(rb, 6u) * gh;
+    let d7 = p.dgh_off + block_row(rb, 7u) * gh;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
     for (var g = 0u; g < gh; g++) {
-        acc += dg[src + g] * weights[p.w_hh + g * p.out_size + k];
+        let w = weights[p.w_hh + g * p.out_size + k];
+        a0 += vec4<f32>(dg[d0 + g], dg[d1 + g], dg[d2 + g], dg[d3 + g]) * w;
+        a1 += vec4<f32>(dg[d4 + g], dg[d5 + g], dg[d6 + g], dg[d7 + g]) * w;
     }
-    if (GATES == 3u) {
-        acc += dh_total(n, k) * tape[p.gates_off + n * gh + p.hidden + k];
+    let acc = array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w);
+    for (var t = 0u; t < min(RB, p.rows - rb); t++) {
+        let n = p.row_off + rb + t;
+        var v = acc[t];
+        if (GATES == 3u) {
+            v += dh_total(n, k) * tape[p.gates_off + n * gh + p.hidden + k];
+        }
+        bw[p.dh_off + dst_row(n) * p.out_size + k] = v;
     }
-    bw[p.dh_off + dst_row(n) * p.out_size + k] = acc;
 }
 
 // Projection backward for step t: dh_pre[n, j] = sum_q dh_tot[n, q] * W_hr[q, j]; also keeps
@@ -106,18 +125,32 @@ fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
 @compute @workgroup_size(64)
 fn proj_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     let j = gid.x;
-    let r = gid.y;
-    if (j >= p.hidden || r >= p.rows) {
+    let rb = gid.y * RB;
+    if (j >= p.hidden || rb >= p.rows) {
         return;
     }
-    let n = p.row_off + r;
-    var acc = 0.0;
+    let n0 = block_row(rb, 0u);
+    let n1 = block_row(rb, 1u);
+    let n2 = block_row(rb, 2u);
+    let n3 = block_row(rb, 3u);
+    let n4 = block_row(rb, 4u);
+    let n5 = block_row(rb, 5u);
+    let n6 = block_row(rb, 6u);
+    let n7 = block_row(rb, 7u);
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
     for (var q = 0u; q < p.out_size; q++) {
-        acc += dh_total(n, q) * weights[p.w_hr + q * p.hidden + j];
+        let w = weights[p.w_hr + q * p.hidden + j];
+        a0 += vec4<f32>(dh_total(n0, q), dh_total(n1, q), dh_total(n2, q), dh_total(n3, q)) * w;
+        a1 += vec4<f32>(dh_total(n4, q), dh_total(n5, q), dh_total(n6, q), dh_total(n7, q)) * w;
     }
-    bw[p.dhpre_off + n * p.hidden + j] = acc;
-    if (j < p.out_size) {
-        bw[p.dhtot_off + n * p.out_size + j] = dh_total(n, j);
+    let acc = array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w);
+    for (var t = 0u; t < min(RB, p.rows - rb); t++) {
+        let n = p.row_off + rb + t;
+        bw[p.dhpre_off + n * p.hidden + j] = acc[t];
+        if (j < p.out_size) {
+            bw[p.dhtot_off + n * p.out_size + j] = dh_total(n, j);
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 // Row movement and reductions around the recurrent loop: gathering the states each packed
 // row started from (for backward), h_n / c_n at each sequence's own last step, seeding the
-// recurrent gradient from grad_h_n / grad_c_n, copies, and deterministic column sums for the
-// bias gradients (no float atomics).
+// recurrent gradient from grad_h_n / grad_c_n, copying initial states in, transposing
+// weights for the kernels, and deterministic column sums for the bias gradients (no float
+// atomics).
 //   @0 params uniform, dynamic offset: UtilParams
 //   @1 src    read
 //   @2 state0 read: an initial state or a state gradient ([B, width] blocks, caller order)
@@ -10,8 +11,6 @@
 // Dispatch: linear over rows * width (colsum: width) in workgroups of 256, folded into
 // (min(groups, 65535), ceil(groups / 65535), 1).
 
-const FROM_STATE0: u32 = 0x80000000u;
-const INDEX_MASK: u32 = 0x7fffffffu;
 const NONE: u32 = 0xffffffffu;
 
 struct UtilParams {
@@ -35,7 +34,7 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid.x;
 }
 
-// dst[n, k] = the state row n started from: src[prev[n], src_col + k] or state0[b, k].
+// dst[n, k] = src[src_off + prev[n] * src_ld + k]: the state row n started from.
 @compute @workgroup_size(256)
 fn gather_prev(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
@@ -44,16 +43,35 @@ fn gather_prev(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let n = i / p.width;
     let k = i % p.width;
-    let pv = seq[p.seq_off + n];
+    dst[p.dst_off + i] = src[p.src_off + seq[p.seq_off + n] * p.src_ld + k];
+}
+
+// dst[dst_off + i] = state0[state_off + i], or 0 when state_off is NONE: an initial state
+// (or zeros) copied into the tape's state rows.
+@compute @workgroup_size(256)
+fn copy_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
     var v = 0.0;
-    if ((pv & FROM_STATE0) != 0u) {
-        if (p.state_off != NONE) {
-            v = state0[p.state_off + (pv & INDEX_MASK) * p.width + k];
-        }
-    } else {
-        v = src[p.src_off + pv * p.src_ld + p.src_col + k];
+    if (p.state_off != NONE) {
+        v = state0[p.state_off + i];
     }
     dst[p.dst_off + i] = v;
+}
+
+// dst[dst_off + c * rows + r] = src[src_off + r * width + c]: a [rows, width] block of src
+// transposed into dst.
+@compute @workgroup_size(256)
+fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    let c = i / p.rows;
+    let r = i % p.rows;
+    dst[p.dst_off + i] = src[p.src_off + r * p.width + c];
 }
 
 // dst[b, k] = src[last[b], src_col + k]: each sequence's state at its own last step.

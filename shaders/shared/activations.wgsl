@@ -15,8 +15,5 @@ fn tanh_safe(x: f32) -> f32 {
     return select(-t, t, x >= 0.0);
 }
 
-// The marker that a `prev` entry names a row of the initial state, not a packed row.
-const FROM_STATE0: u32 = 0x80000000u;
-const INDEX_MASK: u32 = 0x7fffffffu;
 // An offset that says "absent" (no bias, no h0 ...).
 const NONE: u32 = 0xffffffffu;

@@ -37,7 +37,7 @@ impl MatMul {
             return Err(Error::InvalidConfig(format!("empty GEMM {m}x{n}x{k}")));
         }
         let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
-        if m.div_ceil(64) > max || n.div_ceil(64) > max {
+        if m.div_ceil(8) > max || n.div_ceil(256) > max {
             return Err(Error::Limit(format!("GEMM {m}x{n} exceeds {max} workgroups per dimension")));
         }
         for v in [m * k, k * n, m * n] {
@@ -109,7 +109,7 @@ impl MatMul {
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bg, &[0]);
         for _ in 0..reps {
-            pass.dispatch_workgroups(d.n.div_ceil(64) as u32, d.m.div_ceil(64) as u32, 1);
+            pass.dispatch_workgroups(d.n.div_ceil(256) as u32, d.m.div_ceil(8) as u32, 1);
         }
         Ok(())
     }

@@ -105,6 +105,7 @@ enum Buf {
     GradWeights,
     Seq,
     Xp,
+    Wt,
     Tape(u16),
     LayerOut(u16),
     Prev,
@@ -214,7 +215,7 @@ fn groups_linear(count: usize) -> [u32; 3] {
 fn to_u32(what: &str, v: usize) -> Result<u32> {
     u32::try_from(v)
         .ok()
-        .filter(|&x| x < FROM_STATE0)
+        .filter(|&x| x < 1 << 31)
         .ok_or_else(|| Error::Limit(format!("{what} ({v}) exceeds the kernels' 31-bit indexing")))
 }
 
@@ -258,7 +259,7 @@ impl Plan {
             to_u32(what, v)?;
         }
         let max_groups = limits.max_compute_workgroups_per_dimension as usize;
-        if n.div_ceil(64) > max_groups || gh.div_ceil(64) > max_groups {
+        if n.div_ceil(ROW_BLOCK) > max_groups || gh.max(out_w).div_ceil(256) > max_groups {
             return Err(Error::Limit(format!("{n} rows exceed the device's {max_groups} workgroups per dimension")));
         }
 
@@ -270,7 +271,8 @@ impl Plan {
             prev_offs.push(seq.len() as u32);
             for (t, &bs) in layout.batch_sizes.iter().enumerate() {
                 for r in 0..bs {
-                    let from_state = FROM_STATE0 | layout.sorted_indices[r] as u32;
+                    // A packed row, or N + b: sequence b's initial state row in the tape.
+                    let from_state = (n + layout.sorted_indices[r]) as u32;
                     let pv = if dir == 0 {
                         if t == 0 { from_state } else { (off[t - 1] + r) as u32 }
                     } else if t + 1 < steps && r < layout.batch_sizes[t + 1] {
@@ -298,9 +300,18 @@ impl Plan {
             }
         }
 
-        // Region offsets (elements).
-        let (gates_off, c_off, aux_off) = (0usize, n * gh, n * gh + n * hs);
-        let tape_elems = n * gh + 2 * n * hs;
+        // Region offsets (elements). The tape's c and hs regions have B more rows than packed
+        // rows: row N+b holds sequence b's initial state.
+        let (gates_off, c_off) = (0usize, n * gh);
+        let aux_off = c_off + (n + b) * hs;
+        let hs_off = aux_off + n * hs;
+        let tape_elems = hs_off + (n + b) * ho;
+        // Weights rearranged per layer-direction: W_ih^T, W_hh^T, b_hh, W_hr^T.
+        let in_max = (0..cfg.num_layers).map(|l| cfg.layer_input_size(l)).max().unwrap_or(0);
+        let wt_hh_off = in_max * gh;
+        let wt_bhh_off = wt_hh_off + ho * gh;
+        let wt_hr_off = wt_bhh_off + gh;
+        let wt_elems = wt_hr_off + hs * p;
         let (dh_off, dc_off) = (0usize, (n + b) * ho);
         let dhtot_off = dc_off + (n + b) * hs;
         let dhpre_off = dhtot_off + n * p;
@@ -316,6 +327,7 @@ impl Plan {
         let mut own = HashMap::new();
         own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
         own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
+        own.insert(Buf::Wt, ctx.buffer("rearranged weights", f4(wt_elems), st)?);
         let tapes = if training { cfg.num_layers * d } else { 1 };
         for i in 0..tapes {
             own.insert(Buf::Tape(i as u16), ctx.buffer("tape", f4(tape_elems), st)?);
@@ -353,6 +365,18 @@ impl Plan {
         let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
 
         // ---- forward ----
+        let util = |params: &mut Params, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
+            kernel,
+            bufs,
+            param_offset: params.push(&up),
+            groups: groups_linear(count),
+        };
+        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| Op {
+            kernel: Kernel::Gemm,
+            bufs,
+            groups: [gp.n.div_ceil(256), gp.m.div_ceil(ROW_BLOCK as u32), 1],
+            param_offset: params.push(&gp),
+        };
         let mut fwd = Vec::new();
         for l in 0..cfg.num_layers {
             let in_size = cfg.layer_input_size(l);
@@ -360,52 +384,59 @@ impl Plan {
                 let s = l * d + dir;
                 let w = woff[s];
                 let tape = tape_of(l, dir);
-                fwd.push(Op {
-                    kernel: Kernel::Gemm,
-                    bufs: vec![layer_in(l), Buf::Weights, Buf::Xp, Buf::Weights],
-                    param_offset: params.push(&GemmParams {
-                        m: n as u32,
-                        n: gh as u32,
-                        k: in_size as u32,
-                        a_off: 0,
-                        a_rs: in_size as u32,
-                        a_cs: 1,
-                        b_off: w.w_ih,
-                        b_rs: 1,
-                        b_cs: in_size as u32,
-                        c_off: 0,
-                        ldc: gh as u32,
-                        bias_off: w.b_ih,
-                        alpha: 1.0,
-                        beta: 0.0,
-                        ..Default::default()
-                    }),
-                    groups: [gh.div_ceil(64) as u32, n.div_ceil(64) as u32, 1],
-                });
-                let step_bufs = vec![Buf::Weights, Buf::Xp, layer_out(l), if inputs.h0 { Buf::H0 } else { Buf::Dummy }, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, tape, Buf::Seq];
+                // Weights rearranged so neighbouring invocations read neighbouring elements.
+                let transpose = |params: &mut Params, src: u32, rows: usize, width: usize, dst: usize| {
+                    util(params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: rows as u32, width: width as u32, src_off: src, dst_off: dst as u32, ..Default::default() }, rows * width)
+                };
+                fwd.push(transpose(&mut params, w.w_ih, gh, in_size, 0));
+                fwd.push(transpose(&mut params, w.w_hh, gh, ho, wt_hh_off));
+                if cfg.bias {
+                    fwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: 1, width: gh as u32, src_off: w.b_hh, dst_off: wt_bhh_off as u32, ..Default::default() }, gh));
+                }
+                if p > 0 {
+                    fwd.push(transpose(&mut params, w.w_hr, p, hs, wt_hr_off));
+                }
+                // Initial states (or zeros) into the tape's rows N.. .
+                fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, tape],
+                    UtilParams { rows: b as u32, width: ho as u32, state_off: if inputs.h0 { state_block(s, ho) } else { NONE }, dst_off: (hs_off + n * ho) as u32, ..Default::default() }, b * ho));
+                if lstm {
+                    fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, Buf::Seq, tape],
+                        UtilParams { rows: b as u32, width: hs as u32, state_off: if inputs.c0 { state_block(s, hs) } else { NONE }, dst_off: (c_off + n * hs) as u32, ..Default::default() }, b * hs));
+                }
+                // Input projection of all rows: Xp = X W_ih^T + b_ih.
+                fwd.push(gemm(&mut params, vec![layer_in(l), Buf::Wt, Buf::Xp, Buf::Weights], GemmParams {
+                    m: n as u32, n: gh as u32, k: in_size as u32,
+                    a_off: 0, a_rs: in_size as u32, a_cs: 1,
+                    b_off: 0, b_rs: gh as u32, b_cs: 1,
+                    c_off: 0, ldc: gh as u32, bias_off: w.b_ih, alpha: 1.0, beta: 0.0, ..Default::default()
+                }));
+                let step_bufs = vec![Buf::Wt, Buf::Xp, layer_out(l), tape, Buf::Seq];
                 for t in order(dir) {
+                    let rows = layout.batch_sizes[t];
                     let sp = StepParams {
                         row_off: off[t] as u32,
-                        rows: layout.batch_sizes[t] as u32,
+                        rows: rows as u32,
                         hidden: hs as u32,
                         out_size: ho as u32,
                         out_ld: out_w as u32,
                         out_col: (dir * ho) as u32,
-                        w_hh: w.w_hh,
-                        b_hh: w.b_hh,
-                        w_hr: w.w_hr,
-                        h0_off: if inputs.h0 { state_block(s, ho) } else { NONE },
-                        c0_off: if inputs.c0 { state_block(s, hs) } else { NONE },
+                        wt_hh: wt_hh_off as u32,
+                        b_hh: if cfg.bias { wt_bhh_off as u32 } else { NONE },
+                        wt_hr: if p > 0 { wt_hr_off as u32 } else { NONE },
                         prev_off: prev_offs[dir],
                         gates_off: gates_off as u32,
                         c_off: c_off as u32,
                         aux_off: aux_off as u32,
+                        hs_off: hs_off as u32,
                         training: training as u32,
+                        _pad: 0,
                     };
                     let po = params.push(&sp);
-                    fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, layout.batch_sizes[t], 64) });
+                    fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
                     if p > 0 {
-                        fwd.push(Op { kernel: Kernel::ProjForward, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(p, layout.batch_sizes[t], 64) });
+                        fwd.push(Op { kernel: Kernel::ProjForward, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(p, rows.div_ceil(ROW_BLOCK), 64) });
                     }
                 }
                 // h_n (and c_n) at each sequence's own last step, into the caller's order.
@@ -455,46 +486,12 @@ impl Plan {
                     let s = l * d + dir;
                     let w = woff[s];
                     let tape = tape_of(l, dir);
-                    let util = |params: &mut Params, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
-                        kernel,
-                        bufs,
-                        param_offset: params.push(&up),
-                        groups: groups_linear(count),
-                    };
                     // States each row started from (also the B operand of dW_hh).
-                    bwd.push(util(
-                        &mut params,
-                        Kernel::GatherPrev,
-                        vec![layer_out(l), if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, Buf::Prev],
-                        UtilParams {
-                            rows: n as u32,
-                            width: ho as u32,
-                            src_off: 0,
-                            src_ld: out_w as u32,
-                            src_col: (dir * ho) as u32,
-                            state_off: if inputs.h0 { state_block(s, ho) } else { NONE },
-                            seq_off: prev_offs[dir],
-                            dst_off: hprev_off as u32,
-                        },
-                        n * ho,
-                    ));
+                    bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
+                        UtilParams { rows: n as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: prev_offs[dir], dst_off: hprev_off as u32, ..Default::default() }, n * ho));
                     if lstm {
-                        bwd.push(util(
-                            &mut params,
-                            Kernel::GatherPrev,
-                            vec![tape, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, Buf::Seq, Buf::Prev],
-                            UtilParams {
-                                rows: n as u32,
-                                width: hs as u32,
-                                src_off: c_off as u32,
-                                src_ld: hs as u32,
-                                src_col: 0,
-                                state_off: if inputs.c0 { state_block(s, hs) } else { NONE },
-                                seq_off: prev_offs[dir],
-                                dst_off: cprev_off as u32,
-                            },
-                            n * hs,
-                        ));
+                        bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
+                            UtilParams { rows: n as u32, width: hs as u32, src_off: c_off as u32, src_ld: hs as u32, seq_off: prev_offs[dir], dst_off: cprev_off as u32, ..Default::default() }, n * hs));
                     }
                     // Seed each sequence's final row with grad_h_n (grad_c_n).
                     bwd.push(util(
@@ -557,14 +554,14 @@ impl Plan {
                         };
                         let po = params.push(&bp);
                         if p > 0 {
-                            bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
+                            bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
                         }
                         bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
                         bwd.push(Op {
                             kernel: Kernel::RecurrentGrad { gates: g as u32 },
                             bufs: step_bufs.clone(),
                             param_offset: po,
-                            groups: groups_2d(ho, rows, 64),
+                            groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), 64),
                         });
                     }
                     // Initial-state gradients: rows N.. of dh_rec / dc_rec, caller's order.
@@ -585,12 +582,6 @@ impl Plan {
                         ));
                     }
                     // Post-loop GEMMs over all rows.
-                    let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| Op {
-                        kernel: Kernel::Gemm,
-                        bufs,
-                        groups: [gp.n.div_ceil(64), gp.m.div_ceil(64), 1],
-                        param_offset: params.push(&gp),
-                    };
                     // dW_ih = dG_x^T X
                     bwd.push(gemm(&mut params, vec![Buf::Dg, layer_in(l), Buf::GradWeights, Buf::Dummy], GemmParams {
                         m: gh as u32, n: in_size as u32, k: n as u32,
