@@ -1,10 +1,10 @@
 // Per-step backward kernels, walking the steps in reverse processing order: a cell's
 // gate-gradient kernel turns the gradient reaching h (and c) into gate gradients dG, then
-// recurrent_grad forms dh_prev = dG W_hh for the rows the states came from. After the loop,
-// GEMMs over all rows give the weight gradients (gemm.wgsl) and column sums the biases.
-// Joined after shared/activations.wgsl. Layout "step_backward":
+// recurrent_grad.wgsl forms dh_prev = dG W_hh for the rows the states came from. After the
+// loop, GEMMs over all rows give the weight gradients (gemm.wgsl) and column sums the biases.
+// Joined after shared/activations.wgsl and shared/backward.wgsl. Layout "step_backward":
 //   @0 params  uniform, dynamic offset: one BackParams per dispatch
-//   @1 weights all parameters, flat
+//   @1 weights all parameters, flat; W_hr [P, H] at w_hr
 //   @2 dy      [N, ld] gradient of the layer output; this direction's columns at out_col
 //   @3 tape    what the forward kept: gates [N, G*H], c [N, H], aux [N, H] (GRU W_hn h + b_hn,
 //              LSTM-projection o*tanh(c))
@@ -16,37 +16,9 @@
 //              steps or h_n; rows N.. collect dh0 per caller sequence), dc_rec [(N+B), H],
 //              dh_tot [N, P] (projection), dh_pre [N, H] (projection)
 //   @7 dg      regions: dG_x [N, G*H] at dgx_off; GRU's hidden-side dG_h [N, G*H] at dgh_off
-// Dispatch: gate kernels (ceil(H / 64), rows_t, 1); recurrent_grad and proj_grad
-// (ceil(width / 64), ceil(rows_t / RB), 1), each invocation a block of RB rows. Workgroup 64.
+// Dispatch: gate kernels (ceil(H / 64), rows_t, 1); proj_grad (ceil(H / 64),
+// ceil(rows_t / RB), 1), each invocation a block of RB rows. Workgroup 64.
 
-const RB: u32 = 8u;
-
-struct BackParams {
-    row_off: u32,
-    rows: u32,
-    hidden: u32,
-    out_size: u32,
-    out_ld: u32,
-    out_col: u32,
-    w_hh: u32,
-    w_hr: u32,
-    prev_off: u32,
-    n_rows: u32,      // N: rows N.. of dh_rec / dc_rec are the initial-state gradients
-    gates_off: u32,
-    c_off: u32,
-    aux_off: u32,
-    hprev_off: u32,
-    cprev_off: u32,
-    dh_off: u32,
-    dc_off: u32,
-    dhtot_off: u32,
-    dhpre_off: u32,
-    dgx_off: u32,
-    dgh_off: u32,
-    proj: u32,
-    _pad0: u32,
-    _pad1: u32,
-}
 
 @group(0) @binding(0) var<uniform> p: BackParams;
 @group(0) @binding(1) var<storage, read> weights: array<f32>;
@@ -57,68 +29,8 @@ struct BackParams {
 @group(0) @binding(6) var<storage, read_write> bw: array<f32>;
 @group(0) @binding(7) var<storage, read_write> dg: array<f32>;
 
-override GATES: u32 = 4u;
 // Vanilla RNN: relu instead of tanh.
 override RELU: bool = false;
-
-// The dh_rec / dc_rec row that receives the gradient of row n's starting state.
-fn dst_row(n: u32) -> u32 {
-    return seq[p.prev_off + n];
-}
-
-// Total gradient reaching h of row n, element k (< H_out): output gradient + recurrent.
-fn dh_total(n: u32, k: u32) -> f32 {
-    return dy[n * p.out_ld + p.out_col + k] + bw[p.dh_off + n * p.out_size + k];
-}
-
-// Gradient reaching the cell output o*tanh(c) (before projection), element j (< H).
-fn dh_cell(n: u32, j: u32) -> f32 {
-    if (p.proj != 0u) {
-        return bw[p.dhpre_off + n * p.hidden + j];
-    }
-    return dh_total(n, j);
-}
-
-// Row n of block rb (rows past the end repeat the last one).
-fn block_row(rb: u32, t: u32) -> u32 {
-    return p.row_off + min(rb + t, p.rows - 1u);
-}
-
-// dh_prev[k] = sum_g dG_h[n, g] * W_hh[g, k] (k < H_out): the recurrent gradient product,
-// written to the row the state came from; GRU adds its direct path z * dh.
-@compute @workgroup_size(64)
-fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let k = gid.x;
-    let rb = gid.y * RB;
-    if (k >= p.out_size || rb >= p.rows) {
-        return;
-    }
-    let gh = GATES * p.hidden;
-    let d0 = p.dgh_off + block_row(rb, 0u) * gh;
-    let d1 = p.dgh_off + block_row(rb, 1u) * gh;
-    let d2 = p.dgh_off + block_row(rb, 2u) * gh;
-    let d3 = p.dgh_off + block_row(rb, 3u) * gh;
-    let d4 = p.dgh_off + block_row(rb, 4u) * gh;
-    let d5 = p.dgh_off + block_row(rb, 5u) * gh;
-    let d6 = p.dgh_off + block_row(rb, 6u) * gh;
-    let d7 = p.dgh_off + block_row(rb, 7u) * gh;
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    for (var g = 0u; g < gh; g++) {
-        let w = weights[p.w_hh + g * p.out_size + k];
-        a0 += vec4<f32>(dg[d0 + g], dg[d1 + g], dg[d2 + g], dg[d3 + g]) * w;
-        a1 += vec4<f32>(dg[d4 + g], dg[d5 + g], dg[d6 + g], dg[d7 + g]) * w;
-    }
-    let acc = array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w);
-    for (var t = 0u; t < min(RB, p.rows - rb); t++) {
-        let n = p.row_off + rb + t;
-        var v = acc[t];
-        if (GATES == 3u) {
-            v += dh_total(n, k) * tape[p.gates_off + n * gh + p.hidden + k];
-        }
-        bw[p.dh_off + dst_row(n) * p.out_size + k] = v;
-    }
-}
 
 // Projection backward for step t: dh_pre[n, j] = sum_q dh_tot[n, q] * W_hr[q, j]; also keeps
 // dh_tot [N, P] for the dW_hr GEMM. Dispatch over j < H.

@@ -12,6 +12,9 @@
 //   @4 tape    regions: gates [N, G*H], c [N+B, H], aux [N, H], hs [N+B, H_out]. Rows N+b of
 //              c and hs hold sequence b's initial state (copied in before the first step).
 //   @5 seq     u32 prev[n]: the c/hs row that packed row n starts from (a packed row or N+b)
+//   @6 wt4     `wt` seen as vec4s: W_hh [G*H, H_out] row-major at w4_off (VEC4 variant)
+//   @7 hp4     [rows_t, H_out] as vec4s: the states step t's rows start from, gathered by
+//              the dispatch before (VEC4 variant)
 // Dispatch: (ceil(width / 64), ceil(rows_t / RB), 1), workgroup 64: x = unit, y = row block.
 
 const RB: u32 = 8u;
@@ -32,7 +35,7 @@ struct StepParams {
     aux_off: u32,
     hs_off: u32,
     training: u32,    // 1: save what backward needs
-    _pad: u32,
+    w4_off: u32,      // offset of row-major W_hh in `wt` (a multiple of 4; VEC4 variant)
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
@@ -41,10 +44,15 @@ struct StepParams {
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<storage, read_write> tape: array<f32>;
 @group(0) @binding(5) var<storage, read> seq: array<u32>;
+@group(0) @binding(6) var<storage, read> wt4: array<vec4<f32>>;
+@group(0) @binding(7) var<storage, read> hp4: array<vec4<f32>>;
 
 override GATES: u32 = 4u;
 // Vanilla RNN: relu instead of tanh.
 override RELU: bool = false;
+// H_out is a multiple of 4: read W_hh rows and the gathered states as vec4s along k (on
+// lavapipe a vec4 per invocation loads far faster than four scalars).
+override VEC4: bool = false;
 
 // The c/hs row the t-th row of block rb starts from; rows past the end repeat the last one.
 fn prev_row(rb: u32, t: u32) -> u32 {
@@ -54,6 +62,9 @@ fn prev_row(rb: u32, t: u32) -> u32 {
 // The G gate pre-activations from the recurrence, sum_k h_prev[k] W_hh[g*H + j, k] + b_hh,
 // for unit j and rows rb..rb+RB, as one vec4 (gates in x, y, z, w) per row.
 fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
+    if (VEC4) {
+        return gate_products4(j, rb);
+    }
     let hs = p.hidden;
     let gh = GATES * hs;
     let ho = p.out_size;
@@ -91,6 +102,64 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
         a5 += tape[h5 + k] * wv;
         a6 += tape[h6 + k] * wv;
         a7 += tape[h7 + k] * wv;
+    }
+    var bias = vec4<f32>(0.0);
+    if (p.b_hh != NONE) {
+        bias.x = wt[p.b_hh + j];
+        if (GATES >= 3u) {
+            bias.y = wt[p.b_hh + hs + j];
+            bias.z = wt[p.b_hh + 2u * hs + j];
+        }
+        if (GATES == 4u) {
+            bias.w = wt[p.b_hh + 3u * hs + j];
+        }
+    }
+    return array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
+}
+
+// gate_products with vec4 loads along k: W_hh rows from wt4, states from hp4.
+fn gate_products4(j: u32, rb: u32) -> array<vec4<f32>, 8> {
+    let hs = p.hidden;
+    let kq = p.out_size / 4u;
+    let last = p.rows - 1u;
+    let w0 = p.w4_off / 4u + j * kq;
+    let w1 = w0 + hs * kq;
+    let w2 = w1 + hs * kq;
+    let w3 = w2 + hs * kq;
+    let h0 = min(rb, last) * kq;
+    let h1 = min(rb + 1u, last) * kq;
+    let h2 = min(rb + 2u, last) * kq;
+    let h3 = min(rb + 3u, last) * kq;
+    let h4 = min(rb + 4u, last) * kq;
+    let h5 = min(rb + 5u, last) * kq;
+    let h6 = min(rb + 6u, last) * kq;
+    let h7 = min(rb + 7u, last) * kq;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
+    for (var q = 0u; q < kq; q++) {
+        // Columns: one gate each (x, y, z, w); unused gates stay zero.
+        var w = mat4x4<f32>(wt4[w0 + q], vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        if (GATES >= 3u) {
+            w[1] = wt4[w1 + q];
+            w[2] = wt4[w2 + q];
+        }
+        if (GATES == 4u) {
+            w[3] = wt4[w3 + q];
+        }
+        a0 += hp4[h0 + q] * w;
+        a1 += hp4[h1 + q] * w;
+        a2 += hp4[h2 + q] * w;
+        a3 += hp4[h3 + q] * w;
+        a4 += hp4[h4 + q] * w;
+        a5 += hp4[h5 + q] * w;
+        a6 += hp4[h6 + q] * w;
+        a7 += hp4[h7 + q] * w;
     }
     var bias = vec4<f32>(0.0);
     if (p.b_hh != NONE) {

@@ -220,7 +220,8 @@ impl Context {
 
     /// A buffer whose size is checked against the device limits and counted.
     pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<TrackedBuffer> {
-        let size = size.max(16).next_multiple_of(4);
+        // Multiples of 16 bytes, so any buffer can also be bound as an array of vec4s.
+        let size = size.max(16).next_multiple_of(16);
         if size > self.limits.max_buffer_size {
             return Err(Error::Limit(format!(
                 "buffer {label} needs {size} bytes; the device's largest buffer is {}",

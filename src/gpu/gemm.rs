@@ -4,7 +4,7 @@
 //! benchmark uses it for the adapter's GEMM ceiling.
 
 use super::context::{Context, TrackedBuffer};
-use super::kernels::{Family, GemmParams, Kernel, NONE};
+use super::kernels::{Family, GemmParams, NONE};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -28,6 +28,7 @@ pub struct MatMul {
     desc: MatMulDesc,
     params: TrackedBuffer,
     pipeline: wgpu::ComputePipeline,
+    groups: [u32; 3],
 }
 
 impl MatMul {
@@ -64,7 +65,7 @@ impl MatMul {
         };
         let params = ctx.buffer("gemm parameters", ctx.param_stride as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
         ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
-        Ok(MatMul { ctx: ctx.clone(), desc, params, pipeline: ctx.pipeline(Kernel::Gemm)? })
+        Ok(MatMul { ctx: ctx.clone(), desc, params, pipeline: ctx.pipeline(p.kernel())?, groups: p.groups() })
     }
 
     /// Floating-point operations of one product.
@@ -103,13 +104,15 @@ impl MatMul {
                 wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 3, resource: c.as_entire_binding() },
                 wgpu::BindGroupEntry { binding: 4, resource: bias.unwrap_or(b).as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 5, resource: b.as_entire_binding() },
+                wgpu::BindGroupEntry { binding: 6, resource: a.as_entire_binding() },
             ],
         });
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn gemm"), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bg, &[0]);
         for _ in 0..reps {
-            pass.dispatch_workgroups(d.n.div_ceil(256) as u32, d.m.div_ceil(8) as u32, 1);
+            pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
         }
         Ok(())
     }

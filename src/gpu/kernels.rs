@@ -9,14 +9,24 @@ pub mod source {
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
     pub const STEP_FORWARD: &str =
         concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_forward.wgsl"));
-    pub const STEP_BACKWARD: &str =
-        concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_backward.wgsl"));
+    pub const BACKWARD_SHARED: &str = include_str!("../../shaders/shared/backward.wgsl");
+    pub const STEP_BACKWARD: &str = concat!(
+        include_str!("../../shaders/shared/activations.wgsl"),
+        include_str!("../../shaders/shared/backward.wgsl"),
+        include_str!("../../shaders/step_backward.wgsl")
+    );
+    pub const RECURRENT_GRAD: &str = concat!(
+        include_str!("../../shaders/shared/activations.wgsl"),
+        include_str!("../../shaders/shared/backward.wgsl"),
+        include_str!("../../shaders/recurrent_grad.wgsl")
+    );
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
 }
 
-/// The most storage buffers any kernel binds (step_backward: 7).
-pub const MAX_STORAGE_BINDINGS: u32 = 7;
+/// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
+pub const MAX_STORAGE_BINDINGS: u32 = 8;
+
 /// The largest parameter block; blocks are laid out at a stride that rounds this up to the
 /// device's uniform offset alignment.
 pub const MAX_PARAM_BYTES: u32 = 128;
@@ -26,17 +36,19 @@ pub const MAX_PARAM_BYTES: u32 = 128;
 pub enum Family {
     StepForward,
     StepBackward,
+    RecurrentGrad,
     Gemm,
     Util,
 }
 
 impl Family {
-    pub const ALL: [Family; 4] = [Family::StepForward, Family::StepBackward, Family::Gemm, Family::Util];
+    pub const ALL: [Family; 5] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util];
 
     pub fn source(self) -> &'static str {
         match self {
             Family::StepForward => source::STEP_FORWARD,
             Family::StepBackward => source::STEP_BACKWARD,
+            Family::RecurrentGrad => source::RECURRENT_GRAD,
             Family::Gemm => source::GEMM,
             Family::Util => source::UTIL,
         }
@@ -45,12 +57,14 @@ impl Family {
     /// Read-only (false) or read-write (true) for storage bindings 1.., after the uniform @0.
     pub fn storage_bindings(self) -> &'static [bool] {
         match self {
-            // wt, xp, out (rw), tape (rw), seq
-            Family::StepForward => &[false, false, true, true, false],
+            // wt, xp, out (rw), tape (rw), seq, wt as vec4, gathered states as vec4
+            Family::StepForward => &[false, false, true, true, false, false, false],
             // weights, dy, tape, prev, seq, bw (rw), dg (rw)
             Family::StepBackward => &[false, false, false, false, false, true, true],
-            // a, b, c (rw), bias
-            Family::Gemm => &[false, false, true, false],
+            // wt, dg, dy, tape, seq, bw (rw), wt as vec4, dg as vec4
+            Family::RecurrentGrad => &[false, false, false, false, false, true, false, false],
+            // a, b, c (rw), bias, b as vec4, a as vec4
+            Family::Gemm => &[false, false, true, false, false, false],
             // src, state0, seq, dst (rw)
             Family::Util => &[false, false, false, true],
         }
@@ -60,7 +74,7 @@ impl Family {
     pub fn param_size(self) -> u64 {
         (match self {
             Family::StepForward => std::mem::size_of::<StepParams>(),
-            Family::StepBackward => std::mem::size_of::<BackParams>(),
+            Family::StepBackward | Family::RecurrentGrad => std::mem::size_of::<BackParams>(),
             Family::Gemm => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
         }) as u64
@@ -71,16 +85,19 @@ impl Family {
 /// override constants). The pipeline cache is keyed by this alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    LstmStep,
-    GruStep,
-    RnnStep { relu: bool },
+    LstmStep { vec4: bool },
+    GruStep { vec4: bool },
+    RnnStep { relu: bool, vec4: bool },
     ProjForward,
     LstmGrad,
     GruGrad,
     RnnGrad { relu: bool },
-    RecurrentGrad { gates: u32 },
+    RecurrentGrad { gates: u32, vec4: bool },
     ProjGrad,
     Gemm,
+    Gemm4,
+    Gemm44,
+    Gemm4T,
     GatherPrev,
     GatherLast,
     ScatterLast,
@@ -94,9 +111,10 @@ impl Kernel {
     pub fn family(self) -> Family {
         use Kernel::*;
         match self {
-            LstmStep | GruStep | RnnStep { .. } | ProjForward => Family::StepForward,
-            LstmGrad | GruGrad | RnnGrad { .. } | RecurrentGrad { .. } | ProjGrad => Family::StepBackward,
-            Gemm => Family::Gemm,
+            LstmStep { .. } | GruStep { .. } | RnnStep { .. } | ProjForward => Family::StepForward,
+            LstmGrad | GruGrad | RnnGrad { .. } | ProjGrad => Family::StepBackward,
+            RecurrentGrad { .. } => Family::RecurrentGrad,
+            Gemm | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum => Family::Util,
         }
     }
@@ -104,8 +122,8 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
-            LstmStep => "lstm_step",
-            GruStep => "gru_step",
+            LstmStep { .. } => "lstm_step",
+            GruStep { .. } => "gru_step",
             RnnStep { .. } => "rnn_step",
             ProjForward => "proj_forward",
             LstmGrad => "lstm_grad",
@@ -114,6 +132,9 @@ impl Kernel {
             RecurrentGrad { .. } => "recurrent_grad",
             ProjGrad => "proj_grad",
             Gemm => "gemm",
+            Gemm4 => "gemm4",
+            Gemm44 => "gemm44",
+            Gemm4T => "gemm4t",
             GatherPrev => "gather_prev",
             GatherLast => "gather_last",
             ScatterLast => "scatter_last",
@@ -128,19 +149,26 @@ impl Kernel {
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            LstmStep | ProjForward | LstmGrad | ProjGrad => vec![("GATES", 4.0)],
-            GruStep | GruGrad => vec![("GATES", 3.0)],
-            RnnStep { relu } | RnnGrad { relu } => vec![("GATES", 1.0), ("RELU", if relu { 1.0 } else { 0.0 })],
-            RecurrentGrad { gates } => vec![("GATES", gates as f64)],
+            LstmStep { vec4 } => vec![("GATES", 4.0), ("VEC4", vec4 as u8 as f64)],
+            GruStep { vec4 } => vec![("GATES", 3.0), ("VEC4", vec4 as u8 as f64)],
+            RnnStep { relu, vec4 } => vec![("GATES", 1.0), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)],
+            ProjForward | LstmGrad | ProjGrad => vec![("GATES", 4.0)],
+            GruGrad => vec![("GATES", 3.0)],
+            RnnGrad { relu } => vec![("GATES", 1.0), ("RELU", relu as u8 as f64)],
+            RecurrentGrad { gates, vec4 } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64)],
             _ => vec![],
         }
     }
 }
 
-/// Whether shaders keep naga's runtime bounds checks: in debug builds and with
-/// `WGPU_RNN_CHECKED=1`. Release builds drop them (C1 forward on lavapipe: 332 -> 218 ms).
+/// Whether shaders keep naga's runtime bounds checks: `WGPU_RNN_CHECKED=1` / `=0` decides;
+/// otherwise debug builds keep them and release builds drop them (C1 forward on lavapipe:
+/// 332 -> 218 ms when they were dropped).
 pub fn runtime_checks() -> bool {
-    cfg!(debug_assertions) || std::env::var("WGPU_RNN_CHECKED").is_ok_and(|v| v != "0")
+    match std::env::var("WGPU_RNN_CHECKED") {
+        Ok(v) => v != "0",
+        Err(_) => cfg!(debug_assertions),
+    }
 }
 
 /// One shader module per family, built once per context.
@@ -252,7 +280,7 @@ pub struct StepParams {
     pub aux_off: u32,
     pub hs_off: u32,
     pub training: u32,
-    pub _pad: u32,
+    pub w4_off: u32,
 }
 
 /// Rows of a block in the register-blocked step kernels (`RB` in the shaders).
@@ -284,8 +312,31 @@ pub struct BackParams {
     pub dgx_off: u32,
     pub dgh_off: u32,
     pub proj: u32,
-    pub _pad0: u32,
+    pub wt_hh: u32,
     pub _pad1: u32,
+}
+
+impl GemmParams {
+    /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous.
+    pub fn kernel(&self) -> Kernel {
+        let b4 = self.b_cs == 1 && self.b_off % 4 == 0 && self.b_rs % 4 == 0 && self.n % 4 == 0;
+        let a4 = self.a_cs == 1 && self.a_off % 4 == 0 && self.a_rs % 4 == 0 && self.k % 4 == 0;
+        let a4t = self.a_rs == 1 && self.a_off % 4 == 0 && self.a_cs % 4 == 0 && self.m % 8 == 0;
+        if b4 && a4 {
+            Kernel::Gemm44
+        } else if b4 && a4t {
+            Kernel::Gemm4T
+        } else if b4 {
+            Kernel::Gemm4
+        } else {
+            Kernel::Gemm
+        }
+    }
+
+    /// Workgroups to dispatch (both kernels cover 256 columns x 8 rows per workgroup).
+    pub fn groups(&self) -> [u32; 3] {
+        [self.n.div_ceil(256), self.m.div_ceil(8), 1]
+    }
 }
 
 /// `GemmParams` in gemm.wgsl.

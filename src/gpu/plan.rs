@@ -106,6 +106,7 @@ enum Buf {
     Seq,
     Xp,
     Wt,
+    Hp,
     Tape(u16),
     LayerOut(u16),
     Prev,
@@ -308,10 +309,13 @@ impl Plan {
         let tape_elems = hs_off + (n + b) * ho;
         // Weights rearranged per layer-direction: W_ih^T, W_hh^T, b_hh, W_hr^T.
         let in_max = (0..cfg.num_layers).map(|l| cfg.layer_input_size(l)).max().unwrap_or(0);
-        let wt_hh_off = in_max * gh;
+        let wt_hh_off = (in_max * gh).next_multiple_of(4);
         let wt_bhh_off = wt_hh_off + ho * gh;
         let wt_hr_off = wt_bhh_off + gh;
-        let wt_elems = wt_hr_off + hs * p;
+        let wt_w4_off = (wt_hr_off + hs * p).next_multiple_of(4);
+        // The vec4 step kernels read W_hh rows and the gathered states along k as vec4s.
+        let vec4 = ho % 4 == 0;
+        let wt_elems = wt_w4_off + if vec4 { gh * ho } else { 0 };
         let (dh_off, dc_off) = (0usize, (n + b) * ho);
         let dhtot_off = dc_off + (n + b) * hs;
         let dhpre_off = dhtot_off + n * p;
@@ -328,6 +332,7 @@ impl Plan {
         own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
         own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
         own.insert(Buf::Wt, ctx.buffer("rearranged weights", f4(wt_elems), st)?);
+        own.insert(Buf::Hp, ctx.buffer("step states", f4(b * ho), st)?);
         let tapes = if training { cfg.num_layers * d } else { 1 };
         for i in 0..tapes {
             own.insert(Buf::Tape(i as u16), ctx.buffer("tape", f4(tape_elems), st)?);
@@ -350,10 +355,10 @@ impl Plan {
         let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
         let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
         let step_kernel = match cfg.mode {
-            Mode::Lstm => Kernel::LstmStep,
-            Mode::Gru => Kernel::GruStep,
-            Mode::RnnTanh => Kernel::RnnStep { relu: false },
-            Mode::RnnRelu => Kernel::RnnStep { relu: true },
+            Mode::Lstm => Kernel::LstmStep { vec4 },
+            Mode::Gru => Kernel::GruStep { vec4 },
+            Mode::RnnTanh => Kernel::RnnStep { relu: false, vec4 },
+            Mode::RnnRelu => Kernel::RnnStep { relu: true, vec4 },
         };
         let grad_kernel = match cfg.mode {
             Mode::Lstm => Kernel::LstmGrad,
@@ -371,11 +376,11 @@ impl Plan {
             param_offset: params.push(&up),
             groups: groups_linear(count),
         };
-        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| Op {
-            kernel: Kernel::Gemm,
-            bufs,
-            groups: [gp.n.div_ceil(256), gp.m.div_ceil(ROW_BLOCK as u32), 1],
-            param_offset: params.push(&gp),
+        // GEMM ops bind B and A a second time as vec4s (bindings 5, 6) for gemm4 / gemm44.
+        let gemm = |params: &mut Params, mut bufs: Vec<Buf>, gp: GemmParams| {
+            bufs.push(bufs[1]);
+            bufs.push(bufs[0]);
+            Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
         };
         let mut fwd = Vec::new();
         for l in 0..cfg.num_layers {
@@ -398,6 +403,10 @@ impl Plan {
                 if p > 0 {
                     fwd.push(transpose(&mut params, w.w_hr, p, hs, wt_hr_off));
                 }
+                if vec4 {
+                    fwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
+                }
                 // Initial states (or zeros) into the tape's rows N.. .
                 fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, tape],
                     UtilParams { rows: b as u32, width: ho as u32, state_off: if inputs.h0 { state_block(s, ho) } else { NONE }, dst_off: (hs_off + n * ho) as u32, ..Default::default() }, b * ho));
@@ -412,9 +421,14 @@ impl Plan {
                     b_off: 0, b_rs: gh as u32, b_cs: 1,
                     c_off: 0, ldc: gh as u32, bias_off: w.b_ih, alpha: 1.0, beta: 0.0, ..Default::default()
                 }));
-                let step_bufs = vec![Buf::Wt, Buf::Xp, layer_out(l), tape, Buf::Seq];
+                let step_bufs = vec![Buf::Wt, Buf::Xp, layer_out(l), tape, Buf::Seq, Buf::Wt, Buf::Hp];
                 for t in order(dir) {
                     let rows = layout.batch_sizes[t];
+                    if vec4 {
+                        // The states this step's rows start from, contiguous for vec4 loads.
+                        fwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Hp],
+                            UtilParams { rows: rows as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: prev_offs[dir] + off[t] as u32, dst_off: 0, ..Default::default() }, rows * ho));
+                    }
                     let sp = StepParams {
                         row_off: off[t] as u32,
                         rows: rows as u32,
@@ -431,7 +445,7 @@ impl Plan {
                         aux_off: aux_off as u32,
                         hs_off: hs_off as u32,
                         training: training as u32,
-                        _pad: 0,
+                        w4_off: wt_w4_off as u32,
                     };
                     let po = params.push(&sp);
                     fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
@@ -524,7 +538,13 @@ impl Plan {
                             b * hs,
                         ));
                     }
+                    // W_hh^T for the recurrent gradient product (the forward's is overwritten by
+                    // later layer-directions).
+                    bwd.push(util(&mut params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
                     let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
+                    let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
+                    let rec_vec4 = gh % 4 == 0;
                     for t in order(dir).into_iter().rev() {
                         let rows = layout.batch_sizes[t];
                         let bp = BackParams {
@@ -550,6 +570,7 @@ impl Plan {
                             dgx_off: 0,
                             dgh_off: dgh_off as u32,
                             proj: (p > 0) as u32,
+                            wt_hh: wt_hh_off as u32,
                             ..Default::default()
                         };
                         let po = params.push(&bp);
@@ -558,8 +579,8 @@ impl Plan {
                         }
                         bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
                         bwd.push(Op {
-                            kernel: Kernel::RecurrentGrad { gates: g as u32 },
-                            bufs: step_bufs.clone(),
+                            kernel: Kernel::RecurrentGrad { gates: g as u32, vec4: rec_vec4 },
+                            bufs: rec_bufs.clone(),
                             param_offset: po,
                             groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), 64),
                         });

@@ -370,12 +370,14 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
 #[test]
 fn dispatch_and_submit_counts() {
     let Some(ctx) = vulkan() else { return };
-    // C1-shaped structure (one LSTM layer, T = 50): 3 weight rearrangements (W_ih^T, W_hh^T,
-    // b_hh) + 2 initial-state copies + GEMM + 50 steps + h_n and c_n gathers.
+    // C1-shaped structure (one LSTM layer, T = 50, H = 16): 4 weight rearrangements (W_ih^T,
+    // W_hh^T, b_hh, W_hh for the vec4 kernel) + 2 initial-state copies + GEMM + 50 * (state
+    // gather + step) + h_n and c_n gathers.
     let cfg = RnnConfig::new(Mode::Lstm, 8, 16);
     let layout = SeqLayout { batch_sizes: vec![4; 50], sorted_indices: vec![0, 1, 2, 3] };
     let plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
-    assert_eq!(plan.forward_dispatches(), 3 + 2 + 1 + 50 + 2);
-    // gathers (2) + seeds (2) + 50 * (gate grad + recurrent grad) + copies (2) + 3 GEMMs + 2 colsums
-    assert_eq!(plan.backward_dispatches(), 2 + 2 + 100 + 2 + 3 + 2);
+    assert_eq!(plan.forward_dispatches(), 4 + 2 + 1 + 100 + 2);
+    // gathers (2) + seeds (2) + W_hh^T (1) + 50 * (gate grad + recurrent grad) + copies (2)
+    // + 3 GEMMs + 2 colsums
+    assert_eq!(plan.backward_dispatches(), 2 + 2 + 1 + 100 + 2 + 3 + 2);
 }
