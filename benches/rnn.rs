@@ -1,34 +1,57 @@
-//! Criterion benches. `WGPU_RNN_QUICK=1` shrinks sizes and sample counts for CI-sized runs.
+//! Criterion benches, one binary: the CPU path and each GPU kernel family.
 //!
-//! `cargo bench --bench rnn` runs: the CPU reference forward (inference) and forward+backward
-//! (training) on C1 = LSTM T 50, B 32, I 128, H 256, and a GRU of the same size.
+//! `cargo bench --bench rnn` (full sizes: C1 = LSTM T 50, B 32, I 128, H 256, and its GRU
+//! twin); `WGPU_RNN_QUICK=1 cargo bench --bench rnn` for CI-sized runs. GPU timings use
+//! `iter_custom`: record, submit, wait for the device; plans and pipelines are built outside
+//! the timed loop. Without an adapter the GPU groups are skipped with a message.
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use std::hint::black_box;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs};
 use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
 
 fn quick() -> bool {
     std::env::var("WGPU_RNN_QUICK").is_ok_and(|v| v != "0")
 }
 
-fn cpu_layer(c: &mut Criterion) {
-    let (t, b, i, h) = if quick() { (10, 8, 32, 64) } else { (50, 32, 128, 256) };
-    let mut g = c.benchmark_group("cpu_layer");
+/// (T, B, I, H) of the layer benches.
+fn shape() -> (usize, usize, usize, usize) {
     if quick() {
-        g.sample_size(10);
+        (10, 8, 32, 64)
+    } else {
+        (50, 32, 128, 256)
     }
+}
+
+fn input(t: usize, b: usize, i: usize) -> PackedSequence<f32> {
+    let x: Vec<f32> = (0..t * b * i).map(|k| ((k % 97) as f32 / 97.0) - 0.5).collect();
+    PackedSequence::from_padded(&x, [t, b, i], false, &vec![t; b]).unwrap()
+}
+
+fn configure<'a>(c: &'a mut Criterion, name: &str) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut g = c.benchmark_group(name);
+    if quick() {
+        g.sample_size(10).warm_up_time(Duration::from_millis(200)).measurement_time(Duration::from_secs(1));
+    }
+    g
+}
+
+fn cpu_layer(c: &mut Criterion) {
+    let (t, b, i, h) = shape();
+    let mut g = configure(c, "cpu_layer");
     for mode in [Mode::Lstm, Mode::Gru] {
         let cfg = RnnConfig::new(mode, i, h);
         let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
-        let x: Vec<f32> = (0..t * b * i).map(|k| ((k % 97) as f32 / 97.0) - 0.5).collect();
-        let x = PackedSequence::from_padded(&x, [t, b, i], false, &vec![t; b]).unwrap();
+        let x = input(t, b, i);
         let go = vec![0.01f32; x.rows() * cfg.output_size()];
         let name = format!("{mode} T{t} B{b} I{i} H{h}");
-        g.bench_function(format!("{name} forward"), |bench| {
+        g.bench_function(BenchmarkId::new("forward", &name), |bench| {
             bench.iter(|| black_box(cpu::forward(&w, &x, None, None, Pass::Inference).unwrap()))
         });
-        g.bench_function(format!("{name} training"), |bench| {
+        g.bench_function(BenchmarkId::new("training", &name), |bench| {
             bench.iter(|| {
                 let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
                 black_box(cpu::backward(&w, &tape.unwrap(), &go, None, None).unwrap())
@@ -38,5 +61,105 @@ fn cpu_layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_layer);
+fn context() -> Option<Arc<Context>> {
+    match Context::new() {
+        Ok(c) => {
+            eprintln!("GPU benches on {}", c.describe());
+            Some(c)
+        }
+        Err(e) => {
+            eprintln!("skipping GPU benches: {e}");
+            None
+        }
+    }
+}
+
+/// Times `iters` runs of `record` + one submit each + device wait.
+fn time_gpu(ctx: &Context, iters: u64, mut record: impl FnMut(&mut wgpu::CommandEncoder)) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        record(&mut enc);
+        ctx.queue.submit([enc.finish()]);
+        ctx.wait().unwrap();
+    }
+    start.elapsed()
+}
+
+fn gpu_gemm(c: &mut Criterion) {
+    let Some(ctx) = context() else { return };
+    let (m, n, k) = if quick() { (256, 256, 64) } else { (1600, 1024, 128) };
+    let mut g = configure(c, "gpu_gemm");
+    for (label, trans_a) in [("A B", false), ("A^T B", true)] {
+        let mm = MatMul::new(&ctx, MatMulDesc { m, n, k, trans_a, trans_b: false, alpha: 1.0, beta: 0.0, bias: false }).unwrap();
+        let a = gpu::upload(&ctx, "a", &vec![0.5; m * k]).unwrap();
+        let b = gpu::upload(&ctx, "b", &vec![0.25; k * n]).unwrap();
+        let cc = gpu::storage(&ctx, "c", m * n).unwrap();
+        g.bench_function(BenchmarkId::new(label, format!("{m}x{n}x{k}")), |bench| {
+            bench.iter_custom(|iters| time_gpu(&ctx, iters, |enc| mm.record(enc, &a, &b, &cc, None, 1).unwrap()))
+        });
+    }
+    g.finish();
+}
+
+/// One layer forward and forward+backward through the engine API; T = 1 isolates the
+/// per-step kernels (plus the fixed per-call dispatches: weight rearrangement, state copies,
+/// the input GEMM and the final gathers).
+fn gpu_layer(c: &mut Criterion) {
+    let Some(ctx) = context() else { return };
+    let (t, b, i, h) = shape();
+    let mut g = configure(c, "gpu_layer");
+    for mode in [Mode::Lstm, Mode::Gru] {
+        for steps in [1, t] {
+            let cfg = RnnConfig::new(mode, i, h);
+            let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
+            let rnn = gpu::GpuRnn::new(&ctx, &w).unwrap();
+            let x = input(steps, b, i);
+            let layout = SeqLayout::of(&x).unwrap();
+            let fwd = Plan::new(&ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
+            let train = Plan::new(&ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+            let n = x.rows();
+            let xb = gpu::upload(&ctx, "x", &x.data).unwrap();
+            let out = gpu::storage(&ctx, "out", n * h).unwrap();
+            let hn = gpu::storage(&ctx, "hn", b * h).unwrap();
+            let cn = gpu::storage(&ctx, "cn", b * h).unwrap();
+            let go = gpu::upload(&ctx, "go", &vec![0.01; n * h]).unwrap();
+            let gi = gpu::storage(&ctx, "gi", n * i).unwrap();
+            let gh0 = gpu::storage(&ctx, "gh0", b * h).unwrap();
+            let gc0 = gpu::storage(&ctx, "gc0", b * h).unwrap();
+            let gw = gpu::storage(&ctx, "gw", train.weight_elems()).unwrap();
+            let lstm = mode == Mode::Lstm;
+            let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: lstm.then_some(&*cn) };
+            let bb = BackwardBuffers {
+                weights: rnn.weights_buffer(),
+                input: &xb,
+                output: &out,
+                h0: None,
+                c0: None,
+                grad_output: &go,
+                grad_h_n: None,
+                grad_c_n: None,
+                grad_input: &gi,
+                grad_h0: &gh0,
+                grad_c0: lstm.then_some(&*gc0),
+                grad_weights: &gw,
+            };
+            let name = format!("{mode} T{steps} B{b} I{i} H{h}");
+            g.bench_function(BenchmarkId::new("forward", &name), |bench| {
+                bench.iter_custom(|iters| time_gpu(&ctx, iters, |enc| fwd.record_forward(enc, &fb).unwrap()))
+            });
+            g.bench_function(BenchmarkId::new("training", &name), |bench| {
+                bench.iter_custom(|iters| {
+                    time_gpu(&ctx, iters, |enc| {
+                        train.record_forward(enc, &fb).unwrap();
+                        train.record_backward(enc, &bb).unwrap();
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cpu_layer, gpu_gemm, gpu_layer);
 criterion_main!(benches);

@@ -367,15 +367,16 @@ pub fn bench_gpu_gemm(ctx: &Arc<Context>, timing: Timing) -> Result<Record> {
     Ok(best.expect("shapes"))
 }
 
-/// Prints the table: one line per record, the GPU/CPU speedup beside GPU rows and the
-/// fraction of the device's GEMM ceiling.
+/// Prints the table: one line per record; "of GEMM" is the row's GFLOP/s as a share of its
+/// device's GEMM ceiling in the same run, "vs cpu" the CPU path's median divided by the row's
+/// (the GPU/CPU speedup on GPU rows; PyTorch's advantage over our CPU path on its rows).
 pub fn format_table(records: &[Record]) -> String {
     use std::fmt::Write;
     let mut s = String::new();
     let _ = writeln!(
         s,
         "{:<24} {:<8} {:>4} {:>3} {:>4} {:>4} {:>2}{:1} {:<14} {:<9} {:>10} {:>21} {:>8} {:>7} {:>9}",
-        "config", "cell", "T", "B", "I", "H", "L", "", "device", "mode", "median ms", "(min - max)", "GFLOP/s", "of GEMM", "GPU/CPU"
+        "config", "cell", "T", "B", "I", "H", "L", "", "device", "mode", "median ms", "(min - max)", "GFLOP/s", "of GEMM", "vs cpu"
     );
     let ceiling = |dev: &str| records.iter().find(|r| r.mode == "gemm" && r.device == dev).map(|r| r.gflops);
     for r in records {

@@ -1,5 +1,6 @@
 //! Integration tests, in one binary so wgpu links once.
 
+mod bench_cli;
 mod common;
 mod cpu_kernels;
 mod errors;
