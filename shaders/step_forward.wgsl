@@ -1,7 +1,7 @@
 // Per-step forward kernels: one dispatch per time step computes, for the rows active at t,
 // the recurrent product h_prev W_hh^T + b_hh, adds the precomputed input projection, applies
-// the cell (one entry point per cell), writes the output row and, in training mode, saves
-// what backward needs. Each invocation owns all G gates of one hidden unit for a block of up
+// the cell (chosen by the GATES and RELU constants), writes the output row and, in training
+// mode, saves what backward needs. Small problems take the single-dispatch loop_step instead. Each invocation owns all G gates of one hidden unit for a block of up
 // to RB rows (gate-interleaved, register-blocked), so the update needs no other invocation.
 // Joined after shared/activations.wgsl. Layout "step_forward", the kernels' signature:
 //   @0 params  uniform, dynamic offset: one StepParams per dispatch, prepared once per plan
@@ -36,6 +36,15 @@ struct StepParams {
     hs_off: u32,
     training: u32,    // 1: save what backward needs
     w4_off: u32,      // offset of row-major W_hh in `wt` (a multiple of 4; VEC4 variant)
+    // The single-dispatch path (*_loop) only:
+    steps: u32,       // T
+    reverse: u32,     // 1: walk t = T-1 .. 0
+    off_tab: u32,     // offset in `seq` of the step offsets off[t]
+    bs_tab: u32,      // offset in `seq` of batch_sizes[t]
+    init_off: u32,    // offset in `seq` of init[r]: the initial-state row of sorted row r
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
@@ -185,39 +194,110 @@ fn write_h(n: u32, j: u32, h: f32) {
     tape[p.hs_off + n * p.out_size + j] = h;
 }
 
-// LSTM (gates i, f, g, o): c' = f*c + i*g, h' = o*tanh(c'). With projection h' goes to the
-// tape's aux region and proj_forward applies W_hr.
-@compute @workgroup_size(64)
-fn lstm_step(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let rb = gid.y * RB;
-    let hs = p.hidden;
-    if (j >= hs || rb >= p.rows) {
-        return;
+// One cell update for one unit: the new h (before projection) and c, and what backward
+// needs (the activated gates, and GRU's W_hn h + b_hn in `aux`).
+struct Cell {
+    h: f32,
+    c: f32,
+    gates: vec4<f32>,
+    aux: f32,
+}
+
+// x: the input projection of the G gates, a: their recurrent products (b_hh included);
+// c_prev (LSTM) or h_prev (GRU) of this unit.
+fn cell(x: vec4<f32>, a: vec4<f32>, c_prev: f32, h_prev: f32) -> Cell {
+    var o: Cell;
+    if (GATES == 4u) {
+        // LSTM (gates i, f, g, o): c' = f*c + i*g, h' = o*tanh(c').
+        let i = sigmoid(x.x + a.x);
+        let f = sigmoid(x.y + a.y);
+        let g = tanh_safe(x.z + a.z);
+        let og = sigmoid(x.w + a.w);
+        o.c = f * c_prev + i * g;
+        o.h = og * tanh_safe(o.c);
+        o.gates = vec4<f32>(i, f, g, og);
+    } else if (GATES == 3u) {
+        // GRU (gates r, z, n): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1-z)*n + z*h.
+        let r = sigmoid(x.x + a.x);
+        let z = sigmoid(x.y + a.y);
+        let nn = tanh_safe(x.z + r * a.z);
+        o.h = (1.0 - z) * nn + z * h_prev;
+        o.gates = vec4<f32>(r, z, nn, 0.0);
+        o.aux = a.z;
+    } else {
+        // Vanilla RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh); its "gate" is h'.
+        let pre = x.x + a.x;
+        if (RELU) {
+            o.h = max(pre, 0.0);
+        } else {
+            o.h = tanh_safe(pre);
+        }
+        o.gates = vec4<f32>(o.h, 0.0, 0.0, 0.0);
     }
+    return o;
+}
+
+// The input projection of unit j's G gates for packed row n.
+fn xp_gates(n: u32, j: u32) -> vec4<f32> {
+    let hs = p.hidden;
+    let x = n * GATES * hs + j;
+    var v = vec4<f32>(xp[x], 0.0, 0.0, 0.0);
+    if (GATES >= 3u) {
+        v.y = xp[x + hs];
+        v.z = xp[x + 2u * hs];
+    }
+    if (GATES == 4u) {
+        v.w = xp[x + 3u * hs];
+    }
+    return v;
+}
+
+// Stores a cell's results for packed row n: c and h (to the output, or to aux for the
+// projection kernel), and in training mode the gates and GRU's aux.
+fn store(n: u32, j: u32, o: Cell) {
+    let hs = p.hidden;
+    if (GATES == 4u) {
+        tape[p.c_off + n * hs + j] = o.c;
+    }
+    if (GATES == 4u && p.wt_hr != NONE) {
+        tape[p.aux_off + n * hs + j] = o.h;
+    } else {
+        write_h(n, j, o.h);
+    }
+    if (p.training != 0u) {
+        for (var g = 0u; g < GATES; g++) {
+            tape_gate(n, g, j, o.gates[g]);
+        }
+        if (GATES == 3u) {
+            tape[p.aux_off + n * hs + j] = o.aux;
+        }
+    }
+}
+
+// One step for unit j of a block of RB rows (every cell; GATES and RELU choose it).
+fn step_block(j: u32, rb: u32) {
+    let hs = p.hidden;
     let acc = gate_products(j, rb);
     for (var t = 0u; t < min(RB, p.rows - rb); t++) {
         let n = p.row_off + rb + t;
-        let x = n * 4u * hs + j;
-        let a = acc[t];
-        let i = sigmoid(xp[x] + a.x);
-        let f = sigmoid(xp[x + hs] + a.y);
-        let g = tanh_safe(xp[x + 2u * hs] + a.z);
-        let o = sigmoid(xp[x + 3u * hs] + a.w);
-        let c = f * tape[p.c_off + prev_row(rb, t) * hs + j] + i * g;
-        tape[p.c_off + n * hs + j] = c;
-        let h = o * tanh_safe(c);
-        if (p.wt_hr != NONE) {
-            tape[p.aux_off + n * hs + j] = h;
-        } else {
-            write_h(n, j, h);
+        let pv = prev_row(rb, t);
+        var c_prev = 0.0;
+        var h_prev = 0.0;
+        if (GATES == 4u) {
+            c_prev = tape[p.c_off + pv * hs + j];
         }
-        if (p.training != 0u) {
-            tape_gate(n, 0u, j, i);
-            tape_gate(n, 1u, j, f);
-            tape_gate(n, 2u, j, g);
-            tape_gate(n, 3u, j, o);
+        if (GATES == 3u) {
+            h_prev = tape[p.hs_off + pv * hs + j];
         }
+        store(n, j, cell(xp_gates(n, j), acc[t], c_prev, h_prev));
+    }
+}
+
+// One step of any cell (GATES and RELU choose it): unit x, row block y.
+@compute @workgroup_size(64)
+fn step(@builtin(global_invocation_id) gid: vec3<u32>) {
+    if (gid.x < p.hidden && gid.y * RB < p.rows) {
+        step_block(gid.x, gid.y * RB);
     }
 }
 
@@ -252,56 +332,95 @@ fn proj_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
 }
 
-// GRU (gates r, z, n): n = tanh(W_in x + b_in + r * (W_hn h + b_hn)), h' = (1-z)*n + z*h.
-// Saves W_hn h + b_hn in the aux region for backward.
-@compute @workgroup_size(64)
-fn gru_step(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let rb = gid.y * RB;
-    let hs = p.hidden;
-    if (j >= hs || rb >= p.rows) {
-        return;
-    }
-    let acc = gate_products(j, rb);
-    for (var t = 0u; t < min(RB, p.rows - rb); t++) {
-        let n = p.row_off + rb + t;
-        let x = n * 3u * hs + j;
-        let a = acc[t];
-        let rg = sigmoid(xp[x] + a.x);
-        let z = sigmoid(xp[x + hs] + a.y);
-        let nn = tanh_safe(xp[x + 2u * hs] + rg * a.z);
-        let h = (1.0 - z) * nn + z * tape[p.hs_off + prev_row(rb, t) * hs + j];
-        write_h(n, j, h);
-        if (p.training != 0u) {
-            tape_gate(n, 0u, j, rg);
-            tape_gate(n, 1u, j, z);
-            tape_gate(n, 2u, j, nn);
-            tape[p.aux_off + n * hs + j] = a.z;
-        }
-    }
+// ---- The single-dispatch path for small problems ----
+// One dispatch walks every step of one layer-direction: each workgroup owns LOOP_ROWS sorted
+// rows for the whole sequence (rows do not depend on each other, so no cross-workgroup
+// synchronisation is needed) and keeps their h in workgroup memory; invocation j owns unit j
+// and keeps c in registers. Requires H_out == H <= LOOP_UNITS (no projection). Writes the
+// same output and tape as the per-step kernels, so backward and the h_n gathers are shared.
+// Dispatch: (ceil(B / LOOP_ROWS), 1, 1), workgroup LOOP_UNITS.
+const LOOP_ROWS: u32 = 4u;
+const LOOP_UNITS: u32 = 256u;
+
+var<workgroup> hloop: array<f32, 1024>;
+
+@compute @workgroup_size(256)
+fn loop_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    loop_body(wid.x, lid.x);
 }
 
-// Vanilla RNN: h' = act(W_ih x + b_ih + W_hh h + b_hh). Saves h' as its "gate".
+// The same with 64 invocations, for H <= 64: fewer idle invocations to carry through each
+// barrier (on lavapipe every barrier switches between the workgroup's 8-wide fibers).
 @compute @workgroup_size(64)
-fn rnn_step(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let rb = gid.y * RB;
-    if (j >= p.hidden || rb >= p.rows) {
-        return;
+fn loop_step_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    loop_body(wid.x, lid.x);
+}
+
+fn loop_body(wg: u32, j: u32) {
+    let hs = p.hidden;
+    let gh = GATES * hs;
+    let r0 = wg * LOOP_ROWS;
+    let batch = seq[p.bs_tab];
+    let unit = j < hs;
+    var c = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var t = 0u; t < LOOP_ROWS; t++) {
+        if (unit && r0 + t < batch) {
+            let init = seq[p.init_off + r0 + t];
+            hloop[t * LOOP_UNITS + j] = tape[p.hs_off + init * hs + j];
+            if (GATES == 4u) {
+                c[t] = tape[p.c_off + init * hs + j];
+            }
+        }
     }
-    let acc = gate_products(j, rb);
-    for (var t = 0u; t < min(RB, p.rows - rb); t++) {
-        let n = p.row_off + rb + t;
-        let a = xp[n * p.hidden + j] + acc[t].x;
-        var h: f32;
-        if (RELU) {
-            h = max(a, 0.0);
-        } else {
-            h = tanh_safe(a);
+    workgroupBarrier();
+    for (var s = 0u; s < p.steps; s++) {
+        let ts = select(s, p.steps - 1u - s, p.reverse != 0u);
+        let rows = seq[p.bs_tab + ts];
+        let off = seq[p.off_tab + ts];
+        var results: array<Cell, 4>;
+        if (unit) {
+            for (var t = 0u; t < LOOP_ROWS; t++) {
+                if (r0 + t < rows) {
+                    var a = vec4<f32>(0.0);
+                    for (var k = 0u; k < hs; k++) {
+                        let w = p.wt_hh + k * gh + j;
+                        var wv = vec4<f32>(wt[w], 0.0, 0.0, 0.0);
+                        if (GATES >= 3u) {
+                            wv.y = wt[w + hs];
+                            wv.z = wt[w + 2u * hs];
+                        }
+                        if (GATES == 4u) {
+                            wv.w = wt[w + 3u * hs];
+                        }
+                        a += hloop[t * LOOP_UNITS + k] * wv;
+                    }
+                    if (p.b_hh != NONE) {
+                        var bias = vec4<f32>(wt[p.b_hh + j], 0.0, 0.0, 0.0);
+                        if (GATES >= 3u) {
+                            bias.y = wt[p.b_hh + hs + j];
+                            bias.z = wt[p.b_hh + 2u * hs + j];
+                        }
+                        if (GATES == 4u) {
+                            bias.w = wt[p.b_hh + 3u * hs + j];
+                        }
+                        a += bias;
+                    }
+                    let n = off + r0 + t;
+                    results[t] = cell(xp_gates(n, j), a, c[t], hloop[t * LOOP_UNITS + j]);
+                }
+            }
         }
-        write_h(n, j, h);
-        if (p.training != 0u) {
-            tape_gate(n, 0u, j, h);
+        workgroupBarrier();
+        if (unit) {
+            for (var t = 0u; t < LOOP_ROWS; t++) {
+                if (r0 + t < rows) {
+                    let n = off + r0 + t;
+                    c[t] = results[t].c;
+                    hloop[t * LOOP_UNITS + j] = results[t].h;
+                    store(n, j, results[t]);
+                }
+            }
         }
+        workgroupBarrier();
     }
 }

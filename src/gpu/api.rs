@@ -64,6 +64,7 @@ impl GpuRnn {
             return Err(Error::NonFinite(name));
         }
         debug_assert_eq!(flat.len(), weight_layout(&w.config).1);
+        let _serial = ctx.exclusive();
         Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights: upload(ctx, "weights", &flat)?, plans: Mutex::new(Vec::new()) })
     }
 
@@ -129,6 +130,7 @@ impl GpuRnn {
         let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: pass == Pass::Training, grad_c_n: pass == Pass::Training && lstm };
         let plan = self.plan(&SeqLayout::of(input)?, pass, inputs)?;
         let ctx = &self.ctx;
+        let _serial = ctx.exclusive();
         let n = input.rows();
         let hn_elems = c.h_shape(b).iter().product();
         let cn_elems = c.c_shape(b).iter().product();
@@ -199,6 +201,7 @@ impl GpuRnn {
             _ => {}
         }
         let ctx = &self.ctx;
+        let _serial = ctx.exclusive();
         let zeros_h;
         let gh = match grad_h_n {
             Some(g) => g,

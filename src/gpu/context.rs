@@ -91,6 +91,8 @@ pub struct Context {
     modules: Modules,
     pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
     memory: Arc<MemoryCounter>,
+    /// Serialises the library's work on the GL backend (see [`Context::exclusive`]).
+    gl_serial: Mutex<()>,
     /// Stride of the per-dispatch parameter blocks (dynamic uniform offsets).
     pub(crate) param_stride: u32,
 }
@@ -187,6 +189,7 @@ impl Context {
             modules,
             pipelines: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryCounter::default()),
+            gl_serial: Mutex::new(()),
             param_stride,
         }))
     }
@@ -260,6 +263,16 @@ impl Context {
         scope.pop()?;
         cache.insert(k, p.clone());
         Ok(p)
+    }
+
+    /// On the GL backend, a guard that serialises GPU work across threads; `None` elsewhere.
+    ///
+    /// wgpu's GL backend shares one GL context between threads and panics when a thread waits
+    /// more than a second for it (as it can while another thread compiles or waits on a long
+    /// dispatch). The convenience API and plan creation hold this guard; engine-API callers
+    /// that drive one GL context from several threads should hold it around their work too.
+    pub fn exclusive(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
+        (self.info.backend == wgpu::Backend::Gl).then(|| self.gl_serial.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// Waits for all submitted work.

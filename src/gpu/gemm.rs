@@ -33,6 +33,7 @@ pub struct MatMul {
 
 impl MatMul {
     pub fn new(ctx: &Arc<Context>, desc: MatMulDesc) -> Result<Self> {
+        let _serial = ctx.exclusive();
         let MatMulDesc { m, n, k, .. } = desc;
         if m == 0 || n == 0 || k == 0 {
             return Err(Error::InvalidConfig(format!("empty GEMM {m}x{n}x{k}")));

@@ -85,9 +85,10 @@ impl Family {
 /// override constants). The pipeline cache is keyed by this alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    LstmStep { vec4: bool },
-    GruStep { vec4: bool },
-    RnnStep { relu: bool, vec4: bool },
+    /// One step of a cell with `gates` gates (4 LSTM, 3 GRU, 1 RNN).
+    Step { gates: u32, relu: bool, vec4: bool },
+    /// Every step of a small problem in one dispatch.
+    LoopStep { gates: u32, relu: bool, small: bool },
     ProjForward,
     LstmGrad,
     GruGrad,
@@ -111,7 +112,7 @@ impl Kernel {
     pub fn family(self) -> Family {
         use Kernel::*;
         match self {
-            LstmStep { .. } | GruStep { .. } | RnnStep { .. } | ProjForward => Family::StepForward,
+            Step { .. } | LoopStep { .. } | ProjForward => Family::StepForward,
             LstmGrad | GruGrad | RnnGrad { .. } | ProjGrad => Family::StepBackward,
             RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
@@ -122,9 +123,9 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
-            LstmStep { .. } => "lstm_step",
-            GruStep { .. } => "gru_step",
-            RnnStep { .. } => "rnn_step",
+            Step { .. } => "step",
+            LoopStep { small: false, .. } => "loop_step",
+            LoopStep { small: true, .. } => "loop_step_64",
             ProjForward => "proj_forward",
             LstmGrad => "lstm_grad",
             GruGrad => "gru_grad",
@@ -149,9 +150,8 @@ impl Kernel {
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            LstmStep { vec4 } => vec![("GATES", 4.0), ("VEC4", vec4 as u8 as f64)],
-            GruStep { vec4 } => vec![("GATES", 3.0), ("VEC4", vec4 as u8 as f64)],
-            RnnStep { relu, vec4 } => vec![("GATES", 1.0), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)],
+            Step { gates, relu, vec4 } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)],
+            LoopStep { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
             ProjForward | LstmGrad | ProjGrad => vec![("GATES", 4.0)],
             GruGrad => vec![("GATES", 3.0)],
             RnnGrad { relu } => vec![("GATES", 1.0), ("RELU", relu as u8 as f64)],
@@ -281,7 +281,20 @@ pub struct StepParams {
     pub hs_off: u32,
     pub training: u32,
     pub w4_off: u32,
+    pub steps: u32,
+    pub reverse: u32,
+    pub off_tab: u32,
+    pub bs_tab: u32,
+    pub init_off: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
+
+/// Sorted rows per workgroup and the most hidden units of the single-dispatch path
+/// (`LOOP_ROWS`, `LOOP_UNITS` in step_forward.wgsl).
+pub const LOOP_ROWS: usize = 4;
+pub const LOOP_UNITS: usize = 256;
 
 /// Rows of a block in the register-blocked step kernels (`RB` in the shaders).
 pub const ROW_BLOCK: usize = 8;

@@ -39,6 +39,23 @@ impl SeqLayout {
     }
 }
 
+/// How a plan walks the time steps of the forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum StepStrategy {
+    /// The single-dispatch path where a step is too small to pay for its own dispatches
+    /// (and the path supports the config), else one dispatch per step.
+    #[default]
+    Auto,
+    /// One fused dispatch per step.
+    PerStep,
+    /// All steps of a layer-direction in one dispatch (no projection, hidden_size <= 256).
+    SingleDispatch,
+}
+
+/// Below this many multiply-adds per step (B * G*H * H), `Auto` takes the single-dispatch
+/// path: on lavapipe a dispatch costs 15-25 us, more than such a step's arithmetic.
+pub const SINGLE_DISPATCH_MAX_MACS: usize = 1 << 16;
+
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StateInputs {
@@ -224,6 +241,12 @@ impl Plan {
     /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
     /// allocates workspaces and builds the pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
+        Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
+    }
+
+    /// As [`Plan::new`], with the forward's step strategy chosen by the caller.
+    pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
+        let _serial = ctx.exclusive();
         cfg.validate()?;
         if layout.batch_sizes.is_empty() || layout.batch_sizes[0] == 0 {
             return Err(Error::EmptyBatch("no rows to run".into()));
@@ -300,6 +323,11 @@ impl Plan {
                 seq.push(if dir == 0 { (off[sorted_len[k] - 1] + k) as u32 } else { k as u32 });
             }
         }
+        // Step offsets and batch sizes, for the single-dispatch path.
+        let off_tab = seq.len() as u32;
+        seq.extend(off[..steps].iter().map(|&o| o as u32));
+        let bs_tab = seq.len() as u32;
+        seq.extend(layout.batch_sizes.iter().map(|&x| x as u32));
 
         // Region offsets (elements). The tape's c and hs regions have B more rows than packed
         // rows: row N+b holds sequence b's initial state.
@@ -354,11 +382,22 @@ impl Plan {
         let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
         let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
         let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
-        let step_kernel = match cfg.mode {
-            Mode::Lstm => Kernel::LstmStep { vec4 },
-            Mode::Gru => Kernel::GruStep { vec4 },
-            Mode::RnnTanh => Kernel::RnnStep { relu: false, vec4 },
-            Mode::RnnRelu => Kernel::RnnStep { relu: true, vec4 },
+        let relu = cfg.mode == Mode::RnnRelu;
+        let step_kernel = Kernel::Step { gates: g as u32, relu, vec4 };
+        // The single-dispatch path: supported without projection and up to LOOP_UNITS units;
+        // chosen automatically where a step is too small to pay for its dispatches.
+        let loop_ok = p == 0 && hs <= LOOP_UNITS;
+        let single = match strategy {
+            StepStrategy::Auto => loop_ok && b * gh * ho <= SINGLE_DISPATCH_MAX_MACS,
+            StepStrategy::PerStep => false,
+            StepStrategy::SingleDispatch => {
+                if !loop_ok {
+                    return Err(Error::Unsupported(format!(
+                        "the single-dispatch path needs no projection and hidden_size <= {LOOP_UNITS}"
+                    )));
+                }
+                true
+            }
         };
         let grad_kernel = match cfg.mode {
             Mode::Lstm => Kernel::LstmGrad,
@@ -422,31 +461,44 @@ impl Plan {
                     c_off: 0, ldc: gh as u32, bias_off: w.b_ih, alpha: 1.0, beta: 0.0, ..Default::default()
                 }));
                 let step_bufs = vec![Buf::Wt, Buf::Xp, layer_out(l), tape, Buf::Seq, Buf::Wt, Buf::Hp];
-                for t in order(dir) {
+                let base = StepParams {
+                    hidden: hs as u32,
+                    out_size: ho as u32,
+                    out_ld: out_w as u32,
+                    out_col: (dir * ho) as u32,
+                    wt_hh: wt_hh_off as u32,
+                    b_hh: if cfg.bias { wt_bhh_off as u32 } else { NONE },
+                    wt_hr: if p > 0 { wt_hr_off as u32 } else { NONE },
+                    prev_off: prev_offs[dir],
+                    gates_off: gates_off as u32,
+                    c_off: c_off as u32,
+                    aux_off: aux_off as u32,
+                    hs_off: hs_off as u32,
+                    training: training as u32,
+                    w4_off: wt_w4_off as u32,
+                    steps: steps as u32,
+                    reverse: (dir == 1) as u32,
+                    off_tab,
+                    bs_tab,
+                    init_off: prev_offs[0],
+                    ..Default::default()
+                };
+                if single {
+                    fwd.push(Op {
+                        kernel: Kernel::LoopStep { gates: g as u32, relu, small: hs <= 64 },
+                        bufs: step_bufs.clone(),
+                        param_offset: params.push(&base),
+                        groups: [b.div_ceil(LOOP_ROWS) as u32, 1, 1],
+                    });
+                }
+                for t in order(dir).into_iter().filter(|_| !single) {
                     let rows = layout.batch_sizes[t];
                     if vec4 {
                         // The states this step's rows start from, contiguous for vec4 loads.
                         fwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Hp],
                             UtilParams { rows: rows as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: prev_offs[dir] + off[t] as u32, dst_off: 0, ..Default::default() }, rows * ho));
                     }
-                    let sp = StepParams {
-                        row_off: off[t] as u32,
-                        rows: rows as u32,
-                        hidden: hs as u32,
-                        out_size: ho as u32,
-                        out_ld: out_w as u32,
-                        out_col: (dir * ho) as u32,
-                        wt_hh: wt_hh_off as u32,
-                        b_hh: if cfg.bias { wt_bhh_off as u32 } else { NONE },
-                        wt_hr: if p > 0 { wt_hr_off as u32 } else { NONE },
-                        prev_off: prev_offs[dir],
-                        gates_off: gates_off as u32,
-                        c_off: c_off as u32,
-                        aux_off: aux_off as u32,
-                        hs_off: hs_off as u32,
-                        training: training as u32,
-                        w4_off: wt_w4_off as u32,
-                    };
+                    let sp = StepParams { row_off: off[t] as u32, rows: rows as u32, ..base };
                     let po = params.push(&sp);
                     fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
                     if p > 0 {

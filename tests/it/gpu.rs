@@ -8,7 +8,7 @@ use std::sync::Arc;
 use wgpu::util::DeviceExt;
 use wgpu_rnn::case::{tolerance::*, Case};
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{weight_layout, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs};
+use wgpu_rnn::gpu::{weight_layout, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, StepStrategy};
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -62,6 +62,7 @@ fn flat(w: &Weights<f32>) -> Vec<f32> {
 #[allow(clippy::too_many_arguments)]
 fn engine_run(
     ctx: &Arc<Context>,
+    strategy: StepStrategy,
     w: &Weights<f32>,
     x: &PackedSequence<f32>,
     h0: Option<&[f32]>,
@@ -83,7 +84,9 @@ fn engine_run(
     let cn_len: usize = cfg.c_shape(b).iter().product();
     let n = x.rows();
     let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: ghn.is_some(), grad_c_n: gcn.is_some() };
-    let plan = Plan::new(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs).unwrap();
+    // One thread at a time on a GL context (Context::exclusive); plan creation takes it too.
+    let plan = Plan::with_strategy(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs, strategy).unwrap();
+    let _serial = ctx.exclusive();
     let wb = init("w", &flat(w));
     let xb = init("x", &x.data);
     let h0b = h0.map(|h| init("h0", h));
@@ -148,9 +151,18 @@ fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
-/// A random problem, its GPU run through the engine API and its CPU f64 reference.
+/// A random problem, its GPU run through the engine API (with every step strategy the config
+/// supports) and its CPU f64 reference.
 fn compare_with_cpu(ctx: &Arc<Context>, cfg: &RnnConfig, lengths: &[usize], seed: u64, with_states: bool) {
-    let label = format!("{} {cfg:?} lengths {:?}.. seed {seed}", ctx.describe(), &lengths[..lengths.len().min(6)]);
+    let single_ok = cfg.proj_size == 0 && cfg.hidden_size <= wgpu_rnn::gpu::kernels::LOOP_UNITS;
+    compare_with_cpu_using(ctx, StepStrategy::PerStep, cfg, lengths, seed, with_states);
+    if single_ok {
+        compare_with_cpu_using(ctx, StepStrategy::SingleDispatch, cfg, lengths, seed, with_states);
+    }
+}
+
+fn compare_with_cpu_using(ctx: &Arc<Context>, strategy: StepStrategy, cfg: &RnnConfig, lengths: &[usize], seed: u64, with_states: bool) {
+    let label = format!("{} {strategy:?} {cfg:?} lengths {:?}.. seed {seed}", ctx.describe(), &lengths[..lengths.len().min(6)]);
     let mut g = rng(seed);
     let w32 = Weights::<f32>::init_uniform(cfg, seed).unwrap();
     let w64 = w32.cast::<f64>();
@@ -170,7 +182,7 @@ fn compare_with_cpu(ctx: &Arc<Context>, cfg: &RnnConfig, lengths: &[usize], seed
     let f32v = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
     let (h0f, c0f, ghnf, gcnf) = (f32v(&h0), f32v(&c0), f32v(&ghn), f32v(&gcn));
     let gof: Vec<f32> = go.iter().map(|&x| x as f32).collect();
-    let gpu = engine_run(ctx, &w32, &x32, h0f.as_deref(), c0f.as_deref(), &gof, ghnf.as_deref(), gcnf.as_deref());
+    let gpu = engine_run(ctx, strategy, &w32, &x32, h0f.as_deref(), c0f.as_deref(), &gof, ghnf.as_deref(), gcnf.as_deref());
 
     let (f, tape) = cpu::forward(&w64, &x64, h0.as_deref(), c0.as_deref(), Pass::Training).unwrap();
     let gr = cpu::backward(&w64, &tape.unwrap(), &go, ghn.as_deref(), gcn.as_deref()).unwrap();
@@ -221,8 +233,9 @@ fn two_identical_runs_are_bitwise_identical() {
         let xpad: Vec<f32> = uniform(&mut g, 12 * 5 * 13, 1.0).into_iter().map(|v| v as f32).collect();
         let x = PackedSequence::from_padded(&xpad, [12, 5, 13], false, &lengths).unwrap();
         let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
-        let a = engine_run(ctx, &w, &x, None, None, &go, None, None);
-        let b = engine_run(ctx, &w, &x, None, None, &go, None, None);
+        for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
+        let a = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
+        let b = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
         for (name, x, y) in [
             ("output", &a.output, &b.output),
@@ -234,7 +247,8 @@ fn two_identical_runs_are_bitwise_identical() {
             ("grad_w", &a.grad_w, &b.grad_w),
         ] {
             assert!(!x.is_empty());
-            assert_eq!(bits(x), bits(y), "{name} differs between runs on {}", ctx.describe());
+            assert_eq!(bits(x), bits(y), "{name} differs between runs on {} ({strategy:?})", ctx.describe());
+        }
         }
     }
 }
@@ -375,8 +389,16 @@ fn dispatch_and_submit_counts() {
     // gather + step) + h_n and c_n gathers.
     let cfg = RnnConfig::new(Mode::Lstm, 8, 16);
     let layout = SeqLayout { batch_sizes: vec![4; 50], sorted_indices: vec![0, 1, 2, 3] };
-    let plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+    let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), StepStrategy::PerStep).unwrap();
     assert_eq!(plan.forward_dispatches(), 4 + 2 + 1 + 100 + 2);
+    // The single-dispatch path replaces the 100 step dispatches by one (Auto picks it here:
+    // 4 rows x 64 x 16 multiply-adds a step).
+    let single = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+    assert_eq!(single.forward_dispatches(), 4 + 2 + 1 + 1 + 2);
+    assert_eq!(single.backward_dispatches(), plan.backward_dispatches());
+    let proj = RnnConfig::new(Mode::Lstm, 8, 16).proj(4);
+    let r = Plan::with_strategy(ctx, &proj, &layout, Pass::Inference, StateInputs::default(), StepStrategy::SingleDispatch);
+    assert!(matches!(r, Err(Error::Unsupported(_))));
     // gathers (2) + seeds (2) + W_hh^T (1) + 50 * (gate grad + recurrent grad) + copies (2)
     // + 3 GEMMs + 2 colsums
     assert_eq!(plan.backward_dispatches(), 2 + 2 + 1 + 100 + 2 + 3 + 2);
