@@ -4,7 +4,7 @@
 // block of RB rows.
 // Joined after shared/activations.wgsl and shared/backward.wgsl. Layout "recurrent_grad":
 //   @0 params  uniform, dynamic offset: BackParams
-//   @1 wt      W_hh^T [H_out, G*H] at wt_hh
+//   @1 wt      W_hh^T [H_out, G*H] at wt_hh (VEC4), W_hh [G*H, H_out] at w_hh (otherwise)
 //   @2 dg      gate gradients; the hidden side dG_h [N, G*H] at dgh_off (read only here)
 //   @3 dy      [N, ld] gradient of the layer output
 //   @4 tape    the forward's gates (GRU's z)
@@ -23,7 +23,8 @@
 @group(0) @binding(7) var<storage, read> wt4: array<vec4<f32>>;
 @group(0) @binding(8) var<storage, read> dg4: array<vec4<f32>>;
 
-// Read W_hh^T rows and dG rows as vec4s along g.
+// Read W_hh^T rows and dG rows as vec4s along g (chosen for CPU-emulated adapters, where a
+// vec4 per invocation is one load; GPUs want the coalesced scalar path).
 override VEC4: bool = false;
 
 @compute @workgroup_size(64)
@@ -53,7 +54,7 @@ fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
             a1 += vec4<f32>(dot(dg4[d4 + q], wv), dot(dg4[d5 + q], wv), dot(dg4[d6 + q], wv), dot(dg4[d7 + q], wv));
         }
     } else {
-        let w = p.wt_hh + k * gh;
+        // Row-major W_hh at w_hh: neighbouring invocations (k) read neighbouring elements.
         let d0 = p.dgh_off + block_row(rb, 0u) * gh;
         let d1 = p.dgh_off + block_row(rb, 1u) * gh;
         let d2 = p.dgh_off + block_row(rb, 2u) * gh;
@@ -63,7 +64,7 @@ fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d6 = p.dgh_off + block_row(rb, 6u) * gh;
         let d7 = p.dgh_off + block_row(rb, 7u) * gh;
         for (var g = 0u; g < gh; g++) {
-            let wv = wt[w + g];
+            let wv = wt[p.w_hh + g * p.out_size + k];
             a0 += vec4<f32>(dg[d0 + g], dg[d1 + g], dg[d2 + g], dg[d3 + g]) * wv;
             a1 += vec4<f32>(dg[d4 + g], dg[d5 + g], dg[d6 + g], dg[d7 + g]) * wv;
         }

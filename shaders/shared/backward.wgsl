@@ -13,7 +13,7 @@ struct BackParams {
     out_size: u32,
     out_ld: u32,
     out_col: u32,
-    w_hh: u32,
+    w_hh: u32,        // offset of row-major W_hh [G*H, H_out] in `wt` (recurrent_grad)
     w_hr: u32,
     prev_off: u32,
     n_rows: u32,      // N: rows N.. of dh_rec / dc_rec are the initial-state gradients

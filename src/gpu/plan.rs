@@ -342,8 +342,16 @@ impl Plan {
         let wt_hr_off = wt_bhh_off + gh;
         let wt_w4_off = (wt_hr_off + hs * p).next_multiple_of(4);
         // The vec4 step kernels read W_hh rows and the gathered states along k as vec4s.
-        let vec4 = ho % 4 == 0;
-        let wt_elems = wt_w4_off + if vec4 { gh * ho } else { 0 };
+        // On a CPU-emulated adapter (lavapipe) an invocation's vec4 load is one 16-byte load and
+        // scalar loads with lane-varying addresses are gathers, so the step kernels read W_hh
+        // rows and gathered states as vec4s along k, and the recurrent gradient W_hh^T and dG
+        // rows along g. A GPU wants neighbouring invocations on neighbouring addresses instead:
+        // W_hh^T in the step kernels, row-major W_hh in the recurrent gradient.
+        let cpu_like = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
+        let vec4 = ho % 4 == 0 && cpu_like;
+        let rec_vec4 = gh % 4 == 0 && cpu_like;
+        // Row-major W_hh (vec4 step kernels, scalar recurrent gradient) at wt_w4_off.
+        let wt_elems = wt_w4_off + gh * ho;
         let (dh_off, dc_off) = (0usize, (n + b) * ho);
         let dhtot_off = dc_off + (n + b) * hs;
         let dhpre_off = dhtot_off + n * p;
@@ -590,13 +598,17 @@ impl Plan {
                             b * hs,
                         ));
                     }
-                    // W_hh^T for the recurrent gradient product (the forward's is overwritten by
-                    // later layer-directions).
-                    bwd.push(util(&mut params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
-                        UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
+                    // W_hh for the recurrent gradient product, transposed for the vec4 kernel (the
+                    // forward's copies are overwritten by later layer-directions).
+                    if rec_vec4 {
+                        bwd.push(util(&mut params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                            UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
+                    } else {
+                        bwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                            UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
+                    }
                     let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
                     let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
-                    let rec_vec4 = gh % 4 == 0;
                     for t in order(dir).into_iter().rev() {
                         let rows = layout.batch_sizes[t];
                         let bp = BackParams {
@@ -606,7 +618,7 @@ impl Plan {
                             out_size: ho as u32,
                             out_ld: out_w as u32,
                             out_col: (dir * ho) as u32,
-                            w_hh: w.w_hh,
+                            w_hh: wt_w4_off as u32,
                             w_hr: w.w_hr,
                             prev_off: prev_offs[dir],
                             n_rows: n as u32,
