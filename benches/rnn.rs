@@ -10,7 +10,8 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs};
+use wgpu_rnn::bench::{BenchConfig, GpuRig};
+use wgpu_rnn::gpu::{self, Context, MatMul, MatMulDesc};
 use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
 
 fn quick() -> bool {
@@ -109,53 +110,15 @@ fn gpu_layer(c: &mut Criterion) {
     let Some(ctx) = context() else { return };
     let (t, b, i, h) = shape();
     let mut g = configure(c, "gpu_layer");
-    for mode in [Mode::Lstm, Mode::Gru] {
+    for mode in ["lstm", "gru"] {
         for steps in [1, t] {
-            let cfg = RnnConfig::new(mode, i, h);
-            let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
-            let rnn = gpu::GpuRnn::new(&ctx, &w).unwrap();
-            let x = input(steps, b, i);
-            let layout = SeqLayout::of(&x).unwrap();
-            let fwd = Plan::new(&ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
-            let train = Plan::new(&ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
-            let n = x.rows();
-            let xb = gpu::upload(&ctx, "x", &x.data).unwrap();
-            let out = gpu::storage(&ctx, "out", n * h).unwrap();
-            let hn = gpu::storage(&ctx, "hn", b * h).unwrap();
-            let cn = gpu::storage(&ctx, "cn", b * h).unwrap();
-            let go = gpu::upload(&ctx, "go", &vec![0.01; n * h]).unwrap();
-            let gi = gpu::storage(&ctx, "gi", n * i).unwrap();
-            let gh0 = gpu::storage(&ctx, "gh0", b * h).unwrap();
-            let gc0 = gpu::storage(&ctx, "gc0", b * h).unwrap();
-            let gw = gpu::storage(&ctx, "gw", train.weight_elems()).unwrap();
-            let lstm = mode == Mode::Lstm;
-            let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: lstm.then_some(&*cn) };
-            let bb = BackwardBuffers {
-                weights: rnn.weights_buffer(),
-                input: &xb,
-                output: &out,
-                h0: None,
-                c0: None,
-                grad_output: &go,
-                grad_h_n: None,
-                grad_c_n: None,
-                grad_input: &gi,
-                grad_h0: &gh0,
-                grad_c0: lstm.then_some(&*gc0),
-                grad_weights: &gw,
-            };
-            let name = format!("{mode} T{steps} B{b} I{i} H{h}");
-            g.bench_function(BenchmarkId::new("forward", &name), |bench| {
-                bench.iter_custom(|iters| time_gpu(&ctx, iters, |enc| fwd.record_forward(enc, &fb).unwrap()))
-            });
-            g.bench_function(BenchmarkId::new("training", &name), |bench| {
-                bench.iter_custom(|iters| {
-                    time_gpu(&ctx, iters, |enc| {
-                        train.record_forward(enc, &fb).unwrap();
-                        train.record_backward(enc, &bb).unwrap();
-                    })
-                })
-            });
+            let cfg = BenchConfig::parse(&format!("{mode},t={steps},b={b},i={i},h={h}")).unwrap();
+            let rig = GpuRig::new(&ctx, &cfg).unwrap();
+            for (label, training) in [("forward", false), ("training", true)] {
+                g.bench_function(BenchmarkId::new(label, &cfg.name), |bench| {
+                    bench.iter_custom(|iters| time_gpu(&ctx, iters, |enc| rig.record(enc, training).unwrap()))
+                });
+            }
         }
     }
     g.finish();

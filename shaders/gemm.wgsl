@@ -176,6 +176,9 @@ fn gemm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
 }
 
 // Writes 4 adjacent columns of row i (n is a multiple of 4, so all or none are valid).
+// (The kernels call it once per row with named accumulators: passing the 8 accumulators as
+// an array made lavapipe keep them in memory, and the 1600x1024x128 product went from 36 to
+// 60 ms.)
 fn store4(i: u32, j0: u32, acc: vec4<f32>) {
     if (i >= p.m) {
         return;

@@ -68,6 +68,28 @@ fn prev_row(rb: u32, t: u32) -> u32 {
     return seq[p.prev_off + p.row_off + min(rb + t, p.rows - 1u)];
 }
 
+// Unit j's G gate values of a [G*H] vector at `base` in `wt`, as a vec4 (unused gates 0).
+fn wt_gates(base: u32, j: u32) -> vec4<f32> {
+    let hs = p.hidden;
+    var v = vec4<f32>(wt[base + j], 0.0, 0.0, 0.0);
+    if (GATES >= 3u) {
+        v.y = wt[base + hs + j];
+        v.z = wt[base + 2u * hs + j];
+    }
+    if (GATES == 4u) {
+        v.w = wt[base + 3u * hs + j];
+    }
+    return v;
+}
+
+// b_hh of unit j's gates (zeros without bias).
+fn hh_bias(j: u32) -> vec4<f32> {
+    if (p.b_hh == NONE) {
+        return vec4<f32>(0.0);
+    }
+    return wt_gates(p.b_hh, j);
+}
+
 // The G gate pre-activations from the recurrence, sum_k h_prev[k] W_hh[g*H + j, k] + b_hh,
 // for unit j and rows rb..rb+RB, as one vec4 (gates in x, y, z, w) per row.
 fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
@@ -94,15 +116,7 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
     var a6 = vec4<f32>(0.0);
     var a7 = vec4<f32>(0.0);
     for (var k = 0u; k < ho; k++) {
-        let w = p.wt_hh + k * gh + j;
-        var wv = vec4<f32>(wt[w], 0.0, 0.0, 0.0);
-        if (GATES >= 3u) {
-            wv.y = wt[w + hs];
-            wv.z = wt[w + 2u * hs];
-        }
-        if (GATES == 4u) {
-            wv.w = wt[w + 3u * hs];
-        }
+        let wv = wt_gates(p.wt_hh + k * gh, j);
         a0 += tape[h0 + k] * wv;
         a1 += tape[h1 + k] * wv;
         a2 += tape[h2 + k] * wv;
@@ -112,17 +126,7 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
         a6 += tape[h6 + k] * wv;
         a7 += tape[h7 + k] * wv;
     }
-    var bias = vec4<f32>(0.0);
-    if (p.b_hh != NONE) {
-        bias.x = wt[p.b_hh + j];
-        if (GATES >= 3u) {
-            bias.y = wt[p.b_hh + hs + j];
-            bias.z = wt[p.b_hh + 2u * hs + j];
-        }
-        if (GATES == 4u) {
-            bias.w = wt[p.b_hh + 3u * hs + j];
-        }
-    }
+    let bias = hh_bias(j);
     return array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
 }
 
@@ -170,17 +174,7 @@ fn gate_products4(j: u32, rb: u32) -> array<vec4<f32>, 8> {
         a6 += hp4[h6 + q] * w;
         a7 += hp4[h7 + q] * w;
     }
-    var bias = vec4<f32>(0.0);
-    if (p.b_hh != NONE) {
-        bias.x = wt[p.b_hh + j];
-        if (GATES >= 3u) {
-            bias.y = wt[p.b_hh + hs + j];
-            bias.z = wt[p.b_hh + 2u * hs + j];
-        }
-        if (GATES == 4u) {
-            bias.w = wt[p.b_hh + 3u * hs + j];
-        }
-    }
+    let bias = hh_bias(j);
     return array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
 }
 
@@ -383,28 +377,9 @@ fn loop_body(wg: u32, j: u32) {
                 if (r0 + t < rows) {
                     var a = vec4<f32>(0.0);
                     for (var k = 0u; k < hs; k++) {
-                        let w = p.wt_hh + k * gh + j;
-                        var wv = vec4<f32>(wt[w], 0.0, 0.0, 0.0);
-                        if (GATES >= 3u) {
-                            wv.y = wt[w + hs];
-                            wv.z = wt[w + 2u * hs];
-                        }
-                        if (GATES == 4u) {
-                            wv.w = wt[w + 3u * hs];
-                        }
-                        a += hloop[t * LOOP_UNITS + k] * wv;
+                        a += hloop[t * LOOP_UNITS + k] * wt_gates(p.wt_hh + k * gh, j);
                     }
-                    if (p.b_hh != NONE) {
-                        var bias = vec4<f32>(wt[p.b_hh + j], 0.0, 0.0, 0.0);
-                        if (GATES >= 3u) {
-                            bias.y = wt[p.b_hh + hs + j];
-                            bias.z = wt[p.b_hh + 2u * hs + j];
-                        }
-                        if (GATES == 4u) {
-                            bias.w = wt[p.b_hh + 3u * hs + j];
-                        }
-                        a += bias;
-                    }
+                    a += hh_bias(j);
                     let n = off + r0 + t;
                     results[t] = cell(xp_gates(n, j), a, c[t], hloop[t * LOOP_UNITS + j]);
                 }

@@ -246,57 +246,95 @@ pub fn cpu_threads() -> usize {
     std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
 }
 
+/// One configuration prepared on the GPU over resident buffers (engine API): inference and
+/// training plans, weights, input, outputs and gradient buffers. Used by `wgpu-rnn bench` and
+/// the criterion benches.
+pub struct GpuRig {
+    ctx: Arc<Context>,
+    rnn: gpu::GpuRnn,
+    fwd_plan: Plan,
+    train_plan: Plan,
+    lstm: bool,
+    bufs: Vec<gpu::TrackedBuffer>,
+}
+
+impl GpuRig {
+    pub fn new(ctx: &Arc<Context>, c: &BenchConfig) -> Result<Self> {
+        let cfg = c.rnn_config();
+        let w = Weights::<f32>::init_uniform(&cfg, 0)?;
+        let rnn = gpu::GpuRnn::new(ctx, &w)?;
+        let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
+        let layout = SeqLayout::of(&x)?;
+        let n = x.rows();
+        let ld = cfg.num_layers * cfg.directions();
+        let fwd_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default())?;
+        let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default())?;
+        // input, output, h_n, c_n, grad_output, grad_input, grad_h0, grad_c0, grad_weights
+        let bufs = vec![
+            gpu::upload(ctx, "input", &x.data)?,
+            gpu::storage(ctx, "output", n * cfg.output_size())?,
+            gpu::storage(ctx, "h_n", ld * c.b * cfg.out_size())?,
+            gpu::storage(ctx, "c_n", ld * c.b * cfg.hidden_size)?,
+            gpu::upload(ctx, "grad_output", &data(n * cfg.output_size(), 2))?,
+            gpu::storage(ctx, "grad_input", n * cfg.input_size)?,
+            gpu::storage(ctx, "grad_h0", ld * c.b * cfg.out_size())?,
+            gpu::storage(ctx, "grad_c0", ld * c.b * cfg.hidden_size)?,
+            gpu::storage(ctx, "grad_weights", train_plan.weight_elems())?,
+        ];
+        Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, lstm: cfg.mode == Mode::Lstm, bufs })
+    }
+
+    /// Records a forward (or a training forward and backward) into `enc`.
+    pub fn record(&self, enc: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
+        let b = &self.bufs;
+        let fb = ForwardBuffers {
+            weights: self.rnn.weights_buffer(),
+            input: &b[0],
+            output: &b[1],
+            h0: None,
+            c0: None,
+            h_n: &b[2],
+            c_n: self.lstm.then_some(&*b[3]),
+        };
+        if !training {
+            return self.fwd_plan.record_forward(enc, &fb);
+        }
+        self.train_plan.record_forward(enc, &fb)?;
+        self.train_plan.record_backward(
+            enc,
+            &BackwardBuffers {
+                weights: self.rnn.weights_buffer(),
+                input: &b[0],
+                output: &b[1],
+                h0: None,
+                c0: None,
+                grad_output: &b[4],
+                grad_h_n: None,
+                grad_c_n: None,
+                grad_input: &b[5],
+                grad_h0: &b[6],
+                grad_c0: self.lstm.then_some(&*b[7]),
+                grad_weights: &b[8],
+            },
+        )
+    }
+
+    /// Records, submits once and waits for the device.
+    pub fn run(&self, training: bool) -> Result<()> {
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.record(&mut enc, training)?;
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()
+    }
+}
+
 /// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
 /// wait for the device. Uploads and readbacks are outside the timed loop.
 pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
-    let cfg = c.rnn_config();
-    let w = Weights::<f32>::init_uniform(&cfg, 0)?;
-    let rnn = gpu::GpuRnn::new(ctx, &w)?;
-    let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
-    let layout = SeqLayout::of(&x)?;
-    let n = x.rows();
-    let ld = cfg.num_layers * cfg.directions();
-    let lstm = cfg.mode == Mode::Lstm;
-    let fwd_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default())?;
-    let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default())?;
-    let xb = gpu::upload(ctx, "input", &x.data)?;
-    let out = gpu::storage(ctx, "output", n * cfg.output_size())?;
-    let hn = gpu::storage(ctx, "h_n", ld * c.b * cfg.out_size())?;
-    let cn = gpu::storage(ctx, "c_n", ld * c.b * cfg.hidden_size)?;
-    let go = gpu::upload(ctx, "grad_output", &data(n * cfg.output_size(), 2))?;
-    let gi = gpu::storage(ctx, "grad_input", n * cfg.input_size)?;
-    let gh0 = gpu::storage(ctx, "grad_h0", ld * c.b * cfg.out_size())?;
-    let gc0 = gpu::storage(ctx, "grad_c0", ld * c.b * cfg.hidden_size)?;
-    let gw = gpu::storage(ctx, "grad_weights", train_plan.weight_elems())?;
-    let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: lstm.then_some(&*cn) };
-    let bb = BackwardBuffers {
-        weights: rnn.weights_buffer(),
-        input: &xb,
-        output: &out,
-        h0: None,
-        c0: None,
-        grad_output: &go,
-        grad_h_n: None,
-        grad_c_n: None,
-        grad_input: &gi,
-        grad_h0: &gh0,
-        grad_c0: lstm.then_some(&*gc0),
-        grad_weights: &gw,
-    };
-    let run = |train: bool| -> Result<()> {
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        if train {
-            train_plan.record_forward(&mut enc, &fb)?;
-            train_plan.record_backward(&mut enc, &bb)?;
-        } else {
-            fwd_plan.record_forward(&mut enc, &fb)?;
-        }
-        ctx.queue.submit([enc.finish()]);
-        ctx.wait()
-    };
+    let rig = GpuRig::new(ctx, c)?;
     let adapter = ctx.describe();
-    let fwd = time_ms(timing, || run(false))?;
-    let train = time_ms(timing, || run(true))?;
+    let fwd = time_ms(timing, || rig.run(false))?;
+    let train = time_ms(timing, || rig.run(true))?;
     Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)])
 }
 

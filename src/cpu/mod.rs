@@ -187,6 +187,8 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     let mut hp = vec![T::zero(); b * gh];
     let w_hh = PackedB::transposed(&a.p.w_hh, gh, ho);
     let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::transposed(w, cfg.proj_size, hs));
+    let mut gate_scratch = vec![T::zero(); gh];
+    let mut aux_scratch = vec![T::zero(); hs];
     let mut h_pre = vec![T::zero(); if cfg.proj_size > 0 { b * hs } else { 0 }];
 
     for t in step_order(a.batch_sizes.len(), a.reverse) {
@@ -205,20 +207,20 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
         for r in 0..rows {
             let xr = &xp[(o + r) * gh..(o + r + 1) * gh];
             let hr = &hp[r * gh..(r + 1) * gh];
-            let (gates_row, aux_row) = match tape.as_deref_mut() {
+            // Training keeps the gates (and GRU's W_hn h + b_hn) in the tape; inference
+            // writes them to scratch rows.
+            let (gates_row, aux_row): (&mut [T], &mut [T]) = match tape.as_deref_mut() {
                 Some(tp) => {
-                    let aux = if cfg.mode == Mode::Gru { Some(&mut tp.hn[(o + r) * hs..(o + r + 1) * hs]) } else { None };
-                    (Some(&mut tp.gates[(o + r) * gh..(o + r + 1) * gh]), aux)
+                    let aux: &mut [T] = if cfg.mode == Mode::Gru { &mut tp.hn[(o + r) * hs..(o + r + 1) * hs] } else { &mut [] };
+                    (&mut tp.gates[(o + r) * gh..(o + r + 1) * gh], aux)
                 }
-                None => (None, None),
+                None => (&mut gate_scratch[..], &mut aux_scratch[..]),
             };
             match cfg.mode {
                 Mode::RnnTanh | Mode::RnnRelu => {
                     let h = &mut a.h[r * ho..r * ho + hs];
                     rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, h);
-                    if let Some(gr) = gates_row {
-                        gr.copy_from_slice(h);
-                    }
+                    gates_row.copy_from_slice(h);
                 }
                 Mode::Lstm => {
                     let h = if cfg.proj_size > 0 { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut a.h[r * ho..r * ho + hs] };
@@ -259,75 +261,49 @@ fn rnn_row<T: Float>(tanh: bool, x: &[T], hp: &[T], h: &mut [T]) {
 }
 
 /// The LSTM update for one row: `x`, `hp` are `[4H]` (gates i, f, g, o), `c` is updated in
-/// place, `h` gets `o * tanh(c)`, and `gates` (training) the activated gates.
-fn lstm_row<T: Float>(x: &[T], hp: &[T], c: &mut [T], h: &mut [T], gates: Option<&mut [T]>) {
+/// place, `h` gets `o * tanh(c)`, and `gates` the activated gates (a scratch row in inference).
+fn lstm_row<T: Float>(x: &[T], hp: &[T], c: &mut [T], h: &mut [T], gates: &mut [T]) {
     let n = c.len();
     let h = &mut h[..n];
     let (xi, xf, xg, xo) = (&x[..n], &x[n..2 * n], &x[2 * n..3 * n], &x[3 * n..4 * n]);
     let (hi, hf, hg, ho) = (&hp[..n], &hp[n..2 * n], &hp[2 * n..3 * n], &hp[3 * n..4 * n]);
-    match gates {
-        Some(g) => {
-            let (gi, rest) = g[..4 * n].split_at_mut(n);
-            let (gf, rest) = rest.split_at_mut(n);
-            let (gg, go) = rest.split_at_mut(n);
-            for j in 0..n {
-                let i = (xi[j] + hi[j]).sigmoid();
-                let f = (xf[j] + hf[j]).sigmoid();
-                let g = (xg[j] + hg[j]).tanh();
-                let o = (xo[j] + ho[j]).sigmoid();
-                let cn = f * c[j] + i * g;
-                c[j] = cn;
-                h[j] = o * cn.tanh();
-                gi[j] = i;
-                gf[j] = f;
-                gg[j] = g;
-                go[j] = o;
-            }
-        }
-        None => {
-            for j in 0..n {
-                let i = (xi[j] + hi[j]).sigmoid();
-                let f = (xf[j] + hf[j]).sigmoid();
-                let g = (xg[j] + hg[j]).tanh();
-                let o = (xo[j] + ho[j]).sigmoid();
-                let cn = f * c[j] + i * g;
-                c[j] = cn;
-                h[j] = o * cn.tanh();
-            }
-        }
+    let (gi, rest) = gates[..4 * n].split_at_mut(n);
+    let (gf, rest) = rest.split_at_mut(n);
+    let (gg, go) = rest.split_at_mut(n);
+    for j in 0..n {
+        let i = (xi[j] + hi[j]).sigmoid();
+        let f = (xf[j] + hf[j]).sigmoid();
+        let g = (xg[j] + hg[j]).tanh();
+        let o = (xo[j] + ho[j]).sigmoid();
+        let cn = f * c[j] + i * g;
+        c[j] = cn;
+        h[j] = o * cn.tanh();
+        gi[j] = i;
+        gf[j] = f;
+        gg[j] = g;
+        go[j] = o;
     }
 }
 
 /// The GRU update for one row: `x`, `hp` are `[3H]` (gates r, z, n; `hp` includes b_hh), `h`
-/// is updated in place; training keeps the gates and `W_hn h + b_hn` (`aux`).
-fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: Option<&mut [T]>, aux: Option<&mut [T]>) {
+/// is updated in place; `gates` and `aux` (`W_hn h + b_hn`) get what backward needs (scratch
+/// rows in inference).
+fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut [T]) {
     let n = h.len();
     let (xr, xz, xn) = (&x[..n], &x[n..2 * n], &x[2 * n..3 * n]);
     let (hr, hz, hn) = (&hp[..n], &hp[n..2 * n], &hp[2 * n..3 * n]);
-    match (gates, aux) {
-        (Some(g), Some(aux)) => {
-            let (gr, rest) = g[..3 * n].split_at_mut(n);
-            let (gz, gn) = rest.split_at_mut(n);
-            let aux = &mut aux[..n];
-            for j in 0..n {
-                let r = (xr[j] + hr[j]).sigmoid();
-                let z = (xz[j] + hz[j]).sigmoid();
-                let nn = (xn[j] + r * hn[j]).tanh();
-                h[j] = (T::one() - z) * nn + z * h[j];
-                gr[j] = r;
-                gz[j] = z;
-                gn[j] = nn;
-                aux[j] = hn[j];
-            }
-        }
-        _ => {
-            for j in 0..n {
-                let r = (xr[j] + hr[j]).sigmoid();
-                let z = (xz[j] + hz[j]).sigmoid();
-                let nn = (xn[j] + r * hn[j]).tanh();
-                h[j] = (T::one() - z) * nn + z * h[j];
-            }
-        }
+    let (gr, rest) = gates[..3 * n].split_at_mut(n);
+    let (gz, gn) = rest.split_at_mut(n);
+    let aux = &mut aux[..n];
+    for j in 0..n {
+        let r = (xr[j] + hr[j]).sigmoid();
+        let z = (xz[j] + hz[j]).sigmoid();
+        let nn = (xn[j] + r * hn[j]).tanh();
+        h[j] = (T::one() - z) * nn + z * h[j];
+        gr[j] = r;
+        gz[j] = z;
+        gn[j] = nn;
+        aux[j] = hn[j];
     }
 }
 
