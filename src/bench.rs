@@ -5,7 +5,7 @@
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::{self, Pass};
 use crate::error::{Error, Result};
-use crate::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs};
+use crate::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs, StepStrategy};
 use crate::packing::PackedSequence;
 use crate::weights::Weights;
 use rand::{Rng, SeedableRng};
@@ -260,6 +260,11 @@ pub struct GpuRig {
 
 impl GpuRig {
     pub fn new(ctx: &Arc<Context>, c: &BenchConfig) -> Result<Self> {
+        Self::with_strategy(ctx, c, StepStrategy::Auto)
+    }
+
+    /// As [`GpuRig::new`] with the forward's step strategy chosen.
+    pub fn with_strategy(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<Self> {
         let cfg = c.rnn_config();
         let w = Weights::<f32>::init_uniform(&cfg, 0)?;
         let rnn = gpu::GpuRnn::new(ctx, &w)?;
@@ -267,8 +272,8 @@ impl GpuRig {
         let layout = SeqLayout::of(&x)?;
         let n = x.rows();
         let ld = cfg.num_layers * cfg.directions();
-        let fwd_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default())?;
-        let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default())?;
+        let fwd_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, StateInputs::default(), strategy)?;
+        let train_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), strategy)?;
         // input, output, h_n, c_n, grad_output, grad_input, grad_h0, grad_c0, grad_weights
         let bufs = vec![
             gpu::upload(ctx, "input", &x.data)?,
@@ -330,8 +335,8 @@ impl GpuRig {
 
 /// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
 /// wait for the device. Uploads and readbacks are outside the timed loop.
-pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
-    let rig = GpuRig::new(ctx, c)?;
+pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy) -> Result<Vec<Record>> {
+    let rig = GpuRig::with_strategy(ctx, c, strategy)?;
     let adapter = ctx.describe();
     let fwd = time_ms(timing, || rig.run(false))?;
     let train = time_ms(timing, || rig.run(true))?;

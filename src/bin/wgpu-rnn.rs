@@ -83,7 +83,17 @@ enum Cmd {
         /// Which devices to run.
         #[arg(long, value_enum, default_value = "both")]
         device: BenchDevice,
+        /// How the GPU forward walks the steps (auto: single dispatch where it pays).
+        #[arg(long, value_enum, default_value = "auto")]
+        strategy: Strategy,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
+enum Strategy {
+    Auto,
+    PerStep,
+    Single,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
@@ -93,7 +103,12 @@ enum BenchDevice {
     Both,
 }
 
-fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice) -> wgpu_rnn::Result<()> {
+fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice, strategy: Strategy) -> wgpu_rnn::Result<()> {
+    let strategy = match strategy {
+        Strategy::Auto => wgpu_rnn::gpu::StepStrategy::Auto,
+        Strategy::PerStep => wgpu_rnn::gpu::StepStrategy::PerStep,
+        Strategy::Single => wgpu_rnn::gpu::StepStrategy::SingleDispatch,
+    };
     use wgpu_rnn::bench::*;
     let configs = if config.is_empty() {
         default_configs()
@@ -131,7 +146,7 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         }
         if let Some(ctx) = &ctx {
             bar.set_message(format!("{} gpu", c.name));
-            records.extend(bench_gpu(ctx, c, timing)?);
+            records.extend(bench_gpu(ctx, c, timing, strategy)?);
             bar.inc(1);
         }
     }
@@ -236,7 +251,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Bench { config, json, merge, quick, device } => match bench(config, json, merge, quick, device) {
+        Cmd::Bench { config, json, merge, quick, device, strategy } => match bench(config, json, merge, quick, device, strategy) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

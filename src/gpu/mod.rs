@@ -16,5 +16,5 @@ mod readback;
 pub use api::{GpuRnn, GpuTape};
 pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
-pub use plan::{weight_layout, BackwardBuffers, DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
+pub use plan::{weight_layout, BackwardBuffers, DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU};
 pub use readback::{storage, upload, Readback};

@@ -53,8 +53,15 @@ pub enum StepStrategy {
 }
 
 /// Below this many multiply-adds per step (B * G*H * H), `Auto` takes the single-dispatch
-/// path: on lavapipe a dispatch costs 15-25 us, more than such a step's arithmetic.
+/// path on a CPU-emulated adapter: on lavapipe a dispatch costs 15-25 us, more than such a
+/// step's arithmetic, while the loop's few workgroups are slow on anything larger (C1 forward
+/// 145 ms per step, 918 ms single).
 pub const SINGLE_DISPATCH_MAX_MACS: usize = 1 << 16;
+
+/// The same bound on GPUs. Measured on an H200 (benches/results/h200-step-strategy-*):
+/// single dispatch won at 98k multiply-adds a step (GRU H 64 B 8: 1.7 vs 4.7 ms forward) and
+/// lost from 4.2M up (LSTM H 128 B 64: 7.7 vs 4.3 ms; C1: 7.8 vs 3.8 ms).
+pub const SINGLE_DISPATCH_MAX_MACS_GPU: usize = 1 << 19;
 
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -397,7 +404,10 @@ impl Plan {
         // chosen automatically where a step is too small to pay for its dispatches.
         let loop_ok = p == 0 && hs <= LOOP_UNITS;
         let single = match strategy {
-            StepStrategy::Auto => loop_ok && b * gh * ho <= SINGLE_DISPATCH_MAX_MACS,
+            StepStrategy::Auto => {
+                let max = if cpu_like { SINGLE_DISPATCH_MAX_MACS } else { SINGLE_DISPATCH_MAX_MACS_GPU };
+                loop_ok && b * gh * ho <= max
+            }
             StepStrategy::PerStep => false,
             StepStrategy::SingleDispatch => {
                 if !loop_ok {
