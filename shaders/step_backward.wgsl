@@ -74,74 +74,171 @@ fn gate(n: u32, g: u32, j: u32) -> f32 {
     return tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j];
 }
 
-// LSTM gate gradients; also passes dc_prev = dc * f to the row the cell state came from.
-@compute @workgroup_size(64)
-fn lstm_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let r = gid.y;
-    let hs = p.hidden;
-    if (j >= hs || r >= p.rows) {
-        return;
-    }
-    let n = p.row_off + r;
-    let i = gate(n, 0u, j);
-    let f = gate(n, 1u, j);
-    let g = gate(n, 2u, j);
-    let o = gate(n, 3u, j);
-    let tc = tanh_safe(tape[p.c_off + n * hs + j]);
-    let dh = dh_cell(n, j);
-    let dc = bw[p.dc_off + n * hs + j] + dh * o * (1.0 - tc * tc);
-    dg[dgx_at(n, 0u, j)] = dc * g * i * (1.0 - i);
-    dg[dgx_at(n, 1u, j)] = dc * prev[p.cprev_off + n * hs + j] * f * (1.0 - f);
-    dg[dgx_at(n, 2u, j)] = dc * i * (1.0 - g * g);
-    dg[dgx_at(n, 3u, j)] = dh * tc * o * (1.0 - o);
-    bw[p.dc_off + dst_row(n) * hs + j] = dc * f;
+// A cell's gate gradients for unit j of packed row n, from the gradient reaching its h (dh,
+// before projection) and its c (dc, LSTM): the input side dG_x, the hidden side dG_h (they
+// differ for GRU, whose n block is scaled by r because b_hn sits inside the reset product),
+// the gradient passed to c_prev (LSTM: dc * f) and GRU's direct path to h_prev (dh * z).
+struct Grad {
+    dgx: vec4<f32>,
+    dgh: vec4<f32>,
+    dc_prev: f32,
+    direct: f32,
 }
 
-// GRU gate gradients: the input side (dG_x) and the hidden side (dG_h, whose n block is
-// scaled by r because b_hn sits inside the reset product).
-@compute @workgroup_size(64)
-fn gru_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let r = gid.y;
+fn cell_grad(n: u32, j: u32, dh: f32, dc_in: f32) -> Grad {
     let hs = p.hidden;
-    if (j >= hs || r >= p.rows) {
-        return;
-    }
-    let n = p.row_off + r;
-    let rg = gate(n, 0u, j);
-    let z = gate(n, 1u, j);
-    let nn = gate(n, 2u, j);
-    let dh = dh_total(n, j);
-    let hprev = prev[p.hprev_off + n * hs + j];
-    let dan = dh * (1.0 - z) * (1.0 - nn * nn);
-    let dar = dan * tape[p.aux_off + n * hs + j] * rg * (1.0 - rg);
-    let daz = dh * (hprev - nn) * z * (1.0 - z);
-    dg[dgx_at(n, 0u, j)] = dar;
-    dg[dgx_at(n, 1u, j)] = daz;
-    dg[dgx_at(n, 2u, j)] = dan;
-    let h = p.dgh_off + n * 3u * hs;
-    dg[h + j] = dar;
-    dg[h + hs + j] = daz;
-    dg[h + 2u * hs + j] = dan * rg;
-}
-
-// Vanilla RNN gate gradient: dh * act'(a), from the saved output h' = act(a).
-@compute @workgroup_size(64)
-fn rnn_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
-    let j = gid.x;
-    let r = gid.y;
-    if (j >= p.hidden || r >= p.rows) {
-        return;
-    }
-    let n = p.row_off + r;
-    let h = gate(n, 0u, j);
-    let dh = dh_total(n, j);
-    var d: f32;
-    if (RELU) {
-        d = select(0.0, dh, h > 0.0);
+    var o: Grad;
+    if (GATES == 4u) {
+        let i = gate(n, 0u, j);
+        let f = gate(n, 1u, j);
+        let g = gate(n, 2u, j);
+        let og = gate(n, 3u, j);
+        let tc = tanh_safe(tape[p.c_off + n * hs + j]);
+        let dc = dc_in + dh * og * (1.0 - tc * tc);
+        o.dgx = vec4<f32>(dc * g * i * (1.0 - i), dc * prev[p.cprev_off + n * hs + j] * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * og * (1.0 - og));
+        o.dgh = o.dgx;
+        o.dc_prev = dc * f;
+    } else if (GATES == 3u) {
+        let r = gate(n, 0u, j);
+        let z = gate(n, 1u, j);
+        let nn = gate(n, 2u, j);
+        let hprev = prev[p.hprev_off + n * hs + j];
+        let dan = dh * (1.0 - z) * (1.0 - nn * nn);
+        let dar = dan * tape[p.aux_off + n * hs + j] * r * (1.0 - r);
+        let daz = dh * (hprev - nn) * z * (1.0 - z);
+        o.dgx = vec4<f32>(dar, daz, dan, 0.0);
+        o.dgh = vec4<f32>(dar, daz, dan * r, 0.0);
+        o.direct = dh * z;
     } else {
-        d = dh * (1.0 - h * h);
+        let h = gate(n, 0u, j);
+        var d: f32;
+        if (RELU) {
+            d = select(0.0, dh, h > 0.0);
+        } else {
+            d = dh * (1.0 - h * h);
+        }
+        o.dgx = vec4<f32>(d, 0.0, 0.0, 0.0);
+        o.dgh = o.dgx;
     }
-    dg[dgx_at(n, 0u, j)] = d;
+    return o;
+}
+
+// Stores a row's gate gradients for the post-loop GEMMs (and GRU's hidden side).
+fn store_grad(n: u32, j: u32, o: Grad) {
+    for (var g = 0u; g < GATES; g++) {
+        dg[dgx_at(n, g, j)] = o.dgx[g];
+    }
+    if (GATES == 3u) {
+        let h = p.dgh_off + n * 3u * p.hidden;
+        for (var g = 0u; g < 3u; g++) {
+            dg[h + g * p.hidden + j] = o.dgh[g];
+        }
+    }
+}
+
+// One backward step's gate gradients (any cell; GATES and RELU choose it): unit x, row y.
+// LSTM passes dc_prev to the row the cell state came from; recurrent_grad.wgsl then forms
+// dh_prev.
+@compute @workgroup_size(64)
+fn cell_grad_step(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let j = gid.x;
+    let r = gid.y;
+    let hs = p.hidden;
+    if (j >= hs || r >= p.rows) {
+        return;
+    }
+    let n = p.row_off + r;
+    var dc_in = 0.0;
+    if (GATES == 4u) {
+        dc_in = bw[p.dc_off + n * hs + j];
+    }
+    let o = cell_grad(n, j, dh_cell(n, j), dc_in);
+    store_grad(n, j, o);
+    if (GATES == 4u) {
+        bw[p.dc_off + dst_row(n) * hs + j] = o.dc_prev;
+    }
+}
+
+// ---- The single-dispatch backward for small problems ----
+// Walks every step of one layer-direction in reverse processing order in one dispatch; each
+// workgroup owns LOOP_ROWS sorted rows (as the forward's loop_step did), invocation j owns
+// unit j and keeps the row's dh and dc in registers, and the hidden-side gate gradients of a
+// step go through workgroup memory for dh_prev = dG_h W_hh. dh and dc start from the seeds
+// at each sequence's final row (scatter_last) and end as dh0 / dc0 in rows N+b, as the
+// per-step path leaves them. Requires H_out == H <= LOOP_UNITS.
+// Dispatch: (ceil(B / LOOP_ROWS), 1, 1), workgroup LOOP_UNITS (or 64 for H <= 64).
+const LOOP_ROWS: u32 = 4u;
+const LOOP_UNITS: u32 = 256u;
+
+var<workgroup> dgl: array<f32, 4096>;
+
+@compute @workgroup_size(256)
+fn loop_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    loop_grad_body(wid.x, lid.x);
+}
+
+@compute @workgroup_size(64)
+fn loop_grad_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    loop_grad_body(wid.x, lid.x);
+}
+
+fn loop_grad_body(wg: u32, j: u32) {
+    let hs = p.hidden;
+    let gh = GATES * hs;
+    let r0 = wg * LOOP_ROWS;
+    let batch = seq[p.bs_tab];
+    let unit = j < hs;
+    var dh = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var dc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var direct = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var t = 0u; t < LOOP_ROWS; t++) {
+        if (unit && r0 + t < batch) {
+            let last = seq[p.last_off + seq[p.init_off + r0 + t] - p.n_rows];
+            dh[t] = bw[p.dh_off + last * hs + j];
+            if (GATES == 4u) {
+                dc[t] = bw[p.dc_off + last * hs + j];
+            }
+        }
+    }
+    for (var s = 0u; s < p.steps; s++) {
+        let ts = select(p.steps - 1u - s, s, p.reverse != 0u);
+        let rows = seq[p.bs_tab + ts];
+        let off = seq[p.off_tab + ts];
+        if (unit) {
+            for (var t = 0u; t < LOOP_ROWS; t++) {
+                if (r0 + t < rows) {
+                    let n = off + r0 + t;
+                    let o = cell_grad(n, j, dh[t] + dy[n * p.out_ld + p.out_col + j], dc[t]);
+                    store_grad(n, j, o);
+                    for (var g = 0u; g < GATES; g++) {
+                        dgl[t * gh + g * hs + j] = o.dgh[g];
+                    }
+                    dc[t] = o.dc_prev;
+                    direct[t] = o.direct;
+                }
+            }
+        }
+        workgroupBarrier();
+        if (unit) {
+            for (var t = 0u; t < LOOP_ROWS; t++) {
+                if (r0 + t < rows) {
+                    var acc = direct[t];
+                    for (var g = 0u; g < gh; g++) {
+                        acc += dgl[t * gh + g] * weights[p.w_hh_flat + g * hs + j];
+                    }
+                    dh[t] = acc;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var t = 0u; t < LOOP_ROWS; t++) {
+        if (unit && r0 + t < batch) {
+            let row = seq[p.init_off + r0 + t];
+            bw[p.dh_off + row * hs + j] = dh[t];
+            if (GATES == 4u) {
+                bw[p.dc_off + row * hs + j] = dc[t];
+            }
+        }
+    }
 }

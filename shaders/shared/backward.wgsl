@@ -30,7 +30,15 @@ struct BackParams {
     dgh_off: u32,
     proj: u32,
     wt_hh: u32,       // offset of W_hh^T [H_out, G*H] in `wt` (recurrent_grad)
-    _pad1: u32,
+    // The single-dispatch backward (loop_grad) only:
+    w_hh_flat: u32,   // offset of W_hh [G*H, H] in the flat weights
+    steps: u32,       // T
+    reverse: u32,     // 1 for the reverse direction
+    off_tab: u32,     // offsets in `seq` of off[t], batch_sizes[t], init[r], last[b]
+    bs_tab: u32,
+    init_off: u32,
+    last_off: u32,
+    _pad: u32,
 }
 
 // The dh_rec / dc_rec row that receives the gradient of row n's starting state.

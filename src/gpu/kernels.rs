@@ -90,9 +90,10 @@ pub enum Kernel {
     /// Every step of a small problem in one dispatch.
     LoopStep { gates: u32, relu: bool, small: bool },
     ProjForward,
-    LstmGrad,
-    GruGrad,
-    RnnGrad { relu: bool },
+    /// One backward step's gate gradients for a cell with `gates` gates.
+    CellGrad { gates: u32, relu: bool },
+    /// Every backward step of a small problem in one dispatch.
+    LoopGrad { gates: u32, relu: bool, small: bool },
     RecurrentGrad { gates: u32, vec4: bool },
     ProjGrad,
     Gemm,
@@ -113,7 +114,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             Step { .. } | LoopStep { .. } | ProjForward => Family::StepForward,
-            LstmGrad | GruGrad | RnnGrad { .. } | ProjGrad => Family::StepBackward,
+            CellGrad { .. } | LoopGrad { .. } | ProjGrad => Family::StepBackward,
             RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum => Family::Util,
@@ -127,9 +128,9 @@ impl Kernel {
             LoopStep { small: false, .. } => "loop_step",
             LoopStep { small: true, .. } => "loop_step_64",
             ProjForward => "proj_forward",
-            LstmGrad => "lstm_grad",
-            GruGrad => "gru_grad",
-            RnnGrad { .. } => "rnn_grad",
+            CellGrad { .. } => "cell_grad_step",
+            LoopGrad { small: false, .. } => "loop_grad",
+            LoopGrad { small: true, .. } => "loop_grad_64",
             RecurrentGrad { .. } => "recurrent_grad",
             ProjGrad => "proj_grad",
             Gemm => "gemm",
@@ -152,9 +153,8 @@ impl Kernel {
         match self {
             Step { gates, relu, vec4 } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)],
             LoopStep { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
-            ProjForward | LstmGrad | ProjGrad => vec![("GATES", 4.0)],
-            GruGrad => vec![("GATES", 3.0)],
-            RnnGrad { relu } => vec![("GATES", 1.0), ("RELU", relu as u8 as f64)],
+            ProjForward | ProjGrad => vec![("GATES", 4.0)],
+            CellGrad { gates, relu } | LoopGrad { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
             RecurrentGrad { gates, vec4 } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64)],
             _ => vec![],
         }
@@ -326,7 +326,14 @@ pub struct BackParams {
     pub dgh_off: u32,
     pub proj: u32,
     pub wt_hh: u32,
-    pub _pad1: u32,
+    pub w_hh_flat: u32,
+    pub steps: u32,
+    pub reverse: u32,
+    pub off_tab: u32,
+    pub bs_tab: u32,
+    pub init_off: u32,
+    pub last_off: u32,
+    pub _pad: u32,
 }
 
 impl GemmParams {

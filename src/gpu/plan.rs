@@ -418,12 +418,7 @@ impl Plan {
                 true
             }
         };
-        let grad_kernel = match cfg.mode {
-            Mode::Lstm => Kernel::LstmGrad,
-            Mode::Gru => Kernel::GruGrad,
-            Mode::RnnTanh => Kernel::RnnGrad { relu: false },
-            Mode::RnnRelu => Kernel::RnnGrad { relu: true },
-        };
+        let grad_kernel = Kernel::CellGrad { gates: g as u32, relu: cfg.mode == Mode::RnnRelu };
         let state_block = |s: usize, width: usize| (s * b * width) as u32;
         let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
 
@@ -609,45 +604,58 @@ impl Plan {
                             b * hs,
                         ));
                     }
-                    // W_hh for the recurrent gradient product, transposed for the vec4 kernel (the
-                    // forward's copies are overwritten by later layer-directions).
-                    if rec_vec4 {
+                    let base = BackParams {
+                        hidden: hs as u32,
+                        out_size: ho as u32,
+                        out_ld: out_w as u32,
+                        out_col: (dir * ho) as u32,
+                        w_hh: wt_w4_off as u32,
+                        w_hr: w.w_hr,
+                        prev_off: prev_offs[dir],
+                        n_rows: n as u32,
+                        gates_off: gates_off as u32,
+                        c_off: c_off as u32,
+                        aux_off: aux_off as u32,
+                        hprev_off: hprev_off as u32,
+                        cprev_off: cprev_off as u32,
+                        dh_off: dh_off as u32,
+                        dc_off: dc_off as u32,
+                        dhtot_off: dhtot_off as u32,
+                        dhpre_off: dhpre_off as u32,
+                        dgx_off: 0,
+                        dgh_off: dgh_off as u32,
+                        proj: (p > 0) as u32,
+                        wt_hh: wt_hh_off as u32,
+                        w_hh_flat: w.w_hh,
+                        steps: steps as u32,
+                        reverse: (dir == 1) as u32,
+                        off_tab,
+                        bs_tab,
+                        init_off: prev_offs[0],
+                        last_off: last_offs[dir],
+                        ..Default::default()
+                    };
+                    let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
+                    if single {
+                        bwd.push(Op {
+                            kernel: Kernel::LoopGrad { gates: g as u32, relu, small: hs <= 64 },
+                            bufs: step_bufs.clone(),
+                            param_offset: params.push(&base),
+                            groups: [b.div_ceil(LOOP_ROWS) as u32, 1, 1],
+                        });
+                    } else if rec_vec4 {
+                        // W_hh for the recurrent gradient product, transposed for the vec4 kernel
+                        // (the forward's copies are overwritten by later layer-directions).
                         bwd.push(util(&mut params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                             UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
                     } else {
                         bwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                             UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
                     }
-                    let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
                     let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
-                    for t in order(dir).into_iter().rev() {
+                    for t in order(dir).into_iter().rev().filter(|_| !single) {
                         let rows = layout.batch_sizes[t];
-                        let bp = BackParams {
-                            row_off: off[t] as u32,
-                            rows: rows as u32,
-                            hidden: hs as u32,
-                            out_size: ho as u32,
-                            out_ld: out_w as u32,
-                            out_col: (dir * ho) as u32,
-                            w_hh: wt_w4_off as u32,
-                            w_hr: w.w_hr,
-                            prev_off: prev_offs[dir],
-                            n_rows: n as u32,
-                            gates_off: gates_off as u32,
-                            c_off: c_off as u32,
-                            aux_off: aux_off as u32,
-                            hprev_off: hprev_off as u32,
-                            cprev_off: cprev_off as u32,
-                            dh_off: dh_off as u32,
-                            dc_off: dc_off as u32,
-                            dhtot_off: dhtot_off as u32,
-                            dhpre_off: dhpre_off as u32,
-                            dgx_off: 0,
-                            dgh_off: dgh_off as u32,
-                            proj: (p > 0) as u32,
-                            wt_hh: wt_hh_off as u32,
-                            ..Default::default()
-                        };
+                        let bp = BackParams { row_off: off[t] as u32, rows: rows as u32, ..base };
                         let po = params.push(&bp);
                         if p > 0 {
                             bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
