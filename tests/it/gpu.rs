@@ -268,8 +268,10 @@ fn engine_api_on_a_caller_created_device() {
     .unwrap();
     let ctx = Context::from_device(device.clone(), queue.clone(), Some(info)).unwrap();
     compare_with_cpu(&ctx, &RnnConfig::new(Mode::Gru, 6, 10).bidirectional(true), &[4, 2, 5], 77, true);
-    // The caller's device, not a new one.
-    assert!(std::ptr::eq(&ctx.device as *const _ as *const u8, &ctx.device as *const _ as *const u8));
+    // The context wraps the caller's device and queue, not new ones.
+    assert!(ctx.device == device && ctx.queue == queue);
+    let (other, _) = pollster::block_on(adapter.request_device(&Default::default())).unwrap();
+    assert!(ctx.device != other);
     assert_eq!(ctx.limits().max_storage_buffer_binding_size, device.limits().max_storage_buffer_binding_size);
 }
 
