@@ -68,6 +68,7 @@ impl<T: Float> PackedB<T> {
 }
 
 /// One panel for a block of `MR` rows (`mr <= MR` valid).
+#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn block<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, p: usize, a: &[T], r0: usize, mr: usize, lda: usize, c: &mut [T], ldc: usize) {
     let k = pb.k;

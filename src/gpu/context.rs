@@ -231,7 +231,7 @@ impl Context {
                 self.limits.max_buffer_size
             )));
         }
-        if usage.contains(wgpu::BufferUsages::STORAGE) && size > self.limits.max_storage_buffer_binding_size as u64 {
+        if usage.contains(wgpu::BufferUsages::STORAGE) && size > self.limits.max_storage_buffer_binding_size {
             return Err(Error::Limit(format!(
                 "storage buffer {label} needs {size} bytes; the device binds at most {}",
                 self.limits.max_storage_buffer_binding_size

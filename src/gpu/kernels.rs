@@ -339,9 +339,9 @@ pub struct BackParams {
 impl GemmParams {
     /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous.
     pub fn kernel(&self) -> Kernel {
-        let b4 = self.b_cs == 1 && self.b_off % 4 == 0 && self.b_rs % 4 == 0 && self.n % 4 == 0;
-        let a4 = self.a_cs == 1 && self.a_off % 4 == 0 && self.a_rs % 4 == 0 && self.k % 4 == 0;
-        let a4t = self.a_rs == 1 && self.a_off % 4 == 0 && self.a_cs % 4 == 0 && self.m % 8 == 0;
+        let b4 = self.b_cs == 1 && self.b_off.is_multiple_of(4) && self.b_rs.is_multiple_of(4) && self.n.is_multiple_of(4);
+        let a4 = self.a_cs == 1 && self.a_off.is_multiple_of(4) && self.a_rs.is_multiple_of(4) && self.k.is_multiple_of(4);
+        let a4t = self.a_rs == 1 && self.a_off.is_multiple_of(4) && self.a_cs.is_multiple_of(4) && self.m.is_multiple_of(8);
         if b4 && a4 {
             Kernel::Gemm44
         } else if b4 && a4t {

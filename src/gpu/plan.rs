@@ -739,8 +739,8 @@ impl Plan {
 
         let mut pipelines = HashMap::new();
         for op in fwd.iter().chain(&bwd) {
-            if !pipelines.contains_key(&op.kernel) {
-                pipelines.insert(op.kernel, ctx.pipeline(op.kernel)?);
+            if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(op.kernel) {
+                e.insert(ctx.pipeline(op.kernel)?);
             }
         }
         Ok(Plan {
@@ -804,7 +804,7 @@ impl Plan {
                 expected: vec![elems],
                 got: vec![(b.size() / 4) as usize],
             }),
-            Some(b) if b.size() > self.ctx.limits().max_storage_buffer_binding_size as u64 => Err(Error::Limit(format!(
+            Some(b) if b.size() > self.ctx.limits().max_storage_buffer_binding_size => Err(Error::Limit(format!(
                 "{what} buffer of {} bytes exceeds the device's storage binding size",
                 b.size()
             ))),

@@ -94,13 +94,13 @@ impl Problem {
         let mut checked = 0;
         for (kind, layer, dir, av) in analytic {
             let s = layer * self.w.config.directions() + dir;
-            for i in 0..av.len() {
+            for (i, &a) in av.iter().enumerate() {
                 let num = numeric(&|e| {
                     let mut w = self.w.clone();
                     w.params[s].get_mut(kind).unwrap()[i] += e;
                     self.loss(&w, &self.x, &self.h0, c0)
                 });
-                check(format!("{}[{i}]", wgpu_rnn::RnnConfig::param_name(kind, layer, dir)), av[i], num);
+                check(format!("{}[{i}]", wgpu_rnn::RnnConfig::param_name(kind, layer, dir)), a, num);
                 checked += 1;
             }
         }
