@@ -287,12 +287,21 @@ fn repeated_calls_do_not_grow_buffer_memory() {
     let go = vec![0.1f32; x.rows() * 8];
     let mut after_first = 0;
     let mut first_result = None;
+    // The device allocator's own figure, where the backend reports one (Vulkan does).
+    let allocated = || {
+        ctx.wait().unwrap();
+        ctx.device.generate_allocator_report().map(|r| r.total_allocated_bytes)
+    };
+    let mut allocated_early = None;
     for i in 0..1000 {
         let (f, tape) = rnn.forward(&x, None, None, Pass::Training).unwrap();
         let g = rnn.backward(&tape.unwrap(), &go, None, None).unwrap();
         if i == 0 {
             after_first = ctx.live_buffer_bytes();
             first_result = Some((f.output.data.clone(), g.input.data.clone()));
+        }
+        if i == 9 {
+            allocated_early = allocated();
         }
         if i == 999 {
             let (o, gi) = first_result.clone().unwrap();
@@ -302,6 +311,13 @@ fn repeated_calls_do_not_grow_buffer_memory() {
     }
     assert!(after_first > 0);
     assert_eq!(ctx.live_buffer_bytes(), after_first, "buffer memory grew over 1,000 forward/backward calls");
+    match (allocated_early, allocated()) {
+        (Some(early), Some(late)) => {
+            eprintln!("device allocator: {early} bytes after 10 calls, {late} after 1,000");
+            assert!(late <= early, "device allocations grew from {early} to {late} bytes over 990 calls");
+        }
+        _ => eprintln!("{} gives no allocator report; checked the library's own buffer count only", ctx.describe()),
+    }
     let pipelines = ctx.pipeline_count();
     assert!(pipelines > 0 && pipelines <= 12, "pipelines built once each: {pipelines}");
 }
