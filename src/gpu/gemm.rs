@@ -78,7 +78,9 @@ impl MatMul {
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>, reps: usize) -> Result<()> {
         let d = &self.desc;
         let need = |what: &str, buf: &wgpu::Buffer, elems: usize| {
-            if buf.size() < (elems * 4) as u64 {
+            if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+                Err(Error::Gpu(format!("GEMM {what} buffer lacks BufferUsages::STORAGE")))
+            } else if buf.size() < (elems * 4) as u64 {
                 Err(Error::ShapeMismatch { what: format!("GEMM {what} (f32 elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] })
             } else {
                 Ok(())
@@ -93,6 +95,7 @@ impl MatMul {
             _ => return Err(Error::InvalidConfig("bias buffer given iff MatMulDesc::bias".into())),
         }
         let fam = Family::Gemm;
+        let scope = super::context::ErrorScope::push(&self.ctx.device);
         let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
             label: Some("gemm"),
             layout: self.ctx.layouts.bind_group_layout(fam),
@@ -109,6 +112,7 @@ impl MatMul {
                 wgpu::BindGroupEntry { binding: 6, resource: a.as_entire_binding() },
             ],
         });
+        scope.pop()?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn gemm"), timestamp_writes: None });
         pass.set_pipeline(&self.pipeline);
         pass.set_bind_group(0, &bg, &[0]);

@@ -804,6 +804,10 @@ impl Plan {
                 expected: vec![elems],
                 got: vec![(b.size() / 4) as usize],
             }),
+            Some(b) if !b.usage().contains(wgpu::BufferUsages::STORAGE) => Err(Error::Gpu(format!(
+                "{what} buffer lacks BufferUsages::STORAGE (has {:?})",
+                b.usage()
+            ))),
             Some(b) if b.size() > self.ctx.limits().max_storage_buffer_binding_size => Err(Error::Limit(format!(
                 "{what} buffer of {} bytes exceeds the device's storage binding size",
                 b.size()
@@ -889,6 +893,7 @@ impl Plan {
     fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
         let device = &self.ctx.device;
         let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
+        let scope = super::context::ErrorScope::push(device);
         for op in ops {
             let fam = op.kernel.family();
             let key = (fam, op.bufs.clone());
@@ -913,6 +918,7 @@ impl Plan {
             });
             groups.insert(key, bg);
         }
+        scope.pop()?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
         let mut current: Option<Kernel> = None;
         for op in ops {

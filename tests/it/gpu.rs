@@ -378,6 +378,10 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "input too small");
     let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, h0: Some(&big), c0: None, h_n: &big, c_n: None });
     assert!(matches!(r, Err(Error::InvalidConfig(_))), "h0 the plan was not prepared for");
+    // A buffer that cannot be bound as storage is a typed error, not a validation panic.
+    let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::UNIFORM, mapped_at_creation: false });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &uniform, h0: None, c0: None, h_n: &big, c_n: None });
+    assert!(matches!(r, Err(Error::Gpu(_))), "{r:?}");
     let r = plan.record_backward(
         &mut enc,
         &BackwardBuffers {
