@@ -232,7 +232,7 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
     let w = Weights::<f32>::init_uniform(&cfg, 0)?;
     let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
     let go = data(x.rows() * cfg.output_size(), 2);
-    let adapter = format!("CPU ({} threads)", cpu_threads());
+    let adapter = format!("CPU ({})", cpu_threads());
     let fwd = time_ms(timing, || cpu::forward(&w, &x, None, None, Pass::Inference).map(|_| ()))?;
     let train = time_ms(timing, || {
         let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training)?;
@@ -241,9 +241,13 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
     Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)])
 }
 
-/// Threads the CPU GEMM uses (`MATMUL_NUM_THREADS`, else matrixmultiply's default).
-pub fn cpu_threads() -> usize {
-    std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(4))
+/// Threads the CPU path's large GEMMs use, as a label: `MATMUL_NUM_THREADS` when set, else
+/// matrixmultiply's default (one per physical core). The per-step product runs on one thread.
+pub fn cpu_threads() -> String {
+    match std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+        Some(n) => format!("{n} GEMM threads"),
+        None => "GEMM threads = physical cores".into(),
+    }
 }
 
 /// One configuration prepared on the GPU over resident buffers (engine API): inference and
@@ -377,7 +381,7 @@ pub fn bench_cpu_gemm(timing: Timing) -> Result<Record> {
             cpu::gemm::gemm(1.0, cpu::gemm::Mat::new(&a, m, k), cpu::gemm::Op::N, cpu::gemm::Mat::new(&b, k, n), cpu::gemm::Op::N, 0.0, &mut c, n);
             Ok(())
         })?;
-        let r = gemm_record("cpu", &format!("CPU ({} threads)", cpu_threads()), (m, n, k), t);
+        let r = gemm_record("cpu", &format!("CPU ({})", cpu_threads()), (m, n, k), t);
         if best.as_ref().is_none_or(|b| r.gflops > b.gflops) {
             best = Some(r);
         }
