@@ -1,0 +1,48 @@
+//! The deployment path: weights saved from PyTorch (`safetensors.torch.save_file(
+//! lstm.state_dict(), path)`, PyTorch's own names, optionally under a module prefix such as
+//! `rnn.`) loaded and run on the GPU, with the CPU reference beside it.
+//!
+//! ```sh
+//! cargo run --release --example pytorch_weights -- [FILE.safetensors] [PREFIX]
+//! ```
+//! Without arguments it loads the parameters of a golden case (an `nn.LSTM` with projection,
+//! 2 layers, bidirectional) and its input; the mode and sizes come from the file's metadata
+//! (or from the tensor shapes, given the mode, when a file has none).
+
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::{Context, GpuRnn};
+use wgpu_rnn::io::TensorFile;
+use wgpu_rnn::{PackedSequence, Weights};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let path = args.first().cloned().unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/lstm_proj.safetensors").into());
+    let prefix = args.get(1).cloned().unwrap_or_default();
+    let file = TensorFile::read(&path)?;
+    let w = Weights::<f32>::from_file(&file, &prefix, None)?;
+    let cfg = &w.config;
+    println!("{path}: {cfg:?}");
+
+    // The file's own input when it has one (golden cases do), else a ramp of 7 steps.
+    let (t, b, data, lengths) = match file.float("input") {
+        Ok(x) => {
+            let lengths = file.int("lengths")?.data.iter().map(|&l| l as usize).collect();
+            (x.shape[0], x.shape[1], x.data.iter().map(|&v| v as f32).collect::<Vec<f32>>(), lengths)
+        }
+        Err(_) => (7, 2, (0..7 * 2 * cfg.input_size).map(|i| (i as f32 * 0.01).sin()).collect(), vec![7, 5]),
+    };
+    let x = PackedSequence::from_padded(&data, [t, b, cfg.input_size], false, &lengths)?;
+
+    let ctx = Context::new()?;
+    println!("adapter: {}", ctx.describe());
+    let rnn = GpuRnn::new(&ctx, &w)?;
+    let (gpu, _) = rnn.forward(&x, None, None, Pass::Inference)?;
+    let (cpu, _) = cpu::forward(&w, &x, None, None, Pass::Inference)?;
+    let diff = gpu.h_n.data.iter().zip(&cpu.h_n.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+    println!("h_n [L*D, B, H_out] = {:?}", gpu.h_n.shape);
+    for (s, row) in gpu.h_n.data.chunks(cfg.out_size()).take(4).enumerate() {
+        println!("  state {s}: {:?}", &row[..row.len().min(4)]);
+    }
+    println!("largest |GPU - CPU| in h_n: {diff:.2e}");
+    Ok(())
+}
