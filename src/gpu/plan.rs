@@ -816,19 +816,33 @@ impl Plan {
         }
     }
 
+    /// Checks the buffers a forward and its backward both bind: weights, input, output, and
+    /// the initial states the plan was prepared for.
+    fn check_forward_side(
+        &self,
+        weights: &wgpu::Buffer,
+        input: &wgpu::Buffer,
+        output: &wgpu::Buffer,
+        h0: Option<&wgpu::Buffer>,
+        c0: Option<&wgpu::Buffer>,
+    ) -> Result<()> {
+        let c = &self.cfg;
+        let states = c.num_layers * c.directions() * self.b;
+        self.check("weights", Some(weights), self.weight_elems, true)?;
+        self.check("input", Some(input), self.n * c.input_size, true)?;
+        self.check("output", Some(output), self.n * c.output_size(), true)?;
+        self.check("h0", h0, states * c.out_size(), self.inputs.h0)?;
+        self.check("c0", c0, states * c.hidden_size, self.inputs.c0)
+    }
+
     /// Records the forward into `encoder`: one compute pass, no submit.
     pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
         let c = &self.cfg;
-        let (n, b) = (self.n, self.b);
         let lstm = c.mode == Mode::Lstm;
-        let ld = c.num_layers * c.directions();
-        self.check("weights", Some(bufs.weights), self.weight_elems, true)?;
-        self.check("input", Some(bufs.input), n * c.input_size, true)?;
-        self.check("output", Some(bufs.output), n * c.output_size(), true)?;
-        self.check("h0", bufs.h0, ld * b * c.out_size(), self.inputs.h0)?;
-        self.check("c0", bufs.c0, ld * b * c.hidden_size, self.inputs.c0)?;
-        self.check("h_n", Some(bufs.h_n), ld * b * c.out_size(), true)?;
-        self.check("c_n", bufs.c_n, ld * b * c.hidden_size, lstm)?;
+        let states = c.num_layers * c.directions() * self.b;
+        self.check_forward_side(bufs.weights, bufs.input, bufs.output, bufs.h0, bufs.c0)?;
+        self.check("h_n", Some(bufs.h_n), states * c.out_size(), true)?;
+        self.check("c_n", bufs.c_n, states * c.hidden_size, lstm)?;
         self.record(encoder, &self.forward_ops, &|buf| self.resolve_forward(bufs, buf), "wgpu-rnn forward")
     }
 
@@ -839,20 +853,16 @@ impl Plan {
             return Err(Error::NotTraining);
         }
         let c = &self.cfg;
-        let (n, b) = (self.n, self.b);
+        let n = self.n;
         let lstm = c.mode == Mode::Lstm;
-        let ld = c.num_layers * c.directions();
-        self.check("weights", Some(bufs.weights), self.weight_elems, true)?;
-        self.check("input", Some(bufs.input), n * c.input_size, true)?;
-        self.check("output", Some(bufs.output), n * c.output_size(), true)?;
-        self.check("h0", bufs.h0, ld * b * c.out_size(), self.inputs.h0)?;
-        self.check("c0", bufs.c0, ld * b * c.hidden_size, self.inputs.c0)?;
+        let states = c.num_layers * c.directions() * self.b;
+        self.check_forward_side(bufs.weights, bufs.input, bufs.output, bufs.h0, bufs.c0)?;
         self.check("grad_output", Some(bufs.grad_output), n * c.output_size(), true)?;
-        self.check("grad_h_n", bufs.grad_h_n, ld * b * c.out_size(), self.inputs.grad_h_n)?;
-        self.check("grad_c_n", bufs.grad_c_n, ld * b * c.hidden_size, self.inputs.grad_c_n)?;
+        self.check("grad_h_n", bufs.grad_h_n, states * c.out_size(), self.inputs.grad_h_n)?;
+        self.check("grad_c_n", bufs.grad_c_n, states * c.hidden_size, self.inputs.grad_c_n)?;
         self.check("grad_input", Some(bufs.grad_input), n * c.input_size, true)?;
-        self.check("grad_h0", Some(bufs.grad_h0), ld * b * c.out_size(), true)?;
-        self.check("grad_c0", bufs.grad_c0, ld * b * c.hidden_size, lstm)?;
+        self.check("grad_h0", Some(bufs.grad_h0), states * c.out_size(), true)?;
+        self.check("grad_c0", bufs.grad_c0, states * c.hidden_size, lstm)?;
         self.check("grad_weights", Some(bufs.grad_weights), self.weight_elems, true)?;
         self.record(encoder, &self.backward_ops, &|buf| self.resolve_backward(bufs, buf), "wgpu-rnn backward")
     }
