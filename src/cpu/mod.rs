@@ -18,6 +18,7 @@
 mod float;
 pub mod gemm;
 pub mod smallgemm;
+pub mod train;
 
 pub use float::{cast, fast, Float};
 use gemm::{gemm, Mat, Op};

@@ -22,6 +22,7 @@ pub mod source {
     );
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
+    pub const TRAIN: &str = include_str!("../../shaders/train.wgsl");
 }
 
 /// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
@@ -39,10 +40,11 @@ pub enum Family {
     RecurrentGrad,
     Gemm,
     Util,
+    Train,
 }
 
 impl Family {
-    pub const ALL: [Family; 5] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util];
+    pub const ALL: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
 
     pub fn source(self) -> &'static str {
         match self {
@@ -51,6 +53,7 @@ impl Family {
             Family::RecurrentGrad => source::RECURRENT_GRAD,
             Family::Gemm => source::GEMM,
             Family::Util => source::UTIL,
+            Family::Train => source::TRAIN,
         }
     }
 
@@ -67,6 +70,8 @@ impl Family {
             Family::Gemm => &[false, false, true, false, false, false],
             // src, state0, seq, dst (rw)
             Family::Util => &[false, false, false, true],
+            // a, b, idx (u32), out (rw), out2 (rw), state (rw)
+            Family::Train => &[false, false, false, true, true, true],
         }
     }
 
@@ -77,6 +82,7 @@ impl Family {
             Family::StepBackward | Family::RecurrentGrad => std::mem::size_of::<BackParams>(),
             Family::Gemm => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
+            Family::Train => std::mem::size_of::<TrainParams>(),
         }) as u64
     }
 }
@@ -107,6 +113,47 @@ pub enum Kernel {
     CopyState,
     Transpose,
     ColSum,
+    /// Training kit (shaders/train.wgsl), one variant per entry point.
+    Train(TrainKernel),
+}
+
+/// The training kit's entry points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TrainKernel {
+    EmbedForward,
+    EmbedBackward,
+    Fill,
+    BlocksToRows,
+    RowsToBlocks,
+    BceLogits,
+    Mse,
+    SoftmaxCe,
+    RowMetrics,
+    SumSq,
+    OptBegin,
+    Adam,
+    Sgd,
+}
+
+impl TrainKernel {
+    pub fn entry(self) -> &'static str {
+        use TrainKernel::*;
+        match self {
+            EmbedForward => "embed_forward",
+            EmbedBackward => "embed_backward",
+            Fill => "fill",
+            BlocksToRows => "blocks_to_rows",
+            RowsToBlocks => "rows_to_blocks",
+            BceLogits => "bce_logits",
+            Mse => "mse",
+            SoftmaxCe => "softmax_ce",
+            RowMetrics => "row_metrics",
+            SumSq => "sumsq",
+            OptBegin => "opt_begin",
+            Adam => "adam",
+            Sgd => "sgd",
+        }
+    }
 }
 
 impl Kernel {
@@ -118,6 +165,7 @@ impl Kernel {
             RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum => Family::Util,
+            Train(_) => Family::Train,
         }
     }
 
@@ -144,6 +192,7 @@ impl Kernel {
             CopyState => "copy_state",
             Transpose => "transpose",
             ColSum => "colsum",
+            Train(k) => k.entry(),
         }
     }
 
@@ -395,4 +444,27 @@ pub struct UtilParams {
     pub dst_off: u32,
 }
 
+/// `TrainParams` in train.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct TrainParams {
+    pub n: u32,
+    pub width: u32,
+    pub a_off: u32,
+    pub b_off: u32,
+    pub idx_off: u32,
+    pub out_off: u32,
+    pub out2_off: u32,
+    pub state_off: u32,
+    pub count: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+    pub f0: f32,
+    pub f1: f32,
+    pub f2: f32,
+    pub f3: f32,
+}
+
 const _: () = assert!(std::mem::size_of::<BackParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<TrainParams>() as u32 <= MAX_PARAM_BYTES);

@@ -12,6 +12,7 @@ mod gemm;
 pub mod kernels;
 mod plan;
 mod readback;
+pub mod train;
 
 pub use api::{GpuRnn, GpuTape};
 pub use gemm::{MatMul, MatMulDesc};

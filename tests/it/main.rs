@@ -10,4 +10,5 @@ mod gpu_common;
 mod gradcheck;
 mod packing;
 mod shaders;
+mod train;
 mod weights_io;

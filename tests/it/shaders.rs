@@ -1,7 +1,7 @@
 //! Every shader parses and validates with naga, without a GPU; the Rust parameter structs
 //! have the sizes naga computes for their WGSL twins.
 
-use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, UtilParams};
+use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, TrainParams, UtilParams};
 
 fn module(src: &str) -> naga::Module {
     naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)))
@@ -72,6 +72,8 @@ fn parameter_structs_match_wgsl_sizes() {
     assert_eq!(struct_size(&m, "GemmParams") as usize, std::mem::size_of::<GemmParams>());
     let m = module(Family::Util.source());
     assert_eq!(struct_size(&m, "UtilParams") as usize, std::mem::size_of::<UtilParams>());
+    let m = module(Family::Train.source());
+    assert_eq!(struct_size(&m, "TrainParams") as usize, std::mem::size_of::<TrainParams>());
     for f in Family::ALL {
         assert!(f.param_size() <= wgpu_rnn::gpu::kernels::MAX_PARAM_BYTES as u64);
     }

@@ -1,0 +1,541 @@
+//! The training kit on the GPU (engine API): embedding lookup and its deterministic gradient,
+//! linear layers, losses with their gradients and metrics, global-norm clipping, Adam and SGD
+//! with momentum. Ops are appended to an [`OpBuilder`] over the caller's buffers, prepared
+//! once into a [`Program`] (parameter blocks uploaded, bind groups made, like a [`super::Plan`])
+//! and recorded into the caller's encoder as often as wanted: no submit, no readback, no
+//! `queue.write_buffer` at record time. Everything stays on the device; the caller reads back
+//! the metric block (a few floats) when it wants to.
+//!
+//! CPU twins of every op are in [`crate::cpu::train`]; tests compare the two and check the
+//! CPU gradients by finite differences.
+
+use super::context::{Context, ErrorScope, TrackedBuffer};
+use super::kernels::{Family, GemmParams, Kernel, TrainKernel, TrainParams, UtilParams, NONE};
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Floats in a metric block: `[loss sum, correct, rows, spare]`.
+pub const METRIC_FLOATS: usize = 4;
+
+/// Floats before the per-group slots in an optimiser state block (see shaders/train.wgsl).
+const OPT_HEADER: usize = 8;
+
+/// One dispatch waiting for [`OpBuilder::build`].
+struct Pending {
+    kernel: Kernel,
+    params: Vec<u8>,
+    bufs: Vec<Option<wgpu::Buffer>>,
+    groups: [u32; 3],
+}
+
+/// Collects training-kit dispatches over caller buffers; [`OpBuilder::build`] prepares them.
+pub struct OpBuilder {
+    ctx: Arc<Context>,
+    ops: Vec<Pending>,
+}
+
+/// Prepared dispatches: record them into an encoder as often as wanted.
+pub struct Program {
+    ctx: Arc<Context>,
+    _params: TrackedBuffer,
+    _dummies: Vec<TrackedBuffer>,
+    ops: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, u32, [u32; 3])>,
+}
+
+/// Workgroups for `n` items in groups of 256, folded to stay under 65,535 per dimension.
+fn linear_groups(n: usize) -> [u32; 3] {
+    let g = n.div_ceil(256).max(1) as u32;
+    [g.min(65535), g.div_ceil(65535), 1]
+}
+
+fn check_buf(what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
+    if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE")));
+    }
+    if buf.size() < (elems * 4) as u64 {
+        return Err(Error::ShapeMismatch { what: format!("{what} buffer (4-byte elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] });
+    }
+    Ok(())
+}
+
+fn u32_of(what: &str, v: usize) -> Result<u32> {
+    if v >= 1 << 31 {
+        return Err(Error::Limit(format!("{what} = {v} exceeds the kernels' 31-bit indexing")));
+    }
+    Ok(v as u32)
+}
+
+fn nonempty(what: &str, v: usize) -> Result<()> {
+    if v == 0 {
+        return Err(Error::EmptyBatch(format!("{what} is 0")));
+    }
+    Ok(())
+}
+
+/// A batch of token ids prepared for [`OpBuilder::embedding_forward`] and
+/// [`OpBuilder::embedding_backward`]: the ids, then the table that sums each id's rows in a
+/// fixed order (rows sorted by id, stable; the padding id gets no gradient).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EmbeddingIndex {
+    /// `[ids (rows) | seg (distinct + 1) | distinct ids | rows sorted by id]`, to upload as u32.
+    pub data: Vec<u32>,
+    pub rows: usize,
+    /// Distinct non-padding ids in the batch.
+    pub distinct: usize,
+    pub vocab: usize,
+}
+
+impl EmbeddingIndex {
+    /// Checks every id against `vocab` (a typed error, not an out-of-range read).
+    pub fn new(ids: &[u32], vocab: usize, padding: Option<u32>) -> Result<Self> {
+        nonempty("embedding rows", ids.len())?;
+        if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
+            return Err(Error::InvalidConfig(format!("token id {id} at row {i} is outside the vocabulary of {vocab}")));
+        }
+        u32_of("embedding rows", ids.len())?;
+        let mut order: Vec<u32> = (0..ids.len() as u32).filter(|&r| Some(ids[r as usize]) != padding).collect();
+        order.sort_by_key(|&r| ids[r as usize]); // stable: rows of one id stay in row order
+        let mut seg = Vec::new();
+        let mut distinct = Vec::new();
+        for (j, &r) in order.iter().enumerate() {
+            let id = ids[r as usize];
+            if distinct.last() != Some(&id) {
+                distinct.push(id);
+                seg.push(j as u32);
+            }
+        }
+        seg.push(order.len() as u32);
+        let mut data = Vec::with_capacity(ids.len() * 2 + distinct.len() * 2 + 1);
+        data.extend_from_slice(ids);
+        data.extend_from_slice(&seg);
+        data.extend_from_slice(&distinct);
+        data.extend_from_slice(&order);
+        Ok(EmbeddingIndex { data, rows: ids.len(), distinct: distinct.len(), vocab })
+    }
+}
+
+/// A storage buffer holding u32 data (token ids, class targets, an [`EmbeddingIndex`]).
+pub fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> Result<TrackedBuffer> {
+    let b = ctx.buffer(label, (data.len() * 4) as u64, super::readback::storage_usage())?;
+    if !data.is_empty() {
+        ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
+    }
+    Ok(b)
+}
+
+/// Shape of a linear layer `y = x W^T + b` whose parameters live in one buffer: `W` `[out, in]`
+/// then `b` `[out]` (PyTorch's `weight` and `bias`), and whose gradient buffer has the same layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearShape {
+    pub rows: usize,
+    pub input: usize,
+    pub output: usize,
+}
+
+impl LinearShape {
+    pub fn param_elems(&self) -> usize {
+        self.output * self.input + self.output
+    }
+}
+
+impl OpBuilder {
+    pub fn new(ctx: &Arc<Context>) -> Self {
+        OpBuilder { ctx: ctx.clone(), ops: Vec::new() }
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    fn push_train(&mut self, k: TrainKernel, p: TrainParams, bufs: [Option<&wgpu::Buffer>; 6], groups: [u32; 3]) {
+        self.ops.push(Pending { kernel: Kernel::Train(k), params: bytemuck::bytes_of(&p).to_vec(), bufs: bufs.iter().map(|b| b.cloned()).collect(), groups });
+    }
+
+    /// `out[r, :] = table[ids[r], :]` for the index's rows: `table` `[vocab, dim]`, `out` `[rows, dim]`.
+    pub fn embedding_forward(&mut self, table: &wgpu::Buffer, index_buf: &wgpu::Buffer, index: &EmbeddingIndex, dim: usize, out: &wgpu::Buffer) -> Result<()> {
+        nonempty("embedding dim", dim)?;
+        check_buf("embedding table", table, index.vocab * dim)?;
+        check_buf("embedding index", index_buf, index.data.len())?;
+        check_buf("embedding output", out, index.rows * dim)?;
+        let n = index.rows * dim;
+        u32_of("embedding elements", n.max(index.vocab * dim))?;
+        let p = TrainParams { n: index.rows as u32, width: dim as u32, ..Default::default() };
+        self.push_train(TrainKernel::EmbedForward, p, [Some(table), None, Some(index_buf), Some(out), None, None], linear_groups(n));
+        Ok(())
+    }
+
+    /// The table gradient from the rows' gradients `grad_rows` `[rows, dim]`: `grad_table` is
+    /// zeroed, then each id's row gets the sum of its rows in row order (padding: zero).
+    pub fn embedding_backward(&mut self, grad_rows: &wgpu::Buffer, index_buf: &wgpu::Buffer, index: &EmbeddingIndex, dim: usize, grad_table: &wgpu::Buffer) -> Result<()> {
+        check_buf("embedding row gradient", grad_rows, index.rows * dim)?;
+        check_buf("embedding index", index_buf, index.data.len())?;
+        check_buf("embedding table gradient", grad_table, index.vocab * dim)?;
+        self.fill(grad_table, 0, index.vocab * dim, 0.0)?;
+        if index.distinct > 0 {
+            let p = TrainParams { n: index.rows as u32, width: dim as u32, idx_off: index.rows as u32, count: index.distinct as u32, ..Default::default() };
+            self.push_train(TrainKernel::EmbedBackward, p, [Some(grad_rows), None, Some(index_buf), Some(grad_table), None, None], linear_groups(index.distinct * dim));
+        }
+        Ok(())
+    }
+
+    /// `buf[offset .. offset + n] = value`.
+    pub fn fill(&mut self, buf: &wgpu::Buffer, offset: usize, n: usize, value: f32) -> Result<()> {
+        check_buf("fill target", buf, offset + n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let p = TrainParams { n: u32_of("fill length", n)?, out_off: u32_of("fill offset", offset)?, f0: value, ..Default::default() };
+        self.push_train(TrainKernel::Fill, p, [None, None, None, Some(buf), None, None], linear_groups(n));
+        Ok(())
+    }
+
+    /// `blocks` blocks `[rows, width]` (such as `h_n`'s `[directions, B, H]`) as rows
+    /// `[rows, blocks * width]`, e.g. the two final states of a bidirectional layer side by side.
+    pub fn blocks_to_rows(&mut self, src: &wgpu::Buffer, src_offset: usize, blocks: usize, rows: usize, width: usize, dst: &wgpu::Buffer) -> Result<()> {
+        let n = blocks * rows * width;
+        nonempty("rows", n)?;
+        check_buf("blocks_to_rows source", src, src_offset + n)?;
+        check_buf("blocks_to_rows target", dst, n)?;
+        let p = TrainParams { n: rows as u32, width: width as u32, count: blocks as u32, a_off: u32_of("offset", src_offset)?, ..Default::default() };
+        u32_of("elements", src_offset + n)?;
+        self.push_train(TrainKernel::BlocksToRows, p, [Some(src), None, None, Some(dst), None, None], linear_groups(n));
+        Ok(())
+    }
+
+    /// The inverse of [`OpBuilder::blocks_to_rows`] (for the gradient), written at `dst_offset`.
+    pub fn rows_to_blocks(&mut self, src: &wgpu::Buffer, blocks: usize, rows: usize, width: usize, dst: &wgpu::Buffer, dst_offset: usize) -> Result<()> {
+        let n = blocks * rows * width;
+        nonempty("rows", n)?;
+        check_buf("rows_to_blocks source", src, n)?;
+        check_buf("rows_to_blocks target", dst, dst_offset + n)?;
+        let p = TrainParams { n: rows as u32, width: width as u32, count: blocks as u32, out_off: u32_of("offset", dst_offset)?, ..Default::default() };
+        u32_of("elements", dst_offset + n)?;
+        self.push_train(TrainKernel::RowsToBlocks, p, [Some(src), None, None, Some(dst), None, None], linear_groups(n));
+        Ok(())
+    }
+
+    fn push_gemm(&mut self, p: GemmParams, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>) {
+        let bufs = vec![Some(a.clone()), Some(b.clone()), Some(c.clone()), Some(bias.unwrap_or(b).clone()), Some(b.clone()), Some(a.clone())];
+        self.ops.push(Pending { kernel: p.kernel(), params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups() });
+    }
+
+    fn check_linear(s: &LinearShape) -> Result<()> {
+        nonempty("linear rows", s.rows)?;
+        nonempty("linear input", s.input)?;
+        nonempty("linear output", s.output)?;
+        u32_of("linear elements", (s.rows * s.input.max(s.output)).max(s.param_elems()))?;
+        Ok(())
+    }
+
+    /// `y = x W^T + b`: `x` `[rows, in]`, `params` `[W | b]`, `y` `[rows, out]`.
+    pub fn linear_forward(&mut self, s: LinearShape, x: &wgpu::Buffer, params: &wgpu::Buffer, y: &wgpu::Buffer) -> Result<()> {
+        Self::check_linear(&s)?;
+        check_buf("linear input", x, s.rows * s.input)?;
+        check_buf("linear parameters", params, s.param_elems())?;
+        check_buf("linear output", y, s.rows * s.output)?;
+        let (m, n, k) = (s.rows as u32, s.output as u32, s.input as u32);
+        let p = GemmParams { m, n, k, a_rs: k, a_cs: 1, b_rs: 1, b_cs: k, ldc: n, bias_off: n * k, alpha: 1.0, ..Default::default() };
+        self.push_gemm(p, x, params, y, Some(params));
+        Ok(())
+    }
+
+    /// Gradients of [`OpBuilder::linear_forward`] from `dy` `[rows, out]`: `grad_params` `[dW | db]`
+    /// is overwritten; `dx` `[rows, in]` is written when given.
+    pub fn linear_backward(&mut self, s: LinearShape, x: &wgpu::Buffer, params: &wgpu::Buffer, dy: &wgpu::Buffer, grad_params: &wgpu::Buffer, dx: Option<&wgpu::Buffer>) -> Result<()> {
+        Self::check_linear(&s)?;
+        check_buf("linear input", x, s.rows * s.input)?;
+        check_buf("linear parameters", params, s.param_elems())?;
+        check_buf("linear output gradient", dy, s.rows * s.output)?;
+        check_buf("linear parameter gradient", grad_params, s.param_elems())?;
+        let (r, i, o) = (s.rows as u32, s.input as u32, s.output as u32);
+        // dW = dy^T x
+        let p = GemmParams { m: o, n: i, k: r, a_rs: 1, a_cs: o, b_rs: i, b_cs: 1, ldc: i, bias_off: NONE, alpha: 1.0, ..Default::default() };
+        self.push_gemm(p, dy, x, grad_params, None);
+        // db = column sums of dy (row order)
+        let u = UtilParams { rows: r, width: o, src_off: 0, src_ld: o, dst_off: o * i, ..Default::default() };
+        self.ops.push(Pending {
+            kernel: Kernel::ColSum,
+            params: bytemuck::bytes_of(&u).to_vec(),
+            bufs: vec![Some(dy.clone()), None, None, Some(grad_params.clone())],
+            groups: linear_groups(s.output),
+        });
+        if let Some(dx) = dx {
+            check_buf("linear input gradient", dx, s.rows * s.input)?;
+            // dx = dy W
+            let p = GemmParams { m: r, n: i, k: o, a_rs: o, a_cs: 1, b_rs: i, b_cs: 1, ldc: i, bias_off: NONE, alpha: 1.0, ..Default::default() };
+            self.push_gemm(p, dy, params, dx, None);
+        }
+        Ok(())
+    }
+
+    fn check_metrics(metrics: &wgpu::Buffer, offset: usize) -> Result<u32> {
+        check_buf("metric block", metrics, offset + METRIC_FLOATS)?;
+        u32_of("metric offset", offset)
+    }
+
+    /// Binary cross-entropy with logits, mean over `rows`: `grad` = d(mean loss)/d(logits);
+    /// adds `[loss sum, correct, rows]` to the metric block at `metrics_offset`.
+    pub fn bce_with_logits(&mut self, rows: usize, logits: &wgpu::Buffer, targets: &wgpu::Buffer, grad: &wgpu::Buffer, metrics: &wgpu::Buffer, metrics_offset: usize) -> Result<()> {
+        self.pointwise_loss(TrainKernel::BceLogits, rows, logits, targets, grad, metrics, metrics_offset)
+    }
+
+    /// Mean squared error over `rows` values, as [`OpBuilder::bce_with_logits`] (correct: 0).
+    pub fn mse(&mut self, rows: usize, pred: &wgpu::Buffer, targets: &wgpu::Buffer, grad: &wgpu::Buffer, metrics: &wgpu::Buffer, metrics_offset: usize) -> Result<()> {
+        self.pointwise_loss(TrainKernel::Mse, rows, pred, targets, grad, metrics, metrics_offset)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pointwise_loss(&mut self, k: TrainKernel, rows: usize, x: &wgpu::Buffer, y: &wgpu::Buffer, grad: &wgpu::Buffer, metrics: &wgpu::Buffer, metrics_offset: usize) -> Result<()> {
+        nonempty("loss rows", rows)?;
+        check_buf("loss input", x, rows)?;
+        check_buf("loss targets", y, rows)?;
+        check_buf("loss gradient", grad, rows)?;
+        let so = Self::check_metrics(metrics, metrics_offset)?;
+        let p = TrainParams { n: u32_of("rows", rows)?, state_off: so, f0: 1.0 / rows as f32, ..Default::default() };
+        self.push_train(k, p, [Some(x), Some(y), None, Some(grad), None, Some(metrics)], [1, 1, 1]);
+        Ok(())
+    }
+
+    /// Softmax cross-entropy, mean over `rows`: `logits` `[rows, classes]`, `targets` u32 class
+    /// ids at `targets_offset` (checked by the caller to be `< classes`), `grad` as `logits`,
+    /// `scratch` `2 * rows` floats; adds `[loss sum, correct (arg-max), rows]` to the metric block.
+    #[allow(clippy::too_many_arguments)]
+    pub fn softmax_cross_entropy(
+        &mut self,
+        rows: usize,
+        classes: usize,
+        logits: &wgpu::Buffer,
+        targets: &wgpu::Buffer,
+        targets_offset: usize,
+        grad: &wgpu::Buffer,
+        scratch: &wgpu::Buffer,
+        metrics: &wgpu::Buffer,
+        metrics_offset: usize,
+    ) -> Result<()> {
+        nonempty("loss rows", rows)?;
+        nonempty("classes", classes)?;
+        u32_of("logits", rows * classes)?;
+        check_buf("logits", logits, rows * classes)?;
+        check_buf("class targets", targets, targets_offset + rows)?;
+        check_buf("logit gradient", grad, rows * classes)?;
+        check_buf("loss scratch", scratch, 2 * rows)?;
+        let so = Self::check_metrics(metrics, metrics_offset)?;
+        let p = TrainParams {
+            n: rows as u32,
+            width: classes as u32,
+            idx_off: u32_of("target offset", targets_offset)?,
+            f0: 1.0 / rows as f32,
+            ..Default::default()
+        };
+        self.push_train(TrainKernel::SoftmaxCe, p, [Some(logits), None, Some(targets), Some(grad), Some(scratch), None], linear_groups(rows));
+        let p = TrainParams { n: rows as u32, state_off: so, ..Default::default() };
+        self.push_train(TrainKernel::RowMetrics, p, [Some(scratch), None, None, None, None, Some(metrics)], [1, 1, 1]);
+        Ok(())
+    }
+
+    /// Prepares the dispatches: parameter blocks uploaded once, pipelines and bind groups made.
+    pub fn build(self) -> Result<Program> {
+        let ctx = self.ctx.clone();
+        let _serial = ctx.exclusive();
+        let stride = ctx.param_stride as usize;
+        let mut bytes = vec![0u8; stride * self.ops.len().max(1)];
+        for (i, op) in self.ops.iter().enumerate() {
+            bytes[i * stride..i * stride + op.params.len()].copy_from_slice(&op.params);
+        }
+        let params = ctx.buffer("training-kit parameters", bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        ctx.queue.write_buffer(&params, 0, &bytes);
+        // Placeholders for unused bindings: [0] for read-only ones, [1..] for read-write ones
+        // (a read-write binding must not alias any other binding of the dispatch).
+        let dummies = (0..4).map(|i| ctx.buffer(&format!("placeholder {i}"), 16, super::readback::storage_usage())).collect::<Result<Vec<_>>>()?;
+        let scope = ErrorScope::push(&ctx.device);
+        let mut ops = Vec::with_capacity(self.ops.len());
+        for (i, op) in self.ops.iter().enumerate() {
+            let fam: Family = op.kernel.family();
+            let mut entries = vec![wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
+            }];
+            let rw = fam.storage_bindings();
+            let mut next_dummy = 0;
+            for (j, b) in op.bufs.iter().enumerate() {
+                let buf = match b {
+                    Some(b) => b,
+                    None if rw[j] => {
+                        next_dummy += 1;
+                        &dummies[next_dummy].buffer
+                    }
+                    None => &dummies[0].buffer,
+                };
+                entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buf.as_entire_binding() });
+            }
+            let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(op.kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries });
+            ops.push((ctx.pipeline(op.kernel)?, bg, (i * stride) as u32, op.groups));
+        }
+        scope.pop()?;
+        Ok(Program { ctx: self.ctx, _params: params, _dummies: dummies, ops })
+    }
+}
+
+impl OpBuilder {
+    /// The convenience path: builds, records into a fresh encoder, submits once and reads
+    /// back the first `elems` floats of each buffer in `reads`.
+    pub fn run(self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+        let ctx = self.ctx.clone();
+        let prog = self.build()?;
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training kit") });
+        prog.record(&mut enc);
+        let mut rb = super::readback::Readback::new();
+        for (b, n) in reads {
+            rb.copy(&ctx, &mut enc, b, *n)?;
+        }
+        rb.submit_and_read(&ctx, enc)
+    }
+}
+
+impl Program {
+    /// Records every dispatch, in order, into one compute pass of `encoder`.
+    pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn training kit"), timestamp_writes: None });
+        for (pipeline, bg, offset, g) in &self.ops {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, bg, &[*offset]);
+            pass.dispatch_workgroups(g[0], g[1], g[2]);
+        }
+    }
+
+    pub fn dispatches(&self) -> usize {
+        self.ops.len()
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+}
+
+/// Which update rule an [`Optimizer`] applies (PyTorch's `Adam` and `SGD(momentum=...)`).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum OptimizerKind {
+    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32 },
+    Sgd { lr: f32, momentum: f32 },
+}
+
+impl OptimizerKind {
+    /// PyTorch's defaults: betas (0.9, 0.999), eps 1e-8.
+    pub fn adam(lr: f32) -> Self {
+        OptimizerKind::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let ok = match *self {
+            OptimizerKind::Adam { lr, beta1, beta2, eps } => lr.is_finite() && lr >= 0.0 && (0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps.is_finite() && eps >= 0.0,
+            OptimizerKind::Sgd { lr, momentum } => lr.is_finite() && lr >= 0.0 && momentum.is_finite() && momentum >= 0.0,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidConfig(format!("optimiser settings out of range: {self:?}")))
+        }
+    }
+}
+
+/// One parameter group: a parameter buffer and its gradient buffer (same layout), first `elems`.
+pub struct ParamGroup<'a> {
+    pub params: &'a wgpu::Buffer,
+    pub grads: &'a wgpu::Buffer,
+    pub elems: usize,
+}
+
+/// Optimiser state on the device: moments per group and one state block (step count,
+/// bias-correction powers, the step's clipping scale and gradient norm, skipped steps).
+pub struct Optimizer {
+    kind: OptimizerKind,
+    clip: Option<f32>,
+    groups: Vec<(wgpu::Buffer, wgpu::Buffer, usize, TrackedBuffer)>,
+    state: TrackedBuffer,
+}
+
+/// What [`Optimizer::read_state`] returns.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct OptimizerState {
+    pub steps: f32,
+    /// The last step's global gradient norm, before clipping.
+    pub grad_norm: f32,
+    /// Steps skipped because the gradient norm was not finite.
+    pub skipped: f32,
+}
+
+impl Optimizer {
+    /// `clip`: the largest global gradient norm (PyTorch's `clip_grad_norm_`), or none.
+    pub fn new(ctx: &Arc<Context>, kind: OptimizerKind, clip: Option<f32>, groups: &[ParamGroup<'_>]) -> Result<Self> {
+        kind.validate()?;
+        if let Some(c) = clip {
+            if !(c.is_finite() && c > 0.0) {
+                return Err(Error::InvalidConfig(format!("clipping norm must be positive, got {c}")));
+            }
+        }
+        nonempty("parameter groups", groups.len())?;
+        let _serial = ctx.exclusive();
+        let per = match kind {
+            OptimizerKind::Adam { .. } => 2,
+            OptimizerKind::Sgd { .. } => 1,
+        };
+        let mut gs = Vec::new();
+        for (i, g) in groups.iter().enumerate() {
+            nonempty("parameter group size", g.elems)?;
+            check_buf(&format!("parameter group {i}"), g.params, g.elems)?;
+            check_buf(&format!("gradient group {i}"), g.grads, g.elems)?;
+            u32_of("parameter group size", per * g.elems)?;
+            let moments = super::readback::upload(ctx, "optimiser moments", &vec![0.0; per * g.elems])?;
+            gs.push((g.params.clone(), g.grads.clone(), g.elems, moments));
+        }
+        let state = super::readback::upload(ctx, "optimiser state", &vec![0.0; OPT_HEADER + groups.len()])?;
+        Ok(Optimizer { kind, clip, groups: gs, state })
+    }
+
+    /// Appends one step: the global gradient norm, clipping, and the update of every group.
+    pub fn record_step(&self, b: &mut OpBuilder) -> Result<()> {
+        for (i, (_, grads, elems, _)) in self.groups.iter().enumerate() {
+            let p = TrainParams { n: *elems as u32, state_off: (OPT_HEADER + i) as u32, ..Default::default() };
+            b.push_train(TrainKernel::SumSq, p, [Some(grads), None, None, None, None, Some(&self.state)], [1, 1, 1]);
+        }
+        let (f1, f2) = match self.kind {
+            OptimizerKind::Adam { beta1, beta2, .. } => (beta1, beta2),
+            OptimizerKind::Sgd { .. } => (0.0, 0.0),
+        };
+        let p = TrainParams { count: self.groups.len() as u32, f0: self.clip.unwrap_or(0.0), f1, f2, ..Default::default() };
+        b.push_train(TrainKernel::OptBegin, p, [None, None, None, None, None, Some(&self.state)], [1, 1, 1]);
+        for (params, grads, elems, moments) in &self.groups {
+            let (k, p) = match self.kind {
+                OptimizerKind::Adam { lr, beta1, beta2, eps } => (TrainKernel::Adam, TrainParams { n: *elems as u32, f0: lr, f1: beta1, f2: beta2, f3: eps, ..Default::default() }),
+                OptimizerKind::Sgd { lr, momentum } => (TrainKernel::Sgd, TrainParams { n: *elems as u32, f0: lr, f1: momentum, ..Default::default() }),
+            };
+            b.push_train(k, p, [Some(grads), None, None, Some(params), Some(moments), Some(&self.state)], linear_groups(*elems));
+        }
+        Ok(())
+    }
+
+    /// The state block buffer (see shaders/train.wgsl for its layout).
+    pub fn state_buffer(&self) -> &wgpu::Buffer {
+        &self.state
+    }
+
+    /// Reads the step count, last gradient norm and skipped steps (one submit and wait).
+    pub fn read_state(&self, ctx: &Context) -> Result<OptimizerState> {
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("optimiser state") });
+        let mut rb = super::readback::Readback::new();
+        rb.copy(ctx, &mut enc, &self.state, OPT_HEADER)?;
+        let s = rb.submit_and_read(ctx, enc)?.remove(0);
+        Ok(OptimizerState { steps: s[0], grad_norm: s[4], skipped: s[5] })
+    }
+}
+
+/// Reads `n` floats from the start of `buf` (one submit and wait): metric blocks, losses.
+pub fn read_f32(ctx: &Context, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+    let _serial = ctx.exclusive();
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read back") });
+    let mut rb = super::readback::Readback::new();
+    rb.copy(ctx, &mut enc, buf, n)?;
+    Ok(rb.submit_and_read(ctx, enc)?.remove(0))
+}
