@@ -103,6 +103,8 @@ pub enum Kernel {
     RecurrentGrad { gates: u32, vec4: bool },
     ProjGrad,
     Gemm,
+    /// The generic product for n <= 128 (4 adjacent columns per invocation).
+    GemmNarrow,
     Gemm4,
     Gemm44,
     Gemm4T,
@@ -163,7 +165,7 @@ impl Kernel {
             Step { .. } | LoopStep { .. } | ProjForward => Family::StepForward,
             CellGrad { .. } | LoopGrad { .. } | ProjGrad => Family::StepBackward,
             RecurrentGrad { .. } => Family::RecurrentGrad,
-            Gemm | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
+            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum => Family::Util,
             Train(_) => Family::Train,
         }
@@ -182,6 +184,7 @@ impl Kernel {
             RecurrentGrad { .. } => "recurrent_grad",
             ProjGrad => "proj_grad",
             Gemm => "gemm",
+            GemmNarrow => "gemm_narrow",
             Gemm4 => "gemm4",
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
@@ -397,6 +400,8 @@ impl GemmParams {
             Kernel::Gemm4T
         } else if b4 {
             Kernel::Gemm4
+        } else if self.n <= 128 {
+            Kernel::GemmNarrow
         } else {
             Kernel::Gemm
         }
