@@ -520,6 +520,37 @@ impl Optimizer {
         &self.state
     }
 
+    /// The whole optimiser state (state block, then each group's moments), for checkpoints.
+    pub fn export(&self, ctx: &Context) -> Result<Vec<Vec<f32>>> {
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("optimiser export") });
+        let mut rb = super::readback::Readback::new();
+        rb.copy(ctx, &mut enc, &self.state, OPT_HEADER + self.groups.len())?;
+        for (_, _, _, m) in &self.groups {
+            rb.copy(ctx, &mut enc, m, (m.size() / 4) as usize)?;
+        }
+        rb.submit_and_read(ctx, enc)
+    }
+
+    /// Restores what [`Optimizer::export`] returned (same groups and kind, else a typed error).
+    pub fn import(&self, ctx: &Context, parts: &[Vec<f32>]) -> Result<()> {
+        if parts.len() != self.groups.len() + 1 {
+            return Err(Error::ShapeMismatch { what: "optimiser state parts".into(), expected: vec![self.groups.len() + 1], got: vec![parts.len()] });
+        }
+        let bufs = std::iter::once(&self.state).chain(self.groups.iter().map(|g| &g.3));
+        for (i, (buf, data)) in bufs.zip(parts).enumerate() {
+            let want = if i == 0 { OPT_HEADER + self.groups.len() } else { (buf.size() / 4) as usize };
+            if data.len() != want {
+                return Err(Error::ShapeMismatch { what: format!("optimiser state part {i}"), expected: vec![want], got: vec![data.len()] });
+            }
+            if !data.iter().all(|v| v.is_finite()) {
+                return Err(Error::NonFinite(format!("optimiser state part {i}")));
+            }
+            ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+        }
+        Ok(())
+    }
+
     /// Reads the step count, last gradient norm and skipped steps (one submit and wait).
     pub fn read_state(&self, ctx: &Context) -> Result<OptimizerState> {
         let _serial = ctx.exclusive();

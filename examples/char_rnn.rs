@@ -1,0 +1,468 @@
+//! A character-level language model on tiny shakespeare (Karpathy's char-rnn task): an
+//! embedding, a two-layer LSTM and a linear head over the 65 characters, trained on the GPU
+//! with truncated backpropagation through time. The training text (first 90%) is cut into
+//! `--batch` parallel streams; each step takes the next `--bptt` characters of every stream,
+//! starts from the states the previous chunk ended in (carried on the device, gradients not
+//! propagated across chunks), and trains with softmax cross-entropy, Adam and clipping.
+//! Validation loss (nats per character) is measured on the last 10% the same way. Samples
+//! are drawn on the CPU from the trained weights at `--temperature`. Checkpoints (model and
+//! optimiser state, safetensors) are written every evaluation and `--resume` continues one.
+//!
+//!     cargo run --release --example char_rnn
+//!     cargo run --release --example char_rnn -- --minutes 2 --sample 300
+//!     cargo run --release --example char_rnn -- --resume target/char_rnn/checkpoint.safetensors
+
+#[path = "common/mod.rs"]
+mod common;
+
+use clap::Parser;
+use common::plot::{write_png, Panel, Series, BLUE, GREEN};
+use common::{data_path, forget_bias, normal, weights_of, Metrics};
+use rand::{Rng, SeedableRng};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use wgpu_rnn::cpu::Pass;
+use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, Program};
+use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, TrackedBuffer};
+use wgpu_rnn::io::TensorFile;
+use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
+
+#[derive(Parser, Debug)]
+#[command(about = "Character-level LSTM on tiny shakespeare, trained on the GPU with truncated BPTT")]
+struct Args {
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    #[arg(long, default_value_t = 2)]
+    layers: usize,
+    /// Embedding width.
+    #[arg(long, default_value_t = 64)]
+    embed: usize,
+    /// Parallel streams.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Characters per truncated-BPTT chunk.
+    #[arg(long, default_value_t = 100)]
+    bptt: usize,
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 5.0)]
+    clip: f32,
+    /// Training time budget in minutes (training stops at the first evaluation past it).
+    #[arg(long, default_value_t = 20.0)]
+    minutes: f64,
+    /// Most training steps (0: no limit besides --minutes).
+    #[arg(long, default_value_t = 0)]
+    steps: usize,
+    /// Steps between validations (and checkpoints).
+    #[arg(long, default_value_t = 100)]
+    eval_every: usize,
+    /// Characters to sample at the end.
+    #[arg(long, default_value_t = 600)]
+    sample: usize,
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value = "target/char_rnn")]
+    out: PathBuf,
+    /// Continue from a checkpoint written by this example.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+}
+
+/// The text as class ids, cut into `b` streams (the tail that does not fill a chunk is dropped).
+fn streams(ids: &[u32], b: usize, t: usize) -> Vec<Vec<u32>> {
+    let per = ((ids.len() - 1) / b / t) * t + 1; // chunks of t inputs plus one target
+    (0..b).map(|j| ids[j * (per - 1)..j * (per - 1) + per].to_vec()).collect()
+}
+
+/// Inputs and targets of chunk `c`, in packed (time-major) order.
+fn chunk(s: &[Vec<u32>], c: usize, t: usize) -> (Vec<u32>, Vec<u32>) {
+    let b = s.len();
+    let mut x = Vec::with_capacity(t * b);
+    let mut y = Vec::with_capacity(t * b);
+    for step in 0..t {
+        for st in s {
+            x.push(st[c * t + step]);
+            y.push(st[c * t + step + 1]);
+        }
+    }
+    (x, y)
+}
+
+struct Model {
+    ctx: Arc<Context>,
+    cfg: RnnConfig,
+    vocab: usize,
+    rnn: GpuRnn,
+    table: TrackedBuffer,
+    table_grad: TrackedBuffer,
+    head: TrackedBuffer,
+    _head_grad: TrackedBuffer,
+    train_plan: Plan,
+    eval_plan: Plan,
+    x: TrackedBuffer,
+    targets: TrackedBuffer,
+    out: TrackedBuffer,
+    /// Carried states, [h0, c0, h_n, c_n]: one set for training, one for validation.
+    states: [[TrackedBuffer; 4]; 2],
+    state_len: usize,
+    dout: TrackedBuffer,
+    gi: TrackedBuffer,
+    gh0: TrackedBuffer,
+    gc0: TrackedBuffer,
+    gw: TrackedBuffer,
+    opt: Optimizer,
+    metrics: Metrics,
+    mid_train: Program,
+    mid_eval: Program,
+    _scratch: (TrackedBuffer, TrackedBuffer, TrackedBuffer),
+}
+
+impl Model {
+    fn new(ctx: &Arc<Context>, a: &Args, vocab: usize) -> Result<Self> {
+        let mut cfg = RnnConfig::new(Mode::Lstm, a.embed, a.hidden);
+        cfg.num_layers = a.layers;
+        let mut w = Weights::<f32>::init_uniform(&cfg, a.seed)?;
+        forget_bias(&mut w);
+        let rnn = GpuRnn::new(ctx, &w)?;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);
+        let table = upload(ctx, "embedding", &normal(&mut rng, vocab * a.embed, 1.0))?;
+        let head_shape = LinearShape { rows: a.batch * a.bptt, input: a.hidden, output: vocab };
+        let bound = 1.0 / (a.hidden as f32).sqrt();
+        let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
+        let head = upload(ctx, "head", &head_init)?;
+        let lengths = vec![a.bptt; a.batch];
+        let probe = PackedSequence::from_padded(&vec![0.0f32; a.bptt * a.batch], [a.bptt, a.batch, 1], false, &lengths)?;
+        let layout = SeqLayout::of(&probe)?;
+        let inputs = StateInputs { h0: true, c0: true, grad_h_n: false, grad_c_n: false };
+        let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, inputs)?;
+        let eval_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, inputs)?;
+        let n = a.batch * a.bptt;
+        let state_len = a.layers * a.batch * a.hidden;
+        let welems = train_plan.weight_elems();
+        let state_set = || -> Result<[TrackedBuffer; 4]> { Ok([storage(ctx, "h0", state_len)?, storage(ctx, "c0", state_len)?, storage(ctx, "h_n", state_len)?, storage(ctx, "c_n", state_len)?]) };
+        let table_grad = storage(ctx, "embedding grad", vocab * a.embed)?;
+        let head_grad = storage(ctx, "head grad", head_shape.param_elems())?;
+        let gw = storage(ctx, "grad weights", welems)?;
+        let opt = Optimizer::new(
+            ctx,
+            OptimizerKind::adam(a.lr),
+            Some(a.clip),
+            &[
+                ParamGroup { params: &table, grads: &table_grad, elems: vocab * a.embed },
+                ParamGroup { params: rnn.weights_buffer(), grads: &gw, elems: welems },
+                ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
+            ],
+        )?;
+        let metrics = Metrics::new(ctx, 2)?;
+        let out = storage(ctx, "output", n * a.hidden)?;
+        let targets = storage(ctx, "targets", n)?;
+        let logits = storage(ctx, "logits", n * vocab)?;
+        let dlogits = storage(ctx, "grad logits", n * vocab)?;
+        let dout = storage(ctx, "grad output", n * a.hidden)?;
+        let scratch = storage(ctx, "loss scratch", 2 * n)?;
+        let mut mid = OpBuilder::new(ctx);
+        mid.linear_forward(head_shape, &out, &head, &logits)?;
+        mid.softmax_cross_entropy(n, vocab, &logits, &targets, 0, &dlogits, &scratch, &metrics.buf, metrics.offset(0))?;
+        mid.linear_backward(head_shape, &out, &head, &dlogits, &head_grad, Some(&dout))?;
+        let mut ev = OpBuilder::new(ctx);
+        ev.linear_forward(head_shape, &out, &head, &logits)?;
+        ev.softmax_cross_entropy(n, vocab, &logits, &targets, 0, &dlogits, &scratch, &metrics.buf, metrics.offset(1))?;
+        Ok(Model {
+            ctx: ctx.clone(),
+            cfg,
+            vocab,
+            rnn,
+            table,
+            table_grad,
+            head,
+            _head_grad: head_grad,
+            train_plan,
+            eval_plan,
+            x: storage(ctx, "x", n * a.embed)?,
+            targets,
+            out,
+            states: [state_set()?, state_set()?],
+            state_len,
+            dout,
+            gi: storage(ctx, "grad input", n * a.embed)?,
+            gh0: storage(ctx, "grad h0", state_len)?,
+            gc0: storage(ctx, "grad c0", state_len)?,
+            gw,
+            opt,
+            metrics,
+            mid_train: mid.build()?,
+            mid_eval: ev.build()?,
+            _scratch: (logits, dlogits, scratch),
+        })
+    }
+
+    /// Zeroes a set of carried states (0: training, 1: validation).
+    fn reset_states(&self, set: usize) -> Result<()> {
+        let mut b = OpBuilder::new(&self.ctx);
+        for s in &self.states[set] {
+            b.fill(s, 0, self.state_len, 0.0)?;
+        }
+        b.run(&[])?;
+        Ok(())
+    }
+
+    /// One chunk: training (forward, loss, backward, Adam) or validation (forward, loss);
+    /// the final states become the next chunk's initial states. One submit, no readback.
+    fn run_chunk(&self, x: &[u32], y: &[u32], train: bool) -> Result<()> {
+        let ctx = &self.ctx;
+        let e = self.cfg.input_size;
+        let index = EmbeddingIndex::new(x, self.vocab, None)?;
+        let idx = upload_u32(ctx, "token index", &index.data)?;
+        ctx.queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(y));
+        let mut pre = OpBuilder::new(ctx);
+        pre.embedding_forward(&self.table, &idx, &index, e, &self.x)?;
+        let pre = pre.build()?;
+        let post = if train {
+            let mut post = OpBuilder::new(ctx);
+            post.embedding_backward(&self.gi, &idx, &index, e, &self.table_grad)?;
+            self.opt.record_step(&mut post)?;
+            Some(post.build()?)
+        } else {
+            None
+        };
+        let [h0, c0, hn, cn] = &self.states[if train { 0 } else { 1 }];
+        let plan = if train { &self.train_plan } else { &self.eval_plan };
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        pre.record(&mut enc);
+        let w = self.rnn.weights_buffer();
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: w, input: &self.x, output: &self.out, h0: Some(h0), c0: Some(c0), h_n: hn, c_n: Some(cn) })?;
+        if let Some(post) = &post {
+            self.mid_train.record(&mut enc);
+            plan.record_backward(
+                &mut enc,
+                &BackwardBuffers {
+                    weights: w,
+                    input: &self.x,
+                    output: &self.out,
+                    h0: Some(h0),
+                    c0: Some(c0),
+                    grad_output: &self.dout,
+                    grad_h_n: None,
+                    grad_c_n: None,
+                    grad_input: &self.gi,
+                    grad_h0: &self.gh0,
+                    grad_c0: Some(&self.gc0),
+                    grad_weights: &self.gw,
+                },
+            )?;
+            post.record(&mut enc);
+        } else {
+            self.mid_eval.record(&mut enc);
+        }
+        // Carry the states into the next chunk (after the backward, which reads h0/c0).
+        enc.copy_buffer_to_buffer(hn, 0, h0, 0, Some(h0.size()));
+        enc.copy_buffer_to_buffer(cn, 0, c0, 0, Some(c0.size()));
+        ctx.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
+    fn tensors(&self) -> Result<TensorFile> {
+        let mut f = TensorFile::default();
+        let e = self.cfg.input_size;
+        let table = read_f32(&self.ctx, &self.table, self.vocab * e)?;
+        f.put_float("embedding.weight", vec![self.vocab, e], table.iter().map(|&x| x as f64).collect());
+        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.");
+        let (h, v) = (self.cfg.hidden_size, self.vocab);
+        let head = read_f32(&self.ctx, &self.head, v * h + v)?;
+        f.put_float("head.weight", vec![v, h], head[..v * h].iter().map(|&x| x as f64).collect());
+        f.put_float("head.bias", vec![v], head[v * h..].iter().map(|&x| x as f64).collect());
+        Ok(f)
+    }
+
+    /// Model under PyTorch's names, optimiser state under `optim.*`, progress in the metadata.
+    fn checkpoint(&self, path: &std::path::Path, step: usize, chars: &str) -> Result<()> {
+        let mut f = self.tensors()?;
+        for (i, part) in self.opt.export(&self.ctx)?.into_iter().enumerate() {
+            f.put_float(format!("optim.{i}"), vec![part.len()], part.iter().map(|&x| x as f64).collect());
+        }
+        f.metadata.insert("step".into(), step.to_string());
+        f.metadata.insert("chars".into(), serde_json::to_string(chars).expect("string"));
+        f.write(path)
+    }
+
+    fn restore(&self, f: &TensorFile) -> Result<usize> {
+        let put = |buf: &wgpu::Buffer, name: &str, elems: usize| -> Result<()> {
+            let t = f.float(name)?;
+            if t.data.len() != elems {
+                return Err(Error::ShapeMismatch { what: name.into(), expected: vec![elems], got: t.shape.clone() });
+            }
+            let v: Vec<f32> = t.data.iter().map(|&x| x as f32).collect();
+            self.ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(&v));
+            Ok(())
+        };
+        let (h, v, e) = (self.cfg.hidden_size, self.vocab, self.cfg.input_size);
+        put(&self.table, "embedding.weight", v * e)?;
+        let w = Weights::<f32>::from_tensor_file(&self.cfg, f, "rnn.")?;
+        let mut flat = Vec::new();
+        w.for_each(|_, _, _, x| flat.extend_from_slice(x));
+        self.ctx.queue.write_buffer(self.rnn.weights_buffer(), 0, bytemuck::cast_slice(&flat));
+        let head_w = f.float("head.weight")?;
+        let head_b = f.float("head.bias")?;
+        if head_w.data.len() != v * h || head_b.data.len() != v {
+            return Err(Error::ShapeMismatch { what: "head".into(), expected: vec![v, h], got: head_w.shape.clone() });
+        }
+        let head: Vec<f32> = head_w.data.iter().chain(&head_b.data).map(|&x| x as f32).collect();
+        self.ctx.queue.write_buffer(&self.head, 0, bytemuck::cast_slice(&head));
+        let mut parts = Vec::new();
+        while let Some(t) = f.float_opt(&format!("optim.{}", parts.len()))? {
+            parts.push(t.data.iter().map(|&x| x as f32).collect());
+        }
+        self.opt.import(&self.ctx, &parts)?;
+        f.metadata.get("step").and_then(|s| s.parse().ok()).ok_or_else(|| Error::Metadata("checkpoint has no step".into()))
+    }
+
+    /// Validation loss in nats per character over the whole validation text.
+    fn validate(&self, val: &[Vec<u32>], t: usize) -> Result<f64> {
+        self.reset_states(1)?;
+        for c in 0..(val[0].len() - 1) / t {
+            let (x, y) = chunk(val, c, t);
+            self.run_chunk(&x, &y, false)?;
+        }
+        Ok(self.metrics.take(1)?.loss)
+    }
+}
+
+/// Samples `n` characters on the CPU from the trained weights, starting after `prime`.
+fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize, temperature: f32, rng: &mut impl Rng) -> Result<String> {
+    let w = Weights::<f32>::from_tensor_file(cfg, f, "rnn.")?;
+    let table: Vec<f32> = f.float("embedding.weight")?.data.iter().map(|&x| x as f32).collect();
+    let head_w: Vec<f32> = f.float("head.weight")?.data.iter().map(|&x| x as f32).collect();
+    let head_b: Vec<f32> = f.float("head.bias")?.data.iter().map(|&x| x as f32).collect();
+    let (e, h, v) = (cfg.input_size, cfg.hidden_size, chars.len());
+    let states = cfg.num_layers * h;
+    let (mut hs, mut cs) = (vec![0.0f32; states], vec![0.0f32; states]);
+    let mut out = String::from(prime);
+    let mut last = chars.iter().position(|&c| c == '\n').unwrap_or(0);
+    let mut feed: Vec<usize> = prime.chars().filter_map(|c| chars.iter().position(|&d| d == c)).collect();
+    if feed.is_empty() {
+        feed.push(last);
+    }
+    let mut produced = 0;
+    while produced < n {
+        let id = if let Some(&p) = feed.first() { feed.remove(0); p } else { last };
+        let x = PackedSequence::from_padded(&table[id * e..(id + 1) * e], [1, 1, e], false, &[1])?;
+        let (o, _) = wgpu_rnn::cpu::forward(&w, &x, Some(&hs), Some(&cs), Pass::Inference)?;
+        hs = o.h_n.data;
+        cs = o.c_n.map(|t| t.data).unwrap_or_default();
+        if !feed.is_empty() {
+            continue;
+        }
+        let top = &o.output.data;
+        let logits: Vec<f32> = (0..v).map(|c| (head_b[c] + (0..h).map(|k| head_w[c * h + k] * top[k]).sum::<f32>()) / temperature).collect();
+        let m = logits.iter().cloned().fold(f32::MIN, f32::max);
+        let p: Vec<f32> = logits.iter().map(|z| (z - m).exp()).collect();
+        let mut u = rng.random::<f32>() * p.iter().sum::<f32>();
+        last = v - 1;
+        for (c, &pc) in p.iter().enumerate() {
+            if u < pc {
+                last = c;
+                break;
+            }
+            u -= pc;
+        }
+        out.push(chars[last]);
+        produced += 1;
+    }
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    if a.batch == 0 || a.bptt == 0 || a.hidden == 0 || a.layers == 0 || a.embed == 0 || a.eval_every == 0 || !(a.temperature > 0.0) {
+        return Err(Error::InvalidConfig("batch, bptt, hidden, layers, embed, eval-every and temperature must be positive".into()));
+    }
+    let text = std::fs::read_to_string(data_path("tinyshakespeare.txt"))?;
+    let mut chars: Vec<char> = text.chars().collect();
+    chars.sort_unstable();
+    chars.dedup();
+    let ids: Vec<u32> = text.chars().map(|c| chars.binary_search(&c).expect("in vocabulary") as u32).collect();
+    let split = ids.len() * 9 / 10;
+    let (train_ids, val_ids) = ids.split_at(split);
+    let train = streams(train_ids, a.batch, a.bptt);
+    let val = streams(val_ids, a.batch, a.bptt);
+    let chunks = (train[0].len() - 1) / a.bptt;
+    if chunks == 0 || (val[0].len() - 1) / a.bptt == 0 {
+        return Err(Error::InvalidConfig("batch * bptt is too large for the text".into()));
+    }
+    let ctx = Context::new()?;
+    println!("adapter: {}", ctx.describe());
+    println!(
+        "{} characters ({} distinct), train {} / validation {}; LSTM {} layers x {}, embedding {}, {} streams x {} steps, Adam {}, clip {}",
+        ids.len(),
+        chars.len(),
+        train_ids.len(),
+        val_ids.len(),
+        a.layers,
+        a.hidden,
+        a.embed,
+        a.batch,
+        a.bptt,
+        a.lr,
+        a.clip
+    );
+    let model = Model::new(&ctx, &a, chars.len())?;
+    std::fs::create_dir_all(&a.out)?;
+    let ckpt = a.out.join("checkpoint.safetensors");
+    let chars_str: String = chars.iter().collect();
+    let mut step = 0;
+    if let Some(p) = &a.resume {
+        let f = TensorFile::read(p)?;
+        if f.metadata.get("chars").map(|s| s.as_str()) != Some(serde_json::to_string(&chars_str).expect("string").as_str()) {
+            return Err(Error::Metadata("checkpoint was trained on another character set".into()));
+        }
+        step = model.restore(&f)?;
+        println!("resumed from {} at step {step}", p.display());
+    }
+    let start = Instant::now();
+    let (mut train_pts, mut val_pts) = (Vec::new(), Vec::new());
+    let mut best = f64::INFINITY;
+    model.reset_states(0)?;
+    loop {
+        let c = step % chunks;
+        if c == 0 {
+            model.reset_states(0)?;
+        }
+        let (x, y) = chunk(&train, c, a.bptt);
+        model.run_chunk(&x, &y, true)?;
+        step += 1;
+        let out_of_time = start.elapsed().as_secs_f64() > a.minutes * 60.0 || (a.steps > 0 && step >= a.steps);
+        if step % a.eval_every == 0 || out_of_time {
+            let tr = model.metrics.take(0)?.loss;
+            let vl = model.validate(&val, a.bptt)?;
+            let mins = start.elapsed().as_secs_f64() / 60.0;
+            let epoch = step as f64 / chunks as f64;
+            println!("step {step:>5} (epoch {epoch:.2}, {mins:.1} min): train {tr:.4}, validation {vl:.4} nats/char");
+            train_pts.push((mins, tr));
+            val_pts.push((mins, vl));
+            best = best.min(vl);
+            model.checkpoint(&ckpt, step, &chars_str)?;
+            if out_of_time {
+                break;
+            }
+        }
+    }
+    let plot = a.out.join("char_rnn.png");
+    write_png(
+        &plot,
+        &[Panel {
+            title: "LOSS (NATS/CHAR)",
+            x_label: "MINUTES",
+            series: vec![Series { label: "TRAIN", color: BLUE, points: &train_pts }, Series { label: "VALIDATION", color: GREEN, points: &val_pts }],
+        }],
+    )?;
+    let f = TensorFile::read(&ckpt)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    println!("\n--- sample (temperature {}) ---\n{}\n---", a.temperature, sample(&f, &model.cfg, &chars, "ROMEO:\n", a.sample, a.temperature, &mut rng)?);
+    println!("wrote {} and {}", plot.display(), ckpt.display());
+    println!("final validation loss: {:.4} nats/char (best {best:.4}) after {step} steps, {:.1} min", val_pts.last().map(|p| p.1).unwrap_or(f64::NAN), start.elapsed().as_secs_f64() / 60.0);
+    Ok(())
+}

@@ -1,0 +1,93 @@
+//! Helpers the training examples share: the data folder, metric blocks read back from the
+//! device, weights read back from a GPU model, and the PNG plot.
+#![allow(dead_code)]
+
+pub mod plot;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use wgpu_rnn::gpu::train::{read_f32, OpBuilder, METRIC_FLOATS};
+use wgpu_rnn::gpu::{upload, Context, GpuRnn, TrackedBuffer};
+use wgpu_rnn::{Error, Result, Weights};
+
+/// `examples/data/<name>` (copied from ../shared/data, see its README for sources).
+pub fn data_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name)
+}
+
+/// Metric blocks on the device (`[loss sum, correct, rows, -]` each, see the training kit).
+pub struct Metrics {
+    ctx: Arc<Context>,
+    pub buf: TrackedBuffer,
+    blocks: usize,
+}
+
+/// Totals since a block was last reset.
+#[derive(Clone, Copy, Debug)]
+pub struct Totals {
+    pub loss: f64,
+    pub accuracy: f64,
+    pub rows: f64,
+}
+
+impl Metrics {
+    pub fn new(ctx: &Arc<Context>, blocks: usize) -> Result<Self> {
+        Ok(Metrics { ctx: ctx.clone(), buf: upload(ctx, "metrics", &vec![0.0; blocks * METRIC_FLOATS])?, blocks })
+    }
+
+    /// Offset of block `i` in floats.
+    pub fn offset(&self, i: usize) -> usize {
+        i * METRIC_FLOATS
+    }
+
+    /// Reads block `i` (waits for the device) and resets it; a non-finite loss is an error.
+    pub fn take(&self, i: usize) -> Result<Totals> {
+        let m = read_f32(&self.ctx, &self.buf, self.blocks * METRIC_FLOATS)?;
+        let mut b = OpBuilder::new(&self.ctx);
+        b.fill(&self.buf, i * METRIC_FLOATS, METRIC_FLOATS, 0.0)?;
+        b.run(&[])?;
+        let at = i * METRIC_FLOATS;
+        let rows = m[at + 2] as f64;
+        let t = Totals { loss: m[at] as f64 / rows.max(1.0), accuracy: m[at + 1] as f64 / rows.max(1.0), rows };
+        if !t.loss.is_finite() {
+            return Err(Error::NonFinite("training loss (lower the learning rate?)".into()));
+        }
+        Ok(t)
+    }
+}
+
+/// The model's current weights, read back from the device.
+pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
+    let flat = read_f32(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(rnn.config()).1)?;
+    let mut w = Weights::<f32>::zeros(rnn.config())?;
+    let mut at = 0;
+    w.for_each_mut(|_, _, _, v| {
+        let n = v.len();
+        v.copy_from_slice(&flat[at..at + n]);
+        at += n;
+    });
+    Ok(w)
+}
+
+/// PyTorch's LSTM forget-gate bias trick: 1 in total, split between b_ih and b_hh.
+pub fn forget_bias(w: &mut Weights<f32>) {
+    let h = w.config.hidden_size;
+    if w.config.mode == wgpu_rnn::Mode::Lstm {
+        w.for_each_mut(|kind, _, _, v| {
+            if matches!(kind, wgpu_rnn::ParamKind::BiasIh | wgpu_rnn::ParamKind::BiasHh) {
+                v[h..2 * h].iter_mut().for_each(|x| *x = 0.5);
+            }
+        });
+    }
+}
+
+/// Standard normal samples (Box-Muller), for embedding initialisation.
+pub fn normal(rng: &mut impl rand::Rng, n: usize, std: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random::<f32>().max(1e-12);
+            let u2: f32 = rng.random();
+            std * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
+}

@@ -1,0 +1,450 @@
+//! The course notebook's task: IMDB sentiment with a recurrent network over packed
+//! variable-length batches, trained on the GPU.
+//!
+//! Reviews are lower-cased, `<br />` stripped and split into words (`[a-z0-9]+('[a-z]+)?`)
+//! and `!`/`?`; the vocabulary is every word seen at least twice in the 5,000 training
+//! reviews; embeddings (50-d) start from GloVe where a word has a vector. Each review keeps
+//! its last `--max-len` tokens (the verdict tends to come at the end). Batches of reviews of
+//! similar length (bucketed by sorting) go through a bidirectional LSTM (`--cell gru` for
+//! GRU) as packed sequences, so no step is spent on padding; a linear head reads the two
+//! final states; BCE with logits, Adam, clipping by global norm. Test accuracy on the 2,500
+//! test reviews after each epoch; a loss/accuracy plot (PNG) and the model (safetensors,
+//! PyTorch's names: `embedding.weight`, `rnn.weight_ih_l0`, ..., `head.weight`, `head.bias`)
+//! are written at the end. `examples/sentiment_pytorch.py` is the same pipeline in PyTorch.
+//!
+//!     cargo run --release --example sentiment
+//!     cargo run --release --example sentiment -- --cell gru --epochs 3
+
+#[path = "common/mod.rs"]
+mod common;
+
+use clap::Parser;
+use common::plot::{write_png, Panel, Series, BLUE, GREEN, ORANGE};
+use common::{data_path, forget_bias, normal, weights_of, Metrics};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+use wgpu_rnn::cpu::Pass;
+use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
+use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, TrackedBuffer};
+use wgpu_rnn::io::TensorFile;
+use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
+
+const EMBED: usize = 50;
+const PAD: u32 = 0;
+const UNK: u32 = 1;
+
+#[derive(Parser, Debug)]
+#[command(about = "IMDB sentiment: bidirectional LSTM/GRU over packed batches, trained on the GPU")]
+struct Args {
+    #[arg(long, default_value = "lstm")]
+    cell: String,
+    #[arg(long, default_value_t = 6)]
+    epochs: usize,
+    /// Hidden units per direction.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    #[arg(long, default_value_t = 1)]
+    layers: usize,
+    /// Tokens kept per review (its last ones).
+    #[arg(long, default_value_t = 256)]
+    max_len: usize,
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f32,
+    #[arg(long, default_value_t = 5.0)]
+    clip: f32,
+    /// Words seen fewer times in the training reviews map to <unk>.
+    #[arg(long, default_value_t = 2)]
+    min_count: usize,
+    /// Use only the first N training reviews (0: all 5,000), for quick runs.
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Where the plot, the model and the vocabulary go.
+    #[arg(long, default_value = "target/sentiment")]
+    out: PathBuf,
+}
+
+/// Lower-case, `<br />` stripped, words `[a-z0-9]+('[a-z]+)?` and `!` / `?` (as the PyTorch script).
+fn tokens(text: &str) -> Vec<String> {
+    let t = text.replace("<br />", " ").to_lowercase();
+    let c: Vec<char> = t.chars().collect();
+    let word = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < c.len() {
+        if word(c[i]) {
+            let s = i;
+            while i < c.len() && word(c[i]) {
+                i += 1;
+            }
+            if i + 1 < c.len() && c[i] == '\'' && c[i + 1].is_ascii_lowercase() {
+                i += 1;
+                while i < c.len() && c[i].is_ascii_lowercase() {
+                    i += 1;
+                }
+            }
+            out.push(c[s..i].iter().collect());
+        } else {
+            if c[i] == '!' || c[i] == '?' {
+                out.push(c[i].to_string());
+            }
+            i += 1;
+        }
+    }
+    out
+}
+
+/// `text,label` CSV with every text quoted (`""` inside), one record per line.
+fn read_reviews(name: &str) -> Result<Vec<(Vec<String>, f32)>> {
+    let text = std::fs::read_to_string(data_path(name))?;
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate().skip(1) {
+        let bad = || Error::InvalidConfig(format!("{name}:{}: not a `\"text\",label` record", n + 1));
+        let (body, label) = line.rsplit_once(',').ok_or_else(bad)?;
+        let body = body.strip_prefix('"').and_then(|b| b.strip_suffix('"')).ok_or_else(bad)?;
+        let label: f32 = label.trim().parse().map_err(|_| bad())?;
+        out.push((tokens(&body.replace("\"\"", "\"")), label));
+    }
+    Ok(out)
+}
+
+struct Data {
+    itos: Vec<String>,
+    train: Vec<(Vec<u32>, f32)>,
+    test: Vec<(Vec<u32>, f32)>,
+}
+
+fn load_data(a: &Args) -> Result<Data> {
+    let mut train = read_reviews("imdb_reviews_train_1.csv")?;
+    train.extend(read_reviews("imdb_reviews_train_2.csv")?);
+    if a.limit > 0 {
+        train.truncate(a.limit);
+    }
+    let test = read_reviews("imdb_reviews_test.csv")?;
+    let mut counts: HashMap<&str, usize> = HashMap::new();
+    for (toks, _) in &train {
+        for t in toks {
+            *counts.entry(t).or_default() += 1;
+        }
+    }
+    let mut words: Vec<&str> = counts.iter().filter(|(_, &c)| c >= a.min_count).map(|(w, _)| *w).collect();
+    words.sort_unstable();
+    let mut itos = vec!["<pad>".to_string(), "<unk>".to_string()];
+    itos.extend(words.iter().map(|w| w.to_string()));
+    let stoi: HashMap<&str, u32> = itos.iter().enumerate().map(|(i, w)| (w.as_str(), i as u32)).collect();
+    let encode = |toks: &[String]| -> Vec<u32> {
+        let mut ids: Vec<u32> = toks.iter().map(|t| *stoi.get(t.as_str()).unwrap_or(&UNK)).collect();
+        if ids.is_empty() {
+            ids.push(UNK);
+        }
+        ids.split_off(ids.len().saturating_sub(a.max_len))
+    };
+    let train = train.iter().map(|(t, y)| (encode(t), *y)).collect();
+    let test = test.iter().map(|(t, y)| (encode(t), *y)).collect();
+    Ok(Data { itos, train, test })
+}
+
+/// The embedding table: GloVe rows where the word has one, else N(0, 0.1); padding zero.
+fn embedding_init(itos: &[String], rng: &mut impl Rng) -> Result<(Vec<f32>, usize)> {
+    let mut table = normal(rng, itos.len() * EMBED, 0.1);
+    table[..EMBED].iter_mut().for_each(|x| *x = 0.0);
+    let index: HashMap<&str, usize> = itos.iter().enumerate().skip(2).map(|(i, w)| (w.as_str(), i)).collect();
+    let glove = std::fs::read_to_string(data_path("glove.6B.50d.10k.txt"))?;
+    let mut found = 0;
+    for line in glove.lines() {
+        let mut parts = line.split(' ');
+        let Some(&i) = parts.next().and_then(|w| index.get(w)) else { continue };
+        let v: Vec<f32> = parts.map(|x| x.parse().unwrap_or(0.0)).collect();
+        if v.len() == EMBED {
+            table[i * EMBED..(i + 1) * EMBED].copy_from_slice(&v);
+            found += 1;
+        }
+    }
+    Ok((table, found))
+}
+
+/// Buckets: indices sorted by length (stable), cut into batches.
+fn buckets(data: &[(Vec<u32>, f32)], batch: usize) -> Vec<Vec<usize>> {
+    let mut order: Vec<usize> = (0..data.len()).collect();
+    order.sort_by_key(|&i| data[i].0.len());
+    order.chunks(batch).map(|c| c.to_vec()).collect()
+}
+
+/// Device buffers sized for the largest batch, reused by every batch.
+struct Buffers {
+    x: TrackedBuffer,
+    out: TrackedBuffer,
+    hn: TrackedBuffer,
+    cn: TrackedBuffer,
+    zeros: TrackedBuffer,
+    dhn: TrackedBuffer,
+    gi: TrackedBuffer,
+    gh0: TrackedBuffer,
+    gc0: TrackedBuffer,
+    gw: TrackedBuffer,
+    feat: TrackedBuffer,
+    logits: TrackedBuffer,
+    targets: TrackedBuffer,
+    dlogits: TrackedBuffer,
+    dfeat: TrackedBuffer,
+}
+
+struct Model {
+    ctx: Arc<Context>,
+    cfg: RnnConfig,
+    rnn: GpuRnn,
+    table: TrackedBuffer,
+    table_grad: TrackedBuffer,
+    vocab: usize,
+    head: TrackedBuffer,
+    head_grad: TrackedBuffer,
+    bufs: Buffers,
+    opt: Optimizer,
+    metrics: Metrics,
+}
+
+/// One batch, packed: token ids in packed order and the layout.
+struct Batch {
+    index: EmbeddingIndex,
+    layout: SeqLayout,
+    targets: Vec<f32>,
+}
+
+fn make_batch(data: &[(Vec<u32>, f32)], idx: &[usize], vocab: usize) -> Result<Batch> {
+    let seqs: Vec<Vec<f32>> = idx.iter().map(|&i| data[i].0.iter().map(|&t| t as f32).collect()).collect();
+    let refs: Vec<&[f32]> = seqs.iter().map(|s| s.as_slice()).collect();
+    let packed = PackedSequence::from_sequences(&refs, 1)?;
+    let ids: Vec<u32> = packed.data.iter().map(|&v| v as u32).collect();
+    Ok(Batch { index: EmbeddingIndex::new(&ids, vocab, Some(PAD))?, layout: SeqLayout::of(&packed)?, targets: idx.iter().map(|&i| data[i].1).collect() })
+}
+
+impl Model {
+    fn new(ctx: &Arc<Context>, a: &Args, mode: Mode, table: &[f32], vocab: usize) -> Result<Self> {
+        let mut cfg = RnnConfig::new(mode, EMBED, a.hidden);
+        cfg.num_layers = a.layers;
+        cfg.bidirectional = true;
+        let mut w = Weights::<f32>::init_uniform(&cfg, a.seed)?;
+        forget_bias(&mut w);
+        let rnn = GpuRnn::new(ctx, &w)?;
+        let (h, b, l) = (a.hidden, a.batch, a.layers);
+        let n = b * a.max_len;
+        let states = l * 2 * b * h;
+        let head_shape = LinearShape { rows: b, input: 2 * h, output: 1 };
+        let bound = 1.0 / ((2 * h) as f32).sqrt();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);
+        let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
+        let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
+        let bufs = Buffers {
+            x: storage(ctx, "x", n * EMBED)?,
+            out: storage(ctx, "output", n * 2 * h)?,
+            hn: storage(ctx, "h_n", states)?,
+            cn: storage(ctx, "c_n", states)?,
+            zeros: upload(ctx, "zeros", &vec![0.0; (n * 2 * h).max(states)])?,
+            dhn: upload(ctx, "grad h_n", &vec![0.0; states])?,
+            gi: storage(ctx, "grad input", n * EMBED)?,
+            gh0: storage(ctx, "grad h0", states)?,
+            gc0: storage(ctx, "grad c0", states)?,
+            gw: storage(ctx, "grad weights", welems)?,
+            feat: storage(ctx, "features", b * 2 * h)?,
+            logits: storage(ctx, "logits", b)?,
+            targets: storage(ctx, "targets", b)?,
+            dlogits: storage(ctx, "grad logits", b)?,
+            dfeat: storage(ctx, "grad features", b * 2 * h)?,
+        };
+        let table_buf = upload(ctx, "embedding", table)?;
+        let table_grad = storage(ctx, "embedding grad", table.len())?;
+        let head = upload(ctx, "head", &head_init)?;
+        let head_grad = storage(ctx, "head grad", head_shape.param_elems())?;
+        let opt = Optimizer::new(
+            ctx,
+            OptimizerKind::adam(a.lr),
+            Some(a.clip),
+            &[
+                ParamGroup { params: &table_buf, grads: &table_grad, elems: table.len() },
+                ParamGroup { params: rnn.weights_buffer(), grads: &bufs.gw, elems: welems },
+                ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
+            ],
+        )?;
+        Ok(Model { ctx: ctx.clone(), cfg, rnn, table: table_buf, table_grad, vocab, head, head_grad, bufs, opt, metrics: Metrics::new(ctx, 2)? })
+    }
+
+    fn forward_buffers(&self) -> ForwardBuffers<'_> {
+        let lstm = self.cfg.mode == Mode::Lstm;
+        ForwardBuffers { weights: self.rnn.weights_buffer(), input: &self.bufs.x, output: &self.bufs.out, h0: None, c0: None, h_n: &self.bufs.hn, c_n: lstm.then_some(&*self.bufs.cn) }
+    }
+
+    /// Records one batch: training (forward, loss, backward, Adam) into metric block 0, or
+    /// evaluation (forward, loss) into block 1. One submit; nothing is read back.
+    fn run_batch(&self, batch: &Batch, train: bool) -> Result<()> {
+        let ctx = &self.ctx;
+        let c = &self.cfg;
+        let (b, h) = (batch.targets.len(), c.hidden_size);
+        let lstm = c.mode == Mode::Lstm;
+        let bf = &self.bufs;
+        let pass = if train { Pass::Training } else { Pass::Inference };
+        let inputs = StateInputs { grad_h_n: train, grad_c_n: train && lstm, ..Default::default() };
+        let plan = Plan::new(ctx, c, &batch.layout, pass, inputs)?;
+        let idx = upload_u32(ctx, "token index", &batch.index.data)?;
+        ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
+        let head = LinearShape { rows: b, input: 2 * h, output: 1 };
+        let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
+
+        let mut pre = OpBuilder::new(ctx);
+        pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
+        let mut mid = OpBuilder::new(ctx);
+        mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
+        mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
+        let block = self.metrics.offset(if train { 0 } else { 1 });
+        mid.bce_with_logits(b, &bf.logits, &bf.targets, &bf.dlogits, &self.metrics.buf, block)?;
+        let mut post = OpBuilder::new(ctx);
+        if train {
+            mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
+            mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
+            post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
+            self.opt.record_step(&mut post)?;
+        }
+        let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
+
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        pre.record(&mut enc);
+        plan.record_forward(&mut enc, &self.forward_buffers())?;
+        mid.record(&mut enc);
+        if train {
+            plan.record_backward(
+                &mut enc,
+                &BackwardBuffers {
+                    weights: self.rnn.weights_buffer(),
+                    input: &bf.x,
+                    output: &bf.out,
+                    h0: None,
+                    c0: None,
+                    grad_output: &bf.zeros,
+                    grad_h_n: Some(&bf.dhn),
+                    grad_c_n: lstm.then_some(&*bf.zeros),
+                    grad_input: &bf.gi,
+                    grad_h0: &bf.gh0,
+                    grad_c0: lstm.then_some(&*bf.gc0),
+                    grad_weights: &bf.gw,
+                },
+            )?;
+            post.record(&mut enc);
+        }
+        ctx.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
+    /// `embedding.weight`, `rnn.*` (PyTorch's nn.LSTM / nn.GRU names), `head.weight`, `head.bias`.
+    fn save(&self, path: &std::path::Path) -> Result<()> {
+        let mut f = TensorFile::default();
+        let table = read_f32(&self.ctx, &self.table, self.vocab * EMBED)?;
+        f.put_float("embedding.weight", vec![self.vocab, EMBED], table.iter().map(|&x| x as f64).collect());
+        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.");
+        let h2 = 2 * self.cfg.hidden_size;
+        let head = read_f32(&self.ctx, &self.head, h2 + 1)?;
+        f.put_float("head.weight", vec![1, h2], head[..h2].iter().map(|&x| x as f64).collect());
+        f.put_float("head.bias", vec![1], vec![head[h2] as f64]);
+        f.write(path)
+    }
+}
+
+fn main() -> Result<()> {
+    let a = Args::parse();
+    let mode = match a.cell.as_str() {
+        "lstm" => Mode::Lstm,
+        "gru" => Mode::Gru,
+        other => return Err(Error::InvalidConfig(format!("unknown cell {other:?}: lstm or gru"))),
+    };
+    if a.batch == 0 || a.max_len == 0 || a.hidden == 0 || a.layers == 0 || a.epochs == 0 {
+        return Err(Error::InvalidConfig("batch, max-len, hidden, layers and epochs must be positive".into()));
+    }
+    let ctx = Context::new()?;
+    println!("adapter: {}", ctx.describe());
+    let data = load_data(&a)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let (table, found) = embedding_init(&data.itos, &mut rng)?;
+    let vocab = data.itos.len();
+    println!(
+        "vocabulary {vocab} ({found} from GloVe), train {}, test {}; bidirectional {} {}x{} (layers {}), last {} tokens, batch {}, Adam {}, clip {}",
+        data.train.len(),
+        data.test.len(),
+        a.cell,
+        a.hidden,
+        2,
+        a.layers,
+        a.max_len,
+        a.batch,
+        a.lr,
+        a.clip
+    );
+    let model = Model::new(&ctx, &a, mode, &table, vocab)?;
+    let mut train_batches = buckets(&data.train, a.batch);
+    let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab)).collect::<Result<_>>()?;
+    let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {elapsed} {msg}").expect("template").progress_chars("=> ");
+    let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
+    let mut records = Vec::new();
+    for epoch in 1..=a.epochs {
+        train_batches.shuffle(&mut rng);
+        let bar = ProgressBar::new(train_batches.len() as u64).with_style(style.clone()).with_prefix(epoch.to_string());
+        let start = Instant::now();
+        let (mut loss_sum, mut rows, mut correct) = (0.0, 0.0, 0.0);
+        for (k, idx) in train_batches.iter().enumerate() {
+            model.run_batch(&make_batch(&data.train, idx, vocab)?, true)?;
+            bar.inc(1);
+            if (k + 1) % 10 == 0 || k + 1 == train_batches.len() {
+                let t = model.metrics.take(0)?;
+                loss_sum += t.loss * t.rows;
+                correct += t.accuracy * t.rows;
+                rows += t.rows;
+                bar.set_message(format!("loss {:.4}", loss_sum / rows));
+            }
+        }
+        ctx.wait()?;
+        let secs = start.elapsed().as_secs_f64();
+        bar.finish();
+        for tb in &test_batches {
+            model.run_batch(tb, false)?;
+        }
+        let test = model.metrics.take(1)?;
+        let train_loss = loss_sum / rows;
+        println!(
+            "epoch {epoch}: train loss {train_loss:.4}, train accuracy {:.4}, {secs:.1} s; test loss {:.4}, test accuracy {:.4}",
+            correct / rows,
+            test.loss,
+            test.accuracy
+        );
+        loss_pts.push((epoch as f64, train_loss));
+        acc_pts.push((epoch as f64, test.accuracy * 100.0));
+        train_acc_pts.push((epoch as f64, correct / rows * 100.0));
+        records.push(format!("{{\"epoch\": {epoch}, \"train_loss\": {train_loss:.5}, \"epoch_s\": {secs:.2}, \"test_accuracy\": {:.5}}}", test.accuracy));
+        let _ = (&model.table_grad, &model.opt);
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let plot = a.out.join("sentiment.png");
+    write_png(
+        &plot,
+        &[
+            Panel { title: "TRAIN LOSS (BCE)", x_label: "EPOCH", series: vec![Series { label: "TRAIN", color: BLUE, points: &loss_pts }] },
+            Panel {
+                title: "ACCURACY %",
+                x_label: "EPOCH",
+                series: vec![Series { label: "TRAIN", color: ORANGE, points: &train_acc_pts }, Series { label: "TEST", color: GREEN, points: &acc_pts }],
+            },
+        ],
+    )?;
+    let model_path = a.out.join("sentiment.safetensors");
+    model.save(&model_path)?;
+    std::fs::write(a.out.join("vocab.txt"), data.itos.join("\n") + "\n")?;
+    std::fs::write(a.out.join("history.json"), format!("[\n{}\n]\n", records.join(",\n")))?;
+    println!("wrote {}, {} and vocab.txt", plot.display(), model_path.display());
+    println!("final test accuracy: {:.4}", acc_pts.last().map(|p| p.1 / 100.0).unwrap_or(0.0));
+    Ok(())
+}
