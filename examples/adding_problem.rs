@@ -33,14 +33,14 @@ struct Args {
     /// Sequence length.
     #[arg(long, default_value_t = 100)]
     t: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 32)]
     hidden: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Training steps (one fresh batch each).
-    #[arg(long, default_value_t = 2500)]
+    #[arg(long, default_value_t = 2000)]
     steps: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 1e-2)]
     lr: f32,
     /// Gradient clipping by global norm.
     #[arg(long, default_value_t = 1.0)]

@@ -57,6 +57,9 @@ struct Args {
     /// Steps between validations (and checkpoints).
     #[arg(long, default_value_t = 100)]
     eval_every: usize,
+    /// Validate on the first N characters of the validation text (0: all of it).
+    #[arg(long, default_value_t = 0)]
+    val_limit: usize,
     /// Characters to sample at the end.
     #[arg(long, default_value_t = 600)]
     sample: usize,
@@ -386,9 +389,15 @@ fn main() -> Result<()> {
     chars.dedup();
     let ids: Vec<u32> = text.chars().map(|c| chars.binary_search(&c).expect("in vocabulary") as u32).collect();
     let split = ids.len() * 9 / 10;
-    let (train_ids, val_ids) = ids.split_at(split);
+    let (train_ids, mut val_ids) = ids.split_at(split);
+    if a.val_limit > 0 {
+        val_ids = &val_ids[..a.val_limit.min(val_ids.len())];
+    }
     let train = streams(train_ids, a.batch, a.bptt);
     let val = streams(val_ids, a.batch, a.bptt);
+    if val_ids.len() < a.batch * (a.bptt + 1) {
+        return Err(Error::InvalidConfig("batch * bptt is too large for the validation text".into()));
+    }
     let chunks = (train[0].len() - 1) / a.bptt;
     if chunks == 0 || (val[0].len() - 1) / a.bptt == 0 {
         return Err(Error::InvalidConfig("batch * bptt is too large for the text".into()));
