@@ -220,6 +220,10 @@ fn gpu_matches_cpu_on_awkward_sizes() {
         compare_with_cpu(ctx, &RnnConfig::new(Mode::Gru, 17, 7).layers(2), &(1..=64).map(|i| 1 + i % 13).collect::<Vec<_>>(), 8, false);
         compare_with_cpu(ctx, &RnnConfig::new(Mode::Lstm, 9, 20).layers(2).bidirectional(true).proj(7), &[5, 9, 3], 9, true);
         compare_with_cpu(ctx, &RnnConfig::new(Mode::RnnRelu, 5, 33).layers(3).bidirectional(true).bias(false), &[4, 6, 6, 1], 10, true);
+        // More rows than one chunk of the weight-gradient GEMMs (k split into dispatches that
+        // accumulate): 4,650 rows with hidden 64 (4,096-row chunks), projection 20 (dW_hr).
+        let lengths: Vec<usize> = (0..50).map(|i| 70 + i % 50).collect();
+        compare_with_cpu(ctx, &RnnConfig::new(Mode::Lstm, 50, 64).proj(20), &lengths, 11, false);
     }
 }
 
