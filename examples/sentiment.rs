@@ -67,6 +67,11 @@ struct Args {
     limit: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// After training, time this many epochs of the same pipeline in PyTorch on the CPU
+    /// (examples/sentiment_pytorch.py, as many threads as cores) and print the ratio of
+    /// epoch times; skipped with a note when python3 or torch is missing. 0: don't.
+    #[arg(long, default_value_t = 1)]
+    pytorch_epochs: usize,
     /// Where the plot, the model and the vocabulary go.
     #[arg(long, default_value = "target/sentiment")]
     out: PathBuf,
@@ -391,6 +396,7 @@ fn main() -> Result<()> {
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {elapsed} {msg}").expect("template").progress_chars("=> ");
     let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
     let mut records = Vec::new();
+    let mut records_s = Vec::new();
     for epoch in 1..=a.epochs {
         train_batches.shuffle(&mut rng);
         let bar = ProgressBar::new(train_batches.len() as u64).with_style(style.clone()).with_prefix(epoch.to_string());
@@ -424,6 +430,7 @@ fn main() -> Result<()> {
         loss_pts.push((epoch as f64, train_loss));
         acc_pts.push((epoch as f64, test.accuracy * 100.0));
         train_acc_pts.push((epoch as f64, correct / rows * 100.0));
+        records_s.push(secs);
         records.push(format!("{{\"epoch\": {epoch}, \"train_loss\": {train_loss:.5}, \"epoch_s\": {secs:.2}, \"test_accuracy\": {:.5}}}", test.accuracy));
         let _ = (&model.table_grad, &model.opt);
     }
@@ -445,6 +452,42 @@ fn main() -> Result<()> {
     std::fs::write(a.out.join("vocab.txt"), data.itos.join("\n") + "\n")?;
     std::fs::write(a.out.join("history.json"), format!("[\n{}\n]\n", records.join(",\n")))?;
     println!("wrote {}, {} and vocab.txt", plot.display(), model_path.display());
+    let mean_epoch = records_s.iter().sum::<f64>() / records_s.len() as f64;
+    println!("mean epoch time {mean_epoch:.1} s on {}", ctx.describe());
+    if a.pytorch_epochs > 0 {
+        compare_pytorch(&a, mean_epoch);
+    }
     println!("final test accuracy: {:.4}", acc_pts.last().map(|p| p.1 / 100.0).unwrap_or(0.0));
     Ok(())
+}
+
+/// Runs examples/sentiment_pytorch.py for the same model and prints both epoch times.
+fn compare_pytorch(a: &Args, ours: f64) {
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let json = a.out.join("pytorch.json");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/sentiment_pytorch.py");
+    println!("timing {} PyTorch CPU epoch(s) of the same model ({threads} threads) ...", a.pytorch_epochs);
+    let status = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--cell", &a.cell, "--hidden", &a.hidden.to_string(), "--max-len", &a.max_len.to_string(), "--batch", &a.batch.to_string()])
+        .args(["--lr", &a.lr.to_string(), "--clip", &a.clip.to_string(), "--min-count", &a.min_count.to_string()])
+        .args(["--limit", &a.limit.to_string(), "--epochs", &a.pytorch_epochs.to_string(), "--threads", &threads.to_string(), "--json"])
+        .arg(&json)
+        .status();
+    let parsed = status.ok().filter(|s| s.success()).and_then(|_| std::fs::read_to_string(&json).ok()).and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok());
+    let Some(v) = parsed else {
+        println!("PyTorch comparison skipped: python3 with torch did not run ({})", script.display());
+        return;
+    };
+    let secs: Vec<f64> = v["epochs"].as_array().map(|e| e.iter().filter_map(|r| r["epoch_s"].as_f64()).collect()).unwrap_or_default();
+    if secs.is_empty() {
+        println!("PyTorch comparison skipped: no epochs in {}", json.display());
+        return;
+    }
+    let theirs = secs.iter().sum::<f64>() / secs.len() as f64;
+    println!(
+        "epoch time: ours {ours:.1} s, {} on the CPU {theirs:.1} s ({threads} threads): ratio {:.2}",
+        v["framework"].as_str().unwrap_or("pytorch"),
+        ours / theirs
+    );
 }
