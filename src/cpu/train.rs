@@ -222,3 +222,29 @@ pub fn sgd_step<T: Float>(params: &mut [T], grads: &[T], buf: &mut Vec<T>, scale
         params[i] = t(params[i].to_f64() - lr * b);
     }
 }
+
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^= x >> 16;
+    x
+}
+
+/// The drop threshold for probability `p`: an element is dropped when its hash is below it.
+pub fn dropout_threshold(p: f32) -> u32 {
+    ((p as f64) * 4_294_967_296.0).min(u32::MAX as f64) as u32
+}
+
+/// The kept-element mask of [`crate::gpu::train::OpBuilder::dropout`] for `n` elements.
+pub fn dropout_mask(n: usize, p: f32, seed: u32, counter: u32) -> Vec<bool> {
+    let th = dropout_threshold(p);
+    (0..n as u32).map(|i| hash32(hash32(i ^ seed).wrapping_add(counter.wrapping_mul(0x9e37_79b9))) >= th).collect()
+}
+
+/// Inverted dropout on the CPU: kept elements scaled by `1 / (1 - p)`.
+pub fn dropout<T: Float>(x: &[T], p: f32, seed: u32, counter: u32) -> Vec<T> {
+    let scale = t::<T>(1.0 / (1.0 - p as f64));
+    x.iter().zip(dropout_mask(x.len(), p, seed, counter)).map(|(&v, keep)| if keep { v * scale } else { T::zero() }).collect()
+}

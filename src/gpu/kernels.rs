@@ -135,6 +135,7 @@ pub enum TrainKernel {
     OptBegin,
     Adam,
     Sgd,
+    Dropout,
 }
 
 impl TrainKernel {
@@ -154,6 +155,7 @@ impl TrainKernel {
             OptBegin => "opt_begin",
             Adam => "adam",
             Sgd => "sgd",
+            Dropout => "dropout",
         }
     }
 }

@@ -214,6 +214,30 @@ impl OpBuilder {
         Ok(())
     }
 
+    /// Inverted dropout of `n` elements: `dst = src * mask / (1 - p)`, the mask drawn from
+    /// `seed` and, when given, the step counter at `counter` (an optimiser's state buffer,
+    /// offset 0: its step count, so a Program built once draws a new mask each step). The
+    /// same call on the gradient (same seed and counter value) is the backward.
+    /// [`crate::cpu::train::dropout_mask`] is the CPU twin of the mask.
+    pub fn dropout(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, n: usize, p: f32, seed: u32, counter: Option<&wgpu::Buffer>) -> Result<()> {
+        nonempty("dropout length", n)?;
+        if !(0.0..1.0).contains(&p) {
+            return Err(Error::InvalidConfig(format!("dropout probability must be in [0, 1), got {p}")));
+        }
+        check_buf("dropout input", src, n)?;
+        check_buf("dropout output", dst, n)?;
+        let t = TrainParams {
+            n: u32_of("dropout length", n)?,
+            width: crate::cpu::train::dropout_threshold(p),
+            idx_off: seed,
+            count: counter.is_some() as u32,
+            f1: 1.0 / (1.0 - p),
+            ..Default::default()
+        };
+        self.push_train(TrainKernel::Dropout, t, [Some(src), None, None, Some(dst), None, counter], linear_groups(n));
+        Ok(())
+    }
+
     fn push_gemm(&mut self, p: GemmParams, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>) {
         let bufs = vec![Some(a.clone()), Some(b.clone()), Some(c.clone()), Some(bias.unwrap_or(b).clone()), Some(b.clone()), Some(a.clone())];
         self.ops.push(Pending { kernel: p.kernel(), params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups() });

@@ -351,3 +351,33 @@ fn training_kit_bad_input_gets_typed_errors() {
     assert!(matches!(Optimizer::new(ctx, OptimizerKind::adam(f32::NAN), None, &groups), Err(Error::InvalidConfig(_))));
     assert!(matches!(Optimizer::new(ctx, OptimizerKind::adam(1e-3), Some(-1.0), &groups), Err(Error::InvalidConfig(_))));
 }
+
+#[test]
+fn gpu_dropout_matches_the_cpu_mask_and_rate() {
+    let n = 10_000;
+    let p = 0.3f32;
+    let x: Vec<f64> = (0..n).map(|i| 1.0 + (i % 7) as f64).collect();
+    // The drop rate is p, and the counter changes the mask.
+    let m0 = ct::dropout_mask(n, p, 42, 0);
+    let rate = m0.iter().filter(|&&k| !k).count() as f64 / n as f64;
+    assert!((rate - 0.3).abs() < 0.02, "drop rate {rate}");
+    let m7 = ct::dropout_mask(n, p, 42, 7);
+    let same = m0.iter().zip(&m7).filter(|(a, b)| a == b).count() as f64 / n as f64;
+    assert!(same < 0.7, "masks for counters 0 and 7 agree on {same} of elements");
+    for ctx in contexts() {
+        let xb = upload(ctx, "x", &f32s(&x)).unwrap();
+        let d0 = storage(ctx, "d0", n).unwrap();
+        let d7 = storage(ctx, "d7", n).unwrap();
+        let counter = upload(ctx, "counter", &[7.0]).unwrap();
+        let mut b = OpBuilder::new(ctx);
+        b.dropout(&xb, &d0, n, p, 42, None).unwrap();
+        b.dropout(&xb, &d7, n, p, 42, Some(&counter)).unwrap();
+        let got = b.run(&[(&d0, n), (&d7, n)]).unwrap();
+        let what = ctx.describe();
+        assert_close(&format!("{what}: dropout"), &f64s(&got[0]), &ct::dropout(&x, p, 42, 0), 0.0, 1e-6);
+        assert_close(&format!("{what}: dropout with counter"), &f64s(&got[1]), &ct::dropout(&x, p, 42, 7), 0.0, 1e-6);
+    }
+    let Some(ctx) = contexts().first() else { return };
+    let big = storage(ctx, "big", 16).unwrap();
+    assert!(matches!(OpBuilder::new(ctx).dropout(&big, &big, 16, 1.0, 0, None), Err(Error::InvalidConfig(_))));
+}
