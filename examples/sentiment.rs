@@ -59,6 +59,9 @@ struct Args {
     lr: f32,
     #[arg(long, default_value_t = 5.0)]
     clip: f32,
+    /// Dropout on the embeddings during training.
+    #[arg(long, default_value_t = 0.3)]
+    dropout: f32,
     /// Words seen fewer times in the training reviews map to <unk>.
     #[arg(long, default_value_t = 2)]
     min_count: usize,
@@ -185,6 +188,9 @@ fn buckets(data: &[(Vec<u32>, f32)], batch: usize) -> Vec<Vec<usize>> {
 
 /// Device buffers sized for the largest batch, reused by every batch.
 struct Buffers {
+    /// Embedding rows before dropout, and their gradient.
+    xe: TrackedBuffer,
+    gie: TrackedBuffer,
     x: TrackedBuffer,
     out: TrackedBuffer,
     hn: TrackedBuffer,
@@ -214,6 +220,9 @@ struct Model {
     bufs: Buffers,
     opt: Optimizer,
     metrics: Metrics,
+    dropout: f32,
+    /// Batches trained so far (the dropout mask's seed).
+    batches: std::cell::Cell<u32>,
 }
 
 /// One batch, packed: token ids in packed order and the layout.
@@ -248,6 +257,8 @@ impl Model {
         let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
         let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
         let bufs = Buffers {
+            xe: storage(ctx, "embedded", n * EMBED)?,
+            gie: storage(ctx, "grad embedded", n * EMBED)?,
             x: storage(ctx, "x", n * EMBED)?,
             out: storage(ctx, "output", n * 2 * h)?,
             hn: storage(ctx, "h_n", states)?,
@@ -278,7 +289,21 @@ impl Model {
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
-        Ok(Model { ctx: ctx.clone(), cfg, rnn, table: table_buf, table_grad, vocab, head, head_grad, bufs, opt, metrics: Metrics::new(ctx, 2)? })
+        Ok(Model {
+            ctx: ctx.clone(),
+            cfg,
+            rnn,
+            table: table_buf,
+            table_grad,
+            vocab,
+            head,
+            head_grad,
+            bufs,
+            opt,
+            metrics: Metrics::new(ctx, 2)?,
+            dropout: a.dropout,
+            batches: std::cell::Cell::new(a.seed as u32 * 1_000_003),
+        })
     }
 
     fn forward_buffers(&self) -> ForwardBuffers<'_> {
@@ -302,8 +327,17 @@ impl Model {
         let head = LinearShape { rows: b, input: 2 * h, output: 1 };
         let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
 
+        let rows = batch.index.rows;
+        let drop = train && self.dropout > 0.0;
+        let seed = self.batches.get();
         let mut pre = OpBuilder::new(ctx);
-        pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
+        if drop {
+            self.batches.set(seed.wrapping_add(1));
+            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.xe)?;
+            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
+        } else {
+            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
+        }
         let mut mid = OpBuilder::new(ctx);
         mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
         mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
@@ -313,7 +347,12 @@ impl Model {
         if train {
             mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
             mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
-            post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
+            if drop {
+                post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
+                post.embedding_backward(&bf.gie, &idx, &batch.index, EMBED, &self.table_grad)?;
+            } else {
+                post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
+            }
             self.opt.record_step(&mut post)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
@@ -371,6 +410,9 @@ fn main() -> Result<()> {
     if a.batch == 0 || a.max_len == 0 || a.hidden == 0 || a.layers == 0 || a.epochs == 0 {
         return Err(Error::InvalidConfig("batch, max-len, hidden, layers and epochs must be positive".into()));
     }
+    if !(0.0..1.0).contains(&a.dropout) {
+        return Err(Error::InvalidConfig(format!("dropout must be in [0, 1), got {}", a.dropout)));
+    }
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.describe());
     let data = load_data(&a)?;
@@ -378,7 +420,7 @@ fn main() -> Result<()> {
     let (table, found) = embedding_init(&data.itos, &mut rng)?;
     let vocab = data.itos.len();
     println!(
-        "vocabulary {vocab} ({found} from GloVe), train {}, test {}; bidirectional {} {}x{} (layers {}), last {} tokens, batch {}, Adam {}, clip {}",
+        "vocabulary {vocab} ({found} from GloVe), train {}, test {}; bidirectional {} {}x{} (layers {}), last {} tokens, batch {}, Adam {}, clip {}, embedding dropout {}",
         data.train.len(),
         data.test.len(),
         a.cell,
@@ -388,7 +430,8 @@ fn main() -> Result<()> {
         a.max_len,
         a.batch,
         a.lr,
-        a.clip
+        a.clip,
+        a.dropout
     );
     let model = Model::new(&ctx, &a, mode, &table, vocab)?;
     let mut train_batches = buckets(&data.train, a.batch);
@@ -470,7 +513,7 @@ fn compare_pytorch(a: &Args, ours: f64) {
     let status = std::process::Command::new("python3")
         .arg(&script)
         .args(["--cell", &a.cell, "--hidden", &a.hidden.to_string(), "--max-len", &a.max_len.to_string(), "--batch", &a.batch.to_string()])
-        .args(["--lr", &a.lr.to_string(), "--clip", &a.clip.to_string(), "--min-count", &a.min_count.to_string()])
+        .args(["--lr", &a.lr.to_string(), "--clip", &a.clip.to_string(), "--min-count", &a.min_count.to_string(), "--dropout", &a.dropout.to_string()])
         .args(["--limit", &a.limit.to_string(), "--epochs", &a.pytorch_epochs.to_string(), "--threads", &threads.to_string(), "--json"])
         .arg(&json)
         .status();
