@@ -42,9 +42,9 @@ struct Args {
     #[arg(long, default_value_t = 64)]
     batch: usize,
     /// Characters per truncated-BPTT chunk.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 50)]
     bptt: usize,
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = 4e-3)]
     lr: f32,
     #[arg(long, default_value_t = 5.0)]
     clip: f32,
@@ -55,7 +55,7 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     steps: usize,
     /// Steps between validations (and checkpoints).
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 200)]
     eval_every: usize,
     /// Validate on the first N characters of the validation text (0: all of it).
     #[arg(long, default_value_t = 0)]
@@ -218,7 +218,7 @@ impl Model {
         let ctx = &self.ctx;
         let e = self.cfg.input_size;
         let index = EmbeddingIndex::new(x, self.vocab, None)?;
-        let idx = upload_u32(ctx, "token index", &index.data)?;
+        let idx = upload_u32(ctx, "token index", index.data())?;
         ctx.queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(y));
         let mut pre = OpBuilder::new(ctx);
         pre.embedding_forward(&self.table, &idx, &index, e, &self.x)?;

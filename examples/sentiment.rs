@@ -322,12 +322,12 @@ impl Model {
         let pass = if train { Pass::Training } else { Pass::Inference };
         let inputs = StateInputs { grad_h_n: train, grad_c_n: train && lstm, ..Default::default() };
         let plan = Plan::new(ctx, c, &batch.layout, pass, inputs)?;
-        let idx = upload_u32(ctx, "token index", &batch.index.data)?;
+        let idx = upload_u32(ctx, "token index", batch.index.data())?;
         ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
         let head = LinearShape { rows: b, input: 2 * h, output: 1 };
         let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
 
-        let rows = batch.index.rows;
+        let rows = batch.index.rows();
         let drop = train && self.dropout > 0.0;
         let seed = self.batches.get();
         let mut pre = OpBuilder::new(ctx);

@@ -29,7 +29,7 @@ struct TrainParams {
     out2_off: u32,
     state_off: u32,
     count: u32,
-    _pad0: u32,
+    extra: u32,
     _pad1: u32,
     _pad2: u32,
     f0: f32,
@@ -66,7 +66,9 @@ fn reduce_pair(l: u32) {
     workgroupBarrier();
 }
 
-// out[out_off + r * width + d] = a[a_off + idx[idx_off + r] * width + d], r < n.
+// out[out_off + r * width + d] = a[a_off + idx[idx_off + r] * width + d], r < n. Ids are
+// range-checked on the host (EmbeddingIndex::new); the kernel also clamps them below
+// extra (the vocabulary), so a bad buffer can't read outside the table.
 @compute @workgroup_size(256)
 fn embed_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
@@ -75,14 +77,16 @@ fn embed_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
     }
     let r = i / p.width;
     let d = i % p.width;
-    out[p.out_off + i] = a[p.a_off + idx[p.idx_off + r] * p.width + d];
+    let id = min(idx[p.idx_off + r], p.extra - 1u);
+    out[p.out_off + i] = a[p.a_off + id * p.width + d];
 }
 
 // The embedding gradient without atomics. idx at idx_off holds, for the `count` distinct ids
 // of a batch (padding excluded): seg[count + 1] (start of each id's run), ids[count], then
 // the rows sorted by id (stable). out[out_off + id * width + d] = sum of a[a_off + row * width
 // + d] over the id's rows, in row order. Rows of ids absent from the batch are not written
-// (the caller zeroes the table gradient first).
+// (the caller zeroes the table gradient first). Ids are clamped below extra (the
+// vocabulary) and rows below n, as in embed_forward.
 @compute @workgroup_size(256)
 fn embed_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let i = linear_id(wid, nwg, lid);
@@ -91,13 +95,13 @@ fn embed_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     }
     let u = i / p.width;
     let d = i % p.width;
-    let start = idx[p.idx_off + u];
-    let end = idx[p.idx_off + u + 1u];
-    let id = idx[p.idx_off + p.count + 1u + u];
+    let start = min(idx[p.idx_off + u], p.n);
+    let end = min(idx[p.idx_off + u + 1u], p.n);
+    let id = min(idx[p.idx_off + p.count + 1u + u], p.extra - 1u);
     let rows = p.idx_off + 2u * p.count + 1u;
     var acc = 0.0;
     for (var j = start; j < end; j++) {
-        acc += a[p.a_off + idx[rows + j] * p.width + d];
+        acc += a[p.a_off + min(idx[rows + j], p.n - 1u) * p.width + d];
     }
     out[p.out_off + id * p.width + d] = acc;
 }
@@ -238,7 +242,7 @@ fn softmax_ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     let row = p.a_off + r * p.width;
-    let t = idx[p.idx_off + r];
+    let t = min(idx[p.idx_off + r], p.width - 1u); // checked by the caller; clamped to stay in the row
     var m = a[row];
     var best = 0u;
     for (var c = 1u; c < p.width; c++) {

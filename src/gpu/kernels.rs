@@ -464,7 +464,8 @@ pub struct TrainParams {
     pub out2_off: u32,
     pub state_off: u32,
     pub count: u32,
-    pub _pad0: u32,
+    /// A second count (embed_backward: the vocabulary).
+    pub extra: u32,
     pub _pad1: u32,
     pub _pad2: u32,
     pub f0: f32,

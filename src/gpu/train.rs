@@ -75,14 +75,13 @@ fn nonempty(what: &str, v: usize) -> Result<()> {
 /// A batch of token ids prepared for [`OpBuilder::embedding_forward`] and
 /// [`OpBuilder::embedding_backward`]: the ids, then the table that sums each id's rows in a
 /// fixed order (rows sorted by id, stable; the padding id gets no gradient).
+/// Built only by [`EmbeddingIndex::new`], which checks every id.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EmbeddingIndex {
-    /// `[ids (rows) | seg (distinct + 1) | distinct ids | rows sorted by id]`, to upload as u32.
-    pub data: Vec<u32>,
-    pub rows: usize,
-    /// Distinct non-padding ids in the batch.
-    pub distinct: usize,
-    pub vocab: usize,
+    data: Vec<u32>,
+    rows: usize,
+    distinct: usize,
+    vocab: usize,
 }
 
 impl EmbeddingIndex {
@@ -111,6 +110,24 @@ impl EmbeddingIndex {
         data.extend_from_slice(&distinct);
         data.extend_from_slice(&order);
         Ok(EmbeddingIndex { data, rows: ids.len(), distinct: distinct.len(), vocab })
+    }
+
+    /// `[ids (rows) | seg (distinct + 1) | distinct ids | rows sorted by id]`: upload as u32.
+    pub fn data(&self) -> &[u32] {
+        &self.data
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Distinct non-padding ids in the batch.
+    pub fn distinct(&self) -> usize {
+        self.distinct
+    }
+
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 }
 
@@ -159,7 +176,7 @@ impl OpBuilder {
         check_buf("embedding output", out, index.rows * dim)?;
         let n = index.rows * dim;
         u32_of("embedding elements", n.max(index.vocab * dim))?;
-        let p = TrainParams { n: index.rows as u32, width: dim as u32, ..Default::default() };
+        let p = TrainParams { n: index.rows as u32, width: dim as u32, extra: u32_of("vocabulary", index.vocab)?, ..Default::default() };
         self.push_train(TrainKernel::EmbedForward, p, [Some(table), None, Some(index_buf), Some(out), None, None], linear_groups(n));
         Ok(())
     }
@@ -172,7 +189,8 @@ impl OpBuilder {
         check_buf("embedding table gradient", grad_table, index.vocab * dim)?;
         self.fill(grad_table, 0, index.vocab * dim, 0.0)?;
         if index.distinct > 0 {
-            let p = TrainParams { n: index.rows as u32, width: dim as u32, idx_off: index.rows as u32, count: index.distinct as u32, ..Default::default() };
+            let vocab = u32_of("vocabulary", index.vocab)?;
+            let p = TrainParams { n: index.rows as u32, width: dim as u32, idx_off: index.rows as u32, count: index.distinct as u32, extra: vocab, ..Default::default() };
             self.push_train(TrainKernel::EmbedBackward, p, [Some(grad_rows), None, Some(index_buf), Some(grad_table), None, None], linear_groups(index.distinct * dim));
         }
         Ok(())

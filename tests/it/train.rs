@@ -101,7 +101,7 @@ fn gpu_embedding_linear_and_block_ops_match_cpu() {
         let index = EmbeddingIndex::new(&ids, vocab, Some(3)).unwrap();
         let grad_rows = uniform(&mut r, ids.len() * dim, 1.0);
         let tb = upload(ctx, "table", &f32s(&table)).unwrap();
-        let ib = upload_u32(ctx, "index", &index.data).unwrap();
+        let ib = upload_u32(ctx, "index", index.data()).unwrap();
         let out = storage(ctx, "rows", ids.len() * dim).unwrap();
         let gr = upload(ctx, "grad rows", &f32s(&grad_rows)).unwrap();
         let gt = upload(ctx, "grad table", &vec![f32::NAN; vocab * dim]).unwrap(); // zeroed by the op
