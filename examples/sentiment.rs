@@ -43,7 +43,7 @@ const UNK: u32 = 1;
 struct Args {
     #[arg(long, default_value = "lstm")]
     cell: String,
-    #[arg(long, default_value_t = 6)]
+    #[arg(long, default_value_t = 5)]
     epochs: usize,
     /// Hidden units per direction.
     #[arg(long, default_value_t = 128)]
