@@ -380,7 +380,7 @@ fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    if a.batch == 0 || a.bptt == 0 || a.hidden == 0 || a.layers == 0 || a.embed == 0 || a.eval_every == 0 || !(a.temperature > 0.0) {
+    if a.batch == 0 || a.bptt == 0 || a.hidden == 0 || a.layers == 0 || a.embed == 0 || a.eval_every == 0 || a.temperature.is_nan() || a.temperature <= 0.0 {
         return Err(Error::InvalidConfig("batch, bptt, hidden, layers, embed, eval-every and temperature must be positive".into()));
     }
     let text = std::fs::read_to_string(data_path("tinyshakespeare.txt"))?;
