@@ -45,11 +45,17 @@ struct GemmParams {
 @group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
 @group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
 
+// How an invocation's four columns lie. false: 64 apart, so each load and store is
+// contiguous across the workgroup's invocations. true (narrow C, n <= 128, as dX = dG W_ih
+// or dW_ih = dG^T X when the input size is not a multiple of 4): adjacent, so no invocation
+// computes clamped copies of the last column (64-apart columns leave 3 of 4 accumulators
+// idle when n < 64).
+override ADJACENT: bool = false;
+
 @compute @workgroup_size(64)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    // The four columns are 64 apart, so each load and store is contiguous across the
-    // workgroup's invocations.
-    let j0 = wid.x * 256u + lid.x;
+    let cstep = select(64u, 1u, ADJACENT);
+    let j0 = select(wid.x * 256u + lid.x, (wid.x * 64u + lid.x) * 4u, ADJACENT);
     let i0 = wid.y * 8u;
     if (j0 >= p.n || i0 >= p.m) {
         return;
@@ -66,9 +72,9 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     let a7 = p.a_off + min(i0 + 7u, last_i) * p.a_rs;
     let last_j = p.n - 1u;
     let b0 = p.b_off + min(j0, last_j) * p.b_cs;
-    let b1 = p.b_off + min(j0 + 64u, last_j) * p.b_cs;
-    let b2 = p.b_off + min(j0 + 128u, last_j) * p.b_cs;
-    let b3 = p.b_off + min(j0 + 192u, last_j) * p.b_cs;
+    let b1 = p.b_off + min(j0 + cstep, last_j) * p.b_cs;
+    let b2 = p.b_off + min(j0 + 2u * cstep, last_j) * p.b_cs;
+    let b3 = p.b_off + min(j0 + 3u * cstep, last_j) * p.b_cs;
     var c0 = vec4<f32>(0.0);
     var c1 = vec4<f32>(0.0);
     var c2 = vec4<f32>(0.0);
@@ -90,103 +96,24 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
         c6 += a[a6 + ka] * bv;
         c7 += a[a7 + ka] * bv;
     }
-    store_row(i0, j0, c0);
-    store_row(i0 + 1u, j0, c1);
-    store_row(i0 + 2u, j0, c2);
-    store_row(i0 + 3u, j0, c3);
-    store_row(i0 + 4u, j0, c4);
-    store_row(i0 + 5u, j0, c5);
-    store_row(i0 + 6u, j0, c6);
-    store_row(i0 + 7u, j0, c7);
+    store_row(i0, j0, cstep, c0);
+    store_row(i0 + 1u, j0, cstep, c1);
+    store_row(i0 + 2u, j0, cstep, c2);
+    store_row(i0 + 3u, j0, cstep, c3);
+    store_row(i0 + 4u, j0, cstep, c4);
+    store_row(i0 + 5u, j0, cstep, c5);
+    store_row(i0 + 6u, j0, cstep, c6);
+    store_row(i0 + 7u, j0, cstep, c7);
 }
 
-// The generic product for narrow C (n <= 128, as dX = dG W_ih or dW_ih = dG^T X when the
-// input size is not a multiple of 4): each invocation owns 4 adjacent columns, so no
-// invocation computes clamped copies of the last column (gemm's 64-apart columns leave 3 of
-// 4 accumulators idle when n < 64).
-// Dispatch: (ceil(n / 256), ceil(m / 8), 1), workgroup 64.
-@compute @workgroup_size(64)
-fn gemm_narrow(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j0 = (wid.x * 64u + lid.x) * 4u;
-    let i0 = wid.y * 8u;
-    if (j0 >= p.n || i0 >= p.m) {
-        return;
-    }
-    let last_i = p.m - 1u;
-    let a0 = p.a_off + min(i0, last_i) * p.a_rs;
-    let a1 = p.a_off + min(i0 + 1u, last_i) * p.a_rs;
-    let a2 = p.a_off + min(i0 + 2u, last_i) * p.a_rs;
-    let a3 = p.a_off + min(i0 + 3u, last_i) * p.a_rs;
-    let a4 = p.a_off + min(i0 + 4u, last_i) * p.a_rs;
-    let a5 = p.a_off + min(i0 + 5u, last_i) * p.a_rs;
-    let a6 = p.a_off + min(i0 + 6u, last_i) * p.a_rs;
-    let a7 = p.a_off + min(i0 + 7u, last_i) * p.a_rs;
-    let last_j = p.n - 1u;
-    let b0 = p.b_off + j0 * p.b_cs;
-    let b1 = p.b_off + min(j0 + 1u, last_j) * p.b_cs;
-    let b2 = p.b_off + min(j0 + 2u, last_j) * p.b_cs;
-    let b3 = p.b_off + min(j0 + 3u, last_j) * p.b_cs;
-    var c0 = vec4<f32>(0.0);
-    var c1 = vec4<f32>(0.0);
-    var c2 = vec4<f32>(0.0);
-    var c3 = vec4<f32>(0.0);
-    var c4 = vec4<f32>(0.0);
-    var c5 = vec4<f32>(0.0);
-    var c6 = vec4<f32>(0.0);
-    var c7 = vec4<f32>(0.0);
-    for (var kk = 0u; kk < p.k; kk++) {
-        let kb = kk * p.b_rs;
-        let bv = vec4<f32>(b[b0 + kb], b[b1 + kb], b[b2 + kb], b[b3 + kb]);
-        let ka = kk * p.a_cs;
-        c0 += a[a0 + ka] * bv;
-        c1 += a[a1 + ka] * bv;
-        c2 += a[a2 + ka] * bv;
-        c3 += a[a3 + ka] * bv;
-        c4 += a[a4 + ka] * bv;
-        c5 += a[a5 + ka] * bv;
-        c6 += a[a6 + ka] * bv;
-        c7 += a[a7 + ka] * bv;
-    }
-    store_adjacent(i0, j0, c0);
-    store_adjacent(i0 + 1u, j0, c1);
-    store_adjacent(i0 + 2u, j0, c2);
-    store_adjacent(i0 + 3u, j0, c3);
-    store_adjacent(i0 + 4u, j0, c4);
-    store_adjacent(i0 + 5u, j0, c5);
-    store_adjacent(i0 + 6u, j0, c6);
-    store_adjacent(i0 + 7u, j0, c7);
-}
-
-// Writes the valid columns of 4 adjacent ones (j0 .. j0+3) of row i.
-fn store_adjacent(i: u32, j0: u32, acc: vec4<f32>) {
-    if (i >= p.m) {
-        return;
-    }
-    for (var u = 0u; u < 4u; u++) {
-        let j = j0 + u;
-        if (j >= p.n) {
-            return;
-        }
-        var v = p.alpha * acc[u];
-        let at = p.c_off + i * p.ldc + j;
-        if (p.beta != 0.0) {
-            v += p.beta * c[at];
-        }
-        if (p.bias_off != NONE) {
-            v += bias[p.bias_off + j];
-        }
-        c[at] = v;
-    }
-}
-
-// Writes the valid part of a row block (columns j0, j0+64, j0+128, j0+192):
+// Writes the valid part of a row block (columns j0 + u * cstep, u < 4):
 // alpha * acc + beta * C + bias.
-fn store_row(i: u32, j0: u32, acc: vec4<f32>) {
+fn store_row(i: u32, j0: u32, cstep: u32, acc: vec4<f32>) {
     if (i >= p.m) {
         return;
     }
     for (var u = 0u; u < 4u; u++) {
-        let j = j0 + 64u * u;
+        let j = j0 + cstep * u;
         if (j >= p.n) {
             return;
         }

@@ -103,7 +103,7 @@ pub enum Kernel {
     RecurrentGrad { gates: u32, vec4: bool },
     ProjGrad,
     Gemm,
-    /// The generic product for n <= 128 (4 adjacent columns per invocation).
+    /// The generic product for n <= 128 (`gemm` with 4 adjacent columns per invocation).
     GemmNarrow,
     Gemm4,
     Gemm44,
@@ -186,7 +186,7 @@ impl Kernel {
             RecurrentGrad { .. } => "recurrent_grad",
             ProjGrad => "proj_grad",
             Gemm => "gemm",
-            GemmNarrow => "gemm_narrow",
+            GemmNarrow => "gemm",
             Gemm4 => "gemm4",
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
@@ -210,6 +210,7 @@ impl Kernel {
             ProjForward | ProjGrad => vec![("GATES", 4.0)],
             CellGrad { gates, relu } | LoopGrad { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
             RecurrentGrad { gates, vec4 } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64)],
+            GemmNarrow => vec![("ADJACENT", 1.0)],
             _ => vec![],
         }
     }
