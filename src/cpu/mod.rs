@@ -117,7 +117,7 @@ fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usi
 }
 
 /// Adds a bias row to every row of `y: [rows, n]`.
-fn add_bias<T: Float>(y: &mut [T], n: usize, bias: Option<&[T]>) {
+pub(crate) fn add_bias<T: Float>(y: &mut [T], n: usize, bias: Option<&[T]>) {
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(n) {
             for (v, &bv) in row.iter_mut().zip(b) {
@@ -558,7 +558,7 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
 }
 
 /// `acc[j] += sum_r m[r, j]` for `m: [rows, n]`.
-fn col_sum_into<T: Float>(m: &[T], n: usize, acc: &mut [T]) {
+pub(crate) fn col_sum_into<T: Float>(m: &[T], n: usize, acc: &mut [T]) {
     for row in m.chunks_exact(n) {
         for (a, &v) in acc.iter_mut().zip(row) {
             *a += v;

@@ -1,7 +1,8 @@
 //! CPU twins of the GPU training kit ([`crate::gpu::train`]): the reference the GPU ops are
 //! tested against, generic over f32/f64 so finite differences can check the gradients.
-//! Plain loops, summed in the same order as the kernels.
+//! Plain loops, and the CPU path's GEMM for the linear layer.
 
+use super::gemm::{gemm, Mat, Op};
 use super::Float;
 use crate::error::{Error, Result};
 
@@ -54,15 +55,8 @@ pub fn blocks_to_rows<T: Float>(src: &[T], blocks: usize, rows: usize, width: us
 pub fn linear_forward<T: Float>(x: &[T], params: &[T], rows: usize, input: usize, output: usize) -> Vec<T> {
     let (w, b) = params.split_at(output * input);
     let mut y = vec![T::zero(); rows * output];
-    for r in 0..rows {
-        for o in 0..output {
-            let mut acc = T::zero();
-            for i in 0..input {
-                acc += x[r * input + i] * w[o * input + i];
-            }
-            y[r * output + o] = acc + b[o];
-        }
-    }
+    gemm(T::one(), Mat::new(x, rows, input), Op::N, Mat::new(w, output, input), Op::T, T::zero(), &mut y, output);
+    super::add_bias(&mut y, output, Some(b));
     y
 }
 
@@ -71,29 +65,10 @@ pub fn linear_backward<T: Float>(x: &[T], params: &[T], dy: &[T], rows: usize, i
     let w = &params[..output * input];
     let mut dp = vec![T::zero(); output * input + output];
     let mut dx = vec![T::zero(); rows * input];
-    for o in 0..output {
-        for i in 0..input {
-            let mut acc = T::zero();
-            for r in 0..rows {
-                acc += dy[r * output + o] * x[r * input + i];
-            }
-            dp[o * input + i] = acc;
-        }
-        let mut acc = T::zero();
-        for r in 0..rows {
-            acc += dy[r * output + o];
-        }
-        dp[output * input + o] = acc;
-    }
-    for r in 0..rows {
-        for i in 0..input {
-            let mut acc = T::zero();
-            for o in 0..output {
-                acc += dy[r * output + o] * w[o * input + i];
-            }
-            dx[r * input + i] = acc;
-        }
-    }
+    let (dw, db) = dp.split_at_mut(output * input);
+    gemm(T::one(), Mat::new(dy, rows, output), Op::T, Mat::new(x, rows, input), Op::N, T::zero(), dw, input);
+    super::col_sum_into(dy, output, db);
+    gemm(T::one(), Mat::new(dy, rows, output), Op::N, Mat::new(w, output, input), Op::N, T::zero(), &mut dx, input);
     (dp, dx)
 }
 
