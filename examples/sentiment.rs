@@ -475,7 +475,6 @@ fn main() -> Result<()> {
         train_acc_pts.push((epoch as f64, correct / rows * 100.0));
         records_s.push(secs);
         records.push(format!("{{\"epoch\": {epoch}, \"train_loss\": {train_loss:.5}, \"epoch_s\": {secs:.2}, \"test_accuracy\": {:.5}}}", test.accuracy));
-        let _ = (&model.table_grad, &model.opt);
     }
     std::fs::create_dir_all(&a.out)?;
     let plot = a.out.join("sentiment.png");

@@ -6,7 +6,7 @@ pub mod plot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use wgpu_rnn::gpu::train::{read_f32, OpBuilder, METRIC_FLOATS};
+use wgpu_rnn::gpu::train::{read_f32, METRIC_FLOATS};
 use wgpu_rnn::gpu::{upload, Context, GpuRnn, TrackedBuffer};
 use wgpu_rnn::{Error, Result, Weights};
 
@@ -19,7 +19,6 @@ pub fn data_path(name: &str) -> PathBuf {
 pub struct Metrics {
     ctx: Arc<Context>,
     pub buf: TrackedBuffer,
-    blocks: usize,
 }
 
 /// Totals since a block was last reset.
@@ -32,7 +31,7 @@ pub struct Totals {
 
 impl Metrics {
     pub fn new(ctx: &Arc<Context>, blocks: usize) -> Result<Self> {
-        Ok(Metrics { ctx: ctx.clone(), buf: upload(ctx, "metrics", &vec![0.0; blocks * METRIC_FLOATS])?, blocks })
+        Ok(Metrics { ctx: ctx.clone(), buf: upload(ctx, "metrics", &vec![0.0; blocks * METRIC_FLOATS])? })
     }
 
     /// Offset of block `i` in floats.
@@ -42,11 +41,10 @@ impl Metrics {
 
     /// Reads block `i` (waits for the device) and resets it; a non-finite loss is an error.
     pub fn take(&self, i: usize) -> Result<Totals> {
-        let m = read_f32(&self.ctx, &self.buf, self.blocks * METRIC_FLOATS)?;
-        let mut b = OpBuilder::new(&self.ctx);
-        b.fill(&self.buf, i * METRIC_FLOATS, METRIC_FLOATS, 0.0)?;
-        b.run(&[])?;
         let at = i * METRIC_FLOATS;
+        let m = read_f32(&self.ctx, &self.buf, at + METRIC_FLOATS)?;
+        // Ordered before the next submit, which is the next batch.
+        self.ctx.queue.write_buffer(&self.buf, (at * 4) as u64, bytemuck::cast_slice(&[0.0f32; METRIC_FLOATS]));
         let rows = m[at + 2] as f64;
         let t = Totals { loss: m[at] as f64 / rows.max(1.0), accuracy: m[at + 1] as f64 / rows.max(1.0), rows };
         if !t.loss.is_finite() {

@@ -424,14 +424,7 @@ impl OpBuilder {
     pub fn run(self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let ctx = self.ctx.clone();
         let prog = self.build()?;
-        let _serial = ctx.exclusive();
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training kit") });
-        prog.record(&mut enc);
-        let mut rb = super::readback::Readback::new();
-        for (b, n) in reads {
-            rb.copy(&ctx, &mut enc, b, *n)?;
-        }
-        rb.submit_and_read(&ctx, enc)
+        submit_and_read(&ctx, Some(&prog), reads)
     }
 }
 
@@ -564,14 +557,9 @@ impl Optimizer {
 
     /// The whole optimiser state (state block, then each group's moments), for checkpoints.
     pub fn export(&self, ctx: &Context) -> Result<Vec<Vec<f32>>> {
-        let _serial = ctx.exclusive();
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("optimiser export") });
-        let mut rb = super::readback::Readback::new();
-        rb.copy(ctx, &mut enc, &self.state, OPT_HEADER + self.groups.len())?;
-        for (_, _, _, m) in &self.groups {
-            rb.copy(ctx, &mut enc, m, (m.size() / 4) as usize)?;
-        }
-        rb.submit_and_read(ctx, enc)
+        let mut reads = vec![(&*self.state, OPT_HEADER + self.groups.len())];
+        reads.extend(self.groups.iter().map(|(_, _, _, m)| (&**m, (m.size() / 4) as usize)));
+        submit_and_read(ctx, None, &reads)
     }
 
     /// Restores what [`Optimizer::export`] returned (same groups and kind, else a typed error).
@@ -595,20 +583,27 @@ impl Optimizer {
 
     /// Reads the step count, last gradient norm and skipped steps (one submit and wait).
     pub fn read_state(&self, ctx: &Context) -> Result<OptimizerState> {
-        let _serial = ctx.exclusive();
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("optimiser state") });
-        let mut rb = super::readback::Readback::new();
-        rb.copy(ctx, &mut enc, &self.state, OPT_HEADER)?;
-        let s = rb.submit_and_read(ctx, enc)?.remove(0);
+        let s = read_f32(ctx, &self.state, OPT_HEADER)?;
         Ok(OptimizerState { steps: s[0], grad_norm: s[4], skipped: s[5] })
     }
 }
 
 /// Reads `n` floats from the start of `buf` (one submit and wait): metric blocks, losses.
 pub fn read_f32(ctx: &Context, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
+    Ok(submit_and_read(ctx, None, &[(buf, n)])?.remove(0))
+}
+
+/// One encoder: `prog` (if any), then copies of the first `elems` floats of each buffer in
+/// `reads`; one submit and wait; their contents in order.
+fn submit_and_read(ctx: &Context, prog: Option<&Program>, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
     let _serial = ctx.exclusive();
-    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("read back") });
+    let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training kit") });
+    if let Some(p) = prog {
+        p.record(&mut enc);
+    }
     let mut rb = super::readback::Readback::new();
-    rb.copy(ctx, &mut enc, buf, n)?;
-    Ok(rb.submit_and_read(ctx, enc)?.remove(0))
+    for (b, n) in reads {
+        rb.copy(ctx, &mut enc, b, *n)?;
+    }
+    rb.submit_and_read(ctx, enc)
 }
