@@ -434,7 +434,8 @@ fn main() -> Result<()> {
         a.dropout
     );
     let model = Model::new(&ctx, &a, mode, &table, vocab)?;
-    let mut train_batches = buckets(&data.train, a.batch);
+    // Bucketed once: the batches keep their members, and their order is shuffled each epoch.
+    let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab)).collect::<Result<_>>()?;
     let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab)).collect::<Result<_>>()?;
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {elapsed} {msg}").expect("template").progress_chars("=> ");
     let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
@@ -445,8 +446,8 @@ fn main() -> Result<()> {
         let bar = ProgressBar::new(train_batches.len() as u64).with_style(style.clone()).with_prefix(epoch.to_string());
         let start = Instant::now();
         let (mut loss_sum, mut rows, mut correct) = (0.0, 0.0, 0.0);
-        for (k, idx) in train_batches.iter().enumerate() {
-            model.run_batch(&make_batch(&data.train, idx, vocab)?, true)?;
+        for (k, batch) in train_batches.iter().enumerate() {
+            model.run_batch(batch, true)?;
             bar.inc(1);
             if (k + 1) % 10 == 0 || k + 1 == train_batches.len() {
                 let t = model.metrics.take(0)?;
