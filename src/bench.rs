@@ -241,12 +241,15 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
     Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)])
 }
 
-/// Threads the CPU path's large GEMMs use, as a label: `MATMUL_NUM_THREADS` when set, else
-/// matrixmultiply's default (one per physical core). The per-step product runs on one thread.
+/// Threads the CPU path uses, as a label: the time loops split the batch over
+/// [`cpu::split::threads`] threads (`MATMUL_NUM_THREADS` when set, else the available
+/// parallelism), and matrixmultiply's large GEMMs use `MATMUL_NUM_THREADS` or its default (one
+/// per physical core).
 pub fn cpu_threads() -> String {
+    let loops = cpu::split::threads();
     match std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
-        Some(n) => format!("{n} GEMM threads"),
-        None => "GEMM threads = physical cores".into(),
+        Some(n) => format!("{loops} time-loop threads, {n} GEMM threads"),
+        None => format!("{loops} time-loop threads, GEMM threads = physical cores"),
     }
 }
 

@@ -125,7 +125,7 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         };
         println!("GPU adapter: {}{emu}", ctx.describe());
     }
-    println!("CPU path: {} (MATMUL_NUM_THREADS), per-step product on one thread", cpu_threads());
+    println!("CPU path: {} (MATMUL_NUM_THREADS)", cpu_threads());
     let steps = configs.len() as u64 * if device == BenchDevice::Both { 2 } else { 1 } + 1;
     let bar = indicatif::ProgressBar::new(steps);
     bar.set_style(indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg} [{elapsed}]").expect("template"));

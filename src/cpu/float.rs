@@ -73,33 +73,42 @@ pub trait Float:
 macro_rules! impl_float {
     ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr) => {
         impl Float for $t {
+            #[inline]
             fn zero() -> Self {
                 0.0
             }
+            #[inline]
             fn one() -> Self {
                 1.0
             }
+            #[inline]
             fn from_f64(x: f64) -> Self {
                 x as $t
             }
+            #[inline]
             fn to_f64(self) -> f64 {
                 self as f64
             }
+            #[inline]
             fn tanh(self) -> Self {
                 $tanh(self)
             }
+            #[inline]
             fn sigmoid(self) -> Self {
                 $sigmoid(self)
             }
+            #[inline]
             fn fma(self, b: Self, c: Self) -> Self {
                 self.mul_add(b, c)
             }
             fn packed_gemm(pb: &super::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize) {
                 ($packed)(pb, a, rows, lda, c, ldc)
             }
+            #[inline]
             fn exp(self) -> Self {
                 <$t>::exp(self)
             }
+            #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
             }

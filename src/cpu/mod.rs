@@ -10,6 +10,9 @@
 //!    `dh_prev = dG W_hh`; after the loop, GEMMs over all rows at once give `dW_ih`, `dW_hh`,
 //!    `dW_hr`, `dX`, and column sums give the bias gradients.
 //!
+//! The time loops are split by batch rows across threads (see [`split`]); with enough rows
+//! the input side (`X W_ih^T`, and `dX` in backward) is computed step by step inside them.
+//!
 //! All state is kept in sorted order (see [`crate::packing`]): at step t the active rows are
 //! exactly rows `0..batch_sizes[t]` of the state, for both directions. A finished sequence's
 //! row simply stops being updated, so its state is `h_n`; in the reverse direction a row that
@@ -18,11 +21,14 @@
 mod float;
 pub mod gemm;
 pub mod smallgemm;
+pub mod split;
 pub mod train;
 
 pub use float::{cast, fast, Float};
 use gemm::{gemm, Mat, Op};
 use smallgemm::PackedB;
+use split::Rows;
+use std::ops::Range;
 
 use crate::config::{Mode, RnnConfig};
 use crate::error::{check_len, Error, Result};
@@ -95,8 +101,14 @@ pub struct Gradients<T> {
     pub params: Weights<T>,
 }
 
+/// Whether every element is finite; branch-free within blocks, so it vectorises (the
+/// short-circuiting `all` did not, and cost as much as a T = 1 step's GEMM).
+fn all_finite<T: Float>(x: &[T]) -> bool {
+    x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
+}
+
 fn check_finite<T: Float>(what: &str, x: &[T]) -> Result<()> {
-    if x.iter().all(|v| v.is_finite()) {
+    if all_finite(x) {
         Ok(())
     } else {
         Err(Error::NonFinite(what.into()))
@@ -117,6 +129,7 @@ fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usi
 }
 
 /// Adds a bias row to every row of `y: [rows, n]`.
+#[inline(always)]
 pub(crate) fn add_bias<T: Float>(y: &mut [T], n: usize, bias: Option<&[T]>) {
     if let Some(b) = bias {
         for row in y.chunks_exact_mut(n) {
@@ -134,6 +147,17 @@ fn step_order(steps: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
     } else {
         Box::new(0..steps)
     }
+}
+
+/// Fewest packed rows for which the input side (the forward's `X W_ih^T`, the backward's
+/// `dG W_ih`) is computed step by step with a packed W_ih: packing costs about as much as the
+/// product for 16 rows (DeepBench's GRU with T = 1, B = 32 ran slower that way).
+const PER_STEP_INPUT_MIN_ROWS: usize = 256;
+
+/// Whether a layer-direction with batch `b` and `n` packed rows computes its input side step
+/// by step (else by one GEMM over all rows).
+fn per_step_input(b: usize, n: usize) -> bool {
+    b >= split::MIN_ROWS_PER_THREAD && n >= PER_STEP_INPUT_MIN_ROWS
 }
 
 /// Everything one layer-direction's forward reads and writes.
@@ -159,24 +183,35 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     let cfg = a.cfg;
     let (hs, ho, g) = (cfg.hidden_size, cfg.out_size(), cfg.gates());
     let gh = g * hs;
-    let out_w = cfg.output_size();
     let off = step_offsets(a.batch_sizes);
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
+    let lstm = cfg.mode == Mode::Lstm;
+    let proj = cfg.proj_size > 0;
 
-    // 1. Input projection for all rows.
-    let mut xp = vec![T::zero(); n * gh];
-    gemm(T::one(), Mat::new(a.x, n, a.in_size), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::T, T::zero(), &mut xp, gh);
-    add_bias(&mut xp, gh, a.p.b_ih.as_deref());
+    // 1. Input projection. With a full micro-kernel block of rows per step, each thread
+    // computes its rows' projection step by step with the packed kernel, so it is still in
+    // cache when the pointwise update reads it; with fewer rows (B < 8), or too few rows in
+    // all to pay for packing W_ih, one GEMM over all N rows up front is faster.
+    let per_step = per_step_input(b, n);
+    let w_ih = per_step.then(|| PackedB::transposed(&a.p.w_ih, gh, a.in_size));
+    let mut xp = Vec::new();
+    if !per_step {
+        xp = vec![T::zero(); n * gh];
+        gemm(T::one(), Mat::new(a.x, n, a.in_size), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::T, T::zero(), &mut xp, gh);
+        add_bias(&mut xp, gh, a.p.b_ih.as_deref());
+    }
 
-    let mut tape = a.tape;
-    if let Some(tp) = tape.as_deref_mut() {
+    let training = a.tape.is_some();
+    let mut scratch = DirTape::default();
+    let tp = a.tape.unwrap_or(&mut scratch);
+    if training {
         tp.gates = vec![T::zero(); n * gh];
         tp.h_prev = vec![T::zero(); n * ho];
-        if cfg.mode == Mode::Lstm {
+        if lstm {
             tp.c_prev = vec![T::zero(); n * hs];
             tp.c = vec![T::zero(); n * hs];
-            if cfg.proj_size > 0 {
+            if proj {
                 tp.h_pre = vec![T::zero(); n * hs];
             }
         }
@@ -184,74 +219,158 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
             tp.hn = vec![T::zero(); n * hs];
         }
     }
-    // Workspaces and packed recurrent weights, once per layer-direction.
-    let mut hp = vec![T::zero(); b * gh];
+    // Packed recurrent weights, once per layer-direction.
     let w_hh = PackedB::transposed(&a.p.w_hh, gh, ho);
     let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::transposed(w, cfg.proj_size, hs));
-    let mut gate_scratch = vec![T::zero(); gh];
-    let mut aux_scratch = vec![T::zero(); hs];
-    let mut h_pre = vec![T::zero(); if cfg.proj_size > 0 { b * hs } else { 0 }];
 
-    for t in step_order(a.batch_sizes.len(), a.reverse) {
-        let rows = a.batch_sizes[t];
-        let o = off[t];
-        // 2. Recurrent product for the active rows.
-        w_hh.gemm(&a.h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh);
-        add_bias(&mut hp[..rows * gh], gh, a.p.b_hh.as_deref());
-        if let Some(tp) = tape.as_deref_mut() {
-            tp.h_prev[o * ho..(o + rows) * ho].copy_from_slice(&a.h[..rows * ho]);
-            if cfg.mode == Mode::Lstm {
-                tp.c_prev[o * hs..(o + rows) * hs].copy_from_slice(&a.c[..rows * hs]);
+    // 2-3. The time loop, split by batch rows across threads (see `split`): every buffer below
+    // is written only at the thread's own rows.
+    let macs = n * gh * ho + if proj { n * hs * cfg.proj_size } else { 0 };
+    let ranges = split::ranges(b, macs);
+    let l = FwdLoop {
+        cfg,
+        p: a.p,
+        batch_sizes: a.batch_sizes,
+        off: &off,
+        reverse: a.reverse,
+        col: a.col,
+        training,
+        x: a.x,
+        in_size: a.in_size,
+        w_ih: w_ih.as_ref(),
+        xp: &xp,
+        w_hh: &w_hh,
+        w_hr: w_hr.as_ref(),
+        h: Rows::new(a.h),
+        c: Rows::new(a.c),
+        out: Rows::new(a.out),
+        gates: Rows::new(&mut tp.gates),
+        h_prev: Rows::new(&mut tp.h_prev),
+        c_prev: Rows::new(&mut tp.c_prev),
+        c_tape: Rows::new(&mut tp.c),
+        h_pre_tape: Rows::new(&mut tp.h_pre),
+        hn_tape: Rows::new(&mut tp.hn),
+    };
+    split::run_loop(&ranges, &l);
+}
+
+/// One layer-direction's forward time loop over a slice of the batch (see `split`).
+struct FwdLoop<'a, T> {
+    cfg: &'a RnnConfig,
+    p: &'a DirParams<T>,
+    batch_sizes: &'a [usize],
+    off: &'a [usize],
+    reverse: bool,
+    col: usize,
+    training: bool,
+    /// `[N, in]` layer input and, when the projection is made step by step, W_ih^T packed.
+    x: &'a [T],
+    in_size: usize,
+    w_ih: Option<&'a PackedB<T>>,
+    /// `[N, G*H]` input projection (with b_ih) made up front, when `w_ih` is `None`.
+    xp: &'a [T],
+    w_hh: &'a PackedB<T>,
+    w_hr: Option<&'a PackedB<T>>,
+    /// State `[B, H_out]` / `[B, H]`, output `[N, D*H_out]`, and the tape's rows.
+    h: Rows<'a, T>,
+    c: Rows<'a, T>,
+    out: Rows<'a, T>,
+    gates: Rows<'a, T>,
+    h_prev: Rows<'a, T>,
+    c_prev: Rows<'a, T>,
+    c_tape: Rows<'a, T>,
+    h_pre_tape: Rows<'a, T>,
+    hn_tape: Rows<'a, T>,
+}
+
+impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
+    #[inline(always)]
+    fn rows(&self, mine: Range<usize>) {
+        let FwdLoop { cfg, p, batch_sizes, off, reverse, col, training, x, in_size, w_ih, xp, w_hh, w_hr, .. } = *self;
+        let FwdLoop { h, c, out, gates, h_prev, c_prev, c_tape, h_pre_tape, hn_tape, .. } = self;
+        let (hs, ho, gh) = (cfg.hidden_size, cfg.out_size(), cfg.gates() * cfg.hidden_size);
+        let out_w = cfg.output_size();
+        let (lstm, proj) = (cfg.mode == Mode::Lstm, cfg.proj_size > 0);
+            let (r0, nr) = (mine.start, mine.len());
+            // SAFETY (every `part` below): the range is this thread's state rows `r0..r0 + nr`, or
+            // packed rows `o + r0..o + r0 + rows` of one step, which no other thread touches.
+            let h = unsafe { h.part(r0 * ho, nr * ho) };
+            let c = if lstm { unsafe { c.part(r0 * hs, nr * hs) } } else { &mut [][..] };
+            let mut hp = vec![T::zero(); nr * gh];
+            let mut xs = vec![T::zero(); if w_ih.is_some() { nr * gh } else { 0 }];
+            let mut gate_scratch = vec![T::zero(); gh];
+            let mut aux_scratch = vec![T::zero(); hs];
+            let mut h_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+            for t in step_order(batch_sizes.len(), reverse) {
+                let rows = batch_sizes[t].saturating_sub(r0).min(nr);
+                if rows == 0 {
+                    continue;
+                }
+                let o = off[t] + r0;
+                // 1. This step's input projection (when made per step) ...
+                let xrows: &[T] = match w_ih {
+                    Some(w) => {
+                        w.gemm(&x[o * in_size..(o + rows) * in_size], rows, in_size, &mut xs[..rows * gh], gh);
+                        add_bias(&mut xs[..rows * gh], gh, p.b_ih.as_deref());
+                        &xs[..rows * gh]
+                    }
+                    None => &xp[o * gh..(o + rows) * gh],
+                };
+                // 2. ... and recurrent product for the active rows.
+                w_hh.gemm(&h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh);
+                add_bias(&mut hp[..rows * gh], gh, p.b_hh.as_deref());
+                if training {
+                    unsafe { h_prev.part(o * ho, rows * ho) }.copy_from_slice(&h[..rows * ho]);
+                    if lstm {
+                        unsafe { c_prev.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
+                    }
+                }
+                // 3. Fused pointwise update, one row at a time over exact-length slices (vectorises).
+                for r in 0..rows {
+                    let xr = &xrows[r * gh..(r + 1) * gh];
+                    let hr = &hp[r * gh..(r + 1) * gh];
+                    // Training keeps the gates (and GRU's W_hn h + b_hn) in the tape; inference
+                    // writes them to scratch rows.
+                    let (gates_row, aux_row): (&mut [T], &mut [T]) = if training {
+                        let aux = if cfg.mode == Mode::Gru { unsafe { hn_tape.part((o + r) * hs, hs) } } else { &mut [][..] };
+                        (unsafe { gates.part((o + r) * gh, gh) }, aux)
+                    } else {
+                        (&mut gate_scratch[..], &mut aux_scratch[..])
+                    };
+                    match cfg.mode {
+                        Mode::RnnTanh | Mode::RnnRelu => {
+                            let hr_out = &mut h[r * ho..r * ho + hs];
+                            rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, hr_out);
+                            gates_row.copy_from_slice(hr_out);
+                        }
+                        Mode::Lstm => {
+                            let hr_out = if proj { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut h[r * ho..r * ho + hs] };
+                            lstm_row(xr, hr, &mut c[r * hs..(r + 1) * hs], hr_out, gates_row);
+                        }
+                        Mode::Gru => {
+                            gru_row(xr, hr, &mut h[r * ho..r * ho + hs], gates_row, aux_row);
+                        }
+                    }
+                }
+                if let Some(wr) = w_hr {
+                    // h = (o * tanh(c)) W_hr^T for the active rows.
+                    wr.gemm(&h_pre[..rows * hs], rows, hs, &mut h[..rows * ho], ho);
+                }
+                if training && lstm {
+                    unsafe { c_tape.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
+                    if proj {
+                        unsafe { h_pre_tape.part(o * hs, rows * hs) }.copy_from_slice(&h_pre[..rows * hs]);
+                    }
+                }
+                for r in 0..rows {
+                    unsafe { out.part((o + r) * out_w + col, ho) }.copy_from_slice(&h[r * ho..(r + 1) * ho]);
+                }
             }
-        }
-        // 3. Fused pointwise update, one row at a time over exact-length slices (vectorises).
-        for r in 0..rows {
-            let xr = &xp[(o + r) * gh..(o + r + 1) * gh];
-            let hr = &hp[r * gh..(r + 1) * gh];
-            // Training keeps the gates (and GRU's W_hn h + b_hn) in the tape; inference
-            // writes them to scratch rows.
-            let (gates_row, aux_row): (&mut [T], &mut [T]) = match tape.as_deref_mut() {
-                Some(tp) => {
-                    let aux: &mut [T] = if cfg.mode == Mode::Gru { &mut tp.hn[(o + r) * hs..(o + r + 1) * hs] } else { &mut [] };
-                    (&mut tp.gates[(o + r) * gh..(o + r + 1) * gh], aux)
-                }
-                None => (&mut gate_scratch[..], &mut aux_scratch[..]),
-            };
-            match cfg.mode {
-                Mode::RnnTanh | Mode::RnnRelu => {
-                    let h = &mut a.h[r * ho..r * ho + hs];
-                    rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, h);
-                    gates_row.copy_from_slice(h);
-                }
-                Mode::Lstm => {
-                    let h = if cfg.proj_size > 0 { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut a.h[r * ho..r * ho + hs] };
-                    lstm_row(xr, hr, &mut a.c[r * hs..(r + 1) * hs], h, gates_row);
-                }
-                Mode::Gru => {
-                    gru_row(xr, hr, &mut a.h[r * ho..r * ho + hs], gates_row, aux_row);
-                }
-            }
-        }
-        if let Some(wr) = &w_hr {
-            // h = (o * tanh(c)) W_hr^T for the active rows.
-            wr.gemm(&h_pre[..rows * hs], rows, hs, &mut a.h[..rows * ho], ho);
-        }
-        if let Some(tp) = tape.as_deref_mut() {
-            if cfg.mode == Mode::Lstm {
-                tp.c[o * hs..(o + rows) * hs].copy_from_slice(&a.c[..rows * hs]);
-                if cfg.proj_size > 0 {
-                    tp.h_pre[o * hs..(o + rows) * hs].copy_from_slice(&h_pre[..rows * hs]);
-                }
-            }
-        }
-        for r in 0..rows {
-            let dst = (o + r) * out_w + a.col;
-            a.out[dst..dst + ho].copy_from_slice(&a.h[r * ho..(r + 1) * ho]);
-        }
     }
 }
 
 /// `h = act(x + hp)` for one row; slices of length H.
+#[inline(always)]
 fn rnn_row<T: Float>(tanh: bool, x: &[T], hp: &[T], h: &mut [T]) {
     let n = h.len();
     let (x, hp) = (&x[..n], &hp[..n]);
@@ -263,6 +382,7 @@ fn rnn_row<T: Float>(tanh: bool, x: &[T], hp: &[T], h: &mut [T]) {
 
 /// The LSTM update for one row: `x`, `hp` are `[4H]` (gates i, f, g, o), `c` is updated in
 /// place, `h` gets `o * tanh(c)`, and `gates` the activated gates (a scratch row in inference).
+#[inline(always)]
 fn lstm_row<T: Float>(x: &[T], hp: &[T], c: &mut [T], h: &mut [T], gates: &mut [T]) {
     let n = c.len();
     let h = &mut h[..n];
@@ -289,6 +409,7 @@ fn lstm_row<T: Float>(x: &[T], hp: &[T], c: &mut [T], h: &mut [T], gates: &mut [
 /// The GRU update for one row: `x`, `hp` are `[3H]` (gates r, z, n; `hp` includes b_hh), `h`
 /// is updated in place; `gates` and `aux` (`W_hn h + b_hn`) get what backward needs (scratch
 /// rows in inference).
+#[inline(always)]
 fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut [T]) {
     let n = h.len();
     let (xr, xz, xn) = (&x[..n], &x[n..2 * n], &x[2 * n..3 * n]);
@@ -336,7 +457,7 @@ fn check_forward_inputs<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, h0:
     check_finite("input", &input.data)?;
     let mut bad = None;
     w.for_each(|kind, layer, dir, v| {
-        if bad.is_none() && !v.iter().all(|x| x.is_finite()) {
+        if bad.is_none() && !all_finite(v) {
             bad = Some(RnnConfig::param_name(kind, layer, dir));
         }
     });
@@ -444,103 +565,52 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     let cfg = a.cfg;
     let (hs, ho, g) = (cfg.hidden_size, cfg.out_size(), cfg.gates());
     let gh = g * hs;
-    let out_w = cfg.output_size();
     let off = step_offsets(a.batch_sizes);
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
     let tp = a.tape;
     let proj = cfg.proj_size > 0;
+    let gru = cfg.mode == Mode::Gru;
     let one = T::one();
 
     let mut dgx = vec![T::zero(); n * gh];
     // GRU's hidden-side gate gradient differs from the input side in its n block.
-    let mut dgh = if cfg.mode == Mode::Gru { vec![T::zero(); n * gh] } else { Vec::new() };
+    let mut dgh = if gru { vec![T::zero(); n * gh] } else { Vec::new() };
     let mut dh_tot_all = if proj { vec![T::zero(); n * ho] } else { Vec::new() };
-    let mut dh_tot = vec![T::zero(); b * ho];
-    let mut dh_pre = vec![T::zero(); if proj { b * hs } else { 0 }];
-    let mut direct = vec![T::zero(); if cfg.mode == Mode::Gru { b * ho } else { 0 }];
     let w_hh = PackedB::plain(&a.p.w_hh, gh, ho);
     let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::plain(w, cfg.proj_size, hs));
 
-    // Reverse of the processing order.
-    for t in step_order(a.batch_sizes.len(), !a.reverse) {
-        let rows = a.batch_sizes[t];
-        let o = off[t];
-        for r in 0..rows {
-            for j in 0..ho {
-                dh_tot[r * ho + j] = a.dh[r * ho + j] + a.dy[(o + r) * out_w + a.col + j];
-            }
-        }
-        // Gradient with respect to the pre-projection h (o * tanh(c)).
-        let dhp: &[T] = if proj {
-            dh_tot_all[o * ho..(o + rows) * ho].copy_from_slice(&dh_tot[..rows * ho]);
-            let wr = w_hr.as_ref().expect("validated: projection weights present");
-            wr.gemm(&dh_tot[..rows * ho], rows, ho, &mut dh_pre[..rows * hs], hs);
-            &dh_pre
-        } else {
-            &dh_tot
-        };
-        for r in 0..rows {
-            let row = o + r;
-            let gt = &tp.gates[row * gh..(row + 1) * gh];
-            let dg = &mut dgx[row * gh..(row + 1) * gh];
-            match cfg.mode {
-                Mode::RnnTanh => {
-                    for j in 0..hs {
-                        dg[j] = dhp[r * hs + j] * (one - gt[j] * gt[j]);
-                    }
-                }
-                Mode::RnnRelu => {
-                    for j in 0..hs {
-                        dg[j] = if gt[j] > T::zero() { dhp[r * hs + j] } else { T::zero() };
-                    }
-                }
-                Mode::Lstm => {
-                    for j in 0..hs {
-                        let (i, f, gg, og) = (gt[j], gt[hs + j], gt[2 * hs + j], gt[3 * hs + j]);
-                        let c = tp.c[row * hs + j];
-                        let tc = c.tanh();
-                        let dhv = dhp[r * hs + j];
-                        let dct = a.dc[r * hs + j] + dhv * og * (one - tc * tc);
-                        dg[j] = dct * gg * i * (one - i);
-                        dg[hs + j] = dct * tp.c_prev[row * hs + j] * f * (one - f);
-                        dg[2 * hs + j] = dct * i * (one - gg * gg);
-                        dg[3 * hs + j] = dhv * tc * og * (one - og);
-                        a.dc[r * hs + j] = dct * f;
-                    }
-                }
-                Mode::Gru => {
-                    let dgh_row = &mut dgh[row * gh..(row + 1) * gh];
-                    for j in 0..hs {
-                        let (rg, z, nn) = (gt[j], gt[hs + j], gt[2 * hs + j]);
-                        let hprev = tp.h_prev[row * ho + j];
-                        let dhv = dhp[r * hs + j];
-                        let dan = dhv * (one - z) * (one - nn * nn);
-                        let dar = dan * tp.hn[row * hs + j] * rg * (one - rg);
-                        let daz = dhv * (hprev - nn) * z * (one - z);
-                        dg[j] = dar;
-                        dg[hs + j] = daz;
-                        dg[2 * hs + j] = dan;
-                        dgh_row[j] = dar;
-                        dgh_row[hs + j] = daz;
-                        dgh_row[2 * hs + j] = dan * rg;
-                        direct[r * ho + j] = dhv * z;
-                    }
-                }
-            }
-        }
-        // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
-        let dgh_rows = if cfg.mode == Mode::Gru { &dgh[o * gh..(o + rows) * gh] } else { &dgx[o * gh..(o + rows) * gh] };
-        w_hh.gemm(dgh_rows, rows, gh, &mut a.dh[..rows * ho], ho);
-        if cfg.mode == Mode::Gru {
-            for (v, &d) in a.dh[..rows * ho].iter_mut().zip(&direct[..rows * ho]) {
-                *v += d;
-            }
-        }
-    }
+    // The reverse time loop, split by batch rows across threads like the forward's.
+    let macs = n * gh * ho + if proj { n * hs * cfg.proj_size } else { 0 };
+    let ranges = split::ranges(b, macs);
+    let per_step_dx = per_step_input(b, n);
+    let w_ih = per_step_dx.then(|| PackedB::plain(&a.p.w_ih, gh, a.in_size));
+    // dX is written by the loop or by the GEMM after it.
+    let (dx_loop, dx_after): (&mut [T], &mut [T]) = if per_step_dx { (a.dx, &mut []) } else { (&mut [], a.dx) };
+    let l = BwdLoop {
+        cfg,
+        tape: tp,
+        batch_sizes: a.batch_sizes,
+        off: &off,
+        reverse: a.reverse,
+        dy: a.dy,
+        col: a.col,
+        w_hh: &w_hh,
+        w_hr: w_hr.as_ref(),
+        w_ih: w_ih.as_ref(),
+        in_size: a.in_size,
+        first: a.first,
+        dh: Rows::new(a.dh),
+        dc: Rows::new(a.dc),
+        dgx: Rows::new(&mut dgx),
+        dgh: Rows::new(&mut dgh),
+        dh_tot_all: Rows::new(&mut dh_tot_all),
+        dx: Rows::new(dx_loop),
+    };
+    split::run_loop(&ranges, &l);
 
-    // Post-loop GEMMs over all rows at once.
-    let dgh_all: &[T] = if cfg.mode == Mode::Gru { &dgh } else { &dgx };
+    // Post-loop GEMMs over all rows at once (the loop is done: its views are free again).
+    let dgh_all: &[T] = if gru { &dgh } else { &dgx };
     gemm(one, Mat::new(&dgx, n, gh), Op::T, Mat::new(a.x, n, a.in_size), Op::N, one, &mut a.grad.w_ih, a.in_size);
     gemm(one, Mat::new(dgh_all, n, gh), Op::T, Mat::new(&tp.h_prev, n, ho), Op::N, one, &mut a.grad.w_hh, ho);
     if let (Some(db), true) = (a.grad.b_ih.as_mut(), cfg.bias) {
@@ -553,8 +623,152 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
         let dwr = a.grad.w_hr.as_mut().expect("validated");
         gemm(one, Mat::new(&dh_tot_all, n, ho), Op::T, Mat::new(&tp.h_pre, n, hs), Op::N, one, dwr, hs);
     }
-    let beta = if a.first { T::zero() } else { one };
-    gemm(one, Mat::new(&dgx, n, gh), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::N, beta, a.dx, a.in_size);
+    if !per_step_dx {
+        let beta = if a.first { T::zero() } else { one };
+        gemm(one, Mat::new(&dgx, n, gh), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::N, beta, dx_after, a.in_size);
+    }
+}
+
+/// One layer-direction's backward time loop over a slice of the batch (see `split`).
+struct BwdLoop<'a, T> {
+    cfg: &'a RnnConfig,
+    tape: &'a DirTape<T>,
+    batch_sizes: &'a [usize],
+    off: &'a [usize],
+    reverse: bool,
+    /// `[N, D*H_out]` output gradient; this direction reads columns `col..col + H_out`.
+    dy: &'a [T],
+    col: usize,
+    w_hh: &'a PackedB<T>,
+    w_hr: Option<&'a PackedB<T>>,
+    /// W_ih packed when dX is made step by step (else by one GEMM after the loop).
+    w_ih: Option<&'a PackedB<T>>,
+    in_size: usize,
+    /// Whether dX is overwritten (first direction) or accumulated.
+    first: bool,
+    /// `[B, H_out]` dh and `[B, H]` dc (in: from later steps, out: dh0 / dc0).
+    dh: Rows<'a, T>,
+    dc: Rows<'a, T>,
+    /// `[N, G*H]` gate gradients (input side, and GRU's hidden side), `[N, H_out]` total dh
+    /// (projection), `[N, in]` dX.
+    dgx: Rows<'a, T>,
+    dgh: Rows<'a, T>,
+    dh_tot_all: Rows<'a, T>,
+    dx: Rows<'a, T>,
+}
+
+impl<T: Float> split::RowLoop for BwdLoop<'_, T> {
+    #[inline(always)]
+    fn rows(&self, mine: Range<usize>) {
+        let BwdLoop { cfg, tape: tp, batch_sizes, off, reverse, dy, col, w_hh, w_hr, w_ih, in_size, first, .. } = *self;
+        let BwdLoop { dh, dc, dgx: dgx_rows, dgh: dgh_rows, dh_tot_all: dh_tot_rows, dx, .. } = self;
+        let (hs, ho, gh) = (cfg.hidden_size, cfg.out_size(), cfg.gates() * cfg.hidden_size);
+        let out_w = cfg.output_size();
+        let (lstm, gru, proj) = (cfg.mode == Mode::Lstm, cfg.mode == Mode::Gru, cfg.proj_size > 0);
+        let one = T::one();
+            let (r0, nr) = (mine.start, mine.len());
+            // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
+            // `o + r0..o + r0 + rows` of one step, which no other thread touches.
+            let dh = unsafe { dh.part(r0 * ho, nr * ho) };
+            let dc = if lstm { unsafe { dc.part(r0 * hs, nr * hs) } } else { &mut [][..] };
+            let mut dh_tot = vec![T::zero(); nr * ho];
+            let mut dh_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+            let mut direct = vec![T::zero(); if gru { nr * ho } else { 0 }];
+            let mut dx_step = vec![T::zero(); if w_ih.is_some() && !first { nr * in_size } else { 0 }];
+            // Reverse of the processing order.
+            for t in step_order(batch_sizes.len(), !reverse) {
+                let rows = batch_sizes[t].saturating_sub(r0).min(nr);
+                if rows == 0 {
+                    continue;
+                }
+                let o = off[t] + r0;
+                for r in 0..rows {
+                    for j in 0..ho {
+                        dh_tot[r * ho + j] = dh[r * ho + j] + dy[(o + r) * out_w + col + j];
+                    }
+                }
+                // Gradient with respect to the pre-projection h (o * tanh(c)).
+                let dhp: &[T] = if let Some(wr) = w_hr {
+                    unsafe { dh_tot_rows.part(o * ho, rows * ho) }.copy_from_slice(&dh_tot[..rows * ho]);
+                    wr.gemm(&dh_tot[..rows * ho], rows, ho, &mut dh_pre[..rows * hs], hs);
+                    &dh_pre
+                } else {
+                    &dh_tot
+                };
+                let dg_step = unsafe { dgx_rows.part(o * gh, rows * gh) };
+                let dgh_step = if gru { unsafe { dgh_rows.part(o * gh, rows * gh) } } else { &mut [][..] };
+                for r in 0..rows {
+                    let row = o + r;
+                    let gt = &tp.gates[row * gh..(row + 1) * gh];
+                    let dg = &mut dg_step[r * gh..(r + 1) * gh];
+                    match cfg.mode {
+                        Mode::RnnTanh => {
+                            for j in 0..hs {
+                                dg[j] = dhp[r * hs + j] * (one - gt[j] * gt[j]);
+                            }
+                        }
+                        Mode::RnnRelu => {
+                            for j in 0..hs {
+                                dg[j] = if gt[j] > T::zero() { dhp[r * hs + j] } else { T::zero() };
+                            }
+                        }
+                        Mode::Lstm => {
+                            for j in 0..hs {
+                                let (i, f, gg, og) = (gt[j], gt[hs + j], gt[2 * hs + j], gt[3 * hs + j]);
+                                let c = tp.c[row * hs + j];
+                                let tc = c.tanh();
+                                let dhv = dhp[r * hs + j];
+                                let dct = dc[r * hs + j] + dhv * og * (one - tc * tc);
+                                dg[j] = dct * gg * i * (one - i);
+                                dg[hs + j] = dct * tp.c_prev[row * hs + j] * f * (one - f);
+                                dg[2 * hs + j] = dct * i * (one - gg * gg);
+                                dg[3 * hs + j] = dhv * tc * og * (one - og);
+                                dc[r * hs + j] = dct * f;
+                            }
+                        }
+                        Mode::Gru => {
+                            let dgh_row = &mut dgh_step[r * gh..(r + 1) * gh];
+                            for j in 0..hs {
+                                let (rg, z, nn) = (gt[j], gt[hs + j], gt[2 * hs + j]);
+                                let hprev = tp.h_prev[row * ho + j];
+                                let dhv = dhp[r * hs + j];
+                                let dan = dhv * (one - z) * (one - nn * nn);
+                                let dar = dan * tp.hn[row * hs + j] * rg * (one - rg);
+                                let daz = dhv * (hprev - nn) * z * (one - z);
+                                dg[j] = dar;
+                                dg[hs + j] = daz;
+                                dg[2 * hs + j] = dan;
+                                dgh_row[j] = dar;
+                                dgh_row[hs + j] = daz;
+                                dgh_row[2 * hs + j] = dan * rg;
+                                direct[r * ho + j] = dhv * z;
+                            }
+                        }
+                    }
+                }
+                // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
+                let dg_x: &[T] = dg_step;
+                let dg_h: &[T] = if gru { dgh_step } else { dg_x };
+                w_hh.gemm(dg_h, rows, gh, &mut dh[..rows * ho], ho);
+                if gru {
+                    for (v, &d) in dh[..rows * ho].iter_mut().zip(&direct[..rows * ho]) {
+                        *v += d;
+                    }
+                }
+                // This step's rows of dX = dG_x W_ih.
+                if let Some(w) = w_ih {
+                    let dst = unsafe { dx.part(o * in_size, rows * in_size) };
+                    if first {
+                        w.gemm(dg_x, rows, gh, dst, in_size);
+                    } else {
+                        w.gemm(dg_x, rows, gh, &mut dx_step[..rows * in_size], in_size);
+                        for (v, &d) in dst.iter_mut().zip(&dx_step[..rows * in_size]) {
+                            *v += d;
+                        }
+                    }
+                }
+            }
+    }
 }
 
 /// `acc[j] += sum_r m[r, j]` for `m: [rows, n]`.

@@ -25,29 +25,54 @@ impl<T: Float> PackedB<T> {
     /// Packs `B[k, n]` given as element accessor `at(kk, j)`.
     pub fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> T) -> Self {
         let panels = n.div_ceil(NR);
-        let mut data = vec![T::zero(); panels * k * NR];
+        let mut data = Vec::with_capacity(panels * k * NR);
         for p in 0..panels {
             for kk in 0..k {
-                let row = &mut data[(p * k + kk) * NR..(p * k + kk + 1) * NR];
-                for (c, v) in row.iter_mut().enumerate() {
+                data.extend((0..NR).map(|c| {
                     let j = p * NR + c;
                     if j < n {
-                        *v = at(kk, j);
+                        at(kk, j)
+                    } else {
+                        T::zero()
                     }
+                }));
+            }
+        }
+        PackedB { k, n, data }
+    }
+
+    /// `B = W^T` for a row-major `W[n, k]` (forward: `h W_hh^T`): each row of W is read
+    /// sequentially into one column of its panel (the generic accessor's per-element checks
+    /// cost as much as a T = 1 step's product).
+    pub fn transposed(w: &[T], n: usize, k: usize) -> Self {
+        assert!(w.len() >= n * k, "W too small");
+        let panels = n.div_ceil(NR);
+        let mut data = vec![T::zero(); panels * k * NR];
+        for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
+            for c in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
+                for (dst, &v) in panel.chunks_exact_mut(NR).zip(row) {
+                    dst[c] = v;
                 }
             }
         }
         PackedB { k, n, data }
     }
 
-    /// `B = W^T` for a row-major `W[n, k]` (forward: `h W_hh^T`).
-    pub fn transposed(w: &[T], n: usize, k: usize) -> Self {
-        Self::pack(k, n, |kk, j| w[j * k + kk])
-    }
-
-    /// `B = W` for a row-major `W[k, n]` (backward: `dG W_hh`).
+    /// `B = W` for a row-major `W[k, n]` (backward: `dG W_hh`): each panel row is a
+    /// contiguous piece of a row of W.
     pub fn plain(w: &[T], k: usize, n: usize) -> Self {
-        Self::pack(k, n, |kk, j| w[kk * n + j])
+        assert!(w.len() >= k * n, "W too small");
+        let panels = n.div_ceil(NR);
+        let mut data = Vec::with_capacity(panels * k * NR);
+        for p in 0..panels {
+            let (j0, valid) = (p * NR, NR.min(n - p * NR));
+            for kk in 0..k {
+                data.extend_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
+                data.resize(data.len() + NR - valid, T::zero());
+            }
+        }
+        PackedB { k, n, data }
     }
 
     /// Number of column panels.
@@ -231,9 +256,10 @@ fn f32_kernel() -> Option<KernelFn> {
     })
 }
 
-/// The f32 product with the machine's kernel. (Splitting the panels across two threads per
-/// step was measured slower on the 2-core development machine, 21 vs 17 ms for C1 forward,
-/// so the per-step product runs on one thread; the large GEMMs use matrixmultiply's threads.)
+/// The f32 product with the machine's kernel, on the calling thread. (Splitting one step's
+/// panels across threads was measured slower on the 2-core development machine, 21 vs 17 ms
+/// for C1 forward: a sync per step. The time loops split the batch instead, see
+/// [`super::split`].)
 pub fn f32_gemm(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [f32], ldc: usize) {
     match f32_kernel() {
         // SAFETY: `gemm` checked that A and C cover every element the kernel addresses, and

@@ -75,3 +75,135 @@ fn packed_gemm_matches_naive_on_awkward_sizes() {
         assert_eq!(c1, c2);
     }
 }
+
+/// f32 against f64 on the same configuration (the f32 path runs the machine's SIMD kernels,
+/// the f64 one the portable kernel): absolute tolerance for outputs and gradients.
+const F32_VS_F64_ATOL: f64 = 2e-4;
+/// A batch against its sequences one at a time, in f64 (different GEMM paths and summation
+/// orders, same arithmetic): absolute tolerance.
+const BATCH_VS_SINGLE_ATOL: f64 = 1e-10;
+
+/// Sizes for the split tests: with these lengths every configuration below is above the time
+/// loops' split threshold (`cpu::split::MIN_PARALLEL_MACS`), each thread gets a full row block,
+/// and N >= 256 rows, so the input side runs step by step (the per-step input projection and dX).
+const SPLIT_T: usize = 24;
+const SPLIT_B: usize = 26;
+const SPLIT_I: usize = 24;
+
+fn split_lengths() -> Vec<usize> {
+    (0..SPLIT_B).map(|i| 1 + (i * 7) % SPLIT_T).collect()
+}
+
+fn split_configs() -> Vec<wgpu_rnn::config::RnnConfig> {
+    use wgpu_rnn::config::{Mode, RnnConfig};
+    vec![
+        RnnConfig::new(Mode::Lstm, SPLIT_I, 96).layers(2).bidirectional(true),
+        RnnConfig::new(Mode::Lstm, SPLIT_I, 96).proj(40),
+        RnnConfig::new(Mode::Gru, SPLIT_I, 96).layers(2).bidirectional(true),
+        RnnConfig::new(Mode::RnnTanh, SPLIT_I, 160).bidirectional(true),
+        RnnConfig::new(Mode::RnnRelu, SPLIT_I, 160),
+    ]
+}
+
+/// Training forward and backward on padded, time-major `x [t, b, in]` and `go [t, b, out]`;
+/// returns the padded output, h_n, (c_n), the padded input gradient, dh0, (dc0) and every
+/// parameter gradient, flattened.
+fn run_split_case<T: wgpu_rnn::cpu::Float>(w: &wgpu_rnn::weights::Weights<T>, x: &[T], go: &[T], t: usize, lengths: &[usize]) -> Vec<Vec<T>> {
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::packing::PackedSequence;
+    let (b, cfg) = (lengths.len(), &w.config);
+    let xs = PackedSequence::from_padded(x, [t, b, cfg.input_size], false, lengths).unwrap();
+    let gos = PackedSequence::from_padded(go, [t, b, cfg.output_size()], false, lengths).unwrap();
+    let (out, tape) = cpu::forward(w, &xs, None, None, Pass::Training).unwrap();
+    let grads = cpu::backward(w, &tape.unwrap(), &gos.data, None, None).unwrap();
+    let mut params = Vec::new();
+    grads.params.for_each(|_, _, _, v| params.extend(v));
+    vec![
+        out.output.to_padded(false, T::zero(), Some(t)).unwrap().0.data,
+        out.h_n.data,
+        out.c_n.map(|c| c.data).unwrap_or_default(),
+        grads.input.to_padded(false, T::zero(), Some(t)).unwrap().0.data,
+        grads.h0.data,
+        grads.c0.map(|c| c.data).unwrap_or_default(),
+        params,
+    ]
+}
+
+/// The time loops split the batch across threads (`cpu::split`): each row is computed by the
+/// same operations whatever the thread count, so 1, 2 and 3 threads must agree bit for bit,
+/// forward and backward, for every mode, with variable lengths, two bidirectional layers and a
+/// projection; and the f32 results stay within rounding of the f64 ones.
+#[test]
+fn cpu_thread_count_does_not_change_results() {
+    use wgpu_rnn::cpu::split;
+    use wgpu_rnn::weights::Weights;
+
+    let lengths = split_lengths();
+    let n: usize = lengths.iter().sum();
+    let mut g = rng(11);
+    for cfg in split_configs() {
+        let (gh, ho) = (cfg.gates() * cfg.hidden_size, cfg.out_size());
+        assert!(n * gh * ho >= split::MIN_PARALLEL_MACS && n >= 256, "{cfg:?} too small to split");
+        let w64 = Weights::<f64>::init_uniform(&cfg, 5).unwrap();
+        let w32 = w64.cast::<f32>();
+        let x64 = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0);
+        let go64 = uniform(&mut g, SPLIT_T * SPLIT_B * cfg.output_size(), 1.0);
+        let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
+        let go32: Vec<f32> = go64.iter().map(|&v| v as f32).collect();
+        let run = |threads: usize| {
+            split::set_threads(threads);
+            run_split_case(&w32, &x32, &go32, SPLIT_T, &lengths)
+        };
+        let one = run(1);
+        assert!(one == run(2), "{cfg:?}: 2 threads differ from 1");
+        assert!(one == run(3), "{cfg:?}: 3 threads differ from 1");
+        split::set_threads(0);
+
+        let want = run_split_case(&w64, &x64, &go64, SPLIT_T, &lengths);
+        for (k, (got, want)) in one.iter().zip(&want).enumerate() {
+            let got: Vec<f64> = got.iter().map(|&v| v as f64).collect();
+            crate::common::assert_close(&format!("{cfg:?} part {k} f32 vs f64"), &got, want, F32_VS_F64_ATOL, 0.0);
+        }
+    }
+}
+
+/// The batched path (split across threads, input side step by step) against each sequence run
+/// alone (batch 1: one thread, input side by one GEMM up front), in f64: outputs, final states
+/// and input gradients row by row, parameter gradients summed over the sequences.
+#[test]
+fn cpu_batch_matches_its_sequences_one_at_a_time() {
+    use wgpu_rnn::cpu::split;
+    use wgpu_rnn::weights::Weights;
+
+    let lengths = split_lengths();
+    let mut g = rng(12);
+    split::set_threads(3);
+    for cfg in split_configs() {
+        let (ld, ho, hs, out_w) = (cfg.num_layers * cfg.directions(), cfg.out_size(), cfg.hidden_size, cfg.output_size());
+        let w = Weights::<f64>::init_uniform(&cfg, 6).unwrap();
+        let x = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0);
+        let go = uniform(&mut g, SPLIT_T * SPLIT_B * out_w, 1.0);
+        let batched = run_split_case(&w, &x, &go, SPLIT_T, &lengths);
+        let mut params = vec![0f64; batched[6].len()];
+        for (s, &len) in lengths.iter().enumerate() {
+            let pick = |m: &[f64], f: usize| -> Vec<f64> { (0..len).flat_map(|tt| m[(tt * SPLIT_B + s) * f..(tt * SPLIT_B + s + 1) * f].to_vec()).collect() };
+            let one = run_split_case(&w, &pick(&x, SPLIT_I), &pick(&go, out_w), len, &[len]);
+            let what = |part: &str| format!("{cfg:?} sequence {s} {part}");
+            crate::common::assert_close(&what("output"), &one[0], &pick(&batched[0], out_w), BATCH_VS_SINGLE_ATOL, 0.0);
+            crate::common::assert_close(&what("input gradient"), &one[3], &pick(&batched[3], SPLIT_I), BATCH_VS_SINGLE_ATOL, 0.0);
+            // States [L*D, B, F]: this sequence's column.
+            let state = |m: &[f64], f: usize| -> Vec<f64> { (0..ld).flat_map(|l| m[(l * SPLIT_B + s) * f..(l * SPLIT_B + s + 1) * f].to_vec()).collect() };
+            crate::common::assert_close(&what("h_n"), &one[1], &state(&batched[1], ho), BATCH_VS_SINGLE_ATOL, 0.0);
+            crate::common::assert_close(&what("dh0"), &one[4], &state(&batched[4], ho), BATCH_VS_SINGLE_ATOL, 0.0);
+            if !one[2].is_empty() {
+                crate::common::assert_close(&what("c_n"), &one[2], &state(&batched[2], hs), BATCH_VS_SINGLE_ATOL, 0.0);
+                crate::common::assert_close(&what("dc0"), &one[5], &state(&batched[5], hs), BATCH_VS_SINGLE_ATOL, 0.0);
+            }
+            for (acc, v) in params.iter_mut().zip(&one[6]) {
+                *acc += v;
+            }
+        }
+        crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[6], BATCH_VS_SINGLE_ATOL, 0.0);
+    }
+    split::set_threads(0);
+}
