@@ -161,7 +161,10 @@ pub mod fast {
         let p = 1.0
             + r * (1.0
                 + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_819_8)))));
-        let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+        // 2^n from t's bits: t lies in [2^23, 2^24), where the ulp is 1, so its low bits hold
+        // n exactly (|n| <= 127). Integer lane ops, where `n as i32` (a saturating cast) made
+        // LLVM fall back to one scalar conversion per element.
+        let scale = f32::from_bits(t.to_bits().wrapping_sub(0x4B40_0000).wrapping_add(127) << 23);
         p * scale
     }
 
