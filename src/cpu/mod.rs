@@ -20,6 +20,7 @@
 
 mod float;
 pub mod gemm;
+pub mod pool;
 pub mod smallgemm;
 pub mod split;
 pub mod train;
@@ -58,7 +59,7 @@ pub struct ForwardOutput<T> {
 
 /// What one layer-direction keeps for backward, all in packed rows.
 #[derive(Clone, Debug, Default)]
-struct DirTape<T> {
+struct DirTape<T: Float> {
     /// `[N, G*H]`: activated gates (LSTM i,f,g,o; GRU r,z,n; RNN the new h).
     gates: Vec<T>,
     /// `[N, H_out]`: the state each row started its step from.
@@ -73,15 +74,30 @@ struct DirTape<T> {
 }
 
 #[derive(Clone, Debug)]
-struct LayerTape<T> {
+struct LayerTape<T: Float> {
     /// `[N, in_l]`: the layer's input.
     input: Vec<T>,
     dirs: Vec<DirTape<T>>,
 }
 
+// The tape's buffers go back to the pool when it is dropped (see `pool`).
+impl<T: Float> Drop for DirTape<T> {
+    fn drop(&mut self) {
+        for v in [&mut self.gates, &mut self.h_prev, &mut self.c_prev, &mut self.c, &mut self.hn, &mut self.h_pre] {
+            pool::recycle(std::mem::take(v));
+        }
+    }
+}
+
+impl<T: Float> Drop for LayerTape<T> {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.input));
+    }
+}
+
 /// What a training-mode forward keeps for backward.
 #[derive(Clone, Debug)]
-pub struct Tape<T> {
+pub struct Tape<T: Float> {
     layers: Vec<LayerTape<T>>,
     batch_sizes: Vec<usize>,
     sorted_indices: Vec<usize>,
@@ -161,7 +177,7 @@ fn per_step_input(b: usize, n: usize) -> bool {
 }
 
 /// Everything one layer-direction's forward reads and writes.
-struct DirForward<'a, T> {
+struct DirForward<'a, T: Float> {
     cfg: &'a RnnConfig,
     p: &'a DirParams<T>,
     /// `[N, in]`
@@ -197,7 +213,7 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     let w_ih = per_step.then(|| PackedB::transposed(&a.p.w_ih, gh, a.in_size));
     let mut xp = Vec::new();
     if !per_step {
-        xp = vec![T::zero(); n * gh];
+        xp = pool::zeroed(n * gh);
         gemm(T::one(), Mat::new(a.x, n, a.in_size), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::T, T::zero(), &mut xp, gh);
         add_bias(&mut xp, gh, a.p.b_ih.as_deref());
     }
@@ -206,17 +222,17 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     let mut scratch = DirTape::default();
     let tp = a.tape.unwrap_or(&mut scratch);
     if training {
-        tp.gates = vec![T::zero(); n * gh];
-        tp.h_prev = vec![T::zero(); n * ho];
+        tp.gates = pool::zeroed(n * gh);
+        tp.h_prev = pool::zeroed(n * ho);
         if lstm {
-            tp.c_prev = vec![T::zero(); n * hs];
-            tp.c = vec![T::zero(); n * hs];
+            tp.c_prev = pool::zeroed(n * hs);
+            tp.c = pool::zeroed(n * hs);
             if proj {
-                tp.h_pre = vec![T::zero(); n * hs];
+                tp.h_pre = pool::zeroed(n * hs);
             }
         }
         if cfg.mode == Mode::Gru {
-            tp.hn = vec![T::zero(); n * hs];
+            tp.hn = pool::zeroed(n * hs);
         }
     }
     // Packed recurrent weights, once per layer-direction.
@@ -252,6 +268,11 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
         hn_tape: Rows::new(&mut tp.hn),
     };
     split::run_loop(&ranges, &l);
+    pool::recycle(xp);
+    w_hh.recycle();
+    if let Some(w) = w_ih {
+        w.recycle();
+    }
 }
 
 /// One layer-direction's forward time loop over a slice of the batch (see `split`).
@@ -495,10 +516,11 @@ pub fn forward<T: Float>(
         None => vec![T::zero(); if cfg.mode == Mode::Lstm { ld * b * hs } else { 0 }],
     };
     let mut layers = Vec::new();
-    let mut x = input.data.clone();
+    let mut x = pool::zeroed(input.data.len());
+    x.copy_from_slice(&input.data);
     for layer in 0..cfg.num_layers {
         let in_size = cfg.layer_input_size(layer);
-        let mut out = vec![T::zero(); n * cfg.output_size()];
+        let mut out = pool::zeroed(n * cfg.output_size());
         let mut dirs = Vec::new();
         for dir in 0..d {
             let s = layer * d + dir;
@@ -522,6 +544,8 @@ pub fn forward<T: Float>(
         let layer_input = std::mem::replace(&mut x, out);
         if pass == Pass::Training {
             layers.push(LayerTape { input: layer_input, dirs });
+        } else {
+            pool::recycle(layer_input);
         }
     }
     let h_n = Tensor { shape: cfg.h_shape(b), data: permute_state(&h, ld, b, ho, &input.unsorted_indices) };
@@ -538,7 +562,7 @@ pub fn forward<T: Float>(
 }
 
 /// Everything one layer-direction's backward reads and writes.
-struct DirBackward<'a, T> {
+struct DirBackward<'a, T: Float> {
     cfg: &'a RnnConfig,
     p: &'a DirParams<T>,
     tape: &'a DirTape<T>,
@@ -573,10 +597,10 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     let gru = cfg.mode == Mode::Gru;
     let one = T::one();
 
-    let mut dgx = vec![T::zero(); n * gh];
+    let mut dgx = pool::zeroed(n * gh);
     // GRU's hidden-side gate gradient differs from the input side in its n block.
-    let mut dgh = if gru { vec![T::zero(); n * gh] } else { Vec::new() };
-    let mut dh_tot_all = if proj { vec![T::zero(); n * ho] } else { Vec::new() };
+    let mut dgh = if gru { pool::zeroed(n * gh) } else { Vec::new() };
+    let mut dh_tot_all = if proj { pool::zeroed(n * ho) } else { Vec::new() };
     let w_hh = PackedB::plain(&a.p.w_hh, gh, ho);
     let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::plain(w, cfg.proj_size, hs));
 
@@ -627,10 +651,17 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
         let beta = if a.first { T::zero() } else { one };
         gemm(one, Mat::new(&dgx, n, gh), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::N, beta, dx_after, a.in_size);
     }
+    pool::recycle(dgx);
+    pool::recycle(dgh);
+    pool::recycle(dh_tot_all);
+    w_hh.recycle();
+    if let Some(w) = w_ih {
+        w.recycle();
+    }
 }
 
 /// One layer-direction's backward time loop over a slice of the batch (see `split`).
-struct BwdLoop<'a, T> {
+struct BwdLoop<'a, T: Float> {
     cfg: &'a RnnConfig,
     tape: &'a DirTape<T>,
     batch_sizes: &'a [usize],
@@ -823,11 +854,12 @@ pub fn backward<T: Float>(
         (None, _) => Vec::new(),
     };
     let mut grads = Weights::zeros(cfg)?;
-    let mut dy = grad_output.to_vec();
+    let mut dy = pool::zeroed(grad_output.len());
+    dy.copy_from_slice(grad_output);
     for layer in (0..cfg.num_layers).rev() {
         let in_size = cfg.layer_input_size(layer);
         let lt = &tape.layers[layer];
-        let mut dx = vec![T::zero(); n * in_size];
+        let mut dx = pool::zeroed(n * in_size);
         for dir in 0..d {
             let s = layer * d + dir;
             let dc_slice: &mut [T] = if cfg.mode == Mode::Lstm { &mut dc[s * b * hs..(s + 1) * b * hs] } else { &mut [] };
@@ -848,7 +880,7 @@ pub fn backward<T: Float>(
                 first: dir == 0,
             });
         }
-        dy = dx;
+        pool::recycle(std::mem::replace(&mut dy, dx));
     }
     let packed = PackedSequence {
         data: dy,

@@ -47,7 +47,7 @@ impl<T: Float> PackedB<T> {
     pub fn transposed(w: &[T], n: usize, k: usize) -> Self {
         assert!(w.len() >= n * k, "W too small");
         let panels = n.div_ceil(NR);
-        let mut data = vec![T::zero(); panels * k * NR];
+        let mut data = super::pool::zeroed(panels * k * NR);
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             for c in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
@@ -64,15 +64,19 @@ impl<T: Float> PackedB<T> {
     pub fn plain(w: &[T], k: usize, n: usize) -> Self {
         assert!(w.len() >= k * n, "W too small");
         let panels = n.div_ceil(NR);
-        let mut data = Vec::with_capacity(panels * k * NR);
-        for p in 0..panels {
+        let mut data = super::pool::zeroed(panels * k * NR);
+        for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
-            for kk in 0..k {
-                data.extend_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
-                data.resize(data.len() + NR - valid, T::zero());
+            for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
+                dst[..valid].copy_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
             }
         }
         PackedB { k, n, data }
+    }
+
+    /// Hands the packed data back to the CPU path's buffer pool.
+    pub fn recycle(self) {
+        super::pool::recycle(self.data);
     }
 
     /// Number of column panels.
