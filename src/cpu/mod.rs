@@ -187,6 +187,8 @@ struct DirForward<'a, T: Float> {
     reverse: bool,
     /// `[B, H_out]` state, updated in place (h0 in, h_n out).
     h: &'a mut [T],
+    /// Whether h0 is zero (not given): a row's first step then skips its recurrent product.
+    h0_zero: bool,
     /// `[B, H]` cell state (LSTM).
     c: &'a mut [T],
     /// `[N, D*H_out]` layer output; this direction writes columns `col..col+H_out`.
@@ -235,8 +237,9 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
             tp.hn = pool::zeroed(n * hs);
         }
     }
-    // Packed recurrent weights, once per layer-direction.
-    let w_hh = PackedB::transposed(&a.p.w_hh, gh, ho);
+    // Packed recurrent weights, once per layer-direction (not needed for a single step from a
+    // zero state, e.g. DeepBench's T = 1 GRU, where packing cost more than the step).
+    let w_hh = (a.batch_sizes.len() > 1 || !a.h0_zero).then(|| PackedB::transposed(&a.p.w_hh, gh, ho));
     let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::transposed(w, cfg.proj_size, hs));
 
     // 2-3. The time loop, split by batch rows across threads (see `split`): every buffer below
@@ -255,8 +258,9 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
         in_size: a.in_size,
         w_ih: w_ih.as_ref(),
         xp: &xp,
-        w_hh: &w_hh,
+        w_hh: w_hh.as_ref(),
         w_hr: w_hr.as_ref(),
+        h0_zero: a.h0_zero,
         h: Rows::new(a.h),
         c: Rows::new(a.c),
         out: Rows::new(a.out),
@@ -269,8 +273,7 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     };
     split::run_loop(&ranges, &l);
     pool::recycle(xp);
-    w_hh.recycle();
-    if let Some(w) = w_ih {
+    for w in [w_hh, w_ih].into_iter().flatten() {
         w.recycle();
     }
 }
@@ -290,8 +293,10 @@ struct FwdLoop<'a, T> {
     w_ih: Option<&'a PackedB<T>>,
     /// `[N, G*H]` input projection (with b_ih) made up front, when `w_ih` is `None`.
     xp: &'a [T],
-    w_hh: &'a PackedB<T>,
+    /// `None` when no step needs it (one step from a zero state).
+    w_hh: Option<&'a PackedB<T>>,
     w_hr: Option<&'a PackedB<T>>,
+    h0_zero: bool,
     /// State `[B, H_out]` / `[B, H]`, output `[N, D*H_out]`, and the tape's rows.
     h: Rows<'a, T>,
     c: Rows<'a, T>,
@@ -307,7 +312,7 @@ struct FwdLoop<'a, T> {
 impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
     #[inline(always)]
     fn rows(&self, mine: Range<usize>) {
-        let FwdLoop { cfg, p, batch_sizes, off, reverse, col, training, x, in_size, w_ih, xp, w_hh, w_hr, .. } = *self;
+        let FwdLoop { cfg, p, batch_sizes, off, reverse, col, training, x, in_size, w_ih, xp, w_hh, w_hr, h0_zero, .. } = *self;
         let FwdLoop { h, c, out, gates, h_prev, c_prev, c_tape, h_pre_tape, hn_tape, .. } = self;
         let (hs, ho, gh) = (cfg.hidden_size, cfg.out_size(), cfg.gates() * cfg.hidden_size);
         let out_w = cfg.output_size();
@@ -322,6 +327,7 @@ impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
             let mut gate_scratch = vec![T::zero(); gh];
             let mut aux_scratch = vec![T::zero(); hs];
             let mut h_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+            let mut fresh = h0_zero;
             for t in step_order(batch_sizes.len(), reverse) {
                 let rows = batch_sizes[t].saturating_sub(r0).min(nr);
                 if rows == 0 {
@@ -337,8 +343,13 @@ impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
                     }
                     None => &xp[o * gh..(o + rows) * gh],
                 };
-                // 2. ... and recurrent product for the active rows.
-                w_hh.gemm(&h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh);
+                // 2. ... and recurrent product for the active rows: zero at this thread's first
+                // step from a zero h0 (every row active then starts there, in either direction).
+                match w_hh.filter(|_| !fresh) {
+                    Some(w) => w.gemm(&h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh),
+                    None => hp[..rows * gh].fill(T::zero()),
+                }
+                fresh = false;
                 add_bias(&mut hp[..rows * gh], gh, p.b_hh.as_deref());
                 if training {
                     unsafe { h_prev.part(o * ho, rows * ho) }.copy_from_slice(&h[..rows * ho]);
@@ -534,6 +545,7 @@ pub fn forward<T: Float>(
                 batch_sizes: &input.batch_sizes,
                 reverse: dir == 1,
                 h: &mut h[s * b * ho..(s + 1) * b * ho],
+                h0_zero: h0.is_none(),
                 c: c_slice,
                 out: &mut out,
                 col: dir * ho,
@@ -578,7 +590,7 @@ struct DirBackward<'a, T: Float> {
     dh: &'a mut [T],
     /// `[B, H]`: dc_n in, dc0 out (LSTM).
     dc: &'a mut [T],
-    /// Parameter gradients, accumulated.
+    /// Parameter gradients: the weights' are overwritten, the biases' added to (zeros).
     grad: &'a mut DirParams<T>,
     /// `[N, in]` input gradient: overwritten when `first`, else accumulated.
     dx: &'a mut [T],
@@ -634,9 +646,12 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     split::run_loop(&ranges, &l);
 
     // Post-loop GEMMs over all rows at once (the loop is done: its views are free again).
+    // The weight gradients are overwritten (beta 0): reading the freshly allocated zeros first
+    // made every page a copy-on-write fault with a TLB shootdown, which dominated T = 1.
+    let zero = T::zero();
     let dgh_all: &[T] = if gru { &dgh } else { &dgx };
-    gemm(one, Mat::new(&dgx, n, gh), Op::T, Mat::new(a.x, n, a.in_size), Op::N, one, &mut a.grad.w_ih, a.in_size);
-    gemm(one, Mat::new(dgh_all, n, gh), Op::T, Mat::new(&tp.h_prev, n, ho), Op::N, one, &mut a.grad.w_hh, ho);
+    gemm(one, Mat::new(&dgx, n, gh), Op::T, Mat::new(a.x, n, a.in_size), Op::N, zero, &mut a.grad.w_ih, a.in_size);
+    gemm(one, Mat::new(dgh_all, n, gh), Op::T, Mat::new(&tp.h_prev, n, ho), Op::N, zero, &mut a.grad.w_hh, ho);
     if let (Some(db), true) = (a.grad.b_ih.as_mut(), cfg.bias) {
         col_sum_into(&dgx, gh, db);
     }
@@ -645,7 +660,7 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     }
     if proj {
         let dwr = a.grad.w_hr.as_mut().expect("validated");
-        gemm(one, Mat::new(&dh_tot_all, n, ho), Op::T, Mat::new(&tp.h_pre, n, hs), Op::N, one, dwr, hs);
+        gemm(one, Mat::new(&dh_tot_all, n, ho), Op::T, Mat::new(&tp.h_pre, n, hs), Op::N, zero, dwr, hs);
     }
     if !per_step_dx {
         let beta = if a.first { T::zero() } else { one };
