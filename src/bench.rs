@@ -331,6 +331,21 @@ impl GpuRig {
         )
     }
 
+    /// One recording with a timestamp around every dispatch: GPU time per kernel, slowest
+    /// first (see `gpu::profile`; fails where the adapter has no timestamps inside passes).
+    pub fn profile(&self, training: bool) -> Result<Vec<gpu::profile::KernelTime>> {
+        let prof = Arc::new(gpu::profile::KernelProfile::new(&self.ctx)?);
+        let plan = if training { &self.train_plan } else { &self.fwd_plan };
+        plan.set_profile(Some(prof.clone()));
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        let recorded = self.record(&mut enc, training);
+        plan.set_profile(None);
+        recorded?;
+        prof.resolve(&mut enc);
+        self.ctx.queue.submit([enc.finish()]);
+        prof.read()
+    }
+
     /// Records, submits once and waits for the device.
     pub fn run(&self, training: bool) -> Result<()> {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
@@ -348,6 +363,22 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
     let fwd = time_ms(timing, || rig.run(false))?;
     let train = time_ms(timing, || rig.run(true))?;
     Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)])
+}
+
+/// Per-kernel GPU time of a configuration's forward and training, as printable lines.
+pub fn profile_gpu(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<String> {
+    let rig = GpuRig::with_strategy(ctx, c, strategy)?;
+    rig.run(true)?; // warm-up
+    let mut out = String::new();
+    for training in [false, true] {
+        let times = rig.profile(training)?;
+        let total: f64 = times.iter().map(|k| k.ms).sum();
+        out += &format!("{} {} on {}: {total:.2} ms in dispatches\n", c.name, if training { "training" } else { "forward" }, ctx.describe());
+        for k in &times {
+            out += &format!("  {:>9.3} ms {:>5.1}%  {:>5} x  {}\n", k.ms, 100.0 * k.ms / total.max(1e-9), k.dispatches, k.kernel);
+        }
+    }
+    Ok(out)
 }
 
 fn gemm_record(device: &str, adapter: &str, (m, n, k): (usize, usize, usize), t: (f64, f64, f64)) -> Record {

@@ -86,6 +86,10 @@ enum Cmd {
         /// How the GPU forward walks the steps (auto: single dispatch where it pays).
         #[arg(long, value_enum, default_value = "auto")]
         strategy: Strategy,
+        /// After the table, GPU time per kernel for each configuration (timestamp queries
+        /// inside passes, where the adapter has them).
+        #[arg(long)]
+        profile: bool,
     },
 }
 
@@ -103,7 +107,8 @@ enum BenchDevice {
     Both,
 }
 
-fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice, strategy: Strategy) -> wgpu_rnn::Result<()> {
+#[allow(clippy::too_many_arguments)]
+fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice, strategy: Strategy, profile: bool) -> wgpu_rnn::Result<()> {
     let strategy = match strategy {
         Strategy::Auto => wgpu_rnn::gpu::StepStrategy::Auto,
         Strategy::PerStep => wgpu_rnn::gpu::StepStrategy::PerStep,
@@ -151,6 +156,16 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         }
     }
     bar.finish_and_clear();
+    if profile {
+        match &ctx {
+            Some(ctx) => {
+                for c in &configs {
+                    print!("{}", profile_gpu(ctx, c, strategy)?);
+                }
+            }
+            None => println!("--profile: no GPU in this run (--device cpu)"),
+        }
+    }
     for m in &merge {
         let text = std::fs::read_to_string(m)?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| wgpu_rnn::Error::InvalidConfig(format!("{}: {e}", m.display())))?;
@@ -251,7 +266,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Bench { config, json, merge, quick, device, strategy } => match bench(config, json, merge, quick, device, strategy) {
+        Cmd::Bench { config, json, merge, quick, device, strategy, profile } => match bench(config, json, merge, quick, device, strategy, profile) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -137,7 +137,8 @@ impl Context {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-rnn"),
-            required_features: wgpu::Features::empty(),
+            // Timestamps inside passes, where the adapter has them, for `gpu::profile`.
+            required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
             required_limits: limits.clone(),
             ..Default::default()
         }))

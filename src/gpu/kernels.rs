@@ -100,7 +100,7 @@ pub enum Kernel {
     CellGrad { gates: u32, relu: bool },
     /// Every backward step of a small problem in one dispatch.
     LoopGrad { gates: u32, relu: bool, small: bool },
-    RecurrentGrad { gates: u32, vec4: bool },
+    RecurrentGrad { gates: u32, vec4: bool, wide: bool },
     ProjGrad,
     Gemm,
     /// The generic product for n <= 128 (`gemm` with 4 adjacent columns per invocation).
@@ -201,6 +201,16 @@ impl Kernel {
         }
     }
 
+    /// The entry point and its override constants, for reports.
+    pub fn label(self) -> String {
+        let c = self.constants();
+        if c.is_empty() {
+            return self.entry().to_string();
+        }
+        let c: Vec<String> = c.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        format!("{} ({})", self.entry(), c.join(" "))
+    }
+
     /// Pipeline-overridable constants.
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
@@ -209,7 +219,7 @@ impl Kernel {
             LoopStep { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
             ProjForward | ProjGrad => vec![("GATES", 4.0)],
             CellGrad { gates, relu } | LoopGrad { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
-            RecurrentGrad { gates, vec4 } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64)],
+            RecurrentGrad { gates, vec4, wide } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
             GemmNarrow => vec![("ADJACENT", 1.0)],
             _ => vec![],
         }

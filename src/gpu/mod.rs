@@ -10,6 +10,7 @@ mod api;
 mod context;
 mod gemm;
 pub mod kernels;
+pub mod profile;
 mod plan;
 mod readback;
 pub mod train;

@@ -223,6 +223,8 @@ pub struct Plan {
     forward_ops: Vec<Op>,
     backward_ops: Vec<Op>,
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    /// Timestamps around every dispatch while set (see `gpu::profile`).
+    profile: std::sync::Mutex<Option<Arc<super::profile::KernelProfile>>>,
 }
 
 impl std::fmt::Debug for Plan {
@@ -362,6 +364,9 @@ impl Plan {
         let cpu_like = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
         let vec4 = ho % 4 == 0 && cpu_like;
         let rec_vec4 = gh % 4 == 0;
+        // On a CPU-emulated adapter each invocation of the vec4 recurrent gradient owns 4
+        // adjacent k (see WIDE in recurrent_grad.wgsl); a GPU wants the invocations.
+        let rec_wide = rec_vec4 && cpu_like;
         // Row-major W_hh (vec4 step kernels, scalar recurrent gradient) at wt_w4_off.
         let wt_elems = wt_w4_off + gh * ho;
         let (dh_off, dc_off) = (0usize, (n + b) * ho);
@@ -689,10 +694,10 @@ impl Plan {
                         }
                         bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
                         bwd.push(Op {
-                            kernel: Kernel::RecurrentGrad { gates: g as u32, vec4: rec_vec4 },
+                            kernel: Kernel::RecurrentGrad { gates: g as u32, vec4: rec_vec4, wide: rec_wide },
                             bufs: rec_bufs.clone(),
                             param_offset: po,
-                            groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), 64),
+                            groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), if rec_wide { 256 } else { 64 }),
                         });
                     }
                     // Initial-state gradients: rows N.. of dh_rec / dc_rec, caller's order.
@@ -784,6 +789,7 @@ impl Plan {
             forward_ops: fwd,
             backward_ops: bwd,
             pipelines,
+            profile: std::sync::Mutex::new(None),
         })
     }
 
@@ -956,7 +962,11 @@ impl Plan {
             groups.insert(key, bg);
         }
         scope.pop()?;
+        let profile = self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        if let Some(p) = &profile {
+            p.mark(&mut pass, None);
+        }
         let mut current: Option<Kernel> = None;
         for op in ops {
             if current != Some(op.kernel) {
@@ -966,7 +976,16 @@ impl Plan {
             let bg = &groups[&(op.kernel.family(), op.bufs.clone())];
             pass.set_bind_group(0, bg, &[op.param_offset]);
             pass.dispatch_workgroups(op.groups[0], op.groups[1], op.groups[2]);
+            if let Some(p) = &profile {
+                p.mark(&mut pass, Some(op.kernel.label()));
+            }
         }
         Ok(())
+    }
+
+    /// Profiles the following recordings with `profile` (timestamps around every dispatch),
+    /// or stops with `None`. Only for finding where time goes: the timestamps cost time too.
+    pub fn set_profile(&self, profile: Option<Arc<super::profile::KernelProfile>>) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = profile;
     }
 }

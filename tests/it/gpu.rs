@@ -433,3 +433,33 @@ fn dispatch_and_submit_counts() {
     // + 3 GEMMs + 2 colsums
     assert_eq!(plan.backward_dispatches(), 2 + 2 + 1 + 100 + 2 + 3 + 2);
 }
+
+/// The per-kernel profile (timestamps inside passes) sees every dispatch of a recording: one
+/// step kernel per time step forward, one recurrent-gradient kernel per step backward, with
+/// positive times; on an adapter without timestamps inside passes it is a typed error.
+#[test]
+fn kernel_profile_counts_every_dispatch() {
+    use wgpu_rnn::bench::{BenchConfig, GpuRig};
+    use wgpu_rnn::gpu::profile::KernelProfile;
+    use wgpu_rnn::gpu::StepStrategy;
+    let t = 7;
+    let c = BenchConfig::parse(&format!("lstm,t={t},b=4,i=8,h=16")).unwrap();
+    for ctx in contexts() {
+        let rig = GpuRig::with_strategy(ctx, &c, StepStrategy::PerStep).unwrap();
+        if !KernelProfile::supported(ctx) {
+            assert!(matches!(rig.profile(false), Err(wgpu_rnn::Error::Unsupported(_))), "{}", ctx.describe());
+            continue;
+        }
+        let count = |times: &[wgpu_rnn::gpu::profile::KernelTime], entry: &str| -> u32 {
+            times.iter().filter(|k| k.kernel.split(' ').next() == Some(entry)).map(|k| k.dispatches).sum()
+        };
+        let fwd = rig.profile(false).unwrap();
+        assert_eq!(count(&fwd, "step"), t, "{fwd:?}");
+        assert!(fwd.iter().all(|k| k.ms >= 0.0) && fwd.iter().map(|k| k.ms).sum::<f64>() > 0.0, "{fwd:?}");
+        let train = rig.profile(true).unwrap();
+        assert_eq!(count(&train, "step"), t, "{train:?}");
+        assert_eq!(count(&train, "recurrent_grad"), t, "{train:?}");
+        // The plan records unprofiled again afterwards.
+        rig.run(true).unwrap();
+    }
+}
