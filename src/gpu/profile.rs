@@ -1,7 +1,7 @@
 //! Per-kernel GPU time from timestamp queries written between dispatches.
 //!
 //! Needs `TIMESTAMP_QUERY` and `TIMESTAMP_QUERY_INSIDE_PASSES`, which [`Context`] requests
-//! when the adapter has them (lavapipe does; GL does not). A [`KernelProfile`] given to
+//! when the adapter has them (lavapipe and llvmpipe through GL both do). A [`KernelProfile`] given to
 //! [`super::Plan::set_profile`] makes the plan's recordings write a timestamp before the first
 //! dispatch of each pass and after every dispatch; [`KernelProfile::read`] then sums the
 //! intervals per kernel. Profiling is for finding where time goes (`wgpu-rnn bench
