@@ -317,87 +317,87 @@ impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
         let (hs, ho, gh) = (cfg.hidden_size, cfg.out_size(), cfg.gates() * cfg.hidden_size);
         let out_w = cfg.output_size();
         let (lstm, proj) = (cfg.mode == Mode::Lstm, cfg.proj_size > 0);
-            let (r0, nr) = (mine.start, mine.len());
-            // SAFETY (every `part` below): the range is this thread's state rows `r0..r0 + nr`, or
-            // packed rows `o + r0..o + r0 + rows` of one step, which no other thread touches.
-            let h = unsafe { h.part(r0 * ho, nr * ho) };
-            let c = if lstm { unsafe { c.part(r0 * hs, nr * hs) } } else { &mut [][..] };
-            let mut hp = vec![T::zero(); nr * gh];
-            let mut xs = vec![T::zero(); if w_ih.is_some() { nr * gh } else { 0 }];
-            let mut gate_scratch = vec![T::zero(); gh];
-            let mut aux_scratch = vec![T::zero(); hs];
-            let mut h_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
-            let mut fresh = h0_zero;
-            for t in step_order(batch_sizes.len(), reverse) {
-                let rows = batch_sizes[t].saturating_sub(r0).min(nr);
-                if rows == 0 {
-                    continue;
+        let (r0, nr) = (mine.start, mine.len());
+        // SAFETY (every `part` below): the range is this thread's state rows `r0..r0 + nr`, or
+        // packed rows `o + r0..o + r0 + rows` of one step, which no other thread touches.
+        let h = unsafe { h.part(r0 * ho, nr * ho) };
+        let c = if lstm { unsafe { c.part(r0 * hs, nr * hs) } } else { &mut [][..] };
+        let mut hp = vec![T::zero(); nr * gh];
+        let mut xs = vec![T::zero(); if w_ih.is_some() { nr * gh } else { 0 }];
+        let mut gate_scratch = vec![T::zero(); gh];
+        let mut aux_scratch = vec![T::zero(); hs];
+        let mut h_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+        let mut fresh = h0_zero;
+        for t in step_order(batch_sizes.len(), reverse) {
+            let rows = batch_sizes[t].saturating_sub(r0).min(nr);
+            if rows == 0 {
+                continue;
+            }
+            let o = off[t] + r0;
+            // 1. This step's input projection (when made per step) ...
+            let xrows: &[T] = match w_ih {
+                Some(w) => {
+                    w.gemm(&x[o * in_size..(o + rows) * in_size], rows, in_size, &mut xs[..rows * gh], gh);
+                    add_bias(&mut xs[..rows * gh], gh, p.b_ih.as_deref());
+                    &xs[..rows * gh]
                 }
-                let o = off[t] + r0;
-                // 1. This step's input projection (when made per step) ...
-                let xrows: &[T] = match w_ih {
-                    Some(w) => {
-                        w.gemm(&x[o * in_size..(o + rows) * in_size], rows, in_size, &mut xs[..rows * gh], gh);
-                        add_bias(&mut xs[..rows * gh], gh, p.b_ih.as_deref());
-                        &xs[..rows * gh]
-                    }
-                    None => &xp[o * gh..(o + rows) * gh],
-                };
-                // 2. ... and recurrent product for the active rows: zero at this thread's first
-                // step from a zero h0 (every row active then starts there, in either direction).
-                match w_hh.filter(|_| !fresh) {
-                    Some(w) => w.gemm(&h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh),
-                    None => hp[..rows * gh].fill(T::zero()),
-                }
-                fresh = false;
-                add_bias(&mut hp[..rows * gh], gh, p.b_hh.as_deref());
-                if training {
-                    unsafe { h_prev.part(o * ho, rows * ho) }.copy_from_slice(&h[..rows * ho]);
-                    if lstm {
-                        unsafe { c_prev.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
-                    }
-                }
-                // 3. Fused pointwise update, one row at a time over exact-length slices (vectorises).
-                for r in 0..rows {
-                    let xr = &xrows[r * gh..(r + 1) * gh];
-                    let hr = &hp[r * gh..(r + 1) * gh];
-                    // Training keeps the gates (and GRU's W_hn h + b_hn) in the tape; inference
-                    // writes them to scratch rows.
-                    let (gates_row, aux_row): (&mut [T], &mut [T]) = if training {
-                        let aux = if cfg.mode == Mode::Gru { unsafe { hn_tape.part((o + r) * hs, hs) } } else { &mut [][..] };
-                        (unsafe { gates.part((o + r) * gh, gh) }, aux)
-                    } else {
-                        (&mut gate_scratch[..], &mut aux_scratch[..])
-                    };
-                    match cfg.mode {
-                        Mode::RnnTanh | Mode::RnnRelu => {
-                            let hr_out = &mut h[r * ho..r * ho + hs];
-                            rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, hr_out);
-                            gates_row.copy_from_slice(hr_out);
-                        }
-                        Mode::Lstm => {
-                            let hr_out = if proj { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut h[r * ho..r * ho + hs] };
-                            lstm_row(xr, hr, &mut c[r * hs..(r + 1) * hs], hr_out, gates_row);
-                        }
-                        Mode::Gru => {
-                            gru_row(xr, hr, &mut h[r * ho..r * ho + hs], gates_row, aux_row);
-                        }
-                    }
-                }
-                if let Some(wr) = w_hr {
-                    // h = (o * tanh(c)) W_hr^T for the active rows.
-                    wr.gemm(&h_pre[..rows * hs], rows, hs, &mut h[..rows * ho], ho);
-                }
-                if training && lstm {
-                    unsafe { c_tape.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
-                    if proj {
-                        unsafe { h_pre_tape.part(o * hs, rows * hs) }.copy_from_slice(&h_pre[..rows * hs]);
-                    }
-                }
-                for r in 0..rows {
-                    unsafe { out.part((o + r) * out_w + col, ho) }.copy_from_slice(&h[r * ho..(r + 1) * ho]);
+                None => &xp[o * gh..(o + rows) * gh],
+            };
+            // 2. ... and recurrent product for the active rows: zero at this thread's first
+            // step from a zero h0 (every row active then starts there, in either direction).
+            match w_hh.filter(|_| !fresh) {
+                Some(w) => w.gemm(&h[..rows * ho], rows, ho, &mut hp[..rows * gh], gh),
+                None => hp[..rows * gh].fill(T::zero()),
+            }
+            fresh = false;
+            add_bias(&mut hp[..rows * gh], gh, p.b_hh.as_deref());
+            if training {
+                unsafe { h_prev.part(o * ho, rows * ho) }.copy_from_slice(&h[..rows * ho]);
+                if lstm {
+                    unsafe { c_prev.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
                 }
             }
+            // 3. Fused pointwise update, one row at a time over exact-length slices (vectorises).
+            for r in 0..rows {
+                let xr = &xrows[r * gh..(r + 1) * gh];
+                let hr = &hp[r * gh..(r + 1) * gh];
+                // Training keeps the gates (and GRU's W_hn h + b_hn) in the tape; inference
+                // writes them to scratch rows.
+                let (gates_row, aux_row): (&mut [T], &mut [T]) = if training {
+                    let aux = if cfg.mode == Mode::Gru { unsafe { hn_tape.part((o + r) * hs, hs) } } else { &mut [][..] };
+                    (unsafe { gates.part((o + r) * gh, gh) }, aux)
+                } else {
+                    (&mut gate_scratch[..], &mut aux_scratch[..])
+                };
+                match cfg.mode {
+                    Mode::RnnTanh | Mode::RnnRelu => {
+                        let hr_out = &mut h[r * ho..r * ho + hs];
+                        rnn_row(cfg.mode == Mode::RnnTanh, xr, hr, hr_out);
+                        gates_row.copy_from_slice(hr_out);
+                    }
+                    Mode::Lstm => {
+                        let hr_out = if proj { &mut h_pre[r * hs..(r + 1) * hs] } else { &mut h[r * ho..r * ho + hs] };
+                        lstm_row(xr, hr, &mut c[r * hs..(r + 1) * hs], hr_out, gates_row);
+                    }
+                    Mode::Gru => {
+                        gru_row(xr, hr, &mut h[r * ho..r * ho + hs], gates_row, aux_row);
+                    }
+                }
+            }
+            if let Some(wr) = w_hr {
+                // h = (o * tanh(c)) W_hr^T for the active rows.
+                wr.gemm(&h_pre[..rows * hs], rows, hs, &mut h[..rows * ho], ho);
+            }
+            if training && lstm {
+                unsafe { c_tape.part(o * hs, rows * hs) }.copy_from_slice(&c[..rows * hs]);
+                if proj {
+                    unsafe { h_pre_tape.part(o * hs, rows * hs) }.copy_from_slice(&h_pre[..rows * hs]);
+                }
+            }
+            for r in 0..rows {
+                unsafe { out.part((o + r) * out_w + col, ho) }.copy_from_slice(&h[r * ho..(r + 1) * ho]);
+            }
+        }
     }
 }
 
@@ -712,108 +712,108 @@ impl<T: Float> split::RowLoop for BwdLoop<'_, T> {
         let out_w = cfg.output_size();
         let (lstm, gru, proj) = (cfg.mode == Mode::Lstm, cfg.mode == Mode::Gru, cfg.proj_size > 0);
         let one = T::one();
-            let (r0, nr) = (mine.start, mine.len());
-            // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
-            // `o + r0..o + r0 + rows` of one step, which no other thread touches.
-            let dh = unsafe { dh.part(r0 * ho, nr * ho) };
-            let dc = if lstm { unsafe { dc.part(r0 * hs, nr * hs) } } else { &mut [][..] };
-            let mut dh_tot = vec![T::zero(); nr * ho];
-            let mut dh_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
-            let mut direct = vec![T::zero(); if gru { nr * ho } else { 0 }];
-            let mut dx_step = vec![T::zero(); if w_ih.is_some() && !first { nr * in_size } else { 0 }];
-            // Reverse of the processing order.
-            for t in step_order(batch_sizes.len(), !reverse) {
-                let rows = batch_sizes[t].saturating_sub(r0).min(nr);
-                if rows == 0 {
-                    continue;
+        let (r0, nr) = (mine.start, mine.len());
+        // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
+        // `o + r0..o + r0 + rows` of one step, which no other thread touches.
+        let dh = unsafe { dh.part(r0 * ho, nr * ho) };
+        let dc = if lstm { unsafe { dc.part(r0 * hs, nr * hs) } } else { &mut [][..] };
+        let mut dh_tot = vec![T::zero(); nr * ho];
+        let mut dh_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+        let mut direct = vec![T::zero(); if gru { nr * ho } else { 0 }];
+        let mut dx_step = vec![T::zero(); if w_ih.is_some() && !first { nr * in_size } else { 0 }];
+        // Reverse of the processing order.
+        for t in step_order(batch_sizes.len(), !reverse) {
+            let rows = batch_sizes[t].saturating_sub(r0).min(nr);
+            if rows == 0 {
+                continue;
+            }
+            let o = off[t] + r0;
+            for r in 0..rows {
+                for j in 0..ho {
+                    dh_tot[r * ho + j] = dh[r * ho + j] + dy[(o + r) * out_w + col + j];
                 }
-                let o = off[t] + r0;
-                for r in 0..rows {
-                    for j in 0..ho {
-                        dh_tot[r * ho + j] = dh[r * ho + j] + dy[(o + r) * out_w + col + j];
-                    }
-                }
-                // Gradient with respect to the pre-projection h (o * tanh(c)).
-                let dhp: &[T] = if let Some(wr) = w_hr {
-                    unsafe { dh_tot_rows.part(o * ho, rows * ho) }.copy_from_slice(&dh_tot[..rows * ho]);
-                    wr.gemm(&dh_tot[..rows * ho], rows, ho, &mut dh_pre[..rows * hs], hs);
-                    &dh_pre
-                } else {
-                    &dh_tot
-                };
-                let dg_step = unsafe { dgx_rows.part(o * gh, rows * gh) };
-                let dgh_step = if gru { unsafe { dgh_rows.part(o * gh, rows * gh) } } else { &mut [][..] };
-                for r in 0..rows {
-                    let row = o + r;
-                    let gt = &tp.gates[row * gh..(row + 1) * gh];
-                    let dg = &mut dg_step[r * gh..(r + 1) * gh];
-                    match cfg.mode {
-                        Mode::RnnTanh => {
-                            for j in 0..hs {
-                                dg[j] = dhp[r * hs + j] * (one - gt[j] * gt[j]);
-                            }
-                        }
-                        Mode::RnnRelu => {
-                            for j in 0..hs {
-                                dg[j] = if gt[j] > T::zero() { dhp[r * hs + j] } else { T::zero() };
-                            }
-                        }
-                        Mode::Lstm => {
-                            for j in 0..hs {
-                                let (i, f, gg, og) = (gt[j], gt[hs + j], gt[2 * hs + j], gt[3 * hs + j]);
-                                let c = tp.c[row * hs + j];
-                                let tc = c.tanh();
-                                let dhv = dhp[r * hs + j];
-                                let dct = dc[r * hs + j] + dhv * og * (one - tc * tc);
-                                dg[j] = dct * gg * i * (one - i);
-                                dg[hs + j] = dct * tp.c_prev[row * hs + j] * f * (one - f);
-                                dg[2 * hs + j] = dct * i * (one - gg * gg);
-                                dg[3 * hs + j] = dhv * tc * og * (one - og);
-                                dc[r * hs + j] = dct * f;
-                            }
-                        }
-                        Mode::Gru => {
-                            let dgh_row = &mut dgh_step[r * gh..(r + 1) * gh];
-                            for j in 0..hs {
-                                let (rg, z, nn) = (gt[j], gt[hs + j], gt[2 * hs + j]);
-                                let hprev = tp.h_prev[row * ho + j];
-                                let dhv = dhp[r * hs + j];
-                                let dan = dhv * (one - z) * (one - nn * nn);
-                                let dar = dan * tp.hn[row * hs + j] * rg * (one - rg);
-                                let daz = dhv * (hprev - nn) * z * (one - z);
-                                dg[j] = dar;
-                                dg[hs + j] = daz;
-                                dg[2 * hs + j] = dan;
-                                dgh_row[j] = dar;
-                                dgh_row[hs + j] = daz;
-                                dgh_row[2 * hs + j] = dan * rg;
-                                direct[r * ho + j] = dhv * z;
-                            }
+            }
+            // Gradient with respect to the pre-projection h (o * tanh(c)).
+            let dhp: &[T] = if let Some(wr) = w_hr {
+                unsafe { dh_tot_rows.part(o * ho, rows * ho) }.copy_from_slice(&dh_tot[..rows * ho]);
+                wr.gemm(&dh_tot[..rows * ho], rows, ho, &mut dh_pre[..rows * hs], hs);
+                &dh_pre
+            } else {
+                &dh_tot
+            };
+            let dg_step = unsafe { dgx_rows.part(o * gh, rows * gh) };
+            let dgh_step = if gru { unsafe { dgh_rows.part(o * gh, rows * gh) } } else { &mut [][..] };
+            for r in 0..rows {
+                let row = o + r;
+                let gt = &tp.gates[row * gh..(row + 1) * gh];
+                let dg = &mut dg_step[r * gh..(r + 1) * gh];
+                match cfg.mode {
+                    Mode::RnnTanh => {
+                        for j in 0..hs {
+                            dg[j] = dhp[r * hs + j] * (one - gt[j] * gt[j]);
                         }
                     }
-                }
-                // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
-                let dg_x: &[T] = dg_step;
-                let dg_h: &[T] = if gru { dgh_step } else { dg_x };
-                w_hh.gemm(dg_h, rows, gh, &mut dh[..rows * ho], ho);
-                if gru {
-                    for (v, &d) in dh[..rows * ho].iter_mut().zip(&direct[..rows * ho]) {
-                        *v += d;
+                    Mode::RnnRelu => {
+                        for j in 0..hs {
+                            dg[j] = if gt[j] > T::zero() { dhp[r * hs + j] } else { T::zero() };
+                        }
                     }
-                }
-                // This step's rows of dX = dG_x W_ih.
-                if let Some(w) = w_ih {
-                    let dst = unsafe { dx.part(o * in_size, rows * in_size) };
-                    if first {
-                        w.gemm(dg_x, rows, gh, dst, in_size);
-                    } else {
-                        w.gemm(dg_x, rows, gh, &mut dx_step[..rows * in_size], in_size);
-                        for (v, &d) in dst.iter_mut().zip(&dx_step[..rows * in_size]) {
-                            *v += d;
+                    Mode::Lstm => {
+                        for j in 0..hs {
+                            let (i, f, gg, og) = (gt[j], gt[hs + j], gt[2 * hs + j], gt[3 * hs + j]);
+                            let c = tp.c[row * hs + j];
+                            let tc = c.tanh();
+                            let dhv = dhp[r * hs + j];
+                            let dct = dc[r * hs + j] + dhv * og * (one - tc * tc);
+                            dg[j] = dct * gg * i * (one - i);
+                            dg[hs + j] = dct * tp.c_prev[row * hs + j] * f * (one - f);
+                            dg[2 * hs + j] = dct * i * (one - gg * gg);
+                            dg[3 * hs + j] = dhv * tc * og * (one - og);
+                            dc[r * hs + j] = dct * f;
+                        }
+                    }
+                    Mode::Gru => {
+                        let dgh_row = &mut dgh_step[r * gh..(r + 1) * gh];
+                        for j in 0..hs {
+                            let (rg, z, nn) = (gt[j], gt[hs + j], gt[2 * hs + j]);
+                            let hprev = tp.h_prev[row * ho + j];
+                            let dhv = dhp[r * hs + j];
+                            let dan = dhv * (one - z) * (one - nn * nn);
+                            let dar = dan * tp.hn[row * hs + j] * rg * (one - rg);
+                            let daz = dhv * (hprev - nn) * z * (one - z);
+                            dg[j] = dar;
+                            dg[hs + j] = daz;
+                            dg[2 * hs + j] = dan;
+                            dgh_row[j] = dar;
+                            dgh_row[hs + j] = daz;
+                            dgh_row[2 * hs + j] = dan * rg;
+                            direct[r * ho + j] = dhv * z;
                         }
                     }
                 }
             }
+            // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
+            let dg_x: &[T] = dg_step;
+            let dg_h: &[T] = if gru { dgh_step } else { dg_x };
+            w_hh.gemm(dg_h, rows, gh, &mut dh[..rows * ho], ho);
+            if gru {
+                for (v, &d) in dh[..rows * ho].iter_mut().zip(&direct[..rows * ho]) {
+                    *v += d;
+                }
+            }
+            // This step's rows of dX = dG_x W_ih.
+            if let Some(w) = w_ih {
+                let dst = unsafe { dx.part(o * in_size, rows * in_size) };
+                if first {
+                    w.gemm(dg_x, rows, gh, dst, in_size);
+                } else {
+                    w.gemm(dg_x, rows, gh, &mut dx_step[..rows * in_size], in_size);
+                    for (v, &d) in dst.iter_mut().zip(&dx_step[..rows * in_size]) {
+                        *v += d;
+                    }
+                }
+            }
+        }
     }
 }
 
