@@ -22,6 +22,10 @@ struct UtilParams {
     state_off: u32,
     seq_off: u32,
     dst_off: u32,
+    dst_ld: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: UtilParams;
@@ -111,6 +115,24 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         return;
     }
     dst[p.dst_off + i] = src[p.src_off + i];
+}
+
+// dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] for c < width, 0 for
+// width <= c < dst_ld: a [rows, width] block copied between row strides, zero-padded on the
+// right (inputs whose width is not a multiple of 4 padded for the vec4 GEMMs, and back).
+@compute @workgroup_size(256)
+fn pad_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.dst_ld) {
+        return;
+    }
+    let r = i / p.dst_ld;
+    let c = i % p.dst_ld;
+    var v = 0.0;
+    if (c < p.width) {
+        v = src[p.src_off + r * p.src_ld + c];
+    }
+    dst[p.dst_off + i] = v;
 }
 
 // dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order.

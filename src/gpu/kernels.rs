@@ -115,6 +115,7 @@ pub enum Kernel {
     CopyState,
     Transpose,
     ColSum,
+    PadRows,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
 }
@@ -168,7 +169,7 @@ impl Kernel {
             CellGrad { .. } | LoopGrad { .. } | ProjGrad => Family::StepBackward,
             RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
-            GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum => Family::Util,
+            GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
         }
     }
@@ -197,6 +198,7 @@ impl Kernel {
             CopyState => "copy_state",
             Transpose => "transpose",
             ColSum => "colsum",
+            PadRows => "pad_rows",
             Train(k) => k.entry(),
         }
     }
@@ -460,6 +462,11 @@ pub struct UtilParams {
     pub state_off: u32,
     pub seq_off: u32,
     pub dst_off: u32,
+    /// Row stride of dst (`pad_rows`).
+    pub dst_ld: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// `TrainParams` in train.wgsl.
