@@ -360,7 +360,7 @@ impl Plan {
         // IMDB BiLSTM's (I 50) scalar GEMMs ran at 4 GFLOP/s against 7-8 for the vec4 ones.
         let padded = |l: usize| -> Option<usize> {
             let i = cfg.layer_input_size(l);
-            (i % 4 != 0 && gh % 4 == 0).then(|| i.next_multiple_of(4))
+            (!i.is_multiple_of(4) && gh.is_multiple_of(4)).then(|| i.next_multiple_of(4))
         };
         let pad_max = (0..cfg.num_layers).filter_map(padded).max();
         // Weights rearranged per layer-direction: W_ih^T (padded rows zero), W_hh^T, b_hh, W_hr^T.
