@@ -273,7 +273,7 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     };
     split::run_loop(&ranges, &l);
     pool::recycle(xp);
-    for w in [w_hh, w_ih].into_iter().flatten() {
+    for w in [w_hh, w_ih, w_hr].into_iter().flatten() {
         w.recycle();
     }
 }
@@ -669,8 +669,7 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     pool::recycle(dgx);
     pool::recycle(dgh);
     pool::recycle(dh_tot_all);
-    w_hh.recycle();
-    if let Some(w) = w_ih {
+    for w in [Some(w_hh), w_ih, w_hr].into_iter().flatten() {
         w.recycle();
     }
 }

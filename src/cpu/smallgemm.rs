@@ -22,28 +22,9 @@ pub struct PackedB<T> {
 }
 
 impl<T: Float> PackedB<T> {
-    /// Packs `B[k, n]` given as element accessor `at(kk, j)`.
-    pub fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> T) -> Self {
-        let panels = n.div_ceil(NR);
-        let mut data = Vec::with_capacity(panels * k * NR);
-        for p in 0..panels {
-            for kk in 0..k {
-                data.extend((0..NR).map(|c| {
-                    let j = p * NR + c;
-                    if j < n {
-                        at(kk, j)
-                    } else {
-                        T::zero()
-                    }
-                }));
-            }
-        }
-        PackedB { k, n, data }
-    }
-
     /// `B = W^T` for a row-major `W[n, k]` (forward: `h W_hh^T`): each row of W is read
-    /// sequentially into one column of its panel (the generic accessor's per-element checks
-    /// cost as much as a T = 1 step's product).
+    /// sequentially into one column of its panel (packing through a per-element accessor cost
+    /// as much as a T = 1 step's product).
     pub fn transposed(w: &[T], n: usize, k: usize) -> Self {
         assert!(w.len() >= n * k, "W too small");
         let panels = n.div_ceil(NR);
