@@ -247,7 +247,7 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
 /// per physical core).
 pub fn cpu_threads() -> String {
     let loops = cpu::split::threads();
-    match std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok()) {
+    match cpu::split::env_threads() {
         Some(n) => format!("{loops} time-loop threads, {n} GEMM threads"),
         None => format!("{loops} time-loop threads, GEMM threads = physical cores"),
     }

@@ -32,14 +32,16 @@ pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }
 
+/// `MATMUL_NUM_THREADS` when set to a number: matrixmultiply's thread count, and (when
+/// positive) the time loops' default.
+pub fn env_threads() -> Option<usize> {
+    std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok())
+}
+
 /// The thread count the time loops use (see [`set_threads`]).
 pub fn threads() -> usize {
     match THREADS.load(Ordering::Relaxed) {
-        0 => std::env::var("MATMUL_NUM_THREADS")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        0 => env_threads().filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     }
 }
