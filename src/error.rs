@@ -77,6 +77,15 @@ pub enum Error {
     /// A feature that is not available on this path yet.
     #[error("unsupported: {0}")]
     Unsupported(String),
+
+    /// A host allocation that could not be met (or whose size overflows), refused before it
+    /// was attempted or through a fallible reservation, instead of aborting the process.
+    #[error("out of memory: {what} needs {bytes} bytes")]
+    OutOfMemory { what: String, bytes: u128 },
+
+    /// A training tape handed to backward with weights of another configuration or layout.
+    #[error("tape mismatch: {0}")]
+    TapeMismatch(String),
 }
 
 impl From<safetensors::SafeTensorError> for Error {
