@@ -86,6 +86,19 @@ pub enum Error {
     /// A training tape handed to backward with weights of another configuration or layout.
     #[error("tape mismatch: {0}")]
     TapeMismatch(String),
+
+    /// A wait on the device (a readback, a submit-and-wait) did not finish within the
+    /// context's wait timeout (`Context::set_wait_timeout`); the work is abandoned.
+    #[error("timed out: {0}")]
+    Timeout(String),
+
+    /// The device was lost or destroyed; every later call on its context fails with this.
+    #[error("device lost: {0}")]
+    DeviceLost(String),
+
+    /// One buffer bound to two roles of a recording where at least one of them is written.
+    #[error("buffer aliasing: {0}")]
+    BufferAliasing(String),
 }
 
 impl From<safetensors::SafeTensorError> for Error {
