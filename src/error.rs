@@ -87,6 +87,10 @@ pub enum Error {
     #[error("tape mismatch: {0}")]
     TapeMismatch(String),
 
+    /// A tensor has the wrong number of dimensions (e.g. a 0-d or 3-d `weight_hh_l0`).
+    #[error("{what}: expected a {expected}-D tensor, got shape {got:?}")]
+    RankMismatch { what: String, expected: usize, got: Vec<usize> },
+
     /// A wait on the device (a readback, a submit-and-wait) did not finish within the
     /// context's wait timeout (`Context::set_wait_timeout`); the work is abandoned.
     #[error("timed out: {0}")]
