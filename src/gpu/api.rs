@@ -32,6 +32,9 @@ struct PlanKey {
 
 /// What a training forward keeps on the device for [`GpuRnn::backward`].
 pub struct GpuTape {
+    /// The context and weights it was recorded with: backward refuses any other model.
+    ctx: Arc<Context>,
+    weights: wgpu::Buffer,
     plan: Arc<Plan>,
     input: TrackedBuffer,
     output: TrackedBuffer,
@@ -63,15 +66,19 @@ impl GpuRnn {
         if let Some(name) = bad {
             return Err(Error::NonFinite(name));
         }
-        debug_assert_eq!(flat.len(), weight_layout(&w.config).1);
         let _serial = ctx.exclusive();
+        if flat.len() != weight_layout(&w.config).1 {
+            return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![weight_layout(&w.config).1], expected: weight_layout(&w.config).1, got: flat.len() });
+        }
         Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights: upload(ctx, "weights", &flat)?, plans: Mutex::new(Vec::new()) })
     }
 
+    /// The configuration the weights were uploaded for.
     pub fn config(&self) -> &RnnConfig {
         &self.cfg
     }
 
+    /// The context the model lives on.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
@@ -84,7 +91,9 @@ impl GpuRnn {
     /// A prepared plan for this structure: cached, and never one a live tape still uses.
     pub fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<Plan>> {
         let key = PlanKey { layout: layout.clone(), pass, inputs };
-        let mut plans = self.plans.lock().expect("plan cache lock");
+        // A panic elsewhere while the cache was locked leaves it consistent (entries are
+        // pushed whole), so a poisoned lock is used as is.
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(pos) = plans.iter().position(|(k, p)| *k == key && Arc::strong_count(p) == 1) {
             let entry = plans.remove(pos);
             let plan = entry.1.clone();
@@ -108,6 +117,7 @@ impl GpuRnn {
         pass: Pass,
     ) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
         let c = &self.cfg;
+        self.ctx.check_alive()?;
         input.validate()?;
         if input.features != c.input_size {
             return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![c.input_size], got: vec![input.features] });
@@ -160,11 +170,13 @@ impl GpuRnn {
             rb.copy(ctx, &mut enc, cn, cn_elems)?;
         }
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
-        let out_data = got.next().expect("output");
-        let h_n = Tensor { shape: c.h_shape(b), data: got.next().expect("h_n") };
+        let out_data = next_read(&mut got, "output")?;
+        let h_n = Tensor { shape: c.h_shape(b), data: next_read(&mut got, "h_n")? };
         let c_n = got.next().map(|data| Tensor { shape: c.c_shape(b), data });
         let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, h_n, c_n };
         let tape = (pass == Pass::Training).then(|| GpuTape {
+            ctx: ctx.clone(),
+            weights: self.weights.buffer.clone(),
             plan,
             input: x,
             output: out,
@@ -179,9 +191,22 @@ impl GpuRnn {
     pub fn backward(&self, tape: &GpuTape, grad_output: &[f32], grad_h_n: Option<&[f32]>, grad_c_n: Option<&[f32]>) -> Result<Gradients<f32>> {
         let c = &self.cfg;
         let plan = &tape.plan;
-        if plan.config() != c {
-            return Err(Error::InvalidConfig("tape was recorded by another model".into()));
+        // A tape's buffers and plan belong to its context's device: binding them on another
+        // device trips wgpu-core assertions, so compare before recording anything.
+        if !Arc::ptr_eq(&tape.ctx, &self.ctx) {
+            return Err(Error::TapeMismatch(format!(
+                "tape was recorded on another context ({}), this model is on {}",
+                tape.ctx.describe(),
+                self.ctx.describe()
+            )));
         }
+        if plan.config() != c {
+            return Err(Error::TapeMismatch("tape was recorded by a model of another configuration".into()));
+        }
+        if tape.weights != self.weights.buffer {
+            return Err(Error::TapeMismatch("tape was recorded by another model (other weights)".into()));
+        }
+        self.ctx.check_alive()?;
         let (n, b) = (plan.rows(), plan.layout().batch());
         let lstm = c.mode == Mode::Lstm;
         check_len("grad_output", &[n, c.output_size()], grad_output.len())?;
@@ -251,11 +276,14 @@ impl GpuRnn {
             rb.copy(ctx, &mut enc, g, cn_elems)?;
         }
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
-        let gi_data = got.next().expect("grad_input");
-        let gh0_data = got.next().expect("grad_h0");
-        let flat = got.next().expect("grad_weights");
+        let gi_data = next_read(&mut got, "grad_input")?;
+        let gh0_data = next_read(&mut got, "grad_h0")?;
+        let flat = next_read(&mut got, "grad_weights")?;
         let gc0_data = got.next();
         let mut params = Weights::<f32>::zeros(c)?;
+        if flat.len() != params.num_scalars() {
+            return Err(Error::LengthMismatch { what: "grad_weights read back".into(), shape: vec![params.num_scalars()], expected: params.num_scalars(), got: flat.len() });
+        }
         let mut at = 0;
         params.for_each_mut(|_, _, _, v| {
             let len = v.len();
@@ -277,4 +305,9 @@ impl GpuRnn {
             params,
         })
     }
+}
+
+/// The next buffer a [`Readback`] returned (one per copy recorded, so always present).
+fn next_read(got: &mut impl Iterator<Item = Vec<f32>>, what: &str) -> Result<Vec<f32>> {
+    got.next().ok_or_else(|| Error::Gpu(format!("readback returned no {what}")))
 }

@@ -7,7 +7,8 @@ use super::kernels::{Kernel, Layouts, Modules};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// Environment variable choosing the backend: `vulkan`, `gl`, `metal`, `dx12` (comma list).
 pub const ENV_BACKEND: &str = "WGPU_RNN_BACKEND";
@@ -95,6 +96,10 @@ pub struct Context {
     gl_serial: Mutex<()>,
     /// Stride of the per-dispatch parameter blocks (dynamic uniform offsets).
     pub(crate) param_stride: u32,
+    /// The longest a wait on the device may take, in nanoseconds (see [`Context::set_wait_timeout`]).
+    wait_timeout_ns: AtomicU64,
+    /// Set (once) by the device-lost callback: why the device is gone.
+    lost: Arc<OnceLock<String>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -104,6 +109,10 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
+    /// How long a wait on the device (a readback, [`Context::wait`]) may take by default
+    /// before it gives up with [`Error::Timeout`]; change it with [`Context::set_wait_timeout`].
+    pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
+
     /// A context on the default adapter, or the one `WGPU_RNN_BACKEND` / `WGPU_RNN_ADAPTER` name.
     pub fn new() -> Result<Arc<Self>> {
         Self::with_options(&ContextOptions::from_env()?)
@@ -166,6 +175,9 @@ impl Context {
         Self::build(device, queue, info)
     }
 
+    /// Wraps the device. The context installs its own device-lost callback (replacing one a
+    /// caller set on a device passed to [`Context::from_device`]) so that it can refuse work
+    /// on a lost device with [`Error::DeviceLost`].
     fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Result<Arc<Self>> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < super::kernels::MAX_STORAGE_BINDINGS {
@@ -175,6 +187,11 @@ impl Context {
                 limits.max_storage_buffers_per_shader_stage
             )));
         }
+        let lost = Arc::new(OnceLock::new());
+        let flag = lost.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            let _ = flag.set(if message.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {message}") });
+        });
         let scope = ErrorScope::push(&device);
         let layouts = Layouts::new(&device);
         let modules = Modules::new(&device);
@@ -192,6 +209,8 @@ impl Context {
             memory: Arc::new(MemoryCounter::default()),
             gl_serial: Mutex::new(()),
             param_stride,
+            wait_timeout_ns: AtomicU64::new(Self::DEFAULT_WAIT_TIMEOUT.as_nanos() as u64),
+            lost,
         }))
     }
 
@@ -219,11 +238,12 @@ impl Context {
 
     /// Number of pipelines built so far (each built once per distinct kernel variant).
     pub fn pipeline_count(&self) -> usize {
-        self.pipelines.lock().expect("pipeline cache lock").len()
+        self.pipelines.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// A buffer whose size is checked against the device limits and counted.
     pub(crate) fn buffer(&self, label: &str, size: u64, usage: wgpu::BufferUsages) -> Result<TrackedBuffer> {
+        self.check_alive()?;
         // Multiples of 16 bytes, so any buffer can also be bound as an array of vec4s.
         let size = size.max(16).next_multiple_of(16);
         if size > self.limits.max_buffer_size {
@@ -240,14 +260,15 @@ impl Context {
         }
         let scope = ErrorScope::push(&self.device);
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false });
-        scope.pop()?;
+        scope.pop_on(self)?;
         self.memory.0.fetch_add(size, Ordering::Relaxed);
         Ok(TrackedBuffer { buffer, counter: self.memory.clone() })
     }
 
     /// The pipeline for a kernel variant, built on first use.
     pub(crate) fn pipeline(&self, k: Kernel) -> Result<wgpu::ComputePipeline> {
-        let mut cache = self.pipelines.lock().expect("pipeline cache lock");
+        self.lost_error()?;
+        let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&k) {
             return Ok(p.clone());
         }
@@ -261,7 +282,7 @@ impl Context {
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
-        scope.pop()?;
+        scope.pop_on(self)?;
         cache.insert(k, p.clone());
         Ok(p)
     }
@@ -276,24 +297,113 @@ impl Context {
         (self.info.backend == wgpu::Backend::Gl).then(|| self.gl_serial.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    /// Waits for all submitted work.
+    /// Waits for all submitted work, at most [`Context::wait_timeout`]: [`Error::Timeout`]
+    /// after that, [`Error::DeviceLost`] if the device is lost.
     pub fn wait(&self) -> Result<()> {
-        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| Error::Gpu(format!("poll: {e}")))?;
-        Ok(())
+        self.check_alive()?;
+        self.poll_until(self.deadline(), "waiting for submitted work", |finished| finished)
+    }
+
+    /// Sets how long a wait on the device (a readback, [`Context::wait`], a training-kit run)
+    /// may take before it gives up with [`Error::Timeout`] ([`Context::DEFAULT_WAIT_TIMEOUT`] unless
+    /// set). The abandoned work may still finish on the device later; nothing is read back.
+    pub fn set_wait_timeout(&self, timeout: Duration) {
+        self.wait_timeout_ns.store(timeout.as_nanos().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+    }
+
+    /// The longest a wait on the device may take (see [`Context::set_wait_timeout`]).
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_nanos(self.wait_timeout_ns.load(Ordering::Relaxed))
+    }
+
+    /// When a wait starting now must give up.
+    pub(crate) fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        now.checked_add(self.wait_timeout()).unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+    }
+
+    /// Whether the device is known to be lost (destroyed, or lost by the driver).
+    pub fn is_lost(&self) -> bool {
+        self.lost_error().is_err() || {
+            let _ = self.device.poll(wgpu::PollType::Poll);
+            self.lost_error().is_err()
+        }
+    }
+
+    /// [`Error::DeviceLost`] if the device-lost callback has run; does not poll.
+    pub(crate) fn lost_error(&self) -> Result<()> {
+        match self.lost.get() {
+            Some(reason) => Err(Error::DeviceLost(format!("{} ({reason})", self.describe()))),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Error::DeviceLost`] if the device is lost. `Device::destroy` reports the loss (runs
+    /// the callback) only from a poll, so this polls once without waiting first.
+    pub fn check_alive(&self) -> Result<()> {
+        self.lost_error()?;
+        let _ = self.device.poll(wgpu::PollType::Poll);
+        self.lost_error()
+    }
+
+    /// Polls until `done(finished)` holds, where `finished` says whether the latest submission
+    /// has completed (`done` is asked after every poll; map callbacks run inside the poll), or
+    /// until `deadline` passes ([`Error::Timeout`]). Each poll waits for the latest submission
+    /// at most until the deadline; GL caps one wait at about 4.3 s, so this loops.
+    pub(crate) fn poll_until(&self, deadline: Instant, what: &str, mut done: impl FnMut(bool) -> bool) -> Result<()> {
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let finished = match self.device.poll(wgpu::PollType::Wait { submission_index: None, timeout: Some(remaining) }) {
+                Ok(status) => status.is_queue_empty() || status.wait_finished(),
+                Err(wgpu::PollError::Timeout) => false,
+                Err(e) => {
+                    self.lost_error()?;
+                    return Err(Error::Gpu(format!("{what}: poll: {e}")));
+                }
+            };
+            self.lost_error()?;
+            if done(finished) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(format!(
+                    "{what} on {}: no result within {:?} (Context::set_wait_timeout)",
+                    self.describe(),
+                    self.wait_timeout()
+                )));
+            }
+            if finished {
+                // The queue is idle but callbacks are outstanding: don't spin.
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
     }
 }
 
 /// Validation and out-of-memory error scopes around a piece of work.
+///
+/// Field order matters: a scope dropped without `pop` (an early `?` return) drops its guards
+/// in declaration order, and wgpu panics unless scopes are popped in reverse push order.
 pub(crate) struct ErrorScope {
-    oom: wgpu::ErrorScopeGuard,
     validation: wgpu::ErrorScopeGuard,
+    oom: wgpu::ErrorScopeGuard,
 }
 
 impl ErrorScope {
     pub(crate) fn push(device: &wgpu::Device) -> Self {
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-        ErrorScope { oom, validation }
+        ErrorScope { validation, oom }
+    }
+
+    /// As [`ErrorScope::pop`], but an error on a lost device is [`Error::DeviceLost`] (work on
+    /// a lost device fails with whatever validation error its invalid objects cause first).
+    pub(crate) fn pop_on(self, ctx: &Context) -> Result<()> {
+        let r = self.pop();
+        if r.is_err() {
+            ctx.check_alive()?;
+        }
+        r
     }
 
     pub(crate) fn pop(self) -> Result<()> {

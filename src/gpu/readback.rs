@@ -5,11 +5,26 @@ use crate::error::{Error, Result};
 
 /// A storage buffer holding `data` (at least 16 bytes), usable as a copy source and target.
 pub fn upload(ctx: &Context, label: &str, data: &[f32]) -> Result<TrackedBuffer> {
-    let b = ctx.buffer(label, (data.len() * 4) as u64, storage_usage())?;
-    if !data.is_empty() {
-        ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
-    }
+    upload_bytes(ctx, label, bytemuck::cast_slice(data))
+}
+
+/// A storage buffer holding `bytes` (f32 or u32 data), written inside an error scope so that
+/// a write the device refuses (a lost device's invalid buffer) is a typed error, not a panic.
+pub(crate) fn upload_bytes(ctx: &Context, label: &str, bytes: &[u8]) -> Result<TrackedBuffer> {
+    let b = ctx.buffer(label, bytes.len() as u64, storage_usage())?;
+    write(ctx, &b, bytes)?;
     Ok(b)
+}
+
+/// `queue.write_buffer(buf, 0, bytes)` inside an error scope, on a device checked to be alive.
+pub(crate) fn write(ctx: &Context, buf: &wgpu::Buffer, bytes: &[u8]) -> Result<()> {
+    if bytes.is_empty() {
+        return Ok(());
+    }
+    ctx.check_alive()?;
+    let scope = ErrorScope::push(&ctx.device);
+    ctx.queue.write_buffer(buf, 0, bytes);
+    scope.pop_on(ctx)
 }
 
 /// An uninitialised storage buffer of `elems` f32.
@@ -29,12 +44,21 @@ pub struct Readback {
 }
 
 impl Readback {
+    /// An empty set of copies.
     pub fn new() -> Self {
         Readback { staging: Vec::new() }
     }
 
     /// Records a copy of the first `elems` f32 of `src`; returns its slot.
+    /// `src` must hold `elems` f32 and allow `COPY_SRC` (typed errors, not an encoder that
+    /// fails to finish).
     pub fn copy(&mut self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, elems: usize) -> Result<usize> {
+        if src.size() / 4 < elems as u64 {
+            return Err(Error::ShapeMismatch { what: "readback source (f32 elements)".into(), expected: vec![elems], got: vec![(src.size() / 4) as usize] });
+        }
+        if !src.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+            return Err(Error::Gpu(format!("readback source lacks BufferUsages::COPY_SRC (has {:?})", src.usage())));
+        }
         let bytes = (elems * 4) as u64;
         let st = ctx.buffer("readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         if bytes > 0 {
@@ -46,11 +70,16 @@ impl Readback {
 
     /// Submits `encoder` (the one submit of a convenience call), waits, and returns every
     /// copied buffer's contents in slot order. Validation and out-of-memory errors raised by
-    /// the submitted work come back as [`Error::Gpu`].
+    /// the submitted work come back as [`Error::Gpu`]; a wait longer than the context's wait
+    /// timeout as [`Error::Timeout`]; a lost device as [`Error::DeviceLost`]. On any error
+    /// nothing is returned (the staging buffers are dropped, mapped or not).
     pub fn submit_and_read(self, ctx: &Context, encoder: wgpu::CommandEncoder) -> Result<Vec<Vec<f32>>> {
+        ctx.check_alive()?;
+        let deadline = ctx.deadline();
         let scope = ErrorScope::push(&ctx.device);
         ctx.queue.submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
+        let mut pending = 0;
         for (i, (b, elems)) in self.staging.iter().enumerate() {
             if *elems == 0 {
                 continue;
@@ -59,12 +88,23 @@ impl Readback {
             b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
                 let _ = tx.send((i, r));
             });
+            pending += 1;
         }
         drop(tx);
-        ctx.wait()?;
-        scope.pop()?;
-        for (i, r) in rx.iter() {
-            r.map_err(|e| Error::Gpu(format!("mapping readback buffer {i}: {e}")))?;
+        // Every mapping callback, or the deadline: never an unbounded wait on the channel.
+        let mut mapped = Vec::with_capacity(pending);
+        let waited = ctx.poll_until(deadline, "reading back results", |_| {
+            mapped.extend(rx.try_iter());
+            mapped.len() == pending
+        });
+        let popped = scope.pop_on(ctx);
+        waited?;
+        popped?;
+        for (i, r) in mapped {
+            if let Err(e) = r {
+                ctx.check_alive()?;
+                return Err(Error::Gpu(format!("mapping readback buffer {i}: {e}")));
+            }
         }
         let mut out = Vec::with_capacity(self.staging.len());
         for (b, elems) in &self.staging {

@@ -52,7 +52,7 @@ fn check_buf(what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
     if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE")));
     }
-    if buf.size() < (elems * 4) as u64 {
+    if (buf.size() / 4) < elems as u64 {
         return Err(Error::ShapeMismatch { what: format!("{what} buffer (4-byte elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] });
     }
     Ok(())
@@ -63,6 +63,16 @@ fn u32_of(what: &str, v: usize) -> Result<u32> {
         return Err(Error::Limit(format!("{what} = {v} exceeds the kernels' 31-bit indexing")));
     }
     Ok(v as u32)
+}
+
+/// `a * b`, or [`Error::Limit`] where it overflows (sizes come from the caller).
+fn mul(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| Error::Limit(format!("{what}: {a} x {b} overflows")))
+}
+
+/// `a + b`, or [`Error::Limit`] where it overflows.
+fn add(what: &str, a: usize, b: usize) -> Result<usize> {
+    a.checked_add(b).ok_or_else(|| Error::Limit(format!("{what}: {a} + {b} overflows")))
 }
 
 fn nonempty(what: &str, v: usize) -> Result<()> {
@@ -133,11 +143,7 @@ impl EmbeddingIndex {
 
 /// A storage buffer holding u32 data (token ids, class targets, an [`EmbeddingIndex`]).
 pub fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> Result<TrackedBuffer> {
-    let b = ctx.buffer(label, (data.len() * 4) as u64, super::readback::storage_usage())?;
-    if !data.is_empty() {
-        ctx.queue.write_buffer(&b, 0, bytemuck::cast_slice(data));
-    }
-    Ok(b)
+    super::readback::upload_bytes(ctx, label, bytemuck::cast_slice(data))
 }
 
 /// Shape of a linear layer `y = x W^T + b` whose parameters live in one buffer: `W` `[out, in]`
@@ -171,11 +177,11 @@ impl OpBuilder {
     /// `out[r, :] = table[ids[r], :]` for the index's rows: `table` `[vocab, dim]`, `out` `[rows, dim]`.
     pub fn embedding_forward(&mut self, table: &wgpu::Buffer, index_buf: &wgpu::Buffer, index: &EmbeddingIndex, dim: usize, out: &wgpu::Buffer) -> Result<()> {
         nonempty("embedding dim", dim)?;
-        check_buf("embedding table", table, index.vocab * dim)?;
+        let (n, table_elems) = (mul("embedding elements", index.rows, dim)?, mul("embedding table", index.vocab, dim)?);
+        u32_of("embedding elements", n.max(table_elems))?;
+        check_buf("embedding table", table, table_elems)?;
         check_buf("embedding index", index_buf, index.data.len())?;
-        check_buf("embedding output", out, index.rows * dim)?;
-        let n = index.rows * dim;
-        u32_of("embedding elements", n.max(index.vocab * dim))?;
+        check_buf("embedding output", out, n)?;
         let p = TrainParams { n: index.rows as u32, width: dim as u32, extra: u32_of("vocabulary", index.vocab)?, ..Default::default() };
         self.push_train(TrainKernel::EmbedForward, p, [Some(table), None, Some(index_buf), Some(out), None, None], linear_groups(n));
         Ok(())
@@ -184,10 +190,13 @@ impl OpBuilder {
     /// The table gradient from the rows' gradients `grad_rows` `[rows, dim]`: `grad_table` is
     /// zeroed, then each id's row gets the sum of its rows in row order (padding: zero).
     pub fn embedding_backward(&mut self, grad_rows: &wgpu::Buffer, index_buf: &wgpu::Buffer, index: &EmbeddingIndex, dim: usize, grad_table: &wgpu::Buffer) -> Result<()> {
-        check_buf("embedding row gradient", grad_rows, index.rows * dim)?;
+        nonempty("embedding dim", dim)?;
+        let (n, table_elems) = (mul("embedding elements", index.rows, dim)?, mul("embedding table", index.vocab, dim)?);
+        u32_of("embedding elements", n.max(table_elems))?;
+        check_buf("embedding row gradient", grad_rows, n)?;
         check_buf("embedding index", index_buf, index.data.len())?;
-        check_buf("embedding table gradient", grad_table, index.vocab * dim)?;
-        self.fill(grad_table, 0, index.vocab * dim, 0.0)?;
+        check_buf("embedding table gradient", grad_table, table_elems)?;
+        self.fill(grad_table, 0, table_elems, 0.0)?;
         if index.distinct > 0 {
             let vocab = u32_of("vocabulary", index.vocab)?;
             let p = TrainParams { n: index.rows as u32, width: dim as u32, idx_off: index.rows as u32, count: index.distinct as u32, extra: vocab, ..Default::default() };
@@ -198,7 +207,7 @@ impl OpBuilder {
 
     /// `buf[offset .. offset + n] = value`.
     pub fn fill(&mut self, buf: &wgpu::Buffer, offset: usize, n: usize, value: f32) -> Result<()> {
-        check_buf("fill target", buf, offset + n)?;
+        check_buf("fill target", buf, add("fill end", offset, n)?)?;
         if n == 0 {
             return Ok(());
         }
@@ -210,24 +219,24 @@ impl OpBuilder {
     /// `blocks` blocks `[rows, width]` (such as `h_n`'s `[directions, B, H]`) as rows
     /// `[rows, blocks * width]`, e.g. the two final states of a bidirectional layer side by side.
     pub fn blocks_to_rows(&mut self, src: &wgpu::Buffer, src_offset: usize, blocks: usize, rows: usize, width: usize, dst: &wgpu::Buffer) -> Result<()> {
-        let n = blocks * rows * width;
+        let n = mul("blocks_to_rows elements", mul("blocks_to_rows elements", blocks, rows)?, width)?;
         nonempty("rows", n)?;
+        u32_of("elements", add("blocks_to_rows source end", src_offset, n)?)?;
         check_buf("blocks_to_rows source", src, src_offset + n)?;
         check_buf("blocks_to_rows target", dst, n)?;
         let p = TrainParams { n: rows as u32, width: width as u32, count: blocks as u32, a_off: u32_of("offset", src_offset)?, ..Default::default() };
-        u32_of("elements", src_offset + n)?;
         self.push_train(TrainKernel::BlocksToRows, p, [Some(src), None, None, Some(dst), None, None], linear_groups(n));
         Ok(())
     }
 
     /// The inverse of [`OpBuilder::blocks_to_rows`] (for the gradient), written at `dst_offset`.
     pub fn rows_to_blocks(&mut self, src: &wgpu::Buffer, blocks: usize, rows: usize, width: usize, dst: &wgpu::Buffer, dst_offset: usize) -> Result<()> {
-        let n = blocks * rows * width;
+        let n = mul("rows_to_blocks elements", mul("rows_to_blocks elements", blocks, rows)?, width)?;
         nonempty("rows", n)?;
+        u32_of("elements", add("rows_to_blocks target end", dst_offset, n)?)?;
         check_buf("rows_to_blocks source", src, n)?;
         check_buf("rows_to_blocks target", dst, dst_offset + n)?;
         let p = TrainParams { n: rows as u32, width: width as u32, count: blocks as u32, out_off: u32_of("offset", dst_offset)?, ..Default::default() };
-        u32_of("elements", dst_offset + n)?;
         self.push_train(TrainKernel::RowsToBlocks, p, [Some(src), None, None, Some(dst), None, None], linear_groups(n));
         Ok(())
     }
@@ -265,7 +274,8 @@ impl OpBuilder {
         nonempty("linear rows", s.rows)?;
         nonempty("linear input", s.input)?;
         nonempty("linear output", s.output)?;
-        u32_of("linear elements", (s.rows * s.input.max(s.output)).max(s.param_elems()))?;
+        let params = add("linear parameters", mul("linear parameters", s.output, s.input)?, s.output)?;
+        u32_of("linear elements", mul("linear elements", s.rows, s.input.max(s.output))?.max(params))?;
         Ok(())
     }
 
@@ -311,7 +321,7 @@ impl OpBuilder {
     }
 
     fn check_metrics(metrics: &wgpu::Buffer, offset: usize) -> Result<u32> {
-        check_buf("metric block", metrics, offset + METRIC_FLOATS)?;
+        check_buf("metric block", metrics, add("metric block end", offset, METRIC_FLOATS)?)?;
         u32_of("metric offset", offset)
     }
 
@@ -356,7 +366,8 @@ impl OpBuilder {
     ) -> Result<()> {
         nonempty("loss rows", rows)?;
         nonempty("classes", classes)?;
-        u32_of("logits", rows * classes)?;
+        u32_of("logits", mul("logits", rows, classes)?)?;
+        u32_of("target end", add("class targets end", targets_offset, rows)?)?;
         check_buf("logits", logits, rows * classes)?;
         check_buf("class targets", targets, targets_offset + rows)?;
         check_buf("logit gradient", grad, rows * classes)?;
@@ -385,7 +396,7 @@ impl OpBuilder {
             bytes[i * stride..i * stride + op.params.len()].copy_from_slice(&op.params);
         }
         let params = ctx.buffer("training-kit parameters", bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        ctx.queue.write_buffer(&params, 0, &bytes);
+        super::readback::write(&ctx, &params, &bytes)?;
         // Placeholders for unused bindings: [0] for read-only ones, [1..] for read-write ones
         // (a read-write binding must not alias any other binding of the dispatch).
         let dummies = (0..4).map(|i| ctx.buffer(&format!("placeholder {i}"), 16, super::readback::storage_usage())).collect::<Result<Vec<_>>>()?;
@@ -413,7 +424,7 @@ impl OpBuilder {
             let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(op.kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries });
             ops.push((ctx.pipeline(op.kernel)?, bg, (i * stride) as u32, op.groups));
         }
-        scope.pop()?;
+        scope.pop_on(&ctx)?;
         Ok(Program { ctx: self.ctx, _params: params, _dummies: dummies, ops })
     }
 }
@@ -520,7 +531,7 @@ impl Optimizer {
             nonempty("parameter group size", g.elems)?;
             check_buf(&format!("parameter group {i}"), g.params, g.elems)?;
             check_buf(&format!("gradient group {i}"), g.grads, g.elems)?;
-            u32_of("parameter group size", per * g.elems)?;
+            u32_of("parameter group size", mul("parameter group size", per, g.elems)?)?;
             let moments = super::readback::upload(ctx, "optimiser moments", &vec![0.0; per * g.elems])?;
             gs.push((g.params.clone(), g.grads.clone(), g.elems, moments));
         }
@@ -576,7 +587,7 @@ impl Optimizer {
             if !data.iter().all(|v| v.is_finite()) {
                 return Err(Error::NonFinite(format!("optimiser state part {i}")));
             }
-            ctx.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+            super::readback::write(ctx, buf, bytemuck::cast_slice(data))?;
         }
         Ok(())
     }
@@ -590,13 +601,14 @@ impl Optimizer {
 
 /// Reads `n` floats from the start of `buf` (one submit and wait): metric blocks, losses.
 pub fn read_f32(ctx: &Context, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
-    Ok(submit_and_read(ctx, None, &[(buf, n)])?.remove(0))
+    submit_and_read(ctx, None, &[(buf, n)])?.pop().ok_or_else(|| Error::Gpu("readback returned nothing".into()))
 }
 
 /// One encoder: `prog` (if any), then copies of the first `elems` floats of each buffer in
 /// `reads`; one submit and wait; their contents in order.
 fn submit_and_read(ctx: &Context, prog: Option<&Program>, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
     let _serial = ctx.exclusive();
+    ctx.check_alive()?;
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training kit") });
     if let Some(p) = prog {
         p.record(&mut enc);

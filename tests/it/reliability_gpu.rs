@@ -1,0 +1,423 @@
+//! Reliability of the GPU host layer: a tape handed to a model on another context, one buffer
+//! bound to two roles of an engine-API recording, bounded waits on the device, and a lost
+//! device. Each gives a typed error: never a panic, an abort or a hang.
+
+use crate::common::assert_close;
+use crate::gpu_common::contexts;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wgpu::util::DeviceExt;
+use wgpu_rnn::case::tolerance::{FORWARD_ATOL, FORWARD_RTOL, GRAD_ATOL, GRAD_RTOL};
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::train::{read_f32, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
+use wgpu_rnn::gpu::{
+    storage, upload, weight_layout, BackwardBuffers, Context, ContextOptions, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StateInputs,
+};
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+/// How long a call may take in these tests before it counts as a hang (the library's own
+/// waits are bounded by the context's wait timeout, far below this in the tests that set it).
+const HANG_LIMIT: Duration = Duration::from_secs(120);
+
+/// Runs `f` on another thread and fails the test if it has not returned within `limit`
+/// (a hang is a failure, not a stuck test run); a panic inside `f` fails the test too.
+fn within<T: Send + 'static>(what: &str, limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(v) => {
+            handle.join().unwrap();
+            v
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: no result after {limit:?} (hang)"),
+        Err(mpsc::RecvTimeoutError::Disconnected) => match handle.join() {
+            Err(p) => std::panic::resume_unwind(p),
+            Ok(()) => unreachable!("the thread sends before it ends"),
+        },
+    }
+}
+
+/// A context of its own on `backend` (tests that change or destroy a context must not touch
+/// the shared ones). `None` where the shared contexts have no such backend either.
+fn fresh(backend: wgpu::Backend) -> Option<Arc<Context>> {
+    contexts().iter().find(|c| c.adapter_info().backend == backend)?;
+    let backends = match backend {
+        wgpu::Backend::Vulkan => wgpu::Backends::VULKAN,
+        wgpu::Backend::Gl => wgpu::Backends::GL,
+        other => panic!("no test contexts on {other:?}"),
+    };
+    Some(Context::with_options(&ContextOptions { backends: Some(backends), adapter_name: None }).expect("a second context on an adapter that has one"))
+}
+
+/// The backends the shared test contexts cover.
+fn backends() -> Vec<wgpu::Backend> {
+    contexts().iter().map(|c| c.adapter_info().backend).collect()
+}
+
+fn packed(t: usize, b: usize, i: usize, lengths: &[usize]) -> PackedSequence<f32> {
+    let xs: Vec<f32> = (0..t * b * i).map(|k| (k as f32 * 0.37).sin()).collect();
+    PackedSequence::from_padded(&xs, [t, b, i], false, lengths).unwrap()
+}
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+fn flat(w: &Weights<f32>) -> Vec<f32> {
+    let mut v = Vec::new();
+    w.for_each(|_, _, _, x| v.extend_from_slice(x));
+    assert_eq!(v.len(), weight_layout(&w.config).1);
+    v
+}
+
+#[test]
+fn backward_with_a_tape_from_another_context_is_a_typed_error() {
+    for backend in backends() {
+        let home = fresh(backend).unwrap();
+        let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+        let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+        let x = packed(3, 2, 3, &[3, 2]);
+        let go: Vec<f32> = (0..x.rows() * 4).map(|k| (k as f32 * 0.11).cos()).collect();
+        let ours = GpuRnn::new(&home, &w).unwrap();
+        let (_, tape) = ours.forward(&x, None, None, Pass::Training).unwrap();
+        let tape = tape.unwrap();
+        // Same config and weights, other contexts: one on the same backend, and one on every
+        // other backend the tests cover.
+        for other_backend in backends() {
+            let other = fresh(other_backend).unwrap();
+            let theirs = GpuRnn::new(&other, &w).unwrap();
+            match theirs.backward(&tape, &go, None, None) {
+                Err(Error::TapeMismatch(msg)) => assert!(msg.contains("context"), "{msg}"),
+                r => panic!("tape from {backend:?} on a {other_backend:?} model: expected TapeMismatch, got {:?}", r.map(|_| ())),
+            }
+        }
+        // The tape still works with its own model, and the gradients are right.
+        let got = ours.backward(&tape, &go, None, None).unwrap();
+        let (_, ct) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
+        let want = cpu::backward(&w, &ct.unwrap(), &go, None, None).unwrap();
+        assert_close("grad input", &to64(&got.input.data), &to64(&want.input.data), GRAD_ATOL, GRAD_RTOL);
+        assert_close("grad h0", &to64(&got.h0.data), &to64(&want.h0.data), GRAD_ATOL, GRAD_RTOL);
+    }
+}
+
+/// The caller's buffers of an LSTM engine-API problem, each its own buffer.
+struct EngineBufs {
+    w: wgpu::Buffer,
+    x: wgpu::Buffer,
+    out: wgpu::Buffer,
+    h0: wgpu::Buffer,
+    c0: wgpu::Buffer,
+    hn: wgpu::Buffer,
+    cn: wgpu::Buffer,
+    go: wgpu::Buffer,
+    ghn: wgpu::Buffer,
+    gcn: wgpu::Buffer,
+    gi: wgpu::Buffer,
+    gh0: wgpu::Buffer,
+    gc0: wgpu::Buffer,
+    gw: wgpu::Buffer,
+}
+
+impl EngineBufs {
+    /// Every buffer as large as the largest role needs, so only aliasing can be wrong.
+    fn new(ctx: &Context, weights: &[f32], x: &[f32], states: &[f32], elems: usize) -> Self {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let init = |label: &str, data: &[f32]| {
+            let mut v = data.to_vec();
+            v.resize(elems, 0.0);
+            ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::cast_slice(&v), usage })
+        };
+        let nan = |label: &str| init(label, &vec![f32::NAN; elems]);
+        EngineBufs {
+            w: init("w", weights),
+            x: init("x", x),
+            out: nan("out"),
+            h0: init("h0", states),
+            c0: init("c0", states),
+            hn: nan("hn"),
+            cn: nan("cn"),
+            go: init("go", &vec![0.25; elems]),
+            ghn: init("ghn", &vec![0.5; elems]),
+            gcn: init("gcn", &vec![-0.5; elems]),
+            gi: nan("gi"),
+            gh0: nan("gh0"),
+            gc0: nan("gc0"),
+            gw: nan("gw"),
+        }
+    }
+
+    fn forward(&self) -> ForwardBuffers<'_> {
+        ForwardBuffers { weights: &self.w, input: &self.x, output: &self.out, h0: Some(&self.h0), c0: Some(&self.c0), h_n: &self.hn, c_n: Some(&self.cn) }
+    }
+
+    fn backward(&self) -> BackwardBuffers<'_> {
+        BackwardBuffers {
+            weights: &self.w,
+            input: &self.x,
+            output: &self.out,
+            h0: Some(&self.h0),
+            c0: Some(&self.c0),
+            grad_output: &self.go,
+            grad_h_n: Some(&self.ghn),
+            grad_c_n: Some(&self.gcn),
+            grad_input: &self.gi,
+            grad_h0: &self.gh0,
+            grad_c0: Some(&self.gc0),
+            grad_weights: &self.gw,
+        }
+    }
+}
+
+/// Finishes and submits `enc` inside a validation scope: `None` when wgpu found nothing wrong.
+fn finish_in_scope(ctx: &Context, enc: wgpu::CommandEncoder) -> Option<String> {
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    ctx.queue.submit([enc.finish()]);
+    pollster::block_on(scope.pop()).map(|e| e.to_string())
+}
+
+#[test]
+fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
+    for ctx in contexts() {
+        let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+        let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
+        let x = packed(3, 2, 3, &[3, 2]);
+        let inputs = StateInputs { h0: true, c0: true, grad_h_n: true, grad_c_n: true };
+        let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, inputs).unwrap();
+        let _serial = ctx.exclusive();
+        let states: Vec<f32> = (0..2 * 4).map(|k| 0.1 * k as f32 - 0.3).collect();
+        let elems = plan.weight_elems().max(x.rows() * 4).max(x.data.len());
+        let bufs = EngineBufs::new(ctx, &flat(&w), &x.data, &states, elems);
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+
+        type Fwd = for<'a> fn(&mut ForwardBuffers<'a>, &'a EngineBufs);
+        let forward_cases: [(&str, Fwd); 6] = [
+            ("output = input", |f, b| f.output = &b.x),
+            ("h_n = output", |f, b| f.h_n = &b.out),
+            ("c_n = h_n", |f, b| f.c_n = Some(&b.hn)),
+            ("h_n = weights", |f, b| f.h_n = &b.w),
+            ("c_n = h0", |f, b| f.c_n = Some(&b.h0)),
+            ("output = c0", |f, b| f.output = &b.c0),
+        ];
+        for (what, alias) in forward_cases {
+            let mut f = bufs.forward();
+            alias(&mut f, &bufs);
+            match plan.record_forward(&mut enc, &f) {
+                Err(Error::BufferAliasing(msg)) => eprintln!("{what}: {msg}"),
+                r => panic!("forward with {what}: expected BufferAliasing, got {r:?}"),
+            }
+        }
+        type Bwd = for<'a> fn(&mut BackwardBuffers<'a>, &'a EngineBufs);
+        let backward_cases: [(&str, Bwd); 7] = [
+            ("grad_input = grad_output", |g, b| g.grad_input = &b.go),
+            ("grad_weights = weights", |g, b| g.grad_weights = &b.w),
+            ("grad_h0 = h0", |g, b| g.grad_h0 = &b.h0),
+            ("grad_c0 = grad_h0", |g, b| g.grad_c0 = Some(&b.gh0)),
+            ("grad_input = output", |g, b| g.grad_input = &b.out),
+            ("grad_h0 = grad_c_n", |g, b| g.grad_h0 = &b.gcn),
+            ("grad_weights = input", |g, b| g.grad_weights = &b.x),
+        ];
+        for (what, alias) in backward_cases {
+            let mut g = bufs.backward();
+            alias(&mut g, &bufs);
+            match plan.record_backward(&mut enc, &g) {
+                Err(Error::BufferAliasing(msg)) => eprintln!("{what}: {msg}"),
+                r => panic!("backward with {what}: expected BufferAliasing, got {r:?}"),
+            }
+        }
+        // Nothing was recorded by the refused calls: the encoder finishes cleanly.
+        assert_eq!(finish_in_scope(ctx, enc), None, "{}", ctx.describe());
+
+        // Read-only roles may share a buffer: h0 and c0 from one buffer, and grad_h_n from
+        // the same values; the results match the CPU given the same values twice.
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut f = bufs.forward();
+        f.c0 = Some(&bufs.h0);
+        plan.record_forward(&mut enc, &f).unwrap();
+        let mut rb = Readback::new();
+        rb.copy(ctx, &mut enc, &bufs.out, x.rows() * 4).unwrap();
+        rb.copy(ctx, &mut enc, &bufs.cn, 2 * 4).unwrap();
+        let got = rb.submit_and_read(ctx, enc).unwrap();
+        let (want, _) = cpu::forward(&w, &x, Some(&states), Some(&states), Pass::Inference).unwrap();
+        assert_close("output (h0 and c0 one buffer)", &to64(&got[0]), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
+        assert_close("c_n (h0 and c0 one buffer)", &to64(&got[1]), &to64(&want.c_n.unwrap().data), FORWARD_ATOL, FORWARD_RTOL);
+    }
+}
+
+#[test]
+fn a_destroyed_device_gives_typed_errors_from_every_later_call() {
+    for backend in backends() {
+        let ctx = fresh(backend).unwrap();
+        within(&format!("lost device on {backend:?}"), HANG_LIMIT, move || lost_device_calls(&ctx));
+    }
+}
+
+fn lost_device_calls(ctx: &Arc<Context>) {
+    let cfg = RnnConfig::new(Mode::Gru, 3, 4);
+    let w = Weights::<f32>::init_uniform(&cfg, 2).unwrap();
+    let x = packed(2, 2, 3, &[2, 1]);
+    let go = vec![0.1f32; x.rows() * 4];
+    let rnn = GpuRnn::new(ctx, &w).unwrap();
+    let (_, tape) = rnn.forward(&x, None, None, Pass::Training).unwrap();
+    let tape = tape.unwrap();
+    let layout = SeqLayout::of(&x).unwrap();
+    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
+    let big = storage(ctx, "big", 4096).unwrap();
+    let (wb, xb, out, hn) = (upload(ctx, "w", &flat(&w)).unwrap(), upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", 64).unwrap(), storage(ctx, "hn", 64).unwrap());
+    let shape = LinearShape { rows: 2, input: 3, output: 2 };
+    let params = upload(ctx, "linear", &[0.5; 8]).unwrap();
+    let grads = upload(ctx, "grads", &[0.0; 8]).unwrap();
+    assert_eq!(read_f32(ctx, &params, 8).unwrap(), vec![0.5; 8]);
+
+    let opt = Optimizer::new(ctx, OptimizerKind::Sgd { lr: 0.1, momentum: 0.9 }, None, &[ParamGroup { params: &params, grads: &grads, elems: 8 }]).unwrap();
+    let saved = opt.export(ctx).unwrap();
+    assert!(!ctx.is_lost());
+
+    ctx.device.destroy();
+    assert!(ctx.is_lost(), "{}", ctx.describe());
+
+    let lost = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::DeviceLost(_)) => {}
+        other => panic!("{what} after destroy on {}: expected DeviceLost, got {other:?}", ctx.describe()),
+    };
+    lost("upload", upload(ctx, "x", &x.data).map(drop));
+    lost("storage", storage(ctx, "s", 16).map(drop));
+    lost("GpuRnn::new", GpuRnn::new(ctx, &w).map(drop));
+    lost("forward", rnn.forward(&x, None, None, Pass::Inference).map(drop));
+    lost("backward", rnn.backward(&tape, &go, None, None).map(drop));
+    lost("Plan::new", Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).map(drop));
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: None }));
+    let mut rb = Readback::new();
+    lost("Readback::copy", rb.copy(ctx, &mut enc, &big, 16).map(drop));
+    lost("Readback::submit_and_read", Readback::new().submit_and_read(ctx, enc).map(drop));
+    lost("read_f32", read_f32(ctx, &params, 8).map(drop));
+    let mut b = OpBuilder::new(ctx);
+    b.linear_forward(shape, &big, &params, &big).unwrap();
+    lost("OpBuilder::run", b.run(&[(&big, 4)]).map(drop));
+    let mut b = OpBuilder::new(ctx);
+    b.fill(&big, 0, 4, 1.0).unwrap();
+    lost("OpBuilder::build", b.build().map(drop));
+    lost("Optimizer::new", Optimizer::new(ctx, OptimizerKind::adam(0.1), None, &[ParamGroup { params: &params, grads: &grads, elems: 8 }]).map(drop));
+    lost("Optimizer::import", opt.import(ctx, &saved));
+    lost("Optimizer::export", opt.export(ctx).map(drop));
+    lost("Optimizer::read_state", opt.read_state(ctx).map(drop));
+    lost("upload_u32", wgpu_rnn::gpu::train::upload_u32(ctx, "ids", &[1, 2, 3]).map(drop));
+    lost("Context::wait", ctx.wait());
+    // Still lost on a second round (the state is remembered, not rediscovered by luck).
+    lost("forward again", rnn.forward(&x, None, None, Pass::Inference).map(drop));
+    lost("wait again", ctx.wait());
+}
+
+#[test]
+fn waits_are_bounded_by_the_context_wait_timeout() {
+    for backend in backends() {
+        let ctx = fresh(backend).unwrap();
+        assert_eq!(ctx.wait_timeout(), Context::DEFAULT_WAIT_TIMEOUT);
+        within(&format!("timeouts on {backend:?}"), HANG_LIMIT, move || timeout_calls(&ctx));
+    }
+}
+
+fn timeout_calls(ctx: &Arc<Context>) {
+    // C1-sized (LSTM T 50, B 32, I 128, H 256): around 100 ms of dispatches on lavapipe, so
+    // far from done when a zero timeout looks. llvmpipe through GL runs compute dispatches
+    // during the submit itself, so there the work is done before any wait and a call may
+    // succeed: then it must give the full, right result.
+    let sync_submit = ctx.adapter_info().backend == wgpu::Backend::Gl;
+    let cfg = RnnConfig::new(Mode::Lstm, 128, 256);
+    let w = Weights::<f32>::init_uniform(&cfg, 4).unwrap();
+    let x = packed(50, 32, 128, &[50; 32]);
+    let rnn = GpuRnn::new(ctx, &w).unwrap();
+    // Plan and pipelines built first, so the timed-out calls below wait on dispatches only.
+    let (want, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+
+    ctx.set_wait_timeout(Duration::ZERO);
+    assert_eq!(ctx.wait_timeout(), Duration::ZERO);
+    let t = Instant::now();
+    match rnn.forward(&x, None, None, Pass::Inference) {
+        Err(Error::Timeout(msg)) => eprintln!("{}: forward after {:?}: {msg}", ctx.describe(), t.elapsed()),
+        Ok((got, _)) if sync_submit => assert_eq!(got.output.data, want.output.data),
+        other => panic!("forward with a zero wait timeout on {}: expected Timeout, got {:?}", ctx.describe(), other.map(|_| ())),
+    }
+    // Context::wait on work submitted through the engine API.
+    let plan = rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()).unwrap();
+    let (xb, out, hn, cn) = (upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", x.rows() * 256).unwrap(), storage(ctx, "hn", 32 * 256).unwrap(), storage(ctx, "cn", 32 * 256).unwrap());
+    {
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: Some(&cn) };
+        plan.record_forward(&mut enc, &bufs).unwrap();
+        ctx.queue.submit([enc.finish()]);
+    }
+    match ctx.wait() {
+        Err(Error::Timeout(_)) => {}
+        Ok(()) if sync_submit => {}
+        other => panic!("Context::wait with a zero timeout on {}: expected Timeout, got {other:?}", ctx.describe()),
+    }
+    // The training kit's submit-and-read: a linear layer of 2048 x 512 x 512.
+    let shape = LinearShape { rows: 2048, input: 512, output: 512 };
+    let (lx, lp, ly) = (upload(ctx, "lx", &vec![0.5; 2048 * 512]).unwrap(), upload(ctx, "lp", &vec![0.01; shape.param_elems()]).unwrap(), storage(ctx, "ly", 2048 * 512).unwrap());
+    let mut b = OpBuilder::new(ctx);
+    b.linear_forward(shape, &lx, &lp, &ly).unwrap();
+    // y = x W^T + b with x = 0.5, W = b = 0.01: 512 * 0.005 + 0.01.
+    let expect = [512.0 * 0.5 * 0.01 + 0.01; 4];
+    match b.run(&[(&ly, 4)]) {
+        Err(Error::Timeout(_)) => {}
+        Ok(y) if sync_submit => assert_close("linear", &to64(&y[0]), &expect, 1e-5, 1e-5),
+        other => panic!("OpBuilder::run with a zero wait timeout on {}: expected Timeout, got {other:?}", ctx.describe()),
+    }
+
+    // Back to a sane timeout: the context works as before, and gives the same result.
+    ctx.set_wait_timeout(Context::DEFAULT_WAIT_TIMEOUT);
+    ctx.wait().unwrap();
+    let (again, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    assert_eq!(again.output.data, want.output.data, "same forward after the timeouts on {}", ctx.describe());
+    let y = read_f32(ctx, &ly, 4).unwrap();
+    assert_close("linear after the timeout", &to64(&y), &expect, 1e-5, 1e-5);
+    // The largest timeout does not overflow the deadline.
+    ctx.set_wait_timeout(Duration::MAX);
+    assert!(ctx.wait_timeout() >= Duration::from_secs(100 * 365 * 24 * 3600));
+    let (big, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    assert_eq!(big.output.data, want.output.data);
+}
+
+#[test]
+fn training_kit_sizes_that_overflow_are_typed_errors() {
+    let Some(ctx) = contexts().first() else { return };
+    let buf = storage(ctx, "b", 64).unwrap();
+    let huge = usize::MAX / 2 + 1;
+    let limit = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::Limit(_)) => {}
+        other => panic!("{what}: expected Limit, got {other:?}"),
+    };
+    let mut b = OpBuilder::new(ctx);
+    limit("blocks_to_rows", b.blocks_to_rows(&buf, 0, huge, 2, 1, &buf));
+    limit("rows_to_blocks", b.rows_to_blocks(&buf, 2, huge, 1, &buf, 0));
+    limit("fill end", b.fill(&buf, usize::MAX, 1, 0.0));
+    limit("linear", b.linear_forward(LinearShape { rows: huge, input: 2, output: 1 }, &buf, &buf, &buf));
+    limit("linear parameters", b.linear_forward(LinearShape { rows: 1, input: huge, output: 2 }, &buf, &buf, &buf));
+    limit("bce metric offset", b.bce_with_logits(1, &buf, &buf, &buf, &buf, usize::MAX));
+    limit("softmax logits", b.softmax_cross_entropy(huge, 2, &buf, &buf, 0, &buf, &buf, &buf, 0));
+    limit("softmax targets", b.softmax_cross_entropy(1, 2, &buf, &buf, usize::MAX, &buf, &buf, &buf, 0));
+    let index = wgpu_rnn::gpu::train::EmbeddingIndex::new(&[0, 1, 1], 2, None).unwrap();
+    limit("embedding forward", b.embedding_forward(&buf, &buf, &index, huge, &buf));
+    limit("embedding backward", b.embedding_backward(&buf, &buf, &index, huge, &buf));
+    assert_eq!(b.build().unwrap().dispatches(), 0, "the refused ops added nothing");
+    // A parameter group larger than its buffers: a shape error, not an overflow.
+    match Optimizer::new(ctx, OptimizerKind::adam(0.1), None, &[ParamGroup { params: &buf, grads: &buf, elems: huge }]) {
+        Err(Error::ShapeMismatch { .. }) => {}
+        other => panic!("huge parameter group: {:?}", other.map(|_| ())),
+    }
+    // Reading back more than a buffer holds, or from a buffer that cannot be copied.
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let mut rb = Readback::new();
+    assert!(matches!(rb.copy(ctx, &mut enc, &buf, 65), Err(Error::ShapeMismatch { .. })));
+    assert!(matches!(read_f32(ctx, &buf, 65), Err(Error::ShapeMismatch { .. })));
+    let no_copy = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 64, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    assert!(matches!(rb.copy(ctx, &mut enc, &no_copy, 4), Err(Error::Gpu(_))));
+    assert_eq!(rb.copy(ctx, &mut enc, &buf, 16).unwrap(), 0);
+    let _serial = ctx.exclusive();
+    assert_eq!(rb.submit_and_read(ctx, enc).unwrap().len(), 1);
+}
