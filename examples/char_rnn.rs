@@ -273,7 +273,7 @@ impl Model {
         let e = self.cfg.input_size;
         let table = read_f32(&self.ctx, &self.table, self.vocab * e)?;
         f.put_float("embedding.weight", vec![self.vocab, e], table.iter().map(|&x| x as f64).collect());
-        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.");
+        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.")?;
         let (h, v) = (self.cfg.hidden_size, self.vocab);
         let head = read_f32(&self.ctx, &self.head, v * h + v)?;
         f.put_float("head.weight", vec![v, h], head[..v * h].iter().map(|&x| x as f64).collect());

@@ -391,7 +391,7 @@ impl Model {
         let mut f = TensorFile::default();
         let table = read_f32(&self.ctx, &self.table, self.vocab * EMBED)?;
         f.put_float("embedding.weight", vec![self.vocab, EMBED], table.iter().map(|&x| x as f64).collect());
-        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.");
+        weights_of(&self.ctx, &self.rnn)?.to_tensor_file(&mut f, "rnn.")?;
         let h2 = 2 * self.cfg.hidden_size;
         let head = read_f32(&self.ctx, &self.head, h2 + 1)?;
         f.put_float("head.weight", vec![1, h2], head[..h2].iter().map(|&x| x as f64).collect());

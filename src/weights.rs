@@ -3,8 +3,9 @@
 
 use crate::config::{Mode, ParamKind, RnnConfig};
 use crate::cpu::{cast, Float};
-use crate::error::{Error, Result};
+use crate::error::{check_len, Error, Result};
 use crate::io::TensorFile;
+use crate::tensor::{bytes_of, checked_len, try_filled, try_with_capacity};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
@@ -55,22 +56,91 @@ pub const META_KEYS: [&str; 7] =
 
 impl<T: Float> Weights<T> {
     /// All-zero parameters for a validated config.
+    ///
+    /// Every allocation goes through a fallible reservation: parameters that do not fit in
+    /// memory are [`Error::OutOfMemory`], never an abort.
     pub fn zeros(config: &RnnConfig) -> Result<Self> {
+        Self::build(config, |kind, layer, dir, len| {
+            try_filled(&RnnConfig::param_name(kind, layer, dir), len, T::zero())
+        })
+    }
+
+    /// Builds every parameter of a validated config with `make(kind, layer, direction, len)`,
+    /// after checking that the total size is addressable.
+    fn build(config: &RnnConfig, mut make: impl FnMut(ParamKind, usize, usize, usize) -> Result<Vec<T>>) -> Result<Self> {
         config.validate()?;
-        let mut params = Vec::new();
+        let ld = config.num_layers.checked_mul(config.directions());
+        let mut total: u128 = 0;
+        for layer in 0..config.num_layers.min(2) {
+            let per_dir: u128 = config
+                .param_kinds()
+                .into_iter()
+                .map(|k| config.param_shape(k, layer).iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
+                .sum();
+            // Layers above 0 all have layer 1's shapes.
+            let count = if layer == 0 { 1 } else { config.num_layers as u128 - 1 };
+            total = total.saturating_add(per_dir.saturating_mul(count).saturating_mul(config.directions() as u128));
+        }
+        let bytes = bytes_of::<T>(total);
+        let Some(ld) = ld.filter(|_| bytes <= isize::MAX as u128) else {
+            return Err(Error::OutOfMemory { what: format!("parameters of {config:?}"), bytes });
+        };
+        let mut params = try_with_capacity("parameter list", ld)?;
         for layer in 0..config.num_layers {
-            for _ in 0..config.directions() {
-                let z = |k: ParamKind| vec![T::zero(); config.param_shape(k, layer).iter().product()];
+            for dir in 0..config.directions() {
+                let mut z = |k: ParamKind| -> Result<Vec<T>> {
+                    let len = checked_len::<T>(&RnnConfig::param_name(k, layer, dir), &config.param_shape(k, layer))?;
+                    make(k, layer, dir, len)
+                };
                 params.push(DirParams {
-                    w_ih: z(ParamKind::WeightIh),
-                    w_hh: z(ParamKind::WeightHh),
-                    b_ih: config.bias.then(|| z(ParamKind::BiasIh)),
-                    b_hh: config.bias.then(|| z(ParamKind::BiasHh)),
-                    w_hr: (config.proj_size > 0).then(|| z(ParamKind::WeightHr)),
+                    w_ih: z(ParamKind::WeightIh)?,
+                    w_hh: z(ParamKind::WeightHh)?,
+                    b_ih: if config.bias { Some(z(ParamKind::BiasIh)?) } else { None },
+                    b_hh: if config.bias { Some(z(ParamKind::BiasHh)?) } else { None },
+                    w_hr: if config.proj_size > 0 { Some(z(ParamKind::WeightHr)?) } else { None },
                 });
             }
         }
         Ok(Weights { config: config.clone(), params })
+    }
+
+    /// Checks that the parameters are what the (public) config says: the config is valid,
+    /// there are `num_layers * D` layer-directions, each has exactly the tensors the config
+    /// implies (biases, projection), and every tensor's length is its shape's product.
+    ///
+    /// The CPU path, [`Weights::save`] and everything else that trusts the sizes call it, so
+    /// weights edited after construction (a raised `input_size`, a shortened `w_hh`, more
+    /// `num_layers` than stored) are a typed error, not an out-of-bounds read or a panic.
+    pub fn validate(&self) -> Result<()> {
+        let cfg = &self.config;
+        cfg.validate()?;
+        let ld = cfg.num_layers.checked_mul(cfg.directions()).unwrap_or(usize::MAX);
+        if self.params.len() != ld {
+            return Err(Error::ShapeMismatch {
+                what: format!(
+                    "parameter sets (num_layers {} x {} directions)",
+                    cfg.num_layers,
+                    cfg.directions()
+                ),
+                expected: vec![ld],
+                got: vec![self.params.len()],
+            });
+        }
+        let wanted = cfg.param_kinds();
+        let d = cfg.directions();
+        for (i, p) in self.params.iter().enumerate() {
+            let (layer, dir) = (i / d, i % d);
+            for kind in [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr] {
+                let name = RnnConfig::param_name(kind, layer, dir);
+                match (p.get(kind), wanted.contains(&kind)) {
+                    (Some(v), true) => check_len(&name, &cfg.param_shape(kind, layer), v.len())?,
+                    (None, true) => return Err(Error::MissingTensor(name)),
+                    (Some(_), false) => return Err(Error::UnexpectedTensor(name)),
+                    (None, false) => {}
+                }
+            }
+        }
+        Ok(())
     }
 
     /// PyTorch's `reset_parameters`: every parameter uniform in `[-1/sqrt(H), 1/sqrt(H)]`.
@@ -87,6 +157,9 @@ impl<T: Float> Weights<T> {
     }
 
     /// The parameters of one layer-direction.
+    ///
+    /// # Panics
+    /// When `layer * D + direction` is past the stored parameters (see [`Weights::validate`]).
     pub fn dir(&self, layer: usize, direction: usize) -> &DirParams<T> {
         &self.params[layer * self.config.directions() + direction]
     }
@@ -141,35 +214,39 @@ impl<T: Float> Weights<T> {
 
     /// Builds weights from named tensors (as `state_dict` keys after `prefix`), checking that
     /// every expected tensor is there with its shape and that no unexpected one is.
+    ///
+    /// Every tensor's shape is checked against the config before anything is allocated, so a
+    /// small file cannot ask for a large allocation; the copies go through fallible
+    /// reservations ([`Error::OutOfMemory`]).
     pub fn from_tensor_file(config: &RnnConfig, file: &TensorFile, prefix: &str) -> Result<Self> {
-        let mut w = Self::zeros(config)?;
-        let cfg = config.clone();
-        let mut err = None;
-        w.for_each_mut(|kind, layer, dir, v| {
-            if err.is_some() {
-                return;
-            }
-            let name = RnnConfig::param_name(kind, layer, dir);
-            let full = format!("{prefix}{name}");
-            let res = file.float(&full).and_then(|t| {
-                let expected = cfg.param_shape(kind, layer);
-                if t.shape != expected {
-                    return Err(Error::ShapeMismatch { what: full.clone(), expected, got: t.shape.clone() });
+        config.validate()?;
+        // 1. Presence and shapes of every expected tensor (whatever its dtype), stopping at the
+        // first missing one, so a config with more layers than the file costs nothing.
+        for layer in 0..config.num_layers {
+            for dir in 0..config.directions() {
+                for kind in config.param_kinds() {
+                    let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+                    let got = file.tensors.get(&full).ok_or_else(|| Error::MissingTensor(full.clone()))?.shape();
+                    let expected = config.param_shape(kind, layer);
+                    if got != expected.as_slice() {
+                        return Err(Error::ShapeMismatch { what: full, expected, got: got.to_vec() });
+                    }
                 }
-                for (dst, &src) in v.iter_mut().zip(&t.data) {
-                    *dst = T::from_f64(src);
-                }
-                Ok(())
-            });
-            if let Err(e) = res {
-                err = Some(e);
             }
-        });
-        if let Some(e) = err {
-            return Err(e);
         }
-        // Anything else that looks like an RNN parameter under the prefix is a mismatch
-        // (e.g. a bias in a file for a bias=False config, or an extra layer).
+        // 2. Dtypes, and data that fills the shapes (a hand-built TensorFile may not).
+        for layer in 0..config.num_layers {
+            for dir in 0..config.directions() {
+                for kind in config.param_kinds() {
+                    let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+                    let t = file.float(&full)?;
+                    check_len(&full, &t.shape, t.data.len())?;
+                }
+            }
+        }
+        // 3. Anything else that looks like an RNN parameter under the prefix is a mismatch
+        // (e.g. a bias in a file for a bias=False config, or an extra layer). Every expected
+        // name is in the file (1.), so this set is no larger than the file.
         let expected: std::collections::HashSet<String> =
             config.param_specs().into_iter().map(|s| format!("{prefix}{}", s.name)).collect();
         for name in file.tensors.keys() {
@@ -182,7 +259,14 @@ impl<T: Float> Weights<T> {
                 }
             }
         }
-        Ok(w)
+        // 4. The copies, each a fallible allocation of a size the file's data already has.
+        Self::build(config, |kind, layer, dir, len| {
+            let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+            let t = file.float(&full)?;
+            let mut v = try_with_capacity(&full, len)?;
+            v.extend(t.data.iter().map(|&x| T::from_f64(x)));
+            Ok(v)
+        })
     }
 
     /// Loads a `state_dict` saved as safetensors (e.g. `safetensors.torch.save_file(
@@ -199,19 +283,40 @@ impl<T: Float> Weights<T> {
     }
 
     /// Puts the parameters and the config's metadata into a tensor file, under `prefix`.
-    pub fn to_tensor_file(&self, file: &mut TensorFile, prefix: &str) {
+    /// Checks the weights first ([`Weights::validate`]); on error `file` is left unchanged.
+    pub fn to_tensor_file(&self, file: &mut TensorFile, prefix: &str) -> Result<()> {
+        self.validate()?;
+        let mut err = None;
         self.for_each(|kind, layer, dir, v| {
+            if err.is_some() {
+                return;
+            }
             let name = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
-            file.put_float(name, self.config.param_shape(kind, layer), v.iter().map(|x| x.to_f64()).collect());
+            match try_with_capacity(&name, v.len()) {
+                Ok(mut data) => {
+                    data.extend(v.iter().map(|x| x.to_f64()));
+                    file.put_float(name, self.config.param_shape(kind, layer), data);
+                }
+                Err(e) => err = Some(e),
+            }
         });
+        if let Some(e) = err {
+            // Leave no half-written set of parameters behind.
+            self.for_each(|kind, layer, dir, _| {
+                file.tensors.remove(&format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir)));
+            });
+            return Err(e);
+        }
         file.metadata.extend(config_metadata(&self.config));
+        Ok(())
     }
 
     /// Saves as safetensors under PyTorch's names, with the config in the metadata, so that
-    /// `module.load_state_dict(safetensors.torch.load_file(path))` takes it.
+    /// `module.load_state_dict(safetensors.torch.load_file(path))` takes it. Checks the
+    /// weights first ([`Weights::validate`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let mut f = TensorFile::default();
-        self.to_tensor_file(&mut f, "");
+        self.to_tensor_file(&mut f, "")?;
         f.write(path)
     }
 }
@@ -269,12 +374,14 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
     let shape = |name: &str| file.tensors.get(&format!("{prefix}{name}")).map(|v| v.shape().to_vec());
     let w_ih0 = shape("weight_ih_l0").ok_or_else(|| Error::MissingTensor(format!("{prefix}weight_ih_l0")))?;
     let w_hh0 = shape("weight_hh_l0").ok_or_else(|| Error::MissingTensor(format!("{prefix}weight_hh_l0")))?;
-    if w_ih0.len() != 2 || w_hh0.len() != 2 {
-        return Err(Error::ShapeMismatch {
-            what: format!("{prefix}weight_ih_l0 (2-D expected)"),
-            expected: vec![0, 0],
-            got: w_ih0,
-        });
+    for (name, s) in [("weight_ih_l0", &w_ih0), ("weight_hh_l0", &w_hh0)] {
+        if s.len() != 2 {
+            return Err(Error::RankMismatch { what: format!("{prefix}{name}"), expected: 2, got: s.clone() });
+        }
+    }
+    let w_hr0 = shape("weight_hr_l0");
+    if let Some(s) = w_hr0.as_ref().filter(|s| s.len() != 2) {
+        return Err(Error::RankMismatch { what: format!("{prefix}weight_hr_l0"), expected: 2, got: s.clone() });
     }
     let g = mode.gates();
     if w_ih0[0] % g != 0 {
@@ -294,7 +401,7 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         num_layers: layers,
         bidirectional: shape("weight_ih_l0_reverse").is_some(),
         bias: shape("bias_ih_l0").is_some(),
-        proj_size: shape("weight_hr_l0").map(|s| s[0]).unwrap_or(0),
+        proj_size: w_hr0.map(|s| s[0]).unwrap_or(0),
     };
     let mut c = from_tensors.clone();
     // Metadata and the caller must agree with what the tensors say.

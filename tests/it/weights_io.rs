@@ -57,7 +57,7 @@ fn loads_a_state_dict_with_a_module_prefix() {
     let cfg = RnnConfig::new(Mode::Lstm, 4, 3);
     let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     let mut f = TensorFile::default();
-    w.to_tensor_file(&mut f, "rnn.");
+    w.to_tensor_file(&mut f, "rnn.").unwrap();
     f.put_float("head.weight", vec![1, 6], vec![0.0; 6]);
     let back = Weights::<f32>::from_file(&f, "rnn.", None).unwrap();
     assert_eq!(back, w);
