@@ -1,27 +1,91 @@
 //! The CPU GEMM: `matrixmultiply`'s sgemm/dgemm behind one generic call with row-major
 //! operands and optional transposes (a transpose is only a swap of strides).
+//!
+//! Every size reaches the unsafe call checked: a [`Mat`] can only be built over a slice that
+//! covers every element its rows, columns and leading dimension address, and [`gemm`] checks
+//! the inner dimensions and the output against them.
 
 use super::Float;
+use crate::error::{Error, Result};
 
 /// A row-major matrix view: `rows x cols`, element (r, c) at `data[r * ld + c]`.
-#[derive(Clone, Copy)]
+///
+/// The fields are private: the constructors check that `data` covers every element
+/// addressed, so [`gemm`] can hand the view to unsafe code.
+#[derive(Clone, Copy, Debug)]
 pub struct Mat<'a, T> {
-    pub data: &'a [T],
-    pub rows: usize,
-    pub cols: usize,
-    pub ld: usize,
+    data: &'a [T],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+}
+
+/// Elements a `rows x cols` view with leading dimension `ld` addresses (the last row needs
+/// only `cols`); `None` on overflow.
+fn span(rows: usize, cols: usize, ld: usize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    (rows - 1).checked_mul(ld)?.checked_add(cols)
 }
 
 impl<'a, T> Mat<'a, T> {
     /// A dense row-major `rows x cols` matrix.
+    ///
+    /// # Panics
+    /// When `data` holds fewer than `rows * cols` elements; [`Mat::try_new`] returns an error.
     pub fn new(data: &'a [T], rows: usize, cols: usize) -> Self {
-        debug_assert!(data.len() >= rows * cols);
-        Mat { data, rows, cols, ld: cols }
+        match Self::try_new(data, rows, cols) {
+            Ok(m) => m,
+            Err(e) => panic!("Mat::new: {e}"),
+        }
+    }
+
+    /// A dense row-major `rows x cols` matrix, or a typed error when `data` is too short.
+    pub fn try_new(data: &'a [T], rows: usize, cols: usize) -> Result<Self> {
+        Self::with_ld(data, rows, cols, cols)
+    }
+
+    /// A `rows x cols` view with leading dimension `ld` (`ld >= cols`, the distance between
+    /// rows in elements), or a typed error when `data` does not cover every element addressed.
+    pub fn with_ld(data: &'a [T], rows: usize, cols: usize, ld: usize) -> Result<Self> {
+        if ld < cols || ld > isize::MAX as usize {
+            return Err(Error::InvalidConfig(format!("matrix view: leading dimension {ld} for {cols} columns")));
+        }
+        match span(rows, cols, ld) {
+            Some(need) if need <= data.len() => Ok(Mat { data, rows, cols, ld }),
+            need => Err(Error::LengthMismatch {
+                what: format!("matrix view {rows} x {cols} (leading dimension {ld})"),
+                shape: vec![rows, cols],
+                expected: need.unwrap_or(usize::MAX),
+                got: data.len(),
+            }),
+        }
+    }
+
+    /// Rows.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Columns.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Leading dimension (elements between rows).
+    pub fn ld(&self) -> usize {
+        self.ld
+    }
+
+    /// The underlying slice.
+    pub fn data(&self) -> &'a [T] {
+        self.data
     }
 }
 
 /// Whether an operand is used as is or transposed.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
     N,
     T,
@@ -29,8 +93,21 @@ pub enum Op {
 
 /// `C = alpha * op(A) op(B) + beta * C`, where `C` is dense row-major `m x n` with leading
 /// dimension `ldc`. With `beta == 0`, C is overwritten without being read (NaN-safe).
+///
+/// # Panics
+/// When the inner dimensions differ, `ldc < n`, or `c` does not cover `m x n` with `ldc`
+/// (the operands are valid by construction, see [`Mat`]). [`try_gemm`] returns an error
+/// instead.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm<T: Float>(
+pub fn gemm<T: Float>(alpha: T, a: Mat<'_, T>, opa: Op, b: Mat<'_, T>, opb: Op, beta: T, c: &mut [T], ldc: usize) {
+    if let Err(e) = try_gemm(alpha, a, opa, b, opb, beta, c, ldc) {
+        panic!("gemm: {e}");
+    }
+}
+
+/// [`gemm`], with a typed error for mismatched sizes instead of a panic.
+#[allow(clippy::too_many_arguments)]
+pub fn try_gemm<T: Float>(
     alpha: T,
     a: Mat<'_, T>,
     opa: Op,
@@ -39,7 +116,8 @@ pub fn gemm<T: Float>(
     beta: T,
     c: &mut [T],
     ldc: usize,
-) {
+) -> Result<()> {
+    // `Mat`'s constructors checked ld <= isize::MAX and that the data covers the view.
     let (m, k, rsa, csa) = match opa {
         Op::N => (a.rows, a.cols, a.ld as isize, 1isize),
         Op::T => (a.cols, a.rows, 1isize, a.ld as isize),
@@ -48,11 +126,26 @@ pub fn gemm<T: Float>(
         Op::N => (b.rows, b.cols, b.ld as isize, 1isize),
         Op::T => (b.cols, b.rows, 1isize, b.ld as isize),
     };
-    assert_eq!(k, kb, "gemm inner dimensions");
-    if m == 0 || n == 0 {
-        return;
+    if k != kb {
+        return Err(Error::ShapeMismatch { what: "gemm inner dimensions".into(), expected: vec![k], got: vec![kb] });
     }
-    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "gemm output too small");
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if ldc < n || ldc > isize::MAX as usize {
+        return Err(Error::InvalidConfig(format!("gemm: leading dimension {ldc} of C for {n} columns")));
+    }
+    match span(m, n, ldc) {
+        Some(need) if need <= c.len() => {}
+        need => {
+            return Err(Error::LengthMismatch {
+                what: format!("gemm output {m} x {n} (leading dimension {ldc})"),
+                shape: vec![m, n],
+                expected: need.unwrap_or(usize::MAX),
+                got: c.len(),
+            })
+        }
+    }
     if k == 0 {
         // matrixmultiply handles k == 0 as C = beta*C; keep the NaN-safe overwrite for beta = 0.
         for r in 0..m {
@@ -60,11 +153,13 @@ pub fn gemm<T: Float>(
                 *x = if beta == T::zero() { T::zero() } else { beta * *x };
             }
         }
-        return;
+        return Ok(());
     }
-    // SAFETY: the views were built from slices whose lengths cover every (row, col) addressed
-    // with these strides (checked by `Mat::new` in debug and by the assert on C above).
+    // SAFETY: A's view covers (m - 1) * rsa + (k - 1) * csa (its rows and columns in either
+    // orientation, checked by `Mat`'s constructors), likewise B for k x n, C was checked just
+    // above for m x n with ldc, and every stride fits in isize.
     unsafe {
         T::gemm_raw(m, k, n, alpha, a.data.as_ptr(), rsa, csa, b.data.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), ldc as isize, 1);
     }
+    Ok(())
 }

@@ -95,9 +95,11 @@ impl<T: Float> Drop for LayerTape<T> {
     }
 }
 
-/// What a training-mode forward keeps for backward.
+/// What a training-mode forward keeps for backward. It remembers the configuration it was
+/// recorded with: [`backward`] refuses weights of another one ([`Error::TapeMismatch`]).
 #[derive(Clone, Debug)]
 pub struct Tape<T: Float> {
+    config: RnnConfig,
     layers: Vec<LayerTape<T>>,
     batch_sizes: Vec<usize>,
     sorted_indices: Vec<usize>,
@@ -117,6 +119,20 @@ pub struct Gradients<T> {
     pub params: Weights<T>,
 }
 
+/// Zeros from the pool through a fallible allocation of `dims`' product (overflow-checked):
+/// [`Error::OutOfMemory`] instead of an abort.
+fn zeros<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
+    pool::try_zeroed(what, crate::tensor::checked_len::<T>(what, dims)?)
+}
+
+/// Zeros for a time loop's own scratch (not pooled), fallibly.
+fn scratch<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
+    crate::tensor::try_filled(what, crate::tensor::checked_len::<T>(what, dims)?, T::zero())
+}
+
+/// Where a time loop's threads report an allocation that failed (the first one wins).
+type Failure = std::sync::OnceLock<Error>;
+
 /// Whether every element is finite; branch-free within blocks, so it vectorises (the
 /// short-circuiting `all` did not, and cost as much as a T = 1 step's GEMM).
 fn all_finite<T: Float>(x: &[T]) -> bool {
@@ -132,8 +148,8 @@ fn check_finite<T: Float>(what: &str, x: &[T]) -> Result<()> {
 }
 
 /// Reorders state `[L*D, B, F]` rows: `out[:, k] = src[:, perm[k]]`.
-fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usize]) -> Vec<T> {
-    let mut out = vec![T::zero(); src.len()];
+fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usize]) -> Result<Vec<T>> {
+    let mut out = scratch("state", &[src.len()])?;
     for s in 0..ld {
         for (k, &p) in perm.iter().enumerate() {
             let dst = (s * b + k) * f;
@@ -141,7 +157,7 @@ fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usi
             out[dst..dst + f].copy_from_slice(&src[from..from + f]);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Adds a bias row to every row of `y: [rows, n]`.
@@ -197,7 +213,7 @@ struct DirForward<'a, T: Float> {
     tape: Option<&'a mut DirTape<T>>,
 }
 
-fn dir_forward<T: Float>(a: DirForward<'_, T>) {
+fn dir_forward<T: Float>(a: DirForward<'_, T>) -> Result<()> {
     let cfg = a.cfg;
     let (hs, ho, g) = (cfg.hidden_size, cfg.out_size(), cfg.gates());
     let gh = g * hs;
@@ -212,10 +228,10 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     // cache when the pointwise update reads it; with fewer rows (B < 8), or too few rows in
     // all to pay for packing W_ih, one GEMM over all N rows up front is faster.
     let per_step = per_step_input(b, n);
-    let w_ih = per_step.then(|| PackedB::transposed(&a.p.w_ih, gh, a.in_size));
+    let w_ih = if per_step { Some(PackedB::try_transposed(&a.p.w_ih, gh, a.in_size)?) } else { None };
     let mut xp = Vec::new();
     if !per_step {
-        xp = pool::zeroed(n * gh);
+        xp = zeros("input projection", &[n, gh])?;
         gemm(T::one(), Mat::new(a.x, n, a.in_size), Op::N, Mat::new(&a.p.w_ih, gh, a.in_size), Op::T, T::zero(), &mut xp, gh);
         add_bias(&mut xp, gh, a.p.b_ih.as_deref());
     }
@@ -224,29 +240,31 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     let mut scratch = DirTape::default();
     let tp = a.tape.unwrap_or(&mut scratch);
     if training {
-        tp.gates = pool::zeroed(n * gh);
-        tp.h_prev = pool::zeroed(n * ho);
+        tp.gates = zeros("tape gates", &[n, gh])?;
+        tp.h_prev = zeros("tape h", &[n, ho])?;
         if lstm {
-            tp.c_prev = pool::zeroed(n * hs);
-            tp.c = pool::zeroed(n * hs);
+            tp.c_prev = zeros("tape c", &[n, hs])?;
+            tp.c = zeros("tape c", &[n, hs])?;
             if proj {
-                tp.h_pre = pool::zeroed(n * hs);
+                tp.h_pre = zeros("tape h before projection", &[n, hs])?;
             }
         }
         if cfg.mode == Mode::Gru {
-            tp.hn = pool::zeroed(n * hs);
+            tp.hn = zeros("tape W_hn h", &[n, hs])?;
         }
     }
     // Packed recurrent weights, once per layer-direction (not needed for a single step from a
     // zero state, e.g. DeepBench's T = 1 GRU, where packing cost more than the step).
-    let w_hh = (a.batch_sizes.len() > 1 || !a.h0_zero).then(|| PackedB::transposed(&a.p.w_hh, gh, ho));
-    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::transposed(w, cfg.proj_size, hs));
+    let w_hh = if a.batch_sizes.len() > 1 || !a.h0_zero { Some(PackedB::try_transposed(&a.p.w_hh, gh, ho)?) } else { None };
+    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::try_transposed(w, cfg.proj_size, hs)).transpose()?;
 
     // 2-3. The time loop, split by batch rows across threads (see `split`): every buffer below
     // is written only at the thread's own rows.
     let macs = n * gh * ho + if proj { n * hs * cfg.proj_size } else { 0 };
     let ranges = split::ranges(b, macs);
+    let failed = Failure::new();
     let l = FwdLoop {
+        failed: &failed,
         cfg,
         p: a.p,
         batch_sizes: a.batch_sizes,
@@ -276,10 +294,16 @@ fn dir_forward<T: Float>(a: DirForward<'_, T>) {
     for w in [w_hh, w_ih, w_hr].into_iter().flatten() {
         w.recycle();
     }
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// One layer-direction's forward time loop over a slice of the batch (see `split`).
 struct FwdLoop<'a, T> {
+    /// Set by a thread whose scratch could not be allocated (it then stops).
+    failed: &'a Failure,
     cfg: &'a RnnConfig,
     p: &'a DirParams<T>,
     batch_sizes: &'a [usize],
@@ -322,11 +346,22 @@ impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
         // packed rows `o + r0..o + r0 + rows` of one step, which no other thread touches.
         let h = unsafe { h.part(r0 * ho, nr * ho) };
         let c = if lstm { unsafe { c.part(r0 * hs, nr * hs) } } else { &mut [][..] };
-        let mut hp = vec![T::zero(); nr * gh];
-        let mut xs = vec![T::zero(); if w_ih.is_some() { nr * gh } else { 0 }];
-        let mut gate_scratch = vec![T::zero(); gh];
-        let mut aux_scratch = vec![T::zero(); hs];
-        let mut h_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
+        let alloc = || -> Result<_> {
+            Ok((
+                scratch("recurrent product", &[nr, gh])?,
+                scratch("input projection", &[if w_ih.is_some() { nr } else { 0 }, gh])?,
+                scratch("gates", &[gh])?,
+                scratch("gates", &[hs])?,
+                scratch("h before projection", &[if proj { nr } else { 0 }, hs])?,
+            ))
+        };
+        let (mut hp, mut xs, mut gate_scratch, mut aux_scratch, mut h_pre) = match alloc() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.failed.set(e);
+                return;
+            }
+        };
         let mut fresh = h0_zero;
         for t in step_order(batch_sizes.len(), reverse) {
             let rows = batch_sizes[t].saturating_sub(r0).min(nr);
@@ -464,7 +499,7 @@ fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut 
 /// Checks a forward's inputs against the weights' config.
 fn check_forward_inputs<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, h0: Option<&[T]>, c0: Option<&[T]>) -> Result<()> {
     let cfg = &w.config;
-    cfg.validate()?;
+    w.validate()?;
     input.validate()?;
     if input.features != cfg.input_size {
         return Err(Error::ShapeMismatch {
@@ -519,19 +554,19 @@ pub fn forward<T: Float>(
     let ld = cfg.num_layers * d;
     let n = input.rows();
     let mut h = match h0 {
-        Some(h0) => permute_state(h0, ld, b, ho, &input.sorted_indices),
-        None => vec![T::zero(); ld * b * ho],
+        Some(h0) => permute_state(h0, ld, b, ho, &input.sorted_indices)?,
+        None => scratch("h", &[ld, b, ho])?,
     };
     let mut c = match c0 {
-        Some(c0) => permute_state(c0, ld, b, hs, &input.sorted_indices),
-        None => vec![T::zero(); if cfg.mode == Mode::Lstm { ld * b * hs } else { 0 }],
+        Some(c0) => permute_state(c0, ld, b, hs, &input.sorted_indices)?,
+        None => scratch("c", &[if cfg.mode == Mode::Lstm { ld } else { 0 }, b, hs])?,
     };
     let mut layers = Vec::new();
-    let mut x = pool::zeroed(input.data.len());
+    let mut x = zeros("layer input", &[input.data.len()])?;
     x.copy_from_slice(&input.data);
     for layer in 0..cfg.num_layers {
         let in_size = cfg.layer_input_size(layer);
-        let mut out = pool::zeroed(n * cfg.output_size());
+        let mut out = zeros("layer output", &[n, cfg.output_size()])?;
         let mut dirs = Vec::new();
         for dir in 0..d {
             let s = layer * d + dir;
@@ -550,7 +585,7 @@ pub fn forward<T: Float>(
                 out: &mut out,
                 col: dir * ho,
                 tape: (pass == Pass::Training).then_some(&mut dt),
-            });
+            })?;
             dirs.push(dt);
         }
         let layer_input = std::mem::replace(&mut x, out);
@@ -560,11 +595,15 @@ pub fn forward<T: Float>(
             pool::recycle(layer_input);
         }
     }
-    let h_n = Tensor { shape: cfg.h_shape(b), data: permute_state(&h, ld, b, ho, &input.unsorted_indices) };
-    let c_n = (cfg.mode == Mode::Lstm)
-        .then(|| Tensor { shape: cfg.c_shape(b), data: permute_state(&c, ld, b, hs, &input.unsorted_indices) });
+    let h_n = Tensor { shape: cfg.h_shape(b), data: permute_state(&h, ld, b, ho, &input.unsorted_indices)? };
+    let c_n = if cfg.mode == Mode::Lstm {
+        Some(Tensor { shape: cfg.c_shape(b), data: permute_state(&c, ld, b, hs, &input.unsorted_indices)? })
+    } else {
+        None
+    };
     let output = input.with_data(x, cfg.output_size())?;
     let tape = (pass == Pass::Training).then(|| Tape {
+        config: cfg.clone(),
         layers,
         batch_sizes: input.batch_sizes.clone(),
         sorted_indices: input.sorted_indices.clone(),
@@ -597,7 +636,7 @@ struct DirBackward<'a, T: Float> {
     first: bool,
 }
 
-fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
+fn dir_backward<T: Float>(a: DirBackward<'_, T>) -> Result<()> {
     let cfg = a.cfg;
     let (hs, ho, g) = (cfg.hidden_size, cfg.out_size(), cfg.gates());
     let gh = g * hs;
@@ -609,21 +648,23 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     let gru = cfg.mode == Mode::Gru;
     let one = T::one();
 
-    let mut dgx = pool::zeroed(n * gh);
+    let mut dgx = zeros("gate gradients", &[n, gh])?;
     // GRU's hidden-side gate gradient differs from the input side in its n block.
-    let mut dgh = if gru { pool::zeroed(n * gh) } else { Vec::new() };
-    let mut dh_tot_all = if proj { pool::zeroed(n * ho) } else { Vec::new() };
-    let w_hh = PackedB::plain(&a.p.w_hh, gh, ho);
-    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::plain(w, cfg.proj_size, hs));
+    let mut dgh = if gru { zeros("gate gradients", &[n, gh])? } else { Vec::new() };
+    let mut dh_tot_all = if proj { zeros("h gradients", &[n, ho])? } else { Vec::new() };
+    let w_hh = PackedB::try_plain(&a.p.w_hh, gh, ho)?;
+    let w_hr = a.p.w_hr.as_deref().map(|w| PackedB::try_plain(w, cfg.proj_size, hs)).transpose()?;
 
     // The reverse time loop, split by batch rows across threads like the forward's.
     let macs = n * gh * ho + if proj { n * hs * cfg.proj_size } else { 0 };
     let ranges = split::ranges(b, macs);
     let per_step_dx = per_step_input(b, n);
-    let w_ih = per_step_dx.then(|| PackedB::plain(&a.p.w_ih, gh, a.in_size));
+    let w_ih = if per_step_dx { Some(PackedB::try_plain(&a.p.w_ih, gh, a.in_size)?) } else { None };
     // dX is written by the loop or by the GEMM after it.
     let (dx_loop, dx_after): (&mut [T], &mut [T]) = if per_step_dx { (a.dx, &mut []) } else { (&mut [], a.dx) };
+    let failed = Failure::new();
     let l = BwdLoop {
+        failed: &failed,
         cfg,
         tape: tp,
         batch_sizes: a.batch_sizes,
@@ -644,6 +685,15 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
         dx: Rows::new(dx_loop),
     };
     split::run_loop(&ranges, &l);
+    if let Some(e) = failed.into_inner() {
+        pool::recycle(dgx);
+        pool::recycle(dgh);
+        pool::recycle(dh_tot_all);
+        for w in [Some(w_hh), w_ih, w_hr].into_iter().flatten() {
+            w.recycle();
+        }
+        return Err(e);
+    }
 
     // Post-loop GEMMs over all rows at once (the loop is done: its views are free again).
     // The weight gradients are overwritten (beta 0): reading the freshly allocated zeros first
@@ -672,10 +722,13 @@ fn dir_backward<T: Float>(a: DirBackward<'_, T>) {
     for w in [Some(w_hh), w_ih, w_hr].into_iter().flatten() {
         w.recycle();
     }
+    Ok(())
 }
 
 /// One layer-direction's backward time loop over a slice of the batch (see `split`).
 struct BwdLoop<'a, T: Float> {
+    /// Set by a thread whose scratch could not be allocated (it then stops).
+    failed: &'a Failure,
     cfg: &'a RnnConfig,
     tape: &'a DirTape<T>,
     batch_sizes: &'a [usize],
@@ -716,10 +769,21 @@ impl<T: Float> split::RowLoop for BwdLoop<'_, T> {
         // `o + r0..o + r0 + rows` of one step, which no other thread touches.
         let dh = unsafe { dh.part(r0 * ho, nr * ho) };
         let dc = if lstm { unsafe { dc.part(r0 * hs, nr * hs) } } else { &mut [][..] };
-        let mut dh_tot = vec![T::zero(); nr * ho];
-        let mut dh_pre = vec![T::zero(); if proj { nr * hs } else { 0 }];
-        let mut direct = vec![T::zero(); if gru { nr * ho } else { 0 }];
-        let mut dx_step = vec![T::zero(); if w_ih.is_some() && !first { nr * in_size } else { 0 }];
+        let alloc = || -> Result<_> {
+            Ok((
+                scratch("h gradients", &[nr, ho])?,
+                scratch("h gradients before projection", &[if proj { nr } else { 0 }, hs])?,
+                scratch("h gradients through z", &[if gru { nr } else { 0 }, ho])?,
+                scratch("input gradients", &[if w_ih.is_some() && !first { nr } else { 0 }, in_size])?,
+            ))
+        };
+        let (mut dh_tot, mut dh_pre, mut direct, mut dx_step) = match alloc() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.failed.set(e);
+                return;
+            }
+        };
         // Reverse of the processing order.
         for t in step_order(batch_sizes.len(), !reverse) {
             let rows = batch_sizes[t].saturating_sub(r0).min(nr);
@@ -839,9 +903,17 @@ pub fn backward<T: Float>(
     grad_c_n: Option<&[T]>,
 ) -> Result<Gradients<T>> {
     let cfg = &w.config;
-    cfg.validate()?;
-    if tape.layers.len() != cfg.num_layers {
-        return Err(Error::InvalidConfig("tape was recorded with another configuration".into()));
+    w.validate()?;
+    if tape.config != *cfg {
+        return Err(Error::TapeMismatch(format!(
+            "the tape was recorded with {:?}, the weights have {cfg:?}",
+            tape.config
+        )));
+    }
+    // Recorded by `forward` with this config: one layer tape per layer, one direction tape
+    // per direction (the fields are private, so this holds; checked to keep it so).
+    if tape.layers.len() != cfg.num_layers || tape.layers.iter().any(|l| l.dirs.len() != cfg.directions()) {
+        return Err(Error::TapeMismatch("the tape's layers do not match its configuration".into()));
     }
     let b = tape.batch_sizes[0];
     let (d, ho, hs) = (cfg.directions(), cfg.out_size(), cfg.hidden_size);
@@ -853,27 +925,27 @@ pub fn backward<T: Float>(
         Some(g) => {
             check_len("grad_h_n", &cfg.h_shape(b), g.len())?;
             check_finite("grad_h_n", g)?;
-            permute_state(g, ld, b, ho, &tape.sorted_indices)
+            permute_state(g, ld, b, ho, &tape.sorted_indices)?
         }
-        None => vec![T::zero(); ld * b * ho],
+        None => scratch("dh", &[ld, b, ho])?,
     };
     let mut dc = match (grad_c_n, cfg.mode) {
         (Some(g), Mode::Lstm) => {
             check_len("grad_c_n", &cfg.c_shape(b), g.len())?;
             check_finite("grad_c_n", g)?;
-            permute_state(g, ld, b, hs, &tape.sorted_indices)
+            permute_state(g, ld, b, hs, &tape.sorted_indices)?
         }
         (Some(_), m) => return Err(Error::InvalidConfig(format!("grad_c_n given, but {m} has no cell state"))),
-        (None, Mode::Lstm) => vec![T::zero(); ld * b * hs],
+        (None, Mode::Lstm) => scratch("dc", &[ld, b, hs])?,
         (None, _) => Vec::new(),
     };
     let mut grads = Weights::zeros(cfg)?;
-    let mut dy = pool::zeroed(grad_output.len());
+    let mut dy = zeros("output gradients", &[grad_output.len()])?;
     dy.copy_from_slice(grad_output);
     for layer in (0..cfg.num_layers).rev() {
         let in_size = cfg.layer_input_size(layer);
         let lt = &tape.layers[layer];
-        let mut dx = pool::zeroed(n * in_size);
+        let mut dx = zeros("input gradients", &[n, in_size])?;
         for dir in 0..d {
             let s = layer * d + dir;
             let dc_slice: &mut [T] = if cfg.mode == Mode::Lstm { &mut dc[s * b * hs..(s + 1) * b * hs] } else { &mut [] };
@@ -892,7 +964,7 @@ pub fn backward<T: Float>(
                 grad: &mut grads.params[s],
                 dx: &mut dx,
                 first: dir == 0,
-            });
+            })?;
         }
         pool::recycle(std::mem::replace(&mut dy, dx));
     }
@@ -905,9 +977,12 @@ pub fn backward<T: Float>(
     };
     Ok(Gradients {
         input: packed,
-        h0: Tensor { shape: cfg.h_shape(b), data: permute_state(&dh, ld, b, ho, &tape.unsorted_indices) },
-        c0: (cfg.mode == Mode::Lstm)
-            .then(|| Tensor { shape: cfg.c_shape(b), data: permute_state(&dc, ld, b, hs, &tape.unsorted_indices) }),
+        h0: Tensor { shape: cfg.h_shape(b), data: permute_state(&dh, ld, b, ho, &tape.unsorted_indices)? },
+        c0: if cfg.mode == Mode::Lstm {
+            Some(Tensor { shape: cfg.c_shape(b), data: permute_state(&dc, ld, b, hs, &tape.unsorted_indices)? })
+        } else {
+            None
+        },
         params: grads,
     })
 }

@@ -32,12 +32,24 @@ fn pool() -> std::sync::MutexGuard<'static, Pool> {
 pub fn zeroed<T: Copy + Default + Send + 'static>(len: usize) -> Vec<T> {
     let bytes = len * std::mem::size_of::<T>();
     if bytes >= MIN_POOLED_BYTES {
+        if let Some(v) = zeroed_from_pool(len) {
+            return v;
+        }
+    }
+    vec![T::default(); len]
+}
+
+/// A kept buffer of the same type resized to `len` zeros, when one fits without wasting more
+/// than half of it.
+fn zeroed_from_pool<T: Copy + Default + Send + 'static>(len: usize) -> Option<Vec<T>> {
+    let bytes = len * std::mem::size_of::<T>();
+    {
         let mut p = pool();
         let best = p
             .bufs
             .iter()
             .enumerate()
-            .filter(|(_, (size, b))| *size <= 2 * bytes && b.downcast_ref::<Vec<T>>().is_some_and(|v| v.capacity() >= len))
+            .filter(|(_, (size, b))| *size <= bytes.saturating_mul(2) && b.downcast_ref::<Vec<T>>().is_some_and(|v| v.capacity() >= len))
             .min_by_key(|(_, (size, _))| *size)
             .map(|(i, _)| i);
         if let Some(i) = best {
@@ -47,10 +59,22 @@ pub fn zeroed<T: Copy + Default + Send + 'static>(len: usize) -> Vec<T> {
             let mut v = *b.downcast::<Vec<T>>().expect("type checked above");
             v.clear();
             v.resize(len, T::default());
-            return v;
+            return Some(v);
         }
     }
-    vec![T::default(); len]
+    None
+}
+
+/// As [`zeroed`], but a fresh allocation goes through a fallible reservation: one that
+/// cannot be met is [`crate::Error::OutOfMemory`] (naming `what`), never an abort.
+pub fn try_zeroed<T: Copy + Default + Send + 'static>(what: &str, len: usize) -> crate::Result<Vec<T>> {
+    if len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b >= MIN_POOLED_BYTES) {
+        let v = zeroed_from_pool(len);
+        if let Some(v) = v {
+            return Ok(v);
+        }
+    }
+    crate::tensor::try_filled(what, len, T::default())
 }
 
 /// Hands a buffer back for reuse (or frees it when small or when the pool is full).

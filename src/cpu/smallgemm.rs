@@ -8,6 +8,8 @@
 //! AVX2+FMA and chosen at run time; other types and machines use the portable kernel.
 
 use super::Float;
+use crate::error::{Error, Result};
+use crate::tensor::checked_len;
 use std::ops::Range;
 
 /// Columns per panel.
@@ -25,10 +27,22 @@ impl<T: Float> PackedB<T> {
     /// `B = W^T` for a row-major `W[n, k]` (forward: `h W_hh^T`): each row of W is read
     /// sequentially into one column of its panel (packing through a per-element accessor cost
     /// as much as a T = 1 step's product).
+    ///
+    /// # Panics
+    /// When `w` holds fewer than `n * k` elements, or the packed size overflows or cannot be
+    /// allocated; [`PackedB::try_transposed`] returns an error instead.
     pub fn transposed(w: &[T], n: usize, k: usize) -> Self {
-        assert!(w.len() >= n * k, "W too small");
-        let panels = n.div_ceil(NR);
-        let mut data = super::pool::zeroed(panels * k * NR);
+        Self::try_transposed(w, n, k).unwrap_or_else(|e| panic!("PackedB::transposed: {e}"))
+    }
+
+    /// [`PackedB::transposed`] with typed errors (a short `w`, a packed size that overflows or
+    /// cannot be allocated).
+    pub fn try_transposed(w: &[T], n: usize, k: usize) -> Result<Self> {
+        let len = packed_len::<T>(w.len(), n, k)?;
+        let mut data = super::pool::try_zeroed("packed weights", len)?;
+        if len == 0 {
+            return Ok(PackedB { k, n, data });
+        }
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             for c in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
@@ -37,22 +51,33 @@ impl<T: Float> PackedB<T> {
                 }
             }
         }
-        PackedB { k, n, data }
+        Ok(PackedB { k, n, data })
     }
 
     /// `B = W` for a row-major `W[k, n]` (backward: `dG W_hh`): each panel row is a
     /// contiguous piece of a row of W.
+    ///
+    /// # Panics
+    /// When `w` holds fewer than `k * n` elements, or the packed size overflows or cannot be
+    /// allocated; [`PackedB::try_plain`] returns an error instead.
     pub fn plain(w: &[T], k: usize, n: usize) -> Self {
-        assert!(w.len() >= k * n, "W too small");
-        let panels = n.div_ceil(NR);
-        let mut data = super::pool::zeroed(panels * k * NR);
+        Self::try_plain(w, k, n).unwrap_or_else(|e| panic!("PackedB::plain: {e}"))
+    }
+
+    /// [`PackedB::plain`] with typed errors.
+    pub fn try_plain(w: &[T], k: usize, n: usize) -> Result<Self> {
+        let len = packed_len::<T>(w.len(), n, k)?;
+        let mut data = super::pool::try_zeroed("packed weights", len)?;
+        if len == 0 {
+            return Ok(PackedB { k, n, data });
+        }
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
             for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 dst[..valid].copy_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
             }
         }
-        PackedB { k, n, data }
+        Ok(PackedB { k, n, data })
     }
 
     /// Hands the packed data back to the CPU path's buffer pool.
@@ -67,14 +92,33 @@ impl<T: Float> PackedB<T> {
 
     /// `C[r, j] = sum_k A[r, k] B[k, j]` for `r < rows`, overwriting C (row stride `ldc`);
     /// A has row stride `lda`.
+    ///
+    /// # Panics
+    /// When A or C do not cover the rows addressed.
     pub fn gemm(&self, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize) {
         if rows == 0 || self.n == 0 {
             return;
         }
-        assert!(a.len() >= (rows - 1) * lda + self.k, "A too small");
-        assert!(c.len() >= (rows - 1) * ldc + self.n, "C too small");
+        self.check(a, rows, lda, c, ldc);
         T::packed_gemm(self, a, rows, lda, c, ldc);
     }
+
+    /// Panics unless A covers `rows` rows of `k` at stride `lda` and C `rows` rows of `n` at
+    /// stride `ldc`: what the kernels, some of them unsafe, address.
+    fn check(&self, a: &[T], rows: usize, lda: usize, c: &[T], ldc: usize) {
+        let need = |ld: usize, w: usize| (rows - 1).checked_mul(ld).and_then(|v| v.checked_add(w));
+        assert!(need(lda, self.k).is_some_and(|v| v <= a.len()), "PackedB::gemm: A too small for {rows} rows of {} at stride {lda}", self.k);
+        assert!(need(ldc, self.n).is_some_and(|v| v <= c.len()), "PackedB::gemm: C too small for {rows} rows of {} at stride {ldc}", self.n);
+    }
+}
+
+/// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements)
+/// holds `n * k`.
+fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
+    if !n.checked_mul(k).is_some_and(|nk| nk <= w_len) {
+        return Err(Error::LengthMismatch { what: "packed weights' W".into(), shape: vec![n, k], expected: n.saturating_mul(k), got: w_len });
+    }
+    checked_len::<T>("packed weights", &[n.div_ceil(NR), k, NR])
 }
 
 /// One panel for a block of `MR` rows (`mr <= MR` valid).
@@ -120,7 +164,14 @@ fn run<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, a: &[T], row
 }
 
 /// The portable kernel (any float, any machine).
+///
+/// # Panics
+/// When A or C do not cover the rows addressed (as [`PackedB::gemm`]).
 pub fn portable<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize) {
+    if rows == 0 || pb.n == 0 {
+        return;
+    }
+    pb.check(a, rows, lda, c, ldc);
     run::<T, 4, false>(pb, a, rows, lda, c, ldc, 0..pb.panels())
 }
 
@@ -245,10 +296,18 @@ fn f32_kernel() -> Option<KernelFn> {
 /// panels across threads was measured slower on the 2-core development machine, 21 vs 17 ms
 /// for C1 forward: a sync per step. The time loops split the batch instead, see
 /// [`super::split`].)
+///
+/// # Panics
+/// When A or C do not cover the rows addressed (as [`PackedB::gemm`]).
 pub fn f32_gemm(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [f32], ldc: usize) {
+    if rows == 0 || pb.n == 0 {
+        return;
+    }
+    pb.check(a, rows, lda, c, ldc);
     match f32_kernel() {
-        // SAFETY: `gemm` checked that A and C cover every element the kernel addresses, and
-        // the kernel's target features were detected.
+        // SAFETY: checked just above that A and C cover every element the kernel addresses
+        // (the packed panels hold `panels * k * NR` by construction), and the kernel's target
+        // features were detected.
         Some(kernel) => unsafe { kernel(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) },
         None => portable(pb, a, rows, lda, c, ldc),
     }
