@@ -7,7 +7,7 @@
 //! `unsorted_indices[b]` the sorted position of the caller's sequence b.
 
 use crate::error::{check_len, Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{checked_len, try_filled, Tensor};
 
 /// A batch of variable-length sequences in PyTorch's packed layout.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +78,7 @@ impl<T: Copy + Default> PackedSequence<T> {
     /// `input`: `[T, B, F]` (or `[B, T, F]` with `batch_first`); `lengths`: `[B]`, any order,
     /// each in `1..=T`. Values past a sequence's length are ignored.
     pub fn from_padded(input: &[T], shape: [usize; 3], batch_first: bool, lengths: &[usize]) -> Result<Self> {
+        checked_len::<T>("padded input", &shape)?;
         check_len("padded input", &shape, input.len())?;
         let (t_max, b, f) = if batch_first { (shape[1], shape[0], shape[2]) } else { (shape[0], shape[1], shape[2]) };
         if b != lengths.len() {
@@ -147,7 +148,10 @@ impl<T: Copy + Default> PackedSequence<T> {
         if self.batch_sizes.windows(2).any(|w| w[1] > w[0]) || self.batch_sizes.contains(&0) {
             return Err(Error::InvalidLengths("batch_sizes must be positive and non-increasing".into()));
         }
-        let n: usize = self.batch_sizes.iter().sum();
+        let n = self.batch_sizes.iter().try_fold(0usize, |acc, &bs| acc.checked_add(bs));
+        let Some(n) = n.filter(|n| n.checked_mul(self.features).is_some()) else {
+            return Err(Error::InvalidLengths("batch_sizes sum past the addressable size".into()));
+        };
         check_len("packed data", &[n, self.features], self.data.len())?;
         if self.sorted_indices.len() != b || self.unsorted_indices.len() != b {
             return Err(Error::ShapeMismatch {
@@ -178,22 +182,33 @@ impl<T: Copy + Default> PackedSequence<T> {
 
     /// Total rows N.
     pub fn rows(&self) -> usize {
-        self.batch_sizes.iter().sum()
+        // Saturating, so a hand-built value with absurd batch sizes cannot overflow here.
+        self.batch_sizes.iter().fold(0, |acc: usize, &bs| acc.saturating_add(bs))
     }
 
-    /// Lengths in sorted order.
-    pub fn sorted_lengths(&self) -> Vec<usize> {
+    /// Lengths in sorted order. Checks the structure first ([`PackedSequence::validate`]), so
+    /// a hand-built value gets a typed error, not a panic.
+    pub fn sorted_lengths(&self) -> Result<Vec<usize>> {
+        self.validate()?;
+        Ok(self.sorted_lengths_unchecked())
+    }
+
+    /// [`PackedSequence::sorted_lengths`] of a validated value.
+    fn sorted_lengths_unchecked(&self) -> Vec<usize> {
         (0..self.batch()).map(|k| self.batch_sizes.iter().take_while(|&&bs| bs > k).count()).collect()
     }
 
-    /// Lengths in the caller's order.
-    pub fn lengths(&self) -> Vec<usize> {
-        let sl = self.sorted_lengths();
-        self.unsorted_indices.iter().map(|&k| sl[k]).collect()
+    /// Lengths in the caller's order. Checks the structure first ([`PackedSequence::validate`]),
+    /// so a hand-built value gets a typed error, not a panic.
+    pub fn lengths(&self) -> Result<Vec<usize>> {
+        self.validate()?;
+        let sl = self.sorted_lengths_unchecked();
+        Ok(self.unsorted_indices.iter().map(|&k| sl[k]).collect())
     }
 
     /// The same structure with other row data (e.g. an RNN output of another width).
     pub fn with_data<U>(&self, data: Vec<U>, features: usize) -> Result<PackedSequence<U>> {
+        checked_len::<U>("packed data", &[self.rows(), features])?;
         check_len("packed data", &[self.rows(), features], data.len())?;
         Ok(PackedSequence {
             data,
@@ -221,7 +236,8 @@ impl<T: Copy + Default> PackedSequence<T> {
         };
         let (b, f) = (self.batch(), self.features);
         let shape = if batch_first { vec![b, t_out, f] } else { vec![t_out, b, f] };
-        let mut out = vec![padding_value; t_out * b * f];
+        let len = checked_len::<T>("padded output", &[t_out, b, f])?;
+        let mut out = try_filled("padded output", len, padding_value)?;
         let off = step_offsets(&self.batch_sizes);
         for (t, &bs) in self.batch_sizes.iter().enumerate() {
             for k in 0..bs {
@@ -231,6 +247,6 @@ impl<T: Copy + Default> PackedSequence<T> {
                 out[row * f..(row + 1) * f].copy_from_slice(&self.data[src * f..(src + 1) * f]);
             }
         }
-        Ok((Tensor { shape, data: out }, self.lengths()))
+        Ok((Tensor { shape, data: out }, self.lengths()?))
     }
 }

@@ -17,8 +17,8 @@ fn pack_matches_pytorch_layout() {
     assert_eq!(p.sorted_indices, vec![1, 2, 0]);
     assert_eq!(p.unsorted_indices, vec![2, 0, 1]);
     assert_eq!(p.data, vec![1.0, 2.0, 0.0, 4.0, 5.0, 3.0, 7.0, 8.0, 10.0]);
-    assert_eq!(p.lengths(), vec![2, 4, 3]);
-    assert_eq!(p.sorted_lengths(), vec![4, 3, 2]);
+    assert_eq!(p.lengths().unwrap(), vec![2, 4, 3]);
+    assert_eq!(p.sorted_lengths().unwrap(), vec![4, 3, 2]);
 }
 
 #[test]
