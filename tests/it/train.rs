@@ -47,14 +47,14 @@ fn loss_gradients_match_finite_differences() {
     let mut r = rng(11);
     let z = uniform(&mut r, 13, 4.0);
     let y: Vec<f64> = (0..13).map(|i| (i % 2) as f64).collect();
-    let got = ct::bce_with_logits(&z, &y);
-    assert_close("bce grad", &got.grad, &numeric_grad(&z, |z| ct::bce_with_logits(z, &y).loss), FD_TOL, FD_TOL);
+    let got = ct::bce_with_logits(&z, &y).unwrap();
+    assert_close("bce grad", &got.grad, &numeric_grad(&z, |z| ct::bce_with_logits(z, &y).unwrap().loss), FD_TOL, FD_TOL);
     // A hand value: logits 0 give log 2 per row, whatever the target.
-    assert!((ct::bce_with_logits(&[0.0f64, 0.0], &[1.0, 0.0]).loss - std::f64::consts::LN_2).abs() < 1e-15);
+    assert!((ct::bce_with_logits(&[0.0f64, 0.0], &[1.0, 0.0]).unwrap().loss - std::f64::consts::LN_2).abs() < 1e-15);
 
     let yr = uniform(&mut r, 13, 1.0);
-    let got = ct::mse(&z, &yr);
-    assert_close("mse grad", &got.grad, &numeric_grad(&z, |z| ct::mse(z, &yr).loss), FD_TOL, FD_TOL);
+    let got = ct::mse(&z, &yr).unwrap();
+    assert_close("mse grad", &got.grad, &numeric_grad(&z, |z| ct::mse(z, &yr).unwrap().loss), FD_TOL, FD_TOL);
 
     let classes = 7;
     let logits = uniform(&mut r, 5 * classes, 3.0);
@@ -74,8 +74,8 @@ fn linear_and_embedding_gradients_match_finite_differences() {
     let x = uniform(&mut r, rows * input, 1.0);
     let p = uniform(&mut r, output * input + output, 1.0);
     let probe = uniform(&mut r, rows * output, 1.0); // loss = sum(y * probe), so dL/dy = probe
-    let loss = |x: &[f64], p: &[f64]| ct::linear_forward(x, p, rows, input, output).iter().zip(&probe).map(|(a, b)| a * b).sum::<f64>();
-    let (dp, dx) = ct::linear_backward(&x, &p, &probe, rows, input, output);
+    let loss = |x: &[f64], p: &[f64]| ct::linear_forward(x, p, rows, input, output).unwrap().iter().zip(&probe).map(|(a, b)| a * b).sum::<f64>();
+    let (dp, dx) = ct::linear_backward(&x, &p, &probe, rows, input, output).unwrap();
     assert_close("linear dparams", &dp, &numeric_grad(&p, |p| loss(&x, p)), FD_TOL, FD_TOL);
     assert_close("linear dx", &dx, &numeric_grad(&x, |x| loss(x, &p)), FD_TOL, FD_TOL);
 
@@ -84,11 +84,11 @@ fn linear_and_embedding_gradients_match_finite_differences() {
     let ids = [2u32, 0, 5, 2, 2, 1, 0];
     let probe = uniform(&mut r, ids.len() * dim, 1.0);
     let eloss = |t: &[f64]| ct::embedding_forward(t, dim, &ids).unwrap().iter().zip(&probe).map(|(a, b)| a * b).sum::<f64>();
-    assert_close("embedding grad", &ct::embedding_backward(&probe, dim, &ids, vocab, None), &numeric_grad(&table, eloss), FD_TOL, FD_TOL);
+    assert_close("embedding grad", &ct::embedding_backward(&probe, dim, &ids, vocab, None).unwrap(), &numeric_grad(&table, eloss), FD_TOL, FD_TOL);
     // The padding id gets no gradient; the others are unchanged.
-    let with_pad = ct::embedding_backward(&probe, dim, &ids, vocab, Some(0));
+    let with_pad = ct::embedding_backward(&probe, dim, &ids, vocab, Some(0)).unwrap();
     assert!(with_pad[..dim].iter().all(|&v| v == 0.0));
-    assert_eq!(&with_pad[dim..], &ct::embedding_backward(&probe, dim, &ids, vocab, None)[dim..]);
+    assert_eq!(&with_pad[dim..], &ct::embedding_backward(&probe, dim, &ids, vocab, None).unwrap()[dim..]);
 }
 
 #[test]
@@ -133,15 +133,15 @@ fn gpu_embedding_linear_and_block_ops_match_cpu() {
             .unwrap();
         let what = ctx.describe();
         assert_close(&format!("{what}: embedding forward"), &f64s(&got[0]), &ct::embedding_forward(&table, dim, &ids).unwrap(), 1e-7, 1e-7);
-        assert_close(&format!("{what}: embedding backward"), &f64s(&got[1]), &ct::embedding_backward(&grad_rows, dim, &ids, vocab, Some(3)), GPU_ATOL, GPU_RTOL);
-        let x = ct::blocks_to_rows(&blocks, 2, rows, w);
+        assert_close(&format!("{what}: embedding backward"), &f64s(&got[1]), &ct::embedding_backward(&grad_rows, dim, &ids, vocab, Some(3)).unwrap(), GPU_ATOL, GPU_RTOL);
+        let x = ct::blocks_to_rows(&blocks, 2, rows, w).unwrap();
         assert_close(&format!("{what}: blocks to rows"), &f64s(&got[2]), &x, 1e-7, 1e-7);
-        assert_close(&format!("{what}: linear forward"), &f64s(&got[3]), &ct::linear_forward(&x, &params, rows, 2 * w, output), GPU_ATOL, GPU_RTOL);
-        let (dp, dx) = ct::linear_backward(&x, &params, &dy, rows, 2 * w, output);
+        assert_close(&format!("{what}: linear forward"), &f64s(&got[3]), &ct::linear_forward(&x, &params, rows, 2 * w, output).unwrap(), GPU_ATOL, GPU_RTOL);
+        let (dp, dx) = ct::linear_backward(&x, &params, &dy, rows, 2 * w, output).unwrap();
         assert_close(&format!("{what}: linear dparams"), &f64s(&got[4]), &dp, GPU_ATOL, GPU_RTOL);
         assert_close(&format!("{what}: linear dx"), &f64s(&got[5]), &dx, GPU_ATOL, GPU_RTOL);
         // rows_to_blocks undoes blocks_to_rows.
-        assert_eq!(ct::blocks_to_rows(&f64s(&got[6]), 2, rows, w), f64s(&got[5]), "{what}: rows_to_blocks");
+        assert_eq!(ct::blocks_to_rows(&f64s(&got[6]), 2, rows, w).unwrap(), f64s(&got[5]), "{what}: rows_to_blocks");
     }
 }
 
@@ -173,8 +173,8 @@ fn gpu_losses_match_cpu_and_accumulate_metrics() {
         b.softmax_cross_entropy(rows, classes, &lb, &tb, 4, &g3, &scratch, &metrics, 2 * METRIC_FLOATS).unwrap();
         let got = b.run(&[(&g1, rows), (&g2, rows), (&g3, rows * classes), (&metrics, 3 * METRIC_FLOATS)]).unwrap();
         let what = ctx.describe();
-        let bce = ct::bce_with_logits(&z, &y);
-        let mse = ct::mse(&z, &yr);
+        let bce = ct::bce_with_logits(&z, &y).unwrap();
+        let mse = ct::mse(&z, &yr).unwrap();
         let ce = ct::softmax_cross_entropy(&logits, classes, &t).unwrap();
         assert_close(&format!("{what}: bce grad"), &f64s(&got[0]), &bce.grad, GPU_ATOL, GPU_RTOL);
         assert_close(&format!("{what}: mse grad"), &f64s(&got[1]), &mse.grad, GPU_ATOL, GPU_RTOL);
@@ -216,9 +216,9 @@ fn gpu_optimisers_with_clipping_match_cpu() {
                 for i in 0..2 {
                     match kind {
                         OptimizerKind::Adam { lr, beta1, beta2, eps } => {
-                            ct::adam_step(&mut params[i], &grads[i], &mut adam[i], step, scale, lr as f64, beta1 as f64, beta2 as f64, eps as f64)
+                            ct::adam_step(&mut params[i], &grads[i], &mut adam[i], step, scale, lr as f64, beta1 as f64, beta2 as f64, eps as f64).unwrap()
                         }
-                        OptimizerKind::Sgd { lr, momentum } => ct::sgd_step(&mut params[i], &grads[i], &mut bufs[i], scale, lr as f64, momentum as f64),
+                        OptimizerKind::Sgd { lr, momentum } => ct::sgd_step(&mut params[i], &grads[i], &mut bufs[i], scale, lr as f64, momentum as f64).unwrap(),
                     }
                 }
                 let st = opt.read_state(ctx).unwrap();
@@ -358,10 +358,10 @@ fn gpu_dropout_matches_the_cpu_mask_and_rate() {
     let p = 0.3f32;
     let x: Vec<f64> = (0..n).map(|i| 1.0 + (i % 7) as f64).collect();
     // The drop rate is p, and the counter changes the mask.
-    let m0 = ct::dropout_mask(n, p, 42, 0);
+    let m0 = ct::dropout_mask(n, p, 42, 0).unwrap();
     let rate = m0.iter().filter(|&&k| !k).count() as f64 / n as f64;
     assert!((rate - 0.3).abs() < 0.02, "drop rate {rate}");
-    let m7 = ct::dropout_mask(n, p, 42, 7);
+    let m7 = ct::dropout_mask(n, p, 42, 7).unwrap();
     let same = m0.iter().zip(&m7).filter(|(a, b)| a == b).count() as f64 / n as f64;
     assert!(same < 0.7, "masks for counters 0 and 7 agree on {same} of elements");
     for ctx in contexts() {
@@ -374,8 +374,8 @@ fn gpu_dropout_matches_the_cpu_mask_and_rate() {
         b.dropout(&xb, &d7, n, p, 42, Some(&counter)).unwrap();
         let got = b.run(&[(&d0, n), (&d7, n)]).unwrap();
         let what = ctx.describe();
-        assert_close(&format!("{what}: dropout"), &f64s(&got[0]), &ct::dropout(&x, p, 42, 0), 0.0, 1e-6);
-        assert_close(&format!("{what}: dropout with counter"), &f64s(&got[1]), &ct::dropout(&x, p, 42, 7), 0.0, 1e-6);
+        assert_close(&format!("{what}: dropout"), &f64s(&got[0]), &ct::dropout(&x, p, 42, 0).unwrap(), 0.0, 1e-6);
+        assert_close(&format!("{what}: dropout with counter"), &f64s(&got[1]), &ct::dropout(&x, p, 42, 7).unwrap(), 0.0, 1e-6);
     }
     let Some(ctx) = contexts().first() else { return };
     let big = storage(ctx, "big", 16).unwrap();
