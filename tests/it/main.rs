@@ -9,6 +9,7 @@ mod gpu;
 mod gpu_common;
 mod gradcheck;
 mod packing;
+mod reliability_cpu;
 mod reliability_gpu;
 mod shaders;
 mod train;
