@@ -182,26 +182,47 @@ fn loop_grad_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     loop_grad_body(wid.x, lid.x);
 }
 
+// The run's local time of backward processing step s (the reverse of the forward's order).
+fn loop_time(s: u32) -> u32 {
+    return select(p.steps - 1u - s, s, p.reverse != 0u);
+}
+
+// A NaN that is not a constant expression (WGSL refuses those).
+fn poison(j: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (j & 0u));
+}
+
 fn loop_grad_body(wg: u32, j: u32) {
     let hs = p.hidden;
     let gh = GATES * hs;
     let r0 = wg * LOOP_ROWS;
+    // Rows of the run's widest step (its smallest time): every row the run touches.
     let batch = seq[p.bs_tab];
     let unit = j < hs;
     var dh = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var dc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     var direct = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    // Entering the run: a row active at its first step takes the gradient waiting at that step's
+    // row (the seed from grad_h_n at a sequence's final row, or what the previous run left
+    // there); a row that starts later in the run (the forward direction, walked backwards) takes
+    // its seed at its final row.
+    let t0 = loop_time(0u);
+    let rows0 = seq[p.bs_tab + t0];
+    let off0 = seq[p.off_tab + t0];
     for (var t = 0u; t < LOOP_ROWS; t++) {
-        if (unit && r0 + t < batch) {
-            let last = seq[p.last_off + seq[p.init_off + r0 + t] - p.n_rows];
-            dh[t] = bw[p.dh_off + last * hs + j];
+        let r = r0 + t;
+        if (unit && r < batch) {
+            let last = seq[p.last_off + seq[p.init_off + r] - p.n_rows];
+            let src = select(last, off0 + r, r < rows0);
+            dh[t] = bw[p.dh_off + src * hs + j];
             if (GATES == 4u) {
-                dc[t] = bw[p.dc_off + last * hs + j];
+                dc[t] = bw[p.dc_off + src * hs + j];
             }
         }
     }
-    for (var s = 0u; s < p.steps; s++) {
-        let ts = select(p.steps - 1u - s, s, p.reverse != 0u);
+    var s = 0u;
+    for (; s < p.steps; s++) {
+        let ts = loop_time(s);
         let rows = seq[p.bs_tab + ts];
         let off = seq[p.off_tab + ts];
         if (unit) {
@@ -232,13 +253,58 @@ fn loop_grad_body(wg: u32, j: u32) {
         }
         workgroupBarrier();
     }
+    // Leaving the run: a row active at its last step passes dh_prev (dc_prev) to the row its
+    // state came from (the next run's first row, or N+b: dh0); a row that ended earlier in the
+    // run (the reverse direction, walked forwards) holds its dh0 for row N+b.
+    let tl = loop_time(p.steps - 1u);
+    let rowsl = seq[p.bs_tab + tl];
+    let offl = seq[p.off_tab + tl];
+    if (s < p.steps) {
+        // Cut short by the adapter (see loop_body in step_forward.wgsl): poison the gate
+        // gradients of the run's last step, which every weight gradient sums, and the rows'
+        // initial-state gradients, in straight-line code (later loops of this invocation would
+        // end at once).
+        if (unit && r0 < rowsl) { poison_grad(offl + r0, r0, j); }
+        if (unit && r0 + 1u < rowsl) { poison_grad(offl + r0 + 1u, r0 + 1u, j); }
+        if (unit && r0 + 2u < rowsl) { poison_grad(offl + r0 + 2u, r0 + 2u, j); }
+        if (unit && r0 + 3u < rowsl) { poison_grad(offl + r0 + 3u, r0 + 3u, j); }
+        return;
+    }
     for (var t = 0u; t < LOOP_ROWS; t++) {
-        if (unit && r0 + t < batch) {
-            let row = seq[p.init_off + r0 + t];
+        let r = r0 + t;
+        if (unit && r < batch) {
+            let init = seq[p.init_off + r];
+            let row = select(init, seq[p.prev_off + offl + r], r < rowsl);
             bw[p.dh_off + row * hs + j] = dh[t];
             if (GATES == 4u) {
                 bw[p.dc_off + row * hs + j] = dc[t];
             }
         }
+    }
+}
+
+// NaN in unit j's gate gradients of packed row n (every gate, and GRU's hidden side) and in
+// the initial-state gradients of sorted row r.
+fn poison_grad(n: u32, r: u32, j: u32) {
+    let hs = p.hidden;
+    let nan = poison(j);
+    dg[dgx_at(n, 0u, j)] = nan;
+    if (GATES >= 3u) {
+        dg[dgx_at(n, 1u, j)] = nan;
+        dg[dgx_at(n, 2u, j)] = nan;
+    }
+    if (GATES == 4u) {
+        dg[dgx_at(n, 3u, j)] = nan;
+    }
+    if (GATES == 3u) {
+        let h = p.dgh_off + n * 3u * hs;
+        dg[h + j] = nan;
+        dg[h + hs + j] = nan;
+        dg[h + 2u * hs + j] = nan;
+    }
+    let init = seq[p.init_off + r];
+    bw[p.dh_off + init * hs + j] = nan;
+    if (GATES == 4u) {
+        bw[p.dc_off + init * hs + j] = nan;
     }
 }

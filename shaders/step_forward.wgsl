@@ -327,12 +327,18 @@ fn proj_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- The single-dispatch path for small problems ----
-// One dispatch walks every step of one layer-direction: each workgroup owns LOOP_ROWS sorted
-// rows for the whole sequence (rows do not depend on each other, so no cross-workgroup
-// synchronisation is needed) and keeps their h in workgroup memory; invocation j owns unit j
-// and keeps c in registers. Requires H_out == H <= LOOP_UNITS (no projection). Writes the
-// same output and tape as the per-step kernels, so backward and the h_n gathers are shared.
-// Dispatch: (ceil(B / LOOP_ROWS), 1, 1), workgroup LOOP_UNITS.
+// One dispatch walks a run of consecutive steps of one layer-direction (every step, unless the
+// adapter's budget of loop iterations per invocation cuts the sequence into several runs: see
+// `loop_chunks` in plan.rs): each workgroup owns LOOP_ROWS sorted rows for the whole run (rows
+// do not depend on each other, so no cross-workgroup synchronisation is needed) and keeps their
+// h in workgroup memory; invocation j owns unit j and keeps c in registers. A run starts from
+// the states in the tape (the row each row's state came from, through prev[], or its initial
+// state row where it starts later), so runs chain through the tape. Requires H_out == H <=
+// LOOP_UNITS (no projection). Writes the same output and tape as the per-step kernels, so
+// backward and the h_n gathers are shared.
+// For a run, `steps` is its length and `off_tab` / `bs_tab` point at its first time step's
+// entries (the smallest t of the run), so local step s is time off_tab-relative ts.
+// Dispatch: (ceil(rows of the run's widest step / LOOP_ROWS), 1, 1), workgroup LOOP_UNITS.
 const LOOP_ROWS: u32 = 4u;
 const LOOP_UNITS: u32 = 256u;
 
@@ -350,16 +356,33 @@ fn loop_step_64(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     loop_body(wid.x, lid.x);
 }
 
+// The run's local time of processing step s.
+fn loop_time(s: u32) -> u32 {
+    return select(s, p.steps - 1u - s, p.reverse != 0u);
+}
+
+// A NaN that is not a constant expression (WGSL refuses those).
+fn poison(j: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (j & 0u));
+}
+
 fn loop_body(wg: u32, j: u32) {
     let hs = p.hidden;
     let gh = GATES * hs;
     let r0 = wg * LOOP_ROWS;
+    // Rows of the run's widest step (its smallest time): every row the run touches.
     let batch = seq[p.bs_tab];
     let unit = j < hs;
+    let t0 = loop_time(0u);
+    let rows0 = seq[p.bs_tab + t0];
+    let off0 = seq[p.off_tab + t0];
     var c = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
     for (var t = 0u; t < LOOP_ROWS; t++) {
-        if (unit && r0 + t < batch) {
-            let init = seq[p.init_off + r0 + t];
+        let r = r0 + t;
+        if (unit && r < batch) {
+            // The state the row enters the run with: where its first step's state comes from,
+            // or its initial state if it starts later in the run (the reverse direction).
+            let init = select(seq[p.init_off + r], seq[p.prev_off + off0 + r], r < rows0);
             hloop[t * LOOP_UNITS + j] = tape[p.hs_off + init * hs + j];
             if (GATES == 4u) {
                 c[t] = tape[p.c_off + init * hs + j];
@@ -367,8 +390,9 @@ fn loop_body(wg: u32, j: u32) {
         }
     }
     workgroupBarrier();
-    for (var s = 0u; s < p.steps; s++) {
-        let ts = select(s, p.steps - 1u - s, p.reverse != 0u);
+    var s = 0u;
+    for (; s < p.steps; s++) {
+        let ts = loop_time(s);
         let rows = seq[p.bs_tab + ts];
         let off = seq[p.off_tab + ts];
         var results: array<Cell, 4>;
@@ -397,5 +421,27 @@ fn loop_body(wg: u32, j: u32) {
             }
         }
         workgroupBarrier();
+    }
+    // An adapter that ends loops after a fixed number of iterations (Mesa's gallivm, behind
+    // lavapipe and llvmpipe) leaves the loop early without an error, and every later loop of
+    // the invocation ends at once. The plan sizes runs to stay within that budget; should a run
+    // still be cut short, its last step's rows get NaN (straight-line code, no loop), which the
+    // next run and h_n carry on, instead of plausible stale values.
+    if (s < p.steps && unit) {
+        let tl = loop_time(p.steps - 1u);
+        let rl = seq[p.bs_tab + tl];
+        let ol = seq[p.off_tab + tl];
+        if (r0 < rl) { poison_row(ol + r0, j); }
+        if (r0 + 1u < rl) { poison_row(ol + r0 + 1u, j); }
+        if (r0 + 2u < rl) { poison_row(ol + r0 + 2u, j); }
+        if (r0 + 3u < rl) { poison_row(ol + r0 + 3u, j); }
+    }
+}
+
+// NaN in unit j's h (output and tape) and c of packed row n.
+fn poison_row(n: u32, j: u32) {
+    write_h(n, j, poison(j));
+    if (GATES == 4u) {
+        tape[p.c_off + n * p.hidden + j] = poison(j);
     }
 }

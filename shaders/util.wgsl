@@ -23,7 +23,8 @@ struct UtilParams {
     seq_off: u32,
     dst_off: u32,
     dst_ld: u32,
-    _pad0: u32,
+    accumulate: u32,  // colsum: 1 adds to dst (a later run of rows), 0 overwrites it
+
     _pad1: u32,
     _pad2: u32,
 }
@@ -135,14 +136,16 @@ fn pad_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     dst[p.dst_off + i] = v;
 }
 
-// dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order.
+// dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order; with
+// `accumulate`, added to what dst holds, so long columns are summed in runs of rows (one
+// invocation's loop must stay within an adapter's cap on loop iterations) in the same order.
 @compute @workgroup_size(256)
 fn colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let j = linear_id(wid, nwg, lid);
     if (j >= p.width) {
         return;
     }
-    var acc = 0.0;
+    var acc = select(0.0, dst[p.dst_off + j], p.accumulate != 0u);
     for (var n = 0u; n < p.rows; n++) {
         acc += src[p.src_off + n * p.src_ld + j];
     }

@@ -294,8 +294,8 @@ impl GpuRnn {
         let input = PackedSequence {
             data: gi_data,
             features: c.input_size,
-            batch_sizes: layout.batch_sizes.clone(),
-            sorted_indices: layout.sorted_indices.clone(),
+            batch_sizes: layout.batch_sizes().to_vec(),
+            sorted_indices: layout.sorted_indices().to_vec(),
             unsorted_indices: tape.unsorted_indices.clone(),
         };
         Ok(Gradients {

@@ -464,7 +464,8 @@ pub struct UtilParams {
     pub dst_off: u32,
     /// Row stride of dst (`pad_rows`).
     pub dst_ld: u32,
-    pub _pad0: u32,
+    /// `colsum`: 1 adds to dst (a later run of rows), 0 overwrites it.
+    pub accumulate: u32,
     pub _pad1: u32,
     pub _pad2: u32,
 }

@@ -17,25 +17,68 @@ use crate::packing::step_offsets;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// The structure of a packed batch: what a plan is built for.
+/// The structure of a packed batch: what a plan is built for. Only a valid layout can be
+/// built (fields private): `batch_sizes` positive and non-increasing, `sorted_indices` a
+/// permutation of the batch, the sequence lengths they imply within the kernels' indexing.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct SeqLayout {
     /// `[T]` rows per step, non-increasing.
-    pub batch_sizes: Vec<usize>,
+    batch_sizes: Vec<usize>,
     /// `[B]` sorted position -> caller index.
-    pub sorted_indices: Vec<usize>,
+    sorted_indices: Vec<usize>,
 }
 
 impl SeqLayout {
+    /// Checks and builds a layout from `batch_sizes` (`[T]`, positive, non-increasing) and
+    /// `sorted_indices` (`[B]`, a permutation of `0..B`, B = `batch_sizes[0]`).
+    pub fn new(batch_sizes: Vec<usize>, sorted_indices: Vec<usize>) -> Result<Self> {
+        let Some(&b) = batch_sizes.first() else {
+            return Err(Error::EmptyBatch("batch_sizes is empty: no steps to run".into()));
+        };
+        if b == 0 {
+            return Err(Error::EmptyBatch("batch_sizes[0] is 0: no sequences to run".into()));
+        }
+        if batch_sizes.windows(2).any(|w| w[1] > w[0]) || batch_sizes.contains(&0) {
+            return Err(Error::InvalidLengths("batch_sizes must be positive and non-increasing".into()));
+        }
+        if sorted_indices.len() != b {
+            return Err(Error::ShapeMismatch { what: "sorted_indices".into(), expected: vec![b], got: vec![sorted_indices.len()] });
+        }
+        let mut seen = vec![false; b];
+        for (k, &i) in sorted_indices.iter().enumerate() {
+            if i >= b || std::mem::replace(&mut seen[i], true) {
+                return Err(Error::InvalidLengths(format!(
+                    "sorted_indices is not a permutation of 0..{b}: entry {k} is {i}"
+                )));
+            }
+        }
+        Ok(SeqLayout { batch_sizes, sorted_indices })
+    }
+
+    /// The layout of a packed batch (validated first).
     pub fn of<T: Copy + Default>(p: &crate::PackedSequence<T>) -> Result<Self> {
         p.validate()?;
-        Ok(SeqLayout { batch_sizes: p.batch_sizes.clone(), sorted_indices: p.sorted_indices.clone() })
+        Self::new(p.batch_sizes.clone(), p.sorted_indices.clone())
     }
+    /// `[T]` rows per step.
+    pub fn batch_sizes(&self) -> &[usize] {
+        &self.batch_sizes
+    }
+    /// `[B]` sorted position -> caller index.
+    pub fn sorted_indices(&self) -> &[usize] {
+        &self.sorted_indices
+    }
+    /// B, the number of sequences.
     pub fn batch(&self) -> usize {
         self.batch_sizes[0]
     }
+    /// N, the number of packed rows.
     pub fn rows(&self) -> usize {
         self.batch_sizes.iter().sum()
+    }
+    /// T, the longest length.
+    pub fn steps(&self) -> usize {
+        self.batch_sizes.len()
     }
 }
 
@@ -48,8 +91,66 @@ pub enum StepStrategy {
     Auto,
     /// One fused dispatch per step.
     PerStep,
-    /// All steps of a layer-direction in one dispatch (no projection, hidden_size <= 256).
+    /// All steps of a layer-direction in one dispatch (no projection, hidden_size <= 256),
+    /// or in as few dispatches as the adapter's budget of work per dispatch allows (a long
+    /// sequence is walked in runs of steps that chain through the tape).
     SingleDispatch,
+    /// As `SingleDispatch`, but every step in one dispatch whatever the adapter's budget: only
+    /// for testing that a loop the adapter cuts short is detected (NaN, never stale values).
+    #[doc(hidden)]
+    SingleDispatchUnbounded,
+}
+
+/// Loop iterations one invocation of a single-dispatch run may take on an adapter that caps
+/// them: Mesa's gallivm (behind lavapipe and llvmpipe through GL) ends every loop of an
+/// invocation after 65,535 iterations in all (`LP_MAX_TGSI_LOOP_ITERATIONS`), silently. A
+/// quarter is kept as margin over [`loop_forward_iterations`]'s count.
+pub const LOOP_ITERATIONS_CAPPED: usize = 48_000;
+
+/// The same on other adapters, which have no such cap but a watchdog that kills long
+/// dispatches (about 2 s on Windows): 2^24 iterations, some milliseconds on a GPU.
+pub const LOOP_ITERATIONS_GPU: usize = 1 << 24;
+
+/// The budget of loop iterations per invocation of one dispatch on this adapter.
+pub fn loop_iteration_budget(info: &wgpu::AdapterInfo) -> usize {
+    let name = info.name.to_ascii_lowercase();
+    let capped = info.device_type == wgpu::DeviceType::Cpu
+        || ["llvmpipe", "lavapipe", "softpipe", "swiftshader"].iter().any(|s| name.contains(s) || info.driver.to_ascii_lowercase().contains(s));
+    if capped {
+        LOOP_ITERATIONS_CAPPED
+    } else {
+        LOOP_ITERATIONS_GPU
+    }
+}
+
+/// An upper bound on the loop iterations one step of `loop_step` takes per invocation
+/// (step_forward.wgsl: the step loop, LOOP_ROWS rows of an H-long product, LOOP_ROWS stores of
+/// G gates), with a margin.
+pub fn loop_forward_iterations(gates: usize, hidden: usize) -> usize {
+    1 + LOOP_ROWS * (1 + hidden) + LOOP_ROWS * (1 + gates) + 16
+}
+
+/// The same for `loop_grad` (step_backward.wgsl: LOOP_ROWS rows of gate stores, then
+/// LOOP_ROWS rows of a G*H-long product).
+pub fn loop_backward_iterations(gates: usize, hidden: usize) -> usize {
+    1 + LOOP_ROWS * (1 + 2 * gates + 3) + LOOP_ROWS * (1 + gates * hidden) + 16
+}
+
+/// Steps per run for a budget and a per-step count; the loops before and after the step loop
+/// (LOOP_ROWS iterations each) come off the budget first. At least 1.
+pub fn loop_run_steps(budget: usize, per_step: usize) -> usize {
+    (budget.saturating_sub(4 * LOOP_ROWS) / per_step.max(1)).max(1)
+}
+
+/// Runs of at most `max` consecutive time steps covering `0..steps`, as (first time step,
+/// length), in processing order: ascending time, or descending with `descending`.
+fn loop_runs(steps: usize, max: usize, descending: bool) -> Vec<(usize, usize)> {
+    let max = max.max(1);
+    let mut v: Vec<(usize, usize)> = (0..steps).step_by(max).map(|t0| (t0, max.min(steps - t0))).collect();
+    if descending {
+        v.reverse();
+    }
+    v
 }
 
 /// Below this many multiply-adds per step (B * G*H * H), `Auto` takes the single-dispatch
@@ -66,6 +167,10 @@ pub const SINGLE_DISPATCH_MAX_MACS_GPU: usize = 1 << 19;
 /// Bytes of B one chunk of a weight-gradient GEMM (k = all rows) streams: small enough to
 /// stay in a CPU cache while every workgroup reads it (see `gemm_rows` in `Plan::new`).
 const GEMM_CHUNK_BYTES: usize = 1 << 20;
+
+/// Rows one `colsum` dispatch sums per column: one invocation loops over them, and Mesa's
+/// gallivm ends an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`).
+const COLSUM_ROWS: usize = 16_384;
 
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -267,19 +372,7 @@ impl Plan {
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
         let _serial = ctx.exclusive();
         cfg.validate()?;
-        if layout.batch_sizes.is_empty() || layout.batch_sizes[0] == 0 {
-            return Err(Error::EmptyBatch("no rows to run".into()));
-        }
-        if layout.batch_sizes.windows(2).any(|w| w[1] > w[0]) || layout.batch_sizes.contains(&0) {
-            return Err(Error::InvalidLengths("batch_sizes must be positive and non-increasing".into()));
-        }
-        if layout.sorted_indices.len() != layout.batch_sizes[0] {
-            return Err(Error::ShapeMismatch {
-                what: "sorted_indices".into(),
-                expected: vec![layout.batch_sizes[0]],
-                got: vec![layout.sorted_indices.len()],
-            });
-        }
+        // A SeqLayout is valid by construction (SeqLayout::new).
         if cfg.mode != Mode::Lstm && (inputs.c0 || inputs.grad_c_n) {
             return Err(Error::InvalidConfig(format!("{} has no cell state", cfg.mode)));
         }
@@ -441,13 +534,22 @@ impl Plan {
                 loop_ok && b * gh * ho <= max
             }
             StepStrategy::PerStep => false,
-            StepStrategy::SingleDispatch => {
+            StepStrategy::SingleDispatch | StepStrategy::SingleDispatchUnbounded => {
                 if !loop_ok {
                     return Err(Error::Unsupported(format!(
                         "the single-dispatch path needs no projection and hidden_size <= {LOOP_UNITS}"
                     )));
                 }
                 true
+            }
+        };
+        // The most steps one single-dispatch run may walk, forward and backward: within the
+        // adapter's budget of loop iterations per invocation (see `loop_iteration_budget`).
+        let (fwd_run, bwd_run) = match strategy {
+            StepStrategy::SingleDispatchUnbounded => (steps, steps),
+            _ => {
+                let budget = loop_iteration_budget(ctx.adapter_info());
+                (loop_run_steps(budget, loop_forward_iterations(g, hs)), loop_run_steps(budget, loop_backward_iterations(g, hs)))
             }
         };
         let grad_kernel = Kernel::CellGrad { gates: g as u32, relu: cfg.mode == Mode::RnnRelu };
@@ -569,12 +671,17 @@ impl Plan {
                     ..Default::default()
                 };
                 if single {
-                    fwd.push(Op {
-                        kernel: Kernel::LoopStep { gates: g as u32, relu, small: hs <= 64 },
-                        bufs: step_bufs.clone(),
-                        param_offset: params.push(&base),
-                        groups: [b.div_ceil(LOOP_ROWS) as u32, 1, 1],
-                    });
+                    // Runs of steps within the adapter's loop budget, in processing order.
+                    let runs = loop_runs(steps, fwd_run, dir == 1);
+                    for (t0, len) in runs {
+                        let run = StepParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
+                        fwd.push(Op {
+                            kernel: Kernel::LoopStep { gates: g as u32, relu, small: hs <= 64 },
+                            bufs: step_bufs.clone(),
+                            param_offset: params.push(&run),
+                            groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
+                        });
+                    }
                 }
                 for t in order(dir).into_iter().filter(|_| !single) {
                     let rows = layout.batch_sizes[t];
@@ -716,12 +823,16 @@ impl Plan {
                     };
                     let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
                     if single {
-                        bwd.push(Op {
-                            kernel: Kernel::LoopGrad { gates: g as u32, relu, small: hs <= 64 },
-                            bufs: step_bufs.clone(),
-                            param_offset: params.push(&base),
-                            groups: [b.div_ceil(LOOP_ROWS) as u32, 1, 1],
-                        });
+                        // Runs of steps within the adapter's loop budget, in backward order.
+                        for (t0, len) in loop_runs(steps, bwd_run, dir == 0) {
+                            let run = BackParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
+                            bwd.push(Op {
+                                kernel: Kernel::LoopGrad { gates: g as u32, relu, small: hs <= 64 },
+                                bufs: step_bufs.clone(),
+                                param_offset: params.push(&run),
+                                groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
+                            });
+                        }
                     } else if rec_vec4 {
                         // W_hh for the recurrent gradient product, transposed for the vec4 kernel
                         // (the forward's copies are overwritten by later layer-directions).
@@ -785,13 +896,20 @@ impl Plan {
                     }));
                     if cfg.bias {
                         for (src, dst) in [(0usize, w.b_ih), (dgh_off, w.b_hh)] {
-                            bwd.push(util(
-                                &mut params,
-                                Kernel::ColSum,
-                                vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights],
-                                UtilParams { rows: n as u32, width: gh as u32, src_off: src as u32, src_ld: gh as u32, dst_off: dst, ..Default::default() },
-                                gh,
-                            ));
+                            // In runs of rows, accumulating in row order (see COLSUM_ROWS).
+                            for r0 in (0..n).step_by(COLSUM_ROWS) {
+                                let rows = COLSUM_ROWS.min(n - r0);
+                                bwd.push(util(
+                                    &mut params,
+                                    Kernel::ColSum,
+                                    vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights],
+                                    UtilParams {
+                                        rows: rows as u32, width: gh as u32, src_off: (src + r0 * gh) as u32, src_ld: gh as u32, dst_off: dst,
+                                        accumulate: (r0 > 0) as u32, ..Default::default()
+                                    },
+                                    gh,
+                                ));
+                            }
                         }
                     }
                     if p > 0 {

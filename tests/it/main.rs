@@ -8,6 +8,7 @@ mod golden_cpu;
 mod gpu;
 mod gpu_common;
 mod gradcheck;
+mod long_sequences;
 mod packing;
 mod reliability_cpu;
 mod reliability_gpu;

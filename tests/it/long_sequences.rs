@@ -1,0 +1,152 @@
+//! Long sequences on every step strategy, against the CPU (issue 10, finding 1).
+//!
+//! Mesa's gallivm (behind lavapipe and llvmpipe through GL) ends every loop of a shader
+//! invocation after 65,535 iterations in all, without an error. The single-dispatch path once
+//! walked all steps of a layer-direction in one dispatch, so from a few thousand steps on its
+//! outputs, h_n and gradients were silently zero. The plan now walks a long sequence in runs of
+//! steps within the adapter's budget; these tests run sequences up to T = 100,000.
+
+use crate::gpu::{compare_with_cpu_tol, engine_run, Tolerances};
+use crate::gpu_common::contexts;
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::{
+    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout, StateInputs,
+    StepStrategy, LOOP_ITERATIONS_CAPPED,
+};
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+/// GPU (f32) against CPU (f64) over 10^5 steps: the recurrence itself stays as close as on
+/// short sequences (it forgets), the weight gradients sum 10^5 rows in f32.
+const LONG: Tolerances = Tolerances { fwd: (5e-5, 5e-4), grad: (5e-4, 5e-3), weight_grad_of_max: 1e-4 };
+
+/// Steps of the per-step path's long case: one dispatch per step forward and two backward
+/// (400,000 dispatches at T 100,000 took over a minute on lavapipe, in one submit); its
+/// dispatches loop over H only, so length cannot cut them short.
+const PER_STEP_LONG_T: usize = 20_000;
+
+/// The finding's case: LSTM I 3, H 4, B 1 lost every step from 4,369 on; T 100,000 here on
+/// the single-dispatch path (forced and automatic), and T 20,000 on the per-step path, Vulkan
+/// and GL.
+#[test]
+fn lstm_t100000_matches_cpu_on_every_strategy() {
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+    for ctx in contexts() {
+        for strategy in [StepStrategy::SingleDispatch, StepStrategy::Auto, StepStrategy::PerStep] {
+            let t = std::time::Instant::now();
+            let steps = if strategy == StepStrategy::PerStep { PER_STEP_LONG_T } else { 100_000 };
+            compare_with_cpu_tol(ctx, strategy, &cfg, &[steps], 31, true, LONG);
+            eprintln!("{} {strategy:?}: T {steps} forward + backward and CPU check in {:.1} s", ctx.describe(), t.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The finding's GRU (H 16, B 8, T 3000, training went wrong from step ~874), with lengths that
+/// end inside runs, bidirectional (the reverse direction enters runs with rows that start
+/// later), and two layers; and a vanilla RNN whose runs hold many steps.
+#[test]
+fn long_packed_batches_match_cpu_single_dispatch() {
+    let gru = RnnConfig::new(Mode::Gru, 5, 16).bidirectional(true).layers(2);
+    let lengths: Vec<usize> = vec![3000, 2999, 1500, 1, 2000, 3000, 777, 2500];
+    let rnn = RnnConfig::new(Mode::RnnTanh, 2, 3).bidirectional(true);
+    for ctx in contexts() {
+        compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &gru, &lengths, 32, true, LONG);
+        compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &rnn, &[20_000, 15_000, 3], 33, false, LONG);
+    }
+}
+
+/// Runs are sized within the budget: a run's forward and backward iteration counts stay under
+/// the capped adapters' budget, and that budget under gallivm's 65,535.
+#[test]
+fn loop_runs_fit_the_budget() {
+    assert!(LOOP_ITERATIONS_CAPPED < 65_535);
+    for g in [1, 3, 4] {
+        for h in [1, 4, 16, 64, 255, 256] {
+            for per_step in [loop_forward_iterations(g, h), loop_backward_iterations(g, h)] {
+                let steps = loop_run_steps(LOOP_ITERATIONS_CAPPED, per_step);
+                assert!(steps >= 1);
+                assert!(steps == 1 || steps * per_step + 16 <= LOOP_ITERATIONS_CAPPED, "G {g} H {h}: {steps} steps of {per_step}");
+            }
+        }
+    }
+}
+
+/// A loop the adapter cuts short is detectable, never silently plausible: with every step in
+/// one dispatch (the old behaviour, kept as a test-only strategy), a capped adapter leaves NaN
+/// in h_n and in the weight gradients instead of zeros; an adapter without the cap gives the
+/// CPU's numbers.
+#[test]
+fn a_truncated_loop_leaves_nan_not_zeros() {
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+    let t = 20_000;
+    let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+    let x: Vec<f32> = (0..t * 3).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let packed = PackedSequence::from_padded(&x, [t, 1, 3], false, &[t]).unwrap();
+    let go: Vec<f32> = (0..t * 4).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let (cpu_out, _) = cpu::forward(&w, &packed, None, None, Pass::Inference).unwrap();
+    for ctx in contexts() {
+        let out = engine_run(ctx, StepStrategy::SingleDispatchUnbounded, &w, &packed, None, None, &go, None, None);
+        let capped = loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED;
+        if capped {
+            assert!(out.h_n.iter().all(|v| v.is_nan()), "{}: h_n of a cut loop is {:?}, not NaN", ctx.describe(), out.h_n);
+            assert!(out.output[(t - 1) * 4..].iter().all(|v| v.is_nan()), "{}: last output row", ctx.describe());
+            // Every weight gradient sums the poisoned gate gradients (W_ih, W_hh, biases).
+            assert!(out.grad_w.iter().all(|v| v.is_nan()), "{}: weight gradients of a cut loop", ctx.describe());
+        } else {
+            for (a, e) in out.h_n.iter().zip(&cpu_out.h_n.data) {
+                assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
+            }
+        }
+        // The same problem on the default path gives the CPU's h_n.
+        let ok = engine_run(ctx, StepStrategy::SingleDispatch, &w, &packed, None, None, &go, None, None);
+        for (a, e) in ok.h_n.iter().zip(&cpu_out.h_n.data) {
+            assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
+        }
+    }
+}
+
+/// Finding 5: a layout whose sorted_indices repeat a sequence (`[0, 0]`) was accepted and the
+/// forward silently ignored sequence 1's h0. Layouts are now valid by construction, and every
+/// random layout is accepted exactly when the packed sequence it describes is valid.
+#[test]
+fn layouts_are_valid_by_construction() {
+    assert!(matches!(SeqLayout::new(vec![2, 1], vec![0, 0]), Err(Error::InvalidLengths(_))));
+    assert!(matches!(SeqLayout::new(vec![2], vec![1, 2]), Err(Error::InvalidLengths(_))));
+    assert!(matches!(SeqLayout::new(vec![], vec![]), Err(Error::EmptyBatch(_))));
+    assert!(matches!(SeqLayout::new(vec![1, 2], vec![0]), Err(Error::InvalidLengths(_))));
+    assert!(matches!(SeqLayout::new(vec![2, 0], vec![0, 1]), Err(Error::InvalidLengths(_))));
+    assert!(matches!(SeqLayout::new(vec![2], vec![0]), Err(Error::ShapeMismatch { .. })));
+    let mut g = crate::common::rng(55);
+    use rand::Rng;
+    let (mut accepted, mut rejected) = (0, 0);
+    for _ in 0..2000 {
+        let t = g.random_range(0..4);
+        let mut bs: Vec<usize> = (0..t).map(|_| g.random_range(0..4)).collect();
+        if g.random_bool(0.7) {
+            bs.sort_unstable_by(|a, b| b.cmp(a));
+        }
+        let b = bs.first().copied().unwrap_or(0);
+        let len = if g.random_bool(0.8) { b } else { g.random_range(0..5) };
+        let si: Vec<usize> = (0..len).map(|_| g.random_range(0..b.max(1) + 1)).collect();
+        // The reference: a PackedSequence with the inverse permutation, when there is one.
+        let mut ui = vec![usize::MAX; si.len()];
+        for (k, &i) in si.iter().enumerate() {
+            if i < ui.len() {
+                ui[i] = k;
+            }
+        }
+        let n: usize = bs.iter().sum();
+        let p = PackedSequence { data: vec![0.0f32; n], features: 1, batch_sizes: bs.clone(), sorted_indices: si.clone(), unsorted_indices: ui };
+        let valid = p.validate().is_ok();
+        let layout = SeqLayout::new(bs.clone(), si.clone());
+        assert_eq!(layout.is_ok(), valid, "batch_sizes {bs:?} sorted_indices {si:?}: {layout:?}");
+        if valid { accepted += 1 } else { rejected += 1 }
+    }
+    assert!(accepted > 100 && rejected > 100, "{accepted} accepted, {rejected} rejected");
+    // A layout that passes is what the plan runs; a plan over a layout built from a valid
+    // packed batch gives the CPU's h_n for every sequence (the finding's h0 case).
+    for ctx in contexts() {
+        let cfg = RnnConfig::new(Mode::Gru, 2, 3);
+        let layout = SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap();
+        assert!(Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs { h0: true, ..Default::default() }).is_ok());
+    }
+}
