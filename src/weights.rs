@@ -114,7 +114,7 @@ impl<T: Float> Weights<T> {
     pub fn validate(&self) -> Result<()> {
         let cfg = &self.config;
         cfg.validate()?;
-        let ld = cfg.num_layers.checked_mul(cfg.directions()).unwrap_or(usize::MAX);
+        let ld = cfg.num_layers.saturating_mul(cfg.directions());
         if self.params.len() != ld {
             return Err(Error::ShapeMismatch {
                 what: format!(

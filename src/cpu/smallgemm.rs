@@ -115,7 +115,7 @@ impl<T: Float> PackedB<T> {
 /// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements)
 /// holds `n * k`.
 fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
-    if !n.checked_mul(k).is_some_and(|nk| nk <= w_len) {
+    if n.checked_mul(k).is_none_or(|nk| nk > w_len) {
         return Err(Error::LengthMismatch { what: "packed weights' W".into(), shape: vec![n, k], expected: n.saturating_mul(k), got: w_len });
     }
     checked_len::<T>("packed weights", &[n.div_ceil(NR), k, NR])

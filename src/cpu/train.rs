@@ -36,7 +36,7 @@ pub fn embedding_forward<T: Float>(table: &[T], dim: usize, ids: &[u32]) -> Resu
     if dim == 0 {
         return Err(Error::InvalidConfig("embedding dim must be positive".into()));
     }
-    if table.len() % dim != 0 {
+    if !table.len().is_multiple_of(dim) {
         return Err(Error::LengthMismatch {
             what: "embedding table".into(),
             shape: vec![table.len() / dim, dim],

@@ -154,9 +154,9 @@ fn weights_edited_after_construction_are_refused_everywhere() {
             if what == "weight_ih_l0" && *expected == 16 * input && *got == 48);
         let x = packed(1, 1, input, &[1]);
         let r = cpu::forward(&bad, &x, None, None, Pass::Inference);
-        assert!(r.as_ref().is_err_and(|e| is_w_ih(e)), "input {input}: {:?}", r.err());
+        assert!(r.as_ref().is_err_and(&is_w_ih), "input {input}: {:?}", r.err());
         let r = cpu::backward(&bad, &tape, &go, None, None);
-        assert!(r.as_ref().is_err_and(|e| is_w_ih(e)), "input {input}: {:?}", r.err());
+        assert!(r.as_ref().is_err_and(&is_w_ih), "input {input}: {:?}", r.err());
         let path = dir.join(format!("in{input}.safetensors"));
         assert!(bad.save(&path).is_err_and(|e| is_w_ih(&e)));
         assert!(!path.exists(), "nothing written");
