@@ -5,7 +5,7 @@
 //! into i64. Files are written as F32 (floats) and I32 (lengths), with string metadata.
 
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{try_with_capacity, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
@@ -34,10 +34,6 @@ pub struct TensorFile {
     pub tensors: BTreeMap<String, Value>,
 }
 
-fn chunks<const N: usize>(data: &[u8]) -> impl Iterator<Item = [u8; N]> + '_ {
-    data.chunks_exact(N).map(|c| c.try_into().expect("chunks_exact"))
-}
-
 impl TensorFile {
     /// Parses a safetensors buffer.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
@@ -48,31 +44,28 @@ impl TensorFile {
         for (name, view) in st.tensors() {
             let shape = view.shape().to_vec();
             let d = view.data();
+            // Integer and half-precision data widen to 8 bytes an element: fallible
+            // allocations, so a large file is an error rather than an abort.
+            let floats = |n: usize, conv: &dyn Fn(&[u8]) -> f64, width: usize| -> Result<Value> {
+                let mut v = try_with_capacity(&name, n)?;
+                v.extend(d.chunks_exact(width).map(conv));
+                Ok(Value::Float(Tensor { shape: shape.clone(), data: v }))
+            };
+            let ints = |n: usize, conv: &dyn Fn(&[u8]) -> i64, width: usize| -> Result<Value> {
+                let mut v = try_with_capacity(&name, n)?;
+                v.extend(d.chunks_exact(width).map(conv));
+                Ok(Value::Int(Tensor { shape: shape.clone(), data: v }))
+            };
             let value = match view.dtype() {
-                Dtype::F64 => Value::Float(Tensor { shape, data: chunks::<8>(d).map(f64::from_le_bytes).collect() }),
-                Dtype::F32 => Value::Float(Tensor {
-                    shape,
-                    data: chunks::<4>(d).map(|b| f32::from_le_bytes(b) as f64).collect(),
-                }),
-                Dtype::F16 => Value::Float(Tensor {
-                    shape,
-                    data: chunks::<2>(d).map(|b| half::f16::from_le_bytes(b).to_f64()).collect(),
-                }),
-                Dtype::BF16 => Value::Float(Tensor {
-                    shape,
-                    data: chunks::<2>(d).map(|b| half::bf16::from_le_bytes(b).to_f64()).collect(),
-                }),
-                Dtype::I64 => Value::Int(Tensor { shape, data: chunks::<8>(d).map(i64::from_le_bytes).collect() }),
-                Dtype::I32 => Value::Int(Tensor {
-                    shape,
-                    data: chunks::<4>(d).map(|b| i32::from_le_bytes(b) as i64).collect(),
-                }),
-                Dtype::I16 => Value::Int(Tensor {
-                    shape,
-                    data: chunks::<2>(d).map(|b| i16::from_le_bytes(b) as i64).collect(),
-                }),
-                Dtype::I8 => Value::Int(Tensor { shape, data: d.iter().map(|&b| b as i8 as i64).collect() }),
-                Dtype::U8 => Value::Int(Tensor { shape, data: d.iter().map(|&b| b as i64).collect() }),
+                Dtype::F64 => floats(d.len() / 8, &|b| f64::from_le_bytes(b.try_into().expect("8 bytes")), 8)?,
+                Dtype::F32 => floats(d.len() / 4, &|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64, 4)?,
+                Dtype::F16 => floats(d.len() / 2, &|b| half::f16::from_le_bytes(b.try_into().expect("2 bytes")).to_f64(), 2)?,
+                Dtype::BF16 => floats(d.len() / 2, &|b| half::bf16::from_le_bytes(b.try_into().expect("2 bytes")).to_f64(), 2)?,
+                Dtype::I64 => ints(d.len() / 8, &|b| i64::from_le_bytes(b.try_into().expect("8 bytes")), 8)?,
+                Dtype::I32 => ints(d.len() / 4, &|b| i32::from_le_bytes(b.try_into().expect("4 bytes")) as i64, 4)?,
+                Dtype::I16 => ints(d.len() / 2, &|b| i16::from_le_bytes(b.try_into().expect("2 bytes")) as i64, 2)?,
+                Dtype::I8 => ints(d.len(), &|b| b[0] as i8 as i64, 1)?,
+                Dtype::U8 => ints(d.len(), &|b| b[0] as i64, 1)?,
                 other => {
                     return Err(Error::UnsupportedDtype { name, dtype: format!("{other:?}") });
                 }
