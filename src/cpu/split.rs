@@ -11,6 +11,7 @@
 //! `offset[t] + r` for their own `r`, which interleave between threads step by step, so they
 //! go through [`Rows`], a raw view whose users promise disjoint rows.
 
+use std::cell::Cell;
 use std::marker::PhantomData;
 use std::ops::Range;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -25,6 +26,36 @@ pub const MIN_PARALLEL_MACS: usize = 1 << 21;
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
 
+thread_local! {
+    /// This thread's override of the thread count (0: none), set by [`with_threads`].
+    static LOCAL_THREADS: Cell<usize> = const { Cell::new(0) };
+    /// The most parts any [`run`] called on this thread used, since [`take_max_parts`].
+    static MAX_PARTS: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Runs `f` with the time loops started from this thread using `n` threads (`0`: no
+/// override), without touching the process-wide setting of [`set_threads`], so calls on other
+/// threads (tests running in parallel) are not affected. The count is read on the calling
+/// thread when a loop is split ([`ranges`]); the workers it spawns do not read it. The
+/// previous override is restored when `f` returns or panics.
+pub fn with_threads<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    struct Restore(usize);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            LOCAL_THREADS.with(|c| c.set(self.0));
+        }
+    }
+    let _restore = Restore(LOCAL_THREADS.with(|c| c.replace(n)));
+    f()
+}
+
+/// The largest number of parts (threads, the calling one included) that any [`run`] started
+/// from this thread used since the last call, which resets it: lets tests check that a
+/// thread count was honoured.
+pub fn take_max_parts() -> usize {
+    MAX_PARTS.with(|c| c.replace(0))
+}
+
 /// Sets the number of threads the CPU path's time loops use (`0` restores the default:
 /// `MATMUL_NUM_THREADS` when set, else the machine's available parallelism). The large GEMMs
 /// use matrixmultiply's own threads, set by `MATMUL_NUM_THREADS`. Results do not depend on it.
@@ -38,8 +69,13 @@ pub fn env_threads() -> Option<usize> {
     std::env::var("MATMUL_NUM_THREADS").ok().and_then(|v| v.parse::<usize>().ok())
 }
 
-/// The thread count the time loops use (see [`set_threads`]).
+/// The thread count the time loops started from this thread use: the [`with_threads`]
+/// override when one is active, else the process-wide count (see [`set_threads`]).
 pub fn threads() -> usize {
+    let local = LOCAL_THREADS.with(Cell::get);
+    if local > 0 {
+        return local;
+    }
     match THREADS.load(Ordering::Relaxed) {
         0 => env_threads().filter(|&n| n > 0).unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
@@ -64,6 +100,7 @@ pub fn ranges(batch: usize, macs: usize) -> Vec<Range<usize>> {
 
 /// Runs `f` once per range, the first on the calling thread and the others on scoped threads.
 pub fn run<F: Fn(Range<usize>) + Sync>(ranges: &[Range<usize>], f: F) {
+    MAX_PARTS.with(|c| c.set(c.get().max(ranges.len())));
     match ranges {
         [] => {}
         [only] => f(only.clone()),
@@ -155,16 +192,42 @@ mod tests {
 
     #[test]
     fn ranges_cover_the_batch_in_order() {
-        set_threads(3);
-        for batch in [0, 1, 7, 8, 16, 23, 24, 64] {
-            let r = ranges(batch, usize::MAX);
-            assert_eq!(r.first().map_or(0, |r| r.start), 0);
-            assert_eq!(r.last().map_or(0, |r| r.end), batch);
-            assert!(r.windows(2).all(|w| w[0].end == w[1].start));
-            assert!(r.len() == 1 || r.iter().all(|r| r.len() >= MIN_ROWS_PER_THREAD), "{batch}: {r:?}");
-            assert!(r.len() <= 3);
-        }
-        assert_eq!(ranges(64, MIN_PARALLEL_MACS - 1).len(), 1);
-        set_threads(0);
+        with_threads(3, || {
+            for batch in [0, 1, 7, 8, 16, 23, 24, 64] {
+                let r = ranges(batch, usize::MAX);
+                assert_eq!(r.first().map_or(0, |r| r.start), 0);
+                assert_eq!(r.last().map_or(0, |r| r.end), batch);
+                assert!(r.windows(2).all(|w| w[0].end == w[1].start));
+                assert!(r.len() == 1 || r.iter().all(|r| r.len() >= MIN_ROWS_PER_THREAD), "{batch}: {r:?}");
+                assert_eq!(r.len(), (batch / MIN_ROWS_PER_THREAD).clamp(1, 3), "{batch}: {r:?}");
+            }
+            assert_eq!(ranges(64, MIN_PARALLEL_MACS - 1).len(), 1);
+        });
+    }
+
+    /// The override is this thread's only, nests, and is restored after a panic.
+    #[test]
+    fn with_threads_is_local_nested_and_restored() {
+        let outside = threads();
+        with_threads(5, || {
+            assert_eq!(threads(), 5);
+            assert_eq!(std::thread::spawn(threads).join().unwrap(), outside, "override leaked to another thread");
+            with_threads(2, || assert_eq!(threads(), 2));
+            assert_eq!(threads(), 5);
+            let r = std::panic::catch_unwind(|| with_threads(7, || panic!("inside")));
+            assert!(r.is_err());
+            assert_eq!(threads(), 5, "not restored after a panic");
+        });
+        assert_eq!(threads(), outside);
+    }
+
+    /// `run` records how many parts it used on the calling thread.
+    #[test]
+    fn run_counts_its_parts() {
+        let _ = take_max_parts();
+        run(&[0..1, 1..2, 2..3, 3..4], |_| {});
+        run(&[0..2], |_| {});
+        assert_eq!(take_max_parts(), 4);
+        assert_eq!(take_max_parts(), 0, "not reset");
     }
 }

@@ -129,6 +129,55 @@ fn run_split_case<T: wgpu_rnn::cpu::Float>(w: &wgpu_rnn::weights::Weights<T>, x:
     ]
 }
 
+/// Runs `f` with the CPU time loops on exactly `n` threads, through the calling thread's own
+/// override (`split::with_threads`), so tests running in parallel cannot change the count
+/// under it; asserts that the loops did use `n` parts (the split sizes guarantee `n <= 3`
+/// parts of at least `MIN_ROWS_PER_THREAD` rows each).
+fn run_with_threads<R>(n: usize, f: impl FnOnce() -> R) -> R {
+    use wgpu_rnn::cpu::split;
+    assert!(n <= SPLIT_B / split::MIN_ROWS_PER_THREAD, "{n} threads cannot each get a row block of {SPLIT_B} rows");
+    let _ = split::take_max_parts();
+    let r = split::with_threads(n, f);
+    assert_eq!(split::take_max_parts(), n, "the time loops did not run on {n} threads");
+    r
+}
+
+/// The thread count given to `split::with_threads` is honoured even while another thread keeps
+/// changing the process-wide count (as another test calling `split::set_threads` would): the
+/// comparisons of 1, 2 and 3 threads above compare what they claim.
+#[test]
+fn cpu_thread_count_is_honoured_while_the_global_count_changes() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use wgpu_rnn::cpu::split;
+    use wgpu_rnn::weights::Weights;
+
+    let lengths = split_lengths();
+    let cfg = &split_configs()[3];
+    let w = Weights::<f32>::init_uniform(cfg, 7).unwrap();
+    let mut g = rng(13);
+    let x: Vec<f32> = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0).into_iter().map(|v| v as f32).collect();
+    let go: Vec<f32> = uniform(&mut g, SPLIT_T * SPLIT_B * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Flips the global count between "default" and 1 thread while the runs below happen.
+        s.spawn(|| {
+            let mut k = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                split::set_threads(k % 2);
+                k += 1;
+                std::thread::yield_now();
+            }
+            split::set_threads(0);
+        });
+        for _round in 0..3 {
+            for n in [1, 2, 3] {
+                run_with_threads(n, || run_split_case(&w, &x, &go, SPLIT_T, &lengths));
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+}
+
 /// The time loops split the batch across threads (`cpu::split`): each row is computed by the
 /// same operations whatever the thread count, so 1, 2 and 3 threads must agree bit for bit,
 /// forward and backward, for every mode, with variable lengths, two bidirectional layers and a
@@ -150,14 +199,9 @@ fn cpu_thread_count_does_not_change_results() {
         let go64 = uniform(&mut g, SPLIT_T * SPLIT_B * cfg.output_size(), 1.0);
         let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
         let go32: Vec<f32> = go64.iter().map(|&v| v as f32).collect();
-        let run = |threads: usize| {
-            split::set_threads(threads);
-            run_split_case(&w32, &x32, &go32, SPLIT_T, &lengths)
-        };
-        let one = run(1);
-        assert!(one == run(2), "{cfg:?}: 2 threads differ from 1");
-        assert!(one == run(3), "{cfg:?}: 3 threads differ from 1");
-        split::set_threads(0);
+        let one = run_with_threads(1, || run_split_case(&w32, &x32, &go32, SPLIT_T, &lengths));
+        assert!(one == run_with_threads(2, || run_split_case(&w32, &x32, &go32, SPLIT_T, &lengths)), "{cfg:?}: 2 threads differ from 1");
+        assert!(one == run_with_threads(3, || run_split_case(&w32, &x32, &go32, SPLIT_T, &lengths)), "{cfg:?}: 3 threads differ from 1");
 
         let want = run_split_case(&w64, &x64, &go64, SPLIT_T, &lengths);
         for (k, (got, want)) in one.iter().zip(&want).enumerate() {
@@ -172,18 +216,16 @@ fn cpu_thread_count_does_not_change_results() {
 /// and input gradients row by row, parameter gradients summed over the sequences.
 #[test]
 fn cpu_batch_matches_its_sequences_one_at_a_time() {
-    use wgpu_rnn::cpu::split;
     use wgpu_rnn::weights::Weights;
 
     let lengths = split_lengths();
     let mut g = rng(12);
-    split::set_threads(3);
     for cfg in split_configs() {
         let (ld, ho, hs, out_w) = (cfg.num_layers * cfg.directions(), cfg.out_size(), cfg.hidden_size, cfg.output_size());
         let w = Weights::<f64>::init_uniform(&cfg, 6).unwrap();
         let x = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0);
         let go = uniform(&mut g, SPLIT_T * SPLIT_B * out_w, 1.0);
-        let batched = run_split_case(&w, &x, &go, SPLIT_T, &lengths);
+        let batched = run_with_threads(3, || run_split_case(&w, &x, &go, SPLIT_T, &lengths));
         let mut params = vec![0f64; batched[6].len()];
         for (s, &len) in lengths.iter().enumerate() {
             let pick = |m: &[f64], f: usize| -> Vec<f64> { (0..len).flat_map(|tt| m[(tt * SPLIT_B + s) * f..(tt * SPLIT_B + s + 1) * f].to_vec()).collect() };
@@ -205,5 +247,4 @@ fn cpu_batch_matches_its_sequences_one_at_a_time() {
         }
         crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[6], BATCH_VS_SINGLE_ATOL, 0.0);
     }
-    split::set_threads(0);
 }
