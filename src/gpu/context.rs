@@ -156,7 +156,8 @@ impl Context {
     }
 
     /// Wraps a caller's device and queue. `info` describes its adapter when known (for
-    /// reports); the device's own limits are used.
+    /// reports); the device's own limits are used. The context sets the device's lost
+    /// callback (replacing the caller's) so that it can answer [`Error::DeviceLost`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: Option<wgpu::AdapterInfo>) -> Result<Arc<Self>> {
         let info = info.unwrap_or_else(|| wgpu::AdapterInfo {
             name: "caller's device".into(),
@@ -339,11 +340,31 @@ impl Context {
     }
 
     /// [`Error::DeviceLost`] if the device is lost. `Device::destroy` reports the loss (runs
-    /// the callback) only from a poll, so this polls once without waiting first.
+    /// the callback) only from a poll that finds the queue empty, so this polls once without
+    /// waiting; while work is still in flight it probes the device instead (objects made on
+    /// a destroyed device are invalid, and using one is a validation error, not a panic here).
     pub fn check_alive(&self) -> Result<()> {
         self.lost_error()?;
-        let _ = self.device.poll(wgpu::PollType::Poll);
+        let idle = matches!(self.device.poll(wgpu::PollType::Poll), Ok(status) if status.is_queue_empty());
+        self.lost_error()?;
+        if !idle && !self.probe_valid() {
+            let _ = self.lost.set("destroyed while work was in flight".into());
+        }
         self.lost_error()
+    }
+
+    /// Whether a new 4-byte buffer is valid (a zero-length write to it validates it and does
+    /// nothing else); false on a destroyed device.
+    fn probe_valid(&self) -> bool {
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let probe = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-rnn device probe"),
+            size: 4,
+            usage: wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        self.queue.write_buffer(&probe, 0, &[]);
+        pollster::block_on(scope.pop()).is_none()
     }
 
     /// Polls until `done(finished)` holds, where `finished` says whether the latest submission

@@ -421,3 +421,41 @@ fn training_kit_sizes_that_overflow_are_typed_errors() {
     let _serial = ctx.exclusive();
     assert_eq!(rb.submit_and_read(ctx, enc).unwrap().len(), 1);
 }
+
+#[test]
+fn a_device_destroyed_with_work_in_flight_gives_typed_errors() {
+    for backend in backends() {
+        let ctx = fresh(backend).unwrap();
+        within(&format!("destroy in flight on {backend:?}"), HANG_LIMIT, move || destroy_in_flight(&ctx));
+    }
+}
+
+fn destroy_in_flight(ctx: &Arc<Context>) {
+    let cfg = RnnConfig::new(Mode::Lstm, 128, 256);
+    let w = Weights::<f32>::init_uniform(&cfg, 4).unwrap();
+    let x = packed(50, 32, 128, &[50; 32]);
+    let rnn = GpuRnn::new(ctx, &w).unwrap();
+    let plan = rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()).unwrap();
+    let (xb, out, hn, cn) = (upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", x.rows() * 256).unwrap(), storage(ctx, "hn", 32 * 256).unwrap(), storage(ctx, "cn", 32 * 256).unwrap());
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: Some(&cn) };
+    plan.record_forward(&mut enc, &bufs).unwrap();
+    ctx.queue.submit([enc.finish()]);
+    // Around 100 ms of work queued on lavapipe; destroyed before it ends.
+    ctx.device.destroy();
+    let typed = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::DeviceLost(_)) => {}
+        other => panic!("{what} after destroy with work in flight on {}: expected DeviceLost, got {other:?}", ctx.describe()),
+    };
+    typed("upload", upload(ctx, "x", &x.data).map(drop));
+    typed("forward", rnn.forward(&x, None, None, Pass::Inference).map(drop));
+    let small = packed(2, 2, 128, &[2, 1]);
+    typed("Plan::new", Plan::new(ctx, &cfg, &SeqLayout::of(&small).unwrap(), Pass::Training, StateInputs::default()).map(drop));
+    typed("wait", ctx.wait());
+    // Once the queued work has drained, the loss is known everywhere.
+    assert!(ctx.is_lost());
+    match rnn.forward(&x, None, None, Pass::Inference) {
+        Err(Error::DeviceLost(_)) => {}
+        other => panic!("forward after the loss is known: {:?}", other.map(|_| ())),
+    }
+}
