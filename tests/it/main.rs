@@ -10,6 +10,7 @@ mod gpu_common;
 mod gradcheck;
 mod long_sequences;
 mod packing;
+mod random_inputs;
 mod reliability_cpu;
 mod reliability_gpu;
 mod shaders;
