@@ -65,7 +65,7 @@ impl MatMul {
             ..Default::default()
         };
         let params = ctx.buffer("gemm parameters", ctx.param_stride as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        ctx.queue.write_buffer(&params, 0, bytemuck::bytes_of(&p));
+        super::readback::write(ctx, &params, bytemuck::bytes_of(&p))?;
         Ok(MatMul { ctx: ctx.clone(), desc, params, pipeline: ctx.pipeline(p.kernel())?, groups: p.groups() })
     }
 

@@ -942,10 +942,11 @@ impl Plan {
         }
 
         let seq_buf = ctx.buffer("sequence tables", (seq.len() * 4) as u64, st | wgpu::BufferUsages::COPY_DST)?;
-        ctx.queue.write_buffer(&seq_buf, 0, bytemuck::cast_slice(&seq));
+        // Inside an error scope: a write the device refuses is a typed error, not wgpu's panic.
+        super::readback::write(ctx, &seq_buf, bytemuck::cast_slice(&seq))?;
         own.insert(Buf::Seq, seq_buf);
         let params_buf = ctx.buffer("parameters", params.bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        ctx.queue.write_buffer(&params_buf, 0, &params.bytes);
+        super::readback::write(ctx, &params_buf, &params.bytes)?;
 
         let mut pipelines = HashMap::new();
         for op in fwd.iter().chain(&bwd) {
