@@ -167,10 +167,23 @@ impl RnnConfig {
         }
         // Sizes whose products overflow 32-bit indexing on the GPU are refused there; on the
         // CPU we only guard against usize overflow of the largest weight.
+        // Every product the shapes and the state tensors take must fit a usize (checked here,
+        // so that the accessors below can multiply freely once a config validates).
         let g = self.mode.gates();
-        let widest_in = self.input_size.max(self.directions() * self.out_size());
+        let d = self.directions();
+        let Some(out_w) = d.checked_mul(self.out_size()) else {
+            return bad(format!("directions * hidden size ({d} * {}) overflows", self.out_size()));
+        };
+        let Some(states) = self.num_layers.checked_mul(d) else {
+            return bad(format!("num_layers * directions ({} * {d}) overflows", self.num_layers));
+        };
+        let widest_in = self.input_size.max(out_w);
         if g.checked_mul(self.hidden_size).and_then(|r| r.checked_mul(widest_in)).is_none() {
             return bad("sizes overflow".into());
+        }
+        // The state tensors [L*D, B, H] must be addressable for at least one sequence.
+        if states.checked_mul(self.hidden_size.max(self.out_size())).is_none() {
+            return bad("num_layers * directions * hidden size overflows".into());
         }
         Ok(())
     }
@@ -254,12 +267,12 @@ impl RnnConfig {
 
     /// Shape of h0 / h_n for a batch of `b`: `[L*D, B, H_out]`.
     pub fn h_shape(&self, b: usize) -> Vec<usize> {
-        vec![self.num_layers * self.directions(), b, self.out_size()]
+        vec![self.num_layers.saturating_mul(self.directions()), b, self.out_size()]
     }
 
     /// Shape of c0 / c_n (LSTM): `[L*D, B, H]`.
     pub fn c_shape(&self, b: usize) -> Vec<usize> {
-        vec![self.num_layers * self.directions(), b, self.hidden_size]
+        vec![self.num_layers.saturating_mul(self.directions()), b, self.hidden_size]
     }
 
     /// Width of the output: `D * H_out`.

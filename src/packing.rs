@@ -81,6 +81,11 @@ impl<T: Copy + Default> PackedSequence<T> {
         checked_len::<T>("padded input", &shape)?;
         check_len("padded input", &shape, input.len())?;
         let (t_max, b, f) = if batch_first { (shape[1], shape[0], shape[2]) } else { (shape[0], shape[1], shape[2]) };
+        // As in `from_sequences` and `validate`: rows of no features are refused (with F = 0
+        // the size check above passes for any T, and T steps were built before).
+        if f == 0 {
+            return Err(Error::InvalidConfig("features must be positive".into()));
+        }
         if b != lengths.len() {
             return Err(Error::ShapeMismatch {
                 what: "lengths (one per sequence)".into(),
