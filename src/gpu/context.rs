@@ -100,6 +100,8 @@ pub struct Context {
     wait_timeout_ns: AtomicU64,
     /// Set (once) by the device-lost callback: why the device is gone.
     lost: Arc<OnceLock<String>>,
+    /// The largest storage binding (bytes) the library plans for (see [`Context::set_binding_limit`]).
+    binding_limit: AtomicU64,
 }
 
 impl std::fmt::Debug for Context {
@@ -203,7 +205,6 @@ impl Context {
             device,
             queue,
             info,
-            limits,
             layouts,
             modules,
             pipelines: Mutex::new(HashMap::new()),
@@ -212,6 +213,8 @@ impl Context {
             param_stride,
             wait_timeout_ns: AtomicU64::new(Self::DEFAULT_WAIT_TIMEOUT.as_nanos() as u64),
             lost,
+            binding_limit: AtomicU64::new(limits.max_storage_buffer_binding_size),
+            limits,
         }))
     }
 
@@ -223,6 +226,25 @@ impl Context {
     /// The device's limits.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.limits
+    }
+
+    /// The largest storage-buffer binding, in bytes, the library plans for: the device's
+    /// `max_storage_buffer_binding_size` unless lowered with [`Context::set_binding_limit`].
+    pub fn binding_limit(&self) -> u64 {
+        self.binding_limit.load(Ordering::Relaxed)
+    }
+
+    /// Lowers the largest storage-buffer binding the library plans for to `bytes` (never above
+    /// the device's `max_storage_buffer_binding_size`: a larger value sets the device's limit)
+    /// and returns the value now in effect. Buffers and plans are checked against it when they
+    /// are made and recorded ([`Error::Limit`] beyond it), and the convenience API
+    /// ([`crate::gpu::GpuRnn`]) splits a problem whose plan would exceed it. For testing the
+    /// splitting on small problems, or for leaving headroom on a device; buffers made before
+    /// keep their size, and recording a plan whose buffers exceed a lowered limit is refused.
+    pub fn set_binding_limit(&self, bytes: u64) -> u64 {
+        let v = bytes.min(self.limits.max_storage_buffer_binding_size);
+        self.binding_limit.store(v, Ordering::Relaxed);
+        v
     }
 
     /// A one-line description: name, backend, device type (and "CPU emulation" for lavapipe).
@@ -253,10 +275,10 @@ impl Context {
                 self.limits.max_buffer_size
             )));
         }
-        if usage.contains(wgpu::BufferUsages::STORAGE) && size > self.limits.max_storage_buffer_binding_size {
+        if usage.contains(wgpu::BufferUsages::STORAGE) && size > self.binding_limit() {
             return Err(Error::Limit(format!(
-                "storage buffer {label} needs {size} bytes; the device binds at most {}",
-                self.limits.max_storage_buffer_binding_size
+                "storage buffer {label} needs {size} bytes; the device binds at most {} (Context::binding_limit)",
+                self.binding_limit()
             )));
         }
         let scope = ErrorScope::push(&self.device);

@@ -168,6 +168,11 @@ pub const SINGLE_DISPATCH_MAX_MACS_GPU: usize = 1 << 19;
 /// stay in a CPU cache while every workgroup reads it (see `gemm_rows` in `Plan::new`).
 const GEMM_CHUNK_BYTES: usize = 1 << 20;
 
+/// The longest k one GEMM dispatch walks: each invocation loops over k, and Mesa's gallivm ends
+/// an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`). A multiple of
+/// 4, so runs keep the vec4 kernels' alignment.
+const GEMM_K_RUN: usize = 16_384;
+
 /// Rows one `colsum` dispatch sums per column: one invocation loops over them, and Mesa's
 /// gallivm ends an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`).
 const COLSUM_ROWS: usize = 16_384;
@@ -569,10 +574,33 @@ impl Plan {
                 UtilParams { rows: rows as u32, width: width as u32, src_off, src_ld: src_ld as u32, dst_off, dst_ld: dst_ld as u32, ..Default::default() }, rows * dst_ld)
         };
         // GEMM ops bind B and A a second time as vec4s (bindings 5, 6) for gemm4 / gemm44.
-        let gemm = |params: &mut Params, mut bufs: Vec<Buf>, gp: GemmParams| {
+        let gemm_op = |params: &mut Params, mut bufs: Vec<Buf>, gp: GemmParams| {
             bufs.push(bufs[1]);
             bufs.push(bufs[0]);
             Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
+        };
+        // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
+        // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`), each a
+        // dispatch accumulating into C, the bias added by the first only.
+        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| -> Vec<Op> {
+            let mut ops = Vec::new();
+            let mut start = 0u32;
+            loop {
+                let k = (GEMM_K_RUN as u32).min(gp.k - start);
+                let part = GemmParams {
+                    k,
+                    a_off: gp.a_off + start * gp.a_cs,
+                    b_off: gp.b_off + start * gp.b_rs,
+                    beta: if start == 0 { gp.beta } else { 1.0 },
+                    bias_off: if start == 0 { gp.bias_off } else { NONE },
+                    ..gp
+                };
+                ops.push(gemm_op(params, bufs.clone(), part));
+                start += k;
+                if start >= gp.k {
+                    return ops;
+                }
+            }
         };
         // Weight gradients sum over all N rows (k = N). One pass streams the whole of B
         // through every workgroup, which falls out of cache once B passes a few MiB; split
@@ -592,7 +620,7 @@ impl Plan {
                     beta: if start == 0 { gp.beta } else { 1.0 },
                     ..gp
                 };
-                ops.push(gemm(params, bufs.clone(), part));
+                ops.push(gemm_op(params, bufs.clone(), part));
                 start += k;
             }
             ops
@@ -641,7 +669,7 @@ impl Plan {
                         UtilParams { rows: b as u32, width: hs as u32, state_off: if inputs.c0 { state_block(s, hs) } else { NONE }, dst_off: (c_off + n * hs) as u32, ..Default::default() }, b * hs));
                 }
                 // Input projection of all rows: Xp = X W_ih^T + b_ih.
-                fwd.push(gemm(&mut params, vec![x_in, Buf::Wt, Buf::Xp, Buf::Weights], GemmParams {
+                fwd.extend(gemm(&mut params, vec![x_in, Buf::Wt, Buf::Xp, Buf::Weights], GemmParams {
                     m: n as u32, n: gh as u32, k: k_in as u32,
                     a_off: 0, a_rs: k_in as u32, a_cs: 1,
                     b_off: 0, b_rs: gh as u32, b_cs: 1,
@@ -928,7 +956,7 @@ impl Plan {
                     } else {
                         (Buf::Weights, w.w_ih, dx)
                     };
-                    bwd.push(gemm(&mut params, vec![Buf::Dg, w_src, dx_dst, Buf::Dummy], GemmParams {
+                    bwd.extend(gemm(&mut params, vec![Buf::Dg, w_src, dx_dst, Buf::Dummy], GemmParams {
                         m: n as u32, n: k_in as u32, k: gh as u32,
                         a_off: 0, a_rs: gh as u32, a_cs: 1,
                         b_off: w_off, b_rs: k_in as u32, b_cs: 1,
@@ -1020,7 +1048,7 @@ impl Plan {
                 "{what} buffer lacks BufferUsages::STORAGE (has {:?})",
                 b.usage()
             ))),
-            Some(b) if b.size() > self.ctx.limits().max_storage_buffer_binding_size => Err(Error::Limit(format!(
+            Some(b) if b.size() > self.ctx.binding_limit() => Err(Error::Limit(format!(
                 "{what} buffer of {} bytes exceeds the device's storage binding size",
                 b.size()
             ))),
