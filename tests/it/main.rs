@@ -16,3 +16,4 @@ mod reliability_gpu;
 mod shaders;
 mod train;
 mod weights_io;
+mod splitting;
