@@ -384,12 +384,18 @@ fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
     let cfg = RnnConfig::new(Mode::Lstm, 8, 64);
     let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
     let rnn = GpuRnn::new(&ctx, &w).unwrap();
-    // xp alone is N * 4H * 4 bytes = 2,000 * 256 * 4 = 2 MB > 1 MiB.
+    // xp alone is N * 4H * 4 bytes = 2,000 * 256 * 4 = 2 MB > 1 MiB: the engine API refuses
+    // the plan; the convenience API splits it (tests/it/splitting.rs) and matches the unsplit
+    // run on the uncapped device.
     let x = PackedSequence::from_padded(&vec![0.1f32; 100 * 20 * 8], [100, 20, 8], false, &[100; 20]).unwrap();
-    match rnn.forward(&x, None, None, Pass::Inference) {
+    match Plan::new(&ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()) {
         Err(Error::Limit(msg)) => assert!(msg.contains("storage"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|_| ())),
     }
+    let (split, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    let (whole, _) = GpuRnn::new(full, &w).unwrap().forward(&x, None, None, Pass::Inference).unwrap();
+    assert_close("split on a 1 MiB device: output", &to64(&split.output.data), &to64(&whole.output.data), GPU_FWD_ATOL, GPU_FWD_RTOL);
+    assert_close("split on a 1 MiB device: h_n", &to64(&split.h_n.data), &to64(&whole.h_n.data), GPU_FWD_ATOL, GPU_FWD_RTOL);
 }
 
 #[test]
