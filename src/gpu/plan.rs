@@ -548,6 +548,17 @@ impl Plan {
                 true
             }
         };
+        // The per-step kernels loop over H_out (the recurrent product), G*H (its gradient) and
+        // H (the projection) inside one invocation: beyond the adapter's loop budget a sum would
+        // be cut short (Mesa's gallivm), so such a plan is refused rather than wrong. Only
+        // reachable with a projection (without one, W_hh alone would pass the binding limit).
+        let longest_loop = ho.max(gh).max(if p > 0 { hs } else { 0 });
+        if longest_loop > loop_iteration_budget(ctx.adapter_info()) {
+            return Err(Error::Limit(format!(
+                "a loop of {longest_loop} iterations (hidden size {hs}, {g} gates) exceeds this adapter's {} per invocation",
+                loop_iteration_budget(ctx.adapter_info())
+            )));
+        }
         // The most steps one single-dispatch run may walk, forward and backward: within the
         // adapter's budget of loop iterations per invocation (see `loop_iteration_budget`).
         let (fwd_run, bwd_run) = match strategy {

@@ -179,3 +179,17 @@ fn very_wide_inputs_match_cpu() {
         assert!(cpu_out.output.data.iter().all(|v| v.abs() < 0.9), "inputs should keep tanh out of saturation");
     }
 }
+
+/// A projection lets the hidden size grow past what one invocation may loop over on a capped
+/// adapter (the projection sums over H): such a plan is refused, never cut short.
+#[test]
+fn loops_past_the_budget_are_refused() {
+    let cfg = RnnConfig::new(Mode::Lstm, 1, 60_000).proj(1);
+    for ctx in contexts() {
+        let layout = SeqLayout::new(vec![1], vec![0]).unwrap();
+        let r = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default());
+        if loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED {
+            assert!(matches!(r, Err(Error::Limit(_))), "{}: {:?}", ctx.describe(), r.err());
+        }
+    }
+}
