@@ -79,7 +79,7 @@ fn check_finite(what: &str, x: &[f32]) -> Result<()> {
 impl GpuRnn {
     /// Uploads the weights.
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
-        w.config.validate()?;
+        w.validate()?; // config, and every tensor against it (Weights fields are public)
         let mut flat = Vec::with_capacity(w.num_scalars());
         let mut bad = None;
         w.for_each(|kind, layer, dir, v| {

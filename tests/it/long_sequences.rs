@@ -193,3 +193,18 @@ fn loops_past_the_budget_are_refused() {
         }
     }
 }
+
+/// Weights edited after loading (fields are public) are checked tensor by tensor on upload, as
+/// on the CPU path: a W_hh shortened by as much as W_ih was lengthened kept the total length
+/// the flat buffer check looked at, and would have been read misaligned.
+#[test]
+fn gpu_upload_checks_each_tensor() {
+    let cfg = RnnConfig::new(Mode::Gru, 3, 4);
+    let mut w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+    let short = w.params[0].w_hh.len() - 3;
+    w.params[0].w_hh.truncate(short);
+    w.params[0].w_ih.extend([0.0; 3]);
+    for ctx in contexts() {
+        assert!(wgpu_rnn::gpu::GpuRnn::new(ctx, &w).is_err(), "{}", ctx.describe());
+    }
+}
