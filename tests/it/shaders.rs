@@ -78,3 +78,264 @@ fn parameter_structs_match_wgsl_sizes() {
         assert!(f.param_size() <= wgpu_rnn::gpu::kernels::MAX_PARAM_BYTES as u64);
     }
 }
+
+// ---- Metal and DX12: every kernel variant translates to MSL and HLSL ----------------------
+//
+// wgpu hands each pipeline's WGSL to naga's MSL writer on Metal and its HLSL writer on DX12,
+// after substituting the pipeline's override constants. A construct one of those writers
+// rejects would fail pipeline creation on a user's Mac or Windows machine; here it fails on
+// Linux, for every entry point with every constant set the library compiles.
+
+use naga::back::{hlsl, msl};
+use wgpu_rnn::gpu::kernels::{Kernel, TrainKernel};
+
+/// The cell sizes the library compiles: RNN, GRU and LSTM gate counts.
+const GATES: [u32; 3] = [1, 3, 4];
+
+/// Metal Shading Language versions tried: the oldest wgpu's Metal backend accepts for
+/// compute work and a current one.
+const MSL_VERSIONS: [(u8, u8); 2] = [(1, 2), (2, 4)];
+
+/// HLSL shader models tried: FXC's 5.1 and DXC's 6.0 (wgpu's two DX12 compilers).
+const HLSL_MODELS: [hlsl::ShaderModel; 2] = [hlsl::ShaderModel::V5_1, hlsl::ShaderModel::V6_0];
+
+fn train_kernels() -> Vec<TrainKernel> {
+    use TrainKernel::*;
+    // The match makes this list fail to compile when a training kernel is added.
+    let all = vec![
+        EmbedForward, EmbedBackward, Fill, BlocksToRows, RowsToBlocks, BceLogits, Mse, SoftmaxCe, RowMetrics, SumSq, OptBegin,
+        Adam, Sgd, Dropout,
+    ];
+    for k in &all {
+        match k {
+            EmbedForward | EmbedBackward | Fill | BlocksToRows | RowsToBlocks | BceLogits | Mse | SoftmaxCe | RowMetrics | SumSq
+            | OptBegin | Adam | Sgd | Dropout => {}
+        }
+    }
+    all
+}
+
+/// Every kernel variant the pipeline cache can hold (each entry point with each constant set).
+fn all_kernels() -> Vec<Kernel> {
+    use Kernel::*;
+    let mut v = Vec::new();
+    let b = [false, true];
+    for gates in GATES {
+        for relu in b {
+            for x in b {
+                v.push(Step { gates, relu, vec4: x });
+                v.push(LoopStep { gates, relu, small: x });
+                v.push(LoopGrad { gates, relu, small: x });
+            }
+            v.push(CellGrad { gates, relu });
+        }
+        for vec4 in b {
+            for wide in b {
+                v.push(RecurrentGrad { gates, vec4, wide });
+            }
+        }
+    }
+    v.extend([
+        ProjForward, ProjGrad, Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, GatherPrev, GatherLast, ScatterLast, Copy, CopyState,
+        Transpose, ColSum, PadRows,
+    ]);
+    v.extend(train_kernels().into_iter().map(Train));
+    // The match makes this list fail to compile when a kernel variant is added.
+    for k in &v {
+        match k {
+            Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
+            | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
+            | Transpose | ColSum | PadRows | Train(_) => {}
+        }
+    }
+    v
+}
+
+/// The module with `k`'s override constants substituted, as wgpu does before handing it to a
+/// backend writer; validated with the capabilities the library's device has (it requests no
+/// shader features, so none).
+fn specialised(k: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
+    let src = k.family().source();
+    let m = module(src);
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+        .validate(&m)
+        .unwrap_or_else(|e| panic!("{}: {}", k.label(), e.emit_to_string(src)));
+    let mut constants = naga::back::PipelineConstants::default();
+    for (name, value) in k.constants() {
+        constants.insert(name.to_string(), value);
+    }
+    let (m, info) =
+        naga::back::pipeline_constants::process_overrides(&m, &info, Some((naga::ShaderStage::Compute, k.entry())), &constants)
+            .unwrap_or_else(|e| panic!("{}: override constants: {e}", k.label()));
+    (m.into_owned(), info.into_owned())
+}
+
+/// The value of the module-scope constant `name` (an override after substitution), if it is a
+/// scalar literal.
+fn constant_value(m: &naga::Module, name: &str) -> Option<f64> {
+    let (_, c) = m.constants.iter().find(|(_, c)| c.name.as_deref() == Some(name))?;
+    match m.global_expressions[c.init] {
+        naga::Expression::Literal(l) => Some(match l {
+            naga::Literal::U32(v) => v as f64,
+            naga::Literal::I32(v) => v as f64,
+            naga::Literal::F32(v) => v as f64,
+            naga::Literal::Bool(v) => v as u8 as f64,
+            other => panic!("{name}: unexpected literal {other:?}"),
+        }),
+        _ => None,
+    }
+}
+
+/// Bounds-check policies for the shaders' checked (debug) and unchecked (release) builds.
+fn policies(checked: bool) -> naga::proc::BoundsCheckPolicies {
+    let p = if checked { naga::proc::BoundsCheckPolicy::Restrict } else { naga::proc::BoundsCheckPolicy::Unchecked };
+    naga::proc::BoundsCheckPolicies { index: p, buffer: p, image_load: p, binding_array: naga::proc::BoundsCheckPolicy::Unchecked }
+}
+
+fn to_msl(k: Kernel, m: &naga::Module, info: &naga::valid::ModuleInfo, lang_version: (u8, u8), checked: bool) -> String {
+    // Slots as wgpu's Metal backend assigns them for the family's layout: buffers in binding
+    // order, then the buffer-sizes buffer that runtime-sized arrays need.
+    let storage = k.family().storage_bindings();
+    let mut resources = msl::BindingMap::default();
+    resources.insert(
+        naga::ResourceBinding { group: 0, binding: 0 },
+        msl::BindTarget { buffer: Some(0), mutable: false, ..Default::default() },
+    );
+    for (i, &rw) in storage.iter().enumerate() {
+        let slot = i as u8 + 1;
+        resources.insert(
+            naga::ResourceBinding { group: 0, binding: i as u32 + 1 },
+            msl::BindTarget { buffer: Some(slot), mutable: rw, ..Default::default() },
+        );
+    }
+    let ep = msl::EntryPointResources { resources, immediates_buffer: None, sizes_buffer: Some(storage.len() as u8 + 1) };
+    let options = msl::Options {
+        lang_version,
+        per_entry_point_map: msl::EntryPointResourceMap::from([(k.entry().to_string(), ep)]),
+        fake_missing_bindings: false,
+        bounds_check_policies: policies(checked),
+        force_loop_bounding: checked,
+        ..Default::default()
+    };
+    let pipeline = msl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, k.entry().to_string())), ..Default::default() };
+    let (out, tinfo) = msl::write_string(m, info, &options, &pipeline)
+        .unwrap_or_else(|e| panic!("MSL {lang_version:?} checked={checked}: {}: {e:?}", k.label()));
+    let names: Vec<&String> = tinfo.entry_point_names.iter().map(|r| r.as_ref().unwrap_or_else(|e| panic!("MSL: {}: {e:?}", k.label()))).collect();
+    assert_eq!(names.len(), 1, "MSL: {}: one entry point written", k.label());
+    assert!(out.contains(&format!("kernel void {}(", names[0])), "MSL: {}: no kernel function {}", k.label(), names[0]);
+    out
+}
+
+fn to_hlsl(k: Kernel, m: &naga::Module, info: &naga::valid::ModuleInfo, shader_model: hlsl::ShaderModel, checked: bool) -> String {
+    // Registers as wgpu's DX12 backend assigns them: the parameter block is a constant
+    // buffer (b0), read-only storage buffers are SRVs (t0..), read-write ones UAVs (u0..).
+    let mut binding_map = hlsl::BindingMap::default();
+    let target = |register| hlsl::BindTarget {
+        space: 0,
+        register,
+        binding_array_size: None,
+        dynamic_storage_buffer_offsets_index: None,
+        restrict_indexing: false,
+    };
+    binding_map.insert(naga::ResourceBinding { group: 0, binding: 0 }, target(0));
+    let (mut srv, mut uav) = (0, 0);
+    for (i, &rw) in k.family().storage_bindings().iter().enumerate() {
+        let register = if rw { &mut uav } else { &mut srv };
+        binding_map.insert(naga::ResourceBinding { group: 0, binding: i as u32 + 1 }, target(*register));
+        *register += 1;
+    }
+    let options = hlsl::Options {
+        shader_model,
+        binding_map,
+        fake_missing_bindings: false,
+        restrict_indexing: checked,
+        force_loop_bounding: checked,
+        ..Default::default()
+    };
+    let pipeline = hlsl::PipelineOptions { entry_point: Some((naga::ShaderStage::Compute, k.entry().to_string())) };
+    let mut out = String::new();
+    let rinfo = hlsl::Writer::new(&mut out, &options, &pipeline)
+        .write(m, info, None)
+        .unwrap_or_else(|e| panic!("HLSL {shader_model:?} checked={checked}: {}: {e:?}", k.label()));
+    let names: Vec<&String> = rinfo.entry_point_names.iter().map(|r| r.as_ref().unwrap_or_else(|e| panic!("HLSL: {}: {e:?}", k.label()))).collect();
+    assert_eq!(names.len(), 1, "HLSL: {}: one entry point written", k.label());
+    assert!(out.contains(&format!("void {}(", names[0])), "HLSL: {}: no entry function {}", k.label(), names[0]);
+    assert!(out.contains("[numthreads("), "HLSL: {}: no [numthreads]", k.label());
+    out
+}
+
+#[test]
+fn every_entry_point_has_a_kernel_variant() {
+    // The translation tests below go through `all_kernels`; an entry point no variant names
+    // would go untested on Metal and DX12.
+    let kernels = all_kernels();
+    let mut total = 0;
+    for f in Family::ALL {
+        let m = module(f.source());
+        assert!(!m.entry_points.is_empty(), "{f:?} has no entry points");
+        for ep in &m.entry_points {
+            assert_eq!(ep.stage, naga::ShaderStage::Compute, "{f:?}::{}", ep.name);
+            assert!(kernels.iter().any(|k| k.family() == f && k.entry() == ep.name), "{f:?}::{} has no Kernel variant", ep.name);
+            total += 1;
+        }
+    }
+    // And every variant names an entry point of its family.
+    for k in &kernels {
+        let m = module(k.family().source());
+        assert!(m.entry_points.iter().any(|ep| ep.name == k.entry()), "{}: no such entry point in {:?}", k.label(), k.family());
+    }
+    assert!(total >= 30, "only {total} entry points found");
+}
+
+#[test]
+fn every_kernel_translates_to_msl_for_metal() {
+    for k in all_kernels() {
+        let (m, info) = specialised(k);
+        for v in MSL_VERSIONS {
+            for checked in [true, false] {
+                to_msl(k, &m, &info, v, checked);
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kernel_translates_to_hlsl_for_dx12() {
+    for k in all_kernels() {
+        let (m, info) = specialised(k);
+        for sm in HLSL_MODELS {
+            for checked in [true, false] {
+                to_hlsl(k, &m, &info, sm, checked);
+            }
+        }
+    }
+}
+
+#[test]
+fn override_constants_reach_the_translated_shader() {
+    // The substitution is real: each override becomes a constant holding the kernel's value,
+    // and a GRU step and an LSTM step translate to different MSL and HLSL.
+    // The projection kernels set GATES but never read it: naga compacts an override the entry
+    // point does not reach away, value and all. Every other constant set must arrive.
+    let mut checked = 0;
+    for k in all_kernels() {
+        let (m, _) = specialised(k);
+        for (name, value) in k.constants() {
+            match constant_value(&m, name) {
+                Some(v) => assert_eq!(v, value, "{}: {name}", k.label()),
+                None => assert!(matches!(k, Kernel::ProjForward | Kernel::ProjGrad), "{}: {name} did not reach the shader", k.label()),
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 100, "only {checked} constants checked");
+    let gru = Kernel::Step { gates: 3, relu: false, vec4: false };
+    let lstm = Kernel::Step { gates: 4, relu: false, vec4: false };
+    let (mg, ig) = specialised(gru);
+    let (ml, il) = specialised(lstm);
+    assert_ne!(to_msl(gru, &mg, &ig, (2, 4), true), to_msl(lstm, &ml, &il, (2, 4), true));
+    assert_ne!(
+        to_hlsl(gru, &mg, &ig, hlsl::ShaderModel::V5_1, true),
+        to_hlsl(lstm, &ml, &il, hlsl::ShaderModel::V5_1, true)
+    );
+}
