@@ -226,7 +226,7 @@ mod tests {
     fn run_counts_its_parts() {
         let _ = take_max_parts();
         run(&[0..1, 1..2, 2..3, 3..4], |_| {});
-        run(&[0..2], |_| {});
+        run(std::slice::from_ref(&(0..2)), |_| {});
         assert_eq!(take_max_parts(), 4);
         assert_eq!(take_max_parts(), 0, "not reset");
     }

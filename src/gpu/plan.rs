@@ -83,6 +83,8 @@ impl SeqLayout {
 }
 
 /// How a plan walks the time steps of the forward.
+// The hidden test-only variant is a real strategy tests pass in, not a non-exhaustive marker.
+#[allow(clippy::manual_non_exhaustive)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum StepStrategy {
     /// The single-dispatch path where a step is too small to pay for its own dispatches
