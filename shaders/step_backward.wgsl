@@ -160,13 +160,16 @@ fn cell_grad_step(@builtin(global_invocation_id) gid: vec3<u32>) {
 }
 
 // ---- The single-dispatch backward for small problems ----
-// Walks every step of one layer-direction in reverse processing order in one dispatch; each
-// workgroup owns LOOP_ROWS sorted rows (as the forward's loop_step did), invocation j owns
-// unit j and keeps the row's dh and dc in registers, and the hidden-side gate gradients of a
-// step go through workgroup memory for dh_prev = dG_h W_hh. dh and dc start from the seeds
-// at each sequence's final row (scatter_last) and end as dh0 / dc0 in rows N+b, as the
-// per-step path leaves them. Requires H_out == H <= LOOP_UNITS.
-// Dispatch: (ceil(B / LOOP_ROWS), 1, 1), workgroup LOOP_UNITS (or 64 for H <= 64).
+// Walks a run of consecutive steps of one layer-direction (every step, unless the adapter's
+// loop budget cuts the sequence into runs: `loop_runs` in plan.rs) in reverse processing order
+// in one dispatch; each workgroup owns LOOP_ROWS sorted rows (as the forward's loop_step did),
+// invocation j owns unit j and keeps the row's dh and dc in registers, and the hidden-side
+// gate gradients of a step go through workgroup memory for dh_prev = dG_h W_hh. dh and dc
+// start from the seeds at each sequence's final row (scatter_last), or from what the previous
+// run left at the run's first rows, and end as dh0 / dc0 in rows N+b, as the per-step path
+// leaves them. Requires H_out == H <= LOOP_UNITS. Runs' parameters as in loop_body
+// (step_forward.wgsl). Dispatch: (ceil(rows of the run's widest step / LOOP_ROWS), 1, 1),
+// workgroup LOOP_UNITS (or 64 for H <= 64).
 const LOOP_ROWS: u32 = 4u;
 const LOOP_UNITS: u32 = 256u;
 
@@ -260,14 +263,15 @@ fn loop_grad_body(wg: u32, j: u32) {
     let rowsl = seq[p.bs_tab + tl];
     let offl = seq[p.off_tab + tl];
     if (s < p.steps) {
-        // Cut short by the adapter (see loop_body in step_forward.wgsl): poison the gate
-        // gradients of the run's last step, which every weight gradient sums, and the rows'
-        // initial-state gradients, in straight-line code (later loops of this invocation would
-        // end at once).
-        if (unit && r0 < rowsl) { poison_grad(offl + r0, r0, j); }
-        if (unit && r0 + 1u < rowsl) { poison_grad(offl + r0 + 1u, r0 + 1u, j); }
-        if (unit && r0 + 2u < rowsl) { poison_grad(offl + r0 + 2u, r0 + 2u, j); }
-        if (unit && r0 + 3u < rowsl) { poison_grad(offl + r0 + 3u, r0 + 3u, j); }
+        // Cut short by the adapter (see loop_body in step_forward.wgsl): a backstop in
+        // straight-line code (later loops of this invocation would end at once). NaN in the
+        // gate gradients of the run's last step, which every weight gradient sums, and in every
+        // row's gradient where the run would leave it (the next run's first row, or dh0 / dc0),
+        // so the next run, grad_input and grad_h0 carry it on.
+        if (unit && r0 < batch) { poison_grad(offl, rowsl, r0, j); }
+        if (unit && r0 + 1u < batch) { poison_grad(offl, rowsl, r0 + 1u, j); }
+        if (unit && r0 + 2u < batch) { poison_grad(offl, rowsl, r0 + 2u, j); }
+        if (unit && r0 + 3u < batch) { poison_grad(offl, rowsl, r0 + 3u, j); }
         return;
     }
     for (var t = 0u; t < LOOP_ROWS; t++) {
@@ -283,28 +287,33 @@ fn loop_grad_body(wg: u32, j: u32) {
     }
 }
 
-// NaN in unit j's gate gradients of packed row n (every gate, and GRU's hidden side) and in
-// the initial-state gradients of sorted row r.
-fn poison_grad(n: u32, r: u32, j: u32) {
+// NaN for sorted row r and unit j at the end of a cut run whose last step has `rowsl` rows from
+// packed row `offl`: its gate gradients there (every gate, and GRU's hidden side) if it is
+// active, and its gradient where the run would leave it (as the normal end of loop_grad_body).
+fn poison_grad(offl: u32, rowsl: u32, r: u32, j: u32) {
     let hs = p.hidden;
     let nan = poison(j);
-    dg[dgx_at(n, 0u, j)] = nan;
-    if (GATES >= 3u) {
-        dg[dgx_at(n, 1u, j)] = nan;
-        dg[dgx_at(n, 2u, j)] = nan;
+    let live = r < rowsl;
+    if (live) {
+        let n = offl + r;
+        dg[dgx_at(n, 0u, j)] = nan;
+        if (GATES >= 3u) {
+            dg[dgx_at(n, 1u, j)] = nan;
+            dg[dgx_at(n, 2u, j)] = nan;
+        }
+        if (GATES == 4u) {
+            dg[dgx_at(n, 3u, j)] = nan;
+        }
+        if (GATES == 3u) {
+            let h = p.dgh_off + n * 3u * hs;
+            dg[h + j] = nan;
+            dg[h + hs + j] = nan;
+            dg[h + 2u * hs + j] = nan;
+        }
     }
+    let row = select(seq[p.init_off + r], seq[p.prev_off + offl + r], live);
+    bw[p.dh_off + row * hs + j] = nan;
     if (GATES == 4u) {
-        dg[dgx_at(n, 3u, j)] = nan;
-    }
-    if (GATES == 3u) {
-        let h = p.dgh_off + n * 3u * hs;
-        dg[h + j] = nan;
-        dg[h + hs + j] = nan;
-        dg[h + 2u * hs + j] = nan;
-    }
-    let init = seq[p.init_off + r];
-    bw[p.dh_off + init * hs + j] = nan;
-    if (GATES == 4u) {
-        bw[p.dc_off + init * hs + j] = nan;
+        bw[p.dc_off + row * hs + j] = nan;
     }
 }

@@ -329,7 +329,7 @@ fn proj_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
 // ---- The single-dispatch path for small problems ----
 // One dispatch walks a run of consecutive steps of one layer-direction (every step, unless the
 // adapter's budget of loop iterations per invocation cuts the sequence into several runs: see
-// `loop_chunks` in plan.rs): each workgroup owns LOOP_ROWS sorted rows for the whole run (rows
+// `loop_runs` in plan.rs): each workgroup owns LOOP_ROWS sorted rows for the whole run (rows
 // do not depend on each other, so no cross-workgroup synchronisation is needed) and keeps their
 // h in workgroup memory; invocation j owns unit j and keeps c in registers. A run starts from
 // the states in the tape (the row each row's state came from, through prev[], or its initial
@@ -424,9 +424,10 @@ fn loop_body(wg: u32, j: u32) {
     }
     // An adapter that ends loops after a fixed number of iterations (Mesa's gallivm, behind
     // lavapipe and llvmpipe) leaves the loop early without an error, and every later loop of
-    // the invocation ends at once. The plan sizes runs to stay within that budget; should a run
-    // still be cut short, its last step's rows get NaN (straight-line code, no loop), which the
-    // next run and h_n carry on, instead of plausible stale values.
+    // the invocation ends at once. The plan sizes runs to stay within that budget (with a
+    // margin); should a run still be cut short, a backstop in straight-line code (no loop):
+    // the rows of the run's last step get NaN, which the next run and h_n of the sequences
+    // ending there carry on. (A sequence that ends earlier inside a cut run is not marked.)
     if (s < p.steps && unit) {
         let tl = loop_time(p.steps - 1u);
         let rl = seq[p.bs_tab + tl];
