@@ -190,11 +190,6 @@ fn loop_time(s: u32) -> u32 {
     return select(p.steps - 1u - s, s, p.reverse != 0u);
 }
 
-// A NaN that is not a constant expression (WGSL refuses those).
-fn poison(j: u32) -> f32 {
-    return bitcast<f32>(0x7fc00000u | (j & 0u));
-}
-
 fn loop_grad_body(wg: u32, j: u32) {
     let hs = p.hidden;
     let gh = GATES * hs;

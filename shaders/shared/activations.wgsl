@@ -17,3 +17,9 @@ fn tanh_safe(x: f32) -> f32 {
 
 // An offset that says "absent" (no bias, no h0 ...).
 const NONE: u32 = 0xffffffffu;
+
+// A NaN that is not a constant expression (WGSL refuses those): what the single-dispatch loops
+// write where an adapter cut them short (step_forward.wgsl, step_backward.wgsl).
+fn poison(j: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (j & 0u));
+}

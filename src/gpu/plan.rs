@@ -427,13 +427,8 @@ impl Plan {
                 }
             }
         }
-        let mut unsorted = vec![0usize; b];
-        for (k, &i) in layout.sorted_indices.iter().enumerate() {
-            if i >= b {
-                return Err(Error::InvalidLengths("sorted_indices is not a permutation".into()));
-            }
-            unsorted[i] = k;
-        }
+        // A permutation (SeqLayout::new checked it).
+        let unsorted = crate::packing::invert_permutation(&layout.sorted_indices);
         let sorted_len: Vec<usize> = (0..b).map(|k| layout.batch_sizes.iter().take_while(|&&x| x > k).count()).collect();
         let mut last_offs = Vec::new();
         for dir in 0..d {
@@ -592,14 +587,13 @@ impl Plan {
             bufs.push(bufs[0]);
             Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
         };
-        // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
-        // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`), each a
-        // dispatch accumulating into C, the bias added by the first only.
-        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| -> Vec<Op> {
+        // C = A B (+ bias) with k walked in runs of at most `run`, each a dispatch accumulating
+        // into C (beta = 1 after the first), the bias added by the first only, in a fixed order.
+        let gemm_runs = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams, run: u32| -> Vec<Op> {
             let mut ops = Vec::new();
             let mut start = 0u32;
             loop {
-                let k = (GEMM_K_RUN as u32).min(gp.k - start);
+                let k = run.min(gp.k - start);
                 let part = GemmParams {
                     k,
                     a_off: gp.a_off + start * gp.a_cs,
@@ -615,28 +609,16 @@ impl Plan {
                 }
             }
         };
+        // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
+        // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`).
+        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| gemm_runs(params, bufs, gp, GEMM_K_RUN as u32);
         // Weight gradients sum over all N rows (k = N). One pass streams the whole of B
         // through every workgroup, which falls out of cache once B passes a few MiB; split
-        // k into chunks whose slice of B stays cached, each chunk a dispatch accumulating
-        // into C (beta = 1 after the first), in a fixed order. Measured on lavapipe:
-        // dW_hh (512 x 128, k 16384) went from 18x the k = 2048 time to 8x.
-        let gemm_rows = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| -> Vec<Op> {
+        // k into chunks whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128,
+        // k 16384) went from 18x the k = 2048 time to 8x.
+        let gemm_rows = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| {
             let chunk = (GEMM_CHUNK_BYTES / (4 * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
-            let mut ops = Vec::new();
-            let mut start = 0u32;
-            while start < gp.k {
-                let k = chunk.min(gp.k - start);
-                let part = GemmParams {
-                    k,
-                    a_off: gp.a_off + start * gp.a_cs,
-                    b_off: gp.b_off + start * gp.b_rs,
-                    beta: if start == 0 { gp.beta } else { 1.0 },
-                    ..gp
-                };
-                ops.push(gemm_op(params, bufs.clone(), part));
-                start += k;
-            }
-            ops
+            gemm_runs(params, bufs, gp, chunk)
         };
         let mut fwd = Vec::new();
         for l in 0..cfg.num_layers {

@@ -257,7 +257,7 @@ fn refused_where_splitting_cannot_help() {
 /// Too slow for every run on a CPU-emulated adapter (lavapipe, 2 cores, 2026-11-30: split into
 /// 2 segments, forward + backward 98 s, 125 s with the CPU check): run with `--ignored`.
 #[test]
-#[ignore]
+#[ignore = "98 s forward + backward on lavapipe (2 cores): run with --ignored"]
 fn lstm_h256_tape_over_the_device_binding_limit_is_split() {
     let Some(ctx) = fresh_vulkan() else { return };
     let case = Case::new(RnnConfig::new(Mode::Lstm, 8, 256), &[20_000], 7);
