@@ -24,7 +24,8 @@ pub mod tolerance {
 }
 
 /// A case's inputs, in compute type `T`. Shapes: `input: [T, B, I]` (time-major, padded),
-/// `h0: [L*D, B, H_out]`, `c0: [L*D, B, H]`, `grad_output: [T, B, D*H_out]`.
+/// each state's `{s}0: [L*D, B, S]` (`h0: [L*D, B, H_out]`, `c0: [L*D, B, H]`, ...),
+/// `grad_output: [T, B, D*H_out]`.
 #[derive(Clone, Debug)]
 pub struct Case<T> {
     pub weights: Weights<T>,
@@ -32,14 +33,17 @@ pub struct Case<T> {
     pub batch: usize,
     pub input: Vec<T>,
     pub lengths: Vec<usize>,
-    pub h0: Option<Vec<T>>,
-    pub c0: Option<Vec<T>>,
+    /// Each state's initial value `{s}0`, in the cell's state order (`h`, `c`, ...).
+    pub states0: Vec<Option<Vec<T>>>,
     pub grad_output: Option<Vec<T>>,
-    pub grad_h_n: Option<Vec<T>>,
-    pub grad_c_n: Option<Vec<T>>,
+    /// Each state's final-value gradient `grad_{s}_n`.
+    pub grad_states_n: Vec<Option<Vec<T>>>,
     /// The file's metadata, written back with the results.
     pub metadata: std::collections::HashMap<String, String>,
 }
+
+/// Gradients as [`Case::result`] takes them: the input's, each initial state's, the parameters'.
+pub type CaseGrads<T> = (PackedSequence<T>, Vec<crate::tensor::Tensor<T>>, Weights<T>);
 
 /// What running a case produces, as named tensors in the golden names (`output`, `h_n`,
 /// `c_n`, `grad_input`, `grad_h0`, `grad_c0`, `grad.<param>`), padded like the case.
@@ -93,16 +97,36 @@ impl<T: Float> Case<T> {
             lengths.push(l as usize);
         }
         let out_shape = [steps, batch, cfg.output_size()];
+        let states = cfg.states();
+        if let Some(declared) = file.metadata.get("states") {
+            let names: Vec<String> = declared
+                .trim()
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .split(',')
+                .map(|x| x.trim().trim_matches('"').to_string())
+                .filter(|x| !x.is_empty())
+                .collect();
+            let ours: Vec<String> = states.iter().map(|s| s.name.to_string()).collect();
+            if names != ours {
+                return Err(Error::Metadata(format!("states {declared} in the file, but {} has {ours:?}", cfg.mode)));
+            }
+        }
+        let mut states0 = Vec::new();
+        let mut grad_states_n = Vec::new();
+        for st in &states {
+            let shape = cfg.state_shape(st, batch);
+            states0.push(opt_float(file, &format!("{}0", st.name), &shape)?);
+            grad_states_n.push(opt_float(file, &format!("grad_{}_n", st.name), &shape)?);
+        }
         Ok(Case {
             steps,
             batch,
             input: cpu::cast(&input.data),
             lengths,
-            h0: opt_float(file, "h0", &cfg.h_shape(batch))?,
-            c0: if cfg.has_cell_state() { opt_float(file, "c0", &cfg.c_shape(batch))? } else { None },
+            states0,
             grad_output: opt_float(file, "grad_output", &out_shape)?,
-            grad_h_n: opt_float(file, "grad_h_n", &cfg.h_shape(batch))?,
-            grad_c_n: if cfg.has_cell_state() { opt_float(file, "grad_c_n", &cfg.c_shape(batch))? } else { None },
+            grad_states_n,
             metadata: file.metadata.clone(),
             weights,
         })
@@ -117,19 +141,50 @@ impl<T: Float> Case<T> {
         PackedSequence::from_padded(&self.input, [self.steps, self.batch, self.config().input_size], false, &self.lengths)
     }
 
+    fn state0(&self, i: usize) -> Option<&[T]> {
+        self.states0.get(i).and_then(|s| s.as_deref())
+    }
+    fn grad_state_n(&self, i: usize) -> Option<&[T]> {
+        self.grad_states_n.get(i).and_then(|s| s.as_deref())
+    }
+
     /// Runs the case on the CPU reference: forward, and backward when `backward` is set.
+    /// PyTorch's four cells take the tuned driver (`cpu::forward`), the others
+    /// [`cpu::generic`].
     pub fn run_cpu(&self, backward: bool) -> Result<CaseResult> {
+        if !self.config().mode.optional_bias() {
+            return self.run_cpu_generic(backward);
+        }
         let packed = self.packed_input()?;
         let pass = if backward { Pass::Training } else { Pass::Inference };
-        let (fwd, tape) = cpu::forward(&self.weights, &packed, self.h0.as_deref(), self.c0.as_deref(), pass)?;
+        let (fwd, tape) = cpu::forward(&self.weights, &packed, self.state0(0), self.state0(1), pass)?;
         let grads = match (backward, tape) {
             (true, Some(tape)) => {
                 let go = self.packed_grad_output()?;
-                Some(cpu::backward(&self.weights, &tape, &go, self.grad_h_n.as_deref(), self.grad_c_n.as_deref())?)
+                Some(cpu::backward(&self.weights, &tape, &go, self.grad_state_n(0), self.grad_state_n(1))?)
             }
             _ => None,
         };
-        self.result(fwd, grads)
+        self.result_torch(fwd, grads)
+    }
+
+    /// Runs the case on the CPU through the driver generic over the cell ([`cpu::generic`]),
+    /// whatever the cell.
+    pub fn run_cpu_generic(&self, backward: bool) -> Result<CaseResult> {
+        let packed = self.packed_input()?;
+        let pass = if backward { Pass::Training } else { Pass::Inference };
+        let s0: Vec<Option<&[T]>> = self.states0.iter().map(|s| s.as_deref()).collect();
+        let (fwd, tape) = cpu::generic::forward(&self.weights, &packed, &s0, pass)?;
+        let grads = match (backward, tape) {
+            (true, Some(tape)) => {
+                let go = self.packed_grad_output()?;
+                let gs: Vec<Option<&[T]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
+                let g = cpu::generic::backward(&self.weights, &tape, &go, &gs)?;
+                Some((g.input, g.states, g.params))
+            }
+            _ => None,
+        };
+        self.result(&fwd.output, fwd.states, grads)
     }
 
     /// `grad_output` packed like the output (zeros when the case has none).
@@ -144,27 +199,43 @@ impl<T: Float> Case<T> {
         Ok(PackedSequence::from_padded(&padded, shape, false, &self.lengths)?.data)
     }
 
-    /// Turns forward outputs and gradients into the golden names, padded to the case's T.
-    pub fn result(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
+    /// [`Case::result`] for the h/c outputs of the tuned drivers and the GPU.
+    pub fn result_torch(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
+        let mut states = vec![fwd.h_n];
+        states.extend(fwd.c_n);
+        let grads = grads.map(|g| {
+            let mut s = vec![g.h0];
+            s.extend(g.c0);
+            (g.input, s, g.params)
+        });
+        self.result(&fwd.output, states, grads)
+    }
+
+    /// Turns forward outputs and gradients into the golden names (`output`, `{s}_n`,
+    /// `grad_input`, `grad_{s}0`, `grad.<param>`), padded to the case's T.
+    pub fn result(
+        &self,
+        output: &PackedSequence<T>,
+        states_n: Vec<crate::tensor::Tensor<T>>,
+        grads: Option<CaseGrads<T>>,
+    ) -> Result<CaseResult> {
         let mut out = TensorFile { metadata: self.metadata.clone(), ..Default::default() };
         let to64 = |v: &[T]| v.iter().map(|x| x.to_f64()).collect::<Vec<f64>>();
-        let (padded, _) = fwd.output.to_padded(false, T::zero(), Some(self.steps))?;
+        let (padded, _) = output.to_padded(false, T::zero(), Some(self.steps))?;
         out.put_float("output", padded.shape, to64(&padded.data));
-        out.put_float("h_n", fwd.h_n.shape, to64(&fwd.h_n.data));
-        if let Some(c) = fwd.c_n {
-            out.put_float("c_n", c.shape, to64(&c.data));
+        let names = self.config().states();
+        for (st, t) in names.iter().zip(states_n) {
+            out.put_float(format!("{}_n", st.name), t.shape, to64(&t.data));
         }
-        if let Some(g) = grads {
-            let (gi, _) = g.input.to_padded(false, T::zero(), Some(self.steps))?;
+        if let Some((gi, gs, gp)) = grads {
+            let (gi, _) = gi.to_padded(false, T::zero(), Some(self.steps))?;
             out.put_float("grad_input", gi.shape, to64(&gi.data));
-            out.put_float("grad_h0", g.h0.shape, to64(&g.h0.data));
-            if let Some(c) = g.c0 {
-                out.put_float("grad_c0", c.shape, to64(&c.data));
+            for (st, t) in names.iter().zip(gs) {
+                out.put_float(format!("grad_{}0", st.name), t.shape, to64(&t.data));
             }
-            let cfg = self.config().clone();
-            g.params.for_each(|kind, layer, dir, v| {
-                let name = format!("grad.{}", RnnConfig::param_name(kind, layer, dir));
-                out.put_float(name, cfg.param_shape(kind, layer), to64(v));
+            gp.for_each(|def, layer, dir, v| {
+                let name = format!("grad.{}", RnnConfig::param_name(def.stem, layer, dir));
+                out.put_float(name, def.shape.clone(), to64(v));
             });
         }
         Ok(out)
@@ -189,16 +260,25 @@ pub struct Mismatch {
 /// compared; a tensor missing from `got` counts as a failure.
 pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<Mismatch> {
     use tolerance::*;
-    let mut names: Vec<&str> = vec!["output", "h_n", "c_n"];
+    let mut names: Vec<String> = vec!["output".into()];
+    let mut grads: Vec<String> = vec!["grad_input".into()];
+    // Every state the file names (`h_n`, `c_n`, `s_n`, `y_n`, ...).
+    for k in expected.tensors.keys() {
+        if let Some(s) = k.strip_suffix("_n").filter(|s| !s.starts_with("grad")) {
+            names.push(k.clone());
+            grads.push(format!("grad_{s}0"));
+        }
+    }
     if backward {
-        names.extend(["grad_input", "grad_h0", "grad_c0"]);
+        names.extend(grads);
     }
     let param_grads: Vec<String> = expected.tensors.keys().filter(|k| k.starts_with("grad.")).cloned().collect();
     if backward {
-        names.extend(param_grads.iter().map(|s| s.as_str()));
+        names.extend(param_grads);
     }
+    names.sort();
     let mut report = Vec::new();
-    for name in names {
+    for name in names.iter().map(|s| s.as_str()) {
         let Ok(want) = expected.float(name) else { continue };
         let (atol, rtol) = if name.starts_with("grad") { (GRAD_ATOL, GRAD_RTOL) } else { (FORWARD_ATOL, FORWARD_RTOL) };
         let mut m = Mismatch { name: name.into(), failures: 0, total: want.data.len(), worst: (0, f64::NAN, f64::NAN), worst_ratio: 0.0 };
@@ -232,14 +312,14 @@ impl Case<f32> {
         let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
         let packed = self.packed_input()?;
         let pass = if backward { Pass::Training } else { Pass::Inference };
-        let (fwd, tape) = rnn.forward(&packed, self.h0.as_deref(), self.c0.as_deref(), pass)?;
+        let (fwd, tape) = rnn.forward(&packed, self.state0(0), self.state0(1), pass)?;
         let grads = match (backward, tape) {
             (true, Some(tape)) => {
                 let go = self.packed_grad_output()?;
-                Some(rnn.backward(&tape, &go, self.grad_h_n.as_deref(), self.grad_c_n.as_deref())?)
+                Some(rnn.backward(&tape, &go, self.grad_state_n(0), self.grad_state_n(1))?)
             }
             _ => None,
         };
-        self.result(fwd, grads)
+        self.result_torch(fwd, grads)
     }
 }

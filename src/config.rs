@@ -2,65 +2,9 @@
 //! follow from them (PyTorch's, exactly).
 
 use crate::error::{Error, Result};
-use std::fmt;
-use std::str::FromStr;
 
-/// The recurrent cell, named as PyTorch's `nn.RNNBase.mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Mode {
-    /// `h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`
-    RnnTanh,
-    /// `h' = relu(W_ih x + b_ih + W_hh h + b_hh)`
-    RnnRelu,
-    /// Gate rows i, f, g, o; `c' = f*c + i*g`, `h' = o*tanh(c')` (then `W_hr` with projection).
-    Lstm,
-    /// Gate rows r, z, n; `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.
-    Gru,
-}
-
-impl Mode {
-    /// Gate count G: rows of `weight_ih` are `G * hidden_size`.
-    pub fn gates(self) -> usize {
-        match self {
-            Mode::RnnTanh | Mode::RnnRelu => 1,
-            Mode::Lstm => 4,
-            Mode::Gru => 3,
-        }
-    }
-
-    /// PyTorch's mode string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::RnnTanh => "RNN_TANH",
-            Mode::RnnRelu => "RNN_RELU",
-            Mode::Lstm => "LSTM",
-            Mode::Gru => "GRU",
-        }
-    }
-
-    /// All four modes, for tests and benches.
-    pub const ALL: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Mode {
-    type Err = Error;
-    /// Accepts PyTorch's mode strings and the module names (`LSTM`, `GRU`, `RNN` = tanh), any case.
-    fn from_str(s: &str) -> Result<Mode> {
-        match s.trim().to_ascii_uppercase().as_str() {
-            "RNN_TANH" | "RNN" | "TANH" => Ok(Mode::RnnTanh),
-            "RNN_RELU" | "RELU" => Ok(Mode::RnnRelu),
-            "LSTM" => Ok(Mode::Lstm),
-            "GRU" => Ok(Mode::Gru),
-            _ => Err(Error::UnknownMode(s.to_string())),
-        }
-    }
-}
+pub use crate::cells::Mode;
+use crate::cells::{ParamDef, Sizes, Slot, StateDef};
 
 /// A recurrent stack, as the arguments of `nn.LSTM` / `nn.GRU` / `nn.RNN`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -95,28 +39,6 @@ impl Default for RnnConfig {
 pub struct ParamSpec {
     pub name: String,
     pub shape: Vec<usize>,
-}
-
-/// Which tensor of a layer-direction a parameter is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParamKind {
-    WeightIh,
-    WeightHh,
-    BiasIh,
-    BiasHh,
-    WeightHr,
-}
-
-impl ParamKind {
-    fn stem(self) -> &'static str {
-        match self {
-            ParamKind::WeightIh => "weight_ih",
-            ParamKind::WeightHh => "weight_hh",
-            ParamKind::BiasIh => "bias_ih",
-            ParamKind::BiasHh => "bias_hh",
-            ParamKind::WeightHr => "weight_hr",
-        }
-    }
 }
 
 impl RnnConfig {
@@ -155,7 +77,7 @@ impl RnnConfig {
             return bad("num_layers must be positive".into());
         }
         if self.proj_size > 0 {
-            if self.mode != Mode::Lstm {
+            if !self.mode.projection() {
                 return bad(format!("proj_size is only supported for LSTM, not {}", self.mode));
             }
             if self.proj_size >= self.hidden_size {
@@ -164,6 +86,9 @@ impl RnnConfig {
                     self.proj_size, self.hidden_size
                 ));
             }
+        }
+        if !self.bias && !self.mode.optional_bias() {
+            return bad(format!("bias=False is only supported for RNN, LSTM and GRU, not {}", self.mode));
         }
         // Sizes whose products overflow 32-bit indexing on the GPU are refused there; on the
         // CPU we only guard against usize overflow of the largest weight.
@@ -184,6 +109,11 @@ impl RnnConfig {
         // The state tensors [L*D, B, H] must be addressable for at least one sequence.
         if states.checked_mul(self.hidden_size.max(self.out_size())).is_none() {
             return bad("num_layers * directions * hidden size overflows".into());
+        }
+        for layer in 0..self.num_layers.min(2) {
+            if let Err(why) = self.mode.check(self.sizes(layer)) {
+                return bad(format!("{}: {why} (layer {layer})", self.mode));
+            }
         }
         Ok(())
     }
@@ -220,33 +150,35 @@ impl RnnConfig {
         }
     }
 
-    /// PyTorch's parameter name, e.g. `weight_hh_l1_reverse`.
-    pub fn param_name(kind: ParamKind, layer: usize, direction: usize) -> String {
+    /// The sizes the cell's description of `layer` depends on.
+    pub fn sizes(&self, layer: usize) -> Sizes {
+        Sizes { input: self.layer_input_size(layer), hidden: self.hidden_size, proj: self.proj_size, bias: self.bias }
+    }
+
+    /// PyTorch's parameter name, e.g. `weight_hh_l1_reverse` for stem `weight_hh`.
+    pub fn param_name(stem: &str, layer: usize, direction: usize) -> String {
         let sfx = if direction == 1 { "_reverse" } else { "" };
-        format!("{}_l{}{}", kind.stem(), layer, sfx)
+        format!("{stem}_l{layer}{sfx}")
     }
 
-    /// The kinds present for one layer-direction, in PyTorch's `_flat_weights_names` order.
-    pub fn param_kinds(&self) -> Vec<ParamKind> {
-        let mut v = vec![ParamKind::WeightIh, ParamKind::WeightHh];
-        if self.bias {
-            v.extend([ParamKind::BiasIh, ParamKind::BiasHh]);
-        }
-        if self.proj_size > 0 {
-            v.push(ParamKind::WeightHr);
-        }
-        v
+    /// The parameters of one layer-direction of `layer`, in `state_dict` order.
+    pub fn param_defs(&self, layer: usize) -> Vec<ParamDef> {
+        self.mode.params(self.sizes(layer))
     }
 
-    /// Shape of one parameter.
-    pub fn param_shape(&self, kind: ParamKind, layer: usize) -> Vec<usize> {
-        let gh = self.gates() * self.hidden_size;
-        match kind {
-            ParamKind::WeightIh => vec![gh, self.layer_input_size(layer)],
-            ParamKind::WeightHh => vec![gh, self.out_size()],
-            ParamKind::BiasIh | ParamKind::BiasHh => vec![gh],
-            ParamKind::WeightHr => vec![self.proj_size, self.hidden_size],
-        }
+    /// Elements of `slot` in a layer-direction of `layer` (`None`: the slot is absent).
+    pub fn slot_len(&self, slot: Slot, layer: usize) -> Option<usize> {
+        self.param_defs(layer).iter().filter(|p| p.slot == slot).map(|p| p.offset + p.len()).max()
+    }
+
+    /// The cell's recurrent states, in order (`h`, `c`, ...).
+    pub fn states(&self) -> Vec<StateDef> {
+        self.mode.states(self.sizes(0))
+    }
+
+    /// Shape of state `s` (index into [`RnnConfig::states`]) for a batch of `b`: `[L*D, B, S]`.
+    pub fn state_shape(&self, state: &StateDef, b: usize) -> Vec<usize> {
+        vec![self.num_layers.saturating_mul(self.directions()), b, state.width]
     }
 
     /// Every parameter with its name and shape, in PyTorch's `state_dict` order.
@@ -254,11 +186,8 @@ impl RnnConfig {
         let mut v = Vec::new();
         for layer in 0..self.num_layers {
             for dir in 0..self.directions() {
-                for kind in self.param_kinds() {
-                    v.push(ParamSpec {
-                        name: Self::param_name(kind, layer, dir),
-                        shape: self.param_shape(kind, layer),
-                    });
+                for def in self.param_defs(layer) {
+                    v.push(ParamSpec { name: Self::param_name(def.stem, layer, dir), shape: def.shape });
                 }
             }
         }
@@ -282,6 +211,6 @@ impl RnnConfig {
 
     /// Whether the cell has a cell state c.
     pub fn has_cell_state(&self) -> bool {
-        self.mode == Mode::Lstm
+        self.states().iter().any(|s| s.name == "c")
     }
 }

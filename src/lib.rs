@@ -23,9 +23,11 @@
 
 pub mod bench;
 pub mod case;
+pub mod cells;
 pub mod config;
 pub mod cpu;
 pub mod error;
+pub mod float;
 pub mod gpu;
 pub mod info;
 pub mod io;
@@ -33,7 +35,8 @@ pub mod packing;
 pub mod tensor;
 pub mod weights;
 
-pub use config::{Mode, ParamKind, RnnConfig};
+pub use cells::{Mode, ParamDef, Slot};
+pub use config::RnnConfig;
 pub use error::{Error, Result};
 pub use packing::PackedSequence;
 pub use tensor::Tensor;

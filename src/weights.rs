@@ -1,8 +1,9 @@
 //! Parameters under PyTorch's names and shapes: loading a `state_dict` saved as safetensors,
 //! saving one that `load_state_dict` takes, and PyTorch's random initialisation.
 
-use crate::config::{Mode, ParamKind, RnnConfig};
-use crate::cpu::{cast, Float};
+use crate::cells::{Init, ParamDef, Slot};
+use crate::config::{Mode, RnnConfig};
+use crate::float::{cast, Float};
 use crate::error::{check_len, Error, Result};
 use crate::io::TensorFile;
 use crate::tensor::{bytes_of, checked_len, try_filled, try_with_capacity};
@@ -10,8 +11,10 @@ use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
 
-/// The parameters of one layer and direction. Shapes (row-major):
-/// `w_ih: [G*H, in]`, `w_hh: [G*H, H_out]`, `b_ih, b_hh: [G*H]`, `w_hr: [P, H]`.
+/// The parameters of one layer and direction, by slot (see [`crate::cells::Slot`]). For
+/// PyTorch's cells each slot is one tensor: `w_ih: [G*H, in]`, `w_hh: [G*H, H_out]`,
+/// `b_ih, b_hh: [G*H]`, `w_hr: [P, H]`. Other cells place their named tensors in the slots as
+/// their description says (e.g. MUT1's `weight_xz` and `weight_xr` are the rows of `w_ih`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DirParams<T> {
     pub w_ih: Vec<T>,
@@ -19,27 +22,40 @@ pub struct DirParams<T> {
     pub b_ih: Option<Vec<T>>,
     pub b_hh: Option<Vec<T>>,
     pub w_hr: Option<Vec<T>>,
+    /// The pointwise parameters (peepholes, layer-norm gains, ...).
+    pub pointwise: Option<Vec<T>>,
 }
 
 impl<T: Float> DirParams<T> {
-    pub fn get(&self, kind: ParamKind) -> Option<&[T]> {
-        match kind {
-            ParamKind::WeightIh => Some(&self.w_ih),
-            ParamKind::WeightHh => Some(&self.w_hh),
-            ParamKind::BiasIh => self.b_ih.as_deref(),
-            ParamKind::BiasHh => self.b_hh.as_deref(),
-            ParamKind::WeightHr => self.w_hr.as_deref(),
+    pub fn get(&self, slot: Slot) -> Option<&[T]> {
+        match slot {
+            Slot::WeightIh => Some(&self.w_ih),
+            Slot::WeightHh => Some(&self.w_hh),
+            Slot::BiasIh => self.b_ih.as_deref(),
+            Slot::BiasHh => self.b_hh.as_deref(),
+            Slot::WeightHr => self.w_hr.as_deref(),
+            Slot::Pointwise => self.pointwise.as_deref(),
         }
     }
 
-    pub fn get_mut(&mut self, kind: ParamKind) -> Option<&mut Vec<T>> {
-        match kind {
-            ParamKind::WeightIh => Some(&mut self.w_ih),
-            ParamKind::WeightHh => Some(&mut self.w_hh),
-            ParamKind::BiasIh => self.b_ih.as_mut(),
-            ParamKind::BiasHh => self.b_hh.as_mut(),
-            ParamKind::WeightHr => self.w_hr.as_mut(),
+    pub fn get_mut(&mut self, slot: Slot) -> Option<&mut Vec<T>> {
+        match slot {
+            Slot::WeightIh => Some(&mut self.w_ih),
+            Slot::WeightHh => Some(&mut self.w_hh),
+            Slot::BiasIh => self.b_ih.as_mut(),
+            Slot::BiasHh => self.b_hh.as_mut(),
+            Slot::WeightHr => self.w_hr.as_mut(),
+            Slot::Pointwise => self.pointwise.as_mut(),
         }
+    }
+
+    /// The elements of one named parameter (`None` when its slot is absent or too short).
+    pub fn param(&self, def: &ParamDef) -> Option<&[T]> {
+        self.get(def.slot)?.get(def.offset..def.offset + def.len())
+    }
+
+    pub fn param_mut(&mut self, def: &ParamDef) -> Option<&mut [T]> {
+        self.get_mut(def.slot)?.get_mut(def.offset..def.offset + def.len())
     }
 }
 
@@ -60,22 +76,21 @@ impl<T: Float> Weights<T> {
     /// Every allocation goes through a fallible reservation: parameters that do not fit in
     /// memory are [`Error::OutOfMemory`], never an abort.
     pub fn zeros(config: &RnnConfig) -> Result<Self> {
-        Self::build(config, |kind, layer, dir, len| {
-            try_filled(&RnnConfig::param_name(kind, layer, dir), len, T::zero())
-        })
+        Self::build(config, |def, layer, dir| try_filled(&RnnConfig::param_name(def.stem, layer, dir), def.len(), T::zero()))
     }
 
-    /// Builds every parameter of a validated config with `make(kind, layer, direction, len)`,
-    /// after checking that the total size is addressable.
-    fn build(config: &RnnConfig, mut make: impl FnMut(ParamKind, usize, usize, usize) -> Result<Vec<T>>) -> Result<Self> {
+    /// Builds every parameter of a validated config with `make(def, layer, direction)`,
+    /// which returns the parameter's elements, after checking that the total size is
+    /// addressable.
+    fn build(config: &RnnConfig, mut make: impl FnMut(&ParamDef, usize, usize) -> Result<Vec<T>>) -> Result<Self> {
         config.validate()?;
         let ld = config.num_layers.checked_mul(config.directions());
         let mut total: u128 = 0;
         for layer in 0..config.num_layers.min(2) {
             let per_dir: u128 = config
-                .param_kinds()
-                .into_iter()
-                .map(|k| config.param_shape(k, layer).iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
+                .param_defs(layer)
+                .iter()
+                .map(|p| p.shape.iter().fold(1u128, |a, &d| a.saturating_mul(d as u128)))
                 .sum();
             // Layers above 0 all have layer 1's shapes.
             let count = if layer == 0 { 1 } else { config.num_layers as u128 - 1 };
@@ -87,17 +102,25 @@ impl<T: Float> Weights<T> {
         };
         let mut params = try_with_capacity("parameter list", ld)?;
         for layer in 0..config.num_layers {
+            let defs = config.param_defs(layer);
             for dir in 0..config.directions() {
-                let mut z = |k: ParamKind| -> Result<Vec<T>> {
-                    let len = checked_len::<T>(&RnnConfig::param_name(k, layer, dir), &config.param_shape(k, layer))?;
-                    make(k, layer, dir, len)
+                let mut slot = |s: Slot| -> Result<Option<Vec<T>>> {
+                    let Some(len) = config.slot_len(s, layer) else { return Ok(None) };
+                    let mut v = try_filled(&slot_name(&defs, s, layer, dir), len, T::zero())?;
+                    for def in defs.iter().filter(|d| d.slot == s) {
+                        checked_len::<T>(&RnnConfig::param_name(def.stem, layer, dir), &def.shape)?;
+                        let data = make(def, layer, dir)?;
+                        v[def.offset..def.offset + def.len()].copy_from_slice(&data);
+                    }
+                    Ok(Some(v))
                 };
                 params.push(DirParams {
-                    w_ih: z(ParamKind::WeightIh)?,
-                    w_hh: z(ParamKind::WeightHh)?,
-                    b_ih: if config.bias { Some(z(ParamKind::BiasIh)?) } else { None },
-                    b_hh: if config.bias { Some(z(ParamKind::BiasHh)?) } else { None },
-                    w_hr: if config.proj_size > 0 { Some(z(ParamKind::WeightHr)?) } else { None },
+                    w_ih: slot(Slot::WeightIh)?.unwrap_or_default(),
+                    w_hh: slot(Slot::WeightHh)?.unwrap_or_default(),
+                    b_ih: slot(Slot::BiasIh)?,
+                    b_hh: slot(Slot::BiasHh)?,
+                    w_hr: slot(Slot::WeightHr)?,
+                    pointwise: slot(Slot::Pointwise)?,
                 });
             }
         }
@@ -126,31 +149,38 @@ impl<T: Float> Weights<T> {
                 got: vec![self.params.len()],
             });
         }
-        let wanted = cfg.param_kinds();
         let d = cfg.directions();
         for (i, p) in self.params.iter().enumerate() {
-            let (layer, dir) = (i / d, i % d);
-            for kind in [ParamKind::WeightIh, ParamKind::WeightHh, ParamKind::BiasIh, ParamKind::BiasHh, ParamKind::WeightHr] {
-                let name = RnnConfig::param_name(kind, layer, dir);
-                match (p.get(kind), wanted.contains(&kind)) {
-                    (Some(v), true) => check_len(&name, &cfg.param_shape(kind, layer), v.len())?,
-                    (None, true) => return Err(Error::MissingTensor(name)),
-                    (Some(_), false) => return Err(Error::UnexpectedTensor(name)),
-                    (None, false) => {}
+            let layer = i / d;
+            let defs = cfg.param_defs(layer);
+            for slot in Slot::ALL {
+                let what = slot_name(&defs, slot, layer, i % d);
+                match (p.get(slot), cfg.slot_len(slot, layer)) {
+                    (Some(v), Some(len)) => check_len(&what, &[len], v.len())?,
+                    // An empty matrix slot stands for an absent one.
+                    (Some([]), None) => {}
+                    (None, None) => {}
+                    (None, Some(_)) => return Err(Error::MissingTensor(what)),
+                    (Some(_), None) => return Err(Error::UnexpectedTensor(what)),
                 }
             }
         }
         Ok(())
     }
 
-    /// PyTorch's `reset_parameters`: every parameter uniform in `[-1/sqrt(H), 1/sqrt(H)]`.
+    /// PyTorch's `reset_parameters`: every parameter uniform in `[-1/sqrt(H), 1/sqrt(H)]`,
+    /// except those the cell initialises otherwise (layer-norm gains 1, shifts 0).
     pub fn init_uniform(config: &RnnConfig, seed: u64) -> Result<Self> {
         let mut w = Self::zeros(config)?;
         let k = 1.0 / (config.hidden_size as f64).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        w.for_each_mut(|_, _, _, v| {
+        w.for_each_mut(|def, _, _, v| {
             for x in v.iter_mut() {
-                *x = T::from_f64(rng.random_range(-k..=k));
+                *x = match def.init {
+                    Init::Uniform => T::from_f64(rng.random_range(-k..=k)),
+                    Init::Ones => T::one(),
+                    Init::Zeros => T::zero(),
+                };
             }
         });
         Ok(w)
@@ -164,26 +194,34 @@ impl<T: Float> Weights<T> {
         &self.params[layer * self.config.directions() + direction]
     }
 
-    /// Visits every parameter in `state_dict` order: `(kind, layer, direction, values)`.
-    pub fn for_each(&self, mut f: impl FnMut(ParamKind, usize, usize, &[T])) {
+    /// Visits every parameter in `state_dict` order: `(definition, layer, direction, values)`.
+    /// Parameters whose storage does not match the config (see [`Weights::validate`]) are
+    /// skipped.
+    pub fn for_each(&self, mut f: impl FnMut(&ParamDef, usize, usize, &[T])) {
         let d = self.config.directions();
+        let mut defs: Vec<Vec<ParamDef>> = Vec::new();
         for (i, p) in self.params.iter().enumerate() {
-            for kind in self.config.param_kinds() {
-                if let Some(v) = p.get(kind) {
-                    f(kind, i / d, i % d, v);
+            let layer = i / d;
+            if defs.len() <= layer.min(1) {
+                defs.push(self.config.param_defs(layer));
+            }
+            for def in &defs[layer.min(1)] {
+                if let Some(v) = p.param(def) {
+                    f(def, layer, i % d, v);
                 }
             }
         }
     }
 
     /// Visits every parameter mutably, in `state_dict` order.
-    pub fn for_each_mut(&mut self, mut f: impl FnMut(ParamKind, usize, usize, &mut Vec<T>)) {
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&ParamDef, usize, usize, &mut [T])) {
         let d = self.config.directions();
-        let kinds = self.config.param_kinds();
+        let defs: Vec<Vec<ParamDef>> = (0..self.config.num_layers.min(2)).map(|l| self.config.param_defs(l)).collect();
         for (i, p) in self.params.iter_mut().enumerate() {
-            for &kind in &kinds {
-                if let Some(v) = p.get_mut(kind) {
-                    f(kind, i / d, i % d, v);
+            let layer = i / d;
+            for def in &defs[layer.min(1)] {
+                if let Some(v) = p.param_mut(def) {
+                    f(def, layer, i % d, v);
                 }
             }
         }
@@ -207,6 +245,7 @@ impl<T: Float> Weights<T> {
                 b_ih: p.b_ih.as_deref().map(cast),
                 b_hh: p.b_hh.as_deref().map(cast),
                 w_hr: p.w_hr.as_deref().map(cast),
+                pointwise: p.pointwise.as_deref().map(cast),
             })
             .collect();
         Weights { config: self.config.clone(), params }
@@ -224,12 +263,11 @@ impl<T: Float> Weights<T> {
         // first missing one, so a config with more layers than the file costs nothing.
         for layer in 0..config.num_layers {
             for dir in 0..config.directions() {
-                for kind in config.param_kinds() {
-                    let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+                for def in config.param_defs(layer) {
+                    let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
                     let got = file.tensors.get(&full).ok_or_else(|| Error::MissingTensor(full.clone()))?.shape();
-                    let expected = config.param_shape(kind, layer);
-                    if got != expected.as_slice() {
-                        return Err(Error::ShapeMismatch { what: full, expected, got: got.to_vec() });
+                    if got != def.shape.as_slice() {
+                        return Err(Error::ShapeMismatch { what: full, expected: def.shape, got: got.to_vec() });
                     }
                 }
             }
@@ -237,8 +275,8 @@ impl<T: Float> Weights<T> {
         // 2. Dtypes, and data that fills the shapes (a hand-built TensorFile may not).
         for layer in 0..config.num_layers {
             for dir in 0..config.directions() {
-                for kind in config.param_kinds() {
-                    let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+                for def in config.param_defs(layer) {
+                    let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
                     let t = file.float(&full)?;
                     check_len(&full, &t.shape, t.data.len())?;
                 }
@@ -249,21 +287,21 @@ impl<T: Float> Weights<T> {
         // name is in the file (1.), so this set is no larger than the file.
         let expected: std::collections::HashSet<String> =
             config.param_specs().into_iter().map(|s| format!("{prefix}{}", s.name)).collect();
+        let mut stems: Vec<String> = ["weight_ih", "weight_hh", "bias_ih", "bias_hh", "weight_hr"].map(String::from).to_vec();
+        stems.extend(config.param_defs(0).iter().map(|d| d.stem.to_string()));
         for name in file.tensors.keys() {
             if let Some(rest) = name.strip_prefix(prefix) {
-                let is_param = ["weight_ih_l", "weight_hh_l", "bias_ih_l", "bias_hh_l", "weight_hr_l"]
-                    .iter()
-                    .any(|s| rest.starts_with(s));
+                let is_param = stems.iter().any(|s| rest.starts_with(&format!("{s}_l")));
                 if is_param && !expected.contains(name) {
                     return Err(Error::UnexpectedTensor(name.clone()));
                 }
             }
         }
         // 4. The copies, each a fallible allocation of a size the file's data already has.
-        Self::build(config, |kind, layer, dir, len| {
-            let full = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+        Self::build(config, |def, layer, dir| {
+            let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
             let t = file.float(&full)?;
-            let mut v = try_with_capacity(&full, len)?;
+            let mut v = try_with_capacity(&full, def.len())?;
             v.extend(t.data.iter().map(|&x| T::from_f64(x)));
             Ok(v)
         })
@@ -287,23 +325,23 @@ impl<T: Float> Weights<T> {
     pub fn to_tensor_file(&self, file: &mut TensorFile, prefix: &str) -> Result<()> {
         self.validate()?;
         let mut err = None;
-        self.for_each(|kind, layer, dir, v| {
+        self.for_each(|def, layer, dir, v| {
             if err.is_some() {
                 return;
             }
-            let name = format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir));
+            let name = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
             match try_with_capacity(&name, v.len()) {
                 Ok(mut data) => {
                     data.extend(v.iter().map(|x| x.to_f64()));
-                    file.put_float(name, self.config.param_shape(kind, layer), data);
+                    file.put_float(name, def.shape.clone(), data);
                 }
                 Err(e) => err = Some(e),
             }
         });
         if let Some(e) = err {
             // Leave no half-written set of parameters behind.
-            self.for_each(|kind, layer, dir, _| {
-                file.tensors.remove(&format!("{prefix}{}", RnnConfig::param_name(kind, layer, dir)));
+            self.for_each(|def, layer, dir, _| {
+                file.tensors.remove(&format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir)));
             });
             return Err(e);
         }
@@ -318,6 +356,26 @@ impl<T: Float> Weights<T> {
         let mut f = TensorFile::default();
         self.to_tensor_file(&mut f, "")?;
         f.write(path)
+    }
+}
+
+/// The names of the parameters stored in `slot` (`weight_ih_l0`; `weight_xz_l0+weight_xr_l0`
+/// where a cell keeps several there), for errors.
+fn slot_name(defs: &[ParamDef], slot: Slot, layer: usize, dir: usize) -> String {
+    let names: Vec<String> = defs.iter().filter(|d| d.slot == slot).map(|d| RnnConfig::param_name(d.stem, layer, dir)).collect();
+    if names.is_empty() {
+        // PyTorch's name for the slot (e.g. a `weight_hr` the config does not have).
+        let stem = match slot {
+            Slot::WeightIh => "weight_ih",
+            Slot::WeightHh => "weight_hh",
+            Slot::BiasIh => "bias_ih",
+            Slot::BiasHh => "bias_hh",
+            Slot::WeightHr => "weight_hr",
+            Slot::Pointwise => "pointwise",
+        };
+        RnnConfig::param_name(stem, layer, dir)
+    } else {
+        names.join("+")
     }
 }
 
@@ -372,6 +430,9 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         }
     };
     let shape = |name: &str| file.tensors.get(&format!("{prefix}{name}")).map(|v| v.shape().to_vec());
+    if !mode.optional_bias() {
+        return infer_described(file, prefix, hint, mode);
+    }
     let w_ih0 = shape("weight_ih_l0").ok_or_else(|| Error::MissingTensor(format!("{prefix}weight_ih_l0")))?;
     let w_hh0 = shape("weight_hh_l0").ok_or_else(|| Error::MissingTensor(format!("{prefix}weight_hh_l0")))?;
     for (name, s) in [("weight_ih_l0", &w_ih0), ("weight_hh_l0", &w_hh0)] {
@@ -426,6 +487,54 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         check("caller's bias", Some(h.bias as usize), c.bias as usize)?;
         c = h.clone();
     }
+    c.validate()?;
+    Ok(c)
+}
+
+/// [`infer_config`] for the cells beyond PyTorch's: sizes from the metadata or the caller
+/// (which must agree), layers and directions from the metadata or the names present; every
+/// tensor's shape is then checked by [`Weights::from_tensor_file`].
+fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mode: Mode) -> Result<RnnConfig> {
+    let meta = &file.metadata;
+    let first = mode.params(crate::cells::Sizes { input: 1, hidden: 1, proj: 0, bias: true })[0].stem;
+    let has = |name: String| file.tensors.contains_key(&format!("{prefix}{name}"));
+    let mut layers = 0;
+    while has(RnnConfig::param_name(first, layers, 0)) {
+        layers += 1;
+    }
+    let found = [
+        ("input_size", meta_usize(meta, "input_size")?, hint.map(|h| h.input_size)),
+        ("hidden_size", meta_usize(meta, "hidden_size")?, hint.map(|h| h.hidden_size)),
+        ("num_layers", meta_usize(meta, "num_layers")?, hint.map(|h| h.num_layers).or(Some(layers))),
+        ("proj_size", meta_usize(meta, "proj_size")?, hint.map(|h| h.proj_size).or(Some(0))),
+        (
+            "bidirectional",
+            meta_bool(meta, "bidirectional")?.map(usize::from),
+            hint.map(|h| usize::from(h.bidirectional)).or(Some(usize::from(has(RnnConfig::param_name(first, 0, 1))))),
+        ),
+    ];
+    let mut v = [0usize; 5];
+    for (i, (what, m, h)) in found.into_iter().enumerate() {
+        v[i] = match (m, h) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(Error::Metadata(format!("{what} is {a} in the file but {b} from the caller or the tensors")))
+            }
+            (Some(a), _) | (None, Some(a)) => a,
+            (None, None) => return Err(Error::Metadata(format!("{mode} weights need {what} in the metadata or from the caller"))),
+        };
+    }
+    if meta_bool(meta, "bias")? == Some(false) {
+        return Err(Error::Metadata(format!("bias=false: {mode} always has its biases")));
+    }
+    let c = RnnConfig {
+        mode,
+        input_size: v[0],
+        hidden_size: v[1],
+        num_layers: v[2],
+        proj_size: v[3],
+        bidirectional: v[4] == 1,
+        bias: true,
+    };
     c.validate()?;
     Ok(c)
 }

@@ -18,14 +18,15 @@
 //! row simply stops being updated, so its state is `h_n`; in the reverse direction a row that
 //! starts late still holds its `h0`. Generic over f32 and f64.
 
-mod float;
+
 pub mod gemm;
+pub mod generic;
 pub mod pool;
 pub mod smallgemm;
 pub mod split;
 pub mod train;
 
-pub use float::{cast, fast, Float};
+pub use crate::float::{cast, fast, Float};
 use gemm::{gemm, Mat, Op};
 use smallgemm::PackedB;
 use split::Rows;
@@ -417,6 +418,7 @@ impl<T: Float> split::RowLoop for FwdLoop<'_, T> {
                     Mode::Gru => {
                         gru_row(xr, hr, &mut h[r * ho..r * ho + hs], gates_row, aux_row);
                     }
+                    _ => unreachable!("check_forward_inputs refuses the other cells"),
                 }
             }
             if let Some(wr) = w_hr {
@@ -496,10 +498,21 @@ fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut 
     }
 }
 
+/// This module's drivers are the tuned ones for PyTorch's four cells; [`generic`] runs every
+/// registered cell.
+fn fused_cell(cfg: &RnnConfig) -> Result<()> {
+    if Mode::ALL.contains(&cfg.mode) {
+        Ok(())
+    } else {
+        Err(Error::Unsupported(format!("{} in cpu::forward; cpu::generic runs every cell", cfg.mode)))
+    }
+}
+
 /// Checks a forward's inputs against the weights' config.
 fn check_forward_inputs<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, h0: Option<&[T]>, c0: Option<&[T]>) -> Result<()> {
     let cfg = &w.config;
     w.validate()?;
+    fused_cell(cfg)?;
     input.validate()?;
     if input.features != cfg.input_size {
         return Err(Error::ShapeMismatch {
@@ -523,9 +536,9 @@ fn check_forward_inputs<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, h0:
     }
     check_finite("input", &input.data)?;
     let mut bad = None;
-    w.for_each(|kind, layer, dir, v| {
+    w.for_each(|def, layer, dir, v| {
         if bad.is_none() && !all_finite(v) {
-            bad = Some(RnnConfig::param_name(kind, layer, dir));
+            bad = Some(RnnConfig::param_name(def.stem, layer, dir));
         }
     });
     if let Some(name) = bad {
@@ -853,6 +866,7 @@ impl<T: Float> split::RowLoop for BwdLoop<'_, T> {
                             direct[r * ho + j] = dhv * z;
                         }
                     }
+                    _ => unreachable!("backward refuses the other cells"),
                 }
             }
             // dh_prev = dG_h W_hh (+ GRU's direct path through z * h).
@@ -904,6 +918,7 @@ pub fn backward<T: Float>(
 ) -> Result<Gradients<T>> {
     let cfg = &w.config;
     w.validate()?;
+    fused_cell(cfg)?;
     if tape.config != *cfg {
         return Err(Error::TapeMismatch(format!(
             "the tape was recorded with {:?}, the weights have {cfg:?}",

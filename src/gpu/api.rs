@@ -80,11 +80,14 @@ impl GpuRnn {
     /// Uploads the weights.
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
         w.validate()?; // config, and every tensor against it (Weights fields are public)
+        if !w.config.mode.gpu_supported() {
+            return Err(Error::Unsupported(format!("{} on the GPU (the CPU runs it: cpu::generic)", w.config.mode)));
+        }
         let mut flat = Vec::with_capacity(w.num_scalars());
         let mut bad = None;
-        w.for_each(|kind, layer, dir, v| {
+        w.for_each(|def, layer, dir, v| {
             if bad.is_none() && !v.iter().all(|x| x.is_finite()) {
-                bad = Some(RnnConfig::param_name(kind, layer, dir));
+                bad = Some(RnnConfig::param_name(def.stem, layer, dir));
             }
             flat.extend_from_slice(v);
         });

@@ -10,7 +10,8 @@
 
 use super::context::{Context, TrackedBuffer};
 use super::kernels::*;
-use crate::config::{Mode, ParamKind, RnnConfig};
+use crate::cells::Slot;
+use crate::config::{Mode, RnnConfig};
 use crate::cpu::Pass;
 use crate::error::{Error, Result};
 use crate::packing::step_offsets;
@@ -208,16 +209,18 @@ pub fn weight_layout(cfg: &RnnConfig) -> (Vec<DirOffsets>, usize) {
     for layer in 0..cfg.num_layers {
         for _ in 0..cfg.directions() {
             let mut d = DirOffsets { w_ih: NONE, w_hh: NONE, b_ih: NONE, b_hh: NONE, w_hr: NONE };
-            for kind in cfg.param_kinds() {
-                let slot = match kind {
-                    ParamKind::WeightIh => &mut d.w_ih,
-                    ParamKind::WeightHh => &mut d.w_hh,
-                    ParamKind::BiasIh => &mut d.b_ih,
-                    ParamKind::BiasHh => &mut d.b_hh,
-                    ParamKind::WeightHr => &mut d.w_hr,
+            for def in cfg.param_defs(layer) {
+                let slot = match def.slot {
+                    Slot::WeightIh => &mut d.w_ih,
+                    Slot::WeightHh => &mut d.w_hh,
+                    Slot::BiasIh => &mut d.b_ih,
+                    Slot::BiasHh => &mut d.b_hh,
+                    Slot::WeightHr => &mut d.w_hr,
+                    // Plans exist only for cells the GPU runs (`Mode::gpu_supported`).
+                    Slot::Pointwise => continue,
                 };
                 *slot = off as u32;
-                off += cfg.param_shape(kind, layer).iter().product::<usize>();
+                off += def.len();
             }
             v.push(d);
         }
@@ -372,6 +375,9 @@ impl Plan {
     /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
     /// allocates workspaces and builds the pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
+        if !cfg.mode.gpu_supported() {
+            return Err(Error::Unsupported(format!("{} on the GPU (the CPU runs it: cpu::generic)", cfg.mode)));
+        }
         Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
     }
 

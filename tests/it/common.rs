@@ -20,6 +20,20 @@ pub fn golden_cases() -> Vec<PathBuf> {
     v
 }
 
+/// The cases of the cells beyond PyTorch's (`tests/golden-variants`, copied from
+/// ../shared/golden-variants).
+pub fn variant_cases() -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden-variants");
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .expect("tests/golden-variants exists")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    v.sort();
+    assert!(v.len() >= 27, "expected the 27 variant cases, found {}", v.len());
+    v
+}
+
 /// Asserts `|a - e| <= atol + rtol * |e|` elementwise; NaN or Inf in `actual` fails unless
 /// `expected` has the same value there. Reports the first failing index and the worst.
 #[track_caller]

@@ -90,17 +90,17 @@ impl Problem {
         }
         // Every parameter element.
         let mut analytic = Vec::new();
-        g.params.for_each(|kind, layer, dir, v| analytic.push((kind, layer, dir, v.to_vec())));
+        g.params.for_each(|def, layer, dir, v| analytic.push((def.clone(), layer, dir, v.to_vec())));
         let mut checked = 0;
         for (kind, layer, dir, av) in analytic {
             let s = layer * self.w.config.directions() + dir;
             for (i, &a) in av.iter().enumerate() {
                 let num = numeric(&|e| {
                     let mut w = self.w.clone();
-                    w.params[s].get_mut(kind).unwrap()[i] += e;
+                    w.params[s].param_mut(&kind).unwrap()[i] += e;
                     self.loss(&w, &self.x, &self.h0, c0)
                 });
-                check(format!("{}[{i}]", wgpu_rnn::RnnConfig::param_name(kind, layer, dir)), a, num);
+                check(format!("{}[{i}]", wgpu_rnn::RnnConfig::param_name(kind.stem, layer, dir)), a, num);
                 checked += 1;
             }
         }

@@ -1,6 +1,7 @@
 //! Integration tests, in one binary so wgpu links once.
 
 mod bench_cli;
+mod cells;
 mod common;
 mod cpu_kernels;
 mod errors;

@@ -36,8 +36,8 @@ pub trait Float:
     fn fma(self, b: Self, c: Self) -> Self;
     /// The logistic function.
     fn sigmoid(self) -> Self;
-    /// The per-step product with a pre-packed B (see [`super::smallgemm`]).
-    fn packed_gemm(pb: &super::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize)
+    /// The per-step product with a pre-packed B (see [`crate::cpu::smallgemm`]).
+    fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize)
     where
         Self: Sized;
     fn relu(self) -> Self {
@@ -101,7 +101,7 @@ macro_rules! impl_float {
             fn fma(self, b: Self, c: Self) -> Self {
                 self.mul_add(b, c)
             }
-            fn packed_gemm(pb: &super::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize) {
+            fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize) {
                 ($packed)(pb, a, rows, lda, c, ldc)
             }
             #[inline]
@@ -134,8 +134,8 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, matrixmultiply::sgemm, fast::tanh, fast::sigmoid, super::smallgemm::f32_gemm);
-impl_float!(f64, matrixmultiply::dgemm, f64::tanh, sigmoid_f64, super::smallgemm::portable::<f64>);
+impl_float!(f32, matrixmultiply::sgemm, fast::tanh, fast::sigmoid, crate::cpu::smallgemm::f32_gemm);
+impl_float!(f64, matrixmultiply::dgemm, f64::tanh, sigmoid_f64, crate::cpu::smallgemm::portable::<f64>);
 
 /// The logistic function in f64, written so that it neither overflows nor loses precision.
 fn sigmoid_f64(x: f64) -> f64 {

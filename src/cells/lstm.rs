@@ -1,0 +1,118 @@
+//! PyTorch's `nn.LSTM`: gates i, f, g, o; `c' = f c + i g`, `h' = o tanh(c')`, and with
+//! projection P a second stage `h' = W_hr (o tanh(c'))`. States h `[H_out]`, c `[H]`.
+//! Tape: i, f, g, o, c', and the pre-projection h (projection only).
+
+use super::rnn::{torch_layout, torch_params};
+use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use crate::float::Float;
+
+pub struct Lstm;
+
+fn h_out(s: Sizes) -> usize {
+    if s.proj > 0 {
+        s.proj
+    } else {
+        s.hidden
+    }
+}
+
+impl Cell for Lstm {
+    const NAME: &'static str = "LSTM";
+    const PROJECTION: bool = true;
+    const OPTIONAL_BIAS: bool = true;
+    fn params(s: Sizes) -> Vec<ParamDef> {
+        let mut v = torch_params(4, s, h_out(s));
+        if s.proj > 0 {
+            v.push(ParamDef::new("weight_hr", vec![s.proj, s.hidden], Slot::WeightHr, 0));
+        }
+        v
+    }
+    fn states(s: Sizes) -> Vec<StateDef> {
+        vec![StateDef { name: "h", width: h_out(s) }, StateDef { name: "c", width: s.hidden }]
+    }
+    fn layout(s: Sizes) -> Layout {
+        let h = s.hidden;
+        let mut l = torch_layout(4, s, h_out(s), if s.proj > 0 { 6 * h } else { 5 * h });
+        if s.proj > 0 {
+            l.stages.push(Some(Product {
+                slot: Slot::WeightHr,
+                offset: 0,
+                rows: s.proj,
+                k: h,
+                bias: None,
+                src: Src::Tape { offset: 5 * h },
+            }));
+        }
+        l
+    }
+    #[inline(always)]
+    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+        let (n, ho) = (s.hidden, h_out(s));
+        if stage == 1 {
+            // The projection: h' = W_hr h_pre.
+            let (r, h, out) = (&row.r[4 * n..4 * n + ho], &mut row.s[..ho], &mut row.out[..ho]);
+            h.copy_from_slice(r);
+            out.copy_from_slice(r);
+            return;
+        }
+        let (x, hp) = (&row.xp[..4 * n], &row.r[..4 * n]);
+        let (hs, c) = row.s.split_at_mut(ho);
+        let c = &mut c[..n];
+        let (gates, rest) = row.tape.split_at_mut(4 * n);
+        let (ct, hpre) = rest.split_at_mut(n);
+        // Without projection h' goes to the state and output; with it, to the tape (stage 1's input).
+        let h = if s.proj > 0 { &mut hpre[..n] } else { &mut hs[..n] };
+        let (gi, rest) = gates.split_at_mut(n);
+        let (gf, rest) = rest.split_at_mut(n);
+        let (gg, go) = rest.split_at_mut(n);
+        for j in 0..n {
+            let i = (x[j] + hp[j]).sigmoid();
+            let f = (x[n + j] + hp[n + j]).sigmoid();
+            let g = (x[2 * n + j] + hp[2 * n + j]).tanh();
+            let o = (x[3 * n + j] + hp[3 * n + j]).sigmoid();
+            let cn = f * c[j] + i * g;
+            c[j] = cn;
+            ct[j] = cn;
+            h[j] = o * cn.tanh();
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = g;
+            go[j] = o;
+        }
+        if s.proj == 0 {
+            row.out[..n].copy_from_slice(&hs[..n]);
+        }
+    }
+    #[inline(always)]
+    fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>) {
+        let (n, ho) = (s.hidden, h_out(s));
+        if stage == 1 {
+            for j in 0..ho {
+                row.dr[4 * n + j] = row.ds[j] + row.dout[j];
+                row.ds[j] = T::zero();
+            }
+            return;
+        }
+        let t = &row.tape[..5 * n];
+        let cp = &row.s_prev[ho..ho + n];
+        let (dh_state, dc) = row.ds.split_at_mut(ho);
+        let (dxp, dr) = (&mut row.dxp[..4 * n], &mut row.dr[..4 * n]);
+        for j in 0..n {
+            let (i, f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j], t[4 * n + j]);
+            let dh = if s.proj > 0 { row.dtape[5 * n + j] } else { dh_state[j] + row.dout[j] };
+            let tc = c.tanh();
+            let dct = dc[j] + dh * o * dtanh(tc);
+            let (di, df, dg, d_o) = (dct * g * dsigmoid(i), dct * cp[j] * dsigmoid(f), dct * i * dtanh(g), dh * tc * dsigmoid(o));
+            dxp[j] = di;
+            dxp[n + j] = df;
+            dxp[2 * n + j] = dg;
+            dxp[3 * n + j] = d_o;
+            dr[j] = di;
+            dr[n + j] = df;
+            dr[2 * n + j] = dg;
+            dr[3 * n + j] = d_o;
+            dc[j] = dct * f;
+        }
+        dh_state.fill(T::zero());
+    }
+}

@@ -1,0 +1,382 @@
+//! The recurrent cells: one module per cell, each a [`Cell`] description, and the registry
+//! ([`registry!`] below) that names them.
+//!
+//! A cell is described by data and two pointwise functions:
+//! - its **parameters** ([`ParamDef`]): PyTorch-style names and shapes, and where each lives in
+//!   a layer-direction's [`Slot`]s (an input matrix `W_x`, the recurrent matrices, their
+//!   biases, the projection, and the pointwise parameters);
+//! - its **states** ([`StateDef`]), e.g. `h` and `c`, kept per row concatenated in that order;
+//! - its **step** ([`Layout`]): one input projection `xp = W_x x + b_x` for all rows up front,
+//!   then a list of stages, each an optional dense product `r_k = R_k v_k + b_k` (v_k a
+//!   previous state or a value an earlier stage wrote to the tape) followed by the cell's
+//!   pointwise function for stage k;
+//! - [`Cell::forward`] / [`Cell::backward`]: the pointwise step of one row for one stage.
+//!
+//! The time-loop drivers (`cpu::generic`) are generic over `C: Cell` and never ask which cell
+//! they run. Adding a cell: one module here, one line in [`registry!`] (see ARCHITECTURE.md).
+
+use crate::error::{Error, Result};
+use crate::float::Float;
+use std::fmt;
+use std::str::FromStr;
+
+pub(crate) mod gru;
+// pub(crate) mod gru_reset_before;
+pub(crate) mod indrnn;
+// pub(crate) mod jordan;
+pub(crate) mod lstm;
+// pub(crate) mod lstm_cifg;
+// pub(crate) mod lstm_layernorm;
+// pub(crate) mod lstm_peephole;
+// pub(crate) mod mut1;
+pub(crate) mod rnn;
+// pub(crate) mod scrn;
+// pub(crate) mod sru;
+
+/// The sizes a layer-direction's description depends on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizes {
+    /// This layer's input width (I for layer 0, D * H_out above).
+    pub input: usize,
+    /// H.
+    pub hidden: usize,
+    /// P (LSTM projection), 0 for none.
+    pub proj: usize,
+    /// PyTorch's `bias` flag (the built-in cells only; the others always have their biases).
+    pub bias: bool,
+}
+
+/// Where a parameter's elements live in a layer-direction (see [`crate::weights::DirParams`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// `W_x [Gx, in]`: every matrix applied to the layer input, rows concatenated.
+    WeightIh,
+    /// The recurrent matrices of the stages, concatenated.
+    WeightHh,
+    /// `b_x [Gx]`, the input projection's bias.
+    BiasIh,
+    /// The stages' product biases, concatenated.
+    BiasHh,
+    /// LSTM's projection `W_hr [P, H]`.
+    WeightHr,
+    /// Parameters the pointwise functions read (peepholes, layer-norm gains, ...).
+    Pointwise,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 6] = [Slot::WeightIh, Slot::WeightHh, Slot::BiasIh, Slot::BiasHh, Slot::WeightHr, Slot::Pointwise];
+}
+
+/// How a parameter is initialised by [`crate::Weights::init_uniform`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// PyTorch's `U(-1/sqrt(H), 1/sqrt(H))`.
+    Uniform,
+    /// All ones (layer-norm gains).
+    Ones,
+    /// All zeros (layer-norm shifts).
+    Zeros,
+}
+
+/// One named parameter tensor of a layer-direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParamDef {
+    /// The name without `_l{k}` / `_reverse`, e.g. `weight_hh`.
+    pub stem: &'static str,
+    pub shape: Vec<usize>,
+    pub slot: Slot,
+    /// First element inside the slot.
+    pub offset: usize,
+    pub init: Init,
+}
+
+impl ParamDef {
+    pub fn new(stem: &'static str, shape: Vec<usize>, slot: Slot, offset: usize) -> Self {
+        ParamDef { stem, shape, slot, offset, init: Init::Uniform }
+    }
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One recurrent state of a cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateDef {
+    /// `h`, `c`, `s`, `y`: the golden files' `{s}0`, `{s}_n`, `grad_{s}0`, `grad_{s}_n`.
+    pub name: &'static str,
+    pub width: usize,
+}
+
+/// What a stage's product multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Src {
+    /// A state as it was before the step (index into [`Cell::states`]).
+    State(usize),
+    /// `len` values that an earlier stage wrote to the row's tape at `offset`.
+    Tape { offset: usize },
+}
+
+/// `r = R v + b`, with `R [rows, k]` stored row-major in `slot` at `offset`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Product {
+    pub slot: Slot,
+    pub offset: usize,
+    pub rows: usize,
+    pub k: usize,
+    /// `(slot, offset)` of a `[rows]` bias.
+    pub bias: Option<(Slot, usize)>,
+    pub src: Src,
+}
+
+/// The shape of a cell's step for one layer-direction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Gx: rows of `W_x` (slot `WeightIh`); `b_x` (slot `BiasIh`) when `input_bias`.
+    pub xp: usize,
+    pub input_bias: bool,
+    /// One entry per stage: its product, if any. Stage k's product lands at column
+    /// `sum of earlier rows` of the row's product vector `r`.
+    pub stages: Vec<Option<Product>>,
+    /// Values a row keeps for backward (and the stages' product inputs).
+    pub tape: usize,
+    /// Length of the `Pointwise` slot.
+    pub pointwise: usize,
+    /// Whether the pointwise functions read the layer input itself (SRU's highway, MUT1's
+    /// tanh(x)); their backward then adds to the input gradient directly.
+    pub uses_input: bool,
+    /// Output width per direction.
+    pub out: usize,
+}
+
+impl Layout {
+    /// Column of stage k's product in the row's product vector, and the vector's width.
+    pub fn product_offsets(&self) -> (Vec<usize>, usize) {
+        let mut v = Vec::with_capacity(self.stages.len());
+        let mut at = 0;
+        for s in &self.stages {
+            v.push(at);
+            at += s.map_or(0, |p| p.rows);
+        }
+        (v, at)
+    }
+}
+
+/// One row's view for a stage's forward. Slices are exactly one row wide.
+pub struct FwdRow<'a, T> {
+    /// The layer input row `[in]`.
+    pub x: &'a [T],
+    /// `W_x x + b_x` `[Gx]`.
+    pub xp: &'a [T],
+    /// The products of the stages so far, each with its bias (see [`Layout::product_offsets`]).
+    pub r: &'a [T],
+    /// The pointwise parameters.
+    pub e: &'a [T],
+    /// The states, concatenated: the previous ones on entry to stage 0, the new ones after the
+    /// last stage.
+    pub s: &'a mut [T],
+    /// The row's tape (`Layout::tape` values).
+    pub tape: &'a mut [T],
+    /// The output row `[out]`, written by the last stage.
+    pub out: &'a mut [T],
+}
+
+/// One row's view for a stage's backward (stages run last to first).
+pub struct BwdRow<'a, T> {
+    pub x: &'a [T],
+    pub xp: &'a [T],
+    pub e: &'a [T],
+    /// The states before the step.
+    pub s_prev: &'a [T],
+    pub tape: &'a [T],
+    /// Gradient of the output row.
+    pub dout: &'a [T],
+    /// On entry to the last stage: the gradient of the new states. After stage 0: the
+    /// gradient of the previous states, except what flows through the products (the driver
+    /// adds that).
+    pub ds: &'a mut [T],
+    /// Gradients of tape values; the driver adds `dr_k R_k` here for products that read the
+    /// tape. Zero at the start of the row's step.
+    pub dtape: &'a mut [T],
+    /// Gradient of `xp` (overwritten by the cell's stages together; zero on entry).
+    pub dxp: &'a mut [T],
+    /// Gradient of the products `r` (each stage writes its own columns).
+    pub dr: &'a mut [T],
+    /// This row's gradient of the pointwise parameters (zero on entry; the driver sums rows).
+    pub de: &'a mut [T],
+    /// Direct input gradient, added to (cells with `uses_input`).
+    pub dx: &'a mut [T],
+}
+
+/// A recurrent cell. All functions are pure: the drivers call them per layer-direction
+/// (descriptions) and per row and stage (pointwise).
+pub trait Cell: 'static {
+    /// The registry's name, as in the golden files' `mode`.
+    const NAME: &'static str;
+    /// Whether `proj_size` > 0 is allowed (LSTM only).
+    const PROJECTION: bool = false;
+    /// Whether PyTorch's `bias=False` applies (the built-in cells); the others always have
+    /// their biases.
+    const OPTIONAL_BIAS: bool = false;
+    /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
+    fn check(_s: Sizes) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// The parameters in `state_dict` order.
+    fn params(s: Sizes) -> Vec<ParamDef>;
+    fn states(s: Sizes) -> Vec<StateDef>;
+    fn layout(s: Sizes) -> Layout;
+    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>);
+    fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>);
+}
+
+/// Column offsets of each state in the concatenated state row, and its width.
+pub fn state_offsets(states: &[StateDef]) -> (Vec<usize>, usize) {
+    let mut v = Vec::with_capacity(states.len());
+    let mut at = 0;
+    for s in states {
+        v.push(at);
+        at += s.width;
+    }
+    (v, at)
+}
+
+/// The logistic function's derivative from its value.
+#[inline(always)]
+pub(crate) fn dsigmoid<T: Float>(y: T) -> T {
+    y * (T::one() - y)
+}
+
+/// tanh's derivative from its value.
+#[inline(always)]
+pub(crate) fn dtanh<T: Float>(y: T) -> T {
+    T::one() - y * y
+}
+
+/// The registry: one line per cell, `Variant => module::Type, "doc"`. It defines [`Mode`]
+/// (the cell id), its names, and [`with_cell!`], which runs generic code for a `Mode`.
+macro_rules! registry {
+    ($($variant:ident => $module:ident :: $ty:ident, $doc:literal;)*) => {
+        /// The recurrent cell (PyTorch's `nn.RNNBase.mode` for the built-in four).
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Mode {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Mode {
+            /// Every registered cell.
+            pub const REGISTRY: &'static [Mode] = &[$(Mode::$variant,)*];
+
+            /// The registry's name (`LSTM`, `LSTM_PEEPHOLE`, ...).
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Mode::$variant => <$module::$ty as Cell>::NAME,)*
+                }
+            }
+
+            /// The mode with this registry name, any case.
+            pub fn from_name(s: &str) -> Option<Mode> {
+                let u = s.trim().to_ascii_uppercase();
+                $(if u == <$module::$ty as Cell>::NAME { return Some(Mode::$variant); })*
+                None
+            }
+        }
+
+        /// Runs `$body` with `$c` the cell type of `$mode`.
+        macro_rules! with_cell {
+            ($mode:expr, $c:ident => $body:expr) => {
+                match $mode {
+                    $($crate::cells::Mode::$variant => { type $c = $crate::cells::$module::$ty; $body })*
+                }
+            };
+        }
+    };
+}
+
+registry! {
+    RnnTanh => rnn::Tanh, "Elman: `h' = tanh(W_ih x + b_ih + W_hh h + b_hh)`.";
+    RnnRelu => rnn::Relu, "`h' = relu(W_ih x + b_ih + W_hh h + b_hh)`.";
+    Lstm => lstm::Lstm, "Gates i, f, g, o; `c' = f*c + i*g`, `h' = o*tanh(c')` (then `W_hr` with projection).";
+    Gru => gru::Gru, "Gates r, z, n; `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.";
+    // LstmPeephole => lstm_peephole::LstmPeephole, "LSTM with peepholes from c to i, f and (from c') to o.";
+    // LstmCifg => lstm_cifg::LstmCifg, "LSTM with coupled input and forget gates: `c' = f c + (1-f) g`.";
+    // GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
+    // LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
+    IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
+    // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
+    // Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
+    // Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
+    // Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";
+}
+
+pub(crate) use with_cell;
+
+impl Mode {
+    /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU` (the GPU runs these).
+    pub const ALL: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
+
+    /// Whether the GPU path runs this cell (today: PyTorch's four).
+    pub fn gpu_supported(self) -> bool {
+        Mode::ALL.contains(&self)
+    }
+
+    /// Gate count G of the built-in cells (`weight_ih` has `G * H` rows); for the others the
+    /// rows of `W_x` over H, rounded up.
+    pub fn gates(self) -> usize {
+        match self {
+            Mode::RnnTanh | Mode::RnnRelu => 1,
+            Mode::Lstm => 4,
+            Mode::Gru => 3,
+            m => {
+                let l = m.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true });
+                l.xp.max(1)
+            }
+        }
+    }
+
+    pub fn params(self, s: Sizes) -> Vec<ParamDef> {
+        with_cell!(self, C => C::params(s))
+    }
+    pub fn states(self, s: Sizes) -> Vec<StateDef> {
+        with_cell!(self, C => C::states(s))
+    }
+    pub fn layout(self, s: Sizes) -> Layout {
+        with_cell!(self, C => C::layout(s))
+    }
+    pub fn check(self, s: Sizes) -> std::result::Result<(), String> {
+        with_cell!(self, C => C::check(s))
+    }
+    pub fn projection(self) -> bool {
+        with_cell!(self, C => C::PROJECTION)
+    }
+    pub fn optional_bias(self) -> bool {
+        with_cell!(self, C => C::OPTIONAL_BIAS)
+    }
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Mode {
+    type Err = Error;
+    /// The registry names, and PyTorch's module names (`RNN` = tanh), any case.
+    fn from_str(s: &str) -> Result<Mode> {
+        if let Some(m) = Mode::from_name(s) {
+            return Ok(m);
+        }
+        match s.trim().to_ascii_uppercase().as_str() {
+            "RNN" | "TANH" => Ok(Mode::RnnTanh),
+            "RELU" => Ok(Mode::RnnRelu),
+            _ => Err(Error::UnknownMode(s.to_string())),
+        }
+    }
+}
