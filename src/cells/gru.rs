@@ -9,6 +9,7 @@ pub struct Gru;
 
 impl Cell for Gru {
     const NAME: &'static str = "GRU";
+    const WGSL: &'static str = super::cell_wgsl!("gru.wgsl");
     const OPTIONAL_BIAS: bool = true;
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(3, s, s.hidden)

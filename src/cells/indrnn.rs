@@ -8,6 +8,7 @@ pub struct IndRnn;
 
 impl Cell for IndRnn {
     const NAME: &'static str = "INDRNN";
+    const WGSL: &'static str = super::cell_wgsl!("indrnn.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let h = s.hidden;
         vec![

@@ -18,6 +18,7 @@ fn h_out(s: Sizes) -> usize {
 
 impl Cell for Lstm {
     const NAME: &'static str = "LSTM";
+    const WGSL: &'static str = super::cell_wgsl!("lstm.wgsl");
     const PROJECTION: bool = true;
     const OPTIONAL_BIAS: bool = true;
     fn params(s: Sizes) -> Vec<ParamDef> {

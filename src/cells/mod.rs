@@ -224,6 +224,9 @@ pub trait Cell: 'static {
     /// Whether PyTorch's `bias=False` applies (the built-in cells); the others always have
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
+    /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
+    /// (entry points `cell_forward` and `cell_backward`); empty when the cell has none yet.
+    const WGSL: &'static str = "";
     /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
     fn check(_s: Sizes) -> std::result::Result<(), String> {
         Ok(())
@@ -246,6 +249,20 @@ pub fn state_offsets(states: &[StateDef]) -> (Vec<usize>, usize) {
     }
     (v, at)
 }
+
+/// A cell's WGSL: the prelude (bindings, parameters, row accessors), then `$file` from
+/// `shaders/cells/`.
+macro_rules! cell_wgsl {
+    ($file:literal $(, $prefix:literal)?) => {
+        concat!(
+            include_str!("../../shaders/shared/activations.wgsl"),
+            include_str!("../../shaders/cells/prelude.wgsl"),
+            $($prefix,)?
+            include_str!(concat!("../../shaders/cells/", $file))
+        )
+    };
+}
+pub(crate) use cell_wgsl;
 
 /// The logistic function's derivative from its value.
 #[inline(always)]
@@ -354,6 +371,10 @@ impl Mode {
     }
     pub fn projection(self) -> bool {
         with_cell!(self, C => C::PROJECTION)
+    }
+    /// The cell's WGSL (see [`Cell::WGSL`]); empty when the GPU does not run it.
+    pub fn wgsl(self) -> &'static str {
+        with_cell!(self, C => C::WGSL)
     }
     pub fn optional_bias(self) -> bool {
         with_cell!(self, C => C::OPTIONAL_BIAS)

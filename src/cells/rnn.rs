@@ -7,6 +7,7 @@ use crate::float::Float;
 /// The activation of a vanilla RNN.
 pub trait Activation: 'static {
     const NAME: &'static str;
+    const WGSL: &'static str;
     fn f<T: Float>(x: T) -> T;
     /// The derivative from the activation's value.
     fn df<T: Float>(y: T) -> T;
@@ -15,6 +16,7 @@ pub trait Activation: 'static {
 pub struct TanhAct;
 impl Activation for TanhAct {
     const NAME: &'static str = "RNN_TANH";
+    const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = false;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
         x.tanh()
@@ -28,6 +30,7 @@ impl Activation for TanhAct {
 pub struct ReluAct;
 impl Activation for ReluAct {
     const NAME: &'static str = "RNN_RELU";
+    const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = true;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
         x.relu()
@@ -84,6 +87,7 @@ pub(super) fn torch_layout(g: usize, s: Sizes, h_out: usize, tape: usize) -> Lay
 impl<A: Activation> Cell for Rnn<A> {
     const NAME: &'static str = A::NAME;
     const OPTIONAL_BIAS: bool = true;
+    const WGSL: &'static str = A::WGSL;
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(1, s, s.hidden)
     }

@@ -2,6 +2,7 @@
 //! signature), the kernel variants the pipeline cache is keyed by, and the parameter structs
 //! shared with WGSL (a test checks their sizes against naga's).
 
+use crate::cells::Mode;
 use bytemuck::{Pod, Zeroable};
 
 /// WGSL sources, shared snippets joined in front at compile time. Every file is plain WGSL.
@@ -41,13 +42,24 @@ pub enum Family {
     Gemm,
     Util,
     Train,
+    /// A cell's pointwise kernels (`shaders/cells/<cell>.wgsl` after `shaders/cells/prelude.wgsl`),
+    /// run by the GPU driver generic over the cell (`gpu::generic`).
+    Cell(Mode),
 }
 
 impl Family {
-    pub const ALL: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
+    pub const FIXED: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
+
+    /// Every family: the fixed ones, and one per registered cell that has a WGSL file.
+    pub fn all() -> Vec<Family> {
+        let mut v = Family::FIXED.to_vec();
+        v.extend(Mode::REGISTRY.iter().filter(|m| !m.wgsl().is_empty()).map(|&m| Family::Cell(m)));
+        v
+    }
 
     pub fn source(self) -> &'static str {
         match self {
+            Family::Cell(m) => m.wgsl(),
             Family::StepForward => source::STEP_FORWARD,
             Family::StepBackward => source::STEP_BACKWARD,
             Family::RecurrentGrad => source::RECURRENT_GRAD,
@@ -72,6 +84,9 @@ impl Family {
             Family::Util => &[false, false, false, true],
             // a, b, idx (u32), out (rw), out2 (rw), state (rw)
             Family::Train => &[false, false, false, true, true, true],
+            // weights, layer input, tape (rw), states (rw), scratch (rw), output (rw),
+            // backward workspace (rw), input gradient (rw): see shaders/cells/prelude.wgsl
+            Family::Cell(_) => &[false, false, true, true, true, true, true, true],
         }
     }
 
@@ -83,6 +98,7 @@ impl Family {
             Family::Gemm => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
+            Family::Cell(_) => std::mem::size_of::<CellParams>(),
         }) as u64
     }
 }
@@ -118,6 +134,12 @@ pub enum Kernel {
     PadRows,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
+    /// A cell's pointwise forward of one stage for the step's rows.
+    CellForward(Mode),
+    /// A cell's pointwise backward of one stage.
+    CellBackward(Mode),
+    /// Copies the step's state rows to the tape (prelude).
+    CellSave(Mode),
 }
 
 /// The training kit's entry points.
@@ -171,6 +193,7 @@ impl Kernel {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
+            CellForward(m) | CellBackward(m) | CellSave(m) => Family::Cell(m),
         }
     }
 
@@ -200,6 +223,9 @@ impl Kernel {
             ColSum => "colsum",
             PadRows => "pad_rows",
             Train(k) => k.entry(),
+            CellForward(_) => "cell_forward",
+            CellBackward(_) => "cell_backward",
+            CellSave(_) => "save_states",
         }
     }
 
@@ -244,7 +270,7 @@ pub(crate) struct Modules(Vec<(Family, wgpu::ShaderModule)>);
 impl Modules {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
         Modules(
-            Family::ALL
+            Family::all()
                 .iter()
                 .map(|&f| {
                     let desc = wgpu::ShaderModuleDescriptor {
@@ -276,7 +302,7 @@ pub(crate) struct Layouts(Vec<(Family, wgpu::BindGroupLayout, wgpu::PipelineLayo
 impl Layouts {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
         Layouts(
-            Family::ALL
+            Family::all()
                 .iter()
                 .map(|&f| {
                     let mut entries = vec![wgpu::BindGroupLayoutEntry {
@@ -426,6 +452,51 @@ impl GemmParams {
     pub fn groups(&self) -> [u32; 3] {
         [self.n.div_ceil(256), self.m.div_ceil(8), 1]
     }
+}
+
+/// `CellParams` in shaders/cells/prelude.wgsl: one cell dispatch (offsets in f32 elements).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CellParams {
+    /// Active rows of the step, its first packed row, the stage.
+    pub rows: u32,
+    pub o: u32,
+    pub stage: u32,
+    pub hidden: u32,
+    pub proj: u32,
+    /// Layer input width and its offset in the input buffer.
+    pub inw: u32,
+    pub x_off: u32,
+    /// Input projection `[N, gx]` in the tape buffer.
+    pub gx: u32,
+    pub xp: u32,
+    /// Products `[B, rw]` in the scratch buffer.
+    pub rw: u32,
+    pub r: u32,
+    /// States `[B, sw]` in the state buffer.
+    pub sw: u32,
+    pub s: u32,
+    /// Tape rows `[.., tw]` in the tape buffer, from row `trow` (the packed row in training).
+    pub tw: u32,
+    pub tape: u32,
+    pub trow: u32,
+    /// States before each packed row `[N, sw]` in the tape buffer.
+    pub sprev: u32,
+    /// Pointwise parameters in the weights buffer.
+    pub ew: u32,
+    pub e: u32,
+    /// Output rows `[N, out_w]`, this direction's columns from `col`.
+    pub out_w: u32,
+    pub col: u32,
+    /// Backward: tape gradients `[B, tw]` (scratch buffer); dxp `[N, gx]`, dr `[N, rw]`,
+    /// de `[N, ew]` (backward workspace).
+    pub dtape: u32,
+    pub dxp: u32,
+    pub dr: u32,
+    pub de: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// `GemmParams` in gemm.wgsl.

@@ -1,0 +1,43 @@
+// PyTorch's GRU (src/cells/gru.rs). State h [H]; tape: r, z, n, W_hn h + b_hn.
+
+@compute @workgroup_size(64)
+fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = p.hidden;
+    for (var j = lid.x; j < n; j += WG) {
+        let rg = sigmoid(xp(row, j) + r(row, j));
+        let z = sigmoid(xp(row, n + j) + r(row, n + j));
+        let hn = r(row, 2u * n + j);
+        let nn = tanh_safe(xp(row, 2u * n + j) + rg * hn);
+        let y = (1.0 - z) * nn + z * s_get(row, j);
+        s_set(row, j, y);
+        out_set(row, j, y);
+        tape_set(row, j, rg);
+        tape_set(row, n + j, z);
+        tape_set(row, 2u * n + j, nn);
+        tape_set(row, 3u * n + j, hn);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = p.hidden;
+    for (var j = lid.x; j < n; j += WG) {
+        let rg = tape_get(row, j);
+        let z = tape_get(row, n + j);
+        let nn = tape_get(row, 2u * n + j);
+        let hn = tape_get(row, 3u * n + j);
+        let dh = ds_get(row, j) + dout(row, j);
+        let dan = dh * (1.0 - z) * dtanh(nn);
+        let dar = dan * hn * dsigmoid(rg);
+        let daz = dh * (s_prev(row, j) - nn) * dsigmoid(z);
+        dxp_set(row, j, dar);
+        dxp_set(row, n + j, daz);
+        dxp_set(row, 2u * n + j, dan);
+        dr_set(row, j, dar);
+        dr_set(row, n + j, daz);
+        dr_set(row, 2u * n + j, dan * rg);
+        ds_set(row, j, dh * z);
+    }
+}

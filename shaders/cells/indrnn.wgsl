@@ -1,0 +1,24 @@
+// IndRNN (src/cells/indrnn.rs): h' = relu(xp + u * h), u the pointwise parameters [H].
+// State h [H]; tape: h'.
+
+@compute @workgroup_size(64)
+fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < p.hidden; j += WG) {
+        let y = max(xp(row, j) + e(j) * s_get(row, j), 0.0);
+        s_set(row, j, y);
+        tape_set(row, j, y);
+        out_set(row, j, y);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < p.hidden; j += WG) {
+        let da = select(0.0, ds_get(row, j) + dout(row, j), tape_get(row, j) > 0.0);
+        dxp_set(row, j, da);
+        de_set(row, j, da * s_prev(row, j));
+        ds_set(row, j, da * e(j));
+    }
+}

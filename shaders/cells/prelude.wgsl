@@ -1,0 +1,101 @@
+// The prelude of every cell's kernels (shaders/cells/<cell>.wgsl follows it). A cell's file
+// defines the pointwise step of one stage for one row, forward (`cell_forward`) and backward
+// (`cell_backward`), mirroring its Rust module in src/cells/. The GPU driver generic over the
+// cell (src/gpu/generic.rs) dispatches one workgroup per active row of the step:
+// (rows, 1, 1); a workgroup's 64 invocations stride over the row's units.
+//   @0 params uniform, dynamic offset: CellParams
+//   @1 w     read: all weights; the pointwise parameters at p.e
+//   @2 xin   read: the layer input [N, inw] at p.x_off
+//   @3 tp    read_write: input projection [N, gx] at p.xp, tape rows at p.tape, the states
+//            before each packed row [N, sw] at p.sprev (written forward, read backward)
+//   @4 st    read_write: states [B, sw] at p.s (forward), their gradients (backward)
+//   @5 scr   read_write: products [B, rw] at p.r (forward), tape gradients [B, tw] at
+//            p.dtape (backward)
+//   @6 io    read_write: output rows [N, out_w] (forward), output gradients (backward)
+//   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [N, ew] at p.de
+//   @8 dxin  read_write: input gradients [N, inw] (direct terms of cells that read x)
+// Rows: `row` is the step's row (0..p.rows, the sorted state row); its packed row is
+// p.o + row. The tape row is p.trow + row (p.trow = p.o in training, 0 in inference).
+// Every value has one writer and every sum a fixed order: results are reproducible.
+
+struct CellParams {
+    rows: u32,
+    o: u32,
+    stage: u32,
+    hidden: u32,
+    proj: u32,
+    inw: u32,
+    x_off: u32,
+    gx: u32,
+    xp_off: u32,
+    rw: u32,
+    r_off: u32,
+    sw: u32,
+    s_off: u32,
+    tw: u32,
+    tape_off: u32,
+    trow: u32,
+    sprev_off: u32,
+    ew: u32,
+    e_off: u32,
+    out_w: u32,
+    col: u32,
+    dtape_off: u32,
+    dxp_off: u32,
+    dr_off: u32,
+    de_off: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: CellParams;
+@group(0) @binding(1) var<storage, read> w: array<f32>;
+@group(0) @binding(2) var<storage, read> xin: array<f32>;
+@group(0) @binding(3) var<storage, read_write> tp: array<f32>;
+@group(0) @binding(4) var<storage, read_write> st: array<f32>;
+@group(0) @binding(5) var<storage, read_write> scr: array<f32>;
+@group(0) @binding(6) var<storage, read_write> io: array<f32>;
+@group(0) @binding(7) var<storage, read_write> bws: array<f32>;
+@group(0) @binding(8) var<storage, read_write> dxin: array<f32>;
+
+const WG: u32 = 64u;
+
+// Forward accessors.
+fn x(row: u32, k: u32) -> f32 { return xin[p.x_off + (p.o + row) * p.inw + k]; }
+fn xp(row: u32, j: u32) -> f32 { return tp[p.xp_off + (p.o + row) * p.gx + j]; }
+fn r(row: u32, j: u32) -> f32 { return scr[p.r_off + row * p.rw + j]; }
+fn e(j: u32) -> f32 { return w[p.e_off + j]; }
+fn s_get(row: u32, j: u32) -> f32 { return st[p.s_off + row * p.sw + j]; }
+fn s_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = v; }
+fn tape_get(row: u32, j: u32) -> f32 { return tp[p.tape_off + (p.trow + row) * p.tw + j]; }
+fn tape_set(row: u32, j: u32, v: f32) { tp[p.tape_off + (p.trow + row) * p.tw + j] = v; }
+fn out_set(row: u32, j: u32, v: f32) { io[(p.o + row) * p.out_w + p.col + j] = v; }
+
+// Backward accessors (p.trow = p.o).
+fn s_prev(row: u32, j: u32) -> f32 { return tp[p.sprev_off + (p.o + row) * p.sw + j]; }
+fn dout(row: u32, j: u32) -> f32 { return io[(p.o + row) * p.out_w + p.col + j]; }
+fn ds_get(row: u32, j: u32) -> f32 { return st[p.s_off + row * p.sw + j]; }
+fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = v; }
+// The gradient of tape value j, where a later stage's product read it (written by the
+// driver before this stage runs).
+fn dtape(row: u32, j: u32) -> f32 { return scr[p.dtape_off + row * p.tw + j]; }
+fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + (p.o + row) * p.gx + j] = v; }
+fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + (p.o + row) * p.rw + j] = v; }
+fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + (p.o + row) * p.ew + j] = v; }
+fn dx_add(row: u32, k: u32, v: f32) {
+    let i = (p.o + row) * p.inw + k;
+    dxin[i] = dxin[i] + v;
+}
+
+fn dsigmoid(y: f32) -> f32 { return y * (1.0 - y); }
+fn dtanh(y: f32) -> f32 { return 1.0 - y * y; }
+
+// Training forward, before stage 0: the step's state rows to the tape.
+@compute @workgroup_size(64)
+fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < p.sw; j += WG) {
+        tp[p.sprev_off + (p.o + row) * p.sw + j] = st[p.s_off + row * p.sw + j];
+    }
+}

@@ -1,0 +1,27 @@
+// Elman RNN (src/cells/rnn.rs): h' = act(xp + r), act tanh or relu (RELU, set by the cell's
+// Rust module before this file). State h [H]; tape: h'.
+
+fn act(v: f32) -> f32 { return select(tanh_safe(v), max(v, 0.0), RELU); }
+fn dact(y: f32) -> f32 { return select(1.0 - y * y, select(0.0, 1.0, y > 0.0), RELU); }
+
+@compute @workgroup_size(64)
+fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < p.hidden; j += WG) {
+        let y = act(xp(row, j) + r(row, j));
+        s_set(row, j, y);
+        tape_set(row, j, y);
+        out_set(row, j, y);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < p.hidden; j += WG) {
+        let da = (ds_get(row, j) + dout(row, j)) * dact(tape_get(row, j));
+        dxp_set(row, j, da);
+        dr_set(row, j, da);
+        ds_set(row, j, 0.0);
+    }
+}
