@@ -23,14 +23,14 @@ use std::str::FromStr;
 pub(crate) mod gru;
 // pub(crate) mod gru_reset_before;
 pub(crate) mod indrnn;
-// pub(crate) mod jordan;
+pub(crate) mod jordan;
 pub(crate) mod lstm;
 // pub(crate) mod lstm_cifg;
 // pub(crate) mod lstm_layernorm;
 // pub(crate) mod lstm_peephole;
-// pub(crate) mod mut1;
+pub(crate) mod mut1;
 pub(crate) mod rnn;
-// pub(crate) mod scrn;
+pub(crate) mod scrn;
 // pub(crate) mod sru;
 
 /// The sizes a layer-direction's description depends on.
@@ -327,9 +327,9 @@ registry! {
     // LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
     IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
     // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
-    // Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
-    // Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
-    // Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";
+    Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
+    Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
+    Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";
 }
 
 pub(crate) use with_cell;
