@@ -21,7 +21,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub(crate) mod gru;
-// pub(crate) mod gru_reset_before;
+pub(crate) mod gru_reset_before;
 pub(crate) mod indrnn;
 // pub(crate) mod jordan;
 pub(crate) mod lstm;
@@ -306,7 +306,7 @@ registry! {
     Gru => gru::Gru, "Gates r, z, n; `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`, `h' = (1-z)*n + z*h`.";
     LstmPeephole => lstm_peephole::LstmPeephole, "LSTM with peepholes from c to i, f and (from c') to o.";
     LstmCifg => lstm_cifg::LstmCifg, "LSTM with coupled input and forget gates: `c' = f c + (1-f) g`.";
-    // GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
+    GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
     // LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
     IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
     // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
