@@ -1,0 +1,77 @@
+//! LSTM with coupled input and forget gates: gates f, g, o from
+//! `a = W_ih x + b_ih + W_hh h + b_hh` as in LSTM (`f = s(a_f)`, `g = tanh(a_g)`,
+//! `o = s(a_o)`), `c' = f c + (1 - f) g`, `h' = o tanh(c')`; output h'. States h `[H]`, c `[H]`.
+//! Tape `[4H]`: f at 0, g at H, o at 2H, c' at 3H.
+
+use super::rnn::{torch_layout, torch_params};
+use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, StateDef};
+use crate::float::Float;
+
+pub struct LstmCifg;
+
+/// This cell always has its biases, whatever `Sizes::bias` says.
+fn with_bias(s: Sizes) -> Sizes {
+    Sizes { bias: true, proj: 0, ..s }
+}
+
+impl Cell for LstmCifg {
+    const NAME: &'static str = "LSTM_CIFG";
+    fn params(s: Sizes) -> Vec<ParamDef> {
+        torch_params(3, with_bias(s), s.hidden)
+    }
+    fn states(s: Sizes) -> Vec<StateDef> {
+        vec![StateDef { name: "h", width: s.hidden }, StateDef { name: "c", width: s.hidden }]
+    }
+    fn layout(s: Sizes) -> Layout {
+        torch_layout(3, with_bias(s), s.hidden, 4 * s.hidden)
+    }
+    #[inline(always)]
+    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+        let n = s.hidden;
+        let (x, hp) = (&row.xp[..3 * n], &row.r[..3 * n]);
+        let (h, c) = row.s[..2 * n].split_at_mut(n);
+        let t = &mut row.tape[..4 * n];
+        let out = &mut row.out[..n];
+        for j in 0..n {
+            let f = (x[j] + hp[j]).sigmoid();
+            let g = (x[n + j] + hp[n + j]).tanh();
+            let o = (x[2 * n + j] + hp[2 * n + j]).sigmoid();
+            let cn = f * c[j] + (T::one() - f) * g;
+            let y = o * cn.tanh();
+            c[j] = cn;
+            h[j] = y;
+            out[j] = y;
+            t[j] = f;
+            t[n + j] = g;
+            t[2 * n + j] = o;
+            t[3 * n + j] = cn;
+        }
+    }
+    #[inline(always)]
+    fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
+        let n = s.hidden;
+        let t = &row.tape[..4 * n];
+        let cp = &row.s_prev[n..2 * n];
+        let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
+        let dout = &row.dout[..n];
+        let (dxp, dr) = (&mut row.dxp[..3 * n], &mut row.dr[..3 * n]);
+        for j in 0..n {
+            let (f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j]);
+            let dh = dh_state[j] + dout[j];
+            let tc = c.tanh();
+            let dct = dc[j] + dh * o * dtanh(tc);
+            let df = dct * (cp[j] - g) * dsigmoid(f);
+            let dg = dct * (T::one() - f) * dtanh(g);
+            let d_o = dh * tc * dsigmoid(o);
+            dxp[j] = df;
+            dxp[n + j] = dg;
+            dxp[2 * n + j] = d_o;
+            dr[j] = df;
+            dr[n + j] = dg;
+            dr[2 * n + j] = d_o;
+            dc[j] = dct * f;
+            // h reaches the previous step only through the product (the driver adds it).
+            dh_state[j] = T::zero();
+        }
+    }
+}

@@ -1,0 +1,94 @@
+//! LSTM with peepholes (Gers & Schmidhuber 2000): gates i, f, g, o from
+//! `a = W_ih x + b_ih + W_hh h + b_hh`, and
+//! `i = s(a_i + w_ci c)`, `f = s(a_f + w_cf c)`, `g = tanh(a_g)`, `c' = f c + i g`,
+//! `o = s(a_o + w_co c')`, `h' = o tanh(c')`; output h'. States h `[H]`, c `[H]`.
+//! The peepholes `weight_peephole [3, H]` (rows ci, cf, co) are pointwise parameters.
+//! Tape `[5H]`: i at 0, f at H, g at 2H, o at 3H, c' at 4H.
+
+use super::rnn::{torch_layout, torch_params};
+use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
+use crate::float::Float;
+
+pub struct LstmPeephole;
+
+/// This cell always has its biases, whatever `Sizes::bias` says.
+fn with_bias(s: Sizes) -> Sizes {
+    Sizes { bias: true, proj: 0, ..s }
+}
+
+impl Cell for LstmPeephole {
+    const NAME: &'static str = "LSTM_PEEPHOLE";
+    fn params(s: Sizes) -> Vec<ParamDef> {
+        let mut v = torch_params(4, with_bias(s), s.hidden);
+        v.push(ParamDef::new("weight_peephole", vec![3, s.hidden], Slot::Pointwise, 0));
+        v
+    }
+    fn states(s: Sizes) -> Vec<StateDef> {
+        vec![StateDef { name: "h", width: s.hidden }, StateDef { name: "c", width: s.hidden }]
+    }
+    fn layout(s: Sizes) -> Layout {
+        let mut l = torch_layout(4, with_bias(s), s.hidden, 5 * s.hidden);
+        l.pointwise = 3 * s.hidden;
+        l
+    }
+    #[inline(always)]
+    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+        let n = s.hidden;
+        let (x, hp) = (&row.xp[..4 * n], &row.r[..4 * n]);
+        let (wci, wcf, wco) = (&row.e[..n], &row.e[n..2 * n], &row.e[2 * n..3 * n]);
+        let (h, c) = row.s[..2 * n].split_at_mut(n);
+        let t = &mut row.tape[..5 * n];
+        let out = &mut row.out[..n];
+        for j in 0..n {
+            let cp = c[j];
+            let i = (x[j] + hp[j] + wci[j] * cp).sigmoid();
+            let f = (x[n + j] + hp[n + j] + wcf[j] * cp).sigmoid();
+            let g = (x[2 * n + j] + hp[2 * n + j]).tanh();
+            let cn = f * cp + i * g;
+            let o = (x[3 * n + j] + hp[3 * n + j] + wco[j] * cn).sigmoid();
+            let y = o * cn.tanh();
+            c[j] = cn;
+            h[j] = y;
+            out[j] = y;
+            t[j] = i;
+            t[n + j] = f;
+            t[2 * n + j] = g;
+            t[3 * n + j] = o;
+            t[4 * n + j] = cn;
+        }
+    }
+    #[inline(always)]
+    fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
+        let n = s.hidden;
+        let t = &row.tape[..5 * n];
+        let cp = &row.s_prev[n..2 * n];
+        let (wci, wcf, wco) = (&row.e[..n], &row.e[n..2 * n], &row.e[2 * n..3 * n]);
+        let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
+        let dout = &row.dout[..n];
+        let (dxp, dr, de) = (&mut row.dxp[..4 * n], &mut row.dr[..4 * n], &mut row.de[..3 * n]);
+        for j in 0..n {
+            let (i, f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j], t[4 * n + j]);
+            let dh = dh_state[j] + dout[j];
+            let tc = c.tanh();
+            let d_o = dh * tc * dsigmoid(o);
+            let dct = dc[j] + dh * o * dtanh(tc) + d_o * wco[j];
+            let di = dct * g * dsigmoid(i);
+            let df = dct * cp[j] * dsigmoid(f);
+            let dg = dct * i * dtanh(g);
+            dxp[j] = di;
+            dxp[n + j] = df;
+            dxp[2 * n + j] = dg;
+            dxp[3 * n + j] = d_o;
+            dr[j] = di;
+            dr[n + j] = df;
+            dr[2 * n + j] = dg;
+            dr[3 * n + j] = d_o;
+            de[j] = di * cp[j];
+            de[n + j] = df * cp[j];
+            de[2 * n + j] = d_o * c;
+            dc[j] = dct * f + di * wci[j] + df * wcf[j];
+            // h reaches the previous step only through the product (the driver adds it).
+            dh_state[j] = T::zero();
+        }
+    }
+}
