@@ -26,7 +26,7 @@ pub(crate) mod indrnn;
 // pub(crate) mod jordan;
 pub(crate) mod lstm;
 // pub(crate) mod lstm_cifg;
-// pub(crate) mod lstm_layernorm;
+pub(crate) mod lstm_layernorm;
 // pub(crate) mod lstm_peephole;
 // pub(crate) mod mut1;
 pub(crate) mod rnn;
@@ -307,7 +307,7 @@ registry! {
     // LstmPeephole => lstm_peephole::LstmPeephole, "LSTM with peepholes from c to i, f and (from c') to o.";
     // LstmCifg => lstm_cifg::LstmCifg, "LSTM with coupled input and forget gates: `c' = f c + (1-f) g`.";
     // GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
-    // LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
+    LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
     IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
     // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
     // Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
