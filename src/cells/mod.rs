@@ -31,7 +31,7 @@ pub(crate) mod lstm_layernorm;
 // pub(crate) mod mut1;
 pub(crate) mod rnn;
 // pub(crate) mod scrn;
-// pub(crate) mod sru;
+pub(crate) mod sru;
 
 /// The sizes a layer-direction's description depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,7 +309,7 @@ registry! {
     // GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
     LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
     IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
-    // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
+    Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
     // Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
     // Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
     // Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";
