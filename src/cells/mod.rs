@@ -26,12 +26,12 @@ pub(crate) mod indrnn;
 pub(crate) mod jordan;
 pub(crate) mod lstm;
 pub(crate) mod lstm_cifg;
-// pub(crate) mod lstm_layernorm;
+pub(crate) mod lstm_layernorm;
 pub(crate) mod lstm_peephole;
 pub(crate) mod mut1;
 pub(crate) mod rnn;
 pub(crate) mod scrn;
-// pub(crate) mod sru;
+pub(crate) mod sru;
 
 /// The sizes a layer-direction's description depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -324,9 +324,9 @@ registry! {
     LstmPeephole => lstm_peephole::LstmPeephole, "LSTM with peepholes from c to i, f and (from c') to o.";
     LstmCifg => lstm_cifg::LstmCifg, "LSTM with coupled input and forget gates: `c' = f c + (1-f) g`.";
     GruResetBefore => gru_reset_before::GruResetBefore, "GRU with the reset applied before the product: `n = tanh(W_in x + b_in + W_hn (r*h) + b_hn)`.";
-    // LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
+    LstmLayerNorm => lstm_layernorm::LstmLayerNorm, "Layer-normalised LSTM (as in haste).";
     IndRnn => indrnn::IndRnn, "IndRNN: `h' = relu(W_ih x + b_ih + u * h)`.";
-    // Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
+    Sru => sru::Sru, "Simple recurrent unit (needs input size == hidden size).";
     Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
     Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
     Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";

@@ -1,0 +1,184 @@
+//! The layer-normalised LSTM (as in haste): gates i, f, g, o;
+//! ```text
+//! v  = LN_ih(W_ih x) + LN_hh(W_hh h) + bias           [4H]
+//! c' = s(v_f) c + s(v_i) tanh(v_g)
+//! h' = s(v_o) tanh(LN_c(c'))                           (output h')
+//! ```
+//! where `LN(a) = (a - mean(a)) / sqrt(var(a) + 1e-5) * weight + bias`, the mean and the biased
+//! variance taken over the whole vector (4H for LN_ih and LN_hh, H for LN_c). States h, c.
+//!
+//! `xp = W_ih x` (no input bias); one product `r = W_hh h` (no bias). The pointwise slot holds
+//! `bias` `[0, 4H)`, `ln_ih_weight` `[4H, 8H)`, `ln_ih_bias` `[8H, 12H)`, `ln_hh_weight`
+//! `[12H, 16H)`, `ln_hh_bias` `[16H, 20H)`, `ln_c_weight` `[20H, 21H)`, `ln_c_bias` `[21H, 22H)`.
+//!
+//! Tape (13H + 3 per row): the normalised `W_ih x` `[0, 4H)`, the normalised `W_hh h`
+//! `[4H, 8H)`, the activated gates i, f, g, o `[8H, 12H)`, the normalised c' `[12H, 13H)`, then
+//! 1/sigma of LN_ih, LN_hh and LN_c at 13H, 13H + 1, 13H + 2.
+
+use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use crate::float::Float;
+
+pub struct LstmLayerNorm;
+
+const EPS: f64 = 1e-5;
+
+/// Normalises `a` into `n` (mean, then biased variance over the whole slice) and returns
+/// `1 / sqrt(var + eps)`.
+#[inline(always)]
+fn ln_forward<T: Float>(a: &[T], n: &mut [T]) -> T {
+    let m = T::from_f64(a.len() as f64);
+    let mut sum = T::zero();
+    for &v in a {
+        sum += v;
+    }
+    let mean = sum / m;
+    let mut sq = T::zero();
+    for &v in a {
+        let d = v - mean;
+        sq += d * d;
+    }
+    let var = sq / m;
+    let rstd = T::from_f64(1.0 / (var + T::from_f64(EPS)).to_f64().sqrt());
+    for (o, &v) in n.iter_mut().zip(a) {
+        *o = (v - mean) * rstd;
+    }
+    rstd
+}
+
+/// In place: `g` holds the gradient of the normalised values `n` on entry, that of the
+/// normalised input on return: `rstd * (g - mean(g) - n * mean(g * n))`.
+#[inline(always)]
+fn ln_backward<T: Float>(g: &mut [T], n: &[T], rstd: T) {
+    let m = T::from_f64(g.len() as f64);
+    let (mut s1, mut s2) = (T::zero(), T::zero());
+    for (&d, &v) in g.iter().zip(n) {
+        s1 += d;
+        s2 += d * v;
+    }
+    let (m1, m2) = (s1 / m, s2 / m);
+    for (d, &v) in g.iter_mut().zip(n) {
+        *d = rstd * (*d - m1 - v * m2);
+    }
+}
+
+impl Cell for LstmLayerNorm {
+    const NAME: &'static str = "LSTM_LAYERNORM";
+    fn params(s: Sizes) -> Vec<ParamDef> {
+        let h = s.hidden;
+        let g = 4 * h;
+        let p = Slot::Pointwise;
+        vec![
+            ParamDef::new("weight_ih", vec![g, s.input], Slot::WeightIh, 0),
+            ParamDef::new("weight_hh", vec![g, h], Slot::WeightHh, 0),
+            ParamDef::new("bias", vec![g], p, 0),
+            ParamDef::new("ln_ih_weight", vec![g], p, g).init(Init::Ones),
+            ParamDef::new("ln_ih_bias", vec![g], p, 2 * g).init(Init::Zeros),
+            ParamDef::new("ln_hh_weight", vec![g], p, 3 * g).init(Init::Ones),
+            ParamDef::new("ln_hh_bias", vec![g], p, 4 * g).init(Init::Zeros),
+            ParamDef::new("ln_c_weight", vec![h], p, 5 * g).init(Init::Ones),
+            ParamDef::new("ln_c_bias", vec![h], p, 5 * g + h).init(Init::Zeros),
+        ]
+    }
+    fn states(s: Sizes) -> Vec<StateDef> {
+        vec![StateDef { name: "h", width: s.hidden }, StateDef { name: "c", width: s.hidden }]
+    }
+    fn layout(s: Sizes) -> Layout {
+        let h = s.hidden;
+        Layout {
+            xp: 4 * h,
+            input_bias: false,
+            stages: vec![Some(Product { slot: Slot::WeightHh, offset: 0, rows: 4 * h, k: h, bias: None, src: Src::State(0) })],
+            tape: 13 * h + 3,
+            pointwise: 22 * h,
+            uses_input: false,
+            out: h,
+        }
+    }
+    #[inline(always)]
+    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+        let n = s.hidden;
+        let g4 = 4 * n;
+        let (xp, r, e) = (&row.xp[..g4], &row.r[..g4], &row.e[..22 * n]);
+        let (bias, w_ih, b_ih, w_hh, b_hh) = (&e[..g4], &e[g4..2 * g4], &e[2 * g4..3 * g4], &e[3 * g4..4 * g4], &e[4 * g4..5 * g4]);
+        let (w_c, b_c) = (&e[5 * g4..5 * g4 + n], &e[5 * g4 + n..5 * g4 + 2 * n]);
+        let (hs, c) = row.s[..2 * n].split_at_mut(n);
+        let (n_ih, rest) = row.tape[..13 * n + 3].split_at_mut(g4);
+        let (n_hh, rest) = rest.split_at_mut(g4);
+        let (gates, rest) = rest.split_at_mut(g4);
+        let (n_c, rstd) = rest.split_at_mut(n);
+        rstd[0] = ln_forward(xp, n_ih);
+        rstd[1] = ln_forward(r, n_hh);
+        let v = |k: usize| n_ih[k] * w_ih[k] + b_ih[k] + (n_hh[k] * w_hh[k] + b_hh[k]) + bias[k];
+        for j in 0..n {
+            let i = v(j).sigmoid();
+            let f = v(n + j).sigmoid();
+            let gg = v(2 * n + j).tanh();
+            let o = v(3 * n + j).sigmoid();
+            c[j] = f * c[j] + i * gg;
+            gates[j] = i;
+            gates[n + j] = f;
+            gates[2 * n + j] = gg;
+            gates[3 * n + j] = o;
+        }
+        rstd[2] = ln_forward(c, n_c);
+        let out = &mut row.out[..n];
+        for j in 0..n {
+            let hn = gates[3 * n + j] * (n_c[j] * w_c[j] + b_c[j]).tanh();
+            hs[j] = hn;
+            out[j] = hn;
+        }
+    }
+    #[inline(always)]
+    fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
+        let n = s.hidden;
+        let g4 = 4 * n;
+        let e = &row.e[..22 * n];
+        let (w_ih, w_hh, w_c, b_c) = (&e[g4..2 * g4], &e[3 * g4..4 * g4], &e[5 * g4..5 * g4 + n], &e[5 * g4 + n..5 * g4 + 2 * n]);
+        let t = &row.tape[..13 * n + 3];
+        let (n_ih, n_hh, gates, n_c) = (&t[..g4], &t[g4..2 * g4], &t[2 * g4..3 * g4], &t[3 * g4..3 * g4 + n]);
+        let (rstd_ih, rstd_hh, rstd_c) = (t[13 * n], t[13 * n + 1], t[13 * n + 2]);
+        let cp = &row.s_prev[n..2 * n];
+        let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
+        let (dxp, dr, de, dout) = (&mut row.dxp[..g4], &mut row.dr[..g4], &mut row.de[..22 * n], &row.dout[..n]);
+        // h' = o tanh(y), y = LN_c(c'): d o, and dy (kept as ln_c_bias's gradient).
+        let (mut s1, mut s2) = (T::zero(), T::zero());
+        for j in 0..n {
+            let o = gates[3 * n + j];
+            let dh = dh_state[j] + dout[j];
+            let ty = (n_c[j] * w_c[j] + b_c[j]).tanh();
+            let dy = dh * o * dtanh(ty);
+            dxp[3 * n + j] = dh * ty * dsigmoid(o);
+            de[5 * g4 + j] = dy * n_c[j];
+            de[5 * g4 + n + j] = dy;
+            let dn = dy * w_c[j];
+            s1 += dn;
+            s2 += dn * n_c[j];
+        }
+        // Through LN_c to c', then the gates' pre-activations v.
+        let hm = T::from_f64(n as f64);
+        let (m1, m2) = (s1 / hm, s2 / hm);
+        for j in 0..n {
+            let dn = de[5 * g4 + n + j] * w_c[j];
+            let dcn = dc[j] + rstd_c * (dn - m1 - n_c[j] * m2);
+            let (i, f, gg) = (gates[j], gates[n + j], gates[2 * n + j]);
+            dxp[j] = dcn * gg * dsigmoid(i);
+            dxp[n + j] = dcn * cp[j] * dsigmoid(f);
+            dxp[2 * n + j] = dcn * i * dtanh(gg);
+            dc[j] = dcn * f;
+        }
+        // v = LN_ih(xp) + LN_hh(r) + bias: the parameters' gradients, then both LNs backward.
+        for k in 0..g4 {
+            let dv = dxp[k];
+            de[k] = dv;
+            de[g4 + k] = dv * n_ih[k];
+            de[2 * g4 + k] = dv;
+            de[3 * g4 + k] = dv * n_hh[k];
+            de[4 * g4 + k] = dv;
+            dxp[k] = dv * w_ih[k];
+            dr[k] = dv * w_hh[k];
+        }
+        ln_backward(dxp, n_ih, rstd_ih);
+        ln_backward(dr, n_hh, rstd_hh);
+        dh_state.fill(T::zero());
+    }
+}
