@@ -28,7 +28,7 @@ fn struct_size(m: &naga::Module, name: &str) -> u32 {
 
 #[test]
 fn every_shader_family_validates_with_naga() {
-    for f in Family::ALL {
+    for f in Family::all() {
         validate(&format!("{f:?}"), f.source());
     }
     // The activations snippet on its own is valid WGSL too.
@@ -42,7 +42,7 @@ fn every_shader_file_is_compiled_into_a_validated_family() {
     // backward snippet needs its family's bindings).
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders");
     let mut files = Vec::new();
-    for sub in [dir.clone(), dir.join("shared")] {
+    for sub in [dir.clone(), dir.join("shared"), dir.join("cells")] {
         for e in std::fs::read_dir(&sub).unwrap() {
             let p = e.unwrap().path();
             if p.extension().is_some_and(|x| x == "wgsl") {
@@ -53,7 +53,7 @@ fn every_shader_file_is_compiled_into_a_validated_family() {
     assert!(files.len() >= 5, "found {} shader files", files.len());
     for p in files {
         let src = std::fs::read_to_string(&p).unwrap();
-        assert!(Family::ALL.iter().any(|f| f.source().contains(&src)), "{} is not part of any kernel family", p.display());
+        assert!(Family::all().iter().any(|f| f.source().contains(&src)), "{} is not part of any kernel family", p.display());
         if p.ends_with("shared/activations.wgsl") {
             validate(&p.display().to_string(), &src);
         }
@@ -74,7 +74,11 @@ fn parameter_structs_match_wgsl_sizes() {
     assert_eq!(struct_size(&m, "UtilParams") as usize, std::mem::size_of::<UtilParams>());
     let m = module(Family::Train.source());
     assert_eq!(struct_size(&m, "TrainParams") as usize, std::mem::size_of::<TrainParams>());
-    for f in Family::ALL {
+    for f in Family::all() {
+        if let Family::Cell(_) = f {
+            let m = module(f.source());
+            assert_eq!(struct_size(&m, "CellParams") as usize, std::mem::size_of::<wgpu_rnn::gpu::kernels::CellParams>(), "{f:?}");
+        }
         assert!(f.param_size() <= wgpu_rnn::gpu::kernels::MAX_PARAM_BYTES as u64);
     }
 }
@@ -140,12 +144,17 @@ fn all_kernels() -> Vec<Kernel> {
         Transpose, ColSum, PadRows,
     ]);
     v.extend(train_kernels().into_iter().map(Train));
+    for f in Family::all() {
+        if let Family::Cell(m) = f {
+            v.extend([CellForward(m), CellBackward(m), CellSave(m)]);
+        }
+    }
     // The match makes this list fail to compile when a kernel variant is added.
     for k in &v {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | Train(_) => {}
+            | Transpose | ColSum | PadRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) => {}
         }
     }
     v
@@ -270,7 +279,7 @@ fn every_entry_point_has_a_kernel_variant() {
     // would go untested on Metal and DX12.
     let kernels = all_kernels();
     let mut total = 0;
-    for f in Family::ALL {
+    for f in Family::all() {
         let m = module(f.source());
         assert!(!m.entry_points.is_empty(), "{f:?} has no entry points");
         for ep in &m.entry_points {
