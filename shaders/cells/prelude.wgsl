@@ -77,12 +77,17 @@ fn s_prev(row: u32, j: u32) -> f32 { return tp[p.sprev_off + (p.o + row) * p.sw 
 fn dout(row: u32, j: u32) -> f32 { return io[(p.o + row) * p.out_w + p.col + j]; }
 fn ds_get(row: u32, j: u32) -> f32 { return st[p.s_off + row * p.sw + j]; }
 fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = v; }
-// The gradient of tape value j, where a later stage's product read it (written by the
-// driver before this stage runs).
+// The gradient of tape value j where a later stage's product read it (the driver writes
+// those values before this stage runs; other tape gradients are undefined on the GPU).
 fn dtape(row: u32, j: u32) -> f32 { return scr[p.dtape_off + row * p.tw + j]; }
+// dxp, dr, de rows: zero when the step's first (last-run) stage starts; each stage writes
+// its own values, and a later-run (earlier) stage may read what a stage run before it wrote.
 fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + (p.o + row) * p.gx + j] = v; }
+fn dxp_get(row: u32, j: u32) -> f32 { return bws[p.dxp_off + (p.o + row) * p.gx + j]; }
 fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + (p.o + row) * p.rw + j] = v; }
+fn dr_get(row: u32, j: u32) -> f32 { return bws[p.dr_off + (p.o + row) * p.rw + j]; }
 fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + (p.o + row) * p.ew + j] = v; }
+fn de_get(row: u32, j: u32) -> f32 { return bws[p.de_off + (p.o + row) * p.ew + j]; }
 fn dx_add(row: u32, k: u32, v: f32) {
     let i = (p.o + row) * p.inw + k;
     dxin[i] = dxin[i] + v;
