@@ -307,6 +307,25 @@ pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<M
 }
 
 impl Case<f32> {
+    /// Runs the case on the GPU through the driver generic over the cell
+    /// ([`crate::gpu::generic`]), whatever the cell (if it has a WGSL file).
+    pub fn run_gpu_generic(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
+        let packed = self.packed_input()?;
+        let pass = if backward { Pass::Training } else { Pass::Inference };
+        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
+        let (fwd, tape) = crate::gpu::generic::forward(ctx, &self.weights, &packed, &s0, pass)?;
+        let grads = match (backward, tape) {
+            (true, Some(tape)) => {
+                let go = self.packed_grad_output()?;
+                let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
+                let g = crate::gpu::generic::backward(&self.weights, &tape, &go, &gs)?;
+                Some((g.input, g.states, g.params))
+            }
+            _ => None,
+        };
+        self.result(&fwd.output, fwd.states, grads)
+    }
+
     /// Runs the case on the GPU (f32): forward, and backward when `backward` is set.
     pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
         let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;

@@ -75,7 +75,7 @@ where
 }
 
 /// Checks the initial states (or their gradients) against the config: one entry per state.
-fn check_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], given: &[Option<&[T]>], b: usize, what: &str) -> Result<()> {
+pub(crate) fn check_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], given: &[Option<&[T]>], b: usize, what: &str) -> Result<()> {
     if given.len() > states.len() {
         return Err(Error::InvalidConfig(format!(
             "{} {what} given, but {} has {} states",
@@ -95,7 +95,7 @@ fn check_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], given: &[Option<
 }
 
 /// Interleaves per-state tensors `[LD, B, S_i]` into one `[LD, B, S]` buffer (sorted order).
-fn gather_states<T: Float>(states: &[StateDef], given: &[Option<&[T]>], ld: usize, b: usize, perm: &[usize]) -> Result<Vec<T>> {
+pub(crate) fn gather_states<T: Float>(states: &[StateDef], given: &[Option<&[T]>], ld: usize, b: usize, perm: &[usize]) -> Result<Vec<T>> {
     let (offs, sw) = state_offsets(states);
     let mut all = zeros("states", &[ld, b, sw])?;
     for (i, st) in states.iter().enumerate() {
@@ -110,7 +110,7 @@ fn gather_states<T: Float>(states: &[StateDef], given: &[Option<&[T]>], ld: usiz
 }
 
 /// Splits a `[LD, B, S]` buffer (sorted order) into per-state tensors in the caller's order.
-fn scatter_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], all: &[T], ld: usize, b: usize, perm: &[usize]) -> Result<Vec<Tensor<T>>> {
+pub(crate) fn scatter_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], all: &[T], ld: usize, b: usize, perm: &[usize]) -> Result<Vec<Tensor<T>>> {
     let (offs, sw) = state_offsets(states);
     let mut v = Vec::with_capacity(states.len());
     for (i, st) in states.iter().enumerate() {
@@ -123,7 +123,7 @@ fn scatter_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], all: &[T], ld:
     Ok(v)
 }
 
-fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
+pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
     w.validate()?;
     let mut bad = None;
     w.for_each(|def, layer, dir, v| {

@@ -469,31 +469,31 @@ pub struct CellParams {
     pub x_off: u32,
     /// Input projection `[N, gx]` in the tape buffer.
     pub gx: u32,
-    pub xp: u32,
+    pub xp_off: u32,
     /// Products `[B, rw]` in the scratch buffer.
     pub rw: u32,
-    pub r: u32,
+    pub r_off: u32,
     /// States `[B, sw]` in the state buffer.
     pub sw: u32,
-    pub s: u32,
+    pub s_off: u32,
     /// Tape rows `[.., tw]` in the tape buffer, from row `trow` (the packed row in training).
     pub tw: u32,
-    pub tape: u32,
+    pub tape_off: u32,
     pub trow: u32,
     /// States before each packed row `[N, sw]` in the tape buffer.
-    pub sprev: u32,
+    pub sprev_off: u32,
     /// Pointwise parameters in the weights buffer.
     pub ew: u32,
-    pub e: u32,
+    pub e_off: u32,
     /// Output rows `[N, out_w]`, this direction's columns from `col`.
     pub out_w: u32,
     pub col: u32,
     /// Backward: tape gradients `[B, tw]` (scratch buffer); dxp `[N, gx]`, dr `[N, rw]`,
     /// de `[N, ew]` (backward workspace).
-    pub dtape: u32,
-    pub dxp: u32,
-    pub dr: u32,
-    pub de: u32,
+    pub dtape_off: u32,
+    pub dxp_off: u32,
+    pub dr_off: u32,
+    pub de_off: u32,
     pub _pad0: u32,
     pub _pad1: u32,
     pub _pad2: u32,

@@ -9,6 +9,7 @@
 mod api;
 mod context;
 mod gemm;
+pub mod generic;
 pub mod kernels;
 pub mod profile;
 mod plan;

@@ -7,6 +7,7 @@ mod cpu_kernels;
 mod errors;
 mod golden_cpu;
 mod gpu;
+mod gpu_cells;
 mod gpu_common;
 mod gradcheck;
 mod long_sequences;
