@@ -380,9 +380,9 @@ pub fn forward(
         layer_io.push(buf(ctx, "layer output", n * out_w)?);
     }
     let mut tapes = Vec::new();
-    for l in 0..cfg.num_layers {
+    for dm in &dims {
         for _ in 0..d {
-            tapes.push(buf(ctx, "tape", dims[l].tape_len(n, b, training))?);
+            tapes.push(buf(ctx, "tape", dm.tape_len(n, b, training))?);
         }
     }
     let scr = buf(ctx, "products", scr_len)?;
