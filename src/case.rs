@@ -152,7 +152,7 @@ impl<T: Float> Case<T> {
     /// PyTorch's four cells take the tuned driver (`cpu::forward`), the others
     /// [`cpu::generic`].
     pub fn run_cpu(&self, backward: bool) -> Result<CaseResult> {
-        if !self.config().mode.optional_bias() {
+        if !self.config().mode.fused() {
             return self.run_cpu_generic(backward);
         }
         let packed = self.packed_input()?;
@@ -326,8 +326,13 @@ impl Case<f32> {
         self.result(&fwd.output, fwd.states, grads)
     }
 
-    /// Runs the case on the GPU (f32): forward, and backward when `backward` is set.
+    /// Runs the case on the GPU (f32): forward, and backward when `backward` is set. PyTorch's
+    /// four cells take the fused path ([`crate::gpu::GpuRnn`]), the others
+    /// [`crate::gpu::generic`].
     pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
+        if !self.config().mode.fused() {
+            return self.run_gpu_generic(ctx, backward);
+        }
         let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
         let packed = self.packed_input()?;
         let pass = if backward { Pass::Training } else { Pass::Inference };

@@ -338,8 +338,10 @@ impl Mode {
     /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU` (the GPU runs these).
     pub const ALL: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
 
-    /// Whether the GPU path runs this cell (today: PyTorch's four).
-    pub fn gpu_supported(self) -> bool {
+    /// Whether the tuned, fused drivers run this cell (`cpu::forward`, `gpu::Plan` and the
+    /// step kernels of `shaders/step_*.wgsl`: PyTorch's four). Every cell runs through the
+    /// drivers generic over the cell (`cpu::generic`, `gpu::generic`).
+    pub fn fused(self) -> bool {
         Mode::ALL.contains(&self)
     }
 

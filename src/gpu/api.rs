@@ -80,8 +80,8 @@ impl GpuRnn {
     /// Uploads the weights.
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
         w.validate()?; // config, and every tensor against it (Weights fields are public)
-        if !w.config.mode.gpu_supported() {
-            return Err(Error::Unsupported(format!("{} on the GPU (the CPU runs it: cpu::generic)", w.config.mode)));
+        if !w.config.mode.fused() {
+            return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", w.config.mode)));
         }
         let mut flat = Vec::with_capacity(w.num_scalars());
         let mut bad = None;

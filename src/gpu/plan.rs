@@ -216,7 +216,7 @@ pub fn weight_layout(cfg: &RnnConfig) -> (Vec<DirOffsets>, usize) {
                     Slot::BiasIh => &mut d.b_ih,
                     Slot::BiasHh => &mut d.b_hh,
                     Slot::WeightHr => &mut d.w_hr,
-                    // Plans exist only for cells the GPU runs (`Mode::gpu_supported`).
+                    // Plans exist only for cells the GPU runs (`Mode::fused`).
                     Slot::Pointwise => continue,
                 };
                 *slot = off as u32;
@@ -375,8 +375,8 @@ impl Plan {
     /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
     /// allocates workspaces and builds the pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
-        if !cfg.mode.gpu_supported() {
-            return Err(Error::Unsupported(format!("{} on the GPU (the CPU runs it: cpu::generic)", cfg.mode)));
+        if !cfg.mode.fused() {
+            return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", cfg.mode)));
         }
         Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
     }

@@ -167,3 +167,92 @@ fn gradients_match_finite_differences_every_cell() {
         assert!(k >= 3 * cfg.param_specs().len());
     }
 }
+
+#[test]
+fn cli_runs_every_cell_on_cpu_and_gpu() {
+    // `wgpu-rnn run CASE --device cpu|gpu --backward --out OUT` for one case of every cell
+    // writes `output`, every `{s}_n`, `grad_input`, every `grad_{s}0` and every parameter's
+    // gradient, within the golden tolerances (the format hidden cases come in).
+    let exe = env!("CARGO_BIN_EXE_wgpu-rnn");
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-cells-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let gpu = !crate::gpu_common::contexts().is_empty();
+    let cases = all_cases();
+    for &mode in Mode::REGISTRY {
+        let (path, file, _) = cases.iter().filter(|c| c.2 == mode).last().unwrap();
+        let has_kernels = !mode.wgsl().is_empty();
+        for device in ["cpu", "gpu"] {
+            if device == "gpu" && !gpu {
+                continue;
+            }
+            let out = dir.join(format!("{mode}-{device}.safetensors"));
+            let o = std::process::Command::new(exe)
+                .args(["run", path.to_str().unwrap(), "--device", device, "--backward", "--out", out.to_str().unwrap()])
+                .output()
+                .unwrap();
+            if device == "gpu" && !has_kernels {
+                assert!(!o.status.success(), "{mode}: the GPU has no kernels for it, yet the run succeeded");
+                assert!(String::from_utf8_lossy(&o.stderr).contains("WGSL"), "{mode}: {}", String::from_utf8_lossy(&o.stderr));
+                continue;
+            }
+            assert!(o.status.success(), "{mode} {device}: {}", String::from_utf8_lossy(&o.stderr));
+            let got = TensorFile::read(&out).unwrap();
+            let report = compare(&got, file, true);
+            let states = RnnConfig::clone(&Case::<f32>::from_file(file).unwrap().weights.config).states().len();
+            assert!(report.len() > 2 + 2 * states, "{mode} {device}: only {} tensors compared", report.len());
+            for m in &report {
+                assert_eq!(m.failures, 0, "{mode} {device}: {} (ratio {})", m.name, m.worst_ratio);
+            }
+        }
+    }
+}
+
+#[test]
+fn weights_round_trip_every_cell_under_its_names() {
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-cells-w-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for &mode in Mode::REGISTRY {
+        let cfg = small_config(mode, false);
+        let w = Weights::<f32>::init_uniform(&cfg, 3).unwrap();
+        let path = dir.join(format!("{mode}.safetensors"));
+        w.save(&path).unwrap();
+        let file = TensorFile::read(&path).unwrap();
+        assert_eq!(file.metadata["mode"], mode.as_str());
+        // Exactly the cell's names and shapes.
+        let specs = cfg.param_specs();
+        assert_eq!(file.tensors.len(), specs.len(), "{mode}");
+        for s in &specs {
+            assert_eq!(file.float(&s.name).unwrap().shape, s.shape, "{mode} {}", s.name);
+        }
+        let back = Weights::<f32>::load(&path, "", None).unwrap();
+        assert_eq!(back, w, "{mode}");
+        // A missing tensor is named.
+        let mut f2 = file.clone();
+        f2.tensors.remove(&specs.last().unwrap().name);
+        assert!(matches!(Weights::<f32>::from_file(&f2, "", None), Err(wgpu_rnn::Error::MissingTensor(n)) if n == specs.last().unwrap().name), "{mode}");
+    }
+}
+
+#[test]
+fn sizes_a_cell_cannot_take_are_typed_errors() {
+    for mode in [Mode::Sru, Mode::Mut1] {
+        let cfg = RnnConfig::new(mode, 3, 4);
+        assert!(matches!(cfg.validate(), Err(wgpu_rnn::Error::InvalidConfig(_))), "{mode}");
+        assert!(matches!(Weights::<f32>::zeros(&cfg), Err(wgpu_rnn::Error::InvalidConfig(_))), "{mode}");
+        // A bidirectional stack's second layer has input 2H.
+        let cfg = RnnConfig::new(mode, 4, 4).layers(2).bidirectional(true);
+        assert!(matches!(cfg.validate(), Err(wgpu_rnn::Error::InvalidConfig(_))), "{mode}");
+    }
+    // Projection and bias=False are PyTorch's LSTM / RNN options only.
+    assert!(RnnConfig::new(Mode::LstmPeephole, 3, 4).proj(2).validate().is_err());
+    assert!(RnnConfig::new(Mode::Scrn, 3, 4).bias(false).validate().is_err());
+    // A stage's states given with the wrong shape.
+    let cfg = RnnConfig::new(Mode::Scrn, 3, 4);
+    let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+    let x = PackedSequence::from_padded(&[0.1f32; 6], [2, 1, 3], false, &[2]).unwrap();
+    let bad_s = vec![0.0f32; 4]; // s is [1, 1, 2]
+    let r = generic::forward(&w, &x, &[None, Some(&bad_s[..])], Pass::Inference);
+    assert!(matches!(r, Err(wgpu_rnn::Error::LengthMismatch { .. })), "{r:?}");
+    let r = generic::forward(&w, &x, &[None, None, None], Pass::Inference);
+    assert!(matches!(r, Err(wgpu_rnn::Error::InvalidConfig(_))), "{r:?}");
+}
