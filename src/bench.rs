@@ -48,16 +48,18 @@ impl BenchConfig {
         }
     }
 
-    /// Multiply-adds x 2 of the GEMMs (forward; training counts 3x: forward, dX/dh, dW).
+    /// Multiply-adds x 2 of the products, from the cell's description: the input
+    /// projection and every stage's product (forward; training counts 3x: forward, dX/dh, dW).
     pub fn flops(&self, training: bool) -> f64 {
-        let g = self.mode.gates() as f64;
-        let d = if self.bidirectional { 2.0 } else { 1.0 };
+        let cfg = self.rnn_config();
+        let d = cfg.directions() as f64;
         let rows: f64 = self.lengths().iter().sum::<usize>() as f64;
-        let h = self.hidden as f64;
         let mut total = 0.0;
         for l in 0..self.layers {
-            let inp = if l == 0 { self.input as f64 } else { d * h };
-            total += d * 2.0 * rows * g * h * (inp + h);
+            let sizes = cfg.sizes(l);
+            let lay = self.mode.layout(sizes);
+            let per_row = lay.xp * sizes.input + lay.stages.iter().flatten().map(|p| p.rows * p.k).sum::<usize>();
+            total += d * 2.0 * rows * per_row as f64;
         }
         if training {
             3.0 * total
@@ -113,6 +115,16 @@ pub fn default_configs() -> Vec<BenchConfig> {
         BenchConfig::new("DB-RNN-H32-B1-T672", RnnTanh, 672, 1, 32, 32),
         BenchConfig::new("DB-RNN-H64-B1-T96", RnnTanh, 96, 1, 64, 64),
         BenchConfig::new("C1-GRU", Gru, 50, 32, 128, 256),
+        // The cells beyond PyTorch's at C1 sizes (I = H = 256 where the cell needs it).
+        BenchConfig::new("C1-LSTM_PEEPHOLE", LstmPeephole, 50, 32, 128, 256),
+        BenchConfig::new("C1-LSTM_CIFG", LstmCifg, 50, 32, 128, 256),
+        BenchConfig::new("C1-GRU_RESET_BEFORE", GruResetBefore, 50, 32, 128, 256),
+        BenchConfig::new("C1-LSTM_LAYERNORM", LstmLayerNorm, 50, 32, 128, 256),
+        BenchConfig::new("C1-INDRNN", IndRnn, 50, 32, 128, 256),
+        BenchConfig::new("C1-SRU", Sru, 50, 32, 256, 256),
+        BenchConfig::new("C1-MUT1", Mut1, 50, 32, 256, 256),
+        BenchConfig::new("C1-JORDAN", Jordan, 50, 32, 128, 256),
+        BenchConfig::new("C1-SCRN", Scrn, 50, 32, 128, 256),
     ]
 }
 
@@ -233,6 +245,15 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
     let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
     let go = data(x.rows() * cfg.output_size(), 2);
     let adapter = format!("CPU ({})", cpu_threads());
+    if !cfg.mode.fused() {
+        // The driver generic over the cell.
+        let fwd = time_ms(timing, || cpu::generic::forward(&w, &x, &[], Pass::Inference).map(|_| ()))?;
+        let train = time_ms(timing, || {
+            let (_, tape) = cpu::generic::forward(&w, &x, &[], Pass::Training)?;
+            cpu::generic::backward(&w, &tape.expect("training tape"), &go, &[]).map(|_| ())
+        })?;
+        return Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)]);
+    }
     let fwd = time_ms(timing, || cpu::forward(&w, &x, None, None, Pass::Inference).map(|_| ()))?;
     let train = time_ms(timing, || {
         let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training)?;
@@ -357,7 +378,23 @@ impl GpuRig {
 
 /// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
 /// wait for the device. Uploads and readbacks are outside the timed loop.
+///
+/// Cells outside the fused path run through `gpu::generic`'s convenience form, whose times
+/// include the upload of weights and input and the readback of the results.
 pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy) -> Result<Vec<Record>> {
+    if !c.mode.fused() {
+        let cfg = c.rnn_config();
+        let w = Weights::<f32>::init_uniform(&cfg, 0)?;
+        let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
+        let go = data(x.rows() * cfg.output_size(), 2);
+        let adapter = format!("{} (generic, with transfers)", ctx.describe());
+        let fwd = time_ms(timing, || gpu::generic::forward(ctx, &w, &x, &[], Pass::Inference).map(|_| ()))?;
+        let train = time_ms(timing, || {
+            let (_, tape) = gpu::generic::forward(ctx, &w, &x, &[], Pass::Training)?;
+            gpu::generic::backward(&w, &tape.expect("training tape"), &go, &[]).map(|_| ())
+        })?;
+        return Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)]);
+    }
     let rig = GpuRig::with_strategy(ctx, c, strategy)?;
     let adapter = ctx.describe();
     let fwd = time_ms(timing, || rig.run(false))?;
