@@ -13,6 +13,7 @@ pub struct Jordan;
 
 impl Cell for Jordan {
     const NAME: &'static str = "JORDAN";
+    const WGSL: &'static str = super::cell_wgsl!("jordan.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let h = s.hidden;
         vec![

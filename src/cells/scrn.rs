@@ -23,6 +23,7 @@ const BETA: f64 = 0.05;
 
 impl Cell for Scrn {
     const NAME: &'static str = "SCRN";
+    const WGSL: &'static str = super::cell_wgsl!("scrn.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let (h, c, i) = (s.hidden, context(s), s.input);
         vec![
