@@ -80,3 +80,62 @@ fn cells_without_kernels_are_refused_on_the_gpu() {
         assert!(matches!(case.run_gpu_generic(ctx, true), Err(Error::Unsupported(_))), "{m}");
     }
 }
+
+/// GPU (f32) against the CPU driver in f64 where the golden cases do not reach: H 100 (each
+/// invocation of a cell kernel strides over two units), 2 layers, both directions where the
+/// cell allows, unsorted lengths, given initial states.
+const WIDE_FWD_ATOL: f64 = 1e-4;
+const WIDE_FWD_RTOL: f64 = 1e-3;
+const WIDE_GRAD_ATOL: f64 = 5e-4;
+const WIDE_GRAD_RTOL: f64 = 5e-3;
+
+#[test]
+fn gpu_cells_match_the_cpu_at_hidden_100() {
+    use crate::common::{assert_close, rng, uniform};
+    use wgpu_rnn::cpu::{cast, generic, Pass};
+    use wgpu_rnn::{PackedSequence, RnnConfig, Weights};
+    let Some(ctx) = contexts().first() else { return };
+    let mut g = rng(21);
+    for mode in gpu_cells() {
+        let mut cfg = RnnConfig::new(mode, 37, 100).layers(2).bidirectional(true);
+        if cfg.validate().is_err() {
+            cfg = RnnConfig::new(mode, 100, 100).layers(2);
+        }
+        let w64 = Weights::<f64>::init_uniform(&cfg, 7).unwrap();
+        let w32 = w64.cast::<f32>();
+        let lengths = [5usize, 7, 2, 7, 4];
+        let (t, b) = (7, lengths.len());
+        let xin = uniform(&mut g, t * b * cfg.input_size, 1.0);
+        let x64 = PackedSequence::from_padded(&xin, [t, b, cfg.input_size], false, &lengths).unwrap();
+        let x32 = PackedSequence::from_padded(&cast::<f64, f32>(&xin), [t, b, cfg.input_size], false, &lengths).unwrap();
+        let states = cfg.states();
+        let s0: Vec<Vec<f64>> = states.iter().map(|s| uniform(&mut g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
+        let gs: Vec<Vec<f64>> = states.iter().map(|s| uniform(&mut g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
+        let s0_32: Vec<Vec<f32>> = s0.iter().map(|v| cast(v)).collect();
+        let gs_32: Vec<Vec<f32>> = gs.iter().map(|v| cast(v)).collect();
+        let (c_out, c_tape) = generic::forward(&w64, &x64, &opts(&s0), Pass::Training).unwrap();
+        let go = uniform(&mut g, c_out.output.data.len(), 1.0);
+        let c_grad = generic::backward(&w64, &c_tape.unwrap(), &go, &opts(&gs)).unwrap();
+        let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &opts(&s0_32), Pass::Training).unwrap();
+        let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &opts(&gs_32)).unwrap();
+        let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        assert_close(&format!("{mode} output"), &to64(&g_out.output.data), &c_out.output.data, WIDE_FWD_ATOL, WIDE_FWD_RTOL);
+        for (i, st) in states.iter().enumerate() {
+            assert_close(&format!("{mode} {}_n", st.name), &to64(&g_out.states[i].data), &c_out.states[i].data, WIDE_FWD_ATOL, WIDE_FWD_RTOL);
+            assert_close(&format!("{mode} grad_{}0", st.name), &to64(&g_grad.states[i].data), &c_grad.states[i].data, WIDE_GRAD_ATOL, WIDE_GRAD_RTOL);
+        }
+        assert_close(&format!("{mode} grad_input"), &to64(&g_grad.input.data), &c_grad.input.data, WIDE_GRAD_ATOL, WIDE_GRAD_RTOL);
+        let mut cp = Vec::new();
+        c_grad.params.for_each(|d, l, dir, v| cp.push((RnnConfig::param_name(d.stem, l, dir), v.to_vec())));
+        let mut k = 0;
+        g_grad.params.for_each(|_, _, _, v| {
+            assert_close(&format!("{mode} grad.{}", cp[k].0), &to64(v), &cp[k].1, WIDE_GRAD_ATOL, WIDE_GRAD_RTOL);
+            k += 1;
+        });
+        assert_eq!(k, cp.len());
+    }
+}
+
+fn opts<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
+    v.iter().map(|x| Some(&x[..])).collect()
+}
