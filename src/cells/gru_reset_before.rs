@@ -14,6 +14,7 @@ pub struct GruResetBefore;
 
 impl Cell for GruResetBefore {
     const NAME: &'static str = "GRU_RESET_BEFORE";
+    const WGSL: &'static str = super::cell_wgsl!("gru_reset_before.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         // This cell always has its biases, whatever `Sizes::bias` says.
         torch_params(3, Sizes { bias: true, proj: 0, ..s }, s.hidden)

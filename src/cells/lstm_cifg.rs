@@ -16,6 +16,7 @@ fn with_bias(s: Sizes) -> Sizes {
 
 impl Cell for LstmCifg {
     const NAME: &'static str = "LSTM_CIFG";
+    const WGSL: &'static str = super::cell_wgsl!("lstm_cifg.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(3, with_bias(s), s.hidden)
     }

@@ -18,6 +18,7 @@ fn with_bias(s: Sizes) -> Sizes {
 
 impl Cell for LstmPeephole {
     const NAME: &'static str = "LSTM_PEEPHOLE";
+    const WGSL: &'static str = super::cell_wgsl!("lstm_peephole.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let mut v = torch_params(4, with_bias(s), s.hidden);
         v.push(ParamDef::new("weight_peephole", vec![3, s.hidden], Slot::Pointwise, 0));

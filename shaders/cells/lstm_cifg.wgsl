@@ -1,0 +1,54 @@
+// LSTM with coupled input and forget gates (src/cells/lstm_cifg.rs), one stage. With
+// a = xp + r (the input projection and W_hh h + b_hh, gates f, g, o at 0, H, 2H):
+//   f = s(a_f), g = tanh(a_g), o = s(a_o), c' = f c + (1 - f) g, h' = o tanh(c'); output h'.
+// States h [H] at 0, c [H] at H. Tape [4H]: f at 0, g at H, o at 2H, c' at 3H.
+// Backward: dc' = dc + dh o (1 - tanh(c')^2), df = dc' (c - g) f(1-f),
+// dg = dc' (1 - f)(1 - g^2), d_o = dh tanh(c') o(1-o); dc = dc' f; dh state zeroed (h
+// reaches the previous step only through the product, which the driver adds).
+// Purely pointwise: no reductions, each invocation reads and writes only its own units j.
+
+@compute @workgroup_size(64)
+fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = p.hidden;
+    for (var j = lid.x; j < n; j += WG) {
+        let f = sigmoid(xp(row, j) + r(row, j));
+        let g = tanh_safe(xp(row, n + j) + r(row, n + j));
+        let o = sigmoid(xp(row, 2u * n + j) + r(row, 2u * n + j));
+        let cn = f * s_get(row, n + j) + (1.0 - f) * g;
+        let y = o * tanh_safe(cn);
+        s_set(row, n + j, cn);
+        s_set(row, j, y);
+        out_set(row, j, y);
+        tape_set(row, j, f);
+        tape_set(row, n + j, g);
+        tape_set(row, 2u * n + j, o);
+        tape_set(row, 3u * n + j, cn);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = p.hidden;
+    for (var j = lid.x; j < n; j += WG) {
+        let f = tape_get(row, j);
+        let g = tape_get(row, n + j);
+        let o = tape_get(row, 2u * n + j);
+        let c = tape_get(row, 3u * n + j);
+        let dh = ds_get(row, j) + dout(row, j);
+        let tc = tanh_safe(c);
+        let dct = ds_get(row, n + j) + dh * o * dtanh(tc);
+        let df = dct * (s_prev(row, n + j) - g) * dsigmoid(f);
+        let dg = dct * (1.0 - f) * dtanh(g);
+        let d_o = dh * tc * dsigmoid(o);
+        dxp_set(row, j, df);
+        dxp_set(row, n + j, dg);
+        dxp_set(row, 2u * n + j, d_o);
+        dr_set(row, j, df);
+        dr_set(row, n + j, dg);
+        dr_set(row, 2u * n + j, d_o);
+        ds_set(row, n + j, dct * f);
+        ds_set(row, j, 0.0);
+    }
+}
