@@ -63,6 +63,7 @@ fn ln_backward<T: Float>(g: &mut [T], n: &[T], rstd: T) {
 
 impl Cell for LstmLayerNorm {
     const NAME: &'static str = "LSTM_LAYERNORM";
+    const WGSL: &'static str = super::cell_wgsl!("lstm_layernorm.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let h = s.hidden;
         let g = 4 * h;

@@ -18,6 +18,7 @@ pub struct Sru;
 
 impl Cell for Sru {
     const NAME: &'static str = "SRU";
+    const WGSL: &'static str = super::cell_wgsl!("sru.wgsl");
     fn check(s: Sizes) -> std::result::Result<(), String> {
         if s.input != s.hidden {
             return Err(format!("input size ({}) must equal hidden size ({})", s.input, s.hidden));

@@ -1,0 +1,201 @@
+// Layer-normalised LSTM, as in haste (src/cells/lstm_layernorm.rs). Gates i, f, g, o:
+//   v  = LN_ih(W_ih x) + LN_hh(W_hh h) + bias           [4H]
+//   c' = s(v_f) c + s(v_i) tanh(v_g)
+//   h' = s(v_o) tanh(LN_c(c'))                           (output h')
+// LN(a) = (a - mean(a)) * rstd * weight + bias, rstd = 1 / sqrt(var(a) + 1e-5), the mean and
+// the biased variance over the whole vector (4H for LN_ih and LN_hh, H for LN_c), computed in
+// two passes (mean, then the mean of squared deviations) like the CPU; rstd = inverseSqrt in
+// f32 (the CPU takes it in f64). States h [H], c [H] (h first). xp = W_ih x (no input bias),
+// one product r = W_hh h (no bias), one stage.
+// Pointwise parameters: bias [0, 4H), ln_ih_weight [4H, 8H), ln_ih_bias [8H, 12H),
+// ln_hh_weight [12H, 16H), ln_hh_bias [16H, 20H), ln_c_weight [20H, 21H), ln_c_bias
+// [21H, 22H); de has the same layout.
+// Tape (13H + 3): normalised W_ih x [0, 4H), normalised W_hh h [4H, 8H), the gates i, f, g, o
+// [8H, 12H), normalised c' [12H, 13H), then rstd of LN_ih, LN_hh, LN_c at 13H, 13H+1, 13H+2.
+// Backward: dh = ds_h + dout; dy = dh o tanh'(.), the LN_c input gradient
+// rstd_c (dn - mean(dn) - n_c mean(dn n_c)) with dn = dy w_c, then the gates' dv, the
+// parameters' gradients, and LN_ih / LN_hh backward the same way into dxp and dr.
+//
+// Reductions (row sums): invocation l sums, in order, its units j = l, l + 64, l + 128, ...
+// (the same units it writes, so every later phase reads only values it wrote itself); the 64
+// partial sums go to `red` (workgroup memory) and are added by a fixed tree: stride 32, 16,
+// ..., 1, slot l += slot l + stride, a workgroupBarrier() after each level. Up to four sums
+// travel together as a vec4. No atomics: the order of every addition is fixed, so results are
+// bitwise reproducible. All barriers are at the top level of the entry points (uniform
+// control flow); no invocation returns early.
+
+var<workgroup> red: array<vec4<f32>, 64>;
+
+// The row sum of the 64 invocations' partial sums v (all invocations must call it).
+fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
+    red[l] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (l < s) {
+            red[l] = red[l] + red[l + s];
+        }
+        workgroupBarrier();
+    }
+    let t = red[0];
+    // Everyone has read the result before the next call overwrites the slots.
+    workgroupBarrier();
+    return t;
+}
+
+const LN_EPS: f32 = 1e-5;
+
+@compute @workgroup_size(64)
+fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let l = lid.x;
+    let n = p.hidden;
+    let g4 = 4u * n;
+    let m4 = f32(g4);
+
+    // LN_ih and LN_hh: means of xp and r, then biased variances.
+    var a = vec4<f32>(0.0);
+    for (var k = l; k < g4; k += WG) {
+        a.x += xp(row, k);
+        a.y += r(row, k);
+    }
+    let sums = row_sum(l, a);
+    let mean_ih = sums.x / m4;
+    let mean_hh = sums.y / m4;
+    a = vec4<f32>(0.0);
+    for (var k = l; k < g4; k += WG) {
+        let di = xp(row, k) - mean_ih;
+        let dh = r(row, k) - mean_hh;
+        a.x += di * di;
+        a.y += dh * dh;
+    }
+    let sq = row_sum(l, a);
+    let rstd_ih = inverseSqrt(sq.x / m4 + LN_EPS);
+    let rstd_hh = inverseSqrt(sq.y / m4 + LN_EPS);
+
+    // The gates and c'; c' goes to the state (read back below by the same invocation).
+    a = vec4<f32>(0.0);
+    for (var j = l; j < n; j += WG) {
+        var gv: array<f32, 4>;
+        for (var q = 0u; q < 4u; q++) {
+            let k = q * n + j;
+            let nih = (xp(row, k) - mean_ih) * rstd_ih;
+            let nhh = (r(row, k) - mean_hh) * rstd_hh;
+            tape_set(row, k, nih);
+            tape_set(row, g4 + k, nhh);
+            gv[q] = nih * e(g4 + k) + e(2u * g4 + k) + (nhh * e(3u * g4 + k) + e(4u * g4 + k)) + e(k);
+        }
+        let ig = sigmoid(gv[0]);
+        let fg = sigmoid(gv[1]);
+        let gg = tanh_safe(gv[2]);
+        let og = sigmoid(gv[3]);
+        let c = fg * s_get(row, n + j) + ig * gg;
+        s_set(row, n + j, c);
+        tape_set(row, 2u * g4 + j, ig);
+        tape_set(row, 2u * g4 + n + j, fg);
+        tape_set(row, 2u * g4 + 2u * n + j, gg);
+        tape_set(row, 2u * g4 + 3u * n + j, og);
+        a.x += c;
+    }
+    let mean_c = row_sum(l, a).x / f32(n);
+    a = vec4<f32>(0.0);
+    for (var j = l; j < n; j += WG) {
+        let d = s_get(row, n + j) - mean_c;
+        a.x += d * d;
+    }
+    let rstd_c = inverseSqrt(row_sum(l, a).x / f32(n) + LN_EPS);
+
+    // h' = o tanh(LN_c(c')).
+    for (var j = l; j < n; j += WG) {
+        let nc = (s_get(row, n + j) - mean_c) * rstd_c;
+        tape_set(row, 3u * g4 + j, nc);
+        let hn = tape_get(row, 2u * g4 + 3u * n + j) * tanh_safe(nc * e(5u * g4 + j) + e(5u * g4 + n + j));
+        s_set(row, j, hn);
+        out_set(row, j, hn);
+    }
+    if (l == 0u) {
+        tape_set(row, 13u * n, rstd_ih);
+        tape_set(row, 13u * n + 1u, rstd_hh);
+        tape_set(row, 13u * n + 2u, rstd_c);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let l = lid.x;
+    let n = p.hidden;
+    let g4 = 4u * n;
+    let rstd_ih = tape_get(row, 13u * n);
+    let rstd_hh = tape_get(row, 13u * n + 1u);
+    let rstd_c = tape_get(row, 13u * n + 2u);
+
+    // h' = o tanh(y), y = LN_c(c'): d o (kept in dxp), dy (kept as ln_c_bias's gradient).
+    var a = vec4<f32>(0.0);
+    for (var j = l; j < n; j += WG) {
+        let og = tape_get(row, 2u * g4 + 3u * n + j);
+        let nc = tape_get(row, 3u * g4 + j);
+        let dh = ds_get(row, j) + dout(row, j);
+        let ty = tanh_safe(nc * e(5u * g4 + j) + e(5u * g4 + n + j));
+        let dy = dh * og * dtanh(ty);
+        dxp_set(row, 3u * n + j, dh * ty * dsigmoid(og));
+        de_set(row, 5u * g4 + j, dy * nc);
+        de_set(row, 5u * g4 + n + j, dy);
+        let dn = dy * e(5u * g4 + j);
+        a.x += dn;
+        a.y += dn * nc;
+    }
+    let s = row_sum(l, a);
+    let hm = f32(n);
+    let m1 = s.x / hm;
+    let m2 = s.y / hm;
+
+    // Through LN_c to c', the gates' pre-activations v, the parameters' gradients; dxp and dr
+    // get the gradients of the normalised W_ih x and W_hh h (LN backward follows).
+    a = vec4<f32>(0.0);
+    for (var j = l; j < n; j += WG) {
+        let nc = tape_get(row, 3u * g4 + j);
+        let dn = de_get(row, 5u * g4 + n + j) * e(5u * g4 + j);
+        let dcn = ds_get(row, n + j) + rstd_c * (dn - m1 - nc * m2);
+        let ig = tape_get(row, 2u * g4 + j);
+        let fg = tape_get(row, 2u * g4 + n + j);
+        let gg = tape_get(row, 2u * g4 + 2u * n + j);
+        var dv: array<f32, 4>;
+        dv[0] = dcn * gg * dsigmoid(ig);
+        dv[1] = dcn * s_prev(row, n + j) * dsigmoid(fg);
+        dv[2] = dcn * ig * dtanh(gg);
+        dv[3] = dxp_get(row, 3u * n + j);
+        ds_set(row, n + j, dcn * fg);
+        ds_set(row, j, 0.0);
+        for (var q = 0u; q < 4u; q++) {
+            let k = q * n + j;
+            let d = dv[q];
+            let nih = tape_get(row, k);
+            let nhh = tape_get(row, g4 + k);
+            de_set(row, k, d);
+            de_set(row, g4 + k, d * nih);
+            de_set(row, 2u * g4 + k, d);
+            de_set(row, 3u * g4 + k, d * nhh);
+            de_set(row, 4u * g4 + k, d);
+            let gi = d * e(g4 + k);
+            let gh = d * e(3u * g4 + k);
+            dxp_set(row, k, gi);
+            dr_set(row, k, gh);
+            a += vec4<f32>(gi, gi * nih, gh, gh * nhh);
+        }
+    }
+    let t = row_sum(l, a);
+    let m4 = f32(g4);
+    let mi1 = t.x / m4;
+    let mi2 = t.y / m4;
+    let mh1 = t.z / m4;
+    let mh2 = t.w / m4;
+
+    // LN_ih and LN_hh backward: rstd (g - mean(g) - n mean(g n)).
+    for (var j = l; j < n; j += WG) {
+        for (var q = 0u; q < 4u; q++) {
+            let k = q * n + j;
+            dxp_set(row, k, rstd_ih * (dxp_get(row, k) - mi1 - tape_get(row, k) * mi2));
+            dr_set(row, k, rstd_hh * (dr_get(row, k) - mh1 - tape_get(row, g4 + k) * mh2));
+        }
+    }
+}
