@@ -31,6 +31,7 @@ pub trait Float:
     fn to_f64(self) -> f64;
     fn tanh(self) -> Self;
     fn exp(self) -> Self;
+    fn sqrt(self) -> Self;
     fn is_finite(self) -> bool;
     /// Fused multiply-add `self * b + c` (only called where the target has FMA).
     fn fma(self, b: Self, c: Self) -> Self;
@@ -107,6 +108,10 @@ macro_rules! impl_float {
             #[inline]
             fn exp(self) -> Self {
                 <$t>::exp(self)
+            }
+            #[inline]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
             }
             #[inline]
             fn is_finite(self) -> bool {

@@ -5,7 +5,7 @@
 // LN(a) = (a - mean(a)) * rstd * weight + bias, rstd = 1 / sqrt(var(a) + 1e-5), the mean and
 // the biased variance over the whole vector (4H for LN_ih and LN_hh, H for LN_c), computed in
 // two passes (mean, then the mean of squared deviations) like the CPU; rstd = inverseSqrt in
-// f32 (the CPU takes it in f64). States h [H], c [H] (h first). xp = W_ih x (no input bias),
+// f32 (the CPU: 1 / sqrt). States h [H], c [H] (h first). xp = W_ih x (no input bias),
 // one product r = W_hh h (no bias), one stage.
 // Pointwise parameters: bias [0, 4H), ln_ih_weight [4H, 8H), ln_ih_bias [8H, 12H),
 // ln_hh_weight [12H, 16H), ln_hh_bias [16H, 20H), ln_c_weight [20H, 21H), ln_c_bias

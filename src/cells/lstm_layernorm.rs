@@ -38,7 +38,7 @@ fn ln_forward<T: Float>(a: &[T], n: &mut [T]) -> T {
         sq += d * d;
     }
     let var = sq / m;
-    let rstd = T::from_f64(1.0 / (var + T::from_f64(EPS)).to_f64().sqrt());
+    let rstd = T::one() / (var + T::from_f64(EPS)).sqrt();
     for (o, &v) in n.iter_mut().zip(a) {
         *o = (v - mean) * rstd;
     }
