@@ -294,6 +294,29 @@ impl Dims {
     fn sprev_off(&self, n: usize) -> usize {
         n * (self.lay.xp + self.lay.tape)
     }
+    /// The cell dispatches' parameters of layer-direction `k` (direction `dir`) that do not
+    /// change from step to step.
+    #[allow(clippy::too_many_arguments)]
+    fn params(&self, cfg: &RnnConfig, k: usize, dir: usize, b: usize, n: usize, out_w: usize, wo: &[Option<usize>; 6]) -> CellParams {
+        let lay = &self.lay;
+        CellParams {
+            hidden: cfg.hidden_size as u32,
+            proj: cfg.proj_size as u32,
+            inw: self.inw as u32,
+            gx: lay.xp as u32,
+            rw: self.rw as u32,
+            sw: self.sw as u32,
+            s_off: (k * b * self.sw) as u32,
+            tw: lay.tape as u32,
+            tape_off: self.tape_off(n) as u32,
+            sprev_off: self.sprev_off(n) as u32,
+            ew: lay.pointwise as u32,
+            e_off: wo[slot_index(Slot::Pointwise)].unwrap_or(0) as u32,
+            out_w: out_w as u32,
+            col: (dir * lay.out) as u32,
+            ..Default::default()
+        }
+    }
 }
 
 /// The buffers a backward needs from a training forward.
@@ -404,23 +427,7 @@ pub fn forward(
                 let bias = if lay.input_bias { wo[slot_index(Slot::BiasIh)] } else { None };
                 rec.gemm(gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (wx, 1, dm.inw), (0, lay.xp), bias, 0.0), x, &wbuf, tp, bias.map(|_| &*wbuf))?;
             }
-            let mut cp = CellParams {
-                hidden: cfg.hidden_size as u32,
-                proj: cfg.proj_size as u32,
-                inw: dm.inw as u32,
-                gx: lay.xp as u32,
-                rw: dm.rw as u32,
-                sw: sw as u32,
-                s_off: (k * b * sw) as u32,
-                tw: lay.tape as u32,
-                tape_off: dm.tape_off(n) as u32,
-                sprev_off: dm.sprev_off(n) as u32,
-                ew: lay.pointwise as u32,
-                e_off: wo[slot_index(Slot::Pointwise)].unwrap_or(0) as u32,
-                out_w: out_w as u32,
-                col: (dir * lay.out) as u32,
-                ..Default::default()
-            };
+            let mut cp = dm.params(cfg, k, dir, b, n, out_w, wo);
             let steps: Vec<usize> = if dir == 1 { (0..input.batch_sizes.len()).rev().collect() } else { (0..input.batch_sizes.len()).collect() };
             for t in steps {
                 let rows = input.batch_sizes[t];
@@ -545,25 +552,11 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
             let tp = &tape.tapes[k];
             rec.ops.push(Op::Clear(&bws));
             let mut cp = CellParams {
-                hidden: cfg.hidden_size as u32,
-                proj: cfg.proj_size as u32,
-                inw: dm.inw as u32,
-                gx: lay.xp as u32,
-                rw: dm.rw as u32,
-                sw: sw as u32,
-                s_off: (k * b * sw) as u32,
-                tw: lay.tape as u32,
-                tape_off: dm.tape_off(n) as u32,
-                sprev_off: dm.sprev_off(n) as u32,
-                ew: lay.pointwise as u32,
-                e_off: wo[slot_index(Slot::Pointwise)].unwrap_or(0) as u32,
-                out_w: out_w as u32,
-                col: (dir * lay.out) as u32,
                 dtape_off: 0,
                 dxp_off: dxp_off as u32,
                 dr_off: dr_off as u32,
                 de_off: de_off as u32,
-                ..Default::default()
+                ..dm.params(cfg, k, dir, b, n, out_w, wo)
             };
             // Reverse of the processing order.
             let steps: Vec<usize> = if dir == 1 { (0..tape.batch_sizes.len()).collect() } else { (0..tape.batch_sizes.len()).rev().collect() };

@@ -179,7 +179,7 @@ fn cli_runs_every_cell_on_cpu_and_gpu() {
     let gpu = !crate::gpu_common::contexts().is_empty();
     let cases = all_cases();
     for &mode in Mode::REGISTRY {
-        let (path, file, _) = cases.iter().filter(|c| c.2 == mode).last().unwrap();
+        let (path, file, _) = cases.iter().rfind(|c| c.2 == mode).unwrap();
         let has_kernels = !mode.wgsl().is_empty();
         for device in ["cpu", "gpu"] {
             if device == "gpu" && !gpu {
@@ -250,7 +250,7 @@ fn sizes_a_cell_cannot_take_are_typed_errors() {
     let cfg = RnnConfig::new(Mode::Scrn, 3, 4);
     let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     let x = PackedSequence::from_padded(&[0.1f32; 6], [2, 1, 3], false, &[2]).unwrap();
-    let bad_s = vec![0.0f32; 4]; // s is [1, 1, 2]
+    let bad_s = [0.0f32; 4]; // s is [1, 1, 2]
     let r = generic::forward(&w, &x, &[None, Some(&bad_s[..])], Pass::Inference);
     assert!(matches!(r, Err(wgpu_rnn::Error::LengthMismatch { .. })), "{r:?}");
     let r = generic::forward(&w, &x, &[None, None, None], Pass::Inference);
