@@ -205,6 +205,7 @@ fn cli_runs_every_cell_on_cpu_and_gpu() {
             }
         }
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
@@ -231,6 +232,7 @@ fn weights_round_trip_every_cell_under_its_names() {
         f2.tensors.remove(&specs.last().unwrap().name);
         assert!(matches!(Weights::<f32>::from_file(&f2, "", None), Err(wgpu_rnn::Error::MissingTensor(n)) if n == specs.last().unwrap().name), "{mode}");
     }
+    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
