@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod profile;
 mod plan;
 mod readback;
+mod tables;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};

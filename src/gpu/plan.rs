@@ -10,11 +10,11 @@
 
 use super::context::{Context, TrackedBuffer};
 use super::kernels::*;
+use super::tables::SeqTables;
 use crate::cells::Slot;
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::Pass;
 use crate::error::{Error, Result};
-use crate::packing::step_offsets;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -412,42 +412,10 @@ impl Plan {
             return Err(Error::Limit(format!("{n} rows exceed the device's {max_groups} workgroups per dimension")));
         }
 
-        // Sequence tables: prev[] per direction, then last[] per direction.
-        let off = step_offsets(&layout.batch_sizes);
-        let mut seq: Vec<u32> = Vec::with_capacity(2 * (n + b) * d);
-        let mut prev_offs = Vec::new();
-        for dir in 0..d {
-            prev_offs.push(seq.len() as u32);
-            for (t, &bs) in layout.batch_sizes.iter().enumerate() {
-                for r in 0..bs {
-                    // A packed row, or N + b: sequence b's initial state row in the tape.
-                    let from_state = (n + layout.sorted_indices[r]) as u32;
-                    let pv = if dir == 0 {
-                        if t == 0 { from_state } else { (off[t - 1] + r) as u32 }
-                    } else if t + 1 < steps && r < layout.batch_sizes[t + 1] {
-                        (off[t + 1] + r) as u32
-                    } else {
-                        from_state
-                    };
-                    seq.push(pv);
-                }
-            }
-        }
-        // A permutation (SeqLayout::new checked it).
-        let unsorted = crate::packing::invert_permutation(&layout.sorted_indices);
-        let sorted_len: Vec<usize> = (0..b).map(|k| layout.batch_sizes.iter().take_while(|&&x| x > k).count()).collect();
-        let mut last_offs = Vec::new();
-        for dir in 0..d {
-            last_offs.push(seq.len() as u32);
-            for &k in &unsorted {
-                seq.push(if dir == 0 { (off[sorted_len[k] - 1] + k) as u32 } else { k as u32 });
-            }
-        }
-        // Step offsets and batch sizes, for the single-dispatch path.
-        let off_tab = seq.len() as u32;
-        seq.extend(off[..steps].iter().map(|&o| o as u32));
-        let bs_tab = seq.len() as u32;
-        seq.extend(layout.batch_sizes.iter().map(|&x| x as u32));
+        // Sequence tables: prev[] per direction, then last[] per direction, step offsets and
+        // batch sizes (see `tables`).
+        let tables = SeqTables::new(&layout.batch_sizes, &layout.sorted_indices, d);
+        let (off_tab, bs_tab) = (tables.off_tab(), tables.bs_tab());
 
         // Region offsets (elements). The tape's c and hs regions have B more rows than packed
         // rows: row N+b holds sequence b's initial state.
@@ -685,7 +653,7 @@ impl Plan {
                     wt_hh: wt_hh_off as u32,
                     b_hh: if cfg.bias { wt_bhh_off as u32 } else { NONE },
                     wt_hr: if p > 0 { wt_hr_off as u32 } else { NONE },
-                    prev_off: prev_offs[dir],
+                    prev_off: tables.prev_off(dir),
                     gates_off: gates_off as u32,
                     c_off: c_off as u32,
                     aux_off: aux_off as u32,
@@ -696,7 +664,7 @@ impl Plan {
                     reverse: (dir == 1) as u32,
                     off_tab,
                     bs_tab,
-                    init_off: prev_offs[0],
+                    init_off: tables.prev_off(0),
                     ..Default::default()
                 };
                 if single {
@@ -717,9 +685,9 @@ impl Plan {
                     if vec4 {
                         // The states this step's rows start from, contiguous for vec4 loads.
                         fwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Hp],
-                            UtilParams { rows: rows as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: prev_offs[dir] + off[t] as u32, dst_off: 0, ..Default::default() }, rows * ho));
+                            UtilParams { rows: rows as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: tables.prev_off(dir) + tables.step_offset(t) as u32, dst_off: 0, ..Default::default() }, rows * ho));
                     }
-                    let sp = StepParams { row_off: off[t] as u32, rows: rows as u32, ..base };
+                    let sp = StepParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
                     let po = params.push(&sp);
                     fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
                     if p > 0 {
@@ -737,7 +705,7 @@ impl Plan {
                         src_ld: out_w as u32,
                         src_col: (dir * ho) as u32,
                         state_off: NONE,
-                        seq_off: last_offs[dir],
+                        seq_off: tables.last_off(dir),
                         dst_off: state_block(s, ho),
                         ..Default::default()
                     }),
@@ -754,7 +722,7 @@ impl Plan {
                             src_ld: hs as u32,
                             src_col: 0,
                             state_off: NONE,
-                            seq_off: last_offs[dir],
+                            seq_off: tables.last_off(dir),
                             dst_off: state_block(s, hs),
                             ..Default::default()
                         }),
@@ -783,10 +751,10 @@ impl Plan {
                     let tape = tape_of(l, dir);
                     // States each row started from (also the B operand of dW_hh).
                     bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
-                        UtilParams { rows: n as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: prev_offs[dir], dst_off: hprev_off as u32, ..Default::default() }, n * ho));
+                        UtilParams { rows: n as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: tables.prev_off(dir), dst_off: hprev_off as u32, ..Default::default() }, n * ho));
                     if lstm {
                         bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
-                            UtilParams { rows: n as u32, width: hs as u32, src_off: c_off as u32, src_ld: hs as u32, seq_off: prev_offs[dir], dst_off: cprev_off as u32, ..Default::default() }, n * hs));
+                            UtilParams { rows: n as u32, width: hs as u32, src_off: c_off as u32, src_ld: hs as u32, seq_off: tables.prev_off(dir), dst_off: cprev_off as u32, ..Default::default() }, n * hs));
                     }
                     // Seed each sequence's final row with grad_h_n (grad_c_n).
                     bwd.push(util(
@@ -797,7 +765,7 @@ impl Plan {
                             rows: b as u32,
                             width: ho as u32,
                             state_off: if inputs.grad_h_n { state_block(s, ho) } else { NONE },
-                            seq_off: last_offs[dir],
+                            seq_off: tables.last_off(dir),
                             dst_off: dh_off as u32,
                             ..Default::default()
                         },
@@ -812,7 +780,7 @@ impl Plan {
                                 rows: b as u32,
                                 width: hs as u32,
                                 state_off: if inputs.grad_c_n { state_block(s, hs) } else { NONE },
-                                seq_off: last_offs[dir],
+                                seq_off: tables.last_off(dir),
                                 dst_off: dc_off as u32,
                                 ..Default::default()
                             },
@@ -826,7 +794,7 @@ impl Plan {
                         out_col: (dir * ho) as u32,
                         w_hh: wt_w4_off as u32,
                         w_hr: w.w_hr,
-                        prev_off: prev_offs[dir],
+                        prev_off: tables.prev_off(dir),
                         n_rows: n as u32,
                         gates_off: gates_off as u32,
                         c_off: c_off as u32,
@@ -846,8 +814,8 @@ impl Plan {
                         reverse: (dir == 1) as u32,
                         off_tab,
                         bs_tab,
-                        init_off: prev_offs[0],
-                        last_off: last_offs[dir],
+                        init_off: tables.prev_off(0),
+                        last_off: tables.last_off(dir),
                         ..Default::default()
                     };
                     let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
@@ -874,7 +842,7 @@ impl Plan {
                     let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
                     for t in order(dir).into_iter().rev().filter(|_| !single) {
                         let rows = layout.batch_sizes[t];
-                        let bp = BackParams { row_off: off[t] as u32, rows: rows as u32, ..base };
+                        let bp = BackParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
                         let po = params.push(&bp);
                         if p > 0 {
                             bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
@@ -970,9 +938,10 @@ impl Plan {
             }
         }
 
+        let seq = tables.words();
         let seq_buf = ctx.buffer("sequence tables", (seq.len() * 4) as u64, st | wgpu::BufferUsages::COPY_DST)?;
         // Inside an error scope: a write the device refuses is a typed error, not wgpu's panic.
-        super::readback::write(ctx, &seq_buf, bytemuck::cast_slice(&seq))?;
+        super::readback::write(ctx, &seq_buf, bytemuck::cast_slice(seq))?;
         own.insert(Buf::Seq, seq_buf);
         let params_buf = ctx.buffer("parameters", params.bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
         super::readback::write(ctx, &params_buf, &params.bytes)?;
