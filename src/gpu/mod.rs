@@ -15,6 +15,7 @@ pub mod profile;
 mod plan;
 mod readback;
 mod tables;
+mod tape;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};

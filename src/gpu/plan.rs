@@ -11,6 +11,7 @@
 use super::context::{Context, TrackedBuffer};
 use super::kernels::*;
 use super::tables::SeqTables;
+use super::tape::{padded_input, GradLayout, TapeLayout, WtLayout};
 use crate::cells::Slot;
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::Pass;
@@ -417,27 +418,11 @@ impl Plan {
         let tables = SeqTables::new(&layout.batch_sizes, &layout.sorted_indices, d);
         let (off_tab, bs_tab) = (tables.off_tab(), tables.bs_tab());
 
-        // Region offsets (elements). The tape's c and hs regions have B more rows than packed
-        // rows: row N+b holds sequence b's initial state.
-        let (gates_off, c_off) = (0usize, n * gh);
-        let aux_off = c_off + (n + b) * hs;
-        let hs_off = aux_off + n * hs;
-        let tape_elems = hs_off + (n + b) * ho;
-        // A layer input whose width is not a multiple of 4 is copied into zero-padded rows for
-        // the GEMMs that read it (input projection, dW_ih), and W_ih likewise for dX, so those
-        // take the vec4 kernels (gemm44 / gemm4t) instead of the scalar-B one: on lavapipe the
-        // IMDB BiLSTM's (I 50) scalar GEMMs ran at 4 GFLOP/s against 7-8 for the vec4 ones.
-        let padded = |l: usize| -> Option<usize> {
-            let i = cfg.layer_input_size(l);
-            (!i.is_multiple_of(4) && gh.is_multiple_of(4)).then(|| i.next_multiple_of(4))
-        };
+        // Region offsets (elements) in the tape and the rearranged weights (see `tape`).
+        let TapeLayout { gates: gates_off, c: c_off, aux: aux_off, hs: hs_off, elems: tape_elems } = TapeLayout::new(cfg, n, b);
+        let padded = |l: usize| padded_input(cfg, l);
         let pad_max = (0..cfg.num_layers).filter_map(padded).max();
-        // Weights rearranged per layer-direction: W_ih^T (padded rows zero), W_hh^T, b_hh, W_hr^T.
-        let in_max = (0..cfg.num_layers).map(|l| padded(l).unwrap_or(cfg.layer_input_size(l))).max().unwrap_or(0);
-        let wt_hh_off = (in_max * gh).next_multiple_of(4);
-        let wt_bhh_off = wt_hh_off + ho * gh;
-        let wt_hr_off = wt_bhh_off + gh;
-        let wt_w4_off = (wt_hr_off + hs * p).next_multiple_of(4);
+        let WtLayout { hh: wt_hh_off, bhh: wt_bhh_off, hr: wt_hr_off, w4: wt_w4_off, elems: wt_elems } = WtLayout::new(cfg);
         // The vec4 step kernels read W_hh rows and the gathered states along k as vec4s.
         // On a CPU-emulated adapter (lavapipe) an invocation's vec4 load is one 16-byte load and
         // scalar loads with lane-varying addresses are gathers, so the step kernels read W_hh
@@ -451,16 +436,9 @@ impl Plan {
         // On a CPU-emulated adapter each invocation of the vec4 recurrent gradient owns 4
         // adjacent k (see WIDE in recurrent_grad.wgsl); a GPU wants the invocations.
         let rec_wide = rec_vec4 && cpu_like;
-        // Row-major W_hh (vec4 step kernels, scalar recurrent gradient) at wt_w4_off.
-        let wt_elems = wt_w4_off + gh * ho;
-        let (dh_off, dc_off) = (0usize, (n + b) * ho);
-        let dhtot_off = dc_off + (n + b) * hs;
-        let dhpre_off = dhtot_off + n * p;
-        let bw_elems = dhpre_off + if p > 0 { n * hs } else { 0 };
-        let (hprev_off, cprev_off) = (0usize, n * ho);
-        let prev_elems = n * ho + if lstm { n * hs } else { 0 };
-        let dgh_off = if cfg.mode == Mode::Gru { n * gh } else { 0 };
-        let dg_elems = if cfg.mode == Mode::Gru { 2 * n * gh } else { n * gh };
+        // The backward's workspaces (see `tape`).
+        let GradLayout { dh: dh_off, dc: dc_off, dhtot: dhtot_off, dhpre: dhpre_off, bw_elems, hprev: hprev_off, cprev: cprev_off, prev_elems, dgh: dgh_off, dg_elems } =
+            GradLayout::new(cfg, n, b);
 
         // Workspaces.
         let st = wgpu::BufferUsages::STORAGE;
