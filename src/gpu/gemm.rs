@@ -4,7 +4,8 @@
 //! benchmark uses it for the adapter's GEMM ceiling.
 
 use super::context::{Context, TrackedBuffer};
-use super::kernels::{Family, GemmParams, NONE};
+use super::kernels::{GemmParams, Kernel, NONE};
+use super::record::{self, ParamBlocks, Recorder};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -27,6 +28,7 @@ pub struct MatMul {
     ctx: Arc<Context>,
     desc: MatMulDesc,
     params: TrackedBuffer,
+    kernel: Kernel,
     pipeline: wgpu::ComputePipeline,
     groups: [u32; 3],
 }
@@ -64,9 +66,10 @@ impl MatMul {
             beta: desc.beta,
             ..Default::default()
         };
-        let params = ctx.buffer("gemm parameters", ctx.param_stride as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        super::readback::write(ctx, &params, bytemuck::bytes_of(&p))?;
-        Ok(MatMul { ctx: ctx.clone(), desc, params, pipeline: ctx.pipeline(p.kernel())?, groups: p.groups() })
+        let mut blocks = ParamBlocks::new(ctx);
+        blocks.push(&p);
+        let params = blocks.upload(ctx, "gemm parameters")?;
+        Ok(MatMul { ctx: ctx.clone(), desc, params, kernel: p.kernel(), pipeline: ctx.pipeline(p.kernel())?, groups: p.groups() })
     }
 
     /// Floating-point operations of one product.
@@ -94,30 +97,13 @@ impl MatMul {
             (None, false) => {}
             _ => return Err(Error::InvalidConfig("bias buffer given iff MatMulDesc::bias".into())),
         }
-        let fam = Family::Gemm;
+        // Bindings: A, B, C, the bias (B when none), B and A again as vec4s.
         let scope = super::context::ErrorScope::push(&self.ctx.device);
-        let bg = self.ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("gemm"),
-            layout: self.ctx.layouts.bind_group_layout(fam),
-            entries: &[
-                wgpu::BindGroupEntry {
-                    binding: 0,
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &self.params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
-                },
-                wgpu::BindGroupEntry { binding: 1, resource: a.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 2, resource: b.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 3, resource: c.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 4, resource: bias.unwrap_or(b).as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 5, resource: b.as_entire_binding() },
-                wgpu::BindGroupEntry { binding: 6, resource: a.as_entire_binding() },
-            ],
-        });
+        let bg = record::bind_group(&self.ctx, self.kernel, &self.params, &[a, b, c, bias.unwrap_or(b), b, a]);
         scope.pop()?;
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn gemm"), timestamp_writes: None });
-        pass.set_pipeline(&self.pipeline);
-        pass.set_bind_group(0, &bg, &[0]);
+        let mut rec = Recorder::begin(encoder, "wgpu-rnn gemm", None);
         for _ in 0..reps {
-            pass.dispatch_workgroups(self.groups[0], self.groups[1], self.groups[2]);
+            rec.dispatch(self.kernel, &self.pipeline, &bg, 0, self.groups);
         }
         Ok(())
     }

@@ -24,6 +24,7 @@
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
 use super::kernels::{CellParams, Family, GemmParams, Kernel, UtilParams, NONE};
+use super::record::{self, ParamBlocks, Recorder};
 use super::readback::{self, Readback};
 use crate::cells::{state_offsets, Layout, Src};
 use crate::cells::Slot;
@@ -99,20 +100,17 @@ enum Op<'a> {
 /// Collects the dispatches of one submit and their parameter blocks.
 struct Rec<'a> {
     ctx: &'a Context,
-    params: Vec<u8>,
+    params: ParamBlocks,
     ops: Vec<Op<'a>>,
 }
 
 impl<'a> Rec<'a> {
     fn new(ctx: &'a Context) -> Self {
-        Rec { ctx, params: Vec::new(), ops: Vec::new() }
+        Rec { ctx, params: ParamBlocks::new(ctx), ops: Vec::new() }
     }
 
     fn block<T: bytemuck::Pod>(&mut self, v: &T) -> u32 {
-        let off = self.params.len();
-        self.params.extend_from_slice(bytemuck::bytes_of(v));
-        self.params.resize(off + self.ctx.param_stride as usize, 0);
-        off as u32
+        self.params.push(v)
     }
 
     /// `C = op(A) op(B) (+ bias) + beta C` with `p`'s strides, k in runs of [`K_RUN`] (later
@@ -186,50 +184,24 @@ impl<'a> Rec<'a> {
     /// Records everything into `encoder`: one compute pass between clears.
     fn record(self, encoder: &mut wgpu::CommandEncoder) -> Result<TrackedBuffer> {
         let ctx = self.ctx;
-        let mut bytes = self.params;
-        if bytes.is_empty() {
-            bytes.resize(ctx.param_stride as usize, 0);
-        }
-        let pbuf = ctx.buffer("cell parameters", bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        readback::write(ctx, &pbuf, &bytes)?;
+        let pbuf = self.params.upload(ctx, "cell parameters")?;
         let scope = ErrorScope::push(&ctx.device);
-        let mut pass: Option<wgpu::ComputePass<'_>> = None;
+        let mut rec: Option<Recorder<'static>> = None;
         for op in &self.ops {
             match op {
                 Op::Clear(buf) => {
-                    drop(pass.take());
+                    drop(rec.take());
                     encoder.clear_buffer(buf, 0, None);
                 }
                 Op::Dispatch { kernel, param_off, groups, bufs } => {
-                    let fam = kernel.family();
-                    let mut entries = vec![wgpu::BindGroupEntry {
-                        binding: 0,
-                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &pbuf,
-                            offset: 0,
-                            size: std::num::NonZeroU64::new(fam.param_size()),
-                        }),
-                    }];
-                    for (i, b) in bufs.iter().enumerate() {
-                        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: b.as_entire_binding() });
-                    }
-                    let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some(kernel.entry()),
-                        layout: ctx.layouts.bind_group_layout(fam),
-                        entries: &entries,
-                    });
+                    let bg = record::bind_group(ctx, *kernel, &pbuf, bufs);
                     let pipeline = ctx.pipeline(*kernel)?;
-                    if pass.is_none() {
-                        pass = Some(encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn cells"), timestamp_writes: None }).forget_lifetime());
-                    }
-                    let ps = pass.as_mut().expect("just set");
-                    ps.set_pipeline(&pipeline);
-                    ps.set_bind_group(0, &bg, &[*param_off]);
-                    ps.dispatch_workgroups(groups[0], groups[1], groups[2]);
+                    let r = rec.get_or_insert_with(|| Recorder::begin(encoder, "wgpu-rnn cells", None).forget_lifetime());
+                    r.dispatch(*kernel, &pipeline, &bg, *param_off, *groups);
                 }
             }
         }
-        drop(pass);
+        drop(rec);
         scope.pop_on(ctx)?;
         Ok(pbuf)
     }

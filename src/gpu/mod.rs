@@ -14,6 +14,7 @@ pub mod kernels;
 pub mod profile;
 mod plan;
 mod readback;
+mod record;
 mod tables;
 mod tape;
 pub mod train;

@@ -10,6 +10,7 @@
 
 use super::context::{Context, TrackedBuffer};
 use super::kernels::*;
+use super::record::{self, ParamBlocks, Recorder};
 use super::tables::SeqTables;
 use super::tape::{padded_input, GradLayout, TapeLayout, WtLayout};
 use crate::cells::Slot;
@@ -273,21 +274,6 @@ struct Op {
     groups: [u32; 3],
 }
 
-/// Parameter blocks laid out at the context's stride.
-struct Params {
-    bytes: Vec<u8>,
-    stride: usize,
-}
-
-impl Params {
-    fn push<T: bytemuck::Pod>(&mut self, v: &T) -> u32 {
-        let off = self.bytes.len();
-        self.bytes.extend_from_slice(bytemuck::bytes_of(v));
-        self.bytes.resize(off + self.stride, 0);
-        off as u32
-    }
-}
-
 /// The caller's buffers for a forward. Every buffer holds f32, row-major.
 pub struct ForwardBuffers<'a> {
     /// Flat parameters in [`weight_layout`] order.
@@ -473,7 +459,7 @@ impl Plan {
             }
         }
 
-        let mut params = Params { bytes: Vec::new(), stride: ctx.param_stride as usize };
+        let mut params = ParamBlocks::new(ctx);
         let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
         let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
         let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
@@ -522,26 +508,26 @@ impl Plan {
         let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
 
         // ---- forward ----
-        let util = |params: &mut Params, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
+        let util = |params: &mut ParamBlocks, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
             kernel,
             bufs,
             param_offset: params.push(&up),
             groups: groups_linear(count),
         };
         // dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] (c < width), else 0.
-        let pad_rows = |params: &mut Params, src: Buf, dst: Buf, rows: usize, width: usize, (src_off, src_ld): (u32, usize), (dst_off, dst_ld): (u32, usize)| {
+        let pad_rows = |params: &mut ParamBlocks, src: Buf, dst: Buf, rows: usize, width: usize, (src_off, src_ld): (u32, usize), (dst_off, dst_ld): (u32, usize)| {
             util(params, Kernel::PadRows, vec![src, Buf::Dummy, Buf::Seq, dst],
                 UtilParams { rows: rows as u32, width: width as u32, src_off, src_ld: src_ld as u32, dst_off, dst_ld: dst_ld as u32, ..Default::default() }, rows * dst_ld)
         };
         // GEMM ops bind B and A a second time as vec4s (bindings 5, 6) for gemm4 / gemm44.
-        let gemm_op = |params: &mut Params, mut bufs: Vec<Buf>, gp: GemmParams| {
+        let gemm_op = |params: &mut ParamBlocks, mut bufs: Vec<Buf>, gp: GemmParams| {
             bufs.push(bufs[1]);
             bufs.push(bufs[0]);
             Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
         };
         // C = A B (+ bias) with k walked in runs of at most `run`, each a dispatch accumulating
         // into C (beta = 1 after the first), the bias added by the first only, in a fixed order.
-        let gemm_runs = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams, run: u32| -> Vec<Op> {
+        let gemm_runs = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams, run: u32| -> Vec<Op> {
             let mut ops = Vec::new();
             let mut start = 0u32;
             loop {
@@ -563,12 +549,12 @@ impl Plan {
         };
         // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
         // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`).
-        let gemm = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| gemm_runs(params, bufs, gp, GEMM_K_RUN as u32);
+        let gemm = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams| gemm_runs(params, bufs, gp, GEMM_K_RUN as u32);
         // Weight gradients sum over all N rows (k = N). One pass streams the whole of B
         // through every workgroup, which falls out of cache once B passes a few MiB; split
         // k into chunks whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128,
         // k 16384) went from 18x the k = 2048 time to 8x.
-        let gemm_rows = |params: &mut Params, bufs: Vec<Buf>, gp: GemmParams| {
+        let gemm_rows = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams| {
             let chunk = (GEMM_CHUNK_BYTES / (4 * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
             gemm_runs(params, bufs, gp, chunk)
         };
@@ -586,7 +572,7 @@ impl Plan {
                 let w = woff[s];
                 let tape = tape_of(l, dir);
                 // Weights rearranged so neighbouring invocations read neighbouring elements.
-                let transpose = |params: &mut Params, src: u32, rows: usize, width: usize, dst: usize| {
+                let transpose = |params: &mut ParamBlocks, src: u32, rows: usize, width: usize, dst: usize| {
                     util(params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                         UtilParams { rows: rows as u32, width: width as u32, src_off: src, dst_off: dst as u32, ..Default::default() }, rows * width)
                 };
@@ -921,8 +907,7 @@ impl Plan {
         // Inside an error scope: a write the device refuses is a typed error, not wgpu's panic.
         super::readback::write(ctx, &seq_buf, bytemuck::cast_slice(seq))?;
         own.insert(Buf::Seq, seq_buf);
-        let params_buf = ctx.buffer("parameters", params.bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        super::readback::write(ctx, &params_buf, &params.bytes)?;
+        let params_buf = params.upload(ctx, "parameters")?;
 
         let mut pipelines = HashMap::new();
         for op in fwd.iter().chain(&bwd) {
@@ -1132,51 +1117,21 @@ impl Plan {
     }
 
     fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
-        let device = &self.ctx.device;
+        // One bind group per family and buffer list, the parameter blocks at binding 0.
         let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
-        let scope = super::context::ErrorScope::push(device);
+        let scope = super::context::ErrorScope::push(&self.ctx.device);
         for op in ops {
-            let fam = op.kernel.family();
-            let key = (fam, op.bufs.clone());
-            if groups.contains_key(&key) {
-                continue;
+            if let std::collections::hash_map::Entry::Vacant(e) = groups.entry((op.kernel.family(), op.bufs.clone())) {
+                let bufs: Vec<&wgpu::Buffer> = op.bufs.iter().map(|&buf| resolve(buf)).collect();
+                e.insert(record::bind_group(&self.ctx, op.kernel, &self.params, &bufs));
             }
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                    buffer: &self.params,
-                    offset: 0,
-                    size: std::num::NonZeroU64::new(fam.param_size()),
-                }),
-            }];
-            for (i, &buf) in op.bufs.iter().enumerate() {
-                entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: resolve(buf).as_entire_binding() });
-            }
-            let bg = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some(op.kernel.entry()),
-                layout: self.ctx.layouts.bind_group_layout(fam),
-                entries: &entries,
-            });
-            groups.insert(key, bg);
         }
         scope.pop()?;
         let profile = self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
-        if let Some(p) = &profile {
-            p.mark(&mut pass, None);
-        }
-        let mut current: Option<Kernel> = None;
+        let mut rec = Recorder::begin(encoder, label, profile);
         for op in ops {
-            if current != Some(op.kernel) {
-                pass.set_pipeline(&self.pipelines[&op.kernel]);
-                current = Some(op.kernel);
-            }
             let bg = &groups[&(op.kernel.family(), op.bufs.clone())];
-            pass.set_bind_group(0, bg, &[op.param_offset]);
-            pass.dispatch_workgroups(op.groups[0], op.groups[1], op.groups[2]);
-            if let Some(p) = &profile {
-                p.mark(&mut pass, Some(op.kernel.label()));
-            }
+            rec.dispatch(op.kernel, &self.pipelines[&op.kernel], bg, op.param_offset, op.groups);
         }
         Ok(())
     }

@@ -10,7 +10,8 @@
 //! CPU gradients by finite differences.
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{Family, GemmParams, Kernel, TrainKernel, TrainParams, UtilParams, NONE};
+use super::kernels::{GemmParams, Kernel, TrainKernel, TrainParams, UtilParams, NONE};
+use super::record::{self, ParamBlocks, Recorder};
 use crate::error::{Error, Result};
 use std::sync::Arc;
 
@@ -39,7 +40,7 @@ pub struct Program {
     ctx: Arc<Context>,
     _params: TrackedBuffer,
     _dummies: Vec<TrackedBuffer>,
-    ops: Vec<(wgpu::ComputePipeline, wgpu::BindGroup, u32, [u32; 3])>,
+    ops: Vec<(Kernel, wgpu::ComputePipeline, wgpu::BindGroup, u32, [u32; 3])>,
 }
 
 /// Workgroups for `n` items in groups of 256, folded to stay under 65,535 per dimension.
@@ -390,39 +391,32 @@ impl OpBuilder {
     pub fn build(self) -> Result<Program> {
         let ctx = self.ctx.clone();
         let _serial = ctx.exclusive();
-        let stride = ctx.param_stride as usize;
-        let mut bytes = vec![0u8; stride * self.ops.len().max(1)];
-        for (i, op) in self.ops.iter().enumerate() {
-            bytes[i * stride..i * stride + op.params.len()].copy_from_slice(&op.params);
-        }
-        let params = ctx.buffer("training-kit parameters", bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
-        super::readback::write(&ctx, &params, &bytes)?;
+        let mut blocks = ParamBlocks::new(&ctx);
+        let offsets: Vec<u32> = self.ops.iter().map(|op| blocks.push_bytes(&op.params)).collect();
+        let params = blocks.upload(&ctx, "training-kit parameters")?;
         // Placeholders for unused bindings: [0] for read-only ones, [1..] for read-write ones
         // (a read-write binding must not alias any other binding of the dispatch).
         let dummies = (0..4).map(|i| ctx.buffer(&format!("placeholder {i}"), 16, super::readback::storage_usage())).collect::<Result<Vec<_>>>()?;
         let scope = ErrorScope::push(&ctx.device);
         let mut ops = Vec::with_capacity(self.ops.len());
-        for (i, op) in self.ops.iter().enumerate() {
-            let fam: Family = op.kernel.family();
-            let mut entries = vec![wgpu::BindGroupEntry {
-                binding: 0,
-                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: &params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
-            }];
-            let rw = fam.storage_bindings();
+        for (op, &offset) in self.ops.iter().zip(&offsets) {
+            let rw = op.kernel.family().storage_bindings();
             let mut next_dummy = 0;
-            for (j, b) in op.bufs.iter().enumerate() {
-                let buf = match b {
+            let bufs: Vec<&wgpu::Buffer> = op
+                .bufs
+                .iter()
+                .enumerate()
+                .map(|(j, b)| match b {
                     Some(b) => b,
                     None if rw[j] => {
                         next_dummy += 1;
                         &dummies[next_dummy].buffer
                     }
                     None => &dummies[0].buffer,
-                };
-                entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: buf.as_entire_binding() });
-            }
-            let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(op.kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries });
-            ops.push((ctx.pipeline(op.kernel)?, bg, (i * stride) as u32, op.groups));
+                })
+                .collect();
+            let bg = record::bind_group(&ctx, op.kernel, &params, &bufs);
+            ops.push((op.kernel, ctx.pipeline(op.kernel)?, bg, offset, op.groups));
         }
         scope.pop_on(&ctx)?;
         Ok(Program { ctx: self.ctx, _params: params, _dummies: dummies, ops })
@@ -442,11 +436,9 @@ impl OpBuilder {
 impl Program {
     /// Records every dispatch, in order, into one compute pass of `encoder`.
     pub fn record(&self, encoder: &mut wgpu::CommandEncoder) {
-        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("wgpu-rnn training kit"), timestamp_writes: None });
-        for (pipeline, bg, offset, g) in &self.ops {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, bg, &[*offset]);
-            pass.dispatch_workgroups(g[0], g[1], g[2]);
+        let mut rec = Recorder::begin(encoder, "wgpu-rnn training kit", None);
+        for (kernel, pipeline, bg, offset, groups) in &self.ops {
+            rec.dispatch(*kernel, pipeline, bg, *offset, *groups);
         }
     }
 

@@ -1,0 +1,114 @@
+//! How every host module dispatches a kernel (`Plan`, `MatMul`, the training kit's
+//! `Program`, the generic cell driver): parameter blocks laid out at the context's stride and
+//! uploaded once ([`ParamBlocks`]), a bind group in the kernel family's layout
+//! ([`bind_group`]), and a compute pass that sets the pipeline and bind group and dispatches
+//! ([`Recorder`]).
+//!
+//! Every family's layout has its parameter block at binding 0 (a uniform buffer with a dynamic
+//! offset, one block per dispatch) and its storage buffers at bindings 1.. (see
+//! `kernels::Family::storage_bindings`).
+
+use super::context::{Context, TrackedBuffer};
+use super::kernels::Kernel;
+use super::profile::KernelProfile;
+use crate::error::Result;
+use std::sync::Arc;
+
+/// Parameter blocks, one per dispatch, each at a multiple of the context's stride (the
+/// largest block rounded up to the device's uniform offset alignment).
+pub(crate) struct ParamBlocks {
+    bytes: Vec<u8>,
+    stride: usize,
+}
+
+impl ParamBlocks {
+    pub(crate) fn new(ctx: &Context) -> Self {
+        ParamBlocks { bytes: Vec::new(), stride: ctx.param_stride as usize }
+    }
+
+    /// Appends a block; returns its offset, the dispatch's dynamic offset.
+    pub(crate) fn push<T: bytemuck::Pod>(&mut self, v: &T) -> u32 {
+        self.push_bytes(bytemuck::bytes_of(v))
+    }
+
+    /// Appends a block given as bytes (at most one stride); returns its offset.
+    pub(crate) fn push_bytes(&mut self, block: &[u8]) -> u32 {
+        debug_assert!(block.len() <= self.stride, "a parameter block of {} bytes exceeds the stride {}", block.len(), self.stride);
+        let off = self.bytes.len();
+        self.bytes.extend_from_slice(block);
+        self.bytes.resize(off + self.stride, 0);
+        off as u32
+    }
+
+    /// Uploads the blocks into a new uniform buffer (one block of zeros when none was pushed),
+    /// inside an error scope: a write the device refuses is a typed error, not wgpu's panic.
+    pub(crate) fn upload(mut self, ctx: &Context, label: &str) -> Result<TrackedBuffer> {
+        if self.bytes.is_empty() {
+            self.bytes.resize(self.stride, 0);
+        }
+        let buf = ctx.buffer(label, self.bytes.len() as u64, wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST)?;
+        super::readback::write(ctx, &buf, &self.bytes)?;
+        Ok(buf)
+    }
+}
+
+/// The bind group of a dispatch of `kernel`: `params` at binding 0 (one block wide; the block
+/// is chosen by the dynamic offset at dispatch), then `bufs` at bindings 1.. in the order of
+/// the kernel family's layout. Call inside an error scope.
+pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, bufs: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let fam = kernel.family();
+    let mut entries = vec![wgpu::BindGroupEntry {
+        binding: 0,
+        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
+    }];
+    for (i, buf) in bufs.iter().enumerate() {
+        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buf.as_entire_binding() });
+    }
+    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries })
+}
+
+/// One compute pass of dispatches, ended when dropped. The pipeline is set when it changes,
+/// the bind group when it, its offset or the pipeline changes; with a profile, a timestamp
+/// opens the pass and follows every dispatch.
+pub(crate) struct Recorder<'e> {
+    pass: wgpu::ComputePass<'e>,
+    pipeline: Option<wgpu::ComputePipeline>,
+    bound: Option<(wgpu::BindGroup, u32)>,
+    profile: Option<Arc<KernelProfile>>,
+}
+
+impl<'e> Recorder<'e> {
+    /// Begins a compute pass labelled `label` in `encoder`.
+    pub(crate) fn begin(encoder: &'e mut wgpu::CommandEncoder, label: &str, profile: Option<Arc<KernelProfile>>) -> Self {
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some(label), timestamp_writes: None });
+        if let Some(p) = &profile {
+            p.mark(&mut pass, None);
+        }
+        Recorder { pass, pipeline: None, bound: None, profile }
+    }
+
+    /// The same pass without the borrow of its encoder (`wgpu::ComputePass::forget_lifetime`):
+    /// the encoder must not be used until this is dropped.
+    pub(crate) fn forget_lifetime(self) -> Recorder<'static> {
+        Recorder { pass: self.pass.forget_lifetime(), pipeline: self.pipeline, bound: self.bound, profile: self.profile }
+    }
+
+    /// Records one dispatch of `kernel` (`pipeline` is its pipeline; `param_offset` its
+    /// parameter block in the buffer `bind_group` holds at binding 0).
+    pub(crate) fn dispatch(&mut self, kernel: Kernel, pipeline: &wgpu::ComputePipeline, bind_group: &wgpu::BindGroup, param_offset: u32, groups: [u32; 3]) {
+        let mut rebind = false;
+        if self.pipeline.as_ref() != Some(pipeline) {
+            self.pass.set_pipeline(pipeline);
+            self.pipeline = Some(pipeline.clone());
+            rebind = true;
+        }
+        if rebind || self.bound.as_ref().is_none_or(|(bg, off)| bg != bind_group || *off != param_offset) {
+            self.pass.set_bind_group(0, bind_group, &[param_offset]);
+            self.bound = Some((bind_group.clone(), param_offset));
+        }
+        self.pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if let Some(p) = &self.profile {
+            p.mark(&mut self.pass, Some(kernel.label()));
+        }
+    }
+}
