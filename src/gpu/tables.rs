@@ -41,9 +41,9 @@ impl SeqTables {
         for dir in 0..directions {
             prev_offs.push(seq.len() as u32);
             for (t, &bs) in batch_sizes.iter().enumerate() {
-                for r in 0..bs {
+                for (r, &seq_b) in sorted_indices[..bs].iter().enumerate() {
                     // A packed row, or N + b: sequence b's initial state row in the tape.
-                    let from_state = (n + sorted_indices[r]) as u32;
+                    let from_state = (n + seq_b) as u32;
                     let pv = if dir == 0 {
                         if t == 0 { from_state } else { (off[t - 1] + r) as u32 }
                     } else if t + 1 < steps && r < batch_sizes[t + 1] {
