@@ -339,10 +339,24 @@ impl Mode {
     pub const ALL: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
 
     /// Whether the tuned, fused drivers run this cell (`cpu::forward`, `gpu::Plan` and the
-    /// step kernels of `shaders/step_*.wgsl`: PyTorch's four). Every cell runs through the
-    /// drivers generic over the cell (`cpu::generic`, `gpu::generic`).
+    /// step kernels of `shaders/step_*.wgsl`: PyTorch's four, those with a
+    /// [`Mode::fused_step`]). Every cell runs through the drivers generic over the cell
+    /// (`cpu::generic`, `gpu::generic`).
     pub fn fused(self) -> bool {
-        Mode::ALL.contains(&self)
+        self.fused_step().is_some()
+    }
+
+    /// The cells the fused step kernels of shaders/step_*.wgsl run (PyTorch's four), as those
+    /// kernels' override constants: `(GATES, RELU)`, the gate count G and whether the
+    /// nonlinearity is relu. `None` for every other cell (`gpu::generic` runs those).
+    pub fn fused_step(self) -> Option<(u32, bool)> {
+        match self {
+            Mode::RnnTanh => Some((1, false)),
+            Mode::RnnRelu => Some((1, true)),
+            Mode::Lstm => Some((4, false)),
+            Mode::Gru => Some((3, false)),
+            _ => None,
+        }
     }
 
     /// Gate count G of the built-in cells (`weight_ih` has `G * H` rows); for the others the

@@ -291,6 +291,9 @@ impl Context {
     /// The pipeline for a kernel variant, built on first use.
     pub(crate) fn pipeline(&self, k: Kernel) -> Result<wgpu::ComputePipeline> {
         self.lost_error()?;
+        if let Some(cell) = k.unsupported_cell() {
+            return Err(Error::Unsupported(format!("{cell} in the fused step kernels ({})", k.entry())));
+        }
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = cache.get(&k) {
             return Ok(p.clone());

@@ -107,16 +107,17 @@ impl Family {
 /// override constants). The pipeline cache is keyed by this alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// One step of a cell with `gates` gates (4 LSTM, 3 GRU, 1 RNN).
-    Step { gates: u32, relu: bool, vec4: bool },
+    /// One step of `cell`, one of the cells the fused kernels run ([`Mode::fused_step`]).
+    Step { cell: Mode, vec4: bool },
     /// Every step of a small problem in one dispatch.
-    LoopStep { gates: u32, relu: bool, small: bool },
+    LoopStep { cell: Mode, small: bool },
     ProjForward,
-    /// One backward step's gate gradients for a cell with `gates` gates.
-    CellGrad { gates: u32, relu: bool },
+    /// One backward step's gate gradients of `cell`.
+    CellGrad { cell: Mode },
     /// Every backward step of a small problem in one dispatch.
-    LoopGrad { gates: u32, relu: bool, small: bool },
-    RecurrentGrad { gates: u32, vec4: bool, wide: bool },
+    LoopGrad { cell: Mode, small: bool },
+    /// `dh_prev = dG W_hh` for `cell`'s gates.
+    RecurrentGrad { cell: Mode, vec4: bool, wide: bool },
     ProjGrad,
     Gemm,
     /// The generic product for n <= 128 (`gemm` with 4 adjacent columns per invocation).
@@ -239,19 +240,42 @@ impl Kernel {
         format!("{} ({})", self.entry(), c.join(" "))
     }
 
-    /// Pipeline-overridable constants.
+    /// The cell of a fused step kernel whose cell the fused kernels do not run: such a
+    /// kernel has no pipeline (`Context::pipeline` refuses it).
+    pub fn unsupported_cell(self) -> Option<Mode> {
+        use Kernel::*;
+        match self {
+            Step { cell, .. } | LoopStep { cell, .. } | CellGrad { cell } | LoopGrad { cell, .. } | RecurrentGrad { cell, .. } => {
+                cell.fused_step().is_none().then_some(cell)
+            }
+            _ => None,
+        }
+    }
+
+    /// Pipeline-overridable constants (`GATES` 0 for a cell the fused kernels do not run:
+    /// see [`Kernel::unsupported_cell`]).
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            Step { gates, relu, vec4 } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)],
-            LoopStep { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
+            Step { cell, vec4 } => {
+                let (gates, relu) = fused(cell);
+                vec![("GATES", gates as f64), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)]
+            }
+            LoopStep { cell, .. } | CellGrad { cell } | LoopGrad { cell, .. } => {
+                let (gates, relu) = fused(cell);
+                vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)]
+            }
             ProjForward | ProjGrad => vec![("GATES", 4.0)],
-            CellGrad { gates, relu } | LoopGrad { gates, relu, .. } => vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)],
-            RecurrentGrad { gates, vec4, wide } => vec![("GATES", gates as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
+            RecurrentGrad { cell, vec4, wide } => vec![("GATES", fused(cell).0 as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
             GemmNarrow => vec![("ADJACENT", 1.0)],
             _ => vec![],
         }
     }
+}
+
+/// The fused step kernels' `(GATES, RELU)` for `cell` ([`Mode::fused_step`]).
+fn fused(cell: Mode) -> (u32, bool) {
+    cell.fused_step().unwrap_or((0, false))
 }
 
 /// Whether shaders keep naga's runtime bounds checks: `WGPU_RNN_CHECKED=1` / `=0` decides;

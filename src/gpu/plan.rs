@@ -362,14 +362,16 @@ impl Plan {
     /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
     /// allocates workspaces and builds the pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
-        if !cfg.mode.fused() {
-            return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", cfg.mode)));
-        }
         Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
     }
 
     /// As [`Plan::new`], with the forward's step strategy chosen by the caller.
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
+        // The fused step kernels run PyTorch's four cells (their pipelines are keyed by the cell).
+        if !cfg.mode.fused() {
+            return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", cfg.mode)));
+        }
+        let cell = cfg.mode;
         let _serial = ctx.exclusive();
         cfg.validate()?;
         // A SeqLayout is valid by construction (SeqLayout::new).
@@ -463,8 +465,7 @@ impl Plan {
         let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
         let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
         let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
-        let relu = cfg.mode == Mode::RnnRelu;
-        let step_kernel = Kernel::Step { gates: g as u32, relu, vec4 };
+        let step_kernel = Kernel::Step { cell, vec4 };
         // The single-dispatch path: supported without projection and up to LOOP_UNITS units;
         // chosen automatically where a step is too small to pay for its dispatches.
         let loop_ok = p == 0 && hs <= LOOP_UNITS;
@@ -503,7 +504,7 @@ impl Plan {
                 (loop_run_steps(budget, loop_forward_iterations(g, hs)), loop_run_steps(budget, loop_backward_iterations(g, hs)))
             }
         };
-        let grad_kernel = Kernel::CellGrad { gates: g as u32, relu: cfg.mode == Mode::RnnRelu };
+        let grad_kernel = Kernel::CellGrad { cell };
         let state_block = |s: usize, width: usize| (s * b * width) as u32;
         let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
 
@@ -637,7 +638,7 @@ impl Plan {
                     for (t0, len) in runs {
                         let run = StepParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
                         fwd.push(Op {
-                            kernel: Kernel::LoopStep { gates: g as u32, relu, small: hs <= 64 },
+                            kernel: Kernel::LoopStep { cell, small: hs <= 64 },
                             bufs: step_bufs.clone(),
                             param_offset: params.push(&run),
                             groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
@@ -788,7 +789,7 @@ impl Plan {
                         for (t0, len) in loop_runs(steps, bwd_run, dir == 0) {
                             let run = BackParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
                             bwd.push(Op {
-                                kernel: Kernel::LoopGrad { gates: g as u32, relu, small: hs <= 64 },
+                                kernel: Kernel::LoopGrad { cell, small: hs <= 64 },
                                 bufs: step_bufs.clone(),
                                 param_offset: params.push(&run),
                                 groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
@@ -813,7 +814,7 @@ impl Plan {
                         }
                         bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
                         bwd.push(Op {
-                            kernel: Kernel::RecurrentGrad { gates: g as u32, vec4: rec_vec4, wide: rec_wide },
+                            kernel: Kernel::RecurrentGrad { cell, vec4: rec_vec4, wide: rec_wide },
                             bufs: rec_bufs.clone(),
                             param_offset: po,
                             groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), if rec_wide { 256 } else { 64 }),

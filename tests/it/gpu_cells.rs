@@ -6,9 +6,11 @@
 use crate::common::{golden_cases, variant_cases};
 use crate::gpu_common::contexts;
 use wgpu_rnn::case::{compare, Case};
+use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::kernels::Family;
+use wgpu_rnn::gpu::{Plan, SeqLayout, StateInputs, StepStrategy};
 use wgpu_rnn::io::TensorFile;
-use wgpu_rnn::Mode;
+use wgpu_rnn::{Error, Mode, RnnConfig};
 
 fn gpu_cells() -> Vec<Mode> {
     Mode::REGISTRY.iter().copied().filter(|&m| Family::all().contains(&Family::Cell(m))).collect()
@@ -125,4 +127,21 @@ fn gpu_cells_match_the_cpu_at_hidden_100() {
 
 fn opts<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
     v.iter().map(|x| Some(&x[..])).collect()
+}
+
+#[test]
+fn plans_refuse_cells_the_fused_kernels_do_not_run() {
+    // Plan's pipelines are keyed by the cell; only the cells with a fused step get one, on
+    // every path into a plan (the generic driver runs the others).
+    let Some(ctx) = contexts().first() else { return };
+    let layout = SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap();
+    for &m in Mode::REGISTRY.iter().filter(|m| m.fused_step().is_none()) {
+        let cfg = RnnConfig::new(m, 4, 4);
+        let r = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default());
+        assert!(matches!(r, Err(Error::Unsupported(_))), "{m}: {r:?}");
+        for s in [StepStrategy::Auto, StepStrategy::PerStep, StepStrategy::SingleDispatch] {
+            let r = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, StateInputs::default(), s);
+            assert!(matches!(r, Err(Error::Unsupported(_))), "{m} {s:?}: {r:?}");
+        }
+    }
 }

@@ -92,9 +92,7 @@ fn parameter_structs_match_wgsl_sizes() {
 
 use naga::back::{hlsl, msl};
 use wgpu_rnn::gpu::kernels::{Kernel, TrainKernel};
-
-/// The cell sizes the library compiles: RNN, GRU and LSTM gate counts.
-const GATES: [u32; 3] = [1, 3, 4];
+use wgpu_rnn::Mode;
 
 /// Metal Shading Language versions tried: the oldest wgpu's Metal backend accepts for
 /// compute work and a current one.
@@ -124,18 +122,17 @@ fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    for gates in GATES {
-        for relu in b {
-            for x in b {
-                v.push(Step { gates, relu, vec4: x });
-                v.push(LoopStep { gates, relu, small: x });
-                v.push(LoopGrad { gates, relu, small: x });
-            }
-            v.push(CellGrad { gates, relu });
+    // The fused step kernels' pipelines are keyed by the cell: every cell they run.
+    for cell in Mode::REGISTRY.iter().copied().filter(|m| m.fused_step().is_some()) {
+        for x in b {
+            v.push(Step { cell, vec4: x });
+            v.push(LoopStep { cell, small: x });
+            v.push(LoopGrad { cell, small: x });
         }
+        v.push(CellGrad { cell });
         for vec4 in b {
             for wide in b {
-                v.push(RecurrentGrad { gates, vec4, wide });
+                v.push(RecurrentGrad { cell, vec4, wide });
             }
         }
     }
@@ -321,6 +318,43 @@ fn every_kernel_translates_to_hlsl_for_dx12() {
 }
 
 #[test]
+fn fused_kernels_take_their_constants_from_the_cell() {
+    // PyTorch's four cells run in the fused step kernels, with their gate count and
+    // nonlinearity as override constants; a kernel of any other cell has no pipeline.
+    let fused: Vec<Mode> = Mode::REGISTRY.iter().copied().filter(|m| m.fused_step().is_some()).collect();
+    assert_eq!(fused, Mode::ALL);
+    for &m in Mode::REGISTRY {
+        let kernels = [
+            Kernel::Step { cell: m, vec4: true },
+            Kernel::LoopStep { cell: m, small: false },
+            Kernel::CellGrad { cell: m },
+            Kernel::LoopGrad { cell: m, small: true },
+            Kernel::RecurrentGrad { cell: m, vec4: true, wide: false },
+        ];
+        match m.fused_step() {
+            Some((gates, relu)) => {
+                assert!(m.fused(), "{m}");
+                assert_eq!((gates as usize, relu), (m.gates(), m == Mode::RnnRelu), "{m}");
+                for k in kernels {
+                    assert_eq!(k.unsupported_cell(), None, "{}", k.label());
+                    let c = k.constants();
+                    assert!(c.contains(&("GATES", gates as f64)), "{}", k.label());
+                    if !matches!(k, Kernel::RecurrentGrad { .. }) {
+                        assert!(c.contains(&("RELU", relu as u8 as f64)), "{}", k.label());
+                    }
+                }
+            }
+            None => {
+                assert!(!m.fused(), "{m}");
+                for k in kernels {
+                    assert_eq!(k.unsupported_cell(), Some(m), "{}", k.label());
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn override_constants_reach_the_translated_shader() {
     // The substitution is real: each override becomes a constant holding the kernel's value,
     // and a GRU step and an LSTM step translate to different MSL and HLSL.
@@ -338,8 +372,8 @@ fn override_constants_reach_the_translated_shader() {
         }
     }
     assert!(checked >= 100, "only {checked} constants checked");
-    let gru = Kernel::Step { gates: 3, relu: false, vec4: false };
-    let lstm = Kernel::Step { gates: 4, relu: false, vec4: false };
+    let gru = Kernel::Step { cell: Mode::Gru, vec4: false };
+    let lstm = Kernel::Step { cell: Mode::Lstm, vec4: false };
     let (mg, ig) = specialised(gru);
     let (ml, il) = specialised(lstm);
     assert_ne!(to_msl(gru, &mg, &ig, (2, 4), true), to_msl(lstm, &ml, &il, (2, 4), true));
