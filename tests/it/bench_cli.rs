@@ -10,7 +10,7 @@ fn parses_configurations_and_rejects_bad_ones() {
     let l = c.lengths();
     assert_eq!(l.len(), 3);
     assert!(l.iter().all(|&x| (1..=7).contains(&x)) && l[0] == 7);
-    assert!(matches!(BenchConfig::parse("sru,t=1"), Err(Error::UnknownMode(_))));
+    assert!(matches!(BenchConfig::parse("qrnn,t=1"), Err(Error::UnknownMode(_))));
     assert!(matches!(BenchConfig::parse("lstm,t=0"), Err(Error::EmptyBatch(_))));
     assert!(matches!(BenchConfig::parse("lstm,t=x"), Err(Error::InvalidConfig(_))));
     assert!(matches!(BenchConfig::parse("lstm,q=1"), Err(Error::InvalidConfig(_))));

@@ -12,7 +12,7 @@ fn packed(t: usize, b: usize, i: usize, lengths: &[usize]) -> PackedSequence<f32
 
 #[test]
 fn config_validation() {
-    assert!(matches!("SRU".parse::<Mode>(), Err(Error::UnknownMode(_))));
+    assert!(matches!("QRNN".parse::<Mode>(), Err(Error::UnknownMode(_))));
     assert_eq!("rnn_relu".parse::<Mode>().unwrap(), Mode::RnnRelu);
     let bad = |c: RnnConfig| assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{c:?}");
     bad(RnnConfig::new(Mode::Lstm, 3, 4).proj(4));
@@ -90,7 +90,7 @@ fn case_files_with_missing_or_misshaped_tensors() {
     let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| f.put_float("h0", vec![1, 2, 5], vec![0.0; 10])));
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
     let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
-        f.metadata.insert("mode".into(), "SRU".into());
+        f.metadata.insert("mode".into(), "QRNN".into());
     }));
     assert!(matches!(r, Err(Error::UnknownMode(_))));
     let r = Case::<f32>::from_file(&edited("gru_small.safetensors", |f| {
