@@ -71,8 +71,8 @@ pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
 pub fn forget_bias(w: &mut Weights<f32>) {
     let h = w.config.hidden_size;
     if w.config.mode == wgpu_rnn::Mode::Lstm {
-        w.for_each_mut(|kind, _, _, v| {
-            if matches!(kind, wgpu_rnn::ParamKind::BiasIh | wgpu_rnn::ParamKind::BiasHh) {
+        w.for_each_mut(|def, _, _, v| {
+            if matches!(def.slot, wgpu_rnn::Slot::BiasIh | wgpu_rnn::Slot::BiasHh) {
                 v[h..2 * h].iter_mut().for_each(|x| *x = 0.5);
             }
         });

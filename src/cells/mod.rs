@@ -221,6 +221,9 @@ pub trait Cell: 'static {
     const NAME: &'static str;
     /// Whether `proj_size` > 0 is allowed (LSTM only).
     const PROJECTION: bool = false;
+    /// `(GATES, RELU)` of the fused step kernels of `shaders/step_*.wgsl`, for the cells they
+    /// run (PyTorch's four); see [`Mode::fused_step`].
+    const FUSED_STEP: Option<(u32, bool)> = None;
     /// Whether PyTorch's `bias=False` applies (the built-in cells); the others always have
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
@@ -335,8 +338,9 @@ registry! {
 pub(crate) use with_cell;
 
 impl Mode {
-    /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU` (the GPU runs these).
-    pub const ALL: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
+    /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU`: those the fused drivers run
+    /// ([`Mode::fused`]; a test keeps the two in step).
+    pub const FUSED: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
 
     /// Whether the tuned, fused drivers run this cell (`cpu::forward`, `gpu::Plan` and the
     /// step kernels of `shaders/step_*.wgsl`: PyTorch's four, those with a
@@ -350,13 +354,7 @@ impl Mode {
     /// kernels' override constants: `(GATES, RELU)`, the gate count G and whether the
     /// nonlinearity is relu. `None` for every other cell (`gpu::generic` runs those).
     pub fn fused_step(self) -> Option<(u32, bool)> {
-        match self {
-            Mode::RnnTanh => Some((1, false)),
-            Mode::RnnRelu => Some((1, true)),
-            Mode::Lstm => Some((4, false)),
-            Mode::Gru => Some((3, false)),
-            _ => None,
-        }
+        with_cell!(self, C => C::FUSED_STEP)
     }
 
     /// Gate count G of the built-in cells (`weight_ih` has `G * H` rows); for the others the

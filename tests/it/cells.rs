@@ -258,3 +258,9 @@ fn sizes_a_cell_cannot_take_are_typed_errors() {
     let r = generic::forward(&w, &x, &[None, None, None], Pass::Inference);
     assert!(matches!(r, Err(wgpu_rnn::Error::InvalidConfig(_))), "{r:?}");
 }
+
+#[test]
+fn fused_list_matches_the_cells_that_say_so() {
+    let fused: Vec<Mode> = Mode::REGISTRY.iter().copied().filter(|m| m.fused()).collect();
+    assert_eq!(fused, Mode::FUSED);
+}
