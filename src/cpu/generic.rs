@@ -13,7 +13,11 @@
 //! at step t the active rows are `0..batch_sizes[t]`.
 
 use super::gemm::{gemm, Mat, Op};
-use super::{check_finite, permute_state, scratch, step_order, zeros, Pass};
+use super::smallgemm::PackedB;
+use super::split::{self, Rows};
+use std::marker::PhantomData;
+use std::ops::Range;
+use super::{check_finite, permute_state, scratch, step_order, zeros, Failure, Pass};
 use crate::packing::step_offsets;
 use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Sizes, Slot, Src, StateDef};
 use crate::config::RnnConfig;
@@ -229,15 +233,36 @@ struct DirFwd<'a, T: Float> {
     tape: Option<&'a mut DirTape<T>>,
 }
 
-/// A product's input rows `[rows, k]` for the step's rows `o..o + rows`.
-#[allow(clippy::too_many_arguments)]
-fn gather_src<T: Float>(src: Src, k: usize, s: &[T], sw: usize, soffs: &[usize], tape: &[T], tw: usize, rows: usize, v: &mut [T]) {
-    for r in 0..rows {
-        let from = match src {
-            Src::State(i) => &s[r * sw + soffs[i]..r * sw + soffs[i] + k],
-            Src::Tape { offset } => &tape[r * tw + offset..r * tw + offset + k],
-        };
-        v[r * k..(r + 1) * k].copy_from_slice(from);
+/// Packs each stage's `R_k` for the per-step products: transposed for the forward
+/// (`r = v R_k^T`), plain for the backward (`dv = dr_k R_k`).
+fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool) -> Result<Vec<Option<PackedB<T>>>> {
+    let mut v = Vec::with_capacity(lay.stages.len());
+    for stage in &lay.stages {
+        v.push(match stage {
+            Some(pr) => {
+                let w = &slot(p, pr.slot, "recurrent matrix")?[pr.offset..pr.offset + pr.rows * pr.k];
+                Some(if transposed { PackedB::try_transposed(w, pr.rows, pr.k)? } else { PackedB::try_plain(w, pr.rows, pr.k)? })
+            }
+            None => None,
+        });
+    }
+    Ok(v)
+}
+
+/// Each stage's product bias, if any.
+fn product_biases<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<Vec<Option<&'a [T]>>> {
+    lay.stages
+        .iter()
+        .map(|st| match st.and_then(|pr| pr.bias.map(|b| (b, pr.rows))) {
+            Some(((bs, bo), rows)) => Ok(Some(&slot(p, bs, "recurrent bias")?[bo..bo + rows])),
+            None => Ok(None),
+        })
+        .collect()
+}
+
+fn recycle<T: Float>(packed: Vec<Option<PackedB<T>>>) {
+    for w in packed.into_iter().flatten() {
+        w.recycle();
     }
 }
 
@@ -246,7 +271,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let lay: Layout = C::layout(sz);
     let states = C::states(sz);
     let (soffs, _) = state_offsets(&states);
-    let (roffs, rw) = lay.product_offsets();
+    let (roffs, _) = lay.product_offsets();
     let (gx, tw, sw, inw) = (lay.xp, lay.tape, a.sw, sz.input);
     let off = step_offsets(a.batch_sizes);
     let n = off[off.len() - 1];
@@ -263,51 +288,41 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let e: &[T] = if lay.pointwise > 0 { &slot(p, Slot::Pointwise, "pointwise parameters")?[..lay.pointwise] } else { &[] };
     let training = a.tape.is_some();
     let mut s_prev = if training { zeros("tape states", &[n, sw])? } else { Vec::new() };
-    let mut tape = zeros("tape", &[if training { n } else { b }, tw])?;
-    let mut r = scratch("products", &[b, rw])?;
-    let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
-    let mut v = scratch("product inputs", &[b, kmax])?;
-    for t in step_order(a.batch_sizes.len(), a.reverse) {
-        let rows = a.batch_sizes[t];
-        let o = off[t];
-        if training {
-            s_prev[o * sw..(o + rows) * sw].copy_from_slice(&a.s[..rows * sw]);
-        }
-        let trow0 = if training { o } else { 0 };
-        for (k, stage) in lay.stages.iter().enumerate() {
-            if let Some(pr) = stage {
-                let tp = &tape[trow0 * tw..(trow0 + rows) * tw];
-                gather_src(pr.src, pr.k, a.s, sw, &soffs, tp, tw, rows, &mut v);
-                let w_r = slot(p, pr.slot, "recurrent matrix")?;
-                let w_r = &w_r[pr.offset..pr.offset + pr.rows * pr.k];
-                gemm(T::one(), Mat::try_new(&v, rows, pr.k)?, Op::N, Mat::try_new(w_r, pr.rows, pr.k)?, Op::T, T::zero(), &mut r[roffs[k]..], rw);
-                if let Some((bs, bo)) = pr.bias {
-                    let bias = &slot(p, bs, "recurrent bias")?[bo..bo + pr.rows];
-                    for rr in 0..rows {
-                        for (dst, &bv) in r[rr * rw + roffs[k]..rr * rw + roffs[k] + pr.rows].iter_mut().zip(bias) {
-                            *dst += bv;
-                        }
-                    }
-                }
-            }
-            for rr in 0..rows {
-                let row = o + rr;
-                let ocol = row * a.out_w + a.col;
-                C::forward(
-                    k,
-                    sz,
-                    FwdRow {
-                        x: &a.x[row * inw..(row + 1) * inw],
-                        xp: &xp[row * gx..(row + 1) * gx],
-                        r: &r[rr * rw..(rr + 1) * rw],
-                        e,
-                        s: &mut a.s[rr * sw..(rr + 1) * sw],
-                        tape: &mut tape[(trow0 + rr) * tw..(trow0 + rr + 1) * tw],
-                        out: &mut a.out[ocol..ocol + lay.out],
-                    },
-                );
-            }
-        }
+    let mut tape = if training { zeros("tape", &[n, tw])? } else { Vec::new() };
+    let packed = pack_products(p, &lay, true)?;
+    let biases = product_biases(p, &lay)?;
+    // The time loop, split by batch rows across threads (see `split`): rows are independent.
+    let macs = n * (gx + lay.stages.iter().flatten().map(|pr| pr.rows * pr.k).sum::<usize>());
+    let ranges = split::ranges(b, macs);
+    let failed = Failure::new();
+    let l = FwdLoop::<C, T> {
+        failed: &failed,
+        sz,
+        lay: &lay,
+        soffs: &soffs,
+        roffs: &roffs,
+        batch_sizes: a.batch_sizes,
+        off: &off,
+        reverse: a.reverse,
+        training,
+        x: a.x,
+        xp: &xp,
+        e,
+        packed: &packed,
+        biases: &biases,
+        s: Rows::new(a.s),
+        s_prev: Rows::new(&mut s_prev),
+        tape: Rows::new(&mut tape),
+        out: Rows::new(a.out),
+        out_w: a.out_w,
+        col: a.col,
+        sw,
+        _cell: PhantomData,
+    };
+    split::run_loop(&ranges, &l);
+    recycle(packed);
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
     }
     if let Some(dt) = a.tape {
         dt.xp = xp;
@@ -315,6 +330,101 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         dt.tape = tape;
     }
     Ok(())
+}
+
+/// One layer-direction's forward time loop over a slice of the batch.
+struct FwdLoop<'a, C, T: Float> {
+    failed: &'a Failure,
+    sz: Sizes,
+    lay: &'a Layout,
+    soffs: &'a [usize],
+    roffs: &'a [usize],
+    batch_sizes: &'a [usize],
+    off: &'a [usize],
+    reverse: bool,
+    training: bool,
+    x: &'a [T],
+    xp: &'a [T],
+    e: &'a [T],
+    packed: &'a [Option<PackedB<T>>],
+    biases: &'a [Option<&'a [T]>],
+    /// `[B, S]` states (this thread's rows); `[N, S]`, `[N, tape]` (training), `[N, out_w]`.
+    s: Rows<'a, T>,
+    s_prev: Rows<'a, T>,
+    tape: Rows<'a, T>,
+    out: Rows<'a, T>,
+    out_w: usize,
+    col: usize,
+    sw: usize,
+    _cell: PhantomData<fn() -> C>,
+}
+
+impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
+    #[inline(always)]
+    fn rows(&self, mine: Range<usize>) {
+        let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
+        let (gx, tw, inw) = (lay.xp, lay.tape, sz.input);
+        let (_, rw) = lay.product_offsets();
+        let (r0, nr) = (mine.start, mine.len());
+        // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
+        // `o..o + rows` of one step, which no other thread touches.
+        let s = unsafe { self.s.part(r0 * sw, nr * sw) };
+        let alloc = || -> Result<_> { Ok((scratch("products", &[nr, rw])?, scratch("tape", &[if self.training { 0 } else { nr }, tw])?)) };
+        let (mut r, mut tscratch) = match alloc() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.failed.set(e);
+                return;
+            }
+        };
+        for t in step_order(self.batch_sizes.len(), self.reverse) {
+            let rows = self.batch_sizes[t].saturating_sub(r0).min(nr);
+            if rows == 0 {
+                continue;
+            }
+            let o = self.off[t] + r0;
+            let tape: &mut [T] = if self.training {
+                unsafe { self.s_prev.part(o * sw, rows * sw) }.copy_from_slice(&s[..rows * sw]);
+                unsafe { self.tape.part(o * tw, rows * tw) }
+            } else {
+                &mut tscratch[..rows * tw]
+            };
+            let out = unsafe { self.out.part(o * out_w, rows * out_w) };
+            for (k, stage) in lay.stages.iter().enumerate() {
+                if let (Some(pr), Some(pk)) = (stage, &self.packed[k]) {
+                    let c = &mut r[self.roffs[k]..];
+                    match pr.src {
+                        Src::State(i) => pk.gemm(&s[self.soffs[i]..], rows, sw, c, rw),
+                        Src::Tape { offset } => pk.gemm(&tape[offset..], rows, tw, c, rw),
+                    }
+                    if let Some(bias) = self.biases[k] {
+                        for rr in 0..rows {
+                            let at = rr * rw + self.roffs[k];
+                            for (dst, &bv) in r[at..at + pr.rows].iter_mut().zip(bias) {
+                                *dst += bv;
+                            }
+                        }
+                    }
+                }
+                for rr in 0..rows {
+                    let row = o + rr;
+                    C::forward(
+                        k,
+                        sz,
+                        FwdRow {
+                            x: &self.x[row * inw..(row + 1) * inw],
+                            xp: &self.xp[row * gx..(row + 1) * gx],
+                            r: &r[rr * rw..(rr + 1) * rw],
+                            e: self.e,
+                            s: &mut s[rr * sw..(rr + 1) * sw],
+                            tape: &mut tape[rr * tw..(rr + 1) * tw],
+                            out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
+                        },
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// Backward through time of a [`forward`] in training mode. `grad_output` is packed like the
@@ -416,58 +526,38 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let mut dxp = zeros("input projection gradients", &[n, gx])?;
     let mut dr = zeros("product gradients", &[n, rw])?;
     let mut de = zeros("pointwise parameter gradients", &[n, lay.pointwise])?;
-    let mut dtape = zeros("tape gradients", &[b, tw])?;
-    let mut dprod = zeros("state gradients through products", &[b, sw])?;
-    let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
-    let mut dv = zeros("product input gradients", &[b, kmax])?;
-    for t in step_order(a.batch_sizes.len(), !a.reverse) {
-        let rows = a.batch_sizes[t];
-        let o = off[t];
-        dtape[..rows * tw].fill(T::zero());
-        dprod[..rows * sw].fill(T::zero());
-        for k in (0..lay.stages.len()).rev() {
-            for rr in 0..rows {
-                let row = o + rr;
-                let ocol = row * a.out_w + a.col;
-                C::backward(
-                    k,
-                    sz,
-                    BwdRow {
-                        x: &a.x[row * inw..(row + 1) * inw],
-                        xp: &tp.xp[row * gx..(row + 1) * gx],
-                        e,
-                        s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
-                        tape: &tp.tape[row * tw..(row + 1) * tw],
-                        dout: &a.dy[ocol..ocol + lay.out],
-                        ds: &mut a.ds[rr * sw..(rr + 1) * sw],
-                        dtape: &mut dtape[rr * tw..(rr + 1) * tw],
-                        dxp: &mut dxp[row * gx..(row + 1) * gx],
-                        dr: &mut dr[row * rw..(row + 1) * rw],
-                        de: &mut de[row * lay.pointwise..(row + 1) * lay.pointwise],
-                        dx: &mut a.dx[row * inw..(row + 1) * inw],
-                    },
-                );
-            }
-            if let Some(pr) = lay.stages[k] {
-                // dv = dr_k R_k for the step's rows, to wherever the product's input came from.
-                let w_r = slot(p, pr.slot, "recurrent matrix")?;
-                let w_r = &w_r[pr.offset..pr.offset + pr.rows * pr.k];
-                let drk = Mat::with_ld(&dr[o * rw + roffs[k]..], rows, pr.rows, rw)?;
-                gemm(T::one(), drk, Op::N, Mat::try_new(w_r, pr.rows, pr.k)?, Op::N, T::zero(), &mut dv, pr.k);
-                for rr in 0..rows {
-                    let dst = match pr.src {
-                        Src::State(i) => &mut dprod[rr * sw + soffs[i]..rr * sw + soffs[i] + pr.k],
-                        Src::Tape { offset } => &mut dtape[rr * tw + offset..rr * tw + offset + pr.k],
-                    };
-                    for (d, &g) in dst.iter_mut().zip(&dv[rr * pr.k..(rr + 1) * pr.k]) {
-                        *d += g;
-                    }
-                }
-            }
-        }
-        for (d, &g) in a.ds[..rows * sw].iter_mut().zip(&dprod[..rows * sw]) {
-            *d += g;
-        }
+    let plain = pack_products(p, &lay, false)?;
+    let macs = n * (gx + lay.stages.iter().flatten().map(|pr| pr.rows * pr.k).sum::<usize>());
+    let ranges = split::ranges(b, macs);
+    let failed = Failure::new();
+    let l = BwdLoop::<C, T> {
+        failed: &failed,
+        sz,
+        lay: &lay,
+        soffs: &soffs,
+        roffs: &roffs,
+        batch_sizes: a.batch_sizes,
+        off: &off,
+        reverse: a.reverse,
+        x: a.x,
+        tape: tp,
+        e,
+        dy: a.dy,
+        out_w: a.out_w,
+        col: a.col,
+        plain: &plain,
+        sw,
+        ds: Rows::new(a.ds),
+        dxp: Rows::new(&mut dxp),
+        dr: Rows::new(&mut dr),
+        de: Rows::new(&mut de),
+        dx: Rows::new(a.dx),
+        _cell: PhantomData,
+    };
+    split::run_loop(&ranges, &l);
+    recycle(plain);
+    if let Some(e) = failed.into_inner() {
+        return Err(e);
     }
     // Weight gradients over all rows.
     let one = T::one();
@@ -481,19 +571,16 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         let w_x = slot(p, Slot::WeightIh, "input matrix")?;
         gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
     }
-    let mut vall = Vec::new();
     for (k, stage) in lay.stages.iter().enumerate() {
         let Some(pr) = stage else { continue };
-        // The product's inputs for all rows, [N, k].
-        vall.clear();
-        vall.resize(n * pr.k, T::zero());
-        match pr.src {
-            Src::State(i) => gather_src(Src::State(i), pr.k, &tp.s_prev, sw, &soffs, &[], tw, n, &mut vall),
-            Src::Tape { offset } => gather_src(Src::Tape { offset }, pr.k, &[], sw, &soffs, &tp.tape, tw, n, &mut vall),
-        }
+        // The product's inputs for all rows, [N, k] at their row stride.
+        let v = match pr.src {
+            Src::State(i) => Mat::with_ld(&tp.s_prev[soffs[i]..], n, pr.k, sw)?,
+            Src::Tape { offset } => Mat::with_ld(&tp.tape[offset..], n, pr.k, tw)?,
+        };
         let drk = Mat::with_ld(&dr[roffs[k]..], n, pr.rows, rw)?;
         let gw = a.grad.get_mut(pr.slot).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?;
-        gemm(one, drk, Op::T, Mat::try_new(&vall, n, pr.k)?, Op::N, T::zero(), &mut gw[pr.offset..pr.offset + pr.rows * pr.k], pr.k);
+        gemm(one, drk, Op::T, v, Op::N, T::zero(), &mut gw[pr.offset..pr.offset + pr.rows * pr.k], pr.k);
         if let Some((bs, bo)) = pr.bias {
             let gb = a.grad.get_mut(bs).ok_or_else(|| Error::MissingTensor(format!("{bs:?} slot")))?;
             for row in 0..n {
@@ -508,4 +595,109 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         super::col_sum_into(&de, lay.pointwise, &mut ge[..lay.pointwise]);
     }
     Ok(())
+}
+
+/// One layer-direction's backward time loop over a slice of the batch.
+struct BwdLoop<'a, C, T: Float> {
+    failed: &'a Failure,
+    sz: Sizes,
+    lay: &'a Layout,
+    soffs: &'a [usize],
+    roffs: &'a [usize],
+    batch_sizes: &'a [usize],
+    off: &'a [usize],
+    reverse: bool,
+    x: &'a [T],
+    tape: &'a DirTape<T>,
+    e: &'a [T],
+    dy: &'a [T],
+    out_w: usize,
+    col: usize,
+    plain: &'a [Option<PackedB<T>>],
+    sw: usize,
+    /// `[B, S]` (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, ew]`, `[N, in]` by packed row.
+    ds: Rows<'a, T>,
+    dxp: Rows<'a, T>,
+    dr: Rows<'a, T>,
+    de: Rows<'a, T>,
+    dx: Rows<'a, T>,
+    _cell: PhantomData<fn() -> C>,
+}
+
+impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
+    #[inline(always)]
+    fn rows(&self, mine: Range<usize>) {
+        let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
+        let (gx, tw, inw, ew) = (lay.xp, lay.tape, sz.input, lay.pointwise);
+        let (_, rw) = lay.product_offsets();
+        let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
+        let (r0, nr) = (mine.start, mine.len());
+        let tp = self.tape;
+        // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
+        // `o..o + rows` of one step, which no other thread touches.
+        let ds = unsafe { self.ds.part(r0 * sw, nr * sw) };
+        let alloc = || -> Result<_> {
+            Ok((scratch("tape gradients", &[nr, tw])?, scratch("state gradients through products", &[nr, sw])?, scratch("product input gradients", &[nr, kmax])?))
+        };
+        let (mut dtape, mut dprod, mut dv) = match alloc() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.failed.set(e);
+                return;
+            }
+        };
+        for t in step_order(self.batch_sizes.len(), !self.reverse) {
+            let rows = self.batch_sizes[t].saturating_sub(r0).min(nr);
+            if rows == 0 {
+                continue;
+            }
+            let o = self.off[t] + r0;
+            dtape[..rows * tw].fill(T::zero());
+            dprod[..rows * sw].fill(T::zero());
+            let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
+            let dr = unsafe { self.dr.part(o * rw, rows * rw) };
+            let de = unsafe { self.de.part(o * ew, rows * ew) };
+            let dx = unsafe { self.dx.part(o * inw, rows * inw) };
+            for k in (0..lay.stages.len()).rev() {
+                for rr in 0..rows {
+                    let row = o + rr;
+                    let ocol = row * out_w + self.col;
+                    C::backward(
+                        k,
+                        sz,
+                        BwdRow {
+                            x: &self.x[row * inw..(row + 1) * inw],
+                            xp: &tp.xp[row * gx..(row + 1) * gx],
+                            e: self.e,
+                            s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
+                            tape: &tp.tape[row * tw..(row + 1) * tw],
+                            dout: &self.dy[ocol..ocol + lay.out],
+                            ds: &mut ds[rr * sw..(rr + 1) * sw],
+                            dtape: &mut dtape[rr * tw..(rr + 1) * tw],
+                            dxp: &mut dxp[rr * gx..(rr + 1) * gx],
+                            dr: &mut dr[rr * rw..(rr + 1) * rw],
+                            de: &mut de[rr * ew..(rr + 1) * ew],
+                            dx: &mut dx[rr * inw..(rr + 1) * inw],
+                        },
+                    );
+                }
+                if let (Some(pr), Some(pk)) = (lay.stages[k], &self.plain[k]) {
+                    // dv = dr_k R_k for the step's rows, to wherever the product's input came from.
+                    pk.gemm(&dr[self.roffs[k]..], rows, rw, &mut dv, pr.k);
+                    for rr in 0..rows {
+                        let dst = match pr.src {
+                            Src::State(i) => &mut dprod[rr * sw + self.soffs[i]..rr * sw + self.soffs[i] + pr.k],
+                            Src::Tape { offset } => &mut dtape[rr * tw + offset..rr * tw + offset + pr.k],
+                        };
+                        for (d, &g) in dst.iter_mut().zip(&dv[rr * pr.k..(rr + 1) * pr.k]) {
+                            *d += g;
+                        }
+                    }
+                }
+            }
+            for (d, &g) in ds[..rows * sw].iter_mut().zip(&dprod[..rows * sw]) {
+                *d += g;
+            }
+        }
+    }
 }

@@ -132,7 +132,7 @@ fn scratch<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
 }
 
 /// Where a time loop's threads report an allocation that failed (the first one wins).
-type Failure = std::sync::OnceLock<Error>;
+pub(crate) type Failure = std::sync::OnceLock<Error>;
 
 /// Whether every element is finite; branch-free within blocks, so it vectorises (the
 /// short-circuiting `all` did not, and cost as much as a T = 1 step's GEMM).
