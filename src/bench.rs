@@ -403,7 +403,11 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
 }
 
 /// Per-kernel GPU time of a configuration's forward and training, as printable lines.
+/// Cells outside the fused path (`gpu::generic`) have no per-kernel profile yet: a line says so.
 pub fn profile_gpu(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<String> {
+    if !c.mode.fused() {
+        return Ok(format!("{}: no per-kernel profile for {} (the generic GPU driver has none yet)\n", c.name, c.mode));
+    }
     let rig = GpuRig::with_strategy(ctx, c, strategy)?;
     rig.run(true)?; // warm-up
     let mut out = String::new();

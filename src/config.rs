@@ -94,7 +94,10 @@ impl RnnConfig {
         // CPU we only guard against usize overflow of the largest weight.
         // Every product the shapes and the state tensors take must fit a usize (checked here,
         // so that the accessors below can multiply freely once a config validates).
-        let g = self.mode.gates();
+        // Every cell's slots and per-row widths are at most 8 H x max(in, H) (the widest:
+        // LSTM's 4H x in, MUT1's and JORDAN's 2H^2, LSTM_LAYERNORM's 22H), so the cells'
+        // shape and offset arithmetic cannot overflow once this product fits.
+        let g = self.mode.gates().max(8);
         let d = self.directions();
         let Some(out_w) = d.checked_mul(self.out_size()) else {
             return bad(format!("directions * hidden size ({d} * {}) overflows", self.out_size()));
@@ -102,7 +105,7 @@ impl RnnConfig {
         let Some(states) = self.num_layers.checked_mul(d) else {
             return bad(format!("num_layers * directions ({} * {d}) overflows", self.num_layers));
         };
-        let widest_in = self.input_size.max(out_w);
+        let widest_in = self.input_size.max(out_w).max(self.hidden_size);
         if g.checked_mul(self.hidden_size).and_then(|r| r.checked_mul(widest_in)).is_none() {
             return bad("sizes overflow".into());
         }

@@ -16,8 +16,9 @@
 // rstd_c (dn - mean(dn) - n_c mean(dn n_c)) with dn = dy w_c, then the gates' dv, the
 // parameters' gradients, and LN_ih / LN_hh backward the same way into dxp and dr.
 //
-// Reductions (row sums): invocation l sums, in order, its units j = l, l + 64, l + 128, ...
-// (the same units it writes, so every later phase reads only values it wrote itself); the 64
+// Reductions (row sums): invocation l sums, in order, the elements l, l + 64, l + 128, ...
+// of the vector (the LN_ih / LN_hh sums read only xp and r, which nothing here writes; the
+// later phases read only values the same invocation wrote); the 64
 // partial sums go to `red` (workgroup memory) and are added by a fixed tree: stride 32, 16,
 // ..., 1, slot l += slot l + stride, a workgroupBarrier() after each level. Up to four sums
 // travel together as a vec4. No atomics: the order of every addition is fixed, so results are

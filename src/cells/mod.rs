@@ -119,7 +119,7 @@ pub struct StateDef {
 pub enum Src {
     /// A state as it was before the step (index into [`Cell::states`]).
     State(usize),
-    /// `len` values that an earlier stage wrote to the row's tape at `offset`.
+    /// Values an earlier stage wrote to the row's tape from `offset` (the product's `k` of them).
     Tape { offset: usize },
 }
 
@@ -156,6 +156,20 @@ pub struct Layout {
 }
 
 impl Layout {
+    /// The drivers' rule: a product that reads a state is in stage 0 (later stages may have
+    /// changed the state already, and the backward adds a state's product gradient as a
+    /// gradient of the state before the step). Every registered cell keeps it (tested).
+    pub fn check(&self) -> std::result::Result<(), String> {
+        for (k, st) in self.stages.iter().enumerate() {
+            if let Some(Product { src: Src::State(_), .. }) = st {
+                if k > 0 {
+                    return Err(format!("stage {k}'s product reads a state; only stage 0's may"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Column of stage k's product in the row's product vector, and the vector's width.
     pub fn product_offsets(&self) -> (Vec<usize>, usize) {
         let mut v = Vec::with_capacity(self.stages.len());
@@ -202,11 +216,15 @@ pub struct BwdRow<'a, T> {
     /// adds that).
     pub ds: &'a mut [T],
     /// Gradients of tape values; the driver adds `dr_k R_k` here for products that read the
-    /// tape. Zero at the start of the row's step.
+    /// tape, before the stage that wrote those values runs. Only those regions are defined:
+    /// the CPU zeroes the row at the start of its step, the GPU writes just the regions
+    /// products read (a cell must not use the rest).
     pub dtape: &'a mut [T],
     /// Gradient of `xp` (overwritten by the cell's stages together; zero on entry).
     pub dxp: &'a mut [T],
-    /// Gradient of the products `r` (each stage writes its own columns).
+    /// Gradient of the products `r`: a stage's columns must be final when the driver uses them,
+    /// right after that stage's backward (a later stage may write an earlier stage's columns,
+    /// as GRU_RESET_BEFORE's stage 1 writes z's).
     pub dr: &'a mut [T],
     /// This row's gradient of the pointwise parameters (zero on entry; the driver sums rows).
     pub de: &'a mut [T],
@@ -228,8 +246,8 @@ pub trait Cell: 'static {
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
-    /// (entry points `cell_forward` and `cell_backward`); empty when the cell has none yet.
-    const WGSL: &'static str = "";
+    /// (entry points `cell_forward` and `cell_backward`); see [`cell_wgsl!`].
+    const WGSL: &'static str;
     /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
     fn check(_s: Sizes) -> std::result::Result<(), String> {
         Ok(())
@@ -386,7 +404,7 @@ impl Mode {
     pub fn projection(self) -> bool {
         with_cell!(self, C => C::PROJECTION)
     }
-    /// The cell's WGSL (see [`Cell::WGSL`]); empty when the GPU does not run it.
+    /// The cell's WGSL (see [`Cell::WGSL`]).
     pub fn wgsl(self) -> &'static str {
         with_cell!(self, C => C::WGSL)
     }

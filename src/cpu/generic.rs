@@ -159,6 +159,9 @@ pub fn forward<T: Float>(
     let b = input.batch();
     let states = cfg.states();
     check_states(cfg, &states, states0, b, "0")?;
+    for layer in 0..cfg.num_layers.min(2) {
+        cfg.mode.layout(cfg.sizes(layer)).check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
+    }
     crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass))
 }
 

@@ -501,7 +501,7 @@ fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut 
 /// This module's drivers are the tuned ones for PyTorch's four cells; [`generic`] runs every
 /// registered cell.
 fn fused_cell(cfg: &RnnConfig) -> Result<()> {
-    if Mode::FUSED.contains(&cfg.mode) {
+    if cfg.mode.fused() {
         Ok(())
     } else {
         Err(Error::Unsupported(format!("{} in cpu::forward; cpu::generic runs every cell", cfg.mode)))

@@ -23,7 +23,7 @@
 //! exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, Family, GemmParams, Kernel, UtilParams, NONE};
+use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE};
 use super::record::{self, ParamBlocks, Recorder};
 use super::readback::{self, Readback};
 use crate::cells::{state_offsets, Layout, Src};
@@ -36,9 +36,9 @@ use crate::packing::{step_offsets, PackedSequence};
 use crate::weights::{DirParams, Weights};
 use std::sync::Arc;
 
-/// Rows of k a GEMM or column sum takes in one dispatch (Mesa's gallivm ends an invocation's
-/// loops after 65,535 iterations in all: see ARCHITECTURE.md, "Runs").
-const K_RUN: usize = 16_384;
+/// Rows of k a GEMM or column sum takes in one dispatch: the plan's runs (Mesa's gallivm ends
+/// an invocation's loops after 65,535 iterations in all: ARCHITECTURE.md, "Runs").
+const K_RUN: usize = super::plan::GEMM_K_RUN;
 
 /// Offsets of each slot of each layer-direction in the flat weights, and the total.
 fn slot_layout(cfg: &RnnConfig) -> (Vec<[Option<usize>; 6]>, usize) {
@@ -133,10 +133,6 @@ impl<'a> Rec<'a> {
             if k0 > 0 {
                 q.beta = 1.0;
                 q.bias_off = NONE;
-            }
-            if kk == 0 {
-                // k == 0: C = beta C (+ bias); the kernel's loop does nothing.
-                q.k = 0;
             }
             let off = self.block(&q);
             let bias_buf = bias.unwrap_or(b);
@@ -245,15 +241,8 @@ impl Dims {
         let lay = cfg.mode.layout(sizes);
         let (soffs, sw) = state_offsets(&cfg.states());
         let (roffs, rw) = lay.product_offsets();
-        // The backward routes a product's state gradient straight into the state gradients,
-        // which is only right before stage 0's own update of them.
-        for (k, st) in lay.stages.iter().enumerate() {
-            if let Some(pr) = st {
-                if k > 0 && matches!(pr.src, Src::State(_)) {
-                    return Err(Error::Unsupported(format!("{}: a stage-{k} product of a state on the GPU", cfg.mode)));
-                }
-            }
-        }
+        // The backward adds a product's state gradient straight into the state gradients.
+        lay.check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
         Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input })
     }
     /// Tape buffer: `[xp N*gx | tape R*tw | states before each row N*sw]` (R = N in training).
@@ -311,10 +300,7 @@ impl std::fmt::Debug for GpuCellTape {
     }
 }
 
-fn check_gpu(ctx: &Context, cfg: &RnnConfig, n: usize, b: usize, elems: &[(&str, usize)]) -> Result<()> {
-    if !Family::all().contains(&Family::Cell(cfg.mode)) {
-        return Err(Error::Unsupported(format!("{} on the GPU: the cell has no WGSL file", cfg.mode)));
-    }
+fn check_gpu(ctx: &Context, n: usize, b: usize, elems: &[(&str, usize)]) -> Result<()> {
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     if b > max {
         return Err(Error::Limit(format!("batch {b} exceeds the device's {max} workgroups per dimension")));
@@ -363,7 +349,7 @@ pub fn forward(
     for x in &dims {
         sizes.push(("tape", x.tape_len(n, b, training)));
     }
-    check_gpu(ctx, cfg, n, b, &sizes)?;
+    check_gpu(ctx, n, b, &sizes)?;
     let _serial = ctx.exclusive();
     ctx.check_alive()?;
 
@@ -465,7 +451,9 @@ fn pad4(mut v: Vec<f32>) -> Vec<f32> {
 }
 
 /// Backward through time of a training [`forward`]: as [`crate::cpu::generic::backward`].
-/// `w` must be the weights the forward ran with.
+/// The products use the weights the forward uploaded (the tape keeps them on the device);
+/// `w` must be those weights: it gives the config (checked against the tape's) and is checked
+/// to be valid and finite, but its values are not compared with the device's copy.
 pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<CellGradients<f32>> {
     check_weights(w)?;
     let cfg = &w.config;
@@ -493,7 +481,7 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     for x in &dims {
         sizes.push(("input gradients", n * x.inw));
     }
-    check_gpu(ctx, cfg, n, b, &sizes)?;
+    check_gpu(ctx, n, b, &sizes)?;
     let _serial = ctx.exclusive();
     ctx.check_alive()?;
 

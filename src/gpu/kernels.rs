@@ -50,10 +50,10 @@ pub enum Family {
 impl Family {
     pub const FIXED: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
 
-    /// Every family: the fixed ones, and one per registered cell that has a WGSL file.
+    /// Every family: the fixed ones, and one per registered cell.
     pub fn all() -> Vec<Family> {
         let mut v = Family::FIXED.to_vec();
-        v.extend(Mode::REGISTRY.iter().filter(|m| !m.wgsl().is_empty()).map(|&m| Family::Cell(m)));
+        v.extend(Mode::REGISTRY.iter().map(|&m| Family::Cell(m)));
         v
     }
 

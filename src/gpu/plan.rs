@@ -176,7 +176,7 @@ const GEMM_CHUNK_BYTES: usize = 1 << 20;
 /// The longest k one GEMM dispatch walks: each invocation loops over k, and Mesa's gallivm ends
 /// an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`). A multiple of
 /// 4, so runs keep the vec4 kernels' alignment.
-const GEMM_K_RUN: usize = 16_384;
+pub(crate) const GEMM_K_RUN: usize = 16_384;
 
 /// Rows one `colsum` dispatch sums per column: one invocation loops over them, and Mesa's
 /// gallivm ends an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`).
