@@ -375,17 +375,12 @@ impl Mode {
         with_cell!(self, C => C::FUSED_STEP)
     }
 
-    /// Gate count G of the built-in cells (`weight_ih` has `G * H` rows); for the others the
-    /// rows of `W_x` over H, rounded up.
+    /// Gate count G of the fused cells (`weight_ih` has `G * H` rows); for the others the
+    /// rows of `W_x` at H = 1.
     pub fn gates(self) -> usize {
-        match self {
-            Mode::RnnTanh | Mode::RnnRelu => 1,
-            Mode::Lstm => 4,
-            Mode::Gru => 3,
-            m => {
-                let l = m.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true });
-                l.xp.max(1)
-            }
+        match self.fused_step() {
+            Some((g, _)) => g as usize,
+            None => self.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true }).xp.max(1),
         }
     }
 
