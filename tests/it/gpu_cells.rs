@@ -145,3 +145,41 @@ fn plans_refuse_cells_the_fused_kernels_do_not_run() {
         }
     }
 }
+
+#[test]
+fn gpu_cells_split_long_weight_gradient_sums_into_runs() {
+    // N = 19,200 packed rows: the weight-gradient GEMMs and column sums over all rows run in
+    // two runs of at most 16,384 (Mesa's loop cap); against the CPU in f64.
+    use crate::common::{assert_close, rng, uniform};
+    use wgpu_rnn::cpu::{cast, generic, Pass};
+    use wgpu_rnn::{PackedSequence, RnnConfig, Weights};
+    let Some(ctx) = contexts().first() else { return };
+    let mut g = rng(5);
+    for mode in [Mode::IndRnn, Mode::Gru] {
+        let cfg = RnnConfig::new(mode, 3, 4);
+        let w64 = Weights::<f64>::init_uniform(&cfg, 2).unwrap();
+        let (t, b) = (600, 32);
+        let xin = uniform(&mut g, t * b * 3, 1.0);
+        let lengths = vec![t; b];
+        let x64 = PackedSequence::from_padded(&xin, [t, b, 3], false, &lengths).unwrap();
+        let x32 = PackedSequence::from_padded(&cast::<f64, f32>(&xin), [t, b, 3], false, &lengths).unwrap();
+        assert!(x64.rows() > 16_384);
+        let (c_out, c_tape) = generic::forward(&w64, &x64, &[], Pass::Training).unwrap();
+        let go = uniform(&mut g, c_out.output.data.len(), 0.1);
+        let c_grad = generic::backward(&w64, &c_tape.unwrap(), &go, &[]).unwrap();
+        let w32 = w64.cast::<f32>();
+        let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &[], Pass::Training).unwrap();
+        let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &[]).unwrap();
+        let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+        assert_close(&format!("{mode} output"), &to64(&g_out.output.data), &c_out.output.data, WIDE_FWD_ATOL, WIDE_FWD_RTOL);
+        let (mut cp, mut gp) = (Vec::new(), Vec::new());
+        c_grad.params.for_each(|_, _, _, v| cp.extend_from_slice(v));
+        g_grad.params.for_each(|_, _, _, v| gp.extend(v.iter().map(|&x| x as f64)));
+        // Sums over 19,200 rows in f32: a looser relative bound than the per-element ones.
+        assert_close(&format!("{mode} parameter gradients"), &gp, &cp, LONG_SUM_ATOL, LONG_SUM_RTOL);
+    }
+}
+
+/// Parameter gradients summed over 19,200 rows in f32 (GPU) against f64 (CPU).
+const LONG_SUM_ATOL: f64 = 1e-2;
+const LONG_SUM_RTOL: f64 = 1e-3;
