@@ -227,6 +227,21 @@ impl<T: Float> Weights<T> {
         }
     }
 
+    /// [`Error::NonFinite`] naming the first parameter (in `state_dict` order) that holds a NaN
+    /// or an infinity.
+    pub fn check_finite(&self) -> Result<()> {
+        let mut bad = None;
+        self.for_each(|def, layer, dir, v| {
+            if bad.is_none() && !crate::float::all_finite(v) {
+                bad = Some(RnnConfig::param_name(def.stem, layer, dir));
+            }
+        });
+        match bad {
+            Some(name) => Err(Error::NonFinite(name)),
+            None => Ok(()),
+        }
+    }
+
     /// Total number of scalars.
     pub fn num_scalars(&self) -> usize {
         let mut n = 0;

@@ -129,16 +129,7 @@ pub(crate) fn scatter_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], all
 
 pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
     w.validate()?;
-    let mut bad = None;
-    w.for_each(|def, layer, dir, v| {
-        if bad.is_none() && !v.iter().all(|x| x.is_finite()) {
-            bad = Some(RnnConfig::param_name(def.stem, layer, dir));
-        }
-    });
-    match bad {
-        Some(name) => Err(Error::NonFinite(name)),
-        None => Ok(()),
-    }
+    w.check_finite()
 }
 
 /// Runs the stack over a packed batch. `states0[i]` is state i's initial value

@@ -134,19 +134,7 @@ fn scratch<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
 /// Where a time loop's threads report an allocation that failed (the first one wins).
 pub(crate) type Failure = std::sync::OnceLock<Error>;
 
-/// Whether every element is finite; branch-free within blocks, so it vectorises (the
-/// short-circuiting `all` did not, and cost as much as a T = 1 step's GEMM).
-fn all_finite<T: Float>(x: &[T]) -> bool {
-    x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
-}
-
-fn check_finite<T: Float>(what: &str, x: &[T]) -> Result<()> {
-    if all_finite(x) {
-        Ok(())
-    } else {
-        Err(Error::NonFinite(what.into()))
-    }
-}
+pub(crate) use crate::float::check_finite;
 
 /// Reorders state `[L*D, B, F]` rows: `out[:, k] = src[:, perm[k]]`.
 fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usize]) -> Result<Vec<T>> {
@@ -535,16 +523,7 @@ fn check_forward_inputs<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, h0:
         _ => {}
     }
     check_finite("input", &input.data)?;
-    let mut bad = None;
-    w.for_each(|def, layer, dir, v| {
-        if bad.is_none() && !all_finite(v) {
-            bad = Some(RnnConfig::param_name(def.stem, layer, dir));
-        }
-    });
-    if let Some(name) = bad {
-        return Err(Error::NonFinite(name));
-    }
-    Ok(())
+    w.check_finite()
 }
 
 /// Runs the stack over a packed batch.

@@ -68,13 +68,7 @@ enum TapeKind {
     Split { split: Split, pieces: Vec<Recorded> },
 }
 
-fn check_finite(what: &str, x: &[f32]) -> Result<()> {
-    if x.iter().all(|v| v.is_finite()) {
-        Ok(())
-    } else {
-        Err(Error::NonFinite(what.into()))
-    }
-}
+use crate::float::check_finite;
 
 impl GpuRnn {
     /// Uploads the weights.
@@ -83,17 +77,9 @@ impl GpuRnn {
         if !w.config.mode.fused() {
             return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", w.config.mode)));
         }
+        w.check_finite()?;
         let mut flat = Vec::with_capacity(w.num_scalars());
-        let mut bad = None;
-        w.for_each(|def, layer, dir, v| {
-            if bad.is_none() && !v.iter().all(|x| x.is_finite()) {
-                bad = Some(RnnConfig::param_name(def.stem, layer, dir));
-            }
-            flat.extend_from_slice(v);
-        });
-        if let Some(name) = bad {
-            return Err(Error::NonFinite(name));
-        }
+        w.for_each(|_, _, _, v| flat.extend_from_slice(v));
         let _serial = ctx.exclusive();
         if flat.len() != weight_layout(&w.config).1 {
             return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![weight_layout(&w.config).1], expected: weight_layout(&w.config).1, got: flat.len() });

@@ -32,6 +32,7 @@ use crate::config::RnnConfig;
 use crate::cpu::generic::{check_states, check_weights, gather_states, scatter_states, CellGradients, CellOutput};
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
+use crate::float::check_finite;
 use crate::packing::{step_offsets, PackedSequence};
 use crate::weights::{DirParams, Weights};
 use std::sync::Arc;
@@ -332,9 +333,7 @@ pub fn forward(
     if input.features != cfg.input_size {
         return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
     }
-    if input.data.iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite("input".into()));
-    }
+    check_finite("input", &input.data)?;
     let (b, d, n) = (input.batch(), cfg.directions(), input.rows());
     let ld = cfg.num_layers * d;
     let states = cfg.states();
@@ -470,9 +469,7 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let sw = dims[0].sw;
     let out_w = d * dims[0].lay.out;
     check_len("grad_output", &[n, out_w], grad_output.len())?;
-    if grad_output.iter().any(|v| !v.is_finite()) {
-        return Err(Error::NonFinite("grad_output".into()));
-    }
+    check_finite("grad_output", grad_output)?;
     check_states(cfg, &states, grad_states, b, "_n")?;
     let (woffs, wtotal) = slot_layout(cfg);
     let bws_len = dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0);
