@@ -37,7 +37,7 @@ use crate::packing::{step_offsets, PackedSequence};
 use crate::weights::{DirParams, Weights};
 use std::sync::Arc;
 
-/// Rows of k a GEMM or column sum takes in one dispatch: the plan's runs (Mesa's gallivm ends
+/// Rows of k a GEMM takes in one dispatch: the plan's runs (Mesa's gallivm ends
 /// an invocation's loops after 65,535 iterations in all: ARCHITECTURE.md, "Runs").
 const K_RUN: usize = super::plan::GEMM_K_RUN;
 
@@ -110,10 +110,6 @@ impl<'a> Rec<'a> {
         Rec { ctx, params: ParamBlocks::new(ctx), ops: Vec::new() }
     }
 
-    fn block<T: bytemuck::Pod>(&mut self, v: &T) -> u32 {
-        self.params.push(v)
-    }
-
     /// `C = op(A) op(B) (+ bias) + beta C` with `p`'s strides, k in runs of [`K_RUN`] (later
     /// runs add to C; the bias goes with the first).
     fn gemm(&mut self, p: GemmParams, a: &'a wgpu::Buffer, b: &'a wgpu::Buffer, c: &'a wgpu::Buffer, bias: Option<&'a wgpu::Buffer>) -> Result<()> {
@@ -124,25 +120,12 @@ impl<'a> Rec<'a> {
         if p.m.div_ceil(8) > max || p.n.div_ceil(256) > max {
             return Err(Error::Limit(format!("GEMM {}x{} exceeds {max} workgroups per dimension", p.m, p.n)));
         }
-        let mut k0 = 0u32;
-        loop {
-            let kk = (p.k - k0).min(K_RUN as u32);
-            let mut q = p;
-            q.k = kk;
-            q.a_off = p.a_off + k0 * p.a_cs;
-            q.b_off = p.b_off + k0 * p.b_rs;
-            if k0 > 0 {
-                q.beta = 1.0;
-                q.bias_off = NONE;
-            }
-            let off = self.block(&q);
-            let bias_buf = bias.unwrap_or(b);
+        let bias_buf = bias.unwrap_or(b);
+        for q in p.runs(K_RUN as u32) {
+            let off = self.params.push(&q);
             self.ops.push(Op::Dispatch { kernel: q.kernel(), param_off: off, groups: q.groups(), bufs: vec![a, b, c, bias_buf, b, a] });
-            k0 += kk;
-            if k0 >= p.k {
-                return Ok(());
-            }
         }
+        Ok(())
     }
 
     /// `dst[dst_off + j] += / = sum over rows of src[src_off + row * ld + j]`, in runs of rows.
@@ -151,30 +134,15 @@ impl<'a> Rec<'a> {
         if width == 0 {
             return;
         }
-        let mut r0 = 0;
-        loop {
-            let n = (rows - r0).min(K_RUN);
-            let p = UtilParams {
-                rows: n as u32,
-                width: width as u32,
-                src_off: (src_off + r0 * ld) as u32,
-                src_ld: ld as u32,
-                dst_off: dst_off as u32,
-                accumulate: u32::from(r0 > 0),
-                ..Default::default()
-            };
-            let off = self.block(&p);
+        for p in UtilParams::colsum_runs(rows, width, src_off, ld, dst_off, super::plan::COLSUM_ROWS) {
+            let off = self.params.push(&p);
             let g = width.div_ceil(256) as u32;
             self.ops.push(Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [g, 1, 1], bufs: vec![src, dummy, dummy, dst] });
-            r0 += n;
-            if r0 >= rows {
-                return;
-            }
         }
     }
 
     fn cell(&mut self, kernel: Kernel, p: &CellParams, bufs: [&'a wgpu::Buffer; 8]) {
-        let off = self.block(p);
+        let off = self.params.push(p);
         self.ops.push(Op::Dispatch { kernel, param_off: off, groups: [p.rows, 1, 1], bufs: bufs.to_vec() });
     }
 

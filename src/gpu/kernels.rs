@@ -476,6 +476,28 @@ impl GemmParams {
     pub fn groups(&self) -> [u32; 3] {
         [self.n.div_ceil(256), self.m.div_ceil(8), 1]
     }
+
+    /// The product with k walked in runs of at most `run`: one dispatch each, the later ones
+    /// adding to C (beta 1) and without the bias, so C is summed over k in a fixed order.
+    pub fn runs(self, run: u32) -> Vec<GemmParams> {
+        let mut v = Vec::new();
+        let mut start = 0u32;
+        loop {
+            let k = run.min(self.k - start);
+            v.push(GemmParams {
+                k,
+                a_off: self.a_off + start * self.a_cs,
+                b_off: self.b_off + start * self.b_rs,
+                beta: if start == 0 { self.beta } else { 1.0 },
+                bias_off: if start == 0 { self.bias_off } else { NONE },
+                ..self
+            });
+            start += k;
+            if start >= self.k {
+                return v;
+            }
+        }
+    }
 }
 
 /// `CellParams` in shaders/cells/prelude.wgsl: one cell dispatch (offsets in f32 elements).
@@ -563,6 +585,25 @@ pub struct UtilParams {
     pub accumulate: u32,
     pub _pad1: u32,
     pub _pad2: u32,
+}
+
+impl UtilParams {
+    /// `colsum` of `rows` rows of `width` columns (row stride `src_ld`) into `dst_off`, in runs
+    /// of at most `run` rows, the later runs adding to the first's sums in row order.
+    pub fn colsum_runs(rows: usize, width: usize, src_off: usize, src_ld: usize, dst_off: usize, run: usize) -> Vec<UtilParams> {
+        (0..rows)
+            .step_by(run)
+            .map(|r0| UtilParams {
+                rows: run.min(rows - r0) as u32,
+                width: width as u32,
+                src_off: (src_off + r0 * src_ld) as u32,
+                src_ld: src_ld as u32,
+                dst_off: dst_off as u32,
+                accumulate: u32::from(r0 > 0),
+                ..Default::default()
+            })
+            .collect()
+    }
 }
 
 /// `TrainParams` in train.wgsl.

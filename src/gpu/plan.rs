@@ -180,7 +180,7 @@ pub(crate) const GEMM_K_RUN: usize = 16_384;
 
 /// Rows one `colsum` dispatch sums per column: one invocation loops over them, and Mesa's
 /// gallivm ends an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`).
-const COLSUM_ROWS: usize = 16_384;
+pub(crate) const COLSUM_ROWS: usize = 16_384;
 
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -529,24 +529,7 @@ impl Plan {
         // C = A B (+ bias) with k walked in runs of at most `run`, each a dispatch accumulating
         // into C (beta = 1 after the first), the bias added by the first only, in a fixed order.
         let gemm_runs = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams, run: u32| -> Vec<Op> {
-            let mut ops = Vec::new();
-            let mut start = 0u32;
-            loop {
-                let k = run.min(gp.k - start);
-                let part = GemmParams {
-                    k,
-                    a_off: gp.a_off + start * gp.a_cs,
-                    b_off: gp.b_off + start * gp.b_rs,
-                    beta: if start == 0 { gp.beta } else { 1.0 },
-                    bias_off: if start == 0 { gp.bias_off } else { NONE },
-                    ..gp
-                };
-                ops.push(gemm_op(params, bufs.clone(), part));
-                start += k;
-                if start >= gp.k {
-                    return ops;
-                }
-            }
+            gp.runs(run).into_iter().map(|part| gemm_op(params, bufs.clone(), part)).collect()
         };
         // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
         // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`).
@@ -859,18 +842,8 @@ impl Plan {
                     if cfg.bias {
                         for (src, dst) in [(0usize, w.b_ih), (dgh_off, w.b_hh)] {
                             // In runs of rows, accumulating in row order (see COLSUM_ROWS).
-                            for r0 in (0..n).step_by(COLSUM_ROWS) {
-                                let rows = COLSUM_ROWS.min(n - r0);
-                                bwd.push(util(
-                                    &mut params,
-                                    Kernel::ColSum,
-                                    vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights],
-                                    UtilParams {
-                                        rows: rows as u32, width: gh as u32, src_off: (src + r0 * gh) as u32, src_ld: gh as u32, dst_off: dst,
-                                        accumulate: (r0 > 0) as u32, ..Default::default()
-                                    },
-                                    gh,
-                                ));
+                            for up in UtilParams::colsum_runs(n, gh, src, gh, dst as usize, COLSUM_ROWS) {
+                                bwd.push(util(&mut params, Kernel::ColSum, vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights], up, gh));
                             }
                         }
                     }
