@@ -58,7 +58,7 @@ impl BenchConfig {
         for l in 0..self.layers {
             let sizes = cfg.sizes(l);
             let lay = self.mode.layout(sizes);
-            let per_row = lay.xp * sizes.input + lay.stages.iter().flatten().map(|p| p.rows * p.k).sum::<usize>();
+            let per_row = lay.xp * sizes.input + lay.product_macs();
             total += d * 2.0 * rows * per_row as f64;
         }
         if training {

@@ -170,6 +170,12 @@ impl Layout {
         Ok(())
     }
 
+    /// Multiply-adds of one row's products (every stage's `rows * k`; the input projection's
+    /// `xp * in` comes on top).
+    pub fn product_macs(&self) -> usize {
+        self.stages.iter().flatten().map(|p| p.rows * p.k).sum()
+    }
+
     /// Column of stage k's product in the row's product vector, and the vector's width.
     pub fn product_offsets(&self) -> (Vec<usize>, usize) {
         let mut v = Vec::with_capacity(self.stages.len());

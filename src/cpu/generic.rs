@@ -243,6 +243,14 @@ fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool) -> 
     Ok(v)
 }
 
+/// The pointwise parameters the layout reads (none when it reads none).
+fn pointwise_params<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<&'a [T]> {
+    if lay.pointwise == 0 {
+        return Ok(&[]);
+    }
+    Ok(&slot(p, Slot::Pointwise, "pointwise parameters")?[..lay.pointwise])
+}
+
 /// Each stage's product bias, if any.
 fn product_biases<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<Vec<Option<&'a [T]>>> {
     lay.stages
@@ -279,14 +287,14 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
             super::add_bias(&mut xp, gx, Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]));
         }
     }
-    let e: &[T] = if lay.pointwise > 0 { &slot(p, Slot::Pointwise, "pointwise parameters")?[..lay.pointwise] } else { &[] };
+    let e = pointwise_params(p, &lay)?;
     let training = a.tape.is_some();
     let mut s_prev = if training { zeros("tape states", &[n, sw])? } else { Vec::new() };
     let mut tape = if training { zeros("tape", &[n, tw])? } else { Vec::new() };
     let packed = pack_products(p, &lay, true)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
-    let macs = n * (gx + lay.stages.iter().flatten().map(|pr| pr.rows * pr.k).sum::<usize>());
+    let macs = n * (gx + lay.product_macs());
     let ranges = split::ranges(b, macs);
     let failed = Failure::new();
     let l = FwdLoop::<C, T> {
@@ -516,12 +524,12 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
     let (p, tp) = (a.p, a.tape);
-    let e: &[T] = if lay.pointwise > 0 { &slot(p, Slot::Pointwise, "pointwise parameters")?[..lay.pointwise] } else { &[] };
+    let e = pointwise_params(p, &lay)?;
     let mut dxp = zeros("input projection gradients", &[n, gx])?;
     let mut dr = zeros("product gradients", &[n, rw])?;
     let mut de = zeros("pointwise parameter gradients", &[n, lay.pointwise])?;
     let plain = pack_products(p, &lay, false)?;
-    let macs = n * (gx + lay.stages.iter().flatten().map(|pr| pr.rows * pr.k).sum::<usize>());
+    let macs = n * (gx + lay.product_macs());
     let ranges = split::ranges(b, macs);
     let failed = Failure::new();
     let l = BwdLoop::<C, T> {
