@@ -1,6 +1,16 @@
 //! The GPU time-loop driver generic over the cell (`crate::cells`): the same plan as
 //! `cpu::generic`, for every cell that has a WGSL file, never asking which cell it runs.
 //!
+//! - [`CellPlan`]: the engine API for every cell. Prepared once per config and batch structure
+//!   (parameter blocks uploaded, workspaces allocated, pipelines built), then recorded into the
+//!   caller's command encoder over the caller's buffers ([`CellForwardBuffers`],
+//!   [`CellBackwardBuffers`]), with no hidden submit, readback or buffer write.
+//! - [`StepPlan`]: one time step of a unidirectional stack over caller-owned buffers (`x_t`
+//!   in, the states read and written in place, the top layer's output out): streaming
+//!   inference and generation, with no host work per step beyond recording.
+//! - [`forward`] / [`backward`]: the convenience form (upload, one submit, read back), with
+//!   `cpu::generic`'s types.
+//!
 //! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training a copy
 //! of the step's state rows to the tape (`save_states`), then per stage its product (one
 //! GEMM over the step's rows into the scratch buffer) and one dispatch of the cell's
@@ -11,23 +21,25 @@
 //! biases and the pointwise parameters. Every sum has one owner and a fixed order, so results
 //! are reproducible run to run.
 //!
-//! Buffers (f32): the weights by slot (per layer-direction, slots in [`Slot::ALL`] order); per
-//! layer-direction a tape buffer `[xp | tape | states before each row]`; the states `[L*D, B,
-//! S]` in sorted order (gathered and scattered on the host); a scratch buffer (products
-//! forward, tape gradients backward); per layer the output; backward a workspace
-//! `[dxp | dr | de]` cleared per layer-direction, the input gradient per layer, and the
+//! Buffers (f32): the weights flat by slot ([`flat_weights`]: per layer-direction, slots in
+//! [`Slot::ALL`] order; for PyTorch's four cells that is `state_dict` order, the fused plan's
+//! [`super::weight_layout`]); per layer-direction a tape buffer `[xp | tape | states before
+//! each row]`; the states `[L*D, B, S]` (each row's states concatenated in the cell's order)
+//! in the layout's *sorted* order, read and written in place; a scratch buffer (products
+//! forward, tape gradients backward); per inner layer its output; backward a workspace
+//! `[dxp | dr | de]` cleared per layer-direction, the input gradient per inner layer, and the
 //! weight gradients in the weights' layout. No buffer is bound twice in one dispatch where
 //! one binding writes.
 //!
-//! This is the convenience form (upload, one submit, read back); it does not split work that
-//! exceeds one binding (such problems are `Error::Limit`).
+//! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE};
-use super::record::{self, ParamBlocks, Recorder};
+use super::kernels::{CellParams, Family, GemmParams, Kernel, UtilParams, NONE};
+use super::plan::SeqLayout;
 use super::readback::{self, Readback};
-use crate::cells::{state_offsets, Layout, Src};
+use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
+use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
 use crate::cpu::generic::{check_states, check_weights, gather_states, scatter_states, CellGradients, CellOutput};
 use crate::cpu::Pass;
@@ -35,6 +47,7 @@ use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
 use crate::packing::{step_offsets, PackedSequence};
 use crate::weights::{DirParams, Weights};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Rows of k a GEMM takes in one dispatch: the plan's runs (Mesa's gallivm ends
@@ -92,84 +105,579 @@ fn unflatten(cfg: &RnnConfig, flat: &[f32]) -> Result<Weights<f32>> {
     Ok(g)
 }
 
-/// One dispatch, its buffers by binding (1..), or a clear of a buffer between passes.
-enum Op<'a> {
-    Dispatch { kernel: Kernel, param_off: u32, groups: [u32; 3], bufs: Vec<&'a wgpu::Buffer> },
-    Clear(&'a wgpu::Buffer),
+
+/// The number of f32 elements of [`flat_weights`] for `cfg`.
+pub fn weight_elems(cfg: &RnnConfig) -> usize {
+    slot_layout(cfg).1
 }
 
-/// Collects the dispatches of one submit and their parameter blocks.
-struct Rec<'a> {
-    ctx: &'a Context,
+/// The weights as [`CellPlan`] and [`StepPlan`] read them: per layer-direction, each slot in
+/// [`Slot::ALL`] order (for PyTorch's four cells, `state_dict` order). Gradients come back in
+/// the same layout ([`weights_from_flat`]).
+pub fn flat_weights(w: &Weights<f32>) -> Vec<f32> {
+    flatten(w)
+}
+
+/// Weights (or weight gradients) from the layout of [`flat_weights`].
+pub fn weights_from_flat(cfg: &RnnConfig, flat: &[f32]) -> Result<Weights<f32>> {
+    check_len("flat weights", &[weight_elems(cfg)], flat.len())?;
+    unflatten(cfg, flat)
+}
+
+/// A buffer an op binds: the caller's (named by role) or the plan's own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Buf {
+    Weights,
+    Input,
+    Output,
+    States,
+    GradOutput,
+    GradStates,
+    GradInput,
+    GradWeights,
+    Dummy(u8),
+    /// A layer-direction's `[xp | tape | states before each row]`.
+    Tape(u16),
+    /// The output of layer l < L - 1 (the next layer's input).
+    LayerOut(u16),
+    /// Products (forward), tape gradients (backward).
+    Scratch,
+    /// The backward's `[dxp | dr | de]`.
+    Bws,
+    /// The gradient of layer l's input, l >= 1.
+    Dx(u16),
+}
+
+/// One dispatch over buffers by role, or a clear of a buffer between passes.
+#[derive(Clone, Debug)]
+enum Op {
+    Dispatch { kernel: Kernel, param_off: u32, groups: [u32; 3], bufs: Vec<Buf> },
+    Clear(Buf),
+}
+
+/// Collects the ops of a plan and their parameter blocks.
+struct Builder {
     params: ParamBlocks,
-    ops: Vec<Op<'a>>,
+    max_groups: u32,
 }
 
-impl<'a> Rec<'a> {
-    fn new(ctx: &'a Context) -> Self {
-        Rec { ctx, params: ParamBlocks::new(ctx), ops: Vec::new() }
-    }
-
+impl Builder {
     /// `C = op(A) op(B) (+ bias) + beta C` with `p`'s strides, k in runs of [`K_RUN`] (later
     /// runs add to C; the bias goes with the first).
-    fn gemm(&mut self, p: GemmParams, a: &'a wgpu::Buffer, b: &'a wgpu::Buffer, c: &'a wgpu::Buffer, bias: Option<&'a wgpu::Buffer>) -> Result<()> {
-        let max = self.ctx.limits().max_compute_workgroups_per_dimension;
+    fn gemm(&mut self, ops: &mut Vec<Op>, p: GemmParams, a: Buf, b: Buf, c: Buf, bias: Option<Buf>) -> Result<()> {
         if p.m == 0 || p.n == 0 {
             return Ok(());
         }
+        let max = self.max_groups;
         if p.m.div_ceil(8) > max || p.n.div_ceil(256) > max {
             return Err(Error::Limit(format!("GEMM {}x{} exceeds {max} workgroups per dimension", p.m, p.n)));
         }
         let bias_buf = bias.unwrap_or(b);
         for q in p.runs(K_RUN as u32) {
             let off = self.params.push(&q);
-            self.ops.push(Op::Dispatch { kernel: q.kernel(), param_off: off, groups: q.groups(), bufs: vec![a, b, c, bias_buf, b, a] });
+            ops.push(Op::Dispatch { kernel: q.kernel(), param_off: off, groups: q.groups(), bufs: vec![a, b, c, bias_buf, b, a] });
         }
         Ok(())
     }
 
-    /// `dst[dst_off + j] += / = sum over rows of src[src_off + row * ld + j]`, in runs of rows.
+    /// `dst[dst_off + j] (+)= sum over rows of src[src_off + row * ld + j]`, in runs of rows.
     #[allow(clippy::too_many_arguments)]
-    fn colsum(&mut self, rows: usize, width: usize, src: &'a wgpu::Buffer, src_off: usize, ld: usize, dst: &'a wgpu::Buffer, dst_off: usize, dummy: &'a wgpu::Buffer) {
+    fn colsum(&mut self, ops: &mut Vec<Op>, rows: usize, width: usize, src: Buf, src_off: usize, ld: usize, dst: Buf, dst_off: usize) {
         if width == 0 {
             return;
         }
         for p in UtilParams::colsum_runs(rows, width, src_off, ld, dst_off, super::plan::COLSUM_ROWS) {
             let off = self.params.push(&p);
             let g = width.div_ceil(256) as u32;
-            self.ops.push(Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [g, 1, 1], bufs: vec![src, dummy, dummy, dst] });
+            ops.push(Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [g, 1, 1], bufs: vec![src, Buf::Dummy(0), Buf::Dummy(0), dst] });
         }
     }
 
-    fn cell(&mut self, kernel: Kernel, p: &CellParams, bufs: [&'a wgpu::Buffer; 8]) {
+    fn cell(&mut self, ops: &mut Vec<Op>, kernel: Kernel, p: &CellParams, bufs: [Buf; 8]) {
         let off = self.params.push(p);
-        self.ops.push(Op::Dispatch { kernel, param_off: off, groups: [p.rows, 1, 1], bufs: bufs.to_vec() });
+        ops.push(Op::Dispatch { kernel, param_off: off, groups: [p.rows, 1, 1], bufs: bufs.to_vec() });
     }
+}
 
-    /// Records everything into `encoder`: one compute pass between clears.
-    fn record(self, encoder: &mut wgpu::CommandEncoder) -> Result<TrackedBuffer> {
-        let ctx = self.ctx;
-        let pbuf = self.params.upload(ctx, "cell parameters")?;
-        let scope = ErrorScope::push(&ctx.device);
-        let mut rec: Option<Recorder<'static>> = None;
-        for op in &self.ops {
-            match op {
-                Op::Clear(buf) => {
-                    drop(rec.take());
-                    encoder.clear_buffer(buf, 0, None);
+/// The caller's buffers for a [`CellPlan`] forward. Every buffer holds f32, row-major.
+pub struct CellForwardBuffers<'a> {
+    /// Flat parameters ([`flat_weights`]).
+    pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows.
+    pub input: &'a wgpu::Buffer,
+    /// `[N, D * H_out]` packed output rows (written).
+    pub output: &'a wgpu::Buffer,
+    /// `[L*D, B, S]`, the layout's sorted order (`SeqLayout::sorted_indices`): the initial
+    /// states before, each sequence's final states after (read and written).
+    pub states: &'a wgpu::Buffer,
+}
+
+/// The caller's buffers for a [`CellPlan`] backward, after a training forward of the same
+/// plan was recorded (and will have run) with the same weights and input.
+pub struct CellBackwardBuffers<'a> {
+    pub weights: &'a wgpu::Buffer,
+    pub input: &'a wgpu::Buffer,
+    /// `[N, D * H_out]` (bound read-write, not written).
+    pub grad_output: &'a wgpu::Buffer,
+    /// `[L*D, B, S]`, sorted order: the gradients of the final states before (zeros for
+    /// none), those of the initial states after (read and written).
+    pub grad_states: &'a wgpu::Buffer,
+    /// `[N, I]` (written).
+    pub grad_input: &'a wgpu::Buffer,
+    /// Flat, [`flat_weights`] layout (written; every element).
+    pub grad_weights: &'a wgpu::Buffer,
+}
+
+/// A prepared forward (and, in training, backward) of any cell for one config and batch
+/// structure: the engine API of the generic driver.
+pub struct CellPlan {
+    ctx: Arc<Context>,
+    cfg: RnnConfig,
+    pass: Pass,
+    layout: SeqLayout,
+    n: usize,
+    b: usize,
+    weight_elems: usize,
+    state_elems: usize,
+    params: TrackedBuffer,
+    own: HashMap<Buf, TrackedBuffer>,
+    forward_ops: Vec<Op>,
+    backward_ops: Vec<Op>,
+    pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+}
+
+impl std::fmt::Debug for CellPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CellPlan").field("config", &self.cfg).field("pass", &self.pass).field("rows", &self.n).field("batch", &self.b).finish()
+    }
+}
+
+impl CellPlan {
+    /// Prepares a plan: checks the config and limits, builds the ops, uploads their parameter
+    /// blocks, allocates the workspaces (tapes, inner layers' outputs, scratch) and builds the
+    /// pipelines.
+    pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass) -> Result<Self> {
+        cfg.validate()?;
+        let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
+        let ld = cfg.num_layers * d;
+        let training = pass == Pass::Training;
+        let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
+        let sw = dims[0].sw;
+        let out_w = d * dims[0].lay.out;
+        let (woffs, weight_elems) = slot_layout(cfg);
+        let scr_len = dims.iter().map(|x| b * x.rw.max(x.lay.tape)).max().unwrap_or(0);
+        let bws_len = if training { dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0) } else { 0 };
+        let mut sizes = vec![
+            ("weights", weight_elems),
+            ("states", ld * b * sw),
+            ("layer output", n * out_w),
+            ("scratch", scr_len),
+            ("input", n * cfg.input_size),
+            ("backward workspace", bws_len),
+        ];
+        for x in &dims {
+            sizes.push(("tape", x.tape_len(n, b, training)));
+        }
+        check_gpu(ctx, n, b, &sizes)?;
+        let _serial = ctx.exclusive();
+        ctx.check_alive()?;
+
+        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension };
+        let off = step_offsets(layout.batch_sizes());
+        let steps = layout.batch_sizes().len();
+        let cell = cfg.mode;
+        let last = cfg.num_layers - 1;
+
+        // Forward.
+        let mut fwd = Vec::new();
+        for (layer, dm) in dims.iter().enumerate() {
+            let lay = &dm.lay;
+            let x = if layer == 0 { Buf::Input } else { Buf::LayerOut(layer as u16 - 1) };
+            let y = if layer == last { Buf::Output } else { Buf::LayerOut(layer as u16) };
+            for dir in 0..d {
+                let k = layer * d + dir;
+                let wo = &woffs[k];
+                let tp = Buf::Tape(k as u16);
+                if lay.xp > 0 {
+                    let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
+                    let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
+                    bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (wx, 1, dm.inw), (0, lay.xp), bias, 0.0), x, Buf::Weights, tp, bias.map(|_| Buf::Weights))?;
                 }
-                Op::Dispatch { kernel, param_off, groups, bufs } => {
-                    let bg = record::bind_group(ctx, *kernel, &pbuf, bufs);
-                    let pipeline = ctx.pipeline(*kernel)?;
-                    let r = rec.get_or_insert_with(|| Recorder::begin(encoder, "wgpu-rnn cells", None).forget_lifetime());
-                    r.dispatch(*kernel, &pipeline, &bg, *param_off, *groups);
+                let mut cp = dm.params(cfg, k, dir, b, n, out_w, wo);
+                let order: Vec<usize> = if dir == 1 { (0..steps).rev().collect() } else { (0..steps).collect() };
+                for t in order {
+                    let rows = layout.batch_sizes()[t];
+                    let o = off[t];
+                    let trow = if training { o } else { 0 };
+                    cp.rows = rows as u32;
+                    cp.o = o as u32;
+                    cp.trow = trow as u32;
+                    let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
+                    if training {
+                        cp.stage = 0;
+                        bl.cell(&mut fwd, Kernel::CellSave(cell), &cp, bufs);
+                    }
+                    for (st, stage) in lay.stages.iter().enumerate() {
+                        if let Some(pr) = stage {
+                            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+                            let bias = match pr.bias {
+                                Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
+                                None => None,
+                            };
+                            let (abuf, a_off, a_rs) = match pr.src {
+                                Src::State(i) => (Buf::States, k * b * sw + dm.soffs[i], sw),
+                                Src::Tape { offset } => (tp, dm.tape_off(n) + trow * lay.tape + offset, lay.tape),
+                            };
+                            let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (r_off, 1, pr.k), (dm.roffs[st], dm.rw), bias, 0.0);
+                            bl.gemm(&mut fwd, p, abuf, Buf::Weights, Buf::Scratch, bias.map(|_| Buf::Weights))?;
+                        }
+                        cp.stage = st as u32;
+                        bl.cell(&mut fwd, Kernel::CellForward(cell), &cp, bufs);
+                    }
                 }
             }
         }
-        drop(rec);
-        scope.pop_on(ctx)?;
-        Ok(pbuf)
+
+        // Backward (training plans).
+        let mut bwd = Vec::new();
+        if training {
+            // Written by adding (two directions, direct input terms): cleared first.
+            bwd.push(Op::Clear(Buf::GradInput));
+            bwd.push(Op::Clear(Buf::GradWeights));
+            for l in 1..cfg.num_layers {
+                bwd.push(Op::Clear(Buf::Dx(l as u16)));
+            }
+            for layer in (0..cfg.num_layers).rev() {
+                let dm = &dims[layer];
+                let lay = &dm.lay;
+                let x = if layer == 0 { Buf::Input } else { Buf::LayerOut(layer as u16 - 1) };
+                let dy = if layer == last { Buf::GradOutput } else { Buf::Dx(layer as u16 + 1) };
+                let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer as u16) };
+                let (dxp_off, dr_off, de_off) = (0, n * lay.xp, n * (lay.xp + dm.rw));
+                for dir in 0..d {
+                    let k = layer * d + dir;
+                    let wo = &woffs[k];
+                    let tp = Buf::Tape(k as u16);
+                    bwd.push(Op::Clear(Buf::Bws));
+                    let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, b, n, out_w, wo) };
+                    // Reverse of the processing order.
+                    let order: Vec<usize> = if dir == 1 { (0..steps).collect() } else { (0..steps).rev().collect() };
+                    for t in order {
+                        let rows = layout.batch_sizes()[t];
+                        let o = off[t];
+                        cp.rows = rows as u32;
+                        cp.o = o as u32;
+                        cp.trow = o as u32;
+                        for st in (0..lay.stages.len()).rev() {
+                            cp.stage = st as u32;
+                            bl.cell(&mut bwd, Kernel::CellBackward(cell), &cp, [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, dy, Buf::Bws, dx]);
+                            if let Some(pr) = lay.stages[st] {
+                                let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+                                let a = (dr_off + o * dm.rw + dm.roffs[st], dm.rw, 1);
+                                match pr.src {
+                                    Src::Tape { offset } => {
+                                        bl.gemm(&mut bwd, gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (offset, lay.tape), None, 0.0), Buf::Bws, Buf::Weights, Buf::Scratch, None)?
+                                    }
+                                    Src::State(i) => bl.gemm(
+                                        &mut bwd,
+                                        gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (k * b * sw + dm.soffs[i], sw), None, 1.0),
+                                        Buf::Bws,
+                                        Buf::Weights,
+                                        Buf::GradStates,
+                                        None,
+                                    )?,
+                                }
+                            }
+                        }
+                    }
+                    // Weight gradients over all rows.
+                    if lay.xp > 0 {
+                        let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
+                        bl.gemm(&mut bwd, gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), Buf::Bws, x, Buf::GradWeights, None)?;
+                        if lay.input_bias {
+                            let bo = slot_at(wo, Slot::BiasIh, "input bias")?;
+                            bl.colsum(&mut bwd, n, lay.xp, Buf::Bws, dxp_off, lay.xp, Buf::GradWeights, bo);
+                        }
+                        bl.gemm(&mut bwd, gp(n, dm.inw, lay.xp, (dxp_off, lay.xp, 1), (wx, dm.inw, 1), (0, dm.inw), None, 1.0), Buf::Bws, Buf::Weights, dx, None)?;
+                    }
+                    for (st, stage) in lay.stages.iter().enumerate() {
+                        let Some(pr) = stage else { continue };
+                        let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+                        let bsrc = match pr.src {
+                            Src::State(i) => (dm.sprev_off(n) + dm.soffs[i], sw, 1),
+                            Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
+                        };
+                        bl.gemm(&mut bwd, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
+                        if let Some((bs, bo)) = pr.bias {
+                            let at = slot_at(wo, bs, "recurrent bias")? + bo;
+                            bl.colsum(&mut bwd, n, pr.rows, Buf::Bws, dr_off + dm.roffs[st], dm.rw, Buf::GradWeights, at);
+                        }
+                    }
+                    if lay.pointwise > 0 {
+                        let at = slot_at(wo, Slot::Pointwise, "pointwise parameters")?;
+                        bl.colsum(&mut bwd, n, lay.pointwise, Buf::Bws, de_off, lay.pointwise, Buf::GradWeights, at);
+                    }
+                }
+            }
+        }
+
+        // Workspaces.
+        let mut own = HashMap::new();
+        own.insert(Buf::Dummy(0), buf(ctx, "unused", 4)?);
+        own.insert(Buf::Dummy(1), buf(ctx, "unused", 4)?);
+        own.insert(Buf::Scratch, buf(ctx, "cell scratch", scr_len)?);
+        for (layer, dm) in dims.iter().enumerate() {
+            for dir in 0..d {
+                own.insert(Buf::Tape((layer * d + dir) as u16), buf(ctx, "cell tape", dm.tape_len(n, b, training))?);
+            }
+            if layer < last {
+                own.insert(Buf::LayerOut(layer as u16), buf(ctx, "layer output", n * out_w)?);
+            }
+            if training && layer > 0 {
+                own.insert(Buf::Dx(layer as u16), buf(ctx, "layer input gradients", n * dm.inw)?);
+            }
+        }
+        if training {
+            own.insert(Buf::Bws, buf(ctx, "backward workspace", bws_len)?);
+        }
+        let params = bl.params.upload(ctx, "cell plan parameters")?;
+        let mut pipelines = HashMap::new();
+        for op in fwd.iter().chain(&bwd) {
+            if let Op::Dispatch { kernel, .. } = op {
+                if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(*kernel) {
+                    e.insert(ctx.pipeline(*kernel)?);
+                }
+            }
+        }
+        Ok(CellPlan {
+            ctx: ctx.clone(),
+            cfg: cfg.clone(),
+            pass,
+            layout: layout.clone(),
+            n,
+            b,
+            weight_elems,
+            state_elems: ld * b * sw,
+            params,
+            own,
+            forward_ops: fwd,
+            backward_ops: bwd,
+            pipelines,
+        })
     }
+
+    pub fn config(&self) -> &RnnConfig {
+        &self.cfg
+    }
+    pub fn pass(&self) -> Pass {
+        self.pass
+    }
+    pub fn layout(&self) -> &SeqLayout {
+        &self.layout
+    }
+    /// Packed rows N.
+    pub fn rows(&self) -> usize {
+        self.n
+    }
+    /// f32 elements of the weights (and weight gradients) buffer.
+    pub fn weight_elems(&self) -> usize {
+        self.weight_elems
+    }
+    /// f32 elements of the states (and state gradients) buffer: `L*D * B * S`.
+    pub fn state_elems(&self) -> usize {
+        self.state_elems
+    }
+    /// Dispatches one forward records.
+    pub fn forward_dispatches(&self) -> usize {
+        self.forward_ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count()
+    }
+    /// Dispatches one backward records (0 for an inference plan).
+    pub fn backward_dispatches(&self) -> usize {
+        self.backward_ops.iter().filter(|o| matches!(o, Op::Dispatch { .. })).count()
+    }
+    /// Bytes of workspace and parameter blocks this plan holds.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.own.values().map(|b| b.size()).sum::<u64>() + self.params.size()
+    }
+
+    fn check(&self, what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
+        if buf.size() < (elems.max(1) * 4) as u64 {
+            return Err(Error::ShapeMismatch { what: format!("{what} buffer (f32 elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] });
+        }
+        if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {:?})", buf.usage())));
+        }
+        if buf.size() > self.ctx.binding_limit() {
+            return Err(Error::Limit(format!("{what} buffer of {} bytes exceeds the device's storage binding size", buf.size())));
+        }
+        Ok(())
+    }
+
+    /// [`Error::BufferAliasing`] when one buffer is bound to two roles and at least one of
+    /// them is bound writable (`(role, buffer, writable)`).
+    fn check_aliasing(roles: &[(&str, &wgpu::Buffer, bool)]) -> Result<()> {
+        for (i, &(a, x, wa)) in roles.iter().enumerate() {
+            for &(b, y, wb) in &roles[i + 1..] {
+                if (wa || wb) && x == y {
+                    let role = |r: &str, w: bool| format!("{r} ({})", if w { "written" } else { "read" });
+                    return Err(Error::BufferAliasing(format!("one buffer is bound as {} and as {}", role(a, wa), role(b, wb))));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records the forward into `encoder` (no submit). The states buffer holds the initial
+    /// states before and the final states after.
+    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &CellForwardBuffers<'_>) -> Result<()> {
+        self.ctx.check_alive()?;
+        self.check("weights", bufs.weights, self.weight_elems)?;
+        self.check("input", bufs.input, self.n * self.cfg.input_size)?;
+        self.check("output", bufs.output, self.n * self.cfg.output_size())?;
+        self.check("states", bufs.states, self.state_elems)?;
+        Self::check_aliasing(&[("weights", bufs.weights, false), ("input", bufs.input, false), ("output", bufs.output, true), ("states", bufs.states, true)])?;
+        let resolve = |b: Buf| match b {
+            Buf::Weights => bufs.weights,
+            Buf::Input => bufs.input,
+            Buf::Output => bufs.output,
+            Buf::States => bufs.states,
+            own => &*self.own[&own],
+        };
+        self.record(encoder, &self.forward_ops, &resolve, "wgpu-rnn cells forward")
+    }
+
+    /// Records the backward into `encoder`. The plan must be a training plan whose forward
+    /// was recorded (and will have run) with the same weights and input.
+    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &CellBackwardBuffers<'_>) -> Result<()> {
+        if self.pass != Pass::Training {
+            return Err(Error::NotTraining);
+        }
+        self.ctx.check_alive()?;
+        let c = &self.cfg;
+        self.check("weights", bufs.weights, self.weight_elems)?;
+        self.check("input", bufs.input, self.n * c.input_size)?;
+        self.check("grad_output", bufs.grad_output, self.n * c.output_size())?;
+        self.check("grad_states", bufs.grad_states, self.state_elems)?;
+        self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
+        self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
+        Self::check_aliasing(&[
+            ("weights", bufs.weights, false),
+            ("input", bufs.input, false),
+            ("grad_output", bufs.grad_output, true),
+            ("grad_states", bufs.grad_states, true),
+            ("grad_input", bufs.grad_input, true),
+            ("grad_weights", bufs.grad_weights, true),
+        ])?;
+        let resolve = |b: Buf| match b {
+            Buf::Weights => bufs.weights,
+            Buf::Input => bufs.input,
+            Buf::GradOutput => bufs.grad_output,
+            Buf::GradStates => bufs.grad_states,
+            Buf::GradInput => bufs.grad_input,
+            Buf::GradWeights => bufs.grad_weights,
+            own => &*self.own[&own],
+        };
+        self.record(encoder, &self.backward_ops, &resolve, "wgpu-rnn cells backward")
+    }
+
+    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
+        // One bind group per family and buffer list, the parameter blocks at binding 0.
+        let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
+        let scope = ErrorScope::push(&self.ctx.device);
+        for op in ops {
+            if let Op::Dispatch { kernel, bufs, .. } = op {
+                if let std::collections::hash_map::Entry::Vacant(e) = groups.entry((kernel.family(), bufs.clone())) {
+                    let b: Vec<&wgpu::Buffer> = bufs.iter().map(|&x| resolve(x)).collect();
+                    e.insert(record::bind_group(&self.ctx, *kernel, &self.params, &b));
+                }
+            }
+        }
+        scope.pop_on(&self.ctx)?;
+        let mut rec: Option<Recorder<'static>> = None;
+        for op in ops {
+            match op {
+                Op::Clear(b) => {
+                    drop(rec.take());
+                    encoder.clear_buffer(resolve(*b), 0, None);
+                }
+                Op::Dispatch { kernel, param_off, groups: g, bufs } => {
+                    let bg = &groups[&(kernel.family(), bufs.clone())];
+                    let r = rec.get_or_insert_with(|| Recorder::begin(encoder, label, None).forget_lifetime());
+                    r.dispatch(*kernel, &self.pipelines[kernel], bg, *param_off, *g);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One time step of a unidirectional stack of any cell, over the caller's buffers: streaming
+/// inference and generation. Recording a step binds the caller's buffers and records the
+/// dispatches (per layer: the input projection, per stage its product and pointwise kernel);
+/// nothing is uploaded, submitted or read back. Stepping a sequence one call at a time gives
+/// what [`CellPlan`] (or [`forward`]) gives for the whole sequence.
+#[derive(Debug)]
+pub struct StepPlan {
+    plan: CellPlan,
+}
+
+/// The caller's buffers for one [`StepPlan`] step (f32, row-major).
+pub struct StepBuffers<'a> {
+    /// Flat parameters ([`flat_weights`]).
+    pub weights: &'a wgpu::Buffer,
+    /// `[B, I]`: this step's input.
+    pub input: &'a wgpu::Buffer,
+    /// `[L, B, S]` (each row's states concatenated in the cell's order, batch order): read
+    /// as the previous states and overwritten with the new ones.
+    pub states: &'a wgpu::Buffer,
+    /// `[B, H_out]`: the top layer's output at this step (written).
+    pub output: &'a wgpu::Buffer,
+}
+
+impl StepPlan {
+    /// Prepares a step of `cfg` for `batch` rows. Bidirectional stacks are refused (a step of
+    /// the reverse direction needs the rest of the sequence).
+    pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, batch: usize) -> Result<Self> {
+        if cfg.bidirectional {
+            return Err(Error::Unsupported("one step at a time of a bidirectional stack (its reverse direction needs the whole sequence)".into()));
+        }
+        if batch == 0 {
+            return Err(Error::EmptyBatch("a step of 0 rows".into()));
+        }
+        let layout = SeqLayout::new(vec![batch], (0..batch).collect())?;
+        Ok(StepPlan { plan: CellPlan::new(ctx, cfg, &layout, Pass::Inference)? })
+    }
+    pub fn config(&self) -> &RnnConfig {
+        &self.plan.cfg
+    }
+    /// Rows B of a step.
+    pub fn batch(&self) -> usize {
+        self.plan.b
+    }
+    /// f32 elements of the weights buffer.
+    pub fn weight_elems(&self) -> usize {
+        self.plan.weight_elems
+    }
+    /// f32 elements of the states buffer: `L * B * S`.
+    pub fn state_elems(&self) -> usize {
+        self.plan.state_elems
+    }
+    /// Dispatches one step records.
+    pub fn dispatches(&self) -> usize {
+        self.plan.forward_dispatches()
+    }
+    /// Bytes of workspace and parameter blocks this plan holds.
+    pub fn workspace_bytes(&self) -> u64 {
+        self.plan.workspace_bytes()
+    }
+    /// Records one step into `encoder` (no submit).
+    pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, bufs: &StepBuffers<'_>) -> Result<()> {
+        self.plan.record_forward(encoder, &CellForwardBuffers { weights: bufs.weights, input: bufs.input, output: bufs.output, states: bufs.states })
+    }
+}
+
+fn slot_at(wo: &[Option<usize>; 6], s: Slot, what: &str) -> Result<usize> {
+    wo[slot_index(s)].ok_or_else(|| Error::MissingTensor(what.into()))
 }
 
 /// GEMM parameters: `C[i, j] = sum_k A[a_off + i*a_rs + k*a_cs] B[b_off + k*b_rs + j*b_cs]`.
@@ -249,26 +757,6 @@ impl Dims {
     }
 }
 
-/// The buffers a backward needs from a training forward.
-pub struct GpuCellTape {
-    ctx: Arc<Context>,
-    config: RnnConfig,
-    weights: TrackedBuffer,
-    /// The layer-0 input, then each layer's output (the next layer's input).
-    layer_io: Vec<TrackedBuffer>,
-    /// Per layer-direction: `[xp | tape | states before each row]`.
-    tapes: Vec<TrackedBuffer>,
-    batch_sizes: Vec<usize>,
-    sorted_indices: Vec<usize>,
-    unsorted_indices: Vec<usize>,
-}
-
-impl std::fmt::Debug for GpuCellTape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuCellTape").field("config", &self.config).finish()
-    }
-}
-
 fn check_gpu(ctx: &Context, n: usize, b: usize, elems: &[(&str, usize)]) -> Result<()> {
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     if b > max {
@@ -283,11 +771,35 @@ fn check_gpu(ctx: &Context, n: usize, b: usize, elems: &[(&str, usize)]) -> Resu
     Ok(())
 }
 
+/// The buffers a backward needs from a training forward: the plan (its tapes) and the
+/// weights and input the forward read.
+pub struct GpuCellTape {
+    plan: CellPlan,
+    weights: TrackedBuffer,
+    input: TrackedBuffer,
+    unsorted_indices: Vec<usize>,
+}
+
+impl std::fmt::Debug for GpuCellTape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuCellTape").field("config", &self.plan.cfg).finish()
+    }
+}
+
 fn buf(ctx: &Context, label: &str, elems: usize) -> Result<TrackedBuffer> {
     readback::storage(ctx, label, elems.max(4))
 }
 
-/// Runs the stack on the GPU: as [`crate::cpu::generic::forward`].
+/// Pads to at least 4 elements (a buffer holds at least 16 bytes).
+fn pad4(mut v: Vec<f32>) -> Vec<f32> {
+    if v.len() < 4 {
+        v.resize(4, 0.0);
+    }
+    v
+}
+
+/// Runs the stack on the GPU: as [`crate::cpu::generic::forward`] (a [`CellPlan`], uploads,
+/// one submit, read back).
 pub fn forward(
     ctx: &Arc<Context>,
     w: &Weights<f32>,
@@ -302,119 +814,31 @@ pub fn forward(
         return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
     }
     check_finite("input", &input.data)?;
-    let (b, d, n) = (input.batch(), cfg.directions(), input.rows());
-    let ld = cfg.num_layers * d;
+    let (b, n) = (input.batch(), input.rows());
+    let ld = cfg.num_layers * cfg.directions();
     let states = cfg.states();
     check_states(cfg, &states, states0, b, "0")?;
-    let training = pass == Pass::Training;
-    let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
-    let sw = dims[0].sw;
-    let out_w = d * dims[0].lay.out;
-    let (woffs, wtotal) = slot_layout(cfg);
-    let scr_len = dims.iter().map(|x| b * x.rw).max().unwrap_or(0);
-    let mut sizes = vec![("weights", wtotal), ("states", ld * b * sw), ("layer output", n * out_w), ("products", scr_len), ("input", n * cfg.input_size)];
-    for x in &dims {
-        sizes.push(("tape", x.tape_len(n, b, training)));
-    }
-    check_gpu(ctx, n, b, &sizes)?;
+    let plan = CellPlan::new(ctx, cfg, &SeqLayout::of(input)?, pass)?;
+    let out_w = cfg.output_size();
     let _serial = ctx.exclusive();
-    ctx.check_alive()?;
-
     let wbuf = readback::upload(ctx, "weights", &pad4(flatten(w)))?;
     let s_host = gather_states(&states, states0, ld, b, &input.sorted_indices)?;
     let sbuf = readback::upload(ctx, "states", &pad4(s_host))?;
-    let mut layer_io = vec![readback::upload(ctx, "input", &pad4(input.data.clone()))?];
-    for _ in 0..cfg.num_layers {
-        layer_io.push(buf(ctx, "layer output", n * out_w)?);
-    }
-    let mut tapes = Vec::new();
-    for dm in &dims {
-        for _ in 0..d {
-            tapes.push(buf(ctx, "tape", dm.tape_len(n, b, training))?);
-        }
-    }
-    let scr = buf(ctx, "products", scr_len)?;
-    let dummy = [buf(ctx, "unused", 4)?, buf(ctx, "unused", 4)?];
-    let off = step_offsets(&input.batch_sizes);
-
-    let mut rec = Rec::new(ctx);
-    for layer in 0..cfg.num_layers {
-        let dm = &dims[layer];
-        let lay = &dm.lay;
-        let (x, y) = (&layer_io[layer], &layer_io[layer + 1]);
-        for dir in 0..d {
-            let k = layer * d + dir;
-            let wo = &woffs[k];
-            let tp = &tapes[k];
-            // xp = X W_x^T + b_x
-            if lay.xp > 0 {
-                let wx = wo[slot_index(Slot::WeightIh)].ok_or_else(|| Error::MissingTensor("input matrix".into()))?;
-                let bias = if lay.input_bias { wo[slot_index(Slot::BiasIh)] } else { None };
-                rec.gemm(gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (wx, 1, dm.inw), (0, lay.xp), bias, 0.0), x, &wbuf, tp, bias.map(|_| &*wbuf))?;
-            }
-            let mut cp = dm.params(cfg, k, dir, b, n, out_w, wo);
-            let steps: Vec<usize> = if dir == 1 { (0..input.batch_sizes.len()).rev().collect() } else { (0..input.batch_sizes.len()).collect() };
-            for t in steps {
-                let rows = input.batch_sizes[t];
-                let o = off[t];
-                let trow = if training { o } else { 0 };
-                cp.rows = rows as u32;
-                cp.o = o as u32;
-                cp.trow = trow as u32;
-                let bufs = [&*wbuf, &**x, &**tp, &*sbuf, &*scr, &**y, &*dummy[0], &*dummy[1]];
-                if training {
-                    cp.stage = 0;
-                    rec.cell(Kernel::CellSave(cfg.mode), &cp, bufs);
-                }
-                for (st, stage) in lay.stages.iter().enumerate() {
-                    if let Some(pr) = stage {
-                        let r_off = wo[slot_index(pr.slot)].ok_or_else(|| Error::MissingTensor("recurrent matrix".into()))? + pr.offset;
-                        let bias = match pr.bias {
-                            Some((bs, bo)) => Some(wo[slot_index(bs)].ok_or_else(|| Error::MissingTensor("recurrent bias".into()))? + bo),
-                            None => None,
-                        };
-                        let (abuf, a_off, a_rs) = match pr.src {
-                            Src::State(i) => (&*sbuf, k * b * sw + dm.soffs[i], sw),
-                            Src::Tape { offset } => (&**tp, dm.tape_off(n) + trow * lay.tape + offset, lay.tape),
-                        };
-                        rec.gemm(gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (r_off, 1, pr.k), (dm.roffs[st], dm.rw), bias, 0.0), abuf, &wbuf, &scr, bias.map(|_| &*wbuf))?;
-                    }
-                    cp.stage = st as u32;
-                    rec.cell(Kernel::CellForward(cfg.mode), &cp, bufs);
-                }
-            }
-        }
-    }
+    let xbuf = readback::upload(ctx, "input", &pad4(input.data.clone()))?;
+    let obuf = buf(ctx, "output", n * out_w)?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
-    let _params = rec.record(&mut encoder)?;
+    plan.record_forward(&mut encoder, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf })?;
     let mut rb = Readback::new();
-    rb.copy(ctx, &mut encoder, &layer_io[cfg.num_layers], n * out_w)?;
-    rb.copy(ctx, &mut encoder, &sbuf, ld * b * sw)?;
+    rb.copy(ctx, &mut encoder, &obuf, n * out_w)?;
+    rb.copy(ctx, &mut encoder, &sbuf, plan.state_elems)?;
     let mut got = rb.submit_and_read(ctx, encoder)?;
     let s_fin = got.pop().unwrap_or_default();
     let out = got.pop().unwrap_or_default();
     check_len("output read back", &[n, out_w], out.len())?;
     let output = input.with_data(out, out_w)?;
     let states_n = scatter_states(cfg, &states, &s_fin, ld, b, &input.unsorted_indices)?;
-    let tape = training.then(|| GpuCellTape {
-        ctx: ctx.clone(),
-        config: cfg.clone(),
-        weights: wbuf,
-        layer_io,
-        tapes,
-        batch_sizes: input.batch_sizes.clone(),
-        sorted_indices: input.sorted_indices.clone(),
-        unsorted_indices: input.unsorted_indices.clone(),
-    });
+    let tape = (pass == Pass::Training).then(|| GpuCellTape { plan, weights: wbuf, input: xbuf, unsorted_indices: input.unsorted_indices.clone() });
     Ok((CellOutput { output, states: states_n }, tape))
-}
-
-/// Pads to at least 4 elements (a buffer holds at least 16 bytes).
-fn pad4(mut v: Vec<f32>) -> Vec<f32> {
-    if v.len() < 4 {
-        v.resize(4, 0.0);
-    }
-    v
 }
 
 /// Backward through time of a training [`forward`]: as [`crate::cpu::generic::backward`].
@@ -424,129 +848,33 @@ fn pad4(mut v: Vec<f32>) -> Vec<f32> {
 pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<CellGradients<f32>> {
     check_weights(w)?;
     let cfg = &w.config;
-    if tape.config != *cfg {
-        return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the weights have {cfg:?}", tape.config)));
+    let plan = &tape.plan;
+    if plan.cfg != *cfg {
+        return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the weights have {cfg:?}", plan.cfg)));
     }
-    let ctx = &tape.ctx;
-    let b = tape.batch_sizes[0];
-    let n: usize = tape.batch_sizes.iter().sum();
-    let d = cfg.directions();
-    let ld = cfg.num_layers * d;
+    let ctx = &plan.ctx;
+    let (b, n) = (plan.b, plan.n);
+    let ld = cfg.num_layers * cfg.directions();
     let states = cfg.states();
-    let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
-    let sw = dims[0].sw;
-    let out_w = d * dims[0].lay.out;
-    check_len("grad_output", &[n, out_w], grad_output.len())?;
+    check_len("grad_output", &[n, cfg.output_size()], grad_output.len())?;
     check_finite("grad_output", grad_output)?;
     check_states(cfg, &states, grad_states, b, "_n")?;
-    let (woffs, wtotal) = slot_layout(cfg);
-    let bws_len = dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0);
-    let scr_len = dims.iter().map(|x| b * x.lay.tape).max().unwrap_or(0);
-    let mut sizes = vec![("weight gradients", wtotal), ("backward workspace", bws_len), ("tape gradients", scr_len)];
-    for x in &dims {
-        sizes.push(("input gradients", n * x.inw));
-    }
-    check_gpu(ctx, n, b, &sizes)?;
     let _serial = ctx.exclusive();
-    ctx.check_alive()?;
-
-    let ds_host = gather_states(&states, grad_states, ld, b, &tape.sorted_indices)?;
+    let layout = plan.layout();
+    let ds_host = gather_states(&states, grad_states, ld, b, layout.sorted_indices())?;
     let dsbuf = readback::upload(ctx, "state gradients", &pad4(ds_host))?;
-    let gw = buf(ctx, "weight gradients", wtotal)?;
-    let bws = buf(ctx, "backward workspace", bws_len)?;
-    let scr = buf(ctx, "tape gradients", scr_len)?;
-    let dummy = buf(ctx, "unused", 4)?;
-    // dY of the top layer, then each layer's dX (the next lower layer's dY).
-    let mut grads_io = vec![readback::upload(ctx, "output gradients", &pad4(grad_output.to_vec()))?];
-    for l in (0..cfg.num_layers).rev() {
-        grads_io.push(buf(ctx, "input gradients", n * dims[l].inw)?);
-    }
-    let off = step_offsets(&tape.batch_sizes);
-    let wbuf = &tape.weights;
-
-    let mut rec = Rec::new(ctx);
-    for (gi, layer) in (0..cfg.num_layers).rev().enumerate() {
-        let dm = &dims[layer];
-        let lay = &dm.lay;
-        let x = &tape.layer_io[layer];
-        let (dy, dx) = (&grads_io[gi], &grads_io[gi + 1]);
-        let (dxp_off, dr_off, de_off) = (0, n * lay.xp, n * (lay.xp + dm.rw));
-        for dir in 0..d {
-            let k = layer * d + dir;
-            let wo = &woffs[k];
-            let tp = &tape.tapes[k];
-            rec.ops.push(Op::Clear(&bws));
-            let mut cp = CellParams {
-                dtape_off: 0,
-                dxp_off: dxp_off as u32,
-                dr_off: dr_off as u32,
-                de_off: de_off as u32,
-                ..dm.params(cfg, k, dir, b, n, out_w, wo)
-            };
-            // Reverse of the processing order.
-            let steps: Vec<usize> = if dir == 1 { (0..tape.batch_sizes.len()).collect() } else { (0..tape.batch_sizes.len()).rev().collect() };
-            for t in steps {
-                let rows = tape.batch_sizes[t];
-                let o = off[t];
-                cp.rows = rows as u32;
-                cp.o = o as u32;
-                cp.trow = o as u32;
-                for st in (0..lay.stages.len()).rev() {
-                    cp.stage = st as u32;
-                    rec.cell(Kernel::CellBackward(cfg.mode), &cp, [&**wbuf, &**x, &**tp, &*dsbuf, &*scr, &**dy, &*bws, &**dx]);
-                    if let Some(pr) = lay.stages[st] {
-                        let r_off = wo[slot_index(pr.slot)].ok_or_else(|| Error::MissingTensor("recurrent matrix".into()))? + pr.offset;
-                        let a = (dr_off + o * dm.rw + dm.roffs[st], dm.rw, 1);
-                        match pr.src {
-                            Src::Tape { offset } => {
-                                rec.gemm(gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (offset, lay.tape), None, 0.0), &bws, wbuf, &scr, None)?
-                            }
-                            Src::State(i) => rec.gemm(
-                                gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (k * b * sw + dm.soffs[i], sw), None, 1.0),
-                                &bws,
-                                wbuf,
-                                &dsbuf,
-                                None,
-                            )?,
-                        }
-                    }
-                }
-            }
-            // Weight gradients over all rows.
-            if lay.xp > 0 {
-                let wx = wo[slot_index(Slot::WeightIh)].ok_or_else(|| Error::MissingTensor("input matrix".into()))?;
-                rec.gemm(gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), &bws, x, &gw, None)?;
-                if lay.input_bias {
-                    let bo = wo[slot_index(Slot::BiasIh)].ok_or_else(|| Error::MissingTensor("input bias".into()))?;
-                    rec.colsum(n, lay.xp, &bws, dxp_off, lay.xp, &gw, bo, &dummy);
-                }
-                rec.gemm(gp(n, dm.inw, lay.xp, (dxp_off, lay.xp, 1), (wx, dm.inw, 1), (0, dm.inw), None, 1.0), &bws, wbuf, dx, None)?;
-            }
-            for (st, stage) in lay.stages.iter().enumerate() {
-                let Some(pr) = stage else { continue };
-                let r_off = wo[slot_index(pr.slot)].ok_or_else(|| Error::MissingTensor("recurrent matrix".into()))? + pr.offset;
-                let bsrc = match pr.src {
-                    Src::State(i) => (dm.sprev_off(n) + dm.soffs[i], sw, 1),
-                    Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
-                };
-                rec.gemm(gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), &bws, tp, &gw, None)?;
-                if let Some((bs, bo)) = pr.bias {
-                    let at = wo[slot_index(bs)].ok_or_else(|| Error::MissingTensor("recurrent bias".into()))? + bo;
-                    rec.colsum(n, pr.rows, &bws, dr_off + dm.roffs[st], dm.rw, &gw, at, &dummy);
-                }
-            }
-            if lay.pointwise > 0 {
-                let at = wo[slot_index(Slot::Pointwise)].ok_or_else(|| Error::MissingTensor("pointwise parameters".into()))?;
-                rec.colsum(n, lay.pointwise, &bws, de_off, lay.pointwise, &gw, at, &dummy);
-            }
-        }
-    }
+    let gobuf = readback::upload(ctx, "output gradients", &pad4(grad_output.to_vec()))?;
+    let gw = buf(ctx, "weight gradients", plan.weight_elems)?;
+    let gx = buf(ctx, "input gradients", n * cfg.input_size)?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
-    let _params = rec.record(&mut encoder)?;
+    plan.record_backward(
+        &mut encoder,
+        &CellBackwardBuffers { weights: &tape.weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw },
+    )?;
     let mut rb = Readback::new();
-    rb.copy(ctx, &mut encoder, &grads_io[cfg.num_layers], n * cfg.input_size)?;
-    rb.copy(ctx, &mut encoder, &dsbuf, ld * b * sw)?;
-    rb.copy(ctx, &mut encoder, &gw, wtotal)?;
+    rb.copy(ctx, &mut encoder, &gx, n * cfg.input_size)?;
+    rb.copy(ctx, &mut encoder, &dsbuf, plan.state_elems)?;
+    rb.copy(ctx, &mut encoder, &gw, plan.weight_elems)?;
     let mut got = rb.submit_and_read(ctx, encoder)?;
     let gflat = got.pop().unwrap_or_default();
     let ds = got.pop().unwrap_or_default();
@@ -554,8 +882,8 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let input = PackedSequence {
         data: dx,
         features: cfg.input_size,
-        batch_sizes: tape.batch_sizes.clone(),
-        sorted_indices: tape.sorted_indices.clone(),
+        batch_sizes: layout.batch_sizes().to_vec(),
+        sorted_indices: layout.sorted_indices().to_vec(),
         unsorted_indices: tape.unsorted_indices.clone(),
     };
     Ok(CellGradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: unflatten(cfg, &gflat)? })

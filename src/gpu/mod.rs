@@ -4,7 +4,9 @@
 //! - [`Plan`]: the engine API. Prepared once per problem structure, recorded into the
 //!   caller's `CommandEncoder` over the caller's buffers ([`ForwardBuffers`],
 //!   [`BackwardBuffers`]), with no hidden submit, readback or buffer write;
-//! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU path's types.
+//! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU path's types;
+//! - [`CellPlan`] and [`StepPlan`] (`generic`): the engine API for every cell of the registry,
+//!   a whole sequence or one time step at a time.
 
 mod api;
 mod context;
@@ -20,6 +22,7 @@ mod tape;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};
+pub use generic::{CellBackwardBuffers, CellForwardBuffers, CellPlan, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use plan::{

@@ -9,6 +9,7 @@ mod golden_cpu;
 mod gpu;
 mod gpu_cells;
 mod gpu_common;
+mod gpu_step;
 mod gradcheck;
 mod long_sequences;
 mod packing;

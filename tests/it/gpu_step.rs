@@ -1,0 +1,165 @@
+//! The engine API of every cell (`gpu::generic::CellPlan`) and one step at a time
+//! (`StepPlan`): a sequence stepped one call at a time equals the same sequence run whole,
+//! for every registered cell, on Vulkan and GL; a plan recorded twice gives the same bits
+//! (the backward clears what it adds into); bad buffers are typed errors.
+
+use crate::common::{rng, uniform};
+use crate::gpu_common::contexts;
+use wgpu::util::DeviceExt;
+use wgpu_rnn::cpu::{cast, Pass};
+use wgpu_rnn::gpu::generic::{self, flat_weights, weights_from_flat};
+use wgpu_rnn::gpu::{CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, Readback, SeqLayout, StepBuffers, StepPlan};
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+fn init(ctx: &Context, data: &[f32]) -> wgpu::Buffer {
+    let mut v = data.to_vec();
+    v.resize(v.len().max(4), 0.0);
+    ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+        label: None,
+        contents: bytemuck::cast_slice(&v),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+    })
+}
+
+fn empty(ctx: &Context, elems: usize) -> wgpu::Buffer {
+    init(ctx, &vec![0.0; elems])
+}
+
+/// A 2-layer unidirectional config of `mode` (input 6, or the hidden size where the cell
+/// needs input == hidden).
+fn config(mode: Mode, hidden: usize) -> RnnConfig {
+    let cfg = RnnConfig::new(mode, 6, hidden).layers(2);
+    if cfg.validate().is_ok() {
+        cfg
+    } else {
+        RnnConfig::new(mode, hidden, hidden).layers(2)
+    }
+}
+
+/// `[L, B, S]` rows of concatenated states from one `[L, B, w_s]` tensor per state.
+fn interleave(per_state: &[Vec<f32>], widths: &[usize], lb: usize) -> Vec<f32> {
+    let mut v = Vec::new();
+    for r in 0..lb {
+        for (s, w) in per_state.iter().zip(widths) {
+            v.extend_from_slice(&s[r * w..(r + 1) * w]);
+        }
+    }
+    v
+}
+
+#[test]
+fn stepping_equals_the_whole_sequence_for_every_cell() {
+    let mut g = rng(33);
+    for ctx in contexts() {
+        let backend = ctx.adapter_info().backend;
+        for &mode in Mode::REGISTRY {
+            let cfg = config(mode, 20);
+            let w = Weights::<f64>::init_uniform(&cfg, 5).unwrap().cast::<f32>();
+            let (t, b) = (5, 3);
+            let x: Vec<f32> = cast(&uniform(&mut g, t * b * cfg.input_size, 1.0));
+            let states = cfg.states();
+            let widths: Vec<usize> = states.iter().map(|s| s.width).collect();
+            let s0: Vec<Vec<f32>> = widths.iter().map(|&wd| cast(&uniform(&mut g, cfg.num_layers * b * wd, 0.5))).collect();
+            // Whole sequence (equal lengths: packed rows are time-major, batch order).
+            let packed = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
+            let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
+            let (whole, _) = generic::forward(ctx, &w, &packed, &s0r, Pass::Inference).unwrap();
+
+            // One step at a time: T steps recorded into one encoder, one submit.
+            let plan = StepPlan::new(ctx, &cfg, b).unwrap();
+            assert_eq!(plan.state_elems(), cfg.num_layers * b * widths.iter().sum::<usize>());
+            let wbuf = init(ctx, &flat_weights(&w));
+            let sbuf = init(ctx, &interleave(&s0, &widths, cfg.num_layers * b));
+            let i = cfg.input_size;
+            let xs: Vec<wgpu::Buffer> = (0..t).map(|s| init(ctx, &x[s * b * i..(s + 1) * b * i])).collect();
+            let ho = cfg.output_size();
+            let outs: Vec<wgpu::Buffer> = (0..t).map(|_| empty(ctx, b * ho)).collect();
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            for s in 0..t {
+                plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sbuf, output: &outs[s] }).unwrap();
+            }
+            let mut rb = Readback::new();
+            for o in &outs {
+                rb.copy(ctx, &mut enc, o, b * ho).unwrap();
+            }
+            rb.copy(ctx, &mut enc, &sbuf, plan.state_elems()).unwrap();
+            let got = rb.submit_and_read(ctx, enc).unwrap();
+            let name = format!("{backend:?} {mode}");
+            let stepped: Vec<f32> = got[..t].concat();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&stepped), bits(&whole.output.data), "{name}: output stepped one call at a time");
+            let fin: Vec<Vec<f32>> = whole.states.iter().map(|s| s.data.clone()).collect();
+            assert_eq!(bits(&got[t]), bits(&interleave(&fin, &widths, cfg.num_layers * b)), "{name}: final states");
+        }
+    }
+}
+
+#[test]
+fn cell_plan_recorded_twice_gives_the_same_bits() {
+    // Forward and backward, twice in one encoder over the same buffers: the backward clears
+    // the gradients it adds into (input, inner layers, weights), so the second run is equal.
+    let Some(ctx) = contexts().first() else { return };
+    let mut g = rng(34);
+    for mode in [Mode::Gru, Mode::Scrn, Mode::LstmLayerNorm] {
+        let cfg = RnnConfig::new(mode, 5, 12).layers(2).bidirectional(true);
+        let w = Weights::<f64>::init_uniform(&cfg, 9).unwrap().cast::<f32>();
+        let lengths = [4usize, 2, 3];
+        let (t, b) = (4, 3);
+        let x = PackedSequence::from_padded(&cast::<f64, f32>(&uniform(&mut g, t * b * 5, 1.0)), [t, b, 5], false, &lengths).unwrap();
+        let plan = CellPlan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
+        let n = x.rows();
+        let (wbuf, xbuf) = (init(ctx, &flat_weights(&w)), init(ctx, &x.data));
+        let (obuf, sbuf) = (empty(ctx, n * cfg.output_size()), empty(ctx, plan.state_elems()));
+        let gobuf = init(ctx, &cast::<f64, f32>(&uniform(&mut g, n * cfg.output_size(), 1.0)));
+        let (dsbuf, dxbuf, dwbuf) = (empty(ctx, plan.state_elems()), empty(ctx, n * 5), empty(ctx, plan.weight_elems()));
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut rb = Readback::new();
+        for _ in 0..2 {
+            enc.clear_buffer(&sbuf, 0, None);
+            enc.clear_buffer(&dsbuf, 0, None);
+            plan.record_forward(&mut enc, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf }).unwrap();
+            let bb = CellBackwardBuffers { weights: &wbuf, input: &xbuf, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &dxbuf, grad_weights: &dwbuf };
+            plan.record_backward(&mut enc, &bb).unwrap();
+            rb.copy(ctx, &mut enc, &dxbuf, n * 5).unwrap();
+            rb.copy(ctx, &mut enc, &dwbuf, plan.weight_elems()).unwrap();
+        }
+        let got = rb.submit_and_read(ctx, enc).unwrap();
+        assert_eq!(got[0], got[2], "{mode}: input gradients of the second run");
+        assert_eq!(got[1], got[3], "{mode}: weight gradients of the second run");
+        // And they are the convenience path's (which builds the same plan once).
+        let (_, tape) = generic::forward(ctx, &w, &x, &[], Pass::Training).unwrap();
+        let go: Vec<f32> = {
+            let mut e = ctx.device.create_command_encoder(&Default::default());
+            let mut r = Readback::new();
+            r.copy(ctx, &mut e, &gobuf, n * cfg.output_size()).unwrap();
+            r.submit_and_read(ctx, e).unwrap().remove(0)
+        };
+        let grads = generic::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
+        assert_eq!(flat_weights(&grads.params), got[1], "{mode}: weight gradients against the convenience path");
+        assert_eq!(weights_from_flat(&cfg, &got[1]).unwrap().params, grads.params.params);
+    }
+}
+
+#[test]
+fn step_plan_refuses_bad_buffers_and_configs() {
+    let Some(ctx) = contexts().first() else { return };
+    let cfg = RnnConfig::new(Mode::Lstm, 4, 8);
+    assert!(matches!(StepPlan::new(ctx, &cfg.clone().bidirectional(true), 2), Err(Error::Unsupported(_))));
+    assert!(matches!(StepPlan::new(ctx, &cfg, 0), Err(Error::EmptyBatch(_))));
+    assert!(matches!(StepPlan::new(ctx, &RnnConfig::new(Mode::Sru, 4, 8), 2), Err(Error::InvalidConfig(_))));
+    let plan = StepPlan::new(ctx, &cfg, 2).unwrap();
+    let w = init(ctx, &vec![0.1; plan.weight_elems()]);
+    let (x, s, o) = (empty(ctx, 8), empty(ctx, plan.state_elems()), empty(ctx, 16));
+    let small = empty(ctx, 4);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &small, output: &o });
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &small, input: &x, states: &s, output: &o });
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &s, output: &s });
+    assert!(matches!(r, Err(Error::BufferAliasing(_))), "{r:?}");
+    // A good step still records after the refusals, and the encoder finishes cleanly.
+    plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &s, output: &o }).unwrap();
+    ctx.queue.submit([enc.finish()]);
+    ctx.wait().unwrap();
+}
