@@ -144,20 +144,9 @@ fn rows_to_blocks(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
     out[p.out_off + i] = a[p.a_off + r * p.count * p.width + d * p.width + j];
 }
 
-// A 32-bit integer hash (lowbias32), the dropout mask's generator.
-fn hash32(v: u32) -> u32 {
-    var x = v;
-    x ^= x >> 16u;
-    x *= 0x7feb352du;
-    x ^= x >> 15u;
-    x *= 0x846ca68bu;
-    x ^= x >> 16u;
-    return x;
-}
-
 // Inverted dropout: out[out_off + i] = a[a_off + i] * f1 where the element is kept, else 0,
-// for i < n. Element i is dropped when hash32(hash32(i ^ seed) + counter * 0x9e3779b9) <
-// width (the drop probability times 2^32); seed is idx_off, and counter is the float
+// for i < n. Element i is dropped when mask_hit(i, seed, counter, width) (shared/random.wgsl;
+// width is the drop probability times 2^32); seed is idx_off, and counter is the float
 // state[state_off] (e.g. an optimiser's step count, so one prepared Program draws a new mask
 // every step) when count == 1, else 0. The same call on the gradient is the backward.
 @compute @workgroup_size(256)
@@ -170,9 +159,8 @@ fn dropout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     if (p.count == 1u) {
         counter = u32(state[p.state_off]);
     }
-    let h = hash32(hash32(i ^ p.idx_off) + counter * 0x9e3779b9u);
     var v = 0.0;
-    if (h >= p.width) {
+    if (!mask_hit(i, p.idx_off, counter, p.width)) {
         v = a[p.a_off + i] * p.f1;
     }
     out[p.out_off + i] = v;

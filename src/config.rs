@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 
 pub use crate::cells::Mode;
 use crate::cells::{ParamDef, Sizes, Slot, StateDef};
+pub use crate::masks::Prob;
 
 /// A recurrent stack, as the arguments of `nn.LSTM` / `nn.GRU` / `nn.RNN`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -18,6 +19,14 @@ pub struct RnnConfig {
     pub bias: bool,
     /// LSTM projection size P (0 = none). Requires `0 < P < hidden_size`.
     pub proj_size: usize,
+    /// PyTorch's `dropout`: in training, inverted dropout on each layer's output except the
+    /// last (masks: [`crate::masks`]). Run by the cell drivers (`cpu::generic`,
+    /// `gpu::CellPlan`); the fused drivers refuse it.
+    pub dropout: Prob,
+    /// Zoneout (Krueger et al. 2016) of the `h` state: in training each unit keeps its
+    /// previous value with this probability, in inference it takes the expectation
+    /// `p h_prev + (1 - p) h_new`. Cells whose first state is `h` (and whose output is it).
+    pub zoneout: Prob,
 }
 
 impl Default for RnnConfig {
@@ -30,6 +39,8 @@ impl Default for RnnConfig {
             bidirectional: false,
             bias: true,
             proj_size: 0,
+            dropout: Prob::ZERO,
+            zoneout: Prob::ZERO,
         }
     }
 }
@@ -62,6 +73,20 @@ impl RnnConfig {
     pub fn proj(mut self, p: usize) -> Self {
         self.proj_size = p;
         self
+    }
+    /// PyTorch's `dropout` between stacked layers (see [`RnnConfig::dropout`]).
+    pub fn dropout(mut self, p: Prob) -> Self {
+        self.dropout = p;
+        self
+    }
+    /// Zoneout of the `h` state (see [`RnnConfig::zoneout`]).
+    pub fn zoneout(mut self, p: Prob) -> Self {
+        self.zoneout = p;
+        self
+    }
+    /// Whether dropout or zoneout is on (only the cell drivers run them).
+    pub fn regularised(&self) -> bool {
+        !self.dropout.is_zero() || !self.zoneout.is_zero()
     }
 
     /// Checks every field; the error names the field and PyTorch's rule.
@@ -116,6 +141,14 @@ impl RnnConfig {
         for layer in 0..self.num_layers.min(2) {
             if let Err(why) = self.mode.check(self.sizes(layer)) {
                 return bad(format!("{}: {why} (layer {layer})", self.mode));
+            }
+        }
+        if !self.zoneout.is_zero() {
+            // The drivers zone out state 0 and the output, which must be that state.
+            let states = self.states();
+            let out = self.mode.layout(self.sizes(0)).out;
+            if states[0].name != "h" || states[0].width != out {
+                return bad(format!("zoneout needs a cell whose first state is its output h; {} has none", self.mode));
             }
         }
         Ok(())

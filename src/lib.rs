@@ -31,6 +31,7 @@ pub mod float;
 pub mod gpu;
 pub mod info;
 pub mod io;
+pub mod masks;
 pub mod packing;
 pub mod tensor;
 pub mod weights;

@@ -478,6 +478,7 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         bidirectional: shape("weight_ih_l0_reverse").is_some(),
         bias: shape("bias_ih_l0").is_some(),
         proj_size: w_hr0.map(|s| s[0]).unwrap_or(0),
+        ..Default::default()
     };
     let mut c = from_tensors.clone();
     // Metadata and the caller must agree with what the tensors say.
@@ -549,6 +550,7 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         proj_size: v[3],
         bidirectional: v[4] == 1,
         bias: true,
+        ..Default::default()
     };
     c.validate()?;
     Ok(c)

@@ -14,6 +14,8 @@
 //   @6 io    read_write: output rows [N, out_w] (forward), output gradients (backward)
 //   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [N, ew] at p.de
 //   @8 dxin  read_write: input gradients [N, inw] (direct terms of cells that read x)
+// The regularisers' kernels (end of file) bind the step counter (an optimiser's step count,
+// f32 at element 0) at @1 instead of the weights.
 // Rows: `row` is the step's row (0..p.rows, the sorted state row); its packed row is
 // p.o + row. The tape row is p.trow + row (p.trow = p.o in training, 0 in inference).
 // Every value has one writer and every sum a fixed order: results are reproducible.
@@ -44,9 +46,9 @@ struct CellParams {
     dxp_off: u32,
     dr_off: u32,
     de_off: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    seed: u32,
+    thresh: u32,
+    f: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;
@@ -103,4 +105,70 @@ fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     for (var j = lid.x; j < p.sw; j += WG) {
         tp[p.sprev_off + (p.o + row) * p.sw + j] = st[p.s_off + row * p.sw + j];
     }
+}
+
+// Regularisers (src/masks.rs; the CPU twin is src/cpu/generic.rs). p.seed and p.thresh: the
+// mask stream and hit threshold; the counter is w[0] (see the top).
+fn counter() -> u32 { return u32(w[0]); }
+// h is state 0 and the output (RnnConfig::validate), H_out wide.
+fn h_width() -> u32 { return select(p.hidden, p.proj, p.proj > 0u); }
+fn zoned(row: u32, j: u32) -> bool { return mask_hit((p.o + row) * h_width() + j, p.seed, counter(), p.thresh); }
+
+// Zoneout after a step's last stage: h (state and output) keeps its previous value where hit
+// (p.stage == 1: training), or takes p.f h_prev + (1 - p.f) h_new (p.stage == 0: inference).
+// The previous states are at p.sprev (save_states ran before stage 0).
+@compute @workgroup_size(64)
+fn zoneout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    for (var j = lid.x; j < h_width(); j += WG) {
+        let hp = s_prev(row, j);
+        let hn = s_get(row, j);
+        var h = p.f * hp + (1.0 - p.f) * hn;
+        if (p.stage == 1u) {
+            h = select(hn, hp, zoned(row, j));
+        }
+        s_set(row, j, h);
+        out_set(row, j, h);
+    }
+}
+
+// Zoneout's backward, before a step's last stage: where h kept its previous value, its
+// gradient g = dh + dout is set aside in scr [B, H_out] (added to the previous h's by
+// zoneout_add) and dh = -dout, so the cell's `dh + dout` is exactly 0.
+@compute @workgroup_size(64)
+fn zoneout_stash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = h_width();
+    for (var j = lid.x; j < n; j += WG) {
+        var g = 0.0;
+        if (zoned(row, j)) {
+            g = ds_get(row, j) + dout(row, j);
+            ds_set(row, j, -dout(row, j));
+        }
+        scr[row * n + j] = g;
+    }
+}
+
+// Zoneout's backward, after the step: the set-aside gradients added to the previous h's.
+@compute @workgroup_size(64)
+fn zoneout_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let row = wid.x;
+    let n = h_width();
+    for (var j = lid.x; j < n; j += WG) {
+        if (zoned(row, j)) {
+            ds_set(row, j, ds_get(row, j) + scr[row * n + j]);
+        }
+    }
+}
+
+// Inverted dropout of [p.rows, p.out_w] (every packed row of a layer's output, or the
+// gradient of the next layer's input): io[i] = xin[i] * p.f where not hit, else 0. Linear
+// over the elements in workgroups of 256, folded into (x, y).
+@compute @workgroup_size(256)
+fn dropout_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid.x;
+    if (i >= p.rows * p.out_w) {
+        return;
+    }
+    io[i] = select(xin[i] * p.f, 0.0, mask_hit(i, p.seed, counter(), p.thresh));
 }

@@ -283,6 +283,7 @@ macro_rules! cell_wgsl {
     ($file:literal $(, $prefix:literal)?) => {
         concat!(
             include_str!("../../shaders/shared/activations.wgsl"),
+            include_str!("../../shaders/shared/random.wgsl"),
             include_str!("../../shaders/cells/prelude.wgsl"),
             $($prefix,)?
             include_str!(concat!("../../shaders/cells/", $file))

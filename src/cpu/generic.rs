@@ -23,6 +23,7 @@ use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Sizes, Slot, Src
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::float::Float;
+use crate::masks::{self, Draw};
 use crate::packing::PackedSequence;
 use crate::tensor::Tensor;
 use crate::weights::{DirParams, Weights};
@@ -43,11 +44,13 @@ pub struct CellTape<T> {
     batch_sizes: Vec<usize>,
     sorted_indices: Vec<usize>,
     unsorted_indices: Vec<usize>,
+    /// The masks' draw (dropout and zoneout).
+    draw: Draw,
 }
 
 #[derive(Debug)]
 struct LayerTape<T> {
-    /// `[N, in]` the layer's input.
+    /// `[N, in]` the layer's input (after the dropout of the layer below).
     input: Vec<T>,
     dirs: Vec<DirTape<T>>,
 }
@@ -133,12 +136,25 @@ pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
 }
 
 /// Runs the stack over a packed batch. `states0[i]` is state i's initial value
-/// `[L*D, B, S_i]` in the caller's order (zeros when `None` or absent).
+/// `[L*D, B, S_i]` in the caller's order (zeros when `None` or absent). The config's dropout
+/// and zoneout draw their masks from `Draw::default()` ([`forward_with`] chooses).
 pub fn forward<T: Float>(
     w: &Weights<T>,
     input: &PackedSequence<T>,
     states0: &[Option<&[T]>],
     pass: Pass,
+) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
+    forward_with(w, input, states0, pass, Draw::default())
+}
+
+/// [`forward`] with the regularisers' masks drawn from `draw` (the GPU's `CellPlan` with the
+/// same seed and counter draws the same masks).
+pub fn forward_with<T: Float>(
+    w: &Weights<T>,
+    input: &PackedSequence<T>,
+    states0: &[Option<&[T]>],
+    pass: Pass,
+    draw: Draw,
 ) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
     check_weights(w)?;
     input.validate()?;
@@ -153,7 +169,45 @@ pub fn forward<T: Float>(
     for layer in 0..cfg.num_layers.min(2) {
         cfg.mode.layout(cfg.sizes(layer)).check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
     }
-    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass))
+    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw))
+}
+
+/// The zoneout of one layer-direction (state 0 is `h`, the output; `RnnConfig::validate`).
+#[derive(Clone, Copy, Debug)]
+struct Zone {
+    p: f32,
+    training: bool,
+    seed: u32,
+    counter: u32,
+    threshold: u32,
+    /// h's width.
+    hw: usize,
+}
+
+impl Zone {
+    fn of(cfg: &RnnConfig, k: usize, draw: Draw, training: bool) -> Option<Zone> {
+        let p = cfg.zoneout;
+        let hw = cfg.states()[0].width;
+        (!p.is_zero()).then(|| Zone { p: p.get(), training, seed: masks::zoneout_stream(draw.seed, k), counter: draw.counter, threshold: p.threshold(), hw })
+    }
+    /// Whether unit j of packed row `row` keeps its previous value (training).
+    fn hit(&self, row: usize, j: usize) -> bool {
+        masks::hit((row * self.hw + j) as u32, self.seed, self.counter, self.threshold)
+    }
+}
+
+/// Inverted dropout in place of a layer's output `[N, out_w]` (forward) or of the gradient of
+/// the next layer's input (backward): the same mask both ways.
+fn dropout_layer<T: Float>(v: &mut [T], cfg: &RnnConfig, layer: usize, draw: Draw) -> Result<()> {
+    if u32::try_from(v.len()).is_err() {
+        return Err(Error::Limit(format!("dropout over {} elements: the mask indexes at most 2^32 - 1", v.len())));
+    }
+    let (seed, th) = (masks::dropout_stream(draw.seed, layer), cfg.dropout.threshold());
+    let scale = T::from_f64(cfg.dropout.scale());
+    for (i, x) in v.iter_mut().enumerate() {
+        *x = if masks::hit(i as u32, seed, draw.counter, th) { T::zero() } else { *x * scale };
+    }
+    Ok(())
 }
 
 fn forward_cell<C: Cell, T: Float>(
@@ -161,6 +215,7 @@ fn forward_cell<C: Cell, T: Float>(
     input: &PackedSequence<T>,
     states0: &[Option<&[T]>],
     pass: Pass,
+    draw: Draw,
 ) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
     let cfg = &w.config;
     let (b, d) = (input.batch(), cfg.directions());
@@ -192,8 +247,12 @@ fn forward_cell<C: Cell, T: Float>(
                 out_w,
                 col: dir * (out_w / d),
                 tape: (pass == Pass::Training).then_some(&mut dt),
+                zone: Zone::of(cfg, k, draw, pass == Pass::Training),
             })?;
             dirs.push(dt);
+        }
+        if pass == Pass::Training && !cfg.dropout.is_zero() && layer + 1 < cfg.num_layers {
+            dropout_layer(&mut out, cfg, layer, draw)?;
         }
         let layer_input = std::mem::replace(&mut x, out);
         if pass == Pass::Training {
@@ -208,6 +267,7 @@ fn forward_cell<C: Cell, T: Float>(
         batch_sizes: input.batch_sizes.clone(),
         sorted_indices: input.sorted_indices.clone(),
         unsorted_indices: input.unsorted_indices.clone(),
+        draw,
     });
     Ok((CellOutput { output, states: states_n }, tape))
 }
@@ -225,6 +285,7 @@ struct DirFwd<'a, T: Float> {
     out_w: usize,
     col: usize,
     tape: Option<&'a mut DirTape<T>>,
+    zone: Option<Zone>,
 }
 
 /// Packs each stage's `R_k` for the per-step products: transposed for the forward
@@ -319,6 +380,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         out_w: a.out_w,
         col: a.col,
         sw,
+        zone: a.zone,
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
@@ -358,6 +420,7 @@ struct FwdLoop<'a, C, T: Float> {
     out_w: usize,
     col: usize,
     sw: usize,
+    zone: Option<Zone>,
     _cell: PhantomData<fn() -> C>,
 }
 
@@ -371,8 +434,11 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
         // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
         // `o..o + rows` of one step, which no other thread touches.
         let s = unsafe { self.s.part(r0 * sw, nr * sw) };
-        let alloc = || -> Result<_> { Ok((scratch("products", &[nr, rw])?, scratch("tape", &[if self.training { 0 } else { nr }, tw])?)) };
-        let (mut r, mut tscratch) = match alloc() {
+        let hw = self.zone.map_or(0, |z| z.hw);
+        let alloc = || -> Result<_> {
+            Ok((scratch("products", &[nr, rw])?, scratch("tape", &[if self.training { 0 } else { nr }, tw])?, scratch("zoneout states", &[nr, hw])?))
+        };
+        let (mut r, mut tscratch, mut hprev) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -392,6 +458,11 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                 &mut tscratch[..rows * tw]
             };
             let out = unsafe { self.out.part(o * out_w, rows * out_w) };
+            if self.zone.is_some() {
+                for rr in 0..rows {
+                    hprev[rr * hw..(rr + 1) * hw].copy_from_slice(&s[rr * sw..rr * sw + hw]);
+                }
+            }
             for (k, stage) in lay.stages.iter().enumerate() {
                 if let (Some(pr), Some(pk)) = (stage, &self.packed[k]) {
                     let c = &mut r[self.roffs[k]..];
@@ -423,6 +494,26 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                             out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
                         },
                     );
+                }
+            }
+            if let Some(z) = self.zone {
+                // h (state 0, the output) keeps its previous value where hit (training), or
+                // takes the expectation (inference).
+                let pz = T::from_f64(z.p as f64);
+                let qz = T::one() - pz;
+                for rr in 0..rows {
+                    for j in 0..hw {
+                        let (hp, hn) = (hprev[rr * hw + j], s[rr * sw + j]);
+                        let h = if !z.training {
+                            pz * hp + qz * hn
+                        } else if z.hit(o + rr, j) {
+                            hp
+                        } else {
+                            hn
+                        };
+                        s[rr * sw + j] = h;
+                        out[rr * out_w + self.col + j] = h;
+                    }
                 }
             }
         }
@@ -461,6 +552,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
     let mut grads = Weights::zeros(cfg)?;
     let mut dy = zeros("output gradients", &[grad_output.len()])?;
     dy.copy_from_slice(grad_output);
+    let draw = tape.draw;
     for layer in (0..cfg.num_layers).rev() {
         let sizes = cfg.sizes(layer);
         let lt = &tape.layers[layer];
@@ -481,7 +573,12 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
                 sw,
                 grad: &mut grads.params[k],
                 dx: &mut dx,
+                zone: Zone::of(cfg, k, draw, true),
             })?;
+        }
+        // This layer's input was the layer below's output after dropout: the same mask.
+        if layer > 0 && !cfg.dropout.is_zero() {
+            dropout_layer(&mut dx, cfg, layer - 1, draw)?;
         }
         dy = dx;
     }
@@ -511,6 +608,7 @@ struct DirBwd<'a, T: Float> {
     grad: &'a mut DirParams<T>,
     /// `[N, in]`, accumulated.
     dx: &'a mut [T],
+    zone: Option<Zone>,
 }
 
 fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
@@ -554,6 +652,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         dr: Rows::new(&mut dr),
         de: Rows::new(&mut de),
         dx: Rows::new(a.dx),
+        zone: a.zone,
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
@@ -623,6 +722,7 @@ struct BwdLoop<'a, C, T: Float> {
     dr: Rows<'a, T>,
     de: Rows<'a, T>,
     dx: Rows<'a, T>,
+    zone: Option<Zone>,
     _cell: PhantomData<fn() -> C>,
 }
 
@@ -639,9 +739,14 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         // `o..o + rows` of one step, which no other thread touches.
         let ds = unsafe { self.ds.part(r0 * sw, nr * sw) };
         let alloc = || -> Result<_> {
-            Ok((scratch("tape gradients", &[nr, tw])?, scratch("state gradients through products", &[nr, sw])?, scratch("product input gradients", &[nr, kmax])?))
+            Ok((
+                scratch("tape gradients", &[nr, tw])?,
+                scratch("state gradients through products", &[nr, sw])?,
+                scratch("product input gradients", &[nr, kmax])?,
+                scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
+            ))
         };
-        let (mut dtape, mut dprod, mut dv) = match alloc() {
+        let (mut dtape, mut dprod, mut dv, mut zg) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -660,6 +765,23 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             let dr = unsafe { self.dr.part(o * rw, rows * rw) };
             let de = unsafe { self.de.part(o * ew, rows * ew) };
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
+            if let Some(z) = self.zone {
+                // Where h kept its previous value, the gradient g = dh + dout goes to the
+                // previous h (added below) and none to the cell's new h: the cells read
+                // `ds_h + dout`, so ds_h = -dout makes that exactly 0.
+                for rr in 0..rows {
+                    let ocol = (o + rr) * out_w + self.col;
+                    for j in 0..z.hw {
+                        let (d, g) = (&mut ds[rr * sw + j], &mut zg[rr * z.hw + j]);
+                        if z.hit(o + rr, j) {
+                            *g = *d + self.dy[ocol + j];
+                            *d = -self.dy[ocol + j];
+                        } else {
+                            *g = T::zero();
+                        }
+                    }
+                }
+            }
             for k in (0..lay.stages.len()).rev() {
                 for rr in 0..rows {
                     let row = o + rr;
@@ -699,6 +821,15 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             for (d, &g) in ds[..rows * sw].iter_mut().zip(&dprod[..rows * sw]) {
                 *d += g;
+            }
+            if let Some(z) = self.zone {
+                for rr in 0..rows {
+                    for j in 0..z.hw {
+                        if z.hit(o + rr, j) {
+                            ds[rr * sw + j] += zg[rr * z.hw + j];
+                        }
+                    }
+                }
             }
         }
     }

@@ -489,10 +489,12 @@ fn gru_row<T: Float>(x: &[T], hp: &[T], h: &mut [T], gates: &mut [T], aux: &mut 
 /// This module's drivers are the tuned ones for PyTorch's four cells; [`generic`] runs every
 /// registered cell.
 fn fused_cell(cfg: &RnnConfig) -> Result<()> {
-    if cfg.mode.fused() {
-        Ok(())
-    } else {
+    if !cfg.mode.fused() {
         Err(Error::Unsupported(format!("{} in cpu::forward; cpu::generic runs every cell", cfg.mode)))
+    } else if cfg.regularised() {
+        Err(Error::Unsupported("dropout and zoneout in cpu::forward; cpu::generic runs them".into()))
+    } else {
+        Ok(())
     }
 }
 

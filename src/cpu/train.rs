@@ -260,18 +260,9 @@ pub fn sgd_step<T: Float>(params: &mut [T], grads: &[T], buf: &mut Vec<T>, scale
     Ok(())
 }
 
-fn hash32(mut x: u32) -> u32 {
-    x ^= x >> 16;
-    x = x.wrapping_mul(0x7feb_352d);
-    x ^= x >> 15;
-    x = x.wrapping_mul(0x846c_a68b);
-    x ^= x >> 16;
-    x
-}
-
 /// The drop threshold for probability `p`: an element is dropped when its hash is below it.
 pub fn dropout_threshold(p: f32) -> u32 {
-    ((p as f64) * 4_294_967_296.0).min(u32::MAX as f64) as u32
+    crate::masks::threshold(p)
 }
 
 /// Checks a dropout probability (`0 <= p < 1`) and an element count the mask's 32-bit
@@ -291,7 +282,7 @@ pub fn dropout_mask(n: usize, p: f32, seed: u32, counter: u32) -> Result<Vec<boo
     check_dropout(n, p)?;
     let th = dropout_threshold(p);
     let mut mask = crate::tensor::try_with_capacity("dropout mask", n)?;
-    mask.extend((0..n as u32).map(|i| hash32(hash32(i ^ seed).wrapping_add(counter.wrapping_mul(0x9e37_79b9))) >= th));
+    mask.extend((0..n as u32).map(|i| !crate::masks::hit(i, seed, counter, th)));
     Ok(mask)
 }
 

@@ -45,6 +45,7 @@ use crate::cpu::generic::{check_states, check_weights, gather_states, scatter_st
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
+use crate::masks::{self, Draw};
 use crate::packing::{step_offsets, PackedSequence};
 use crate::weights::{DirParams, Weights};
 use std::collections::HashMap;
@@ -146,6 +147,15 @@ enum Buf {
     Bws,
     /// The gradient of layer l's input, l >= 1.
     Dx(u16),
+    /// Layer l's input after dropout (training, l >= 1).
+    LayerIn(u16),
+    /// The gradient of layer l's output after dropout's backward (training, l < L - 1).
+    Dy(u16),
+    /// Zoneout's set-aside gradients `[B, H_out]`.
+    Stash,
+    /// The caller's step counter, or a zero of the plan's own ([`Buf::ZeroCounter`]).
+    Counter,
+    ZeroCounter,
 }
 
 /// One dispatch over buffers by role, or a clear of a buffer between passes.
@@ -210,6 +220,10 @@ pub struct CellForwardBuffers<'a> {
     /// `[L*D, B, S]`, the layout's sorted order (`SeqLayout::sorted_indices`): the initial
     /// states before, each sequence's final states after (read and written).
     pub states: &'a wgpu::Buffer,
+    /// The regularisers' step counter: an f32 step count at element 0 (an optimiser's state
+    /// buffer, `gpu::train::Optimizer::state_buffer`, so every step draws new masks), or 0
+    /// when `None`. Read only by a config with dropout or zoneout.
+    pub counter: Option<&'a wgpu::Buffer>,
 }
 
 /// The caller's buffers for a [`CellPlan`] backward, after a training forward of the same
@@ -226,6 +240,8 @@ pub struct CellBackwardBuffers<'a> {
     pub grad_input: &'a wgpu::Buffer,
     /// Flat, [`flat_weights`] layout (written; every element).
     pub grad_weights: &'a wgpu::Buffer,
+    /// The step counter the forward read (its value unchanged since).
+    pub counter: Option<&'a wgpu::Buffer>,
 }
 
 /// A prepared forward (and, in training, backward) of any cell for one config and batch
@@ -257,13 +273,22 @@ impl CellPlan {
     /// blocks, allocates the workspaces (tapes, inner layers' outputs, scratch) and builds the
     /// pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass) -> Result<Self> {
+        Self::with_seed(ctx, cfg, layout, pass, 0)
+    }
+
+    /// As [`CellPlan::new`], with the seed of the regularisers' masks (the config's dropout
+    /// and zoneout; the step counter is bound at recording, see [`CellForwardBuffers`]).
+    pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
         cfg.validate()?;
         let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
         let ld = cfg.num_layers * d;
         let training = pass == Pass::Training;
+        let zone = !cfg.zoneout.is_zero();
+        let dropout = training && !cfg.dropout.is_zero() && cfg.num_layers > 1;
         let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
         let sw = dims[0].sw;
         let out_w = d * dims[0].lay.out;
+        let hw = cfg.states()[0].width;
         let (woffs, weight_elems) = slot_layout(cfg);
         let scr_len = dims.iter().map(|x| b * x.rw.max(x.lay.tape)).max().unwrap_or(0);
         let bws_len = if training { dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0) } else { 0 };
@@ -276,7 +301,7 @@ impl CellPlan {
             ("backward workspace", bws_len),
         ];
         for x in &dims {
-            sizes.push(("tape", x.tape_len(n, b, training)));
+            sizes.push(("tape", x.tape_len(n, b, training, zone)));
         }
         check_gpu(ctx, n, b, &sizes)?;
         let _serial = ctx.exclusive();
@@ -287,12 +312,44 @@ impl CellPlan {
         let steps = layout.batch_sizes().len();
         let cell = cfg.mode;
         let last = cfg.num_layers - 1;
+        // The regularisers' parameters (RnnConfig::validate checked zoneout's cell).
+        let zone_params = |cp: &CellParams, k: usize, stage: u32| CellParams {
+            stage,
+            seed: masks::zoneout_stream(seed, k),
+            thresh: cfg.zoneout.threshold(),
+            f: cfg.zoneout.get(),
+            ..*cp
+        };
+        let drop_groups = {
+            let g = (n * out_w).div_ceil(256) as u32;
+            let max = ctx.limits().max_compute_workgroups_per_dimension;
+            [g.min(max), g.div_ceil(max), 1]
+        };
+        let drop_params = |l: usize| CellParams {
+            rows: n as u32,
+            out_w: out_w as u32,
+            seed: masks::dropout_stream(seed, l),
+            thresh: cfg.dropout.threshold(),
+            f: cfg.dropout.scale() as f32,
+            ..Default::default()
+        };
+        // Layer l's input, and the gradient of layer l's output.
+        let layer_in = |l: usize| match l {
+            0 => Buf::Input,
+            _ if dropout => Buf::LayerIn(l as u16),
+            _ => Buf::LayerOut(l as u16 - 1),
+        };
+        let grad_out = |l: usize| match l {
+            _ if l == last => Buf::GradOutput,
+            _ if dropout => Buf::Dy(l as u16),
+            _ => Buf::Dx(l as u16 + 1),
+        };
 
         // Forward.
         let mut fwd = Vec::new();
         for (layer, dm) in dims.iter().enumerate() {
             let lay = &dm.lay;
-            let x = if layer == 0 { Buf::Input } else { Buf::LayerOut(layer as u16 - 1) };
+            let x = layer_in(layer);
             let y = if layer == last { Buf::Output } else { Buf::LayerOut(layer as u16) };
             for dir in 0..d {
                 let k = layer * d + dir;
@@ -303,7 +360,7 @@ impl CellPlan {
                     let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
                     bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (wx, 1, dm.inw), (0, lay.xp), bias, 0.0), x, Buf::Weights, tp, bias.map(|_| Buf::Weights))?;
                 }
-                let mut cp = dm.params(cfg, k, dir, b, n, out_w, wo);
+                let mut cp = dm.params(cfg, k, dir, (b, n, training), out_w, wo);
                 let order: Vec<usize> = if dir == 1 { (0..steps).rev().collect() } else { (0..steps).collect() };
                 for t in order {
                     let rows = layout.batch_sizes()[t];
@@ -313,7 +370,7 @@ impl CellPlan {
                     cp.o = o as u32;
                     cp.trow = trow as u32;
                     let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
-                    if training {
+                    if training || zone {
                         cp.stage = 0;
                         bl.cell(&mut fwd, Kernel::CellSave(cell), &cp, bufs);
                     }
@@ -334,7 +391,16 @@ impl CellPlan {
                         cp.stage = st as u32;
                         bl.cell(&mut fwd, Kernel::CellForward(cell), &cp, bufs);
                     }
+                    if zone {
+                        let zb = [Buf::Counter, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
+                        bl.cell(&mut fwd, Kernel::CellZoneout(cell), &zone_params(&cp, k, training as u32), zb);
+                    }
                 }
+            }
+            if dropout && layer < last {
+                let db = [Buf::Counter, y, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::LayerIn(layer as u16 + 1), Buf::Dummy(3), Buf::Dummy(4)];
+                let off = bl.params.push(&drop_params(layer));
+                fwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
             }
         }
 
@@ -350,16 +416,22 @@ impl CellPlan {
             for layer in (0..cfg.num_layers).rev() {
                 let dm = &dims[layer];
                 let lay = &dm.lay;
-                let x = if layer == 0 { Buf::Input } else { Buf::LayerOut(layer as u16 - 1) };
-                let dy = if layer == last { Buf::GradOutput } else { Buf::Dx(layer as u16 + 1) };
+                let x = layer_in(layer);
+                let dy = grad_out(layer);
                 let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer as u16) };
+                if dropout && layer < last {
+                    // The gradient of the next layer's input, through the same mask.
+                    let db = [Buf::Counter, Buf::Dx(layer as u16 + 1), Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dy, Buf::Dummy(3), Buf::Dummy(4)];
+                    let off = bl.params.push(&drop_params(layer));
+                    bwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
+                }
                 let (dxp_off, dr_off, de_off) = (0, n * lay.xp, n * (lay.xp + dm.rw));
                 for dir in 0..d {
                     let k = layer * d + dir;
                     let wo = &woffs[k];
                     let tp = Buf::Tape(k as u16);
                     bwd.push(Op::Clear(Buf::Bws));
-                    let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, b, n, out_w, wo) };
+                    let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, (b, n, training), out_w, wo) };
                     // Reverse of the processing order.
                     let order: Vec<usize> = if dir == 1 { (0..steps).collect() } else { (0..steps).rev().collect() };
                     for t in order {
@@ -368,6 +440,10 @@ impl CellPlan {
                         cp.rows = rows as u32;
                         cp.o = o as u32;
                         cp.trow = o as u32;
+                        let zb = [Buf::Counter, x, tp, Buf::GradStates, Buf::Stash, dy, Buf::Dummy(0), Buf::Dummy(1)];
+                        if zone {
+                            bl.cell(&mut bwd, Kernel::CellZoneoutStash(cell), &zone_params(&cp, k, 1), zb);
+                        }
                         for st in (0..lay.stages.len()).rev() {
                             cp.stage = st as u32;
                             bl.cell(&mut bwd, Kernel::CellBackward(cell), &cp, [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, dy, Buf::Bws, dx]);
@@ -389,6 +465,9 @@ impl CellPlan {
                                 }
                             }
                         }
+                        if zone {
+                            bl.cell(&mut bwd, Kernel::CellZoneoutAdd(cell), &zone_params(&cp, k, 1), zb);
+                        }
                     }
                     // Weight gradients over all rows.
                     if lay.xp > 0 {
@@ -404,7 +483,7 @@ impl CellPlan {
                         let Some(pr) = stage else { continue };
                         let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
                         let bsrc = match pr.src {
-                            Src::State(i) => (dm.sprev_off(n) + dm.soffs[i], sw, 1),
+                            Src::State(i) => (dm.sprev_off(n, b, training) + dm.soffs[i], sw, 1),
                             Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
                         };
                         bl.gemm(&mut bwd, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
@@ -423,18 +502,29 @@ impl CellPlan {
 
         // Workspaces.
         let mut own = HashMap::new();
-        own.insert(Buf::Dummy(0), buf(ctx, "unused", 4)?);
-        own.insert(Buf::Dummy(1), buf(ctx, "unused", 4)?);
+        for i in 0..5 {
+            own.insert(Buf::Dummy(i), buf(ctx, "unused", 4)?);
+        }
+        own.insert(Buf::ZeroCounter, buf(ctx, "zero step counter", 4)?);
+        if zone && training {
+            own.insert(Buf::Stash, buf(ctx, "zoneout gradients", b * hw)?);
+        }
         own.insert(Buf::Scratch, buf(ctx, "cell scratch", scr_len)?);
         for (layer, dm) in dims.iter().enumerate() {
             for dir in 0..d {
-                own.insert(Buf::Tape((layer * d + dir) as u16), buf(ctx, "cell tape", dm.tape_len(n, b, training))?);
+                own.insert(Buf::Tape((layer * d + dir) as u16), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);
             }
             if layer < last {
                 own.insert(Buf::LayerOut(layer as u16), buf(ctx, "layer output", n * out_w)?);
             }
             if training && layer > 0 {
                 own.insert(Buf::Dx(layer as u16), buf(ctx, "layer input gradients", n * dm.inw)?);
+            }
+            if dropout && layer > 0 {
+                own.insert(Buf::LayerIn(layer as u16), buf(ctx, "layer input after dropout", n * dm.inw)?);
+            }
+            if dropout && layer < last {
+                own.insert(Buf::Dy(layer as u16), buf(ctx, "layer output gradients after dropout", n * out_w)?);
             }
         }
         if training {
@@ -535,12 +625,22 @@ impl CellPlan {
         self.check("input", bufs.input, self.n * self.cfg.input_size)?;
         self.check("output", bufs.output, self.n * self.cfg.output_size())?;
         self.check("states", bufs.states, self.state_elems)?;
-        Self::check_aliasing(&[("weights", bufs.weights, false), ("input", bufs.input, false), ("output", bufs.output, true), ("states", bufs.states, true)])?;
+        let zero = &*self.own[&Buf::ZeroCounter];
+        let counter = bufs.counter.unwrap_or(zero);
+        self.check("counter", counter, 1)?;
+        Self::check_aliasing(&[
+            ("weights", bufs.weights, false),
+            ("input", bufs.input, false),
+            ("counter", counter, false),
+            ("output", bufs.output, true),
+            ("states", bufs.states, true),
+        ])?;
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
             Buf::Output => bufs.output,
             Buf::States => bufs.states,
+            Buf::Counter => counter,
             own => &*self.own[&own],
         };
         self.record(encoder, &self.forward_ops, &resolve, "wgpu-rnn cells forward")
@@ -560,9 +660,13 @@ impl CellPlan {
         self.check("grad_states", bufs.grad_states, self.state_elems)?;
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
+        let zero = &*self.own[&Buf::ZeroCounter];
+        let counter = bufs.counter.unwrap_or(zero);
+        self.check("counter", counter, 1)?;
         Self::check_aliasing(&[
             ("weights", bufs.weights, false),
             ("input", bufs.input, false),
+            ("counter", counter, false),
             ("grad_output", bufs.grad_output, true),
             ("grad_states", bufs.grad_states, true),
             ("grad_input", bufs.grad_input, true),
@@ -575,6 +679,7 @@ impl CellPlan {
             Buf::GradStates => bufs.grad_states,
             Buf::GradInput => bufs.grad_input,
             Buf::GradWeights => bufs.grad_weights,
+            Buf::Counter => counter,
             own => &*self.own[&own],
         };
         self.record(encoder, &self.backward_ops, &resolve, "wgpu-rnn cells backward")
@@ -672,7 +777,7 @@ impl StepPlan {
     }
     /// Records one step into `encoder` (no submit).
     pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, bufs: &StepBuffers<'_>) -> Result<()> {
-        self.plan.record_forward(encoder, &CellForwardBuffers { weights: bufs.weights, input: bufs.input, output: bufs.output, states: bufs.states })
+        self.plan.record_forward(encoder, &CellForwardBuffers { weights: bufs.weights, input: bufs.input, output: bufs.output, states: bufs.states, counter: None })
     }
 }
 
@@ -722,20 +827,22 @@ impl Dims {
         lay.check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
         Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input })
     }
-    /// Tape buffer: `[xp N*gx | tape R*tw | states before each row N*sw]` (R = N in training).
-    fn tape_len(&self, n: usize, b: usize, training: bool) -> usize {
-        n * self.lay.xp + if training { n * (self.lay.tape + self.sw) } else { b * self.lay.tape }
+    /// Tape buffer: `[xp N*gx | tape R*tw | states before each row N*sw]` (R = N in training,
+    /// B in inference; the states before each row in training, and with zoneout, which reads
+    /// the previous h).
+    fn tape_len(&self, n: usize, b: usize, training: bool, zone: bool) -> usize {
+        self.sprev_off(n, b, training) + if training || zone { n * self.sw } else { 0 }
     }
     fn tape_off(&self, n: usize) -> usize {
         n * self.lay.xp
     }
-    fn sprev_off(&self, n: usize) -> usize {
-        n * (self.lay.xp + self.lay.tape)
+    fn sprev_off(&self, n: usize, b: usize, training: bool) -> usize {
+        n * self.lay.xp + if training { n } else { b } * self.lay.tape
     }
     /// The cell dispatches' parameters of layer-direction `k` (direction `dir`) that do not
     /// change from step to step.
     #[allow(clippy::too_many_arguments)]
-    fn params(&self, cfg: &RnnConfig, k: usize, dir: usize, b: usize, n: usize, out_w: usize, wo: &[Option<usize>; 6]) -> CellParams {
+    fn params(&self, cfg: &RnnConfig, k: usize, dir: usize, (b, n, training): (usize, usize, bool), out_w: usize, wo: &[Option<usize>; 6]) -> CellParams {
         let lay = &self.lay;
         CellParams {
             hidden: cfg.hidden_size as u32,
@@ -747,7 +854,7 @@ impl Dims {
             s_off: (k * b * self.sw) as u32,
             tw: lay.tape as u32,
             tape_off: self.tape_off(n) as u32,
-            sprev_off: self.sprev_off(n) as u32,
+            sprev_off: self.sprev_off(n, b, training) as u32,
             ew: lay.pointwise as u32,
             e_off: wo[slot_index(Slot::Pointwise)].unwrap_or(0) as u32,
             out_w: out_w as u32,
@@ -777,6 +884,7 @@ pub struct GpuCellTape {
     plan: CellPlan,
     weights: TrackedBuffer,
     input: TrackedBuffer,
+    counter: TrackedBuffer,
     unsorted_indices: Vec<usize>,
 }
 
@@ -807,6 +915,23 @@ pub fn forward(
     states0: &[Option<&[f32]>],
     pass: Pass,
 ) -> Result<(CellOutput<f32>, Option<GpuCellTape>)> {
+    forward_with(ctx, w, input, states0, pass, Draw::default())
+}
+
+/// [`forward`] with the regularisers' masks from `draw`: as
+/// [`crate::cpu::generic::forward_with`], the same masks (the counter goes to the device as
+/// an f32, exact below 2^24).
+pub fn forward_with(
+    ctx: &Arc<Context>,
+    w: &Weights<f32>,
+    input: &PackedSequence<f32>,
+    states0: &[Option<&[f32]>],
+    pass: Pass,
+    draw: Draw,
+) -> Result<(CellOutput<f32>, Option<GpuCellTape>)> {
+    if draw.counter >= 1 << 24 {
+        return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
+    }
     check_weights(w)?;
     input.validate()?;
     let cfg = &w.config;
@@ -818,7 +943,7 @@ pub fn forward(
     let ld = cfg.num_layers * cfg.directions();
     let states = cfg.states();
     check_states(cfg, &states, states0, b, "0")?;
-    let plan = CellPlan::new(ctx, cfg, &SeqLayout::of(input)?, pass)?;
+    let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
     let out_w = cfg.output_size();
     let _serial = ctx.exclusive();
     let wbuf = readback::upload(ctx, "weights", &pad4(flatten(w)))?;
@@ -826,8 +951,9 @@ pub fn forward(
     let sbuf = readback::upload(ctx, "states", &pad4(s_host))?;
     let xbuf = readback::upload(ctx, "input", &pad4(input.data.clone()))?;
     let obuf = buf(ctx, "output", n * out_w)?;
+    let counter = readback::upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
-    plan.record_forward(&mut encoder, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf })?;
+    plan.record_forward(&mut encoder, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf, counter: Some(&counter) })?;
     let mut rb = Readback::new();
     rb.copy(ctx, &mut encoder, &obuf, n * out_w)?;
     rb.copy(ctx, &mut encoder, &sbuf, plan.state_elems)?;
@@ -837,7 +963,7 @@ pub fn forward(
     check_len("output read back", &[n, out_w], out.len())?;
     let output = input.with_data(out, out_w)?;
     let states_n = scatter_states(cfg, &states, &s_fin, ld, b, &input.unsorted_indices)?;
-    let tape = (pass == Pass::Training).then(|| GpuCellTape { plan, weights: wbuf, input: xbuf, unsorted_indices: input.unsorted_indices.clone() });
+    let tape = (pass == Pass::Training).then(|| GpuCellTape { plan, weights: wbuf, input: xbuf, counter, unsorted_indices: input.unsorted_indices.clone() });
     Ok((CellOutput { output, states: states_n }, tape))
 }
 
@@ -869,7 +995,7 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
     plan.record_backward(
         &mut encoder,
-        &CellBackwardBuffers { weights: &tape.weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw },
+        &CellBackwardBuffers { weights: &tape.weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw, counter: Some(&tape.counter) },
     )?;
     let mut rb = Readback::new();
     rb.copy(ctx, &mut encoder, &gx, n * cfg.input_size)?;

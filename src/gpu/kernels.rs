@@ -23,7 +23,7 @@ pub mod source {
     );
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
-    pub const TRAIN: &str = include_str!("../../shaders/train.wgsl");
+    pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
 }
 
 /// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
@@ -141,6 +141,15 @@ pub enum Kernel {
     CellBackward(Mode),
     /// Copies the step's state rows to the tape (prelude).
     CellSave(Mode),
+    /// Zoneout of h after a step's last stage (prelude).
+    CellZoneout(Mode),
+    /// Zoneout's backward before a step's last stage: the gradients of the units that kept
+    /// their previous value set aside (prelude).
+    CellZoneoutStash(Mode),
+    /// Zoneout's backward after a step: those gradients added to the previous h's (prelude).
+    CellZoneoutAdd(Mode),
+    /// Inverted dropout of a layer's output or of its gradient (prelude).
+    CellDropout(Mode),
 }
 
 /// The training kit's entry points.
@@ -194,7 +203,7 @@ impl Kernel {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
-            CellForward(m) | CellBackward(m) | CellSave(m) => Family::Cell(m),
+            CellForward(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
         }
     }
 
@@ -227,6 +236,10 @@ impl Kernel {
             CellForward(_) => "cell_forward",
             CellBackward(_) => "cell_backward",
             CellSave(_) => "save_states",
+            CellZoneout(_) => "zoneout",
+            CellZoneoutStash(_) => "zoneout_stash",
+            CellZoneoutAdd(_) => "zoneout_add",
+            CellDropout(_) => "dropout_rows",
         }
     }
 
@@ -540,9 +553,11 @@ pub struct CellParams {
     pub dxp_off: u32,
     pub dr_off: u32,
     pub de_off: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
-    pub _pad2: u32,
+    /// Regularisers (dropout, zoneout): the mask stream's seed and hit threshold, and the
+    /// dropout scale or the zoneout probability.
+    pub seed: u32,
+    pub thresh: u32,
+    pub f: f32,
 }
 
 /// `GemmParams` in gemm.wgsl.

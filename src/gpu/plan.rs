@@ -371,6 +371,9 @@ impl Plan {
         if !cfg.mode.fused() {
             return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", cfg.mode)));
         }
+        if cfg.regularised() {
+            return Err(Error::Unsupported("dropout and zoneout in the fused GPU path (gpu::CellPlan runs them)".into()));
+        }
         let cell = cfg.mode;
         let _serial = ctx.exclusive();
         cfg.validate()?;

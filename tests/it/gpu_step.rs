@@ -117,8 +117,8 @@ fn cell_plan_recorded_twice_gives_the_same_bits() {
         for _ in 0..2 {
             enc.clear_buffer(&sbuf, 0, None);
             enc.clear_buffer(&dsbuf, 0, None);
-            plan.record_forward(&mut enc, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf }).unwrap();
-            let bb = CellBackwardBuffers { weights: &wbuf, input: &xbuf, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &dxbuf, grad_weights: &dwbuf };
+            plan.record_forward(&mut enc, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf, counter: None }).unwrap();
+            let bb = CellBackwardBuffers { weights: &wbuf, input: &xbuf, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &dxbuf, grad_weights: &dwbuf, counter: None };
             plan.record_backward(&mut enc, &bb).unwrap();
             rb.copy(ctx, &mut enc, &dxbuf, n * 5).unwrap();
             rb.copy(ctx, &mut enc, &dwbuf, plan.weight_elems()).unwrap();

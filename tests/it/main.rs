@@ -14,6 +14,7 @@ mod gradcheck;
 mod long_sequences;
 mod packing;
 mod random_inputs;
+mod regularisers;
 mod reliability_cpu;
 mod reliability_gpu;
 mod shaders;

@@ -143,7 +143,7 @@ fn all_kernels() -> Vec<Kernel> {
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
-            v.extend([CellForward(m), CellBackward(m), CellSave(m)]);
+            v.extend([CellForward(m), CellBackward(m), CellSave(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
         }
     }
     // The match makes this list fail to compile when a kernel variant is added.
@@ -151,7 +151,8 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) => {}
+            | Transpose | ColSum | PadRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) => {}
         }
     }
     v

@@ -1,0 +1,253 @@
+//! Dropout between stacked layers and zoneout (`RnnConfig::dropout`, `RnnConfig::zoneout`) in
+//! the cell drivers: the CPU twin against finite differences with fixed masks, the GPU
+//! (`CellPlan`) against the CPU twin with the same masks, for every cell; p = 0 is today's
+//! numbers bit for bit; inference semantics; typed refusals.
+
+use crate::common::{assert_close, rng, uniform};
+use crate::gpu_common::contexts;
+use rand::Rng;
+use wgpu_rnn::config::Prob;
+use wgpu_rnn::cpu::{cast, generic, Pass};
+use wgpu_rnn::gpu::{CellPlan, Plan, SeqLayout, StateInputs};
+use wgpu_rnn::masks::Draw;
+use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
+
+const FD_STEP: f64 = 1e-6;
+const FD_TOL: f64 = 1e-5;
+/// GPU (f32) against the CPU twin (f64), as in gpu_cells.rs.
+const FWD_ATOL: f64 = 1e-4;
+const FWD_RTOL: f64 = 1e-3;
+const GRAD_ATOL: f64 = 5e-4;
+const GRAD_RTOL: f64 = 5e-3;
+const DROPOUT: f32 = 0.4;
+const ZONEOUT: f32 = 0.3;
+
+/// 3 layers of `mode` (so dropout acts twice), both directions where the cell allows, with
+/// dropout and, for cells with an h state, zoneout.
+fn config(mode: Mode, i: usize, h: usize) -> RnnConfig {
+    let mut c = RnnConfig::new(mode, i, h).layers(3).bidirectional(true);
+    if c.validate().is_err() {
+        c = RnnConfig::new(mode, h, h).layers(3);
+    }
+    c = c.dropout(Prob::new(DROPOUT).unwrap());
+    let z = c.clone().zoneout(Prob::new(ZONEOUT).unwrap());
+    if z.validate().is_ok() {
+        z
+    } else {
+        c
+    }
+}
+
+struct Problem {
+    w: Weights<f64>,
+    x: PackedSequence<f64>,
+    s0: Vec<Vec<f64>>,
+    go: Vec<f64>,
+    gs: Vec<Vec<f64>>,
+}
+
+fn problem(cfg: &RnnConfig, g: &mut impl Rng) -> Problem {
+    let w = Weights::<f64>::init_uniform(cfg, 5).unwrap();
+    let lengths = [4usize, 2, 3];
+    let (t, b) = (4, lengths.len());
+    let xin = uniform(g, t * b * cfg.input_size, 1.0);
+    let x = PackedSequence::from_padded(&xin, [t, b, cfg.input_size], false, &lengths).unwrap();
+    let s0: Vec<Vec<f64>> = cfg.states().iter().map(|s| uniform(g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
+    let gs: Vec<Vec<f64>> = s0.iter().map(|v| uniform(g, v.len(), 1.0)).collect();
+    let go = uniform(g, x.rows() * cfg.output_size(), 1.0);
+    Problem { w, x, s0, go, gs }
+}
+
+fn opts<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
+    v.iter().map(|s| Some(&s[..])).collect()
+}
+
+/// The training-mode loss `sum(output * go) + sum_s sum(s_n * gs)` with the masks of `draw`.
+fn loss(w: &Weights<f64>, x: &PackedSequence<f64>, s0: &[Vec<f64>], pr: &Problem, draw: Draw) -> f64 {
+    let (out, _) = generic::forward_with(w, x, &opts(s0), Pass::Training, draw).unwrap();
+    let mut l: f64 = out.output.data.iter().zip(&pr.go).map(|(a, b)| a * b).sum();
+    for (t, g) in out.states.iter().zip(&pr.gs) {
+        l += t.data.iter().zip(g).map(|(a, b)| a * b).sum::<f64>();
+    }
+    l
+}
+
+fn near(what: &str, analytic: f64, numeric: f64) {
+    let err = (analytic - numeric).abs();
+    assert!(err <= FD_TOL * (1.0 + numeric.abs()), "{what}: analytic {analytic}, numeric {numeric}");
+}
+
+#[test]
+fn regularised_gradients_match_finite_differences_every_cell() {
+    let mut g = rng(51);
+    let draw = Draw { seed: 9, counter: 4 };
+    for &mode in Mode::REGISTRY {
+        let cfg = config(mode, 3, 4);
+        let pr = problem(&cfg, &mut g);
+        let (_, tape) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
+        let grads = generic::backward(&pr.w, &tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
+        let mut analytic = Vec::new();
+        grads.params.for_each(|def, layer, dir, v| analytic.push((RnnConfig::param_name(def.stem, layer, dir), v.to_vec())));
+        for (pi, (name, grad)) in analytic.iter().enumerate() {
+            for idx in [0, grad.len() / 2, grad.len() - 1] {
+                let eval = |delta: f64| {
+                    let mut w2 = pr.w.clone();
+                    let mut seen = 0;
+                    w2.for_each_mut(|_, _, _, v| {
+                        if seen == pi {
+                            v[idx] += delta;
+                        }
+                        seen += 1;
+                    });
+                    loss(&w2, &pr.x, &pr.s0, &pr, draw)
+                };
+                near(&format!("{mode} {name}[{idx}]"), grad[idx], (eval(FD_STEP) - eval(-FD_STEP)) / (2.0 * FD_STEP));
+            }
+        }
+        for idx in [0, pr.x.data.len() / 3, pr.x.data.len() - 1] {
+            let eval = |delta: f64| {
+                let mut x2 = pr.x.clone();
+                x2.data[idx] += delta;
+                loss(&pr.w, &x2, &pr.s0, &pr, draw)
+            };
+            near(&format!("{mode} input[{idx}]"), grads.input.data[idx], (eval(FD_STEP) - eval(-FD_STEP)) / (2.0 * FD_STEP));
+        }
+        for (si, st) in cfg.states().iter().enumerate() {
+            for idx in [0, pr.s0[si].len() / 2, pr.s0[si].len() - 1] {
+                let eval = |delta: f64| {
+                    let mut s2 = pr.s0.clone();
+                    s2[si][idx] += delta;
+                    loss(&pr.w, &pr.x, &s2, &pr, draw)
+                };
+                near(&format!("{mode} {}0[{idx}]", st.name), grads.states[si].data[idx], (eval(FD_STEP) - eval(-FD_STEP)) / (2.0 * FD_STEP));
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_regularisers_match_the_cpu_twin_every_cell() {
+    use wgpu_rnn::gpu::generic as gg;
+    let mut g = rng(52);
+    let draw = Draw { seed: 77, counter: 5 };
+    for ctx in contexts() {
+        let backend = ctx.adapter_info().backend;
+        for &mode in Mode::REGISTRY {
+            let cfg = config(mode, 5, 12);
+            let pr = problem(&cfg, &mut g);
+            let name = format!("{backend:?} {mode} (dropout {}, zoneout {})", cfg.dropout.get(), cfg.zoneout.get());
+            let w32 = pr.w.cast::<f32>();
+            let x32 = pr.x.with_data(cast::<f64, f32>(&pr.x.data), cfg.input_size).unwrap();
+            let s32: Vec<Vec<f32>> = pr.s0.iter().map(|v| cast(v)).collect();
+            let gs32: Vec<Vec<f32>> = pr.gs.iter().map(|v| cast(v)).collect();
+            for pass in [Pass::Training, Pass::Inference] {
+                let (c_out, c_tape) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), pass, draw).unwrap();
+                let (g_out, g_tape) = gg::forward_with(ctx, &w32, &x32, &opts(&s32), pass, draw).unwrap();
+                let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+                assert_close(&format!("{name} {pass:?} output"), &f(&g_out.output.data), &c_out.output.data, FWD_ATOL, FWD_RTOL);
+                for (i, (a, b)) in g_out.states.iter().zip(&c_out.states).enumerate() {
+                    assert_close(&format!("{name} {pass:?} state {i}"), &f(&a.data), &b.data, FWD_ATOL, FWD_RTOL);
+                }
+                if pass == Pass::Training {
+                    let cg = generic::backward(&pr.w, &c_tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
+                    let gg_ = gg::backward(&w32, &g_tape.unwrap(), &cast(&pr.go), &opts(&gs32)).unwrap();
+                    assert_close(&format!("{name} grad input"), &f(&gg_.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
+                    for (i, (a, b)) in gg_.states.iter().zip(&cg.states).enumerate() {
+                        assert_close(&format!("{name} grad state {i}"), &f(&a.data), &b.data, GRAD_ATOL, GRAD_RTOL);
+                    }
+                    let mut gw = Vec::new();
+                    gg_.params.for_each(|_, _, _, v| gw.extend(f(v)));
+                    let mut cw = Vec::new();
+                    cg.params.for_each(|_, _, _, v| cw.extend_from_slice(v));
+                    assert_close(&format!("{name} grad weights"), &gw, &cw, GRAD_ATOL, GRAD_RTOL);
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn probability_zero_gives_todays_numbers_bit_for_bit() {
+    let mut g = rng(53);
+    let draw = Draw { seed: 3, counter: 8 };
+    for mode in [Mode::Lstm, Mode::Scrn] {
+        let plain = RnnConfig::new(mode, 5, 8).layers(3);
+        let zero = plain.clone().dropout(Prob::new(0.0).unwrap()).zoneout(Prob::new(-0.0).unwrap());
+        assert_eq!(plain, zero);
+        let pr = problem(&plain, &mut g);
+        let (a, ta) = generic::forward(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training).unwrap();
+        let (b, tb) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
+        assert_eq!(a.output.data, b.output.data, "{mode}");
+        let ga = generic::backward(&pr.w, &ta.unwrap(), &pr.go, &[]).unwrap();
+        let gb = generic::backward(&pr.w, &tb.unwrap(), &pr.go, &[]).unwrap();
+        assert_eq!(ga.params.params, gb.params.params, "{mode}");
+        // The GPU plan records no extra dispatch at p = 0.
+        if let Some(ctx) = contexts().first() {
+            let layout = SeqLayout::of(&pr.x).unwrap();
+            let on = plain.clone().dropout(Prob::new(0.5).unwrap());
+            let dispatches = |c: &RnnConfig| CellPlan::new(ctx, c, &layout, Pass::Training).map(|p| (p.forward_dispatches(), p.backward_dispatches())).unwrap();
+            let (f0, b0) = dispatches(&plain);
+            let (f1, b1) = dispatches(&on);
+            assert_eq!((f1, b1), (f0 + 2, b0 + 2), "{mode}: dropout after layers 0 and 1, forward and backward");
+        }
+    }
+}
+
+#[test]
+fn dropout_and_zoneout_semantics() {
+    let mut g = rng(54);
+    // Dropout is training only: inference gives the unregularised numbers.
+    let plain = RnnConfig::new(Mode::Gru, 4, 6).layers(2);
+    let drop = plain.clone().dropout(Prob::new(0.5).unwrap());
+    let pr = problem(&plain, &mut g);
+    let w_drop = Weights { config: drop.clone(), ..pr.w.clone() };
+    let run = |w: &Weights<f64>, pass, counter| generic::forward_with(w, &pr.x, &opts(&pr.s0), pass, Draw { seed: 1, counter }).unwrap().0.output.data;
+    assert_eq!(run(&pr.w, Pass::Inference, 0), run(&w_drop, Pass::Inference, 0));
+    let (t1, t2) = (run(&w_drop, Pass::Training, 1), run(&w_drop, Pass::Training, 2));
+    assert_ne!(t1, run(&pr.w, Pass::Training, 1), "dropout changes the training output");
+    assert_ne!(t1, t2, "a new counter draws a new mask");
+    assert_eq!(t1, run(&w_drop, Pass::Training, 1), "the same draw gives the same mask");
+
+    // Zoneout, one layer, one step: inference takes p h0 + (1 - p) h_new; training keeps h0
+    // in about a fraction p of the units, and h_new in the others.
+    let p = 0.5f32;
+    let plain = RnnConfig::new(Mode::Lstm, 3, 64);
+    let zoned = plain.clone().zoneout(Prob::new(p).unwrap());
+    let w = Weights::<f64>::init_uniform(&plain, 2).unwrap();
+    let wz = Weights { config: zoned, ..w.clone() };
+    let b = 8;
+    let x = PackedSequence::from_padded(&uniform(&mut g, b * 3, 1.0), [1, b, 3], false, &[1; 8]).unwrap();
+    let h0 = uniform(&mut g, b * 64, 0.5);
+    let s0 = vec![h0.clone(), uniform(&mut g, b * 64, 0.5)];
+    let (new, _) = generic::forward(&w, &x, &opts(&s0), Pass::Inference).unwrap();
+    let (inf, _) = generic::forward(&wz, &x, &opts(&s0), Pass::Inference).unwrap();
+    let expect: Vec<f64> = h0.iter().zip(&new.output.data).map(|(a, n)| p as f64 * a + (1.0 - p as f64) * n).collect();
+    assert_close("zoneout inference", &inf.output.data, &expect, 1e-12, 0.0);
+    assert_eq!(inf.output.data, inf.states[0].data, "the output is the zoned h");
+    assert_eq!(new.states[1].data, inf.states[1].data, "c is not zoned");
+    let (tr, _) = generic::forward_with(&wz, &x, &opts(&s0), Pass::Training, Draw { seed: 4, counter: 1 }).unwrap();
+    let kept = tr.output.data.iter().zip(&h0).filter(|(a, b)| a == b).count();
+    let fresh = tr.output.data.iter().zip(&new.output.data).filter(|(a, b)| a == b).count();
+    assert_eq!(kept + fresh, b * 64);
+    assert!((kept as f64 / (b * 64) as f64 - p as f64).abs() < 0.08, "{kept} of {} kept", b * 64);
+}
+
+#[test]
+fn regularisers_are_refused_where_they_do_not_run() {
+    // Zoneout needs an h state that is the output.
+    for mode in [Mode::Sru, Mode::Jordan] {
+        let c = RnnConfig::new(mode, 4, 4).zoneout(Prob::new(0.2).unwrap());
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig(_))), "{mode}");
+    }
+    assert!(matches!(Prob::new(1.0), Err(Error::InvalidConfig(_))));
+    assert!(matches!(Prob::new(f32::NAN), Err(Error::InvalidConfig(_))));
+    // The fused drivers say so rather than ignore them.
+    let cfg = RnnConfig::new(Mode::Lstm, 4, 8).layers(2).dropout(Prob::new(0.3).unwrap());
+    let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+    let x = PackedSequence::from_padded(&[0.5f32; 8], [2, 1, 4], false, &[2]).unwrap();
+    assert!(matches!(wgpu_rnn::cpu::forward(&w, &x, None, None, Pass::Training), Err(Error::Unsupported(_))));
+    if let Some(ctx) = contexts().first() {
+        let r = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default());
+        assert!(matches!(r, Err(Error::Unsupported(_))));
+    }
+}
