@@ -147,7 +147,8 @@ impl RnnConfig {
             // The drivers zone out state 0 and the output, which must be that state.
             let states = self.states();
             let out = self.mode.layout(self.sizes(0)).out;
-            if states[0].name != "h" || states[0].width != out {
+            // The GPU's zoneout kernels take h's width as H_out (shaders/cells/prelude.wgsl).
+            if states[0].name != "h" || states[0].width != out || out != self.out_size() {
                 return bad(format!("zoneout needs a cell whose first state is its output h; {} has none", self.mode));
             }
         }

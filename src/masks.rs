@@ -11,8 +11,14 @@
 use crate::error::{Error, Result};
 
 /// A probability `0 <= p < 1`, valid by construction (compared and hashed by its bits).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Prob(u32);
+
+impl std::fmt::Debug for Prob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.get())
+    }
+}
 
 impl Prob {
     /// Probability 0: the regulariser is off.

@@ -550,7 +550,9 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         proj_size: v[3],
         bidirectional: v[4] == 1,
         bias: true,
-        ..Default::default()
+        // The regularisers are not in the file: the caller's, if any.
+        dropout: hint.map(|h| h.dropout).unwrap_or_default(),
+        zoneout: hint.map(|h| h.zoneout).unwrap_or_default(),
     };
     c.validate()?;
     Ok(c)

@@ -7,10 +7,11 @@
 //   @1 w     read: all weights; the pointwise parameters at p.e
 //   @2 xin   read: the layer input [N, inw] at p.x_off
 //   @3 tp    read_write: input projection [N, gx] at p.xp, tape rows at p.tape, the states
-//            before each packed row [N, sw] at p.sprev (written forward, read backward)
+//            before each packed row [N, sw] at p.sprev (written forward in training and with
+//            zoneout; read by zoneout and by the backward)
 //   @4 st    read_write: states [B, sw] at p.s (forward), their gradients (backward)
 //   @5 scr   read_write: products [B, rw] at p.r (forward), tape gradients [B, tw] at
-//            p.dtape (backward)
+//            p.dtape (backward); zoneout's set-aside gradients [B, H_out] at 0 (its own buffer)
 //   @6 io    read_write: output rows [N, out_w] (forward), output gradients (backward)
 //   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [N, ew] at p.de
 //   @8 dxin  read_write: input gradients [N, inw] (direct terms of cells that read x)

@@ -185,10 +185,17 @@ struct Zone {
 }
 
 impl Zone {
-    fn of(cfg: &RnnConfig, k: usize, draw: Draw, training: bool) -> Option<Zone> {
+    /// The zoneout of layer-direction `k` over `n` packed rows, if the config has one.
+    fn of(cfg: &RnnConfig, k: usize, n: usize, draw: Draw, training: bool) -> Result<Option<Zone>> {
         let p = cfg.zoneout;
+        if p.is_zero() {
+            return Ok(None);
+        }
         let hw = cfg.states()[0].width;
-        (!p.is_zero()).then(|| Zone { p: p.get(), training, seed: masks::zoneout_stream(draw.seed, k), counter: draw.counter, threshold: p.threshold(), hw })
+        if n.checked_mul(hw).is_none_or(|e| u32::try_from(e).is_err()) {
+            return Err(Error::Limit(format!("zoneout over {n} x {hw} elements: the mask indexes at most 2^32 - 1")));
+        }
+        Ok(Some(Zone { p: p.get(), training, seed: masks::zoneout_stream(draw.seed, k), counter: draw.counter, threshold: p.threshold(), hw }))
     }
     /// Whether unit j of packed row `row` keeps its previous value (training).
     fn hit(&self, row: usize, j: usize) -> bool {
@@ -247,7 +254,7 @@ fn forward_cell<C: Cell, T: Float>(
                 out_w,
                 col: dir * (out_w / d),
                 tape: (pass == Pass::Training).then_some(&mut dt),
-                zone: Zone::of(cfg, k, draw, pass == Pass::Training),
+                zone: Zone::of(cfg, k, n, draw, pass == Pass::Training)?,
             })?;
             dirs.push(dt);
         }
@@ -573,7 +580,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
                 sw,
                 grad: &mut grads.params[k],
                 dx: &mut dx,
-                zone: Zone::of(cfg, k, draw, true),
+                zone: Zone::of(cfg, k, n, draw, true)?,
             })?;
         }
         // This layer's input was the layer below's output after dropout: the same mask.

@@ -11,10 +11,12 @@
 //! - [`forward`] / [`backward`]: the convenience form (upload, one submit, read back), with
 //!   `cpu::generic`'s types.
 //!
-//! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training a copy
-//! of the step's state rows to the tape (`save_states`), then per stage its product (one
-//! GEMM over the step's rows into the scratch buffer) and one dispatch of the cell's
-//! `cell_forward` (a workgroup per row). Backward, steps reversed, stages last to first:
+//! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training (and
+//! with zoneout) a copy of the step's state rows to the tape (`save_states`), then per stage
+//! its product (one GEMM over the step's rows into the scratch buffer) and one dispatch of
+//! the cell's `cell_forward` (a workgroup per row), then with zoneout the `zoneout` kernel;
+//! in training with dropout, `dropout_rows` between layers. ARCHITECTURE.md ("The cell
+//! drivers' engine API, one step at a time, regularisers") explains the regularisers. Backward, steps reversed, stages last to first:
 //! `cell_backward`, then the product's `dv = dr_k R_k` written where the product read (the
 //! tape-gradient region, or added to the state gradients for stage-0 products of a state);
 //! after the loop, GEMMs over all rows for `dW_x`, `dR_k`, `dX`, and column sums for the
@@ -138,19 +140,19 @@ enum Buf {
     GradWeights,
     Dummy(u8),
     /// A layer-direction's `[xp | tape | states before each row]`.
-    Tape(u16),
+    Tape(usize),
     /// The output of layer l < L - 1 (the next layer's input).
-    LayerOut(u16),
+    LayerOut(usize),
     /// Products (forward), tape gradients (backward).
     Scratch,
     /// The backward's `[dxp | dr | de]`.
     Bws,
     /// The gradient of layer l's input, l >= 1.
-    Dx(u16),
+    Dx(usize),
     /// Layer l's input after dropout (training, l >= 1).
-    LayerIn(u16),
+    LayerIn(usize),
     /// The gradient of layer l's output after dropout's backward (training, l < L - 1).
-    Dy(u16),
+    Dy(usize),
     /// Zoneout's set-aside gradients `[B, H_out]`.
     Stash,
     /// The caller's step counter, or a zero of the plan's own ([`Buf::ZeroCounter`]).
@@ -158,11 +160,11 @@ enum Buf {
     ZeroCounter,
 }
 
-/// One dispatch over buffers by role, or a clear of a buffer between passes.
+/// One dispatch over buffers by role, or a clear of a buffer's first `bytes` between passes.
 #[derive(Clone, Debug)]
 enum Op {
     Dispatch { kernel: Kernel, param_off: u32, groups: [u32; 3], bufs: Vec<Buf> },
-    Clear(Buf),
+    Clear(Buf, u64),
 }
 
 /// Collects the ops of a plan and their parameter blocks.
@@ -236,9 +238,10 @@ pub struct CellBackwardBuffers<'a> {
     /// `[L*D, B, S]`, sorted order: the gradients of the final states before (zeros for
     /// none), those of the initial states after (read and written).
     pub grad_states: &'a wgpu::Buffer,
-    /// `[N, I]` (written).
+    /// `[N, I]` (written; needs `COPY_DST`: cleared first, as far as N*I elements).
     pub grad_input: &'a wgpu::Buffer,
-    /// Flat, [`flat_weights`] layout (written; every element).
+    /// Flat, [`flat_weights`] layout (written, every element; needs `COPY_DST`: cleared
+    /// first, as far as the weights go).
     pub grad_weights: &'a wgpu::Buffer,
     /// The step counter the forward read (its value unchanged since).
     pub counter: Option<&'a wgpu::Buffer>,
@@ -303,6 +306,10 @@ impl CellPlan {
         for x in &dims {
             sizes.push(("tape", x.tape_len(n, b, training, zone)));
         }
+        if zone {
+            // The mask's element index, (packed row) * H_out + unit.
+            sizes.push(("zoneout mask", n * hw));
+        }
         check_gpu(ctx, n, b, &sizes)?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
@@ -336,13 +343,13 @@ impl CellPlan {
         // Layer l's input, and the gradient of layer l's output.
         let layer_in = |l: usize| match l {
             0 => Buf::Input,
-            _ if dropout => Buf::LayerIn(l as u16),
-            _ => Buf::LayerOut(l as u16 - 1),
+            _ if dropout => Buf::LayerIn(l),
+            _ => Buf::LayerOut(l - 1),
         };
         let grad_out = |l: usize| match l {
             _ if l == last => Buf::GradOutput,
-            _ if dropout => Buf::Dy(l as u16),
-            _ => Buf::Dx(l as u16 + 1),
+            _ if dropout => Buf::Dy(l),
+            _ => Buf::Dx(l + 1),
         };
 
         // Forward.
@@ -350,11 +357,11 @@ impl CellPlan {
         for (layer, dm) in dims.iter().enumerate() {
             let lay = &dm.lay;
             let x = layer_in(layer);
-            let y = if layer == last { Buf::Output } else { Buf::LayerOut(layer as u16) };
+            let y = if layer == last { Buf::Output } else { Buf::LayerOut(layer) };
             for dir in 0..d {
                 let k = layer * d + dir;
                 let wo = &woffs[k];
-                let tp = Buf::Tape(k as u16);
+                let tp = Buf::Tape(k);
                 if lay.xp > 0 {
                     let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
                     let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
@@ -398,7 +405,7 @@ impl CellPlan {
                 }
             }
             if dropout && layer < last {
-                let db = [Buf::Counter, y, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::LayerIn(layer as u16 + 1), Buf::Dummy(3), Buf::Dummy(4)];
+                let db = [Buf::Counter, y, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::LayerIn(layer + 1), Buf::Dummy(3), Buf::Dummy(4)];
                 let off = bl.params.push(&drop_params(layer));
                 fwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
             }
@@ -408,20 +415,21 @@ impl CellPlan {
         let mut bwd = Vec::new();
         if training {
             // Written by adding (two directions, direct input terms): cleared first.
-            bwd.push(Op::Clear(Buf::GradInput));
-            bwd.push(Op::Clear(Buf::GradWeights));
-            for l in 1..cfg.num_layers {
-                bwd.push(Op::Clear(Buf::Dx(l as u16)));
+            let f4 = |e: usize| (e * 4) as u64;
+            bwd.push(Op::Clear(Buf::GradInput, f4(n * cfg.input_size)));
+            bwd.push(Op::Clear(Buf::GradWeights, f4(weight_elems)));
+            for (l, dm) in dims.iter().enumerate().skip(1) {
+                bwd.push(Op::Clear(Buf::Dx(l), f4(n * dm.inw)));
             }
             for layer in (0..cfg.num_layers).rev() {
                 let dm = &dims[layer];
                 let lay = &dm.lay;
                 let x = layer_in(layer);
                 let dy = grad_out(layer);
-                let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer as u16) };
+                let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer) };
                 if dropout && layer < last {
                     // The gradient of the next layer's input, through the same mask.
-                    let db = [Buf::Counter, Buf::Dx(layer as u16 + 1), Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dy, Buf::Dummy(3), Buf::Dummy(4)];
+                    let db = [Buf::Counter, Buf::Dx(layer + 1), Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dy, Buf::Dummy(3), Buf::Dummy(4)];
                     let off = bl.params.push(&drop_params(layer));
                     bwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
                 }
@@ -429,8 +437,8 @@ impl CellPlan {
                 for dir in 0..d {
                     let k = layer * d + dir;
                     let wo = &woffs[k];
-                    let tp = Buf::Tape(k as u16);
-                    bwd.push(Op::Clear(Buf::Bws));
+                    let tp = Buf::Tape(k);
+                    bwd.push(Op::Clear(Buf::Bws, (bws_len * 4) as u64));
                     let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, (b, n, training), out_w, wo) };
                     // Reverse of the processing order.
                     let order: Vec<usize> = if dir == 1 { (0..steps).collect() } else { (0..steps).rev().collect() };
@@ -512,19 +520,19 @@ impl CellPlan {
         own.insert(Buf::Scratch, buf(ctx, "cell scratch", scr_len)?);
         for (layer, dm) in dims.iter().enumerate() {
             for dir in 0..d {
-                own.insert(Buf::Tape((layer * d + dir) as u16), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);
+                own.insert(Buf::Tape(layer * d + dir), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);
             }
             if layer < last {
-                own.insert(Buf::LayerOut(layer as u16), buf(ctx, "layer output", n * out_w)?);
+                own.insert(Buf::LayerOut(layer), buf(ctx, "layer output", n * out_w)?);
             }
             if training && layer > 0 {
-                own.insert(Buf::Dx(layer as u16), buf(ctx, "layer input gradients", n * dm.inw)?);
+                own.insert(Buf::Dx(layer), buf(ctx, "layer input gradients", n * dm.inw)?);
             }
             if dropout && layer > 0 {
-                own.insert(Buf::LayerIn(layer as u16), buf(ctx, "layer input after dropout", n * dm.inw)?);
+                own.insert(Buf::LayerIn(layer), buf(ctx, "layer input after dropout", n * dm.inw)?);
             }
             if dropout && layer < last {
-                own.insert(Buf::Dy(layer as u16), buf(ctx, "layer output gradients after dropout", n * out_w)?);
+                own.insert(Buf::Dy(layer), buf(ctx, "layer output gradients after dropout", n * out_w)?);
             }
         }
         if training {
@@ -660,6 +668,12 @@ impl CellPlan {
         self.check("grad_states", bufs.grad_states, self.state_elems)?;
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
+        // Both are cleared (their first elements only) before the sums that add into them.
+        for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
+            if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
+                return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward clears it with (has {:?})", b.usage())));
+            }
+        }
         let zero = &*self.own[&Buf::ZeroCounter];
         let counter = bufs.counter.unwrap_or(zero);
         self.check("counter", counter, 1)?;
@@ -701,9 +715,9 @@ impl CellPlan {
         let mut rec: Option<Recorder<'static>> = None;
         for op in ops {
             match op {
-                Op::Clear(b) => {
+                Op::Clear(b, bytes) => {
                     drop(rec.take());
-                    encoder.clear_buffer(resolve(*b), 0, None);
+                    encoder.clear_buffer(resolve(*b), 0, Some(*bytes));
                 }
                 Op::Dispatch { kernel, param_off, groups: g, bufs } => {
                     let bg = &groups[&(kernel.family(), bufs.clone())];
@@ -720,7 +734,8 @@ impl CellPlan {
 /// inference and generation. Recording a step binds the caller's buffers and records the
 /// dispatches (per layer: the input projection, per stage its product and pointwise kernel);
 /// nothing is uploaded, submitted or read back. Stepping a sequence one call at a time gives
-/// what [`CellPlan`] (or [`forward`]) gives for the whole sequence.
+/// what [`CellPlan`] (or [`forward`]) gives for the whole sequence. A step is inference: the
+/// config's dropout does nothing, its zoneout takes the expectation `p h_prev + (1 - p) h_new`.
 #[derive(Debug)]
 pub struct StepPlan {
     plan: CellPlan,
@@ -929,7 +944,7 @@ pub fn forward_with(
     pass: Pass,
     draw: Draw,
 ) -> Result<(CellOutput<f32>, Option<GpuCellTape>)> {
-    if draw.counter >= 1 << 24 {
+    if draw.counter > 1 << 24 {
         return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
     }
     check_weights(w)?;

@@ -9,6 +9,7 @@ use wgpu::util::DeviceExt;
 use wgpu_rnn::cpu::{cast, Pass};
 use wgpu_rnn::gpu::generic::{self, flat_weights, weights_from_flat};
 use wgpu_rnn::gpu::{CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, Readback, SeqLayout, StepBuffers, StepPlan};
+use wgpu_rnn::config::Prob;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
 fn init(ctx: &Context, data: &[f32]) -> wgpu::Buffer {
@@ -47,50 +48,65 @@ fn interleave(per_state: &[Vec<f32>], widths: &[usize], lb: usize) -> Vec<f32> {
     v
 }
 
+/// Runs `cfg` over T 5, B 3 whole (`generic::forward`, inference) and one step at a time
+/// (`StepPlan`, T steps in one encoder) and asserts the same bits.
+fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut impl rand::Rng) {
+    let backend = ctx.adapter_info().backend;
+    let w = Weights::<f64>::init_uniform(cfg, 5).unwrap().cast::<f32>();
+    let (t, b) = (5, 3);
+    let x: Vec<f32> = cast(&uniform(g, t * b * cfg.input_size, 1.0));
+    let states = cfg.states();
+    let widths: Vec<usize> = states.iter().map(|s| s.width).collect();
+    let s0: Vec<Vec<f32>> = widths.iter().map(|&wd| cast(&uniform(g, cfg.num_layers * b * wd, 0.5))).collect();
+    // Whole sequence (equal lengths: packed rows are time-major, batch order).
+    let packed = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
+    let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
+    let (whole, _) = generic::forward(ctx, &w, &packed, &s0r, Pass::Inference).unwrap();
+
+    // One step at a time: T steps recorded into one encoder, one submit.
+    let plan = StepPlan::new(ctx, cfg, b).unwrap();
+    assert_eq!(plan.state_elems(), cfg.num_layers * b * widths.iter().sum::<usize>());
+    let wbuf = init(ctx, &flat_weights(&w));
+    let sbuf = init(ctx, &interleave(&s0, &widths, cfg.num_layers * b));
+    let i = cfg.input_size;
+    let xs: Vec<wgpu::Buffer> = (0..t).map(|s| init(ctx, &x[s * b * i..(s + 1) * b * i])).collect();
+    let ho = cfg.output_size();
+    let outs: Vec<wgpu::Buffer> = (0..t).map(|_| empty(ctx, b * ho)).collect();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    for s in 0..t {
+        plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sbuf, output: &outs[s] }).unwrap();
+    }
+    let mut rb = Readback::new();
+    for o in &outs {
+        rb.copy(ctx, &mut enc, o, b * ho).unwrap();
+    }
+    rb.copy(ctx, &mut enc, &sbuf, plan.state_elems()).unwrap();
+    let got = rb.submit_and_read(ctx, enc).unwrap();
+    let name = format!("{backend:?} {} (zoneout {})", cfg.mode, cfg.zoneout.get());
+    let stepped: Vec<f32> = got[..t].concat();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&stepped), bits(&whole.output.data), "{name}: output stepped one call at a time");
+    let fin: Vec<Vec<f32>> = whole.states.iter().map(|s| s.data.clone()).collect();
+    assert_eq!(bits(&got[t]), bits(&interleave(&fin, &widths, cfg.num_layers * b)), "{name}: final states");
+}
+
 #[test]
 fn stepping_equals_the_whole_sequence_for_every_cell() {
     let mut g = rng(33);
     for ctx in contexts() {
-        let backend = ctx.adapter_info().backend;
         for &mode in Mode::REGISTRY {
-            let cfg = config(mode, 20);
-            let w = Weights::<f64>::init_uniform(&cfg, 5).unwrap().cast::<f32>();
-            let (t, b) = (5, 3);
-            let x: Vec<f32> = cast(&uniform(&mut g, t * b * cfg.input_size, 1.0));
-            let states = cfg.states();
-            let widths: Vec<usize> = states.iter().map(|s| s.width).collect();
-            let s0: Vec<Vec<f32>> = widths.iter().map(|&wd| cast(&uniform(&mut g, cfg.num_layers * b * wd, 0.5))).collect();
-            // Whole sequence (equal lengths: packed rows are time-major, batch order).
-            let packed = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
-            let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
-            let (whole, _) = generic::forward(ctx, &w, &packed, &s0r, Pass::Inference).unwrap();
-
-            // One step at a time: T steps recorded into one encoder, one submit.
-            let plan = StepPlan::new(ctx, &cfg, b).unwrap();
-            assert_eq!(plan.state_elems(), cfg.num_layers * b * widths.iter().sum::<usize>());
-            let wbuf = init(ctx, &flat_weights(&w));
-            let sbuf = init(ctx, &interleave(&s0, &widths, cfg.num_layers * b));
-            let i = cfg.input_size;
-            let xs: Vec<wgpu::Buffer> = (0..t).map(|s| init(ctx, &x[s * b * i..(s + 1) * b * i])).collect();
-            let ho = cfg.output_size();
-            let outs: Vec<wgpu::Buffer> = (0..t).map(|_| empty(ctx, b * ho)).collect();
-            let mut enc = ctx.device.create_command_encoder(&Default::default());
-            for s in 0..t {
-                plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sbuf, output: &outs[s] }).unwrap();
-            }
-            let mut rb = Readback::new();
-            for o in &outs {
-                rb.copy(ctx, &mut enc, o, b * ho).unwrap();
-            }
-            rb.copy(ctx, &mut enc, &sbuf, plan.state_elems()).unwrap();
-            let got = rb.submit_and_read(ctx, enc).unwrap();
-            let name = format!("{backend:?} {mode}");
-            let stepped: Vec<f32> = got[..t].concat();
-            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&stepped), bits(&whole.output.data), "{name}: output stepped one call at a time");
-            let fin: Vec<Vec<f32>> = whole.states.iter().map(|s| s.data.clone()).collect();
-            assert_eq!(bits(&got[t]), bits(&interleave(&fin, &widths, cfg.num_layers * b)), "{name}: final states");
+            step_against_whole(ctx, &config(mode, 20), &mut g);
         }
+    }
+}
+
+#[test]
+fn stepping_with_zoneout_equals_the_whole_sequence() {
+    // A step is inference: zoneout takes its expectation, from the states saved before it.
+    let mut g = rng(35);
+    let Some(ctx) = contexts().first() else { return };
+    for mode in [Mode::Lstm, Mode::Gru, Mode::Scrn, Mode::IndRnn] {
+        step_against_whole(ctx, &config(mode, 20).zoneout(Prob::new(0.3).unwrap()), &mut g);
     }
 }
 
@@ -162,4 +178,24 @@ fn step_plan_refuses_bad_buffers_and_configs() {
     plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &s, output: &o }).unwrap();
     ctx.queue.submit([enc.finish()]);
     ctx.wait().unwrap();
+}
+
+#[test]
+fn cell_plan_backward_needs_clearable_gradient_buffers() {
+    // The backward clears grad_input and grad_weights first: without COPY_DST that is a typed
+    // error at recording, not a validation panic when the caller finishes the encoder.
+    let Some(ctx) = contexts().first() else { return };
+    let cfg = RnnConfig::new(Mode::Gru, 4, 8);
+    let x = PackedSequence::from_padded(&[0.5f32; 16], [2, 2, 4], false, &[2, 2]).unwrap();
+    let plan = CellPlan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
+    let storage_only = ctx.device.create_buffer(&wgpu::BufferDescriptor {
+        label: None,
+        size: (plan.weight_elems() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let (w, xb, go, gs, gx) = (empty(ctx, plan.weight_elems()), init(ctx, &x.data), empty(ctx, 4 * 8), empty(ctx, plan.state_elems()), empty(ctx, 16));
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let bb = CellBackwardBuffers { weights: &w, input: &xb, grad_output: &go, grad_states: &gs, grad_input: &gx, grad_weights: &storage_only, counter: None };
+    assert!(matches!(plan.record_backward(&mut enc, &bb), Err(Error::Gpu(_))));
 }

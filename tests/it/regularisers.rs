@@ -181,14 +181,24 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
         let ga = generic::backward(&pr.w, &ta.unwrap(), &pr.go, &[]).unwrap();
         let gb = generic::backward(&pr.w, &tb.unwrap(), &pr.go, &[]).unwrap();
         assert_eq!(ga.params.params, gb.params.params, "{mode}");
-        // The GPU plan records no extra dispatch at p = 0.
+        // The GPU plan records no extra dispatch at p = 0: the count of the unregularised
+        // ops (from the cell's layout; every GEMM here is one k-run), and two more per
+        // direction of the pass with dropout on.
         if let Some(ctx) = contexts().first() {
             let layout = SeqLayout::of(&pr.x).unwrap();
-            let on = plain.clone().dropout(Prob::new(0.5).unwrap());
             let dispatches = |c: &RnnConfig| CellPlan::new(ctx, c, &layout, Pass::Training).map(|p| (p.forward_dispatches(), p.backward_dispatches())).unwrap();
-            let (f0, b0) = dispatches(&plain);
-            let (f1, b1) = dispatches(&on);
-            assert_eq!((f1, b1), (f0 + 2, b0 + 2), "{mode}: dropout after layers 0 and 1, forward and backward");
+            let steps = layout.steps();
+            let (mut f, mut b) = (0, 0);
+            for l in 0..plain.num_layers {
+                let lay = mode.layout(plain.sizes(l));
+                let products = lay.stages.iter().flatten().count();
+                f += 1 + steps * (1 + lay.stages.len() + products);
+                b += steps * (lay.stages.len() + products) + 2 + lay.input_bias as usize;
+                b += lay.stages.iter().flatten().map(|p| 1 + p.bias.is_some() as usize).sum::<usize>() + (lay.pointwise > 0) as usize;
+            }
+            assert_eq!(dispatches(&zero), (f, b), "{mode}: p = 0");
+            let on = plain.clone().dropout(Prob::new(0.5).unwrap());
+            assert_eq!(dispatches(&on), (f + 2, b + 2), "{mode}: dropout after layers 0 and 1, forward and backward");
         }
     }
 }
@@ -250,4 +260,22 @@ fn regularisers_are_refused_where_they_do_not_run() {
         let r = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default());
         assert!(matches!(r, Err(Error::Unsupported(_))));
     }
+}
+
+#[test]
+fn loaded_weights_keep_the_callers_regularisers() {
+    // The file holds no regularisers; a caller's config that asks for them keeps them, for
+    // PyTorch's cells and the others alike.
+    let dir = std::env::temp_dir().join(format!("wgpu-rnn-reg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for mode in [Mode::Gru, Mode::Scrn] {
+        let cfg = RnnConfig::new(mode, 3, 4).layers(2);
+        let path = dir.join(format!("{mode}.safetensors"));
+        Weights::<f32>::init_uniform(&cfg, 1).unwrap().save(&path).unwrap();
+        let hint = cfg.clone().dropout(Prob::new(0.2).unwrap()).zoneout(Prob::new(0.1).unwrap());
+        let w = Weights::<f32>::load(&path, "", Some(&hint)).unwrap();
+        assert_eq!(w.config, hint, "{mode}");
+        assert_eq!(Weights::<f32>::load(&path, "", None).unwrap().config, cfg, "{mode}: none without a caller's");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
