@@ -11,7 +11,7 @@ pub const GREEN: Rgb = [44, 160, 44];
 const GREY: Rgb = [200, 200, 200];
 const BLACK: Rgb = [0, 0, 0];
 
-/// One curve: label (upper-case letters, digits, `.-%:/ `), colour, (x, y) points.
+/// One curve: label (upper-case letters, digits, `.-_%:/ `), colour, (x, y) points.
 pub struct Series<'a> {
     pub label: &'a str,
     pub color: Rgb,
@@ -72,10 +72,16 @@ fn tick(v: f64, step: f64) -> String {
     format!("{v:.decimals$}")
 }
 
+/// Legend entries per row below a panel; more series wrap to further rows.
+const LEGEND_COLUMNS: usize = 3;
+const LEGEND_ROW: usize = 14;
+
 /// Draws the panels side by side and writes a PNG.
 pub fn write_png(path: &Path, panels: &[Panel<'_>]) -> std::io::Result<()> {
     let (pw, ph) = (480usize, 360usize);
-    let mut cv = Canvas { w: pw * panels.len(), h: ph, px: vec![255; pw * panels.len() * ph * 3] };
+    let legend_rows = panels.iter().map(|p| p.series.len().div_ceil(LEGEND_COLUMNS)).max().unwrap_or(1).max(1);
+    let height = ph + (legend_rows - 1) * LEGEND_ROW;
+    let mut cv = Canvas { w: pw * panels.len(), h: height, px: vec![255; pw * panels.len() * height * 3] };
     for (i, p) in panels.iter().enumerate() {
         let ox = (i * pw) as i64;
         let (l, r, t, b) = (ox + 60, ox + pw as i64 - 20, 30i64, ph as i64 - 60);
@@ -123,8 +129,8 @@ pub fn write_png(path: &Path, panels: &[Panel<'_>]) -> std::io::Result<()> {
                 cv.line((q.0 - 2, q.1), (q.0 + 2, q.1), s.color, false);
                 last = Some(q);
             }
-            let ly = b + 40;
-            let lx = l + k as i64 * 150;
+            let ly = b + 40 + (k / LEGEND_COLUMNS * LEGEND_ROW) as i64;
+            let lx = l + (k % LEGEND_COLUMNS) as i64 * 150;
             cv.line((lx, ly + 3), (lx + 16, ly + 3), s.color, true);
             cv.text(lx + 22, ly, s.label, BLACK);
         }
@@ -153,6 +159,7 @@ fn glyph(c: char) -> [u8; 7] {
         '9' => [0x0E, 0x11, 0x11, 0x0F, 0x01, 0x02, 0x0C],
         '.' => [0, 0, 0, 0, 0, 0x0C, 0x0C],
         '-' => [0, 0, 0, 0x1F, 0, 0, 0],
+        '_' => [0, 0, 0, 0, 0, 0, 0x1F],
         ':' => [0, 0x0C, 0x0C, 0, 0x0C, 0x0C, 0],
         '/' => [0x01, 0x01, 0x02, 0x04, 0x08, 0x10, 0x10],
         '%' => [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03],
