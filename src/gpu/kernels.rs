@@ -7,22 +7,30 @@ use bytemuck::{Pod, Zeroable};
 
 /// WGSL sources, shared snippets joined in front at compile time. Every file is plain WGSL.
 pub mod source {
+    /// `shared/activations.wgsl`: the activation functions every cell kernel uses.
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
+    /// `step_forward.wgsl` after the activations: the fused cells' per-step and single-dispatch forward.
     pub const STEP_FORWARD: &str =
         concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_forward.wgsl"));
+    /// `shared/backward.wgsl`: `BackParams` and the helpers both backward families share.
     pub const BACKWARD_SHARED: &str = include_str!("../../shaders/shared/backward.wgsl");
+    /// `step_backward.wgsl` after the shared snippets: the fused cells' gate gradients and projection backward.
     pub const STEP_BACKWARD: &str = concat!(
         include_str!("../../shaders/shared/activations.wgsl"),
         include_str!("../../shaders/shared/backward.wgsl"),
         include_str!("../../shaders/step_backward.wgsl")
     );
+    /// `recurrent_grad.wgsl` after the shared snippets: `dh_prev = dG W_hh` of one backward step.
     pub const RECURRENT_GRAD: &str = concat!(
         include_str!("../../shaders/shared/activations.wgsl"),
         include_str!("../../shaders/shared/backward.wgsl"),
         include_str!("../../shaders/recurrent_grad.wgsl")
     );
+    /// `gemm.wgsl`: the strided matrix product with bias.
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
+    /// `util.wgsl`: row gathers and scatters, copies, transposes, padding, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
+    /// `train.wgsl` after `shared/random.wgsl`: the training kit (embedding, losses, optimisers, dropout).
     pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
 }
 
@@ -36,11 +44,17 @@ pub const MAX_PARAM_BYTES: u32 = 128;
 /// A kernel family: one WGSL module and one bind-group layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
+    /// The fused cells' forward step kernels (`step_forward.wgsl`, [`StepParams`]).
     StepForward,
+    /// The fused cells' gate-gradient kernels (`step_backward.wgsl`, [`BackParams`]).
     StepBackward,
+    /// The recurrent gradient product `dh_prev = dG W_hh` (`recurrent_grad.wgsl`, [`BackParams`]).
     RecurrentGrad,
+    /// The strided matrix product (`gemm.wgsl`, [`GemmParams`]).
     Gemm,
+    /// Row movement and column sums (`util.wgsl`, [`UtilParams`]).
     Util,
+    /// The training kit (`train.wgsl`, [`TrainParams`]).
     Train,
     /// A cell's pointwise kernels (`shaders/cells/<cell>.wgsl` after `shaders/cells/prelude.wgsl`),
     /// run by the GPU driver generic over the cell (`gpu::generic`).
@@ -48,6 +62,7 @@ pub enum Family {
 }
 
 impl Family {
+    /// The families that do not depend on a cell.
     pub const FIXED: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
 
     /// Every family: the fixed ones, and one per registered cell.
@@ -57,6 +72,7 @@ impl Family {
         v
     }
 
+    /// The family's WGSL source, shared snippets included.
     pub fn source(self) -> &'static str {
         match self {
             Family::Cell(m) => m.wgsl(),
@@ -108,30 +124,74 @@ impl Family {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
     /// One step of `cell`, one of the cells the fused kernels run ([`Mode::fused_step`]).
-    Step { cell: Mode, vec4: bool },
+    /// One step of `cell`, one of the cells the fused kernels run ([`Mode::fused_step`]).
+    Step {
+        /// The cell.
+        cell: Mode,
+        /// `H_out` a multiple of 4: W_hh rows and the gathered states read as vec4s.
+        vec4: bool,
+    },
     /// Every step of a small problem in one dispatch.
-    LoopStep { cell: Mode, small: bool },
+    /// Every step of a small problem in one dispatch.
+    LoopStep {
+        /// The cell.
+        cell: Mode,
+        /// `H <= 64`: the 64-invocation workgroup (`loop_step_64`).
+        small: bool,
+    },
+    /// LSTM's projection `h = W_hr (o * tanh(c))` for a step's rows (`proj_forward`).
     ProjForward,
     /// One backward step's gate gradients of `cell`.
-    CellGrad { cell: Mode },
+    /// One backward step's gate gradients of `cell`.
+    CellGrad {
+        /// The cell.
+        cell: Mode,
+    },
     /// Every backward step of a small problem in one dispatch.
-    LoopGrad { cell: Mode, small: bool },
+    /// Every backward step of a small problem in one dispatch.
+    LoopGrad {
+        /// The cell.
+        cell: Mode,
+        /// `H <= 64`: the 64-invocation workgroup (`loop_grad_64`).
+        small: bool,
+    },
     /// `dh_prev = dG W_hh` for `cell`'s gates.
-    RecurrentGrad { cell: Mode, vec4: bool, wide: bool },
+    /// `dh_prev = dG W_hh` for `cell`'s gates.
+    RecurrentGrad {
+        /// The cell.
+        cell: Mode,
+        /// `G*H` a multiple of 4: W_hh^T rows and dG rows read as vec4s.
+        vec4: bool,
+        /// With `vec4`: each invocation owns 4 adjacent columns (CPU-emulated adapters).
+        wide: bool,
+    },
+    /// The projection's backward for a step's rows: `dh_pre = dh_tot W_hr` (`proj_grad`).
     ProjGrad,
+    /// The generic strided product (`gemm`), one column per invocation.
     Gemm,
     /// The generic product for n <= 128 (`gemm` with 4 adjacent columns per invocation).
     GemmNarrow,
+    /// `gemm4`: B's rows read as vec4s (4-aligned, contiguous).
     Gemm4,
+    /// `gemm44`: A's and B's rows read as vec4s.
     Gemm44,
+    /// `gemm4t`: B's rows and A's columns (A transposed) read as vec4s.
     Gemm4T,
+    /// `gather_prev`: the state each packed row started from, for the backward.
     GatherPrev,
+    /// `gather_last`: each sequence's state at its own last step (`h_n`, `c_n`).
     GatherLast,
+    /// `scatter_last`: `grad_h_n` / `grad_c_n` seeded into each sequence's last row.
     ScatterLast,
+    /// `copy`: a contiguous run of elements.
     Copy,
+    /// `copy_state`: an initial state (or zeros) into the tape's state rows.
     CopyState,
+    /// `transpose`: a `[rows, width]` block transposed (weights for the kernels).
     Transpose,
+    /// `colsum`: column sums in row order (bias gradients, no atomics).
     ColSum,
+    /// `pad_rows`: a block copied between row strides, zero-padded on the right.
     PadRows,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
@@ -155,23 +215,38 @@ pub enum Kernel {
 /// The training kit's entry points.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TrainKernel {
+    /// `embed_forward`: embedding rows looked up by token id.
     EmbedForward,
+    /// `embed_backward`: the embedding gradient summed per id in row order (no atomics).
     EmbedBackward,
+    /// `fill`: `out[i] = f0`.
     Fill,
+    /// `blocks_to_rows`: `count` blocks `[n, width]` side by side as rows `[n, count * width]`.
     BlocksToRows,
+    /// `rows_to_blocks`: the inverse of `blocks_to_rows`.
     RowsToBlocks,
+    /// `bce_logits`: binary cross-entropy with logits, its gradient and metrics.
     BceLogits,
+    /// `mse`: mean squared error and its gradient.
     Mse,
+    /// `softmax_ce`: softmax cross-entropy per row, its gradient, loss and hit.
     SoftmaxCe,
+    /// `row_metrics`: `softmax_ce`'s per-row losses and hits added to the metric block.
     RowMetrics,
+    /// `sumsq`: the sum of squares of a parameter group (for the global gradient norm).
     SumSq,
+    /// `opt_begin`: starts an optimiser step (norm, clipping scale, step count, bias corrections).
     OptBegin,
+    /// `adam`: PyTorch's Adam on one parameter group.
     Adam,
+    /// `sgd`: SGD with momentum, PyTorch's form.
     Sgd,
+    /// `dropout`: inverted dropout (also its backward, on the gradient).
     Dropout,
 }
 
 impl TrainKernel {
+    /// The entry point's name in `train.wgsl`.
     pub fn entry(self) -> &'static str {
         use TrainKernel::*;
         match self {
@@ -194,6 +269,7 @@ impl TrainKernel {
 }
 
 impl Kernel {
+    /// The family whose module and bind-group layout the kernel uses.
     pub fn family(self) -> Family {
         use Kernel::*;
         match self {
@@ -207,6 +283,7 @@ impl Kernel {
         }
     }
 
+    /// The entry point's name in the family's WGSL.
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
@@ -395,35 +472,59 @@ pub const NONE: u32 = u32::MAX;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct StepParams {
+    /// Packed row of the step's first row.
     pub row_off: u32,
+    /// Rows active at the step.
     pub rows: u32,
+    /// `H`.
     pub hidden: u32,
+    /// `H_out` (`P` with projection).
     pub out_size: u32,
+    /// Row stride of the output (`D * H_out`).
     pub out_ld: u32,
+    /// This direction's first column in the output.
     pub out_col: u32,
+    /// Offset of `W_hh^T [H_out, G*H]` in the rearranged weights.
     pub wt_hh: u32,
+    /// Offset of `b_hh [G*H]` in the rearranged weights, or [`NONE`].
     pub b_hh: u32,
+    /// Offset of `W_hr^T [H, P]` in the rearranged weights, or [`NONE`].
     pub wt_hr: u32,
+    /// Offset of this direction's `prev[]` table in the sequence tables.
     pub prev_off: u32,
+    /// Tape region: gates `[N, G*H]`.
     pub gates_off: u32,
+    /// Tape region: `c [N+B, H]` (rows `N+b`: sequence b's initial state).
     pub c_off: u32,
+    /// Tape region: `aux [N, H]` (GRU's `W_hn h + b_hn`, LSTM-projection's `o*tanh(c)`).
     pub aux_off: u32,
+    /// Tape region: `hs [N+B, H_out]` (rows `N+b`: sequence b's initial state).
     pub hs_off: u32,
+    /// 1: save what the backward needs.
     pub training: u32,
+    /// Offset of row-major `W_hh [G*H, H_out]` in the rearranged weights (a multiple of 4; vec4 variant).
     pub w4_off: u32,
+    /// Single-dispatch path: the run's length in steps.
     pub steps: u32,
+    /// Single-dispatch path: 1 walks the steps last to first.
     pub reverse: u32,
+    /// Single-dispatch path: offset of the step offsets `off[t]` in the sequence tables.
     pub off_tab: u32,
+    /// Single-dispatch path: offset of `batch_sizes[t]` in the sequence tables.
     pub bs_tab: u32,
+    /// Single-dispatch path: offset of `init[r]`, sorted row r's initial-state row, in the sequence tables.
     pub init_off: u32,
+    /// Padding to the WGSL struct's size.
     pub _pad0: u32,
+    /// Padding.
     pub _pad1: u32,
+    /// Padding.
     pub _pad2: u32,
 }
 
-/// Sorted rows per workgroup and the most hidden units of the single-dispatch path
-/// (`LOOP_ROWS`, `LOOP_UNITS` in step_forward.wgsl).
+/// Sorted rows per workgroup of the single-dispatch path (`LOOP_ROWS` in step_forward.wgsl).
 pub const LOOP_ROWS: usize = 4;
+/// Hidden units per workgroup of the single-dispatch path, its largest `H` (`LOOP_UNITS`).
 pub const LOOP_UNITS: usize = 256;
 
 /// Rows of a block in the register-blocked step kernels (`RB` in the shaders).
@@ -433,36 +534,67 @@ pub const ROW_BLOCK: usize = 8;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct BackParams {
+    /// Packed row of the step's first row.
     pub row_off: u32,
+    /// Rows active at the step.
     pub rows: u32,
+    /// `H`.
     pub hidden: u32,
+    /// `H_out` (`P` with projection).
     pub out_size: u32,
+    /// Row stride of the output gradient (`D * H_out`).
     pub out_ld: u32,
+    /// This direction's first column in the output gradient.
     pub out_col: u32,
+    /// Offset of row-major `W_hh [G*H, H_out]` in the rearranged weights (`recurrent_grad`).
     pub w_hh: u32,
+    /// Offset of `W_hr [P, H]` in the flat weights.
     pub w_hr: u32,
+    /// Offset of this direction's `prev[]` table in the sequence tables.
     pub prev_off: u32,
+    /// `N`: rows `N..` of `dh_rec` / `dc_rec` are the initial states' gradients.
     pub n_rows: u32,
+    /// Tape region: gates `[N, G*H]`.
     pub gates_off: u32,
+    /// Tape region: `c [N, H]`.
     pub c_off: u32,
+    /// Tape region: `aux [N, H]`.
     pub aux_off: u32,
+    /// Offset of the gathered `h_prev [N, H_out]`.
     pub hprev_off: u32,
+    /// Offset of the gathered `c_prev [N, H]`.
     pub cprev_off: u32,
+    /// Workspace: `dh_rec [N+B, H_out]`, the gradient reaching each row's h from later steps or `h_n`.
     pub dh_off: u32,
+    /// Workspace: `dc_rec [N+B, H]`.
     pub dc_off: u32,
+    /// Workspace: `dh_tot [N, P]` (projection).
     pub dhtot_off: u32,
+    /// Workspace: `dh_pre [N, H]` (projection).
     pub dhpre_off: u32,
+    /// Offset of the gate gradients `dG_x [N, G*H]`.
     pub dgx_off: u32,
+    /// Offset of GRU's hidden-side gate gradients `dG_h [N, G*H]`.
     pub dgh_off: u32,
+    /// `P`, or 0 without projection.
     pub proj: u32,
+    /// Offset of `W_hh^T [H_out, G*H]` in the rearranged weights (`recurrent_grad`).
     pub wt_hh: u32,
+    /// Single-dispatch backward: offset of `W_hh [G*H, H]` in the flat weights.
     pub w_hh_flat: u32,
+    /// Single-dispatch backward: the run's length in steps.
     pub steps: u32,
+    /// Single-dispatch backward: 1 for the reverse direction.
     pub reverse: u32,
+    /// Single-dispatch backward: offset of `off[t]` in the sequence tables.
     pub off_tab: u32,
+    /// Single-dispatch backward: offset of `batch_sizes[t]` in the sequence tables.
     pub bs_tab: u32,
+    /// Single-dispatch backward: offset of `init[r]` in the sequence tables.
     pub init_off: u32,
+    /// Single-dispatch backward: offset of `last[b]` in the sequence tables.
     pub last_off: u32,
+    /// Padding to the WGSL struct's size.
     pub _pad: u32,
 }
 
@@ -517,46 +649,61 @@ impl GemmParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct CellParams {
-    /// Active rows of the step, its first packed row, the stage.
+    /// Active rows of the step.
     pub rows: u32,
+    /// First packed row of the step.
     pub o: u32,
+    /// Stage of the cell's layout the dispatch runs.
     pub stage: u32,
+    /// `H`.
     pub hidden: u32,
+    /// `P`, or 0 without projection.
     pub proj: u32,
-    /// Layer input width and its offset in the input buffer.
+    /// Layer input width.
     pub inw: u32,
+    /// Offset of the layer input in the input buffer.
     pub x_off: u32,
-    /// Input projection `[N, gx]` in the tape buffer.
+    /// Width of the input projection `[N, gx]` in the tape buffer.
     pub gx: u32,
+    /// Offset of the input projection.
     pub xp_off: u32,
-    /// Products `[B, rw]` in the scratch buffer.
+    /// Width of the products `[B, rw]` in the scratch buffer.
     pub rw: u32,
+    /// Offset of the products.
     pub r_off: u32,
-    /// States `[B, sw]` in the state buffer.
+    /// Width of the states `[B, sw]` in the state buffer.
     pub sw: u32,
+    /// Offset of the states.
     pub s_off: u32,
-    /// Tape rows `[.., tw]` in the tape buffer, from row `trow` (the packed row in training).
+    /// Width of the tape rows `[.., tw]` in the tape buffer.
     pub tw: u32,
+    /// Offset of the tape rows.
     pub tape_off: u32,
+    /// First tape row (the packed row in training).
     pub trow: u32,
     /// States before each packed row `[N, sw]` in the tape buffer.
     pub sprev_off: u32,
-    /// Pointwise parameters in the weights buffer.
+    /// Width of the pointwise parameters in the weights buffer.
     pub ew: u32,
+    /// Offset of the pointwise parameters.
     pub e_off: u32,
-    /// Output rows `[N, out_w]`, this direction's columns from `col`.
+    /// Width of the output rows `[N, out_w]`.
     pub out_w: u32,
+    /// This direction's first output column.
     pub col: u32,
-    /// Backward: tape gradients `[B, tw]` (scratch buffer); dxp `[N, gx]`, dr `[N, rw]`,
-    /// de `[N, ew]` (backward workspace).
+    /// Backward: offset of the tape gradients `[B, tw]` in the scratch buffer.
     pub dtape_off: u32,
+    /// Backward: offset of `dxp [N, gx]` in the backward workspace.
     pub dxp_off: u32,
+    /// Backward: offset of `dr [N, rw]` in the backward workspace.
     pub dr_off: u32,
+    /// Backward: offset of `de [N, ew]` in the backward workspace.
     pub de_off: u32,
-    /// Regularisers (dropout, zoneout): the mask stream's seed and hit threshold, and the
-    /// dropout scale or the zoneout probability.
+    /// Regularisers (dropout, zoneout): the mask stream's seed.
     pub seed: u32,
+    /// The mask's hit threshold (probability times 2^32).
     pub thresh: u32,
+    /// The dropout scale `1 / (1 - p)` or the zoneout probability `p`.
     pub f: f32,
 }
 
@@ -564,21 +711,37 @@ pub struct CellParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct GemmParams {
+    /// Rows of C.
     pub m: u32,
+    /// Columns of C.
     pub n: u32,
+    /// Inner dimension.
     pub k: u32,
+    /// Offset of op(A); element `(i, k)` at `a_off + i*a_rs + k*a_cs`.
     pub a_off: u32,
+    /// Row stride of op(A).
     pub a_rs: u32,
+    /// Column stride of op(A).
     pub a_cs: u32,
+    /// Offset of op(B); element `(k, j)` at `b_off + k*b_rs + j*b_cs`.
     pub b_off: u32,
+    /// Row stride of op(B).
     pub b_rs: u32,
+    /// Column stride of op(B).
     pub b_cs: u32,
+    /// Offset of C; `C[i, j]` at `c_off + i*ldc + j`.
     pub c_off: u32,
+    /// Row stride of C.
     pub ldc: u32,
+    /// Offset of the bias added to each row (`bias[bias_off + j]`), or [`NONE`].
     pub bias_off: u32,
+    /// Scale of the product: `C = alpha op(A) op(B) + beta C + bias`.
     pub alpha: f32,
+    /// Scale of C's previous value; C is not read when 0 (NaN-safe).
     pub beta: f32,
+    /// Padding to the WGSL struct's size.
     pub _pad0: u32,
+    /// Padding.
     pub _pad1: u32,
 }
 
@@ -586,19 +749,29 @@ pub struct GemmParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct UtilParams {
+    /// Rows of the block.
     pub rows: u32,
+    /// Columns of the block.
     pub width: u32,
+    /// Offset in the source.
     pub src_off: u32,
+    /// Row stride of the source.
     pub src_ld: u32,
+    /// First column in the source (`gather_last`).
     pub src_col: u32,
+    /// Offset in `state0` (an initial state or a state gradient), or [`NONE`] for zeros.
     pub state_off: u32,
+    /// Offset of the `prev[]` / `last[]` table in the sequence tables.
     pub seq_off: u32,
+    /// Offset in the destination.
     pub dst_off: u32,
     /// Row stride of dst (`pad_rows`).
     pub dst_ld: u32,
     /// `colsum`: 1 adds to dst (a later run of rows), 0 overwrites it.
     pub accumulate: u32,
+    /// Padding to the WGSL struct's size.
     pub _pad1: u32,
+    /// Padding.
     pub _pad2: u32,
 }
 
@@ -625,22 +798,37 @@ impl UtilParams {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct TrainParams {
+    /// Elements or rows the entry point covers.
     pub n: u32,
+    /// Row width (`dropout`: the drop threshold, probability times 2^32).
     pub width: u32,
+    /// Offset of the main input `a`.
     pub a_off: u32,
+    /// Offset of the second input `b` (targets).
     pub b_off: u32,
+    /// Offset of the u32 data (token ids, sort tables, class targets; `dropout`: the seed).
     pub idx_off: u32,
+    /// Offset of the main output `out`.
     pub out_off: u32,
+    /// Offset of the second output `out2` (per-row losses, optimiser moments).
     pub out2_off: u32,
+    /// Offset of the optimiser state or metric block in `state`.
     pub state_off: u32,
+    /// A count (distinct ids, blocks, parameter groups; `dropout`: 1 reads the counter from `state`).
     pub count: u32,
     /// A second count (embed_backward: the vocabulary).
     pub extra: u32,
+    /// Padding to the WGSL struct's size.
     pub _pad1: u32,
+    /// Padding.
     pub _pad2: u32,
+    /// First scalar argument (e.g. the fill value, loss scale, learning rate, clipping norm).
     pub f0: f32,
+    /// Second scalar argument (e.g. beta1, momentum, dropout scale).
     pub f1: f32,
+    /// Third scalar argument (e.g. beta2).
     pub f2: f32,
+    /// Fourth scalar argument (e.g. Adam's eps).
     pub f3: f32,
 }
 
