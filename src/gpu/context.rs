@@ -65,6 +65,7 @@ impl MemoryCounter {
 /// A buffer the library allocated; its size is counted while it lives.
 #[derive(Debug)]
 pub struct TrackedBuffer {
+    /// The wgpu buffer (also reached through `Deref`).
     pub buffer: wgpu::Buffer,
     counter: Arc<MemoryCounter>,
 }
@@ -84,7 +85,9 @@ impl Drop for TrackedBuffer {
 
 /// A wgpu device with everything the kernels need, built once.
 pub struct Context {
+    /// The device every pipeline and buffer of this context lives on.
     pub device: wgpu::Device,
+    /// The device's queue; the convenience API submits here.
     pub queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,

@@ -13,13 +13,21 @@ use std::sync::Arc;
 /// (`[n, k]` when `trans_b`), C and the optional bias row `[n]` are `[m, n]` / `[n]`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MatMulDesc {
+    /// Rows of C.
     pub m: usize,
+    /// Columns of C.
     pub n: usize,
+    /// Inner dimension.
     pub k: usize,
+    /// A is stored `[k, m]` (transposed).
     pub trans_a: bool,
+    /// B is stored `[n, k]` (transposed).
     pub trans_b: bool,
+    /// Scale of the product: `C = alpha op(A) op(B) + beta C + bias`.
     pub alpha: f32,
+    /// Scale of C's previous value; C is not read when 0 (NaN-safe).
     pub beta: f32,
+    /// Whether a bias row `[n]` is added to every row of C.
     pub bias: bool,
 }
 
@@ -34,6 +42,7 @@ pub struct MatMul {
 }
 
 impl MatMul {
+    /// Prepares the product on `ctx`: parameters uploaded, pipeline built. `InvalidConfig` for an empty shape, `Limit` past the device's workgroup counts or 31-bit indexing.
     pub fn new(ctx: &Arc<Context>, desc: MatMulDesc) -> Result<Self> {
         let _serial = ctx.exclusive();
         let MatMulDesc { m, n, k, .. } = desc;

@@ -231,7 +231,9 @@ pub struct CellForwardBuffers<'a> {
 /// The caller's buffers for a [`CellPlan`] backward, after a training forward of the same
 /// plan was recorded (and will have run) with the same weights and input.
 pub struct CellBackwardBuffers<'a> {
+    /// Flat parameters ([`flat_weights`]), as the forward had them.
     pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows, as the forward had them.
     pub input: &'a wgpu::Buffer,
     /// `[N, D * H_out]` (bound read-write, not written).
     pub grad_output: &'a wgpu::Buffer,
@@ -564,12 +566,15 @@ impl CellPlan {
         })
     }
 
+    /// The configuration the plan was prepared for.
     pub fn config(&self) -> &RnnConfig {
         &self.cfg
     }
+    /// Training (keeps a tape for the backward) or inference.
     pub fn pass(&self) -> Pass {
         self.pass
     }
+    /// The batch structure the plan was prepared for.
     pub fn layout(&self) -> &SeqLayout {
         &self.layout
     }
@@ -767,6 +772,7 @@ impl StepPlan {
         let layout = SeqLayout::new(vec![batch], (0..batch).collect())?;
         Ok(StepPlan { plan: CellPlan::new(ctx, cfg, &layout, Pass::Inference)? })
     }
+    /// The configuration the plan was prepared for.
     pub fn config(&self) -> &RnnConfig {
         &self.plan.cfg
     }

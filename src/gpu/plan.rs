@@ -185,7 +185,9 @@ pub(crate) const COLSUM_ROWS: usize = 16_384;
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct StateInputs {
+    /// Forward: `h0` given (else zeros).
     pub h0: bool,
+    /// Forward: `c0` given (LSTM; else zeros).
     pub c0: bool,
     /// Backward: `grad_h_n` given (else taken as zeros).
     pub grad_h_n: bool,
@@ -196,10 +198,15 @@ pub struct StateInputs {
 /// Element offsets of one layer-direction's parameters in the flat weights buffer.
 #[derive(Clone, Copy, Debug)]
 pub struct DirOffsets {
+    /// `weight_ih [G*H, in]`.
     pub w_ih: u32,
+    /// `weight_hh [G*H, H_out]`.
     pub w_hh: u32,
+    /// `bias_ih [G*H]`, or [`NONE`](crate::gpu::kernels::NONE) without biases.
     pub b_ih: u32,
+    /// `bias_hh [G*H]`, or [`NONE`](crate::gpu::kernels::NONE) without biases.
     pub b_hh: u32,
+    /// `weight_hr [P, H]`, or [`NONE`](crate::gpu::kernels::NONE) without projection.
     pub w_hr: u32,
 }
 
@@ -295,10 +302,15 @@ pub struct ForwardBuffers<'a> {
 /// The caller's buffers for a backward: the forward's inputs and output unchanged since the
 /// training forward was recorded, the gradients coming in, and where the gradients go.
 pub struct BackwardBuffers<'a> {
+    /// Flat parameters in [`weight_layout`] order, as the forward had them.
     pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows, as the forward had them.
     pub input: &'a wgpu::Buffer,
+    /// `[N, D*H_out]`, the training forward's output.
     pub output: &'a wgpu::Buffer,
+    /// `[L*D, B, H_out]`, as the forward had it; required iff `StateInputs::h0`.
     pub h0: Option<&'a wgpu::Buffer>,
+    /// `[L*D, B, H]`, as the forward had it; required iff `StateInputs::c0`.
     pub c0: Option<&'a wgpu::Buffer>,
     /// `[N, D*H_out]`.
     pub grad_output: &'a wgpu::Buffer,
@@ -910,15 +922,19 @@ impl Plan {
         })
     }
 
+    /// The configuration the plan was prepared for.
     pub fn config(&self) -> &RnnConfig {
         &self.cfg
     }
+    /// Training (a backward can follow) or inference.
     pub fn pass(&self) -> Pass {
         self.pass
     }
+    /// The optional state tensors the recordings bind.
     pub fn inputs(&self) -> StateInputs {
         self.inputs
     }
+    /// The batch structure the plan was prepared for.
     pub fn layout(&self) -> &SeqLayout {
         &self.layout
     }

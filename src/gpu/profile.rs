@@ -42,6 +42,7 @@ impl KernelProfile {
         ctx.device.features().contains(wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES)
     }
 
+    /// A profiler on `ctx`; `Unsupported` where the device has no timestamp queries inside passes.
     pub fn new(ctx: &Arc<Context>) -> Result<Self> {
         if !Self::supported(ctx) {
             return Err(Error::Unsupported(format!("{}: no timestamp queries inside passes", ctx.describe())));

@@ -128,6 +128,7 @@ impl EmbeddingIndex {
         &self.data
     }
 
+    /// Rows (token positions) in the batch, padding included.
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -137,6 +138,7 @@ impl EmbeddingIndex {
         self.distinct
     }
 
+    /// The vocabulary size the ids were checked against.
     pub fn vocab(&self) -> usize {
         self.vocab
     }
@@ -151,22 +153,28 @@ pub fn upload_u32(ctx: &Context, label: &str, data: &[u32]) -> Result<TrackedBuf
 /// then `b` `[out]` (PyTorch's `weight` and `bias`), and whose gradient buffer has the same layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LinearShape {
+    /// Rows of `x` and `y`.
     pub rows: usize,
+    /// Input width: `x [rows, input]`.
     pub input: usize,
+    /// Output width: `y [rows, output]`.
     pub output: usize,
 }
 
 impl LinearShape {
+    /// Elements of `W` and `b` together: `output * input + output`.
     pub fn param_elems(&self) -> usize {
         self.output * self.input + self.output
     }
 }
 
 impl OpBuilder {
+    /// An empty list of dispatches on `ctx`.
     pub fn new(ctx: &Arc<Context>) -> Self {
         OpBuilder { ctx: ctx.clone(), ops: Vec::new() }
     }
 
+    /// The context the dispatches run on.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
@@ -442,10 +450,12 @@ impl Program {
         }
     }
 
+    /// Dispatches the program records.
     pub fn dispatches(&self) -> usize {
         self.ops.len()
     }
 
+    /// The context the program was built on.
     pub fn context(&self) -> &Arc<Context> {
         &self.ctx
     }
@@ -454,8 +464,24 @@ impl Program {
 /// Which update rule an [`Optimizer`] applies (PyTorch's `Adam` and `SGD(momentum=...)`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
-    Adam { lr: f32, beta1: f32, beta2: f32, eps: f32 },
-    Sgd { lr: f32, momentum: f32 },
+    /// Adam (PyTorch's form, no weight decay).
+    Adam {
+        /// Learning rate.
+        lr: f32,
+        /// Decay of the first moment.
+        beta1: f32,
+        /// Decay of the second moment.
+        beta2: f32,
+        /// Added to the second moment's square root.
+        eps: f32,
+    },
+    /// SGD with momentum (PyTorch's form, no dampening): `buf = momentum * buf + g; w -= lr * buf`.
+    Sgd {
+        /// Learning rate.
+        lr: f32,
+        /// Momentum (0: plain SGD).
+        momentum: f32,
+    },
 }
 
 impl OptimizerKind {
@@ -479,8 +505,11 @@ impl OptimizerKind {
 
 /// One parameter group: a parameter buffer and its gradient buffer (same layout), first `elems`.
 pub struct ParamGroup<'a> {
+    /// The parameters, f32 (updated in place).
     pub params: &'a wgpu::Buffer,
+    /// Their gradients, same layout (read; scaled by the clipping).
     pub grads: &'a wgpu::Buffer,
+    /// Elements of the group, from element 0 of each buffer.
     pub elems: usize,
 }
 
@@ -496,6 +525,7 @@ pub struct Optimizer {
 /// What [`Optimizer::read_state`] returns.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct OptimizerState {
+    /// Steps taken (skipped ones not counted).
     pub steps: f32,
     /// The last step's global gradient norm, before clipping.
     pub grad_norm: f32,
