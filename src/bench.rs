@@ -15,13 +15,21 @@ use std::time::{Duration, Instant};
 /// One benchmark configuration.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BenchConfig {
+    /// Configuration name (e.g. `C1-LSTM`).
     pub name: String,
+    /// The cell.
     pub mode: Mode,
+    /// Sequence length `T`.
     pub t: usize,
+    /// Batch size `B`.
     pub b: usize,
+    /// Input width `I`.
     pub input: usize,
+    /// Hidden size `H`.
     pub hidden: usize,
+    /// Stacked layers.
     pub layers: usize,
+    /// Both directions.
     pub bidirectional: bool,
     /// Equal lengths (`None`) or random lengths in `1..=t` from this seed.
     pub random_lengths: Option<u64>,
@@ -32,10 +40,12 @@ impl BenchConfig {
         BenchConfig { name: name.into(), mode, t, b, input, hidden, layers: 1, bidirectional: false, random_lengths: None }
     }
 
+    /// The model this configuration runs.
     pub fn rnn_config(&self) -> RnnConfig {
         RnnConfig::new(self.mode, self.input, self.hidden).layers(self.layers).bidirectional(self.bidirectional)
     }
 
+    /// Each sequence's length: all `t`, or random in `1..=t` with the first `t`.
     pub fn lengths(&self) -> Vec<usize> {
         match self.random_lengths {
             None => vec![self.t; self.b],
@@ -131,24 +141,40 @@ pub fn default_configs() -> Vec<BenchConfig> {
 /// One row of results (the JSON record).
 #[derive(Clone, Debug)]
 pub struct Record {
+    /// Configuration name (a GEMM record: its shape).
     pub name: String,
+    /// Cell name (empty for a GEMM record).
     pub cell: String,
+    /// Sequence length `T`.
     pub t: usize,
+    /// Batch size `B`.
     pub b: usize,
+    /// Input width `I`.
     pub input: usize,
+    /// Hidden size `H`.
     pub hidden: usize,
+    /// Stacked layers.
     pub layers: usize,
+    /// Both directions.
     pub bidirectional: bool,
+    /// `cpu`, `gpu` (or a merged-in source such as PyTorch's).
     pub device: String,
+    /// `forward`, `training` or `gemm`.
     pub mode: String,
+    /// Median time of one run, milliseconds.
     pub median_ms: f64,
+    /// Fastest run, milliseconds.
     pub min_ms: f64,
+    /// Slowest run, milliseconds.
     pub max_ms: f64,
+    /// Throughput at the median, GFLOP/s.
     pub gflops: f64,
+    /// The device's description (adapter, or CPU threads).
     pub adapter: String,
 }
 
 impl Record {
+    /// The record as a JSON object.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::json!({
             "name": self.name, "cell": self.cell, "t": self.t, "b": self.b, "input": self.input,
@@ -158,6 +184,7 @@ impl Record {
         })
     }
 
+    /// Reads a record written by [`Record::to_json`]; `InvalidConfig` when `name`, `device` or `mode` is missing.
     pub fn from_json(v: &serde_json::Value) -> Result<Self> {
         let s = |k: &str| v[k].as_str().map(String::from).ok_or_else(|| Error::InvalidConfig(format!("record lacks {k}")));
         let u = |k: &str| v[k].as_u64().map(|x| x as usize).unwrap_or(0);
@@ -185,15 +212,20 @@ impl Record {
 /// Timing policy: at least `min_reps` repeats after one warm-up, more while under `budget`.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
+    /// Repeats at least this many times.
     pub min_reps: usize,
+    /// Repeats at most this many times.
     pub max_reps: usize,
+    /// Keeps repeating (up to `max_reps`) while the total time is under this.
     pub budget: Duration,
 }
 
 impl Timing {
+    /// 3 to 5 repeats within 300 ms.
     pub fn quick() -> Self {
         Timing { min_reps: 3, max_reps: 5, budget: Duration::from_millis(300) }
     }
+    /// 5 to 30 repeats within 2 s.
     pub fn full() -> Self {
         Timing { min_reps: 5, max_reps: 30, budget: Duration::from_secs(2) }
     }
@@ -287,6 +319,7 @@ pub struct GpuRig {
 }
 
 impl GpuRig {
+    /// Prepares configuration `c` on `ctx` with the automatic step strategy.
     pub fn new(ctx: &Arc<Context>, c: &BenchConfig) -> Result<Self> {
         Self::with_strategy(ctx, c, StepStrategy::Auto)
     }

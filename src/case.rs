@@ -28,13 +28,19 @@ pub mod tolerance {
 /// `grad_output: [T, B, D*H_out]`.
 #[derive(Clone, Debug)]
 pub struct Case<T> {
+    /// The model's weights (its configuration inside).
     pub weights: Weights<T>,
+    /// Sequence length `T` of the padded input.
     pub steps: usize,
+    /// Batch size `B`.
     pub batch: usize,
+    /// The padded input `[T, B, I]`, time-major.
     pub input: Vec<T>,
+    /// Each sequence's length `[B]`, in any order.
     pub lengths: Vec<usize>,
     /// Each state's initial value `{s}0`, in the cell's state order (`h`, `c`, ...).
     pub states0: Vec<Option<Vec<T>>>,
+    /// The output's gradient `[T, B, D*H_out]`; `None` for a forward-only case.
     pub grad_output: Option<Vec<T>>,
     /// Each state's final-value gradient `grad_{s}_n`.
     pub grad_states_n: Vec<Option<Vec<T>>>,
@@ -132,6 +138,7 @@ impl<T: Float> Case<T> {
         })
     }
 
+    /// The configuration the weights were made for.
     pub fn config(&self) -> &RnnConfig {
         &self.weights.config
     }
@@ -245,9 +252,11 @@ impl<T: Float> Case<T> {
 /// One tensor's comparison against the expected values.
 #[derive(Clone, Debug)]
 pub struct Mismatch {
+    /// The tensor's name in the case file (e.g. `output`, `grad.weight_hh_l0`).
     pub name: String,
     /// Elements outside tolerance.
     pub failures: usize,
+    /// Elements compared.
     pub total: usize,
     /// The worst element: index, got, want.
     pub worst: (usize, f64, f64),

@@ -10,10 +10,15 @@ pub use crate::masks::Prob;
 /// A recurrent stack, as the arguments of `nn.LSTM` / `nn.GRU` / `nn.RNN`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct RnnConfig {
+    /// The cell.
     pub mode: Mode,
+    /// Input width `I` of the first layer.
     pub input_size: usize,
+    /// Hidden size `H`.
     pub hidden_size: usize,
+    /// Stacked layers `L`.
     pub num_layers: usize,
+    /// Two directions (`D = 2`), the reverse's output columns after the forward's.
     pub bidirectional: bool,
     /// `bias=False` in PyTorch drops `bias_ih_l*` and `bias_hh_l*`.
     pub bias: bool,
@@ -48,7 +53,9 @@ impl Default for RnnConfig {
 /// The name and shape of one parameter tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParamSpec {
+    /// PyTorch's name, e.g. `weight_hh_l0_reverse`.
     pub name: String,
+    /// Shape, row-major.
     pub shape: Vec<usize>,
 }
 
@@ -58,18 +65,22 @@ impl RnnConfig {
         RnnConfig { mode, input_size, hidden_size, ..Default::default() }
     }
 
+    /// The same config with `n` stacked layers.
     pub fn layers(mut self, n: usize) -> Self {
         self.num_layers = n;
         self
     }
+    /// The same config with both directions (`b`) or one.
     pub fn bidirectional(mut self, b: bool) -> Self {
         self.bidirectional = b;
         self
     }
+    /// The same config with biases (`b`, PyTorch's default) or without.
     pub fn bias(mut self, b: bool) -> Self {
         self.bias = b;
         self
     }
+    /// The same config with an LSTM projection of size `p` (0: none).
     pub fn proj(mut self, p: usize) -> Self {
         self.proj_size = p;
         self

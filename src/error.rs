@@ -16,11 +16,27 @@ pub enum Error {
 
     /// A tensor has the wrong shape.
     #[error("shape mismatch for {what}: expected {expected:?}, got {got:?}")]
-    ShapeMismatch { what: String, expected: Vec<usize>, got: Vec<usize> },
+    ShapeMismatch {
+        /// The tensor or argument.
+        what: String,
+        /// The shape it must have.
+        expected: Vec<usize>,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
 
     /// A buffer's element count does not match the shape it was described with.
     #[error("{what}: {got} elements do not fill shape {shape:?} ({expected} elements)")]
-    LengthMismatch { what: String, shape: Vec<usize>, expected: usize, got: usize },
+    LengthMismatch {
+        /// The buffer or argument.
+        what: String,
+        /// The shape it was described with.
+        shape: Vec<usize>,
+        /// Elements the shape holds.
+        expected: usize,
+        /// Elements the buffer holds.
+        got: usize,
+    },
 
     /// A required tensor is absent from a weights or case file.
     #[error("missing tensor {0:?}")]
@@ -32,7 +48,12 @@ pub enum Error {
 
     /// A tensor has a dtype we cannot read.
     #[error("tensor {name:?} has unsupported dtype {dtype}")]
-    UnsupportedDtype { name: String, dtype: String },
+    UnsupportedDtype {
+        /// The tensor's name in the file.
+        name: String,
+        /// The file's dtype, as safetensors names it.
+        dtype: String,
+    },
 
     /// Sequence lengths are out of range or inconsistent.
     #[error("invalid lengths: {0}")]
@@ -81,7 +102,12 @@ pub enum Error {
     /// A host allocation that could not be met (or whose size overflows), refused before it
     /// was attempted or through a fallible reservation, instead of aborting the process.
     #[error("out of memory: {what} needs {bytes} bytes")]
-    OutOfMemory { what: String, bytes: u128 },
+    OutOfMemory {
+        /// What the allocation was for.
+        what: String,
+        /// Bytes it needs.
+        bytes: u128,
+    },
 
     /// A training tape handed to backward with weights of another configuration or layout.
     #[error("tape mismatch: {0}")]
@@ -89,7 +115,14 @@ pub enum Error {
 
     /// A tensor has the wrong number of dimensions (e.g. a 0-d or 3-d `weight_hh_l0`).
     #[error("{what}: expected a {expected}-D tensor, got shape {got:?}")]
-    RankMismatch { what: String, expected: usize, got: Vec<usize> },
+    RankMismatch {
+        /// The tensor.
+        what: String,
+        /// The number of dimensions it must have.
+        expected: usize,
+        /// The shape it has.
+        got: Vec<usize>,
+    },
 
     /// A wait on the device (a readback, a submit-and-wait) did not finish within the
     /// context's wait timeout (`Context::set_wait_timeout`); the work is abandoned.

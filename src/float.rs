@@ -25,13 +25,21 @@ pub trait Float:
     + Sum
     + 'static
 {
+    /// Additive identity.
     fn zero() -> Self;
+    /// Multiplicative identity.
     fn one() -> Self;
+    /// Converts from f64 (rounding to nearest for f32).
     fn from_f64(x: f64) -> Self;
+    /// Converts to f64 (exact).
     fn to_f64(self) -> f64;
+    /// Hyperbolic tangent.
     fn tanh(self) -> Self;
+    /// `e^self`.
     fn exp(self) -> Self;
+    /// Square root.
     fn sqrt(self) -> Self;
+    /// Neither infinite nor NaN.
     fn is_finite(self) -> bool;
     /// Fused multiply-add `self * b + c` (only called where the target has FMA).
     fn fma(self, b: Self, c: Self) -> Self;
@@ -41,6 +49,7 @@ pub trait Float:
     fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize)
     where
         Self: Sized;
+    /// `max(self, 0)`; NaN maps to 0.
     fn relu(self) -> Self {
         if self > Self::zero() {
             self
@@ -157,6 +166,7 @@ fn sigmoid_f64(x: f64) -> f64 {
 /// the clamped range; tanh and sigmoid inherit an absolute error of a few 1e-8.
 pub mod fast {
     #[inline(always)]
+    /// `e^x`, x clamped to `[-87, 88]`; within 2 ulp.
     pub fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
         // n = round(x / ln 2), by the 1.5 * 2^23 trick (no rounding instruction needed).
@@ -174,11 +184,13 @@ pub mod fast {
     }
 
     #[inline(always)]
+    /// `1 / (1 + e^-x)` through [`exp`].
     pub fn sigmoid(x: f32) -> f32 {
         1.0 / (1.0 + exp(-x))
     }
 
     #[inline(always)]
+    /// `1 - 2 / (e^(2x) + 1)`; absolute error about 1e-7.
     pub fn tanh(x: f32) -> f32 {
         // 1 - 2 / (e^{2x} + 1): exact limits at both ends, absolute error ~1e-7 near 0.
         1.0 - 2.0 / (exp(2.0 * x) + 1.0)

@@ -5,8 +5,11 @@ use std::fmt;
 /// One adapter's description.
 #[derive(Clone, Debug)]
 pub struct AdapterReport {
+    /// Name, vendor, device type, backend and driver.
     pub info: wgpu::AdapterInfo,
+    /// The adapter's limits.
     pub limits: wgpu::Limits,
+    /// The adapter's optional features.
     pub features: wgpu::Features,
 }
 

@@ -14,11 +14,14 @@ use std::path::Path;
 /// One tensor read from a file.
 #[derive(Clone, Debug)]
 pub enum Value {
+    /// A float tensor (F64, F32, F16 or BF16 in the file), widened to f64.
     Float(Tensor<f64>),
+    /// An integer tensor, widened to i64.
     Int(Tensor<i64>),
 }
 
 impl Value {
+    /// The tensor's shape.
     pub fn shape(&self) -> &[usize] {
         match self {
             Value::Float(t) => &t.shape,
@@ -30,7 +33,9 @@ impl Value {
 /// The contents of a safetensors file: metadata and named tensors.
 #[derive(Clone, Debug, Default)]
 pub struct TensorFile {
+    /// The file's `__metadata__` strings.
     pub metadata: HashMap<String, String>,
+    /// The tensors by name.
     pub tensors: BTreeMap<String, Value>,
 }
 

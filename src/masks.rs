@@ -32,9 +32,11 @@ impl Prob {
         // -0.0 is 0.
         Ok(Prob((p + 0.0).to_bits()))
     }
+    /// The probability.
     pub fn get(self) -> f32 {
         f32::from_bits(self.0)
     }
+    /// Whether the probability is 0 (the regulariser is off).
     pub fn is_zero(self) -> bool {
         self.0 == 0
     }
@@ -52,7 +54,9 @@ impl Prob {
 /// changes every step. The same draw gives the same masks on the CPU and the GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Draw {
+    /// Fixed per model (per plan on the GPU).
     pub seed: u32,
+    /// The step counter (on the GPU, the f32 at element 0 of a caller's buffer).
     pub counter: u32,
 }
 

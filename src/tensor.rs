@@ -33,7 +33,9 @@ pub fn try_with_capacity<T>(what: &str, len: usize) -> Result<Vec<T>> {
 /// A dense row-major tensor.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor<T> {
+    /// Dimensions, outermost first.
     pub shape: Vec<usize>,
+    /// Elements, row-major; `shape`'s product of them.
     pub data: Vec<T>,
 }
 
@@ -60,10 +62,12 @@ impl<T: Clone + Default> Tensor<T> {
         Ok(Tensor { shape, data })
     }
 
+    /// Number of elements.
     pub fn len(&self) -> usize {
         self.data.len()
     }
 
+    /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }

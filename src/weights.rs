@@ -17,16 +17,22 @@ use std::path::Path;
 /// their description says (e.g. MUT1's `weight_xz` and `weight_xr` are the rows of `w_ih`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DirParams<T> {
+    /// The input matrix `W_x` (slot `WeightIh`).
     pub w_ih: Vec<T>,
+    /// The stages' recurrent matrices, concatenated (slot `WeightHh`).
     pub w_hh: Vec<T>,
+    /// The input projection's bias (slot `BiasIh`); `None` with `bias=False`.
     pub b_ih: Option<Vec<T>>,
+    /// The stages' product biases (slot `BiasHh`); `None` with `bias=False`.
     pub b_hh: Option<Vec<T>>,
+    /// LSTM's projection `W_hr [P, H]` (slot `WeightHr`); `None` without projection.
     pub w_hr: Option<Vec<T>>,
     /// The pointwise parameters (peepholes, layer-norm gains, ...).
     pub pointwise: Option<Vec<T>>,
 }
 
 impl<T: Float> DirParams<T> {
+    /// The slot's elements, `None` when the slot is absent.
     pub fn get(&self, slot: Slot) -> Option<&[T]> {
         match slot {
             Slot::WeightIh => Some(&self.w_ih),
@@ -38,6 +44,7 @@ impl<T: Float> DirParams<T> {
         }
     }
 
+    /// The slot's vector, mutable; `None` when the slot is absent.
     pub fn get_mut(&mut self, slot: Slot) -> Option<&mut Vec<T>> {
         match slot {
             Slot::WeightIh => Some(&mut self.w_ih),
@@ -54,6 +61,7 @@ impl<T: Float> DirParams<T> {
         self.get(def.slot)?.get(def.offset..def.offset + def.len())
     }
 
+    /// The elements of one named parameter, mutable (`None` when its slot is absent or too short).
     pub fn param_mut(&mut self, def: &ParamDef) -> Option<&mut [T]> {
         self.get_mut(def.slot)?.get_mut(def.offset..def.offset + def.len())
     }
@@ -62,7 +70,9 @@ impl<T: Float> DirParams<T> {
 /// All parameters of a stack; `params[layer * D + direction]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Weights<T> {
+    /// The stack the parameters belong to.
     pub config: RnnConfig,
+    /// One entry per layer-direction, `params[layer * D + direction]`.
     pub params: Vec<DirParams<T>>,
 }
 

@@ -1,5 +1,5 @@
 //! The recurrent cells: one module per cell, each a [`Cell`] description, and the registry
-//! ([`registry!`] below) that names them.
+//! (`registry!` below) that names them.
 //!
 //! A cell is described by data and two pointwise functions:
 //! - its **parameters** ([`ParamDef`]): PyTorch-style names and shapes, and where each lives in
@@ -13,7 +13,7 @@
 //! - [`Cell::forward`] / [`Cell::backward`]: the pointwise step of one row for one stage.
 //!
 //! The time-loop drivers (`cpu::generic`) are generic over `C: Cell` and never ask which cell
-//! they run. Adding a cell: one module here, one line in [`registry!`] (see ARCHITECTURE.md).
+//! they run. Adding a cell: one module here, one line in `registry!` (see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -64,6 +64,7 @@ pub enum Slot {
 }
 
 impl Slot {
+    /// Every slot, in the order a layer-direction's parameters are stored.
     pub const ALL: [Slot; 6] = [Slot::WeightIh, Slot::WeightHh, Slot::BiasIh, Slot::BiasHh, Slot::WeightHr, Slot::Pointwise];
 }
 
@@ -83,24 +84,31 @@ pub enum Init {
 pub struct ParamDef {
     /// The name without `_l{k}` / `_reverse`, e.g. `weight_hh`.
     pub stem: &'static str,
+    /// PyTorch's shape, row-major (e.g. `[G*H, H_out]`).
     pub shape: Vec<usize>,
+    /// The slot the tensor lives in.
     pub slot: Slot,
     /// First element inside the slot.
     pub offset: usize,
+    /// How [`crate::Weights::init_uniform`] fills it.
     pub init: Init,
 }
 
 impl ParamDef {
+    /// A parameter at `offset` elements into `slot`, initialised uniformly.
     pub fn new(stem: &'static str, shape: Vec<usize>, slot: Slot, offset: usize) -> Self {
         ParamDef { stem, shape, slot, offset, init: Init::Uniform }
     }
+    /// The same parameter with another initialisation.
     pub fn init(mut self, init: Init) -> Self {
         self.init = init;
         self
     }
+    /// Elements in the tensor.
     pub fn len(&self) -> usize {
         self.shape.iter().product()
     }
+    /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -111,6 +119,7 @@ impl ParamDef {
 pub struct StateDef {
     /// `h`, `c`, `s`, `y`: the golden files' `{s}0`, `{s}_n`, `grad_{s}0`, `grad_{s}_n`.
     pub name: &'static str,
+    /// Columns of the state per row.
     pub width: usize,
 }
 
@@ -120,18 +129,26 @@ pub enum Src {
     /// A state as it was before the step (index into [`Cell::states`]).
     State(usize),
     /// Values an earlier stage wrote to the row's tape from `offset` (the product's `k` of them).
-    Tape { offset: usize },
+    Tape {
+        /// First tape column of the values.
+        offset: usize,
+    },
 }
 
 /// `r = R v + b`, with `R [rows, k]` stored row-major in `slot` at `offset`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Product {
+    /// The slot holding `R`.
     pub slot: Slot,
+    /// First element of `R` in the slot.
     pub offset: usize,
+    /// Rows of `R`: the product's width.
     pub rows: usize,
+    /// Columns of `R`: the width of `v`.
     pub k: usize,
     /// `(slot, offset)` of a `[rows]` bias.
     pub bias: Option<(Slot, usize)>,
+    /// What `v` is: a previous state or tape values.
     pub src: Src,
 }
 
@@ -140,6 +157,7 @@ pub struct Product {
 pub struct Layout {
     /// Gx: rows of `W_x` (slot `WeightIh`); `b_x` (slot `BiasIh`) when `input_bias`.
     pub xp: usize,
+    /// Whether the input projection has the bias `b_x`.
     pub input_bias: bool,
     /// One entry per stage: its product, if any. Stage k's product lands at column
     /// `sum of earlier rows` of the row's product vector `r`.
@@ -209,11 +227,15 @@ pub struct FwdRow<'a, T> {
 
 /// One row's view for a stage's backward (stages run last to first).
 pub struct BwdRow<'a, T> {
+    /// The layer input row `[in]`.
     pub x: &'a [T],
+    /// `W_x x + b_x` `[Gx]`.
     pub xp: &'a [T],
+    /// The pointwise parameters.
     pub e: &'a [T],
     /// The states before the step.
     pub s_prev: &'a [T],
+    /// The row's tape as the forward left it (`Layout::tape` values).
     pub tape: &'a [T],
     /// Gradient of the output row.
     pub dout: &'a [T],
@@ -252,7 +274,7 @@ pub trait Cell: 'static {
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
-    /// (entry points `cell_forward` and `cell_backward`); see [`cell_wgsl!`].
+    /// (entry points `cell_forward` and `cell_backward`); see `cell_wgsl!`.
     const WGSL: &'static str;
     /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
     fn check(_s: Sizes) -> std::result::Result<(), String> {
@@ -260,9 +282,13 @@ pub trait Cell: 'static {
     }
     /// The parameters in `state_dict` order.
     fn params(s: Sizes) -> Vec<ParamDef>;
+    /// The recurrent states, in the order of the state row.
     fn states(s: Sizes) -> Vec<StateDef>;
+    /// The step's shape: input projection, stages, tape and pointwise widths.
     fn layout(s: Sizes) -> Layout;
+    /// The pointwise forward of `stage` for one row.
     fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>);
+    /// The pointwise backward of `stage` for one row (called last stage to first).
     fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>);
 }
 
@@ -391,18 +417,23 @@ impl Mode {
         }
     }
 
+    /// The cell's parameters in `state_dict` order ([`Cell::params`]).
     pub fn params(self, s: Sizes) -> Vec<ParamDef> {
         with_cell!(self, C => C::params(s))
     }
+    /// The cell's states ([`Cell::states`]).
     pub fn states(self, s: Sizes) -> Vec<StateDef> {
         with_cell!(self, C => C::states(s))
     }
+    /// The cell's step layout ([`Cell::layout`]).
     pub fn layout(self, s: Sizes) -> Layout {
         with_cell!(self, C => C::layout(s))
     }
+    /// The cell's size rules ([`Cell::check`]); `Err` holds the message.
     pub fn check(self, s: Sizes) -> std::result::Result<(), String> {
         with_cell!(self, C => C::check(s))
     }
+    /// Whether `proj_size` > 0 is allowed ([`Cell::PROJECTION`]).
     pub fn projection(self) -> bool {
         with_cell!(self, C => C::PROJECTION)
     }
@@ -410,6 +441,7 @@ impl Mode {
     pub fn wgsl(self) -> &'static str {
         with_cell!(self, C => C::WGSL)
     }
+    /// Whether PyTorch's `bias=False` applies ([`Cell::OPTIONAL_BIAS`]).
     pub fn optional_bias(self) -> bool {
         with_cell!(self, C => C::OPTIONAL_BIAS)
     }

@@ -87,7 +87,9 @@ impl<'a, T> Mat<'a, T> {
 /// Whether an operand is used as is or transposed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
+    /// As is.
     N,
+    /// Transposed.
     T,
 }
 

@@ -32,7 +32,9 @@ use crate::weights::{DirParams, Weights};
 /// `[L*D, B, S]` in the caller's batch order, in the cell's state order.
 #[derive(Clone, Debug)]
 pub struct CellOutput<T> {
+    /// The packed output `[N, D*out]`, forward direction's columns first.
     pub output: PackedSequence<T>,
+    /// Each state's final value `[L*D, B, S]`, in the cell's state order.
     pub states: Vec<Tensor<T>>,
 }
 
@@ -68,9 +70,11 @@ struct DirTape<T> {
 /// Gradients of the loss `sum(output * grad_output) + sum over states of sum(s_n * grad_s_n)`.
 #[derive(Clone, Debug)]
 pub struct CellGradients<T> {
+    /// The input's gradient, packed `[N, I]` like the input.
     pub input: PackedSequence<T>,
     /// Each state's initial-value gradient `[L*D, B, S]`, caller's order.
     pub states: Vec<Tensor<T>>,
+    /// The parameters' gradients, in the weights' layout and names.
     pub params: Weights<T>,
 }
 

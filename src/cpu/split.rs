@@ -170,6 +170,7 @@ unsafe impl<T: Send> Send for Rows<'_, T> {}
 unsafe impl<T: Send> Sync for Rows<'_, T> {}
 
 impl<'a, T> Rows<'a, T> {
+    /// Borrows `s` for the threads.
     pub fn new(s: &'a mut [T]) -> Self {
         Rows { ptr: s.as_mut_ptr(), len: s.len(), _borrow: PhantomData }
     }

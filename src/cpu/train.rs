@@ -127,8 +127,11 @@ pub fn linear_backward<T: Float>(x: &[T], params: &[T], dy: &[T], rows: usize, i
 /// A loss's mean over rows, its gradient with respect to the inputs, and correct predictions.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossOutput<T> {
+    /// The mean loss over rows.
     pub loss: T,
+    /// The loss's gradient with respect to the inputs (logits or predictions), same layout.
     pub grad: Vec<T>,
+    /// Rows predicted correctly.
     pub correct: usize,
 }
 
@@ -219,7 +222,9 @@ pub fn clip_scale<T: Float>(grads: &[&[T]], max_norm: Option<f64>) -> (f64, f64)
 /// Adam's state for one parameter group.
 #[derive(Clone, Debug, Default)]
 pub struct AdamState<T> {
+    /// First moment, one per parameter.
     pub m: Vec<T>,
+    /// Second moment, one per parameter.
     pub v: Vec<T>,
 }
 
