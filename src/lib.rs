@@ -21,6 +21,8 @@
 //! - [`packing`]: packed sequences; [`cpu`]: the reference forward and backward;
 //! - [`case`]: the golden case format; [`io`]: safetensors.
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod case;
 pub mod cells;
