@@ -616,18 +616,12 @@ impl CellPlan {
         Ok(())
     }
 
-    /// [`Error::BufferAliasing`] when one buffer is bound to two roles and at least one of
-    /// them is bound writable (`(role, buffer, writable)`).
-    fn check_aliasing(roles: &[(&str, &wgpu::Buffer, bool)]) -> Result<()> {
-        for (i, &(a, x, wa)) in roles.iter().enumerate() {
-            for &(b, y, wb) in &roles[i + 1..] {
-                if (wa || wb) && x == y {
-                    let role = |r: &str, w: bool| format!("{r} ({})", if w { "written" } else { "read" });
-                    return Err(Error::BufferAliasing(format!("one buffer is bound as {} and as {}", role(a, wa), role(b, wb))));
-                }
-            }
-        }
-        Ok(())
+
+    /// The caller's step counter, checked, or the plan's zero.
+    fn counter<'a>(&'a self, given: Option<&'a wgpu::Buffer>) -> Result<&'a wgpu::Buffer> {
+        let counter = given.unwrap_or(&self.own[&Buf::ZeroCounter]);
+        self.check("counter", counter, 1)?;
+        Ok(counter)
     }
 
     /// Records the forward into `encoder` (no submit). The states buffer holds the initial
@@ -638,15 +632,13 @@ impl CellPlan {
         self.check("input", bufs.input, self.n * self.cfg.input_size)?;
         self.check("output", bufs.output, self.n * self.cfg.output_size())?;
         self.check("states", bufs.states, self.state_elems)?;
-        let zero = &*self.own[&Buf::ZeroCounter];
-        let counter = bufs.counter.unwrap_or(zero);
-        self.check("counter", counter, 1)?;
-        Self::check_aliasing(&[
-            ("weights", bufs.weights, false),
-            ("input", bufs.input, false),
-            ("counter", counter, false),
-            ("output", bufs.output, true),
-            ("states", bufs.states, true),
+        let counter = self.counter(bufs.counter)?;
+        record::check_aliasing(&[
+            ("weights", Some(bufs.weights), false),
+            ("input", Some(bufs.input), false),
+            ("counter", Some(counter), false),
+            ("output", Some(bufs.output), true),
+            ("states", Some(bufs.states), true),
         ])?;
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
@@ -679,17 +671,16 @@ impl CellPlan {
                 return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward clears it with (has {:?})", b.usage())));
             }
         }
-        let zero = &*self.own[&Buf::ZeroCounter];
-        let counter = bufs.counter.unwrap_or(zero);
-        self.check("counter", counter, 1)?;
-        Self::check_aliasing(&[
-            ("weights", bufs.weights, false),
-            ("input", bufs.input, false),
-            ("counter", counter, false),
-            ("grad_output", bufs.grad_output, true),
-            ("grad_states", bufs.grad_states, true),
-            ("grad_input", bufs.grad_input, true),
-            ("grad_weights", bufs.grad_weights, true),
+        let counter = self.counter(bufs.counter)?;
+        // grad_output is bound read-write by the cell kernels (not written).
+        record::check_aliasing(&[
+            ("weights", Some(bufs.weights), false),
+            ("input", Some(bufs.input), false),
+            ("counter", Some(counter), false),
+            ("grad_output", Some(bufs.grad_output), true),
+            ("grad_states", Some(bufs.grad_states), true),
+            ("grad_input", Some(bufs.grad_input), true),
+            ("grad_weights", Some(bufs.grad_weights), true),
         ])?;
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,

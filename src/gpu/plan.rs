@@ -1001,23 +1001,6 @@ impl Plan {
         self.check("c0", c0, states * c.hidden_size, self.inputs.c0)
     }
 
-    /// [`Error::BufferAliasing`] when one buffer is bound to two roles and at least one of
-    /// them is written (`(role, buffer, written)`); read-only roles may share a buffer. A
-    /// dispatch binding one buffer as read-only and read-write storage is a usage conflict
-    /// that wgpu reports only when the caller finishes the encoder.
-    fn check_aliasing(roles: &[(&str, Option<&wgpu::Buffer>, bool)]) -> Result<()> {
-        for (i, &(a, ba, wa)) in roles.iter().enumerate() {
-            for &(b, bb, wb) in &roles[i + 1..] {
-                if let (Some(x), Some(y)) = (ba, bb) {
-                    if (wa || wb) && x == y {
-                        let role = |r: &str, w: bool| format!("{r} ({})", if w { "written" } else { "read" });
-                        return Err(Error::BufferAliasing(format!("one buffer is bound as {} and as {}", role(a, wa), role(b, wb))));
-                    }
-                }
-            }
-        }
-        Ok(())
-    }
 
     /// Records the forward into `encoder`: one compute pass, no submit.
     pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
@@ -1028,7 +1011,7 @@ impl Plan {
         self.check_forward_side(bufs.weights, bufs.input, bufs.output, bufs.h0, bufs.c0)?;
         self.check("h_n", Some(bufs.h_n), states * c.out_size(), true)?;
         self.check("c_n", bufs.c_n, states * c.hidden_size, lstm)?;
-        Self::check_aliasing(&[
+        record::check_aliasing(&[
             ("weights", Some(bufs.weights), false),
             ("input", Some(bufs.input), false),
             ("h0", bufs.h0, false),
@@ -1059,7 +1042,7 @@ impl Plan {
         self.check("grad_h0", Some(bufs.grad_h0), states * c.out_size(), true)?;
         self.check("grad_c0", bufs.grad_c0, states * c.hidden_size, lstm)?;
         self.check("grad_weights", Some(bufs.grad_weights), self.weight_elems, true)?;
-        Self::check_aliasing(&[
+        record::check_aliasing(&[
             ("weights", Some(bufs.weights), false),
             ("input", Some(bufs.input), false),
             ("output", Some(bufs.output), false),

@@ -11,7 +11,7 @@
 use super::context::{Context, TrackedBuffer};
 use super::kernels::Kernel;
 use super::profile::KernelProfile;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::sync::Arc;
 
 /// Parameter blocks, one per dispatch, each at a multiple of the context's stride (the
@@ -111,4 +111,22 @@ impl<'e> Recorder<'e> {
             p.mark(&mut self.pass, Some(kernel.label()));
         }
     }
+}
+
+/// [`Error::BufferAliasing`] when one buffer is bound to two roles and at least one of
+/// them is written (`(role, buffer, written)`); read-only roles may share a buffer. A
+/// dispatch binding one buffer as read-only and read-write storage is a usage conflict
+/// that wgpu reports only when the caller finishes the encoder.
+pub(crate) fn check_aliasing(roles: &[(&str, Option<&wgpu::Buffer>, bool)]) -> Result<()> {
+    for (i, &(a, ba, wa)) in roles.iter().enumerate() {
+        for &(b, bb, wb) in &roles[i + 1..] {
+            if let (Some(x), Some(y)) = (ba, bb) {
+                if (wa || wb) && x == y {
+                    let role = |r: &str, w: bool| format!("{r} ({})", if w { "written" } else { "read" });
+                    return Err(Error::BufferAliasing(format!("one buffer is bound as {} and as {}", role(a, wa), role(b, wb))));
+                }
+            }
+        }
+    }
+    Ok(())
 }
