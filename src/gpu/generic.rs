@@ -36,7 +36,7 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, Family, GemmParams, Kernel, UtilParams, NONE};
+use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE};
 use super::plan::SeqLayout;
 use super::readback::{self, Readback};
 use super::record::{self, ParamBlocks, Recorder};
@@ -604,18 +604,8 @@ impl CellPlan {
     }
 
     fn check(&self, what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
-        if buf.size() < (elems.max(1) * 4) as u64 {
-            return Err(Error::ShapeMismatch { what: format!("{what} buffer (f32 elements)"), expected: vec![elems], got: vec![(buf.size() / 4) as usize] });
-        }
-        if !buf.usage().contains(wgpu::BufferUsages::STORAGE) {
-            return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {:?})", buf.usage())));
-        }
-        if buf.size() > self.ctx.binding_limit() {
-            return Err(Error::Limit(format!("{what} buffer of {} bytes exceeds the device's storage binding size", buf.size())));
-        }
-        Ok(())
+        record::check_buffer(&self.ctx, what, buf, elems)
     }
-
 
     /// The caller's step counter, checked, or the plan's zero.
     fn counter<'a>(&'a self, given: Option<&'a wgpu::Buffer>) -> Result<&'a wgpu::Buffer> {
@@ -697,26 +687,23 @@ impl CellPlan {
 
     fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
         // One bind group per family and buffer list, the parameter blocks at binding 0.
-        let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
         let scope = ErrorScope::push(&self.ctx.device);
-        for op in ops {
-            if let Op::Dispatch { kernel, bufs, .. } = op {
-                if let std::collections::hash_map::Entry::Vacant(e) = groups.entry((kernel.family(), bufs.clone())) {
-                    let b: Vec<&wgpu::Buffer> = bufs.iter().map(|&x| resolve(x)).collect();
-                    e.insert(record::bind_group(&self.ctx, *kernel, &self.params, &b));
-                }
-            }
-        }
+        let dispatches = ops.iter().filter_map(|op| match op {
+            Op::Dispatch { kernel, bufs, .. } => Some((*kernel, &bufs[..])),
+            Op::Clear(..) => None,
+        });
+        let (groups, of_op) = record::bind_groups(&self.ctx, &self.params, dispatches, resolve);
         scope.pop_on(&self.ctx)?;
         let mut rec: Option<Recorder<'static>> = None;
+        let mut next = of_op.iter();
         for op in ops {
             match op {
                 Op::Clear(b, bytes) => {
                     drop(rec.take());
                     encoder.clear_buffer(resolve(*b), 0, Some(*bytes));
                 }
-                Op::Dispatch { kernel, param_off, groups: g, bufs } => {
-                    let bg = &groups[&(kernel.family(), bufs.clone())];
+                Op::Dispatch { kernel, param_off, groups: g, .. } => {
+                    let bg = &groups[*next.next().ok_or_else(|| Error::Gpu("a dispatch without its bind group".into()))?];
                     let r = rec.get_or_insert_with(|| Recorder::begin(encoder, label, None).forget_lifetime());
                     r.dispatch(*kernel, &self.pipelines[kernel], bg, *param_off, *g);
                 }

@@ -965,20 +965,8 @@ impl Plan {
             Some(_) if !required => Err(Error::InvalidConfig(format!(
                 "{what} given, but the plan was prepared without it (StateInputs)"
             ))),
-            Some(b) if b.size() < (elems * 4) as u64 => Err(Error::ShapeMismatch {
-                what: format!("{what} buffer (f32 elements)"),
-                expected: vec![elems],
-                got: vec![(b.size() / 4) as usize],
-            }),
-            Some(b) if !b.usage().contains(wgpu::BufferUsages::STORAGE) => Err(Error::Gpu(format!(
-                "{what} buffer lacks BufferUsages::STORAGE (has {:?})",
-                b.usage()
-            ))),
-            Some(b) if b.size() > self.ctx.binding_limit() => Err(Error::Limit(format!(
-                "{what} buffer of {} bytes exceeds the device's storage binding size",
-                b.size()
-            ))),
-            _ => Ok(()),
+            Some(b) => record::check_buffer(&self.ctx, what, b, elems),
+            None => Ok(()),
         }
     }
 
@@ -1094,20 +1082,13 @@ impl Plan {
 
     fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
         // One bind group per family and buffer list, the parameter blocks at binding 0.
-        let mut groups: HashMap<(Family, Vec<Buf>), wgpu::BindGroup> = HashMap::new();
         let scope = super::context::ErrorScope::push(&self.ctx.device);
-        for op in ops {
-            if let std::collections::hash_map::Entry::Vacant(e) = groups.entry((op.kernel.family(), op.bufs.clone())) {
-                let bufs: Vec<&wgpu::Buffer> = op.bufs.iter().map(|&buf| resolve(buf)).collect();
-                e.insert(record::bind_group(&self.ctx, op.kernel, &self.params, &bufs));
-            }
-        }
+        let (groups, of_op) = record::bind_groups(&self.ctx, &self.params, ops.iter().map(|op| (op.kernel, &op.bufs[..])), resolve);
         scope.pop()?;
         let profile = self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut rec = Recorder::begin(encoder, label, profile);
-        for op in ops {
-            let bg = &groups[&(op.kernel.family(), op.bufs.clone())];
-            rec.dispatch(op.kernel, &self.pipelines[&op.kernel], bg, op.param_offset, op.groups);
+        for (op, &g) in ops.iter().zip(&of_op) {
+            rec.dispatch(op.kernel, &self.pipelines[&op.kernel], &groups[g], op.param_offset, op.groups);
         }
         Ok(())
     }

@@ -12,6 +12,8 @@ use super::context::{Context, TrackedBuffer};
 use super::kernels::Kernel;
 use super::profile::KernelProfile;
 use crate::error::{Error, Result};
+use std::collections::HashMap;
+use std::hash::Hash;
 use std::sync::Arc;
 
 /// Parameter blocks, one per dispatch, each at a multiple of the context's stride (the
@@ -129,4 +131,41 @@ pub(crate) fn check_aliasing(roles: &[(&str, Option<&wgpu::Buffer>, bool)]) -> R
         }
     }
     Ok(())
+}
+
+/// Checks a caller's buffer bound as `what` to hold `elems` f32: large enough, with
+/// `STORAGE` usage, within one storage binding of the device.
+pub(crate) fn check_buffer(ctx: &Context, what: &str, b: &wgpu::Buffer, elems: usize) -> Result<()> {
+    if b.size() < (elems * 4) as u64 {
+        return Err(Error::ShapeMismatch { what: format!("{what} buffer (f32 elements)"), expected: vec![elems], got: vec![(b.size() / 4) as usize] });
+    }
+    if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {:?})", b.usage())));
+    }
+    if b.size() > ctx.binding_limit() {
+        return Err(Error::Limit(format!("{what} buffer of {} bytes exceeds the device's storage binding size", b.size())));
+    }
+    Ok(())
+}
+
+/// The bind groups of a recording of an engine plan's dispatches (`(kernel, buffer roles)`,
+/// roles resolved to buffers by `resolve`): one per family and role list, and for each
+/// dispatch the index of its group. Call inside an error scope.
+pub(crate) fn bind_groups<'r, 'b, R: Copy + Eq + Hash + 'r>(
+    ctx: &Context,
+    params: &wgpu::Buffer,
+    dispatches: impl Iterator<Item = (Kernel, &'r [R])>,
+    resolve: &dyn Fn(R) -> &'b wgpu::Buffer,
+) -> (Vec<wgpu::BindGroup>, Vec<usize>) {
+    let mut index: HashMap<(super::kernels::Family, &'r [R]), usize> = HashMap::new();
+    let (mut groups, mut of_op) = (Vec::new(), Vec::new());
+    for (kernel, roles) in dispatches {
+        let i = *index.entry((kernel.family(), roles)).or_insert_with(|| {
+            let bufs: Vec<&wgpu::Buffer> = roles.iter().map(|&r| resolve(r)).collect();
+            groups.push(bind_group(ctx, kernel, params, &bufs));
+            groups.len() - 1
+        });
+        of_op.push(i);
+    }
+    (groups, of_op)
 }
