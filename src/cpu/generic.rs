@@ -210,15 +210,7 @@ impl Zone {
 /// Inverted dropout in place of a layer's output `[N, out_w]` (forward) or of the gradient of
 /// the next layer's input (backward): the same mask both ways.
 fn dropout_layer<T: Float>(v: &mut [T], cfg: &RnnConfig, layer: usize, draw: Draw) -> Result<()> {
-    if u32::try_from(v.len()).is_err() {
-        return Err(Error::Limit(format!("dropout over {} elements: the mask indexes at most 2^32 - 1", v.len())));
-    }
-    let (seed, th) = (masks::dropout_stream(draw.seed, layer), cfg.dropout.threshold());
-    let scale = T::from_f64(cfg.dropout.scale());
-    for (i, x) in v.iter_mut().enumerate() {
-        *x = if masks::hit(i as u32, seed, draw.counter, th) { T::zero() } else { *x * scale };
-    }
-    Ok(())
+    super::train::dropout_in_place(v, cfg.dropout.get(), masks::dropout_stream(draw.seed, layer), draw.counter)
 }
 
 fn forward_cell<C: Cell, T: Float>(

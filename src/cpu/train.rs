@@ -293,6 +293,18 @@ pub fn dropout_mask(n: usize, p: f32, seed: u32, counter: u32) -> Result<Vec<boo
 
 /// Inverted dropout on the CPU: kept elements scaled by `1 / (1 - p)`.
 pub fn dropout<T: Float>(x: &[T], p: f32, seed: u32, counter: u32) -> Result<Vec<T>> {
-    let scale = t::<T>(1.0 / (1.0 - p as f64));
-    Ok(x.iter().zip(dropout_mask(x.len(), p, seed, counter)?).map(|(&v, keep)| if keep { v * scale } else { T::zero() }).collect())
+    let mut v = crate::tensor::try_with_capacity("dropout output", x.len())?;
+    v.extend_from_slice(x);
+    dropout_in_place(&mut v, p, seed, counter)?;
+    Ok(v)
+}
+
+/// [`dropout`] in place (the cell driver's dropout between layers, and its backward).
+pub(crate) fn dropout_in_place<T: Float>(x: &mut [T], p: f32, seed: u32, counter: u32) -> Result<()> {
+    check_dropout(x.len(), p)?;
+    let (th, scale) = (dropout_threshold(p), t::<T>(1.0 / (1.0 - p as f64)));
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = if crate::masks::hit(i as u32, seed, counter, th) { T::zero() } else { *v * scale };
+    }
+    Ok(())
 }
