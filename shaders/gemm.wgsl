@@ -38,12 +38,12 @@ struct GemmParams {
 }
 
 @group(0) @binding(0) var<uniform> p: GemmParams;
-@group(0) @binding(1) var<storage, read> a: array<f32>;
-@group(0) @binding(2) var<storage, read> b: array<f32>;
-@group(0) @binding(3) var<storage, read_write> c: array<f32>;
-@group(0) @binding(4) var<storage, read> bias: array<f32>;
-@group(0) @binding(5) var<storage, read> b4: array<vec4<f32>>;
-@group(0) @binding(6) var<storage, read> a4: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> a: array<S>;
+@group(0) @binding(2) var<storage, read> b: array<S>;
+@group(0) @binding(3) var<storage, read_write> c: array<S>;
+@group(0) @binding(4) var<storage, read> bias: array<S>;
+@group(0) @binding(5) var<storage, read> b4: array<vec4<S>>;
+@group(0) @binding(6) var<storage, read> a4: array<vec4<S>>;
 
 // How an invocation's four columns lie. false: 64 apart, so each load and store is
 // contiguous across the workgroup's invocations. true (narrow C, n <= 128, as dX = dG W_ih
@@ -85,16 +85,16 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     var c7 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
         let kb = kk * p.b_rs;
-        let bv = vec4<f32>(b[b0 + kb], b[b1 + kb], b[b2 + kb], b[b3 + kb]);
+        let bv = vec4<f32>(f32(b[b0 + kb]), f32(b[b1 + kb]), f32(b[b2 + kb]), f32(b[b3 + kb]));
         let ka = kk * p.a_cs;
-        c0 += a[a0 + ka] * bv;
-        c1 += a[a1 + ka] * bv;
-        c2 += a[a2 + ka] * bv;
-        c3 += a[a3 + ka] * bv;
-        c4 += a[a4 + ka] * bv;
-        c5 += a[a5 + ka] * bv;
-        c6 += a[a6 + ka] * bv;
-        c7 += a[a7 + ka] * bv;
+        c0 += f32(a[a0 + ka]) * bv;
+        c1 += f32(a[a1 + ka]) * bv;
+        c2 += f32(a[a2 + ka]) * bv;
+        c3 += f32(a[a3 + ka]) * bv;
+        c4 += f32(a[a4 + ka]) * bv;
+        c5 += f32(a[a5 + ka]) * bv;
+        c6 += f32(a[a6 + ka]) * bv;
+        c7 += f32(a[a7 + ka]) * bv;
     }
     store_row(i0, j0, cstep, c0);
     store_row(i0 + 1u, j0, cstep, c1);
@@ -120,12 +120,12 @@ fn store_row(i: u32, j0: u32, cstep: u32, acc: vec4<f32>) {
         var v = p.alpha * acc[u];
         let at = p.c_off + i * p.ldc + j;
         if (p.beta != 0.0) {
-            v += p.beta * c[at];
+            v += p.beta * f32(c[at]);
         }
         if (p.bias_off != NONE) {
-            v += bias[p.bias_off + j];
+            v += f32(bias[p.bias_off + j]);
         }
-        c[at] = v;
+        c[at] = S(v);
     }
 }
 
@@ -160,16 +160,16 @@ fn gemm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     var c6 = vec4<f32>(0.0);
     var c7 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = b4[bq + kk * brq];
+        let bv = vec4<f32>(b4[bq + kk * brq]);
         let ka = kk * p.a_cs;
-        c0 += a[a0 + ka] * bv;
-        c1 += a[a1 + ka] * bv;
-        c2 += a[a2 + ka] * bv;
-        c3 += a[a3 + ka] * bv;
-        c4 += a[a4 + ka] * bv;
-        c5 += a[a5 + ka] * bv;
-        c6 += a[a6 + ka] * bv;
-        c7 += a[a7 + ka] * bv;
+        c0 += f32(a[a0 + ka]) * bv;
+        c1 += f32(a[a1 + ka]) * bv;
+        c2 += f32(a[a2 + ka]) * bv;
+        c3 += f32(a[a3 + ka]) * bv;
+        c4 += f32(a[a4 + ka]) * bv;
+        c5 += f32(a[a5 + ka]) * bv;
+        c6 += f32(a[a6 + ka]) * bv;
+        c7 += f32(a[a7 + ka]) * bv;
     }
     store4(i0, j0, c0);
     store4(i0 + 1u, j0, c1);
@@ -194,12 +194,12 @@ fn store4(i: u32, j0: u32, acc: vec4<f32>) {
         var v = p.alpha * acc[u];
         let at = p.c_off + i * p.ldc + j;
         if (p.beta != 0.0) {
-            v += p.beta * c[at];
+            v += p.beta * f32(c[at]);
         }
         if (p.bias_off != NONE) {
-            v += bias[p.bias_off + j];
+            v += f32(bias[p.bias_off + j]);
         }
-        c[at] = v;
+        c[at] = S(v);
     }
 }
 
@@ -235,15 +235,15 @@ fn gemm44(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var c7 = vec4<f32>(0.0);
     for (var kq = 0u; kq < p.k / 4u; kq++) {
         let kb = bq + kq * 4u * brq;
-        let b = mat4x4<f32>(b4[kb], b4[kb + brq], b4[kb + 2u * brq], b4[kb + 3u * brq]);
-        c0 += b * a4[r0 + kq];
-        c1 += b * a4[r1 + kq];
-        c2 += b * a4[r2 + kq];
-        c3 += b * a4[r3 + kq];
-        c4 += b * a4[r4 + kq];
-        c5 += b * a4[r5 + kq];
-        c6 += b * a4[r6 + kq];
-        c7 += b * a4[r7 + kq];
+        let b = mat4x4<f32>(vec4<f32>(b4[kb]), vec4<f32>(b4[kb + brq]), vec4<f32>(b4[kb + 2u * brq]), vec4<f32>(b4[kb + 3u * brq]));
+        c0 += b * vec4<f32>(a4[r0 + kq]);
+        c1 += b * vec4<f32>(a4[r1 + kq]);
+        c2 += b * vec4<f32>(a4[r2 + kq]);
+        c3 += b * vec4<f32>(a4[r3 + kq]);
+        c4 += b * vec4<f32>(a4[r4 + kq]);
+        c5 += b * vec4<f32>(a4[r5 + kq]);
+        c6 += b * vec4<f32>(a4[r6 + kq]);
+        c7 += b * vec4<f32>(a4[r7 + kq]);
     }
     store4(i0, j0, c0);
     store4(i0 + 1u, j0, c1);
@@ -278,9 +278,9 @@ fn gemm4t(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var c6 = vec4<f32>(0.0);
     var c7 = vec4<f32>(0.0);
     for (var kk = 0u; kk < p.k; kk++) {
-        let bv = b4[bq + kk * brq];
-        let lo = a4[aq + kk * acq];
-        let hi = a4[aq + kk * acq + 1u];
+        let bv = vec4<f32>(b4[bq + kk * brq]);
+        let lo = vec4<f32>(a4[aq + kk * acq]);
+        let hi = vec4<f32>(a4[aq + kk * acq + 1u]);
         c0 += lo.x * bv;
         c1 += lo.y * bv;
         c2 += lo.z * bv;

@@ -290,6 +290,8 @@ fn sumsq(@builtin(local_invocation_id) lid: vec3<u32>) {
 // Starts an optimiser step (one invocation): the global gradient norm over `count` groups,
 // the clipping scale min(1, f0 / (norm + 1e-6)) (f0 <= 0: no clipping), t += 1 and the
 // bias-correction powers (f1 = beta1, f2 = beta2). A non-finite norm skips the step.
+// State block: [t, beta1^t, beta2^t, clip scale (-1: skip), norm, skipped, loss scale,
+// finite steps since the loss scale last changed], then one squared norm per group.
 @compute @workgroup_size(1)
 fn opt_begin() {
     let s = p.state_off;
@@ -303,7 +305,20 @@ fn opt_begin() {
     if ((bitcast<u32>(norm) & 0x7f800000u) == 0x7f800000u) {
         state[s + 3u] = -1.0;
         state[s + 5u] += 1.0;
+        // Dynamic loss scaling (f3: growth interval, 0 = off): an overflow halves the scale.
+        if (p.f3 > 0.0) {
+            state[s + 6u] = max(state[s + 6u] * 0.5, 1.0);
+            state[s + 7u] = 0.0;
+        }
         return;
+    }
+    // ... and f3 finite steps in a row double it.
+    if (p.f3 > 0.0) {
+        state[s + 7u] += 1.0;
+        if (state[s + 7u] >= p.f3) {
+            state[s + 6u] = min(state[s + 6u] * 2.0, 16777216.0);
+            state[s + 7u] = 0.0;
+        }
     }
     var scale = 1.0;
     if (p.f0 > 0.0 && norm > p.f0) {

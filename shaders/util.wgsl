@@ -30,10 +30,10 @@ struct UtilParams {
 }
 
 @group(0) @binding(0) var<uniform> p: UtilParams;
-@group(0) @binding(1) var<storage, read> src: array<f32>;
-@group(0) @binding(2) var<storage, read> state0: array<f32>;
+@group(0) @binding(1) var<storage, read> src: array<S>;
+@group(0) @binding(2) var<storage, read> state0: array<S>;
 @group(0) @binding(3) var<storage, read> seq: array<u32>;
-@group(0) @binding(4) var<storage, read_write> dst: array<f32>;
+@group(0) @binding(4) var<storage, read_write> dst: array<S>;
 
 fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid.x;
@@ -48,7 +48,7 @@ fn gather_prev(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let n = i / p.width;
     let k = i % p.width;
-    dst[p.dst_off + i] = src[p.src_off + seq[p.seq_off + n] * p.src_ld + k];
+    dst[p.dst_off + i] = S(f32(src[p.src_off + seq[p.seq_off + n] * p.src_ld + k]));
 }
 
 // dst[dst_off + i] = state0[state_off + i], or 0 when state_off is NONE: an initial state
@@ -61,9 +61,9 @@ fn copy_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     var v = 0.0;
     if (p.state_off != NONE) {
-        v = state0[p.state_off + i];
+        v = f32(state0[p.state_off + i]);
     }
-    dst[p.dst_off + i] = v;
+    dst[p.dst_off + i] = S(v);
 }
 
 // dst[dst_off + c * rows + r] = src[src_off + r * width + c]: a [rows, width] block of src
@@ -76,7 +76,7 @@ fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let c = i / p.rows;
     let r = i % p.rows;
-    dst[p.dst_off + i] = src[p.src_off + r * p.width + c];
+    dst[p.dst_off + i] = S(f32(src[p.src_off + r * p.width + c]));
 }
 
 // dst[b, k] = src[last[b], src_col + k]: each sequence's state at its own last step.
@@ -88,7 +88,7 @@ fn gather_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let b = i / p.width;
     let k = i % p.width;
-    dst[p.dst_off + i] = src[p.src_off + seq[p.seq_off + b] * p.src_ld + p.src_col + k];
+    dst[p.dst_off + i] = S(f32(src[p.src_off + seq[p.seq_off + b] * p.src_ld + p.src_col + k]));
 }
 
 // dst[last[b], k] = state0[b, k] (zero when absent): seeds the recurrent gradient of each
@@ -103,9 +103,9 @@ fn scatter_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     let k = i % p.width;
     var v = 0.0;
     if (p.state_off != NONE) {
-        v = state0[p.state_off + i];
+        v = f32(state0[p.state_off + i]);
     }
-    dst[p.dst_off + seq[p.seq_off + b] * p.width + k] = v;
+    dst[p.dst_off + seq[p.seq_off + b] * p.width + k] = S(v);
 }
 
 // dst[i] = src[src_off + i] for i < rows * width.
@@ -115,7 +115,7 @@ fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (i >= p.rows * p.width) {
         return;
     }
-    dst[p.dst_off + i] = src[p.src_off + i];
+    dst[p.dst_off + i] = S(f32(src[p.src_off + i]));
 }
 
 // dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] for c < width, 0 for
@@ -131,9 +131,9 @@ fn pad_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let c = i % p.dst_ld;
     var v = 0.0;
     if (c < p.width) {
-        v = src[p.src_off + r * p.src_ld + c];
+        v = f32(src[p.src_off + r * p.src_ld + c]);
     }
-    dst[p.dst_off + i] = v;
+    dst[p.dst_off + i] = S(v);
 }
 
 // dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order; with
@@ -145,9 +145,9 @@ fn colsum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     if (j >= p.width) {
         return;
     }
-    var acc = select(0.0, dst[p.dst_off + j], p.accumulate != 0u);
+    var acc = select(0.0, f32(dst[p.dst_off + j]), p.accumulate != 0u);
     for (var n = 0u; n < p.rows; n++) {
-        acc += src[p.src_off + n * p.src_ld + j];
+        acc += f32(src[p.src_off + n * p.src_ld + j]);
     }
-    dst[p.dst_off + j] = acc;
+    dst[p.dst_off + j] = S(acc);
 }

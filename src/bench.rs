@@ -435,6 +435,75 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
     Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)])
 }
 
+/// A configuration prepared for the cell driver ([`gpu::CellPlan`]) on resident buffers in
+/// one storage precision: the like-for-like comparison of f32 and f16 storage.
+pub struct CellRig {
+    ctx: Arc<Context>,
+    fwd_plan: gpu::CellPlan,
+    train_plan: gpu::CellPlan,
+    /// weights, input, output, states, grad_output, grad_states, grad_input, grad_weights
+    bufs: Vec<gpu::TrackedBuffer>,
+}
+
+impl CellRig {
+    /// Prepares configuration `c` stored in `precision` (f16 needs `SHADER_F16`).
+    pub fn new(ctx: &Arc<Context>, c: &BenchConfig, precision: crate::precision::Precision) -> Result<Self> {
+        let cfg = c.rnn_config().with_precision(precision);
+        let w = Weights::<f32>::init_uniform(&cfg, 0)?;
+        let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
+        let layout = SeqLayout::of(&x)?;
+        let n = x.rows();
+        let fwd_plan = gpu::CellPlan::new(ctx, &cfg, &layout, Pass::Inference)?;
+        let train_plan = gpu::CellPlan::new(ctx, &cfg, &layout, Pass::Training)?;
+        let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
+        let bufs = vec![
+            gpu::generic::upload_weights(ctx, &w)?,
+            gpu::upload_stored(ctx, "input", &x.data, precision)?,
+            st("output", n * cfg.output_size())?,
+            st("states", train_plan.state_elems())?,
+            gpu::upload_stored(ctx, "grad_output", &data(n * cfg.output_size(), 2), precision)?,
+            st("grad_states", train_plan.state_elems())?,
+            st("grad_input", n * cfg.input_size)?,
+            st("grad_weights", train_plan.weight_elems())?,
+        ];
+        Ok(CellRig { ctx: ctx.clone(), fwd_plan, train_plan, bufs })
+    }
+
+    /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
+    /// parameter blocks, and the caller's buffers above).
+    pub fn training_bytes(&self) -> u64 {
+        self.train_plan.workspace_bytes() + self.bufs.iter().map(|b| b.size()).sum::<u64>()
+    }
+
+    /// Records a forward (or a training forward and backward) and waits for the device.
+    pub fn run(&self, training: bool) -> Result<()> {
+        let b = &self.bufs;
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        let plan = if training { &self.train_plan } else { &self.fwd_plan };
+        plan.record_forward(&mut enc, &gpu::CellForwardBuffers { weights: &b[0], input: &b[1], output: &b[2], states: &b[3], counter: None })?;
+        if training {
+            plan.record_backward(
+                &mut enc,
+                &gpu::CellBackwardBuffers { weights: &b[0], input: &b[1], grad_output: &b[4], grad_states: &b[5], grad_input: &b[6], grad_weights: &b[7], counter: None },
+            )?;
+        }
+        self.ctx.queue.submit([enc.finish()]);
+        self.ctx.wait()
+    }
+}
+
+/// The cell driver's two rows (forward, training) for a configuration stored in
+/// `precision`, on resident buffers; device `gpu-cells-f32` or `gpu-cells-f16`, and the
+/// training plan's device memory in the adapter column.
+pub fn bench_gpu_cells(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, precision: crate::precision::Precision) -> Result<Vec<Record>> {
+    let rig = CellRig::new(ctx, c, precision)?;
+    let adapter = format!("{}; training memory {:.1} MiB", ctx.describe(), rig.training_bytes() as f64 / (1 << 20) as f64);
+    let device = format!("gpu-cells-{precision}");
+    let fwd = time_ms(timing, || rig.run(false))?;
+    let train = time_ms(timing, || rig.run(true))?;
+    Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
+}
+
 /// Per-kernel GPU time of a configuration's forward and training, as printable lines.
 /// Cells outside the fused path (`gpu::generic`) have no per-kernel profile yet: a line says so.
 pub fn profile_gpu(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<String> {

@@ -21,6 +21,24 @@ pub mod tolerance {
     pub const GRAD_ATOL: f64 = 1e-4;
     /// Gradient relative tolerance.
     pub const GRAD_RTOL: f64 = 1e-3;
+
+    /// f16 storage (`Precision::F16`): forward absolute tolerance.
+    pub const F16_FORWARD_ATOL: f64 = 5e-3;
+    /// f16 storage: forward relative tolerance.
+    pub const F16_FORWARD_RTOL: f64 = 1e-2;
+    /// f16 storage: gradient absolute tolerance.
+    pub const F16_GRAD_ATOL: f64 = 2e-2;
+    /// f16 storage: gradient relative tolerance.
+    pub const F16_GRAD_RTOL: f64 = 5e-2;
+
+    /// `(forward atol, forward rtol, gradient atol, gradient rtol)` for results stored in
+    /// `precision`.
+    pub fn for_precision(precision: crate::precision::Precision) -> (f64, f64, f64, f64) {
+        match precision {
+            crate::precision::Precision::F32 => (FORWARD_ATOL, FORWARD_RTOL, GRAD_ATOL, GRAD_RTOL),
+            crate::precision::Precision::F16 => (F16_FORWARD_ATOL, F16_FORWARD_RTOL, F16_GRAD_ATOL, F16_GRAD_RTOL),
+        }
+    }
 }
 
 /// A case's inputs, in compute type `T`. Shapes: `input: [T, B, I]` (time-major, padded),
@@ -194,6 +212,14 @@ impl<T: Float> Case<T> {
         self.result(&fwd.output, fwd.states, grads)
     }
 
+    /// Runs the case on the CPU through [`cpu::generic`] with its values stored in
+    /// `precision` (f16: the twin of the GPU's f16 storage, rounding where the GPU stores).
+    pub fn run_cpu_at(&self, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
+        let mut case = self.clone();
+        case.weights.config.precision = precision;
+        case.run_cpu_generic(backward)
+    }
+
     /// `grad_output` packed like the output (zeros when the case has none).
     pub fn packed_grad_output(&self) -> Result<Vec<T>> {
         let w = self.config().output_size();
@@ -262,13 +288,21 @@ pub struct Mismatch {
     pub worst: (usize, f64, f64),
     /// Largest `|got - want| / (atol + rtol*|want|)`; <= 1 passes.
     pub worst_ratio: f64,
+    /// Largest `|got - want|` (infinite for a missing tensor or a NaN).
+    pub max_abs: f64,
 }
 
 /// Compares every expected tensor of `expected` that `got` also names (forward tolerances for
 /// `output`, `h_n`, `c_n`; gradient tolerances for `grad*`). Returns one entry per tensor
 /// compared; a tensor missing from `got` counts as a failure.
 pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<Mismatch> {
-    use tolerance::*;
+    compare_at(got, expected, backward, crate::precision::Precision::F32)
+}
+
+/// [`compare`] with the tolerances of results stored in `precision`
+/// ([`tolerance::for_precision`]).
+pub fn compare_at(got: &TensorFile, expected: &TensorFile, backward: bool, precision: crate::precision::Precision) -> Vec<Mismatch> {
+    let (fa, fr, ga, gr) = tolerance::for_precision(precision);
     let mut names: Vec<String> = vec!["output".into()];
     let mut grads: Vec<String> = vec!["grad_input".into()];
     // Every state the file names (`h_n`, `c_n`, `s_n`, `y_n`, ...).
@@ -289,13 +323,15 @@ pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<M
     let mut report = Vec::new();
     for name in names.iter().map(|s| s.as_str()) {
         let Ok(want) = expected.float(name) else { continue };
-        let (atol, rtol) = if name.starts_with("grad") { (GRAD_ATOL, GRAD_RTOL) } else { (FORWARD_ATOL, FORWARD_RTOL) };
-        let mut m = Mismatch { name: name.into(), failures: 0, total: want.data.len(), worst: (0, f64::NAN, f64::NAN), worst_ratio: 0.0 };
+        let (atol, rtol) = if name.starts_with("grad") { (ga, gr) } else { (fa, fr) };
+        let mut m = Mismatch { name: name.into(), failures: 0, total: want.data.len(), worst: (0, f64::NAN, f64::NAN), worst_ratio: 0.0, max_abs: 0.0 };
         match got.float(name) {
             Ok(g) if g.shape == want.shape => {
                 for (i, (&gv, &wv)) in g.data.iter().zip(&want.data).enumerate() {
                     let ratio = (gv - wv).abs() / (atol + rtol * wv.abs());
                     let ratio = if ratio.is_nan() { f64::INFINITY } else { ratio };
+                    let err = (gv - wv).abs();
+                    m.max_abs = m.max_abs.max(if err.is_nan() { f64::INFINITY } else { err });
                     if ratio > 1.0 {
                         m.failures += 1;
                     }
@@ -308,6 +344,7 @@ pub fn compare(got: &TensorFile, expected: &TensorFile, backward: bool) -> Vec<M
             _ => {
                 m.failures = m.total.max(1);
                 m.worst_ratio = f64::INFINITY;
+                m.max_abs = f64::INFINITY;
             }
         }
         report.push(m);
@@ -333,6 +370,14 @@ impl Case<f32> {
             _ => None,
         };
         self.result(&fwd.output, fwd.states, grads)
+    }
+
+    /// Runs the case on the GPU through the cell driver with its values stored in `precision`
+    /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`), every cell.
+    pub fn run_gpu_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
+        let mut case = self.clone();
+        case.weights.config.precision = precision;
+        case.run_gpu_generic(ctx, backward)
     }
 
     /// Runs the case on the GPU (f32): forward, and backward when `backward` is set. PyTorch's

@@ -2,6 +2,7 @@
 //! follow from them (PyTorch's, exactly).
 
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 pub use crate::cells::Mode;
 use crate::cells::{ParamDef, Sizes, Slot, StateDef};
@@ -32,6 +33,10 @@ pub struct RnnConfig {
     /// previous value with this probability, in inference it takes the expectation
     /// `p h_prev + (1 - p) h_new`. Cells whose first state is `h` (and whose output is it).
     pub zoneout: Prob,
+    /// How the cell drivers store values: f32 (default) or f16 with f32 accumulation
+    /// ([`Precision`]). Run by the cell drivers (`gpu::CellPlan`, and `cpu::generic`'s
+    /// f16-storage twin); the fused drivers refuse f16.
+    pub precision: Precision,
 }
 
 impl Default for RnnConfig {
@@ -46,6 +51,7 @@ impl Default for RnnConfig {
             proj_size: 0,
             dropout: Prob::ZERO,
             zoneout: Prob::ZERO,
+            precision: Precision::F32,
         }
     }
 }
@@ -93,6 +99,11 @@ impl RnnConfig {
     /// Zoneout of the `h` state (see [`RnnConfig::zoneout`]).
     pub fn zoneout(mut self, p: Prob) -> Self {
         self.zoneout = p;
+        self
+    }
+    /// The same config stored in `precision` (see [`RnnConfig::precision`]).
+    pub fn with_precision(mut self, precision: Precision) -> Self {
+        self.precision = precision;
         self
     }
     /// Whether dropout or zoneout is on (only the cell drivers run them).
@@ -152,6 +163,11 @@ impl RnnConfig {
         for layer in 0..self.num_layers.min(2) {
             if let Err(why) = self.mode.check(self.sizes(layer)) {
                 return bad(format!("{}: {why} (layer {layer})", self.mode));
+            }
+        }
+        if self.precision == Precision::F16 {
+            if let Some(why) = self.mode.f16_refused() {
+                return Err(Error::Unsupported(format!("{} with f16 storage: {why}", self.mode)));
             }
         }
         if !self.zoneout.is_zero() {

@@ -95,6 +95,17 @@ pub enum Error {
     #[error("wgpu: {0}")]
     Gpu(String),
 
+    /// The device lacks a feature the work needs (e.g. `SHADER_F16` for f16 storage).
+    #[error("{wanted} needs the device feature {feature}, which {device} does not have")]
+    MissingFeature {
+        /// The wgpu feature, as wgpu names it.
+        feature: String,
+        /// What needed it.
+        wanted: String,
+        /// The device, as the context describes it.
+        device: String,
+    },
+
     /// A feature that is not available on this path yet.
     #[error("unsupported: {0}")]
     Unsupported(String),

@@ -9,6 +9,7 @@ use crate::tensor::{try_with_capacity, Tensor};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
 use std::collections::{BTreeMap, HashMap};
+use crate::precision::Precision;
 use std::path::Path;
 
 /// One tensor read from a file.
@@ -131,14 +132,22 @@ impl TensorFile {
         self.tensors.insert(name.into(), Value::Int(Tensor { shape, data }));
     }
 
-    /// Serialises to safetensors bytes.
+    /// Serialises to safetensors bytes (floats as F32).
     pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        self.to_bytes_as(Precision::F32)
+    }
+
+    /// Serialises to safetensors bytes, floats as F32 or F16 (rounded to nearest even).
+    pub fn to_bytes_as(&self, precision: Precision) -> Result<Vec<u8>> {
         let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         for (name, v) in &self.tensors {
             match v {
                 Value::Float(t) => {
-                    let b: Vec<u8> = t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect();
-                    buffers.push((name.clone(), Dtype::F32, t.shape.clone(), b));
+                    let (dtype, b): (Dtype, Vec<u8>) = match precision {
+                        Precision::F32 => (Dtype::F32, t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()),
+                        Precision::F16 => (Dtype::F16, t.data.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect()),
+                    };
+                    buffers.push((name.clone(), dtype, t.shape.clone(), b));
                 }
                 Value::Int(t) => {
                     if t.data.iter().all(|&x| i32::try_from(x).is_ok()) {
@@ -159,9 +168,14 @@ impl TensorFile {
         Ok(safetensors::serialize(views, meta)?)
     }
 
-    /// Writes a safetensors file.
+    /// Writes a safetensors file (floats as F32).
     pub fn write(&self, path: impl AsRef<Path>) -> Result<()> {
-        std::fs::write(path, self.to_bytes()?)?;
+        self.write_as(path, Precision::F32)
+    }
+
+    /// Writes a safetensors file, floats as F32 or F16.
+    pub fn write_as(&self, path: impl AsRef<Path>, precision: Precision) -> Result<()> {
+        std::fs::write(path, self.to_bytes_as(precision)?)?;
         Ok(())
     }
 }

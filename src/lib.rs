@@ -35,6 +35,7 @@ pub mod info;
 pub mod io;
 pub mod masks;
 pub mod packing;
+pub mod precision;
 pub mod tensor;
 pub mod weights;
 
@@ -42,5 +43,6 @@ pub use cells::{Mode, ParamDef, Slot};
 pub use config::RnnConfig;
 pub use error::{Error, Result};
 pub use packing::PackedSequence;
+pub use precision::Precision;
 pub use tensor::Tensor;
 pub use weights::Weights;

@@ -5,6 +5,7 @@ use crate::cells::{Init, ParamDef, Slot};
 use crate::config::{Mode, RnnConfig};
 use crate::float::{cast, Float};
 use crate::error::{check_len, Error, Result};
+use crate::precision::Precision;
 use crate::io::TensorFile;
 use crate::tensor::{bytes_of, checked_len, try_filled, try_with_capacity};
 use rand::{Rng, SeedableRng};
@@ -378,9 +379,16 @@ impl<T: Float> Weights<T> {
     /// `module.load_state_dict(safetensors.torch.load_file(path))` takes it. Checks the
     /// weights first ([`Weights::validate`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        self.save_as(path, Precision::F32)
+    }
+
+    /// [`Weights::save`] with the tensors stored as F32 or F16 (half the file; PyTorch loads
+    /// either). F16 and BF16 files load back through [`Weights::load`] like F32 ones, and an
+    /// F16 file's values reach an f16 plan's device buffers unchanged.
+    pub fn save_as(&self, path: impl AsRef<Path>, precision: Precision) -> Result<()> {
         let mut f = TensorFile::default();
         self.to_tensor_file(&mut f, "")?;
-        f.write(path)
+        f.write_as(path, precision)
     }
 }
 
@@ -563,6 +571,7 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         // The regularisers are not in the file: the caller's, if any.
         dropout: hint.map(|h| h.dropout).unwrap_or_default(),
         zoneout: hint.map(|h| h.zoneout).unwrap_or_default(),
+        precision: hint.map(|h| h.precision).unwrap_or_default(),
     };
     c.validate()?;
     Ok(c)

@@ -53,47 +53,47 @@ struct CellParams {
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;
-@group(0) @binding(1) var<storage, read> w: array<f32>;
-@group(0) @binding(2) var<storage, read> xin: array<f32>;
-@group(0) @binding(3) var<storage, read_write> tp: array<f32>;
-@group(0) @binding(4) var<storage, read_write> st: array<f32>;
-@group(0) @binding(5) var<storage, read_write> scr: array<f32>;
-@group(0) @binding(6) var<storage, read_write> io: array<f32>;
-@group(0) @binding(7) var<storage, read_write> bws: array<f32>;
-@group(0) @binding(8) var<storage, read_write> dxin: array<f32>;
+@group(0) @binding(1) var<storage, read> w: array<S>;
+@group(0) @binding(2) var<storage, read> xin: array<S>;
+@group(0) @binding(3) var<storage, read_write> tp: array<S>;
+@group(0) @binding(4) var<storage, read_write> st: array<S>;
+@group(0) @binding(5) var<storage, read_write> scr: array<S>;
+@group(0) @binding(6) var<storage, read_write> io: array<S>;
+@group(0) @binding(7) var<storage, read_write> bws: array<S>;
+@group(0) @binding(8) var<storage, read_write> dxin: array<S>;
 
 const WG: u32 = 64u;
 
 // Forward accessors.
-fn x(row: u32, k: u32) -> f32 { return xin[p.x_off + (p.o + row) * p.inw + k]; }
-fn xp(row: u32, j: u32) -> f32 { return tp[p.xp_off + (p.o + row) * p.gx + j]; }
-fn r(row: u32, j: u32) -> f32 { return scr[p.r_off + row * p.rw + j]; }
-fn e(j: u32) -> f32 { return w[p.e_off + j]; }
-fn s_get(row: u32, j: u32) -> f32 { return st[p.s_off + row * p.sw + j]; }
-fn s_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = v; }
-fn tape_get(row: u32, j: u32) -> f32 { return tp[p.tape_off + (p.trow + row) * p.tw + j]; }
-fn tape_set(row: u32, j: u32, v: f32) { tp[p.tape_off + (p.trow + row) * p.tw + j] = v; }
-fn out_set(row: u32, j: u32, v: f32) { io[(p.o + row) * p.out_w + p.col + j] = v; }
+fn x(row: u32, k: u32) -> f32 { return f32(xin[p.x_off + (p.o + row) * p.inw + k]); }
+fn xp(row: u32, j: u32) -> f32 { return f32(tp[p.xp_off + (p.o + row) * p.gx + j]); }
+fn r(row: u32, j: u32) -> f32 { return f32(scr[p.r_off + row * p.rw + j]); }
+fn e(j: u32) -> f32 { return f32(w[p.e_off + j]); }
+fn s_get(row: u32, j: u32) -> f32 { return f32(st[p.s_off + row * p.sw + j]); }
+fn s_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
+fn tape_get(row: u32, j: u32) -> f32 { return f32(tp[p.tape_off + (p.trow + row) * p.tw + j]); }
+fn tape_set(row: u32, j: u32, v: f32) { tp[p.tape_off + (p.trow + row) * p.tw + j] = S(v); }
+fn out_set(row: u32, j: u32, v: f32) { io[(p.o + row) * p.out_w + p.col + j] = S(v); }
 
 // Backward accessors (p.trow = p.o).
-fn s_prev(row: u32, j: u32) -> f32 { return tp[p.sprev_off + (p.o + row) * p.sw + j]; }
-fn dout(row: u32, j: u32) -> f32 { return io[(p.o + row) * p.out_w + p.col + j]; }
-fn ds_get(row: u32, j: u32) -> f32 { return st[p.s_off + row * p.sw + j]; }
-fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = v; }
+fn s_prev(row: u32, j: u32) -> f32 { return f32(tp[p.sprev_off + (p.o + row) * p.sw + j]); }
+fn dout(row: u32, j: u32) -> f32 { return f32(io[(p.o + row) * p.out_w + p.col + j]); }
+fn ds_get(row: u32, j: u32) -> f32 { return f32(st[p.s_off + row * p.sw + j]); }
+fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
 // The gradient of tape value j where a later stage's product read it (the driver writes
 // those values before this stage runs; other tape gradients are undefined on the GPU).
-fn dtape(row: u32, j: u32) -> f32 { return scr[p.dtape_off + row * p.tw + j]; }
+fn dtape(row: u32, j: u32) -> f32 { return f32(scr[p.dtape_off + row * p.tw + j]); }
 // dxp, dr, de rows: zero when the step's first (last-run) stage starts; each stage writes
 // its own values, and a later-run (earlier) stage may read what a stage run before it wrote.
-fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + (p.o + row) * p.gx + j] = v; }
-fn dxp_get(row: u32, j: u32) -> f32 { return bws[p.dxp_off + (p.o + row) * p.gx + j]; }
-fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + (p.o + row) * p.rw + j] = v; }
-fn dr_get(row: u32, j: u32) -> f32 { return bws[p.dr_off + (p.o + row) * p.rw + j]; }
-fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + (p.o + row) * p.ew + j] = v; }
-fn de_get(row: u32, j: u32) -> f32 { return bws[p.de_off + (p.o + row) * p.ew + j]; }
+fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + (p.o + row) * p.gx + j] = S(v); }
+fn dxp_get(row: u32, j: u32) -> f32 { return f32(bws[p.dxp_off + (p.o + row) * p.gx + j]); }
+fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + (p.o + row) * p.rw + j] = S(v); }
+fn dr_get(row: u32, j: u32) -> f32 { return f32(bws[p.dr_off + (p.o + row) * p.rw + j]); }
+fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + (p.o + row) * p.ew + j] = S(v); }
+fn de_get(row: u32, j: u32) -> f32 { return f32(bws[p.de_off + (p.o + row) * p.ew + j]); }
 fn dx_add(row: u32, k: u32, v: f32) {
     let i = (p.o + row) * p.inw + k;
-    dxin[i] = dxin[i] + v;
+    dxin[i] = S(f32(dxin[i]) + v);
 }
 
 fn dsigmoid(y: f32) -> f32 { return y * (1.0 - y); }
@@ -109,8 +109,9 @@ fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 }
 
 // Regularisers (src/masks.rs; the CPU twin is src/cpu/generic.rs). p.seed and p.thresh: the
-// mask stream and hit threshold; the counter is w[0] (see the top).
-fn counter() -> u32 { return u32(w[0]); }
+// mask stream and hit threshold; the counter is w[0] (see the top; f32 plans only, as
+// gpu::CellPlan refuses the regularisers with f16 storage).
+fn counter() -> u32 { return u32(f32(w[0])); }
 // h is state 0 and the output (RnnConfig::validate), H_out wide.
 fn h_width() -> u32 { return select(p.hidden, p.proj, p.proj > 0u); }
 fn zoned(row: u32, j: u32) -> bool { return mask_hit((p.o + row) * h_width() + j, p.seed, counter(), p.thresh); }
@@ -146,7 +147,7 @@ fn zoneout_stash(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             g = ds_get(row, j) + dout(row, j);
             ds_set(row, j, -dout(row, j));
         }
-        scr[row * n + j] = g;
+        scr[row * n + j] = S(g);
     }
 }
 
@@ -157,7 +158,7 @@ fn zoneout_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let n = h_width();
     for (var j = lid.x; j < n; j += WG) {
         if (zoned(row, j)) {
-            ds_set(row, j, ds_get(row, j) + scr[row * n + j]);
+            ds_set(row, j, ds_get(row, j) + f32(scr[row * n + j]));
         }
     }
 }
@@ -171,5 +172,5 @@ fn dropout_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     if (i >= p.rows * p.out_w) {
         return;
     }
-    io[i] = select(xin[i] * p.f, 0.0, mask_hit(i, p.seed, counter(), p.thresh));
+    io[i] = S(select(f32(xin[i]) * p.f, 0.0, mask_hit(i, p.seed, counter(), p.thresh)));
 }

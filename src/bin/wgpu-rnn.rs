@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use wgpu_rnn::gpu::Context;
-use wgpu_rnn::case::{compare, Case};
+use wgpu_rnn::case::{compare_at, Case};
 use wgpu_rnn::io::TensorFile;
 
 #[derive(Parser)]
@@ -30,7 +30,11 @@ enum Device {
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq, Debug)]
 enum Precision {
+    /// f32 everywhere.
     F32,
+    /// f16 storage, f32 arithmetic (the cell drivers; GPU needs SHADER_F16).
+    F16,
+    /// f64 (CPU only, for reference checks).
     F64,
 }
 
@@ -46,7 +50,8 @@ enum Cmd {
         backward: bool,
         #[arg(long)]
         out: PathBuf,
-        /// Compute type of the CPU path (f32 is the real path; f64 for reference checks).
+        /// Storage precision: f32, f16 (f32 arithmetic; the cell drivers, GPU or CPU twin) or
+        /// f64 (CPU only, for reference checks).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
     },
@@ -90,6 +95,11 @@ enum Cmd {
         /// inside passes, where the adapter has them).
         #[arg(long)]
         profile: bool,
+        /// f16: also time the cell driver (gpu::CellPlan) with f32 and with f16 storage on
+        /// resident buffers (rows gpu-cells-f32 and gpu-cells-f16, with the training plan's
+        /// device memory).
+        #[arg(long, value_enum, default_value = "f32")]
+        precision: Precision,
     },
 }
 
@@ -108,7 +118,7 @@ enum BenchDevice {
 }
 
 #[allow(clippy::too_many_arguments)]
-fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice, strategy: Strategy, profile: bool) -> wgpu_rnn::Result<()> {
+fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick: bool, device: BenchDevice, strategy: Strategy, profile: bool, precision: Precision) -> wgpu_rnn::Result<()> {
     let strategy = match strategy {
         Strategy::Auto => wgpu_rnn::gpu::StepStrategy::Auto,
         Strategy::PerStep => wgpu_rnn::gpu::StepStrategy::PerStep,
@@ -152,6 +162,12 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         if let Some(ctx) = &ctx {
             bar.set_message(format!("{} gpu", c.name));
             records.extend(bench_gpu(ctx, c, timing, strategy)?);
+            if precision == Precision::F16 {
+                // The cell driver in both storages: f16 against f32 like for like.
+                bar.set_message(format!("{} gpu cells f32, f16", c.name));
+                records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F32)?);
+                records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F16)?);
+            }
             bar.inc(1);
         }
     }
@@ -201,13 +217,15 @@ fn gpu_context() -> wgpu_rnn::Result<Arc<Context>> {
 fn run_case(path: &PathBuf, device: Device, backward: bool, precision: Precision) -> wgpu_rnn::Result<TensorFile> {
     let file = TensorFile::read(path)?;
     if device == Device::Gpu {
-        if precision != Precision::F32 {
-            return Err(wgpu_rnn::Error::Unsupported("--device gpu computes in f32 only".into()));
-        }
-        return Case::<f32>::from_file(&file)?.run_gpu(&gpu_context()?, backward);
+        return match precision {
+            Precision::F32 => Case::<f32>::from_file(&file)?.run_gpu(&gpu_context()?, backward),
+            Precision::F16 => Case::<f32>::from_file(&file)?.run_gpu_at(&gpu_context()?, backward, wgpu_rnn::Precision::F16),
+            Precision::F64 => Err(wgpu_rnn::Error::Unsupported("--device gpu computes in f32 (storage f32 or f16), not f64".into())),
+        };
     }
     match precision {
         Precision::F32 => Case::<f32>::from_file(&file)?.run_cpu(backward),
+        Precision::F16 => Case::<f32>::from_file(&file)?.run_cpu_at(backward, wgpu_rnn::Precision::F16),
         Precision::F64 => Case::<f64>::from_file(&file)?.run_cpu(backward),
     }
 }
@@ -234,14 +252,23 @@ fn main() -> ExitCode {
                     .and_then(|got| Ok((got, TensorFile::read(path)?)));
                 match res {
                     Ok((got, want)) => {
-                        let report = compare(&got, &want, backward);
+                        let at = if precision == Precision::F16 { wgpu_rnn::Precision::F16 } else { wgpu_rnn::Precision::F32 };
+                        let report = compare_at(&got, &want, backward, at);
                         let bad: Vec<_> = report.iter().filter(|m| m.failures > 0).collect();
                         let worst = report.iter().map(|m| m.worst_ratio).fold(0.0, f64::max);
                         if report.is_empty() {
                             println!("FAIL {}: no expected tensors to compare", path.display());
                             failed += 1;
                         } else if bad.is_empty() {
-                            println!("ok   {} ({} tensors, worst error {:.3} of tolerance)", path.display(), report.len(), worst);
+                            let max = |grad: bool| report.iter().filter(|m| m.name.starts_with("grad") == grad).map(|m| m.max_abs).fold(0.0, f64::max);
+                            println!(
+                                "ok   {} ({} tensors, worst error {:.3} of tolerance; max |error| forward {:.2e}, gradients {:.2e})",
+                                path.display(),
+                                report.len(),
+                                worst,
+                                max(false),
+                                max(true)
+                            );
                         } else {
                             failed += 1;
                             println!("FAIL {}", path.display());
@@ -266,7 +293,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Cmd::Bench { config, json, merge, quick, device, strategy, profile } => match bench(config, json, merge, quick, device, strategy, profile) {
+        Cmd::Bench { config, json, merge, quick, device, strategy, profile, precision } => match bench(config, json, merge, quick, device, strategy, profile, precision) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

@@ -273,6 +273,10 @@ pub trait Cell: 'static {
     /// Whether PyTorch's `bias=False` applies (the built-in cells); the others always have
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
+    /// Why f16 storage ([`crate::Precision::F16`]) is refused for this cell, if it is: a cell
+    /// whose results move beyond the f16 tolerances when only its weights are rounded to f16
+    /// cannot be run that way honestly (`RnnConfig::validate` refuses it).
+    const F16_REFUSED: Option<&'static str> = None;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
     /// (entry points `cell_forward` and `cell_backward`); see `cell_wgsl!`.
     const WGSL: &'static str;
@@ -444,6 +448,10 @@ impl Mode {
     /// Whether PyTorch's `bias=False` applies ([`Cell::OPTIONAL_BIAS`]).
     pub fn optional_bias(self) -> bool {
         with_cell!(self, C => C::OPTIONAL_BIAS)
+    }
+    /// Why f16 storage is refused for this cell, if it is ([`Cell::F16_REFUSED`]).
+    pub fn f16_refused(self) -> Option<&'static str> {
+        with_cell!(self, C => C::F16_REFUSED)
     }
 }
 

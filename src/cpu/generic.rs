@@ -25,6 +25,7 @@ use crate::error::{check_len, Error, Result};
 use crate::float::Float;
 use crate::masks::{self, Draw};
 use crate::packing::PackedSequence;
+use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::{DirParams, Weights};
 
@@ -173,7 +174,45 @@ pub fn forward_with<T: Float>(
     for layer in 0..cfg.num_layers.min(2) {
         cfg.mode.layout(cfg.sizes(layer)).check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
     }
+    if cfg.precision != Precision::F32 {
+        if cfg.regularised() {
+            return Err(Error::Unsupported(format!("dropout and zoneout with {} storage", cfg.precision)));
+        }
+        // The f16-storage twin: what the GPU's buffers hold, rounded as they hold it.
+        let q = cfg.precision;
+        let w = stored_weights(w, q);
+        let mut x = input.clone();
+        store(q, &mut x.data);
+        let mut s0: Vec<Vec<T>> = states0.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
+        s0.iter_mut().for_each(|v| store(q, v));
+        let s0: Vec<Option<&[T]>> = states0.iter().zip(&s0).map(|(o, v)| o.map(|_| v.as_slice())).collect();
+        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw));
+    }
     crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw))
+}
+
+/// Rounds `v` as the config's precision stores it (the f16-storage twin of `gpu::CellPlan`:
+/// arithmetic in `T`, every stored value rounded to f16 where the GPU stores it; a no-op for
+/// f32 storage).
+pub(crate) fn store<T: Float>(precision: Precision, v: &mut [T]) {
+    if precision == Precision::F16 {
+        for x in v {
+            *x = T::from_f64(half::f16::from_f64(x.to_f64()).to_f64());
+        }
+    }
+}
+
+/// The weights as stored in `precision`.
+fn stored_weights<T: Float>(w: &Weights<T>, precision: Precision) -> Weights<T> {
+    let mut w = w.clone();
+    for p in w.params.iter_mut() {
+        for s in Slot::ALL {
+            if let Some(x) = DirParams::get_mut(p, s) {
+                store(precision, x);
+            }
+        }
+    }
+    w
 }
 
 /// The zoneout of one layer-direction (state 0 is `h`, the output; `RnnConfig::validate`).
@@ -251,6 +290,7 @@ fn forward_cell<C: Cell, T: Float>(
                 col: dir * (out_w / d),
                 tape: (pass == Pass::Training).then_some(&mut dt),
                 zone: Zone::of(cfg, k, n, draw, pass == Pass::Training)?,
+                precision: cfg.precision,
             })?;
             dirs.push(dt);
         }
@@ -289,6 +329,7 @@ struct DirFwd<'a, T: Float> {
     col: usize,
     tape: Option<&'a mut DirTape<T>>,
     zone: Option<Zone>,
+    precision: Precision,
 }
 
 /// Packs each stage's `R_k` for the per-step products: transposed for the forward
@@ -350,6 +391,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         if lay.input_bias {
             super::add_bias(&mut xp, gx, Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]));
         }
+        store(a.precision, &mut xp);
     }
     let e = pointwise_params(p, &lay)?;
     let training = a.tape.is_some();
@@ -384,6 +426,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         col: a.col,
         sw,
         zone: a.zone,
+        q: a.precision,
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
@@ -424,6 +467,8 @@ struct FwdLoop<'a, C, T: Float> {
     col: usize,
     sw: usize,
     zone: Option<Zone>,
+    /// The storage precision (rounding where the GPU stores).
+    q: Precision,
     _cell: PhantomData<fn() -> C>,
 }
 
@@ -481,6 +526,10 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                             }
                         }
                     }
+                    for rr in 0..rows {
+                        let at = rr * rw + self.roffs[k];
+                        store(self.q, &mut r[at..at + pr.rows]);
+                    }
                 }
                 for rr in 0..rows {
                     let row = o + rr;
@@ -497,6 +546,9 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                             out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
                         },
                     );
+                    store(self.q, &mut s[rr * sw..(rr + 1) * sw]);
+                    store(self.q, &mut tape[rr * tw..(rr + 1) * tw]);
+                    store(self.q, &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out]);
                 }
             }
             if let Some(z) = self.zone {
@@ -539,6 +591,16 @@ pub fn backward<T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_output: &[T],
     check_finite("grad_output", grad_output)?;
     let states = cfg.states();
     check_states(cfg, &states, grad_states, b, "_n")?;
+    if cfg.precision != Precision::F32 {
+        let q = cfg.precision;
+        let w = stored_weights(w, q);
+        let mut go = grad_output.to_vec();
+        store(q, &mut go);
+        let mut gs: Vec<Vec<T>> = grad_states.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
+        gs.iter_mut().for_each(|v| store(q, v));
+        let gs: Vec<Option<&[T]>> = grad_states.iter().zip(&gs).map(|(o, v)| o.map(|_| v.as_slice())).collect();
+        return crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(&w, tape, &go, &gs));
+    }
     crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(w, tape, grad_output, grad_states))
 }
 
@@ -577,6 +639,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
                 grad: &mut grads.params[k],
                 dx: &mut dx,
                 zone: Zone::of(cfg, k, n, draw, true)?,
+                precision: cfg.precision,
             })?;
         }
         // This layer's input was the layer below's output after dropout: the same mask.
@@ -612,6 +675,7 @@ struct DirBwd<'a, T: Float> {
     /// `[N, in]`, accumulated.
     dx: &'a mut [T],
     zone: Option<Zone>,
+    precision: Precision,
 }
 
 fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
@@ -656,6 +720,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         de: Rows::new(&mut de),
         dx: Rows::new(a.dx),
         zone: a.zone,
+        q: a.precision,
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
@@ -698,6 +763,15 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         let ge = a.grad.get_mut(Slot::Pointwise).ok_or_else(|| Error::MissingTensor("Pointwise slot".into()))?;
         super::col_sum_into(&de, lay.pointwise, &mut ge[..lay.pointwise]);
     }
+    // The GPU stores each weight gradient once, summed in f32, and dX after its product.
+    if a.precision != Precision::F32 {
+        for s in Slot::ALL {
+            if let Some(x) = DirParams::get_mut(a.grad, s) {
+                store(a.precision, x);
+            }
+        }
+        store(a.precision, a.dx);
+    }
     Ok(())
 }
 
@@ -726,6 +800,8 @@ struct BwdLoop<'a, C, T: Float> {
     de: Rows<'a, T>,
     dx: Rows<'a, T>,
     zone: Option<Zone>,
+    /// The storage precision (rounding where the GPU stores).
+    q: Precision,
     _cell: PhantomData<fn() -> C>,
 }
 
@@ -807,10 +883,16 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                             dx: &mut dx[rr * inw..(rr + 1) * inw],
                         },
                     );
+                    store(self.q, &mut ds[rr * sw..(rr + 1) * sw]);
+                    store(self.q, &mut dxp[rr * gx..(rr + 1) * gx]);
+                    store(self.q, &mut dr[rr * rw..(rr + 1) * rw]);
+                    store(self.q, &mut de[rr * ew..(rr + 1) * ew]);
+                    store(self.q, &mut dx[rr * inw..(rr + 1) * inw]);
                 }
                 if let (Some(pr), Some(pk)) = (lay.stages[k], &self.plain[k]) {
                     // dv = dr_k R_k for the step's rows, to wherever the product's input came from.
                     pk.gemm(&dr[self.roffs[k]..], rows, rw, &mut dv, pr.k);
+                    store(self.q, &mut dv[..rows * pr.k]);
                     for rr in 0..rows {
                         let dst = match pr.src {
                             Src::State(i) => &mut dprod[rr * sw + self.soffs[i]..rr * sw + self.soffs[i] + pr.k],
@@ -825,6 +907,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             for (d, &g) in ds[..rows * sw].iter_mut().zip(&dprod[..rows * sw]) {
                 *d += g;
             }
+            store(self.q, &mut ds[..rows * sw]);
             if let Some(z) = self.zone {
                 for rr in 0..rows {
                     for j in 0..z.hw {

@@ -493,6 +493,8 @@ fn fused_cell(cfg: &RnnConfig) -> Result<()> {
         Err(Error::Unsupported(format!("{} in cpu::forward; cpu::generic runs every cell", cfg.mode)))
     } else if cfg.regularised() {
         Err(Error::Unsupported("dropout and zoneout in cpu::forward; cpu::generic runs them".into()))
+    } else if cfg.precision != crate::precision::Precision::F32 {
+        Err(Error::Unsupported(format!("{} storage in cpu::forward; cpu::generic runs it", cfg.precision)))
     } else {
         Ok(())
     }

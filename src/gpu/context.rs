@@ -5,6 +5,7 @@
 
 use super::kernels::{Kernel, Layouts, Modules};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -93,7 +94,7 @@ pub struct Context {
     limits: wgpu::Limits,
     pub(crate) layouts: Layouts,
     modules: Modules,
-    pipelines: Mutex<HashMap<Kernel, wgpu::ComputePipeline>>,
+    pipelines: Mutex<HashMap<(Kernel, Precision), wgpu::ComputePipeline>>,
     memory: Arc<MemoryCounter>,
     /// Serialises the library's work on the GL backend (see [`Context::exclusive`]).
     gl_serial: Mutex<()>,
@@ -151,8 +152,10 @@ impl Context {
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-rnn"),
-            // Timestamps inside passes, where the adapter has them, for `gpu::profile`.
-            required_features: adapter.features() & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+            // Timestamps inside passes, where the adapter has them, for `gpu::profile`; f16
+            // storage (`Precision::F16`) where the adapter has it.
+            required_features: adapter.features()
+                & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES | wgpu::Features::SHADER_F16),
             required_limits: limits.clone(),
             ..Default::default()
         }))
@@ -293,26 +296,44 @@ impl Context {
 
     /// The pipeline for a kernel variant, built on first use.
     pub(crate) fn pipeline(&self, k: Kernel) -> Result<wgpu::ComputePipeline> {
+        self.pipeline_at(k, Precision::F32)
+    }
+
+    /// [`Error::MissingFeature`] unless this device runs kernels that store in `precision`
+    /// (f16 needs `SHADER_F16`, which [`Context::new`] requests where the adapter has it).
+    pub fn check_precision(&self, precision: Precision) -> Result<()> {
+        if precision == Precision::F16 && !self.device.features().contains(wgpu::Features::SHADER_F16) {
+            return Err(Error::MissingFeature { feature: "SHADER_F16".into(), wanted: "f16 storage".into(), device: self.describe() });
+        }
+        Ok(())
+    }
+
+    /// The pipeline for a kernel variant storing in `precision` (see
+    /// [`super::kernels::Family::stores_precision`]), built on first use.
+    pub(crate) fn pipeline_at(&self, k: Kernel, precision: Precision) -> Result<wgpu::ComputePipeline> {
         self.lost_error()?;
         if let Some(cell) = k.unsupported_cell() {
             return Err(Error::Unsupported(format!("{cell} in the fused step kernels ({})", k.entry())));
         }
+        self.check_precision(precision)?;
+        let precision = if k.family().stores_precision() { precision } else { Precision::F32 };
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(p) = cache.get(&k) {
+        if let Some(p) = cache.get(&(k, precision)) {
             return Ok(p.clone());
         }
         let scope = ErrorScope::push(&self.device);
+        let module = self.modules.get(&self.device, k.family(), precision);
         let constants = k.constants();
         let p = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
             label: Some(k.entry()),
             layout: Some(self.layouts.pipeline_layout(k.family())),
-            module: self.modules.get(k.family()),
+            module: &module,
             entry_point: Some(k.entry()),
             compilation_options: wgpu::PipelineCompilationOptions { constants: &constants, ..Default::default() },
             cache: None,
         });
         scope.pop_on(self)?;
-        cache.insert(k, p.clone());
+        cache.insert((k, precision), p.clone());
         Ok(p)
     }
 

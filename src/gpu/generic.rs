@@ -23,7 +23,7 @@
 //! biases and the pointwise parameters. Every sum has one owner and a fixed order, so results
 //! are reproducible run to run.
 //!
-//! Buffers (f32): the weights flat by slot ([`flat_weights`]: per layer-direction, slots in
+//! Buffers (the config's [`Precision`]: f32, or f16 with every sum in f32): the weights flat by slot ([`flat_weights`]: per layer-direction, slots in
 //! [`Slot::ALL`] order; for PyTorch's four cells that is `state_dict` order, the fused plan's
 //! [`super::weight_layout`]); per layer-direction a tape buffer `[xp | tape | states before
 //! each row]`; the states `[L*D, B, S]` (each row's states concatenated in the cell's order)
@@ -49,6 +49,7 @@ use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
 use crate::masks::{self, Draw};
 use crate::packing::{step_offsets, PackedSequence};
+use crate::precision::Precision;
 use crate::weights::{DirParams, Weights};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,7 +110,7 @@ fn unflatten(cfg: &RnnConfig, flat: &[f32]) -> Result<Weights<f32>> {
 }
 
 
-/// The number of f32 elements of [`flat_weights`] for `cfg`.
+/// The number of elements of [`flat_weights`] for `cfg`.
 pub fn weight_elems(cfg: &RnnConfig) -> usize {
     slot_layout(cfg).1
 }
@@ -119,6 +120,15 @@ pub fn weight_elems(cfg: &RnnConfig) -> usize {
 /// the same layout ([`weights_from_flat`]).
 pub fn flat_weights(w: &Weights<f32>) -> Vec<f32> {
     flatten(w)
+}
+
+/// The weights on the device as [`CellPlan`] reads them: [`flat_weights`] stored in the
+/// config's [`Precision`] (f16: converted on the host, so weights loaded from an F16 file
+/// arrive unchanged, with no f32 copy on the device).
+pub fn upload_weights(ctx: &Context, w: &Weights<f32>) -> Result<TrackedBuffer> {
+    check_weights(w)?;
+    ctx.check_precision(w.config.precision)?;
+    readback::upload_stored(ctx, "weights", &flatten(w), w.config.precision)
 }
 
 /// Weights (or weight gradients) from the layout of [`flat_weights`].
@@ -211,7 +221,8 @@ impl Builder {
     }
 }
 
-/// The caller's buffers for a [`CellPlan`] forward. Every buffer holds f32, row-major.
+/// The caller's buffers for a [`CellPlan`] forward. Every buffer but the counter holds the
+/// config's [`Precision`] (f32 or f16), row-major.
 pub struct CellForwardBuffers<'a> {
     /// Flat parameters ([`flat_weights`]).
     pub weights: &'a wgpu::Buffer,
@@ -285,6 +296,13 @@ impl CellPlan {
     /// and zoneout; the step counter is bound at recording, see [`CellForwardBuffers`]).
     pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
         cfg.validate()?;
+        let prec = cfg.precision;
+        if prec != Precision::F32 && cfg.regularised() {
+            // The masks' step counter is an f32 the kernels read through the weights'
+            // binding, which f16 plans type as f16.
+            return Err(Error::Unsupported(format!("dropout and zoneout with {prec} storage")));
+        }
+        ctx.check_precision(prec)?;
         let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
         let ld = cfg.num_layers * d;
         let training = pass == Pass::Training;
@@ -312,7 +330,7 @@ impl CellPlan {
             // The mask's element index, (packed row) * H_out + unit.
             sizes.push(("zoneout mask", n * hw));
         }
-        check_gpu(ctx, n, b, &sizes)?;
+        check_gpu(ctx, n, b, prec, &sizes)?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
 
@@ -417,7 +435,8 @@ impl CellPlan {
         let mut bwd = Vec::new();
         if training {
             // Written by adding (two directions, direct input terms): cleared first.
-            let f4 = |e: usize| (e * 4) as u64;
+            // Clears cover whole 4-byte words (the buffers are checked to hold them).
+            let f4 = |e: usize| (e * prec.bytes()).next_multiple_of(4) as u64;
             bwd.push(Op::Clear(Buf::GradInput, f4(n * cfg.input_size)));
             bwd.push(Op::Clear(Buf::GradWeights, f4(weight_elems)));
             for (l, dm) in dims.iter().enumerate().skip(1) {
@@ -440,7 +459,7 @@ impl CellPlan {
                     let k = layer * d + dir;
                     let wo = &woffs[k];
                     let tp = Buf::Tape(k);
-                    bwd.push(Op::Clear(Buf::Bws, (bws_len * 4) as u64));
+                    bwd.push(Op::Clear(Buf::Bws, f4(bws_len)));
                     let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, (b, n, training), out_w, wo) };
                     // Reverse of the processing order.
                     let order: Vec<usize> = if dir == 1 { (0..steps).collect() } else { (0..steps).rev().collect() };
@@ -512,10 +531,11 @@ impl CellPlan {
 
         // Workspaces.
         let mut own = HashMap::new();
+        let buf = |ctx: &Context, label: &str, elems: usize| buf(ctx, label, elems, prec);
         for i in 0..5 {
             own.insert(Buf::Dummy(i), buf(ctx, "unused", 4)?);
         }
-        own.insert(Buf::ZeroCounter, buf(ctx, "zero step counter", 4)?);
+        own.insert(Buf::ZeroCounter, readback::storage(ctx, "zero step counter", 4)?);
         if zone && training {
             own.insert(Buf::Stash, buf(ctx, "zoneout gradients", b * hw)?);
         }
@@ -545,7 +565,7 @@ impl CellPlan {
         for op in fwd.iter().chain(&bwd) {
             if let Op::Dispatch { kernel, .. } = op {
                 if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(*kernel) {
-                    e.insert(ctx.pipeline(*kernel)?);
+                    e.insert(ctx.pipeline_at(*kernel, prec)?);
                 }
             }
         }
@@ -582,11 +602,12 @@ impl CellPlan {
     pub fn rows(&self) -> usize {
         self.n
     }
-    /// f32 elements of the weights (and weight gradients) buffer.
+    /// Elements of the weights (and weight gradients) buffer, stored in the config's
+    /// [`Precision`].
     pub fn weight_elems(&self) -> usize {
         self.weight_elems
     }
-    /// f32 elements of the states (and state gradients) buffer: `L*D * B * S`.
+    /// Elements of the states (and state gradients) buffer: `L*D * B * S`.
     pub fn state_elems(&self) -> usize {
         self.state_elems
     }
@@ -603,14 +624,15 @@ impl CellPlan {
         self.own.values().map(|b| b.size()).sum::<u64>() + self.params.size()
     }
 
+    /// `buf` holds `elems` elements in the plan's precision.
     fn check(&self, what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
-        record::check_buffer(&self.ctx, what, buf, elems)
+        record::check_stored(&self.ctx, what, buf, elems, self.cfg.precision)
     }
 
     /// The caller's step counter, checked, or the plan's zero.
     fn counter<'a>(&'a self, given: Option<&'a wgpu::Buffer>) -> Result<&'a wgpu::Buffer> {
         let counter = given.unwrap_or(&self.own[&Buf::ZeroCounter]);
-        self.check("counter", counter, 1)?;
+        record::check_buffer(&self.ctx, "counter", counter, 1)?;
         Ok(counter)
     }
 
@@ -724,7 +746,7 @@ pub struct StepPlan {
     plan: CellPlan,
 }
 
-/// The caller's buffers for one [`StepPlan`] step (f32, row-major).
+/// The caller's buffers for one [`StepPlan`] step (the config's [`Precision`], row-major).
 pub struct StepBuffers<'a> {
     /// Flat parameters ([`flat_weights`]).
     pub weights: &'a wgpu::Buffer,
@@ -758,11 +780,11 @@ impl StepPlan {
     pub fn batch(&self) -> usize {
         self.plan.b
     }
-    /// f32 elements of the weights buffer.
+    /// Elements of the weights buffer (in the config's [`Precision`]).
     pub fn weight_elems(&self) -> usize {
         self.plan.weight_elems
     }
-    /// f32 elements of the states buffer: `L * B * S`.
+    /// Elements of the states buffer: `L * B * S`.
     pub fn state_elems(&self) -> usize {
         self.plan.state_elems
     }
@@ -863,15 +885,15 @@ impl Dims {
     }
 }
 
-fn check_gpu(ctx: &Context, n: usize, b: usize, elems: &[(&str, usize)]) -> Result<()> {
+fn check_gpu(ctx: &Context, n: usize, b: usize, prec: Precision, elems: &[(&str, usize)]) -> Result<()> {
     let max = ctx.limits().max_compute_workgroups_per_dimension as usize;
     if b > max {
         return Err(Error::Limit(format!("batch {b} exceeds the device's {max} workgroups per dimension")));
     }
-    let limit = ctx.binding_limit() / 4;
+    let limit = ctx.binding_limit() / prec.bytes() as u64;
     for &(what, e) in elems.iter().chain([("rows", n)].iter()) {
         if e as u64 > limit || e >= 1 << 31 {
-            return Err(Error::Limit(format!("{what} ({e} f32) exceeds one binding ({} bytes) on this device", ctx.binding_limit())));
+            return Err(Error::Limit(format!("{what} ({e} {prec}) exceeds one binding ({} bytes) on this device", ctx.binding_limit())));
         }
     }
     Ok(())
@@ -893,16 +915,8 @@ impl std::fmt::Debug for GpuCellTape {
     }
 }
 
-fn buf(ctx: &Context, label: &str, elems: usize) -> Result<TrackedBuffer> {
-    readback::storage(ctx, label, elems.max(4))
-}
-
-/// Pads to at least 4 elements (a buffer holds at least 16 bytes).
-fn pad4(mut v: Vec<f32>) -> Vec<f32> {
-    if v.len() < 4 {
-        v.resize(4, 0.0);
-    }
-    v
+fn buf(ctx: &Context, label: &str, elems: usize, prec: Precision) -> Result<TrackedBuffer> {
+    ctx.buffer(label, (elems.max(4) * prec.bytes()) as u64, readback::storage_usage())
 }
 
 /// Runs the stack on the GPU: as [`crate::cpu::generic::forward`] (a [`CellPlan`], uploads,
@@ -945,17 +959,18 @@ pub fn forward_with(
     let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
     let out_w = cfg.output_size();
     let _serial = ctx.exclusive();
-    let wbuf = readback::upload(ctx, "weights", &pad4(flatten(w)))?;
+    let prec = cfg.precision;
+    let wbuf = upload_weights(ctx, w)?;
     let s_host = gather_states(&states, states0, ld, b, &input.sorted_indices)?;
-    let sbuf = readback::upload(ctx, "states", &pad4(s_host))?;
-    let xbuf = readback::upload(ctx, "input", &pad4(input.data.clone()))?;
-    let obuf = buf(ctx, "output", n * out_w)?;
+    let sbuf = readback::upload_stored(ctx, "states", &s_host, prec)?;
+    let xbuf = readback::upload_stored(ctx, "input", &input.data, prec)?;
+    let obuf = buf(ctx, "output", n * out_w, prec)?;
     let counter = readback::upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
     plan.record_forward(&mut encoder, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf, counter: Some(&counter) })?;
     let mut rb = Readback::new();
-    rb.copy(ctx, &mut encoder, &obuf, n * out_w)?;
-    rb.copy(ctx, &mut encoder, &sbuf, plan.state_elems)?;
+    rb.copy_stored(ctx, &mut encoder, &obuf, n * out_w, prec)?;
+    rb.copy_stored(ctx, &mut encoder, &sbuf, plan.state_elems, prec)?;
     let mut got = rb.submit_and_read(ctx, encoder)?;
     let s_fin = got.pop().unwrap_or_default();
     let out = got.pop().unwrap_or_default();
@@ -987,19 +1002,20 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let _serial = ctx.exclusive();
     let layout = plan.layout();
     let ds_host = gather_states(&states, grad_states, ld, b, layout.sorted_indices())?;
-    let dsbuf = readback::upload(ctx, "state gradients", &pad4(ds_host))?;
-    let gobuf = readback::upload(ctx, "output gradients", &pad4(grad_output.to_vec()))?;
-    let gw = buf(ctx, "weight gradients", plan.weight_elems)?;
-    let gx = buf(ctx, "input gradients", n * cfg.input_size)?;
+    let prec = cfg.precision;
+    let dsbuf = readback::upload_stored(ctx, "state gradients", &ds_host, prec)?;
+    let gobuf = readback::upload_stored(ctx, "output gradients", grad_output, prec)?;
+    let gw = buf(ctx, "weight gradients", plan.weight_elems, prec)?;
+    let gx = buf(ctx, "input gradients", n * cfg.input_size, prec)?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
     plan.record_backward(
         &mut encoder,
         &CellBackwardBuffers { weights: &tape.weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw, counter: Some(&tape.counter) },
     )?;
     let mut rb = Readback::new();
-    rb.copy(ctx, &mut encoder, &gx, n * cfg.input_size)?;
-    rb.copy(ctx, &mut encoder, &dsbuf, plan.state_elems)?;
-    rb.copy(ctx, &mut encoder, &gw, plan.weight_elems)?;
+    rb.copy_stored(ctx, &mut encoder, &gx, n * cfg.input_size, prec)?;
+    rb.copy_stored(ctx, &mut encoder, &dsbuf, plan.state_elems, prec)?;
+    rb.copy_stored(ctx, &mut encoder, &gw, plan.weight_elems, prec)?;
     let mut got = rb.submit_and_read(ctx, encoder)?;
     let gflat = got.pop().unwrap_or_default();
     let ds = got.pop().unwrap_or_default();

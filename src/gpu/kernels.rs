@@ -3,6 +3,7 @@
 //! shared with WGSL (a test checks their sizes against naga's).
 
 use crate::cells::Mode;
+use crate::precision::Precision;
 use bytemuck::{Pod, Zeroable};
 
 /// WGSL sources, shared snippets joined in front at compile time. Every file is plain WGSL.
@@ -30,6 +31,8 @@ pub mod source {
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     /// `util.wgsl`: row gathers and scatters, copies, transposes, padding, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
+    /// `cast.wgsl`: conversions between f32 and the storage precision (mixed-precision training).
+    pub const CAST: &str = include_str!("../../shaders/cast.wgsl");
     /// `train.wgsl` after `shared/random.wgsl`: the training kit (embedding, losses, optimisers, dropout).
     pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
 }
@@ -56,6 +59,8 @@ pub enum Family {
     Util,
     /// The training kit (`train.wgsl`, [`TrainParams`]).
     Train,
+    /// Conversions between f32 and the storage precision (`cast.wgsl`, [`CastParams`]).
+    Cast,
     /// A cell's pointwise kernels (`shaders/cells/<cell>.wgsl` after `shaders/cells/prelude.wgsl`),
     /// run by the GPU driver generic over the cell (`gpu::generic`).
     Cell(Mode),
@@ -63,7 +68,7 @@ pub enum Family {
 
 impl Family {
     /// The families that do not depend on a cell.
-    pub const FIXED: [Family; 6] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train];
+    pub const FIXED: [Family; 7] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train, Family::Cast];
 
     /// Every family: the fixed ones, and one per registered cell.
     pub fn all() -> Vec<Family> {
@@ -72,7 +77,26 @@ impl Family {
         v
     }
 
-    /// The family's WGSL source, shared snippets included.
+    /// Whether the family's storage arrays hold the plan's precision (`alias S`, see
+    /// [`Precision`]): the GEMMs, the row utilities and the cells, which the cell drivers
+    /// run. The fused kernels and the training kit are f32 only.
+    pub fn stores_precision(self) -> bool {
+        matches!(self, Family::Gemm | Family::Util | Family::Cell(_) | Family::Cast)
+    }
+
+    /// The family's WGSL as compiled for `precision`: [`Precision`]'s prefix (the element
+    /// type `S`) in front of [`Family::source`] for the families that
+    /// [`Family::stores_precision`], the source alone for the others (always f32).
+    pub fn source_at(self, precision: Precision) -> String {
+        if self.stores_precision() {
+            format!("{}{}", precision.wgsl_prefix(), self.source())
+        } else {
+            self.source().to_string()
+        }
+    }
+
+    /// The family's WGSL source, shared snippets included (without the precision prefix:
+    /// see [`Family::source_at`]).
     pub fn source(self) -> &'static str {
         match self {
             Family::Cell(m) => m.wgsl(),
@@ -82,6 +106,7 @@ impl Family {
             Family::Gemm => source::GEMM,
             Family::Util => source::UTIL,
             Family::Train => source::TRAIN,
+            Family::Cast => source::CAST,
         }
     }
 
@@ -100,6 +125,8 @@ impl Family {
             Family::Util => &[false, false, false, true],
             // a, b, idx (u32), out (rw), out2 (rw), state (rw)
             Family::Train => &[false, false, false, true, true, true],
+            // a32, a_s, d32 (rw), d_s (rw), optimiser state
+            Family::Cast => &[false, false, true, true, false],
             // weights, layer input, tape (rw), states (rw), scratch (rw), output (rw),
             // backward workspace (rw), input gradient (rw): see shaders/cells/prelude.wgsl
             Family::Cell(_) => &[false, false, true, true, true, true, true, true],
@@ -114,6 +141,7 @@ impl Family {
             Family::Gemm => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
+            Family::Cast => std::mem::size_of::<CastParams>(),
             Family::Cell(_) => std::mem::size_of::<CellParams>(),
         }) as u64
     }
@@ -210,6 +238,10 @@ pub enum Kernel {
     CellZoneoutAdd(Mode),
     /// Inverted dropout of a layer's output or of its gradient (prelude).
     CellDropout(Mode),
+    /// `to_stored`: f32 to the storage precision (cast.wgsl).
+    CastToStored,
+    /// `to_f32`: the storage precision to f32 (cast.wgsl).
+    CastToF32,
 }
 
 /// The training kit's entry points.
@@ -279,6 +311,7 @@ impl Kernel {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
+            CastToStored | CastToF32 => Family::Cast,
             CellForward(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
         }
     }
@@ -317,6 +350,8 @@ impl Kernel {
             CellZoneoutStash(_) => "zoneout_stash",
             CellZoneoutAdd(_) => "zoneout_add",
             CellDropout(_) => "dropout_rows",
+            CastToStored => "to_stored",
+            CastToF32 => "to_f32",
         }
     }
 
@@ -378,35 +413,52 @@ pub fn runtime_checks() -> bool {
     }
 }
 
-/// One shader module per family, built once per context.
-pub(crate) struct Modules(Vec<(Family, wgpu::ShaderModule)>);
+/// One shader module per family and precision: the f32 modules built with the context, the
+/// f16 ones when first asked for (on a device with `SHADER_F16`).
+pub(crate) struct Modules {
+    f32: Vec<(Family, wgpu::ShaderModule)>,
+    f16: std::sync::Mutex<Vec<(Family, wgpu::ShaderModule)>>,
+}
+
+fn create_module(device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
+    let desc = wgpu::ShaderModuleDescriptor {
+        label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
+        source: wgpu::ShaderSource::Wgsl(f.source_at(precision).into()),
+    };
+    if runtime_checks() {
+        device.create_shader_module(desc)
+    } else {
+        // SAFETY: every index the kernels compute is bounded by sizes the plan
+        // validated against the bound buffers (Plan::check, MatMul::record);
+        // debug builds and WGPU_RNN_CHECKED=1 keep naga's bounds checks.
+        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
+    }
+}
 
 impl Modules {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
-        Modules(
-            Family::all()
-                .iter()
-                .map(|&f| {
-                    let desc = wgpu::ShaderModuleDescriptor {
-                        label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
-                        source: wgpu::ShaderSource::Wgsl(f.source().into()),
-                    };
-                    let m = if runtime_checks() {
-                        device.create_shader_module(desc)
-                    } else {
-                        // SAFETY: every index the kernels compute is bounded by sizes the plan
-                        // validated against the bound buffers (Plan::check, MatMul::record);
-                        // debug builds and WGPU_RNN_CHECKED=1 keep naga's bounds checks.
-                        unsafe { device.create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked()) }
-                    };
-                    (f, m)
-                })
-                .collect(),
-        )
+        Modules {
+            f32: Family::all().iter().map(|&f| (f, create_module(device, f, Precision::F32))).collect(),
+            f16: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
-    pub(crate) fn get(&self, f: Family) -> &wgpu::ShaderModule {
-        &self.0.iter().find(|(g, _)| *g == f).expect("every family has a module").1
+    /// The module of family `f` storing in `precision` (only the families that
+    /// [`Family::stores_precision`] have f16 modules; the caller checked `SHADER_F16`).
+    pub(crate) fn get(&self, device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
+        let precision = if f.stores_precision() { precision } else { Precision::F32 };
+        match precision {
+            Precision::F32 => self.f32.iter().find(|(g, _)| *g == f).expect("every family has a module").1.clone(),
+            Precision::F16 => {
+                let mut v = self.f16.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some((_, m)) = v.iter().find(|(g, _)| *g == f) {
+                    return m.clone();
+                }
+                let m = create_module(device, f, Precision::F16);
+                v.push((f, m.clone()));
+                m
+            }
+        }
     }
 }
 
@@ -743,6 +795,28 @@ pub struct GemmParams {
     pub _pad0: u32,
     /// Padding.
     pub _pad1: u32,
+}
+
+/// `CastParams` in cast.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CastParams {
+    /// Rows of the block.
+    pub rows: u32,
+    /// Columns of the block.
+    pub width: u32,
+    /// Offset in the source.
+    pub src_off: u32,
+    /// Row stride of the source.
+    pub src_ld: u32,
+    /// Offset in the target.
+    pub dst_off: u32,
+    /// Row stride of the target.
+    pub dst_ld: u32,
+    /// Where the loss scale is in the optimiser state, or [`NONE`] for a factor of 1.
+    pub scale_off: u32,
+    /// 1: divide by the loss scale instead of multiplying.
+    pub invert: u32,
 }
 
 /// `UtilParams` in util.wgsl.

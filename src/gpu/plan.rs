@@ -386,6 +386,9 @@ impl Plan {
         if cfg.regularised() {
             return Err(Error::Unsupported("dropout and zoneout in the fused GPU path (gpu::CellPlan runs them)".into()));
         }
+        if cfg.precision != crate::precision::Precision::F32 {
+            return Err(Error::Unsupported(format!("{} storage in the fused GPU path (gpu::CellPlan runs it)", cfg.precision)));
+        }
         let cell = cfg.mode;
         let _serial = ctx.exclusive();
         cfg.validate()?;

@@ -2,6 +2,7 @@
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 
 /// A storage buffer holding `data` (at least 16 bytes), usable as a copy source and target.
 pub fn upload(ctx: &Context, label: &str, data: &[f32]) -> Result<TrackedBuffer> {
@@ -27,6 +28,19 @@ pub(crate) fn write(ctx: &Context, buf: &wgpu::Buffer, bytes: &[u8]) -> Result<(
     scope.pop_on(ctx)
 }
 
+/// A storage buffer holding `data` stored in `precision` (at least 16 bytes).
+pub fn upload_stored(ctx: &Context, label: &str, data: &[f32], precision: Precision) -> Result<TrackedBuffer> {
+    let mut bytes = precision.encode(data);
+    bytes.resize(bytes.len().max(16).next_multiple_of(4), 0);
+    upload_bytes(ctx, label, &bytes)
+}
+
+/// A storage buffer of `elems` elements stored in `precision` (zeroed by wgpu), usable as a
+/// copy source and target: the caller's buffers for an f16 [`super::CellPlan`].
+pub fn storage_at(ctx: &Context, label: &str, elems: usize, precision: Precision) -> Result<TrackedBuffer> {
+    ctx.buffer(label, (elems * precision.bytes()) as u64, storage_usage())
+}
+
 /// An uninitialised storage buffer of `elems` f32.
 pub fn storage(ctx: &Context, label: &str, elems: usize) -> Result<TrackedBuffer> {
     ctx.buffer(label, (elems * 4) as u64, storage_usage())
@@ -40,7 +54,7 @@ pub fn storage_usage() -> wgpu::BufferUsages {
 /// Collects copies of device buffers into staging buffers in an encoder, then reads them all
 /// after one submit.
 pub struct Readback {
-    staging: Vec<(TrackedBuffer, usize)>,
+    staging: Vec<(TrackedBuffer, usize, Precision)>,
 }
 
 impl Readback {
@@ -53,18 +67,25 @@ impl Readback {
     /// `src` must hold `elems` f32 and allow `COPY_SRC` (typed errors, not an encoder that
     /// fails to finish).
     pub fn copy(&mut self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, elems: usize) -> Result<usize> {
-        if src.size() / 4 < elems as u64 {
-            return Err(Error::ShapeMismatch { what: "readback source (f32 elements)".into(), expected: vec![elems], got: vec![(src.size() / 4) as usize] });
+        self.copy_stored(ctx, encoder, src, elems, Precision::F32)
+    }
+
+    /// [`Readback::copy`] of `elems` values stored in `precision`, widened to f32 when read.
+    /// `src` must hold them rounded up to 4 bytes.
+    pub fn copy_stored(&mut self, ctx: &Context, encoder: &mut wgpu::CommandEncoder, src: &wgpu::Buffer, elems: usize, precision: Precision) -> Result<usize> {
+        let bytes = (elems * precision.bytes()).next_multiple_of(4) as u64;
+        if src.size() < bytes {
+            let what = format!("readback source ({precision} elements)");
+            return Err(Error::ShapeMismatch { what, expected: vec![elems], got: vec![(src.size() / precision.bytes() as u64) as usize] });
         }
         if !src.usage().contains(wgpu::BufferUsages::COPY_SRC) {
             return Err(Error::Gpu(format!("readback source lacks BufferUsages::COPY_SRC (has {:?})", src.usage())));
         }
-        let bytes = (elems * 4) as u64;
         let st = ctx.buffer("readback", bytes, wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST)?;
         if bytes > 0 {
             encoder.copy_buffer_to_buffer(src, 0, &st, 0, Some(bytes));
         }
-        self.staging.push((st, elems));
+        self.staging.push((st, elems, precision));
         Ok(self.staging.len() - 1)
     }
 
@@ -80,7 +101,7 @@ impl Readback {
         ctx.queue.submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         let mut pending = 0;
-        for (i, (b, elems)) in self.staging.iter().enumerate() {
+        for (i, (b, elems, _)) in self.staging.iter().enumerate() {
             if *elems == 0 {
                 continue;
             }
@@ -107,13 +128,13 @@ impl Readback {
             }
         }
         let mut out = Vec::with_capacity(self.staging.len());
-        for (b, elems) in &self.staging {
+        for (b, elems, precision) in &self.staging {
             if *elems == 0 {
                 out.push(Vec::new());
                 continue;
             }
             let view = b.slice(..).get_mapped_range().map_err(|e| Error::Gpu(format!("get_mapped_range: {e}")))?;
-            let v: Vec<f32> = bytemuck::pod_collect_to_vec(&view[..elems * 4]);
+            let v = precision.decode(&view[..elems * precision.bytes()]);
             drop(view);
             b.unmap();
             out.push(v);

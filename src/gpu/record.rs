@@ -136,8 +136,19 @@ pub(crate) fn check_aliasing(roles: &[(&str, Option<&wgpu::Buffer>, bool)]) -> R
 /// Checks a caller's buffer bound as `what` to hold `elems` f32: large enough, with
 /// `STORAGE` usage, within one storage binding of the device.
 pub(crate) fn check_buffer(ctx: &Context, what: &str, b: &wgpu::Buffer, elems: usize) -> Result<()> {
-    if b.size() < (elems * 4) as u64 {
-        return Err(Error::ShapeMismatch { what: format!("{what} buffer (f32 elements)"), expected: vec![elems], got: vec![(b.size() / 4) as usize] });
+    check_stored(ctx, what, b, elems, crate::precision::Precision::F32)
+}
+
+/// [`check_buffer`] for `elems` elements stored in `precision`; the size must cover them
+/// rounded up to 4 bytes (what a clear or copy of them touches).
+pub(crate) fn check_stored(ctx: &Context, what: &str, b: &wgpu::Buffer, elems: usize, precision: crate::precision::Precision) -> Result<()> {
+    let bytes = precision.bytes();
+    if b.size() < (elems * bytes).next_multiple_of(4) as u64 {
+        return Err(Error::ShapeMismatch {
+            what: format!("{what} buffer ({precision} elements)"),
+            expected: vec![elems],
+            got: vec![(b.size() / bytes as u64) as usize],
+        });
     }
     if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
         return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {:?})", b.usage())));

@@ -10,9 +10,10 @@
 //! CPU gradients by finite differences.
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{GemmParams, Kernel, TrainKernel, TrainParams, UtilParams, NONE};
+use super::kernels::{CastParams, GemmParams, Kernel, TrainKernel, TrainParams, UtilParams, NONE};
 use super::record::{self, ParamBlocks, Recorder};
 use crate::error::{Error, Result};
+use crate::precision::Precision;
 use std::sync::Arc;
 
 /// Floats in a metric block: `[loss sum, correct, rows, spare]`.
@@ -21,9 +22,14 @@ pub const METRIC_FLOATS: usize = 4;
 /// Floats before the per-group slots in an optimiser state block (see shaders/train.wgsl).
 const OPT_HEADER: usize = 8;
 
+/// Where the loss scale is in an optimiser state block (0: no loss scaling).
+const OPT_LOSS_SCALE: usize = 6;
+
 /// One dispatch waiting for [`OpBuilder::build`].
 struct Pending {
     kernel: Kernel,
+    /// The storage precision of the kernel's `S` buffers (f32 but for the casts).
+    precision: Precision,
     params: Vec<u8>,
     bufs: Vec<Option<wgpu::Buffer>>,
     groups: [u32; 3],
@@ -180,7 +186,65 @@ impl OpBuilder {
     }
 
     fn push_train(&mut self, k: TrainKernel, p: TrainParams, bufs: [Option<&wgpu::Buffer>; 6], groups: [u32; 3]) {
-        self.ops.push(Pending { kernel: Kernel::Train(k), params: bytemuck::bytes_of(&p).to_vec(), bufs: bufs.iter().map(|b| b.cloned()).collect(), groups });
+        self.ops.push(Pending { kernel: Kernel::Train(k), precision: Precision::F32, params: bytemuck::bytes_of(&p).to_vec(), bufs: bufs.iter().map(|b| b.cloned()).collect(), groups });
+    }
+
+    /// Checks and appends one cast (see [`OpBuilder::to_stored`]).
+    #[allow(clippy::too_many_arguments)]
+    fn cast(&mut self, kernel: Kernel, precision: Precision, src: &wgpu::Buffer, (src_off, src_ld): (usize, usize), dst: &wgpu::Buffer, (dst_off, dst_ld): (usize, usize), rows: usize, width: usize, scale: Option<(&Optimizer, bool)>) -> Result<()> {
+        let n = mul("cast elements", rows, width)?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.ctx.check_precision(precision)?;
+        if src_ld < width || dst_ld < width {
+            return Err(Error::InvalidConfig(format!("cast of width {width} with row strides {src_ld} and {dst_ld}")));
+        }
+        let end = |off: usize, ld: usize| add("cast end", off, add("cast end", mul("cast end", rows - 1, ld)?, width)?);
+        let (src_end, dst_end) = (end(src_off, src_ld)?, end(dst_off, dst_ld)?);
+        u32_of("cast elements", src_end.max(dst_end))?;
+        let (f32_end, stored, stored_end) = if kernel == Kernel::CastToStored { (src_end, dst, dst_end) } else { (dst_end, src, src_end) };
+        let f32_buf = if kernel == Kernel::CastToStored { src } else { dst };
+        check_buf("cast f32 side", f32_buf, f32_end)?;
+        let bytes = (stored_end * precision.bytes()).next_multiple_of(4) as u64;
+        if !stored.usage().contains(wgpu::BufferUsages::STORAGE) || stored.size() < bytes {
+            return Err(Error::ShapeMismatch { what: format!("cast {precision} side (bytes)"), expected: vec![bytes as usize], got: vec![stored.size() as usize] });
+        }
+        let p = CastParams {
+            rows: rows as u32,
+            width: width as u32,
+            src_off: src_off as u32,
+            src_ld: src_ld as u32,
+            dst_off: dst_off as u32,
+            dst_ld: dst_ld as u32,
+            scale_off: if scale.is_some() { OPT_LOSS_SCALE as u32 } else { NONE },
+            invert: scale.is_some_and(|(_, inv)| inv) as u32,
+        };
+        let state = scale.map(|(o, _)| o.state_buffer().clone());
+        let bufs = if kernel == Kernel::CastToStored {
+            vec![Some(src.clone()), None, None, Some(dst.clone()), state]
+        } else {
+            vec![None, Some(src.clone()), Some(dst.clone()), None, state]
+        };
+        self.ops.push(Pending { kernel, precision, params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: linear_groups(n) });
+        Ok(())
+    }
+
+    /// A `[rows, width]` block of f32 `src` (at `(offset, row stride)`) into `dst`, which
+    /// stores `precision` (f16: rounded to nearest), times the optimiser's loss scale when
+    /// `scale` is given (a loss gradient entering a mixed-precision layer). Master weights
+    /// to their f16 copy, an f32 layer input to an f16 one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn to_stored(&mut self, precision: Precision, src: &wgpu::Buffer, src_at: (usize, usize), dst: &wgpu::Buffer, dst_at: (usize, usize), rows: usize, width: usize, scale: Option<&Optimizer>) -> Result<()> {
+        self.cast(Kernel::CastToStored, precision, src, src_at, dst, dst_at, rows, width, scale.map(|o| (o, false)))
+    }
+
+    /// The inverse of [`OpBuilder::to_stored`]: `src` stored in `precision` into f32 `dst`,
+    /// divided by the optimiser's loss scale when `unscale` is given (a mixed-precision
+    /// layer's gradients going to the f32 master weights).
+    #[allow(clippy::too_many_arguments)]
+    pub fn to_f32(&mut self, precision: Precision, src: &wgpu::Buffer, src_at: (usize, usize), dst: &wgpu::Buffer, dst_at: (usize, usize), rows: usize, width: usize, unscale: Option<&Optimizer>) -> Result<()> {
+        self.cast(Kernel::CastToF32, precision, src, src_at, dst, dst_at, rows, width, unscale.map(|o| (o, true)))
     }
 
     /// `out[r, :] = table[ids[r], :]` for the index's rows: `table` `[vocab, dim]`, `out` `[rows, dim]`.
@@ -276,7 +340,7 @@ impl OpBuilder {
 
     fn push_gemm(&mut self, p: GemmParams, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>) {
         let bufs = vec![Some(a.clone()), Some(b.clone()), Some(c.clone()), Some(bias.unwrap_or(b).clone()), Some(b.clone()), Some(a.clone())];
-        self.ops.push(Pending { kernel: p.kernel(), params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups() });
+        self.ops.push(Pending { kernel: p.kernel(), precision: Precision::F32, params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups() });
     }
 
     fn check_linear(s: &LinearShape) -> Result<()> {
@@ -316,6 +380,7 @@ impl OpBuilder {
         let u = UtilParams { rows: r, width: o, src_off: 0, src_ld: o, dst_off: o * i, ..Default::default() };
         self.ops.push(Pending {
             kernel: Kernel::ColSum,
+            precision: Precision::F32,
             params: bytemuck::bytes_of(&u).to_vec(),
             bufs: vec![Some(dy.clone()), None, None, Some(grad_params.clone())],
             groups: linear_groups(s.output),
@@ -424,7 +489,7 @@ impl OpBuilder {
                 })
                 .collect();
             let bg = record::bind_group(&ctx, op.kernel, &params, &bufs);
-            ops.push((op.kernel, ctx.pipeline(op.kernel)?, bg, offset, op.groups));
+            ops.push((op.kernel, ctx.pipeline_at(op.kernel, op.precision)?, bg, offset, op.groups));
         }
         scope.pop_on(&ctx)?;
         Ok(Program { ctx: self.ctx, _params: params, _dummies: dummies, ops })
@@ -518,6 +583,8 @@ pub struct ParamGroup<'a> {
 pub struct Optimizer {
     kind: OptimizerKind,
     clip: Option<f32>,
+    /// Dynamic loss scaling: the scale doubles after this many finite steps in a row (0: off).
+    growth_interval: u32,
     groups: Vec<(wgpu::Buffer, wgpu::Buffer, usize, TrackedBuffer)>,
     state: TrackedBuffer,
 }
@@ -529,8 +596,11 @@ pub struct OptimizerState {
     pub steps: f32,
     /// The last step's global gradient norm, before clipping.
     pub grad_norm: f32,
-    /// Steps skipped because the gradient norm was not finite.
+    /// Steps skipped because the gradient norm was not finite (with loss scaling, the
+    /// overflows: each also halved the scale).
     pub skipped: f32,
+    /// The loss scale (0 without loss scaling: [`Optimizer::with_loss_scaling`]).
+    pub loss_scale: f32,
 }
 
 impl Optimizer {
@@ -558,7 +628,25 @@ impl Optimizer {
             gs.push((g.params.clone(), g.grads.clone(), g.elems, moments));
         }
         let state = super::readback::upload(ctx, "optimiser state", &vec![0.0; OPT_HEADER + groups.len()])?;
-        Ok(Optimizer { kind, clip, groups: gs, state })
+        Ok(Optimizer { kind, clip, growth_interval: 0, groups: gs, state })
+    }
+
+    /// Dynamic loss scaling for mixed-precision training (as PyTorch's `GradScaler`): the
+    /// loss gradient entering an f16 layer is multiplied by the scale
+    /// ([`OpBuilder::to_stored`] with the optimiser), the layer's gradients divided by it on
+    /// their way to f32 ([`OpBuilder::to_f32`]); a step whose gradient norm is not finite (an
+    /// f16 overflow) is skipped and counted and halves the scale (not below 1), and
+    /// `growth_interval` finite steps in a row double it (up to 2^24). All on the device.
+    pub fn with_loss_scaling(mut self, ctx: &Context, initial: f32, growth_interval: u32) -> Result<Self> {
+        if !(initial.is_finite() && initial >= 1.0) || growth_interval == 0 {
+            return Err(Error::InvalidConfig(format!("loss scale {initial} (at least 1) with growth interval {growth_interval} (positive)")));
+        }
+        let mut head = read_f32(ctx, &self.state, OPT_HEADER)?;
+        head[OPT_LOSS_SCALE] = initial;
+        head[OPT_LOSS_SCALE + 1] = 0.0;
+        super::readback::write(ctx, &self.state, bytemuck::cast_slice(&head))?;
+        self.growth_interval = growth_interval;
+        Ok(self)
     }
 
     /// Appends one step: the global gradient norm, clipping, and the update of every group.
@@ -571,7 +659,7 @@ impl Optimizer {
             OptimizerKind::Adam { beta1, beta2, .. } => (beta1, beta2),
             OptimizerKind::Sgd { .. } => (0.0, 0.0),
         };
-        let p = TrainParams { count: self.groups.len() as u32, f0: self.clip.unwrap_or(0.0), f1, f2, ..Default::default() };
+        let p = TrainParams { count: self.groups.len() as u32, f0: self.clip.unwrap_or(0.0), f1, f2, f3: self.growth_interval as f32, ..Default::default() };
         b.push_train(TrainKernel::OptBegin, p, [None, None, None, None, None, Some(&self.state)], [1, 1, 1]);
         for (params, grads, elems, moments) in &self.groups {
             let (k, p) = match self.kind {
@@ -617,7 +705,7 @@ impl Optimizer {
     /// Reads the step count, last gradient norm and skipped steps (one submit and wait).
     pub fn read_state(&self, ctx: &Context) -> Result<OptimizerState> {
         let s = read_f32(ctx, &self.state, OPT_HEADER)?;
-        Ok(OptimizerState { steps: s[0], grad_norm: s[4], skipped: s[5] })
+        Ok(OptimizerState { steps: s[0], grad_norm: s[4], skipped: s[5], loss_scale: s[OPT_LOSS_SCALE] })
     }
 }
 

@@ -5,6 +5,7 @@ mod cells;
 mod common;
 mod cpu_kernels;
 mod errors;
+mod f16;
 mod golden_cpu;
 mod gpu;
 mod gpu_cells;

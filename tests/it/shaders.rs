@@ -2,14 +2,28 @@
 //! have the sizes naga computes for their WGSL twins.
 
 use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, TrainParams, UtilParams};
+use wgpu_rnn::Precision;
+
+/// The capabilities a device needs for kernels storing in `precision`: f16 needs
+/// `SHADER_F16` (naga's `SHADER_FLOAT16`); f32 needs none.
+fn caps(precision: Precision) -> naga::valid::Capabilities {
+    match precision {
+        Precision::F32 => naga::valid::Capabilities::empty(),
+        Precision::F16 => naga::valid::Capabilities::SHADER_FLOAT16,
+    }
+}
 
 fn module(src: &str) -> naga::Module {
     naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)))
 }
 
 fn validate(name: &str, src: &str) -> naga::Module {
+    validate_at(name, src, Precision::F32)
+}
+
+fn validate_at(name: &str, src: &str, precision: Precision) -> naga::Module {
     let m = module(src);
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(precision))
         .validate(&m)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     m
@@ -29,7 +43,10 @@ fn struct_size(m: &naga::Module, name: &str) -> u32 {
 #[test]
 fn every_shader_family_validates_with_naga() {
     for f in Family::all() {
-        validate(&format!("{f:?}"), f.source());
+        validate(&format!("{f:?}"), &f.source_at(Precision::F32));
+        if f.stores_precision() {
+            validate_at(&format!("{f:?} f16"), &f.source_at(Precision::F16), Precision::F16);
+        }
     }
     // The activations snippet on its own is valid WGSL too.
     validate("activations", source::ACTIVATIONS);
@@ -62,21 +79,23 @@ fn every_shader_file_is_compiled_into_a_validated_family() {
 
 #[test]
 fn parameter_structs_match_wgsl_sizes() {
-    let m = module(Family::StepForward.source());
+    let m = module(&Family::StepForward.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "StepParams") as usize, std::mem::size_of::<StepParams>());
     for f in [Family::StepBackward, Family::RecurrentGrad] {
-        let m = module(f.source());
+        let m = module(&f.source_at(Precision::F32));
         assert_eq!(struct_size(&m, "BackParams") as usize, std::mem::size_of::<BackParams>());
     }
-    let m = module(Family::Gemm.source());
+    let m = module(&Family::Gemm.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "GemmParams") as usize, std::mem::size_of::<GemmParams>());
-    let m = module(Family::Util.source());
+    let m = module(&Family::Util.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "UtilParams") as usize, std::mem::size_of::<UtilParams>());
-    let m = module(Family::Train.source());
+    let m = module(&Family::Cast.source_at(Precision::F32));
+    assert_eq!(struct_size(&m, "CastParams") as usize, std::mem::size_of::<wgpu_rnn::gpu::kernels::CastParams>());
+    let m = module(&Family::Train.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "TrainParams") as usize, std::mem::size_of::<TrainParams>());
     for f in Family::all() {
         if let Family::Cell(_) = f {
-            let m = module(f.source());
+            let m = module(&f.source_at(Precision::F32));
             assert_eq!(struct_size(&m, "CellParams") as usize, std::mem::size_of::<wgpu_rnn::gpu::kernels::CellParams>(), "{f:?}");
         }
         assert!(f.param_size() <= wgpu_rnn::gpu::kernels::MAX_PARAM_BYTES as u64);
@@ -97,6 +116,10 @@ use wgpu_rnn::Mode;
 /// Metal Shading Language versions tried: the oldest wgpu's Metal backend accepts for
 /// compute work and a current one.
 const MSL_VERSIONS: [(u8, u8); 2] = [(1, 2), (2, 4)];
+
+/// The MSL version the f16 kernels are translated for (wgpu's Metal backend reports
+/// SHADER_F16 from MSL 2.1 on Apple GPUs).
+const MSL_F16_VERSION: (u8, u8) = (2, 4);
 
 /// HLSL shader models tried: FXC's 5.1 and DXC's 6.0 (wgpu's two DX12 compilers).
 const HLSL_MODELS: [hlsl::ShaderModel; 2] = [hlsl::ShaderModel::V5_1, hlsl::ShaderModel::V6_0];
@@ -138,7 +161,7 @@ fn all_kernels() -> Vec<Kernel> {
     }
     v.extend([
         ProjForward, ProjGrad, Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, GatherPrev, GatherLast, ScatterLast, Copy, CopyState,
-        Transpose, ColSum, PadRows,
+        Transpose, ColSum, PadRows, CastToStored, CastToF32,
     ]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
@@ -152,7 +175,7 @@ fn all_kernels() -> Vec<Kernel> {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
             | Transpose | ColSum | PadRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
-            | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) => {}
+            | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
     v
@@ -161,12 +184,12 @@ fn all_kernels() -> Vec<Kernel> {
 /// The module with `k`'s override constants substituted, as wgpu does before handing it to a
 /// backend writer; validated with the capabilities the library's device has (it requests no
 /// shader features, so none).
-fn specialised(k: Kernel) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = k.family().source();
+fn specialised(k: Kernel, precision: Precision) -> (naga::Module, naga::valid::ModuleInfo) {
+    let src = &k.family().source_at(precision);
     let m = module(src);
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), naga::valid::Capabilities::empty())
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(precision))
         .validate(&m)
-        .unwrap_or_else(|e| panic!("{}: {}", k.label(), e.emit_to_string(src)));
+        .unwrap_or_else(|e| panic!("{} {precision}: {}", k.label(), e.emit_to_string(src)));
     let mut constants = naga::back::PipelineConstants::default();
     for (name, value) in k.constants() {
         constants.insert(name.to_string(), value);
@@ -278,7 +301,7 @@ fn every_entry_point_has_a_kernel_variant() {
     let kernels = all_kernels();
     let mut total = 0;
     for f in Family::all() {
-        let m = module(f.source());
+        let m = module(&f.source_at(Precision::F32));
         assert!(!m.entry_points.is_empty(), "{f:?} has no entry points");
         for ep in &m.entry_points {
             assert_eq!(ep.stage, naga::ShaderStage::Compute, "{f:?}::{}", ep.name);
@@ -288,7 +311,7 @@ fn every_entry_point_has_a_kernel_variant() {
     }
     // And every variant names an entry point of its family.
     for k in &kernels {
-        let m = module(k.family().source());
+        let m = module(&k.family().source_at(Precision::F32));
         assert!(m.entry_points.iter().any(|ep| ep.name == k.entry()), "{}: no such entry point in {:?}", k.label(), k.family());
     }
     assert!(total >= 30, "only {total} entry points found");
@@ -297,10 +320,18 @@ fn every_entry_point_has_a_kernel_variant() {
 #[test]
 fn every_kernel_translates_to_msl_for_metal() {
     for k in all_kernels() {
-        let (m, info) = specialised(k);
+        let (m, info) = specialised(k, Precision::F32);
         for v in MSL_VERSIONS {
             for checked in [true, false] {
                 to_msl(k, &m, &info, v, checked);
+            }
+        }
+        // f16 storage: Metal has `half` in every MSL version wgpu accepts for it (2.1 up).
+        if k.family().stores_precision() {
+            let (m, info) = specialised(k, Precision::F16);
+            for checked in [true, false] {
+                let out = to_msl(k, &m, &info, MSL_F16_VERSION, checked);
+                assert!(out.contains("half"), "MSL f16: {} stores no half", k.label());
             }
         }
     }
@@ -309,10 +340,18 @@ fn every_kernel_translates_to_msl_for_metal() {
 #[test]
 fn every_kernel_translates_to_hlsl_for_dx12() {
     for k in all_kernels() {
-        let (m, info) = specialised(k);
+        let (m, info) = specialised(k, Precision::F32);
         for sm in HLSL_MODELS {
             for checked in [true, false] {
                 to_hlsl(k, &m, &info, sm, checked);
+            }
+        }
+        // f16 storage: 16-bit types need DXC and shader model 6.2.
+        if k.family().stores_precision() {
+            let (m, info) = specialised(k, Precision::F16);
+            for checked in [true, false] {
+                let out = to_hlsl(k, &m, &info, hlsl::ShaderModel::V6_2, checked);
+                assert!(out.contains("half"), "HLSL f16: {} stores no half", k.label());
             }
         }
     }
@@ -363,7 +402,7 @@ fn override_constants_reach_the_translated_shader() {
     // point does not reach away, value and all. Every other constant set must arrive.
     let mut checked = 0;
     for k in all_kernels() {
-        let (m, _) = specialised(k);
+        let (m, _) = specialised(k, Precision::F32);
         for (name, value) in k.constants() {
             match constant_value(&m, name) {
                 Some(v) => assert_eq!(v, value, "{}: {name}", k.label()),
@@ -375,8 +414,8 @@ fn override_constants_reach_the_translated_shader() {
     assert!(checked >= 100, "only {checked} constants checked");
     let gru = Kernel::Step { cell: Mode::Gru, vec4: false };
     let lstm = Kernel::Step { cell: Mode::Lstm, vec4: false };
-    let (mg, ig) = specialised(gru);
-    let (ml, il) = specialised(lstm);
+    let (mg, ig) = specialised(gru, Precision::F32);
+    let (ml, il) = specialised(lstm, Precision::F32);
     assert_ne!(to_msl(gru, &mg, &ig, (2, 4), true), to_msl(lstm, &ml, &il, (2, 4), true));
     assert_ne!(
         to_hlsl(gru, &mg, &ig, hlsl::ShaderModel::V5_1, true),
