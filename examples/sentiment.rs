@@ -30,9 +30,12 @@ use std::sync::Arc;
 use std::time::Instant;
 use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
-use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, TrackedBuffer};
+use wgpu_rnn::gpu::{
+    storage, storage_at, upload, BackwardBuffers, CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout,
+    StateInputs, TrackedBuffer,
+};
 use wgpu_rnn::io::TensorFile;
-use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
+use wgpu_rnn::{Error, Mode, PackedSequence, Precision, Result, RnnConfig, Weights};
 
 const EMBED: usize = 50;
 const PAD: u32 = 0;
@@ -70,6 +73,11 @@ struct Args {
     limit: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Storage of the recurrent layer: f32 (the fused kernels) or f16 (the cell driver with
+    /// f16 weights, activations and gradients, f32 sums, f32 master weights and dynamic loss
+    /// scaling; needs SHADER_F16).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// After training, time this many epochs of the same pipeline in PyTorch on the CPU
     /// (examples/sentiment_pytorch.py, as many threads as cores) and print the ratio of
     /// epoch times; skipped with a note when python3 or torch is missing. 0: don't.
@@ -220,9 +228,34 @@ struct Model {
     bufs: Buffers,
     opt: Optimizer,
     metrics: Metrics,
+    /// The f16 path's buffers (`--precision f16`).
+    half: Option<Half>,
     dropout: f32,
     /// Batches trained so far (the dropout mask's seed).
     batches: std::cell::Cell<u32>,
+    /// The most device memory (the context's buffer accounting) held while a training step
+    /// was recorded: the model, the optimiser, the batch's plan and its tapes.
+    peak_bytes: std::cell::Cell<u64>,
+}
+
+/// `--precision f16`: the recurrent layer runs in the cell driver (`CellPlan`) with f16
+/// storage; the embedding, head and optimiser stay f32. Per batch the f32 master weights
+/// (the optimiser's) are rounded into `weights`, the layer input into `x`; the features come
+/// out of the final states, and the gradients go back through the loss scale.
+struct Half {
+    cfg: RnnConfig,
+    weights: TrackedBuffer,
+    x: TrackedBuffer,
+    out: TrackedBuffer,
+    /// `[L*2, B, S]` in the batch's sorted order (= its order: `make_batch` sorts).
+    states: TrackedBuffer,
+    gstates: TrackedBuffer,
+    /// Zeros: the loss reads only the final states.
+    gout: TrackedBuffer,
+    gi: TrackedBuffer,
+    gw: TrackedBuffer,
+    /// Elements per state row (h then c for the LSTM).
+    sw: usize,
 }
 
 /// One batch, packed: token ids in packed order and the layout.
@@ -232,11 +265,22 @@ struct Batch {
     targets: Vec<f32>,
 }
 
-fn make_batch(data: &[(Vec<u32>, f32)], idx: &[usize], vocab: usize) -> Result<Batch> {
+fn make_batch(data: &[(Vec<u32>, f32)], idx: &[usize], vocab: usize, longest_first: bool) -> Result<Batch> {
+    // With `longest_first` (the f16 path), the batch is ordered longest first (stable), so
+    // the packed batch's sorted order is its own: the cell driver keeps its states in sorted
+    // order, and the targets follow `idx`.
+    let mut idx = idx.to_vec();
+    if longest_first {
+        idx.sort_by_key(|&i| std::cmp::Reverse(data[i].0.len()));
+    }
+    let idx = &idx[..];
     let seqs: Vec<Vec<f32>> = idx.iter().map(|&i| data[i].0.iter().map(|&t| t as f32).collect()).collect();
     let refs: Vec<&[f32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let packed = PackedSequence::from_sequences(&refs, 1)?;
     let ids: Vec<u32> = packed.data.iter().map(|&v| v as u32).collect();
+    if longest_first && packed.sorted_indices.iter().enumerate().any(|(k, &i)| k != i) {
+        return Err(Error::InvalidConfig("a batch whose packed order is not its own".into()));
+    }
     Ok(Batch { index: EmbeddingIndex::new(&ids, vocab, Some(PAD))?, layout: SeqLayout::of(&packed)?, targets: idx.iter().map(|&i| data[i].1).collect() })
 }
 
@@ -256,18 +300,21 @@ impl Model {
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);
         let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
         let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
+        // The fused path's f32 layer buffers (the f16 path has its own: `Half`).
+        let fused = Precision::parse(&a.precision)? == Precision::F32;
+        let f = |elems: usize| if fused { elems } else { 1 };
         let bufs = Buffers {
             xe: storage(ctx, "embedded", n * EMBED)?,
             gie: storage(ctx, "grad embedded", n * EMBED)?,
             x: storage(ctx, "x", n * EMBED)?,
-            out: storage(ctx, "output", n * 2 * h)?,
-            hn: storage(ctx, "h_n", states)?,
-            cn: storage(ctx, "c_n", states)?,
-            zeros: upload(ctx, "zeros", &vec![0.0; (n * 2 * h).max(states)])?,
-            dhn: upload(ctx, "grad h_n", &vec![0.0; states])?,
+            out: storage(ctx, "output", f(n * 2 * h))?,
+            hn: storage(ctx, "h_n", f(states))?,
+            cn: storage(ctx, "c_n", f(states))?,
+            zeros: upload(ctx, "zeros", &vec![0.0; f((n * 2 * h).max(states))])?,
+            dhn: upload(ctx, "grad h_n", &vec![0.0; f(states)])?,
             gi: storage(ctx, "grad input", n * EMBED)?,
-            gh0: storage(ctx, "grad h0", states)?,
-            gc0: storage(ctx, "grad c0", states)?,
+            gh0: storage(ctx, "grad h0", f(states))?,
+            gc0: storage(ctx, "grad c0", f(states))?,
             gw: storage(ctx, "grad weights", welems)?,
             feat: storage(ctx, "features", b * 2 * h)?,
             logits: storage(ctx, "logits", b)?,
@@ -279,7 +326,7 @@ impl Model {
         let table_grad = storage(ctx, "embedding grad", table.len())?;
         let head = upload(ctx, "head", &head_init)?;
         let head_grad = storage(ctx, "head grad", head_shape.param_elems())?;
-        let opt = Optimizer::new(
+        let mut opt = Optimizer::new(
             ctx,
             OptimizerKind::adam(a.lr),
             Some(a.clip),
@@ -289,6 +336,29 @@ impl Model {
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
+        let half = match Precision::parse(&a.precision)? {
+            Precision::F32 => None,
+            Precision::F16 => {
+                ctx.check_precision(Precision::F16)?;
+                // PyTorch's GradScaler defaults: 2^16, doubled after 2,000 finite steps.
+                opt = opt.with_loss_scaling(ctx, 65536.0, 2000)?;
+                let cfg = cfg.clone().with_precision(Precision::F16);
+                let sw: usize = cfg.states().iter().map(|s| s.width).sum();
+                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, Precision::F16);
+                Some(Half {
+                    weights: f16("f16 weights", welems)?,
+                    x: f16("f16 input", n * EMBED)?,
+                    out: f16("f16 output", n * 2 * h)?,
+                    states: f16("f16 states", l * 2 * b * sw)?,
+                    gstates: f16("f16 state gradients", l * 2 * b * sw)?,
+                    gout: f16("f16 zero output gradients", n * 2 * h)?,
+                    gi: f16("f16 input gradients", n * EMBED)?,
+                    gw: f16("f16 weight gradients", welems)?,
+                    sw,
+                    cfg,
+                })
+            }
+        };
         Ok(Model {
             ctx: ctx.clone(),
             cfg,
@@ -301,8 +371,10 @@ impl Model {
             bufs,
             opt,
             metrics: Metrics::new(ctx, 2)?,
+            half,
             dropout: a.dropout,
             batches: std::cell::Cell::new(a.seed as u32 * 1_000_003),
+            peak_bytes: std::cell::Cell::new(0),
         })
     }
 
@@ -314,6 +386,9 @@ impl Model {
     /// Records one batch: training (forward, loss, backward, Adam) into metric block 0, or
     /// evaluation (forward, loss) into block 1. One submit; nothing is read back.
     fn run_batch(&self, batch: &Batch, train: bool) -> Result<()> {
+        if let Some(half) = &self.half {
+            return self.run_batch_f16(half, batch, train);
+        }
         let ctx = &self.ctx;
         let c = &self.cfg;
         let (b, h) = (batch.targets.len(), c.hidden_size);
@@ -322,6 +397,9 @@ impl Model {
         let pass = if train { Pass::Training } else { Pass::Inference };
         let inputs = StateInputs { grad_h_n: train, grad_c_n: train && lstm, ..Default::default() };
         let plan = Plan::new(ctx, c, &batch.layout, pass, inputs)?;
+        if train {
+            self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
+        }
         let idx = upload_u32(ctx, "token index", batch.index.data())?;
         ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
         let head = LinearShape { rows: b, input: 2 * h, output: 1 };
@@ -386,6 +464,90 @@ impl Model {
         Ok(())
     }
 
+    /// [`Model::run_batch`] with the recurrent layer in f16 storage (see [`Half`]).
+    fn run_batch_f16(&self, hf: &Half, batch: &Batch, train: bool) -> Result<()> {
+        let ctx = &self.ctx;
+        let (c, bf) = (&hf.cfg, &self.bufs);
+        let (b, h, sw) = (batch.targets.len(), c.hidden_size, hf.sw);
+        let f16 = Precision::F16;
+        let pass = if train { Pass::Training } else { Pass::Inference };
+        let plan = CellPlan::new(ctx, c, &batch.layout, pass)?;
+        if train {
+            self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
+        }
+        let idx = upload_u32(ctx, "token index", batch.index.data())?;
+        ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
+        let head = LinearShape { rows: b, input: 2 * h, output: 1 };
+        let last = (c.num_layers - 1) * 2; // the last layer's two directions in the states
+        let rows = batch.index.rows();
+        let welems = wgpu_rnn::gpu::generic::weight_elems(c);
+        let drop = train && self.dropout > 0.0;
+        let seed = self.batches.get();
+        let mut pre = OpBuilder::new(ctx);
+        if drop {
+            self.batches.set(seed.wrapping_add(1));
+            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.xe)?;
+            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
+        } else {
+            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
+        }
+        // The master weights (updated by the last step) rounded into the f16 copy.
+        pre.to_stored(f16, self.rnn.weights_buffer(), (0, welems), &hf.weights, (0, welems), 1, welems, None)?;
+        pre.to_stored(f16, &bf.x, (0, EMBED), &hf.x, (0, EMBED), rows, EMBED, None)?;
+        let mut mid = OpBuilder::new(ctx);
+        for d in 0..2 {
+            mid.to_f32(f16, &hf.states, ((last + d) * b * sw, sw), &bf.feat, (d * h, 2 * h), b, h, None)?;
+        }
+        mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
+        let block = self.metrics.offset(if train { 0 } else { 1 });
+        mid.bce_with_logits(b, &bf.logits, &bf.targets, &bf.dlogits, &self.metrics.buf, block)?;
+        let mut post = OpBuilder::new(ctx);
+        if train {
+            mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
+            // The final h's gradient, times the loss scale, into the (cleared) state gradients.
+            for d in 0..2 {
+                mid.to_stored(f16, &bf.dfeat, (d * h, 2 * h), &hf.gstates, ((last + d) * b * sw, sw), b, h, Some(&self.opt))?;
+            }
+            post.to_f32(f16, &hf.gw, (0, welems), &bf.gw, (0, welems), 1, welems, Some(&self.opt))?;
+            post.to_f32(f16, &hf.gi, (0, EMBED), &bf.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+            if drop {
+                post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
+                post.embedding_backward(&bf.gie, &idx, &batch.index, EMBED, &self.table_grad)?;
+            } else {
+                post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
+            }
+            self.opt.record_step(&mut post)?;
+        }
+        let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
+
+        let _serial = ctx.exclusive();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        pre.record(&mut enc);
+        enc.clear_buffer(&hf.states, 0, None);
+        plan.record_forward(&mut enc, &CellForwardBuffers { weights: &hf.weights, input: &hf.x, output: &hf.out, states: &hf.states, counter: None })?;
+        if train {
+            enc.clear_buffer(&hf.gstates, 0, None);
+        }
+        mid.record(&mut enc);
+        if train {
+            plan.record_backward(
+                &mut enc,
+                &CellBackwardBuffers {
+                    weights: &hf.weights,
+                    input: &hf.x,
+                    grad_output: &hf.gout,
+                    grad_states: &hf.gstates,
+                    grad_input: &hf.gi,
+                    grad_weights: &hf.gw,
+                    counter: None,
+                },
+            )?;
+            post.record(&mut enc);
+        }
+        ctx.queue.submit([enc.finish()]);
+        Ok(())
+    }
+
     /// `embedding.weight`, `rnn.*` (PyTorch's nn.LSTM / nn.GRU names), `head.weight`, `head.bias`.
     fn save(&self, path: &std::path::Path) -> Result<()> {
         let mut f = TensorFile::default();
@@ -435,8 +597,8 @@ fn main() -> Result<()> {
     );
     let model = Model::new(&ctx, &a, mode, &table, vocab)?;
     // Bucketed once: the batches keep their members, and their order is shuffled each epoch.
-    let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab)).collect::<Result<_>>()?;
-    let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab)).collect::<Result<_>>()?;
+    let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
+    let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {elapsed} {msg}").expect("template").progress_chars("=> ");
     let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
     let mut records = Vec::new();
@@ -471,6 +633,10 @@ fn main() -> Result<()> {
             test.loss,
             test.accuracy
         );
+        if model.half.is_some() {
+            let st = model.opt.read_state(&ctx)?;
+            println!("  f16: {} steps, {} skipped (f16 overflow), loss scale {}", st.steps, st.skipped, st.loss_scale);
+        }
         loss_pts.push((epoch as f64, train_loss));
         acc_pts.push((epoch as f64, test.accuracy * 100.0));
         train_acc_pts.push((epoch as f64, correct / rows * 100.0));
@@ -497,6 +663,11 @@ fn main() -> Result<()> {
     println!("wrote {}, {} and vocab.txt", plot.display(), model_path.display());
     let mean_epoch = records_s.iter().sum::<f64>() / records_s.len() as f64;
     println!("mean epoch time {mean_epoch:.1} s on {}", ctx.describe());
+    println!(
+        "device memory of a training step ({} recurrent layer): {:.1} MiB at most (the context's buffer accounting: model, optimiser, the batch's plan and tapes)",
+        a.precision,
+        model.peak_bytes.get() as f64 / (1 << 20) as f64
+    );
     if a.pytorch_epochs > 0 {
         compare_pytorch(&a, mean_epoch);
     }
