@@ -143,6 +143,9 @@ impl TensorFile {
         for (name, v) in &self.tensors {
             match v {
                 Value::Float(t) => {
+                    if precision == Precision::F16 {
+                        precision.check_range(name, &t.data.iter().map(|&x| x as f32).collect::<Vec<f32>>())?;
+                    }
                     let (dtype, b): (Dtype, Vec<u8>) = match precision {
                         Precision::F32 => (Dtype::F32, t.data.iter().flat_map(|&x| (x as f32).to_le_bytes()).collect()),
                         Precision::F16 => (Dtype::F16, t.data.iter().flat_map(|&x| half::f16::from_f64(x).to_le_bytes()).collect()),

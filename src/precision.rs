@@ -69,6 +69,17 @@ impl Precision {
         }
     }
 
+    /// [`Error::NonFinite`] naming `what` if a finite value of `v` overflows this precision
+    /// (f16: beyond 65,504, which would be stored as infinity).
+    pub fn check_range(self, what: &str, v: &[f32]) -> Result<()> {
+        if self == Precision::F16 {
+            if let Some(x) = v.iter().find(|x| x.is_finite() && half::f16::from_f32(**x).is_infinite()) {
+                return Err(Error::NonFinite(format!("{what}: {x} overflows f16 storage (largest 65504)")));
+            }
+        }
+        Ok(())
+    }
+
     /// The bytes of `v` stored in this precision (little-endian).
     pub fn encode(self, v: &[f32]) -> Vec<u8> {
         match self {

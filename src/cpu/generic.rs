@@ -180,8 +180,9 @@ pub fn forward_with<T: Float>(
         }
         // The f16-storage twin: what the GPU's buffers hold, rounded as they hold it.
         let q = cfg.precision;
-        let w = stored_weights(w, q);
+        let w = stored_weights(w, q)?;
         let mut x = input.clone();
+        q.check_range("input", &x.data.iter().map(|v| v.to_f64() as f32).collect::<Vec<f32>>())?;
         store(q, &mut x.data);
         let mut s0: Vec<Vec<T>> = states0.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
         s0.iter_mut().for_each(|v| store(q, v));
@@ -202,17 +203,19 @@ pub(crate) fn store<T: Float>(precision: Precision, v: &mut [T]) {
     }
 }
 
-/// The weights as stored in `precision`.
-fn stored_weights<T: Float>(w: &Weights<T>, precision: Precision) -> Weights<T> {
+/// The weights as stored in `precision`; [`Error::NonFinite`] if one overflows it.
+fn stored_weights<T: Float>(w: &Weights<T>, precision: Precision) -> Result<Weights<T>> {
     let mut w = w.clone();
     for p in w.params.iter_mut() {
         for s in Slot::ALL {
             if let Some(x) = DirParams::get_mut(p, s) {
+                let v: Vec<f32> = x.iter().map(|v| v.to_f64() as f32).collect();
+                precision.check_range("weights", &v)?;
                 store(precision, x);
             }
         }
     }
-    w
+    Ok(w)
 }
 
 /// The zoneout of one layer-direction (state 0 is `h`, the output; `RnnConfig::validate`).
@@ -593,7 +596,7 @@ pub fn backward<T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_output: &[T],
     check_states(cfg, &states, grad_states, b, "_n")?;
     if cfg.precision != Precision::F32 {
         let q = cfg.precision;
-        let w = stored_weights(w, q);
+        let w = stored_weights(w, q)?;
         let mut go = grad_output.to_vec();
         store(q, &mut go);
         let mut gs: Vec<Vec<T>> = grad_states.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
@@ -892,7 +895,12 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 if let (Some(pr), Some(pk)) = (lay.stages[k], &self.plain[k]) {
                     // dv = dr_k R_k for the step's rows, to wherever the product's input came from.
                     pk.gemm(&dr[self.roffs[k]..], rows, rw, &mut dv, pr.k);
-                    store(self.q, &mut dv[..rows * pr.k]);
+                    // The GPU stores a tape-sourced dv (scratch); a state-sourced one (stage 0
+                    // only: Layout::check) it adds to the state gradients before rounding, as
+                    // the end of the step does here.
+                    if matches!(pr.src, Src::Tape { .. }) {
+                        store(self.q, &mut dv[..rows * pr.k]);
+                    }
                     for rr in 0..rows {
                         let dst = match pr.src {
                             Src::State(i) => &mut dprod[rr * sw + self.soffs[i]..rr * sw + self.soffs[i] + pr.k],

@@ -28,8 +28,10 @@ pub(crate) fn write(ctx: &Context, buf: &wgpu::Buffer, bytes: &[u8]) -> Result<(
     scope.pop_on(ctx)
 }
 
-/// A storage buffer holding `data` stored in `precision` (at least 16 bytes).
+/// A storage buffer holding `data` stored in `precision` (at least 16 bytes);
+/// [`crate::Error::NonFinite`] if a value overflows it (f16: beyond 65,504).
 pub fn upload_stored(ctx: &Context, label: &str, data: &[f32], precision: Precision) -> Result<TrackedBuffer> {
+    precision.check_range(label, data)?;
     let mut bytes = precision.encode(data);
     bytes.resize(bytes.len().max(16).next_multiple_of(4), 0);
     upload_bytes(ctx, label, &bytes)

@@ -197,6 +197,9 @@ impl OpBuilder {
             return Ok(());
         }
         self.ctx.check_precision(precision)?;
+        if src == dst || scale.is_some_and(|(o, _)| o.state_buffer() == dst) {
+            return Err(Error::BufferAliasing("a cast's target is its source or the optimiser's state".into()));
+        }
         if src_ld < width || dst_ld < width {
             return Err(Error::InvalidConfig(format!("cast of width {width} with row strides {src_ld} and {dst_ld}")));
         }
@@ -231,7 +234,7 @@ impl OpBuilder {
     }
 
     /// A `[rows, width]` block of f32 `src` (at `(offset, row stride)`) into `dst`, which
-    /// stores `precision` (f16: rounded to nearest), times the optimiser's loss scale when
+    /// stores `precision` (f16: rounded by the device, to nearest even on lavapipe), times the optimiser's loss scale when
     /// `scale` is given (a loss gradient entering a mixed-precision layer). Master weights
     /// to their f16 copy, an f32 layer input to an f16 one.
     #[allow(clippy::too_many_arguments)]
@@ -696,6 +699,9 @@ impl Optimizer {
             }
             if !data.iter().all(|v| v.is_finite()) {
                 return Err(Error::NonFinite(format!("optimiser state part {i}")));
+            }
+            if i == 0 && self.growth_interval > 0 && data[OPT_LOSS_SCALE] < 1.0 {
+                return Err(Error::InvalidConfig("the optimiser state has no loss scale, and this optimiser scales the loss".into()));
             }
             super::readback::write(ctx, buf, bytemuck::cast_slice(data))?;
         }
