@@ -96,6 +96,14 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
     if (VEC4) {
         return gate_products4(j, rb);
     }
+    let a = gate_partial(j, rb, 0u, 1u);
+    let bias = hh_bias(j);
+    return array<vec4<f32>, 8>(a[0] + bias, a[1] + bias, a[2] + bias, a[3] + bias, a[4] + bias, a[5] + bias, a[6] + bias, a[7] + bias);
+}
+
+// The recurrent products over k = k0, k0 + kstep, ... < H_out only (no bias), from W_hh^T
+// (neighbouring units on neighbouring addresses).
+fn gate_partial(j: u32, rb: u32, k0: u32, kstep: u32) -> array<vec4<f32>, 8> {
     let hs = p.hidden;
     let gh = GATES * hs;
     let ho = p.out_size;
@@ -115,7 +123,7 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
     var a5 = vec4<f32>(0.0);
     var a6 = vec4<f32>(0.0);
     var a7 = vec4<f32>(0.0);
-    for (var k = 0u; k < ho; k++) {
+    for (var k = k0; k < ho; k += kstep) {
         let wv = wt_gates(p.wt_hh + k * gh, j);
         a0 += tape[h0 + k] * wv;
         a1 += tape[h1 + k] * wv;
@@ -126,8 +134,7 @@ fn gate_products(j: u32, rb: u32) -> array<vec4<f32>, 8> {
         a6 += tape[h6 + k] * wv;
         a7 += tape[h7 + k] * wv;
     }
-    let bias = hh_bias(j);
-    return array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
+    return array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
 }
 
 // gate_products with vec4 loads along k: W_hh rows from wt4, states from hp4.
@@ -270,8 +277,13 @@ fn store(n: u32, j: u32, o: Cell) {
 
 // One step for unit j of a block of RB rows (every cell; GATES and RELU choose it).
 fn step_block(j: u32, rb: u32) {
+    finish_block(j, rb, gate_products(j, rb));
+}
+
+// The cell update of unit j for the block's rows, given their recurrent products `acc`
+// (b_hh included).
+fn finish_block(j: u32, rb: u32, acc: array<vec4<f32>, 8>) {
     let hs = p.hidden;
-    let acc = gate_products(j, rb);
     for (var t = 0u; t < min(RB, p.rows - rb); t++) {
         let n = p.row_off + rb + t;
         let pv = prev_row(rb, t);
@@ -292,6 +304,46 @@ fn step_block(j: u32, rb: u32) {
 fn step(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (gid.x < p.hidden && gid.y * RB < p.rows) {
         step_block(gid.x, gid.y * RB);
+    }
+}
+
+// The GPU-shaped step (Kernel::Step { split: true }, StepStrategy::PerStepSplit): the
+// k-reduction of the recurrent product split across the workgroup, so a step runs KS times
+// the invocations of `step` with a KS times shorter loop each (a discrete GPU has thousands
+// of lanes per step to fill; `step` gives one per unit and row block). Workgroup (SU, KS):
+// SU adjacent units (neighbouring addresses of W_hh^T) x KS slices of k; invocation (u, s)
+// sums k = s, s + KS, ... for its unit and the block's RB rows, the partial sums meet in
+// workgroup memory, and slice 0 adds them in slice order (a fixed order: reproducible) and
+// updates the cell. Dispatch: (ceil(H / SU), ceil(rows / RB), 1).
+const SU: u32 = 16u;
+const KS: u32 = 4u;
+var<workgroup> partial: array<array<vec4<f32>, 8>, 64>;
+
+@compute @workgroup_size(16, 4)
+fn step_split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let j = wid.x * SU + lid.x;
+    let rb = wid.y * RB;
+    let live = j < p.hidden && rb < p.rows;
+    var acc = array<vec4<f32>, 8>();
+    if (live) {
+        acc = gate_partial(j, rb, lid.y, KS);
+    }
+    partial[lid.y * SU + lid.x] = acc;
+    // Uniform control flow: every invocation reaches the barrier.
+    workgroupBarrier();
+    if (live && lid.y == 0u) {
+        var sum = partial[lid.x];
+        for (var s = 1u; s < KS; s++) {
+            let o = partial[s * SU + lid.x];
+            for (var t = 0u; t < RB; t++) {
+                sum[t] += o[t];
+            }
+        }
+        let bias = hh_bias(j);
+        for (var t = 0u; t < RB; t++) {
+            sum[t] += bias;
+        }
+        finish_block(j, rb, sum);
     }
 }
 

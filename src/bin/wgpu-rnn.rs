@@ -107,6 +107,8 @@ enum Cmd {
 enum Strategy {
     Auto,
     PerStep,
+    /// Per step with the GPU-shaped kernel (the recurrent product's k split across the workgroup).
+    PerStepSplit,
     Single,
 }
 
@@ -122,6 +124,7 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
     let strategy = match strategy {
         Strategy::Auto => wgpu_rnn::gpu::StepStrategy::Auto,
         Strategy::PerStep => wgpu_rnn::gpu::StepStrategy::PerStep,
+        Strategy::PerStepSplit => wgpu_rnn::gpu::StepStrategy::PerStepSplit,
         Strategy::Single => wgpu_rnn::gpu::StepStrategy::SingleDispatch,
     };
     use wgpu_rnn::bench::*;
@@ -131,6 +134,10 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         config.iter().map(|c| BenchConfig::parse(c)).collect::<wgpu_rnn::Result<Vec<_>>>()?
     };
     let timing = if quick { Timing::quick() } else { Timing::full() };
+    if precision == Precision::F64 || (precision == Precision::F16 && device == BenchDevice::Cpu) {
+        return Err(wgpu_rnn::Error::InvalidConfig("bench --precision f16 adds GPU rows (not with --device cpu); f64 is not benchmarked".into()));
+    }
+    let mut skipped: Vec<String> = Vec::new();
     let ctx = if device != BenchDevice::Cpu { Some(gpu_context()?) } else { None };
     if let Some(ctx) = &ctx {
         let emu = if ctx.adapter_info().device_type == wgpu::DeviceType::Cpu {
@@ -164,9 +171,13 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
             records.extend(bench_gpu(ctx, c, timing, strategy)?);
             if precision == Precision::F16 {
                 // The cell driver in both storages: f16 against f32 like for like.
-                bar.set_message(format!("{} gpu cells f32, f16", c.name));
-                records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F32)?);
-                records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F16)?);
+                if let Some(why) = c.mode.f16_refused() {
+                    skipped.push(format!("{}: no f16 rows ({} refuses f16 storage: {why})", c.name, c.mode));
+                } else {
+                    bar.set_message(format!("{} gpu cells f32, f16", c.name));
+                    records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F32)?);
+                    records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F16)?);
+                }
             }
             bar.inc(1);
         }
@@ -196,6 +207,9 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
     let order = |r: &Record| configs.iter().position(|c| c.name == r.name).map(|p| p + 1).unwrap_or(0);
     records.sort_by_key(|r| (order(r), r.mode.clone()));
     print!("{}", format_table(&records));
+    for s in &skipped {
+        println!("{s}");
+    }
     if let Some(path) = json {
         let arr: Vec<serde_json::Value> = records.iter().map(|r| r.to_json()).collect();
         std::fs::write(&path, serde_json::to_string_pretty(&arr).expect("json"))?;

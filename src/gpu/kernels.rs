@@ -158,6 +158,9 @@ pub enum Kernel {
         cell: Mode,
         /// `H_out` a multiple of 4: W_hh rows and the gathered states read as vec4s.
         vec4: bool,
+        /// The GPU-shaped variant (`step_split`): the k-reduction split across the workgroup,
+        /// W_hh^T read by scalar loads (`vec4` is then false).
+        split: bool,
     },
     /// Every step of a small problem in one dispatch.
     /// Every step of a small problem in one dispatch.
@@ -320,7 +323,8 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
-            Step { .. } => "step",
+            Step { split: false, .. } => "step",
+            Step { split: true, .. } => "step_split",
             LoopStep { small: false, .. } => "loop_step",
             LoopStep { small: true, .. } => "loop_step_64",
             ProjForward => "proj_forward",
@@ -382,9 +386,14 @@ impl Kernel {
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            Step { cell, vec4 } => {
+            Step { cell, vec4, split } => {
                 let (gates, relu) = fused(cell);
-                vec![("GATES", gates as f64), ("RELU", relu as u8 as f64), ("VEC4", vec4 as u8 as f64)]
+                let mut v = vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)];
+                // step_split never reads VEC4 (naga would compact it away).
+                if !split {
+                    v.push(("VEC4", vec4 as u8 as f64));
+                }
+                v
             }
             LoopStep { cell, .. } | CellGrad { cell } | LoopGrad { cell, .. } => {
                 let (gates, relu) = fused(cell);

@@ -27,7 +27,7 @@ pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use plan::{
     loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, weight_layout, BackwardBuffers,
-    DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU,
+    DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, ENV_STEP_SHAPE, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU,
     SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU,
 };
 pub use readback::{storage, storage_at, upload, upload_stored, Readback};

@@ -96,6 +96,11 @@ pub enum StepStrategy {
     Auto,
     /// One fused dispatch per step.
     PerStep,
+    /// One fused dispatch per step with the GPU-shaped kernel (`step_split` in
+    /// step_forward.wgsl: the recurrent product's k split across the workgroup, KS times the
+    /// invocations). `Auto` takes it when `WGPU_RNN_STEP_SHAPE=split`; its speed on discrete
+    /// GPUs is not measured yet, so no adapter takes it by default.
+    PerStepSplit,
     /// All steps of a layer-direction in one dispatch (no projection, hidden_size <= 256),
     /// or in as few dispatches as the adapter's budget of work per dispatch allows (a long
     /// sequence is walked in runs of steps that chain through the tape).
@@ -105,6 +110,10 @@ pub enum StepStrategy {
     #[doc(hidden)]
     SingleDispatchUnbounded,
 }
+
+/// `WGPU_RNN_STEP_SHAPE=split`: [`StepStrategy::Auto`] takes the GPU-shaped per-step kernel
+/// ([`StepStrategy::PerStepSplit`]) where it would take a per-step one.
+pub const ENV_STEP_SHAPE: &str = "WGPU_RNN_STEP_SHAPE";
 
 /// Loop iterations one invocation of a single-dispatch run may take on an adapter that caps
 /// them: Mesa's gallivm (behind lavapipe and llvmpipe through GL) ends every loop of an
@@ -437,7 +446,13 @@ impl Plan {
         // The recurrent gradient reads W_hh^T and dG rows as vec4s along g on both kinds (on the
         // H200: C1 training 9.2 ms, against 15.5 ms with the coalesced scalar variant).
         let cpu_like = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-        let vec4 = ho % 4 == 0 && cpu_like;
+        // The GPU-shaped per-step kernel: asked for, or forced by WGPU_RNN_STEP_SHAPE=split.
+        let split = match strategy {
+            StepStrategy::PerStepSplit => true,
+            StepStrategy::Auto => std::env::var(ENV_STEP_SHAPE).is_ok_and(|v| v == "split"),
+            _ => false,
+        };
+        let vec4 = ho % 4 == 0 && cpu_like && !split;
         let rec_vec4 = gh % 4 == 0;
         // On a CPU-emulated adapter each invocation of the vec4 recurrent gradient owns 4
         // adjacent k (see WIDE in recurrent_grad.wgsl); a GPU wants the invocations.
@@ -483,7 +498,8 @@ impl Plan {
         let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
         let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
         let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
-        let step_kernel = Kernel::Step { cell, vec4 };
+        let step_kernel = Kernel::Step { cell, vec4, split };
+        let step_wg = if split { 16 } else { 64 };
         // The single-dispatch path: supported without projection and up to LOOP_UNITS units;
         // chosen automatically where a step is too small to pay for its dispatches.
         let loop_ok = p == 0 && hs <= LOOP_UNITS;
@@ -492,7 +508,7 @@ impl Plan {
                 let max = if cpu_like { SINGLE_DISPATCH_MAX_MACS } else { SINGLE_DISPATCH_MAX_MACS_GPU };
                 loop_ok && b * gh * ho <= max
             }
-            StepStrategy::PerStep => false,
+            StepStrategy::PerStep | StepStrategy::PerStepSplit => false,
             StepStrategy::SingleDispatch | StepStrategy::SingleDispatchUnbounded => {
                 if !loop_ok {
                     return Err(Error::Unsupported(format!(
@@ -655,7 +671,7 @@ impl Plan {
                     }
                     let sp = StepParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
                     let po = params.push(&sp);
-                    fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
+                    fwd.push(Op { kernel: step_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), step_wg) });
                     if p > 0 {
                         fwd.push(Op { kernel: Kernel::ProjForward, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(p, rows.div_ceil(ROW_BLOCK), 64) });
                     }
@@ -956,6 +972,16 @@ impl Plan {
     /// Dispatches one recorded backward issues.
     pub fn backward_dispatches(&self) -> usize {
         self.backward_ops.len()
+    }
+    /// The distinct kernel variants a forward and a backward dispatch, in first-use order.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        let mut v: Vec<Kernel> = Vec::new();
+        for op in self.forward_ops.iter().chain(&self.backward_ops) {
+            if !v.contains(&op.kernel) {
+                v.push(op.kernel);
+            }
+        }
+        v
     }
     /// Bytes of workspace and tables this plan holds.
     pub fn workspace_bytes(&self) -> u64 {

@@ -152,10 +152,12 @@ fn to64(v: &[f32]) -> Vec<f64> {
 }
 
 /// A random problem, its GPU run through the engine API (with every step strategy the config
-/// supports) and its CPU f64 reference.
+/// supports, the GPU-shaped split kernel included) and its CPU f64 reference.
 fn compare_with_cpu(ctx: &Arc<Context>, cfg: &RnnConfig, lengths: &[usize], seed: u64, with_states: bool) {
     let single_ok = cfg.proj_size == 0 && cfg.hidden_size <= wgpu_rnn::gpu::kernels::LOOP_UNITS;
     compare_with_cpu_using(ctx, StepStrategy::PerStep, cfg, lengths, seed, with_states);
+    // The GPU-shaped per-step kernel (issue 15; forced here, taken by no adapter by default).
+    compare_with_cpu_using(ctx, StepStrategy::PerStepSplit, cfg, lengths, seed, with_states);
     if single_ok {
         compare_with_cpu_using(ctx, StepStrategy::SingleDispatch, cfg, lengths, seed, with_states);
     }
@@ -261,7 +263,7 @@ fn two_identical_runs_are_bitwise_identical() {
         let xpad: Vec<f32> = uniform(&mut g, 12 * 5 * 13, 1.0).into_iter().map(|v| v as f32).collect();
         let x = PackedSequence::from_padded(&xpad, [12, 5, 13], false, &lengths).unwrap();
         let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
-        for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
+        for strategy in [StepStrategy::PerStep, StepStrategy::PerStepSplit, StepStrategy::SingleDispatch] {
         let a = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
         let b = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
@@ -494,4 +496,21 @@ fn kernel_profile_counts_every_dispatch() {
         // The plan records unprofiled again afterwards.
         rig.run(true).unwrap();
     }
+}
+
+#[test]
+fn the_split_strategy_dispatches_the_gpu_shaped_step_kernel() {
+    // PerStepSplit really runs step_split (compare_with_cpu checks its numbers), and the other
+    // strategies never do.
+    use wgpu_rnn::gpu::kernels::Kernel;
+    let Some(ctx) = contexts().first() else { return };
+    let cfg = RnnConfig::new(Mode::Lstm, 5, 12);
+    let layout = wgpu_rnn::gpu::SeqLayout::new(vec![3, 2, 1], vec![0, 1, 2]).unwrap();
+    let uses = |s: StepStrategy| {
+        let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), s).unwrap();
+        plan.kernels().iter().any(|k| matches!(k, Kernel::Step { split: true, .. }))
+    };
+    assert!(uses(StepStrategy::PerStepSplit));
+    assert!(!uses(StepStrategy::PerStep));
+    assert!(!uses(StepStrategy::SingleDispatch));
 }

@@ -148,10 +148,11 @@ fn all_kernels() -> Vec<Kernel> {
     // The fused step kernels' pipelines are keyed by the cell: every cell they run.
     for cell in Mode::REGISTRY.iter().copied().filter(|m| m.fused_step().is_some()) {
         for x in b {
-            v.push(Step { cell, vec4: x });
+            v.push(Step { cell, vec4: x, split: false });
             v.push(LoopStep { cell, small: x });
             v.push(LoopGrad { cell, small: x });
         }
+        v.push(Step { cell, vec4: false, split: true });
         v.push(CellGrad { cell });
         for vec4 in b {
             for wide in b {
@@ -365,7 +366,7 @@ fn fused_kernels_take_their_constants_from_the_cell() {
     assert_eq!(fused, Mode::FUSED);
     for &m in Mode::REGISTRY {
         let kernels = [
-            Kernel::Step { cell: m, vec4: true },
+            Kernel::Step { cell: m, vec4: true, split: false },
             Kernel::LoopStep { cell: m, small: false },
             Kernel::CellGrad { cell: m },
             Kernel::LoopGrad { cell: m, small: true },
@@ -412,8 +413,8 @@ fn override_constants_reach_the_translated_shader() {
         }
     }
     assert!(checked >= 100, "only {checked} constants checked");
-    let gru = Kernel::Step { cell: Mode::Gru, vec4: false };
-    let lstm = Kernel::Step { cell: Mode::Lstm, vec4: false };
+    let gru = Kernel::Step { cell: Mode::Gru, vec4: false, split: false };
+    let lstm = Kernel::Step { cell: Mode::Lstm, vec4: false, split: false };
     let (mg, ig) = specialised(gru, Precision::F32);
     let (ml, il) = specialised(lstm, Precision::F32);
     assert_ne!(to_msl(gru, &mg, &ig, (2, 4), true), to_msl(lstm, &ml, &il, (2, 4), true));
