@@ -78,6 +78,10 @@ struct Args {
     /// scaling; needs SHADER_F16).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// With f32: run the recurrent layer through the f16 path's cell driver anyway (f32
+    /// storage, same casts and loss scaling), to tell f16's effect from the path's.
+    #[arg(long)]
+    cell_driver: bool,
     /// After training, time this many epochs of the same pipeline in PyTorch on the CPU
     /// (examples/sentiment_pytorch.py, as many threads as cores) and print the ratio of
     /// epoch times; skipped with a note when python3 or torch is missing. 0: don't.
@@ -301,7 +305,8 @@ impl Model {
         let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
         let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
         // The fused path's f32 layer buffers (the f16 path has its own: `Half`).
-        let fused = Precision::parse(&a.precision)? == Precision::F32;
+        let precision = Precision::parse(&a.precision)?;
+        let fused = precision == Precision::F32 && !a.cell_driver;
         let f = |elems: usize| if fused { elems } else { 1 };
         let bufs = Buffers {
             xe: storage(ctx, "embedded", n * EMBED)?,
@@ -336,15 +341,15 @@ impl Model {
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
-        let half = match Precision::parse(&a.precision)? {
-            Precision::F32 => None,
-            Precision::F16 => {
-                ctx.check_precision(Precision::F16)?;
+        let half = match fused {
+            true => None,
+            false => {
+                ctx.check_precision(precision)?;
                 // PyTorch's GradScaler defaults: 2^16, doubled after 2,000 finite steps.
                 opt = opt.with_loss_scaling(ctx, 65536.0, 2000)?;
-                let cfg = cfg.clone().with_precision(Precision::F16);
+                let cfg = cfg.clone().with_precision(precision);
                 let sw: usize = cfg.states().iter().map(|s| s.width).sum();
-                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, Precision::F16);
+                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, precision);
                 Some(Half {
                     weights: f16("f16 weights", welems)?,
                     x: f16("f16 input", n * EMBED)?,
@@ -469,7 +474,7 @@ impl Model {
         let ctx = &self.ctx;
         let (c, bf) = (&hf.cfg, &self.bufs);
         let (b, h, sw) = (batch.targets.len(), c.hidden_size, hf.sw);
-        let f16 = Precision::F16;
+        let f16 = c.precision; // f16, or f32 with --cell-driver
         let pass = if train { Pass::Training } else { Pass::Inference };
         let plan = CellPlan::new(ctx, c, &batch.layout, pass)?;
         if train {
@@ -664,8 +669,9 @@ fn main() -> Result<()> {
     let mean_epoch = records_s.iter().sum::<f64>() / records_s.len() as f64;
     println!("mean epoch time {mean_epoch:.1} s on {}", ctx.describe());
     println!(
-        "device memory of a training step ({} recurrent layer): {:.1} MiB at most (the context's buffer accounting: model, optimiser, the batch's plan and tapes)",
+        "device memory of a training step ({} recurrent layer{}): {:.1} MiB at most (the context's buffer accounting when the batch's plan is made: model, optimiser, plan and tapes)",
         a.precision,
+        if model.half.is_some() { ", cell driver" } else { ", fused kernels" },
         model.peak_bytes.get() as f64 / (1 << 20) as f64
     );
     if a.pytorch_epochs > 0 {
