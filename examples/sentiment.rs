@@ -388,6 +388,35 @@ impl Model {
         ForwardBuffers { weights: self.rnn.weights_buffer(), input: &self.bufs.x, output: &self.bufs.out, h0: None, c0: None, h_n: &self.bufs.hn, c_n: lstm.then_some(&*self.bufs.cn) }
     }
 
+    /// The embedding lookup into `bufs.x`, with dropout in training (a new mask per batch);
+    /// returns the mask's seed when there is one.
+    fn embed(&self, pre: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, train: bool) -> Result<Option<u32>> {
+        let (bf, rows) = (&self.bufs, batch.index.rows());
+        if train && self.dropout > 0.0 {
+            let seed = self.batches.get();
+            self.batches.set(seed.wrapping_add(1));
+            pre.embedding_forward(&self.table, idx, &batch.index, EMBED, &bf.xe)?;
+            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
+            Ok(Some(seed))
+        } else {
+            pre.embedding_forward(&self.table, idx, &batch.index, EMBED, &bf.x)?;
+            Ok(None)
+        }
+    }
+
+    /// From the layer's input gradient in `bufs.gi`: the dropout's backward (same mask), the
+    /// embedding gradient, and the optimiser step.
+    fn embed_backward_and_step(&self, post: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, drop_seed: Option<u32>) -> Result<()> {
+        let (bf, rows) = (&self.bufs, batch.index.rows());
+        if let Some(seed) = drop_seed {
+            post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
+            post.embedding_backward(&bf.gie, idx, &batch.index, EMBED, &self.table_grad)?;
+        } else {
+            post.embedding_backward(&bf.gi, idx, &batch.index, EMBED, &self.table_grad)?;
+        }
+        self.opt.record_step(post)
+    }
+
     /// Records one batch: training (forward, loss, backward, Adam) into metric block 0, or
     /// evaluation (forward, loss) into block 1. One submit; nothing is read back.
     fn run_batch(&self, batch: &Batch, train: bool) -> Result<()> {
@@ -410,17 +439,8 @@ impl Model {
         let head = LinearShape { rows: b, input: 2 * h, output: 1 };
         let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
 
-        let rows = batch.index.rows();
-        let drop = train && self.dropout > 0.0;
-        let seed = self.batches.get();
         let mut pre = OpBuilder::new(ctx);
-        if drop {
-            self.batches.set(seed.wrapping_add(1));
-            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.xe)?;
-            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
-        } else {
-            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
-        }
+        let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         let mut mid = OpBuilder::new(ctx);
         mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
         mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
@@ -430,13 +450,7 @@ impl Model {
         if train {
             mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
             mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
-            if drop {
-                post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
-                post.embedding_backward(&bf.gie, &idx, &batch.index, EMBED, &self.table_grad)?;
-            } else {
-                post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
-            }
-            self.opt.record_step(&mut post)?;
+            self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
 
@@ -486,16 +500,8 @@ impl Model {
         let last = (c.num_layers - 1) * 2; // the last layer's two directions in the states
         let rows = batch.index.rows();
         let welems = wgpu_rnn::gpu::generic::weight_elems(c);
-        let drop = train && self.dropout > 0.0;
-        let seed = self.batches.get();
         let mut pre = OpBuilder::new(ctx);
-        if drop {
-            self.batches.set(seed.wrapping_add(1));
-            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.xe)?;
-            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
-        } else {
-            pre.embedding_forward(&self.table, &idx, &batch.index, EMBED, &bf.x)?;
-        }
+        let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         // The master weights (updated by the last step) rounded into the f16 copy.
         pre.to_stored(f16, self.rnn.weights_buffer(), (0, welems), &hf.weights, (0, welems), 1, welems, None)?;
         pre.to_stored(f16, &bf.x, (0, EMBED), &hf.x, (0, EMBED), rows, EMBED, None)?;
@@ -515,13 +521,7 @@ impl Model {
             }
             post.to_f32(f16, &hf.gw, (0, welems), &bf.gw, (0, welems), 1, welems, Some(&self.opt))?;
             post.to_f32(f16, &hf.gi, (0, EMBED), &bf.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
-            if drop {
-                post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
-                post.embedding_backward(&bf.gie, &idx, &batch.index, EMBED, &self.table_grad)?;
-            } else {
-                post.embedding_backward(&bf.gi, &idx, &batch.index, EMBED, &self.table_grad)?;
-            }
-            self.opt.record_step(&mut post)?;
+            self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
 
