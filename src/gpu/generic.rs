@@ -23,15 +23,15 @@
 //! biases and the pointwise parameters. Every sum has one owner and a fixed order, so results
 //! are reproducible run to run.
 //!
-//! Buffers (the config's [`Precision`]: f32, or f16 with every sum in f32): the weights flat by slot ([`flat_weights`]: per layer-direction, slots in
-//! [`Slot::ALL`] order; for PyTorch's four cells that is `state_dict` order, the fused plan's
-//! [`super::weight_layout`]); per layer-direction a tape buffer `[xp | tape | states before
-//! each row]`; the states `[L*D, B, S]` (each row's states concatenated in the cell's order)
-//! in the layout's *sorted* order, read and written in place; a scratch buffer (products
-//! forward, tape gradients backward); per inner layer its output; backward a workspace
-//! `[dxp | dr | de]` cleared per layer-direction, the input gradient per inner layer, and the
-//! weight gradients in the weights' layout. No buffer is bound twice in one dispatch where
-//! one binding writes.
+//! Buffers (the config's [`Precision`]: f32, or f16 with every sum in f32): the weights flat
+//! by slot ([`flat_weights`]: per layer-direction, slots in [`Slot::ALL`] order; for PyTorch's
+//! four cells that is `state_dict` order, the fused plan's [`super::weight_layout`]); per
+//! layer-direction a tape buffer `[xp | tape | states before each row]`; the states `[L*D, B,
+//! S]` (each row's states concatenated in the cell's order) in the layout's *sorted* order,
+//! read and written in place; a scratch buffer (products forward, tape gradients backward);
+//! per inner layer its output; backward a workspace `[dxp | dr | de]` cleared per
+//! layer-direction, the input gradient per inner layer, and the weight gradients in the
+//! weights' layout. No buffer is bound twice in one dispatch where one binding writes.
 //!
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
