@@ -388,6 +388,19 @@ impl Model {
         ForwardBuffers { weights: self.rnn.weights_buffer(), input: &self.bufs.x, output: &self.bufs.out, h0: None, c0: None, h_n: &self.bufs.hn, c_n: lstm.then_some(&*self.bufs.cn) }
     }
 
+    /// The head on the features in `bufs.feat`, the loss into metric block 0 (training) or 1,
+    /// and in training the head's backward down to the features' gradient in `bufs.dfeat`.
+    fn head_and_loss(&self, mid: &mut OpBuilder, head: LinearShape, b: usize, train: bool) -> Result<()> {
+        let bf = &self.bufs;
+        mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
+        let block = self.metrics.offset(if train { 0 } else { 1 });
+        mid.bce_with_logits(b, &bf.logits, &bf.targets, &bf.dlogits, &self.metrics.buf, block)?;
+        if train {
+            mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
+        }
+        Ok(())
+    }
+
     /// The embedding lookup into `bufs.x`, with dropout in training (a new mask per batch);
     /// returns the mask's seed when there is one.
     fn embed(&self, pre: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, train: bool) -> Result<Option<u32>> {
@@ -443,12 +456,9 @@ impl Model {
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         let mut mid = OpBuilder::new(ctx);
         mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
-        mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
-        let block = self.metrics.offset(if train { 0 } else { 1 });
-        mid.bce_with_logits(b, &bf.logits, &bf.targets, &bf.dlogits, &self.metrics.buf, block)?;
+        self.head_and_loss(&mut mid, head, b, train)?;
         let mut post = OpBuilder::new(ctx);
         if train {
-            mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
             mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
@@ -509,12 +519,9 @@ impl Model {
         for d in 0..2 {
             mid.to_f32(f16, &hf.states, ((last + d) * b * sw, sw), &bf.feat, (d * h, 2 * h), b, h, None)?;
         }
-        mid.linear_forward(head, &bf.feat, &self.head, &bf.logits)?;
-        let block = self.metrics.offset(if train { 0 } else { 1 });
-        mid.bce_with_logits(b, &bf.logits, &bf.targets, &bf.dlogits, &self.metrics.buf, block)?;
+        self.head_and_loss(&mut mid, head, b, train)?;
         let mut post = OpBuilder::new(ctx);
         if train {
-            mid.linear_backward(head, &bf.feat, &self.head, &bf.dlogits, &self.head_grad, Some(&bf.dfeat))?;
             // The final h's gradient, times the loss scale, into the (cleared) state gradients.
             for d in 0..2 {
                 mid.to_stored(f16, &bf.dfeat, (d * h, 2 * h), &hf.gstates, ((last + d) * b * sw, sw), b, h, Some(&self.opt))?;
