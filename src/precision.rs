@@ -60,15 +60,6 @@ impl Precision {
         }
     }
 
-    /// Rounds every element of `v` as stored.
-    pub fn round_all(self, v: &mut [f32]) {
-        if self == Precision::F16 {
-            for x in v {
-                *x = half::f16::from_f32(*x).to_f32();
-            }
-        }
-    }
-
     /// [`Error::NonFinite`] naming `what` if a finite value of `v` overflows this precision
     /// (f16: beyond 65,504, which would be stored as infinity).
     pub fn check_range(self, what: &str, v: &[f32]) -> Result<()> {
