@@ -34,8 +34,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = x.rows();
 
     // 3. The application's own buffers (weights flat in state_dict order).
-    let mut flat = Vec::new();
-    w.for_each(|_, _, _, v| flat.extend_from_slice(v));
+    let flat = w.to_flat();
     assert_eq!(flat.len(), weight_layout(&cfg).1);
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let init = |data: &[f32]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage });
@@ -77,8 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let got = rb.submit_and_read(&ctx, encoder)?;
     let (fwd, tape) = cpu::forward(&w, &x, None, None, Pass::Training)?;
     let grads = cpu::backward(&w, &tape.expect("training tape"), &grad_output_host, None, None)?;
-    let mut want_gw = Vec::new();
-    grads.params.for_each(|_, _, _, v| want_gw.extend_from_slice(v));
+    let want_gw = grads.params.to_flat();
     let worst = |got: &[f32], want: &[f32], atol: f64, rtol: f64| {
         got.iter().zip(want).map(|(&g, &w)| (g as f64 - w as f64).abs() / (atol + rtol * (w as f64).abs())).fold(0.0, f64::max)
     };

@@ -253,6 +253,32 @@ impl<T: Float> Weights<T> {
         }
     }
 
+    /// Every parameter, one after another in `state_dict` order: the flat layout of the GPU
+    /// weights buffer ([`crate::gpu::weight_layout`]).
+    pub fn to_flat(&self) -> Vec<T> {
+        let mut flat = Vec::with_capacity(self.num_scalars());
+        self.for_each(|_, _, _, v| flat.extend_from_slice(v));
+        flat
+    }
+
+    /// The inverse of [`Weights::to_flat`]: parameters for a validated config from their
+    /// values in `state_dict` order ([`Error::LengthMismatch`] unless `flat` holds exactly
+    /// as many).
+    pub fn from_flat(config: &RnnConfig, flat: &[T]) -> Result<Self> {
+        let mut w = Self::zeros(config)?;
+        let n = w.num_scalars();
+        if flat.len() != n {
+            return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![n], expected: n, got: flat.len() });
+        }
+        let mut at = 0;
+        w.for_each_mut(|_, _, _, v| {
+            let len = v.len();
+            v.copy_from_slice(&flat[at..at + len]);
+            at += len;
+        });
+        Ok(w)
+    }
+
     /// Total number of scalars.
     pub fn num_scalars(&self) -> usize {
         let mut n = 0;

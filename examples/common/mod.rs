@@ -57,14 +57,7 @@ impl Metrics {
 /// The model's current weights, read back from the device.
 pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
     let flat = read_f32(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(rnn.config()).1)?;
-    let mut w = Weights::<f32>::zeros(rnn.config())?;
-    let mut at = 0;
-    w.for_each_mut(|_, _, _, v| {
-        let n = v.len();
-        v.copy_from_slice(&flat[at..at + n]);
-        at += n;
-    });
-    Ok(w)
+    Weights::<f32>::from_flat(rnn.config(), &flat)
 }
 
 /// PyTorch's LSTM forget-gate bias trick: 1 in total, split between b_ih and b_hh.

@@ -78,8 +78,7 @@ impl GpuRnn {
             return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", w.config.mode)));
         }
         w.check_finite()?;
-        let mut flat = Vec::with_capacity(w.num_scalars());
-        w.for_each(|_, _, _, v| flat.extend_from_slice(v));
+        let flat = w.to_flat();
         let _serial = ctx.exclusive();
         if flat.len() != weight_layout(&w.config).1 {
             return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![weight_layout(&w.config).1], expected: weight_layout(&w.config).1, got: flat.len() });
@@ -421,16 +420,10 @@ impl GpuRnn {
             TapeKind::Whole(rec) => self.backward_on(rec, grad_output, gh, lstm.then_some(gc))?,
             TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, gh, lstm.then_some(gc))?,
         };
-        let mut params = Weights::<f32>::zeros(c)?;
-        if flat.len() != params.num_scalars() {
-            return Err(Error::LengthMismatch { what: "grad_weights read back".into(), shape: vec![params.num_scalars()], expected: params.num_scalars(), got: flat.len() });
-        }
-        let mut at = 0;
-        params.for_each_mut(|_, _, _, v| {
-            let len = v.len();
-            v.copy_from_slice(&flat[at..at + len]);
-            at += len;
-        });
+        let params = Weights::<f32>::from_flat(c, &flat).map_err(|e| match e {
+            Error::LengthMismatch { shape, expected, got, .. } => Error::LengthMismatch { what: "grad_weights read back".into(), shape, expected, got },
+            e => e,
+        })?;
         let input = PackedSequence {
             data: gi_data,
             features: c.input_size,

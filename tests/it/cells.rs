@@ -294,8 +294,7 @@ fn generic_driver_gives_the_same_bits_on_any_number_of_threads() {
                 let (out, tape) = generic::forward(&w, &x, &[], Pass::Training).unwrap();
                 let go = vec![0.25f32; out.output.data.len()];
                 let g = generic::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
-                let mut p = Vec::new();
-                g.params.for_each(|_, _, _, v| p.extend_from_slice(v));
+                let p = g.params.to_flat();
                 (out.output.data, g.input.data, p)
             })
         };

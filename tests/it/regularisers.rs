@@ -157,8 +157,7 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
                     }
                     let mut gw = Vec::new();
                     gg_.params.for_each(|_, _, _, v| gw.extend(f(v)));
-                    let mut cw = Vec::new();
-                    cg.params.for_each(|_, _, _, v| cw.extend_from_slice(v));
+                    let cw = cg.params.to_flat();
                     assert_close(&format!("{name} grad weights"), &gw, &cw, GRAD_ATOL, GRAD_RTOL);
                 }
             }

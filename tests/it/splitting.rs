@@ -87,8 +87,7 @@ impl Case {
         let tape = tape.unwrap();
         let (ghn, gcn) = (f32s(&self.ghn), self.gcn.as_deref().map(f32s));
         let gr = rnn.backward(&tape, &f32s(&self.go), Some(&ghn), gcn.as_deref()).unwrap();
-        let mut grad_w = Vec::new();
-        gr.params.for_each(|_, _, _, v| grad_w.extend_from_slice(v));
+        let grad_w = gr.params.to_flat();
         Run {
             output: f.output.data,
             h_n: f.h_n.data,
@@ -114,8 +113,7 @@ impl Case {
         }
         assert_close(&format!("{label}: grad_input"), &f64s(&got.grad_input), &gr.input.data, GRAD_ATOL, GRAD_RTOL);
         assert_close(&format!("{label}: grad_h0"), &f64s(&got.grad_h0), &gr.h0.data, GRAD_ATOL, GRAD_RTOL);
-        let mut gw = Vec::new();
-        gr.params.for_each(|_, _, _, v| gw.extend_from_slice(v));
+        let gw = gr.params.to_flat();
         let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert_close(&format!("{label}: grad weights"), &f64s(&got.grad_w), &gw, GRAD_ATOL + WEIGHT_GRAD_OF_MAX * gw_max, GRAD_RTOL);
     }

@@ -87,8 +87,7 @@ fn init_is_uniform_in_pytorch_range_and_seeded() {
     assert_eq!(a, b);
     assert_ne!(a, c);
     let k = 1.0 / 16f64.sqrt();
-    let mut all = Vec::new();
-    a.for_each(|_, _, _, v| all.extend_from_slice(v));
+    let all = a.to_flat();
     assert!(all.iter().all(|x| x.abs() <= k));
     let mean = all.iter().sum::<f64>() / all.len() as f64;
     let var = all.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>() / all.len() as f64;
