@@ -380,6 +380,108 @@ impl Case<f32> {
         case.run_gpu_generic(ctx, backward)
     }
 
+    /// Runs the case through the engine API without blocking: PyTorch's four cells, f32,
+    /// forward (and backward when `backward` is set) recorded into one encoder, one submit, and
+    /// the results awaited ([`crate::gpu::Readback::submit`]). The form a browser (`wasm32`)
+    /// can run, where [`Case::run_gpu`]'s waits are refused; on native targets something must
+    /// poll the device while it is awaited. A problem beyond the device's limits is refused
+    /// ([`Error::Limit`]), not split.
+    pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
+        use crate::gpu::{storage, upload, BackwardBuffers, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
+        use crate::tensor::Tensor;
+        let c = self.config();
+        if !c.mode.fused() {
+            return Err(Error::Unsupported(format!("{} in Case::run_gpu_async (PyTorch's four cells only)", c.mode)));
+        }
+        self.weights.validate()?;
+        self.weights.check_finite()?;
+        let packed = self.packed_input()?;
+        let (h0, c0) = (self.state0(0), self.state0(1));
+        let (gh, gc) = (self.grad_state_n(0), self.grad_state_n(1));
+        for (name, v) in [("input", Some(&packed.data[..])), ("h0", h0), ("c0", c0), ("grad_h_n", gh), ("grad_c_n", gc)] {
+            if let Some(v) = v {
+                crate::float::check_finite(name, v)?;
+            }
+        }
+        let lstm = c.mode == crate::Mode::Lstm;
+        let pass = if backward { Pass::Training } else { Pass::Inference };
+        let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: backward && gh.is_some(), grad_c_n: backward && gc.is_some() };
+        let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass, inputs)?;
+        let (n, b) = (packed.rows(), packed.batch());
+        let (hn_elems, cn_elems): (usize, usize) = (c.h_shape(b).iter().product(), c.c_shape(b).iter().product());
+        let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload(ctx, label, v)).transpose();
+        let weights = upload(ctx, "weights", &self.weights.to_flat())?;
+        let x = upload(ctx, "input", &packed.data)?;
+        let (h0b, c0b) = (up("h0", h0)?, up("c0", c0)?);
+        let out = storage(ctx, "output", n * c.output_size())?;
+        let hn = storage(ctx, "h_n", hn_elems)?;
+        let cn = if lstm { Some(storage(ctx, "c_n", cn_elems)?) } else { None };
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
+        let fwd = ForwardBuffers { weights: &weights, input: &x, output: &out, h0: h0b.as_deref(), c0: c0b.as_deref(), h_n: &hn, c_n: cn.as_deref() };
+        plan.record_forward(&mut enc, &fwd)?;
+        let mut rb = Readback::new();
+        rb.copy(ctx, &mut enc, &out, n * c.output_size())?;
+        rb.copy(ctx, &mut enc, &hn, hn_elems)?;
+        if let Some(cn) = &cn {
+            rb.copy(ctx, &mut enc, cn, cn_elems)?;
+        }
+        // The backward's buffers live until the readback is done.
+        let mut grad_buffers = Vec::new();
+        if backward {
+            let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
+            let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
+            let gi = storage(ctx, "grad_input", n * c.input_size)?;
+            let gh0 = storage(ctx, "grad_h0", hn_elems)?;
+            let gc0 = if lstm { Some(storage(ctx, "grad_c0", cn_elems)?) } else { None };
+            let gw = storage(ctx, "grad_weights", plan.weight_elems())?;
+            plan.record_backward(
+                &mut enc,
+                &BackwardBuffers {
+                    weights: &weights,
+                    input: &x,
+                    output: &out,
+                    h0: h0b.as_deref(),
+                    c0: c0b.as_deref(),
+                    grad_output: &go,
+                    grad_h_n: ghb.as_deref(),
+                    grad_c_n: gcb.as_deref(),
+                    grad_input: &gi,
+                    grad_h0: &gh0,
+                    grad_c0: gc0.as_deref(),
+                    grad_weights: &gw,
+                },
+            )?;
+            rb.copy(ctx, &mut enc, &gi, n * c.input_size)?;
+            rb.copy(ctx, &mut enc, &gh0, hn_elems)?;
+            rb.copy(ctx, &mut enc, &gw, plan.weight_elems())?;
+            if let Some(g) = &gc0 {
+                rb.copy(ctx, &mut enc, g, cn_elems)?;
+            }
+            grad_buffers.extend([go, gi, gh0, gw]);
+            grad_buffers.extend(ghb.into_iter().chain(gcb).chain(gc0));
+        }
+        let mut got = rb.submit(ctx, enc)?.await?.into_iter();
+        let mut next = |what: &str| got.next().ok_or_else(|| Error::Gpu(format!("{what} was not read back")));
+        let output = packed.with_data(next("output")?, c.output_size())?;
+        let mut states = vec![Tensor { shape: c.h_shape(b), data: next("h_n")? }];
+        if lstm {
+            states.push(Tensor { shape: c.c_shape(b), data: next("c_n")? });
+        }
+        let grads = if backward {
+            let gi = packed.with_data(next("grad_input")?, c.input_size)?;
+            let mut gs = vec![Tensor { shape: c.h_shape(b), data: next("grad_h0")? }];
+            let params = Weights::<f32>::from_flat(c, &next("grad_weights")?)?;
+            if lstm {
+                gs.push(Tensor { shape: c.c_shape(b), data: next("grad_c0")? });
+            }
+            Some((gi, gs, params))
+        } else {
+            None
+        };
+        drop(grad_buffers);
+        self.result(&output, states, grads)
+    }
+
     /// Runs the case on the GPU (f32): forward, and backward when `backward` is set. PyTorch's
     /// four cells take the fused path ([`crate::gpu::GpuRnn`]), the others
     /// [`crate::gpu::generic`].

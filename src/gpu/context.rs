@@ -125,7 +125,16 @@ impl Context {
     }
 
     /// A context on the adapter the options choose.
+    ///
+    /// It waits for the adapter and the device, which a browser cannot: on `wasm32` this is
+    /// [`Error::Unsupported`]; request them there with `await` and wrap them with
+    /// [`Context::from_device`].
     pub fn with_options(opts: &ContextOptions) -> Result<Arc<Self>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Unsupported(
+                "Context::new in the browser (wasm32): await the adapter and device there and use Context::from_device".into(),
+            ));
+        }
         let backends = opts.backends.unwrap_or(wgpu::Backends::all());
         let mut desc = wgpu::InstanceDescriptor::new_without_display_handle();
         desc.backends = backends;
@@ -349,7 +358,13 @@ impl Context {
 
     /// Waits for all submitted work, at most [`Context::wait_timeout`]: [`Error::Timeout`]
     /// after that, [`Error::DeviceLost`] if the device is lost.
+    ///
+    /// A browser cannot block: on `wasm32` this is [`Error::Unsupported`] (await a
+    /// [`super::PendingRead`] instead).
     pub fn wait(&self) -> Result<()> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Unsupported("Context::wait in the browser (wasm32): await Readback::submit instead".into()));
+        }
         self.check_alive()?;
         self.poll_until(self.deadline(), "waiting for submitted work", |finished| finished)
     }
@@ -403,8 +418,12 @@ impl Context {
     }
 
     /// Whether a new 4-byte buffer is valid (a zero-length write to it validates it and does
-    /// nothing else); false on a destroyed device.
+    /// nothing else); false on a destroyed device. A browser answers only asynchronously (and
+    /// its devices poll themselves, so this is not reached there): true on `wasm32`.
     fn probe_valid(&self) -> bool {
+        if cfg!(target_arch = "wasm32") {
+            return true;
+        }
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let probe = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-rnn device probe"),
@@ -454,16 +473,28 @@ impl Context {
 ///
 /// Field order matters: a scope dropped without `pop` (an early `?` return) drops its guards
 /// in declaration order, and wgpu panics unless scopes are popped in reverse push order.
+///
+/// On `wasm32` no scope is pushed: a browser resolves a scope only asynchronously, and a
+/// scope dropped unread would swallow its error. The device's errors reach its
+/// uncaptured-error handler there instead (see [`super::Readback::submit`]).
 pub(crate) struct ErrorScope {
+    #[cfg(not(target_arch = "wasm32"))]
     validation: wgpu::ErrorScopeGuard,
+    #[cfg(not(target_arch = "wasm32"))]
     oom: wgpu::ErrorScopeGuard,
 }
 
 impl ErrorScope {
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn push(device: &wgpu::Device) -> Self {
         let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
         ErrorScope { validation, oom }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn push(_device: &wgpu::Device) -> Self {
+        ErrorScope {}
     }
 
     /// As [`ErrorScope::pop`], but an error on a lost device is [`Error::DeviceLost`] (work on
@@ -476,6 +507,7 @@ impl ErrorScope {
         r
     }
 
+    #[cfg(not(target_arch = "wasm32"))]
     pub(crate) fn pop(self) -> Result<()> {
         let v = pollster::block_on(self.validation.pop());
         let o = pollster::block_on(self.oom.pop());
@@ -484,5 +516,10 @@ impl ErrorScope {
             (None, Some(e)) => Err(Error::Gpu(format!("out of memory: {e}"))),
             (None, None) => Ok(()),
         }
+    }
+
+    #[cfg(target_arch = "wasm32")]
+    pub(crate) fn pop(self) -> Result<()> {
+        Ok(())
     }
 }

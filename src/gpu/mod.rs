@@ -30,4 +30,4 @@ pub use plan::{
     DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, ENV_STEP_SHAPE, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU,
     SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU,
 };
-pub use readback::{storage, storage_at, upload, upload_stored, Readback};
+pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

@@ -3,6 +3,7 @@
 use super::context::{Context, ErrorScope, TrackedBuffer};
 use crate::error::{Error, Result};
 use crate::precision::Precision;
+use std::sync::{Arc, Mutex};
 
 /// A storage buffer holding `data` (at least 16 bytes), usable as a copy source and target.
 pub fn upload(ctx: &Context, label: &str, data: &[f32]) -> Result<TrackedBuffer> {
@@ -96,36 +97,90 @@ impl Readback {
     /// the submitted work come back as [`Error::Gpu`]; a wait longer than the context's wait
     /// timeout as [`Error::Timeout`]; a lost device as [`Error::DeviceLost`]. On any error
     /// nothing is returned (the staging buffers are dropped, mapped or not).
+    ///
+    /// A browser cannot block: on `wasm32` this is [`Error::Unsupported`]; use
+    /// [`Readback::submit`] and await the [`PendingRead`] instead.
     pub fn submit_and_read(self, ctx: &Context, encoder: wgpu::CommandEncoder) -> Result<Vec<Vec<f32>>> {
+        if cfg!(target_arch = "wasm32") {
+            return Err(Error::Unsupported(BLOCKING_IN_BROWSER.into()));
+        }
         ctx.check_alive()?;
         let deadline = ctx.deadline();
         let scope = ErrorScope::push(&ctx.device);
+        let pending = self.submit(ctx, encoder)?;
+        // Every mapping callback, or the deadline: never an unbounded wait.
+        let waited = ctx.poll_until(deadline, "reading back results", |_| pending.is_mapped());
+        let popped = scope.pop_on(ctx);
+        waited?;
+        popped?;
+        pending.finish()
+    }
+
+    /// Submits `encoder` and asks for every copy to be mapped, without waiting: the returned
+    /// [`PendingRead`] is a future of what [`Readback::submit_and_read`] returns. In a browser
+    /// the page's event loop completes it; on native targets something must poll the device
+    /// (`device.poll`, [`Context::wait`]) while it is awaited.
+    ///
+    /// Errors the device raises are not captured here (a browser delivers error scopes
+    /// asynchronously): they reach the device's uncaptured-error handler
+    /// (`Device::on_uncaptured_error`), which a browser application should set.
+    pub fn submit(self, ctx: &Context, encoder: wgpu::CommandEncoder) -> Result<PendingRead<'_>> {
+        ctx.check_alive()?;
         ctx.queue.submit([encoder.finish()]);
-        let (tx, rx) = std::sync::mpsc::channel();
-        let mut pending = 0;
+        let want = self.staging.iter().filter(|(_, elems, _)| *elems > 0).count();
+        let maps = Arc::new(Mutex::new(Maps { mapped: Vec::with_capacity(want), want, waker: None }));
         for (i, (b, elems, _)) in self.staging.iter().enumerate() {
             if *elems == 0 {
                 continue;
             }
-            let tx = tx.clone();
+            let maps = maps.clone();
             b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let _ = tx.send((i, r));
+                let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
+                m.mapped.push((i, r));
+                if m.mapped.len() == m.want {
+                    if let Some(w) = m.waker.take() {
+                        w.wake();
+                    }
+                }
             });
-            pending += 1;
         }
-        drop(tx);
-        // Every mapping callback, or the deadline: never an unbounded wait on the channel.
-        let mut mapped = Vec::with_capacity(pending);
-        let waited = ctx.poll_until(deadline, "reading back results", |_| {
-            mapped.extend(rx.try_iter());
-            mapped.len() == pending
-        });
-        let popped = scope.pop_on(ctx);
-        waited?;
-        popped?;
+        Ok(PendingRead { ctx, staging: self.staging, maps })
+    }
+}
+
+/// What [`Readback::submit_and_read`] says on `wasm32`.
+const BLOCKING_IN_BROWSER: &str = "a blocking wait for the device in the browser (wasm32): record with the engine API \
+     (Plan, CellPlan) and await Readback::submit instead";
+
+/// The mapping callbacks' results, as they arrive.
+struct Maps {
+    mapped: Vec<(usize, std::result::Result<(), wgpu::BufferAsyncError>)>,
+    want: usize,
+    waker: Option<std::task::Waker>,
+}
+
+/// Copies submitted by [`Readback::submit`], waiting to be mapped: a future of every copied
+/// buffer's contents in slot order (f32, widened from their stored precision), or of the
+/// error a mapping met ([`Error::DeviceLost`] on a lost device).
+pub struct PendingRead<'a> {
+    ctx: &'a Context,
+    staging: Vec<(TrackedBuffer, usize, Precision)>,
+    maps: Arc<Mutex<Maps>>,
+}
+
+impl PendingRead<'_> {
+    /// Whether every copy is mapped (or failed to map): awaiting it returns at once.
+    pub fn is_mapped(&self) -> bool {
+        let m = self.maps.lock().unwrap_or_else(|e| e.into_inner());
+        m.mapped.len() == m.want
+    }
+
+    /// The contents once every copy is mapped.
+    fn finish(self) -> Result<Vec<Vec<f32>>> {
+        let mapped = std::mem::take(&mut self.maps.lock().unwrap_or_else(|e| e.into_inner()).mapped);
         for (i, r) in mapped {
             if let Err(e) = r {
-                ctx.check_alive()?;
+                self.ctx.check_alive()?;
                 return Err(Error::Gpu(format!("mapping readback buffer {i}: {e}")));
             }
         }
@@ -142,6 +197,23 @@ impl Readback {
             out.push(v);
         }
         Ok(out)
+    }
+}
+
+impl std::future::Future for PendingRead<'_> {
+    type Output = Result<Vec<Vec<f32>>>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        let this = self.get_mut();
+        {
+            let mut m = this.maps.lock().unwrap_or_else(|e| e.into_inner());
+            if m.mapped.len() < m.want {
+                m.waker = Some(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+        }
+        let done = PendingRead { ctx: this.ctx, staging: std::mem::take(&mut this.staging), maps: this.maps.clone() };
+        std::task::Poll::Ready(done.finish())
     }
 }
 

@@ -39,6 +39,62 @@ fn golden_cases_on_every_backend() {
     }
 }
 
+/// Drives a future whose progress needs the device polled (as a browser's event loop does):
+/// polls it, then the device, until it is ready. Returns its output and how many times its
+/// waker was woken.
+fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> (F::Output, usize) {
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let count = Arc::new(Count(Default::default()));
+    let waker = std::task::Waker::from(count.clone());
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..1000 {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut std::task::Context::from_waker(&waker)) {
+            return (v, count.0.load(std::sync::atomic::Ordering::SeqCst));
+        }
+        ctx.wait().unwrap();
+    }
+    panic!("the future never completed");
+}
+
+/// The non-blocking form the browser runs (`Case::run_gpu_async`: the engine API, one
+/// submit, `Readback::submit` awaited) gives the golden values on every backend, and a
+/// pending read wakes its task when the device has mapped the results.
+#[test]
+fn golden_cases_through_the_async_readback() {
+    for ctx in contexts() {
+        for path in golden_cases() {
+            let file = TensorFile::read(&path).unwrap();
+            let case = Case::<f32>::from_file(&file).unwrap();
+            let (got, _) = drive(ctx, case.run_gpu_async(ctx, true));
+            let got = got.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let report = wgpu_rnn::case::compare(&got, &file, true);
+            assert!(report.len() >= 6, "{}: {} tensors compared", path.display(), report.len());
+            for m in &report {
+                assert_eq!(m.failures, 0, "{} on {}: {} has {}/{} out of tolerance (worst ratio {})", path.display(), ctx.describe(), m.name, m.failures, m.total, m.worst_ratio);
+            }
+        }
+        // A read of a buffer with known contents: pending until the device is polled (then
+        // its waker is woken), or already mapped at the first poll.
+        let want: Vec<f32> = (0..1000).map(|i| i as f32 * 0.5 - 7.0).collect();
+        let src = wgpu_rnn::gpu::upload(ctx, "async readback source", &want).unwrap();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let mut rb = wgpu_rnn::gpu::Readback::new();
+        rb.copy(ctx, &mut enc, &src, want.len()).unwrap();
+        rb.copy(ctx, &mut enc, &src, 0).unwrap();
+        let pending = rb.submit(ctx, enc).unwrap();
+        let mapped_at_once = pending.is_mapped();
+        let (got, woken) = drive(ctx, pending);
+        let got = got.unwrap();
+        assert_eq!(got, vec![want, vec![]], "{}", ctx.describe());
+        assert!(mapped_at_once || woken >= 1, "{}: a pending read completed without waking its task", ctx.describe());
+    }
+}
+
 /// Everything one engine run reads back.
 pub(crate) struct EngineOut {
     pub output: Vec<f32>,
@@ -51,8 +107,7 @@ pub(crate) struct EngineOut {
 }
 
 fn flat(w: &Weights<f32>) -> Vec<f32> {
-    let mut v = Vec::new();
-    w.for_each(|_, _, _, x| v.extend_from_slice(x));
+    let v = w.to_flat();
     assert_eq!(v.len(), weight_layout(&w.config).1);
     v
 }
@@ -219,8 +274,7 @@ pub(crate) fn compare_with_cpu_tol(ctx: &Arc<Context>, strategy: StepStrategy, c
     }
     assert_close(&format!("{label}: grad_input"), &to64(&gpu.grad_input), &gr.input.data, grad_atol, grad_rtol);
     assert_close(&format!("{label}: grad_h0"), &to64(&gpu.grad_h0), &gr.h0.data, grad_atol, grad_rtol);
-    let mut gw = Vec::new();
-    gr.params.for_each(|_, _, _, v| gw.extend_from_slice(v));
+    let gw = gr.params.to_flat();
     let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert_close(&format!("{label}: grad weights"), &to64(&gpu.grad_w), &gw, grad_atol + tol.weight_grad_of_max * gw_max, grad_rtol);
 }
