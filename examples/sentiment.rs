@@ -17,6 +17,8 @@
 
 #[path = "common/mod.rs"]
 mod common;
+#[path = "common/text.rs"]
+mod text;
 
 use clap::Parser;
 use common::plot::{write_png, Panel, Series, BLUE, GREEN, ORANGE};
@@ -28,6 +30,7 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
+use text::{encode, tokens, PAD};
 use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
 use wgpu_rnn::gpu::{
@@ -38,8 +41,6 @@ use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, Precision, Result, RnnConfig, Weights};
 
 const EMBED: usize = 50;
-const PAD: u32 = 0;
-const UNK: u32 = 1;
 
 #[derive(Parser, Debug)]
 #[command(about = "IMDB sentiment: bidirectional LSTM/GRU over packed batches, trained on the GPU")]
@@ -92,36 +93,6 @@ struct Args {
     out: PathBuf,
 }
 
-/// Lower-case, `<br />` stripped, words `[a-z0-9]+('[a-z]+)?` and `!` / `?` (as the PyTorch script).
-fn tokens(text: &str) -> Vec<String> {
-    let t = text.replace("<br />", " ").to_lowercase();
-    let c: Vec<char> = t.chars().collect();
-    let word = |ch: char| ch.is_ascii_lowercase() || ch.is_ascii_digit();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < c.len() {
-        if word(c[i]) {
-            let s = i;
-            while i < c.len() && word(c[i]) {
-                i += 1;
-            }
-            if i + 1 < c.len() && c[i] == '\'' && c[i + 1].is_ascii_lowercase() {
-                i += 1;
-                while i < c.len() && c[i].is_ascii_lowercase() {
-                    i += 1;
-                }
-            }
-            out.push(c[s..i].iter().collect());
-        } else {
-            if c[i] == '!' || c[i] == '?' {
-                out.push(c[i].to_string());
-            }
-            i += 1;
-        }
-    }
-    out
-}
-
 /// `text,label` CSV with every text quoted (`""` inside), one record per line.
 fn read_reviews(name: &str) -> Result<Vec<(Vec<String>, f32)>> {
     let text = std::fs::read_to_string(data_path(name))?;
@@ -160,15 +131,8 @@ fn load_data(a: &Args) -> Result<Data> {
     let mut itos = vec!["<pad>".to_string(), "<unk>".to_string()];
     itos.extend(words.iter().map(|w| w.to_string()));
     let stoi: HashMap<&str, u32> = itos.iter().enumerate().map(|(i, w)| (w.as_str(), i as u32)).collect();
-    let encode = |toks: &[String]| -> Vec<u32> {
-        let mut ids: Vec<u32> = toks.iter().map(|t| *stoi.get(t.as_str()).unwrap_or(&UNK)).collect();
-        if ids.is_empty() {
-            ids.push(UNK);
-        }
-        ids.split_off(ids.len().saturating_sub(a.max_len))
-    };
-    let train = train.iter().map(|(t, y)| (encode(t), *y)).collect();
-    let test = test.iter().map(|(t, y)| (encode(t), *y)).collect();
+    let train = train.iter().map(|(t, y)| (encode(t, &stoi, a.max_len), *y)).collect();
+    let test = test.iter().map(|(t, y)| (encode(t, &stoi, a.max_len), *y)).collect();
     Ok(Data { itos, train, test })
 }
 
