@@ -43,8 +43,8 @@ fn f16_storage_passes_every_golden_and_variant_case_on_vulkan() {
 fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tolerances() {
     // The reason LSTM_LAYERNORM refuses f16 storage, measured: its golden-variant cases run
     // in f64 on the CPU with nothing rounded but the weights and the input (to f16: the
-    // least an f16 model stores) leave the f16 tolerances; every other cell's cases stay
-    // well inside them.
+    // least an f16 model stores) leave the f16 tolerances, and so do they with only the
+    // input rounded; every other cell's cases stay well inside them.
     let round = |w: &mut wgpu_rnn::Weights<f64>| {
         for p in w.params.iter_mut() {
             for s in wgpu_rnn::Slot::ALL {
@@ -54,14 +54,21 @@ fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tole
             }
         }
     };
-    let (mut ln_failed, mut others) = (0, 0);
+    let failing = |case: &Case<f64>, want: &wgpu_rnn::io::TensorFile| {
+        let got = case.run_cpu_generic(true).unwrap();
+        compare_at(&got, want, true, Precision::F16).iter().filter(|m| m.failures > 0).count()
+    };
+    let (mut ln_failed, mut ln_input_failed, mut others) = (0, 0, 0);
     for path in variant_cases().into_iter().chain(golden_cases()) {
         let want = wgpu_rnn::io::TensorFile::read(&path).unwrap();
         let mut case = Case::<f64>::from_file(&want).unwrap();
-        round(&mut case.weights);
         case.input.iter_mut().for_each(|v| *v = half::f16::from_f64(*v).to_f64());
-        let got = case.run_cpu_generic(true).unwrap();
-        let bad = compare_at(&got, &want, true, Precision::F16).iter().filter(|m| m.failures > 0).count();
+        if case.config().mode == Mode::LstmLayerNorm {
+            // The input alone (f32 weights): layer inputs are what any f16 storage stores.
+            ln_input_failed += (failing(&case, &want) > 0) as usize;
+        }
+        round(&mut case.weights);
+        let bad = failing(&case, &want);
         if case.config().mode == Mode::LstmLayerNorm {
             ln_failed += (bad > 0) as usize;
         } else {
@@ -70,6 +77,9 @@ fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tole
         }
     }
     assert!(ln_failed >= 1, "LSTM_LAYERNORM's cases pass with f16 weights and input: lift its refusal");
+    // Measured 2026-12-01: lstm_layernorm_5_1 at 1.6x its f16 tolerance with only the input
+    // rounded, so keeping this cell's weights in f32 would not rescue it either.
+    assert!(ln_input_failed >= 1, "LSTM_LAYERNORM's cases pass with only the input in f16: f32 weights for this cell would do");
     assert!(others >= 49);
     let cfg = RnnConfig::new(Mode::LstmLayerNorm, 3, 4).with_precision(Precision::F16);
     assert!(matches!(cfg.validate(), Err(Error::Unsupported(_))));
