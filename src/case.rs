@@ -407,6 +407,8 @@ impl Case<f32> {
         let pass = if backward { Pass::Training } else { Pass::Inference };
         let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: backward && gh.is_some(), grad_c_n: backward && gc.is_some() };
         let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass, inputs)?;
+        // GL: one thread at a time on the context (see Context::exclusive), up to the submit.
+        let serial = ctx.exclusive();
         let (n, b) = (packed.rows(), packed.batch());
         let (hn_elems, cn_elems): (usize, usize) = (c.h_shape(b).iter().product(), c.c_shape(b).iter().product());
         let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload(ctx, label, v)).transpose();
@@ -460,7 +462,9 @@ impl Case<f32> {
             grad_buffers.extend([go, gi, gh0, gw]);
             grad_buffers.extend(ghb.into_iter().chain(gcb).chain(gc0));
         }
-        let mut got = rb.submit(ctx, enc)?.await?.into_iter();
+        let pending = rb.submit(ctx, enc)?;
+        drop(serial);
+        let mut got = pending.await?.into_iter();
         let mut next = |what: &str| got.next().ok_or_else(|| Error::Gpu(format!("{what} was not read back")));
         let output = packed.with_data(next("output")?, c.output_size())?;
         let mut states = vec![Tensor { shape: c.h_shape(b), data: next("h_n")? }];

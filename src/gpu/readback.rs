@@ -121,12 +121,17 @@ impl Readback {
     /// the page's event loop completes it; on native targets something must poll the device
     /// (`device.poll`, [`Context::wait`]) while it is awaited.
     ///
-    /// Errors the device raises are not captured here (a browser delivers error scopes
-    /// asynchronously): they reach the device's uncaptured-error handler
+    /// On native targets an encoder or submission the device refuses is [`Error::Gpu`]. In a
+    /// browser (`wasm32`) such errors are not captured here (a browser resolves error scopes
+    /// only asynchronously): they reach the device's uncaptured-error handler
     /// (`Device::on_uncaptured_error`), which a browser application should set.
     pub fn submit(self, ctx: &Context, encoder: wgpu::CommandEncoder) -> Result<PendingRead<'_>> {
         ctx.check_alive()?;
+        // Native: an encoder or submit the device refuses is an Error::Gpu here, not a panic
+        // in wgpu's default handler (wasm32 pushes no scope, see ErrorScope).
+        let scope = ErrorScope::push(&ctx.device);
         ctx.queue.submit([encoder.finish()]);
+        scope.pop_on(ctx)?;
         let want = self.staging.iter().filter(|(_, elems, _)| *elems > 0).count();
         let maps = Arc::new(Mutex::new(Maps { mapped: Vec::with_capacity(want), want, waker: None }));
         for (i, (b, elems, _)) in self.staging.iter().enumerate() {
@@ -135,12 +140,14 @@ impl Readback {
             }
             let maps = maps.clone();
             b.slice(..).map_async(wgpu::MapMode::Read, move |r| {
-                let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
-                m.mapped.push((i, r));
-                if m.mapped.len() == m.want {
-                    if let Some(w) = m.waker.take() {
-                        w.wake();
-                    }
+                let waker = {
+                    let mut m = maps.lock().unwrap_or_else(|e| e.into_inner());
+                    m.mapped.push((i, r));
+                    if m.mapped.len() == m.want { m.waker.take() } else { None }
+                };
+                // Woken outside the lock: an executor may poll from inside `wake`.
+                if let Some(w) = waker {
+                    w.wake();
                 }
             });
         }

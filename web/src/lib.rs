@@ -50,6 +50,12 @@ fn gpu() -> Result<Rc<Gpu>, JsError> {
 }
 
 impl Gpu {
+    /// Forgets errors left from an earlier call (one that returned early, or whose errors came
+    /// after its results), so that each call answers for its own work.
+    fn clear_errors(&self) {
+        self.errors.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     /// Errors the device reported since the last call (WebGPU delivers them to the
     /// uncaptured-error handler, not to the call that caused them).
     fn take_errors(&self) -> Result<(), JsError> {
@@ -102,6 +108,7 @@ pub async fn start() -> Result<String, JsError> {
 #[wasm_bindgen]
 pub async fn check_case(name: String, bytes: Vec<u8>) -> Result<String, JsError> {
     let g = gpu()?;
+    g.clear_errors();
     let file = TensorFile::from_bytes(&bytes).map_err(js)?;
     let case = Case::<f32>::from_file(&file).map_err(js)?;
     let got = case.run_gpu_async(&g.ctx, true).await.map_err(js)?;
@@ -133,6 +140,7 @@ pub async fn check_case(name: String, bytes: Vec<u8>) -> Result<String, JsError>
 #[wasm_bindgen]
 pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Result<String, JsError> {
     let g = gpu()?;
+    g.clear_errors();
     let ctx = &g.ctx;
     let file = TensorFile::from_bytes(&model).map_err(js)?;
     let w = Weights::<f32>::from_file(&file, "rnn.", None).map_err(js)?;
@@ -143,7 +151,7 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     let table = file.float("embedding.weight").map_err(js)?;
     let (rows, dim) = match table.shape[..] {
         [v, d] if d == cfg.input_size => (v, d),
-        _ => return Err(JsError::new(&format!("embedding.weight is {:?}; the LSTM takes {} features", table.shape, cfg.input_size))),
+        _ => return Err(JsError::new(&format!("embedding.weight is {:?}; the recurrent layer takes {} features", table.shape, cfg.input_size))),
     };
     // The two directions of the last layer's final state.
     let h2 = 2 * cfg.h_shape(1)[2];
