@@ -427,8 +427,6 @@ impl Case<f32> {
         if let Some(cn) = &cn {
             rb.copy(ctx, &mut enc, cn, cn_elems)?;
         }
-        // The backward's buffers live until the readback is done.
-        let mut grad_buffers = Vec::new();
         if backward {
             let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
             let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
@@ -459,8 +457,6 @@ impl Case<f32> {
             if let Some(g) = &gc0 {
                 rb.copy(ctx, &mut enc, g, cn_elems)?;
             }
-            grad_buffers.extend([go, gi, gh0, gw]);
-            grad_buffers.extend(ghb.into_iter().chain(gcb).chain(gc0));
         }
         let pending = rb.submit(ctx, enc)?;
         drop(serial);
@@ -482,7 +478,6 @@ impl Case<f32> {
         } else {
             None
         };
-        drop(grad_buffers);
         self.result(&output, states, grads)
     }
 
