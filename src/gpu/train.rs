@@ -558,6 +558,23 @@ impl OptimizerKind {
         OptimizerKind::Adam { lr, beta1: 0.9, beta2: 0.999, eps: 1e-8 }
     }
 
+    /// The learning rate.
+    pub fn lr(&self) -> f32 {
+        match *self {
+            OptimizerKind::Adam { lr, .. } | OptimizerKind::Sgd { lr, .. } => lr,
+        }
+    }
+
+    /// The same rule with learning rate `lr` (checked like the rest: finite, not negative).
+    pub fn with_lr(self, lr: f32) -> Result<Self> {
+        let mut k = self;
+        match &mut k {
+            OptimizerKind::Adam { lr: l, .. } | OptimizerKind::Sgd { lr: l, .. } => *l = lr,
+        }
+        k.validate()?;
+        Ok(k)
+    }
+
     fn validate(&self) -> Result<()> {
         let ok = match *self {
             OptimizerKind::Adam { lr, beta1, beta2, eps } => lr.is_finite() && lr >= 0.0 && (0.0..1.0).contains(&beta1) && (0.0..1.0).contains(&beta2) && eps.is_finite() && eps >= 0.0,
@@ -569,6 +586,18 @@ impl OptimizerKind {
             Err(Error::InvalidConfig(format!("optimiser settings out of range: {self:?}")))
         }
     }
+}
+
+/// PyTorch's `CosineAnnealingLR` with `eta_min = 0` and `T_max = total`, in closed form: the
+/// learning rate of step `step` (0-based; the scheduler stepped once after each optimiser
+/// step), `base * (1 + cos(pi * step / total)) / 2`. From `base` at step 0 down to 0 at
+/// `total`; past `total` it stays 0 (PyTorch would climb again), and `total == 0` gives `base`.
+pub fn cosine_lr(base: f32, step: usize, total: usize) -> f32 {
+    if total == 0 {
+        return base;
+    }
+    let x = step.min(total) as f64 / total as f64;
+    (base as f64 * 0.5 * (1.0 + (std::f64::consts::PI * x).cos())) as f32
 }
 
 /// One parameter group: a parameter buffer and its gradient buffer (same layout), first `elems`.
@@ -650,6 +679,19 @@ impl Optimizer {
         super::readback::write(ctx, &self.state, bytemuck::cast_slice(&head))?;
         self.growth_interval = growth_interval;
         Ok(self)
+    }
+
+    /// The update rule and its current learning rate.
+    pub fn kind(&self) -> OptimizerKind {
+        self.kind
+    }
+
+    /// Sets the learning rate the steps recorded from now on use (a schedule's: see
+    /// [`cosine_lr`]); the moments and the step count are kept. Steps already recorded keep
+    /// the rate they were recorded with.
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.kind = self.kind.with_lr(lr)?;
+        Ok(())
     }
 
     /// Appends one step: the global gradient norm, clipping, and the update of every group.

@@ -7,7 +7,7 @@ use crate::gpu_common::contexts;
 use rand::Rng;
 use std::sync::Arc;
 use wgpu_rnn::cpu::train as ct;
-use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, METRIC_FLOATS};
+use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, METRIC_FLOATS};
 use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, StateInputs};
 use wgpu_rnn::{cpu::Pass, Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -188,6 +188,22 @@ fn gpu_losses_match_cpu_and_accumulate_metrics() {
 }
 
 #[test]
+fn cosine_schedule_is_pytorchs_closed_form_and_rates_are_checked() {
+    // CosineAnnealingLR(T_max = 8, eta_min = 0) from 0.01 for steps 0..=8, from the closed form
+    // in PyTorch's documentation (computed in Python's f64; its recursive update agrees).
+    let torch = [0.01, 0.009619397662556434, 0.008535533905932738, 0.006913417161825449, 0.005, 0.003086582838174551, 0.0014644660940672624, 0.00038060233744356627, 0.0];
+    for (step, &want) in torch.iter().enumerate() {
+        assert!((cosine_lr(0.01, step, 8) as f64 - want).abs() <= 1e-9, "step {step}");
+    }
+    assert_eq!(cosine_lr(0.01, 9, 8), 0.0);
+    assert_eq!(cosine_lr(0.01, 3, 0), 0.01);
+    for bad in [f32::NAN, f32::INFINITY, -1e-3] {
+        assert!(matches!(OptimizerKind::adam(1e-3).with_lr(bad), Err(Error::InvalidConfig(_))), "{bad}");
+    }
+    assert_eq!(OptimizerKind::Sgd { lr: 0.1, momentum: 0.9 }.with_lr(0.2).unwrap(), OptimizerKind::Sgd { lr: 0.2, momentum: 0.9 });
+}
+
+#[test]
 fn gpu_optimisers_with_clipping_match_cpu() {
     for ctx in contexts() {
         for kind in [OptimizerKind::adam(0.01), OptimizerKind::Sgd { lr: 0.05, momentum: 0.9 }] {
@@ -198,7 +214,7 @@ fn gpu_optimisers_with_clipping_match_cpu() {
             let gbs: Vec<_> = sizes.iter().map(|&n| storage(ctx, "g", n).unwrap()).collect();
             let groups: Vec<_> = (0..2).map(|i| ParamGroup { params: &pbs[i], grads: &gbs[i], elems: sizes[i] }).collect();
             let clip = 2.0;
-            let opt = Optimizer::new(ctx, kind, Some(clip), &groups).unwrap();
+            let mut opt = Optimizer::new(ctx, kind, Some(clip), &groups).unwrap();
             let mut adam: Vec<ct::AdamState<f64>> = vec![Default::default(); 2];
             let mut bufs: Vec<Vec<f64>> = vec![Vec::new(); 2];
             for step in 1..=3u32 {
@@ -208,13 +224,17 @@ fn gpu_optimisers_with_clipping_match_cpu() {
                 for i in 0..2 {
                     ctx.queue.write_buffer(&gbs[i], 0, bytemuck::cast_slice(&f32s(&grads[i])));
                 }
+                // A schedule's rate per step (halved each step), set between steps.
+                let k = kind.with_lr(kind.lr() / (1 << (step - 1)) as f32).unwrap();
+                opt.set_lr(k.lr()).unwrap();
+                assert_eq!(opt.kind(), k);
                 let mut b = OpBuilder::new(ctx);
                 opt.record_step(&mut b).unwrap();
                 b.run(&[]).unwrap();
                 let (norm, scale) = ct::clip_scale(&[&grads[0], &grads[1]], Some(clip as f64));
                 assert_eq!(step == 2, scale == 1.0, "step {step} clipping");
                 for i in 0..2 {
-                    match kind {
+                    match k {
                         OptimizerKind::Adam { lr, beta1, beta2, eps } => {
                             ct::adam_step(&mut params[i], &grads[i], &mut adam[i], step, scale, lr as f64, beta1 as f64, beta2 as f64, eps as f64).unwrap()
                         }
