@@ -32,7 +32,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use text::{encode, tokens, PAD};
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
+use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
 use wgpu_rnn::gpu::{
     storage, storage_at, upload, BackwardBuffers, CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout,
     StateInputs, TrackedBuffer,
@@ -61,6 +61,11 @@ struct Args {
     batch: usize,
     #[arg(long, default_value_t = 2e-3)]
     lr: f32,
+    /// The learning rate over training: `constant`, or `cosine` (PyTorch's CosineAnnealingLR
+    /// stepped once a batch, from --lr down to 0 at the last batch; with the other defaults it
+    /// trained less well: examples/results/sentiment-f16-cosine-2026-12-01.log).
+    #[arg(long, default_value = "constant")]
+    lr_schedule: String,
     #[arg(long, default_value_t = 5.0)]
     clip: f32,
     /// Dropout on the embeddings during training.
@@ -548,6 +553,9 @@ fn main() -> Result<()> {
     if a.batch == 0 || a.max_len == 0 || a.hidden == 0 || a.layers == 0 || a.epochs == 0 {
         return Err(Error::InvalidConfig("batch, max-len, hidden, layers and epochs must be positive".into()));
     }
+    if !matches!(a.lr_schedule.as_str(), "cosine" | "constant") {
+        return Err(Error::InvalidConfig(format!("unknown learning-rate schedule {:?}: cosine or constant", a.lr_schedule)));
+    }
     if !(0.0..1.0).contains(&a.dropout) {
         return Err(Error::InvalidConfig(format!("dropout must be in [0, 1), got {}", a.dropout)));
     }
@@ -558,7 +566,7 @@ fn main() -> Result<()> {
     let (table, found) = embedding_init(&data.itos, &mut rng)?;
     let vocab = data.itos.len();
     println!(
-        "vocabulary {vocab} ({found} from GloVe), train {}, test {}; bidirectional {} {}x{} (layers {}), last {} tokens, batch {}, Adam {}, clip {}, embedding dropout {}",
+        "vocabulary {vocab} ({found} from GloVe), train {}, test {}; bidirectional {} {}x{} (layers {}), last {} tokens, batch {}, Adam {} ({} schedule), clip {}, embedding dropout {}",
         data.train.len(),
         data.test.len(),
         a.cell,
@@ -568,10 +576,11 @@ fn main() -> Result<()> {
         a.max_len,
         a.batch,
         a.lr,
+        a.lr_schedule,
         a.clip,
         a.dropout
     );
-    let model = Model::new(&ctx, &a, mode, &table, vocab)?;
+    let mut model = Model::new(&ctx, &a, mode, &table, vocab)?;
     // Bucketed once: the batches keep their members, and their order is shuffled each epoch.
     let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
     let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
@@ -585,6 +594,10 @@ fn main() -> Result<()> {
         let start = Instant::now();
         let (mut loss_sum, mut rows, mut correct) = (0.0, 0.0, 0.0);
         for (k, batch) in train_batches.iter().enumerate() {
+            if a.lr_schedule == "cosine" {
+                let total = a.epochs * train_batches.len();
+                model.opt.set_lr(cosine_lr(a.lr, (epoch - 1) * train_batches.len() + k, total))?;
+            }
             model.run_batch(batch, true)?;
             bar.inc(1);
             if (k + 1) % 10 == 0 || k + 1 == train_batches.len() {
@@ -661,7 +674,7 @@ fn compare_pytorch(a: &Args, ours: f64) {
     let status = std::process::Command::new("python3")
         .arg(&script)
         .args(["--cell", &a.cell, "--hidden", &a.hidden.to_string(), "--max-len", &a.max_len.to_string(), "--batch", &a.batch.to_string()])
-        .args(["--lr", &a.lr.to_string(), "--clip", &a.clip.to_string(), "--min-count", &a.min_count.to_string(), "--dropout", &a.dropout.to_string()])
+        .args(["--lr", &a.lr.to_string(), "--lr-schedule", &a.lr_schedule, "--clip", &a.clip.to_string(), "--min-count", &a.min_count.to_string(), "--dropout", &a.dropout.to_string()])
         .args(["--limit", &a.limit.to_string(), "--epochs", &a.pytorch_epochs.to_string(), "--threads", &threads.to_string(), "--json"])
         .arg(&json)
         .status();

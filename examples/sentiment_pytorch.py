@@ -7,7 +7,7 @@ reports its test accuracy.
 
 Same data, tokeniser, vocabulary, GloVe initialisation, bucketing, model (embedding ->
 bidirectional LSTM/GRU over packed batches -> linear head on the two final states), loss
-(BCE with logits), optimiser (Adam) and clipping as the Rust example. Prints per-epoch
+(BCE with logits), optimiser (Adam), learning-rate schedule and clipping as the Rust example. Prints per-epoch
 time and test accuracy, and the same in JSON with --json.
 
     python3 examples/sentiment_pytorch.py --epochs 6 --threads 2
@@ -60,6 +60,7 @@ def main():
     ap.add_argument("--keep", default="tail", choices=["head", "tail"])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant")
     ap.add_argument("--clip", type=float, default=5.0)
     ap.add_argument("--min-count", type=int, default=2)
     ap.add_argument("--dropout", type=float, default=0.0)
@@ -114,6 +115,9 @@ def main():
                     p[a.hidden : 2 * a.hidden].fill_(0.5)
     params = list(model.parameters())
     opt = torch.optim.Adam(params, lr=a.lr)
+    # As the Rust example's --lr-schedule cosine: from --lr to 0 over all batches, stepped once a batch.
+    per_epoch = (len(train) + a.batch - 1) // a.batch
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=a.epochs * per_epoch) if a.lr_schedule == "cosine" else None
     print(f"vocabulary {len(itos)} ({found} from GloVe), train {len(train)}, test {len(test)}", file=sys.stderr)
 
     def batches(data, shuffle):
@@ -156,6 +160,8 @@ def main():
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, a.clip)
             opt.step()
+            if sched is not None:
+                sched.step()
             total += loss.item() * len(y)
             n += len(y)
         secs = time.perf_counter() - t0
