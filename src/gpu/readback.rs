@@ -169,6 +169,9 @@ struct Maps {
 /// Copies submitted by [`Readback::submit`], waiting to be mapped: a future of every copied
 /// buffer's contents in slot order (f32, widened from their stored precision), or of the
 /// error a mapping met ([`Error::DeviceLost`] on a lost device).
+///
+/// On the GL backend, the poll that completes it takes [`Context::exclusive`] (the GL context
+/// is shared between threads): poll it without holding that guard.
 pub struct PendingRead<'a> {
     ctx: &'a Context,
     staging: Vec<(TrackedBuffer, usize, Precision)>,
@@ -220,6 +223,9 @@ impl std::future::Future for PendingRead<'_> {
             }
         }
         let done = PendingRead { ctx: this.ctx, staging: std::mem::take(&mut this.staging), maps: this.maps.clone() };
+        // GL: reading and unmapping the copies, and destroying them, take the shared GL
+        // context; other threads hold the guard around their GL work (Context::exclusive).
+        let _serial = this.ctx.exclusive();
         std::task::Poll::Ready(done.finish())
     }
 }
