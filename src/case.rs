@@ -387,7 +387,8 @@ impl Case<f32> {
     /// poll the device while it is awaited. A problem beyond the device's limits is refused
     /// ([`Error::Limit`]), not split.
     pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
-        use crate::gpu::{storage, upload, BackwardBuffers, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
+        use crate::gpu::BackwardRead;
+        use crate::gpu::{storage, upload, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
         use crate::tensor::Tensor;
         let c = self.config();
         if !c.mode.fused() {
@@ -433,33 +434,17 @@ impl Case<f32> {
             if backward {
                 let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
                 let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
-                let gi = storage(ctx, "grad_input", n * c.input_size)?;
-                let gh0 = storage(ctx, "grad_h0", hn_elems)?;
-                let gc0 = if lstm { Some(storage(ctx, "grad_c0", cn_elems)?) } else { None };
-                let gw = storage(ctx, "grad_weights", plan.weight_elems())?;
-                plan.record_backward(
-                    &mut enc,
-                    &BackwardBuffers {
-                        weights: &weights,
-                        input: &x,
-                        output: &out,
-                        h0: h0b.as_deref(),
-                        c0: c0b.as_deref(),
-                        grad_output: &go,
-                        grad_h_n: ghb.as_deref(),
-                        grad_c_n: gcb.as_deref(),
-                        grad_input: &gi,
-                        grad_h0: &gh0,
-                        grad_c0: gc0.as_deref(),
-                        grad_weights: &gw,
-                    },
-                )?;
-                rb.copy(ctx, &mut enc, &gi, n * c.input_size)?;
-                rb.copy(ctx, &mut enc, &gh0, hn_elems)?;
-                rb.copy(ctx, &mut enc, &gw, plan.weight_elems())?;
-                if let Some(g) = &gc0 {
-                    rb.copy(ctx, &mut enc, g, cn_elems)?;
-                }
+                let read = BackwardRead {
+                    weights: &weights,
+                    input: &x,
+                    output: &out,
+                    h0: h0b.as_deref(),
+                    c0: c0b.as_deref(),
+                    grad_output: &go,
+                    grad_h_n: ghb.as_deref(),
+                    grad_c_n: gcb.as_deref(),
+                };
+                read.record(ctx, &plan, &mut enc, &mut rb)?;
             }
             let pending = rb.submit(ctx, enc)?;
             Ok((pending, (weights, x, h0b, c0b, out, hn, cn)))

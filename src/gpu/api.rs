@@ -442,46 +442,25 @@ impl GpuRnn {
     /// Runs one plan's backward (one submit): grad_input, grad_h0, the flat weight gradients
     /// and grad_c0 read back. `gh` / `gc` are the final-state gradients in the plan's order.
     fn backward_on(&self, rec: &Recorded, grad_output: &[f32], gh: &[f32], gc: Option<&[f32]>) -> Result<Backwarded> {
-        let c = &self.cfg;
         let ctx = &self.ctx;
         let plan = &rec.plan;
         let _serial = ctx.exclusive();
-        let (n, b) = (plan.rows(), plan.layout().batch());
-        let lstm = c.mode == Mode::Lstm;
-        let hn_elems: usize = c.h_shape(b).iter().product();
-        let cn_elems: usize = c.c_shape(b).iter().product();
         let go = upload(ctx, "grad_output", grad_output)?;
         let ghb = upload(ctx, "grad_h_n", gh)?;
         let gcb = gc.map(|gc| upload(ctx, "grad_c_n", gc)).transpose()?;
-        let gi = storage(ctx, "grad_input", n * c.input_size)?;
-        let gh0 = storage(ctx, "grad_h0", hn_elems)?;
-        let gc0 = if lstm { Some(storage(ctx, "grad_c0", cn_elems)?) } else { None };
-        let gw = storage(ctx, "grad_weights", plan.weight_elems())?;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn backward") });
-        plan.record_backward(
-            &mut enc,
-            &BackwardBuffers {
-                weights: &self.weights,
-                input: &rec.input,
-                output: &rec.output,
-                h0: rec.h0.as_deref(),
-                c0: rec.c0.as_deref(),
-                grad_output: &go,
-                grad_h_n: Some(&ghb),
-                grad_c_n: gcb.as_deref(),
-                grad_input: &gi,
-                grad_h0: &gh0,
-                grad_c0: gc0.as_deref(),
-                grad_weights: &gw,
-            },
-        )?;
         let mut rb = Readback::new();
-        rb.copy(ctx, &mut enc, &gi, n * c.input_size)?;
-        rb.copy(ctx, &mut enc, &gh0, hn_elems)?;
-        rb.copy(ctx, &mut enc, &gw, plan.weight_elems())?;
-        if let Some(g) = &gc0 {
-            rb.copy(ctx, &mut enc, g, cn_elems)?;
-        }
+        let read = BackwardRead {
+            weights: &self.weights,
+            input: &rec.input,
+            output: &rec.output,
+            h0: rec.h0.as_deref(),
+            c0: rec.c0.as_deref(),
+            grad_output: &go,
+            grad_h_n: Some(&ghb),
+            grad_c_n: gcb.as_deref(),
+        };
+        read.record(ctx, plan, &mut enc, &mut rb)?;
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
         let gi_data = next_read(&mut got, "grad_input")?;
         let gh0_data = next_read(&mut got, "grad_h0")?;
@@ -697,4 +676,58 @@ fn scatter_rows(dst: &mut [f32], rows: &[usize], w: usize, src: &[f32]) {
 /// The next buffer a [`Readback`] returned (one per copy recorded, so always present).
 fn next_read(got: &mut impl Iterator<Item = Vec<f32>>, what: &str) -> Result<Vec<f32>> {
     got.next().ok_or_else(|| Error::Gpu(format!("readback returned no {what}")))
+}
+
+/// What a fused backward reads (its forward's buffers and the given gradients), for
+/// [`BackwardRead::record`]; the gradients it writes are allocated there.
+pub(crate) struct BackwardRead<'a> {
+    pub weights: &'a wgpu::Buffer,
+    pub input: &'a wgpu::Buffer,
+    pub output: &'a wgpu::Buffer,
+    pub h0: Option<&'a wgpu::Buffer>,
+    pub c0: Option<&'a wgpu::Buffer>,
+    pub grad_output: &'a wgpu::Buffer,
+    pub grad_h_n: Option<&'a wgpu::Buffer>,
+    pub grad_c_n: Option<&'a wgpu::Buffer>,
+}
+
+impl BackwardRead<'_> {
+    /// Allocates the gradients `plan`'s backward writes, records the backward into `enc`
+    /// after its forward, and queues their copies on `rb` in the order grad_input, grad_h0,
+    /// the flat weight gradients, then grad_c0 (LSTM): what [`GpuRnn`]'s backward and
+    /// `Case::run_gpu_async` read back. The recorded work keeps the buffers alive.
+    pub(crate) fn record(&self, ctx: &Context, plan: &Plan, enc: &mut wgpu::CommandEncoder, rb: &mut Readback) -> Result<()> {
+        let c = plan.config();
+        let (n, b) = (plan.rows(), plan.layout().batch());
+        let hn_elems: usize = c.h_shape(b).iter().product();
+        let cn_elems: usize = c.c_shape(b).iter().product();
+        let gi = storage(ctx, "grad_input", n * c.input_size)?;
+        let gh0 = storage(ctx, "grad_h0", hn_elems)?;
+        let gc0 = if c.mode == Mode::Lstm { Some(storage(ctx, "grad_c0", cn_elems)?) } else { None };
+        let gw = storage(ctx, "grad_weights", plan.weight_elems())?;
+        plan.record_backward(
+            enc,
+            &BackwardBuffers {
+                weights: self.weights,
+                input: self.input,
+                output: self.output,
+                h0: self.h0,
+                c0: self.c0,
+                grad_output: self.grad_output,
+                grad_h_n: self.grad_h_n,
+                grad_c_n: self.grad_c_n,
+                grad_input: &gi,
+                grad_h0: &gh0,
+                grad_c0: gc0.as_deref(),
+                grad_weights: &gw,
+            },
+        )?;
+        rb.copy(ctx, enc, &gi, n * c.input_size)?;
+        rb.copy(ctx, enc, &gh0, hn_elems)?;
+        rb.copy(ctx, enc, &gw, plan.weight_elems())?;
+        if let Some(g) = &gc0 {
+            rb.copy(ctx, enc, g, cn_elems)?;
+        }
+        Ok(())
+    }
 }

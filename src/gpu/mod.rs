@@ -22,6 +22,7 @@ mod tape;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};
+pub(crate) use api::BackwardRead;
 pub use generic::{CellBackwardBuffers, CellForwardBuffers, CellPlan, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
