@@ -407,63 +407,48 @@ impl Case<f32> {
         let lstm = c.mode == crate::Mode::Lstm;
         let pass = if backward { Pass::Training } else { Pass::Inference };
         let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: backward && gh.is_some(), grad_c_n: backward && gc.is_some() };
+        // GL: every buffer here (TrackedBuffer) is destroyed under the context's guard wherever
+        // it is dropped, this future's cancellation included (see Context::exclusive).
         let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass, inputs)?;
         let (n, b) = (packed.rows(), packed.batch());
         let (hn_elems, cn_elems): (usize, usize) = (c.h_shape(b).iter().product(), c.c_shape(b).iter().product());
-        // GL: one thread at a time on the context (see Context::exclusive) up to the submit,
-        // and again when the plan and the buffers are destroyed (that takes the GL context
-        // too): they are dropped under the guard below, on every path, not at the end.
+        // One thread at a time on a GL context up to the submit.
         let serial = ctx.exclusive();
-        let recorded = (|| -> Result<_> {
-            let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload(ctx, label, v)).transpose();
-            let weights = upload(ctx, "weights", &self.weights.to_flat())?;
-            let x = upload(ctx, "input", &packed.data)?;
-            let (h0b, c0b) = (up("h0", h0)?, up("c0", c0)?);
-            let out = storage(ctx, "output", n * c.output_size())?;
-            let hn = storage(ctx, "h_n", hn_elems)?;
-            let cn = if lstm { Some(storage(ctx, "c_n", cn_elems)?) } else { None };
-            let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
-            let fwd = ForwardBuffers { weights: &weights, input: &x, output: &out, h0: h0b.as_deref(), c0: c0b.as_deref(), h_n: &hn, c_n: cn.as_deref() };
-            plan.record_forward(&mut enc, &fwd)?;
-            let mut rb = Readback::new();
-            rb.copy(ctx, &mut enc, &out, n * c.output_size())?;
-            rb.copy(ctx, &mut enc, &hn, hn_elems)?;
-            if let Some(cn) = &cn {
-                rb.copy(ctx, &mut enc, cn, cn_elems)?;
-            }
-            if backward {
-                let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
-                let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
-                let read = BackwardRead {
-                    weights: &weights,
-                    input: &x,
-                    output: &out,
-                    h0: h0b.as_deref(),
-                    c0: c0b.as_deref(),
-                    grad_output: &go,
-                    grad_h_n: ghb.as_deref(),
-                    grad_c_n: gcb.as_deref(),
-                };
-                read.record(ctx, &plan, &mut enc, &mut rb)?;
-            }
-            let pending = rb.submit(ctx, enc)?;
-            Ok((pending, (weights, x, h0b, c0b, out, hn, cn)))
-        })();
-        let (pending, held) = match recorded {
-            Ok(r) => r,
-            Err(e) => {
-                drop(plan);
-                return Err(e);
-            }
-        };
+        let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload(ctx, label, v)).transpose();
+        let weights = upload(ctx, "weights", &self.weights.to_flat())?;
+        let x = upload(ctx, "input", &packed.data)?;
+        let (h0b, c0b) = (up("h0", h0)?, up("c0", c0)?);
+        let out = storage(ctx, "output", n * c.output_size())?;
+        let hn = storage(ctx, "h_n", hn_elems)?;
+        let cn = if lstm { Some(storage(ctx, "c_n", cn_elems)?) } else { None };
+        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
+        let fwd = ForwardBuffers { weights: &weights, input: &x, output: &out, h0: h0b.as_deref(), c0: c0b.as_deref(), h_n: &hn, c_n: cn.as_deref() };
+        plan.record_forward(&mut enc, &fwd)?;
+        let mut rb = Readback::new();
+        rb.copy(ctx, &mut enc, &out, n * c.output_size())?;
+        rb.copy(ctx, &mut enc, &hn, hn_elems)?;
+        if let Some(cn) = &cn {
+            rb.copy(ctx, &mut enc, cn, cn_elems)?;
+        }
+        if backward {
+            let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
+            let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
+            let read = BackwardRead {
+                weights: &weights,
+                input: &x,
+                output: &out,
+                h0: h0b.as_deref(),
+                c0: c0b.as_deref(),
+                grad_output: &go,
+                grad_h_n: ghb.as_deref(),
+                grad_c_n: gcb.as_deref(),
+            };
+            read.record(ctx, &plan, &mut enc, &mut rb)?;
+        }
+        let pending = rb.submit(ctx, enc)?;
         drop(serial);
         // Completing the read takes the guard itself (PendingRead's poll).
         let read = pending.await;
-        {
-            let _serial = ctx.exclusive();
-            drop(held);
-            drop(plan);
-        }
         let mut got = read?.into_iter();
         let mut next = |what: &str| got.next().ok_or_else(|| Error::Gpu(format!("{what} was not read back")));
         let output = packed.with_data(next("output")?, c.output_size())?;

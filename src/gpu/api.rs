@@ -173,7 +173,7 @@ impl GpuRnn {
         let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, h_n, c_n };
         let tape = kind.map(|kind| GpuTape {
             ctx: self.ctx.clone(),
-            weights: self.weights.buffer.clone(),
+            weights: (*self.weights).clone(),
             unsorted_indices: input.unsorted_indices.clone(),
             kind,
         });
@@ -378,7 +378,7 @@ impl GpuRnn {
         if plan_cfg != c {
             return Err(Error::TapeMismatch("tape was recorded by a model of another configuration".into()));
         }
-        if tape.weights != self.weights.buffer {
+        if tape.weights != *self.weights {
             return Err(Error::TapeMismatch("tape was recorded by another model (other weights)".into()));
         }
         self.ctx.check_alive()?;

@@ -11,6 +11,44 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+thread_local! {
+    /// The GL guards ([`Context::exclusive`]) this thread holds, by the address of their mutex.
+    static GL_HELD: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// [`Context::exclusive`]'s guard: the GL context is this thread's until it is dropped. A
+/// guard taken by a thread that already held one locks nothing.
+pub struct GlGuard<'a> {
+    lock: Option<std::sync::MutexGuard<'a, ()>>,
+    key: usize,
+}
+
+/// Takes a GL guard's mutex, or nothing where this thread holds it already (re-entrant).
+fn lock_gl(m: &Mutex<()>) -> GlGuard<'_> {
+    let key = m as *const Mutex<()> as usize;
+    if GL_HELD.with(|h| h.borrow().contains(&key)) {
+        return GlGuard { lock: None, key };
+    }
+    let lock = m.lock().unwrap_or_else(|e| e.into_inner());
+    GL_HELD.with(|h| h.borrow_mut().push(key));
+    GlGuard { lock: Some(lock), key }
+}
+
+impl Drop for GlGuard<'_> {
+    fn drop(&mut self) {
+        if self.lock.is_some() {
+            // Forgotten first, unlocked after (the field drops when this returns).
+            GL_HELD.with(|h| h.borrow_mut().retain(|&k| k != self.key));
+        }
+    }
+}
+
+impl std::fmt::Debug for GlGuard<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GlGuard").field("outermost", &self.lock.is_some()).finish()
+    }
+}
+
 /// Environment variable choosing the backend: `vulkan`, `gl`, `metal`, `dx12` (comma list).
 pub const ENV_BACKEND: &str = "WGPU_RNN_BACKEND";
 /// Environment variable choosing the adapter by a case-insensitive substring of its name.
@@ -63,12 +101,15 @@ impl MemoryCounter {
     }
 }
 
-/// A buffer the library allocated; its size is counted while it lives.
+/// A buffer the library allocated (the wgpu buffer, through `Deref`); its size is counted
+/// while it lives. On GL it is destroyed under its context's guard ([`Context::exclusive`])
+/// wherever it is dropped: destroying a buffer takes the shared GL context.
 #[derive(Debug)]
 pub struct TrackedBuffer {
-    /// The wgpu buffer (also reached through `Deref`).
-    pub buffer: wgpu::Buffer,
+    buffer: std::mem::ManuallyDrop<wgpu::Buffer>,
     counter: Arc<MemoryCounter>,
+    /// The context's GL guard; `None` on other backends.
+    gl: Option<Arc<Mutex<()>>>,
 }
 
 impl std::ops::Deref for TrackedBuffer {
@@ -81,6 +122,9 @@ impl std::ops::Deref for TrackedBuffer {
 impl Drop for TrackedBuffer {
     fn drop(&mut self) {
         self.counter.0.fetch_sub(self.buffer.size(), Ordering::Relaxed);
+        let _serial = self.gl.as_deref().map(lock_gl);
+        // SAFETY: `buffer` is dropped here only, once, and never used again.
+        unsafe { std::mem::ManuallyDrop::drop(&mut self.buffer) }
     }
 }
 
@@ -97,7 +141,7 @@ pub struct Context {
     pipelines: Mutex<HashMap<(Kernel, Precision), wgpu::ComputePipeline>>,
     memory: Arc<MemoryCounter>,
     /// Serialises the library's work on the GL backend (see [`Context::exclusive`]).
-    gl_serial: Mutex<()>,
+    gl_serial: Arc<Mutex<()>>,
     /// Stride of the per-dispatch parameter blocks (dynamic uniform offsets).
     pub(crate) param_stride: u32,
     /// The longest a wait on the device may take, in nanoseconds (see [`Context::set_wait_timeout`]).
@@ -224,7 +268,7 @@ impl Context {
             modules,
             pipelines: Mutex::new(HashMap::new()),
             memory: Arc::new(MemoryCounter::default()),
-            gl_serial: Mutex::new(()),
+            gl_serial: Arc::new(Mutex::new(())),
             param_stride,
             wait_timeout_ns: AtomicU64::new(Self::DEFAULT_WAIT_TIMEOUT.as_nanos() as u64),
             lost,
@@ -300,7 +344,8 @@ impl Context {
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false });
         scope.pop_on(self)?;
         self.memory.0.fetch_add(size, Ordering::Relaxed);
-        Ok(TrackedBuffer { buffer, counter: self.memory.clone() })
+        let gl = (self.info.backend == wgpu::Backend::Gl).then(|| self.gl_serial.clone());
+        Ok(TrackedBuffer { buffer: std::mem::ManuallyDrop::new(buffer), counter: self.memory.clone(), gl })
     }
 
     /// The pipeline for a kernel variant, built on first use.
@@ -350,10 +395,15 @@ impl Context {
     ///
     /// wgpu's GL backend shares one GL context between threads and panics when a thread waits
     /// more than a second for it (as it can while another thread compiles or waits on a long
-    /// dispatch). The convenience API and plan creation hold this guard; engine-API callers
-    /// that drive one GL context from several threads should hold it around their work too.
-    pub fn exclusive(&self) -> Option<std::sync::MutexGuard<'_, ()>> {
-        (self.info.backend == wgpu::Backend::Gl).then(|| self.gl_serial.lock().unwrap_or_else(|e| e.into_inner()))
+    /// dispatch). The convenience API, plan creation, a [`super::PendingRead`]'s completion
+    /// and the destruction of every [`TrackedBuffer`] take this guard; engine-API callers that
+    /// drive one GL context from several threads should hold it around their work too.
+    ///
+    /// Re-entrant: a thread that already holds this context's guard gets one that locks
+    /// nothing (and releases nothing), so holding it around calls that take it themselves
+    /// (`Plan::new`, dropping a plan or a buffer) is safe, never a deadlock.
+    pub fn exclusive(&self) -> Option<GlGuard<'_>> {
+        (self.info.backend == wgpu::Backend::Gl).then(|| lock_gl(&self.gl_serial))
     }
 
     /// Waits for all submitted work, at most [`Context::wait_timeout`]: [`Error::Timeout`]

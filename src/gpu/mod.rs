@@ -25,7 +25,7 @@ pub use api::{GpuRnn, GpuTape};
 pub(crate) use api::BackwardRead;
 pub use generic::{CellBackwardBuffers, CellForwardBuffers, CellPlan, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
-pub use context::{parse_backends, Context, ContextOptions, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
+pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use plan::{
     loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, weight_layout, BackwardBuffers,
     DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, ENV_STEP_SHAPE, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU,

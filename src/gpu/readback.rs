@@ -171,7 +171,8 @@ struct Maps {
 /// error a mapping met ([`Error::DeviceLost`] on a lost device).
 ///
 /// On the GL backend, the poll that completes it takes [`Context::exclusive`] (the GL context
-/// is shared between threads): poll it without holding that guard.
+/// is shared between threads); dropped unfinished (a cancelled future), its copies are
+/// destroyed under the guard too (every [`super::TrackedBuffer`] is).
 pub struct PendingRead<'a> {
     ctx: &'a Context,
     staging: Vec<(TrackedBuffer, usize, Precision)>,

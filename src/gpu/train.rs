@@ -486,9 +486,9 @@ impl OpBuilder {
                     Some(b) => b,
                     None if rw[j] => {
                         next_dummy += 1;
-                        &dummies[next_dummy].buffer
+                        &*dummies[next_dummy]
                     }
-                    None => &dummies[0].buffer,
+                    None => &*dummies[0],
                 })
                 .collect();
             let bg = record::bind_group(&ctx, op.kernel, &params, &bufs);

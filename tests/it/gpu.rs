@@ -146,9 +146,9 @@ pub(crate) fn engine_run(
     let cn_len: usize = cfg.c_shape(b).iter().product();
     let n = x.rows();
     let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: ghn.is_some(), grad_c_n: gcn.is_some() };
-    // One thread at a time on a GL context (Context::exclusive); plan creation takes it too.
-    let plan = Plan::with_strategy(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs, strategy).unwrap();
+    // One thread at a time on a GL context (Context::exclusive; plan creation takes it too).
     let _serial = ctx.exclusive();
+    let plan = Plan::with_strategy(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs, strategy).unwrap();
     let wb = init("w", &flat(w));
     let xb = init("x", &x.data);
     let h0b = h0.map(|h| init("h0", h));

@@ -459,3 +459,112 @@ fn destroy_in_flight(ctx: &Arc<Context>) {
         other => panic!("forward after the loss is known: {:?}", other.map(|_| ())),
     }
 }
+
+/// On GL the library serialises its work with `Context::exclusive`, and engine-API callers
+/// are told to hold the guard around theirs. The guard is re-entrant: a plan, the convenience
+/// API (which take it themselves) and a read under a caller's guard finish, never deadlock;
+/// the results are still right, and the guard is free again afterwards.
+#[test]
+fn the_gl_guard_is_reentrant() {
+    let Some(ctx) = fresh(wgpu::Backend::Gl) else {
+        eprintln!("SKIPPING the_gl_guard_is_reentrant: no GL context");
+        return;
+    };
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
+    let w = Weights::<f32>::init_uniform(&cfg, 7).unwrap();
+    let x = packed(4, 3, 3, &[4, 2, 1]);
+    let c = ctx.clone();
+    let got = within("a plan, a forward pass and a read under the caller's GL guard", HANG_LIMIT, move || {
+        let outer = c.exclusive();
+        assert!(outer.is_some(), "GL contexts have a guard");
+        let inner = c.exclusive();
+        assert!(inner.is_some(), "a nested guard on GL");
+        let plan = Plan::new(&c, &w.config, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
+        drop(plan);
+        let rnn = GpuRnn::new(&c, &w).unwrap();
+        let (fwd, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+        let src = upload(&c, "read under the guard", &[1.5, -2.0, 3.25]).unwrap();
+        let mut enc = c.device.create_command_encoder(&Default::default());
+        let mut rb = Readback::new();
+        rb.copy(&c, &mut enc, &src, 3).unwrap();
+        let read = rb.submit_and_read(&c, enc).unwrap();
+        drop(inner);
+        drop(outer);
+        (fwd.output.data, read)
+    });
+    let (want, _) = cpu::forward(&Weights::<f32>::init_uniform(&cfg, 7).unwrap(), &packed(4, 3, 3, &[4, 2, 1]), None, None, Pass::Inference).unwrap();
+    assert_close("output under a nested guard", &to64(&got.0), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
+    assert_eq!(got.1, vec![vec![1.5, -2.0, 3.25]]);
+    // Released by the outermost guard: another thread can take it.
+    let c = ctx.clone();
+    within("the guard after a nested use", HANG_LIMIT, move || drop(c.exclusive()));
+}
+
+/// Polls `fut` once with a waker that does nothing: whether it answered Pending.
+fn poll_once<F: std::future::Future>(fut: std::pin::Pin<&mut F>) -> bool {
+    fut.poll(&mut std::task::Context::from_waker(std::task::Waker::noop())).is_pending()
+}
+
+/// Holds `ctx`'s GL guard on another thread for a while, runs `f` here once it is held, and
+/// says whether the other thread had let go of the guard by the time `f` returned (it has if
+/// `f` waited for the guard).
+fn run_while_another_thread_holds_the_guard(ctx: &Arc<Context>, f: impl FnOnce()) -> bool {
+    let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (held_tx, held_rx) = mpsc::channel();
+    let (c, r) = (ctx.clone(), released.clone());
+    let holder = std::thread::spawn(move || {
+        let serial = c.exclusive();
+        held_tx.send(()).unwrap();
+        std::thread::sleep(Duration::from_millis(400));
+        r.store(true, std::sync::atomic::Ordering::SeqCst);
+        drop(serial);
+    });
+    held_rx.recv().unwrap();
+    f();
+    let waited = released.load(std::sync::atomic::Ordering::SeqCst);
+    holder.join().unwrap();
+    waited
+}
+
+/// A future of `Case::run_gpu_async` or a `PendingRead` dropped before it completes (a
+/// cancelled task) destroys its buffers and plan under the GL guard: destroying them takes
+/// the shared GL context, which wgpu's GL backend panics over when another thread holds it
+/// for more than a second. Checked by holding the guard on another thread: the drop waits
+/// for it.
+#[test]
+fn a_cancelled_async_read_is_destroyed_under_the_gl_guard() {
+    let Some(ctx) = fresh(wgpu::Backend::Gl) else {
+        eprintln!("SKIPPING a_cancelled_async_read_is_destroyed_under_the_gl_guard: no GL context");
+        return;
+    };
+    let c = ctx.clone();
+    within("cancelling asynchronous reads on GL", HANG_LIMIT, move || {
+        let path = crate::common::golden_cases().into_iter().next().unwrap();
+        let file = wgpu_rnn::io::TensorFile::read(&path).unwrap();
+        let case = wgpu_rnn::case::Case::<f32>::from_file(&file).unwrap();
+        // Nothing else polls this context, so the read is still pending after the first poll.
+        let mut fut = Box::pin(case.run_gpu_async(&c, true));
+        assert!(poll_once(fut.as_mut()), "{}: ready before the device was polled", path.display());
+        assert!(run_while_another_thread_holds_the_guard(&c, || drop(fut)), "a cancelled run_gpu_async dropped its buffers without the GL guard");
+
+        let src = upload(&c, "cancelled read", &[0.5; 64]).unwrap();
+        let mut enc = c.device.create_command_encoder(&Default::default());
+        let mut rb = Readback::new();
+        rb.copy(&c, &mut enc, &src, 64).unwrap();
+        let mut pending = Box::pin(rb.submit(&c, enc).unwrap());
+        assert!(poll_once(pending.as_mut()), "a read ready before the device was polled");
+        assert!(run_while_another_thread_holds_the_guard(&c, || drop(pending)), "a cancelled PendingRead dropped its copies without the GL guard");
+
+        // The context still works: the same case, run to the end, matches the golden values.
+        let mut fut = Box::pin(case.run_gpu_async(&c, true));
+        let got = loop {
+            if let std::task::Poll::Ready(v) = std::future::Future::poll(fut.as_mut(), &mut std::task::Context::from_waker(std::task::Waker::noop())) {
+                break v.unwrap();
+            }
+            c.wait().unwrap();
+        };
+        for m in wgpu_rnn::case::compare(&got, &file, true) {
+            assert_eq!(m.failures, 0, "{}: {} after cancelled reads", path.display(), m.name);
+        }
+    });
+}
