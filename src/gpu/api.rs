@@ -104,6 +104,10 @@ impl GpuRnn {
     /// A prepared plan for this structure: cached, and never one a live tape still uses.
     pub fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<Plan>> {
         let key = PlanKey { layout: layout.clone(), pass, inputs };
+        // GL: the guard before the cache's lock, always (Plan::new and dropping an evicted
+        // plan take it too): the other order, beside a caller that holds the guard and then
+        // asks for a plan, deadlocked.
+        let _serial = self.ctx.exclusive();
         // A panic elsewhere while the cache was locked leaves it consistent (entries are
         // pushed whole), so a poisoned lock is used as is.
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());

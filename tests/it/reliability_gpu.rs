@@ -568,3 +568,42 @@ fn a_cancelled_async_read_is_destroyed_under_the_gl_guard() {
         }
     });
 }
+
+/// Two threads of a GL context asking one model for plans (`GpuRnn::plan`, public): one
+/// holds the GL guard around its work, as engine-API callers are told to, and a plan made in
+/// the cache takes the guard. The cache takes the guard before its own lock, so neither
+/// thread waits on the other forever (the other order deadlocked).
+#[test]
+fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
+    let Some(ctx) = fresh(wgpu::Backend::Gl) else {
+        eprintln!("SKIPPING plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock: no GL context");
+        return;
+    };
+    let cfg = RnnConfig::new(Mode::Gru, 3, 4);
+    let w = Weights::<f32>::init_uniform(&cfg, 11).unwrap();
+    let rnn = Arc::new(GpuRnn::new(&ctx, &w).unwrap());
+    let x = packed(3, 2, 3, &[3, 1]);
+    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    let r = rnn.clone();
+    let planner = std::thread::spawn(move || {
+        for k in 0..200 {
+            // Layouts the forward thread never uses: each is a new plan (and, past the cache's
+            // size, an evicted one).
+            let lengths: Vec<usize> = (0..k % 7 + 1).map(|j| 5 - j.min(4)).collect();
+            let layout = SeqLayout::of(&packed(5, lengths.len(), 3, &lengths)).unwrap();
+            r.plan(&layout, Pass::Inference, StateInputs::default()).unwrap();
+        }
+    });
+    let c = ctx.clone();
+    let got = within("plans on one thread, plans and forward passes under the guard on another (GL)", HANG_LIMIT, move || {
+        let mut out = Vec::new();
+        for _ in 0..200 {
+            let _serial = c.exclusive();
+            rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
+            out = rnn.forward(&x, None, None, Pass::Inference).unwrap().0.output.data;
+        }
+        out
+    });
+    within("the planning thread", HANG_LIMIT, move || planner.join().unwrap());
+    assert_close("output beside a planning thread", &to64(&got), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
+}
