@@ -42,7 +42,7 @@ fn golden_cases_on_every_backend() {
 /// Drives a future whose progress needs the device polled (as a browser's event loop does):
 /// polls it, then the device, until it is ready. Returns its output, how many times it
 /// answered Pending, and how many times its waker was woken.
-fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> (F::Output, usize, usize) {
+pub(crate) fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> (F::Output, usize, usize) {
     struct Count(std::sync::atomic::AtomicUsize);
     impl std::task::Wake for Count {
         fn wake(self: Arc<Self>) {

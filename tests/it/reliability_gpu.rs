@@ -480,6 +480,7 @@ fn the_gl_guard_is_reentrant() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
     let w = Weights::<f32>::init_uniform(&cfg, 7).unwrap();
     let x = packed(4, 3, 3, &[4, 2, 1]);
+    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
     let c = ctx.clone();
     let got = within("a plan, a forward pass and a read under the caller's GL guard", HANG_LIMIT, move || {
         let outer = c.exclusive();
@@ -499,7 +500,6 @@ fn the_gl_guard_is_reentrant() {
         drop(outer);
         (fwd.output.data, read)
     });
-    let (want, _) = cpu::forward(&Weights::<f32>::init_uniform(&cfg, 7).unwrap(), &packed(4, 3, 3, &[4, 2, 1]), None, None, Pass::Inference).unwrap();
     assert_close("output under a nested guard", &to64(&got.0), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
     assert_eq!(got.1, vec![vec![1.5, -2.0, 3.25]]);
     // Released by the outermost guard: another thread can take it.
@@ -560,13 +560,8 @@ fn a_cancelled_async_read_is_destroyed_under_the_gl_guard() {
         assert!(run_while_another_thread_holds_the_guard(&c, || drop(pending)), "a cancelled PendingRead dropped its copies without the GL guard");
 
         // The context still works: the same case, run to the end, matches the golden values.
-        let mut fut = Box::pin(case.run_gpu_async(&c, true));
-        let got = loop {
-            if let std::task::Poll::Ready(v) = std::future::Future::poll(fut.as_mut(), &mut std::task::Context::from_waker(std::task::Waker::noop())) {
-                break v.unwrap();
-            }
-            c.wait().unwrap();
-        };
+        let (got, _, _) = crate::gpu::drive(&c, case.run_gpu_async(&c, true));
+        let got = got.unwrap();
         for m in wgpu_rnn::case::compare(&got, &file, true) {
             assert_eq!(m.failures, 0, "{}: {} after cancelled reads", path.display(), m.name);
         }
