@@ -15,14 +15,14 @@
 // (ceil(H_out / 256), ceil(rows_t / RB), 1).
 
 @group(0) @binding(0) var<uniform> p: BackParams;
-@group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> dg: array<f32>;
-@group(0) @binding(3) var<storage, read> dy: array<f32>;
-@group(0) @binding(4) var<storage, read> tape: array<f32>;
+@group(0) @binding(1) var<storage, read> wt: array<S>;
+@group(0) @binding(2) var<storage, read> dg: array<S>;
+@group(0) @binding(3) var<storage, read> dy: array<S>;
+@group(0) @binding(4) var<storage, read> tape: array<S>;
 @group(0) @binding(5) var<storage, read> seq: array<u32>;
-@group(0) @binding(6) var<storage, read_write> bw: array<f32>;
-@group(0) @binding(7) var<storage, read> wt4: array<vec4<f32>>;
-@group(0) @binding(8) var<storage, read> dg4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read_write> bw: array<S>;
+@group(0) @binding(7) var<storage, read> wt4: array<vec4<S>>;
+@group(0) @binding(8) var<storage, read> dg4: array<vec4<S>>;
 
 // Read W_hh^T rows and dG rows as vec4s along g (chosen for CPU-emulated adapters, where a
 // vec4 per invocation is one load; GPUs want the coalesced scalar path).
@@ -60,9 +60,9 @@ fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d6 = (p.dgh_off + block_row(rb, 6u) * gh) / 4u;
         let d7 = (p.dgh_off + block_row(rb, 7u) * gh) / 4u;
         for (var q = 0u; q < gq; q++) {
-            let wv = wt4[w + q];
-            a0 += vec4<f32>(dot(dg4[d0 + q], wv), dot(dg4[d1 + q], wv), dot(dg4[d2 + q], wv), dot(dg4[d3 + q], wv));
-            a1 += vec4<f32>(dot(dg4[d4 + q], wv), dot(dg4[d5 + q], wv), dot(dg4[d6 + q], wv), dot(dg4[d7 + q], wv));
+            let wv = vec4<f32>(wt4[w + q]);
+            a0 += vec4<f32>(dot(vec4<f32>(dg4[d0 + q]), wv), dot(vec4<f32>(dg4[d1 + q]), wv), dot(vec4<f32>(dg4[d2 + q]), wv), dot(vec4<f32>(dg4[d3 + q]), wv));
+            a1 += vec4<f32>(dot(vec4<f32>(dg4[d4 + q]), wv), dot(vec4<f32>(dg4[d5 + q]), wv), dot(vec4<f32>(dg4[d6 + q]), wv), dot(vec4<f32>(dg4[d7 + q]), wv));
         }
     } else {
         // Row-major W_hh at w_hh: neighbouring invocations (k) read neighbouring elements.
@@ -75,9 +75,9 @@ fn recurrent_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
         let d6 = p.dgh_off + block_row(rb, 6u) * gh;
         let d7 = p.dgh_off + block_row(rb, 7u) * gh;
         for (var g = 0u; g < gh; g++) {
-            let wv = wt[p.w_hh + g * p.out_size + k];
-            a0 += vec4<f32>(dg[d0 + g], dg[d1 + g], dg[d2 + g], dg[d3 + g]) * wv;
-            a1 += vec4<f32>(dg[d4 + g], dg[d5 + g], dg[d6 + g], dg[d7 + g]) * wv;
+            let wv = f32(wt[p.w_hh + g * p.out_size + k]);
+            a0 += vec4<f32>(f32(dg[d0 + g]), f32(dg[d1 + g]), f32(dg[d2 + g]), f32(dg[d3 + g])) * wv;
+            a1 += vec4<f32>(f32(dg[d4 + g]), f32(dg[d5 + g]), f32(dg[d6 + g]), f32(dg[d7 + g])) * wv;
         }
     }
     store_dh(rb, k, array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w));
@@ -90,9 +90,9 @@ fn store_dh(rb: u32, k: u32, acc: array<f32, 8>) {
         let n = p.row_off + rb + t;
         var v = acc[t];
         if (GATES == 3u) {
-            v += dh_total(n, k) * tape[p.gates_off + n * gh + p.hidden + k];
+            v += dh_total(n, k) * f32(tape[p.gates_off + n * gh + p.hidden + k]);
         }
-        bw[p.dh_off + dst_row(n) * p.out_size + k] = v;
+        bw[p.dh_off + dst_row(n) * p.out_size + k] = S(v);
     }
 }
 
@@ -128,15 +128,15 @@ fn recurrent_grad_wide(gid: vec3<u32>) {
     var a6 = vec4<f32>(0.0);
     var a7 = vec4<f32>(0.0);
     for (var q = 0u; q < gq; q++) {
-        let w = mat4x4<f32>(wt4[w0 + q], wt4[w1 + q], wt4[w2 + q], wt4[w3 + q]);
-        a0 += dg4[d0 + q] * w;
-        a1 += dg4[d1 + q] * w;
-        a2 += dg4[d2 + q] * w;
-        a3 += dg4[d3 + q] * w;
-        a4 += dg4[d4 + q] * w;
-        a5 += dg4[d5 + q] * w;
-        a6 += dg4[d6 + q] * w;
-        a7 += dg4[d7 + q] * w;
+        let w = mat4x4<f32>(vec4<f32>(wt4[w0 + q]), vec4<f32>(wt4[w1 + q]), vec4<f32>(wt4[w2 + q]), vec4<f32>(wt4[w3 + q]));
+        a0 += vec4<f32>(dg4[d0 + q]) * w;
+        a1 += vec4<f32>(dg4[d1 + q]) * w;
+        a2 += vec4<f32>(dg4[d2 + q]) * w;
+        a3 += vec4<f32>(dg4[d3 + q]) * w;
+        a4 += vec4<f32>(dg4[d4 + q]) * w;
+        a5 += vec4<f32>(dg4[d5 + q]) * w;
+        a6 += vec4<f32>(dg4[d6 + q]) * w;
+        a7 += vec4<f32>(dg4[d7 + q]) * w;
     }
     for (var c = 0u; c < 4u; c++) {
         if (k0 + c < p.out_size) {

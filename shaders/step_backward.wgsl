@@ -21,13 +21,13 @@
 
 
 @group(0) @binding(0) var<uniform> p: BackParams;
-@group(0) @binding(1) var<storage, read> weights: array<f32>;
-@group(0) @binding(2) var<storage, read> dy: array<f32>;
-@group(0) @binding(3) var<storage, read> tape: array<f32>;
-@group(0) @binding(4) var<storage, read> prev: array<f32>;
+@group(0) @binding(1) var<storage, read> weights: array<S>;
+@group(0) @binding(2) var<storage, read> dy: array<S>;
+@group(0) @binding(3) var<storage, read> tape: array<S>;
+@group(0) @binding(4) var<storage, read> prev: array<S>;
 @group(0) @binding(5) var<storage, read> seq: array<u32>;
-@group(0) @binding(6) var<storage, read_write> bw: array<f32>;
-@group(0) @binding(7) var<storage, read_write> dg: array<f32>;
+@group(0) @binding(6) var<storage, read_write> bw: array<S>;
+@group(0) @binding(7) var<storage, read_write> dg: array<S>;
 
 // Vanilla RNN: relu instead of tanh.
 override RELU: bool = false;
@@ -52,16 +52,16 @@ fn proj_grad(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     for (var q = 0u; q < p.out_size; q++) {
-        let w = weights[p.w_hr + q * p.hidden + j];
+        let w = f32(weights[p.w_hr + q * p.hidden + j]);
         a0 += vec4<f32>(dh_total(n0, q), dh_total(n1, q), dh_total(n2, q), dh_total(n3, q)) * w;
         a1 += vec4<f32>(dh_total(n4, q), dh_total(n5, q), dh_total(n6, q), dh_total(n7, q)) * w;
     }
     let acc = array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w);
     for (var t = 0u; t < min(RB, p.rows - rb); t++) {
         let n = p.row_off + rb + t;
-        bw[p.dhpre_off + n * p.hidden + j] = acc[t];
+        bw[p.dhpre_off + n * p.hidden + j] = S(acc[t]);
         if (j < p.out_size) {
-            bw[p.dhtot_off + n * p.out_size + j] = dh_total(n, j);
+            bw[p.dhtot_off + n * p.out_size + j] = S(dh_total(n, j));
         }
     }
 }
@@ -71,7 +71,7 @@ fn dgx_at(n: u32, g: u32, j: u32) -> u32 {
 }
 
 fn gate(n: u32, g: u32, j: u32) -> f32 {
-    return tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j];
+    return f32(tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j]);
 }
 
 // A cell's gate gradients for unit j of packed row n, from the gradient reaching its h (dh,
@@ -93,18 +93,18 @@ fn cell_grad(n: u32, j: u32, dh: f32, dc_in: f32) -> Grad {
         let f = gate(n, 1u, j);
         let g = gate(n, 2u, j);
         let og = gate(n, 3u, j);
-        let tc = tanh_safe(tape[p.c_off + n * hs + j]);
+        let tc = tanh_safe(f32(tape[p.c_off + n * hs + j]));
         let dc = dc_in + dh * og * (1.0 - tc * tc);
-        o.dgx = vec4<f32>(dc * g * i * (1.0 - i), dc * prev[p.cprev_off + n * hs + j] * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * og * (1.0 - og));
+        o.dgx = vec4<f32>(dc * g * i * (1.0 - i), dc * f32(prev[p.cprev_off + n * hs + j]) * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * og * (1.0 - og));
         o.dgh = o.dgx;
         o.dc_prev = dc * f;
     } else if (GATES == 3u) {
         let r = gate(n, 0u, j);
         let z = gate(n, 1u, j);
         let nn = gate(n, 2u, j);
-        let hprev = prev[p.hprev_off + n * hs + j];
+        let hprev = f32(prev[p.hprev_off + n * hs + j]);
         let dan = dh * (1.0 - z) * (1.0 - nn * nn);
-        let dar = dan * tape[p.aux_off + n * hs + j] * r * (1.0 - r);
+        let dar = dan * f32(tape[p.aux_off + n * hs + j]) * r * (1.0 - r);
         let daz = dh * (hprev - nn) * z * (1.0 - z);
         o.dgx = vec4<f32>(dar, daz, dan, 0.0);
         o.dgh = vec4<f32>(dar, daz, dan * r, 0.0);
@@ -126,12 +126,12 @@ fn cell_grad(n: u32, j: u32, dh: f32, dc_in: f32) -> Grad {
 // Stores a row's gate gradients for the post-loop GEMMs (and GRU's hidden side).
 fn store_grad(n: u32, j: u32, o: Grad) {
     for (var g = 0u; g < GATES; g++) {
-        dg[dgx_at(n, g, j)] = o.dgx[g];
+        dg[dgx_at(n, g, j)] = S(o.dgx[g]);
     }
     if (GATES == 3u) {
         let h = p.dgh_off + n * 3u * p.hidden;
         for (var g = 0u; g < 3u; g++) {
-            dg[h + g * p.hidden + j] = o.dgh[g];
+            dg[h + g * p.hidden + j] = S(o.dgh[g]);
         }
     }
 }
@@ -150,12 +150,12 @@ fn cell_grad_step(@builtin(global_invocation_id) gid: vec3<u32>) {
     let n = p.row_off + r;
     var dc_in = 0.0;
     if (GATES == 4u) {
-        dc_in = bw[p.dc_off + n * hs + j];
+        dc_in = f32(bw[p.dc_off + n * hs + j]);
     }
     let o = cell_grad(n, j, dh_cell(n, j), dc_in);
     store_grad(n, j, o);
     if (GATES == 4u) {
-        bw[p.dc_off + dst_row(n) * hs + j] = o.dc_prev;
+        bw[p.dc_off + dst_row(n) * hs + j] = S(o.dc_prev);
     }
 }
 
@@ -212,9 +212,9 @@ fn loop_grad_body(wg: u32, j: u32) {
         if (unit && r < batch) {
             let last = seq[p.last_off + seq[p.init_off + r] - p.n_rows];
             let src = select(last, off0 + r, r < rows0);
-            dh[t] = bw[p.dh_off + src * hs + j];
+            dh[t] = f32(bw[p.dh_off + src * hs + j]);
             if (GATES == 4u) {
-                dc[t] = bw[p.dc_off + src * hs + j];
+                dc[t] = f32(bw[p.dc_off + src * hs + j]);
             }
         }
     }
@@ -227,12 +227,12 @@ fn loop_grad_body(wg: u32, j: u32) {
             for (var t = 0u; t < LOOP_ROWS; t++) {
                 if (r0 + t < rows) {
                     let n = off + r0 + t;
-                    let o = cell_grad(n, j, dh[t] + dy[n * p.out_ld + p.out_col + j], dc[t]);
+                    let o = cell_grad(n, j, dh[t] + f32(dy[n * p.out_ld + p.out_col + j]), dc[t]);
                     store_grad(n, j, o);
                     for (var g = 0u; g < GATES; g++) {
-                        dgl[t * gh + g * hs + j] = o.dgh[g];
+                        dgl[t * gh + g * hs + j] = f32(S(o.dgh[g]));
                     }
-                    dc[t] = o.dc_prev;
+                    dc[t] = f32(S(o.dc_prev));
                     direct[t] = o.direct;
                 }
             }
@@ -243,9 +243,9 @@ fn loop_grad_body(wg: u32, j: u32) {
                 if (r0 + t < rows) {
                     var acc = direct[t];
                     for (var g = 0u; g < gh; g++) {
-                        acc += dgl[t * gh + g] * weights[p.w_hh_flat + g * hs + j];
+                        acc += dgl[t * gh + g] * f32(weights[p.w_hh_flat + g * hs + j]);
                     }
-                    dh[t] = acc;
+                    dh[t] = f32(S(acc));
                 }
             }
         }
@@ -274,9 +274,9 @@ fn loop_grad_body(wg: u32, j: u32) {
         if (unit && r < batch) {
             let init = seq[p.init_off + r];
             let row = select(init, seq[p.prev_off + offl + r], r < rowsl);
-            bw[p.dh_off + row * hs + j] = dh[t];
+            bw[p.dh_off + row * hs + j] = S(dh[t]);
             if (GATES == 4u) {
-                bw[p.dc_off + row * hs + j] = dc[t];
+                bw[p.dc_off + row * hs + j] = S(dc[t]);
             }
         }
     }
@@ -287,7 +287,7 @@ fn loop_grad_body(wg: u32, j: u32) {
 // active, and its gradient where the run would leave it (as the normal end of loop_grad_body).
 fn poison_grad(offl: u32, rowsl: u32, r: u32, j: u32) {
     let hs = p.hidden;
-    let nan = poison(j);
+    let nan = S(poison(j));
     let live = r < rowsl;
     if (live) {
         let n = offl + r;

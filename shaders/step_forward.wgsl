@@ -48,13 +48,13 @@ struct StepParams {
 }
 
 @group(0) @binding(0) var<uniform> p: StepParams;
-@group(0) @binding(1) var<storage, read> wt: array<f32>;
-@group(0) @binding(2) var<storage, read> xp: array<f32>;
-@group(0) @binding(3) var<storage, read_write> out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> tape: array<f32>;
+@group(0) @binding(1) var<storage, read> wt: array<S>;
+@group(0) @binding(2) var<storage, read> xp: array<S>;
+@group(0) @binding(3) var<storage, read_write> out: array<S>;
+@group(0) @binding(4) var<storage, read_write> tape: array<S>;
 @group(0) @binding(5) var<storage, read> seq: array<u32>;
-@group(0) @binding(6) var<storage, read> wt4: array<vec4<f32>>;
-@group(0) @binding(7) var<storage, read> hp4: array<vec4<f32>>;
+@group(0) @binding(6) var<storage, read> wt4: array<vec4<S>>;
+@group(0) @binding(7) var<storage, read> hp4: array<vec4<S>>;
 
 override GATES: u32 = 4u;
 // Vanilla RNN: relu instead of tanh.
@@ -71,13 +71,13 @@ fn prev_row(rb: u32, t: u32) -> u32 {
 // Unit j's G gate values of a [G*H] vector at `base` in `wt`, as a vec4 (unused gates 0).
 fn wt_gates(base: u32, j: u32) -> vec4<f32> {
     let hs = p.hidden;
-    var v = vec4<f32>(wt[base + j], 0.0, 0.0, 0.0);
+    var v = vec4<f32>(f32(wt[base + j]), 0.0, 0.0, 0.0);
     if (GATES >= 3u) {
-        v.y = wt[base + hs + j];
-        v.z = wt[base + 2u * hs + j];
+        v.y = f32(wt[base + hs + j]);
+        v.z = f32(wt[base + 2u * hs + j]);
     }
     if (GATES == 4u) {
-        v.w = wt[base + 3u * hs + j];
+        v.w = f32(wt[base + 3u * hs + j]);
     }
     return v;
 }
@@ -125,14 +125,14 @@ fn gate_partial(j: u32, rb: u32, k0: u32, kstep: u32) -> array<vec4<f32>, 8> {
     var a7 = vec4<f32>(0.0);
     for (var k = k0; k < ho; k += kstep) {
         let wv = wt_gates(p.wt_hh + k * gh, j);
-        a0 += tape[h0 + k] * wv;
-        a1 += tape[h1 + k] * wv;
-        a2 += tape[h2 + k] * wv;
-        a3 += tape[h3 + k] * wv;
-        a4 += tape[h4 + k] * wv;
-        a5 += tape[h5 + k] * wv;
-        a6 += tape[h6 + k] * wv;
-        a7 += tape[h7 + k] * wv;
+        a0 += f32(tape[h0 + k]) * wv;
+        a1 += f32(tape[h1 + k]) * wv;
+        a2 += f32(tape[h2 + k]) * wv;
+        a3 += f32(tape[h3 + k]) * wv;
+        a4 += f32(tape[h4 + k]) * wv;
+        a5 += f32(tape[h5 + k]) * wv;
+        a6 += f32(tape[h6 + k]) * wv;
+        a7 += f32(tape[h7 + k]) * wv;
     }
     return array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);
 }
@@ -164,35 +164,35 @@ fn gate_products4(j: u32, rb: u32) -> array<vec4<f32>, 8> {
     var a7 = vec4<f32>(0.0);
     for (var q = 0u; q < kq; q++) {
         // Columns: one gate each (x, y, z, w); unused gates stay zero.
-        var w = mat4x4<f32>(wt4[w0 + q], vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
+        var w = mat4x4<f32>(vec4<f32>(wt4[w0 + q]), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
         if (GATES >= 3u) {
-            w[1] = wt4[w1 + q];
-            w[2] = wt4[w2 + q];
+            w[1] = vec4<f32>(wt4[w1 + q]);
+            w[2] = vec4<f32>(wt4[w2 + q]);
         }
         if (GATES == 4u) {
-            w[3] = wt4[w3 + q];
+            w[3] = vec4<f32>(wt4[w3 + q]);
         }
-        a0 += hp4[h0 + q] * w;
-        a1 += hp4[h1 + q] * w;
-        a2 += hp4[h2 + q] * w;
-        a3 += hp4[h3 + q] * w;
-        a4 += hp4[h4 + q] * w;
-        a5 += hp4[h5 + q] * w;
-        a6 += hp4[h6 + q] * w;
-        a7 += hp4[h7 + q] * w;
+        a0 += vec4<f32>(hp4[h0 + q]) * w;
+        a1 += vec4<f32>(hp4[h1 + q]) * w;
+        a2 += vec4<f32>(hp4[h2 + q]) * w;
+        a3 += vec4<f32>(hp4[h3 + q]) * w;
+        a4 += vec4<f32>(hp4[h4 + q]) * w;
+        a5 += vec4<f32>(hp4[h5 + q]) * w;
+        a6 += vec4<f32>(hp4[h6 + q]) * w;
+        a7 += vec4<f32>(hp4[h7 + q]) * w;
     }
     let bias = hh_bias(j);
     return array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
 }
 
 fn tape_gate(n: u32, g: u32, j: u32, v: f32) {
-    tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j] = v;
+    tape[p.gates_off + n * GATES * p.hidden + g * p.hidden + j] = S(v);
 }
 
 // Writes the new h of row n, unit j, to the output and to the tape's state rows.
 fn write_h(n: u32, j: u32, h: f32) {
-    out[n * p.out_ld + p.out_col + j] = h;
-    tape[p.hs_off + n * p.out_size + j] = h;
+    out[n * p.out_ld + p.out_col + j] = S(h);
+    tape[p.hs_off + n * p.out_size + j] = S(h);
 }
 
 // One cell update for one unit: the new h (before projection) and c, and what backward
@@ -242,13 +242,13 @@ fn cell(x: vec4<f32>, a: vec4<f32>, c_prev: f32, h_prev: f32) -> Cell {
 fn xp_gates(n: u32, j: u32) -> vec4<f32> {
     let hs = p.hidden;
     let x = n * GATES * hs + j;
-    var v = vec4<f32>(xp[x], 0.0, 0.0, 0.0);
+    var v = vec4<f32>(f32(xp[x]), 0.0, 0.0, 0.0);
     if (GATES >= 3u) {
-        v.y = xp[x + hs];
-        v.z = xp[x + 2u * hs];
+        v.y = f32(xp[x + hs]);
+        v.z = f32(xp[x + 2u * hs]);
     }
     if (GATES == 4u) {
-        v.w = xp[x + 3u * hs];
+        v.w = f32(xp[x + 3u * hs]);
     }
     return v;
 }
@@ -258,10 +258,10 @@ fn xp_gates(n: u32, j: u32) -> vec4<f32> {
 fn store(n: u32, j: u32, o: Cell) {
     let hs = p.hidden;
     if (GATES == 4u) {
-        tape[p.c_off + n * hs + j] = o.c;
+        tape[p.c_off + n * hs + j] = S(o.c);
     }
     if (GATES == 4u && p.wt_hr != NONE) {
-        tape[p.aux_off + n * hs + j] = o.h;
+        tape[p.aux_off + n * hs + j] = S(o.h);
     } else {
         write_h(n, j, o.h);
     }
@@ -270,7 +270,7 @@ fn store(n: u32, j: u32, o: Cell) {
             tape_gate(n, g, j, o.gates[g]);
         }
         if (GATES == 3u) {
-            tape[p.aux_off + n * hs + j] = o.aux;
+            tape[p.aux_off + n * hs + j] = S(o.aux);
         }
     }
 }
@@ -290,10 +290,10 @@ fn finish_block(j: u32, rb: u32, acc: array<vec4<f32>, 8>) {
         var c_prev = 0.0;
         var h_prev = 0.0;
         if (GATES == 4u) {
-            c_prev = tape[p.c_off + pv * hs + j];
+            c_prev = f32(tape[p.c_off + pv * hs + j]);
         }
         if (GATES == 3u) {
-            h_prev = tape[p.hs_off + pv * hs + j];
+            h_prev = f32(tape[p.hs_off + pv * hs + j]);
         }
         store(n, j, cell(xp_gates(n, j), acc[t], c_prev, h_prev));
     }
@@ -368,9 +368,9 @@ fn proj_forward(@builtin(global_invocation_id) gid: vec3<u32>) {
     var a0 = vec4<f32>(0.0);
     var a1 = vec4<f32>(0.0);
     for (var j = 0u; j < hs; j++) {
-        let w = wt[p.wt_hr + j * p.out_size + q];
-        a0 += vec4<f32>(tape[r0 + j], tape[r1 + j], tape[r2 + j], tape[r3 + j]) * w;
-        a1 += vec4<f32>(tape[r4 + j], tape[r5 + j], tape[r6 + j], tape[r7 + j]) * w;
+        let w = f32(wt[p.wt_hr + j * p.out_size + q]);
+        a0 += vec4<f32>(f32(tape[r0 + j]), f32(tape[r1 + j]), f32(tape[r2 + j]), f32(tape[r3 + j])) * w;
+        a1 += vec4<f32>(f32(tape[r4 + j]), f32(tape[r5 + j]), f32(tape[r6 + j]), f32(tape[r7 + j])) * w;
     }
     let acc = array<f32, 8>(a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w);
     for (var t = 0u; t < min(RB, p.rows - rb); t++) {
@@ -430,9 +430,9 @@ fn loop_body(wg: u32, j: u32) {
             // The state the row enters the run with: where its first step's state comes from,
             // or its initial state if it starts later in the run (the reverse direction).
             let init = select(seq[p.init_off + r], seq[p.prev_off + off0 + r], r < rows0);
-            hloop[t * LOOP_UNITS + j] = tape[p.hs_off + init * hs + j];
+            hloop[t * LOOP_UNITS + j] = f32(tape[p.hs_off + init * hs + j]);
             if (GATES == 4u) {
-                c[t] = tape[p.c_off + init * hs + j];
+                c[t] = f32(tape[p.c_off + init * hs + j]);
             }
         }
     }
@@ -461,8 +461,8 @@ fn loop_body(wg: u32, j: u32) {
             for (var t = 0u; t < LOOP_ROWS; t++) {
                 if (r0 + t < rows) {
                     let n = off + r0 + t;
-                    c[t] = results[t].c;
-                    hloop[t * LOOP_UNITS + j] = results[t].h;
+                    c[t] = f32(S(results[t].c));
+                    hloop[t * LOOP_UNITS + j] = f32(S(results[t].h));
                     store(n, j, results[t]);
                 }
             }
@@ -490,6 +490,6 @@ fn loop_body(wg: u32, j: u32) {
 fn poison_row(n: u32, j: u32) {
     write_h(n, j, poison(j));
     if (GATES == 4u) {
-        tape[p.c_off + n * p.hidden + j] = poison(j);
+        tape[p.c_off + n * p.hidden + j] = S(poison(j));
     }
 }

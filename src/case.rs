@@ -372,15 +372,25 @@ impl Case<f32> {
         self.result(&fwd.output, fwd.states, grads)
     }
 
-    /// Runs the case on the GPU through the cell driver with its values stored in `precision`
-    /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`), every cell.
+    /// [`Case::run_gpu`] with the case's values stored in `precision`
+    /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
+    /// cells through the fused kernels, the others through the cell driver.
     pub fn run_gpu_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
+        let mut case = self.clone();
+        case.weights.config.precision = precision;
+        case.run_gpu(ctx, backward)
+    }
+
+    /// [`Case::run_gpu_generic`] (the cell driver, every cell) with the case's values stored
+    /// in `precision`.
+    pub fn run_gpu_generic_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
         let mut case = self.clone();
         case.weights.config.precision = precision;
         case.run_gpu_generic(ctx, backward)
     }
 
-    /// Runs the case through the engine API without blocking: PyTorch's four cells, f32,
+    /// Runs the case through the engine API without blocking: PyTorch's four cells, in the
+    /// config's precision,
     /// forward (and backward when `backward` is set) recorded into one encoder, one submit, and
     /// the results awaited ([`crate::gpu::Readback::submit`]). The form a browser (`wasm32`)
     /// can run, where [`Case::run_gpu`]'s waits are refused; on native targets something must
@@ -388,7 +398,7 @@ impl Case<f32> {
     /// ([`Error::Limit`]), not split.
     pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
         use crate::gpu::BackwardRead;
-        use crate::gpu::{storage, upload, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
+        use crate::gpu::{storage_at, upload_stored, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
         use crate::tensor::Tensor;
         let c = self.config();
         if !c.mode.fused() {
@@ -414,24 +424,25 @@ impl Case<f32> {
         let (hn_elems, cn_elems): (usize, usize) = (c.h_shape(b).iter().product(), c.c_shape(b).iter().product());
         // One thread at a time on a GL context up to the submit.
         let serial = ctx.exclusive();
-        let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload(ctx, label, v)).transpose();
-        let weights = upload(ctx, "weights", &self.weights.to_flat())?;
-        let x = upload(ctx, "input", &packed.data)?;
+        let prec = c.precision;
+        let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload_stored(ctx, label, v, prec)).transpose();
+        let weights = upload_stored(ctx, "weights", &self.weights.to_flat(), prec)?;
+        let x = upload_stored(ctx, "input", &packed.data, prec)?;
         let (h0b, c0b) = (up("h0", h0)?, up("c0", c0)?);
-        let out = storage(ctx, "output", n * c.output_size())?;
-        let hn = storage(ctx, "h_n", hn_elems)?;
-        let cn = if lstm { Some(storage(ctx, "c_n", cn_elems)?) } else { None };
+        let out = storage_at(ctx, "output", n * c.output_size(), prec)?;
+        let hn = storage_at(ctx, "h_n", hn_elems, prec)?;
+        let cn = if lstm { Some(storage_at(ctx, "c_n", cn_elems, prec)?) } else { None };
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
         let fwd = ForwardBuffers { weights: &weights, input: &x, output: &out, h0: h0b.as_deref(), c0: c0b.as_deref(), h_n: &hn, c_n: cn.as_deref() };
         plan.record_forward(&mut enc, &fwd)?;
         let mut rb = Readback::new();
-        rb.copy(ctx, &mut enc, &out, n * c.output_size())?;
-        rb.copy(ctx, &mut enc, &hn, hn_elems)?;
+        rb.copy_stored(ctx, &mut enc, &out, n * c.output_size(), prec)?;
+        rb.copy_stored(ctx, &mut enc, &hn, hn_elems, prec)?;
         if let Some(cn) = &cn {
-            rb.copy(ctx, &mut enc, cn, cn_elems)?;
+            rb.copy_stored(ctx, &mut enc, cn, cn_elems, prec)?;
         }
         if backward {
-            let go = upload(ctx, "grad_output", &self.packed_grad_output()?)?;
+            let go = upload_stored(ctx, "grad_output", &self.packed_grad_output()?, prec)?;
             let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
             let read = BackwardRead {
                 weights: &weights,
@@ -470,9 +481,9 @@ impl Case<f32> {
         self.result(&output, states, grads)
     }
 
-    /// Runs the case on the GPU (f32): forward, and backward when `backward` is set. PyTorch's
-    /// four cells take the fused path ([`crate::gpu::GpuRnn`]), the others
-    /// [`crate::gpu::generic`].
+    /// Runs the case on the GPU (in its config's precision, f32 unless set): forward, and
+    /// backward when `backward` is set. PyTorch's four cells take the fused path
+    /// ([`crate::gpu::GpuRnn`]), the others [`crate::gpu::generic`].
     pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
         if !self.config().mode.fused() {
             return self.run_gpu_generic(ctx, backward);

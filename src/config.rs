@@ -33,9 +33,10 @@ pub struct RnnConfig {
     /// previous value with this probability, in inference it takes the expectation
     /// `p h_prev + (1 - p) h_new`. Cells whose first state is `h` (and whose output is it).
     pub zoneout: Prob,
-    /// How the cell drivers store values: f32 (default) or f16 with f32 accumulation
+    /// How the GPU drivers store values: f32 (default) or f16 with f32 accumulation
     /// ([`Precision`]). Run by the cell drivers (`gpu::CellPlan`, and `cpu::generic`'s
-    /// f16-storage twin); the fused drivers refuse f16.
+    /// f16-storage twin) and the fused kernels (`gpu::Plan`, `gpu::GpuRnn`); the CPU's
+    /// tuned driver (`cpu::forward`) refuses f16.
     pub precision: Precision,
 }
 

@@ -48,13 +48,13 @@ fn dst_row(n: u32) -> u32 {
 
 // Total gradient reaching h of row n, element k (< H_out): output gradient + recurrent.
 fn dh_total(n: u32, k: u32) -> f32 {
-    return dy[n * p.out_ld + p.out_col + k] + bw[p.dh_off + n * p.out_size + k];
+    return f32(dy[n * p.out_ld + p.out_col + k]) + f32(bw[p.dh_off + n * p.out_size + k]);
 }
 
 // Gradient reaching the cell output o*tanh(c) (before projection), element j (< H).
 fn dh_cell(n: u32, j: u32) -> f32 {
     if (p.proj != 0u) {
-        return bw[p.dhpre_off + n * p.hidden + j];
+        return f32(bw[p.dhpre_off + n * p.hidden + j]);
     }
     return dh_total(n, j);
 }

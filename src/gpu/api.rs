@@ -3,7 +3,7 @@
 
 use super::context::{Context, TrackedBuffer};
 use super::plan::{weight_layout, BackwardBuffers, ForwardBuffers, Plan, SeqLayout, StateInputs};
-use super::readback::{storage, upload, Readback};
+use super::readback::{storage_at, upload_stored, Readback};
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::{ForwardOutput, Gradients, Pass};
 use crate::error::{check_len, Error, Result};
@@ -71,7 +71,8 @@ enum TapeKind {
 use crate::float::check_finite;
 
 impl GpuRnn {
-    /// Uploads the weights.
+    /// Uploads the weights, stored in the config's [`crate::Precision`] (f16: rounded on the
+    /// host; needs the device's `SHADER_F16`, else [`Error::MissingFeature`]).
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
         w.validate()?; // config, and every tensor against it (Weights fields are public)
         if !w.config.mode.fused() {
@@ -80,10 +81,11 @@ impl GpuRnn {
         w.check_finite()?;
         let flat = w.to_flat();
         let _serial = ctx.exclusive();
+        ctx.check_precision(w.config.precision)?;
         if flat.len() != weight_layout(&w.config).1 {
             return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![weight_layout(&w.config).1], expected: weight_layout(&w.config).1, got: flat.len() });
         }
-        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights: upload(ctx, "weights", &flat)?, plans: Mutex::new(Vec::new()) })
+        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights: upload_stored(ctx, "weights", &flat, w.config.precision)?, plans: Mutex::new(Vec::new()) })
     }
 
     /// The configuration the weights were uploaded for.
@@ -96,7 +98,8 @@ impl GpuRnn {
         &self.ctx
     }
 
-    /// The flat weights buffer ([`weight_layout`] order), for the engine API.
+    /// The flat weights buffer ([`weight_layout`] order, the config's precision), for the
+    /// engine API.
     pub fn weights_buffer(&self) -> &wgpu::Buffer {
         &self.weights
     }
@@ -195,12 +198,13 @@ impl GpuRnn {
         let lstm = c.mode == Mode::Lstm;
         let hn_elems = c.h_shape(b).iter().product();
         let cn_elems = c.c_shape(b).iter().product();
-        let x = upload(ctx, "input", x)?;
-        let h0b = h0.map(|h| upload(ctx, "h0", h)).transpose()?;
-        let c0b = c0.map(|v| upload(ctx, "c0", v)).transpose()?;
-        let out = storage(ctx, "output", n * c.output_size())?;
-        let hn = storage(ctx, "h_n", hn_elems)?;
-        let cn = if lstm { Some(storage(ctx, "c_n", cn_elems)?) } else { None };
+        let prec = c.precision;
+        let x = upload_stored(ctx, "input", x, prec)?;
+        let h0b = h0.map(|h| upload_stored(ctx, "h0", h, prec)).transpose()?;
+        let c0b = c0.map(|v| upload_stored(ctx, "c0", v, prec)).transpose()?;
+        let out = storage_at(ctx, "output", n * c.output_size(), prec)?;
+        let hn = storage_at(ctx, "h_n", hn_elems, prec)?;
+        let cn = if lstm { Some(storage_at(ctx, "c_n", cn_elems, prec)?) } else { None };
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn forward") });
         plan.record_forward(
             &mut enc,
@@ -215,10 +219,10 @@ impl GpuRnn {
             },
         )?;
         let mut rb = Readback::new();
-        rb.copy(ctx, &mut enc, &out, n * c.output_size())?;
-        rb.copy(ctx, &mut enc, &hn, hn_elems)?;
+        rb.copy_stored(ctx, &mut enc, &out, n * c.output_size(), prec)?;
+        rb.copy_stored(ctx, &mut enc, &hn, hn_elems, prec)?;
         if let Some(cn) = &cn {
-            rb.copy(ctx, &mut enc, cn, cn_elems)?;
+            rb.copy_stored(ctx, &mut enc, cn, cn_elems, prec)?;
         }
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
         let out_data = next_read(&mut got, "output")?;
@@ -449,9 +453,10 @@ impl GpuRnn {
         let ctx = &self.ctx;
         let plan = &rec.plan;
         let _serial = ctx.exclusive();
-        let go = upload(ctx, "grad_output", grad_output)?;
-        let ghb = upload(ctx, "grad_h_n", gh)?;
-        let gcb = gc.map(|gc| upload(ctx, "grad_c_n", gc)).transpose()?;
+        let prec = self.cfg.precision;
+        let go = upload_stored(ctx, "grad_output", grad_output, prec)?;
+        let ghb = upload_stored(ctx, "grad_h_n", gh, prec)?;
+        let gcb = gc.map(|gc| upload_stored(ctx, "grad_c_n", gc, prec)).transpose()?;
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn backward") });
         let mut rb = Readback::new();
         let read = BackwardRead {
@@ -705,10 +710,11 @@ impl BackwardRead<'_> {
         let (n, b) = (plan.rows(), plan.layout().batch());
         let hn_elems: usize = c.h_shape(b).iter().product();
         let cn_elems: usize = c.c_shape(b).iter().product();
-        let gi = storage(ctx, "grad_input", n * c.input_size)?;
-        let gh0 = storage(ctx, "grad_h0", hn_elems)?;
-        let gc0 = if c.mode == Mode::Lstm { Some(storage(ctx, "grad_c0", cn_elems)?) } else { None };
-        let gw = storage(ctx, "grad_weights", plan.weight_elems())?;
+        let prec = c.precision;
+        let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
+        let gh0 = storage_at(ctx, "grad_h0", hn_elems, prec)?;
+        let gc0 = if c.mode == Mode::Lstm { Some(storage_at(ctx, "grad_c0", cn_elems, prec)?) } else { None };
+        let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
         plan.record_backward(
             enc,
             &BackwardBuffers {
@@ -726,11 +732,11 @@ impl BackwardRead<'_> {
                 grad_weights: &gw,
             },
         )?;
-        rb.copy(ctx, enc, &gi, n * c.input_size)?;
-        rb.copy(ctx, enc, &gh0, hn_elems)?;
-        rb.copy(ctx, enc, &gw, plan.weight_elems())?;
+        rb.copy_stored(ctx, enc, &gi, n * c.input_size, prec)?;
+        rb.copy_stored(ctx, enc, &gh0, hn_elems, prec)?;
+        rb.copy_stored(ctx, enc, &gw, plan.weight_elems(), prec)?;
         if let Some(g) = &gc0 {
-            rb.copy(ctx, enc, g, cn_elems)?;
+            rb.copy_stored(ctx, enc, g, cn_elems, prec)?;
         }
         Ok(())
     }

@@ -78,10 +78,10 @@ impl Family {
     }
 
     /// Whether the family's storage arrays hold the plan's precision (`alias S`, see
-    /// [`Precision`]): the GEMMs, the row utilities and the cells, which the cell drivers
-    /// run. The fused kernels and the training kit are f32 only.
+    /// [`Precision`]): every family the drivers run (the fused step kernels, the GEMMs, the
+    /// row utilities, the cells) and the casts. The training kit is f32 only.
     pub fn stores_precision(self) -> bool {
-        matches!(self, Family::Gemm | Family::Util | Family::Cell(_) | Family::Cast)
+        !matches!(self, Family::Train)
     }
 
     /// The family's WGSL as compiled for `precision`: [`Precision`]'s prefix (the element

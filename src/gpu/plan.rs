@@ -290,7 +290,9 @@ struct Op {
     groups: [u32; 3],
 }
 
-/// The caller's buffers for a forward. Every buffer holds f32, row-major.
+/// The caller's buffers for a forward. Every buffer holds elements in the config's
+/// [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4 bytes),
+/// row-major.
 pub struct ForwardBuffers<'a> {
     /// Flat parameters in [`weight_layout`] order.
     pub weights: &'a wgpu::Buffer,
@@ -395,12 +397,12 @@ impl Plan {
         if cfg.regularised() {
             return Err(Error::Unsupported("dropout and zoneout in the fused GPU path (gpu::CellPlan runs them)".into()));
         }
-        if cfg.precision != crate::precision::Precision::F32 {
-            return Err(Error::Unsupported(format!("{} storage in the fused GPU path (gpu::CellPlan runs it)", cfg.precision)));
-        }
         let cell = cfg.mode;
+        let prec = cfg.precision;
         let _serial = ctx.exclusive();
         cfg.validate()?;
+        // Before anything is allocated: f16 storage needs SHADER_F16.
+        ctx.check_precision(prec)?;
         // A SeqLayout is valid by construction (SeqLayout::new).
         if cfg.mode != Mode::Lstm && (inputs.c0 || inputs.grad_c_n) {
             return Err(Error::InvalidConfig(format!("{} has no cell state", cfg.mode)));
@@ -463,7 +465,8 @@ impl Plan {
 
         // Workspaces.
         let st = wgpu::BufferUsages::STORAGE;
-        let f4 = |e: usize| (e * 4) as u64;
+        // Every buffer holds elements in the config's precision.
+        let f4 = |e: usize| (e * prec.bytes()) as u64;
         let mut own = HashMap::new();
         own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
         own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
@@ -573,7 +576,7 @@ impl Plan {
         // k into chunks whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128,
         // k 16384) went from 18x the k = 2048 time to 8x.
         let gemm_rows = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams| {
-            let chunk = (GEMM_CHUNK_BYTES / (4 * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
+            let chunk = (GEMM_CHUNK_BYTES / (prec.bytes() * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
             gemm_runs(params, bufs, gp, chunk)
         };
         let mut fwd = Vec::new();
@@ -920,7 +923,7 @@ impl Plan {
         let mut pipelines = HashMap::new();
         for op in fwd.iter().chain(&bwd) {
             if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(op.kernel) {
-                e.insert(ctx.pipeline(op.kernel)?);
+                e.insert(ctx.pipeline_at(op.kernel, prec)?);
             }
         }
         Ok(Plan {
@@ -961,7 +964,8 @@ impl Plan {
     pub fn rows(&self) -> usize {
         self.n
     }
-    /// Flat parameter count (the weights and gradient buffers hold this many f32).
+    /// Flat parameter count (the weights and gradient buffers hold this many elements, in the
+    /// config's precision).
     pub fn weight_elems(&self) -> usize {
         self.weight_elems
     }
@@ -994,7 +998,7 @@ impl Plan {
             Some(_) if !required => Err(Error::InvalidConfig(format!(
                 "{what} given, but the plan was prepared without it (StateInputs)"
             ))),
-            Some(b) => record::check_buffer(&self.ctx, what, b, elems),
+            Some(b) => record::check_stored(&self.ctx, what, b, elems, self.cfg.precision),
             None => Ok(()),
         }
     }

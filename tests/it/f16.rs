@@ -1,6 +1,7 @@
 //! f16 storage (`Precision::F16`): every golden and golden-variant case at the f16
-//! tolerances on Vulkan (lavapipe has SHADER_F16), a typed refusal where the device lacks
-//! SHADER_F16 (llvmpipe through GL), the fused drivers' refusal, and half the memory.
+//! tolerances on Vulkan (lavapipe has SHADER_F16), through the fused kernels and the cell
+//! driver, a typed refusal where the device lacks SHADER_F16 (llvmpipe through GL), the
+//! CPU's tuned driver's refusal, and half the memory.
 
 use crate::common::{golden_cases, variant_cases};
 use crate::gpu_common::{contexts, vulkan};
@@ -13,7 +14,7 @@ use wgpu_rnn::{Error, Mode, Precision, RnnConfig};
 fn f16_storage_passes_every_golden_and_variant_case_on_vulkan() {
     let Some(ctx) = vulkan() else { return };
     assert!(ctx.device.features().contains(wgpu::Features::SHADER_F16), "lavapipe has SHADER_F16; the context must request it");
-    let mut checked = 0;
+    let (mut checked, mut fused) = (0, 0);
     for path in golden_cases().into_iter().chain(variant_cases()) {
         let want = wgpu_rnn::io::TensorFile::read(&path).unwrap();
         let case = Case::<f32>::from_file(&want).unwrap();
@@ -22,21 +23,30 @@ fn f16_storage_passes_every_golden_and_variant_case_on_vulkan() {
             assert!(matches!(case.run_gpu_at(ctx, true, Precision::F16), Err(Error::Unsupported(_))), "{}", path.display());
             continue;
         }
-        let got = case.run_gpu_at(ctx, true, Precision::F16).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let report = compare_at(&got, &want, true, Precision::F16);
-        assert!(report.len() >= 4, "{}: only {} tensors compared", path.display(), report.len());
-        for m in &report {
-            assert_eq!(m.failures, 0, "{} {}: {}/{} outside the f16 tolerances, worst {:?}", path.display(), m.name, m.failures, m.total, m.worst);
+        // PyTorch's four cells through the fused kernels (run_gpu_at) and the cell driver too.
+        let mut runs = vec![("", case.run_gpu_at(ctx, true, Precision::F16))];
+        if case.config().mode.fused() {
+            runs.push((" (cell driver)", case.run_gpu_generic_at(ctx, true, Precision::F16)));
+            fused += 1;
         }
-        // Stored in f16, not f32: the f32 tolerances (100-250x tighter) fail somewhere in a
-        // case this size, so the precision really reached the kernels.
-        let strict = compare_at(&got, &want, true, Precision::F32);
-        if strict.iter().all(|m| m.failures == 0) {
-            panic!("{}: f16 storage passes the f32 tolerances; is it stored in f16?", path.display());
+        for (path_name, got) in runs {
+            let got = got.unwrap_or_else(|e| panic!("{}{path_name}: {e}", path.display()));
+            let report = compare_at(&got, &want, true, Precision::F16);
+            assert!(report.len() >= 4, "{}{path_name}: only {} tensors compared", path.display(), report.len());
+            for m in &report {
+                assert_eq!(m.failures, 0, "{}{path_name} {}: {}/{} outside the f16 tolerances, worst {:?}", path.display(), m.name, m.failures, m.total, m.worst);
+            }
+            // Stored in f16, not f32: the f32 tolerances (100-250x tighter) fail somewhere in a
+            // case this size, so the precision really reached the kernels.
+            let strict = compare_at(&got, &want, true, Precision::F32);
+            if strict.iter().all(|m| m.failures == 0) {
+                panic!("{}{path_name}: f16 storage passes the f32 tolerances; is it stored in f16?", path.display());
+            }
         }
         checked += 1;
     }
     assert!(checked >= 49, "{checked} cases");
+    assert!(fused >= 20, "{fused} cases of PyTorch's cells");
 }
 
 #[test]
@@ -166,21 +176,32 @@ fn uniform32(g: &mut impl rand::Rng, n: usize, scale: f64) -> Vec<f32> {
 fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4).with_precision(Precision::F16);
     let layout = SeqLayout::new(vec![2, 1], vec![0, 1]).unwrap();
+    let w = wgpu_rnn::Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     let mut refused = 0;
     for ctx in contexts() {
         let has = ctx.device.features().contains(wgpu::Features::SHADER_F16);
-        let got = CellPlan::new(ctx, &cfg, &layout, Pass::Training);
-        if has {
-            got.unwrap_or_else(|e| panic!("{}: {e}", ctx.describe()));
-        } else {
-            match got {
-                Err(Error::MissingFeature { feature, .. }) => assert_eq!(feature, "SHADER_F16"),
-                other => panic!("{}: expected MissingFeature, got {other:?}", ctx.describe()),
+        let cell = CellPlan::new(ctx, &cfg, &layout, Pass::Training).map(|_| ());
+        let fused = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).map(|_| ());
+        let model = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).map(|_| ());
+        let step = StepPlan::new(ctx, &cfg, 2).map(|_| ());
+        for (what, got) in [("CellPlan", cell), ("Plan", fused), ("GpuRnn", model), ("StepPlan", step)] {
+            if has {
+                got.unwrap_or_else(|e| panic!("{what} on {}: {e}", ctx.describe()));
+            } else {
+                match got {
+                    Err(Error::MissingFeature { feature, .. }) => assert_eq!(feature, "SHADER_F16"),
+                    other => panic!("{what} on {}: expected MissingFeature, got {other:?}", ctx.describe()),
+                }
             }
-            assert!(matches!(StepPlan::new(ctx, &cfg, 2), Err(Error::MissingFeature { .. })));
-            refused += 1;
         }
-        // The regularisers' step counter is f32: refused with f16 storage, on the GPU and the CPU.
+        refused += !has as usize;
+    }
+    // llvmpipe through GL has no SHADER_F16 (wgpu's GL backend offers none), so CI covers
+    // the refusal.
+    if contexts().iter().any(|c| c.adapter_info().backend == wgpu::Backend::Gl) {
+        assert!(refused > 0, "the GL context offers SHADER_F16; the refusal went untested");
+    }
+    // The regularisers' step counter is f32: refused with f16 storage, on the GPU and the CPU.
     let reg = cfg.clone().zoneout(wgpu_rnn::config::Prob::new(0.1).unwrap());
     if let Some(ctx) = vulkan() {
         assert!(matches!(CellPlan::new(ctx, &reg, &layout, Pass::Training), Err(Error::Unsupported(_))));
@@ -188,23 +209,19 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
     let wr = wgpu_rnn::Weights::<f32>::init_uniform(&reg, 1).unwrap();
     let xr = wgpu_rnn::PackedSequence::from_sequences(&[&[0.5f32; 6][..], &[0.1; 3][..]], 3).unwrap();
     assert!(matches!(wgpu_rnn::cpu::generic::forward(&wr, &xr, &[], Pass::Training), Err(Error::Unsupported(_))));
-    // A value f16 cannot hold is an error naming it, not an infinity.
+    // A value f16 cannot hold is an error naming it, not an infinity: on the CPU twin, the
+    // cell driver and the fused path.
     let mut big = wgpu_rnn::Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     big.params[0].w_ih[0] = 1.0e5;
     assert!(matches!(wgpu_rnn::cpu::generic::forward(&big, &xr, &[], Pass::Inference), Err(Error::NonFinite(_))));
     if let Some(ctx) = vulkan() {
         assert!(matches!(wgpu_rnn::gpu::generic::forward(ctx, &big, &xr, &[], Pass::Inference), Err(Error::NonFinite(_))));
+        assert!(matches!(wgpu_rnn::gpu::GpuRnn::new(ctx, &big), Err(Error::NonFinite(_))));
+        let rnn = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).unwrap();
+        let xbig = wgpu_rnn::PackedSequence::from_sequences(&[&[7.0e4f32; 6][..], &[0.1; 3][..]], 3).unwrap();
+        assert!(matches!(rnn.forward(&xbig, None, None, Pass::Inference), Err(Error::NonFinite(_))));
     }
-    // The fused drivers store f32 only, and say so rather than run in f32.
-        assert!(matches!(Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()), Err(Error::Unsupported(_))), "{}", ctx.describe());
-    }
-    // llvmpipe through GL has no SHADER_F16 (wgpu's GL backend offers none), so CI covers
-    // the refusal.
-    if contexts().iter().any(|c| c.adapter_info().backend == wgpu::Backend::Gl) {
-        assert!(refused > 0, "the GL context offers SHADER_F16; the refusal went untested");
-    }
-    // The CPU's tuned driver refuses it too (cpu::generic runs the f16-storage twin).
-    let w = wgpu_rnn::Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+    // The CPU's tuned driver stores f32 only, and says so (cpu::generic runs the f16 twin).
     let x = wgpu_rnn::PackedSequence::from_sequences(&[&[0.5f32; 6][..], &[0.1; 3][..]], 3).unwrap();
     assert!(matches!(wgpu_rnn::cpu::forward(&w, &x, None, None, Pass::Inference), Err(Error::Unsupported(_))));
 }
@@ -220,6 +237,11 @@ fn f16_plans_hold_half_the_memory() {
     let (a, b) = (f32_plan.workspace_bytes() as f64, f16_plan.workspace_bytes() as f64);
     // Workspaces halve; the parameter blocks (a few KiB) do not.
     assert!(b < 0.52 * a && b > 0.45 * a, "f16 {b} bytes against f32 {a}");
+    // The fused kernels' plan too.
+    let f32_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+    let f16_plan = Plan::new(ctx, &cfg.clone().with_precision(Precision::F16), &layout, Pass::Training, StateInputs::default()).unwrap();
+    let (a, b) = (f32_plan.workspace_bytes() as f64, f16_plan.workspace_bytes() as f64);
+    assert!(b < 0.52 * a && b > 0.45 * a, "fused: f16 {b} bytes against f32 {a}");
 }
 
 #[test]
@@ -349,4 +371,74 @@ fn weights_save_as_f16_and_reach_an_f16_plan_unchanged() {
 fn near_ulp(h: half::f16) -> f32 {
     let next = half::f16::from_bits(h.to_bits() + 1);
     (next.to_f32() - h.to_f32()).abs()
+}
+
+#[test]
+fn fused_f16_matches_the_cpu_twin_with_every_step_strategy() {
+    // The fused kernels in f16 (engine API, every step strategy: the per-step kernels with
+    // and without vec4 loads, the GPU-shaped split kernel, the single-dispatch loops, the
+    // projection) against the CPU's f16-storage twin, which rounds where the cell driver
+    // stores: the fused kernels round at fewer places (no stored product), so the two meet
+    // within the f16 tolerances, not bit for bit.
+    use crate::common::{assert_close, rng};
+    use crate::gpu::engine_run;
+    use wgpu_rnn::cpu::generic;
+    use wgpu_rnn::gpu::StepStrategy;
+    use wgpu_rnn::{PackedSequence, Weights};
+    let Some(ctx) = vulkan() else { return };
+    let mut g = rng(71);
+    let configs = [
+        RnnConfig::new(Mode::RnnTanh, 37, 64).layers(2).bidirectional(true),
+        RnnConfig::new(Mode::RnnRelu, 13, 30),
+        RnnConfig::new(Mode::Lstm, 37, 64).layers(2).bidirectional(true),
+        RnnConfig::new(Mode::Lstm, 13, 30).proj(20),
+        RnnConfig::new(Mode::Gru, 37, 64).layers(2).bidirectional(true),
+        RnnConfig::new(Mode::Gru, 13, 30),
+    ];
+    let (fa, fr, ga, gr) = wgpu_rnn::case::tolerance::for_precision(Precision::F16);
+    let d = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    let mut runs = 0;
+    for cfg32 in configs {
+        let cfg = cfg32.clone().with_precision(Precision::F16);
+        let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
+        let w32 = Weights::<f32> { config: cfg32.clone(), ..w.clone() };
+        let lengths = [5usize, 7, 2, 7, 4];
+        let (t, b) = (7, lengths.len());
+        let x = PackedSequence::from_padded(&uniform32(&mut g, t * b * cfg.input_size, 1.0), [t, b, cfg.input_size], false, &lengths).unwrap();
+        let states = cfg.states();
+        let s0: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
+        let gs: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
+        let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
+        let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
+        let (c_out, c_tape) = generic::forward(&w, &x, &s0r, Pass::Training).unwrap();
+        let go = uniform32(&mut g, c_out.output.data.len(), 1.0);
+        let c_grad = generic::backward(&w, &c_tape.unwrap(), &go, &gsr).unwrap();
+        let lstm = cfg.mode == Mode::Lstm;
+        let (c0, gc) = if lstm { (Some(&s0[1][..]), Some(&gs[1][..])) } else { (None, None) };
+        let mut strategies = vec![StepStrategy::PerStep, StepStrategy::PerStepSplit];
+        if cfg.proj_size == 0 {
+            strategies.push(StepStrategy::SingleDispatch);
+        }
+        for strategy in strategies {
+            let what = format!("{} H {} proj {} {strategy:?}", cfg.mode, cfg.hidden_size, cfg.proj_size);
+            let got = engine_run(ctx, strategy, &w, &x, Some(&s0[0]), c0, &go, Some(&gs[0]), gc);
+            assert_close(&format!("{what} output"), &d(&got.output), &d(&c_out.output.data), fa, fr);
+            assert_close(&format!("{what} h_n"), &d(&got.h_n), &d(&c_out.states[0].data), fa, fr);
+            assert_close(&format!("{what} grad_input"), &d(&got.grad_input), &d(&c_grad.input.data), ga, gr);
+            assert_close(&format!("{what} grad_h0"), &d(&got.grad_h0), &d(&c_grad.states[0].data), ga, gr);
+            assert_close(&format!("{what} grad_weights"), &d(&got.grad_w), &d(&c_grad.params.to_flat()), ga, gr);
+            if lstm {
+                assert_close(&format!("{what} c_n"), &d(&got.c_n), &d(&c_out.states[1].data), fa, fr);
+                assert_close(&format!("{what} grad_c0"), &d(&got.grad_c0), &d(&c_grad.states[1].data), ga, gr);
+            }
+            // Stored in f16: the same run in f32 differs by more than f32's rounding could
+            // (outputs here are below 1, where f32's steps are below 1e-7 and f16's 5e-4).
+            const F32_NOISE: f32 = 1e-5;
+            let f32_run = engine_run(ctx, strategy, &w32, &x, Some(&s0[0]), c0, &go, Some(&gs[0]), gc);
+            let most = got.output.iter().zip(&f32_run.output).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            assert!(most > F32_NOISE, "{what}: f16 output within {most:e} of f32's; is it stored in f16?");
+            runs += 1;
+        }
+    }
+    assert_eq!(runs, 17);
 }

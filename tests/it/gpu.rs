@@ -119,8 +119,9 @@ fn flat(w: &Weights<f32>) -> Vec<f32> {
     v
 }
 
-/// Forward + backward through the engine API, over buffers this test owns, every output
-/// buffer pre-filled with NaN so an unwritten element shows. One encoder, one submit.
+/// Forward + backward through the engine API, over buffers this test owns (in the config's
+/// precision), every output buffer pre-filled with NaN so an unwritten element shows. One
+/// encoder, one submit.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn engine_run(
     ctx: &Arc<Context>,
@@ -138,8 +139,11 @@ pub(crate) fn engine_run(
     let lstm = cfg.mode == Mode::Lstm;
     let b = x.batch();
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+    let prec = cfg.precision;
     let init = |label: &str, data: &[f32]| {
-        dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: bytemuck::cast_slice(data), usage })
+        let mut bytes = prec.encode(data);
+        bytes.resize(bytes.len().next_multiple_of(4), 0);
+        dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: &bytes, usage })
     };
     let nan = |label: &str, n: usize| init(label, &vec![f32::NAN; n.max(1)]);
     let hn_len: usize = cfg.h_shape(b).iter().product();
@@ -187,7 +191,7 @@ pub(crate) fn engine_run(
     let mut rb = wgpu_rnn::gpu::Readback::new();
     let mut read = |buf: Option<&wgpu::Buffer>, elems: usize| {
         if let Some(buf) = buf {
-            rb.copy(ctx, &mut enc, buf, elems).unwrap();
+            rb.copy_stored(ctx, &mut enc, buf, elems, prec).unwrap();
         }
     };
     read(Some(&out), n * cfg.output_size());
