@@ -326,7 +326,13 @@ impl GpuRig {
 
     /// As [`GpuRig::new`] with the forward's step strategy chosen.
     pub fn with_strategy(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<Self> {
-        let cfg = c.rnn_config();
+        Self::with_strategy_at(ctx, c, strategy, crate::precision::Precision::F32)
+    }
+
+    /// As [`GpuRig::with_strategy`] with every buffer stored in `precision` (f16 needs
+    /// `SHADER_F16`).
+    pub fn with_strategy_at(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Self> {
+        let cfg = c.rnn_config().with_precision(precision);
         let w = Weights::<f32>::init_uniform(&cfg, 0)?;
         let rnn = gpu::GpuRnn::new(ctx, &w)?;
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
@@ -336,16 +342,17 @@ impl GpuRig {
         let fwd_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, StateInputs::default(), strategy)?;
         let train_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), strategy)?;
         // input, output, h_n, c_n, grad_output, grad_input, grad_h0, grad_c0, grad_weights
+        let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
         let bufs = vec![
-            gpu::upload(ctx, "input", &x.data)?,
-            gpu::storage(ctx, "output", n * cfg.output_size())?,
-            gpu::storage(ctx, "h_n", ld * c.b * cfg.out_size())?,
-            gpu::storage(ctx, "c_n", ld * c.b * cfg.hidden_size)?,
-            gpu::upload(ctx, "grad_output", &data(n * cfg.output_size(), 2))?,
-            gpu::storage(ctx, "grad_input", n * cfg.input_size)?,
-            gpu::storage(ctx, "grad_h0", ld * c.b * cfg.out_size())?,
-            gpu::storage(ctx, "grad_c0", ld * c.b * cfg.hidden_size)?,
-            gpu::storage(ctx, "grad_weights", train_plan.weight_elems())?,
+            gpu::upload_stored(ctx, "input", &x.data, precision)?,
+            st("output", n * cfg.output_size())?,
+            st("h_n", ld * c.b * cfg.out_size())?,
+            st("c_n", ld * c.b * cfg.hidden_size)?,
+            gpu::upload_stored(ctx, "grad_output", &data(n * cfg.output_size(), 2), precision)?,
+            st("grad_input", n * cfg.input_size)?,
+            st("grad_h0", ld * c.b * cfg.out_size())?,
+            st("grad_c0", ld * c.b * cfg.hidden_size)?,
+            st("grad_weights", train_plan.weight_elems())?,
         ];
         Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, lstm: cfg.mode == Mode::Lstm, bufs })
     }
@@ -428,11 +435,21 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
         })?;
         return Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)]);
     }
-    let rig = GpuRig::with_strategy(ctx, c, strategy)?;
+    bench_gpu_at(ctx, c, timing, strategy, crate::precision::Precision::F32)
+}
+
+/// [`bench_gpu`]'s fused rows with every buffer stored in `precision`: device `gpu` for f32,
+/// `gpu-f16` for f16 (PyTorch's four cells only).
+pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Vec<Record>> {
+    let rig = GpuRig::with_strategy_at(ctx, c, strategy, precision)?;
     let adapter = ctx.describe();
+    let device = match precision {
+        crate::precision::Precision::F32 => "gpu".to_string(),
+        p => format!("gpu-{p}"),
+    };
     let fwd = time_ms(timing, || rig.run(false))?;
     let train = time_ms(timing, || rig.run(true))?;
-    Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)])
+    Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
 }
 
 /// A configuration prepared for the cell driver ([`gpu::CellPlan`]) on resident buffers in

@@ -95,7 +95,8 @@ enum Cmd {
         /// inside passes, where the adapter has them).
         #[arg(long)]
         profile: bool,
-        /// f16: also time the cell driver (gpu::CellPlan) with f32 and with f16 storage on
+        /// f16: also time the fused kernels with f16 storage (rows gpu-f16, beside the f32
+        /// rows gpu), and the cell driver (gpu::CellPlan) with f32 and with f16 storage on
         /// resident buffers (rows gpu-cells-f32 and gpu-cells-f16, with the training plan's
         /// device memory).
         #[arg(long, value_enum, default_value = "f32")]
@@ -169,6 +170,11 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         if let Some(ctx) = &ctx {
             bar.set_message(format!("{} gpu", c.name));
             records.extend(bench_gpu(ctx, c, timing, strategy)?);
+            if precision == Precision::F16 && c.mode.fused() {
+                // The fused kernels in f16 (beside the f32 rows above).
+                bar.set_message(format!("{} gpu f16", c.name));
+                records.extend(bench_gpu_at(ctx, c, timing, strategy, wgpu_rnn::Precision::F16)?);
+            }
             if precision == Precision::F16 {
                 // The cell driver in both storages: f16 against f32 like for like.
                 if let Some(why) = c.mode.f16_refused() {
