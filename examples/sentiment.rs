@@ -79,13 +79,13 @@ struct Args {
     limit: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Storage of the recurrent layer: f32 (the fused kernels) or f16 (the cell driver with
-    /// f16 weights, activations and gradients, f32 sums, f32 master weights and dynamic loss
-    /// scaling; needs SHADER_F16).
+    /// Storage of the recurrent layer: f32, or f16 (f16 weights, activations and gradients,
+    /// f32 sums, f32 master weights and dynamic loss scaling; needs SHADER_F16).
     #[arg(long, default_value = "f32")]
     precision: String,
-    /// With f32: run the recurrent layer through the f16 path's cell driver anyway (f32
-    /// storage, same casts and loss scaling), to tell f16's effect from the path's.
+    /// Run the recurrent layer through the cell driver (`CellPlan`) instead of the fused
+    /// kernels, in --precision's storage, with the f16 path's casts and loss scaling either
+    /// way (the control runs of examples/results/*cell-driver*).
     #[arg(long)]
     cell_driver: bool,
     /// After training, time this many epochs of the same pipeline in PyTorch on the CPU
@@ -201,8 +201,10 @@ struct Model {
     bufs: Buffers,
     opt: Optimizer,
     metrics: Metrics,
-    /// The f16 path's buffers (`--precision f16`).
+    /// The cell driver's buffers (`--cell-driver`).
     half: Option<Half>,
+    /// The fused kernels' f16 buffers (`--precision f16` without `--cell-driver`).
+    fused16: Option<Fused16>,
     dropout: f32,
     /// Batches trained so far (the dropout mask's seed).
     batches: std::cell::Cell<u32>,
@@ -211,7 +213,7 @@ struct Model {
     peak_bytes: std::cell::Cell<u64>,
 }
 
-/// `--precision f16`: the recurrent layer runs in the cell driver (`CellPlan`) with f16
+/// `--cell-driver`: the recurrent layer runs in the cell driver (`CellPlan`) in --precision's
 /// storage; the embedding, head and optimiser stay f32. Per batch the f32 master weights
 /// (the optimiser's) are rounded into `weights`, the layer input into `x`; the features come
 /// out of the final states, and the gradients go back through the loss scale.
@@ -229,6 +231,26 @@ struct Half {
     gw: TrackedBuffer,
     /// Elements per state row (h then c for the LSTM).
     sw: usize,
+}
+
+/// `--precision f16` (fused): the fused kernels' buffers in f16; the embedding, head and
+/// optimiser stay f32. Per batch the f32 master weights are rounded into `weights` and the
+/// layer input into `x`; `h_n` is widened into the f32 `h_n` the head reads, its gradient
+/// rounded back with the loss scale, and the gradients widened and unscaled.
+struct Fused16 {
+    cfg: RnnConfig,
+    weights: TrackedBuffer,
+    x: TrackedBuffer,
+    out: TrackedBuffer,
+    hn: TrackedBuffer,
+    cn: TrackedBuffer,
+    /// Zeros: the output's and c_n's gradients.
+    zeros: TrackedBuffer,
+    dhn: TrackedBuffer,
+    gi: TrackedBuffer,
+    gh0: TrackedBuffer,
+    gc0: TrackedBuffer,
+    gw: TrackedBuffer,
 }
 
 /// One batch, packed: token ids in packed order and the layout.
@@ -275,17 +297,20 @@ impl Model {
         let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
         // The fused path's f32 layer buffers (the f16 path has its own: `Half`).
         let precision = Precision::parse(&a.precision)?;
-        let fused = precision == Precision::F32 && !a.cell_driver;
-        let f = |elems: usize| if fused { elems } else { 1 };
+        let fused = !a.cell_driver;
+        // f32 buffers the plan binds (fused f32 only), and the f32 final states and their
+        // gradient the head reads and writes (fused, either precision).
+        let f = |elems: usize| if fused && precision == Precision::F32 { elems } else { 1 };
+        let fs = |elems: usize| if fused { elems } else { 1 };
         let bufs = Buffers {
             xe: storage(ctx, "embedded", n * EMBED)?,
             gie: storage(ctx, "grad embedded", n * EMBED)?,
             x: storage(ctx, "x", n * EMBED)?,
             out: storage(ctx, "output", f(n * 2 * h))?,
-            hn: storage(ctx, "h_n", f(states))?,
+            hn: storage(ctx, "h_n", fs(states))?,
             cn: storage(ctx, "c_n", f(states))?,
             zeros: upload(ctx, "zeros", &vec![0.0; f((n * 2 * h).max(states))])?,
-            dhn: upload(ctx, "grad h_n", &vec![0.0; f(states)])?,
+            dhn: upload(ctx, "grad h_n", &vec![0.0; fs(states)])?,
             gi: storage(ctx, "grad input", n * EMBED)?,
             gh0: storage(ctx, "grad h0", f(states))?,
             gc0: storage(ctx, "grad c0", f(states))?,
@@ -310,12 +335,34 @@ impl Model {
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
+        if precision == Precision::F16 || !fused {
+            ctx.check_precision(precision)?;
+            // PyTorch's GradScaler defaults: 2^16, doubled after 2,000 finite steps.
+            opt = opt.with_loss_scaling(ctx, 65536.0, 2000)?;
+        }
+        let fused16 = match fused && precision == Precision::F16 {
+            false => None,
+            true => {
+                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, precision);
+                Some(Fused16 {
+                    weights: f16("f16 weights", welems)?,
+                    x: f16("f16 input", n * EMBED)?,
+                    out: f16("f16 output", n * 2 * h)?,
+                    hn: f16("f16 h_n", states)?,
+                    cn: f16("f16 c_n", states)?,
+                    zeros: f16("f16 zeros", (n * 2 * h).max(states))?,
+                    dhn: f16("f16 grad h_n", states)?,
+                    gi: f16("f16 input gradients", n * EMBED)?,
+                    gh0: f16("f16 grad h0", states)?,
+                    gc0: f16("f16 grad c0", states)?,
+                    gw: f16("f16 weight gradients", welems)?,
+                    cfg: cfg.clone().with_precision(precision),
+                })
+            }
+        };
         let half = match fused {
             true => None,
             false => {
-                ctx.check_precision(precision)?;
-                // PyTorch's GradScaler defaults: 2^16, doubled after 2,000 finite steps.
-                opt = opt.with_loss_scaling(ctx, 65536.0, 2000)?;
                 let cfg = cfg.clone().with_precision(precision);
                 let sw: usize = cfg.states().iter().map(|s| s.width).sum();
                 let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, precision);
@@ -346,15 +393,11 @@ impl Model {
             opt,
             metrics: Metrics::new(ctx, 2)?,
             half,
+            fused16,
             dropout: a.dropout,
             batches: std::cell::Cell::new(a.seed as u32 * 1_000_003),
             peak_bytes: std::cell::Cell::new(0),
         })
-    }
-
-    fn forward_buffers(&self) -> ForwardBuffers<'_> {
-        let lstm = self.cfg.mode == Mode::Lstm;
-        ForwardBuffers { weights: self.rnn.weights_buffer(), input: &self.bufs.x, output: &self.bufs.out, h0: None, c0: None, h_n: &self.bufs.hn, c_n: lstm.then_some(&*self.bufs.cn) }
     }
 
     /// The head on the features in `bufs.feat`, the loss into metric block 0 (training) or 1,
@@ -410,9 +453,10 @@ impl Model {
         let (b, h) = (batch.targets.len(), c.hidden_size);
         let lstm = c.mode == Mode::Lstm;
         let bf = &self.bufs;
+        let f16 = self.fused16.as_ref();
         let pass = if train { Pass::Training } else { Pass::Inference };
         let inputs = StateInputs { grad_h_n: train, grad_c_n: train && lstm, ..Default::default() };
-        let plan = Plan::new(ctx, c, &batch.layout, pass, inputs)?;
+        let plan = Plan::new(ctx, f16.map_or(c, |f| &f.cfg), &batch.layout, pass, inputs)?;
         if train {
             self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
         }
@@ -420,40 +464,66 @@ impl Model {
         ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
         let head = LinearShape { rows: b, input: 2 * h, output: 1 };
         let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
+        let states = c.num_layers * 2 * b * h;
+        let rows = batch.index.rows();
+        let welems = wgpu_rnn::gpu::weight_layout(c).1;
 
         let mut pre = OpBuilder::new(ctx);
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         let mut mid = OpBuilder::new(ctx);
+        let mut post = OpBuilder::new(ctx);
+        if let Some(f) = f16 {
+            // The master weights (updated by the last step) and the layer input rounded to f16;
+            // h_n widened for the head.
+            pre.to_stored(Precision::F16, self.rnn.weights_buffer(), (0, welems), &f.weights, (0, welems), 1, welems, None)?;
+            pre.to_stored(Precision::F16, &bf.x, (0, EMBED), &f.x, (0, EMBED), rows, EMBED, None)?;
+            mid.to_f32(Precision::F16, &f.hn, (0, states), &bf.hn, (0, states), 1, states, None)?;
+        }
         mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
         self.head_and_loss(&mut mid, head, b, train)?;
-        let mut post = OpBuilder::new(ctx);
         if train {
             mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
+            if let Some(f) = f16 {
+                // The final h's gradient times the loss scale, rounded; the gradients back,
+                // unscaled (a step with an overflow is skipped).
+                mid.to_stored(Precision::F16, &bf.dhn, (0, states), &f.dhn, (0, states), 1, states, Some(&self.opt))?;
+                post.to_f32(Precision::F16, &f.gw, (0, welems), &bf.gw, (0, welems), 1, welems, Some(&self.opt))?;
+                post.to_f32(Precision::F16, &f.gi, (0, EMBED), &bf.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+            }
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
 
+        // The plan's buffers: f32 (the model's), or their f16 copies.
+        let (weights, x, out, hn, cn) = match f16 {
+            Some(f) => (&*f.weights, &*f.x, &*f.out, &*f.hn, &*f.cn),
+            None => (self.rnn.weights_buffer(), &*bf.x, &*bf.out, &*bf.hn, &*bf.cn),
+        };
+        let (zeros, dhn, gi, gh0, gc0, gw) = match f16 {
+            Some(f) => (&*f.zeros, &*f.dhn, &*f.gi, &*f.gh0, &*f.gc0, &*f.gw),
+            None => (&*bf.zeros, &*bf.dhn, &*bf.gi, &*bf.gh0, &*bf.gc0, &*bf.gw),
+        };
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
-        plan.record_forward(&mut enc, &self.forward_buffers())?;
+        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: x, output: out, h0: None, c0: None, h_n: hn, c_n: lstm.then_some(cn) })?;
         mid.record(&mut enc);
         if train {
             plan.record_backward(
                 &mut enc,
                 &BackwardBuffers {
-                    weights: self.rnn.weights_buffer(),
-                    input: &bf.x,
-                    output: &bf.out,
+                    weights,
+                    input: x,
+                    output: out,
                     h0: None,
                     c0: None,
-                    grad_output: &bf.zeros,
-                    grad_h_n: Some(&bf.dhn),
-                    grad_c_n: lstm.then_some(&*bf.zeros),
-                    grad_input: &bf.gi,
-                    grad_h0: &bf.gh0,
-                    grad_c0: lstm.then_some(&*bf.gc0),
-                    grad_weights: &bf.gw,
+                    grad_output: zeros,
+                    grad_h_n: Some(dhn),
+                    grad_c_n: lstm.then_some(zeros),
+                    grad_input: gi,
+                    grad_h0: gh0,
+                    grad_c0: lstm.then_some(gc0),
+                    grad_weights: gw,
                 },
             )?;
             post.record(&mut enc);
@@ -467,7 +537,7 @@ impl Model {
         let ctx = &self.ctx;
         let (c, bf) = (&hf.cfg, &self.bufs);
         let (b, h, sw) = (batch.targets.len(), c.hidden_size, hf.sw);
-        let f16 = c.precision; // f16, or f32 with --cell-driver
+        let f16 = c.precision; // --precision
         let pass = if train { Pass::Training } else { Pass::Inference };
         let plan = CellPlan::new(ctx, c, &batch.layout, pass)?;
         if train {
@@ -622,7 +692,7 @@ fn main() -> Result<()> {
             test.loss,
             test.accuracy
         );
-        if model.half.is_some() {
+        if model.half.is_some() || model.fused16.is_some() {
             let st = model.opt.read_state(&ctx)?;
             println!("  f16: {} steps, {} skipped (f16 overflow), loss scale {}", st.steps, st.skipped, st.loss_scale);
         }
