@@ -357,6 +357,12 @@ impl GpuRig {
         Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, lstm: cfg.mode == Mode::Lstm, bufs })
     }
 
+    /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
+    /// parameter blocks, the weights and the buffers above), as [`CellRig::training_bytes`].
+    pub fn training_bytes(&self) -> u64 {
+        self.train_plan.workspace_bytes() + self.rnn.weights_buffer().size() + self.bufs.iter().map(|b| b.size()).sum::<u64>()
+    }
+
     /// Records a forward (or a training forward and backward) into `enc`.
     pub fn record(&self, enc: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let b = &self.bufs;
@@ -439,14 +445,15 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
 }
 
 /// [`bench_gpu`]'s fused rows with every buffer stored in `precision`: device `gpu` for f32,
-/// `gpu-f16` for f16 (PyTorch's four cells only).
+/// `gpu-f16` for f16 (PyTorch's four cells only), the training plan's device memory in the
+/// adapter column.
 pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Vec<Record>> {
     let rig = GpuRig::with_strategy_at(ctx, c, strategy, precision)?;
-    let adapter = ctx.describe();
     let device = match precision {
         crate::precision::Precision::F32 => "gpu".to_string(),
         p => format!("gpu-{p}"),
     };
+    let adapter = format!("{}; training memory {:.1} MiB", ctx.describe(), rig.training_bytes() as f64 / (1 << 20) as f64);
     let fwd = time_ms(timing, || rig.run(false))?;
     let train = time_ms(timing, || rig.run(true))?;
     Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
