@@ -172,16 +172,8 @@ struct Buffers {
     /// Embedding rows before dropout, and their gradient.
     xe: TrackedBuffer,
     gie: TrackedBuffer,
-    x: TrackedBuffer,
-    out: TrackedBuffer,
-    hn: TrackedBuffer,
-    cn: TrackedBuffer,
-    zeros: TrackedBuffer,
-    dhn: TrackedBuffer,
-    gi: TrackedBuffer,
-    gh0: TrackedBuffer,
-    gc0: TrackedBuffer,
-    gw: TrackedBuffer,
+    /// The recurrent layer's input, output, final states and gradients in f32.
+    layer: LayerBuffers,
     feat: TrackedBuffer,
     logits: TrackedBuffer,
     targets: TrackedBuffer,
@@ -233,13 +225,9 @@ struct Half {
     sw: usize,
 }
 
-/// `--precision f16` (fused): the fused kernels' buffers in f16; the embedding, head and
-/// optimiser stay f32. Per batch the f32 master weights are rounded into `weights` and the
-/// layer input into `x`; `h_n` is widened into the f32 `h_n` the head reads, its gradient
-/// rounded back with the loss scale, and the gradients widened and unscaled.
-struct Fused16 {
-    cfg: RnnConfig,
-    weights: TrackedBuffer,
+/// What a fused plan binds besides the weights, in one precision: the layer input, output
+/// and final states, and their gradients.
+struct LayerBuffers {
     x: TrackedBuffer,
     out: TrackedBuffer,
     hn: TrackedBuffer,
@@ -251,6 +239,41 @@ struct Fused16 {
     gh0: TrackedBuffer,
     gc0: TrackedBuffer,
     gw: TrackedBuffer,
+}
+
+impl LayerBuffers {
+    /// Sized for `n` packed rows, `states` final-state elements and `welems` weights when a
+    /// fused plan binds them (`bound`); otherwise one element each, but for the input and
+    /// the gradients the embedding and the optimiser use, and with `head` the final states
+    /// and their gradient, which the head reads and writes. Zeroed (wgpu clears new buffers).
+    #[allow(clippy::too_many_arguments)]
+    fn new(ctx: &Context, precision: Precision, n: usize, h: usize, states: usize, welems: usize, bound: bool, head: bool) -> Result<Self> {
+        let full = |elems: usize| if bound { elems } else { 1 };
+        let st = |elems: usize| if bound || head { elems } else { 1 };
+        let buf = |label: &str, elems: usize| storage_at(ctx, &format!("{precision} {label}"), elems, precision);
+        Ok(LayerBuffers {
+            x: buf("layer input", n * EMBED)?,
+            out: buf("output", full(n * 2 * h))?,
+            hn: buf("h_n", st(states))?,
+            cn: buf("c_n", full(states))?,
+            zeros: buf("zeros", full((n * 2 * h).max(states)))?,
+            dhn: buf("grad h_n", st(states))?,
+            gi: buf("grad input", n * EMBED)?,
+            gh0: buf("grad h0", full(states))?,
+            gc0: buf("grad c0", full(states))?,
+            gw: buf("grad weights", welems)?,
+        })
+    }
+}
+
+/// `--precision f16` (fused): the fused kernels' buffers in f16; the embedding, head and
+/// optimiser stay f32. Per batch the f32 master weights are rounded into `weights` and the
+/// layer input into `layer.x`; `h_n` is widened into the f32 `h_n` the head reads, its
+/// gradient rounded back with the loss scale, and the gradients widened and unscaled.
+struct Fused16 {
+    cfg: RnnConfig,
+    weights: TrackedBuffer,
+    layer: LayerBuffers,
 }
 
 /// One batch, packed: token ids in packed order and the layout.
@@ -295,26 +318,15 @@ impl Model {
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);
         let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
         let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
-        // The fused path's f32 layer buffers (the f16 path has its own: `Half`).
         let precision = Precision::parse(&a.precision)?;
         let fused = !a.cell_driver;
-        // f32 buffers the plan binds (fused f32 only), and the f32 final states and their
-        // gradient the head reads and writes (fused, either precision).
-        let f = |elems: usize| if fused && precision == Precision::F32 { elems } else { 1 };
-        let fs = |elems: usize| if fused { elems } else { 1 };
+        // The f32 layer buffers: bound by the fused f32 plan; otherwise the input and
+        // gradients the embedding and optimiser use, and (fused f16) the final states the
+        // head reads. The f16 paths have their own (`Fused16`, `Half`).
         let bufs = Buffers {
             xe: storage(ctx, "embedded", n * EMBED)?,
             gie: storage(ctx, "grad embedded", n * EMBED)?,
-            x: storage(ctx, "x", n * EMBED)?,
-            out: storage(ctx, "output", f(n * 2 * h))?,
-            hn: storage(ctx, "h_n", fs(states))?,
-            cn: storage(ctx, "c_n", f(states))?,
-            zeros: upload(ctx, "zeros", &vec![0.0; f((n * 2 * h).max(states))])?,
-            dhn: upload(ctx, "grad h_n", &vec![0.0; fs(states)])?,
-            gi: storage(ctx, "grad input", n * EMBED)?,
-            gh0: storage(ctx, "grad h0", f(states))?,
-            gc0: storage(ctx, "grad c0", f(states))?,
-            gw: storage(ctx, "grad weights", welems)?,
+            layer: LayerBuffers::new(ctx, Precision::F32, n, h, states, welems, fused && precision == Precision::F32, fused)?,
             feat: storage(ctx, "features", b * 2 * h)?,
             logits: storage(ctx, "logits", b)?,
             targets: storage(ctx, "targets", b)?,
@@ -331,7 +343,7 @@ impl Model {
             Some(a.clip),
             &[
                 ParamGroup { params: &table_buf, grads: &table_grad, elems: table.len() },
-                ParamGroup { params: rnn.weights_buffer(), grads: &bufs.gw, elems: welems },
+                ParamGroup { params: rnn.weights_buffer(), grads: &bufs.layer.gw, elems: welems },
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
@@ -342,23 +354,11 @@ impl Model {
         }
         let fused16 = match fused && precision == Precision::F16 {
             false => None,
-            true => {
-                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, precision);
-                Some(Fused16 {
-                    weights: f16("f16 weights", welems)?,
-                    x: f16("f16 input", n * EMBED)?,
-                    out: f16("f16 output", n * 2 * h)?,
-                    hn: f16("f16 h_n", states)?,
-                    cn: f16("f16 c_n", states)?,
-                    zeros: f16("f16 zeros", (n * 2 * h).max(states))?,
-                    dhn: f16("f16 grad h_n", states)?,
-                    gi: f16("f16 input gradients", n * EMBED)?,
-                    gh0: f16("f16 grad h0", states)?,
-                    gc0: f16("f16 grad c0", states)?,
-                    gw: f16("f16 weight gradients", welems)?,
-                    cfg: cfg.clone().with_precision(precision),
-                })
-            }
+            true => Some(Fused16 {
+                weights: storage_at(ctx, "f16 weights", welems, precision)?,
+                layer: LayerBuffers::new(ctx, precision, n, h, states, welems, true, true)?,
+                cfg: cfg.clone().with_precision(precision),
+            }),
         };
         let half = match fused {
             true => None,
@@ -413,7 +413,7 @@ impl Model {
         Ok(())
     }
 
-    /// The embedding lookup into `bufs.x`, with dropout in training (a new mask per batch);
+    /// The embedding lookup into `bufs.layer.x`, with dropout in training (a new mask per batch);
     /// returns the mask's seed when there is one.
     fn embed(&self, pre: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, train: bool) -> Result<Option<u32>> {
         let (bf, rows) = (&self.bufs, batch.index.rows());
@@ -421,23 +421,23 @@ impl Model {
             let seed = self.batches.get();
             self.batches.set(seed.wrapping_add(1));
             pre.embedding_forward(&self.table, idx, &batch.index, EMBED, &bf.xe)?;
-            pre.dropout(&bf.xe, &bf.x, rows * EMBED, self.dropout, seed, None)?;
+            pre.dropout(&bf.xe, &bf.layer.x, rows * EMBED, self.dropout, seed, None)?;
             Ok(Some(seed))
         } else {
-            pre.embedding_forward(&self.table, idx, &batch.index, EMBED, &bf.x)?;
+            pre.embedding_forward(&self.table, idx, &batch.index, EMBED, &bf.layer.x)?;
             Ok(None)
         }
     }
 
-    /// From the layer's input gradient in `bufs.gi`: the dropout's backward (same mask), the
+    /// From the layer's input gradient in `bufs.layer.gi`: the dropout's backward (same mask), the
     /// embedding gradient, and the optimiser step.
     fn embed_backward_and_step(&self, post: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, drop_seed: Option<u32>) -> Result<()> {
         let (bf, rows) = (&self.bufs, batch.index.rows());
         if let Some(seed) = drop_seed {
-            post.dropout(&bf.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
+            post.dropout(&bf.layer.gi, &bf.gie, rows * EMBED, self.dropout, seed, None)?;
             post.embedding_backward(&bf.gie, idx, &batch.index, EMBED, &self.table_grad)?;
         } else {
-            post.embedding_backward(&bf.gi, idx, &batch.index, EMBED, &self.table_grad)?;
+            post.embedding_backward(&bf.layer.gi, idx, &batch.index, EMBED, &self.table_grad)?;
         }
         self.opt.record_step(post)
     }
@@ -472,58 +472,55 @@ impl Model {
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         let mut mid = OpBuilder::new(ctx);
         let mut post = OpBuilder::new(ctx);
+        let lb = &bf.layer;
         if let Some(f) = f16 {
             // The master weights (updated by the last step) and the layer input rounded to f16;
             // h_n widened for the head.
             pre.to_stored(Precision::F16, self.rnn.weights_buffer(), (0, welems), &f.weights, (0, welems), 1, welems, None)?;
-            pre.to_stored(Precision::F16, &bf.x, (0, EMBED), &f.x, (0, EMBED), rows, EMBED, None)?;
-            mid.to_f32(Precision::F16, &f.hn, (0, states), &bf.hn, (0, states), 1, states, None)?;
+            pre.to_stored(Precision::F16, &lb.x, (0, EMBED), &f.layer.x, (0, EMBED), rows, EMBED, None)?;
+            mid.to_f32(Precision::F16, &f.layer.hn, (0, states), &lb.hn, (0, states), 1, states, None)?;
         }
-        mid.blocks_to_rows(&bf.hn, last, 2, b, h, &bf.feat)?;
+        mid.blocks_to_rows(&lb.hn, last, 2, b, h, &bf.feat)?;
         self.head_and_loss(&mut mid, head, b, train)?;
         if train {
-            mid.rows_to_blocks(&bf.dfeat, 2, b, h, &bf.dhn, last)?;
+            mid.rows_to_blocks(&bf.dfeat, 2, b, h, &lb.dhn, last)?;
             if let Some(f) = f16 {
                 // The final h's gradient times the loss scale, rounded; the gradients back,
                 // unscaled (a step with an overflow is skipped).
-                mid.to_stored(Precision::F16, &bf.dhn, (0, states), &f.dhn, (0, states), 1, states, Some(&self.opt))?;
-                post.to_f32(Precision::F16, &f.gw, (0, welems), &bf.gw, (0, welems), 1, welems, Some(&self.opt))?;
-                post.to_f32(Precision::F16, &f.gi, (0, EMBED), &bf.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+                mid.to_stored(Precision::F16, &lb.dhn, (0, states), &f.layer.dhn, (0, states), 1, states, Some(&self.opt))?;
+                post.to_f32(Precision::F16, &f.layer.gw, (0, welems), &lb.gw, (0, welems), 1, welems, Some(&self.opt))?;
+                post.to_f32(Precision::F16, &f.layer.gi, (0, EMBED), &lb.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
             }
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
 
         // The plan's buffers: f32 (the model's), or their f16 copies.
-        let (weights, x, out, hn, cn) = match f16 {
-            Some(f) => (&*f.weights, &*f.x, &*f.out, &*f.hn, &*f.cn),
-            None => (self.rnn.weights_buffer(), &*bf.x, &*bf.out, &*bf.hn, &*bf.cn),
-        };
-        let (zeros, dhn, gi, gh0, gc0, gw) = match f16 {
-            Some(f) => (&*f.zeros, &*f.dhn, &*f.gi, &*f.gh0, &*f.gc0, &*f.gw),
-            None => (&*bf.zeros, &*bf.dhn, &*bf.gi, &*bf.gh0, &*bf.gc0, &*bf.gw),
+        let (weights, p) = match f16 {
+            Some(f) => (&*f.weights, &f.layer),
+            None => (self.rnn.weights_buffer(), lb),
         };
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
-        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: x, output: out, h0: None, c0: None, h_n: hn, c_n: lstm.then_some(cn) })?;
+        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: &p.x, output: &p.out, h0: None, c0: None, h_n: &p.hn, c_n: lstm.then_some(&*p.cn) })?;
         mid.record(&mut enc);
         if train {
             plan.record_backward(
                 &mut enc,
                 &BackwardBuffers {
                     weights,
-                    input: x,
-                    output: out,
+                    input: &p.x,
+                    output: &p.out,
                     h0: None,
                     c0: None,
-                    grad_output: zeros,
-                    grad_h_n: Some(dhn),
-                    grad_c_n: lstm.then_some(zeros),
-                    grad_input: gi,
-                    grad_h0: gh0,
-                    grad_c0: lstm.then_some(gc0),
-                    grad_weights: gw,
+                    grad_output: &p.zeros,
+                    grad_h_n: Some(&p.dhn),
+                    grad_c_n: lstm.then_some(&*p.zeros),
+                    grad_input: &p.gi,
+                    grad_h0: &p.gh0,
+                    grad_c0: lstm.then_some(&*p.gc0),
+                    grad_weights: &p.gw,
                 },
             )?;
             post.record(&mut enc);
@@ -553,7 +550,7 @@ impl Model {
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
         // The master weights (updated by the last step) rounded into the f16 copy.
         pre.to_stored(f16, self.rnn.weights_buffer(), (0, welems), &hf.weights, (0, welems), 1, welems, None)?;
-        pre.to_stored(f16, &bf.x, (0, EMBED), &hf.x, (0, EMBED), rows, EMBED, None)?;
+        pre.to_stored(f16, &bf.layer.x, (0, EMBED), &hf.x, (0, EMBED), rows, EMBED, None)?;
         let mut mid = OpBuilder::new(ctx);
         for d in 0..2 {
             mid.to_f32(f16, &hf.states, ((last + d) * b * sw, sw), &bf.feat, (d * h, 2 * h), b, h, None)?;
@@ -565,8 +562,8 @@ impl Model {
             for d in 0..2 {
                 mid.to_stored(f16, &bf.dfeat, (d * h, 2 * h), &hf.gstates, ((last + d) * b * sw, sw), b, h, Some(&self.opt))?;
             }
-            post.to_f32(f16, &hf.gw, (0, welems), &bf.gw, (0, welems), 1, welems, Some(&self.opt))?;
-            post.to_f32(f16, &hf.gi, (0, EMBED), &bf.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+            post.to_f32(f16, &hf.gw, (0, welems), &bf.layer.gw, (0, welems), 1, welems, Some(&self.opt))?;
+            post.to_f32(f16, &hf.gi, (0, EMBED), &bf.layer.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);

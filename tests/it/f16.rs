@@ -99,7 +99,7 @@ fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tole
 fn gpu_f16_matches_the_cpu_f16_storage_twin() {
     use crate::common::{assert_close, rng};
     use wgpu_rnn::cpu::generic;
-    use wgpu_rnn::{PackedSequence, Weights};
+    use wgpu_rnn::Weights;
     let Some(ctx) = vulkan() else { return };
     let mut g = rng(33);
     for &mode in Mode::REGISTRY.iter().filter(|m| m.f16_refused().is_none()) {
@@ -109,12 +109,8 @@ fn gpu_f16_matches_the_cpu_f16_storage_twin() {
         }
         let cfg = cfg.with_precision(Precision::F16);
         let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
-        let lengths = [5usize, 7, 2, 7, 4];
-        let (t, b) = (7, lengths.len());
-        let x = PackedSequence::from_padded(&uniform32(&mut g, t * b * cfg.input_size, 1.0), [t, b, cfg.input_size], false, &lengths).unwrap();
+        let (x, s0, gs) = random_problem(&mut g, &cfg);
         let states = cfg.states();
-        let s0: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
-        let gs: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
         let opts = |v: &[Vec<f32>]| v.iter().map(|x| Some(x.clone())).collect::<Vec<_>>();
         let (s0o, gso) = (opts(&s0), opts(&gs));
         let s0r: Vec<Option<&[f32]>> = s0o.iter().map(|o| o.as_deref()).collect();
@@ -170,6 +166,19 @@ fn gpu_f16_matches_the_cpu_f16_storage_twin() {
 
 fn uniform32(g: &mut impl rand::Rng, n: usize, scale: f64) -> Vec<f32> {
     crate::common::uniform(g, n, scale).iter().map(|&x| x as f32).collect()
+}
+
+/// A random packed batch for `cfg` (lengths 5, 7, 2, 7, 4 over 7 steps, input in [-1, 1]),
+/// an initial state per state of the cell (in [-0.5, 0.5]) and a final-state gradient per
+/// state (in [-1, 1]), each `[L*D, B, width]`.
+fn random_problem(g: &mut impl rand::Rng, cfg: &RnnConfig) -> (wgpu_rnn::PackedSequence<f32>, Vec<Vec<f32>>, Vec<Vec<f32>>) {
+    let lengths = [5usize, 7, 2, 7, 4];
+    let (t, b) = (7, lengths.len());
+    let x = wgpu_rnn::PackedSequence::from_padded(&uniform32(g, t * b * cfg.input_size, 1.0), [t, b, cfg.input_size], false, &lengths).unwrap();
+    let states = cfg.states();
+    let s0 = states.iter().map(|s| uniform32(g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
+    let gs = states.iter().map(|s| uniform32(g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
+    (x, s0, gs)
 }
 
 #[test]
@@ -384,7 +393,7 @@ fn fused_f16_matches_the_cpu_twin_with_every_step_strategy() {
     use crate::gpu::engine_run;
     use wgpu_rnn::cpu::generic;
     use wgpu_rnn::gpu::StepStrategy;
-    use wgpu_rnn::{PackedSequence, Weights};
+    use wgpu_rnn::Weights;
     let Some(ctx) = vulkan() else { return };
     let mut g = rng(71);
     let configs = [
@@ -402,12 +411,7 @@ fn fused_f16_matches_the_cpu_twin_with_every_step_strategy() {
         let cfg = cfg32.clone().with_precision(Precision::F16);
         let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
         let w32 = Weights::<f32> { config: cfg32.clone(), ..w.clone() };
-        let lengths = [5usize, 7, 2, 7, 4];
-        let (t, b) = (7, lengths.len());
-        let x = PackedSequence::from_padded(&uniform32(&mut g, t * b * cfg.input_size, 1.0), [t, b, cfg.input_size], false, &lengths).unwrap();
-        let states = cfg.states();
-        let s0: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 0.5)).collect();
-        let gs: Vec<Vec<f32>> = states.iter().map(|s| uniform32(&mut g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
+        let (x, s0, gs) = random_problem(&mut g, &cfg);
         let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
         let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
         let (c_out, c_tape) = generic::forward(&w, &x, &s0r, Pass::Training).unwrap();
