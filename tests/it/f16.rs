@@ -374,6 +374,11 @@ fn weights_save_as_f16_and_reach_an_f16_plan_unchanged() {
     let (a, _) = wgpu_rnn::gpu::generic::forward(ctx, &w, &x, &[], Pass::Inference).unwrap();
     let (b, _) = wgpu_rnn::gpu::generic::forward(ctx, &back, &x, &[], Pass::Inference).unwrap();
     assert_eq!(a.output.data, b.output.data);
+    // And through the fused kernels.
+    let fused = |w: &Weights<f32>| wgpu_rnn::gpu::GpuRnn::new(ctx, w).unwrap().forward(&x, None, None, Pass::Inference).unwrap().0;
+    let (a, b) = (fused(&w), fused(&back));
+    assert_eq!(a.output.data, b.output.data);
+    assert_eq!(a.h_n.data, b.h_n.data);
 }
 
 /// The spacing of f16 values at `h` (positive, normal range).
