@@ -56,8 +56,14 @@ impl Metrics {
 
 /// The model's current weights, read back from the device.
 pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
-    let flat = read_f32(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(rnn.config()).1)?;
-    Weights::<f32>::from_flat(rnn.config(), &flat)
+    // In the model's storage precision (the examples keep f32 master weights; an f16 model's
+    // buffer holds f16).
+    let c = rnn.config();
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let mut rb = wgpu_rnn::gpu::Readback::new();
+    rb.copy_stored(ctx, &mut enc, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(c).1, c.precision)?;
+    let flat = rb.submit_and_read(ctx, enc)?.pop().ok_or_else(|| Error::Gpu("the weights were not read back".into()))?;
+    Weights::<f32>::from_flat(c, &flat)
 }
 
 /// PyTorch's LSTM forget-gate bias trick: 1 in total, split between b_ih and b_hh.
