@@ -6,7 +6,7 @@ pub mod plot;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use wgpu_rnn::gpu::train::{read_f32, METRIC_FLOATS};
+use wgpu_rnn::gpu::train::{read_f32, read_stored, METRIC_FLOATS};
 use wgpu_rnn::gpu::{upload, Context, GpuRnn, TrackedBuffer};
 use wgpu_rnn::{Error, Result, Weights};
 
@@ -59,10 +59,7 @@ pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
     // In the model's storage precision (the examples keep f32 master weights; an f16 model's
     // buffer holds f16).
     let c = rnn.config();
-    let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let mut rb = wgpu_rnn::gpu::Readback::new();
-    rb.copy_stored(ctx, &mut enc, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(c).1, c.precision)?;
-    let flat = rb.submit_and_read(ctx, enc)?.pop().ok_or_else(|| Error::Gpu("the weights were not read back".into()))?;
+    let flat = read_stored(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(c).1, c.precision)?;
     Weights::<f32>::from_flat(c, &flat)
 }
 

@@ -505,7 +505,7 @@ impl OpBuilder {
     pub fn run(self, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
         let ctx = self.ctx.clone();
         let prog = self.build()?;
-        submit_and_read(&ctx, Some(&prog), reads)
+        submit_and_read(&ctx, Some(&prog), reads, Precision::F32)
     }
 }
 
@@ -725,7 +725,7 @@ impl Optimizer {
     pub fn export(&self, ctx: &Context) -> Result<Vec<Vec<f32>>> {
         let mut reads = vec![(&*self.state, OPT_HEADER + self.groups.len())];
         reads.extend(self.groups.iter().map(|(_, _, _, m)| (&**m, (m.size() / 4) as usize)));
-        submit_and_read(ctx, None, &reads)
+        submit_and_read(ctx, None, &reads, Precision::F32)
     }
 
     /// Restores what [`Optimizer::export`] returned (same groups and kind, else a typed error).
@@ -759,12 +759,19 @@ impl Optimizer {
 
 /// Reads `n` floats from the start of `buf` (one submit and wait): metric blocks, losses.
 pub fn read_f32(ctx: &Context, buf: &wgpu::Buffer, n: usize) -> Result<Vec<f32>> {
-    submit_and_read(ctx, None, &[(buf, n)])?.pop().ok_or_else(|| Error::Gpu("readback returned nothing".into()))
+    read_stored(ctx, buf, n, Precision::F32)
 }
 
-/// One encoder: `prog` (if any), then copies of the first `elems` floats of each buffer in
-/// `reads`; one submit and wait; their contents in order.
-fn submit_and_read(ctx: &Context, prog: Option<&Program>, reads: &[(&wgpu::Buffer, usize)]) -> Result<Vec<Vec<f32>>> {
+/// [`read_f32`] of `n` values stored in `precision`, widened to f32: e.g. the weights of a
+/// model stored in f16.
+pub fn read_stored(ctx: &Context, buf: &wgpu::Buffer, n: usize, precision: Precision) -> Result<Vec<f32>> {
+    submit_and_read(ctx, None, &[(buf, n)], precision)?.pop().ok_or_else(|| Error::Gpu("readback returned nothing".into()))
+}
+
+/// One encoder: `prog` (if any), then copies of the first `elems` values (stored in
+/// `precision`) of each buffer in `reads`; one submit and wait; their contents in order,
+/// widened to f32.
+fn submit_and_read(ctx: &Context, prog: Option<&Program>, reads: &[(&wgpu::Buffer, usize)], precision: Precision) -> Result<Vec<Vec<f32>>> {
     let _serial = ctx.exclusive();
     ctx.check_alive()?;
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("training kit") });
@@ -773,7 +780,7 @@ fn submit_and_read(ctx: &Context, prog: Option<&Program>, reads: &[(&wgpu::Buffe
     }
     let mut rb = super::readback::Readback::new();
     for (b, n) in reads {
-        rb.copy(ctx, &mut enc, b, *n)?;
+        rb.copy_stored(ctx, &mut enc, b, *n, precision)?;
     }
     rb.submit_and_read(ctx, enc)
 }
