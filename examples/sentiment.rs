@@ -413,6 +413,23 @@ impl Model {
         Ok(())
     }
 
+    /// The inputs of a layer stored in `prec` (the f16 paths): the master weights (updated by
+    /// the last step) and the layer input (`bufs.layer.x`, `rows` rows) rounded into the
+    /// layer's copies `weights` and `x`.
+    fn cast_in(&self, pre: &mut OpBuilder, prec: Precision, weights: &wgpu::Buffer, x: &wgpu::Buffer, welems: usize, rows: usize) -> Result<()> {
+        pre.to_stored(prec, self.rnn.weights_buffer(), (0, welems), weights, (0, welems), 1, welems, None)?;
+        pre.to_stored(prec, &self.bufs.layer.x, (0, EMBED), x, (0, EMBED), rows, EMBED, None)
+    }
+
+    /// The gradients of a layer stored in `prec` (the f16 paths): its weight and input
+    /// gradients `gw`, `gi` widened into `bufs.layer` and divided by the loss scale (a step
+    /// with an overflow is skipped).
+    fn cast_out(&self, post: &mut OpBuilder, prec: Precision, gw: &wgpu::Buffer, gi: &wgpu::Buffer, welems: usize, rows: usize) -> Result<()> {
+        let lb = &self.bufs.layer;
+        post.to_f32(prec, gw, (0, welems), &lb.gw, (0, welems), 1, welems, Some(&self.opt))?;
+        post.to_f32(prec, gi, (0, EMBED), &lb.gi, (0, EMBED), rows, EMBED, Some(&self.opt))
+    }
+
     /// The embedding lookup into `bufs.layer.x`, with dropout in training (a new mask per batch);
     /// returns the mask's seed when there is one.
     fn embed(&self, pre: &mut OpBuilder, idx: &wgpu::Buffer, batch: &Batch, train: bool) -> Result<Option<u32>> {
@@ -474,10 +491,8 @@ impl Model {
         let mut post = OpBuilder::new(ctx);
         let lb = &bf.layer;
         if let Some(f) = f16 {
-            // The master weights (updated by the last step) and the layer input rounded to f16;
-            // h_n widened for the head.
-            pre.to_stored(Precision::F16, self.rnn.weights_buffer(), (0, welems), &f.weights, (0, welems), 1, welems, None)?;
-            pre.to_stored(Precision::F16, &lb.x, (0, EMBED), &f.layer.x, (0, EMBED), rows, EMBED, None)?;
+            // The layer's f16 inputs; h_n widened for the head.
+            self.cast_in(&mut pre, Precision::F16, &f.weights, &f.layer.x, welems, rows)?;
             mid.to_f32(Precision::F16, &f.layer.hn, (0, states), &lb.hn, (0, states), 1, states, None)?;
         }
         mid.blocks_to_rows(&lb.hn, last, 2, b, h, &bf.feat)?;
@@ -485,11 +500,9 @@ impl Model {
         if train {
             mid.rows_to_blocks(&bf.dfeat, 2, b, h, &lb.dhn, last)?;
             if let Some(f) = f16 {
-                // The final h's gradient times the loss scale, rounded; the gradients back,
-                // unscaled (a step with an overflow is skipped).
+                // The final h's gradient times the loss scale, rounded; the gradients back.
                 mid.to_stored(Precision::F16, &lb.dhn, (0, states), &f.layer.dhn, (0, states), 1, states, Some(&self.opt))?;
-                post.to_f32(Precision::F16, &f.layer.gw, (0, welems), &lb.gw, (0, welems), 1, welems, Some(&self.opt))?;
-                post.to_f32(Precision::F16, &f.layer.gi, (0, EMBED), &lb.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+                self.cast_out(&mut post, Precision::F16, &f.layer.gw, &f.layer.gi, welems, rows)?;
             }
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
@@ -548,9 +561,7 @@ impl Model {
         let welems = wgpu_rnn::gpu::generic::weight_elems(c);
         let mut pre = OpBuilder::new(ctx);
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
-        // The master weights (updated by the last step) rounded into the f16 copy.
-        pre.to_stored(f16, self.rnn.weights_buffer(), (0, welems), &hf.weights, (0, welems), 1, welems, None)?;
-        pre.to_stored(f16, &bf.layer.x, (0, EMBED), &hf.x, (0, EMBED), rows, EMBED, None)?;
+        self.cast_in(&mut pre, f16, &hf.weights, &hf.x, welems, rows)?;
         let mut mid = OpBuilder::new(ctx);
         for d in 0..2 {
             mid.to_f32(f16, &hf.states, ((last + d) * b * sw, sw), &bf.feat, (d * h, 2 * h), b, h, None)?;
@@ -562,8 +573,7 @@ impl Model {
             for d in 0..2 {
                 mid.to_stored(f16, &bf.dfeat, (d * h, 2 * h), &hf.gstates, ((last + d) * b * sw, sw), b, h, Some(&self.opt))?;
             }
-            post.to_f32(f16, &hf.gw, (0, welems), &bf.layer.gw, (0, welems), 1, welems, Some(&self.opt))?;
-            post.to_f32(f16, &hf.gi, (0, EMBED), &bf.layer.gi, (0, EMBED), rows, EMBED, Some(&self.opt))?;
+            self.cast_out(&mut post, f16, &hf.gw, &hf.gi, welems, rows)?;
             self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
         }
         let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);

@@ -215,9 +215,14 @@ impl<T: Float> Case<T> {
     /// Runs the case on the CPU through [`cpu::generic`] with its values stored in
     /// `precision` (f16: the twin of the GPU's f16 storage, rounding where the GPU stores).
     pub fn run_cpu_at(&self, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
+        self.stored_in(precision).run_cpu_generic(backward)
+    }
+
+    /// The same case with its values stored in `precision` (the `*_at` runs).
+    fn stored_in(&self, precision: crate::precision::Precision) -> Self {
         let mut case = self.clone();
         case.weights.config.precision = precision;
-        case.run_cpu_generic(backward)
+        case
     }
 
     /// `grad_output` packed like the output (zeros when the case has none).
@@ -376,17 +381,13 @@ impl Case<f32> {
     /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
     /// cells through the fused kernels, the others through the cell driver.
     pub fn run_gpu_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
-        let mut case = self.clone();
-        case.weights.config.precision = precision;
-        case.run_gpu(ctx, backward)
+        self.stored_in(precision).run_gpu(ctx, backward)
     }
 
     /// [`Case::run_gpu_generic`] (the cell driver, every cell) with the case's values stored
     /// in `precision`.
     pub fn run_gpu_generic_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
-        let mut case = self.clone();
-        case.weights.config.precision = precision;
-        case.run_gpu_generic(ctx, backward)
+        self.stored_in(precision).run_gpu_generic(ctx, backward)
     }
 
     /// Runs the case through the engine API without blocking: PyTorch's four cells, in the
