@@ -50,12 +50,12 @@ fn cpu_layer(c: &mut Criterion) {
         let go = vec![0.01f32; x.rows() * cfg.output_size()];
         let name = format!("{mode} T{t} B{b} I{i} H{h}");
         g.bench_function(BenchmarkId::new("forward", &name), |bench| {
-            bench.iter(|| black_box(cpu::forward(&w, &x, None, None, Pass::Inference).unwrap()))
+            bench.iter(|| black_box(cpu::forward(&w, &x, &[], Pass::Inference).unwrap()))
         });
         g.bench_function(BenchmarkId::new("training", &name), |bench| {
             bench.iter(|| {
-                let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
-                black_box(cpu::backward(&w, &tape.unwrap(), &go, None, None).unwrap())
+                let (_, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+                black_box(cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap())
             })
         });
     }

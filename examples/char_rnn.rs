@@ -385,9 +385,9 @@ fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize
     while produced < n {
         let id = if feed.is_empty() { last } else { feed.remove(0) };
         let x = PackedSequence::from_padded(&table[id * e..(id + 1) * e], [1, 1, e], false, &[1])?;
-        let (o, _) = wgpu_rnn::cpu::forward(&w, &x, Some(&hs), Some(&cs), Pass::Inference)?;
-        hs = o.h_n.data;
-        cs = o.c_n.map(|t| t.data).unwrap_or_default();
+        let (o, _) = wgpu_rnn::cpu::forward(&w, &x, &[Some(&hs), Some(&cs)], Pass::Inference)?;
+        hs.copy_from_slice(&o.states[0].data);
+        cs.copy_from_slice(&o.states[1].data);
         if !feed.is_empty() {
             continue;
         }

@@ -9,6 +9,8 @@
 //! 2 layers, bidirectional) and its input; the mode and sizes come from the file's metadata
 //! (or from the tensor shapes, given the mode, when a file has none).
 
+use wgpu_rnn::case::tolerance::{FORWARD_ATOL, FORWARD_RTOL};
+use wgpu_rnn::case::worst_ratio;
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::gpu::{Context, GpuRnn};
 use wgpu_rnn::io::TensorFile;
@@ -37,12 +39,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("adapter: {}", ctx.describe());
     let rnn = GpuRnn::new(&ctx, &w)?;
     let (gpu, _) = rnn.forward(&x, None, None, Pass::Inference)?;
-    let (cpu, _) = cpu::forward(&w, &x, None, None, Pass::Inference)?;
-    let diff = gpu.h_n.data.iter().zip(&cpu.h_n.data).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
-    println!("h_n [L*D, B, H_out] = {:?}", gpu.h_n.shape);
-    for (s, row) in gpu.h_n.data.chunks(cfg.out_size()).take(4).enumerate() {
-        println!("  state {s}: {:?}", &row[..row.len().min(4)]);
+    let (cpu, _) = cpu::forward(&w, &x, &[], Pass::Inference)?;
+    // GPU against CPU within the golden forward tolerances (f32 on both; named constants),
+    // NaN-aware: the run fails otherwise.
+    let mut worst = worst_ratio(&gpu.output.data, &cpu.output.data, FORWARD_ATOL, FORWARD_RTOL);
+    for (name, (g, c)) in cfg.states().iter().zip(gpu.states.iter().zip(&cpu.states)) {
+        let r = worst_ratio(&g.data, &c.data, FORWARD_ATOL, FORWARD_RTOL);
+        println!("{}_n {:?}: worst |GPU - CPU| {r:.3} of the tolerance", name.name, g.shape);
+        worst = worst.max(r);
     }
-    println!("largest |GPU - CPU| in h_n: {diff:.2e}");
+    let h_n = &gpu.states[0];
+    for (s, row) in h_n.data.chunks(h_n.shape[2]).take(4).enumerate() {
+        println!("  h_n, state {s}: {:?}", &row[..row.len().min(4)]);
+    }
+    println!("output and states: worst |GPU - CPU| {worst:.3} of the golden forward tolerance");
+    if !(worst <= 1.0) || gpu.states.len() != cpu.states.len() {
+        return Err("GPU and CPU disagree".into());
+    }
     Ok(())
 }

@@ -277,19 +277,10 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
     let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
     let go = data(x.rows() * cfg.output_size(), 2);
     let adapter = format!("CPU ({})", cpu_threads());
-    if !cfg.mode.fused() {
-        // The driver generic over the cell.
-        let fwd = time_ms(timing, || cpu::generic::forward(&w, &x, &[], Pass::Inference).map(|_| ()))?;
-        let train = time_ms(timing, || {
-            let (_, tape) = cpu::generic::forward(&w, &x, &[], Pass::Training)?;
-            cpu::generic::backward(&w, &tape.expect("training tape"), &go, &[]).map(|_| ())
-        })?;
-        return Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)]);
-    }
-    let fwd = time_ms(timing, || cpu::forward(&w, &x, None, None, Pass::Inference).map(|_| ()))?;
+    let fwd = time_ms(timing, || cpu::forward(&w, &x, &[], Pass::Inference).map(|_| ()))?;
     let train = time_ms(timing, || {
-        let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training)?;
-        cpu::backward(&w, &tape.expect("training tape"), &go, None, None).map(|_| ())
+        let (_, tape) = cpu::forward(&w, &x, &[], Pass::Training)?;
+        cpu::backward(&w, &tape.expect("training tape"), &go, &[]).map(|_| ())
     })?;
     Ok(vec![record(c, "cpu", "forward", fwd, &adapter), record(c, "cpu", "training", train, &adapter)])
 }

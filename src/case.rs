@@ -173,49 +173,28 @@ impl<T: Float> Case<T> {
         self.grad_states_n.get(i).and_then(|s| s.as_deref())
     }
 
-    /// Runs the case on the CPU reference: forward, and backward when `backward` is set.
-    /// PyTorch's four cells take the tuned driver (`cpu::forward`), the others
-    /// [`cpu::generic`].
+    /// Runs the case on the CPU engine ([`cpu::forward`]): forward, and backward when
+    /// `backward` is set.
     pub fn run_cpu(&self, backward: bool) -> Result<CaseResult> {
-        if !self.config().mode.fused() {
-            return self.run_cpu_generic(backward);
-        }
-        let packed = self.packed_input()?;
-        let pass = if backward { Pass::Training } else { Pass::Inference };
-        let (fwd, tape) = cpu::forward(&self.weights, &packed, self.state0(0), self.state0(1), pass)?;
-        let grads = match (backward, tape) {
-            (true, Some(tape)) => {
-                let go = self.packed_grad_output()?;
-                Some(cpu::backward(&self.weights, &tape, &go, self.grad_state_n(0), self.grad_state_n(1))?)
-            }
-            _ => None,
-        };
-        self.result_torch(fwd, grads)
-    }
-
-    /// Runs the case on the CPU through the driver generic over the cell ([`cpu::generic`]),
-    /// whatever the cell.
-    pub fn run_cpu_generic(&self, backward: bool) -> Result<CaseResult> {
         let packed = self.packed_input()?;
         let pass = if backward { Pass::Training } else { Pass::Inference };
         let s0: Vec<Option<&[T]>> = self.states0.iter().map(|s| s.as_deref()).collect();
-        let (fwd, tape) = cpu::generic::forward(&self.weights, &packed, &s0, pass)?;
+        let (fwd, tape) = cpu::forward(&self.weights, &packed, &s0, pass)?;
         let grads = match (backward, tape) {
             (true, Some(tape)) => {
                 let go = self.packed_grad_output()?;
                 let gs: Vec<Option<&[T]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
-                let g = cpu::generic::backward(&self.weights, &tape, &go, &gs)?;
-                Some((g.input, g.states, g.params))
+                Some(cpu::backward(&self.weights, &tape, &go, &gs)?)
             }
             _ => None,
         };
-        self.result(&fwd.output, fwd.states, grads)
+        self.result_of(fwd, grads)
     }
 
-    /// Runs the case on the CPU through [`cpu::generic`] with its values stored in
-    /// `precision` (f16: the twin of the GPU's f16 storage, rounding where the GPU stores).
+    /// Runs the case on the CPU engine with its values stored in `precision` (f16: the twin
+    /// of the GPU's f16 storage, rounding where the GPU stores).
     pub fn run_cpu_at(&self, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
-        self.stored_in(precision).run_cpu_generic(backward)
+        self.stored_in(precision).run_cpu(backward)
     }
 
     /// The same case with its values stored in `precision` (the `*_at` runs).
@@ -237,16 +216,9 @@ impl<T: Float> Case<T> {
         Ok(PackedSequence::from_padded(&padded, shape, false, &self.lengths)?.data)
     }
 
-    /// [`Case::result`] for the h/c outputs of the tuned drivers and the GPU.
-    pub fn result_torch(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
-        let mut states = vec![fwd.h_n];
-        states.extend(fwd.c_n);
-        let grads = grads.map(|g| {
-            let mut s = vec![g.h0];
-            s.extend(g.c0);
-            (g.input, s, g.params)
-        });
-        self.result(&fwd.output, states, grads)
+    /// [`Case::result`] of a forward's output and, after a backward, its gradients.
+    pub fn result_of(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
+        self.result(&fwd.output, fwd.states, grads.map(|g| (g.input, g.states, g.params)))
     }
 
     /// Turns forward outputs and gradients into the golden names (`output`, `{s}_n`,
@@ -278,6 +250,23 @@ impl<T: Float> Case<T> {
         }
         Ok(out)
     }
+}
+
+/// The largest `|got - want| / (atol + rtol * |want|)` over two equally long slices: 1 or less
+/// is within tolerance. A NaN in either, or slices of different lengths, gives infinity
+/// (never skipped, as a plain `max` would skip a NaN).
+pub fn worst_ratio(got: &[f32], want: &[f32], atol: f64, rtol: f64) -> f64 {
+    if got.len() != want.len() {
+        return f64::INFINITY;
+    }
+    got.iter().zip(want).fold(0.0, |worst: f64, (&g, &w)| {
+        let r = (g as f64 - w as f64).abs() / (atol + rtol * (w as f64).abs());
+        if r.is_nan() {
+            f64::INFINITY
+        } else {
+            worst.max(r)
+        }
+    })
 }
 
 /// One tensor's comparison against the expected values.
@@ -369,12 +358,11 @@ impl Case<f32> {
             (true, Some(tape)) => {
                 let go = self.packed_grad_output()?;
                 let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
-                let g = crate::gpu::generic::backward(&self.weights, &tape, &go, &gs)?;
-                Some((g.input, g.states, g.params))
+                Some(crate::gpu::generic::backward(&self.weights, &tape, &go, &gs)?)
             }
             _ => None,
         };
-        self.result(&fwd.output, fwd.states, grads)
+        self.result_of(fwd, grads)
     }
 
     /// [`Case::run_gpu`] with the case's values stored in `precision`
@@ -500,6 +488,6 @@ impl Case<f32> {
             }
             _ => None,
         };
-        self.result_torch(fwd, grads)
+        self.result_of(fwd, grads)
     }
 }

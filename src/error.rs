@@ -10,8 +10,8 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
 
-    /// The mode string is not one of `RNN_TANH`, `RNN_RELU`, `LSTM`, `GRU`.
-    #[error("unknown mode {0:?}: expected RNN_TANH, RNN_RELU, LSTM or GRU")]
+    /// The mode string names no registered cell ([`crate::Mode::REGISTRY`]).
+    #[error("unknown mode {0:?}: expected one of {names} (or RNN, TANH, RELU)", names = crate::cells::Mode::names())]
     UnknownMode(String),
 
     /// A tensor has the wrong shape.

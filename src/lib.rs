@@ -1,25 +1,32 @@
 //! # wgpu-rnn
 //!
-//! Fused recurrent-network kernels (vanilla RNN with tanh or ReLU, LSTM with optional
-//! projection, GRU), forward and backward through time, with PyTorch's semantics exactly,
-//! and a CPU reference that every GPU result is tested against.
+//! Fused recurrent-network kernels, forward and backward through time, with PyTorch's
+//! semantics exactly, and a CPU engine that every GPU result is tested against. The cells
+//! ([`Mode`], one module each in [`cells`]): PyTorch's RNN (tanh, ReLU), LSTM (with optional
+//! projection) and GRU, and LSTM with peepholes, coupled-gate LSTM (CIFG), GRU with the reset
+//! before the product, layer-normalised LSTM, IndRNN, SRU, MUT1, Jordan and SCRN.
 //!
 //! ## Layouts (row-major everywhere)
 //! - Padded input `x: [T, B, I]` (or `[B, T, I]` batch-first) with `lengths: [B]` in any order;
 //!   packed input `PackedSequence { data: [N, I], batch_sizes: [T], sorted_indices,
 //!   unsorted_indices }` as `torch.nn.utils.rnn.pack_padded_sequence` builds it.
 //! - Output `[N, D*H_out]` packed (padded `[T, B, D*H_out]`), forward direction's columns first.
-//! - States `h0, h_n: [L*D, B, H_out]`, `c0, c_n: [L*D, B, H]`, index `layer*D + direction`,
-//!   in the caller's batch order. `H_out = proj_size` when projecting, else `hidden_size`.
+//! - States named and sized by the cell ([`RnnConfig::states`]): `[L*D, B, S]` each, index
+//!   `layer*D + direction`, in the caller's batch order. PyTorch's cells: `h: [L*D, B, H_out]`,
+//!   LSTM's `c: [L*D, B, H]`; `H_out = proj_size` when projecting, else `hidden_size`.
 //! - Parameters under PyTorch's names: `weight_ih_l{k}[_reverse]: [G*H, in_k]`,
 //!   `weight_hh_l{k}: [G*H, H_out]`, `bias_ih_l{k}`, `bias_hh_l{k}: [G*H]`,
-//!   `weight_hr_l{k}: [P, H]`. Gate order: LSTM i, f, g, o; GRU r, z, n (G = 4, 3, 1).
+//!   `weight_hr_l{k}: [P, H]`. Gate order: LSTM i, f, g, o; GRU r, z, n (G = 4, 3, 1). The
+//!   other cells' names and shapes: `tests/golden-variants/README.md`.
 //! - GRU keeps `b_hn` inside the reset product: `n = tanh(W_in x + b_in + r*(W_hn h + b_hn))`.
 //!
 //! ## Modules
-//! - [`config`]: the model description and parameter names; [`weights`]: load/save/init;
-//! - [`packing`]: packed sequences; [`cpu`]: the reference forward and backward;
-//! - [`case`]: the golden case format; [`io`]: safetensors.
+//! - [`cells`]: the cells and their registry; [`config`]: the model description and
+//!   parameter names; [`weights`]: load/save/init;
+//! - [`packing`]: packed sequences; [`cpu`]: the CPU engine (forward and backward of every
+//!   cell); [`gpu`]: the GPU engine API and convenience types; [`precision`], [`masks`]:
+//!   f16 storage and the regularisers' masks;
+//! - [`case`]: the golden case format; [`io`]: safetensors; [`bench`]: `wgpu-rnn bench`.
 
 #![warn(missing_docs)]
 

@@ -44,24 +44,24 @@ fn run_small(w: &Weights<f32>) {
     let x: Vec<f32> = (0..t * b * i).map(|k| ((k as f32) * 0.37).sin()).collect();
     let packed = PackedSequence::from_padded(&x, [t, b, i], false, &LENGTHS).expect("a valid tiny batch packs");
     let n = packed.rows();
-    let res = cpu::forward(w, &packed, None, None, Pass::Training);
+    let res = cpu::forward(w, &packed, &[], Pass::Training);
     let Ok((fwd, tape)) = res else { return };
     assert_eq!(fwd.output.data.len(), n * out, "output rows x width");
     assert_eq!(fwd.h_n.shape, cfg.h_shape(b));
     assert_eq!(fwd.c_n.as_ref().map(|c| c.shape.clone()), cfg.has_cell_state().then(|| cfg.c_shape(b)));
     let tape = tape.expect("training forward keeps a tape");
     let go = vec![1.0f32; n * out];
-    if let Ok(g) = cpu::backward(w, &tape, &go, None, None) {
+    if let Ok(g) = cpu::backward(w, &tape, &go, &[]) {
         assert_eq!(g.input.data.len(), n * i, "input gradient rows x width");
         assert_eq!(g.params.num_scalars(), w.num_scalars(), "one gradient per parameter");
     }
     // A wrong-length grad_output is a typed error.
-    assert!(cpu::backward(w, &tape, &go[1..], None, None).is_err(), "short grad_output accepted");
+    assert!(cpu::backward(w, &tape, &go[1..], &[]).is_err(), "short grad_output accepted");
     // f64 inference on the same weights.
     let w64 = w.cast::<f64>();
     let x64: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     let p64 = PackedSequence::from_padded(&x64, [t, b, i], false, &LENGTHS).expect("packs");
-    let _ = cpu::forward(&w64, &p64, None, None, Pass::Inference);
+    let _ = cpu::forward(&w64, &p64, &[], Pass::Inference);
 }
 
 fuzz_target!(|data: &[u8]| {

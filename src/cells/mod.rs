@@ -12,8 +12,8 @@
 //!   pointwise function for stage k;
 //! - [`Cell::forward`] / [`Cell::backward`]: the pointwise step of one row for one stage.
 //!
-//! The time-loop drivers (`cpu::generic`) are generic over `C: Cell` and never ask which cell
-//! they run. Adding a cell: one module here, one line in `registry!` (see ARCHITECTURE.md).
+//! The time-loop drivers (the CPU engine, `cpu::forward`) are generic over `C: Cell` and never
+//! ask which cell they run. Adding a cell: one module here, one line in `registry!` (see ARCHITECTURE.md).
 
 use crate::error::{Error, Result};
 use crate::float::Float;
@@ -229,7 +229,7 @@ pub struct FwdRow<'a, T> {
 pub struct BwdRow<'a, T> {
     /// The layer input row `[in]`.
     pub x: &'a [T],
-    /// `W_x x + b_x` `[Gx]`.
+    /// `W_x x + b_x` `[Gx]` for cells with [`Cell::BACKWARD_READS_XP`], else empty.
     pub xp: &'a [T],
     /// The pointwise parameters.
     pub e: &'a [T],
@@ -277,6 +277,9 @@ pub trait Cell: 'static {
     /// whose results move beyond the f16 tolerances when only its weights are rounded to f16
     /// cannot be run that way honestly (`RnnConfig::validate` refuses it).
     const F16_REFUSED: Option<&'static str> = None;
+    /// Whether the pointwise backward reads `BwdRow::xp` (the CPU's training tape then keeps
+    /// the input projection; otherwise `BwdRow::xp` is empty).
+    const BACKWARD_READS_XP: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
     /// (entry points `cell_forward` and `cell_backward`); see `cell_wgsl!`.
     const WGSL: &'static str;
@@ -397,10 +400,10 @@ impl Mode {
     /// ([`Mode::fused`]; a test keeps the two in step).
     pub const FUSED: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
 
-    /// Whether the tuned, fused drivers run this cell (`cpu::forward`, `gpu::Plan` and the
-    /// step kernels of `shaders/step_*.wgsl`: PyTorch's four, those with a
-    /// [`Mode::fused_step`]). Every cell runs through the drivers generic over the cell
-    /// (`cpu::generic`, `gpu::generic`).
+    /// Whether the GPU's fused drivers run this cell (`gpu::Plan` and the step kernels of
+    /// `shaders/step_*.wgsl`: PyTorch's four, those with a [`Mode::fused_step`]). Every cell
+    /// runs through the CPU engine (`cpu::forward`) and the GPU's cell driver
+    /// (`gpu::generic`).
     pub fn fused(self) -> bool {
         self.fused_step().is_some()
     }
@@ -419,6 +422,11 @@ impl Mode {
             Some((g, _)) => g as usize,
             None => self.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true }).xp.max(1),
         }
+    }
+
+    /// Every registered cell's name, comma-separated (for messages).
+    pub fn names() -> String {
+        Mode::REGISTRY.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
     }
 
     /// The cell's parameters in `state_dict` order ([`Cell::params`]).

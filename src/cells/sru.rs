@@ -17,6 +17,7 @@ use crate::float::Float;
 pub struct Sru;
 
 impl Cell for Sru {
+    const BACKWARD_READS_XP: bool = true;
     const NAME: &'static str = "SRU";
     const WGSL: &'static str = super::cell_wgsl!("sru.wgsl");
     fn check(s: Sizes) -> std::result::Result<(), String> {

@@ -128,7 +128,9 @@ impl GpuRnn {
         Ok(plan)
     }
 
-    /// Forward over a packed batch; shapes as [`crate::cpu::forward`].
+    /// Forward over a packed batch: `h0` `[L*D, B, H_out]` and `c0` `[L*D, B, H]` (LSTM) in the
+    /// caller's batch order, zeros when `None`; the output's states are `h_n` (and `c_n`), as
+    /// [`crate::cpu::forward`]'s.
     ///
     /// A batch whose plan would exceed the device's limits (a storage binding larger than
     /// [`Context::binding_limit`], a buffer, the workgroup counts) is split instead of refused:
@@ -175,9 +177,9 @@ impl GpuRnn {
             }
             Err(e) => return Err(e),
         };
-        let h_n = Tensor { shape: c.h_shape(b), data: hn_data };
-        let c_n = cn_data.map(|data| Tensor { shape: c.c_shape(b), data });
-        let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, h_n, c_n };
+        let mut states = vec![Tensor { shape: c.h_shape(b), data: hn_data }];
+        states.extend(cn_data.map(|data| Tensor { shape: c.c_shape(b), data }));
+        let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, states };
         let tape = kind.map(|kind| GpuTape {
             ctx: self.ctx.clone(),
             weights: (*self.weights).clone(),
@@ -439,12 +441,9 @@ impl GpuRnn {
             sorted_indices: layout.sorted_indices().to_vec(),
             unsorted_indices: tape.unsorted_indices.clone(),
         };
-        Ok(Gradients {
-            input,
-            h0: Tensor { shape: c.h_shape(b), data: gh0_data },
-            c0: gc0_data.map(|data| Tensor { shape: c.c_shape(b), data }),
-            params,
-        })
+        let mut states = vec![Tensor { shape: c.h_shape(b), data: gh0_data }];
+        states.extend(gc0_data.map(|data| Tensor { shape: c.c_shape(b), data }));
+        Ok(Gradients { input, states, params })
     }
 
     /// Runs one plan's backward (one submit): grad_input, grad_h0, the flat weight gradients

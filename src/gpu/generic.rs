@@ -1,5 +1,5 @@
-//! The GPU time-loop driver generic over the cell (`crate::cells`): the same plan as
-//! `cpu::generic`, for every cell that has a WGSL file, never asking which cell it runs.
+//! The GPU time-loop driver generic over the cell (`crate::cells`): the same plan as the CPU
+//! engine (`cpu::forward`), for every cell that has a WGSL file, never asking which cell it runs.
 //!
 //! - [`CellPlan`]: the engine API for every cell. Prepared once per config and batch structure
 //!   (parameter blocks uploaded, workspaces allocated, pipelines built), then recorded into the
@@ -9,7 +9,7 @@
 //!   in, the states read and written in place, the top layer's output out): streaming
 //!   inference and generation, with no host work per step beyond recording.
 //! - [`forward`] / [`backward`]: the convenience form (upload, one submit, read back), with
-//!   `cpu::generic`'s types.
+//!   `cpu::forward`'s types.
 //!
 //! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training (and
 //! with zoneout) a copy of the step's state rows to the tape (`save_states`), then per stage
@@ -43,7 +43,7 @@ use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
 use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
-use crate::cpu::generic::{check_states, check_weights, gather_states, scatter_states, CellGradients, CellOutput};
+use crate::cpu::{check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
@@ -919,7 +919,7 @@ fn buf(ctx: &Context, label: &str, elems: usize, prec: Precision) -> Result<Trac
     ctx.buffer(label, (elems.max(4) * prec.bytes()) as u64, readback::storage_usage())
 }
 
-/// Runs the stack on the GPU: as [`crate::cpu::generic::forward`] (a [`CellPlan`], uploads,
+/// Runs the stack on the GPU: as [`crate::cpu::forward`] (a [`CellPlan`], uploads,
 /// one submit, read back).
 pub fn forward(
     ctx: &Arc<Context>,
@@ -927,12 +927,12 @@ pub fn forward(
     input: &PackedSequence<f32>,
     states0: &[Option<&[f32]>],
     pass: Pass,
-) -> Result<(CellOutput<f32>, Option<GpuCellTape>)> {
+) -> Result<(ForwardOutput<f32>, Option<GpuCellTape>)> {
     forward_with(ctx, w, input, states0, pass, Draw::default())
 }
 
 /// [`forward`] with the regularisers' masks from `draw`: as
-/// [`crate::cpu::generic::forward_with`], the same masks (the counter goes to the device as
+/// [`crate::cpu::forward_with`], the same masks (the counter goes to the device as
 /// an f32, exact below 2^24).
 pub fn forward_with(
     ctx: &Arc<Context>,
@@ -941,7 +941,7 @@ pub fn forward_with(
     states0: &[Option<&[f32]>],
     pass: Pass,
     draw: Draw,
-) -> Result<(CellOutput<f32>, Option<GpuCellTape>)> {
+) -> Result<(ForwardOutput<f32>, Option<GpuCellTape>)> {
     if draw.counter > 1 << 24 {
         return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
     }
@@ -978,14 +978,14 @@ pub fn forward_with(
     let output = input.with_data(out, out_w)?;
     let states_n = scatter_states(cfg, &states, &s_fin, ld, b, &input.unsorted_indices)?;
     let tape = (pass == Pass::Training).then(|| GpuCellTape { plan, weights: wbuf, input: xbuf, counter, unsorted_indices: input.unsorted_indices.clone() });
-    Ok((CellOutput { output, states: states_n }, tape))
+    Ok((ForwardOutput { output, states: states_n }, tape))
 }
 
-/// Backward through time of a training [`forward`]: as [`crate::cpu::generic::backward`].
+/// Backward through time of a training [`forward`]: as [`crate::cpu::backward`].
 /// The products use the weights the forward uploaded (the tape keeps them on the device);
 /// `w` must be those weights: it gives the config (checked against the tape's) and is checked
 /// to be valid and finite, but its values are not compared with the device's copy.
-pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<CellGradients<f32>> {
+pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
     check_weights(w)?;
     let cfg = &w.config;
     let plan = &tape.plan;
@@ -1027,5 +1027,5 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
         sorted_indices: layout.sorted_indices().to_vec(),
         unsorted_indices: tape.unsorted_indices.clone(),
     };
-    Ok(CellGradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: unflatten(cfg, &gflat)? })
+    Ok(Gradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: unflatten(cfg, &gflat)? })
 }

@@ -5,7 +5,7 @@
 use crate::common::{golden_cases, variant_cases};
 use rand::{Rng, SeedableRng};
 use wgpu_rnn::case::{compare, Case};
-use wgpu_rnn::cpu::{generic, Float, Pass};
+use wgpu_rnn::cpu::{self, Float, Pass};
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
 
@@ -35,12 +35,12 @@ fn every_registered_cell_has_golden_cases() {
     }
 }
 
-fn check_generic<T: Float>() {
+fn check_cpu_engine<T: Float>() {
     let mut per_mode = std::collections::HashMap::new();
     for (path, file, mode) in all_cases() {
         let name = path.file_name().unwrap().to_string_lossy().to_string();
         let case = Case::<T>::from_file(&file).unwrap_or_else(|e| panic!("{name}: {e}"));
-        let got = case.run_cpu_generic(true).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let got = case.run_cpu(true).unwrap_or_else(|e| panic!("{name}: {e}"));
         let report = compare(&got, &file, true);
         // output, every state, grad_input, every initial-state gradient, every parameter's.
         let states = case.config().states().len();
@@ -57,13 +57,13 @@ fn check_generic<T: Float>() {
 }
 
 #[test]
-fn golden_and_variant_cases_generic_f32() {
-    check_generic::<f32>();
+fn golden_and_variant_cases_cpu_f32() {
+    check_cpu_engine::<f32>();
 }
 
 #[test]
-fn golden_and_variant_cases_generic_f64() {
-    check_generic::<f64>();
+fn golden_and_variant_cases_cpu_f64() {
+    check_cpu_engine::<f64>();
 }
 
 /// Relative-or-absolute agreement of analytic and central-difference gradients (f64).
@@ -85,7 +85,7 @@ fn small_config(mode: Mode, bidirectional: bool) -> RnnConfig {
 /// `sum(output * go) + sum_s sum(s_n * gs)` for the given parameters and inputs.
 fn loss(w: &Weights<f64>, x: &PackedSequence<f64>, s0: &[Vec<f64>], go: &[f64], gs: &[Vec<f64>]) -> f64 {
     let s0r: Vec<Option<&[f64]>> = s0.iter().map(|v| Some(&v[..])).collect();
-    let (out, _) = generic::forward(w, x, &s0r, Pass::Inference).unwrap();
+    let (out, _) = cpu::forward(w, x, &s0r, Pass::Inference).unwrap();
     let mut l: f64 = out.output.data.iter().zip(go).map(|(a, b)| a * b).sum();
     for (t, g) in out.states.iter().zip(gs) {
         l += t.data.iter().zip(g).map(|(a, b)| a * b).sum::<f64>();
@@ -118,9 +118,9 @@ fn gradients_match_finite_differences_every_cell() {
         let states = cfg.states();
         let s0: Vec<Vec<f64>> = states.iter().map(|s| (0..cfg.state_shape(s, b).iter().product()).map(|_| rng.random_range(-0.5..0.5)).collect()).collect();
         let gs: Vec<Vec<f64>> = s0.iter().map(|v| v.iter().map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
-        let (out, tape) = generic::forward(&w, &x, &s0.iter().map(|v| Some(&v[..])).collect::<Vec<_>>(), Pass::Training).unwrap();
+        let (out, tape) = cpu::forward(&w, &x, &s0.iter().map(|v| Some(&v[..])).collect::<Vec<_>>(), Pass::Training).unwrap();
         let go: Vec<f64> = out.output.data.iter().map(|_| rng.random_range(-1.0..1.0)).collect();
-        let g = generic::backward(&w, &tape.unwrap(), &go, &gs.iter().map(|v| Some(&v[..])).collect::<Vec<_>>()).unwrap();
+        let g = cpu::backward(&w, &tape.unwrap(), &go, &gs.iter().map(|v| Some(&v[..])).collect::<Vec<_>>()).unwrap();
         // Parameters: a few elements of each tensor.
         let mut analytic = Vec::new();
         g.params.for_each(|def, layer, dir, v| analytic.push((RnnConfig::param_name(def.stem, layer, dir), v.to_vec())));
@@ -247,9 +247,9 @@ fn sizes_a_cell_cannot_take_are_typed_errors() {
     let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     let x = PackedSequence::from_padded(&[0.1f32; 6], [2, 1, 3], false, &[2]).unwrap();
     let bad_s = [0.0f32; 4]; // s is [1, 1, 2]
-    let r = generic::forward(&w, &x, &[None, Some(&bad_s[..])], Pass::Inference);
+    let r = cpu::forward(&w, &x, &[None, Some(&bad_s[..])], Pass::Inference);
     assert!(matches!(r, Err(wgpu_rnn::Error::LengthMismatch { .. })), "{r:?}");
-    let r = generic::forward(&w, &x, &[None, None, None], Pass::Inference);
+    let r = cpu::forward(&w, &x, &[None, None, None], Pass::Inference);
     assert!(matches!(r, Err(wgpu_rnn::Error::InvalidConfig(_))), "{r:?}");
 }
 
@@ -291,9 +291,9 @@ fn generic_driver_gives_the_same_bits_on_any_number_of_threads() {
         let x = PackedSequence::from_padded(&xs, [12, 40, cfg.input_size], false, &lengths).unwrap();
         let run = |threads: usize| {
             with_threads(threads, || {
-                let (out, tape) = generic::forward(&w, &x, &[], Pass::Training).unwrap();
+                let (out, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
                 let go = vec![0.25f32; out.output.data.len()];
-                let g = generic::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
+                let g = cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
                 let p = g.params.to_flat();
                 (out.output.data, g.input.data, p)
             })

@@ -102,31 +102,39 @@ fn split_configs() -> Vec<wgpu_rnn::config::RnnConfig> {
         RnnConfig::new(Mode::Gru, SPLIT_I, 96).layers(2).bidirectional(true),
         RnnConfig::new(Mode::RnnTanh, SPLIT_I, 160).bidirectional(true),
         RnnConfig::new(Mode::RnnRelu, SPLIT_I, 160),
+        // The engine's other mechanisms: a product of tape values (stage 1 of
+        // GRU_RESET_BEFORE), two states of different widths (SCRN), pointwise parameters
+        // (the peepholes).
+        RnnConfig::new(Mode::GruResetBefore, SPLIT_I, 96).bidirectional(true),
+        RnnConfig::new(Mode::Scrn, SPLIT_I, 96).layers(2),
+        RnnConfig::new(Mode::LstmPeephole, SPLIT_I, 96),
     ]
 }
 
 /// Training forward and backward on padded, time-major `x [t, b, in]` and `go [t, b, out]`;
-/// returns the padded output, h_n, (c_n), the padded input gradient, dh0, (dc0) and every
-/// parameter gradient, flattened.
+/// returns the padded output, the padded input gradient, every parameter gradient (flattened),
+/// then for each state of the cell its final value and its initial value's gradient.
 fn run_split_case<T: wgpu_rnn::cpu::Float>(w: &wgpu_rnn::weights::Weights<T>, x: &[T], go: &[T], t: usize, lengths: &[usize]) -> Vec<Vec<T>> {
     use wgpu_rnn::cpu::{self, Pass};
     use wgpu_rnn::packing::PackedSequence;
     let (b, cfg) = (lengths.len(), &w.config);
     let xs = PackedSequence::from_padded(x, [t, b, cfg.input_size], false, lengths).unwrap();
     let gos = PackedSequence::from_padded(go, [t, b, cfg.output_size()], false, lengths).unwrap();
-    let (out, tape) = cpu::forward(w, &xs, None, None, Pass::Training).unwrap();
-    let grads = cpu::backward(w, &tape.unwrap(), &gos.data, None, None).unwrap();
+    let (out, tape) = cpu::forward(w, &xs, &[], Pass::Training).unwrap();
+    let grads = cpu::backward(w, &tape.unwrap(), &gos.data, &[]).unwrap();
     let mut params = Vec::new();
     grads.params.for_each(|_, _, _, v| params.extend(v));
-    vec![
+    let mut v = vec![
         out.output.to_padded(false, T::zero(), Some(t)).unwrap().0.data,
-        out.h_n.data,
-        out.c_n.map(|c| c.data).unwrap_or_default(),
         grads.input.to_padded(false, T::zero(), Some(t)).unwrap().0.data,
-        grads.h0.data,
-        grads.c0.map(|c| c.data).unwrap_or_default(),
         params,
-    ]
+    ];
+    assert_eq!((out.states.len(), grads.states.len()), (cfg.states().len(), cfg.states().len()));
+    for (s, g) in out.states.into_iter().zip(grads.states) {
+        v.push(s.data);
+        v.push(g.data);
+    }
+    v
 }
 
 /// Runs `f` with the CPU time loops on exactly `n` threads, through the calling thread's own
@@ -191,8 +199,8 @@ fn cpu_thread_count_does_not_change_results() {
     let n: usize = lengths.iter().sum();
     let mut g = rng(11);
     for cfg in split_configs() {
-        let (gh, ho) = (cfg.gates() * cfg.hidden_size, cfg.out_size());
-        assert!(n * gh * ho >= split::MIN_PARALLEL_MACS && n >= 256, "{cfg:?} too small to split");
+        let macs = n * cfg.mode.layout(cfg.sizes(0)).product_macs();
+        assert!(macs >= split::MIN_PARALLEL_MACS && n >= 256, "{cfg:?} too small to split");
         let w64 = Weights::<f64>::init_uniform(&cfg, 5).unwrap();
         let w32 = w64.cast::<f32>();
         let x64 = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0);
@@ -221,30 +229,28 @@ fn cpu_batch_matches_its_sequences_one_at_a_time() {
     let lengths = split_lengths();
     let mut g = rng(12);
     for cfg in split_configs() {
-        let (ld, ho, hs, out_w) = (cfg.num_layers * cfg.directions(), cfg.out_size(), cfg.hidden_size, cfg.output_size());
+        let (ld, out_w) = (cfg.num_layers * cfg.directions(), cfg.output_size());
         let w = Weights::<f64>::init_uniform(&cfg, 6).unwrap();
         let x = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0);
         let go = uniform(&mut g, SPLIT_T * SPLIT_B * out_w, 1.0);
         let batched = run_with_threads(3, || run_split_case(&w, &x, &go, SPLIT_T, &lengths));
-        let mut params = vec![0f64; batched[6].len()];
+        let mut params = vec![0f64; batched[2].len()];
         for (s, &len) in lengths.iter().enumerate() {
             let pick = |m: &[f64], f: usize| -> Vec<f64> { (0..len).flat_map(|tt| m[(tt * SPLIT_B + s) * f..(tt * SPLIT_B + s + 1) * f].to_vec()).collect() };
             let one = run_split_case(&w, &pick(&x, SPLIT_I), &pick(&go, out_w), len, &[len]);
             let what = |part: &str| format!("{cfg:?} sequence {s} {part}");
             crate::common::assert_close(&what("output"), &one[0], &pick(&batched[0], out_w), BATCH_VS_SINGLE_ATOL, 0.0);
-            crate::common::assert_close(&what("input gradient"), &one[3], &pick(&batched[3], SPLIT_I), BATCH_VS_SINGLE_ATOL, 0.0);
-            // States [L*D, B, F]: this sequence's column.
+            crate::common::assert_close(&what("input gradient"), &one[1], &pick(&batched[1], SPLIT_I), BATCH_VS_SINGLE_ATOL, 0.0);
+            // States [L*D, B, F]: this sequence's column, for every state of the cell.
             let state = |m: &[f64], f: usize| -> Vec<f64> { (0..ld).flat_map(|l| m[(l * SPLIT_B + s) * f..(l * SPLIT_B + s + 1) * f].to_vec()).collect() };
-            crate::common::assert_close(&what("h_n"), &one[1], &state(&batched[1], ho), BATCH_VS_SINGLE_ATOL, 0.0);
-            crate::common::assert_close(&what("dh0"), &one[4], &state(&batched[4], ho), BATCH_VS_SINGLE_ATOL, 0.0);
-            if !one[2].is_empty() {
-                crate::common::assert_close(&what("c_n"), &one[2], &state(&batched[2], hs), BATCH_VS_SINGLE_ATOL, 0.0);
-                crate::common::assert_close(&what("dc0"), &one[5], &state(&batched[5], hs), BATCH_VS_SINGLE_ATOL, 0.0);
+            for (i, st) in cfg.states().iter().enumerate() {
+                crate::common::assert_close(&what(&format!("{}_n", st.name)), &one[3 + 2 * i], &state(&batched[3 + 2 * i], st.width), BATCH_VS_SINGLE_ATOL, 0.0);
+                crate::common::assert_close(&what(&format!("d{}0", st.name)), &one[4 + 2 * i], &state(&batched[4 + 2 * i], st.width), BATCH_VS_SINGLE_ATOL, 0.0);
             }
-            for (acc, v) in params.iter_mut().zip(&one[6]) {
+            for (acc, v) in params.iter_mut().zip(&one[2]) {
                 *acc += v;
             }
         }
-        crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[6], BATCH_VS_SINGLE_ATOL, 0.0);
+        crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[2], BATCH_VS_SINGLE_ATOL, 0.0);
     }
 }

@@ -29,25 +29,25 @@ fn forward_rejects_wrong_shapes_and_non_finite() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4).layers(2);
     let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
     let x = packed(5, 2, 3, &[5, 2]);
-    let r = cpu::forward(&w, &packed(5, 2, 2, &[5, 2]), None, None, Pass::Inference);
+    let r = cpu::forward(&w, &packed(5, 2, 2, &[5, 2]), &[], Pass::Inference);
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })));
-    let r = cpu::forward(&w, &x, Some(&[0.0; 7]), None, Pass::Inference);
+    let r = cpu::forward(&w, &x, &[Some(&[0.0; 7])], Pass::Inference);
     assert!(matches!(r, Err(Error::LengthMismatch { .. })));
-    let r = cpu::forward(&w, &x, None, Some(&[0.0; 3]), Pass::Inference);
+    let r = cpu::forward(&w, &x, &[None, Some(&[0.0; 3])], Pass::Inference);
     assert!(matches!(r, Err(Error::LengthMismatch { .. })));
     let mut xn = x.clone();
     xn.data[3] = f32::NAN;
-    assert!(matches!(cpu::forward(&w, &xn, None, None, Pass::Inference), Err(Error::NonFinite(_))));
+    assert!(matches!(cpu::forward(&w, &xn, &[], Pass::Inference), Err(Error::NonFinite(_))));
     let mut wn = w.clone();
     wn.params[1].w_hh[0] = f32::INFINITY;
-    assert!(matches!(cpu::forward(&wn, &x, None, None, Pass::Inference), Err(Error::NonFinite(n)) if n == "weight_hh_l1"));
+    assert!(matches!(cpu::forward(&wn, &x, &[], Pass::Inference), Err(Error::NonFinite(n)) if n == "weight_hh_l1"));
     // c0 for a cell without a cell state.
     let g = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Gru, 3, 4), 0).unwrap();
-    assert!(matches!(cpu::forward(&g, &x, None, Some(&[0.0; 8]), Pass::Inference), Err(Error::InvalidConfig(_))));
+    assert!(matches!(cpu::forward(&g, &x, &[None, Some(&[0.0; 8])], Pass::Inference), Err(Error::InvalidConfig(_))));
     // A hand-built packed sequence with an empty batch.
     let mut e = x.clone();
     e.batch_sizes.clear();
-    assert!(matches!(cpu::forward(&w, &e, None, None, Pass::Inference), Err(Error::EmptyBatch(_))));
+    assert!(matches!(cpu::forward(&w, &e, &[], Pass::Inference), Err(Error::EmptyBatch(_))));
 }
 
 #[test]
@@ -55,12 +55,12 @@ fn backward_rejects_wrong_gradient_shapes() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
     let w = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
     let x = packed(4, 2, 3, &[4, 3]);
-    let (_, tape) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
+    let (_, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
     let tape = tape.unwrap();
     let n = x.rows();
-    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4 - 1], None, None), Err(Error::LengthMismatch { .. })));
-    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4], Some(&[0.0; 3]), None), Err(Error::LengthMismatch { .. })));
-    let (_, none) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4 - 1], &[]), Err(Error::LengthMismatch { .. })));
+    assert!(matches!(cpu::backward(&w, &tape, &vec![0.0; n * 4], &[Some(&[0.0; 3])]), Err(Error::LengthMismatch { .. })));
+    let (_, none) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
     assert!(none.is_none(), "inference keeps nothing");
 }
 

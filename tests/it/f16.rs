@@ -65,7 +65,7 @@ fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tole
         }
     };
     let failing = |case: &Case<f64>, want: &wgpu_rnn::io::TensorFile| {
-        let got = case.run_cpu_generic(true).unwrap();
+        let got = case.run_cpu(true).unwrap();
         compare_at(&got, want, true, Precision::F16).iter().filter(|m| m.failures > 0).count()
     };
     let (mut ln_failed, mut ln_input_failed, mut others) = (0, 0, 0);
@@ -98,7 +98,7 @@ fn layer_norm_lstm_is_refused_because_f16_weights_and_input_alone_break_its_tole
 #[test]
 fn gpu_f16_matches_the_cpu_f16_storage_twin() {
     use crate::common::{assert_close, rng};
-    use wgpu_rnn::cpu::generic;
+    use wgpu_rnn::cpu;
     use wgpu_rnn::Weights;
     let Some(ctx) = vulkan() else { return };
     let mut g = rng(33);
@@ -115,17 +115,17 @@ fn gpu_f16_matches_the_cpu_f16_storage_twin() {
         let (s0o, gso) = (opts(&s0), opts(&gs));
         let s0r: Vec<Option<&[f32]>> = s0o.iter().map(|o| o.as_deref()).collect();
         let gsr: Vec<Option<&[f32]>> = gso.iter().map(|o| o.as_deref()).collect();
-        let (c_out, c_tape) = generic::forward(&w, &x, &s0r, Pass::Training).unwrap();
+        let (c_out, c_tape) = cpu::forward(&w, &x, &s0r, Pass::Training).unwrap();
         let go = uniform32(&mut g, c_out.output.data.len(), 1.0);
-        let c_grad = generic::backward(&w, &c_tape.unwrap(), &go, &gsr).unwrap();
+        let c_grad = cpu::backward(&w, &c_tape.unwrap(), &go, &gsr).unwrap();
         let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w, &x, &s0r, Pass::Training).unwrap();
         let g_grad = wgpu_rnn::gpu::generic::backward(&w, &g_tape.unwrap(), &go, &gsr).unwrap();
         let d = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         // The same problem on the CPU without rounding (f32 storage): the twin must be closer
         // to the GPU than that, tensor by tensor, or it does not model the GPU's rounding.
         let w32 = Weights::<f32> { config: cfg.clone().with_precision(Precision::F32), ..w.clone() };
-        let (u_out, u_tape) = generic::forward(&w32, &x, &s0r, Pass::Training).unwrap();
-        let u_grad = generic::backward(&w32, &u_tape.unwrap(), &go, &gsr).unwrap();
+        let (u_out, u_tape) = cpu::forward(&w32, &x, &s0r, Pass::Training).unwrap();
+        let u_grad = cpu::backward(&w32, &u_tape.unwrap(), &go, &gsr).unwrap();
         // Mean absolute difference (the largest is about one f16 ulp either way).
         let maxdiff = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| (x - y).abs()).sum::<f32>() / a.len().max(1) as f32;
         let mut pairs = vec![("output", maxdiff(&g_out.output.data, &c_out.output.data), maxdiff(&g_out.output.data, &u_out.output.data))];
@@ -217,12 +217,12 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
     }
     let wr = wgpu_rnn::Weights::<f32>::init_uniform(&reg, 1).unwrap();
     let xr = wgpu_rnn::PackedSequence::from_sequences(&[&[0.5f32; 6][..], &[0.1; 3][..]], 3).unwrap();
-    assert!(matches!(wgpu_rnn::cpu::generic::forward(&wr, &xr, &[], Pass::Training), Err(Error::Unsupported(_))));
+    assert!(matches!(wgpu_rnn::cpu::forward(&wr, &xr, &[], Pass::Training), Err(Error::Unsupported(_))));
     // A value f16 cannot hold is an error naming it, not an infinity: on the CPU twin, the
     // cell driver and the fused path.
     let mut big = wgpu_rnn::Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     big.params[0].w_ih[0] = 1.0e5;
-    assert!(matches!(wgpu_rnn::cpu::generic::forward(&big, &xr, &[], Pass::Inference), Err(Error::NonFinite(_))));
+    assert!(matches!(wgpu_rnn::cpu::forward(&big, &xr, &[], Pass::Inference), Err(Error::NonFinite(_))));
     if let Some(ctx) = vulkan() {
         assert!(matches!(wgpu_rnn::gpu::generic::forward(ctx, &big, &xr, &[], Pass::Inference), Err(Error::NonFinite(_))));
         assert!(matches!(wgpu_rnn::gpu::GpuRnn::new(ctx, &big), Err(Error::NonFinite(_))));
@@ -230,9 +230,13 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
         let xbig = wgpu_rnn::PackedSequence::from_sequences(&[&[7.0e4f32; 6][..], &[0.1; 3][..]], 3).unwrap();
         assert!(matches!(rnn.forward(&xbig, None, None, Pass::Inference), Err(Error::NonFinite(_))));
     }
-    // The CPU's tuned driver stores f32 only, and says so (cpu::generic runs the f16 twin).
+    // The CPU engine with f16 storage is the GPU's twin: what it stores is f16, and it refuses
+    // values beyond f16's range the same way.
     let x = wgpu_rnn::PackedSequence::from_sequences(&[&[0.5f32; 6][..], &[0.1; 3][..]], 3).unwrap();
-    assert!(matches!(wgpu_rnn::cpu::forward(&w, &x, None, None, Pass::Inference), Err(Error::Unsupported(_))));
+    let (out, _) = wgpu_rnn::cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+    assert!(out.output.data.iter().all(|&v| half::f16::from_f32(v).to_f32() == v), "the twin's output is not f16: {:?}", out.output.data);
+    let xbig = wgpu_rnn::PackedSequence::from_sequences(&[&[7.0e4f32; 6][..], &[0.1; 3][..]], 3).unwrap();
+    assert!(matches!(wgpu_rnn::cpu::forward(&w, &xbig, &[], Pass::Inference), Err(Error::NonFinite(_))));
 }
 
 #[test]
@@ -378,7 +382,7 @@ fn weights_save_as_f16_and_reach_an_f16_plan_unchanged() {
     let fused = |w: &Weights<f32>| wgpu_rnn::gpu::GpuRnn::new(ctx, w).unwrap().forward(&x, None, None, Pass::Inference).unwrap().0;
     let (a, b) = (fused(&w), fused(&back));
     assert_eq!(a.output.data, b.output.data);
-    assert_eq!(a.h_n.data, b.h_n.data);
+    assert_eq!(a.states[0].data, b.states[0].data);
 }
 
 /// The spacing of f16 values at `h` (positive, normal range).
@@ -396,7 +400,7 @@ fn fused_f16_matches_the_cpu_twin_with_every_step_strategy() {
     // within the f16 tolerances, not bit for bit.
     use crate::common::{assert_close, rng};
     use crate::gpu::engine_run;
-    use wgpu_rnn::cpu::generic;
+    use wgpu_rnn::cpu;
     use wgpu_rnn::gpu::StepStrategy;
     use wgpu_rnn::Weights;
     let Some(ctx) = vulkan() else { return };
@@ -419,9 +423,9 @@ fn fused_f16_matches_the_cpu_twin_with_every_step_strategy() {
         let (x, s0, gs) = random_problem(&mut g, &cfg);
         let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
         let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
-        let (c_out, c_tape) = generic::forward(&w, &x, &s0r, Pass::Training).unwrap();
+        let (c_out, c_tape) = cpu::forward(&w, &x, &s0r, Pass::Training).unwrap();
         let go = uniform32(&mut g, c_out.output.data.len(), 1.0);
-        let c_grad = generic::backward(&w, &c_tape.unwrap(), &go, &gsr).unwrap();
+        let c_grad = cpu::backward(&w, &c_tape.unwrap(), &go, &gsr).unwrap();
         let lstm = cfg.mode == Mode::Lstm;
         let (c0, gc) = if lstm { (Some(&s0[1][..]), Some(&gs[1][..])) } else { (None, None) };
         let mut strategies = vec![StepStrategy::PerStep, StepStrategy::PerStepSplit];

@@ -275,16 +275,16 @@ pub(crate) fn compare_with_cpu_tol(ctx: &Arc<Context>, strategy: StepStrategy, c
     let gof: Vec<f32> = go.iter().map(|&x| x as f32).collect();
     let gpu = engine_run(ctx, strategy, &w32, &x32, h0f.as_deref(), c0f.as_deref(), &gof, ghnf.as_deref(), gcnf.as_deref());
 
-    let (f, tape) = cpu::forward(&w64, &x64, h0.as_deref(), c0.as_deref(), Pass::Training).unwrap();
-    let gr = cpu::backward(&w64, &tape.unwrap(), &go, ghn.as_deref(), gcn.as_deref()).unwrap();
+    let (f, tape) = cpu::forward(&w64, &x64, &[h0.as_deref(), c0.as_deref()], Pass::Training).unwrap();
+    let gr = cpu::backward(&w64, &tape.unwrap(), &go, &[ghn.as_deref(), gcn.as_deref()]).unwrap();
     assert_close(&format!("{label}: output"), &to64(&gpu.output), &f.output.data, fwd_atol, fwd_rtol);
-    assert_close(&format!("{label}: h_n"), &to64(&gpu.h_n), &f.h_n.data, fwd_atol, fwd_rtol);
+    assert_close(&format!("{label}: h_n"), &to64(&gpu.h_n), &f.states[0].data, fwd_atol, fwd_rtol);
     if lstm {
-        assert_close(&format!("{label}: c_n"), &to64(&gpu.c_n), &f.c_n.unwrap().data, fwd_atol, fwd_rtol);
-        assert_close(&format!("{label}: grad_c0"), &to64(&gpu.grad_c0), &gr.c0.unwrap().data, grad_atol, grad_rtol);
+        assert_close(&format!("{label}: c_n"), &to64(&gpu.c_n), &f.states.get(1).cloned().unwrap().data, fwd_atol, fwd_rtol);
+        assert_close(&format!("{label}: grad_c0"), &to64(&gpu.grad_c0), &gr.states.get(1).cloned().unwrap().data, grad_atol, grad_rtol);
     }
     assert_close(&format!("{label}: grad_input"), &to64(&gpu.grad_input), &gr.input.data, grad_atol, grad_rtol);
-    assert_close(&format!("{label}: grad_h0"), &to64(&gpu.grad_h0), &gr.h0.data, grad_atol, grad_rtol);
+    assert_close(&format!("{label}: grad_h0"), &to64(&gpu.grad_h0), &gr.states[0].data, grad_atol, grad_rtol);
     let gw = gr.params.to_flat();
     let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert_close(&format!("{label}: grad weights"), &to64(&gpu.grad_w), &gw, grad_atol + tol.weight_grad_of_max * gw_max, grad_rtol);
@@ -428,7 +428,7 @@ fn pipeline_cache_and_models_are_shared_across_threads() {
     let rnn = Arc::new(GpuRnn::new(ctx, &w).unwrap());
     let xs: Vec<f32> = (0..4 * 2 * 3).map(|i| (i as f32 * 0.1).cos()).collect();
     let x = PackedSequence::from_padded(&xs, [4, 2, 3], false, &[4, 3]).unwrap();
-    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    let (want, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let (rnn, x) = (rnn.clone(), x.clone());
@@ -465,7 +465,7 @@ fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
     let (split, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
     let (whole, _) = GpuRnn::new(full, &w).unwrap().forward(&x, None, None, Pass::Inference).unwrap();
     assert_close("split on a 1 MiB device: output", &to64(&split.output.data), &to64(&whole.output.data), GPU_FWD_ATOL, GPU_FWD_RTOL);
-    assert_close("split on a 1 MiB device: h_n", &to64(&split.h_n.data), &to64(&whole.h_n.data), GPU_FWD_ATOL, GPU_FWD_RTOL);
+    assert_close("split on a 1 MiB device: h_n", &to64(&split.states[0].data), &to64(&whole.states[0].data), GPU_FWD_ATOL, GPU_FWD_RTOL);
 }
 
 #[test]

@@ -81,7 +81,7 @@ const WIDE_GRAD_RTOL: f64 = 5e-3;
 #[test]
 fn gpu_cells_match_the_cpu_at_hidden_100() {
     use crate::common::{assert_close, rng, uniform};
-    use wgpu_rnn::cpu::{cast, generic, Pass};
+    use wgpu_rnn::cpu::{self, cast, Pass};
     use wgpu_rnn::{PackedSequence, RnnConfig, Weights};
     let Some(ctx) = contexts().first() else { return };
     let mut g = rng(21);
@@ -102,9 +102,9 @@ fn gpu_cells_match_the_cpu_at_hidden_100() {
         let gs: Vec<Vec<f64>> = states.iter().map(|s| uniform(&mut g, cfg.state_shape(s, b).iter().product(), 1.0)).collect();
         let s0_32: Vec<Vec<f32>> = s0.iter().map(|v| cast(v)).collect();
         let gs_32: Vec<Vec<f32>> = gs.iter().map(|v| cast(v)).collect();
-        let (c_out, c_tape) = generic::forward(&w64, &x64, &opts(&s0), Pass::Training).unwrap();
+        let (c_out, c_tape) = cpu::forward(&w64, &x64, &opts(&s0), Pass::Training).unwrap();
         let go = uniform(&mut g, c_out.output.data.len(), 1.0);
-        let c_grad = generic::backward(&w64, &c_tape.unwrap(), &go, &opts(&gs)).unwrap();
+        let c_grad = cpu::backward(&w64, &c_tape.unwrap(), &go, &opts(&gs)).unwrap();
         let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &opts(&s0_32), Pass::Training).unwrap();
         let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &opts(&gs_32)).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
@@ -151,7 +151,7 @@ fn gpu_cells_split_long_weight_gradient_sums_into_runs() {
     // N = 19,200 packed rows: the weight-gradient GEMMs and column sums over all rows run in
     // two runs of at most 16,384 (Mesa's loop cap); against the CPU in f64.
     use crate::common::{assert_close, rng, uniform};
-    use wgpu_rnn::cpu::{cast, generic, Pass};
+    use wgpu_rnn::cpu::{self, cast, Pass};
     use wgpu_rnn::{PackedSequence, RnnConfig, Weights};
     let Some(ctx) = contexts().first() else { return };
     let mut g = rng(5);
@@ -164,9 +164,9 @@ fn gpu_cells_split_long_weight_gradient_sums_into_runs() {
         let x64 = PackedSequence::from_padded(&xin, [t, b, 3], false, &lengths).unwrap();
         let x32 = PackedSequence::from_padded(&cast::<f64, f32>(&xin), [t, b, 3], false, &lengths).unwrap();
         assert!(x64.rows() > 16_384);
-        let (c_out, c_tape) = generic::forward(&w64, &x64, &[], Pass::Training).unwrap();
+        let (c_out, c_tape) = cpu::forward(&w64, &x64, &[], Pass::Training).unwrap();
         let go = uniform(&mut g, c_out.output.data.len(), 0.1);
-        let c_grad = generic::backward(&w64, &c_tape.unwrap(), &go, &[]).unwrap();
+        let c_grad = cpu::backward(&w64, &c_tape.unwrap(), &go, &[]).unwrap();
         let w32 = w64.cast::<f32>();
         let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &[], Pass::Training).unwrap();
         let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &[]).unwrap();

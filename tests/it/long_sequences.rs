@@ -87,7 +87,7 @@ fn a_truncated_loop_leaves_nan_not_zeros() {
     let x: Vec<f32> = (0..t * 3).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let packed = PackedSequence::from_padded(&x, [t, 1, 3], false, &[t]).unwrap();
     let go: Vec<f32> = (0..t * 4).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let (cpu_out, _) = cpu::forward(&w, &packed, None, None, Pass::Inference).unwrap();
+    let (cpu_out, _) = cpu::forward(&w, &packed, &[], Pass::Inference).unwrap();
     for ctx in contexts() {
         let out = engine_run(ctx, StepStrategy::SingleDispatchUnbounded, &w, &packed, None, None, &go, None, None);
         let capped = loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED;
@@ -99,13 +99,13 @@ fn a_truncated_loop_leaves_nan_not_zeros() {
             assert!(out.grad_w.iter().all(|v| v.is_nan()), "{}: weight gradients of a cut loop", ctx.describe());
             assert!(out.grad_h0.iter().chain(&out.grad_c0).all(|v| v.is_nan()), "{}: grad_h0 / grad_c0 of a cut loop", ctx.describe());
         } else {
-            for (a, e) in out.h_n.iter().zip(&cpu_out.h_n.data) {
+            for (a, e) in out.h_n.iter().zip(&cpu_out.states[0].data) {
                 assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
             }
         }
         // The same problem on the default path gives the CPU's h_n.
         let ok = engine_run(ctx, StepStrategy::SingleDispatch, &w, &packed, None, None, &go, None, None);
-        for (a, e) in ok.h_n.iter().zip(&cpu_out.h_n.data) {
+        for (a, e) in ok.h_n.iter().zip(&cpu_out.states[0].data) {
             assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
         }
     }
@@ -173,7 +173,7 @@ fn very_wide_inputs_match_cpu() {
     }
     let x: Vec<f32> = (0..3 * 300_000usize).map(|i| ((i * 7919) % 2001) as f32 / 1000.0 - 1.0).collect();
     let packed = PackedSequence::from_padded(&x, [3, 1, 300_000], false, &[3]).unwrap();
-    let (cpu_out, _) = cpu::forward(&w.cast::<f64>(), &packed.with_data(x.iter().map(|&v| v as f64).collect(), 300_000).unwrap(), None, None, Pass::Inference).unwrap();
+    let (cpu_out, _) = cpu::forward(&w.cast::<f64>(), &packed.with_data(x.iter().map(|&v| v as f64).collect(), 300_000).unwrap(), &[], Pass::Inference).unwrap();
     for ctx in contexts() {
         let rnn = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).unwrap();
         let (out, _) = rnn.forward(&packed, None, None, Pass::Inference).unwrap();

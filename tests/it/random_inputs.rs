@@ -124,10 +124,10 @@ fn run_tiny_batch(w: &Weights<f32>) {
     let (lengths, t) = ([3usize, 1, 2], 3);
     let x: Vec<f32> = (0..t * lengths.len() * cfg.input_size).map(|k| ((k as f32) * 0.37).sin()).collect();
     let p = PackedSequence::from_padded(&x, [t, lengths.len(), cfg.input_size], false, &lengths).unwrap();
-    if let Ok((fwd, Some(tape))) = cpu::forward(w, &p, None, None, Pass::Training) {
+    if let Ok((fwd, Some(tape))) = cpu::forward(w, &p, &[], Pass::Training) {
         assert_eq!(fwd.output.data.len(), p.rows() * cfg.output_size());
         let go = vec![1.0f32; fwd.output.data.len()];
-        let _ = cpu::backward(w, &tape, &go, None, None);
+        let _ = cpu::backward(w, &tape, &go, &[]);
     }
 }
 
@@ -453,21 +453,21 @@ fn gpu_vs_cpu(ctx: &std::sync::Arc<wgpu_rnn::gpu::Context>, label: &str, g: &mut
     let rnn = GpuRnn::new(ctx, &w32).unwrap_or_else(|e| panic!("{label}: GpuRnn::new: {e}"));
     let (gf, tape) = rnn.forward(&x32, h0f.as_deref(), c0f.as_deref(), Pass::Training).unwrap_or_else(|e| panic!("{label}: GPU forward: {e}"));
     let gb = rnn.backward(&tape.unwrap(), &gof, ghnf.as_deref(), gcnf.as_deref()).unwrap_or_else(|e| panic!("{label}: GPU backward: {e}"));
-    let (cf, ctape) = cpu::forward(&w64, &x64, h0.as_deref(), c0.as_deref(), Pass::Training).unwrap();
-    let cb = cpu::backward(&w64, &ctape.unwrap(), &go, ghn.as_deref(), gcn.as_deref()).unwrap();
+    let (cf, ctape) = cpu::forward(&w64, &x64, &[h0.as_deref(), c0.as_deref()], Pass::Training).unwrap();
+    let cb = cpu::backward(&w64, &ctape.unwrap(), &go, &[ghn.as_deref(), gcn.as_deref()]).unwrap();
 
     let (fa, fr, ga, gr) = (RANDOM_FWD_ATOL, RANDOM_FWD_RTOL, RANDOM_GRAD_ATOL, RANDOM_GRAD_RTOL);
     assert_eq!(gf.output.batch_sizes, cf.output.batch_sizes, "{label}: output packing");
     assert_close(&format!("{label}: output"), &to64(&gf.output.data), &cf.output.data, fa, fr);
-    assert_close(&format!("{label}: h_n"), &to64(&gf.h_n.data), &cf.h_n.data, fa, fr);
-    assert_eq!(gf.c_n.is_some(), lstm, "{label}: c_n presence");
-    if let (Some(gc), Some(cc)) = (&gf.c_n, &cf.c_n) {
+    assert_close(&format!("{label}: h_n"), &to64(&gf.states[0].data), &cf.states[0].data, fa, fr);
+    assert_eq!(gf.states.get(1).cloned().is_some(), lstm, "{label}: c_n presence");
+    if let (Some(gc), Some(cc)) = (&gf.states.get(1).cloned(), &cf.states.get(1).cloned()) {
         assert_close(&format!("{label}: c_n"), &to64(&gc.data), &cc.data, fa, fr);
     }
     assert_close(&format!("{label}: grad_input"), &to64(&gb.input.data), &cb.input.data, ga, gr);
-    assert_close(&format!("{label}: grad_h0"), &to64(&gb.h0.data), &cb.h0.data, ga, gr);
-    assert_eq!(gb.c0.is_some(), lstm, "{label}: grad_c0 presence");
-    if let (Some(gc), Some(cc)) = (&gb.c0, &cb.c0) {
+    assert_close(&format!("{label}: grad_h0"), &to64(&gb.states[0].data), &cb.states[0].data, ga, gr);
+    assert_eq!(gb.states.get(1).cloned().is_some(), lstm, "{label}: grad_c0 presence");
+    if let (Some(gc), Some(cc)) = (&gb.states.get(1).cloned(), &cb.states.get(1).cloned()) {
         assert_close(&format!("{label}: grad_c0"), &to64(&gc.data), &cc.data, ga, gr);
     }
     let flat = |w: &Weights<f64>| {
@@ -524,13 +524,13 @@ fn random_packed_batches_cpu_f32_matches_f64() {
         let x32 = x64.with_data(x64.data.iter().map(|&v| v as f32).collect(), cfg.input_size).unwrap();
         let go = uniform(&mut g, x64.rows() * cfg.output_size(), 1.0);
         let go32: Vec<f32> = go.iter().map(|&v| v as f32).collect();
-        let (f64o, t64) = cpu::forward(&w64, &x64, None, None, Pass::Training).unwrap();
-        let b64 = cpu::backward(&w64, &t64.unwrap(), &go, None, None).unwrap();
-        let (f32o, t32) = cpu::forward(&w32, &x32, None, None, Pass::Training).unwrap();
-        let b32 = cpu::backward(&w32, &t32.unwrap(), &go32, None, None).unwrap();
+        let (f64o, t64) = cpu::forward(&w64, &x64, &[], Pass::Training).unwrap();
+        let b64 = cpu::backward(&w64, &t64.unwrap(), &go, &[]).unwrap();
+        let (f32o, t32) = cpu::forward(&w32, &x32, &[], Pass::Training).unwrap();
+        let b32 = cpu::backward(&w32, &t32.unwrap(), &go32, &[]).unwrap();
         assert_close(&format!("{label}: output"), &to64(&f32o.output.data), &f64o.output.data, RANDOM_FWD_ATOL, RANDOM_FWD_RTOL);
-        assert_close(&format!("{label}: h_n"), &to64(&f32o.h_n.data), &f64o.h_n.data, RANDOM_FWD_ATOL, RANDOM_FWD_RTOL);
+        assert_close(&format!("{label}: h_n"), &to64(&f32o.states[0].data), &f64o.states[0].data, RANDOM_FWD_ATOL, RANDOM_FWD_RTOL);
         assert_close(&format!("{label}: grad_input"), &to64(&b32.input.data), &b64.input.data, RANDOM_GRAD_ATOL, RANDOM_GRAD_RTOL);
-        assert_close(&format!("{label}: grad_h0"), &to64(&b32.h0.data), &b64.h0.data, RANDOM_GRAD_ATOL, RANDOM_GRAD_RTOL);
+        assert_close(&format!("{label}: grad_h0"), &to64(&b32.states[0].data), &b64.states[0].data, RANDOM_GRAD_ATOL, RANDOM_GRAD_RTOL);
     }
 }

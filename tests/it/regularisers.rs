@@ -7,7 +7,7 @@ use crate::common::{assert_close, rng, uniform};
 use crate::gpu_common::contexts;
 use rand::Rng;
 use wgpu_rnn::config::Prob;
-use wgpu_rnn::cpu::{cast, generic, Pass};
+use wgpu_rnn::cpu::{self, cast, Pass};
 use wgpu_rnn::gpu::{CellPlan, Plan, SeqLayout, StateInputs};
 use wgpu_rnn::masks::Draw;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
@@ -64,7 +64,7 @@ fn opts<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
 
 /// The training-mode loss `sum(output * go) + sum_s sum(s_n * gs)` with the masks of `draw`.
 fn loss(w: &Weights<f64>, x: &PackedSequence<f64>, s0: &[Vec<f64>], pr: &Problem, draw: Draw) -> f64 {
-    let (out, _) = generic::forward_with(w, x, &opts(s0), Pass::Training, draw).unwrap();
+    let (out, _) = cpu::forward_with(w, x, &opts(s0), Pass::Training, draw).unwrap();
     let mut l: f64 = out.output.data.iter().zip(&pr.go).map(|(a, b)| a * b).sum();
     for (t, g) in out.states.iter().zip(&pr.gs) {
         l += t.data.iter().zip(g).map(|(a, b)| a * b).sum::<f64>();
@@ -84,8 +84,8 @@ fn regularised_gradients_match_finite_differences_every_cell() {
     for &mode in Mode::REGISTRY {
         let cfg = config(mode, 3, 4);
         let pr = problem(&cfg, &mut g);
-        let (_, tape) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
-        let grads = generic::backward(&pr.w, &tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
+        let (_, tape) = cpu::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
+        let grads = cpu::backward(&pr.w, &tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
         let mut analytic = Vec::new();
         grads.params.for_each(|def, layer, dir, v| analytic.push((RnnConfig::param_name(def.stem, layer, dir), v.to_vec())));
         for (pi, (name, grad)) in analytic.iter().enumerate() {
@@ -141,7 +141,7 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
             let s32: Vec<Vec<f32>> = pr.s0.iter().map(|v| cast(v)).collect();
             let gs32: Vec<Vec<f32>> = pr.gs.iter().map(|v| cast(v)).collect();
             for pass in [Pass::Training, Pass::Inference] {
-                let (c_out, c_tape) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), pass, draw).unwrap();
+                let (c_out, c_tape) = cpu::forward_with(&pr.w, &pr.x, &opts(&pr.s0), pass, draw).unwrap();
                 let (g_out, g_tape) = gg::forward_with(ctx, &w32, &x32, &opts(&s32), pass, draw).unwrap();
                 let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
                 assert_close(&format!("{name} {pass:?} output"), &f(&g_out.output.data), &c_out.output.data, FWD_ATOL, FWD_RTOL);
@@ -149,7 +149,7 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
                     assert_close(&format!("{name} {pass:?} state {i}"), &f(&a.data), &b.data, FWD_ATOL, FWD_RTOL);
                 }
                 if pass == Pass::Training {
-                    let cg = generic::backward(&pr.w, &c_tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
+                    let cg = cpu::backward(&pr.w, &c_tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
                     let gg_ = gg::backward(&w32, &g_tape.unwrap(), &cast(&pr.go), &opts(&gs32)).unwrap();
                     assert_close(&format!("{name} grad input"), &f(&gg_.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
                     for (i, (a, b)) in gg_.states.iter().zip(&cg.states).enumerate() {
@@ -174,11 +174,11 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
         let zero = plain.clone().dropout(Prob::new(0.0).unwrap()).zoneout(Prob::new(-0.0).unwrap());
         assert_eq!(plain, zero);
         let pr = problem(&plain, &mut g);
-        let (a, ta) = generic::forward(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training).unwrap();
-        let (b, tb) = generic::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
+        let (a, ta) = cpu::forward(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training).unwrap();
+        let (b, tb) = cpu::forward_with(&pr.w, &pr.x, &opts(&pr.s0), Pass::Training, draw).unwrap();
         assert_eq!(a.output.data, b.output.data, "{mode}");
-        let ga = generic::backward(&pr.w, &ta.unwrap(), &pr.go, &[]).unwrap();
-        let gb = generic::backward(&pr.w, &tb.unwrap(), &pr.go, &[]).unwrap();
+        let ga = cpu::backward(&pr.w, &ta.unwrap(), &pr.go, &[]).unwrap();
+        let gb = cpu::backward(&pr.w, &tb.unwrap(), &pr.go, &[]).unwrap();
         assert_eq!(ga.params.params, gb.params.params, "{mode}");
         // The GPU plan records no extra dispatch at p = 0: the count of the unregularised
         // ops (from the cell's layout; every GEMM here is one k-run), and two more per
@@ -210,7 +210,7 @@ fn dropout_and_zoneout_semantics() {
     let drop = plain.clone().dropout(Prob::new(0.5).unwrap());
     let pr = problem(&plain, &mut g);
     let w_drop = Weights { config: drop.clone(), ..pr.w.clone() };
-    let run = |w: &Weights<f64>, pass, counter| generic::forward_with(w, &pr.x, &opts(&pr.s0), pass, Draw { seed: 1, counter }).unwrap().0.output.data;
+    let run = |w: &Weights<f64>, pass, counter| cpu::forward_with(w, &pr.x, &opts(&pr.s0), pass, Draw { seed: 1, counter }).unwrap().0.output.data;
     assert_eq!(run(&pr.w, Pass::Inference, 0), run(&w_drop, Pass::Inference, 0));
     let (t1, t2) = (run(&w_drop, Pass::Training, 1), run(&w_drop, Pass::Training, 2));
     assert_ne!(t1, run(&pr.w, Pass::Training, 1), "dropout changes the training output");
@@ -228,13 +228,13 @@ fn dropout_and_zoneout_semantics() {
     let x = PackedSequence::from_padded(&uniform(&mut g, b * 3, 1.0), [1, b, 3], false, &[1; 8]).unwrap();
     let h0 = uniform(&mut g, b * 64, 0.5);
     let s0 = vec![h0.clone(), uniform(&mut g, b * 64, 0.5)];
-    let (new, _) = generic::forward(&w, &x, &opts(&s0), Pass::Inference).unwrap();
-    let (inf, _) = generic::forward(&wz, &x, &opts(&s0), Pass::Inference).unwrap();
+    let (new, _) = cpu::forward(&w, &x, &opts(&s0), Pass::Inference).unwrap();
+    let (inf, _) = cpu::forward(&wz, &x, &opts(&s0), Pass::Inference).unwrap();
     let expect: Vec<f64> = h0.iter().zip(&new.output.data).map(|(a, n)| p as f64 * a + (1.0 - p as f64) * n).collect();
     assert_close("zoneout inference", &inf.output.data, &expect, 1e-12, 0.0);
     assert_eq!(inf.output.data, inf.states[0].data, "the output is the zoned h");
     assert_eq!(new.states[1].data, inf.states[1].data, "c is not zoned");
-    let (tr, _) = generic::forward_with(&wz, &x, &opts(&s0), Pass::Training, Draw { seed: 4, counter: 1 }).unwrap();
+    let (tr, _) = cpu::forward_with(&wz, &x, &opts(&s0), Pass::Training, Draw { seed: 4, counter: 1 }).unwrap();
     let kept = tr.output.data.iter().zip(&h0).filter(|(a, b)| a == b).count();
     let fresh = tr.output.data.iter().zip(&new.output.data).filter(|(a, b)| a == b).count();
     assert_eq!(kept + fresh, b * 64);
@@ -250,11 +250,11 @@ fn regularisers_are_refused_where_they_do_not_run() {
     }
     assert!(matches!(Prob::new(1.0), Err(Error::InvalidConfig(_))));
     assert!(matches!(Prob::new(f32::NAN), Err(Error::InvalidConfig(_))));
-    // The fused drivers say so rather than ignore them.
+    // The GPU's fused drivers say so rather than ignore them (the CPU engine runs them).
     let cfg = RnnConfig::new(Mode::Lstm, 4, 8).layers(2).dropout(Prob::new(0.3).unwrap());
     let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     let x = PackedSequence::from_padded(&[0.5f32; 8], [2, 1, 4], false, &[2]).unwrap();
-    assert!(matches!(wgpu_rnn::cpu::forward(&w, &x, None, None, Pass::Training), Err(Error::Unsupported(_))));
+    assert!(wgpu_rnn::cpu::forward(&w, &x, &[], Pass::Training).is_ok());
     if let Some(ctx) = contexts().first() {
         let r = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default());
         assert!(matches!(r, Err(Error::Unsupported(_))));

@@ -141,7 +141,7 @@ fn weights_edited_after_construction_are_refused_everywhere() {
     let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
     w.validate().unwrap();
     let x3 = packed(4, 2, 3, &[4, 3]);
-    let (_, tape) = cpu::forward(&w, &x3, None, None, Pass::Training).unwrap();
+    let (_, tape) = cpu::forward(&w, &x3, &[], Pass::Training).unwrap();
     let tape = tape.unwrap();
     let go = vec![0.1f32; x3.rows() * 4];
     let dir = temp_dir("edited");
@@ -153,9 +153,9 @@ fn weights_edited_after_construction_are_refused_everywhere() {
         let is_w_ih = |r: &Error| matches!(r, Error::LengthMismatch { what, expected, got, .. }
             if what == "weight_ih_l0" && *expected == 16 * input && *got == 48);
         let x = packed(1, 1, input, &[1]);
-        let r = cpu::forward(&bad, &x, None, None, Pass::Inference);
+        let r = cpu::forward(&bad, &x, &[], Pass::Inference);
         assert!(r.as_ref().is_err_and(&is_w_ih), "input {input}: {:?}", r.err());
-        let r = cpu::backward(&bad, &tape, &go, None, None);
+        let r = cpu::backward(&bad, &tape, &go, &[]);
         assert!(r.as_ref().is_err_and(&is_w_ih), "input {input}: {:?}", r.err());
         let path = dir.join(format!("in{input}.safetensors"));
         assert!(bad.save(&path).is_err_and(|e| is_w_ih(&e)));
@@ -167,17 +167,17 @@ fn weights_edited_after_construction_are_refused_everywhere() {
     // A shortened W_hh.
     let mut bad = w.clone();
     bad.params[0].w_hh.pop();
-    let r = cpu::forward(&bad, &x3, None, None, Pass::Inference);
+    let r = cpu::forward(&bad, &x3, &[], Pass::Inference);
     assert!(matches!(&r, Err(Error::LengthMismatch { what, .. }) if what == "weight_hh_l0"), "{:?}", r.err());
     // More layers than stored.
     let mut bad = w.clone();
     bad.config.num_layers = 3;
-    let r = cpu::forward(&bad, &x3, None, None, Pass::Inference);
+    let r = cpu::forward(&bad, &x3, &[], Pass::Inference);
     assert!(matches!(&r, Err(Error::ShapeMismatch { expected, got, .. }) if expected == &vec![3] && got == &vec![1]), "{:?}", r.err());
     // A bias taken away, a projection added without its tensor, a stray projection tensor.
     let mut bad = w.clone();
     bad.params[0].b_ih = None;
-    assert!(matches!(cpu::forward(&bad, &x3, None, None, Pass::Inference), Err(Error::MissingTensor(n)) if n == "bias_ih_l0"));
+    assert!(matches!(cpu::forward(&bad, &x3, &[], Pass::Inference), Err(Error::MissingTensor(n)) if n == "bias_ih_l0"));
     let mut bad = w.clone();
     bad.config.proj_size = 2;
     assert!(matches!(bad.validate(), Err(Error::LengthMismatch { what, .. }) if what == "weight_hh_l0"));
@@ -195,21 +195,21 @@ fn weights_edited_after_construction_are_refused_everywhere() {
 fn backward_refuses_a_tape_from_another_configuration() {
     let x6 = packed(3, 2, 6, &[3, 2]);
     let gru = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Gru, 6, 4), 2).unwrap();
-    let (_, tape) = cpu::forward(&gru, &x6, None, None, Pass::Training).unwrap();
+    let (_, tape) = cpu::forward(&gru, &x6, &[], Pass::Training).unwrap();
     let tape = tape.unwrap();
     // Same input and hidden sizes, another mode: used to return garbage.
     let lstm = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Lstm, 6, 4), 2).unwrap();
     let go = vec![0.0f32; x6.rows() * 4];
-    assert!(matches!(cpu::backward(&lstm, &tape, &go, None, None), Err(Error::TapeMismatch(_))));
+    assert!(matches!(cpu::backward(&lstm, &tape, &go, &[]), Err(Error::TapeMismatch(_))));
     // Another input size (2^16): used to read far past the tape's layer input.
     let wide = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Gru, 1 << 16, 4), 2).unwrap();
-    assert!(matches!(cpu::backward(&wide, &tape, &go, None, None), Err(Error::TapeMismatch(_))));
+    assert!(matches!(cpu::backward(&wide, &tape, &go, &[]), Err(Error::TapeMismatch(_))));
     // Bidirectional with the same layer count.
     let bi = Weights::<f32>::init_uniform(&RnnConfig::new(Mode::Gru, 6, 4).bidirectional(true), 2).unwrap();
     let go2 = vec![0.0f32; x6.rows() * 8];
-    assert!(matches!(cpu::backward(&bi, &tape, &go2, None, None), Err(Error::TapeMismatch(_))));
+    assert!(matches!(cpu::backward(&bi, &tape, &go2, &[]), Err(Error::TapeMismatch(_))));
     // The weights it was recorded with still work, and give the values they gave before.
-    let a = cpu::backward(&gru, &tape, &go, None, None).unwrap();
+    let a = cpu::backward(&gru, &tape, &go, &[]).unwrap();
     assert!(a.params.params[0].w_ih.iter().all(|&v| v == 0.0), "zero output gradient, zero weight gradient");
 }
 

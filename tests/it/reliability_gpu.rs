@@ -106,10 +106,10 @@ fn backward_with_a_tape_from_another_context_is_a_typed_error() {
         }
         // The tape still works with its own model, and the gradients are right.
         let got = ours.backward(&tape, &go, None, None).unwrap();
-        let (_, ct) = cpu::forward(&w, &x, None, None, Pass::Training).unwrap();
-        let want = cpu::backward(&w, &ct.unwrap(), &go, None, None).unwrap();
+        let (_, ct) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+        let want = cpu::backward(&w, &ct.unwrap(), &go, &[]).unwrap();
         assert_close("grad input", &to64(&got.input.data), &to64(&want.input.data), GRAD_ATOL, GRAD_RTOL);
-        assert_close("grad h0", &to64(&got.h0.data), &to64(&want.h0.data), GRAD_ATOL, GRAD_RTOL);
+        assert_close("grad h0", &to64(&got.states[0].data), &to64(&want.states[0].data), GRAD_ATOL, GRAD_RTOL);
     }
 }
 
@@ -250,9 +250,9 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
         rb.copy(ctx, &mut enc, &bufs.out, x.rows() * 4).unwrap();
         rb.copy(ctx, &mut enc, &bufs.cn, 2 * 4).unwrap();
         let got = rb.submit_and_read(ctx, enc).unwrap();
-        let (want, _) = cpu::forward(&w, &x, Some(&states), Some(&states), Pass::Inference).unwrap();
+        let (want, _) = cpu::forward(&w, &x, &[Some(&states), Some(&states)], Pass::Inference).unwrap();
         assert_close("output (h0 and c0 one buffer)", &to64(&got[0]), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
-        assert_close("c_n (h0 and c0 one buffer)", &to64(&got[1]), &to64(&want.c_n.unwrap().data), FORWARD_ATOL, FORWARD_RTOL);
+        assert_close("c_n (h0 and c0 one buffer)", &to64(&got[1]), &to64(&want.states.get(1).cloned().unwrap().data), FORWARD_ATOL, FORWARD_RTOL);
     }
 }
 
@@ -480,7 +480,7 @@ fn the_gl_guard_is_reentrant() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
     let w = Weights::<f32>::init_uniform(&cfg, 7).unwrap();
     let x = packed(4, 3, 3, &[4, 2, 1]);
-    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    let (want, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
     let c = ctx.clone();
     let got = within("a plan, a forward pass and a read under the caller's GL guard", HANG_LIMIT, move || {
         let outer = c.exclusive();
@@ -579,7 +579,7 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
     let w = Weights::<f32>::init_uniform(&cfg, 11).unwrap();
     let rnn = Arc::new(GpuRnn::new(&ctx, &w).unwrap());
     let x = packed(3, 2, 3, &[3, 1]);
-    let (want, _) = cpu::forward(&w, &x, None, None, Pass::Inference).unwrap();
+    let (want, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
     let r = rnn.clone();
     let planner = std::thread::spawn(move || {
         for k in 0..200 {

@@ -90,11 +90,11 @@ impl Case {
         let grad_w = gr.params.to_flat();
         Run {
             output: f.output.data,
-            h_n: f.h_n.data,
-            c_n: f.c_n.map(|t| t.data).unwrap_or_default(),
+            h_n: f.states[0].data.clone(),
+            c_n: f.states.get(1).cloned().map(|t| t.data).unwrap_or_default(),
             grad_input: gr.input.data,
-            grad_h0: gr.h0.data,
-            grad_c0: gr.c0.map(|t| t.data).unwrap_or_default(),
+            grad_h0: gr.states[0].data.clone(),
+            grad_c0: gr.states.get(1).cloned().map(|t| t.data).unwrap_or_default(),
             grad_w,
             pieces: tape.pieces(),
         }
@@ -103,16 +103,16 @@ impl Case {
     /// Compares a run with the CPU reference in f64.
     fn check(&self, label: &str, got: &Run) {
         let w64 = self.w32.cast::<f64>();
-        let (f, tape) = cpu::forward(&w64, &self.x64, Some(&self.h0), self.c0.as_deref(), Pass::Training).unwrap();
-        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, Some(&self.ghn), self.gcn.as_deref()).unwrap();
+        let (f, tape) = cpu::forward(&w64, &self.x64, &[Some(&self.h0), self.c0.as_deref()], Pass::Training).unwrap();
+        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, &[Some(&self.ghn), self.gcn.as_deref()]).unwrap();
         assert_close(&format!("{label}: output"), &f64s(&got.output), &f.output.data, FWD_ATOL, FWD_RTOL);
-        assert_close(&format!("{label}: h_n"), &f64s(&got.h_n), &f.h_n.data, FWD_ATOL, FWD_RTOL);
-        if let Some(c_n) = f.c_n {
+        assert_close(&format!("{label}: h_n"), &f64s(&got.h_n), &f.states[0].data, FWD_ATOL, FWD_RTOL);
+        if let Some(c_n) = f.states.get(1).cloned() {
             assert_close(&format!("{label}: c_n"), &f64s(&got.c_n), &c_n.data, FWD_ATOL, FWD_RTOL);
-            assert_close(&format!("{label}: grad_c0"), &f64s(&got.grad_c0), &gr.c0.unwrap().data, GRAD_ATOL, GRAD_RTOL);
+            assert_close(&format!("{label}: grad_c0"), &f64s(&got.grad_c0), &gr.states.get(1).cloned().unwrap().data, GRAD_ATOL, GRAD_RTOL);
         }
         assert_close(&format!("{label}: grad_input"), &f64s(&got.grad_input), &gr.input.data, GRAD_ATOL, GRAD_RTOL);
-        assert_close(&format!("{label}: grad_h0"), &f64s(&got.grad_h0), &gr.h0.data, GRAD_ATOL, GRAD_RTOL);
+        assert_close(&format!("{label}: grad_h0"), &f64s(&got.grad_h0), &gr.states[0].data, GRAD_ATOL, GRAD_RTOL);
         let gw = gr.params.to_flat();
         let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
         assert_close(&format!("{label}: grad weights"), &f64s(&got.grad_w), &gw, GRAD_ATOL + WEIGHT_GRAD_OF_MAX * gw_max, GRAD_RTOL);
@@ -227,7 +227,7 @@ fn refused_where_splitting_cannot_help() {
     for pass in [Pass::Inference, Pass::Training] {
         match rnn.forward(&case.x32, None, None, pass) {
             Err(Error::Limit(msg)) => assert!(msg.contains("weights"), "{msg}"),
-            other => panic!("weights over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.h_n.shape)),
+            other => panic!("weights over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.states[0].shape.clone())),
         }
     }
     assert!(matches!(GpuRnn::new(&ctx, &case.w32), Err(Error::Limit(_))), "uploading weights over the limit");
@@ -239,7 +239,7 @@ fn refused_where_splitting_cannot_help() {
     ctx.set_binding_limit(100_000);
     match rnn.forward(&case.x32, None, None, Pass::Training) {
         Err(Error::Limit(msg)) => assert!(msg.contains("bidirectional"), "{msg}"),
-        other => panic!("bidirectional sequence over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.h_n.shape)),
+        other => panic!("bidirectional sequence over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.states[0].shape.clone())),
     }
     // The same unidirectional stack is split by time instead.
     ctx.set_binding_limit(u64::MAX);

@@ -194,8 +194,8 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     g.take_errors()?;
     let gpu_p = head(&got[0]);
 
-    let (fwd, _) = cpu::forward(&w, &packed, None, None, Pass::Inference).map_err(js)?;
-    let cpu_p = head(&fwd.h_n.data);
+    let (fwd, _) = cpu::forward(&w, &packed, &[], Pass::Inference).map_err(js)?;
+    let cpu_p = head(&fwd.states[0].data);
     let described = format!("{} {}x{} bidirectional, {} layer(s), vocabulary {rows}", cfg.mode, cfg.input_size, cfg.hidden_size, cfg.num_layers);
     Ok(serde_json::json!({ "tokens": ids.len(), "words": toks.len(), "unknown": unknown, "gpu": gpu_p, "cpu": cpu_p, "config": described, "device": ctx.describe() }).to_string())
 }

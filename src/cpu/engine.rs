@@ -1,23 +1,19 @@
-//! The CPU time-loop driver generic over the cell (`crate::cells`): forward and backward of
-//! any registered cell, stacked, bidirectional, over packed sequences, with any number of
-//! states. It never asks which cell it runs.
+//! The CPU engine (re-exported as `cpu::forward` / `cpu::backward`): generic over the cell
+//! (`C: Cell`), monomorphised per cell. See the module docs of `cpu`.
 //!
-//! Per layer-direction, forward: `xp = X W_x^T + b_x` for all rows, then per step and stage
-//! the stage's product for the step's rows (one GEMM) and the cell's pointwise function per
-//! row. Backward mirrors it: per step, stages last to first, the pointwise backward, then
-//! `dv = dr_k R_k` routed to the state or tape value the product read; after the loop, GEMMs
-//! over all rows for `dW_x`, `dR_k` and `dX`, column sums for the biases and the pointwise
-//! parameters.
-//!
-//! States live in sorted order (sequences by decreasing length), as in the rest of the crate:
-//! at step t the active rows are `0..batch_sizes[t]`.
+//! Per layer-direction, forward: `xp = X W_x^T + b_x` (up front, or per step inside the
+//! loop), then per step and stage the stage's product for the step's rows and the cell's
+//! pointwise function per row. Backward mirrors it: per step, stages last to first, the
+//! pointwise backward, then `dv = dr_k R_k` routed to the state or tape value the product
+//! read; after the loop, GEMMs over all rows for `dW_x`, `dR_k` (and `dX` unless made per
+//! step), column sums for the biases and the pointwise parameters.
 
 use super::gemm::{gemm, Mat, Op};
 use super::smallgemm::PackedB;
 use super::split::{self, Rows};
 use std::marker::PhantomData;
 use std::ops::Range;
-use super::{check_finite, permute_state, scratch, step_order, zeros, Failure, Pass};
+use super::{check_finite, permute_state, pool, scratch, step_order, zeros, Failure, Pass};
 use crate::packing::step_offsets;
 use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Sizes, Slot, Src, StateDef};
 use crate::config::RnnConfig;
@@ -29,19 +25,21 @@ use crate::precision::Precision;
 use crate::tensor::Tensor;
 use crate::weights::{DirParams, Weights};
 
-/// What a forward returns: the packed output `[N, D*out]` and each state's final value
-/// `[L*D, B, S]` in the caller's batch order, in the cell's state order.
+/// What a forward returns: the packed output and each state's final value, in the caller's
+/// batch order.
 #[derive(Clone, Debug)]
-pub struct CellOutput<T> {
+pub struct ForwardOutput<T> {
     /// The packed output `[N, D*out]`, forward direction's columns first.
     pub output: PackedSequence<T>,
-    /// Each state's final value `[L*D, B, S]`, in the cell's state order.
+    /// Each state's final value `[L*D, B, S]` (each sequence's state at its own last step), in
+    /// the cell's state order ([`RnnConfig::states`]: `h`, then `c` for LSTM).
     pub states: Vec<Tensor<T>>,
 }
 
-/// What backward needs from a training forward.
+/// What a training-mode forward keeps for [`backward`]. It remembers the configuration it
+/// was recorded with: [`backward`] refuses weights of another one ([`Error::TapeMismatch`]).
 #[derive(Debug)]
-pub struct CellTape<T> {
+pub struct Tape<T: Float> {
     config: RnnConfig,
     layers: Vec<LayerTape<T>>,
     batch_sizes: Vec<usize>,
@@ -52,15 +50,15 @@ pub struct CellTape<T> {
 }
 
 #[derive(Debug)]
-struct LayerTape<T> {
+struct LayerTape<T: Float> {
     /// `[N, in]` the layer's input (after the dropout of the layer below).
     input: Vec<T>,
     dirs: Vec<DirTape<T>>,
 }
 
 #[derive(Debug, Default)]
-struct DirTape<T> {
-    /// `[N, Gx]`
+struct DirTape<T: Float> {
+    /// `[N, Gx]` when the cell's backward reads it (`Cell::BACKWARD_READS_XP`), else empty.
     xp: Vec<T>,
     /// `[N, S]` the states each row started from.
     s_prev: Vec<T>,
@@ -70,13 +68,29 @@ struct DirTape<T> {
 
 /// Gradients of the loss `sum(output * grad_output) + sum over states of sum(s_n * grad_s_n)`.
 #[derive(Clone, Debug)]
-pub struct CellGradients<T> {
+pub struct Gradients<T> {
     /// The input's gradient, packed `[N, I]` like the input.
     pub input: PackedSequence<T>,
-    /// Each state's initial-value gradient `[L*D, B, S]`, caller's order.
+    /// Each state's initial-value gradient `[L*D, B, S]`, caller's order, in the cell's state
+    /// order.
     pub states: Vec<Tensor<T>>,
     /// The parameters' gradients, in the weights' layout and names.
     pub params: Weights<T>,
+}
+
+// The tape's buffers go back to the pool when it is dropped (see `pool`).
+impl<T: Float> Drop for DirTape<T> {
+    fn drop(&mut self) {
+        for v in [&mut self.xp, &mut self.s_prev, &mut self.tape] {
+            pool::recycle(std::mem::take(v));
+        }
+    }
+}
+
+impl<T: Float> Drop for LayerTape<T> {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.input));
+    }
 }
 
 fn slot<'a, T>(p: &'a DirParams<T>, s: Slot, what: &str) -> Result<&'a [T]>
@@ -88,10 +102,11 @@ where
 
 /// Checks the initial states (or their gradients) against the config: one entry per state.
 pub(crate) fn check_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], given: &[Option<&[T]>], b: usize, what: &str) -> Result<()> {
-    if given.len() > states.len() {
+    // Entries past the cell's states may be `None` (`&[h0, None]` for any cell), never values.
+    if let Some(extra) = given.iter().skip(states.len()).position(Option::is_some) {
         return Err(Error::InvalidConfig(format!(
-            "{} {what} given, but {} has {} states",
-            given.len(),
+            "a value for state {} ({what}) given, but {} has {} states",
+            states.len() + extra,
             cfg.mode,
             states.len()
         )));
@@ -140,15 +155,23 @@ pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
     w.check_finite()
 }
 
-/// Runs the stack over a packed batch. `states0[i]` is state i's initial value
-/// `[L*D, B, S_i]` in the caller's order (zeros when `None` or absent). The config's dropout
-/// and zoneout draw their masks from `Draw::default()` ([`forward_with`] chooses).
+/// Runs the stack over a packed batch.
+///
+/// - `input`: packed rows `[N, I]`;
+/// - `states0[i]`: state i's initial value `[L*D, B, S_i]` in the caller's batch order, in
+///   the cell's state order ([`RnnConfig::states`]: `&[h0, c0]` for LSTM); zeros when `None`
+///   or absent (`&[]`: every state zero).
+///
+/// With [`Pass::Training`] the returned tape feeds [`backward`]. The config's dropout and
+/// zoneout draw their masks from `Draw::default()` ([`forward_with`] chooses). With
+/// `Precision::F16` storage it is the GPU's f16 twin: arithmetic in `T`, every value rounded
+/// to f16 where the GPU stores it.
 pub fn forward<T: Float>(
     w: &Weights<T>,
     input: &PackedSequence<T>,
     states0: &[Option<&[T]>],
     pass: Pass,
-) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
+) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     forward_with(w, input, states0, pass, Draw::default())
 }
 
@@ -160,7 +183,7 @@ pub fn forward_with<T: Float>(
     states0: &[Option<&[T]>],
     pass: Pass,
     draw: Draw,
-) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
+) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     check_weights(w)?;
     input.validate()?;
     let cfg = &w.config;
@@ -261,7 +284,7 @@ fn forward_cell<C: Cell, T: Float>(
     states0: &[Option<&[T]>],
     pass: Pass,
     draw: Draw,
-) -> Result<(CellOutput<T>, Option<CellTape<T>>)> {
+) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
     let (b, d) = (input.batch(), cfg.directions());
     let ld = cfg.num_layers * d;
@@ -282,6 +305,7 @@ fn forward_cell<C: Cell, T: Float>(
             let mut dt = DirTape::default();
             dir_forward::<C, T>(DirFwd {
                 sizes,
+                zero_start: states0.iter().all(Option::is_none),
                 p: w.dir(layer, dir),
                 x: &x,
                 batch_sizes: &input.batch_sizes,
@@ -303,11 +327,13 @@ fn forward_cell<C: Cell, T: Float>(
         let layer_input = std::mem::replace(&mut x, out);
         if pass == Pass::Training {
             layers.push(LayerTape { input: layer_input, dirs });
+        } else {
+            pool::recycle(layer_input);
         }
     }
     let output = input.with_data(x, out_w)?;
     let states_n = scatter_states(cfg, &states, &s, ld, b, &input.unsorted_indices)?;
-    let tape = (pass == Pass::Training).then(|| CellTape {
+    let tape = (pass == Pass::Training).then(|| Tape {
         config: cfg.clone(),
         layers,
         batch_sizes: input.batch_sizes.clone(),
@@ -315,11 +341,13 @@ fn forward_cell<C: Cell, T: Float>(
         unsorted_indices: input.unsorted_indices.clone(),
         draw,
     });
-    Ok((CellOutput { output, states: states_n }, tape))
+    Ok((ForwardOutput { output, states: states_n }, tape))
 }
 
 struct DirFwd<'a, T: Float> {
     sizes: Sizes,
+    /// No initial state was given (all zeros).
+    zero_start: bool,
     p: &'a DirParams<T>,
     x: &'a [T],
     batch_sizes: &'a [usize],
@@ -387,23 +415,30 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
     let p = a.p;
-    let mut xp = zeros("input projection", &[n, gx])?;
-    if gx > 0 {
-        let w_x = slot(p, Slot::WeightIh, "input matrix")?;
-        gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w_x, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
-        if lay.input_bias {
-            super::add_bias(&mut xp, gx, Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]));
-        }
+    let training = a.tape.is_some();
+    // The input projection: with enough rows, each thread computes its rows' projection step
+    // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
+    // else one GEMM over all rows up front (see `super::per_step_input`).
+    let per_step = gx > 0 && super::per_step_input(b, n);
+    let b_x = if gx > 0 && lay.input_bias { Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]) } else { None };
+    let w_x = if per_step { Some(PackedB::try_transposed(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
+    // [N, gx]: the up-front GEMM's, or the tape's when the cell's backward reads it;
+    // otherwise a per-step projection keeps its rows in each thread's scratch.
+    let keep_xp = training && C::BACKWARD_READS_XP;
+    let mut xp = zeros("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
+    if gx > 0 && !per_step {
+        let w = slot(p, Slot::WeightIh, "input matrix")?;
+        gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+        super::add_bias(&mut xp, gx, b_x);
         store(a.precision, &mut xp);
     }
     let e = pointwise_params(p, &lay)?;
-    let training = a.tape.is_some();
     let mut s_prev = if training { zeros("tape states", &[n, sw])? } else { Vec::new() };
     let mut tape = if training { zeros("tape", &[n, tw])? } else { Vec::new() };
     let packed = pack_products(p, &lay, true)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
-    let macs = n * (gx + lay.product_macs());
+    let macs = n * (gx * inw + lay.product_macs());
     let ranges = split::ranges(b, macs);
     let failed = Failure::new();
     let l = FwdLoop::<C, T> {
@@ -416,8 +451,12 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         off: &off,
         reverse: a.reverse,
         training,
+        keep_xp,
+        zero_start: a.zero_start,
         x: a.x,
-        xp: &xp,
+        w_x: w_x.as_ref(),
+        b_x,
+        xp: Rows::new(&mut xp),
         e,
         packed: &packed,
         biases: &biases,
@@ -434,13 +473,27 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     };
     split::run_loop(&ranges, &l);
     recycle(packed);
+    if let Some(w) = w_x {
+        w.recycle();
+    }
     if let Some(e) = failed.into_inner() {
+        for v in [xp, s_prev, tape] {
+            pool::recycle(v);
+        }
         return Err(e);
     }
-    if let Some(dt) = a.tape {
-        dt.xp = xp;
-        dt.s_prev = s_prev;
-        dt.tape = tape;
+    match a.tape {
+        Some(dt) if keep_xp => {
+            dt.xp = xp;
+            dt.s_prev = s_prev;
+            dt.tape = tape;
+        }
+        Some(dt) => {
+            pool::recycle(xp);
+            dt.s_prev = s_prev;
+            dt.tape = tape;
+        }
+        None => pool::recycle(xp),
     }
     Ok(())
 }
@@ -456,8 +509,17 @@ struct FwdLoop<'a, C, T: Float> {
     off: &'a [usize],
     reverse: bool,
     training: bool,
+    /// Whether the tape keeps the input projection (`Cell::BACKWARD_READS_XP`).
+    keep_xp: bool,
+    /// Whether the initial states are zeros (none given): a thread's first step then skips
+    /// the products of a state (every row active at it starts from its initial state).
+    zero_start: bool,
     x: &'a [T],
-    xp: &'a [T],
+    /// `W_x^T` packed, when the input projection is made step by step, and `b_x`.
+    w_x: Option<&'a PackedB<T>>,
+    b_x: Option<&'a [T]>,
+    /// `[N, gx]`: made up front (read), or written step by step in training.
+    xp: Rows<'a, T>,
     e: &'a [T],
     packed: &'a [Option<PackedB<T>>],
     biases: &'a [Option<&'a [T]>],
@@ -486,22 +548,41 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
         // `o..o + rows` of one step, which no other thread touches.
         let s = unsafe { self.s.part(r0 * sw, nr * sw) };
         let hw = self.zone.map_or(0, |z| z.hw);
+        let xs_rows = if self.w_x.is_some() && !self.keep_xp { nr } else { 0 };
         let alloc = || -> Result<_> {
-            Ok((scratch("products", &[nr, rw])?, scratch("tape", &[if self.training { 0 } else { nr }, tw])?, scratch("zoneout states", &[nr, hw])?))
+            Ok((
+                scratch("products", &[nr, rw])?,
+                scratch("tape", &[if self.training { 0 } else { nr }, tw])?,
+                scratch("zoneout states", &[nr, hw])?,
+                scratch("input projection", &[xs_rows, gx])?,
+            ))
         };
-        let (mut r, mut tscratch, mut hprev) = match alloc() {
+        let (mut r, mut tscratch, mut hprev, mut xs) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
                 return;
             }
         };
+        let mut fresh = self.zero_start;
         for t in step_order(self.batch_sizes.len(), self.reverse) {
             let rows = self.batch_sizes[t].saturating_sub(r0).min(nr);
             if rows == 0 {
                 continue;
             }
             let o = self.off[t] + r0;
+            // This step's input projection (when made per step), or its rows of the one made
+            // up front.
+            let xrows: &[T] = match self.w_x {
+                Some(w) => {
+                    let dst: &mut [T] = if self.keep_xp { unsafe { self.xp.part(o * gx, rows * gx) } } else { &mut xs[..rows * gx] };
+                    w.gemm(&self.x[o * inw..(o + rows) * inw], rows, inw, dst, gx);
+                    super::add_bias(dst, gx, self.b_x);
+                    store(self.q, dst);
+                    dst
+                }
+                None => unsafe { self.xp.part(o * gx, rows * gx) },
+            };
             let tape: &mut [T] = if self.training {
                 unsafe { self.s_prev.part(o * sw, rows * sw) }.copy_from_slice(&s[..rows * sw]);
                 unsafe { self.tape.part(o * tw, rows * tw) }
@@ -518,6 +599,12 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                 if let (Some(pr), Some(pk)) = (stage, &self.packed[k]) {
                     let c = &mut r[self.roffs[k]..];
                     match pr.src {
+                        // A zero state's product is zero.
+                        Src::State(_) if fresh => {
+                            for rr in 0..rows {
+                                c[rr * rw..rr * rw + pr.rows].fill(T::zero());
+                            }
+                        }
                         Src::State(i) => pk.gemm(&s[self.soffs[i]..], rows, sw, c, rw),
                         Src::Tape { offset } => pk.gemm(&tape[offset..], rows, tw, c, rw),
                     }
@@ -541,7 +628,7 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                         sz,
                         FwdRow {
                             x: &self.x[row * inw..(row + 1) * inw],
-                            xp: &self.xp[row * gx..(row + 1) * gx],
+                            xp: &xrows[rr * gx..(rr + 1) * gx],
                             r: &r[rr * rw..(rr + 1) * rw],
                             e: self.e,
                             s: &mut s[rr * sw..(rr + 1) * sw],
@@ -574,18 +661,27 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                     }
                 }
             }
+            fresh = false;
         }
     }
 }
 
-/// Backward through time of a [`forward`] in training mode. `grad_output` is packed like the
-/// output; `grad_states[i]` is state i's final-value gradient `[L*D, B, S_i]` (zeros when
-/// `None` or absent).
-pub fn backward<T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<CellGradients<T>> {
+/// Backward through time of a [`forward`] in training mode: what autograd gives for
+/// `loss = sum(output * grad_output) + sum over states i of sum(s_i_n * grad_states[i])`.
+///
+/// - `grad_output`: packed rows `[N, D*H_out]`, the forward output's packing;
+/// - `grad_states[i]`: state i's final-value gradient `[L*D, B, S_i]`, caller's order, in the
+///   cell's state order (`&[grad_h_n, grad_c_n]` for LSTM); zeros when `None` or absent.
+pub fn backward<T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<Gradients<T>> {
     check_weights(w)?;
     let cfg = &w.config;
     if tape.config != *cfg {
         return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the weights have {cfg:?}", tape.config)));
+    }
+    // Recorded by `forward` with this config: one layer tape per layer, one direction tape
+    // per direction (the fields are private, so this holds; checked to keep it so).
+    if tape.layers.len() != cfg.num_layers || tape.layers.iter().any(|l| l.dirs.len() != cfg.directions()) {
+        return Err(Error::TapeMismatch("the tape's layers do not match its configuration".into()));
     }
     let b = tape.batch_sizes[0];
     let n: usize = tape.batch_sizes.iter().sum();
@@ -607,7 +703,7 @@ pub fn backward<T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_output: &[T],
     crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(w, tape, grad_output, grad_states))
 }
 
-fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<CellGradients<T>> {
+fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<Gradients<T>> {
     let cfg = &w.config;
     let b = tape.batch_sizes[0];
     let d = cfg.directions();
@@ -649,7 +745,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
         if layer > 0 && !cfg.dropout.is_zero() {
             dropout_layer(&mut dx, cfg, layer - 1, draw)?;
         }
-        dy = dx;
+        pool::recycle(std::mem::replace(&mut dy, dx));
     }
     let input = PackedSequence {
         data: dy,
@@ -658,7 +754,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &CellTape<T>, grad_out
         sorted_indices: tape.sorted_indices.clone(),
         unsorted_indices: tape.unsorted_indices.clone(),
     };
-    Ok(CellGradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: grads })
+    Ok(Gradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: grads })
 }
 
 struct DirBwd<'a, T: Float> {
@@ -697,8 +793,12 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let mut dr = zeros("product gradients", &[n, rw])?;
     let mut de = zeros("pointwise parameter gradients", &[n, lay.pointwise])?;
     let plain = pack_products(p, &lay, false)?;
-    let macs = n * (gx + lay.product_macs());
+    let macs = n * (gx * inw + lay.product_macs());
     let ranges = split::ranges(b, macs);
+    // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
+    // forward's input projection (`super::per_step_input`).
+    let per_step_dx = gx > 0 && super::per_step_input(b, n);
+    let w_x = if per_step_dx { Some(PackedB::try_plain(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     let failed = Failure::new();
     let l = BwdLoop::<C, T> {
         failed: &failed,
@@ -716,6 +816,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         out_w: a.out_w,
         col: a.col,
         plain: &plain,
+        w_x: w_x.as_ref(),
         sw,
         ds: Rows::new(a.ds),
         dxp: Rows::new(&mut dxp),
@@ -728,7 +829,13 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     };
     split::run_loop(&ranges, &l);
     recycle(plain);
+    if let Some(w) = w_x {
+        w.recycle();
+    }
     if let Some(e) = failed.into_inner() {
+        for v in [dxp, dr, de] {
+            pool::recycle(v);
+        }
         return Err(e);
     }
     // Weight gradients over all rows.
@@ -740,8 +847,10 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
             let gb = a.grad.get_mut(Slot::BiasIh).ok_or_else(|| Error::MissingTensor("BiasIh slot".into()))?;
             super::col_sum_into(&dxp, gx, &mut gb[..gx]);
         }
-        let w_x = slot(p, Slot::WeightIh, "input matrix")?;
-        gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+        if !per_step_dx {
+            let w_x = slot(p, Slot::WeightIh, "input matrix")?;
+            gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+        }
     }
     for (k, stage) in lay.stages.iter().enumerate() {
         let Some(pr) = stage else { continue };
@@ -775,6 +884,9 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         }
         store(a.precision, a.dx);
     }
+    for v in [dxp, dr, de] {
+        pool::recycle(v);
+    }
     Ok(())
 }
 
@@ -795,6 +907,8 @@ struct BwdLoop<'a, C, T: Float> {
     out_w: usize,
     col: usize,
     plain: &'a [Option<PackedB<T>>],
+    /// `W_x` packed, when dX is made step by step.
+    w_x: Option<&'a PackedB<T>>,
     sw: usize,
     /// `[B, S]` (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, ew]`, `[N, in]` by packed row.
     ds: Rows<'a, T>,
@@ -823,12 +937,14 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         let alloc = || -> Result<_> {
             Ok((
                 scratch("tape gradients", &[nr, tw])?,
-                scratch("state gradients through products", &[nr, sw])?,
                 scratch("product input gradients", &[nr, kmax])?,
                 scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
+                scratch("input gradients", &[if self.w_x.is_some() { nr } else { 0 }, inw])?,
             ))
         };
-        let (mut dtape, mut dprod, mut dv, mut zg) = match alloc() {
+        // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
+        let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
+        let (mut dtape, mut dv, mut zg, mut dx_step) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -841,8 +957,9 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 continue;
             }
             let o = self.off[t] + r0;
-            dtape[..rows * tw].fill(T::zero());
-            dprod[..rows * sw].fill(T::zero());
+            if tape_products {
+                dtape[..rows * tw].fill(T::zero());
+            }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
             let dr = unsafe { self.dr.part(o * rw, rows * rw) };
             let de = unsafe { self.de.part(o * ew, rows * ew) };
@@ -873,7 +990,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                         sz,
                         BwdRow {
                             x: &self.x[row * inw..(row + 1) * inw],
-                            xp: &tp.xp[row * gx..(row + 1) * gx],
+                            xp: if tp.xp.is_empty() { &[] } else { &tp.xp[row * gx..(row + 1) * gx] },
                             e: self.e,
                             s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
                             tape: &tp.tape[row * tw..(row + 1) * tw],
@@ -903,7 +1020,8 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                     }
                     for rr in 0..rows {
                         let dst = match pr.src {
-                            Src::State(i) => &mut dprod[rr * sw + self.soffs[i]..rr * sw + self.soffs[i] + pr.k],
+                            // Stage 0's (Layout::check): the gradient of the state before the step.
+                            Src::State(i) => &mut ds[rr * sw + self.soffs[i]..rr * sw + self.soffs[i] + pr.k],
                             Src::Tape { offset } => &mut dtape[rr * tw + offset..rr * tw + offset + pr.k],
                         };
                         for (d, &g) in dst.iter_mut().zip(&dv[rr * pr.k..(rr + 1) * pr.k]) {
@@ -911,9 +1029,6 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                         }
                     }
                 }
-            }
-            for (d, &g) in ds[..rows * sw].iter_mut().zip(&dprod[..rows * sw]) {
-                *d += g;
             }
             store(self.q, &mut ds[..rows * sw]);
             if let Some(z) = self.zone {
@@ -923,6 +1038,13 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                             ds[rr * sw + j] += zg[rr * z.hw + j];
                         }
                     }
+                }
+            }
+            // This step's rows of dX = dxp W_x (when made per step).
+            if let Some(w) = self.w_x {
+                w.gemm(&dxp[..rows * gx], rows, gx, &mut dx_step[..rows * inw], inw);
+                for (v, &d) in dx.iter_mut().zip(&dx_step[..rows * inw]) {
+                    *v += d;
                 }
             }
         }
