@@ -26,7 +26,7 @@
 //! - [`packing`]: packed sequences; [`cpu`]: the CPU engine (forward and backward of every
 //!   cell); [`gpu`]: the GPU engine API and convenience types; [`precision`], [`masks`]:
 //!   f16 storage and the regularisers' masks;
-//! - [`case`]: the golden case format; [`io`]: safetensors; [`bench`]: `wgpu-rnn bench`.
+//! - [`case`]: the golden case format; [`io`]: safetensors; [`bench`](mod@bench): `wgpu-rnn bench`.
 
 #![warn(missing_docs)]
 

@@ -79,3 +79,18 @@ fn golden_cli_round_trip() {
     assert!(String::from_utf8_lossy(&st.stdout).contains("FAIL"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The examples' CI checks compare with `case::worst_ratio`: a NaN anywhere, or a short read,
+/// must fail them (a plain `fold(0.0, f64::max)` skips NaN).
+#[test]
+fn worst_ratio_fails_on_nan_and_short_reads() {
+    use wgpu_rnn::case::worst_ratio;
+    let want = [1.0f32, 2.0, 3.0];
+    assert!(worst_ratio(&want, &want, 1e-5, 1e-4) == 0.0);
+    assert!(worst_ratio(&[1.0, f32::NAN, 3.0], &want, 1e-5, 1e-4) == f64::INFINITY);
+    assert!(worst_ratio(&[f32::NAN; 3], &want, 1e-5, 1e-4) == f64::INFINITY);
+    assert!(worst_ratio(&want, &[1.0, 2.0, f32::NAN], 1e-5, 1e-4) == f64::INFINITY);
+    assert!(worst_ratio(&want[..2], &want, 1e-5, 1e-4) == f64::INFINITY);
+    let r = worst_ratio(&[1.0, 2.0, 3.001], &want, 1e-5, 1e-4);
+    assert!(r > 1.0 && r.is_finite(), "{r}");
+}
