@@ -102,11 +102,10 @@ where
 
 /// Checks the initial states (or their gradients) against the config: one entry per state.
 pub(crate) fn check_states<T: Float>(cfg: &RnnConfig, states: &[StateDef], given: &[Option<&[T]>], b: usize, what: &str) -> Result<()> {
-    // Entries past the cell's states may be `None` (`&[h0, None]` for any cell), never values.
-    if let Some(extra) = given.iter().skip(states.len()).position(Option::is_some) {
+    if given.len() > states.len() {
         return Err(Error::InvalidConfig(format!(
-            "a value for state {} ({what}) given, but {} has {} states",
-            states.len() + extra,
+            "{} {what} given, but {} has {} states",
+            given.len(),
             cfg.mode,
             states.len()
         )));
@@ -155,6 +154,21 @@ pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
     w.check_finite()
 }
 
+/// Checks a forward's weights, packed input and initial states against the weights' config
+/// (the CPU engine's and `gpu::generic`'s); returns the cell's states.
+pub(crate) fn check_forward<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, states0: &[Option<&[T]>]) -> Result<Vec<StateDef>> {
+    check_weights(w)?;
+    input.validate()?;
+    let cfg = &w.config;
+    if input.features != cfg.input_size {
+        return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
+    }
+    check_finite("input", &input.data)?;
+    let states = cfg.states();
+    check_states(cfg, &states, states0, input.batch(), "0")?;
+    Ok(states)
+}
+
 /// Runs the stack over a packed batch.
 ///
 /// - `input`: packed rows `[N, I]`;
@@ -184,16 +198,8 @@ pub fn forward_with<T: Float>(
     pass: Pass,
     draw: Draw,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
-    check_weights(w)?;
-    input.validate()?;
+    check_forward(w, input, states0)?;
     let cfg = &w.config;
-    if input.features != cfg.input_size {
-        return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
-    }
-    check_finite("input", &input.data)?;
-    let b = input.batch();
-    let states = cfg.states();
-    check_states(cfg, &states, states0, b, "0")?;
     for layer in 0..cfg.num_layers.min(2) {
         cfg.mode.layout(cfg.sizes(layer)).check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
     }
@@ -398,10 +404,13 @@ fn product_biases<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<Vec
         .collect()
 }
 
-fn recycle<T: Float>(packed: Vec<Option<PackedB<T>>>) {
-    for w in packed.into_iter().flatten() {
+/// After a time loop: its packed weights (the stages' products and `W_x`) back to the pool,
+/// and the error a thread reported, if any.
+fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<T>>>, w_x: Option<PackedB<T>>) -> Option<Error> {
+    for w in packed.into_iter().chain([w_x]).flatten() {
         w.recycle();
     }
+    failed.into_inner()
 }
 
 fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
@@ -472,11 +481,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
-    recycle(packed);
-    if let Some(w) = w_x {
-        w.recycle();
-    }
-    if let Some(e) = failed.into_inner() {
+    if let Some(e) = after_loop(failed, packed, w_x) {
         for v in [xp, s_prev, tape] {
             pool::recycle(v);
         }
@@ -828,11 +833,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         _cell: PhantomData,
     };
     split::run_loop(&ranges, &l);
-    recycle(plain);
-    if let Some(w) = w_x {
-        w.recycle();
-    }
-    if let Some(e) = failed.into_inner() {
+    if let Some(e) = after_loop(failed, plain, w_x) {
         for v in [dxp, dr, de] {
             pool::recycle(v);
         }

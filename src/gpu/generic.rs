@@ -43,7 +43,7 @@ use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
 use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
-use crate::cpu::{check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
+use crate::cpu::{check_forward, check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
@@ -945,17 +945,10 @@ pub fn forward_with(
     if draw.counter > 1 << 24 {
         return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
     }
-    check_weights(w)?;
-    input.validate()?;
+    let states = check_forward(w, input, states0)?;
     let cfg = &w.config;
-    if input.features != cfg.input_size {
-        return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
-    }
-    check_finite("input", &input.data)?;
     let (b, n) = (input.batch(), input.rows());
     let ld = cfg.num_layers * cfg.directions();
-    let states = cfg.states();
-    check_states(cfg, &states, states0, b, "0")?;
     let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
     let out_w = cfg.output_size();
     let _serial = ctx.exclusive();

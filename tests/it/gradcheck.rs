@@ -40,7 +40,7 @@ impl Problem {
     }
 
     fn loss(&self, w: &Weights<f64>, x: &PackedSequence<f64>, h0: &[f64], c0: Option<&[f64]>) -> f64 {
-        let (f, _) = cpu::forward(w, x, &[Some(h0), c0], Pass::Inference).unwrap();
+        let (f, _) = cpu::forward(w, x, &[Some(h0), c0][..w.config.states().len()], Pass::Inference).unwrap();
         let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
         let mut l = dot(&f.output.data, &self.r_out) + dot(&f.states[0].data, &self.r_h);
         if let (Some(c), Some(r)) = (&f.states.get(1).cloned(), &self.r_c) {
@@ -50,8 +50,8 @@ impl Problem {
     }
 
     fn check(&self, label: &str) {
-        let (_, tape) = cpu::forward(&self.w, &self.x, &[Some(&self.h0), self.c0.as_deref()], Pass::Training).unwrap();
-        let g = cpu::backward(&self.w, &tape.unwrap(), &self.r_out, &[Some(&self.r_h), self.r_c.as_deref()]).unwrap();
+        let (_, tape) = cpu::forward(&self.w, &self.x, &[Some(&self.h0[..]), self.c0.as_deref()][..self.w.config.states().len()], Pass::Training).unwrap();
+        let g = cpu::backward(&self.w, &tape.unwrap(), &self.r_out, &[Some(&self.r_h[..]), self.r_c.as_deref()][..self.w.config.states().len()]).unwrap();
         let c0 = self.c0.as_deref();
         let numeric = |f: &dyn Fn(f64) -> f64| (f(EPS) - f(-EPS)) / (2.0 * EPS);
         let check = |what: String, analytic: f64, num: f64| {

@@ -103,8 +103,8 @@ impl Case {
     /// Compares a run with the CPU reference in f64.
     fn check(&self, label: &str, got: &Run) {
         let w64 = self.w32.cast::<f64>();
-        let (f, tape) = cpu::forward(&w64, &self.x64, &[Some(&self.h0), self.c0.as_deref()], Pass::Training).unwrap();
-        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, &[Some(&self.ghn), self.gcn.as_deref()]).unwrap();
+        let (f, tape) = cpu::forward(&w64, &self.x64, &[Some(&self.h0[..]), self.c0.as_deref()][..w64.config.states().len()], Pass::Training).unwrap();
+        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, &[Some(&self.ghn[..]), self.gcn.as_deref()][..w64.config.states().len()]).unwrap();
         assert_close(&format!("{label}: output"), &f64s(&got.output), &f.output.data, FWD_ATOL, FWD_RTOL);
         assert_close(&format!("{label}: h_n"), &f64s(&got.h_n), &f.states[0].data, FWD_ATOL, FWD_RTOL);
         if let Some(c_n) = f.states.get(1).cloned() {
