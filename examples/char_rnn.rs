@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::train::{read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, Program};
+use wgpu_rnn::gpu::train::{read_f32, upload_u32, ClassTargets, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, Program};
 use wgpu_rnn::gpu::generic::flat_weights;
 use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StateInputs, StepBuffers, StepPlan, TrackedBuffer};
 use wgpu_rnn::io::TensorFile;
@@ -222,7 +222,7 @@ impl Model {
         let e = self.cfg.input_size;
         let index = EmbeddingIndex::new(x, self.vocab, None)?;
         let idx = upload_u32(ctx, "token index", index.data())?;
-        ctx.queue.write_buffer(&self.targets, 0, bytemuck::cast_slice(y));
+        ClassTargets::new(y, self.vocab)?.write(ctx, &self.targets, 0)?;
         let mut pre = OpBuilder::new(ctx);
         pre.embedding_forward(&self.table, &idx, &index, e, &self.x)?;
         let pre = pre.build()?;

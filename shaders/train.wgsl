@@ -220,9 +220,16 @@ fn mse(@builtin(local_invocation_id) lid: vec3<u32>) {
     add_metrics(l, loss, 0.0);
 }
 
+// A NaN that is not a constant expression (WGSL refuses those): softmax_ce's answer to a
+// class target out of range.
+fn nan_at(i: u32) -> f32 {
+    return bitcast<f32>(0x7fc00000u | (i & 0u));
+}
+
 // Softmax cross-entropy, one invocation per row: a = logits [n, width], idx = class ids;
 // out = f0 * (softmax(z) - onehot(y)); out2[out2_off + r] = the row's loss and
 // out2[out2_off + n + r] = 1 when the arg-max is the target.
+// A target >= width (not written through ClassTargets) gives the row NaN, not a clamped loss.
 @compute @workgroup_size(256)
 fn softmax_ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let r = linear_id(wid, nwg, lid);
@@ -230,7 +237,9 @@ fn softmax_ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         return;
     }
     let row = p.a_off + r * p.width;
-    let t = min(idx[p.idx_off + r], p.width - 1u); // checked by the caller; clamped to stay in the row
+    let tr = idx[p.idx_off + r];
+    let bad = tr >= p.width; // ClassTargets checks them; one written around it is loud, not clamped
+    let t = min(tr, p.width - 1u);
     var m = a[row];
     var best = 0u;
     for (var c = 1u; c < p.width; c++) {
@@ -250,10 +259,10 @@ fn softmax_ce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         if (c == t) {
             g -= 1.0;
         }
-        out[p.out_off + r * p.width + c] = p.f0 * g;
+        out[p.out_off + r * p.width + c] = select(p.f0 * g, nan_at(r), bad);
     }
-    out2[p.out2_off + r] = log(s) + m - a[row + t];
-    out2[p.out2_off + p.n + r] = select(0.0, 1.0, best == t);
+    out2[p.out2_off + r] = select(log(s) + m - a[row + t], nan_at(r), bad);
+    out2[p.out2_off + p.n + r] = select(0.0, 1.0, best == t && !bad);
 }
 
 // Adds softmax_ce's per-row losses and hits (a at a_off: [n] losses then [n] hits) to the

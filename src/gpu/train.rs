@@ -102,11 +102,15 @@ pub struct EmbeddingIndex {
 }
 
 impl EmbeddingIndex {
-    /// Checks every id against `vocab` (a typed error, not an out-of-range read).
+    /// Checks every id, and the padding id, against `vocab` (a typed error, not an out-of-range
+    /// read or a padding id that silently matches nothing).
     pub fn new(ids: &[u32], vocab: usize, padding: Option<u32>) -> Result<Self> {
         nonempty("embedding rows", ids.len())?;
         if let Some((i, &id)) = ids.iter().enumerate().find(|(_, &id)| id as usize >= vocab) {
             return Err(Error::InvalidConfig(format!("token id {id} at row {i} is outside the vocabulary of {vocab}")));
+        }
+        if let Some(pad) = padding.filter(|&p| p as usize >= vocab) {
+            return Err(Error::InvalidConfig(format!("padding id {pad} is outside the vocabulary of {vocab}")));
         }
         u32_of("embedding rows", ids.len())?;
         let mut order: Vec<u32> = (0..ids.len() as u32).filter(|&r| Some(ids[r as usize]) != padding).collect();
@@ -147,6 +151,46 @@ impl EmbeddingIndex {
     /// The vocabulary size the ids were checked against.
     pub fn vocab(&self) -> usize {
         self.vocab
+    }
+}
+
+/// Class targets for [`OpBuilder::softmax_cross_entropy`], each checked to be below `classes`
+/// (the CPU twin, `cpu::train::softmax_cross_entropy`, refuses the same way). Built only by
+/// [`ClassTargets::new`]; [`ClassTargets::write`] puts them in the targets buffer. A target the
+/// host never checked (written into the buffer some other way) and out of range gets a NaN
+/// loss and gradient from the kernel, never a plausible value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassTargets {
+    data: Vec<u32>,
+    classes: usize,
+}
+
+impl ClassTargets {
+    /// Checks every target against `classes`.
+    pub fn new(targets: &[u32], classes: usize) -> Result<Self> {
+        nonempty("class targets", targets.len())?;
+        if let Some((i, &t)) = targets.iter().enumerate().find(|(_, &t)| t as usize >= classes) {
+            return Err(Error::InvalidConfig(format!("class target {t} at row {i} is outside 0..{classes}")));
+        }
+        Ok(ClassTargets { data: targets.to_vec(), classes })
+    }
+
+    /// The targets.
+    pub fn data(&self) -> &[u32] {
+        &self.data
+    }
+
+    /// The number of classes they were checked against.
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// Writes the targets into `buf` from element `offset` (queued, like `Queue::write_buffer`).
+    pub fn write(&self, ctx: &Context, buf: &wgpu::Buffer, offset: usize) -> Result<()> {
+        let end = add("class targets end", offset, self.data.len())?;
+        check_buf("class targets", buf, end)?;
+        ctx.queue.write_buffer(buf, offset as u64 * 4, bytemuck::cast_slice(&self.data));
+        Ok(())
     }
 }
 
@@ -426,7 +470,8 @@ impl OpBuilder {
     }
 
     /// Softmax cross-entropy, mean over `rows`: `logits` `[rows, classes]`, `targets` u32 class
-    /// ids at `targets_offset` (checked by the caller to be `< classes`), `grad` as `logits`,
+    /// ids at `targets_offset` (write them with [`ClassTargets`], which checks them; a target
+    /// out of range gives that row a NaN loss and gradient), `grad` as `logits`,
     /// `scratch` `2 * rows` floats; adds `[loss sum, correct (arg-max), rows]` to the metric block.
     #[allow(clippy::too_many_arguments)]
     pub fn softmax_cross_entropy(

@@ -7,7 +7,7 @@ use crate::gpu_common::contexts;
 use rand::Rng;
 use std::sync::Arc;
 use wgpu_rnn::cpu::train as ct;
-use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, METRIC_FLOATS};
+use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, ClassTargets, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, METRIC_FLOATS};
 use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, StateInputs};
 use wgpu_rnn::{cpu::Pass, Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -356,6 +356,11 @@ fn a_few_steps_lower_the_loss_and_training_is_bitwise_deterministic() {
 fn training_kit_bad_input_gets_typed_errors() {
     assert!(matches!(EmbeddingIndex::new(&[1, 9], 5, None), Err(Error::InvalidConfig(_))));
     assert!(matches!(EmbeddingIndex::new(&[], 5, None), Err(Error::EmptyBatch(_))));
+    assert!(matches!(EmbeddingIndex::new(&[1, 2], 5, Some(5)), Err(Error::InvalidConfig(_))), "padding id outside the vocabulary");
+    assert!(EmbeddingIndex::new(&[1, 4], 5, Some(4)).is_ok());
+    assert!(matches!(ClassTargets::new(&[0, 2], 2), Err(Error::InvalidConfig(_))), "class target == classes");
+    assert!(matches!(ClassTargets::new(&[], 2), Err(Error::EmptyBatch(_))));
+    assert_eq!(ClassTargets::new(&[0, 1], 2).unwrap().data(), &[0, 1]);
     assert!(matches!(ct::softmax_cross_entropy(&[0.0f32; 4], 2, &[0, 2]), Err(Error::InvalidConfig(_))));
     let Some(ctx) = contexts().first() else { return };
     let small = storage(ctx, "small", 4).unwrap();
@@ -370,6 +375,30 @@ fn training_kit_bad_input_gets_typed_errors() {
     let groups = [ParamGroup { params: &big, grads: &big, elems: 64 }];
     assert!(matches!(Optimizer::new(ctx, OptimizerKind::adam(f32::NAN), None, &groups), Err(Error::InvalidConfig(_))));
     assert!(matches!(Optimizer::new(ctx, OptimizerKind::adam(1e-3), Some(-1.0), &groups), Err(Error::InvalidConfig(_))));
+    assert!(matches!(ClassTargets::new(&[1; 5], 2).unwrap().write(ctx, &small, 0), Err(Error::ShapeMismatch { .. })));
+}
+
+#[test]
+fn gpu_softmax_target_out_of_range_is_nan_not_a_loss() {
+    // A target written into the buffer without ClassTargets' check: the kernel must not clamp
+    // it into a plausible loss (issue 26's fault campaign found it did).
+    for ctx in contexts() {
+        let (rows, classes) = (3, 4);
+        let logits = upload(ctx, "logits", &[0.5f32; 12]).unwrap();
+        let targets = storage(ctx, "targets", rows).unwrap();
+        ClassTargets::new(&[0, 3, 1], classes).unwrap().write(ctx, &targets, 0).unwrap();
+        ctx.queue.write_buffer(&targets, 4, bytemuck::cast_slice(&[4u32])); // row 1: target == classes
+        let grad = storage(ctx, "grad", rows * classes).unwrap();
+        let scratch = storage(ctx, "scratch", 2 * rows).unwrap();
+        let metrics = upload(ctx, "metrics", &[0.0; METRIC_FLOATS]).unwrap();
+        let mut b = OpBuilder::new(ctx);
+        b.softmax_cross_entropy(rows, classes, &logits, &targets, 0, &grad, &scratch, &metrics, 0).unwrap();
+        let got = b.run(&[(&grad, rows * classes), (&metrics, METRIC_FLOATS)]).unwrap();
+        let what = ctx.describe();
+        assert!(got[0][4..8].iter().all(|g| g.is_nan()), "{what}: row 1's gradient {:?}", &got[0][4..8]);
+        assert!(got[0][..4].iter().chain(&got[0][8..]).all(|g| g.is_finite()), "{what}: the other rows' gradients");
+        assert!(got[1][0].is_nan(), "{what}: loss sum {} from a target out of range", got[1][0]);
+    }
 }
 
 #[test]
