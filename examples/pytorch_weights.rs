@@ -38,7 +38,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.describe());
     let rnn = GpuRnn::new(&ctx, &w)?;
-    let (gpu, _) = rnn.forward(&x, None, None, Pass::Inference)?;
+    let (gpu, _) = rnn.forward(&x, &[], Pass::Inference)?;
     let (cpu, _) = cpu::forward(&w, &x, &[], Pass::Inference)?;
     // GPU against CPU within the golden forward tolerances (f32 on both; named constants),
     // NaN-aware: the run fails otherwise.

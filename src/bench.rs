@@ -416,8 +416,9 @@ impl GpuRig {
 /// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
 /// wait for the device. Uploads and readbacks are outside the timed loop.
 ///
-/// Cells outside the fused path run through `gpu::generic`'s convenience form, whose times
-/// include the upload of weights and input and the readback of the results.
+/// Cells outside the fused path run through [`gpu::GpuRnn`] (the cell driver behind it), whose
+/// times include the upload of the input and the readback of the results (the weights are
+/// uploaded once, outside the timed loop).
 pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy) -> Result<Vec<Record>> {
     if !c.mode.fused() {
         let cfg = c.rnn_config();
@@ -425,10 +426,11 @@ pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: 
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
         let go = data(x.rows() * cfg.output_size(), 2);
         let adapter = format!("{} (generic, with transfers)", ctx.describe());
-        let fwd = time_ms(timing, || gpu::generic::forward(ctx, &w, &x, &[], Pass::Inference).map(|_| ()))?;
+        let rnn = gpu::GpuRnn::new(ctx, &w)?;
+        let fwd = time_ms(timing, || rnn.forward(&x, &[], Pass::Inference).map(|_| ()))?;
         let train = time_ms(timing, || {
-            let (_, tape) = gpu::generic::forward(ctx, &w, &x, &[], Pass::Training)?;
-            gpu::generic::backward(&w, &tape.expect("training tape"), &go, &[]).map(|_| ())
+            let (_, tape) = rnn.forward(&x, &[], Pass::Training)?;
+            rnn.backward(&tape.ok_or_else(|| Error::Gpu("no training tape".into()))?, &go, &[]).map(|_| ())
         })?;
         return Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)]);
     }

@@ -347,35 +347,11 @@ pub fn compare_at(got: &TensorFile, expected: &TensorFile, backward: bool, preci
 }
 
 impl Case<f32> {
-    /// Runs the case on the GPU through the driver generic over the cell
-    /// ([`crate::gpu::generic`]), whatever the cell (if it has a WGSL file).
-    pub fn run_gpu_generic(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
-        let packed = self.packed_input()?;
-        let pass = if backward { Pass::Training } else { Pass::Inference };
-        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
-        let (fwd, tape) = crate::gpu::generic::forward(ctx, &self.weights, &packed, &s0, pass)?;
-        let grads = match (backward, tape) {
-            (true, Some(tape)) => {
-                let go = self.packed_grad_output()?;
-                let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
-                Some(crate::gpu::generic::backward(&self.weights, &tape, &go, &gs)?)
-            }
-            _ => None,
-        };
-        self.result_of(fwd, grads)
-    }
-
     /// [`Case::run_gpu`] with the case's values stored in `precision`
     /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
-    /// cells through the fused kernels, the others through the cell driver.
+    /// cells through the fused kernels, the others through the cell driver ([`crate::gpu::GpuRnn`]).
     pub fn run_gpu_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
         self.stored_in(precision).run_gpu(ctx, backward)
-    }
-
-    /// [`Case::run_gpu_generic`] (the cell driver, every cell) with the case's values stored
-    /// in `precision`.
-    pub fn run_gpu_generic_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
-        self.stored_in(precision).run_gpu_generic(ctx, backward)
     }
 
     /// Runs the case through the engine API without blocking: PyTorch's four cells, in the
@@ -470,21 +446,30 @@ impl Case<f32> {
         self.result(&output, states, grads)
     }
 
-    /// Runs the case on the GPU (in its config's precision, f32 unless set): forward, and
-    /// backward when `backward` is set. PyTorch's four cells take the fused path
-    /// ([`crate::gpu::GpuRnn`]), the others [`crate::gpu::generic`].
+    /// Runs the case on the GPU (in its config's precision, f32 unless set) through
+    /// [`crate::gpu::GpuRnn`], whatever the cell: forward, and backward when `backward` is set.
     pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
-        if !self.config().mode.fused() {
-            return self.run_gpu_generic(ctx, backward);
-        }
-        let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
+        self.run_on(&crate::gpu::GpuRnn::new(ctx, &self.weights)?, backward)
+    }
+
+    /// [`Case::run_gpu_at`] on the GPU's cell driver whatever the cell
+    /// (`GpuRnn::on_cell_driver`), for tests that cover both drivers while both exist.
+    #[doc(hidden)]
+    pub fn run_gpu_cell_driver_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
+        let case = self.stored_in(precision);
+        case.run_on(&crate::gpu::GpuRnn::on_cell_driver(ctx, &case.weights)?, backward)
+    }
+
+    fn run_on(&self, rnn: &crate::gpu::GpuRnn, backward: bool) -> Result<CaseResult> {
         let packed = self.packed_input()?;
         let pass = if backward { Pass::Training } else { Pass::Inference };
-        let (fwd, tape) = rnn.forward(&packed, self.state0(0), self.state0(1), pass)?;
+        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
+        let (fwd, tape) = rnn.forward(&packed, &s0, pass)?;
         let grads = match (backward, tape) {
             (true, Some(tape)) => {
                 let go = self.packed_grad_output()?;
-                Some(rnn.backward(&tape, &go, self.grad_state_n(0), self.grad_state_n(1))?)
+                let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
+                Some(rnn.backward(&tape, &go, &gs)?)
             }
             _ => None,
         };

@@ -158,8 +158,13 @@ pub(crate) fn check_weights<T: Float>(w: &Weights<T>) -> Result<()> {
 /// (the CPU engine's and `gpu::generic`'s); returns the cell's states.
 pub(crate) fn check_forward<T: Float>(w: &Weights<T>, input: &PackedSequence<T>, states0: &[Option<&[T]>]) -> Result<Vec<StateDef>> {
     check_weights(w)?;
+    check_run(&w.config, input, states0)
+}
+
+/// Checks a forward's packed input and initial states against `cfg` (the weights were checked
+/// when they were uploaded: `gpu::GpuRnn`); returns the cell's states.
+pub(crate) fn check_run<T: Float>(cfg: &RnnConfig, input: &PackedSequence<T>, states0: &[Option<&[T]>]) -> Result<Vec<StateDef>> {
     input.validate()?;
-    let cfg = &w.config;
     if input.features != cfg.input_size {
         return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![cfg.input_size], got: vec![input.features] });
     }

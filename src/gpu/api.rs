@@ -1,11 +1,19 @@
 //! The convenience API: upload, run (one submit for a whole forward or backward), read back.
-//! Mirrors [`crate::cpu::forward`] / [`crate::cpu::backward`] and returns the same types.
+//! Mirrors [`crate::cpu::forward`] / [`crate::cpu::backward`] and returns the same types, for
+//! every registered cell.
+//!
+//! Behind it, for now, two drivers (issue 25 merges them): PyTorch's four cells without
+//! regularisers run the fused kernels ([`Plan`]: single dispatch, splitting past one binding);
+//! every other configuration runs the cell driver (`generic.rs`, [`super::CellPlan`]). Which
+//! one is decided once, in [`runs_fused`]; callers never see it.
 
 use super::context::{Context, TrackedBuffer};
 use super::plan::{weight_layout, BackwardBuffers, ForwardBuffers, Plan, SeqLayout, StateInputs};
 use super::readback::{storage_at, upload_stored, Readback};
+use super::generic::{self, CellTape};
 use crate::config::{Mode, RnnConfig};
-use crate::cpu::{ForwardOutput, Gradients, Pass};
+use crate::cpu::{check_run, check_states, ForwardOutput, Gradients, Pass};
+use crate::masks::Draw;
 use crate::error::{check_len, Error, Result};
 use crate::packing::{step_offsets, PackedSequence};
 use crate::tensor::Tensor;
@@ -16,12 +24,21 @@ use std::sync::{Arc, Mutex};
 /// How many plans (distinct batch structures) a model keeps prepared.
 const PLAN_CACHE: usize = 8;
 
-/// A recurrent stack resident on the GPU.
+/// A recurrent stack of any registered cell resident on the GPU: [`GpuRnn::forward`] and
+/// [`GpuRnn::backward`] as the CPU engine's, with its types and its state convention.
 pub struct GpuRnn {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     weights: TrackedBuffer,
+    /// [`runs_fused`]: the fused kernels ([`Plan`]), else the cell driver.
+    fused: bool,
     plans: Mutex<Vec<(PlanKey, Arc<Plan>)>>,
+}
+
+/// Whether a configuration runs on the fused kernels ([`Plan`]): PyTorch's four cells without
+/// dropout or zoneout. The one place that chooses between the two GPU drivers.
+fn runs_fused(cfg: &RnnConfig) -> bool {
+    cfg.mode.fused() && !cfg.regularised()
 }
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
@@ -46,6 +63,7 @@ impl GpuTape {
     /// One piece covering the whole batch when it fit one plan.
     pub fn pieces(&self) -> Vec<(Range<usize>, Range<usize>)> {
         match &self.kind {
+            TapeKind::Cell(t) => vec![(0..t.layout().batch(), 0..t.layout().steps())],
             TapeKind::Whole(rec) => vec![(0..rec.plan.layout().batch(), 0..rec.plan.layout().steps())],
             TapeKind::Split { split, .. } => split.pieces.iter().map(|p| (p.k0..p.k1.min(p.k0 + p.batch(&split.batch)), p.a..p.b)).collect(),
         }
@@ -62,6 +80,8 @@ struct Recorded {
 }
 
 enum TapeKind {
+    /// The cell driver's forward.
+    Cell(CellTape),
     /// The whole batch in one plan.
     Whole(Recorded),
     /// A problem split into pieces (see [`Split`]), each recorded with its own plan.
@@ -72,20 +92,33 @@ use crate::float::check_finite;
 
 impl GpuRnn {
     /// Uploads the weights, stored in the config's [`crate::Precision`] (f16: rounded on the
-    /// host; needs the device's `SHADER_F16`, else [`Error::MissingFeature`]).
+    /// host; needs the device's `SHADER_F16`, else [`Error::MissingFeature`]), flat in
+    /// [`generic::flat_weights`]'s layout (per layer-direction, the slots in order: for
+    /// PyTorch's four cells `state_dict` order, [`weight_layout`]).
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
+        Self::with_driver(ctx, w, runs_fused(&w.config))
+    }
+
+    /// [`GpuRnn::new`] on the cell driver whatever the configuration: for tests that compare
+    /// the two drivers, or the cell driver with `CellPlan`/`StepPlan` bit for bit, while both
+    /// drivers exist (issue 25 merges them).
+    #[doc(hidden)]
+    pub fn on_cell_driver(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
+        Self::with_driver(ctx, w, false)
+    }
+
+    fn with_driver(ctx: &Arc<Context>, w: &Weights<f32>, fused: bool) -> Result<Self> {
         w.validate()?; // config, and every tensor against it (Weights fields are public)
-        if !w.config.mode.fused() {
-            return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", w.config.mode)));
-        }
         w.check_finite()?;
-        let flat = w.to_flat();
+        let flat = generic::flat_weights(w);
         let _serial = ctx.exclusive();
         ctx.check_precision(w.config.precision)?;
-        if flat.len() != weight_layout(&w.config).1 {
-            return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![weight_layout(&w.config).1], expected: weight_layout(&w.config).1, got: flat.len() });
+        let want = if fused { weight_layout(&w.config).1 } else { generic::weight_elems(&w.config) };
+        if flat.len() != want {
+            return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![want], expected: want, got: flat.len() });
         }
-        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights: upload_stored(ctx, "weights", &flat, w.config.precision)?, plans: Mutex::new(Vec::new()) })
+        let weights = upload_stored(ctx, "weights", &flat, w.config.precision)?;
+        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, fused, plans: Mutex::new(Vec::new()) })
     }
 
     /// The configuration the weights were uploaded for.
@@ -104,8 +137,13 @@ impl GpuRnn {
         &self.weights
     }
 
-    /// A prepared plan for this structure: cached, and never one a live tape still uses.
+    /// A prepared fused plan for this structure: cached, and never one a live tape still uses.
+    /// [`Error::Unsupported`] for a configuration the fused kernels do not run yet (use
+    /// [`super::CellPlan`]).
     pub fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<Plan>> {
+        if !self.fused {
+            return Err(Error::Unsupported(format!("{} (with these regularisers) in the fused plan; gpu::CellPlan runs it", self.cfg.mode)));
+        }
         let key = PlanKey { layout: layout.clone(), pass, inputs };
         // GL: the guard before the cache's lock, always (Plan::new and dropping an evicted
         // plan take it too): the other order, beside a caller that holds the guard and then
@@ -128,9 +166,11 @@ impl GpuRnn {
         Ok(plan)
     }
 
-    /// Forward over a packed batch: `h0` `[L*D, B, H_out]` and `c0` `[L*D, B, H]` (LSTM) in the
-    /// caller's batch order, zeros when `None`; the output's states are `h_n` (and `c_n`), as
-    /// [`crate::cpu::forward`]'s.
+    /// Forward over a packed batch, as [`crate::cpu::forward`]: `states0[i]` is state i's
+    /// initial value `[L*D, B, S_i]` in the caller's batch order, in the cell's state order
+    /// ([`RnnConfig::states`]: `&[h0, c0]` for LSTM), zeros when `None` or absent; the output's
+    /// states are the final states in the same order. The config's dropout and zoneout draw
+    /// their masks from `Draw::default()` ([`GpuRnn::forward_with`] chooses).
     ///
     /// A batch whose plan would exceed the device's limits (a storage binding larger than
     /// [`Context::binding_limit`], a buffer, the workgroup counts) is split instead of refused:
@@ -138,33 +178,23 @@ impl GpuRnn {
     /// consecutive steps, each run with its own plan (see ARCHITECTURE.md, "Splitting large
     /// problems"). Only a problem that does not fit even split to single sequences (single
     /// steps, unidirectional) is refused with [`Error::Limit`].
-    pub fn forward(
-        &self,
-        input: &PackedSequence<f32>,
-        h0: Option<&[f32]>,
-        c0: Option<&[f32]>,
-        pass: Pass,
-    ) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
+    pub fn forward(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
+        self.forward_with(input, states0, pass, Draw::default())
+    }
+
+    /// [`GpuRnn::forward`] with the regularisers' masks from `draw`: the same masks as
+    /// [`crate::cpu::forward_with`] (the counter goes to the device as an f32, exact below 2^24).
+    pub fn forward_with(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
         let c = &self.cfg;
         self.ctx.check_alive()?;
-        input.validate()?;
-        if input.features != c.input_size {
-            return Err(Error::ShapeMismatch { what: "input features".into(), expected: vec![c.input_size], got: vec![input.features] });
+        check_run(c, input, states0)?;
+        let tape_of = |kind| GpuTape { ctx: self.ctx.clone(), weights: (*self.weights).clone(), unsorted_indices: input.unsorted_indices.clone(), kind };
+        if !self.fused {
+            let (fwd, tape) = generic::forward_on(&self.ctx, c, &self.weights, input, states0, pass, draw)?;
+            return Ok((fwd, tape.map(|t| tape_of(TapeKind::Cell(t)))));
         }
+        let (h0, c0) = (states0.first().copied().flatten(), states0.get(1).copied().flatten());
         let b = input.batch();
-        if let Some(h) = h0 {
-            check_len("h0", &c.h_shape(b), h.len())?;
-            check_finite("h0", h)?;
-        }
-        match (c0, c.mode) {
-            (Some(x), Mode::Lstm) => {
-                check_len("c0", &c.c_shape(b), x.len())?;
-                check_finite("c0", x)?;
-            }
-            (Some(_), m) => return Err(Error::InvalidConfig(format!("c0 given, but {m} has no cell state"))),
-            _ => {}
-        }
-        check_finite("input", &input.data)?;
         let lstm = c.mode == Mode::Lstm;
         let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: pass == Pass::Training, grad_c_n: pass == Pass::Training && lstm };
         let whole = self.plan(&SeqLayout::of(input)?, pass, inputs).and_then(|plan| self.forward_on(plan, &input.data, h0, c0, pass));
@@ -180,13 +210,7 @@ impl GpuRnn {
         let mut states = vec![Tensor { shape: c.h_shape(b), data: hn_data }];
         states.extend(cn_data.map(|data| Tensor { shape: c.c_shape(b), data }));
         let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, states };
-        let tape = kind.map(|kind| GpuTape {
-            ctx: self.ctx.clone(),
-            weights: (*self.weights).clone(),
-            unsorted_indices: input.unsorted_indices.clone(),
-            kind,
-        });
-        Ok((fwd, tape))
+        Ok((fwd, kind.map(tape_of)))
     }
 
     /// Runs one plan's forward over `x` (its packed rows): one submit, then the output, h_n
@@ -362,12 +386,13 @@ impl GpuRnn {
         Ok((out, hn, cn, recs))
     }
 
-    /// Backward through time from a training forward's tape; shapes as [`crate::cpu::backward`].
+    /// Backward through time from a training forward's tape, as [`crate::cpu::backward`]:
+    /// `grad_states[i]` is the gradient of state i's final value (zeros when `None` or absent).
     ///
     /// A tape of a split forward runs each piece's backward (segments in reverse order, each
     /// handing its initial-state gradients to the previous segment) and sums the weight
     /// gradients in a fixed order, so results are reproducible bit for bit.
-    pub fn backward(&self, tape: &GpuTape, grad_output: &[f32], grad_h_n: Option<&[f32]>, grad_c_n: Option<&[f32]>) -> Result<Gradients<f32>> {
+    pub fn backward(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
         let c = &self.cfg;
         // A tape's buffers and plan belong to its context's device: binding them on another
         // device trips wgpu-core assertions, so compare before recording anything.
@@ -378,7 +403,12 @@ impl GpuRnn {
                 self.ctx.describe()
             )));
         }
+        if tape.weights != *self.weights {
+            return Err(Error::TapeMismatch("tape was recorded by another model (other weights)".into()));
+        }
+        self.ctx.check_alive()?;
         let (plan_cfg, layout) = match &tape.kind {
+            TapeKind::Cell(t) => return generic::backward_on(c, &self.weights, t, grad_output, grad_states, &tape.unsorted_indices),
             TapeKind::Whole(rec) => (rec.plan.config(), rec.plan.layout().clone()),
             TapeKind::Split { split, pieces } => {
                 let first = pieces.first().ok_or_else(|| Error::TapeMismatch("split tape without pieces".into()))?;
@@ -388,28 +418,14 @@ impl GpuRnn {
         if plan_cfg != c {
             return Err(Error::TapeMismatch("tape was recorded by a model of another configuration".into()));
         }
-        if tape.weights != *self.weights {
-            return Err(Error::TapeMismatch("tape was recorded by another model (other weights)".into()));
-        }
-        self.ctx.check_alive()?;
         let (n, b) = (layout.rows(), layout.batch());
         let lstm = c.mode == Mode::Lstm;
         check_len("grad_output", &[n, c.output_size()], grad_output.len())?;
         check_finite("grad_output", grad_output)?;
+        check_states(c, &c.states(), grad_states, b, "_n")?;
+        let (grad_h_n, grad_c_n) = (grad_states.first().copied().flatten(), grad_states.get(1).copied().flatten());
         let hn_elems: usize = c.h_shape(b).iter().product();
         let cn_elems: usize = c.c_shape(b).iter().product();
-        if let Some(g) = grad_h_n {
-            check_len("grad_h_n", &c.h_shape(b), g.len())?;
-            check_finite("grad_h_n", g)?;
-        }
-        match (grad_c_n, c.mode) {
-            (Some(g), Mode::Lstm) => {
-                check_len("grad_c_n", &c.c_shape(b), g.len())?;
-                check_finite("grad_c_n", g)?;
-            }
-            (Some(_), m) => return Err(Error::InvalidConfig(format!("grad_c_n given, but {m} has no cell state"))),
-            _ => {}
-        }
         let zeros_h;
         let gh = match grad_h_n {
             Some(g) => g,
@@ -429,6 +445,7 @@ impl GpuRnn {
         let (gi_data, gh0_data, flat, gc0_data) = match &tape.kind {
             TapeKind::Whole(rec) => self.backward_on(rec, grad_output, gh, lstm.then_some(gc))?,
             TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, gh, lstm.then_some(gc))?,
+            TapeKind::Cell(_) => unreachable!("returned above"),
         };
         let params = Weights::<f32>::from_flat(c, &flat).map_err(|e| match e {
             Error::LengthMismatch { shape, expected, got, .. } => Error::LengthMismatch { what: "grad_weights read back".into(), shape, expected, got },

@@ -8,8 +8,8 @@
 //! - [`StepPlan`]: one time step of a unidirectional stack over caller-owned buffers (`x_t`
 //!   in, the states read and written in place, the top layer's output out): streaming
 //!   inference and generation, with no host work per step beyond recording.
-//! - [`forward`] / [`backward`]: the convenience form (upload, one submit, read back), with
-//!   `cpu::forward`'s types.
+//! - `forward_on` / `backward_on`: the convenience form (upload, one submit, read back),
+//!   behind [`super::GpuRnn`] for the configurations the fused kernels do not run yet.
 //!
 //! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training (and
 //! with zoneout) a copy of the step's state rows to the tape (`save_states`), then per stage
@@ -43,7 +43,7 @@ use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
 use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
-use crate::cpu::{check_forward, check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
+use crate::cpu::{check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
@@ -739,7 +739,7 @@ impl CellPlan {
 /// inference and generation. Recording a step binds the caller's buffers and records the
 /// dispatches (per layer: the input projection, per stage its product and pointwise kernel);
 /// nothing is uploaded, submitted or read back. Stepping a sequence one call at a time gives
-/// what [`CellPlan`] (or [`forward`]) gives for the whole sequence. A step is inference: the
+/// what [`CellPlan`] (or [`super::GpuRnn`] on the cell driver) gives for the whole sequence. A step is inference: the
 /// config's dropout does nothing, its zoneout takes the expectation `p h_prev + (1 - p) h_new`.
 #[derive(Debug)]
 pub struct StepPlan {
@@ -899,19 +899,19 @@ fn check_gpu(ctx: &Context, n: usize, b: usize, prec: Precision, elems: &[(&str,
     Ok(())
 }
 
-/// The buffers a backward needs from a training forward: the plan (its tapes) and the
-/// weights and input the forward read.
-pub struct GpuCellTape {
+/// What the cell driver keeps from a training forward for its backward: the plan (its
+/// tapes), the input and the regularisers' step counter as the forward uploaded them
+/// ([`super::GpuTape`] holds one; [`super::GpuRnn`] runs both).
+pub(crate) struct CellTape {
     plan: CellPlan,
-    weights: TrackedBuffer,
     input: TrackedBuffer,
     counter: TrackedBuffer,
-    unsorted_indices: Vec<usize>,
 }
 
-impl std::fmt::Debug for GpuCellTape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GpuCellTape").field("config", &self.plan.cfg).finish()
+impl CellTape {
+    /// The batch structure the forward ran.
+    pub(crate) fn layout(&self) -> &SeqLayout {
+        self.plan.layout()
     }
 }
 
@@ -919,48 +919,36 @@ fn buf(ctx: &Context, label: &str, elems: usize, prec: Precision) -> Result<Trac
     ctx.buffer(label, (elems.max(4) * prec.bytes()) as u64, readback::storage_usage())
 }
 
-/// Runs the stack on the GPU: as [`crate::cpu::forward`] (a [`CellPlan`], uploads,
-/// one submit, read back).
-pub fn forward(
+/// The cell driver's convenience forward ([`super::GpuRnn::forward_with`] for the
+/// configurations the fused kernels do not run yet): a [`CellPlan`], uploads, one submit, read
+/// back. `weights` holds [`flat_weights`] in the config's precision; the input and states
+/// were checked by the caller (`cpu::check_run`).
+pub(crate) fn forward_on(
     ctx: &Arc<Context>,
-    w: &Weights<f32>,
-    input: &PackedSequence<f32>,
-    states0: &[Option<&[f32]>],
-    pass: Pass,
-) -> Result<(ForwardOutput<f32>, Option<GpuCellTape>)> {
-    forward_with(ctx, w, input, states0, pass, Draw::default())
-}
-
-/// [`forward`] with the regularisers' masks from `draw`: as
-/// [`crate::cpu::forward_with`], the same masks (the counter goes to the device as
-/// an f32, exact below 2^24).
-pub fn forward_with(
-    ctx: &Arc<Context>,
-    w: &Weights<f32>,
+    cfg: &RnnConfig,
+    weights: &wgpu::Buffer,
     input: &PackedSequence<f32>,
     states0: &[Option<&[f32]>],
     pass: Pass,
     draw: Draw,
-) -> Result<(ForwardOutput<f32>, Option<GpuCellTape>)> {
+) -> Result<(ForwardOutput<f32>, Option<CellTape>)> {
     if draw.counter > 1 << 24 {
         return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
     }
-    let states = check_forward(w, input, states0)?;
-    let cfg = &w.config;
+    let states = cfg.states();
     let (b, n) = (input.batch(), input.rows());
     let ld = cfg.num_layers * cfg.directions();
     let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
     let out_w = cfg.output_size();
     let _serial = ctx.exclusive();
     let prec = cfg.precision;
-    let wbuf = upload_weights(ctx, w)?;
     let s_host = gather_states(&states, states0, ld, b, &input.sorted_indices)?;
     let sbuf = readback::upload_stored(ctx, "states", &s_host, prec)?;
     let xbuf = readback::upload_stored(ctx, "input", &input.data, prec)?;
     let obuf = buf(ctx, "output", n * out_w, prec)?;
     let counter = readback::upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
-    plan.record_forward(&mut encoder, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf, counter: Some(&counter) })?;
+    plan.record_forward(&mut encoder, &CellForwardBuffers { weights, input: &xbuf, output: &obuf, states: &sbuf, counter: Some(&counter) })?;
     let mut rb = Readback::new();
     rb.copy_stored(ctx, &mut encoder, &obuf, n * out_w, prec)?;
     rb.copy_stored(ctx, &mut encoder, &sbuf, plan.state_elems, prec)?;
@@ -968,22 +956,27 @@ pub fn forward_with(
     let s_fin = got.pop().unwrap_or_default();
     let out = got.pop().unwrap_or_default();
     check_len("output read back", &[n, out_w], out.len())?;
+    check_len("states read back", &[plan.state_elems], s_fin.len())?;
     let output = input.with_data(out, out_w)?;
     let states_n = scatter_states(cfg, &states, &s_fin, ld, b, &input.unsorted_indices)?;
-    let tape = (pass == Pass::Training).then(|| GpuCellTape { plan, weights: wbuf, input: xbuf, counter, unsorted_indices: input.unsorted_indices.clone() });
+    let tape = (pass == Pass::Training).then(|| CellTape { plan, input: xbuf, counter });
     Ok((ForwardOutput { output, states: states_n }, tape))
 }
 
-/// Backward through time of a training [`forward`]: as [`crate::cpu::backward`].
-/// The products use the weights the forward uploaded (the tape keeps them on the device);
-/// `w` must be those weights: it gives the config (checked against the tape's) and is checked
-/// to be valid and finite, but its values are not compared with the device's copy.
-pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
-    check_weights(w)?;
-    let cfg = &w.config;
+/// Backward through time of a training [`forward_on`] over the same `weights`; the gradients
+/// were checked by the caller except against the tape's batch. Inputs' gradients come back
+/// in the forward's sorted order with `unsorted_indices` attached.
+pub(crate) fn backward_on(
+    cfg: &RnnConfig,
+    weights: &wgpu::Buffer,
+    tape: &CellTape,
+    grad_output: &[f32],
+    grad_states: &[Option<&[f32]>],
+    unsorted_indices: &[usize],
+) -> Result<Gradients<f32>> {
     let plan = &tape.plan;
     if plan.cfg != *cfg {
-        return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the weights have {cfg:?}", plan.cfg)));
+        return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the model has {cfg:?}", plan.cfg)));
     }
     let ctx = &plan.ctx;
     let (b, n) = (plan.b, plan.n);
@@ -1003,7 +996,7 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
     plan.record_backward(
         &mut encoder,
-        &CellBackwardBuffers { weights: &tape.weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw, counter: Some(&tape.counter) },
+        &CellBackwardBuffers { weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw, counter: Some(&tape.counter) },
     )?;
     let mut rb = Readback::new();
     rb.copy_stored(ctx, &mut encoder, &gx, n * cfg.input_size, prec)?;
@@ -1013,12 +1006,14 @@ pub fn backward(w: &Weights<f32>, tape: &GpuCellTape, grad_output: &[f32], grad_
     let gflat = got.pop().unwrap_or_default();
     let ds = got.pop().unwrap_or_default();
     let dx = got.pop().unwrap_or_default();
+    check_len("input gradients read back", &[n, cfg.input_size], dx.len())?;
+    check_len("state gradients read back", &[plan.state_elems], ds.len())?;
     let input = PackedSequence {
         data: dx,
         features: cfg.input_size,
         batch_sizes: layout.batch_sizes().to_vec(),
         sorted_indices: layout.sorted_indices().to_vec(),
-        unsorted_indices: tape.unsorted_indices.clone(),
+        unsorted_indices: unsorted_indices.to_vec(),
     };
-    Ok(Gradients { input, states: scatter_states(cfg, &states, &ds, ld, b, &tape.unsorted_indices)?, params: unflatten(cfg, &gflat)? })
+    Ok(Gradients { input, states: scatter_states(cfg, &states, &ds, ld, b, unsorted_indices)?, params: unflatten(cfg, &gflat)? })
 }

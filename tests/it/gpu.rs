@@ -392,8 +392,8 @@ fn repeated_calls_do_not_grow_buffer_memory() {
     };
     let mut allocated_early = None;
     for i in 0..1000 {
-        let (f, tape) = rnn.forward(&x, None, None, Pass::Training).unwrap();
-        let g = rnn.backward(&tape.unwrap(), &go, None, None).unwrap();
+        let (f, tape) = rnn.forward(&x, &[], Pass::Training).unwrap();
+        let g = rnn.backward(&tape.unwrap(), &go, &[]).unwrap();
         if i == 0 {
             after_first = ctx.live_buffer_bytes();
             first_result = Some((f.output.data.clone(), g.input.data.clone()));
@@ -432,7 +432,7 @@ fn pipeline_cache_and_models_are_shared_across_threads() {
     let handles: Vec<_> = (0..4)
         .map(|_| {
             let (rnn, x) = (rnn.clone(), x.clone());
-            std::thread::spawn(move || rnn.forward(&x, None, None, Pass::Inference).unwrap().0.output.data)
+            std::thread::spawn(move || rnn.forward(&x, &[], Pass::Inference).unwrap().0.output.data)
         })
         .collect();
     for h in handles {
@@ -462,8 +462,8 @@ fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
         Err(Error::Limit(msg)) => assert!(msg.contains("storage"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|_| ())),
     }
-    let (split, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
-    let (whole, _) = GpuRnn::new(full, &w).unwrap().forward(&x, None, None, Pass::Inference).unwrap();
+    let (split, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
+    let (whole, _) = GpuRnn::new(full, &w).unwrap().forward(&x, &[], Pass::Inference).unwrap();
     assert_close("split on a 1 MiB device: output", &to64(&split.output.data), &to64(&whole.output.data), GPU_FWD_ATOL, GPU_FWD_RTOL);
     assert_close("split on a 1 MiB device: h_n", &to64(&split.states[0].data), &to64(&whole.states[0].data), GPU_FWD_ATOL, GPU_FWD_RTOL);
 }
@@ -500,7 +500,7 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
     let rnn = GpuRnn::new(ctx, &Weights::<f32>::init_uniform(&cfg, 0).unwrap()).unwrap();
     let mut xn = x.clone();
     xn.data[1] = f32::NAN;
-    assert!(matches!(rnn.forward(&xn, None, None, Pass::Inference), Err(Error::NonFinite(_))));
+    assert!(matches!(rnn.forward(&xn, &[], Pass::Inference), Err(Error::NonFinite(_))));
     let mut wn = Weights::<f32>::init_uniform(&cfg, 0).unwrap();
     wn.params[0].w_hh[2] = f32::NAN;
     assert!(matches!(GpuRnn::new(ctx, &wn), Err(Error::NonFinite(_))));

@@ -31,7 +31,7 @@ fn gpu_cells_golden_cases_vulkan_and_gl() {
             }
             let name = format!("{backend:?} {}", path.file_name().unwrap().to_string_lossy());
             let case = Case::<f32>::from_file(&file).unwrap();
-            let got = case.run_gpu_generic(ctx, true).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = case.run_gpu(ctx, true).unwrap_or_else(|e| panic!("{name}: {e}"));
             let report = compare(&got, &file, true);
             let states = case.config().states().len();
             assert_eq!(report.len(), 2 + 2 * states + case.weights.config.param_specs().len(), "{name}");
@@ -39,7 +39,7 @@ fn gpu_cells_golden_cases_vulkan_and_gl() {
                 assert_eq!(m.failures, 0, "{name}: {} fails in {}/{} (worst {:?}, ratio {})", m.name, m.failures, m.total, m.worst, m.worst_ratio);
             }
             // Inference writes the same forward results.
-            let inf = case.run_gpu_generic(ctx, false).unwrap();
+            let inf = case.run_gpu(ctx, false).unwrap();
             assert_eq!(inf.float("output").unwrap().data, got.float("output").unwrap().data, "{name}: inference output");
             *ran.entry(mode).or_insert(0) += 1;
         }
@@ -60,8 +60,8 @@ fn gpu_cells_are_reproducible() {
             continue;
         }
         let case = Case::<f32>::from_file(&file).unwrap();
-        let a = case.run_gpu_generic(ctx, true).unwrap();
-        let b = case.run_gpu_generic(ctx, true).unwrap();
+        let a = case.run_gpu(ctx, true).unwrap();
+        let b = case.run_gpu(ctx, true).unwrap();
         for k in a.tensors.keys() {
             let (x, y) = (a.float(k).unwrap(), b.float(k).unwrap());
             let same = x.data.iter().zip(&y.data).all(|(p, q)| p.to_bits() == q.to_bits());
@@ -105,8 +105,9 @@ fn gpu_cells_match_the_cpu_at_hidden_100() {
         let (c_out, c_tape) = cpu::forward(&w64, &x64, &opts(&s0), Pass::Training).unwrap();
         let go = uniform(&mut g, c_out.output.data.len(), 1.0);
         let c_grad = cpu::backward(&w64, &c_tape.unwrap(), &go, &opts(&gs)).unwrap();
-        let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &opts(&s0_32), Pass::Training).unwrap();
-        let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &opts(&gs_32)).unwrap();
+        let rnn_g = wgpu_rnn::gpu::GpuRnn::new(ctx, &w32).unwrap();
+        let (g_out, g_tape) = rnn_g.forward(&x32, &opts(&s0_32), Pass::Training).unwrap();
+        let g_grad = rnn_g.backward(&g_tape.unwrap(), &cast(&go), &opts(&gs_32)).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         assert_close(&format!("{mode} output"), &to64(&g_out.output.data), &c_out.output.data, WIDE_FWD_ATOL, WIDE_FWD_RTOL);
         for (i, st) in states.iter().enumerate() {
@@ -168,8 +169,9 @@ fn gpu_cells_split_long_weight_gradient_sums_into_runs() {
         let go = uniform(&mut g, c_out.output.data.len(), 0.1);
         let c_grad = cpu::backward(&w64, &c_tape.unwrap(), &go, &[]).unwrap();
         let w32 = w64.cast::<f32>();
-        let (g_out, g_tape) = wgpu_rnn::gpu::generic::forward(ctx, &w32, &x32, &[], Pass::Training).unwrap();
-        let g_grad = wgpu_rnn::gpu::generic::backward(&w32, &g_tape.unwrap(), &cast(&go), &[]).unwrap();
+        let rnn_g = wgpu_rnn::gpu::GpuRnn::new(ctx, &w32).unwrap();
+        let (g_out, g_tape) = rnn_g.forward(&x32, &[], Pass::Training).unwrap();
+        let g_grad = rnn_g.backward(&g_tape.unwrap(), &cast(&go), &[]).unwrap();
         let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
         assert_close(&format!("{mode} output"), &to64(&g_out.output.data), &c_out.output.data, WIDE_FWD_ATOL, WIDE_FWD_RTOL);
         let (mut cp, mut gp) = (Vec::new(), Vec::new());

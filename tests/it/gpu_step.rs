@@ -7,8 +7,8 @@ use crate::common::{rng, uniform};
 use crate::gpu_common::contexts;
 use wgpu::util::DeviceExt;
 use wgpu_rnn::cpu::{cast, Pass};
-use wgpu_rnn::gpu::generic::{self, flat_weights, weights_from_flat};
-use wgpu_rnn::gpu::{CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, Readback, SeqLayout, StepBuffers, StepPlan};
+use wgpu_rnn::gpu::generic::{flat_weights, weights_from_flat};
+use wgpu_rnn::gpu::{CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, GpuRnn, Readback, SeqLayout, StepBuffers, StepPlan};
 use wgpu_rnn::config::Prob;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -48,7 +48,7 @@ fn interleave(per_state: &[Vec<f32>], widths: &[usize], lb: usize) -> Vec<f32> {
     v
 }
 
-/// Runs `cfg` over T 5, B 3 whole (`generic::forward`, inference) and one step at a time
+/// Runs `cfg` over T 5, B 3 whole (`GpuRnn::on_cell_driver`, inference) and one step at a time
 /// (`StepPlan`, T steps in one encoder) and asserts the same bits.
 fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut impl rand::Rng) {
     let backend = ctx.adapter_info().backend;
@@ -61,7 +61,7 @@ fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut im
     // Whole sequence (equal lengths: packed rows are time-major, batch order).
     let packed = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
     let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
-    let (whole, _) = generic::forward(ctx, &w, &packed, &s0r, Pass::Inference).unwrap();
+    let (whole, _) = GpuRnn::on_cell_driver(ctx, &w).unwrap().forward(&packed, &s0r, Pass::Inference).unwrap();
 
     // One step at a time: T steps recorded into one encoder, one submit.
     let plan = StepPlan::new(ctx, cfg, b).unwrap();
@@ -143,14 +143,15 @@ fn cell_plan_recorded_twice_gives_the_same_bits() {
         assert_eq!(got[0], got[2], "{mode}: input gradients of the second run");
         assert_eq!(got[1], got[3], "{mode}: weight gradients of the second run");
         // And they are the convenience path's (which builds the same plan once).
-        let (_, tape) = generic::forward(ctx, &w, &x, &[], Pass::Training).unwrap();
+        let rnn = GpuRnn::on_cell_driver(ctx, &w).unwrap();
+        let (_, tape) = rnn.forward(&x, &[], Pass::Training).unwrap();
         let go: Vec<f32> = {
             let mut e = ctx.device.create_command_encoder(&Default::default());
             let mut r = Readback::new();
             r.copy(ctx, &mut e, &gobuf, n * cfg.output_size()).unwrap();
             r.submit_and_read(ctx, e).unwrap().remove(0)
         };
-        let grads = generic::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
+        let grads = rnn.backward(&tape.unwrap(), &go, &[]).unwrap();
         assert_eq!(flat_weights(&grads.params), got[1], "{mode}: weight gradients against the convenience path");
         assert_eq!(weights_from_flat(&cfg, &got[1]).unwrap().params, grads.params.params);
     }

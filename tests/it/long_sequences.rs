@@ -176,7 +176,7 @@ fn very_wide_inputs_match_cpu() {
     let (cpu_out, _) = cpu::forward(&w.cast::<f64>(), &packed.with_data(x.iter().map(|&v| v as f64).collect(), 300_000).unwrap(), &[], Pass::Inference).unwrap();
     for ctx in contexts() {
         let rnn = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).unwrap();
-        let (out, _) = rnn.forward(&packed, None, None, Pass::Inference).unwrap();
+        let (out, _) = rnn.forward(&packed, &[], Pass::Inference).unwrap();
         for (a, e) in out.output.data.iter().zip(&cpu_out.output.data) {
             assert!((*a as f64 - e).abs() <= LONG.fwd.0 + LONG.fwd.1 * e.abs(), "{}: {a} vs {e}", ctx.describe());
         }

@@ -451,8 +451,8 @@ fn gpu_vs_cpu(ctx: &std::sync::Arc<wgpu_rnn::gpu::Context>, label: &str, g: &mut
     let gof: Vec<f32> = go.iter().map(|&x| x as f32).collect();
 
     let rnn = GpuRnn::new(ctx, &w32).unwrap_or_else(|e| panic!("{label}: GpuRnn::new: {e}"));
-    let (gf, tape) = rnn.forward(&x32, h0f.as_deref(), c0f.as_deref(), Pass::Training).unwrap_or_else(|e| panic!("{label}: GPU forward: {e}"));
-    let gb = rnn.backward(&tape.unwrap(), &gof, ghnf.as_deref(), gcnf.as_deref()).unwrap_or_else(|e| panic!("{label}: GPU backward: {e}"));
+    let (gf, tape) = rnn.forward(&x32, &[h0f.as_deref(), c0f.as_deref()][..w32.config.states().len()], Pass::Training).unwrap_or_else(|e| panic!("{label}: GPU forward: {e}"));
+    let gb = rnn.backward(&tape.unwrap(), &gof, &[ghnf.as_deref(), gcnf.as_deref()][..w32.config.states().len()]).unwrap_or_else(|e| panic!("{label}: GPU backward: {e}"));
     let (cf, ctape) = cpu::forward(&w64, &x64, &[h0.as_deref(), c0.as_deref()][..w64.config.states().len()], Pass::Training).unwrap();
     let cb = cpu::backward(&w64, &ctape.unwrap(), &go, &[ghn.as_deref(), gcn.as_deref()][..w64.config.states().len()]).unwrap();
 

@@ -127,7 +127,7 @@ fn regularised_gradients_match_finite_differences_every_cell() {
 
 #[test]
 fn gpu_regularisers_match_the_cpu_twin_every_cell() {
-    use wgpu_rnn::gpu::generic as gg;
+    use wgpu_rnn::gpu::GpuRnn;
     let mut g = rng(52);
     let draw = Draw { seed: 77, counter: 5 };
     for ctx in contexts() {
@@ -137,12 +137,13 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
             let pr = problem(&cfg, &mut g);
             let name = format!("{backend:?} {mode} (dropout {}, zoneout {})", cfg.dropout.get(), cfg.zoneout.get());
             let w32 = pr.w.cast::<f32>();
+            let rnn_g = GpuRnn::new(ctx, &w32).unwrap();
             let x32 = pr.x.with_data(cast::<f64, f32>(&pr.x.data), cfg.input_size).unwrap();
             let s32: Vec<Vec<f32>> = pr.s0.iter().map(|v| cast(v)).collect();
             let gs32: Vec<Vec<f32>> = pr.gs.iter().map(|v| cast(v)).collect();
             for pass in [Pass::Training, Pass::Inference] {
                 let (c_out, c_tape) = cpu::forward_with(&pr.w, &pr.x, &opts(&pr.s0), pass, draw).unwrap();
-                let (g_out, g_tape) = gg::forward_with(ctx, &w32, &x32, &opts(&s32), pass, draw).unwrap();
+                let (g_out, g_tape) = rnn_g.forward_with(&x32, &opts(&s32), pass, draw).unwrap();
                 let f = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
                 assert_close(&format!("{name} {pass:?} output"), &f(&g_out.output.data), &c_out.output.data, FWD_ATOL, FWD_RTOL);
                 for (i, (a, b)) in g_out.states.iter().zip(&c_out.states).enumerate() {
@@ -150,7 +151,7 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
                 }
                 if pass == Pass::Training {
                     let cg = cpu::backward(&pr.w, &c_tape.unwrap(), &pr.go, &opts(&pr.gs)).unwrap();
-                    let gg_ = gg::backward(&w32, &g_tape.unwrap(), &cast(&pr.go), &opts(&gs32)).unwrap();
+                    let gg_ = rnn_g.backward(&g_tape.unwrap(), &cast(&pr.go), &opts(&gs32)).unwrap();
                     assert_close(&format!("{name} grad input"), &f(&gg_.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
                     for (i, (a, b)) in gg_.states.iter().zip(&cg.states).enumerate() {
                         assert_close(&format!("{name} grad state {i}"), &f(&a.data), &b.data, GRAD_ATOL, GRAD_RTOL);

@@ -92,20 +92,20 @@ fn backward_with_a_tape_from_another_context_is_a_typed_error() {
         let x = packed(3, 2, 3, &[3, 2]);
         let go: Vec<f32> = (0..x.rows() * 4).map(|k| (k as f32 * 0.11).cos()).collect();
         let ours = GpuRnn::new(&home, &w).unwrap();
-        let (_, tape) = ours.forward(&x, None, None, Pass::Training).unwrap();
+        let (_, tape) = ours.forward(&x, &[], Pass::Training).unwrap();
         let tape = tape.unwrap();
         // Same config and weights, other contexts: one on the same backend, and one on every
         // other backend the tests cover.
         for other_backend in backends() {
             let other = fresh(other_backend).unwrap();
             let theirs = GpuRnn::new(&other, &w).unwrap();
-            match theirs.backward(&tape, &go, None, None) {
+            match theirs.backward(&tape, &go, &[]) {
                 Err(Error::TapeMismatch(msg)) => assert!(msg.contains("context"), "{msg}"),
                 r => panic!("tape from {backend:?} on a {other_backend:?} model: expected TapeMismatch, got {:?}", r.map(|_| ())),
             }
         }
         // The tape still works with its own model, and the gradients are right.
-        let got = ours.backward(&tape, &go, None, None).unwrap();
+        let got = ours.backward(&tape, &go, &[]).unwrap();
         let (_, ct) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
         let want = cpu::backward(&w, &ct.unwrap(), &go, &[]).unwrap();
         assert_close("grad input", &to64(&got.input.data), &to64(&want.input.data), GRAD_ATOL, GRAD_RTOL);
@@ -270,7 +270,7 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     let x = packed(2, 2, 3, &[2, 1]);
     let go = vec![0.1f32; x.rows() * 4];
     let rnn = GpuRnn::new(ctx, &w).unwrap();
-    let (_, tape) = rnn.forward(&x, None, None, Pass::Training).unwrap();
+    let (_, tape) = rnn.forward(&x, &[], Pass::Training).unwrap();
     let tape = tape.unwrap();
     let layout = SeqLayout::of(&x).unwrap();
     let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
@@ -295,8 +295,8 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     lost("upload", upload(ctx, "x", &x.data).map(drop));
     lost("storage", storage(ctx, "s", 16).map(drop));
     lost("GpuRnn::new", GpuRnn::new(ctx, &w).map(drop));
-    lost("forward", rnn.forward(&x, None, None, Pass::Inference).map(drop));
-    lost("backward", rnn.backward(&tape, &go, None, None).map(drop));
+    lost("forward", rnn.forward(&x, &[], Pass::Inference).map(drop));
+    lost("backward", rnn.backward(&tape, &go, &[]).map(drop));
     lost("Plan::new", Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).map(drop));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: None }));
@@ -317,7 +317,7 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     lost("upload_u32", wgpu_rnn::gpu::train::upload_u32(ctx, "ids", &[1, 2, 3]).map(drop));
     lost("Context::wait", ctx.wait());
     // Still lost on a second round (the state is remembered, not rediscovered by luck).
-    lost("forward again", rnn.forward(&x, None, None, Pass::Inference).map(drop));
+    lost("forward again", rnn.forward(&x, &[], Pass::Inference).map(drop));
     lost("wait again", ctx.wait());
 }
 
@@ -341,12 +341,12 @@ fn timeout_calls(ctx: &Arc<Context>) {
     let x = packed(50, 32, 128, &[50; 32]);
     let rnn = GpuRnn::new(ctx, &w).unwrap();
     // Plan and pipelines built first, so the timed-out calls below wait on dispatches only.
-    let (want, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    let (want, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
 
     ctx.set_wait_timeout(Duration::ZERO);
     assert_eq!(ctx.wait_timeout(), Duration::ZERO);
     let t = Instant::now();
-    match rnn.forward(&x, None, None, Pass::Inference) {
+    match rnn.forward(&x, &[], Pass::Inference) {
         Err(Error::Timeout(msg)) => eprintln!("{}: forward after {:?}: {msg}", ctx.describe(), t.elapsed()),
         Ok((got, _)) if sync_submit => assert_eq!(got.output.data, want.output.data),
         other => panic!("forward with a zero wait timeout on {}: expected Timeout, got {:?}", ctx.describe(), other.map(|_| ())),
@@ -382,14 +382,14 @@ fn timeout_calls(ctx: &Arc<Context>) {
     // Back to a sane timeout: the context works as before, and gives the same result.
     ctx.set_wait_timeout(Context::DEFAULT_WAIT_TIMEOUT);
     ctx.wait().unwrap();
-    let (again, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    let (again, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
     assert_eq!(again.output.data, want.output.data, "same forward after the timeouts on {}", ctx.describe());
     let y = read_f32(ctx, &ly, 4).unwrap();
     assert_close("linear after the timeout", &to64(&y), &expect, 1e-5, 1e-5);
     // The largest timeout does not overflow the deadline.
     ctx.set_wait_timeout(Duration::MAX);
     assert!(ctx.wait_timeout() >= Duration::from_secs(100 * 365 * 24 * 3600));
-    let (big, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+    let (big, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
     assert_eq!(big.output.data, want.output.data);
 }
 
@@ -458,13 +458,13 @@ fn destroy_in_flight(ctx: &Arc<Context>) {
         other => panic!("{what} after destroy with work in flight on {}: expected DeviceLost, got {other:?}", ctx.describe()),
     };
     typed("upload", upload(ctx, "x", &x.data).map(drop));
-    typed("forward", rnn.forward(&x, None, None, Pass::Inference).map(drop));
+    typed("forward", rnn.forward(&x, &[], Pass::Inference).map(drop));
     let small = packed(2, 2, 128, &[2, 1]);
     typed("Plan::new", Plan::new(ctx, &cfg, &SeqLayout::of(&small).unwrap(), Pass::Training, StateInputs::default()).map(drop));
     typed("wait", ctx.wait());
     // Once the queued work has drained, the loss is known everywhere.
     assert!(ctx.is_lost());
-    match rnn.forward(&x, None, None, Pass::Inference) {
+    match rnn.forward(&x, &[], Pass::Inference) {
         Err(Error::DeviceLost(_)) => {}
         other => panic!("forward after the loss is known: {:?}", other.map(|_| ())),
     }
@@ -490,7 +490,7 @@ fn the_gl_guard_is_reentrant() {
         let plan = Plan::new(&c, &w.config, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
         drop(plan);
         let rnn = GpuRnn::new(&c, &w).unwrap();
-        let (fwd, _) = rnn.forward(&x, None, None, Pass::Inference).unwrap();
+        let (fwd, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
         let src = upload(&c, "read under the guard", &[1.5, -2.0, 3.25]).unwrap();
         let mut enc = c.device.create_command_encoder(&Default::default());
         let mut rb = Readback::new();
@@ -596,7 +596,7 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
         for _ in 0..200 {
             let _serial = c.exclusive();
             rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
-            out = rnn.forward(&x, None, None, Pass::Inference).unwrap().0.output.data;
+            out = rnn.forward(&x, &[], Pass::Inference).unwrap().0.output.data;
         }
         out
     });

@@ -83,10 +83,10 @@ impl Case {
     fn run(&self, ctx: &Arc<Context>) -> Run {
         let rnn = GpuRnn::new(ctx, &self.w32).unwrap();
         let (h0, c0) = (f32s(&self.h0), self.c0.as_deref().map(f32s));
-        let (f, tape) = rnn.forward(&self.x32, Some(&h0), c0.as_deref(), Pass::Training).unwrap();
+        let (f, tape) = rnn.forward(&self.x32, &[Some(&h0[..]), c0.as_deref()][..self.w32.config.states().len()], Pass::Training).unwrap();
         let tape = tape.unwrap();
         let (ghn, gcn) = (f32s(&self.ghn), self.gcn.as_deref().map(f32s));
-        let gr = rnn.backward(&tape, &f32s(&self.go), Some(&ghn), gcn.as_deref()).unwrap();
+        let gr = rnn.backward(&tape, &f32s(&self.go), &[Some(&ghn[..]), gcn.as_deref()][..self.w32.config.states().len()]).unwrap();
         let grad_w = gr.params.to_flat();
         Run {
             output: f.output.data,
@@ -225,7 +225,7 @@ fn refused_where_splitting_cannot_help() {
     let rnn = GpuRnn::new(&ctx, &case.w32).unwrap();
     ctx.set_binding_limit(30_000);
     for pass in [Pass::Inference, Pass::Training] {
-        match rnn.forward(&case.x32, None, None, pass) {
+        match rnn.forward(&case.x32, &[], pass) {
             Err(Error::Limit(msg)) => assert!(msg.contains("weights"), "{msg}"),
             other => panic!("weights over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.states[0].shape.clone())),
         }
@@ -237,7 +237,7 @@ fn refused_where_splitting_cannot_help() {
     let case = Case::new(RnnConfig::new(Mode::Gru, 3, 16).bidirectional(true), &[2000, 30], 6);
     let rnn = GpuRnn::new(&ctx, &case.w32).unwrap();
     ctx.set_binding_limit(100_000);
-    match rnn.forward(&case.x32, None, None, Pass::Training) {
+    match rnn.forward(&case.x32, &[], Pass::Training) {
         Err(Error::Limit(msg)) => assert!(msg.contains("bidirectional"), "{msg}"),
         other => panic!("bidirectional sequence over the limit: expected Error::Limit, got {:?}", other.map(|(f, _)| f.states[0].shape.clone())),
     }
@@ -246,7 +246,7 @@ fn refused_where_splitting_cannot_help() {
     let uni = Case::new(RnnConfig::new(Mode::Gru, 3, 16), &[2000, 30], 6);
     let rnn = GpuRnn::new(&ctx, &uni.w32).unwrap();
     ctx.set_binding_limit(100_000);
-    let (_, tape) = rnn.forward(&uni.x32, None, None, Pass::Training).unwrap();
+    let (_, tape) = rnn.forward(&uni.x32, &[], Pass::Training).unwrap();
     assert!(tape.unwrap().pieces().len() > 1);
 }
 
