@@ -13,9 +13,8 @@
 //! Everything trains on the GPU through the engine APIs: per step one encoder holds the
 //! recurrent forward, the head (a linear layer on the last step's output), the loss, the
 //! recurrent backward and the Adam update; only the loss is read back (every `--log-every`
-//! steps). PyTorch's four cells (`Mode::fused`: RNN_TANH, RNN_RELU, LSTM, GRU) run through
-//! the fused `gpu::Plan`, the others through `gpu::CellPlan` (the driver generic over the
-//! cell).
+//! steps). Every cell runs through the one engine plan (`gpu::Plan`), which takes the fused
+//! kernels for PyTorch's four cells and the cell driver for the others (the "driver" column).
 //!
 //! - SRU and MUT1 need input size == hidden size: their two input features are padded with
 //!   zeros to the hidden size (no input layer; the zero columns' weights get zero gradients).
@@ -40,12 +39,8 @@ use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::generic::flat_weights;
 use wgpu_rnn::gpu::train::{LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, Program};
-use wgpu_rnn::gpu::{
-    storage, upload, BackwardBuffers, CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, StepStrategy,
-    TrackedBuffer,
-};
+use wgpu_rnn::gpu::{flat_weights, storage, upload, BackwardBuffers, Context, ForwardBuffers, Plan, SeqLayout, StepStrategy, TrackedBuffer};
 use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 
 #[derive(Parser, Debug)]
@@ -159,33 +154,22 @@ fn forget_bias(w: &mut Weights<f32>) {
     });
 }
 
-/// The recurrent layer: the fused plan of PyTorch's four cells or the generic cell plan.
-enum Layer {
-    Fused {
-        rnn: GpuRnn,
-        train: Plan,
-        eval: Plan,
-        c_n: TrackedBuffer,
-        zeros: TrackedBuffer,
-        grad_h0: TrackedBuffer,
-        grad_c0: TrackedBuffer,
-    },
-    Generic {
-        weights: TrackedBuffer,
-        train: CellPlan,
-        eval: CellPlan,
-        /// `[B, S]` states, cleared before each forward (zero initial states).
-        states: TrackedBuffer,
-        grad_states: TrackedBuffer,
-        /// Zero except the last step's rows, which the head's gradient fills.
-        grad_output: TrackedBuffer,
-    },
+/// The recurrent layer: one engine plan (`gpu::Plan`) for every cell, training and
+/// evaluation, over buffers of ours.
+struct Layer {
+    weights: TrackedBuffer,
+    train: Plan,
+    eval: Plan,
+    /// Each state's final value (unused: the head reads the last step's output rows).
+    states_n: Vec<TrackedBuffer>,
+    grad_states0: Vec<TrackedBuffer>,
+    /// Zero except the last step's rows, which the head's gradient fills.
+    grad_output: TrackedBuffer,
 }
 
 struct Trainer {
     ctx: std::sync::Arc<Context>,
     layer: Layer,
-    lstm: bool,
     /// Input features per row: 2, or the hidden size for cells that need input == hidden.
     width: usize,
     x: TrackedBuffer,
@@ -193,9 +177,9 @@ struct Trainer {
     output: TrackedBuffer,
     grad_input: TrackedBuffer,
     grad_weights: TrackedBuffer,
-    /// The head's input (`h_n`, or the last step's output rows) and its gradient.
-    last: TrackedBuffer,
-    grad_last: TrackedBuffer,
+    /// The head's input (the last step's output rows) and its gradient.
+    _last: TrackedBuffer,
+    _grad_last: TrackedBuffer,
     _head: TrackedBuffer,
     metrics: Metrics,
     /// Head, loss and the head's backward (with the copies between the output and the head).
@@ -210,7 +194,7 @@ impl Trainer {
     fn new(ctx: &std::sync::Arc<Context>, mode: Mode, a: &Args) -> Result<Self> {
         let (t, b, h) = (a.t, a.batch, a.hidden);
         let mut cfg = RnnConfig::new(mode, 2, h);
-        if !mode.fused() && cfg.validate().is_err() {
+        if cfg.validate().is_err() {
             cfg = RnnConfig::new(mode, h, h); // SRU, MUT1: the features padded with zeros
         }
         cfg.validate()?;
@@ -229,40 +213,23 @@ impl Trainer {
         let grad_input = storage(ctx, "grad input", n * width)?;
         let last = storage(ctx, "head input", b * h)?;
         let grad_last = storage(ctx, "grad head input", b * h)?;
-        let (layer, weight_elems) = if mode.fused() {
-            let strategy = match a.strategy.as_str() {
-                "auto" => StepStrategy::Auto,
-                "per-step" => StepStrategy::PerStep,
-                "single" => StepStrategy::SingleDispatch,
-                s => return Err(Error::InvalidConfig(format!("unknown strategy {s:?}"))),
-            };
-            let inputs = StateInputs { grad_h_n: true, grad_c_n: mode == Mode::Lstm, ..Default::default() };
-            let train = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, inputs, strategy)?;
-            let eval = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, StateInputs::default(), strategy)?;
-            let elems = train.weight_elems();
-            let layer = Layer::Fused {
-                rnn: GpuRnn::new(ctx, &w)?,
-                train,
-                eval,
-                c_n: storage(ctx, "c_n", b * h)?,
-                zeros: upload(ctx, "zeros", &vec![0.0; n * h])?,
-                grad_h0: storage(ctx, "grad h0", b * h)?,
-                grad_c0: storage(ctx, "grad c0", b * h)?,
-            };
-            (layer, elems)
-        } else {
-            let train = CellPlan::new(ctx, &cfg, &layout, Pass::Training)?;
-            let eval = CellPlan::new(ctx, &cfg, &layout, Pass::Inference)?;
-            let elems = train.weight_elems();
-            let layer = Layer::Generic {
-                weights: upload(ctx, "weights", &flat_weights(&w))?,
-                states: storage(ctx, "states", train.state_elems())?,
-                grad_states: storage(ctx, "grad states", train.state_elems())?,
-                grad_output: storage(ctx, "grad output", n * h)?,
-                train,
-                eval,
-            };
-            (layer, elems)
+        let strategy = match a.strategy.as_str() {
+            "auto" => StepStrategy::Auto,
+            "per-step" => StepStrategy::PerStep,
+            "single" => StepStrategy::SingleDispatch,
+            s => return Err(Error::InvalidConfig(format!("unknown strategy {s:?}"))),
+        };
+        let train = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, strategy)?;
+        let eval = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, strategy)?;
+        let weight_elems = train.weight_elems();
+        let per_state = |label: &str| -> Result<Vec<TrackedBuffer>> { cfg.states().iter().map(|s| storage(ctx, label, cfg.state_shape(s, b).iter().product())).collect() };
+        let layer = Layer {
+            weights: upload(ctx, "weights", &flat_weights(&w))?,
+            train,
+            eval,
+            states_n: per_state("final state")?,
+            grad_states0: per_state("initial state gradient")?,
+            grad_output: storage(ctx, "grad output", n * h)?,
         };
         let grad_weights = storage(ctx, "grad weights", weight_elems)?;
         let bound = 1.0 / (h as f32).sqrt();
@@ -273,10 +240,7 @@ impl Trainer {
         let pred = storage(ctx, "pred", b)?;
         let dpred = storage(ctx, "grad pred", b)?;
         let metrics = Metrics::new(ctx, 2)?;
-        let weights: &wgpu::Buffer = match &layer {
-            Layer::Fused { rnn, .. } => rnn.weights_buffer(),
-            Layer::Generic { weights, .. } => weights,
-        };
+        let weights: &wgpu::Buffer = &layer.weights;
         let opt = Optimizer::new(
             ctx,
             OptimizerKind::adam(a.lr),
@@ -286,21 +250,16 @@ impl Trainer {
                 ParamGroup { params: &head, grads: &head_grad, elems: hs.param_elems() },
             ],
         )?;
-        // The fused plan writes h_n (the last step's output) itself and takes its gradient;
-        // the generic plan's last step's output rows are copied out, and their gradient in.
-        let generic = !mode.fused();
+        // The last step's output rows (every cell's h there, whichever its states) are copied
+        // out to the head, and their gradient in.
         let mut mid = OpBuilder::new(ctx);
         let mut eval = OpBuilder::new(ctx);
-        if generic {
-            mid.blocks_to_rows(&output, last_off, 1, b, h, &last)?;
-            eval.blocks_to_rows(&output, last_off, 1, b, h, &last)?;
-        }
+        mid.blocks_to_rows(&output, last_off, 1, b, h, &last)?;
+        eval.blocks_to_rows(&output, last_off, 1, b, h, &last)?;
         mid.linear_forward(hs, &last, &head, &pred)?;
         mid.mse(b, &pred, &y, &dpred, &metrics.buf, metrics.offset(0))?;
         mid.linear_backward(hs, &last, &head, &dpred, &head_grad, Some(&grad_last))?;
-        if let Layer::Generic { grad_output, .. } = &layer {
-            mid.rows_to_blocks(&grad_last, 1, b, h, grad_output, last_off)?;
-        }
+        mid.rows_to_blocks(&grad_last, 1, b, h, &layer.grad_output, last_off)?;
         eval.linear_forward(hs, &last, &head, &pred)?;
         eval.mse(b, &pred, &y, &dpred, &metrics.buf, metrics.offset(1))?;
         let mut post = OpBuilder::new(ctx);
@@ -308,15 +267,14 @@ impl Trainer {
         Ok(Trainer {
             ctx: ctx.clone(),
             layer,
-            lstm: mode == Mode::Lstm,
             width,
             x,
             y,
             output,
             grad_input,
             grad_weights,
-            last,
-            grad_last,
+            _last: last,
+            _grad_last: grad_last,
             _head: head,
             metrics,
             mid: mid.build()?,
@@ -332,59 +290,37 @@ impl Trainer {
         self.ctx.queue.write_buffer(&self.y, 0, bytemuck::cast_slice(y));
     }
 
-    /// Records the recurrent forward of `plan` (the fused layer's training or evaluation plan).
-    fn record_fused_forward(&self, enc: &mut wgpu::CommandEncoder, rnn: &GpuRnn, plan: &Plan, c_n: &TrackedBuffer) -> Result<()> {
-        plan.record_forward(
-            enc,
-            &ForwardBuffers {
-                weights: rnn.weights_buffer(),
-                input: &self.x,
-                output: &self.output,
-                h0: None,
-                c0: None,
-                h_n: &self.last,
-                c_n: self.lstm.then_some(&**c_n),
-            },
-        )
+    /// Records the recurrent forward of `plan` (the training or evaluation plan) from zero
+    /// initial states.
+    fn record_forward(&self, enc: &mut wgpu::CommandEncoder, plan: &Plan) -> Result<()> {
+        let l = &self.layer;
+        let states_n: Vec<&wgpu::Buffer> = l.states_n.iter().map(|b| &**b).collect();
+        plan.record_forward(enc, &ForwardBuffers { weights: &l.weights, input: &self.x, output: &self.output, states0: &[], states_n: &states_n, counter: None })
     }
 
     /// One training step: forward, head, loss, backward, Adam. One submit, no readback.
     fn step(&self, x: &[f32], y: &[f32]) -> Result<()> {
         self.upload(x, y);
+        let l = &self.layer;
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        match &self.layer {
-            Layer::Fused { rnn, train, c_n, zeros, grad_h0, grad_c0, .. } => {
-                self.record_fused_forward(&mut enc, rnn, train, c_n)?;
-                self.mid.record(&mut enc);
-                train.record_backward(
-                    &mut enc,
-                    &BackwardBuffers {
-                        weights: rnn.weights_buffer(),
-                        input: &self.x,
-                        output: &self.output,
-                        h0: None,
-                        c0: None,
-                        grad_output: zeros,
-                        grad_h_n: Some(&self.grad_last),
-                        grad_c_n: self.lstm.then_some(&**zeros),
-                        grad_input: &self.grad_input,
-                        grad_h0,
-                        grad_c0: self.lstm.then_some(&**grad_c0),
-                        grad_weights: &self.grad_weights,
-                    },
-                )?;
-            }
-            Layer::Generic { weights, train, states, grad_states, grad_output, .. } => {
-                enc.clear_buffer(states, 0, None);
-                enc.clear_buffer(grad_states, 0, None);
-                train.record_forward(&mut enc, &CellForwardBuffers { weights, input: &self.x, output: &self.output, states, counter: None })?;
-                self.mid.record(&mut enc);
-                train.record_backward(
-                    &mut enc,
-                    &CellBackwardBuffers { weights, input: &self.x, grad_output, grad_states, grad_input: &self.grad_input, grad_weights: &self.grad_weights, counter: None },
-                )?;
-            }
-        }
+        self.record_forward(&mut enc, &l.train)?;
+        self.mid.record(&mut enc);
+        let grad_states0: Vec<&wgpu::Buffer> = l.grad_states0.iter().map(|b| &**b).collect();
+        l.train.record_backward(
+            &mut enc,
+            &BackwardBuffers {
+                weights: &l.weights,
+                input: &self.x,
+                output: &self.output,
+                states0: &[],
+                grad_output: &l.grad_output,
+                grad_states_n: &[],
+                grad_input: &self.grad_input,
+                grad_states0: &grad_states0,
+                grad_weights: &self.grad_weights,
+                counter: None,
+            },
+        )?;
         self.post.record(&mut enc);
         self.ctx.queue.submit([enc.finish()]);
         Ok(())
@@ -394,13 +330,7 @@ impl Trainer {
     fn eval_batch(&self, x: &[f32], y: &[f32]) -> Result<()> {
         self.upload(x, y);
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        match &self.layer {
-            Layer::Fused { rnn, eval, c_n, .. } => self.record_fused_forward(&mut enc, rnn, eval, c_n)?,
-            Layer::Generic { weights, eval, states, .. } => {
-                enc.clear_buffer(states, 0, None);
-                eval.record_forward(&mut enc, &CellForwardBuffers { weights, input: &self.x, output: &self.output, states, counter: None })?;
-            }
-        }
+        self.record_forward(&mut enc, &self.layer.eval)?;
         self.eval.record(&mut enc);
         self.ctx.queue.submit([enc.finish()]);
         Ok(())
@@ -410,6 +340,8 @@ impl Trainer {
 /// One cell's run: its test MSE after each logged step (step 0 first).
 struct Outcome {
     mode: Mode,
+    /// Whether the plan ran on the fused kernels (else the cell driver).
+    fused: bool,
     params: usize,
     curve: Vec<(f64, f64)>,
     /// The step whose loss became non-finite, if one did.
@@ -421,7 +353,7 @@ type Batch = (Vec<f32>, Vec<f32>);
 
 fn train(ctx: &std::sync::Arc<Context>, mode: Mode, a: &Args, test: &[Batch]) -> Result<Outcome> {
     let tr = Trainer::new(ctx, mode, a)?;
-    let mut out = Outcome { mode, params: tr.params, curve: Vec::new(), diverged: None, secs: 0.0 };
+    let mut out = Outcome { mode, fused: tr.layer.train.fused(), params: tr.params, curve: Vec::new(), diverged: None, secs: 0.0 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let start = Instant::now();
     let evaluate = |tr: &Trainer| -> Result<f64> {
@@ -509,7 +441,7 @@ fn main() -> Result<()> {
             Some(step) => format!("diverged at step {step}"),
             None => format!("{:.4}", r.curve.last().map_or(f64::NAN, |p| p.1)),
         };
-        let driver = if r.mode.fused() { "fused" } else { "generic" };
+        let driver = if r.fused { "fused" } else { "cell" };
         println!("| {} | {driver} | {} | {mse} | {:.0} s |", r.mode, r.params, r.secs);
     }
     println!("\ntotal {:.1} min", total.elapsed().as_secs_f64() / 60.0);

@@ -26,8 +26,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::train::{read_f32, upload_u32, ClassTargets, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, Program};
-use wgpu_rnn::gpu::generic::flat_weights;
-use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StateInputs, StepBuffers, StepPlan, TrackedBuffer};
+use wgpu_rnn::gpu::flat_weights;
+use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StepBuffers, StepPlan, TrackedBuffer};
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 
@@ -111,13 +111,13 @@ struct Model {
     x: TrackedBuffer,
     targets: TrackedBuffer,
     out: TrackedBuffer,
-    /// Carried states, [h0, c0, h_n, c_n]: one set for training, one for validation.
-    states: [[TrackedBuffer; 4]; 2],
-    state_len: usize,
+    /// Carried states, per state of the cell (initial, final): one set for training, one for
+    /// validation.
+    states: [Vec<(TrackedBuffer, TrackedBuffer)>; 2],
     dout: TrackedBuffer,
     gi: TrackedBuffer,
-    gh0: TrackedBuffer,
-    gc0: TrackedBuffer,
+    /// The initial states' gradients (the chunk's truncation: not used further).
+    grad_states0: Vec<TrackedBuffer>,
     gw: TrackedBuffer,
     opt: Optimizer,
     metrics: Metrics,
@@ -142,13 +142,12 @@ impl Model {
         let lengths = vec![a.bptt; a.batch];
         let probe = PackedSequence::from_padded(&vec![0.0f32; a.bptt * a.batch], [a.bptt, a.batch, 1], false, &lengths)?;
         let layout = SeqLayout::of(&probe)?;
-        let inputs = StateInputs { h0: true, c0: true, grad_h_n: false, grad_c_n: false };
-        let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, inputs)?;
-        let eval_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, inputs)?;
+        let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training)?;
+        let eval_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference)?;
         let n = a.batch * a.bptt;
-        let state_len = a.layers * a.batch * a.hidden;
+        let state_lens: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, a.batch).iter().product()).collect();
         let welems = train_plan.weight_elems();
-        let state_set = || -> Result<[TrackedBuffer; 4]> { Ok([storage(ctx, "h0", state_len)?, storage(ctx, "c0", state_len)?, storage(ctx, "h_n", state_len)?, storage(ctx, "c_n", state_len)?]) };
+        let state_set = || -> Result<Vec<(TrackedBuffer, TrackedBuffer)>> { state_lens.iter().map(|&e| Ok((storage(ctx, "initial state", e)?, storage(ctx, "final state", e)?))).collect() };
         let table_grad = storage(ctx, "embedding grad", vocab * a.embed)?;
         let head_grad = storage(ctx, "head grad", head_shape.param_elems())?;
         let gw = storage(ctx, "grad weights", welems)?;
@@ -191,11 +190,9 @@ impl Model {
             targets,
             out,
             states: [state_set()?, state_set()?],
-            state_len,
             dout,
             gi: storage(ctx, "grad input", n * a.embed)?,
-            gh0: storage(ctx, "grad h0", state_len)?,
-            gc0: storage(ctx, "grad c0", state_len)?,
+            grad_states0: state_lens.iter().map(|&e| storage(ctx, "initial state gradient", e)).collect::<Result<_>>()?,
             gw,
             opt,
             metrics,
@@ -208,8 +205,10 @@ impl Model {
     /// Zeroes a set of carried states (0: training, 1: validation).
     fn reset_states(&self, set: usize) -> Result<()> {
         let mut b = OpBuilder::new(&self.ctx);
-        for s in &self.states[set] {
-            b.fill(s, 0, self.state_len, 0.0)?;
+        for (s0, sn) in &self.states[set] {
+            for s in [s0, sn] {
+                b.fill(s, 0, (s.size() / 4) as usize, 0.0)?;
+            }
         }
         b.run(&[])?;
         Ok(())
@@ -234,13 +233,16 @@ impl Model {
         } else {
             None
         };
-        let [h0, c0, hn, cn] = &self.states[if train { 0 } else { 1 }];
+        let set = &self.states[if train { 0 } else { 1 }];
+        let states0: Vec<Option<&wgpu::Buffer>> = set.iter().map(|(s0, _)| Some(&**s0)).collect();
+        let states_n: Vec<&wgpu::Buffer> = set.iter().map(|(_, sn)| &**sn).collect();
+        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|g| &**g).collect();
         let plan = if train { &self.train_plan } else { &self.eval_plan };
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
         let w = self.rnn.weights_buffer();
-        plan.record_forward(&mut enc, &ForwardBuffers { weights: w, input: &self.x, output: &self.out, h0: Some(h0), c0: Some(c0), h_n: hn, c_n: Some(cn) })?;
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: w, input: &self.x, output: &self.out, states0: &states0, states_n: &states_n, counter: None })?;
         if let Some(post) = &post {
             self.mid_train.record(&mut enc);
             plan.record_backward(
@@ -249,24 +251,23 @@ impl Model {
                     weights: w,
                     input: &self.x,
                     output: &self.out,
-                    h0: Some(h0),
-                    c0: Some(c0),
+                    states0: &states0,
                     grad_output: &self.dout,
-                    grad_h_n: None,
-                    grad_c_n: None,
+                    grad_states_n: &[],
                     grad_input: &self.gi,
-                    grad_h0: &self.gh0,
-                    grad_c0: Some(&self.gc0),
+                    grad_states0: &grad_states0,
                     grad_weights: &self.gw,
+                    counter: None,
                 },
             )?;
             post.record(&mut enc);
         } else {
             self.mid_eval.record(&mut enc);
         }
-        // Carry the states into the next chunk (after the backward, which reads h0/c0).
-        enc.copy_buffer_to_buffer(hn, 0, h0, 0, Some(h0.size()));
-        enc.copy_buffer_to_buffer(cn, 0, c0, 0, Some(c0.size()));
+        // Carry the states into the next chunk (after the backward, which reads them).
+        for (s0, sn) in set {
+            enc.copy_buffer_to_buffer(sn, 0, s0, 0, Some(s0.size()));
+        }
         ctx.queue.submit([enc.finish()]);
         Ok(())
     }

@@ -33,10 +33,7 @@ use std::time::Instant;
 use text::{encode, tokens, PAD};
 use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
-use wgpu_rnn::gpu::{
-    storage, storage_at, upload, BackwardBuffers, CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout,
-    StateInputs, TrackedBuffer,
-};
+use wgpu_rnn::gpu::{storage, storage_at, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, TrackedBuffer};
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, Precision, Result, RnnConfig, Weights};
 
@@ -45,6 +42,8 @@ const EMBED: usize = 50;
 #[derive(Parser, Debug)]
 #[command(about = "IMDB sentiment: bidirectional LSTM/GRU over packed batches, trained on the GPU")]
 struct Args {
+    /// The recurrent cell: any registered name in any case (lstm, gru, lstm_cifg, scrn, ...).
+    /// The head reads the final value of the cell's first state (h; SRU's c, JORDAN's y).
     #[arg(long, default_value = "lstm")]
     cell: String,
     #[arg(long, default_value_t = 5)]
@@ -83,11 +82,6 @@ struct Args {
     /// f32 sums, f32 master weights and dynamic loss scaling; needs SHADER_F16).
     #[arg(long, default_value = "f32")]
     precision: String,
-    /// Run the recurrent layer through the cell driver (`CellPlan`) instead of the fused
-    /// kernels, in --precision's storage, with the f16 path's casts and loss scaling either
-    /// way (the control runs of examples/results/*cell-driver*).
-    #[arg(long)]
-    cell_driver: bool,
     /// After training, time this many epochs of the same pipeline in PyTorch on the CPU
     /// (examples/sentiment_pytorch.py, as many threads as cores) and print the ratio of
     /// epoch times; skipped with a note when python3 or torch is missing. 0: don't.
@@ -193,9 +187,7 @@ struct Model {
     bufs: Buffers,
     opt: Optimizer,
     metrics: Metrics,
-    /// The cell driver's buffers (`--cell-driver`).
-    half: Option<Half>,
-    /// The fused kernels' f16 buffers (`--precision f16` without `--cell-driver`).
+    /// The recurrent layer's f16 buffers (`--precision f16`).
     fused16: Option<Fused16>,
     dropout: f32,
     /// Batches trained so far (the dropout mask's seed).
@@ -203,64 +195,46 @@ struct Model {
     /// The most device memory (the context's buffer accounting) held while a training step
     /// was recorded: the model, the optimiser, the batch's plan and its tapes.
     peak_bytes: std::cell::Cell<u64>,
+    /// Whether the last batch's plan ran on the fused kernels (else the cell driver).
+    fused: std::cell::Cell<bool>,
 }
 
-/// `--cell-driver`: the recurrent layer runs in the cell driver (`CellPlan`) in --precision's
-/// storage; the embedding, head and optimiser stay f32. Per batch the f32 master weights
-/// (the optimiser's) are rounded into `weights`, the layer input into `x`; the features come
-/// out of the final states, and the gradients go back through the loss scale.
-struct Half {
-    cfg: RnnConfig,
-    weights: TrackedBuffer,
-    x: TrackedBuffer,
-    out: TrackedBuffer,
-    /// `[L*2, B, S]` in the batch's sorted order (= its order: `make_batch` sorts).
-    states: TrackedBuffer,
-    gstates: TrackedBuffer,
-    /// Zeros: the loss reads only the final states.
-    gout: TrackedBuffer,
-    gi: TrackedBuffer,
-    gw: TrackedBuffer,
-    /// Elements per state row (h then c for the LSTM).
-    sw: usize,
-}
-
-/// What a fused plan binds besides the weights, in one precision: the layer input, output
-/// and final states, and their gradients.
+/// What the recurrent layer's plan binds besides the weights, in one precision: the layer
+/// input, output and final states (per state of the cell: `hn` is the first, the head's
+/// features), and their gradients.
 struct LayerBuffers {
     x: TrackedBuffer,
     out: TrackedBuffer,
     hn: TrackedBuffer,
-    cn: TrackedBuffer,
-    /// Zeros: the output's and c_n's gradients.
+    /// The other states' final values.
+    others_n: Vec<TrackedBuffer>,
+    /// Zeros: the output's gradient.
     zeros: TrackedBuffer,
     dhn: TrackedBuffer,
     gi: TrackedBuffer,
-    gh0: TrackedBuffer,
-    gc0: TrackedBuffer,
+    /// The initial states' gradients, per state.
+    gs0: Vec<TrackedBuffer>,
     gw: TrackedBuffer,
 }
 
 impl LayerBuffers {
-    /// Sized for `n` packed rows, `states` final-state elements and `welems` weights when a
-    /// fused plan binds them (`bound`); otherwise one element each, but for the input and
-    /// the gradients the embedding and the optimiser use, and with `head` the final states
-    /// and their gradient, which the head reads and writes. Zeroed (wgpu clears new buffers).
-    #[allow(clippy::too_many_arguments)]
-    fn new(ctx: &Context, precision: Precision, n: usize, h: usize, states: usize, welems: usize, bound: bool, head: bool) -> Result<Self> {
+    /// Sized for `n` packed rows, `states` elements per state (`states[0]`: the head's) and
+    /// `welems` weights when the plan binds them (`bound`); otherwise one element each, but for
+    /// the input and the gradients the embedding and the optimiser use, and the first final
+    /// state and its gradient, which the head reads and writes. Zeroed (wgpu clears new
+    /// buffers).
+    fn new(ctx: &Context, precision: Precision, n: usize, h: usize, states: &[usize], welems: usize, bound: bool) -> Result<Self> {
         let full = |elems: usize| if bound { elems } else { 1 };
-        let st = |elems: usize| if bound || head { elems } else { 1 };
         let buf = |label: &str, elems: usize| storage_at(ctx, &format!("{precision} {label}"), elems, precision);
         Ok(LayerBuffers {
             x: buf("layer input", n * EMBED)?,
             out: buf("output", full(n * 2 * h))?,
-            hn: buf("h_n", st(states))?,
-            cn: buf("c_n", full(states))?,
-            zeros: buf("zeros", full((n * 2 * h).max(states)))?,
-            dhn: buf("grad h_n", st(states))?,
+            hn: buf("first final state", states[0])?,
+            others_n: states[1..].iter().map(|&e| buf("final state", full(e))).collect::<Result<_>>()?,
+            zeros: buf("zeros", full(n * 2 * h))?,
+            dhn: buf("first final state gradient", states[0])?,
             gi: buf("grad input", n * EMBED)?,
-            gh0: buf("grad h0", full(states))?,
-            gc0: buf("grad c0", full(states))?,
+            gs0: states.iter().map(|&e| buf("initial state gradient", full(e))).collect::<Result<_>>()?,
             gw: buf("grad weights", welems)?,
         })
     }
@@ -283,22 +257,11 @@ struct Batch {
     targets: Vec<f32>,
 }
 
-fn make_batch(data: &[(Vec<u32>, f32)], idx: &[usize], vocab: usize, longest_first: bool) -> Result<Batch> {
-    // With `longest_first` (the f16 path), the batch is ordered longest first (stable), so
-    // the packed batch's sorted order is its own: the cell driver keeps its states in sorted
-    // order, and the targets follow `idx`.
-    let mut idx = idx.to_vec();
-    if longest_first {
-        idx.sort_by_key(|&i| std::cmp::Reverse(data[i].0.len()));
-    }
-    let idx = &idx[..];
+fn make_batch(data: &[(Vec<u32>, f32)], idx: &[usize], vocab: usize) -> Result<Batch> {
     let seqs: Vec<Vec<f32>> = idx.iter().map(|&i| data[i].0.iter().map(|&t| t as f32).collect()).collect();
     let refs: Vec<&[f32]> = seqs.iter().map(|s| s.as_slice()).collect();
     let packed = PackedSequence::from_sequences(&refs, 1)?;
     let ids: Vec<u32> = packed.data.iter().map(|&v| v as u32).collect();
-    if longest_first && packed.sorted_indices.iter().enumerate().any(|(k, &i)| k != i) {
-        return Err(Error::InvalidConfig("a batch whose packed order is not its own".into()));
-    }
     Ok(Batch { index: EmbeddingIndex::new(&ids, vocab, Some(PAD))?, layout: SeqLayout::of(&packed)?, targets: idx.iter().map(|&i| data[i].1).collect() })
 }
 
@@ -310,23 +273,22 @@ impl Model {
         let mut w = Weights::<f32>::init_uniform(&cfg, a.seed)?;
         forget_bias(&mut w);
         let rnn = GpuRnn::new(ctx, &w)?;
-        let (h, b, l) = (a.hidden, a.batch, a.layers);
+        let (h, b) = (a.hidden, a.batch);
         let n = b * a.max_len;
-        let states = l * 2 * b * h;
+        let states: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, b).iter().product()).collect();
         let head_shape = LinearShape { rows: b, input: 2 * h, output: 1 };
         let bound = 1.0 / ((2 * h) as f32).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);
         let head_init: Vec<f32> = (0..head_shape.param_elems()).map(|_| rng.random_range(-bound..bound)).collect();
-        let welems = wgpu_rnn::gpu::weight_layout(&cfg).1;
+        let welems = wgpu_rnn::gpu::weight_elems(&cfg);
         let precision = Precision::parse(&a.precision)?;
-        let fused = !a.cell_driver;
-        // The f32 layer buffers: bound by the fused f32 plan; otherwise the input and
-        // gradients the embedding and optimiser use, and (fused f16) the final states the
-        // head reads. The f16 paths have their own (`Fused16`, `Half`).
+        // The f32 layer buffers: bound by the f32 plan; otherwise the input and gradients the
+        // embedding and optimiser use, and the first final state the head reads. The f16
+        // layer has its own (`Fused16`).
         let bufs = Buffers {
             xe: storage(ctx, "embedded", n * EMBED)?,
             gie: storage(ctx, "grad embedded", n * EMBED)?,
-            layer: LayerBuffers::new(ctx, Precision::F32, n, h, states, welems, fused && precision == Precision::F32, fused)?,
+            layer: LayerBuffers::new(ctx, Precision::F32, n, h, &states, welems, precision == Precision::F32)?,
             feat: storage(ctx, "features", b * 2 * h)?,
             logits: storage(ctx, "logits", b)?,
             targets: storage(ctx, "targets", b)?,
@@ -347,38 +309,18 @@ impl Model {
                 ParamGroup { params: &head, grads: &head_grad, elems: head_shape.param_elems() },
             ],
         )?;
-        if precision == Precision::F16 || !fused {
+        if precision == Precision::F16 {
             ctx.check_precision(precision)?;
             // PyTorch's GradScaler defaults: 2^16, doubled after 2,000 finite steps.
             opt = opt.with_loss_scaling(ctx, 65536.0, 2000)?;
         }
-        let fused16 = match fused && precision == Precision::F16 {
+        let fused16 = match precision == Precision::F16 {
             false => None,
             true => Some(Fused16 {
                 weights: storage_at(ctx, "f16 weights", welems, precision)?,
-                layer: LayerBuffers::new(ctx, precision, n, h, states, welems, true, true)?,
+                layer: LayerBuffers::new(ctx, precision, n, h, &states, welems, true)?,
                 cfg: cfg.clone().with_precision(precision),
             }),
-        };
-        let half = match fused {
-            true => None,
-            false => {
-                let cfg = cfg.clone().with_precision(precision);
-                let sw: usize = cfg.states().iter().map(|s| s.width).sum();
-                let f16 = |label: &str, elems: usize| storage_at(ctx, label, elems, precision);
-                Some(Half {
-                    weights: f16("f16 weights", welems)?,
-                    x: f16("f16 input", n * EMBED)?,
-                    out: f16("f16 output", n * 2 * h)?,
-                    states: f16("f16 states", l * 2 * b * sw)?,
-                    gstates: f16("f16 state gradients", l * 2 * b * sw)?,
-                    gout: f16("f16 zero output gradients", n * 2 * h)?,
-                    gi: f16("f16 input gradients", n * EMBED)?,
-                    gw: f16("f16 weight gradients", welems)?,
-                    sw,
-                    cfg,
-                })
-            }
         };
         Ok(Model {
             ctx: ctx.clone(),
@@ -392,11 +334,11 @@ impl Model {
             bufs,
             opt,
             metrics: Metrics::new(ctx, 2)?,
-            half,
             fused16,
             dropout: a.dropout,
             batches: std::cell::Cell::new(a.seed as u32 * 1_000_003),
             peak_bytes: std::cell::Cell::new(0),
+            fused: std::cell::Cell::new(false),
         })
     }
 
@@ -462,18 +404,14 @@ impl Model {
     /// Records one batch: training (forward, loss, backward, Adam) into metric block 0, or
     /// evaluation (forward, loss) into block 1. One submit; nothing is read back.
     fn run_batch(&self, batch: &Batch, train: bool) -> Result<()> {
-        if let Some(half) = &self.half {
-            return self.run_batch_f16(half, batch, train);
-        }
         let ctx = &self.ctx;
         let c = &self.cfg;
         let (b, h) = (batch.targets.len(), c.hidden_size);
-        let lstm = c.mode == Mode::Lstm;
         let bf = &self.bufs;
         let f16 = self.fused16.as_ref();
         let pass = if train { Pass::Training } else { Pass::Inference };
-        let inputs = StateInputs { grad_h_n: train, grad_c_n: train && lstm, ..Default::default() };
-        let plan = Plan::new(ctx, f16.map_or(c, |f| &f.cfg), &batch.layout, pass, inputs)?;
+        let plan = Plan::new(ctx, f16.map_or(c, |f| &f.cfg), &batch.layout, pass)?;
+        self.fused.set(plan.fused());
         if train {
             self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
         }
@@ -483,7 +421,7 @@ impl Model {
         let last = (c.num_layers - 1) * 2 * b * h; // the last layer's [2, B, H] block of h_n
         let states = c.num_layers * 2 * b * h;
         let rows = batch.index.rows();
-        let welems = wgpu_rnn::gpu::weight_layout(c).1;
+        let welems = wgpu_rnn::gpu::weight_elems(c);
 
         let mut pre = OpBuilder::new(ctx);
         let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
@@ -516,7 +454,9 @@ impl Model {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
-        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: &p.x, output: &p.out, h0: None, c0: None, h_n: &p.hn, c_n: lstm.then_some(&*p.cn) })?;
+        let states_n: Vec<&wgpu::Buffer> = std::iter::once(&p.hn).chain(&p.others_n).map(|b| &**b).collect();
+        let grad_states0: Vec<&wgpu::Buffer> = p.gs0.iter().map(|b| &**b).collect();
+        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: &p.x, output: &p.out, states0: &[], states_n: &states_n, counter: None })?;
         mid.record(&mut enc);
         if train {
             plan.record_backward(
@@ -525,78 +465,12 @@ impl Model {
                     weights,
                     input: &p.x,
                     output: &p.out,
-                    h0: None,
-                    c0: None,
+                    states0: &[],
                     grad_output: &p.zeros,
-                    grad_h_n: Some(&p.dhn),
-                    grad_c_n: lstm.then_some(&*p.zeros),
+                    grad_states_n: &[Some(&p.dhn)],
                     grad_input: &p.gi,
-                    grad_h0: &p.gh0,
-                    grad_c0: lstm.then_some(&*p.gc0),
+                    grad_states0: &grad_states0,
                     grad_weights: &p.gw,
-                },
-            )?;
-            post.record(&mut enc);
-        }
-        ctx.queue.submit([enc.finish()]);
-        Ok(())
-    }
-
-    /// [`Model::run_batch`] with the recurrent layer in f16 storage (see [`Half`]).
-    fn run_batch_f16(&self, hf: &Half, batch: &Batch, train: bool) -> Result<()> {
-        let ctx = &self.ctx;
-        let (c, bf) = (&hf.cfg, &self.bufs);
-        let (b, h, sw) = (batch.targets.len(), c.hidden_size, hf.sw);
-        let f16 = c.precision; // --precision
-        let pass = if train { Pass::Training } else { Pass::Inference };
-        let plan = CellPlan::new(ctx, c, &batch.layout, pass)?;
-        if train {
-            self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
-        }
-        let idx = upload_u32(ctx, "token index", batch.index.data())?;
-        ctx.queue.write_buffer(&bf.targets, 0, bytemuck::cast_slice(&batch.targets));
-        let head = LinearShape { rows: b, input: 2 * h, output: 1 };
-        let last = (c.num_layers - 1) * 2; // the last layer's two directions in the states
-        let rows = batch.index.rows();
-        let welems = wgpu_rnn::gpu::generic::weight_elems(c);
-        let mut pre = OpBuilder::new(ctx);
-        let drop_seed = self.embed(&mut pre, &idx, batch, train)?;
-        self.cast_in(&mut pre, f16, &hf.weights, &hf.x, welems, rows)?;
-        let mut mid = OpBuilder::new(ctx);
-        for d in 0..2 {
-            mid.to_f32(f16, &hf.states, ((last + d) * b * sw, sw), &bf.feat, (d * h, 2 * h), b, h, None)?;
-        }
-        self.head_and_loss(&mut mid, head, b, train)?;
-        let mut post = OpBuilder::new(ctx);
-        if train {
-            // The final h's gradient, times the loss scale, into the (cleared) state gradients.
-            for d in 0..2 {
-                mid.to_stored(f16, &bf.dfeat, (d * h, 2 * h), &hf.gstates, ((last + d) * b * sw, sw), b, h, Some(&self.opt))?;
-            }
-            self.cast_out(&mut post, f16, &hf.gw, &hf.gi, welems, rows)?;
-            self.embed_backward_and_step(&mut post, &idx, batch, drop_seed)?;
-        }
-        let (pre, mid, post) = (pre.build()?, mid.build()?, post.build()?);
-
-        let _serial = ctx.exclusive();
-        let mut enc = ctx.device.create_command_encoder(&Default::default());
-        pre.record(&mut enc);
-        enc.clear_buffer(&hf.states, 0, None);
-        plan.record_forward(&mut enc, &CellForwardBuffers { weights: &hf.weights, input: &hf.x, output: &hf.out, states: &hf.states, counter: None })?;
-        if train {
-            enc.clear_buffer(&hf.gstates, 0, None);
-        }
-        mid.record(&mut enc);
-        if train {
-            plan.record_backward(
-                &mut enc,
-                &CellBackwardBuffers {
-                    weights: &hf.weights,
-                    input: &hf.x,
-                    grad_output: &hf.gout,
-                    grad_states: &hf.gstates,
-                    grad_input: &hf.gi,
-                    grad_weights: &hf.gw,
                     counter: None,
                 },
             )?;
@@ -622,11 +496,7 @@ impl Model {
 
 fn main() -> Result<()> {
     let a = Args::parse();
-    let mode = match a.cell.as_str() {
-        "lstm" => Mode::Lstm,
-        "gru" => Mode::Gru,
-        other => return Err(Error::InvalidConfig(format!("unknown cell {other:?}: lstm or gru"))),
-    };
+    let mode: Mode = a.cell.parse()?;
     if a.batch == 0 || a.max_len == 0 || a.hidden == 0 || a.layers == 0 || a.epochs == 0 {
         return Err(Error::InvalidConfig("batch, max-len, hidden, layers and epochs must be positive".into()));
     }
@@ -659,8 +529,8 @@ fn main() -> Result<()> {
     );
     let mut model = Model::new(&ctx, &a, mode, &table, vocab)?;
     // Bucketed once: the batches keep their members, and their order is shuffled each epoch.
-    let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
-    let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab, model.half.is_some())).collect::<Result<_>>()?;
+    let mut train_batches: Vec<Batch> = buckets(&data.train, a.batch).iter().map(|idx| make_batch(&data.train, idx, vocab)).collect::<Result<_>>()?;
+    let test_batches: Vec<Batch> = buckets(&data.test, a.batch).iter().map(|idx| make_batch(&data.test, idx, vocab)).collect::<Result<_>>()?;
     let style = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} batches, {elapsed} {msg}").expect("template").progress_chars("=> ");
     let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
     let mut records = Vec::new();
@@ -699,7 +569,7 @@ fn main() -> Result<()> {
             test.loss,
             test.accuracy
         );
-        if model.half.is_some() || model.fused16.is_some() {
+        if model.fused16.is_some() {
             let st = model.opt.read_state(&ctx)?;
             println!("  f16: {} steps, {} skipped (f16 overflow), loss scale {}", st.steps, st.skipped, st.loss_scale);
         }
@@ -732,7 +602,7 @@ fn main() -> Result<()> {
     println!(
         "device memory of a training step ({} recurrent layer{}): {:.1} MiB at most (the context's buffer accounting when the batch's plan is made: model, optimiser, plan and tapes)",
         a.precision,
-        if model.half.is_some() { ", cell driver" } else { ", fused kernels" },
+        if model.fused.get() { ", fused kernels" } else { ", cell driver" },
         model.peak_bytes.get() as f64 / (1 << 20) as f64
     );
     if a.pytorch_epochs > 0 {

@@ -108,6 +108,20 @@ fn scatter_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
     dst[p.dst_off + seq[p.seq_off + b] * p.width + k] = S(v);
 }
 
+// dst[dst_off + n * dst_ld + k] = src[src_off + rows_of[n] * src_ld + src_col + k], rows_of
+// = seq[seq_off..]: rows moved between orders and strides (the cell plans' states between the
+// caller's per-state tensors in batch order and their own interleaved rows in sorted order).
+@compute @workgroup_size(256)
+fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_id(wid, nwg, lid);
+    if (i >= p.rows * p.width) {
+        return;
+    }
+    let n = i / p.width;
+    let k = i % p.width;
+    dst[p.dst_off + n * p.dst_ld + k] = S(f32(src[p.src_off + seq[p.seq_off + n] * p.src_ld + p.src_col + k]));
+}
+
 // dst[i] = src[src_off + i] for i < rows * width.
 @compute @workgroup_size(256)
 fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {

@@ -5,7 +5,7 @@
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::{self, Pass};
 use crate::error::{Error, Result};
-use crate::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StateInputs, StepStrategy};
+use crate::gpu::{self, BackwardBuffers, Context, ForwardBuffers, MatMul, MatMulDesc, Plan, SeqLayout, StepStrategy};
 use crate::packing::PackedSequence;
 use crate::weights::Weights;
 use rand::{Rng, SeedableRng};
@@ -305,8 +305,11 @@ pub struct GpuRig {
     rnn: gpu::GpuRnn,
     fwd_plan: Plan,
     train_plan: Plan,
-    lstm: bool,
+    /// input, output, grad_output, grad_input, grad_weights
     bufs: Vec<gpu::TrackedBuffer>,
+    /// Per state: its final value, and its initial value's gradient.
+    states_n: Vec<gpu::TrackedBuffer>,
+    grad_states0: Vec<gpu::TrackedBuffer>,
 }
 
 impl GpuRig {
@@ -329,43 +332,35 @@ impl GpuRig {
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
         let layout = SeqLayout::of(&x)?;
         let n = x.rows();
-        let ld = cfg.num_layers * cfg.directions();
-        let fwd_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, StateInputs::default(), strategy)?;
-        let train_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), strategy)?;
-        // input, output, h_n, c_n, grad_output, grad_input, grad_h0, grad_c0, grad_weights
+        let fwd_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, strategy)?;
+        let train_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, strategy)?;
         let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
         let bufs = vec![
             gpu::upload_stored(ctx, "input", &x.data, precision)?,
             st("output", n * cfg.output_size())?,
-            st("h_n", ld * c.b * cfg.out_size())?,
-            st("c_n", ld * c.b * cfg.hidden_size)?,
             gpu::upload_stored(ctx, "grad_output", &data(n * cfg.output_size(), 2), precision)?,
             st("grad_input", n * cfg.input_size)?,
-            st("grad_h0", ld * c.b * cfg.out_size())?,
-            st("grad_c0", ld * c.b * cfg.hidden_size)?,
             st("grad_weights", train_plan.weight_elems())?,
         ];
-        Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, lstm: cfg.mode == Mode::Lstm, bufs })
+        let sizes: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, c.b).iter().product()).collect();
+        let states_n = sizes.iter().map(|&e| st("final state", e)).collect::<Result<_>>()?;
+        let grad_states0 = sizes.iter().map(|&e| st("initial state gradient", e)).collect::<Result<_>>()?;
+        Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, bufs, states_n, grad_states0 })
     }
 
     /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
     /// parameter blocks, the weights and the buffers above), as [`CellRig::training_bytes`].
     pub fn training_bytes(&self) -> u64 {
-        self.train_plan.workspace_bytes() + self.rnn.weights_buffer().size() + self.bufs.iter().map(|b| b.size()).sum::<u64>()
+        let mine = self.bufs.iter().chain(&self.states_n).chain(&self.grad_states0).map(|b| b.size()).sum::<u64>();
+        self.train_plan.workspace_bytes() + self.rnn.weights_buffer().size() + mine
     }
 
     /// Records a forward (or a training forward and backward) into `enc`.
     pub fn record(&self, enc: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let b = &self.bufs;
-        let fb = ForwardBuffers {
-            weights: self.rnn.weights_buffer(),
-            input: &b[0],
-            output: &b[1],
-            h0: None,
-            c0: None,
-            h_n: &b[2],
-            c_n: self.lstm.then_some(&*b[3]),
-        };
+        let states_n: Vec<&wgpu::Buffer> = self.states_n.iter().map(|b| &**b).collect();
+        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|b| &**b).collect();
+        let fb = ForwardBuffers { weights: self.rnn.weights_buffer(), input: &b[0], output: &b[1], states0: &[], states_n: &states_n, counter: None };
         if !training {
             return self.fwd_plan.record_forward(enc, &fb);
         }
@@ -376,15 +371,13 @@ impl GpuRig {
                 weights: self.rnn.weights_buffer(),
                 input: &b[0],
                 output: &b[1],
-                h0: None,
-                c0: None,
-                grad_output: &b[4],
-                grad_h_n: None,
-                grad_c_n: None,
-                grad_input: &b[5],
-                grad_h0: &b[6],
-                grad_c0: self.lstm.then_some(&*b[7]),
-                grad_weights: &b[8],
+                states0: &[],
+                grad_output: &b[2],
+                grad_states_n: &[],
+                grad_input: &b[3],
+                grad_states0: &grad_states0,
+                grad_weights: &b[4],
+                counter: None,
             },
         )
     }
@@ -394,10 +387,10 @@ impl GpuRig {
     pub fn profile(&self, training: bool) -> Result<Vec<gpu::profile::KernelTime>> {
         let prof = Arc::new(gpu::profile::KernelProfile::new(&self.ctx)?);
         let plan = if training { &self.train_plan } else { &self.fwd_plan };
-        plan.set_profile(Some(prof.clone()));
+        plan.set_profile(Some(prof.clone()))?;
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         let recorded = self.record(&mut enc, training);
-        plan.set_profile(None);
+        plan.set_profile(None)?;
         recorded?;
         prof.resolve(&mut enc);
         self.ctx.queue.submit([enc.finish()]);
@@ -413,33 +406,14 @@ impl GpuRig {
     }
 }
 
-/// The GPU's two rows, timed over the engine API on resident buffers: record, one submit,
-/// wait for the device. Uploads and readbacks are outside the timed loop.
-///
-/// Cells outside the fused path run through [`gpu::GpuRnn`] (the cell driver behind it), whose
-/// times include the upload of the input and the readback of the results (the weights are
-/// uploaded once, outside the timed loop).
+/// The GPU's two rows, timed over the engine API ([`Plan`], every cell) on resident buffers:
+/// record, one submit, wait for the device. Uploads and readbacks are outside the timed loop.
 pub fn bench_gpu(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy) -> Result<Vec<Record>> {
-    if !c.mode.fused() {
-        let cfg = c.rnn_config();
-        let w = Weights::<f32>::init_uniform(&cfg, 0)?;
-        let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
-        let go = data(x.rows() * cfg.output_size(), 2);
-        let adapter = format!("{} (generic, with transfers)", ctx.describe());
-        let rnn = gpu::GpuRnn::new(ctx, &w)?;
-        let fwd = time_ms(timing, || rnn.forward(&x, &[], Pass::Inference).map(|_| ()))?;
-        let train = time_ms(timing, || {
-            let (_, tape) = rnn.forward(&x, &[], Pass::Training)?;
-            rnn.backward(&tape.ok_or_else(|| Error::Gpu("no training tape".into()))?, &go, &[]).map(|_| ())
-        })?;
-        return Ok(vec![record(c, "gpu", "forward", fwd, &adapter), record(c, "gpu", "training", train, &adapter)]);
-    }
     bench_gpu_at(ctx, c, timing, strategy, crate::precision::Precision::F32)
 }
 
-/// [`bench_gpu`]'s fused rows with every buffer stored in `precision`: device `gpu` for f32,
-/// `gpu-f16` for f16 (PyTorch's four cells only), the training plan's device memory in the
-/// adapter column.
+/// [`bench_gpu`]'s rows with every buffer stored in `precision`: device `gpu` for f32,
+/// `gpu-f16` for f16, the training plan's device memory in the adapter column.
 pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Vec<Record>> {
     let rig = GpuRig::with_strategy_at(ctx, c, strategy, precision)?;
     let device = match precision {
@@ -452,14 +426,17 @@ pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strateg
     Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
 }
 
-/// A configuration prepared for the cell driver ([`gpu::CellPlan`]) on resident buffers in
-/// one storage precision: the like-for-like comparison of f32 and f16 storage.
+/// A configuration prepared for the GPU's cell driver whatever the cell (`gpu::generic`'s
+/// plan, which [`Plan`] runs for the configurations the fused kernels do not) on resident
+/// buffers in one storage precision: the like-for-like comparison of f32 and f16 storage.
 pub struct CellRig {
     ctx: Arc<Context>,
-    fwd_plan: gpu::CellPlan,
-    train_plan: gpu::CellPlan,
-    /// weights, input, output, states, grad_output, grad_states, grad_input, grad_weights
+    fwd_plan: gpu::generic::CellPlan,
+    train_plan: gpu::generic::CellPlan,
+    /// weights, input, output, grad_output, grad_input, grad_weights
     bufs: Vec<gpu::TrackedBuffer>,
+    states_n: Vec<gpu::TrackedBuffer>,
+    grad_states0: Vec<gpu::TrackedBuffer>,
 }
 
 impl CellRig {
@@ -470,26 +447,27 @@ impl CellRig {
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
         let layout = SeqLayout::of(&x)?;
         let n = x.rows();
-        let fwd_plan = gpu::CellPlan::new(ctx, &cfg, &layout, Pass::Inference)?;
-        let train_plan = gpu::CellPlan::new(ctx, &cfg, &layout, Pass::Training)?;
+        let fwd_plan = gpu::generic::CellPlan::new(ctx, &cfg, &layout, Pass::Inference)?;
+        let train_plan = gpu::generic::CellPlan::new(ctx, &cfg, &layout, Pass::Training)?;
         let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
         let bufs = vec![
             gpu::generic::upload_weights(ctx, &w)?,
             gpu::upload_stored(ctx, "input", &x.data, precision)?,
             st("output", n * cfg.output_size())?,
-            st("states", train_plan.state_elems())?,
             gpu::upload_stored(ctx, "grad_output", &data(n * cfg.output_size(), 2), precision)?,
-            st("grad_states", train_plan.state_elems())?,
             st("grad_input", n * cfg.input_size)?,
             st("grad_weights", train_plan.weight_elems())?,
         ];
-        Ok(CellRig { ctx: ctx.clone(), fwd_plan, train_plan, bufs })
+        let sizes: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, c.b).iter().product()).collect();
+        let states_n = sizes.iter().map(|&e| st("final state", e)).collect::<Result<_>>()?;
+        let grad_states0 = sizes.iter().map(|&e| st("initial state gradient", e)).collect::<Result<_>>()?;
+        Ok(CellRig { ctx: ctx.clone(), fwd_plan, train_plan, bufs, states_n, grad_states0 })
     }
 
     /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
     /// parameter blocks, and the caller's buffers above).
     pub fn training_bytes(&self) -> u64 {
-        self.train_plan.workspace_bytes() + self.bufs.iter().map(|b| b.size()).sum::<u64>()
+        self.train_plan.workspace_bytes() + self.bufs.iter().chain(&self.states_n).chain(&self.grad_states0).map(|b| b.size()).sum::<u64>()
     }
 
     /// Records a forward (or a training forward and backward) and waits for the device.
@@ -497,12 +475,23 @@ impl CellRig {
         let b = &self.bufs;
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         let plan = if training { &self.train_plan } else { &self.fwd_plan };
-        plan.record_forward(&mut enc, &gpu::CellForwardBuffers { weights: &b[0], input: &b[1], output: &b[2], states: &b[3], counter: None })?;
+        let states_n: Vec<&wgpu::Buffer> = self.states_n.iter().map(|b| &**b).collect();
+        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|b| &**b).collect();
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: &b[0], input: &b[1], output: &b[2], states0: &[], states_n: &states_n, counter: None })?;
         if training {
-            plan.record_backward(
-                &mut enc,
-                &gpu::CellBackwardBuffers { weights: &b[0], input: &b[1], grad_output: &b[4], grad_states: &b[5], grad_input: &b[6], grad_weights: &b[7], counter: None },
-            )?;
+            let bufs = BackwardBuffers {
+                weights: &b[0],
+                input: &b[1],
+                output: &b[2],
+                states0: &[],
+                grad_output: &b[3],
+                grad_states_n: &[],
+                grad_input: &b[4],
+                grad_states0: &grad_states0,
+                grad_weights: &b[5],
+                counter: None,
+            };
+            plan.record_backward(&mut enc, &bufs)?;
         }
         self.ctx.queue.submit([enc.finish()]);
         self.ctx.wait()
@@ -524,10 +513,10 @@ pub fn bench_gpu_cells(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, prec
 /// Per-kernel GPU time of a configuration's forward and training, as printable lines.
 /// Cells outside the fused path (`gpu::generic`) have no per-kernel profile yet: a line says so.
 pub fn profile_gpu(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy) -> Result<String> {
-    if !c.mode.fused() {
-        return Ok(format!("{}: no per-kernel profile for {} (the generic GPU driver has none yet)\n", c.name, c.mode));
-    }
     let rig = GpuRig::with_strategy(ctx, c, strategy)?;
+    if !rig.train_plan.fused() {
+        return Ok(format!("{}: no per-kernel profile for {} (the GPU's cell driver has none yet)\n", c.name, c.mode));
+    }
     rig.run(true)?; // warm-up
     let mut out = String::new();
     for training in [false, true] {

@@ -166,13 +166,6 @@ impl<T: Float> Case<T> {
         PackedSequence::from_padded(&self.input, [self.steps, self.batch, self.config().input_size], false, &self.lengths)
     }
 
-    fn state0(&self, i: usize) -> Option<&[T]> {
-        self.states0.get(i).and_then(|s| s.as_deref())
-    }
-    fn grad_state_n(&self, i: usize) -> Option<&[T]> {
-        self.grad_states_n.get(i).and_then(|s| s.as_deref())
-    }
-
     /// Runs the case on the CPU engine ([`cpu::forward`]): forward, and backward when
     /// `backward` is set.
     pub fn run_cpu(&self, backward: bool) -> Result<CaseResult> {
@@ -346,6 +339,11 @@ pub fn compare_at(got: &TensorFile, expected: &TensorFile, backward: bool, preci
     report
 }
 
+/// Borrows each present buffer.
+fn opt_refs(v: &[Option<crate::gpu::TrackedBuffer>]) -> Vec<Option<&wgpu::Buffer>> {
+    v.iter().map(|b| b.as_deref()).collect()
+}
+
 impl Case<f32> {
     /// [`Case::run_gpu`] with the case's values stored in `precision`
     /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
@@ -354,96 +352,98 @@ impl Case<f32> {
         self.stored_in(precision).run_gpu(ctx, backward)
     }
 
-    /// Runs the case through the engine API without blocking: PyTorch's four cells, in the
-    /// config's precision,
-    /// forward (and backward when `backward` is set) recorded into one encoder, one submit, and
-    /// the results awaited ([`crate::gpu::Readback::submit`]). The form a browser (`wasm32`)
-    /// can run, where [`Case::run_gpu`]'s waits are refused; on native targets something must
-    /// poll the device while it is awaited. A problem beyond the device's limits is refused
-    /// ([`Error::Limit`]), not split.
+    /// Runs the case through the engine API ([`crate::gpu::Plan`], any cell) without blocking,
+    /// in the config's precision: forward (and backward when `backward` is set) recorded into
+    /// one encoder, one submit, and the results awaited ([`crate::gpu::Readback::submit`]). The
+    /// form a browser (`wasm32`) can run, where [`Case::run_gpu`]'s waits are refused; on native
+    /// targets something must poll the device while it is awaited. A problem beyond the
+    /// device's limits is refused ([`Error::Limit`]), not split.
     pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
-        use crate::gpu::BackwardRead;
-        use crate::gpu::{storage_at, upload_stored, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
+        use crate::gpu::{storage_at, upload_stored, BackwardBuffers, ForwardBuffers, Plan, Readback, SeqLayout};
         use crate::tensor::Tensor;
         let c = self.config();
-        if !c.mode.fused() {
-            return Err(Error::Unsupported(format!("{} in Case::run_gpu_async (PyTorch's four cells only)", c.mode)));
-        }
         self.weights.validate()?;
         self.weights.check_finite()?;
         let packed = self.packed_input()?;
-        let (h0, c0) = (self.state0(0), self.state0(1));
-        let (gh, gc) = (self.grad_state_n(0), self.grad_state_n(1));
-        for (name, v) in [("input", Some(&packed.data[..])), ("h0", h0), ("c0", c0), ("grad_h_n", gh), ("grad_c_n", gc)] {
-            if let Some(v) = v {
-                crate::float::check_finite(name, v)?;
-            }
-        }
-        let lstm = c.mode == crate::Mode::Lstm;
+        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
+        let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
+        crate::cpu::check_run(c, &packed, &s0)?;
         let pass = if backward { Pass::Training } else { Pass::Inference };
-        let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: backward && gh.is_some(), grad_c_n: backward && gc.is_some() };
         // GL: every buffer here (TrackedBuffer) is destroyed under the context's guard wherever
         // it is dropped, this future's cancellation included (see Context::exclusive).
-        let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass, inputs)?;
+        let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass)?;
         let (n, b) = (packed.rows(), packed.batch());
-        let (hn_elems, cn_elems): (usize, usize) = (c.h_shape(b).iter().product(), c.c_shape(b).iter().product());
+        let states = c.states();
+        let sizes: Vec<usize> = states.iter().map(|s| c.state_shape(s, b).iter().product()).collect();
         // One thread at a time on a GL context up to the submit.
         let serial = ctx.exclusive();
         let prec = c.precision;
-        let up = |label: &str, v: Option<&[f32]>| v.map(|v| upload_stored(ctx, label, v, prec)).transpose();
-        let weights = upload_stored(ctx, "weights", &self.weights.to_flat(), prec)?;
+        let up = |label: &str, v: &[Option<&[f32]>]| -> Result<Vec<Option<crate::gpu::TrackedBuffer>>> { v.iter().map(|v| v.map(|v| upload_stored(ctx, label, v, prec)).transpose()).collect() };
+        let fresh = |label: &str| -> Result<Vec<crate::gpu::TrackedBuffer>> { sizes.iter().map(|&e| storage_at(ctx, label, e, prec)).collect() };
+        let weights = upload_stored(ctx, "weights", &crate::gpu::flat_weights(&self.weights), prec)?;
         let x = upload_stored(ctx, "input", &packed.data, prec)?;
-        let (h0b, c0b) = (up("h0", h0)?, up("c0", c0)?);
+        let (s0b, snb) = (up("initial state", &s0)?, fresh("final state")?);
+        let (s0r, snr) = (opt_refs(&s0b), snb.iter().map(|b| &**b).collect::<Vec<&wgpu::Buffer>>());
         let out = storage_at(ctx, "output", n * c.output_size(), prec)?;
-        let hn = storage_at(ctx, "h_n", hn_elems, prec)?;
-        let cn = if lstm { Some(storage_at(ctx, "c_n", cn_elems, prec)?) } else { None };
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
-        let fwd = ForwardBuffers { weights: &weights, input: &x, output: &out, h0: h0b.as_deref(), c0: c0b.as_deref(), h_n: &hn, c_n: cn.as_deref() };
-        plan.record_forward(&mut enc, &fwd)?;
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: &weights, input: &x, output: &out, states0: &s0r, states_n: &snr, counter: None })?;
         let mut rb = Readback::new();
         rb.copy_stored(ctx, &mut enc, &out, n * c.output_size(), prec)?;
-        rb.copy_stored(ctx, &mut enc, &hn, hn_elems, prec)?;
-        if let Some(cn) = &cn {
-            rb.copy_stored(ctx, &mut enc, cn, cn_elems, prec)?;
+        for (buf, &e) in snb.iter().zip(&sizes) {
+            rb.copy_stored(ctx, &mut enc, buf, e, prec)?;
         }
-        if backward {
+        let grad_bufs = if backward {
             let go = upload_stored(ctx, "grad_output", &self.packed_grad_output()?, prec)?;
-            let (ghb, gcb) = (up("grad_h_n", gh)?, up("grad_c_n", gc)?);
-            let read = BackwardRead {
+            let (gsb, g0b) = (up("final state gradient", &gs)?, fresh("initial state gradient")?);
+            let (gsr, g0r) = (opt_refs(&gsb), g0b.iter().map(|b| &**b).collect::<Vec<&wgpu::Buffer>>());
+            let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
+            let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
+            let bufs = BackwardBuffers {
                 weights: &weights,
                 input: &x,
                 output: &out,
-                h0: h0b.as_deref(),
-                c0: c0b.as_deref(),
+                states0: &s0r,
                 grad_output: &go,
-                grad_h_n: ghb.as_deref(),
-                grad_c_n: gcb.as_deref(),
+                grad_states_n: &gsr,
+                grad_input: &gi,
+                grad_states0: &g0r,
+                grad_weights: &gw,
+                counter: None,
             };
-            read.record(ctx, &plan, &mut enc, &mut rb)?;
-        }
+            plan.record_backward(&mut enc, &bufs)?;
+            rb.copy_stored(ctx, &mut enc, &gi, n * c.input_size, prec)?;
+            rb.copy_stored(ctx, &mut enc, &gw, plan.weight_elems(), prec)?;
+            for (buf, &e) in g0b.iter().zip(&sizes) {
+                rb.copy_stored(ctx, &mut enc, buf, e, prec)?;
+            }
+            Some((go, gsb, g0b, gi, gw))
+        } else {
+            None
+        };
         let pending = rb.submit(ctx, enc)?;
         drop(serial);
         // Completing the read takes the guard itself (PendingRead's poll).
         let read = pending.await;
+        drop(grad_bufs);
         let mut got = read?.into_iter();
         let mut next = |what: &str| got.next().ok_or_else(|| Error::Gpu(format!("{what} was not read back")));
         let output = packed.with_data(next("output")?, c.output_size())?;
-        let mut states = vec![Tensor { shape: c.h_shape(b), data: next("h_n")? }];
-        if lstm {
-            states.push(Tensor { shape: c.c_shape(b), data: next("c_n")? });
+        let mut finals = Vec::with_capacity(states.len());
+        for st in &states {
+            finals.push(Tensor { shape: c.state_shape(st, b), data: next("final state")? });
         }
         let grads = if backward {
             let gi = packed.with_data(next("grad_input")?, c.input_size)?;
-            let mut gs = vec![Tensor { shape: c.h_shape(b), data: next("grad_h0")? }];
-            let params = Weights::<f32>::from_flat(c, &next("grad_weights")?)?;
-            if lstm {
-                gs.push(Tensor { shape: c.c_shape(b), data: next("grad_c0")? });
+            let params = crate::gpu::weights_from_flat(c, &next("grad_weights")?)?;
+            let mut g0 = Vec::with_capacity(states.len());
+            for st in &states {
+                g0.push(Tensor { shape: c.state_shape(st, b), data: next("initial state gradient")? });
             }
-            Some((gi, gs, params))
+            Some(crate::cpu::Gradients { input: gi, states: g0, params })
         } else {
             None
         };
-        self.result(&output, states, grads)
+        self.result_of(cpu::ForwardOutput { output, states: finals }, grads)
     }
 
     /// Runs the case on the GPU (in its config's precision, f32 unless set) through

@@ -27,14 +27,14 @@ pub struct RnnConfig {
     pub proj_size: usize,
     /// PyTorch's `dropout`: in training, inverted dropout on each layer's output except the
     /// last (masks: [`crate::masks`]). Run by the CPU engine (`cpu::forward`) and the GPU's
-    /// cell driver (`gpu::CellPlan`); the GPU's fused kernels (`gpu::Plan`) refuse it.
+    /// cell driver, which `gpu::Plan` and `gpu::GpuRnn` take for a config with it.
     pub dropout: Prob,
     /// Zoneout (Krueger et al. 2016) of the `h` state: in training each unit keeps its
     /// previous value with this probability, in inference it takes the expectation
     /// `p h_prev + (1 - p) h_new`. Cells whose first state is `h` (and whose output is it).
     pub zoneout: Prob,
     /// How the GPU drivers store values: f32 (default) or f16 with f32 accumulation
-    /// ([`Precision`]). Run by the GPU's cell driver (`gpu::CellPlan`) and fused kernels
+    /// ([`Precision`]). Run by the GPU's cell driver and fused kernels
     /// (`gpu::Plan`, `gpu::GpuRnn`); the CPU engine (`cpu::forward`) is their f16-storage
     /// twin.
     pub precision: Precision,

@@ -253,8 +253,9 @@ impl<T: Float> Weights<T> {
         }
     }
 
-    /// Every parameter, one after another in `state_dict` order: the flat layout of the GPU
-    /// weights buffer ([`crate::gpu::weight_layout`]).
+    /// Every parameter, one after another in `state_dict` order. For PyTorch's four cells
+    /// this is the GPU weights buffer's layout; in general that is [`crate::gpu::flat_weights`]
+    /// (slot order), which the GPU paths use.
     pub fn to_flat(&self) -> Vec<T> {
         let mut flat = Vec::with_capacity(self.num_scalars());
         self.for_each(|_, _, _, v| flat.extend_from_slice(v));

@@ -3,7 +3,8 @@
 
     python3 web/serve.py [--port 8000]          then open http://127.0.0.1:8000/web/
 
-Besides the files it answers GET /golden-cases.json (the golden cases in tests/golden) and
+Besides the files it answers GET /golden-cases.json (the golden cases in tests/golden and
+tests/golden-variants: every registered cell) and
 takes the page's report as POST /result (GET /hold answers once it has come). With --exit-on-result (what .ci/browser uses) it
 prints the report and exits 0 if the page passed, 1 if not; --timeout bounds the wait (exit 2).
 """
@@ -33,8 +34,13 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             return
         if self.path == "/golden-cases.json":
-            names = sorted(f for f in os.listdir(os.path.join(ROOT, "tests", "golden")) if f.endswith(".safetensors"))
-            body = json.dumps(["tests/golden/" + n for n in names]).encode()
+            names = [
+                f"tests/{d}/{f}"
+                for d in ("golden", "golden-variants")
+                for f in sorted(os.listdir(os.path.join(ROOT, "tests", d)))
+                if f.endswith(".safetensors")
+            ]
+            body = json.dumps(names).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

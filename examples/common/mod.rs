@@ -59,8 +59,8 @@ pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
     // In the model's storage precision (the examples keep f32 master weights; an f16 model's
     // buffer holds f16).
     let c = rnn.config();
-    let flat = read_stored(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_layout(c).1, c.precision)?;
-    Weights::<f32>::from_flat(c, &flat)
+    let flat = read_stored(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_elems(c), c.precision)?;
+    wgpu_rnn::gpu::weights_from_flat(c, &flat)
 }
 
 /// PyTorch's LSTM forget-gate bias trick: 1 in total, split between b_ih and b_hh.

@@ -96,7 +96,7 @@ enum Cmd {
         #[arg(long)]
         profile: bool,
         /// f16: also time the fused kernels with f16 storage (rows gpu-f16, beside the f32
-        /// rows gpu), and the cell driver (gpu::CellPlan) with f32 and with f16 storage on
+        /// rows gpu), and the cell driver (what gpu::Plan runs for the cells beyond the fused four) with f32 and with f16 storage on
         /// resident buffers (rows gpu-cells-f32 and gpu-cells-f16, with the training plan's
         /// device memory).
         #[arg(long, value_enum, default_value = "f32")]

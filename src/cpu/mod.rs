@@ -33,7 +33,7 @@ pub mod train;
 
 pub use crate::float::{cast, fast, Float};
 pub use engine::{backward, forward, forward_with, ForwardOutput, Gradients, Tape};
-pub(crate) use engine::{check_run, check_states, check_weights, gather_states, scatter_states};
+pub(crate) use engine::{check_run, check_states, check_weights};
 
 use crate::error::{Error, Result};
 

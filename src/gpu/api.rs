@@ -3,13 +3,14 @@
 //! every registered cell.
 //!
 //! Behind it, for now, two drivers (issue 25 merges them): PyTorch's four cells without
-//! regularisers run the fused kernels ([`Plan`]: single dispatch, splitting past one binding);
+//! regularisers run the fused kernels ([`FusedPlan`]: single dispatch, splitting past one binding);
 //! every other configuration runs the cell driver (`generic.rs`, [`super::CellPlan`]). Which
 //! one is decided once, in [`runs_fused`]; callers never see it.
 
 use super::context::{Context, TrackedBuffer};
-use super::plan::{weight_layout, BackwardBuffers, ForwardBuffers, Plan, SeqLayout, StateInputs};
+use super::plan::{weight_layout, FusedBackwardBuffers, FusedForwardBuffers, FusedPlan, SeqLayout, StateInputs};
 use super::readback::{storage_at, upload_stored, Readback};
+use super::engine::runs_fused;
 use super::generic::{self, CellTape};
 use crate::config::{Mode, RnnConfig};
 use crate::cpu::{check_run, check_states, ForwardOutput, Gradients, Pass};
@@ -30,16 +31,11 @@ pub struct GpuRnn {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     weights: TrackedBuffer,
-    /// [`runs_fused`]: the fused kernels ([`Plan`]), else the cell driver.
+    /// [`runs_fused`]: the fused kernels ([`FusedPlan`]), else the cell driver.
     fused: bool,
-    plans: Mutex<Vec<(PlanKey, Arc<Plan>)>>,
+    plans: Mutex<Vec<(PlanKey, Arc<FusedPlan>)>>,
 }
 
-/// Whether a configuration runs on the fused kernels ([`Plan`]): PyTorch's four cells without
-/// dropout or zoneout. The one place that chooses between the two GPU drivers.
-fn runs_fused(cfg: &RnnConfig) -> bool {
-    cfg.mode.fused() && !cfg.regularised()
-}
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct PlanKey {
@@ -72,7 +68,7 @@ impl GpuTape {
 
 /// One plan's run: what its backward binds again.
 struct Recorded {
-    plan: Arc<Plan>,
+    plan: Arc<FusedPlan>,
     input: TrackedBuffer,
     output: TrackedBuffer,
     h0: Option<TrackedBuffer>,
@@ -94,7 +90,7 @@ impl GpuRnn {
     /// Uploads the weights, stored in the config's [`crate::Precision`] (f16: rounded on the
     /// host; needs the device's `SHADER_F16`, else [`Error::MissingFeature`]), flat in
     /// [`generic::flat_weights`]'s layout (per layer-direction, the slots in order: for
-    /// PyTorch's four cells `state_dict` order, [`weight_layout`]).
+    /// PyTorch's four cells `state_dict` order).
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
         Self::with_driver(ctx, w, runs_fused(&w.config))
     }
@@ -131,21 +127,19 @@ impl GpuRnn {
         &self.ctx
     }
 
-    /// The flat weights buffer ([`weight_layout`] order, the config's precision), for the
+    /// The flat weights buffer ([`super::flat_weights`] order, the config's precision), for the
     /// engine API.
     pub fn weights_buffer(&self) -> &wgpu::Buffer {
         &self.weights
     }
 
     /// A prepared fused plan for this structure: cached, and never one a live tape still uses.
-    /// [`Error::Unsupported`] for a configuration the fused kernels do not run yet (use
-    /// [`super::CellPlan`]).
-    pub fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<Plan>> {
+    fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<FusedPlan>> {
         if !self.fused {
-            return Err(Error::Unsupported(format!("{} (with these regularisers) in the fused plan; gpu::CellPlan runs it", self.cfg.mode)));
+            return Err(Error::Unsupported(format!("{} (with these regularisers) in the fused plan", self.cfg.mode)));
         }
         let key = PlanKey { layout: layout.clone(), pass, inputs };
-        // GL: the guard before the cache's lock, always (Plan::new and dropping an evicted
+        // GL: the guard before the cache's lock, always (FusedPlan::new and dropping an evicted
         // plan take it too): the other order, beside a caller that holds the guard and then
         // asks for a plan, deadlocked.
         let _serial = self.ctx.exclusive();
@@ -158,7 +152,7 @@ impl GpuRnn {
             plans.push(entry);
             return Ok(plan);
         }
-        let plan = Arc::new(Plan::new(&self.ctx, &self.cfg, layout, pass, inputs)?);
+        let plan = Arc::new(FusedPlan::new(&self.ctx, &self.cfg, layout, pass, inputs)?);
         plans.push((key, plan.clone()));
         if plans.len() > PLAN_CACHE {
             plans.remove(0);
@@ -216,7 +210,7 @@ impl GpuRnn {
     /// Runs one plan's forward over `x` (its packed rows): one submit, then the output, h_n
     /// and c_n read back (in the plan layout's caller order), and in training mode what its
     /// backward binds again.
-    fn forward_on(&self, plan: Arc<Plan>, x: &[f32], h0: Option<&[f32]>, c0: Option<&[f32]>, pass: Pass) -> Result<Forwarded> {
+    fn forward_on(&self, plan: Arc<FusedPlan>, x: &[f32], h0: Option<&[f32]>, c0: Option<&[f32]>, pass: Pass) -> Result<Forwarded> {
         let c = &self.cfg;
         let ctx = &self.ctx;
         let _serial = ctx.exclusive();
@@ -234,7 +228,7 @@ impl GpuRnn {
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn forward") });
         plan.record_forward(
             &mut enc,
-            &ForwardBuffers {
+            &FusedForwardBuffers {
                 weights: &self.weights,
                 input: &x,
                 output: &out,
@@ -705,7 +699,7 @@ fn next_read(got: &mut impl Iterator<Item = Vec<f32>>, what: &str) -> Result<Vec
 
 /// What a fused backward reads (its forward's buffers and the given gradients), for
 /// [`BackwardRead::record`]; the gradients it writes are allocated there.
-pub(crate) struct BackwardRead<'a> {
+struct BackwardRead<'a> {
     pub weights: &'a wgpu::Buffer,
     pub input: &'a wgpu::Buffer,
     pub output: &'a wgpu::Buffer,
@@ -721,7 +715,7 @@ impl BackwardRead<'_> {
     /// after its forward, and queues their copies on `rb` in the order grad_input, grad_h0,
     /// the flat weight gradients, then grad_c0 (LSTM): what [`GpuRnn`]'s backward and
     /// `Case::run_gpu_async` read back. The recorded work keeps the buffers alive.
-    pub(crate) fn record(&self, ctx: &Context, plan: &Plan, enc: &mut wgpu::CommandEncoder, rb: &mut Readback) -> Result<()> {
+    fn record(&self, ctx: &Context, plan: &FusedPlan, enc: &mut wgpu::CommandEncoder, rb: &mut Readback) -> Result<()> {
         let c = plan.config();
         let (n, b) = (plan.rows(), plan.layout().batch());
         let hn_elems: usize = c.h_shape(b).iter().product();
@@ -733,7 +727,7 @@ impl BackwardRead<'_> {
         let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
         plan.record_backward(
             enc,
-            &BackwardBuffers {
+            &FusedBackwardBuffers {
                 weights: self.weights,
                 input: self.input,
                 output: self.output,

@@ -1,10 +1,12 @@
 //! The GPU time-loop driver generic over the cell (`crate::cells`): the same plan as the CPU
 //! engine (`cpu::forward`), for every cell that has a WGSL file, never asking which cell it runs.
 //!
-//! - [`CellPlan`]: the engine API for every cell. Prepared once per config and batch structure
-//!   (parameter blocks uploaded, workspaces allocated, pipelines built), then recorded into the
-//!   caller's command encoder over the caller's buffers ([`CellForwardBuffers`],
-//!   [`CellBackwardBuffers`]), with no hidden submit, readback or buffer write.
+//! - `CellPlan`: the driver behind [`super::Plan`] for the configurations the fused kernels do
+//!   not run. Prepared once per config and batch structure (parameter blocks uploaded,
+//!   workspaces allocated, pipelines built), then recorded into the caller's command encoder
+//!   over the caller's buffers ([`super::ForwardBuffers`], [`super::BackwardBuffers`]), with
+//!   no hidden submit, readback or buffer write; its own states buffers (sorted order,
+//!   interleaved) are gathered from and to the caller's per-state buffers around the pass.
 //! - [`StepPlan`]: one time step of a unidirectional stack over caller-owned buffers (`x_t`
 //!   in, the states read and written in place, the top layer's output out): streaming
 //!   inference and generation, with no host work per step beyond recording.
@@ -25,7 +27,7 @@
 //!
 //! Buffers (the config's [`Precision`]: f32, or f16 with every sum in f32): the weights flat
 //! by slot ([`flat_weights`]: per layer-direction, slots in [`Slot::ALL`] order; for PyTorch's
-//! four cells that is `state_dict` order, the fused plan's [`super::weight_layout`]); per
+//! four cells that is `state_dict` order, the fused plan's too); per
 //! layer-direction a tape buffer `[xp | tape | states before each row]`; the states `[L*D, B,
 //! S]` (each row's states concatenated in the cell's order) in the layout's *sorted* order,
 //! read and written in place; a scratch buffer (products forward, tape gradients backward);
@@ -43,7 +45,7 @@ use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
 use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
-use crate::cpu::{check_states, check_weights, gather_states, scatter_states, ForwardOutput, Gradients};
+use crate::cpu::{check_states, check_weights, ForwardOutput, Gradients};
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
 use crate::float::check_finite;
@@ -115,14 +117,14 @@ pub fn weight_elems(cfg: &RnnConfig) -> usize {
     slot_layout(cfg).1
 }
 
-/// The weights as [`CellPlan`] and [`StepPlan`] read them: per layer-direction, each slot in
+/// The weights as [`super::Plan`], [`super::GpuRnn`] and [`StepPlan`] read them: per layer-direction, each slot in
 /// [`Slot::ALL`] order (for PyTorch's four cells, `state_dict` order). Gradients come back in
 /// the same layout ([`weights_from_flat`]).
 pub fn flat_weights(w: &Weights<f32>) -> Vec<f32> {
     flatten(w)
 }
 
-/// The weights on the device as [`CellPlan`] reads them: [`flat_weights`] stored in the
+/// The weights on the device as [`super::Plan`] reads them: [`flat_weights`] stored in the
 /// config's [`Precision`] (f16: converted on the host, so weights loaded from an F16 file
 /// arrive unchanged, with no f32 copy on the device).
 pub fn upload_weights(ctx: &Context, w: &Weights<f32>) -> Result<TrackedBuffer> {
@@ -168,6 +170,14 @@ enum Buf {
     /// The caller's step counter, or a zero of the plan's own ([`Buf::ZeroCounter`]).
     Counter,
     ZeroCounter,
+    /// The caller's state i going in (an initial state forward, a final state's gradient
+    /// backward), `[L*D, B, S_i]` in batch order.
+    Given(u8),
+    /// The caller's state i coming out (a final state forward, an initial state's gradient
+    /// backward).
+    Final(u8),
+    /// The u32 row tables between the caller's batch order and the plan's sorted order.
+    Tables,
 }
 
 /// One dispatch over buffers by role, or a clear of a buffer's first `bytes` between passes.
@@ -221,48 +231,9 @@ impl Builder {
     }
 }
 
-/// The caller's buffers for a [`CellPlan`] forward. Every buffer but the counter holds the
-/// config's [`Precision`] (f32 or f16), row-major.
-pub struct CellForwardBuffers<'a> {
-    /// Flat parameters ([`flat_weights`]).
-    pub weights: &'a wgpu::Buffer,
-    /// `[N, I]` packed input rows.
-    pub input: &'a wgpu::Buffer,
-    /// `[N, D * H_out]` packed output rows (written).
-    pub output: &'a wgpu::Buffer,
-    /// `[L*D, B, S]`, the layout's sorted order (`SeqLayout::sorted_indices`): the initial
-    /// states before, each sequence's final states after (read and written).
-    pub states: &'a wgpu::Buffer,
-    /// The regularisers' step counter: an f32 step count at element 0 (an optimiser's state
-    /// buffer, `gpu::train::Optimizer::state_buffer`, so every step draws new masks), or 0
-    /// when `None`. Read only by a config with dropout or zoneout.
-    pub counter: Option<&'a wgpu::Buffer>,
-}
-
-/// The caller's buffers for a [`CellPlan`] backward, after a training forward of the same
-/// plan was recorded (and will have run) with the same weights and input.
-pub struct CellBackwardBuffers<'a> {
-    /// Flat parameters ([`flat_weights`]), as the forward had them.
-    pub weights: &'a wgpu::Buffer,
-    /// `[N, I]` packed input rows, as the forward had them.
-    pub input: &'a wgpu::Buffer,
-    /// `[N, D * H_out]` (bound read-write, not written).
-    pub grad_output: &'a wgpu::Buffer,
-    /// `[L*D, B, S]`, sorted order: the gradients of the final states before (zeros for
-    /// none), those of the initial states after (read and written).
-    pub grad_states: &'a wgpu::Buffer,
-    /// `[N, I]` (written; needs `COPY_DST`: cleared first, as far as N*I elements).
-    pub grad_input: &'a wgpu::Buffer,
-    /// Flat, [`flat_weights`] layout (written, every element; needs `COPY_DST`: cleared
-    /// first, as far as the weights go).
-    pub grad_weights: &'a wgpu::Buffer,
-    /// The step counter the forward read (its value unchanged since).
-    pub counter: Option<&'a wgpu::Buffer>,
-}
-
 /// A prepared forward (and, in training, backward) of any cell for one config and batch
 /// structure: the engine API of the generic driver.
-pub struct CellPlan {
+pub(crate) struct CellPlan {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     pass: Pass,
@@ -275,7 +246,24 @@ pub struct CellPlan {
     own: HashMap<Buf, TrackedBuffer>,
     forward_ops: Vec<Op>,
     backward_ops: Vec<Op>,
+    /// The states between the caller's per-state tensors and the plan's own `[L*D, B, S]`
+    /// (sorted order): per state, the gather in (run when the caller gives the state) and out;
+    /// forward (`States`) and backward (`GradStates`).
+    states_io: StateIo,
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+}
+
+/// See [`CellPlan::states_io`].
+#[derive(Default)]
+struct StateIo {
+    clear: Vec<Op>,
+    fwd_in: Vec<(usize, Op)>,
+    fwd_out: Vec<Op>,
+    grad_clear: Vec<Op>,
+    bwd_in: Vec<(usize, Op)>,
+    bwd_out: Vec<Op>,
+    /// `[L*D, B, S_i]` elements per state.
+    elems: Vec<usize>,
 }
 
 impl std::fmt::Debug for CellPlan {
@@ -293,7 +281,7 @@ impl CellPlan {
     }
 
     /// As [`CellPlan::new`], with the seed of the regularisers' masks (the config's dropout
-    /// and zoneout; the step counter is bound at recording, see [`CellForwardBuffers`]).
+    /// and zoneout; the step counter is bound at recording, see [`super::ForwardBuffers`]).
     pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
         cfg.validate()?;
         let prec = cfg.precision;
@@ -529,9 +517,59 @@ impl CellPlan {
             }
         }
 
+        // The states between the caller's order and the plan's: tables [to sorted | to caller]
+        // over the L*D*B rows, and per state a gather in and a gather out.
+        let rows = ld * b;
+        let sorted = layout.sorted_indices();
+        let mut to_caller = vec![0usize; b];
+        for (r, &c) in sorted.iter().enumerate() {
+            to_caller[c] = r;
+        }
+        let mut tables: Vec<u32> = Vec::with_capacity(2 * rows);
+        for l in 0..ld {
+            tables.extend(sorted.iter().map(|&c| (l * b + c) as u32));
+        }
+        for l in 0..ld {
+            tables.extend(to_caller.iter().map(|&r| (l * b + r) as u32));
+        }
+        let mut io = StateIo::default();
+        let f4 = |e: usize| (e * prec.bytes()).next_multiple_of(4) as u64;
+        io.clear.push(Op::Clear(Buf::States, f4(rows * sw)));
+        if training {
+            io.grad_clear.push(Op::Clear(Buf::GradStates, f4(rows * sw)));
+        }
+        let (soffs, _) = state_offsets(&cfg.states());
+        for (i, st) in cfg.states().iter().enumerate() {
+            let w = st.width;
+            io.elems.push(rows * w);
+            let groups = {
+                let g = (rows * w).div_ceil(256) as u32;
+                let max = ctx.limits().max_compute_workgroups_per_dimension;
+                [g.min(max), g.div_ceil(max), 1]
+            };
+            let mut gather = |src: Buf, dst: Buf, p: UtilParams| {
+                let off = bl.params.push(&p);
+                Op::Dispatch { kernel: Kernel::GatherRows, param_off: off, groups, bufs: vec![src, Buf::Dummy(0), Buf::Tables, dst] }
+            };
+            let (r, wu, swu, off) = (rows as u32, w as u32, sw as u32, soffs[i] as u32);
+            let into = UtilParams { rows: r, width: wu, src_ld: wu, dst_off: off, dst_ld: swu, ..Default::default() };
+            let out = UtilParams { rows: r, width: wu, src_ld: swu, src_col: off, seq_off: r, dst_ld: wu, ..Default::default() };
+            io.fwd_in.push((i, gather(Buf::Given(i as u8), Buf::States, into)));
+            io.fwd_out.push(gather(Buf::States, Buf::Final(i as u8), out));
+            if training {
+                io.bwd_in.push((i, gather(Buf::Given(i as u8), Buf::GradStates, into)));
+                io.bwd_out.push(gather(Buf::GradStates, Buf::Final(i as u8), out));
+            }
+        }
+
         // Workspaces.
         let mut own = HashMap::new();
+        own.insert(Buf::Tables, readback::upload_bytes(ctx, "state tables", bytemuck::cast_slice(&tables))?);
         let buf = |ctx: &Context, label: &str, elems: usize| buf(ctx, label, elems, prec);
+        own.insert(Buf::States, buf(ctx, "states", rows * sw)?);
+        if training {
+            own.insert(Buf::GradStates, buf(ctx, "state gradients", rows * sw)?);
+        }
         for i in 0..5 {
             own.insert(Buf::Dummy(i), buf(ctx, "unused", 4)?);
         }
@@ -562,7 +600,7 @@ impl CellPlan {
         }
         let params = bl.params.upload(ctx, "cell plan parameters")?;
         let mut pipelines = HashMap::new();
-        for op in fwd.iter().chain(&bwd) {
+        for op in fwd.iter().chain(&bwd).chain(&io.fwd_out) {
             if let Op::Dispatch { kernel, .. } = op {
                 if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(*kernel) {
                     e.insert(ctx.pipeline_at(*kernel, prec)?);
@@ -582,6 +620,7 @@ impl CellPlan {
             own,
             forward_ops: fwd,
             backward_ops: bwd,
+            states_io: io,
             pipelines,
         })
     }
@@ -598,18 +637,22 @@ impl CellPlan {
     pub fn layout(&self) -> &SeqLayout {
         &self.layout
     }
-    /// Packed rows N.
-    pub fn rows(&self) -> usize {
-        self.n
-    }
     /// Elements of the weights (and weight gradients) buffer, stored in the config's
     /// [`Precision`].
     pub fn weight_elems(&self) -> usize {
         self.weight_elems
     }
-    /// Elements of the states (and state gradients) buffer: `L*D * B * S`.
-    pub fn state_elems(&self) -> usize {
-        self.state_elems
+    /// The distinct kernel variants a forward and a backward dispatch, in first-use order.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        let mut v: Vec<Kernel> = Vec::new();
+        for op in self.forward_ops.iter().chain(&self.backward_ops) {
+            if let Op::Dispatch { kernel, .. } = op {
+                if !v.contains(kernel) {
+                    v.push(*kernel);
+                }
+            }
+        }
+        v
     }
     /// Dispatches one forward records.
     pub fn forward_dispatches(&self) -> usize {
@@ -636,36 +679,92 @@ impl CellPlan {
         Ok(counter)
     }
 
-    /// Records the forward into `encoder` (no submit). The states buffer holds the initial
-    /// states before and the final states after.
-    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &CellForwardBuffers<'_>) -> Result<()> {
+    /// Checks the caller's per-state buffers: at most one entry per state going in (`given`,
+    /// each `[L*D, B, S_i]`), exactly one per state coming out.
+    fn check_states_io(&self, given: &[Option<&wgpu::Buffer>], out: &[&wgpu::Buffer], names: (&str, &str)) -> Result<()> {
+        let states = self.cfg.states();
+        if given.len() > states.len() || out.len() != states.len() {
+            return Err(Error::InvalidConfig(format!(
+                "{} has {} states: {} {} and {} {} given",
+                self.cfg.mode,
+                states.len(),
+                given.len(),
+                names.0,
+                out.len(),
+                names.1
+            )));
+        }
+        for (i, st) in states.iter().enumerate() {
+            if let Some(Some(g)) = given.get(i) {
+                self.check(&format!("{}{}", st.name, names.0), g, self.states_io.elems[i])?;
+            }
+            self.check(&format!("{}{}", st.name, names.1), out[i], self.states_io.elems[i])?;
+        }
+        Ok(())
+    }
+
+    /// The ops of one recording: the clears, the gathers in of the states the caller gives, the
+    /// pass, the gathers out.
+    fn with_states<'a>(clear: &'a [Op], gathers_in: &'a [(usize, Op)], given: &[Option<&wgpu::Buffer>], pass: &'a [Op], out: &'a [Op]) -> Vec<&'a Op> {
+        let given_in = gathers_in.iter().filter(|(i, _)| given.get(*i).copied().flatten().is_some()).map(|(_, op)| op);
+        clear.iter().chain(given_in).chain(pass).chain(out).collect()
+    }
+
+    /// Records the forward into `encoder` (no submit): see [`super::Plan::record_forward`].
+    pub(crate) fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &super::ForwardBuffers<'_>) -> Result<()> {
         self.ctx.check_alive()?;
         self.check("weights", bufs.weights, self.weight_elems)?;
         self.check("input", bufs.input, self.n * self.cfg.input_size)?;
         self.check("output", bufs.output, self.n * self.cfg.output_size())?;
-        self.check("states", bufs.states, self.state_elems)?;
+        self.check_states_io(bufs.states0, bufs.states_n, ("0", "_n"))?;
         let counter = self.counter(bufs.counter)?;
-        record::check_aliasing(&[
-            ("weights", Some(bufs.weights), false),
-            ("input", Some(bufs.input), false),
-            ("counter", Some(counter), false),
-            ("output", Some(bufs.output), true),
-            ("states", Some(bufs.states), true),
-        ])?;
+        let mut roles = vec![("weights", Some(bufs.weights), false), ("input", Some(bufs.input), false), ("counter", Some(counter), false), ("output", Some(bufs.output), true)];
+        roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
+        roles.extend(bufs.states_n.iter().map(|g| ("final state", Some(*g), true)));
+        record::check_aliasing(&roles)?;
+        let io = &self.states_io;
+        let ops = Self::with_states(&io.clear, &io.fwd_in, bufs.states0, &self.forward_ops, &io.fwd_out);
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
             Buf::Output => bufs.output,
-            Buf::States => bufs.states,
+            Buf::Counter => counter,
+            Buf::Given(i) => bufs.states0[i as usize].expect("gathered only when given"),
+            Buf::Final(i) => bufs.states_n[i as usize],
+            own => &*self.own[&own],
+        };
+        self.record(encoder, &ops, &resolve, "wgpu-rnn cells forward")
+    }
+
+    /// Records one forward over a states buffer of the caller's in the plan's own layout
+    /// (`[L*D, B, S]`, sorted order, read and written in place): [`StepPlan`]'s step.
+    fn record_in_place(&self, encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, input: &wgpu::Buffer, output: &wgpu::Buffer, states: &wgpu::Buffer) -> Result<()> {
+        self.ctx.check_alive()?;
+        self.check("weights", weights, self.weight_elems)?;
+        self.check("input", input, self.n * self.cfg.input_size)?;
+        self.check("output", output, self.n * self.cfg.output_size())?;
+        self.check("states", states, self.state_elems)?;
+        let counter = self.counter(None)?;
+        record::check_aliasing(&[
+            ("weights", Some(weights), false),
+            ("input", Some(input), false),
+            ("output", Some(output), true),
+            ("states", Some(states), true),
+        ])?;
+        let resolve = |b: Buf| match b {
+            Buf::Weights => weights,
+            Buf::Input => input,
+            Buf::Output => output,
+            Buf::States => states,
             Buf::Counter => counter,
             own => &*self.own[&own],
         };
-        self.record(encoder, &self.forward_ops, &resolve, "wgpu-rnn cells forward")
+        let ops: Vec<&Op> = self.forward_ops.iter().collect();
+        self.record(encoder, &ops, &resolve, "wgpu-rnn cells step")
     }
 
-    /// Records the backward into `encoder`. The plan must be a training plan whose forward
-    /// was recorded (and will have run) with the same weights and input.
-    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &CellBackwardBuffers<'_>) -> Result<()> {
+    /// Records the backward into `encoder`: see [`super::Plan::record_backward`].
+    pub(crate) fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &super::BackwardBuffers<'_>) -> Result<()> {
         if self.pass != Pass::Training {
             return Err(Error::NotTraining);
         }
@@ -673,10 +772,11 @@ impl CellPlan {
         let c = &self.cfg;
         self.check("weights", bufs.weights, self.weight_elems)?;
         self.check("input", bufs.input, self.n * c.input_size)?;
+        self.check("output", bufs.output, self.n * c.output_size())?;
         self.check("grad_output", bufs.grad_output, self.n * c.output_size())?;
-        self.check("grad_states", bufs.grad_states, self.state_elems)?;
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
+        self.check_states_io(bufs.grad_states_n, bufs.grad_states0, ("_n gradient", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
         for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
             if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
@@ -685,29 +785,34 @@ impl CellPlan {
         }
         let counter = self.counter(bufs.counter)?;
         // grad_output is bound read-write by the cell kernels (not written).
-        record::check_aliasing(&[
+        let mut roles = vec![
             ("weights", Some(bufs.weights), false),
             ("input", Some(bufs.input), false),
             ("counter", Some(counter), false),
             ("grad_output", Some(bufs.grad_output), true),
-            ("grad_states", Some(bufs.grad_states), true),
             ("grad_input", Some(bufs.grad_input), true),
             ("grad_weights", Some(bufs.grad_weights), true),
-        ])?;
+        ];
+        roles.extend(bufs.grad_states_n.iter().map(|g| ("final state gradient", *g, false)));
+        roles.extend(bufs.grad_states0.iter().map(|g| ("initial state gradient", Some(*g), true)));
+        record::check_aliasing(&roles)?;
+        let io = &self.states_io;
+        let ops = Self::with_states(&io.grad_clear, &io.bwd_in, bufs.grad_states_n, &self.backward_ops, &io.bwd_out);
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
             Buf::GradOutput => bufs.grad_output,
-            Buf::GradStates => bufs.grad_states,
             Buf::GradInput => bufs.grad_input,
             Buf::GradWeights => bufs.grad_weights,
             Buf::Counter => counter,
+            Buf::Given(i) => bufs.grad_states_n[i as usize].expect("gathered only when given"),
+            Buf::Final(i) => bufs.grad_states0[i as usize],
             own => &*self.own[&own],
         };
-        self.record(encoder, &self.backward_ops, &resolve, "wgpu-rnn cells backward")
+        self.record(encoder, &ops, &resolve, "wgpu-rnn cells backward")
     }
 
-    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
+    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[&Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
         // One bind group per family and buffer list, the parameter blocks at binding 0.
         let scope = ErrorScope::push(&self.ctx.device);
         let dispatches = ops.iter().filter_map(|op| match op {
@@ -739,7 +844,7 @@ impl CellPlan {
 /// inference and generation. Recording a step binds the caller's buffers and records the
 /// dispatches (per layer: the input projection, per stage its product and pointwise kernel);
 /// nothing is uploaded, submitted or read back. Stepping a sequence one call at a time gives
-/// what [`CellPlan`] (or [`super::GpuRnn`] on the cell driver) gives for the whole sequence. A step is inference: the
+/// what [`super::Plan`] (or [`super::GpuRnn`]) on the cell driver gives for the whole sequence. A step is inference: the
 /// config's dropout does nothing, its zoneout takes the expectation `p h_prev + (1 - p) h_new`.
 #[derive(Debug)]
 pub struct StepPlan {
@@ -798,7 +903,7 @@ impl StepPlan {
     }
     /// Records one step into `encoder` (no submit).
     pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, bufs: &StepBuffers<'_>) -> Result<()> {
-        self.plan.record_forward(encoder, &CellForwardBuffers { weights: bufs.weights, input: bufs.input, output: bufs.output, states: bufs.states, counter: None })
+        self.plan.record_in_place(encoder, bufs.weights, bufs.input, bufs.output, bufs.states)
     }
 }
 
@@ -920,7 +1025,7 @@ fn buf(ctx: &Context, label: &str, elems: usize, prec: Precision) -> Result<Trac
 }
 
 /// The cell driver's convenience forward ([`super::GpuRnn::forward_with`] for the
-/// configurations the fused kernels do not run yet): a [`CellPlan`], uploads, one submit, read
+/// configurations the fused kernels do not run yet): a `CellPlan`, uploads, one submit, read
 /// back. `weights` holds [`flat_weights`] in the config's precision; the input and states
 /// were checked by the caller (`cpu::check_run`).
 pub(crate) fn forward_on(
@@ -937,28 +1042,36 @@ pub(crate) fn forward_on(
     }
     let states = cfg.states();
     let (b, n) = (input.batch(), input.rows());
-    let ld = cfg.num_layers * cfg.directions();
     let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
     let out_w = cfg.output_size();
     let _serial = ctx.exclusive();
     let prec = cfg.precision;
-    let s_host = gather_states(&states, states0, ld, b, &input.sorted_indices)?;
-    let sbuf = readback::upload_stored(ctx, "states", &s_host, prec)?;
     let xbuf = readback::upload_stored(ctx, "input", &input.data, prec)?;
     let obuf = buf(ctx, "output", n * out_w, prec)?;
+    let given: Vec<Option<TrackedBuffer>> = states0.iter().map(|s| s.map(|v| readback::upload_stored(ctx, "initial state", v, prec)).transpose()).collect::<Result<_>>()?;
+    let finals: Vec<TrackedBuffer> = plan.states_io.elems.iter().map(|&e| buf(ctx, "final state", e, prec)).collect::<Result<_>>()?;
     let counter = readback::upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
+    let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
+    let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
-    plan.record_forward(&mut encoder, &CellForwardBuffers { weights, input: &xbuf, output: &obuf, states: &sbuf, counter: Some(&counter) })?;
+    let bufs = super::ForwardBuffers { weights, input: &xbuf, output: &obuf, states0: &given_refs, states_n: &final_refs, counter: Some(&counter) };
+    plan.record_forward(&mut encoder, &bufs)?;
     let mut rb = Readback::new();
     rb.copy_stored(ctx, &mut encoder, &obuf, n * out_w, prec)?;
-    rb.copy_stored(ctx, &mut encoder, &sbuf, plan.state_elems, prec)?;
-    let mut got = rb.submit_and_read(ctx, encoder)?;
-    let s_fin = got.pop().unwrap_or_default();
-    let out = got.pop().unwrap_or_default();
+    for (f, &e) in finals.iter().zip(&plan.states_io.elems) {
+        rb.copy_stored(ctx, &mut encoder, f, e, prec)?;
+    }
+    let mut got = rb.submit_and_read(ctx, encoder)?.into_iter();
+    let out = got.next().unwrap_or_default();
     check_len("output read back", &[n, out_w], out.len())?;
-    check_len("states read back", &[plan.state_elems], s_fin.len())?;
     let output = input.with_data(out, out_w)?;
-    let states_n = scatter_states(cfg, &states, &s_fin, ld, b, &input.unsorted_indices)?;
+    let mut states_n = Vec::with_capacity(states.len());
+    for st in &states {
+        let shape = cfg.state_shape(st, b);
+        let data = got.next().unwrap_or_default();
+        check_len("final state read back", &shape, data.len())?;
+        states_n.push(crate::tensor::Tensor { shape, data });
+    }
     let tape = (pass == Pass::Training).then(|| CellTape { plan, input: xbuf, counter });
     Ok((ForwardOutput { output, states: states_n }, tape))
 }
@@ -980,34 +1093,55 @@ pub(crate) fn backward_on(
     }
     let ctx = &plan.ctx;
     let (b, n) = (plan.b, plan.n);
-    let ld = cfg.num_layers * cfg.directions();
     let states = cfg.states();
     check_len("grad_output", &[n, cfg.output_size()], grad_output.len())?;
     check_finite("grad_output", grad_output)?;
     check_states(cfg, &states, grad_states, b, "_n")?;
     let _serial = ctx.exclusive();
     let layout = plan.layout();
-    let ds_host = gather_states(&states, grad_states, ld, b, layout.sorted_indices())?;
     let prec = cfg.precision;
-    let dsbuf = readback::upload_stored(ctx, "state gradients", &ds_host, prec)?;
     let gobuf = readback::upload_stored(ctx, "output gradients", grad_output, prec)?;
+    let given: Vec<Option<TrackedBuffer>> = grad_states.iter().map(|s| s.map(|v| readback::upload_stored(ctx, "final state gradient", v, prec)).transpose()).collect::<Result<_>>()?;
+    let finals: Vec<TrackedBuffer> = plan.states_io.elems.iter().map(|&e| buf(ctx, "initial state gradient", e, prec)).collect::<Result<_>>()?;
     let gw = buf(ctx, "weight gradients", plan.weight_elems, prec)?;
     let gx = buf(ctx, "input gradients", n * cfg.input_size, prec)?;
+    // The cell plan's backward does not read the forward's output: any buffer of its size.
+    let unused_output = buf(ctx, "output (unused)", n * cfg.output_size(), prec)?;
+    let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
+    let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
     let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
     plan.record_backward(
         &mut encoder,
-        &CellBackwardBuffers { weights, input: &tape.input, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &gx, grad_weights: &gw, counter: Some(&tape.counter) },
+        &super::BackwardBuffers {
+            weights,
+            input: &tape.input,
+            output: &unused_output,
+            states0: &[],
+            grad_output: &gobuf,
+            grad_states_n: &given_refs,
+            grad_input: &gx,
+            grad_states0: &final_refs,
+            grad_weights: &gw,
+            counter: Some(&tape.counter),
+        },
     )?;
     let mut rb = Readback::new();
     rb.copy_stored(ctx, &mut encoder, &gx, n * cfg.input_size, prec)?;
-    rb.copy_stored(ctx, &mut encoder, &dsbuf, plan.state_elems, prec)?;
     rb.copy_stored(ctx, &mut encoder, &gw, plan.weight_elems, prec)?;
-    let mut got = rb.submit_and_read(ctx, encoder)?;
-    let gflat = got.pop().unwrap_or_default();
-    let ds = got.pop().unwrap_or_default();
-    let dx = got.pop().unwrap_or_default();
+    for (f, &e) in finals.iter().zip(&plan.states_io.elems) {
+        rb.copy_stored(ctx, &mut encoder, f, e, prec)?;
+    }
+    let mut got = rb.submit_and_read(ctx, encoder)?.into_iter();
+    let dx = got.next().unwrap_or_default();
+    let gflat = got.next().unwrap_or_default();
     check_len("input gradients read back", &[n, cfg.input_size], dx.len())?;
-    check_len("state gradients read back", &[plan.state_elems], ds.len())?;
+    let mut ds = Vec::with_capacity(states.len());
+    for st in &states {
+        let shape = cfg.state_shape(st, b);
+        let data = got.next().unwrap_or_default();
+        check_len("initial state gradient read back", &shape, data.len())?;
+        ds.push(crate::tensor::Tensor { shape, data });
+    }
     let input = PackedSequence {
         data: dx,
         features: cfg.input_size,
@@ -1015,5 +1149,5 @@ pub(crate) fn backward_on(
         sorted_indices: layout.sorted_indices().to_vec(),
         unsorted_indices: unsorted_indices.to_vec(),
     };
-    Ok(Gradients { input, states: scatter_states(cfg, &states, &ds, ld, b, unsorted_indices)?, params: unflatten(cfg, &gflat)? })
+    Ok(Gradients { input, states: ds, params: unflatten(cfg, &gflat)? })
 }

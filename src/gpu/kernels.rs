@@ -212,6 +212,9 @@ pub enum Kernel {
     GatherPrev,
     /// `gather_last`: each sequence's state at its own last step (`h_n`, `c_n`).
     GatherLast,
+    /// `gather_rows`: rows moved between orders and strides by a table (states between the
+    /// caller's order and a cell plan's own).
+    GatherRows,
     /// `scatter_last`: `grad_h_n` / `grad_c_n` seeded into each sequence's last row.
     ScatterLast,
     /// `copy`: a contiguous run of elements.
@@ -312,7 +315,7 @@ impl Kernel {
             CellGrad { .. } | LoopGrad { .. } | ProjGrad => Family::StepBackward,
             RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
-            GatherPrev | GatherLast | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
+            GatherPrev | GatherLast | GatherRows | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
             CellForward(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
@@ -340,6 +343,7 @@ impl Kernel {
             Gemm4T => "gemm4t",
             GatherPrev => "gather_prev",
             GatherLast => "gather_last",
+            GatherRows => "gather_rows",
             ScatterLast => "scatter_last",
             Copy => "copy",
             CopyState => "copy_state",

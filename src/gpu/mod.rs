@@ -1,15 +1,18 @@
 //! The GPU path: fused WGSL kernels driven through wgpu.
 //!
 //! - [`Context`]: a device of our own or the caller's, with the pipeline cache;
-//! - [`Plan`]: the engine API. Prepared once per problem structure, recorded into the
-//!   caller's `CommandEncoder` over the caller's buffers ([`ForwardBuffers`],
-//!   [`BackwardBuffers`]), with no hidden submit, readback or buffer write;
-//! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU path's types;
-//! - [`CellPlan`] and [`StepPlan`] (`generic`): the engine API for every cell of the registry,
-//!   a whole sequence or one time step at a time.
+//! - [`Plan`]: the engine API, for every registered cell. Prepared once per problem
+//!   structure, recorded into the caller's `CommandEncoder` over the caller's buffers
+//!   ([`ForwardBuffers`], [`BackwardBuffers`]: weights in [`flat_weights`]' layout, one
+//!   `[L*D, B, S_i]` buffer per state in the caller's batch order), with no hidden submit,
+//!   readback or buffer write;
+//! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU engine's
+//!   types and state convention, for every registered cell;
+//! - [`StepPlan`]: one time step at a time (streaming inference, generation).
 
 mod api;
 mod context;
+mod engine;
 mod gemm;
 pub mod generic;
 pub mod kernels;
@@ -22,13 +25,12 @@ mod tape;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};
-pub(crate) use api::BackwardRead;
-pub use generic::{CellBackwardBuffers, CellForwardBuffers, CellPlan, StepBuffers, StepPlan};
+pub use engine::{BackwardBuffers, ForwardBuffers, Plan};
+pub use generic::{flat_weights, weight_elems, weights_from_flat, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use plan::{
-    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, weight_layout, BackwardBuffers,
-    DirOffsets, ForwardBuffers, Plan, SeqLayout, StateInputs, StepStrategy, ENV_STEP_SHAPE, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU,
-    SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU,
+    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, ENV_STEP_SHAPE,
+    LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU,
 };
 pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

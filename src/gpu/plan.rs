@@ -179,7 +179,7 @@ pub const SINGLE_DISPATCH_MAX_MACS: usize = 1 << 16;
 pub const SINGLE_DISPATCH_MAX_MACS_GPU: usize = 1 << 19;
 
 /// Bytes of B one chunk of a weight-gradient GEMM (k = all rows) streams: small enough to
-/// stay in a CPU cache while every workgroup reads it (see `gemm_rows` in `Plan::new`).
+/// stay in a CPU cache while every workgroup reads it (see `gemm_rows` in `FusedPlan::new`).
 const GEMM_CHUNK_BYTES: usize = 1 << 20;
 
 /// The longest k one GEMM dispatch walks: each invocation loops over k, and Mesa's gallivm ends
@@ -193,7 +193,7 @@ pub(crate) const COLSUM_ROWS: usize = 16_384;
 
 /// Which optional state tensors a plan's recordings will bind.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct StateInputs {
+pub(crate) struct StateInputs {
     /// Forward: `h0` given (else zeros).
     pub h0: bool,
     /// Forward: `c0` given (LSTM; else zeros).
@@ -206,7 +206,7 @@ pub struct StateInputs {
 
 /// Element offsets of one layer-direction's parameters in the flat weights buffer.
 #[derive(Clone, Copy, Debug)]
-pub struct DirOffsets {
+pub(crate) struct DirOffsets {
     /// `weight_ih [G*H, in]`.
     pub w_ih: u32,
     /// `weight_hh [G*H, H_out]`.
@@ -221,7 +221,7 @@ pub struct DirOffsets {
 
 /// Offsets of every parameter in the flat layout (state_dict order, each tensor row-major),
 /// and the total element count. Gradients use the same layout.
-pub fn weight_layout(cfg: &RnnConfig) -> (Vec<DirOffsets>, usize) {
+pub(crate) fn weight_layout(cfg: &RnnConfig) -> (Vec<DirOffsets>, usize) {
     let mut off = 0usize;
     let mut v = Vec::new();
     for layer in 0..cfg.num_layers {
@@ -293,7 +293,7 @@ struct Op {
 /// The caller's buffers for a forward. Every buffer holds elements in the config's
 /// [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4 bytes),
 /// row-major.
-pub struct ForwardBuffers<'a> {
+pub(crate) struct FusedForwardBuffers<'a> {
     /// Flat parameters in [`weight_layout`] order.
     pub weights: &'a wgpu::Buffer,
     /// `[N, I]` packed input rows.
@@ -312,7 +312,7 @@ pub struct ForwardBuffers<'a> {
 
 /// The caller's buffers for a backward: the forward's inputs and output unchanged since the
 /// training forward was recorded, the gradients coming in, and where the gradients go.
-pub struct BackwardBuffers<'a> {
+pub(crate) struct FusedBackwardBuffers<'a> {
     /// Flat parameters in [`weight_layout`] order, as the forward had them.
     pub weights: &'a wgpu::Buffer,
     /// `[N, I]` packed input rows, as the forward had them.
@@ -340,7 +340,7 @@ pub struct BackwardBuffers<'a> {
 }
 
 /// A prepared forward (and, in training, backward) for one config and batch structure.
-pub struct Plan {
+pub(crate) struct FusedPlan {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     pass: Pass,
@@ -358,9 +358,9 @@ pub struct Plan {
     profile: std::sync::Mutex<Option<Arc<super::profile::KernelProfile>>>,
 }
 
-impl std::fmt::Debug for Plan {
+impl std::fmt::Debug for FusedPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Plan").field("cfg", &self.cfg).field("pass", &self.pass).field("n", &self.n).finish()
+        f.debug_struct("FusedPlan").field("cfg", &self.cfg).field("pass", &self.pass).field("n", &self.n).finish()
     }
 }
 
@@ -381,14 +381,14 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
         .ok_or_else(|| Error::Limit(format!("{what} ({v}) exceeds the kernels' 31-bit indexing")))
 }
 
-impl Plan {
+impl FusedPlan {
     /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
     /// allocates workspaces and builds the pipelines.
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
         Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
     }
 
-    /// As [`Plan::new`], with the forward's step strategy chosen by the caller.
+    /// As [`FusedPlan::new`], with the forward's step strategy chosen by the caller.
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
         // The fused step kernels run PyTorch's four cells (their pipelines are keyed by the cell).
         if !cfg.mode.fused() {
@@ -926,7 +926,7 @@ impl Plan {
                 e.insert(ctx.pipeline_at(op.kernel, prec)?);
             }
         }
-        Ok(Plan {
+        Ok(FusedPlan {
             ctx: ctx.clone(),
             cfg: cfg.clone(),
             pass,
@@ -951,10 +951,6 @@ impl Plan {
     /// Training (a backward can follow) or inference.
     pub fn pass(&self) -> Pass {
         self.pass
-    }
-    /// The optional state tensors the recordings bind.
-    pub fn inputs(&self) -> StateInputs {
-        self.inputs
     }
     /// The batch structure the plan was prepared for.
     pub fn layout(&self) -> &SeqLayout {
@@ -1024,7 +1020,7 @@ impl Plan {
 
 
     /// Records the forward into `encoder`: one compute pass, no submit.
-    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
+    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &FusedForwardBuffers<'_>) -> Result<()> {
         let c = &self.cfg;
         let lstm = c.mode == Mode::Lstm;
         let states = c.num_layers * c.directions() * self.b;
@@ -1046,7 +1042,7 @@ impl Plan {
 
     /// Records the backward into `encoder`. The plan must be a training plan whose forward
     /// was recorded (and will have run) with the same input, output, weights and states.
-    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &BackwardBuffers<'_>) -> Result<()> {
+    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &FusedBackwardBuffers<'_>) -> Result<()> {
         if self.pass != Pass::Training {
             return Err(Error::NotTraining);
         }
@@ -1081,7 +1077,7 @@ impl Plan {
     }
 
     /// The buffer an op names, for a forward (checked present by `record_forward`).
-    fn resolve_forward<'a>(&'a self, bufs: &'a ForwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
+    fn resolve_forward<'a>(&'a self, bufs: &'a FusedForwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
         match buf {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
@@ -1095,7 +1091,7 @@ impl Plan {
     }
 
     /// The buffer an op names, for a backward (checked present by `record_backward`).
-    fn resolve_backward<'a>(&'a self, bufs: &'a BackwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
+    fn resolve_backward<'a>(&'a self, bufs: &'a FusedBackwardBuffers<'a>, buf: Buf) -> &'a wgpu::Buffer {
         match buf {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,

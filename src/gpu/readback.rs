@@ -39,7 +39,7 @@ pub fn upload_stored(ctx: &Context, label: &str, data: &[f32], precision: Precis
 }
 
 /// A storage buffer of `elems` elements stored in `precision` (zeroed by wgpu), usable as a
-/// copy source and target: the caller's buffers for an f16 [`super::CellPlan`].
+/// copy source and target: the caller's buffers for an f16 [`super::Plan`].
 pub fn storage_at(ctx: &Context, label: &str, elems: usize, precision: Precision) -> Result<TrackedBuffer> {
     ctx.buffer(label, (elems * precision.bytes()) as u64, storage_usage())
 }
@@ -157,7 +157,7 @@ impl Readback {
 
 /// What [`Readback::submit_and_read`] says on `wasm32`.
 const BLOCKING_IN_BROWSER: &str = "a blocking wait for the device in the browser (wasm32): record with the engine API \
-     (Plan, CellPlan) and await Readback::submit instead";
+     (Plan) and await Readback::submit instead";
 
 /// The mapping callbacks' results, as they arrive.
 struct Maps {

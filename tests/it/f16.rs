@@ -7,7 +7,7 @@ use crate::common::{golden_cases, variant_cases};
 use crate::gpu_common::{contexts, vulkan};
 use wgpu_rnn::case::{compare_at, Case};
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::{CellPlan, Plan, SeqLayout, StateInputs, StepPlan};
+use wgpu_rnn::gpu::{Plan, SeqLayout, StepPlan};
 use wgpu_rnn::{Error, Mode, Precision, RnnConfig};
 
 #[test]
@@ -193,11 +193,12 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
     let mut refused = 0;
     for ctx in contexts() {
         let has = ctx.device.features().contains(wgpu::Features::SHADER_F16);
-        let cell = CellPlan::new(ctx, &cfg, &layout, Pass::Training).map(|_| ());
-        let fused = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).map(|_| ());
+        let cell_cfg = RnnConfig::new(Mode::LstmCifg, 3, 4).with_precision(Precision::F16);
+        let cell = Plan::new(ctx, &cell_cfg, &layout, Pass::Training).map(|_| ());
+        let fused = Plan::new(ctx, &cfg, &layout, Pass::Training).map(|_| ());
         let model = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).map(|_| ());
         let step = StepPlan::new(ctx, &cfg, 2).map(|_| ());
-        for (what, got) in [("CellPlan", cell), ("Plan", fused), ("GpuRnn", model), ("StepPlan", step)] {
+        for (what, got) in [("Plan (cell driver)", cell), ("Plan", fused), ("GpuRnn", model), ("StepPlan", step)] {
             if has {
                 got.unwrap_or_else(|e| panic!("{what} on {}: {e}", ctx.describe()));
             } else {
@@ -217,7 +218,7 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
     // The regularisers' step counter is f32: refused with f16 storage, on the GPU and the CPU.
     let reg = cfg.clone().zoneout(wgpu_rnn::config::Prob::new(0.1).unwrap());
     if let Some(ctx) = vulkan() {
-        assert!(matches!(CellPlan::new(ctx, &reg, &layout, Pass::Training), Err(Error::Unsupported(_))));
+        assert!(matches!(Plan::new(ctx, &reg, &layout, Pass::Training), Err(Error::Unsupported(_))));
     }
     let wr = wgpu_rnn::Weights::<f32>::init_uniform(&reg, 1).unwrap();
     let xr = wgpu_rnn::PackedSequence::from_sequences(&[&[0.5f32; 6][..], &[0.1; 3][..]], 3).unwrap();
@@ -248,15 +249,17 @@ fn f16_plans_hold_half_the_memory() {
     let Some(ctx) = vulkan() else { return };
     // C1's shape (LSTM T 50, B 32, I 128, H 256), training.
     let layout = SeqLayout::new(vec![32; 50], (0..32).collect()).unwrap();
-    let cfg = RnnConfig::new(Mode::Lstm, 128, 256);
-    let f32_plan = CellPlan::new(ctx, &cfg, &layout, Pass::Training).unwrap();
-    let f16_plan = CellPlan::new(ctx, &cfg.clone().with_precision(Precision::F16), &layout, Pass::Training).unwrap();
+    let cell = RnnConfig::new(Mode::LstmCifg, 128, 256);
+    let f32_plan = Plan::new(ctx, &cell, &layout, Pass::Training).unwrap();
+    let f16_plan = Plan::new(ctx, &cell.clone().with_precision(Precision::F16), &layout, Pass::Training).unwrap();
+    assert!(!f32_plan.fused() && !f16_plan.fused());
     let (a, b) = (f32_plan.workspace_bytes() as f64, f16_plan.workspace_bytes() as f64);
-    // Workspaces halve; the parameter blocks (a few KiB) do not.
-    assert!(b < 0.52 * a && b > 0.45 * a, "f16 {b} bytes against f32 {a}");
+    // Workspaces halve; the parameter blocks (a few KiB) and the u32 state tables do not.
+    assert!(b < 0.52 * a && b > 0.45 * a, "cell driver: f16 {b} bytes against f32 {a}");
+    let cfg = RnnConfig::new(Mode::Lstm, 128, 256);
     // The fused kernels' plan too.
-    let f32_plan = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
-    let f16_plan = Plan::new(ctx, &cfg.clone().with_precision(Precision::F16), &layout, Pass::Training, StateInputs::default()).unwrap();
+    let f32_plan = Plan::new(ctx, &cfg, &layout, Pass::Training).unwrap();
+    let f16_plan = Plan::new(ctx, &cfg.clone().with_precision(Precision::F16), &layout, Pass::Training).unwrap();
     let (a, b) = (f32_plan.workspace_bytes() as f64, f16_plan.workspace_bytes() as f64);
     assert!(b < 0.52 * a && b > 0.45 * a, "fused: f16 {b} bytes against f32 {a}");
 }

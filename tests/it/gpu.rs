@@ -1,14 +1,14 @@
 //! The GPU path against the golden cases and the CPU reference, on every backend the tests
 //! cover (lavapipe through Vulkan, llvmpipe through GL).
 
-use crate::common::{assert_close, golden_cases, rng, uniform};
+use crate::common::{assert_close, golden_cases, rng, uniform, variant_cases};
 use crate::gpu_common::{contexts, vulkan};
 use rand::Rng;
 use std::sync::Arc;
 use wgpu::util::DeviceExt;
 use wgpu_rnn::case::{tolerance::*, Case};
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{weight_layout, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StateInputs, StepStrategy};
+use wgpu_rnn::gpu::{BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, StepStrategy};
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -63,12 +63,12 @@ pub(crate) fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> (F::Output
 }
 
 /// The non-blocking form the browser runs (`Case::run_gpu_async`: the engine API, one
-/// submit, `Readback::submit` awaited) gives the golden values on every backend, and a
-/// pending read wakes its task when the device has mapped the results.
+/// submit, `Readback::submit` awaited) gives the golden values of every cell on every
+/// backend, and a pending read wakes its task when the device has mapped the results.
 #[test]
 fn golden_cases_through_the_async_readback() {
     for ctx in contexts() {
-        for path in golden_cases() {
+        for path in golden_cases().into_iter().chain(variant_cases()) {
             let file = TensorFile::read(&path).unwrap();
             let case = Case::<f32>::from_file(&file).unwrap();
             for backward in [true, false] {
@@ -115,7 +115,7 @@ pub(crate) struct EngineOut {
 
 fn flat(w: &Weights<f32>) -> Vec<f32> {
     let v = w.to_flat();
-    assert_eq!(v.len(), weight_layout(&w.config).1);
+    assert_eq!(v.len(), wgpu_rnn::gpu::weight_elems(&w.config));
     v
 }
 
@@ -149,10 +149,9 @@ pub(crate) fn engine_run(
     let hn_len: usize = cfg.h_shape(b).iter().product();
     let cn_len: usize = cfg.c_shape(b).iter().product();
     let n = x.rows();
-    let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: ghn.is_some(), grad_c_n: gcn.is_some() };
     // One thread at a time on a GL context (Context::exclusive; plan creation takes it too).
     let _serial = ctx.exclusive();
-    let plan = Plan::with_strategy(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, inputs, strategy).unwrap();
+    let plan = Plan::with_strategy(ctx, cfg, &SeqLayout::of(x).unwrap(), Pass::Training, strategy).unwrap();
     let wb = init("w", &flat(w));
     let xb = init("x", &x.data);
     let h0b = h0.map(|h| init("h0", h));
@@ -168,23 +167,25 @@ pub(crate) fn engine_run(
     let gc0 = lstm.then(|| nan("gc0", cn_len));
     let gw = nan("gw", plan.weight_elems());
     let mut enc = dev.create_command_encoder(&Default::default());
-    plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, h0: h0b.as_ref(), c0: c0b.as_ref(), h_n: &hn, c_n: cn.as_ref() })
-        .unwrap();
+    let ns = cfg.states().len();
+    let states0 = [h0b.as_ref(), c0b.as_ref()];
+    let states_n: Vec<&wgpu::Buffer> = std::iter::once(&hn).chain(cn.as_ref()).collect();
+    let grad_states_n = [ghnb.as_ref(), gcnb.as_ref()];
+    let grad_states0: Vec<&wgpu::Buffer> = std::iter::once(&gh0).chain(gc0.as_ref()).collect();
+    plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &states0[..ns], states_n: &states_n, counter: None }).unwrap();
     plan.record_backward(
         &mut enc,
         &BackwardBuffers {
             weights: &wb,
             input: &xb,
             output: &out,
-            h0: h0b.as_ref(),
-            c0: c0b.as_ref(),
+            states0: &states0[..ns],
             grad_output: &gob,
-            grad_h_n: ghnb.as_ref(),
-            grad_c_n: gcnb.as_ref(),
+            grad_states_n: &grad_states_n[..ns],
             grad_input: &gi,
-            grad_h0: &gh0,
-            grad_c0: gc0.as_ref(),
+            grad_states0: &grad_states0,
             grad_weights: &gw,
+            counter: None,
         },
     )
     .unwrap();
@@ -458,7 +459,7 @@ fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
     // the plan; the convenience API splits it (tests/it/splitting.rs) and matches the unsplit
     // run on the uncapped device.
     let x = PackedSequence::from_padded(&vec![0.1f32; 100 * 20 * 8], [100, 20, 8], false, &[100; 20]).unwrap();
-    match Plan::new(&ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()) {
+    match Plan::new(&ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference) {
         Err(Error::Limit(msg)) => assert!(msg.contains("storage"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|_| ())),
     }
@@ -474,27 +475,33 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
     let cfg = RnnConfig::new(Mode::Gru, 3, 4);
     let x = PackedSequence::from_padded(&[0.5f32; 2 * 2 * 3], [2, 2, 3], false, &[2, 1]).unwrap();
     let layout = SeqLayout::of(&x).unwrap();
-    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
+    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference).unwrap();
     let small = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
     let big = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &small, output: &big, h0: None, c0: None, h_n: &big, c_n: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &small, output: &big, states0: &[], states_n: &[&big], counter: None });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "input too small");
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, h0: Some(&big), c0: None, h_n: &big, c_n: None });
-    assert!(matches!(r, Err(Error::InvalidConfig(_))), "h0 the plan was not prepared for");
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[Some(&big), None], states_n: &[&big], counter: None });
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "two initial states for a cell with one");
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[], states_n: &[], counter: None });
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "no final-state buffer");
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[Some(&small)], states_n: &[&big], counter: None });
+    assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "h0 too small");
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[], states_n: &[&big], counter: None });
+    assert!(matches!(r, Err(Error::BufferAliasing(_))), "output and h_n one buffer: {r:?}");
     // A buffer that cannot be bound as storage is a typed error, not a validation panic.
     let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::UNIFORM, mapped_at_creation: false });
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &uniform, h0: None, c0: None, h_n: &big, c_n: None });
+    let hn = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &uniform, states0: &[], states_n: &[&hn], counter: None });
     assert!(matches!(r, Err(Error::Gpu(_))), "{r:?}");
     let r = plan.record_backward(
         &mut enc,
         &BackwardBuffers {
-            weights: &big, input: &big, output: &big, h0: None, c0: None, grad_output: &big, grad_h_n: None, grad_c_n: None,
-            grad_input: &big, grad_h0: &big, grad_c0: None, grad_weights: &big,
+            weights: &big, input: &big, output: &big, states0: &[], grad_output: &big, grad_states_n: &[],
+            grad_input: &big, grad_states0: &[&big], grad_weights: &big, counter: None,
         },
     );
     assert!(matches!(r, Err(Error::NotTraining)));
-    assert!(matches!(Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs { c0: true, ..Default::default() }), Err(Error::InvalidConfig(_))));
     assert!(matches!(SeqLayout::new(vec![1, 2], vec![0]), Err(Error::InvalidLengths(_))));
     // NaN input through the convenience API.
     let rnn = GpuRnn::new(ctx, &Weights::<f32>::init_uniform(&cfg, 0).unwrap()).unwrap();
@@ -513,7 +520,7 @@ fn dispatch_and_submit_counts() {
     // W_hh^T, b_hh) + 2 initial-state copies + GEMM + 50 steps + h_n and c_n gathers.
     let cfg = RnnConfig::new(Mode::Lstm, 8, 16);
     let layout = SeqLayout::new(vec![4; 50], vec![0, 1, 2, 3]).unwrap();
-    let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), StepStrategy::PerStep).unwrap();
+    let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StepStrategy::PerStep).unwrap();
     // CPU-emulated adapters take the vec4 step kernels: one more rearrangement (row-major
     // W_hh) and a state gather before each step.
     let cpu_like = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
@@ -521,12 +528,12 @@ fn dispatch_and_submit_counts() {
     assert_eq!(plan.forward_dispatches(), rearrange + 2 + 1 + 50 * per_step + 2);
     // The single-dispatch path replaces the forward's step dispatches by one (Auto picks it
     // here: 4 rows x 64 x 16 multiply-adds a step) ...
-    let single = Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).unwrap();
+    let single = Plan::new(ctx, &cfg, &layout, Pass::Training).unwrap();
     assert_eq!(single.forward_dispatches(), rearrange + 2 + 1 + 1 + 2);
     // ... and the backward's 100 step dispatches (and W_hh's rearrangement) by one.
     assert_eq!(single.backward_dispatches(), 2 + 2 + 1 + 2 + 3 + 2);
     let proj = RnnConfig::new(Mode::Lstm, 8, 16).proj(4);
-    let r = Plan::with_strategy(ctx, &proj, &layout, Pass::Inference, StateInputs::default(), StepStrategy::SingleDispatch);
+    let r = Plan::with_strategy(ctx, &proj, &layout, Pass::Inference, StepStrategy::SingleDispatch);
     assert!(matches!(r, Err(Error::Unsupported(_))));
     // gathers (2) + seeds (2) + W_hh^T (1) + 50 * (gate grad + recurrent grad) + copies (2)
     // + 3 GEMMs + 2 colsums
@@ -572,7 +579,7 @@ fn the_split_strategy_dispatches_the_gpu_shaped_step_kernel() {
     let cfg = RnnConfig::new(Mode::Lstm, 5, 12);
     let layout = wgpu_rnn::gpu::SeqLayout::new(vec![3, 2, 1], vec![0, 1, 2]).unwrap();
     let uses = |s: StepStrategy| {
-        let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StateInputs::default(), s).unwrap();
+        let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, s).unwrap();
         plan.kernels().iter().any(|k| matches!(k, Kernel::Step { split: true, .. }))
     };
     assert!(uses(StepStrategy::PerStepSplit));

@@ -1,4 +1,4 @@
-//! The engine API of every cell (`gpu::generic::CellPlan`) and one step at a time
+//! The engine API of every cell (`gpu::Plan`) and one step at a time
 //! (`StepPlan`): a sequence stepped one call at a time equals the same sequence run whole,
 //! for every registered cell, on Vulkan and GL; a plan recorded twice gives the same bits
 //! (the backward clears what it adds into); bad buffers are typed errors.
@@ -8,7 +8,7 @@ use crate::gpu_common::contexts;
 use wgpu::util::DeviceExt;
 use wgpu_rnn::cpu::{cast, Pass};
 use wgpu_rnn::gpu::generic::{flat_weights, weights_from_flat};
-use wgpu_rnn::gpu::{CellBackwardBuffers, CellForwardBuffers, CellPlan, Context, GpuRnn, Readback, SeqLayout, StepBuffers, StepPlan};
+use wgpu_rnn::gpu::{BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StepBuffers, StepPlan};
 use wgpu_rnn::config::Prob;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -122,19 +122,31 @@ fn cell_plan_recorded_twice_gives_the_same_bits() {
         let lengths = [4usize, 2, 3];
         let (t, b) = (4, 3);
         let x = PackedSequence::from_padded(&cast::<f64, f32>(&uniform(&mut g, t * b * 5, 1.0)), [t, b, 5], false, &lengths).unwrap();
-        let plan = CellPlan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
+        let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
         let n = x.rows();
         let (wbuf, xbuf) = (init(ctx, &flat_weights(&w)), init(ctx, &x.data));
-        let (obuf, sbuf) = (empty(ctx, n * cfg.output_size()), empty(ctx, plan.state_elems()));
+        let state_len = |s: &wgpu_rnn::cells::StateDef| cfg.state_shape(s, b).iter().product::<usize>();
+        let obuf = empty(ctx, n * cfg.output_size());
+        let (sn, gs0): (Vec<_>, Vec<_>) = cfg.states().iter().map(|s| (empty(ctx, state_len(s)), empty(ctx, state_len(s)))).unzip();
+        let (sn, gs0): (Vec<&wgpu::Buffer>, Vec<&wgpu::Buffer>) = (sn.iter().collect(), gs0.iter().collect());
         let gobuf = init(ctx, &cast::<f64, f32>(&uniform(&mut g, n * cfg.output_size(), 1.0)));
-        let (dsbuf, dxbuf, dwbuf) = (empty(ctx, plan.state_elems()), empty(ctx, n * 5), empty(ctx, plan.weight_elems()));
+        let (dxbuf, dwbuf) = (empty(ctx, n * 5), empty(ctx, plan.weight_elems()));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let mut rb = Readback::new();
         for _ in 0..2 {
-            enc.clear_buffer(&sbuf, 0, None);
-            enc.clear_buffer(&dsbuf, 0, None);
-            plan.record_forward(&mut enc, &CellForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states: &sbuf, counter: None }).unwrap();
-            let bb = CellBackwardBuffers { weights: &wbuf, input: &xbuf, grad_output: &gobuf, grad_states: &dsbuf, grad_input: &dxbuf, grad_weights: &dwbuf, counter: None };
+            plan.record_forward(&mut enc, &ForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states0: &[], states_n: &sn, counter: None }).unwrap();
+            let bb = BackwardBuffers {
+                weights: &wbuf,
+                input: &xbuf,
+                output: &obuf,
+                states0: &[],
+                grad_output: &gobuf,
+                grad_states_n: &[],
+                grad_input: &dxbuf,
+                grad_states0: &gs0,
+                grad_weights: &dwbuf,
+                counter: None,
+            };
             plan.record_backward(&mut enc, &bb).unwrap();
             rb.copy(ctx, &mut enc, &dxbuf, n * 5).unwrap();
             rb.copy(ctx, &mut enc, &dwbuf, plan.weight_elems()).unwrap();
@@ -142,8 +154,8 @@ fn cell_plan_recorded_twice_gives_the_same_bits() {
         let got = rb.submit_and_read(ctx, enc).unwrap();
         assert_eq!(got[0], got[2], "{mode}: input gradients of the second run");
         assert_eq!(got[1], got[3], "{mode}: weight gradients of the second run");
-        // And they are the convenience path's (which builds the same plan once).
-        let rnn = GpuRnn::on_cell_driver(ctx, &w).unwrap();
+        // And they are the convenience path's (which takes the same driver).
+        let rnn = GpuRnn::new(ctx, &w).unwrap();
         let (_, tape) = rnn.forward(&x, &[], Pass::Training).unwrap();
         let go: Vec<f32> = {
             let mut e = ctx.device.create_command_encoder(&Default::default());
@@ -182,21 +194,36 @@ fn step_plan_refuses_bad_buffers_and_configs() {
 }
 
 #[test]
-fn cell_plan_backward_needs_clearable_gradient_buffers() {
+fn plan_backward_needs_clearable_gradient_buffers() {
     // The backward clears grad_input and grad_weights first: without COPY_DST that is a typed
     // error at recording, not a validation panic when the caller finishes the encoder.
     let Some(ctx) = contexts().first() else { return };
-    let cfg = RnnConfig::new(Mode::Gru, 4, 8);
+    for mode in [Mode::Gru, Mode::Scrn] {
+    let cfg = RnnConfig::new(mode, 4, 8);
     let x = PackedSequence::from_padded(&[0.5f32; 16], [2, 2, 4], false, &[2, 2]).unwrap();
-    let plan = CellPlan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
+    let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
     let storage_only = ctx.device.create_buffer(&wgpu::BufferDescriptor {
         label: None,
         size: (plan.weight_elems() * 4) as u64,
         usage: wgpu::BufferUsages::STORAGE,
         mapped_at_creation: false,
     });
-    let (w, xb, go, gs, gx) = (empty(ctx, plan.weight_elems()), init(ctx, &x.data), empty(ctx, 4 * 8), empty(ctx, plan.state_elems()), empty(ctx, 16));
+    let (w, xb, out, go, gx) = (empty(ctx, plan.weight_elems()), init(ctx, &x.data), empty(ctx, 4 * 8), empty(ctx, 4 * 8), empty(ctx, 16));
+    let gs: Vec<wgpu::Buffer> = cfg.states().iter().map(|s| empty(ctx, cfg.state_shape(s, 2).iter().product())).collect();
+    let gs: Vec<&wgpu::Buffer> = gs.iter().collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let bb = CellBackwardBuffers { weights: &w, input: &xb, grad_output: &go, grad_states: &gs, grad_input: &gx, grad_weights: &storage_only, counter: None };
-    assert!(matches!(plan.record_backward(&mut enc, &bb), Err(Error::Gpu(_))));
+    let bb = BackwardBuffers {
+        weights: &w,
+        input: &xb,
+        output: &out,
+        states0: &[],
+        grad_output: &go,
+        grad_states_n: &[],
+        grad_input: &gx,
+        grad_states0: &gs,
+        grad_weights: &storage_only,
+        counter: None,
+    };
+    assert!(matches!(plan.record_backward(&mut enc, &bb), Err(Error::Gpu(_))), "{mode}");
+    }
 }

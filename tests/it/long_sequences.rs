@@ -10,7 +10,7 @@ use crate::gpu::{compare_with_cpu_tol, engine_run, Tolerances};
 use crate::gpu_common::contexts;
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::gpu::{
-    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout, StateInputs,
+    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout,
     StepStrategy, LOOP_ITERATIONS_CAPPED,
 };
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
@@ -153,7 +153,7 @@ fn layouts_are_valid_by_construction() {
     // (and every gradient) equal to the CPU's, so no sequence's h0 is dropped.
     for ctx in contexts() {
         let cfg = RnnConfig::new(Mode::Gru, 2, 3);
-        assert!(Plan::new(ctx, &cfg, &SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap(), Pass::Inference, StateInputs { h0: true, ..Default::default() }).is_ok());
+        assert!(Plan::new(ctx, &cfg, &SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap(), Pass::Inference).is_ok());
         compare_with_cpu_tol(ctx, StepStrategy::Auto, &cfg, &[1, 2], 56, true, LONG);
     }
 }
@@ -191,7 +191,7 @@ fn loops_past_the_budget_are_refused() {
     let cfg = RnnConfig::new(Mode::Lstm, 1, 60_000).proj(1);
     for ctx in contexts() {
         let layout = SeqLayout::new(vec![1], vec![0]).unwrap();
-        let r = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default());
+        let r = Plan::new(ctx, &cfg, &layout, Pass::Inference);
         if loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED {
             assert!(matches!(r, Err(Error::Limit(_))), "{}: {:?}", ctx.describe(), r.err());
         }

@@ -12,7 +12,7 @@ use wgpu_rnn::case::tolerance::{FORWARD_ATOL, FORWARD_RTOL, GRAD_ATOL, GRAD_RTOL
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::gpu::train::{read_f32, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
 use wgpu_rnn::gpu::{
-    storage, upload, weight_layout, BackwardBuffers, Context, ContextOptions, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout, StateInputs,
+    storage, upload, BackwardBuffers, Context, ContextOptions, ForwardBuffers, GpuRnn, Plan, Readback, SeqLayout,
 };
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -79,7 +79,7 @@ fn to64(v: &[f32]) -> Vec<f64> {
 fn flat(w: &Weights<f32>) -> Vec<f32> {
     let mut v = Vec::new();
     w.for_each(|_, _, _, x| v.extend_from_slice(x));
-    assert_eq!(v.len(), weight_layout(&w.config).1);
+    assert_eq!(v.len(), wgpu_rnn::gpu::weight_elems(&w.config));
     v
 }
 
@@ -159,25 +159,14 @@ impl EngineBufs {
         }
     }
 
-    fn forward(&self) -> ForwardBuffers<'_> {
-        ForwardBuffers { weights: &self.w, input: &self.x, output: &self.out, h0: Some(&self.h0), c0: Some(&self.c0), h_n: &self.hn, c_n: Some(&self.cn) }
+    /// A forward's roles: output, [h0, c0], [h_n, c_n].
+    fn forward<'a>(&'a self, output: &'a wgpu::Buffer, states0: &'a [Option<&'a wgpu::Buffer>], states_n: &'a [&'a wgpu::Buffer]) -> ForwardBuffers<'a> {
+        ForwardBuffers { weights: &self.w, input: &self.x, output, states0, states_n, counter: None }
     }
 
-    fn backward(&self) -> BackwardBuffers<'_> {
-        BackwardBuffers {
-            weights: &self.w,
-            input: &self.x,
-            output: &self.out,
-            h0: Some(&self.h0),
-            c0: Some(&self.c0),
-            grad_output: &self.go,
-            grad_h_n: Some(&self.ghn),
-            grad_c_n: Some(&self.gcn),
-            grad_input: &self.gi,
-            grad_h0: &self.gh0,
-            grad_c0: Some(&self.gc0),
-            grad_weights: &self.gw,
-        }
+    /// A backward's roles: grad_input, grad_weights, [grad_h0, grad_c0]; the rest fixed.
+    fn backward<'a>(&'a self, states0: &'a [Option<&'a wgpu::Buffer>], grad_states_n: &'a [Option<&'a wgpu::Buffer>], grad_input: &'a wgpu::Buffer, grad_weights: &'a wgpu::Buffer, grad_states0: &'a [&'a wgpu::Buffer]) -> BackwardBuffers<'a> {
+        BackwardBuffers { weights: &self.w, input: &self.x, output: &self.out, states0, grad_output: &self.go, grad_states_n, grad_input, grad_states0, grad_weights, counter: None }
     }
 }
 
@@ -194,45 +183,43 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
         let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
         let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
         let x = packed(3, 2, 3, &[3, 2]);
-        let inputs = StateInputs { h0: true, c0: true, grad_h_n: true, grad_c_n: true };
-        let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, inputs).unwrap();
+        let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
         let _serial = ctx.exclusive();
         let states: Vec<f32> = (0..2 * 4).map(|k| 0.1 * k as f32 - 0.3).collect();
         let elems = plan.weight_elems().max(x.rows() * 4).max(x.data.len());
         let bufs = EngineBufs::new(ctx, &flat(&w), &x.data, &states, elems);
         let mut enc = ctx.device.create_command_encoder(&Default::default());
 
-        type Fwd = for<'a> fn(&mut ForwardBuffers<'a>, &'a EngineBufs);
-        let forward_cases: [(&str, Fwd); 6] = [
-            ("output = input", |f, b| f.output = &b.x),
-            ("h_n = output", |f, b| f.h_n = &b.out),
-            ("c_n = h_n", |f, b| f.c_n = Some(&b.hn)),
-            ("h_n = weights", |f, b| f.h_n = &b.w),
-            ("c_n = h0", |f, b| f.c_n = Some(&b.h0)),
-            ("output = c0", |f, b| f.output = &b.c0),
+        let b = &bufs;
+        let s0 = [Some(&b.h0), Some(&b.c0)];
+        // (what, output, [h0, c0], [h_n, c_n])
+        let forward_cases: [(&str, &wgpu::Buffer, [Option<&wgpu::Buffer>; 2], [&wgpu::Buffer; 2]); 6] = [
+            ("output = input", &b.x, s0, [&b.hn, &b.cn]),
+            ("h_n = output", &b.out, s0, [&b.out, &b.cn]),
+            ("c_n = h_n", &b.out, s0, [&b.hn, &b.hn]),
+            ("h_n = weights", &b.out, s0, [&b.w, &b.cn]),
+            ("c_n = h0", &b.out, s0, [&b.hn, &b.h0]),
+            ("output = c0", &b.c0, s0, [&b.hn, &b.cn]),
         ];
-        for (what, alias) in forward_cases {
-            let mut f = bufs.forward();
-            alias(&mut f, &bufs);
-            match plan.record_forward(&mut enc, &f) {
+        for (what, output, states0, states_n) in forward_cases {
+            match plan.record_forward(&mut enc, &b.forward(output, &states0, &states_n)) {
                 Err(Error::BufferAliasing(msg)) => eprintln!("{what}: {msg}"),
                 r => panic!("forward with {what}: expected BufferAliasing, got {r:?}"),
             }
         }
-        type Bwd = for<'a> fn(&mut BackwardBuffers<'a>, &'a EngineBufs);
-        let backward_cases: [(&str, Bwd); 7] = [
-            ("grad_input = grad_output", |g, b| g.grad_input = &b.go),
-            ("grad_weights = weights", |g, b| g.grad_weights = &b.w),
-            ("grad_h0 = h0", |g, b| g.grad_h0 = &b.h0),
-            ("grad_c0 = grad_h0", |g, b| g.grad_c0 = Some(&b.gh0)),
-            ("grad_input = output", |g, b| g.grad_input = &b.out),
-            ("grad_h0 = grad_c_n", |g, b| g.grad_h0 = &b.gcn),
-            ("grad_weights = input", |g, b| g.grad_weights = &b.x),
+        let gsn = [Some(&b.ghn), Some(&b.gcn)];
+        // (what, grad_input, grad_weights, [grad_h0, grad_c0])
+        let backward_cases: [(&str, &wgpu::Buffer, &wgpu::Buffer, [&wgpu::Buffer; 2]); 7] = [
+            ("grad_input = grad_output", &b.go, &b.gw, [&b.gh0, &b.gc0]),
+            ("grad_weights = weights", &b.gi, &b.w, [&b.gh0, &b.gc0]),
+            ("grad_h0 = h0", &b.gi, &b.gw, [&b.h0, &b.gc0]),
+            ("grad_c0 = grad_h0", &b.gi, &b.gw, [&b.gh0, &b.gh0]),
+            ("grad_input = output", &b.out, &b.gw, [&b.gh0, &b.gc0]),
+            ("grad_h0 = grad_c_n", &b.gi, &b.gw, [&b.gcn, &b.gc0]),
+            ("grad_weights = input", &b.gi, &b.x, [&b.gh0, &b.gc0]),
         ];
-        for (what, alias) in backward_cases {
-            let mut g = bufs.backward();
-            alias(&mut g, &bufs);
-            match plan.record_backward(&mut enc, &g) {
+        for (what, gi, gw, gs0) in backward_cases {
+            match plan.record_backward(&mut enc, &b.backward(&s0, &gsn, gi, gw, &gs0)) {
                 Err(Error::BufferAliasing(msg)) => eprintln!("{what}: {msg}"),
                 r => panic!("backward with {what}: expected BufferAliasing, got {r:?}"),
             }
@@ -243,9 +230,7 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
         // Read-only roles may share a buffer: h0 and c0 from one buffer, and grad_h_n from
         // the same values; the results match the CPU given the same values twice.
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let mut f = bufs.forward();
-        f.c0 = Some(&bufs.h0);
-        plan.record_forward(&mut enc, &f).unwrap();
+        plan.record_forward(&mut enc, &bufs.forward(&bufs.out, &[Some(&bufs.h0), Some(&bufs.h0)], &[&bufs.hn, &bufs.cn])).unwrap();
         let mut rb = Readback::new();
         rb.copy(ctx, &mut enc, &bufs.out, x.rows() * 4).unwrap();
         rb.copy(ctx, &mut enc, &bufs.cn, 2 * 4).unwrap();
@@ -273,7 +258,7 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     let (_, tape) = rnn.forward(&x, &[], Pass::Training).unwrap();
     let tape = tape.unwrap();
     let layout = SeqLayout::of(&x).unwrap();
-    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference, StateInputs::default()).unwrap();
+    let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference).unwrap();
     let big = storage(ctx, "big", 4096).unwrap();
     let (wb, xb, out, hn) = (upload(ctx, "w", &flat(&w)).unwrap(), upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", 64).unwrap(), storage(ctx, "hn", 64).unwrap());
     let shape = LinearShape { rows: 2, input: 3, output: 2 };
@@ -297,9 +282,9 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     lost("GpuRnn::new", GpuRnn::new(ctx, &w).map(drop));
     lost("forward", rnn.forward(&x, &[], Pass::Inference).map(drop));
     lost("backward", rnn.backward(&tape, &go, &[]).map(drop));
-    lost("Plan::new", Plan::new(ctx, &cfg, &layout, Pass::Training, StateInputs::default()).map(drop));
+    lost("Plan::new", Plan::new(ctx, &cfg, &layout, Pass::Training).map(drop));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: None }));
+    lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &[], states_n: &[&hn], counter: None }));
     let mut rb = Readback::new();
     lost("Readback::copy", rb.copy(ctx, &mut enc, &big, 16).map(drop));
     lost("Readback::submit_and_read", Readback::new().submit_and_read(ctx, enc).map(drop));
@@ -352,12 +337,12 @@ fn timeout_calls(ctx: &Arc<Context>) {
         other => panic!("forward with a zero wait timeout on {}: expected Timeout, got {:?}", ctx.describe(), other.map(|_| ())),
     }
     // Context::wait on work submitted through the engine API.
-    let plan = rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()).unwrap();
+    let plan = Plan::new(ctx, rnn.config(), &SeqLayout::of(&x).unwrap(), Pass::Inference).unwrap();
     let (xb, out, hn, cn) = (upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", x.rows() * 256).unwrap(), storage(ctx, "hn", 32 * 256).unwrap(), storage(ctx, "cn", 32 * 256).unwrap());
     {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: Some(&cn) };
+        let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
         plan.record_forward(&mut enc, &bufs).unwrap();
         ctx.queue.submit([enc.finish()]);
     }
@@ -445,10 +430,10 @@ fn destroy_in_flight(ctx: &Arc<Context>) {
     let w = Weights::<f32>::init_uniform(&cfg, 4).unwrap();
     let x = packed(50, 32, 128, &[50; 32]);
     let rnn = GpuRnn::new(ctx, &w).unwrap();
-    let plan = rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Inference, StateInputs::default()).unwrap();
+    let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference).unwrap();
     let (xb, out, hn, cn) = (upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", x.rows() * 256).unwrap(), storage(ctx, "hn", 32 * 256).unwrap(), storage(ctx, "cn", 32 * 256).unwrap());
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: Some(&cn) };
+    let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
     plan.record_forward(&mut enc, &bufs).unwrap();
     ctx.queue.submit([enc.finish()]);
     // Around 100 ms of work queued on lavapipe; destroyed before it ends.
@@ -460,7 +445,7 @@ fn destroy_in_flight(ctx: &Arc<Context>) {
     typed("upload", upload(ctx, "x", &x.data).map(drop));
     typed("forward", rnn.forward(&x, &[], Pass::Inference).map(drop));
     let small = packed(2, 2, 128, &[2, 1]);
-    typed("Plan::new", Plan::new(ctx, &cfg, &SeqLayout::of(&small).unwrap(), Pass::Training, StateInputs::default()).map(drop));
+    typed("Plan::new", Plan::new(ctx, &cfg, &SeqLayout::of(&small).unwrap(), Pass::Training).map(drop));
     typed("wait", ctx.wait());
     // Once the queued work has drained, the loss is known everywhere.
     assert!(ctx.is_lost());
@@ -487,7 +472,7 @@ fn the_gl_guard_is_reentrant() {
         assert!(outer.is_some(), "GL contexts have a guard");
         let inner = c.exclusive();
         assert!(inner.is_some(), "a nested guard on GL");
-        let plan = Plan::new(&c, &w.config, &SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
+        let plan = Plan::new(&c, &w.config, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
         drop(plan);
         let rnn = GpuRnn::new(&c, &w).unwrap();
         let (fwd, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
@@ -583,11 +568,10 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
     let r = rnn.clone();
     let planner = std::thread::spawn(move || {
         for k in 0..200 {
-            // Layouts the forward thread never uses: each is a new plan (and, past the cache's
-            // size, an evicted one).
+            // Layouts the forward thread never uses: each forward makes a new plan (and, past
+            // the cache's size, evicts one).
             let lengths: Vec<usize> = (0..k % 7 + 1).map(|j| 5 - j.min(4)).collect();
-            let layout = SeqLayout::of(&packed(5, lengths.len(), 3, &lengths)).unwrap();
-            r.plan(&layout, Pass::Inference, StateInputs::default()).unwrap();
+            r.forward(&packed(5, lengths.len(), 3, &lengths), &[], Pass::Inference).unwrap();
         }
     });
     let c = ctx.clone();
@@ -595,7 +579,7 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
         let mut out = Vec::new();
         for _ in 0..200 {
             let _serial = c.exclusive();
-            rnn.plan(&SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs::default()).unwrap();
+            rnn.forward(&x, &[], Pass::Training).unwrap();
             out = rnn.forward(&x, &[], Pass::Inference).unwrap().0.output.data;
         }
         out

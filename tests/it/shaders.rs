@@ -162,7 +162,7 @@ fn all_kernels() -> Vec<Kernel> {
     }
     v.extend([
         ProjForward, ProjGrad, Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, GatherPrev, GatherLast, ScatterLast, Copy, CopyState,
-        Transpose, ColSum, PadRows, CastToStored, CastToF32,
+        Transpose, ColSum, PadRows, GatherRows, CastToStored, CastToF32,
     ]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
@@ -175,7 +175,7 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }

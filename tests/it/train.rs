@@ -8,7 +8,7 @@ use rand::Rng;
 use std::sync::Arc;
 use wgpu_rnn::cpu::train as ct;
 use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, ClassTargets, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup, METRIC_FLOATS};
-use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, StateInputs};
+use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn};
 use wgpu_rnn::{cpu::Pass, Error, Mode, PackedSequence, RnnConfig, Weights};
 
 /// Central-difference step and tolerance for the f64 gradient checks.
@@ -274,7 +274,7 @@ fn train_tiny(ctx: &Arc<Context>, steps: usize) -> (Vec<f32>, Vec<f32>) {
     let mut r = rng(16);
     let x = PackedSequence::from_padded(&f32s(&uniform(&mut r, t * b * 3, 1.0)), [t, b, 3], false, &[5, 5, 3, 2]).unwrap();
     let target: Vec<f32> = vec![0.5, -0.5, 0.25, -0.25];
-    let plan = rnn.plan(&wgpu_rnn::gpu::SeqLayout::of(&x).unwrap(), Pass::Training, StateInputs { grad_h_n: true, ..Default::default() }).unwrap();
+    let plan = wgpu_rnn::gpu::Plan::new(ctx, &cfg, &wgpu_rnn::gpu::SeqLayout::of(&x).unwrap(), Pass::Training).unwrap();
     let n = x.rows();
     let head = LinearShape { rows: b, input: 8, output: 1 };
     let xb = upload(ctx, "x", &x.data).unwrap();
@@ -313,22 +313,20 @@ fn train_tiny(ctx: &Arc<Context>, steps: usize) -> (Vec<f32>, Vec<f32>) {
     for _ in 0..steps {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, h0: None, c0: None, h_n: &hn, c_n: Some(&cn) };
+        let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
         plan.record_forward(&mut enc, &fb).unwrap();
         mid.record(&mut enc);
         let bb = BackwardBuffers {
             weights: rnn.weights_buffer(),
             input: &xb,
             output: &out,
-            h0: None,
-            c0: None,
+            states0: &[],
             grad_output: &zeros,
-            grad_h_n: Some(&dhn),
-            grad_c_n: None,
+            grad_states_n: &[Some(&dhn)],
             grad_input: &gi,
-            grad_h0: &gh0,
-            grad_c0: Some(&gc0),
+            grad_states0: &[&gh0, &gc0],
             grad_weights: &gw,
+            counter: None,
         };
         plan.record_backward(&mut enc, &bb).unwrap();
         post.record(&mut enc);

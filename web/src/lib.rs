@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex};
 use wasm_bindgen::prelude::*;
 use wgpu_rnn::case::{compare, Case};
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{storage, upload, Context, ForwardBuffers, Plan, Readback, SeqLayout, StateInputs};
+use wgpu_rnn::gpu::{flat_weights, storage, upload, Context, ForwardBuffers, Plan, Readback, SeqLayout};
 use wgpu_rnn::io::TensorFile;
-use wgpu_rnn::{Mode, PackedSequence, Weights};
+use wgpu_rnn::{PackedSequence, Weights};
 
 #[path = "../../examples/common/text.rs"]
 #[allow(dead_code)] // PAD is the trainer's
@@ -145,8 +145,8 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     let file = TensorFile::from_bytes(&model).map_err(js)?;
     let w = Weights::<f32>::from_file(&file, "rnn.", None).map_err(js)?;
     let cfg = w.config.clone();
-    if !cfg.bidirectional || !matches!(cfg.mode, Mode::Lstm | Mode::Gru) {
-        return Err(JsError::new(&format!("not a sentiment model: {} {} (a bidirectional LSTM or GRU)", cfg.mode, if cfg.bidirectional { "bidirectional" } else { "unidirectional" })));
+    if !cfg.bidirectional {
+        return Err(JsError::new(&format!("not a sentiment model: a unidirectional {} (the example's is bidirectional)", cfg.mode)));
     }
     let table = file.float("embedding.weight").map_err(js)?;
     let (rows, dim) = match table.shape[..] {
@@ -178,18 +178,20 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
         1.0 / (1.0 + (-z).exp())
     };
 
-    let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&packed).map_err(js)?, Pass::Inference, StateInputs::default()).map_err(js)?;
+    let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&packed).map_err(js)?, Pass::Inference).map_err(js)?;
     let states = cfg.h_shape(1).iter().product::<usize>();
-    let weights = upload(ctx, "weights", &w.to_flat()).map_err(js)?;
+    let weights = upload(ctx, "weights", &flat_weights(&w)).map_err(js)?;
     let input = upload(ctx, "input", &packed.data).map_err(js)?;
     let output = storage(ctx, "output", packed.rows() * cfg.output_size()).map_err(js)?;
-    let h_n = storage(ctx, "h_n", states).map_err(js)?;
-    let c_n = if cfg.mode == Mode::Lstm { Some(storage(ctx, "c_n", cfg.c_shape(1).iter().product()).map_err(js)?) } else { None };
+    // One buffer per state of the cell; the head reads the first (h).
+    let finals = cfg.states().iter().map(|s| storage(ctx, "final state", cfg.state_shape(s, 1).iter().product())).collect::<Result<Vec<_>, _>>().map_err(js)?;
+    let h_n = &finals[0];
+    let states_n: Vec<&wgpu::Buffer> = finals.iter().map(|b| &**b).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let bufs = ForwardBuffers { weights: &weights, input: &input, output: &output, h0: None, c0: None, h_n: &h_n, c_n: c_n.as_deref() };
+    let bufs = ForwardBuffers { weights: &weights, input: &input, output: &output, states0: &[], states_n: &states_n, counter: None };
     plan.record_forward(&mut enc, &bufs).map_err(js)?;
     let mut rb = Readback::new();
-    rb.copy(ctx, &mut enc, &h_n, states).map_err(js)?;
+    rb.copy(ctx, &mut enc, h_n, states).map_err(js)?;
     let got = rb.submit(ctx, enc).map_err(js)?.await.map_err(js)?;
     g.take_errors()?;
     let gpu_p = head(&got[0]);

@@ -1,0 +1,298 @@
+//! The engine API: one [`Plan`] for every registered cell, prepared once per config, batch
+//! structure and pass, then recorded into the caller's `CommandEncoder` over the caller's
+//! buffers ([`ForwardBuffers`], [`BackwardBuffers`]), with no hidden submit, readback or
+//! buffer write.
+//!
+//! One weights layout ([`super::flat_weights`]) and one state convention, the CPU engine's:
+//! per state of the cell ([`RnnConfig::states`]: `h`, then `c` for an LSTM, ...), a
+//! `[L*D, B, S_i]` tensor in the caller's batch order.
+//!
+//! Behind the plan, for now, two drivers (issue 25 merges them): PyTorch's four cells without
+//! regularisers run the fused kernels (`plan.rs`: one dispatch per step, the single-dispatch
+//! loops, the step strategies, profiling); every other configuration runs the cell driver
+//! (`generic.rs`: per stage a product and the cell's pointwise kernel, the regularisers), whose
+//! states are gathered from and to the caller's order around the pass. [`runs_fused`] chooses,
+//! in this one place.
+
+use super::context::{Context, TrackedBuffer};
+use super::generic::CellPlan;
+use super::kernels::Kernel;
+use super::plan::{FusedBackwardBuffers, FusedForwardBuffers, FusedPlan, SeqLayout, StateInputs, StepStrategy};
+use crate::config::RnnConfig;
+use crate::cpu::Pass;
+use crate::error::{Error, Result};
+use std::sync::Arc;
+
+/// Whether a configuration runs on the fused kernels: PyTorch's four cells without dropout or
+/// zoneout. The one place that chooses between the two GPU drivers ([`super::GpuRnn`] asks it
+/// too).
+pub(crate) fn runs_fused(cfg: &RnnConfig) -> bool {
+    cfg.mode.fused() && !cfg.regularised()
+}
+
+/// The caller's buffers for a forward. Every buffer but the counter holds elements in the
+/// config's [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4
+/// bytes), row-major.
+pub struct ForwardBuffers<'a> {
+    /// Flat parameters ([`super::flat_weights`]; [`super::weight_elems`] elements).
+    pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows.
+    pub input: &'a wgpu::Buffer,
+    /// `[N, D*H_out]` packed output rows (written).
+    pub output: &'a wgpu::Buffer,
+    /// The initial states, in the cell's state order: entry i is `[L*D, B, S_i]` in the
+    /// caller's batch order, zeros when `None` or absent (`&[]`: every state zero). At most
+    /// one entry per state.
+    pub states0: &'a [Option<&'a wgpu::Buffer>],
+    /// The final states (written): one `[L*D, B, S_i]` per state, each sequence's state at its
+    /// own last step, in the caller's batch order.
+    pub states_n: &'a [&'a wgpu::Buffer],
+    /// The regularisers' step counter: an f32 step count at element 0 (an optimiser's state
+    /// buffer, `gpu::train::Optimizer::state_buffer`, so every step draws new masks), or 0
+    /// when `None`. Read only by a config with dropout or zoneout.
+    pub counter: Option<&'a wgpu::Buffer>,
+}
+
+/// The caller's buffers for a backward: the forward's inputs and output unchanged since the
+/// training forward was recorded (and will have run), the gradients coming in, and where the
+/// gradients go.
+pub struct BackwardBuffers<'a> {
+    /// Flat parameters, as the forward had them.
+    pub weights: &'a wgpu::Buffer,
+    /// `[N, I]` packed input rows, as the forward had them.
+    pub input: &'a wgpu::Buffer,
+    /// `[N, D*H_out]`, the training forward's output.
+    pub output: &'a wgpu::Buffer,
+    /// The initial states as the forward had them (the same entries).
+    pub states0: &'a [Option<&'a wgpu::Buffer>],
+    /// `[N, D*H_out]`.
+    pub grad_output: &'a wgpu::Buffer,
+    /// The gradients of the final states, per state (zeros when `None` or absent).
+    pub grad_states_n: &'a [Option<&'a wgpu::Buffer>],
+    /// `[N, I]` (written; needs `COPY_DST`).
+    pub grad_input: &'a wgpu::Buffer,
+    /// The gradients of the initial states (written): one per state.
+    pub grad_states0: &'a [&'a wgpu::Buffer],
+    /// Flat, the weights' layout (written, every element; needs `COPY_DST`).
+    pub grad_weights: &'a wgpu::Buffer,
+    /// The step counter the forward read (its value unchanged since).
+    pub counter: Option<&'a wgpu::Buffer>,
+}
+
+/// A prepared forward (and, in training, backward) of any registered cell for one config and
+/// batch structure: the engine API.
+pub struct Plan {
+    inner: Inner,
+}
+
+enum Inner {
+    Fused {
+        plan: FusedPlan,
+        /// Zeros standing for the states (and gradients) the caller leaves out: the fused plan
+        /// is prepared to read every one. Never written (wgpu zero-initialises buffers).
+        zeros: TrackedBuffer,
+    },
+    Cell(CellPlan),
+}
+
+impl std::fmt::Debug for Plan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.fmt(f),
+            Inner::Cell(plan) => plan.fmt(f),
+        }
+    }
+}
+
+impl Plan {
+    /// Prepares a plan: checks the config and the device's limits, uploads the parameter
+    /// blocks and tables, allocates the workspaces (tapes, inner layers' outputs) and builds
+    /// the pipelines. Masks (dropout, zoneout) from seed 0 ([`Plan::with_seed`]).
+    pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass) -> Result<Self> {
+        Self::build(ctx, cfg, layout, pass, 0, StepStrategy::Auto)
+    }
+
+    /// As [`Plan::new`], with the seed of the regularisers' masks (the config's dropout and
+    /// zoneout; the step counter is bound at recording, see [`ForwardBuffers::counter`]).
+    pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
+        Self::build(ctx, cfg, layout, pass, seed, StepStrategy::Auto)
+    }
+
+    /// As [`Plan::new`], with the forward's step strategy chosen by the caller. Strategies
+    /// other than [`StepStrategy::Auto`] exist on the fused kernels only (PyTorch's four cells
+    /// without regularisers, for now); elsewhere they are [`Error::Unsupported`].
+    pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, strategy: StepStrategy) -> Result<Self> {
+        Self::build(ctx, cfg, layout, pass, 0, strategy)
+    }
+
+    fn build(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
+        cfg.validate()?;
+        if !runs_fused(cfg) {
+            if strategy != StepStrategy::Auto {
+                return Err(Error::Unsupported(format!("step strategy {strategy:?} for {} (the fused kernels' strategies)", cfg.mode)));
+            }
+            return Ok(Plan { inner: Inner::Cell(CellPlan::with_seed(ctx, cfg, layout, pass, seed)?) });
+        }
+        let training = pass == Pass::Training;
+        let two = cfg.states().len() > 1;
+        let inputs = StateInputs { h0: true, c0: two, grad_h_n: training, grad_c_n: training && two };
+        let plan = FusedPlan::with_strategy(ctx, cfg, layout, pass, inputs, strategy)?;
+        let largest = cfg.states().iter().map(|s| cfg.state_shape(s, layout.batch()).iter().product::<usize>()).max().unwrap_or(0);
+        let zeros = ctx.buffer("zero states", ((largest * cfg.precision.bytes()).max(4).next_multiple_of(4)) as u64, wgpu::BufferUsages::STORAGE)?;
+        Ok(Plan { inner: Inner::Fused { plan, zeros } })
+    }
+
+    /// The configuration the plan was prepared for.
+    pub fn config(&self) -> &RnnConfig {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.config(),
+            Inner::Cell(plan) => plan.config(),
+        }
+    }
+    /// Training (a backward can follow) or inference.
+    pub fn pass(&self) -> Pass {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.pass(),
+            Inner::Cell(plan) => plan.pass(),
+        }
+    }
+    /// The batch structure the plan was prepared for.
+    pub fn layout(&self) -> &SeqLayout {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.layout(),
+            Inner::Cell(plan) => plan.layout(),
+        }
+    }
+    /// Packed rows N.
+    pub fn rows(&self) -> usize {
+        self.layout().rows()
+    }
+    /// Elements of the weights (and weight gradients) buffer, in the config's precision.
+    pub fn weight_elems(&self) -> usize {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.weight_elems(),
+            Inner::Cell(plan) => plan.weight_elems(),
+        }
+    }
+    /// Whether the plan runs on the fused kernels (else the cell driver; see the module docs).
+    pub fn fused(&self) -> bool {
+        matches!(self.inner, Inner::Fused { .. })
+    }
+    /// Dispatches one recorded forward issues (the cell driver's gathers of the states the
+    /// caller gives come on top).
+    pub fn forward_dispatches(&self) -> usize {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.forward_dispatches(),
+            Inner::Cell(plan) => plan.forward_dispatches(),
+        }
+    }
+    /// Dispatches one recorded backward issues (0 for an inference plan).
+    pub fn backward_dispatches(&self) -> usize {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.backward_dispatches(),
+            Inner::Cell(plan) => plan.backward_dispatches(),
+        }
+    }
+    /// The distinct kernel variants a forward and a backward dispatch, in first-use order.
+    pub fn kernels(&self) -> Vec<Kernel> {
+        match &self.inner {
+            Inner::Fused { plan, .. } => plan.kernels(),
+            Inner::Cell(plan) => plan.kernels(),
+        }
+    }
+    /// Bytes of workspace, tables and parameter blocks this plan holds.
+    pub fn workspace_bytes(&self) -> u64 {
+        match &self.inner {
+            Inner::Fused { plan, zeros } => plan.workspace_bytes() + zeros.size(),
+            Inner::Cell(plan) => plan.workspace_bytes(),
+        }
+    }
+
+    /// Profiles the following recordings with `profile` (timestamps around every dispatch),
+    /// or stops with `None`: the fused kernels' plans. A plan on the cell driver is
+    /// [`Error::Unsupported`] (it records no timestamps).
+    pub fn set_profile(&self, profile: Option<Arc<super::profile::KernelProfile>>) -> Result<()> {
+        match &self.inner {
+            Inner::Fused { plan, .. } => {
+                plan.set_profile(profile);
+                Ok(())
+            }
+            Inner::Cell(plan) => Err(Error::Unsupported(format!("kernel profiles of {} on the cell driver", plan.config().mode))),
+        }
+    }
+
+    /// Records the forward into `encoder` (no submit).
+    pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
+        match &self.inner {
+            Inner::Cell(plan) => plan.record_forward(encoder, bufs),
+            Inner::Fused { plan, zeros } => {
+                let n_states = plan.config().states().len();
+                check_counts(plan.config(), bufs.states0.len(), bufs.states_n.len(), ("initial", "final"))?;
+                let given = |i: usize| bufs.states0.get(i).copied().flatten().unwrap_or(zeros);
+                plan.record_forward(
+                    encoder,
+                    &FusedForwardBuffers {
+                        weights: bufs.weights,
+                        input: bufs.input,
+                        output: bufs.output,
+                        h0: Some(given(0)),
+                        c0: (n_states > 1).then(|| given(1)),
+                        h_n: bufs.states_n[0],
+                        c_n: bufs.states_n.get(1).copied(),
+                    },
+                )
+            }
+        }
+    }
+
+    /// Records the backward into `encoder`. The plan must be a training plan whose forward
+    /// was recorded (and will have run) with the same weights, input, output and states.
+    /// The backward clears what it adds into (the input and weight gradients), so a plan can
+    /// be recorded again and again.
+    pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &BackwardBuffers<'_>) -> Result<()> {
+        match &self.inner {
+            Inner::Cell(plan) => plan.record_backward(encoder, bufs),
+            Inner::Fused { plan, zeros } => {
+                if plan.pass() != Pass::Training {
+                    return Err(Error::NotTraining);
+                }
+                let n_states = plan.config().states().len();
+                check_counts(plan.config(), bufs.states0.len(), bufs.grad_states0.len(), ("initial", "initial-state gradient"))?;
+                check_counts(plan.config(), bufs.grad_states_n.len(), n_states, ("final-state gradient", "initial-state gradient"))?;
+                for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
+                    if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
+                        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward may clear it with (has {:?})", b.usage())));
+                    }
+                }
+                let given = |i: usize| bufs.states0.get(i).copied().flatten().unwrap_or(zeros);
+                let grad = |i: usize| bufs.grad_states_n.get(i).copied().flatten().unwrap_or(zeros);
+                plan.record_backward(
+                    encoder,
+                    &FusedBackwardBuffers {
+                        weights: bufs.weights,
+                        input: bufs.input,
+                        output: bufs.output,
+                        h0: Some(given(0)),
+                        c0: (n_states > 1).then(|| given(1)),
+                        grad_output: bufs.grad_output,
+                        grad_h_n: Some(grad(0)),
+                        grad_c_n: (n_states > 1).then(|| grad(1)),
+                        grad_input: bufs.grad_input,
+                        grad_h0: bufs.grad_states0[0],
+                        grad_c0: bufs.grad_states0.get(1).copied(),
+                        grad_weights: bufs.grad_weights,
+                    },
+                )
+            }
+        }
+    }
+}
+
+/// At most one entry per state going in, exactly one per state coming out.
+fn check_counts(cfg: &RnnConfig, given: usize, out: usize, names: (&str, &str)) -> Result<()> {
+    let n = cfg.states().len();
+    if given > n || out != n {
+        return Err(Error::InvalidConfig(format!("{} has {n} states: {given} {} and {out} {} buffers given", cfg.mode, names.0, names.1)));
+    }
+    Ok(())
+}
