@@ -77,10 +77,6 @@ pub struct Weights<T> {
     pub params: Vec<DirParams<T>>,
 }
 
-/// Metadata keys written with the weights (the golden format's names).
-pub const META_KEYS: [&str; 7] =
-    ["mode", "input_size", "hidden_size", "num_layers", "bidirectional", "proj_size", "bias"];
-
 impl<T: Float> Weights<T> {
     /// All-zero parameters for a validated config.
     ///

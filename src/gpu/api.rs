@@ -1,21 +1,17 @@
 //! The convenience API: upload, run (one submit for a whole forward or backward), read back.
-//! Mirrors [`crate::cpu::forward`] / [`crate::cpu::backward`] and returns the same types, for
-//! every registered cell.
-//!
-//! Behind it, for now, two drivers (issue 25 merges them): PyTorch's four cells without
-//! regularisers run the fused kernels ([`FusedPlan`]: single dispatch, splitting past one binding);
-//! every other configuration runs the cell driver (`generic.rs`, [`super::CellPlan`]). Which
-//! one is decided once, in [`runs_fused`]; callers never see it.
+//! Mirrors [`crate::cpu::forward`] / [`crate::cpu::backward`] for every registered cell, with
+//! the same types and state convention. It is built on the engine API ([`Plan`]) alone: one
+//! code path whichever driver the plan takes, splitting included.
 
 use super::context::{Context, TrackedBuffer};
-use super::plan::{weight_layout, FusedBackwardBuffers, FusedForwardBuffers, FusedPlan, SeqLayout, StateInputs};
-use super::readback::{storage_at, upload_stored, Readback};
-use super::engine::runs_fused;
-use super::generic::{self, CellTape};
-use crate::config::{Mode, RnnConfig};
+use super::engine::{BackwardBuffers, ForwardBuffers, Plan};
+use super::generic;
+use super::plan::{SeqLayout, StepStrategy};
+use super::readback::{storage_at, upload, upload_stored, Readback};
+use crate::config::RnnConfig;
 use crate::cpu::{check_run, check_states, ForwardOutput, Gradients, Pass};
-use crate::masks::Draw;
 use crate::error::{check_len, Error, Result};
+use crate::masks::Draw;
 use crate::packing::{step_offsets, PackedSequence};
 use crate::tensor::Tensor;
 use crate::weights::Weights;
@@ -31,17 +27,19 @@ pub struct GpuRnn {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     weights: TrackedBuffer,
-    /// [`runs_fused`]: the fused kernels ([`FusedPlan`]), else the cell driver.
-    fused: bool,
-    plans: Mutex<Vec<(PlanKey, Arc<FusedPlan>)>>,
+    /// Every plan on the cell driver, whatever the config (`GpuRnn::on_cell_driver`).
+    cell_driver: bool,
+    plans: Mutex<Vec<(PlanKey, Arc<Plan>)>>,
 }
-
 
 #[derive(Clone, PartialEq, Eq, Hash, Debug)]
 struct PlanKey {
     layout: SeqLayout,
     pass: Pass,
-    inputs: StateInputs,
+    seed: u32,
+    /// The context's binding limit the plan was checked against: a plan made before the
+    /// limit was lowered may exceed it (`Context::set_binding_limit`).
+    binding_limit: u64,
 }
 
 /// What a training forward keeps on the device for [`GpuRnn::backward`].
@@ -59,29 +57,42 @@ impl GpuTape {
     /// One piece covering the whole batch when it fit one plan.
     pub fn pieces(&self) -> Vec<(Range<usize>, Range<usize>)> {
         match &self.kind {
-            TapeKind::Cell(t) => vec![(0..t.layout().batch(), 0..t.layout().steps())],
             TapeKind::Whole(rec) => vec![(0..rec.plan.layout().batch(), 0..rec.plan.layout().steps())],
             TapeKind::Split { split, .. } => split.pieces.iter().map(|p| (p.k0..p.k1.min(p.k0 + p.batch(&split.batch)), p.a..p.b)).collect(),
         }
     }
 }
 
-/// One plan's run: what its backward binds again.
+/// One plan's training forward: the buffers its backward binds again.
 struct Recorded {
-    plan: Arc<FusedPlan>,
+    plan: Arc<Plan>,
     input: TrackedBuffer,
     output: TrackedBuffer,
-    h0: Option<TrackedBuffer>,
-    c0: Option<TrackedBuffer>,
+    /// Every state's initial value (zeros where none was given).
+    states0: Vec<TrackedBuffer>,
+    counter: TrackedBuffer,
 }
 
 enum TapeKind {
-    /// The cell driver's forward.
-    Cell(CellTape),
     /// The whole batch in one plan.
     Whole(Recorded),
     /// A problem split into pieces (see [`Split`]), each recorded with its own plan.
     Split { split: Split, pieces: Vec<Recorded> },
+}
+
+/// One plan's forward: the output rows, each state's final value (the plan layout's caller
+/// order), and in training what its backward binds again.
+struct Forwarded {
+    output: Vec<f32>,
+    finals: Vec<Vec<f32>>,
+    rec: Option<Recorded>,
+}
+
+/// One plan's backward: the input's gradient, each initial state's, the flat weights'.
+struct Backwarded {
+    input: Vec<f32>,
+    states0: Vec<Vec<f32>>,
+    weights: Vec<f32>,
 }
 
 use crate::float::check_finite;
@@ -92,29 +103,29 @@ impl GpuRnn {
     /// [`generic::flat_weights`]'s layout (per layer-direction, the slots in order: for
     /// PyTorch's four cells `state_dict` order).
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
-        Self::with_driver(ctx, w, runs_fused(&w.config))
-    }
-
-    /// [`GpuRnn::new`] on the cell driver whatever the configuration: for tests that compare
-    /// the two drivers, or the cell driver with `CellPlan`/`StepPlan` bit for bit, while both
-    /// drivers exist (issue 25 merges them).
-    #[doc(hidden)]
-    pub fn on_cell_driver(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
         Self::with_driver(ctx, w, false)
     }
 
-    fn with_driver(ctx: &Arc<Context>, w: &Weights<f32>, fused: bool) -> Result<Self> {
+    /// [`GpuRnn::new`] on the cell driver whatever the configuration: for tests that compare
+    /// the two drivers, or the cell driver with `StepPlan` bit for bit, while both drivers
+    /// exist (issue 25 merges them).
+    #[doc(hidden)]
+    pub fn on_cell_driver(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
+        Self::with_driver(ctx, w, true)
+    }
+
+    fn with_driver(ctx: &Arc<Context>, w: &Weights<f32>, cell_driver: bool) -> Result<Self> {
         w.validate()?; // config, and every tensor against it (Weights fields are public)
         w.check_finite()?;
         let flat = generic::flat_weights(w);
         let _serial = ctx.exclusive();
         ctx.check_precision(w.config.precision)?;
-        let want = if fused { weight_layout(&w.config).1 } else { generic::weight_elems(&w.config) };
+        let want = generic::weight_elems(&w.config);
         if flat.len() != want {
             return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![want], expected: want, got: flat.len() });
         }
         let weights = upload_stored(ctx, "weights", &flat, w.config.precision)?;
-        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, fused, plans: Mutex::new(Vec::new()) })
+        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, cell_driver, plans: Mutex::new(Vec::new()) })
     }
 
     /// The configuration the weights were uploaded for.
@@ -133,13 +144,10 @@ impl GpuRnn {
         &self.weights
     }
 
-    /// A prepared fused plan for this structure: cached, and never one a live tape still uses.
-    fn plan(&self, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Arc<FusedPlan>> {
-        if !self.fused {
-            return Err(Error::Unsupported(format!("{} (with these regularisers) in the fused plan", self.cfg.mode)));
-        }
-        let key = PlanKey { layout: layout.clone(), pass, inputs };
-        // GL: the guard before the cache's lock, always (FusedPlan::new and dropping an evicted
+    /// A prepared plan for this structure: cached, and never one a live tape still uses.
+    fn plan(&self, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Arc<Plan>> {
+        let key = PlanKey { layout: layout.clone(), pass, seed, binding_limit: self.ctx.binding_limit() };
+        // GL: the guard before the cache's lock, always (Plan::new and dropping an evicted
         // plan take it too): the other order, beside a caller that holds the guard and then
         // asks for a plan, deadlocked.
         let _serial = self.ctx.exclusive();
@@ -152,7 +160,7 @@ impl GpuRnn {
             plans.push(entry);
             return Ok(plan);
         }
-        let plan = Arc::new(FusedPlan::new(&self.ctx, &self.cfg, layout, pass, inputs)?);
+        let plan = Arc::new(Plan::prepare(&self.ctx, &self.cfg, layout, pass, seed, StepStrategy::Auto, self.cell_driver)?);
         plans.push((key, plan.clone()));
         if plans.len() > PLAN_CACHE {
             plans.remove(0);
@@ -167,11 +175,13 @@ impl GpuRnn {
     /// their masks from `Draw::default()` ([`GpuRnn::forward_with`] chooses).
     ///
     /// A batch whose plan would exceed the device's limits (a storage binding larger than
-    /// [`Context::binding_limit`], a buffer, the workgroup counts) is split instead of refused:
-    /// into groups of whole sequences, and a unidirectional stack also into segments of
-    /// consecutive steps, each run with its own plan (see ARCHITECTURE.md, "Splitting large
-    /// problems"). Only a problem that does not fit even split to single sequences (single
-    /// steps, unidirectional) is refused with [`Error::Limit`].
+    /// [`Context::binding_limit`], a buffer, the workgroup counts) is split instead of refused,
+    /// for every cell: into groups of whole sequences, and a unidirectional stack also into
+    /// segments of consecutive steps, each run with its own plan (see ARCHITECTURE.md,
+    /// "Splitting large problems"). Only a problem that does not fit even split to single
+    /// sequences (single steps, unidirectional) is refused with [`Error::Limit`]. (A split run
+    /// of a config with dropout or zoneout draws other masks than the unsplit run would: a
+    /// mask's positions are a plan's packed rows.)
     pub fn forward(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
         self.forward_with(input, states0, pass, Draw::default())
     }
@@ -182,87 +192,81 @@ impl GpuRnn {
         let c = &self.cfg;
         self.ctx.check_alive()?;
         check_run(c, input, states0)?;
-        let tape_of = |kind| GpuTape { ctx: self.ctx.clone(), weights: (*self.weights).clone(), unsorted_indices: input.unsorted_indices.clone(), kind };
-        if !self.fused {
-            let (fwd, tape) = generic::forward_on(&self.ctx, c, &self.weights, input, states0, pass, draw)?;
-            return Ok((fwd, tape.map(|t| tape_of(TapeKind::Cell(t)))));
+        if draw.counter > 1 << 24 {
+            return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
         }
-        let (h0, c0) = (states0.first().copied().flatten(), states0.get(1).copied().flatten());
         let b = input.batch();
-        let lstm = c.mode == Mode::Lstm;
-        let inputs = StateInputs { h0: h0.is_some(), c0: c0.is_some(), grad_h_n: pass == Pass::Training, grad_c_n: pass == Pass::Training && lstm };
-        let whole = self.plan(&SeqLayout::of(input)?, pass, inputs).and_then(|plan| self.forward_on(plan, &input.data, h0, c0, pass));
-        let (out_data, hn_data, cn_data, kind) = match whole {
-            Ok((out, hn, cn, rec)) => (out, hn, cn, rec.map(TapeKind::Whole)),
+        let whole = self.plan(&SeqLayout::of(input)?, pass, draw.seed).and_then(|plan| self.forward_on(plan, &input.data, states0, pass, draw));
+        let (output, finals, kind) = match whole {
+            Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
             Err(Error::Limit(why)) => {
-                let (split, (out, hn, cn, recs)) = self.forward_split(input, h0, c0, pass, why)?;
+                let (split, (output, finals, recs)) = self.forward_split(input, states0, pass, draw, why)?;
                 let kind = (pass == Pass::Training).then(|| TapeKind::Split { split, pieces: recs });
-                (out, hn, cn, kind)
+                (output, finals, kind)
             }
             Err(e) => return Err(e),
         };
-        let mut states = vec![Tensor { shape: c.h_shape(b), data: hn_data }];
-        states.extend(cn_data.map(|data| Tensor { shape: c.c_shape(b), data }));
-        let fwd = ForwardOutput { output: input.with_data(out_data, c.output_size())?, states };
-        Ok((fwd, kind.map(tape_of)))
+        let states = c.states().iter().zip(finals).map(|(st, data)| Tensor { shape: c.state_shape(st, b), data }).collect();
+        let fwd = ForwardOutput { output: input.with_data(output, c.output_size())?, states };
+        let tape = kind.map(|kind| GpuTape { ctx: self.ctx.clone(), weights: (*self.weights).clone(), unsorted_indices: input.unsorted_indices.clone(), kind });
+        Ok((fwd, tape))
     }
 
-    /// Runs one plan's forward over `x` (its packed rows): one submit, then the output, h_n
-    /// and c_n read back (in the plan layout's caller order), and in training mode what its
-    /// backward binds again.
-    fn forward_on(&self, plan: Arc<FusedPlan>, x: &[f32], h0: Option<&[f32]>, c0: Option<&[f32]>, pass: Pass) -> Result<Forwarded> {
+    /// Elements of each state for a batch of `b`.
+    fn state_elems(&self, b: usize) -> Vec<usize> {
+        self.cfg.states().iter().map(|s| self.cfg.state_shape(s, b).iter().product()).collect()
+    }
+
+    /// Runs one plan's forward over `x` (its packed rows) from `states0` (the plan layout's
+    /// caller order): one submit, then the output and every final state read back, and in
+    /// training what its backward binds again.
+    fn forward_on(&self, plan: Arc<Plan>, x: &[f32], states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Forwarded> {
         let c = &self.cfg;
         let ctx = &self.ctx;
         let _serial = ctx.exclusive();
         let (n, b) = (plan.rows(), plan.layout().batch());
-        let lstm = c.mode == Mode::Lstm;
-        let hn_elems = c.h_shape(b).iter().product();
-        let cn_elems = c.c_shape(b).iter().product();
+        let sizes = self.state_elems(b);
         let prec = c.precision;
-        let x = upload_stored(ctx, "input", x, prec)?;
-        let h0b = h0.map(|h| upload_stored(ctx, "h0", h, prec)).transpose()?;
-        let c0b = c0.map(|v| upload_stored(ctx, "c0", v, prec)).transpose()?;
-        let out = storage_at(ctx, "output", n * c.output_size(), prec)?;
-        let hn = storage_at(ctx, "h_n", hn_elems, prec)?;
-        let cn = if lstm { Some(storage_at(ctx, "c_n", cn_elems, prec)?) } else { None };
+        let input = upload_stored(ctx, "input", x, prec)?;
+        // Every state goes in (zeros where none was given): the backward binds them again.
+        let given: Vec<TrackedBuffer> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &e)| match states0.get(i).copied().flatten() {
+                Some(v) => upload_stored(ctx, "initial state", v, prec),
+                None => storage_at(ctx, "initial state (zeros)", e, prec),
+            })
+            .collect::<Result<_>>()?;
+        let finals: Vec<TrackedBuffer> = sizes.iter().map(|&e| storage_at(ctx, "final state", e, prec)).collect::<Result<_>>()?;
+        let output = storage_at(ctx, "output", n * c.output_size(), prec)?;
+        let counter = upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
+        let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| Some(&**g)).collect();
+        let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn forward") });
-        plan.record_forward(
-            &mut enc,
-            &FusedForwardBuffers {
-                weights: &self.weights,
-                input: &x,
-                output: &out,
-                h0: h0b.as_deref(),
-                c0: c0b.as_deref(),
-                h_n: &hn,
-                c_n: cn.as_deref(),
-            },
-        )?;
+        let bufs = ForwardBuffers { weights: &self.weights, input: &input, output: &output, states0: &given_refs, states_n: &final_refs, counter: Some(&counter) };
+        plan.record_forward(&mut enc, &bufs)?;
         let mut rb = Readback::new();
-        rb.copy_stored(ctx, &mut enc, &out, n * c.output_size(), prec)?;
-        rb.copy_stored(ctx, &mut enc, &hn, hn_elems, prec)?;
-        if let Some(cn) = &cn {
-            rb.copy_stored(ctx, &mut enc, cn, cn_elems, prec)?;
+        rb.copy_stored(ctx, &mut enc, &output, n * c.output_size(), prec)?;
+        for (f, &e) in finals.iter().zip(&sizes) {
+            rb.copy_stored(ctx, &mut enc, f, e, prec)?;
         }
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
-        let out_data = next_read(&mut got, "output")?;
-        let hn_data = next_read(&mut got, "h_n")?;
-        let cn_data = got.next();
-        let rec = (pass == Pass::Training).then_some(Recorded { plan, input: x, output: out, h0: h0b, c0: c0b });
-        Ok((out_data, hn_data, cn_data, rec))
+        let out = next_read(&mut got, "output")?;
+        check_len("output read back", &[n, c.output_size()], out.len())?;
+        let mut states_n = Vec::with_capacity(sizes.len());
+        for &e in &sizes {
+            let v = next_read(&mut got, "final state")?;
+            check_len("final state read back", &[e], v.len())?;
+            states_n.push(v);
+        }
+        let rec = (pass == Pass::Training).then_some(Recorded { plan, input, output, states0: given, counter });
+        Ok(Forwarded { output: out, finals: states_n, rec })
     }
 
     /// The forward of a problem whose single plan exceeds a limit (`why`): the smallest piece
     /// is tried first (if it does not fit, no split will), then splits of about half, a
     /// quarter ... of the packed rows per piece until every piece fits.
-    fn forward_split(
-        &self,
-        input: &PackedSequence<f32>,
-        h0: Option<&[f32]>,
-        c0: Option<&[f32]>,
-        pass: Pass,
-        why: String,
-    ) -> Result<(Split, Merged)> {
+    fn forward_split(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw, why: String) -> Result<(Split, Merged)> {
         let c = &self.cfg;
         let limit = self.ctx.binding_limit();
         if self.weights.size() > limit {
@@ -275,7 +279,7 @@ impl GpuRnn {
         let bt = Batch::of(input)?;
         let bidir = c.bidirectional;
         let smallest = if bidir { Piece { k0: 0, k1: 1, a: 0, b: bt.lens[0] } } else { Piece { k0: 0, k1: 1, a: 0, b: 1 } };
-        match self.plan(&smallest.layout(&bt)?, pass, self.split_inputs(pass)) {
+        match self.plan(&smallest.layout(&bt)?, pass, draw.seed) {
             Ok(_) => {}
             Err(Error::Limit(e)) if bidir => {
                 return Err(Error::Limit(format!(
@@ -298,7 +302,7 @@ impl GpuRnn {
             if split.pieces.len() <= 1 || last.as_ref() == Some(&split) {
                 continue;
             }
-            match self.forward_pieces(&bt, &split, input, h0, c0, pass) {
+            match self.forward_pieces(&bt, &split, input, states0, pass, draw) {
                 Ok(merged) => return Ok((split, merged)),
                 Err(Error::Limit(e)) => {
                     err = e;
@@ -311,73 +315,60 @@ impl GpuRnn {
         Err(Error::Limit(format!("no split of the batch into pieces fits{note}: {err}")))
     }
 
-    /// What the plans of split pieces are prepared for: every piece takes initial states (the
-    /// caller's, zeros, or the previous segment's) and, in training, the final-state gradients.
-    fn split_inputs(&self, pass: Pass) -> StateInputs {
-        let lstm = self.cfg.mode == Mode::Lstm;
-        let training = pass == Pass::Training;
-        StateInputs { h0: true, c0: lstm, grad_h_n: training, grad_c_n: training && lstm }
-    }
-
     /// Runs the pieces of `split` in order, each segment starting from the states the previous
-    /// segment of its group ended with; merges outputs into the packed layout and h_n / c_n
-    /// into the caller's order.
-    fn forward_pieces(
-        &self,
-        bt: &Batch,
-        split: &Split,
-        input: &PackedSequence<f32>,
-        h0: Option<&[f32]>,
-        c0: Option<&[f32]>,
-        pass: Pass,
-    ) -> Result<Merged> {
+    /// segment of its group ended with; merges outputs into the packed layout and the final
+    /// states into the caller's order.
+    fn forward_pieces(&self, bt: &Batch, split: &Split, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Merged> {
         let c = &self.cfg;
-        let lstm = c.mode == Mode::Lstm;
-        let (ld, big_b, ho, hs, ow) = (c.num_layers * c.directions(), bt.batch(), c.out_size(), c.hidden_size, c.output_size());
+        let widths: Vec<usize> = c.states().iter().map(|s| s.width).collect();
+        let (ld, big_b, ow) = (c.num_layers * c.directions(), bt.batch(), c.output_size());
         let mut out = vec![0f32; bt.rows() * ow];
-        let mut hn = vec![0f32; ld * big_b * ho];
-        let mut cn = lstm.then(|| vec![0f32; ld * big_b * hs]);
+        let mut finals: Vec<Vec<f32>> = widths.iter().map(|&w| vec![0f32; ld * big_b * w]).collect();
         let mut recs = Vec::with_capacity(split.pieces.len());
         // The states the previous segment of the current group ended with (its local order).
-        let mut carry: Option<(usize, Vec<f32>, Option<Vec<f32>>)> = None;
+        let mut carry: Option<(usize, Vec<Vec<f32>>)> = None;
         for p in &split.pieces {
             let bp = p.batch(bt);
-            let states = |global: Option<&[f32]>, local: Option<(usize, &[f32])>, w: usize| -> Vec<f32> {
-                let mut v = vec![0f32; ld * bp * w];
-                for l in 0..ld {
-                    for j in 0..bp {
-                        let src = match (local, global) {
-                            (Some((bprev, s)), _) => &s[(l * bprev + j) * w..][..w],
-                            (None, Some(g)) => &g[(l * big_b + bt.sorted[p.k0 + j]) * w..][..w],
-                            (None, None) => continue,
-                        };
-                        v[(l * bp + j) * w..][..w].copy_from_slice(src);
+            // Each state of the piece's sequences: from the previous segment, or the caller's
+            // (zeros where none was given).
+            let s0p: Vec<Vec<f32>> = widths
+                .iter()
+                .enumerate()
+                .map(|(i, &w)| {
+                    let mut v = vec![0f32; ld * bp * w];
+                    for l in 0..ld {
+                        for j in 0..bp {
+                            let src = match (&carry, p.a > 0) {
+                                (Some((bprev, prev)), true) => &prev[i][(l * bprev + j) * w..][..w],
+                                _ => match states0.get(i).copied().flatten() {
+                                    Some(g) => &g[(l * big_b + bt.sorted[p.k0 + j]) * w..][..w],
+                                    None => continue,
+                                },
+                            };
+                            v[(l * bp + j) * w..][..w].copy_from_slice(src);
+                        }
                     }
-                }
-                v
-            };
-            let (h0p, c0p) = match (&carry, p.a) {
-                (Some((bprev, h, cc)), a) if a > 0 => (states(None, Some((*bprev, h)), ho), cc.as_ref().map(|cc| states(None, Some((*bprev, cc)), hs))),
-                _ => (states(h0, None, ho), lstm.then(|| states(c0, None, hs))),
-            };
+                    v
+                })
+                .collect();
             let rows = p.rows(bt);
             let x = gather_rows(&input.data, &rows, c.input_size);
-            let plan = self.plan(&p.layout(bt)?, pass, self.split_inputs(pass))?;
-            let (o, hnp, cnp, rec) = self.forward_on(plan, &x, Some(&h0p), c0p.as_deref(), pass)?;
-            scatter_rows(&mut out, &rows, ow, &o);
+            let plan = self.plan(&p.layout(bt)?, pass, draw.seed)?;
+            let s0refs: Vec<Option<&[f32]>> = s0p.iter().map(|v| Some(&v[..])).collect();
+            let f = self.forward_on(plan, &x, &s0refs, pass, draw)?;
+            scatter_rows(&mut out, &rows, ow, &f.output);
             for j in (0..bp).filter(|&j| bt.lens[p.k0 + j] <= p.b) {
                 let caller = bt.sorted[p.k0 + j];
-                for l in 0..ld {
-                    hn[(l * big_b + caller) * ho..][..ho].copy_from_slice(&hnp[(l * bp + j) * ho..][..ho]);
-                    if let (Some(cn), Some(cnp)) = (cn.as_mut(), cnp.as_ref()) {
-                        cn[(l * big_b + caller) * hs..][..hs].copy_from_slice(&cnp[(l * bp + j) * hs..][..hs]);
+                for (i, &w) in widths.iter().enumerate() {
+                    for l in 0..ld {
+                        finals[i][(l * big_b + caller) * w..][..w].copy_from_slice(&f.finals[i][(l * bp + j) * w..][..w]);
                     }
                 }
             }
-            carry = Some((bp, hnp, cnp));
-            recs.extend(rec);
+            carry = Some((bp, f.finals));
+            recs.extend(f.rec);
         }
-        Ok((out, hn, cn, recs))
+        Ok((out, finals, recs))
     }
 
     /// Backward through time from a training forward's tape, as [`crate::cpu::backward`]:
@@ -402,7 +393,6 @@ impl GpuRnn {
         }
         self.ctx.check_alive()?;
         let (plan_cfg, layout) = match &tape.kind {
-            TapeKind::Cell(t) => return generic::backward_on(c, &self.weights, t, grad_output, grad_states, &tape.unsorted_indices),
             TapeKind::Whole(rec) => (rec.plan.config(), rec.plan.layout().clone()),
             TapeKind::Split { split, pieces } => {
                 let first = pieces.first().ok_or_else(|| Error::TapeMismatch("split tape without pieces".into()))?;
@@ -413,152 +403,150 @@ impl GpuRnn {
             return Err(Error::TapeMismatch("tape was recorded by a model of another configuration".into()));
         }
         let (n, b) = (layout.rows(), layout.batch());
-        let lstm = c.mode == Mode::Lstm;
         check_len("grad_output", &[n, c.output_size()], grad_output.len())?;
         check_finite("grad_output", grad_output)?;
-        check_states(c, &c.states(), grad_states, b, "_n")?;
-        let (grad_h_n, grad_c_n) = (grad_states.first().copied().flatten(), grad_states.get(1).copied().flatten());
-        let hn_elems: usize = c.h_shape(b).iter().product();
-        let cn_elems: usize = c.c_shape(b).iter().product();
-        let zeros_h;
-        let gh = match grad_h_n {
-            Some(g) => g,
-            None => {
-                zeros_h = vec![0.0; hn_elems];
-                &zeros_h
-            }
+        let states = c.states();
+        check_states(c, &states, grad_states, b, "_n")?;
+        let bw = match &tape.kind {
+            TapeKind::Whole(rec) => self.backward_on(rec, grad_output, grad_states)?,
+            TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, grad_states)?,
         };
-        let zeros_c;
-        let gc = match grad_c_n {
-            Some(g) => g,
-            None => {
-                zeros_c = vec![0.0; cn_elems];
-                &zeros_c
-            }
-        };
-        let (gi_data, gh0_data, flat, gc0_data) = match &tape.kind {
-            TapeKind::Whole(rec) => self.backward_on(rec, grad_output, gh, lstm.then_some(gc))?,
-            TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, gh, lstm.then_some(gc))?,
-            TapeKind::Cell(_) => unreachable!("returned above"),
-        };
-        let params = Weights::<f32>::from_flat(c, &flat).map_err(|e| match e {
+        let params = generic::weights_from_flat(c, &bw.weights).map_err(|e| match e {
             Error::LengthMismatch { shape, expected, got, .. } => Error::LengthMismatch { what: "grad_weights read back".into(), shape, expected, got },
             e => e,
         })?;
         let input = PackedSequence {
-            data: gi_data,
+            data: bw.input,
             features: c.input_size,
             batch_sizes: layout.batch_sizes().to_vec(),
             sorted_indices: layout.sorted_indices().to_vec(),
             unsorted_indices: tape.unsorted_indices.clone(),
         };
-        let mut states = vec![Tensor { shape: c.h_shape(b), data: gh0_data }];
-        states.extend(gc0_data.map(|data| Tensor { shape: c.c_shape(b), data }));
+        let states = states.iter().zip(bw.states0).map(|(st, data)| Tensor { shape: c.state_shape(st, b), data }).collect();
         Ok(Gradients { input, states, params })
     }
 
-    /// Runs one plan's backward (one submit): grad_input, grad_h0, the flat weight gradients
-    /// and grad_c0 read back. `gh` / `gc` are the final-state gradients in the plan's order.
-    fn backward_on(&self, rec: &Recorded, grad_output: &[f32], gh: &[f32], gc: Option<&[f32]>) -> Result<Backwarded> {
+    /// Runs one plan's backward (one submit): the input's, every initial state's and the flat
+    /// weights' gradients read back. `grad_states` are the final-state gradients in the plan's
+    /// order.
+    fn backward_on(&self, rec: &Recorded, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
         let ctx = &self.ctx;
+        let c = &self.cfg;
         let plan = &rec.plan;
         let _serial = ctx.exclusive();
-        let prec = self.cfg.precision;
+        let (n, b) = (plan.rows(), plan.layout().batch());
+        let sizes = self.state_elems(b);
+        let prec = c.precision;
         let go = upload_stored(ctx, "grad_output", grad_output, prec)?;
-        let ghb = upload_stored(ctx, "grad_h_n", gh, prec)?;
-        let gcb = gc.map(|gc| upload_stored(ctx, "grad_c_n", gc, prec)).transpose()?;
+        let given: Vec<Option<TrackedBuffer>> = grad_states.iter().map(|g| g.map(|v| upload_stored(ctx, "final state gradient", v, prec)).transpose()).collect::<Result<_>>()?;
+        let g0: Vec<TrackedBuffer> = sizes.iter().map(|&e| storage_at(ctx, "initial state gradient", e, prec)).collect::<Result<_>>()?;
+        let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
+        let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
+        let s0: Vec<Option<&wgpu::Buffer>> = rec.states0.iter().map(|s| Some(&**s)).collect();
+        let gn: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
+        let g0r: Vec<&wgpu::Buffer> = g0.iter().map(|g| &**g).collect();
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn backward") });
-        let mut rb = Readback::new();
-        let read = BackwardRead {
+        let bufs = BackwardBuffers {
             weights: &self.weights,
             input: &rec.input,
             output: &rec.output,
-            h0: rec.h0.as_deref(),
-            c0: rec.c0.as_deref(),
+            states0: &s0,
             grad_output: &go,
-            grad_h_n: Some(&ghb),
-            grad_c_n: gcb.as_deref(),
+            grad_states_n: &gn,
+            grad_input: &gi,
+            grad_states0: &g0r,
+            grad_weights: &gw,
+            counter: Some(&rec.counter),
         };
-        read.record(ctx, plan, &mut enc, &mut rb)?;
+        plan.record_backward(&mut enc, &bufs)?;
+        let mut rb = Readback::new();
+        rb.copy_stored(ctx, &mut enc, &gi, n * c.input_size, prec)?;
+        rb.copy_stored(ctx, &mut enc, &gw, plan.weight_elems(), prec)?;
+        for (g, &e) in g0.iter().zip(&sizes) {
+            rb.copy_stored(ctx, &mut enc, g, e, prec)?;
+        }
         let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
-        let gi_data = next_read(&mut got, "grad_input")?;
-        let gh0_data = next_read(&mut got, "grad_h0")?;
-        let flat = next_read(&mut got, "grad_weights")?;
-        Ok((gi_data, gh0_data, flat, got.next()))
+        let input = next_read(&mut got, "grad_input")?;
+        check_len("input gradients read back", &[n, c.input_size], input.len())?;
+        let weights = next_read(&mut got, "grad_weights")?;
+        let mut states0 = Vec::with_capacity(sizes.len());
+        for &e in &sizes {
+            let v = next_read(&mut got, "initial state gradient")?;
+            check_len("initial state gradient read back", &[e], v.len())?;
+            states0.push(v);
+        }
+        Ok(Backwarded { input, states0, weights })
     }
 
     /// The backward of a split forward: pieces in reverse order (so each segment gets the
     /// initial-state gradients of the segment after it), inputs' and initial states'
     /// gradients scattered back, weight gradients summed in that fixed order.
-    fn backward_pieces(&self, split: &Split, recs: &[Recorded], grad_output: &[f32], gh: &[f32], gc: Option<&[f32]>) -> Result<Backwarded> {
+    fn backward_pieces(&self, split: &Split, recs: &[Recorded], grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
         let c = &self.cfg;
         let bt = &split.batch;
         if recs.len() != split.pieces.len() {
             return Err(Error::TapeMismatch(format!("split tape holds {} of {} pieces", recs.len(), split.pieces.len())));
         }
-        let (ld, big_b, ho, hs, ow) = (c.num_layers * c.directions(), bt.batch(), c.out_size(), c.hidden_size, c.output_size());
+        let widths: Vec<usize> = c.states().iter().map(|s| s.width).collect();
+        let (ld, big_b, ow) = (c.num_layers * c.directions(), bt.batch(), c.output_size());
         let mut gi = vec![0f32; bt.rows() * c.input_size];
-        let mut gh0 = vec![0f32; ld * big_b * ho];
-        let mut gc0 = gc.map(|_| vec![0f32; ld * big_b * hs]);
+        let mut gs0: Vec<Vec<f32>> = widths.iter().map(|&w| vec![0f32; ld * big_b * w]).collect();
         let mut gw: Option<Vec<f32>> = None;
         // The initial-state gradients of the segment after the current one (its local order).
-        let mut carry: Option<(usize, Vec<f32>, Option<Vec<f32>>)> = None;
+        let mut carry: Option<(usize, Vec<Vec<f32>>)> = None;
         for (p, rec) in split.pieces.iter().zip(recs).rev() {
             let bp = p.batch(bt);
-            // A sequence that ends in this piece takes the caller's final-state gradient; one
-            // that goes on takes what the next segment's backward left for its initial state.
-            let finals = |global: &[f32], local: Option<(usize, &[f32])>, w: usize| -> Result<Vec<f32>> {
+            // A sequence that ends in this piece takes the caller's final-state gradient (zero
+            // where none was given); one that goes on takes what the next segment's backward
+            // left for its initial state.
+            let mut finals: Vec<Vec<f32>> = Vec::with_capacity(widths.len());
+            for (i, &w) in widths.iter().enumerate() {
                 let mut v = vec![0f32; ld * bp * w];
                 for l in 0..ld {
                     for j in 0..bp {
                         let src = if bt.lens[p.k0 + j] <= p.b {
-                            &global[(l * big_b + bt.sorted[p.k0 + j]) * w..][..w]
+                            match grad_states.get(i).copied().flatten() {
+                                Some(g) => &g[(l * big_b + bt.sorted[p.k0 + j]) * w..][..w],
+                                None => continue,
+                            }
                         } else {
-                            let (bnext, s) = local.ok_or_else(|| Error::TapeMismatch("split tape: a segment without its successor".into()))?;
-                            &s[(l * bnext + j) * w..][..w]
+                            let (bnext, next) = carry.as_ref().ok_or_else(|| Error::TapeMismatch("split tape: a segment without its successor".into()))?;
+                            &next[i][(l * bnext + j) * w..][..w]
                         };
                         v[(l * bp + j) * w..][..w].copy_from_slice(src);
                     }
                 }
-                Ok(v)
-            };
-            let ghp = finals(gh, carry.as_ref().map(|(bn, h, _)| (*bn, h.as_slice())), ho)?;
-            let gcp = match gc {
-                Some(gc) => Some(finals(gc, carry.as_ref().and_then(|(bn, _, cc)| cc.as_ref().map(|cc| (*bn, cc.as_slice()))), hs)?),
-                None => None,
-            };
+                finals.push(v);
+            }
             let rows = p.rows(bt);
             let go = gather_rows(grad_output, &rows, ow);
-            let (gip, gh0p, flat, gc0p) = self.backward_on(rec, &go, &ghp, gcp.as_deref())?;
-            scatter_rows(&mut gi, &rows, c.input_size, &gip);
+            let frefs: Vec<Option<&[f32]>> = finals.iter().map(|v| Some(&v[..])).collect();
+            let bw = self.backward_on(rec, &go, &frefs)?;
+            scatter_rows(&mut gi, &rows, c.input_size, &bw.input);
             if p.a == 0 {
                 for j in 0..bp {
                     let caller = bt.sorted[p.k0 + j];
-                    for l in 0..ld {
-                        gh0[(l * big_b + caller) * ho..][..ho].copy_from_slice(&gh0p[(l * bp + j) * ho..][..ho]);
-                        if let (Some(gc0), Some(gc0p)) = (gc0.as_mut(), gc0p.as_ref()) {
-                            gc0[(l * big_b + caller) * hs..][..hs].copy_from_slice(&gc0p[(l * bp + j) * hs..][..hs]);
+                    for (i, &w) in widths.iter().enumerate() {
+                        for l in 0..ld {
+                            gs0[i][(l * big_b + caller) * w..][..w].copy_from_slice(&bw.states0[i][(l * bp + j) * w..][..w]);
                         }
                     }
                 }
             }
             match gw.as_mut() {
-                None => gw = Some(flat),
-                Some(acc) => acc.iter_mut().zip(&flat).for_each(|(a, f)| *a += f),
+                None => gw = Some(bw.weights),
+                Some(acc) => acc.iter_mut().zip(&bw.weights).for_each(|(a, f)| *a += f),
             }
-            carry = Some((bp, gh0p, gc0p));
+            carry = Some((bp, bw.states0));
         }
-        let gw = gw.ok_or_else(|| Error::TapeMismatch("split tape without pieces".into()))?;
-        Ok((gi, gh0, gw, gc0))
+        let weights = gw.ok_or_else(|| Error::TapeMismatch("split tape without pieces".into()))?;
+        Ok(Backwarded { input: gi, states0: gs0, weights })
     }
 }
 
-/// One plan's forward: output, h_n, c_n, and in training what its backward needs.
-type Forwarded = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Option<Recorded>);
-/// A split forward merged: output, h_n, c_n (whole batch, caller's order), each piece's record.
-type Merged = (Vec<f32>, Vec<f32>, Option<Vec<f32>>, Vec<Recorded>);
-/// One plan's backward: grad_input, grad_h0, flat weight gradients, grad_c0.
-type Backwarded = (Vec<f32>, Vec<f32>, Vec<f32>, Option<Vec<f32>>);
+/// A split forward merged: output, every final state (whole batch, caller's order), each
+/// piece's record.
+type Merged = (Vec<f32>, Vec<Vec<f32>>, Vec<Recorded>);
 
 /// The structure of the whole batch, in sorted order, as the splitting sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -695,59 +683,4 @@ fn scatter_rows(dst: &mut [f32], rows: &[usize], w: usize, src: &[f32]) {
 /// The next buffer a [`Readback`] returned (one per copy recorded, so always present).
 fn next_read(got: &mut impl Iterator<Item = Vec<f32>>, what: &str) -> Result<Vec<f32>> {
     got.next().ok_or_else(|| Error::Gpu(format!("readback returned no {what}")))
-}
-
-/// What a fused backward reads (its forward's buffers and the given gradients), for
-/// [`BackwardRead::record`]; the gradients it writes are allocated there.
-struct BackwardRead<'a> {
-    pub weights: &'a wgpu::Buffer,
-    pub input: &'a wgpu::Buffer,
-    pub output: &'a wgpu::Buffer,
-    pub h0: Option<&'a wgpu::Buffer>,
-    pub c0: Option<&'a wgpu::Buffer>,
-    pub grad_output: &'a wgpu::Buffer,
-    pub grad_h_n: Option<&'a wgpu::Buffer>,
-    pub grad_c_n: Option<&'a wgpu::Buffer>,
-}
-
-impl BackwardRead<'_> {
-    /// Allocates the gradients `plan`'s backward writes, records the backward into `enc`
-    /// after its forward, and queues their copies on `rb` in the order grad_input, grad_h0,
-    /// the flat weight gradients, then grad_c0 (LSTM): what [`GpuRnn`]'s backward and
-    /// `Case::run_gpu_async` read back. The recorded work keeps the buffers alive.
-    fn record(&self, ctx: &Context, plan: &FusedPlan, enc: &mut wgpu::CommandEncoder, rb: &mut Readback) -> Result<()> {
-        let c = plan.config();
-        let (n, b) = (plan.rows(), plan.layout().batch());
-        let hn_elems: usize = c.h_shape(b).iter().product();
-        let cn_elems: usize = c.c_shape(b).iter().product();
-        let prec = c.precision;
-        let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
-        let gh0 = storage_at(ctx, "grad_h0", hn_elems, prec)?;
-        let gc0 = if c.mode == Mode::Lstm { Some(storage_at(ctx, "grad_c0", cn_elems, prec)?) } else { None };
-        let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
-        plan.record_backward(
-            enc,
-            &FusedBackwardBuffers {
-                weights: self.weights,
-                input: self.input,
-                output: self.output,
-                h0: self.h0,
-                c0: self.c0,
-                grad_output: self.grad_output,
-                grad_h_n: self.grad_h_n,
-                grad_c_n: self.grad_c_n,
-                grad_input: &gi,
-                grad_h0: &gh0,
-                grad_c0: gc0.as_deref(),
-                grad_weights: &gw,
-            },
-        )?;
-        rb.copy_stored(ctx, enc, &gi, n * c.input_size, prec)?;
-        rb.copy_stored(ctx, enc, &gh0, hn_elems, prec)?;
-        rb.copy_stored(ctx, enc, &gw, plan.weight_elems(), prec)?;
-        if let Some(g) = &gc0 {
-            rb.copy_stored(ctx, enc, g, cn_elems, prec)?;
-        }
-        Ok(())
-    }
 }

@@ -109,25 +109,27 @@ impl Plan {
     /// blocks and tables, allocates the workspaces (tapes, inner layers' outputs) and builds
     /// the pipelines. Masks (dropout, zoneout) from seed 0 ([`Plan::with_seed`]).
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass) -> Result<Self> {
-        Self::build(ctx, cfg, layout, pass, 0, StepStrategy::Auto)
+        Self::prepare(ctx, cfg, layout, pass, 0, StepStrategy::Auto, false)
     }
 
     /// As [`Plan::new`], with the seed of the regularisers' masks (the config's dropout and
     /// zoneout; the step counter is bound at recording, see [`ForwardBuffers::counter`]).
     pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
-        Self::build(ctx, cfg, layout, pass, seed, StepStrategy::Auto)
+        Self::prepare(ctx, cfg, layout, pass, seed, StepStrategy::Auto, false)
     }
 
     /// As [`Plan::new`], with the forward's step strategy chosen by the caller. Strategies
     /// other than [`StepStrategy::Auto`] exist on the fused kernels only (PyTorch's four cells
     /// without regularisers, for now); elsewhere they are [`Error::Unsupported`].
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, strategy: StepStrategy) -> Result<Self> {
-        Self::build(ctx, cfg, layout, pass, 0, strategy)
+        Self::prepare(ctx, cfg, layout, pass, 0, strategy, false)
     }
 
-    fn build(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
+    /// The constructors' common body; `cell_driver` puts any config on the cell driver
+    /// (`GpuRnn::on_cell_driver`, for tests comparing the drivers).
+    pub(crate) fn prepare(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy, cell_driver: bool) -> Result<Self> {
         cfg.validate()?;
-        if !runs_fused(cfg) {
+        if cell_driver || !runs_fused(cfg) {
             if strategy != StepStrategy::Auto {
                 return Err(Error::Unsupported(format!("step strategy {strategy:?} for {} (the fused kernels' strategies)", cfg.mode)));
             }

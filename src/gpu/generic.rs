@@ -10,8 +10,6 @@
 //! - [`StepPlan`]: one time step of a unidirectional stack over caller-owned buffers (`x_t`
 //!   in, the states read and written in place, the top layer's output out): streaming
 //!   inference and generation, with no host work per step beyond recording.
-//! - `forward_on` / `backward_on`: the convenience form (upload, one submit, read back),
-//!   behind [`super::GpuRnn`] for the configurations the fused kernels do not run yet.
 //!
 //! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training (and
 //! with zoneout) a copy of the step's state rows to the tape (`save_states`), then per stage
@@ -40,17 +38,16 @@
 use super::context::{Context, ErrorScope, TrackedBuffer};
 use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE};
 use super::plan::SeqLayout;
-use super::readback::{self, Readback};
+use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
 use crate::cells::{state_offsets, Layout, Src};
 use crate::config::RnnConfig;
-use crate::cpu::{check_states, check_weights, ForwardOutput, Gradients};
+use crate::cpu::check_weights;
 use crate::cpu::Pass;
 use crate::error::{check_len, Error, Result};
-use crate::float::check_finite;
-use crate::masks::{self, Draw};
-use crate::packing::{step_offsets, PackedSequence};
+use crate::masks;
+use crate::packing::step_offsets;
 use crate::precision::Precision;
 use crate::weights::{DirParams, Weights};
 use std::collections::HashMap;
@@ -1004,150 +1001,6 @@ fn check_gpu(ctx: &Context, n: usize, b: usize, prec: Precision, elems: &[(&str,
     Ok(())
 }
 
-/// What the cell driver keeps from a training forward for its backward: the plan (its
-/// tapes), the input and the regularisers' step counter as the forward uploaded them
-/// ([`super::GpuTape`] holds one; [`super::GpuRnn`] runs both).
-pub(crate) struct CellTape {
-    plan: CellPlan,
-    input: TrackedBuffer,
-    counter: TrackedBuffer,
-}
-
-impl CellTape {
-    /// The batch structure the forward ran.
-    pub(crate) fn layout(&self) -> &SeqLayout {
-        self.plan.layout()
-    }
-}
-
 fn buf(ctx: &Context, label: &str, elems: usize, prec: Precision) -> Result<TrackedBuffer> {
     ctx.buffer(label, (elems.max(4) * prec.bytes()) as u64, readback::storage_usage())
-}
-
-/// The cell driver's convenience forward ([`super::GpuRnn::forward_with`] for the
-/// configurations the fused kernels do not run yet): a `CellPlan`, uploads, one submit, read
-/// back. `weights` holds [`flat_weights`] in the config's precision; the input and states
-/// were checked by the caller (`cpu::check_run`).
-pub(crate) fn forward_on(
-    ctx: &Arc<Context>,
-    cfg: &RnnConfig,
-    weights: &wgpu::Buffer,
-    input: &PackedSequence<f32>,
-    states0: &[Option<&[f32]>],
-    pass: Pass,
-    draw: Draw,
-) -> Result<(ForwardOutput<f32>, Option<CellTape>)> {
-    if draw.counter > 1 << 24 {
-        return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
-    }
-    let states = cfg.states();
-    let (b, n) = (input.batch(), input.rows());
-    let plan = CellPlan::with_seed(ctx, cfg, &SeqLayout::of(input)?, pass, draw.seed)?;
-    let out_w = cfg.output_size();
-    let _serial = ctx.exclusive();
-    let prec = cfg.precision;
-    let xbuf = readback::upload_stored(ctx, "input", &input.data, prec)?;
-    let obuf = buf(ctx, "output", n * out_w, prec)?;
-    let given: Vec<Option<TrackedBuffer>> = states0.iter().map(|s| s.map(|v| readback::upload_stored(ctx, "initial state", v, prec)).transpose()).collect::<Result<_>>()?;
-    let finals: Vec<TrackedBuffer> = plan.states_io.elems.iter().map(|&e| buf(ctx, "final state", e, prec)).collect::<Result<_>>()?;
-    let counter = readback::upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
-    let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
-    let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
-    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells forward") });
-    let bufs = super::ForwardBuffers { weights, input: &xbuf, output: &obuf, states0: &given_refs, states_n: &final_refs, counter: Some(&counter) };
-    plan.record_forward(&mut encoder, &bufs)?;
-    let mut rb = Readback::new();
-    rb.copy_stored(ctx, &mut encoder, &obuf, n * out_w, prec)?;
-    for (f, &e) in finals.iter().zip(&plan.states_io.elems) {
-        rb.copy_stored(ctx, &mut encoder, f, e, prec)?;
-    }
-    let mut got = rb.submit_and_read(ctx, encoder)?.into_iter();
-    let out = got.next().unwrap_or_default();
-    check_len("output read back", &[n, out_w], out.len())?;
-    let output = input.with_data(out, out_w)?;
-    let mut states_n = Vec::with_capacity(states.len());
-    for st in &states {
-        let shape = cfg.state_shape(st, b);
-        let data = got.next().unwrap_or_default();
-        check_len("final state read back", &shape, data.len())?;
-        states_n.push(crate::tensor::Tensor { shape, data });
-    }
-    let tape = (pass == Pass::Training).then(|| CellTape { plan, input: xbuf, counter });
-    Ok((ForwardOutput { output, states: states_n }, tape))
-}
-
-/// Backward through time of a training [`forward_on`] over the same `weights`; the gradients
-/// were checked by the caller except against the tape's batch. Inputs' gradients come back
-/// in the forward's sorted order with `unsorted_indices` attached.
-pub(crate) fn backward_on(
-    cfg: &RnnConfig,
-    weights: &wgpu::Buffer,
-    tape: &CellTape,
-    grad_output: &[f32],
-    grad_states: &[Option<&[f32]>],
-    unsorted_indices: &[usize],
-) -> Result<Gradients<f32>> {
-    let plan = &tape.plan;
-    if plan.cfg != *cfg {
-        return Err(Error::TapeMismatch(format!("the tape was recorded with {:?}, the model has {cfg:?}", plan.cfg)));
-    }
-    let ctx = &plan.ctx;
-    let (b, n) = (plan.b, plan.n);
-    let states = cfg.states();
-    check_len("grad_output", &[n, cfg.output_size()], grad_output.len())?;
-    check_finite("grad_output", grad_output)?;
-    check_states(cfg, &states, grad_states, b, "_n")?;
-    let _serial = ctx.exclusive();
-    let layout = plan.layout();
-    let prec = cfg.precision;
-    let gobuf = readback::upload_stored(ctx, "output gradients", grad_output, prec)?;
-    let given: Vec<Option<TrackedBuffer>> = grad_states.iter().map(|s| s.map(|v| readback::upload_stored(ctx, "final state gradient", v, prec)).transpose()).collect::<Result<_>>()?;
-    let finals: Vec<TrackedBuffer> = plan.states_io.elems.iter().map(|&e| buf(ctx, "initial state gradient", e, prec)).collect::<Result<_>>()?;
-    let gw = buf(ctx, "weight gradients", plan.weight_elems, prec)?;
-    let gx = buf(ctx, "input gradients", n * cfg.input_size, prec)?;
-    // The cell plan's backward does not read the forward's output: any buffer of its size.
-    let unused_output = buf(ctx, "output (unused)", n * cfg.output_size(), prec)?;
-    let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
-    let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
-    let mut encoder = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn cells backward") });
-    plan.record_backward(
-        &mut encoder,
-        &super::BackwardBuffers {
-            weights,
-            input: &tape.input,
-            output: &unused_output,
-            states0: &[],
-            grad_output: &gobuf,
-            grad_states_n: &given_refs,
-            grad_input: &gx,
-            grad_states0: &final_refs,
-            grad_weights: &gw,
-            counter: Some(&tape.counter),
-        },
-    )?;
-    let mut rb = Readback::new();
-    rb.copy_stored(ctx, &mut encoder, &gx, n * cfg.input_size, prec)?;
-    rb.copy_stored(ctx, &mut encoder, &gw, plan.weight_elems, prec)?;
-    for (f, &e) in finals.iter().zip(&plan.states_io.elems) {
-        rb.copy_stored(ctx, &mut encoder, f, e, prec)?;
-    }
-    let mut got = rb.submit_and_read(ctx, encoder)?.into_iter();
-    let dx = got.next().unwrap_or_default();
-    let gflat = got.next().unwrap_or_default();
-    check_len("input gradients read back", &[n, cfg.input_size], dx.len())?;
-    let mut ds = Vec::with_capacity(states.len());
-    for st in &states {
-        let shape = cfg.state_shape(st, b);
-        let data = got.next().unwrap_or_default();
-        check_len("initial state gradient read back", &shape, data.len())?;
-        ds.push(crate::tensor::Tensor { shape, data });
-    }
-    let input = PackedSequence {
-        data: dx,
-        features: cfg.input_size,
-        batch_sizes: layout.batch_sizes().to_vec(),
-        sorted_indices: layout.sorted_indices().to_vec(),
-        unsorted_indices: unsorted_indices.to_vec(),
-    };
-    Ok(Gradients { input, states: ds, params: unflatten(cfg, &gflat)? })
 }

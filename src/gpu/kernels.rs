@@ -13,8 +13,6 @@ pub mod source {
     /// `step_forward.wgsl` after the activations: the fused cells' per-step and single-dispatch forward.
     pub const STEP_FORWARD: &str =
         concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_forward.wgsl"));
-    /// `shared/backward.wgsl`: `BackParams` and the helpers both backward families share.
-    pub const BACKWARD_SHARED: &str = include_str!("../../shaders/shared/backward.wgsl");
     /// `step_backward.wgsl` after the shared snippets: the fused cells' gate gradients and projection backward.
     pub const STEP_BACKWARD: &str = concat!(
         include_str!("../../shaders/shared/activations.wgsl"),

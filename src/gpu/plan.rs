@@ -382,13 +382,8 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
 }
 
 impl FusedPlan {
-    /// Prepares a plan: checks limits, uploads the parameter blocks and sequence tables,
-    /// allocates workspaces and builds the pipelines.
-    pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs) -> Result<Self> {
-        Self::with_strategy(ctx, cfg, layout, pass, inputs, StepStrategy::Auto)
-    }
-
-    /// As [`FusedPlan::new`], with the forward's step strategy chosen by the caller.
+    /// Prepares a plan with the forward's step strategy: checks limits, uploads the parameter
+    /// blocks and sequence tables, allocates workspaces and builds the pipelines.
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
         // The fused step kernels run PyTorch's four cells (their pipelines are keyed by the cell).
         if !cfg.mode.fused() {
@@ -955,10 +950,6 @@ impl FusedPlan {
     /// The batch structure the plan was prepared for.
     pub fn layout(&self) -> &SeqLayout {
         &self.layout
-    }
-    /// Packed rows N.
-    pub fn rows(&self) -> usize {
-        self.n
     }
     /// Flat parameter count (the weights and gradient buffers hold this many elements, in the
     /// config's precision).

@@ -5,6 +5,7 @@ mod cells;
 mod common;
 mod cpu_kernels;
 mod errors;
+mod every_path;
 mod f16;
 mod golden_cpu;
 mod gpu;

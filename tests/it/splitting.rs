@@ -31,25 +31,23 @@ fn fresh_vulkan() -> Option<Arc<Context>> {
 /// Everything a forward + backward reads back, and how the forward was split.
 struct Run {
     output: Vec<f32>,
-    h_n: Vec<f32>,
-    c_n: Vec<f32>,
+    /// Per state of the cell: its final value, and its initial value's gradient.
+    finals: Vec<Vec<f32>>,
     grad_input: Vec<f32>,
-    grad_h0: Vec<f32>,
-    grad_c0: Vec<f32>,
+    grad_states0: Vec<Vec<f32>>,
     grad_w: Vec<f32>,
     pieces: Vec<(Range<usize>, Range<usize>)>,
 }
 
-/// Inputs of one case, in f64 (for the CPU) and f32 (for the GPU).
+/// Inputs of one case, in f64 (for the CPU) and f32 (for the GPU): every state's initial
+/// value and final-state gradient given.
 struct Case {
     w32: Weights<f32>,
     x64: PackedSequence<f64>,
     x32: PackedSequence<f32>,
-    h0: Vec<f64>,
-    c0: Option<Vec<f64>>,
+    states0: Vec<Vec<f64>>,
     go: Vec<f64>,
-    ghn: Vec<f64>,
-    gcn: Option<Vec<f64>>,
+    grad_states_n: Vec<Vec<f64>>,
 }
 
 fn f32s(v: &[f64]) -> Vec<f32> {
@@ -60,6 +58,10 @@ fn f64s(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
 }
 
+fn some<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
+    v.iter().map(|x| Some(&x[..])).collect()
+}
+
 impl Case {
     fn new(cfg: RnnConfig, lengths: &[usize], seed: u64) -> Self {
         let mut g = rng(seed);
@@ -68,34 +70,27 @@ impl Case {
         let xpad = uniform(&mut g, t * b * cfg.input_size, 1.0);
         let x64 = PackedSequence::from_padded(&xpad, [t, b, cfg.input_size], false, lengths).unwrap();
         let x32 = x64.with_data(f32s(&x64.data), cfg.input_size).unwrap();
-        let hl: usize = cfg.h_shape(b).iter().product();
-        let cl: usize = cfg.c_shape(b).iter().product();
-        let lstm = cfg.mode == Mode::Lstm;
-        let h0 = uniform(&mut g, hl, 0.5);
-        let c0 = lstm.then(|| uniform(&mut g, cl, 0.5));
+        let sizes: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, b).iter().product()).collect();
+        let states0 = sizes.iter().map(|&e| uniform(&mut g, e, 0.5)).collect();
         let go = uniform(&mut g, x64.rows() * cfg.output_size(), 1.0);
-        let ghn = uniform(&mut g, hl, 1.0);
-        let gcn = lstm.then(|| uniform(&mut g, cl, 1.0));
-        Case { w32, x64, x32, h0, c0, go, ghn, gcn }
+        let grad_states_n = sizes.iter().map(|&e| uniform(&mut g, e, 1.0)).collect();
+        Case { w32, x64, x32, states0, go, grad_states_n }
     }
 
     /// Forward (training) and backward through the convenience API.
     fn run(&self, ctx: &Arc<Context>) -> Run {
         let rnn = GpuRnn::new(ctx, &self.w32).unwrap();
-        let (h0, c0) = (f32s(&self.h0), self.c0.as_deref().map(f32s));
-        let (f, tape) = rnn.forward(&self.x32, &[Some(&h0[..]), c0.as_deref()][..self.w32.config.states().len()], Pass::Training).unwrap();
+        let s0: Vec<Vec<f32>> = self.states0.iter().map(|v| f32s(v)).collect();
+        let (f, tape) = rnn.forward(&self.x32, &some(&s0), Pass::Training).unwrap();
         let tape = tape.unwrap();
-        let (ghn, gcn) = (f32s(&self.ghn), self.gcn.as_deref().map(f32s));
-        let gr = rnn.backward(&tape, &f32s(&self.go), &[Some(&ghn[..]), gcn.as_deref()][..self.w32.config.states().len()]).unwrap();
-        let grad_w = gr.params.to_flat();
+        let gsn: Vec<Vec<f32>> = self.grad_states_n.iter().map(|v| f32s(v)).collect();
+        let gr = rnn.backward(&tape, &f32s(&self.go), &some(&gsn)).unwrap();
         Run {
             output: f.output.data,
-            h_n: f.states[0].data.clone(),
-            c_n: f.states.get(1).cloned().map(|t| t.data).unwrap_or_default(),
+            finals: f.states.into_iter().map(|t| t.data).collect(),
             grad_input: gr.input.data,
-            grad_h0: gr.states[0].data.clone(),
-            grad_c0: gr.states.get(1).cloned().map(|t| t.data).unwrap_or_default(),
-            grad_w,
+            grad_states0: gr.states.into_iter().map(|t| t.data).collect(),
+            grad_w: wgpu_rnn::gpu::flat_weights(&gr.params),
             pieces: tape.pieces(),
         }
     }
@@ -103,19 +98,23 @@ impl Case {
     /// Compares a run with the CPU reference in f64.
     fn check(&self, label: &str, got: &Run) {
         let w64 = self.w32.cast::<f64>();
-        let (f, tape) = cpu::forward(&w64, &self.x64, &[Some(&self.h0[..]), self.c0.as_deref()][..w64.config.states().len()], Pass::Training).unwrap();
-        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, &[Some(&self.ghn[..]), self.gcn.as_deref()][..w64.config.states().len()]).unwrap();
+        let (f, tape) = cpu::forward(&w64, &self.x64, &some(&self.states0), Pass::Training).unwrap();
+        let gr = cpu::backward(&w64, &tape.unwrap(), &self.go, &some(&self.grad_states_n)).unwrap();
         assert_close(&format!("{label}: output"), &f64s(&got.output), &f.output.data, FWD_ATOL, FWD_RTOL);
-        assert_close(&format!("{label}: h_n"), &f64s(&got.h_n), &f.states[0].data, FWD_ATOL, FWD_RTOL);
-        if let Some(c_n) = f.states.get(1).cloned() {
-            assert_close(&format!("{label}: c_n"), &f64s(&got.c_n), &c_n.data, FWD_ATOL, FWD_RTOL);
-            assert_close(&format!("{label}: grad_c0"), &f64s(&got.grad_c0), &gr.states.get(1).cloned().unwrap().data, GRAD_ATOL, GRAD_RTOL);
+        let states = w64.config.states();
+        assert_eq!((got.finals.len(), got.grad_states0.len()), (states.len(), states.len()), "{label}: states");
+        for (i, st) in states.iter().enumerate() {
+            assert_close(&format!("{label}: {}_n", st.name), &f64s(&got.finals[i]), &f.states[i].data, FWD_ATOL, FWD_RTOL);
+            assert_close(&format!("{label}: grad_{}0", st.name), &f64s(&got.grad_states0[i]), &gr.states[i].data, GRAD_ATOL, GRAD_RTOL);
         }
         assert_close(&format!("{label}: grad_input"), &f64s(&got.grad_input), &gr.input.data, GRAD_ATOL, GRAD_RTOL);
-        assert_close(&format!("{label}: grad_h0"), &f64s(&got.grad_h0), &gr.states[0].data, GRAD_ATOL, GRAD_RTOL);
-        let gw = gr.params.to_flat();
+        // Both sides in state_dict order (the GPU's flat gradients back into Weights).
+        let mut got_w = Vec::new();
+        wgpu_rnn::gpu::weights_from_flat(&self.w32.config, &got.grad_w).unwrap().for_each(|_, _, _, x| got_w.extend(x.iter().map(|&v| v as f64)));
+        let mut gw = Vec::new();
+        gr.params.for_each(|_, _, _, x| gw.extend_from_slice(x));
         let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
-        assert_close(&format!("{label}: grad weights"), &f64s(&got.grad_w), &gw, GRAD_ATOL + WEIGHT_GRAD_OF_MAX * gw_max, GRAD_RTOL);
+        assert_close(&format!("{label}: grad weights"), &got_w, &gw, GRAD_ATOL + WEIGHT_GRAD_OF_MAX * gw_max, GRAD_RTOL);
     }
 }
 
@@ -126,16 +125,11 @@ fn bits(v: &[f32]) -> Vec<u32> {
 /// Two runs give the same bits (weight gradients are summed over pieces in a fixed order).
 fn assert_bitwise_equal(label: &str, a: &Run, b: &Run) {
     assert_eq!(a.pieces, b.pieces, "{label}: the split differs between runs");
-    for (name, x, y) in [
-        ("output", &a.output, &b.output),
-        ("h_n", &a.h_n, &b.h_n),
-        ("c_n", &a.c_n, &b.c_n),
-        ("grad_input", &a.grad_input, &b.grad_input),
-        ("grad_h0", &a.grad_h0, &b.grad_h0),
-        ("grad_c0", &a.grad_c0, &b.grad_c0),
-        ("grad_w", &a.grad_w, &b.grad_w),
-    ] {
+    for (name, x, y) in [("output", &a.output, &b.output), ("grad_input", &a.grad_input, &b.grad_input), ("grad_w", &a.grad_w, &b.grad_w)] {
         assert_eq!(bits(x), bits(y), "{label}: {name} differs between runs");
+    }
+    for (i, (x, y)) in a.finals.iter().zip(&b.finals).chain(a.grad_states0.iter().zip(&b.grad_states0)).enumerate() {
+        assert_eq!(bits(x), bits(y), "{label}: state tensor {i} differs between runs");
     }
 }
 
@@ -157,14 +151,15 @@ fn groups(pieces: &[(Range<usize>, Range<usize>)]) -> Vec<(usize, usize)> {
 /// into 3 groups (the weights, 37 KB, still fit).
 const BATCH_SPLIT_LIMIT: u64 = 60_000;
 
-/// (i) A batch split into groups of whole sequences: LSTM and GRU, two bidirectional layers,
-/// packed variable lengths, h0 / c0 and final-state gradients given; forward and backward
-/// against the CPU, and two runs bitwise equal.
+/// (i) A batch split into groups of whole sequences: LSTM, GRU and two cells on the cell
+/// driver (SCRN, LSTM_CIFG), two bidirectional layers, packed variable lengths, every initial
+/// state and final-state gradient given; forward and backward against the CPU, and two runs
+/// bitwise equal.
 #[test]
 fn batch_split_into_groups_matches_cpu() {
     let Some(ctx) = fresh_vulkan() else { return };
     let lengths = [24, 60, 14, 60, 2, 38, 50, 18];
-    for (k, mode) in [Mode::Lstm, Mode::Gru].into_iter().enumerate() {
+    for (k, mode) in [Mode::Lstm, Mode::Gru, Mode::Scrn, Mode::LstmCifg].into_iter().enumerate() {
         let case = Case::new(RnnConfig::new(mode, 5, 16).layers(2).bidirectional(true), &lengths, 3 + k as u64);
         ctx.set_binding_limit(u64::MAX);
         let whole = case.run(&ctx);
@@ -172,7 +167,8 @@ fn batch_split_into_groups_matches_cpu() {
         assert_eq!(ctx.set_binding_limit(BATCH_SPLIT_LIMIT), BATCH_SPLIT_LIMIT);
         let a = case.run(&ctx);
         let g = groups(&a.pieces);
-        assert!((2..=4).contains(&g.len()) && g.iter().all(|&(_, segs)| segs == 1), "{mode}: pieces {:?}", a.pieces);
+        // 2-4 groups for LSTM and GRU; the cell driver keeps more per row (LSTM_CIFG: 5).
+        assert!((2..=6).contains(&g.len()) && g.iter().all(|&(_, segs)| segs == 1), "{mode}: pieces {:?}", a.pieces);
         let label = format!("{mode} split into {:?}", a.pieces);
         case.check(&label, &a);
         let b = case.run(&ctx);
@@ -213,6 +209,31 @@ fn long_sequences_split_by_time_match_cpu() {
     case.check(&label, &a);
     let b = case.run(&ctx);
     assert_bitwise_equal(&label, &a, &b);
+}
+
+/// (ii b) The same for two cells on the cell driver (SCRN, LSTM_CIFG), at a shorter length:
+/// the binding limit is halved from 1 MB until the stack splits into 3+ time segments.
+#[test]
+fn cell_driver_sequences_split_by_time_match_cpu() {
+    let Some(ctx) = fresh_vulkan() else { return };
+    for (k, mode) in [Mode::Scrn, Mode::LstmCifg].into_iter().enumerate() {
+        let case = Case::new(RnnConfig::new(mode, 4, 16).layers(2), &[600, 420], 8 + k as u64);
+        let mut limit = 1u64 << 20;
+        let a = loop {
+            ctx.set_binding_limit(limit);
+            let run = case.run(&ctx);
+            if run.pieces.len() >= 3 || limit < 4096 {
+                break run;
+            }
+            limit /= 2;
+        };
+        assert!(a.pieces.len() >= 3 && groups(&a.pieces).len() == 1, "{mode}: pieces {:?} at {limit} bytes", a.pieces);
+        let label = format!("{mode} T 600 split into {} segments at {limit} bytes", a.pieces.len());
+        case.check(&label, &a);
+        let b = case.run(&ctx);
+        assert_bitwise_equal(&label, &a, &b);
+        ctx.set_binding_limit(u64::MAX);
+    }
 }
 
 /// (iii) Where splitting cannot help, a typed refusal: weights larger than the binding limit,

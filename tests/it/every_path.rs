@@ -1,0 +1,98 @@
+//! Issue 25: a cell gets every path by being registered. This test fails when a registered
+//! cell lacks one: the CPU engine, the GPU over a whole sequence (the engine plan and the
+//! convenience type), the GPU one step at a time, f16 storage (LSTM_LAYERNORM keeps its typed
+//! refusal), and splitting past one storage binding.
+
+use crate::common::{assert_close, rng, uniform};
+use crate::gpu_common::vulkan;
+use std::sync::Arc;
+use wgpu_rnn::case::tolerance::for_precision;
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::gpu::{Context, ContextOptions, GpuRnn, Plan, SeqLayout, StepPlan};
+use wgpu_rnn::{Error, Mode, PackedSequence, Precision, RnnConfig, Weights};
+
+/// GPU (f32 sums in another order) against the CPU engine in f64, after 60 steps: the
+/// tolerances of tests/it/gpu.rs's random shapes.
+const FWD_ATOL: f64 = 5e-5;
+const FWD_RTOL: f64 = 5e-4;
+const GRAD_ATOL: f64 = 5e-4;
+const GRAD_RTOL: f64 = 5e-3;
+
+fn to64(v: &[f32]) -> Vec<f64> {
+    v.iter().map(|&x| x as f64).collect()
+}
+
+/// A small two-layer config of `mode` (input = hidden for the cells that need it).
+fn small(mode: Mode) -> RnnConfig {
+    let cfg = RnnConfig::new(mode, 4, 8).layers(2);
+    if cfg.validate().is_ok() {
+        cfg
+    } else {
+        RnnConfig::new(mode, 8, 8).layers(2)
+    }
+}
+
+#[test]
+fn every_registered_cell_has_every_path() {
+    // A Vulkan context of the test's own: it lowers the binding limit.
+    let Some(_) = vulkan() else { return };
+    let ctx: Arc<Context> = Context::with_options(&ContextOptions { backends: Some(wgpu::Backends::VULKAN), adapter_name: None }).unwrap();
+    let mut g = rng(61);
+    for &mode in Mode::REGISTRY {
+        let cfg = small(mode);
+        let w = Weights::<f32>::init_uniform(&cfg, 3).unwrap();
+        // Long enough that a tape outgrows a lowered binding limit before the weights do.
+        let (t, b) = (60, 3);
+        let lengths = [60, 40, 50];
+        let x = PackedSequence::from_padded(&uniform(&mut g, t * b * cfg.input_size, 1.0).iter().map(|&v| v as f32).collect::<Vec<_>>(), [t, b, cfg.input_size], false, &lengths).unwrap();
+        let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).iter().map(|&v| v as f32).collect();
+
+        // CPU, f32 (the path) and f64 (the reference).
+        let (_, ctape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap_or_else(|e| panic!("{mode} CPU forward: {e}"));
+        cpu::backward(&w, &ctape.unwrap(), &go, &[]).unwrap_or_else(|e| panic!("{mode} CPU backward: {e}"));
+        let (w64, x64) = (w.cast::<f64>(), x.with_data(to64(&x.data), cfg.input_size).unwrap());
+        let (cf, ctape) = cpu::forward(&w64, &x64, &[], Pass::Training).unwrap();
+        let cg = cpu::backward(&w64, &ctape.unwrap(), &to64(&go), &[]).unwrap();
+
+        // GPU, whole sequence: the engine plan prepares, the convenience type runs.
+        ctx.set_binding_limit(u64::MAX);
+        Plan::new(&ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training).unwrap_or_else(|e| panic!("{mode} Plan: {e}"));
+        let rnn = GpuRnn::new(&ctx, &w).unwrap();
+        let (gf, gtape) = rnn.forward(&x, &[], Pass::Training).unwrap_or_else(|e| panic!("{mode} GPU forward: {e}"));
+        let gtape = gtape.unwrap();
+        assert_eq!(gtape.pieces().len(), 1, "{mode}: unsplit at the device's limit");
+        let gg = rnn.backward(&gtape, &go, &[]).unwrap_or_else(|e| panic!("{mode} GPU backward: {e}"));
+        assert_close(&format!("{mode} GPU output"), &to64(&gf.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
+        assert_close(&format!("{mode} GPU grad_input"), &to64(&gg.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
+
+        // GPU, one step at a time.
+        let step = StepPlan::new(&ctx, &cfg, b).unwrap_or_else(|e| panic!("{mode} StepPlan: {e}"));
+        assert!(step.dispatches() > 0, "{mode}");
+
+        // f16 storage.
+        let half = Weights { config: cfg.clone().with_precision(Precision::F16), ..w.clone() };
+        match (mode.f16_refused(), GpuRnn::new(&ctx, &half)) {
+            (Some(_), r) => assert!(matches!(r, Err(Error::Unsupported(_))), "{mode}: f16 refused with a reason"),
+            (None, r) => {
+                let (hf, _) = r.unwrap().forward(&x, &[], Pass::Inference).unwrap_or_else(|e| panic!("{mode} f16 forward: {e}"));
+                let (fa, fr, _, _) = for_precision(Precision::F16);
+                assert_close(&format!("{mode} f16 output"), &to64(&hf.output.data), &cf.output.data, fa, fr);
+            }
+        }
+
+        // Split past one binding: the limit halved until the forward splits.
+        let mut limit = 64 * 1024;
+        let split = loop {
+            ctx.set_binding_limit(limit);
+            match rnn.forward(&x, &[], Pass::Training) {
+                Ok((f, Some(tape))) if tape.pieces().len() > 1 => break (f, tape),
+                Ok(_) if limit > 2048 => limit /= 2,
+                other => panic!("{mode}: no split down to {limit} bytes: {:?}", other.map(|(_, t)| t.map(|t| t.pieces()))),
+            }
+        };
+        let sg = rnn.backward(&split.1, &go, &[]).unwrap_or_else(|e| panic!("{mode} split backward: {e}"));
+        assert_close(&format!("{mode} split output"), &to64(&split.0.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
+        assert_close(&format!("{mode} split grad_input"), &to64(&sg.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
+        ctx.set_binding_limit(u64::MAX);
+    }
+}
