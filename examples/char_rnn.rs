@@ -415,7 +415,9 @@ fn sample_gpu(ctx: &Arc<Context>, f: &TensorFile, cfg: &RnnConfig, chars: &[char
     let weights = upload(ctx, "step weights", &flat_weights(&w))?;
     let table = upload(ctx, "embedding", &table)?;
     let head = upload(ctx, "head", &head)?;
-    let (x, states, top, logits) = (storage(ctx, "x_t", e)?, storage(ctx, "states", plan.state_elems())?, storage(ctx, "top", cfg.hidden_size)?, storage(ctx, "logits", v)?);
+    let (x, top, logits) = (storage(ctx, "x_t", e)?, storage(ctx, "top", cfg.hidden_size)?, storage(ctx, "logits", v)?);
+    let states = plan.state_elems().into_iter().map(|n| storage(ctx, "state", n)).collect::<Result<Vec<_>>>()?;
+    let states: Vec<&wgpu::Buffer> = states.iter().map(|s| &**s).collect();
     let mut hb = OpBuilder::new(ctx);
     hb.linear_forward(LinearShape { rows: 1, input: cfg.hidden_size, output: v }, &top, &head, &logits)?;
     let head_prog = hb.build()?;

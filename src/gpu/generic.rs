@@ -238,7 +238,6 @@ pub(crate) struct CellPlan {
     n: usize,
     b: usize,
     weight_elems: usize,
-    state_elems: usize,
     params: TrackedBuffer,
     own: HashMap<Buf, TrackedBuffer>,
     forward_ops: Vec<Op>,
@@ -612,7 +611,6 @@ impl CellPlan {
             n,
             b,
             weight_elems,
-            state_elems: ld * b * sw,
             params,
             own,
             forward_ops: fwd,
@@ -733,30 +731,30 @@ impl CellPlan {
         self.record(encoder, &ops, &resolve, "wgpu-rnn cells forward")
     }
 
-    /// Records one forward over a states buffer of the caller's in the plan's own layout
-    /// (`[L*D, B, S]`, sorted order, read and written in place): [`StepPlan`]'s step.
-    fn record_in_place(&self, encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, input: &wgpu::Buffer, output: &wgpu::Buffer, states: &wgpu::Buffer) -> Result<()> {
+    /// Records one forward whose states go in and come out in the same per-state buffers
+    /// (each read by the gather in, written by the gather out: never both in one dispatch):
+    /// [`StepPlan`]'s step.
+    fn record_in_place(&self, encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, input: &wgpu::Buffer, output: &wgpu::Buffer, states: &[&wgpu::Buffer]) -> Result<()> {
         self.ctx.check_alive()?;
         self.check("weights", weights, self.weight_elems)?;
         self.check("input", input, self.n * self.cfg.input_size)?;
         self.check("output", output, self.n * self.cfg.output_size())?;
-        self.check("states", states, self.state_elems)?;
+        let given: Vec<Option<&wgpu::Buffer>> = states.iter().map(|s| Some(*s)).collect();
+        self.check_states_io(&given, states, ("", ""))?;
         let counter = self.counter(None)?;
-        record::check_aliasing(&[
-            ("weights", Some(weights), false),
-            ("input", Some(input), false),
-            ("output", Some(output), true),
-            ("states", Some(states), true),
-        ])?;
+        let mut roles = vec![("weights", Some(weights), false), ("input", Some(input), false), ("output", Some(output), true)];
+        roles.extend(states.iter().map(|s| ("state", Some(*s), true)));
+        record::check_aliasing(&roles)?;
+        let io = &self.states_io;
+        let ops = Self::with_states(&io.clear, &io.fwd_in, &given, &self.forward_ops, &io.fwd_out);
         let resolve = |b: Buf| match b {
             Buf::Weights => weights,
             Buf::Input => input,
             Buf::Output => output,
-            Buf::States => states,
             Buf::Counter => counter,
+            Buf::Given(i) | Buf::Final(i) => states[i as usize],
             own => &*self.own[&own],
         };
-        let ops: Vec<&Op> = self.forward_ops.iter().collect();
         self.record(encoder, &ops, &resolve, "wgpu-rnn cells step")
     }
 
@@ -854,9 +852,10 @@ pub struct StepBuffers<'a> {
     pub weights: &'a wgpu::Buffer,
     /// `[B, I]`: this step's input.
     pub input: &'a wgpu::Buffer,
-    /// `[L, B, S]` (each row's states concatenated in the cell's order, batch order): read
-    /// as the previous states and overwritten with the new ones.
-    pub states: &'a wgpu::Buffer,
+    /// One buffer per state of the cell, in its order ([`RnnConfig::states`]), each
+    /// `[L, B, S_i]` in batch order (the engine plan's convention): read as the previous
+    /// states and overwritten with the new ones.
+    pub states: &'a [&'a wgpu::Buffer],
     /// `[B, H_out]`: the top layer's output at this step (written).
     pub output: &'a wgpu::Buffer,
 }
@@ -886,9 +885,9 @@ impl StepPlan {
     pub fn weight_elems(&self) -> usize {
         self.plan.weight_elems
     }
-    /// Elements of the states buffer: `L * B * S`.
-    pub fn state_elems(&self) -> usize {
-        self.plan.state_elems
+    /// Elements of each state's buffer: `L * B * S_i`, in the cell's state order.
+    pub fn state_elems(&self) -> Vec<usize> {
+        self.plan.states_io.elems.clone()
     }
     /// Dispatches one step records.
     pub fn dispatches(&self) -> usize {

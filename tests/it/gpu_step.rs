@@ -37,17 +37,6 @@ fn config(mode: Mode, hidden: usize) -> RnnConfig {
     }
 }
 
-/// `[L, B, S]` rows of concatenated states from one `[L, B, w_s]` tensor per state.
-fn interleave(per_state: &[Vec<f32>], widths: &[usize], lb: usize) -> Vec<f32> {
-    let mut v = Vec::new();
-    for r in 0..lb {
-        for (s, w) in per_state.iter().zip(widths) {
-            v.extend_from_slice(&s[r * w..(r + 1) * w]);
-        }
-    }
-    v
-}
-
 /// Runs `cfg` over T 5, B 3 whole (`GpuRnn::on_cell_driver`, inference) and one step at a time
 /// (`StepPlan`, T steps in one encoder) and asserts the same bits.
 fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut impl rand::Rng) {
@@ -65,29 +54,33 @@ fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut im
 
     // One step at a time: T steps recorded into one encoder, one submit.
     let plan = StepPlan::new(ctx, cfg, b).unwrap();
-    assert_eq!(plan.state_elems(), cfg.num_layers * b * widths.iter().sum::<usize>());
+    assert_eq!(plan.state_elems(), widths.iter().map(|w| cfg.num_layers * b * w).collect::<Vec<_>>());
     let wbuf = init(ctx, &flat_weights(&w));
-    let sbuf = init(ctx, &interleave(&s0, &widths, cfg.num_layers * b));
+    let sbufs: Vec<wgpu::Buffer> = s0.iter().map(|v| init(ctx, v)).collect();
+    let sref: Vec<&wgpu::Buffer> = sbufs.iter().collect();
     let i = cfg.input_size;
     let xs: Vec<wgpu::Buffer> = (0..t).map(|s| init(ctx, &x[s * b * i..(s + 1) * b * i])).collect();
     let ho = cfg.output_size();
     let outs: Vec<wgpu::Buffer> = (0..t).map(|_| empty(ctx, b * ho)).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     for s in 0..t {
-        plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sbuf, output: &outs[s] }).unwrap();
+        plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sref, output: &outs[s] }).unwrap();
     }
     let mut rb = Readback::new();
     for o in &outs {
         rb.copy(ctx, &mut enc, o, b * ho).unwrap();
     }
-    rb.copy(ctx, &mut enc, &sbuf, plan.state_elems()).unwrap();
+    for (sb, e) in sbufs.iter().zip(plan.state_elems()) {
+        rb.copy(ctx, &mut enc, sb, e).unwrap();
+    }
     let got = rb.submit_and_read(ctx, enc).unwrap();
     let name = format!("{backend:?} {} (zoneout {})", cfg.mode, cfg.zoneout.get());
     let stepped: Vec<f32> = got[..t].concat();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&stepped), bits(&whole.output.data), "{name}: output stepped one call at a time");
-    let fin: Vec<Vec<f32>> = whole.states.iter().map(|s| s.data.clone()).collect();
-    assert_eq!(bits(&got[t]), bits(&interleave(&fin, &widths, cfg.num_layers * b)), "{name}: final states");
+    for (k, st) in whole.states.iter().enumerate() {
+        assert_eq!(bits(&got[t + k]), bits(&st.data), "{name}: final state {k}");
+    }
 }
 
 #[test]
@@ -178,17 +171,22 @@ fn step_plan_refuses_bad_buffers_and_configs() {
     assert!(matches!(StepPlan::new(ctx, &RnnConfig::new(Mode::Sru, 4, 8), 2), Err(Error::InvalidConfig(_))));
     let plan = StepPlan::new(ctx, &cfg, 2).unwrap();
     let w = init(ctx, &vec![0.1; plan.weight_elems()]);
-    let (x, s, o) = (empty(ctx, 8), empty(ctx, plan.state_elems()), empty(ctx, 16));
+    let e = plan.state_elems();
+    let (x, h, c, o) = (empty(ctx, 8), empty(ctx, e[0]), empty(ctx, e[1]), empty(ctx, 16));
     let small = empty(ctx, 4);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &small, output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &small], output: &o });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &small, input: &x, states: &s, output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &small, input: &x, states: &[&h, &c], output: &o });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &s, output: &s });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h], output: &o });
+    assert!(matches!(r, Err(Error::InvalidConfig(_))), "one state buffer for an LSTM: {r:?}");
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &c], output: &h });
     assert!(matches!(r, Err(Error::BufferAliasing(_))), "{r:?}");
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &h], output: &o });
+    assert!(matches!(r, Err(Error::BufferAliasing(_))), "h and c one buffer: {r:?}");
     // A good step still records after the refusals, and the encoder finishes cleanly.
-    plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &s, output: &o }).unwrap();
+    plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &c], output: &o }).unwrap();
     ctx.queue.submit([enc.finish()]);
     ctx.wait().unwrap();
 }
