@@ -1,5 +1,6 @@
 //! A character-level language model on tiny shakespeare (Karpathy's char-rnn task): an
-//! embedding, a two-layer LSTM and a linear head over the 65 characters, trained on the GPU
+//! embedding, a two-layer LSTM (`--cell NAME`: any registered cell) and a linear head over the
+//! 65 characters, trained on the GPU
 //! with truncated backpropagation through time. The training text (first 90%) is cut into
 //! `--batch` parallel streams; each step takes the next `--bptt` characters of every stream,
 //! starts from the states the previous chunk ended in (carried on the device, gradients not
@@ -34,6 +35,9 @@ use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 #[derive(Parser, Debug)]
 #[command(about = "Character-level LSTM on tiny shakespeare, trained on the GPU with truncated BPTT")]
 struct Args {
+    /// The recurrent cell: any registered name in any case (lstm, gru, lstm_cifg, scrn, ...).
+    #[arg(long, default_value = "lstm")]
+    cell: String,
     #[arg(long, default_value_t = 128)]
     hidden: usize,
     #[arg(long, default_value_t = 2)]
@@ -128,7 +132,7 @@ struct Model {
 
 impl Model {
     fn new(ctx: &Arc<Context>, a: &Args, vocab: usize) -> Result<Self> {
-        let mut cfg = RnnConfig::new(Mode::Lstm, a.embed, a.hidden);
+        let mut cfg = RnnConfig::new(a.cell.parse::<Mode>()?, a.embed, a.hidden);
         cfg.num_layers = a.layers;
         let mut w = Weights::<f32>::init_uniform(&cfg, a.seed)?;
         forget_bias(&mut w);
@@ -377,8 +381,8 @@ fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize
     let w = Weights::<f32>::from_tensor_file(cfg, f, "rnn.")?;
     let (head, table) = head_and_table(f)?;
     let (e, h, v) = (cfg.input_size, cfg.hidden_size, chars.len());
-    let states = cfg.num_layers * h;
-    let (mut hs, mut cs) = (vec![0.0f32; states], vec![0.0f32; states]);
+    // Every state of the cell, carried from one step to the next.
+    let mut states: Vec<Vec<f32>> = cfg.states().iter().map(|s| vec![0.0f32; cfg.state_shape(s, 1).iter().product()]).collect();
     let mut out = String::from(prime);
     let mut feed = prime_ids(chars, prime);
     let mut last = feed[0];
@@ -386,9 +390,9 @@ fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize
     while produced < n {
         let id = if feed.is_empty() { last } else { feed.remove(0) };
         let x = PackedSequence::from_padded(&table[id * e..(id + 1) * e], [1, 1, e], false, &[1])?;
-        let (o, _) = wgpu_rnn::cpu::forward(&w, &x, &[Some(&hs), Some(&cs)], Pass::Inference)?;
-        hs.copy_from_slice(&o.states[0].data);
-        cs.copy_from_slice(&o.states[1].data);
+        let given: Vec<Option<&[f32]>> = states.iter().map(|s| Some(&s[..])).collect();
+        let (o, _) = wgpu_rnn::cpu::forward(&w, &x, &given, Pass::Inference)?;
+        states = o.states.into_iter().map(|t| t.data).collect();
         if !feed.is_empty() {
             continue;
         }
