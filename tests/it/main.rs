@@ -6,6 +6,7 @@ mod common;
 mod cpu_kernels;
 mod errors;
 mod every_path;
+mod fuzz_replay;
 mod f16;
 mod golden_cpu;
 mod gpu;

@@ -17,7 +17,6 @@ use rand::rngs::StdRng;
 use rand::Rng;
 use serde_json::Value as Json;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::path::PathBuf;
 use wgpu_rnn::case::Case;
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::gpu::GpuRnn;
@@ -304,42 +303,19 @@ fn mutated_weight_and_case_files_never_panic() {
 }
 
 /// `tests/fuzz_regressions`.
-fn regressions_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz_regressions")
-}
-
-/// Inputs that crashed the `packing` and `config` fuzz targets are `arbitrary` encodings of
-/// structs only the fuzz crate knows; each is restated here as plain calls, under its file
-/// name. (`weights-*` and `case-*` files are safetensors bytes and are replayed as they are.)
-/// Each with a note a failure prints: the commit whose fix it guards ("" for none).
-const STRUCTURED_REGRESSIONS: &[(&str, fn(), &str)] = &[
-    ("packing-from-padded-zero-features", packing_from_padded_zero_features, ""),
-    (
-        "packing-from-padded-zero-features-huge-steps",
-        packing_from_padded_zero_features_huge_steps,
-        "fixed in cf48a9c",
-    ),
-    (
-        "config-validate-bidirectional-overflow",
-        config_validate_bidirectional_overflow,
-        "fixed in cf48a9c",
-    ),
-    (
-        "config-h-shape-layers-overflow",
-        config_h_shape_layers_overflow,
-        "fixed in cf48a9c",
-    ),
-];
+// The inputs that once crashed the `config` and `packing` fuzz targets, restated as plain
+// calls with the outcome their fix guarantees (tests/it/fuzz_replay.rs also feeds the files'
+// bytes through the targets' bodies).
 
 /// `config` target: a bidirectional GRU 255 -> 255 (as `Size::Small`, so 3 -> 3) with
 /// num_layers 18446648416197935103: `validate` accepted it and `h_shape` computed
 /// `num_layers * D` unchecked ("attempt to multiply with overflow", src/config.rs). A config
 /// that validates must have shapes that can be computed; or validate refuses it.
+#[test]
 fn config_h_shape_layers_overflow() {
+    // Fixed in cf48a9c: validate refuses a layer count whose L * D overflows.
     let cfg = RnnConfig::new(Mode::Gru, 3, 3).layers(18_446_648_416_197_935_103).bidirectional(true);
-    if cfg.validate().is_ok() {
-        let _ = (cfg.h_shape(3), cfg.c_shape(3));
-    }
+    assert!(matches!(cfg.validate(), Err(wgpu_rnn::Error::InvalidConfig(_) | wgpu_rnn::Error::Limit(_))), "{:?}", cfg.validate());
 }
 
 /// `config` target: a bidirectional GRU with input_size 18446744073692839806, hidden_size
@@ -347,6 +323,7 @@ fn config_h_shape_layers_overflow() {
 /// unchecked and panicked ("attempt to multiply with overflow", src/config.rs) in debug builds;
 /// release builds wrapped. Must be a typed error (fixed in cf48a9c: validate checks every
 /// product the shapes take).
+#[test]
 fn config_validate_bidirectional_overflow() {
     let cfg = RnnConfig::new(Mode::Gru, 18_446_744_073_692_839_806, 18_402_552_502_365_978_536).layers(3).bidirectional(true);
     assert!(cfg.validate().is_err(), "sizes past usize accepted");
@@ -359,6 +336,7 @@ fn config_validate_bidirectional_overflow() {
 /// with one entry per step and panicked ("capacity overflow"; a length of 2^40 would abort on
 /// the failed allocation instead). Must be a typed error (fixed in cf48a9c: from_padded refuses rows of
 /// no features).
+#[test]
 fn packing_from_padded_zero_features_huge_steps() {
     let r = PackedSequence::<f32>::from_padded(&[], [1, 13_774_259_465_391_910_400, 0], true, &[6_570_680_666_163_225_179]);
     assert!(r.is_err(), "a sequence of 6.6e18 steps with no features was accepted");
@@ -368,43 +346,11 @@ fn packing_from_padded_zero_features_huge_steps() {
 /// accepted, and the sequence it returns was then refused by `validate` (a constructor whose
 /// output did not validate; refused since cf48a9c). Everything after it must be
 /// a typed error, not a panic.
-fn packing_from_padded_zero_features() {
-    let Ok(p) = PackedSequence::<f32>::from_padded(&[], [3, 1, 0], false, &[2]) else { return };
-    if p.validate().is_ok() {
-        assert_eq!(p.lengths().unwrap(), vec![2]);
-        let _ = p.to_padded(false, 0.0, None).unwrap();
-    } else {
-        assert!(p.lengths().is_err() && p.sorted_lengths().is_err() && p.to_padded(false, 0.0, None).is_err());
-    }
-}
-
-/// Every input that once crashed a fuzz target, replayed: no panics.
 #[test]
-fn fuzz_regressions_replay_without_panics() {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(regressions_dir()) {
-        Ok(d) => d.map(|e| e.unwrap().path()).filter(|p| p.is_file() && !p.ends_with("README.md")).collect(),
-        Err(_) => Vec::new(),
-    };
-    files.sort();
-    let mut failures = Vec::new();
-    for path in &files {
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let res = if name.starts_with("weights-") || name.starts_with("case-") {
-            let bytes = std::fs::read(path).unwrap();
-            no_panic(&name, || {
-                exercise_file(&bytes);
-            })
-        } else {
-            match STRUCTURED_REGRESSIONS.iter().find(|(n, _, _)| *n == name) {
-                Some((_, f, note)) => no_panic(&format!("{name} {note}"), f),
-                None => Err(format!("{name}: no replay for this regression file (name it weights-*, case-*, or add it to STRUCTURED_REGRESSIONS)")),
-            }
-        };
-        if let Err(e) = res {
-            failures.push(e);
-        }
-    }
-    assert!(failures.is_empty(), "{} fuzz regressions failed:\n{}", failures.len(), failures.join("\n"));
+fn packing_from_padded_zero_features() {
+    // Since cf48a9c the constructor refuses rows of no features (what it returned before did
+    // not validate).
+    assert!(PackedSequence::<f32>::from_padded(&[], [3, 1, 0], false, &[2]).is_err());
 }
 
 /// A random small problem: config, lengths, and whether initial states and state gradients
