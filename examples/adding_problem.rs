@@ -82,6 +82,10 @@ struct Args {
     /// Where the plot goes.
     #[arg(long, default_value = "target/adding_problem")]
     out: PathBuf,
+    /// Fail unless every cell's last test MSE is below its first (before training) by at
+    /// least this fraction of it (CI's smoke run: the loss must fall). 0: no check.
+    #[arg(long, default_value_t = 0.0)]
+    min_drop: f64,
 }
 
 /// The cells `--cells` names, in order.
@@ -365,7 +369,9 @@ fn train(ctx: &std::sync::Arc<Context>, mode: Mode, a: &Args, test: &[Batch]) ->
     let name = mode.as_str();
     let mut step = 0;
     let run = (|| -> Result<()> {
-        out.curve.push((0.0, evaluate(&tr)?));
+        let first = evaluate(&tr)?;
+        println!("{name:>16} step     0: test MSE {first:.4} (before training)");
+        out.curve.push((0.0, first));
         while step < a.steps {
             step += 1;
             let (x, y) = batch(&mut rng, a.t, a.batch);
@@ -456,5 +462,19 @@ fn main() -> Result<()> {
     let title = format!("ADDING PROBLEM T {}: LOG10 TEST MSE", a.t);
     write_png(&path, &[Panel { title: &title, x_label: "STEP", series }])?;
     println!("plot: {}", path.display());
+    if a.min_drop > 0.0 {
+        // NaN-aware: a diverged cell or a NaN loss fails (`!(x <= y)` holds for NaN).
+        let stalled: Vec<String> = results
+            .iter()
+            .filter_map(|r| {
+                let (first, last) = (r.curve.first().map_or(f64::NAN, |p| p.1), r.curve.last().map_or(f64::NAN, |p| p.1));
+                (r.diverged.is_some() || !(last <= first * (1.0 - a.min_drop))).then(|| format!("{} ({first:.4} -> {last:.4})", r.mode))
+            })
+            .collect();
+        if !stalled.is_empty() {
+            return Err(Error::InvalidConfig(format!("test MSE fell by less than {} of its first value for: {}", a.min_drop, stalled.join(", "))));
+        }
+        println!("every cell's test MSE fell by at least {} of its first value", a.min_drop);
+    }
     Ok(())
 }

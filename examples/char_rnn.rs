@@ -35,6 +35,11 @@ use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 #[derive(Parser, Debug)]
 #[command(about = "Character-level LSTM on tiny shakespeare, trained on the GPU with truncated BPTT")]
 struct Args {
+    /// Fail unless the last validation loss is below the first (taken before training, or
+    /// at the resumed checkpoint) by at least this fraction of it (CI's smoke runs: the loss
+    /// must fall). 0: no check.
+    #[arg(long, default_value_t = 0.0)]
+    min_drop: f64,
     /// The recurrent cell: any registered name in any case (lstm, gru, lstm_cifg, scrn, ...).
     #[arg(long, default_value = "lstm")]
     cell: String,
@@ -502,6 +507,13 @@ fn main() -> Result<()> {
         step = model.restore(&f)?;
         println!("resumed from {} at step {step}", p.display());
     }
+    let first = if a.min_drop > 0.0 {
+        let v = model.validate(&val, a.bptt)?;
+        println!("step {step:>5}: validation {v:.4} nats/char (before this run's training)");
+        Some(v)
+    } else {
+        None
+    };
     let start = Instant::now();
     let (mut train_pts, mut val_pts) = (Vec::new(), Vec::new());
     let mut best = f64::INFINITY;
@@ -553,6 +565,14 @@ fn main() -> Result<()> {
         cpu_text.chars().count()
     );
     println!("wrote {} and {}", plot.display(), ckpt.display());
-    println!("final validation loss: {:.4} nats/char (best {best:.4}) after {step} steps, {:.1} min", val_pts.last().map(|p| p.1).unwrap_or(f64::NAN), start.elapsed().as_secs_f64() / 60.0);
+    let last = val_pts.last().map(|p| p.1).unwrap_or(f64::NAN);
+    println!("final validation loss: {last:.4} nats/char (best {best:.4}) after {step} steps, {:.1} min", start.elapsed().as_secs_f64() / 60.0);
+    if let Some(first) = first {
+        // NaN-aware: `!(x <= y)` holds for a NaN loss.
+        if !(last <= first * (1.0 - a.min_drop)) {
+            return Err(Error::InvalidConfig(format!("validation loss fell from {first:.4} to {last:.4}, less than {} of it", a.min_drop)));
+        }
+        println!("validation loss fell from {first:.4} to {last:.4} (at least {} of it)", a.min_drop);
+    }
     Ok(())
 }

@@ -87,6 +87,10 @@ struct Args {
     /// epoch times; skipped with a note when python3 or torch is missing. 0: don't.
     #[arg(long, default_value_t = 1)]
     pytorch_epochs: usize,
+    /// Fail unless the last test loss is below the first (before training) by at least this
+    /// fraction of it (CI's smoke runs: the loss must fall). 0: no check.
+    #[arg(long, default_value_t = 0.0)]
+    min_drop: f64,
     /// Where the plot, the model and the vocabulary go.
     #[arg(long, default_value = "target/sentiment")]
     out: PathBuf,
@@ -535,6 +539,17 @@ fn main() -> Result<()> {
     let (mut loss_pts, mut acc_pts, mut train_acc_pts) = (Vec::new(), Vec::new(), Vec::new());
     let mut records = Vec::new();
     let mut records_s = Vec::new();
+    let first = if a.min_drop > 0.0 {
+        for tb in &test_batches {
+            model.run_batch(tb, false)?;
+        }
+        let t = model.metrics.take(1)?;
+        println!("before training: test loss {:.4}, test accuracy {:.4}", t.loss, t.accuracy);
+        Some(t.loss)
+    } else {
+        None
+    };
+    let mut last = f64::NAN;
     for epoch in 1..=a.epochs {
         train_batches.shuffle(&mut rng);
         let bar = ProgressBar::new(train_batches.len() as u64).with_style(style.clone()).with_prefix(epoch.to_string());
@@ -562,6 +577,7 @@ fn main() -> Result<()> {
             model.run_batch(tb, false)?;
         }
         let test = model.metrics.take(1)?;
+        last = test.loss;
         let train_loss = loss_sum / rows;
         println!(
             "epoch {epoch}: train loss {train_loss:.4}, train accuracy {:.4}, {secs:.1} s; test loss {:.4}, test accuracy {:.4}",
@@ -609,6 +625,13 @@ fn main() -> Result<()> {
         compare_pytorch(&a, mean_epoch);
     }
     println!("final test accuracy: {:.4}", acc_pts.last().map(|p| p.1 / 100.0).unwrap_or(0.0));
+    if let Some(first) = first {
+        // NaN-aware: `!(x <= y)` holds for a NaN loss.
+        if !(last <= first * (1.0 - a.min_drop)) {
+            return Err(Error::InvalidConfig(format!("test loss fell from {first:.4} to {last:.4}, less than {} of it", a.min_drop)));
+        }
+        println!("test loss fell from {first:.4} to {last:.4} (at least {} of it)", a.min_drop);
+    }
     Ok(())
 }
 
