@@ -53,3 +53,9 @@ pub use packing::PackedSequence;
 pub use precision::Precision;
 pub use tensor::Tensor;
 pub use weights::Weights;
+
+/// The README's Rust, compiled as doctests (`cargo test --doc`, which CI runs), so the
+/// front page cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
