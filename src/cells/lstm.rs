@@ -17,6 +17,7 @@ fn h_out(s: Sizes) -> usize {
 }
 
 impl Cell for Lstm {
+    const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM";
     const WGSL: &'static str = super::cell_wgsl!("lstm.wgsl");
     const PROJECTION: bool = true;

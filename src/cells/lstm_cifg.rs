@@ -15,6 +15,7 @@ fn with_bias(s: Sizes) -> Sizes {
 }
 
 impl Cell for LstmCifg {
+    const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_CIFG";
     const WGSL: &'static str = super::cell_wgsl!("lstm_cifg.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {

@@ -17,6 +17,7 @@ fn with_bias(s: Sizes) -> Sizes {
 }
 
 impl Cell for LstmPeephole {
+    const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_PEEPHOLE";
     const WGSL: &'static str = super::cell_wgsl!("lstm_peephole.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {

@@ -280,6 +280,11 @@ pub trait Cell: 'static {
     /// Whether the pointwise backward reads `BwdRow::xp` (the CPU's training tape then keeps
     /// the input projection; otherwise `BwdRow::xp` is empty).
     const BACKWARD_READS_XP: bool = false;
+    /// Whether the pointwise backward writes stage 0's product gradient equal to the input
+    /// projection's, column for column (`dr[..xp] == dxp`: the gates see `W_x x` and the
+    /// product alike). The CPU engine then keeps one of the two when stage 0's is the only
+    /// product, and the cell's `dr` writes go to a row scratch.
+    const DR_IS_DXP: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
     /// (entry points `cell_forward` and `cell_backward`); see `cell_wgsl!`.
     const WGSL: &'static str;

@@ -88,6 +88,7 @@ pub(super) fn torch_layout(g: usize, s: Sizes, h_out: usize, tape: usize) -> Lay
 }
 
 impl<A: Activation> Cell for Rnn<A> {
+    const DR_IS_DXP: bool = true;
     const NAME: &'static str = A::NAME;
     const OPTIONAL_BIAS: bool = true;
     const FUSED_STEP: Option<(u32, bool)> = Some((1, A::RELU));

@@ -800,7 +800,10 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let (p, tp) = (a.p, a.tape);
     let e = pointwise_params(p, &lay)?;
     let mut dxp = zeros("input projection gradients", &[n, gx])?;
-    let mut dr = zeros("product gradients", &[n, rw])?;
+    // Stage 0's product gradient is the input projection's and the only product
+    // (`Cell::DR_IS_DXP`): dxp serves both, and the cell's dr writes go to a row scratch.
+    let alias = C::DR_IS_DXP && lay.stages.len() == 1 && rw == gx;
+    let mut dr = if alias { Vec::new() } else { zeros("product gradients", &[n, rw])? };
     let mut de = zeros("pointwise parameter gradients", &[n, lay.pointwise])?;
     let plain = pack_products(p, &lay, false)?;
     let macs = n * (gx * inw + lay.product_macs());
@@ -828,6 +831,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         plain: &plain,
         w_x: w_x.as_ref(),
         sw,
+        alias,
         ds: Rows::new(a.ds),
         dxp: Rows::new(&mut dxp),
         dr: Rows::new(&mut dr),
@@ -865,13 +869,14 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
             Src::State(i) => Mat::with_ld(&tp.s_prev[soffs[i]..], n, pr.k, sw)?,
             Src::Tape { offset } => Mat::with_ld(&tp.tape[offset..], n, pr.k, tw)?,
         };
-        let drk = Mat::with_ld(&dr[roffs[k]..], n, pr.rows, rw)?;
+        let dr_all: &[T] = if alias { &dxp } else { &dr };
+        let drk = Mat::with_ld(&dr_all[roffs[k]..], n, pr.rows, rw)?;
         let gw = a.grad.get_mut(pr.slot).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?;
         gemm(one, drk, Op::T, v, Op::N, T::zero(), &mut gw[pr.offset..pr.offset + pr.rows * pr.k], pr.k);
         if let Some((bs, bo)) = pr.bias {
             let gb = a.grad.get_mut(bs).ok_or_else(|| Error::MissingTensor(format!("{bs:?} slot")))?;
             for row in 0..n {
-                for (g, &v) in gb[bo..bo + pr.rows].iter_mut().zip(&dr[row * rw + roffs[k]..row * rw + roffs[k] + pr.rows]) {
+                for (g, &v) in gb[bo..bo + pr.rows].iter_mut().zip(&dr_all[row * rw + roffs[k]..row * rw + roffs[k] + pr.rows]) {
                     *g += v;
                 }
             }
@@ -916,6 +921,9 @@ struct BwdLoop<'a, C, T: Float> {
     /// `W_x` packed, when dX is made step by step.
     w_x: Option<&'a PackedB<T>>,
     sw: usize,
+    /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cell's dr
+    /// writes go to a per-thread row scratch and the product reads `dxp`.
+    alias: bool,
     /// `[B, S]` (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, ew]`, `[N, in]` by packed row.
     ds: Rows<'a, T>,
     dxp: Rows<'a, T>,
@@ -946,11 +954,12 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 scratch("product input gradients", &[nr, kmax])?,
                 scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
                 scratch("input gradients", &[if self.w_x.is_some() { nr } else { 0 }, inw])?,
+                scratch("product gradients", &[if self.alias { nr } else { 0 }, rw])?,
             ))
         };
         // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
         let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
-        let (mut dtape, mut dv, mut zg, mut dx_step) = match alloc() {
+        let (mut dtape, mut dv, mut zg, mut dx_step, mut dr_rows) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -967,7 +976,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 dtape[..rows * tw].fill(T::zero());
             }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
-            let dr = unsafe { self.dr.part(o * rw, rows * rw) };
+            let dr = if self.alias { &mut dr_rows[..rows * rw] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
             let de = unsafe { self.de.part(o * ew, rows * ew) };
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
             if let Some(z) = self.zone {
@@ -1017,7 +1026,8 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 }
                 if let (Some(pr), Some(pk)) = (lay.stages[k], &self.plain[k]) {
                     // dv = dr_k R_k for the step's rows, to wherever the product's input came from.
-                    pk.gemm(&dr[self.roffs[k]..], rows, rw, &mut dv, pr.k);
+                    let dr_src: &[T] = if self.alias { dxp } else { dr };
+                    pk.gemm(&dr_src[self.roffs[k]..], rows, rw, &mut dv, pr.k);
                     // The GPU stores a tape-sourced dv (scratch); a state-sourced one (stage 0
                     // only: Layout::check) it adds to the state gradients before rounding, as
                     // the end of the step does here.
