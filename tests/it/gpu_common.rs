@@ -4,7 +4,19 @@
 use std::sync::{Arc, OnceLock};
 use wgpu_rnn::gpu::{Context, ContextOptions};
 
-fn in_ci() -> bool {
+/// Counts the adapters a feature-dependent test could check: prints what it skipped, and under
+/// `CI=true` fails when it checked none (a test must never pass having asserted nothing there).
+pub fn require_checked(test: &str, checked: usize, skipped: &[String]) {
+    for s in skipped {
+        eprintln!("SKIPPED in {test}: {s}");
+    }
+    if in_ci() {
+        assert!(checked > 0, "{test}: no adapter could run its checks (skipped: {skipped:?})");
+    }
+}
+
+/// Whether the tests run under `CI=true` (where a skip for a missing adapter or feature fails).
+pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 

@@ -189,13 +189,18 @@ fn very_wide_inputs_match_cpu() {
 #[test]
 fn loops_past_the_budget_are_refused() {
     let cfg = RnnConfig::new(Mode::Lstm, 1, 60_000).proj(1);
+    let (mut checked, mut skipped) = (0, Vec::new());
     for ctx in contexts() {
         let layout = SeqLayout::new(vec![1], vec![0]).unwrap();
         let r = Plan::new(ctx, &cfg, &layout, Pass::Inference);
         if loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED {
             assert!(matches!(r, Err(Error::Limit(_))), "{}: {:?}", ctx.describe(), r.err());
+            checked += 1;
+        } else {
+            skipped.push(format!("{}: loops not capped", ctx.describe()));
         }
     }
+    crate::gpu_common::require_checked("loops_past_the_budget_are_refused", checked, &skipped);
 }
 
 /// Weights edited after loading (fields are public) are checked tensor by tensor on upload, as
