@@ -33,6 +33,11 @@ pub(crate) fn runs_fused(cfg: &RnnConfig) -> bool {
 /// The caller's buffers for a forward. Every buffer but the counter holds elements in the
 /// config's [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4
 /// bytes), row-major.
+///
+/// Every buffer must come from the plan's device. wgpu cannot be asked for a buffer's device,
+/// and a buffer of another `wgpu::Instance` is known by an id that indexes this device's own
+/// buffers: it is not refused here and may stand for another buffer (`tests/it/reliability_gpu.rs`,
+/// `engine_plan_does_not_panic_on_buffers_of_another_device`).
 pub struct ForwardBuffers<'a> {
     /// Flat parameters ([`super::flat_weights`]; [`super::weight_elems`] elements).
     pub weights: &'a wgpu::Buffer,

@@ -587,3 +587,37 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
     within("the planning thread", HANG_LIMIT, move || planner.join().unwrap());
     assert_close("output beside a planning thread", &to64(&got), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
 }
+
+/// The engine plan over buffers of another device (issue 26: hostile buffers), every cell
+/// driver (LSTM: fused, SCRN: the cell driver): never a panic. What it can be instead is
+/// wgpu's to decide and not always an error: a buffer of another `wgpu::Instance` is known by
+/// an id that indexes this device's own buffers (found here: both recorded, and finishing the
+/// encoder failed validation on the plan's own "rearranged weights" or "states"; in another
+/// run the aliasing check saw one of the plan's buffers twice, as the ids fell). An id that
+/// lands on a buffer of compatible use would pass silently. wgpu 30 offers no way to ask a buffer for its
+/// device, so the docs require buffers of the plan's device (`gpu::ForwardBuffers`).
+#[test]
+fn engine_plan_does_not_panic_on_buffers_of_another_device() {
+    for backend in backends() {
+        let home = fresh(backend).unwrap();
+        let away = fresh(backend).unwrap();
+        for mode in [Mode::Lstm, Mode::Scrn] {
+            let cfg = RnnConfig::new(mode, 3, 4);
+            let x = packed(3, 2, 3, &[3, 2]);
+            let plan = Plan::new(&home, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference).unwrap();
+            let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
+            let states: Vec<wgpu_rnn::gpu::TrackedBuffer> = cfg.states().iter().map(|s| storage(&away, "state", cfg.state_shape(s, 2).iter().product()).unwrap()).collect();
+            let states: Vec<&wgpu::Buffer> = states.iter().map(|b| &**b).collect();
+            let (wb, xb, out) = (upload(&away, "w", &wgpu_rnn::gpu::flat_weights(&w)).unwrap(), upload(&away, "x", &x.data).unwrap(), storage(&away, "out", x.rows() * 4).unwrap());
+            let mut enc = home.device.create_command_encoder(&Default::default());
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let recorded = plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &[], states_n: &states, counter: None });
+                (recorded, finish_in_scope(&home, enc))
+            }));
+            match r {
+                Ok((recorded, finished)) => eprintln!("{backend:?} {mode}: recording {:?}, finishing {:?}", recorded.err(), finished),
+                Err(_) => panic!("{backend:?} {mode}: panicked on another device's buffers"),
+            }
+        }
+    }
+}
