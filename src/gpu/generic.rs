@@ -772,6 +772,9 @@ impl CellPlan {
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
         self.check_states_io(bufs.grad_states_n, bufs.grad_states0, ("_n gradient", "0 gradient"))?;
+        // The forward's initial states: not read by this driver's backward, but part of the
+        // contract (the fused driver reads them), so checked the same way.
+        self.check_states_io(bufs.states0, bufs.grad_states0, ("0", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
         for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
             if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
@@ -788,6 +791,10 @@ impl CellPlan {
             ("grad_input", Some(bufs.grad_input), true),
             ("grad_weights", Some(bufs.grad_weights), true),
         ];
+        // The forward's output and initial states, which the fused driver reads: never a
+        // buffer this backward writes, whichever driver runs.
+        roles.push(("output", Some(bufs.output), false));
+        roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
         roles.extend(bufs.grad_states_n.iter().map(|g| ("final state gradient", *g, false)));
         roles.extend(bufs.grad_states0.iter().map(|g| ("initial state gradient", Some(*g), true)));
         record::check_aliasing(&roles)?;

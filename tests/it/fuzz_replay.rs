@@ -14,6 +14,9 @@ mod case;
 #[path = "../../fuzz/bodies/config.rs"]
 mod config;
 #[allow(dead_code)]
+#[path = "../../fuzz/bodies/engine.rs"]
+mod engine;
+#[allow(dead_code)]
 #[path = "../../fuzz/bodies/packing.rs"]
 mod packing;
 #[allow(dead_code)]
@@ -22,7 +25,7 @@ mod weights;
 
 /// The body of the target a regression file belongs to, by its name's prefix.
 fn body_for(name: &str) -> Option<fn(&[u8])> {
-    let bodies: [(&str, fn(&[u8])); 4] = [("case-", case::run), ("config-", config::run), ("packing-", packing::run), ("weights-", weights::run)];
+    let bodies: [(&str, fn(&[u8])); 5] = [("case-", case::run), ("config-", config::run), ("engine-", engine::run), ("packing-", packing::run), ("weights-", weights::run)];
     bodies.iter().find(|(prefix, _)| name.starts_with(prefix)).map(|&(_, f)| f)
 }
 
@@ -49,7 +52,7 @@ fn every_fuzz_regression_replays_through_its_target_body() {
     let mut failures = Vec::new();
     for name in &files {
         let Some(run) = body_for(name) else {
-            failures.push(format!("{name}: no target body for this name (case-, config-, packing- or weights-)"));
+            failures.push(format!("{name}: no target body for this name (case-, config-, engine-, packing- or weights-)"));
             continue;
         };
         let bytes = std::fs::read(dir.join(name)).unwrap();
@@ -60,4 +63,41 @@ fn every_fuzz_regression_replays_through_its_target_body() {
     }
     assert!(failures.is_empty(), "{} fuzz regressions failed:\n{}", failures.len(), failures.join("\n"));
     eprintln!("fuzz regressions: {} replayed through their target bodies", files.len());
+}
+
+/// Inputs for the `engine` body drawn from a seeded generator (a stable, small stand-in for the
+/// fuzzer's runs): any cell, f32/f16, regularisers, hostile buffer sizes, usages, aliases and
+/// state slices. The body asserts that every recording the plan accepts is also accepted by
+/// wgpu's validation. Runs on lavapipe; required under CI=true.
+/// Inputs per run: about 5 ms each on lavapipe.
+const INPUTS: usize = 2000;
+
+#[test]
+fn the_engine_body_holds_on_random_inputs() {
+    use rand::{RngCore, SeedableRng};
+    if !engine::available() {
+        assert!(!crate::gpu_common::in_ci(), "CI=true but no Vulkan adapter for the engine body");
+        eprintln!("SKIPPED the engine body: no Vulkan adapter");
+        return;
+    }
+    let mut g = rand::rngs::StdRng::seed_from_u64(26);
+    let mut failures = Vec::new();
+    let mut outcomes: std::collections::BTreeMap<&str, usize> = Default::default();
+    for k in 0..INPUTS {
+        let mut bytes = vec![0u8; 160];
+        g.fill_bytes(&mut bytes);
+        match catch_unwind(AssertUnwindSafe(|| engine::exercise(&bytes))) {
+            Ok(what) => *outcomes.entry(what).or_default() += 1,
+            Err(p) => {
+            let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("non-string panic");
+            failures.push(format!("input {k} ({:02x?}): {msg}", &bytes[..16]));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {INPUTS} engine inputs failed:\n{}", failures.len(), failures.join("\n"));
+    eprintln!("engine body outcomes: {outcomes:?}");
+    // Both sides of the property must have been exercised.
+    for what in ["recorded and validated", "recording refused"] {
+        assert!(outcomes.get(what).copied().unwrap_or(0) >= INPUTS / 20, "only {:?} inputs {what}: {outcomes:?}", outcomes.get(what));
+    }
 }

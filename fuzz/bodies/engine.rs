@@ -1,0 +1,248 @@
+//! The `engine` target's body (fuzz/fuzz_targets/engine.rs; also run by the stable tests,
+//! tests/it/fuzz_replay.rs, on lavapipe). The engine API (`gpu::Plan`) of any registered cell,
+//! f32 or f16, with or without dropout and zoneout, over hostile buffers: each role's buffer
+//! too short or long, with missing or wrong usages, aliased to another role, and the per-state
+//! slices too short or too long. Recording must return `Ok` or a typed `Err`, never panic; and
+//! when every recording returned `Ok`, finishing and submitting the encoder must raise no wgpu
+//! validation error: the plan's own checks come before wgpu's.
+
+use arbitrary::Arbitrary;
+use std::sync::{Arc, OnceLock};
+use wgpu_rnn::config::Prob;
+use wgpu_rnn::cpu::Pass;
+use wgpu_rnn::gpu::{BackwardBuffers, Context, ContextOptions, ForwardBuffers, Plan, SeqLayout};
+use wgpu_rnn::{Mode, PackedSequence, Precision, RnnConfig};
+
+/// Roles: weights, input, output, grad_output, grad_input, grad_weights, counter, then per
+/// state (at most 2 used): states0, states_n, grad_states_n, grad_states0.
+const ROLES: usize = 7 + 4 * 2;
+
+/// One defect at most per input, so that a check that stops working shows (several defects
+/// at once would each be refused by another check).
+#[derive(Arbitrary, Debug, Clone, Copy)]
+enum Defect {
+    None,
+    /// A role's buffer `by` elements (1..=2) short, or one long.
+    Size { role: u8, short: bool, by: u8 },
+    /// A role's buffer without STORAGE, without COPY_DST, or UNIFORM instead.
+    Usage { role: u8, kind: u8 },
+    /// A role takes another role's buffer.
+    Alias { role: u8, of: u8 },
+    /// One of the four per-state slices one entry short or long.
+    Slice { which: u8, longer: bool },
+}
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    mode: u8,
+    input: u8,
+    hidden: u8,
+    layers: bool,
+    bidirectional: bool,
+    lengths: [u8; 4],
+    batch: u8,
+    training: bool,
+    f16: bool,
+    dropout: bool,
+    zoneout: bool,
+    /// Which initial states / final-state gradients are given.
+    given: u8,
+    defect: Defect,
+}
+
+/// One Vulkan context for every input (lavapipe in CI); `None` without an adapter.
+fn context() -> Option<&'static Arc<Context>> {
+    static CTX: OnceLock<Option<Arc<Context>>> = OnceLock::new();
+    CTX.get_or_init(|| Context::with_options(&ContextOptions { backends: Some(wgpu::Backends::VULKAN), adapter_name: None }).ok()).as_ref()
+}
+
+/// Whether the body can run here (a Vulkan adapter exists).
+#[allow(dead_code)] // the stable tests ask; the fuzz target does not
+pub fn available() -> bool {
+    context().is_some()
+}
+
+/// The target's body: `arbitrary` bytes.
+pub fn run(data: &[u8]) {
+    let _ = exercise(data);
+}
+
+/// [`run`], saying how far the input got: "no adapter", "undecodable", "config refused",
+/// "plan refused", "buffers refused by wgpu", "recording refused" (a typed error) or "recorded
+/// and validated".
+pub fn exercise(data: &[u8]) -> &'static str {
+    let Some(ctx) = context() else { return "no adapter" };
+    let Ok(input) = Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else { return "undecodable" };
+    let mode = Mode::REGISTRY[input.mode as usize % Mode::REGISTRY.len()];
+    let hidden = 1 + input.hidden as usize % 8;
+    let mut cfg = RnnConfig::new(mode, 1 + input.input as usize % 6, hidden).layers(1 + input.layers as usize).bidirectional(input.bidirectional);
+    if cfg.validate().is_err() {
+        cfg = RnnConfig::new(mode, hidden, hidden).layers(cfg.num_layers).bidirectional(cfg.bidirectional);
+    }
+    if input.f16 {
+        cfg = cfg.with_precision(Precision::F16);
+    }
+    if input.dropout {
+        cfg = cfg.dropout(Prob::new(0.25).expect("valid"));
+    }
+    if input.zoneout {
+        cfg = cfg.zoneout(Prob::new(0.25).expect("valid"));
+    }
+    if cfg.validate().is_err() {
+        return "config refused";
+    }
+    let lengths: Vec<usize> = input.lengths.iter().take(1 + input.batch as usize % 4).map(|&l| 1 + l as usize % 5).collect();
+    if lengths.is_empty() {
+        return "config refused";
+    }
+    let (t, b) = (*lengths.iter().max().expect("non-empty"), lengths.len());
+    let Ok(x) = PackedSequence::from_padded(&vec![0.25f32; t * b * cfg.input_size], [t, b, cfg.input_size], false, &lengths) else { return "config refused" };
+    let Ok(layout) = SeqLayout::of(&x) else { return "config refused" };
+    let pass = if input.training { Pass::Training } else { Pass::Inference };
+    let plan = match Plan::with_seed(ctx, &cfg, &layout, pass, 7) {
+        Ok(p) => p,
+        Err(_) => return "plan refused", // typed (f16 without SHADER_F16, regularisers with f16, ...)
+    };
+    let n = x.rows();
+    let bytes = cfg.precision.bytes();
+    let states = cfg.states();
+    let state_elems: Vec<usize> = states.iter().map(|s| cfg.state_shape(s, b).iter().product()).collect();
+    let state = |i: usize| state_elems.get(i).copied().unwrap_or(4);
+    let need: [usize; ROLES] = [
+        plan.weight_elems(),
+        n * cfg.input_size,
+        n * cfg.output_size(),
+        n * cfg.output_size(),
+        n * cfg.input_size,
+        plan.weight_elems(),
+        1,
+        state(0),
+        state(0),
+        state(0),
+        state(0),
+        state(1),
+        state(1),
+        state(1),
+        state(1),
+    ];
+    // The buffers, hostile or not: made inside an error scope (a usage wgpu refuses skips the
+    // input: that is wgpu's validation, not ours).
+    let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut bufs: Vec<wgpu::Buffer> = Vec::with_capacity(ROLES);
+    // Whether each role's buffer holds fewer bytes than the role needs (rounded up to 4).
+    let mut short = [false; ROLES];
+    for (k, &elems) in need.iter().enumerate() {
+        let elem_bytes = if k == 6 { 4 } else { bytes };
+        let (mut usage, mut elems) = (good, elems as i64);
+        match input.defect {
+            Defect::Size { role, short, by } if role as usize % ROLES == k => elems += if short { -(1 + by as i64 % 2) } else { 1 },
+            Defect::Usage { role, kind } if role as usize % ROLES == k => match kind % 3 {
+                0 => usage -= wgpu::BufferUsages::STORAGE,
+                1 => usage -= wgpu::BufferUsages::COPY_DST,
+                _ => usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            },
+            _ => {}
+        }
+        let size = ((elems.max(1) as u64 * elem_bytes as u64).next_multiple_of(4)).max(4);
+        short[k] = size < ((need[k] * elem_bytes) as u64).next_multiple_of(4);
+        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fuzz"), size, usage, mapped_at_creation: false }));
+    }
+    if pollster::block_on(scope.pop()).is_some() {
+        return "buffers refused by wgpu";
+    }
+    let mut role: Vec<usize> = (0..ROLES).collect();
+    if let Defect::Alias { role: r, of } = input.defect {
+        let r = r as usize % ROLES;
+        role[r] = of as usize % ROLES;
+    }
+    let buf = |k: usize| &bufs[role[k]];
+    let ns = states.len();
+    let count = |which: usize| match input.defect {
+        Defect::Slice { which: w, longer } if w as usize % 4 == which => if longer { ns + 1 } else { ns.saturating_sub(1) },
+        _ => ns,
+    }
+    .min(2);
+    let states0: Vec<Option<&wgpu::Buffer>> = (0..count(0)).map(|i| (input.given & (1 << i) != 0).then(|| buf(7 + 4 * i))).collect();
+    let states_n: Vec<&wgpu::Buffer> = (0..count(1)).map(|i| buf(8 + 4 * i)).collect();
+    let grad_states_n: Vec<Option<&wgpu::Buffer>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i))).collect();
+    let grad_states0: Vec<&wgpu::Buffer> = (0..count(3)).map(|i| buf(10 + 4 * i)).collect();
+    let counter = (input.dropout || input.zoneout).then(|| buf(6));
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let fwd = ForwardBuffers { weights: buf(0), input: buf(1), output: buf(2), states0: &states0, states_n: &states_n, counter };
+    let mut all_ok = plan.record_forward(&mut enc, &fwd).is_ok();
+    if input.training {
+        let bwd = BackwardBuffers {
+            weights: buf(0),
+            input: buf(1),
+            output: buf(2),
+            states0: &states0,
+            grad_output: buf(3),
+            grad_states_n: &grad_states_n,
+            grad_input: buf(4),
+            grad_states0: &grad_states0,
+            grad_weights: buf(5),
+            counter,
+        };
+        all_ok &= plan.record_backward(&mut enc, &bwd).is_ok();
+    }
+    ctx.queue.submit([enc.finish()]);
+    let error = pollster::block_on(scope.pop());
+    // The defects the plan must refuse, whatever wgpu would say (some, like an input bound as
+    // the output of a later dispatch, wgpu's validation cannot see).
+    let used = |k: usize| -> bool {
+        let training = input.training;
+        match k {
+            0..=2 => true,
+            3..=5 => training,
+            6 => counter.is_some(),
+            _ => {
+                let (i, r) = ((k - 7) / 4, (k - 7) % 4);
+                i < ns
+                    && match r {
+                        0 => input.given & (1 << i) != 0,
+                        1 => true,
+                        2 => training && input.given & (4 << i) != 0,
+                        _ => training,
+                    }
+            }
+        }
+    };
+    let written = |k: usize| matches!(k, 2 | 4 | 5) || (k >= 7 && matches!((k - 7) % 4, 1 | 3));
+    let must_refuse = match input.defect {
+        Defect::None => false,
+        Defect::Size { role, .. } => short[role as usize % ROLES] && used(role as usize % ROLES),
+        Defect::Usage { role, kind } => {
+            let k = role as usize % ROLES;
+            used(k) && (kind % 3 != 1 || (input.training && matches!(k, 4 | 5)))
+        }
+        Defect::Alias { role: r, of } => {
+            // Within one recording: the forward binds weights, input, output, counter, the
+            // initial and final states; the backward all but the final states.
+            let (a, b) = (r as usize % ROLES, of as usize % ROLES);
+            let forward = |k: usize| matches!(k, 0..=2 | 6) || (k >= 7 && (k - 7) % 4 < 2);
+            let backward = |k: usize| k <= 6 || (k >= 7 && (k - 7) % 4 != 1);
+            let together = (forward(a) && forward(b)) || (input.training && backward(a) && backward(b));
+            a != b && used(a) && used(b) && together && (written(a) || written(b))
+        }
+        Defect::Slice { which, longer } => {
+            let w = which as usize % 4;
+            // Slices 2 and 3 (the gradients) are read by the backward only.
+            let read = w < 2 || input.training;
+            read && ((longer && ns < 2) || (!longer && ns > 0 && (w == 1 || w == 3)))
+        }
+    };
+    if must_refuse {
+        assert!(!all_ok, "{mode} {pass:?} {:?}: {:?} was accepted", cfg.precision, input.defect);
+    }
+    if all_ok {
+        assert!(error.is_none(), "{mode} {pass:?} {:?}: every recording returned Ok, and wgpu refused it: {error:?}", cfg.precision);
+    }
+    let _ = ctx.wait();
+    if all_ok {
+        "recorded and validated"
+    } else {
+        "recording refused"
+    }
+}
