@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use std::sync::{Arc, OnceLock};
 use wgpu_rnn::config::Prob;
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::{BackwardBuffers, Context, ContextOptions, ForwardBuffers, Plan, SeqLayout};
+use wgpu_rnn::gpu::{BackwardBuffers, Context, ContextOptions, ForwardBuffers, Plan, SeqLayout, StepBuffers, StepPlan};
 use wgpu_rnn::{Mode, PackedSequence, Precision, RnnConfig};
 
 /// Roles: weights, input, output, grad_output, grad_input, grad_weights, counter, then per
@@ -48,6 +48,8 @@ struct Input {
     /// Which initial states / final-state gradients are given.
     given: u8,
     defect: Defect,
+    /// The one-step plan (`StepPlan`) instead, for a unidirectional stack.
+    step: bool,
 }
 
 /// One Vulkan context for every input (lavapipe in CI); `None` without an adapter.
@@ -69,7 +71,8 @@ pub fn run(data: &[u8]) {
 
 /// [`run`], saying how far the input got: "no adapter", "undecodable", "config refused",
 /// "plan refused", "buffers refused by wgpu", "recording refused" (a typed error) or "recorded
-/// and validated".
+/// and validated", or for the one-step plan "one step refused" / "one step recorded and
+/// validated".
 pub fn exercise(data: &[u8]) -> &'static str {
     let Some(ctx) = context() else { return "no adapter" };
     let Ok(input) = Input::arbitrary_take_rest(arbitrary::Unstructured::new(data)) else { return "undecodable" };
@@ -98,6 +101,9 @@ pub fn exercise(data: &[u8]) -> &'static str {
     let (t, b) = (*lengths.iter().max().expect("non-empty"), lengths.len());
     let Ok(x) = PackedSequence::from_padded(&vec![0.25f32; t * b * cfg.input_size], [t, b, cfg.input_size], false, &lengths) else { return "config refused" };
     let Ok(layout) = SeqLayout::of(&x) else { return "config refused" };
+    if input.step && !cfg.bidirectional {
+        return step(ctx, &cfg, b, input.defect);
+    }
     let pass = if input.training { Pass::Training } else { Pass::Inference };
     let plan = match Plan::with_seed(ctx, &cfg, &layout, pass, 7) {
         Ok(p) => p,
@@ -244,5 +250,79 @@ pub fn exercise(data: &[u8]) -> &'static str {
         "recorded and validated"
     } else {
         "recording refused"
+    }
+}
+
+/// The one-step plan over at most one defect: roles weights (0), input `[B, I]` (1), output
+/// `[B, H_out]` (2), then one `[L, B, S_i]` buffer per state (3, 4: read and overwritten).
+/// Refused: a short or non-storage buffer, aliased written roles, a state slice of the wrong
+/// length; what is accepted must pass wgpu's validation.
+fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'static str {
+    let Ok(plan) = StepPlan::new(ctx, cfg, b) else { return "plan refused" };
+    let bytes = cfg.precision.bytes();
+    let mut need = vec![plan.weight_elems(), b * cfg.input_size, b * cfg.output_size()];
+    need.extend(plan.state_elems());
+    let roles = need.len();
+    let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut short = vec![false; roles];
+    let mut no_storage = vec![false; roles];
+    let mut bufs = Vec::with_capacity(roles);
+    for (k, &elems) in need.iter().enumerate() {
+        let (mut usage, mut e) = (good, elems as i64);
+        match defect {
+            Defect::Size { role, short: s, by } if role as usize % roles == k => e += if s { -(1 + by as i64 % 2) } else { 1 },
+            Defect::Usage { role, kind } if role as usize % roles == k => match kind % 3 {
+                0 => usage -= wgpu::BufferUsages::STORAGE,
+                1 => usage -= wgpu::BufferUsages::COPY_DST,
+                _ => usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            },
+            _ => {}
+        }
+        let size = ((e.max(1) as u64 * bytes as u64).next_multiple_of(4)).max(4);
+        short[k] = size < ((elems * bytes) as u64).next_multiple_of(4);
+        no_storage[k] = !usage.contains(wgpu::BufferUsages::STORAGE);
+        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fuzz step"), size, usage, mapped_at_creation: false }));
+    }
+    if pollster::block_on(scope.pop()).is_some() {
+        return "buffers refused by wgpu";
+    }
+    let mut role: Vec<usize> = (0..roles).collect();
+    if let Defect::Alias { role: r, of } = defect {
+        role[r as usize % roles] = of as usize % roles;
+    }
+    let ns = roles - 3;
+    let count = match defect {
+        Defect::Slice { longer, .. } => if longer { ns + 1 } else { ns - 1 },
+        _ => ns,
+    };
+    let states: Vec<&wgpu::Buffer> = (0..count).map(|i| &bufs[role[3 + i.min(ns - 1)]]).collect();
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let mut enc = ctx.device.create_command_encoder(&Default::default());
+    let ok = plan.record_step(&mut enc, &StepBuffers { weights: &bufs[role[0]], input: &bufs[role[1]], states: &states, output: &bufs[role[2]] }).is_ok();
+    ctx.queue.submit([enc.finish()]);
+    let error = pollster::block_on(scope.pop());
+    let must_refuse = match defect {
+        Defect::None => false,
+        Defect::Size { role, .. } => short[role as usize % roles],
+        Defect::Usage { role, .. } => no_storage[role as usize % roles],
+        // Written: the output and every state; a longer slice repeats the last state's buffer.
+        Defect::Alias { role: r, of } => {
+            let (a, o) = (r as usize % roles, of as usize % roles);
+            a != o && (a >= 2 || o >= 2)
+        }
+        Defect::Slice { .. } => true,
+    };
+    if must_refuse {
+        assert!(!ok, "{} one step: {defect:?} was accepted", cfg.mode);
+    }
+    if ok {
+        assert!(error.is_none(), "{} one step: recording returned Ok, and wgpu refused it: {error:?}", cfg.mode);
+    }
+    let _ = ctx.wait();
+    if ok {
+        "one step recorded and validated"
+    } else {
+        "one step refused"
     }
 }
