@@ -33,16 +33,33 @@ pub struct BenchConfig {
     pub bidirectional: bool,
     /// Equal lengths (`None`) or random lengths in `1..=t` from this seed.
     pub random_lengths: Option<u64>,
+    /// PyTorch's dropout between layers (training) and zoneout (`RnnConfig::dropout`,
+    /// `RnnConfig::zoneout`).
+    pub dropout: crate::masks::Prob,
+    /// See [`BenchConfig::dropout`].
+    pub zoneout: crate::masks::Prob,
 }
 
 impl BenchConfig {
     fn new(name: &str, mode: Mode, t: usize, b: usize, input: usize, hidden: usize) -> Self {
-        BenchConfig { name: name.into(), mode, t, b, input, hidden, layers: 1, bidirectional: false, random_lengths: None }
+        BenchConfig {
+            name: name.into(),
+            mode,
+            t,
+            b,
+            input,
+            hidden,
+            layers: 1,
+            bidirectional: false,
+            random_lengths: None,
+            dropout: crate::masks::Prob::ZERO,
+            zoneout: crate::masks::Prob::ZERO,
+        }
     }
 
     /// The model this configuration runs.
     pub fn rnn_config(&self) -> RnnConfig {
-        RnnConfig::new(self.mode, self.input, self.hidden).layers(self.layers).bidirectional(self.bidirectional)
+        RnnConfig::new(self.mode, self.input, self.hidden).layers(self.layers).bidirectional(self.bidirectional).dropout(self.dropout).zoneout(self.zoneout)
     }
 
     /// Each sequence's length: all `t`, or random in `1..=t` with the first `t`.
@@ -95,6 +112,15 @@ impl BenchConfig {
                 "bidir" | "bidirectional" => c.bidirectional = v == "true" || v == "1",
                 "lengths" => c.random_lengths = (v == "random").then_some(1),
                 "name" => c.name = v.into(),
+                "dropout" | "zoneout" => {
+                    let p = v.parse::<f32>().map_err(|_| Error::InvalidConfig(format!("--config: {k}={v} is not a number")))?;
+                    let p = crate::masks::Prob::new(p)?;
+                    if k == "dropout" {
+                        c.dropout = p;
+                    } else {
+                        c.zoneout = p;
+                    }
+                }
                 _ => return Err(Error::InvalidConfig(format!("--config: unknown key {k:?}"))),
             }
         }
@@ -103,6 +129,9 @@ impl BenchConfig {
         }
         if c.name == "custom" {
             c.name = format!("{}-T{}-B{}-I{}-H{}", c.mode, c.t, c.b, c.input, c.hidden);
+            if !c.dropout.is_zero() || !c.zoneout.is_zero() {
+                c.name += &format!("-drop{}-zone{}", c.dropout.get(), c.zoneout.get());
+            }
         }
         c.rnn_config().validate()?;
         Ok(c)

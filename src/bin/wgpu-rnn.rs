@@ -72,7 +72,7 @@ enum Cmd {
     /// Time configurations on the CPU path and the GPU, forward and training, and print a
     /// table (median, min-max, GFLOP/s, share of the device's GEMM ceiling, GPU/CPU speedup).
     Bench {
-        /// A configuration: `lstm,t=50,b=32,i=128,h=256[,layers=2][,bidir][,lengths=random]`;
+        /// A configuration: `lstm,t=50,b=32,i=128,h=256[,layers=2][,bidir][,lengths=random][,dropout=0.3][,zoneout=0.1]`;
         /// repeat for several. Default: the DeepBench-derived set plus C1.
         #[arg(long)]
         config: Vec<String>,
