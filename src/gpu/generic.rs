@@ -247,6 +247,8 @@ pub(crate) struct CellPlan {
     /// forward (`States`) and backward (`GradStates`).
     states_io: StateIo,
     pipelines: HashMap<Kernel, wgpu::ComputePipeline>,
+    /// Timestamps around every dispatch while set (see `gpu::profile`).
+    profile: std::sync::Mutex<Option<Arc<super::profile::KernelProfile>>>,
 }
 
 /// See [`CellPlan::states_io`].
@@ -617,6 +619,7 @@ impl CellPlan {
             backward_ops: bwd,
             states_io: io,
             pipelines,
+            profile: std::sync::Mutex::new(None),
         })
     }
 
@@ -636,6 +639,11 @@ impl CellPlan {
     /// [`Precision`].
     pub fn weight_elems(&self) -> usize {
         self.weight_elems
+    }
+    /// Profiles the following recordings with `profile` (timestamps around every dispatch),
+    /// or stops with `None`.
+    pub(crate) fn set_profile(&self, profile: Option<Arc<super::profile::KernelProfile>>) {
+        *self.profile.lock().unwrap_or_else(|e| e.into_inner()) = profile;
     }
     /// The distinct kernel variants a forward and a backward dispatch, in first-use order.
     pub fn kernels(&self) -> Vec<Kernel> {
@@ -825,6 +833,7 @@ impl CellPlan {
         scope.pop_on(&self.ctx)?;
         let mut rec: Option<Recorder<'static>> = None;
         let mut next = of_op.iter();
+        let profile = self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for op in ops {
             match op {
                 Op::Clear(b, bytes) => {
@@ -833,7 +842,7 @@ impl CellPlan {
                 }
                 Op::Dispatch { kernel, param_off, groups: g, .. } => {
                     let bg = &groups[*next.next().ok_or_else(|| Error::Gpu("a dispatch without its bind group".into()))?];
-                    let r = rec.get_or_insert_with(|| Recorder::begin(encoder, label, None).forget_lifetime());
+                    let r = rec.get_or_insert_with(|| Recorder::begin(encoder, label, profile.clone()).forget_lifetime());
                     r.dispatch(*kernel, &self.pipelines[kernel], bg, *param_off, *g);
                 }
             }
