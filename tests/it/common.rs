@@ -3,6 +3,22 @@
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 
+/// Where every skip is recorded (the test runner hides a passing test's output): one line per
+/// skip, in Cargo's temporary directory for integration tests. `.ci/run` clears it before the
+/// tests and prints the count and the lines after them.
+pub fn skips_file() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("skips.txt")
+}
+
+/// Records a visible skip: `what` could not be checked here, and why.
+pub fn skip(what: &str) {
+    use std::io::Write;
+    eprintln!("SKIPPED {what}");
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(skips_file()) {
+        let _ = writeln!(f, "SKIPPED {what}");
+    }
+}
+
 /// `tests/golden`, copied from `../shared/golden` so a fresh clone has it.
 pub fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")

@@ -77,7 +77,7 @@ fn the_engine_body_holds_on_random_inputs() {
     use rand::{RngCore, SeedableRng};
     if !engine::available() {
         assert!(!crate::gpu_common::in_ci(), "CI=true but no Vulkan adapter for the engine body");
-        eprintln!("SKIPPED the engine body: no Vulkan adapter");
+        crate::common::skip("the engine body: no Vulkan adapter");
         return;
     }
     let mut g = rand::rngs::StdRng::seed_from_u64(26);

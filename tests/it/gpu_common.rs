@@ -8,7 +8,7 @@ use wgpu_rnn::gpu::{Context, ContextOptions};
 /// `CI=true` fails when it checked none (a test must never pass having asserted nothing there).
 pub fn require_checked(test: &str, checked: usize, skipped: &[String]) {
     for s in skipped {
-        eprintln!("SKIPPED in {test}: {s}");
+        crate::common::skip(&format!("in {test}: {s}"));
     }
     if in_ci() {
         assert!(checked > 0, "{test}: no adapter could run its checks (skipped: {skipped:?})");
@@ -27,7 +27,7 @@ fn make(backends: wgpu::Backends) -> Option<Arc<Context>> {
             if in_ci() {
                 panic!("CI=true but no {backends:?} adapter: {e}");
             }
-            eprintln!("SKIPPING {backends:?} GPU tests: no adapter ({e}); run .ci/setup to install lavapipe");
+            crate::common::skip(&format!("{backends:?} GPU tests: no adapter ({e}); run .ci/setup to install lavapipe"));
             None
         }
     }

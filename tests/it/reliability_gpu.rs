@@ -57,7 +57,7 @@ fn fresh(backend: wgpu::Backend) -> Option<Arc<Context>> {
 fn fresh_gl(test: &str) -> Option<Arc<Context>> {
     let ctx = fresh(wgpu::Backend::Gl);
     if ctx.is_none() {
-        eprintln!("SKIPPING {test}: no GL context");
+        crate::common::skip(&format!("{test}: no GL context"));
     }
     ctx
 }
