@@ -226,7 +226,7 @@ impl Trainer {
         let train = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, strategy)?;
         let eval = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, strategy)?;
         let weight_elems = train.weight_elems();
-        let per_state = |label: &str| -> Result<Vec<TrackedBuffer>> { cfg.states().iter().map(|s| storage(ctx, label, cfg.state_shape(s, b).iter().product())).collect() };
+        let per_state = |label: &str| -> Result<Vec<TrackedBuffer>> { cfg.state_elems(b).into_iter().map(|e| storage(ctx, label, e)).collect() };
         let layer = Layer {
             weights: upload(ctx, "weights", &flat_weights(&w))?,
             train,

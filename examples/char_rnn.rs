@@ -154,7 +154,7 @@ impl Model {
         let train_plan = Plan::new(ctx, &cfg, &layout, Pass::Training)?;
         let eval_plan = Plan::new(ctx, &cfg, &layout, Pass::Inference)?;
         let n = a.batch * a.bptt;
-        let state_lens: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, a.batch).iter().product()).collect();
+        let state_lens = cfg.state_elems(a.batch);
         let welems = train_plan.weight_elems();
         let state_set = || -> Result<Vec<(TrackedBuffer, TrackedBuffer)>> { state_lens.iter().map(|&e| Ok((storage(ctx, "initial state", e)?, storage(ctx, "final state", e)?))).collect() };
         let table_grad = storage(ctx, "embedding grad", vocab * a.embed)?;
@@ -387,7 +387,7 @@ fn sample(f: &TensorFile, cfg: &RnnConfig, chars: &[char], prime: &str, n: usize
     let (head, table) = head_and_table(f)?;
     let (e, h, v) = (cfg.input_size, cfg.hidden_size, chars.len());
     // Every state of the cell, carried from one step to the next.
-    let mut states: Vec<Vec<f32>> = cfg.states().iter().map(|s| vec![0.0f32; cfg.state_shape(s, 1).iter().product()]).collect();
+    let mut states: Vec<Vec<f32>> = cfg.state_elems(1).into_iter().map(|e| vec![0.0f32; e]).collect();
     let mut out = String::from(prime);
     let mut feed = prime_ids(chars, prime);
     let mut last = feed[0];

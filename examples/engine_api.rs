@@ -50,7 +50,7 @@ fn run(ctx: &std::sync::Arc<Context>, device: &wgpu::Device, mode: Mode) -> Resu
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let init = |data: &[f32]| device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(data), usage });
     let empty = |elems: usize| device.create_buffer(&wgpu::BufferDescriptor { label: None, size: (elems * 4) as u64, usage, mapped_at_creation: false });
-    let per_state = |_: &str| -> Vec<wgpu::Buffer> { cfg.states().iter().map(|s| empty(cfg.state_shape(s, b).iter().product())).collect() };
+    let per_state = |_: &str| -> Vec<wgpu::Buffer> { cfg.state_elems(b).into_iter().map(|e| empty(e)).collect() };
     let (weights, input) = (init(&flat), init(&x.data));
     let output = empty(n * cfg.output_size());
     let states_n = per_state("final states");

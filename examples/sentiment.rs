@@ -279,7 +279,7 @@ impl Model {
         let rnn = GpuRnn::new(ctx, &w)?;
         let (h, b) = (a.hidden, a.batch);
         let n = b * a.max_len;
-        let states: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, b).iter().product()).collect();
+        let states = cfg.state_elems(b);
         let head_shape = LinearShape { rows: b, input: 2 * h, output: 1 };
         let bound = 1.0 / ((2 * h) as f32).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed + 1);

@@ -371,7 +371,7 @@ impl GpuRig {
             st("grad_input", n * cfg.input_size)?,
             st("grad_weights", train_plan.weight_elems())?,
         ];
-        let sizes: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, c.b).iter().product()).collect();
+        let sizes = cfg.state_elems(c.b);
         let states_n = sizes.iter().map(|&e| st("final state", e)).collect::<Result<_>>()?;
         let grad_states0 = sizes.iter().map(|&e| st("initial state gradient", e)).collect::<Result<_>>()?;
         Ok(GpuRig { ctx: ctx.clone(), rnn, fwd_plan, train_plan, bufs, states_n, grad_states0 })
@@ -487,7 +487,7 @@ impl CellRig {
             st("grad_input", n * cfg.input_size)?,
             st("grad_weights", train_plan.weight_elems())?,
         ];
-        let sizes: Vec<usize> = cfg.states().iter().map(|s| cfg.state_shape(s, c.b).iter().product()).collect();
+        let sizes = cfg.state_elems(c.b);
         let states_n = sizes.iter().map(|&e| st("final state", e)).collect::<Result<_>>()?;
         let grad_states0 = sizes.iter().map(|&e| st("initial state gradient", e)).collect::<Result<_>>()?;
         Ok(CellRig { ctx: ctx.clone(), fwd_plan, train_plan, bufs, states_n, grad_states0 })

@@ -374,7 +374,7 @@ impl Case<f32> {
         let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass)?;
         let (n, b) = (packed.rows(), packed.batch());
         let states = c.states();
-        let sizes: Vec<usize> = states.iter().map(|s| c.state_shape(s, b).iter().product()).collect();
+        let sizes = c.state_elems(b);
         // One thread at a time on a GL context up to the submit.
         let serial = ctx.exclusive();
         let prec = c.precision;

@@ -246,6 +246,12 @@ impl RnnConfig {
         vec![self.num_layers.saturating_mul(self.directions()), b, state.width]
     }
 
+    /// Elements of each state's tensor for a batch of `b` ([`RnnConfig::state_shape`]'s
+    /// product), in the cell's state order: the sizes of the engine API's per-state buffers.
+    pub fn state_elems(&self, b: usize) -> Vec<usize> {
+        self.states().iter().map(|s| self.state_shape(s, b).iter().product()).collect()
+    }
+
     /// Every parameter with its name and shape, in PyTorch's `state_dict` order.
     pub fn param_specs(&self) -> Vec<ParamSpec> {
         let mut v = Vec::new();

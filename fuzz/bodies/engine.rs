@@ -112,7 +112,7 @@ pub fn exercise(data: &[u8]) -> &'static str {
     let n = x.rows();
     let bytes = cfg.precision.bytes();
     let states = cfg.states();
-    let state_elems: Vec<usize> = states.iter().map(|s| cfg.state_shape(s, b).iter().product()).collect();
+    let state_elems = cfg.state_elems(b);
     let state = |i: usize| state_elems.get(i).copied().unwrap_or(4);
     let need: [usize; ROLES] = [
         plan.weight_elems(),

@@ -214,7 +214,7 @@ impl GpuRnn {
 
     /// Elements of each state for a batch of `b`.
     fn state_elems(&self, b: usize) -> Vec<usize> {
-        self.cfg.states().iter().map(|s| self.cfg.state_shape(s, b).iter().product()).collect()
+        self.cfg.state_elems(b)
     }
 
     /// Runs one plan's forward over `x` (its packed rows) from `states0` (the plan layout's

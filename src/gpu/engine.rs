@@ -144,7 +144,7 @@ impl Plan {
         let two = cfg.states().len() > 1;
         let inputs = StateInputs { h0: true, c0: two, grad_h_n: training, grad_c_n: training && two };
         let plan = FusedPlan::with_strategy(ctx, cfg, layout, pass, inputs, strategy)?;
-        let largest = cfg.states().iter().map(|s| cfg.state_shape(s, layout.batch()).iter().product::<usize>()).max().unwrap_or(0);
+        let largest = cfg.state_elems(layout.batch()).into_iter().max().unwrap_or(0);
         // GL: buffers are made under the context's guard (Context::exclusive).
         let _serial = ctx.exclusive();
         let zeros = ctx.buffer("zero states", ((largest * cfg.precision.bytes()).max(4).next_multiple_of(4)) as u64, wgpu::BufferUsages::STORAGE)?;

@@ -184,7 +184,7 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     let input = upload(ctx, "input", &packed.data).map_err(js)?;
     let output = storage(ctx, "output", packed.rows() * cfg.output_size()).map_err(js)?;
     // One buffer per state of the cell; the head reads the first (h).
-    let finals = cfg.states().iter().map(|s| storage(ctx, "final state", cfg.state_shape(s, 1).iter().product())).collect::<Result<Vec<_>, _>>().map_err(js)?;
+    let finals = cfg.state_elems(1).into_iter().map(|e| storage(ctx, "final state", e)).collect::<Result<Vec<_>, _>>().map_err(js)?;
     let h_n = &finals[0];
     let states_n: Vec<&wgpu::Buffer> = finals.iter().map(|b| &**b).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
