@@ -355,14 +355,25 @@ impl GpuRig {
     /// As [`GpuRig::with_strategy`] with every buffer stored in `precision` (f16 needs
     /// `SHADER_F16`).
     pub fn with_strategy_at(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Self> {
+        Self::build(ctx, c, strategy, precision, false)
+    }
+
+    /// As [`GpuRig::with_strategy_at`] on the GPU's cell driver whatever the cell (the driver
+    /// [`Plan`] takes for the configurations the fused kernels do not run), with the automatic
+    /// strategy: the like-for-like comparison of f32 and f16 storage on that driver.
+    pub fn on_cell_driver_at(ctx: &Arc<Context>, c: &BenchConfig, precision: crate::precision::Precision) -> Result<Self> {
+        Self::build(ctx, c, StepStrategy::Auto, precision, true)
+    }
+
+    fn build(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision, cell_driver: bool) -> Result<Self> {
         let cfg = c.rnn_config().with_precision(precision);
         let w = Weights::<f32>::init_uniform(&cfg, 0)?;
-        let rnn = gpu::GpuRnn::new(ctx, &w)?;
+        let rnn = if cell_driver { gpu::GpuRnn::on_cell_driver(ctx, &w)? } else { gpu::GpuRnn::new(ctx, &w)? };
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
         let layout = SeqLayout::of(&x)?;
         let n = x.rows();
-        let fwd_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, strategy)?;
-        let train_plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, strategy)?;
+        let fwd_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Inference, 0, strategy, cell_driver)?;
+        let train_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Training, 0, strategy, cell_driver)?;
         let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
         let bufs = vec![
             gpu::upload_stored(ctx, "input", &x.data, precision)?,
@@ -378,7 +389,7 @@ impl GpuRig {
     }
 
     /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
-    /// parameter blocks, the weights and the buffers above), as [`CellRig::training_bytes`].
+    /// parameter blocks, the weights and the buffers above).
     pub fn training_bytes(&self) -> u64 {
         let mine = self.bufs.iter().chain(&self.states_n).chain(&self.grad_states0).map(|b| b.size()).sum::<u64>();
         self.train_plan.workspace_bytes() + self.rnn.weights_buffer().size() + mine
@@ -455,83 +466,11 @@ pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strateg
     Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
 }
 
-/// A configuration prepared for the GPU's cell driver whatever the cell (`gpu::generic`'s
-/// plan, which [`Plan`] runs for the configurations the fused kernels do not) on resident
-/// buffers in one storage precision: the like-for-like comparison of f32 and f16 storage.
-pub struct CellRig {
-    ctx: Arc<Context>,
-    fwd_plan: gpu::generic::CellPlan,
-    train_plan: gpu::generic::CellPlan,
-    /// weights, input, output, grad_output, grad_input, grad_weights
-    bufs: Vec<gpu::TrackedBuffer>,
-    states_n: Vec<gpu::TrackedBuffer>,
-    grad_states0: Vec<gpu::TrackedBuffer>,
-}
-
-impl CellRig {
-    /// Prepares configuration `c` stored in `precision` (f16 needs `SHADER_F16`).
-    pub fn new(ctx: &Arc<Context>, c: &BenchConfig, precision: crate::precision::Precision) -> Result<Self> {
-        let cfg = c.rnn_config().with_precision(precision);
-        let w = Weights::<f32>::init_uniform(&cfg, 0)?;
-        let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
-        let layout = SeqLayout::of(&x)?;
-        let n = x.rows();
-        let fwd_plan = gpu::generic::CellPlan::new(ctx, &cfg, &layout, Pass::Inference)?;
-        let train_plan = gpu::generic::CellPlan::new(ctx, &cfg, &layout, Pass::Training)?;
-        let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
-        let bufs = vec![
-            gpu::generic::upload_weights(ctx, &w)?,
-            gpu::upload_stored(ctx, "input", &x.data, precision)?,
-            st("output", n * cfg.output_size())?,
-            gpu::upload_stored(ctx, "grad_output", &data(n * cfg.output_size(), 2), precision)?,
-            st("grad_input", n * cfg.input_size)?,
-            st("grad_weights", train_plan.weight_elems())?,
-        ];
-        let sizes = cfg.state_elems(c.b);
-        let states_n = sizes.iter().map(|&e| st("final state", e)).collect::<Result<_>>()?;
-        let grad_states0 = sizes.iter().map(|&e| st("initial state gradient", e)).collect::<Result<_>>()?;
-        Ok(CellRig { ctx: ctx.clone(), fwd_plan, train_plan, bufs, states_n, grad_states0 })
-    }
-
-    /// Bytes of device memory the training plan and its buffers hold (workspaces, tapes,
-    /// parameter blocks, and the caller's buffers above).
-    pub fn training_bytes(&self) -> u64 {
-        self.train_plan.workspace_bytes() + self.bufs.iter().chain(&self.states_n).chain(&self.grad_states0).map(|b| b.size()).sum::<u64>()
-    }
-
-    /// Records a forward (or a training forward and backward) and waits for the device.
-    pub fn run(&self, training: bool) -> Result<()> {
-        let b = &self.bufs;
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        let plan = if training { &self.train_plan } else { &self.fwd_plan };
-        let states_n: Vec<&wgpu::Buffer> = self.states_n.iter().map(|b| &**b).collect();
-        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|b| &**b).collect();
-        plan.record_forward(&mut enc, &ForwardBuffers { weights: &b[0], input: &b[1], output: &b[2], states0: &[], states_n: &states_n, counter: None })?;
-        if training {
-            let bufs = BackwardBuffers {
-                weights: &b[0],
-                input: &b[1],
-                output: &b[2],
-                states0: &[],
-                grad_output: &b[3],
-                grad_states_n: &[],
-                grad_input: &b[4],
-                grad_states0: &grad_states0,
-                grad_weights: &b[5],
-                counter: None,
-            };
-            plan.record_backward(&mut enc, &bufs)?;
-        }
-        self.ctx.queue.submit([enc.finish()]);
-        self.ctx.wait()
-    }
-}
-
 /// The cell driver's two rows (forward, training) for a configuration stored in
 /// `precision`, on resident buffers; device `gpu-cells-f32` or `gpu-cells-f16`, and the
 /// training plan's device memory in the adapter column.
 pub fn bench_gpu_cells(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, precision: crate::precision::Precision) -> Result<Vec<Record>> {
-    let rig = CellRig::new(ctx, c, precision)?;
+    let rig = GpuRig::on_cell_driver_at(ctx, c, precision)?;
     let adapter = format!("{}; training memory {:.1} MiB", ctx.describe(), rig.training_bytes() as f64 / (1 << 20) as f64);
     let device = format!("gpu-cells-{precision}");
     let fwd = time_ms(timing, || rig.run(false))?;

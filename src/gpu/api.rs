@@ -115,16 +115,9 @@ impl GpuRnn {
     }
 
     fn with_driver(ctx: &Arc<Context>, w: &Weights<f32>, cell_driver: bool) -> Result<Self> {
-        w.validate()?; // config, and every tensor against it (Weights fields are public)
-        w.check_finite()?;
-        let flat = generic::flat_weights(w);
         let _serial = ctx.exclusive();
-        ctx.check_precision(w.config.precision)?;
-        let want = generic::weight_elems(&w.config);
-        if flat.len() != want {
-            return Err(Error::LengthMismatch { what: "flat weights".into(), shape: vec![want], expected: want, got: flat.len() });
-        }
-        let weights = upload_stored(ctx, "weights", &flat, w.config.precision)?;
+        // Validated (config, every tensor against it, finite), stored in the config's precision.
+        let weights = generic::upload_weights(ctx, w)?;
         Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, cell_driver, plans: Mutex::new(Vec::new()) })
     }
 
