@@ -232,7 +232,7 @@ impl Plan {
             Inner::Cell(plan) => plan.record_forward(encoder, bufs),
             Inner::Fused { plan, zeros } => {
                 let n_states = plan.config().states().len();
-                check_counts(plan.config(), bufs.states0.len(), bufs.states_n.len(), ("initial", "final"))?;
+                check_counts(plan.config(), bufs.states0.len(), bufs.states_n.len(), ("0", "_n"))?;
                 let given = |i: usize| bufs.states0.get(i).copied().flatten().unwrap_or(zeros);
                 plan.record_forward(
                     encoder,
@@ -262,8 +262,8 @@ impl Plan {
                     return Err(Error::NotTraining);
                 }
                 let n_states = plan.config().states().len();
-                check_counts(plan.config(), bufs.states0.len(), bufs.grad_states0.len(), ("initial", "initial-state gradient"))?;
-                check_counts(plan.config(), bufs.grad_states_n.len(), n_states, ("final-state gradient", "initial-state gradient"))?;
+                check_counts(plan.config(), bufs.states0.len(), bufs.grad_states0.len(), ("0", "0 gradient"))?;
+                check_counts(plan.config(), bufs.grad_states_n.len(), n_states, ("_n gradient", "0 gradient"))?;
                 for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
                     if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
                         return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward may clear it with (has {:?})", b.usage())));
@@ -293,11 +293,19 @@ impl Plan {
     }
 }
 
-/// At most one entry per state going in, exactly one per state coming out.
-fn check_counts(cfg: &RnnConfig, given: usize, out: usize, names: (&str, &str)) -> Result<()> {
-    let n = cfg.states().len();
+/// At most one entry per state going in, exactly one per state coming out (both drivers);
+/// `suffixes` name the two sides after the states (`("0", "_n")`: h0, c0 and h_n, c_n).
+pub(crate) fn check_counts(cfg: &RnnConfig, given: usize, out: usize, suffixes: (&str, &str)) -> Result<()> {
+    let states = cfg.states();
+    let n = states.len();
     if given > n || out != n {
-        return Err(Error::InvalidConfig(format!("{} has {n} states: {given} {} and {out} {} buffers given", cfg.mode, names.0, names.1)));
+        let names = |suffix: &str| states.iter().map(|s| format!("{}{suffix}", s.name)).collect::<Vec<_>>().join(", ");
+        return Err(Error::InvalidConfig(format!(
+            "{} has {n} states: {given} buffers given for {} and {out} for {}",
+            cfg.mode,
+            names(suffixes.0),
+            names(suffixes.1)
+        )));
     }
     Ok(())
 }

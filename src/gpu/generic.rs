@@ -685,18 +685,8 @@ impl CellPlan {
     /// Checks the caller's per-state buffers: at most one entry per state going in (`given`,
     /// each `[L*D, B, S_i]`), exactly one per state coming out.
     fn check_states_io(&self, given: &[Option<&wgpu::Buffer>], out: &[&wgpu::Buffer], names: (&str, &str)) -> Result<()> {
+        super::engine::check_counts(&self.cfg, given.len(), out.len(), names)?;
         let states = self.cfg.states();
-        if given.len() > states.len() || out.len() != states.len() {
-            return Err(Error::InvalidConfig(format!(
-                "{} has {} states: {} {} and {} {} given",
-                self.cfg.mode,
-                states.len(),
-                given.len(),
-                names.0,
-                out.len(),
-                names.1
-            )));
-        }
         for (i, st) in states.iter().enumerate() {
             if let Some(Some(g)) = given.get(i) {
                 self.check(&format!("{}{}", st.name, names.0), g, self.states_io.elems[i])?;
