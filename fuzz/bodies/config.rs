@@ -15,20 +15,10 @@ const MAX_PARAMS: usize = 10_000;
 /// Configs up to this many parameters also go through a save/load round trip.
 const MAX_ROUND_TRIP: usize = 1_000;
 
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Size {
-    Small(u8),
-    Any(usize),
-}
-
-impl Size {
-    fn get(self) -> usize {
-        match self {
-            Size::Small(v) => v as usize % 12,
-            Size::Any(v) => v,
-        }
-    }
-}
+#[path = "size.rs"]
+mod size;
+/// A config size: mostly below 12, sometimes anything.
+type Size = size::Size<12>;
 
 #[derive(Arbitrary, Debug)]
 struct Input {

@@ -52,6 +52,50 @@ struct Input {
     step: bool,
 }
 
+/// One input's buffers with its defect applied, and what the defect made of them.
+struct Made {
+    bufs: Vec<wgpu::Buffer>,
+    /// Per role: fewer bytes than the role needs (rounded up to 4), or no STORAGE usage.
+    short: Vec<bool>,
+    no_storage: Vec<bool>,
+    /// The buffer each role binds (an alias binds another role's).
+    role: Vec<usize>,
+}
+
+/// One buffer per role of `need[k]` elements of `elem_bytes[k]` bytes, the defect's size or
+/// usage change applied to its role and its alias to the role table, made inside an error
+/// scope: `None` where wgpu refuses to make one (wgpu's validation, not the plan's).
+fn make_buffers(ctx: &Context, need: &[usize], elem_bytes: &[usize], defect: Defect, label: &str) -> Option<Made> {
+    let roles = need.len();
+    let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let (mut bufs, mut short, mut no_storage) = (Vec::with_capacity(roles), vec![false; roles], vec![false; roles]);
+    for (k, (&elems, &eb)) in need.iter().zip(elem_bytes).enumerate() {
+        let (mut usage, mut e) = (good, elems as i64);
+        match defect {
+            Defect::Size { role, short: s, by } if role as usize % roles == k => e += if s { -(1 + by as i64 % 2) } else { 1 },
+            Defect::Usage { role, kind } if role as usize % roles == k => match kind % 3 {
+                0 => usage -= wgpu::BufferUsages::STORAGE,
+                1 => usage -= wgpu::BufferUsages::COPY_DST,
+                _ => usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            },
+            _ => {}
+        }
+        let size = ((e.max(1) as u64 * eb as u64).next_multiple_of(4)).max(4);
+        short[k] = size < ((elems * eb) as u64).next_multiple_of(4);
+        no_storage[k] = !usage.contains(wgpu::BufferUsages::STORAGE);
+        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }));
+    }
+    if pollster::block_on(scope.pop()).is_some() {
+        return None;
+    }
+    let mut role: Vec<usize> = (0..roles).collect();
+    if let Defect::Alias { role: r, of } = defect {
+        role[r as usize % roles] = of as usize % roles;
+    }
+    Some(Made { bufs, short, no_storage, role })
+}
+
 /// One Vulkan context for every input (lavapipe in CI); `None` without an adapter.
 fn context() -> Option<&'static Arc<Context>> {
     static CTX: OnceLock<Option<Arc<Context>>> = OnceLock::new();
@@ -131,37 +175,10 @@ pub fn exercise(data: &[u8]) -> &'static str {
         state(1),
         state(1),
     ];
-    // The buffers, hostile or not: made inside an error scope (a usage wgpu refuses skips the
-    // input: that is wgpu's validation, not ours).
-    let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let mut bufs: Vec<wgpu::Buffer> = Vec::with_capacity(ROLES);
-    // Whether each role's buffer holds fewer bytes than the role needs (rounded up to 4).
-    let mut short = [false; ROLES];
-    for (k, &elems) in need.iter().enumerate() {
-        let elem_bytes = if k == 6 { 4 } else { bytes };
-        let (mut usage, mut elems) = (good, elems as i64);
-        match input.defect {
-            Defect::Size { role, short, by } if role as usize % ROLES == k => elems += if short { -(1 + by as i64 % 2) } else { 1 },
-            Defect::Usage { role, kind } if role as usize % ROLES == k => match kind % 3 {
-                0 => usage -= wgpu::BufferUsages::STORAGE,
-                1 => usage -= wgpu::BufferUsages::COPY_DST,
-                _ => usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            },
-            _ => {}
-        }
-        let size = ((elems.max(1) as u64 * elem_bytes as u64).next_multiple_of(4)).max(4);
-        short[k] = size < ((need[k] * elem_bytes) as u64).next_multiple_of(4);
-        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fuzz"), size, usage, mapped_at_creation: false }));
-    }
-    if pollster::block_on(scope.pop()).is_some() {
+    let elem_bytes: Vec<usize> = (0..ROLES).map(|k| if k == 6 { 4 } else { bytes }).collect();
+    let Some(Made { bufs, short, no_storage: _, role }) = make_buffers(ctx, &need, &elem_bytes, input.defect, "fuzz") else {
         return "buffers refused by wgpu";
-    }
-    let mut role: Vec<usize> = (0..ROLES).collect();
-    if let Defect::Alias { role: r, of } = input.defect {
-        let r = r as usize % ROLES;
-        role[r] = of as usize % ROLES;
-    }
+    };
     let buf = |k: usize| &bufs[role[k]];
     let ns = states.len();
     let count = |which: usize| match input.defect {
@@ -263,34 +280,9 @@ fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'stat
     let mut need = vec![plan.weight_elems(), b * cfg.input_size, b * cfg.output_size()];
     need.extend(plan.state_elems());
     let roles = need.len();
-    let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
-    let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let mut short = vec![false; roles];
-    let mut no_storage = vec![false; roles];
-    let mut bufs = Vec::with_capacity(roles);
-    for (k, &elems) in need.iter().enumerate() {
-        let (mut usage, mut e) = (good, elems as i64);
-        match defect {
-            Defect::Size { role, short: s, by } if role as usize % roles == k => e += if s { -(1 + by as i64 % 2) } else { 1 },
-            Defect::Usage { role, kind } if role as usize % roles == k => match kind % 3 {
-                0 => usage -= wgpu::BufferUsages::STORAGE,
-                1 => usage -= wgpu::BufferUsages::COPY_DST,
-                _ => usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            },
-            _ => {}
-        }
-        let size = ((e.max(1) as u64 * bytes as u64).next_multiple_of(4)).max(4);
-        short[k] = size < ((elems * bytes) as u64).next_multiple_of(4);
-        no_storage[k] = !usage.contains(wgpu::BufferUsages::STORAGE);
-        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some("fuzz step"), size, usage, mapped_at_creation: false }));
-    }
-    if pollster::block_on(scope.pop()).is_some() {
+    let Some(Made { bufs, short, no_storage, role }) = make_buffers(ctx, &need, &vec![bytes; roles], defect, "fuzz step") else {
         return "buffers refused by wgpu";
-    }
-    let mut role: Vec<usize> = (0..roles).collect();
-    if let Defect::Alias { role: r, of } = defect {
-        role[r as usize % roles] = of as usize % roles;
-    }
+    };
     let ns = roles - 3;
     let count = match defect {
         Defect::Slice { longer, .. } => if longer { ns + 1 } else { ns - 1 },

@@ -14,21 +14,10 @@ const MAX_PADDED: usize = 1 << 22;
 /// Elements (f32) past any 64-bit machine's address space (2^48 bytes): must be refused.
 const UNALLOCATABLE: usize = 1 << 46;
 
-/// A size: mostly small, sometimes anything (overflow and allocation paths).
-#[derive(Arbitrary, Debug, Clone, Copy)]
-enum Size {
-    Small(u8),
-    Any(usize),
-}
-
-impl Size {
-    fn get(self) -> usize {
-        match self {
-            Size::Small(v) => v as usize % 9,
-            Size::Any(v) => v,
-        }
-    }
-}
+#[path = "size.rs"]
+mod size;
+/// A size: mostly below 9, sometimes anything (overflow and allocation paths).
+type Size = size::Size<9>;
 
 #[derive(Arbitrary, Debug)]
 enum Input {
