@@ -1,22 +1,21 @@
 // PyTorch's GRU (src/cells/gru.rs). State h [H]; tape: r, z, n, W_hn h + b_hn.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    for (var j = lid.x; j < n; j += WG) {
-        let rg = sigmoid(xp(row, j) + r(row, j));
-        let z = sigmoid(xp(row, n + j) + r(row, n + j));
-        let hn = r(row, 2u * n + j);
-        let nn = tanh_safe(xp(row, 2u * n + j) + rg * hn);
-        let y = (1.0 - z) * nn + z * s_get(row, j);
-        s_set(row, j, y);
-        out_set(row, j, y);
-        tape_set(row, j, rg);
-        tape_set(row, n + j, z);
-        tape_set(row, 2u * n + j, nn);
-        tape_set(row, 3u * n + j, hn);
+    if (j >= n) {
+        return;
     }
+    let rg = sigmoid(xp(row, j) + r(row, j));
+    let z = sigmoid(xp(row, n + j) + r(row, n + j));
+    let hn = r(row, 2u * n + j);
+    let nn = tanh_safe(xp(row, 2u * n + j) + rg * hn);
+    let y = (1.0 - z) * nn + z * s_get(row, j);
+    s_set(row, j, y);
+    out_set(row, j, y);
+    tape_set(row, j, rg);
+    tape_set(row, n + j, z);
+    tape_set(row, 2u * n + j, nn);
+    tape_set(row, 3u * n + j, hn);
 }
 
 @compute @workgroup_size(64)

@@ -12,28 +12,25 @@
 //   ds += dtape(r_g h) r_g (the driver then adds dr[0..2H] W_hh[0..2H] to ds).
 // Purely pointwise: no reductions, each invocation reads and writes only its own units j.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    if (p.stage == 0u) {
-        for (var j = lid.x; j < n; j += WG) {
-            let rg = sigmoid(xp(row, j) + r(row, j));
-            let z = sigmoid(xp(row, n + j) + r(row, n + j));
-            tape_set(row, j, rg);
-            tape_set(row, n + j, z);
-            tape_set(row, 3u * n + j, rg * s_get(row, j));
-        }
+    if (j >= n) {
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
-        let z = tape_get(row, n + j);
-        let nn = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
-        let y = (1.0 - z) * nn + z * s_get(row, j);
-        tape_set(row, 2u * n + j, nn);
-        s_set(row, j, y);
-        out_set(row, j, y);
+    if (p.stage == 0u) {
+        let rg = sigmoid(xp(row, j) + r(row, j));
+        let z = sigmoid(xp(row, n + j) + r(row, n + j));
+        tape_set(row, j, rg);
+        tape_set(row, n + j, z);
+        tape_set(row, 3u * n + j, rg * s_get(row, j));
+        return;
     }
+    let z = tape_get(row, n + j);
+    let nn = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let y = (1.0 - z) * nn + z * s_get(row, j);
+    tape_set(row, 2u * n + j, nn);
+    s_set(row, j, y);
+    out_set(row, j, y);
 }
 
 @compute @workgroup_size(64)

@@ -1,10 +1,8 @@
 // IndRNN (src/cells/indrnn.rs): h' = relu(xp + u * h), u the pointwise parameters [H].
 // State h [H]; tape: h'.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
-    for (var j = lid.x; j < p.hidden; j += WG) {
+fn unit_forward(row: u32, j: u32) {
+    if (j < p.hidden) {
         let y = max(xp(row, j) + e(j) * s_get(row, j), 0.0);
         s_set(row, j, y);
         tape_set(row, j, y);

@@ -8,22 +8,19 @@
 // 0 (the driver's dr W_y) and writes dxp = dr[0..H] = dtape (1 - a^2).
 // Each invocation reads and writes only its own units j: no barriers, no reductions.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    if (p.stage == 0u) {
-        for (var j = lid.x; j < n; j += WG) {
-            tape_set(row, j, tanh_safe(xp(row, j) + r(row, j)));
-        }
+    if (j >= n) {
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
-        let v = tanh_safe(r(row, n + j));
-        s_set(row, j, v);
-        tape_set(row, n + j, v);
-        out_set(row, j, v);
+    if (p.stage == 0u) {
+        tape_set(row, j, tanh_safe(xp(row, j) + r(row, j)));
+        return;
     }
+    let v = tanh_safe(r(row, n + j));
+    s_set(row, j, v);
+    tape_set(row, n + j, v);
+    out_set(row, j, v);
 }
 
 @compute @workgroup_size(64)

@@ -2,38 +2,37 @@
 // with projection (P = p.proj > 0), the pre-projection h at 5H, which stage 1's product
 // W_hr reads. Stage 1 copies that product into h.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
     let ho = select(n, p.proj, p.proj > 0u);
     if (p.stage == 1u) {
-        for (var j = lid.x; j < ho; j += WG) {
+        if (j < ho) {
             let y = r(row, 4u * n + j);
             s_set(row, j, y);
             out_set(row, j, y);
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
-        let i = sigmoid(xp(row, j) + r(row, j));
-        let f = sigmoid(xp(row, n + j) + r(row, n + j));
-        let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
-        let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j));
-        let c = f * s_get(row, ho + j) + i * g;
-        let h = o * tanh_safe(c);
-        s_set(row, ho + j, c);
-        tape_set(row, j, i);
-        tape_set(row, n + j, f);
-        tape_set(row, 2u * n + j, g);
-        tape_set(row, 3u * n + j, o);
-        tape_set(row, 4u * n + j, c);
-        if (p.proj > 0u) {
-            tape_set(row, 5u * n + j, h);
-        } else {
-            s_set(row, j, h);
-            out_set(row, j, h);
-        }
+    if (j >= n) {
+        return;
+    }
+    let i = sigmoid(xp(row, j) + r(row, j));
+    let f = sigmoid(xp(row, n + j) + r(row, n + j));
+    let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j));
+    let c = f * s_get(row, ho + j) + i * g;
+    let h = o * tanh_safe(c);
+    s_set(row, ho + j, c);
+    tape_set(row, j, i);
+    tape_set(row, n + j, f);
+    tape_set(row, 2u * n + j, g);
+    tape_set(row, 3u * n + j, o);
+    tape_set(row, 4u * n + j, c);
+    if (p.proj > 0u) {
+        tape_set(row, 5u * n + j, h);
+    } else {
+        s_set(row, j, h);
+        out_set(row, j, h);
     }
 }
 

@@ -7,24 +7,23 @@
 // reaches the previous step only through the product, which the driver adds).
 // Purely pointwise: no reductions, each invocation reads and writes only its own units j.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    for (var j = lid.x; j < n; j += WG) {
-        let f = sigmoid(xp(row, j) + r(row, j));
-        let g = tanh_safe(xp(row, n + j) + r(row, n + j));
-        let o = sigmoid(xp(row, 2u * n + j) + r(row, 2u * n + j));
-        let cn = f * s_get(row, n + j) + (1.0 - f) * g;
-        let y = o * tanh_safe(cn);
-        s_set(row, n + j, cn);
-        s_set(row, j, y);
-        out_set(row, j, y);
-        tape_set(row, j, f);
-        tape_set(row, n + j, g);
-        tape_set(row, 2u * n + j, o);
-        tape_set(row, 3u * n + j, cn);
+    if (j >= n) {
+        return;
     }
+    let f = sigmoid(xp(row, j) + r(row, j));
+    let g = tanh_safe(xp(row, n + j) + r(row, n + j));
+    let o = sigmoid(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let cn = f * s_get(row, n + j) + (1.0 - f) * g;
+    let y = o * tanh_safe(cn);
+    s_set(row, n + j, cn);
+    s_set(row, j, y);
+    out_set(row, j, y);
+    tape_set(row, j, f);
+    tape_set(row, n + j, g);
+    tape_set(row, 2u * n + j, o);
+    tape_set(row, 3u * n + j, cn);
 }
 
 @compute @workgroup_size(64)

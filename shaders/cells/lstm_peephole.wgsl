@@ -9,27 +9,26 @@
 // zeroed (h reaches the previous step only through the product, which the driver adds).
 // Purely pointwise: no reductions, each invocation reads and writes only its own units j.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    for (var j = lid.x; j < n; j += WG) {
-        let cp = s_get(row, n + j);
-        let i = sigmoid(xp(row, j) + r(row, j) + e(j) * cp);
-        let f = sigmoid(xp(row, n + j) + r(row, n + j) + e(n + j) * cp);
-        let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
-        let cn = f * cp + i * g;
-        let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j) + e(2u * n + j) * cn);
-        let y = o * tanh_safe(cn);
-        s_set(row, n + j, cn);
-        s_set(row, j, y);
-        out_set(row, j, y);
-        tape_set(row, j, i);
-        tape_set(row, n + j, f);
-        tape_set(row, 2u * n + j, g);
-        tape_set(row, 3u * n + j, o);
-        tape_set(row, 4u * n + j, cn);
+    if (j >= n) {
+        return;
     }
+    let cp = s_get(row, n + j);
+    let i = sigmoid(xp(row, j) + r(row, j) + e(j) * cp);
+    let f = sigmoid(xp(row, n + j) + r(row, n + j) + e(n + j) * cp);
+    let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let cn = f * cp + i * g;
+    let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j) + e(2u * n + j) * cn);
+    let y = o * tanh_safe(cn);
+    s_set(row, n + j, cn);
+    s_set(row, j, y);
+    out_set(row, j, y);
+    tape_set(row, j, i);
+    tape_set(row, n + j, f);
+    tape_set(row, 2u * n + j, g);
+    tape_set(row, 3u * n + j, o);
+    tape_set(row, 4u * n + j, cn);
 }
 
 @compute @workgroup_size(64)

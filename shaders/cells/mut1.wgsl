@@ -10,28 +10,25 @@
 // da W_hh), writes dxp[H..2H] = dr[0..H] = dr_pre, and adds dtape * r to ds_h.
 // Each invocation reads and writes only its own units j: no barriers, no reductions.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    if (p.stage == 0u) {
-        for (var j = lid.x; j < n; j += WG) {
-            let z = sigmoid(xp(row, j));
-            let rg = sigmoid(xp(row, n + j) + r(row, j));
-            tape_set(row, j, z);
-            tape_set(row, n + j, rg);
-            tape_set(row, 2u * n + j, rg * s_get(row, j));
-        }
+    if (j >= n) {
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
-        let u = tanh_safe(r(row, n + j) + tanh_safe(x(row, j)));
-        let z = tape_get(row, j);
-        let y = u * z + s_get(row, j) * (1.0 - z);
-        tape_set(row, 3u * n + j, u);
-        s_set(row, j, y);
-        out_set(row, j, y);
+    if (p.stage == 0u) {
+        let z = sigmoid(xp(row, j));
+        let rg = sigmoid(xp(row, n + j) + r(row, j));
+        tape_set(row, j, z);
+        tape_set(row, n + j, rg);
+        tape_set(row, 2u * n + j, rg * s_get(row, j));
+        return;
     }
+    let u = tanh_safe(r(row, n + j) + tanh_safe(x(row, j)));
+    let z = tape_get(row, j);
+    let y = u * z + s_get(row, j) * (1.0 - z);
+    tape_set(row, 3u * n + j, u);
+    s_set(row, j, y);
+    out_set(row, j, y);
 }
 
 @compute @workgroup_size(64)

@@ -15,6 +15,7 @@
 //   @6 io    read_write: output rows [N, out_w] (forward), output gradients (backward)
 //   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [N, ew] at p.de
 //   @8 dxin  read_write: input gradients [N, inw] (direct terms of cells that read x)
+//   (The fused stage kernel, stage.wgsl, binds its own @7 and @8 instead: see there.)
 // The regularisers' kernels (end of file) bind the step counter (an optimiser's step count,
 // f32 at element 0) at @1 instead of the weights.
 // Rows: `row` is the step's row (0..p.rows, the sorted state row); its packed row is
@@ -50,6 +51,19 @@ struct CellParams {
     seed: u32,
     thresh: u32,
     f: f32,
+    // The fused stage kernel (shaders/cells/stage.wgsl) only:
+    units: u32,       // invocations per row along x
+    pg: u32,          // the stage's product: gates per unit (0: no product)
+    prows: u32,       //   its rows (the product's width)
+    pk: u32,          //   its k
+    pw: u32,          //   R [prows, pk] row-major in w
+    pb: u32,          //   its bias [prows] in w, or NONE
+    pcol: u32,        //   its first column in r
+    pa_off: u32,      //   v of row `row` at pa_off + row * pa_ld in st (pa_state 1) or tp
+    pa_ld: u32,
+    pa_state: u32,
+    save: u32,        // 1: copy the step's states to the tape's states before each row
+    _pad0: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;

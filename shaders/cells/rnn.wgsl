@@ -4,10 +4,8 @@
 fn act(v: f32) -> f32 { return select(tanh_safe(v), max(v, 0.0), RELU); }
 fn dact(y: f32) -> f32 { return select(1.0 - y * y, select(0.0, 1.0, y > 0.0), RELU); }
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
-    for (var j = lid.x; j < p.hidden; j += WG) {
+fn unit_forward(row: u32, j: u32) {
+    if (j < p.hidden) {
         let y = act(xp(row, j) + r(row, j));
         s_set(row, j, y);
         tape_set(row, j, y);

@@ -16,20 +16,18 @@ const SCRN_BETA: f32 = 0.05;
 
 fn scrn_context() -> u32 { return max(1u, p.hidden / 2u); }
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
     let c = scrn_context();
     if (p.stage == 0u) {
-        for (var j = lid.x; j < c; j += WG) {
+        if (j < c) {
             let v = SCRN_BETA * xp(row, j) + SCRN_ALPHA * s_get(row, n + j);
             s_set(row, n + j, v);
             tape_set(row, j, v);
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    if (j < n) {
         let y = sigmoid(r(row, n + j) + xp(row, c + j) + r(row, j));
         s_set(row, j, y);
         tape_set(row, c + j, y);

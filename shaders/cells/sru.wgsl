@@ -8,21 +8,20 @@
 // Tape: f [0, H), r [H, 2H), c' [2H, 3H). Backward adds the highway's (1 - r) dh to the input
 // gradient directly (dx_add). No reductions: every unit is independent.
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
-    for (var j = lid.x; j < n; j += WG) {
-        let cp = s_get(row, j);
-        let f = sigmoid(xp(row, n + j) + e(j) * cp + e(2u * n + j));
-        let rg = sigmoid(xp(row, 2u * n + j) + e(n + j) * cp + e(3u * n + j));
-        let cn = f * cp + (1.0 - f) * xp(row, j);
-        s_set(row, j, cn);
-        out_set(row, j, rg * cn + (1.0 - rg) * x(row, j));
-        tape_set(row, j, f);
-        tape_set(row, n + j, rg);
-        tape_set(row, 2u * n + j, cn);
+    if (j >= n) {
+        return;
     }
+    let cp = s_get(row, j);
+    let f = sigmoid(xp(row, n + j) + e(j) * cp + e(2u * n + j));
+    let rg = sigmoid(xp(row, 2u * n + j) + e(n + j) * cp + e(3u * n + j));
+    let cn = f * cp + (1.0 - f) * xp(row, j);
+    s_set(row, j, cn);
+    out_set(row, j, rg * cn + (1.0 - rg) * x(row, j));
+    tape_set(row, j, f);
+    tape_set(row, n + j, rg);
+    tape_set(row, 2u * n + j, cn);
 }
 
 @compute @workgroup_size(64)

@@ -28,11 +28,12 @@ impl Cell for GruResetBefore {
             xp: 3 * h,
             input_bias: true,
             stages: vec![
-                Some(Product { slot: Slot::WeightHh, offset: 0, rows: 2 * h, k: h, bias: Some((Slot::BiasHh, 0)), src: Src::State(0) }),
+                Some(Product { slot: Slot::WeightHh, offset: 0, rows: 2 * h, gates: 2, k: h, bias: Some((Slot::BiasHh, 0)), src: Src::State(0) }),
                 Some(Product {
                     slot: Slot::WeightHh,
                     offset: 2 * h * h,
                     rows: h,
+                    gates: 1,
                     k: h,
                     bias: Some((Slot::BiasHh, 2 * h)),
                     src: Src::Tape { offset: 3 * h },

@@ -33,11 +33,12 @@ impl Cell for Jordan {
             xp: h,
             input_bias: true,
             stages: vec![
-                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, k: h, bias: None, src: Src::State(0) }),
+                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, gates: 1, k: h, bias: None, src: Src::State(0) }),
                 Some(Product {
                     slot: Slot::WeightHh,
                     offset: h * h,
                     rows: h,
+                    gates: 1,
                     k: h,
                     bias: Some((Slot::BiasHh, 0)),
                     src: Src::Tape { offset: 0 },

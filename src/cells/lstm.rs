@@ -41,6 +41,7 @@ impl Cell for Lstm {
                 slot: Slot::WeightHr,
                 offset: 0,
                 rows: s.proj,
+                gates: 1,
                 k: h,
                 bias: None,
                 src: Src::Tape { offset: 5 * h },

@@ -70,7 +70,8 @@ impl Cell for LstmLayerNorm {
     // spread of a nearly constant vector, which multiplies rounding errors.
     const F16_REFUSED: Option<&'static str> =
         Some("its layer norms amplify f16 rounding of the input or the weights alone beyond the f16 tolerances (golden-variant cases); use f32");
-    const WGSL: &'static str = super::cell_wgsl!("lstm_layernorm.wgsl");
+    const WGSL: &'static str = super::cell_wgsl!(rows "lstm_layernorm.wgsl");
+    const UNIT_STEP: bool = false;
     fn params(s: Sizes) -> Vec<ParamDef> {
         let h = s.hidden;
         let g = 4 * h;
@@ -95,7 +96,7 @@ impl Cell for LstmLayerNorm {
         Layout {
             xp: 4 * h,
             input_bias: false,
-            stages: vec![Some(Product { slot: Slot::WeightHh, offset: 0, rows: 4 * h, k: h, bias: None, src: Src::State(0) })],
+            stages: vec![Some(Product { slot: Slot::WeightHh, offset: 0, rows: 4 * h, gates: 4, k: h, bias: None, src: Src::State(0) })],
             tape: 13 * h + 3,
             pointwise: 22 * h,
             uses_input: false,

@@ -144,6 +144,11 @@ pub struct Product {
     pub offset: usize,
     /// Rows of `R`: the product's width.
     pub rows: usize,
+    /// How the rows split into units: `gates` blocks of `rows / gates`, row `g * (rows /
+    /// gates) + j` belonging to unit j (LSTM's i, f, g, o rows of unit j: 4). For cells with
+    /// [`Cell::UNIT_STEP`], the stage's pointwise function of unit j reads only unit j's
+    /// columns of this product: the fused stage kernel computes them in the same invocation.
+    pub gates: usize,
     /// Columns of `R`: the width of `v`.
     pub k: usize,
     /// `(slot, offset)` of a `[rows]` bias.
@@ -151,6 +156,9 @@ pub struct Product {
     /// What `v` is: a previous state or tape values.
     pub src: Src,
 }
+
+/// Most gates a product's unit may have ([`Product::gates`]).
+pub const MAX_GATES: usize = 4;
 
 /// The shape of a cell's step for one layer-direction.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -179,10 +187,15 @@ impl Layout {
     /// gradient of the state before the step). Every registered cell keeps it (tested).
     pub fn check(&self) -> std::result::Result<(), String> {
         for (k, st) in self.stages.iter().enumerate() {
-            if let Some(Product { src: Src::State(_), .. }) = st {
+            let Some(p) = st else { continue };
+            if let Src::State(_) = p.src {
                 if k > 0 {
                     return Err(format!("stage {k}'s product reads a state; only stage 0's may"));
                 }
+            }
+            // The fused stage kernel keeps a unit's gates in one vec4.
+            if !(1..=MAX_GATES).contains(&p.gates) || p.rows % p.gates != 0 {
+                return Err(format!("stage {k}'s product: {} rows in {} gates (1 to {MAX_GATES}, dividing the rows)", p.rows, p.gates));
             }
         }
         Ok(())
@@ -285,9 +298,17 @@ pub trait Cell: 'static {
     /// product alike). The CPU engine then keeps one of the two when stage 0's is the only
     /// product, and the cell's `dr` writes go to a row scratch.
     const DR_IS_DXP: bool = false;
-    /// The cell's GPU kernels: `shaders/cells/prelude.wgsl` followed by the cell's file
-    /// (entry points `cell_forward` and `cell_backward`); see `cell_wgsl!`.
+    /// The cell's GPU kernels: `shaders/cells/prelude.wgsl`, the cell's file and, for cells
+    /// with [`Cell::UNIT_STEP`], `shaders/cells/stage.wgsl`; see `cell_wgsl!`.
     const WGSL: &'static str;
+    /// Whether every stage's pointwise forward is per unit: the cell's WGSL defines
+    /// `unit_forward(row, j)`, which reads and writes only unit j's columns of the states, of
+    /// the stage's product ([`Product::gates`]) and of the tape, so the fused stage kernel
+    /// (`cell_stage` in `shaders/cells/stage.wgsl`) computes the product and the update in one
+    /// dispatch. Otherwise (`cell_wgsl!(rows ..)`: a pointwise step that reduces over the
+    /// row, as layer norm does) the file defines the whole-row kernel `cell_forward`, and
+    /// each stage is a product GEMM and that kernel.
+    const UNIT_STEP: bool = true;
     /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
     fn check(_s: Sizes) -> std::result::Result<(), String> {
         Ok(())
@@ -317,14 +338,25 @@ pub fn state_offsets(states: &[StateDef]) -> (Vec<usize>, usize) {
 
 /// A cell's WGSL: the prelude (bindings, parameters, row accessors), then `$file` from
 /// `shaders/cells/`.
+/// `cell_wgsl!("x.wgsl")` for a cell with [`Cell::UNIT_STEP`] (the fused stage kernel
+/// follows), `cell_wgsl!(rows "x.wgsl")` for one without.
 macro_rules! cell_wgsl {
+    (rows $file:literal) => {
+        concat!(
+            include_str!("../../shaders/shared/activations.wgsl"),
+            include_str!("../../shaders/shared/random.wgsl"),
+            include_str!("../../shaders/cells/prelude.wgsl"),
+            include_str!(concat!("../../shaders/cells/", $file))
+        )
+    };
     ($file:literal $(, $prefix:literal)?) => {
         concat!(
             include_str!("../../shaders/shared/activations.wgsl"),
             include_str!("../../shaders/shared/random.wgsl"),
             include_str!("../../shaders/cells/prelude.wgsl"),
             $($prefix,)?
-            include_str!(concat!("../../shaders/cells/", $file))
+            include_str!(concat!("../../shaders/cells/", $file)),
+            include_str!("../../shaders/cells/stage.wgsl")
         )
     };
 }
@@ -465,6 +497,10 @@ impl Mode {
     /// Why f16 storage is refused for this cell, if it is ([`Cell::F16_REFUSED`]).
     pub fn f16_refused(self) -> Option<&'static str> {
         with_cell!(self, C => C::F16_REFUSED)
+    }
+    /// Whether the fused stage kernel runs the cell ([`Cell::UNIT_STEP`]).
+    pub fn unit_step(self) -> bool {
+        with_cell!(self, C => C::UNIT_STEP)
     }
 }
 

@@ -43,11 +43,12 @@ impl Cell for Mut1 {
             xp: 2 * h,
             input_bias: true,
             stages: vec![
-                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, k: h, bias: None, src: Src::State(0) }),
+                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, gates: 1, k: h, bias: None, src: Src::State(0) }),
                 Some(Product {
                     slot: Slot::WeightHh,
                     offset: h * h,
                     rows: h,
+                    gates: 1,
                     k: h,
                     bias: Some((Slot::BiasHh, 0)),
                     src: Src::Tape { offset: 2 * h },

@@ -76,6 +76,7 @@ pub(super) fn torch_layout(g: usize, s: Sizes, h_out: usize, tape: usize) -> Lay
             slot: Slot::WeightHh,
             offset: 0,
             rows: gh,
+            gates: g,
             k: h_out,
             bias: s.bias.then_some((Slot::BiasHh, 0)),
             src: Src::State(0),

@@ -42,8 +42,8 @@ impl Cell for Scrn {
             xp: c + h,
             input_bias: false,
             stages: vec![
-                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, k: h, bias: None, src: Src::State(0) }),
-                Some(Product { slot: Slot::WeightHh, offset: h * h, rows: h, k: c, bias: None, src: Src::Tape { offset: 0 } }),
+                Some(Product { slot: Slot::WeightHh, offset: 0, rows: h, gates: 1, k: h, bias: None, src: Src::State(0) }),
+                Some(Product { slot: Slot::WeightHh, offset: h * h, rows: h, gates: 1, k: c, bias: None, src: Src::Tape { offset: 0 } }),
             ],
             tape: c + h,
             pointwise: 0,

@@ -57,6 +57,9 @@ use std::sync::Arc;
 /// an invocation's loops after 65,535 iterations in all: ARCHITECTURE.md, "Runs").
 const K_RUN: usize = super::plan::GEMM_K_RUN;
 
+/// Rows a fused stage kernel's invocation takes (`RB` in shaders/cells/stage.wgsl).
+const STAGE_ROWS: usize = 8;
+
 /// Offsets of each slot of each layer-direction in the flat weights, and the total.
 fn slot_layout(cfg: &RnnConfig) -> (Vec<[Option<usize>; 6]>, usize) {
     let mut at = 0;
@@ -164,6 +167,10 @@ enum Buf {
     Dy(usize),
     /// Zoneout's set-aside gradients `[B, H_out]`.
     Stash,
+    /// The fused stage kernel's product input rows `[B, kp]`.
+    Pin,
+    /// A layer-direction's `W_x^T` for the input projection's GEMM.
+    WxT,
     /// The caller's step counter, or a zero of the plan's own ([`Buf::ZeroCounter`]).
     Counter,
     ZeroCounter,
@@ -222,9 +229,23 @@ impl Builder {
         }
     }
 
+    /// `dst [width, rows]` = the weights' `[rows, width]` at `src_off`, transposed.
+    fn transpose(&mut self, ops: &mut Vec<Op>, src_off: usize, rows: usize, width: usize, dst: Buf) {
+        let p = UtilParams { rows: rows as u32, width: width as u32, src_off: src_off as u32, ..Default::default() };
+        let off = self.params.push(&p);
+        let g = (rows * width).div_ceil(256) as u32;
+        let groups = [g.min(self.max_groups), g.div_ceil(self.max_groups), 1];
+        ops.push(Op::Dispatch { kernel: Kernel::Transpose, param_off: off, groups, bufs: vec![Buf::Weights, Buf::Dummy(0), Buf::Tables, dst] });
+    }
+
     fn cell(&mut self, ops: &mut Vec<Op>, kernel: Kernel, p: &CellParams, bufs: [Buf; 8]) {
+        self.cell_in(ops, kernel, p, bufs, [p.rows, 1, 1]);
+    }
+
+    /// A cell-family dispatch (`bufs` at bindings 1..=8).
+    fn cell_in(&mut self, ops: &mut Vec<Op>, kernel: Kernel, p: &CellParams, bufs: [Buf; 8], groups: [u32; 3]) {
         let off = self.params.push(p);
-        ops.push(Op::Dispatch { kernel, param_off: off, groups: [p.rows, 1, 1], bufs: bufs.to_vec() });
+        ops.push(Op::Dispatch { kernel, param_off: off, groups, bufs: bufs.to_vec() });
     }
 }
 
@@ -300,12 +321,16 @@ impl CellPlan {
         let hw = cfg.states()[0].width;
         let (woffs, weight_elems) = slot_layout(cfg);
         let scr_len = dims.iter().map(|x| b * x.rw.max(x.lay.tape)).max().unwrap_or(0);
+        let pin_len = dims.iter().map(|x| x.pin_len(b)).max().unwrap_or(0);
+        let wxt_len = dims.iter().map(|x| x.lay.xp * x.inw).max().unwrap_or(0);
         let bws_len = if training { dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0) } else { 0 };
         let mut sizes = vec![
             ("weights", weight_elems),
             ("states", ld * b * sw),
             ("layer output", n * out_w),
             ("scratch", scr_len),
+            ("stage product input", pin_len),
+            ("transposed input matrix", wxt_len),
             ("input", n * cfg.input_size),
             ("backward workspace", bws_len),
         ];
@@ -324,6 +349,7 @@ impl CellPlan {
         let off = step_offsets(layout.batch_sizes());
         let steps = layout.batch_sizes().len();
         let cell = cfg.mode;
+        let unit = cell.unit_step();
         let last = cfg.num_layers - 1;
         // The regularisers' parameters (RnnConfig::validate checked zoneout's cell).
         let zone_params = |cp: &CellParams, k: usize, stage: u32| CellParams {
@@ -371,9 +397,13 @@ impl CellPlan {
                 if lay.xp > 0 {
                     let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
                     let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
-                    bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (wx, 1, dm.inw), (0, lay.xp), bias, 0.0), x, Buf::Weights, tp, bias.map(|_| Buf::Weights))?;
+                    // W_x^T [in, Gx] first: the GEMM then reads B's rows contiguously (as
+                    // vec4s where aligned).
+                    bl.transpose(&mut fwd, wx, lay.xp, dm.inw, Buf::WxT);
+                    bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (0, lay.xp, 1), (0, lay.xp), bias, 0.0), x, Buf::WxT, tp, bias.map(|_| Buf::Weights))?;
                 }
                 let mut cp = dm.params(cfg, k, dir, (b, n, training), out_w, wo);
+                let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
                 let order: Vec<usize> = if dir == 1 { (0..steps).rev().collect() } else { (0..steps).collect() };
                 for t in order {
                     let rows = layout.batch_sizes()[t];
@@ -382,12 +412,53 @@ impl CellPlan {
                     cp.rows = rows as u32;
                     cp.o = o as u32;
                     cp.trow = trow as u32;
-                    let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
-                    if training || zone {
+                    if unit {
+                        for (st, stage) in lay.stages.iter().enumerate() {
+                            let save = (training || zone) && st == 0;
+                            let mut p = CellParams { stage: st as u32, save: save as u32, ..cp };
+                            let mut pu = 0;
+                            if let Some(pr) = stage {
+                                pu = pr.rows / pr.gates;
+                                p.pg = pr.gates as u32;
+                                p.prows = pr.rows as u32;
+                                p.pk = pr.k as u32;
+                                p.pw = (slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset) as u32;
+                                if let Some((bs, bo)) = pr.bias {
+                                    p.pb = (slot_at(wo, bs, "recurrent bias")? + bo) as u32;
+                                }
+                                p.pcol = dm.roffs[st] as u32;
+                                let (a_off, a_ld, state) = match pr.src {
+                                    Src::State(si) => (k * b * sw + dm.soffs[si], sw, 1),
+                                    Src::Tape { offset } => (dm.tape_off(n) + trow * lay.tape + offset, lay.tape, 0),
+                                };
+                                p.pa_off = a_off as u32;
+                                p.pa_ld = a_ld as u32;
+                                p.pa_state = state;
+                            }
+                            if stage.is_some() || save {
+                                // The product's input rows to `pin` (written through the
+                                // scratch binding), the states to the tape.
+                                let ib = [Buf::Weights, x, tp, Buf::States, Buf::Pin, y, Buf::Dummy(0), Buf::Dummy(1)];
+                                bl.cell_in(&mut fwd, Kernel::CellStageInput(cell), &p, ib, [rows as u32, 1, 1]);
+                            }
+                            let units = cfg.hidden_size.max(cfg.proj_size).max(pu);
+                            p.units = units as u32;
+                            let groups = [units.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
+                            // vec4 reads of R: its offset and row length multiples of 4.
+                            let vec4 = p.pg > 0 && p.pw.is_multiple_of(4) && p.pk.is_multiple_of(4);
+                            let gates = p.pg.max(1) as u8;
+                            // The weights as vec4s at 7 where read so (16 bytes of them at
+                            // least then), and the product's input at 8.
+                            let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
+                            let sb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, w4, Buf::Pin];
+                            bl.cell_in(&mut fwd, Kernel::CellStage { cell, vec4, gates }, &p, sb, groups);
+                        }
+                    }
+                    if !unit && (training || zone) {
                         cp.stage = 0;
                         bl.cell(&mut fwd, Kernel::CellSave(cell), &cp, bufs);
                     }
-                    for (st, stage) in lay.stages.iter().enumerate() {
+                    for (st, stage) in lay.stages.iter().enumerate().filter(|_| !unit) {
                         if let Some(pr) = stage {
                             let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
                             let bias = match pr.bias {
@@ -412,8 +483,7 @@ impl CellPlan {
             }
             if dropout && layer < last {
                 let db = [Buf::Counter, y, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::LayerIn(layer + 1), Buf::Dummy(3), Buf::Dummy(4)];
-                let off = bl.params.push(&drop_params(layer));
-                fwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
+                bl.cell_in(&mut fwd, Kernel::CellDropout(cell), &drop_params(layer), db, drop_groups);
             }
         }
 
@@ -437,8 +507,7 @@ impl CellPlan {
                 if dropout && layer < last {
                     // The gradient of the next layer's input, through the same mask.
                     let db = [Buf::Counter, Buf::Dx(layer + 1), Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dy, Buf::Dummy(3), Buf::Dummy(4)];
-                    let off = bl.params.push(&drop_params(layer));
-                    bwd.push(Op::Dispatch { kernel: Kernel::CellDropout(cell), param_off: off, groups: drop_groups, bufs: db.to_vec() });
+                    bl.cell_in(&mut bwd, Kernel::CellDropout(cell), &drop_params(layer), db, drop_groups);
                 }
                 let (dxp_off, dr_off, de_off) = (0, n * lay.xp, n * (lay.xp + dm.rw));
                 for dir in 0..d {
@@ -568,7 +637,7 @@ impl CellPlan {
         if training {
             own.insert(Buf::GradStates, buf(ctx, "state gradients", rows * sw)?);
         }
-        for i in 0..5 {
+        for i in 0..6 {
             own.insert(Buf::Dummy(i), buf(ctx, "unused", 4)?);
         }
         own.insert(Buf::ZeroCounter, readback::storage(ctx, "zero step counter", 4)?);
@@ -576,6 +645,10 @@ impl CellPlan {
             own.insert(Buf::Stash, buf(ctx, "zoneout gradients", b * hw)?);
         }
         own.insert(Buf::Scratch, buf(ctx, "cell scratch", scr_len)?);
+        if unit {
+            own.insert(Buf::Pin, buf(ctx, "stage product input", pin_len)?);
+        }
+        own.insert(Buf::WxT, buf(ctx, "transposed input matrix", wxt_len)?);
         for (layer, dm) in dims.iter().enumerate() {
             for dir in 0..d {
                 own.insert(Buf::Tape(layer * d + dir), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);
@@ -943,6 +1016,8 @@ struct Dims {
     roffs: Vec<usize>,
     rw: usize,
     inw: usize,
+    /// The cell runs on the fused stage kernel (`Mode::unit_step`).
+    unit: bool,
 }
 
 impl Dims {
@@ -953,13 +1028,18 @@ impl Dims {
         let (roffs, rw) = lay.product_offsets();
         // The backward adds a product's state gradient straight into the state gradients.
         lay.check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
-        Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input })
+        Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input, unit: cfg.mode.unit_step() })
     }
     /// Tape buffer: `[xp N*gx | tape R*tw | states before each row N*sw]` (R = N in training,
     /// B in inference; the states before each row in training, and with zoneout, which reads
     /// the previous h).
     fn tape_len(&self, n: usize, b: usize, training: bool, zone: bool) -> usize {
         self.sprev_off(n, b, training) + if training || zone { n * self.sw } else { 0 }
+    }
+    /// The fused stage kernel's product inputs `[B, kp]` (cells with `Mode::unit_step`).
+    fn pin_len(&self, b: usize) -> usize {
+        let k = self.lay.stages.iter().flatten().map(|p| p.k.next_multiple_of(4)).max().unwrap_or(0);
+        if self.unit { b * k } else { 0 }
     }
     fn tape_off(&self, n: usize) -> usize {
         n * self.lay.xp

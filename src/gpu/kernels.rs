@@ -40,7 +40,7 @@ pub const MAX_STORAGE_BINDINGS: u32 = 8;
 
 /// The largest parameter block; blocks are laid out at a stride that rounds this up to the
 /// device's uniform offset alignment.
-pub const MAX_PARAM_BYTES: u32 = 128;
+pub const MAX_PARAM_BYTES: u32 = 160;
 
 /// A kernel family: one WGSL module and one bind-group layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -62,17 +62,32 @@ pub enum Family {
     /// A cell's pointwise kernels (`shaders/cells/<cell>.wgsl` after `shaders/cells/prelude.wgsl`),
     /// run by the GPU driver generic over the cell (`gpu::generic`).
     Cell(Mode),
+    /// The fused stage kernel of a cell with [`Mode::unit_step`] (`cell_stage` in
+    /// `shaders/cells/stage.wgsl`): the cell's module, another layout (bindings 7 and 8 its
+    /// read-only vec4 views instead of the backward's buffers, so that no kernel binds more
+    /// than [`MAX_STORAGE_BINDINGS`]).
+    Stage(Mode),
 }
 
 impl Family {
     /// The families that do not depend on a cell.
     pub const FIXED: [Family; 7] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train, Family::Cast];
 
-    /// Every family: the fixed ones, and one per registered cell.
+    /// Every family: the fixed ones, one per registered cell, and the stage kernels' layouts.
     pub fn all() -> Vec<Family> {
         let mut v = Family::FIXED.to_vec();
         v.extend(Mode::REGISTRY.iter().map(|&m| Family::Cell(m)));
+        v.extend(Mode::REGISTRY.iter().filter(|m| m.unit_step()).map(|&m| Family::Stage(m)));
         v
+    }
+
+    /// The family whose WGSL module this family's kernels use (the stage kernels share their
+    /// cell's).
+    pub fn module_family(self) -> Family {
+        match self {
+            Family::Stage(m) => Family::Cell(m),
+            f => f,
+        }
     }
 
     /// Whether the family's storage arrays hold the plan's precision (`alias S`, see
@@ -97,7 +112,7 @@ impl Family {
     /// see [`Family::source_at`]).
     pub fn source(self) -> &'static str {
         match self {
-            Family::Cell(m) => m.wgsl(),
+            Family::Cell(m) | Family::Stage(m) => m.wgsl(),
             Family::StepForward => source::STEP_FORWARD,
             Family::StepBackward => source::STEP_BACKWARD,
             Family::RecurrentGrad => source::RECURRENT_GRAD,
@@ -128,6 +143,9 @@ impl Family {
             // weights, layer input, tape (rw), states (rw), scratch (rw), output (rw),
             // backward workspace (rw), input gradient (rw): see shaders/cells/prelude.wgsl
             Family::Cell(_) => &[false, false, true, true, true, true, true, true],
+            // the same up to the output, then the weights and the product's input as vec4s:
+            // see shaders/cells/stage.wgsl
+            Family::Stage(_) => &[false, false, true, true, true, true, false, false],
         }
     }
 
@@ -140,7 +158,7 @@ impl Family {
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
             Family::Cast => std::mem::size_of::<CastParams>(),
-            Family::Cell(_) => std::mem::size_of::<CellParams>(),
+            Family::Cell(_) | Family::Stage(_) => std::mem::size_of::<CellParams>(),
         }) as u64
     }
 }
@@ -227,8 +245,22 @@ pub enum Kernel {
     PadRows,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
-    /// A cell's pointwise forward of one stage for the step's rows.
+    /// A cell's pointwise forward of one stage for the step's rows, a workgroup per row (the
+    /// cells without [`Mode::unit_step`]).
     CellForward(Mode),
+    /// The fused stage kernel (shaders/cells/stage.wgsl): a stage's product and pointwise
+    /// forward in one dispatch (the cells with [`Mode::unit_step`]).
+    CellStage {
+        /// The cell.
+        cell: Mode,
+        /// The product's `R` and k align to vec4s: its rows are read as vec4s.
+        vec4: bool,
+        /// The product's gates per unit ([`crate::cells::Product::gates`]; 1 without one).
+        gates: u8,
+    },
+    /// The fused stage kernel's input: a stage's product input rows copied to a buffer it
+    /// reads as vec4s, and in training the step's states to the tape (stage.wgsl).
+    CellStageInput(Mode),
     /// A cell's pointwise backward of one stage.
     CellBackward(Mode),
     /// Copies the step's state rows to the tape (prelude).
@@ -316,7 +348,8 @@ impl Kernel {
             GatherPrev | GatherLast | GatherRows | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
-            CellForward(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
+            CellStage { cell: m, .. } => Family::Stage(m),
+            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
         }
     }
 
@@ -350,6 +383,8 @@ impl Kernel {
             PadRows => "pad_rows",
             Train(k) => k.entry(),
             CellForward(_) => "cell_forward",
+            CellStage { .. } => "cell_stage",
+            CellStageInput(_) => "stage_input",
             CellBackward(_) => "cell_backward",
             CellSave(_) => "save_states",
             CellZoneout(_) => "zoneout",
@@ -404,6 +439,7 @@ impl Kernel {
             ProjForward | ProjGrad => vec![("GATES", 4.0)],
             RecurrentGrad { cell, vec4, wide } => vec![("GATES", fused(cell).0 as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
             GemmNarrow => vec![("ADJACENT", 1.0)],
+            CellStage { vec4, gates, .. } => vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)],
             _ => vec![],
         }
     }
@@ -449,7 +485,7 @@ fn create_module(device: &wgpu::Device, f: Family, precision: Precision) -> wgpu
 impl Modules {
     pub(crate) fn new(device: &wgpu::Device) -> Self {
         Modules {
-            f32: Family::all().iter().map(|&f| (f, create_module(device, f, Precision::F32))).collect(),
+            f32: Family::all().iter().filter(|f| f.module_family() == **f).map(|&f| (f, create_module(device, f, Precision::F32))).collect(),
             f16: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -458,6 +494,7 @@ impl Modules {
     /// [`Family::stores_precision`] have f16 modules; the caller checked `SHADER_F16`).
     pub(crate) fn get(&self, device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
         let precision = if f.stores_precision() { precision } else { Precision::F32 };
+        let f = f.module_family();
         match precision {
             Precision::F32 => self.f32.iter().find(|(g, _)| *g == f).expect("every family has a module").1.clone(),
             Precision::F16 => {
@@ -709,8 +746,9 @@ impl GemmParams {
 }
 
 /// `CellParams` in shaders/cells/prelude.wgsl: one cell dispatch (offsets in f32 elements).
+/// The default is zeros with no product bias (`pb`: [`NONE`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct CellParams {
     /// Active rows of the step.
     pub rows: u32,
@@ -768,6 +806,38 @@ pub struct CellParams {
     pub thresh: u32,
     /// The dropout scale `1 / (1 - p)` or the zoneout probability `p`.
     pub f: f32,
+    /// Fused stage kernel: invocations per row along x.
+    pub units: u32,
+    /// Fused stage kernel: the stage's product's gates per unit (0: no product).
+    pub pg: u32,
+    /// The product's rows.
+    pub prows: u32,
+    /// The product's k.
+    pub pk: u32,
+    /// Offset of its `R [prows, pk]` (row-major) in the weights.
+    pub pw: u32,
+    /// Offset of its bias in the weights, or [`NONE`].
+    pub pb: u32,
+    /// Its first column in the products `r`.
+    pub pcol: u32,
+    /// Offset of its input `v` (row `row` at `pa_off + row * pa_ld`) in the states
+    /// (`pa_state` 1) or the tape buffer.
+    pub pa_off: u32,
+    /// Row stride of `v`.
+    pub pa_ld: u32,
+    /// 1: `v` is in the states buffer.
+    pub pa_state: u32,
+    /// 1: `stage_input` copies the step's states to the tape's states before each row
+    /// (training and zoneout, stage 0).
+    pub save: u32,
+    /// Padding (the uniform block's size a multiple of 16 bytes).
+    pub _pad0: u32,
+}
+
+impl Default for CellParams {
+    fn default() -> Self {
+        CellParams { pb: NONE, ..Zeroable::zeroed() }
+    }
 }
 
 /// `GemmParams` in gemm.wgsl.
@@ -919,3 +989,8 @@ pub struct TrainParams {
 
 const _: () = assert!(std::mem::size_of::<BackParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<TrainParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<CellParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<StepParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<GemmParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<UtilParams>() as u32 <= MAX_PARAM_BYTES);
+const _: () = assert!(std::mem::size_of::<CastParams>() as u32 <= MAX_PARAM_BYTES);

@@ -17,6 +17,19 @@ const FWD_ATOL: f64 = 5e-5;
 const FWD_RTOL: f64 = 5e-4;
 const GRAD_ATOL: f64 = 5e-4;
 const GRAD_RTOL: f64 = 5e-3;
+/// LSTM_LAYERNORM's input gradients after 60 steps at H = 8 are ill-conditioned (its layer
+/// norms over 8 and 32 values): in f64, a relative change of 1e-6 in the weights moves them by
+/// up to 0.69 of the tolerances above, and the CPU engine in f32 is already 1.1e-4 off at one
+/// element. The GPU's f32 sums in another order (the input projection's vec4 GEMM) land at
+/// 7.6e-4 there (1.4x the tolerance, 2026-12-05); this cell's gradients get twice the
+/// tolerances. Its golden cases keep the golden tolerances.
+const ILL_CONDITIONED_GRAD_SCALE: f64 = 2.0;
+
+/// The gradient tolerances `(atol, rtol)` for `mode`.
+fn grad_tol(mode: Mode) -> (f64, f64) {
+    let s = if mode == Mode::LstmLayerNorm { ILL_CONDITIONED_GRAD_SCALE } else { 1.0 };
+    (GRAD_ATOL * s, GRAD_RTOL * s)
+}
 
 fn to64(v: &[f32]) -> Vec<f64> {
     v.iter().map(|&x| x as f64).collect()
@@ -63,7 +76,8 @@ fn every_registered_cell_has_every_path() {
         assert_eq!(gtape.pieces().len(), 1, "{mode}: unsplit at the device's limit");
         let gg = rnn.backward(&gtape, &go, &[]).unwrap_or_else(|e| panic!("{mode} GPU backward: {e}"));
         assert_close(&format!("{mode} GPU output"), &to64(&gf.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
-        assert_close(&format!("{mode} GPU grad_input"), &to64(&gg.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
+        let (gat, grt) = grad_tol(mode);
+        assert_close(&format!("{mode} GPU grad_input"), &to64(&gg.input.data), &cg.input.data, gat, grt);
 
         // GPU, one step at a time.
         let step = StepPlan::new(&ctx, &cfg, b).unwrap_or_else(|e| panic!("{mode} StepPlan: {e}"));
@@ -92,7 +106,7 @@ fn every_registered_cell_has_every_path() {
         };
         let sg = rnn.backward(&split.1, &go, &[]).unwrap_or_else(|e| panic!("{mode} split backward: {e}"));
         assert_close(&format!("{mode} split output"), &to64(&split.0.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
-        assert_close(&format!("{mode} split grad_input"), &to64(&sg.input.data), &cg.input.data, GRAD_ATOL, GRAD_RTOL);
+        assert_close(&format!("{mode} split grad_input"), &to64(&sg.input.data), &cg.input.data, gat, grt);
         ctx.set_binding_limit(u64::MAX);
     }
 }

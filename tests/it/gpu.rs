@@ -542,7 +542,7 @@ fn dispatch_and_submit_counts() {
 
 /// The per-kernel profile (timestamps inside passes) sees every dispatch of a recording, on
 /// both drivers: one step kernel per time step forward, one recurrent-gradient kernel per step
-/// backward (and SCRN's pointwise kernels per stage and step on the cell driver), with
+/// backward (and SCRN's kernels per stage and step on the cell driver), with
 /// positive times; on an adapter without timestamps inside passes it is a typed error.
 #[test]
 fn kernel_profile_counts_every_dispatch() {
@@ -571,10 +571,12 @@ fn kernel_profile_counts_every_dispatch() {
         assert_eq!(count(&train, "recurrent_grad"), t, "{train:?}");
         // The plan records unprofiled again afterwards.
         rig.run(true).unwrap();
-        // A cell on the cell driver too: SCRN's two stages, one pointwise dispatch each per step.
+        // A cell on the cell driver too: SCRN's two stages, one fused stage kernel and one
+        // copy of its product's input each per step.
         let scrn = GpuRig::new(ctx, &BenchConfig::parse(&format!("scrn,t={t},b=4,i=8,h=16")).unwrap()).unwrap();
         let fwd = scrn.profile(false).unwrap();
-        assert_eq!(count(&fwd, "cell_forward"), 2 * t, "{fwd:?}");
+        assert_eq!(count(&fwd, "cell_stage"), 2 * t, "{fwd:?}");
+        assert_eq!(count(&fwd, "stage_input"), 2 * t, "{fwd:?}");
         let train = scrn.profile(true).unwrap();
         assert_eq!(count(&train, "cell_backward"), 2 * t, "{train:?}");
     }

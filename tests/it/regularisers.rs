@@ -196,7 +196,16 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
             for l in 0..plain.num_layers {
                 let lay = mode.layout(plain.sizes(l));
                 let products = lay.stages.iter().flatten().count();
-                f += 1 + steps * (1 + lay.stages.len() + products);
+                // The input projection: W_x^T, then its GEMM. Per step: on the fused stage
+                // kernel, per stage the kernel and, where it has a product (and in stage 0,
+                // which saves the states), its input copy; otherwise the states' save, then
+                // per stage its product GEMM and pointwise kernel.
+                let per_step = if mode.unit_step() {
+                    lay.stages.iter().enumerate().map(|(s, p)| 1 + (p.is_some() || s == 0) as usize).sum()
+                } else {
+                    1 + lay.stages.len() + products
+                };
+                f += 2 + steps * per_step;
                 b += steps * (lay.stages.len() + products) + 2 + lay.input_bias as usize;
                 b += lay.stages.iter().flatten().map(|p| 1 + p.bias.is_some() as usize).sum::<usize>() + (lay.pointwise > 0) as usize;
             }

@@ -53,6 +53,14 @@ fn every_shader_family_validates_with_naga() {
 }
 
 #[test]
+fn no_kernel_binds_more_storage_buffers_than_webgpu_allows() {
+    for f in Family::all() {
+        let n = f.storage_bindings().len() as u32;
+        assert!(n <= wgpu_rnn::gpu::kernels::MAX_STORAGE_BINDINGS, "{f:?} binds {n} storage buffers");
+    }
+}
+
+#[test]
 fn every_shader_file_is_compiled_into_a_validated_family() {
     // No orphan files: each .wgsl under shaders/ is part of some family's module, and every
     // family validated above; the activations snippet also validates on its own (the
@@ -167,7 +175,16 @@ fn all_kernels() -> Vec<Kernel> {
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
-            v.extend([CellForward(m), CellBackward(m), CellSave(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
+            // A cell has the whole-row forward or the fused stage kernel (Mode::unit_step).
+            if m.unit_step() {
+                for gates in 1..=wgpu_rnn::cells::MAX_GATES as u8 {
+                    v.extend([CellStage { cell: m, vec4: false, gates }, CellStage { cell: m, vec4: true, gates }]);
+                }
+                v.push(CellStageInput(m));
+            } else {
+                v.push(CellForward(m));
+            }
+            v.extend([CellBackward(m), CellSave(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
         }
     }
     // The match makes this list fail to compile when a kernel variant is added.
@@ -175,7 +192,7 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
@@ -301,12 +318,14 @@ fn every_entry_point_has_a_kernel_variant() {
     // would go untested on Metal and DX12.
     let kernels = all_kernels();
     let mut total = 0;
-    for f in Family::all() {
+    // (Families that share a module, a cell's and its stage kernel's, name its entry points
+    // between them.)
+    for f in Family::all().into_iter().filter(|f| f.module_family() == *f) {
         let m = module(&f.source_at(Precision::F32));
         assert!(!m.entry_points.is_empty(), "{f:?} has no entry points");
         for ep in &m.entry_points {
             assert_eq!(ep.stage, naga::ShaderStage::Compute, "{f:?}::{}", ep.name);
-            assert!(kernels.iter().any(|k| k.family() == f && k.entry() == ep.name), "{f:?}::{} has no Kernel variant", ep.name);
+            assert!(kernels.iter().any(|k| k.family().module_family() == f && k.entry() == ep.name), "{f:?}::{} has no Kernel variant", ep.name);
             total += 1;
         }
     }
