@@ -10,11 +10,12 @@
 //   the copy lets the step overwrite its states while the product reads them). In stage 0
 //   of a training step (and with zoneout) it also copies the step's states to the tape's
 //   states before each row (p.save), which the backward and zoneout read.
-// - cell_stage: invocation (j, row block) computes unit j's columns of the stage's product
-//   for RB rows (columns g * U + j, g < GATES, U = p.prows / GATES, bias included;
-//   register-blocked: each weight read serves RB rows), writes them to r, and runs
-//   unit_forward on the block's rows.
-// Dispatch: stage_input (rows, 1, 1); cell_stage (ceil(p.units / 64), ceil(rows / RB), 1),
+// - cell_stage: invocation (j0, row block) computes units j0 .. j0 + 4 / GATES's columns of
+//   the stage's product for RB rows (unit j's are g * U + j, g < GATES, U = p.prows / GATES,
+//   bias included; register-blocked: each weight read serves RB rows), writes them to r, and
+//   runs unit_forward for those units on the block's rows.
+// Dispatch: stage_input (rows, 1, 1); cell_stage (ceil(p.units / (4 / GATES) / 64),
+// ceil(rows / RB), 1),
 // workgroup 64. The product GEMM and the whole-row pointwise dispatch become one kernel.
 // Bindings: as the prelude; stage_input writes `pin` through @5 (scr). cell_stage has its own
 // layout (kernels::Family::Stage), @7 and @8 read-only vec4 views in place of the backward's
@@ -80,9 +81,42 @@ fn prod_row4(row: u32, q: u32) -> vec4<f32> {
     return v;
 }
 
-// Unit j's columns of the stage's product for rows rb .. rb + nr (nr <= RB), bias included,
-// written to r. Gate g accumulates in component g.
-fn stage_product(j: u32, rb: u32, nr: u32) {
+// Units per invocation: the 4 columns of the product's accumulators hold LANES units' GATES
+// gates each (column c: unit j0 + c / GATES, gate c % GATES), so a 1- or 2-gate product
+// wastes no lanes of the vec4 arithmetic.
+fn lanes() -> u32 {
+    return 4u / GATES;
+}
+
+// Column c's row of R for the units from j0 (u units per gate), or NONE past the lanes or
+// the product's units.
+fn col_row(c: u32, j0: u32, u: u32) -> u32 {
+    let l = c / GATES;
+    if (l >= lanes() || j0 + l >= u) {
+        return NONE;
+    }
+    return (c % GATES) * u + j0 + l;
+}
+
+fn col_w4(c: u32, j0: u32, u: u32, q: u32) -> vec4<f32> {
+    let row = col_row(c, j0, u);
+    if (row == NONE) {
+        return vec4<f32>(0.0);
+    }
+    return prod_row4(row, q);
+}
+
+fn col_bias(c: u32, j0: u32, u: u32) -> f32 {
+    let row = col_row(c, j0, u);
+    if (row == NONE || p.pb == NONE) {
+        return 0.0;
+    }
+    return f32(w[p.pb + row]);
+}
+
+// The stage's product's columns of the units j0 .. j0 + lanes() for rows rb .. rb + nr
+// (nr <= RB), bias included, written to r.
+fn stage_product(j0: u32, rb: u32, nr: u32) {
     let u = p.prows / GATES;
     let kq = pin_len() / 4u;
     let last = nr - 1u;
@@ -103,17 +137,7 @@ fn stage_product(j: u32, rb: u32, nr: u32) {
     var a6 = vec4<f32>(0.0);
     var a7 = vec4<f32>(0.0);
     for (var q = 0u; q < kq; q++) {
-        // Columns: one gate each; gates past GATES stay zero.
-        var m = mat4x4<f32>(prod_row4(j, q), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-        if (GATES >= 2u) {
-            m[1] = prod_row4(u + j, q);
-        }
-        if (GATES >= 3u) {
-            m[2] = prod_row4(2u * u + j, q);
-        }
-        if (GATES >= 4u) {
-            m[3] = prod_row4(3u * u + j, q);
-        }
+        let m = mat4x4<f32>(col_w4(0u, j0, u, q), col_w4(1u, j0, u, q), col_w4(2u, j0, u, q), col_w4(3u, j0, u, q));
         a0 += vec4<f32>(pin4[v0 + q]) * m;
         a1 += vec4<f32>(pin4[v1 + q]) * m;
         a2 += vec4<f32>(pin4[v2 + q]) * m;
@@ -123,40 +147,36 @@ fn stage_product(j: u32, rb: u32, nr: u32) {
         a6 += vec4<f32>(pin4[v6 + q]) * m;
         a7 += vec4<f32>(pin4[v7 + q]) * m;
     }
-    var bias = vec4<f32>(0.0);
-    if (p.pb != NONE) {
-        bias.x = f32(w[p.pb + j]);
-        if (GATES >= 2u) {
-            bias.y = f32(w[p.pb + u + j]);
-        }
-        if (GATES >= 3u) {
-            bias.z = f32(w[p.pb + 2u * u + j]);
-        }
-        if (GATES >= 4u) {
-            bias.w = f32(w[p.pb + 3u * u + j]);
-        }
-    }
+    let bias = vec4<f32>(col_bias(0u, j0, u), col_bias(1u, j0, u), col_bias(2u, j0, u), col_bias(3u, j0, u));
     var acc = array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
     for (var t = 0u; t < nr; t++) {
-        let at = p.r_off + (rb + t) * p.rw + p.pcol + j;
-        for (var g = 0u; g < GATES; g++) {
-            scr[at + g * u] = S(acc[t][g]);
+        let at = p.r_off + (rb + t) * p.rw + p.pcol;
+        for (var c = 0u; c < 4u; c++) {
+            let row = col_row(c, j0, u);
+            if (row != NONE) {
+                scr[at + row] = S(acc[t][c]);
+            }
         }
     }
 }
 
 @compute @workgroup_size(64)
 fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let j = wid.x * 64u + lid.x;
+    let j0 = (wid.x * 64u + lid.x) * lanes();
     let rb = wid.y * RB;
-    if (j >= p.units || rb >= p.rows) {
+    if (j0 >= p.units || rb >= p.rows) {
         return;
     }
     let nr = min(RB, p.rows - rb);
-    if (p.pg > 0u && j < p.prows / GATES) {
-        stage_product(j, rb, nr);
+    if (p.pg > 0u && j0 < p.prows / GATES) {
+        stage_product(j0, rb, nr);
     }
-    for (var t = 0u; t < nr; t++) {
-        unit_forward(rb + t, j);
+    for (var l = 0u; l < lanes(); l++) {
+        let j = j0 + l;
+        if (j < p.units) {
+            for (var t = 0u; t < nr; t++) {
+                unit_forward(rb + t, j);
+            }
+        }
     }
 }

@@ -171,6 +171,9 @@ enum Buf {
     Pin,
     /// A layer-direction's `W_x^T` for the input projection's GEMM.
     WxT,
+    /// A layer-direction's products' `R^T`, for their GEMMs (cells without the fused stage
+    /// kernel).
+    RT,
     /// The caller's step counter, or a zero of the plan's own ([`Buf::ZeroCounter`]).
     Counter,
     ZeroCounter,
@@ -229,9 +232,9 @@ impl Builder {
         }
     }
 
-    /// `dst [width, rows]` = the weights' `[rows, width]` at `src_off`, transposed.
-    fn transpose(&mut self, ops: &mut Vec<Op>, src_off: usize, rows: usize, width: usize, dst: Buf) {
-        let p = UtilParams { rows: rows as u32, width: width as u32, src_off: src_off as u32, ..Default::default() };
+    /// `dst [width, rows]` at `dst_off` = the weights' `[rows, width]` at `src_off`, transposed.
+    fn transpose(&mut self, ops: &mut Vec<Op>, src_off: usize, rows: usize, width: usize, dst: Buf, dst_off: usize) {
+        let p = UtilParams { rows: rows as u32, width: width as u32, src_off: src_off as u32, dst_off: dst_off as u32, ..Default::default() };
         let off = self.params.push(&p);
         let g = (rows * width).div_ceil(256) as u32;
         let groups = [g.min(self.max_groups), g.div_ceil(self.max_groups), 1];
@@ -323,6 +326,7 @@ impl CellPlan {
         let scr_len = dims.iter().map(|x| b * x.rw.max(x.lay.tape)).max().unwrap_or(0);
         let pin_len = dims.iter().map(|x| x.pin_len(b)).max().unwrap_or(0);
         let wxt_len = dims.iter().map(|x| x.lay.xp * x.inw).max().unwrap_or(0);
+        let rt_len = dims.iter().filter(|x| !x.unit).map(|x| x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum::<usize>()).max().unwrap_or(0);
         let bws_len = if training { dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0) } else { 0 };
         let mut sizes = vec![
             ("weights", weight_elems),
@@ -331,6 +335,7 @@ impl CellPlan {
             ("scratch", scr_len),
             ("stage product input", pin_len),
             ("transposed input matrix", wxt_len),
+            ("transposed recurrent matrices", rt_len),
             ("input", n * cfg.input_size),
             ("backward workspace", bws_len),
         ];
@@ -399,11 +404,22 @@ impl CellPlan {
                     let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
                     // W_x^T [in, Gx] first: the GEMM then reads B's rows contiguously (as
                     // vec4s where aligned).
-                    bl.transpose(&mut fwd, wx, lay.xp, dm.inw, Buf::WxT);
+                    bl.transpose(&mut fwd, wx, lay.xp, dm.inw, Buf::WxT, 0);
                     bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (0, lay.xp, 1), (0, lay.xp), bias, 0.0), x, Buf::WxT, tp, bias.map(|_| Buf::Weights))?;
                 }
                 let mut cp = dm.params(cfg, k, dir, (b, n, training), out_w, wo);
                 let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
+                // Without the fused stage kernel, each product's R^T, for its GEMMs' vec4 reads.
+                let mut rt_offs = vec![0; lay.stages.len()];
+                if !unit {
+                    let mut at = 0;
+                    for (st, pr) in lay.stages.iter().enumerate() {
+                        let Some(pr) = pr else { continue };
+                        rt_offs[st] = at;
+                        bl.transpose(&mut fwd, slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset, pr.rows, pr.k, Buf::RT, at);
+                        at += (pr.rows * pr.k).next_multiple_of(4);
+                    }
+                }
                 let order: Vec<usize> = if dir == 1 { (0..steps).rev().collect() } else { (0..steps).collect() };
                 for t in order {
                     let rows = layout.batch_sizes()[t];
@@ -443,10 +459,12 @@ impl CellPlan {
                             }
                             let units = cfg.hidden_size.max(cfg.proj_size).max(pu);
                             p.units = units as u32;
-                            let groups = [units.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
                             // vec4 reads of R: its offset and row length multiples of 4.
                             let vec4 = p.pg > 0 && p.pw.is_multiple_of(4) && p.pk.is_multiple_of(4);
                             let gates = p.pg.max(1) as u8;
+                            // An invocation takes 4 / gates units (stage.wgsl, `lanes`).
+                            let per = units.div_ceil(4 / gates as usize);
+                            let groups = [per.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
                             // The weights as vec4s at 7 where read so (16 bytes of them at
                             // least then), and the product's input at 8.
                             let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
@@ -460,7 +478,6 @@ impl CellPlan {
                     }
                     for (st, stage) in lay.stages.iter().enumerate().filter(|_| !unit) {
                         if let Some(pr) = stage {
-                            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
                             let bias = match pr.bias {
                                 Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
                                 None => None,
@@ -469,8 +486,8 @@ impl CellPlan {
                                 Src::State(i) => (Buf::States, k * b * sw + dm.soffs[i], sw),
                                 Src::Tape { offset } => (tp, dm.tape_off(n) + trow * lay.tape + offset, lay.tape),
                             };
-                            let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (r_off, 1, pr.k), (dm.roffs[st], dm.rw), bias, 0.0);
-                            bl.gemm(&mut fwd, p, abuf, Buf::Weights, Buf::Scratch, bias.map(|_| Buf::Weights))?;
+                            let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (rt_offs[st], pr.rows, 1), (dm.roffs[st], dm.rw), bias, 0.0);
+                            bl.gemm(&mut fwd, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
                         }
                         cp.stage = st as u32;
                         bl.cell(&mut fwd, Kernel::CellForward(cell), &cp, bufs);
@@ -649,6 +666,9 @@ impl CellPlan {
             own.insert(Buf::Pin, buf(ctx, "stage product input", pin_len)?);
         }
         own.insert(Buf::WxT, buf(ctx, "transposed input matrix", wxt_len)?);
+        if !unit {
+            own.insert(Buf::RT, buf(ctx, "transposed recurrent matrices", rt_len)?);
+        }
         for (layer, dm) in dims.iter().enumerate() {
             for dir in 0..d {
                 own.insert(Buf::Tape(layer * d + dir), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);

@@ -170,7 +170,7 @@ fn gpu_regularisers_match_the_cpu_twin_every_cell() {
 fn probability_zero_gives_todays_numbers_bit_for_bit() {
     let mut g = rng(53);
     let draw = Draw { seed: 3, counter: 8 };
-    for mode in [Mode::Lstm, Mode::Scrn] {
+    for mode in [Mode::Lstm, Mode::Scrn, Mode::LstmLayerNorm] {
         let plain = RnnConfig::new(mode, 5, 8).layers(3);
         let zero = plain.clone().dropout(Prob::new(0.0).unwrap()).zoneout(Prob::new(-0.0).unwrap());
         assert_eq!(plain, zero);
@@ -198,11 +198,12 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
                 let products = lay.stages.iter().flatten().count();
                 // The input projection: W_x^T, then its GEMM. Per step: on the fused stage
                 // kernel, per stage the kernel and, where it has a product (and in stage 0,
-                // which saves the states), its input copy; otherwise the states' save, then
-                // per stage its product GEMM and pointwise kernel.
+                // which saves the states), its input copy; otherwise (after each product's
+                // R^T) the states' save, then per stage its product GEMM and pointwise kernel.
                 let per_step = if mode.unit_step() {
                     lay.stages.iter().enumerate().map(|(s, p)| 1 + (p.is_some() || s == 0) as usize).sum()
                 } else {
+                    f += products;
                     1 + lay.stages.len() + products
                 };
                 f += 2 + steps * per_step;
