@@ -339,11 +339,6 @@ pub fn compare_at(got: &TensorFile, expected: &TensorFile, backward: bool, preci
     report
 }
 
-/// Borrows each present buffer.
-fn opt_refs(v: &[Option<crate::gpu::TrackedBuffer>]) -> Vec<Option<&wgpu::Buffer>> {
-    v.iter().map(|b| b.as_deref()).collect()
-}
-
 impl Case<f32> {
     /// [`Case::run_gpu`] with the case's values stored in `precision`
     /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
@@ -352,98 +347,30 @@ impl Case<f32> {
         self.stored_in(precision).run_gpu(ctx, backward)
     }
 
-    /// Runs the case through the engine API ([`crate::gpu::Plan`], any cell) without blocking,
-    /// in the config's precision: forward (and backward when `backward` is set) recorded into
-    /// one encoder, one submit, and the results awaited ([`crate::gpu::Readback::submit`]). The
-    /// form a browser (`wasm32`) can run, where [`Case::run_gpu`]'s waits are refused; on native
+    /// [`Case::run_gpu`] without blocking ([`crate::gpu::GpuRnn::forward_async`] and
+    /// [`crate::gpu::GpuRnn::backward_async`], any cell, in the config's precision): the form a
+    /// browser (`wasm32`) can run, where [`Case::run_gpu`]'s waits are refused; on native
     /// targets something must poll the device while it is awaited. A problem beyond the
     /// device's limits is refused ([`Error::Limit`]), not split.
     pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
-        use crate::gpu::{storage_at, upload_stored, BackwardBuffers, ForwardBuffers, Plan, Readback, SeqLayout};
-        use crate::tensor::Tensor;
-        let c = self.config();
-        self.weights.validate()?;
-        self.weights.check_finite()?;
+        let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
         let packed = self.packed_input()?;
-        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
-        let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
-        crate::cpu::check_run(c, &packed, &s0)?;
+        let (pass, s0, gs) = self.gpu_run_args(backward);
+        let (fwd, tape) = rnn.forward_async(&packed, &s0, pass).await?;
+        let grads = match (backward, tape) {
+            (true, Some(tape)) => Some(rnn.backward_async(&tape, &self.packed_grad_output()?, &gs).await?),
+            _ => None,
+        };
+        self.result_of(fwd, grads)
+    }
+
+    /// The pass, the initial states and the final states' gradients of a GPU run.
+    #[allow(clippy::type_complexity)]
+    fn gpu_run_args(&self, backward: bool) -> (Pass, Vec<Option<&[f32]>>, Vec<Option<&[f32]>>) {
         let pass = if backward { Pass::Training } else { Pass::Inference };
-        // GL: every buffer here (TrackedBuffer) is destroyed under the context's guard wherever
-        // it is dropped, this future's cancellation included (see Context::exclusive).
-        let plan = Plan::new(ctx, c, &SeqLayout::of(&packed)?, pass)?;
-        let (n, b) = (packed.rows(), packed.batch());
-        let states = c.states();
-        let sizes = c.state_elems(b);
-        // One thread at a time on a GL context up to the submit.
-        let serial = ctx.exclusive();
-        let prec = c.precision;
-        let up = |label: &str, v: &[Option<&[f32]>]| -> Result<Vec<Option<crate::gpu::TrackedBuffer>>> { v.iter().map(|v| v.map(|v| upload_stored(ctx, label, v, prec)).transpose()).collect() };
-        let fresh = |label: &str| -> Result<Vec<crate::gpu::TrackedBuffer>> { sizes.iter().map(|&e| storage_at(ctx, label, e, prec)).collect() };
-        let weights = upload_stored(ctx, "weights", &crate::gpu::flat_weights(&self.weights), prec)?;
-        let x = upload_stored(ctx, "input", &packed.data, prec)?;
-        let (s0b, snb) = (up("initial state", &s0)?, fresh("final state")?);
-        let (s0r, snr) = (opt_refs(&s0b), snb.iter().map(|b| &**b).collect::<Vec<&wgpu::Buffer>>());
-        let out = storage_at(ctx, "output", n * c.output_size(), prec)?;
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn case") });
-        plan.record_forward(&mut enc, &ForwardBuffers { weights: &weights, input: &x, output: &out, states0: &s0r, states_n: &snr, counter: None })?;
-        let mut rb = Readback::new();
-        rb.copy_stored(ctx, &mut enc, &out, n * c.output_size(), prec)?;
-        for (buf, &e) in snb.iter().zip(&sizes) {
-            rb.copy_stored(ctx, &mut enc, buf, e, prec)?;
-        }
-        let grad_bufs = if backward {
-            let go = upload_stored(ctx, "grad_output", &self.packed_grad_output()?, prec)?;
-            let (gsb, g0b) = (up("final state gradient", &gs)?, fresh("initial state gradient")?);
-            let (gsr, g0r) = (opt_refs(&gsb), g0b.iter().map(|b| &**b).collect::<Vec<&wgpu::Buffer>>());
-            let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
-            let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
-            let bufs = BackwardBuffers {
-                weights: &weights,
-                input: &x,
-                output: &out,
-                states0: &s0r,
-                grad_output: &go,
-                grad_states_n: &gsr,
-                grad_input: &gi,
-                grad_states0: &g0r,
-                grad_weights: &gw,
-                counter: None,
-            };
-            plan.record_backward(&mut enc, &bufs)?;
-            rb.copy_stored(ctx, &mut enc, &gi, n * c.input_size, prec)?;
-            rb.copy_stored(ctx, &mut enc, &gw, plan.weight_elems(), prec)?;
-            for (buf, &e) in g0b.iter().zip(&sizes) {
-                rb.copy_stored(ctx, &mut enc, buf, e, prec)?;
-            }
-            Some((go, gsb, g0b, gi, gw))
-        } else {
-            None
-        };
-        let pending = rb.submit(ctx, enc)?;
-        drop(serial);
-        // Completing the read takes the guard itself (PendingRead's poll).
-        let read = pending.await;
-        drop(grad_bufs);
-        let mut got = read?.into_iter();
-        let mut next = |what: &str| got.next().ok_or_else(|| Error::Gpu(format!("{what} was not read back")));
-        let output = packed.with_data(next("output")?, c.output_size())?;
-        let mut finals = Vec::with_capacity(states.len());
-        for st in &states {
-            finals.push(Tensor { shape: c.state_shape(st, b), data: next("final state")? });
-        }
-        let grads = if backward {
-            let gi = packed.with_data(next("grad_input")?, c.input_size)?;
-            let params = crate::gpu::weights_from_flat(c, &next("grad_weights")?)?;
-            let mut g0 = Vec::with_capacity(states.len());
-            for st in &states {
-                g0.push(Tensor { shape: c.state_shape(st, b), data: next("initial state gradient")? });
-            }
-            Some(crate::cpu::Gradients { input: gi, states: g0, params })
-        } else {
-            None
-        };
-        self.result_of(cpu::ForwardOutput { output, states: finals }, grads)
+        let s0 = self.states0.iter().map(|s| s.as_deref()).collect();
+        let gs = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
+        (pass, s0, gs)
     }
 
     /// Runs the case on the GPU (in its config's precision, f32 unless set) through
@@ -462,15 +389,10 @@ impl Case<f32> {
 
     fn run_on(&self, rnn: &crate::gpu::GpuRnn, backward: bool) -> Result<CaseResult> {
         let packed = self.packed_input()?;
-        let pass = if backward { Pass::Training } else { Pass::Inference };
-        let s0: Vec<Option<&[f32]>> = self.states0.iter().map(|s| s.as_deref()).collect();
+        let (pass, s0, gs) = self.gpu_run_args(backward);
         let (fwd, tape) = rnn.forward(&packed, &s0, pass)?;
         let grads = match (backward, tape) {
-            (true, Some(tape)) => {
-                let go = self.packed_grad_output()?;
-                let gs: Vec<Option<&[f32]>> = self.grad_states_n.iter().map(|s| s.as_deref()).collect();
-                Some(rnn.backward(&tape, &go, &gs)?)
-            }
+            (true, Some(tape)) => Some(rnn.backward(&tape, &self.packed_grad_output()?, &gs)?),
             _ => None,
         };
         self.result_of(fwd, grads)

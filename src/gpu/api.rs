@@ -88,6 +88,17 @@ struct Forwarded {
     rec: Option<Recorded>,
 }
 
+/// One plan's forward between its recording and its readback: the buffers it binds.
+struct ForwardParts {
+    plan: Arc<Plan>,
+    input: TrackedBuffer,
+    output: TrackedBuffer,
+    /// Every state's initial value (zeros where none was given).
+    given: Vec<TrackedBuffer>,
+    finals: Vec<TrackedBuffer>,
+    counter: TrackedBuffer,
+}
+
 /// One plan's backward: the input's gradient, each initial state's, the flat weights'.
 struct Backwarded {
     input: Vec<f32>,
@@ -182,13 +193,7 @@ impl GpuRnn {
     /// [`GpuRnn::forward`] with the regularisers' masks from `draw`: the same masks as
     /// [`crate::cpu::forward_with`] (the counter goes to the device as an f32, exact below 2^24).
     pub fn forward_with(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
-        let c = &self.cfg;
-        self.ctx.check_alive()?;
-        check_run(c, input, states0)?;
-        if draw.counter > 1 << 24 {
-            return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
-        }
-        let b = input.batch();
+        self.check_forward(input, states0, draw)?;
         let whole = self.plan(&SeqLayout::of(input)?, pass, draw.seed).and_then(|plan| self.forward_on(plan, &input.data, states0, pass, draw));
         let (output, finals, kind) = match whole {
             Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
@@ -199,6 +204,44 @@ impl GpuRnn {
             }
             Err(e) => return Err(e),
         };
+        self.forward_result(input, output, finals, kind)
+    }
+
+    /// [`GpuRnn::forward`] without blocking, the form a browser (`wasm32`) can run, where
+    /// waiting on the device is refused: the same plan, one submit, the results awaited (on
+    /// native targets something must poll the device meanwhile). It runs one plan: a problem
+    /// beyond one binding is refused ([`Error::Limit`]) instead of split.
+    pub async fn forward_async(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
+        let draw = Draw::default();
+        self.check_forward(input, states0, draw)?;
+        let plan = self.plan(&SeqLayout::of(input)?, pass, draw.seed)?;
+        let f = {
+            // One thread at a time on a GL context up to the submit; completing the read takes
+            // the guard itself (PendingRead's poll).
+            let serial = self.ctx.exclusive();
+            let (enc, rb, parts) = self.record_forward_on(plan, &input.data, states0, draw)?;
+            let pending = rb.submit(&self.ctx, enc)?;
+            drop(serial);
+            let got = pending.await?;
+            self.finish_forward_on(parts, got, pass)?
+        };
+        self.forward_result(input, f.output, f.finals, f.rec.map(TapeKind::Whole))
+    }
+
+    /// The checks of a forward before anything is uploaded.
+    fn check_forward(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], draw: Draw) -> Result<()> {
+        self.ctx.check_alive()?;
+        check_run(&self.cfg, input, states0)?;
+        if draw.counter > 1 << 24 {
+            return Err(Error::InvalidConfig(format!("step counter {} is not exact in f32 (at most 2^24)", draw.counter)));
+        }
+        Ok(())
+    }
+
+    /// A forward's output and tape from what its plans read back.
+    fn forward_result(&self, input: &PackedSequence<f32>, output: Vec<f32>, finals: Vec<Vec<f32>>, kind: Option<TapeKind>) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
+        let c = &self.cfg;
+        let b = input.batch();
         let states = c.states().iter().zip(finals).map(|(st, data)| Tensor { shape: c.state_shape(st, b), data }).collect();
         let fwd = ForwardOutput { output: input.with_data(output, c.output_size())?, states };
         let tape = kind.map(|kind| GpuTape { ctx: self.ctx.clone(), weights: (*self.weights).clone(), unsorted_indices: input.unsorted_indices.clone(), kind });
@@ -214,9 +257,17 @@ impl GpuRnn {
     /// caller order): one submit, then the output and every final state read back, and in
     /// training what its backward binds again.
     fn forward_on(&self, plan: Arc<Plan>, x: &[f32], states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Forwarded> {
+        let _serial = self.ctx.exclusive();
+        let (enc, rb, parts) = self.record_forward_on(plan, x, states0, draw)?;
+        let got = rb.submit_and_read(&self.ctx, enc)?;
+        self.finish_forward_on(parts, got, pass)
+    }
+
+    /// A forward's uploads and recording (the caller holds the context's guard): the encoder,
+    /// its readback (the output, then every final state) and the buffers it binds.
+    fn record_forward_on(&self, plan: Arc<Plan>, x: &[f32], states0: &[Option<&[f32]>], draw: Draw) -> Result<(wgpu::CommandEncoder, Readback, ForwardParts)> {
         let c = &self.cfg;
         let ctx = &self.ctx;
-        let _serial = ctx.exclusive();
         let (n, b) = (plan.rows(), plan.layout().batch());
         let sizes = self.state_elems(b);
         let prec = c.precision;
@@ -243,7 +294,18 @@ impl GpuRnn {
         for (f, &e) in finals.iter().zip(&sizes) {
             rb.copy_stored(ctx, &mut enc, f, e, prec)?;
         }
-        let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
+        drop((given_refs, final_refs));
+        Ok((enc, rb, ForwardParts { plan, input, output, given, finals, counter }))
+    }
+
+    /// A forward's results from what its readback read.
+    fn finish_forward_on(&self, parts: ForwardParts, got: Vec<Vec<f32>>, pass: Pass) -> Result<Forwarded> {
+        let c = &self.cfg;
+        let ForwardParts { plan, input, output, given, finals, counter } = parts;
+        drop(finals);
+        let (n, b) = (plan.rows(), plan.layout().batch());
+        let sizes = self.state_elems(b);
+        let mut got = got.into_iter();
         let out = next_read(&mut got, "output")?;
         check_len("output read back", &[n, c.output_size()], out.len())?;
         let mut states_n = Vec::with_capacity(sizes.len());
@@ -371,6 +433,34 @@ impl GpuRnn {
     /// handing its initial-state gradients to the previous segment) and sums the weight
     /// gradients in a fixed order, so results are reproducible bit for bit.
     pub fn backward(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
+        let layout = self.check_backward(tape, grad_output, grad_states)?;
+        let bw = match &tape.kind {
+            TapeKind::Whole(rec) => self.backward_on(rec, grad_output, grad_states)?,
+            TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, grad_states)?,
+        };
+        self.gradients(tape, &layout, bw)
+    }
+
+    /// [`GpuRnn::backward`] without blocking (see [`GpuRnn::forward_async`]): a tape of one
+    /// plan (a split tape, from [`GpuRnn::forward`], is refused with [`Error::Unsupported`]).
+    pub async fn backward_async(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
+        let layout = self.check_backward(tape, grad_output, grad_states)?;
+        let TapeKind::Whole(rec) = &tape.kind else {
+            return Err(Error::Unsupported("the async backward of a split tape (GpuRnn::backward runs it)".into()));
+        };
+        let bw = {
+            let serial = self.ctx.exclusive();
+            let (enc, rb, parts) = self.record_backward_on(rec, grad_output, grad_states)?;
+            let pending = rb.submit(&self.ctx, enc)?;
+            drop(serial);
+            let got = pending.await?;
+            self.finish_backward_on(rec, parts, got)?
+        };
+        self.gradients(tape, &layout, bw)
+    }
+
+    /// The checks of a backward before anything is uploaded; the tape's batch structure.
+    fn check_backward(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<SeqLayout> {
         let c = &self.cfg;
         // A tape's buffers and plan belong to its context's device: binding them on another
         // device trips wgpu-core assertions, so compare before recording anything.
@@ -398,12 +488,14 @@ impl GpuRnn {
         let (n, b) = (layout.rows(), layout.batch());
         check_len("grad_output", &[n, c.output_size()], grad_output.len())?;
         check_finite("grad_output", grad_output)?;
-        let states = c.states();
-        check_states(c, &states, grad_states, b, "_n")?;
-        let bw = match &tape.kind {
-            TapeKind::Whole(rec) => self.backward_on(rec, grad_output, grad_states)?,
-            TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, grad_states)?,
-        };
+        check_states(c, &c.states(), grad_states, b, "_n")?;
+        Ok(layout)
+    }
+
+    /// The gradients from what a backward read back.
+    fn gradients(&self, tape: &GpuTape, layout: &SeqLayout, bw: Backwarded) -> Result<Gradients<f32>> {
+        let c = &self.cfg;
+        let (states, b) = (c.states(), layout.batch());
         let params = generic::weights_from_flat(c, &bw.weights).map_err(|e| match e {
             Error::LengthMismatch { shape, expected, got, .. } => Error::LengthMismatch { what: "grad_weights read back".into(), shape, expected, got },
             e => e,
@@ -423,10 +515,19 @@ impl GpuRnn {
     /// weights' gradients read back. `grad_states` are the final-state gradients in the plan's
     /// order.
     fn backward_on(&self, rec: &Recorded, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
+        let _serial = self.ctx.exclusive();
+        let (enc, rb, parts) = self.record_backward_on(rec, grad_output, grad_states)?;
+        let got = rb.submit_and_read(&self.ctx, enc)?;
+        self.finish_backward_on(rec, parts, got)
+    }
+
+    /// A backward's uploads and recording (the caller holds the context's guard): the
+    /// encoder, its readback (the input's gradient, the weights', every initial state's) and
+    /// the buffers it binds.
+    fn record_backward_on(&self, rec: &Recorded, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<(wgpu::CommandEncoder, Readback, Vec<TrackedBuffer>)> {
         let ctx = &self.ctx;
         let c = &self.cfg;
         let plan = &rec.plan;
-        let _serial = ctx.exclusive();
         let (n, b) = (plan.rows(), plan.layout().batch());
         let sizes = self.state_elems(b);
         let prec = c.precision;
@@ -458,7 +559,21 @@ impl GpuRnn {
         for (g, &e) in g0.iter().zip(&sizes) {
             rb.copy_stored(ctx, &mut enc, g, e, prec)?;
         }
-        let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
+        drop((s0, gn, g0r));
+        let mut keep = vec![go, gi, gw];
+        keep.extend(given.into_iter().flatten());
+        keep.extend(g0);
+        Ok((enc, rb, keep))
+    }
+
+    /// A backward's results from what its readback read (`parts`: its buffers, kept until
+    /// the read completed).
+    fn finish_backward_on(&self, rec: &Recorded, parts: Vec<TrackedBuffer>, got: Vec<Vec<f32>>) -> Result<Backwarded> {
+        drop(parts);
+        let c = &self.cfg;
+        let (n, b) = (rec.plan.rows(), rec.plan.layout().batch());
+        let sizes = self.state_elems(b);
+        let mut got = got.into_iter();
         let input = next_read(&mut got, "grad_input")?;
         check_len("input gradients read back", &[n, c.input_size], input.len())?;
         let weights = next_read(&mut got, "grad_weights")?;

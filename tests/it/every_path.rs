@@ -79,6 +79,13 @@ fn every_registered_cell_has_every_path() {
         let (gat, grt) = grad_tol(mode);
         assert_close(&format!("{mode} GPU grad_input"), &to64(&gg.input.data), &cg.input.data, gat, grt);
 
+        // The async form (the browser's): the same plan, the same bits.
+        let (af, atape) = crate::gpu::drive(&ctx, rnn.forward_async(&x, &[], Pass::Training)).0.unwrap_or_else(|e| panic!("{mode} GPU async forward: {e}"));
+        assert_eq!(af.output.data, gf.output.data, "{mode}: async forward");
+        let ag = crate::gpu::drive(&ctx, rnn.backward_async(&atape.unwrap(), &go, &[])).0.unwrap_or_else(|e| panic!("{mode} GPU async backward: {e}"));
+        assert_eq!(ag.input.data, gg.input.data, "{mode}: async backward");
+        assert_eq!(ag.params.to_flat(), gg.params.to_flat(), "{mode}: async weight gradients");
+
         // GPU, one step at a time.
         let step = StepPlan::new(&ctx, &cfg, b).unwrap_or_else(|e| panic!("{mode} StepPlan: {e}"));
         assert!(step.dispatches() > 0, "{mode}");
@@ -105,6 +112,9 @@ fn every_registered_cell_has_every_path() {
             }
         };
         let sg = rnn.backward(&split.1, &go, &[]).unwrap_or_else(|e| panic!("{mode} split backward: {e}"));
+        // The async form runs one plan: it refuses what needs splitting, and a split tape.
+        assert!(matches!(crate::gpu::drive(&ctx, rnn.forward_async(&x, &[], Pass::Training)).0, Err(Error::Limit(_))), "{mode}: async split");
+        assert!(matches!(crate::gpu::drive(&ctx, rnn.backward_async(&split.1, &go, &[])).0, Err(Error::Unsupported(_))), "{mode}: async split tape");
         assert_close(&format!("{mode} split output"), &to64(&split.0.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
         assert_close(&format!("{mode} split grad_input"), &to64(&sg.input.data), &cg.input.data, gat, grt);
         ctx.set_binding_limit(u64::MAX);

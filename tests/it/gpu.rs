@@ -62,8 +62,8 @@ pub(crate) fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> (F::Output
     panic!("the future never completed");
 }
 
-/// The non-blocking form the browser runs (`Case::run_gpu_async`: the engine API, one
-/// submit, `Readback::submit` awaited) gives the golden values of every cell on every
+/// The non-blocking form the browser runs (`Case::run_gpu_async`: `GpuRnn`'s async forward
+/// and backward, `Readback::submit` awaited) gives the golden values of every cell on every
 /// backend, and a pending read wakes its task when the device has mapped the results.
 #[test]
 fn golden_cases_through_the_async_readback() {
