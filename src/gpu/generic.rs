@@ -11,11 +11,16 @@
 //!   in, the states read and written in place, the top layer's output out): streaming
 //!   inference and generation, with no host work per step beyond recording.
 //!
-//! Per layer-direction, forward: one GEMM `xp = X W_x^T + b_x`; per step, in training (and
-//! with zoneout) a copy of the step's state rows to the tape (`save_states`), then per stage
-//! its product (one GEMM over the step's rows into the scratch buffer) and one dispatch of
-//! the cell's `cell_forward` (a workgroup per row), then with zoneout the `zoneout` kernel;
-//! in training with dropout, `dropout_rows` between layers. ARCHITECTURE.md ("The cell
+//! Per layer-direction, forward: `W_x^T`, then one GEMM `xp = X W_x^T + b_x`; per step, for a
+//! cell with [`crate::cells::Cell::UNIT_STEP`] per stage the fused stage kernel (`cell_stage`,
+//! shaders/cells/stage.wgsl: the stage's product and the cell's `unit_forward` in one
+//! dispatch) after `stage_input` (the product's input rows, and in training, or with
+//! zoneout, the step's states to the tape); for a whole-row cell the states' save
+//! (`save_states`), then per stage its product (one GEMM over the step's rows, on R^T, into
+//! the scratch buffer) and one dispatch of the cell's `cell_forward` (a workgroup per row);
+//! then with zoneout the `zoneout` kernel; in training with dropout, `dropout_rows` between
+//! layers. `Shape` builds the ops: `forward_ops`, `backward_ops`, `states_io`,
+//! `workspaces`. ARCHITECTURE.md ("The cell
 //! drivers' engine API, one step at a time, regularisers") explains the regularisers. Backward, steps reversed, stages last to first:
 //! `cell_backward`, then the product's `dv = dr_k R_k` written where the product read (the
 //! tape-gradient region, or added to the state gradients for stage-0 products of a state);
@@ -313,385 +318,18 @@ impl CellPlan {
             return Err(Error::Unsupported(format!("dropout and zoneout with {prec} storage")));
         }
         ctx.check_precision(prec)?;
-        let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
-        let ld = cfg.num_layers * d;
-        let training = pass == Pass::Training;
-        let zone = !cfg.zoneout.is_zero();
-        let dropout = training && !cfg.dropout.is_zero() && cfg.num_layers > 1;
-        let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
-        let sw = dims[0].sw;
-        let out_w = d * dims[0].lay.out;
-        let hw = cfg.states()[0].width;
-        let (woffs, weight_elems) = slot_layout(cfg);
-        let scr_len = dims.iter().map(|x| b * x.rw.max(x.lay.tape)).max().unwrap_or(0);
-        let pin_len = dims.iter().map(|x| x.pin_len(b)).max().unwrap_or(0);
-        let wxt_len = dims.iter().map(|x| x.lay.xp * x.inw).max().unwrap_or(0);
-        let rt_len = dims.iter().filter(|x| !x.unit).map(|x| x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum::<usize>()).max().unwrap_or(0);
-        let bws_len = if training { dims.iter().map(|x| n * (x.lay.xp + x.rw + x.lay.pointwise)).max().unwrap_or(0) } else { 0 };
-        let mut sizes = vec![
-            ("weights", weight_elems),
-            ("states", ld * b * sw),
-            ("layer output", n * out_w),
-            ("scratch", scr_len),
-            ("stage product input", pin_len),
-            ("transposed input matrix", wxt_len),
-            ("transposed recurrent matrices", rt_len),
-            ("input", n * cfg.input_size),
-            ("backward workspace", bws_len),
-        ];
-        for x in &dims {
-            sizes.push(("tape", x.tape_len(n, b, training, zone)));
-        }
-        if zone {
-            // The mask's element index, (packed row) * H_out + unit.
-            sizes.push(("zoneout mask", n * hw));
-        }
-        check_gpu(ctx, n, b, prec, &sizes)?;
+        let sh = Shape::new(ctx, cfg, layout, pass, seed)?;
+        check_gpu(ctx, sh.n, sh.b, prec, &sh.sizes())?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
-
         let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension };
-        let off = step_offsets(layout.batch_sizes());
-        let steps = layout.batch_sizes().len();
-        let cell = cfg.mode;
-        let unit = cell.unit_step();
-        let last = cfg.num_layers - 1;
-        // The regularisers' parameters (RnnConfig::validate checked zoneout's cell).
-        let zone_params = |cp: &CellParams, k: usize, stage: u32| CellParams {
-            stage,
-            seed: masks::zoneout_stream(seed, k),
-            thresh: cfg.zoneout.threshold(),
-            f: cfg.zoneout.get(),
-            ..*cp
-        };
-        let drop_groups = {
-            let g = (n * out_w).div_ceil(256) as u32;
-            let max = ctx.limits().max_compute_workgroups_per_dimension;
-            [g.min(max), g.div_ceil(max), 1]
-        };
-        let drop_params = |l: usize| CellParams {
-            rows: n as u32,
-            out_w: out_w as u32,
-            seed: masks::dropout_stream(seed, l),
-            thresh: cfg.dropout.threshold(),
-            f: cfg.dropout.scale() as f32,
-            ..Default::default()
-        };
-        // Layer l's input, and the gradient of layer l's output.
-        let layer_in = |l: usize| match l {
-            0 => Buf::Input,
-            _ if dropout => Buf::LayerIn(l),
-            _ => Buf::LayerOut(l - 1),
-        };
-        let grad_out = |l: usize| match l {
-            _ if l == last => Buf::GradOutput,
-            _ if dropout => Buf::Dy(l),
-            _ => Buf::Dx(l + 1),
-        };
-
-        // Forward.
-        let mut fwd = Vec::new();
-        for (layer, dm) in dims.iter().enumerate() {
-            let lay = &dm.lay;
-            let x = layer_in(layer);
-            let y = if layer == last { Buf::Output } else { Buf::LayerOut(layer) };
-            for dir in 0..d {
-                let k = layer * d + dir;
-                let wo = &woffs[k];
-                let tp = Buf::Tape(k);
-                if lay.xp > 0 {
-                    let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
-                    let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
-                    // W_x^T [in, Gx] first: the GEMM then reads B's rows contiguously (as
-                    // vec4s where aligned).
-                    bl.transpose(&mut fwd, wx, lay.xp, dm.inw, Buf::WxT, 0);
-                    bl.gemm(&mut fwd, gp(n, lay.xp, dm.inw, (0, dm.inw, 1), (0, lay.xp, 1), (0, lay.xp), bias, 0.0), x, Buf::WxT, tp, bias.map(|_| Buf::Weights))?;
-                }
-                let mut cp = dm.params(cfg, k, dir, (b, n, training), out_w, wo);
-                let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
-                // Without the fused stage kernel, each product's R^T, for its GEMMs' vec4 reads.
-                let mut rt_offs = vec![0; lay.stages.len()];
-                if !unit {
-                    let mut at = 0;
-                    for (st, pr) in lay.stages.iter().enumerate() {
-                        let Some(pr) = pr else { continue };
-                        rt_offs[st] = at;
-                        bl.transpose(&mut fwd, slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset, pr.rows, pr.k, Buf::RT, at);
-                        at += (pr.rows * pr.k).next_multiple_of(4);
-                    }
-                }
-                let order: Vec<usize> = if dir == 1 { (0..steps).rev().collect() } else { (0..steps).collect() };
-                for t in order {
-                    let rows = layout.batch_sizes()[t];
-                    let o = off[t];
-                    let trow = if training { o } else { 0 };
-                    cp.rows = rows as u32;
-                    cp.o = o as u32;
-                    cp.trow = trow as u32;
-                    if unit {
-                        for (st, stage) in lay.stages.iter().enumerate() {
-                            let save = (training || zone) && st == 0;
-                            let mut p = CellParams { stage: st as u32, save: save as u32, ..cp };
-                            let mut pu = 0;
-                            if let Some(pr) = stage {
-                                pu = pr.rows / pr.gates;
-                                p.pg = pr.gates as u32;
-                                p.prows = pr.rows as u32;
-                                p.pk = pr.k as u32;
-                                p.pw = (slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset) as u32;
-                                if let Some((bs, bo)) = pr.bias {
-                                    p.pb = (slot_at(wo, bs, "recurrent bias")? + bo) as u32;
-                                }
-                                p.pcol = dm.roffs[st] as u32;
-                                let (a_off, a_ld, state) = match pr.src {
-                                    Src::State(si) => (k * b * sw + dm.soffs[si], sw, 1),
-                                    Src::Tape { offset } => (dm.tape_off(n) + trow * lay.tape + offset, lay.tape, 0),
-                                };
-                                p.pa_off = a_off as u32;
-                                p.pa_ld = a_ld as u32;
-                                p.pa_state = state;
-                            }
-                            if stage.is_some() || save {
-                                // The product's input rows to `pin` (written through the
-                                // scratch binding), the states to the tape.
-                                let ib = [Buf::Weights, x, tp, Buf::States, Buf::Pin, y, Buf::Dummy(0), Buf::Dummy(1)];
-                                bl.cell_in(&mut fwd, Kernel::CellStageInput(cell), &p, ib, [rows as u32, 1, 1]);
-                            }
-                            let units = cfg.hidden_size.max(cfg.proj_size).max(pu);
-                            p.units = units as u32;
-                            // vec4 reads of R: its offset and row length multiples of 4.
-                            let vec4 = p.pg > 0 && p.pw.is_multiple_of(4) && p.pk.is_multiple_of(4);
-                            let gates = p.pg.max(1) as u8;
-                            // An invocation takes 4 / gates units (stage.wgsl, `lanes`).
-                            let per = units.div_ceil(4 / gates as usize);
-                            let groups = [per.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
-                            // The weights as vec4s at 7 where read so (16 bytes of them at
-                            // least then), and the product's input at 8.
-                            let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
-                            let sb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, w4, Buf::Pin];
-                            bl.cell_in(&mut fwd, Kernel::CellStage { cell, vec4, gates }, &p, sb, groups);
-                        }
-                    }
-                    if !unit && (training || zone) {
-                        cp.stage = 0;
-                        bl.cell(&mut fwd, Kernel::CellSave(cell), &cp, bufs);
-                    }
-                    for (st, stage) in lay.stages.iter().enumerate().filter(|_| !unit) {
-                        if let Some(pr) = stage {
-                            let bias = match pr.bias {
-                                Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
-                                None => None,
-                            };
-                            let (abuf, a_off, a_rs) = match pr.src {
-                                Src::State(i) => (Buf::States, k * b * sw + dm.soffs[i], sw),
-                                Src::Tape { offset } => (tp, dm.tape_off(n) + trow * lay.tape + offset, lay.tape),
-                            };
-                            let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (rt_offs[st], pr.rows, 1), (dm.roffs[st], dm.rw), bias, 0.0);
-                            bl.gemm(&mut fwd, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
-                        }
-                        cp.stage = st as u32;
-                        bl.cell(&mut fwd, Kernel::CellForward(cell), &cp, bufs);
-                    }
-                    if zone {
-                        let zb = [Buf::Counter, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
-                        bl.cell(&mut fwd, Kernel::CellZoneout(cell), &zone_params(&cp, k, training as u32), zb);
-                    }
-                }
-            }
-            if dropout && layer < last {
-                let db = [Buf::Counter, y, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::LayerIn(layer + 1), Buf::Dummy(3), Buf::Dummy(4)];
-                bl.cell_in(&mut fwd, Kernel::CellDropout(cell), &drop_params(layer), db, drop_groups);
-            }
-        }
-
-        // Backward (training plans).
-        let mut bwd = Vec::new();
-        if training {
-            // Written by adding (two directions, direct input terms): cleared first.
-            // Clears cover whole 4-byte words (the buffers are checked to hold them).
-            let f4 = |e: usize| (e * prec.bytes()).next_multiple_of(4) as u64;
-            bwd.push(Op::Clear(Buf::GradInput, f4(n * cfg.input_size)));
-            bwd.push(Op::Clear(Buf::GradWeights, f4(weight_elems)));
-            for (l, dm) in dims.iter().enumerate().skip(1) {
-                bwd.push(Op::Clear(Buf::Dx(l), f4(n * dm.inw)));
-            }
-            for layer in (0..cfg.num_layers).rev() {
-                let dm = &dims[layer];
-                let lay = &dm.lay;
-                let x = layer_in(layer);
-                let dy = grad_out(layer);
-                let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer) };
-                if dropout && layer < last {
-                    // The gradient of the next layer's input, through the same mask.
-                    let db = [Buf::Counter, Buf::Dx(layer + 1), Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dy, Buf::Dummy(3), Buf::Dummy(4)];
-                    bl.cell_in(&mut bwd, Kernel::CellDropout(cell), &drop_params(layer), db, drop_groups);
-                }
-                let (dxp_off, dr_off, de_off) = (0, n * lay.xp, n * (lay.xp + dm.rw));
-                for dir in 0..d {
-                    let k = layer * d + dir;
-                    let wo = &woffs[k];
-                    let tp = Buf::Tape(k);
-                    bwd.push(Op::Clear(Buf::Bws, f4(bws_len)));
-                    let mut cp = CellParams { dtape_off: 0, dxp_off: dxp_off as u32, dr_off: dr_off as u32, de_off: de_off as u32, ..dm.params(cfg, k, dir, (b, n, training), out_w, wo) };
-                    // Reverse of the processing order.
-                    let order: Vec<usize> = if dir == 1 { (0..steps).collect() } else { (0..steps).rev().collect() };
-                    for t in order {
-                        let rows = layout.batch_sizes()[t];
-                        let o = off[t];
-                        cp.rows = rows as u32;
-                        cp.o = o as u32;
-                        cp.trow = o as u32;
-                        let zb = [Buf::Counter, x, tp, Buf::GradStates, Buf::Stash, dy, Buf::Dummy(0), Buf::Dummy(1)];
-                        if zone {
-                            bl.cell(&mut bwd, Kernel::CellZoneoutStash(cell), &zone_params(&cp, k, 1), zb);
-                        }
-                        for st in (0..lay.stages.len()).rev() {
-                            cp.stage = st as u32;
-                            bl.cell(&mut bwd, Kernel::CellBackward(cell), &cp, [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, dy, Buf::Bws, dx]);
-                            if let Some(pr) = lay.stages[st] {
-                                let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
-                                let a = (dr_off + o * dm.rw + dm.roffs[st], dm.rw, 1);
-                                match pr.src {
-                                    Src::Tape { offset } => {
-                                        bl.gemm(&mut bwd, gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (offset, lay.tape), None, 0.0), Buf::Bws, Buf::Weights, Buf::Scratch, None)?
-                                    }
-                                    Src::State(i) => bl.gemm(
-                                        &mut bwd,
-                                        gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (k * b * sw + dm.soffs[i], sw), None, 1.0),
-                                        Buf::Bws,
-                                        Buf::Weights,
-                                        Buf::GradStates,
-                                        None,
-                                    )?,
-                                }
-                            }
-                        }
-                        if zone {
-                            bl.cell(&mut bwd, Kernel::CellZoneoutAdd(cell), &zone_params(&cp, k, 1), zb);
-                        }
-                    }
-                    // Weight gradients over all rows.
-                    if lay.xp > 0 {
-                        let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
-                        bl.gemm(&mut bwd, gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), Buf::Bws, x, Buf::GradWeights, None)?;
-                        if lay.input_bias {
-                            let bo = slot_at(wo, Slot::BiasIh, "input bias")?;
-                            bl.colsum(&mut bwd, n, lay.xp, Buf::Bws, dxp_off, lay.xp, Buf::GradWeights, bo);
-                        }
-                        bl.gemm(&mut bwd, gp(n, dm.inw, lay.xp, (dxp_off, lay.xp, 1), (wx, dm.inw, 1), (0, dm.inw), None, 1.0), Buf::Bws, Buf::Weights, dx, None)?;
-                    }
-                    for (st, stage) in lay.stages.iter().enumerate() {
-                        let Some(pr) = stage else { continue };
-                        let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
-                        let bsrc = match pr.src {
-                            Src::State(i) => (dm.sprev_off(n, b, training) + dm.soffs[i], sw, 1),
-                            Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
-                        };
-                        bl.gemm(&mut bwd, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
-                        if let Some((bs, bo)) = pr.bias {
-                            let at = slot_at(wo, bs, "recurrent bias")? + bo;
-                            bl.colsum(&mut bwd, n, pr.rows, Buf::Bws, dr_off + dm.roffs[st], dm.rw, Buf::GradWeights, at);
-                        }
-                    }
-                    if lay.pointwise > 0 {
-                        let at = slot_at(wo, Slot::Pointwise, "pointwise parameters")?;
-                        bl.colsum(&mut bwd, n, lay.pointwise, Buf::Bws, de_off, lay.pointwise, Buf::GradWeights, at);
-                    }
-                }
-            }
-        }
-
-        // The states between the caller's order and the plan's: tables [to sorted | to caller]
-        // over the L*D*B rows, and per state a gather in and a gather out.
-        let rows = ld * b;
-        let sorted = layout.sorted_indices();
-        let mut to_caller = vec![0usize; b];
-        for (r, &c) in sorted.iter().enumerate() {
-            to_caller[c] = r;
-        }
-        let mut tables: Vec<u32> = Vec::with_capacity(2 * rows);
-        for l in 0..ld {
-            tables.extend(sorted.iter().map(|&c| (l * b + c) as u32));
-        }
-        for l in 0..ld {
-            tables.extend(to_caller.iter().map(|&r| (l * b + r) as u32));
-        }
-        let mut io = StateIo::default();
-        let f4 = |e: usize| (e * prec.bytes()).next_multiple_of(4) as u64;
-        io.clear.push(Op::Clear(Buf::States, f4(rows * sw)));
-        if training {
-            io.grad_clear.push(Op::Clear(Buf::GradStates, f4(rows * sw)));
-        }
-        let (soffs, _) = state_offsets(&cfg.states());
-        for (i, st) in cfg.states().iter().enumerate() {
-            let w = st.width;
-            io.elems.push(rows * w);
-            let groups = {
-                let g = (rows * w).div_ceil(256) as u32;
-                let max = ctx.limits().max_compute_workgroups_per_dimension;
-                [g.min(max), g.div_ceil(max), 1]
-            };
-            let mut gather = |src: Buf, dst: Buf, p: UtilParams| {
-                let off = bl.params.push(&p);
-                Op::Dispatch { kernel: Kernel::GatherRows, param_off: off, groups, bufs: vec![src, Buf::Dummy(0), Buf::Tables, dst] }
-            };
-            let (r, wu, swu, off) = (rows as u32, w as u32, sw as u32, soffs[i] as u32);
-            let into = UtilParams { rows: r, width: wu, src_ld: wu, dst_off: off, dst_ld: swu, ..Default::default() };
-            let out = UtilParams { rows: r, width: wu, src_ld: swu, src_col: off, seq_off: r, dst_ld: wu, ..Default::default() };
-            io.fwd_in.push((i, gather(Buf::Given(i as u8), Buf::States, into)));
-            io.fwd_out.push(gather(Buf::States, Buf::Final(i as u8), out));
-            if training {
-                io.bwd_in.push((i, gather(Buf::Given(i as u8), Buf::GradStates, into)));
-                io.bwd_out.push(gather(Buf::GradStates, Buf::Final(i as u8), out));
-            }
-        }
-
-        // Workspaces.
-        let mut own = HashMap::new();
-        own.insert(Buf::Tables, readback::upload_bytes(ctx, "state tables", bytemuck::cast_slice(&tables))?);
-        let buf = |ctx: &Context, label: &str, elems: usize| buf(ctx, label, elems, prec);
-        own.insert(Buf::States, buf(ctx, "states", rows * sw)?);
-        if training {
-            own.insert(Buf::GradStates, buf(ctx, "state gradients", rows * sw)?);
-        }
-        for i in 0..6 {
-            own.insert(Buf::Dummy(i), buf(ctx, "unused", 4)?);
-        }
-        own.insert(Buf::ZeroCounter, readback::storage(ctx, "zero step counter", 4)?);
-        if zone && training {
-            own.insert(Buf::Stash, buf(ctx, "zoneout gradients", b * hw)?);
-        }
-        own.insert(Buf::Scratch, buf(ctx, "cell scratch", scr_len)?);
-        if unit {
-            own.insert(Buf::Pin, buf(ctx, "stage product input", pin_len)?);
-        }
-        own.insert(Buf::WxT, buf(ctx, "transposed input matrix", wxt_len)?);
-        if !unit {
-            own.insert(Buf::RT, buf(ctx, "transposed recurrent matrices", rt_len)?);
-        }
-        for (layer, dm) in dims.iter().enumerate() {
-            for dir in 0..d {
-                own.insert(Buf::Tape(layer * d + dir), buf(ctx, "cell tape", dm.tape_len(n, b, training, zone))?);
-            }
-            if layer < last {
-                own.insert(Buf::LayerOut(layer), buf(ctx, "layer output", n * out_w)?);
-            }
-            if training && layer > 0 {
-                own.insert(Buf::Dx(layer), buf(ctx, "layer input gradients", n * dm.inw)?);
-            }
-            if dropout && layer > 0 {
-                own.insert(Buf::LayerIn(layer), buf(ctx, "layer input after dropout", n * dm.inw)?);
-            }
-            if dropout && layer < last {
-                own.insert(Buf::Dy(layer), buf(ctx, "layer output gradients after dropout", n * out_w)?);
-            }
-        }
-        if training {
-            own.insert(Buf::Bws, buf(ctx, "backward workspace", bws_len)?);
-        }
+        let forward_ops = sh.forward_ops(&mut bl)?;
+        let backward_ops = if sh.training { sh.backward_ops(&mut bl)? } else { Vec::new() };
+        let (states_io, tables) = sh.states_io(&mut bl);
+        let own = sh.workspaces(&tables)?;
         let params = bl.params.upload(ctx, "cell plan parameters")?;
         let mut pipelines = HashMap::new();
-        for op in fwd.iter().chain(&bwd).chain(&io.fwd_out) {
+        for op in forward_ops.iter().chain(&backward_ops).chain(&states_io.fwd_out) {
             if let Op::Dispatch { kernel, .. } = op {
                 if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(*kernel) {
                     e.insert(ctx.pipeline_at(*kernel, prec)?);
@@ -703,14 +341,14 @@ impl CellPlan {
             cfg: cfg.clone(),
             pass,
             layout: layout.clone(),
-            n,
-            b,
-            weight_elems,
+            n: sh.n,
+            b: sh.b,
+            weight_elems: sh.weight_elems,
             params,
             own,
-            forward_ops: fwd,
-            backward_ops: bwd,
-            states_io: io,
+            forward_ops,
+            backward_ops,
+            states_io,
             pipelines,
             profile: std::sync::Mutex::new(None),
         })
@@ -999,6 +637,512 @@ impl StepPlan {
     /// Records one step into `encoder` (no submit).
     pub fn record_step(&self, encoder: &mut wgpu::CommandEncoder, bufs: &StepBuffers<'_>) -> Result<()> {
         self.plan.record_in_place(encoder, bufs.weights, bufs.input, bufs.output, bufs.states)
+    }
+}
+
+/// What a cell plan's ops and workspaces are built from: the config, the batch structure,
+/// and the sizes and offsets that follow from them.
+struct Shape<'a> {
+    ctx: &'a Context,
+    cfg: &'a RnnConfig,
+    layout: &'a SeqLayout,
+    /// The regularisers' masks' seed.
+    seed: u32,
+    /// Packed rows, batch, directions.
+    n: usize,
+    b: usize,
+    d: usize,
+    training: bool,
+    /// Zoneout on (forward and backward), dropout between layers on (training only).
+    zone: bool,
+    dropout: bool,
+    /// Per layer (both directions alike).
+    dims: Vec<Dims>,
+    /// Columns of a row's concatenated states; of a layer's output; of h.
+    sw: usize,
+    out_w: usize,
+    hw: usize,
+    /// Each slot's offset per layer-direction in the flat weights, and their length.
+    woffs: Vec<[Option<usize>; 6]>,
+    weight_elems: usize,
+    /// The cell runs on the fused stage kernel (`Mode::unit_step`).
+    unit: bool,
+    /// Each packed step's first row.
+    off: Vec<usize>,
+    /// Workspace lengths (elements): scratch, the stage kernel's product input, W_x^T, the
+    /// products' R^T, the backward's `[dxp | dr | de]`.
+    scr_len: usize,
+    pin_len: usize,
+    wxt_len: usize,
+    rt_len: usize,
+    bws_len: usize,
+}
+
+impl<'a> Shape<'a> {
+    fn new(ctx: &'a Context, cfg: &'a RnnConfig, layout: &'a SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
+        let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
+        let training = pass == Pass::Training;
+        let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
+        let (woffs, weight_elems) = slot_layout(cfg);
+        let max = |f: &dyn Fn(&Dims) -> usize| dims.iter().map(f).max().unwrap_or(0);
+        Ok(Shape {
+            scr_len: max(&|x| b * x.rw.max(x.lay.tape)),
+            pin_len: max(&|x| x.pin_len(b)),
+            wxt_len: max(&|x| x.lay.xp * x.inw),
+            rt_len: max(&|x| if x.unit { 0 } else { x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum() }),
+            bws_len: if training { max(&|x| n * (x.lay.xp + x.rw + x.lay.pointwise)) } else { 0 },
+            ctx,
+            cfg,
+            layout,
+            seed,
+            n,
+            b,
+            d,
+            training,
+            zone: !cfg.zoneout.is_zero(),
+            dropout: training && !cfg.dropout.is_zero() && cfg.num_layers > 1,
+            sw: dims[0].sw,
+            out_w: d * dims[0].lay.out,
+            hw: cfg.states()[0].width,
+            woffs,
+            weight_elems,
+            unit: cfg.mode.unit_step(),
+            off: step_offsets(layout.batch_sizes()),
+            dims,
+        })
+    }
+
+    /// Every buffer the plan binds, for the binding-limit check.
+    fn sizes(&self) -> Vec<(&'static str, usize)> {
+        let (n, b) = (self.n, self.b);
+        let mut sizes = vec![
+            ("weights", self.weight_elems),
+            ("states", self.cfg.num_layers * self.d * b * self.sw),
+            ("layer output", n * self.out_w),
+            ("scratch", self.scr_len),
+            ("stage product input", self.pin_len),
+            ("transposed input matrix", self.wxt_len),
+            ("transposed recurrent matrices", self.rt_len),
+            ("input", n * self.cfg.input_size),
+            ("backward workspace", self.bws_len),
+        ];
+        for x in &self.dims {
+            sizes.push(("tape", x.tape_len(n, b, self.training, self.zone)));
+        }
+        if self.zone {
+            // The mask's element index, (packed row) * H_out + unit.
+            sizes.push(("zoneout mask", n * self.hw));
+        }
+        sizes
+    }
+
+    fn last(&self) -> usize {
+        self.cfg.num_layers - 1
+    }
+
+    /// Layer l's input.
+    fn layer_in(&self, l: usize) -> Buf {
+        match l {
+            0 => Buf::Input,
+            _ if self.dropout => Buf::LayerIn(l),
+            _ => Buf::LayerOut(l - 1),
+        }
+    }
+
+    /// The gradient of layer l's output.
+    fn grad_out(&self, l: usize) -> Buf {
+        match l {
+            _ if l == self.last() => Buf::GradOutput,
+            _ if self.dropout => Buf::Dy(l),
+            _ => Buf::Dx(l + 1),
+        }
+    }
+
+    /// The time steps of direction `dir` in processing order (reversed for the backward).
+    fn order(&self, dir: usize, backward: bool) -> Vec<usize> {
+        let steps = self.layout.batch_sizes().len();
+        if (dir == 1) != backward {
+            (0..steps).rev().collect()
+        } else {
+            (0..steps).collect()
+        }
+    }
+
+    /// Zoneout's parameters for layer-direction k (RnnConfig::validate checked its cell).
+    fn zone_params(&self, cp: &CellParams, k: usize, stage: u32) -> CellParams {
+        let z = self.cfg.zoneout;
+        CellParams { stage, seed: masks::zoneout_stream(self.seed, k), thresh: z.threshold(), f: z.get(), ..*cp }
+    }
+
+    /// Dropout after layer l: its parameters and workgroups.
+    fn dropout_dispatch(&self, bl: &mut Builder, ops: &mut Vec<Op>, l: usize, src: Buf, dst: Buf) {
+        let dr = self.cfg.dropout;
+        let p = CellParams {
+            rows: self.n as u32,
+            out_w: self.out_w as u32,
+            seed: masks::dropout_stream(self.seed, l),
+            thresh: dr.threshold(),
+            f: dr.scale() as f32,
+            ..Default::default()
+        };
+        let g = (self.n * self.out_w).div_ceil(256) as u32;
+        let max = self.ctx.limits().max_compute_workgroups_per_dimension;
+        let db = [Buf::Counter, src, Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), dst, Buf::Dummy(3), Buf::Dummy(4)];
+        bl.cell_in(ops, Kernel::CellDropout(self.cfg.mode), &p, db, [g.min(max), g.div_ceil(max), 1]);
+    }
+
+    /// The forward: per layer, per direction the input projection and the steps, then
+    /// dropout on the layer's output (training, not the last layer).
+    fn forward_ops(&self, bl: &mut Builder) -> Result<Vec<Op>> {
+        let mut fwd = Vec::new();
+        for (layer, dm) in self.dims.iter().enumerate() {
+            let x = self.layer_in(layer);
+            let y = if layer == self.last() { Buf::Output } else { Buf::LayerOut(layer) };
+            for dir in 0..self.d {
+                let k = layer * self.d + dir;
+                let tp = Buf::Tape(k);
+                self.input_projection(bl, &mut fwd, dm, k, x, tp)?;
+                let mut cp = dm.params(self.cfg, k, dir, (self.b, self.n, self.training), self.out_w, &self.woffs[k]);
+                let rt_offs = if self.unit { Vec::new() } else { self.recurrent_transposes(bl, &mut fwd, dm, k)? };
+                for t in self.order(dir, false) {
+                    let o = self.off[t];
+                    cp.rows = self.layout.batch_sizes()[t] as u32;
+                    cp.o = o as u32;
+                    cp.trow = if self.training { o } else { 0 } as u32;
+                    if self.unit {
+                        self.stage_step(bl, &mut fwd, dm, k, &cp, (x, y, tp))?;
+                    } else {
+                        self.gemm_step(bl, &mut fwd, dm, k, &mut cp, &rt_offs, (x, y, tp))?;
+                    }
+                    if self.zone {
+                        let zb = [Buf::Counter, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
+                        bl.cell(&mut fwd, Kernel::CellZoneout(self.cfg.mode), &self.zone_params(&cp, k, self.training as u32), zb);
+                    }
+                }
+            }
+            if self.dropout && layer < self.last() {
+                self.dropout_dispatch(bl, &mut fwd, layer, y, Buf::LayerIn(layer + 1));
+            }
+        }
+        Ok(fwd)
+    }
+
+    /// `xp = X W_x^T + b_x` for every row of layer-direction k: W_x^T [in, Gx] first, so the
+    /// GEMM reads B's rows contiguously (as vec4s where aligned).
+    fn input_projection(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, x: Buf, tp: Buf) -> Result<()> {
+        let lay = &dm.lay;
+        if lay.xp == 0 {
+            return Ok(());
+        }
+        let wo = &self.woffs[k];
+        let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
+        let bias = if lay.input_bias { Some(slot_at(wo, Slot::BiasIh, "input bias")?) } else { None };
+        bl.transpose(ops, wx, lay.xp, dm.inw, Buf::WxT, 0);
+        bl.gemm(ops, gp(self.n, lay.xp, dm.inw, (0, dm.inw, 1), (0, lay.xp, 1), (0, lay.xp), bias, 0.0), x, Buf::WxT, tp, bias.map(|_| Buf::Weights))
+    }
+
+    /// One step on the fused stage kernel (shaders/cells/stage.wgsl): per stage, the copy
+    /// of its product's input (and in stage 0 of a training or zoneout step the states'
+    /// save), then the stage kernel.
+    fn stage_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &CellParams, (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
+        let (lay, wo, cell) = (&dm.lay, &self.woffs[k], self.cfg.mode);
+        let rows = cp.rows as usize;
+        for (st, stage) in lay.stages.iter().enumerate() {
+            let save = (self.training || self.zone) && st == 0;
+            let mut p = CellParams { stage: st as u32, save: save as u32, ..*cp };
+            let mut pu = 0;
+            if let Some(pr) = stage {
+                pu = pr.rows / pr.gates;
+                p.pg = pr.gates as u32;
+                p.prows = pr.rows as u32;
+                p.pk = pr.k as u32;
+                p.pw = (slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset) as u32;
+                if let Some((bs, bo)) = pr.bias {
+                    p.pb = (slot_at(wo, bs, "recurrent bias")? + bo) as u32;
+                }
+                p.pcol = dm.roffs[st] as u32;
+                let (a_off, a_ld, state) = match pr.src {
+                    Src::State(si) => (k * self.b * self.sw + dm.soffs[si], self.sw, 1),
+                    Src::Tape { offset } => (dm.tape_off(self.n) + cp.trow as usize * lay.tape + offset, lay.tape, 0),
+                };
+                p.pa_off = a_off as u32;
+                p.pa_ld = a_ld as u32;
+                p.pa_state = state;
+            }
+            if stage.is_some() || save {
+                // The product's input rows to `pin` (written through the scratch binding),
+                // the states to the tape.
+                let ib = [Buf::Weights, x, tp, Buf::States, Buf::Pin, y, Buf::Dummy(0), Buf::Dummy(1)];
+                bl.cell_in(ops, Kernel::CellStageInput(cell), &p, ib, [rows as u32, 1, 1]);
+            }
+            let units = self.cfg.hidden_size.max(self.cfg.proj_size).max(pu);
+            p.units = units as u32;
+            // vec4 reads of R: its offset and row length multiples of 4.
+            let vec4 = p.pg > 0 && p.pw.is_multiple_of(4) && p.pk.is_multiple_of(4);
+            let gates = p.pg.max(1) as u8;
+            // An invocation takes 4 / gates units (stage.wgsl, `lanes`).
+            let per = units.div_ceil(4 / gates as usize);
+            let groups = [per.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
+            // The weights as vec4s at 7 where read so (16 bytes of them at least then), and
+            // the product's input at 8.
+            let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
+            let sb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, w4, Buf::Pin];
+            bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates }, &p, sb, groups);
+        }
+        Ok(())
+    }
+
+    /// Each product's R^T for the whole-row cells' GEMMs (vec4 reads), at the offsets
+    /// returned (per stage).
+    fn recurrent_transposes(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize) -> Result<Vec<usize>> {
+        let mut rt_offs = vec![0; dm.lay.stages.len()];
+        let mut at = 0;
+        for (st, pr) in dm.lay.stages.iter().enumerate() {
+            let Some(pr) = pr else { continue };
+            rt_offs[st] = at;
+            bl.transpose(ops, slot_at(&self.woffs[k], pr.slot, "recurrent matrix")? + pr.offset, pr.rows, pr.k, Buf::RT, at);
+            at += (pr.rows * pr.k).next_multiple_of(4);
+        }
+        Ok(rt_offs)
+    }
+
+    /// One step of a whole-row cell: the states' save (training, zoneout), then per stage its
+    /// product's GEMM and the cell's `cell_forward`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &mut CellParams, rt_offs: &[usize], (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
+        let (lay, wo, cell, sw) = (&dm.lay, &self.woffs[k], self.cfg.mode, self.sw);
+        let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
+        let rows = cp.rows as usize;
+        if self.training || self.zone {
+            cp.stage = 0;
+            bl.cell(ops, Kernel::CellSave(cell), cp, bufs);
+        }
+        for (st, stage) in lay.stages.iter().enumerate() {
+            if let Some(pr) = stage {
+                let bias = match pr.bias {
+                    Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
+                    None => None,
+                };
+                let (abuf, a_off, a_rs) = match pr.src {
+                    Src::State(i) => (Buf::States, k * self.b * sw + dm.soffs[i], sw),
+                    Src::Tape { offset } => (tp, dm.tape_off(self.n) + cp.trow as usize * lay.tape + offset, lay.tape),
+                };
+                let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (rt_offs[st], pr.rows, 1), (dm.roffs[st], dm.rw), bias, 0.0);
+                bl.gemm(ops, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
+            }
+            cp.stage = st as u32;
+            bl.cell(ops, Kernel::CellForward(cell), cp, bufs);
+        }
+        Ok(())
+    }
+
+    /// The backward (training plans): layers last to first, per layer dropout's backward,
+    /// then per direction the steps in reverse (stages last to first: the cell's
+    /// `cell_backward`, then its product's `dr_k R_k` to what the product read) and the
+    /// weight gradients over all rows.
+    fn backward_ops(&self, bl: &mut Builder) -> Result<Vec<Op>> {
+        let (cfg, n) = (self.cfg, self.n);
+        let mut bwd = Vec::new();
+        // Written by adding (two directions, direct input terms): cleared first.
+        bwd.push(Op::Clear(Buf::GradInput, self.f4(n * cfg.input_size)));
+        bwd.push(Op::Clear(Buf::GradWeights, self.f4(self.weight_elems)));
+        for (l, dm) in self.dims.iter().enumerate().skip(1) {
+            bwd.push(Op::Clear(Buf::Dx(l), self.f4(n * dm.inw)));
+        }
+        for layer in (0..cfg.num_layers).rev() {
+            let dm = &self.dims[layer];
+            let lay = &dm.lay;
+            let x = self.layer_in(layer);
+            let dy = self.grad_out(layer);
+            let dx = if layer == 0 { Buf::GradInput } else { Buf::Dx(layer) };
+            if self.dropout && layer < self.last() {
+                // The gradient of the next layer's input, through the same mask.
+                self.dropout_dispatch(bl, &mut bwd, layer, Buf::Dx(layer + 1), dy);
+            }
+            let offs = (0, n * lay.xp, n * (lay.xp + dm.rw));
+            for dir in 0..self.d {
+                let k = layer * self.d + dir;
+                let tp = Buf::Tape(k);
+                bwd.push(Op::Clear(Buf::Bws, self.f4(self.bws_len)));
+                let mut cp = CellParams { dtape_off: 0, dxp_off: offs.0 as u32, dr_off: offs.1 as u32, de_off: offs.2 as u32, ..dm.params(cfg, k, dir, (self.b, n, true), self.out_w, &self.woffs[k]) };
+                for t in self.order(dir, true) {
+                    let o = self.off[t];
+                    cp.rows = self.layout.batch_sizes()[t] as u32;
+                    cp.o = o as u32;
+                    cp.trow = o as u32;
+                    self.backward_step(bl, &mut bwd, dm, k, &mut cp, (x, dy, dx, tp))?;
+                }
+                self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
+            }
+        }
+        Ok(bwd)
+    }
+
+    /// Bytes of `e` elements in whole 4-byte words (clears cover whole words; the buffers are
+    /// checked to hold them).
+    fn f4(&self, e: usize) -> u64 {
+        (e * self.cfg.precision.bytes()).next_multiple_of(4) as u64
+    }
+
+    /// One step's backward: zoneout's stash, per stage (last to first) the cell's
+    /// `cell_backward` and its product's `dr_k R_k`, zoneout's add.
+    fn backward_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &mut CellParams, (x, dy, dx, tp): (Buf, Buf, Buf, Buf)) -> Result<()> {
+        let (lay, wo, cell, sw) = (&dm.lay, &self.woffs[k], self.cfg.mode, self.sw);
+        let (rows, o, dr_off) = (cp.rows as usize, cp.o as usize, cp.dr_off as usize);
+        let zb = [Buf::Counter, x, tp, Buf::GradStates, Buf::Stash, dy, Buf::Dummy(0), Buf::Dummy(1)];
+        if self.zone {
+            bl.cell(ops, Kernel::CellZoneoutStash(cell), &self.zone_params(cp, k, 1), zb);
+        }
+        for st in (0..lay.stages.len()).rev() {
+            cp.stage = st as u32;
+            bl.cell(ops, Kernel::CellBackward(cell), cp, [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, dy, Buf::Bws, dx]);
+            let Some(pr) = lay.stages[st] else { continue };
+            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+            let a = (dr_off + o * dm.rw + dm.roffs[st], dm.rw, 1);
+            match pr.src {
+                Src::Tape { offset } => bl.gemm(ops, gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (offset, lay.tape), None, 0.0), Buf::Bws, Buf::Weights, Buf::Scratch, None)?,
+                Src::State(i) => {
+                    let p = gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (k * self.b * sw + dm.soffs[i], sw), None, 1.0);
+                    bl.gemm(ops, p, Buf::Bws, Buf::Weights, Buf::GradStates, None)?
+                }
+            }
+        }
+        if self.zone {
+            bl.cell(ops, Kernel::CellZoneoutAdd(cell), &self.zone_params(cp, k, 1), zb);
+        }
+        Ok(())
+    }
+
+    /// Layer-direction k's weight gradients over all rows (`dW_x`, its bias, the input's
+    /// gradient through W_x, each product's `dR_k` and bias, the pointwise parameters),
+    /// from the backward workspace at `(dxp, dr, de)`.
+    fn weight_gradients(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, (dxp_off, dr_off, de_off): (usize, usize, usize), (x, dx, tp): (Buf, Buf, Buf)) -> Result<()> {
+        let (lay, wo, n, sw) = (&dm.lay, &self.woffs[k], self.n, self.sw);
+        if lay.xp > 0 {
+            let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
+            bl.gemm(ops, gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), Buf::Bws, x, Buf::GradWeights, None)?;
+            if lay.input_bias {
+                let bo = slot_at(wo, Slot::BiasIh, "input bias")?;
+                bl.colsum(ops, n, lay.xp, Buf::Bws, dxp_off, lay.xp, Buf::GradWeights, bo);
+            }
+            bl.gemm(ops, gp(n, dm.inw, lay.xp, (dxp_off, lay.xp, 1), (wx, dm.inw, 1), (0, dm.inw), None, 1.0), Buf::Bws, Buf::Weights, dx, None)?;
+        }
+        for (st, stage) in lay.stages.iter().enumerate() {
+            let Some(pr) = stage else { continue };
+            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+            let bsrc = match pr.src {
+                Src::State(i) => (dm.sprev_off(n, self.b, true) + dm.soffs[i], sw, 1),
+                Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
+            };
+            bl.gemm(ops, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
+            if let Some((bs, bo)) = pr.bias {
+                let at = slot_at(wo, bs, "recurrent bias")? + bo;
+                bl.colsum(ops, n, pr.rows, Buf::Bws, dr_off + dm.roffs[st], dm.rw, Buf::GradWeights, at);
+            }
+        }
+        if lay.pointwise > 0 {
+            let at = slot_at(wo, Slot::Pointwise, "pointwise parameters")?;
+            bl.colsum(ops, n, lay.pointwise, Buf::Bws, de_off, lay.pointwise, Buf::GradWeights, at);
+        }
+        Ok(())
+    }
+
+    /// The states between the caller's order and the plan's: tables [to sorted | to caller]
+    /// over the L*D*B rows (returned), and per state a gather in and a gather out.
+    fn states_io(&self, bl: &mut Builder) -> (StateIo, Vec<u32>) {
+        let (b, sw, cfg) = (self.b, self.sw, self.cfg);
+        let ld = cfg.num_layers * self.d;
+        let rows = ld * b;
+        let sorted = self.layout.sorted_indices();
+        let mut to_caller = vec![0usize; b];
+        for (r, &c) in sorted.iter().enumerate() {
+            to_caller[c] = r;
+        }
+        let mut tables: Vec<u32> = Vec::with_capacity(2 * rows);
+        for l in 0..ld {
+            tables.extend(sorted.iter().map(|&c| (l * b + c) as u32));
+        }
+        for l in 0..ld {
+            tables.extend(to_caller.iter().map(|&r| (l * b + r) as u32));
+        }
+        let mut io = StateIo::default();
+        io.clear.push(Op::Clear(Buf::States, self.f4(rows * sw)));
+        if self.training {
+            io.grad_clear.push(Op::Clear(Buf::GradStates, self.f4(rows * sw)));
+        }
+        let (soffs, _) = state_offsets(&cfg.states());
+        for (i, st) in cfg.states().iter().enumerate() {
+            let w = st.width;
+            io.elems.push(rows * w);
+            let groups = {
+                let g = (rows * w).div_ceil(256) as u32;
+                let max = self.ctx.limits().max_compute_workgroups_per_dimension;
+                [g.min(max), g.div_ceil(max), 1]
+            };
+            let mut gather = |src: Buf, dst: Buf, p: UtilParams| {
+                let off = bl.params.push(&p);
+                Op::Dispatch { kernel: Kernel::GatherRows, param_off: off, groups, bufs: vec![src, Buf::Dummy(0), Buf::Tables, dst] }
+            };
+            let (r, wu, swu, off) = (rows as u32, w as u32, sw as u32, soffs[i] as u32);
+            let into = UtilParams { rows: r, width: wu, src_ld: wu, dst_off: off, dst_ld: swu, ..Default::default() };
+            let out = UtilParams { rows: r, width: wu, src_ld: swu, src_col: off, seq_off: r, dst_ld: wu, ..Default::default() };
+            io.fwd_in.push((i, gather(Buf::Given(i as u8), Buf::States, into)));
+            io.fwd_out.push(gather(Buf::States, Buf::Final(i as u8), out));
+            if self.training {
+                io.bwd_in.push((i, gather(Buf::Given(i as u8), Buf::GradStates, into)));
+                io.bwd_out.push(gather(Buf::GradStates, Buf::Final(i as u8), out));
+            }
+        }
+        (io, tables)
+    }
+
+    /// The plan's own buffers: the row tables, the states, the dummies, the workspaces, the
+    /// tapes and the inner layers' outputs and gradients.
+    fn workspaces(&self, tables: &[u32]) -> Result<HashMap<Buf, TrackedBuffer>> {
+        let (ctx, n, b, d, training) = (self.ctx, self.n, self.b, self.d, self.training);
+        let rows = self.cfg.num_layers * d * b;
+        let mut own = HashMap::new();
+        own.insert(Buf::Tables, readback::upload_bytes(ctx, "state tables", bytemuck::cast_slice(tables))?);
+        let buf = |label: &str, elems: usize| buf(ctx, label, elems, self.cfg.precision);
+        own.insert(Buf::States, buf("states", rows * self.sw)?);
+        if training {
+            own.insert(Buf::GradStates, buf("state gradients", rows * self.sw)?);
+        }
+        for i in 0..6 {
+            own.insert(Buf::Dummy(i), buf("unused", 4)?);
+        }
+        own.insert(Buf::ZeroCounter, readback::storage(ctx, "zero step counter", 4)?);
+        if self.zone && training {
+            own.insert(Buf::Stash, buf("zoneout gradients", b * self.hw)?);
+        }
+        own.insert(Buf::Scratch, buf("cell scratch", self.scr_len)?);
+        if self.unit {
+            own.insert(Buf::Pin, buf("stage product input", self.pin_len)?);
+        } else {
+            own.insert(Buf::RT, buf("transposed recurrent matrices", self.rt_len)?);
+        }
+        own.insert(Buf::WxT, buf("transposed input matrix", self.wxt_len)?);
+        for (layer, dm) in self.dims.iter().enumerate() {
+            for dir in 0..d {
+                own.insert(Buf::Tape(layer * d + dir), buf("cell tape", dm.tape_len(n, b, training, self.zone))?);
+            }
+            if layer < self.last() {
+                own.insert(Buf::LayerOut(layer), buf("layer output", n * self.out_w)?);
+            }
+            if training && layer > 0 {
+                own.insert(Buf::Dx(layer), buf("layer input gradients", n * dm.inw)?);
+            }
+            if self.dropout && layer > 0 {
+                own.insert(Buf::LayerIn(layer), buf("layer input after dropout", n * dm.inw)?);
+            }
+            if self.dropout && layer < self.last() {
+                own.insert(Buf::Dy(layer), buf("layer output gradients after dropout", n * self.out_w)?);
+            }
+        }
+        if training {
+            own.insert(Buf::Bws, buf("backward workspace", self.bws_len)?);
+        }
+        Ok(own)
     }
 }
 
