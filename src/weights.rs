@@ -6,6 +6,7 @@ use crate::config::{Mode, RnnConfig};
 use crate::float::{cast, Float};
 use crate::error::{check_len, Error, Result};
 use crate::precision::Precision;
+use crate::masks::Prob;
 use crate::io::TensorFile;
 use crate::tensor::{bytes_of, checked_len, try_filled, try_with_capacity};
 use rand::{Rng, SeedableRng};
@@ -445,7 +446,33 @@ pub fn config_metadata(c: &RnnConfig) -> HashMap<String, String> {
         ("bidirectional".into(), c.bidirectional.to_string()),
         ("proj_size".into(), c.proj_size.to_string()),
         ("bias".into(), c.bias.to_string()),
+        // How the model runs (issue 26: without these a model trained with zoneout, whose
+        // inference mixes in the previous h, loaded back as another model).
+        ("dropout".into(), c.dropout.get().to_string()),
+        ("zoneout".into(), c.zoneout.get().to_string()),
+        ("precision".into(), c.precision.name().into()),
     ])
+}
+
+/// The metadata's run settings (dropout, zoneout, storage precision); each absent from files
+/// written before they were saved, and then 0, 0 and f32.
+fn meta_run_settings(meta: &HashMap<String, String>) -> Result<(Prob, Prob, Precision)> {
+    let prob = |key: &str| -> Result<Prob> {
+        match meta.get(key) {
+            None => Ok(Prob::ZERO),
+            Some(s) => {
+                let p = s.trim().parse::<f32>().map_err(|_| Error::Metadata(format!("{key}={s:?} is not a number")))?;
+                Prob::new(p).map_err(|_| Error::Metadata(format!("{key}={s:?} is not a probability in [0, 1)")))
+            }
+        }
+    };
+    let precision = match meta.get("precision").map(|s| s.trim().to_ascii_lowercase()) {
+        None => Precision::F32,
+        Some(s) if s == Precision::F32.name() => Precision::F32,
+        Some(s) if s == Precision::F16.name() => Precision::F16,
+        Some(s) => return Err(Error::Metadata(format!("precision={s:?} is neither f32 nor f16"))),
+    };
+    Ok((prob("dropout")?, prob("zoneout")?, precision))
 }
 
 fn meta_usize(meta: &HashMap<String, String>, key: &str) -> Result<Option<usize>> {
@@ -468,7 +495,9 @@ fn meta_bool(meta: &HashMap<String, String>, key: &str) -> Result<Option<bool>> 
 ///
 /// The mode comes from the metadata, else from `hint`; sizes from the metadata when present,
 /// else from `hint` and the tensor shapes. Every source that is present must agree with the
-/// tensors: a disagreement is an error, not a guess.
+/// tensors: a disagreement is an error, not a guess. How the model runs (dropout, zoneout,
+/// storage precision) is the caller's when `hint` is given, else the metadata's (0, 0 and
+/// f32 in files that predate those keys).
 pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -> Result<RnnConfig> {
     let meta = &file.metadata;
     let mode = match (meta.get("mode"), hint) {
@@ -543,6 +572,8 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         check("caller's bidirectional", Some(h.bidirectional as usize), c.bidirectional as usize)?;
         check("caller's bias", Some(h.bias as usize), c.bias as usize)?;
         c = h.clone();
+    } else {
+        (c.dropout, c.zoneout, c.precision) = meta_run_settings(meta)?;
     }
     c.validate()?;
     Ok(c)
@@ -583,6 +614,11 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
     if meta_bool(meta, "bias")? == Some(false) {
         return Err(Error::Metadata(format!("bias=false: {mode} always has its biases")));
     }
+    // How the model runs: the caller's, else the file's.
+    let (dropout, zoneout, precision) = match hint {
+        Some(h) => (h.dropout, h.zoneout, h.precision),
+        None => meta_run_settings(meta)?,
+    };
     let c = RnnConfig {
         mode,
         input_size: v[0],
@@ -591,10 +627,9 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         proj_size: v[3],
         bidirectional: v[4] == 1,
         bias: true,
-        // The regularisers are not in the file: the caller's, if any.
-        dropout: hint.map(|h| h.dropout).unwrap_or_default(),
-        zoneout: hint.map(|h| h.zoneout).unwrap_or_default(),
-        precision: hint.map(|h| h.precision).unwrap_or_default(),
+        dropout,
+        zoneout,
+        precision,
     };
     c.validate()?;
     Ok(c)

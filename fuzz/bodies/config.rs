@@ -94,7 +94,7 @@ pub fn run(data: &[u8]) {
     let bytes = f.to_bytes().expect("serialise");
     let back = TensorFile::from_bytes(&bytes).expect("parse what we wrote");
     let loaded = Weights::<f32>::from_file(&back, "", None).expect("load what we saved");
-    assert!(loaded == w, "save/load changed the weights");
+    assert!(loaded == w, "save/load changed the weights: {:?} -> {:?}", w.config, loaded.config);
     let hinted = Weights::<f32>::from_file(&back, "", Some(&cfg)).expect("load with own config");
     assert!(hinted == w);
 }

@@ -51,6 +51,37 @@ fn save_load_round_trip_with_and_without_metadata() {
     }
 }
 
+/// How a model runs is saved with it: a model trained with zoneout (whose inference mixes in
+/// the previous h), dropout or f16 storage loads back as the same model (the config fuzz
+/// target found these lost: tests/fuzz_regressions/config-save-load-round-trip). The caller's
+/// config still decides when given; files without the keys load as 0, 0 and f32; a hostile
+/// value is a typed error.
+#[test]
+fn run_settings_survive_save_and_load() {
+    use wgpu_rnn::config::Prob;
+    use wgpu_rnn::Precision;
+    for mode in [Mode::Lstm, Mode::Scrn] {
+        let cfg = RnnConfig::new(mode, 3, 4).layers(2).dropout(Prob::new(0.25).unwrap()).zoneout(Prob::new(0.1).unwrap()).with_precision(Precision::F16);
+        let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+        let mut f = TensorFile::default();
+        w.to_tensor_file(&mut f, "").unwrap();
+        let f = TensorFile::from_bytes(&f.to_bytes().unwrap()).unwrap();
+        assert_eq!(Weights::<f32>::from_file(&f, "", None).unwrap(), w, "{mode}");
+        let plain = RnnConfig::new(mode, 3, 4).layers(2);
+        assert_eq!(Weights::<f32>::from_file(&f, "", Some(&plain)).unwrap().config, plain, "{mode}: the caller's settings");
+        let mut old = f.clone();
+        for k in ["dropout", "zoneout", "precision"] {
+            old.metadata.remove(k);
+        }
+        assert_eq!(Weights::<f32>::from_file(&old, "", None).unwrap().config, plain, "{mode}: a file without them");
+        for (k, v) in [("zoneout", "1.5"), ("zoneout", "NaN"), ("dropout", "x"), ("precision", "f64")] {
+            let mut bad = f.clone();
+            bad.metadata.insert(k.into(), v.into());
+            assert!(matches!(Weights::<f32>::from_file(&bad, "", None), Err(Error::Metadata(_))), "{mode}: {k}={v}");
+        }
+    }
+}
+
 #[test]
 fn loads_a_state_dict_with_a_module_prefix() {
     // A model's state_dict stores the LSTM under e.g. "rnn.".
