@@ -116,8 +116,13 @@ fn dtanh(y: f32) -> f32 { return 1.0 - y * y; }
 // Training forward, before stage 0: the step's state rows to the tape.
 @compute @workgroup_size(64)
 fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
-    for (var j = lid.x; j < p.sw; j += WG) {
+    save_row(wid.x, lid.x);
+}
+
+// The step's state row `row` to the tape's states before each row, invocation l of a
+// workgroup's share (save_states, and stage.wgsl's stage_input).
+fn save_row(row: u32, l: u32) {
+    for (var j = l; j < p.sw; j += WG) {
         tp[p.sprev_off + (p.o + row) * p.sw + j] = st[p.s_off + row * p.sw + j];
     }
 }

@@ -39,9 +39,7 @@ fn pin_len() -> u32 {
 fn stage_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = wid.x;
     if (p.save != 0u) {
-        for (var c = lid.x; c < p.sw; c += WG) {
-            tp[p.sprev_off + (p.o + row) * p.sw + c] = st[p.s_off + row * p.sw + c];
-        }
+        save_row(row, lid.x);
     }
     if (p.pg == 0u) {
         return;

@@ -294,7 +294,6 @@ impl GpuRnn {
         for (f, &e) in finals.iter().zip(&sizes) {
             rb.copy_stored(ctx, &mut enc, f, e, prec)?;
         }
-        drop((given_refs, final_refs));
         Ok((enc, rb, ForwardParts { plan, input, output, given, finals, counter }))
     }
 
@@ -559,7 +558,6 @@ impl GpuRnn {
         for (g, &e) in g0.iter().zip(&sizes) {
             rb.copy_stored(ctx, &mut enc, g, e, prec)?;
         }
-        drop((s0, gn, g0r));
         let mut keep = vec![go, gi, gw];
         keep.extend(given.into_iter().flatten());
         keep.extend(g0);

@@ -46,7 +46,7 @@ use super::plan::SeqLayout;
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
-use crate::cells::{state_offsets, Layout, Src};
+use crate::cells::{state_offsets, Layout, Product, Src};
 use crate::config::RnnConfig;
 use crate::cpu::check_weights;
 use crate::cpu::Pass;
@@ -856,18 +856,14 @@ impl<'a> Shape<'a> {
                 p.pg = pr.gates as u32;
                 p.prows = pr.rows as u32;
                 p.pk = pr.k as u32;
-                p.pw = (slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset) as u32;
-                if let Some((bs, bo)) = pr.bias {
-                    p.pb = (slot_at(wo, bs, "recurrent bias")? + bo) as u32;
-                }
+                let (r_off, bias) = product_weights(wo, pr)?;
+                p.pw = r_off as u32;
+                p.pb = bias.map_or(NONE, |o| o as u32);
                 p.pcol = dm.roffs[st] as u32;
-                let (a_off, a_ld, state) = match pr.src {
-                    Src::State(si) => (k * self.b * self.sw + dm.soffs[si], self.sw, 1),
-                    Src::Tape { offset } => (dm.tape_off(self.n) + cp.trow as usize * lay.tape + offset, lay.tape, 0),
-                };
+                let (state, a_off, a_ld) = self.product_input(dm, k, pr, cp.trow as usize);
                 p.pa_off = a_off as u32;
                 p.pa_ld = a_ld as u32;
-                p.pa_state = state;
+                p.pa_state = state as u32;
             }
             if stage.is_some() || save {
                 // The product's input rows to `pin` (written through the scratch binding),
@@ -892,6 +888,16 @@ impl<'a> Shape<'a> {
         Ok(())
     }
 
+    /// Where stage product `pr` of layer-direction k reads its input `v` at the step whose
+    /// tape row is `trow`: whether in the states buffer (else the tape), the offset, the row
+    /// stride.
+    fn product_input(&self, dm: &Dims, k: usize, pr: &Product, trow: usize) -> (bool, usize, usize) {
+        match pr.src {
+            Src::State(i) => (true, k * self.b * self.sw + dm.soffs[i], self.sw),
+            Src::Tape { offset } => (false, dm.tape_off(self.n) + trow * dm.lay.tape + offset, dm.lay.tape),
+        }
+    }
+
     /// Each product's R^T for the whole-row cells' GEMMs (vec4 reads), at the offsets
     /// returned (per stage).
     fn recurrent_transposes(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize) -> Result<Vec<usize>> {
@@ -900,7 +906,7 @@ impl<'a> Shape<'a> {
         for (st, pr) in dm.lay.stages.iter().enumerate() {
             let Some(pr) = pr else { continue };
             rt_offs[st] = at;
-            bl.transpose(ops, slot_at(&self.woffs[k], pr.slot, "recurrent matrix")? + pr.offset, pr.rows, pr.k, Buf::RT, at);
+            bl.transpose(ops, product_weights(&self.woffs[k], pr)?.0, pr.rows, pr.k, Buf::RT, at);
             at += (pr.rows * pr.k).next_multiple_of(4);
         }
         Ok(rt_offs)
@@ -910,7 +916,7 @@ impl<'a> Shape<'a> {
     /// product's GEMM and the cell's `cell_forward`.
     #[allow(clippy::too_many_arguments)]
     fn gemm_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &mut CellParams, rt_offs: &[usize], (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
-        let (lay, wo, cell, sw) = (&dm.lay, &self.woffs[k], self.cfg.mode, self.sw);
+        let (lay, wo, cell) = (&dm.lay, &self.woffs[k], self.cfg.mode);
         let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
         let rows = cp.rows as usize;
         if self.training || self.zone {
@@ -919,14 +925,9 @@ impl<'a> Shape<'a> {
         }
         for (st, stage) in lay.stages.iter().enumerate() {
             if let Some(pr) = stage {
-                let bias = match pr.bias {
-                    Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
-                    None => None,
-                };
-                let (abuf, a_off, a_rs) = match pr.src {
-                    Src::State(i) => (Buf::States, k * self.b * sw + dm.soffs[i], sw),
-                    Src::Tape { offset } => (tp, dm.tape_off(self.n) + cp.trow as usize * lay.tape + offset, lay.tape),
-                };
+                let bias = product_weights(wo, pr)?.1;
+                let (state, a_off, a_rs) = self.product_input(dm, k, pr, cp.trow as usize);
+                let abuf = if state { Buf::States } else { tp };
                 let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (rt_offs[st], pr.rows, 1), (dm.roffs[st], dm.rw), bias, 0.0);
                 bl.gemm(ops, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
             }
@@ -997,7 +998,7 @@ impl<'a> Shape<'a> {
             cp.stage = st as u32;
             bl.cell(ops, Kernel::CellBackward(cell), cp, [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, dy, Buf::Bws, dx]);
             let Some(pr) = lay.stages[st] else { continue };
-            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+            let r_off = product_weights(wo, &pr)?.0;
             let a = (dr_off + o * dm.rw + dm.roffs[st], dm.rw, 1);
             match pr.src {
                 Src::Tape { offset } => bl.gemm(ops, gp(rows, pr.k, pr.rows, a, (r_off, pr.k, 1), (offset, lay.tape), None, 0.0), Buf::Bws, Buf::Weights, Buf::Scratch, None)?,
@@ -1029,14 +1030,13 @@ impl<'a> Shape<'a> {
         }
         for (st, stage) in lay.stages.iter().enumerate() {
             let Some(pr) = stage else { continue };
-            let r_off = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+            let (r_off, bias) = product_weights(wo, pr)?;
             let bsrc = match pr.src {
                 Src::State(i) => (dm.sprev_off(n, self.b, true) + dm.soffs[i], sw, 1),
                 Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
             };
             bl.gemm(ops, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
-            if let Some((bs, bo)) = pr.bias {
-                let at = slot_at(wo, bs, "recurrent bias")? + bo;
+            if let Some(at) = bias {
                 bl.colsum(ops, n, pr.rows, Buf::Bws, dr_off + dm.roffs[st], dm.rw, Buf::GradWeights, at);
             }
         }
@@ -1144,6 +1144,17 @@ impl<'a> Shape<'a> {
         }
         Ok(own)
     }
+}
+
+/// A product's `R` and bias offsets in the flat weights of a layer-direction (slot offsets
+/// `wo`).
+fn product_weights(wo: &[Option<usize>; 6], pr: &Product) -> Result<(usize, Option<usize>)> {
+    let r = slot_at(wo, pr.slot, "recurrent matrix")? + pr.offset;
+    let bias = match pr.bias {
+        Some((bs, bo)) => Some(slot_at(wo, bs, "recurrent bias")? + bo),
+        None => None,
+    };
+    Ok((r, bias))
 }
 
 fn slot_at(wo: &[Option<usize>; 6], s: Slot, what: &str) -> Result<usize> {
