@@ -17,7 +17,7 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    if (p.stage == 0u) {
+    if (stage() == 0u) {
         let rg = sigmoid(xp(row, j) + r(row, j));
         let z = sigmoid(xp(row, n + j) + r(row, n + j));
         tape_set(row, j, rg);
@@ -33,12 +33,10 @@ fn unit_forward(row: u32, j: u32) {
     out_set(row, j, y);
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
-    if (p.stage == 1u) {
-        for (var j = lid.x; j < n; j += WG) {
+    if (stage() == 1u) {
+        for (var j = l; j < n; j += WG) {
             let z = tape_get(row, n + j);
             let nn = tape_get(row, 2u * n + j);
             let dh = ds_get(row, j) + dout(row, j);
@@ -52,7 +50,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         let rg = tape_get(row, j);
         let drh = dtape(row, 3u * n + j);
         let dar = drh * s_prev(row, j) * dsigmoid(rg);

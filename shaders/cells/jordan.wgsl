@@ -13,7 +13,7 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    if (p.stage == 0u) {
+    if (stage() == 0u) {
         tape_set(row, j, tanh_safe(xp(row, j) + r(row, j)));
         return;
     }
@@ -23,18 +23,16 @@ fn unit_forward(row: u32, j: u32) {
     out_set(row, j, v);
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
-    if (p.stage == 1u) {
-        for (var j = lid.x; j < n; j += WG) {
+    if (stage() == 1u) {
+        for (var j = l; j < n; j += WG) {
             dr_set(row, n + j, (ds_get(row, j) + dout(row, j)) * dtanh(tape_get(row, n + j)));
             ds_set(row, j, 0.0);
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         let da = dtape(row, j) * dtanh(tape_get(row, j));
         dxp_set(row, j, da);
         dr_set(row, j, da);

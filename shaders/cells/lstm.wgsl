@@ -5,7 +5,7 @@
 fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
     let ho = select(n, p.proj, p.proj > 0u);
-    if (p.stage == 1u) {
+    if (stage() == 1u) {
         if (j < ho) {
             let y = r(row, 4u * n + j);
             s_set(row, j, y);
@@ -36,19 +36,17 @@ fn unit_forward(row: u32, j: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
     let ho = select(n, p.proj, p.proj > 0u);
-    if (p.stage == 1u) {
-        for (var j = lid.x; j < ho; j += WG) {
+    if (stage() == 1u) {
+        for (var j = l; j < ho; j += WG) {
             dr_set(row, 4u * n + j, ds_get(row, j) + dout(row, j));
             ds_set(row, j, 0.0);
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         let i = tape_get(row, j);
         let f = tape_get(row, n + j);
         let g = tape_get(row, 2u * n + j);
@@ -77,7 +75,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         ds_set(row, ho + j, dct * f);
     }
     if (p.proj == 0u) {
-        for (var j = lid.x; j < n; j += WG) {
+        for (var j = l; j < n; j += WG) {
             ds_set(row, j, 0.0);
         }
     }

@@ -31,11 +31,9 @@ fn unit_forward(row: u32, j: u32) {
     tape_set(row, 4u * n + j, cn);
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         let i = tape_get(row, j);
         let f = tape_get(row, n + j);
         let g = tape_get(row, 2u * n + j);

@@ -15,7 +15,7 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    if (p.stage == 0u) {
+    if (stage() == 0u) {
         let z = sigmoid(xp(row, j));
         let rg = sigmoid(xp(row, n + j) + r(row, j));
         tape_set(row, j, z);
@@ -31,12 +31,10 @@ fn unit_forward(row: u32, j: u32) {
     out_set(row, j, y);
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
-    if (p.stage == 1u) {
-        for (var j = lid.x; j < n; j += WG) {
+    if (stage() == 1u) {
+        for (var j = l; j < n; j += WG) {
             let z = tape_get(row, j);
             let u = tape_get(row, 3u * n + j);
             let dh = ds_get(row, j) + dout(row, j);
@@ -48,7 +46,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         let rg = tape_get(row, n + j);
         let drh = dtape(row, 2u * n + j);
         let dar = drh * s_prev(row, j) * dsigmoid(rg);

@@ -1,8 +1,11 @@
 // The prelude of every cell's kernels (shaders/cells/<cell>.wgsl follows it). A cell's file
-// defines the pointwise step of one stage for one row, forward (`cell_forward`) and backward
-// (`cell_backward`), mirroring its Rust module in src/cells/. The GPU driver generic over the
-// cell (src/gpu/generic.rs) dispatches one workgroup per active row of the step:
-// (rows, 1, 1); a workgroup's 64 invocations stride over the row's units.
+// defines the pointwise step of one stage, forward and backward, mirroring its Rust module in
+// src/cells/: a cell with a per-unit step (Cell::UNIT_STEP) as functions, `unit_forward(row,
+// j)` (one unit of one row) and `row_backward(row, l)` (one row, invocation l of 64 striding
+// over its units), which stage.wgsl's kernels call; a cell whose step reduces over the row as
+// the entry points `cell_forward` and `cell_backward`. The per-step kernels run one workgroup
+// per active row of the step: (rows, 1, 1); a workgroup's 64 invocations stride over the
+// row's units.
 //   @0 params uniform, dynamic offset: CellParams
 //   @1 w     read: all weights; the pointwise parameters at p.e
 //   @2 xin   read: the layer input [N, inw] at p.x_off
@@ -19,7 +22,8 @@
 // The regularisers' kernels (end of file) bind the step counter (an optimiser's step count,
 // f32 at element 0) at @1 instead of the weights.
 // Rows: `row` is the step's row (0..p.rows, the sorted state row); its packed row is
-// p.o + row. The tape row is p.trow + row (p.trow = p.o in training, 0 in inference).
+// packed(row) = p.o + row and its tape row tape_row(row) = p.trow + row (p.trow = p.o in
+// training, 0 in inference). A cell asks `stage()` for the stage it runs.
 // Every value has one writer and every sum a fixed order: results are reproducible.
 
 struct CellParams {
@@ -78,20 +82,30 @@ struct CellParams {
 
 const WG: u32 = 64u;
 
+// Where a kernel is in the sequence. The per-step kernels take the step's first packed row,
+// its first tape row and the stage from p (p.o, p.trow, p.stage), and leave these at 0; a
+// kernel that walks several steps or stages runs with those at 0 and sets these.
+var<private> at_o: u32 = 0u;
+var<private> at_trow: u32 = 0u;
+var<private> at_stage: u32 = 0u;
+fn packed(row: u32) -> u32 { return p.o + at_o + row; }
+fn tape_row(row: u32) -> u32 { return p.trow + at_trow + row; }
+fn stage() -> u32 { return p.stage + at_stage; }
+
 // Forward accessors.
-fn x(row: u32, k: u32) -> f32 { return f32(xin[p.x_off + (p.o + row) * p.inw + k]); }
-fn xp(row: u32, j: u32) -> f32 { return f32(tp[p.xp_off + (p.o + row) * p.gx + j]); }
+fn x(row: u32, k: u32) -> f32 { return f32(xin[p.x_off + packed(row) * p.inw + k]); }
+fn xp(row: u32, j: u32) -> f32 { return f32(tp[p.xp_off + packed(row) * p.gx + j]); }
 fn r(row: u32, j: u32) -> f32 { return f32(scr[p.r_off + row * p.rw + j]); }
 fn e(j: u32) -> f32 { return f32(w[p.e_off + j]); }
 fn s_get(row: u32, j: u32) -> f32 { return f32(st[p.s_off + row * p.sw + j]); }
 fn s_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
-fn tape_get(row: u32, j: u32) -> f32 { return f32(tp[p.tape_off + (p.trow + row) * p.tw + j]); }
-fn tape_set(row: u32, j: u32, v: f32) { tp[p.tape_off + (p.trow + row) * p.tw + j] = S(v); }
-fn out_set(row: u32, j: u32, v: f32) { io[(p.o + row) * p.out_w + p.col + j] = S(v); }
+fn tape_get(row: u32, j: u32) -> f32 { return f32(tp[p.tape_off + tape_row(row) * p.tw + j]); }
+fn tape_set(row: u32, j: u32, v: f32) { tp[p.tape_off + tape_row(row) * p.tw + j] = S(v); }
+fn out_set(row: u32, j: u32, v: f32) { io[packed(row) * p.out_w + p.col + j] = S(v); }
 
-// Backward accessors (p.trow = p.o).
-fn s_prev(row: u32, j: u32) -> f32 { return f32(tp[p.sprev_off + (p.o + row) * p.sw + j]); }
-fn dout(row: u32, j: u32) -> f32 { return f32(io[(p.o + row) * p.out_w + p.col + j]); }
+// Backward accessors (tape_row(row) = packed(row)).
+fn s_prev(row: u32, j: u32) -> f32 { return f32(tp[p.sprev_off + packed(row) * p.sw + j]); }
+fn dout(row: u32, j: u32) -> f32 { return f32(io[packed(row) * p.out_w + p.col + j]); }
 fn ds_get(row: u32, j: u32) -> f32 { return f32(st[p.s_off + row * p.sw + j]); }
 fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
 // The gradient of tape value j where a later stage's product read it (the driver writes
@@ -99,14 +113,14 @@ fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
 fn dtape(row: u32, j: u32) -> f32 { return f32(scr[p.dtape_off + row * p.tw + j]); }
 // dxp, dr, de rows: zero when the step's first (last-run) stage starts; each stage writes
 // its own values, and a later-run (earlier) stage may read what a stage run before it wrote.
-fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + (p.o + row) * p.gx + j] = S(v); }
-fn dxp_get(row: u32, j: u32) -> f32 { return f32(bws[p.dxp_off + (p.o + row) * p.gx + j]); }
-fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + (p.o + row) * p.rw + j] = S(v); }
-fn dr_get(row: u32, j: u32) -> f32 { return f32(bws[p.dr_off + (p.o + row) * p.rw + j]); }
-fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + (p.o + row) * p.ew + j] = S(v); }
-fn de_get(row: u32, j: u32) -> f32 { return f32(bws[p.de_off + (p.o + row) * p.ew + j]); }
+fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + packed(row) * p.gx + j] = S(v); }
+fn dxp_get(row: u32, j: u32) -> f32 { return f32(bws[p.dxp_off + packed(row) * p.gx + j]); }
+fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + packed(row) * p.rw + j] = S(v); }
+fn dr_get(row: u32, j: u32) -> f32 { return f32(bws[p.dr_off + packed(row) * p.rw + j]); }
+fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + packed(row) * p.ew + j] = S(v); }
+fn de_get(row: u32, j: u32) -> f32 { return f32(bws[p.de_off + packed(row) * p.ew + j]); }
 fn dx_add(row: u32, k: u32, v: f32) {
-    let i = (p.o + row) * p.inw + k;
+    let i = packed(row) * p.inw + k;
     dxin[i] = S(f32(dxin[i]) + v);
 }
 
@@ -123,7 +137,7 @@ fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
 // workgroup's share (save_states, and stage.wgsl's stage_input).
 fn save_row(row: u32, l: u32) {
     for (var j = l; j < p.sw; j += WG) {
-        tp[p.sprev_off + (p.o + row) * p.sw + j] = st[p.s_off + row * p.sw + j];
+        tp[p.sprev_off + packed(row) * p.sw + j] = st[p.s_off + row * p.sw + j];
     }
 }
 
@@ -133,7 +147,7 @@ fn save_row(row: u32, l: u32) {
 fn counter() -> u32 { return u32(f32(w[0])); }
 // h is state 0 and the output (RnnConfig::validate), H_out wide.
 fn h_width() -> u32 { return select(p.hidden, p.proj, p.proj > 0u); }
-fn zoned(row: u32, j: u32) -> bool { return mask_hit((p.o + row) * h_width() + j, p.seed, counter(), p.thresh); }
+fn zoned(row: u32, j: u32) -> bool { return mask_hit(packed(row) * h_width() + j, p.seed, counter(), p.thresh); }
 
 // Zoneout after a step's last stage: h (state and output) keeps its previous value where hit
 // (p.stage == 1: training), or takes p.f h_prev + (1 - p.f) h_new (p.stage == 0: inference).

@@ -13,10 +13,8 @@ fn unit_forward(row: u32, j: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
-    for (var j = lid.x; j < p.hidden; j += WG) {
+fn row_backward(row: u32, l: u32) {
+    for (var j = l; j < p.hidden; j += WG) {
         let da = (ds_get(row, j) + dout(row, j)) * dact(tape_get(row, j));
         dxp_set(row, j, da);
         dr_set(row, j, da);

@@ -19,7 +19,7 @@ fn scrn_context() -> u32 { return max(1u, p.hidden / 2u); }
 fn unit_forward(row: u32, j: u32) {
     let n = p.hidden;
     let c = scrn_context();
-    if (p.stage == 0u) {
+    if (stage() == 0u) {
         if (j < c) {
             let v = SCRN_BETA * xp(row, j) + SCRN_ALPHA * s_get(row, n + j);
             s_set(row, n + j, v);
@@ -35,13 +35,11 @@ fn unit_forward(row: u32, j: u32) {
     }
 }
 
-@compute @workgroup_size(64)
-fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
+fn row_backward(row: u32, l: u32) {
     let n = p.hidden;
     let c = scrn_context();
-    if (p.stage == 1u) {
-        for (var j = lid.x; j < n; j += WG) {
+    if (stage() == 1u) {
+        for (var j = l; j < n; j += WG) {
             let da = (ds_get(row, j) + dout(row, j)) * dsigmoid(tape_get(row, c + j));
             dxp_set(row, c + j, da);
             dr_set(row, n + j, da);
@@ -49,10 +47,10 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         }
         return;
     }
-    for (var j = lid.x; j < n; j += WG) {
+    for (var j = l; j < n; j += WG) {
         dr_set(row, j, dxp_get(row, c + j));
     }
-    for (var j = lid.x; j < c; j += WG) {
+    for (var j = l; j < c; j += WG) {
         let g = ds_get(row, n + j) + dtape(row, j);
         dxp_set(row, j, SCRN_BETA * g);
         ds_set(row, n + j, SCRN_ALPHA * g);

@@ -1,5 +1,5 @@
 // The fused stage kernel, after the file of a cell whose pointwise step is per unit
-// (Cell::UNIT_STEP): that file defines `unit_forward(row, j)`, the stage p.stage of unit j
+// (Cell::UNIT_STEP): that file defines `unit_forward(row, j)`, the stage `stage()` of unit j
 // for one row, which reads and writes only unit j's columns (of the states, of this stage's
 // product, of the tape; earlier stages' values are any). A stage with a product is two
 // dispatches, one without is one:
@@ -22,6 +22,12 @@
 // buffers: @7 the weights again (w4), @8 `pin` (pin4). No entry point reads both pairs.
 
 @group(0) @binding(7) var<storage, read> w4: array<vec4<S>>;
+
+// The backward of one stage for the step's rows, a workgroup per row: the cell's row_backward.
+@compute @workgroup_size(64)
+fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    row_backward(wid.x, lid.x);
+}
 @group(0) @binding(8) var<storage, read> pin4: array<vec4<S>>;
 
 const RB: u32 = 8u;
