@@ -67,7 +67,11 @@ struct CellParams {
     pa_ld: u32,
     pa_state: u32,
     save: u32,        // 1: copy the step's states to the tape's states before each row
-    _pad0: u32,
+    // The single-dispatch loop (stage.wgsl's cell_loop) only:
+    steps: u32,       // steps of the run
+    ltab: u32,        // the run's first step in the loop table
+    lprod: u32,       // the layer-direction's products in the loop table
+    ltrow: u32,       // 1: a step's tape rows are its packed rows (training)
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;
@@ -83,8 +87,8 @@ struct CellParams {
 const WG: u32 = 64u;
 
 // Where a kernel is in the sequence. The per-step kernels take the step's first packed row,
-// its first tape row and the stage from p (p.o, p.trow, p.stage), and leave these at 0; a
-// kernel that walks several steps or stages runs with those at 0 and sets these.
+// its first tape row and the stage from p (p.o, p.trow, p.stage), and leave these at 0; the
+// single-dispatch loop (stage.wgsl's cell_loop) runs with those at 0 and walks these.
 var<private> at_o: u32 = 0u;
 var<private> at_trow: u32 = 0u;
 var<private> at_stage: u32 = 0u;

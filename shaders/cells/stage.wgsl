@@ -184,3 +184,195 @@ fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The single-dispatch loop (StepStrategy::SingleDispatch, and Auto for small steps): one
+// dispatch walks a run of p.steps steps of a layer-direction, every stage of each, where a
+// step has too little work to pay for its dispatches. Workgroup w owns the sorted rows
+// w * LR .. w * LR + LR for the whole run (rows are independent: no workgroup waits for
+// another), and its 64 invocations share the work of a step:
+// - stage 0 of a training step (and with zoneout, which the loop does not run) first saves the
+//   rows' states to the tape (p.save), as stage_input does;
+// - a stage with a product reads its input rows into workgroup memory (`vin`, k-major, the
+//   rows in the components), then invocation l computes the product's columns l, l + 64, ...
+//   for the rows (each weight read once for LR rows) and writes them to r;
+// - then unit_forward for units l, l + 64, ... of the rows.
+// storageBarrier between these (a unit reads product columns, and the next step reads
+// states, that other invocations wrote). It writes exactly what the per-step kernels write
+// (r, states, tape, output), so the backward is the same.
+// Where a step is: the loop table `ltab` (@8, u32, read-only): the run's steps from p.ltab,
+// (first packed row, active rows) in processing order; the layer-direction's products from
+// p.lprod: their count, then per stage (pg, prows, pk, pw, pb, pcol, pa_off, pa_ld, pa_state),
+// pa_off for tape row 0 (a tape input's row moves with the step). The kernel sets at_o,
+// at_trow and at_stage (prelude) for the cell's accessors; p.o, p.trow and p.stage are 0.
+// Dispatch: (ceil(rows / LR), 1, 1), rows the run's most active rows.
+// The backward (cell_loop_grad, loop_grad.wgsl, joined after this file) walks a run of steps
+// the same way.
+// Mesa's gallivm ends an invocation's loops after 65,535 iterations in all (see
+// gpu::plan::loop_iteration_budget): the host sizes runs by `loop_cell_iterations`, an upper
+// bound of this kernel's loop iterations per step; should a run still be cut short, the step
+// counter stops short (for some invocations: `loop_cut`) and every state and the run's last
+// output row of the workgroup's rows become NaN (straight-line code), never stale values.
+
+@group(0) @binding(8) var<storage, read> ltab: array<u32>;
+
+const LR: u32 = 4u;
+// The longest product k the loop takes (its input rows in workgroup memory: 4 KiB).
+const LOOP_K: u32 = 256u;
+var<workgroup> vin: array<vec4<f32>, LOOP_K>;
+
+struct Prod {
+    pg: u32,
+    prows: u32,
+    pk: u32,
+    pw: u32,
+    pb: u32,
+    pcol: u32,
+    pa_off: u32,
+    pa_ld: u32,
+    pa_state: u32,
+}
+
+fn loop_prod(s: u32) -> Prod {
+    let a = p.lprod + 1u + 9u * s;
+    return Prod(ltab[a], ltab[a + 1u], ltab[a + 2u], ltab[a + 3u], ltab[a + 4u], ltab[a + 5u], ltab[a + 6u], ltab[a + 7u], ltab[a + 8u]);
+}
+
+// The product's input rows r0 .. r0 + nr into vin (components past nr zero).
+fn loop_input(pr: Prod, r0: u32, nr: u32, l: u32) {
+    for (var k = l; k < pr.pk; k += WG) {
+        var v = vec4<f32>(0.0);
+        for (var i = 0u; i < nr; i++) {
+            if (pr.pa_state != 0u) {
+                v[i] = f32(st[pr.pa_off + (r0 + i) * pr.pa_ld + k]);
+            } else {
+                v[i] = f32(tp[pr.pa_off + (at_trow + r0 + i) * pr.pa_ld + k]);
+            }
+        }
+        vin[k] = v;
+    }
+}
+
+// The product's columns l, l + 64, ... for the rows in vin, bias included, to r.
+fn loop_product(pr: Prod, r0: u32, nr: u32, l: u32) {
+    for (var c = l; c < pr.prows; c += WG) {
+        var acc = vec4<f32>(0.0);
+        let at = pr.pw + c * pr.pk;
+        for (var k = 0u; k < pr.pk; k++) {
+            acc += f32(w[at + k]) * vin[k];
+        }
+        if (pr.pb != NONE) {
+            acc += vec4<f32>(f32(w[pr.pb + c]));
+        }
+        for (var i = 0u; i < nr; i++) {
+            scr[p.r_off + (r0 + i) * p.rw + pr.pcol + c] = S(acc[i]);
+        }
+    }
+}
+
+// Whether the run was cut short for any invocation of the workgroup: every invocation that
+// gets here marks its columns when any was. (lavapipe runs a workgroup as batches of 8
+// invocations, each counting its own loop iterations; the first batch, which has the most
+// work, is cut first, and the batches after it were seen not to resume once it ended: there
+// only the columns of invocations 0..7 get their marks. The marks are a backstop: runs keep a
+// quarter of the budget as margin.)
+var<workgroup> cut: atomic<u32>;
+
+fn loop_cut(t: u32) -> bool {
+    if (t < p.steps) {
+        atomicStore(&cut, 1u);
+    }
+    workgroupBarrier();
+    return atomicLoad(&cut) != 0u;
+}
+
+// A cut run's marks (no loops: after a cut every loop of the invocation ends at once).
+fn poison_col(row: u32, j: u32, out: bool) {
+    let nan = poison(j);
+    if (j < p.sw) {
+        s_set(row, j, nan);
+    }
+    if (out && j < h_width()) {
+        out_set(row, j, nan);
+    }
+}
+
+fn poison_row(row: u32, l: u32, out: bool) {
+    poison_col(row, l, out);
+    poison_col(row, l + 64u, out);
+    poison_col(row, l + 128u, out);
+    poison_col(row, l + 192u, out);
+    poison_col(row, l + 256u, out);
+    poison_col(row, l + 320u, out);
+    poison_col(row, l + 384u, out);
+    poison_col(row, l + 448u, out);
+}
+
+fn poison_rows(r0: u32, l: u32) {
+    let first = p.ltab;
+    let last = p.ltab + 2u * (p.steps - 1u);
+    let rows = max(ltab[first + 1u], ltab[last + 1u]);
+    at_o = ltab[last];
+    let out_rows = ltab[last + 1u];
+    if (r0 < rows) {
+        poison_row(r0, l, r0 < out_rows);
+    }
+    if (r0 + 1u < rows) {
+        poison_row(r0 + 1u, l, r0 + 1u < out_rows);
+    }
+    if (r0 + 2u < rows) {
+        poison_row(r0 + 2u, l, r0 + 2u < out_rows);
+    }
+    if (r0 + 3u < rows) {
+        poison_row(r0 + 3u, l, r0 + 3u < out_rows);
+    }
+}
+
+@compute @workgroup_size(64)
+fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let r0 = wid.x * LR;
+    let l = lid.x;
+    let stages = ltab[p.lprod];
+    var t = 0u;
+    loop {
+        if (t >= p.steps) {
+            break;
+        }
+        let at = p.ltab + 2u * t;
+        let rows = ltab[at + 1u];
+        if (r0 < rows) {
+            let nr = min(LR, rows - r0);
+            at_o = ltab[at];
+            at_trow = select(0u, at_o, p.ltrow != 0u);
+            for (var s = 0u; s < stages; s++) {
+                at_stage = s;
+                let pr = loop_prod(s);
+                if (s == 0u && p.save != 0u) {
+                    for (var i = 0u; i < nr; i++) {
+                        save_row(r0 + i, l);
+                    }
+                }
+                if (pr.pg > 0u) {
+                    loop_input(pr, r0, nr, l);
+                }
+                workgroupBarrier();
+                storageBarrier();
+                if (pr.pg > 0u) {
+                    loop_product(pr, r0, nr, l);
+                    storageBarrier();
+                }
+                for (var j = l; j < p.units; j += WG) {
+                    for (var i = 0u; i < nr; i++) {
+                        unit_forward(r0 + i, j);
+                    }
+                }
+                storageBarrier();
+            }
+        }
+        t++;
+    }
+    if (loop_cut(t)) {
+        poison_rows(r0, l);
+    }
+}
+

@@ -338,8 +338,10 @@ pub fn state_offsets(states: &[StateDef]) -> (Vec<usize>, usize) {
 
 /// A cell's WGSL: the prelude (bindings, parameters, row accessors), then `$file` from
 /// `shaders/cells/`.
-/// `cell_wgsl!("x.wgsl")` for a cell with [`Cell::UNIT_STEP`] (the fused stage kernel
-/// follows), `cell_wgsl!(rows "x.wgsl")` for one without.
+/// `cell_wgsl!("x.wgsl")` for a cell with [`Cell::UNIT_STEP`] (the fused stage kernel and
+/// the single-dispatch loops follow), `cell_wgsl!(input "x.wgsl")` for one that also reads the
+/// layer input ([`Layout::uses_input`]: the loop's backward is left out, see
+/// [`Mode::loop_grad`]), `cell_wgsl!(rows "x.wgsl")` for one without a per-unit step.
 macro_rules! cell_wgsl {
     (rows $file:literal) => {
         concat!(
@@ -349,6 +351,15 @@ macro_rules! cell_wgsl {
             include_str!(concat!("../../shaders/cells/", $file))
         )
     };
+    (input $file:literal) => {
+        concat!(
+            include_str!("../../shaders/shared/activations.wgsl"),
+            include_str!("../../shaders/shared/random.wgsl"),
+            include_str!("../../shaders/cells/prelude.wgsl"),
+            include_str!(concat!("../../shaders/cells/", $file)),
+            include_str!("../../shaders/cells/stage.wgsl")
+        )
+    };
     ($file:literal $(, $prefix:literal)?) => {
         concat!(
             include_str!("../../shaders/shared/activations.wgsl"),
@@ -356,7 +367,8 @@ macro_rules! cell_wgsl {
             include_str!("../../shaders/cells/prelude.wgsl"),
             $($prefix,)?
             include_str!(concat!("../../shaders/cells/", $file)),
-            include_str!("../../shaders/cells/stage.wgsl")
+            include_str!("../../shaders/cells/stage.wgsl"),
+            include_str!("../../shaders/cells/loop_grad.wgsl")
         )
     };
 }
@@ -501,6 +513,13 @@ impl Mode {
     /// Whether the fused stage kernel runs the cell ([`Cell::UNIT_STEP`]).
     pub fn unit_step(self) -> bool {
         with_cell!(self, C => C::UNIT_STEP)
+    }
+    /// Whether the single-dispatch loop's backward (`cell_loop_grad`) runs the cell: a cell
+    /// with a per-unit step whose WGSL is joined with shaders/cells/loop_grad.wgsl, all but
+    /// those that read the layer input (`cell_wgsl!(input ..)`: their backward adds to the
+    /// input gradient, whose binding the loop's table takes).
+    pub fn loop_grad(self) -> bool {
+        self.unit_step() && self.wgsl().contains("fn cell_loop_grad(")
     }
 }
 

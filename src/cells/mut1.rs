@@ -15,7 +15,7 @@ pub struct Mut1;
 
 impl Cell for Mut1 {
     const NAME: &'static str = "MUT1";
-    const WGSL: &'static str = super::cell_wgsl!("mut1.wgsl");
+    const WGSL: &'static str = super::cell_wgsl!(input "mut1.wgsl");
     fn check(s: Sizes) -> std::result::Result<(), String> {
         if s.input != s.hidden {
             return Err(format!("needs input size == hidden size (input {}, hidden {})", s.input, s.hidden));

@@ -19,7 +19,7 @@ pub struct Sru;
 impl Cell for Sru {
     const BACKWARD_READS_XP: bool = true;
     const NAME: &'static str = "SRU";
-    const WGSL: &'static str = super::cell_wgsl!("sru.wgsl");
+    const WGSL: &'static str = super::cell_wgsl!(input "sru.wgsl");
     fn check(s: Sizes) -> std::result::Result<(), String> {
         if s.input != s.hidden {
             return Err(format!("input size ({}) must equal hidden size ({})", s.input, s.hidden));

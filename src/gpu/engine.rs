@@ -10,7 +10,8 @@
 //! Behind the plan, for now, two drivers (issue 25 merges them): PyTorch's four cells without
 //! regularisers run the fused kernels (`plan.rs`: one dispatch per step, the single-dispatch
 //! loops, the step strategies, profiling); every other configuration runs the cell driver
-//! (`generic.rs`: per stage a product and the cell's pointwise kernel, the regularisers), whose
+//! (`generic.rs`: per stage the fused stage kernel, or runs of steps in one dispatch for small
+//! problems; the regularisers), whose
 //! states are gathered from and to the caller's order around the pass. [`runs_fused`] chooses,
 //! in this one place.
 
@@ -123,9 +124,11 @@ impl Plan {
         Self::prepare(ctx, cfg, layout, pass, seed, StepStrategy::Auto, false)
     }
 
-    /// As [`Plan::new`], with the forward's step strategy chosen by the caller. Strategies
-    /// other than [`StepStrategy::Auto`] exist on the fused kernels only (PyTorch's four cells
-    /// without regularisers, for now); elsewhere they are [`Error::Unsupported`].
+    /// As [`Plan::new`], with the forward's step strategy chosen by the caller. On the cell
+    /// driver: `PerStep`, and `SingleDispatch` for the cells with a per-unit step
+    /// ([`crate::Mode::unit_step`]) without zoneout, products' k and units up to 256; the
+    /// GPU-shaped `PerStepSplit` is the fused kernels' only. A strategy a configuration cannot
+    /// run is [`Error::Unsupported`].
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, strategy: StepStrategy) -> Result<Self> {
         Self::prepare(ctx, cfg, layout, pass, 0, strategy, false)
     }
@@ -135,10 +138,7 @@ impl Plan {
     pub(crate) fn prepare(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy, cell_driver: bool) -> Result<Self> {
         cfg.validate()?;
         if cell_driver || !runs_fused(cfg) {
-            if strategy != StepStrategy::Auto {
-                return Err(Error::Unsupported(format!("step strategy {strategy:?} for {} (the fused kernels' strategies)", cfg.mode)));
-            }
-            return Ok(Plan { inner: Inner::Cell(CellPlan::with_seed(ctx, cfg, layout, pass, seed)?) });
+            return Ok(Plan { inner: Inner::Cell(CellPlan::with_strategy(ctx, cfg, layout, pass, seed, strategy)?) });
         }
         let training = pass == Pass::Training;
         let two = cfg.states().len() > 1;

@@ -19,7 +19,11 @@
 //! (`save_states`), then per stage its product (one GEMM over the step's rows, on R^T, into
 //! the scratch buffer) and one dispatch of the cell's `cell_forward` (a workgroup per row);
 //! then with zoneout the `zoneout` kernel; in training with dropout, `dropout_rows` between
-//! layers. `Shape` builds the ops: `forward_ops`, `backward_ops`, `states_io`,
+//! layers. Where a step is too small to pay for its dispatches (or with
+//! `StepStrategy::SingleDispatch`), a cell with a per-unit step walks runs of steps in one
+//! dispatch each instead (`cell_loop` in stage.wgsl: a workgroup owns 4 rows for the run, every
+//! stage's product and `unit_forward` in turn, runs sized within the adapter's loop budget), and
+//! writes the same tape. `Shape` builds the ops: `forward_ops`, `backward_ops`, `states_io`,
 //! `workspaces`. ARCHITECTURE.md ("The cell
 //! drivers' engine API, one step at a time, regularisers") explains the regularisers. Backward, steps reversed, stages last to first:
 //! `cell_backward`, then the product's `dv = dr_k R_k` written where the product read (the
@@ -41,8 +45,8 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE};
-use super::plan::SeqLayout;
+use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE, ROW_BACKWARD_LOOPS};
+use super::plan::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
@@ -64,6 +68,20 @@ const K_RUN: usize = super::plan::GEMM_K_RUN;
 
 /// Rows a fused stage kernel's invocation takes (`RB` in shaders/cells/stage.wgsl).
 const STAGE_ROWS: usize = 8;
+
+/// Sorted rows a workgroup of the single-dispatch loop owns (`LR` in shaders/cells/stage.wgsl).
+const LOOP_ROWS: usize = 4;
+/// The loop's invocations per workgroup (`WG` in shaders/cells/prelude.wgsl).
+const LOOP_WG: usize = 64;
+/// The longest product k the loop takes (`LOOP_K`: its input rows in workgroup memory).
+const LOOP_K: usize = 256;
+/// The widest states and output the loop's cut-run marks reach (8 and 4 columns per
+/// invocation, `poison_row`), and so the most units.
+const LOOP_STATE_COLS: usize = 8 * LOOP_WG;
+const LOOP_UNITS: usize = 4 * LOOP_WG;
+/// The widest gradient rows (dxp, dr, de) the backward loop's cut-run marks reach
+/// (`poison_span`).
+const LOOP_GRAD_COLS: usize = 24 * LOOP_WG;
 
 /// Offsets of each slot of each layer-direction in the flat weights, and the total.
 fn slot_layout(cfg: &RnnConfig) -> (Vec<[Option<usize>; 6]>, usize) {
@@ -190,6 +208,9 @@ enum Buf {
     Final(u8),
     /// The u32 row tables between the caller's batch order and the plan's sorted order.
     Tables,
+    /// The single-dispatch loop's table (u32): each direction's steps, each layer-direction's
+    /// products (see `cell_loop` in shaders/cells/stage.wgsl).
+    LoopTab,
 }
 
 /// One dispatch over buffers by role, or a clear of a buffer's first `bytes` between passes.
@@ -310,6 +331,15 @@ impl CellPlan {
     /// As [`CellPlan::new`], with the seed of the regularisers' masks (the config's dropout
     /// and zoneout; the step counter is bound at recording, see [`super::ForwardBuffers`]).
     pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
+        Self::with_strategy(ctx, cfg, layout, pass, seed, StepStrategy::Auto)
+    }
+
+    /// As [`CellPlan::with_seed`], with a step strategy: per step (`PerStep`), the
+    /// single-dispatch loop (`SingleDispatch`: runs of steps in one dispatch each, for the cells
+    /// with [`Mode::unit_step`](crate::Mode::unit_step) without zoneout, products' k and units
+    /// up to 256), or `Auto` (the loop where a step is too small to pay for its dispatches).
+    /// The GPU-shaped `PerStepSplit` is the fused kernels' only (`Error::Unsupported`).
+    pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
         cfg.validate()?;
         let prec = cfg.precision;
         if prec != Precision::F32 && cfg.regularised() {
@@ -318,7 +348,7 @@ impl CellPlan {
             return Err(Error::Unsupported(format!("dropout and zoneout with {prec} storage")));
         }
         ctx.check_precision(prec)?;
-        let sh = Shape::new(ctx, cfg, layout, pass, seed)?;
+        let sh = Shape::new(ctx, cfg, layout, pass, seed, strategy)?;
         check_gpu(ctx, sh.n, sh.b, prec, &sh.sizes())?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
@@ -669,6 +699,18 @@ struct Shape<'a> {
     unit: bool,
     /// Each packed step's first row.
     off: Vec<usize>,
+    /// The forward walks the steps in single-dispatch runs (`cell_loop`) of at most this
+    /// many steps, or one step at a time (None).
+    loop_run: Option<usize>,
+    /// The loop table (see [`Buf::LoopTab`]): where each direction's steps start, where each
+    /// layer-direction's products are.
+    loop_tab: Vec<u32>,
+    loop_dirs: Vec<usize>,
+    loop_prods: Vec<usize>,
+    /// The backward too walks runs of at most this many steps (`cell_loop_grad`), where the
+    /// loop table has each direction's steps in its order from `loop_dirs_bwd`.
+    loop_grad_run: Option<usize>,
+    loop_dirs_bwd: Vec<usize>,
     /// Workspace lengths (elements): scratch, the stage kernel's product input, W_x^T, the
     /// products' R^T, the backward's `[dxp | dr | de]`.
     scr_len: usize,
@@ -679,13 +721,13 @@ struct Shape<'a> {
 }
 
 impl<'a> Shape<'a> {
-    fn new(ctx: &'a Context, cfg: &'a RnnConfig, layout: &'a SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
+    fn new(ctx: &'a Context, cfg: &'a RnnConfig, layout: &'a SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
         let (n, b, d) = (layout.rows(), layout.batch(), cfg.directions());
         let training = pass == Pass::Training;
         let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
         let (woffs, weight_elems) = slot_layout(cfg);
         let max = |f: &dyn Fn(&Dims) -> usize| dims.iter().map(f).max().unwrap_or(0);
-        Ok(Shape {
+        let mut sh = Shape {
             scr_len: max(&|x| b * x.rw.max(x.lay.tape)),
             pin_len: max(&|x| x.pin_len(b)),
             wxt_len: max(&|x| x.lay.xp * x.inw),
@@ -709,7 +751,193 @@ impl<'a> Shape<'a> {
             unit: cfg.mode.unit_step(),
             off: step_offsets(layout.batch_sizes()),
             dims,
-        })
+            loop_run: None,
+            loop_tab: Vec::new(),
+            loop_dirs: Vec::new(),
+            loop_prods: Vec::new(),
+            loop_grad_run: None,
+            loop_dirs_bwd: Vec::new(),
+        };
+        sh.loop_run = sh.loop_run(strategy)?;
+        if sh.loop_run.is_some() {
+            sh.loop_grad_run = sh.loop_grad_run(strategy);
+            sh.loop_table()?;
+        }
+        Ok(sh)
+    }
+
+    /// Units a step's dispatches cover: every stage's pointwise step and product units.
+    fn units(&self, dm: &Dims) -> usize {
+        let pu = dm.lay.stages.iter().flatten().map(|p| p.rows / p.gates).max().unwrap_or(0);
+        self.cfg.hidden_size.max(self.cfg.proj_size).max(pu)
+    }
+
+    /// Whether the forward walks runs of steps in one dispatch each, and the longest run.
+    fn loop_run(&self, strategy: StepStrategy) -> Result<Option<usize>> {
+        let why = if !self.unit {
+            Some(format!("{} reduces over the row (no per-unit step)", self.cfg.mode))
+        } else if self.zone {
+            Some("zoneout".to_string())
+        } else if self.dims.iter().any(|dm| dm.lay.stages.iter().flatten().any(|p| p.k > LOOP_K)) {
+            Some(format!("a product's k above {LOOP_K}"))
+        } else if self.dims.iter().any(|dm| self.units(dm) > LOOP_UNITS) || self.sw > LOOP_STATE_COLS || self.hw > LOOP_UNITS {
+            Some(format!("more than {LOOP_UNITS} units or {LOOP_STATE_COLS} state columns"))
+        } else if self.b.div_ceil(LOOP_ROWS) > self.ctx.limits().max_compute_workgroups_per_dimension as usize {
+            Some("this batch (workgroups per dimension)".to_string())
+        } else {
+            None
+        };
+        let budget = loop_iteration_budget(self.ctx.adapter_info());
+        let per_step = self.dims.iter().map(|dm| self.loop_iterations(dm)).max().unwrap_or(1);
+        let run = loop_run_steps(budget, per_step);
+        match (strategy, why) {
+            (StepStrategy::PerStep, _) => Ok(None),
+            (StepStrategy::PerStepSplit, _) => Err(Error::Unsupported(format!("step strategy PerStepSplit for {} (the fused kernels' only)", self.cfg.mode))),
+            (StepStrategy::SingleDispatch | StepStrategy::SingleDispatchUnbounded, Some(why)) => {
+                Err(Error::Unsupported(format!("the single-dispatch path for {}: not with {why}", self.cfg.mode)))
+            }
+            (StepStrategy::SingleDispatch, None) => Ok(Some(run)),
+            (StepStrategy::SingleDispatchUnbounded, None) => Ok(Some(self.layout.batch_sizes().len())),
+            (StepStrategy::Auto, Some(_)) => Ok(None),
+            (StepStrategy::Auto, None) => {
+                // Multiply-adds (and pointwise units) of a step, against the fused loop's bound
+                // on CPU-emulated adapters (measured there), on every adapter: this loop's
+                // workgroups have 64 invocations, a quarter of the fused loop's, and it is not
+                // measured on a GPU yet, so it does not take the fused loop's GPU bound.
+                let max = SINGLE_DISPATCH_MAX_MACS;
+                let work = self.dims.iter().map(|dm| self.b * (dm.lay.stages.iter().flatten().map(|p| p.rows * p.k).sum::<usize>() + self.units(dm))).max().unwrap_or(0);
+                Ok((work <= max).then_some(run))
+            }
+        }
+    }
+
+    /// Whether the backward walks runs of steps in one dispatch each too (training, where the
+    /// forward does, for the cells with [`Mode::loop_grad`](crate::Mode::loop_grad)), and the
+    /// longest run.
+    fn loop_grad_run(&self, strategy: StepStrategy) -> Option<usize> {
+        let wide = self.dims.iter().any(|dm| dm.lay.xp.max(dm.rw).max(dm.lay.pointwise) > LOOP_GRAD_COLS);
+        if !self.training || wide || !self.cfg.mode.loop_grad() {
+            return None;
+        }
+        if strategy == StepStrategy::SingleDispatchUnbounded {
+            return Some(self.layout.batch_sizes().len());
+        }
+        let per_step = self.dims.iter().map(|dm| self.loop_grad_iterations(dm)).max().unwrap_or(1);
+        Some(loop_run_steps(loop_iteration_budget(self.ctx.adapter_info()), per_step))
+    }
+
+    /// An upper bound of `cell_loop_grad`'s loop iterations per invocation for one step of a
+    /// layer (as [`Shape::loop_iterations`]; `row_backward` has at most
+    /// [`ROW_BACKWARD_LOOPS`] loops over the row's units per stage).
+    fn loop_grad_iterations(&self, dm: &Dims) -> usize {
+        let per = |n: usize| n.div_ceil(LOOP_WG);
+        let mut it = 1 + 16;
+        for pr in &dm.lay.stages {
+            it += 1 + LOOP_ROWS * (1 + ROW_BACKWARD_LOOPS * (1 + per(self.units(dm))));
+            if let Some(pr) = pr {
+                it += per(pr.rows) * (1 + LOOP_ROWS) + per(pr.k) * (1 + pr.rows + LOOP_ROWS);
+            }
+        }
+        it
+    }
+
+    /// An upper bound of `cell_loop`'s loop iterations per invocation for one step of a
+    /// layer (its loops over steps, stages, rows, k and columns; a margin of 16), for the
+    /// runs' length within the adapter's budget (`loop_iteration_budget`).
+    fn loop_iterations(&self, dm: &Dims) -> usize {
+        let per = |n: usize| n.div_ceil(LOOP_WG);
+        let mut it = 1 + 16;
+        for (s, pr) in dm.lay.stages.iter().enumerate() {
+            it += 1 + per(self.units(dm)) * (1 + LOOP_ROWS);
+            if s == 0 && self.training {
+                it += LOOP_ROWS * (1 + per(self.sw));
+            }
+            if let Some(pr) = pr {
+                it += per(pr.k) * (1 + LOOP_ROWS) + per(pr.rows) * (1 + pr.k + LOOP_ROWS);
+            }
+        }
+        it
+    }
+
+    /// The loop table: per direction its steps in processing order as (first packed row,
+    /// active rows); per layer-direction its stages' count, then per stage the product's
+    /// (gates, rows, k, R, bias or NONE, first column in r, input offset at tape row 0,
+    /// input row stride, input in the states), zeros for a stage without one.
+    fn loop_table(&mut self) -> Result<()> {
+        let bs = self.layout.batch_sizes();
+        let mut tab = Vec::new();
+        let mut dirs = Vec::new();
+        let mut dirs_bwd = Vec::new();
+        for backward in [false, true] {
+            if backward && self.loop_grad_run.is_none() {
+                break;
+            }
+            for dir in 0..self.d {
+                if backward { &mut dirs_bwd } else { &mut dirs }.push(tab.len());
+                for t in self.order(dir, backward) {
+                    tab.extend([self.off[t] as u32, bs[t] as u32]);
+                }
+            }
+        }
+        self.loop_dirs_bwd = dirs_bwd;
+        let mut prods = Vec::new();
+        for (layer, dm) in self.dims.iter().enumerate() {
+            for dir in 0..self.d {
+                let k = layer * self.d + dir;
+                prods.push(tab.len());
+                tab.push(dm.lay.stages.len() as u32);
+                for (st, stage) in dm.lay.stages.iter().enumerate() {
+                    let Some(pr) = stage else {
+                        tab.extend([0; 9]);
+                        continue;
+                    };
+                    let (r_off, bias) = product_weights(&self.woffs[k], pr)?;
+                    let (state, a_off, a_ld) = self.product_input(dm, k, pr, 0);
+                    let v = [pr.gates, pr.rows, pr.k, r_off, 0, dm.roffs[st], a_off, a_ld, state as usize];
+                    tab.extend(v.map(|x| x as u32));
+                    let at = tab.len() - 5;
+                    tab[at] = bias.map_or(NONE, |o| o as u32);
+                }
+            }
+        }
+        self.loop_tab = tab;
+        self.loop_dirs = dirs;
+        self.loop_prods = prods;
+        Ok(())
+    }
+
+    /// The steps of layer-direction k on the single-dispatch loop: one `cell_loop` dispatch
+    /// per run of at most `run` steps (`cell_loop_grad` for the backward, `grad`, with `cp`
+    /// the backward's parameters and `(x, y, tp)` the layer input, the output gradient and
+    /// the tape).
+    #[allow(clippy::too_many_arguments)]
+    fn loop_steps(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, (k, dir, grad): (usize, usize, bool), cp: &CellParams, run: usize, (x, y, tp): (Buf, Buf, Buf)) {
+        let bs = self.layout.batch_sizes();
+        let order = self.order(dir, grad);
+        let first = if grad { self.loop_dirs_bwd[dir] } else { self.loop_dirs[dir] };
+        for a in (0..order.len()).step_by(run.max(1)) {
+            let len = run.min(order.len() - a);
+            // Active rows only shrink (forward) or grow (reverse) along a run.
+            let rows = bs[order[a]].max(bs[order[a + len - 1]]);
+            let p = CellParams {
+                rows: rows as u32,
+                units: self.units(dm) as u32,
+                save: self.training as u32,
+                steps: len as u32,
+                ltab: (first + 2 * a) as u32,
+                lprod: self.loop_prods[k] as u32,
+                ltrow: self.training as u32,
+                ..*cp
+            };
+            let groups = [rows.div_ceil(LOOP_ROWS) as u32, 1, 1];
+            if grad {
+                let lb = [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, y, Buf::Bws, Buf::LoopTab];
+                bl.cell_in(ops, Kernel::CellLoopGrad(self.cfg.mode), &p, lb, groups);
+            } else {
+                let lb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(5), Buf::LoopTab];
+                bl.cell_in(ops, Kernel::CellLoop(self.cfg.mode), &p, lb, groups);
+            }
+        }
     }
 
     /// Every buffer the plan binds, for the binding-limit check.
@@ -733,6 +961,8 @@ impl<'a> Shape<'a> {
             // The mask's element index, (packed row) * H_out + unit.
             sizes.push(("zoneout mask", n * self.hw));
         }
+        // u32s, in the plan's elements.
+        sizes.push(("loop table", self.loop_tab.len() * 4 / self.cfg.precision.bytes()));
         sizes
     }
 
@@ -803,6 +1033,10 @@ impl<'a> Shape<'a> {
                 let tp = Buf::Tape(k);
                 self.input_projection(bl, &mut fwd, dm, k, x, tp)?;
                 let mut cp = dm.params(self.cfg, k, dir, (self.b, self.n, self.training), self.out_w, &self.woffs[k]);
+                if let Some(run) = self.loop_run {
+                    self.loop_steps(bl, &mut fwd, dm, (k, dir, false), &cp, run, (x, y, tp));
+                    continue;
+                }
                 let rt_offs = if self.unit { Vec::new() } else { self.recurrent_transposes(bl, &mut fwd, dm, k)? };
                 for t in self.order(dir, false) {
                     let o = self.off[t];
@@ -966,6 +1200,11 @@ impl<'a> Shape<'a> {
                 let tp = Buf::Tape(k);
                 bwd.push(Op::Clear(Buf::Bws, self.f4(self.bws_len)));
                 let mut cp = CellParams { dtape_off: 0, dxp_off: offs.0 as u32, dr_off: offs.1 as u32, de_off: offs.2 as u32, ..dm.params(cfg, k, dir, (self.b, n, true), self.out_w, &self.woffs[k]) };
+                if let Some(run) = self.loop_grad_run {
+                    self.loop_steps(bl, &mut bwd, dm, (k, dir, true), &cp, run, (x, dy, tp));
+                    self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
+                    continue;
+                }
                 for t in self.order(dir, true) {
                     let o = self.off[t];
                     cp.rows = self.layout.batch_sizes()[t] as u32;
@@ -1103,6 +1342,9 @@ impl<'a> Shape<'a> {
         let rows = self.cfg.num_layers * d * b;
         let mut own = HashMap::new();
         own.insert(Buf::Tables, readback::upload_bytes(ctx, "state tables", bytemuck::cast_slice(tables))?);
+        if self.loop_run.is_some() {
+            own.insert(Buf::LoopTab, readback::upload_bytes(ctx, "loop table", bytemuck::cast_slice(&self.loop_tab))?);
+        }
         let buf = |label: &str, elems: usize| buf(ctx, label, elems, self.cfg.precision);
         own.insert(Buf::States, buf("states", rows * self.sw)?);
         if training {

@@ -38,9 +38,14 @@ pub mod source {
 /// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
 pub const MAX_STORAGE_BINDINGS: u32 = 8;
 
+/// The most loops over a row's units a cell's `row_backward` (shaders/cells/<cell>.wgsl) has,
+/// for the bound of the single-dispatch backward's loop iterations (`cell_loop_grad`; a test
+/// counts every cell file's loops).
+pub const ROW_BACKWARD_LOOPS: usize = 4;
+
 /// The largest parameter block; blocks are laid out at a stride that rounds this up to the
 /// device's uniform offset alignment.
-pub const MAX_PARAM_BYTES: u32 = 160;
+pub const MAX_PARAM_BYTES: u32 = 176;
 
 /// A kernel family: one WGSL module and one bind-group layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -67,6 +72,10 @@ pub enum Family {
     /// read-only vec4 views instead of the backward's buffers, so that no kernel binds more
     /// than [`MAX_STORAGE_BINDINGS`]).
     Stage(Mode),
+    /// The single-dispatch loop's backward of a cell with [`Mode::unit_step`]
+    /// (`cell_loop_grad` in stage.wgsl): the cell's module, the prelude's layout up to @7 and
+    /// the loop table read-only at @8.
+    LoopGrad(Mode),
 }
 
 impl Family {
@@ -78,6 +87,7 @@ impl Family {
         let mut v = Family::FIXED.to_vec();
         v.extend(Mode::REGISTRY.iter().map(|&m| Family::Cell(m)));
         v.extend(Mode::REGISTRY.iter().filter(|m| m.unit_step()).map(|&m| Family::Stage(m)));
+        v.extend(Mode::REGISTRY.iter().filter(|m| m.loop_grad()).map(|&m| Family::LoopGrad(m)));
         v
     }
 
@@ -85,7 +95,7 @@ impl Family {
     /// cell's).
     pub fn module_family(self) -> Family {
         match self {
-            Family::Stage(m) => Family::Cell(m),
+            Family::Stage(m) | Family::LoopGrad(m) => Family::Cell(m),
             f => f,
         }
     }
@@ -112,7 +122,7 @@ impl Family {
     /// see [`Family::source_at`]).
     pub fn source(self) -> &'static str {
         match self {
-            Family::Cell(m) | Family::Stage(m) => m.wgsl(),
+            Family::Cell(m) | Family::Stage(m) | Family::LoopGrad(m) => m.wgsl(),
             Family::StepForward => source::STEP_FORWARD,
             Family::StepBackward => source::STEP_BACKWARD,
             Family::RecurrentGrad => source::RECURRENT_GRAD,
@@ -146,6 +156,8 @@ impl Family {
             // the same up to the output, then the weights and the product's input as vec4s:
             // see shaders/cells/stage.wgsl
             Family::Stage(_) => &[false, false, true, true, true, true, false, false],
+            // the prelude's up to the backward workspace, then the loop table
+            Family::LoopGrad(_) => &[false, false, true, true, true, true, true, false],
         }
     }
 
@@ -158,7 +170,7 @@ impl Family {
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
             Family::Cast => std::mem::size_of::<CastParams>(),
-            Family::Cell(_) | Family::Stage(_) => std::mem::size_of::<CellParams>(),
+            Family::Cell(_) | Family::Stage(_) | Family::LoopGrad(_) => std::mem::size_of::<CellParams>(),
         }) as u64
     }
 }
@@ -261,6 +273,11 @@ pub enum Kernel {
     /// The fused stage kernel's input: a stage's product input rows copied to a buffer it
     /// reads as vec4s, and in training the step's states to the tape (stage.wgsl).
     CellStageInput(Mode),
+    /// The single-dispatch loop of a cell with [`Mode::unit_step`] (`cell_loop` in
+    /// stage.wgsl): a run of steps of a layer-direction, every stage, in one dispatch.
+    CellLoop(Mode),
+    /// The single-dispatch loop's backward (`cell_loop_grad` in stage.wgsl).
+    CellLoopGrad(Mode),
     /// A cell's pointwise backward of one stage.
     CellBackward(Mode),
     /// Copies the step's state rows to the tape (prelude).
@@ -348,7 +365,8 @@ impl Kernel {
             GatherPrev | GatherLast | GatherRows | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
-            CellStage { cell: m, .. } => Family::Stage(m),
+            CellStage { cell: m, .. } | CellLoop(m) => Family::Stage(m),
+            CellLoopGrad(m) => Family::LoopGrad(m),
             CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
         }
     }
@@ -385,6 +403,8 @@ impl Kernel {
             CellForward(_) => "cell_forward",
             CellStage { .. } => "cell_stage",
             CellStageInput(_) => "stage_input",
+            CellLoop(_) => "cell_loop",
+            CellLoopGrad(_) => "cell_loop_grad",
             CellBackward(_) => "cell_backward",
             CellSave(_) => "save_states",
             CellZoneout(_) => "zoneout",
@@ -830,8 +850,14 @@ pub struct CellParams {
     /// 1: `stage_input` copies the step's states to the tape's states before each row
     /// (training and zoneout, stage 0).
     pub save: u32,
-    /// Padding (the uniform block's size a multiple of 16 bytes).
-    pub _pad0: u32,
+    /// Single-dispatch loop (`cell_loop`): the run's steps.
+    pub steps: u32,
+    /// The run's first step in the loop table (pairs of first packed row and active rows).
+    pub ltab: u32,
+    /// The layer-direction's product descriptors in the loop table.
+    pub lprod: u32,
+    /// 1: a step's tape rows are its packed rows (training), else rows 0.. (inference).
+    pub ltrow: u32,
 }
 
 impl Default for CellParams {

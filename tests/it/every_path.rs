@@ -1,14 +1,17 @@
 //! Issue 25: a cell gets every path by being registered. This test fails when a registered
 //! cell lacks one: the CPU engine, the GPU over a whole sequence (the engine plan and the
 //! convenience type), the GPU one step at a time, f16 storage (LSTM_LAYERNORM keeps its typed
-//! refusal), and splitting past one storage binding.
+//! refusal), splitting past one storage binding, and both step strategies of the engine plan:
+//! one dispatch per step, and the single-dispatch loop (every cell with a per-unit step; a cell
+//! whose step reduces over the row refuses it with a reason).
 
 use crate::common::{assert_close, rng, uniform};
 use crate::gpu_common::vulkan;
 use std::sync::Arc;
 use wgpu_rnn::case::tolerance::for_precision;
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{Context, ContextOptions, GpuRnn, Plan, SeqLayout, StepPlan};
+use crate::gpu::{compare_with_cpu_tol, Tolerances};
+use wgpu_rnn::gpu::{Context, ContextOptions, GpuRnn, Plan, SeqLayout, StepPlan, StepStrategy};
 use wgpu_rnn::{Error, Mode, PackedSequence, Precision, RnnConfig, Weights};
 
 /// GPU (f32 sums in another order) against the CPU engine in f64, after 60 steps: the
@@ -85,6 +88,19 @@ fn every_registered_cell_has_every_path() {
         let ag = crate::gpu::drive(&ctx, rnn.backward_async(&atape.unwrap(), &go, &[])).0.unwrap_or_else(|e| panic!("{mode} GPU async backward: {e}"));
         assert_eq!(ag.input.data, gg.input.data, "{mode}: async backward");
         assert_eq!(ag.params.to_flat(), gg.params.to_flat(), "{mode}: async weight gradients");
+
+        // The engine plan's step strategies: per step, and the single-dispatch loop.
+        let tol = Tolerances { fwd: (FWD_ATOL, FWD_RTOL), grad: grad_tol(mode), weight_grad_of_max: 0.0 };
+        compare_with_cpu_tol(&ctx, StepStrategy::PerStep, &cfg, &lengths, 62, true, tol);
+        let layout = SeqLayout::of(&x).unwrap();
+        match (mode.unit_step(), Plan::with_strategy(&ctx, &cfg, &layout, Pass::Training, StepStrategy::SingleDispatch)) {
+            (true, Ok(plan)) => {
+                assert!(plan.forward_dispatches() < 60, "{mode}: {} forward dispatches on the single-dispatch path", plan.forward_dispatches());
+                compare_with_cpu_tol(&ctx, StepStrategy::SingleDispatch, &cfg, &lengths, 62, true, tol);
+            }
+            (false, Err(Error::Unsupported(why))) => assert!(why.contains("reduces over the row"), "{mode}: {why}"),
+            (unit, r) => panic!("{mode} (per-unit step {unit}): single dispatch {:?}", r.map(|p| p.forward_dispatches())),
+        }
 
         // GPU, one step at a time.
         let step = StepPlan::new(&ctx, &cfg, b).unwrap_or_else(|e| panic!("{mode} StepPlan: {e}"));

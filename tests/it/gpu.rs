@@ -113,8 +113,10 @@ pub(crate) struct EngineOut {
     pub grad_w: Vec<f32>,
 }
 
+/// The weights in the engine's layout (`gpu::flat_weights`: `state_dict` order for PyTorch's
+/// four cells, slot order for the others).
 fn flat(w: &Weights<f32>) -> Vec<f32> {
-    let v = w.to_flat();
+    let v = wgpu_rnn::gpu::flat_weights(w);
     assert_eq!(v.len(), wgpu_rnn::gpu::weight_elems(&w.config));
     v
 }
@@ -136,8 +138,10 @@ pub(crate) fn engine_run(
 ) -> EngineOut {
     let cfg = &w.config;
     let dev = &ctx.device;
-    let lstm = cfg.mode == Mode::Lstm;
+    // States 0 and 1 of any cell (h, and LSTM's c or another cell's second state).
     let b = x.batch();
+    let elems = cfg.state_elems(b);
+    let two = elems.len() > 1;
     let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let prec = cfg.precision;
     let init = |label: &str, data: &[f32]| {
@@ -146,8 +150,8 @@ pub(crate) fn engine_run(
         dev.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: Some(label), contents: &bytes, usage })
     };
     let nan = |label: &str, n: usize| init(label, &vec![f32::NAN; n.max(1)]);
-    let hn_len: usize = cfg.h_shape(b).iter().product();
-    let cn_len: usize = cfg.c_shape(b).iter().product();
+    let hn_len = elems[0];
+    let cn_len = elems.get(1).copied().unwrap_or(0);
     let n = x.rows();
     // One thread at a time on a GL context (Context::exclusive; plan creation takes it too).
     let _serial = ctx.exclusive();
@@ -158,13 +162,13 @@ pub(crate) fn engine_run(
     let c0b = c0.map(|c| init("c0", c));
     let out = nan("out", n * cfg.output_size());
     let hn = nan("hn", hn_len);
-    let cn = lstm.then(|| nan("cn", cn_len));
+    let cn = two.then(|| nan("cn", cn_len));
     let gob = init("go", go);
     let ghnb = ghn.map(|g| init("ghn", g));
     let gcnb = gcn.map(|g| init("gcn", g));
     let gi = nan("gi", n * cfg.input_size);
     let gh0 = nan("gh0", hn_len);
-    let gc0 = lstm.then(|| nan("gc0", cn_len));
+    let gc0 = two.then(|| nan("gc0", cn_len));
     let gw = nan("gw", plan.weight_elems());
     let mut enc = dev.create_command_encoder(&Default::default());
     let ns = cfg.states().len();
@@ -263,14 +267,14 @@ pub(crate) fn compare_with_cpu_tol(ctx: &Arc<Context>, strategy: StepStrategy, c
     let x64 = PackedSequence::from_padded(&xpad, [t, b, cfg.input_size], false, lengths).unwrap();
     let x32 = x64.with_data(x64.data.iter().map(|&v| v as f32).collect(), cfg.input_size).unwrap();
     let n = x64.rows();
-    let hl: usize = cfg.h_shape(b).iter().product();
-    let cl: usize = cfg.c_shape(b).iter().product();
-    let lstm = cfg.mode == Mode::Lstm;
+    let elems = cfg.state_elems(b);
+    let (hl, cl) = (elems[0], elems.get(1).copied().unwrap_or(0));
+    let two = elems.len() > 1;
     let h0 = with_states.then(|| uniform(&mut g, hl, 0.5));
-    let c0 = (with_states && lstm).then(|| uniform(&mut g, cl, 0.5));
+    let c0 = (with_states && two).then(|| uniform(&mut g, cl, 0.5));
     let go = uniform(&mut g, n * cfg.output_size(), 1.0);
     let ghn = with_states.then(|| uniform(&mut g, hl, 1.0));
-    let gcn = (with_states && lstm).then(|| uniform(&mut g, cl, 1.0));
+    let gcn = (with_states && two).then(|| uniform(&mut g, cl, 1.0));
     let f32v = |v: &Option<Vec<f64>>| v.as_ref().map(|v| v.iter().map(|&x| x as f32).collect::<Vec<f32>>());
     let (h0f, c0f, ghnf, gcnf) = (f32v(&h0), f32v(&c0), f32v(&ghn), f32v(&gcn));
     let gof: Vec<f32> = go.iter().map(|&x| x as f32).collect();
@@ -280,13 +284,14 @@ pub(crate) fn compare_with_cpu_tol(ctx: &Arc<Context>, strategy: StepStrategy, c
     let gr = cpu::backward(&w64, &tape.unwrap(), &go, &[ghn.as_deref(), gcn.as_deref()][..w64.config.states().len()]).unwrap();
     assert_close(&format!("{label}: output"), &to64(&gpu.output), &f.output.data, fwd_atol, fwd_rtol);
     assert_close(&format!("{label}: h_n"), &to64(&gpu.h_n), &f.states[0].data, fwd_atol, fwd_rtol);
-    if lstm {
+    if two {
         assert_close(&format!("{label}: c_n"), &to64(&gpu.c_n), &f.states.get(1).cloned().unwrap().data, fwd_atol, fwd_rtol);
         assert_close(&format!("{label}: grad_c0"), &to64(&gpu.grad_c0), &gr.states.get(1).cloned().unwrap().data, grad_atol, grad_rtol);
     }
     assert_close(&format!("{label}: grad_input"), &to64(&gpu.grad_input), &gr.input.data, grad_atol, grad_rtol);
     assert_close(&format!("{label}: grad_h0"), &to64(&gpu.grad_h0), &gr.states[0].data, grad_atol, grad_rtol);
-    let gw = gr.params.to_flat();
+    // The CPU's weight gradients in the engine's layout.
+    let gw = to64(&wgpu_rnn::gpu::flat_weights(&gr.params.cast::<f32>()));
     let gw_max = gw.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     assert_close(&format!("{label}: grad weights"), &to64(&gpu.grad_w), &gw, grad_atol + tol.weight_grad_of_max * gw_max, grad_rtol);
 }
@@ -571,14 +576,18 @@ fn kernel_profile_counts_every_dispatch() {
         assert_eq!(count(&train, "recurrent_grad"), t, "{train:?}");
         // The plan records unprofiled again afterwards.
         rig.run(true).unwrap();
-        // A cell on the cell driver too: SCRN's two stages, one fused stage kernel and one
-        // copy of its product's input each per step.
-        let scrn = GpuRig::new(ctx, &BenchConfig::parse(&format!("scrn,t={t},b=4,i=8,h=16")).unwrap()).unwrap();
-        let fwd = scrn.profile(false).unwrap();
+        // A cell on the cell driver too: SCRN's two stages, per step one fused stage kernel
+        // and one copy of its product's input each; on the single-dispatch loop (which a
+        // problem this small takes by itself) one dispatch for all steps.
+        let scrn = BenchConfig::parse(&format!("scrn,t={t},b=4,i=8,h=16")).unwrap();
+        let per_step = GpuRig::with_strategy(ctx, &scrn, StepStrategy::PerStep).unwrap();
+        let fwd = per_step.profile(false).unwrap();
         assert_eq!(count(&fwd, "cell_stage"), 2 * t, "{fwd:?}");
         assert_eq!(count(&fwd, "stage_input"), 2 * t, "{fwd:?}");
-        let train = scrn.profile(true).unwrap();
+        let train = per_step.profile(true).unwrap();
         assert_eq!(count(&train, "cell_backward"), 2 * t, "{train:?}");
+        let fwd = GpuRig::new(ctx, &scrn).unwrap().profile(false).unwrap();
+        assert_eq!((count(&fwd, "cell_loop"), count(&fwd, "cell_stage")), (1, 0), "{fwd:?}");
     }
     crate::gpu_common::require_checked("kernel_profile_counts_every_dispatch", checked, &skipped);
 }

