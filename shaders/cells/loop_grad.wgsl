@@ -16,8 +16,9 @@
 // table. A cut run (Mesa's loop cap) leaves NaN in the rows' state gradients and in the dxp,
 // dr and de rows of its last step, so every gradient after it is NaN, never partial.
 
-// A product's most rows (4 gates of 256 units): its dr rows in workgroup memory, 16 KiB.
-const LOOP_PROWS: u32 = 1024u;
+// A product's most rows: its dr rows in workgroup memory, with `cut` within WebGPU's default
+// 16 KiB (so a 4-gate product up to 255 units).
+const LOOP_PROWS: u32 = 1020u;
 var<workgroup> dgr: array<vec4<f32>, LOOP_PROWS>;
 
 // dv = dr R for the rows r0 .. r0 + nr (their dr in dgr), to where the product read v.
@@ -113,12 +114,8 @@ fn cell_loop_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         if (t >= p.steps) {
             break;
         }
-        let at = p.ltab + 2u * t;
-        let rows = ltab[at + 1u];
-        if (r0 < rows) {
-            let nr = min(LR, rows - r0);
-            at_o = ltab[at];
-            at_trow = at_o;
+        let nr = loop_step(t, r0);
+        if (nr > 0u) {
             for (var s = stages; s > 0u; s--) {
                 at_stage = s - 1u;
                 for (var i = 0u; i < nr; i++) {

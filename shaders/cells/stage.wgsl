@@ -328,6 +328,19 @@ fn poison_rows(r0: u32, l: u32) {
     }
 }
 
+// Step t of the run for the rows from r0: how many of them are active (0 to LR), and the
+// accessors moved to the step (at_o, at_trow).
+fn loop_step(t: u32, r0: u32) -> u32 {
+    let at = p.ltab + 2u * t;
+    let rows = ltab[at + 1u];
+    if (r0 >= rows) {
+        return 0u;
+    }
+    at_o = ltab[at];
+    at_trow = select(0u, at_o, p.ltrow != 0u);
+    return min(LR, rows - r0);
+}
+
 @compute @workgroup_size(64)
 fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let r0 = wid.x * LR;
@@ -338,12 +351,8 @@ fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         if (t >= p.steps) {
             break;
         }
-        let at = p.ltab + 2u * t;
-        let rows = ltab[at + 1u];
-        if (r0 < rows) {
-            let nr = min(LR, rows - r0);
-            at_o = ltab[at];
-            at_trow = select(0u, at_o, p.ltrow != 0u);
+        let nr = loop_step(t, r0);
+        if (nr > 0u) {
             for (var s = 0u; s < stages; s++) {
                 at_stage = s;
                 let pr = loop_prod(s);

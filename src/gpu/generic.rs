@@ -82,6 +82,9 @@ const LOOP_UNITS: usize = 4 * LOOP_WG;
 /// The widest gradient rows (dxp, dr, de) the backward loop's cut-run marks reach
 /// (`poison_span`).
 const LOOP_GRAD_COLS: usize = 24 * LOOP_WG;
+/// A product's most rows in the backward loop (`LOOP_PROWS` in shaders/cells/loop_grad.wgsl:
+/// its dr rows in workgroup memory, within WebGPU's default 16 KiB).
+const LOOP_GRAD_PROWS: usize = 1020;
 
 /// Offsets of each slot of each layer-direction in the flat weights, and the total.
 fn slot_layout(cfg: &RnnConfig) -> (Vec<[Option<usize>; 6]>, usize) {
@@ -815,7 +818,9 @@ impl<'a> Shape<'a> {
     /// forward does, for the cells with [`Mode::loop_grad`](crate::Mode::loop_grad)), and the
     /// longest run.
     fn loop_grad_run(&self, strategy: StepStrategy) -> Option<usize> {
-        let wide = self.dims.iter().any(|dm| dm.lay.xp.max(dm.rw).max(dm.lay.pointwise) > LOOP_GRAD_COLS);
+        let wide = self.dims.iter().any(|dm| {
+            dm.lay.xp.max(dm.rw).max(dm.lay.pointwise) > LOOP_GRAD_COLS || dm.lay.stages.iter().flatten().any(|p| p.rows > LOOP_GRAD_PROWS)
+        });
         if !self.training || wide || !self.cfg.mode.loop_grad() {
             return None;
         }

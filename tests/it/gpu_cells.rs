@@ -196,3 +196,21 @@ fn gpu_cells_split_long_weight_gradient_sums_into_runs() {
 /// Parameter gradients summed over 19,200 rows in f32 (GPU) against f64 (CPU).
 const LONG_SUM_ATOL: f64 = 1e-2;
 const LONG_SUM_RTOL: f64 = 1e-3;
+
+/// The single-dispatch loops at their largest sizes: 256 units, products of k 256 in workgroup
+/// memory. LSTM_PEEPHOLE's 4-gate product (1,024 rows) is past the backward loop's 1,020 (its
+/// dr rows in WebGPU's 16 KiB of workgroup memory), so its backward runs per step behind the
+/// forward loop; SCRN and GRU_RESET_BEFORE run both loops. Against the CPU in f64, Vulkan and GL.
+#[test]
+fn the_cell_loops_at_their_largest_sizes_match_the_cpu() {
+    for ctx in contexts() {
+        for (k, mode) in [Mode::LstmPeephole, Mode::Scrn, Mode::GruResetBefore].into_iter().enumerate() {
+            let cfg = RnnConfig::new(mode, 5, 256);
+            let layout = SeqLayout::new(vec![2, 2, 1], vec![1, 0]).unwrap();
+            let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StepStrategy::SingleDispatch).unwrap_or_else(|e| panic!("{mode}: {e}"));
+            let loops: Vec<&str> = plan.kernels().iter().map(|k| k.entry()).filter(|e| e.starts_with("cell_loop")).collect();
+            assert_eq!(loops.len(), if mode == Mode::LstmPeephole { 1 } else { 2 }, "{mode}: {loops:?}");
+            crate::gpu::compare_with_cpu_tol(ctx, StepStrategy::SingleDispatch, &cfg, &[3, 2], 70 + k as u64, true, crate::gpu::Tolerances::DEFAULT);
+        }
+    }
+}

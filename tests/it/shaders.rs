@@ -226,6 +226,28 @@ fn all_kernels() -> Vec<Kernel> {
     v
 }
 
+/// WebGPU's default `maxComputeWorkgroupStorageSize`: what a browser's device grants unless
+/// asked for more (lavapipe has 32 KiB, so only this check would notice).
+const WEBGPU_WORKGROUP_STORAGE: u32 = 16_384;
+
+/// No kernel uses more workgroup memory than WebGPU's default allows (the single-dispatch
+/// loops keep rows of products and gradients there).
+#[test]
+fn no_kernel_uses_more_workgroup_memory_than_webgpu_allows() {
+    for k in all_kernels() {
+        let (m, info) = specialised(k, Precision::F32);
+        let ep = m.entry_points.iter().position(|e| e.name == k.entry()).unwrap_or_else(|| panic!("{}: no entry point", k.label()));
+        let uses = info.get_entry_point(ep);
+        let bytes: u32 = m
+            .global_variables
+            .iter()
+            .filter(|(h, g)| g.space == naga::AddressSpace::WorkGroup && !uses[*h].is_empty())
+            .map(|(_, g)| m.types[g.ty].inner.size(m.to_ctx()))
+            .sum();
+        assert!(bytes <= WEBGPU_WORKGROUP_STORAGE, "{} uses {bytes} bytes of workgroup memory", k.label());
+    }
+}
+
 /// The module with `k`'s override constants substituted, as wgpu does before handing it to a
 /// backend writer; validated with the capabilities the library's device has (it requests no
 /// shader features, so none).
