@@ -38,7 +38,7 @@ pub mod source {
 /// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
 pub const MAX_STORAGE_BINDINGS: u32 = 8;
 
-/// The most loops over a row's units a cell's `row_backward` (shaders/cells/<cell>.wgsl) has,
+/// The most loops over a row's units a cell's `row_backward` (`shaders/cells/<cell>.wgsl`) has,
 /// for the bound of the single-dispatch backward's loop iterations (`cell_loop_grad`; a test
 /// counts every cell file's loops).
 pub const ROW_BACKWARD_LOOPS: usize = 4;
