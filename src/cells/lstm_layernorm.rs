@@ -22,21 +22,23 @@ pub struct LstmLayerNorm;
 
 const EPS: f64 = 1e-5;
 
-/// The sum of `f(i)` for `i < len` in 8 partial sums (element i into partial i % 8), added
-/// in a fixed order at the end: one running sum waits on each addition's latency (the layer
-/// norms' sums were half of this cell's CPU time), eight do not, and the order is the same
-/// every run.
+/// The sum of `f(a[i], b[i])` over `a`'s length (`b` at least as long) in 8 partial sums
+/// (element i into partial i % 8), added in a fixed order at the end: one running sum waits
+/// on each addition's latency (the layer norms' sums were half of this cell's CPU time), eight
+/// do not, and the order is the same every run. Whole chunks of 8, so no bounds checks.
 #[inline(always)]
-fn sum8<T: Float>(len: usize, f: impl Fn(usize) -> T) -> T {
+fn sum8<T: Float>(a: &[T], b: &[T], f: impl Fn(T, T) -> T) -> T {
+    let b = &b[..a.len()];
     let mut p = [T::zero(); 8];
-    let full = len / 8 * 8;
-    for i in (0..full).step_by(8) {
-        for (l, s) in p.iter_mut().enumerate() {
-            *s += f(i + l);
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ta, tb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for l in 0..8 {
+            p[l] += f(x[l], y[l]);
         }
     }
-    for (s, i) in p.iter_mut().zip(full..len) {
-        *s += f(i);
+    for (l, (&x, &y)) in ta.iter().zip(tb).enumerate() {
+        p[l] += f(x, y);
     }
     ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7]))
 }
@@ -46,8 +48,8 @@ fn sum8<T: Float>(len: usize, f: impl Fn(usize) -> T) -> T {
 #[inline(always)]
 fn ln_forward<T: Float>(a: &[T], n: &mut [T]) -> T {
     let m = T::from_f64(a.len() as f64);
-    let mean = sum8(a.len(), |i| a[i]) / m;
-    let var = sum8(a.len(), |i| (a[i] - mean) * (a[i] - mean)) / m;
+    let mean = sum8(a, a, |x, _| x) / m;
+    let var = sum8(a, a, |x, _| (x - mean) * (x - mean)) / m;
     let rstd = T::one() / (var + T::from_f64(EPS)).sqrt();
     for (o, &v) in n.iter_mut().zip(a) {
         *o = (v - mean) * rstd;
@@ -61,7 +63,7 @@ fn ln_forward<T: Float>(a: &[T], n: &mut [T]) -> T {
 fn ln_backward<T: Float>(g: &mut [T], n: &[T], rstd: T) {
     let m = T::from_f64(g.len() as f64);
     let n = &n[..g.len()];
-    let (m1, m2) = (sum8(g.len(), |i| g[i]) / m, sum8(g.len(), |i| g[i] * n[i]) / m);
+    let (m1, m2) = (sum8(g, g, |x, _| x) / m, sum8(g, n, |x, y| x * y) / m);
     for (d, &v) in g.iter_mut().zip(n) {
         *d = rstd * (*d - m1 - v * m2);
     }
@@ -123,22 +125,31 @@ impl Cell for LstmLayerNorm {
         let (n_c, rstd) = rest.split_at_mut(n);
         rstd[0] = ln_forward(xp, n_ih);
         rstd[1] = ln_forward(r, n_hh);
-        let v = |k: usize| n_ih[k] * w_ih[k] + b_ih[k] + (n_hh[k] * w_hh[k] + b_hh[k]) + bias[k];
+        // The pre-activations v into the gates' slots, then the gates in place: exact-length
+        // slices, so both loops have no bounds checks and vectorise (as LSTM's).
+        let (n_ih, n_hh) = (&n_ih[..g4], &n_hh[..g4]);
+        for (k, v) in gates.iter_mut().enumerate() {
+            *v = n_ih[k] * w_ih[k] + b_ih[k] + (n_hh[k] * w_hh[k] + b_hh[k]) + bias[k];
+        }
+        let (gi, rest) = gates.split_at_mut(n);
+        let (gf, rest) = rest.split_at_mut(n);
+        let (gg, go) = rest.split_at_mut(n);
+        let (go, c) = (&mut go[..n], &mut c[..n]);
         for j in 0..n {
-            let i = v(j).sigmoid();
-            let f = v(n + j).sigmoid();
-            let gg = v(2 * n + j).tanh();
-            let o = v(3 * n + j).sigmoid();
-            c[j] = f * c[j] + i * gg;
-            gates[j] = i;
-            gates[n + j] = f;
-            gates[2 * n + j] = gg;
-            gates[3 * n + j] = o;
+            let i = gi[j].sigmoid();
+            let f = gf[j].sigmoid();
+            let g = gg[j].tanh();
+            let o = go[j].sigmoid();
+            c[j] = f * c[j] + i * g;
+            gi[j] = i;
+            gf[j] = f;
+            gg[j] = g;
+            go[j] = o;
         }
         rstd[2] = ln_forward(c, n_c);
-        let out = &mut row.out[..n];
+        let (out, hs, n_c) = (&mut row.out[..n], &mut hs[..n], &n_c[..n]);
         for j in 0..n {
-            let hn = gates[3 * n + j] * (n_c[j] * w_c[j] + b_c[j]).tanh();
+            let hn = go[j] * (n_c[j] * w_c[j] + b_c[j]).tanh();
             hs[j] = hn;
             out[j] = hn;
         }
@@ -155,37 +166,57 @@ impl Cell for LstmLayerNorm {
         let cp = &row.s_prev[n..2 * n];
         let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
         let (dxp, dr, de, dout) = (&mut row.dxp[..g4], &mut row.dr[..g4], &mut row.de[..22 * n], &row.dout[..n]);
+        // Exact-length slices, so the loops have no bounds checks and vectorise.
+        let (gi, gf, gg, go) = (&gates[..n], &gates[n..2 * n], &gates[2 * n..3 * n], &gates[3 * n..4 * n]);
+        let (n_c, cp, dout, dh_state, dc) = (&n_c[..n], &cp[..n], &dout[..n], &mut dh_state[..n], &mut dc[..n]);
+        let (de_v, de_c) = de.split_at_mut(5 * g4);
+        let (de_wc, de_bc) = de_c.split_at_mut(n);
+        let de_bc = &mut de_bc[..n];
         // h' = o tanh(y), y = LN_c(c'): d o, and dy (kept as ln_c_bias's gradient).
-        for j in 0..n {
-            let o = gates[3 * n + j];
-            let dh = dh_state[j] + dout[j];
-            let ty = (n_c[j] * w_c[j] + b_c[j]).tanh();
-            let dy = dh * o * dtanh(ty);
-            dxp[3 * n + j] = dh * ty * dsigmoid(o);
-            de[5 * g4 + j] = dy * n_c[j];
-            de[5 * g4 + n + j] = dy;
+        {
+            let dxo = &mut dxp[3 * n..4 * n];
+            for j in 0..n {
+                let o = go[j];
+                let dh = dh_state[j] + dout[j];
+                let ty = (n_c[j] * w_c[j] + b_c[j]).tanh();
+                let dy = dh * o * dtanh(ty);
+                dxo[j] = dh * ty * dsigmoid(o);
+                de_wc[j] = dy * n_c[j];
+                de_bc[j] = dy;
+            }
         }
         // Through LN_c to c' (dn = dy w_c), then the gates' pre-activations v.
         let hm = T::from_f64(n as f64);
-        let dy = &de[5 * g4 + n..5 * g4 + 2 * n];
-        let (m1, m2) = (sum8(n, |j| dy[j] * w_c[j]) / hm, sum8(n, |j| dy[j] * w_c[j] * n_c[j]) / hm);
-        for j in 0..n {
-            let dn = de[5 * g4 + n + j] * w_c[j];
-            let dcn = dc[j] + rstd_c * (dn - m1 - n_c[j] * m2);
-            let (i, f, gg) = (gates[j], gates[n + j], gates[2 * n + j]);
-            dxp[j] = dcn * gg * dsigmoid(i);
-            dxp[n + j] = dcn * cp[j] * dsigmoid(f);
-            dxp[2 * n + j] = dcn * i * dtanh(gg);
-            dc[j] = dcn * f;
+        let dy = &*de_bc;
+        // de_wc = dy n_c: sum(dy w_c n_c) as sum(de_wc w_c).
+        let (m1, m2) = (sum8(dy, w_c, |d, w| d * w) / hm, sum8(de_wc, w_c, |a, w| a * w) / hm);
+        {
+            let (dxi, rest) = dxp.split_at_mut(n);
+            let (dxf, rest) = rest.split_at_mut(n);
+            let dxg = &mut rest[..n];
+            for j in 0..n {
+                let dn = dy[j] * w_c[j];
+                let dcn = dc[j] + rstd_c * (dn - m1 - n_c[j] * m2);
+                let (i, f, g) = (gi[j], gf[j], gg[j]);
+                dxi[j] = dcn * g * dsigmoid(i);
+                dxf[j] = dcn * cp[j] * dsigmoid(f);
+                dxg[j] = dcn * i * dtanh(g);
+                dc[j] = dcn * f;
+            }
         }
         // v = LN_ih(xp) + LN_hh(r) + bias: the parameters' gradients, then both LNs backward.
+        let (d_bias, rest) = de_v.split_at_mut(g4);
+        let (d_wih, rest) = rest.split_at_mut(g4);
+        let (d_bih, rest) = rest.split_at_mut(g4);
+        let (d_whh, d_bhh) = rest.split_at_mut(g4);
+        let (n_ih, n_hh, d_bhh) = (&n_ih[..g4], &n_hh[..g4], &mut d_bhh[..g4]);
         for k in 0..g4 {
             let dv = dxp[k];
-            de[k] = dv;
-            de[g4 + k] = dv * n_ih[k];
-            de[2 * g4 + k] = dv;
-            de[3 * g4 + k] = dv * n_hh[k];
-            de[4 * g4 + k] = dv;
+            d_bias[k] = dv;
+            d_wih[k] = dv * n_ih[k];
+            d_bih[k] = dv;
+            d_whh[k] = dv * n_hh[k];
+            d_bhh[k] = dv;
             dxp[k] = dv * w_ih[k];
             dr[k] = dv * w_hh[k];
         }
