@@ -10,7 +10,7 @@ use arbitrary::Arbitrary;
 use std::sync::{Arc, OnceLock};
 use wgpu_rnn::config::Prob;
 use wgpu_rnn::cpu::Pass;
-use wgpu_rnn::gpu::{BackwardBuffers, Context, ContextOptions, ForwardBuffers, Plan, SeqLayout, StepBuffers, StepPlan};
+use wgpu_rnn::gpu::{BackwardBuffers, Context, ContextOptions, ForwardBuffers, Plan, SeqLayout, StepBuffers, StepPlan, StepStrategy};
 use wgpu_rnn::{Mode, PackedSequence, Precision, RnnConfig};
 
 /// Roles: weights, input, output, grad_output, grad_input, grad_weights, counter, then per
@@ -50,6 +50,9 @@ struct Input {
     defect: Defect,
     /// The one-step plan (`StepPlan`) instead, for a unidirectional stack.
     step: bool,
+    /// The step strategy: Auto (the single-dispatch loops at these sizes, where the cell has
+    /// them), one dispatch per step, or the loops asked for (refused, typed, where absent).
+    strategy: u8,
 }
 
 /// One input's buffers with its defect applied, and what the defect made of them.
@@ -149,9 +152,14 @@ pub fn exercise(data: &[u8]) -> &'static str {
         return step(ctx, &cfg, b, input.defect);
     }
     let pass = if input.training { Pass::Training } else { Pass::Inference };
-    let plan = match Plan::with_seed(ctx, &cfg, &layout, pass, 7) {
+    let plan = match input.strategy % 3 {
+        0 => Plan::with_seed(ctx, &cfg, &layout, pass, 7),
+        1 => Plan::with_strategy(ctx, &cfg, &layout, pass, StepStrategy::PerStep),
+        _ => Plan::with_strategy(ctx, &cfg, &layout, pass, StepStrategy::SingleDispatch),
+    };
+    let plan = match plan {
         Ok(p) => p,
-        Err(_) => return "plan refused", // typed (f16 without SHADER_F16, regularisers with f16, ...)
+        Err(_) => return "plan refused", // typed (f16 without SHADER_F16, regularisers with f16, a strategy the cell lacks, ...)
     };
     let n = x.rows();
     let bytes = cfg.precision.bytes();
