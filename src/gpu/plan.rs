@@ -381,10 +381,56 @@ fn to_u32(what: &str, v: usize) -> Result<u32> {
         .ok_or_else(|| Error::Limit(format!("{what} ({v}) exceeds the kernels' 31-bit indexing")))
 }
 
-impl FusedPlan {
-    /// Prepares a plan with the forward's step strategy: checks limits, uploads the parameter
-    /// blocks and sequence tables, allocates workspaces and builds the pipelines.
-    pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
+/// What a fused plan's ops and workspaces are built from: the config, the batch structure,
+/// the strategy's choices, and the sizes and offsets that follow from them.
+struct Fused<'a> {
+    ctx: &'a Context,
+    cfg: &'a RnnConfig,
+    layout: &'a SeqLayout,
+    inputs: StateInputs,
+    training: bool,
+    cell: Mode,
+    prec: crate::precision::Precision,
+    /// Packed rows, batch, time steps.
+    n: usize,
+    b: usize,
+    steps: usize,
+    /// H, H_out, directions, G*H, the projection's P (0 without).
+    hs: usize,
+    ho: usize,
+    d: usize,
+    gh: usize,
+    p: usize,
+    lstm: bool,
+    out_w: usize,
+    /// Each layer-direction's parameter offsets in the flat weights, and their total.
+    woff: Vec<DirOffsets>,
+    weight_elems: usize,
+    tables: SeqTables,
+    off_tab: u32,
+    bs_tab: u32,
+    tape: TapeLayout,
+    wt: WtLayout,
+    grad: GradLayout,
+    /// The widest zero-padded layer input, if a layer's input is padded.
+    pad_max: Option<usize>,
+    /// The GPU-shaped step kernel; vec4 reads of W_hh rows and the states (CPU-emulated
+    /// adapters); the recurrent gradient's vec4 and wide variants.
+    split: bool,
+    vec4: bool,
+    rec_vec4: bool,
+    rec_wide: bool,
+    /// The single-dispatch path, and its runs' longest forward and backward.
+    single: bool,
+    fwd_run: usize,
+    bwd_run: usize,
+}
+
+impl<'a> Fused<'a> {
+    /// Checks the config and limits, lays out the tape, the rearranged weights and the
+    /// backward's workspaces, and makes the strategy's choices (kernel shapes, the
+    /// single-dispatch path and its runs).
+    fn new(ctx: &'a Context, cfg: &'a RnnConfig, layout: &'a SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
         // The fused step kernels run PyTorch's four cells (their pipelines are keyed by the cell).
         if !cfg.mode.fused() {
             return Err(Error::Unsupported(format!("{} in the fused GPU path (gpu::generic runs it)", cfg.mode)));
@@ -394,7 +440,6 @@ impl FusedPlan {
         }
         let cell = cfg.mode;
         let prec = cfg.precision;
-        let _serial = ctx.exclusive();
         cfg.validate()?;
         // Before anything is allocated: f16 storage needs SHADER_F16.
         ctx.check_precision(prec)?;
@@ -431,10 +476,10 @@ impl FusedPlan {
         let (off_tab, bs_tab) = (tables.off_tab(), tables.bs_tab());
 
         // Region offsets (elements) in the tape and the rearranged weights (see `tape`).
-        let TapeLayout { gates: gates_off, c: c_off, aux: aux_off, hs: hs_off, elems: tape_elems } = TapeLayout::new(cfg, n, b);
+        let tape = TapeLayout::new(cfg, n, b);
         let padded = |l: usize| padded_input(cfg, l);
         let pad_max = (0..cfg.num_layers).filter_map(padded).max();
-        let WtLayout { hh: wt_hh_off, bhh: wt_bhh_off, hr: wt_hr_off, w4: wt_w4_off, elems: wt_elems } = WtLayout::new(cfg);
+        let wt = WtLayout::new(cfg);
         // The vec4 step kernels read W_hh rows and the gathered states along k as vec4s.
         // On a CPU-emulated adapter (lavapipe) an invocation's vec4 load is one 16-byte load and
         // scalar loads with lane-varying addresses are gathers, so the step kernels read W_hh
@@ -455,49 +500,8 @@ impl FusedPlan {
         // adjacent k (see WIDE in recurrent_grad.wgsl); a GPU wants the invocations.
         let rec_wide = rec_vec4 && cpu_like;
         // The backward's workspaces (see `tape`).
-        let GradLayout { dh: dh_off, dc: dc_off, dhtot: dhtot_off, dhpre: dhpre_off, bw_elems, hprev: hprev_off, cprev: cprev_off, prev_elems, dgh: dgh_off, dg_elems } =
-            GradLayout::new(cfg, n, b);
+        let grad = GradLayout::new(cfg, n, b);
 
-        // Workspaces.
-        let st = wgpu::BufferUsages::STORAGE;
-        // Every buffer holds elements in the config's precision.
-        let f4 = |e: usize| (e * prec.bytes()) as u64;
-        let mut own = HashMap::new();
-        own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
-        own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
-        own.insert(Buf::Wt, ctx.buffer("rearranged weights", f4(wt_elems), st)?);
-        own.insert(Buf::Hp, ctx.buffer("step states", f4(b * ho), st)?);
-        let tapes = if training { cfg.num_layers * d } else { 1 };
-        for i in 0..tapes {
-            own.insert(Buf::Tape(i as u16), ctx.buffer("tape", f4(tape_elems), st)?);
-        }
-        for l in 0..cfg.num_layers.saturating_sub(1) {
-            own.insert(Buf::LayerOut(l as u16), ctx.buffer("layer output", f4(n * out_w), st)?);
-        }
-        if let Some(ip) = pad_max {
-            own.insert(Buf::XPad, ctx.buffer("padded layer input", f4(n * ip), st)?);
-            if training {
-                own.insert(Buf::WPad, ctx.buffer("padded W_ih", f4(gh * ip), st)?);
-                own.insert(Buf::DwPad, ctx.buffer("padded dW_ih", f4(gh * ip), st)?);
-                own.insert(Buf::DxPad, ctx.buffer("padded dX", f4(n * ip), st)?);
-            }
-        }
-        if training {
-            own.insert(Buf::Prev, ctx.buffer("prev states", f4(prev_elems), st)?);
-            own.insert(Buf::Bw, ctx.buffer("recurrent gradients", f4(bw_elems), st)?);
-            own.insert(Buf::Dg, ctx.buffer("gate gradients", f4(dg_elems), st)?);
-            if cfg.num_layers > 1 {
-                own.insert(Buf::Dx(0), ctx.buffer("layer gradient", f4(n * out_w), st)?);
-                own.insert(Buf::Dx(1), ctx.buffer("layer gradient", f4(n * out_w), st)?);
-            }
-        }
-
-        let mut params = ParamBlocks::new(ctx);
-        let tape_of = |l: usize, dir: usize| if training { Buf::Tape((l * d + dir) as u16) } else { Buf::Tape(0) };
-        let layer_out = |l: usize| if l + 1 == cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) };
-        let layer_in = |l: usize| if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) };
-        let step_kernel = Kernel::Step { cell, vec4, split };
-        let step_wg = if split { 16 } else { 64 };
         // The single-dispatch path: supported without projection and up to LOOP_UNITS units;
         // chosen automatically where a step is too small to pay for its dispatches.
         let loop_ok = p == 0 && hs <= LOOP_UNITS;
@@ -536,95 +540,145 @@ impl FusedPlan {
                 (loop_run_steps(budget, loop_forward_iterations(g, hs)), loop_run_steps(budget, loop_backward_iterations(g, hs)))
             }
         };
-        let grad_kernel = Kernel::CellGrad { cell };
-        let state_block = |s: usize, width: usize| (s * b * width) as u32;
-        let order = |dir: usize| -> Vec<usize> { if dir == 0 { (0..steps).collect() } else { (0..steps).rev().collect() } };
+        Ok(Fused {
+            ctx,
+            cfg,
+            layout,
+            inputs,
+            training,
+            cell,
+            prec,
+            n,
+            b,
+            steps,
+            hs,
+            ho,
+            d,
+            gh,
+            p,
+            lstm,
+            out_w,
+            woff,
+            weight_elems,
+            tables,
+            off_tab,
+            bs_tab,
+            tape,
+            wt,
+            grad,
+            pad_max,
+            split,
+            vec4,
+            rec_vec4,
+            rec_wide,
+            single,
+            fwd_run,
+            bwd_run,
+        })
+    }
 
-        // ---- forward ----
-        let util = |params: &mut ParamBlocks, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize| Op {
-            kernel,
-            bufs,
-            param_offset: params.push(&up),
-            groups: groups_linear(count),
-        };
-        // dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] (c < width), else 0.
-        let pad_rows = |params: &mut ParamBlocks, src: Buf, dst: Buf, rows: usize, width: usize, (src_off, src_ld): (u32, usize), (dst_off, dst_ld): (u32, usize)| {
-            util(params, Kernel::PadRows, vec![src, Buf::Dummy, Buf::Seq, dst],
-                UtilParams { rows: rows as u32, width: width as u32, src_off, src_ld: src_ld as u32, dst_off, dst_ld: dst_ld as u32, ..Default::default() }, rows * dst_ld)
-        };
-        // GEMM ops bind B and A a second time as vec4s (bindings 5, 6) for gemm4 / gemm44.
-        let gemm_op = |params: &mut ParamBlocks, mut bufs: Vec<Buf>, gp: GemmParams| {
-            bufs.push(bufs[1]);
-            bufs.push(bufs[0]);
-            Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
-        };
-        // C = A B (+ bias) with k walked in runs of at most `run`, each a dispatch accumulating
-        // into C (beta = 1 after the first), the bias added by the first only, in a fixed order.
-        let gemm_runs = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams, run: u32| -> Vec<Op> {
-            gp.runs(run).into_iter().map(|part| gemm_op(params, bufs.clone(), part)).collect()
-        };
-        // One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into
-        // runs of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`).
-        let gemm = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams| gemm_runs(params, bufs, gp, GEMM_K_RUN as u32);
-        // Weight gradients sum over all N rows (k = N). One pass streams the whole of B
-        // through every workgroup, which falls out of cache once B passes a few MiB; split
-        // k into chunks whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128,
-        // k 16384) went from 18x the k = 2048 time to 8x.
-        let gemm_rows = |params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams| {
-            let chunk = (GEMM_CHUNK_BYTES / (prec.bytes() * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
-            gemm_runs(params, bufs, gp, chunk)
-        };
+    /// The plan's own buffers (the sequence tables are added once built).
+    fn workspaces(&self) -> Result<HashMap<Buf, TrackedBuffer>> {
+        let Fused { ctx, cfg, prec, n, b, ho, d, gh, out_w, training, pad_max, .. } = *self;
+        let (tape_elems, wt_elems) = (self.tape.elems, self.wt.elems);
+        let GradLayout { bw_elems, prev_elems, dg_elems, .. } = self.grad;
+        let st = wgpu::BufferUsages::STORAGE;
+        // Every buffer holds elements in the config's precision.
+        let f4 = |e: usize| (e * prec.bytes()) as u64;
+        let mut own = HashMap::new();
+        own.insert(Buf::Dummy, ctx.buffer("dummy", 16, st)?);
+        own.insert(Buf::Xp, ctx.buffer("xp", f4(n * gh), st)?);
+        own.insert(Buf::Wt, ctx.buffer("rearranged weights", f4(wt_elems), st)?);
+        own.insert(Buf::Hp, ctx.buffer("step states", f4(b * ho), st)?);
+        let tapes = if training { cfg.num_layers * d } else { 1 };
+        for i in 0..tapes {
+            own.insert(Buf::Tape(i as u16), ctx.buffer("tape", f4(tape_elems), st)?);
+        }
+        for l in 0..cfg.num_layers.saturating_sub(1) {
+            own.insert(Buf::LayerOut(l as u16), ctx.buffer("layer output", f4(n * out_w), st)?);
+        }
+        if let Some(ip) = pad_max {
+            own.insert(Buf::XPad, ctx.buffer("padded layer input", f4(n * ip), st)?);
+            if training {
+                own.insert(Buf::WPad, ctx.buffer("padded W_ih", f4(gh * ip), st)?);
+                own.insert(Buf::DwPad, ctx.buffer("padded dW_ih", f4(gh * ip), st)?);
+                own.insert(Buf::DxPad, ctx.buffer("padded dX", f4(n * ip), st)?);
+            }
+        }
+        if training {
+            own.insert(Buf::Prev, ctx.buffer("prev states", f4(prev_elems), st)?);
+            own.insert(Buf::Bw, ctx.buffer("recurrent gradients", f4(bw_elems), st)?);
+            own.insert(Buf::Dg, ctx.buffer("gate gradients", f4(dg_elems), st)?);
+            if cfg.num_layers > 1 {
+                own.insert(Buf::Dx(0), ctx.buffer("layer gradient", f4(n * out_w), st)?);
+                own.insert(Buf::Dx(1), ctx.buffer("layer gradient", f4(n * out_w), st)?);
+            }
+        }
+
+        Ok(own)
+    }
+
+    /// The forward's ops: per layer the input's padding, per direction the weights
+    /// rearranged, the initial states, the input projection, the steps (per step, or the
+    /// single-dispatch runs) and the final states gathered into the caller's order.
+    fn forward_ops(&self, params: &mut ParamBlocks) -> Vec<Op> {
+        let Fused { cfg, layout, inputs, training, cell, n, b, steps, hs, ho, d, gh, p, lstm, out_w, off_tab, bs_tab, split, vec4, single, fwd_run, .. } = *self;
+        let (woff, tables) = (&self.woff, &self.tables);
+        let TapeLayout { gates: gates_off, c: c_off, aux: aux_off, hs: hs_off, .. } = self.tape;
+        let WtLayout { hh: wt_hh_off, bhh: wt_bhh_off, hr: wt_hr_off, w4: wt_w4_off, .. } = self.wt;
+        let step_kernel = Kernel::Step { cell, vec4, split };
+        let step_wg = if split { 16 } else { 64 };
         let mut fwd = Vec::new();
         for l in 0..cfg.num_layers {
             let in_size = cfg.layer_input_size(l);
-            let pad = padded(l);
+            let pad = padded_input(cfg, l);
             let k_in = pad.unwrap_or(in_size);
             if let Some(ip) = pad {
-                fwd.push(pad_rows(&mut params, layer_in(l), Buf::XPad, n, in_size, (0, in_size), (0, ip)));
+                fwd.push(pad_rows(params, self.layer_in(l), Buf::XPad, n, in_size, (0, in_size), (0, ip)));
             }
-            let x_in = if pad.is_some() { Buf::XPad } else { layer_in(l) };
+            let x_in = if pad.is_some() { Buf::XPad } else { self.layer_in(l) };
             for dir in 0..d {
                 let s = l * d + dir;
                 let w = woff[s];
-                let tape = tape_of(l, dir);
+                let tape = self.tape_of(l, dir);
                 // Weights rearranged so neighbouring invocations read neighbouring elements.
                 let transpose = |params: &mut ParamBlocks, src: u32, rows: usize, width: usize, dst: usize| {
                     util(params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                         UtilParams { rows: rows as u32, width: width as u32, src_off: src, dst_off: dst as u32, ..Default::default() }, rows * width)
                 };
-                fwd.push(transpose(&mut params, w.w_ih, gh, in_size, 0));
+                fwd.push(transpose(params, w.w_ih, gh, in_size, 0));
                 if k_in > in_size {
                     // W_ih^T's padding rows: zeros (the buffer holds other weights before).
-                    fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, Buf::Dummy, Buf::Seq, Buf::Wt],
+                    fwd.push(util(params, Kernel::CopyState, vec![Buf::Dummy, Buf::Dummy, Buf::Seq, Buf::Wt],
                         UtilParams { rows: 1, width: ((k_in - in_size) * gh) as u32, state_off: NONE, dst_off: (in_size * gh) as u32, ..Default::default() }, (k_in - in_size) * gh));
                 }
-                fwd.push(transpose(&mut params, w.w_hh, gh, ho, wt_hh_off));
+                fwd.push(transpose(params, w.w_hh, gh, ho, wt_hh_off));
                 if cfg.bias {
-                    fwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                    fwd.push(util(params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                         UtilParams { rows: 1, width: gh as u32, src_off: w.b_hh, dst_off: wt_bhh_off as u32, ..Default::default() }, gh));
                 }
                 if p > 0 {
-                    fwd.push(transpose(&mut params, w.w_hr, p, hs, wt_hr_off));
+                    fwd.push(transpose(params, w.w_hr, p, hs, wt_hr_off));
                 }
                 if vec4 {
-                    fwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                    fwd.push(util(params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
                         UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
                 }
                 // Initial states (or zeros) into the tape's rows N.. .
-                fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, tape],
-                    UtilParams { rows: b as u32, width: ho as u32, state_off: if inputs.h0 { state_block(s, ho) } else { NONE }, dst_off: (hs_off + n * ho) as u32, ..Default::default() }, b * ho));
+                fwd.push(util(params, Kernel::CopyState, vec![Buf::Dummy, if inputs.h0 { Buf::H0 } else { Buf::Dummy }, Buf::Seq, tape],
+                    UtilParams { rows: b as u32, width: ho as u32, state_off: if inputs.h0 { self.state_block(s, ho) } else { NONE }, dst_off: (hs_off + n * ho) as u32, ..Default::default() }, b * ho));
                 if lstm {
-                    fwd.push(util(&mut params, Kernel::CopyState, vec![Buf::Dummy, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, Buf::Seq, tape],
-                        UtilParams { rows: b as u32, width: hs as u32, state_off: if inputs.c0 { state_block(s, hs) } else { NONE }, dst_off: (c_off + n * hs) as u32, ..Default::default() }, b * hs));
+                    fwd.push(util(params, Kernel::CopyState, vec![Buf::Dummy, if inputs.c0 { Buf::C0 } else { Buf::Dummy }, Buf::Seq, tape],
+                        UtilParams { rows: b as u32, width: hs as u32, state_off: if inputs.c0 { self.state_block(s, hs) } else { NONE }, dst_off: (c_off + n * hs) as u32, ..Default::default() }, b * hs));
                 }
                 // Input projection of all rows: Xp = X W_ih^T + b_ih.
-                fwd.extend(gemm(&mut params, vec![x_in, Buf::Wt, Buf::Xp, Buf::Weights], GemmParams {
+                fwd.extend(gemm(params, vec![x_in, Buf::Wt, Buf::Xp, Buf::Weights], GemmParams {
                     m: n as u32, n: gh as u32, k: k_in as u32,
                     a_off: 0, a_rs: k_in as u32, a_cs: 1,
                     b_off: 0, b_rs: gh as u32, b_cs: 1,
                     c_off: 0, ldc: gh as u32, bias_off: w.b_ih, alpha: 1.0, beta: 0.0, ..Default::default()
                 }));
-                let step_bufs = vec![Buf::Wt, Buf::Xp, layer_out(l), tape, Buf::Seq, Buf::Wt, Buf::Hp];
+                let step_bufs = vec![Buf::Wt, Buf::Xp, self.layer_out(l), tape, Buf::Seq, Buf::Wt, Buf::Hp];
                 let base = StepParams {
                     hidden: hs as u32,
                     out_size: ho as u32,
@@ -660,11 +714,11 @@ impl FusedPlan {
                         });
                     }
                 }
-                for t in order(dir).into_iter().filter(|_| !single) {
+                for t in self.order(dir).into_iter().filter(|_| !single) {
                     let rows = layout.batch_sizes[t];
                     if vec4 {
                         // The states this step's rows start from, contiguous for vec4 loads.
-                        fwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Hp],
+                        fwd.push(util(params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Hp],
                             UtilParams { rows: rows as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: tables.prev_off(dir) + tables.step_offset(t) as u32, dst_off: 0, ..Default::default() }, rows * ho));
                     }
                     let sp = StepParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
@@ -677,7 +731,7 @@ impl FusedPlan {
                 // h_n (and c_n) at each sequence's own last step, into the caller's order.
                 fwd.push(Op {
                     kernel: Kernel::GatherLast,
-                    bufs: vec![layer_out(l), Buf::Dummy, Buf::Seq, Buf::HN],
+                    bufs: vec![self.layer_out(l), Buf::Dummy, Buf::Seq, Buf::HN],
                     param_offset: params.push(&UtilParams {
                         rows: b as u32,
                         width: ho as u32,
@@ -686,7 +740,7 @@ impl FusedPlan {
                         src_col: (dir * ho) as u32,
                         state_off: NONE,
                         seq_off: tables.last_off(dir),
-                        dst_off: state_block(s, ho),
+                        dst_off: self.state_block(s, ho),
                         ..Default::default()
                     }),
                     groups: groups_linear(b * ho),
@@ -703,7 +757,7 @@ impl FusedPlan {
                             src_col: 0,
                             state_off: NONE,
                             seq_off: tables.last_off(dir),
-                            dst_off: state_block(s, hs),
+                            dst_off: self.state_block(s, hs),
                             ..Default::default()
                         }),
                         groups: groups_linear(b * hs),
@@ -712,204 +766,296 @@ impl FusedPlan {
             }
         }
 
-        // ---- backward ----
+        fwd
+    }
+
+    /// The backward's ops (training plans): layers last to first; per direction the states
+    /// each row started from, the final states' gradients seeded, the steps in reverse (per
+    /// step, or the single-dispatch runs), the initial states' gradients, then the weight and
+    /// input gradients over all rows.
+    fn backward_ops(&self, params: &mut ParamBlocks) -> Vec<Op> {
+        let Fused { cfg, layout, inputs, cell, n, b, steps, hs, ho, d, gh, p, lstm, out_w, off_tab, bs_tab, rec_vec4, rec_wide, single, bwd_run, .. } = *self;
+        let (woff, tables) = (&self.woff, &self.tables);
+        let TapeLayout { gates: gates_off, c: c_off, aux: aux_off, hs: hs_off, .. } = self.tape;
+        let WtLayout { hh: wt_hh_off, w4: wt_w4_off, .. } = self.wt;
+        let GradLayout { dh: dh_off, dc: dc_off, dhtot: dhtot_off, dhpre: dhpre_off, hprev: hprev_off, cprev: cprev_off, dgh: dgh_off, .. } = self.grad;
+        let grad_kernel = Kernel::CellGrad { cell };
         let mut bwd = Vec::new();
-        if training {
-            for l in (0..cfg.num_layers).rev() {
-                let in_size = cfg.layer_input_size(l);
-                let dy = if l + 1 == cfg.num_layers { Buf::GradOutput } else { Buf::Dx(((l + 1) % 2) as u8) };
-                let dx = if l == 0 { Buf::GradInput } else { Buf::Dx((l % 2) as u8) };
-                let pad = padded(l);
-                let k_in = pad.unwrap_or(in_size);
-                if let Some(ip) = pad {
-                    bwd.push(pad_rows(&mut params, layer_in(l), Buf::XPad, n, in_size, (0, in_size), (0, ip)));
+        for l in (0..cfg.num_layers).rev() {
+            let in_size = cfg.layer_input_size(l);
+            let dy = if l + 1 == cfg.num_layers { Buf::GradOutput } else { Buf::Dx(((l + 1) % 2) as u8) };
+            let dx = if l == 0 { Buf::GradInput } else { Buf::Dx((l % 2) as u8) };
+            let pad = padded_input(cfg, l);
+            let k_in = pad.unwrap_or(in_size);
+            if let Some(ip) = pad {
+                bwd.push(pad_rows(params, self.layer_in(l), Buf::XPad, n, in_size, (0, in_size), (0, ip)));
+            }
+            let x_in = if pad.is_some() { Buf::XPad } else { self.layer_in(l) };
+            for dir in 0..d {
+                let s = l * d + dir;
+                let w = woff[s];
+                let tape = self.tape_of(l, dir);
+                // States each row started from (also the B operand of dW_hh).
+                bwd.push(util(params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
+                    UtilParams { rows: n as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: tables.prev_off(dir), dst_off: hprev_off as u32, ..Default::default() }, n * ho));
+                if lstm {
+                    bwd.push(util(params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
+                        UtilParams { rows: n as u32, width: hs as u32, src_off: c_off as u32, src_ld: hs as u32, seq_off: tables.prev_off(dir), dst_off: cprev_off as u32, ..Default::default() }, n * hs));
                 }
-                let x_in = if pad.is_some() { Buf::XPad } else { layer_in(l) };
-                for dir in 0..d {
-                    let s = l * d + dir;
-                    let w = woff[s];
-                    let tape = tape_of(l, dir);
-                    // States each row started from (also the B operand of dW_hh).
-                    bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
-                        UtilParams { rows: n as u32, width: ho as u32, src_off: hs_off as u32, src_ld: ho as u32, seq_off: tables.prev_off(dir), dst_off: hprev_off as u32, ..Default::default() }, n * ho));
-                    if lstm {
-                        bwd.push(util(&mut params, Kernel::GatherPrev, vec![tape, Buf::Dummy, Buf::Seq, Buf::Prev],
-                            UtilParams { rows: n as u32, width: hs as u32, src_off: c_off as u32, src_ld: hs as u32, seq_off: tables.prev_off(dir), dst_off: cprev_off as u32, ..Default::default() }, n * hs));
-                    }
-                    // Seed each sequence's final row with grad_h_n (grad_c_n).
+                // Seed each sequence's final row with grad_h_n (grad_c_n).
+                bwd.push(util(
+                    params,
+                    Kernel::ScatterLast,
+                    vec![Buf::Dummy, if inputs.grad_h_n { Buf::GradHN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
+                    UtilParams {
+                        rows: b as u32,
+                        width: ho as u32,
+                        state_off: if inputs.grad_h_n { self.state_block(s, ho) } else { NONE },
+                        seq_off: tables.last_off(dir),
+                        dst_off: dh_off as u32,
+                        ..Default::default()
+                    },
+                    b * ho,
+                ));
+                if lstm {
                     bwd.push(util(
-                        &mut params,
+                        params,
                         Kernel::ScatterLast,
-                        vec![Buf::Dummy, if inputs.grad_h_n { Buf::GradHN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
+                        vec![Buf::Dummy, if inputs.grad_c_n { Buf::GradCN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
                         UtilParams {
                             rows: b as u32,
-                            width: ho as u32,
-                            state_off: if inputs.grad_h_n { state_block(s, ho) } else { NONE },
+                            width: hs as u32,
+                            state_off: if inputs.grad_c_n { self.state_block(s, hs) } else { NONE },
                             seq_off: tables.last_off(dir),
-                            dst_off: dh_off as u32,
+                            dst_off: dc_off as u32,
                             ..Default::default()
                         },
-                        b * ho,
+                        b * hs,
                     ));
-                    if lstm {
-                        bwd.push(util(
-                            &mut params,
-                            Kernel::ScatterLast,
-                            vec![Buf::Dummy, if inputs.grad_c_n { Buf::GradCN } else { Buf::Dummy }, Buf::Seq, Buf::Bw],
-                            UtilParams {
-                                rows: b as u32,
-                                width: hs as u32,
-                                state_off: if inputs.grad_c_n { state_block(s, hs) } else { NONE },
-                                seq_off: tables.last_off(dir),
-                                dst_off: dc_off as u32,
-                                ..Default::default()
-                            },
-                            b * hs,
-                        ));
-                    }
-                    let base = BackParams {
-                        hidden: hs as u32,
-                        out_size: ho as u32,
-                        out_ld: out_w as u32,
-                        out_col: (dir * ho) as u32,
-                        w_hh: wt_w4_off as u32,
-                        w_hr: w.w_hr,
-                        prev_off: tables.prev_off(dir),
-                        n_rows: n as u32,
-                        gates_off: gates_off as u32,
-                        c_off: c_off as u32,
-                        aux_off: aux_off as u32,
-                        hprev_off: hprev_off as u32,
-                        cprev_off: cprev_off as u32,
-                        dh_off: dh_off as u32,
-                        dc_off: dc_off as u32,
-                        dhtot_off: dhtot_off as u32,
-                        dhpre_off: dhpre_off as u32,
-                        dgx_off: 0,
-                        dgh_off: dgh_off as u32,
-                        proj: (p > 0) as u32,
-                        wt_hh: wt_hh_off as u32,
-                        w_hh_flat: w.w_hh,
-                        steps: steps as u32,
-                        reverse: (dir == 1) as u32,
-                        off_tab,
-                        bs_tab,
-                        init_off: tables.prev_off(0),
-                        last_off: tables.last_off(dir),
-                        ..Default::default()
-                    };
-                    let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
-                    if single {
-                        // Runs of steps within the adapter's loop budget, in backward order.
-                        for (t0, len) in loop_runs(steps, bwd_run, dir == 0) {
-                            let run = BackParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
-                            bwd.push(Op {
-                                kernel: Kernel::LoopGrad { cell, small: hs <= 64 },
-                                bufs: step_bufs.clone(),
-                                param_offset: params.push(&run),
-                                groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
-                            });
-                        }
-                    } else if rec_vec4 {
-                        // W_hh for the recurrent gradient product, transposed for the vec4 kernel
-                        // (the forward's copies are overwritten by later layer-directions).
-                        bwd.push(util(&mut params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
-                            UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
-                    } else {
-                        bwd.push(util(&mut params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
-                            UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
-                    }
-                    let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
-                    for t in order(dir).into_iter().rev().filter(|_| !single) {
-                        let rows = layout.batch_sizes[t];
-                        let bp = BackParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
-                        let po = params.push(&bp);
-                        if p > 0 {
-                            bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
-                        }
-                        bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
+                }
+                let base = BackParams {
+                    hidden: hs as u32,
+                    out_size: ho as u32,
+                    out_ld: out_w as u32,
+                    out_col: (dir * ho) as u32,
+                    w_hh: wt_w4_off as u32,
+                    w_hr: w.w_hr,
+                    prev_off: tables.prev_off(dir),
+                    n_rows: n as u32,
+                    gates_off: gates_off as u32,
+                    c_off: c_off as u32,
+                    aux_off: aux_off as u32,
+                    hprev_off: hprev_off as u32,
+                    cprev_off: cprev_off as u32,
+                    dh_off: dh_off as u32,
+                    dc_off: dc_off as u32,
+                    dhtot_off: dhtot_off as u32,
+                    dhpre_off: dhpre_off as u32,
+                    dgx_off: 0,
+                    dgh_off: dgh_off as u32,
+                    proj: (p > 0) as u32,
+                    wt_hh: wt_hh_off as u32,
+                    w_hh_flat: w.w_hh,
+                    steps: steps as u32,
+                    reverse: (dir == 1) as u32,
+                    off_tab,
+                    bs_tab,
+                    init_off: tables.prev_off(0),
+                    last_off: tables.last_off(dir),
+                    ..Default::default()
+                };
+                let step_bufs = vec![Buf::Weights, dy, tape, Buf::Prev, Buf::Seq, Buf::Bw, Buf::Dg];
+                if single {
+                    // Runs of steps within the adapter's loop budget, in backward order.
+                    for (t0, len) in loop_runs(steps, bwd_run, dir == 0) {
+                        let run = BackParams { steps: len as u32, off_tab: off_tab + t0 as u32, bs_tab: bs_tab + t0 as u32, ..base };
                         bwd.push(Op {
-                            kernel: Kernel::RecurrentGrad { cell, vec4: rec_vec4, wide: rec_wide },
-                            bufs: rec_bufs.clone(),
-                            param_offset: po,
-                            groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), if rec_wide { 256 } else { 64 }),
+                            kernel: Kernel::LoopGrad { cell, small: hs <= 64 },
+                            bufs: step_bufs.clone(),
+                            param_offset: params.push(&run),
+                            groups: [layout.batch_sizes[t0].div_ceil(LOOP_ROWS) as u32, 1, 1],
                         });
                     }
-                    // Initial-state gradients: rows N.. of dh_rec / dc_rec, caller's order.
+                } else if rec_vec4 {
+                    // W_hh for the recurrent gradient product, transposed for the vec4 kernel
+                    // (the forward's copies are overwritten by later layer-directions).
+                    bwd.push(util(params, Kernel::Transpose, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: gh as u32, width: ho as u32, src_off: w.w_hh, dst_off: wt_hh_off as u32, ..Default::default() }, gh * ho));
+                } else {
+                    bwd.push(util(params, Kernel::Copy, vec![Buf::Weights, Buf::Dummy, Buf::Seq, Buf::Wt],
+                        UtilParams { rows: 1, width: (gh * ho) as u32, src_off: w.w_hh, dst_off: wt_w4_off as u32, ..Default::default() }, gh * ho));
+                }
+                let rec_bufs = vec![Buf::Wt, Buf::Dg, dy, tape, Buf::Seq, Buf::Bw, Buf::Wt, Buf::Dg];
+                for t in self.order(dir).into_iter().rev().filter(|_| !single) {
+                    let rows = layout.batch_sizes[t];
+                    let bp = BackParams { row_off: tables.step_offset(t) as u32, rows: rows as u32, ..base };
+                    let po = params.push(&bp);
+                    if p > 0 {
+                        bwd.push(Op { kernel: Kernel::ProjGrad, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows.div_ceil(ROW_BLOCK), 64) });
+                    }
+                    bwd.push(Op { kernel: grad_kernel, bufs: step_bufs.clone(), param_offset: po, groups: groups_2d(hs, rows, 64) });
+                    bwd.push(Op {
+                        kernel: Kernel::RecurrentGrad { cell, vec4: rec_vec4, wide: rec_wide },
+                        bufs: rec_bufs.clone(),
+                        param_offset: po,
+                        groups: groups_2d(ho, rows.div_ceil(ROW_BLOCK), if rec_wide { 256 } else { 64 }),
+                    });
+                }
+                // Initial-state gradients: rows N.. of dh_rec / dc_rec, caller's order.
+                bwd.push(util(
+                    params,
+                    Kernel::Copy,
+                    vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradH0],
+                    UtilParams { rows: b as u32, width: ho as u32, src_off: (dh_off + n * ho) as u32, dst_off: self.state_block(s, ho), ..Default::default() },
+                    b * ho,
+                ));
+                if lstm {
                     bwd.push(util(
-                        &mut params,
+                        params,
                         Kernel::Copy,
-                        vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradH0],
-                        UtilParams { rows: b as u32, width: ho as u32, src_off: (dh_off + n * ho) as u32, dst_off: state_block(s, ho), ..Default::default() },
-                        b * ho,
+                        vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradC0],
+                        UtilParams { rows: b as u32, width: hs as u32, src_off: (dc_off + n * hs) as u32, dst_off: self.state_block(s, hs), ..Default::default() },
+                        b * hs,
                     ));
-                    if lstm {
-                        bwd.push(util(
-                            &mut params,
-                            Kernel::Copy,
-                            vec![Buf::Bw, Buf::Dummy, Buf::Seq, Buf::GradC0],
-                            UtilParams { rows: b as u32, width: hs as u32, src_off: (dc_off + n * hs) as u32, dst_off: state_block(s, hs), ..Default::default() },
-                            b * hs,
-                        ));
-                    }
-                    // Post-loop GEMMs over all rows.
-                    // dW_ih = dG_x^T X (through the padded copies when padded)
-                    let dw = if pad.is_some() { (Buf::DwPad, 0) } else { (Buf::GradWeights, w.w_ih) };
-                    bwd.extend(gemm_rows(&mut params, vec![Buf::Dg, x_in, dw.0, Buf::Dummy], GemmParams {
-                        m: gh as u32, n: k_in as u32, k: n as u32,
-                        a_off: 0, a_rs: 1, a_cs: gh as u32,
-                        b_off: 0, b_rs: k_in as u32, b_cs: 1,
-                        c_off: dw.1, ldc: k_in as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
-                    }));
-                    if pad.is_some() {
-                        bwd.push(pad_rows(&mut params, Buf::DwPad, Buf::GradWeights, gh, in_size, (0, k_in), (w.w_ih, in_size)));
-                    }
-                    // dW_hh = dG_h^T H_prev
-                    bwd.extend(gemm_rows(&mut params, vec![Buf::Dg, Buf::Prev, Buf::GradWeights, Buf::Dummy], GemmParams {
-                        m: gh as u32, n: ho as u32, k: n as u32,
-                        a_off: dgh_off as u32, a_rs: 1, a_cs: gh as u32,
-                        b_off: hprev_off as u32, b_rs: ho as u32, b_cs: 1,
-                        c_off: w.w_hh, ldc: ho as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
-                    }));
-                    if cfg.bias {
-                        for (src, dst) in [(0usize, w.b_ih), (dgh_off, w.b_hh)] {
-                            // In runs of rows, accumulating in row order (see COLSUM_ROWS).
-                            for up in UtilParams::colsum_runs(n, gh, src, gh, dst as usize, COLSUM_ROWS) {
-                                bwd.push(util(&mut params, Kernel::ColSum, vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights], up, gh));
-                            }
+                }
+                // Post-loop GEMMs over all rows.
+                // dW_ih = dG_x^T X (through the padded copies when padded)
+                let dw = if pad.is_some() { (Buf::DwPad, 0) } else { (Buf::GradWeights, w.w_ih) };
+                bwd.extend(self.gemm_rows(params, vec![Buf::Dg, x_in, dw.0, Buf::Dummy], GemmParams {
+                    m: gh as u32, n: k_in as u32, k: n as u32,
+                    a_off: 0, a_rs: 1, a_cs: gh as u32,
+                    b_off: 0, b_rs: k_in as u32, b_cs: 1,
+                    c_off: dw.1, ldc: k_in as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
+                }));
+                if pad.is_some() {
+                    bwd.push(pad_rows(params, Buf::DwPad, Buf::GradWeights, gh, in_size, (0, k_in), (w.w_ih, in_size)));
+                }
+                // dW_hh = dG_h^T H_prev
+                bwd.extend(self.gemm_rows(params, vec![Buf::Dg, Buf::Prev, Buf::GradWeights, Buf::Dummy], GemmParams {
+                    m: gh as u32, n: ho as u32, k: n as u32,
+                    a_off: dgh_off as u32, a_rs: 1, a_cs: gh as u32,
+                    b_off: hprev_off as u32, b_rs: ho as u32, b_cs: 1,
+                    c_off: w.w_hh, ldc: ho as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
+                }));
+                if cfg.bias {
+                    for (src, dst) in [(0usize, w.b_ih), (dgh_off, w.b_hh)] {
+                        // In runs of rows, accumulating in row order (see COLSUM_ROWS).
+                        for up in UtilParams::colsum_runs(n, gh, src, gh, dst as usize, COLSUM_ROWS) {
+                            bwd.push(util(params, Kernel::ColSum, vec![Buf::Dg, Buf::Dummy, Buf::Seq, Buf::GradWeights], up, gh));
                         }
                     }
-                    if p > 0 {
-                        // dW_hr = dh_tot^T (o * tanh(c))
-                        bwd.extend(gemm_rows(&mut params, vec![Buf::Bw, tape, Buf::GradWeights, Buf::Dummy], GemmParams {
-                            m: p as u32, n: hs as u32, k: n as u32,
-                            a_off: dhtot_off as u32, a_rs: 1, a_cs: p as u32,
-                            b_off: aux_off as u32, b_rs: hs as u32, b_cs: 1,
-                            c_off: w.w_hr, ldc: hs as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
-                        }));
-                    }
-                    // dX (+)= dG_x W_ih; the second direction accumulates.
-                    let (w_src, w_off, dx_dst) = if pad.is_some() {
-                        bwd.push(pad_rows(&mut params, Buf::Weights, Buf::WPad, gh, in_size, (w.w_ih, in_size), (0, k_in)));
-                        (Buf::WPad, 0, Buf::DxPad)
-                    } else {
-                        (Buf::Weights, w.w_ih, dx)
-                    };
-                    bwd.extend(gemm(&mut params, vec![Buf::Dg, w_src, dx_dst, Buf::Dummy], GemmParams {
-                        m: n as u32, n: k_in as u32, k: gh as u32,
-                        a_off: 0, a_rs: gh as u32, a_cs: 1,
-                        b_off: w_off, b_rs: k_in as u32, b_cs: 1,
-                        c_off: 0, ldc: k_in as u32, bias_off: NONE, alpha: 1.0, beta: if dir == 0 { 0.0 } else { 1.0 }, ..Default::default()
+                }
+                if p > 0 {
+                    // dW_hr = dh_tot^T (o * tanh(c))
+                    bwd.extend(self.gemm_rows(params, vec![Buf::Bw, tape, Buf::GradWeights, Buf::Dummy], GemmParams {
+                        m: p as u32, n: hs as u32, k: n as u32,
+                        a_off: dhtot_off as u32, a_rs: 1, a_cs: p as u32,
+                        b_off: aux_off as u32, b_rs: hs as u32, b_cs: 1,
+                        c_off: w.w_hr, ldc: hs as u32, bias_off: NONE, alpha: 1.0, beta: 0.0, ..Default::default()
                     }));
                 }
-                if pad.is_some() {
-                    bwd.push(pad_rows(&mut params, Buf::DxPad, dx, n, in_size, (0, k_in), (0, in_size)));
-                }
+                // dX (+)= dG_x W_ih; the second direction accumulates.
+                let (w_src, w_off, dx_dst) = if pad.is_some() {
+                    bwd.push(pad_rows(params, Buf::Weights, Buf::WPad, gh, in_size, (w.w_ih, in_size), (0, k_in)));
+                    (Buf::WPad, 0, Buf::DxPad)
+                } else {
+                    (Buf::Weights, w.w_ih, dx)
+                };
+                bwd.extend(gemm(params, vec![Buf::Dg, w_src, dx_dst, Buf::Dummy], GemmParams {
+                    m: n as u32, n: k_in as u32, k: gh as u32,
+                    a_off: 0, a_rs: gh as u32, a_cs: 1,
+                    b_off: w_off, b_rs: k_in as u32, b_cs: 1,
+                    c_off: 0, ldc: k_in as u32, bias_off: NONE, alpha: 1.0, beta: if dir == 0 { 0.0 } else { 1.0 }, ..Default::default()
+                }));
+            }
+            if pad.is_some() {
+                bwd.push(pad_rows(params, Buf::DxPad, dx, n, in_size, (0, k_in), (0, in_size)));
             }
         }
+        bwd
+    }
 
-        let seq = tables.words();
-        let seq_buf = ctx.buffer("sequence tables", (seq.len() * 4) as u64, st | wgpu::BufferUsages::COPY_DST)?;
+    /// Layer-direction s's block of a `[L*D, B, width]` state tensor.
+    fn state_block(&self, s: usize, width: usize) -> u32 {
+        (s * self.b * width) as u32
+    }
+
+    /// The time steps of direction `dir` in the forward's processing order.
+    fn order(&self, dir: usize) -> Vec<usize> {
+        if dir == 0 { (0..self.steps).collect() } else { (0..self.steps).rev().collect() }
+    }
+
+    /// The tape of layer-direction (l, dir): one per layer-direction in training, one shared
+    /// in inference.
+    fn tape_of(&self, l: usize, dir: usize) -> Buf {
+        if self.training { Buf::Tape((l * self.d + dir) as u16) } else { Buf::Tape(0) }
+    }
+
+    fn layer_out(&self, l: usize) -> Buf {
+        if l + 1 == self.cfg.num_layers { Buf::Output } else { Buf::LayerOut(l as u16) }
+    }
+
+    fn layer_in(&self, l: usize) -> Buf {
+        if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) }
+    }
+
+    /// A weight-gradient GEMM (k = all N rows). One pass streams the whole of B through every
+    /// workgroup, which falls out of cache once B passes a few MiB; k is split into chunks
+    /// whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128, k 16384) went
+    /// from 18x the k = 2048 time to 8x.
+    fn gemm_rows(&self, params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams) -> Vec<Op> {
+        let chunk = (GEMM_CHUNK_BYTES / (self.prec.bytes() * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
+        gemm_runs(params, bufs, gp, chunk)
+    }
+}
+
+/// A row-utility op (util.wgsl) over `count` elements.
+fn util(params: &mut ParamBlocks, kernel: Kernel, bufs: Vec<Buf>, up: UtilParams, count: usize) -> Op {
+    Op { kernel, bufs, param_offset: params.push(&up), groups: groups_linear(count) }
+}
+
+/// dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] (c < width), else 0.
+#[allow(clippy::too_many_arguments)]
+fn pad_rows(params: &mut ParamBlocks, src: Buf, dst: Buf, rows: usize, width: usize, (src_off, src_ld): (u32, usize), (dst_off, dst_ld): (u32, usize)) -> Op {
+    util(params, Kernel::PadRows, vec![src, Buf::Dummy, Buf::Seq, dst],
+        UtilParams { rows: rows as u32, width: width as u32, src_off, src_ld: src_ld as u32, dst_off, dst_ld: dst_ld as u32, ..Default::default() }, rows * dst_ld)
+}
+
+/// A GEMM op; it binds B and A a second time as vec4s (bindings 5, 6) for gemm4 / gemm44.
+fn gemm_op(params: &mut ParamBlocks, mut bufs: Vec<Buf>, gp: GemmParams) -> Op {
+    bufs.push(bufs[1]);
+    bufs.push(bufs[0]);
+    Op { kernel: gp.kernel(), bufs, groups: gp.groups(), param_offset: params.push(&gp) }
+}
+
+/// C = A B (+ bias) with k walked in runs of at most `run`, each a dispatch accumulating into C
+/// (beta = 1 after the first), the bias added by the first only, in a fixed order.
+fn gemm_runs(params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams, run: u32) -> Vec<Op> {
+    gp.runs(run).into_iter().map(|part| gemm_op(params, bufs.clone(), part)).collect()
+}
+
+/// One invocation loops over k, so a long k (a wide layer input, a large G*H) is cut into runs
+/// of at most GEMM_K_RUN (see the loop cap in `loop_iteration_budget`).
+fn gemm(params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams) -> Vec<Op> {
+    gemm_runs(params, bufs, gp, GEMM_K_RUN as u32)
+}
+
+impl FusedPlan {
+    /// Prepares a plan with the forward's step strategy: checks limits, uploads the parameter
+    /// blocks and sequence tables, allocates workspaces and builds the pipelines. The parts:
+    /// [`Fused::new`] (checks, layouts, the strategy's choices), [`Fused::workspaces`],
+    /// [`Fused::forward_ops`], [`Fused::backward_ops`], then the tables, parameters and
+    /// pipelines here.
+    pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, inputs: StateInputs, strategy: StepStrategy) -> Result<Self> {
+        let _serial = ctx.exclusive();
+        let fu = Fused::new(ctx, cfg, layout, pass, inputs, strategy)?;
+        let mut own = fu.workspaces()?;
+        let mut params = ParamBlocks::new(ctx);
+        let fwd = fu.forward_ops(&mut params);
+        let bwd = if fu.training { fu.backward_ops(&mut params) } else { Vec::new() };
+
+        let seq = fu.tables.words();
+        let seq_buf = ctx.buffer("sequence tables", (seq.len() * 4) as u64, wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST)?;
         // Inside an error scope: a write the device refuses is a typed error, not wgpu's panic.
         super::readback::write(ctx, &seq_buf, bytemuck::cast_slice(seq))?;
         own.insert(Buf::Seq, seq_buf);
@@ -918,7 +1064,7 @@ impl FusedPlan {
         let mut pipelines = HashMap::new();
         for op in fwd.iter().chain(&bwd) {
             if let std::collections::hash_map::Entry::Vacant(e) = pipelines.entry(op.kernel) {
-                e.insert(ctx.pipeline_at(op.kernel, prec)?);
+                e.insert(ctx.pipeline_at(op.kernel, fu.prec)?);
             }
         }
         Ok(FusedPlan {
@@ -927,9 +1073,9 @@ impl FusedPlan {
             pass,
             inputs,
             layout: layout.clone(),
-            n,
-            b,
-            weight_elems,
+            n: fu.n,
+            b: fu.b,
+            weight_elems: fu.weight_elems,
             params: params_buf,
             own,
             forward_ops: fwd,
