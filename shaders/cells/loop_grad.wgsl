@@ -1,7 +1,7 @@
 // The single-dispatch loop's backward (cell_loop_grad), after stage.wgsl (whose loop table,
 // LR and Prod it shares) for the cells with a per-unit step that do not read the layer input
-// (cells::cell_wgsl!): a run of p.steps steps of a
-// layer-direction in the backward's processing order, stages last to first, in one dispatch;
+// (cells::cell_wgsl!): a run of p.steps steps of a layer-direction in the backward's
+// processing order, stages last to first, in one dispatch;
 // workgroup w owns the sorted rows w * LR .. w * LR + LR, as in cell_loop. Per stage:
 // row_backward for the rows (the cell's gradients: dxp, dr, de, the state gradients), then
 // where the stage has a product, its dr rows into workgroup memory (`dgr`, the rows in the
@@ -14,7 +14,8 @@
 // reads the loop table.
 // Bindings (kernels::Family::LoopGrad): the prelude's up to @7 (bws read-write); @8 the loop
 // table. A cut run (Mesa's loop cap) leaves NaN in the rows' state gradients and in the dxp,
-// dr and de rows of its last step, so every gradient after it is NaN, never partial.
+// dr and de rows of its last step, which the weight and input gradients sum and a next run
+// carries on (on lavapipe only in the columns of invocations 0..7: see loop_cut).
 
 // A product's most rows: its dr rows in workgroup memory, with `cut` within WebGPU's default
 // 16 KiB (so a 4-gate product up to 255 units).

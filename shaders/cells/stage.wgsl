@@ -209,7 +209,7 @@ fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // The backward (cell_loop_grad, loop_grad.wgsl, joined after this file) walks a run of steps
 // the same way.
 // Mesa's gallivm ends an invocation's loops after 65,535 iterations in all (see
-// gpu::plan::loop_iteration_budget): the host sizes runs by `loop_cell_iterations`, an upper
+// gpu::plan::loop_iteration_budget): the host sizes runs by `Shape::loop_iterations`, an upper
 // bound of this kernel's loop iterations per step; should a run still be cut short, the step
 // counter stops short (for some invocations: `loop_cut`) and every state and the run's last
 // output row of the workgroup's rows become NaN (straight-line code), never stale values.
