@@ -240,7 +240,11 @@ pub fn exercise(data: &[u8]) -> &'static str {
             }
         }
     };
-    let written = |k: usize| matches!(k, 2 | 4 | 5) || (k >= 7 && matches!((k - 7) % 4, 1 | 3));
+    // What each recording writes: the forward its output and final states, the backward the
+    // input and weight gradients and the initial states' gradients (it reads the forward's
+    // output). Two roles of one recording that are both read may share a buffer.
+    let fwd_writes = |k: usize| k == 2 || (k >= 7 && (k - 7) % 4 == 1);
+    let bwd_writes = |k: usize| matches!(k, 4 | 5) || (k >= 7 && (k - 7) % 4 == 3);
     let must_refuse = match input.defect {
         Defect::None => false,
         Defect::Size { role, .. } => short[role as usize % ROLES] && used(role as usize % ROLES),
@@ -254,8 +258,9 @@ pub fn exercise(data: &[u8]) -> &'static str {
             let (a, b) = (r as usize % ROLES, of as usize % ROLES);
             let forward = |k: usize| matches!(k, 0..=2 | 6) || (k >= 7 && (k - 7) % 4 < 2);
             let backward = |k: usize| k <= 6 || (k >= 7 && (k - 7) % 4 != 1);
-            let together = (forward(a) && forward(b)) || (input.training && backward(a) && backward(b));
-            a != b && used(a) && used(b) && together && (written(a) || written(b))
+            let in_forward = forward(a) && forward(b) && (fwd_writes(a) || fwd_writes(b));
+            let in_backward = input.training && backward(a) && backward(b) && (bwd_writes(a) || bwd_writes(b));
+            a != b && used(a) && used(b) && (in_forward || in_backward)
         }
         Defect::Slice { which, longer } => {
             let w = which as usize % 4;
