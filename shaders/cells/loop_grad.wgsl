@@ -71,17 +71,8 @@ fn poison_span(at: u32, len: u32, l: u32) {
 }
 
 fn poison_grad_row(row: u32, l: u32) {
-    let nan = poison(l);
-    // The state gradients (<= 512 columns).
-    var j = l;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); } j += WG;
-    if (j < p.sw) { ds_set(row, j, nan); }
+    // The state gradients (the states' slot in this binding; stage.wgsl's poison_row).
+    poison_row(row, l, false);
     poison_span(p.dxp_off + packed(row) * p.gx, p.gx, l);
     poison_span(p.dr_off + packed(row) * p.rw, p.rw, l);
     poison_span(p.de_off + packed(row) * p.ew, p.ew, l);

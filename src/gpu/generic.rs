@@ -892,16 +892,10 @@ impl<'a> Shape<'a> {
                 prods.push(tab.len());
                 tab.push(dm.lay.stages.len() as u32);
                 for (st, stage) in dm.lay.stages.iter().enumerate() {
-                    let Some(pr) = stage else {
-                        tab.extend([0; 9]);
-                        continue;
-                    };
-                    let (r_off, bias) = product_weights(&self.woffs[k], pr)?;
-                    let (state, a_off, a_ld) = self.product_input(dm, k, pr, 0);
-                    let v = [pr.gates, pr.rows, pr.k, r_off, 0, dm.roffs[st], a_off, a_ld, state as usize];
-                    tab.extend(v.map(|x| x as u32));
-                    let at = tab.len() - 5;
-                    tab[at] = bias.map_or(NONE, |o| o as u32);
+                    match stage {
+                        Some(pr) => tab.extend(self.product_desc(dm, k, st, pr, 0)?),
+                        None => tab.extend([0; 9]),
+                    }
                 }
             }
         }
@@ -1084,7 +1078,7 @@ impl<'a> Shape<'a> {
     /// of its product's input (and in stage 0 of a training or zoneout step the states'
     /// save), then the stage kernel.
     fn stage_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &CellParams, (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
-        let (lay, wo, cell) = (&dm.lay, &self.woffs[k], self.cfg.mode);
+        let (lay, cell) = (&dm.lay, self.cfg.mode);
         let rows = cp.rows as usize;
         for (st, stage) in lay.stages.iter().enumerate() {
             let save = (self.training || self.zone) && st == 0;
@@ -1092,17 +1086,8 @@ impl<'a> Shape<'a> {
             let mut pu = 0;
             if let Some(pr) = stage {
                 pu = pr.rows / pr.gates;
-                p.pg = pr.gates as u32;
-                p.prows = pr.rows as u32;
-                p.pk = pr.k as u32;
-                let (r_off, bias) = product_weights(wo, pr)?;
-                p.pw = r_off as u32;
-                p.pb = bias.map_or(NONE, |o| o as u32);
-                p.pcol = dm.roffs[st] as u32;
-                let (state, a_off, a_ld) = self.product_input(dm, k, pr, cp.trow as usize);
-                p.pa_off = a_off as u32;
-                p.pa_ld = a_ld as u32;
-                p.pa_state = state as u32;
+                let [pg, prows, pk, pw, pb, pcol, pa_off, pa_ld, pa_state] = self.product_desc(dm, k, st, pr, cp.trow as usize)?;
+                p = CellParams { pg, prows, pk, pw, pb, pcol, pa_off, pa_ld, pa_state, ..p };
             }
             if stage.is_some() || save {
                 // The product's input rows to `pin` (written through the scratch binding),
@@ -1125,6 +1110,17 @@ impl<'a> Shape<'a> {
             bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates }, &p, sb, groups);
         }
         Ok(())
+    }
+
+    /// Stage `st`'s product `pr` of layer-direction k as the kernels take it (the stage
+    /// kernel's parameters, the loop table's entries; stage.wgsl's `Prod`): gates, rows, k,
+    /// R's offset, the bias's or NONE, its first column in r, and where its input v lies at
+    /// the step whose tape row is `trow` (offset, row stride, 1 in the states).
+    fn product_desc(&self, dm: &Dims, k: usize, st: usize, pr: &Product, trow: usize) -> Result<[u32; 9]> {
+        let (r_off, bias) = product_weights(&self.woffs[k], pr)?;
+        let (state, a_off, a_ld) = self.product_input(dm, k, pr, trow);
+        let pb = bias.map_or(NONE, |o| o as u32);
+        Ok([pr.gates as u32, pr.rows as u32, pr.k as u32, r_off as u32, pb, dm.roffs[st] as u32, a_off as u32, a_ld as u32, state as u32])
     }
 
     /// Where stage product `pr` of layer-direction k reads its input `v` at the step whose
