@@ -227,12 +227,26 @@ enum Op {
 struct Builder {
     params: ParamBlocks,
     max_groups: u32,
+    /// Bytes per stored element (the plan's precision).
+    elem_bytes: usize,
 }
 
 impl Builder {
     /// `C = op(A) op(B) (+ bias) + beta C` with `p`'s strides, k in runs of [`K_RUN`] (later
     /// runs add to C; the bias goes with the first).
     fn gemm(&mut self, ops: &mut Vec<Op>, p: GemmParams, a: Buf, b: Buf, c: Buf, bias: Option<Buf>) -> Result<()> {
+        self.gemm_runs(ops, p, a, b, c, bias, K_RUN as u32)
+    }
+
+    /// A weight-gradient GEMM (k = all rows): [`Builder::gemm`] with k in cache-sized runs
+    /// ([`GemmParams::row_run`]).
+    fn gemm_rows(&mut self, ops: &mut Vec<Op>, p: GemmParams, a: Buf, b: Buf, c: Buf) -> Result<()> {
+        let run = p.row_run(self.elem_bytes);
+        self.gemm_runs(ops, p, a, b, c, None, run)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn gemm_runs(&mut self, ops: &mut Vec<Op>, p: GemmParams, a: Buf, b: Buf, c: Buf, bias: Option<Buf>, run: u32) -> Result<()> {
         if p.m == 0 || p.n == 0 {
             return Ok(());
         }
@@ -241,7 +255,7 @@ impl Builder {
             return Err(Error::Limit(format!("GEMM {}x{} exceeds {max} workgroups per dimension", p.m, p.n)));
         }
         let bias_buf = bias.unwrap_or(b);
-        for q in p.runs(K_RUN as u32) {
+        for q in p.runs(run) {
             let off = self.params.push(&q);
             ops.push(Op::Dispatch { kernel: q.kernel(), param_off: off, groups: q.groups(), bufs: vec![a, b, c, bias_buf, b, a] });
         }
@@ -355,7 +369,7 @@ impl CellPlan {
         check_gpu(ctx, sh.n, sh.b, prec, &sh.sizes())?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
-        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension };
+        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes() };
         let forward_ops = sh.forward_ops(&mut bl)?;
         let backward_ops = if sh.training { sh.backward_ops(&mut bl)? } else { Vec::new() };
         let (states_io, tables) = sh.states_io(&mut bl);
@@ -1261,7 +1275,7 @@ impl<'a> Shape<'a> {
         let (lay, wo, n, sw) = (&dm.lay, &self.woffs[k], self.n, self.sw);
         if lay.xp > 0 {
             let wx = slot_at(wo, Slot::WeightIh, "input matrix")?;
-            bl.gemm(ops, gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), Buf::Bws, x, Buf::GradWeights, None)?;
+            bl.gemm_rows(ops, gp(lay.xp, dm.inw, n, (dxp_off, 1, lay.xp), (0, dm.inw, 1), (wx, dm.inw), None, 0.0), Buf::Bws, x, Buf::GradWeights)?;
             if lay.input_bias {
                 let bo = slot_at(wo, Slot::BiasIh, "input bias")?;
                 bl.colsum(ops, n, lay.xp, Buf::Bws, dxp_off, lay.xp, Buf::GradWeights, bo);
@@ -1275,7 +1289,7 @@ impl<'a> Shape<'a> {
                 Src::State(i) => (dm.sprev_off(n, self.b, true) + dm.soffs[i], sw, 1),
                 Src::Tape { offset } => (dm.tape_off(n) + offset, lay.tape, 1),
             };
-            bl.gemm(ops, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights, None)?;
+            bl.gemm_rows(ops, gp(pr.rows, pr.k, n, (dr_off + dm.roffs[st], 1, dm.rw), bsrc, (r_off, pr.k), None, 0.0), Buf::Bws, tp, Buf::GradWeights)?;
             if let Some(at) = bias {
                 bl.colsum(ops, n, pr.rows, Buf::Bws, dr_off + dm.roffs[st], dm.rw, Buf::GradWeights, at);
             }

@@ -178,10 +178,6 @@ pub const SINGLE_DISPATCH_MAX_MACS: usize = 1 << 16;
 /// lost from 4.2M up (LSTM H 128 B 64: 7.7 vs 4.3 ms; C1: 7.8 vs 3.8 ms).
 pub const SINGLE_DISPATCH_MAX_MACS_GPU: usize = 1 << 19;
 
-/// Bytes of B one chunk of a weight-gradient GEMM (k = all rows) streams: small enough to
-/// stay in a CPU cache while every workgroup reads it (see `gemm_rows` in `FusedPlan::new`).
-const GEMM_CHUNK_BYTES: usize = 1 << 20;
-
 /// The longest k one GEMM dispatch walks: each invocation loops over k, and Mesa's gallivm ends
 /// an invocation's loops after 65,535 iterations (see `LOOP_ITERATIONS_CAPPED`). A multiple of
 /// 4, so runs keep the vec4 kernels' alignment.
@@ -999,13 +995,9 @@ impl<'a> Fused<'a> {
         if l == 0 { Buf::Input } else { Buf::LayerOut(l as u16 - 1) }
     }
 
-    /// A weight-gradient GEMM (k = all N rows). One pass streams the whole of B through every
-    /// workgroup, which falls out of cache once B passes a few MiB; k is split into chunks
-    /// whose slice of B stays cached. Measured on lavapipe: dW_hh (512 x 128, k 16384) went
-    /// from 18x the k = 2048 time to 8x.
+    /// A weight-gradient GEMM (k = all N rows), k in cache-sized runs ([`GemmParams::row_run`]).
     fn gemm_rows(&self, params: &mut ParamBlocks, bufs: Vec<Buf>, gp: GemmParams) -> Vec<Op> {
-        let chunk = (GEMM_CHUNK_BYTES / (self.prec.bytes() * gp.n as usize).max(1)).clamp(256, 4096) as u32 / 64 * 64;
-        gemm_runs(params, bufs, gp, chunk)
+        gemm_runs(params, bufs, gp, gp.row_run(self.prec.bytes()))
     }
 }
 
