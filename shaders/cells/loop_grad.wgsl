@@ -22,12 +22,21 @@
 const LOOP_PROWS: u32 = 1020u;
 var<workgroup> dgr: array<vec4<f32>, LOOP_PROWS>;
 
-// dv = dr R for the rows r0 .. r0 + nr (their dr in dgr), to where the product read v.
+// dv = dr R for the rows r0 .. r0 + nr (their dr in dgr), to where the product read v; one
+// row in scalar sums (as cell_loop's loop_product).
 fn loop_product_grad(pr: Prod, r0: u32, nr: u32, l: u32) {
     for (var k = l; k < pr.pk; k += WG) {
         var acc = vec4<f32>(0.0);
-        for (var c = 0u; c < pr.prows; c++) {
-            acc += f32(w[pr.pw + c * pr.pk + k]) * dgr[c];
+        if (nr == 1u) {
+            var a = 0.0;
+            for (var c = 0u; c < pr.prows; c++) {
+                a += f32(w[pr.pw + c * pr.pk + k]) * dgr[c].x;
+            }
+            acc.x = a;
+        } else {
+            for (var c = 0u; c < pr.prows; c++) {
+                acc += f32(w[pr.pw + c * pr.pk + k]) * dgr[c];
+            }
         }
         for (var i = 0u; i < nr; i++) {
             if (pr.pa_state != 0u) {
@@ -100,7 +109,6 @@ fn poison_grad_rows(r0: u32, l: u32) {
 fn cell_loop_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let r0 = wid.x * LR;
     let l = lid.x;
-    let stages = ltab[p.lprod];
     var t = 0u;
     loop {
         if (t >= p.steps) {
@@ -108,7 +116,7 @@ fn cell_loop_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
         }
         let nr = loop_step(t, r0);
         if (nr > 0u) {
-            for (var s = stages; s > 0u; s--) {
+            for (var s = LOOP_STAGES; s > 0u; s--) {
                 at_stage = s - 1u;
                 for (var i = 0u; i < nr; i++) {
                     row_backward(r0 + i, l);

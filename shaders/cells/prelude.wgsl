@@ -70,8 +70,13 @@ struct CellParams {
     // The single-dispatch loop (stage.wgsl's cell_loop) only:
     steps: u32,       // steps of the run
     ltab: u32,        // the run's first step in the loop table
-    lprod: u32,       // the layer-direction's products in the loop table
-    ltrow: u32,       // 1: a step's tape rows are its packed rows (training)
+    q_rows: u32,      // stage 1's product (stage 0's is pg..pa_state): rows,
+    q_k: u32,         //   k,
+    q_w: u32,         //   R in w,
+    q_b: u32,         //   bias in w or NONE,
+    q_col: u32,       //   first column in r,
+    q_off: u32,       //   input v (in tp) at tape row 0,
+    q_ld: u32,        //   its row stride
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;

@@ -192,7 +192,7 @@ fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // w * LR .. w * LR + LR for the whole run (rows are independent: no workgroup waits for
 // another), and its 64 invocations share the work of a step:
 // - stage 0 of a training step (and with zoneout, which the loop does not run) first saves the
-//   rows' states to the tape (p.save), as stage_input does;
+//   rows' states to the tape (LOOP_TRAIN), as stage_input does;
 // - a stage with a product reads its input rows into workgroup memory (`vin`, k-major, the
 //   rows in the components), then invocation l computes the product's columns l, l + 64, ...
 //   for the rows (each weight read once for LR rows) and writes them to r;
@@ -201,10 +201,13 @@ fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
 // states, that other invocations wrote). It writes exactly what the per-step kernels write
 // (r, states, tape, output), so the backward is the same.
 // Where a step is: the loop table `ltab` (@8, u32, read-only): the run's steps from p.ltab,
-// (first packed row, active rows) in processing order; the layer-direction's products from
-// p.lprod: their count, then per stage (pg, prows, pk, pw, pb, pcol, pa_off, pa_ld, pa_state),
-// pa_off for tape row 0 (a tape input's row moves with the step). The kernel sets at_o,
-// at_trow and at_stage (prelude) for the cell's accessors; p.o, p.trow and p.stage are 0.
+// (first packed row, active rows) in processing order. The layer's stages: the pipeline is
+// specialised for them (kernels::LoopShape: LOOP_STAGES, each product's gates LOOP_G0 and
+// LOOP_G1, 0 for none, whether stage 0's reads a state, LOOP_S0, and training, LOOP_TRAIN),
+// so what a layer does not have compiles away; the products' sizes and offsets are in p
+// (stage 0's pg..pa_state, stage 1's q_*), pa_off for tape row 0 (a tape input's row moves
+// with the step). The kernel sets at_o, at_trow and at_stage (prelude) for the cell's
+// accessors; p.o, p.trow and p.stage are 0.
 // Dispatch: (ceil(rows / LR), 1, 1), rows the run's most active rows.
 // The backward (cell_loop_grad, loop_grad.wgsl, joined after this file) walks a run of steps
 // the same way.
@@ -233,9 +236,18 @@ struct Prod {
     pa_state: u32,
 }
 
+override LOOP_STAGES: u32 = 1u;
+override LOOP_G0: u32 = 0u;
+override LOOP_G1: u32 = 0u;
+override LOOP_S0: bool = false;
+override LOOP_TRAIN: bool = false;
+
+// Stage s's product (pg 0: none). A later stage's product reads the tape (Layout::check).
 fn loop_prod(s: u32) -> Prod {
-    let a = p.lprod + 1u + 9u * s;
-    return Prod(ltab[a], ltab[a + 1u], ltab[a + 2u], ltab[a + 3u], ltab[a + 4u], ltab[a + 5u], ltab[a + 6u], ltab[a + 7u], ltab[a + 8u]);
+    if (s == 0u) {
+        return Prod(LOOP_G0, p.prows, p.pk, p.pw, p.pb, p.pcol, p.pa_off, p.pa_ld, u32(LOOP_S0));
+    }
+    return Prod(LOOP_G1, p.q_rows, p.q_k, p.q_w, p.q_b, p.q_col, p.q_off, p.q_ld, 0u);
 }
 
 // The product's input rows r0 .. r0 + nr into vin (components past nr zero).
@@ -253,19 +265,33 @@ fn loop_input(pr: Prod, r0: u32, nr: u32, l: u32) {
     }
 }
 
-// The product's columns l, l + 64, ... for the rows in vin, bias included, to r.
+// The product's columns l, l + 64, ... for the rows in vin, bias included, to r. One row
+// (a batch of one, or the last rows of a shrinking batch) takes scalar sums: vec4 arithmetic
+// costs four scalar operations on a GPU and on lavapipe alike, and three would be wasted.
+// Each row's sum is the same sequence of operations either way (the same bits).
 fn loop_product(pr: Prod, r0: u32, nr: u32, l: u32) {
     for (var c = l; c < pr.prows; c += WG) {
-        var acc = vec4<f32>(0.0);
         let at = pr.pw + c * pr.pk;
-        for (var k = 0u; k < pr.pk; k++) {
-            acc += f32(w[at + k]) * vin[k];
-        }
+        var bias = 0.0;
         if (pr.pb != NONE) {
-            acc += vec4<f32>(f32(w[pr.pb + c]));
+            bias = f32(w[pr.pb + c]);
         }
-        for (var i = 0u; i < nr; i++) {
-            scr[p.r_off + (r0 + i) * p.rw + pr.pcol + c] = S(acc[i]);
+        let o = p.r_off + r0 * p.rw + pr.pcol + c;
+        if (nr == 1u) {
+            var a = 0.0;
+            for (var k = 0u; k < pr.pk; k++) {
+                a += f32(w[at + k]) * vin[k].x;
+            }
+            scr[o] = S(a + bias);
+        } else {
+            var acc = vec4<f32>(0.0);
+            for (var k = 0u; k < pr.pk; k++) {
+                acc += f32(w[at + k]) * vin[k];
+            }
+            acc += vec4<f32>(bias);
+            for (var i = 0u; i < nr; i++) {
+                scr[o + i * p.rw] = S(acc[i]);
+            }
         }
     }
 }
@@ -337,7 +363,7 @@ fn loop_step(t: u32, r0: u32) -> u32 {
         return 0u;
     }
     at_o = ltab[at];
-    at_trow = select(0u, at_o, p.ltrow != 0u);
+    at_trow = select(0u, at_o, LOOP_TRAIN);
     return min(LR, rows - r0);
 }
 
@@ -345,7 +371,6 @@ fn loop_step(t: u32, r0: u32) -> u32 {
 fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let r0 = wid.x * LR;
     let l = lid.x;
-    let stages = ltab[p.lprod];
     var t = 0u;
     loop {
         if (t >= p.steps) {
@@ -353,10 +378,10 @@ fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         }
         let nr = loop_step(t, r0);
         if (nr > 0u) {
-            for (var s = 0u; s < stages; s++) {
+            for (var s = 0u; s < LOOP_STAGES; s++) {
                 at_stage = s;
                 let pr = loop_prod(s);
-                if (s == 0u && p.save != 0u) {
+                if (s == 0u && LOOP_TRAIN) {
                     for (var i = 0u; i < nr; i++) {
                         save_row(r0 + i, l);
                     }

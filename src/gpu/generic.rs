@@ -45,7 +45,7 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, GemmParams, Kernel, UtilParams, NONE, ROW_BACKWARD_LOOPS};
+use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, NONE, ROW_BACKWARD_LOOPS};
 use super::plan::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
@@ -85,6 +85,13 @@ const LOOP_GRAD_COLS: usize = 24 * LOOP_WG;
 /// A product's most rows in the backward loop (`LOOP_PROWS` in shaders/cells/loop_grad.wgsl:
 /// its dr rows in workgroup memory, within WebGPU's default 16 KiB).
 const LOOP_GRAD_PROWS: usize = 1020;
+/// What the cell loops' runs allow for above the loop iterations their source counts
+/// (`Shape::loop_iterations`): gallivm counted more than the source's loops. Measured by
+/// bisecting the step where an unbounded run is cut, lavapipe, 2026-12-05: SCRN H 8 B 4,
+/// training, 97 iterations a forward step against 69 counted (1.41x; 121 a backward step
+/// against 127), which the budget's quarter of margin no longer covered once the loops were
+/// specialised (`kernels::LoopShape`). Runs are a few hundred steps either way.
+const LOOP_COUNT_SLACK: usize = 2;
 
 /// Offsets of each slot of each layer-direction in the flat weights, and the total.
 fn slot_layout(cfg: &RnnConfig) -> (Vec<[Option<usize>; 6]>, usize) {
@@ -723,7 +730,6 @@ struct Shape<'a> {
     /// layer-direction's products are.
     loop_tab: Vec<u32>,
     loop_dirs: Vec<usize>,
-    loop_prods: Vec<usize>,
     /// The backward too walks runs of at most this many steps (`cell_loop_grad`), where the
     /// loop table has each direction's steps in its order from `loop_dirs_bwd`.
     loop_grad_run: Option<usize>,
@@ -771,14 +777,13 @@ impl<'a> Shape<'a> {
             loop_run: None,
             loop_tab: Vec::new(),
             loop_dirs: Vec::new(),
-            loop_prods: Vec::new(),
             loop_grad_run: None,
             loop_dirs_bwd: Vec::new(),
         };
         sh.loop_run = sh.loop_run(strategy)?;
         if sh.loop_run.is_some() {
             sh.loop_grad_run = sh.loop_grad_run(strategy);
-            sh.loop_table()?;
+            sh.loop_table();
         }
         Ok(sh)
     }
@@ -795,6 +800,8 @@ impl<'a> Shape<'a> {
             Some(format!("{} reduces over the row (no per-unit step)", self.cfg.mode))
         } else if self.zone {
             Some("zoneout".to_string())
+        } else if self.dims.iter().any(|dm| LoopShape::of(&dm.lay, self.training).is_none()) {
+            Some(format!("more than {LOOP_STAGES} stages"))
         } else if self.dims.iter().any(|dm| dm.lay.stages.iter().flatten().any(|p| p.k > LOOP_K)) {
             Some(format!("a product's k above {LOOP_K}"))
         } else if self.dims.iter().any(|dm| self.units(dm) > LOOP_UNITS) || self.sw > LOOP_STATE_COLS || self.hw > LOOP_UNITS {
@@ -847,8 +854,13 @@ impl<'a> Shape<'a> {
 
     /// An upper bound of `cell_loop_grad`'s loop iterations per invocation for one step of a
     /// layer (as [`Shape::loop_iterations`]; `row_backward` has at most
-    /// [`ROW_BACKWARD_LOOPS`] loops over the row's units per stage).
+    /// [`ROW_BACKWARD_LOOPS`] loops over the row's units per stage), times [`LOOP_COUNT_SLACK`].
     fn loop_grad_iterations(&self, dm: &Dims) -> usize {
+        LOOP_COUNT_SLACK * self.loop_grad_source_iterations(dm)
+    }
+
+    /// The loop iterations `cell_loop_grad`'s source has per step.
+    fn loop_grad_source_iterations(&self, dm: &Dims) -> usize {
         let per = |n: usize| n.div_ceil(LOOP_WG);
         let mut it = 1 + 16;
         for pr in &dm.lay.stages {
@@ -861,9 +873,15 @@ impl<'a> Shape<'a> {
     }
 
     /// An upper bound of `cell_loop`'s loop iterations per invocation for one step of a
-    /// layer (its loops over steps, stages, rows, k and columns; a margin of 16), for the
-    /// runs' length within the adapter's budget (`loop_iteration_budget`).
+    /// layer (its loops over steps, stages, rows, k and columns; a margin of 16; times
+    /// [`LOOP_COUNT_SLACK`]), for the runs' length within the adapter's budget
+    /// (`loop_iteration_budget`).
     fn loop_iterations(&self, dm: &Dims) -> usize {
+        LOOP_COUNT_SLACK * self.loop_source_iterations(dm)
+    }
+
+    /// The loop iterations `cell_loop`'s source has per step.
+    fn loop_source_iterations(&self, dm: &Dims) -> usize {
         let per = |n: usize| n.div_ceil(LOOP_WG);
         let mut it = 1 + 16;
         for (s, pr) in dm.lay.stages.iter().enumerate() {
@@ -879,10 +897,9 @@ impl<'a> Shape<'a> {
     }
 
     /// The loop table: per direction its steps in processing order as (first packed row,
-    /// active rows); per layer-direction its stages' count, then per stage the product's
-    /// (gates, rows, k, R, bias or NONE, first column in r, input offset at tape row 0,
-    /// input row stride, input in the states), zeros for a stage without one.
-    fn loop_table(&mut self) -> Result<()> {
+    /// active rows). (The stages' products are in each run's parameters, and the kernels are
+    /// specialised for them: `kernels::LoopShape`.)
+    fn loop_table(&mut self) {
         let bs = self.layout.batch_sizes();
         let mut tab = Vec::new();
         let mut dirs = Vec::new();
@@ -899,24 +916,8 @@ impl<'a> Shape<'a> {
             }
         }
         self.loop_dirs_bwd = dirs_bwd;
-        let mut prods = Vec::new();
-        for (layer, dm) in self.dims.iter().enumerate() {
-            for dir in 0..self.d {
-                let k = layer * self.d + dir;
-                prods.push(tab.len());
-                tab.push(dm.lay.stages.len() as u32);
-                for (st, stage) in dm.lay.stages.iter().enumerate() {
-                    match stage {
-                        Some(pr) => tab.extend(self.product_desc(dm, k, st, pr, 0)?),
-                        None => tab.extend([0; 9]),
-                    }
-                }
-            }
-        }
         self.loop_tab = tab;
         self.loop_dirs = dirs;
-        self.loop_prods = prods;
-        Ok(())
     }
 
     /// The steps of layer-direction k on the single-dispatch loop: one `cell_loop` dispatch
@@ -924,10 +925,20 @@ impl<'a> Shape<'a> {
     /// the backward's parameters and `(x, y, tp)` the layer input, the output gradient and
     /// the tape).
     #[allow(clippy::too_many_arguments)]
-    fn loop_steps(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, (k, dir, grad): (usize, usize, bool), cp: &CellParams, run: usize, (x, y, tp): (Buf, Buf, Buf)) {
+    fn loop_steps(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, (k, dir, grad): (usize, usize, bool), cp: &CellParams, run: usize, (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
         let bs = self.layout.batch_sizes();
         let order = self.order(dir, grad);
         let first = if grad { self.loop_dirs_bwd[dir] } else { self.loop_dirs[dir] };
+        let shape = LoopShape::of(&dm.lay, self.training).ok_or_else(|| Error::Unsupported(format!("a cell loop over more than {LOOP_STAGES} stages")))?;
+        // The stages' products, their inputs at tape row 0 (the kernel moves a tape input's
+        // row with the step).
+        let mut prods = [[0, 0, 0, 0, NONE, 0, 0, 0, 0]; LOOP_STAGES];
+        for (st, pr) in dm.lay.stages.iter().enumerate() {
+            if let Some(pr) = pr {
+                prods[st] = self.product_desc(dm, k, st, pr, 0)?;
+            }
+        }
+        let [p0, p1] = prods;
         for a in (0..order.len()).step_by(run.max(1)) {
             let len = run.min(order.len() - a);
             // Active rows only shrink (forward) or grow (reverse) along a run.
@@ -935,22 +946,36 @@ impl<'a> Shape<'a> {
             let p = CellParams {
                 rows: rows as u32,
                 units: self.units(dm) as u32,
-                save: self.training as u32,
                 steps: len as u32,
                 ltab: (first + 2 * a) as u32,
-                lprod: self.loop_prods[k] as u32,
-                ltrow: self.training as u32,
+                pg: p0[0],
+                prows: p0[1],
+                pk: p0[2],
+                pw: p0[3],
+                pb: p0[4],
+                pcol: p0[5],
+                pa_off: p0[6],
+                pa_ld: p0[7],
+                pa_state: p0[8],
+                q_rows: p1[1],
+                q_k: p1[2],
+                q_w: p1[3],
+                q_b: p1[4],
+                q_col: p1[5],
+                q_off: p1[6],
+                q_ld: p1[7],
                 ..*cp
             };
             let groups = [rows.div_ceil(LOOP_ROWS) as u32, 1, 1];
             if grad {
                 let lb = [Buf::Weights, x, tp, Buf::GradStates, Buf::Scratch, y, Buf::Bws, Buf::LoopTab];
-                bl.cell_in(ops, Kernel::CellLoopGrad(self.cfg.mode), &p, lb, groups);
+                bl.cell_in(ops, Kernel::CellLoopGrad { cell: self.cfg.mode, shape }, &p, lb, groups);
             } else {
                 let lb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(5), Buf::LoopTab];
-                bl.cell_in(ops, Kernel::CellLoop(self.cfg.mode), &p, lb, groups);
+                bl.cell_in(ops, Kernel::CellLoop { cell: self.cfg.mode, shape }, &p, lb, groups);
             }
         }
+        Ok(())
     }
 
     /// Every buffer the plan binds, for the binding-limit check.
@@ -1047,7 +1072,7 @@ impl<'a> Shape<'a> {
                 self.input_projection(bl, &mut fwd, dm, k, x, tp)?;
                 let mut cp = dm.params(self.cfg, k, dir, (self.b, self.n, self.training), self.out_w, &self.woffs[k]);
                 if let Some(run) = self.loop_run {
-                    self.loop_steps(bl, &mut fwd, dm, (k, dir, false), &cp, run, (x, y, tp));
+                    self.loop_steps(bl, &mut fwd, dm, (k, dir, false), &cp, run, (x, y, tp))?;
                     continue;
                 }
                 let rt_offs = if self.unit { Vec::new() } else { self.recurrent_transposes(bl, &mut fwd, dm, k)? };
@@ -1216,7 +1241,7 @@ impl<'a> Shape<'a> {
                 bwd.push(Op::Clear(Buf::Bws, self.f4(self.bws_len)));
                 let mut cp = CellParams { dtape_off: 0, dxp_off: offs.0 as u32, dr_off: offs.1 as u32, de_off: offs.2 as u32, ..dm.params(cfg, k, dir, (self.b, n, true), self.out_w, &self.woffs[k]) };
                 if let Some(run) = self.loop_grad_run {
-                    self.loop_steps(bl, &mut bwd, dm, (k, dir, true), &cp, run, (x, dy, tp));
+                    self.loop_steps(bl, &mut bwd, dm, (k, dir, true), &cp, run, (x, dy, tp))?;
                     self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
                     continue;
                 }

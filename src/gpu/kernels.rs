@@ -45,7 +45,7 @@ pub const ROW_BACKWARD_LOOPS: usize = 4;
 
 /// The largest parameter block; blocks are laid out at a stride that rounds this up to the
 /// device's uniform offset alignment.
-pub const MAX_PARAM_BYTES: u32 = 176;
+pub const MAX_PARAM_BYTES: u32 = 208;
 
 /// A kernel family: one WGSL module and one bind-group layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -274,10 +274,21 @@ pub enum Kernel {
     /// reads as vec4s, and in training the step's states to the tape (stage.wgsl).
     CellStageInput(Mode),
     /// The single-dispatch loop of a cell with [`Mode::unit_step`] (`cell_loop` in
-    /// stage.wgsl): a run of steps of a layer-direction, every stage, in one dispatch.
-    CellLoop(Mode),
-    /// The single-dispatch loop's backward (`cell_loop_grad` in stage.wgsl).
-    CellLoopGrad(Mode),
+    /// stage.wgsl): a run of steps of a layer-direction, every stage, in one dispatch,
+    /// specialised for the layer's stages.
+    CellLoop {
+        /// The cell.
+        cell: Mode,
+        /// The layer's stages.
+        shape: LoopShape,
+    },
+    /// The single-dispatch loop's backward (`cell_loop_grad` in loop_grad.wgsl).
+    CellLoopGrad {
+        /// The cell.
+        cell: Mode,
+        /// The layer's stages.
+        shape: LoopShape,
+    },
     /// A cell's pointwise backward of one stage.
     CellBackward(Mode),
     /// Copies the step's state rows to the tape (prelude).
@@ -365,8 +376,8 @@ impl Kernel {
             GatherPrev | GatherLast | GatherRows | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
-            CellStage { cell: m, .. } | CellLoop(m) => Family::Stage(m),
-            CellLoopGrad(m) => Family::LoopGrad(m),
+            CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
+            CellLoopGrad { cell: m, .. } => Family::LoopGrad(m),
             CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
         }
     }
@@ -403,8 +414,8 @@ impl Kernel {
             CellForward(_) => "cell_forward",
             CellStage { .. } => "cell_stage",
             CellStageInput(_) => "stage_input",
-            CellLoop(_) => "cell_loop",
-            CellLoopGrad(_) => "cell_loop_grad",
+            CellLoop { .. } => "cell_loop",
+            CellLoopGrad { .. } => "cell_loop_grad",
             CellBackward(_) => "cell_backward",
             CellSave(_) => "save_states",
             CellZoneout(_) => "zoneout",
@@ -460,8 +471,58 @@ impl Kernel {
             RecurrentGrad { cell, vec4, wide } => vec![("GATES", fused(cell).0 as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
             GemmNarrow => vec![("ADJACENT", 1.0)],
             CellStage { vec4, gates, .. } => vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)],
+            CellLoop { shape, .. } | CellLoopGrad { shape, .. } => shape.constants(),
             _ => vec![],
         }
+    }
+}
+
+/// Most stages a layer may have for the cell loops ([`LoopShape`]).
+pub const LOOP_STAGES: usize = 2;
+
+/// What a cell loop kernel (`cell_loop`, `cell_loop_grad`) is specialised for: a layer's
+/// stages, as pipeline-overridable constants, so the compiler drops what a layer does not
+/// have (on lavapipe a per-step read of the stages' descriptors from a buffer cost as much
+/// as a small step's work). The products' sizes and offsets come in the parameters
+/// ([`CellParams`]: stage 0's in `pg..pa_state`, stage 1's in `q_*`). Stage 1's product,
+/// if any, reads the tape ([`crate::cells::Layout::check`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LoopShape {
+    /// Gates per unit of stage 0's and stage 1's products (0: none).
+    gates: [u8; LOOP_STAGES],
+    /// Stages: 1 or 2.
+    stages: u8,
+    /// Whether stage 0's product reads a state (else the tape).
+    state: bool,
+    /// Training (the forward saves the states to the tape; tape rows are packed rows).
+    training: bool,
+}
+
+impl LoopShape {
+    /// The shape of a layer with `layout`, or `None` when it has more than [`LOOP_STAGES`]
+    /// stages.
+    pub fn of(layout: &crate::cells::Layout, training: bool) -> Option<Self> {
+        let n = layout.stages.len();
+        if n == 0 || n > LOOP_STAGES {
+            return None;
+        }
+        let mut gates = [0u8; LOOP_STAGES];
+        for (g, st) in gates.iter_mut().zip(&layout.stages) {
+            *g = st.as_ref().map_or(0, |p| p.gates as u8);
+        }
+        let state = matches!(layout.stages[0].as_ref().map(|p| p.src), Some(crate::cells::Src::State(_)));
+        Some(LoopShape { gates, stages: n as u8, state, training })
+    }
+
+    /// Its override constants.
+    fn constants(self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("LOOP_STAGES", self.stages as f64),
+            ("LOOP_G0", self.gates[0] as f64),
+            ("LOOP_G1", self.gates[1] as f64),
+            ("LOOP_S0", self.state as u8 as f64),
+            ("LOOP_TRAIN", self.training as u8 as f64),
+        ]
     }
 }
 
@@ -868,15 +929,27 @@ pub struct CellParams {
     pub steps: u32,
     /// The run's first step in the loop table (pairs of first packed row and active rows).
     pub ltab: u32,
-    /// The layer-direction's product descriptors in the loop table.
-    pub lprod: u32,
-    /// 1: a step's tape rows are its packed rows (training), else rows 0.. (inference).
-    pub ltrow: u32,
+    /// Single-dispatch loop: stage 1's product (stage 0's is in `pg..pa_state`; its gates
+    /// and source are the kernel's [`LoopShape`]): rows, k, `R`, bias or [`NONE`], first
+    /// column in `r`, input offset at tape row 0 and row stride.
+    pub q_rows: u32,
+    /// Its k.
+    pub q_k: u32,
+    /// Offset of its `R`.
+    pub q_w: u32,
+    /// Offset of its bias, or [`NONE`].
+    pub q_b: u32,
+    /// Its first column in `r`.
+    pub q_col: u32,
+    /// Offset of its input in the tape at tape row 0.
+    pub q_off: u32,
+    /// Row stride of its input.
+    pub q_ld: u32,
 }
 
 impl Default for CellParams {
     fn default() -> Self {
-        CellParams { pb: NONE, ..Zeroable::zeroed() }
+        CellParams { pb: NONE, q_b: NONE, ..Zeroable::zeroed() }
     }
 }
 

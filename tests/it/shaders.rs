@@ -1,7 +1,7 @@
 //! Every shader parses and validates with naga, without a GPU; the Rust parameter structs
 //! have the sizes naga computes for their WGSL twins.
 
-use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, StepParams, TrainParams, UtilParams};
+use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, LoopShape, StepParams, TrainParams, UtilParams};
 use wgpu_rnn::{Precision, RnnConfig};
 
 /// The capabilities a device needs for kernels storing in `precision`: f16 needs
@@ -204,9 +204,22 @@ fn all_kernels() -> Vec<Kernel> {
                 for gates in 1..=wgpu_rnn::cells::MAX_GATES as u8 {
                     v.extend([CellStage { cell: m, vec4: false, gates }, CellStage { cell: m, vec4: true, gates }]);
                 }
-                v.extend([CellStageInput(m), CellLoop(m)]);
-                if m.loop_grad() {
-                    v.push(CellLoopGrad(m));
+                v.push(CellStageInput(m));
+                // The loops are specialised for a layer's stages: the cell's shapes (with and
+                // without a projection where it has one), inference and training.
+                for proj in [0, 4] {
+                    let cfg = RnnConfig::new(m, 8, 8).proj(proj);
+                    if cfg.validate().is_err() {
+                        continue;
+                    }
+                    let lay = m.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj, bias: true });
+                    for training in b {
+                        let shape = LoopShape::of(&lay, training).expect("every cell's layers fit the loops' stages");
+                        v.push(CellLoop { cell: m, shape });
+                        if training && m.loop_grad() {
+                            v.push(CellLoopGrad { cell: m, shape });
+                        }
+                    }
                 }
             } else {
                 v.push(CellForward(m));
@@ -219,7 +232,7 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
             | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop(_) | CellLoopGrad(_) | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
