@@ -13,8 +13,7 @@
 //! Everything trains on the GPU through the engine APIs: per step one encoder holds the
 //! recurrent forward, the head (a linear layer on the last step's output), the loss, the
 //! recurrent backward and the Adam update; only the loss is read back (every `--log-every`
-//! steps). Every cell runs through the one engine plan (`gpu::Plan`), which takes the fused
-//! kernels for PyTorch's four cells and the cell driver for the others (the "driver" column).
+//! steps). Every cell runs through the one engine plan (`gpu::Plan`).
 //!
 //! - SRU and MUT1 need input size == hidden size: their two input features are padded with
 //!   zeros to the hidden size (no input layer; the zero columns' weights get zero gradients).
@@ -75,8 +74,7 @@ struct Args {
     log_every: usize,
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Recurrent step strategy of the fused cells: auto, per-step or single (one dispatch
-    /// for all steps).
+    /// Recurrent step strategy: auto, per-step or single (runs of steps in one dispatch).
     #[arg(long, default_value = "auto")]
     strategy: String,
     /// Where the plot goes.
@@ -344,8 +342,6 @@ impl Trainer {
 /// One cell's run: its test MSE after each logged step (step 0 first).
 struct Outcome {
     mode: Mode,
-    /// Whether the plan ran on the fused kernels (else the cell driver).
-    fused: bool,
     params: usize,
     curve: Vec<(f64, f64)>,
     /// The step whose loss became non-finite, if one did.
@@ -357,7 +353,7 @@ type Batch = (Vec<f32>, Vec<f32>);
 
 fn train(ctx: &std::sync::Arc<Context>, mode: Mode, a: &Args, test: &[Batch]) -> Result<Outcome> {
     let tr = Trainer::new(ctx, mode, a)?;
-    let mut out = Outcome { mode, fused: tr.layer.train.fused(), params: tr.params, curve: Vec::new(), diverged: None, secs: 0.0 };
+    let mut out = Outcome { mode, params: tr.params, curve: Vec::new(), diverged: None, secs: 0.0 };
     let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
     let start = Instant::now();
     let evaluate = |tr: &Trainer| -> Result<f64> {
@@ -440,15 +436,14 @@ fn main() -> Result<()> {
         results.push(train(&ctx, mode, &a, &test)?);
     }
     println!("\nresults (T {}, hidden {}, {} steps of batch {}; variance baseline 1/6 = 0.167):\n", a.t, a.hidden, a.steps, a.batch);
-    println!("| cell | driver | parameters | test MSE | time |");
-    println!("| --- | --- | ---: | ---: | ---: |");
+    println!("| cell | parameters | test MSE | time |");
+    println!("| --- | ---: | ---: | ---: |");
     for r in &results {
         let mse = match r.diverged {
             Some(step) => format!("diverged at step {step}"),
             None => format!("{:.4}", r.curve.last().map_or(f64::NAN, |p| p.1)),
         };
-        let driver = if r.fused { "fused" } else { "cell" };
-        println!("| {} | {driver} | {} | {mse} | {:.0} s |", r.mode, r.params, r.secs);
+        println!("| {} | {} | {mse} | {:.0} s |", r.mode, r.params, r.secs);
     }
     println!("\ntotal {:.1} min", total.elapsed().as_secs_f64() / 60.0);
 

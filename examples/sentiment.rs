@@ -199,8 +199,6 @@ struct Model {
     /// The most device memory (the context's buffer accounting) held while a training step
     /// was recorded: the model, the optimiser, the batch's plan and its tapes.
     peak_bytes: std::cell::Cell<u64>,
-    /// Whether the last batch's plan ran on the fused kernels (else the cell driver).
-    fused: std::cell::Cell<bool>,
 }
 
 /// What the recurrent layer's plan binds besides the weights, in one precision: the layer
@@ -244,7 +242,7 @@ impl LayerBuffers {
     }
 }
 
-/// `--precision f16` (fused): the fused kernels' buffers in f16; the embedding, head and
+/// `--precision f16`: the recurrent layer's buffers in f16; the embedding, head and
 /// optimiser stay f32. Per batch the f32 master weights are rounded into `weights` and the
 /// layer input into `layer.x`; `h_n` is widened into the f32 `h_n` the head reads, its
 /// gradient rounded back with the loss scale, and the gradients widened and unscaled.
@@ -342,7 +340,6 @@ impl Model {
             dropout: a.dropout,
             batches: std::cell::Cell::new(a.seed as u32 * 1_000_003),
             peak_bytes: std::cell::Cell::new(0),
-            fused: std::cell::Cell::new(false),
         })
     }
 
@@ -415,7 +412,6 @@ impl Model {
         let f16 = self.fused16.as_ref();
         let pass = if train { Pass::Training } else { Pass::Inference };
         let plan = Plan::new(ctx, f16.map_or(c, |f| &f.cfg), &batch.layout, pass)?;
-        self.fused.set(plan.fused());
         if train {
             self.peak_bytes.set(self.peak_bytes.get().max(ctx.live_buffer_bytes()));
         }
@@ -616,9 +612,8 @@ fn main() -> Result<()> {
     let mean_epoch = records_s.iter().sum::<f64>() / records_s.len() as f64;
     println!("mean epoch time {mean_epoch:.1} s on {}", ctx.describe());
     println!(
-        "device memory of a training step ({} recurrent layer{}): {:.1} MiB at most (the context's buffer accounting when the batch's plan is made: model, optimiser, plan and tapes)",
+        "device memory of a training step ({} recurrent layer): {:.1} MiB at most (the context's buffer accounting when the batch's plan is made: model, optimiser, plan and tapes)",
         a.precision,
-        if model.fused.get() { ", fused kernels" } else { ", cell driver" },
         model.peak_bytes.get() as f64 / (1 << 20) as f64
     );
     if a.pytorch_epochs > 0 {

@@ -1,12 +1,10 @@
-// Row movement and reductions around the recurrent loop: gathering the states each packed
-// row started from (for backward), h_n / c_n at each sequence's own last step, seeding the
-// recurrent gradient from grad_h_n / grad_c_n, copying initial states in, transposing
-// weights for the kernels, and deterministic column sums for the bias gradients (no float
-// atomics).
+// Row movement and reductions around the recurrent loop: states moved between the caller's
+// order and a plan's (gather_rows), weights transposed for the kernels, and deterministic
+// column sums for the bias gradients (no float atomics).
 //   @0 params uniform, dynamic offset: UtilParams
 //   @1 src    read
-//   @2 state0 read: an initial state or a state gradient ([B, width] blocks, caller order)
-//   @3 seq    read: u32 prev[] and last[] tables
+//   @2 (unused by today's entry points; kept in the layout)
+//   @3 seq    read: u32 row tables
 //   @4 dst    read_write
 // Dispatch: linear over rows * width (colsum: width) in workgroups of 256, folded into
 // (min(groups, 65535), ceil(groups / 65535), 1).
@@ -39,33 +37,6 @@ fn linear_id(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.y * nwg.x + wid.x) * 256u + lid.x;
 }
 
-// dst[n, k] = src[src_off + prev[n] * src_ld + k]: the state row n started from.
-@compute @workgroup_size(256)
-fn gather_prev(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.width) {
-        return;
-    }
-    let n = i / p.width;
-    let k = i % p.width;
-    dst[p.dst_off + i] = S(f32(src[p.src_off + seq[p.seq_off + n] * p.src_ld + k]));
-}
-
-// dst[dst_off + i] = state0[state_off + i], or 0 when state_off is NONE: an initial state
-// (or zeros) copied into the tape's state rows.
-@compute @workgroup_size(256)
-fn copy_state(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.width) {
-        return;
-    }
-    var v = 0.0;
-    if (p.state_off != NONE) {
-        v = f32(state0[p.state_off + i]);
-    }
-    dst[p.dst_off + i] = S(v);
-}
-
 // dst[dst_off + c * rows + r] = src[src_off + r * width + c]: a [rows, width] block of src
 // transposed into dst.
 @compute @workgroup_size(256)
@@ -77,35 +48,6 @@ fn transpose(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let c = i / p.rows;
     let r = i % p.rows;
     dst[p.dst_off + i] = S(f32(src[p.src_off + r * p.width + c]));
-}
-
-// dst[b, k] = src[last[b], src_col + k]: each sequence's state at its own last step.
-@compute @workgroup_size(256)
-fn gather_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.width) {
-        return;
-    }
-    let b = i / p.width;
-    let k = i % p.width;
-    dst[p.dst_off + i] = S(f32(src[p.src_off + seq[p.seq_off + b] * p.src_ld + p.src_col + k]));
-}
-
-// dst[last[b], k] = state0[b, k] (zero when absent): seeds the recurrent gradient of each
-// sequence's final row with grad_h_n / grad_c_n.
-@compute @workgroup_size(256)
-fn scatter_last(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.width) {
-        return;
-    }
-    let b = i / p.width;
-    let k = i % p.width;
-    var v = 0.0;
-    if (p.state_off != NONE) {
-        v = f32(state0[p.state_off + i]);
-    }
-    dst[p.dst_off + seq[p.seq_off + b] * p.width + k] = S(v);
 }
 
 // dst[dst_off + n * dst_ld + k] = src[src_off + rows_of[n] * src_ld + src_col + k], rows_of
@@ -120,34 +62,6 @@ fn gather_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let n = i / p.width;
     let k = i % p.width;
     dst[p.dst_off + n * p.dst_ld + k] = S(f32(src[p.src_off + seq[p.seq_off + n] * p.src_ld + p.src_col + k]));
-}
-
-// dst[i] = src[src_off + i] for i < rows * width.
-@compute @workgroup_size(256)
-fn copy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.width) {
-        return;
-    }
-    dst[p.dst_off + i] = S(f32(src[p.src_off + i]));
-}
-
-// dst[dst_off + r * dst_ld + c] = src[src_off + r * src_ld + c] for c < width, 0 for
-// width <= c < dst_ld: a [rows, width] block copied between row strides, zero-padded on the
-// right (inputs whose width is not a multiple of 4 padded for the vec4 GEMMs, and back).
-@compute @workgroup_size(256)
-fn pad_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = linear_id(wid, nwg, lid);
-    if (i >= p.rows * p.dst_ld) {
-        return;
-    }
-    let r = i / p.dst_ld;
-    let c = i % p.dst_ld;
-    var v = 0.0;
-    if (c < p.width) {
-        v = f32(src[p.src_off + r * p.src_ld + c]);
-    }
-    dst[p.dst_off + i] = S(v);
 }
 
 // dst[j] = sum over n < rows of src[n, j] (row stride src_ld), summed in row order; with

@@ -355,25 +355,18 @@ impl GpuRig {
     /// As [`GpuRig::with_strategy`] with every buffer stored in `precision` (f16 needs
     /// `SHADER_F16`).
     pub fn with_strategy_at(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Self> {
-        Self::build(ctx, c, strategy, precision, false)
+        Self::build(ctx, c, strategy, precision)
     }
 
-    /// As [`GpuRig::with_strategy_at`] on the GPU's cell driver whatever the cell (the driver
-    /// [`Plan`] takes for the configurations the fused kernels do not run), with the automatic
-    /// strategy: the like-for-like comparison of f32 and f16 storage on that driver.
-    pub fn on_cell_driver_at(ctx: &Arc<Context>, c: &BenchConfig, precision: crate::precision::Precision) -> Result<Self> {
-        Self::build(ctx, c, StepStrategy::Auto, precision, true)
-    }
-
-    fn build(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision, cell_driver: bool) -> Result<Self> {
+    fn build(ctx: &Arc<Context>, c: &BenchConfig, strategy: StepStrategy, precision: crate::precision::Precision) -> Result<Self> {
         let cfg = c.rnn_config().with_precision(precision);
         let w = Weights::<f32>::init_uniform(&cfg, 0)?;
-        let rnn = if cell_driver { gpu::GpuRnn::on_cell_driver(ctx, &w)? } else { gpu::GpuRnn::new(ctx, &w)? };
+        let rnn = gpu::GpuRnn::new(ctx, &w)?;
         let x = PackedSequence::from_padded(&data(c.t * c.b * c.input, 1), [c.t, c.b, c.input], false, &c.lengths())?;
         let layout = SeqLayout::of(&x)?;
         let n = x.rows();
-        let fwd_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Inference, 0, strategy, cell_driver)?;
-        let train_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Training, 0, strategy, cell_driver)?;
+        let fwd_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Inference, 0, strategy)?;
+        let train_plan = Plan::prepare(ctx, &cfg, &layout, Pass::Training, 0, strategy)?;
         let st = |label: &str, elems: usize| gpu::storage_at(ctx, label, elems, precision);
         let bufs = vec![
             gpu::upload_stored(ctx, "input", &x.data, precision)?,
@@ -461,18 +454,6 @@ pub fn bench_gpu_at(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, strateg
         p => format!("gpu-{p}"),
     };
     let adapter = format!("{}; training memory {:.1} MiB", ctx.describe(), rig.training_bytes() as f64 / (1 << 20) as f64);
-    let fwd = time_ms(timing, || rig.run(false))?;
-    let train = time_ms(timing, || rig.run(true))?;
-    Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])
-}
-
-/// The cell driver's two rows (forward, training) for a configuration stored in
-/// `precision`, on resident buffers; device `gpu-cells-f32` or `gpu-cells-f16`, and the
-/// training plan's device memory in the adapter column.
-pub fn bench_gpu_cells(ctx: &Arc<Context>, c: &BenchConfig, timing: Timing, precision: crate::precision::Precision) -> Result<Vec<Record>> {
-    let rig = GpuRig::on_cell_driver_at(ctx, c, precision)?;
-    let adapter = format!("{}; training memory {:.1} MiB", ctx.describe(), rig.training_bytes() as f64 / (1 << 20) as f64);
-    let device = format!("gpu-cells-{precision}");
     let fwd = time_ms(timing, || rig.run(false))?;
     let train = time_ms(timing, || rig.run(true))?;
     Ok(vec![record(c, &device, "forward", fwd, &adapter), record(c, &device, "training", train, &adapter)])

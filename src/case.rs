@@ -341,8 +341,8 @@ pub fn compare_at(got: &TensorFile, expected: &TensorFile, backward: bool, preci
 
 impl Case<f32> {
     /// [`Case::run_gpu`] with the case's values stored in `precision`
-    /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`): PyTorch's four
-    /// cells through the fused kernels, the others through the cell driver ([`crate::gpu::GpuRnn`]).
+    /// ([`crate::precision::Precision`]; f16 needs the device's `SHADER_F16`), through
+    /// [`crate::gpu::GpuRnn`].
     pub fn run_gpu_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
         self.stored_in(precision).run_gpu(ctx, backward)
     }
@@ -377,14 +377,6 @@ impl Case<f32> {
     /// [`crate::gpu::GpuRnn`], whatever the cell: forward, and backward when `backward` is set.
     pub fn run_gpu(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
         self.run_on(&crate::gpu::GpuRnn::new(ctx, &self.weights)?, backward)
-    }
-
-    /// [`Case::run_gpu_at`] on the GPU's cell driver whatever the cell
-    /// (`GpuRnn::on_cell_driver`), for tests that cover both drivers while both exist.
-    #[doc(hidden)]
-    pub fn run_gpu_cell_driver_at(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool, precision: crate::precision::Precision) -> Result<CaseResult> {
-        let case = self.stored_in(precision);
-        case.run_on(&crate::gpu::GpuRnn::on_cell_driver(ctx, &case.weights)?, backward)
     }
 
     fn run_on(&self, rnn: &crate::gpu::GpuRnn, backward: bool) -> Result<CaseResult> {

@@ -27,15 +27,14 @@ pub struct RnnConfig {
     pub proj_size: usize,
     /// PyTorch's `dropout`: in training, inverted dropout on each layer's output except the
     /// last (masks: [`crate::masks`]). Run by the CPU engine (`cpu::forward`) and the GPU's
-    /// cell driver, which `gpu::Plan` and `gpu::GpuRnn` take for a config with it.
+    /// (`gpu::Plan`, `gpu::GpuRnn`).
     pub dropout: Prob,
     /// Zoneout (Krueger et al. 2016) of the `h` state: in training each unit keeps its
     /// previous value with this probability, in inference it takes the expectation
     /// `p h_prev + (1 - p) h_new`. Cells whose first state is `h` (and whose output is it).
     pub zoneout: Prob,
     /// How the GPU drivers store values: f32 (default) or f16 with f32 accumulation
-    /// ([`Precision`]). Run by the GPU's cell driver and fused kernels
-    /// (`gpu::Plan`, `gpu::GpuRnn`); the CPU engine (`cpu::forward`) is their f16-storage
+    /// ([`Precision`]), on the GPU (`gpu::Plan`, `gpu::GpuRnn`); the CPU engine (`cpu::forward`) is their f16-storage
     /// twin.
     pub precision: Precision,
 }
@@ -107,7 +106,7 @@ impl RnnConfig {
         self.precision = precision;
         self
     }
-    /// Whether dropout or zoneout is on (only the cell drivers run them).
+    /// Whether dropout or zoneout is on.
     pub fn regularised(&self) -> bool {
         !self.dropout.is_zero() || !self.zoneout.is_zero()
     }

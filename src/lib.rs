@@ -1,6 +1,7 @@
 //! # wgpu-rnn
 //!
-//! Fused recurrent-network kernels, forward and backward through time, with PyTorch's
+//! Fused recurrent-network kernels (each cell's own WGSL update fused with its products), forward
+//! and backward through time, with PyTorch's
 //! semantics exactly, and a CPU engine that every GPU result is tested against. The cells
 //! ([`Mode`], one module each in [`cells`]): PyTorch's RNN (tanh, ReLU), LSTM (with optional
 //! projection) and GRU, and LSTM with peepholes, coupled-gate LSTM (CIFG), GRU with the reset

@@ -1,4 +1,4 @@
-//! Storage precision of the cell drivers: `F32` (every buffer f32) or `F16` (weights, layer
+//! Storage precision of the GPU driver and its CPU twin: `F32` (every buffer f32) or `F16` (weights, layer
 //! inputs and outputs, states, tape and gradients stored as f16, every product and sum
 //! accumulated in f32 in registers). One home for the conversions the host does (`half`),
 //! the WGSL that makes one shader source serve both (`alias S`), and the rounding the CPU
@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 
-/// How the cell drivers store values (see the module docs). Arithmetic is f32 either way.
+/// How the GPU driver stores values (see the module docs). Arithmetic is f32 either way.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Precision {
     /// Every buffer f32 (the default).

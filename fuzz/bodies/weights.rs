@@ -80,7 +80,7 @@ pub fn run(data: &[u8]) {
             run_small(&w);
         }
         Err(_) => {
-            for mode in Mode::FUSED {
+            for mode in Mode::PYTORCH {
                 if let Some(h) = hint_from_shapes(&file, mode) {
                     if let Ok(w) = Weights::<f32>::from_file(&file, "", Some(&h)) {
                         assert!(w.config == h, "hinted load returned another config");

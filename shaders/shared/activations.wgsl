@@ -19,7 +19,7 @@ fn tanh_safe(x: f32) -> f32 {
 const NONE: u32 = 0xffffffffu;
 
 // A NaN that is not a constant expression (WGSL refuses those): what the single-dispatch loops
-// write where an adapter cut them short (step_forward.wgsl, step_backward.wgsl).
+// write where an adapter cut them short (shaders/cells/stage.wgsl, loop_grad.wgsl).
 fn poison(j: u32) -> f32 {
     return bitcast<f32>(0x7fc00000u | (j & 0u));
 }

@@ -32,7 +32,7 @@ enum Device {
 enum Precision {
     /// f32 everywhere.
     F32,
-    /// f16 storage, f32 arithmetic (the cell drivers; GPU needs SHADER_F16).
+    /// f16 storage, f32 arithmetic (GPU needs SHADER_F16).
     F16,
     /// f64 (CPU only, for reference checks).
     F64,
@@ -95,10 +95,8 @@ enum Cmd {
         /// inside passes, where the adapter has them).
         #[arg(long)]
         profile: bool,
-        /// f16: also time the fused kernels with f16 storage (rows gpu-f16, beside the f32
-        /// rows gpu), and the cell driver (what gpu::Plan runs for the cells beyond the fused four) with f32 and with f16 storage on
-        /// resident buffers (rows gpu-cells-f32 and gpu-cells-f16, with the training plan's
-        /// device memory).
+        /// f16: also time every configuration with f16 storage on resident buffers (rows
+        /// gpu-f16 beside the f32 rows gpu, each with the training plan's device memory).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,
     },
@@ -108,8 +106,6 @@ enum Cmd {
 enum Strategy {
     Auto,
     PerStep,
-    /// Per step with the GPU-shaped kernel (the recurrent product's k split across the workgroup).
-    PerStepSplit,
     Single,
 }
 
@@ -125,7 +121,6 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
     let strategy = match strategy {
         Strategy::Auto => wgpu_rnn::gpu::StepStrategy::Auto,
         Strategy::PerStep => wgpu_rnn::gpu::StepStrategy::PerStep,
-        Strategy::PerStepSplit => wgpu_rnn::gpu::StepStrategy::PerStepSplit,
         Strategy::Single => wgpu_rnn::gpu::StepStrategy::SingleDispatch,
     };
     use wgpu_rnn::bench::*;
@@ -170,19 +165,13 @@ fn bench(config: Vec<String>, json: Option<PathBuf>, merge: Vec<PathBuf>, quick:
         if let Some(ctx) = &ctx {
             bar.set_message(format!("{} gpu", c.name));
             records.extend(bench_gpu(ctx, c, timing, strategy)?);
-            if precision == Precision::F16 && c.mode.fused() {
-                // The fused kernels in f16 (beside the f32 rows above).
-                bar.set_message(format!("{} gpu f16", c.name));
-                records.extend(bench_gpu_at(ctx, c, timing, strategy, wgpu_rnn::Precision::F16)?);
-            }
             if precision == Precision::F16 {
-                // The cell driver in both storages: f16 against f32 like for like.
+                // f16 storage beside the f32 rows above.
                 if let Some(why) = c.mode.f16_refused() {
                     skipped.push(format!("{}: no f16 rows ({} refuses f16 storage: {why})", c.name, c.mode));
                 } else {
-                    bar.set_message(format!("{} gpu cells f32, f16", c.name));
-                    records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F32)?);
-                    records.extend(bench_gpu_cells(ctx, c, timing, wgpu_rnn::Precision::F16)?);
+                    bar.set_message(format!("{} gpu f16", c.name));
+                    records.extend(bench_gpu_at(ctx, c, timing, strategy, wgpu_rnn::Precision::F16)?);
                 }
             }
             bar.inc(1);

@@ -11,7 +11,6 @@ impl Cell for Gru {
     const NAME: &'static str = "GRU";
     const WGSL: &'static str = super::cell_wgsl!("gru.wgsl");
     const OPTIONAL_BIAS: bool = true;
-    const FUSED_STEP: Option<(u32, bool)> = Some((3, false));
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(3, s, s.hidden)
     }

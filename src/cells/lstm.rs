@@ -22,7 +22,6 @@ impl Cell for Lstm {
     const WGSL: &'static str = super::cell_wgsl!("lstm.wgsl");
     const PROJECTION: bool = true;
     const OPTIONAL_BIAS: bool = true;
-    const FUSED_STEP: Option<(u32, bool)> = Some((4, false));
     fn params(s: Sizes) -> Vec<ParamDef> {
         let mut v = torch_params(4, s, h_out(s));
         if s.proj > 0 {

@@ -280,9 +280,6 @@ pub trait Cell: 'static {
     const NAME: &'static str;
     /// Whether `proj_size` > 0 is allowed (LSTM only).
     const PROJECTION: bool = false;
-    /// `(GATES, RELU)` of the fused step kernels of `shaders/step_*.wgsl`, for the cells they
-    /// run (PyTorch's four); see [`Mode::fused_step`].
-    const FUSED_STEP: Option<(u32, bool)> = None;
     /// Whether PyTorch's `bias=False` applies (the built-in cells); the others always have
     /// their biases.
     const OPTIONAL_BIAS: bool = false;
@@ -445,32 +442,14 @@ registry! {
 pub(crate) use with_cell;
 
 impl Mode {
-    /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU`: those the fused drivers run
-    /// ([`Mode::fused`]; a test keeps the two in step).
-    pub const FUSED: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
+    /// The four cells of PyTorch's `nn.RNN`, `nn.LSTM`, `nn.GRU` (those whose `bias` flag
+    /// applies, [`Mode::optional_bias`]; a test keeps the two in step).
+    pub const PYTORCH: [Mode; 4] = [Mode::RnnTanh, Mode::RnnRelu, Mode::Lstm, Mode::Gru];
 
-    /// Whether the GPU's fused drivers run this cell (`gpu::Plan` and the step kernels of
-    /// `shaders/step_*.wgsl`: PyTorch's four, those with a [`Mode::fused_step`]). Every cell
-    /// runs through the CPU engine (`cpu::forward`) and the GPU's cell driver
-    /// (`gpu::generic`).
-    pub fn fused(self) -> bool {
-        self.fused_step().is_some()
-    }
-
-    /// The cells the fused step kernels of shaders/step_*.wgsl run (PyTorch's four), as those
-    /// kernels' override constants: `(GATES, RELU)`, the gate count G and whether the
-    /// nonlinearity is relu. `None` for every other cell (`gpu::generic` runs those).
-    pub fn fused_step(self) -> Option<(u32, bool)> {
-        with_cell!(self, C => C::FUSED_STEP)
-    }
-
-    /// Gate count G of the fused cells (`weight_ih` has `G * H` rows); for the others the
-    /// rows of `W_x` at H = 1.
+    /// Rows of `W_x` per hidden unit (the gate count G of PyTorch's cells: `weight_ih` has
+    /// `G * H` rows): the input projection's width at H = 1.
     pub fn gates(self) -> usize {
-        match self.fused_step() {
-            Some((g, _)) => g as usize,
-            None => self.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true }).xp.max(1),
-        }
+        self.layout(Sizes { input: 1, hidden: 1, proj: 0, bias: true }).xp.max(1)
     }
 
     /// Every registered cell's name, comma-separated (for messages).

@@ -7,7 +7,6 @@ use crate::float::Float;
 /// The activation of a vanilla RNN.
 pub trait Activation: 'static {
     const NAME: &'static str;
-    const RELU: bool;
     const WGSL: &'static str;
     fn f<T: Float>(x: T) -> T;
     /// The derivative from the activation's value.
@@ -17,7 +16,6 @@ pub trait Activation: 'static {
 pub struct TanhAct;
 impl Activation for TanhAct {
     const NAME: &'static str = "RNN_TANH";
-    const RELU: bool = false;
     const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = false;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
@@ -32,7 +30,6 @@ impl Activation for TanhAct {
 pub struct ReluAct;
 impl Activation for ReluAct {
     const NAME: &'static str = "RNN_RELU";
-    const RELU: bool = true;
     const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = true;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
@@ -92,7 +89,6 @@ impl<A: Activation> Cell for Rnn<A> {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = A::NAME;
     const OPTIONAL_BIAS: bool = true;
-    const FUSED_STEP: Option<(u32, bool)> = Some((1, A::RELU));
     const WGSL: &'static str = A::WGSL;
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(1, s, s.hidden)

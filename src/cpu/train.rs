@@ -299,7 +299,7 @@ pub fn dropout<T: Float>(x: &[T], p: f32, seed: u32, counter: u32) -> Result<Vec
     Ok(v)
 }
 
-/// [`dropout`] in place (the cell driver's dropout between layers, and its backward).
+/// [`dropout`] in place (the GPU's dropout between layers, and its backward: the CPU twin).
 pub(crate) fn dropout_in_place<T: Float>(x: &mut [T], p: f32, seed: u32, counter: u32) -> Result<()> {
     check_dropout(x.len(), p)?;
     let (th, scale) = (dropout_threshold(p), t::<T>(1.0 / (1.0 - p as f64)));

@@ -6,7 +6,7 @@
 use super::context::{Context, TrackedBuffer};
 use super::engine::{BackwardBuffers, ForwardBuffers, Plan};
 use super::generic;
-use super::plan::{SeqLayout, StepStrategy};
+use super::sequence::{SeqLayout, StepStrategy};
 use super::readback::{storage_at, upload, upload_stored, Readback};
 use crate::config::RnnConfig;
 use crate::cpu::{check_run, check_states, ForwardOutput, Gradients, Pass};
@@ -27,8 +27,6 @@ pub struct GpuRnn {
     ctx: Arc<Context>,
     cfg: RnnConfig,
     weights: TrackedBuffer,
-    /// Every plan on the cell driver, whatever the config (`GpuRnn::on_cell_driver`).
-    cell_driver: bool,
     plans: Mutex<Vec<(PlanKey, Arc<Plan>)>>,
 }
 
@@ -114,22 +112,10 @@ impl GpuRnn {
     /// [`generic::flat_weights`]'s layout (per layer-direction, the slots in order: for
     /// PyTorch's four cells `state_dict` order).
     pub fn new(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
-        Self::with_driver(ctx, w, false)
-    }
-
-    /// [`GpuRnn::new`] on the cell driver whatever the configuration: for tests that compare
-    /// the two drivers, or the cell driver with `StepPlan` bit for bit, while both drivers
-    /// exist (issue 25 merges them).
-    #[doc(hidden)]
-    pub fn on_cell_driver(ctx: &Arc<Context>, w: &Weights<f32>) -> Result<Self> {
-        Self::with_driver(ctx, w, true)
-    }
-
-    fn with_driver(ctx: &Arc<Context>, w: &Weights<f32>, cell_driver: bool) -> Result<Self> {
         let _serial = ctx.exclusive();
         // Validated (config, every tensor against it, finite), stored in the config's precision.
         let weights = generic::upload_weights(ctx, w)?;
-        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, cell_driver, plans: Mutex::new(Vec::new()) })
+        Ok(GpuRnn { ctx: ctx.clone(), cfg: w.config.clone(), weights, plans: Mutex::new(Vec::new()) })
     }
 
     /// The configuration the weights were uploaded for.
@@ -164,7 +150,7 @@ impl GpuRnn {
             plans.push(entry);
             return Ok(plan);
         }
-        let plan = Arc::new(Plan::prepare(&self.ctx, &self.cfg, layout, pass, seed, StepStrategy::Auto, self.cell_driver)?);
+        let plan = Arc::new(Plan::prepare(&self.ctx, &self.cfg, layout, pass, seed, StepStrategy::Auto)?);
         plans.push((key, plan.clone()));
         if plans.len() > PLAN_CACHE {
             plans.remove(0);

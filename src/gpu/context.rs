@@ -366,9 +366,6 @@ impl Context {
     /// [`super::kernels::Family::stores_precision`]), built on first use.
     pub(crate) fn pipeline_at(&self, k: Kernel, precision: Precision) -> Result<wgpu::ComputePipeline> {
         self.lost_error()?;
-        if let Some(cell) = k.unsupported_cell() {
-            return Err(Error::Unsupported(format!("{cell} in the fused step kernels ({})", k.entry())));
-        }
         self.check_precision(precision)?;
         let precision = if k.family().stores_precision() { precision } else { Precision::F32 };
         let mut cache = self.pipelines.lock().unwrap_or_else(|e| e.into_inner());

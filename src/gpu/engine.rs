@@ -7,29 +7,19 @@
 //! per state of the cell ([`RnnConfig::states`]: `h`, then `c` for an LSTM, ...), a
 //! `[L*D, B, S_i]` tensor in the caller's batch order.
 //!
-//! Behind the plan, for now, two drivers (issue 25 merges them): PyTorch's four cells without
-//! regularisers run the fused kernels (`plan.rs`: one dispatch per step, the single-dispatch
-//! loops, the step strategies, profiling); every other configuration runs the cell driver
-//! (`generic.rs`: per stage the fused stage kernel, or runs of steps in one dispatch for small
-//! problems; the regularisers), whose
-//! states are gathered from and to the caller's order around the pass. [`runs_fused`] chooses,
-//! in this one place.
+//! Behind the plan, one driver for every cell (`generic.rs`): per stage the fused stage kernel
+//! (the cell's own WGSL with its product), or runs of steps in one dispatch for small
+//! problems; the regularisers; the states gathered from and to the caller's order around the
+//! pass.
 
-use super::context::{Context, TrackedBuffer};
+use super::context::Context;
 use super::generic::CellPlan;
 use super::kernels::Kernel;
-use super::plan::{FusedBackwardBuffers, FusedForwardBuffers, FusedPlan, SeqLayout, StateInputs, StepStrategy};
+use super::sequence::{SeqLayout, StepStrategy};
 use crate::config::RnnConfig;
 use crate::cpu::Pass;
 use crate::error::{Error, Result};
 use std::sync::Arc;
-
-/// Whether a configuration runs on the fused kernels: PyTorch's four cells without dropout or
-/// zoneout. The one place that chooses between the two GPU drivers ([`super::GpuRnn`] asks it
-/// too).
-pub(crate) fn runs_fused(cfg: &RnnConfig) -> bool {
-    cfg.mode.fused() && !cfg.regularised()
-}
 
 /// The caller's buffers for a forward. Every buffer but the counter holds elements in the
 /// config's [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4
@@ -88,25 +78,12 @@ pub struct BackwardBuffers<'a> {
 /// A prepared forward (and, in training, backward) of any registered cell for one config and
 /// batch structure: the engine API.
 pub struct Plan {
-    inner: Inner,
-}
-
-enum Inner {
-    Fused {
-        plan: FusedPlan,
-        /// Zeros standing for the states (and gradients) the caller leaves out: the fused plan
-        /// is prepared to read every one. Never written (wgpu zero-initialises buffers).
-        zeros: TrackedBuffer,
-    },
-    Cell(CellPlan),
+    inner: CellPlan,
 }
 
 impl std::fmt::Debug for Plan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.fmt(f),
-            Inner::Cell(plan) => plan.fmt(f),
-        }
+        self.inner.fmt(f)
     }
 }
 
@@ -115,62 +92,40 @@ impl Plan {
     /// blocks and tables, allocates the workspaces (tapes, inner layers' outputs) and builds
     /// the pipelines. Masks (dropout, zoneout) from seed 0 ([`Plan::with_seed`]).
     pub fn new(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass) -> Result<Self> {
-        Self::prepare(ctx, cfg, layout, pass, 0, StepStrategy::Auto, false)
+        Self::prepare(ctx, cfg, layout, pass, 0, StepStrategy::Auto)
     }
 
     /// As [`Plan::new`], with the seed of the regularisers' masks (the config's dropout and
     /// zoneout; the step counter is bound at recording, see [`ForwardBuffers::counter`]).
     pub fn with_seed(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32) -> Result<Self> {
-        Self::prepare(ctx, cfg, layout, pass, seed, StepStrategy::Auto, false)
+        Self::prepare(ctx, cfg, layout, pass, seed, StepStrategy::Auto)
     }
 
-    /// As [`Plan::new`], with the forward's step strategy chosen by the caller. On the cell
-    /// driver: `PerStep`, and `SingleDispatch` for the cells with a per-unit step
-    /// ([`crate::Mode::unit_step`]) without zoneout, products' k and units up to 256; the
-    /// GPU-shaped `PerStepSplit` is the fused kernels' only. A strategy a configuration cannot
-    /// run is [`Error::Unsupported`].
+    /// As [`Plan::new`], with the forward's step strategy chosen by the caller: `PerStep`,
+    /// and `SingleDispatch` for the cells with a per-unit step ([`crate::Mode::unit_step`])
+    /// without zoneout, products' k and units up to 256, at most two stages. A strategy a
+    /// configuration cannot run is [`Error::Unsupported`].
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, strategy: StepStrategy) -> Result<Self> {
-        Self::prepare(ctx, cfg, layout, pass, 0, strategy, false)
+        Self::prepare(ctx, cfg, layout, pass, 0, strategy)
     }
 
-    /// The constructors' common body; `cell_driver` puts any config on the cell driver
-    /// (`GpuRnn::on_cell_driver`, for tests comparing the drivers).
-    pub(crate) fn prepare(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy, cell_driver: bool) -> Result<Self> {
+    /// The constructors' common body.
+    pub(crate) fn prepare(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
         cfg.validate()?;
-        if cell_driver || !runs_fused(cfg) {
-            return Ok(Plan { inner: Inner::Cell(CellPlan::with_strategy(ctx, cfg, layout, pass, seed, strategy)?) });
-        }
-        let training = pass == Pass::Training;
-        let two = cfg.states().len() > 1;
-        let inputs = StateInputs { h0: true, c0: two, grad_h_n: training, grad_c_n: training && two };
-        let plan = FusedPlan::with_strategy(ctx, cfg, layout, pass, inputs, strategy)?;
-        let largest = cfg.state_elems(layout.batch()).into_iter().max().unwrap_or(0);
-        // GL: buffers are made under the context's guard (Context::exclusive).
-        let _serial = ctx.exclusive();
-        let zeros = ctx.buffer("zero states", ((largest * cfg.precision.bytes()).max(4).next_multiple_of(4)) as u64, wgpu::BufferUsages::STORAGE)?;
-        Ok(Plan { inner: Inner::Fused { plan, zeros } })
+        Ok(Plan { inner: CellPlan::with_strategy(ctx, cfg, layout, pass, seed, strategy)? })
     }
 
     /// The configuration the plan was prepared for.
     pub fn config(&self) -> &RnnConfig {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.config(),
-            Inner::Cell(plan) => plan.config(),
-        }
+        self.inner.config()
     }
     /// Training (a backward can follow) or inference.
     pub fn pass(&self) -> Pass {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.pass(),
-            Inner::Cell(plan) => plan.pass(),
-        }
+        self.inner.pass()
     }
     /// The batch structure the plan was prepared for.
     pub fn layout(&self) -> &SeqLayout {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.layout(),
-            Inner::Cell(plan) => plan.layout(),
-        }
+        self.inner.layout()
     }
     /// Packed rows N.
     pub fn rows(&self) -> usize {
@@ -178,76 +133,35 @@ impl Plan {
     }
     /// Elements of the weights (and weight gradients) buffer, in the config's precision.
     pub fn weight_elems(&self) -> usize {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.weight_elems(),
-            Inner::Cell(plan) => plan.weight_elems(),
-        }
+        self.inner.weight_elems()
     }
-    /// Whether the plan runs on the fused kernels (else the cell driver; see the module docs).
-    pub fn fused(&self) -> bool {
-        matches!(self.inner, Inner::Fused { .. })
-    }
-    /// Dispatches one recorded forward issues (the cell driver's gathers of the states the
-    /// caller gives come on top).
+    /// Dispatches one recorded forward issues (the gathers of the states the caller gives
+    /// come on top).
     pub fn forward_dispatches(&self) -> usize {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.forward_dispatches(),
-            Inner::Cell(plan) => plan.forward_dispatches(),
-        }
+        self.inner.forward_dispatches()
     }
     /// Dispatches one recorded backward issues (0 for an inference plan).
     pub fn backward_dispatches(&self) -> usize {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.backward_dispatches(),
-            Inner::Cell(plan) => plan.backward_dispatches(),
-        }
+        self.inner.backward_dispatches()
     }
     /// The distinct kernel variants a forward and a backward dispatch, in first-use order.
     pub fn kernels(&self) -> Vec<Kernel> {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.kernels(),
-            Inner::Cell(plan) => plan.kernels(),
-        }
+        self.inner.kernels()
     }
     /// Bytes of workspace, tables and parameter blocks this plan holds.
     pub fn workspace_bytes(&self) -> u64 {
-        match &self.inner {
-            Inner::Fused { plan, zeros } => plan.workspace_bytes() + zeros.size(),
-            Inner::Cell(plan) => plan.workspace_bytes(),
-        }
+        self.inner.workspace_bytes()
     }
 
     /// Profiles the following recordings with `profile` (timestamps around every dispatch),
     /// or stops with `None`; only for finding where time goes (the timestamps cost time too).
     pub fn set_profile(&self, profile: Option<Arc<super::profile::KernelProfile>>) {
-        match &self.inner {
-            Inner::Fused { plan, .. } => plan.set_profile(profile),
-            Inner::Cell(plan) => plan.set_profile(profile),
-        }
+        self.inner.set_profile(profile)
     }
 
     /// Records the forward into `encoder` (no submit).
     pub fn record_forward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &ForwardBuffers<'_>) -> Result<()> {
-        match &self.inner {
-            Inner::Cell(plan) => plan.record_forward(encoder, bufs),
-            Inner::Fused { plan, zeros } => {
-                let n_states = plan.config().states().len();
-                check_counts(plan.config(), bufs.states0.len(), bufs.states_n.len(), ("0", "_n"))?;
-                let given = |i: usize| bufs.states0.get(i).copied().flatten().unwrap_or(zeros);
-                plan.record_forward(
-                    encoder,
-                    &FusedForwardBuffers {
-                        weights: bufs.weights,
-                        input: bufs.input,
-                        output: bufs.output,
-                        h0: Some(given(0)),
-                        c0: (n_states > 1).then(|| given(1)),
-                        h_n: bufs.states_n[0],
-                        c_n: bufs.states_n.get(1).copied(),
-                    },
-                )
-            }
-        }
+        self.inner.record_forward(encoder, bufs)
     }
 
     /// Records the backward into `encoder`. The plan must be a training plan whose forward
@@ -255,45 +169,11 @@ impl Plan {
     /// The backward clears what it adds into (the input and weight gradients), so a plan can
     /// be recorded again and again.
     pub fn record_backward(&self, encoder: &mut wgpu::CommandEncoder, bufs: &BackwardBuffers<'_>) -> Result<()> {
-        match &self.inner {
-            Inner::Cell(plan) => plan.record_backward(encoder, bufs),
-            Inner::Fused { plan, zeros } => {
-                if plan.pass() != Pass::Training {
-                    return Err(Error::NotTraining);
-                }
-                let n_states = plan.config().states().len();
-                check_counts(plan.config(), bufs.states0.len(), bufs.grad_states0.len(), ("0", "0 gradient"))?;
-                check_counts(plan.config(), bufs.grad_states_n.len(), n_states, ("_n gradient", "0 gradient"))?;
-                for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
-                    if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
-                        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward may clear it with (has {:?})", b.usage())));
-                    }
-                }
-                let given = |i: usize| bufs.states0.get(i).copied().flatten().unwrap_or(zeros);
-                let grad = |i: usize| bufs.grad_states_n.get(i).copied().flatten().unwrap_or(zeros);
-                plan.record_backward(
-                    encoder,
-                    &FusedBackwardBuffers {
-                        weights: bufs.weights,
-                        input: bufs.input,
-                        output: bufs.output,
-                        h0: Some(given(0)),
-                        c0: (n_states > 1).then(|| given(1)),
-                        grad_output: bufs.grad_output,
-                        grad_h_n: Some(grad(0)),
-                        grad_c_n: (n_states > 1).then(|| grad(1)),
-                        grad_input: bufs.grad_input,
-                        grad_h0: bufs.grad_states0[0],
-                        grad_c0: bufs.grad_states0.get(1).copied(),
-                        grad_weights: bufs.grad_weights,
-                    },
-                )
-            }
-        }
+        self.inner.record_backward(encoder, bufs)
     }
 }
 
-/// At most one entry per state going in, exactly one per state coming out (both drivers);
+/// At most one entry per state going in, exactly one per state coming out;
 /// `suffixes` name the two sides after the states (`("0", "_n")`: h0, c0 and h_n, c_n).
 pub(crate) fn check_counts(cfg: &RnnConfig, given: usize, out: usize, suffixes: (&str, &str)) -> Result<()> {
     let states = cfg.states();

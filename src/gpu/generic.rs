@@ -1,8 +1,7 @@
-//! The GPU time-loop driver generic over the cell (`crate::cells`): the same plan as the CPU
-//! engine (`cpu::forward`), for every cell that has a WGSL file, never asking which cell it runs.
+//! The GPU's time-loop driver, generic over the cell (`crate::cells`): the same plan as the CPU
+//! engine (`cpu::forward`), for every registered cell, never asking which cell it runs.
 //!
-//! - `CellPlan`: the driver behind [`super::Plan`] for the configurations the fused kernels do
-//!   not run. Prepared once per config and batch structure (parameter blocks uploaded,
+//! - `CellPlan`: the driver behind [`super::Plan`] (and so [`super::GpuRnn`]). Prepared once per config and batch structure (parameter blocks uploaded,
 //!   workspaces allocated, pipelines built), then recorded into the caller's command encoder
 //!   over the caller's buffers ([`super::ForwardBuffers`], [`super::BackwardBuffers`]), with
 //!   no hidden submit, readback or buffer write; its own states buffers (sorted order,
@@ -24,8 +23,8 @@
 //! dispatch each instead (`cell_loop` in stage.wgsl: a workgroup owns 4 rows for the run, every
 //! stage's product and `unit_forward` in turn, runs sized within the adapter's loop budget), and
 //! writes the same tape. `Shape` builds the ops: `forward_ops`, `backward_ops`, `states_io`,
-//! `workspaces`. ARCHITECTURE.md ("The cell
-//! drivers' engine API, one step at a time, regularisers") explains the regularisers. Backward, steps reversed, stages last to first:
+//! `workspaces`. ARCHITECTURE.md ("One engine API; one step at a time; regularisers")
+//! explains the regularisers. Backward, steps reversed, stages last to first:
 //! `cell_backward`, then the product's `dv = dr_k R_k` written where the product read (the
 //! tape-gradient region, or added to the state gradients for stage-0 products of a state);
 //! after the loop, GEMMs over all rows for `dW_x`, `dR_k`, `dX`, and column sums for the
@@ -34,7 +33,7 @@
 //!
 //! Buffers (the config's [`Precision`]: f32, or f16 with every sum in f32): the weights flat
 //! by slot ([`flat_weights`]: per layer-direction, slots in [`Slot::ALL`] order; for PyTorch's
-//! four cells that is `state_dict` order, the fused plan's too); per
+//! four cells that is `state_dict` order); per
 //! layer-direction a tape buffer `[xp | tape | states before each row]`; the states `[L*D, B,
 //! S]` (each row's states concatenated in the cell's order) in the layout's *sorted* order,
 //! read and written in place; a scratch buffer (products forward, tape gradients backward);
@@ -46,7 +45,7 @@
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
 use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, NONE, ROW_BACKWARD_LOOPS};
-use super::plan::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
+use super::sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
@@ -64,7 +63,7 @@ use std::sync::Arc;
 
 /// Rows of k a GEMM takes in one dispatch: the plan's runs (Mesa's gallivm ends
 /// an invocation's loops after 65,535 iterations in all: ARCHITECTURE.md, "Runs").
-const K_RUN: usize = super::plan::GEMM_K_RUN;
+const K_RUN: usize = super::sequence::GEMM_K_RUN;
 
 /// Rows a fused stage kernel's invocation takes (`RB` in shaders/cells/stage.wgsl).
 const STAGE_ROWS: usize = 8;
@@ -275,7 +274,7 @@ impl Builder {
         if width == 0 {
             return;
         }
-        for p in UtilParams::colsum_runs(rows, width, src_off, ld, dst_off, super::plan::COLSUM_ROWS) {
+        for p in UtilParams::colsum_runs(rows, width, src_off, ld, dst_off, super::sequence::COLSUM_ROWS) {
             let off = self.params.push(&p);
             let g = width.div_ceil(256) as u32;
             ops.push(Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [g, 1, 1], bufs: vec![src, Buf::Dummy(0), Buf::Dummy(0), dst] });
@@ -361,8 +360,8 @@ impl CellPlan {
     /// As [`CellPlan::with_seed`], with a step strategy: per step (`PerStep`), the
     /// single-dispatch loop (`SingleDispatch`: runs of steps in one dispatch each, for the cells
     /// with [`Mode::unit_step`](crate::Mode::unit_step) without zoneout, products' k and units
-    /// up to 256), or `Auto` (the loop where a step is too small to pay for its dispatches).
-    /// The GPU-shaped `PerStepSplit` is the fused kernels' only (`Error::Unsupported`).
+    /// up to 256, at most two stages), or `Auto` (the loop where a step is too small to pay
+    /// for its dispatches).
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
         cfg.validate()?;
         let prec = cfg.precision;
@@ -374,6 +373,7 @@ impl CellPlan {
         ctx.check_precision(prec)?;
         let sh = Shape::new(ctx, cfg, layout, pass, seed, strategy)?;
         check_gpu(ctx, sh.n, sh.b, prec, &sh.sizes())?;
+        sh.check_step_loops()?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
         let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes() };
@@ -555,8 +555,8 @@ impl CellPlan {
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
         self.check_states_io(bufs.grad_states_n, bufs.grad_states0, ("_n gradient", "0 gradient"))?;
-        // The forward's initial states: not read by this driver's backward, but part of the
-        // contract (the fused driver reads them), so checked the same way.
+        // The forward's initial states: not read by this backward, but part of the contract
+        // (a later driver may read them), so checked the same way.
         self.check_states_io(bufs.states0, bufs.grad_states0, ("0", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
         for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
@@ -574,8 +574,8 @@ impl CellPlan {
             ("grad_input", Some(bufs.grad_input), true),
             ("grad_weights", Some(bufs.grad_weights), true),
         ];
-        // The forward's output and initial states, which the fused driver reads: never a
-        // buffer this backward writes, whichever driver runs.
+        // The forward's output and initial states, part of the contract: never a buffer this
+        // backward writes.
         roles.push(("output", Some(bufs.output), false));
         roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
         roles.extend(bufs.grad_states_n.iter().map(|g| ("final state gradient", *g, false)));
@@ -630,7 +630,7 @@ impl CellPlan {
 /// inference and generation. Recording a step binds the caller's buffers and records the
 /// dispatches (per layer: the input projection, per stage its product and pointwise kernel);
 /// nothing is uploaded, submitted or read back. Stepping a sequence one call at a time gives
-/// what [`super::Plan`] (or [`super::GpuRnn`]) on the cell driver gives for the whole sequence. A step is inference: the
+/// what [`super::Plan`] (or [`super::GpuRnn`]) gives for the whole sequence. A step is inference: the
 /// config's dropout does nothing, its zoneout takes the expectation `p h_prev + (1 - p) h_new`.
 #[derive(Debug)]
 pub struct StepPlan {
@@ -816,7 +816,6 @@ impl<'a> Shape<'a> {
         let run = loop_run_steps(budget, per_step);
         match (strategy, why) {
             (StepStrategy::PerStep, _) => Ok(None),
-            (StepStrategy::PerStepSplit, _) => Err(Error::Unsupported(format!("step strategy PerStepSplit for {} (the fused kernels' only)", self.cfg.mode))),
             (StepStrategy::SingleDispatch | StepStrategy::SingleDispatchUnbounded, Some(why)) => {
                 Err(Error::Unsupported(format!("the single-dispatch path for {}: not with {why}", self.cfg.mode)))
             }
@@ -824,10 +823,9 @@ impl<'a> Shape<'a> {
             (StepStrategy::SingleDispatchUnbounded, None) => Ok(Some(self.layout.batch_sizes().len())),
             (StepStrategy::Auto, Some(_)) => Ok(None),
             (StepStrategy::Auto, None) => {
-                // Multiply-adds (and pointwise units) of a step, against the fused loop's bound
-                // on CPU-emulated adapters (measured there), on every adapter: this loop's
-                // workgroups have 64 invocations, a quarter of the fused loop's, and it is not
-                // measured on a GPU yet, so it does not take the fused loop's GPU bound.
+                // Multiply-adds (and pointwise units) of a step, against the bound measured on
+                // CPU-emulated adapters (for the loops before these), on every adapter: not
+                // measured on a GPU yet.
                 let max = SINGLE_DISPATCH_MAX_MACS;
                 let work = self.dims.iter().map(|dm| self.b * (dm.lay.stages.iter().flatten().map(|p| p.rows * p.k).sum::<usize>() + self.units(dm))).max().unwrap_or(0);
                 Ok((work <= max).then_some(run))
@@ -850,6 +848,26 @@ impl<'a> Shape<'a> {
         }
         let per_step = self.dims.iter().map(|dm| self.loop_grad_iterations(dm)).max().unwrap_or(1);
         Some(loop_run_steps(loop_iteration_budget(self.ctx.adapter_info()), per_step))
+    }
+
+    /// A per-step kernel's longest loops per invocation within the adapter's budget (Mesa's
+    /// cap ends them silently past it): the stage kernel walks a product's k in vec4s, the
+    /// pointwise kernels a row's units in strides of 64 ([`ROW_BACKWARD_LOOPS`] loops at most;
+    /// the whole-row cells a few passes). Past it the plan is refused, never cut short.
+    fn check_step_loops(&self) -> Result<()> {
+        let budget = loop_iteration_budget(self.ctx.adapter_info());
+        for dm in &self.dims {
+            let rows = (ROW_BACKWARD_LOOPS + 4) * self.units(dm).div_ceil(LOOP_WG);
+            let k = dm.lay.stages.iter().flatten().map(|p| p.k.div_ceil(4)).max().unwrap_or(0);
+            let it = LOOP_COUNT_SLACK * (rows.max(k) + 16);
+            if it > budget {
+                return Err(Error::Limit(format!(
+                    "a step of {} at these sizes loops {it} times per invocation (counted), beyond this adapter's {budget}",
+                    self.cfg.mode
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// An upper bound of `cell_loop_grad`'s loop iterations per invocation for one step of a

@@ -10,21 +10,6 @@ use bytemuck::{Pod, Zeroable};
 pub mod source {
     /// `shared/activations.wgsl`: the activation functions every cell kernel uses.
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
-    /// `step_forward.wgsl` after the activations: the fused cells' per-step and single-dispatch forward.
-    pub const STEP_FORWARD: &str =
-        concat!(include_str!("../../shaders/shared/activations.wgsl"), include_str!("../../shaders/step_forward.wgsl"));
-    /// `step_backward.wgsl` after the shared snippets: the fused cells' gate gradients and projection backward.
-    pub const STEP_BACKWARD: &str = concat!(
-        include_str!("../../shaders/shared/activations.wgsl"),
-        include_str!("../../shaders/shared/backward.wgsl"),
-        include_str!("../../shaders/step_backward.wgsl")
-    );
-    /// `recurrent_grad.wgsl` after the shared snippets: `dh_prev = dG W_hh` of one backward step.
-    pub const RECURRENT_GRAD: &str = concat!(
-        include_str!("../../shaders/shared/activations.wgsl"),
-        include_str!("../../shaders/shared/backward.wgsl"),
-        include_str!("../../shaders/recurrent_grad.wgsl")
-    );
     /// `gemm.wgsl`: the strided matrix product with bias.
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     /// `util.wgsl`: row gathers and scatters, copies, transposes, padding, column sums.
@@ -35,7 +20,7 @@ pub mod source {
     pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
 }
 
-/// The most storage buffers any kernel binds (recurrent_grad: 8, WebGPU's default limit).
+/// The most storage buffers any kernel binds (the cells' kernels: 8, WebGPU's default limit).
 pub const MAX_STORAGE_BINDINGS: u32 = 8;
 
 /// The most loops over a row's units a cell's `row_backward` (`shaders/cells/<cell>.wgsl`) has,
@@ -50,12 +35,6 @@ pub const MAX_PARAM_BYTES: u32 = 208;
 /// A kernel family: one WGSL module and one bind-group layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Family {
-    /// The fused cells' forward step kernels (`step_forward.wgsl`, [`StepParams`]).
-    StepForward,
-    /// The fused cells' gate-gradient kernels (`step_backward.wgsl`, [`BackParams`]).
-    StepBackward,
-    /// The recurrent gradient product `dh_prev = dG W_hh` (`recurrent_grad.wgsl`, [`BackParams`]).
-    RecurrentGrad,
     /// The strided matrix product (`gemm.wgsl`, [`GemmParams`]).
     Gemm,
     /// Row movement and column sums (`util.wgsl`, [`UtilParams`]).
@@ -80,7 +59,7 @@ pub enum Family {
 
 impl Family {
     /// The families that do not depend on a cell.
-    pub const FIXED: [Family; 7] = [Family::StepForward, Family::StepBackward, Family::RecurrentGrad, Family::Gemm, Family::Util, Family::Train, Family::Cast];
+    pub const FIXED: [Family; 4] = [Family::Gemm, Family::Util, Family::Train, Family::Cast];
 
     /// Every family: the fixed ones, one per registered cell, and the stage kernels' layouts.
     pub fn all() -> Vec<Family> {
@@ -101,8 +80,8 @@ impl Family {
     }
 
     /// Whether the family's storage arrays hold the plan's precision (`alias S`, see
-    /// [`Precision`]): every family the drivers run (the fused step kernels, the GEMMs, the
-    /// row utilities, the cells) and the casts. The training kit is f32 only.
+    /// [`Precision`]): every family the driver runs (the GEMMs, the row utilities, the
+    /// cells) and the casts. The training kit is f32 only.
     pub fn stores_precision(self) -> bool {
         !matches!(self, Family::Train)
     }
@@ -123,9 +102,6 @@ impl Family {
     pub fn source(self) -> &'static str {
         match self {
             Family::Cell(m) | Family::Stage(m) | Family::LoopGrad(m) => m.wgsl(),
-            Family::StepForward => source::STEP_FORWARD,
-            Family::StepBackward => source::STEP_BACKWARD,
-            Family::RecurrentGrad => source::RECURRENT_GRAD,
             Family::Gemm => source::GEMM,
             Family::Util => source::UTIL,
             Family::Train => source::TRAIN,
@@ -136,12 +112,6 @@ impl Family {
     /// Read-only (false) or read-write (true) for storage bindings 1.., after the uniform @0.
     pub fn storage_bindings(self) -> &'static [bool] {
         match self {
-            // wt, xp, out (rw), tape (rw), seq, wt as vec4, gathered states as vec4
-            Family::StepForward => &[false, false, true, true, false, false, false],
-            // weights, dy, tape, prev, seq, bw (rw), dg (rw)
-            Family::StepBackward => &[false, false, false, false, false, true, true],
-            // wt, dg, dy, tape, seq, bw (rw), wt as vec4, dg as vec4
-            Family::RecurrentGrad => &[false, false, false, false, false, true, false, false],
             // a, b, c (rw), bias, b as vec4, a as vec4
             Family::Gemm => &[false, false, true, false, false, false],
             // src, state0, seq, dst (rw)
@@ -164,8 +134,6 @@ impl Family {
     /// Size of the family's parameter struct.
     pub fn param_size(self) -> u64 {
         (match self {
-            Family::StepForward => std::mem::size_of::<StepParams>(),
-            Family::StepBackward | Family::RecurrentGrad => std::mem::size_of::<BackParams>(),
             Family::Gemm => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
@@ -179,53 +147,6 @@ impl Family {
 /// override constants). The pipeline cache is keyed by this alone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Kernel {
-    /// One step of `cell`, one of the cells the fused kernels run ([`Mode::fused_step`]).
-    /// One step of `cell`, one of the cells the fused kernels run ([`Mode::fused_step`]).
-    Step {
-        /// The cell.
-        cell: Mode,
-        /// `H_out` a multiple of 4: W_hh rows and the gathered states read as vec4s.
-        vec4: bool,
-        /// The GPU-shaped variant (`step_split`): the k-reduction split across the workgroup,
-        /// W_hh^T read by scalar loads (`vec4` is then false).
-        split: bool,
-    },
-    /// Every step of a small problem in one dispatch.
-    /// Every step of a small problem in one dispatch.
-    LoopStep {
-        /// The cell.
-        cell: Mode,
-        /// `H <= 64`: the 64-invocation workgroup (`loop_step_64`).
-        small: bool,
-    },
-    /// LSTM's projection `h = W_hr (o * tanh(c))` for a step's rows (`proj_forward`).
-    ProjForward,
-    /// One backward step's gate gradients of `cell`.
-    /// One backward step's gate gradients of `cell`.
-    CellGrad {
-        /// The cell.
-        cell: Mode,
-    },
-    /// Every backward step of a small problem in one dispatch.
-    /// Every backward step of a small problem in one dispatch.
-    LoopGrad {
-        /// The cell.
-        cell: Mode,
-        /// `H <= 64`: the 64-invocation workgroup (`loop_grad_64`).
-        small: bool,
-    },
-    /// `dh_prev = dG W_hh` for `cell`'s gates.
-    /// `dh_prev = dG W_hh` for `cell`'s gates.
-    RecurrentGrad {
-        /// The cell.
-        cell: Mode,
-        /// `G*H` a multiple of 4: W_hh^T rows and dG rows read as vec4s.
-        vec4: bool,
-        /// With `vec4`: each invocation owns 4 adjacent columns (CPU-emulated adapters).
-        wide: bool,
-    },
-    /// The projection's backward for a step's rows: `dh_pre = dh_tot W_hr` (`proj_grad`).
-    ProjGrad,
     /// The generic strided product (`gemm`), one column per invocation.
     Gemm,
     /// The generic product for n <= 128 (`gemm` with 4 adjacent columns per invocation).
@@ -236,25 +157,13 @@ pub enum Kernel {
     Gemm44,
     /// `gemm4t`: B's rows and A's columns (A transposed) read as vec4s.
     Gemm4T,
-    /// `gather_prev`: the state each packed row started from, for the backward.
-    GatherPrev,
-    /// `gather_last`: each sequence's state at its own last step (`h_n`, `c_n`).
-    GatherLast,
     /// `gather_rows`: rows moved between orders and strides by a table (states between the
     /// caller's order and a cell plan's own).
     GatherRows,
-    /// `scatter_last`: `grad_h_n` / `grad_c_n` seeded into each sequence's last row.
-    ScatterLast,
-    /// `copy`: a contiguous run of elements.
-    Copy,
-    /// `copy_state`: an initial state (or zeros) into the tape's state rows.
-    CopyState,
     /// `transpose`: a `[rows, width]` block transposed (weights for the kernels).
     Transpose,
     /// `colsum`: column sums in row order (bias gradients, no atomics).
     ColSum,
-    /// `pad_rows`: a block copied between row strides, zero-padded on the right.
-    PadRows,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
     /// A cell's pointwise forward of one stage for the step's rows, a workgroup per row (the
@@ -369,11 +278,8 @@ impl Kernel {
     pub fn family(self) -> Family {
         use Kernel::*;
         match self {
-            Step { .. } | LoopStep { .. } | ProjForward => Family::StepForward,
-            CellGrad { .. } | LoopGrad { .. } | ProjGrad => Family::StepBackward,
-            RecurrentGrad { .. } => Family::RecurrentGrad,
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
-            GatherPrev | GatherLast | GatherRows | ScatterLast | Copy | CopyState | Transpose | ColSum | PadRows => Family::Util,
+            GatherRows | Transpose | ColSum => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
@@ -386,30 +292,14 @@ impl Kernel {
     pub fn entry(self) -> &'static str {
         use Kernel::*;
         match self {
-            Step { split: false, .. } => "step",
-            Step { split: true, .. } => "step_split",
-            LoopStep { small: false, .. } => "loop_step",
-            LoopStep { small: true, .. } => "loop_step_64",
-            ProjForward => "proj_forward",
-            CellGrad { .. } => "cell_grad_step",
-            LoopGrad { small: false, .. } => "loop_grad",
-            LoopGrad { small: true, .. } => "loop_grad_64",
-            RecurrentGrad { .. } => "recurrent_grad",
-            ProjGrad => "proj_grad",
             Gemm => "gemm",
             GemmNarrow => "gemm",
             Gemm4 => "gemm4",
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
-            GatherPrev => "gather_prev",
-            GatherLast => "gather_last",
             GatherRows => "gather_rows",
-            ScatterLast => "scatter_last",
-            Copy => "copy",
-            CopyState => "copy_state",
             Transpose => "transpose",
             ColSum => "colsum",
-            PadRows => "pad_rows",
             Train(k) => k.entry(),
             CellForward(_) => "cell_forward",
             CellStage { .. } => "cell_stage",
@@ -437,38 +327,10 @@ impl Kernel {
         format!("{} ({})", self.entry(), c.join(" "))
     }
 
-    /// The cell of a fused step kernel whose cell the fused kernels do not run: such a
-    /// kernel has no pipeline (`Context::pipeline` refuses it).
-    pub fn unsupported_cell(self) -> Option<Mode> {
-        use Kernel::*;
-        match self {
-            Step { cell, .. } | LoopStep { cell, .. } | CellGrad { cell } | LoopGrad { cell, .. } | RecurrentGrad { cell, .. } => {
-                cell.fused_step().is_none().then_some(cell)
-            }
-            _ => None,
-        }
-    }
-
-    /// Pipeline-overridable constants (`GATES` 0 for a cell the fused kernels do not run:
-    /// see [`Kernel::unsupported_cell`]).
+    /// Pipeline-overridable constants.
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            Step { cell, vec4, split } => {
-                let (gates, relu) = fused(cell);
-                let mut v = vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)];
-                // step_split never reads VEC4 (naga would compact it away).
-                if !split {
-                    v.push(("VEC4", vec4 as u8 as f64));
-                }
-                v
-            }
-            LoopStep { cell, .. } | CellGrad { cell } | LoopGrad { cell, .. } => {
-                let (gates, relu) = fused(cell);
-                vec![("GATES", gates as f64), ("RELU", relu as u8 as f64)]
-            }
-            ProjForward | ProjGrad => vec![("GATES", 4.0)],
-            RecurrentGrad { cell, vec4, wide } => vec![("GATES", fused(cell).0 as f64), ("VEC4", vec4 as u8 as f64), ("WIDE", wide as u8 as f64)],
             GemmNarrow => vec![("ADJACENT", 1.0)],
             CellStage { vec4, gates, .. } => vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)],
             CellLoop { shape, .. } | CellLoopGrad { shape, .. } => shape.constants(),
@@ -524,11 +386,6 @@ impl LoopShape {
             ("LOOP_TRAIN", self.training as u8 as f64),
         ]
     }
-}
-
-/// The fused step kernels' `(GATES, RELU)` for `cell` ([`Mode::fused_step`]).
-fn fused(cell: Mode) -> (u32, bool) {
-    cell.fused_step().unwrap_or((0, false))
 }
 
 /// Whether shaders keep naga's runtime bounds checks: `WGPU_RNN_CHECKED=1` / `=0` decides;
@@ -648,136 +505,6 @@ impl Layouts {
 
 /// "Absent" offset (no bias, no h0, ...), as in the shaders.
 pub const NONE: u32 = u32::MAX;
-
-/// `StepParams` in step_forward.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct StepParams {
-    /// Packed row of the step's first row.
-    pub row_off: u32,
-    /// Rows active at the step.
-    pub rows: u32,
-    /// `H`.
-    pub hidden: u32,
-    /// `H_out` (`P` with projection).
-    pub out_size: u32,
-    /// Row stride of the output (`D * H_out`).
-    pub out_ld: u32,
-    /// This direction's first column in the output.
-    pub out_col: u32,
-    /// Offset of `W_hh^T [H_out, G*H]` in the rearranged weights.
-    pub wt_hh: u32,
-    /// Offset of `b_hh [G*H]` in the rearranged weights, or [`NONE`].
-    pub b_hh: u32,
-    /// Offset of `W_hr^T [H, P]` in the rearranged weights, or [`NONE`].
-    pub wt_hr: u32,
-    /// Offset of this direction's `prev[]` table in the sequence tables.
-    pub prev_off: u32,
-    /// Tape region: gates `[N, G*H]`.
-    pub gates_off: u32,
-    /// Tape region: `c [N+B, H]` (rows `N+b`: sequence b's initial state).
-    pub c_off: u32,
-    /// Tape region: `aux [N, H]` (GRU's `W_hn h + b_hn`, LSTM-projection's `o*tanh(c)`).
-    pub aux_off: u32,
-    /// Tape region: `hs [N+B, H_out]` (rows `N+b`: sequence b's initial state).
-    pub hs_off: u32,
-    /// 1: save what the backward needs.
-    pub training: u32,
-    /// Offset of row-major `W_hh [G*H, H_out]` in the rearranged weights (a multiple of 4; vec4 variant).
-    pub w4_off: u32,
-    /// Single-dispatch path: the run's length in steps.
-    pub steps: u32,
-    /// Single-dispatch path: 1 walks the steps last to first.
-    pub reverse: u32,
-    /// Single-dispatch path: offset of the step offsets `off[t]` in the sequence tables.
-    pub off_tab: u32,
-    /// Single-dispatch path: offset of `batch_sizes[t]` in the sequence tables.
-    pub bs_tab: u32,
-    /// Single-dispatch path: offset of `init[r]`, sorted row r's initial-state row, in the sequence tables.
-    pub init_off: u32,
-    /// Padding to the WGSL struct's size.
-    pub _pad0: u32,
-    /// Padding.
-    pub _pad1: u32,
-    /// Padding.
-    pub _pad2: u32,
-}
-
-/// Sorted rows per workgroup of the single-dispatch path (`LOOP_ROWS` in step_forward.wgsl).
-pub const LOOP_ROWS: usize = 4;
-/// Hidden units per workgroup of the single-dispatch path, its largest `H` (`LOOP_UNITS`).
-pub const LOOP_UNITS: usize = 256;
-
-/// Rows of a block in the register-blocked step kernels (`RB` in the shaders).
-pub const ROW_BLOCK: usize = 8;
-
-/// `BackParams` in step_backward.wgsl.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct BackParams {
-    /// Packed row of the step's first row.
-    pub row_off: u32,
-    /// Rows active at the step.
-    pub rows: u32,
-    /// `H`.
-    pub hidden: u32,
-    /// `H_out` (`P` with projection).
-    pub out_size: u32,
-    /// Row stride of the output gradient (`D * H_out`).
-    pub out_ld: u32,
-    /// This direction's first column in the output gradient.
-    pub out_col: u32,
-    /// Offset of row-major `W_hh [G*H, H_out]` in the rearranged weights (`recurrent_grad`).
-    pub w_hh: u32,
-    /// Offset of `W_hr [P, H]` in the flat weights.
-    pub w_hr: u32,
-    /// Offset of this direction's `prev[]` table in the sequence tables.
-    pub prev_off: u32,
-    /// `N`: rows `N..` of `dh_rec` / `dc_rec` are the initial states' gradients.
-    pub n_rows: u32,
-    /// Tape region: gates `[N, G*H]`.
-    pub gates_off: u32,
-    /// Tape region: `c [N, H]`.
-    pub c_off: u32,
-    /// Tape region: `aux [N, H]`.
-    pub aux_off: u32,
-    /// Offset of the gathered `h_prev [N, H_out]`.
-    pub hprev_off: u32,
-    /// Offset of the gathered `c_prev [N, H]`.
-    pub cprev_off: u32,
-    /// Workspace: `dh_rec [N+B, H_out]`, the gradient reaching each row's h from later steps or `h_n`.
-    pub dh_off: u32,
-    /// Workspace: `dc_rec [N+B, H]`.
-    pub dc_off: u32,
-    /// Workspace: `dh_tot [N, P]` (projection).
-    pub dhtot_off: u32,
-    /// Workspace: `dh_pre [N, H]` (projection).
-    pub dhpre_off: u32,
-    /// Offset of the gate gradients `dG_x [N, G*H]`.
-    pub dgx_off: u32,
-    /// Offset of GRU's hidden-side gate gradients `dG_h [N, G*H]`.
-    pub dgh_off: u32,
-    /// `P`, or 0 without projection.
-    pub proj: u32,
-    /// Offset of `W_hh^T [H_out, G*H]` in the rearranged weights (`recurrent_grad`).
-    pub wt_hh: u32,
-    /// Single-dispatch backward: offset of `W_hh [G*H, H]` in the flat weights.
-    pub w_hh_flat: u32,
-    /// Single-dispatch backward: the run's length in steps.
-    pub steps: u32,
-    /// Single-dispatch backward: 1 for the reverse direction.
-    pub reverse: u32,
-    /// Single-dispatch backward: offset of `off[t]` in the sequence tables.
-    pub off_tab: u32,
-    /// Single-dispatch backward: offset of `batch_sizes[t]` in the sequence tables.
-    pub bs_tab: u32,
-    /// Single-dispatch backward: offset of `init[r]` in the sequence tables.
-    pub init_off: u32,
-    /// Single-dispatch backward: offset of `last[b]` in the sequence tables.
-    pub last_off: u32,
-    /// Padding to the WGSL struct's size.
-    pub _pad: u32,
-}
 
 /// Bytes of B one run of a weight-gradient GEMM streams ([`GemmParams::row_run`]): small
 /// enough to stay in a CPU cache while every workgroup reads it.
@@ -901,9 +628,9 @@ pub struct CellParams {
     pub thresh: u32,
     /// The dropout scale `1 / (1 - p)` or the zoneout probability `p`.
     pub f: f32,
-    /// Fused stage kernel: invocations per row along x.
+    /// Stage kernel and loops: invocations per row along x (the units).
     pub units: u32,
-    /// Fused stage kernel: the stage's product's gates per unit (0: no product).
+    /// Stage kernel: the stage's product's gates per unit (0: no product).
     pub pg: u32,
     /// The product's rows.
     pub prows: u32,
@@ -1100,10 +827,8 @@ pub struct TrainParams {
     pub f3: f32,
 }
 
-const _: () = assert!(std::mem::size_of::<BackParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<TrainParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<CellParams>() as u32 <= MAX_PARAM_BYTES);
-const _: () = assert!(std::mem::size_of::<StepParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<GemmParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<UtilParams>() as u32 <= MAX_PARAM_BYTES);
 const _: () = assert!(std::mem::size_of::<CastParams>() as u32 <= MAX_PARAM_BYTES);

@@ -1,4 +1,4 @@
-//! The GPU path: fused WGSL kernels driven through wgpu.
+//! The GPU path: WGSL kernels composed from each cell's own, driven through wgpu.
 //!
 //! - [`Context`]: a device of our own or the caller's, with the pipeline cache;
 //! - [`Plan`]: the engine API, for every registered cell. Prepared once per problem
@@ -17,11 +17,9 @@ mod gemm;
 pub mod generic;
 pub mod kernels;
 pub mod profile;
-mod plan;
 mod readback;
 mod record;
-mod tables;
-mod tape;
+mod sequence;
 pub mod train;
 
 pub use api::{GpuRnn, GpuTape};
@@ -29,8 +27,5 @@ pub use engine::{BackwardBuffers, ForwardBuffers, Plan};
 pub use generic::{flat_weights, weight_elems, weights_from_flat, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
 pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
-pub use plan::{
-    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, ENV_STEP_SHAPE,
-    LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS, SINGLE_DISPATCH_MAX_MACS_GPU,
-};
+pub use sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS};
 pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

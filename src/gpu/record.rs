@@ -1,5 +1,5 @@
 //! How every host module dispatches a kernel (`Plan`, `MatMul`, the training kit's
-//! `Program`, the generic cell driver): parameter blocks laid out at the context's stride and
+//! `Program`, the cell driver `gpu::generic`): parameter blocks laid out at the context's stride and
 //! uploaded once ([`ParamBlocks`]), a bind group in the kernel family's layout
 //! ([`bind_group`]), and a compute pass that sets the pipeline and bind group and dispatches
 //! ([`Recorder`]).

@@ -254,9 +254,9 @@ fn sizes_a_cell_cannot_take_are_typed_errors() {
 }
 
 #[test]
-fn fused_list_matches_the_cells_that_say_so() {
-    let fused: Vec<Mode> = Mode::REGISTRY.iter().copied().filter(|m| m.fused()).collect();
-    assert_eq!(fused, Mode::FUSED);
+fn pytorch_list_matches_the_cells_whose_bias_flag_applies() {
+    let pytorch: Vec<Mode> = Mode::REGISTRY.iter().copied().filter(|m| m.optional_bias()).collect();
+    assert_eq!(pytorch, Mode::PYTORCH);
 }
 
 #[test]

@@ -223,12 +223,11 @@ fn to64(v: &[f32]) -> Vec<f64> {
 }
 
 /// A random problem, its GPU run through the engine API (with every step strategy the config
-/// supports, the GPU-shaped split kernel included) and its CPU f64 reference.
+/// supports) and its CPU f64 reference.
 fn compare_with_cpu(ctx: &Arc<Context>, cfg: &RnnConfig, lengths: &[usize], seed: u64, with_states: bool) {
-    let single_ok = cfg.proj_size == 0 && cfg.hidden_size <= wgpu_rnn::gpu::kernels::LOOP_UNITS;
+    // The loops' limits (Plan::with_strategy): a per-unit step, no zoneout, up to 256 units.
+    let single_ok = cfg.mode.unit_step() && cfg.zoneout.is_zero() && cfg.hidden_size <= 256;
     compare_with_cpu_using(ctx, StepStrategy::PerStep, cfg, lengths, seed, with_states);
-    // The GPU-shaped per-step kernel (issue 15; forced here, taken by no adapter by default).
-    compare_with_cpu_using(ctx, StepStrategy::PerStepSplit, cfg, lengths, seed, with_states);
     if single_ok {
         compare_with_cpu_using(ctx, StepStrategy::SingleDispatch, cfg, lengths, seed, with_states);
     }
@@ -303,7 +302,7 @@ fn gpu_matches_cpu_on_awkward_sizes() {
     for ctx in contexts() {
         // Every awkward size as input and as hidden size, cells and shapes varied.
         for (k, &hs) in sizes.iter().enumerate() {
-            let mode = Mode::FUSED[k % 4];
+            let mode = Mode::PYTORCH[k % 4];
             let is = sizes[(k + 3) % sizes.len()];
             // Keep each case's work bounded on a CPU-emulated adapter: ~ T * B * G*H * H.
             let b = if hs >= 129 { g.random_range(1..9) } else { g.random_range(1..65) };
@@ -334,7 +333,7 @@ fn two_identical_runs_are_bitwise_identical() {
         let xpad: Vec<f32> = uniform(&mut g, 12 * 5 * 13, 1.0).into_iter().map(|v| v as f32).collect();
         let x = PackedSequence::from_padded(&xpad, [12, 5, 13], false, &lengths).unwrap();
         let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
-        for strategy in [StepStrategy::PerStep, StepStrategy::PerStepSplit, StepStrategy::SingleDispatch] {
+        for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
         let a = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
         let b = engine_run(ctx, strategy, &w, &x, None, None, &go, None, None);
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
@@ -465,7 +464,7 @@ fn problems_beyond_the_limits_are_refused_with_a_clear_error() {
     // run on the uncapped device.
     let x = PackedSequence::from_padded(&vec![0.1f32; 100 * 20 * 8], [100, 20, 8], false, &[100; 20]).unwrap();
     match Plan::new(&ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference) {
-        Err(Error::Limit(msg)) => assert!(msg.contains("storage"), "{msg}"),
+        Err(Error::Limit(msg)) => assert!(msg.contains("exceeds one binding"), "{msg}"),
         other => panic!("expected a limit error, got {:?}", other.map(|_| ())),
     }
     let (split, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
@@ -521,34 +520,27 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
 #[test]
 fn dispatch_and_submit_counts() {
     let Some(ctx) = vulkan() else { return };
-    // C1-shaped structure (one LSTM layer, T = 50, H = 16): weight rearrangements (W_ih^T,
-    // W_hh^T, b_hh) + 2 initial-state copies + GEMM + 50 steps + h_n and c_n gathers.
+    // One LSTM layer, T = 50, H = 16, per step: W_x^T (1) + the input projection's GEMM (1) +
+    // 50 steps of the product's input copy and the stage kernel (the states' gathers in and
+    // out come on top).
     let cfg = RnnConfig::new(Mode::Lstm, 8, 16);
     let layout = SeqLayout::new(vec![4; 50], vec![0, 1, 2, 3]).unwrap();
     let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, StepStrategy::PerStep).unwrap();
-    // CPU-emulated adapters take the vec4 step kernels: one more rearrangement (row-major
-    // W_hh) and a state gather before each step.
-    let cpu_like = ctx.adapter_info().device_type == wgpu::DeviceType::Cpu;
-    let (rearrange, per_step) = if cpu_like { (4, 2) } else { (3, 1) };
-    assert_eq!(plan.forward_dispatches(), rearrange + 2 + 1 + 50 * per_step + 2);
-    // The single-dispatch path replaces the forward's step dispatches by one (Auto picks it
-    // here: 4 rows x 64 x 16 multiply-adds a step) ...
+    assert_eq!(plan.forward_dispatches(), 1 + 1 + 50 * 2);
+    // Backward: 50 steps of the cell's backward and the product's dv GEMM, then dW_x, its
+    // bias, dX, dR and its bias.
+    assert_eq!(plan.backward_dispatches(), 50 * 2 + 5);
+    // The single-dispatch loops replace the steps' dispatches by one each way (Auto picks
+    // them here: 4 rows x 64 x 16 multiply-adds a step).
     let single = Plan::new(ctx, &cfg, &layout, Pass::Training).unwrap();
-    assert_eq!(single.forward_dispatches(), rearrange + 2 + 1 + 1 + 2);
-    // ... and the backward's 100 step dispatches (and W_hh's rearrangement) by one.
-    assert_eq!(single.backward_dispatches(), 2 + 2 + 1 + 2 + 3 + 2);
-    let proj = RnnConfig::new(Mode::Lstm, 8, 16).proj(4);
-    let r = Plan::with_strategy(ctx, &proj, &layout, Pass::Inference, StepStrategy::SingleDispatch);
-    assert!(matches!(r, Err(Error::Unsupported(_))));
-    // gathers (2) + seeds (2) + W_hh^T (1) + 50 * (gate grad + recurrent grad) + copies (2)
-    // + 3 GEMMs + 2 colsums
-    assert_eq!(plan.backward_dispatches(), 2 + 2 + 1 + 100 + 2 + 3 + 2);
+    assert_eq!(single.forward_dispatches(), 1 + 1 + 1);
+    assert_eq!(single.backward_dispatches(), 1 + 5);
 }
 
-/// The per-kernel profile (timestamps inside passes) sees every dispatch of a recording, on
-/// both drivers: one step kernel per time step forward, one recurrent-gradient kernel per step
-/// backward (and SCRN's kernels per stage and step on the cell driver), with
-/// positive times; on an adapter without timestamps inside passes it is a typed error.
+/// The per-kernel profile (timestamps inside passes) sees every dispatch of a recording: one
+/// stage kernel per time step forward, one cell backward per step (and SCRN's kernels per
+/// stage and step), with positive times; on an adapter without timestamps inside passes it
+/// is a typed error.
 #[test]
 fn kernel_profile_counts_every_dispatch() {
     use wgpu_rnn::bench::{BenchConfig, GpuRig};
@@ -569,16 +561,16 @@ fn kernel_profile_counts_every_dispatch() {
             times.iter().filter(|k| k.kernel.split(' ').next() == Some(entry)).map(|k| k.dispatches).sum()
         };
         let fwd = rig.profile(false).unwrap();
-        assert_eq!(count(&fwd, "step"), t, "{fwd:?}");
+        assert_eq!(count(&fwd, "cell_stage"), t, "{fwd:?}");
         assert!(fwd.iter().all(|k| k.ms >= 0.0) && fwd.iter().map(|k| k.ms).sum::<f64>() > 0.0, "{fwd:?}");
         let train = rig.profile(true).unwrap();
-        assert_eq!(count(&train, "step"), t, "{train:?}");
-        assert_eq!(count(&train, "recurrent_grad"), t, "{train:?}");
+        assert_eq!(count(&train, "cell_stage"), t, "{train:?}");
+        assert_eq!(count(&train, "cell_backward"), t, "{train:?}");
         // The plan records unprofiled again afterwards.
         rig.run(true).unwrap();
-        // A cell on the cell driver too: SCRN's two stages, per step one fused stage kernel
-        // and one copy of its product's input each; on the single-dispatch loop (which a
-        // problem this small takes by itself) one dispatch for all steps.
+        // SCRN's two stages: per step one stage kernel and one copy of its product's input
+        // each; on the single-dispatch loop (which a problem this small takes by itself) one
+        // dispatch for all steps.
         let scrn = BenchConfig::parse(&format!("scrn,t={t},b=4,i=8,h=16")).unwrap();
         let per_step = GpuRig::with_strategy(ctx, &scrn, StepStrategy::PerStep).unwrap();
         let fwd = per_step.profile(false).unwrap();
@@ -592,19 +584,3 @@ fn kernel_profile_counts_every_dispatch() {
     crate::gpu_common::require_checked("kernel_profile_counts_every_dispatch", checked, &skipped);
 }
 
-#[test]
-fn the_split_strategy_dispatches_the_gpu_shaped_step_kernel() {
-    // PerStepSplit really runs step_split (compare_with_cpu checks its numbers), and the other
-    // strategies never do.
-    use wgpu_rnn::gpu::kernels::Kernel;
-    let Some(ctx) = contexts().first() else { return };
-    let cfg = RnnConfig::new(Mode::Lstm, 5, 12);
-    let layout = wgpu_rnn::gpu::SeqLayout::new(vec![3, 2, 1], vec![0, 1, 2]).unwrap();
-    let uses = |s: StepStrategy| {
-        let plan = Plan::with_strategy(ctx, &cfg, &layout, Pass::Training, s).unwrap();
-        plan.kernels().iter().any(|k| matches!(k, Kernel::Step { split: true, .. }))
-    };
-    assert!(uses(StepStrategy::PerStepSplit));
-    assert!(!uses(StepStrategy::PerStep));
-    assert!(!uses(StepStrategy::SingleDispatch));
-}

@@ -132,22 +132,19 @@ fn opts<T>(v: &[Vec<T>]) -> Vec<Option<&[T]>> {
 
 #[test]
 fn one_plan_runs_every_cell_with_the_step_strategies_it_has() {
-    // The engine plan takes every registered cell: the fused kernels for those with a fused
-    // step, the cell driver for the others. Every cell steps one dispatch at a time; the
-    // single-dispatch loop takes every cell with a per-unit step (Mode::unit_step); the
-    // GPU-shaped split step is the fused kernels' alone. What a cell lacks is refused.
+    // The engine plan takes every registered cell. Every cell steps one dispatch at a time;
+    // the single-dispatch loop takes every cell with a per-unit step (Mode::unit_step). What
+    // a cell lacks is refused.
     let Some(ctx) = contexts().first() else { return };
     let layout = SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap();
     for &m in Mode::REGISTRY {
         let cfg = RnnConfig::new(m, 4, 4);
-        let plan = Plan::new(ctx, &cfg, &layout, Pass::Training).unwrap_or_else(|e| panic!("{m}: {e}"));
-        assert_eq!(plan.fused(), m.fused_step().is_some(), "{m}");
-        for s in [StepStrategy::PerStep, StepStrategy::SingleDispatch, StepStrategy::PerStepSplit] {
+        Plan::new(ctx, &cfg, &layout, Pass::Training).unwrap_or_else(|e| panic!("{m}: {e}"));
+        for s in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
             let r = Plan::with_strategy(ctx, &cfg, &layout, Pass::Inference, s);
             let has = match s {
                 StepStrategy::PerStep => true,
-                StepStrategy::SingleDispatch => m.fused_step().is_some() || m.unit_step(),
-                _ => m.fused_step().is_some(),
+                _ => m.unit_step(),
             };
             if has {
                 assert!(r.is_ok(), "{m} {s:?}: {r:?}");

@@ -37,7 +37,7 @@ fn config(mode: Mode, hidden: usize) -> RnnConfig {
     }
 }
 
-/// Runs `cfg` over T 5, B 3 whole (`GpuRnn::on_cell_driver`, inference) and one step at a time
+/// Runs `cfg` over T 5, B 3 whole (`GpuRnn`, inference) and one step at a time
 /// (`StepPlan`, T steps in one encoder) and asserts the same bits.
 fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut impl rand::Rng) {
     let backend = ctx.adapter_info().backend;
@@ -50,7 +50,7 @@ fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut im
     // Whole sequence (equal lengths: packed rows are time-major, batch order).
     let packed = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
     let s0r: Vec<Option<&[f32]>> = s0.iter().map(|v| Some(&v[..])).collect();
-    let (whole, _) = GpuRnn::on_cell_driver(ctx, &w).unwrap().forward(&packed, &s0r, Pass::Inference).unwrap();
+    let (whole, _) = GpuRnn::new(ctx, &w).unwrap().forward(&packed, &s0r, Pass::Inference).unwrap();
 
     // One step at a time: T steps recorded into one encoder, one submit.
     let plan = StepPlan::new(ctx, cfg, b).unwrap();

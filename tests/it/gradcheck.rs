@@ -110,7 +110,7 @@ impl Problem {
 
 #[test]
 fn gradcheck_every_mode_packed_bidirectional_two_layers() {
-    for (k, mode) in Mode::FUSED.into_iter().enumerate() {
+    for (k, mode) in Mode::PYTORCH.into_iter().enumerate() {
         let cfg = RnnConfig::new(mode, 3, 4).layers(2).bidirectional(true);
         Problem::new(cfg, &[3, 5, 1, 4], 10 + k as u64).check(&format!("{mode} L2 D2 packed"));
     }
@@ -127,12 +127,12 @@ fn gradcheck_lstm_projection() {
 #[test]
 fn gradcheck_no_bias_and_random_shapes() {
     let mut g = rng(99);
-    for (k, mode) in Mode::FUSED.into_iter().enumerate() {
+    for (k, mode) in Mode::PYTORCH.into_iter().enumerate() {
         let cfg = RnnConfig::new(mode, 2, 3).bias(false);
         Problem::new(cfg, &[2, 3], 30 + k as u64).check(&format!("{mode} no bias"));
     }
     for trial in 0..6 {
-        let mode = Mode::FUSED[trial % 4];
+        let mode = Mode::PYTORCH[trial % 4];
         let i = g.random_range(1..5);
         let h = g.random_range(1..6);
         let b = g.random_range(1..5);

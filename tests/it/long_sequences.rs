@@ -9,9 +9,7 @@
 use crate::gpu::{compare_with_cpu_tol, engine_run, Tolerances};
 use crate::gpu_common::contexts;
 use wgpu_rnn::cpu::{self, Pass};
-use wgpu_rnn::gpu::{
-    loop_backward_iterations, loop_forward_iterations, loop_iteration_budget, loop_run_steps, Plan, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED,
-};
+use wgpu_rnn::gpu::{loop_iteration_budget, loop_run_steps, Plan, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED};
 use wgpu_rnn::{Error, Mode, PackedSequence, RnnConfig, Weights};
 
 /// GPU (f32) against CPU (f64) over 10^5 steps: the recurrence itself stays as close as on
@@ -109,108 +107,18 @@ fn a_cut_cell_loop_leaves_nan_and_runs_do_not() {
     }
 }
 
-/// `loop_run_steps` keeps a run's counted iterations within the budget, and the capped budget
-/// is under gallivm's 65,535 (arithmetic only: that the counts bound the shaders' real loops is
-/// what the T 100,000 tests above show on lavapipe and llvmpipe).
+/// The capped budget is under gallivm's 65,535 (arithmetic only: that the counts bound the
+/// shaders' real loops is what the long-sequence tests above show on lavapipe and llvmpipe).
 const _: () = assert!(LOOP_ITERATIONS_CAPPED < 65_535);
 
 #[test]
 fn loop_runs_fit_the_budget() {
-    for g in [1, 3, 4] {
-        for h in [1, 4, 16, 64, 255, 256] {
-            for per_step in [loop_forward_iterations(g, h), loop_backward_iterations(g, h)] {
-                let steps = loop_run_steps(LOOP_ITERATIONS_CAPPED, per_step);
-                assert!(steps >= 1);
-                assert!(steps == 1 || steps * per_step + 16 <= LOOP_ITERATIONS_CAPPED, "G {g} H {h}: {steps} steps of {per_step}");
-            }
-        }
+    for per_step in [1, 7, 100, 4_000, 48_000, 100_000] {
+        let steps = loop_run_steps(LOOP_ITERATIONS_CAPPED, per_step);
+        assert!(steps >= 1);
+        assert!(steps == 1 || steps * per_step <= LOOP_ITERATIONS_CAPPED, "{steps} steps of {per_step}");
     }
 }
-
-/// A loop the adapter cuts short is detectable, never silently plausible: with every step in
-/// one dispatch (the old behaviour, kept as a test-only strategy), a capped adapter leaves NaN
-/// in h_n and in the weight gradients instead of zeros; an adapter without the cap gives the
-/// CPU's numbers.
-#[test]
-fn a_truncated_loop_leaves_nan_not_zeros() {
-    let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
-    let t = 20_000;
-    let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
-    let x: Vec<f32> = (0..t * 3).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let packed = PackedSequence::from_padded(&x, [t, 1, 3], false, &[t]).unwrap();
-    let go: Vec<f32> = (0..t * 4).map(|i| ((i * 104_729) % 1000) as f32 / 1000.0 - 0.5).collect();
-    let (cpu_out, _) = cpu::forward(&w, &packed, &[], Pass::Inference).unwrap();
-    for ctx in contexts() {
-        let out = engine_run(ctx, StepStrategy::SingleDispatchUnbounded, &w, &packed, None, None, &go, None, None);
-        let capped = loop_iteration_budget(ctx.adapter_info()) == LOOP_ITERATIONS_CAPPED;
-        if capped {
-            assert!(out.h_n.iter().all(|v| v.is_nan()), "{}: h_n of a cut loop is {:?}, not NaN", ctx.describe(), out.h_n);
-            assert!(out.output[(t - 1) * 4..].iter().all(|v| v.is_nan()), "{}: last output row", ctx.describe());
-            // Every weight gradient sums the poisoned gate gradients (W_ih, W_hh, biases), and
-            // the initial-state gradients are where the cut run would have left them.
-            assert!(out.grad_w.iter().all(|v| v.is_nan()), "{}: weight gradients of a cut loop", ctx.describe());
-            assert!(out.grad_h0.iter().chain(&out.grad_c0).all(|v| v.is_nan()), "{}: grad_h0 / grad_c0 of a cut loop", ctx.describe());
-        } else {
-            for (a, e) in out.h_n.iter().zip(&cpu_out.states[0].data) {
-                assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
-            }
-        }
-        // The same problem on the default path gives the CPU's h_n.
-        let ok = engine_run(ctx, StepStrategy::SingleDispatch, &w, &packed, None, None, &go, None, None);
-        for (a, e) in ok.h_n.iter().zip(&cpu_out.states[0].data) {
-            assert!((a - e).abs() <= 5e-5 + 5e-4 * e.abs(), "{}: {a} vs {e}", ctx.describe());
-        }
-    }
-}
-
-/// Finding 5: a layout whose sorted_indices repeat a sequence (`[0, 0]`) was accepted and the
-/// forward silently ignored sequence 1's h0. Layouts are now valid by construction, and every
-/// random layout is accepted exactly when the packed sequence it describes is valid.
-#[test]
-fn layouts_are_valid_by_construction() {
-    assert!(matches!(SeqLayout::new(vec![2, 1], vec![0, 0]), Err(Error::InvalidLengths(_))));
-    assert!(matches!(SeqLayout::new(vec![2], vec![1, 2]), Err(Error::InvalidLengths(_))));
-    assert!(matches!(SeqLayout::new(vec![], vec![]), Err(Error::EmptyBatch(_))));
-    assert!(matches!(SeqLayout::new(vec![1, 2], vec![0]), Err(Error::InvalidLengths(_))));
-    assert!(matches!(SeqLayout::new(vec![2, 0], vec![0, 1]), Err(Error::InvalidLengths(_))));
-    assert!(matches!(SeqLayout::new(vec![2], vec![0]), Err(Error::ShapeMismatch { .. })));
-    let mut g = crate::common::rng(55);
-    use rand::Rng;
-    let (mut accepted, mut rejected) = (0, 0);
-    for _ in 0..2000 {
-        let t = g.random_range(0..4);
-        let mut bs: Vec<usize> = (0..t).map(|_| g.random_range(0..4)).collect();
-        if g.random_bool(0.7) {
-            bs.sort_unstable_by(|a, b| b.cmp(a));
-        }
-        let b = bs.first().copied().unwrap_or(0);
-        let len = if g.random_bool(0.8) { b } else { g.random_range(0..5) };
-        let si: Vec<usize> = (0..len).map(|_| g.random_range(0..b.max(1) + 1)).collect();
-        // The reference: a PackedSequence with the inverse permutation, when there is one.
-        let mut ui = vec![usize::MAX; si.len()];
-        for (k, &i) in si.iter().enumerate() {
-            if i < ui.len() {
-                ui[i] = k;
-            }
-        }
-        let n: usize = bs.iter().sum();
-        let p = PackedSequence { data: vec![0.0f32; n], features: 1, batch_sizes: bs.clone(), sorted_indices: si.clone(), unsorted_indices: ui };
-        let valid = p.validate().is_ok();
-        let layout = SeqLayout::new(bs.clone(), si.clone());
-        assert_eq!(layout.is_ok(), valid, "batch_sizes {bs:?} sorted_indices {si:?}: {layout:?}");
-        if valid { accepted += 1 } else { rejected += 1 }
-    }
-    assert!(accepted > 100 && rejected > 100, "{accepted} accepted, {rejected} rejected");
-    // The finding's case run through: two sequences with their own h0, each sequence's h_n
-    // (and every gradient) equal to the CPU's, so no sequence's h0 is dropped.
-    for ctx in contexts() {
-        let cfg = RnnConfig::new(Mode::Gru, 2, 3);
-        assert!(Plan::new(ctx, &cfg, &SeqLayout::new(vec![2, 1], vec![1, 0]).unwrap(), Pass::Inference).is_ok());
-        compare_with_cpu_tol(ctx, StepStrategy::Auto, &cfg, &[1, 2], 56, true, LONG);
-    }
-}
-
-
 
 /// Every other loop over a problem dimension obeys the same cap: the input projection's k is the
 /// layer's input width, and the vec4 GEMM loops over k / 4 of it in one invocation, so an input
@@ -237,10 +145,10 @@ fn very_wide_inputs_match_cpu() {
 }
 
 /// A projection lets the hidden size grow past what one invocation may loop over on a capped
-/// adapter (the projection sums over H): such a plan is refused, never cut short.
+/// adapter (the projection's product sums over H): such a plan is refused, never cut short.
 #[test]
 fn loops_past_the_budget_are_refused() {
-    let cfg = RnnConfig::new(Mode::Lstm, 1, 60_000).proj(1);
+    let cfg = RnnConfig::new(Mode::Lstm, 1, 120_000).proj(1);
     let (mut checked, mut skipped) = (0, Vec::new());
     for ctx in contexts() {
         let layout = SeqLayout::new(vec![1], vec![0]).unwrap();

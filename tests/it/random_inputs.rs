@@ -71,7 +71,7 @@ fn exercise_file(bytes: &[u8]) -> &'static str {
         assert!(Weights::<f32>::from_file(&file, "", Some(&wrong)).is_err(), "a disagreeing hint was accepted");
     } else {
         // A caller without metadata: hint every mode (most disagree with the tensors: typed errors).
-        for mode in Mode::FUSED {
+        for mode in Mode::PYTORCH {
             let _ = Weights::<f32>::from_file(&file, "", Some(&RnnConfig::new(mode, 3, 4)));
         }
     }
@@ -356,7 +356,7 @@ fn packing_from_padded_zero_features() {
 /// A random small problem: config, lengths, and whether initial states and state gradients
 /// are given.
 fn random_problem(g: &mut StdRng, k: usize) -> (RnnConfig, Vec<usize>, bool) {
-    let mode = Mode::FUSED[k % 4];
+    let mode = Mode::PYTORCH[k % 4];
     let hidden = g.random_range(1..=20);
     let mut cfg = RnnConfig::new(mode, g.random_range(1..=12), hidden)
         .layers(g.random_range(1..=2))

@@ -1,7 +1,7 @@
 //! Every shader parses and validates with naga, without a GPU; the Rust parameter structs
 //! have the sizes naga computes for their WGSL twins.
 
-use wgpu_rnn::gpu::kernels::{source, BackParams, Family, GemmParams, LoopShape, StepParams, TrainParams, UtilParams};
+use wgpu_rnn::gpu::kernels::{source, Family, GemmParams, LoopShape, TrainParams, UtilParams};
 use wgpu_rnn::{Precision, RnnConfig};
 
 /// The capabilities a device needs for kernels storing in `precision`: f16 needs
@@ -111,12 +111,6 @@ fn every_shader_file_is_compiled_into_a_validated_family() {
 
 #[test]
 fn parameter_structs_match_wgsl_sizes() {
-    let m = module(&Family::StepForward.source_at(Precision::F32));
-    assert_eq!(struct_size(&m, "StepParams") as usize, std::mem::size_of::<StepParams>());
-    for f in [Family::StepBackward, Family::RecurrentGrad] {
-        let m = module(&f.source_at(Precision::F32));
-        assert_eq!(struct_size(&m, "BackParams") as usize, std::mem::size_of::<BackParams>());
-    }
     let m = module(&Family::Gemm.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "GemmParams") as usize, std::mem::size_of::<GemmParams>());
     let m = module(&Family::Util.source_at(Precision::F32));
@@ -177,25 +171,7 @@ fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    // The fused step kernels' pipelines are keyed by the cell: every cell they run.
-    for cell in Mode::REGISTRY.iter().copied().filter(|m| m.fused_step().is_some()) {
-        for x in b {
-            v.push(Step { cell, vec4: x, split: false });
-            v.push(LoopStep { cell, small: x });
-            v.push(LoopGrad { cell, small: x });
-        }
-        v.push(Step { cell, vec4: false, split: true });
-        v.push(CellGrad { cell });
-        for vec4 in b {
-            for wide in b {
-                v.push(RecurrentGrad { cell, vec4, wide });
-            }
-        }
-    }
-    v.extend([
-        ProjForward, ProjGrad, Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, GatherPrev, GatherLast, ScatterLast, Copy, CopyState,
-        Transpose, ColSum, PadRows, GatherRows, CastToStored, CastToF32,
-    ]);
+    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, GatherRows, CastToStored, CastToF32]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
@@ -230,9 +206,8 @@ fn all_kernels() -> Vec<Kernel> {
     // The match makes this list fail to compile when a kernel variant is added.
     for k in &v {
         match k {
-            Step { .. } | LoopStep { .. } | ProjForward | CellGrad { .. } | LoopGrad { .. } | RecurrentGrad { .. } | ProjGrad
-            | Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | GatherPrev | GatherLast | ScatterLast | Copy | CopyState
-            | Transpose | ColSum | PadRows | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
+            | Transpose | ColSum | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
@@ -440,67 +415,29 @@ fn every_kernel_translates_to_hlsl_for_dx12() {
 }
 
 #[test]
-fn fused_kernels_take_their_constants_from_the_cell() {
-    // PyTorch's four cells run in the fused step kernels, with their gate count and
-    // nonlinearity as override constants; a kernel of any other cell has no pipeline.
-    let fused: Vec<Mode> = Mode::REGISTRY.iter().copied().filter(|m| m.fused_step().is_some()).collect();
-    assert_eq!(fused, Mode::FUSED);
-    for &m in Mode::REGISTRY {
-        let kernels = [
-            Kernel::Step { cell: m, vec4: true, split: false },
-            Kernel::LoopStep { cell: m, small: false },
-            Kernel::CellGrad { cell: m },
-            Kernel::LoopGrad { cell: m, small: true },
-            Kernel::RecurrentGrad { cell: m, vec4: true, wide: false },
-        ];
-        match m.fused_step() {
-            Some((gates, relu)) => {
-                assert!(m.fused(), "{m}");
-                assert_eq!((gates as usize, relu), (m.gates(), m == Mode::RnnRelu), "{m}");
-                for k in kernels {
-                    assert_eq!(k.unsupported_cell(), None, "{}", k.label());
-                    let c = k.constants();
-                    assert!(c.contains(&("GATES", gates as f64)), "{}", k.label());
-                    if !matches!(k, Kernel::RecurrentGrad { .. }) {
-                        assert!(c.contains(&("RELU", relu as u8 as f64)), "{}", k.label());
-                    }
-                }
-            }
-            None => {
-                assert!(!m.fused(), "{m}");
-                for k in kernels {
-                    assert_eq!(k.unsupported_cell(), Some(m), "{}", k.label());
-                }
-            }
-        }
-    }
-}
-
-#[test]
 fn override_constants_reach_the_translated_shader() {
     // The substitution is real: each override becomes a constant holding the kernel's value,
-    // and a GRU step and an LSTM step translate to different MSL and HLSL.
-    // The projection kernels set GATES but never read it: naga compacts an override the entry
-    // point does not reach away, value and all. Every other constant set must arrive.
+    // and loops specialised for different stages translate to different MSL and HLSL.
     let mut checked = 0;
     for k in all_kernels() {
         let (m, _) = specialised(k, Precision::F32);
         for (name, value) in k.constants() {
             match constant_value(&m, name) {
                 Some(v) => assert_eq!(v, value, "{}: {name}", k.label()),
-                None => assert!(matches!(k, Kernel::ProjForward | Kernel::ProjGrad), "{}: {name} did not reach the shader", k.label()),
+                None => panic!("{}: {name} did not reach the shader", k.label()),
             }
             checked += 1;
         }
     }
     assert!(checked >= 100, "only {checked} constants checked");
-    let gru = Kernel::Step { cell: Mode::Gru, vec4: false, split: false };
-    let lstm = Kernel::Step { cell: Mode::Lstm, vec4: false, split: false };
-    let (mg, ig) = specialised(gru, Precision::F32);
-    let (ml, il) = specialised(lstm, Precision::F32);
-    assert_ne!(to_msl(gru, &mg, &ig, (2, 4), true), to_msl(lstm, &ml, &il, (2, 4), true));
+    let shape = |training| LoopShape::of(&Mode::Lstm.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }), training).unwrap();
+    let inference = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(false) };
+    let training = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(true) };
+    let (mi, ii) = specialised(inference, Precision::F32);
+    let (mt, it) = specialised(training, Precision::F32);
+    assert_ne!(to_msl(inference, &mi, &ii, (2, 4), true), to_msl(training, &mt, &it, (2, 4), true));
     assert_ne!(
-        to_hlsl(gru, &mg, &ig, hlsl::ShaderModel::V5_1, true),
-        to_hlsl(lstm, &ml, &il, hlsl::ShaderModel::V5_1, true)
+        to_hlsl(inference, &mi, &ii, hlsl::ShaderModel::V5_1, true),
+        to_hlsl(training, &mt, &it, hlsl::ShaderModel::V5_1, true)
     );
 }

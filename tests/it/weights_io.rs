@@ -32,7 +32,7 @@ fn names_and_shapes_follow_pytorch() {
 
 #[test]
 fn save_load_round_trip_with_and_without_metadata() {
-    for mode in Mode::FUSED {
+    for mode in Mode::PYTORCH {
         let cfg = RnnConfig::new(mode, 3, 5).layers(2).bidirectional(true).bias(mode != Mode::Gru);
         let w = Weights::<f32>::init_uniform(&cfg, 7).unwrap();
         let path = tmp(&format!("rt-{mode}.safetensors"));
