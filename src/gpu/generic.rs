@@ -274,10 +274,16 @@ impl Builder {
         if width == 0 {
             return;
         }
+        // Aligned blocks take colsum4 (vec4 loads, the same sums in the same order).
+        let vec4 = width % 4 == 0 && src_off % 4 == 0 && ld % 4 == 0;
         for p in UtilParams::colsum_runs(rows, width, src_off, ld, dst_off, super::sequence::COLSUM_ROWS) {
             let off = self.params.push(&p);
-            let g = width.div_ceil(256) as u32;
-            ops.push(Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [g, 1, 1], bufs: vec![src, Buf::Dummy(0), Buf::Dummy(0), dst] });
+            let op = if vec4 {
+                Op::Dispatch { kernel: Kernel::ColSum4, param_off: off, groups: [(width / 4).div_ceil(64) as u32, 1, 1], bufs: vec![src, src, Buf::Dummy(0), dst] }
+            } else {
+                Op::Dispatch { kernel: Kernel::ColSum, param_off: off, groups: [width.div_ceil(256) as u32, 1, 1], bufs: vec![src, Buf::Dummy(0), Buf::Dummy(0), dst] }
+            };
+            ops.push(op);
         }
     }
 

@@ -114,7 +114,7 @@ impl Family {
         match self {
             // a, b, c (rw), bias, b as vec4, a as vec4
             Family::Gemm => &[false, false, true, false, false, false],
-            // src, state0, seq, dst (rw)
+            // src, src as vec4, seq, dst (rw)
             Family::Util => &[false, false, false, true],
             // a, b, idx (u32), out (rw), out2 (rw), state (rw)
             Family::Train => &[false, false, false, true, true, true],
@@ -164,6 +164,9 @@ pub enum Kernel {
     Transpose,
     /// `colsum`: column sums in row order (bias gradients, no atomics).
     ColSum,
+    /// `colsum4`: the same sums, 4 adjacent columns per invocation read as vec4s (offset,
+    /// row stride and width multiples of 4).
+    ColSum4,
     /// Training kit (shaders/train.wgsl), one variant per entry point.
     Train(TrainKernel),
     /// A cell's pointwise forward of one stage for the step's rows, a workgroup per row (the
@@ -279,7 +282,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
-            GatherRows | Transpose | ColSum => Family::Util,
+            GatherRows | Transpose | ColSum | ColSum4 => Family::Util,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
@@ -300,6 +303,7 @@ impl Kernel {
             GatherRows => "gather_rows",
             Transpose => "transpose",
             ColSum => "colsum",
+            ColSum4 => "colsum4",
             Train(k) => k.entry(),
             CellForward(_) => "cell_forward",
             CellStage { .. } => "cell_stage",

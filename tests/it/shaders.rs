@@ -171,7 +171,7 @@ fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, GatherRows, CastToStored, CastToF32]);
+    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, ColSum4, GatherRows, CastToStored, CastToF32]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
@@ -207,7 +207,7 @@ fn all_kernels() -> Vec<Kernel> {
     for k in &v {
         match k {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
-            | Transpose | ColSum | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | ColSum4 | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CastToStored | CastToF32 => {}
         }
     }
