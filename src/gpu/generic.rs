@@ -1,8 +1,9 @@
 //! The GPU's time-loop driver, generic over the cell (`crate::cells`): the same plan as the CPU
 //! engine (`cpu::forward`), for every registered cell, never asking which cell it runs.
 //!
-//! - `CellPlan`: the driver behind [`super::Plan`] (and so [`super::GpuRnn`]). Prepared once per config and batch structure (parameter blocks uploaded,
-//!   workspaces allocated, pipelines built), then recorded into the caller's command encoder
+//! - `CellPlan`: the driver behind [`super::Plan`] (and so [`super::GpuRnn`]). Prepared once
+//!   per config and batch structure (parameter blocks uploaded, workspaces allocated,
+//!   pipelines built), then recorded into the caller's command encoder
 //!   over the caller's buffers ([`super::ForwardBuffers`], [`super::BackwardBuffers`]), with
 //!   no hidden submit, readback or buffer write; its own states buffers (sorted order,
 //!   interleaved) are gathered from and to the caller's per-state buffers around the pass.
@@ -217,8 +218,8 @@ enum Buf {
     Final(u8),
     /// The u32 row tables between the caller's batch order and the plan's sorted order.
     Tables,
-    /// The single-dispatch loop's table (u32): each direction's steps, each layer-direction's
-    /// products (see `cell_loop` in shaders/cells/stage.wgsl).
+    /// The single-dispatch loop's table (u32): each direction's steps (see `cell_loop` in
+    /// shaders/cells/stage.wgsl).
     LoopTab,
 }
 
@@ -561,8 +562,8 @@ impl CellPlan {
         self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
         self.check_states_io(bufs.grad_states_n, bufs.grad_states0, ("_n gradient", "0 gradient"))?;
-        // The forward's initial states: not read by this backward, but part of the contract
-        // (a later driver may read them), so checked the same way.
+        // The forward's initial states: not read by this backward, but part of the API's
+        // contract, so checked the same way.
         self.check_states_io(bufs.states0, bufs.grad_states0, ("0", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
         for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
@@ -732,9 +733,9 @@ struct Shape<'a> {
     /// The forward walks the steps in single-dispatch runs (`cell_loop`) of at most this
     /// many steps, or one step at a time (None).
     loop_run: Option<usize>,
-    /// The loop table (see [`Buf::LoopTab`]): where each direction's steps start, where each
-    /// layer-direction's products are.
+    /// The loop table (see [`Buf::LoopTab`]): each direction's steps, in processing order.
     loop_tab: Vec<u32>,
+    /// Where each direction's forward steps start in the loop table.
     loop_dirs: Vec<usize>,
     /// The backward too walks runs of at most this many steps (`cell_loop_grad`), where the
     /// loop table has each direction's steps in its order from `loop_dirs_bwd`.
@@ -1176,7 +1177,7 @@ impl<'a> Shape<'a> {
     }
 
     /// Stage `st`'s product `pr` of layer-direction k as the kernels take it (the stage
-    /// kernel's parameters, the loop table's entries; stage.wgsl's `Prod`): gates, rows, k,
+    /// kernel's parameters and the loops'; stage.wgsl's `Prod`): gates, rows, k,
     /// R's offset, the bias's or NONE, its first column in r, and where its input v lies at
     /// the step whose tape row is `trow` (offset, row stride, 1 in the states).
     fn product_desc(&self, dm: &Dims, k: usize, st: usize, pr: &Product, trow: usize) -> Result<[u32; 9]> {
