@@ -350,8 +350,8 @@ impl Case<f32> {
     /// [`Case::run_gpu`] without blocking ([`crate::gpu::GpuRnn::forward_async`] and
     /// [`crate::gpu::GpuRnn::backward_async`], any cell, in the config's precision): the form a
     /// browser (`wasm32`) can run, where [`Case::run_gpu`]'s waits are refused; on native
-    /// targets something must poll the device while it is awaited. A problem beyond the
-    /// device's limits is refused ([`Error::Limit`]), not split.
+    /// targets something must poll the device while it is awaited. A problem beyond one
+    /// binding is split as the blocking form splits it.
     pub async fn run_gpu_async(&self, ctx: &std::sync::Arc<crate::gpu::Context>, backward: bool) -> Result<CaseResult> {
         let rnn = crate::gpu::GpuRnn::new(ctx, &self.weights)?;
         let packed = self.packed_input()?;

@@ -21,6 +21,15 @@ use std::sync::{Arc, Mutex};
 /// How many plans (distinct batch structures) a model keeps prepared.
 const PLAN_CACHE: usize = 8;
 
+/// How a run of the convenience API waits for the device: blocking (the blocking forms), or
+/// awaiting each read (the async forms). The splitting logic is written once, as async
+/// functions taking this; with `Block` they never suspend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Wait {
+    Block,
+    Await,
+}
+
 /// A recurrent stack of any registered cell resident on the GPU: [`GpuRnn::forward`] and
 /// [`GpuRnn::backward`] as the CPU engine's, with its types and its state convention.
 pub struct GpuRnn {
@@ -184,7 +193,8 @@ impl GpuRnn {
         let (output, finals, kind) = match whole {
             Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
             Err(Error::Limit(why)) => {
-                let (split, (output, finals, recs)) = self.forward_split(input, states0, pass, draw, why)?;
+                // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
+                let (split, (output, finals, recs)) = pollster::block_on(self.forward_split(Wait::Block, input, states0, pass, draw, why))?;
                 let kind = (pass == Pass::Training).then(|| TapeKind::Split { split, pieces: recs });
                 (output, finals, kind)
             }
@@ -194,24 +204,44 @@ impl GpuRnn {
     }
 
     /// [`GpuRnn::forward`] without blocking, the form a browser (`wasm32`) can run, where
-    /// waiting on the device is refused: the same plan, one submit, the results awaited (on
-    /// native targets something must poll the device meanwhile). It runs one plan: a problem
-    /// beyond one binding is refused ([`Error::Limit`]) instead of split.
+    /// waiting on the device is refused: the same plans and submits as the blocking form, each
+    /// read awaited (on native targets something must poll the device meanwhile). A problem
+    /// beyond one binding is split as [`GpuRnn::forward`] splits it, its pieces run in turn.
     pub async fn forward_async(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
         let draw = Draw::default();
         self.check_forward(input, states0, draw)?;
-        let plan = self.plan(&SeqLayout::of(input)?, pass, draw.seed)?;
-        let f = {
-            // One thread at a time on a GL context up to the submit; completing the read takes
-            // the guard itself (PendingRead's poll).
-            let serial = self.ctx.exclusive();
-            let (enc, rb, parts) = self.record_forward_on(plan, &input.data, states0, draw)?;
-            let pending = rb.submit(&self.ctx, enc)?;
-            drop(serial);
-            let got = pending.await?;
-            self.finish_forward_on(parts, got, pass)?
+        let whole = match self.plan(&SeqLayout::of(input)?, pass, draw.seed) {
+            Ok(plan) => self.forward_run(Wait::Await, plan, &input.data, states0, pass, draw).await,
+            Err(e) => Err(e),
         };
-        self.forward_result(input, f.output, f.finals, f.rec.map(TapeKind::Whole))
+        let (output, finals, kind) = match whole {
+            Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
+            Err(Error::Limit(why)) => {
+                let (split, (output, finals, recs)) = self.forward_split(Wait::Await, input, states0, pass, draw, why).await?;
+                let kind = (pass == Pass::Training).then(|| TapeKind::Split { split, pieces: recs });
+                (output, finals, kind)
+            }
+            Err(e) => return Err(e),
+        };
+        self.forward_result(input, output, finals, kind)
+    }
+
+    /// One plan's forward, waiting as `wait` says: blocking ([`GpuRnn::forward_on`]), or
+    /// awaiting the read (the context's guard held up to the submit only; completing the read
+    /// takes it itself, in PendingRead's poll).
+    async fn forward_run(&self, wait: Wait, plan: Arc<Plan>, x: &[f32], states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Forwarded> {
+        match wait {
+            Wait::Block => self.forward_on(plan, x, states0, pass, draw),
+            Wait::Await => {
+                let (pending, parts) = {
+                    let _serial = self.ctx.exclusive();
+                    let (enc, rb, parts) = self.record_forward_on(plan, x, states0, draw)?;
+                    (rb.submit(&self.ctx, enc)?, parts)
+                };
+                let got = pending.await?;
+                self.finish_forward_on(parts, got, pass)
+            }
+        }
     }
 
     /// The checks of a forward before anything is uploaded.
@@ -306,7 +336,7 @@ impl GpuRnn {
     /// The forward of a problem whose single plan exceeds a limit (`why`): the smallest piece
     /// is tried first (if it does not fit, no split will), then splits of about half, a
     /// quarter ... of the packed rows per piece until every piece fits.
-    fn forward_split(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw, why: String) -> Result<(Split, Merged)> {
+    async fn forward_split(&self, wait: Wait, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw, why: String) -> Result<(Split, Merged)> {
         let c = &self.cfg;
         let limit = self.ctx.binding_limit();
         if self.weights.size() > limit {
@@ -342,7 +372,7 @@ impl GpuRnn {
             if split.pieces.len() <= 1 || last.as_ref() == Some(&split) {
                 continue;
             }
-            match self.forward_pieces(&bt, &split, input, states0, pass, draw) {
+            match self.forward_pieces(wait, &bt, &split, input, states0, pass, draw).await {
                 Ok(merged) => return Ok((split, merged)),
                 Err(Error::Limit(e)) => {
                     err = e;
@@ -358,7 +388,8 @@ impl GpuRnn {
     /// Runs the pieces of `split` in order, each segment starting from the states the previous
     /// segment of its group ended with; merges outputs into the packed layout and the final
     /// states into the caller's order.
-    fn forward_pieces(&self, bt: &Batch, split: &Split, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Merged> {
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_pieces(&self, wait: Wait, bt: &Batch, split: &Split, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<Merged> {
         let c = &self.cfg;
         let widths: Vec<usize> = c.states().iter().map(|s| s.width).collect();
         let (ld, big_b, ow) = (c.num_layers * c.directions(), bt.batch(), c.output_size());
@@ -395,7 +426,7 @@ impl GpuRnn {
             let x = gather_rows(&input.data, &rows, c.input_size);
             let plan = self.plan(&p.layout(bt)?, pass, draw.seed)?;
             let s0refs: Vec<Option<&[f32]>> = s0p.iter().map(|v| Some(&v[..])).collect();
-            let f = self.forward_on(plan, &x, &s0refs, pass, draw)?;
+            let f = self.forward_run(wait, plan, &x, &s0refs, pass, draw).await?;
             scatter_rows(&mut out, &rows, ow, &f.output);
             for j in (0..bp).filter(|&j| bt.lens[p.k0 + j] <= p.b) {
                 let caller = bt.sorted[p.k0 + j];
@@ -421,27 +452,37 @@ impl GpuRnn {
         let layout = self.check_backward(tape, grad_output, grad_states)?;
         let bw = match &tape.kind {
             TapeKind::Whole(rec) => self.backward_on(rec, grad_output, grad_states)?,
-            TapeKind::Split { split, pieces } => self.backward_pieces(split, pieces, grad_output, grad_states)?,
+            // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
+            TapeKind::Split { split, pieces } => pollster::block_on(self.backward_pieces(Wait::Block, split, pieces, grad_output, grad_states))?,
         };
         self.gradients(tape, &layout, bw)
     }
 
-    /// [`GpuRnn::backward`] without blocking (see [`GpuRnn::forward_async`]): a tape of one
-    /// plan (a split tape, from [`GpuRnn::forward`], is refused with [`Error::Unsupported`]).
+    /// [`GpuRnn::backward`] without blocking (see [`GpuRnn::forward_async`]), a split tape's
+    /// pieces in turn as [`GpuRnn::backward`] runs them.
     pub async fn backward_async(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
         let layout = self.check_backward(tape, grad_output, grad_states)?;
-        let TapeKind::Whole(rec) = &tape.kind else {
-            return Err(Error::Unsupported("the async backward of a split tape (GpuRnn::backward runs it)".into()));
-        };
-        let bw = {
-            let serial = self.ctx.exclusive();
-            let (enc, rb, parts) = self.record_backward_on(rec, grad_output, grad_states)?;
-            let pending = rb.submit(&self.ctx, enc)?;
-            drop(serial);
-            let got = pending.await?;
-            self.finish_backward_on(rec, parts, got)?
+        let bw = match &tape.kind {
+            TapeKind::Whole(rec) => self.backward_run(Wait::Await, rec, grad_output, grad_states).await?,
+            TapeKind::Split { split, pieces } => self.backward_pieces(Wait::Await, split, pieces, grad_output, grad_states).await?,
         };
         self.gradients(tape, &layout, bw)
+    }
+
+    /// One plan's backward, waiting as `wait` says (see [`GpuRnn::forward_run`]).
+    async fn backward_run(&self, wait: Wait, rec: &Recorded, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
+        match wait {
+            Wait::Block => self.backward_on(rec, grad_output, grad_states),
+            Wait::Await => {
+                let (pending, parts) = {
+                    let _serial = self.ctx.exclusive();
+                    let (enc, rb, parts) = self.record_backward_on(rec, grad_output, grad_states)?;
+                    (rb.submit(&self.ctx, enc)?, parts)
+                };
+                let got = pending.await?;
+                self.finish_backward_on(rec, parts, got)
+            }
+        }
     }
 
     /// The checks of a backward before anything is uploaded; the tape's batch structure.
@@ -573,7 +614,7 @@ impl GpuRnn {
     /// The backward of a split forward: pieces in reverse order (so each segment gets the
     /// initial-state gradients of the segment after it), inputs' and initial states'
     /// gradients scattered back, weight gradients summed in that fixed order.
-    fn backward_pieces(&self, split: &Split, recs: &[Recorded], grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
+    async fn backward_pieces(&self, wait: Wait, split: &Split, recs: &[Recorded], grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Backwarded> {
         let c = &self.cfg;
         let bt = &split.batch;
         if recs.len() != split.pieces.len() {
@@ -613,7 +654,7 @@ impl GpuRnn {
             let rows = p.rows(bt);
             let go = gather_rows(grad_output, &rows, ow);
             let frefs: Vec<Option<&[f32]>> = finals.iter().map(|v| Some(&v[..])).collect();
-            let bw = self.backward_on(rec, &go, &frefs)?;
+            let bw = self.backward_run(wait, rec, &go, &frefs).await?;
             scatter_rows(&mut gi, &rows, c.input_size, &bw.input);
             if p.a == 0 {
                 for j in 0..bp {

@@ -128,9 +128,23 @@ fn every_registered_cell_has_every_path() {
             }
         };
         let sg = rnn.backward(&split.1, &go, &[]).unwrap_or_else(|e| panic!("{mode} split backward: {e}"));
-        // The async form runs one plan: it refuses what needs splitting, and a split tape.
-        assert!(matches!(crate::gpu::drive(&ctx, rnn.forward_async(&x, &[], Pass::Training)).0, Err(Error::Limit(_))), "{mode}: async split");
-        assert!(matches!(crate::gpu::drive(&ctx, rnn.backward_async(&split.1, &go, &[])).0, Err(Error::Unsupported(_))), "{mode}: async split tape");
+        // The async form splits the same way: the same pieces, the same bits, forward and
+        // backward (the blocking split's tape through the async backward too).
+        let (af, atape) = crate::gpu::drive(&ctx, rnn.forward_async(&x, &[], Pass::Training)).0.unwrap_or_else(|e| panic!("{mode} async split forward: {e}"));
+        let atape = atape.expect("a training tape");
+        assert_eq!(atape.pieces(), split.1.pieces(), "{mode}: async split pieces");
+        assert_eq!(af.output.data, split.0.output.data, "{mode}: async split output");
+        for (a, b) in af.states.iter().zip(&split.0.states) {
+            assert_eq!(a.data, b.data, "{mode}: async split final state");
+        }
+        for tape in [&atape, &split.1] {
+            let ag = crate::gpu::drive(&ctx, rnn.backward_async(tape, &go, &[])).0.unwrap_or_else(|e| panic!("{mode} async split backward: {e}"));
+            assert_eq!(ag.input.data, sg.input.data, "{mode}: async split grad_input");
+            assert_eq!(ag.params.to_flat(), sg.params.to_flat(), "{mode}: async split weight gradients");
+            for (a, b) in ag.states.iter().zip(&sg.states) {
+                assert_eq!(a.data, b.data, "{mode}: async split initial-state gradient");
+            }
+        }
         assert_close(&format!("{mode} split output"), &to64(&split.0.output.data), &cf.output.data, FWD_ATOL, FWD_RTOL);
         assert_close(&format!("{mode} split grad_input"), &to64(&sg.input.data), &cg.input.data, gat, grt);
         ctx.set_binding_limit(u64::MAX);
