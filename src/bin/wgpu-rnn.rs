@@ -50,7 +50,7 @@ enum Cmd {
         backward: bool,
         #[arg(long)]
         out: PathBuf,
-        /// Storage precision: f32, f16 (f32 arithmetic; the cell drivers, GPU or CPU twin) or
+        /// Storage precision: f32, f16 (f32 arithmetic; on the GPU, or the CPU twin) or
         /// f64 (CPU only, for reference checks).
         #[arg(long, value_enum, default_value = "f32")]
         precision: Precision,

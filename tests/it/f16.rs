@@ -189,10 +189,10 @@ fn f16_is_refused_with_a_typed_error_where_the_device_lacks_shader_f16() {
         let has = ctx.device.features().contains(wgpu::Features::SHADER_F16);
         let cell_cfg = RnnConfig::new(Mode::LstmCifg, 3, 4).with_precision(Precision::F16);
         let cell = Plan::new(ctx, &cell_cfg, &layout, Pass::Training).map(|_| ());
-        let fused = Plan::new(ctx, &cfg, &layout, Pass::Training).map(|_| ());
+        let lstm = Plan::new(ctx, &cfg, &layout, Pass::Training).map(|_| ());
         let model = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).map(|_| ());
         let step = StepPlan::new(ctx, &cfg, 2).map(|_| ());
-        for (what, got) in [("Plan (cell driver)", cell), ("Plan", fused), ("GpuRnn", model), ("StepPlan", step)] {
+        for (what, got) in [("Plan (LSTM_CIFG)", cell), ("Plan (LSTM)", lstm), ("GpuRnn", model), ("StepPlan", step)] {
             if has {
                 got.unwrap_or_else(|e| panic!("{what} on {}: {e}", ctx.describe()));
             } else {

@@ -1,5 +1,5 @@
-//! Dropout between stacked layers and zoneout (`RnnConfig::dropout`, `RnnConfig::zoneout`) in
-//! the cell drivers: the CPU twin against finite differences with fixed masks, the GPU
+//! Dropout between stacked layers and zoneout (`RnnConfig::dropout`, `RnnConfig::zoneout`):
+//! the CPU twin against finite differences with fixed masks, the GPU
 //! (`CellPlan`) against the CPU twin with the same masks, for every cell; p = 0 is today's
 //! numbers bit for bit; inference semantics; typed refusals.
 

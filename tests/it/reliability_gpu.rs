@@ -588,8 +588,8 @@ fn plans_and_forward_passes_on_two_threads_of_a_gl_context_do_not_deadlock() {
     assert_close("output beside a planning thread", &to64(&got), &to64(&want.output.data), FORWARD_ATOL, FORWARD_RTOL);
 }
 
-/// The engine plan over buffers of another device (issue 26: hostile buffers), every cell
-/// driver (LSTM: fused, SCRN: the cell driver): never a panic. What it can be instead is
+/// The engine plan over buffers of another device (issue 26: hostile buffers), LSTM and SCRN:
+/// never a panic. What it can be instead is
 /// wgpu's to decide and not always an error: a buffer of another `wgpu::Instance` is known by
 /// an id that indexes this device's own buffers (found here: both recorded, and finishing the
 /// encoder failed validation on the plan's own "rearranged weights" or "states"; in another

@@ -3,7 +3,7 @@
 //! - [`start`] requests a WebGPU adapter and device (awaited: a browser cannot block) and
 //!   wraps them in a [`Context`];
 //! - [`check_case`] runs a golden case (PyTorch's float64 reference, `tests/golden`) forward
-//!   and backward through the fused kernels and compares every tensor with the golden
+//!   and backward through the engine (`GpuRnn`'s async form) and compares every tensor with the golden
 //!   tolerances: what `.ci/browser` runs in headless Chromium;
 //! - [`score_review`] scores a review with the model `examples/sentiment.rs` saved (its
 //!   safetensors file and vocabulary), on the GPU and on the CPU reference, side by side.
