@@ -9,7 +9,9 @@
 // one product r = W_hh h (no bias), one stage.
 // Pointwise parameters: bias [0, 4H), ln_ih_weight [4H, 8H), ln_ih_bias [8H, 12H),
 // ln_hh_weight [12H, 16H), ln_hh_bias [16H, 20H), ln_c_weight [20H, 21H), ln_c_bias
-// [21H, 22H); de has the same layout.
+// [21H, 22H). de (14H, Layout::de_blocks): the gates' dv at [0, 4H) (the gradient of bias,
+// ln_ih_bias and ln_hh_bias alike), dv n_ih at [4H, 8H), dv n_hh at [8H, 12H), dy n_c at 12H,
+// dy at 13H.
 // Tape (13H + 3): normalised W_ih x [0, 4H), normalised W_hh h [4H, 8H), the gates i, f, g, o
 // [8H, 12H), normalised c' [12H, 13H), then rstd of LN_ih, LN_hh, LN_c at 13H, 13H+1, 13H+2.
 // Backward: dh = ds_h + dout; dy = dh o tanh'(.), the LN_c input gradient
@@ -139,8 +141,8 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let ty = tanh_safe(nc * e(5u * g4 + j) + e(5u * g4 + n + j));
         let dy = dh * og * dtanh(ty);
         dxp_set(row, 3u * n + j, dh * ty * dsigmoid(og));
-        de_set(row, 5u * g4 + j, dy * nc);
-        de_set(row, 5u * g4 + n + j, dy);
+        de_set(row, 3u * g4 + j, dy * nc);
+        de_set(row, 3u * g4 + n + j, dy);
         let dn = dy * e(5u * g4 + j);
         a.x += dn;
         a.y += dn * nc;
@@ -155,7 +157,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     a = vec4<f32>(0.0);
     for (var j = l; j < n; j += WG) {
         let nc = tape_get(row, 3u * g4 + j);
-        let dn = de_get(row, 5u * g4 + n + j) * e(5u * g4 + j);
+        let dn = de_get(row, 3u * g4 + n + j) * e(5u * g4 + j);
         let dcn = ds_get(row, n + j) + rstd_c * (dn - m1 - nc * m2);
         let ig = tape_get(row, 2u * g4 + j);
         let fg = tape_get(row, 2u * g4 + n + j);
@@ -174,9 +176,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let nhh = tape_get(row, g4 + k);
             de_set(row, k, d);
             de_set(row, g4 + k, d * nih);
-            de_set(row, 2u * g4 + k, d);
-            de_set(row, 3u * g4 + k, d * nhh);
-            de_set(row, 4u * g4 + k, d);
+            de_set(row, 2u * g4 + k, d * nhh);
             let gi = d * e(g4 + k);
             let gh = d * e(3u * g4 + k);
             dxp_set(row, k, gi);

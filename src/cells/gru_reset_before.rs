@@ -40,7 +40,7 @@ impl Cell for GruResetBefore {
                 }),
             ],
             tape: 4 * h,
-            pointwise: 0,
+            pointwise: 0, de_blocks: Vec::new(),
             uses_input: false,
             out: h,
         }

@@ -22,7 +22,7 @@ impl Cell for IndRnn {
     }
     fn layout(s: Sizes) -> Layout {
         let h = s.hidden;
-        Layout { xp: h, input_bias: true, stages: vec![None], tape: h, pointwise: h, uses_input: false, out: h }
+        Layout { xp: h, input_bias: true, stages: vec![None], tape: h, pointwise: h, de_blocks: Vec::new(), uses_input: false, out: h }
     }
     #[inline(always)]
     fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {

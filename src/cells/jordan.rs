@@ -45,7 +45,7 @@ impl Cell for Jordan {
                 }),
             ],
             tape: 2 * h,
-            pointwise: 0,
+            pointwise: 0, de_blocks: Vec::new(),
             uses_input: false,
             out: h,
         }

@@ -15,7 +15,7 @@
 //! `[4H, 8H)`, the activated gates i, f, g, o `[8H, 12H)`, the normalised c' `[12H, 13H)`, then
 //! 1/sigma of LN_ih, LN_hh and LN_c at 13H, 13H + 1, 13H + 2.
 
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, GradBlock, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct LstmLayerNorm;
@@ -107,6 +107,17 @@ impl Cell for LstmLayerNorm {
             stages: vec![Some(Product { slot: Slot::WeightHh, offset: 0, rows: 4 * h, gates: 4, k: h, bias: None, src: Src::State(0) })],
             tape: 13 * h + 3,
             pointwise: 22 * h,
+            // A row's de (14H): the gates' dv at [0, 4H) (the gradient of `bias`, `ln_ih_bias`
+            // and `ln_hh_bias` alike, written once), dv n_ih at [4H, 8H), dv n_hh at [8H, 12H),
+            // dy n_c at 12H, dy at 13H.
+            de_blocks: vec![
+                GradBlock { de: 0, param: 0, len: 4 * h },
+                GradBlock { de: 4 * h, param: 4 * h, len: 4 * h },
+                GradBlock { de: 0, param: 8 * h, len: 4 * h },
+                GradBlock { de: 8 * h, param: 12 * h, len: 4 * h },
+                GradBlock { de: 0, param: 16 * h, len: 4 * h },
+                GradBlock { de: 12 * h, param: 20 * h, len: 2 * h },
+            ],
             uses_input: false,
             out: h,
         }
@@ -165,11 +176,11 @@ impl Cell for LstmLayerNorm {
         let (rstd_ih, rstd_hh, rstd_c) = (t[13 * n], t[13 * n + 1], t[13 * n + 2]);
         let cp = &row.s_prev[n..2 * n];
         let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
-        let (dxp, dr, de, dout) = (&mut row.dxp[..g4], &mut row.dr[..g4], &mut row.de[..22 * n], &row.dout[..n]);
+        let (dxp, dr, de, dout) = (&mut row.dxp[..g4], &mut row.dr[..g4], &mut row.de[..14 * n], &row.dout[..n]);
         // Exact-length slices, so the loops have no bounds checks and vectorise.
         let (gi, gf, gg, go) = (&gates[..n], &gates[n..2 * n], &gates[2 * n..3 * n], &gates[3 * n..4 * n]);
         let (n_c, cp, dout, dh_state, dc) = (&n_c[..n], &cp[..n], &dout[..n], &mut dh_state[..n], &mut dc[..n]);
-        let (de_v, de_c) = de.split_at_mut(5 * g4);
+        let (de_v, de_c) = de.split_at_mut(3 * g4);
         let (de_wc, de_bc) = de_c.split_at_mut(n);
         let de_bc = &mut de_bc[..n];
         // h' = o tanh(y), y = LN_c(c'): d o, and dy (kept as ln_c_bias's gradient).
@@ -205,18 +216,15 @@ impl Cell for LstmLayerNorm {
             }
         }
         // v = LN_ih(xp) + LN_hh(r) + bias: the parameters' gradients, then both LNs backward.
+        // (`bias`, `ln_ih_bias` and `ln_hh_bias` share d_bias: Layout::de_blocks.)
         let (d_bias, rest) = de_v.split_at_mut(g4);
-        let (d_wih, rest) = rest.split_at_mut(g4);
-        let (d_bih, rest) = rest.split_at_mut(g4);
-        let (d_whh, d_bhh) = rest.split_at_mut(g4);
-        let (n_ih, n_hh, d_bhh) = (&n_ih[..g4], &n_hh[..g4], &mut d_bhh[..g4]);
+        let (d_wih, d_whh) = rest.split_at_mut(g4);
+        let (n_ih, n_hh, d_whh) = (&n_ih[..g4], &n_hh[..g4], &mut d_whh[..g4]);
         for k in 0..g4 {
             let dv = dxp[k];
             d_bias[k] = dv;
             d_wih[k] = dv * n_ih[k];
-            d_bih[k] = dv;
             d_whh[k] = dv * n_hh[k];
-            d_bhh[k] = dv;
             dxp[k] = dv * w_ih[k];
             dr[k] = dv * w_hh[k];
         }

@@ -174,6 +174,13 @@ pub struct Layout {
     pub tape: usize,
     /// Length of the `Pointwise` slot.
     pub pointwise: usize,
+    /// How a row's pointwise-parameter gradients (`BwdRow::de`) map to the parameters' (empty:
+    /// `de` is `pointwise` wide, column j the gradient of parameter j). Otherwise each block
+    /// adds the column sums of `de[de..de + len]` to parameters `param..param + len`, every
+    /// parameter in exactly one block; several blocks may read the same columns (parameters
+    /// whose gradients are equal, as LSTM_LAYERNORM's three gate biases), so the cell writes
+    /// them once ([`Layout::de_width`]).
+    pub de_blocks: Vec<GradBlock>,
     /// Whether the pointwise functions read the layer input itself (SRU's highway, MUT1's
     /// tanh(x)); their backward then adds to the input gradient directly.
     pub uses_input: bool,
@@ -181,7 +188,38 @@ pub struct Layout {
     pub out: usize,
 }
 
+/// A block of pointwise-parameter gradients ([`Layout::de_blocks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GradBlock {
+    /// First column in a row's `de`.
+    pub de: usize,
+    /// First parameter in the `Pointwise` slot.
+    pub param: usize,
+    /// Columns.
+    pub len: usize,
+}
+
 impl Layout {
+    /// Width of a row's pointwise-parameter gradients (`BwdRow::de`).
+    pub fn de_width(&self) -> usize {
+        if self.de_blocks.is_empty() {
+            self.pointwise
+        } else {
+            self.de_blocks.iter().map(|b| b.de + b.len).max().unwrap_or(0)
+        }
+    }
+
+    /// The blocks of [`Layout::de_blocks`], the identity when it is empty.
+    pub fn grad_blocks(&self) -> Vec<GradBlock> {
+        if self.de_blocks.is_empty() {
+            if self.pointwise == 0 {
+                return Vec::new();
+            }
+            return vec![GradBlock { de: 0, param: 0, len: self.pointwise }];
+        }
+        self.de_blocks.clone()
+    }
+
     /// The drivers' rule: a product that reads a state is in stage 0 (later stages may have
     /// changed the state already, and the backward adds a state's product gradient as a
     /// gradient of the state before the step). Every registered cell keeps it (tested).
@@ -197,6 +235,17 @@ impl Layout {
             if !(1..=MAX_GATES).contains(&p.gates) || p.rows % p.gates != 0 {
                 return Err(format!("stage {k}'s product: {} rows in {} gates (1 to {MAX_GATES}, dividing the rows)", p.rows, p.gates));
             }
+        }
+        // Every pointwise parameter's gradient comes from exactly one block.
+        let mut covered = vec![0u8; self.pointwise];
+        for b in self.grad_blocks() {
+            if b.len == 0 || b.param + b.len > self.pointwise {
+                return Err(format!("gradient block {b:?} outside the {} pointwise parameters", self.pointwise));
+            }
+            covered[b.param..b.param + b.len].iter_mut().for_each(|c| *c += 1);
+        }
+        if let Some(j) = covered.iter().position(|&c| c != 1) {
+            return Err(format!("pointwise parameter {j}'s gradient comes from {} blocks, not one", covered[j]));
         }
         Ok(())
     }

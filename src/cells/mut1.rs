@@ -55,7 +55,7 @@ impl Cell for Mut1 {
                 }),
             ],
             tape: 4 * h,
-            pointwise: 0,
+            pointwise: 0, de_blocks: Vec::new(),
             uses_input: true,
             out: h,
         }

@@ -79,7 +79,7 @@ pub(super) fn torch_layout(g: usize, s: Sizes, h_out: usize, tape: usize) -> Lay
             src: Src::State(0),
         })],
         tape,
-        pointwise: 0,
+        pointwise: 0, de_blocks: Vec::new(),
         uses_input: false,
         out: h_out,
     }

@@ -46,7 +46,7 @@ impl Cell for Scrn {
                 Some(Product { slot: Slot::WeightHh, offset: h * h, rows: h, gates: 1, k: c, bias: None, src: Src::Tape { offset: 0 } }),
             ],
             tape: c + h,
-            pointwise: 0,
+            pointwise: 0, de_blocks: Vec::new(),
             uses_input: false,
             out: h,
         }

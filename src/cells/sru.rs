@@ -39,7 +39,7 @@ impl Cell for Sru {
     }
     fn layout(s: Sizes) -> Layout {
         let h = s.hidden;
-        Layout { xp: 3 * h, input_bias: false, stages: vec![None], tape: 3 * h, pointwise: 4 * h, uses_input: true, out: h }
+        Layout { xp: 3 * h, input_bias: false, stages: vec![None], tape: 3 * h, pointwise: 4 * h, de_blocks: Vec::new(), uses_input: true, out: h }
     }
     #[inline(always)]
     fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {

@@ -804,7 +804,8 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // (`Cell::DR_IS_DXP`): dxp serves both, and the cell's dr writes go to a row scratch.
     let alias = C::DR_IS_DXP && lay.stages.len() == 1 && rw == gx;
     let mut dr = if alias { Vec::new() } else { zeros("product gradients", &[n, rw])? };
-    let mut de = zeros("pointwise parameter gradients", &[n, lay.pointwise])?;
+    let ew = lay.de_width();
+    let mut de = zeros("pointwise parameter gradients", &[n, ew])?;
     let plain = pack_products(p, &lay, false)?;
     let macs = n * (gx * inw + lay.product_macs());
     let ranges = split::ranges(b, macs);
@@ -884,7 +885,13 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     }
     if lay.pointwise > 0 {
         let ge = a.grad.get_mut(Slot::Pointwise).ok_or_else(|| Error::MissingTensor("Pointwise slot".into()))?;
-        super::col_sum_into(&de, lay.pointwise, &mut ge[..lay.pointwise]);
+        let mut sums = vec![T::zero(); ew];
+        super::col_sum_into(&de, ew, &mut sums);
+        for b in lay.grad_blocks() {
+            for (g, &v) in ge[b.param..b.param + b.len].iter_mut().zip(&sums[b.de..b.de + b.len]) {
+                *g += v;
+            }
+        }
     }
     // The GPU stores each weight gradient once, summed in f32, and dX after its product.
     if a.precision != Precision::F32 {
@@ -940,7 +947,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
     #[inline(always)]
     fn rows(&self, mine: Range<usize>) {
         let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
-        let (gx, tw, inw, ew) = (lay.xp, lay.tape, sz.input, lay.pointwise);
+        let (gx, tw, inw, ew) = (lay.xp, lay.tape, sz.input, lay.de_width());
         let (_, rw) = lay.product_offsets();
         let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
         let (r0, nr) = (mine.start, mine.len());

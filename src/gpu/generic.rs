@@ -762,7 +762,7 @@ impl<'a> Shape<'a> {
             pin_len: max(&|x| x.pin_len(b)),
             wxt_len: max(&|x| x.lay.xp * x.inw),
             rt_len: max(&|x| if x.unit { 0 } else { x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum() }),
-            bws_len: if training { max(&|x| n * (x.lay.xp + x.rw + x.lay.pointwise)) } else { 0 },
+            bws_len: if training { max(&|x| n * (x.lay.xp + x.rw + x.lay.de_width())) } else { 0 },
             ctx,
             cfg,
             layout,
@@ -845,7 +845,7 @@ impl<'a> Shape<'a> {
     /// longest run.
     fn loop_grad_run(&self, strategy: StepStrategy) -> Option<usize> {
         let wide = self.dims.iter().any(|dm| {
-            dm.lay.xp.max(dm.rw).max(dm.lay.pointwise) > LOOP_GRAD_COLS || dm.lay.stages.iter().flatten().any(|p| p.rows > LOOP_GRAD_PROWS)
+            dm.lay.xp.max(dm.rw).max(dm.lay.de_width()) > LOOP_GRAD_COLS || dm.lay.stages.iter().flatten().any(|p| p.rows > LOOP_GRAD_PROWS)
         });
         if !self.training || wide || !self.cfg.mode.loop_grad() {
             return None;
@@ -1346,7 +1346,9 @@ impl<'a> Shape<'a> {
         }
         if lay.pointwise > 0 {
             let at = slot_at(wo, Slot::Pointwise, "pointwise parameters")?;
-            bl.colsum(ops, n, lay.pointwise, Buf::Bws, de_off, lay.pointwise, Buf::GradWeights, at);
+            for b in lay.grad_blocks() {
+                bl.colsum(ops, n, b.len, Buf::Bws, de_off + b.de, lay.de_width(), Buf::GradWeights, at + b.param);
+            }
         }
         Ok(())
     }
@@ -1545,7 +1547,7 @@ impl Dims {
             tw: lay.tape as u32,
             tape_off: self.tape_off(n) as u32,
             sprev_off: self.sprev_off(n, b, training) as u32,
-            ew: lay.pointwise as u32,
+            ew: lay.de_width() as u32,
             e_off: wo[slot_index(Slot::Pointwise)].unwrap_or(0) as u32,
             out_w: out_w as u32,
             col: (dir * lay.out) as u32,

@@ -210,7 +210,7 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
                 };
                 f += 2 + steps * per_step;
                 b += steps * (lay.stages.len() + products) + 2 + lay.input_bias as usize;
-                b += lay.stages.iter().flatten().map(|p| 1 + p.bias.is_some() as usize).sum::<usize>() + (lay.pointwise > 0) as usize;
+                b += lay.stages.iter().flatten().map(|p| 1 + p.bias.is_some() as usize).sum::<usize>() + lay.grad_blocks().len();
             }
             // At p = 0 no regulariser dispatch at all.
             assert_eq!(dispatches(&zero), (f, b), "{mode}: p = 0");
