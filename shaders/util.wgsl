@@ -9,20 +9,18 @@
 // Dispatch: linear over rows * width (colsum: width) in workgroups of 256, folded into
 // (min(groups, 65535), ceil(groups / 65535), 1).
 
-const NONE: u32 = 0xffffffffu;
-
 struct UtilParams {
     rows: u32,
     width: u32,
     src_off: u32,
     src_ld: u32,
     src_col: u32,
-    state_off: u32,
     seq_off: u32,
     dst_off: u32,
     dst_ld: u32,
     accumulate: u32,  // colsum: 1 adds to dst (a later run of rows), 0 overwrites it
 
+    _pad0: u32,
     _pad1: u32,
     _pad2: u32,
 }

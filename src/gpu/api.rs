@@ -188,19 +188,8 @@ impl GpuRnn {
     /// [`GpuRnn::forward`] with the regularisers' masks from `draw`: the same masks as
     /// [`crate::cpu::forward_with`] (the counter goes to the device as an f32, exact below 2^24).
     pub fn forward_with(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
-        self.check_forward(input, states0, draw)?;
-        let whole = self.plan(&SeqLayout::of(input)?, pass, draw.seed).and_then(|plan| self.forward_on(plan, &input.data, states0, pass, draw));
-        let (output, finals, kind) = match whole {
-            Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
-            Err(Error::Limit(why)) => {
-                // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
-                let (split, (output, finals, recs)) = pollster::block_on(self.forward_split(Wait::Block, input, states0, pass, draw, why))?;
-                let kind = (pass == Pass::Training).then(|| TapeKind::Split { split, pieces: recs });
-                (output, finals, kind)
-            }
-            Err(e) => return Err(e),
-        };
-        self.forward_result(input, output, finals, kind)
+        // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
+        pollster::block_on(self.forward_waiting(Wait::Block, input, states0, pass, draw))
     }
 
     /// [`GpuRnn::forward`] without blocking, the form a browser (`wasm32`) can run, where
@@ -208,16 +197,21 @@ impl GpuRnn {
     /// read awaited (on native targets something must poll the device meanwhile). A problem
     /// beyond one binding is split as [`GpuRnn::forward`] splits it, its pieces run in turn.
     pub async fn forward_async(&self, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
-        let draw = Draw::default();
+        self.forward_waiting(Wait::Await, input, states0, pass, Draw::default()).await
+    }
+
+    /// The forward of both forms, waiting as `wait` says: one plan, or, where it exceeds a
+    /// limit, the split.
+    async fn forward_waiting(&self, wait: Wait, input: &PackedSequence<f32>, states0: &[Option<&[f32]>], pass: Pass, draw: Draw) -> Result<(ForwardOutput<f32>, Option<GpuTape>)> {
         self.check_forward(input, states0, draw)?;
         let whole = match self.plan(&SeqLayout::of(input)?, pass, draw.seed) {
-            Ok(plan) => self.forward_run(Wait::Await, plan, &input.data, states0, pass, draw).await,
+            Ok(plan) => self.forward_run(wait, plan, &input.data, states0, pass, draw).await,
             Err(e) => Err(e),
         };
         let (output, finals, kind) = match whole {
             Ok(f) => (f.output, f.finals, f.rec.map(TapeKind::Whole)),
             Err(Error::Limit(why)) => {
-                let (split, (output, finals, recs)) = self.forward_split(Wait::Await, input, states0, pass, draw, why).await?;
+                let (split, (output, finals, recs)) = self.forward_split(wait, input, states0, pass, draw, why).await?;
                 let kind = (pass == Pass::Training).then(|| TapeKind::Split { split, pieces: recs });
                 (output, finals, kind)
             }
@@ -449,22 +443,22 @@ impl GpuRnn {
     /// handing its initial-state gradients to the previous segment) and sums the weight
     /// gradients in a fixed order, so results are reproducible bit for bit.
     pub fn backward(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
-        let layout = self.check_backward(tape, grad_output, grad_states)?;
-        let bw = match &tape.kind {
-            TapeKind::Whole(rec) => self.backward_on(rec, grad_output, grad_states)?,
-            // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
-            TapeKind::Split { split, pieces } => pollster::block_on(self.backward_pieces(Wait::Block, split, pieces, grad_output, grad_states))?,
-        };
-        self.gradients(tape, &layout, bw)
+        // Every wait inside blocks (Wait::Block): the future is ready at its first poll.
+        pollster::block_on(self.backward_waiting(Wait::Block, tape, grad_output, grad_states))
     }
 
     /// [`GpuRnn::backward`] without blocking (see [`GpuRnn::forward_async`]), a split tape's
     /// pieces in turn as [`GpuRnn::backward`] runs them.
     pub async fn backward_async(&self, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
+        self.backward_waiting(Wait::Await, tape, grad_output, grad_states).await
+    }
+
+    /// The backward of both forms, waiting as `wait` says.
+    async fn backward_waiting(&self, wait: Wait, tape: &GpuTape, grad_output: &[f32], grad_states: &[Option<&[f32]>]) -> Result<Gradients<f32>> {
         let layout = self.check_backward(tape, grad_output, grad_states)?;
         let bw = match &tape.kind {
-            TapeKind::Whole(rec) => self.backward_run(Wait::Await, rec, grad_output, grad_states).await?,
-            TapeKind::Split { split, pieces } => self.backward_pieces(Wait::Await, split, pieces, grad_output, grad_states).await?,
+            TapeKind::Whole(rec) => self.backward_run(wait, rec, grad_output, grad_states).await?,
+            TapeKind::Split { split, pieces } => self.backward_pieces(wait, split, pieces, grad_output, grad_states).await?,
         };
         self.gradients(tape, &layout, bw)
     }

@@ -12,7 +12,7 @@ pub mod source {
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
     /// `gemm.wgsl`: the strided matrix product with bias.
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
-    /// `util.wgsl`: row gathers and scatters, copies, transposes, padding, column sums.
+    /// `util.wgsl`: row gathers between orders, transposes, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
     /// `cast.wgsl`: conversions between f32 and the storage precision (mixed-precision training).
     pub const CAST: &str = include_str!("../../shaders/cast.wgsl");
@@ -756,19 +756,19 @@ pub struct UtilParams {
     pub src_off: u32,
     /// Row stride of the source.
     pub src_ld: u32,
-    /// First column in the source (`gather_last`).
+    /// First column in the source (`gather_rows`).
     pub src_col: u32,
-    /// Offset in `state0` (an initial state or a state gradient), or [`NONE`] for zeros.
-    pub state_off: u32,
-    /// Offset of the `prev[]` / `last[]` table in the sequence tables.
+    /// Offset of `gather_rows`' row table in the tables buffer.
     pub seq_off: u32,
     /// Offset in the destination.
     pub dst_off: u32,
-    /// Row stride of dst (`pad_rows`).
+    /// Row stride of dst (`gather_rows`).
     pub dst_ld: u32,
     /// `colsum`: 1 adds to dst (a later run of rows), 0 overwrites it.
     pub accumulate: u32,
     /// Padding to the WGSL struct's size.
+    pub _pad0: u32,
+    /// Padding.
     pub _pad1: u32,
     /// Padding.
     pub _pad2: u32,
