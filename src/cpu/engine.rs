@@ -805,7 +805,9 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let alias = C::DR_IS_DXP && lay.stages.len() == 1 && rw == gx;
     let mut dr = if alias { Vec::new() } else { zeros("product gradients", &[n, rw])? };
     let ew = lay.de_width();
-    let mut de = zeros("pointwise parameter gradients", &[n, ew])?;
+    // A row's pointwise-parameter gradients are summed per batch row in the loop (each
+    // thread owns its rows): [B, ew], not [N, ew] written out and summed after it.
+    let mut de = zeros("pointwise parameter gradients", &[b, ew])?;
     let plain = pack_products(p, &lay, false)?;
     let macs = n * (gx * inw + lay.product_macs());
     let ranges = split::ranges(b, macs);
@@ -931,7 +933,8 @@ struct BwdLoop<'a, C, T: Float> {
     /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cell's dr
     /// writes go to a per-thread row scratch and the product reads `dxp`.
     alias: bool,
-    /// `[B, S]` (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, ew]`, `[N, in]` by packed row.
+    /// `[B, S]` and `[B, ew]` (the pointwise-parameter gradients summed over the steps) by
+    /// batch row (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, in]` by packed row.
     ds: Rows<'a, T>,
     dxp: Rows<'a, T>,
     dr: Rows<'a, T>,
@@ -962,11 +965,13 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
                 scratch("input gradients", &[if self.w_x.is_some() { nr } else { 0 }, inw])?,
                 scratch("product gradients", &[if self.alias { nr } else { 0 }, rw])?,
+                scratch("pointwise parameter gradients", &[nr, ew])?,
             ))
         };
         // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
         let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
-        let (mut dtape, mut dv, mut zg, mut dx_step, mut dr_rows) = match alloc() {
+        let de_sum = unsafe { self.de.part(r0 * ew, nr * ew) };
+        let (mut dtape, mut dv, mut zg, mut dx_step, mut dr_rows, mut de) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -984,7 +989,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
             let dr = if self.alias { &mut dr_rows[..rows * rw] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
-            let de = unsafe { self.de.part(o * ew, rows * ew) };
+            de[..rows * ew].fill(T::zero());
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
             if let Some(z) = self.zone {
                 // Where h kept its previous value, the gradient g = dh + dout goes to the
@@ -1052,6 +1057,9 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                         }
                     }
                 }
+            }
+            for (a, &v) in de_sum[..rows * ew].iter_mut().zip(&de[..rows * ew]) {
+                *a += v;
             }
             store(self.q, &mut ds[..rows * sw]);
             if let Some(z) = self.zone {
