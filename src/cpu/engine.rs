@@ -13,7 +13,7 @@ use super::smallgemm::PackedB;
 use super::split::{self, Rows};
 use std::marker::PhantomData;
 use std::ops::Range;
-use super::{check_finite, permute_state, pool, scratch, step_order, zeros, Failure, Pass};
+use super::{check_finite, permute_state, pool, reused, scratch, step_order, zeros, Failure, Pass};
 use crate::packing::step_offsets;
 use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Sizes, Slot, Src, StateDef};
 use crate::config::RnnConfig;
@@ -439,7 +439,8 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // [N, gx]: the up-front GEMM's, or the tape's when the cell's backward reads it;
     // otherwise a per-step projection keeps its rows in each thread's scratch.
     let keep_xp = training && C::BACKWARD_READS_XP;
-    let mut xp = zeros("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
+    // Written before it is read: by the GEMM below (beta 0) or, step by step, by the loop.
+    let mut xp = reused("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
     if gx > 0 && !per_step {
         let w = slot(p, Slot::WeightIh, "input matrix")?;
         gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
@@ -447,8 +448,9 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         store(a.precision, &mut xp);
     }
     let e = pointwise_params(p, &lay)?;
-    let mut s_prev = if training { zeros("tape states", &[n, sw])? } else { Vec::new() };
-    let mut tape = if training { zeros("tape", &[n, tw])? } else { Vec::new() };
+    // Both written a step at a time by the loop (the tape's rows cleared first).
+    let mut s_prev = if training { reused("tape states", &[n, sw])? } else { Vec::new() };
+    let mut tape = if training { reused("tape", &[n, tw])? } else { Vec::new() };
     let packed = pack_products(p, &lay, true)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
@@ -595,7 +597,9 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
             };
             let tape: &mut [T] = if self.training {
                 unsafe { self.s_prev.part(o * sw, rows * sw) }.copy_from_slice(&s[..rows * sw]);
-                unsafe { self.tape.part(o * tw, rows * tw) }
+                let tape = unsafe { self.tape.part(o * tw, rows * tw) };
+                tape.fill(T::zero());
+                tape
             } else {
                 &mut tscratch[..rows * tw]
             };
@@ -799,11 +803,12 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let b = a.batch_sizes[0];
     let (p, tp) = (a.p, a.tape);
     let e = pointwise_params(p, &lay)?;
-    let mut dxp = zeros("input projection gradients", &[n, gx])?;
+    // dxp and dr: each step's rows are cleared by the loop before the cell writes them.
+    let mut dxp = reused("input projection gradients", &[n, gx])?;
     // Stage 0's product gradient is the input projection's and the only product
     // (`Cell::DR_IS_DXP`): dxp serves both, and the cell's dr writes go to a row scratch.
     let alias = C::DR_IS_DXP && lay.stages.len() == 1 && rw == gx;
-    let mut dr = if alias { Vec::new() } else { zeros("product gradients", &[n, rw])? };
+    let mut dr = if alias { Vec::new() } else { reused("product gradients", &[n, rw])? };
     let ew = lay.de_width();
     // A row's pointwise-parameter gradients are summed per batch row in the loop (each
     // thread owns its rows): [B, ew], not [N, ew] written out and summed after it.
@@ -989,6 +994,10 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
             let dr = if self.alias { &mut dr_rows[..rows * rw] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
+            dxp.fill(T::zero());
+            if !self.alias {
+                dr.fill(T::zero());
+            }
             de[..rows * ew].fill(T::zero());
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
             if let Some(z) = self.zone {

@@ -52,6 +52,12 @@ fn zeros<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
     pool::try_zeroed(what, crate::tensor::checked_len::<T>(what, dims)?)
 }
 
+/// A buffer from the pool whose values are unspecified (zeros or an earlier call's): for
+/// buffers every element of which is written before it is read ([`pool::try_reused`]).
+fn reused<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
+    pool::try_reused(what, crate::tensor::checked_len::<T>(what, dims)?)
+}
+
 /// Zeros for a time loop's own scratch (not pooled), fallibly.
 fn scratch<T: Float>(what: &str, dims: &[usize]) -> Result<Vec<T>> {
     crate::tensor::try_filled(what, crate::tensor::checked_len::<T>(what, dims)?, T::zero())

@@ -42,6 +42,12 @@ pub fn zeroed<T: Copy + Default + Send + 'static>(len: usize) -> Vec<T> {
 /// A kept buffer of the same type resized to `len` zeros, when one fits without wasting more
 /// than half of it.
 fn zeroed_from_pool<T: Copy + Default + Send + 'static>(len: usize) -> Option<Vec<T>> {
+    from_pool(len, true)
+}
+
+/// A kept buffer of the same type resized to `len`, when one fits without wasting more than
+/// half of it: zeros when `zero`, else whatever values it held (zeros past its old length).
+fn from_pool<T: Copy + Default + Send + 'static>(len: usize, zero: bool) -> Option<Vec<T>> {
     let bytes = len * std::mem::size_of::<T>();
     {
         let mut p = pool();
@@ -57,7 +63,9 @@ fn zeroed_from_pool<T: Copy + Default + Send + 'static>(len: usize) -> Option<Ve
             p.bytes -= size;
             drop(p);
             let mut v = *b.downcast::<Vec<T>>().expect("type checked above");
-            v.clear();
+            if zero || v.len() > len {
+                v.truncate(if zero { 0 } else { len });
+            }
             v.resize(len, T::default());
             return Some(v);
         }
@@ -71,6 +79,19 @@ pub fn try_zeroed<T: Copy + Default + Send + 'static>(what: &str, len: usize) ->
     if len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b >= MIN_POOLED_BYTES) {
         let v = zeroed_from_pool(len);
         if let Some(v) = v {
+            return Ok(v);
+        }
+    }
+    crate::tensor::try_filled(what, len, T::default())
+}
+
+/// As [`try_zeroed`], but a reused buffer keeps the values it held (a fresh one is zeros):
+/// for buffers every element of which is written before it is read (the time loops' tape
+/// and gradient rows, cleared a step at a time while they are in cache). Large buffers
+/// cleared up front cost a pass over memory (C1's LSTM_LAYERNORM backward: 6% of its time).
+pub fn try_reused<T: Copy + Default + Send + 'static>(what: &str, len: usize) -> crate::Result<Vec<T>> {
+    if len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b >= MIN_POOLED_BYTES) {
+        if let Some(v) = from_pool(len, false) {
             return Ok(v);
         }
     }
@@ -117,6 +138,17 @@ mod tests {
         let w = zeroed::<f32>(n - 10);
         assert_eq!(w.len(), n - 10);
         assert!(w.iter().all(|&x| x == 0.0));
+        // A reused buffer keeps its values; what it grows by is zeros.
+        let m = 4 * n;
+        let mut v = Vec::with_capacity(m);
+        v.resize(m - 10, 3.0f32);
+        recycle(v);
+        let r = try_reused::<f32>("test", m).unwrap();
+        assert_eq!(r.len(), m);
+        assert!(r[..m - 10].iter().all(|&x| x == 3.0) && r[m - 10..].iter().all(|&x| x == 0.0));
+        recycle(r);
+        let z = try_zeroed::<f32>("test", m).unwrap();
+        assert!(z.iter().all(|&x| x == 0.0));
         // Small buffers are not kept; a buffer past the bound is freed.
         let before = pooled_bytes();
         recycle(vec![0f64; 8]);
