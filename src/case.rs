@@ -237,6 +237,10 @@ impl<T: Float> Case<T> {
                 out.put_float(format!("grad_{}0", st.name), t.shape, to64(&t.data));
             }
             gp.for_each(|def, layer, dir, v| {
+                // A fixed tensor (the uRNN's permutation) has no gradient.
+                if def.fixed {
+                    return;
+                }
                 let name = format!("grad.{}", RnnConfig::param_name(def.stem, layer, dir));
                 out.put_float(name, def.shape.clone(), to64(v));
             });

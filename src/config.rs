@@ -63,6 +63,8 @@ pub struct ParamSpec {
     pub name: String,
     /// Shape, row-major.
     pub shape: Vec<usize>,
+    /// A fixed tensor of whole numbers (int32 in files, no gradient; [`crate::cells::ParamDef::fixed`]).
+    pub fixed: bool,
 }
 
 impl RnnConfig {
@@ -232,7 +234,8 @@ impl RnnConfig {
 
     /// Elements of `slot` in a layer-direction of `layer` (`None`: the slot is absent).
     pub fn slot_len(&self, slot: Slot, layer: usize) -> Option<usize> {
-        self.param_defs(layer).iter().filter(|p| p.slot == slot).map(|p| p.offset + p.len()).max()
+        let derived = self.mode.derived(self.sizes(layer)).filter(|_| slot == Slot::WeightHh).map(|d| d.len);
+        self.param_defs(layer).iter().filter(|p| p.slot == slot).map(|p| p.offset + p.len()).chain(derived).max()
     }
 
     /// The cell's recurrent states, in order (`h`, `c`, ...).
@@ -257,7 +260,7 @@ impl RnnConfig {
         for layer in 0..self.num_layers {
             for dir in 0..self.directions() {
                 for def in self.param_defs(layer) {
-                    v.push(ParamSpec { name: Self::param_name(def.stem, layer, dir), shape: def.shape });
+                    v.push(ParamSpec { name: Self::param_name(def.stem, layer, dir), shape: def.shape, fixed: def.fixed });
                 }
             }
         }

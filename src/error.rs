@@ -67,6 +67,16 @@ pub enum Error {
     #[error("metadata: {0}")]
     Metadata(String),
 
+    /// A parameter whose values break its cell's rules (a uRNN permutation that repeats an
+    /// index or leaves the range, a zero reflection vector).
+    #[error("invalid parameter {name}: {why}")]
+    InvalidParameter {
+        /// The parameter set (layer and direction) or tensor.
+        name: String,
+        /// The rule broken.
+        why: String,
+    },
+
     /// A non-finite value where finite input is required.
     #[error("non-finite value in {0}")]
     NonFinite(String),

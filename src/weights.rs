@@ -172,6 +172,9 @@ impl<T: Float> Weights<T> {
                     (Some(_), None) => return Err(Error::UnexpectedTensor(what)),
                 }
             }
+            if let Some(e) = p.get(Slot::Pointwise) {
+                cfg.mode.check_params(cfg.sizes(layer), e).map_err(|why| Error::InvalidParameter { name: slot_name(&defs, Slot::Pointwise, layer, i % d), why })?;
+            }
         }
         Ok(())
     }
@@ -183,11 +186,22 @@ impl<T: Float> Weights<T> {
         let k = 1.0 / (config.hidden_size as f64).sqrt();
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         w.for_each_mut(|def, _, _, v| {
+            if def.init == Init::Permutation {
+                use rand::seq::SliceRandom;
+                let mut p: Vec<usize> = (0..v.len()).collect();
+                p.shuffle(&mut rng);
+                v.iter_mut().zip(p).for_each(|(x, i)| *x = T::from_f64(i as f64));
+                return;
+            }
+            let glorot = (6.0 / def.shape.iter().take(2).sum::<usize>().max(1) as f64).sqrt();
             for x in v.iter_mut() {
                 *x = match def.init {
                     Init::Uniform => T::from_f64(rng.random_range(-k..=k)),
                     Init::Ones => T::one(),
                     Init::Zeros => T::zero(),
+                    Init::Range(lo, hi) => T::from_f64(rng.random_range(lo..hi)),
+                    Init::Glorot => T::from_f64(rng.random_range(-glorot..=glorot)),
+                    Init::Permutation => unreachable!("filled above"),
                 };
             }
         });
@@ -327,8 +341,14 @@ impl<T: Float> Weights<T> {
             for dir in 0..config.directions() {
                 for def in config.param_defs(layer) {
                     let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
-                    let t = file.float(&full)?;
-                    check_len(&full, &t.shape, t.data.len())?;
+                    if def.fixed {
+                        // Whole numbers, as integers (or floats holding them).
+                        let t = file.int(&full)?;
+                        check_len(&full, &t.shape, t.data.len())?;
+                    } else {
+                        let t = file.float(&full)?;
+                        check_len(&full, &t.shape, t.data.len())?;
+                    }
                 }
             }
         }
@@ -348,13 +368,20 @@ impl<T: Float> Weights<T> {
             }
         }
         // 4. The copies, each a fallible allocation of a size the file's data already has.
-        Self::build(config, |def, layer, dir| {
+        let w = Self::build(config, |def, layer, dir| {
             let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
-            let t = file.float(&full)?;
             let mut v = try_with_capacity(&full, def.len())?;
-            v.extend(t.data.iter().map(|&x| T::from_f64(x)));
+            if def.fixed {
+                // Out-of-range indices are the cell's to refuse (validate below); keep them
+                // out of range rather than wrapping.
+                v.extend(file.int(&full)?.data.iter().map(|&x| T::from_f64(x.clamp(-1, 1 << 30) as f64)));
+            } else {
+                v.extend(file.float(&full)?.data.iter().map(|&x| T::from_f64(x)));
+            }
             Ok(v)
-        })
+        })?;
+        w.validate()?;
+        Ok(w)
     }
 
     /// Loads a `state_dict` saved as safetensors (e.g. `safetensors.torch.save_file(
@@ -380,6 +407,16 @@ impl<T: Float> Weights<T> {
                 return;
             }
             let name = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
+            if def.fixed {
+                match try_with_capacity(&name, v.len()) {
+                    Ok(mut data) => {
+                        data.extend(v.iter().map(|x| x.to_f64() as i64));
+                        file.put_int(name, def.shape.clone(), data);
+                    }
+                    Err(e) => err = Some(e),
+                }
+                return;
+            }
             match try_with_capacity(&name, v.len()) {
                 Ok(mut data) => {
                     data.extend(v.iter().map(|x| x.to_f64()));

@@ -83,6 +83,16 @@ pub fn run(data: &[u8]) {
         Init::Uniform => assert!(v.iter().all(|&x| (x as f64).abs() <= k * (1.0 + 1e-6)), "{}: init outside +-1/sqrt(H)", def.stem),
         Init::Ones => assert!(v.iter().all(|&x| x == 1.0), "{}: not ones", def.stem),
         Init::Zeros => assert!(v.iter().all(|&x| x == 0.0), "{}: not zeros", def.stem),
+        Init::Range(lo, hi) => assert!(v.iter().all(|&x| (x as f64) >= lo - 1e-6 && (x as f64) <= hi + 1e-6), "{}: init outside [{lo}, {hi})", def.stem),
+        Init::Glorot => {
+            let g = (6.0 / def.shape.iter().take(2).sum::<usize>().max(1) as f64).sqrt();
+            assert!(v.iter().all(|&x| (x as f64).abs() <= g * (1.0 + 1e-6)), "{}: init outside Glorot's range", def.stem)
+        }
+        Init::Permutation => {
+            let mut s: Vec<usize> = v.iter().map(|&x| x as usize).collect();
+            s.sort_unstable();
+            assert!(s.iter().enumerate().all(|(i, &x)| i == x), "{}: not a permutation", def.stem)
+        }
     });
     if total > MAX_ROUND_TRIP || cfg.num_layers > 4 {
         // (Headers of hundreds of tensors made the round trip cost milliseconds an input.)

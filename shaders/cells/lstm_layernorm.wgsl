@@ -21,29 +21,11 @@
 // Reductions (row sums): invocation l sums, in order, the elements l, l + 64, l + 128, ...
 // of the vector (the LN_ih / LN_hh sums read only xp and r, which nothing here writes; the
 // later phases read only values the same invocation wrote); the 64
-// partial sums go to `red` (workgroup memory) and are added by a fixed tree: stride 32, 16,
+// partial sums go to `red` (workgroup memory) and are added by a fixed tree (the prelude's row_sum): stride 32, 16,
 // ..., 1, slot l += slot l + stride, a workgroupBarrier() after each level. Up to four sums
 // travel together as a vec4. No atomics: the order of every addition is fixed, so results are
 // bitwise reproducible. All barriers are at the top level of the entry points (uniform
 // control flow); no invocation returns early.
-
-var<workgroup> red: array<vec4<f32>, 64>;
-
-// The row sum of the 64 invocations' partial sums v (all invocations must call it).
-fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
-    red[l] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (l < s) {
-            red[l] = red[l] + red[l + s];
-        }
-        workgroupBarrier();
-    }
-    let t = red[0];
-    // Everyone has read the result before the next call overwrites the slots.
-    workgroupBarrier();
-    return t;
-}
 
 const LN_EPS: f32 = 1e-5;
 

@@ -133,6 +133,26 @@ fn dx_add(row: u32, k: u32, v: f32) {
     dxin[i] = S(f32(dxin[i]) + v);
 }
 
+// Workgroup sums for cells whose step reduces over the row (layer norm) or over a column of a
+// derived matrix (the uRNN): invocation l's partial sums v (up to four at once) added by a
+// fixed tree, stride 32, 16, ..., 1, a barrier after each level; every invocation must call
+// it (uniform control flow), and gets the sums.
+var<workgroup> red: array<vec4<f32>, 64>;
+fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
+    red[l] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s / 2u) {
+        if (l < s) {
+            red[l] = red[l] + red[l + s];
+        }
+        workgroupBarrier();
+    }
+    let t = red[0];
+    // Everyone has read the result before the next call overwrites the slots.
+    workgroupBarrier();
+    return t;
+}
+
 fn dsigmoid(y: f32) -> f32 { return y * (1.0 - y); }
 fn dtanh(y: f32) -> f32 { return 1.0 - y * y; }
 

@@ -32,6 +32,7 @@ pub(crate) mod mut1;
 pub(crate) mod rnn;
 pub(crate) mod scrn;
 pub(crate) mod sru;
+pub(crate) mod urnn;
 
 /// The sizes a layer-direction's description depends on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,7 +70,7 @@ impl Slot {
 }
 
 /// How a parameter is initialised by [`crate::Weights::init_uniform`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Init {
     /// PyTorch's `U(-1/sqrt(H), 1/sqrt(H))`.
     Uniform,
@@ -77,10 +78,16 @@ pub enum Init {
     Ones,
     /// All zeros (layer-norm shifts).
     Zeros,
+    /// Uniform in `[lo, hi)` (the uRNN's phases and reflections).
+    Range(f64, f64),
+    /// Glorot's uniform `U(-sqrt(6 / (fan_in + fan_out)), ..)` over a `[fan_out, fan_in]` matrix.
+    Glorot,
+    /// A random permutation of `0..len` (a [`ParamDef::fixed`] index tensor).
+    Permutation,
 }
 
 /// One named parameter tensor of a layer-direction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ParamDef {
     /// The name without `_l{k}` / `_reverse`, e.g. `weight_hh`.
     pub stem: &'static str,
@@ -92,12 +99,20 @@ pub struct ParamDef {
     pub offset: usize,
     /// How [`crate::Weights::init_uniform`] fills it.
     pub init: Init,
+    /// A fixed tensor of whole numbers (the uRNN's permutation): int32 in files, no gradient,
+    /// never trained; part of [`Derived::fixed`].
+    pub fixed: bool,
 }
 
 impl ParamDef {
     /// A parameter at `offset` elements into `slot`, initialised uniformly.
     pub fn new(stem: &'static str, shape: Vec<usize>, slot: Slot, offset: usize) -> Self {
-        ParamDef { stem, shape, slot, offset, init: Init::Uniform }
+        ParamDef { stem, shape, slot, offset, init: Init::Uniform, fixed: false }
+    }
+    /// The same parameter as a fixed tensor of whole numbers ([`ParamDef::fixed`]).
+    pub fn fixed(mut self) -> Self {
+        self.fixed = true;
+        self
     }
     /// The same parameter with another initialisation.
     pub fn init(mut self, init: Init) -> Self {
@@ -188,6 +203,22 @@ pub struct Layout {
     pub out: usize,
 }
 
+/// A product matrix the cell computes from its pointwise parameters ([`Cell::derive`]), as
+/// the uRNN's unitary W from phases and reflections: the `WeightHh` slot's first `len`
+/// elements, which are no parameter (not in [`Cell::params`], files or gradients). The
+/// engines compose it at the start of every forward and backward call (the GPU into the
+/// caller's weights buffer, which therefore has room for it), and map the product's gradient
+/// back with [`Cell::derive_backward`] (the GPU leaves zeros in that gradient region).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Derived {
+    /// Elements of the `WeightHh` slot, from 0.
+    pub len: usize,
+    /// Pointwise parameters whose gradients [`Cell::derive_backward`] gives.
+    pub grads: std::ops::Range<usize>,
+    /// Pointwise parameters without gradients (the [`ParamDef::fixed`] ones).
+    pub fixed: std::ops::Range<usize>,
+}
+
 /// A block of pointwise-parameter gradients ([`Layout::de_blocks`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GradBlock {
@@ -223,7 +254,7 @@ impl Layout {
     /// The drivers' rule: a product that reads a state is in stage 0 (later stages may have
     /// changed the state already, and the backward adds a state's product gradient as a
     /// gradient of the state before the step). Every registered cell keeps it (tested).
-    pub fn check(&self) -> std::result::Result<(), String> {
+    pub fn check(&self, derived: Option<&Derived>) -> std::result::Result<(), String> {
         for (k, st) in self.stages.iter().enumerate() {
             let Some(p) = st else { continue };
             if let Src::State(_) = p.src {
@@ -236,13 +267,26 @@ impl Layout {
                 return Err(format!("stage {k}'s product: {} rows in {} gates (1 to {MAX_GATES}, dividing the rows)", p.rows, p.gates));
             }
         }
-        // Every pointwise parameter's gradient comes from exactly one block.
+        // Every pointwise parameter's gradient comes from exactly one block (or from the
+        // derived matrix's, or it is fixed).
         let mut covered = vec![0u8; self.pointwise];
         for b in self.grad_blocks() {
             if b.len == 0 || b.param + b.len > self.pointwise {
                 return Err(format!("gradient block {b:?} outside the {} pointwise parameters", self.pointwise));
             }
             covered[b.param..b.param + b.len].iter_mut().for_each(|c| *c += 1);
+        }
+        if let Some(d) = derived {
+            for r in [d.grads.clone(), d.fixed.clone()] {
+                if r.end > self.pointwise {
+                    return Err(format!("derived matrix's range {r:?} outside the {} pointwise parameters", self.pointwise));
+                }
+                covered[r].iter_mut().for_each(|c| *c += 1);
+            }
+            let st = self.stages.first().copied().flatten();
+            if !st.is_some_and(|p| p.slot == Slot::WeightHh && p.offset == 0 && p.rows * p.k == d.len) {
+                return Err("a derived matrix must be stage 0's product, the whole WeightHh slot".into());
+            }
         }
         if let Some(j) = covered.iter().position(|&c| c != 1) {
             return Err(format!("pointwise parameter {j}'s gradient comes from {} blocks, not one", covered[j]));
@@ -369,6 +413,23 @@ pub trait Cell: 'static {
     fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>);
     /// The pointwise backward of `stage` for one row (called last stage to first).
     fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>);
+    /// The product matrix the cell derives from its parameters, if any ([`Derived`]); the
+    /// cell's WGSL then has the entry points `cell_derive`, `cell_derive_grad` and
+    /// `cell_derive_sum` (see `shaders/cells/prelude.wgsl`).
+    fn derived(_s: Sizes) -> Option<Derived> {
+        None
+    }
+    /// Rules on the parameters' values (the uRNN's permutation and reflections), checked
+    /// with every [`crate::Weights::validate`]; `e` is the pointwise slot.
+    fn check_params<T: Float>(_s: Sizes, _e: &[T]) -> std::result::Result<(), String> {
+        Ok(())
+    }
+    /// The derived matrix ([`Cell::derived`]) from the pointwise parameters `e` into `w`
+    /// (`Derived::len` elements), for parameters [`Cell::check_params`] accepts.
+    fn derive<T: Float>(_s: Sizes, _e: &[T], _w: &mut [T]) {}
+    /// Adds the gradients of the pointwise parameters in `Derived::grads` to `de` (the
+    /// pointwise slot's gradients) from the derived matrix's gradient `dw`.
+    fn derive_backward<T: Float>(_s: Sizes, _e: &[T], _dw: &[T], _de: &mut [T]) {}
 }
 
 /// Column offsets of each state in the concatenated state row, and its width.
@@ -486,6 +547,7 @@ registry! {
     Mut1 => mut1::Mut1, "MUT1 of Jozefowicz et al. 2015 (needs input size == hidden size).";
     Jordan => jordan::Jordan, "Jordan network: the output feeds back.";
     Scrn => scrn::Scrn, "Structurally constrained RNN (context state of size max(1, H/2)).";
+    Urnn => urnn::Urnn, "Unitary evolution RNN (Arjovsky et al. 2016): N = H/2 complex units, unitary W from phases, reflections, DFTs and a fixed permutation; modReLU.";
 }
 
 pub(crate) use with_cell;
@@ -517,6 +579,18 @@ impl Mode {
     /// The cell's step layout ([`Cell::layout`]).
     pub fn layout(self, s: Sizes) -> Layout {
         with_cell!(self, C => C::layout(s))
+    }
+    /// The cell's derived product matrix, if any ([`Cell::derived`]).
+    pub fn derived(self, s: Sizes) -> Option<Derived> {
+        with_cell!(self, C => C::derived(s))
+    }
+    /// The drivers' rules on the cell's layout ([`Layout::check`]).
+    pub fn check_layout(self, s: Sizes) -> std::result::Result<(), String> {
+        with_cell!(self, C => C::layout(s).check(C::derived(s).as_ref()))
+    }
+    /// The cell's rules on parameter values ([`Cell::check_params`]); `e` is the pointwise slot.
+    pub fn check_params<T: Float>(self, s: Sizes, e: &[T]) -> std::result::Result<(), String> {
+        with_cell!(self, C => C::check_params(s, e))
     }
     /// The cell's size rules ([`Cell::check`]); `Err` holds the message.
     pub fn check(self, s: Sizes) -> std::result::Result<(), String> {

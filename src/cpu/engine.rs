@@ -206,7 +206,7 @@ pub fn forward_with<T: Float>(
     check_forward(w, input, states0)?;
     let cfg = &w.config;
     for layer in 0..cfg.num_layers.min(2) {
-        cfg.mode.layout(cfg.sizes(layer)).check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
+        cfg.mode.check_layout(cfg.sizes(layer)).map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
     }
     if cfg.precision != Precision::F32 {
         if cfg.regularised() {
@@ -418,6 +418,20 @@ fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<T>>>, w_x: O
     failed.into_inner()
 }
 
+/// The layer-direction's parameters with the cell's derived matrix ([`Cell::derive`])
+/// composed into its `WeightHh` slot (stored at `q`, as the GPU stores it), or `None` for a
+/// cell without one. Once per call, forward and backward.
+fn with_derived<C: Cell, T: Float>(sz: Sizes, p: &DirParams<T>, q: Precision) -> Result<Option<DirParams<T>>> {
+    let Some(d) = C::derived(sz) else { return Ok(None) };
+    let e = slot(p, Slot::Pointwise, "pointwise parameters")?;
+    C::check_params(sz, e).map_err(|why| Error::InvalidParameter { name: format!("{} parameters", C::NAME), why })?;
+    let mut out = p.clone();
+    let w = out.w_hh.get_mut(..d.len).ok_or_else(|| Error::MissingTensor("derived WeightHh slot".into()))?;
+    C::derive(sz, e, w);
+    store(q, w);
+    Ok(Some(out))
+}
+
 fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let sz = a.sizes;
     let lay: Layout = C::layout(sz);
@@ -428,7 +442,8 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let off = step_offsets(a.batch_sizes);
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
-    let p = a.p;
+    let derived = with_derived::<C, T>(sz, a.p, a.precision)?;
+    let p = derived.as_ref().unwrap_or(a.p);
     let training = a.tape.is_some();
     // The input projection: with enough rows, each thread computes its rows' projection step
     // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
@@ -801,7 +816,8 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let off = step_offsets(a.batch_sizes);
     let n = off[off.len() - 1];
     let b = a.batch_sizes[0];
-    let (p, tp) = (a.p, a.tape);
+    let derived = with_derived::<C, T>(sz, a.p, a.precision)?;
+    let (p, tp) = (derived.as_ref().unwrap_or(a.p), a.tape);
     let e = pointwise_params(p, &lay)?;
     // dxp and dr: each step's rows are cleared by the loop before the cell writes them.
     let mut dxp = reused("input projection gradients", &[n, gx])?;
@@ -899,6 +915,17 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
                 *g += v;
             }
         }
+    }
+    // The derived matrix's gradient (stored, as the GPU's) to the parameters it is made of;
+    // it is no parameter itself, so its own gradient is left at zero.
+    if let Some(d) = C::derived(sz) {
+        let mut dw = std::mem::take(a.grad.get_mut(Slot::WeightHh).ok_or_else(|| Error::MissingTensor("WeightHh slot".into()))?);
+        store(a.precision, &mut dw[..d.len]);
+        let e = slot(p, Slot::Pointwise, "pointwise parameters")?;
+        let ge = a.grad.get_mut(Slot::Pointwise).ok_or_else(|| Error::MissingTensor("Pointwise slot".into()))?;
+        C::derive_backward(sz, e, &dw[..d.len], ge);
+        dw.fill(T::zero());
+        *a.grad.get_mut(Slot::WeightHh).expect("taken above") = dw;
     }
     // The GPU stores each weight gradient once, summed in f32, and dX after its product.
     if a.precision != Precision::F32 {

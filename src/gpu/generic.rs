@@ -50,7 +50,7 @@ use super::sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStra
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
 use crate::cells::Slot;
-use crate::cells::{state_offsets, Layout, Product, Src};
+use crate::cells::{state_offsets, Derived, Layout, Product, Src};
 use crate::config::RnnConfig;
 use crate::cpu::check_weights;
 use crate::cpu::Pass;
@@ -758,7 +758,7 @@ impl<'a> Shape<'a> {
         let (woffs, weight_elems) = slot_layout(cfg);
         let max = |f: &dyn Fn(&Dims) -> usize| dims.iter().map(f).max().unwrap_or(0);
         let mut sh = Shape {
-            scr_len: max(&|x| b * x.rw.max(x.lay.tape)),
+            scr_len: max(&|x| (b * x.rw.max(x.lay.tape)).max(x.derived.as_ref().map_or(0, |_| Self::derive_scratch(x)))),
             pin_len: max(&|x| x.pin_len(b)),
             wxt_len: max(&|x| x.lay.xp * x.inw),
             rt_len: max(&|x| if x.unit { 0 } else { x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum() }),
@@ -793,6 +793,60 @@ impl<'a> Shape<'a> {
             sh.loop_table();
         }
         Ok(sh)
+    }
+
+    /// Scratch elements of the derived matrix's kernels (`shaders/cells/urnn.wgsl`'s layout:
+    /// per column of the N = k / 2 complex columns, five vectors of 2N, then a [N, 7N] block
+    /// of partial gradients).
+    fn derive_scratch(dm: &Dims) -> usize {
+        let n = dm.lay.stages[0].map_or(0, |p| p.k / 2);
+        17 * n * n
+    }
+
+    /// Layer-direction k's derived product matrix (`cell_derive`, a workgroup per column)
+    /// into the weights' `WeightHh` slot, bound read_write at @7; forward (before anything
+    /// reads it) and every call.
+    fn derive(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize) -> Result<()> {
+        if dm.derived.is_none() {
+            return Ok(());
+        }
+        let cols = self.derive_columns(bl, dm)?;
+        let cp = self.derive_params(dm, k)?;
+        let bufs = [Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
+        bl.cell_in(ops, Kernel::CellDerive(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
+        Ok(())
+    }
+
+    /// Layer-direction k's derived matrix's backward, after its weight gradients: the
+    /// per-column partials (`cell_derive_grad`) and their sums into the parameters'
+    /// gradients, the matrix's own gradient cleared (`cell_derive_sum`).
+    fn derive_grad(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize) -> Result<()> {
+        if dm.derived.is_none() {
+            return Ok(());
+        }
+        let cols = self.derive_columns(bl, dm)?;
+        let cp = self.derive_params(dm, k)?;
+        let bufs = [Buf::Weights, Buf::Dummy(1), Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::GradWeights, Buf::Dummy(5)];
+        bl.cell_in(ops, Kernel::CellDeriveGrad(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
+        let h = cp.hidden as usize;
+        let groups = (h * h).max(7 * h / 2).div_ceil(64).min(bl.max_groups as usize) as u32;
+        bl.cell_in(ops, Kernel::CellDeriveSum(self.cfg.mode), &cp, bufs, [groups, 1, 1]);
+        Ok(())
+    }
+
+    /// Workgroups of the derive kernels: one per complex column.
+    fn derive_columns(&self, bl: &Builder, dm: &Dims) -> Result<u32> {
+        let cols = dm.lay.stages[0].map_or(0, |p| p.k / 2);
+        if cols as u64 > bl.max_groups as u64 {
+            return Err(Error::Limit(format!("a derived matrix of {cols} columns exceeds {} workgroups", bl.max_groups)));
+        }
+        Ok(cols as u32)
+    }
+
+    fn derive_params(&self, dm: &Dims, k: usize) -> Result<CellParams> {
+        let wo = &self.woffs[k];
+        let cp = dm.params(self.cfg, k, k % self.d, (self.b, self.n, self.training), self.out_w, wo);
+        Ok(CellParams { pw: slot_at(wo, Slot::WeightHh, "derived matrix")? as u32, ..cp })
     }
 
     /// Units a step's dispatches cover: every stage's pointwise step and product units.
@@ -1089,6 +1143,11 @@ impl<'a> Shape<'a> {
     fn forward_ops(&self, bl: &mut Builder) -> Result<Vec<Op>> {
         let mut fwd = Vec::new();
         for (layer, dm) in self.dims.iter().enumerate() {
+            for dir in 0..self.d {
+                self.derive(bl, &mut fwd, dm, layer * self.d + dir)?;
+            }
+        }
+        for (layer, dm) in self.dims.iter().enumerate() {
             let x = self.layer_in(layer);
             let y = if layer == self.last() { Buf::Output } else { Buf::LayerOut(layer) };
             for dir in 0..self.d {
@@ -1268,6 +1327,7 @@ impl<'a> Shape<'a> {
                 if let Some(run) = self.loop_grad_run {
                     self.loop_steps(bl, &mut bwd, dm, (k, dir, true), &cp, run, (x, dy, tp))?;
                     self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
+                    self.derive_grad(bl, &mut bwd, dm, k)?;
                     continue;
                 }
                 for t in self.order(dir, true) {
@@ -1278,6 +1338,7 @@ impl<'a> Shape<'a> {
                     self.backward_step(bl, &mut bwd, dm, k, &mut cp, (x, dy, dx, tp))?;
                 }
                 self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
+                self.derive_grad(bl, &mut bwd, dm, k)?;
             }
         }
         Ok(bwd)
@@ -1502,6 +1563,8 @@ struct Dims {
     inw: usize,
     /// The cell runs on the fused stage kernel (`Mode::unit_step`).
     unit: bool,
+    /// The cell's derived product matrix, if any (`cell_derive`).
+    derived: Option<Derived>,
 }
 
 impl Dims {
@@ -1511,8 +1574,8 @@ impl Dims {
         let (soffs, sw) = state_offsets(&cfg.states());
         let (roffs, rw) = lay.product_offsets();
         // The backward adds a product's state gradient straight into the state gradients.
-        lay.check().map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
-        Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input, unit: cfg.mode.unit_step() })
+        cfg.mode.check_layout(sizes).map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
+        Ok(Dims { lay, soffs, sw, roffs, rw, inw: sizes.input, unit: cfg.mode.unit_step(), derived: cfg.mode.derived(sizes) })
     }
     /// Tape buffer: `[xp N*gx | tape R*tw | states before each row N*sw]` (R = N in training,
     /// B in inference; the states before each row in training, and with zoneout, which reads

@@ -214,6 +214,15 @@ pub enum Kernel {
     CellZoneoutAdd(Mode),
     /// Inverted dropout of a layer's output or of its gradient (prelude).
     CellDropout(Mode),
+    /// A cell's derived product matrix from its parameters (`cell_derive`, see
+    /// [`crate::cells::Derived`]): the weights bound read_write at @7.
+    CellDerive(Mode),
+    /// The derived matrix's backward: per column, the partial gradients of the parameters it
+    /// is made of (`cell_derive_grad`).
+    CellDeriveGrad(Mode),
+    /// Those partials summed into the parameters' gradients, and the matrix's own gradient
+    /// cleared (`cell_derive_sum`).
+    CellDeriveSum(Mode),
     /// `to_stored`: f32 to the storage precision (cast.wgsl).
     CastToStored,
     /// `to_f32`: the storage precision to f32 (cast.wgsl).
@@ -287,7 +296,7 @@ impl Kernel {
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
             CellLoopGrad { cell: m, .. } => Family::LoopGrad(m),
-            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) => Family::Cell(m),
+            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) | CellDerive(m) | CellDeriveGrad(m) | CellDeriveSum(m) => Family::Cell(m),
         }
     }
 
@@ -316,6 +325,9 @@ impl Kernel {
             CellZoneoutStash(_) => "zoneout_stash",
             CellZoneoutAdd(_) => "zoneout_add",
             CellDropout(_) => "dropout_rows",
+            CellDerive(_) => "cell_derive",
+            CellDeriveGrad(_) => "cell_derive_grad",
+            CellDeriveSum(_) => "cell_derive_sum",
             CastToStored => "to_stored",
             CastToF32 => "to_f32",
         }

@@ -44,7 +44,7 @@ fn check_cpu_engine<T: Float>() {
         let report = compare(&got, &file, true);
         // output, every state, grad_input, every initial-state gradient, every parameter's.
         let states = case.config().states().len();
-        let params = case.weights.config.param_specs().len();
+        let params = case.weights.config.param_specs().iter().filter(|s| !s.fixed).count();
         assert_eq!(report.len(), 2 + 2 * states + params, "{name}: compared {:?}", report.iter().map(|m| &m.name).collect::<Vec<_>>());
         for m in &report {
             assert_eq!(m.failures, 0, "{name}: {} fails in {}/{} (worst {:?}, ratio {})", m.name, m.failures, m.total, m.worst, m.worst_ratio);
@@ -110,7 +110,8 @@ fn gradients_match_finite_differences_every_cell() {
         cfg.validate().unwrap_or_else(|e| panic!("{mode}: {e}"));
         let mut w = Weights::<f64>::init_uniform(&cfg, 5).unwrap();
         // Layer-norm gains and shifts away from 1 / 0, so their gradients are exercised.
-        w.for_each_mut(|_, _, _, v| v.iter_mut().for_each(|x| *x += rng.random_range(-0.3..0.3)));
+        // (Not the uRNN's permutation: fixed whole numbers.)
+        w.for_each_mut(|def, _, _, v| v.iter_mut().filter(|_| !def.fixed).for_each(|x| *x += rng.random_range(-0.3..0.3)));
         let lengths = [4usize, 2, 3];
         let (t, b) = (4, lengths.len());
         let xin: Vec<f64> = (0..t * b * cfg.input_size).map(|_| rng.random_range(-1.0..1.0)).collect();
@@ -123,10 +124,15 @@ fn gradients_match_finite_differences_every_cell() {
         let g = cpu::backward(&w, &tape.unwrap(), &go, &gs.iter().map(|v| Some(&v[..])).collect::<Vec<_>>()).unwrap();
         // Parameters: a few elements of each tensor.
         let mut analytic = Vec::new();
-        g.params.for_each(|def, layer, dir, v| analytic.push((RnnConfig::param_name(def.stem, layer, dir), v.to_vec())));
+        g.params.for_each(|def, layer, dir, v| analytic.push((RnnConfig::param_name(def.stem, layer, dir), v.to_vec(), def.fixed)));
         let mut k = 0;
         let names: Vec<String> = analytic.iter().map(|a| a.0.clone()).collect();
-        for (pi, (name, grad)) in analytic.iter().enumerate() {
+        for (pi, (name, grad, fixed)) in analytic.iter().enumerate() {
+            if *fixed {
+                // No gradient: exactly zero.
+                assert!(grad.iter().all(|&v| v == 0.0), "{mode} {name}: a fixed tensor has a gradient");
+                continue;
+            }
             for idx in [0, grad.len() / 2, grad.len() - 1] {
                 let eval = |delta: f64| {
                     let mut w2 = w.clone();
@@ -164,7 +170,7 @@ fn gradients_match_finite_differences_every_cell() {
                 near(&format!("{mode} {}0[{idx}]", st.name), g.states[si].data[idx], (eval(FD_STEP) - eval(-FD_STEP)) / (2.0 * FD_STEP));
             }
         }
-        assert!(k >= 3 * cfg.param_specs().len());
+        assert!(k >= 3 * cfg.param_specs().iter().filter(|s| !s.fixed).count());
     }
 }
 
@@ -217,7 +223,9 @@ fn weights_round_trip_every_cell_under_its_names() {
         let specs = cfg.param_specs();
         assert_eq!(file.tensors.len(), specs.len(), "{mode}");
         for s in &specs {
-            assert_eq!(file.float(&s.name).unwrap().shape, s.shape, "{mode} {}", s.name);
+            // Floats, and the fixed index tensors as integers.
+            assert_eq!(file.tensors[&s.name].shape(), s.shape, "{mode} {}", s.name);
+            assert_eq!(matches!(file.tensors[&s.name], wgpu_rnn::io::Value::Int(_)), s.fixed, "{mode} {}", s.name);
         }
         let back = Weights::<f32>::load(&path, "", None).unwrap();
         assert_eq!(back, w, "{mode}");
@@ -269,7 +277,7 @@ fn every_cell_keeps_the_drivers_rules() {
                 continue;
             }
             for layer in 0..2 {
-                cfg.mode.layout(cfg.sizes(layer)).check().unwrap_or_else(|e| panic!("{mode}: {e}"));
+                cfg.mode.check_layout(cfg.sizes(layer)).unwrap_or_else(|e| panic!("{mode}: {e}"));
             }
         }
     }
