@@ -9,19 +9,25 @@
 // call (Cell::derive; the same chain as the CPU's, in f32):
 // - cell_derive (N workgroups, column k each): column k of W into the WeightHh slot as
 //   [[Re W, -Im W], [Im W, Re W]] at p.pw. The weights buffer is bound read_write at @7
-//   (the parameters are read from there too); @1 holds another buffer.
+//   (the parameters are read from there too); @1 holds another buffer. In f32 throughout:
+//   W* W - I comes out at a few ulps (the chain's rounding errors add up; the CPU composes
+//   in f64), so a state multiplied by W 1,000 times drifts in norm by about 1e-5
+//   (tests/it/urnn.rs). Divisions are refined (recip) and the twiddles and 1 / sqrt(N) come
+//   from the host: an approximate reciprocal in a reflection's 2 / |v|^2, or a device's
+//   sin and cos, made that drift systematic and several times larger.
 // - cell_derive_grad (N workgroups): column k's chain again and its backward from the
 //   product's gradient G at p.pw in the gradients buffer (@7), the parameters at @1; column
 //   k's share of the gradients of theta and reflection to row k of a [N, 7N] partials block
 //   in scr.
 // - cell_derive_sum: the partials' column sums (k = 0, 1, ... in order) to the gradients of
 //   theta and reflection at p.e_off in @7, and zeros over G (no parameter's gradient).
-// Scratch (scr) per column k at k * 10N: the twiddles exp(2 pi i t / N) (cos, sin), b, u,
-// g_u, g_y1 (each [Re N | Im N]); the partials after N columns' worth. Every value has one
+// The DFT's twiddles exp(2 pi i t / N) come from the host at @2 ([cos N | sin N], computed in
+// f64: F's columns are orthogonal only as far as its angles are exact). Scratch (scr) per
+// column k at k * 10N: b, u, g_u, g_y1 (each [Re N | Im N]) from 2N on; the partials after N
+// columns' worth. Every value has one
 // writer and every sum a fixed order (row_sum's tree), so results are reproducible.
 
 const EPS: f32 = 1e-5;
-const TAU: f32 = 6.283185307179586;
 
 fn unit_forward(row: u32, j: u32) {
     let n = p.hidden / 2u;
@@ -31,8 +37,9 @@ fn unit_forward(row: u32, j: u32) {
         tape_set(row, j, zr);
         tape_set(row, n + j, zi);
         let m = sqrt(zr * zr + zi * zi + EPS);
-        let a = m + e(7u * n + j);
-        let sc = select(0.0, a / m, a > 0.0);
+        let b = e(7u * n + j);
+        // (|z| + b) / |z| as 1 + b / |z|: exactly 1 with b = 0 (unitary steps keep |h|).
+        let sc = select(0.0, 1.0 + b / m, m + b > 0.0);
         s_set(row, j, zr * sc);
         s_set(row, n + j, zi * sc);
         out_set(row, j, zr * sc);
@@ -55,7 +62,7 @@ fn row_backward(row: u32, l: u32) {
         var db = 0.0;
         if (a > 0.0) {
             let dot = gr * zr + gi * zi;
-            let sc = a / m;
+            let sc = 1.0 + b / m;
             let k = -b * dot / (m * m * m);
             dzr = gr * sc + k * zr;
             dzi = gi * sc + k * zi;
@@ -83,7 +90,7 @@ fn ep(j: u32) -> f32 {
     return f32(w[p.e_off + j]);
 }
 fn units() -> u32 { return p.hidden / 2u; }
-// Vector v (0 twiddles, 1 b, 2 u, 3 g_u, 4 g_y1) of column k: Re at j, Im at N + j.
+// Vector v (1 b, 2 u, 3 g_u, 4 g_y1; 0 unused) of column k: Re at j, Im at N + j.
 fn sv(k: u32, v: u32, j: u32) -> u32 { return (k * 5u + v) * 2u * units() + j; }
 fn sget(i: u32) -> f32 { return f32(scr[i]); }
 fn sset(i: u32, x: f32) { scr[i] = S(x); }
@@ -92,9 +99,23 @@ fn partial(k: u32, i: u32) -> u32 { let n = units(); return 10u * n * n + k * 7u
 
 fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> { return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
 fn conj(a: vec2<f32>) -> vec2<f32> { return vec2<f32>(a.x, -a.y); }
-fn phase(t: f32) -> vec2<f32> { return vec2<f32>(cos(t), sin(t)); }
-// exp(2 pi i t / N) from column k's table.
-fn twiddle(k: u32, t: u32) -> vec2<f32> { return vec2<f32>(sget(sv(k, 0u, t)), sget(sv(k, 0u, units() + t))); }
+// exp(i t), normalised: cos and sin may each carry the device's error (Vulkan allows 2^-11),
+// but a phase of modulus 1 keeps D unitary whatever its angle's error.
+fn phase(t: f32) -> vec2<f32> {
+    let v = vec2<f32>(cos(t), sin(t));
+    return v * recip(sqrt(dot(v, v)));
+}
+// 1 / b, refined by a Newton step with fma: a device's division may be an approximate
+// reciprocal (a systematic error of 1e-7 in a reflection's 2 / |v|^2 shrinks or grows h a
+// little every step; 1,000 steps would show it).
+fn recip(b: f32) -> f32 {
+    let r = 1.0 / b;
+    return fma(r, fma(-b, r, 1.0), r);
+}
+// exp(2 pi i t / N): the host's table at @2 ([cos | sin], computed in f64).
+fn twiddle(k: u32, t: u32) -> vec2<f32> { return vec2<f32>(f32(xin[t]), f32(xin[units() + t])); }
+// 1 / sqrt(N) from the host's table (after the twiddles).
+fn dft_scale() -> f32 { return f32(xin[2u * units()]); }
 fn sload(k: u32, v: u32, j: u32) -> vec2<f32> { return vec2<f32>(sget(sv(k, v, j)), sget(sv(k, v, units() + j))); }
 fn sstore(k: u32, v: u32, j: u32, x: vec2<f32>) { sset(sv(k, v, j), x.x); sset(sv(k, v, units() + j), x.y); }
 // Reflection r's vector (0: v1, 1: v2) at j.
@@ -103,17 +124,7 @@ fn perm(j: u32) -> u32 { return u32(ep(8u * units() + j) + 0.5); }
 // y0 = exp(i theta1_k) F e_k at j (F[j, k] = exp(-2 pi i jk / N) / sqrt(N)).
 fn y0(k: u32, j: u32) -> vec2<f32> {
     let n = units();
-    return cmul(phase(ep(k)), conj(twiddle(k, (j * k) % n))) * inverseSqrt(f32(n));
-}
-
-// Column k's twiddle table (invocation l's share); a barrier must follow.
-fn fill_twiddles(k: u32, l: u32) {
-    let n = units();
-    for (var t = l; t < n; t += WG) {
-        let a = TAU * f32(t) / f32(n);
-        sset(sv(k, 0u, t), cos(a));
-        sset(sv(k, 0u, n + t), sin(a));
-    }
+    return cmul(phase(ep(k)), conj(twiddle(k, (j * k) % n))) * dft_scale();
 }
 
 // b = D2 P R1 y0 of column k (invocation l's share), given a1 = v1* y0 and f1 = 2 / |v1|^2.
@@ -139,15 +150,13 @@ fn dft(k: u32, v: u32, j: u32, sign: f32) -> vec2<f32> {
             t -= n;
         }
     }
-    return acc * inverseSqrt(f32(n));
+    return acc * dft_scale();
 }
 
 // The chain up to u = F^-1 b of column k (into the scratch), returning (a1, f1, a2, f2)
 // packed: a1 = v1* y0, a2 = v2* u, f = 2 / |v|^2. All invocations must call it.
 fn column_forward(k: u32, l: u32) -> array<vec2<f32>, 3> {
     let n = units();
-    fill_twiddles(k, l);
-    storageBarrier();
     var a = vec4<f32>(0.0);
     for (var j = l; j < n; j += WG) {
         let v1 = refl(0u, j);
@@ -157,8 +166,8 @@ fn column_forward(k: u32, l: u32) -> array<vec2<f32>, 3> {
     }
     let s1 = row_sum(l, a);
     let a1 = s1.xy;
-    let f1 = 2.0 / s1.z;
-    let f2 = 2.0 / s1.w;
+    let f1 = 2.0 * recip(s1.z);
+    let f2 = 2.0 * recip(s1.w);
     fill_b(k, l, a1, f1);
     storageBarrier();
     a = vec4<f32>(0.0);

@@ -119,8 +119,8 @@ impl Cell for Urnn {
             tape[j] = zr;
             tape[n + j] = zi;
             let m = (zr * zr + zi * zi + eps).sqrt();
-            let a = m + bias[j];
-            let sc = if a > T::zero() { a / m } else { T::zero() };
+            // (|z| + b) / |z| as 1 + b / |z|: exactly 1 with b = 0 (unitary steps keep |h|).
+            let sc = if m + bias[j] > T::zero() { T::one() + bias[j] / m } else { T::zero() };
             st[j] = zr * sc;
             st[n + j] = zi * sc;
             out[j] = zr * sc;
@@ -143,7 +143,7 @@ impl Cell for Urnn {
             let (dzr, dzi, db) = if a > T::zero() {
                 // h = z (1 + b / m): dh/dm = -b z / m^2, dm/dz = z / m, dh/db = z / m.
                 let dot = gr * zr + gi * zi;
-                let sc = a / m;
+                let sc = T::one() + bias[j] / m;
                 let k = -bias[j] * dot / (m * m * m);
                 (gr * sc + k * zr, gi * sc + k * zi, dot / m)
             } else {

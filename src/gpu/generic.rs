@@ -221,6 +221,9 @@ enum Buf {
     /// The single-dispatch loop's table (u32): each direction's steps (see `cell_loop` in
     /// shaders/cells/stage.wgsl).
     LoopTab,
+    /// The DFT's twiddles `exp(2 pi i t / N)` for a derived matrix of N complex columns
+    /// (`[cos | sin]`, f32, computed in f64): the same for every layer.
+    Twiddles,
 }
 
 /// One dispatch over buffers by role, or a clear of a buffer's first `bytes` between passes.
@@ -812,7 +815,7 @@ impl<'a> Shape<'a> {
         }
         let cols = self.derive_columns(bl, dm)?;
         let cp = self.derive_params(dm, k)?;
-        let bufs = [Buf::Dummy(0), Buf::Dummy(1), Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
+        let bufs = [Buf::Dummy(0), Buf::Twiddles, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
         bl.cell_in(ops, Kernel::CellDerive(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
         Ok(())
     }
@@ -826,7 +829,7 @@ impl<'a> Shape<'a> {
         }
         let cols = self.derive_columns(bl, dm)?;
         let cp = self.derive_params(dm, k)?;
-        let bufs = [Buf::Weights, Buf::Dummy(1), Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::GradWeights, Buf::Dummy(5)];
+        let bufs = [Buf::Weights, Buf::Twiddles, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::GradWeights, Buf::Dummy(5)];
         bl.cell_in(ops, Kernel::CellDeriveGrad(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
         let h = cp.hidden as usize;
         let groups = (h * h).max(7 * h / 2).div_ceil(64).min(bl.max_groups as usize) as u32;
@@ -1486,6 +1489,17 @@ impl<'a> Shape<'a> {
             own.insert(Buf::Stash, buf("zoneout gradients", b * self.hw)?);
         }
         own.insert(Buf::Scratch, buf("cell scratch", self.scr_len)?);
+        if let Some(pr) = self.dims.iter().find(|dm| dm.derived.is_some()).and_then(|dm| dm.lay.stages[0]) {
+            // Angles from the host in f64: the device's sin and cos may be far less exact
+            // (Vulkan allows 2^-11), and F's columns are orthogonal only as far as these are.
+            // (Cells with a derived matrix refuse f16 storage: f32 like the buffer.)
+            let n = pr.k / 2;
+            let tau = 2.0 * std::f64::consts::PI / n as f64;
+            let mut tw: Vec<f32> = (0..n).map(|t| (tau * t as f64).cos() as f32).chain((0..n).map(|t| (tau * t as f64).sin() as f32)).collect();
+            // And F's scale 1 / sqrt(N), rounded once.
+            tw.push((1.0 / (n as f64).sqrt()) as f32);
+            own.insert(Buf::Twiddles, readback::upload_bytes(ctx, "DFT twiddles", bytemuck::cast_slice(&tw))?);
+        }
         if self.unit {
             own.insert(Buf::Pin, buf("stage product input", self.pin_len)?);
         } else {

@@ -22,5 +22,6 @@ mod reliability_cpu;
 mod reliability_gpu;
 mod shaders;
 mod train;
+mod urnn;
 mod weights_io;
 mod splitting;
