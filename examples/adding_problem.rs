@@ -4,7 +4,7 @@
 //! variance baseline; getting below it needs information carried across up to T steps.
 //! An LSTM learns it at T = 100, a vanilla RNN of the same size does not.
 //!
-//! The notebook's comparison: every registered cell (`--cells`, default all thirteen) is
+//! The notebook's comparison: every registered cell (`--cells`, default all of them) is
 //! trained with the same budget (steps, batch, hidden size, Adam learning rate, clipping,
 //! seed, batches, test set), then the test MSE of each is printed as a table and plotted
 //! (`<out>/adding_problem.png`: log10 test MSE over the steps, one curve per cell, and the
@@ -46,7 +46,7 @@ use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 #[command(about = "The adding problem: every registered cell with the same budget, trained on the GPU")]
 struct Args {
     /// Cells to train, comma-separated registry names in any case (RNN_TANH, LSTM, SRU, ...;
-    /// aliases lstm, gru, rnn = RNN_TANH), or `all` (the default: all thirteen).
+    /// aliases lstm, gru, rnn = RNN_TANH), or `all` (the default: every registered cell).
     #[arg(long, default_value = "all", value_delimiter = ',')]
     cells: Vec<String>,
     /// Sequence length.
