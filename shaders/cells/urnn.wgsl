@@ -7,14 +7,14 @@
 //
 // W = D3 R2 F^-1 D2 P R1 F D1 is derived from theta, reflection and permutation once per
 // call (Cell::derive; the same chain as the CPU's, in f32):
-// - cell_derive (N workgroups, column k each): column k of W into the WeightHh slot as
-//   [[Re W, -Im W], [Im W, Re W]] at p.pw. The weights buffer is bound read_write at @7
-//   (the parameters are read from there too); @1 holds another buffer. In f32 throughout:
-//   W* W - I comes out at a few ulps (the chain's rounding errors add up; the CPU composes
-//   in f64), so a state multiplied by W 1,000 times drifts in norm by about 1e-5
-//   (tests/it/urnn.rs). Divisions are refined (recip) and the twiddles and 1 / sqrt(N) come
-//   from the host: an approximate reciprocal in a reflection's 2 / |v|^2, or a device's
-//   sin and cos, made that drift systematic and several times larger.
+// - cell_derive (N workgroups, column k each): column k of W to the scratch, in f32; then
+//   cell_derive_polish (N workgroups): one Newton-Schulz step with W* W - I summed exactly,
+//   and W into the WeightHh slot as [[Re W, -Im W], [Im W, Re W]] at p.pw. The weights
+//   buffer is bound read_write at @7 (cell_derive reads the parameters there too); @1 holds
+//   another buffer. Divisions are refined (recip), sin and cos are computed here (phase), and
+//   the twiddles and 1 / sqrt(N) come from the host: a device's approximate reciprocal, sin
+//   or cos made the composed W measurably non-unitary (tests/it/urnn.rs) or, in the browser,
+//   moved the outputs past the golden tolerance.
 // - cell_derive_grad (N workgroups): column k's chain again and its backward from the
 //   product's gradient G at p.pw in the gradients buffer (@7), the parameters at @1; column
 //   k's share of the gradients of theta and reflection to row k of a [N, 7N] partials block
@@ -23,7 +23,7 @@
 //   theta and reflection at p.e_off in @7, and zeros over G (no parameter's gradient).
 // The DFT's twiddles exp(2 pi i t / N) come from the host at @2 ([cos N | sin N], computed in
 // f64: F's columns are orthogonal only as far as its angles are exact). Scratch (scr) per
-// column k at k * 10N: b, u, g_u, g_y1 (each [Re N | Im N]) from 2N on; the partials after N
+// column k at k * 10N: W's column, b, u, g_u, g_y1 (each [Re N | Im N]); the partials after N
 // columns' worth. Every value has one
 // writer and every sum a fixed order (row_sum's tree), so results are reproducible.
 
@@ -90,7 +90,8 @@ fn ep(j: u32) -> f32 {
     return f32(w[p.e_off + j]);
 }
 fn units() -> u32 { return p.hidden / 2u; }
-// Vector v (1 b, 2 u, 3 g_u, 4 g_y1; 0 unused) of column k: Re at j, Im at N + j.
+// Vector v (0 the column of W, 1 b, 2 u, 3 g_u or (W* W - I) e_k, 4 g_y1) of column k: Re at
+// j, Im at N + j.
 fn sv(k: u32, v: u32, j: u32) -> u32 { return (k * 5u + v) * 2u * units() + j; }
 fn sget(i: u32) -> f32 { return f32(scr[i]); }
 fn sset(i: u32, x: f32) { scr[i] = S(x); }
@@ -99,11 +100,30 @@ fn partial(k: u32, i: u32) -> u32 { let n = units(); return 10u * n * n + k * 7u
 
 fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> { return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x); }
 fn conj(a: vec2<f32>) -> vec2<f32> { return vec2<f32>(a.x, -a.y); }
-// exp(i t), normalised: cos and sin may each carry the device's error (Vulkan allows 2^-11),
-// but a phase of modulus 1 keeps D unitary whatever its angle's error.
+// exp(i t) = (cos t, sin t) to about an ulp, on any device: WGSL's cos and sin may be far
+// less exact (Vulkan allows an absolute error of 2^-11, and SwiftShader's, the browser check's,
+// moved the uRNN's outputs 8x past the golden tolerance). t is reduced by the nearest multiple
+// k of pi/2 (pi/2 in two parts, with fma: exact for |t| up to about 1e4), then Taylor
+// polynomials on [-pi/4, pi/4] (truncation under 2e-9) and the quadrant k mod 4.
 fn phase(t: f32) -> vec2<f32> {
-    let v = vec2<f32>(cos(t), sin(t));
+    let v = sincos(t);
+    // Normalised: a phase of modulus 1 to rounding keeps D unitary (the polynomials' own
+    // rounding left |exp(i t)| a systematic ulp off, and h drifted).
     return v * recip(sqrt(dot(v, v)));
+}
+fn sincos(t: f32) -> vec2<f32> {
+    let k = round(t * 0.6366197723675814);
+    var r = fma(-k, 1.5707963705062866, t);
+    r = fma(-k, -4.371139000186243e-8, r);
+    let r2 = r * r;
+    let s = r * (1.0 + r2 * (-1.0 / 6.0 + r2 * (1.0 / 120.0 + r2 * (-1.0 / 5040.0 + r2 * (1.0 / 362880.0)))));
+    let c = 1.0 + r2 * (-0.5 + r2 * (1.0 / 24.0 + r2 * (-1.0 / 720.0 + r2 * (1.0 / 40320.0 + r2 * (-1.0 / 3628800.0)))));
+    switch (i32(k) & 3) {
+        case 1: { return vec2<f32>(-s, c); }
+        case 2: { return vec2<f32>(-c, -s); }
+        case 3: { return vec2<f32>(s, -c); }
+        default: { return vec2<f32>(c, s); }
+    }
 }
 // 1 / b, refined by a Newton step with fma: a device's division may be an approximate
 // reciprocal (a systematic error of 1e-7 in a reflection's 2 / |v|^2 shrinks or grows h a
@@ -194,14 +214,88 @@ fn cell_derive(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let k = wid.x;
     let l = lid.x;
     let n = units();
-    let h = p.hidden;
     let c = column_forward(k, l);
+    // Column k of the complex W to the scratch (vector 0); cell_derive_polish writes W.
     for (var j = l; j < n; j += WG) {
-        let wc = w_col(k, j, c[1], c[2].y);
-        bws[p.pw + j * h + k] = S(wc.x);
-        bws[p.pw + (n + j) * h + n + k] = S(wc.x);
-        bws[p.pw + (n + j) * h + k] = S(wc.y);
-        bws[p.pw + j * h + n + k] = S(-wc.y);
+        sstore(k, 0u, j, w_col(k, j, c[1], c[2].y));
+    }
+}
+
+// Exact sums of products for cell_derive_polish: a product of two f32 values is split into
+// four products of 12-bit halves (the high half by masking the bits, so no compiler rewrite
+// of float arithmetic can undo it: Kahan-style compensation can be, as Mesa's NIR optimiser
+// treats float operations as reassociable), each exact in f32, and added as fixed-point
+// integers with 46 fractional bits in two 32-bit words (exact for |sum| < 2^17).
+struct Fix {
+    hi: i32,
+    lo: u32,
+}
+fn fix_add(a: Fix, b: Fix) -> Fix {
+    let lo = a.lo + b.lo;
+    return Fix(a.hi + b.hi + select(0, 1, lo < a.lo), lo);
+}
+// An f32 of magnitude below 2^17 (times 2^46 below 2^63), to 2^-46.
+fn fix_of(x: f32) -> Fix {
+    let v = x * 70368744177664.0;
+    let hi = floor(v * 2.3283064365386963e-10);
+    return Fix(i32(hi), u32(v - hi * 4294967296.0));
+}
+fn fix_value(a: Fix) -> f32 { return (f32(a.hi) * 4294967296.0 + f32(a.lo)) * 1.4210854715202004e-14; }
+fn split_hi(x: f32) -> f32 { return bitcast<f32>(bitcast<u32>(x) & 0xfffff000u); }
+// acc + a b, exactly.
+fn fix_mul_add(acc: Fix, a: f32, b: f32) -> Fix {
+    let ah = split_hi(a);
+    let bh = split_hi(b);
+    let al = a - ah;
+    let bl = b - bh;
+    var s = fix_add(acc, fix_of(ah * bh));
+    s = fix_add(s, fix_of(ah * bl));
+    s = fix_add(s, fix_of(al * bh));
+    return fix_add(s, fix_of(al * bl));
+}
+
+// W = W (3 I - W* W) / 2, one Newton-Schulz step towards the nearest unitary matrix, then W
+// to the weights as [[Re W, -Im W], [Im W, Re W]]. cell_derive's f32 chain leaves W* W - I at
+// a few ulps (its rounding errors add up over ten operations), and a state multiplied by W a
+// thousand times drifts in norm by about a thousand times the average of that; with
+// E = W* W - I summed exactly, this step leaves W unitary to the rounding of its entries, as
+// a W composed in f64 and stored in f32 is. Column k: e = E e_k (vector 3), then
+// w_k' = w_k - 0.5 W e.
+@compute @workgroup_size(64)
+fn cell_derive_polish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+    let k = wid.x;
+    let l = lid.x;
+    let n = units();
+    let h = p.hidden;
+    for (var j = l; j < n; j += WG) {
+        // conj(w_j) . w_k = sum of (a.x b.x + a.y b.y) + i (a.x b.y - a.y b.x).
+        var re = Fix(0, 0u);
+        var im = Fix(0, 0u);
+        for (var r = 0u; r < n; r++) {
+            let a = sload(j, 0u, r);
+            let b = sload(k, 0u, r);
+            re = fix_mul_add(re, a.x, b.x);
+            re = fix_mul_add(re, a.y, b.y);
+            im = fix_mul_add(im, a.x, b.y);
+            im = fix_mul_add(im, -a.y, b.x);
+        }
+        if (j == k) {
+            re.hi -= 16384; // 1 = 2^46 = 2^14 words of 2^32
+        }
+        sstore(k, 3u, j, vec2<f32>(fix_value(re), fix_value(im)));
+    }
+    storageBarrier();
+    workgroupBarrier();
+    for (var r = l; r < n; r += WG) {
+        var u = vec2<f32>(0.0);
+        for (var j = 0u; j < n; j++) {
+            u += cmul(sload(j, 0u, r), sload(k, 3u, j));
+        }
+        let wc = sload(k, 0u, r) - 0.5 * u;
+        bws[p.pw + r * h + k] = S(wc.x);
+        bws[p.pw + (n + r) * h + n + k] = S(wc.x);
+        bws[p.pw + (n + r) * h + k] = S(wc.y);
+        bws[p.pw + r * h + n + k] = S(-wc.y);
     }
 }
 

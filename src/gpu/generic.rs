@@ -806,9 +806,9 @@ impl<'a> Shape<'a> {
         17 * n * n
     }
 
-    /// Layer-direction k's derived product matrix (`cell_derive`, a workgroup per column)
-    /// into the weights' `WeightHh` slot, bound read_write at @7; forward (before anything
-    /// reads it) and every call.
+    /// Layer-direction k's derived product matrix (`cell_derive`, a workgroup per column, then
+    /// `cell_derive_polish`) into the weights' `WeightHh` slot, bound read_write at @7;
+    /// forward (before anything reads it) and every call.
     fn derive(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize) -> Result<()> {
         if dm.derived.is_none() {
             return Ok(());
@@ -817,6 +817,7 @@ impl<'a> Shape<'a> {
         let cp = self.derive_params(dm, k)?;
         let bufs = [Buf::Dummy(0), Buf::Twiddles, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
         bl.cell_in(ops, Kernel::CellDerive(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
+        bl.cell_in(ops, Kernel::CellDerivePolish(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
         Ok(())
     }
 

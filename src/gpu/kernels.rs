@@ -217,6 +217,9 @@ pub enum Kernel {
     /// A cell's derived product matrix from its parameters (`cell_derive`, see
     /// [`crate::cells::Derived`]): the weights bound read_write at @7.
     CellDerive(Mode),
+    /// The derived matrix made unitary to rounding and written to the weights
+    /// (`cell_derive_polish`).
+    CellDerivePolish(Mode),
     /// The derived matrix's backward: per column, the partial gradients of the parameters it
     /// is made of (`cell_derive_grad`).
     CellDeriveGrad(Mode),
@@ -296,7 +299,7 @@ impl Kernel {
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
             CellLoopGrad { cell: m, .. } => Family::LoopGrad(m),
-            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) | CellDerive(m) | CellDeriveGrad(m) | CellDeriveSum(m) => Family::Cell(m),
+            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) | CellDerive(m) | CellDerivePolish(m) | CellDeriveGrad(m) | CellDeriveSum(m) => Family::Cell(m),
         }
     }
 
@@ -326,6 +329,7 @@ impl Kernel {
             CellZoneoutAdd(_) => "zoneout_add",
             CellDropout(_) => "dropout_rows",
             CellDerive(_) => "cell_derive",
+            CellDerivePolish(_) => "cell_derive_polish",
             CellDeriveGrad(_) => "cell_derive_grad",
             CellDeriveSum(_) => "cell_derive_sum",
             CastToStored => "to_stored",

@@ -204,7 +204,7 @@ fn all_kernels() -> Vec<Kernel> {
             }
             v.extend([CellBackward(m), CellSave(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
             if m.derived(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }).is_some() {
-                v.extend([CellDerive(m), CellDeriveGrad(m), CellDeriveSum(m)]);
+                v.extend([CellDerive(m), CellDerivePolish(m), CellDeriveGrad(m), CellDeriveSum(m)]);
             }
         }
     }
@@ -213,7 +213,7 @@ fn all_kernels() -> Vec<Kernel> {
         match k {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
             | Transpose | ColSum | ColSum4 | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
-            | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
+            | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDerivePolish(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
         }
     }
     v
