@@ -86,28 +86,6 @@ struct Args {
     min_drop: f64,
 }
 
-/// The cells `--cells` names, in order.
-fn parse_cells(names: &[String]) -> Result<Vec<Mode>> {
-    let mut cells = Vec::new();
-    for name in names {
-        let mode = match name.trim().to_ascii_lowercase().as_str() {
-            "all" => {
-                cells.extend_from_slice(Mode::REGISTRY);
-                continue;
-            }
-            "lstm" => Mode::Lstm,
-            "gru" => Mode::Gru,
-            "rnn" => Mode::RnnTanh,
-            other => Mode::from_name(other).ok_or_else(|| {
-                let known: Vec<&str> = Mode::REGISTRY.iter().map(|m| m.as_str()).collect();
-                Error::InvalidConfig(format!("unknown cell {name:?}: one of {} (any case), lstm, gru, rnn or all", known.join(", ")))
-            })?,
-        };
-        cells.push(mode);
-    }
-    Ok(cells)
-}
-
 /// A batch in PyTorch's time-major layout `[T, B, 2]` with its targets.
 fn batch(rng: &mut impl Rng, t: usize, b: usize) -> (Vec<f32>, Vec<f32>) {
     let mut x = vec![0.0f32; t * b * 2];
@@ -414,7 +392,7 @@ fn main() -> Result<()> {
     if a.t < 2 || a.batch == 0 || a.hidden == 0 || a.test < a.batch || a.steps == 0 || a.log_every == 0 {
         return Err(Error::InvalidConfig("need t >= 2, batch > 0, hidden > 0, test >= batch, steps > 0, log-every > 0".into()));
     }
-    let cells = parse_cells(&a.cells)?;
+    let cells = common::parse_cells(&a.cells)?;
     let ctx = Context::new()?;
     println!("adapter: {}", ctx.describe());
     println!(
@@ -458,18 +436,7 @@ fn main() -> Result<()> {
     write_png(&path, &[Panel { title: &title, x_label: "STEP", series }])?;
     println!("plot: {}", path.display());
     if a.min_drop > 0.0 {
-        // NaN-aware: a diverged cell or a NaN loss fails (`!(x <= y)` holds for NaN).
-        let stalled: Vec<String> = results
-            .iter()
-            .filter_map(|r| {
-                let (first, last) = (r.curve.first().map_or(f64::NAN, |p| p.1), r.curve.last().map_or(f64::NAN, |p| p.1));
-                (r.diverged.is_some() || !(last <= first * (1.0 - a.min_drop))).then(|| format!("{} ({first:.4} -> {last:.4})", r.mode))
-            })
-            .collect();
-        if !stalled.is_empty() {
-            return Err(Error::InvalidConfig(format!("test MSE fell by less than {} of its first value for: {}", a.min_drop, stalled.join(", "))));
-        }
-        println!("every cell's test MSE fell by at least {} of its first value", a.min_drop);
+        common::check_min_drop(results.iter().map(|r| (r.mode.to_string(), &r.curve[..], r.diverged.is_some())), a.min_drop, "test MSE")?;
     }
     Ok(())
 }

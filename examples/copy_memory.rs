@@ -88,25 +88,6 @@ const SYMBOLS: usize = 10;
 const CLASSES: usize = 9;
 const COPIED: usize = 10;
 
-/// The cells `--cells` names, in order.
-fn parse_cells(names: &[String]) -> Result<Vec<Mode>> {
-    let mut cells = Vec::new();
-    for name in names {
-        let mode = match name.trim().to_ascii_lowercase().as_str() {
-            "all" => {
-                cells.extend_from_slice(Mode::REGISTRY);
-                continue;
-            }
-            "lstm" => Mode::Lstm,
-            "gru" => Mode::Gru,
-            "rnn" => Mode::RnnTanh,
-            other => Mode::from_name(other).ok_or_else(|| Error::InvalidConfig(format!("unknown cell {name:?}: one of {} (any case), lstm, gru, rnn or all", Mode::names())))?,
-        };
-        cells.push(mode);
-    }
-    Ok(cells)
-}
-
 /// The paper's sizes (about 6,500 recurrent parameters each), or `--hidden`.
 fn hidden_size(mode: Mode, a: &Args) -> usize {
     a.hidden.unwrap_or(match mode {
@@ -285,7 +266,7 @@ fn main() -> Result<()> {
     if a.t < 1 || a.batch == 0 || a.test < a.batch || a.steps == 0 || a.log_every == 0 {
         return Err(Error::InvalidConfig("need t >= 1, batch > 0, test >= batch, steps > 0, log-every > 0".into()));
     }
-    let cells = parse_cells(&a.cells)?;
+    let cells = common::parse_cells(&a.cells)?;
     let ctx = match a.device.as_str() {
         "cpu" => None,
         "gpu" => Some(Context::new()?),
@@ -335,18 +316,7 @@ fn main() -> Result<()> {
     write_png(&path, &[Panel { title: &title, x_label: "STEP", series }])?;
     println!("plot: {}", path.display());
     if a.min_drop > 0.0 {
-        // NaN-aware: a diverged cell or a NaN loss fails (`!(x <= y)` holds for NaN).
-        let stalled: Vec<String> = results
-            .iter()
-            .filter_map(|r| {
-                let (first, last) = (r.curve.first().map_or(f64::NAN, |p| p.1), r.curve.last().map_or(f64::NAN, |p| p.1));
-                (r.diverged.is_some() || !(last <= first * (1.0 - a.min_drop))).then(|| format!("{} ({first:.4} -> {last:.4})", r.mode))
-            })
-            .collect();
-        if !stalled.is_empty() {
-            return Err(Error::InvalidConfig(format!("test cross-entropy fell by less than {} of its first value for: {}", a.min_drop, stalled.join(", "))));
-        }
-        println!("every cell's test cross-entropy fell by at least {} of its first value", a.min_drop);
+        common::check_min_drop(results.iter().map(|r| (r.mode.to_string(), &r.curve[..], r.diverged.is_some())), a.min_drop, "test cross-entropy")?;
     }
     Ok(())
 }

@@ -85,3 +85,42 @@ pub fn normal(rng: &mut impl rand::Rng, n: usize, std: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// The cells a `--cells` list names, in order: registry names in any case, the aliases lstm,
+/// gru and rnn (= RNN_TANH), or `all` (every registered cell).
+pub fn parse_cells(names: &[String]) -> Result<Vec<wgpu_rnn::Mode>> {
+    use wgpu_rnn::Mode;
+    let mut cells = Vec::new();
+    for name in names {
+        let mode = match name.trim().to_ascii_lowercase().as_str() {
+            "all" => {
+                cells.extend_from_slice(Mode::REGISTRY);
+                continue;
+            }
+            "lstm" => Mode::Lstm,
+            "gru" => Mode::Gru,
+            "rnn" => Mode::RnnTanh,
+            other => Mode::from_name(other).ok_or_else(|| Error::InvalidConfig(format!("unknown cell {name:?}: one of {} (any case), lstm, gru, rnn or all", Mode::names())))?,
+        };
+        cells.push(mode);
+    }
+    Ok(cells)
+}
+
+/// A smoke run's check (`--min-drop`): every run's last test loss is below its first by at
+/// least `min_drop` of it. `runs`: (name, curve of (step, loss), diverged). NaN-aware: a
+/// diverged run or a NaN loss fails (`!(x <= y)` holds for NaN).
+pub fn check_min_drop<'a>(runs: impl IntoIterator<Item = (String, &'a [(f64, f64)], bool)>, min_drop: f64, what: &str) -> Result<()> {
+    let stalled: Vec<String> = runs
+        .into_iter()
+        .filter_map(|(name, curve, diverged)| {
+            let (first, last) = (curve.first().map_or(f64::NAN, |p| p.1), curve.last().map_or(f64::NAN, |p| p.1));
+            (diverged || !(last <= first * (1.0 - min_drop))).then(|| format!("{name} ({first:.4} -> {last:.4})"))
+        })
+        .collect();
+    if !stalled.is_empty() {
+        return Err(Error::InvalidConfig(format!("{what} fell by less than {min_drop} of its first value for: {}", stalled.join(", "))));
+    }
+    println!("every cell's {what} fell by at least {min_drop} of its first value");
+    Ok(())
+}
