@@ -243,7 +243,9 @@ pub fn exercise(data: &[u8]) -> &'static str {
     // What each recording writes: the forward its output and final states, the backward the
     // input and weight gradients and the initial states' gradients (it reads the forward's
     // output). Two roles of one recording that are both read may share a buffer.
-    let fwd_writes = |k: usize| k == 2 || (k >= 7 && (k - 7) % 4 == 1);
+    // A cell with a derived matrix (the uRNN) writes it into the weights buffer too.
+    let derives = mode.derived(cfg.sizes(0)).is_some();
+    let fwd_writes = |k: usize| k == 2 || (k >= 7 && (k - 7) % 4 == 1) || (derives && k == 0);
     let bwd_writes = |k: usize| matches!(k, 4 | 5) || (k >= 7 && (k - 7) % 4 == 3);
     let must_refuse = match input.defect {
         Defect::None => false,
@@ -311,10 +313,12 @@ fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'stat
         Defect::None => false,
         Defect::Size { role, .. } => short[role as usize % roles],
         Defect::Usage { role, .. } => no_storage[role as usize % roles],
-        // Written: the output and every state; a longer slice repeats the last state's buffer.
+        // Written: the output and every state (and the weights, where the cell derives a
+        // matrix into them); a longer slice repeats the last state's buffer.
         Defect::Alias { role: r, of } => {
             let (a, o) = (r as usize % roles, of as usize % roles);
-            a != o && (a >= 2 || o >= 2)
+            let derives = cfg.mode.derived(cfg.sizes(0)).is_some();
+            a != o && (a >= 2 || o >= 2 || (derives && (a == 0 || o == 0)))
         }
         Defect::Slice { .. } => true,
     };

@@ -321,6 +321,8 @@ pub(crate) struct CellPlan {
     n: usize,
     b: usize,
     weight_elems: usize,
+    /// The forward writes a derived matrix into the weights buffer (`Cell::derived`).
+    derives: bool,
     params: TrackedBuffer,
     own: HashMap<Buf, TrackedBuffer>,
     forward_ops: Vec<Op>,
@@ -408,6 +410,7 @@ impl CellPlan {
             n: sh.n,
             b: sh.b,
             weight_elems: sh.weight_elems,
+            derives: sh.dims.iter().any(|dm| dm.derived.is_some()),
             params,
             own,
             forward_ops,
@@ -506,7 +509,9 @@ impl CellPlan {
         self.check("output", bufs.output, self.n * self.cfg.output_size())?;
         self.check_states_io(bufs.states0, bufs.states_n, ("0", "_n"))?;
         let counter = self.counter(bufs.counter)?;
-        let mut roles = vec![("weights", Some(bufs.weights), false), ("input", Some(bufs.input), false), ("counter", Some(counter), false), ("output", Some(bufs.output), true)];
+        // A derived matrix (`Cell::derived`) is written into the weights buffer: then it is
+        // a written role, which no other role may share.
+        let mut roles = vec![("weights", Some(bufs.weights), self.derives), ("input", Some(bufs.input), false), ("counter", Some(counter), false), ("output", Some(bufs.output), true)];
         roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
         roles.extend(bufs.states_n.iter().map(|g| ("final state", Some(*g), true)));
         record::check_aliasing(&roles)?;
@@ -535,7 +540,7 @@ impl CellPlan {
         let given: Vec<Option<&wgpu::Buffer>> = states.iter().map(|s| Some(*s)).collect();
         self.check_states_io(&given, states, ("", ""))?;
         let counter = self.counter(None)?;
-        let mut roles = vec![("weights", Some(weights), false), ("input", Some(input), false), ("output", Some(output), true)];
+        let mut roles = vec![("weights", Some(weights), self.derives), ("input", Some(input), false), ("output", Some(output), true)];
         roles.extend(states.iter().map(|s| ("state", Some(*s), true)));
         record::check_aliasing(&roles)?;
         let io = &self.states_io;

@@ -211,3 +211,22 @@ fn bad_permutations_and_reflections_are_typed_errors() {
     // An odd hidden size.
     assert!(RnnConfig::new(Mode::Urnn, 3, 7).validate().is_err());
 }
+
+#[test]
+fn the_weights_buffer_is_a_written_role_for_a_derived_matrix() {
+    // The forward composes W into the weights buffer: sharing it with the input (both only
+    // read, for a cell without a derived matrix) is refused for the uRNN, not corrupted.
+    use wgpu_rnn::gpu::{ForwardBuffers, Plan, SeqLayout};
+    let Some(ctx) = crate::gpu_common::vulkan() else { return };
+    let x = PackedSequence::from_padded(&[0.5f32; 2 * 2 * 4], [2, 2, 4], false, &[2, 1]).unwrap();
+    let layout = SeqLayout::of(&x).unwrap();
+    let buf = |size| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
+    for (mode, refused) in [(Mode::RnnTanh, false), (Mode::Urnn, true)] {
+        let cfg = RnnConfig::new(mode, 4, 4);
+        let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference).unwrap();
+        let (shared, out, hn) = (buf(4096), buf(4096), buf(4096));
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &shared, input: &shared, output: &out, states0: &[], states_n: &[&hn], counter: None });
+        assert_eq!(matches!(r, Err(Error::BufferAliasing(_))), refused, "{mode}: {r:?}");
+    }
+}
