@@ -53,6 +53,11 @@ struct Input {
     /// The step strategy: Auto (the single-dispatch loops at these sizes, where the cell has
     /// them), one dispatch per step, or the loops asked for (refused, typed, where absent).
     strategy: u8,
+    /// The convenience type (`GpuRnn`) instead: its async form against its blocking form,
+    /// bit for bit, forward and (training) backward, with the binding limit lowered to
+    /// `64 * limit` bytes (0: the device's), so that problems split into pieces.
+    async_form: bool,
+    limit: u8,
 }
 
 /// One input's buffers with its defect applied, and what the defect made of them.
@@ -148,6 +153,9 @@ pub fn exercise(data: &[u8]) -> &'static str {
     let (t, b) = (*lengths.iter().max().expect("non-empty"), lengths.len());
     let Ok(x) = PackedSequence::from_padded(&vec![0.25f32; t * b * cfg.input_size], [t, b, cfg.input_size], false, &lengths) else { return "config refused" };
     let Ok(layout) = SeqLayout::of(&x) else { return "config refused" };
+    if input.async_form {
+        return async_leg(ctx, &cfg, &x, input.training, input.limit);
+    }
     if input.step && !cfg.bidirectional {
         return step(ctx, &cfg, b, input.defect);
     }
@@ -334,4 +342,61 @@ fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'stat
     } else {
         "one step refused"
     }
+}
+
+/// Polls `fut`, and the device between polls (as a browser's event loop would), until it is
+/// ready; one that never completes is a hang, so a crash.
+fn drive<F: std::future::Future>(ctx: &Context, fut: F) -> F::Output {
+    let waker = std::task::Waker::noop();
+    let mut fut = std::pin::pin!(fut);
+    for _ in 0..10_000 {
+        if let std::task::Poll::Ready(v) = fut.as_mut().poll(&mut std::task::Context::from_waker(waker)) {
+            return v;
+        }
+        let _ = ctx.wait();
+    }
+    panic!("an async call never completed");
+}
+
+/// The `async_form` leg: `GpuRnn`'s async forward and backward give the blocking form's
+/// results bit for bit, or the same typed error, whole or split into pieces.
+fn async_leg(ctx: &Arc<Context>, cfg: &RnnConfig, x: &PackedSequence<f32>, training: bool, limit: u8) -> &'static str {
+    let Ok(w) = wgpu_rnn::Weights::<f32>::init_uniform(cfg, 3) else { return "config refused" };
+    let before = ctx.binding_limit();
+    if limit > 0 {
+        ctx.set_binding_limit(64 * limit as u64);
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let outcome = (|| {
+        let Ok(rnn) = wgpu_rnn::gpu::GpuRnn::new(ctx, &w) else { return "async: model refused" };
+        let pass = if training { Pass::Training } else { Pass::Inference };
+        let (a, b) = match (rnn.forward(x, &[], pass), drive(ctx, rnn.forward_async(x, &[], pass))) {
+            (Ok(a), Ok(b)) => (a, b),
+            (Err(a), Err(b)) => {
+                assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "{}: blocking {a} but async {b}", cfg.mode);
+                return "async: both refused";
+            }
+            (a, b) => panic!("{}: blocking {:?} but async {:?}", cfg.mode, a.err(), b.err()),
+        };
+        assert_eq!(bits(&a.0.output.data), bits(&b.0.output.data), "{}: async output differs", cfg.mode);
+        for (s, t) in a.0.states.iter().zip(&b.0.states) {
+            assert_eq!(bits(&s.data), bits(&t.data), "{}: async final state differs", cfg.mode);
+        }
+        let (Some(ta), Some(tb)) = (a.1, b.1) else { return "async: forward agrees" };
+        let go: Vec<f32> = (0..a.0.output.data.len()).map(|i| (i % 5) as f32 * 0.25 - 0.5).collect();
+        match (rnn.backward(&ta, &go, &[]), drive(ctx, rnn.backward_async(&tb, &go, &[]))) {
+            (Ok(ga), Ok(gb)) => {
+                assert_eq!(bits(&ga.input.data), bits(&gb.input.data), "{}: async input gradient differs", cfg.mode);
+                assert_eq!(bits(&ga.params.to_flat()), bits(&gb.params.to_flat()), "{}: async parameter gradients differ", cfg.mode);
+                "async: forward and backward agree"
+            }
+            (Err(a), Err(b)) => {
+                assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "{}: blocking {a} but async {b}", cfg.mode);
+                "async: backward refused both ways"
+            }
+            (a, b) => panic!("{}: backward blocking {:?} but async {:?}", cfg.mode, a.err(), b.err()),
+        }
+    })();
+    ctx.set_binding_limit(before);
+    outcome
 }
