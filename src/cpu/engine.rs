@@ -277,9 +277,16 @@ impl Zone {
         }
         Ok(Some(Zone { p: p.get(), training, seed: masks::zoneout_stream(draw.seed, k), counter: draw.counter, threshold: p.threshold(), hw }))
     }
-    /// Whether unit j of packed row `row` keeps its previous value (training).
-    fn hit(&self, row: usize, j: usize) -> bool {
-        masks::hit((row * self.hw + j) as u32, self.seed, self.counter, self.threshold)
+    /// The mask index of packed row `row`'s first unit.
+    #[inline(always)]
+    fn index(&self, row: usize) -> u32 {
+        (row * self.hw) as u32
+    }
+    /// Whether unit `j` of the row whose first mask index is `base` keeps its previous value
+    /// (training).
+    #[inline(always)]
+    fn hit_at(&self, base: u32, j: usize) -> bool {
+        masks::hit(base.wrapping_add(j as u32), self.seed, self.counter, self.threshold)
     }
 }
 
@@ -676,17 +683,21 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                 let pz = T::from_f64(z.p as f64);
                 let qz = T::one() - pz;
                 for rr in 0..rows {
+                    // Exact-length rows and a select, not a branch: the mask's hashes and the
+                    // update vectorise.
+                    let (hp, hs) = (&hprev[rr * hw..(rr + 1) * hw], &mut s[rr * sw..rr * sw + hw]);
+                    let ho = &mut out[rr * out_w + self.col..rr * out_w + self.col + hw];
+                    let base = z.index(o + rr);
                     for j in 0..hw {
-                        let (hp, hn) = (hprev[rr * hw + j], s[rr * sw + j]);
                         let h = if !z.training {
-                            pz * hp + qz * hn
-                        } else if z.hit(o + rr, j) {
-                            hp
+                            pz * hp[j] + qz * hs[j]
+                        } else if z.hit_at(base, j) {
+                            hp[j]
                         } else {
-                            hn
+                            hs[j]
                         };
-                        s[rr * sw + j] = h;
-                        out[rr * out_w + self.col + j] = h;
+                        hs[j] = h;
+                        ho[j] = h;
                     }
                 }
             }
@@ -1031,16 +1042,15 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 // Where h kept its previous value, the gradient g = dh + dout goes to the
                 // previous h (added below) and none to the cell's new h: the cells read
                 // `ds_h + dout`, so ds_h = -dout makes that exactly 0.
+                let hw = z.hw;
                 for rr in 0..rows {
                     let ocol = (o + rr) * out_w + self.col;
-                    for j in 0..z.hw {
-                        let (d, g) = (&mut ds[rr * sw + j], &mut zg[rr * z.hw + j]);
-                        if z.hit(o + rr, j) {
-                            *g = *d + self.dy[ocol + j];
-                            *d = -self.dy[ocol + j];
-                        } else {
-                            *g = T::zero();
-                        }
+                    let (d, g, dy) = (&mut ds[rr * sw..rr * sw + hw], &mut zg[rr * hw..(rr + 1) * hw], &self.dy[ocol..ocol + hw]);
+                    let base = z.index(o + rr);
+                    for j in 0..hw {
+                        let hit = z.hit_at(base, j);
+                        g[j] = if hit { d[j] + dy[j] } else { T::zero() };
+                        d[j] = if hit { -dy[j] } else { d[j] };
                     }
                 }
             }
@@ -1099,11 +1109,12 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             store(self.q, &mut ds[..rows * sw]);
             if let Some(z) = self.zone {
+                // zg is zero where the unit was not hit (set above): no mask needed.
+                let hw = z.hw;
                 for rr in 0..rows {
-                    for j in 0..z.hw {
-                        if z.hit(o + rr, j) {
-                            ds[rr * sw + j] += zg[rr * z.hw + j];
-                        }
+                    let (d, g) = (&mut ds[rr * sw..rr * sw + hw], &zg[rr * hw..(rr + 1) * hw]);
+                    for j in 0..hw {
+                        d[j] += g[j];
                     }
                 }
             }
