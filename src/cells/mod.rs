@@ -217,6 +217,12 @@ pub struct Derived {
     pub grads: std::ops::Range<usize>,
     /// Pointwise parameters without gradients (the [`ParamDef::fixed`] ones).
     pub fixed: std::ops::Range<usize>,
+    /// Elements of the GPU plan's scratch its derive kernels use (the driver sizes the
+    /// scratch for it).
+    pub scratch: usize,
+    /// Workgroups of `cell_derive`, `cell_derive_polish` and `cell_derive_grad` (the uRNN's:
+    /// one per complex column).
+    pub groups: usize,
 }
 
 /// A block of pointwise-parameter gradients ([`Layout::de_blocks`]).
@@ -414,8 +420,9 @@ pub trait Cell: 'static {
     /// The pointwise backward of `stage` for one row (called last stage to first).
     fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>);
     /// The product matrix the cell derives from its parameters, if any ([`Derived`]); the
-    /// cell's WGSL then has the entry points `cell_derive`, `cell_derive_grad` and
-    /// `cell_derive_sum` (see `shaders/cells/prelude.wgsl`).
+    /// cell's WGSL then has the entry points `cell_derive` (the matrix, into the scratch or
+    /// the weights), `cell_derive_polish` (a second pass that writes it to the weights),
+    /// `cell_derive_grad` and `cell_derive_sum` (see `shaders/cells/urnn.wgsl`).
     fn derived(_s: Sizes) -> Option<Derived> {
         None
     }
@@ -430,6 +437,12 @@ pub trait Cell: 'static {
     /// Adds the gradients of the pointwise parameters in `Derived::grads` to `de` (the
     /// pointwise slot's gradients) from the derived matrix's gradient `dw`.
     fn derive_backward<T: Float>(_s: Sizes, _e: &[T], _dw: &[T], _de: &mut [T]) {}
+    /// Constants the cell's GPU derive kernels read at binding @2, computed on the host (the
+    /// uRNN's DFT twiddles, in f64: a device's sin and cos are not exact enough). The driver
+    /// uploads them once per plan.
+    fn derive_table(_s: Sizes) -> Vec<f32> {
+        Vec::new()
+    }
 }
 
 /// Column offsets of each state in the concatenated state row, and its width.
@@ -583,6 +596,10 @@ impl Mode {
     /// The cell's derived product matrix, if any ([`Cell::derived`]).
     pub fn derived(self, s: Sizes) -> Option<Derived> {
         with_cell!(self, C => C::derived(s))
+    }
+    /// The constants of the cell's derive kernels ([`Cell::derive_table`]).
+    pub fn derive_table(self, s: Sizes) -> Vec<f32> {
+        with_cell!(self, C => C::derive_table(s))
     }
     /// The drivers' rules on the cell's layout ([`Layout::check`]).
     pub fn check_layout(self, s: Sizes) -> std::result::Result<(), String> {

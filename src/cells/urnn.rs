@@ -82,7 +82,17 @@ impl Cell for Urnn {
     }
     fn derived(s: Sizes) -> Option<Derived> {
         let n = units(s);
-        Some(Derived { len: s.hidden * s.hidden, grads: 0..7 * n, fixed: 8 * n..9 * n })
+        // Scratch (urnn.wgsl): five vectors of 2N per column, then an [N, 7N] partials block.
+        Some(Derived { len: s.hidden * s.hidden, grads: 0..7 * n, fixed: 8 * n..9 * n, scratch: 17 * n * n, groups: n })
+    }
+    fn derive_table(s: Sizes) -> Vec<f32> {
+        // exp(2 pi i t / N) as [cos N | sin N], then F's scale 1 / sqrt(N), each rounded once
+        // from f64: F's columns are orthogonal only as far as these are exact.
+        let n = units(s);
+        let tau = 2.0 * std::f64::consts::PI / n as f64;
+        let mut tw: Vec<f32> = (0..n).map(|t| (tau * t as f64).cos() as f32).chain((0..n).map(|t| (tau * t as f64).sin() as f32)).collect();
+        tw.push((1.0 / (n as f64).sqrt()) as f32);
+        tw
     }
     fn check_params<T: Float>(s: Sizes, e: &[T]) -> std::result::Result<(), String> {
         let n = units(s);

@@ -221,9 +221,9 @@ enum Buf {
     /// The single-dispatch loop's table (u32): each direction's steps (see `cell_loop` in
     /// shaders/cells/stage.wgsl).
     LoopTab,
-    /// The DFT's twiddles `exp(2 pi i t / N)` for a derived matrix of N complex columns
-    /// (`[cos | sin]`, f32, computed in f64): the same for every layer.
-    Twiddles,
+    /// The constants of a derived matrix's kernels (`Cell::derive_table`), the same for
+    /// every layer.
+    DeriveTable,
 }
 
 /// One dispatch over buffers by role, or a clear of a buffer's first `bytes` between passes.
@@ -766,7 +766,7 @@ impl<'a> Shape<'a> {
         let (woffs, weight_elems) = slot_layout(cfg);
         let max = |f: &dyn Fn(&Dims) -> usize| dims.iter().map(f).max().unwrap_or(0);
         let mut sh = Shape {
-            scr_len: max(&|x| (b * x.rw.max(x.lay.tape)).max(x.derived.as_ref().map_or(0, |_| Self::derive_scratch(x)))),
+            scr_len: max(&|x| (b * x.rw.max(x.lay.tape)).max(x.derived.as_ref().map_or(0, |d| d.scratch))),
             pin_len: max(&|x| x.pin_len(b)),
             wxt_len: max(&|x| x.lay.xp * x.inw),
             rt_len: max(&|x| if x.unit { 0 } else { x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum() }),
@@ -803,14 +803,6 @@ impl<'a> Shape<'a> {
         Ok(sh)
     }
 
-    /// Scratch elements of the derived matrix's kernels (`shaders/cells/urnn.wgsl`'s layout:
-    /// per column of the N = k / 2 complex columns, five vectors of 2N, then a [N, 7N] block
-    /// of partial gradients).
-    fn derive_scratch(dm: &Dims) -> usize {
-        let n = dm.lay.stages[0].map_or(0, |p| p.k / 2);
-        17 * n * n
-    }
-
     /// Layer-direction k's derived product matrix (`cell_derive`, a workgroup per column, then
     /// `cell_derive_polish`) into the weights' `WeightHh` slot, bound read_write at @7;
     /// forward (before anything reads it) and every call.
@@ -820,7 +812,7 @@ impl<'a> Shape<'a> {
         }
         let cols = self.derive_columns(bl, dm)?;
         let cp = self.derive_params(dm, k)?;
-        let bufs = [Buf::Dummy(0), Buf::Twiddles, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
+        let bufs = [Buf::Dummy(0), Buf::DeriveTable, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::Weights, Buf::Dummy(5)];
         bl.cell_in(ops, Kernel::CellDerive(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
         bl.cell_in(ops, Kernel::CellDerivePolish(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
         Ok(())
@@ -835,21 +827,22 @@ impl<'a> Shape<'a> {
         }
         let cols = self.derive_columns(bl, dm)?;
         let cp = self.derive_params(dm, k)?;
-        let bufs = [Buf::Weights, Buf::Twiddles, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::GradWeights, Buf::Dummy(5)];
+        let bufs = [Buf::Weights, Buf::DeriveTable, Buf::Dummy(2), Buf::Dummy(3), Buf::Scratch, Buf::Dummy(4), Buf::GradWeights, Buf::Dummy(5)];
         bl.cell_in(ops, Kernel::CellDeriveGrad(self.cfg.mode), &cp, bufs, [cols, 1, 1]);
-        let h = cp.hidden as usize;
-        let groups = (h * h).max(7 * h / 2).div_ceil(64).min(bl.max_groups as usize) as u32;
+        // The sums stride over their work whatever the count: enough for the matrix's size.
+        let d = dm.derived.as_ref().expect("checked above");
+        let groups = d.len.max(d.grads.len()).div_ceil(64).clamp(1, bl.max_groups as usize) as u32;
         bl.cell_in(ops, Kernel::CellDeriveSum(self.cfg.mode), &cp, bufs, [groups, 1, 1]);
         Ok(())
     }
 
-    /// Workgroups of the derive kernels: one per complex column.
+    /// Workgroups of the derive kernels ([`Derived::groups`]).
     fn derive_columns(&self, bl: &Builder, dm: &Dims) -> Result<u32> {
-        let cols = dm.lay.stages[0].map_or(0, |p| p.k / 2);
-        if cols as u64 > bl.max_groups as u64 {
-            return Err(Error::Limit(format!("a derived matrix of {cols} columns exceeds {} workgroups", bl.max_groups)));
+        let groups = dm.derived.as_ref().map_or(0, |d| d.groups);
+        if groups as u64 > bl.max_groups as u64 {
+            return Err(Error::Limit(format!("a derived matrix's {groups} workgroups exceed {}", bl.max_groups)));
         }
-        Ok(cols as u32)
+        Ok(groups as u32)
     }
 
     fn derive_params(&self, dm: &Dims, k: usize) -> Result<CellParams> {
@@ -1495,16 +1488,13 @@ impl<'a> Shape<'a> {
             own.insert(Buf::Stash, buf("zoneout gradients", b * self.hw)?);
         }
         own.insert(Buf::Scratch, buf("cell scratch", self.scr_len)?);
-        if let Some(pr) = self.dims.iter().find(|dm| dm.derived.is_some()).and_then(|dm| dm.lay.stages[0]) {
-            // Angles from the host in f64: the device's sin and cos may be far less exact
-            // (Vulkan allows 2^-11), and F's columns are orthogonal only as far as these are.
-            // (Cells with a derived matrix refuse f16 storage: f32 like the buffer.)
-            let n = pr.k / 2;
-            let tau = 2.0 * std::f64::consts::PI / n as f64;
-            let mut tw: Vec<f32> = (0..n).map(|t| (tau * t as f64).cos() as f32).chain((0..n).map(|t| (tau * t as f64).sin() as f32)).collect();
-            // And F's scale 1 / sqrt(N), rounded once.
-            tw.push((1.0 / (n as f64).sqrt()) as f32);
-            own.insert(Buf::Twiddles, readback::upload_bytes(ctx, "DFT twiddles", bytemuck::cast_slice(&tw))?);
+        if self.dims.iter().any(|dm| dm.derived.is_some()) {
+            // Every layer's product is H x H alike (its k is the state's width).
+            let mut table = self.cfg.mode.derive_table(self.cfg.sizes(0));
+            if table.is_empty() {
+                table.push(0.0);
+            }
+            own.insert(Buf::DeriveTable, readback::upload_bytes(ctx, "derived matrix constants", bytemuck::cast_slice(&table))?);
         }
         if self.unit {
             own.insert(Buf::Pin, buf("stage product input", self.pin_len)?);
