@@ -32,6 +32,10 @@ use wgpu_rnn::gpu::{storage, upload, BackwardBuffers, Context, ForwardBuffers, G
 use wgpu_rnn::io::TensorFile;
 use wgpu_rnn::{Error, Mode, PackedSequence, Result, RnnConfig, Weights};
 
+/// How closely a resumed model's validation loss must match the one its checkpoint saved
+/// (relative): the forward is deterministic, so only the metric's summation can differ.
+const RESUME_TOL: f64 = 1e-6;
+
 #[derive(Parser, Debug)]
 #[command(about = "Character-level LSTM on tiny shakespeare, trained on the GPU with truncated BPTT")]
 struct Args {
@@ -295,13 +299,17 @@ impl Model {
     }
 
     /// Model under PyTorch's names, optimiser state under `optim.*`, progress in the metadata.
-    fn checkpoint(&self, path: &std::path::Path, step: usize, chars: &str) -> Result<()> {
+    fn checkpoint(&self, path: &std::path::Path, step: usize, chars: &str, validation: (f64, usize)) -> Result<()> {
         let mut f = self.tensors()?;
         for (i, part) in self.opt.export(&self.ctx)?.into_iter().enumerate() {
             f.put_float(format!("optim.{i}"), vec![part.len()], part.iter().map(|&x| x as f64).collect());
         }
         f.metadata.insert("step".into(), step.to_string());
         f.metadata.insert("chars".into(), serde_json::to_string(chars).expect("string"));
+        // The validation loss at this point and the validation set's size: a resumed model
+        // must give it again (see main).
+        f.metadata.insert("validation".into(), format!("{:e}", validation.0));
+        f.metadata.insert("validation_chars".into(), validation.1.to_string());
         f.write(path)
     }
 
@@ -318,9 +326,9 @@ impl Model {
         let (h, v, e) = (self.cfg.hidden_size, self.vocab, self.cfg.input_size);
         put(&self.table, "embedding.weight", v * e)?;
         let w = Weights::<f32>::from_tensor_file(&self.cfg, f, "rnn.")?;
-        let mut flat = Vec::new();
-        w.for_each(|_, _, _, x| flat.extend_from_slice(x));
-        self.ctx.queue.write_buffer(self.rnn.weights_buffer(), 0, bytemuck::cast_slice(&flat));
+        // The device buffer's layout (slot order, `gpu::flat_weights`), which is state_dict
+        // order only for PyTorch's four cells.
+        self.ctx.queue.write_buffer(self.rnn.weights_buffer(), 0, bytemuck::cast_slice(&wgpu_rnn::gpu::flat_weights(&w)));
         let head_w = f.float("head.weight")?;
         let head_b = f.float("head.bias")?;
         if head_w.data.len() != v * h || head_b.data.len() != v {
@@ -506,6 +514,17 @@ fn main() -> Result<()> {
         }
         step = model.restore(&f)?;
         println!("resumed from {} at step {step}", p.display());
+        // The restored model gives the checkpoint's validation loss again (same validation
+        // set): its weights, head and embedding came back in the device's layouts.
+        let saved: Option<f64> = f.metadata.get("validation").and_then(|s| s.parse().ok());
+        let same_set = f.metadata.get("validation_chars").and_then(|s| s.parse::<usize>().ok()) == Some(val[0].len() * val.len());
+        if let (Some(want), true) = (saved, same_set) {
+            let got = model.validate(&val, a.bptt)?;
+            if !((got - want).abs() <= RESUME_TOL * (1.0 + want.abs())) {
+                return Err(Error::InvalidConfig(format!("the resumed model's validation loss {got} is not the checkpoint's {want}: it did not come back as saved")));
+            }
+            println!("resumed model's validation loss {got:.6}: the checkpoint's");
+        }
     }
     let first = if a.min_drop > 0.0 {
         let v = model.validate(&val, a.bptt)?;
@@ -536,7 +555,7 @@ fn main() -> Result<()> {
             train_pts.push((mins, tr));
             val_pts.push((mins, vl));
             best = best.min(vl);
-            model.checkpoint(&ckpt, step, &chars_str)?;
+            model.checkpoint(&ckpt, step, &chars_str, (vl, val[0].len() * val.len()))?;
             if out_of_time {
                 break;
             }
