@@ -21,10 +21,10 @@
 //   in scr.
 // - cell_derive_sum: the partials' column sums (k = 0, 1, ... in order) to the gradients of
 //   theta and reflection at p.e_off in @7, and zeros over G (no parameter's gradient).
-// The DFT's twiddles exp(2 pi i t / N) come from the host at @2 ([cos N | sin N], computed in
-// f64: F's columns are orthogonal only as far as its angles are exact). Scratch (scr) per
-// column k at k * 10N: W's column, b, u, g_u, g_y1 (each [Re N | Im N]); the partials after N
-// columns' worth. Every value has one
+// The DFT's twiddles exp(2 pi i t / N) and 1 / sqrt(N) come from the host at @2
+// (Cell::derive_table: [cos N | sin N | scale], computed in f64, as F's columns are orthogonal
+// only as far as its angles are exact). Scratch (scr) per column k at k * 10N: W's column, b,
+// u, g_u, g_y1 (each [Re N | Im N]); the partials after N columns' worth. Every value has one
 // writer and every sum a fixed order (row_sum's tree), so results are reproducible.
 
 const EPS: f32 = 1e-5;
@@ -173,8 +173,8 @@ fn dft(k: u32, v: u32, j: u32, sign: f32) -> vec2<f32> {
     return acc * dft_scale();
 }
 
-// The chain up to u = F^-1 b of column k (into the scratch), returning (a1, f1, a2, f2)
-// packed: a1 = v1* y0, a2 = v2* u, f = 2 / |v|^2. All invocations must call it.
+// The chain up to u = F^-1 b of column k (b and u into the scratch), returning [a1, a2,
+// (f1, f2)]: a1 = v1* y0, a2 = v2* u, fk = 2 / |vk|^2. All invocations must call it.
 fn column_forward(k: u32, l: u32) -> array<vec2<f32>, 3> {
     let n = units();
     var a = vec4<f32>(0.0);
