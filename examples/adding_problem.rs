@@ -105,18 +105,6 @@ fn batch(rng: &mut impl Rng, t: usize, b: usize) -> (Vec<f32>, Vec<f32>) {
     (x, y)
 }
 
-/// `[N, 2]` rows padded with zeros to `[N, width]`.
-fn pad(x: &[f32], width: usize) -> std::borrow::Cow<'_, [f32]> {
-    if width == 2 {
-        return x.into();
-    }
-    let mut v = vec![0.0f32; x.len() / 2 * width];
-    for (row, pair) in v.chunks_exact_mut(width).zip(x.chunks_exact(2)) {
-        row[..2].copy_from_slice(pair);
-    }
-    v.into()
-}
-
 /// The forget-gate bias of the LSTM family set to 1 in total (the notebook's advice for
 /// LSTMs); other cells are left as initialised.
 fn forget_bias(w: &mut Weights<f32>) {
@@ -266,7 +254,7 @@ impl Trainer {
     }
 
     fn upload(&self, x: &[f32], y: &[f32]) {
-        self.ctx.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(&pad(x, self.width)));
+        self.ctx.queue.write_buffer(&self.x, 0, bytemuck::cast_slice(&common::pad_rows(x, 2, self.width)));
         self.ctx.queue.write_buffer(&self.y, 0, bytemuck::cast_slice(y));
     }
 

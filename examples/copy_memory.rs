@@ -197,16 +197,7 @@ fn train(ctx: Option<&std::sync::Arc<Context>>, mode: Mode, a: &Args, test: &[Ba
     let (mut adam_rnn, mut adam_head) = (AdamState::default(), AdamState::default());
     let len = a.t + 2 * COPIED;
     let pack = |x: &[f32], b: usize| -> Result<PackedSequence<f32>> {
-        let xs = if width == SYMBOLS {
-            x.to_vec()
-        } else {
-            let mut v = vec![0.0f32; x.len() / SYMBOLS * width];
-            for (row, one) in v.chunks_exact_mut(width).zip(x.chunks_exact(SYMBOLS)) {
-                row[..SYMBOLS].copy_from_slice(one);
-            }
-            v
-        };
-        PackedSequence::from_padded(&xs, [len, b, width], false, &vec![len; b])
+        PackedSequence::from_padded(&common::pad_rows(x, SYMBOLS, width), [len, b, width], false, &vec![len; b])
     };
     // Mean cross-entropy and accuracy on the last 10 steps over the test set.
     let evaluate = |w: &Weights<f32>, head: &[f32]| -> Result<(f64, f64)> {

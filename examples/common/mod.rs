@@ -124,3 +124,17 @@ pub fn check_min_drop<'a>(runs: impl IntoIterator<Item = (String, &'a [(f64, f64
     println!("every cell's {what} fell by at least {min_drop} of its first value");
     Ok(())
 }
+
+/// Rows of `from` features padded with zeros to `width` (cells that need input size ==
+/// hidden size take a narrower input this way, with no input layer); unchanged when
+/// `width == from`.
+pub fn pad_rows(x: &[f32], from: usize, width: usize) -> std::borrow::Cow<'_, [f32]> {
+    if width == from {
+        return x.into();
+    }
+    let mut v = vec![0.0f32; x.len() / from * width];
+    for (row, src) in v.chunks_exact_mut(width).zip(x.chunks_exact(from)) {
+        row[..from].copy_from_slice(src);
+    }
+    v.into()
+}
