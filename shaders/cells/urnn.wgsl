@@ -221,6 +221,22 @@ fn cell_derive(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
+// The real [H, H] form of W in @7 at p.pw, [[Re W, -Im W], [Im W, Re W]]: W[r, k] = w
+// written to its four places, and the complex gradient of W[r, k] (d/dRe + i d/dIm) from the
+// real one's four places.
+fn w_at(row: u32, col: u32) -> u32 { return p.pw + row * p.hidden + col; }
+fn w_store(r: u32, k: u32, w: vec2<f32>) {
+    let n = units();
+    bws[w_at(r, k)] = S(w.x);
+    bws[w_at(n + r, n + k)] = S(w.x);
+    bws[w_at(n + r, k)] = S(w.y);
+    bws[w_at(r, n + k)] = S(-w.y);
+}
+fn w_grad(r: u32, k: u32) -> vec2<f32> {
+    let n = units();
+    return vec2<f32>(f32(bws[w_at(r, k)]) + f32(bws[w_at(n + r, n + k)]), f32(bws[w_at(n + r, k)]) - f32(bws[w_at(r, n + k)]));
+}
+
 // Exact sums of products for cell_derive_polish: a product of two f32 values is split into
 // four products of 12-bit halves (the high half by masking the bits, so no compiler rewrite
 // of float arithmetic can undo it: Kahan-style compensation can be, as Mesa's NIR optimiser
@@ -266,7 +282,6 @@ fn cell_derive_polish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
     let k = wid.x;
     let l = lid.x;
     let n = units();
-    let h = p.hidden;
     for (var j = l; j < n; j += WG) {
         // conj(w_j) . w_k = sum of (a.x b.x + a.y b.y) + i (a.x b.y - a.y b.x).
         var re = Fix(0, 0u);
@@ -291,11 +306,7 @@ fn cell_derive_polish(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
         for (var j = 0u; j < n; j++) {
             u += cmul(sload(j, 0u, r), sload(k, 3u, j));
         }
-        let wc = sload(k, 0u, r) - 0.5 * u;
-        bws[p.pw + r * h + k] = S(wc.x);
-        bws[p.pw + (n + r) * h + n + k] = S(wc.x);
-        bws[p.pw + (n + r) * h + k] = S(wc.y);
-        bws[p.pw + r * h + n + k] = S(-wc.y);
+        w_store(r, k, sload(k, 0u, r) - 0.5 * u);
     }
 }
 
@@ -311,7 +322,6 @@ fn cell_derive_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let k = wid.x;
     let l = lid.x;
     let n = units();
-    let h = p.hidden;
     let c = column_forward(k, l);
     let a1 = c[0];
     let a2 = c[1];
@@ -320,8 +330,7 @@ fn cell_derive_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     // D3: theta3's share; the gradient of x1 = R2 u into g_u's slot for now; gamma2 = g* v2.
     var a = vec4<f32>(0.0);
     for (var j = l; j < n; j += WG) {
-        let g = vec2<f32>(f32(bws[p.pw + j * h + k]) + f32(bws[p.pw + (n + j) * h + n + k]),
-                          f32(bws[p.pw + (n + j) * h + k]) - f32(bws[p.pw + j * h + n + k]));
+        let g = w_grad(j, k);
         let wc = w_col(k, j, a2, f2);
         sset(partial(k, 2u * n + j), g.y * wc.x - g.x * wc.y);
         let gx = cmul(conj(phase(ep(2u * n + j))), g);
