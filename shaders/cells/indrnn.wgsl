@@ -14,7 +14,7 @@ fn row_backward(row: u32, l: u32) {
     for (var j = l; j < p.hidden; j += WG) {
         let da = select(0.0, ds_get(row, j) + dout(row, j), tape_get(row, j) > 0.0);
         dxp_set(row, j, da);
-        de_set(row, j, da * s_prev(row, j));
+        de_add(row, j, da * s_prev(row, j));
         ds_set(row, j, da * e(j));
     }
 }

@@ -84,7 +84,7 @@ fn poison_grad_row(row: u32, l: u32) {
     poison_row(row, l, false);
     poison_span(p.dxp_off + packed(row) * p.gx, p.gx, l);
     poison_span(p.dr_off + packed(row) * p.rw, p.rw, l);
-    poison_span(p.de_off + packed(row) * p.ew, p.ew, l);
+    poison_span(de_row(row), p.ew, l);
 }
 
 fn poison_grad_rows(r0: u32, l: u32) {

@@ -114,7 +114,8 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     let rstd_hh = tape_get(row, 13u * n + 1u);
     let rstd_c = tape_get(row, 13u * n + 2u);
 
-    // h' = o tanh(y), y = LN_c(c'): d o (kept in dxp), dy (kept as ln_c_bias's gradient).
+    // h' = o tanh(y), y = LN_c(c'): d o (kept in dxp until the gates' loop), dy (kept in dr
+    // until then: the same invocation overwrites both there).
     var a = vec4<f32>(0.0);
     for (var j = l; j < n; j += WG) {
         let og = tape_get(row, 2u * g4 + 3u * n + j);
@@ -123,8 +124,9 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
         let ty = tanh_safe(nc * e(5u * g4 + j) + e(5u * g4 + n + j));
         let dy = dh * og * dtanh(ty);
         dxp_set(row, 3u * n + j, dh * ty * dsigmoid(og));
-        de_set(row, 3u * g4 + j, dy * nc);
-        de_set(row, 3u * g4 + n + j, dy);
+        de_add(row, 3u * g4 + j, dy * nc);
+        de_add(row, 3u * g4 + n + j, dy);
+        dr_set(row, 3u * n + j, dy);
         let dn = dy * e(5u * g4 + j);
         a.x += dn;
         a.y += dn * nc;
@@ -139,7 +141,7 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     a = vec4<f32>(0.0);
     for (var j = l; j < n; j += WG) {
         let nc = tape_get(row, 3u * g4 + j);
-        let dn = de_get(row, 3u * g4 + n + j) * e(5u * g4 + j);
+        let dn = dr_get(row, 3u * n + j) * e(5u * g4 + j);
         let dcn = ds_get(row, n + j) + rstd_c * (dn - m1 - nc * m2);
         let ig = tape_get(row, 2u * g4 + j);
         let fg = tape_get(row, 2u * g4 + n + j);
@@ -156,9 +158,9 @@ fn cell_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             let d = dv[q];
             let nih = tape_get(row, k);
             let nhh = tape_get(row, g4 + k);
-            de_set(row, k, d);
-            de_set(row, g4 + k, d * nih);
-            de_set(row, 2u * g4 + k, d * nhh);
+            de_add(row, k, d);
+            de_add(row, g4 + k, d * nih);
+            de_add(row, 2u * g4 + k, d * nhh);
             let gi = d * e(g4 + k);
             let gh = d * e(3u * g4 + k);
             dxp_set(row, k, gi);

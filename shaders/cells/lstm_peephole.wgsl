@@ -55,9 +55,9 @@ fn row_backward(row: u32, l: u32) {
         dr_set(row, n + j, df);
         dr_set(row, 2u * n + j, dg);
         dr_set(row, 3u * n + j, d_o);
-        de_set(row, j, di * cp);
-        de_set(row, n + j, df * cp);
-        de_set(row, 2u * n + j, d_o * c);
+        de_add(row, j, di * cp);
+        de_add(row, n + j, df * cp);
+        de_add(row, 2u * n + j, d_o * c);
         ds_set(row, n + j, dct * f + di * e(j) + df * e(n + j));
         ds_set(row, j, 0.0);
     }

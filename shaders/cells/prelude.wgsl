@@ -16,7 +16,7 @@
 //   @5 scr   read_write: products [B, rw] at p.r (forward), tape gradients [B, tw] at
 //            p.dtape (backward); zoneout's set-aside gradients [B, H_out] at 0 (its own buffer)
 //   @6 io    read_write: output rows [N, out_w] (forward), output gradients (backward)
-//   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [N, ew] at p.de
+//   @7 bws   read_write: dxp [N, gx] at p.dxp, dr [N, rw] at p.dr, de [B, ew] or [N, ew] at p.de
 //   @8 dxin  read_write: input gradients [N, inw] (direct terms of cells that read x)
 //   (The fused stage kernel, stage.wgsl, binds its own @7 and @8 instead: see there.)
 // The regularisers' kernels (end of file) bind the step counter (an optimiser's step count,
@@ -77,6 +77,9 @@ struct CellParams {
     q_col: u32,       //   first column in r,
     q_off: u32,       //   input v (in tp) at tape row 0,
     q_ld: u32,        //   its row stride
+    // The backward: 1 when de holds one row per batch row (the step's row), each step's
+    // values added (f32 storage); 0: one row per packed row (f16 storage, summed in f32 after).
+    de_acc: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: CellParams;
@@ -120,14 +123,22 @@ fn ds_set(row: u32, j: u32, v: f32) { st[p.s_off + row * p.sw + j] = S(v); }
 // The gradient of tape value j where a later stage's product read it (the driver writes
 // those values before this stage runs; other tape gradients are undefined on the GPU).
 fn dtape(row: u32, j: u32) -> f32 { return f32(scr[p.dtape_off + row * p.tw + j]); }
-// dxp, dr, de rows: zero when the step's first (last-run) stage starts; each stage writes
+// dxp and dr rows: zero when the step's first (last-run) stage starts; each stage writes
 // its own values, and a later-run (earlier) stage may read what a stage run before it wrote.
 fn dxp_set(row: u32, j: u32, v: f32) { bws[p.dxp_off + packed(row) * p.gx + j] = S(v); }
 fn dxp_get(row: u32, j: u32) -> f32 { return f32(bws[p.dxp_off + packed(row) * p.gx + j]); }
 fn dr_set(row: u32, j: u32, v: f32) { bws[p.dr_off + packed(row) * p.rw + j] = S(v); }
 fn dr_get(row: u32, j: u32) -> f32 { return f32(bws[p.dr_off + packed(row) * p.rw + j]); }
-fn de_set(row: u32, j: u32, v: f32) { bws[p.de_off + packed(row) * p.ew + j] = S(v); }
-fn de_get(row: u32, j: u32) -> f32 { return f32(bws[p.de_off + packed(row) * p.ew + j]); }
+// de (the pointwise parameters' gradient terms) is added to, never read: each stage adds a
+// row's term for an element at most once a step. With p.de_acc its rows are the batch rows, so
+// the terms are summed over the steps as the backward walks them (a fixed order) and the
+// column sums after the loop read B rows, not N (cache-resident, a fraction of the memory);
+// without, each packed row is written once into a cleared row.
+fn de_row(row: u32) -> u32 { return p.de_off + select(packed(row), row, p.de_acc == 1u) * p.ew; }
+fn de_add(row: u32, j: u32, v: f32) {
+    let i = de_row(row) + j;
+    bws[i] = S(f32(bws[i]) + v);
+}
 fn dx_add(row: u32, k: u32, v: f32) {
     let i = packed(row) * p.inw + k;
     dxin[i] = S(f32(dxin[i]) + v);

@@ -39,10 +39,10 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, n + j, df);
         dxp_set(row, 2u * n + j, dr);
         dx_add(row, j, dh * (1.0 - rg));
-        de_set(row, j, df * cp);
-        de_set(row, n + j, dr * cp);
-        de_set(row, 2u * n + j, df);
-        de_set(row, 3u * n + j, dr);
+        de_add(row, j, df * cp);
+        de_add(row, n + j, dr * cp);
+        de_add(row, 2u * n + j, df);
+        de_add(row, 3u * n + j, dr);
         ds_set(row, j, dcn * f + df * e(j) + dr * e(n + j));
     }
 }

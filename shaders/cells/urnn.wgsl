@@ -72,7 +72,7 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, n + j, dzi);
         dr_set(row, j, dzr);
         dr_set(row, n + j, dzi);
-        de_set(row, j, db);
+        de_add(row, j, db);
         ds_set(row, j, 0.0);
         ds_set(row, n + j, 0.0);
     }

@@ -39,7 +39,9 @@
 //! S]` (each row's states concatenated in the cell's order) in the layout's *sorted* order,
 //! read and written in place; a scratch buffer (products forward, tape gradients backward);
 //! per inner layer its output; backward a workspace `[dxp | dr | de]` cleared per
-//! layer-direction, the input gradient per inner layer, and the weight gradients in the
+//! layer-direction (`de`, the pointwise parameters' terms, one row per batch row summed over
+//! the steps in place; per packed row with f16 storage), the input gradient per inner layer,
+//! and the weight gradients in the
 //! weights' layout. No buffer is bound twice in one dispatch where one binding writes.
 //!
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
@@ -756,6 +758,9 @@ struct Shape<'a> {
     wxt_len: usize,
     rt_len: usize,
     bws_len: usize,
+    /// Rows of the backward's `de`: the batch's (each step's terms added in place, f32
+    /// storage) or every packed row's (f16 storage, whose sums stay in f32: summed after).
+    de_rows: usize,
 }
 
 impl<'a> Shape<'a> {
@@ -765,12 +770,14 @@ impl<'a> Shape<'a> {
         let dims: Vec<Dims> = (0..cfg.num_layers).map(|l| Dims::new(cfg, l)).collect::<Result<_>>()?;
         let (woffs, weight_elems) = slot_layout(cfg);
         let max = |f: &dyn Fn(&Dims) -> usize| dims.iter().map(f).max().unwrap_or(0);
+        let de_rows = if cfg.precision == Precision::F16 { n } else { b };
         let mut sh = Shape {
             scr_len: max(&|x| (b * x.rw.max(x.lay.tape)).max(x.derived.as_ref().map_or(0, |d| d.scratch))),
             pin_len: max(&|x| x.pin_len(b)),
             wxt_len: max(&|x| x.lay.xp * x.inw),
             rt_len: max(&|x| if x.unit { 0 } else { x.lay.stages.iter().flatten().map(|p| (p.rows * p.k).next_multiple_of(4)).sum() }),
-            bws_len: if training { max(&|x| n * (x.lay.xp + x.rw + x.lay.de_width())) } else { 0 },
+            bws_len: if training { max(&|x| n * (x.lay.xp + x.rw) + de_rows * x.lay.de_width()) } else { 0 },
+            de_rows,
             ctx,
             cfg,
             layout,
@@ -1325,7 +1332,7 @@ impl<'a> Shape<'a> {
                 let k = layer * self.d + dir;
                 let tp = Buf::Tape(k);
                 bwd.push(Op::Clear(Buf::Bws, self.f4(self.bws_len)));
-                let mut cp = CellParams { dtape_off: 0, dxp_off: offs.0 as u32, dr_off: offs.1 as u32, de_off: offs.2 as u32, ..dm.params(cfg, k, dir, (self.b, n, true), self.out_w, &self.woffs[k]) };
+                let mut cp = CellParams { dtape_off: 0, dxp_off: offs.0 as u32, dr_off: offs.1 as u32, de_off: offs.2 as u32, de_acc: (cfg.precision != Precision::F16) as u32, ..dm.params(cfg, k, dir, (self.b, n, true), self.out_w, &self.woffs[k]) };
                 if let Some(run) = self.loop_grad_run {
                     self.loop_steps(bl, &mut bwd, dm, (k, dir, true), &cp, run, (x, dy, tp))?;
                     self.weight_gradients(bl, &mut bwd, dm, k, offs, (x, dx, tp))?;
@@ -1410,7 +1417,7 @@ impl<'a> Shape<'a> {
         if lay.pointwise > 0 {
             let at = slot_at(wo, Slot::Pointwise, "pointwise parameters")?;
             for b in lay.grad_blocks() {
-                bl.colsum(ops, n, b.len, Buf::Bws, de_off + b.de, lay.de_width(), Buf::GradWeights, at + b.param);
+                bl.colsum(ops, self.de_rows, b.len, Buf::Bws, de_off + b.de, lay.de_width(), Buf::GradWeights, at + b.param);
             }
         }
         Ok(())

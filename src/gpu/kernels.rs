@@ -640,7 +640,7 @@ pub struct CellParams {
     pub dxp_off: u32,
     /// Backward: offset of `dr [N, rw]` in the backward workspace.
     pub dr_off: u32,
-    /// Backward: offset of `de [N, ew]` in the backward workspace.
+    /// Backward: offset of `de` (`[B, ew]` or `[N, ew]`, `de_acc`) in the backward workspace.
     pub de_off: u32,
     /// Regularisers (dropout, zoneout): the mask stream's seed.
     pub seed: u32,
@@ -692,6 +692,9 @@ pub struct CellParams {
     pub q_off: u32,
     /// Row stride of its input.
     pub q_ld: u32,
+    /// Backward: 1 when `de` holds one row per batch row, each step's terms added (f32
+    /// storage); 0: one row per packed row (`[N, ew]`, f16 storage), summed after the loop.
+    pub de_acc: u32,
 }
 
 impl Default for CellParams {
