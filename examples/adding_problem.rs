@@ -262,8 +262,8 @@ impl Trainer {
     /// initial states.
     fn record_forward(&self, enc: &mut wgpu::CommandEncoder, plan: &Plan) -> Result<()> {
         let l = &self.layer;
-        let states_n: Vec<&wgpu::Buffer> = l.states_n.iter().map(|b| &**b).collect();
-        plan.record_forward(enc, &ForwardBuffers { weights: &l.weights, input: &self.x, output: &self.output, states0: &[], states_n: &states_n, counter: None })
+        let states_n: Vec<wgpu::BufferSlice<'_>> = l.states_n.iter().map(|b| b.slice(..)).collect();
+        plan.record_forward(enc, &ForwardBuffers { weights: l.weights.slice(..), input: self.x.slice(..), output: self.output.slice(..), states0: &[], states_n: &states_n, counter: None })
     }
 
     /// One training step: forward, head, loss, backward, Adam. One submit, no readback.
@@ -273,19 +273,19 @@ impl Trainer {
         let mut enc = self.ctx.device.create_command_encoder(&Default::default());
         self.record_forward(&mut enc, &l.train)?;
         self.mid.record(&mut enc);
-        let grad_states0: Vec<&wgpu::Buffer> = l.grad_states0.iter().map(|b| &**b).collect();
+        let grad_states0: Vec<wgpu::BufferSlice<'_>> = l.grad_states0.iter().map(|b| b.slice(..)).collect();
         l.train.record_backward(
             &mut enc,
             &BackwardBuffers {
-                weights: &l.weights,
-                input: &self.x,
-                output: &self.output,
+                weights: l.weights.slice(..),
+                input: self.x.slice(..),
+                output: self.output.slice(..),
                 states0: &[],
-                grad_output: &l.grad_output,
+                grad_output: l.grad_output.slice(..),
                 grad_states_n: &[],
-                grad_input: &self.grad_input,
+                grad_input: self.grad_input.slice(..),
                 grad_states0: &grad_states0,
-                grad_weights: &self.grad_weights,
+                grad_weights: self.grad_weights.slice(..),
                 counter: None,
             },
         )?;

@@ -247,29 +247,29 @@ impl Model {
             None
         };
         let set = &self.states[if train { 0 } else { 1 }];
-        let states0: Vec<Option<&wgpu::Buffer>> = set.iter().map(|(s0, _)| Some(&**s0)).collect();
-        let states_n: Vec<&wgpu::Buffer> = set.iter().map(|(_, sn)| &**sn).collect();
-        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|g| &**g).collect();
+        let states0: Vec<Option<wgpu::BufferSlice<'_>>> = set.iter().map(|(s0, _)| Some(s0.slice(..))).collect();
+        let states_n: Vec<wgpu::BufferSlice<'_>> = set.iter().map(|(_, sn)| sn.slice(..)).collect();
+        let grad_states0: Vec<wgpu::BufferSlice<'_>> = self.grad_states0.iter().map(|g| g.slice(..)).collect();
         let plan = if train { &self.train_plan } else { &self.eval_plan };
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
         let w = self.rnn.weights_buffer();
-        plan.record_forward(&mut enc, &ForwardBuffers { weights: w, input: &self.x, output: &self.out, states0: &states0, states_n: &states_n, counter: None })?;
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: w.slice(..), input: self.x.slice(..), output: self.out.slice(..), states0: &states0, states_n: &states_n, counter: None })?;
         if let Some(post) = &post {
             self.mid_train.record(&mut enc);
             plan.record_backward(
                 &mut enc,
                 &BackwardBuffers {
-                    weights: w,
-                    input: &self.x,
-                    output: &self.out,
+                    weights: w.slice(..),
+                    input: self.x.slice(..),
+                    output: self.out.slice(..),
                     states0: &states0,
-                    grad_output: &self.dout,
+                    grad_output: self.dout.slice(..),
                     grad_states_n: &[],
-                    grad_input: &self.gi,
+                    grad_input: self.gi.slice(..),
                     grad_states0: &grad_states0,
-                    grad_weights: &self.gw,
+                    grad_weights: self.gw.slice(..),
                     counter: None,
                 },
             )?;
@@ -434,13 +434,13 @@ fn sample_gpu(ctx: &Arc<Context>, f: &TensorFile, cfg: &RnnConfig, chars: &[char
     let head = upload(ctx, "head", &head)?;
     let (x, top, logits) = (storage(ctx, "x_t", e)?, storage(ctx, "top", cfg.hidden_size)?, storage(ctx, "logits", v)?);
     let states = plan.state_elems().into_iter().map(|n| storage(ctx, "state", n)).collect::<Result<Vec<_>>>()?;
-    let states: Vec<&wgpu::Buffer> = states.iter().map(|s| &**s).collect();
+    let states: Vec<wgpu::BufferSlice<'_>> = states.iter().map(|s| s.slice(..)).collect();
     let mut hb = OpBuilder::new(ctx);
     hb.linear_forward(LinearShape { rows: 1, input: cfg.hidden_size, output: v }, &top, &head, &logits)?;
     let head_prog = hb.build()?;
     let step = |enc: &mut wgpu::CommandEncoder, id: usize| -> Result<()> {
         enc.copy_buffer_to_buffer(&table, (id * e * 4) as u64, &x, 0, (e * 4) as u64);
-        plan.record_step(enc, &StepBuffers { weights: &weights, input: &x, states: &states, output: &top })
+        plan.record_step(enc, &StepBuffers { weights: weights.slice(..), input: x.slice(..), states: &states, output: top.slice(..) })
     };
     let mut out = String::from(prime);
     let feed = prime_ids(chars, prime);

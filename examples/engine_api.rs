@@ -58,25 +58,25 @@ fn run(ctx: &std::sync::Arc<Context>, device: &wgpu::Device, mode: Mode) -> Resu
     let grad_output = init(&grad_output_host);
     let (grad_input, grad_weights) = (empty(n * cfg.input_size), empty(flat.len()));
     let grad_states0 = per_state("initial-state gradients");
-    let states_n: Vec<&wgpu::Buffer> = states_n.iter().collect();
-    let grad_states0: Vec<&wgpu::Buffer> = grad_states0.iter().collect();
+    let states_n: Vec<wgpu::BufferSlice<'_>> = states_n.iter().map(|b| b.slice(..)).collect();
+    let grad_states0: Vec<wgpu::BufferSlice<'_>> = grad_states0.iter().map(|b| b.slice(..)).collect();
 
     // 4. Prepare once (uploads the per-dispatch parameters), then record into our encoder.
     let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x)?, Pass::Training)?;
     let mut encoder = device.create_command_encoder(&Default::default());
-    plan.record_forward(&mut encoder, &ForwardBuffers { weights: &weights, input: &input, output: &output, states0: &[], states_n: &states_n, counter: None })?;
+    plan.record_forward(&mut encoder, &ForwardBuffers { weights: weights.slice(..), input: input.slice(..), output: output.slice(..), states0: &[], states_n: &states_n, counter: None })?;
     plan.record_backward(
         &mut encoder,
         &BackwardBuffers {
-            weights: &weights,
-            input: &input,
-            output: &output,
+            weights: weights.slice(..),
+            input: input.slice(..),
+            output: output.slice(..),
             states0: &[],
-            grad_output: &grad_output,
+            grad_output: grad_output.slice(..),
             grad_states_n: &[],
-            grad_input: &grad_input,
+            grad_input: grad_input.slice(..),
             grad_states0: &grad_states0,
-            grad_weights: &grad_weights,
+            grad_weights: grad_weights.slice(..),
             counter: None,
         },
     )?;

@@ -454,23 +454,23 @@ impl Model {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         pre.record(&mut enc);
-        let states_n: Vec<&wgpu::Buffer> = std::iter::once(&p.hn).chain(&p.others_n).map(|b| &**b).collect();
-        let grad_states0: Vec<&wgpu::Buffer> = p.gs0.iter().map(|b| &**b).collect();
-        plan.record_forward(&mut enc, &ForwardBuffers { weights, input: &p.x, output: &p.out, states0: &[], states_n: &states_n, counter: None })?;
+        let states_n: Vec<wgpu::BufferSlice<'_>> = std::iter::once(&p.hn).chain(&p.others_n).map(|b| b.slice(..)).collect();
+        let grad_states0: Vec<wgpu::BufferSlice<'_>> = p.gs0.iter().map(|b| b.slice(..)).collect();
+        plan.record_forward(&mut enc, &ForwardBuffers { weights: weights.slice(..), input: p.x.slice(..), output: p.out.slice(..), states0: &[], states_n: &states_n, counter: None })?;
         mid.record(&mut enc);
         if train {
             plan.record_backward(
                 &mut enc,
                 &BackwardBuffers {
-                    weights,
-                    input: &p.x,
-                    output: &p.out,
+                    weights: weights.slice(..),
+                    input: p.x.slice(..),
+                    output: p.out.slice(..),
                     states0: &[],
-                    grad_output: &p.zeros,
-                    grad_states_n: &[Some(&p.dhn)],
-                    grad_input: &p.gi,
+                    grad_output: p.zeros.slice(..),
+                    grad_states_n: &[Some(p.dhn.slice(..))],
+                    grad_input: p.gi.slice(..),
                     grad_states0: &grad_states0,
-                    grad_weights: &p.gw,
+                    grad_weights: p.gw.slice(..),
                     counter: None,
                 },
             )?;

@@ -391,9 +391,10 @@ impl GpuRig {
     /// Records a forward (or a training forward and backward) into `enc`.
     pub fn record(&self, enc: &mut wgpu::CommandEncoder, training: bool) -> Result<()> {
         let b = &self.bufs;
-        let states_n: Vec<&wgpu::Buffer> = self.states_n.iter().map(|b| &**b).collect();
-        let grad_states0: Vec<&wgpu::Buffer> = self.grad_states0.iter().map(|b| &**b).collect();
-        let fb = ForwardBuffers { weights: self.rnn.weights_buffer(), input: &b[0], output: &b[1], states0: &[], states_n: &states_n, counter: None };
+        let states_n: Vec<wgpu::BufferSlice<'_>> = self.states_n.iter().map(|b| b.slice(..)).collect();
+        let grad_states0: Vec<wgpu::BufferSlice<'_>> = self.grad_states0.iter().map(|b| b.slice(..)).collect();
+        let weights = self.rnn.weights_buffer().slice(..);
+        let fb = ForwardBuffers { weights, input: b[0].slice(..), output: b[1].slice(..), states0: &[], states_n: &states_n, counter: None };
         if !training {
             return self.fwd_plan.record_forward(enc, &fb);
         }
@@ -401,15 +402,15 @@ impl GpuRig {
         self.train_plan.record_backward(
             enc,
             &BackwardBuffers {
-                weights: self.rnn.weights_buffer(),
-                input: &b[0],
-                output: &b[1],
+                weights,
+                input: b[0].slice(..),
+                output: b[1].slice(..),
                 states0: &[],
-                grad_output: &b[2],
+                grad_output: b[2].slice(..),
                 grad_states_n: &[],
-                grad_input: &b[3],
+                grad_input: b[3].slice(..),
                 grad_states0: &grad_states0,
-                grad_weights: &b[4],
+                grad_weights: b[4].slice(..),
                 counter: None,
             },
         )

@@ -202,26 +202,26 @@ pub fn exercise(data: &[u8]) -> &'static str {
         _ => ns,
     }
     .min(2);
-    let states0: Vec<Option<&wgpu::Buffer>> = (0..count(0)).map(|i| (input.given & (1 << i) != 0).then(|| buf(7 + 4 * i))).collect();
-    let states_n: Vec<&wgpu::Buffer> = (0..count(1)).map(|i| buf(8 + 4 * i)).collect();
-    let grad_states_n: Vec<Option<&wgpu::Buffer>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i))).collect();
-    let grad_states0: Vec<&wgpu::Buffer> = (0..count(3)).map(|i| buf(10 + 4 * i)).collect();
-    let counter = (input.dropout || input.zoneout).then(|| buf(6));
+    let states0: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(0)).map(|i| (input.given & (1 << i) != 0).then(|| buf(7 + 4 * i).slice(..))).collect();
+    let states_n: Vec<wgpu::BufferSlice<'_>> = (0..count(1)).map(|i| buf(8 + 4 * i).slice(..)).collect();
+    let grad_states_n: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i).slice(..))).collect();
+    let grad_states0: Vec<wgpu::BufferSlice<'_>> = (0..count(3)).map(|i| buf(10 + 4 * i).slice(..)).collect();
+    let counter = (input.dropout || input.zoneout).then(|| buf(6).slice(..));
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let fwd = ForwardBuffers { weights: buf(0), input: buf(1), output: buf(2), states0: &states0, states_n: &states_n, counter };
+    let fwd = ForwardBuffers { weights: buf(0).slice(..), input: buf(1).slice(..), output: buf(2).slice(..), states0: &states0, states_n: &states_n, counter };
     let mut all_ok = plan.record_forward(&mut enc, &fwd).is_ok();
     if input.training {
         let bwd = BackwardBuffers {
-            weights: buf(0),
-            input: buf(1),
-            output: buf(2),
+            weights: buf(0).slice(..),
+            input: buf(1).slice(..),
+            output: buf(2).slice(..),
             states0: &states0,
-            grad_output: buf(3),
+            grad_output: buf(3).slice(..),
             grad_states_n: &grad_states_n,
-            grad_input: buf(4),
+            grad_input: buf(4).slice(..),
             grad_states0: &grad_states0,
-            grad_weights: buf(5),
+            grad_weights: buf(5).slice(..),
             counter,
         };
         all_ok &= plan.record_backward(&mut enc, &bwd).is_ok();
@@ -311,10 +311,10 @@ fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'stat
         Defect::Slice { longer, .. } => if longer { ns + 1 } else { ns - 1 },
         _ => ns,
     };
-    let states: Vec<&wgpu::Buffer> = (0..count).map(|i| &bufs[role[3 + i.min(ns - 1)]]).collect();
+    let states: Vec<wgpu::BufferSlice<'_>> = (0..count).map(|i| bufs[role[3 + i.min(ns - 1)]].slice(..)).collect();
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let ok = plan.record_step(&mut enc, &StepBuffers { weights: &bufs[role[0]], input: &bufs[role[1]], states: &states, output: &bufs[role[2]] }).is_ok();
+    let ok = plan.record_step(&mut enc, &StepBuffers { weights: bufs[role[0]].slice(..), input: bufs[role[1]].slice(..), states: &states, output: bufs[role[2]].slice(..) }).is_ok();
     ctx.queue.submit([enc.finish()]);
     let error = pollster::block_on(scope.pop());
     let must_refuse = match defect {

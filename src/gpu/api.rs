@@ -294,10 +294,10 @@ impl GpuRnn {
         let finals: Vec<TrackedBuffer> = sizes.iter().map(|&e| storage_at(ctx, "final state", e, prec)).collect::<Result<_>>()?;
         let output = storage_at(ctx, "output", n * c.output_size(), prec)?;
         let counter = upload(ctx, "step counter", &[draw.counter as f32, 0.0, 0.0, 0.0])?;
-        let given_refs: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| Some(&**g)).collect();
-        let final_refs: Vec<&wgpu::Buffer> = finals.iter().map(|f| &**f).collect();
+        let given_refs: Vec<Option<wgpu::BufferSlice<'_>>> = given.iter().map(|g| Some(g.slice(..))).collect();
+        let final_refs: Vec<wgpu::BufferSlice<'_>> = finals.iter().map(|f| f.slice(..)).collect();
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn forward") });
-        let bufs = ForwardBuffers { weights: &self.weights, input: &input, output: &output, states0: &given_refs, states_n: &final_refs, counter: Some(&counter) };
+        let bufs = ForwardBuffers { weights: self.weights.slice(..), input: input.slice(..), output: output.slice(..), states0: &given_refs, states_n: &final_refs, counter: Some(counter.slice(..)) };
         plan.record_forward(&mut enc, &bufs)?;
         let mut rb = Readback::new();
         rb.copy_stored(ctx, &mut enc, &output, n * c.output_size(), prec)?;
@@ -556,21 +556,21 @@ impl GpuRnn {
         let g0: Vec<TrackedBuffer> = sizes.iter().map(|&e| storage_at(ctx, "initial state gradient", e, prec)).collect::<Result<_>>()?;
         let gi = storage_at(ctx, "grad_input", n * c.input_size, prec)?;
         let gw = storage_at(ctx, "grad_weights", plan.weight_elems(), prec)?;
-        let s0: Vec<Option<&wgpu::Buffer>> = rec.states0.iter().map(|s| Some(&**s)).collect();
-        let gn: Vec<Option<&wgpu::Buffer>> = given.iter().map(|g| g.as_deref()).collect();
-        let g0r: Vec<&wgpu::Buffer> = g0.iter().map(|g| &**g).collect();
+        let s0: Vec<Option<wgpu::BufferSlice<'_>>> = rec.states0.iter().map(|s| Some(s.slice(..))).collect();
+        let gn: Vec<Option<wgpu::BufferSlice<'_>>> = given.iter().map(|g| g.as_ref().map(|g| g.slice(..))).collect();
+        let g0r: Vec<wgpu::BufferSlice<'_>> = g0.iter().map(|g| g.slice(..)).collect();
         let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn backward") });
         let bufs = BackwardBuffers {
-            weights: &self.weights,
-            input: &rec.input,
-            output: &rec.output,
+            weights: self.weights.slice(..),
+            input: rec.input.slice(..),
+            output: rec.output.slice(..),
             states0: &s0,
-            grad_output: &go,
+            grad_output: go.slice(..),
             grad_states_n: &gn,
-            grad_input: &gi,
+            grad_input: gi.slice(..),
             grad_states0: &g0r,
-            grad_weights: &gw,
-            counter: Some(&rec.counter),
+            grad_weights: gw.slice(..),
+            counter: Some(rec.counter.slice(..)),
         };
         plan.record_backward(&mut enc, &bufs)?;
         let mut rb = Readback::new();

@@ -150,6 +150,8 @@ pub struct Context {
     lost: Arc<OnceLock<String>>,
     /// The largest storage binding (bytes) the library plans for (see [`Context::set_binding_limit`]).
     binding_limit: AtomicU64,
+    /// Every storage binding read-write ([`Context::with_shared_buffers`]).
+    shared: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -213,14 +215,19 @@ impl Context {
             ..Default::default()
         }))
         .map_err(|e| Error::NoAdapter(format!("request_device on {}: {e}", info.name)))?;
-        Self::build(device, queue, info)
+        Self::build(device, queue, info, false)
     }
 
     /// Wraps a caller's device and queue. `info` describes its adapter when known (for
     /// reports); the device's own limits are used. The context sets the device's lost
     /// callback (replacing the caller's) so that it can answer [`Error::DeviceLost`].
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue, info: Option<wgpu::AdapterInfo>) -> Result<Arc<Self>> {
-        let info = info.unwrap_or_else(|| wgpu::AdapterInfo {
+        Self::build(device, queue, Self::caller_info(info), false)
+    }
+
+    /// The caller's adapter info, or a placeholder naming the caller's device.
+    fn caller_info(info: Option<wgpu::AdapterInfo>) -> wgpu::AdapterInfo {
+        info.unwrap_or_else(|| wgpu::AdapterInfo {
             name: "caller's device".into(),
             vendor: 0,
             device: 0,
@@ -233,14 +240,30 @@ impl Context {
             subgroup_max_size: 0,
             transient_saves_memory: None,
             limit_bucket: None,
-        });
-        Self::build(device, queue, info)
+        })
+    }
+
+    /// As [`Context::from_device`], for a device whose tensors share buffers: a pooling
+    /// allocator's (burn's, cubecl's), which places many tensors in one buffer. Every storage
+    /// binding of every kernel is then read-write (the pool's own kernels do the same), so
+    /// slices of one buffer may be bound as a read role and a written role in one dispatch,
+    /// which wgpu refuses for a read-only binding beside a read-write one. They still may
+    /// not overlap (`Error::BufferAliasing`). A read-only binding can be faster on some
+    /// drivers: use [`Context::from_device`] where each tensor has a buffer of its own.
+    pub fn with_shared_buffers(device: wgpu::Device, queue: wgpu::Queue, info: Option<wgpu::AdapterInfo>) -> Result<Arc<Self>> {
+        Self::build(device, queue, Self::caller_info(info), true)
+    }
+
+    /// Whether slices of one buffer may be read and written in one dispatch
+    /// ([`Context::with_shared_buffers`]).
+    pub fn shares_buffers(&self) -> bool {
+        self.shared
     }
 
     /// Wraps the device. The context installs its own device-lost callback (replacing one a
     /// caller set on a device passed to [`Context::from_device`]) so that it can refuse work
     /// on a lost device with [`Error::DeviceLost`].
-    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo) -> Result<Arc<Self>> {
+    fn build(device: wgpu::Device, queue: wgpu::Queue, info: wgpu::AdapterInfo, shared: bool) -> Result<Arc<Self>> {
         let limits = device.limits();
         if limits.max_storage_buffers_per_shader_stage < super::kernels::MAX_STORAGE_BINDINGS {
             return Err(Error::Limit(format!(
@@ -255,8 +278,8 @@ impl Context {
             let _ = flag.set(if message.is_empty() { format!("{reason:?}") } else { format!("{reason:?}: {message}") });
         });
         let scope = ErrorScope::push(&device);
-        let layouts = Layouts::new(&device);
-        let modules = Modules::new(&device);
+        let layouts = Layouts::new(&device, shared);
+        let modules = Modules::new(&device, shared);
         scope.pop()?;
         let align = limits.min_uniform_buffer_offset_alignment.max(1);
         let param_stride = super::kernels::MAX_PARAM_BYTES.div_ceil(align) * align;
@@ -274,6 +297,7 @@ impl Context {
             lost,
             binding_limit: AtomicU64::new(limits.max_storage_buffer_binding_size),
             limits,
+            shared,
         }))
     }
 

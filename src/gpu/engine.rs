@@ -25,28 +25,38 @@ use std::sync::Arc;
 /// config's [`crate::Precision`] (f32, or f16: sizes checked in f16 elements, rounded up to 4
 /// bytes), row-major.
 ///
+/// Each is a slice of a buffer (`buffer.slice(..)` for a whole one): a tensor that lives
+/// inside a larger allocation, as a framework's pooled tensors do, is bound where it lies,
+/// with no copy. A slice must start at a multiple of the device's
+/// `min_storage_buffer_offset_alignment` (256 bytes on most devices) and hold at least the
+/// role's elements; it may be larger. Slices of one buffer may fill several roles where none
+/// of them overlaps a written one (`Error::BufferAliasing`); on a context made with
+/// [`super::Context::with_shared_buffers`] even a written one beside read ones, as a pool
+/// places them (otherwise wgpu refuses one buffer bound for reading and writing in one
+/// dispatch, when the encoder is finished).
+///
 /// Every buffer must come from the plan's device. wgpu cannot be asked for a buffer's device,
 /// and a buffer of another `wgpu::Instance` is known by an id that indexes this device's own
 /// buffers: it is not refused here and may stand for another buffer (`tests/it/reliability_gpu.rs`,
 /// `engine_plan_does_not_panic_on_buffers_of_another_device`).
 pub struct ForwardBuffers<'a> {
     /// Flat parameters ([`super::flat_weights`]; [`super::weight_elems`] elements).
-    pub weights: &'a wgpu::Buffer,
+    pub weights: wgpu::BufferSlice<'a>,
     /// `[N, I]` packed input rows.
-    pub input: &'a wgpu::Buffer,
+    pub input: wgpu::BufferSlice<'a>,
     /// `[N, D*H_out]` packed output rows (written).
-    pub output: &'a wgpu::Buffer,
+    pub output: wgpu::BufferSlice<'a>,
     /// The initial states, in the cell's state order: entry i is `[L*D, B, S_i]` in the
     /// caller's batch order, zeros when `None` or absent (`&[]`: every state zero). At most
     /// one entry per state.
-    pub states0: &'a [Option<&'a wgpu::Buffer>],
+    pub states0: &'a [Option<wgpu::BufferSlice<'a>>],
     /// The final states (written): one `[L*D, B, S_i]` per state, each sequence's state at its
     /// own last step, in the caller's batch order.
-    pub states_n: &'a [&'a wgpu::Buffer],
+    pub states_n: &'a [wgpu::BufferSlice<'a>],
     /// The regularisers' step counter: an f32 step count at element 0 (an optimiser's state
     /// buffer, `gpu::train::Optimizer::state_buffer`, so every step draws new masks), or 0
     /// when `None`. Read only by a config with dropout or zoneout.
-    pub counter: Option<&'a wgpu::Buffer>,
+    pub counter: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// The caller's buffers for a backward: the forward's inputs and output unchanged since the
@@ -54,25 +64,25 @@ pub struct ForwardBuffers<'a> {
 /// gradients go.
 pub struct BackwardBuffers<'a> {
     /// Flat parameters, as the forward had them.
-    pub weights: &'a wgpu::Buffer,
+    pub weights: wgpu::BufferSlice<'a>,
     /// `[N, I]` packed input rows, as the forward had them.
-    pub input: &'a wgpu::Buffer,
+    pub input: wgpu::BufferSlice<'a>,
     /// `[N, D*H_out]`, the training forward's output.
-    pub output: &'a wgpu::Buffer,
+    pub output: wgpu::BufferSlice<'a>,
     /// The initial states as the forward had them (the same entries).
-    pub states0: &'a [Option<&'a wgpu::Buffer>],
+    pub states0: &'a [Option<wgpu::BufferSlice<'a>>],
     /// `[N, D*H_out]`.
-    pub grad_output: &'a wgpu::Buffer,
+    pub grad_output: wgpu::BufferSlice<'a>,
     /// The gradients of the final states, per state (zeros when `None` or absent).
-    pub grad_states_n: &'a [Option<&'a wgpu::Buffer>],
+    pub grad_states_n: &'a [Option<wgpu::BufferSlice<'a>>],
     /// `[N, I]` (written; needs `COPY_DST`).
-    pub grad_input: &'a wgpu::Buffer,
+    pub grad_input: wgpu::BufferSlice<'a>,
     /// The gradients of the initial states (written): one per state.
-    pub grad_states0: &'a [&'a wgpu::Buffer],
+    pub grad_states0: &'a [wgpu::BufferSlice<'a>],
     /// Flat, the weights' layout (written, every element; needs `COPY_DST`).
-    pub grad_weights: &'a wgpu::Buffer,
+    pub grad_weights: wgpu::BufferSlice<'a>,
     /// The step counter the forward read (its value unchanged since).
-    pub counter: Option<&'a wgpu::Buffer>,
+    pub counter: Option<wgpu::BufferSlice<'a>>,
 }
 
 /// A prepared forward (and, in training, backward) of any registered cell for one config and

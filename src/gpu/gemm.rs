@@ -108,7 +108,7 @@ impl MatMul {
         }
         // Bindings: A, B, C, the bias (B when none), B and A again as vec4s.
         let scope = super::context::ErrorScope::push(&self.ctx.device);
-        let bg = record::bind_group(&self.ctx, self.kernel, &self.params, &[a, b, c, bias.unwrap_or(b), b, a]);
+        let bg = record::bind_group(&self.ctx, self.kernel, &self.params, &[a, b, c, bias.unwrap_or(b), b, a].map(|x| x.slice(..)));
         scope.pop()?;
         let mut rec = Recorder::begin(encoder, "wgpu-rnn gemm", None);
         for _ in 0..reps {

@@ -471,25 +471,25 @@ impl CellPlan {
     }
 
     /// `buf` holds `elems` elements in the plan's precision.
-    fn check(&self, what: &str, buf: &wgpu::Buffer, elems: usize) -> Result<()> {
+    fn check(&self, what: &str, buf: wgpu::BufferSlice<'_>, elems: usize) -> Result<()> {
         record::check_stored(&self.ctx, what, buf, elems, self.cfg.precision)
     }
 
     /// The caller's step counter, checked, or the plan's zero.
-    fn counter<'a>(&'a self, given: Option<&'a wgpu::Buffer>) -> Result<&'a wgpu::Buffer> {
-        let counter = given.unwrap_or(&self.own[&Buf::ZeroCounter]);
+    fn counter<'a>(&'a self, given: Option<wgpu::BufferSlice<'a>>) -> Result<wgpu::BufferSlice<'a>> {
+        let counter = given.unwrap_or_else(|| self.own[&Buf::ZeroCounter].slice(..));
         record::check_buffer(&self.ctx, "counter", counter, 1)?;
         Ok(counter)
     }
 
     /// Checks the caller's per-state buffers: at most one entry per state going in (`given`,
     /// each `[L*D, B, S_i]`), exactly one per state coming out.
-    fn check_states_io(&self, given: &[Option<&wgpu::Buffer>], out: &[&wgpu::Buffer], names: (&str, &str)) -> Result<()> {
+    fn check_states_io(&self, given: &[Option<wgpu::BufferSlice<'_>>], out: &[wgpu::BufferSlice<'_>], names: (&str, &str)) -> Result<()> {
         super::engine::check_counts(&self.cfg, given.len(), out.len(), names)?;
         let states = self.cfg.states();
         for (i, st) in states.iter().enumerate() {
             if let Some(Some(g)) = given.get(i) {
-                self.check(&format!("{}{}", st.name, names.0), g, self.states_io.elems[i])?;
+                self.check(&format!("{}{}", st.name, names.0), *g, self.states_io.elems[i])?;
             }
             self.check(&format!("{}{}", st.name, names.1), out[i], self.states_io.elems[i])?;
         }
@@ -498,7 +498,7 @@ impl CellPlan {
 
     /// The ops of one recording: the clears, the gathers in of the states the caller gives, the
     /// pass, the gathers out.
-    fn with_states<'a>(clear: &'a [Op], gathers_in: &'a [(usize, Op)], given: &[Option<&wgpu::Buffer>], pass: &'a [Op], out: &'a [Op]) -> Vec<&'a Op> {
+    fn with_states<'a>(clear: &'a [Op], gathers_in: &'a [(usize, Op)], given: &[Option<wgpu::BufferSlice<'_>>], pass: &'a [Op], out: &'a [Op]) -> Vec<&'a Op> {
         let given_in = gathers_in.iter().filter(|(i, _)| given.get(*i).copied().flatten().is_some()).map(|(_, op)| op);
         clear.iter().chain(given_in).chain(pass).chain(out).collect()
     }
@@ -516,7 +516,7 @@ impl CellPlan {
         let mut roles = vec![("weights", Some(bufs.weights), self.derives), ("input", Some(bufs.input), false), ("counter", Some(counter), false), ("output", Some(bufs.output), true)];
         roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
         roles.extend(bufs.states_n.iter().map(|g| ("final state", Some(*g), true)));
-        record::check_aliasing(&roles)?;
+        record::check_aliasing(&self.ctx, &roles)?;
         let io = &self.states_io;
         let ops = Self::with_states(&io.clear, &io.fwd_in, bufs.states0, &self.forward_ops, &io.fwd_out);
         let resolve = |b: Buf| match b {
@@ -526,7 +526,7 @@ impl CellPlan {
             Buf::Counter => counter,
             Buf::Given(i) => bufs.states0[i as usize].expect("gathered only when given"),
             Buf::Final(i) => bufs.states_n[i as usize],
-            own => &*self.own[&own],
+            own => self.own[&own].slice(..),
         };
         self.record(encoder, &ops, &resolve, "wgpu-rnn cells forward")
     }
@@ -534,17 +534,17 @@ impl CellPlan {
     /// Records one forward whose states go in and come out in the same per-state buffers
     /// (each read by the gather in, written by the gather out: never both in one dispatch):
     /// [`StepPlan`]'s step.
-    fn record_in_place(&self, encoder: &mut wgpu::CommandEncoder, weights: &wgpu::Buffer, input: &wgpu::Buffer, output: &wgpu::Buffer, states: &[&wgpu::Buffer]) -> Result<()> {
+    fn record_in_place(&self, encoder: &mut wgpu::CommandEncoder, weights: wgpu::BufferSlice<'_>, input: wgpu::BufferSlice<'_>, output: wgpu::BufferSlice<'_>, states: &[wgpu::BufferSlice<'_>]) -> Result<()> {
         self.ctx.check_alive()?;
         self.check("weights", weights, self.weight_elems)?;
         self.check("input", input, self.n * self.cfg.input_size)?;
         self.check("output", output, self.n * self.cfg.output_size())?;
-        let given: Vec<Option<&wgpu::Buffer>> = states.iter().map(|s| Some(*s)).collect();
+        let given: Vec<Option<wgpu::BufferSlice<'_>>> = states.iter().map(|s| Some(*s)).collect();
         self.check_states_io(&given, states, ("", ""))?;
         let counter = self.counter(None)?;
         let mut roles = vec![("weights", Some(weights), self.derives), ("input", Some(input), false), ("output", Some(output), true)];
         roles.extend(states.iter().map(|s| ("state", Some(*s), true)));
-        record::check_aliasing(&roles)?;
+        record::check_aliasing(&self.ctx, &roles)?;
         let io = &self.states_io;
         let ops = Self::with_states(&io.clear, &io.fwd_in, &given, &self.forward_ops, &io.fwd_out);
         let resolve = |b: Buf| match b {
@@ -553,7 +553,7 @@ impl CellPlan {
             Buf::Output => output,
             Buf::Counter => counter,
             Buf::Given(i) | Buf::Final(i) => states[i as usize],
-            own => &*self.own[&own],
+            own => self.own[&own].slice(..),
         };
         self.record(encoder, &ops, &resolve, "wgpu-rnn cells step")
     }
@@ -577,8 +577,9 @@ impl CellPlan {
         self.check_states_io(bufs.states0, bufs.grad_states0, ("0", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
         for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
-            if !b.usage().contains(wgpu::BufferUsages::COPY_DST) {
-                return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward clears it with (has {:?})", b.usage())));
+            let usage = b.buffer().usage();
+            if !usage.contains(wgpu::BufferUsages::COPY_DST) {
+                return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward clears it with (has {usage:?})")));
             }
         }
         let counter = self.counter(bufs.counter)?;
@@ -597,7 +598,7 @@ impl CellPlan {
         roles.extend(bufs.states0.iter().map(|g| ("initial state", *g, false)));
         roles.extend(bufs.grad_states_n.iter().map(|g| ("final state gradient", *g, false)));
         roles.extend(bufs.grad_states0.iter().map(|g| ("initial state gradient", Some(*g), true)));
-        record::check_aliasing(&roles)?;
+        record::check_aliasing(&self.ctx, &roles)?;
         let io = &self.states_io;
         let ops = Self::with_states(&io.grad_clear, &io.bwd_in, bufs.grad_states_n, &self.backward_ops, &io.bwd_out);
         let resolve = |b: Buf| match b {
@@ -609,12 +610,12 @@ impl CellPlan {
             Buf::Counter => counter,
             Buf::Given(i) => bufs.grad_states_n[i as usize].expect("gathered only when given"),
             Buf::Final(i) => bufs.grad_states0[i as usize],
-            own => &*self.own[&own],
+            own => self.own[&own].slice(..),
         };
         self.record(encoder, &ops, &resolve, "wgpu-rnn cells backward")
     }
 
-    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[&Op], resolve: &dyn Fn(Buf) -> &'a wgpu::Buffer, label: &str) -> Result<()> {
+    fn record<'a>(&'a self, encoder: &mut wgpu::CommandEncoder, ops: &[&Op], resolve: &dyn Fn(Buf) -> wgpu::BufferSlice<'a>, label: &str) -> Result<()> {
         // One bind group per family and buffer list, the parameter blocks at binding 0.
         let scope = ErrorScope::push(&self.ctx.device);
         let dispatches = ops.iter().filter_map(|op| match op {
@@ -630,7 +631,8 @@ impl CellPlan {
             match op {
                 Op::Clear(b, bytes) => {
                     drop(rec.take());
-                    encoder.clear_buffer(resolve(*b), 0, Some(*bytes));
+                    let s = resolve(*b);
+                    encoder.clear_buffer(s.buffer(), s.offset(), Some(*bytes));
                 }
                 Op::Dispatch { kernel, param_off, groups: g, .. } => {
                     let bg = &groups[*next.next().ok_or_else(|| Error::Gpu("a dispatch without its bind group".into()))?];
@@ -654,18 +656,19 @@ pub struct StepPlan {
     plan: CellPlan,
 }
 
-/// The caller's buffers for one [`StepPlan`] step (the config's [`Precision`], row-major).
+/// The caller's buffers for one [`StepPlan`] step (the config's [`Precision`], row-major):
+/// slices, as [`super::ForwardBuffers`]' (alignment, sizes, sharing alike).
 pub struct StepBuffers<'a> {
     /// Flat parameters ([`flat_weights`]).
-    pub weights: &'a wgpu::Buffer,
+    pub weights: wgpu::BufferSlice<'a>,
     /// `[B, I]`: this step's input.
-    pub input: &'a wgpu::Buffer,
+    pub input: wgpu::BufferSlice<'a>,
     /// One buffer per state of the cell, in its order ([`RnnConfig::states`]), each
     /// `[L, B, S_i]` in batch order (the engine plan's convention): read as the previous
     /// states and overwritten with the new ones.
-    pub states: &'a [&'a wgpu::Buffer],
+    pub states: &'a [wgpu::BufferSlice<'a>],
     /// `[B, H_out]`: the top layer's output at this step (written).
-    pub output: &'a wgpu::Buffer,
+    pub output: wgpu::BufferSlice<'a>,
 }
 
 impl StepPlan {

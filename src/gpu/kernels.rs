@@ -423,12 +423,24 @@ pub fn runtime_checks() -> bool {
 pub(crate) struct Modules {
     f32: Vec<(Family, wgpu::ShaderModule)>,
     f16: std::sync::Mutex<Vec<(Family, wgpu::ShaderModule)>>,
+    /// Every storage binding read-write ([`super::Context::with_shared_buffers`]).
+    shared: bool,
 }
 
-fn create_module(device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
+/// `source` with every storage binding read-write (a context with
+/// [`super::Context::with_shared_buffers`]), or as it is.
+fn bindings_as(source: String, shared: bool) -> String {
+    if shared {
+        source.replace("var<storage, read>", "var<storage, read_write>")
+    } else {
+        source
+    }
+}
+
+fn create_module(device: &wgpu::Device, f: Family, precision: Precision, shared: bool) -> wgpu::ShaderModule {
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
-        source: wgpu::ShaderSource::Wgsl(f.source_at(precision).into()),
+        source: wgpu::ShaderSource::Wgsl(bindings_as(f.source_at(precision), shared).into()),
     };
     if runtime_checks() {
         device.create_shader_module(desc)
@@ -441,10 +453,11 @@ fn create_module(device: &wgpu::Device, f: Family, precision: Precision) -> wgpu
 }
 
 impl Modules {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    pub(crate) fn new(device: &wgpu::Device, shared: bool) -> Self {
         Modules {
-            f32: Family::all().iter().filter(|f| f.module_family() == **f).map(|&f| (f, create_module(device, f, Precision::F32))).collect(),
+            f32: Family::all().iter().filter(|f| f.module_family() == **f).map(|&f| (f, create_module(device, f, Precision::F32, shared))).collect(),
             f16: std::sync::Mutex::new(Vec::new()),
+            shared,
         }
     }
 
@@ -460,7 +473,7 @@ impl Modules {
                 if let Some((_, m)) = v.iter().find(|(g, _)| *g == f) {
                     return m.clone();
                 }
-                let m = create_module(device, f, Precision::F16);
+                let m = create_module(device, f, Precision::F16, self.shared);
                 v.push((f, m.clone()));
                 m
             }
@@ -472,7 +485,9 @@ impl Modules {
 pub(crate) struct Layouts(Vec<(Family, wgpu::BindGroupLayout, wgpu::PipelineLayout)>);
 
 impl Layouts {
-    pub(crate) fn new(device: &wgpu::Device) -> Self {
+    /// The layouts; with `shared` every storage binding read-write
+    /// ([`super::Context::with_shared_buffers`]).
+    pub(crate) fn new(device: &wgpu::Device, shared: bool) -> Self {
         Layouts(
             Family::all()
                 .iter()
@@ -492,7 +507,7 @@ impl Layouts {
                             binding: i as u32 + 1,
                             visibility: wgpu::ShaderStages::COMPUTE,
                             ty: wgpu::BindingType::Buffer {
-                                ty: wgpu::BufferBindingType::Storage { read_only: !rw },
+                                ty: wgpu::BufferBindingType::Storage { read_only: !(rw || shared) },
                                 has_dynamic_offset: false,
                                 min_binding_size: None,
                             },

@@ -57,14 +57,15 @@ impl ParamBlocks {
 /// The bind group of a dispatch of `kernel`: `params` at binding 0 (one block wide; the block
 /// is chosen by the dynamic offset at dispatch), then `bufs` at bindings 1.. in the order of
 /// the kernel family's layout. Call inside an error scope.
-pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, bufs: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, bufs: &[wgpu::BufferSlice<'_>]) -> wgpu::BindGroup {
     let fam = kernel.family();
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
     }];
-    for (i, buf) in bufs.iter().enumerate() {
-        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: buf.as_entire_binding() });
+    for (i, s) in bufs.iter().enumerate() {
+        let binding = wgpu::BufferBinding { buffer: s.buffer(), offset: s.offset(), size: std::num::NonZeroU64::new(s.size()) };
+        entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(binding) });
     }
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries })
 }
@@ -115,46 +116,64 @@ impl<'e> Recorder<'e> {
     }
 }
 
-/// [`Error::BufferAliasing`] when one buffer is bound to two roles and at least one of
-/// them is written (`(role, buffer, written)`); read-only roles may share a buffer. A
-/// dispatch binding one buffer as read-only and read-write storage is a usage conflict
-/// that wgpu reports only when the caller finishes the encoder.
-pub(crate) fn check_aliasing(roles: &[(&str, Option<&wgpu::Buffer>, bool)]) -> Result<()> {
-    for (i, &(a, ba, wa)) in roles.iter().enumerate() {
-        for &(b, bb, wb) in &roles[i + 1..] {
-            if let (Some(x), Some(y)) = (ba, bb) {
-                if (wa || wb) && x == y {
-                    let role = |r: &str, w: bool| format!("{r} ({})", if w { "written" } else { "read" });
-                    return Err(Error::BufferAliasing(format!("one buffer is bound as {} and as {}", role(a, wa), role(b, wb))));
-                }
+/// [`Error::BufferAliasing`] when two roles (`(role, slice, written)`) share bytes and at
+/// least one of them is written, or, on a context without
+/// [`Context::with_shared_buffers`], share a buffer at all and one of them is written: a
+/// dispatch binding one buffer as read-only and read-write storage is a usage conflict that
+/// wgpu reports only when the caller finishes the encoder. Read-only roles may share
+/// anything.
+pub(crate) fn check_aliasing(ctx: &Context, roles: &[(&str, Option<wgpu::BufferSlice<'_>>, bool)]) -> Result<()> {
+    for (i, &(a, sa, wa)) in roles.iter().enumerate() {
+        for &(b, sb, wb) in &roles[i + 1..] {
+            let (Some(x), Some(y)) = (sa, sb) else { continue };
+            if !(wa || wb) || x.buffer() != y.buffer() {
+                continue;
+            }
+            let overlap = x.offset() < y.offset() + y.size() && y.offset() < x.offset() + x.size();
+            let role = |r: &str, w: bool, s: wgpu::BufferSlice<'_>| format!("{r} ({}, bytes {}..{})", if w { "written" } else { "read" }, s.offset(), s.offset() + s.size());
+            if overlap {
+                return Err(Error::BufferAliasing(format!("one buffer's bytes are bound as {} and as {}", role(a, wa, x), role(b, wb, y))));
+            }
+            if !ctx.shares_buffers() {
+                return Err(Error::BufferAliasing(format!(
+                    "one buffer is bound as {} and as {}: slices of one buffer read and written in one dispatch need a context made with Context::with_shared_buffers",
+                    role(a, wa, x),
+                    role(b, wb, y)
+                )));
             }
         }
     }
     Ok(())
 }
 
-/// Checks a caller's buffer bound as `what` to hold `elems` f32: large enough, with
-/// `STORAGE` usage, within one storage binding of the device.
-pub(crate) fn check_buffer(ctx: &Context, what: &str, b: &wgpu::Buffer, elems: usize) -> Result<()> {
-    check_stored(ctx, what, b, elems, crate::precision::Precision::F32)
+/// Checks a caller's slice bound as `what` to hold `elems` f32: see [`check_stored`].
+pub(crate) fn check_buffer(ctx: &Context, what: &str, s: wgpu::BufferSlice<'_>, elems: usize) -> Result<()> {
+    check_stored(ctx, what, s, elems, crate::precision::Precision::F32)
 }
 
-/// [`check_buffer`] for `elems` elements stored in `precision`; the size must cover them
-/// rounded up to 4 bytes (what a clear or copy of them touches).
-pub(crate) fn check_stored(ctx: &Context, what: &str, b: &wgpu::Buffer, elems: usize, precision: crate::precision::Precision) -> Result<()> {
+/// Checks a caller's slice bound as `what` to hold `elems` elements stored in `precision`:
+/// large enough (the elements rounded up to 4 bytes, what a clear or copy of them touches),
+/// starting at a multiple of the device's storage offset alignment, its buffer with
+/// `STORAGE` usage, within one storage binding of the device.
+pub(crate) fn check_stored(ctx: &Context, what: &str, s: wgpu::BufferSlice<'_>, elems: usize, precision: crate::precision::Precision) -> Result<()> {
     let bytes = precision.bytes();
-    if b.size() < (elems * bytes).next_multiple_of(4) as u64 {
+    if s.size() < (elems * bytes).next_multiple_of(4) as u64 {
         return Err(Error::ShapeMismatch {
             what: format!("{what} buffer ({precision} elements)"),
             expected: vec![elems],
-            got: vec![(b.size() / bytes as u64) as usize],
+            got: vec![(s.size() / bytes as u64) as usize],
         });
     }
-    if !b.usage().contains(wgpu::BufferUsages::STORAGE) {
-        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {:?})", b.usage())));
+    let usage = s.buffer().usage();
+    if !usage.contains(wgpu::BufferUsages::STORAGE) {
+        return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::STORAGE (has {usage:?})")));
     }
-    if b.size() > ctx.binding_limit() {
-        return Err(Error::Limit(format!("{what} buffer of {} bytes exceeds the device's storage binding size", b.size())));
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment.max(1));
+    if s.offset() % align != 0 {
+        return Err(Error::Gpu(format!("{what} slice starts at byte {}, not a multiple of the device's min_storage_buffer_offset_alignment ({align})", s.offset())));
+    }
+    if s.size() > ctx.binding_limit() {
+        return Err(Error::Limit(format!("{what} slice of {} bytes exceeds the device's storage binding size", s.size())));
     }
     Ok(())
 }
@@ -166,13 +185,13 @@ pub(crate) fn bind_groups<'r, 'b, R: Copy + Eq + Hash + 'r>(
     ctx: &Context,
     params: &wgpu::Buffer,
     dispatches: impl Iterator<Item = (Kernel, &'r [R])>,
-    resolve: &dyn Fn(R) -> &'b wgpu::Buffer,
+    resolve: &dyn Fn(R) -> wgpu::BufferSlice<'b>,
 ) -> (Vec<wgpu::BindGroup>, Vec<usize>) {
     let mut index: HashMap<(super::kernels::Family, &'r [R]), usize> = HashMap::new();
     let (mut groups, mut of_op) = (Vec::new(), Vec::new());
     for (kernel, roles) in dispatches {
         let i = *index.entry((kernel.family(), roles)).or_insert_with(|| {
-            let bufs: Vec<&wgpu::Buffer> = roles.iter().map(|&r| resolve(r)).collect();
+            let bufs: Vec<wgpu::BufferSlice<'b>> = roles.iter().map(|&r| resolve(r)).collect();
             groups.push(bind_group(ctx, kernel, params, &bufs));
             groups.len() - 1
         });

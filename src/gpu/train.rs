@@ -523,17 +523,17 @@ impl OpBuilder {
         for (op, &offset) in self.ops.iter().zip(&offsets) {
             let rw = op.kernel.family().storage_bindings();
             let mut next_dummy = 0;
-            let bufs: Vec<&wgpu::Buffer> = op
+            let bufs: Vec<wgpu::BufferSlice<'_>> = op
                 .bufs
                 .iter()
                 .enumerate()
                 .map(|(j, b)| match b {
-                    Some(b) => b,
+                    Some(b) => b.slice(..),
                     None if rw[j] => {
                         next_dummy += 1;
-                        &*dummies[next_dummy]
+                        dummies[next_dummy].slice(..)
                     }
-                    None => &*dummies[0],
+                    None => dummies[0].slice(..),
                 })
                 .collect();
             let bg = record::bind_group(&ctx, op.kernel, &params, &bufs);

@@ -172,23 +172,23 @@ pub(crate) fn engine_run(
     let gw = nan("gw", plan.weight_elems());
     let mut enc = dev.create_command_encoder(&Default::default());
     let ns = cfg.states().len();
-    let states0 = [h0b.as_ref(), c0b.as_ref()];
-    let states_n: Vec<&wgpu::Buffer> = std::iter::once(&hn).chain(cn.as_ref()).collect();
-    let grad_states_n = [ghnb.as_ref(), gcnb.as_ref()];
-    let grad_states0: Vec<&wgpu::Buffer> = std::iter::once(&gh0).chain(gc0.as_ref()).collect();
-    plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &states0[..ns], states_n: &states_n, counter: None }).unwrap();
+    let states0 = [h0b.as_ref().map(|b| b.slice(..)), c0b.as_ref().map(|b| b.slice(..))];
+    let states_n: Vec<wgpu::BufferSlice<'_>> = std::iter::once(&hn).chain(cn.as_ref()).map(|b| b.slice(..)).collect();
+    let grad_states_n = [ghnb.as_ref().map(|b| b.slice(..)), gcnb.as_ref().map(|b| b.slice(..))];
+    let grad_states0: Vec<wgpu::BufferSlice<'_>> = std::iter::once(&gh0).chain(gc0.as_ref()).map(|b| b.slice(..)).collect();
+    plan.record_forward(&mut enc, &ForwardBuffers { weights: wb.slice(..), input: xb.slice(..), output: out.slice(..), states0: &states0[..ns], states_n: &states_n, counter: None }).unwrap();
     plan.record_backward(
         &mut enc,
         &BackwardBuffers {
-            weights: &wb,
-            input: &xb,
-            output: &out,
+            weights: wb.slice(..),
+            input: xb.slice(..),
+            output: out.slice(..),
             states0: &states0[..ns],
-            grad_output: &gob,
+            grad_output: gob.slice(..),
             grad_states_n: &grad_states_n[..ns],
-            grad_input: &gi,
+            grad_input: gi.slice(..),
             grad_states0: &grad_states0,
-            grad_weights: &gw,
+            grad_weights: gw.slice(..),
             counter: None,
         },
     )
@@ -483,26 +483,26 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
     let small = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 16, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
     let big = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &small, output: &big, states0: &[], states_n: &[&big], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: small.slice(..), output: big.slice(..), states0: &[], states_n: &[big.slice(..)], counter: None });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "input too small");
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[Some(&big), None], states_n: &[&big], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[Some(big.slice(..)), None], states_n: &[big.slice(..)], counter: None });
     assert!(matches!(r, Err(Error::InvalidConfig(_))), "two initial states for a cell with one");
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[], states_n: &[], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[], states_n: &[], counter: None });
     assert!(matches!(r, Err(Error::InvalidConfig(_))), "no final-state buffer");
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[Some(&small)], states_n: &[&big], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[Some(small.slice(..))], states_n: &[big.slice(..)], counter: None });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "h0 too small");
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &big, states0: &[], states_n: &[&big], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[], states_n: &[big.slice(..)], counter: None });
     assert!(matches!(r, Err(Error::BufferAliasing(_))), "output and h_n one buffer: {r:?}");
     // A buffer that cannot be bound as storage is a typed error, not a validation panic.
     let uniform = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::UNIFORM, mapped_at_creation: false });
     let hn = ctx.device.create_buffer(&wgpu::BufferDescriptor { label: None, size: 4096, usage: wgpu::BufferUsages::STORAGE, mapped_at_creation: false });
-    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &big, input: &big, output: &uniform, states0: &[], states_n: &[&hn], counter: None });
+    let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: big.slice(..), input: big.slice(..), output: uniform.slice(..), states0: &[], states_n: &[hn.slice(..)], counter: None });
     assert!(matches!(r, Err(Error::Gpu(_))), "{r:?}");
     let r = plan.record_backward(
         &mut enc,
         &BackwardBuffers {
-            weights: &big, input: &big, output: &big, states0: &[], grad_output: &big, grad_states_n: &[],
-            grad_input: &big, grad_states0: &[&big], grad_weights: &big, counter: None,
+            weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[], grad_output: big.slice(..), grad_states_n: &[],
+            grad_input: big.slice(..), grad_states0: &[big.slice(..)], grad_weights: big.slice(..), counter: None,
         },
     );
     assert!(matches!(r, Err(Error::NotTraining)));

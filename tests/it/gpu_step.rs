@@ -57,14 +57,14 @@ fn step_against_whole(ctx: &std::sync::Arc<Context>, cfg: &RnnConfig, g: &mut im
     assert_eq!(plan.state_elems(), widths.iter().map(|w| cfg.num_layers * b * w).collect::<Vec<_>>());
     let wbuf = init(ctx, &flat_weights(&w));
     let sbufs: Vec<wgpu::Buffer> = s0.iter().map(|v| init(ctx, v)).collect();
-    let sref: Vec<&wgpu::Buffer> = sbufs.iter().collect();
+    let sref: Vec<wgpu::BufferSlice<'_>> = sbufs.iter().map(|b| b.slice(..)).collect();
     let i = cfg.input_size;
     let xs: Vec<wgpu::Buffer> = (0..t).map(|s| init(ctx, &x[s * b * i..(s + 1) * b * i])).collect();
     let ho = cfg.output_size();
     let outs: Vec<wgpu::Buffer> = (0..t).map(|_| empty(ctx, b * ho)).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     for s in 0..t {
-        plan.record_step(&mut enc, &StepBuffers { weights: &wbuf, input: &xs[s], states: &sref, output: &outs[s] }).unwrap();
+        plan.record_step(&mut enc, &StepBuffers { weights: wbuf.slice(..), input: xs[s].slice(..), states: &sref, output: outs[s].slice(..) }).unwrap();
     }
     let mut rb = Readback::new();
     for o in &outs {
@@ -121,23 +121,23 @@ fn cell_plan_recorded_twice_gives_the_same_bits() {
         let state_len = |s: &wgpu_rnn::cells::StateDef| cfg.state_shape(s, b).iter().product::<usize>();
         let obuf = empty(ctx, n * cfg.output_size());
         let (sn, gs0): (Vec<_>, Vec<_>) = cfg.states().iter().map(|s| (empty(ctx, state_len(s)), empty(ctx, state_len(s)))).unzip();
-        let (sn, gs0): (Vec<&wgpu::Buffer>, Vec<&wgpu::Buffer>) = (sn.iter().collect(), gs0.iter().collect());
+        let (sn, gs0): (Vec<wgpu::BufferSlice<'_>>, Vec<wgpu::BufferSlice<'_>>) = (sn.iter().map(|b| b.slice(..)).collect(), gs0.iter().map(|b| b.slice(..)).collect());
         let gobuf = init(ctx, &cast::<f64, f32>(&uniform(&mut g, n * cfg.output_size(), 1.0)));
         let (dxbuf, dwbuf) = (empty(ctx, n * 5), empty(ctx, plan.weight_elems()));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
         let mut rb = Readback::new();
         for _ in 0..2 {
-            plan.record_forward(&mut enc, &ForwardBuffers { weights: &wbuf, input: &xbuf, output: &obuf, states0: &[], states_n: &sn, counter: None }).unwrap();
+            plan.record_forward(&mut enc, &ForwardBuffers { weights: wbuf.slice(..), input: xbuf.slice(..), output: obuf.slice(..), states0: &[], states_n: &sn, counter: None }).unwrap();
             let bb = BackwardBuffers {
-                weights: &wbuf,
-                input: &xbuf,
-                output: &obuf,
+                weights: wbuf.slice(..),
+                input: xbuf.slice(..),
+                output: obuf.slice(..),
                 states0: &[],
-                grad_output: &gobuf,
+                grad_output: gobuf.slice(..),
                 grad_states_n: &[],
-                grad_input: &dxbuf,
+                grad_input: dxbuf.slice(..),
                 grad_states0: &gs0,
-                grad_weights: &dwbuf,
+                grad_weights: dwbuf.slice(..),
                 counter: None,
             };
             plan.record_backward(&mut enc, &bb).unwrap();
@@ -175,18 +175,18 @@ fn step_plan_refuses_bad_buffers_and_configs() {
     let (x, h, c, o) = (empty(ctx, 8), empty(ctx, e[0]), empty(ctx, e[1]), empty(ctx, 16));
     let small = empty(ctx, 4);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &small], output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: w.slice(..), input: x.slice(..), states: &[h.slice(..), small.slice(..)], output: o.slice(..) });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &small, input: &x, states: &[&h, &c], output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: small.slice(..), input: x.slice(..), states: &[h.slice(..), c.slice(..)], output: o.slice(..) });
     assert!(matches!(r, Err(Error::ShapeMismatch { .. })), "{r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h], output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: w.slice(..), input: x.slice(..), states: &[h.slice(..)], output: o.slice(..) });
     assert!(matches!(r, Err(Error::InvalidConfig(_))), "one state buffer for an LSTM: {r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &c], output: &h });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: w.slice(..), input: x.slice(..), states: &[h.slice(..), c.slice(..)], output: h.slice(..) });
     assert!(matches!(r, Err(Error::BufferAliasing(_))), "{r:?}");
-    let r = plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &h], output: &o });
+    let r = plan.record_step(&mut enc, &StepBuffers { weights: w.slice(..), input: x.slice(..), states: &[h.slice(..), h.slice(..)], output: o.slice(..) });
     assert!(matches!(r, Err(Error::BufferAliasing(_))), "h and c one buffer: {r:?}");
     // A good step still records after the refusals, and the encoder finishes cleanly.
-    plan.record_step(&mut enc, &StepBuffers { weights: &w, input: &x, states: &[&h, &c], output: &o }).unwrap();
+    plan.record_step(&mut enc, &StepBuffers { weights: w.slice(..), input: x.slice(..), states: &[h.slice(..), c.slice(..)], output: o.slice(..) }).unwrap();
     ctx.queue.submit([enc.finish()]);
     ctx.wait().unwrap();
 }
@@ -208,18 +208,18 @@ fn plan_backward_needs_clearable_gradient_buffers() {
     });
     let (w, xb, out, go, gx) = (empty(ctx, plan.weight_elems()), init(ctx, &x.data), empty(ctx, 4 * 8), empty(ctx, 4 * 8), empty(ctx, 16));
     let gs: Vec<wgpu::Buffer> = cfg.states().iter().map(|s| empty(ctx, cfg.state_shape(s, 2).iter().product())).collect();
-    let gs: Vec<&wgpu::Buffer> = gs.iter().collect();
+    let gs: Vec<wgpu::BufferSlice<'_>> = gs.iter().map(|b| b.slice(..)).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     let bb = BackwardBuffers {
-        weights: &w,
-        input: &xb,
-        output: &out,
+        weights: w.slice(..),
+        input: xb.slice(..),
+        output: out.slice(..),
         states0: &[],
-        grad_output: &go,
+        grad_output: go.slice(..),
         grad_states_n: &[],
-        grad_input: &gx,
+        grad_input: gx.slice(..),
         grad_states0: &gs,
-        grad_weights: &storage_only,
+        grad_weights: storage_only.slice(..),
         counter: None,
     };
     assert!(matches!(plan.record_backward(&mut enc, &bb), Err(Error::Gpu(_))), "{mode}");

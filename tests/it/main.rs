@@ -24,4 +24,5 @@ mod shaders;
 mod train;
 mod urnn;
 mod weights_io;
+mod slices;
 mod splitting;

@@ -160,13 +160,14 @@ impl EngineBufs {
     }
 
     /// A forward's roles: output, [h0, c0], [h_n, c_n].
-    fn forward<'a>(&'a self, output: &'a wgpu::Buffer, states0: &'a [Option<&'a wgpu::Buffer>], states_n: &'a [&'a wgpu::Buffer]) -> ForwardBuffers<'a> {
-        ForwardBuffers { weights: &self.w, input: &self.x, output, states0, states_n, counter: None }
+    fn forward<'a>(&'a self, output: wgpu::BufferSlice<'a>, states0: &'a [Option<wgpu::BufferSlice<'a>>], states_n: &'a [wgpu::BufferSlice<'a>]) -> ForwardBuffers<'a> {
+        ForwardBuffers { weights: self.w.slice(..), input: self.x.slice(..), output, states0, states_n, counter: None }
     }
 
     /// A backward's roles: grad_input, grad_weights, [grad_h0, grad_c0]; the rest fixed.
-    fn backward<'a>(&'a self, states0: &'a [Option<&'a wgpu::Buffer>], grad_states_n: &'a [Option<&'a wgpu::Buffer>], grad_input: &'a wgpu::Buffer, grad_weights: &'a wgpu::Buffer, grad_states0: &'a [&'a wgpu::Buffer]) -> BackwardBuffers<'a> {
-        BackwardBuffers { weights: &self.w, input: &self.x, output: &self.out, states0, grad_output: &self.go, grad_states_n, grad_input, grad_states0, grad_weights, counter: None }
+    #[allow(clippy::too_many_arguments)]
+    fn backward<'a>(&'a self, states0: &'a [Option<wgpu::BufferSlice<'a>>], grad_states_n: &'a [Option<wgpu::BufferSlice<'a>>], grad_input: wgpu::BufferSlice<'a>, grad_weights: wgpu::BufferSlice<'a>, grad_states0: &'a [wgpu::BufferSlice<'a>]) -> BackwardBuffers<'a> {
+        BackwardBuffers { weights: self.w.slice(..), input: self.x.slice(..), output: self.out.slice(..), states0, grad_output: self.go.slice(..), grad_states_n, grad_input, grad_states0, grad_weights, counter: None }
     }
 }
 
@@ -191,15 +192,15 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
         let mut enc = ctx.device.create_command_encoder(&Default::default());
 
         let b = &bufs;
-        let s0 = [Some(&b.h0), Some(&b.c0)];
+        let s0 = [Some(b.h0.slice(..)), Some(b.c0.slice(..))];
         // (what, output, [h0, c0], [h_n, c_n])
-        let forward_cases: [(&str, &wgpu::Buffer, [Option<&wgpu::Buffer>; 2], [&wgpu::Buffer; 2]); 6] = [
-            ("output = input", &b.x, s0, [&b.hn, &b.cn]),
-            ("h_n = output", &b.out, s0, [&b.out, &b.cn]),
-            ("c_n = h_n", &b.out, s0, [&b.hn, &b.hn]),
-            ("h_n = weights", &b.out, s0, [&b.w, &b.cn]),
-            ("c_n = h0", &b.out, s0, [&b.hn, &b.h0]),
-            ("output = c0", &b.c0, s0, [&b.hn, &b.cn]),
+        let forward_cases: [(&str, wgpu::BufferSlice<'_>, [Option<wgpu::BufferSlice<'_>>; 2], [wgpu::BufferSlice<'_>; 2]); 6] = [
+            ("output = input", b.x.slice(..), s0, [b.hn.slice(..), b.cn.slice(..)]),
+            ("h_n = output", b.out.slice(..), s0, [b.out.slice(..), b.cn.slice(..)]),
+            ("c_n = h_n", b.out.slice(..), s0, [b.hn.slice(..), b.hn.slice(..)]),
+            ("h_n = weights", b.out.slice(..), s0, [b.w.slice(..), b.cn.slice(..)]),
+            ("c_n = h0", b.out.slice(..), s0, [b.hn.slice(..), b.h0.slice(..)]),
+            ("output = c0", b.c0.slice(..), s0, [b.hn.slice(..), b.cn.slice(..)]),
         ];
         for (what, output, states0, states_n) in forward_cases {
             match plan.record_forward(&mut enc, &b.forward(output, &states0, &states_n)) {
@@ -207,16 +208,16 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
                 r => panic!("forward with {what}: expected BufferAliasing, got {r:?}"),
             }
         }
-        let gsn = [Some(&b.ghn), Some(&b.gcn)];
+        let gsn = [Some(b.ghn.slice(..)), Some(b.gcn.slice(..))];
         // (what, grad_input, grad_weights, [grad_h0, grad_c0])
-        let backward_cases: [(&str, &wgpu::Buffer, &wgpu::Buffer, [&wgpu::Buffer; 2]); 7] = [
-            ("grad_input = grad_output", &b.go, &b.gw, [&b.gh0, &b.gc0]),
-            ("grad_weights = weights", &b.gi, &b.w, [&b.gh0, &b.gc0]),
-            ("grad_h0 = h0", &b.gi, &b.gw, [&b.h0, &b.gc0]),
-            ("grad_c0 = grad_h0", &b.gi, &b.gw, [&b.gh0, &b.gh0]),
-            ("grad_input = output", &b.out, &b.gw, [&b.gh0, &b.gc0]),
-            ("grad_h0 = grad_c_n", &b.gi, &b.gw, [&b.gcn, &b.gc0]),
-            ("grad_weights = input", &b.gi, &b.x, [&b.gh0, &b.gc0]),
+        let backward_cases: [(&str, wgpu::BufferSlice<'_>, wgpu::BufferSlice<'_>, [wgpu::BufferSlice<'_>; 2]); 7] = [
+            ("grad_input = grad_output", b.go.slice(..), b.gw.slice(..), [b.gh0.slice(..), b.gc0.slice(..)]),
+            ("grad_weights = weights", b.gi.slice(..), b.w.slice(..), [b.gh0.slice(..), b.gc0.slice(..)]),
+            ("grad_h0 = h0", b.gi.slice(..), b.gw.slice(..), [b.h0.slice(..), b.gc0.slice(..)]),
+            ("grad_c0 = grad_h0", b.gi.slice(..), b.gw.slice(..), [b.gh0.slice(..), b.gh0.slice(..)]),
+            ("grad_input = output", b.out.slice(..), b.gw.slice(..), [b.gh0.slice(..), b.gc0.slice(..)]),
+            ("grad_h0 = grad_c_n", b.gi.slice(..), b.gw.slice(..), [b.gcn.slice(..), b.gc0.slice(..)]),
+            ("grad_weights = input", b.gi.slice(..), b.x.slice(..), [b.gh0.slice(..), b.gc0.slice(..)]),
         ];
         for (what, gi, gw, gs0) in backward_cases {
             match plan.record_backward(&mut enc, &b.backward(&s0, &gsn, gi, gw, &gs0)) {
@@ -230,7 +231,7 @@ fn engine_api_refuses_a_buffer_bound_to_two_roles_where_one_is_written() {
         // Read-only roles may share a buffer: h0 and c0 from one buffer, and grad_h_n from
         // the same values; the results match the CPU given the same values twice.
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        plan.record_forward(&mut enc, &bufs.forward(&bufs.out, &[Some(&bufs.h0), Some(&bufs.h0)], &[&bufs.hn, &bufs.cn])).unwrap();
+        plan.record_forward(&mut enc, &bufs.forward(bufs.out.slice(..), &[Some(bufs.h0.slice(..)), Some(bufs.h0.slice(..))], &[bufs.hn.slice(..), bufs.cn.slice(..)])).unwrap();
         let mut rb = Readback::new();
         rb.copy(ctx, &mut enc, &bufs.out, x.rows() * 4).unwrap();
         rb.copy(ctx, &mut enc, &bufs.cn, 2 * 4).unwrap();
@@ -284,7 +285,7 @@ fn lost_device_calls(ctx: &Arc<Context>) {
     lost("backward", rnn.backward(&tape, &go, &[]).map(drop));
     lost("Plan::new", Plan::new(ctx, &cfg, &layout, Pass::Training).map(drop));
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &[], states_n: &[&hn], counter: None }));
+    lost("record_forward", plan.record_forward(&mut enc, &ForwardBuffers { weights: wb.slice(..), input: xb.slice(..), output: out.slice(..), states0: &[], states_n: &[hn.slice(..)], counter: None }));
     let mut rb = Readback::new();
     lost("Readback::copy", rb.copy(ctx, &mut enc, &big, 16).map(drop));
     lost("Readback::submit_and_read", Readback::new().submit_and_read(ctx, enc).map(drop));
@@ -342,7 +343,7 @@ fn timeout_calls(ctx: &Arc<Context>) {
     {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
+        let bufs = ForwardBuffers { weights: rnn.weights_buffer().slice(..), input: xb.slice(..), output: out.slice(..), states0: &[], states_n: &[hn.slice(..), cn.slice(..)], counter: None };
         plan.record_forward(&mut enc, &bufs).unwrap();
         ctx.queue.submit([enc.finish()]);
     }
@@ -433,7 +434,7 @@ fn destroy_in_flight(ctx: &Arc<Context>) {
     let plan = Plan::new(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference).unwrap();
     let (xb, out, hn, cn) = (upload(ctx, "x", &x.data).unwrap(), storage(ctx, "out", x.rows() * 256).unwrap(), storage(ctx, "hn", 32 * 256).unwrap(), storage(ctx, "cn", 32 * 256).unwrap());
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let bufs = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
+    let bufs = ForwardBuffers { weights: rnn.weights_buffer().slice(..), input: xb.slice(..), output: out.slice(..), states0: &[], states_n: &[hn.slice(..), cn.slice(..)], counter: None };
     plan.record_forward(&mut enc, &bufs).unwrap();
     ctx.queue.submit([enc.finish()]);
     // Around 100 ms of work queued on lavapipe; destroyed before it ends.
@@ -607,11 +608,11 @@ fn engine_plan_does_not_panic_on_buffers_of_another_device() {
             let plan = Plan::new(&home, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference).unwrap();
             let w = Weights::<f32>::init_uniform(&cfg, 1).unwrap();
             let states: Vec<wgpu_rnn::gpu::TrackedBuffer> = cfg.states().iter().map(|s| storage(&away, "state", cfg.state_shape(s, 2).iter().product()).unwrap()).collect();
-            let states: Vec<&wgpu::Buffer> = states.iter().map(|b| &**b).collect();
+            let states: Vec<wgpu::BufferSlice<'_>> = states.iter().map(|b| b.slice(..)).collect();
             let (wb, xb, out) = (upload(&away, "w", &wgpu_rnn::gpu::flat_weights(&w)).unwrap(), upload(&away, "x", &x.data).unwrap(), storage(&away, "out", x.rows() * 4).unwrap());
             let mut enc = home.device.create_command_encoder(&Default::default());
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let recorded = plan.record_forward(&mut enc, &ForwardBuffers { weights: &wb, input: &xb, output: &out, states0: &[], states_n: &states, counter: None });
+                let recorded = plan.record_forward(&mut enc, &ForwardBuffers { weights: wb.slice(..), input: xb.slice(..), output: out.slice(..), states0: &[], states_n: &states, counter: None });
                 (recorded, finish_in_scope(&home, enc))
             }));
             match r {

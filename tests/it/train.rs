@@ -313,19 +313,19 @@ fn train_tiny(ctx: &Arc<Context>, steps: usize) -> (Vec<f32>, Vec<f32>) {
     for _ in 0..steps {
         let _serial = ctx.exclusive();
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let fb = ForwardBuffers { weights: rnn.weights_buffer(), input: &xb, output: &out, states0: &[], states_n: &[&hn, &cn], counter: None };
+        let fb = ForwardBuffers { weights: rnn.weights_buffer().slice(..), input: xb.slice(..), output: out.slice(..), states0: &[], states_n: &[hn.slice(..), cn.slice(..)], counter: None };
         plan.record_forward(&mut enc, &fb).unwrap();
         mid.record(&mut enc);
         let bb = BackwardBuffers {
-            weights: rnn.weights_buffer(),
-            input: &xb,
-            output: &out,
+            weights: rnn.weights_buffer().slice(..),
+            input: xb.slice(..),
+            output: out.slice(..),
             states0: &[],
-            grad_output: &zeros,
-            grad_states_n: &[Some(&dhn)],
-            grad_input: &gi,
-            grad_states0: &[&gh0, &gc0],
-            grad_weights: &gw,
+            grad_output: zeros.slice(..),
+            grad_states_n: &[Some(dhn.slice(..))],
+            grad_input: gi.slice(..),
+            grad_states0: &[gh0.slice(..), gc0.slice(..)],
+            grad_weights: gw.slice(..),
             counter: None,
         };
         plan.record_backward(&mut enc, &bb).unwrap();

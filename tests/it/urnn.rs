@@ -226,7 +226,7 @@ fn the_weights_buffer_is_a_written_role_for_a_derived_matrix() {
         let plan = Plan::new(ctx, &cfg, &layout, Pass::Inference).unwrap();
         let (shared, out, hn) = (buf(4096), buf(4096), buf(4096));
         let mut enc = ctx.device.create_command_encoder(&Default::default());
-        let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: &shared, input: &shared, output: &out, states0: &[], states_n: &[&hn], counter: None });
+        let r = plan.record_forward(&mut enc, &ForwardBuffers { weights: shared.slice(..), input: shared.slice(..), output: out.slice(..), states0: &[], states_n: &[hn.slice(..)], counter: None });
         assert_eq!(matches!(r, Err(Error::BufferAliasing(_))), refused, "{mode}: {r:?}");
     }
 }

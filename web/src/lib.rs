@@ -186,9 +186,9 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     // One buffer per state of the cell; the head reads the first (h).
     let finals = cfg.state_elems(1).into_iter().map(|e| storage(ctx, "final state", e)).collect::<Result<Vec<_>, _>>().map_err(js)?;
     let h_n = &finals[0];
-    let states_n: Vec<&wgpu::Buffer> = finals.iter().map(|b| &**b).collect();
+    let states_n: Vec<wgpu::BufferSlice<'_>> = finals.iter().map(|b| b.slice(..)).collect();
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let bufs = ForwardBuffers { weights: &weights, input: &input, output: &output, states0: &[], states_n: &states_n, counter: None };
+    let bufs = ForwardBuffers { weights: weights.slice(..), input: input.slice(..), output: output.slice(..), states0: &[], states_n: &states_n, counter: None };
     plan.record_forward(&mut enc, &bufs).map_err(js)?;
     let mut rb = Readback::new();
     rb.copy(ctx, &mut enc, h_n, states).map_err(js)?;
