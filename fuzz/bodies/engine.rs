@@ -58,6 +58,12 @@ struct Input {
     /// `64 * limit` bytes (0: the device's), so that problems split into pieces.
     async_form: bool,
     limit: u8,
+    /// Where each role lies in its buffer (engine plan only): `% 3` 0, the whole buffer; 1, a
+    /// slice from the device's storage offset alignment to the end of a buffer that much
+    /// longer (it must be taken exactly as the whole buffer is); 2, the same with role
+    /// `(placement / 3) % roles` starting 4 bytes later, misaligned (refused where it is used).
+    /// Last, so that older inputs decode as before with whole buffers.
+    placement: u8,
 }
 
 /// One input's buffers with its defect applied, and what the defect made of them.
@@ -70,10 +76,11 @@ struct Made {
     role: Vec<usize>,
 }
 
-/// One buffer per role of `need[k]` elements of `elem_bytes[k]` bytes, the defect's size or
-/// usage change applied to its role and its alias to the role table, made inside an error
-/// scope: `None` where wgpu refuses to make one (wgpu's validation, not the plan's).
-fn make_buffers(ctx: &Context, need: &[usize], elem_bytes: &[usize], defect: Defect, label: &str) -> Option<Made> {
+/// One buffer per role of `need[k]` elements of `elem_bytes[k]` bytes after `front` bytes, the
+/// defect's size or usage change applied to its role and its alias to the role table, made
+/// inside an error scope: `None` where wgpu refuses to make one (wgpu's validation, not the
+/// plan's).
+fn make_buffers(ctx: &Context, need: &[usize], elem_bytes: &[usize], defect: Defect, front: u64, label: &str) -> Option<Made> {
     let roles = need.len();
     let good = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
@@ -92,7 +99,7 @@ fn make_buffers(ctx: &Context, need: &[usize], elem_bytes: &[usize], defect: Def
         let size = ((e.max(1) as u64 * eb as u64).next_multiple_of(4)).max(4);
         short[k] = size < ((elems * eb) as u64).next_multiple_of(4);
         no_storage[k] = !usage.contains(wgpu::BufferUsages::STORAGE);
-        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage, mapped_at_creation: false }));
+        bufs.push(ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: front + size, usage, mapped_at_creation: false }));
     }
     if pollster::block_on(scope.pop()).is_some() {
         return None;
@@ -192,36 +199,46 @@ pub fn exercise(data: &[u8]) -> &'static str {
         state(1),
     ];
     let elem_bytes: Vec<usize> = (0..ROLES).map(|k| if k == 6 { 4 } else { bytes }).collect();
-    let Some(Made { bufs, short, no_storage: _, role }) = make_buffers(ctx, &need, &elem_bytes, input.defect, "fuzz") else {
+    let align = u64::from(ctx.limits().min_storage_buffer_offset_alignment);
+    let (front, misaligned) = match input.placement % 3 {
+        0 => (0, None),
+        1 => (align, None),
+        _ => (align, Some((input.placement / 3) as usize % ROLES)),
+    };
+    let Some(Made { bufs, short, no_storage: _, role }) = make_buffers(ctx, &need, &elem_bytes, input.defect, front, "fuzz") else {
         return "buffers refused by wgpu";
     };
-    let buf = |k: usize| &bufs[role[k]];
+    // Role k's slice: its buffer (another role's, when aliased) from `front` to the end.
+    let buf = |k: usize| {
+        let b = &bufs[role[k]];
+        b.slice((front + if misaligned == Some(k) { 4 } else { 0 }).min(b.size())..)
+    };
     let ns = states.len();
     let count = |which: usize| match input.defect {
         Defect::Slice { which: w, longer } if w as usize % 4 == which => if longer { ns + 1 } else { ns.saturating_sub(1) },
         _ => ns,
     }
     .min(2);
-    let states0: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(0)).map(|i| (input.given & (1 << i) != 0).then(|| buf(7 + 4 * i).slice(..))).collect();
-    let states_n: Vec<wgpu::BufferSlice<'_>> = (0..count(1)).map(|i| buf(8 + 4 * i).slice(..)).collect();
-    let grad_states_n: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i).slice(..))).collect();
-    let grad_states0: Vec<wgpu::BufferSlice<'_>> = (0..count(3)).map(|i| buf(10 + 4 * i).slice(..)).collect();
-    let counter = (input.dropout || input.zoneout).then(|| buf(6).slice(..));
+    let states0: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(0)).map(|i| (input.given & (1 << i) != 0).then(|| buf(7 + 4 * i))).collect();
+    let states_n: Vec<wgpu::BufferSlice<'_>> = (0..count(1)).map(|i| buf(8 + 4 * i)).collect();
+    let grad_states_n: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i))).collect();
+    let grad_states0: Vec<wgpu::BufferSlice<'_>> = (0..count(3)).map(|i| buf(10 + 4 * i)).collect();
+    let counter = (input.dropout || input.zoneout).then(|| buf(6));
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
-    let fwd = ForwardBuffers { weights: buf(0).slice(..), input: buf(1).slice(..), output: buf(2).slice(..), states0: &states0, states_n: &states_n, counter };
+    let fwd = ForwardBuffers { weights: buf(0), input: buf(1), output: buf(2), states0: &states0, states_n: &states_n, counter };
     let mut all_ok = plan.record_forward(&mut enc, &fwd).is_ok();
     if input.training {
         let bwd = BackwardBuffers {
-            weights: buf(0).slice(..),
-            input: buf(1).slice(..),
-            output: buf(2).slice(..),
+            weights: buf(0),
+            input: buf(1),
+            output: buf(2),
             states0: &states0,
-            grad_output: buf(3).slice(..),
+            grad_output: buf(3),
             grad_states_n: &grad_states_n,
-            grad_input: buf(4).slice(..),
+            grad_input: buf(4),
             grad_states0: &grad_states0,
-            grad_weights: buf(5).slice(..),
+            grad_weights: buf(5),
             counter,
         };
         all_ok &= plan.record_backward(&mut enc, &bwd).is_ok();
@@ -279,8 +296,10 @@ pub fn exercise(data: &[u8]) -> &'static str {
             read && ((longer && ns < 2) || (!longer && ns > 0 && (w == 1 || w == 3)))
         }
     };
+    // A misaligned slice is refused wherever its role is used (beside any defect).
+    let must_refuse = must_refuse || misaligned.is_some_and(used);
     if must_refuse {
-        assert!(!all_ok, "{mode} {pass:?} {:?}: {:?} was accepted", cfg.precision, input.defect);
+        assert!(!all_ok, "{mode} {pass:?} {:?}: {:?} (placement {}) was accepted", cfg.precision, input.defect, input.placement);
     }
     if all_ok {
         assert!(error.is_none(), "{mode} {pass:?} {:?}: every recording returned Ok, and wgpu refused it: {error:?}", cfg.precision);
@@ -303,7 +322,7 @@ fn step(ctx: &Arc<Context>, cfg: &RnnConfig, b: usize, defect: Defect) -> &'stat
     let mut need = vec![plan.weight_elems(), b * cfg.input_size, b * cfg.output_size()];
     need.extend(plan.state_elems());
     let roles = need.len();
-    let Some(Made { bufs, short, no_storage, role }) = make_buffers(ctx, &need, &vec![bytes; roles], defect, "fuzz step") else {
+    let Some(Made { bufs, short, no_storage, role }) = make_buffers(ctx, &need, &vec![bytes; roles], defect, 0, "fuzz step") else {
         return "buffers refused by wgpu";
     };
     let ns = roles - 3;

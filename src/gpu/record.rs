@@ -64,7 +64,10 @@ pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, b
         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding { buffer: params, offset: 0, size: std::num::NonZeroU64::new(fam.param_size()) }),
     }];
     for (i, s) in bufs.iter().enumerate() {
-        let binding = wgpu::BufferBinding { buffer: s.buffer(), offset: s.offset(), size: std::num::NonZeroU64::new(s.size()) };
+        // Storage bindings are whole 4-byte words: a slice's last partial word is left out
+        // (the checks made sure its role fits in the words before it).
+        let size = std::num::NonZeroU64::new((s.size() & !3).max(4));
+        let binding = wgpu::BufferBinding { buffer: s.buffer(), offset: s.offset(), size };
         entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(binding) });
     }
     ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries })
