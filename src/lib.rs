@@ -54,6 +54,10 @@ pub use packing::PackedSequence;
 pub use precision::Precision;
 pub use tensor::Tensor;
 pub use weights::Weights;
+/// The wgpu this crate is built on (its `Device`, `Buffer`, `CommandEncoder` are what the
+/// engine API takes): an integration can name it, so a framework whose wgpu differs fails to
+/// compile instead of mismatching at run time.
+pub use wgpu;
 
 /// The README's Rust, compiled as doctests (`cargo test --doc`, which CI runs), so the
 /// front page cannot drift from the API.

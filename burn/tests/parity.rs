@@ -1,0 +1,120 @@
+//! The burn module against wgpu-rnn's CPU engine on the same weights: forward on ndarray and on
+//! burn's wgpu runtime (lavapipe here), and the gradients through burn's autodiff.
+
+use burn::tensor::{Device, Tensor, TensorData};
+use wgpu_rnn::cpu::{self, Pass};
+use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+use wgpu_rnn_burn::{FusedRnn, FusedRnnConfig};
+
+/// f32 engines against each other (sums of up to a few hundred terms).
+const ATOL: f64 = 1e-4;
+const RTOL: f64 = 1e-3;
+
+fn close(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    for (k, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let (g, w) = (g as f64, w as f64);
+        assert!(g.is_finite() && (g - w).abs() <= ATOL + RTOL * w.abs(), "{what}[{k}]: got {g}, want {w}");
+    }
+}
+
+fn data(t: Tensor<3>) -> Vec<f32> {
+    t.into_data().to_vec().unwrap()
+}
+
+struct Problem {
+    cfg: RnnConfig,
+    w: Weights<f32>,
+    t: usize,
+    b: usize,
+    lengths: Vec<usize>,
+    x: Vec<f32>,
+}
+
+fn problem(mode: Mode) -> Problem {
+    let cfg = RnnConfig::new(mode, 3, 5).layers(2).bidirectional(true);
+    let w = Weights::<f32>::init_uniform(&cfg, 11).unwrap();
+    let (t, b) = (4, 3);
+    let lengths = vec![4, 2, 3];
+    let x: Vec<f32> = (0..t * b * 3).map(|k| (k as f32 * 0.37).sin()).collect();
+    Problem { cfg, w, t, b, lengths, x }
+}
+
+/// The CPU engine's padded output `[T, B, O]` (zeros past each length) and final states.
+fn cpu_forward(p: &Problem) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let packed = PackedSequence::from_padded(&p.x, [p.t, p.b, 3], false, &p.lengths).unwrap();
+    let (out, _) = cpu::forward(&p.w, &packed, &[], Pass::Inference).unwrap();
+    let o = p.cfg.output_size();
+    let (padded, _) = packed.with_data(out.output.data, o).unwrap().to_padded(false, 0.0, None).unwrap();
+    (padded.data, out.states.into_iter().map(|s| s.data).collect())
+}
+
+fn check_forward(device: &Device, what: &str) {
+    for mode in [Mode::Lstm, Mode::Gru, Mode::Scrn] {
+        let p = problem(mode);
+        let m = FusedRnn::from_weights(&p.w, false, device).unwrap();
+        let x = Tensor::<3>::from_data(TensorData::new(p.x.clone(), [p.t, p.b, 3]), device);
+        let got = m.forward(x, Some(&p.lengths), None).unwrap();
+        let (want, want_states) = cpu_forward(&p);
+        close(&format!("{what} {mode} output"), &data(got.output), &want);
+        for (s, w) in got.states.into_iter().zip(&want_states) {
+            close(&format!("{what} {mode} state"), &data(s), w);
+        }
+    }
+}
+
+#[test]
+fn forward_on_ndarray_matches_the_cpu_engine() {
+    check_forward(&Device::ndarray(), "ndarray");
+}
+
+/// burn's wgpu runtime, brought up once for the test binary, with our context on it.
+fn wgpu_device() -> Device {
+    static D: std::sync::OnceLock<Device> = std::sync::OnceLock::new();
+    D.get_or_init(|| wgpu_rnn_burn::init_wgpu(Device::wgpu_options()).unwrap().0).clone()
+}
+
+#[test]
+fn forward_on_burns_wgpu_device_matches_the_cpu_engine() {
+    check_forward(&wgpu_device(), "wgpu");
+}
+
+/// d(sum(output * r) + sum(h_n * q))/d(weights, input) through burn's autodiff, against the
+/// CPU engine's backward.
+fn check_gradients(device: &Device, what: &str) {
+    for mode in [Mode::Lstm, Mode::Gru] {
+        let p = problem(mode);
+        let device = device.clone().autodiff();
+        let m = FusedRnn::from_weights(&p.w, false, &device).unwrap();
+        let x = Tensor::<3>::from_data(TensorData::new(p.x.clone(), [p.t, p.b, 3]), &device).require_grad();
+        let got = m.forward(x.clone(), Some(&p.lengths), None).unwrap();
+        let o = p.cfg.output_size();
+        let r: Vec<f32> = (0..p.t * p.b * o).map(|k| ((k % 7) as f32 - 3.0) * 0.1).collect();
+        let q: Vec<f32> = (0..p.cfg.state_elems(p.b)[0]).map(|k| ((k % 5) as f32 - 2.0) * 0.2).collect();
+        let rt = Tensor::<3>::from_data(TensorData::new(r.clone(), [p.t, p.b, o]), &device);
+        let hn = got.states[0].clone();
+        let qt = Tensor::<3>::from_data(TensorData::new(q.clone(), hn.dims()), &device);
+        let loss = (got.output * rt).sum() + (hn * qt).sum();
+        let grads = loss.backward();
+        let gw: Vec<f32> = m.weights.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let gx: Vec<f32> = x.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        // The CPU engine: the same loss's gradients.
+        let packed = PackedSequence::from_padded(&p.x, [p.t, p.b, 3], false, &p.lengths).unwrap();
+        let (_, tape) = cpu::forward(&p.w, &packed, &[], Pass::Training).unwrap();
+        let go_packed = PackedSequence::from_padded(&r, [p.t, p.b, o], false, &p.lengths).unwrap();
+        let g = cpu::backward(&p.w, &tape.unwrap(), &go_packed.data, &[Some(&q)]).unwrap();
+        close(&format!("{what} {mode} weight gradient"), &gw, &wgpu_rnn::gpu::flat_weights(&g.params));
+        let (gx_want, _) = packed.with_data(g.input.data, 3).unwrap().to_padded(false, 0.0, None).unwrap();
+        close(&format!("{what} {mode} input gradient"), &gx, &gx_want.data);
+    }
+}
+
+#[test]
+fn gradients_on_ndarray_match_the_cpu_engine() {
+    check_gradients(&Device::ndarray(), "ndarray");
+}
+
+#[test]
+fn gradients_on_burns_wgpu_device_match_the_cpu_engine() {
+    check_gradients(&wgpu_device(), "wgpu");
+}
