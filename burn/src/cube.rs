@@ -6,7 +6,8 @@
 //!   they are bound in place: no copy.
 //! - The states (and the weights' gradient, after the input's in the result) sit at offsets
 //!   that are not aligned: they go through small buffers of the plan's own, copied with
-//!   `copy_buffer_to_buffer` (4-byte alignment) inside the same encoder.
+//!   `copy_buffer_to_buffer` (4-byte alignment) inside the same encoder. So do the weights of
+//!   a cell that derives its matrix into them (the uRNN): burn's tensors are not written.
 //! - `ComputeClient::get_resource` runs burn's pending work on each tensor's stream before it
 //!   returns the buffer; our encoder is then submitted to burn's queue, so burn's later work
 //!   on the result comes after ours. The resources are held until the submit.
@@ -89,7 +90,18 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
         Some(o) => o.slice(..),
         None => slice(rr, 0, no),
     };
-    let fwd = ForwardBuffers { weights: slice(rw, 0, nw), input: slice(rx, 0, ni), output, states0: &s0s, states_n: &sns, counter: None };
+    // A cell that derives its matrix (the uRNN) writes it into the weights buffer: burn's
+    // tensors are immutable to burn, so such a cell's weights go through a copy of our own.
+    let derived = cfg.mode.derived(cfg.sizes(0)).is_some().then(|| {
+        let buf = own("weights (derived matrix written)", nw);
+        enc.copy_buffer_to_buffer(&rw.buffer, rw.offset, &buf, 0, 4 * nw as u64);
+        buf
+    });
+    let weights = match &derived {
+        Some(b) => b.slice(..),
+        None => slice(rw, 0, nw),
+    };
+    let fwd = ForwardBuffers { weights, input: slice(rx, 0, ni), output, states0: &s0s, states_n: &sns, counter: None };
     plan.record_forward(&mut enc, &fwd)?;
     if let Some(rgy) = rgy {
         // The final states' gradients from gy's tail; ours for the weights' and initial
@@ -109,7 +121,7 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
         let gns: Vec<Option<wgpu::BufferSlice<'_>>> = gnb.iter().map(|b| Some(b.slice(..))).collect();
         let g0s: Vec<wgpu::BufferSlice<'_>> = g0b.iter().map(|b| b.slice(..)).collect();
         let bwd = BackwardBuffers {
-            weights: slice(rw, 0, nw),
+            weights,
             input: slice(rx, 0, ni),
             output: scratch_out.as_ref().expect("training").slice(..),
             states0: &s0s,

@@ -4,7 +4,7 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use wgpu_rnn::cpu::{self, Pass};
 use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
-use wgpu_rnn_burn::{FusedRnn, FusedRnnConfig};
+use wgpu_rnn_burn::FusedRnn;
 
 /// f32 engines against each other (sums of up to a few hundred terms).
 const ATOL: f64 = 1e-4;
@@ -117,4 +117,74 @@ fn gradients_on_ndarray_match_the_cpu_engine() {
 #[test]
 fn gradients_on_burns_wgpu_device_match_the_cpu_engine() {
     check_gradients(&wgpu_device(), "wgpu");
+}
+
+/// Every golden case (PyTorch's cells and the cell family) through the burn module: forward,
+/// and the gradients of `sum(output * grad_output) + sum(s_n * grad_s_n)` through burn's
+/// autodiff, compared with the expected tensors at the golden tolerances (`case::compare`).
+fn golden_through_burn(device: &Device, what: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("tests");
+    let mut files: Vec<_> = ["golden", "golden-variants"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(dir.join(d)).unwrap().map(|e| e.unwrap().path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 50, "golden cases found: {}", files.len());
+    let device = device.clone().autodiff();
+    for path in &files {
+        let file = wgpu_rnn::io::TensorFile::read(path).unwrap();
+        let case = wgpu_rnn::case::Case::<f32>::from_file(&file).unwrap();
+        let cfg = case.weights.config.clone();
+        let (t, b) = (case.steps, case.batch);
+        let o = cfg.output_size();
+        let m = FusedRnn::from_weights(&case.weights, false, &device).unwrap();
+        let x = Tensor::<3>::from_data(TensorData::new(case.input.clone(), [t, b, cfg.input_size]), &device).require_grad();
+        let shapes: Vec<[usize; 3]> = cfg.states().iter().map(|s| {
+            let v = cfg.state_shape(s, b);
+            [v[0], v[1], v[2]]
+        }).collect();
+        let s0: Vec<Tensor<3>> = shapes
+            .iter()
+            .zip(&case.states0)
+            .map(|(&sh, v)| Tensor::<3>::from_data(TensorData::new(v.clone().unwrap_or_else(|| vec![0.0; sh.iter().product()]), sh), &device).require_grad())
+            .collect();
+        let got = m.forward(x.clone(), Some(&case.lengths), Some(s0.clone())).unwrap();
+        let go = case.grad_output.clone().unwrap_or_else(|| vec![0.0; t * b * o]);
+        let mut loss = (got.output.clone() * Tensor::<3>::from_data(TensorData::new(go, [t, b, o]), &device)).sum();
+        for ((s, g), &sh) in got.states.iter().zip(&case.grad_states_n).zip(&shapes) {
+            if let Some(g) = g {
+                loss = loss + (s.clone() * Tensor::<3>::from_data(TensorData::new(g.clone(), sh), &device)).sum();
+            }
+        }
+        let grads = loss.backward();
+        // Back into the case's result names and layout.
+        let pack = |v: Vec<f32>, w: usize| PackedSequence::from_padded(&v, [t, b, w], false, &case.lengths).unwrap();
+        let out = pack(data(got.output), o);
+        let states: Vec<wgpu_rnn::Tensor<f32>> = got.states.into_iter().zip(&shapes).map(|(s, sh)| wgpu_rnn::Tensor { shape: sh.to_vec(), data: data(s) }).collect();
+        let gi = pack(x.grad(&grads).unwrap().into_data().to_vec().unwrap(), cfg.input_size);
+        let gs: Vec<wgpu_rnn::Tensor<f32>> = s0.iter().zip(&shapes).map(|(s, sh)| wgpu_rnn::Tensor { shape: sh.to_vec(), data: s.grad(&grads).unwrap().into_data().to_vec().unwrap() }).collect();
+        let gw: Vec<f32> = m.weights.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        // burn's parameter tensor is read, never written (a derived matrix goes elsewhere).
+        let after: Vec<f32> = m.weights.val().into_data().to_vec().unwrap();
+        let flat = wgpu_rnn::gpu::flat_weights(&case.weights);
+        assert!(after.iter().zip(&flat).all(|(a, b)| a.to_bits() == b.to_bits()), "{what} {}: the weights tensor changed", path.display());
+        let gp = wgpu_rnn::gpu::weights_from_flat(&cfg, &gw).unwrap();
+        let result = case.result(&out, states, Some((gi, gs, gp))).unwrap();
+        let report = wgpu_rnn::case::compare(&result, &file, true);
+        assert!(report.len() >= 6, "{what} {}: {} tensors compared", path.display(), report.len());
+        for r in &report {
+            assert_eq!(r.failures, 0, "{what} {}: {} has {}/{} out of tolerance; worst at {}: got {} want {}", path.display(), r.name, r.failures, r.total, r.worst.0, r.worst.1, r.worst.2);
+        }
+    }
+}
+
+#[test]
+fn golden_cases_through_burn_on_ndarray() {
+    golden_through_burn(&Device::ndarray(), "ndarray");
+}
+
+#[test]
+fn golden_cases_through_burn_on_wgpu() {
+    golden_through_burn(&wgpu_device(), "wgpu");
 }
