@@ -159,6 +159,28 @@ pub fn init_wgpu(options: burn::tensor::wgpu::WgpuOptions) -> wgpu_rnn::Result<(
     Ok((device, ctx))
 }
 
+/// A typed error unless one of our engines serves `device`: ndarray, or a wgpu device brought
+/// up by [`init_wgpu`] (either under autodiff). Checked before any work, so that misuse never
+/// reaches burn's client.
+pub(crate) fn check_device(device: &burn::tensor::Device) -> wgpu_rnn::Result<()> {
+    fn served(d: &DispatchDevice) -> Option<bool> {
+        match d {
+            DispatchDevice::Autodiff(a) => served(&a.clone().inner()),
+            DispatchDevice::NdArray(_) => Some(true),
+            DispatchDevice::Cube(c) => Some(contexts().lock().unwrap_or_else(|e| e.into_inner()).contains_key(c)),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+    match served(device.as_dispatch()) {
+        Some(true) => Ok(()),
+        Some(false) => Err(wgpu_rnn::Error::Unsupported(format!(
+            "{device:?}: a cubecl device that wgpu_rnn_burn::init_wgpu did not bring up (wgpu-rnn needs burn's wgpu device and queue; other cubecl runtimes are not served)"
+        ))),
+        None => Err(wgpu_rnn::Error::Unsupported(format!("{device:?}: wgpu-rnn runs on burn's wgpu runtime (init_wgpu) and on ndarray"))),
+    }
+}
+
 mod cube;
 
 /// burn's ndarray backend: our CPU engine over the tensors' host data.

@@ -76,6 +76,11 @@ impl FusedRnn {
     /// `[L * D, B, S_i]` tensor per state).
     pub fn forward(&self, input: Tensor<3>, lengths: Option<&[usize]>, states0: Option<Vec<Tensor<3>>>) -> wgpu_rnn::Result<FusedRnnOutput> {
         let device = input.device();
+        crate::check_device(&device)?;
+        let same = |d: Device| d.without_autodiff() == device.clone().without_autodiff();
+        if !same(self.weights.device()) {
+            return Err(wgpu_rnn::Error::InvalidConfig(format!("the input is on {device:?} but the module's weights on {:?}", self.weights.device())));
+        }
         let input = if self.batch_first { input.swap_dims(0, 1) } else { input };
         let [t, b, i] = input.dims();
         if i != self.config.input_size {
@@ -101,6 +106,15 @@ impl FusedRnn {
             Some(s) => {
                 if s.len() != elems.len() {
                     return Err(wgpu_rnn::Error::InvalidConfig(format!("{} has {} states, {} given", self.config.mode, elems.len(), s.len())));
+                }
+                for (v, st) in s.iter().zip(self.config.states()) {
+                    let want = self.config.state_shape(&st, b);
+                    if v.dims().to_vec() != want {
+                        return Err(wgpu_rnn::Error::ShapeMismatch { what: format!("initial state {}0", st.name), expected: want, got: v.dims().to_vec() });
+                    }
+                    if !same(v.device()) {
+                        return Err(wgpu_rnn::Error::InvalidConfig(format!("the input is on {device:?} but initial state {}0 on {:?}", st.name, v.device())));
+                    }
                 }
                 Tensor::cat(s.into_iter().map(|v| v.flatten::<1>(0, 2)).collect(), 0)
             }
