@@ -44,6 +44,38 @@ fn resource(t: &CubeTensor) -> wgpu_rnn::Result<ManagedResource<WgpuResource>> {
     t.client.get_resource::<WgpuServer<AutoCompiler>>(t.handle.clone()).map_err(|e| wgpu_rnn::Error::Gpu(format!("burn's buffer of a tensor: {e:?}")))
 }
 
+/// Bytes of buffers this module made for a call's tensors (the states, the weights' gradient,
+/// a derived cell's weights): everything else is bound where burn keeps it.
+static STAGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// [`STAGED`] so far: how much of the operations' data went through buffers of our own
+/// rather than burn's (the tests show it is the states alone for a forward).
+pub fn staged_bytes() -> u64 {
+    STAGED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Plans prepared on a context, by config, lengths and pass: preparing one uploads its
+/// parameter blocks and allocates its workspaces, which a training loop should not pay per
+/// step. At most [`PLANS`] are kept (all dropped when full: batch shapes of one model are few).
+fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bool) -> wgpu_rnn::Result<Arc<Plan>> {
+    type Key = (usize, String);
+    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Plan>>>> = OnceLock::new();
+    let key = (Arc::as_ptr(ctx) as usize, format!("{:?} {:?} {training}", spec.config, spec.lengths));
+    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = cache.get(&key) {
+        return Ok(p.clone());
+    }
+    if cache.len() >= PLANS {
+        cache.clear();
+    }
+    let plan = Arc::new(Plan::new(ctx, &spec.config, layout, if training { Pass::Training } else { Pass::Inference })?);
+    cache.insert(key, plan.clone());
+    Ok(plan)
+}
+
+/// Plans [`plan_for`] keeps.
+const PLANS: usize = 32;
+
 /// `len` f32 elements of a tensor's storage from element-byte `at`.
 fn slice(r: &WgpuResource, at: u64, len: usize) -> wgpu::BufferSlice<'_> {
     r.buffer.slice(r.offset + at..r.offset + at + 4 * len as u64)
@@ -58,7 +90,7 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
     let template = PackedSequence::from_padded(&vec![0f32; t * b], [t, b, 1], false, &spec.lengths)?;
     let layout = SeqLayout::of(&template)?;
     let training = gy.is_some();
-    let plan = Plan::new(&ctx, cfg, &layout, if training { Pass::Training } else { Pass::Inference })?;
+    let plan = plan_for(&ctx, spec, &layout, training)?;
     let elems = cfg.state_elems(b);
     let (no, ni, nw) = (n * cfg.output_size(), n * cfg.input_size, spec.weight_elems());
     let result_elems = if training { spec.grad_elems() } else { spec.result_elems() };
@@ -69,7 +101,11 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
     let mgy = gy.map(resource).transpose()?;
     let (rx, rw, rs0, rr) = (mx.resource(), mw.resource(), ms0.resource(), mr.resource());
     let rgy = mgy.as_ref().map(|m| m.resource());
-    let own = |label: &str, e: usize| ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size: (4 * e.max(1)) as u64, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false });
+    let own = |label: &str, e: usize| {
+        let size = (4 * e.max(1)) as u64;
+        STAGED.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
+    };
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn on burn") });
     // The initial states from s0's concatenation into buffers of their own.
     let mut at = 0u64;

@@ -1,3 +1,4 @@
+#![allow(deprecated)] // burn-ndarray is deprecated in burn 0.22 (burn-flex replaces it); the issue asks for ndarray
 //! wgpu-rnn's fused recurrent cells for burn (issue 28).
 //!
 //! One backend extension, [`FusedRnnBackend`], runs a whole recurrent stack (any registered
@@ -182,6 +183,7 @@ pub(crate) fn check_device(device: &burn::tensor::Device) -> wgpu_rnn::Result<()
 }
 
 mod cube;
+pub use cube::staged_bytes;
 
 /// burn's ndarray backend: our CPU engine over the tensors' host data.
 mod cpu_backend {

@@ -99,8 +99,13 @@ impl FusedRnn {
         }
         let n = rows.len();
         let spec = RnnSpec { config: self.config.clone(), lengths: lengths.clone() };
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device);
-        let x = input.reshape([t * b, i]).select(0, idx.clone()).reshape([n * i]);
+        // Every sequence T long: the padded rows are the packed rows, in order (no gather).
+        let identity = n == t * b && rows.iter().enumerate().all(|(k, &r)| r == k as i64);
+        let idx = (!identity).then(|| Tensor::<1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device));
+        let x = match &idx {
+            Some(idx) => input.reshape([t * b, i]).select(0, idx.clone()).reshape([n * i]),
+            None => input.reshape([n * i]),
+        };
         let elems = self.config.state_elems(b);
         let s0 = match states0 {
             Some(s) => {
@@ -124,7 +129,10 @@ impl FusedRnn {
         let o = self.config.output_size();
         let out_rows = y.clone().slice([0..n * o]).reshape([n, o]);
         // Back to padded [T * B, O]: scatter the packed rows (zeros elsewhere).
-        let padded = Tensor::<2>::zeros([t * b, o], &device).select_assign(0, idx, out_rows, IndexingUpdateOp::Assign);
+        let padded = match idx {
+            Some(idx) => Tensor::<2>::zeros([t * b, o], &device).select_assign(0, idx, out_rows, IndexingUpdateOp::Assign),
+            None => out_rows,
+        };
         let mut output = padded.reshape([t, b, o]);
         if self.batch_first {
             output = output.swap_dims(0, 1);

@@ -188,3 +188,4 @@ fn golden_cases_through_burn_on_ndarray() {
 fn golden_cases_through_burn_on_wgpu() {
     golden_through_burn(&wgpu_device(), "wgpu");
 }
+
