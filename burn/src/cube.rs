@@ -54,12 +54,20 @@ pub fn staged_bytes() -> u64 {
     STAGED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// A cached plan and its generation: how many training forwards have been recorded with it
+/// (each overwrites the tape in its buffers).
+#[derive(Clone)]
+struct Cached {
+    plan: Arc<Plan>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// Plans prepared on a context, by config, lengths and pass: preparing one uploads its
 /// parameter blocks and allocates its workspaces, which a training loop should not pay per
 /// step. At most [`PLANS`] are kept (all dropped when full: batch shapes of one model are few).
-fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bool) -> wgpu_rnn::Result<Arc<Plan>> {
+fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bool) -> wgpu_rnn::Result<Cached> {
     type Key = (usize, String);
-    static CACHE: OnceLock<Mutex<HashMap<Key, Arc<Plan>>>> = OnceLock::new();
+    static CACHE: OnceLock<Mutex<HashMap<Key, Cached>>> = OnceLock::new();
     let key = (Arc::as_ptr(ctx) as usize, format!("{:?} {:?} {training}", spec.config, spec.lengths));
     let mut cache = CACHE.get_or_init(Default::default).lock().unwrap_or_else(|e| e.into_inner());
     if let Some(p) = cache.get(&key) {
@@ -69,77 +77,127 @@ fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bo
         cache.clear();
     }
     let plan = Arc::new(Plan::new(ctx, &spec.config, layout, if training { Pass::Training } else { Pass::Inference })?);
-    cache.insert(key, plan.clone());
-    Ok(plan)
+    let c = Cached { plan, generation: Default::default() };
+    cache.insert(key, c.clone());
+    Ok(c)
 }
 
 /// Plans [`plan_for`] keeps.
 const PLANS: usize = 32;
+
+/// A training forward's tape, kept for the backward of its run: its plan (whose buffers hold
+/// the tape) at the generation it left, the buffers it read that are ours (the initial
+/// states, a derived cell's weights) and its result (whose output rows the backward binds as
+/// the forward's output).
+struct Kept {
+    cached: Cached,
+    generation: u64,
+    states0: Vec<wgpu::Buffer>,
+    weights: Option<wgpu::Buffer>,
+    result: CubeTensor,
+}
+
+/// Kept tapes by run id; at most [`KEPT`] (the oldest dropped: a forward whose backward never
+/// comes).
+fn kept() -> &'static Mutex<std::collections::BTreeMap<u64, Kept>> {
+    static K: OnceLock<Mutex<std::collections::BTreeMap<u64, Kept>>> = OnceLock::new();
+    K.get_or_init(Default::default)
+}
+
+const KEPT: usize = 64;
 
 /// `len` f32 elements of a tensor's storage from element-byte `at`.
 fn slice(r: &WgpuResource, at: u64, len: usize) -> wgpu::BufferSlice<'_> {
     r.buffer.slice(r.offset + at..r.offset + at + 4 * len as u64)
 }
 
-/// The forward (`gy` None: `[N * O | S]`) or the gradient (`[N * I | W | S]`).
+/// The forward (`gy` None: `[N * O | S]`; with `spec.run`, a training forward that keeps its
+/// tape) or the gradient (`[N * I | W | S]`, from the kept tape of `spec.run` where it is
+/// still there, else after a training forward of its own).
 fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>, spec: &RnnSpec) -> wgpu_rnn::Result<CubeTensor> {
+    use std::sync::atomic::Ordering::SeqCst;
     let ctx = context_of(x)?;
     let cfg = &spec.config;
     let (n, b) = (spec.rows(), spec.lengths.len());
     let t = spec.lengths.iter().copied().max().unwrap_or(0);
     let template = PackedSequence::from_padded(&vec![0f32; t * b], [t, b, 1], false, &spec.lengths)?;
     let layout = SeqLayout::of(&template)?;
-    let training = gy.is_some();
-    let plan = plan_for(&ctx, spec, &layout, training)?;
+    let grad = gy.is_some();
+    let keeps = !grad && spec.run != 0;
+    let cached = plan_for(&ctx, spec, &layout, grad || keeps)?;
     let elems = cfg.state_elems(b);
     let (no, ni, nw) = (n * cfg.output_size(), n * cfg.input_size, spec.weight_elems());
-    let result_elems = if training { spec.grad_elems() } else { spec.result_elems() };
+    let result_elems = if grad { spec.grad_elems() } else { spec.result_elems() };
     let client = x.client.clone();
     let result = client.empty(result_elems * 4);
     let out_t = CubeTensor::new_contiguous(client.clone(), x.device.clone(), [result_elems].into(), result, x.dtype);
     let (mx, mw, ms0, mr) = (resource(x)?, resource(w)?, resource(s0)?, resource(&out_t)?);
     let mgy = gy.map(resource).transpose()?;
     let (rx, rw, rs0, rr) = (mx.resource(), mw.resource(), ms0.resource(), mr.resource());
-    let rgy = mgy.as_ref().map(|m| m.resource());
     let own = |label: &str, e: usize| {
         let size = (4 * e.max(1)) as u64;
         STAGED.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         ctx.device.create_buffer(&wgpu::BufferDescriptor { label: Some(label), size, usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST, mapped_at_creation: false })
     };
     let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("wgpu-rnn on burn") });
-    // The initial states from s0's concatenation into buffers of their own.
-    let mut at = 0u64;
-    let s0b: Vec<wgpu::Buffer> = elems
-        .iter()
-        .map(|&e| {
-            let buf = own("initial state", e);
-            enc.copy_buffer_to_buffer(&rs0.buffer, rs0.offset + at, &buf, 0, 4 * e as u64);
-            at += 4 * e as u64;
-            buf
-        })
-        .collect();
-    let snb: Vec<wgpu::Buffer> = elems.iter().map(|&e| own("final state", e)).collect();
-    let s0s: Vec<Option<wgpu::BufferSlice<'_>>> = s0b.iter().map(|b| Some(b.slice(..))).collect();
-    let sns: Vec<wgpu::BufferSlice<'_>> = snb.iter().map(|b| b.slice(..)).collect();
-    let scratch_out = training.then(|| own("training output", no));
-    let output = match &scratch_out {
-        Some(o) => o.slice(..),
-        None => slice(rr, 0, no),
+    // The gradient's kept tape, if its forward's is still in the plan's buffers.
+    let tape = match (grad, spec.run) {
+        (true, id) if id != 0 => kept().lock().unwrap_or_else(|e| e.into_inner()).remove(&id).filter(|k| Arc::ptr_eq(&k.cached.plan, &cached.plan) && k.cached.generation.load(SeqCst) == k.generation),
+        _ => None,
     };
-    // A cell that derives its matrix (the uRNN) writes it into the weights buffer: burn's
-    // tensors are immutable to burn, so such a cell's weights go through a copy of our own.
-    let derived = cfg.mode.derived(cfg.sizes(0)).is_some().then(|| {
-        let buf = own("weights (derived matrix written)", nw);
-        enc.copy_buffer_to_buffer(&rw.buffer, rw.offset, &buf, 0, 4 * nw as u64);
-        buf
-    });
-    let weights = match &derived {
-        Some(b) => b.slice(..),
+    let kept_out = tape.as_ref().map(|k| resource(&k.result)).transpose()?;
+    // What the forward reads (recorded here unless the tape was kept).
+    let (s0b, weights_copy): (Vec<wgpu::Buffer>, Option<wgpu::Buffer>) = match tape {
+        Some(Kept { states0, weights, .. }) => (states0, weights),
+        None => {
+            // The initial states from s0's concatenation into buffers of their own.
+            let mut at = 0u64;
+            let s0b = elems
+                .iter()
+                .map(|&e| {
+                    let buf = own("initial state", e);
+                    enc.copy_buffer_to_buffer(&rs0.buffer, rs0.offset + at, &buf, 0, 4 * e as u64);
+                    at += 4 * e as u64;
+                    buf
+                })
+                .collect();
+            // A cell that derives its matrix (the uRNN) writes it into the weights buffer: burn's
+            // tensors are immutable to burn, so such a cell's weights go through a copy of our own.
+            let copy = cfg.mode.derived(cfg.sizes(0)).is_some().then(|| {
+                let buf = own("weights (derived matrix written)", nw);
+                enc.copy_buffer_to_buffer(&rw.buffer, rw.offset, &buf, 0, 4 * nw as u64);
+                buf
+            });
+            (s0b, copy)
+        }
+    };
+    let weights = match &weights_copy {
+        Some(buf) => buf.slice(..),
         None => slice(rw, 0, nw),
     };
-    let fwd = ForwardBuffers { weights, input: slice(rx, 0, ni), output, states0: &s0s, states_n: &sns, counter: None };
-    plan.record_forward(&mut enc, &fwd)?;
-    if let Some(rgy) = rgy {
+    let s0s: Vec<Option<wgpu::BufferSlice<'_>>> = s0b.iter().map(|b| Some(b.slice(..))).collect();
+    let scratch_out = (grad && kept_out.is_none()).then(|| own("training output", no));
+    if kept_out.is_none() {
+        let snb: Vec<wgpu::Buffer> = elems.iter().map(|&e| own("final state", e)).collect();
+        let sns: Vec<wgpu::BufferSlice<'_>> = snb.iter().map(|b| b.slice(..)).collect();
+        let output = match &scratch_out {
+            Some(o) => o.slice(..),
+            None => slice(rr, 0, no),
+        };
+        let fwd = ForwardBuffers { weights, input: slice(rx, 0, ni), output, states0: &s0s, states_n: &sns, counter: None };
+        cached.plan.record_forward(&mut enc, &fwd)?;
+        if grad || keeps {
+            cached.generation.fetch_add(1, SeqCst);
+        }
+        if !grad {
+            let mut at = 4 * no as u64;
+            for (buf, &e) in snb.iter().zip(&elems) {
+                enc.copy_buffer_to_buffer(buf, 0, &rr.buffer, rr.offset + at, 4 * e as u64);
+                at += 4 * e as u64;
+            }
+        }
+    }
+    if let Some(rgy) = mgy.as_ref().map(|m| m.resource()) {
         // The final states' gradients from gy's tail; ours for the weights' and initial
         // states' gradients, copied after the input's gradient in the result.
         let mut at = 4 * no as u64;
@@ -156,10 +214,15 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
         let gwb = own("weight gradient", nw);
         let gns: Vec<Option<wgpu::BufferSlice<'_>>> = gnb.iter().map(|b| Some(b.slice(..))).collect();
         let g0s: Vec<wgpu::BufferSlice<'_>> = g0b.iter().map(|b| b.slice(..)).collect();
+        let output = match (&kept_out, &scratch_out) {
+            (Some(k), _) => slice(k.resource(), 0, no),
+            (None, Some(o)) => o.slice(..),
+            (None, None) => unreachable!("a gradient without its forward's output"),
+        };
         let bwd = BackwardBuffers {
             weights,
             input: slice(rx, 0, ni),
-            output: scratch_out.as_ref().expect("training").slice(..),
+            output,
             states0: &s0s,
             grad_output: slice(rgy, 0, no),
             grad_states_n: &gns,
@@ -168,21 +231,23 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
             grad_weights: gwb.slice(..),
             counter: None,
         };
-        plan.record_backward(&mut enc, &bwd)?;
+        cached.plan.record_backward(&mut enc, &bwd)?;
         enc.copy_buffer_to_buffer(&gwb, 0, &rr.buffer, rr.offset + 4 * ni as u64, 4 * nw as u64);
         let mut at = 4 * (ni + nw) as u64;
         for (buf, &e) in g0b.iter().zip(&elems) {
             enc.copy_buffer_to_buffer(buf, 0, &rr.buffer, rr.offset + at, 4 * e as u64);
             at += 4 * e as u64;
         }
-    } else {
-        let mut at = 4 * no as u64;
-        for (buf, &e) in snb.iter().zip(&elems) {
-            enc.copy_buffer_to_buffer(buf, 0, &rr.buffer, rr.offset + at, 4 * e as u64);
-            at += 4 * e as u64;
-        }
     }
     ctx.queue.submit([enc.finish()]);
-    drop((mx, mw, ms0, mr, mgy));
+    drop((mx, mw, ms0, mr, mgy, kept_out));
+    if keeps {
+        let generation = cached.generation.load(SeqCst);
+        let mut k = kept().lock().unwrap_or_else(|e| e.into_inner());
+        while k.len() >= KEPT {
+            k.pop_first();
+        }
+        k.insert(spec.run, Kept { cached, generation, states0: s0b, weights: weights_copy, result: out_t.clone() });
+    }
     Ok(out_t)
 }

@@ -14,9 +14,11 @@
 //! `[S]`; its result is `[N * O | S]` (the output rows, then the final states). [`FusedRnn`]
 //! is the module over it: padded `[T, B, I]` input with lengths, one flat parameter.
 //!
-//! The backward recomputes the forward to rebuild the tape before it runs the fused backward
-//! (one extra forward per training step: simple, and the tape never crosses burn's dispatch
-//! boundary).
+//! Under autodiff the forward is a training run with an id (`RnnSpec::run`): on burn's wgpu
+//! runtime it keeps its tape (in its plan's buffers) for the backward of the same id, which
+//! uses it unless a later training forward on the same plan overwrote it (a generation count
+//! per plan): then, and on ndarray, the backward recomputes the forward first. The tape never
+//! crosses burn's dispatch boundary.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,9 +43,18 @@ pub use module::{FusedRnn, FusedRnnConfig};
 pub struct RnnSpec {
     pub config: RnnConfig,
     pub lengths: Vec<usize>,
+    /// 0: a forward to infer, a gradient recomputing the forward. Otherwise the id of a
+    /// training run: its forward keeps its tape (on burn's wgpu runtime) for the gradient of
+    /// the same id, which uses it unless a later forward overwrote it (then it recomputes).
+    pub run: u64,
 }
 
 impl RnnSpec {
+    /// A spec with no training run.
+    pub fn new(config: RnnConfig, lengths: Vec<usize>) -> Self {
+        RnnSpec { config, lengths, run: 0 }
+    }
+
     /// Packed rows N.
     pub fn rows(&self) -> usize {
         self.lengths.iter().sum()
@@ -246,6 +257,9 @@ impl<B: FusedRnnBackend, C: CheckpointStrategy> FusedRnnBackend for Autodiff<B, 
 
         match FusedRnnOp.prepare::<C>([x.node(), w.node(), s0.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
+                // A training run: the forward keeps its tape for this op's backward.
+                static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+                let spec = RnnSpec { run: RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed), ..spec };
                 let out = B::fused_rnn(x.primitive().clone(), w.primitive().clone(), s0.primitive().clone(), spec.clone());
                 prep.finish((x.into_primitive(), w.into_primitive(), s0.into_primitive(), spec), out)
             }

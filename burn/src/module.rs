@@ -98,7 +98,7 @@ impl FusedRnn {
             }
         }
         let n = rows.len();
-        let spec = RnnSpec { config: self.config.clone(), lengths: lengths.clone() };
+        let spec = RnnSpec::new(self.config.clone(), lengths.clone());
         // Every sequence T long: the padded rows are the packed rows, in order (no gather).
         let identity = n == t * b && rows.iter().enumerate().all(|(k, &r)| r == k as i64);
         let idx = (!identity).then(|| Tensor::<1, Int>::from_data(TensorData::new(rows.clone(), [n]), &device));

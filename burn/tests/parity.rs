@@ -189,3 +189,35 @@ fn golden_cases_through_burn_on_wgpu() {
     golden_through_burn(&wgpu_device(), "wgpu");
 }
 
+
+/// Two forwards of one shape (one plan, one tape) before one backward: the second forward
+/// overwrites the first's tape, so the first's backward must rebuild it (a generation check),
+/// and both inputs' gradients still match the CPU engine.
+fn two_forwards_one_backward(device: &Device, what: &str) {
+    let p = problem(Mode::Lstm);
+    let device = device.clone().autodiff();
+    let m = FusedRnn::from_weights(&p.w, false, &device).unwrap();
+    let x2v: Vec<f32> = p.x.iter().map(|v| 0.5 - v).collect();
+    let xa = Tensor::<3>::from_data(TensorData::new(p.x.clone(), [p.t, p.b, 3]), &device).require_grad();
+    let xb = Tensor::<3>::from_data(TensorData::new(x2v.clone(), [p.t, p.b, 3]), &device).require_grad();
+    let ya = m.forward(xa.clone(), Some(&p.lengths), None).unwrap().output;
+    let yb = m.forward(xb.clone(), Some(&p.lengths), None).unwrap().output;
+    let o = p.cfg.output_size();
+    let ra: Vec<f32> = (0..p.t * p.b * o).map(|k| ((k % 7) as f32 - 3.0) * 0.1).collect();
+    let rb: Vec<f32> = (0..p.t * p.b * o).map(|k| ((k % 4) as f32 - 1.5) * 0.2).collect();
+    let t3 = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [p.t, p.b, o]), &device);
+    let grads = ((ya * t3(&ra)).sum() + (yb * t3(&rb)).sum()).backward();
+    for (x, xv, r) in [(&xa, &p.x, &ra), (&xb, &x2v, &rb)] {
+        let packed = PackedSequence::from_padded(xv, [p.t, p.b, 3], false, &p.lengths).unwrap();
+        let (_, tape) = cpu::forward(&p.w, &packed, &[], Pass::Training).unwrap();
+        let go = PackedSequence::from_padded(r, [p.t, p.b, o], false, &p.lengths).unwrap();
+        let g = cpu::backward(&p.w, &tape.unwrap(), &go.data, &[]).unwrap();
+        let (want, _) = packed.with_data(g.input.data, 3).unwrap().to_padded(false, 0.0, None).unwrap();
+        close(&format!("{what} two forwards: input gradient"), &x.grad(&grads).unwrap().into_data().to_vec().unwrap(), &want.data);
+    }
+}
+
+#[test]
+fn two_forwards_before_one_backward_on_wgpu() {
+    two_forwards_one_backward(&wgpu_device(), "wgpu");
+}
