@@ -111,6 +111,29 @@ fn slice(r: &WgpuResource, at: u64, len: usize) -> wgpu::BufferSlice<'_> {
     r.buffer.slice(r.offset + at..r.offset + at + 4 * len as u64)
 }
 
+/// The states concatenated in a tensor from byte `at` (`elems` f32 each) into buffers of our
+/// own (the engine binds each state at the device's offset alignment, which the concatenation
+/// does not keep).
+fn split_states(enc: &mut wgpu::CommandEncoder, own: &dyn Fn(&str, usize) -> wgpu::Buffer, label: &str, r: &WgpuResource, mut at: u64, elems: &[usize]) -> Vec<wgpu::Buffer> {
+    elems
+        .iter()
+        .map(|&e| {
+            let buf = own(label, e);
+            enc.copy_buffer_to_buffer(&r.buffer, r.offset + at, &buf, 0, 4 * e as u64);
+            at += 4 * e as u64;
+            buf
+        })
+        .collect()
+}
+
+/// [`split_states`] reversed: our states' buffers into a tensor from byte `at`.
+fn join_states(enc: &mut wgpu::CommandEncoder, bufs: &[wgpu::Buffer], r: &WgpuResource, mut at: u64, elems: &[usize]) {
+    for (buf, &e) in bufs.iter().zip(elems) {
+        enc.copy_buffer_to_buffer(buf, 0, &r.buffer, r.offset + at, 4 * e as u64);
+        at += 4 * e as u64;
+    }
+}
+
 /// The forward (`gy` None: `[N * O | S]`; with `spec.run`, a training forward that keeps its
 /// tape) or the gradient (`[N * I | W | S]`, from the kept tape of `spec.run` where it is
 /// still there, else after a training forward of its own).
@@ -151,16 +174,7 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
         Some(Kept { states0, weights, .. }) => (states0, weights),
         None => {
             // The initial states from s0's concatenation into buffers of their own.
-            let mut at = 0u64;
-            let s0b = elems
-                .iter()
-                .map(|&e| {
-                    let buf = own("initial state", e);
-                    enc.copy_buffer_to_buffer(&rs0.buffer, rs0.offset + at, &buf, 0, 4 * e as u64);
-                    at += 4 * e as u64;
-                    buf
-                })
-                .collect();
+            let s0b = split_states(&mut enc, &own, "initial state", rs0, 0, &elems);
             // A cell that derives its matrix (the uRNN) writes it into the weights buffer: burn's
             // tensors are immutable to burn, so such a cell's weights go through a copy of our own.
             let copy = cfg.mode.derived(cfg.sizes(0)).is_some().then(|| {
@@ -190,26 +204,13 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
             cached.generation.fetch_add(1, SeqCst);
         }
         if !grad {
-            let mut at = 4 * no as u64;
-            for (buf, &e) in snb.iter().zip(&elems) {
-                enc.copy_buffer_to_buffer(buf, 0, &rr.buffer, rr.offset + at, 4 * e as u64);
-                at += 4 * e as u64;
-            }
+            join_states(&mut enc, &snb, rr, 4 * no as u64, &elems);
         }
     }
     if let Some(rgy) = mgy.as_ref().map(|m| m.resource()) {
         // The final states' gradients from gy's tail; ours for the weights' and initial
         // states' gradients, copied after the input's gradient in the result.
-        let mut at = 4 * no as u64;
-        let gnb: Vec<wgpu::Buffer> = elems
-            .iter()
-            .map(|&e| {
-                let buf = own("final state gradient", e);
-                enc.copy_buffer_to_buffer(&rgy.buffer, rgy.offset + at, &buf, 0, 4 * e as u64);
-                at += 4 * e as u64;
-                buf
-            })
-            .collect();
+        let gnb = split_states(&mut enc, &own, "final state gradient", rgy, 4 * no as u64, &elems);
         let g0b: Vec<wgpu::Buffer> = elems.iter().map(|&e| own("initial state gradient", e)).collect();
         let gwb = own("weight gradient", nw);
         let gns: Vec<Option<wgpu::BufferSlice<'_>>> = gnb.iter().map(|b| Some(b.slice(..))).collect();
@@ -233,11 +234,7 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
         };
         cached.plan.record_backward(&mut enc, &bwd)?;
         enc.copy_buffer_to_buffer(&gwb, 0, &rr.buffer, rr.offset + 4 * ni as u64, 4 * nw as u64);
-        let mut at = 4 * (ni + nw) as u64;
-        for (buf, &e) in g0b.iter().zip(&elems) {
-            enc.copy_buffer_to_buffer(buf, 0, &rr.buffer, rr.offset + at, 4 * e as u64);
-            at += 4 * e as u64;
-        }
+        join_states(&mut enc, &g0b, rr, 4 * (ni + nw) as u64, &elems);
     }
     ctx.queue.submit([enc.finish()]);
     drop((mx, mw, ms0, mr, mgy, kept_out));

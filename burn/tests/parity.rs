@@ -189,7 +189,6 @@ fn golden_cases_through_burn_on_wgpu() {
     golden_through_burn(&wgpu_device(), "wgpu");
 }
 
-
 /// Two forwards of one shape (one plan, one tape) before one backward: the second forward
 /// overwrites the first's tape, so the first's backward must rebuild it (a generation check),
 /// and both inputs' gradients still match the CPU engine.
