@@ -1,3 +1,4 @@
+#![allow(deprecated)] // burn 0.22 deprecates ndarray (and TensorData::to_vec); the issue asks for ndarray
 //! The burn module against burn's own `nn::Lstm` and `nn::Gru` with the same weights (PyTorch's
 //! gate rows mapped onto burn's per-gate `Linear`s, stored `[in, out]`): forward and the
 //! gradients of the input and of every weight, at the golden tolerances, on ndarray and on

@@ -1,3 +1,4 @@
+#![allow(deprecated)] // burn 0.22 deprecates ndarray (and TensorData::to_vec); the issue asks for ndarray
 //! Misuse of the burn module gets a typed error before any work: wrong shapes, lengths out of
 //! range, states of the wrong shape, tensors on different devices, a device no engine serves.
 

@@ -1,3 +1,4 @@
+#![allow(deprecated)] // burn 0.22 deprecates ndarray (and TensorData::to_vec); the issue asks for ndarray
 //! The burn module against wgpu-rnn's CPU engine on the same weights: forward on ndarray and on
 //! burn's wgpu runtime (lavapipe here), and the gradients through burn's autodiff.
 

@@ -1,3 +1,4 @@
+#![allow(deprecated)] // burn 0.22 deprecates ndarray (and TensorData::to_vec); the issue asks for ndarray
 //! No staging copy between burn's tensors and our kernels, shown by the module's own
 //! accounting of the buffers it makes (in a test binary of its own, so that no other test's
 //! calls count).
