@@ -89,8 +89,7 @@ pub trait FusedRnnBackend: Backend {
     fn fused_rnn_grad(x: FloatTensor<Self>, w: FloatTensor<Self>, s0: FloatTensor<Self>, gy: FloatTensor<Self>, spec: RnnSpec) -> FloatTensor<Self>;
 }
 
-/// The CPU engine's forward and gradient over host vectors (the ndarray backend, and the
-/// reference of the tests).
+/// The CPU engine's forward and gradient over host vectors (the ndarray backend's side).
 pub mod host {
     use super::*;
 
