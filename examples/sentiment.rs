@@ -26,11 +26,10 @@ use common::{data_path, forget_bias, normal, weights_of, Metrics};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
-use text::{encode, tokens, PAD};
+use text::{buckets, PAD};
 use wgpu_rnn::cpu::Pass;
 use wgpu_rnn::gpu::train::{cosine_lr, read_f32, upload_u32, EmbeddingIndex, LinearShape, OpBuilder, Optimizer, OptimizerKind, ParamGroup};
 use wgpu_rnn::gpu::{storage, storage_at, upload, BackwardBuffers, Context, ForwardBuffers, GpuRnn, Plan, SeqLayout, TrackedBuffer};
@@ -96,73 +95,17 @@ struct Args {
     out: PathBuf,
 }
 
-/// `text,label` CSV with every text quoted (`""` inside), one record per line.
-fn read_reviews(name: &str) -> Result<Vec<(Vec<String>, f32)>> {
-    let text = std::fs::read_to_string(data_path(name))?;
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate().skip(1) {
-        let bad = || Error::InvalidConfig(format!("{name}:{}: not a `\"text\",label` record", n + 1));
-        let (body, label) = line.rsplit_once(',').ok_or_else(bad)?;
-        let body = body.strip_prefix('"').and_then(|b| b.strip_suffix('"')).ok_or_else(bad)?;
-        let label: f32 = label.trim().parse().map_err(|_| bad())?;
-        out.push((tokens(&body.replace("\"\"", "\"")), label));
-    }
-    Ok(out)
-}
-
-struct Data {
-    itos: Vec<String>,
-    train: Vec<(Vec<u32>, f32)>,
-    test: Vec<(Vec<u32>, f32)>,
-}
-
-fn load_data(a: &Args) -> Result<Data> {
-    let mut train = read_reviews("imdb_reviews_train_1.csv")?;
-    train.extend(read_reviews("imdb_reviews_train_2.csv")?);
-    if a.limit > 0 {
-        train.truncate(a.limit);
-    }
-    let test = read_reviews("imdb_reviews_test.csv")?;
-    let mut counts: HashMap<&str, usize> = HashMap::new();
-    for (toks, _) in &train {
-        for t in toks {
-            *counts.entry(t).or_default() += 1;
-        }
-    }
-    let mut words: Vec<&str> = counts.iter().filter(|(_, &c)| c >= a.min_count).map(|(w, _)| *w).collect();
-    words.sort_unstable();
-    let mut itos = vec!["<pad>".to_string(), "<unk>".to_string()];
-    itos.extend(words.iter().map(|w| w.to_string()));
-    let stoi: HashMap<&str, u32> = itos.iter().enumerate().map(|(i, w)| (w.as_str(), i as u32)).collect();
-    let train = train.iter().map(|(t, y)| (encode(t, &stoi, a.max_len), *y)).collect();
-    let test = test.iter().map(|(t, y)| (encode(t, &stoi, a.max_len), *y)).collect();
-    Ok(Data { itos, train, test })
+/// The IMDB sample (examples/common/text.rs), errors typed.
+fn load_data(a: &Args) -> Result<text::Corpus> {
+    text::corpus(&data_path(""), a.limit, a.min_count, a.max_len).map_err(Error::InvalidConfig)
 }
 
 /// The embedding table: GloVe rows where the word has one, else N(0, 0.1); padding zero.
 fn embedding_init(itos: &[String], rng: &mut impl Rng) -> Result<(Vec<f32>, usize)> {
     let mut table = normal(rng, itos.len() * EMBED, 0.1);
     table[..EMBED].iter_mut().for_each(|x| *x = 0.0);
-    let index: HashMap<&str, usize> = itos.iter().enumerate().skip(2).map(|(i, w)| (w.as_str(), i)).collect();
-    let glove = std::fs::read_to_string(data_path("glove.6B.50d.10k.txt"))?;
-    let mut found = 0;
-    for line in glove.lines() {
-        let mut parts = line.split(' ');
-        let Some(&i) = parts.next().and_then(|w| index.get(w)) else { continue };
-        let v: Vec<f32> = parts.map(|x| x.parse().unwrap_or(0.0)).collect();
-        if v.len() == EMBED {
-            table[i * EMBED..(i + 1) * EMBED].copy_from_slice(&v);
-            found += 1;
-        }
-    }
+    let found = text::glove_rows(&data_path("glove.6B.50d.10k.txt"), itos, EMBED, &mut table).map_err(Error::InvalidConfig)?;
     Ok((table, found))
-}
-
-/// Buckets: indices sorted by length (stable), cut into batches.
-fn buckets(data: &[(Vec<u32>, f32)], batch: usize) -> Vec<Vec<usize>> {
-    let mut order: Vec<usize> = (0..data.len()).collect();
-    order.sort_by_key(|&i| data[i].0.len());
-    order.chunks(batch).map(|c| c.to_vec()).collect()
 }
 
 /// Device buffers sized for the largest batch, reused by every batch.
