@@ -110,6 +110,7 @@ impl MatMul {
         let scope = super::context::ErrorScope::push(&self.ctx.device);
         let bg = record::bind_group(&self.ctx, self.kernel, &self.params, &[a, b, c, bias.unwrap_or(b), b, a].map(|x| x.slice(..)));
         scope.pop()?;
+        let bg = bg?;
         let mut rec = Recorder::begin(encoder, "wgpu-rnn gemm", None);
         for _ in 0..reps {
             rec.dispatch(self.kernel, &self.pipeline, &bg, 0, self.groups);

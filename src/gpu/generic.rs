@@ -622,8 +622,9 @@ impl CellPlan {
             Op::Dispatch { kernel, bufs, .. } => Some((*kernel, &bufs[..])),
             Op::Clear(..) => None,
         });
-        let (groups, of_op) = record::bind_groups(&self.ctx, &self.params, dispatches, resolve);
+        let bound = record::bind_groups(&self.ctx, &self.params, dispatches, resolve);
         scope.pop_on(&self.ctx)?;
+        let (groups, of_op) = bound?;
         let mut rec: Option<Recorder<'static>> = None;
         let mut next = of_op.iter();
         let profile = self.profile.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -57,7 +57,11 @@ impl ParamBlocks {
 /// The bind group of a dispatch of `kernel`: `params` at binding 0 (one block wide; the block
 /// is chosen by the dynamic offset at dispatch), then `bufs` at bindings 1.. in the order of
 /// the kernel family's layout. Call inside an error scope.
-pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, bufs: &[wgpu::BufferSlice<'_>]) -> wgpu::BindGroup {
+///
+/// wgpu cannot be asked for a buffer's device, and wgpu-core asserts (panics) when a buffer of
+/// another device carries an id that this device's storage holds at another epoch: that is the
+/// caller's error, returned here as [`Error::Gpu`], not a panic.
+pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, bufs: &[wgpu::BufferSlice<'_>]) -> Result<wgpu::BindGroup> {
     let fam = kernel.family();
     let mut entries = vec![wgpu::BindGroupEntry {
         binding: 0,
@@ -70,7 +74,11 @@ pub(crate) fn bind_group(ctx: &Context, kernel: Kernel, params: &wgpu::Buffer, b
         let binding = wgpu::BufferBinding { buffer: s.buffer(), offset: s.offset(), size };
         entries.push(wgpu::BindGroupEntry { binding: i as u32 + 1, resource: wgpu::BindingResource::Buffer(binding) });
     }
-    ctx.device.create_bind_group(&wgpu::BindGroupDescriptor { label: Some(kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries })
+    let desc = wgpu::BindGroupDescriptor { label: Some(kernel.entry()), layout: ctx.layouts.bind_group_layout(fam), entries: &entries };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ctx.device.create_bind_group(&desc))).map_err(|p| {
+        let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("a panic");
+        Error::Gpu(format!("wgpu panicked binding the buffers of {} (a buffer of another device?): {msg}", kernel.entry()))
+    })
 }
 
 /// One compute pass of dispatches, ended when dropped. The pipeline is set when it changes,
@@ -189,16 +197,20 @@ pub(crate) fn bind_groups<'r, 'b, R: Copy + Eq + Hash + 'r>(
     params: &wgpu::Buffer,
     dispatches: impl Iterator<Item = (Kernel, &'r [R])>,
     resolve: &dyn Fn(R) -> wgpu::BufferSlice<'b>,
-) -> (Vec<wgpu::BindGroup>, Vec<usize>) {
+) -> Result<(Vec<wgpu::BindGroup>, Vec<usize>)> {
     let mut index: HashMap<(super::kernels::Family, &'r [R]), usize> = HashMap::new();
     let (mut groups, mut of_op) = (Vec::new(), Vec::new());
     for (kernel, roles) in dispatches {
-        let i = *index.entry((kernel.family(), roles)).or_insert_with(|| {
-            let bufs: Vec<wgpu::BufferSlice<'b>> = roles.iter().map(|&r| resolve(r)).collect();
-            groups.push(bind_group(ctx, kernel, params, &bufs));
-            groups.len() - 1
-        });
+        let i = match index.get(&(kernel.family(), roles)) {
+            Some(&i) => i,
+            None => {
+                let bufs: Vec<wgpu::BufferSlice<'b>> = roles.iter().map(|&r| resolve(r)).collect();
+                groups.push(bind_group(ctx, kernel, params, &bufs)?);
+                index.insert((kernel.family(), roles), groups.len() - 1);
+                groups.len() - 1
+            }
+        };
         of_op.push(i);
     }
-    (groups, of_op)
+    Ok((groups, of_op))
 }

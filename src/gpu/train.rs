@@ -536,7 +536,13 @@ impl OpBuilder {
                     None => dummies[0].slice(..),
                 })
                 .collect();
-            let bg = record::bind_group(&ctx, op.kernel, &params, &bufs);
+            let bg = match record::bind_group(&ctx, op.kernel, &params, &bufs) {
+                Ok(bg) => bg,
+                Err(e) => {
+                    scope.pop_on(&ctx)?;
+                    return Err(e);
+                }
+            };
             ops.push((op.kernel, ctx.pipeline_at(op.kernel, op.precision)?, bg, offset, op.groups));
         }
         scope.pop_on(&ctx)?;
