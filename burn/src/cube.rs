@@ -65,7 +65,7 @@ struct Cached {
 /// Plans prepared on a context, by config, lengths and pass: preparing one uploads its
 /// parameter blocks and allocates its workspaces, which a training loop should not pay per
 /// step. At most [`PLANS`] are kept (all dropped when full: batch shapes of one model are few).
-fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bool) -> wgpu_rnn::Result<Cached> {
+fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, training: bool) -> wgpu_rnn::Result<Cached> {
     type Key = (usize, String);
     static CACHE: OnceLock<Mutex<HashMap<Key, Cached>>> = OnceLock::new();
     let key = (Arc::as_ptr(ctx) as usize, format!("{:?} {:?} {training}", spec.config, spec.lengths));
@@ -76,7 +76,8 @@ fn plan_for(ctx: &Arc<Context>, spec: &RnnSpec, layout: &SeqLayout, training: bo
     if cache.len() >= PLANS {
         cache.clear();
     }
-    let plan = Arc::new(Plan::new(ctx, &spec.config, layout, if training { Pass::Training } else { Pass::Inference })?);
+    let layout = SeqLayout::of(&spec.packing()?)?;
+    let plan = Arc::new(Plan::new(ctx, &spec.config, &layout, if training { Pass::Training } else { Pass::Inference })?);
     let c = Cached { plan, generation: Default::default() };
     cache.insert(key, c.clone());
     Ok(c)
@@ -142,12 +143,10 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
     let ctx = context_of(x)?;
     let cfg = &spec.config;
     let (n, b) = (spec.rows(), spec.lengths.len());
-    let t = spec.lengths.iter().copied().max().unwrap_or(0);
-    let template = PackedSequence::from_padded(&vec![0f32; t * b], [t, b, 1], false, &spec.lengths)?;
-    let layout = SeqLayout::of(&template)?;
     let grad = gy.is_some();
     let keeps = !grad && spec.run != 0;
-    let cached = plan_for(&ctx, spec, &layout, grad || keeps)?;
+    // The batch structure is worked out only when its plan is made (not per call).
+    let cached = plan_for(&ctx, spec, grad || keeps)?;
     let elems = cfg.state_elems(b);
     let (no, ni, nw) = (n * cfg.output_size(), n * cfg.input_size, spec.weight_elems());
     let result_elems = if grad { spec.grad_elems() } else { spec.result_elems() };

@@ -55,6 +55,13 @@ impl RnnSpec {
         RnnSpec { config, lengths, run: 0 }
     }
 
+    /// The batch structure as a packed sequence of one zero feature: the rows' order that
+    /// both engines' packing follows (`with_data` gives it real rows).
+    pub fn packing(&self) -> wgpu_rnn::Result<PackedSequence<f32>> {
+        let (t, b) = (self.lengths.iter().copied().max().unwrap_or(0), self.lengths.len());
+        PackedSequence::from_padded(&vec![0f32; t * b], [t, b, 1], false, &self.lengths)
+    }
+
     /// Packed rows N.
     pub fn rows(&self) -> usize {
         self.lengths.iter().sum()
@@ -106,10 +113,8 @@ pub mod host {
             .collect()
     }
 
-    pub(crate) fn packed(spec: &RnnSpec, x: &[f32]) -> wgpu_rnn::Result<PackedSequence<f32>> {
-        let (t, b) = (spec.lengths.iter().copied().max().unwrap_or(0), spec.lengths.len());
-        let template = PackedSequence::from_padded(&vec![0f32; t * b], [t, b, 1], false, &spec.lengths)?;
-        template.with_data(x.to_vec(), spec.config.input_size)
+    fn packed(spec: &RnnSpec, x: &[f32]) -> wgpu_rnn::Result<PackedSequence<f32>> {
+        spec.packing()?.with_data(x.to_vec(), spec.config.input_size)
     }
 
     /// `[N * O | S]`.
