@@ -150,8 +150,6 @@ pub struct Context {
     lost: Arc<OnceLock<String>>,
     /// The largest storage binding (bytes) the library plans for (see [`Context::set_binding_limit`]).
     binding_limit: AtomicU64,
-    /// Every storage binding read-write ([`Context::with_shared_buffers`]).
-    shared: bool,
 }
 
 impl std::fmt::Debug for Context {
@@ -257,7 +255,7 @@ impl Context {
     /// Whether slices of one buffer may be read and written in one dispatch
     /// ([`Context::with_shared_buffers`]).
     pub fn shares_buffers(&self) -> bool {
-        self.shared
+        self.modules.shared()
     }
 
     /// Wraps the device. The context installs its own device-lost callback (replacing one a
@@ -297,7 +295,6 @@ impl Context {
             lost,
             binding_limit: AtomicU64::new(limits.max_storage_buffer_binding_size),
             limits,
-            shared,
         }))
     }
 

@@ -461,6 +461,11 @@ impl Modules {
         }
     }
 
+    /// Whether every storage binding is read-write ([`super::Context::with_shared_buffers`]).
+    pub(crate) fn shared(&self) -> bool {
+        self.shared
+    }
+
     /// The module of family `f` storing in `precision` (only the families that
     /// [`Family::stores_precision`] have f16 modules; the caller checked `SHADER_F16`).
     pub(crate) fn get(&self, device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
