@@ -89,6 +89,12 @@ pub enum Error {
     #[error("safetensors: {0}")]
     SafeTensors(String),
 
+    /// An ONNX model or tensor file that is malformed, or a node this crate does not run
+    /// (another operator, an attribute value outside ONNX's, a graph of other nodes): the
+    /// message names what.
+    #[error("onnx: {0}")]
+    Onnx(String),
+
     /// File system errors.
     #[error("io: {0}")]
     Io(#[from] std::io::Error),

@@ -42,6 +42,7 @@ pub mod gpu;
 pub mod info;
 pub mod io;
 pub mod masks;
+pub mod onnx;
 pub mod packing;
 pub mod precision;
 pub mod tensor;

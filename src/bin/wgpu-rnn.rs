@@ -69,6 +69,18 @@ enum Cmd {
     },
     /// List the adapters wgpu sees: backend, device type, limits and features.
     Info,
+    /// Run an ONNX model whose graph is one LSTM, GRU or RNN node on the tensors
+    /// DATA/input_K.pb (the graph's K-th input not given by an initializer, onnx's backend-test
+    /// layout) and write the node's outputs to OUT/output_K.pb.
+    Onnx {
+        model: PathBuf,
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long, value_enum, default_value = "cpu")]
+        device: Device,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Time configurations on the CPU path and the GPU, forward and training, and print a
     /// table (median, min-max, GFLOP/s, share of the device's GEMM ceiling, GPU/CPU speedup).
     Bench {
@@ -309,6 +321,21 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Onnx { model, data, device, out } => {
+            let gpu = if device == Device::Gpu { gpu_context().map(Some) } else { Ok(None) };
+            match gpu.and_then(|g| wgpu_rnn::onnx::file::run_files(&model, &data, &out, g.as_ref())) {
+                Ok(files) => {
+                    for f in files {
+                        println!("wrote {}", f.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Info => {
             let adapters = wgpu_rnn::info::adapters();
             if adapters.is_empty() {

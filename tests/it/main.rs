@@ -15,6 +15,7 @@ mod gpu_common;
 mod gpu_step;
 mod gradcheck;
 mod long_sequences;
+mod onnx;
 mod packing;
 mod random_inputs;
 mod regularisers;
