@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::precision::Precision;
 
 pub use crate::cells::Mode;
-use crate::cells::{ParamDef, Sizes, Slot, StateDef};
+use crate::cells::{ParamDef, Pointwise, Sizes, Slot, StateDef};
 pub use crate::masks::Prob;
 
 /// A recurrent stack, as the arguments of `nn.LSTM` / `nn.GRU` / `nn.RNN`.
@@ -37,6 +37,10 @@ pub struct RnnConfig {
     /// ([`Precision`]), on the GPU (`gpu::Plan`, `gpu::GpuRnn`); the CPU engine (`cpu::forward`) is their f16-storage
     /// twin.
     pub precision: Precision,
+    /// The cell's activation slots ([`crate::cells::activation`]), one [`Pointwise`] per
+    /// direction (every layer alike), or empty for the cell's own functions. Only cells with
+    /// slots ([`Mode::slots`]) take them; forward only (training with them is refused).
+    pub pointwise: Vec<Pointwise>,
 }
 
 impl Default for RnnConfig {
@@ -52,6 +56,7 @@ impl Default for RnnConfig {
             dropout: Prob::ZERO,
             zoneout: Prob::ZERO,
             precision: Precision::F32,
+            pointwise: Vec::new(),
         }
     }
 }
@@ -108,7 +113,26 @@ impl RnnConfig {
         self.precision = precision;
         self
     }
-    /// Whether dropout or zoneout is on.
+    /// The same config with activation slots per direction (see [`RnnConfig::pointwise`]).
+    pub fn with_pointwise(mut self, per_direction: Vec<Pointwise>) -> Self {
+        self.pointwise = per_direction;
+        self
+    }
+
+    /// Direction `dir`'s activation slots, `None` for the cell's own.
+    pub fn pointwise_of(&self, dir: usize) -> Option<&Pointwise> {
+        self.pointwise.get(dir)
+    }
+
+    /// Whether training is refused because of custom activation slots.
+    pub(crate) fn check_trainable(&self) -> Result<()> {
+        if !self.pointwise.is_empty() {
+            return Err(Error::Unsupported(format!("training {} with custom activation slots (their derivatives are not implemented; forward only)", self.mode)));
+        }
+        Ok(())
+    }
+
+    /// Whether dropout or zoneout is set.
     pub fn regularised(&self) -> bool {
         !self.dropout.is_zero() || !self.zoneout.is_zero()
     }
@@ -165,6 +189,14 @@ impl RnnConfig {
         for layer in 0..self.num_layers.min(2) {
             if let Err(why) = self.mode.check(self.sizes(layer)) {
                 return bad(format!("{}: {why} (layer {layer})", self.mode));
+            }
+        }
+        if !self.pointwise.is_empty() {
+            if self.mode.slots().is_empty() {
+                return bad(format!("{} has no activation slots to set", self.mode));
+            }
+            if self.pointwise.len() != d {
+                return bad(format!("{} activation slot sets for {d} directions", self.pointwise.len()));
             }
         }
         if self.precision == Precision::F16 {

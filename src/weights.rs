@@ -475,7 +475,7 @@ fn slot_name(defs: &[ParamDef], slot: Slot, layer: usize, dir: usize) -> String 
 
 /// The metadata strings that describe a config (numbers and booleans as JSON).
 pub fn config_metadata(c: &RnnConfig) -> HashMap<String, String> {
-    HashMap::from([
+    let mut m = HashMap::from([
         ("mode".into(), c.mode.as_str().into()),
         ("input_size".into(), c.input_size.to_string()),
         ("hidden_size".into(), c.hidden_size.to_string()),
@@ -488,7 +488,21 @@ pub fn config_metadata(c: &RnnConfig) -> HashMap<String, String> {
         ("dropout".into(), c.dropout.get().to_string()),
         ("zoneout".into(), c.zoneout.get().to_string()),
         ("precision".into(), c.precision.name().into()),
-    ])
+    ]);
+    // Custom activation slots, per direction (absent: the cell's own).
+    if !c.pointwise.is_empty() {
+        let n = c.mode.slots().len();
+        m.insert("pointwise".into(), c.pointwise.iter().map(|p| p.encode(n)).collect::<Vec<_>>().join("/"));
+    }
+    m
+}
+
+/// The metadata's activation slots per direction (`config_metadata`), empty if absent.
+fn meta_pointwise(meta: &HashMap<String, String>) -> Result<Vec<crate::cells::Pointwise>> {
+    match meta.get("pointwise") {
+        None => Ok(Vec::new()),
+        Some(s) => s.split('/').map(crate::cells::Pointwise::parse).collect(),
+    }
 }
 
 /// The metadata's run settings (dropout, zoneout, storage precision); each absent from files
@@ -611,6 +625,7 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         c = h.clone();
     } else {
         (c.dropout, c.zoneout, c.precision) = meta_run_settings(meta)?;
+        c.pointwise = meta_pointwise(meta)?;
     }
     c.validate()?;
     Ok(c)
@@ -656,6 +671,10 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         Some(h) => (h.dropout, h.zoneout, h.precision),
         None => meta_run_settings(meta)?,
     };
+    let pointwise = match hint {
+        Some(h) => h.pointwise.clone(),
+        None => meta_pointwise(meta)?,
+    };
     let c = RnnConfig {
         mode,
         input_size: v[0],
@@ -667,6 +686,7 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         dropout,
         zoneout,
         precision,
+        pointwise,
     };
     c.validate()?;
     Ok(c)

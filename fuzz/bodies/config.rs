@@ -62,6 +62,7 @@ pub fn run(data: &[u8]) {
         dropout: prob(input.dropout),
         zoneout: prob(input.zoneout),
         precision: if input.f16 { Precision::F16 } else { Precision::F32 },
+        pointwise: Vec::new(),
     };
     if cfg.validate().is_err() {
         assert!(Weights::<f32>::zeros(&cfg).is_err(), "zeros accepted an invalid config");

@@ -5,10 +5,13 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    let rg = sigmoid(xp(row, j) + r(row, j));
-    let z = sigmoid(xp(row, n + j) + r(row, n + j));
+    let ar = xp(row, j) + r(row, j);
+    let az = xp(row, n + j) + r(row, n + j);
+    let rg = slot(0u, ar, sigmoid(ar));
+    let z = slot(0u, az, sigmoid(az));
     let hn = r(row, 2u * n + j);
-    let nn = tanh_safe(xp(row, 2u * n + j) + rg * hn);
+    let an = xp(row, 2u * n + j) + rg * hn;
+    let nn = slot(1u, an, tanh_safe(an));
     let y = (1.0 - z) * nn + z * s_get(row, j);
     s_set(row, j, y);
     out_set(row, j, y);

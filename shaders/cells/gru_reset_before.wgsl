@@ -18,15 +18,18 @@ fn unit_forward(row: u32, j: u32) {
         return;
     }
     if (stage() == 0u) {
-        let rg = sigmoid(xp(row, j) + r(row, j));
-        let z = sigmoid(xp(row, n + j) + r(row, n + j));
+        let ar = xp(row, j) + r(row, j);
+        let az = xp(row, n + j) + r(row, n + j);
+        let rg = slot(0u, ar, sigmoid(ar));
+        let z = slot(0u, az, sigmoid(az));
         tape_set(row, j, rg);
         tape_set(row, n + j, z);
         tape_set(row, 3u * n + j, rg * s_get(row, j));
         return;
     }
     let z = tape_get(row, n + j);
-    let nn = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let an = xp(row, 2u * n + j) + r(row, 2u * n + j);
+    let nn = slot(1u, an, tanh_safe(an));
     let y = (1.0 - z) * nn + z * s_get(row, j);
     tape_set(row, 2u * n + j, nn);
     s_set(row, j, y);

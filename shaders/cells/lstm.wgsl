@@ -16,12 +16,16 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    let i = sigmoid(xp(row, j) + r(row, j));
-    let f = sigmoid(xp(row, n + j) + r(row, n + j));
-    let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
-    let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j));
+    let ai = xp(row, j) + r(row, j);
+    let af = xp(row, n + j) + r(row, n + j);
+    let ag = xp(row, 2u * n + j) + r(row, 2u * n + j);
+    let ao = xp(row, 3u * n + j) + r(row, 3u * n + j);
+    let i = slot(0u, ai, sigmoid(ai));
+    let f = slot(0u, af, sigmoid(af));
+    let g = slot(1u, ag, tanh_safe(ag));
+    let o = slot(0u, ao, sigmoid(ao));
     let c = f * s_get(row, ho + j) + i * g;
-    let h = o * tanh_safe(c);
+    let h = o * slot(2u, c, tanh_safe(c));
     s_set(row, ho + j, c);
     tape_set(row, j, i);
     tape_set(row, n + j, f);

@@ -12,11 +12,14 @@ fn unit_forward(row: u32, j: u32) {
     if (j >= n) {
         return;
     }
-    let f = sigmoid(xp(row, j) + r(row, j));
-    let g = tanh_safe(xp(row, n + j) + r(row, n + j));
-    let o = sigmoid(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let af = xp(row, j) + r(row, j);
+    let ag = xp(row, n + j) + r(row, n + j);
+    let ao = xp(row, 2u * n + j) + r(row, 2u * n + j);
+    let f = slot(0u, af, sigmoid(af));
+    let g = slot(1u, ag, tanh_safe(ag));
+    let o = slot(0u, ao, sigmoid(ao));
     let cn = f * s_get(row, n + j) + (1.0 - f) * g;
-    let y = o * tanh_safe(cn);
+    let y = o * slot(2u, cn, tanh_safe(cn));
     s_set(row, n + j, cn);
     s_set(row, j, y);
     out_set(row, j, y);

@@ -15,12 +15,16 @@ fn unit_forward(row: u32, j: u32) {
         return;
     }
     let cp = s_get(row, n + j);
-    let i = sigmoid(xp(row, j) + r(row, j) + e(j) * cp);
-    let f = sigmoid(xp(row, n + j) + r(row, n + j) + e(n + j) * cp);
-    let g = tanh_safe(xp(row, 2u * n + j) + r(row, 2u * n + j));
+    let ai = xp(row, j) + r(row, j) + e(j) * cp;
+    let af = xp(row, n + j) + r(row, n + j) + e(n + j) * cp;
+    let ag = xp(row, 2u * n + j) + r(row, 2u * n + j);
+    let i = slot(0u, ai, sigmoid(ai));
+    let f = slot(0u, af, sigmoid(af));
+    let g = slot(1u, ag, tanh_safe(ag));
     let cn = f * cp + i * g;
-    let o = sigmoid(xp(row, 3u * n + j) + r(row, 3u * n + j) + e(2u * n + j) * cn);
-    let y = o * tanh_safe(cn);
+    let ao = xp(row, 3u * n + j) + r(row, 3u * n + j) + e(2u * n + j) * cn;
+    let o = slot(0u, ao, sigmoid(ao));
+    let y = o * slot(2u, cn, tanh_safe(cn));
     s_set(row, n + j, cn);
     s_set(row, j, y);
     out_set(row, j, y);

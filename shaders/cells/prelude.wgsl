@@ -94,6 +94,62 @@ struct CellParams {
 
 const WG: u32 = 64u;
 
+// Activation slots (src/cells/activation.rs): a cell computes the nonlinearities it lists in
+// Cell::SLOTS as slot(k, x, own), own its own function of x. A config's custom slots set
+// these pipeline-overridable constants on the forward stage and loop kernels; left at OWN
+// (every other pipeline), slot() is own and the rest folds away. ACTk: the function's id in
+// Function::ALL order, ACTk_A / _B its alpha and beta; CLIP > 0 clips slots 0 and 1's input.
+const OWN: u32 = 255u;
+override ACT0: u32 = 255u;
+override ACT0_A: f32 = 0.0;
+override ACT0_B: f32 = 0.0;
+override ACT1: u32 = 255u;
+override ACT1_A: f32 = 0.0;
+override ACT1_B: f32 = 0.0;
+override ACT2: u32 = 255u;
+override ACT2_A: f32 = 0.0;
+override ACT2_B: f32 = 0.0;
+override CLIP: f32 = 0.0;
+
+fn act_fn(f: u32, a: f32, b: f32, x: f32) -> f32 {
+    switch f {
+        case 0u: { return sigmoid(x); }
+        case 1u: { return tanh_safe(x); }
+        case 2u: { return max(x, 0.0); }
+        case 3u: { return a * x + b; }
+        case 4u: { return select(a * x, x, x >= 0.0); }
+        case 5u: { return select(0.0, x, x > a); }
+        case 6u: { return a * tanh_safe(b * x); }
+        case 7u: { return clamp(a * x + b, 0.0, 1.0); }
+        case 8u: { return select(a * (exp(min(x, 0.0)) - 1.0), x, x >= 0.0); }
+        case 9u: { return x / (1.0 + abs(x)); }
+        default: { return max(x, 0.0) + log(1.0 + exp(-abs(x))); }
+    }
+}
+
+fn slot(k: u32, x: f32, own: f32) -> f32 {
+    var f = ACT0;
+    var a = ACT0_A;
+    var b = ACT0_B;
+    if (k == 1u) {
+        f = ACT1;
+        a = ACT1_A;
+        b = ACT1_B;
+    } else if (k == 2u) {
+        f = ACT2;
+        a = ACT2_A;
+        b = ACT2_B;
+    }
+    if (f == OWN) {
+        return own;
+    }
+    var v = x;
+    if (CLIP > 0.0 && k < 2u) {
+        v = clamp(x, -CLIP, CLIP);
+    }
+    return act_fn(f, a, b, v);
+}
+
 // Where a kernel is in the sequence. The per-step kernels take the step's first packed row,
 // its first tape row and the stage from p (p.o, p.trow, p.stage), and leave these at 0; the
 // single-dispatch loop (stage.wgsl's cell_loop) runs with those at 0 and walks these.

@@ -6,7 +6,8 @@ fn dact(y: f32) -> f32 { return select(1.0 - y * y, select(0.0, 1.0, y > 0.0), R
 
 fn unit_forward(row: u32, j: u32) {
     if (j < p.hidden) {
-        let y = act(xp(row, j) + r(row, j));
+        let a = xp(row, j) + r(row, j);
+        let y = slot(0u, a, act(a));
         s_set(row, j, y);
         tape_set(row, j, y);
         out_set(row, j, y);

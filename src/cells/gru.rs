@@ -2,13 +2,14 @@
 //! `h' = (1 - z) n + z h`. Tape: r, z, n, and `W_hn h + b_hn`.
 
 use super::rnn::{torch_layout, torch_params};
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, StateDef};
+use super::{Function, Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, StateDef};
 use crate::float::Float;
 
 pub struct Gru;
 
 impl Cell for Gru {
     const NAME: &'static str = "GRU";
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("gru.wgsl");
     const OPTIONAL_BIAS: bool = true;
     fn params(s: Sizes) -> Vec<ParamDef> {
@@ -21,7 +22,7 @@ impl Cell for Gru {
         torch_layout(3, s, s.hidden, 4 * s.hidden)
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A) {
         let n = s.hidden;
         let (xr, xz, xn) = (&row.xp[..n], &row.xp[n..2 * n], &row.xp[2 * n..3 * n]);
         let (hr, hz, hn) = (&row.r[..n], &row.r[n..2 * n], &row.r[2 * n..3 * n]);
@@ -30,9 +31,9 @@ impl Cell for Gru {
         let (tn, thn) = rest.split_at_mut(n);
         let (h, out) = (&mut row.s[..n], &mut row.out[..n]);
         for j in 0..n {
-            let r = (xr[j] + hr[j]).sigmoid();
-            let z = (xz[j] + hz[j]).sigmoid();
-            let nn = (xn[j] + r * hn[j]).tanh();
+            let r = a.act(0, xr[j] + hr[j], T::sigmoid);
+            let z = a.act(0, xz[j] + hz[j], T::sigmoid);
+            let nn = a.act(1, xn[j] + r * hn[j], T::tanh);
             let y = (T::one() - z) * nn + z * h[j];
             h[j] = y;
             out[j] = y;

@@ -7,13 +7,14 @@
 //! Tape `[4H]`: r at 0, z at H, n at 2H, `r h` at 3H (stage 1's product input).
 
 use super::rnn::torch_params;
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Function, Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct GruResetBefore;
 
 impl Cell for GruResetBefore {
     const NAME: &'static str = "GRU_RESET_BEFORE";
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("gru_reset_before.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         // This cell always has its biases, whatever `Sizes::bias` says.
@@ -46,7 +47,7 @@ impl Cell for GruResetBefore {
         }
     }
     #[inline(always)]
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A) {
         let n = s.hidden;
         let t = &mut row.tape[..4 * n];
         if stage == 0 {
@@ -55,8 +56,8 @@ impl Cell for GruResetBefore {
             let (hr, hz) = (&row.r[..n], &row.r[n..2 * n]);
             let h = &row.s[..n];
             for j in 0..n {
-                let r = (xr[j] + hr[j]).sigmoid();
-                let z = (xz[j] + hz[j]).sigmoid();
+                let r = a.act(0, xr[j] + hr[j], T::sigmoid);
+                let z = a.act(0, xz[j] + hz[j], T::sigmoid);
                 t[j] = r;
                 t[n + j] = z;
                 t[3 * n + j] = r * h[j];
@@ -67,7 +68,7 @@ impl Cell for GruResetBefore {
         let (h, out) = (&mut row.s[..n], &mut row.out[..n]);
         for j in 0..n {
             let z = t[n + j];
-            let nn = (xn[j] + hn[j]).tanh();
+            let nn = a.act(1, xn[j] + hn[j], T::tanh);
             let y = (T::one() - z) * nn + z * h[j];
             t[2 * n + j] = nn;
             h[j] = y;

@@ -1,7 +1,7 @@
 //! IndRNN (Li et al. 2018): `h' = relu(W_ih x + b_ih + u * h)`, an element-wise recurrence
 //! (no recurrent product). Tape: `h'`.
 
-use super::{BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
+use super::{Slots, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
 use crate::float::Float;
 
 pub struct IndRnn;
@@ -25,7 +25,7 @@ impl Cell for IndRnn {
         Layout { xp: h, input_bias: true, stages: vec![None], tape: h, pointwise: h, de_blocks: Vec::new(), uses_input: false, out: h }
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = s.hidden;
         let (xp, u, h, tape, out) = (&row.xp[..n], &row.e[..n], &mut row.s[..n], &mut row.tape[..n], &mut row.out[..n]);
         for j in 0..n {

@@ -6,7 +6,7 @@
 //!
 //! Tape (H each): a at 0 (stage 1's product input), y' at H.
 
-use super::{dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct Jordan;
@@ -51,7 +51,7 @@ impl Cell for Jordan {
         }
     }
     #[inline(always)]
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = s.hidden;
         if stage == 0 {
             let (xp, hy, ta) = (&row.xp[..n], &row.r[..n], &mut row.tape[..n]);

@@ -3,7 +3,7 @@
 //! Tape: i, f, g, o, c', and the pre-projection h (projection only).
 
 use super::rnn::{torch_layout, torch_params};
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Function, Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct Lstm;
@@ -19,6 +19,7 @@ fn h_out(s: Sizes) -> usize {
 impl Cell for Lstm {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM";
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("lstm.wgsl");
     const PROJECTION: bool = true;
     const OPTIONAL_BIAS: bool = true;
@@ -49,7 +50,7 @@ impl Cell for Lstm {
         l
     }
     #[inline(always)]
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A) {
         let (n, ho) = (s.hidden, h_out(s));
         if stage == 1 {
             // The projection: h' = W_hr h_pre.
@@ -73,14 +74,14 @@ impl Cell for Lstm {
         let (gg, go) = rest.split_at_mut(n);
         let go = &mut go[..n];
         for j in 0..n {
-            let i = (xi[j] + ri[j]).sigmoid();
-            let f = (xf[j] + rf[j]).sigmoid();
-            let g = (xg[j] + rg[j]).tanh();
-            let o = (xo[j] + ro[j]).sigmoid();
+            let i = a.act(0, xi[j] + ri[j], T::sigmoid);
+            let f = a.act(0, xf[j] + rf[j], T::sigmoid);
+            let g = a.act(1, xg[j] + rg[j], T::tanh);
+            let o = a.act(0, xo[j] + ro[j], T::sigmoid);
             let cn = f * c[j] + i * g;
             c[j] = cn;
             ct[j] = cn;
-            h[j] = o * cn.tanh();
+            h[j] = o * a.act(2, cn, T::tanh);
             gi[j] = i;
             gf[j] = f;
             gg[j] = g;

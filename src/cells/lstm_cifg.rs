@@ -4,7 +4,7 @@
 //! Tape `[4H]`: f at 0, g at H, o at 2H, c' at 3H.
 
 use super::rnn::{torch_layout, torch_params};
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, StateDef};
+use super::{Function, Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, StateDef};
 use crate::float::Float;
 
 pub struct LstmCifg;
@@ -17,6 +17,7 @@ fn with_bias(s: Sizes) -> Sizes {
 impl Cell for LstmCifg {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_CIFG";
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("lstm_cifg.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(3, with_bias(s), s.hidden)
@@ -28,18 +29,18 @@ impl Cell for LstmCifg {
         torch_layout(3, with_bias(s), s.hidden, 4 * s.hidden)
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A) {
         let n = s.hidden;
         let (x, hp) = (&row.xp[..3 * n], &row.r[..3 * n]);
         let (h, c) = row.s[..2 * n].split_at_mut(n);
         let t = &mut row.tape[..4 * n];
         let out = &mut row.out[..n];
         for j in 0..n {
-            let f = (x[j] + hp[j]).sigmoid();
-            let g = (x[n + j] + hp[n + j]).tanh();
-            let o = (x[2 * n + j] + hp[2 * n + j]).sigmoid();
+            let f = a.act(0, x[j] + hp[j], T::sigmoid);
+            let g = a.act(1, x[n + j] + hp[n + j], T::tanh);
+            let o = a.act(0, x[2 * n + j] + hp[2 * n + j], T::sigmoid);
             let cn = f * c[j] + (T::one() - f) * g;
-            let y = o * cn.tanh();
+            let y = o * a.act(2, cn, T::tanh);
             c[j] = cn;
             h[j] = y;
             out[j] = y;

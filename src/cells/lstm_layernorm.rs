@@ -15,7 +15,7 @@
 //! `[4H, 8H)`, the activated gates i, f, g, o `[8H, 12H)`, the normalised c' `[12H, 13H)`, then
 //! 1/sigma of LN_ih, LN_hh and LN_c at 13H, 13H + 1, 13H + 2.
 
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, GradBlock, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, GradBlock, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct LstmLayerNorm;
@@ -123,7 +123,7 @@ impl Cell for LstmLayerNorm {
         }
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = s.hidden;
         let g4 = 4 * n;
         let (xp, r, e) = (&row.xp[..g4], &row.r[..g4], &row.e[..22 * n]);

@@ -6,7 +6,7 @@
 //! Tape `[5H]`: i at 0, f at H, g at 2H, o at 3H, c' at 4H.
 
 use super::rnn::{torch_layout, torch_params};
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
+use super::{Function, Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
 use crate::float::Float;
 
 pub struct LstmPeephole;
@@ -19,6 +19,7 @@ fn with_bias(s: Sizes) -> Sizes {
 impl Cell for LstmPeephole {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_PEEPHOLE";
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("lstm_peephole.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let mut v = torch_params(4, with_bias(s), s.hidden);
@@ -34,7 +35,7 @@ impl Cell for LstmPeephole {
         l
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A) {
         let n = s.hidden;
         let (x, hp) = (&row.xp[..4 * n], &row.r[..4 * n]);
         let (wci, wcf, wco) = (&row.e[..n], &row.e[n..2 * n], &row.e[2 * n..3 * n]);
@@ -43,12 +44,12 @@ impl Cell for LstmPeephole {
         let out = &mut row.out[..n];
         for j in 0..n {
             let cp = c[j];
-            let i = (x[j] + hp[j] + wci[j] * cp).sigmoid();
-            let f = (x[n + j] + hp[n + j] + wcf[j] * cp).sigmoid();
-            let g = (x[2 * n + j] + hp[2 * n + j]).tanh();
+            let i = a.act(0, x[j] + hp[j] + wci[j] * cp, T::sigmoid);
+            let f = a.act(0, x[n + j] + hp[n + j] + wcf[j] * cp, T::sigmoid);
+            let g = a.act(1, x[2 * n + j] + hp[2 * n + j], T::tanh);
             let cn = f * cp + i * g;
-            let o = (x[3 * n + j] + hp[3 * n + j] + wco[j] * cn).sigmoid();
-            let y = o * cn.tanh();
+            let o = a.act(0, x[3 * n + j] + hp[3 * n + j] + wco[j] * cn, T::sigmoid);
+            let y = o * a.act(2, cn, T::tanh);
             c[j] = cn;
             h[j] = y;
             out[j] = y;

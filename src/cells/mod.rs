@@ -17,9 +17,11 @@
 
 use crate::error::{Error, Result};
 use crate::float::Float;
+pub use activation::{Activation, Function, Pointwise, Slots, Standard};
 use std::fmt;
 use std::str::FromStr;
 
+pub mod activation;
 pub(crate) mod gru;
 pub(crate) mod gru_reset_before;
 pub(crate) mod indrnn;
@@ -415,8 +417,14 @@ pub trait Cell: 'static {
     fn states(s: Sizes) -> Vec<StateDef>;
     /// The step's shape: input projection, stages, tape and pointwise widths.
     fn layout(s: Sizes) -> Layout;
-    /// The pointwise forward of `stage` for one row.
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>);
+    /// The cell's activation slots ([`activation`]): its own function for each, in order
+    /// (for the gated cells f for the gates, g for the candidate, h for the output). A config
+    /// may set other functions for them ([`crate::RnnConfig::pointwise`]) only where a cell
+    /// lists slots.
+    const SLOTS: &'static [Function] = &[];
+    /// The pointwise forward of `stage` for one row; the nonlinearities of [`Cell::SLOTS`]
+    /// through `a` ([`Standard`]: the cell's own).
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, a: A);
     /// The pointwise backward of `stage` for one row (called last stage to first).
     fn backward<T: Float>(stage: usize, s: Sizes, row: BwdRow<'_, T>);
     /// The product matrix the cell derives from its parameters, if any ([`Derived`]); the
@@ -624,6 +632,10 @@ impl Mode {
     /// Whether PyTorch's `bias=False` applies ([`Cell::OPTIONAL_BIAS`]).
     pub fn optional_bias(self) -> bool {
         with_cell!(self, C => C::OPTIONAL_BIAS)
+    }
+    /// The cell's activation slots, its own functions ([`Cell::SLOTS`]).
+    pub fn slots(self) -> &'static [Function] {
+        with_cell!(self, C => C::SLOTS)
     }
     /// Why f16 storage is refused for this cell, if it is ([`Cell::F16_REFUSED`]).
     pub fn f16_refused(self) -> Option<&'static str> {

@@ -8,7 +8,7 @@
 //!
 //! Tape (H each): z at 0, r at H, `r * h` at 2H (stage 1's product input), u at 3H.
 
-use super::{dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, dsigmoid, dtanh, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct Mut1;
@@ -61,7 +61,7 @@ impl Cell for Mut1 {
         }
     }
     #[inline(always)]
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = s.hidden;
         let hs = &mut row.s[..n];
         if stage == 0 {

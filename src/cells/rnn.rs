@@ -1,13 +1,15 @@
 //! Elman's network as PyTorch's `nn.RNN`: `h' = act(W_ih x + b_ih + W_hh h + b_hh)`, act tanh
 //! or relu. Tape: `h'`.
 
-use super::{BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 /// The activation of a vanilla RNN.
 pub trait Activation: 'static {
     const NAME: &'static str;
     const WGSL: &'static str;
+    /// The function as an activation slot's.
+    const SLOT: super::Function;
     fn f<T: Float>(x: T) -> T;
     /// The derivative from the activation's value.
     fn df<T: Float>(y: T) -> T;
@@ -16,6 +18,7 @@ pub trait Activation: 'static {
 pub struct TanhAct;
 impl Activation for TanhAct {
     const NAME: &'static str = "RNN_TANH";
+    const SLOT: super::Function = super::Function::Tanh;
     const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = false;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
@@ -30,6 +33,7 @@ impl Activation for TanhAct {
 pub struct ReluAct;
 impl Activation for ReluAct {
     const NAME: &'static str = "RNN_RELU";
+    const SLOT: super::Function = super::Function::Relu;
     const WGSL: &'static str = super::cell_wgsl!("rnn.wgsl", "const RELU: bool = true;\n");
     #[inline(always)]
     fn f<T: Float>(x: T) -> T {
@@ -90,6 +94,7 @@ impl<A: Activation> Cell for Rnn<A> {
     const NAME: &'static str = A::NAME;
     const OPTIONAL_BIAS: bool = true;
     const WGSL: &'static str = A::WGSL;
+    const SLOTS: &'static [super::Function] = &[A::SLOT];
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(1, s, s.hidden)
     }
@@ -100,11 +105,11 @@ impl<A: Activation> Cell for Rnn<A> {
         torch_layout(1, s, s.hidden, s.hidden)
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, S: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, a: S) {
         let n = s.hidden;
         let (xp, r, h, tape, out) = (&row.xp[..n], &row.r[..n], &mut row.s[..n], &mut row.tape[..n], &mut row.out[..n]);
         for j in 0..n {
-            let y = A::f(xp[j] + r[j]);
+            let y = a.act(0, xp[j] + r[j], A::f);
             h[j] = y;
             tape[j] = y;
             out[j] = y;

@@ -7,7 +7,7 @@
 //!
 //! Tape: s' at 0 (S values, stage 1's product input), h' at S (H values).
 
-use super::{dsigmoid, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, dsigmoid, BwdRow, Cell, FwdRow, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct Scrn;
@@ -52,7 +52,7 @@ impl Cell for Scrn {
         }
     }
     #[inline(always)]
-    fn forward<T: Float>(stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let (n, c) = (s.hidden, context(s));
         let (hs, ss) = row.s[..n + c].split_at_mut(n);
         if stage == 0 {

@@ -11,7 +11,7 @@
 //! ```
 //! Tape: f `[0, H)`, r `[H, 2H)`, c' `[2H, 3H)`.
 
-use super::{dsigmoid, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
+use super::{Slots, dsigmoid, BwdRow, Cell, FwdRow, Layout, ParamDef, Sizes, Slot, StateDef};
 use crate::float::Float;
 
 pub struct Sru;
@@ -42,7 +42,7 @@ impl Cell for Sru {
         Layout { xp: 3 * h, input_bias: false, stages: vec![None], tape: 3 * h, pointwise: 4 * h, de_blocks: Vec::new(), uses_input: true, out: h }
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = s.hidden;
         let (x, xp, e) = (&row.x[..n], &row.xp[..3 * n], &row.e[..4 * n]);
         let (c, out) = (&mut row.s[..n], &mut row.out[..n]);

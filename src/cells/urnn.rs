@@ -21,7 +21,7 @@
 //! Re v2, Im v2), `bias` `[7N, 8N)` and `permutation` `[8N, 9N)` (whole numbers, fixed).
 //! Tape: z (H values).
 
-use super::{BwdRow, Cell, Derived, FwdRow, GradBlock, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
+use super::{Slots, BwdRow, Cell, Derived, FwdRow, GradBlock, Init, Layout, ParamDef, Product, Sizes, Slot, Src, StateDef};
 use crate::float::Float;
 
 pub struct Urnn;
@@ -116,7 +116,7 @@ impl Cell for Urnn {
         Ok(())
     }
     #[inline(always)]
-    fn forward<T: Float>(_stage: usize, s: Sizes, row: FwdRow<'_, T>) {
+    fn forward<T: Float, A: Slots>(_stage: usize, s: Sizes, row: FwdRow<'_, T>, _a: A) {
         let n = units(s);
         let (h, e) = (s.hidden, row.e);
         let (xp, r, tape) = (&row.xp[..h], &row.r[..h], &mut row.tape[..h]);

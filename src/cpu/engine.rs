@@ -15,7 +15,7 @@ use std::marker::PhantomData;
 use std::ops::Range;
 use super::{check_finite, permute_state, pool, reused, scratch, step_order, zeros, Failure, Pass};
 use crate::packing::step_offsets;
-use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Sizes, Slot, Src, StateDef};
+use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Pointwise, Sizes, Slot, Src, StateDef, Standard};
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::float::Float;
@@ -205,6 +205,9 @@ pub fn forward_with<T: Float>(
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     check_forward(w, input, states0)?;
     let cfg = &w.config;
+    if pass == Pass::Training {
+        cfg.check_trainable()?;
+    }
     for layer in 0..cfg.num_layers.min(2) {
         cfg.mode.check_layout(cfg.sizes(layer)).map_err(|why| Error::Unsupported(format!("{}: {why}", cfg.mode)))?;
     }
@@ -328,6 +331,7 @@ fn forward_cell<C: Cell, T: Float>(
                 x: &x,
                 batch_sizes: &input.batch_sizes,
                 reverse: dir == 1,
+                pointwise: cfg.pointwise_of(dir).copied(),
                 s: &mut s[k * b * sw..(k + 1) * b * sw],
                 sw,
                 out: &mut out,
@@ -370,6 +374,8 @@ struct DirFwd<'a, T: Float> {
     x: &'a [T],
     batch_sizes: &'a [usize],
     reverse: bool,
+    /// The direction's activation slots (`None`: the cell's own).
+    pointwise: Option<Pointwise>,
     /// `[B, S]` states, sorted order: initial in, final out.
     s: &'a mut [T],
     sw: usize,
@@ -488,6 +494,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         batch_sizes: a.batch_sizes,
         off: &off,
         reverse: a.reverse,
+        pointwise: a.pointwise,
         training,
         keep_xp,
         zero_start: a.zero_start,
@@ -542,6 +549,7 @@ struct FwdLoop<'a, C, T: Float> {
     batch_sizes: &'a [usize],
     off: &'a [usize],
     reverse: bool,
+    pointwise: Option<Pointwise>,
     training: bool,
     /// Whether the tape keeps the input projection (`Cell::BACKWARD_READS_XP`).
     keep_xp: bool,
@@ -659,19 +667,20 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                 }
                 for rr in 0..rows {
                     let row = o + rr;
-                    C::forward(
-                        k,
-                        sz,
-                        FwdRow {
-                            x: &self.x[row * inw..(row + 1) * inw],
-                            xp: &xrows[rr * gx..(rr + 1) * gx],
-                            r: &r[rr * rw..(rr + 1) * rw],
-                            e: self.e,
-                            s: &mut s[rr * sw..(rr + 1) * sw],
-                            tape: &mut tape[rr * tw..(rr + 1) * tw],
-                            out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
-                        },
-                    );
+                    let fr = FwdRow {
+                        x: &self.x[row * inw..(row + 1) * inw],
+                        xp: &xrows[rr * gx..(rr + 1) * gx],
+                        r: &r[rr * rw..(rr + 1) * rw],
+                        e: self.e,
+                        s: &mut s[rr * sw..(rr + 1) * sw],
+                        tape: &mut tape[rr * tw..(rr + 1) * tw],
+                        out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
+                    };
+                    // The cell's own functions inlined, or the direction's slots.
+                    match &self.pointwise {
+                        None => C::forward(k, sz, fr, Standard),
+                        Some(pw) => C::forward(k, sz, fr, pw),
+                    }
                     store(self.q, &mut s[rr * sw..(rr + 1) * sw]);
                     store(self.q, &mut tape[rr * tw..(rr + 1) * tw]);
                     store(self.q, &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out]);

@@ -378,6 +378,9 @@ impl CellPlan {
     /// for its dispatches).
     pub fn with_strategy(ctx: &Arc<Context>, cfg: &RnnConfig, layout: &SeqLayout, pass: Pass, seed: u32, strategy: StepStrategy) -> Result<Self> {
         cfg.validate()?;
+        if pass == Pass::Training {
+            cfg.check_trainable()?;
+        }
         let prec = cfg.precision;
         if prec != Precision::F32 && cfg.regularised() {
             // The masks' step counter is an f32 the kernels read through the weights'
@@ -1064,7 +1067,7 @@ impl<'a> Shape<'a> {
                 bl.cell_in(ops, Kernel::CellLoopGrad { cell: self.cfg.mode, shape }, &p, lb, groups);
             } else {
                 let lb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(5), Buf::LoopTab];
-                bl.cell_in(ops, Kernel::CellLoop { cell: self.cfg.mode, shape }, &p, lb, groups);
+                bl.cell_in(ops, Kernel::CellLoop { cell: self.cfg.mode, shape, pointwise: self.cfg.pointwise_of(dir).copied() }, &p, lb, groups);
             }
         }
         Ok(())
@@ -1243,7 +1246,8 @@ impl<'a> Shape<'a> {
             // the product's input at 8.
             let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
             let sb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, w4, Buf::Pin];
-            bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates }, &p, sb, groups);
+            let pointwise = self.cfg.pointwise_of(k % self.cfg.directions()).copied();
+            bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates, pointwise }, &p, sb, groups);
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 //! signature), the kernel variants the pipeline cache is keyed by, and the parameter structs
 //! shared with WGSL (a test checks their sizes against naga's).
 
-use crate::cells::Mode;
+use crate::cells::{Mode, Pointwise};
 use crate::precision::Precision;
 use bytemuck::{Pod, Zeroable};
 
@@ -14,6 +14,8 @@ pub mod source {
     pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
     /// `util.wgsl`: row gathers between orders, transposes, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
+    /// `rows.wgsl`: rows moved by tables (`gpu::RowMoves`).
+    pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
     /// `cast.wgsl`: conversions between f32 and the storage precision (mixed-precision training).
     pub const CAST: &str = include_str!("../../shaders/cast.wgsl");
     /// `train.wgsl` after `shared/random.wgsl`: the training kit (embedding, losses, optimisers, dropout).
@@ -41,6 +43,8 @@ pub enum Family {
     Util,
     /// The training kit (`train.wgsl`, [`TrainParams`]).
     Train,
+    /// Rows moved by tables (`rows.wgsl`, [`RowsParams`]; `gpu::RowMoves`).
+    Rows,
     /// Conversions between f32 and the storage precision (`cast.wgsl`, [`CastParams`]).
     Cast,
     /// A cell's pointwise kernels (`shaders/cells/<cell>.wgsl` after `shaders/cells/prelude.wgsl`),
@@ -59,7 +63,7 @@ pub enum Family {
 
 impl Family {
     /// The families that do not depend on a cell.
-    pub const FIXED: [Family; 4] = [Family::Gemm, Family::Util, Family::Train, Family::Cast];
+    pub const FIXED: [Family; 5] = [Family::Gemm, Family::Util, Family::Train, Family::Cast, Family::Rows];
 
     /// Every family: the fixed ones, one per registered cell, and the stage kernels' layouts.
     pub fn all() -> Vec<Family> {
@@ -106,6 +110,7 @@ impl Family {
             Family::Util => source::UTIL,
             Family::Train => source::TRAIN,
             Family::Cast => source::CAST,
+            Family::Rows => source::ROWS,
         }
     }
 
@@ -120,6 +125,8 @@ impl Family {
             Family::Train => &[false, false, false, true, true, true],
             // a32, a_s, d32 (rw), d_s (rw), optimiser state
             Family::Cast => &[false, false, true, true, false],
+            // src, tables (u32), dst (rw)
+            Family::Rows => &[false, false, true],
             // weights, layer input, tape (rw), states (rw), scratch (rw), output (rw),
             // backward workspace (rw), input gradient (rw): see shaders/cells/prelude.wgsl
             Family::Cell(_) => &[false, false, true, true, true, true, true, true],
@@ -138,6 +145,7 @@ impl Family {
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
             Family::Cast => std::mem::size_of::<CastParams>(),
+            Family::Rows => std::mem::size_of::<RowsParams>(),
             Family::Cell(_) | Family::Stage(_) | Family::LoopGrad(_) => std::mem::size_of::<CellParams>(),
         }) as u64
     }
@@ -162,6 +170,8 @@ pub enum Kernel {
     GatherRows,
     /// `transpose`: a `[rows, width]` block transposed (weights for the kernels).
     Transpose,
+    /// `move_rows` (rows.wgsl): rows moved by tables.
+    MoveRows,
     /// `colsum`: column sums in row order (bias gradients, no atomics).
     ColSum,
     /// `colsum4`: the same sums, 4 adjacent columns per invocation read as vec4s (offset,
@@ -181,6 +191,8 @@ pub enum Kernel {
         vec4: bool,
         /// The product's gates per unit ([`crate::cells::Product::gates`]; 1 without one).
         gates: u8,
+        /// The direction's activation slots (`None`: the cell's own), as override constants.
+        pointwise: Option<Pointwise>,
     },
     /// The fused stage kernel's input: a stage's product input rows copied to a buffer it
     /// reads as vec4s, and in training the step's states to the tape (stage.wgsl).
@@ -193,6 +205,8 @@ pub enum Kernel {
         cell: Mode,
         /// The layer's stages.
         shape: LoopShape,
+        /// The direction's activation slots (`None`: the cell's own), as override constants.
+        pointwise: Option<Pointwise>,
     },
     /// The single-dispatch loop's backward (`cell_loop_grad` in loop_grad.wgsl).
     CellLoopGrad {
@@ -295,6 +309,7 @@ impl Kernel {
         match self {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
             GatherRows | Transpose | ColSum | ColSum4 => Family::Util,
+            MoveRows => Family::Rows,
             Train(_) => Family::Train,
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
@@ -313,6 +328,7 @@ impl Kernel {
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
             GatherRows => "gather_rows",
+            MoveRows => "move_rows",
             Transpose => "transpose",
             ColSum => "colsum",
             ColSum4 => "colsum4",
@@ -352,8 +368,17 @@ impl Kernel {
         use Kernel::*;
         match self {
             GemmNarrow => vec![("ADJACENT", 1.0)],
-            CellStage { vec4, gates, .. } => vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)],
-            CellLoop { shape, .. } | CellLoopGrad { shape, .. } => shape.constants(),
+            CellStage { vec4, gates, pointwise, .. } => {
+                let mut v = vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)];
+                v.extend(pointwise.map(|p| p.constants()).unwrap_or_default());
+                v
+            }
+            CellLoop { shape, pointwise, .. } => {
+                let mut v = shape.constants();
+                v.extend(pointwise.map(|p| p.constants()).unwrap_or_default());
+                v
+            }
+            CellLoopGrad { shape, .. } => shape.constants(),
             _ => vec![],
         }
     }
@@ -811,6 +836,36 @@ pub struct UtilParams {
     pub _pad1: u32,
     /// Padding.
     pub _pad2: u32,
+}
+
+/// `rows.wgsl`'s parameters (one block per dispatch of `move_rows`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RowsParams {
+    /// Rows moved.
+    pub rows: u32,
+    /// Elements per row.
+    pub width: u32,
+    /// Offset in the source.
+    pub src_off: u32,
+    /// Row stride of the source.
+    pub src_ld: u32,
+    /// First column read.
+    pub src_col: u32,
+    /// Offset of the source row table in the tables.
+    pub stab: u32,
+    /// Offset in the destination.
+    pub dst_off: u32,
+    /// Row stride of the destination.
+    pub dst_ld: u32,
+    /// First column written.
+    pub dst_col: u32,
+    /// Offset of the destination row table in the tables.
+    pub dtab: u32,
+    /// Padding to the WGSL struct's size.
+    pub _pad0: u32,
+    /// Padding.
+    pub _pad1: u32,
 }
 
 impl UtilParams {

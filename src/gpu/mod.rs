@@ -8,7 +8,8 @@
 //!   readback or buffer write;
 //! - [`GpuRnn`]: the convenience API (upload, one submit, read back) with the CPU engine's
 //!   types and state convention, for every registered cell;
-//! - [`StepPlan`]: one time step at a time (streaming inference, generation).
+//! - [`StepPlan`]: one time step at a time (streaming inference, generation);
+//! - [`RowMoves`]: rows moved by tables between the caller's buffers (layouts around a plan).
 
 mod api;
 mod context;
@@ -19,6 +20,7 @@ pub mod kernels;
 pub mod profile;
 mod readback;
 mod record;
+mod rows;
 mod sequence;
 pub mod train;
 
@@ -26,6 +28,8 @@ pub use api::{GpuRnn, GpuTape};
 pub use engine::{BackwardBuffers, ForwardBuffers, Plan};
 pub use generic::{flat_weights, weight_elems, weights_from_flat, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
+pub use rows::{RowMove, RowMoves};
+pub(crate) use record::check_buffer as check_slice;
 pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS};
 pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

@@ -8,7 +8,8 @@
 //! what; never a panic or an allocation sized by an unchecked field.
 
 use super::proto::{self, attribute_type as at, data_type as dt, AttributeProto, ModelProto, NodeProto, TensorProto};
-use super::{Activation, ActivationKind, Attributes, Direction, GpuNode, Node, Op, Outputs};
+use super::{Attributes, Direction, GpuNode, Node, Op, Outputs};
+use crate::cells::{Activation, Function};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::tensor::Tensor;
@@ -89,7 +90,7 @@ fn tensor_values(what: &str, t: &TensorProto, ints: bool) -> Result<TypedTensor>
         _ => t.int32_data.len(),
     };
     let got = if raw { t.raw_data.len() / width } else { typed_len };
-    if (raw && t.raw_data.len() % width != 0) || got != n || (raw && typed_len != 0) {
+    if (raw && !t.raw_data.len().is_multiple_of(width)) || got != n || (raw && typed_len != 0) {
         return Err(bad(format!("{what}: its data ({} bytes raw, {typed_len} typed) do not fill dims {shape:?} ({n} elements)", t.raw_data.len())));
     }
     let mut v = Vec::new();
@@ -197,10 +198,10 @@ pub fn attributes(node: &NodeProto, opset: i64) -> Result<Attributes> {
                 if a.r#type != at::STRINGS {
                     return Err(bad(format!("attribute activations must be a list of strings, is type {}", a.r#type)));
                 }
-                let v: Result<Vec<ActivationKind>> = a
+                let v: Result<Vec<Function>> = a
                     .strings
                     .iter()
-                    .map(|s| ActivationKind::from_name(&String::from_utf8_lossy(s)))
+                    .map(|s| Function::from_name(&String::from_utf8_lossy(s)).map_err(|e| bad(e.to_string())))
                     .collect();
                 names = Some(v?);
             }
@@ -214,11 +215,11 @@ pub fn attributes(node: &NodeProto, opset: i64) -> Result<Attributes> {
         let (mut ia, mut ib) = (alphas.into_iter(), betas.into_iter());
         attrs.activations = names
             .into_iter()
-            .map(|kind| {
-                let (ta, tb) = kind.params();
-                Activation { kind, alpha: if ta { ia.next() } else { None }, beta: if tb { ib.next() } else { None } }
+            .map(|f| {
+                let (ta, tb) = f.takes();
+                Activation::with(f, if ta { ia.next() } else { None }, if tb { ib.next() } else { None }).map_err(|e| bad(e.to_string()))
             })
-            .collect();
+            .collect::<Result<_>>()?;
     } else if !alphas.is_empty() || !betas.is_empty() {
         return Err(bad("activation_alpha or activation_beta without activations"));
     }

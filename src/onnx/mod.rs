@@ -21,21 +21,24 @@
 //! `activation_alpha`, `activation_beta`), `clip`, and `input_forget` together with
 //! peepholes; each is refused with [`Error::Onnx`] naming it.
 //!
-//! [`file`] reads a model whose graph is one such node and its tensors as onnx's backend tests
+//! [`file`](mod@file) reads a model whose graph is one such node and its tensors as onnx's backend tests
 //! store them (`wgpu-rnn onnx`).
 
 pub mod file;
+pub mod plan;
 pub mod proto;
 
-use crate::cells::Mode;
+pub use plan::{OnnxBuffers, OnnxPlan};
+
+use crate::cells::{Activation, Function, Mode, Pointwise};
 use crate::config::RnnConfig;
 use crate::cpu::{self, Pass};
 use crate::error::{Error, Result};
-use crate::gpu::{Context, GpuRnn};
+use crate::gpu::Context;
 use crate::packing::PackedSequence;
 use crate::tensor::{checked_len, try_filled, Tensor};
 use crate::weights::Weights;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// ONNX's recurrent operators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,11 +81,11 @@ impl Op {
     }
 
     /// The activations per direction when `activations` is absent.
-    pub fn default_activations(self) -> &'static [ActivationKind] {
+    pub fn default_activations(self) -> &'static [Function] {
         match self {
-            Op::Lstm => &[ActivationKind::Sigmoid, ActivationKind::Tanh, ActivationKind::Tanh],
-            Op::Gru => &[ActivationKind::Sigmoid, ActivationKind::Tanh],
-            Op::Rnn => &[ActivationKind::Tanh],
+            Op::Lstm => &[Function::Sigmoid, Function::Tanh, Function::Tanh],
+            Op::Gru => &[Function::Sigmoid, Function::Tanh],
+            Op::Rnn => &[Function::Tanh],
         }
     }
 }
@@ -107,83 +110,6 @@ impl Direction {
             1
         }
     }
-}
-
-/// The activation functions ONNX's recurrent operators list.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ActivationKind {
-    /// `max(0, x)`.
-    Relu,
-    /// `tanh(x)`.
-    Tanh,
-    /// `1 / (1 + e^-x)`.
-    Sigmoid,
-    /// `alpha x + beta`.
-    Affine,
-    /// `x` if `x >= 0` else `alpha x`.
-    LeakyRelu,
-    /// `x` if `x >= alpha` else 0.
-    ThresholdedRelu,
-    /// `alpha tanh(beta x)`.
-    ScaledTanh,
-    /// `min(max(alpha x + beta, 0), 1)`.
-    HardSigmoid,
-    /// `x` if `x >= 0` else `alpha (e^x - 1)`.
-    Elu,
-    /// `x / (1 + |x|)`.
-    Softsign,
-    /// `log(1 + e^x)`.
-    Softplus,
-}
-
-impl ActivationKind {
-    /// From ONNX's name (onnxruntime compares them case-insensitively, as here).
-    pub fn from_name(name: &str) -> Result<Self> {
-        use ActivationKind::*;
-        let all = [Relu, Tanh, Sigmoid, Affine, LeakyRelu, ThresholdedRelu, ScaledTanh, HardSigmoid, Elu, Softsign, Softplus];
-        all.into_iter()
-            .find(|a| a.name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| Error::Onnx(format!("unknown activation {name:?}: expected one of {:?}", all.map(|a| a.name()))))
-    }
-
-    /// ONNX's name.
-    pub fn name(self) -> &'static str {
-        use ActivationKind::*;
-        match self {
-            Relu => "Relu",
-            Tanh => "Tanh",
-            Sigmoid => "Sigmoid",
-            Affine => "Affine",
-            LeakyRelu => "LeakyRelu",
-            ThresholdedRelu => "ThresholdedRelu",
-            ScaledTanh => "ScaledTanh",
-            HardSigmoid => "HardSigmoid",
-            Elu => "Elu",
-            Softsign => "Softsign",
-            Softplus => "Softplus",
-        }
-    }
-
-    /// How many of `activation_alpha` / `activation_beta` the function takes, in list order.
-    pub fn params(self) -> (bool, bool) {
-        use ActivationKind::*;
-        match self {
-            Affine | ScaledTanh | HardSigmoid => (true, true),
-            LeakyRelu | ThresholdedRelu | Elu => (true, false),
-            _ => (false, false),
-        }
-    }
-}
-
-/// One activation with its parameters.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Activation {
-    /// The function.
-    pub kind: ActivationKind,
-    /// `activation_alpha`'s entry, where the function takes one.
-    pub alpha: Option<f32>,
-    /// `activation_beta`'s entry, where the function takes one.
-    pub beta: Option<f32>,
 }
 
 /// A recurrent node's attributes, checked.
@@ -219,11 +145,11 @@ impl Attributes {
     /// `None` where they are not; `Some(true)` for RNN's Relu.
     fn default_activations(&self) -> Option<bool> {
         let per = self.op.default_activations().len();
-        let relu = !self.activations.is_empty() && self.activations.iter().all(|a| a.kind == ActivationKind::Relu);
+        let relu = !self.activations.is_empty() && self.activations.iter().all(|a| a.function() == Function::Relu);
         if self.op == Op::Rnn && relu {
             return Some(true);
         }
-        let defaults = self.activations.chunks(per).all(|c| c.iter().zip(self.op.default_activations()).all(|(a, &k)| a.kind == k));
+        let defaults = self.activations.chunks(per).all(|c| c.iter().zip(self.op.default_activations()).all(|(a, &k)| a.function() == k));
         defaults.then_some(false)
     }
 }
@@ -300,17 +226,19 @@ impl Node {
         if !attrs.activations.is_empty() && attrs.activations.len() != per * d {
             return Err(Error::Onnx(format!("{} activations given, {} needs {} per direction ({} in all)", attrs.activations.len(), op.name(), per, per * d)));
         }
-        if let Some(c) = attrs.clip {
-            if !(c > 0.0) {
-                return Err(Error::Onnx(format!("clip {c} is not a positive threshold")));
-            }
-            return Err(Error::Onnx("clip is not supported yet".into()));
-        }
-        let relu = match attrs.default_activations() {
-            Some(relu) => relu,
+        // The cell's own functions where the node keeps ONNX's defaults (RNN's Relu: RNN_RELU),
+        // else activation slots per direction.
+        let own = if attrs.clip.is_none() { attrs.default_activations() } else { None };
+        let relu = own == Some(true);
+        let pointwise: Vec<Pointwise> = match own {
+            Some(_) => Vec::new(),
             None => {
-                let names: Vec<_> = attrs.activations.iter().map(|a| a.kind.name()).collect();
-                return Err(Error::Onnx(format!("activations {names:?}: only {}'s defaults are supported yet", op.name())));
+                let acts: Vec<Activation> = if attrs.activations.is_empty() {
+                    op.default_activations().iter().cycle().take(per * d).map(|&f| Activation::new(f)).collect()
+                } else {
+                    attrs.activations.clone()
+                };
+                acts.chunks(per).map(|c| Pointwise::new(c, attrs.clip)).collect::<Result<_>>().map_err(|e| Error::Onnx(e.to_string()))?
             }
         };
         if attrs.input_forget && op != Op::Lstm {
@@ -318,6 +246,17 @@ impl Node {
         }
         if attrs.input_forget && p.is_some() {
             return Err(Error::Onnx("input_forget together with peepholes P is not supported yet".into()));
+        }
+        // input_forget runs as LSTM_CIFG's f = F(-a_i), which is ONNX's 1 - i = 1 - F(a_i) where
+        // F(-x) = 1 - F(x): the sigmoid, and HardSigmoid with beta 0.5.
+        if attrs.input_forget {
+            for pw in &pointwise {
+                let f = pw.slot(0);
+                let odd = f.function() == Function::Sigmoid || (f.function() == Function::HardSigmoid && f.beta() == 0.5);
+                if !odd {
+                    return Err(Error::Onnx(format!("input_forget with the gate activation {f} is not supported (only those with f(-x) = 1 - f(x))")));
+                }
+            }
         }
         for (what, t) in [("W", Some(w)), ("R", Some(r)), ("B", b), ("P", p)] {
             if let Some(t) = t {
@@ -334,7 +273,7 @@ impl Node {
             Op::Rnn if relu => (Mode::RnnRelu, &[(0, 1.0)]),
             Op::Rnn => (Mode::RnnTanh, &[(0, 1.0)]),
         };
-        let cfg = RnnConfig::new(mode, input, hidden).bidirectional(d == 2);
+        let cfg = RnnConfig::new(mode, input, hidden).bidirectional(d == 2).with_pointwise(pointwise);
         let mut weights = Weights::zeros(&cfg)?;
         let h = hidden;
         let mut missing = None;
@@ -403,19 +342,14 @@ impl Node {
 
     /// The node's weights on `ctx`'s device, for [`GpuNode::forward`].
     pub fn gpu(&self, ctx: &Arc<Context>) -> Result<GpuNode> {
-        Ok(GpuNode { node: self.clone(), rnn: GpuRnn::new(ctx, &self.weights)? })
+        // The weights checked as the GPU takes them (finite, within its storage).
+        crate::gpu::GpuRnn::new(ctx, &self.weights)?;
+        Ok(GpuNode { ctx: ctx.clone(), node: self.clone(), last: Mutex::new(None) })
     }
 
-    /// The shared run: checks, gathers ONNX's layout into a packed batch of the sequences of
-    /// positive length (each reversed for `direction = reverse`), runs `engine`, scatters back.
-    fn run(
-        &self,
-        x: &Tensor<f32>,
-        seq_lens: Option<&[i64]>,
-        initial_h: Option<&Tensor<f32>>,
-        initial_c: Option<&Tensor<f32>>,
-        engine: impl FnOnce(&PackedSequence<f32>, &[Option<&[f32]>]) -> Result<cpu::ForwardOutput<f32>>,
-    ) -> Result<Outputs> {
+    /// Checks a run's tensors against the node (shapes, lengths, values finite); returns
+    /// `T`, `B` and the lengths.
+    fn check_inputs(&self, x: &Tensor<f32>, seq_lens: Option<&[i64]>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<(usize, usize, Vec<usize>)> {
         dims("X", x, 3)?;
         let bm = self.attrs.batch_major;
         let (t_max, b) = if bm { (x.shape[1], x.shape[0]) } else { (x.shape[0], x.shape[1]) };
@@ -429,34 +363,40 @@ impl Node {
         if t_max == 0 || b == 0 {
             return Err(Error::EmptyBatch(format!("X {:?} has no steps or no sequences", x.shape)));
         }
-        let lens: Vec<usize> = match seq_lens {
-            None => vec![t_max; b],
-            Some(l) => {
-                if l.len() != b {
-                    return Err(Error::ShapeMismatch { what: "sequence_lens".into(), expected: vec![b], got: vec![l.len()] });
-                }
-                l.iter()
-                    .map(|&v| match usize::try_from(v) {
-                        Ok(v) if v <= t_max => Ok(v),
-                        _ => Err(Error::InvalidLengths(format!("sequence_lens holds {v}, outside 0..={t_max}"))),
-                    })
-                    .collect::<Result<_>>()?
-            }
-        };
-        let (d, h, i_w) = (self.attrs.direction.count(), self.hidden, self.input);
-        let state_shape = if bm { vec![b, d, h] } else { vec![d, b, h] };
-        let lstm = self.attrs.op == Op::Lstm;
+        crate::float::check_finite("X", &x.data)?;
+        let lens = lengths(seq_lens, t_max, b)?;
+        let d = self.attrs.direction.count();
+        let state_shape = if bm { vec![b, d, self.hidden] } else { vec![d, b, self.hidden] };
         for (what, s) in [("initial_h", initial_h), ("initial_c", initial_c)] {
             if let Some(s) = s {
-                if what == "initial_c" && !lstm {
+                if what == "initial_c" && self.attrs.op != Op::Lstm {
                     return Err(Error::Onnx(format!("{} takes no initial_c", self.attrs.op.name())));
                 }
                 expect_shape(what, &s.shape, &state_shape)?;
                 if s.data.len() != s.shape.iter().product::<usize>() {
                     return Err(Error::LengthMismatch { what: what.into(), shape: s.shape.clone(), expected: s.shape.iter().product(), got: s.data.len() });
                 }
+                crate::float::check_finite(what, &s.data)?;
             }
         }
+        Ok((t_max, b, lens))
+    }
+
+    /// The shared run: checks, gathers ONNX's layout into a packed batch of the sequences of
+    /// positive length (each reversed for `direction = reverse`), runs `engine`, scatters back.
+    fn run(
+        &self,
+        x: &Tensor<f32>,
+        seq_lens: Option<&[i64]>,
+        initial_h: Option<&Tensor<f32>>,
+        initial_c: Option<&Tensor<f32>>,
+        engine: impl FnOnce(&PackedSequence<f32>, &[Option<&[f32]>]) -> Result<cpu::ForwardOutput<f32>>,
+    ) -> Result<Outputs> {
+        let (t_max, b, lens) = self.check_inputs(x, seq_lens, initial_h, initial_c)?;
+        let bm = self.attrs.batch_major;
+        let (d, h, i_w) = (self.attrs.direction.count(), self.hidden, self.input);
+        let state_shape = if bm { vec![b, d, h] } else { vec![d, b, h] };
+        let lstm = self.attrs.op == Op::Lstm;
         // The sequences of positive length, in the caller's order.
         let active: Vec<usize> = (0..b).filter(|&k| lens[k] > 0).collect();
         let ba = active.len();
@@ -526,16 +466,51 @@ impl Node {
     }
 }
 
-/// A [`Node`] with its weights on a device.
+/// `sequence_lens` checked against `T` (all `T` if absent), for `B` sequences.
+fn lengths(seq_lens: Option<&[i64]>, t_max: usize, b: usize) -> Result<Vec<usize>> {
+    match seq_lens {
+        None => Ok(vec![t_max; b]),
+        Some(l) => {
+            if l.len() != b {
+                return Err(Error::ShapeMismatch { what: "sequence_lens".into(), expected: vec![b], got: vec![l.len()] });
+            }
+            l.iter()
+                .map(|&v| match usize::try_from(v) {
+                    Ok(v) if v <= t_max => Ok(v),
+                    _ => Err(Error::InvalidLengths(format!("sequence_lens holds {v}, outside 0..={t_max}"))),
+                })
+                .collect()
+        }
+    }
+}
+
+/// A batch structure: steps, batch, `sequence_lens`.
+type PlanKey = (usize, usize, Option<Vec<i64>>);
+
+/// A [`Node`] on a device: the convenience form over [`OnnxPlan`] (the last batch structure's
+/// plan kept for the next call).
 pub struct GpuNode {
+    ctx: Arc<Context>,
     node: Node,
-    rnn: GpuRnn,
+    last: Mutex<Option<(PlanKey, Arc<OnnxPlan>)>>,
 }
 
 impl GpuNode {
-    /// [`Node::forward_cpu`] on the GPU.
+    /// [`Node::forward_cpu`] on the GPU: an [`OnnxPlan`] recorded, submitted once, read back.
     pub fn forward(&self, x: &Tensor<f32>, seq_lens: Option<&[i64]>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<Outputs> {
-        self.node.run(x, seq_lens, initial_h, initial_c, |input, states| Ok(self.rnn.forward(input, states, Pass::Inference)?.0))
+        let (t, b, _) = self.node.check_inputs(x, seq_lens, initial_h, initial_c)?;
+        let key: PlanKey = (t, b, seq_lens.map(<[i64]>::to_vec));
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let plan = match last.as_ref() {
+            Some((k, p)) if *k == key => p.clone(),
+            _ => {
+                let p = Arc::new(OnnxPlan::new(&self.ctx, &self.node, t, b, seq_lens)?);
+                *last = Some((key, p.clone()));
+                p
+            }
+        };
+        drop(last);
+        plan.forward(x, initial_h, initial_c)
     }
 
     /// The prepared node.

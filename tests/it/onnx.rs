@@ -1,6 +1,7 @@
 //! ONNX's recurrent nodes: onnx's own backend node tests (tests/onnx/backend, written by
-//! tests/onnx/generate_backend.py) through the function `wgpu-rnn onnx` runs, on the CPU engine,
-//! Vulkan and GL; and bad ONNX input as typed errors.
+//! tests/onnx/generate_backend.py) and random nodes over every attribute with onnxruntime's
+//! results (tests/onnx/ort, tests/onnx/generate_ort.py) through the function `wgpu-rnn onnx`
+//! runs, on the CPU engine, Vulkan and GL; and bad ONNX input as typed errors.
 
 use crate::gpu_common::contexts;
 use prost::Message;
@@ -20,9 +21,20 @@ fn backend_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx/backend")
 }
 
-fn backend_cases() -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(backend_dir()).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
+fn cases_in(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.join("model.onnx").exists()).collect();
     v.sort();
+    v
+}
+
+fn backend_cases() -> Vec<PathBuf> {
+    cases_in(&backend_dir())
+}
+
+/// onnxruntime's cases, each attribute in several.
+fn ort_cases() -> Vec<PathBuf> {
+    let v = cases_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx/ort"));
+    assert_eq!(v.len(), 42, "tests/onnx/ort");
     v
 }
 
@@ -69,6 +81,23 @@ fn onnx_backend_node_tests_pass_on_every_gpu() {
     for ctx in contexts() {
         let label = format!("{:?}", ctx.adapter_info().backend);
         for case in backend_cases() {
+            check_case(&case, Some(ctx), &label);
+        }
+    }
+}
+
+#[test]
+fn onnxruntime_cases_pass_on_the_cpu() {
+    for case in ort_cases() {
+        check_case(&case, None, "cpu");
+    }
+}
+
+#[test]
+fn onnxruntime_cases_pass_on_every_gpu() {
+    for ctx in contexts() {
+        let label = format!("{:?}", ctx.adapter_info().backend);
+        for case in ort_cases() {
             check_case(&case, Some(ctx), &label);
         }
     }
@@ -184,4 +213,144 @@ fn bad_onnx_input_is_a_typed_error() {
     let mut m2 = m.clone();
     m2.graph.as_mut().unwrap().node[0].op_type = "Conv".into();
     expect_err(run(&m2, &inputs), onnx, "another operator");
+}
+
+/// A node with random weights (0.8 scale) for the engine-API tests.
+fn random_node(attrs: wgpu_rnn::onnx::Attributes, input: usize, hidden: usize, peep: bool, seed: u64) -> wgpu_rnn::onnx::Node {
+    use wgpu_rnn::Tensor;
+    let mut g = crate::common::rng(seed);
+    let d = attrs.direction.count();
+    let gh = attrs.op.gates() * hidden;
+    let mut t = |shape: Vec<usize>| {
+        let n = shape.iter().product();
+        Tensor::new(shape, crate::common::uniform(&mut g, n, 0.8).into_iter().map(|v| v as f32).collect()).unwrap()
+    };
+    let (w, r, b) = (t(vec![d, gh, input]), t(vec![d, gh, hidden]), t(vec![d, 2 * gh]));
+    let p = peep.then(|| t(vec![d, 3 * hidden]));
+    wgpu_rnn::onnx::Node::new(attrs, &w, &r, Some(&b), p.as_ref()).unwrap()
+}
+
+#[test]
+fn onnx_plan_records_into_the_callers_encoder_over_one_pooled_buffer() {
+    use wgpu_rnn::cells::{Activation, Function};
+    use wgpu_rnn::onnx::{Attributes, Direction, OnnxBuffers, OnnxPlan, Op};
+    use wgpu_rnn::Tensor;
+    let mut lstm = Attributes::new(Op::Lstm);
+    lstm.direction = Direction::Bidirectional;
+    let mut gru = Attributes::new(Op::Gru);
+    gru.direction = Direction::Reverse;
+    gru.batch_major = true;
+    gru.clip = Some(0.7);
+    gru.activations = vec![Activation::new(Function::HardSigmoid), Activation::with(Function::ScaledTanh, Some(1.2), Some(0.8)).unwrap()];
+    let mut rnn = Attributes::new(Op::Rnn);
+    rnn.activations = vec![Activation::new(Function::Softsign)];
+    // (attributes, I, H, peepholes, T, B, lengths): lengths 0 among them, and all 0.
+    type Case = (Attributes, usize, usize, bool, usize, usize, Option<Vec<i64>>);
+    let cases: Vec<Case> = vec![
+        (lstm, 3, 5, true, 4, 3, Some(vec![4, 0, 2])),
+        (gru, 2, 4, false, 5, 2, Some(vec![3, 5])),
+        (rnn.clone(), 3, 3, false, 3, 2, None),
+        (rnn, 3, 3, false, 3, 2, Some(vec![0, 0])),
+    ];
+    let mut checked = 0;
+    for ctx in contexts() {
+        let align = ctx.device.limits().min_storage_buffer_offset_alignment as usize / 4;
+        for (k, (attrs, i, h, peep, t, b, lens)) in cases.iter().enumerate() {
+            let label = format!("{:?} case {k}", ctx.adapter_info().backend);
+            let node = random_node(attrs.clone(), *i, *h, *peep, 40 + k as u64);
+            let lstm = attrs.op == Op::Lstm;
+            let d = attrs.direction.count();
+            let mut g = crate::common::rng(50 + k as u64);
+            let xs: Vec<usize> = if attrs.batch_major { vec![*b, *t, *i] } else { vec![*t, *b, *i] };
+            let ss: Vec<usize> = if attrs.batch_major { vec![*b, d, *h] } else { vec![d, *b, *h] };
+            let mut tensor = |shape: &Vec<usize>| {
+                let n = shape.iter().product();
+                Tensor::new(shape.clone(), crate::common::uniform(&mut g, n, 1.0).into_iter().map(|v| v as f32).collect()).unwrap()
+            };
+            let (x, h0) = (tensor(&xs), tensor(&ss));
+            let c0 = lstm.then(|| tensor(&ss));
+            let want = node.forward_cpu(&x, lens.as_deref(), Some(&h0), c0.as_ref()).unwrap();
+            let plan = OnnxPlan::new(ctx, &node, *t, *b, lens.as_deref()).unwrap();
+            let (nx, ns, ny) = plan.sizes();
+            // One pool: X, h0, c0, Y, Y_h, Y_c at aligned offsets, sentinels between.
+            let sizes = [nx, ns, ns, ny, ns, ns];
+            let mut offs = Vec::new();
+            let mut at = 0;
+            for n in sizes {
+                offs.push(at);
+                at = (at + n + 1).next_multiple_of(align);
+            }
+            let mut pool = vec![7.5f32; at];
+            pool[offs[0]..offs[0] + nx].copy_from_slice(&x.data);
+            pool[offs[1]..offs[1] + ns].copy_from_slice(&h0.data);
+            if let Some(c0) = &c0 {
+                pool[offs[2]..offs[2] + ns].copy_from_slice(&c0.data);
+            }
+            let buf = wgpu_rnn::gpu::upload(ctx, "pool", &pool).unwrap();
+            let s = |j: usize| buf.slice((offs[j] * 4) as u64..((offs[j] + sizes[j]) * 4) as u64);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let bufs = OnnxBuffers { x: s(0), initial_h: Some(s(1)), initial_c: lstm.then(|| s(2)), y: Some(s(3)), y_h: Some(s(4)), y_c: lstm.then(|| s(5)) };
+            plan.record(&mut enc, &bufs).unwrap_or_else(|e| panic!("{label}: {e}"));
+            let mut rb = wgpu_rnn::gpu::Readback::new();
+            rb.copy(ctx, &mut enc, &buf, at).unwrap();
+            let got = rb.submit_and_read(ctx, enc).unwrap().remove(0);
+            let part = |j: usize| got[offs[j]..offs[j] + sizes[j]].iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            let f = |t: &Tensor<f32>| t.data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            crate::common::assert_close(&format!("{label} Y"), &part(3), &f(&want.y), ONNX_ATOL, ONNX_RTOL);
+            crate::common::assert_close(&format!("{label} Y_h"), &part(4), &f(&want.y_h), ONNX_ATOL, ONNX_RTOL);
+            if let Some(yc) = &want.y_c {
+                crate::common::assert_close(&format!("{label} Y_c"), &part(5), &f(yc), ONNX_ATOL, ONNX_RTOL);
+            }
+            // The inputs are unchanged and nothing outside the outputs was written.
+            let mut expect = pool.clone();
+            for (j, out) in [(3, Some(&want.y)), (4, Some(&want.y_h)), (5, want.y_c.as_ref())] {
+                if let Some(o) = out {
+                    expect[offs[j]..offs[j] + sizes[j]].copy_from_slice(&got[offs[j]..offs[j] + o.data.len()]);
+                }
+            }
+            assert!(got.iter().zip(&expect).all(|(a, e)| a.to_bits() == e.to_bits()), "{label}: bytes outside the outputs changed");
+            checked += 1;
+        }
+        // A written role overlapping another is refused before anything is recorded.
+        let node = random_node(Attributes::new(Op::Rnn), 2, 2, false, 1);
+        let plan = OnnxPlan::new(ctx, &node, 2, 1, None).unwrap();
+        let buf = wgpu_rnn::gpu::storage(ctx, "pool", 4 * align).unwrap();
+        let mut enc = ctx.device.create_command_encoder(&Default::default());
+        let r = plan.record(&mut enc, &OnnxBuffers { x: buf.slice(..), initial_h: None, initial_c: None, y: Some(buf.slice(..)), y_h: None, y_c: None });
+        assert!(matches!(r, Err(Error::BufferAliasing(_))), "{r:?}");
+    }
+    crate::gpu_common::require_checked("onnx_plan_records_into_the_callers_encoder_over_one_pooled_buffer", checked, &[]);
+}
+
+#[test]
+fn activation_slots_survive_saving_and_are_refused_in_training() {
+    use wgpu_rnn::cells::{Activation, Function, Pointwise};
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let pw = Pointwise::new(&[Activation::with(Function::HardSigmoid, Some(0.3), None).unwrap(), Activation::new(Function::Softsign), Activation::with(Function::ScaledTanh, Some(1.5), Some(0.5)).unwrap()], Some(2.5)).unwrap();
+    let cfg = RnnConfig::new(Mode::Lstm, 3, 4).bidirectional(true).with_pointwise(vec![pw, Pointwise::standard(Mode::Lstm.slots()).unwrap()]);
+    let w = Weights::<f32>::init_uniform(&cfg, 3).unwrap();
+    let path = scratch("slots.safetensors");
+    w.save(&path).unwrap();
+    let back = Weights::<f32>::load(&path, "", None).unwrap();
+    assert_eq!(back.config, cfg, "the slots come back from the file's metadata");
+    let _ = std::fs::remove_file(&path);
+    // The slots change the result (the same weights with the cell's own functions differ).
+    let x = PackedSequence::from_padded(&[0.3f32; 2 * 2 * 3], [2, 2, 3], false, &[2, 1]).unwrap();
+    let own = Weights::from_flat(&RnnConfig { pointwise: Vec::new(), ..cfg.clone() }, &w.to_flat()).unwrap();
+    let (a, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+    let (b, _) = cpu::forward(&own, &x, &[], Pass::Inference).unwrap();
+    assert_ne!(a.output.data, b.output.data);
+    // Training with them is refused on the CPU and the GPU.
+    assert!(matches!(cpu::forward(&w, &x, &[], Pass::Training), Err(Error::Unsupported(_))));
+    for ctx in contexts() {
+        let rnn = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).unwrap();
+        assert!(matches!(rnn.forward(&x, &[], Pass::Training), Err(Error::Unsupported(_))));
+        let (g, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
+        let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+        crate::common::assert_close("slots on the GPU", &f(&g.output.data), &f(&a.output.data), ONNX_ATOL, ONNX_RTOL);
+    }
+    // A cell without slots refuses them.
+    let bad = RnnConfig::new(Mode::Sru, 4, 4).with_pointwise(vec![Pointwise::standard(&[Function::Tanh]).unwrap()]);
+    assert!(matches!(bad.validate(), Err(Error::InvalidConfig(_))));
 }

@@ -117,6 +117,8 @@ fn parameter_structs_match_wgsl_sizes() {
     assert_eq!(struct_size(&m, "GemmParams") as usize, std::mem::size_of::<GemmParams>());
     let m = module(&Family::Util.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "UtilParams") as usize, std::mem::size_of::<UtilParams>());
+    let m = module(&Family::Rows.source_at(Precision::F32));
+    assert_eq!(struct_size(&m, "RowsParams") as usize, std::mem::size_of::<wgpu_rnn::gpu::kernels::RowsParams>());
     let m = module(&Family::Cast.source_at(Precision::F32));
     assert_eq!(struct_size(&m, "CastParams") as usize, std::mem::size_of::<wgpu_rnn::gpu::kernels::CastParams>());
     let m = module(&Family::Train.source_at(Precision::F32));
@@ -169,18 +171,39 @@ fn train_kernels() -> Vec<TrainKernel> {
 }
 
 /// Every kernel variant the pipeline cache can hold (each entry point with each constant set).
+/// Custom activation slots for a cell that has slots: every function among them, with and
+/// without parameters, and a clip (none for a cell without slots).
+fn custom_slots(m: Mode) -> Vec<wgpu_rnn::cells::Pointwise> {
+    use wgpu_rnn::cells::{Activation, Function, Pointwise};
+    if m.slots().is_empty() {
+        return Vec::new();
+    }
+    Function::ALL
+        .chunks(3)
+        .enumerate()
+        .map(|(i, fs)| {
+            let acts: Vec<Activation> = fs.iter().map(|&f| Activation::with(f, Some(0.5), Some(0.25)).unwrap()).collect();
+            Pointwise::new(&acts, (i % 2 == 0).then_some(1.5)).unwrap()
+        })
+        .collect()
+}
+
 fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, ColSum4, GatherRows, CastToStored, CastToF32]);
+    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, ColSum4, GatherRows, MoveRows, CastToStored, CastToF32]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
             // A cell has the whole-row forward or the fused stage kernel (Mode::unit_step).
             if m.unit_step() {
                 for gates in 1..=wgpu_rnn::cells::MAX_GATES as u8 {
-                    v.extend([CellStage { cell: m, vec4: false, gates }, CellStage { cell: m, vec4: true, gates }]);
+                    v.extend([CellStage { cell: m, vec4: false, gates, pointwise: None }, CellStage { cell: m, vec4: true, gates, pointwise: None }]);
+                }
+                // Custom activation slots (every function among the cells' slots, a clip).
+                for pw in custom_slots(m) {
+                    v.push(CellStage { cell: m, vec4: true, gates: 1, pointwise: Some(pw) });
                 }
                 v.push(CellStageInput(m));
                 // The loops are specialised for a layer's stages: the cell's shapes (with and
@@ -193,7 +216,10 @@ fn all_kernels() -> Vec<Kernel> {
                     let lay = m.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj, bias: true });
                     for training in b {
                         let shape = LoopShape::of(&lay, training).expect("every cell's layers fit the loops' stages");
-                        v.push(CellLoop { cell: m, shape });
+                        v.push(CellLoop { cell: m, shape, pointwise: None });
+                        if !training {
+                            v.extend(custom_slots(m).into_iter().map(|pw| CellLoop { cell: m, shape, pointwise: Some(pw) }));
+                        }
                         if training && m.loop_grad() {
                             v.push(CellLoopGrad { cell: m, shape });
                         }
@@ -212,7 +238,7 @@ fn all_kernels() -> Vec<Kernel> {
     for k in &v {
         match k {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
-            | Transpose | ColSum | ColSum4 | GatherRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | ColSum4 | GatherRows | MoveRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDerivePolish(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
         }
     }
@@ -436,8 +462,8 @@ fn override_constants_reach_the_translated_shader() {
     }
     assert!(checked >= 100, "only {checked} constants checked");
     let shape = |training| LoopShape::of(&Mode::Lstm.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }), training).unwrap();
-    let inference = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(false) };
-    let training = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(true) };
+    let inference = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(false), pointwise: None };
+    let training = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(true), pointwise: None };
     let (mi, ii) = specialised(inference, Precision::F32);
     let (mt, it) = specialised(training, Precision::F32);
     assert_ne!(to_msl(inference, &mi, &ii, (2, 4), true), to_msl(training, &mt, &it, (2, 4), true));
