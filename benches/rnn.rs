@@ -124,5 +124,54 @@ fn gpu_layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, cpu_layer, gpu_gemm, gpu_layer);
+/// An ONNX LSTM node prepared once (`onnx::OnnxPlan`: X gathered into packed rows, Y, Y_h, Y_c
+/// scattered into ONNX's layouts) against the same cell through the engine API (`Plan`, packed
+/// buffers), one layer forward at C1 sizes, in one run; and the node with custom activations
+/// and clip (the slots' override constants), and reversed (its rows moved in and out).
+/// `cargo bench --bench rnn -- onnx_node`.
+fn onnx_node(c: &mut Criterion) {
+    use wgpu_rnn::cells::{Activation, Function};
+    use wgpu_rnn::onnx::{Attributes, Node, OnnxBuffers, OnnxPlan, Op};
+    use wgpu_rnn::Tensor;
+    let Some(ctx) = context() else { return };
+    let (t, b, i, h) = shape();
+    let mut g = configure(c, "onnx_node");
+    g.sample_size(10);
+    let cfg = BenchConfig::parse(&format!("lstm,t={t},b={b},i={i},h={h}")).unwrap();
+    let rig = GpuRig::new(&ctx, &cfg).unwrap();
+    let name = format!("LSTM T{t} B{b} I{i} H{h}");
+    g.bench_function(BenchmarkId::new("engine API Plan", &name), |bench| {
+        bench.iter_custom(|iters| time_gpu(&ctx, iters, |enc| rig.record(enc, false).unwrap()))
+    });
+    let tensor = |shape: Vec<usize>| {
+        let n: usize = shape.iter().product();
+        Tensor::new(shape, (0..n).map(|k| ((k % 89) as f32 / 89.0 - 0.5) * 0.2).collect()).unwrap()
+    };
+    let (w, r, bias) = (tensor(vec![1, 4 * h, i]), tensor(vec![1, 4 * h, h]), tensor(vec![1, 8 * h]));
+    let mut custom = Attributes::new(Op::Lstm);
+    custom.activations = vec![Activation::new(Function::HardSigmoid), Activation::new(Function::Softsign), Activation::new(Function::Tanh)];
+    custom.clip = Some(3.0);
+    let mut reverse = Attributes::new(Op::Lstm);
+    reverse.direction = wgpu_rnn::onnx::Direction::Reverse;
+    // The plain node binds X, Y and the states to the plan (ONNX's layout is the packed one
+    // here); the reverse node gathers X reversed and scatters Y (RowMoves).
+    for (label, attrs) in [("ONNX node (OnnxPlan)", Attributes::new(Op::Lstm)), ("ONNX node, custom activations and clip", custom), ("ONNX node, direction reverse (row moves)", reverse)] {
+        let node = Node::new(attrs, &w, &r, Some(&bias), None).unwrap();
+        let plan = OnnxPlan::new(&ctx, &node, t, b, None).unwrap();
+        let (nx, ns, ny) = plan.sizes();
+        let x = gpu::upload(&ctx, "X", &tensor(vec![nx]).data).unwrap();
+        let (y, yh, yc) = (gpu::storage(&ctx, "Y", ny).unwrap(), gpu::storage(&ctx, "Y_h", ns).unwrap(), gpu::storage(&ctx, "Y_c", ns).unwrap());
+        g.bench_function(BenchmarkId::new(label, &name), |bench| {
+            bench.iter_custom(|iters| {
+                time_gpu(&ctx, iters, |enc| {
+                    let bufs = OnnxBuffers { x: x.slice(..), initial_h: None, initial_c: None, y: Some(y.slice(..)), y_h: Some(yh.slice(..)), y_c: Some(yc.slice(..)) };
+                    plan.record(enc, &bufs).unwrap()
+                })
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, cpu_layer, gpu_gemm, gpu_layer, onnx_node);
 criterion_main!(benches);

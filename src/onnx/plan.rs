@@ -5,6 +5,10 @@
 //! `initial_h`, `initial_c`) into the packed rows, each sequence reversed for `direction =
 //! reverse`, and scatter the packed output and final states into `Y`, `Y_h` and `Y_c`, padded
 //! steps and sequences of length 0 from a row of zeros: every element of an output is written.
+//! Where ONNX's layout is already the packed one (layout 0, every sequence all T steps
+//! forward: X, and Y with one direction; the states whenever no sequence is empty), the
+//! caller's buffer is bound to the plan and nothing moves: such a node costs what its cell
+//! costs through the engine API.
 
 use super::{Direction, Node, Op, Outputs};
 use crate::cpu::Pass;
@@ -55,6 +59,12 @@ struct Run {
     sn: Vec<TrackedBuffer>,
     x_in: RowMoves,
     s_in: RowMoves,
+    /// Where ONNX's layout is the packed one, the caller's buffer is bound to the plan itself
+    /// (no move): X and Y when every sequence runs all T steps forward in layout 0 (Y also
+    /// needs one direction), the states when every sequence has steps in layout 0.
+    x_direct: bool,
+    y_direct: bool,
+    s_direct: bool,
 }
 
 impl OnnxPlan {
@@ -142,7 +152,9 @@ impl OnnxPlan {
             }
             let x_in = RowMoves::new(ctx, vec![mv(0, 1, i_w, (i_w, 0), i_w, xp)])?;
             let s_in = RowMoves::new(ctx, vec![mv(0, 1, h, (h, 0), h, act.iter().map(|&(a, b)| (b, a)).collect())])?;
-            Some(Run { plan, weights, x_packed, y_packed, s0, sn, x_in, s_in })
+            let full = lens.iter().all(|&l| l == steps);
+            let x_direct = !bm && !reverse && full;
+            Some(Run { plan, weights, x_packed, y_packed, s0, sn, x_in, s_in, x_direct, y_direct: x_direct && d == 1, s_direct: !bm && ba == batch })
         };
         active.clear();
         Ok(OnnxPlan { ctx: ctx.clone(), node: node.clone(), steps, batch, run, zeros, y_out, h_out })
@@ -186,27 +198,46 @@ impl OnnxPlan {
                 }
             }
         }
+        // The caller's buffers go to the plan directly where the layouts agree, unless two of
+        // them share a buffer on a context without shared buffers (one dispatch would bind it
+        // read-only and read-write).
+        let given: Vec<&wgpu::Buffer> = roles.iter().filter_map(|r| r.1.map(|s| s.buffer())).collect();
+        let distinct = self.ctx.shares_buffers() || given.iter().enumerate().all(|(i, a)| given[i + 1..].iter().all(|b| a != b));
+        let (mut y_done, mut s_done) = (false, false);
         if let Some(r) = &self.run {
-            r.x_in.record(encoder, &[bufs.x, r.x_packed.slice(..)])?;
-            let given = [bufs.initial_h, bufs.initial_c];
-            for (k, s) in given.iter().enumerate().take(r.s0.len()) {
-                if let Some(s) = s {
-                    r.s_in.record(encoder, &[*s, r.s0[k].slice(..)])?;
-                }
+            let x_direct = r.x_direct && distinct;
+            let (y_direct, s_direct) = (r.y_direct && distinct, r.s_direct && distinct);
+            if !x_direct {
+                r.x_in.record(encoder, &[bufs.x, r.x_packed.slice(..)])?;
             }
-            let states0: Vec<Option<wgpu::BufferSlice<'_>>> = (0..r.s0.len()).map(|k| given[k].map(|_| r.s0[k].slice(..))).collect();
-            let states_n: Vec<wgpu::BufferSlice<'_>> = r.sn.iter().map(|b| b.slice(..)).collect();
-            let fb = ForwardBuffers { weights: r.weights.slice(..), input: r.x_packed.slice(..), output: r.y_packed.slice(..), states0: &states0, states_n: &states_n, counter: None };
+            let given = [bufs.initial_h, bufs.initial_c];
+            let mut states0: Vec<Option<wgpu::BufferSlice<'_>>> = Vec::new();
+            for (k, s) in given.iter().enumerate().take(r.s0.len()) {
+                states0.push(match s {
+                    Some(s) if s_direct => Some(*s),
+                    Some(s) => {
+                        r.s_in.record(encoder, &[*s, r.s0[k].slice(..)])?;
+                        Some(r.s0[k].slice(..))
+                    }
+                    None => None,
+                });
+            }
+            let outs = [bufs.y_h, bufs.y_c];
+            let states_n: Vec<wgpu::BufferSlice<'_>> = r.sn.iter().enumerate().map(|(k, b)| if s_direct { outs[k].unwrap_or(b.slice(..)) } else { b.slice(..) }).collect();
+            let input = if x_direct { bufs.x } else { r.x_packed.slice(..) };
+            let output = if y_direct { bufs.y.unwrap_or(r.y_packed.slice(..)) } else { r.y_packed.slice(..) };
+            let fb = ForwardBuffers { weights: r.weights.slice(..), input, output, states0: &states0, states_n: &states_n, counter: None };
             r.plan.record_forward(encoder, &fb)?;
+            (y_done, s_done) = (y_direct, s_direct);
         }
         let zeros = self.zeros.slice(..);
         // Without a run the moves from the packed rows are empty (only zeros move).
-        if let Some(y) = bufs.y {
+        if let Some(y) = bufs.y.filter(|_| !y_done) {
             let src = self.run.as_ref().map_or(zeros, |r| r.y_packed.slice(..));
             self.y_out.record(encoder, &[src, zeros, y])?;
         }
         for (k, out) in [bufs.y_h, bufs.y_c].into_iter().enumerate() {
-            if let Some(out) = out {
+            if let Some(out) = out.filter(|_| !s_done) {
                 let src = self.run.as_ref().map_or(zeros, |r| r.sn[k].slice(..));
                 self.h_out.record(encoder, &[src, zeros, out])?;
             }
