@@ -3,10 +3,12 @@
 //!
 //! A [`Node`] is prepared once from the node's attributes and its weights `W`, `R`, `B`, `P` in
 //! ONNX's layouts: the operator and its attributes choose a cell (LSTM: `LSTM`, with peepholes
-//! `LSTM_PEEPHOLE`, with `input_forget` `LSTM_CIFG`; GRU: `GRU` for `linear_before_reset = 1`,
-//! `GRU_RESET_BEFORE` for 0; RNN: `RNN_TANH` / `RNN_RELU`), and the gates are reordered and the
-//! biases split into the cell's parameters then, not per call ([`Node::weights`] are ordinary
-//! [`Weights`]). A run takes `X`, `sequence_lens`, `initial_h`, `initial_c` in ONNX's layouts
+//! `LSTM_PEEPHOLE`, with `input_forget` `LSTM_CIFG`, or `LSTM_PEEPHOLE` with peepholes, the
+//! forget gate computed from the input gate's rows negated; GRU: `GRU` for
+//! `linear_before_reset = 1`, `GRU_RESET_BEFORE` for 0; RNN: `RNN_TANH` / `RNN_RELU`), and the
+//! gates are reordered and the biases split into the cell's parameters then, not per call
+//! ([`Node::weights`] are ordinary [`Weights`]). Activations and clip are the cell's activation
+//! slots ([`crate::cells::activation`]). A run takes `X`, `sequence_lens`, `initial_h`, `initial_c` in ONNX's layouts
 //! (`layout = 0`: `X [T, B, I]`, `Y [T, D, B, H]`, `Y_h [D, B, H]`; `layout = 1`: `X [B, T, I]`,
 //! `Y [B, T, D, H]`, `Y_h [B, D, H]`) and returns `Y`, `Y_h` and (LSTM) `Y_c` in them: padded
 //! steps of `Y` are zero, a sequence of length 0 has zero outputs and states, as onnxruntime
@@ -17,9 +19,8 @@
 //! This module is the one place that maps ONNX's operators onto cells (as [`crate::weights`]
 //! maps PyTorch's names): [`Node::new`] names the cells and their gate orders.
 //!
-//! Not yet: the optional activations other than each operator's defaults (`activations`,
-//! `activation_alpha`, `activation_beta`), `clip`, and `input_forget` together with
-//! peepholes; each is refused with [`Error::Onnx`] naming it.
+//! Refused with [`Error::Onnx`]: `input_forget` with a gate activation other than the sigmoid
+//! or HardSigmoid with beta 0.5 (the negation is exact only where f(-x) = 1 - f(x)).
 //!
 //! [`file`](mod@file) reads a model whose graph is one such node and its tensors as onnx's backend tests
 //! store them (`wgpu-rnn onnx`).
@@ -244,11 +245,10 @@ impl Node {
         if attrs.input_forget && op != Op::Lstm {
             return Err(Error::Onnx(format!("{} has no input_forget", op.name())));
         }
-        if attrs.input_forget && p.is_some() {
-            return Err(Error::Onnx("input_forget together with peepholes P is not supported yet".into()));
-        }
-        // input_forget runs as LSTM_CIFG's f = F(-a_i), which is ONNX's 1 - i = 1 - F(a_i) where
-        // F(-x) = 1 - F(x): the sigmoid, and HardSigmoid with beta 0.5.
+        // input_forget runs with the forget gate computed from the input gate's rows negated,
+        // f = F(-a_i) (LSTM_CIFG's f; with peepholes LSTM_PEEPHOLE's f, its peephole negated
+        // too), which is ONNX's 1 - i = 1 - F(a_i) where F(-x) = 1 - F(x): the sigmoid, and
+        // HardSigmoid with beta 0.5 (clip is symmetric).
         if attrs.input_forget {
             for pw in &pointwise {
                 let f = pw.slot(0);
@@ -263,8 +263,15 @@ impl Node {
                 crate::float::check_finite(what, &t.data)?;
             }
         }
-        // The cell, and for each of its gates ONNX's gate and sign (CIFG's f = 1 - i = s(-a_i)).
+        // The cell, and for each of its gates ONNX's gate and sign (input_forget's f = 1 - i =
+        // F(-a_i)); for LSTM_PEEPHOLE, its peepholes (c->i, c->f, c'->o) from ONNX's P (i, o,
+        // f) with their signs.
+        let mut peep: &[(usize, f32)] = &[(0, 1.0), (2, 1.0), (1, 1.0)];
         let (mode, gates): (Mode, &[(usize, f32)]) = match op {
+            Op::Lstm if attrs.input_forget && p.is_some() => {
+                peep = &[(0, 1.0), (0, -1.0), (1, 1.0)];
+                (Mode::LstmPeephole, &[(0, 1.0), (0, -1.0), (3, 1.0), (1, 1.0)])
+            }
             Op::Lstm if attrs.input_forget => (Mode::LstmCifg, &[(0, -1.0), (3, 1.0), (1, 1.0)]),
             Op::Lstm if p.is_some() => (Mode::LstmPeephole, &[(0, 1.0), (2, 1.0), (3, 1.0), (1, 1.0)]),
             Op::Lstm => (Mode::Lstm, &[(0, 1.0), (2, 1.0), (3, 1.0), (1, 1.0)]),
@@ -304,12 +311,13 @@ impl Node {
                         rows(&per_dir(b, d, dir)[g * h..], 1, dst)
                     }
                 }
-                // Ours (c->i, c->f, c'->o); ONNX's P is (i, o, f).
                 "weight_peephole" => {
                     if let Some(p) = p {
                         let src = per_dir(p, d, dir);
-                        for (k, og) in [0, 2, 1].into_iter().enumerate() {
-                            dst[k * h..(k + 1) * h].copy_from_slice(&src[og * h..(og + 1) * h]);
+                        for (k, &(og, sign)) in peep.iter().enumerate() {
+                            for (o, &v) in dst[k * h..(k + 1) * h].iter_mut().zip(&src[og * h..(og + 1) * h]) {
+                                *o = sign * v;
+                            }
                         }
                     }
                 }

@@ -17,6 +17,9 @@ mod config;
 #[path = "../../fuzz/bodies/engine.rs"]
 mod engine;
 #[allow(dead_code)]
+#[path = "../../fuzz/bodies/onnx.rs"]
+mod onnx;
+#[allow(dead_code)]
 #[path = "../../fuzz/bodies/packing.rs"]
 mod packing;
 #[allow(dead_code)]
@@ -25,7 +28,7 @@ mod weights;
 
 /// The body of the target a regression file belongs to, by its name's prefix.
 fn body_for(name: &str) -> Option<fn(&[u8])> {
-    let bodies: [(&str, fn(&[u8])); 5] = [("case-", case::run), ("config-", config::run), ("engine-", engine::run), ("packing-", packing::run), ("weights-", weights::run)];
+    let bodies: [(&str, fn(&[u8])); 6] = [("case-", case::run), ("config-", config::run), ("engine-", engine::run), ("onnx-", onnx::run), ("packing-", packing::run), ("weights-", weights::run)];
     bodies.iter().find(|(prefix, _)| name.starts_with(prefix)).map(|&(_, f)| f)
 }
 
@@ -52,7 +55,7 @@ fn every_fuzz_regression_replays_through_its_target_body() {
     let mut failures = Vec::new();
     for name in &files {
         let Some(run) = body_for(name) else {
-            failures.push(format!("{name}: no target body for this name (case-, config-, engine-, packing- or weights-)"));
+            failures.push(format!("{name}: no target body for this name (case-, config-, engine-, onnx-, packing- or weights-)"));
             continue;
         };
         let bytes = std::fs::read(dir.join(name)).unwrap();
@@ -100,4 +103,67 @@ fn the_engine_body_holds_on_random_inputs() {
     for what in ["recorded and validated", "recording refused", "one step recorded and validated", "one step refused"] {
         assert!(outcomes.get(what).copied().unwrap_or(0) >= INPUTS / 50, "only {:?} inputs {what}: {outcomes:?}", outcomes.get(what));
     }
+}
+
+/// The ONNX conformance cases (tests/onnx) as `onnx` body inputs: the seeds of its corpus.
+pub fn onnx_seeds() -> Vec<Vec<u8>> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/onnx");
+    let mut v = Vec::new();
+    for set in ["backend", "ort"] {
+        let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join(set)).unwrap().map(|e| e.unwrap().path()).collect();
+        cases.sort();
+        for c in cases {
+            let model = std::fs::read(c.join("model.onnx")).unwrap();
+            let tensors: Vec<Vec<u8>> = (0..).map(|k| c.join(format!("test_data_set_0/input_{k}.pb"))).take_while(|p| p.exists()).map(|p| std::fs::read(p).unwrap()).collect();
+            v.push(onnx::encode(&tensors, &model));
+        }
+    }
+    v
+}
+
+/// The `onnx` body on every conformance case and on seeded mutations of each (bytes flipped,
+/// set to 0 or 0xff, runs cut out, the input truncated): a stable, small stand-in for the
+/// fuzzer's runs over the ONNX reader. No input may panic.
+#[test]
+fn the_onnx_body_holds_on_mutated_conformance_cases() {
+    use rand::{Rng, SeedableRng};
+    let seeds = onnx_seeds();
+    assert_eq!(seeds.len(), 62, "tests/onnx: 18 backend and 44 onnxruntime cases");
+    let mut g = rand::rngs::StdRng::seed_from_u64(26);
+    let mut failures = Vec::new();
+    let mut runs = 0;
+    for (k, seed) in seeds.iter().enumerate() {
+        // The seed itself runs: the mutations start from a node that works.
+        let (tensors, model) = onnx::split(seed);
+        let tensors: Vec<wgpu_rnn::onnx::proto::TensorProto> = tensors.iter().map(|b| wgpu_rnn::onnx::proto::decode("input", b).unwrap()).collect();
+        let outs = wgpu_rnn::onnx::file::Model::from_bytes(model).and_then(|m| m.run(&tensors, None));
+        assert!(outs.is_ok_and(|o| !o.is_empty()), "seed {k} does not run");
+        for m in 0..25 {
+            let mut v = seed.clone();
+            if m > 0 {
+                for _ in 0..g.random_range(1..4) {
+                    let at = g.random_range(0..v.len());
+                    match g.random_range(0..5) {
+                        0 => v[at] ^= 1 << g.random_range(0..8),
+                        1 => v[at] = 0,
+                        2 => v[at] = 0xff,
+                        3 => {
+                            let end = (at + g.random_range(1..16)).min(v.len());
+                            v.drain(at..end);
+                        }
+                        _ => v.truncate(at.max(1)),
+                    }
+                    if v.is_empty() {
+                        break;
+                    }
+                }
+            }
+            runs += 1;
+            if let Err(p) = catch_unwind(AssertUnwindSafe(|| onnx::run(&v))) {
+                let msg = p.downcast_ref::<String>().map(String::as_str).or_else(|| p.downcast_ref::<&str>().copied()).unwrap_or("non-string panic");
+                failures.push(format!("case {k} mutation {m}: {msg}"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {runs} inputs panicked:\n{}", failures.len(), failures.join("\n"));
 }

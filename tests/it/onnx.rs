@@ -34,7 +34,7 @@ fn backend_cases() -> Vec<PathBuf> {
 /// onnxruntime's cases, each attribute in several.
 fn ort_cases() -> Vec<PathBuf> {
     let v = cases_in(&Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/onnx/ort"));
-    assert_eq!(v.len(), 42, "tests/onnx/ort");
+    assert_eq!(v.len(), 44, "tests/onnx/ort");
     v
 }
 

@@ -1,0 +1,1 @@
+B	initial_hJUz™¿’HT?YÁz¾ªZ¾øý>V-"?
