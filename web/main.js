@@ -1,12 +1,12 @@
 // The page's logic: everything numeric happens in Rust (web/src/lib.rs, compiled to
 // WebAssembly by .ci/browser into web/pkg). Query parameters:
-//   ?ci             run the golden cases at once and POST the report to /result (web/serve.py)
-//   ?run            run the golden cases at once and POST the report (for a screenshot: a
+//   ?ci             run the golden and ONNX cases at once and POST the report to /result (web/serve.py)
+//   ?run            run the golden and ONNX cases at once and POST the report (for a screenshot: a
 //                   request to /hold stays open until then, so headless Chromium waits)
 //   model=DIR       the sentiment model: DIR/sentiment.safetensors + DIR/vocab.txt (default
 //                   /target/sentiment, none with ?ci); with ?ci the page also scores a fixed
 //                   review and requires the GPU and CPU probabilities to agree
-import init, { start, check_case, score_review } from "./pkg/wgpu_rnn_web.js";
+import init, { start, check_case, check_onnx, score_review } from "./pkg/wgpu_rnn_web.js";
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -78,8 +78,54 @@ async function goldenCases() {
   return results;
 }
 
+// Concatenates byte arrays; returns the bytes and each part's length.
+function concat(parts) {
+  const lens = new Uint32Array(parts.map((p) => p.length));
+  const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    all.set(p, at);
+    at += p.length;
+  }
+  return [all, lens];
+}
+
+async function onnxCases() {
+  const cases = await (await fetch("/onnx-cases.json")).json();
+  const table = $("onnx-cases");
+  table.innerHTML = "<tr><th>case</th><th>result</th><th>outputs</th><th>max |got - want|</th></tr>";
+  const results = [];
+  for (const c of cases) {
+    const row = table.insertRow();
+    row.insertCell().textContent = c.name;
+    const cell = row.insertCell();
+    cell.textContent = "running";
+    let r;
+    try {
+      const [modelBytes, ins, outs] = await Promise.all([
+        fetchBytes("/" + c.model),
+        Promise.all(c.inputs.map((p) => fetchBytes("/" + p))),
+        Promise.all(c.outputs.map((p) => fetchBytes("/" + p))),
+      ]);
+      const [inBytes, inLens] = concat(ins);
+      const [outBytes, outLens] = concat(outs);
+      r = JSON.parse(await check_onnx(c.name, modelBytes, inBytes, inLens, outBytes, outLens));
+    } catch (e) {
+      r = { case: c.name, pass: false, error: String(e), outputs: [] };
+    }
+    results.push(r);
+    cell.textContent = r.pass ? "pass" : "FAIL";
+    cell.className = r.pass ? "pass" : "fail";
+    row.insertCell().textContent = r.error ?? r.outputs.map((o) => o.name).join(", ");
+    row.insertCell().textContent = r.outputs.length ? Math.max(...r.outputs.map((o) => (o.max_abs < 0 ? Infinity : o.max_abs))).toExponential(1) : "-";
+  }
+  const passed = results.filter((r) => r.pass).length;
+  $("onnx-summary").innerHTML = `<span class="${passed === results.length ? "pass" : "fail"}">${passed} / ${results.length} cases pass</span>`;
+  return results;
+}
+
 async function main() {
-  const report = { pass: false, device: null, cases: [], sentiment: null, error: null };
+  const report = { pass: false, device: null, cases: [], onnx: [], sentiment: null, error: null };
   try {
     await init();
     if (!navigator.gpu) throw new Error("this browser has no WebGPU (navigator.gpu is undefined)");
@@ -87,6 +133,8 @@ async function main() {
     $("device").textContent = "GPU: " + report.device;
     $("golden").disabled = false;
     $("golden").onclick = () => goldenCases().catch((e) => ($("summary").textContent = String(e)));
+    $("onnx").disabled = false;
+    $("onnx").onclick = () => onnxCases().catch((e) => ($("onnx-summary").textContent = String(e)));
     $("score").onclick = () => score($("review").value).catch((e) => ($("verdict").textContent = String(e)));
     $("files").onchange = async (ev) => {
       const files = [...ev.target.files];
@@ -109,9 +157,10 @@ async function main() {
     }
     if (CI || RUN) {
       report.cases = await goldenCases();
+      report.onnx = await onnxCases();
     }
     if (CI || RUN) {
-      report.pass = report.cases.length > 0 && report.cases.every((r) => r.pass) && (report.sentiment === null || report.sentiment.pass);
+      report.pass = report.cases.length > 0 && report.cases.every((r) => r.pass) && report.onnx.length > 0 && report.onnx.every((r) => r.pass) && (report.sentiment === null || report.sentiment.pass);
     }
   } catch (e) {
     report.error = String(e);

@@ -4,7 +4,8 @@
     python3 web/serve.py [--port 8000]          then open http://127.0.0.1:8000/web/
 
 Besides the files it answers GET /golden-cases.json (the golden cases in tests/golden and
-tests/golden-variants: every registered cell) and
+tests/golden-variants: every registered cell), GET /onnx-cases.json (the ONNX conformance
+cases in tests/onnx, each with its model, inputs and expected outputs) and
 takes the page's report as POST /result (GET /hold answers once it has come). With --exit-on-result (what .ci/browser uses) it
 prints the report and exits 0 if the page passed, 1 if not; --timeout bounds the wait (exit 2).
 """
@@ -32,6 +33,30 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             Handler.done.wait(600)
             self.send_response(204)
             self.end_headers()
+            return
+        if self.path == "/onnx-cases.json":
+            # tests/onnx/{backend,ort}/<case>: model.onnx, test_data_set_0/input_K.pb, output_K.pb
+            cases = []
+            for d in ("backend", "ort"):
+                top = os.path.join(ROOT, "tests", "onnx", d)
+                for c in sorted(os.listdir(top)):
+                    ds = os.path.join(top, c, "test_data_set_0")
+                    if not os.path.isdir(ds):
+                        continue
+                    files = sorted(os.listdir(ds), key=lambda f: (f.split("_")[0], int(f.split("_")[1].split(".")[0])))
+                    rel = f"tests/onnx/{d}/{c}"
+                    cases.append({
+                        "name": c,
+                        "model": f"{rel}/model.onnx",
+                        "inputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("input_")],
+                        "outputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("output_")],
+                    })
+            body = json.dumps(cases).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if self.path == "/golden-cases.json":
             names = [
@@ -94,7 +119,19 @@ def main():
         with open(a.report, "w") as f:
             json.dump(r, f, indent=1)
     print(json.dumps(r, indent=1), flush=True)
-    sys.exit(0 if r.get("pass") is True else 1)
+    # The page's verdict, and every ONNX case in tests/onnx reported and passed (a page that
+    # skipped them does not pass).
+    want = sum(
+        1
+        for d in ("backend", "ort")
+        for c in os.listdir(os.path.join(ROOT, "tests", "onnx", d))
+        if os.path.isdir(os.path.join(ROOT, "tests", "onnx", d, c, "test_data_set_0"))
+    )
+    onnx = r.get("onnx") or []
+    onnx_ok = len(onnx) == want and all(c.get("pass") is True for c in onnx)
+    if not onnx_ok:
+        print(f"ONNX cases: {sum(1 for c in onnx if c.get('pass') is True)} of {want} passed", flush=True)
+    sys.exit(0 if r.get("pass") is True and onnx_ok else 1)
 
 
 if __name__ == "__main__":

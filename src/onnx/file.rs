@@ -125,8 +125,12 @@ fn clamp_int(x: i64) -> f32 {
 /// Reads one `TensorProto` file (`input_K.pb`, `output_K.pb`) of floating-point values.
 pub fn read_tensor(path: &Path) -> Result<TypedTensor> {
     let what = path.display().to_string();
-    let t: TensorProto = proto::decode(&what, &read(path)?)?;
-    tensor_values(&what, &t, false)
+    float_tensor(&what, &proto::decode(&what, &read(path)?)?)
+}
+
+/// A `TensorProto` of floating-point values (FLOAT, DOUBLE, FLOAT16) as f32, checked.
+pub fn float_tensor(what: &str, t: &TensorProto) -> Result<TypedTensor> {
+    tensor_values(what, t, false)
 }
 
 fn attr_int(a: &AttributeProto) -> Result<i64> {
@@ -294,6 +298,19 @@ impl Model {
     /// Prepares the node and runs it on `x`'s tensors: on the CPU engine, or on `gpu`.
     /// Returns the node's present outputs in order (name, tensor), in `X`'s element type.
     pub fn run(&self, data: &[TensorProto], gpu: Option<&Arc<Context>>) -> Result<Vec<(String, TensorProto)>> {
+        let p = self.prepare(data)?;
+        let out = match gpu {
+            None => p.node.forward_cpu(&p.x, p.lens.as_deref(), p.initial_h.as_ref(), p.initial_c.as_ref())?,
+            Some(ctx) => {
+                let g: GpuNode = p.node.gpu(ctx)?;
+                g.forward(&p.x, p.lens.as_deref(), p.initial_h.as_ref(), p.initial_c.as_ref())?
+            }
+        };
+        self.outputs(&p, &out)
+    }
+
+    /// The node prepared from its inputs (initializers and `data`), with the run's tensors.
+    pub fn prepare(&self, data: &[TensorProto]) -> Result<Prepared> {
         let ins = self.inputs(data)?;
         const NAMES: [&str; 8] = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"];
         let names: &[&str] = if self.attrs.op == Op::Lstm { &NAMES } else { &NAMES[..6] };
@@ -316,7 +333,8 @@ impl Model {
             }
         }
         let get = |k: usize| f.get(k).and_then(|t| t.as_ref()).map(|t| &t.tensor);
-        let node = Node::new(self.attrs.clone(), get(1).unwrap(), get(2).unwrap(), get(3), get(7))?;
+        let (Some(x), Some(w), Some(r)) = (get(0), get(1), get(2)) else { return Err(Error::MissingTensor("X, W or R".into())) };
+        let node = Node::new(self.attrs.clone(), w, r, get(3), get(7))?;
         let lens: Option<Vec<i64>> = get(4)
             .map(|l| {
                 if l.shape.len() != 1 {
@@ -325,14 +343,11 @@ impl Model {
                 Ok(l.data.iter().map(|&v| v as i64).collect())
             })
             .transpose()?;
-        let x = get(0).unwrap();
-        let out: Outputs = match gpu {
-            None => node.forward_cpu(x, lens.as_deref(), get(5), get(6))?,
-            Some(ctx) => {
-                let g: GpuNode = node.gpu(ctx)?;
-                g.forward(x, lens.as_deref(), get(5), get(6))?
-            }
-        };
+        Ok(Prepared { node, x: x.clone(), lens, initial_h: get(5).cloned(), initial_c: get(6).cloned(), x_type })
+    }
+
+    /// The node's present outputs in order (name, tensor in `X`'s element type) from a run.
+    pub fn outputs(&self, p: &Prepared, out: &Outputs) -> Result<Vec<(String, TensorProto)>> {
         let mut res = Vec::new();
         for (k, name) in self.node.output.iter().enumerate() {
             if name.is_empty() {
@@ -344,9 +359,38 @@ impl Model {
                 2 => out.y_c.as_ref().ok_or_else(|| bad(format!("{} has no output Y_c", self.attrs.op.name())))?,
                 _ => return Err(bad(format!("{} has 3 outputs at most, the node names {}", self.attrs.op.name(), self.node.output.len()))),
             };
-            res.push((name.clone(), encode(name, t, x_type)));
+            res.push((name.clone(), encode(name, t, p.x_type)));
         }
         Ok(res)
+    }
+}
+
+/// A node prepared from a model's inputs, with its run's tensors (`Model::prepare`).
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    /// The node.
+    pub node: Node,
+    /// `X`.
+    pub x: Tensor<f32>,
+    /// `sequence_lens`.
+    pub lens: Option<Vec<i64>>,
+    /// `initial_h`.
+    pub initial_h: Option<Tensor<f32>>,
+    /// `initial_c`.
+    pub initial_c: Option<Tensor<f32>>,
+    /// `X`'s element type, the outputs'.
+    pub x_type: i32,
+}
+
+impl Prepared {
+    /// `X`'s steps and batch in the node's layout.
+    pub fn steps_batch(&self) -> (usize, usize) {
+        let s = &self.x.shape;
+        match (s.len(), self.node.attributes().batch_major) {
+            (3, true) => (s[1], s[0]),
+            (3, false) => (s[0], s[1]),
+            _ => (0, 0),
+        }
     }
 }
 

@@ -521,6 +521,13 @@ impl GpuNode {
         plan.forward(x, initial_h, initial_c)
     }
 
+    /// [`GpuNode::forward`] awaiting its results (the browser, where nothing may block).
+    pub async fn forward_async(&self, x: &Tensor<f32>, seq_lens: Option<&[i64]>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<Outputs> {
+        let (t, b, _) = self.node.check_inputs(x, seq_lens, initial_h, initial_c)?;
+        let plan = OnnxPlan::new(&self.ctx, &self.node, t, b, seq_lens)?;
+        plan.forward_async(x, initial_h, initial_c).await
+    }
+
     /// The prepared node.
     pub fn node(&self) -> &Node {
         &self.node

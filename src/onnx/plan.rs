@@ -247,8 +247,22 @@ impl OnnxPlan {
 
     /// The convenience form: uploads the tensors, records, submits once, reads back.
     pub fn forward(&self, x: &Tensor<f32>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<Outputs> {
+        let _serial = self.ctx.exclusive();
+        let (enc, rb, _keep) = self.begin(x, initial_h, initial_c)?;
+        self.finish(rb.submit_and_read(&self.ctx, enc)?)
+    }
+
+    /// [`OnnxPlan::forward`] awaiting its results (the browser, where nothing may block).
+    pub async fn forward_async(&self, x: &Tensor<f32>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<Outputs> {
+        let (enc, rb, _keep) = self.begin(x, initial_h, initial_c)?;
+        let got = rb.submit(&self.ctx, enc)?.await?;
+        self.finish(got)
+    }
+
+    /// The convenience forms' upload and recording; the buffers are kept until the results
+    /// are read.
+    fn begin(&self, x: &Tensor<f32>, initial_h: Option<&Tensor<f32>>, initial_c: Option<&Tensor<f32>>) -> Result<(wgpu::CommandEncoder, gpu::Readback, Vec<TrackedBuffer>)> {
         let ctx = &self.ctx;
-        let _serial = ctx.exclusive();
         let (nx, ns, ny) = self.sizes();
         let up = |what: &str, t: &Tensor<f32>, n: usize| {
             if t.data.len() != n {
@@ -280,7 +294,13 @@ impl OnnxPlan {
         if let Some(c) = &ycb {
             rb.copy(ctx, &mut enc, c, ns)?;
         }
-        let mut got = rb.submit_and_read(ctx, enc)?.into_iter();
+        let keep = [Some(xb), hb, cb, Some(yb), Some(yhb), ycb].into_iter().flatten().collect();
+        Ok((enc, rb, keep))
+    }
+
+    /// The read-back values as [`Outputs`] in the node's layout.
+    fn finish(&self, got: Vec<Vec<f32>>) -> Result<Outputs> {
+        let mut got = got.into_iter();
         let (d, h, b, t) = (self.node.attrs.direction.count(), self.node.hidden, self.batch, self.steps);
         let bm = self.node.attrs.batch_major;
         let y_shape = if bm { vec![b, t, d, h] } else { vec![t, d, b, h] };

@@ -5,6 +5,8 @@
 //! - [`check_case`] runs a golden case (PyTorch's float64 reference, `tests/golden`) forward
 //!   and backward through the engine (`GpuRnn`'s async form) and compares every tensor with the golden
 //!   tolerances: what `.ci/browser` runs in headless Chromium;
+//! - [`check_onnx`] runs an ONNX conformance case (`tests/onnx`: onnx's backend node tests and
+//!   onnxruntime's cases) through `onnx::OnnxPlan` and compares it within their tolerance;
 //! - [`score_review`] scores a review with the model `examples/sentiment.rs` saved (its
 //!   safetensors file and vocabulary), on the GPU and on the CPU reference, side by side.
 //!
@@ -200,4 +202,68 @@ pub async fn score_review(model: Vec<u8>, vocab: String, review: String) -> Resu
     let cpu_p = head(&fwd.states[0].data);
     let described = format!("{} {}x{} bidirectional, {} layer(s), vocabulary {rows}", cfg.mode, cfg.input_size, cfg.hidden_size, cfg.num_layers);
     Ok(serde_json::json!({ "tokens": ids.len(), "words": toks.len(), "unknown": unknown, "gpu": gpu_p, "cpu": cpu_p, "config": described, "device": ctx.describe() }).to_string())
+}
+
+/// The tolerance of ONNX's conformance cases (as `tests/it/onnx.rs`).
+const ONNX_ATOL: f64 = 2e-5;
+const ONNX_RTOL: f64 = 2e-4;
+
+/// `bytes` cut into parts of `lens` bytes.
+fn parts<'a>(bytes: &'a [u8], lens: &[u32]) -> Result<Vec<&'a [u8]>, JsError> {
+    let mut v = Vec::new();
+    let mut at = 0usize;
+    for &n in lens {
+        let end = at + n as usize;
+        v.push(bytes.get(at..end).ok_or_else(|| JsError::new("part lengths exceed the bytes"))?);
+        at = end;
+    }
+    Ok(v)
+}
+
+/// Runs an ONNX conformance case (`tests/onnx`: a one-node model, its `input_K.pb` and the
+/// expected `output_K.pb`, each list concatenated with its lengths) on the GPU through the
+/// engine (`onnx::GpuNode`'s async form, an `OnnxPlan`) and compares every output within atol
+/// 2e-5 / rtol 2e-4. Returns JSON: `{"case", "pass", "outputs": [{"name", "failures",
+/// "total", "max_abs"}]}`.
+#[wasm_bindgen]
+pub async fn check_onnx(name: String, model: Vec<u8>, inputs: Vec<u8>, input_lens: Vec<u32>, expected: Vec<u8>, expected_lens: Vec<u32>) -> Result<String, JsError> {
+    use wgpu_rnn::onnx::file::{float_tensor, Model};
+    use wgpu_rnn::onnx::proto::{decode, TensorProto};
+    let g = gpu()?;
+    g.clear_errors();
+    let m = Model::from_bytes(&model).map_err(js)?;
+    let data = parts(&inputs, &input_lens)?.into_iter().map(|b| decode::<TensorProto>("input", b)).collect::<Result<Vec<_>, _>>().map_err(js)?;
+    let p = m.prepare(&data).map_err(js)?;
+    let node = p.node.gpu(&g.ctx).map_err(js)?;
+    let out = node.forward_async(&p.x, p.lens.as_deref(), p.initial_h.as_ref(), p.initial_c.as_ref()).await.map_err(js)?;
+    g.take_errors()?;
+    let got = m.outputs(&p, &out).map_err(js)?;
+    let want = parts(&expected, &expected_lens)?;
+    let mut outputs = Vec::new();
+    let mut pass = got.len() == want.len() && !want.is_empty();
+    for ((oname, t), w) in got.iter().zip(want) {
+        let a = float_tensor(oname, t).map_err(js)?;
+        let e = float_tensor(oname, &decode::<TensorProto>("expected", w).map_err(js)?).map_err(js)?;
+        let (mut failures, mut max_abs) = (0usize, 0.0f64);
+        if a.tensor.shape != e.tensor.shape {
+            failures = e.tensor.data.len().max(1);
+        } else {
+            for (&x, &y) in a.tensor.data.iter().zip(&e.tensor.data) {
+                let (x, y) = (x as f64, y as f64);
+                let d = (x - y).abs();
+                // A NaN fails (the comparison below is false for it).
+                if !(d <= ONNX_ATOL + ONNX_RTOL * y.abs()) {
+                    failures += 1;
+                }
+                if d.is_finite() {
+                    max_abs = max_abs.max(d);
+                } else {
+                    max_abs = -1.0;
+                }
+            }
+        }
+        pass &= failures == 0;
+        outputs.push(serde_json::json!({ "name": oname, "failures": failures, "total": e.tensor.data.len(), "max_abs": max_abs }));
+    }
+    Ok(serde_json::json!({ "case": name, "pass": pass, "outputs": outputs }).to_string())
 }
