@@ -79,6 +79,11 @@ impl OnnxPlan {
         let lens = super::lengths(seq_lens, steps, batch)?;
         let a = &node.attrs;
         let (d, h, i_w, bm) = (a.direction.count(), node.hidden, node.input, a.batch_major);
+        // The row tables hold u32 rows: Y's T*D*B rows, X's T*B, a state's D*B must fit (the
+        // moves check their element extents below 2^31 too).
+        if steps.checked_mul(batch).and_then(|v| v.checked_mul(d)).is_none_or(|rows| rows >= 1 << 31) {
+            return Err(Error::Limit(format!("{steps} steps x {batch} sequences x {d} directions: more rows than 31-bit indexing holds")));
+        }
         let reverse = a.direction == Direction::Reverse;
         let n_states = if a.op == Op::Lstm { 2 } else { 1 };
         // The active sequences sorted by length, longest first (stable); packed row of step t

@@ -311,6 +311,9 @@ fn onnx_plan_records_into_the_callers_encoder_over_one_pooled_buffer() {
             assert!(got.iter().zip(&expect).all(|(a, e)| a.to_bits() == e.to_bits()), "{label}: bytes outside the outputs changed");
             checked += 1;
         }
+        // Rows past 31-bit indexing are refused before any table or buffer is made.
+        let big = OnnxPlan::new(ctx, &random_node(Attributes::new(Op::Rnn), 2, 2, false, 2), 1 << 16, 1 << 16, None);
+        assert!(matches!(big, Err(Error::Limit(_))), "{:?}", big.err());
         // A written role overlapping another is refused before anything is recorded.
         let node = random_node(Attributes::new(Op::Rnn), 2, 2, false, 1);
         let plan = OnnxPlan::new(ctx, &node, 2, 1, None).unwrap();
