@@ -198,6 +198,10 @@ impl RnnConfig {
             if self.pointwise.len() != d {
                 return bad(format!("{} activation slot sets for {d} directions", self.pointwise.len()));
             }
+            let n = self.mode.slots().len();
+            if let Some(p) = self.pointwise.iter().find(|p| p.len() != n) {
+                return bad(format!("{} activation slots set, {} has {n} ({:?})", p.len(), self.mode, self.mode.slots()));
+            }
         }
         if self.precision == Precision::F16 {
             if let Some(why) = self.mode.f16_refused() {

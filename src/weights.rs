@@ -491,8 +491,7 @@ pub fn config_metadata(c: &RnnConfig) -> HashMap<String, String> {
     ]);
     // Custom activation slots, per direction (absent: the cell's own).
     if !c.pointwise.is_empty() {
-        let n = c.mode.slots().len();
-        m.insert("pointwise".into(), c.pointwise.iter().map(|p| p.encode(n)).collect::<Vec<_>>().join("/"));
+        m.insert("pointwise".into(), c.pointwise.iter().map(|p| p.encode()).collect::<Vec<_>>().join("/"));
     }
     m
 }

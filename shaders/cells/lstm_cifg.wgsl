@@ -15,7 +15,7 @@ fn unit_forward(row: u32, j: u32) {
     let af = xp(row, j) + r(row, j);
     let ag = xp(row, n + j) + r(row, n + j);
     let ao = xp(row, 2u * n + j) + r(row, 2u * n + j);
-    let f = slot(0u, af, sigmoid(af));
+    let f = slot(3u, af, sigmoid(af));
     let g = slot(1u, ag, tanh_safe(ag));
     let o = slot(0u, ao, sigmoid(ao));
     let cn = f * s_get(row, n + j) + (1.0 - f) * g;

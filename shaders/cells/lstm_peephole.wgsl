@@ -19,7 +19,7 @@ fn unit_forward(row: u32, j: u32) {
     let af = xp(row, n + j) + r(row, n + j) + e(n + j) * cp;
     let ag = xp(row, 2u * n + j) + r(row, 2u * n + j);
     let i = slot(0u, ai, sigmoid(ai));
-    let f = slot(0u, af, sigmoid(af));
+    let f = slot(3u, af, sigmoid(af));
     let g = slot(1u, ag, tanh_safe(ag));
     let cn = f * cp + i * g;
     let ao = xp(row, 3u * n + j) + r(row, 3u * n + j) + e(2u * n + j) * cn;

@@ -98,7 +98,8 @@ const WG: u32 = 64u;
 // Cell::SLOTS as slot(k, x, own), own its own function of x. A config's custom slots set
 // these pipeline-overridable constants on the forward stage and loop kernels; left at OWN
 // (every other pipeline), slot() is own and the rest folds away. ACTk: the function's id in
-// Function::ALL order, ACTk_A / _B its alpha and beta; CLIP > 0 clips slots 0 and 1's input.
+// Function::ALL order (plus 128 for its complement 1 - f(-x)), ACTk_A / _B its alpha and
+// beta; CLIP > 0 clips every slot's input but slot 2's (h).
 const OWN: u32 = 255u;
 override ACT0: u32 = 255u;
 override ACT0_A: f32 = 0.0;
@@ -109,6 +110,9 @@ override ACT1_B: f32 = 0.0;
 override ACT2: u32 = 255u;
 override ACT2_A: f32 = 0.0;
 override ACT2_B: f32 = 0.0;
+override ACT3: u32 = 255u;
+override ACT3_A: f32 = 0.0;
+override ACT3_B: f32 = 0.0;
 override CLIP: f32 = 0.0;
 
 fn act_fn(f: u32, a: f32, b: f32, x: f32) -> f32 {
@@ -139,13 +143,20 @@ fn slot(k: u32, x: f32, own: f32) -> f32 {
         f = ACT2;
         a = ACT2_A;
         b = ACT2_B;
+    } else if (k == 3u) {
+        f = ACT3;
+        a = ACT3_A;
+        b = ACT3_B;
     }
     if (f == OWN) {
         return own;
     }
     var v = x;
-    if (CLIP > 0.0 && k < 2u) {
+    if (CLIP > 0.0 && k != 2u) {
         v = clamp(x, -CLIP, CLIP);
+    }
+    if (f >= 128u) {
+        return 1.0 - act_fn(f - 128u, a, b, -v);
     }
     return act_fn(f, a, b, v);
 }

@@ -4,12 +4,13 @@
 //! A cell that offers slots lists its own functions in [`super::Cell::SLOTS`] (LSTM: f =
 //! sigmoid for its gates, g = tanh for the candidate, h = tanh for the output; GRU f, g; RNN
 //! f) and computes each of those nonlinearities through its [`Slots`] value: on the CPU
-//! `a.act(k, x, own)` with `own` the cell's own function, in WGSL `slot0(x, own(x))` ..
-//! `slot2` (shaders/cells/prelude.wgsl). With [`Standard`] (every config that sets no
-//! [`Pointwise`]) that is the cell's own function, inlined as before: the cell's code and its
-//! speed do not change. With a [`Pointwise`] (per direction, in the config) slot k computes
-//! its [`Activation`], the input clipped to `[-clip, clip]` in slots f and g (not h, whose
-//! input is LSTM's cell state: onnxruntime clips the gates' inputs only). On the GPU the
+//! `a.act(k, x, own)` with `own` the cell's own function, in WGSL `slot(k, x, own(x))`
+//! (shaders/cells/prelude.wgsl). The LSTM variants that ONNX's `input_forget` runs on
+//! (`LSTM_CIFG`, `LSTM_PEEPHOLE`) give their forget gate a fourth slot of its own. With
+//! [`Standard`] (every config that sets no [`Pointwise`]) that is the cell's own function,
+//! inlined as before: the cell's code and its speed do not change. With a [`Pointwise`] (per
+//! direction, in the config) slot k computes its [`Activation`], the input clipped to `[-clip,
+//! clip]` in every slot but h's (LSTM's cell state: onnxruntime clips the gates' inputs only). On the GPU the
 //! functions, their parameters and the clip are pipeline-overridable constants of the cell's
 //! kernels, so each kernel is compiled for its set.
 //!
@@ -123,19 +124,21 @@ impl fmt::Display for Function {
     }
 }
 
-/// A function with its parameters (finite; kept as bits, so configs stay `Eq` and `Hash`).
+/// A function with its parameters (finite; kept as bits, so configs stay `Eq` and `Hash`),
+/// or its complement `1 - f(-x)` ([`Activation::complemented`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Activation {
     function: Function,
     alpha: u32,
     beta: u32,
+    complement: bool,
 }
 
 impl Activation {
     /// `function` with its default parameters.
     pub fn new(function: Function) -> Self {
         let (a, b) = function.defaults();
-        Activation { function, alpha: a.to_bits(), beta: b.to_bits() }
+        Activation { function, alpha: a.to_bits(), beta: b.to_bits(), complement: false }
     }
 
     /// `function` with `alpha` and `beta` (each `None` for its default); refused when not finite.
@@ -145,7 +148,19 @@ impl Activation {
         if !a.is_finite() || !b.is_finite() {
             return Err(Error::InvalidConfig(format!("{function}'s alpha {a} and beta {b} must be finite")));
         }
-        Ok(Activation { function, alpha: a.to_bits(), beta: b.to_bits() })
+        Ok(Activation { function, alpha: a.to_bits(), beta: b.to_bits(), complement: false })
+    }
+
+    /// The complement `1 - f(-x)` (of the complement, `f` again): what a gate computed from
+    /// another gate's negated rows must apply to be `1 -` that gate (ONNX's `input_forget`,
+    /// `f = 1 - F(a_i)`, from `a_f = -a_i`). The sigmoid is its own complement.
+    pub fn complemented(self) -> Self {
+        Activation { complement: !self.complement, ..self }
+    }
+
+    /// Whether this is a complement ([`Activation::complemented`]).
+    pub fn is_complement(self) -> bool {
+        self.complement
     }
 
     /// The function.
@@ -165,6 +180,9 @@ impl Activation {
 
     /// The function of `x`, in f64 (the CPU's custom slots; f32 results round from it).
     pub fn apply(self, x: f64) -> f64 {
+        if self.complement {
+            return 1.0 - Activation { complement: false, ..self }.apply(-x);
+        }
         use Function::*;
         let (a, b) = (self.alpha() as f64, self.beta() as f64);
         match self.function {
@@ -217,6 +235,9 @@ impl Activation {
 
 impl fmt::Display for Activation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.complement {
+            return write!(f, "1 - {}(-x)", Activation { complement: false, ..*self });
+        }
         match self.function.takes() {
             (true, true) => write!(f, "{}({}, {})", self.function, self.alpha(), self.beta()),
             (true, false) => write!(f, "{}({})", self.function, self.alpha()),
@@ -225,38 +246,54 @@ impl fmt::Display for Activation {
     }
 }
 
-/// Most slots a cell has (f, g, h).
-pub const MAX_SLOTS: usize = 3;
+/// Most slots a cell has (f, g, h, and the forget gate's).
+pub const MAX_SLOTS: usize = 4;
 
-/// One direction's slots: a function for each slot the cell has (in [`super::Cell::SLOTS`]
-/// order; unused entries are ignored), and the clip of slots f and g's inputs.
+/// The slot whose input is never clipped: h, the output's (LSTM's cell state).
+pub const UNCLIPPED_SLOT: usize = 2;
+
+/// One direction's slots: a function for each slot of the cell (in [`super::Cell::SLOTS`]
+/// order; `RnnConfig::validate` checks the count against the cell's), and the clip of every
+/// slot's input but h's ([`UNCLIPPED_SLOT`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Pointwise {
     slots: [Activation; MAX_SLOTS],
+    len: u8,
     clip: Option<u32>,
 }
 
 impl Pointwise {
-    /// `slots` (at most [`MAX_SLOTS`], the rest taken as Sigmoid and never read) and `clip`
-    /// (positive and finite).
+    /// `slots` (one per slot of the cell, at most [`MAX_SLOTS`]) and `clip` (positive and
+    /// finite).
     pub fn new(slots: &[Activation], clip: Option<f32>) -> Result<Self> {
-        if slots.len() > MAX_SLOTS {
-            return Err(Error::InvalidConfig(format!("{} activation slots given, a cell has at most {MAX_SLOTS}", slots.len())));
+        if slots.is_empty() || slots.len() > MAX_SLOTS {
+            return Err(Error::InvalidConfig(format!("{} activation slots given, a cell has 1 to {MAX_SLOTS}", slots.len())));
         }
         if let Some(c) = clip {
             if !(c > 0.0 && c.is_finite()) {
                 return Err(Error::InvalidConfig(format!("clip {c} is not a positive finite threshold")));
             }
         }
-        let mut s = [Activation::new(Function::Sigmoid); MAX_SLOTS];
+        // Entries past `len` are never read (a kernel's override keeps its default there).
+        let mut s = [slots[0]; MAX_SLOTS];
         s[..slots.len()].copy_from_slice(slots);
-        Ok(Pointwise { slots: s, clip: clip.map(f32::to_bits) })
+        Ok(Pointwise { slots: s, len: slots.len() as u8, clip: clip.map(f32::to_bits) })
     }
 
     /// A cell's own functions (`own`: its [`super::Cell::SLOTS`]), unclipped.
     pub fn standard(own: &[Function]) -> Result<Self> {
         let v: Vec<Activation> = own.iter().map(|&f| Activation::new(f)).collect();
         Self::new(&v, None)
+    }
+
+    /// How many slots it sets.
+    pub fn len(&self) -> usize {
+        self.len as usize
+    }
+
+    /// Never: a `Pointwise` sets at least one slot.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
     }
 
     /// Slot `k`.
@@ -269,12 +306,13 @@ impl Pointwise {
         self.clip.map(f32::from_bits)
     }
 
-    /// The kernels' override constants (prelude.wgsl's `ACT*` and `CLIP`).
+    /// The kernels' override constants (prelude.wgsl's `ACT*` and `CLIP`): a function's id in
+    /// [`Function::ALL`] order, plus 128 for a complement.
     pub fn constants(&self) -> Vec<(&'static str, f64)> {
-        const NAMES: [[&str; 3]; MAX_SLOTS] = [["ACT0", "ACT0_A", "ACT0_B"], ["ACT1", "ACT1_A", "ACT1_B"], ["ACT2", "ACT2_A", "ACT2_B"]];
+        const NAMES: [[&str; 3]; MAX_SLOTS] = [["ACT0", "ACT0_A", "ACT0_B"], ["ACT1", "ACT1_A", "ACT1_B"], ["ACT2", "ACT2_A", "ACT2_B"], ["ACT3", "ACT3_A", "ACT3_B"]];
         let mut v = Vec::new();
-        for (s, n) in self.slots.iter().zip(NAMES) {
-            v.push((n[0], s.function.id() as f64));
+        for (s, n) in self.slots[..self.len()].iter().zip(NAMES) {
+            v.push((n[0], (s.function.id() + if s.complement { 128 } else { 0 }) as f64));
             v.push((n[1], s.alpha() as f64));
             v.push((n[2], s.beta() as f64));
         }
@@ -282,10 +320,11 @@ impl Pointwise {
         v
     }
 
-    /// The text form configs are saved in (`Sigmoid;Tanh(0.5, 1);Tanh|clip=3`), read by
+    /// The text form configs are saved in (`Sigmoid:0:0;Tanh:0:0;Tanh:0:0;~Sigmoid:0:0|3`: per
+    /// slot function, alpha, beta, `~` for a complement; then the clip), read by
     /// [`Pointwise::parse`].
-    pub fn encode(&self, n: usize) -> String {
-        let s: Vec<String> = self.slots[..n.min(MAX_SLOTS)].iter().map(|a| format!("{}:{}:{}", a.function, a.alpha(), a.beta())).collect();
+    pub fn encode(&self) -> String {
+        let s: Vec<String> = self.slots[..self.len()].iter().map(|a| format!("{}{}:{}:{}", if a.complement { "~" } else { "" }, a.function, a.alpha(), a.beta())).collect();
         match self.clip() {
             Some(c) => format!("{}|{c}", s.join(";")),
             None => s.join(";"),
@@ -294,7 +333,7 @@ impl Pointwise {
 
     /// [`Pointwise::encode`]'s inverse.
     pub fn parse(text: &str) -> Result<Self> {
-        let bad = || Error::Metadata(format!("activation slots {text:?}: expected Function:alpha:beta;..[|clip]"));
+        let bad = || Error::Metadata(format!("activation slots {text:?}: expected [~]Function:alpha:beta;..[|clip]"));
         let (slots, clip) = match text.split_once('|') {
             Some((s, c)) => (s, Some(c.parse::<f32>().map_err(|_| bad())?)),
             None => (text, None),
@@ -304,7 +343,12 @@ impl Pointwise {
             let p: Vec<&str> = s.split(':').collect();
             let [f, a, b] = p[..] else { return Err(bad()) };
             let (a, b) = (a.parse::<f32>().map_err(|_| bad())?, b.parse::<f32>().map_err(|_| bad())?);
-            v.push(Activation::with(Function::from_name(f)?, Some(a), Some(b))?);
+            let (f, complement) = match f.strip_prefix('~') {
+                Some(f) => (f, true),
+                None => (f, false),
+            };
+            let act = Activation::with(Function::from_name(f)?, Some(a), Some(b))?;
+            v.push(if complement { act.complemented() } else { act });
         }
         Self::new(&v, clip)
     }
@@ -331,7 +375,7 @@ impl Slots for &Pointwise {
     #[inline]
     fn act<T: Float>(self, k: usize, x: T, _own: impl Fn(T) -> T) -> T {
         let mut v = x.to_f64();
-        if let (Some(c), true) = (self.clip(), k < 2) {
+        if let (Some(c), true) = (self.clip(), k != UNCLIPPED_SLOT) {
             let c = c as f64;
             v = v.clamp(-c, c);
         }

@@ -17,7 +17,8 @@ fn with_bias(s: Sizes) -> Sizes {
 impl Cell for LstmCifg {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_CIFG";
-    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
+    // f (the gates), g, h, and the forget gate's own (ONNX's input_forget: `1 - F(-x)`).
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh, Function::Sigmoid];
     const WGSL: &'static str = super::cell_wgsl!("lstm_cifg.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         torch_params(3, with_bias(s), s.hidden)
@@ -36,7 +37,7 @@ impl Cell for LstmCifg {
         let t = &mut row.tape[..4 * n];
         let out = &mut row.out[..n];
         for j in 0..n {
-            let f = a.act(0, x[j] + hp[j], T::sigmoid);
+            let f = a.act(3, x[j] + hp[j], T::sigmoid);
             let g = a.act(1, x[n + j] + hp[n + j], T::tanh);
             let o = a.act(0, x[2 * n + j] + hp[2 * n + j], T::sigmoid);
             let cn = f * c[j] + (T::one() - f) * g;

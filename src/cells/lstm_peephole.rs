@@ -19,7 +19,8 @@ fn with_bias(s: Sizes) -> Sizes {
 impl Cell for LstmPeephole {
     const DR_IS_DXP: bool = true;
     const NAME: &'static str = "LSTM_PEEPHOLE";
-    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
+    // f (the gates), g, h, and the forget gate's own (ONNX's input_forget: `1 - F(-x)`).
+    const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh, Function::Sigmoid];
     const WGSL: &'static str = super::cell_wgsl!("lstm_peephole.wgsl");
     fn params(s: Sizes) -> Vec<ParamDef> {
         let mut v = torch_params(4, with_bias(s), s.hidden);
@@ -45,7 +46,7 @@ impl Cell for LstmPeephole {
         for j in 0..n {
             let cp = c[j];
             let i = a.act(0, x[j] + hp[j] + wci[j] * cp, T::sigmoid);
-            let f = a.act(0, x[n + j] + hp[n + j] + wcf[j] * cp, T::sigmoid);
+            let f = a.act(3, x[n + j] + hp[n + j] + wcf[j] * cp, T::sigmoid);
             let g = a.act(1, x[2 * n + j] + hp[2 * n + j], T::tanh);
             let cn = f * cp + i * g;
             let o = a.act(0, x[3 * n + j] + hp[3 * n + j] + wco[j] * cn, T::sigmoid);

@@ -4,7 +4,7 @@
 //! A [`Node`] is prepared once from the node's attributes and its weights `W`, `R`, `B`, `P` in
 //! ONNX's layouts: the operator and its attributes choose a cell (LSTM: `LSTM`, with peepholes
 //! `LSTM_PEEPHOLE`, with `input_forget` `LSTM_CIFG`, or `LSTM_PEEPHOLE` with peepholes, the
-//! forget gate computed from the input gate's rows negated; GRU: `GRU` for
+//! forget gate computed from the input gate's rows negated (below); GRU: `GRU` for
 //! `linear_before_reset = 1`, `GRU_RESET_BEFORE` for 0; RNN: `RNN_TANH` / `RNN_RELU`), and the
 //! gates are reordered and the biases split into the cell's parameters then, not per call
 //! ([`Node::weights`] are ordinary [`Weights`]). Activations and clip are the cell's activation
@@ -19,8 +19,9 @@
 //! This module is the one place that maps ONNX's operators onto cells (as [`crate::weights`]
 //! maps PyTorch's names): [`Node::new`] names the cells and their gate orders.
 //!
-//! Refused with [`Error::Onnx`]: `input_forget` with a gate activation other than the sigmoid
-//! or HardSigmoid with beta 0.5 (the negation is exact only where f(-x) = 1 - f(x)).
+//! `input_forget` computes the forget gate from the input gate's rows negated through the
+//! cell's forget-gate slot set to the gate function's complement `1 - F(-x)`: `1 - F(a_i)`,
+//! ONNX's `f = 1 - i`, for every gate function.
 //!
 //! [`file`](mod@file) reads a model whose graph is one such node and its tensors as onnx's backend tests
 //! store them (`wgpu-rnn onnx`).
@@ -245,19 +246,6 @@ impl Node {
         if attrs.input_forget && op != Op::Lstm {
             return Err(Error::Onnx(format!("{} has no input_forget", op.name())));
         }
-        // input_forget runs with the forget gate computed from the input gate's rows negated,
-        // f = F(-a_i) (LSTM_CIFG's f; with peepholes LSTM_PEEPHOLE's f, its peephole negated
-        // too), which is ONNX's 1 - i = 1 - F(a_i) where F(-x) = 1 - F(x): the sigmoid, and
-        // HardSigmoid with beta 0.5 (clip is symmetric).
-        if attrs.input_forget {
-            for pw in &pointwise {
-                let f = pw.slot(0);
-                let odd = f.function() == Function::Sigmoid || (f.function() == Function::HardSigmoid && f.beta() == 0.5);
-                if !odd {
-                    return Err(Error::Onnx(format!("input_forget with the gate activation {f} is not supported (only those with f(-x) = 1 - f(x))")));
-                }
-            }
-        }
         for (what, t) in [("W", Some(w)), ("R", Some(r)), ("B", b), ("P", p)] {
             if let Some(t) = t {
                 crate::float::check_finite(what, &t.data)?;
@@ -279,6 +267,22 @@ impl Node {
             Op::Gru => (Mode::GruResetBefore, &[(1, 1.0), (0, 1.0), (2, 1.0)]),
             Op::Rnn if relu => (Mode::RnnRelu, &[(0, 1.0)]),
             Op::Rnn => (Mode::RnnTanh, &[(0, 1.0)]),
+        };
+        // LSTM_CIFG and LSTM_PEEPHOLE give the forget gate a slot of its own (the fourth):
+        // ONNX's F, or with input_forget its complement 1 - F(-x), which on the input gate's
+        // negated rows is 1 - F(a_i), ONNX's f = 1 - i, for every F (the sigmoid is its own
+        // complement, so the cell's own slots need nothing). Clip is symmetric.
+        let pointwise = if mode.slots().len() == 4 {
+            pointwise
+                .iter()
+                .map(|p| {
+                    let f = p.slot(0);
+                    let slots = [p.slot(0), p.slot(1), p.slot(2), if attrs.input_forget { f.complemented() } else { f }];
+                    Pointwise::new(&slots, p.clip())
+                })
+                .collect::<Result<Vec<_>>>()?
+        } else {
+            pointwise
         };
         let cfg = RnnConfig::new(mode, input, hidden).bidirectional(d == 2).with_pointwise(pointwise);
         let mut weights = Weights::zeros(&cfg)?;

@@ -171,18 +171,26 @@ fn train_kernels() -> Vec<TrainKernel> {
 }
 
 /// Every kernel variant the pipeline cache can hold (each entry point with each constant set).
-/// Custom activation slots for a cell that has slots: every function among them, with and
-/// without parameters, and a clip (none for a cell without slots).
+/// Custom activation slots for a cell that has slots, one per slot: functions dealt from
+/// every one in turn, complements, a clip (none for a cell without slots).
 fn custom_slots(m: Mode) -> Vec<wgpu_rnn::cells::Pointwise> {
     use wgpu_rnn::cells::{Activation, Function, Pointwise};
     if m.slots().is_empty() {
         return Vec::new();
     }
-    Function::ALL
-        .chunks(3)
-        .enumerate()
-        .map(|(i, fs)| {
-            let acts: Vec<Activation> = fs.iter().map(|&f| Activation::with(f, Some(0.5), Some(0.25)).unwrap()).collect();
+    let n = m.slots().len();
+    (0..4)
+        .map(|i| {
+            let acts: Vec<Activation> = (0..n)
+                .map(|j| {
+                    let a = Activation::with(Function::ALL[(i * n + j) % Function::ALL.len()], Some(0.5), Some(0.25)).unwrap();
+                    if j == n - 1 && i % 2 == 1 {
+                        a.complemented()
+                    } else {
+                        a
+                    }
+                })
+                .collect();
             Pointwise::new(&acts, (i % 2 == 0).then_some(1.5)).unwrap()
         })
         .collect()

@@ -81,9 +81,9 @@ def case(rng, k, op, feature):
             inputs["P"] = f(d, 3 * h)
         if feature == "input_forget":
             attrs["input_forget"] = 1
-            if "activations" in attrs:
-                # The gate activation where f(-x) = 1 - f(x): the sigmoid or HardSigmoid(a, 0.5).
-                attrs["activations"] = [a if j % 3 else "Sigmoid" for j, a in enumerate(attrs["activations"])]
+            if k % 3 == 0 and "activations" not in attrs:
+                # input_forget with other gate functions (f = 1 - i whatever the function).
+                attrs["activations"] = [deal() for _ in range(3 * d)]
             # Peepholes with input_forget in every other such case.
             if k % 2 == 1 and "P" not in inputs:
                 inputs["P"] = f(d, 3 * h)

@@ -1,1 +1,0 @@
-B	initial_hJUz™¿’HT?YÁz¾ªZ¾øý>V-"?

@@ -1,0 +1,1 @@
+B	initial_hJHvØy¾X†y½‘Tw?Ð2*¿sS{¾ñ]±½	´M?‘xW¾‡tG¿mPl>|¿á“B>­µæ>R—?á ¿‹Ðú½žŒs¾zD?
