@@ -20,6 +20,26 @@ import threading
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def onnx_cases():
+    """tests/onnx/{backend,ort}/<case>: its model.onnx, test_data_set_0/input_K.pb, output_K.pb."""
+    cases = []
+    for d in ("backend", "ort"):
+        top = os.path.join(ROOT, "tests", "onnx", d)
+        for c in sorted(os.listdir(top)):
+            ds = os.path.join(top, c, "test_data_set_0")
+            if not os.path.isdir(ds):
+                continue
+            files = sorted(os.listdir(ds), key=lambda f: (f.split("_")[0], int(f.split("_")[1].split(".")[0])))
+            rel = f"tests/onnx/{d}/{c}"
+            cases.append({
+                "name": c,
+                "model": f"{rel}/model.onnx",
+                "inputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("input_")],
+                "outputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("output_")],
+            })
+    return cases
+
+
 class Handler(http.server.SimpleHTTPRequestHandler):
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, ".wasm": "application/wasm", ".js": "text/javascript"}
     result = None
@@ -35,44 +55,25 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             self.end_headers()
             return
         if self.path == "/onnx-cases.json":
-            # tests/onnx/{backend,ort}/<case>: model.onnx, test_data_set_0/input_K.pb, output_K.pb
-            cases = []
-            for d in ("backend", "ort"):
-                top = os.path.join(ROOT, "tests", "onnx", d)
-                for c in sorted(os.listdir(top)):
-                    ds = os.path.join(top, c, "test_data_set_0")
-                    if not os.path.isdir(ds):
-                        continue
-                    files = sorted(os.listdir(ds), key=lambda f: (f.split("_")[0], int(f.split("_")[1].split(".")[0])))
-                    rel = f"tests/onnx/{d}/{c}"
-                    cases.append({
-                        "name": c,
-                        "model": f"{rel}/model.onnx",
-                        "inputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("input_")],
-                        "outputs": [f"{rel}/test_data_set_0/{f}" for f in files if f.startswith("output_")],
-                    })
-            body = json.dumps(cases).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_json(onnx_cases())
             return
         if self.path == "/golden-cases.json":
-            names = [
+            self.send_json([
                 f"tests/{d}/{f}"
                 for d in ("golden", "golden-variants")
                 for f in sorted(os.listdir(os.path.join(ROOT, "tests", d)))
                 if f.endswith(".safetensors")
-            ]
-            body = json.dumps(names).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            ])
             return
         super().do_GET()
+
+    def send_json(self, value):
+        body = json.dumps(value).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
     def end_headers(self):
         self.send_header("Cache-Control", "no-store")
@@ -121,12 +122,7 @@ def main():
     print(json.dumps(r, indent=1), flush=True)
     # The page's verdict, and every ONNX case in tests/onnx reported and passed (a page that
     # skipped them does not pass).
-    want = sum(
-        1
-        for d in ("backend", "ort")
-        for c in os.listdir(os.path.join(ROOT, "tests", "onnx", d))
-        if os.path.isdir(os.path.join(ROOT, "tests", "onnx", d, c, "test_data_set_0"))
-    )
+    want = len(onnx_cases())
     onnx = r.get("onnx") or []
     onnx_ok = len(onnx) == want and all(c.get("pass") is True for c in onnx)
     if not onnx_ok:
