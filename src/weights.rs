@@ -504,6 +504,20 @@ fn meta_pointwise(meta: &HashMap<String, String>) -> Result<Vec<crate::cells::Po
     }
 }
 
+/// The activation slots of a model loaded with `hint`: they are part of the model, not a run
+/// setting, so the file's when it has them (a caller's other slots are an error), else the
+/// caller's.
+fn model_pointwise(meta: &HashMap<String, String>, hint: Option<&RnnConfig>) -> Result<Vec<crate::cells::Pointwise>> {
+    let file = meta_pointwise(meta)?;
+    match hint {
+        Some(h) if !file.is_empty() && !h.pointwise.is_empty() && h.pointwise != file => {
+            Err(Error::Metadata("the file's activation slots (pointwise) differ from the caller's".into()))
+        }
+        Some(h) if file.is_empty() => Ok(h.pointwise.clone()),
+        _ => Ok(file),
+    }
+}
+
 /// The metadata's run settings (dropout, zoneout, storage precision); each absent from files
 /// written before they were saved, and then 0, 0 and f32.
 fn meta_run_settings(meta: &HashMap<String, String>) -> Result<(Prob, Prob, Precision)> {
@@ -547,7 +561,8 @@ fn meta_bool(meta: &HashMap<String, String>, key: &str) -> Result<Option<bool>> 
 /// else from `hint` and the tensor shapes. Every source that is present must agree with the
 /// tensors: a disagreement is an error, not a guess. How the model runs (dropout, zoneout,
 /// storage precision) is the caller's when `hint` is given, else the metadata's (0, 0 and
-/// f32 in files that predate those keys).
+/// f32 in files that predate those keys). The activation slots (`pointwise`) are the model's:
+/// the file's when it has them (a caller's that differ are an error), else the caller's.
 pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -> Result<RnnConfig> {
     let meta = &file.metadata;
     let mode = match (meta.get("mode"), hint) {
@@ -624,8 +639,8 @@ pub fn infer_config(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>) -
         c = h.clone();
     } else {
         (c.dropout, c.zoneout, c.precision) = meta_run_settings(meta)?;
-        c.pointwise = meta_pointwise(meta)?;
     }
+    c.pointwise = model_pointwise(meta, hint)?;
     c.validate()?;
     Ok(c)
 }
@@ -670,10 +685,7 @@ fn infer_described(file: &TensorFile, prefix: &str, hint: Option<&RnnConfig>, mo
         Some(h) => (h.dropout, h.zoneout, h.precision),
         None => meta_run_settings(meta)?,
     };
-    let pointwise = match hint {
-        Some(h) => h.pointwise.clone(),
-        None => meta_pointwise(meta)?,
-    };
+    let pointwise = model_pointwise(meta, hint)?;
     let c = RnnConfig {
         mode,
         input_size: v[0],

@@ -34,18 +34,18 @@ pub struct RowMove {
 }
 
 impl RowMove {
-    /// Elements of buffer `buf` this move touches (the end of its last row, 0 if not).
-    fn extent(&self, buf: usize) -> usize {
+    /// Elements of buffer `buf` this move touches (the end of its last row, 0 if not; `None`
+    /// when that overflows).
+    fn extent(&self, buf: usize) -> Option<usize> {
+        let end = |last: usize, ld: usize, col: usize| last.checked_mul(ld)?.checked_add(col)?.checked_add(self.width);
         let mut e = 0;
         if buf == self.src {
-            let last = self.pairs.iter().map(|p| p.0 as usize).max().unwrap_or(0);
-            e = e.max(last * self.src_ld + self.src_col + self.width);
+            e = e.max(end(self.pairs.iter().map(|p| p.0 as usize).max().unwrap_or(0), self.src_ld, self.src_col)?);
         }
         if buf == self.dst {
-            let last = self.pairs.iter().map(|p| p.1 as usize).max().unwrap_or(0);
-            e = e.max(last * self.dst_ld + self.dst_col + self.width);
+            e = e.max(end(self.pairs.iter().map(|p| p.1 as usize).max().unwrap_or(0), self.dst_ld, self.dst_col)?);
         }
-        e
+        Some(e)
     }
 }
 
@@ -68,8 +68,8 @@ impl RowMoves {
         let mut blocks = ParamBlocks::new(ctx);
         let mut offsets = Vec::new();
         for m in &moves {
-            let big = [m.width * m.pairs.len(), m.extent(m.src), m.extent(m.dst), tab.len() + 2 * m.pairs.len()];
-            if big.iter().any(|&v| v >= 1 << 31) {
+            let big = [m.width.checked_mul(m.pairs.len()), m.extent(m.src), m.extent(m.dst), m.pairs.len().checked_mul(2).and_then(|p| p.checked_add(tab.len()))];
+            if big.iter().any(|v| v.is_none_or(|v| v >= 1 << 31)) {
                 return Err(Error::Limit("a row move past 31-bit indexing".into()));
             }
             let stab = tab.len() as u32;
@@ -99,7 +99,8 @@ impl RowMoves {
 
     /// Elements buffer `i` must hold for the moves that touch it.
     pub fn needs(&self, i: usize) -> usize {
-        self.moves.iter().map(|m| m.extent(i)).max().unwrap_or(0)
+        // Every extent was checked below 2^31 when the moves were prepared.
+        self.moves.iter().map(|m| m.extent(i).unwrap_or(usize::MAX)).max().unwrap_or(0)
     }
 
     /// Dispatches one recording issues.

@@ -5,7 +5,9 @@
 //! Everything read is checked before it is used: a malformed message, a tensor whose data do
 //! not fill its dims (or whose dims overflow), an element type a recurrent node does not take,
 //! external data, an unknown attribute or a value outside ONNX's is [`Error::Onnx`] naming
-//! what; never a panic or an allocation sized by an unchecked field.
+//! what, never a panic. Sizes are checked for overflow and allocations are fallible
+//! ([`Error::OutOfMemory`] where the allocator refuses); the outputs a node asks for (`Y` is
+//! `T * D * B * H`) may still be much larger than its files, as its node says.
 
 use super::proto::{self, attribute_type as at, data_type as dt, AttributeProto, ModelProto, NodeProto, TensorProto};
 use super::{Attributes, Direction, GpuNode, Node, Op, Outputs};
@@ -68,7 +70,8 @@ fn tensor_dims(what: &str, t: &TensorProto) -> Result<(Vec<usize>, usize)> {
     Ok((shape, n))
 }
 
-/// `t`'s elements as f32 (FLOAT, DOUBLE, FLOAT16; INT32 and INT64 with `ints`).
+/// `t`'s elements as f32 (FLOAT, DOUBLE, FLOAT16; `ints` is false: integers are read by
+/// `int_values`, exactly).
 fn tensor_values(what: &str, t: &TensorProto, ints: bool) -> Result<TypedTensor> {
     let (shape, n) = tensor_dims(what, t)?;
     let raw = !t.raw_data.is_empty();
@@ -101,25 +104,40 @@ fn tensor_values(what: &str, t: &TensorProto, ints: bool) -> Result<TypedTensor>
             dt::FLOAT => v.extend(c.map(|b| f32::from_le_bytes(b.try_into().unwrap()))),
             dt::DOUBLE => v.extend(c.map(|b| f64::from_le_bytes(b.try_into().unwrap()) as f32)),
             dt::FLOAT16 => v.extend(c.map(|b| half::f16::from_le_bytes(b.try_into().unwrap()).to_f32())),
-            dt::INT32 => v.extend(c.map(|b| i32::from_le_bytes(b.try_into().unwrap()) as f32)),
-            _ => v.extend(c.map(|b| clamp_int(i64::from_le_bytes(b.try_into().unwrap())))),
+            _ => return Err(bad(format!("{what}: integers read as floats"))),
         }
     } else {
         match t.data_type {
             dt::FLOAT => v.extend_from_slice(&t.float_data),
             dt::DOUBLE => v.extend(t.double_data.iter().map(|&x| x as f32)),
             dt::FLOAT16 => v.extend(t.int32_data.iter().map(|&x| half::f16::from_bits(x as u16).to_f32())),
-            dt::INT32 => v.extend(t.int32_data.iter().map(|&x| x as f32)),
-            _ => v.extend(t.int64_data.iter().map(|&x| clamp_int(x))),
+            _ => return Err(bad(format!("{what}: integers read as floats"))),
         }
     }
     Ok(TypedTensor { tensor: Tensor::new(shape, v)?, data_type: t.data_type })
 }
 
-/// An integer as f32, kept out of range where it is (a length over 2^24 is out of range of
-/// any T a tensor here can have, and stays so).
-fn clamp_int(x: i64) -> f32 {
-    x.clamp(-(1 << 30), 1 << 30) as f32
+/// An integer tensor (INT32, INT64: `sequence_lens`) as i64, exactly: its dims and values.
+fn int_values(what: &str, t: &TensorProto) -> Result<(Vec<usize>, Vec<i64>)> {
+    let (shape, n) = tensor_dims(what, t)?;
+    let width = match t.data_type {
+        dt::INT32 => 4,
+        dt::INT64 => 8,
+        other => return Err(bad(format!("{what}: element type {other} where int32 or int64 is needed"))),
+    };
+    let typed_len = if t.data_type == dt::INT32 { t.int32_data.len() } else { t.int64_data.len() };
+    let raw = !t.raw_data.is_empty();
+    let got = if raw { t.raw_data.len() / width } else { typed_len };
+    if (raw && !t.raw_data.len().is_multiple_of(width)) || got != n || (raw && typed_len != 0) {
+        return Err(bad(format!("{what}: its data ({} bytes raw, {typed_len} typed) do not fill dims {shape:?} ({n} elements)", t.raw_data.len())));
+    }
+    let v: Vec<i64> = match (raw, t.data_type) {
+        (true, dt::INT32) => t.raw_data.chunks_exact(4).map(|b| i32::from_le_bytes(b.try_into().unwrap()) as i64).collect(),
+        (true, _) => t.raw_data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap())).collect(),
+        (false, dt::INT32) => t.int32_data.iter().map(|&x| x as i64).collect(),
+        (false, _) => t.int64_data.clone(),
+    };
+    Ok((shape, v))
 }
 
 /// Reads one `TensorProto` file (`input_K.pb`, `output_K.pb`) of floating-point values.
@@ -315,11 +333,19 @@ impl Model {
         const NAMES: [&str; 8] = ["X", "W", "R", "B", "sequence_lens", "initial_h", "initial_c", "P"];
         let names: &[&str] = if self.attrs.op == Op::Lstm { &NAMES } else { &NAMES[..6] };
         let mut f = Vec::new();
+        let mut lens = None;
         for (k, &name) in names.iter().enumerate() {
             let t = match (ins[k], name) {
                 (None, "X" | "W" | "R") => return Err(Error::MissingTensor(name.into())),
                 (None, _) => None,
-                (Some(t), "sequence_lens") => Some(tensor_values(name, t, true)?),
+                (Some(t), "sequence_lens") => {
+                    let (shape, v) = int_values(name, t)?;
+                    if shape.len() != 1 {
+                        return Err(Error::RankMismatch { what: "sequence_lens".into(), expected: 1, got: shape });
+                    }
+                    lens = Some(v);
+                    None
+                }
                 (Some(t), _) => Some(tensor_values(name, t, false)?),
             };
             f.push(t);
@@ -335,14 +361,6 @@ impl Model {
         let get = |k: usize| f.get(k).and_then(|t| t.as_ref()).map(|t| &t.tensor);
         let (Some(x), Some(w), Some(r)) = (get(0), get(1), get(2)) else { return Err(Error::MissingTensor("X, W or R".into())) };
         let node = Node::new(self.attrs.clone(), w, r, get(3), get(7))?;
-        let lens: Option<Vec<i64>> = get(4)
-            .map(|l| {
-                if l.shape.len() != 1 {
-                    return Err(Error::RankMismatch { what: "sequence_lens".into(), expected: 1, got: l.shape.clone() });
-                }
-                Ok(l.data.iter().map(|&v| v as i64).collect())
-            })
-            .transpose()?;
         Ok(Prepared { node, x: x.clone(), lens, initial_h: get(5).cloned(), initial_c: get(6).cloned(), x_type })
     }
 

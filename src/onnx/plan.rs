@@ -84,6 +84,13 @@ impl OnnxPlan {
         if steps.checked_mul(batch).and_then(|v| v.checked_mul(d)).is_none_or(|rows| rows >= 1 << 31) {
             return Err(Error::Limit(format!("{steps} steps x {batch} sequences x {d} directions: more rows than 31-bit indexing holds")));
         }
+        // X and Y are bound whole (an OnnxPlan does not split them, as GpuRnn splits a
+        // problem): refused here, before any table is built, past one storage binding.
+        for (what, elems) in [("X", steps * batch * i_w), ("Y", steps * batch * d * h)] {
+            if elems.checked_mul(4).is_none_or(|b| b as u64 > ctx.binding_limit()) {
+                return Err(Error::Limit(format!("{what} of {elems} f32 exceeds the device's storage binding ({} bytes)", ctx.binding_limit())));
+            }
+        }
         let reverse = a.direction == Direction::Reverse;
         let n_states = if a.op == Op::Lstm { 2 } else { 1 };
         // The active sequences sorted by length, longest first (stable); packed row of step t

@@ -192,6 +192,12 @@ fn bad_onnx_input_is_a_typed_error() {
     let mut m2 = m.clone();
     set_attr(&mut m2, AttributeProto { name: "output_sequence".into(), r#type: 2, i: 1, ..Default::default() });
     expect_err(run(&m2, &inputs), onnx, "opset 1's attribute");
+    // sequence_lens as int64, exactly: in range runs, 2^33 + 1 does not.
+    let mut ok = inputs.clone();
+    ok[4] = TensorProto { name: "sequence_lens".into(), dims: vec![2], data_type: 7, int64_data: vec![1, 1], ..Default::default() };
+    assert!(run(&m, &ok).is_ok());
+    ok[4].int64_data = vec![1, (1 << 33) + 1];
+    expect_err(run(&m, &ok), |e| matches!(e, Error::InvalidLengths(_)), "a length past u32");
     // sequence_lens negative and over T (T = 1 here).
     for lens in [[-1i32, 1], [1, 2]] {
         let mut bad = inputs.clone();
@@ -309,6 +315,39 @@ fn onnx_plan_records_into_the_callers_encoder_over_one_pooled_buffer() {
                 }
             }
             assert!(got.iter().zip(&expect).all(|(a, e)| a.to_bits() == e.to_bits()), "{label}: bytes outside the outputs changed");
+            // Each role in a buffer of its own, sentinels after it: where ONNX's layout is the
+            // packed one (case 2) the plan is bound to them directly, and the same holds.
+            const TAIL: usize = 8;
+            let own: Vec<_> = sizes
+                .iter()
+                .enumerate()
+                .map(|(j, &n)| {
+                    let mut v = vec![7.5f32; n + TAIL];
+                    v[..n].copy_from_slice(&pool[offs[j]..offs[j] + n]);
+                    wgpu_rnn::gpu::upload(ctx, "role", &v).unwrap()
+                })
+                .collect();
+            let s = |j: usize| own[j].slice(..((sizes[j] + TAIL) * 4) as u64);
+            let mut enc = ctx.device.create_command_encoder(&Default::default());
+            let bufs = OnnxBuffers { x: s(0), initial_h: Some(s(1)), initial_c: lstm.then(|| s(2)), y: Some(s(3)), y_h: Some(s(4)), y_c: lstm.then(|| s(5)) };
+            plan.record(&mut enc, &bufs).unwrap_or_else(|e| panic!("{label} (own buffers): {e}"));
+            let mut rb = wgpu_rnn::gpu::Readback::new();
+            for (j, b) in own.iter().enumerate() {
+                rb.copy(ctx, &mut enc, b, sizes[j] + TAIL).unwrap();
+            }
+            let back = rb.submit_and_read(ctx, enc).unwrap();
+            for (j, v) in back.iter().enumerate() {
+                let (body, tail) = v.split_at(sizes[j]);
+                assert!(tail.iter().all(|&t| t == 7.5), "{label} (own buffers): role {j} written past its end");
+                let want_body: Vec<f32> = match j {
+                    3 => want.y.data.clone(),
+                    4 => want.y_h.data.clone(),
+                    5 if lstm => want.y_c.as_ref().unwrap().data.clone(),
+                    _ => pool[offs[j]..offs[j] + sizes[j]].to_vec(),
+                };
+                let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+                crate::common::assert_close(&format!("{label} (own buffers) role {j}"), &f(body), &f(&want_body), ONNX_ATOL, ONNX_RTOL);
+            }
             checked += 1;
         }
         // Rows past 31-bit indexing are refused before any table or buffer is made.
@@ -337,6 +376,12 @@ fn activation_slots_survive_saving_and_are_refused_in_training() {
     w.save(&path).unwrap();
     let back = Weights::<f32>::load(&path, "", None).unwrap();
     assert_eq!(back.config, cfg, "the slots come back from the file's metadata");
+    // They are the model's: a caller's config without slots gets the file's, one with other
+    // slots is refused.
+    let plain = RnnConfig { pointwise: Vec::new(), ..cfg.clone() };
+    assert_eq!(Weights::<f32>::load(&path, "", Some(&plain)).unwrap().config.pointwise, cfg.pointwise);
+    let other = RnnConfig { pointwise: vec![Pointwise::standard(Mode::Lstm.slots()).unwrap(); 2], ..cfg.clone() };
+    assert!(matches!(Weights::<f32>::load(&path, "", Some(&other)), Err(Error::Metadata(_))));
     let _ = std::fs::remove_file(&path);
     // The slots change the result (the same weights with the cell's own functions differ).
     let x = PackedSequence::from_padded(&[0.3f32; 2 * 2 * 3], [2, 2, 3], false, &[2, 1]).unwrap();
@@ -356,4 +401,58 @@ fn activation_slots_survive_saving_and_are_refused_in_training() {
     // A cell without slots refuses them.
     let bad = RnnConfig::new(Mode::Sru, 4, 4).with_pointwise(vec![Pointwise::standard(&[Function::Tanh]).unwrap()]);
     assert!(matches!(bad.validate(), Err(Error::InvalidConfig(_))));
+}
+
+/// Custom slots through both of the GPU's step strategies (the per-step stage kernels and the
+/// single-dispatch loop), stacked and bidirectional, against the CPU engine: every kernel that
+/// runs a cell's forward takes the slots.
+#[test]
+fn activation_slots_match_the_cpu_through_both_step_strategies() {
+    use wgpu_rnn::cells::{Activation, Function, Pointwise};
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::gpu::{flat_weights, storage, upload, ForwardBuffers, Plan, Readback, SeqLayout, StepStrategy};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let act = |f: Function| Activation::with(f, Some(0.7), Some(0.3)).unwrap();
+    let slots = |mode: Mode, k: usize| -> Pointwise {
+        let pick = [Function::HardSigmoid, Function::Softsign, Function::ScaledTanh, Function::Elu, Function::Affine, Function::Softplus];
+        let v: Vec<Activation> = (0..mode.slots().len()).map(|j| act(pick[(j + k) % pick.len()])).map(|a| if k == 1 { a.complemented() } else { a }).collect();
+        Pointwise::new(&v, (k == 0).then_some(1.2)).unwrap()
+    };
+    let mut checked = 0;
+    for ctx in contexts() {
+        for (m, mode) in [Mode::LstmPeephole, Mode::GruResetBefore, Mode::RnnTanh, Mode::LstmCifg].into_iter().enumerate() {
+            let cfg = RnnConfig::new(mode, 5, 6).layers(2).bidirectional(true).with_pointwise(vec![slots(mode, 0), slots(mode, 1)]);
+            let w = Weights::<f32>::init_uniform(&cfg, 60 + m as u64).unwrap();
+            let lengths = [4usize, 2, 3];
+            let (t, b) = (4, 3);
+            let mut g = crate::common::rng(70 + m as u64);
+            let xpad: Vec<f32> = crate::common::uniform(&mut g, t * b * 5, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = PackedSequence::from_padded(&xpad, [t, b, 5], false, &lengths).unwrap();
+            let (want, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+            for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
+                let label = format!("{:?} {mode} {strategy:?}", ctx.adapter_info().backend);
+                let plan = Plan::with_strategy(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Inference, strategy).unwrap_or_else(|e| panic!("{label}: {e}"));
+                let wb = upload(ctx, "w", &flat_weights(&w)).unwrap();
+                let xb = upload(ctx, "x", &x.data).unwrap();
+                let yb = storage(ctx, "y", x.rows() * cfg.output_size()).unwrap();
+                let sn: Vec<_> = cfg.state_elems(b).into_iter().map(|e| storage(ctx, "s", e).unwrap()).collect();
+                let sns: Vec<wgpu::BufferSlice<'_>> = sn.iter().map(|s| s.slice(..)).collect();
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                plan.record_forward(&mut enc, &ForwardBuffers { weights: wb.slice(..), input: xb.slice(..), output: yb.slice(..), states0: &[], states_n: &sns, counter: None }).unwrap();
+                let mut rb = Readback::new();
+                rb.copy(ctx, &mut enc, &yb, x.rows() * cfg.output_size()).unwrap();
+                for (s, e) in sn.iter().zip(cfg.state_elems(b)) {
+                    rb.copy(ctx, &mut enc, s, e).unwrap();
+                }
+                let got = rb.submit_and_read(ctx, enc).unwrap();
+                let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+                crate::common::assert_close(&format!("{label} output"), &f(&got[0]), &f(&want.output.data), ONNX_ATOL, ONNX_RTOL);
+                for (k, s) in want.states.iter().enumerate() {
+                    crate::common::assert_close(&format!("{label} state {k}"), &f(&got[k + 1]), &f(&s.data), ONNX_ATOL, ONNX_RTOL);
+                }
+                checked += 1;
+            }
+        }
+    }
+    crate::gpu_common::require_checked("activation_slots_match_the_cpu_through_both_step_strategies", checked, &[]);
 }

@@ -170,7 +170,6 @@ fn train_kernels() -> Vec<TrainKernel> {
     all
 }
 
-/// Every kernel variant the pipeline cache can hold (each entry point with each constant set).
 /// Custom activation slots for a cell that has slots, one per slot: functions dealt from
 /// every one in turn, complements, a clip (none for a cell without slots).
 fn custom_slots(m: Mode) -> Vec<wgpu_rnn::cells::Pointwise> {
@@ -196,6 +195,7 @@ fn custom_slots(m: Mode) -> Vec<wgpu_rnn::cells::Pointwise> {
         .collect()
 }
 
+/// Every kernel variant the pipeline cache can hold (each entry point with each constant set).
 fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();

@@ -255,10 +255,11 @@ pub async fn check_onnx(name: String, model: Vec<u8>, inputs: Vec<u8>, input_len
                 if !(d <= ONNX_ATOL + ONNX_RTOL * y.abs()) {
                     failures += 1;
                 }
-                if d.is_finite() {
-                    max_abs = max_abs.max(d);
-                } else {
+                // -1 marks a NaN or infinity, and stays.
+                if !d.is_finite() {
                     max_abs = -1.0;
+                } else if max_abs >= 0.0 {
+                    max_abs = max_abs.max(d);
                 }
             }
         }
