@@ -456,3 +456,49 @@ fn activation_slots_match_the_cpu_through_both_step_strategies() {
     }
     crate::gpu_common::require_checked("activation_slots_match_the_cpu_through_both_step_strategies", checked, &[]);
 }
+
+#[test]
+fn weights_given_as_initializers_run_like_graph_inputs() {
+    // As exporters write them: W, R, B as initializers, only X fed (the graph may list the
+    // initializers among its inputs, as IR < 4 requires, or not).
+    let (m, inputs) = case_parts("test_lstm_with_initial_bias");
+    let want = run(&m, &inputs).unwrap();
+    for list_them in [false, true] {
+        let mut m2 = m.clone();
+        let g = m2.graph.as_mut().unwrap();
+        g.initializer = inputs[1..].to_vec();
+        if !list_them {
+            g.input.truncate(1);
+        }
+        let got = run(&m2, &inputs[..1]).unwrap_or_else(|e| panic!("initializers (listed: {list_them}): {e}"));
+        assert_eq!(got, want, "initializers (listed: {list_them})");
+        // Feeding the weights as data too is one tensor too many.
+        assert!(matches!(run(&m2, &inputs), Err(Error::Onnx(_))));
+    }
+}
+
+#[test]
+fn the_command_line_runs_a_backend_case_and_refuses_a_broken_model() {
+    let exe = env!("CARGO_BIN_EXE_wgpu-rnn");
+    let case = backend_dir().join("test_gru_seq_length");
+    let out = scratch("cli");
+    let st = std::process::Command::new(exe)
+        .args(["onnx", case.join("model.onnx").to_str().unwrap(), "--data", case.join("test_data_set_0").to_str().unwrap(), "--device", "cpu", "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+    let (got, want) = (read_tensor(&out.join("output_0.pb")).unwrap(), read_tensor(&case.join("test_data_set_0/output_0.pb")).unwrap());
+    let f = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    crate::common::assert_close("wgpu-rnn onnx", &f(&got.tensor.data), &f(&want.tensor.data), ONNX_ATOL, ONNX_RTOL);
+    // A truncated model: a typed error on stderr and a non-zero exit, no panic.
+    let bytes = std::fs::read(case.join("model.onnx")).unwrap();
+    let broken = out.join("broken.onnx");
+    std::fs::write(&broken, &bytes[..bytes.len() / 3]).unwrap();
+    let st = std::process::Command::new(exe)
+        .args(["onnx", broken.to_str().unwrap(), "--data", case.join("test_data_set_0").to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&st.stderr);
+    assert!(!st.status.success() && err.contains("error: onnx:") && !err.contains("panicked"), "{err}");
+    let _ = std::fs::remove_dir_all(&out);
+}
