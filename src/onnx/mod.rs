@@ -500,7 +500,8 @@ fn lengths(seq_lens: Option<&[i64]>, t_max: usize, b: usize) -> Result<Vec<usize
 type PlanKey = (usize, usize, Option<Vec<i64>>);
 
 /// A [`Node`] on a device: the convenience form over [`OnnxPlan`] (the last batch structure's
-/// plan kept for the next call).
+/// plan kept for the next call); a problem past one storage binding, which an `OnnxPlan`
+/// refuses, runs split through [`crate::gpu::GpuRnn`] (blocking form only).
 pub struct GpuNode {
     ctx: Arc<Context>,
     node: Node,
@@ -515,11 +516,21 @@ impl GpuNode {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let plan = match last.as_ref() {
             Some((k, p)) if *k == key => p.clone(),
-            _ => {
-                let p = Arc::new(OnnxPlan::new(&self.ctx, &self.node, t, b, seq_lens)?);
-                *last = Some((key, p.clone()));
-                p
-            }
+            _ => match OnnxPlan::new(&self.ctx, &self.node, t, b, seq_lens) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    *last = Some((key, p.clone()));
+                    p
+                }
+                // Past one storage binding: the cell's convenience type splits the problem
+                // (by batch, or by time), around the host's gathers.
+                Err(Error::Limit(_)) => {
+                    drop(last);
+                    let rnn = crate::gpu::GpuRnn::new(&self.ctx, &self.node.weights)?;
+                    return self.node.run(x, seq_lens, initial_h, initial_c, |input, states| Ok(rnn.forward(input, states, Pass::Inference)?.0));
+                }
+                Err(e) => return Err(e),
+            },
         };
         drop(last);
         plan.forward(x, initial_h, initial_c)

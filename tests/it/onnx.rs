@@ -502,3 +502,31 @@ fn the_command_line_runs_a_backend_case_and_refuses_a_broken_model() {
     assert!(!st.status.success() && err.contains("error: onnx:") && !err.contains("panicked"), "{err}");
     let _ = std::fs::remove_dir_all(&out);
 }
+
+#[test]
+fn a_node_past_one_binding_is_split_not_refused() {
+    use wgpu_rnn::gpu::ContextOptions;
+    use wgpu_rnn::onnx::{Attributes, OnnxPlan, Op};
+    use wgpu_rnn::Tensor;
+    if crate::gpu_common::vulkan().is_none() {
+        return;
+    }
+    // A context of the test's own, its binding limit lowered to 4 KiB: X (30 x 8 x 8 f32,
+    // 7.5 KiB) and Y do not fit one binding.
+    let ctx = wgpu_rnn::gpu::Context::with_options(&ContextOptions { backends: Some(wgpu::Backends::VULKAN), adapter_name: None }).unwrap();
+    ctx.set_binding_limit(4096);
+    let mut attrs = Attributes::new(Op::Lstm);
+    attrs.batch_major = true;
+    let node = random_node(attrs, 8, 6, false, 90);
+    let (t, b) = (30, 8);
+    let mut g = crate::common::rng(91);
+    let x = Tensor::new(vec![b, t, 8], crate::common::uniform(&mut g, t * b * 8, 1.0).into_iter().map(|v| v as f32).collect()).unwrap();
+    let lens: Vec<i64> = (0..b as i64).map(|k| 30 - 3 * k).collect();
+    assert!(matches!(OnnxPlan::new(&ctx, &node, t, b, Some(&lens)), Err(Error::Limit(_))), "the engine-API form binds X whole");
+    let want = node.forward_cpu(&x, Some(&lens), None, None).unwrap();
+    let got = node.gpu(&ctx).unwrap().forward(&x, Some(&lens), None, None).unwrap();
+    let f = |t: &Tensor<f32>| t.data.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+    crate::common::assert_close("split Y", &f(&got.y), &f(&want.y), ONNX_ATOL, ONNX_RTOL);
+    crate::common::assert_close("split Y_h", &f(&got.y_h), &f(&want.y_h), ONNX_ATOL, ONNX_RTOL);
+    crate::common::assert_close("split Y_c", &f(got.y_c.as_ref().unwrap()), &f(want.y_c.as_ref().unwrap()), ONNX_ATOL, ONNX_RTOL);
+}
