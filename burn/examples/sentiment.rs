@@ -4,7 +4,7 @@
 //! The BiLSTM is wgpu-rnn's fused one over packed sequences, or with `--burn-lstm` burn's own
 //! `nn::BiLstm` (no packing: reviews left-padded so the forward direction ends on the last word).
 //!   cd burn && cargo run --release --example sentiment -- [--epochs 5] [--limit 0] [--burn-lstm]
-//!     [--hidden 128] [--max-len 256] [--batch 64] [--lr 2e-3] [--seed 1]
+//!     [--hidden 128] [--max-len 256] [--batch 64] [--lr 2e-3] [--eps 1e-8] [--seed 1]
 
 #![allow(deprecated)]
 
@@ -30,12 +30,14 @@ struct Args {
     max_len: usize,
     batch: usize,
     lr: f64,
+    /// Adam's epsilon: PyTorch's 1e-8 (the library's example's), not burn's default 1e-5.
+    eps: f32,
     seed: u64,
     burn_lstm: bool,
 }
 
 fn args() -> Args {
-    let mut a = Args { epochs: 5, limit: 0, hidden: 128, max_len: 256, batch: 64, lr: 2e-3, seed: 1, burn_lstm: false };
+    let mut a = Args { epochs: 5, limit: 0, hidden: 128, max_len: 256, batch: 64, lr: 2e-3, eps: 1e-8, seed: 1, burn_lstm: false };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
     while i < v.len() {
@@ -47,6 +49,7 @@ fn args() -> Args {
             "--max-len" => a.max_len = next(i).parse().unwrap(),
             "--batch" => a.batch = next(i).parse().unwrap(),
             "--lr" => a.lr = next(i).parse().unwrap(),
+            "--eps" => a.eps = next(i).parse().unwrap(),
             "--seed" => a.seed = next(i).parse().unwrap(),
             "--burn-lstm" => {
                 a.burn_lstm = true;
@@ -152,7 +155,7 @@ fn evaluate<M: Classify>(m: &M, batches: &[Batch], device: &Device) -> (f64, f64
 }
 
 fn train<M: Module + Classify>(mut model: M, a: &Args, train: &[Batch], test: &[Batch], device: &Device) -> (Vec<f64>, Vec<f64>) {
-    let mut optim = AdamConfig::new().with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(5.0))).init();
+    let mut optim = AdamConfig::new().with_epsilon(a.eps).with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(5.0))).init();
     let inner = device.clone().without_autodiff();
     let (mut accs, mut times) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -193,7 +196,7 @@ fn main() {
     device.seed(a.seed);
     let vocab = corpus.itos.len();
     println!(
-        "{} on {}: {} training and {} test reviews, vocabulary {vocab}, BiLSTM {} per direction, last {} tokens, batch {}, Adam {}, {} epochs",
+        "{} on {}: {} training and {} test reviews, vocabulary {vocab}, BiLSTM {} per direction, last {} tokens, batch {}, Adam {} (eps {:e}), {} epochs",
         if a.burn_lstm { "burn nn::BiLstm" } else { "wgpu-rnn fused BiLSTM" },
         ctx.describe(),
         corpus.train.len(),
@@ -202,6 +205,7 @@ fn main() {
         a.max_len,
         a.batch,
         a.lr,
+        a.eps,
         a.epochs
     );
     // GloVe rows where the word has one, else N(0, 0.1) from burn's generator; padding zero.
