@@ -67,7 +67,7 @@ pub fn invert_permutation(p: &[usize]) -> Vec<usize> {
 }
 
 /// `batch_sizes` for sorted (non-increasing) lengths.
-fn batch_sizes_of(sorted_lengths: &[usize]) -> Vec<usize> {
+pub(crate) fn batch_sizes_of(sorted_lengths: &[usize]) -> Vec<usize> {
     let t_max = sorted_lengths[0];
     (0..t_max).map(|t| sorted_lengths.iter().take_while(|&&l| l > t).count()).collect()
 }

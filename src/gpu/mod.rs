@@ -29,7 +29,7 @@ pub use engine::{BackwardBuffers, ForwardBuffers, Plan};
 pub use generic::{flat_weights, weight_elems, weights_from_flat, StepBuffers, StepPlan};
 pub use gemm::{MatMul, MatMulDesc};
 pub use rows::{RowMove, RowMoves};
-pub(crate) use record::check_buffer as check_slice;
+pub(crate) use record::{check_aliasing, check_buffer as check_slice, check_overlap};
 pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND};
 pub use sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS};
 pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

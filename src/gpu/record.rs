@@ -134,6 +134,18 @@ impl<'e> Recorder<'e> {
 /// wgpu reports only when the caller finishes the encoder. Read-only roles may share
 /// anything.
 pub(crate) fn check_aliasing(ctx: &Context, roles: &[(&str, Option<wgpu::BufferSlice<'_>>, bool)]) -> Result<()> {
+    check_roles(roles, ctx.shares_buffers())
+}
+
+/// [`Error::BufferAliasing`] only when two roles share bytes and one of them is written: for
+/// roles that no one dispatch binds together (one buffer may then hold read and written
+/// roles on any context).
+pub(crate) fn check_overlap(roles: &[(&str, Option<wgpu::BufferSlice<'_>>, bool)]) -> Result<()> {
+    check_roles(roles, true)
+}
+
+/// The two checks above: bytes a written role shares, and unless `shared` a buffer it shares.
+fn check_roles(roles: &[(&str, Option<wgpu::BufferSlice<'_>>, bool)], shared: bool) -> Result<()> {
     for (i, &(a, sa, wa)) in roles.iter().enumerate() {
         for &(b, sb, wb) in &roles[i + 1..] {
             let (Some(x), Some(y)) = (sa, sb) else { continue };
@@ -145,7 +157,7 @@ pub(crate) fn check_aliasing(ctx: &Context, roles: &[(&str, Option<wgpu::BufferS
             if overlap {
                 return Err(Error::BufferAliasing(format!("one buffer's bytes are bound as {} and as {}", role(a, wa, x), role(b, wb, y))));
             }
-            if !ctx.shares_buffers() {
+            if !shared {
                 return Err(Error::BufferAliasing(format!(
                     "one buffer is bound as {} and as {}: slices of one buffer read and written in one dispatch need a context made with Context::with_shared_buffers",
                     role(a, wa, x),

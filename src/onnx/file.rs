@@ -400,18 +400,6 @@ pub struct Prepared {
     pub x_type: i32,
 }
 
-impl Prepared {
-    /// `X`'s steps and batch in the node's layout.
-    pub fn steps_batch(&self) -> (usize, usize) {
-        let s = &self.x.shape;
-        match (s.len(), self.node.attributes().batch_major) {
-            (3, true) => (s[1], s[0]),
-            (3, false) => (s[0], s[1]),
-            _ => (0, 0),
-        }
-    }
-}
-
 /// A tensor as a `TensorProto` of `data_type` (FLOAT, DOUBLE or FLOAT16), raw little-endian.
 pub fn encode(name: &str, t: &Tensor<f32>, data_type: i32) -> TensorProto {
     let raw: Vec<u8> = match data_type {

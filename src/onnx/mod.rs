@@ -412,9 +412,7 @@ impl Node {
         // The sequences of positive length, in the caller's order.
         let active: Vec<usize> = (0..b).filter(|&k| lens[k] > 0).collect();
         let ba = active.len();
-        let reverse = self.attrs.direction == Direction::Reverse;
-        // ONNX's element (step t, sequence k) of a [T, B, w] / [B, T, w] tensor.
-        let at = |t: usize, k: usize| if bm { k * t_max + t } else { t * b + k };
+        let rows = OnnxRows::of(&self.attrs, t_max, b);
         let y_shape = if bm { vec![b, t_max, d, h] } else { vec![t_max, d, b, h] };
         let mut y = Tensor::new(y_shape.clone(), try_filled("Y", checked_len::<f32>("Y", &y_shape)?, 0.0f32)?)?;
         let n_state = d * b * h;
@@ -423,15 +421,12 @@ impl Node {
         if ba == 0 {
             return Ok(Outputs { y, y_h, y_c });
         }
-        // ONNX's state element (direction, sequence k) at offset.
-        let st = |dir: usize, k: usize| if bm { (k * d + dir) * h } else { (dir * b + k) * h };
         let t_run = active.iter().map(|&k| lens[k]).max().unwrap_or(0);
         let mut padded = try_filled("X gathered", checked_len::<f32>("X gathered", &[t_run, ba, i_w])?, 0.0f32)?;
         for (j, &k) in active.iter().enumerate() {
             let len = lens[k];
             for t in 0..len {
-                let src = if reverse { len - 1 - t } else { t };
-                padded[(t * ba + j) * i_w..][..i_w].copy_from_slice(&x.data[at(src, k) * i_w..][..i_w]);
+                padded[(t * ba + j) * i_w..][..i_w].copy_from_slice(&x.data[rows.x(rows.step(len, t), k) * i_w..][..i_w]);
             }
         }
         let alens: Vec<usize> = active.iter().map(|&k| lens[k]).collect();
@@ -442,7 +437,7 @@ impl Node {
             let mut v = vec![0.0f32; d * ba * h];
             for dir in 0..d {
                 for (j, &k) in active.iter().enumerate() {
-                    v[(dir * ba + j) * h..][..h].copy_from_slice(&s.data[st(dir, k)..][..h]);
+                    v[(dir * ba + j) * h..][..h].copy_from_slice(&s.data[rows.state(dir, k) * h..][..h]);
                 }
             }
             v
@@ -456,9 +451,8 @@ impl Node {
             let len = lens[k];
             for t in 0..len {
                 let src = &padded_out.data[(t * ba + j) * d * h..][..d * h];
-                let tt = if reverse { len - 1 - t } else { t };
                 for dir in 0..d {
-                    let o = if bm { ((k * t_max + tt) * d + dir) * h } else { ((tt * d + dir) * b + k) * h };
+                    let o = rows.y(rows.step(len, t), dir, k) * h;
                     y.data[o..o + h].copy_from_slice(&src[dir * h..][..h]);
                 }
             }
@@ -466,7 +460,7 @@ impl Node {
         let scatter_state = |s: &Tensor<f32>, dst: &mut Tensor<f32>| {
             for dir in 0..d {
                 for (j, &k) in active.iter().enumerate() {
-                    dst.data[st(dir, k)..][..h].copy_from_slice(&s.data[(dir * ba + j) * h..][..h]);
+                    dst.data[rows.state(dir, k) * h..][..h].copy_from_slice(&s.data[(dir * ba + j) * h..][..h]);
                 }
             }
         };
@@ -475,6 +469,60 @@ impl Node {
             scatter_state(&out.states[1], y_c);
         }
         Ok(Outputs { y, y_h, y_c })
+    }
+}
+
+/// Where ONNX's rows lie in a node's padded tensors, in either layout: the one mapping the CPU
+/// run's gathers and `OnnxPlan`'s row tables share.
+#[derive(Clone, Copy, Debug)]
+struct OnnxRows {
+    batch_major: bool,
+    reverse: bool,
+    steps: usize,
+    batch: usize,
+    dirs: usize,
+}
+
+impl OnnxRows {
+    fn of(attrs: &Attributes, steps: usize, batch: usize) -> Self {
+        OnnxRows { batch_major: attrs.batch_major, reverse: attrs.direction == Direction::Reverse, steps, batch, dirs: attrs.direction.count() }
+    }
+
+    /// `X`'s row of step t of sequence k (`[T, B, I]` or `[B, T, I]`).
+    fn x(&self, t: usize, k: usize) -> usize {
+        if self.batch_major {
+            k * self.steps + t
+        } else {
+            t * self.batch + k
+        }
+    }
+
+    /// A state's row of direction `dir` of sequence k (`[D, B, H]` or `[B, D, H]`).
+    fn state(&self, dir: usize, k: usize) -> usize {
+        if self.batch_major {
+            k * self.dirs + dir
+        } else {
+            dir * self.batch + k
+        }
+    }
+
+    /// `Y`'s row of step t, direction `dir`, sequence k (`[T, D, B, H]` or `[B, T, D, H]`).
+    fn y(&self, t: usize, dir: usize, k: usize) -> usize {
+        if self.batch_major {
+            (k * self.steps + t) * self.dirs + dir
+        } else {
+            (t * self.dirs + dir) * self.batch + k
+        }
+    }
+
+    /// The ONNX step that a sequence of `len` steps runs at its packed step t (reversed for
+    /// `direction = reverse`).
+    fn step(&self, len: usize, t: usize) -> usize {
+        if self.reverse {
+            len - 1 - t
+        } else {
+            t
+        }
     }
 }
 

@@ -10,9 +10,10 @@
 //! caller's buffer is bound to the plan and nothing moves: such a node costs what its cell
 //! costs through the engine API.
 
-use super::{Direction, Node, Op, Outputs};
+use super::{Node, OnnxRows, Op, Outputs};
 use crate::cpu::Pass;
 use crate::error::{Error, Result};
+use crate::packing;
 use crate::gpu::{self, Context, ForwardBuffers, Plan, RowMove, RowMoves, SeqLayout, TrackedBuffer};
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -91,37 +92,23 @@ impl OnnxPlan {
                 return Err(Error::Limit(format!("{what} of {elems} f32 exceeds the device's storage binding ({} bytes)", ctx.binding_limit())));
             }
         }
-        let reverse = a.direction == Direction::Reverse;
         let n_states = if a.op == Op::Lstm { 2 } else { 1 };
-        // The active sequences sorted by length, longest first (stable); packed row of step t
-        // of sorted position s: off[t] + s.
-        let mut active: Vec<usize> = (0..batch).filter(|&k| lens[k] > 0).collect();
-        let pos_of: Vec<usize> = {
-            let mut v = vec![0; batch];
-            for (j, &k) in active.iter().enumerate() {
-                v[k] = j;
-            }
-            v
-        };
+        // The active sequences (positive length, caller's order; j their position), packed as
+        // pack_padded_sequence packs them: sorted by length, longest first (stable); the row of
+        // step t of sorted position s is off[t] + s.
+        let active: Vec<usize> = (0..batch).filter(|&k| lens[k] > 0).collect();
         let ba = active.len();
-        let mut sorted: Vec<usize> = (0..ba).collect();
-        sorted.sort_by_key(|&j| std::cmp::Reverse(lens[active[j]]));
-        let t_run = active.iter().map(|&k| lens[k]).max().unwrap_or(0);
-        let batch_sizes: Vec<usize> = (0..t_run).map(|t| active.iter().filter(|&&k| lens[k] > t).count()).collect();
-        let mut off = vec![0usize; t_run + 1];
-        for t in 0..t_run {
-            off[t + 1] = off[t] + batch_sizes[t];
-        }
-        let mut spos = vec![0usize; ba];
-        for (s, &j) in sorted.iter().enumerate() {
-            spos[j] = s;
-        }
+        let alens: Vec<usize> = active.iter().map(|&k| lens[k]).collect();
+        let t_run = alens.iter().copied().max().unwrap_or(0);
+        let sorted = if ba == 0 { Vec::new() } else { packing::sort_lengths(&alens, t_run)? };
+        let batch_sizes = if ba == 0 { Vec::new() } else { packing::batch_sizes_of(&sorted.iter().map(|&j| alens[j]).collect::<Vec<_>>()) };
+        let off = packing::step_offsets(&batch_sizes);
+        let spos = packing::invert_permutation(&sorted);
         let packed = |t: usize, j: usize| (off[t] + spos[j]) as u32;
-        // ONNX's rows: X's (step, sequence), a state's (direction, sequence), Y's (step,
-        // direction, sequence).
-        let xrow = |t: usize, k: usize| (if bm { k * steps + t } else { t * batch + k }) as u32;
-        let strow = |dir: usize, k: usize| (if bm { k * d + dir } else { dir * batch + k }) as u32;
-        let yrow = |t: usize, dir: usize, k: usize| (if bm { (k * steps + t) * d + dir } else { (t * d + dir) * batch + k }) as u32;
+        // ONNX's rows (the row counts were checked below 2^31 above).
+        let rows = OnnxRows::of(a, steps, batch);
+        let (xrow, strow) = (|t, k| rows.x(t, k) as u32, |dir, k| rows.state(dir, k) as u32);
+        let yrow = |t, dir, k| rows.y(t, dir, k) as u32;
         let zeros = gpu::storage(ctx, "onnx zeros", h)?;
         let mv = |src: usize, dst: usize, width: usize, (src_ld, src_col): (usize, usize), dst_ld: usize, pairs: Vec<(u32, u32)>| RowMove { src, dst, width, src_ld, src_col, dst_ld, dst_col: 0, pairs };
         // Y: [y_packed, zeros, Y]; states: per state [s_n, zeros, Y_s].
@@ -131,8 +118,7 @@ impl OnnxPlan {
             for (j, &k) in active.iter().enumerate() {
                 let len = lens[k];
                 for t in 0..len {
-                    let tt = if reverse { len - 1 - t } else { t };
-                    pairs.push((packed(t, j), yrow(tt, dir, k)));
+                    pairs.push((packed(t, j), yrow(rows.step(len, t), dir, k)));
                 }
             }
             y_moves.push(mv(0, 2, h, (d * h, dir * h), h, pairs));
@@ -155,20 +141,18 @@ impl OnnxPlan {
             let s0 = (0..n_states).map(|_| gpu::storage(ctx, "onnx initial state", d * ba * h)).collect::<Result<Vec<_>>>()?;
             let sn = (0..n_states).map(|_| gpu::storage(ctx, "onnx final state", d * ba * h)).collect::<Result<Vec<_>>>()?;
             let mut xp = Vec::with_capacity(n);
-            for &k in &active {
-                let (len, j) = (lens[k], pos_of[k]);
+            for (j, &k) in active.iter().enumerate() {
+                let len = lens[k];
                 for t in 0..len {
-                    let src = if reverse { len - 1 - t } else { t };
-                    xp.push((xrow(src, k), packed(t, j)));
+                    xp.push((xrow(rows.step(len, t), k), packed(t, j)));
                 }
             }
             let x_in = RowMoves::new(ctx, vec![mv(0, 1, i_w, (i_w, 0), i_w, xp)])?;
             let s_in = RowMoves::new(ctx, vec![mv(0, 1, h, (h, 0), h, act.iter().map(|&(a, b)| (b, a)).collect())])?;
             let full = lens.iter().all(|&l| l == steps);
-            let x_direct = !bm && !reverse && full;
+            let x_direct = !bm && !rows.reverse && full;
             Some(Run { plan, weights, x_packed, y_packed, s0, sn, x_in, s_in, x_direct, y_direct: x_direct && d == 1, s_direct: !bm && ba == batch })
         };
-        active.clear();
         Ok(OnnxPlan { ctx: ctx.clone(), node: node.clone(), steps, batch, run, zeros, y_out, h_out })
     }
 
@@ -200,21 +184,11 @@ impl OnnxPlan {
         // No dispatch binds two of the caller's buffers (each move binds one beside the plan's
         // own), so they may share a buffer; only bytes a written role shares are refused.
         let roles = [("X", Some(bufs.x), false), ("initial_h", bufs.initial_h, false), ("initial_c", bufs.initial_c, false), ("Y", bufs.y, true), ("Y_h", bufs.y_h, true), ("Y_c", bufs.y_c, true)];
-        for (i, &(ra, a, wa)) in roles.iter().enumerate() {
-            for &(rb, b, wb) in &roles[i + 1..] {
-                if let (Some(a), Some(b), true) = (a, b, wa || wb) {
-                    let overlap = a.buffer() == b.buffer() && a.offset() < b.offset() + b.size() && b.offset() < a.offset() + a.size();
-                    if overlap {
-                        return Err(Error::BufferAliasing(format!("{ra} and {rb} share bytes and {} is written", if wa { ra } else { rb })));
-                    }
-                }
-            }
-        }
+        crate::gpu::check_overlap(&roles)?;
         // The caller's buffers go to the plan directly where the layouts agree, unless two of
         // them share a buffer on a context without shared buffers (one dispatch would bind it
         // read-only and read-write).
-        let given: Vec<&wgpu::Buffer> = roles.iter().filter_map(|r| r.1.map(|s| s.buffer())).collect();
-        let distinct = self.ctx.shares_buffers() || given.iter().enumerate().all(|(i, a)| given[i + 1..].iter().all(|b| a != b));
+        let distinct = crate::gpu::check_aliasing(&self.ctx, &roles).is_ok();
         let (mut y_done, mut s_done) = (false, false);
         if let Some(r) = &self.run {
             let x_direct = r.x_direct && distinct;
