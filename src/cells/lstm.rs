@@ -101,24 +101,30 @@ impl Cell for Lstm {
             }
             return;
         }
+        // Exact-length slices per gate (as the forward), so the loop has no bounds checks and
+        // vectorises. The product's gradient is dxp's (`DR_IS_DXP`): the driver reads it there.
         let t = &row.tape[..5 * n];
+        let (ti, tf, tg, to, tc) = (&t[..n], &t[n..2 * n], &t[2 * n..3 * n], &t[3 * n..4 * n], &t[4 * n..5 * n]);
         let cp = &row.s_prev[ho..ho + n];
         let (dh_state, dc) = row.ds.split_at_mut(ho);
-        let (dxp, dr) = (&mut row.dxp[..4 * n], &mut row.dr[..4 * n]);
+        let dc = &mut dc[..n];
+        let (dxi, rest) = row.dxp[..4 * n].split_at_mut(n);
+        let (dxf, rest) = rest.split_at_mut(n);
+        let (dxg, dxo) = rest.split_at_mut(n);
+        // dh: the projection's input gradient (tape), or the state's plus the output's.
+        let (dh_a, dh_b) = if s.proj > 0 { (&row.dtape[5 * n..6 * n], None) } else { (&dh_state[..n], Some(&row.dout[..n])) };
         for j in 0..n {
-            let (i, f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j], t[4 * n + j]);
-            let dh = if s.proj > 0 { row.dtape[5 * n + j] } else { dh_state[j] + row.dout[j] };
-            let tc = c.tanh();
-            let dct = dc[j] + dh * o * dtanh(tc);
-            let (di, df, dg, d_o) = (dct * g * dsigmoid(i), dct * cp[j] * dsigmoid(f), dct * i * dtanh(g), dh * tc * dsigmoid(o));
-            dxp[j] = di;
-            dxp[n + j] = df;
-            dxp[2 * n + j] = dg;
-            dxp[3 * n + j] = d_o;
-            dr[j] = di;
-            dr[n + j] = df;
-            dr[2 * n + j] = dg;
-            dr[3 * n + j] = d_o;
+            let (i, f, g, o, c) = (ti[j], tf[j], tg[j], to[j], tc[j]);
+            let dh = match dh_b {
+                Some(b) => dh_a[j] + b[j],
+                None => dh_a[j],
+            };
+            let tcj = c.tanh();
+            let dct = dc[j] + dh * o * dtanh(tcj);
+            dxi[j] = dct * g * dsigmoid(i);
+            dxf[j] = dct * cp[j] * dsigmoid(f);
+            dxg[j] = dct * i * dtanh(g);
+            dxo[j] = dh * tcj * dsigmoid(o);
             dc[j] = dct * f;
         }
         dh_state.fill(T::zero());

@@ -54,25 +54,26 @@ impl Cell for LstmCifg {
     #[inline(always)]
     fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
         let n = s.hidden;
+        // Exact-length slices per gate, so the loop has no bounds checks and vectorises. The
+        // product's gradient is dxp's (`DR_IS_DXP`): the driver reads it there.
         let t = &row.tape[..4 * n];
+        let (tf, tg, to, tc) = (&t[..n], &t[n..2 * n], &t[2 * n..3 * n], &t[3 * n..4 * n]);
         let cp = &row.s_prev[n..2 * n];
         let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
         let dout = &row.dout[..n];
-        let (dxp, dr) = (&mut row.dxp[..3 * n], &mut row.dr[..3 * n]);
+        let (dxf, rest) = row.dxp[..3 * n].split_at_mut(n);
+        let (dxg, dxo) = rest.split_at_mut(n);
         for j in 0..n {
-            let (f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j]);
+            let (f, g, o, c) = (tf[j], tg[j], to[j], tc[j]);
             let dh = dh_state[j] + dout[j];
             let tc = c.tanh();
             let dct = dc[j] + dh * o * dtanh(tc);
             let df = dct * (cp[j] - g) * dsigmoid(f);
             let dg = dct * (T::one() - f) * dtanh(g);
             let d_o = dh * tc * dsigmoid(o);
-            dxp[j] = df;
-            dxp[n + j] = dg;
-            dxp[2 * n + j] = d_o;
-            dr[j] = df;
-            dr[n + j] = dg;
-            dr[2 * n + j] = d_o;
+            dxf[j] = df;
+            dxg[j] = dg;
+            dxo[j] = d_o;
             dc[j] = dct * f;
             // h reaches the previous step only through the product (the driver adds it).
             dh_state[j] = T::zero();

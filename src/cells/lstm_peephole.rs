@@ -64,14 +64,21 @@ impl Cell for LstmPeephole {
     #[inline(always)]
     fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
         let n = s.hidden;
+        // Exact-length slices per gate, so the loop has no bounds checks and vectorises. The
+        // product's gradient is dxp's (`DR_IS_DXP`): the driver reads it there.
         let t = &row.tape[..5 * n];
+        let (ti, tf, tg, to, tc) = (&t[..n], &t[n..2 * n], &t[2 * n..3 * n], &t[3 * n..4 * n], &t[4 * n..5 * n]);
         let cp = &row.s_prev[n..2 * n];
         let (wci, wcf, wco) = (&row.e[..n], &row.e[n..2 * n], &row.e[2 * n..3 * n]);
         let (dh_state, dc) = row.ds[..2 * n].split_at_mut(n);
         let dout = &row.dout[..n];
-        let (dxp, dr, de) = (&mut row.dxp[..4 * n], &mut row.dr[..4 * n], &mut row.de[..3 * n]);
+        let (dxi, rest) = row.dxp[..4 * n].split_at_mut(n);
+        let (dxf, rest) = rest.split_at_mut(n);
+        let (dxg, dxo) = rest.split_at_mut(n);
+        let (dei, rest) = row.de[..3 * n].split_at_mut(n);
+        let (def, deo) = rest.split_at_mut(n);
         for j in 0..n {
-            let (i, f, g, o, c) = (t[j], t[n + j], t[2 * n + j], t[3 * n + j], t[4 * n + j]);
+            let (i, f, g, o, c) = (ti[j], tf[j], tg[j], to[j], tc[j]);
             let dh = dh_state[j] + dout[j];
             let tc = c.tanh();
             let d_o = dh * tc * dsigmoid(o);
@@ -79,17 +86,13 @@ impl Cell for LstmPeephole {
             let di = dct * g * dsigmoid(i);
             let df = dct * cp[j] * dsigmoid(f);
             let dg = dct * i * dtanh(g);
-            dxp[j] = di;
-            dxp[n + j] = df;
-            dxp[2 * n + j] = dg;
-            dxp[3 * n + j] = d_o;
-            dr[j] = di;
-            dr[n + j] = df;
-            dr[2 * n + j] = dg;
-            dr[3 * n + j] = d_o;
-            de[j] = di * cp[j];
-            de[n + j] = df * cp[j];
-            de[2 * n + j] = d_o * c;
+            dxi[j] = di;
+            dxf[j] = df;
+            dxg[j] = dg;
+            dxo[j] = d_o;
+            dei[j] = di * cp[j];
+            def[j] = df * cp[j];
+            deo[j] = d_o * c;
             dc[j] = dct * f + di * wci[j] + df * wcf[j];
             // h reaches the previous step only through the product (the driver adds it).
             dh_state[j] = T::zero();

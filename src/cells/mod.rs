@@ -366,7 +366,8 @@ pub struct BwdRow<'a, T> {
     pub dxp: &'a mut [T],
     /// Gradient of the products `r`: a stage's columns must be final when the driver uses them,
     /// right after that stage's backward (a later stage may write an earlier stage's columns,
-    /// as GRU_RESET_BEFORE's stage 1 writes z's).
+    /// as GRU_RESET_BEFORE's stage 1 writes z's). Stage 0's columns are not the cell's to
+    /// write when [`Cell::DR_IS_DXP`]; empty when that is the only product.
     pub dr: &'a mut [T],
     /// This row's gradient of the pointwise parameters (zero on entry; the driver sums rows).
     pub de: &'a mut [T],
@@ -391,10 +392,11 @@ pub trait Cell: 'static {
     /// Whether the pointwise backward reads `BwdRow::xp` (the CPU's training tape then keeps
     /// the input projection; otherwise `BwdRow::xp` is empty).
     const BACKWARD_READS_XP: bool = false;
-    /// Whether the pointwise backward writes stage 0's product gradient equal to the input
-    /// projection's, column for column (`dr[..xp] == dxp`: the gates see `W_x x` and the
-    /// product alike). The CPU engine then keeps one of the two when stage 0's is the only
-    /// product, and the cell's `dr` writes go to a row scratch.
+    /// Whether stage 0's product gradient is the input projection's, column for column (the
+    /// gates see `W_x x` and the product alike): the cell's stage 0 then writes `dxp` only and
+    /// leaves stage 0's columns of `dr` alone. The CPU engine reads the product's gradient from
+    /// `dxp` when stage 0's is the only product (`dr` is then empty), else copies it into `dr`
+    /// after stage 0. The WGSL side is the cell's own.
     const DR_IS_DXP: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl`, the cell's file and, for cells
     /// with [`Cell::UNIT_STEP`], `shaders/cells/stage.wgsl`; see `cell_wgsl!`.

@@ -119,11 +119,11 @@ impl<A: Activation> Cell for Rnn<A> {
     fn backward<T: Float>(_stage: usize, s: Sizes, row: BwdRow<'_, T>) {
         let n = s.hidden;
         let (tape, dout, ds) = (&row.tape[..n], &row.dout[..n], &mut row.ds[..n]);
-        let (dxp, dr) = (&mut row.dxp[..n], &mut row.dr[..n]);
+        // The product's gradient is dxp's (`DR_IS_DXP`): the driver reads it there.
+        let dxp = &mut row.dxp[..n];
         for j in 0..n {
             let da = (ds[j] + dout[j]) * A::df(tape[j]);
             dxp[j] = da;
-            dr[j] = da;
             ds[j] = T::zero();
         }
     }

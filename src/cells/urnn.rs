@@ -143,7 +143,8 @@ impl Cell for Urnn {
         let h = s.hidden;
         let bias = &row.e[7 * n..8 * n];
         let (tape, dout, ds) = (&row.tape[..h], &row.dout[..h], &mut row.ds[..h]);
-        let (dxp, dr, de) = (&mut row.dxp[..h], &mut row.dr[..h], &mut row.de[..n]);
+        // The product's gradient is dxp's (`DR_IS_DXP`): the driver reads it there.
+        let (dxp, de) = (&mut row.dxp[..h], &mut row.de[..n]);
         let eps = T::from_f64(EPS);
         for j in 0..n {
             let (zr, zi) = (tape[j], tape[n + j]);
@@ -161,8 +162,6 @@ impl Cell for Urnn {
             };
             dxp[j] = dzr;
             dxp[n + j] = dzi;
-            dr[j] = dzr;
-            dr[n + j] = dzi;
             de[j] = db;
             ds[j] = T::zero();
             ds[n + j] = T::zero();

@@ -842,7 +842,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // dxp and dr: each step's rows are cleared by the loop before the cell writes them.
     let mut dxp = reused("input projection gradients", &[n, gx])?;
     // Stage 0's product gradient is the input projection's and the only product
-    // (`Cell::DR_IS_DXP`): dxp serves both, and the cell's dr writes go to a row scratch.
+    // (`Cell::DR_IS_DXP`): dxp serves both, and the cells see an empty dr.
     let alias = C::DR_IS_DXP && lay.stages.len() == 1 && rw == gx;
     let mut dr = if alias { Vec::new() } else { reused("product gradients", &[n, rw])? };
     let ew = lay.de_width();
@@ -982,8 +982,8 @@ struct BwdLoop<'a, C, T: Float> {
     /// `W_x` packed, when dX is made step by step.
     w_x: Option<&'a PackedB<T>>,
     sw: usize,
-    /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cell's dr
-    /// writes go to a per-thread row scratch and the product reads `dxp`.
+    /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cells get an
+    /// empty one and the product reads `dxp`.
     alias: bool,
     /// `[B, S]` and `[B, ew]` (the pointwise-parameter gradients summed over the steps) by
     /// batch row (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, in]` by packed row.
@@ -1016,14 +1016,19 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 scratch("product input gradients", &[nr, kmax])?,
                 scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
                 scratch("input gradients", &[if self.w_x.is_some() { nr } else { 0 }, inw])?,
-                scratch("product gradients", &[if self.alias { nr } else { 0 }, rw])?,
                 scratch("pointwise parameter gradients", &[nr, ew])?,
             ))
         };
         // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
         let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
         let de_sum = unsafe { self.de.part(r0 * ew, nr * ew) };
-        let (mut dtape, mut dv, mut zg, mut dx_step, mut dr_rows, mut de) = match alloc() {
+        // With `Cell::DR_IS_DXP` (and another product after it), stage 0's product gradient is
+        // copied from dxp after stage 0.
+        let dr_copy = match lay.stages.first() {
+            Some(Some(pr)) if C::DR_IS_DXP && !self.alias => pr.rows.min(gx),
+            _ => 0,
+        };
+        let (mut dtape, mut dv, mut zg, mut dx_step, mut de) = match alloc() {
             Ok(v) => v,
             Err(e) => {
                 let _ = self.failed.set(e);
@@ -1040,7 +1045,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 dtape[..rows * tw].fill(T::zero());
             }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
-            let dr = if self.alias { &mut dr_rows[..rows * rw] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
+            let dr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
             dxp.fill(T::zero());
             if !self.alias {
                 dr.fill(T::zero());
@@ -1067,6 +1072,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 for rr in 0..rows {
                     let row = o + rr;
                     let ocol = row * out_w + self.col;
+                    let drr: &mut [T] = if self.alias { &mut [] } else { &mut dr[rr * rw..(rr + 1) * rw] };
                     C::backward(
                         k,
                         sz,
@@ -1080,14 +1086,20 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                             ds: &mut ds[rr * sw..(rr + 1) * sw],
                             dtape: &mut dtape[rr * tw..(rr + 1) * tw],
                             dxp: &mut dxp[rr * gx..(rr + 1) * gx],
-                            dr: &mut dr[rr * rw..(rr + 1) * rw],
+                            dr: drr,
                             de: &mut de[rr * ew..(rr + 1) * ew],
                             dx: &mut dx[rr * inw..(rr + 1) * inw],
                         },
                     );
                     store(self.q, &mut ds[rr * sw..(rr + 1) * sw]);
                     store(self.q, &mut dxp[rr * gx..(rr + 1) * gx]);
-                    store(self.q, &mut dr[rr * rw..(rr + 1) * rw]);
+                    if !self.alias {
+                        if k == 0 && dr_copy > 0 {
+                            let at = rr * rw + self.roffs[0];
+                            dr[at..at + dr_copy].copy_from_slice(&dxp[rr * gx..rr * gx + dr_copy]);
+                        }
+                        store(self.q, &mut dr[rr * rw..(rr + 1) * rw]);
+                    }
                     store(self.q, &mut de[rr * ew..(rr + 1) * ew]);
                     store(self.q, &mut dx[rr * inw..(rr + 1) * inw]);
                 }

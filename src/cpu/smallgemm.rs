@@ -186,85 +186,102 @@ mod x86 {
         std::ptr::copy_nonoverlapping(v.as_ptr(), dst, nv);
     }
 
-    /// 8 rows x 16 columns per block: one zmm accumulator per row, the panel row loaded once
-    /// per k and every A element broadcast.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-        const MR: usize = 8;
+    /// One block: `MR` rows of C against `NP` panels side by side (columns `p * NR ..
+    /// (p + NP) * NR`), `MR x NP` zmm accumulators, each A element broadcast once for all
+    /// `NP` panels. Every element of C is the same chain of FMAs in k order whatever the
+    /// block shape, so the shapes differ in speed only, never in bits.
+    #[inline(always)]
+    unsafe fn block512<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        for p in panels.clone() {
-            let panel = pb.data.as_ptr().add(p * k * NR);
-            let j0 = p * NR;
-            let nv = NR.min(pb.n - j0);
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = MR.min(rows - r0);
-                // Rows past the edge repeat the last valid row; their results are not stored.
-                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
-                let (mut c0, mut c1, mut c2, mut c3) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-                let (mut c4, mut c5, mut c6, mut c7) = (_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps());
-                for kk in 0..k {
-                    let b = _mm512_loadu_ps(panel.add(kk * NR));
-                    c0 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[0].add(kk)), b, c0);
-                    c1 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[1].add(kk)), b, c1);
-                    c2 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[2].add(kk)), b, c2);
-                    c3 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[3].add(kk)), b, c3);
-                    c4 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[4].add(kk)), b, c4);
-                    c5 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[5].add(kk)), b, c5);
-                    c6 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[6].add(kk)), b, c6);
-                    c7 = _mm512_fmadd_ps(_mm512_set1_ps(*ap[7].add(kk)), b, c7);
+        let panel = pb.data.as_ptr().add(p * k * NR);
+        let mut r0 = 0;
+        while r0 < rows {
+            let mr = MR.min(rows - r0);
+            // Rows past the edge repeat the last valid row; their results are not stored.
+            let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+            let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+            for kk in 0..k {
+                let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(panel.add(q * k * NR + kk * NR)));
+                for i in 0..MR {
+                    let av = _mm512_set1_ps(*ap[i].add(kk));
+                    for q in 0..NP {
+                        acc[i][q] = _mm512_fmadd_ps(av, b[q], acc[i][q]);
+                    }
                 }
-                let acc = [c0, c1, c2, c3, c4, c5, c6, c7];
-                for (i, v) in acc.iter().enumerate().take(mr) {
+            }
+            for (i, row_acc) in acc.iter().enumerate().take(mr) {
+                for (q, v) in row_acc.iter().enumerate() {
+                    let j0 = (p + q) * NR;
                     let mut row = [0f32; NR];
                     _mm512_storeu_ps(row.as_mut_ptr(), *v);
-                    store_row(c.add((r0 + i) * ldc + j0), &row, nv);
+                    store_row(c.add((r0 + i) * ldc + j0), &row, NR.min(pb.n - j0));
                 }
-                r0 += MR;
             }
+            r0 += MR;
         }
     }
 
-    /// 4 rows x 16 columns per block: two ymm accumulators per row.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-        const MR: usize = 4;
+    /// 8 rows x 48 columns per block (three panels): 24 zmm accumulators, enough to hide the
+    /// FMA latency on both FMA ports (the first kernel's 8 x 16, one accumulator per row,
+    /// reached 112 GFLOP/s on one core of the AVX-512 development VM; 8 x 32 148, 8 x 48 152,
+    /// MKL's sgemm on the same shape 160). The last one or two panels take 8 x 32 / 8 x 16.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        let mut p = panels.start;
+        while p < panels.end {
+            match panels.end - p {
+                1 => block512::<8, 1>(pb, a, rows, lda, c, ldc, p),
+                2 => block512::<8, 2>(pb, a, rows, lda, c, ldc, p),
+                _ => block512::<8, 3>(pb, a, rows, lda, c, ldc, p),
+            }
+            p += 3;
+        }
+    }
+
+    /// One block: `MR` rows of C against `NP` panels (two ymm per panel row), `MR x NP x 2`
+    /// ymm accumulators; same FMA chains as [`block512`].
+    #[inline(always)]
+    unsafe fn block256<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        for p in panels.clone() {
-            let panel = pb.data.as_ptr().add(p * k * NR);
-            let j0 = p * NR;
-            let nv = NR.min(pb.n - j0);
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = MR.min(rows - r0);
-                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
-                let z = _mm256_setzero_ps();
-                let (mut c00, mut c01, mut c10, mut c11, mut c20, mut c21, mut c30, mut c31) = (z, z, z, z, z, z, z, z);
-                for kk in 0..k {
-                    let b0 = _mm256_loadu_ps(panel.add(kk * NR));
-                    let b1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
-                    let a0 = _mm256_set1_ps(*ap[0].add(kk));
-                    c00 = _mm256_fmadd_ps(a0, b0, c00);
-                    c01 = _mm256_fmadd_ps(a0, b1, c01);
-                    let a1 = _mm256_set1_ps(*ap[1].add(kk));
-                    c10 = _mm256_fmadd_ps(a1, b0, c10);
-                    c11 = _mm256_fmadd_ps(a1, b1, c11);
-                    let a2 = _mm256_set1_ps(*ap[2].add(kk));
-                    c20 = _mm256_fmadd_ps(a2, b0, c20);
-                    c21 = _mm256_fmadd_ps(a2, b1, c21);
-                    let a3 = _mm256_set1_ps(*ap[3].add(kk));
-                    c30 = _mm256_fmadd_ps(a3, b0, c30);
-                    c31 = _mm256_fmadd_ps(a3, b1, c31);
+        let panel = pb.data.as_ptr().add(p * k * NR);
+        let mut r0 = 0;
+        while r0 < rows {
+            let mr = MR.min(rows - r0);
+            let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+            let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+            for kk in 0..k {
+                let b: [[__m256; 2]; NP] = std::array::from_fn(|q| {
+                    let at = panel.add(q * k * NR + kk * NR);
+                    [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
+                });
+                for i in 0..MR {
+                    let av = _mm256_set1_ps(*ap[i].add(kk));
+                    for q in 0..NP {
+                        acc[i][q][0] = _mm256_fmadd_ps(av, b[q][0], acc[i][q][0]);
+                        acc[i][q][1] = _mm256_fmadd_ps(av, b[q][1], acc[i][q][1]);
+                    }
                 }
-                let acc = [(c00, c01), (c10, c11), (c20, c21), (c30, c31)];
-                for (i, (lo, hi)) in acc.iter().enumerate().take(mr) {
+            }
+            for (i, row_acc) in acc.iter().enumerate().take(mr) {
+                for (q, [lo, hi]) in row_acc.iter().enumerate() {
+                    let j0 = (p + q) * NR;
                     let mut row = [0f32; NR];
                     _mm256_storeu_ps(row.as_mut_ptr(), *lo);
                     _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
-                    store_row(c.add((r0 + i) * ldc + j0), &row, nv);
+                    store_row(c.add((r0 + i) * ldc + j0), &row, NR.min(pb.n - j0));
                 }
-                r0 += MR;
             }
+            r0 += MR;
+        }
+    }
+
+    /// 4 rows x 16 columns per block: 8 ymm accumulators, 87 GFLOP/s on one core of the
+    /// AVX-512 development VM forced onto this kernel (its 256-bit peak; 6 x 16 was no faster,
+    /// 8 x 16 spills).
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        for p in panels {
+            block256::<4, 1>(pb, a, rows, lda, c, ldc, p);
         }
     }
 }
@@ -276,12 +293,13 @@ type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, 
 fn f32_kernel() -> Option<KernelFn> {
     static K: std::sync::OnceLock<Option<KernelFn>> = std::sync::OnceLock::new();
     *K.get_or_init(|| {
-        if std::env::var("WGPU_RNN_CPU_KERNEL").is_ok_and(|v| v == "portable") {
+        let forced = std::env::var("WGPU_RNN_CPU_KERNEL").ok();
+        if forced.as_deref() == Some("portable") {
             return None;
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") {
+            if std::is_x86_feature_detected!("avx512f") && forced.as_deref() != Some("avx2") {
                 return Some(x86::avx512 as KernelFn);
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
