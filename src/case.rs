@@ -211,7 +211,7 @@ impl<T: Float> Case<T> {
 
     /// [`Case::result`] of a forward's output and, after a backward, its gradients.
     pub fn result_of(&self, fwd: cpu::ForwardOutput<T>, grads: Option<cpu::Gradients<T>>) -> Result<CaseResult> {
-        self.result(&fwd.output, fwd.states, grads.map(|g| (g.input, g.states, g.params)))
+        self.result(&fwd.output, fwd.states, grads.map(cpu::Gradients::into_parts))
     }
 
     /// Turns forward outputs and gradients into the golden names (`output`, `{s}_n`,

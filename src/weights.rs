@@ -8,7 +8,7 @@ use crate::error::{check_len, Error, Result};
 use crate::precision::Precision;
 use crate::masks::Prob;
 use crate::io::TensorFile;
-use crate::tensor::{bytes_of, checked_len, try_filled, try_with_capacity};
+use crate::tensor::{bytes_of, checked_len, try_with_capacity};
 use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::path::Path;
@@ -84,13 +84,14 @@ impl<T: Float> Weights<T> {
     /// Every allocation goes through a fallible reservation: parameters that do not fit in
     /// memory are [`Error::OutOfMemory`], never an abort.
     pub fn zeros(config: &RnnConfig) -> Result<Self> {
-        Self::build(config, |def, layer, dir| try_filled(&RnnConfig::param_name(def.stem, layer, dir), def.len(), T::zero()))
+        Self::build(config, |_, _, _, _| Ok(()))
     }
 
-    /// Builds every parameter of a validated config with `make(def, layer, direction)`,
-    /// which returns the parameter's elements, after checking that the total size is
-    /// addressable.
-    fn build(config: &RnnConfig, mut make: impl FnMut(&ParamDef, usize, usize) -> Result<Vec<T>>) -> Result<Self> {
+    /// Builds every parameter of a validated config, after checking that the total size is
+    /// addressable: each slot zeroed (from the CPU path's buffer pool where it has one of the
+    /// size, e.g. a dropped `Gradients`' own), then `fill(def, layer, direction, elements)`
+    /// writes each parameter's elements in place.
+    fn build(config: &RnnConfig, mut fill: impl FnMut(&ParamDef, usize, usize, &mut [T]) -> Result<()>) -> Result<Self> {
         config.validate()?;
         let ld = config.num_layers.checked_mul(config.directions());
         let mut total: u128 = 0;
@@ -114,11 +115,10 @@ impl<T: Float> Weights<T> {
             for dir in 0..config.directions() {
                 let mut slot = |s: Slot| -> Result<Option<Vec<T>>> {
                     let Some(len) = config.slot_len(s, layer) else { return Ok(None) };
-                    let mut v = try_filled(&slot_name(&defs, s, layer, dir), len, T::zero())?;
+                    let mut v = crate::cpu::pool::try_zeroed(&slot_name(&defs, s, layer, dir), len)?;
                     for def in defs.iter().filter(|d| d.slot == s) {
                         checked_len::<T>(&RnnConfig::param_name(def.stem, layer, dir), &def.shape)?;
-                        let data = make(def, layer, dir)?;
-                        v[def.offset..def.offset + def.len()].copy_from_slice(&data);
+                        fill(def, layer, dir, &mut v[def.offset..def.offset + def.len()])?;
                     }
                     Ok(Some(v))
                 };
@@ -368,17 +368,29 @@ impl<T: Float> Weights<T> {
             }
         }
         // 4. The copies, each a fallible allocation of a size the file's data already has.
-        let w = Self::build(config, |def, layer, dir| {
+        let w = Self::build(config, |def, layer, dir, dst| {
             let full = format!("{prefix}{}", RnnConfig::param_name(def.stem, layer, dir));
-            let mut v = try_with_capacity(&full, def.len())?;
+            let mismatch = |got: usize| Error::LengthMismatch { what: full.clone(), shape: def.shape.clone(), expected: dst.len(), got };
             if def.fixed {
                 // Out-of-range indices are the cell's to refuse (validate below); keep them
                 // out of range rather than wrapping.
-                v.extend(file.int(&full)?.data.iter().map(|&x| T::from_f64(x.clamp(-1, 1 << 30) as f64)));
+                let t = file.int(&full)?;
+                if t.data.len() != dst.len() {
+                    return Err(mismatch(t.data.len()));
+                }
+                for (d, &x) in dst.iter_mut().zip(&t.data) {
+                    *d = T::from_f64(x.clamp(-1, 1 << 30) as f64);
+                }
             } else {
-                v.extend(file.float(&full)?.data.iter().map(|&x| T::from_f64(x)));
+                let t = file.float(&full)?;
+                if t.data.len() != dst.len() {
+                    return Err(mismatch(t.data.len()));
+                }
+                for (d, &x) in dst.iter_mut().zip(&t.data) {
+                    *d = T::from_f64(x);
+                }
             }
-            Ok(v)
+            Ok(())
         })?;
         w.validate()?;
         Ok(w)

@@ -68,7 +68,7 @@ struct DirTape<T: Float> {
 
 /// Gradients of the loss `sum(output * grad_output) + sum over states of sum(s_n * grad_s_n)`.
 #[derive(Clone, Debug)]
-pub struct Gradients<T> {
+pub struct Gradients<T: Float> {
     /// The input's gradient, packed `[N, I]` like the input.
     pub input: PackedSequence<T>,
     /// Each state's initial-value gradient `[L*D, B, S]`, caller's order, in the cell's state
@@ -76,6 +76,30 @@ pub struct Gradients<T> {
     pub states: Vec<Tensor<T>>,
     /// The parameters' gradients, in the weights' layout and names.
     pub params: Weights<T>,
+}
+
+impl<T: Float> Gradients<T> {
+    /// The input's, the states' and the parameters' gradients, owned (the buffers then leave
+    /// the pool's reach; dropping `Gradients` hands them back to it).
+    pub fn into_parts(mut self) -> (PackedSequence<T>, Vec<Tensor<T>>, Weights<T>) {
+        let input = PackedSequence { data: std::mem::take(&mut self.input.data), ..self.input.clone() };
+        let params = Weights { config: self.params.config.clone(), params: std::mem::take(&mut self.params.params) };
+        (input, std::mem::take(&mut self.states), params)
+    }
+}
+
+// The gradients' buffers go back to the pool when they are dropped (see `pool`): a training
+// loop's next backward then writes pages already mapped (DeepBench's GRU with T = 1 spent a
+// third of its backward in page faults on fresh gradient buffers).
+impl<T: Float> Drop for Gradients<T> {
+    fn drop(&mut self) {
+        pool::recycle(std::mem::take(&mut self.input.data));
+        for p in &mut self.params.params {
+            for v in [Some(&mut p.w_ih), Some(&mut p.w_hh), p.b_ih.as_mut(), p.b_hh.as_mut(), p.w_hr.as_mut(), p.pointwise.as_mut()].into_iter().flatten() {
+                pool::recycle(std::mem::take(v));
+            }
+        }
+    }
 }
 
 // The tape's buffers go back to the pool when it is dropped (see `pool`).
@@ -388,11 +412,15 @@ struct DirFwd<'a, T: Float> {
 }
 
 /// Packs each stage's `R_k` for the per-step products: transposed for the forward
-/// (`r = v R_k^T`), plain for the backward (`dv = dr_k R_k`).
-fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool) -> Result<Vec<Option<PackedB<T>>>> {
+/// (`r = v R_k^T`), plain for the backward (`dv = dr_k R_k`). With `zero_states_only` (a
+/// forward of one step from zero states) the products of a state are never computed (a zero
+/// state's product is zero), so their matrices are not packed: for DeepBench's GRU with T = 1
+/// the packing cost a quarter of the forward.
+fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool, zero_states_only: bool) -> Result<Vec<Option<PackedB<T>>>> {
     let mut v = Vec::with_capacity(lay.stages.len());
     for stage in &lay.stages {
         v.push(match stage {
+            Some(pr) if zero_states_only && matches!(pr.src, Src::State(_)) => None,
             Some(pr) => {
                 let w = &slot(p, pr.slot, "recurrent matrix")?[pr.offset..pr.offset + pr.rows * pr.k];
                 Some(if transposed { PackedB::try_transposed(w, pr.rows, pr.k)? } else { PackedB::try_plain(w, pr.rows, pr.k)? })
@@ -479,7 +507,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // Both written a step at a time by the loop (the tape's rows cleared first).
     let mut s_prev = if training { reused("tape states", &[n, sw])? } else { Vec::new() };
     let mut tape = if training { reused("tape", &[n, tw])? } else { Vec::new() };
-    let packed = pack_products(p, &lay, true)?;
+    let packed = pack_products(p, &lay, true, a.zero_start && a.batch_sizes.len() == 1)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
     let macs = n * (gx * inw + lay.product_macs());
@@ -640,17 +668,24 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                 }
             }
             for (k, stage) in lay.stages.iter().enumerate() {
-                if let (Some(pr), Some(pk)) = (stage, &self.packed[k]) {
+                if let Some(pr) = stage {
                     let c = &mut r[self.roffs[k]..];
-                    match pr.src {
-                        // A zero state's product is zero.
-                        Src::State(_) if fresh => {
+                    match (pr.src, &self.packed[k]) {
+                        // A zero state's product is zero (its matrix may not be packed: see
+                        // `pack_products`).
+                        (Src::State(_), _) if fresh => {
                             for rr in 0..rows {
                                 c[rr * rw..rr * rw + pr.rows].fill(T::zero());
                             }
                         }
-                        Src::State(i) => pk.gemm(&s[self.soffs[i]..], rows, sw, c, rw),
-                        Src::Tape { offset } => pk.gemm(&tape[offset..], rows, tw, c, rw),
+                        (Src::State(i), Some(pk)) => pk.gemm(&s[self.soffs[i]..], rows, sw, c, rw),
+                        (Src::Tape { offset }, Some(pk)) => pk.gemm(&tape[offset..], rows, tw, c, rw),
+                        // Not reached: only one step from zero states leaves a state's matrix
+                        // unpacked, and that step is `fresh`.
+                        (_, None) => {
+                            let _ = self.failed.set(Error::InvalidConfig("internal: a product's matrix was not packed".into()));
+                            return;
+                        }
                     }
                     if let Some(bias) = self.biases[k] {
                         for rr in 0..rows {
@@ -849,7 +884,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // A row's pointwise-parameter gradients are summed per batch row in the loop (each
     // thread owns its rows): [B, ew], not [N, ew] written out and summed after it.
     let mut de = zeros("pointwise parameter gradients", &[b, ew])?;
-    let plain = pack_products(p, &lay, false)?;
+    let plain = pack_products(p, &lay, false, false)?;
     let macs = n * (gx * inw + lay.product_macs());
     let ranges = split::ranges(b, macs);
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the

@@ -303,7 +303,7 @@ fn generic_driver_gives_the_same_bits_on_any_number_of_threads() {
                 let go = vec![0.25f32; out.output.data.len()];
                 let g = cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
                 let p = g.params.to_flat();
-                (out.output.data, g.input.data, p)
+                (out.output.data, g.input.data.clone(), p)
             })
         };
         let (a, b) = (run(1), run(3));
@@ -336,7 +336,7 @@ fn stale_pooled_buffers_never_reach_results() {
             let (out, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
             let go: Vec<f32> = (0..out.output.data.len()).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
             let g = cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
-            (out.output.data, g.input.data, g.params.to_flat())
+            (out.output.data, g.input.data.clone(), g.params.to_flat())
         };
         pool::release();
         let fresh = run();

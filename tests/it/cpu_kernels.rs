@@ -130,9 +130,9 @@ fn run_split_case<T: wgpu_rnn::cpu::Float>(w: &wgpu_rnn::weights::Weights<T>, x:
         params,
     ];
     assert_eq!((out.states.len(), grads.states.len()), (cfg.states().len(), cfg.states().len()));
-    for (s, g) in out.states.into_iter().zip(grads.states) {
+    for (s, g) in out.states.into_iter().zip(&grads.states) {
         v.push(s.data);
-        v.push(g.data);
+        v.push(g.data.clone());
     }
     v
 }
@@ -252,5 +252,50 @@ fn cpu_batch_matches_its_sequences_one_at_a_time() {
             }
         }
         crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[2], BATCH_VS_SINGLE_ATOL, 0.0);
+    }
+}
+
+/// One step from zero states skips packing the state's matrices (`pack_products`): the output
+/// and final states must be bitwise those of the same step from explicit zero states (packed,
+/// multiplied), for every registered cell, one and two layers (layer 2 starts from zeros too).
+/// The backward after it (which packs them) and a second backward after the first one's
+/// gradients were dropped (their buffers reused from the pool) must agree bitwise too.
+#[test]
+fn one_step_from_zero_states_matches_explicit_zeros() {
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let mut g = rng(71);
+    for &mode in Mode::REGISTRY {
+        for layers in [1, 2] {
+            let cfg = {
+                let c = RnnConfig::new(mode, 6, 8).layers(layers);
+                if c.validate().is_ok() { c } else { RnnConfig::new(mode, 8, 8).layers(layers) }
+            };
+            let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+            let b = 3;
+            let x: Vec<f32> = uniform(&mut g, b * cfg.input_size, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = PackedSequence::from_padded(&x, [1, b, cfg.input_size], false, &[1, 1, 1]).unwrap();
+            let zeros: Vec<Vec<f32>> = cfg.states().iter().map(|s| vec![0f32; layers * b * s.width]).collect();
+            let explicit: Vec<Option<&[f32]>> = zeros.iter().map(|v| Some(v.as_slice())).collect();
+            let (a, ta) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+            let (e, te) = cpu::forward(&w, &x, &explicit, Pass::Training).unwrap();
+            assert_eq!(a.output.data, e.output.data, "{mode:?} L{layers}: output");
+            for (sa, se) in a.states.iter().zip(&e.states) {
+                assert_eq!(sa.data, se.data, "{mode:?} L{layers}: final state");
+            }
+            let (inf, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+            assert_eq!(inf.output.data, a.output.data, "{mode:?} L{layers}: inference");
+            let go: Vec<f32> = uniform(&mut g, a.output.data.len(), 1.0).into_iter().map(|v| v as f32).collect();
+            let (ta, te) = (ta.unwrap(), te.unwrap());
+            let ga = cpu::backward(&w, &ta, &go, &[]).unwrap();
+            let (gi, gs, gp) = cpu::backward(&w, &te, &go, &[]).unwrap().into_parts();
+            assert_eq!(ga.input.data, gi.data, "{mode:?} L{layers}: input gradient");
+            assert_eq!(ga.params.to_flat(), gp.to_flat(), "{mode:?} L{layers}: parameter gradients");
+            assert_eq!(ga.states.len(), gs.len());
+            let flat = ga.params.to_flat();
+            drop(ga);
+            let again = cpu::backward(&w, &ta, &go, &[]).unwrap();
+            assert_eq!(again.params.to_flat(), flat, "{mode:?} L{layers}: gradients into reused buffers");
+        }
     }
 }

@@ -88,8 +88,8 @@ impl Case {
         Run {
             output: f.output.data,
             finals: f.states.into_iter().map(|t| t.data).collect(),
-            grad_input: gr.input.data,
-            grad_states0: gr.states.into_iter().map(|t| t.data).collect(),
+            grad_input: gr.input.data.clone(),
+            grad_states0: gr.states.iter().map(|t| t.data.clone()).collect(),
             grad_w: wgpu_rnn::gpu::flat_weights(&gr.params),
             pieces: tape.pieces(),
         }
