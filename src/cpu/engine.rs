@@ -489,7 +489,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // The input projection: with enough rows, each thread computes its rows' projection step
     // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
     // else one GEMM over all rows up front (see `super::per_step_input`).
-    let per_step = gx > 0 && super::per_step_input(b, n);
+    let per_step = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
     let b_x = if gx > 0 && lay.input_bias { Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]) } else { None };
     let w_x = if per_step { Some(PackedB::try_transposed(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     // [N, gx]: the up-front GEMM's, or the tape's when the cell's backward reads it;
@@ -889,7 +889,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let ranges = split::ranges(b, macs);
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
     // forward's input projection (`super::per_step_input`).
-    let per_step_dx = gx > 0 && super::per_step_input(b, n);
+    let per_step_dx = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
     let w_x = if per_step_dx { Some(PackedB::try_plain(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     let failed = Failure::new();
     let l = BwdLoop::<C, T> {

@@ -107,10 +107,16 @@ fn step_order(steps: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
 /// product for 16 rows (DeepBench's GRU with T = 1, B = 32 ran slower that way).
 const PER_STEP_INPUT_MIN_ROWS: usize = 256;
 
-/// Whether a layer-direction with batch `b` and `n` packed rows computes its input side step
-/// by step (else by one GEMM over all rows).
-fn per_step_input(b: usize, n: usize) -> bool {
-    b >= split::MIN_ROWS_PER_THREAD && n >= PER_STEP_INPUT_MIN_ROWS
+/// Largest W_ih (bytes) computed step by step: every thread streams it at every step beside
+/// W_hh, so it must stay in a core's L2 with it. C1's LSTM (512 KiB) gains by the step-by-step
+/// form (6.1 against 6.3 ms forward), DeepBench's LSTM with H = 512 (4 MiB) loses by it (11.7
+/// against 10.9 ms forward, 21.2 against 19.9 backward; the AVX-512 VM, 2 MiB L2 per core).
+const PER_STEP_INPUT_MAX_BYTES: usize = 1 << 20;
+
+/// Whether a layer-direction with batch `b`, `n` packed rows and a W_ih of `w_elems` elements of
+/// `T` computes its input side step by step (else by one GEMM over all rows).
+fn per_step_input<T>(b: usize, n: usize, w_elems: usize) -> bool {
+    b >= split::MIN_ROWS_PER_THREAD && n >= PER_STEP_INPUT_MIN_ROWS && w_elems.saturating_mul(std::mem::size_of::<T>()) <= PER_STEP_INPUT_MAX_BYTES
 }
 
 /// `acc[j] += sum_r m[r, j]` for `m: [rows, n]`.
