@@ -49,6 +49,13 @@ pub trait Float:
     fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize)
     where
         Self: Sized;
+    /// [`Float::packed_gemm`] over some panels' columns into a raw C.
+    ///
+    /// # Safety
+    /// As [`crate::cpu::smallgemm::PackedB::gemm_panels`], whose checks must have passed.
+    unsafe fn packed_gemm_panels(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: *mut Self, ldc: usize, panels: std::ops::Range<usize>)
+    where
+        Self: Sized;
     /// `max(self, 0)`; NaN maps to 0.
     fn relu(self) -> Self {
         if self > Self::zero() {
@@ -81,7 +88,7 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr) => {
+    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr, $panels:expr) => {
         impl Float for $t {
             #[inline]
             fn zero() -> Self {
@@ -113,6 +120,17 @@ macro_rules! impl_float {
             }
             fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize) {
                 ($packed)(pb, a, rows, lda, c, ldc)
+            }
+            unsafe fn packed_gemm_panels(
+                pb: &crate::cpu::smallgemm::PackedB<Self>,
+                a: &[Self],
+                rows: usize,
+                lda: usize,
+                c: *mut Self,
+                ldc: usize,
+                panels: std::ops::Range<usize>,
+            ) {
+                ($panels)(pb, a, rows, lda, c, ldc, panels)
             }
             #[inline]
             fn exp(self) -> Self {
@@ -148,8 +166,15 @@ macro_rules! impl_float {
     };
 }
 
-impl_float!(f32, matrixmultiply::sgemm, fast::tanh, fast::sigmoid, crate::cpu::smallgemm::f32_gemm);
-impl_float!(f64, matrixmultiply::dgemm, f64::tanh, sigmoid_f64, crate::cpu::smallgemm::portable::<f64>);
+impl_float!(f32, matrixmultiply::sgemm, fast::tanh, fast::sigmoid, crate::cpu::smallgemm::f32_gemm, crate::cpu::smallgemm::f32_gemm_panels);
+impl_float!(
+    f64,
+    matrixmultiply::dgemm,
+    f64::tanh,
+    sigmoid_f64,
+    crate::cpu::smallgemm::portable::<f64>,
+    crate::cpu::smallgemm::portable_panels::<f64>
+);
 
 /// The logistic function in f64, written so that it neither overflows nor loses precision.
 fn sigmoid_f64(x: f64) -> f64 {

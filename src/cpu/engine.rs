@@ -9,7 +9,7 @@
 //! step), column sums for the biases and the pointwise parameters.
 
 use super::gemm::{gemm, Mat, Op};
-use super::smallgemm::PackedB;
+use super::smallgemm::{self, PackedB};
 use super::split::{self, Rows};
 use std::marker::PhantomData;
 use std::ops::Range;
@@ -489,7 +489,10 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // The input projection: with enough rows, each thread computes its rows' projection step
     // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
     // else one GEMM over all rows up front (see `super::per_step_input`).
-    let per_step = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
+    // The per-step products split by columns across threads (see `super::column_split`), or
+    // the time loop by batch rows.
+    let col_parts = super::column_split::<T>(b, n, lay.product_macs());
+    let per_step = gx > 0 && col_parts == 0 && super::per_step_input::<T>(b, n, gx * inw);
     let b_x = if gx > 0 && lay.input_bias { Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]) } else { None };
     let w_x = if per_step { Some(PackedB::try_transposed(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     // [N, gx]: the up-front GEMM's, or the tape's when the cell's backward reads it;
@@ -511,7 +514,12 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
     let macs = n * (gx * inw + lay.product_macs());
-    let ranges = split::ranges(b, macs);
+    let ranges = if col_parts > 0 { split::step_ranges(b, col_parts) } else { split::ranges(b, macs) };
+    // With the column split, one step's products for every row, and (inference) the tape
+    // rows the products read, shared by the threads.
+    let (_, rw) = lay.product_offsets();
+    let mut r_all = reused("products", &[if col_parts > 0 { b } else { 0 }, rw])?;
+    let mut tape_all = zeros("tape", &[if col_parts > 0 && !training { b } else { 0 }, tw])?;
     let failed = Failure::new();
     let l = FwdLoop::<C, T> {
         failed: &failed,
@@ -542,9 +550,17 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         sw,
         zone: a.zone,
         q: a.precision,
+        r_all: Rows::new(&mut r_all),
+        tape_all: Rows::new(&mut tape_all),
         _cell: PhantomData,
     };
-    split::run_loop(&ranges, &l);
+    if col_parts > 0 {
+        split::run_steps(&ranges, &l);
+    } else {
+        split::run_loop(&ranges, &l);
+    }
+    pool::recycle(r_all);
+    pool::recycle(tape_all);
     if let Some(e) = after_loop(failed, packed, w_x) {
         for v in [xp, s_prev, tape] {
             pool::recycle(v);
@@ -604,7 +620,146 @@ struct FwdLoop<'a, C, T: Float> {
     zone: Option<Zone>,
     /// The storage precision (rounding where the GPU stores).
     q: Precision,
+    /// Column split only: `[B, rw]` one step's products, `[B, tape]` the tape (inference).
+    r_all: Rows<'a, T>,
+    tape_all: Rows<'a, T>,
     _cell: PhantomData<fn() -> C>,
+}
+
+impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
+    /// The column split: every thread walks every step; per stage, the product for all the
+    /// step's rows over this thread's panels, a barrier, the pointwise update of this thread's
+    /// rows, a barrier. Each element is computed by the same operations as in [`Self::rows`],
+    /// so the results are bitwise the same.
+    #[inline(always)]
+    fn steps(&self, part: usize, parts: usize, mine: Range<usize>, bar: &split::StepBarrier) {
+        let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
+        let (gx, tw, inw) = (lay.xp, lay.tape, sz.input);
+        let (_, rw) = lay.product_offsets();
+        let hw = self.zone.map_or(0, |z| z.hw);
+        let fail = |e: Error| {
+            let _ = self.failed.set(e);
+            bar.poison();
+        };
+        let mut hprev = match scratch("zoneout states", &[mine.len(), hw]) {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let panels: Vec<Range<usize>> = self.packed.iter().map(|p| p.as_ref().map_or(0..0, |pk| split::panel_range(pk.panels(), part, parts))).collect();
+        let mut fresh = self.zero_start;
+        for t in step_order(self.batch_sizes.len(), self.reverse) {
+            let rows = self.batch_sizes[t];
+            let o = self.off[t];
+            let my = mine.start.min(rows)..mine.end.min(rows);
+            // SAFETY (every `part` and `tail_ptr` below): between two barriers a thread writes
+            // only its own rows (pointwise phase) or its own panels' columns of the shared
+            // products (product phase), and reads other threads' rows only in the product
+            // phase, when nobody writes them.
+            for rr in my.clone() {
+                let s = unsafe { self.s.part(rr * sw, sw) };
+                if self.training {
+                    unsafe { self.s_prev.part((o + rr) * sw, sw) }.copy_from_slice(s);
+                    unsafe { self.tape.part((o + rr) * tw, tw) }.fill(T::zero());
+                }
+                if hw > 0 {
+                    let at = (rr - mine.start) * hw;
+                    hprev[at..at + hw].copy_from_slice(&s[..hw]);
+                }
+            }
+            for (k, stage) in lay.stages.iter().enumerate() {
+                if let Some(pr) = stage {
+                    let (p0, p1) = (panels[k].start * smallgemm::NR, (panels[k].end * smallgemm::NR).min(pr.rows));
+                    let at = self.roffs[k];
+                    match (pr.src, &self.packed[k]) {
+                        (Src::State(_), _) if fresh => {
+                            for rr in 0..rows {
+                                if p1 > p0 {
+                                    unsafe { self.r_all.part(rr * rw + at + p0, p1 - p0) }.fill(T::zero());
+                                }
+                            }
+                        }
+                        (Src::State(i), Some(pk)) => {
+                            let s_all: &[T] = unsafe { self.s.part(0, rows * sw) };
+                            let (c, len) = unsafe { self.r_all.tail_ptr(at) };
+                            unsafe { pk.gemm_panels(&s_all[self.soffs[i]..], rows, sw, c, len, rw, panels[k].clone()) };
+                        }
+                        (Src::Tape { offset }, Some(pk)) => {
+                            let tape_rows: &[T] = if self.training { unsafe { self.tape.part(o * tw, rows * tw) } } else { unsafe { self.tape_all.part(0, rows * tw) } };
+                            let (c, len) = unsafe { self.r_all.tail_ptr(at) };
+                            unsafe { pk.gemm_panels(&tape_rows[offset..], rows, tw, c, len, rw, panels[k].clone()) };
+                        }
+                        (_, None) => return fail(Error::InvalidConfig("internal: a product's matrix was not packed".into())),
+                    }
+                    if p1 > p0 {
+                        for rr in 0..rows {
+                            let dst = unsafe { self.r_all.part(rr * rw + at + p0, p1 - p0) };
+                            if let Some(bias) = self.biases[k] {
+                                for (d, &bv) in dst.iter_mut().zip(&bias[p0..p1]) {
+                                    *d += bv;
+                                }
+                            }
+                            store(self.q, dst);
+                        }
+                    }
+                    if !bar.wait() {
+                        return;
+                    }
+                }
+                for rr in my.clone() {
+                    let row = o + rr;
+                    let tape: &mut [T] = if self.training { unsafe { self.tape.part(row * tw, tw) } } else { unsafe { self.tape_all.part(rr * tw, tw) } };
+                    let s = unsafe { self.s.part(rr * sw, sw) };
+                    let out = unsafe { self.out.part(row * out_w + self.col, lay.out) };
+                    let fr = FwdRow {
+                        x: &self.x[row * inw..(row + 1) * inw],
+                        xp: unsafe { self.xp.part(row * gx, gx) },
+                        r: unsafe { self.r_all.part(rr * rw, rw) },
+                        e: self.e,
+                        s,
+                        tape,
+                        out,
+                    };
+                    match &self.pointwise {
+                        None => C::forward(k, sz, fr, Standard),
+                        Some(pw) => C::forward(k, sz, fr, pw),
+                    }
+                    store(self.q, unsafe { self.s.part(rr * sw, sw) });
+                    store(self.q, if self.training { unsafe { self.tape.part(row * tw, tw) } } else { unsafe { self.tape_all.part(rr * tw, tw) } });
+                    store(self.q, unsafe { self.out.part(row * out_w + self.col, lay.out) });
+                }
+                if k + 1 < lay.stages.len() && !bar.wait() {
+                    return;
+                }
+            }
+            if let Some(z) = self.zone {
+                let pz = T::from_f64(z.p as f64);
+                let qz = T::one() - pz;
+                for rr in my.clone() {
+                    let at = (rr - mine.start) * hw;
+                    let hp = &hprev[at..at + hw];
+                    let hs = unsafe { self.s.part(rr * sw, hw) };
+                    let ho = unsafe { self.out.part((o + rr) * out_w + self.col, hw) };
+                    let base = z.index(o + rr);
+                    for j in 0..hw {
+                        let h = if !z.training {
+                            pz * hp[j] + qz * hs[j]
+                        } else if z.hit_at(base, j) {
+                            hp[j]
+                        } else {
+                            hs[j]
+                        };
+                        hs[j] = h;
+                        ho[j] = h;
+                    }
+                }
+            }
+            // The new states (and tape) before the next step's products read them.
+            if !bar.wait() {
+                return;
+            }
+            fresh = false;
+        }
+    }
 }
 
 impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {

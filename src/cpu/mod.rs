@@ -107,6 +107,35 @@ fn step_order(steps: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
 /// product for 16 rows (DeepBench's GRU with T = 1, B = 32 ran slower that way).
 const PER_STEP_INPUT_MIN_ROWS: usize = 256;
 
+/// Packed recurrent matrices (bytes, all stages) from which the forward's per-step products are
+/// split by columns across threads ([`split::run_steps`]) rather than the time loop by batch
+/// rows: with the row split every thread streams all of them at every step, from L3 once they
+/// outgrow a core's L2 (DeepBench's LSTM with H = 512: 4 MiB).
+const COLUMN_SPLIT_MIN_BYTES: usize = 2 << 20;
+
+/// Fewest multiply-adds in one step's products (every row) for the column split: its two
+/// barriers a step must cost little beside a thread's share.
+const COLUMN_SPLIT_MIN_STEP_MACS: usize = 1 << 18;
+
+/// Threads for the column split of a forward layer-direction with batch `b`, `n` packed rows and
+/// `product_macs` multiply-adds per row in its products, or 0 for the row split: when the
+/// matrices outgrow L2 ([`COLUMN_SPLIT_MIN_BYTES`]) or the batch is too small to split by rows,
+/// and a step has work enough ([`COLUMN_SPLIT_MIN_STEP_MACS`]).
+fn column_split<T>(b: usize, n: usize, product_macs: usize) -> usize {
+    let threads = split::threads();
+    let step_macs = b.saturating_mul(product_macs);
+    if threads < 2 || step_macs < COLUMN_SPLIT_MIN_STEP_MACS {
+        return 0;
+    }
+    let big = product_macs.saturating_mul(std::mem::size_of::<T>()) >= COLUMN_SPLIT_MIN_BYTES;
+    let row_parts = split::ranges(b, n.saturating_mul(product_macs)).len();
+    if big || row_parts < threads {
+        threads
+    } else {
+        0
+    }
+}
+
 /// Largest W_ih (bytes) computed step by step: every thread streams it at every step beside
 /// W_hh, so it must stay in a core's L2 with it. C1's LSTM (512 KiB) gains by the step-by-step
 /// form (6.1 against 6.3 ms forward), DeepBench's LSTM with H = 512 (4 MiB) loses by it (11.7

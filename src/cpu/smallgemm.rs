@@ -103,6 +103,30 @@ impl<T: Float> PackedB<T> {
         T::packed_gemm(self, a, rows, lda, c, ldc);
     }
 
+    /// `C[r, j] = sum_k A[r, k] B[k, j]` for `r < rows` and the columns of panels `panels`
+    /// only (`p * NR .. min((p + 1) * NR, n)` for each p), overwriting them; C's other columns
+    /// are not touched, so threads can write disjoint panel ranges of one C. Each element is
+    /// the same chain of operations as [`PackedB::gemm`]'s.
+    ///
+    /// # Panics
+    /// When A does not cover the rows addressed, `c_len` does not cover `rows` rows of `n` at
+    /// stride `ldc`, or the panels are out of range.
+    ///
+    /// # Safety
+    /// `c` must be valid for writes of `c_len` elements, and no other thread may read or write
+    /// these panels' columns of those rows meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn gemm_panels(&self, a: &[T], rows: usize, lda: usize, c: *mut T, c_len: usize, ldc: usize, panels: Range<usize>) {
+        if rows == 0 || self.n == 0 || panels.is_empty() {
+            return;
+        }
+        let need = |ld: usize, w: usize| (rows - 1).checked_mul(ld).and_then(|v| v.checked_add(w));
+        assert!(need(lda, self.k).is_some_and(|v| v <= a.len()), "PackedB::gemm_panels: A too small for {rows} rows of {} at stride {lda}", self.k);
+        assert!(need(ldc, self.n).is_some_and(|v| v <= c_len), "PackedB::gemm_panels: C too small for {rows} rows of {} at stride {ldc}", self.n);
+        assert!(panels.end <= self.panels(), "PackedB::gemm_panels: panels {panels:?} of {}", self.panels());
+        T::packed_gemm_panels(self, a, rows, lda, c, ldc, panels);
+    }
+
     /// Panics unless A covers `rows` rows of `k` at stride `lda` and C `rows` rows of `n` at
     /// stride `ldc`: what the kernels, some of them unsafe, address.
     fn check(&self, a: &[T], rows: usize, lda: usize, c: &[T], ldc: usize) {
@@ -124,7 +148,11 @@ fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
 /// One panel for a block of `MR` rows (`mr <= MR` valid).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn block<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, p: usize, a: &[T], r0: usize, mr: usize, lda: usize, c: &mut [T], ldc: usize) {
+///
+/// # Safety
+/// C must cover rows `r0..r0 + mr` at stride `ldc` for the panel's columns, and nothing else
+/// may access those elements meanwhile.
+unsafe fn block<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, p: usize, a: &[T], r0: usize, mr: usize, lda: usize, c: *mut T, ldc: usize) {
     let k = pb.k;
     let panel = &pb.data[p * k * NR..(p + 1) * k * NR];
     let mut acc = [[T::zero(); NR]; MR];
@@ -146,13 +174,14 @@ fn block<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, p: usize, 
     let j0 = p * NR;
     let nv = NR.min(pb.n - j0);
     for (i, row) in acc.iter().enumerate().take(mr) {
-        let dst = &mut c[(r0 + i) * ldc + j0..(r0 + i) * ldc + j0 + nv];
-        dst.copy_from_slice(&row[..nv]);
+        std::ptr::copy_nonoverlapping(row.as_ptr(), c.add((r0 + i) * ldc + j0), nv);
     }
 }
 
+/// # Safety
+/// As [`block`], for every row and the panels' columns.
 #[inline(always)]
-fn run<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize, panels: Range<usize>) {
+unsafe fn run<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: *mut T, ldc: usize, panels: Range<usize>) {
     for p in panels {
         let mut r0 = 0;
         while r0 < rows {
@@ -172,7 +201,27 @@ pub fn portable<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: 
         return;
     }
     pb.check(a, rows, lda, c, ldc);
-    run::<T, 4, false>(pb, a, rows, lda, c, ldc, 0..pb.panels())
+    // SAFETY: checked just above that A and C cover every element addressed.
+    unsafe { run::<T, 4, false>(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) }
+}
+
+/// [`portable`] over the columns of `panels` only, into a raw C (see [`PackedB::gemm_panels`]).
+///
+/// # Safety
+/// As [`PackedB::gemm_panels`].
+pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: *mut T, ldc: usize, panels: Range<usize>) {
+    run::<T, 4, false>(pb, a, rows, lda, c, ldc, panels)
+}
+
+/// [`f32_gemm`] over the columns of `panels` only, into a raw C (see [`PackedB::gemm_panels`]).
+///
+/// # Safety
+/// As [`PackedB::gemm_panels`].
+pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    match f32_kernel() {
+        Some(kernel) => kernel(pb, a, rows, lda, c, ldc, panels),
+        None => run::<f32, 4, false>(pb, a, rows, lda, c, ldc, panels),
+    }
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -155,6 +155,129 @@ mod x86 {
     pub(super) unsafe fn avx2<L: RowLoop>(l: &L, mine: Range<usize>) {
         l.rows(mine)
     }
+
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512_steps<L: super::StepLoop>(l: &L, part: usize, parts: usize, mine: Range<usize>, b: &super::StepBarrier) {
+        l.steps(part, parts, mine, b)
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn avx2_steps<L: super::StepLoop>(l: &L, part: usize, parts: usize, mine: Range<usize>, b: &super::StepBarrier) {
+        l.steps(part, parts, mine, b)
+    }
+}
+
+/// A time loop whose steps all threads walk together, run by [`run_steps`]: the per-step
+/// products split by columns (each thread its share of the packed matrices' panels, for every
+/// row), the pointwise updates by batch rows, with a [`StepBarrier`] between the phases.
+pub trait StepLoop: Sync {
+    /// Walks every step as thread `part` of `parts`, whose pointwise rows are `mine`.
+    /// Implementations are `#[inline(always)]` (see [`RowLoop::rows`]) and must reach every
+    /// [`StepBarrier::wait`] the other threads reach, or poison the barrier.
+    fn steps(&self, part: usize, parts: usize, mine: Range<usize>, barrier: &StepBarrier);
+}
+
+/// Runs `l` on `ranges.len()` threads (the calling one included), thread `p` with pointwise
+/// rows `ranges[p]`, each through the widest instruction set the machine has (as
+/// [`run_loop`]). A thread that panics poisons the barrier, so the others leave their loops
+/// instead of waiting for it forever; the panic then propagates.
+pub fn run_steps<L: StepLoop>(ranges: &[Range<usize>], l: &L) {
+    let barrier = StepBarrier::new(ranges.len());
+    let parts: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
+    run(&parts.iter().map(|(p, _)| *p..*p + 1).collect::<Vec<_>>(), |one| {
+        let part = one.start;
+        struct PoisonOnUnwind<'a>(&'a StepBarrier);
+        impl Drop for PoisonOnUnwind<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    self.0.poison();
+                }
+            }
+        }
+        let _guard = PoisonOnUnwind(&barrier);
+        let mine = parts[part].1.clone();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the feature was detected.
+                return unsafe { x86::avx512_steps(l, part, ranges.len(), mine, &barrier) };
+            }
+            if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the feature was detected.
+                return unsafe { x86::avx2_steps(l, part, ranges.len(), mine, &barrier) };
+            }
+        }
+        l.steps(part, ranges.len(), mine, &barrier)
+    })
+}
+
+/// A spinning barrier for the few threads of one [`run_steps`] (as many as cores, with phases
+/// of microseconds: a futex wait and wake-up cost as much as a phase). After many spins it
+/// yields, so an oversubscribed machine still progresses. Once poisoned (a thread failed or
+/// panicked), every wait returns at once and [`StepBarrier::poisoned`] says so.
+pub struct StepBarrier {
+    n: usize,
+    count: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl StepBarrier {
+    /// A barrier for `n` threads.
+    pub fn new(n: usize) -> Self {
+        StepBarrier { n, count: AtomicUsize::new(0), generation: AtomicUsize::new(0), poisoned: std::sync::atomic::AtomicBool::new(false) }
+    }
+
+    /// Waits until all `n` threads have called `wait` (this generation), or the barrier is
+    /// poisoned. Returns false when poisoned: the caller leaves its loop.
+    pub fn wait(&self) -> bool {
+        if self.poisoned() {
+            return false;
+        }
+        let gen = self.generation.load(Ordering::Acquire);
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            self.count.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return !self.poisoned();
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == gen {
+            if self.poisoned() {
+                return false;
+            }
+            spins = spins.saturating_add(1);
+            if spins < 1 << 14 {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+        !self.poisoned()
+    }
+
+    /// Releases every waiter for good (a thread failed or panicked).
+    pub fn poison(&self) {
+        self.poisoned.store(true, Ordering::Release);
+    }
+
+    /// Whether the barrier was poisoned.
+    pub fn poisoned(&self) -> bool {
+        self.poisoned.load(Ordering::Acquire)
+    }
+}
+
+/// Contiguous row ranges covering `0..batch`, one per part (empty ones when the batch has
+/// fewer rows than parts): [`run_steps`]' pointwise rows.
+pub fn step_ranges(batch: usize, parts: usize) -> Vec<Range<usize>> {
+    (0..parts).map(|p| panel_range(batch, p, parts)).collect()
+}
+
+/// Contiguous panel ranges covering `0..panels`, one per part (some empty when there are
+/// fewer panels than parts), for [`StepLoop`]'s column split.
+pub fn panel_range(panels: usize, part: usize, parts: usize) -> Range<usize> {
+    let (base, extra) = (panels / parts, panels % parts);
+    let start = part * base + part.min(extra);
+    start..start + base + usize::from(part < extra)
 }
 
 /// A mutable slice shared by threads that write disjoint parts of it.
@@ -184,6 +307,17 @@ impl<'a, T> Rows<'a, T> {
     pub unsafe fn part(&self, start: usize, len: usize) -> &mut [T] {
         assert!(start + len <= self.len, "Rows::part out of range");
         std::slice::from_raw_parts_mut(self.ptr.add(start), len)
+    }
+
+    /// A pointer to element `start` and the elements from there to the end: for writers of
+    /// strided disjoint parts (columns) through [`crate::cpu::smallgemm::PackedB::gemm_panels`].
+    ///
+    /// # Safety
+    /// The caller's writes through it must not overlap what other live slices or pointers of
+    /// the same `Rows` access.
+    pub unsafe fn tail_ptr(&self, start: usize) -> (*mut T, usize) {
+        assert!(start <= self.len, "Rows::tail_ptr out of range");
+        (self.ptr.add(start), self.len - start)
     }
 }
 

@@ -299,3 +299,54 @@ fn one_step_from_zero_states_matches_explicit_zeros() {
         }
     }
 }
+
+/// The forward's column split (`split::run_steps`: each step's products split by panels across
+/// threads, a batch too small to split by rows) gives bitwise the results of one thread, for
+/// every registered cell with per-step products, in training (with its tape, then the
+/// backward) and inference, with zoneout, and for LSTM with a projection (a second stage whose
+/// product reads the tape) and two layers.
+#[test]
+fn column_split_matches_one_thread_bitwise() {
+    use wgpu_rnn::config::Prob;
+    use wgpu_rnn::cpu::{self, split, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let mut g = rng(73);
+    let (t, b, h) = (6, 5, 256);
+    let mut configs: Vec<RnnConfig> = Mode::REGISTRY
+        .iter()
+        .map(|&m| {
+            let c = RnnConfig::new(m, 24, h);
+            if c.validate().is_ok() { c } else { RnnConfig::new(m, h, h) }
+        })
+        .collect();
+    configs.push(RnnConfig::new(Mode::Lstm, 24, h).proj(96).layers(2));
+    configs.push(RnnConfig::new(Mode::Gru, 24, h).zoneout(Prob::new(0.25).unwrap()));
+    let mut split_runs = 0;
+    for cfg in configs {
+        let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
+        let x: Vec<f32> = uniform(&mut g, t * b * cfg.input_size, 1.0).into_iter().map(|v| v as f32).collect();
+        let x = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[6, 6, 4, 3, 1]).unwrap();
+        let run = |threads: usize| {
+            let _ = split::take_max_parts();
+            let r = split::with_threads(threads, || {
+                let (inf, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+                let (out, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+                let go = vec![0.5f32; out.output.data.len()];
+                let gr = cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
+                let states: Vec<Vec<f32>> = out.states.iter().map(|s| s.data.clone()).collect();
+                (inf.output.data, out.output.data, states, gr.input.data.clone(), gr.params.to_flat())
+            });
+            (r, split::take_max_parts())
+        };
+        let (one, _) = run(1);
+        for threads in [2, 3] {
+            let (many, parts) = run(threads);
+            if parts == threads {
+                split_runs += 1;
+            }
+            assert!(one == many, "{:?}: {threads} threads differ from one", cfg.mode);
+        }
+    }
+    // Every cell whose step has a product of 256 x 256 or more takes the column split at B = 5.
+    assert!(split_runs >= 2 * 10, "the column split ran {split_runs} times");
+}
