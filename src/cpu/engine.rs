@@ -489,10 +489,12 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // The input projection: with enough rows, each thread computes its rows' projection step
     // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
     // else one GEMM over all rows up front (see `super::per_step_input`).
-    // The per-step products split by columns across threads (see `super::column_split`), or
-    // the time loop by batch rows.
-    let col_parts = super::column_split::<T>(b, n, lay.product_macs());
-    let per_step = gx > 0 && col_parts == 0 && super::per_step_input::<T>(b, n, gx * inw);
+    // The input side step by step, or by one GEMM up front; then the per-step products split
+    // by columns across threads (`super::column_split`, only with the GEMM up front), or the
+    // time loop by batch rows. Neither choice depends on the thread count where it changes
+    // arithmetic: the input side is chosen first, from the sizes alone.
+    let per_step = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
+    let col_parts = if per_step { 0 } else { super::column_split::<T>(b, n, lay.product_macs()) };
     let b_x = if gx > 0 && lay.input_bias { Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]) } else { None };
     let w_x = if per_step { Some(PackedB::try_transposed(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     // [N, gx]: the up-front GEMM's, or the tape's when the cell's backward reads it;
@@ -1041,10 +1043,14 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     let mut de = zeros("pointwise parameter gradients", &[b, ew])?;
     let plain = pack_products(p, &lay, false, false)?;
     let macs = n * (gx * inw + lay.product_macs());
-    let ranges = split::ranges(b, macs);
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
-    // forward's input projection (`super::per_step_input`).
+    // forward's input projection (`super::per_step_input`); then, as the forward, the per-step
+    // products split by columns (`super::column_split`) or the loop by rows.
     let per_step_dx = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
+    let col_parts = if per_step_dx { 0 } else { super::column_split::<T>(b, n, lay.product_macs()) };
+    let ranges = if col_parts > 0 { split::step_ranges(b, col_parts) } else { split::ranges(b, macs) };
+    let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
+    let mut dv_all = reused("product input gradients", &[if col_parts > 0 { b } else { 0 }, kmax])?;
     let w_x = if per_step_dx { Some(PackedB::try_plain(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw], gx, inw)?) } else { None };
     let failed = Failure::new();
     let l = BwdLoop::<C, T> {
@@ -1073,9 +1079,15 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         dx: Rows::new(a.dx),
         zone: a.zone,
         q: a.precision,
+        dv_all: Rows::new(&mut dv_all),
         _cell: PhantomData,
     };
-    split::run_loop(&ranges, &l);
+    if col_parts > 0 {
+        split::run_steps(&ranges, &l);
+    } else {
+        split::run_loop(&ranges, &l);
+    }
+    pool::recycle(dv_all);
     if let Some(e) = after_loop(failed, plain, w_x) {
         for v in [dxp, dr, de] {
             pool::recycle(v);
@@ -1185,7 +1197,168 @@ struct BwdLoop<'a, C, T: Float> {
     zone: Option<Zone>,
     /// The storage precision (rounding where the GPU stores).
     q: Precision,
+    /// Column split only: `[B, kmax]` one stage's product input gradients for every row.
+    dv_all: Rows<'a, T>,
     _cell: PhantomData<fn() -> C>,
+}
+
+impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
+    /// The column split (see the forward's): per stage, the pointwise backward of this
+    /// thread's rows, a barrier, the product `dv = dr_k R_k` for all the step's rows over this
+    /// thread's panels, a barrier, and `dv` added to this thread's rows. Bitwise the row
+    /// split's results.
+    #[inline(always)]
+    fn steps(&self, part: usize, parts: usize, mine: Range<usize>, bar: &split::StepBarrier) {
+        let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
+        let (gx, tw, inw, ew) = (lay.xp, lay.tape, sz.input, lay.de_width());
+        let (_, rw) = lay.product_offsets();
+        let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
+        let (r0, nr) = (mine.start, mine.len());
+        let tp = self.tape;
+        let hw = self.zone.map_or(0, |z| z.hw);
+        let fail = |e: Error| {
+            let _ = self.failed.set(e);
+            bar.poison();
+        };
+        let alloc = || -> Result<_> { Ok((scratch("tape gradients", &[nr, tw])?, scratch("zoneout gradients", &[nr, hw])?, scratch("pointwise parameter gradients", &[nr, ew])?)) };
+        let (mut dtape, mut zg, mut de) = match alloc() {
+            Ok(v) => v,
+            Err(e) => return fail(e),
+        };
+        let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
+        let dr_copy = match lay.stages.first() {
+            Some(Some(pr)) if C::DR_IS_DXP && !self.alias => pr.rows.min(gx),
+            _ => 0,
+        };
+        let panels: Vec<Range<usize>> = self.plain.iter().map(|p| p.as_ref().map_or(0..0, |pk| split::panel_range(pk.panels(), part, parts))).collect();
+        for t in step_order(self.batch_sizes.len(), !self.reverse) {
+            let rows = self.batch_sizes[t];
+            let o = self.off[t];
+            let my = r0.min(rows)..(r0 + nr).min(rows);
+            let mr = my.len();
+            // SAFETY (every `part` and `tail_ptr` below): between two barriers a thread writes
+            // only its own rows, or its own panels' columns of `dv_all`; it reads other
+            // threads' rows of dxp / dr only in the product phase, when nobody writes them.
+            if tape_products {
+                dtape[..mr * tw].fill(T::zero());
+            }
+            de[..mr * ew].fill(T::zero());
+            for rr in my.clone() {
+                unsafe { self.dxp.part((o + rr) * gx, gx) }.fill(T::zero());
+                if !self.alias {
+                    unsafe { self.dr.part((o + rr) * rw, rw) }.fill(T::zero());
+                }
+            }
+            if let Some(z) = self.zone {
+                for rr in my.clone() {
+                    let ocol = (o + rr) * out_w + self.col;
+                    let d = unsafe { self.ds.part(rr * sw, hw) };
+                    let g = &mut zg[(rr - r0) * hw..(rr - r0 + 1) * hw];
+                    let dy = &self.dy[ocol..ocol + hw];
+                    let base = z.index(o + rr);
+                    for j in 0..hw {
+                        let hit = z.hit_at(base, j);
+                        g[j] = if hit { d[j] + dy[j] } else { T::zero() };
+                        d[j] = if hit { -dy[j] } else { d[j] };
+                    }
+                }
+            }
+            for k in (0..lay.stages.len()).rev() {
+                for rr in my.clone() {
+                    let row = o + rr;
+                    let ocol = row * out_w + self.col;
+                    let l = rr - r0;
+                    let drr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(row * rw, rw) } };
+                    let dxp = unsafe { self.dxp.part(row * gx, gx) };
+                    let ds = unsafe { self.ds.part(rr * sw, sw) };
+                    let dx = unsafe { self.dx.part(row * inw, inw) };
+                    C::backward(
+                        k,
+                        sz,
+                        BwdRow {
+                            x: &self.x[row * inw..(row + 1) * inw],
+                            xp: if tp.xp.is_empty() { &[] } else { &tp.xp[row * gx..(row + 1) * gx] },
+                            e: self.e,
+                            s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
+                            tape: &tp.tape[row * tw..(row + 1) * tw],
+                            dout: &self.dy[ocol..ocol + lay.out],
+                            ds,
+                            dtape: &mut dtape[l * tw..(l + 1) * tw],
+                            dxp,
+                            dr: drr,
+                            de: &mut de[l * ew..(l + 1) * ew],
+                            dx,
+                        },
+                    );
+                    store(self.q, unsafe { self.ds.part(rr * sw, sw) });
+                    store(self.q, unsafe { self.dxp.part(row * gx, gx) });
+                    if !self.alias {
+                        let dr = unsafe { self.dr.part(row * rw, rw) };
+                        if k == 0 && dr_copy > 0 {
+                            let src = unsafe { self.dxp.part(row * gx, dr_copy) };
+                            dr[self.roffs[0]..self.roffs[0] + dr_copy].copy_from_slice(src);
+                        }
+                        store(self.q, dr);
+                    }
+                    store(self.q, &mut de[l * ew..(l + 1) * ew]);
+                    store(self.q, unsafe { self.dx.part(row * inw, inw) });
+                }
+                let Some(pr) = lay.stages[k] else { continue };
+                let Some(pk) = &self.plain[k] else { return fail(Error::InvalidConfig("internal: a product's matrix was not packed".into())) };
+                // Every row's dr_k is final.
+                if !bar.wait() {
+                    return;
+                }
+                {
+                    let (src, ld): (&[T], usize) = if self.alias { (unsafe { self.dxp.part(o * gx, rows * gx) }, gx) } else { (unsafe { self.dr.part(o * rw, rows * rw) }, rw) };
+                    let (c, len) = unsafe { self.dv_all.tail_ptr(0) };
+                    unsafe { pk.gemm_panels(&src[self.roffs[k]..], rows, ld, c, len, kmax, panels[k].clone()) };
+                    if matches!(pr.src, Src::Tape { .. }) {
+                        let (p0, p1) = (panels[k].start * smallgemm::NR, (panels[k].end * smallgemm::NR).min(pr.k));
+                        if p1 > p0 {
+                            for rr in 0..rows {
+                                store(self.q, unsafe { self.dv_all.part(rr * kmax + p0, p1 - p0) });
+                            }
+                        }
+                    }
+                }
+                // Every column of dv is made.
+                if !bar.wait() {
+                    return;
+                }
+                for rr in my.clone() {
+                    let l = rr - r0;
+                    let dv = unsafe { self.dv_all.part(rr * kmax, pr.k) };
+                    let dst: &mut [T] = match pr.src {
+                        Src::State(i) => unsafe { self.ds.part(rr * sw + self.soffs[i], pr.k) },
+                        Src::Tape { offset } => &mut dtape[l * tw + offset..l * tw + offset + pr.k],
+                    };
+                    for (d, &g) in dst.iter_mut().zip(dv.iter()) {
+                        *d += g;
+                    }
+                }
+            }
+            for rr in my.clone() {
+                let l = rr - r0;
+                let de_sum = unsafe { self.de.part(rr * ew, ew) };
+                for (a, &v) in de_sum.iter_mut().zip(&de[l * ew..(l + 1) * ew]) {
+                    *a += v;
+                }
+                let ds = unsafe { self.ds.part(rr * sw, sw) };
+                store(self.q, ds);
+                if hw > 0 {
+                    for (d, &g) in ds[..hw].iter_mut().zip(&zg[l * hw..(l + 1) * hw]) {
+                        *d += g;
+                    }
+                }
+            }
+            // dv_all and the rows' dr / dxp are the next step's to write: every thread done
+            // with this step's first.
+            if !bar.wait() {
+                return;
+            }
+        }
+    }
 }
 
 impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {

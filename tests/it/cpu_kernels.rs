@@ -321,11 +321,16 @@ fn column_split_matches_one_thread_bitwise() {
         .collect();
     configs.push(RnnConfig::new(Mode::Lstm, 24, h).proj(96).layers(2));
     configs.push(RnnConfig::new(Mode::Gru, 24, h).zoneout(Prob::new(0.25).unwrap()));
+    // And a batch of 8 over 40 steps, whose input side is made step by step (320 rows): it
+    // keeps the row split (one part), so no thread count changes its arithmetic.
+    configs.push(RnnConfig::new(Mode::Lstm, 24, h));
+    let n_cfg = configs.len();
     let mut split_runs = 0;
-    for cfg in configs {
+    for (ci, cfg) in configs.into_iter().enumerate() {
         let w = Weights::<f32>::init_uniform(&cfg, 9).unwrap();
+        let (t, b, lengths) = if ci + 1 == n_cfg { (40, 8, vec![40; 8]) } else { (t, b, vec![6, 6, 4, 3, 1]) };
         let x: Vec<f32> = uniform(&mut g, t * b * cfg.input_size, 1.0).into_iter().map(|v| v as f32).collect();
-        let x = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[6, 6, 4, 3, 1]).unwrap();
+        let x = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &lengths).unwrap();
         let run = |threads: usize| {
             let _ = split::take_max_parts();
             let r = split::with_threads(threads, || {
