@@ -21,12 +21,17 @@ def _p(*shape, h):
     return nn.Parameter(torch.empty(*shape).uniform_(-k, k))
 
 
+def _gates(m: nn.Module, g: int, i: int, h: int):
+    """PyTorch's four tensors for `g` gates: weight_ih, weight_hh, bias_ih, bias_hh."""
+    m.h = h
+    m.weight_ih, m.weight_hh = _p(g * h, i, h=h), _p(g * h, h, h=h)
+    m.bias_ih, m.bias_hh = _p(g * h, h=h), _p(g * h, h=h)
+
+
 class LstmPeephole(nn.Module):
     def __init__(self, i: int, h: int):
         super().__init__()
-        self.h = h
-        self.weight_ih, self.weight_hh = _p(4 * h, i, h=h), _p(4 * h, h, h=h)
-        self.bias_ih, self.bias_hh = _p(4 * h, h=h), _p(4 * h, h=h)
+        _gates(self, 4, i, h)
         self.weight_peephole = _p(3, h, h=h)
 
     def forward(self, x: Tensor, s0: List[Tensor]) -> Tensor:
@@ -51,9 +56,7 @@ class LstmPeephole(nn.Module):
 class LstmCifg(nn.Module):
     def __init__(self, i: int, h: int):
         super().__init__()
-        self.h = h
-        self.weight_ih, self.weight_hh = _p(3 * h, i, h=h), _p(3 * h, h, h=h)
-        self.bias_ih, self.bias_hh = _p(3 * h, h=h), _p(3 * h, h=h)
+        _gates(self, 3, i, h)
 
     def forward(self, x: Tensor, s0: List[Tensor]) -> Tensor:
         xw = F.linear(x, self.weight_ih, self.bias_ih)
@@ -74,9 +77,7 @@ class LstmCifg(nn.Module):
 class GruResetBefore(nn.Module):
     def __init__(self, i: int, h: int):
         super().__init__()
-        self.h = h
-        self.weight_ih, self.weight_hh = _p(3 * h, i, h=h), _p(3 * h, h, h=h)
-        self.bias_ih, self.bias_hh = _p(3 * h, h=h), _p(3 * h, h=h)
+        _gates(self, 3, i, h)
 
     def forward(self, x: Tensor, s0: List[Tensor]) -> Tensor:
         xw = F.linear(x, self.weight_ih, self.bias_ih)

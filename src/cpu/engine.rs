@@ -315,6 +315,40 @@ impl Zone {
     fn hit_at(&self, base: u32, j: usize) -> bool {
         masks::hit(base.wrapping_add(j as u32), self.seed, self.counter, self.threshold)
     }
+    /// After packed row `row`'s step: `h` (`hs`, and the output row `ho`) keeps its previous
+    /// value `hp` where hit (training), or takes the expectation (inference). Exact-length
+    /// rows and a select, not a branch: the mask's hashes and the update vectorise.
+    #[inline(always)]
+    fn forward_row<T: Float>(&self, row: usize, hp: &[T], hs: &mut [T], ho: &mut [T]) {
+        let pz = T::from_f64(self.p as f64);
+        let qz = T::one() - pz;
+        let (hp, hs, ho) = (&hp[..self.hw], &mut hs[..self.hw], &mut ho[..self.hw]);
+        let base = self.index(row);
+        for j in 0..self.hw {
+            let h = if !self.training {
+                pz * hp[j] + qz * hs[j]
+            } else if self.hit_at(base, j) {
+                hp[j]
+            } else {
+                hs[j]
+            };
+            hs[j] = h;
+            ho[j] = h;
+        }
+    }
+    /// Before packed row `row`'s backward: where h kept its previous value, the gradient
+    /// `g = dh + dout` goes to the previous h (`g`, added after the step) and none to the
+    /// cell's new h: the cells read `ds_h + dout`, so `ds_h = -dout` makes that exactly 0.
+    #[inline(always)]
+    fn backward_row<T: Float>(&self, row: usize, d: &mut [T], g: &mut [T], dy: &[T]) {
+        let (d, g, dy) = (&mut d[..self.hw], &mut g[..self.hw], &dy[..self.hw]);
+        let base = self.index(row);
+        for j in 0..self.hw {
+            let hit = self.hit_at(base, j);
+            g[j] = if hit { d[j] + dy[j] } else { T::zero() };
+            d[j] = if hit { -dy[j] } else { d[j] };
+        }
+    }
 }
 
 /// Inverted dropout in place of a layer's output `[N, out_w]` (forward) or of the gradient of
@@ -734,25 +768,9 @@ impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
                 }
             }
             if let Some(z) = self.zone {
-                let pz = T::from_f64(z.p as f64);
-                let qz = T::one() - pz;
                 for rr in my.clone() {
                     let at = (rr - mine.start) * hw;
-                    let hp = &hprev[at..at + hw];
-                    let hs = unsafe { self.s.part(rr * sw, hw) };
-                    let ho = unsafe { self.out.part((o + rr) * out_w + self.col, hw) };
-                    let base = z.index(o + rr);
-                    for j in 0..hw {
-                        let h = if !z.training {
-                            pz * hp[j] + qz * hs[j]
-                        } else if z.hit_at(base, j) {
-                            hp[j]
-                        } else {
-                            hs[j]
-                        };
-                        hs[j] = h;
-                        ho[j] = h;
-                    }
+                    z.forward_row(o + rr, &hprev[at..at + hw], unsafe { self.s.part(rr * sw, hw) }, unsafe { self.out.part((o + rr) * out_w + self.col, hw) });
                 }
             }
             // The new states (and tape) before the next step's products read them.
@@ -881,25 +899,9 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
             if let Some(z) = self.zone {
                 // h (state 0, the output) keeps its previous value where hit (training), or
                 // takes the expectation (inference).
-                let pz = T::from_f64(z.p as f64);
-                let qz = T::one() - pz;
                 for rr in 0..rows {
-                    // Exact-length rows and a select, not a branch: the mask's hashes and the
-                    // update vectorise.
-                    let (hp, hs) = (&hprev[rr * hw..(rr + 1) * hw], &mut s[rr * sw..rr * sw + hw]);
                     let ho = &mut out[rr * out_w + self.col..rr * out_w + self.col + hw];
-                    let base = z.index(o + rr);
-                    for j in 0..hw {
-                        let h = if !z.training {
-                            pz * hp[j] + qz * hs[j]
-                        } else if z.hit_at(base, j) {
-                            hp[j]
-                        } else {
-                            hs[j]
-                        };
-                        hs[j] = h;
-                        ho[j] = h;
-                    }
+                    z.forward_row(o + rr, &hprev[rr * hw..(rr + 1) * hw], &mut s[rr * sw..rr * sw + hw], ho);
                 }
             }
             fresh = false;
@@ -1252,15 +1254,7 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             if let Some(z) = self.zone {
                 for rr in my.clone() {
                     let ocol = (o + rr) * out_w + self.col;
-                    let d = unsafe { self.ds.part(rr * sw, hw) };
-                    let g = &mut zg[(rr - r0) * hw..(rr - r0 + 1) * hw];
-                    let dy = &self.dy[ocol..ocol + hw];
-                    let base = z.index(o + rr);
-                    for j in 0..hw {
-                        let hit = z.hit_at(base, j);
-                        g[j] = if hit { d[j] + dy[j] } else { T::zero() };
-                        d[j] = if hit { -dy[j] } else { d[j] };
-                    }
+                    z.backward_row(o + rr, unsafe { self.ds.part(rr * sw, hw) }, &mut zg[(rr - r0) * hw..(rr - r0 + 1) * hw], &self.dy[ocol..ocol + hw]);
                 }
             }
             for k in (0..lay.stages.len()).rev() {
@@ -1416,19 +1410,11 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             de[..rows * ew].fill(T::zero());
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
             if let Some(z) = self.zone {
-                // Where h kept its previous value, the gradient g = dh + dout goes to the
-                // previous h (added below) and none to the cell's new h: the cells read
-                // `ds_h + dout`, so ds_h = -dout makes that exactly 0.
+                // (`Zone::backward_row`; g is added to the previous h's gradient below.)
                 let hw = z.hw;
                 for rr in 0..rows {
                     let ocol = (o + rr) * out_w + self.col;
-                    let (d, g, dy) = (&mut ds[rr * sw..rr * sw + hw], &mut zg[rr * hw..(rr + 1) * hw], &self.dy[ocol..ocol + hw]);
-                    let base = z.index(o + rr);
-                    for j in 0..hw {
-                        let hit = z.hit_at(base, j);
-                        g[j] = if hit { d[j] + dy[j] } else { T::zero() };
-                        d[j] = if hit { -dy[j] } else { d[j] };
-                    }
+                    z.backward_row(o + rr, &mut ds[rr * sw..rr * sw + hw], &mut zg[rr * hw..(rr + 1) * hw], &self.dy[ocol..ocol + hw]);
                 }
             }
             for k in (0..lay.stages.len()).rev() {
