@@ -142,10 +142,10 @@ pub mod host {
         let no = spec.rows() * spec.config.output_size();
         let gs = states(spec, &gy[no..]);
         let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
-        let g = cpu::backward(&weights, &tape, &gy[..no], &gsr)?;
-        let mut r = g.input.data;
-        r.extend(wgpu_rnn::gpu::flat_weights(&g.params));
-        for st in g.states {
+        let (input, states, params) = cpu::backward(&weights, &tape, &gy[..no], &gsr)?.into_parts();
+        let mut r = input.data;
+        r.extend(wgpu_rnn::gpu::flat_weights(&params));
+        for st in states {
             r.extend(st.data);
         }
         Ok(r)

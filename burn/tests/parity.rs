@@ -105,7 +105,7 @@ fn check_gradients(device: &Device, what: &str) {
         let go_packed = PackedSequence::from_padded(&r, [p.t, p.b, o], false, &p.lengths).unwrap();
         let g = cpu::backward(&p.w, &tape.unwrap(), &go_packed.data, &[Some(&q)]).unwrap();
         close(&format!("{what} {mode} weight gradient"), &gw, &wgpu_rnn::gpu::flat_weights(&g.params));
-        let (gx_want, _) = packed.with_data(g.input.data, 3).unwrap().to_padded(false, 0.0, None).unwrap();
+        let (gx_want, _) = packed.with_data(g.input.data.clone(), 3).unwrap().to_padded(false, 0.0, None).unwrap();
         close(&format!("{what} {mode} input gradient"), &gx, &gx_want.data);
     }
 }
@@ -212,7 +212,7 @@ fn two_forwards_one_backward(device: &Device, what: &str) {
         let (_, tape) = cpu::forward(&p.w, &packed, &[], Pass::Training).unwrap();
         let go = PackedSequence::from_padded(r, [p.t, p.b, o], false, &p.lengths).unwrap();
         let g = cpu::backward(&p.w, &tape.unwrap(), &go.data, &[]).unwrap();
-        let (want, _) = packed.with_data(g.input.data, 3).unwrap().to_padded(false, 0.0, None).unwrap();
+        let (want, _) = packed.with_data(g.input.data.clone(), 3).unwrap().to_padded(false, 0.0, None).unwrap();
         close(&format!("{what} two forwards: input gradient"), &x.grad(&grads).unwrap().into_data().to_vec().unwrap(), &want.data);
     }
 }
