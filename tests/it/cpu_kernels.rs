@@ -300,10 +300,11 @@ fn one_step_from_zero_states_matches_explicit_zeros() {
     }
 }
 
-/// The forward's column split (`split::run_steps`: each step's products split by panels across
-/// threads, a batch too small to split by rows) gives bitwise the results of one thread, for
-/// every registered cell with per-step products, in training (with its tape, then the
-/// backward) and inference, with zoneout, and for LSTM with a projection (a second stage whose
+/// The column split (`split::run_steps`: each step's products split by panels across threads,
+/// a batch too small to split by rows), forward and backward, gives bitwise the results of one
+/// thread, for every registered cell with per-step products, in training (with its tape, then
+/// the backward) and inference, with zoneout, bidirectional (the reverse direction's sequences
+/// start at their own last steps), and for LSTM with a projection (a second stage whose
 /// product reads the tape) and two layers.
 #[test]
 fn column_split_matches_one_thread_bitwise() {
@@ -321,6 +322,7 @@ fn column_split_matches_one_thread_bitwise() {
         .collect();
     configs.push(RnnConfig::new(Mode::Lstm, 24, h).proj(96).layers(2));
     configs.push(RnnConfig::new(Mode::Gru, 24, h).zoneout(Prob::new(0.25).unwrap()));
+    configs.push(RnnConfig::new(Mode::Lstm, 24, h).bidirectional(true));
     // And a batch of 8 over 40 steps, whose input side is made step by step (320 rows): it
     // keeps the row split (one part), so no thread count changes its arithmetic.
     configs.push(RnnConfig::new(Mode::Lstm, 24, h));
