@@ -338,7 +338,7 @@ mod x86 {
 type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>);
 
 /// The f32 kernel for this machine, chosen once (`WGPU_RNN_CPU_KERNEL=portable` forces the
-/// portable one).
+/// portable one, `=avx2` the AVX2 one on an AVX-512 machine, to measure it there).
 fn f32_kernel() -> Option<KernelFn> {
     static K: std::sync::OnceLock<Option<KernelFn>> = std::sync::OnceLock::new();
     *K.get_or_init(|| {
