@@ -1,4 +1,6 @@
-//! Splitting the time loop across threads by batch rows.
+//! Splitting the time loop across threads: by batch rows ([`run_loop`]), or, where that cannot
+//! use every thread or the recurrent matrices outgrow L2, each step's products by columns
+//! ([`run_steps`], see `cpu::column_split`).
 //!
 //! A batch row's recurrence never reads another row: its step product is its own `h` times
 //! `W_hh^T`, its pointwise update touches its own columns. So each thread can walk all the
