@@ -522,11 +522,10 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let training = a.tape.is_some();
     // The input projection: with enough rows, each thread computes its rows' projection step
     // by step with W_x packed once, so it is still in cache when the pointwise update reads it;
-    // else one GEMM over all rows up front (see `super::per_step_input`).
-    // The input side step by step, or by one GEMM up front; then the per-step products split
-    // by columns across threads (`super::column_split`, only with the GEMM up front), or the
-    // time loop by batch rows. Neither choice depends on the thread count where it changes
-    // arithmetic: the input side is chosen first, from the sizes alone.
+    // else one GEMM over all rows up front (see `super::per_step_input`). Then the per-step
+    // products split by columns across threads (`super::column_split`, only with the GEMM up
+    // front), or the time loop by batch rows. Neither choice depends on the thread count where
+    // it changes arithmetic: the input side is chosen first, from the sizes alone.
     let per_step = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
     let col_parts = if per_step { 0 } else { super::column_split::<T>(b, n, lay.product_macs()) };
     let b_x = if gx > 0 && lay.input_bias { Some(&slot(p, Slot::BiasIh, "input bias")?[..gx]) } else { None };
@@ -662,6 +661,25 @@ struct FwdLoop<'a, C, T: Float> {
     _cell: PhantomData<fn() -> C>,
 }
 
+impl<C: Cell, T: Float> FwdLoop<'_, C, T> {
+    /// Stage `k`'s pointwise update of packed row `row` over its views (the input projection
+    /// `xp`, the products `r`, the states, tape and output rows), then each rounded where the
+    /// GPU stores it. Both splits call it.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn update_row(&self, k: usize, row: usize, xp: &[T], r: &[T], s: &mut [T], tape: &mut [T], out: &mut [T]) {
+        let fr = FwdRow { x: &self.x[row * self.sz.input..(row + 1) * self.sz.input], xp, r, e: self.e, s: &mut *s, tape: &mut *tape, out: &mut *out };
+        // The cell's own functions inlined, or the direction's slots.
+        match &self.pointwise {
+            None => C::forward(k, self.sz, fr, Standard),
+            Some(pw) => C::forward(k, self.sz, fr, pw),
+        }
+        store(self.q, s);
+        store(self.q, tape);
+        store(self.q, out);
+    }
+}
+
 impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
     /// The column split: every thread walks every step; per stage, the product for all the
     /// step's rows over this thread's panels, a barrier, the pointwise update of this thread's
@@ -669,8 +687,8 @@ impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
     /// so the results are bitwise the same.
     #[inline(always)]
     fn steps(&self, part: usize, parts: usize, mine: Range<usize>, bar: &split::StepBarrier) {
-        let (lay, sz, sw, out_w) = (self.lay, self.sz, self.sw, self.out_w);
-        let (gx, tw, inw) = (lay.xp, lay.tape, sz.input);
+        let (lay, sw, out_w) = (self.lay, self.sw, self.out_w);
+        let (gx, tw) = (lay.xp, lay.tape);
         let (_, rw) = lay.product_offsets();
         let hw = self.zone.map_or(0, |z| z.hw);
         let fail = |e: Error| {
@@ -744,24 +762,8 @@ impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
                 for rr in my.clone() {
                     let row = o + rr;
                     let tape: &mut [T] = if self.training { unsafe { self.tape.part(row * tw, tw) } } else { unsafe { self.tape_all.part(rr * tw, tw) } };
-                    let s = unsafe { self.s.part(rr * sw, sw) };
-                    let out = unsafe { self.out.part(row * out_w + self.col, lay.out) };
-                    let fr = FwdRow {
-                        x: &self.x[row * inw..(row + 1) * inw],
-                        xp: unsafe { self.xp.part(row * gx, gx) },
-                        r: unsafe { self.r_all.part(rr * rw, rw) },
-                        e: self.e,
-                        s,
-                        tape,
-                        out,
-                    };
-                    match &self.pointwise {
-                        None => C::forward(k, sz, fr, Standard),
-                        Some(pw) => C::forward(k, sz, fr, pw),
-                    }
-                    store(self.q, unsafe { self.s.part(rr * sw, sw) });
-                    store(self.q, if self.training { unsafe { self.tape.part(row * tw, tw) } } else { unsafe { self.tape_all.part(rr * tw, tw) } });
-                    store(self.q, unsafe { self.out.part(row * out_w + self.col, lay.out) });
+                    let (xp, r) = unsafe { (&*self.xp.part(row * gx, gx), &*self.r_all.part(rr * rw, rw)) };
+                    self.update_row(k, row, xp, r, unsafe { self.s.part(rr * sw, sw) }, tape, unsafe { self.out.part(row * out_w + self.col, lay.out) });
                 }
                 if k + 1 < lay.stages.len() && !bar.wait() {
                     return;
@@ -876,24 +878,15 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                     }
                 }
                 for rr in 0..rows {
-                    let row = o + rr;
-                    let fr = FwdRow {
-                        x: &self.x[row * inw..(row + 1) * inw],
-                        xp: &xrows[rr * gx..(rr + 1) * gx],
-                        r: &r[rr * rw..(rr + 1) * rw],
-                        e: self.e,
-                        s: &mut s[rr * sw..(rr + 1) * sw],
-                        tape: &mut tape[rr * tw..(rr + 1) * tw],
-                        out: &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
-                    };
-                    // The cell's own functions inlined, or the direction's slots.
-                    match &self.pointwise {
-                        None => C::forward(k, sz, fr, Standard),
-                        Some(pw) => C::forward(k, sz, fr, pw),
-                    }
-                    store(self.q, &mut s[rr * sw..(rr + 1) * sw]);
-                    store(self.q, &mut tape[rr * tw..(rr + 1) * tw]);
-                    store(self.q, &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out]);
+                    self.update_row(
+                        k,
+                        o + rr,
+                        &xrows[rr * gx..(rr + 1) * gx],
+                        &r[rr * rw..(rr + 1) * rw],
+                        &mut s[rr * sw..(rr + 1) * sw],
+                        &mut tape[rr * tw..(rr + 1) * tw],
+                        &mut out[rr * out_w + self.col..rr * out_w + self.col + lay.out],
+                    );
                 }
             }
             if let Some(z) = self.zone {
@@ -1074,6 +1067,10 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         w_x: w_x.as_ref(),
         sw,
         alias,
+        dr_copy: match lay.stages.first() {
+            Some(Some(pr)) if C::DR_IS_DXP && !alias => pr.rows.min(gx),
+            _ => 0,
+        },
         ds: Rows::new(a.ds),
         dxp: Rows::new(&mut dxp),
         dr: Rows::new(&mut dr),
@@ -1189,6 +1186,9 @@ struct BwdLoop<'a, C, T: Float> {
     /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cells get an
     /// empty one and the product reads `dxp`.
     alias: bool,
+    /// With `Cell::DR_IS_DXP` and another product after stage 0 (not `alias`): how many of
+    /// stage 0's product-gradient columns are copied from dxp after stage 0; else 0.
+    dr_copy: usize,
     /// `[B, S]` and `[B, ew]` (the pointwise-parameter gradients summed over the steps) by
     /// batch row (this thread's rows); `[N, gx]`, `[N, rw]`, `[N, in]` by packed row.
     ds: Rows<'a, T>,
@@ -1204,6 +1204,47 @@ struct BwdLoop<'a, C, T: Float> {
     _cell: PhantomData<fn() -> C>,
 }
 
+impl<C: Cell, T: Float> BwdLoop<'_, C, T> {
+    /// Stage `k`'s pointwise backward of packed row `row` (output column `ocol`) over its
+    /// gradient views (`dr` empty when `alias`), then each rounded where the GPU stores it,
+    /// after stage 0 the `dr_copy` columns of dxp copied into dr. Both splits call it.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn backward_row(&self, k: usize, row: usize, ds: &mut [T], dtape: &mut [T], dxp: &mut [T], dr: &mut [T], de: &mut [T], dx: &mut [T]) {
+        let (lay, tp, sw, tw, gx, inw) = (self.lay, self.tape, self.sw, self.lay.tape, self.lay.xp, self.sz.input);
+        let ocol = row * self.out_w + self.col;
+        C::backward(
+            k,
+            self.sz,
+            BwdRow {
+                x: &self.x[row * inw..(row + 1) * inw],
+                xp: if tp.xp.is_empty() { &[] } else { &tp.xp[row * gx..(row + 1) * gx] },
+                e: self.e,
+                s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
+                tape: &tp.tape[row * tw..(row + 1) * tw],
+                dout: &self.dy[ocol..ocol + lay.out],
+                ds: &mut *ds,
+                dtape,
+                dxp: &mut *dxp,
+                dr: &mut *dr,
+                de: &mut *de,
+                dx: &mut *dx,
+            },
+        );
+        store(self.q, ds);
+        store(self.q, dxp);
+        if !self.alias {
+            if k == 0 && self.dr_copy > 0 {
+                let at = self.roffs[0];
+                dr[at..at + self.dr_copy].copy_from_slice(&dxp[..self.dr_copy]);
+            }
+            store(self.q, dr);
+        }
+        store(self.q, de);
+        store(self.q, dx);
+    }
+}
+
 impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
     /// The column split (see the forward's): per stage, the pointwise backward of this
     /// thread's rows, a barrier, the product `dv = dr_k R_k` for all the step's rows over this
@@ -1216,7 +1257,6 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
         let (_, rw) = lay.product_offsets();
         let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
         let (r0, nr) = (mine.start, mine.len());
-        let tp = self.tape;
         let hw = self.zone.map_or(0, |z| z.hw);
         let fail = |e: Error| {
             let _ = self.failed.set(e);
@@ -1228,10 +1268,6 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             Err(e) => return fail(e),
         };
         let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
-        let dr_copy = match lay.stages.first() {
-            Some(Some(pr)) if C::DR_IS_DXP && !self.alias => pr.rows.min(gx),
-            _ => 0,
-        };
         let panels: Vec<Range<usize>> = self.plain.iter().map(|p| p.as_ref().map_or(0..0, |pk| split::panel_range(pk.panels(), part, parts))).collect();
         for t in step_order(self.batch_sizes.len(), !self.reverse) {
             let rows = self.batch_sizes[t];
@@ -1259,43 +1295,18 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             }
             for k in (0..lay.stages.len()).rev() {
                 for rr in my.clone() {
-                    let row = o + rr;
-                    let ocol = row * out_w + self.col;
-                    let l = rr - r0;
-                    let drr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(row * rw, rw) } };
-                    let dxp = unsafe { self.dxp.part(row * gx, gx) };
-                    let ds = unsafe { self.ds.part(rr * sw, sw) };
-                    let dx = unsafe { self.dx.part(row * inw, inw) };
-                    C::backward(
+                    let (row, l) = (o + rr, rr - r0);
+                    let dr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(row * rw, rw) } };
+                    self.backward_row(
                         k,
-                        sz,
-                        BwdRow {
-                            x: &self.x[row * inw..(row + 1) * inw],
-                            xp: if tp.xp.is_empty() { &[] } else { &tp.xp[row * gx..(row + 1) * gx] },
-                            e: self.e,
-                            s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
-                            tape: &tp.tape[row * tw..(row + 1) * tw],
-                            dout: &self.dy[ocol..ocol + lay.out],
-                            ds,
-                            dtape: &mut dtape[l * tw..(l + 1) * tw],
-                            dxp,
-                            dr: drr,
-                            de: &mut de[l * ew..(l + 1) * ew],
-                            dx,
-                        },
+                        row,
+                        unsafe { self.ds.part(rr * sw, sw) },
+                        &mut dtape[l * tw..(l + 1) * tw],
+                        unsafe { self.dxp.part(row * gx, gx) },
+                        dr,
+                        &mut de[l * ew..(l + 1) * ew],
+                        unsafe { self.dx.part(row * inw, inw) },
                     );
-                    store(self.q, unsafe { self.ds.part(rr * sw, sw) });
-                    store(self.q, unsafe { self.dxp.part(row * gx, gx) });
-                    if !self.alias {
-                        let dr = unsafe { self.dr.part(row * rw, rw) };
-                        if k == 0 && dr_copy > 0 {
-                            let src = unsafe { self.dxp.part(row * gx, dr_copy) };
-                            dr[self.roffs[0]..self.roffs[0] + dr_copy].copy_from_slice(src);
-                        }
-                        store(self.q, dr);
-                    }
-                    store(self.q, &mut de[l * ew..(l + 1) * ew]);
-                    store(self.q, unsafe { self.dx.part(row * inw, inw) });
                 }
                 let Some(pr) = lay.stages[k] else { continue };
                 let Some(pk) = &self.plain[k] else { return fail(Error::InvalidConfig("internal: a product's matrix was not packed".into())) };
@@ -1363,7 +1374,6 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         let (_, rw) = lay.product_offsets();
         let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
         let (r0, nr) = (mine.start, mine.len());
-        let tp = self.tape;
         // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
         // `o..o + rows` of one step, which no other thread touches.
         let ds = unsafe { self.ds.part(r0 * sw, nr * sw) };
@@ -1379,12 +1389,6 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
         let tape_products = lay.stages.iter().flatten().any(|p| matches!(p.src, Src::Tape { .. }));
         let de_sum = unsafe { self.de.part(r0 * ew, nr * ew) };
-        // With `Cell::DR_IS_DXP` (and another product after it), stage 0's product gradient is
-        // copied from dxp after stage 0.
-        let dr_copy = match lay.stages.first() {
-            Some(Some(pr)) if C::DR_IS_DXP && !self.alias => pr.rows.min(gx),
-            _ => 0,
-        };
         let (mut dtape, mut dv, mut zg, mut dx_step, mut de) = match alloc() {
             Ok(v) => v,
             Err(e) => {
@@ -1419,38 +1423,17 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             for k in (0..lay.stages.len()).rev() {
                 for rr in 0..rows {
-                    let row = o + rr;
-                    let ocol = row * out_w + self.col;
                     let drr: &mut [T] = if self.alias { &mut [] } else { &mut dr[rr * rw..(rr + 1) * rw] };
-                    C::backward(
+                    self.backward_row(
                         k,
-                        sz,
-                        BwdRow {
-                            x: &self.x[row * inw..(row + 1) * inw],
-                            xp: if tp.xp.is_empty() { &[] } else { &tp.xp[row * gx..(row + 1) * gx] },
-                            e: self.e,
-                            s_prev: &tp.s_prev[row * sw..(row + 1) * sw],
-                            tape: &tp.tape[row * tw..(row + 1) * tw],
-                            dout: &self.dy[ocol..ocol + lay.out],
-                            ds: &mut ds[rr * sw..(rr + 1) * sw],
-                            dtape: &mut dtape[rr * tw..(rr + 1) * tw],
-                            dxp: &mut dxp[rr * gx..(rr + 1) * gx],
-                            dr: drr,
-                            de: &mut de[rr * ew..(rr + 1) * ew],
-                            dx: &mut dx[rr * inw..(rr + 1) * inw],
-                        },
+                        o + rr,
+                        &mut ds[rr * sw..(rr + 1) * sw],
+                        &mut dtape[rr * tw..(rr + 1) * tw],
+                        &mut dxp[rr * gx..(rr + 1) * gx],
+                        drr,
+                        &mut de[rr * ew..(rr + 1) * ew],
+                        &mut dx[rr * inw..(rr + 1) * inw],
                     );
-                    store(self.q, &mut ds[rr * sw..(rr + 1) * sw]);
-                    store(self.q, &mut dxp[rr * gx..(rr + 1) * gx]);
-                    if !self.alias {
-                        if k == 0 && dr_copy > 0 {
-                            let at = rr * rw + self.roffs[0];
-                            dr[at..at + dr_copy].copy_from_slice(&dxp[rr * gx..rr * gx + dr_copy]);
-                        }
-                        store(self.q, &mut dr[rr * rw..(rr + 1) * rw]);
-                    }
-                    store(self.q, &mut de[rr * ew..(rr + 1) * ew]);
-                    store(self.q, &mut dx[rr * inw..(rr + 1) * inw]);
                 }
                 if let (Some(pr), Some(pk)) = (lay.stages[k], &self.plain[k]) {
                     // dv = dr_k R_k for the step's rows, to wherever the product's input came from.

@@ -107,8 +107,8 @@ fn step_order(steps: usize, reverse: bool) -> Box<dyn Iterator<Item = usize>> {
 /// product for 16 rows (DeepBench's GRU with T = 1, B = 32 ran slower that way).
 const PER_STEP_INPUT_MIN_ROWS: usize = 256;
 
-/// Packed recurrent matrices (bytes, all stages) from which the forward's per-step products are
-/// split by columns across threads ([`split::run_steps`]) rather than the time loop by batch
+/// Packed recurrent matrices (bytes, all stages) from which the per-step products are split by
+/// columns across threads ([`split::run_steps`]) rather than the time loop by batch
 /// rows: with the row split every thread streams all of them at every step, from L3 once they
 /// outgrow a core's L2 (DeepBench's LSTM with H = 512: 4 MiB).
 const COLUMN_SPLIT_MIN_BYTES: usize = 2 << 20;
@@ -117,9 +117,9 @@ const COLUMN_SPLIT_MIN_BYTES: usize = 2 << 20;
 /// barriers a step must cost little beside a thread's share.
 const COLUMN_SPLIT_MIN_STEP_MACS: usize = 1 << 18;
 
-/// Threads for the column split of a forward layer-direction with batch `b`, `n` packed rows and
-/// `product_macs` multiply-adds per row in its products, or 0 for the row split: when the
-/// matrices outgrow L2 ([`COLUMN_SPLIT_MIN_BYTES`]) or the batch is too small to split by rows,
+/// Threads for the column split of a layer-direction's forward or backward with batch `b`, `n`
+/// packed rows and `product_macs` multiply-adds per row in its products, or 0 for the row
+/// split: when the matrices outgrow L2 ([`COLUMN_SPLIT_MIN_BYTES`]) or the batch is too small to split by rows,
 /// and a step has work enough ([`COLUMN_SPLIT_MIN_STEP_MACS`]).
 fn column_split<T>(b: usize, n: usize, product_macs: usize) -> usize {
     let threads = split::threads();

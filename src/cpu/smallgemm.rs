@@ -219,6 +219,7 @@ pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, l
 /// As [`PackedB::gemm_panels`].
 pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
     match f32_kernel() {
+        // SAFETY (the kernel's own): its target features were detected.
         Some(kernel) => kernel(pb, a, rows, lda, c, ldc, panels),
         None => run::<f32, 4, false>(pb, a, rows, lda, c, ldc, panels),
     }
@@ -287,50 +288,38 @@ mod x86 {
         }
     }
 
-    /// One block: `MR` rows of C against `NP` panels (two ymm per panel row), `MR x NP x 2`
-    /// ymm accumulators; same FMA chains as [`block512`].
-    #[inline(always)]
-    unsafe fn block256<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+    /// 4 rows x 16 columns per block: 8 ymm accumulators (two per row), 87 GFLOP/s on one
+    /// core of the AVX-512 development VM forced onto this kernel (its 256-bit peak; 6 x 16 was
+    /// no faster, 8 x 16 spills); same FMA chains as [`block512`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        const MR: usize = 4;
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(p * k * NR);
-        let mut r0 = 0;
-        while r0 < rows {
-            let mr = MR.min(rows - r0);
-            let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
-            let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
-            for kk in 0..k {
-                let b: [[__m256; 2]; NP] = std::array::from_fn(|q| {
-                    let at = panel.add(q * k * NR + kk * NR);
-                    [_mm256_loadu_ps(at), _mm256_loadu_ps(at.add(8))]
-                });
-                for i in 0..MR {
-                    let av = _mm256_set1_ps(*ap[i].add(kk));
-                    for q in 0..NP {
-                        acc[i][q][0] = _mm256_fmadd_ps(av, b[q][0], acc[i][q][0]);
-                        acc[i][q][1] = _mm256_fmadd_ps(av, b[q][1], acc[i][q][1]);
+        for p in panels {
+            let panel = pb.data.as_ptr().add(p * k * NR);
+            let j0 = p * NR;
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = MR.min(rows - r0);
+                // Rows past the edge repeat the last valid row; their results are not stored.
+                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                for kk in 0..k {
+                    let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * NR)), _mm256_loadu_ps(panel.add(kk * NR + 8)));
+                    for (i, [lo, hi]) in acc.iter_mut().enumerate() {
+                        let av = _mm256_set1_ps(*ap[i].add(kk));
+                        *lo = _mm256_fmadd_ps(av, b0, *lo);
+                        *hi = _mm256_fmadd_ps(av, b1, *hi);
                     }
                 }
-            }
-            for (i, row_acc) in acc.iter().enumerate().take(mr) {
-                for (q, [lo, hi]) in row_acc.iter().enumerate() {
-                    let j0 = (p + q) * NR;
+                for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
                     let mut row = [0f32; NR];
                     _mm256_storeu_ps(row.as_mut_ptr(), *lo);
                     _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
                     store_row(c.add((r0 + i) * ldc + j0), &row, NR.min(pb.n - j0));
                 }
+                r0 += MR;
             }
-            r0 += MR;
-        }
-    }
-
-    /// 4 rows x 16 columns per block: 8 ymm accumulators, 87 GFLOP/s on one core of the
-    /// AVX-512 development VM forced onto this kernel (its 256-bit peak; 6 x 16 was no faster,
-    /// 8 x 16 spills).
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-        for p in panels {
-            block256::<4, 1>(pb, a, rows, lda, c, ldc, p);
         }
     }
 }
@@ -371,11 +360,7 @@ pub fn f32_gemm(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [
         return;
     }
     pb.check(a, rows, lda, c, ldc);
-    match f32_kernel() {
-        // SAFETY: checked just above that A and C cover every element the kernel addresses
-        // (the packed panels hold `panels * k * NR` by construction), and the kernel's target
-        // features were detected.
-        Some(kernel) => unsafe { kernel(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) },
-        None => portable(pb, a, rows, lda, c, ldc),
-    }
+    // SAFETY: checked just above that A and C cover every element the kernel addresses (the
+    // packed panels hold `panels * k * NR` by construction).
+    unsafe { f32_gemm_panels(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) }
 }

@@ -102,16 +102,22 @@ pub fn ranges(batch: usize, macs: usize) -> Vec<Range<usize>> {
 
 /// Runs `f` once per range, the first on the calling thread and the others on scoped threads.
 pub fn run<F: Fn(Range<usize>) + Sync>(ranges: &[Range<usize>], f: F) {
-    MAX_PARTS.with(|c| c.set(c.get().max(ranges.len())));
-    match ranges {
-        [] => {}
-        [only] => f(only.clone()),
-        [first, rest @ ..] => std::thread::scope(|s| {
-            for r in rest {
+    run_parts(ranges.len(), |p| f(ranges[p].clone()))
+}
+
+/// Runs `f(p)` for every part `p < parts`, part 0 on the calling thread and the others on
+/// scoped threads.
+fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: F) {
+    MAX_PARTS.with(|c| c.set(c.get().max(parts)));
+    match parts {
+        0 => {}
+        1 => f(0),
+        _ => std::thread::scope(|s| {
+            for p in 1..parts {
                 let f = &f;
-                s.spawn(move || f(r.clone()));
+                s.spawn(move || f(p));
             }
-            f(first.clone());
+            f(0);
         }),
     }
 }
@@ -185,9 +191,7 @@ pub trait StepLoop: Sync {
 /// instead of waiting for it forever; the panic then propagates.
 pub fn run_steps<L: StepLoop>(ranges: &[Range<usize>], l: &L) {
     let barrier = StepBarrier::new(ranges.len());
-    let parts: Vec<(usize, Range<usize>)> = ranges.iter().cloned().enumerate().collect();
-    run(&parts.iter().map(|(p, _)| *p..*p + 1).collect::<Vec<_>>(), |one| {
-        let part = one.start;
+    run_parts(ranges.len(), |part| {
         struct PoisonOnUnwind<'a>(&'a StepBarrier);
         impl Drop for PoisonOnUnwind<'_> {
             fn drop(&mut self) {
@@ -197,7 +201,7 @@ pub fn run_steps<L: StepLoop>(ranges: &[Range<usize>], l: &L) {
             }
         }
         let _guard = PoisonOnUnwind(&barrier);
-        let mine = parts[part].1.clone();
+        let mine = ranges[part].clone();
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512f") {
