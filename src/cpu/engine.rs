@@ -64,6 +64,9 @@ struct DirTape<T: Float> {
     s_prev: Vec<T>,
     /// `[N, tape]`
     tape: Vec<T>,
+    /// The initial states were zeros (none given): the rows of the first step processed
+    /// started from zero states, so they add nothing to a state product's weight gradient.
+    zero_start: bool,
 }
 
 /// Gradients of the loss `sum(output * grad_output) + sum over states of sum(s_n * grad_s_n)`.
@@ -607,11 +610,13 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
             dt.xp = xp;
             dt.s_prev = s_prev;
             dt.tape = tape;
+            dt.zero_start = a.zero_start;
         }
         Some(dt) => {
             pool::recycle(xp);
             dt.s_prev = s_prev;
             dt.tape = tape;
+            dt.zero_start = a.zero_start;
         }
         None => pool::recycle(xp),
     }
@@ -1107,17 +1112,29 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
             gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
         }
     }
+    // A state product's rows that started from zero initial states add nothing: the first
+    // step processed (step 0's rows, or the reverse direction's last step's) is left out of
+    // its weight gradient (for one step from zero states, the whole GEMM; the slot stays as
+    // `Weights::zeros` made it).
+    let from_state = match (tp.zero_start, a.reverse) {
+        (false, _) => 0..n,
+        (true, false) => off[1]..n,
+        (true, true) => 0..off[off.len() - 2],
+    };
     for (k, stage) in lay.stages.iter().enumerate() {
         let Some(pr) = stage else { continue };
-        // The product's inputs for all rows, [N, k] at their row stride.
-        let v = match pr.src {
-            Src::State(i) => Mat::with_ld(&tp.s_prev[soffs[i]..], n, pr.k, sw)?,
-            Src::Tape { offset } => Mat::with_ld(&tp.tape[offset..], n, pr.k, tw)?,
+        let (rows, src, offset, ld) = match pr.src {
+            Src::State(i) => (from_state.clone(), &tp.s_prev, soffs[i], sw),
+            Src::Tape { offset } => (0..n, &tp.tape, offset, tw),
         };
         let dr_all: &[T] = if alias { &dxp } else { &dr };
-        let drk = Mat::with_ld(&dr_all[roffs[k]..], n, pr.rows, rw)?;
         let gw = a.grad.get_mut(pr.slot).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?;
-        gemm(one, drk, Op::T, v, Op::N, T::zero(), &mut gw[pr.offset..pr.offset + pr.rows * pr.k], pr.k);
+        if !rows.is_empty() {
+            // The product's inputs and gradients for those rows, at their row strides.
+            let v = Mat::with_ld(&src[rows.start * ld + offset..], rows.len(), pr.k, ld)?;
+            let drk = Mat::with_ld(&dr_all[rows.start * rw + roffs[k]..], rows.len(), pr.rows, rw)?;
+            gemm(one, drk, Op::T, v, Op::N, T::zero(), &mut gw[pr.offset..pr.offset + pr.rows * pr.k], pr.k);
+        }
         if let Some((bs, bo)) = pr.bias {
             let gb = a.grad.get_mut(bs).ok_or_else(|| Error::MissingTensor(format!("{bs:?} slot")))?;
             for row in 0..n {

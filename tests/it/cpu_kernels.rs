@@ -300,6 +300,46 @@ fn one_step_from_zero_states_matches_explicit_zeros() {
     }
 }
 
+/// Gradients of a backward whose forward had no initial states (the state products' weight
+/// gradients then leave out the first processed step's rows, which started from zeros) against
+/// those of the same forward with explicit zero states (every row in the GEMMs): the same to
+/// the rounding of a regrouped sum, in f64, for every registered cell, two layers, both
+/// directions (the reverse direction's first step is the last), sequences of several lengths.
+const ZERO_START_RTOL: f64 = 1e-12;
+
+#[test]
+fn zero_start_weight_gradients_match_explicit_zero_states() {
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let mut g = rng(79);
+    for &mode in Mode::REGISTRY {
+        // Both directions where the cell allows it (SRU and MUT1 need the input as wide as H).
+        let cfg = [(6, true), (8, true), (8, false)]
+            .into_iter()
+            .map(|(i, bidir)| RnnConfig::new(mode, i, 8).layers(2).bidirectional(bidir))
+            .find(|c| Weights::<f64>::init_uniform(c, 5).is_ok())
+            .expect("a valid config");
+        let w = Weights::<f64>::init_uniform(&cfg, 5).unwrap();
+        let (t, b) = (5, 3);
+        let x = uniform(&mut g, t * b * cfg.input_size, 1.0);
+        let x = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[5, 3, 1]).unwrap();
+        let zeros: Vec<Vec<f64>> = cfg.states().iter().map(|s| vec![0.0; 2 * cfg.directions() * b * s.width]).collect();
+        let explicit: Vec<Option<&[f64]>> = zeros.iter().map(|v| Some(v.as_slice())).collect();
+        let (a, ta) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+        let (_, te) = cpu::forward(&w, &x, &explicit, Pass::Training).unwrap();
+        let go = uniform(&mut g, a.output.data.len(), 1.0);
+        let ga = cpu::backward(&w, &ta.unwrap(), &go, &[]).unwrap();
+        let ge = cpu::backward(&w, &te.unwrap(), &go, &[]).unwrap();
+        let (pa, pe) = (ga.params.to_flat(), ge.params.to_flat());
+        let scale = pe.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 0.0 && scale.is_finite(), "{mode:?}: gradient scale {scale}");
+        for (k, (u, v)) in pa.iter().zip(&pe).enumerate() {
+            assert!((u - v).abs() <= ZERO_START_RTOL * scale, "{mode:?}: parameter gradient {k}: {u} without states, {v} with explicit zeros");
+        }
+        assert_eq!(ga.input.data, ge.input.data, "{mode:?}: input gradient");
+    }
+}
+
 /// The column split (`split::run_steps`: each step's products split by panels across threads,
 /// a batch too small to split by rows), forward and backward, gives bitwise the results of one
 /// thread, for every registered cell with per-step products, in training (with its tape, then
