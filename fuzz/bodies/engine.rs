@@ -254,8 +254,10 @@ pub fn exercise(data: &[u8]) -> &'static str {
             3..=5 => training,
             6 => counter.is_some(),
             _ => {
+                // Bound only while its list (shortened or lengthened by a Slice defect) has
+                // entry i.
                 let (i, r) = ((k - 7) / 4, (k - 7) % 4);
-                i < ns
+                i < ns.min(count(r))
                     && match r {
                         0 => input.given & (1 << i) != 0,
                         1 => true,
