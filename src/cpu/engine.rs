@@ -606,14 +606,12 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
         return Err(e);
     }
     match a.tape {
-        Some(dt) if keep_xp => {
-            dt.xp = xp;
-            dt.s_prev = s_prev;
-            dt.tape = tape;
-            dt.zero_start = a.zero_start;
-        }
         Some(dt) => {
-            pool::recycle(xp);
+            if keep_xp {
+                dt.xp = xp;
+            } else {
+                pool::recycle(xp);
+            }
             dt.s_prev = s_prev;
             dt.tape = tape;
             dt.zero_start = a.zero_start;
@@ -1222,8 +1220,8 @@ struct BwdLoop<'a, C, T: Float> {
 }
 
 impl<C: Cell, T: Float> BwdLoop<'_, C, T> {
-    /// Stage `k`'s pointwise backward of packed row `row` (output column `ocol`) over its
-    /// gradient views (`dr` empty when `alias`), then each rounded where the GPU stores it,
+    /// Stage `k`'s pointwise backward of packed row `row` (its output gradient read at the
+    /// direction's columns) over its gradient views (`dr` empty when `alias`), then each rounded where the GPU stores it,
     /// after stage 0 the `dr_copy` columns of dxp copied into dr. Both splits call it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]

@@ -314,12 +314,11 @@ fn zero_start_weight_gradients_match_explicit_zero_states() {
     let mut g = rng(79);
     for &mode in Mode::REGISTRY {
         // Both directions where the cell allows it (SRU and MUT1 need the input as wide as H).
-        let cfg = [(6, true), (8, true), (8, false)]
+        let (cfg, w) = [(6, true), (8, true), (8, false)]
             .into_iter()
             .map(|(i, bidir)| RnnConfig::new(mode, i, 8).layers(2).bidirectional(bidir))
-            .find(|c| Weights::<f64>::init_uniform(c, 5).is_ok())
+            .find_map(|c| Weights::<f64>::init_uniform(&c, 5).ok().map(|w| (c, w)))
             .expect("a valid config");
-        let w = Weights::<f64>::init_uniform(&cfg, 5).unwrap();
         let (t, b) = (5, 3);
         let x = uniform(&mut g, t * b * cfg.input_size, 1.0);
         let x = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &[5, 3, 1]).unwrap();
