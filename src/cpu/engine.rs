@@ -448,19 +448,34 @@ struct DirFwd<'a, T: Float> {
     precision: Precision,
 }
 
-/// Packs each stage's `R_k` for the per-step products: transposed for the forward
-/// (`r = v R_k^T`), plain for the backward (`dv = dr_k R_k`). With `zero_states_only` (a
-/// forward of one step from zero states) the products of a state are never computed (a zero
+/// How [`pack_products`] prepares each stage's `R_k`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pack {
+    /// Transposed, for the forward (`r = v R_k^T`).
+    Transposed,
+    /// Plain, for the backward (`dv = dr_k R_k`).
+    Plain,
+    /// Plain and read in place ([`PackedB::try_direct`]): a backward over at most
+    /// [`smallgemm::DIRECT_MAX_ROWS`] rows in all, where packing would cost more than it saves.
+    Direct,
+}
+
+/// Prepares each stage's `R_k` for the per-step products ([`Pack`]). With `zero_states_only`
+/// (a forward of one step from zero states) the products of a state are never computed (a zero
 /// state's product is zero), so their matrices are not packed: for DeepBench's GRU with T = 1
 /// the packing cost a quarter of the forward.
-fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool, zero_states_only: bool) -> Result<Vec<Option<PackedB<T>>>> {
+fn pack_products<'p, T: Float>(p: &'p DirParams<T>, lay: &Layout, how: Pack, zero_states_only: bool) -> Result<Vec<Option<PackedB<'p, T>>>> {
     let mut v = Vec::with_capacity(lay.stages.len());
     for stage in &lay.stages {
         v.push(match stage {
             Some(pr) if zero_states_only && matches!(pr.src, Src::State(_)) => None,
             Some(pr) => {
                 let w = &slot(p, pr.slot, "recurrent matrix")?[pr.offset..pr.offset + pr.rows * pr.k];
-                Some(if transposed { PackedB::try_transposed(w, pr.rows, pr.k)? } else { PackedB::try_plain(w, pr.rows, pr.k)? })
+                Some(match how {
+                    Pack::Transposed => PackedB::try_transposed(w, pr.rows, pr.k)?,
+                    Pack::Plain => PackedB::try_plain(w, pr.rows, pr.k)?,
+                    Pack::Direct => PackedB::try_direct(w, pr.rows, pr.k)?,
+                })
             }
             None => None,
         });
@@ -489,7 +504,7 @@ fn product_biases<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<Vec
 
 /// After a time loop: its packed weights (the stages' products and `W_x`) back to the pool,
 /// and the error a thread reported, if any.
-fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<T>>>, w_x: Option<PackedB<T>>) -> Option<Error> {
+fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<'_, T>>>, w_x: Option<PackedB<'_, T>>) -> Option<Error> {
     for w in packed.into_iter().chain([w_x]).flatten() {
         w.recycle();
     }
@@ -540,7 +555,12 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let mut xp = reused("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
     if gx > 0 && !per_step {
         let w = slot(p, Slot::WeightIh, "input matrix")?;
-        gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+        if n <= smallgemm::DIRECT_MAX_ROWS {
+            // Few rows: W_ih read in place, not packed (DeepBench's GRU with T = 1).
+            smallgemm::xwt_direct(a.x, n, inw, w, gx, &mut xp)?;
+        } else {
+            gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+        }
         super::add_bias(&mut xp, gx, b_x);
         store(a.precision, &mut xp);
     }
@@ -548,7 +568,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // Both written a step at a time by the loop (the tape's rows cleared first).
     let mut s_prev = if training { reused("tape states", &[n, sw])? } else { Vec::new() };
     let mut tape = if training { reused("tape", &[n, tw])? } else { Vec::new() };
-    let packed = pack_products(p, &lay, true, a.zero_start && a.batch_sizes.len() == 1)?;
+    let packed = pack_products(p, &lay, Pack::Transposed, a.zero_start && a.batch_sizes.len() == 1)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
     let macs = n * (gx * inw + lay.product_macs());
@@ -640,12 +660,12 @@ struct FwdLoop<'a, C, T: Float> {
     zero_start: bool,
     x: &'a [T],
     /// `W_x^T` packed, when the input projection is made step by step, and `b_x`.
-    w_x: Option<&'a PackedB<T>>,
+    w_x: Option<&'a PackedB<'a, T>>,
     b_x: Option<&'a [T]>,
     /// `[N, gx]`: made up front (read), or written step by step in training.
     xp: Rows<'a, T>,
     e: &'a [T],
-    packed: &'a [Option<PackedB<T>>],
+    packed: &'a [Option<PackedB<'a, T>>],
     biases: &'a [Option<&'a [T]>],
     /// `[B, S]` states (this thread's rows); `[N, S]`, `[N, tape]` (training), `[N, out_w]`.
     s: Rows<'a, T>,
@@ -1039,7 +1059,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // A row's pointwise-parameter gradients are summed per batch row in the loop (each
     // thread owns its rows): [B, ew], not [N, ew] written out and summed after it.
     let mut de = zeros("pointwise parameter gradients", &[b, ew])?;
-    let plain = pack_products(p, &lay, false, false)?;
+    let plain = pack_products(p, &lay, if n <= smallgemm::DIRECT_MAX_ROWS { Pack::Direct } else { Pack::Plain }, false)?;
     let macs = n * (gx * inw + lay.product_macs());
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
     // forward's input projection (`super::per_step_input`); then, as the forward, the per-step
@@ -1107,7 +1127,19 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         }
         if !per_step_dx {
             let w_x = slot(p, Slot::WeightIh, "input matrix")?;
-            gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+            if n <= smallgemm::DIRECT_MAX_ROWS {
+                // Few rows: W_ih read in place, not packed, into a scratch added to dX.
+                let w_x = PackedB::try_direct(w_x, gx, inw)?;
+                let mut dxn = reused("input gradients", &[n, inw])?;
+                smallgemm::gemm_threaded(&w_x, &dxp, n, gx, &mut dxn, inw);
+                for (d, &v) in a.dx.iter_mut().zip(&dxn) {
+                    *d += v;
+                }
+                pool::recycle(dxn);
+                w_x.recycle();
+            } else {
+                gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+            }
         }
     }
     // A state product's rows that started from zero initial states add nothing: the first
@@ -1194,9 +1226,9 @@ struct BwdLoop<'a, C, T: Float> {
     dy: &'a [T],
     out_w: usize,
     col: usize,
-    plain: &'a [Option<PackedB<T>>],
+    plain: &'a [Option<PackedB<'a, T>>],
     /// `W_x` packed, when dX is made step by step.
-    w_x: Option<&'a PackedB<T>>,
+    w_x: Option<&'a PackedB<'a, T>>,
     sw: usize,
     /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cells get an
     /// empty one and the product reads `dxp`.
