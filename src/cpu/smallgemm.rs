@@ -410,7 +410,8 @@ mod x86 {
     }
 
     /// [`avx2`]'s loop; `DIRECT` as [`block512`]'s (a packed panel's rows are `NR` apart, a
-    /// constant the addressing folds).
+    /// constant the addressing folds), and for a direct view k in blocks of [`KC`] rows as
+    /// [`direct512`]'s (partial sums carried through C: the same chains as one pass).
     #[inline(always)]
     unsafe fn avx2_panels<const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         const MR: usize = 4;
@@ -419,27 +420,44 @@ mod x86 {
             let (panel, ks) = pb.panel_ptr(p);
             let ks = if DIRECT { ks } else { NR };
             let j0 = p * NR;
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = MR.min(rows - r0);
-                // Rows past the edge repeat the last valid row; their results are not stored.
-                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                for kk in 0..k {
-                    let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * ks)), _mm256_loadu_ps(panel.add(kk * ks + 8)));
-                    for (i, [lo, hi]) in acc.iter_mut().enumerate() {
-                        let av = _mm256_set1_ps(*ap[i].add(kk));
-                        *lo = _mm256_fmadd_ps(av, b0, *lo);
-                        *hi = _mm256_fmadd_ps(av, b1, *hi);
+            let nv = NR.min(pb.n - j0);
+            let mut k0 = 0;
+            loop {
+                let k1 = if DIRECT { (k0 + KC).min(k) } else { k };
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = MR.min(rows - r0);
+                    // Rows past the edge repeat the last valid row; their results are not stored.
+                    let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                    if DIRECT && k0 > 0 {
+                        for (i, [lo, hi]) in acc.iter_mut().enumerate().take(mr) {
+                            let mut row = [0f32; NR];
+                            std::ptr::copy_nonoverlapping(c.add((r0 + i) * ldc + j0), row.as_mut_ptr(), nv);
+                            *lo = _mm256_loadu_ps(row.as_ptr());
+                            *hi = _mm256_loadu_ps(row.as_ptr().add(8));
+                        }
                     }
+                    for kk in k0..k1 {
+                        let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * ks)), _mm256_loadu_ps(panel.add(kk * ks + 8)));
+                        for (i, [lo, hi]) in acc.iter_mut().enumerate() {
+                            let av = _mm256_set1_ps(*ap[i].add(kk));
+                            *lo = _mm256_fmadd_ps(av, b0, *lo);
+                            *hi = _mm256_fmadd_ps(av, b1, *hi);
+                        }
+                    }
+                    for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
+                        let mut row = [0f32; NR];
+                        _mm256_storeu_ps(row.as_mut_ptr(), *lo);
+                        _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
+                        store_row(c.add((r0 + i) * ldc + j0), &row, nv);
+                    }
+                    r0 += MR;
                 }
-                for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
-                    let mut row = [0f32; NR];
-                    _mm256_storeu_ps(row.as_mut_ptr(), *lo);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
-                    store_row(c.add((r0 + i) * ldc + j0), &row, NR.min(pb.n - j0));
+                k0 = k1;
+                if k0 >= k {
+                    break;
                 }
-                r0 += MR;
             }
         }
     }
