@@ -125,6 +125,32 @@ fn direct_products_match_packed_bitwise() {
     assert!(matches!(smallgemm::xwt_direct(&v[..11], 4, 3, &v, 4, &mut c), Err(wgpu_rnn::Error::LengthMismatch { .. })));
 }
 
+/// One step over a batch of `SPLIT_B` rows, so at most `smallgemm::DIRECT_MAX_ROWS` rows in all
+/// (the products read W in place: the forward's input projection, the backward's `dh0` and dX),
+/// with a hidden size that splits the loops and the products: 1, 2 and 3 threads agree bit for
+/// bit.
+#[test]
+fn direct_products_do_not_depend_on_the_thread_count() {
+    use wgpu_rnn::config::{Mode, RnnConfig};
+    use wgpu_rnn::weights::Weights;
+    assert!(SPLIT_B <= smallgemm::DIRECT_MAX_ROWS);
+    let lengths = vec![1; SPLIT_B];
+    let mut g = rng(19);
+    for cfg in [
+        RnnConfig::new(Mode::Lstm, SPLIT_I, 192).bidirectional(true),
+        RnnConfig::new(Mode::Gru, SPLIT_I, 192).layers(2),
+        RnnConfig::new(Mode::GruResetBefore, SPLIT_I, 192),
+    ] {
+        let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+        let x: Vec<f32> = uniform(&mut g, SPLIT_B * SPLIT_I, 1.0).into_iter().map(|v| v as f32).collect();
+        let go: Vec<f32> = uniform(&mut g, SPLIT_B * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+        let one = run_with_threads(1, || run_split_case(&w, &x, &go, 1, &lengths));
+        for n in [2, 3] {
+            assert!(one == run_with_threads(n, || run_split_case(&w, &x, &go, 1, &lengths)), "{cfg:?}: {n} threads differ from 1");
+        }
+    }
+}
+
 /// The products computed once per call take W in place up to `smallgemm::DIRECT_MAX_ROWS` rows
 /// in all and a general GEMM past it. Two sequences a little longer than half of it (both
 /// together past it, each alone within it; batch 2, so the input side is one product up front)
