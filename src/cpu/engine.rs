@@ -1261,8 +1261,9 @@ struct BwdLoop<'a, C, T: Float> {
 
 impl<C: Cell, T: Float> BwdLoop<'_, C, T> {
     /// Stage `k`'s pointwise backward of packed row `row` (its output gradient read at the
-    /// direction's columns) over its gradient views (`dr` empty when `alias`), then each rounded where the GPU stores it,
-    /// after stage 0 the `dr_copy` columns of dxp copied into dr. Both splits call it.
+    /// direction's columns) over its gradient views (`dr` empty when `alias`), then each
+    /// rounded where the GPU stores it, after stage 0 the `dr_copy` columns of dxp copied into
+    /// dr. Both splits call it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn backward_row(&self, k: usize, row: usize, ds: &mut [T], dtape: &mut [T], dxp: &mut [T], dr: &mut [T], de: &mut [T], dx: &mut [T]) {

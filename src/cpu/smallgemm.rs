@@ -537,10 +537,10 @@ pub fn gemm_threaded<T: Float>(pb: &PackedB<'_, T>, a: &[T], rows: usize, lda: u
 
 /// `C[rows, m] = X[rows, k] W[m, k]^T` for few rows (at most about [`DIRECT_MAX_ROWS`]), W
 /// read in place: computed as `C^T = W X^T` with X^T packed (`rows * k` elements, not W's
-/// `m * k`), W's rows split across threads, then transposed into C (overwritten, row stride
-/// `m`). Each element is the same chain of operations as `PackedB::transposed(W, m, k)` and
-/// [`PackedB::gemm`] over X (a product's two factors commute exactly in a fused multiply-add),
-/// whatever the thread count.
+/// `m * k`), W's rows split across threads, each thread transposing its part into C
+/// (overwritten, row stride `m`). Each element is the same chain of operations as
+/// `PackedB::transposed(W, m, k)` and [`PackedB::gemm`] over X (a product's two factors commute
+/// exactly in a fused multiply-add), whatever the thread count.
 ///
 /// # Errors
 /// [`Error::LengthMismatch`] when X, W or C are shorter than the sizes say;
@@ -560,16 +560,20 @@ pub fn xwt_direct<T: Float>(x: &[T], rows: usize, k: usize, w: &[T], m: usize, c
     let mut ct = super::reused("direct product", &[m, rows])?;
     let parts = super::split::ranges(m, rows.saturating_mul(k).saturating_mul(m));
     let shared = super::split::Rows::new(&mut ct);
+    let out = super::split::Rows::new(&mut c[..rows * m]);
     super::split::run(&parts, |r| {
         // SAFETY: the parts' row ranges of W, and so of C^T, are disjoint.
         let dst = unsafe { shared.part(r.start * rows, r.len() * rows) };
         xt.gemm(&w[r.start * k..r.end * k], r.len(), k, dst, rows);
-    });
-    for (j, col) in ct.chunks_exact(rows).enumerate() {
-        for (i, &v) in col.iter().enumerate() {
-            c[i * m + j] = v;
+        // Each part transposes its own columns of C.
+        // SAFETY: the parts' column ranges of C are disjoint; `i * m + j < rows * m`.
+        let (cp, _) = unsafe { out.tail_ptr(0) };
+        for (j, col) in r.zip(dst.chunks_exact(rows)) {
+            for (i, &v) in col.iter().enumerate() {
+                unsafe { *cp.add(i * m + j) = v };
+            }
         }
-    }
+    });
     super::pool::recycle(ct);
     xt.recycle();
     Ok(())
