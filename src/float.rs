@@ -233,6 +233,7 @@ pub fn cast<A: Float, B: Float>(x: &[A]) -> Vec<B> {
 /// over memory (DeepBench's GRU with T = 1 checks 6 MiB of weights in its forward and again in
 /// its backward, a quarter of its forward's time on one thread).
 pub(crate) fn all_finite<T: Float>(x: &[T]) -> bool {
+    let serial = |x: &[T]| x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()));
     if x.len() < PARALLEL_CHECK_ELEMS {
         return serial(x);
     }
@@ -248,36 +249,6 @@ pub(crate) fn all_finite<T: Float>(x: &[T]) -> bool {
 
 /// Elements from which [`all_finite`] splits its pass across threads (1 MiB of f32).
 const PARALLEL_CHECK_ELEMS: usize = 1 << 18;
-
-/// [`all_finite`] on one thread, through the widest instruction set the machine has (the
-/// baseline build's 4-wide SSE2 loop took 0.25 ms for DeepBench's GRU's 6 MiB of weights, as
-/// long as reading them from L3 does).
-fn serial<T: Float>(x: &[T]) -> bool {
-    #[inline(always)]
-    fn blocks<T: Float>(x: &[T]) -> bool {
-        x.chunks(256).all(|c| c.iter().fold(true, |ok, v| ok & v.is_finite()))
-    }
-    #[cfg(target_arch = "x86_64")]
-    {
-        #[target_feature(enable = "avx512f")]
-        unsafe fn avx512<T: Float>(x: &[T]) -> bool {
-            blocks(x)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn avx2<T: Float>(x: &[T]) -> bool {
-            blocks(x)
-        }
-        if std::is_x86_feature_detected!("avx512f") {
-            // SAFETY: the feature was detected.
-            return unsafe { avx512(x) };
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            // SAFETY: the feature was detected.
-            return unsafe { avx2(x) };
-        }
-    }
-    blocks(x)
-}
 
 /// [`crate::Error::NonFinite`] naming `what` unless every element is finite.
 pub(crate) fn check_finite<T: Float>(what: &str, x: &[T]) -> crate::error::Result<()> {
