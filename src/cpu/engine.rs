@@ -230,7 +230,65 @@ pub fn forward_with<T: Float>(
     pass: Pass,
     draw: Draw,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
-    check_forward(w, input, states0)?;
+    // Over few rows the input projections' finiteness is checked on their products (see
+    // `check_weights_but_projections`); any error then goes after the full check's, so which
+    // error a call gets does not change.
+    let deferred = (1..=smallgemm::DIRECT_MAX_ROWS).contains(&input.rows());
+    if !deferred {
+        check_forward(w, input, states0)?;
+        return forward_checked(w, input, states0, pass, draw, false);
+    }
+    let r = check_weights_but_projections(w).and_then(|()| {
+        check_run(&w.config, input, states0)?;
+        forward_checked(w, input, states0, pass, draw, true)
+    });
+    match r {
+        Err(e) => {
+            check_weights(w)?;
+            Err(e)
+        }
+        ok => ok,
+    }
+}
+
+/// [`check_weights`] except the part of each layer-direction's input matrix that its input
+/// projection multiplies: [`Error::NonFinite`] as [`Weights::check_finite`] names it when
+/// anything else is not finite. For a forward over at most [`smallgemm::DIRECT_MAX_ROWS`]
+/// rows, where reading W_ih once more to check it cost a fifth of DeepBench's GRU T 1: a
+/// non-finite element of W makes every row of its column of `X W^T` non-finite (an FMA chain
+/// never turns an infinity or a NaN back into a number), so `dir_forward` checks the product
+/// instead, `rows x G` elements against W's `G x I`.
+fn check_weights_but_projections<T: Float>(w: &Weights<T>) -> Result<()> {
+    w.validate()?;
+    let cfg = &w.config;
+    let projected: Vec<usize> = (0..cfg.num_layers.min(2))
+        .map(|l| {
+            let sz = cfg.sizes(l);
+            cfg.mode.layout(sz).xp * sz.input
+        })
+        .collect();
+    let mut bad = false;
+    w.for_each(|def, layer, _, v| {
+        let skip = if def.slot == Slot::WeightIh { projected[layer.min(1)].saturating_sub(def.offset).min(v.len()) } else { 0 };
+        bad |= !bad && !crate::float::all_finite(&v[skip..]);
+    });
+    if bad {
+        w.check_finite()
+    } else {
+        Ok(())
+    }
+}
+
+/// [`forward_with`] after its checks; `projections_unchecked`: the input projections' part of
+/// W_ih is still to be checked, by `dir_forward`.
+fn forward_checked<T: Float>(
+    w: &Weights<T>,
+    input: &PackedSequence<T>,
+    states0: &[Option<&[T]>],
+    pass: Pass,
+    draw: Draw,
+    projections_unchecked: bool,
+) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
     if pass == Pass::Training {
         cfg.check_trainable()?;
@@ -251,9 +309,11 @@ pub fn forward_with<T: Float>(
         let mut s0: Vec<Vec<T>> = states0.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
         s0.iter_mut().for_each(|v| store(q, v));
         let s0: Vec<Option<&[T]>> = states0.iter().zip(&s0).map(|(o, v)| o.map(|_| v.as_slice())).collect();
-        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw));
+        let recheck = || w.check_finite();
+        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw, projections_unchecked.then_some(&recheck)));
     }
-    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw))
+    let recheck = || w.check_finite();
+    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw, projections_unchecked.then_some(&recheck)))
 }
 
 /// Rounds `v` as the config's precision stores it (the f16-storage twin of `gpu::CellPlan`:
@@ -366,6 +426,7 @@ fn forward_cell<C: Cell, T: Float>(
     states0: &[Option<&[T]>],
     pass: Pass,
     draw: Draw,
+    recheck: Recheck<'_>,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
     let (b, d) = (input.batch(), cfg.directions());
@@ -401,6 +462,7 @@ fn forward_cell<C: Cell, T: Float>(
                 tape: (pass == Pass::Training).then_some(&mut dt),
                 zone: Zone::of(cfg, k, n, draw, pass == Pass::Training)?,
                 precision: cfg.precision,
+                recheck,
             })?;
             dirs.push(dt);
         }
@@ -446,7 +508,13 @@ struct DirFwd<'a, T: Float> {
     tape: Option<&'a mut DirTape<T>>,
     zone: Option<Zone>,
     precision: Precision,
+    recheck: Recheck<'a>,
 }
+
+/// With `Some`, the part of W_ih that the input projection multiplies is still to be checked
+/// for finiteness (see `check_weights_but_projections`): the function is the weights' full
+/// check, which names the first non-finite parameter.
+type Recheck<'a> = Option<&'a dyn Fn() -> Result<()>>;
 
 /// How [`pack_products`] prepares each stage's `R_k`.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -553,11 +621,25 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let keep_xp = training && C::BACKWARD_READS_XP;
     // Written before it is read: by the GEMM below (beta 0) or, step by step, by the loop.
     let mut xp = reused("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
+    // The projection's part of W_ih, when its check was left to this function: the product's
+    // where it is made up front from W in place, else W's.
+    let mut check_xp = false;
+    if let Some(recheck) = a.recheck {
+        check_xp = gx > 0 && !per_step && (1..=smallgemm::DIRECT_MAX_ROWS).contains(&n);
+        if !check_xp && !crate::float::all_finite(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw]) {
+            recheck()?;
+        }
+    }
     if gx > 0 && !per_step {
         let w = slot(p, Slot::WeightIh, "input matrix")?;
         if n <= smallgemm::DIRECT_MAX_ROWS {
             // Few rows: W_ih read in place, not packed (DeepBench's GRU with T = 1).
             smallgemm::xwt_direct(a.x, n, inw, w, gx, &mut xp)?;
+            if let Some(recheck) = a.recheck.filter(|_| check_xp) {
+                if !crate::float::all_finite(&xp[..n * gx]) {
+                    recheck()?;
+                }
+            }
         } else {
             gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
         }
