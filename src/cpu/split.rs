@@ -101,13 +101,13 @@ pub fn ranges(batch: usize, macs: usize) -> Vec<Range<usize>> {
 }
 
 /// Runs `f` once per range at the same time, the first on the calling thread and the others on
-/// kept worker threads ([`super::workers`]).
+/// kept worker threads (the crate-private `cpu::workers`).
 pub fn run<F: Fn(Range<usize>) + Sync>(ranges: &[Range<usize>], f: F) {
     run_parts(ranges.len(), |p| f(ranges[p].clone()))
 }
 
 /// Runs `f(p)` for every part `p < parts` at the same time, part 0 on the calling thread and
-/// the others on kept worker threads ([`super::workers`]).
+/// the others on kept worker threads (`cpu::workers`).
 fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: F) {
     MAX_PARTS.with(|c| c.set(c.get().max(parts)));
     super::workers::run_parts(parts, f)
