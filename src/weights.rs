@@ -87,11 +87,23 @@ impl<T: Float> Weights<T> {
         Self::build(config, |_, _, _, _| Ok(()))
     }
 
+    /// [`Weights::zeros`], except that every layer-direction's `slot` holds unspecified values
+    /// (zeros or an earlier call's, from the CPU path's buffer pool): for the CPU backward,
+    /// which writes all of it before anyone reads it.
+    pub(crate) fn zeros_except(config: &RnnConfig, slot: Slot) -> Result<Self> {
+        Self::build_reusing(config, Some(slot), |_, _, _, _| Ok(()))
+    }
+
     /// Builds every parameter of a validated config, after checking that the total size is
     /// addressable: each slot zeroed (from the CPU path's buffer pool where it has one of the
     /// size, e.g. a dropped `Gradients`' own), then `fill(def, layer, direction, elements)`
     /// writes each parameter's elements in place.
-    fn build(config: &RnnConfig, mut fill: impl FnMut(&ParamDef, usize, usize, &mut [T]) -> Result<()>) -> Result<Self> {
+    fn build(config: &RnnConfig, fill: impl FnMut(&ParamDef, usize, usize, &mut [T]) -> Result<()>) -> Result<Self> {
+        Self::build_reusing(config, None, fill)
+    }
+
+    /// [`Weights::build`], with `reuse`'s slot taken from the pool unzeroed.
+    fn build_reusing(config: &RnnConfig, reuse: Option<Slot>, mut fill: impl FnMut(&ParamDef, usize, usize, &mut [T]) -> Result<()>) -> Result<Self> {
         config.validate()?;
         let ld = config.num_layers.checked_mul(config.directions());
         let mut total: u128 = 0;
@@ -115,7 +127,8 @@ impl<T: Float> Weights<T> {
             for dir in 0..config.directions() {
                 let mut slot = |s: Slot| -> Result<Option<Vec<T>>> {
                     let Some(len) = config.slot_len(s, layer) else { return Ok(None) };
-                    let mut v = crate::cpu::pool::try_zeroed(&slot_name(&defs, s, layer, dir), len)?;
+                    let name = slot_name(&defs, s, layer, dir);
+                    let mut v = if reuse == Some(s) { crate::cpu::pool::try_reused(&name, len)? } else { crate::cpu::pool::try_zeroed(&name, len)? };
                     for def in defs.iter().filter(|d| d.slot == s) {
                         checked_len::<T>(&RnnConfig::param_name(def.stem, layer, dir), &def.shape)?;
                         fill(def, layer, dir, &mut v[def.offset..def.offset + def.len()])?;

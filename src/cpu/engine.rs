@@ -230,7 +230,65 @@ pub fn forward_with<T: Float>(
     pass: Pass,
     draw: Draw,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
-    check_forward(w, input, states0)?;
+    // Over few rows the input projections' finiteness is checked on their products (see
+    // `check_weights_but_projections`); any error then goes after the full check's, so which
+    // error a call gets does not change.
+    let deferred = (1..=smallgemm::DIRECT_MAX_ROWS).contains(&input.rows());
+    if !deferred {
+        check_forward(w, input, states0)?;
+        return forward_checked(w, input, states0, pass, draw, false);
+    }
+    let r = check_weights_but_projections(w).and_then(|()| {
+        check_run(&w.config, input, states0)?;
+        forward_checked(w, input, states0, pass, draw, true)
+    });
+    match r {
+        Err(e) => {
+            check_weights(w)?;
+            Err(e)
+        }
+        ok => ok,
+    }
+}
+
+/// [`check_weights`] except the part of each layer-direction's input matrix that its input
+/// projection multiplies: [`Error::NonFinite`] as [`Weights::check_finite`] names it when
+/// anything else is not finite. For a forward over at most [`smallgemm::DIRECT_MAX_ROWS`]
+/// rows, where reading W_ih once more to check it cost a fifth of DeepBench's GRU T 1: a
+/// non-finite element of W makes every row of its column of `X W^T` non-finite (an FMA chain
+/// never turns an infinity or a NaN back into a number), so `dir_forward` checks the product
+/// instead, `rows x G` elements against W's `G x I`.
+fn check_weights_but_projections<T: Float>(w: &Weights<T>) -> Result<()> {
+    w.validate()?;
+    let cfg = &w.config;
+    let projected: Vec<usize> = (0..cfg.num_layers.min(2))
+        .map(|l| {
+            let sz = cfg.sizes(l);
+            cfg.mode.layout(sz).xp * sz.input
+        })
+        .collect();
+    let mut bad = false;
+    w.for_each(|def, layer, _, v| {
+        let skip = if def.slot == Slot::WeightIh { projected[layer.min(1)].saturating_sub(def.offset).min(v.len()) } else { 0 };
+        bad |= !bad && !crate::float::all_finite(&v[skip..]);
+    });
+    if bad {
+        w.check_finite()
+    } else {
+        Ok(())
+    }
+}
+
+/// [`forward_with`] after its checks; `projections_unchecked`: the input projections' part of
+/// W_ih is still to be checked, by `dir_forward`.
+fn forward_checked<T: Float>(
+    w: &Weights<T>,
+    input: &PackedSequence<T>,
+    states0: &[Option<&[T]>],
+    pass: Pass,
+    draw: Draw,
+    projections_unchecked: bool,
+) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
     if pass == Pass::Training {
         cfg.check_trainable()?;
@@ -251,9 +309,11 @@ pub fn forward_with<T: Float>(
         let mut s0: Vec<Vec<T>> = states0.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
         s0.iter_mut().for_each(|v| store(q, v));
         let s0: Vec<Option<&[T]>> = states0.iter().zip(&s0).map(|(o, v)| o.map(|_| v.as_slice())).collect();
-        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw));
+        let recheck = || w.check_finite();
+        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw, projections_unchecked.then_some(&recheck)));
     }
-    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw))
+    let recheck = || w.check_finite();
+    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw, projections_unchecked.then_some(&recheck)))
 }
 
 /// Rounds `v` as the config's precision stores it (the f16-storage twin of `gpu::CellPlan`:
@@ -366,6 +426,7 @@ fn forward_cell<C: Cell, T: Float>(
     states0: &[Option<&[T]>],
     pass: Pass,
     draw: Draw,
+    recheck: Recheck<'_>,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
     let (b, d) = (input.batch(), cfg.directions());
@@ -401,6 +462,7 @@ fn forward_cell<C: Cell, T: Float>(
                 tape: (pass == Pass::Training).then_some(&mut dt),
                 zone: Zone::of(cfg, k, n, draw, pass == Pass::Training)?,
                 precision: cfg.precision,
+                recheck,
             })?;
             dirs.push(dt);
         }
@@ -446,21 +508,42 @@ struct DirFwd<'a, T: Float> {
     tape: Option<&'a mut DirTape<T>>,
     zone: Option<Zone>,
     precision: Precision,
+    recheck: Recheck<'a>,
 }
 
-/// Packs each stage's `R_k` for the per-step products: transposed for the forward
-/// (`r = v R_k^T`), plain for the backward (`dv = dr_k R_k`). With `zero_states_only` (a
-/// forward of one step from zero states) the products of a state are never computed (a zero
+/// With `Some`, the part of W_ih that the input projection multiplies is still to be checked
+/// for finiteness (see `check_weights_but_projections`): the function is the weights' full
+/// check, which names the first non-finite parameter.
+type Recheck<'a> = Option<&'a dyn Fn() -> Result<()>>;
+
+/// How [`pack_products`] prepares each stage's `R_k`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pack {
+    /// Transposed, for the forward (`r = v R_k^T`).
+    Transposed,
+    /// Plain, for the backward (`dv = dr_k R_k`).
+    Plain,
+    /// Plain and read in place ([`PackedB::try_direct`]): a backward over at most
+    /// [`smallgemm::DIRECT_MAX_ROWS`] rows in all, where packing would cost more than it saves.
+    Direct,
+}
+
+/// Prepares each stage's `R_k` for the per-step products ([`Pack`]). With `zero_states_only`
+/// (a forward of one step from zero states) the products of a state are never computed (a zero
 /// state's product is zero), so their matrices are not packed: for DeepBench's GRU with T = 1
 /// the packing cost a quarter of the forward.
-fn pack_products<T: Float>(p: &DirParams<T>, lay: &Layout, transposed: bool, zero_states_only: bool) -> Result<Vec<Option<PackedB<T>>>> {
+fn pack_products<'p, T: Float>(p: &'p DirParams<T>, lay: &Layout, how: Pack, zero_states_only: bool) -> Result<Vec<Option<PackedB<'p, T>>>> {
     let mut v = Vec::with_capacity(lay.stages.len());
     for stage in &lay.stages {
         v.push(match stage {
             Some(pr) if zero_states_only && matches!(pr.src, Src::State(_)) => None,
             Some(pr) => {
                 let w = &slot(p, pr.slot, "recurrent matrix")?[pr.offset..pr.offset + pr.rows * pr.k];
-                Some(if transposed { PackedB::try_transposed(w, pr.rows, pr.k)? } else { PackedB::try_plain(w, pr.rows, pr.k)? })
+                Some(match how {
+                    Pack::Transposed => PackedB::try_transposed(w, pr.rows, pr.k)?,
+                    Pack::Plain => PackedB::try_plain(w, pr.rows, pr.k)?,
+                    Pack::Direct => PackedB::try_direct(w, pr.rows, pr.k)?,
+                })
             }
             None => None,
         });
@@ -489,7 +572,7 @@ fn product_biases<'a, T: Float>(p: &'a DirParams<T>, lay: &Layout) -> Result<Vec
 
 /// After a time loop: its packed weights (the stages' products and `W_x`) back to the pool,
 /// and the error a thread reported, if any.
-fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<T>>>, w_x: Option<PackedB<T>>) -> Option<Error> {
+fn after_loop<T: Float>(failed: Failure, packed: Vec<Option<PackedB<'_, T>>>, w_x: Option<PackedB<'_, T>>) -> Option<Error> {
     for w in packed.into_iter().chain([w_x]).flatten() {
         w.recycle();
     }
@@ -538,9 +621,28 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let keep_xp = training && C::BACKWARD_READS_XP;
     // Written before it is read: by the GEMM below (beta 0) or, step by step, by the loop.
     let mut xp = reused("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
+    // The projection's part of W_ih, when its check was left to this function: the product's
+    // where it is made up front from W in place, else W's.
+    let mut check_xp = false;
+    if let Some(recheck) = a.recheck {
+        check_xp = gx > 0 && !per_step && (1..=smallgemm::DIRECT_MAX_ROWS).contains(&n);
+        if !check_xp && !crate::float::all_finite(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw]) {
+            recheck()?;
+        }
+    }
     if gx > 0 && !per_step {
         let w = slot(p, Slot::WeightIh, "input matrix")?;
-        gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+        if n <= smallgemm::DIRECT_MAX_ROWS {
+            // Few rows: W_ih read in place, not packed (DeepBench's GRU with T = 1).
+            smallgemm::xwt_direct(a.x, n, inw, w, gx, &mut xp)?;
+            if let Some(recheck) = a.recheck.filter(|_| check_xp) {
+                if !crate::float::all_finite(&xp[..n * gx]) {
+                    recheck()?;
+                }
+            }
+        } else {
+            gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+        }
         super::add_bias(&mut xp, gx, b_x);
         store(a.precision, &mut xp);
     }
@@ -548,7 +650,7 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // Both written a step at a time by the loop (the tape's rows cleared first).
     let mut s_prev = if training { reused("tape states", &[n, sw])? } else { Vec::new() };
     let mut tape = if training { reused("tape", &[n, tw])? } else { Vec::new() };
-    let packed = pack_products(p, &lay, true, a.zero_start && a.batch_sizes.len() == 1)?;
+    let packed = pack_products(p, &lay, Pack::Transposed, a.zero_start && a.batch_sizes.len() == 1)?;
     let biases = product_biases(p, &lay)?;
     // The time loop, split by batch rows across threads (see `split`): rows are independent.
     let macs = n * (gx * inw + lay.product_macs());
@@ -640,12 +742,12 @@ struct FwdLoop<'a, C, T: Float> {
     zero_start: bool,
     x: &'a [T],
     /// `W_x^T` packed, when the input projection is made step by step, and `b_x`.
-    w_x: Option<&'a PackedB<T>>,
+    w_x: Option<&'a PackedB<'a, T>>,
     b_x: Option<&'a [T]>,
     /// `[N, gx]`: made up front (read), or written step by step in training.
     xp: Rows<'a, T>,
     e: &'a [T],
-    packed: &'a [Option<PackedB<T>>],
+    packed: &'a [Option<PackedB<'a, T>>],
     biases: &'a [Option<&'a [T]>],
     /// `[B, S]` states (this thread's rows); `[N, S]`, `[N, tape]` (training), `[N, out_w]`.
     s: Rows<'a, T>,
@@ -952,7 +1054,9 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
     let (_, sw) = state_offsets(&states);
     let out_w = d * C::layout(cfg.sizes(0)).out;
     let mut ds = gather_states(&states, grad_states, ld, b, &tape.sorted_indices)?;
-    let mut grads = Weights::zeros(cfg)?;
+    // W_ih's gradient is written whole by `dir_backward` (a GEMM with beta 0), so its slot
+    // is not zeroed first: for DeepBench's GRU with T = 1 that memset was a tenth of training.
+    let mut grads = Weights::zeros_except(cfg, Slot::WeightIh)?;
     let mut dy = zeros("output gradients", &[grad_output.len()])?;
     dy.copy_from_slice(grad_output);
     let draw = tape.draw;
@@ -1039,7 +1143,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // A row's pointwise-parameter gradients are summed per batch row in the loop (each
     // thread owns its rows): [B, ew], not [N, ew] written out and summed after it.
     let mut de = zeros("pointwise parameter gradients", &[b, ew])?;
-    let plain = pack_products(p, &lay, false, false)?;
+    let plain = pack_products(p, &lay, if n <= smallgemm::DIRECT_MAX_ROWS { Pack::Direct } else { Pack::Plain }, false)?;
     let macs = n * (gx * inw + lay.product_macs());
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
     // forward's input projection (`super::per_step_input`); then, as the forward, the per-step
@@ -1098,8 +1202,14 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     }
     // Weight gradients over all rows.
     let one = T::one();
+    // The W_ih slot came unspecified (`Weights::zeros_except`): written whole here.
+    if let (0, Some(gw)) = (gx, a.grad.get_mut(Slot::WeightIh)) {
+        gw.fill(T::zero());
+    }
     if gx > 0 {
         let gw = a.grad.get_mut(Slot::WeightIh).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?;
+        let rest = gw.get_mut(gx * inw..).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?;
+        rest.fill(T::zero());
         gemm(one, Mat::try_new(&dxp, n, gx)?, Op::T, Mat::try_new(a.x, n, inw)?, Op::N, T::zero(), &mut gw[..gx * inw], inw);
         if lay.input_bias {
             let gb = a.grad.get_mut(Slot::BiasIh).ok_or_else(|| Error::MissingTensor("BiasIh slot".into()))?;
@@ -1107,7 +1217,19 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         }
         if !per_step_dx {
             let w_x = slot(p, Slot::WeightIh, "input matrix")?;
-            gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+            if n <= smallgemm::DIRECT_MAX_ROWS {
+                // Few rows: W_ih read in place, not packed, into a scratch added to dX.
+                let w_x = PackedB::try_direct(w_x, gx, inw)?;
+                let mut dxn = reused("input gradients", &[n, inw])?;
+                smallgemm::gemm_threaded(&w_x, &dxp, n, gx, &mut dxn, inw);
+                for (d, &v) in a.dx.iter_mut().zip(&dxn) {
+                    *d += v;
+                }
+                pool::recycle(dxn);
+                w_x.recycle();
+            } else {
+                gemm(one, Mat::try_new(&dxp, n, gx)?, Op::N, Mat::try_new(&w_x[..gx * inw], gx, inw)?, Op::N, one, a.dx, inw);
+            }
         }
     }
     // A state product's rows that started from zero initial states add nothing: the first
@@ -1194,9 +1316,9 @@ struct BwdLoop<'a, C, T: Float> {
     dy: &'a [T],
     out_w: usize,
     col: usize,
-    plain: &'a [Option<PackedB<T>>],
+    plain: &'a [Option<PackedB<'a, T>>],
     /// `W_x` packed, when dX is made step by step.
-    w_x: Option<&'a PackedB<T>>,
+    w_x: Option<&'a PackedB<'a, T>>,
     sw: usize,
     /// `dr` is `dxp` (`Cell::DR_IS_DXP`, one product): `dr` holds nothing, the cells get an
     /// empty one and the product reads `dxp`.
@@ -1221,8 +1343,9 @@ struct BwdLoop<'a, C, T: Float> {
 
 impl<C: Cell, T: Float> BwdLoop<'_, C, T> {
     /// Stage `k`'s pointwise backward of packed row `row` (its output gradient read at the
-    /// direction's columns) over its gradient views (`dr` empty when `alias`), then each rounded where the GPU stores it,
-    /// after stage 0 the `dr_copy` columns of dxp copied into dr. Both splits call it.
+    /// direction's columns) over its gradient views (`dr` empty when `alias`), then each
+    /// rounded where the GPU stores it, after stage 0 the `dr_copy` columns of dxp copied into
+    /// dr. Both splits call it.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn backward_row(&self, k: usize, row: usize, ds: &mut [T], dtape: &mut [T], dxp: &mut [T], dr: &mut [T], de: &mut [T], dx: &mut [T]) {

@@ -30,6 +30,7 @@ pub mod pool;
 pub mod smallgemm;
 pub mod split;
 pub mod train;
+mod workers;
 
 pub use crate::float::{cast, fast, Float};
 pub use engine::{backward, forward, forward_with, ForwardOutput, Gradients, Tape};

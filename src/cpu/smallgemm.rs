@@ -4,7 +4,9 @@
 //! A general GEMM packs B on every call; at one call per step that packing costs more than the
 //! arithmetic. Here B is packed once per layer-direction into panels of `NR` columns
 //! (`panel[p][k][NR]`, the last one zero-padded) and a register-blocked micro-kernel streams a
-//! panel from L1 for a block of rows. On x86-64 the f32 kernel is compiled for AVX-512 and
+//! panel from L1 for a block of rows. A B used for few rows in all (a one-step call) is not
+//! worth packing: [`PackedB::try_direct`] reads a row-major `W[k, n]` in place, its panels
+//! `NR`-column pieces of W's rows. On x86-64 the f32 kernel is compiled for AVX-512 and
 //! AVX2+FMA and chosen at run time; other types and machines use the portable kernel.
 
 use super::Float;
@@ -15,15 +17,20 @@ use std::ops::Range;
 /// Columns per panel.
 pub const NR: usize = 16;
 
-/// B packed into column panels, ready for [`PackedB::gemm`].
+/// B packed into column panels, ready for [`PackedB::gemm`], or (a direct view,
+/// [`PackedB::try_direct`]) a row-major `W[k, n]` read in place.
 #[derive(Clone, Debug, Default)]
-pub struct PackedB<T> {
+pub struct PackedB<'w, T> {
     k: usize,
     n: usize,
+    /// The packed panels; for a direct view, its last panel's columns when `n` is not a
+    /// multiple of `NR` (zero-padded: a kernel reads `NR` columns of every panel).
     data: Vec<T>,
+    /// A direct view's W (exactly `k * n` elements).
+    direct: Option<&'w [T]>,
 }
 
-impl<T: Float> PackedB<T> {
+impl<'w, T: Float> PackedB<'w, T> {
     /// `B = W^T` for a row-major `W[n, k]` (forward: `h W_hh^T`): each row of W is read
     /// sequentially into one column of its panel (packing through a per-element accessor cost
     /// as much as a T = 1 step's product).
@@ -41,7 +48,7 @@ impl<T: Float> PackedB<T> {
         let len = packed_len::<T>(w.len(), n, k)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
-            return Ok(PackedB { k, n, data });
+            return Ok(PackedB { k, n, data, direct: None });
         }
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             for c in 0..NR.min(n - p * NR) {
@@ -51,7 +58,7 @@ impl<T: Float> PackedB<T> {
                 }
             }
         }
-        Ok(PackedB { k, n, data })
+        Ok(PackedB { k, n, data, direct: None })
     }
 
     /// `B = W` for a row-major `W[k, n]` (backward: `dG W_hh`): each panel row is a
@@ -69,7 +76,7 @@ impl<T: Float> PackedB<T> {
         let len = packed_len::<T>(w.len(), n, k)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
-            return Ok(PackedB { k, n, data });
+            return Ok(PackedB { k, n, data, direct: None });
         }
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
@@ -77,7 +84,42 @@ impl<T: Float> PackedB<T> {
                 dst[..valid].copy_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
             }
         }
-        Ok(PackedB { k, n, data })
+        Ok(PackedB { k, n, data, direct: None })
+    }
+
+    /// `B = W` for a row-major `W[k, n]`, as [`PackedB::try_plain`], but read in place: a
+    /// panel's row is a piece of a row of W, so nothing is copied but the last panel's columns
+    /// when `n` is not a multiple of `NR`. For a B multiplied by few rows in all (a one-step
+    /// call's `dv = dr R`), where packing reads and writes all of W to save nothing. Each
+    /// element of C is the same chain of operations as with the packed B.
+    pub fn try_direct(w: &'w [T], k: usize, n: usize) -> Result<Self> {
+        packed_len::<T>(w.len(), n, k)?;
+        let full = n / NR;
+        let edge = n - full * NR;
+        let mut data = if edge > 0 && k > 0 { super::pool::try_zeroed("packed weights", checked_len::<T>("packed weights", &[k, NR])?)? } else { Vec::new() };
+        for (kk, dst) in data.chunks_exact_mut(NR).enumerate() {
+            dst[..edge].copy_from_slice(&w[kk * n + full * NR..(kk + 1) * n]);
+        }
+        Ok(PackedB { k, n, data, direct: Some(&w[..k * n]) })
+    }
+
+    /// Panel `p`'s first row and the distance between its rows, in elements: a packed panel's
+    /// rows are `NR` apart, a direct view's full panels are pieces of W's rows (`n` apart).
+    /// Every row `kk < k` of a panel `p < panels()` holds `NR` readable elements.
+    #[inline(always)]
+    fn panel_ptr(&self, p: usize) -> (*const T, usize) {
+        match self.direct {
+            // SAFETY (of the offsets): p * NR + NR <= n, so every row's NR columns lie in W.
+            Some(w) if (p + 1) * NR <= self.n => (unsafe { w.as_ptr().add(p * NR) }, self.n),
+            Some(_) => (self.data.as_ptr(), NR),
+            // SAFETY: p < panels(), and data holds panels() * k * NR elements.
+            None => (unsafe { self.data.as_ptr().add(p * self.k * NR) }, NR),
+        }
+    }
+
+    /// Whether B is read in place ([`PackedB::try_direct`]).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Hands the packed data back to the CPU path's buffer pool.
@@ -154,15 +196,16 @@ fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
 /// may access those elements meanwhile.
 unsafe fn block<T: Float, const MR: usize, const FMA: bool>(pb: &PackedB<T>, p: usize, a: &[T], r0: usize, mr: usize, lda: usize, c: *mut T, ldc: usize) {
     let k = pb.k;
-    let panel = &pb.data[p * k * NR..(p + 1) * k * NR];
+    let (panel, ks) = pb.panel_ptr(p);
     let mut acc = [[T::zero(); NR]; MR];
     // Rows past the edge repeat the last valid row; their results are not stored.
     let rows: [&[T]; MR] = std::array::from_fn(|i| {
         let start = (r0 + i.min(mr - 1)) * lda;
         &a[start..start + k]
     });
-    for (kk, b) in panel.chunks_exact(NR).enumerate() {
-        let b: &[T; NR] = b.try_into().expect("panel row");
+    for kk in 0..k {
+        // SAFETY: kk < k, and every row of a panel holds NR elements (`panel_ptr`).
+        let b: &[T; NR] = unsafe { &*(panel.add(kk * ks) as *const [T; NR]) };
         for i in 0..MR {
             // SAFETY: kk < k and every row slice has length k.
             let av = unsafe { *rows[i].get_unchecked(kk) };
@@ -240,10 +283,14 @@ mod x86 {
     /// (p + NP) * NR`), `MR x NP` zmm accumulators, each A element broadcast once for all
     /// `NP` panels. Every element of C is the same chain of FMAs in k order whatever the
     /// block shape, so the shapes differ in speed only, never in bits.
+    ///
+    /// `DIRECT`: B is a direct view, each panel read at its own place and row distance
+    /// (`PackedB::panel_ptr`); else packed, the panels side by side `k * NR` apart.
     #[inline(always)]
-    unsafe fn block512<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+    unsafe fn block512<const MR: usize, const NP: usize, const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(p * k * NR);
+        let panel = pb.data.as_ptr().add(if DIRECT { 0 } else { p * k * NR });
+        let pp: [(*const f32, usize); NP] = std::array::from_fn(|q| if DIRECT { pb.panel_ptr(p + q) } else { (panel, NR) });
         let mut r0 = 0;
         while r0 < rows {
             let mr = MR.min(rows - r0);
@@ -251,7 +298,7 @@ mod x86 {
             let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
             let mut acc = [[_mm512_setzero_ps(); NP]; MR];
             for kk in 0..k {
-                let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(panel.add(q * k * NR + kk * NR)));
+                let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(if DIRECT { pp[q].0.add(kk * pp[q].1) } else { panel.add(q * k * NR + kk * NR) }));
                 for i in 0..MR {
                     let av = _mm512_set1_ps(*ap[i].add(kk));
                     for q in 0..NP {
@@ -278,13 +325,75 @@ mod x86 {
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         let mut p = panels.start;
+        let direct = pb.is_direct();
         while p < panels.end {
-            match panels.end - p {
-                1 => block512::<8, 1>(pb, a, rows, lda, c, ldc, p),
-                2 => block512::<8, 2>(pb, a, rows, lda, c, ldc, p),
-                _ => block512::<8, 3>(pb, a, rows, lda, c, ldc, p),
+            match (panels.end - p, direct) {
+                (1, false) => block512::<8, 1, false>(pb, a, rows, lda, c, ldc, p),
+                (2, false) => block512::<8, 2, false>(pb, a, rows, lda, c, ldc, p),
+                (_, false) => block512::<8, 3, false>(pb, a, rows, lda, c, ldc, p),
+                (1, true) => direct512::<1>(pb, a, rows, lda, c, ldc, p),
+                (2, true) => direct512::<2>(pb, a, rows, lda, c, ldc, p),
+                (_, true) => direct512::<3>(pb, a, rows, lda, c, ldc, p),
             }
             p += 3;
+        }
+    }
+
+    /// Rows of W a direct view's panel group runs per pass over the rows of A: `KC` rows of 3
+    /// panels (`KC * 192` bytes, strided `n` apart in W) stay in L1 while every row block of A
+    /// passes over them. In one pass over all of k, each 8-row block of A read its panels'
+    /// strided pieces of W from L2 again (the direct kernel ran at half the packed one's rate).
+    const KC: usize = 128;
+
+    /// [`block512`] for a direct view, with k in blocks of [`KC`]: each block of C carries its
+    /// partial sums through C between k blocks (stored, then loaded back: the same f32 values,
+    /// so every element is the same chain of FMAs in k order as in one pass).
+    #[inline(always)]
+    unsafe fn direct512<const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+        const MR: usize = 8;
+        let k = pb.k;
+        if k <= KC {
+            return block512::<MR, NP, true>(pb, a, rows, lda, c, ldc, p);
+        }
+        let pp: [(*const f32, usize); NP] = std::array::from_fn(|q| pb.panel_ptr(p + q));
+        // Valid lanes of each panel's 16 columns (the last panel of C may be partial).
+        let masks: [__mmask16; NP] = std::array::from_fn(|q| {
+            let nv = NR.min(pb.n - (p + q) * NR);
+            ((1u32 << nv) - 1) as __mmask16
+        });
+        let mut k0 = 0;
+        while k0 < k {
+            let k1 = (k0 + KC).min(k);
+            let mut r0 = 0;
+            while r0 < rows {
+                let mr = MR.min(rows - r0);
+                // Rows past the edge repeat the last valid row; their results are not stored.
+                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                let mut acc = [[_mm512_setzero_ps(); NP]; MR];
+                if k0 > 0 {
+                    for (i, row_acc) in acc.iter_mut().enumerate().take(mr) {
+                        for (q, v) in row_acc.iter_mut().enumerate() {
+                            *v = _mm512_maskz_loadu_ps(masks[q], c.add((r0 + i) * ldc + (p + q) * NR));
+                        }
+                    }
+                }
+                for kk in k0..k1 {
+                    let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(pp[q].0.add(kk * pp[q].1)));
+                    for i in 0..MR {
+                        let av = _mm512_set1_ps(*ap[i].add(kk));
+                        for q in 0..NP {
+                            acc[i][q] = _mm512_fmadd_ps(av, b[q], acc[i][q]);
+                        }
+                    }
+                }
+                for (i, row_acc) in acc.iter().enumerate().take(mr) {
+                    for (q, v) in row_acc.iter().enumerate() {
+                        _mm512_mask_storeu_ps(c.add((r0 + i) * ldc + (p + q) * NR), masks[q], *v);
+                    }
+                }
+                r0 += MR;
+            }
+            k0 = k1;
         }
     }
 
@@ -293,32 +402,62 @@ mod x86 {
     /// no faster, 8 x 16 spills); same FMA chains as [`block512`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        if pb.is_direct() {
+            avx2_panels::<true>(pb, a, rows, lda, c, ldc, panels)
+        } else {
+            avx2_panels::<false>(pb, a, rows, lda, c, ldc, panels)
+        }
+    }
+
+    /// [`avx2`]'s loop; `DIRECT` as [`block512`]'s (a packed panel's rows are `NR` apart, a
+    /// constant the addressing folds), and for a direct view k in blocks of [`KC`] rows as
+    /// [`direct512`]'s (partial sums carried through C: the same chains as one pass).
+    #[inline(always)]
+    unsafe fn avx2_panels<const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         const MR: usize = 4;
         let k = pb.k;
         for p in panels {
-            let panel = pb.data.as_ptr().add(p * k * NR);
+            let (panel, ks) = pb.panel_ptr(p);
+            let ks = if DIRECT { ks } else { NR };
             let j0 = p * NR;
-            let mut r0 = 0;
-            while r0 < rows {
-                let mr = MR.min(rows - r0);
-                // Rows past the edge repeat the last valid row; their results are not stored.
-                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
-                let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                for kk in 0..k {
-                    let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * NR)), _mm256_loadu_ps(panel.add(kk * NR + 8)));
-                    for (i, [lo, hi]) in acc.iter_mut().enumerate() {
-                        let av = _mm256_set1_ps(*ap[i].add(kk));
-                        *lo = _mm256_fmadd_ps(av, b0, *lo);
-                        *hi = _mm256_fmadd_ps(av, b1, *hi);
+            let nv = NR.min(pb.n - j0);
+            let mut k0 = 0;
+            loop {
+                let k1 = if DIRECT { (k0 + KC).min(k) } else { k };
+                let mut r0 = 0;
+                while r0 < rows {
+                    let mr = MR.min(rows - r0);
+                    // Rows past the edge repeat the last valid row; their results are not stored.
+                    let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                    let mut acc = [[_mm256_setzero_ps(); 2]; MR];
+                    if DIRECT && k0 > 0 {
+                        for (i, [lo, hi]) in acc.iter_mut().enumerate().take(mr) {
+                            let mut row = [0f32; NR];
+                            std::ptr::copy_nonoverlapping(c.add((r0 + i) * ldc + j0), row.as_mut_ptr(), nv);
+                            *lo = _mm256_loadu_ps(row.as_ptr());
+                            *hi = _mm256_loadu_ps(row.as_ptr().add(8));
+                        }
                     }
+                    for kk in k0..k1 {
+                        let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * ks)), _mm256_loadu_ps(panel.add(kk * ks + 8)));
+                        for (i, [lo, hi]) in acc.iter_mut().enumerate() {
+                            let av = _mm256_set1_ps(*ap[i].add(kk));
+                            *lo = _mm256_fmadd_ps(av, b0, *lo);
+                            *hi = _mm256_fmadd_ps(av, b1, *hi);
+                        }
+                    }
+                    for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
+                        let mut row = [0f32; NR];
+                        _mm256_storeu_ps(row.as_mut_ptr(), *lo);
+                        _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
+                        store_row(c.add((r0 + i) * ldc + j0), &row, nv);
+                    }
+                    r0 += MR;
                 }
-                for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
-                    let mut row = [0f32; NR];
-                    _mm256_storeu_ps(row.as_mut_ptr(), *lo);
-                    _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
-                    store_row(c.add((r0 + i) * ldc + j0), &row, NR.min(pb.n - j0));
+                k0 = k1;
+                if k0 >= k {
+                    break;
                 }
-                r0 += MR;
             }
         }
     }
@@ -363,4 +502,79 @@ pub fn f32_gemm(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [
     // SAFETY: checked just above that A and C cover every element the kernel addresses (the
     // packed panels hold `panels * k * NR` by construction).
     unsafe { f32_gemm_panels(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) }
+}
+
+/// Rows at or below which a product computed once per call over all of a layer-direction's
+/// rows (not at every step) reads its weights in place instead of packing them: packing reads
+/// and writes all of W, as much memory traffic as the product itself at this many rows
+/// (DeepBench's GRU with T = 1: W_ih and W_hh of 3 MiB each against 32 rows).
+pub const DIRECT_MAX_ROWS: usize = 64;
+
+/// `C = A B` with A `rows` rows at stride `lda`, C at stride `ldc` (overwritten), B's panels
+/// split across the time loops' threads ([`super::split::ranges`] over the panels; one
+/// thread for a small product). Each element is the same chain of operations as
+/// [`PackedB::gemm`]'s, whatever the thread count.
+///
+/// # Panics
+/// When A or C do not cover the rows addressed (as [`PackedB::gemm`]).
+pub fn gemm_threaded<T: Float>(pb: &PackedB<'_, T>, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize) {
+    if rows == 0 || pb.n == 0 {
+        return;
+    }
+    pb.check(a, rows, lda, c, ldc);
+    let parts = super::split::ranges(pb.panels(), rows.saturating_mul(pb.k).saturating_mul(pb.n));
+    let c_len = c.len();
+    let shared = super::split::Rows::new(c);
+    super::split::run(&parts, |panels| {
+        // SAFETY: the parts' panel ranges are disjoint, so their columns of C are; A and C
+        // were checked above to cover every row addressed.
+        unsafe {
+            let (ptr, _) = shared.tail_ptr(0);
+            pb.gemm_panels(a, rows, lda, ptr, c_len, ldc, panels);
+        }
+    });
+}
+
+/// `C[rows, m] = X[rows, k] W[m, k]^T` for few rows (at most about [`DIRECT_MAX_ROWS`]), W
+/// read in place: computed as `C^T = W X^T` with X^T packed (`rows * k` elements, not W's
+/// `m * k`), W's rows split across threads, each thread transposing its part into C
+/// (overwritten, row stride `m`). Each element is the same chain of operations as
+/// `PackedB::transposed(W, m, k)` and [`PackedB::gemm`] over X (a product's two factors commute
+/// exactly in a fused multiply-add), whatever the thread count.
+///
+/// # Errors
+/// [`Error::LengthMismatch`] when X, W or C are shorter than the sizes say;
+/// [`Error::OutOfMemory`] when the scratch cannot be allocated.
+pub fn xwt_direct<T: Float>(x: &[T], rows: usize, k: usize, w: &[T], m: usize, c: &mut [T]) -> Result<()> {
+    let need = |what: &str, shape: [usize; 2], got: usize| match shape[0].checked_mul(shape[1]) {
+        Some(e) if e <= got => Ok(()),
+        e => Err(Error::LengthMismatch { what: what.into(), shape: shape.to_vec(), expected: e.unwrap_or(usize::MAX), got }),
+    };
+    need("direct product's W", [m, k], w.len())?;
+    need("direct product's C", [rows, m], c.len())?;
+    if rows == 0 || m == 0 {
+        return Ok(());
+    }
+    let xt = PackedB::try_transposed(x, rows, k)?;
+    // Every element is written by the product below.
+    let mut ct = super::reused("direct product", &[m, rows])?;
+    let parts = super::split::ranges(m, rows.saturating_mul(k).saturating_mul(m));
+    let shared = super::split::Rows::new(&mut ct);
+    let out = super::split::Rows::new(&mut c[..rows * m]);
+    super::split::run(&parts, |r| {
+        // SAFETY: the parts' row ranges of W, and so of C^T, are disjoint.
+        let dst = unsafe { shared.part(r.start * rows, r.len() * rows) };
+        xt.gemm(&w[r.start * k..r.end * k], r.len(), k, dst, rows);
+        // Each part transposes its own columns of C.
+        // SAFETY: the parts' column ranges of C are disjoint; `i * m + j < rows * m`.
+        let (cp, _) = unsafe { out.tail_ptr(0) };
+        for (j, col) in r.zip(dst.chunks_exact(rows)) {
+            for (i, &v) in col.iter().enumerate() {
+                unsafe { *cp.add(i * m + j) = v };
+            }
+        }
+    });
+    super::pool::recycle(ct);
+    xt.recycle();
+    Ok(())
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub const MIN_ROWS_PER_THREAD: usize = 8;
 
 /// Below this many multiply-adds in one layer-direction's step products (all steps), the
-/// loop stays on the calling thread: spawning costs tens of microseconds.
+/// loop stays on the calling thread: handing parts to other threads costs microseconds.
 pub const MIN_PARALLEL_MACS: usize = 1 << 21;
 
 static THREADS: AtomicUsize = AtomicUsize::new(0);
@@ -100,26 +100,17 @@ pub fn ranges(batch: usize, macs: usize) -> Vec<Range<usize>> {
         .collect()
 }
 
-/// Runs `f` once per range, the first on the calling thread and the others on scoped threads.
+/// Runs `f` once per range at the same time, the first on the calling thread and the others on
+/// kept worker threads (the crate-private `cpu::workers`).
 pub fn run<F: Fn(Range<usize>) + Sync>(ranges: &[Range<usize>], f: F) {
     run_parts(ranges.len(), |p| f(ranges[p].clone()))
 }
 
-/// Runs `f(p)` for every part `p < parts`, part 0 on the calling thread and the others on
-/// scoped threads.
+/// Runs `f(p)` for every part `p < parts` at the same time, part 0 on the calling thread and
+/// the others on kept worker threads (`cpu::workers`).
 fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: F) {
     MAX_PARTS.with(|c| c.set(c.get().max(parts)));
-    match parts {
-        0 => {}
-        1 => f(0),
-        _ => std::thread::scope(|s| {
-            for p in 1..parts {
-                let f = &f;
-                s.spawn(move || f(p));
-            }
-            f(0);
-        }),
-    }
+    super::workers::run_parts(parts, f)
 }
 
 /// A time loop over a slice of the batch, run by [`run_loop`].

@@ -3,7 +3,7 @@
 
 use crate::common::{rng, uniform};
 use wgpu_rnn::cpu::fast;
-use wgpu_rnn::cpu::smallgemm::{portable, PackedB};
+use wgpu_rnn::cpu::smallgemm::{self, portable, PackedB};
 
 /// fast::exp relative error bound (a few ulp).
 const EXP_RTOL: f32 = 4e-7;
@@ -73,6 +73,125 @@ fn packed_gemm_matches_naive_on_awkward_sizes() {
         pb.gemm(&a, rows, k, &mut c1, n);
         pb2.gemm(&a, rows, k, &mut c2, n);
         assert_eq!(c1, c2);
+    }
+}
+
+/// A direct view of B ([`PackedB::try_direct`]: W read in place, only a partial last panel
+/// copied) gives bitwise what the packed B gives, on every kernel, through the threaded product
+/// on 1 and 3 threads too; and `xwt_direct` (C = X W^T computed as (W X^T)^T with X^T packed)
+/// gives bitwise what the transposed packing of W gives. Sizes with and without a partial last
+/// panel, a single column, and k = 1.
+#[test]
+fn direct_products_match_packed_bitwise() {
+    use wgpu_rnn::cpu::split;
+    let mut g = rng(5);
+    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (64, 40, 48), (5, 1, 100), (64, 256, 520)] {
+        let a: Vec<f32> = uniform(&mut g, rows * k, 1.0).into_iter().map(|v| v as f32).collect();
+        // W [k, n] for the plain product.
+        let w: Vec<f32> = uniform(&mut g, k * n, 1.0).into_iter().map(|v| v as f32).collect();
+        let packed = PackedB::plain(&w, k, n);
+        let direct = PackedB::try_direct(&w, k, n).unwrap();
+        assert!(direct.is_direct() && !packed.is_direct());
+        let mut want = vec![f32::NAN; rows * n];
+        packed.gemm(&a, rows, k, &mut want, n);
+        let mut got = vec![f32::NAN; rows * n];
+        direct.gemm(&a, rows, k, &mut got, n);
+        assert_eq!(got, want, "direct {rows}x{k}x{n}");
+        let (mut pw, mut pg) = (vec![f32::NAN; rows * n], vec![f32::NAN; rows * n]);
+        portable(&packed, &a, rows, k, &mut pw, n);
+        portable(&direct, &a, rows, k, &mut pg, n);
+        assert_eq!(pg, pw, "portable direct {rows}x{k}x{n}");
+        for threads in [1, 3] {
+            let mut t = vec![f32::NAN; rows * n];
+            split::with_threads(threads, || smallgemm::gemm_threaded(&direct, &a, rows, k, &mut t, n));
+            assert_eq!(t, want, "threaded direct {rows}x{k}x{n}, {threads} threads");
+        }
+        // C[rows, n] = X[rows, k] W2[n, k]^T.
+        let w2: Vec<f32> = uniform(&mut g, n * k, 1.0).into_iter().map(|v| v as f32).collect();
+        let mut want = vec![f32::NAN; rows * n];
+        PackedB::transposed(&w2, n, k).gemm(&a, rows, k, &mut want, n);
+        for threads in [1, 3] {
+            let mut got = vec![f32::NAN; rows * n];
+            split::with_threads(threads, || smallgemm::xwt_direct(&a, rows, k, &w2, n, &mut got)).unwrap();
+            assert_eq!(got, want, "xwt_direct {rows}x{k}x{n}, {threads} threads");
+        }
+    }
+    // Short operands are typed errors, not panics.
+    let v = vec![0f32; 12];
+    assert!(matches!(PackedB::try_direct(&v, 4, 4), Err(wgpu_rnn::Error::LengthMismatch { .. })));
+    let mut c = vec![0f32; 12];
+    assert!(matches!(smallgemm::xwt_direct(&v, 3, 4, &v, 4, &mut c), Err(wgpu_rnn::Error::LengthMismatch { .. })));
+    assert!(matches!(smallgemm::xwt_direct(&v, 4, 3, &v, 4, &mut c[..11]), Err(wgpu_rnn::Error::LengthMismatch { .. })));
+    assert!(matches!(smallgemm::xwt_direct(&v[..11], 4, 3, &v, 4, &mut c), Err(wgpu_rnn::Error::LengthMismatch { .. })));
+}
+
+/// One step over a batch of `SPLIT_B` rows, so at most `smallgemm::DIRECT_MAX_ROWS` rows in all
+/// (the products read W in place: the forward's input projection, the backward's `dh0` and dX),
+/// with a hidden size that splits the loops and the products: 1, 2 and 3 threads agree bit for
+/// bit.
+#[test]
+fn direct_products_do_not_depend_on_the_thread_count() {
+    use wgpu_rnn::config::{Mode, RnnConfig};
+    use wgpu_rnn::weights::Weights;
+    assert!(SPLIT_B <= smallgemm::DIRECT_MAX_ROWS);
+    let lengths = vec![1; SPLIT_B];
+    let mut g = rng(19);
+    for cfg in [
+        RnnConfig::new(Mode::Lstm, SPLIT_I, 192).bidirectional(true),
+        RnnConfig::new(Mode::Gru, SPLIT_I, 192).layers(2),
+        RnnConfig::new(Mode::GruResetBefore, SPLIT_I, 192),
+    ] {
+        let w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+        let x: Vec<f32> = uniform(&mut g, SPLIT_B * SPLIT_I, 1.0).into_iter().map(|v| v as f32).collect();
+        let go: Vec<f32> = uniform(&mut g, SPLIT_B * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+        let one = run_with_threads(1, || run_split_case(&w, &x, &go, 1, &lengths));
+        for n in [2, 3] {
+            assert!(one == run_with_threads(n, || run_split_case(&w, &x, &go, 1, &lengths)), "{cfg:?}: {n} threads differ from 1");
+        }
+    }
+}
+
+/// The products computed once per call take W in place up to `smallgemm::DIRECT_MAX_ROWS` rows
+/// in all and a general GEMM past it. Two sequences a little longer than half of it (both
+/// together past it, each alone within it; batch 2, so the input side is one product up front)
+/// through the cells of different product structures: the batch against each sequence alone,
+/// in f64, so each path checks the other.
+#[test]
+fn direct_products_match_the_general_gemm_across_the_row_limit() {
+    use wgpu_rnn::config::{Mode, RnnConfig};
+    use wgpu_rnn::weights::Weights;
+    let t = smallgemm::DIRECT_MAX_ROWS / 2 + 3;
+    let lengths = [t, t - 1];
+    assert!(lengths.iter().sum::<usize>() > smallgemm::DIRECT_MAX_ROWS && t <= smallgemm::DIRECT_MAX_ROWS);
+    let mut g = rng(17);
+    for cfg in [
+        RnnConfig::new(Mode::Lstm, 20, 24).bidirectional(true),
+        RnnConfig::new(Mode::Gru, 20, 24).layers(2),
+        RnnConfig::new(Mode::GruResetBefore, 20, 24),
+        RnnConfig::new(Mode::Scrn, 20, 24),
+    ] {
+        let (ld, out_w, b) = (cfg.num_layers * cfg.directions(), cfg.output_size(), lengths.len());
+        let w = Weights::<f64>::init_uniform(&cfg, 3).unwrap();
+        let x = uniform(&mut g, t * b * cfg.input_size, 1.0);
+        let go = uniform(&mut g, t * b * out_w, 1.0);
+        let batched = run_split_case(&w, &x, &go, t, &lengths);
+        let mut params = vec![0f64; batched[2].len()];
+        for (s, &len) in lengths.iter().enumerate() {
+            let pick = |m: &[f64], f: usize| -> Vec<f64> { (0..len).flat_map(|tt| m[(tt * b + s) * f..(tt * b + s + 1) * f].to_vec()).collect() };
+            let one = run_split_case(&w, &pick(&x, cfg.input_size), &pick(&go, out_w), len, &[len]);
+            let what = |part: &str| format!("{cfg:?} sequence {s} {part}");
+            crate::common::assert_close(&what("output"), &one[0], &pick(&batched[0], out_w), BATCH_VS_SINGLE_ATOL, 0.0);
+            crate::common::assert_close(&what("input gradient"), &one[1], &pick(&batched[1], cfg.input_size), BATCH_VS_SINGLE_ATOL, 0.0);
+            let state = |m: &[f64], f: usize| -> Vec<f64> { (0..ld).flat_map(|l| m[(l * b + s) * f..(l * b + s + 1) * f].to_vec()).collect() };
+            for (i, st) in cfg.states().iter().enumerate() {
+                crate::common::assert_close(&what(&format!("{}_n", st.name)), &one[3 + 2 * i], &state(&batched[3 + 2 * i], st.width), BATCH_VS_SINGLE_ATOL, 0.0);
+                crate::common::assert_close(&what(&format!("d{}0", st.name)), &one[4 + 2 * i], &state(&batched[4 + 2 * i], st.width), BATCH_VS_SINGLE_ATOL, 0.0);
+            }
+            for (acc, v) in params.iter_mut().zip(&one[2]) {
+                *acc += v;
+            }
+        }
+        crate::common::assert_close(&format!("{cfg:?} parameter gradients"), &params, &batched[2], BATCH_VS_SINGLE_ATOL, 0.0);
     }
 }
 

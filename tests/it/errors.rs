@@ -50,6 +50,82 @@ fn forward_rejects_wrong_shapes_and_non_finite() {
     assert!(matches!(cpu::forward(&w, &e, &[], Pass::Inference), Err(Error::EmptyBatch(_))));
 }
 
+/// A NaN or an infinity anywhere in any parameter of any cell (first, middle or last element)
+/// gets the same error over every batch: within and past the rows for which the CPU engine
+/// checks the input projection's part of W_ih on its product (at most
+/// `smallgemm::DIRECT_MAX_ROWS`), over zero inputs (the product's terms then `0 x inf`), and
+/// with a NaN input too; for a trained parameter that error names it (`NonFinite`), for the
+/// uRNN's fixed permutation it is the permutation's own refusal. Likewise in f16 storage (the
+/// same error over few rows as over many), and with a second bad parameter after it (the first
+/// in `state_dict` order is named).
+#[test]
+fn every_non_finite_parameter_is_named() {
+    use wgpu_rnn::cpu::smallgemm::DIRECT_MAX_ROWS;
+    use wgpu_rnn::Precision;
+    let (few, many) = (packed(3, 2, 3, &[3, 2]), packed(40, 2, 3, &[40, 33]));
+    assert!(few.rows() <= DIRECT_MAX_ROWS && many.rows() > DIRECT_MAX_ROWS);
+    let mut zeros = few.clone();
+    zeros.data.iter_mut().for_each(|v| *v = 0.0);
+    let mut nan_input = few.clone();
+    nan_input.data[0] = f32::NAN;
+    let mut cells = 0;
+    for &mode in Mode::REGISTRY {
+        let cfg = RnnConfig::new(mode, 3, 4).layers(2).bidirectional(true);
+        let Ok(w) = Weights::<f32>::init_uniform(&cfg, 1) else { continue };
+        cells += 1;
+        let mut params = 0;
+        w.for_each(|_, _, _, _| params += 1);
+        // Sets element `at(len)` of parameter `target` (state_dict order) to `bad`; its name and
+        // whether it is a fixed tensor.
+        let spoil = |w: &mut Weights<f32>, target: usize, at: &dyn Fn(usize) -> usize, bad: f32| {
+            let (mut k, mut name, mut fixed) = (0, String::new(), false);
+            w.for_each_mut(|def, l, d, v| {
+                if k == target {
+                    v[at(v.len())] = bad;
+                    (name, fixed) = (RnnConfig::param_name(def.stem, l, d), def.fixed);
+                }
+                k += 1;
+            });
+            (name, fixed)
+        };
+        let error = |w: &Weights<f32>, x: &PackedSequence<f32>, what: &str| match cpu::forward(w, x, &[], Pass::Inference) {
+            Err(e) => format!("{e:?}"),
+            Ok(_) => panic!("{mode} {what}: accepted"),
+        };
+        let ats: [&dyn Fn(usize) -> usize; 3] = [&|_| 0, &|n| n / 2, &|n| n - 1];
+        for target in 0..params {
+            for (a, at) in ats.iter().enumerate() {
+                let bad = [f32::NAN, f32::INFINITY, f32::NEG_INFINITY][(target + a) % 3];
+                let mut wn = w.clone();
+                let (name, fixed) = spoil(&mut wn, target, at, bad);
+                let what = format!("{name}[{a}] = {bad}");
+                // Past the row limit every parameter is checked up front, before anything else.
+                let want = error(&wn, &many, &what);
+                if !fixed {
+                    assert_eq!(want, format!("{:?}", Error::NonFinite(name.clone())), "{mode} {what}");
+                }
+                for (x, over) in [(&few, "few rows"), (&zeros, "zero inputs"), (&nan_input, "a NaN input too")] {
+                    assert_eq!(error(&wn, x, &what), want, "{mode} {what}, {over}");
+                }
+                if a == 0 && !fixed {
+                    let f16 = Weights { config: cfg.clone().with_precision(Precision::F16), params: wn.params.clone() };
+                    assert_eq!(error(&f16, &few, &what), error(&f16, &many, &what), "{mode} {what}, f16 storage");
+                    // A second bad parameter after it: the first is named.
+                    if target + 1 < params {
+                        let (_, last_fixed) = spoil(&mut wn, params - 1, at, f32::NAN);
+                        let both = error(&wn, &many, &what);
+                        if !last_fixed {
+                            assert_eq!(both, want, "{mode} {what} and the last parameter");
+                        }
+                        assert_eq!(error(&wn, &few, &what), both, "{mode} {what} and the last parameter, few rows");
+                    }
+                }
+            }
+        }
+    }
+    assert!(cells >= 10, "only {cells} cells built a 2-layer bidirectional stack");
+}
+
 #[test]
 fn backward_rejects_wrong_gradient_shapes() {
     let cfg = RnnConfig::new(Mode::Lstm, 3, 4);
