@@ -267,16 +267,10 @@ fn check_weights_but_projections<T: Float>(w: &Weights<T>) -> Result<()> {
             cfg.mode.layout(sz).xp * sz.input
         })
         .collect();
-    let mut bad = false;
-    w.for_each(|def, layer, _, v| {
-        let skip = if def.slot == Slot::WeightIh { projected[layer.min(1)].saturating_sub(def.offset).min(v.len()) } else { 0 };
-        bad |= !bad && !crate::float::all_finite(&v[skip..]);
-    });
-    if bad {
-        w.check_finite()
-    } else {
-        Ok(())
-    }
+    // A failure names the first bad parameter of those checked; the full check names the
+    // first of all (a skipped part may hold an earlier one).
+    w.check_finite_past(|def, layer| if def.slot == Slot::WeightIh { projected[layer.min(1)].saturating_sub(def.offset) } else { 0 })
+        .or_else(|_| w.check_finite())
 }
 
 /// [`forward_with`] after its checks; `projections_unchecked`: the input projections' part of
@@ -290,6 +284,8 @@ fn forward_checked<T: Float>(
     projections_unchecked: bool,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
     let cfg = &w.config;
+    let full_check = || w.check_finite();
+    let recheck: Recheck<'_> = projections_unchecked.then_some(&full_check);
     if pass == Pass::Training {
         cfg.check_trainable()?;
     }
@@ -309,11 +305,9 @@ fn forward_checked<T: Float>(
         let mut s0: Vec<Vec<T>> = states0.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
         s0.iter_mut().for_each(|v| store(q, v));
         let s0: Vec<Option<&[T]>> = states0.iter().zip(&s0).map(|(o, v)| o.map(|_| v.as_slice())).collect();
-        let recheck = || w.check_finite();
-        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw, projections_unchecked.then_some(&recheck)));
+        return crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(&w, &x, &s0, pass, draw, recheck));
     }
-    let recheck = || w.check_finite();
-    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw, projections_unchecked.then_some(&recheck)))
+    crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw, recheck))
 }
 
 /// Rounds `v` as the config's precision stores it (the f16-storage twin of `gpu::CellPlan`:
@@ -621,21 +615,21 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     let keep_xp = training && C::BACKWARD_READS_XP;
     // Written before it is read: by the GEMM below (beta 0) or, step by step, by the loop.
     let mut xp = reused("input projection", &[if per_step && !keep_xp { 0 } else { n }, gx])?;
-    // The projection's part of W_ih, when its check was left to this function: the product's
-    // where it is made up front from W in place, else W's.
-    let mut check_xp = false;
-    if let Some(recheck) = a.recheck {
-        check_xp = gx > 0 && !per_step && (1..=smallgemm::DIRECT_MAX_ROWS).contains(&n);
-        if !check_xp && !crate::float::all_finite(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw]) {
+    // Few rows: the projection made up front from W_ih in place, not packed (DeepBench's GRU
+    // with T = 1).
+    let direct_xp = gx > 0 && !per_step && n <= smallgemm::DIRECT_MAX_ROWS;
+    // The projection's part of W_ih, when its check was left to this function (only for 1 to
+    // DIRECT_MAX_ROWS rows): on the direct product below, else on W here.
+    if let Some(recheck) = a.recheck.filter(|_| !direct_xp) {
+        if !crate::float::all_finite(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw]) {
             recheck()?;
         }
     }
     if gx > 0 && !per_step {
         let w = slot(p, Slot::WeightIh, "input matrix")?;
-        if n <= smallgemm::DIRECT_MAX_ROWS {
-            // Few rows: W_ih read in place, not packed (DeepBench's GRU with T = 1).
+        if direct_xp {
             smallgemm::xwt_direct(a.x, n, inw, w, gx, &mut xp)?;
-            if let Some(recheck) = a.recheck.filter(|_| check_xp) {
+            if let Some(recheck) = a.recheck {
                 if !crate::float::all_finite(&xp[..n * gx]) {
                     recheck()?;
                 }
