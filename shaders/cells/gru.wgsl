@@ -39,5 +39,6 @@ fn row_backward(row: u32, l: u32) {
         dr_set(row, n + j, daz);
         dr_set(row, 2u * n + j, dan * rg);
         ds_set(row, j, dh * z);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

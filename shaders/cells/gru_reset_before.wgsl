@@ -50,6 +50,7 @@ fn row_backward(row: u32, l: u32) {
             dr_set(row, n + j, daz);
             dr_set(row, 2u * n + j, dan);
             ds_set(row, j, dh * z);
+            if (ONE_PASS_UNITS) { break; }
         }
         return;
     }
@@ -60,5 +61,6 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, j, dar);
         dr_set(row, j, dar);
         ds_set(row, j, ds_get(row, j) + drh * rg);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

@@ -16,5 +16,6 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, j, da);
         de_add(row, j, da * s_prev(row, j));
         ds_set(row, j, da * e(j));
+        if (ONE_PASS_UNITS) { break; }
     }
 }

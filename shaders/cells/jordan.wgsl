@@ -29,6 +29,7 @@ fn row_backward(row: u32, l: u32) {
         for (var j = l; j < n; j += WG) {
             dr_set(row, n + j, (ds_get(row, j) + dout(row, j)) * dtanh(tape_get(row, n + j)));
             ds_set(row, j, 0.0);
+            if (ONE_PASS_UNITS) { break; }
         }
         return;
     }
@@ -36,5 +37,6 @@ fn row_backward(row: u32, l: u32) {
         let da = dtape(row, j) * dtanh(tape_get(row, j));
         dxp_set(row, j, da);
         dr_set(row, j, da);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

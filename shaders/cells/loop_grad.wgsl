@@ -46,6 +46,7 @@ fn loop_product_grad(pr: Prod, r0: u32, nr: u32, l: u32) {
                 scr[p.dtape_off + (r0 + i) * p.tw + (pr.pa_off - p.tape_off) + k] = S(acc[i]);
             }
         }
+        if (ONE_PASS_PRODUCTS) { break; }
     }
 }
 
@@ -131,6 +132,7 @@ fn cell_loop_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocati
                             v[i] = dr_get(r0 + i, pr.pcol + c);
                         }
                         dgr[c] = v;
+                        if (ONE_PASS_PRODUCTS) { break; }
                     }
                     workgroupBarrier();
                     loop_product_grad(pr, r0, nr, l);

@@ -47,6 +47,7 @@ fn row_backward(row: u32, l: u32) {
         for (var j = l; j < ho; j += WG) {
             dr_set(row, 4u * n + j, ds_get(row, j) + dout(row, j));
             ds_set(row, j, 0.0);
+            if (ONE_PASS_UNITS) { break; }
         }
         return;
     }
@@ -77,10 +78,12 @@ fn row_backward(row: u32, l: u32) {
         dr_set(row, 2u * n + j, dg);
         dr_set(row, 3u * n + j, d_o);
         ds_set(row, ho + j, dct * f);
+        if (ONE_PASS_UNITS) { break; }
     }
     if (p.proj == 0u) {
         for (var j = l; j < n; j += WG) {
             ds_set(row, j, 0.0);
+            if (ONE_PASS_UNITS) { break; }
         }
     }
 }

@@ -50,5 +50,6 @@ fn row_backward(row: u32, l: u32) {
         dr_set(row, 2u * n + j, d_o);
         ds_set(row, n + j, dct * f);
         ds_set(row, j, 0.0);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

@@ -64,5 +64,6 @@ fn row_backward(row: u32, l: u32) {
         de_add(row, 2u * n + j, d_o * c);
         ds_set(row, n + j, dct * f + di * e(j) + df * e(n + j));
         ds_set(row, j, 0.0);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

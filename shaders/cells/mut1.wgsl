@@ -43,6 +43,7 @@ fn row_backward(row: u32, l: u32) {
             dx_add(row, j, dau * dtanh(tanh_safe(x(row, j))));
             dxp_set(row, j, dh * (u - s_prev(row, j)) * dsigmoid(z));
             ds_set(row, j, dh * (1.0 - z));
+            if (ONE_PASS_UNITS) { break; }
         }
         return;
     }
@@ -53,5 +54,6 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, n + j, dar);
         dr_set(row, j, dar);
         ds_set(row, j, ds_get(row, j) + drh * rg);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

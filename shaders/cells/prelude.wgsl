@@ -2,7 +2,9 @@
 // defines the pointwise step of one stage, forward and backward, mirroring its Rust module in
 // src/cells/: a cell with a per-unit step (Cell::UNIT_STEP) as functions, `unit_forward(row,
 // j)` (one unit of one row) and `row_backward(row, l)` (one row, invocation l of 64 striding
-// over its units), which stage.wgsl's kernels call; a cell whose step reduces over the row as
+// over its units, every such loop over at most p.hidden and ending with
+// `if (ONE_PASS_UNITS) { break; }`: see below), which stage.wgsl's kernels call; a cell whose
+// step reduces over the row as
 // the entry points `cell_forward` and `cell_backward`. The per-step kernels run one workgroup
 // per active row of the step: (rows, 1, 1); a workgroup's 64 invocations stride over the
 // row's units.
@@ -93,6 +95,18 @@ struct CellParams {
 @group(0) @binding(8) var<storage, read_write> dxin: array<S>;
 
 const WG: u32 = 64u;
+
+// One-pass loops. The loop kernels (stage.wgsl's cell_loop, loop_grad.wgsl's cell_loop_grad)
+// are specialised (kernels::LoopShape) for a layer whose units (kernels' `units`, hence
+// p.hidden) are at most WG: ONE_PASS_UNITS; and whose products' rows and k are:
+// ONE_PASS_PRODUCTS. A loop `for (var j = l; j < n; j += WG)` whose n is within the flag's
+// bound then ends with `if (ONE_PASS_...) { break; }`: the same work when the flag holds (j
+// starts below WG, so a second pass would find j >= n), and code that lavapipe runs as one
+// pass instead of a divergent loop (RNN_TANH T 672 B 1 H 32 training: 15.3 -> 13.2 ms,
+// benches/results/one-pass-loops-lavapipe-2026-12-06.txt). Every other pipeline leaves them
+// false. A flag set for a wider layer would skip units: LoopShape sets them from the sizes.
+override ONE_PASS_UNITS: bool = false;
+override ONE_PASS_PRODUCTS: bool = false;
 
 // Activation slots (src/cells/activation.rs): a cell computes the nonlinearities it lists in
 // Cell::SLOTS as slot(k, x, own), own its own function of x. A config's custom slots set

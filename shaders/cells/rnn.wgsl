@@ -20,5 +20,6 @@ fn row_backward(row: u32, l: u32) {
         dxp_set(row, j, da);
         dr_set(row, j, da);
         ds_set(row, j, 0.0);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

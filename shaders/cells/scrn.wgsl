@@ -44,15 +44,18 @@ fn row_backward(row: u32, l: u32) {
             dxp_set(row, c + j, da);
             dr_set(row, n + j, da);
             ds_set(row, j, 0.0);
+            if (ONE_PASS_UNITS) { break; }
         }
         return;
     }
     for (var j = l; j < n; j += WG) {
         dr_set(row, j, dxp_get(row, c + j));
+        if (ONE_PASS_UNITS) { break; }
     }
     for (var j = l; j < c; j += WG) {
         let g = ds_get(row, n + j) + dtape(row, j);
         dxp_set(row, j, SCRN_BETA * g);
         ds_set(row, n + j, SCRN_ALPHA * g);
+        if (ONE_PASS_UNITS) { break; }
     }
 }

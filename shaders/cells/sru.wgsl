@@ -44,5 +44,6 @@ fn row_backward(row: u32, l: u32) {
         de_add(row, 2u * n + j, df);
         de_add(row, 3u * n + j, dr);
         ds_set(row, j, dcn * f + df * e(j) + dr * e(n + j));
+        if (ONE_PASS_UNITS) { break; }
     }
 }

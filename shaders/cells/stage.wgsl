@@ -262,6 +262,7 @@ fn loop_input(pr: Prod, r0: u32, nr: u32, l: u32) {
             }
         }
         vin[k] = v;
+        if (ONE_PASS_PRODUCTS) { break; }
     }
 }
 
@@ -293,6 +294,7 @@ fn loop_product(pr: Prod, r0: u32, nr: u32, l: u32) {
                 scr[o + i * p.rw] = S(acc[i]);
             }
         }
+        if (ONE_PASS_PRODUCTS) { break; }
     }
 }
 
@@ -399,6 +401,7 @@ fn cell_loop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
                     for (var i = 0u; i < nr; i++) {
                         unit_forward(r0 + i, j);
                     }
+                    if (ONE_PASS_UNITS) { break; }
                 }
                 storageBarrier();
             }

@@ -75,6 +75,7 @@ fn row_backward(row: u32, l: u32) {
         de_add(row, j, db);
         ds_set(row, j, 0.0);
         ds_set(row, n + j, 0.0);
+        if (ONE_PASS_UNITS) { break; }
     }
 }
 

@@ -47,7 +47,7 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, NONE, ROW_BACKWARD_LOOPS};
+use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, LOOP_WG, NONE, ROW_BACKWARD_LOOPS};
 use super::sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
@@ -73,8 +73,6 @@ const STAGE_ROWS: usize = 8;
 
 /// Sorted rows a workgroup of the single-dispatch loop owns (`LR` in shaders/cells/stage.wgsl).
 const LOOP_ROWS: usize = 4;
-/// The loop's invocations per workgroup (`WG` in shaders/cells/prelude.wgsl).
-const LOOP_WG: usize = 64;
 /// The longest product k the loop takes (`LOOP_K`: its input rows in workgroup memory).
 const LOOP_K: usize = 256;
 /// The widest states and output the loop's cut-run marks reach (8 and 4 columns per
@@ -877,7 +875,7 @@ impl<'a> Shape<'a> {
             Some(format!("{} reduces over the row (no per-unit step)", self.cfg.mode))
         } else if self.zone {
             Some("zoneout".to_string())
-        } else if self.dims.iter().any(|dm| LoopShape::of(&dm.lay, self.training).is_none()) {
+        } else if self.dims.iter().any(|dm| LoopShape::of(&dm.lay, self.training, self.units(dm)).is_none()) {
             Some(format!("more than {LOOP_STAGES} stages"))
         } else if self.dims.iter().any(|dm| dm.lay.stages.iter().flatten().any(|p| p.k > LOOP_K)) {
             Some(format!("a product's k above {LOOP_K}"))
@@ -1024,7 +1022,7 @@ impl<'a> Shape<'a> {
         let bs = self.layout.batch_sizes();
         let order = self.order(dir, grad);
         let first = if grad { self.loop_dirs_bwd[dir] } else { self.loop_dirs[dir] };
-        let shape = LoopShape::of(&dm.lay, self.training).ok_or_else(|| Error::Unsupported(format!("a cell loop over more than {LOOP_STAGES} stages")))?;
+        let shape = LoopShape::of(&dm.lay, self.training, self.units(dm)).ok_or_else(|| Error::Unsupported(format!("a cell loop over more than {LOOP_STAGES} stages")))?;
         // The stages' products, their inputs at tape row 0 (the kernel moves a tape input's
         // row with the step).
         let mut prods = [[0, 0, 0, 0, NONE, 0, 0, 0, 0]; LOOP_STAGES];

@@ -403,12 +403,20 @@ pub struct LoopShape {
     state: bool,
     /// Training (the forward saves the states to the tape; tape rows are packed rows).
     training: bool,
+    /// The layer's units are at most [`LOOP_WG`]: every unit loop takes one pass
+    /// (`ONE_PASS_UNITS` in shaders/cells/prelude.wgsl).
+    one_pass_units: bool,
+    /// Every product's rows and k are at most [`LOOP_WG`] (`ONE_PASS_PRODUCTS`).
+    one_pass_products: bool,
 }
 
+/// Invocations of a cell loop kernel's workgroup (`WG` in shaders/cells/prelude.wgsl).
+pub const LOOP_WG: usize = 64;
+
 impl LoopShape {
-    /// The shape of a layer with `layout`, or `None` when it has more than [`LOOP_STAGES`]
-    /// stages.
-    pub fn of(layout: &crate::cells::Layout, training: bool) -> Option<Self> {
+    /// The shape of a layer with `layout` and `units` (the invocations per row its unit
+    /// loops cover: at least `H`), or `None` when it has more than [`LOOP_STAGES`] stages.
+    pub fn of(layout: &crate::cells::Layout, training: bool, units: usize) -> Option<Self> {
         let n = layout.stages.len();
         if n == 0 || n > LOOP_STAGES {
             return None;
@@ -418,7 +426,9 @@ impl LoopShape {
             *g = st.as_ref().map_or(0, |p| p.gates as u8);
         }
         let state = matches!(layout.stages[0].as_ref().map(|p| p.src), Some(crate::cells::Src::State(_)));
-        Some(LoopShape { gates, stages: n as u8, state, training })
+        let one_pass_units = units <= LOOP_WG;
+        let one_pass_products = layout.stages.iter().flatten().all(|p| p.rows <= LOOP_WG && p.k <= LOOP_WG);
+        Some(LoopShape { gates, stages: n as u8, state, training, one_pass_units, one_pass_products })
     }
 
     /// Its override constants.
@@ -429,6 +439,8 @@ impl LoopShape {
             ("LOOP_G1", self.gates[1] as f64),
             ("LOOP_S0", self.state as u8 as f64),
             ("LOOP_TRAIN", self.training as u8 as f64),
+            ("ONE_PASS_UNITS", self.one_pass_units as u8 as f64),
+            ("ONE_PASS_PRODUCTS", self.one_pass_products as u8 as f64),
         ]
     }
 }

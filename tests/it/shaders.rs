@@ -68,6 +68,20 @@ fn cells_fit_the_single_dispatch_backward() {
             let body = &src[at..at + src[at..].find("\n}").expect("a closing brace")];
             let loops = body.matches("for (").count() + body.matches("loop {").count() + body.matches("while ").count();
             assert!(loops <= wgpu_rnn::gpu::kernels::ROW_BACKWARD_LOOPS, "{loops} loops in\n{src}");
+            // Each loop over the units ends with the one-pass break (prelude.wgsl, "One-pass
+            // loops"): without it the loop kernels run it as a divergent loop.
+            let mut strided = 0;
+            for (at, _) in body.match_indices("+= WG) {") {
+                let open = at + "+= WG) ".len();
+                let mut depth = 0;
+                let close = open + body[open..].char_indices().find(|&(_, c)| {
+                    depth += (c == '{') as i32 - (c == '}') as i32;
+                    depth == 0
+                }).expect("the loop's closing brace").0;
+                assert!(body[open + 1..close].trim_end().ends_with("if (ONE_PASS_UNITS) { break; }"), "a unit loop without the one-pass break in\n{body}");
+                strided += 1;
+            }
+            assert!(strided >= 1, "row_backward without a loop over the units in\n{body}");
             checked += 1;
         }
     }
@@ -222,8 +236,9 @@ fn all_kernels() -> Vec<Kernel> {
                         continue;
                     }
                     let lay = m.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj, bias: true });
-                    for training in b {
-                        let shape = LoopShape::of(&lay, training).expect("every cell's layers fit the loops' stages");
+                    // Units within one pass of the loops' workgroup and beyond it.
+                    for (training, units) in b.iter().flat_map(|&t| [(t, 8), (t, 65)]) {
+                        let shape = LoopShape::of(&lay, training, units).expect("every cell's layers fit the loops' stages");
                         v.push(CellLoop { cell: m, shape, pointwise: None });
                         if !training {
                             v.extend(custom_slots(m).into_iter().map(|pw| CellLoop { cell: m, shape, pointwise: Some(pw) }));
@@ -469,7 +484,7 @@ fn override_constants_reach_the_translated_shader() {
         }
     }
     assert!(checked >= 100, "only {checked} constants checked");
-    let shape = |training| LoopShape::of(&Mode::Lstm.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }), training).unwrap();
+    let shape = |training| LoopShape::of(&Mode::Lstm.layout(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }), training, 8).unwrap();
     let inference = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(false), pointwise: None };
     let training = Kernel::CellLoop { cell: Mode::Lstm, shape: shape(true), pointwise: None };
     let (mi, ii) = specialised(inference, Precision::F32);
