@@ -65,9 +65,8 @@ fn stage_input(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
 }
 
-// Row `row` of R at k = 4q .. 4q + 3 (0 past k's end).
-fn prod_row4(row: u32, q: u32) -> vec4<f32> {
-    let at = p.pw + row * p.pk;
+// R's row from `at` (its first element) at k = 4q .. 4q + 3 (0 past k's end).
+fn prod_row4(at: u32, q: u32) -> vec4<f32> {
     if (VEC4) {
         return vec4<f32>(w4[at / 4u + q]);
     }
@@ -102,12 +101,11 @@ fn col_row(c: u32, j0: u32, u: u32) -> u32 {
     return (c % GATES) * u + j0 + l;
 }
 
-fn col_w4(c: u32, j0: u32, u: u32, q: u32) -> vec4<f32> {
+// Where column c's row of R starts, or column 0's for a column without one: the product's
+// loop then reads every column unconditionally, and what such a column sums is never stored.
+fn col_at(c: u32, j0: u32, u: u32) -> u32 {
     let row = col_row(c, j0, u);
-    if (row == NONE) {
-        return vec4<f32>(0.0);
-    }
-    return prod_row4(row, q);
+    return p.pw + select(row, col_row(0u, j0, u), row == NONE) * p.pk;
 }
 
 fn col_bias(c: u32, j0: u32, u: u32) -> f32 {
@@ -140,8 +138,12 @@ fn stage_product(j0: u32, rb: u32, nr: u32) {
     var a5 = vec4<f32>(0.0);
     var a6 = vec4<f32>(0.0);
     var a7 = vec4<f32>(0.0);
+    let c0 = col_at(0u, j0, u);
+    let c1 = col_at(1u, j0, u);
+    let c2 = col_at(2u, j0, u);
+    let c3 = col_at(3u, j0, u);
     for (var q = 0u; q < kq; q++) {
-        let m = mat4x4<f32>(col_w4(0u, j0, u, q), col_w4(1u, j0, u, q), col_w4(2u, j0, u, q), col_w4(3u, j0, u, q));
+        let m = mat4x4<f32>(prod_row4(c0, q), prod_row4(c1, q), prod_row4(c2, q), prod_row4(c3, q));
         a0 += vec4<f32>(pin4[v0 + q]) * m;
         a1 += vec4<f32>(pin4[v1 + q]) * m;
         a2 += vec4<f32>(pin4[v2 + q]) * m;
