@@ -102,9 +102,10 @@ const WG: u32 = 64u;
 // ONE_PASS_PRODUCTS. A loop `for (var j = l; j < n; j += WG)` whose n is within the flag's
 // bound then ends with `if (ONE_PASS_...) { break; }`: the same work when the flag holds (j
 // starts below WG, so a second pass would find j >= n), and code that lavapipe runs as one
-// pass instead of a divergent loop (RNN_TANH T 672 B 1 H 32 training: 15.3 -> 13.2 ms,
-// benches/results/one-pass-loops-lavapipe-2026-12-06.txt). Every other pipeline leaves them
-// false. A flag set for a wider layer would skip units: LoopShape sets them from the sizes.
+// pass instead of a divergent loop (DeepBench's RNN H 32 B 1 T 672 training on lavapipe:
+// 1.05x -> 1.00x the old fused loops' time, benches/results/one-pass-loops-lavapipe-2026-12-06.txt).
+// Every other pipeline leaves them false. A flag set for a wider layer would skip units:
+// LoopShape sets them from the sizes.
 override ONE_PASS_UNITS: bool = false;
 override ONE_PASS_PRODUCTS: bool = false;
 
