@@ -1,5 +1,6 @@
 //! The sentiment model written in burn (issue 28): burn's embedding (GloVe-initialised), a
-//! bidirectional LSTM, burn's linear head and burn's Adam (gradients clipped to norm 5), on the
+//! bidirectional LSTM, burn's linear head and burn's Adam (gradients clipped to a global norm of
+//! 5, as PyTorch's `clip_grad_norm_` and the library's example do), on the
 //! IMDB sample with `examples/sentiment`'s pipeline (`examples/common/text.rs`) and defaults.
 //! The BiLSTM is wgpu-rnn's fused one over packed sequences, or with `--burn-lstm` burn's own
 //! `nn::BiLstm` (no packing: reviews left-padded so the forward direction ends on the last word).
@@ -12,7 +13,7 @@
 #[allow(dead_code)]
 mod text;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::nn::{BiLstm, BiLstmConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -154,8 +155,47 @@ fn evaluate<M: Classify>(m: &M, batches: &[Batch], device: &Device) -> (f64, f64
     (sum / n as f64, right as f64 / n as f64)
 }
 
+/// The global gradient norm the example clips to (the library's example's `--clip` default).
+const CLIP: f32 = 5.0;
+
+/// PyTorch's `clip_grad_norm_(parameters, max_norm)`: every parameter's gradient scaled by
+/// `min(1, max_norm / (norm + 1e-6))`, `norm` the 2-norm of all the gradients together (the
+/// library's `cpu::train::clip_scale`). Reads the norm back once per call.
+fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f32) {
+    struct SumSquares<'a>(&'a GradientsParams, Option<Tensor<1>>);
+    impl ModuleVisitor for SumSquares<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let s = g.square().sum();
+                self.1 = Some(match self.1.take() {
+                    Some(acc) => acc + s,
+                    None => s,
+                });
+            }
+        }
+    }
+    struct Scale<'a>(&'a mut GradientsParams, f32);
+    impl ModuleVisitor for Scale<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.remove::<D>(param.id) {
+                self.0.register::<D>(param.id, g.mul_scalar(self.1));
+            }
+        }
+    }
+    let mut sum = SumSquares(grads, None);
+    model.visit(&mut sum);
+    let Some(sq) = sum.1 else { return };
+    let norm = sq.into_scalar::<f32>().sqrt();
+    let scale = max_norm / (norm + 1e-6);
+    if scale < 1.0 {
+        model.visit(&mut Scale(grads, scale));
+    }
+}
+
 fn train<M: Module + Classify>(mut model: M, a: &Args, train: &[Batch], test: &[Batch], device: &Device) -> (Vec<f64>, Vec<f64>) {
-    let mut optim = AdamConfig::new().with_epsilon(a.eps).with_grad_clipping(Some(burn::grad_clipping::GradientClippingConfig::Norm(5.0))).init();
+    // No `with_grad_clipping`: burn's `GradientClipping::Norm` clips each parameter's gradient by
+    // its own norm; [`clip_global_norm`] clips them together, as the library's example does.
+    let mut optim = AdamConfig::new().with_epsilon(a.eps).init();
     let inner = device.clone().without_autodiff();
     let (mut accs, mut times) = (Vec::new(), Vec::new());
     let mut order: Vec<usize> = (0..train.len()).collect();
@@ -174,7 +214,8 @@ fn train<M: Module + Classify>(mut model: M, a: &Args, train: &[Batch], test: &[
             sum += l.clone().into_scalar::<f32>() as f64 * b.labels.len() as f64;
             right += r;
             n += b.labels.len();
-            let grads = GradientsParams::from_grads(l.backward(), &model);
+            let mut grads = GradientsParams::from_grads(l.backward(), &model);
+            clip_global_norm(&model, &mut grads, CLIP);
             model = optim.step(a.lr, model, grads);
         }
         device.sync().unwrap();
