@@ -3,9 +3,9 @@
 //   c' = s(v_f) c + s(v_i) tanh(v_g)
 //   h' = s(v_o) tanh(LN_c(c'))                           (output h')
 // LN(a) = (a - mean(a)) * rstd * weight + bias, rstd = 1 / sqrt(var(a) + 1e-5), the mean and
-// the biased variance over the whole vector (4H for LN_ih and LN_hh, H for LN_c), computed in
-// two passes (mean, then the mean of squared deviations) like the CPU; rstd = inverseSqrt in
-// f32 (the CPU: 1 / sqrt). States h [H], c [H] (h first). xp = W_ih x (no input bias),
+// the biased variance over the whole vector (4H for LN_ih and LN_hh, H for LN_c), both from
+// one reduction (`row_moments`, below; the CPU takes two passes, the mean, then the mean of
+// squared deviations); rstd = inverseSqrt in f32 (the CPU: 1 / sqrt). States h [H], c [H] (h first). xp = W_ih x (no input bias),
 // one product r = W_hh h (no bias), one stage.
 // Pointwise parameters: bias [0, 4H), ln_ih_weight [4H, 8H), ln_ih_bias [8H, 12H),
 // ln_hh_weight [12H, 16H), ln_hh_bias [16H, 20H), ln_c_weight [20H, 21H), ln_c_bias
@@ -18,16 +18,73 @@
 // rstd_c (dn - mean(dn) - n_c mean(dn n_c)) with dn = dy w_c, then the gates' dv, the
 // parameters' gradients, and LN_ih / LN_hh backward the same way into dxp and dr.
 //
-// Reductions (row sums): invocation l sums, in order, the elements l, l + 64, l + 128, ...
-// of the vector (the LN_ih / LN_hh sums read only xp and r, which nothing here writes; the
-// later phases read only values the same invocation wrote); the 64
-// partial sums go to `red` (workgroup memory) and are added by a fixed tree (the prelude's row_sum): stride 32, 16,
-// ..., 1, slot l += slot l + stride, a workgroupBarrier() after each level. Up to four sums
-// travel together as a vec4. No atomics: the order of every addition is fixed, so results are
-// bitwise reproducible. All barriers are at the top level of the entry points (uniform
+// Reductions: invocation l takes, in order, the elements l, l + 64, l + 128, ... of the
+// vector (the LN_ih / LN_hh moments read only xp and r, which nothing here writes; the later
+// phases read only values the same invocation wrote). The forward's means and variances go
+// through `row_moments` (two reductions a row, where a sum for the mean and another for the
+// variance took four: C1 on lavapipe, cell_forward 48 -> 41 ms), the backward's sums through
+// the prelude's `row_sum`; each combines the 64 invocations' values in a fixed order, up to
+// four values together as a vec4. No atomics: the order of every addition is fixed, so results
+// are bitwise reproducible. All barriers are at the top level of the entry points (uniform
 // control flow); no invocation returns early.
 
 const LN_EPS: f32 = 1e-5;
+
+// Means and variances in one reduction (Chan, Golub and LeVeque's pairwise update): invocation
+// l reads its share of an m-vector (elements l, l + WG, ...; `share(l, m)` of them) and keeps
+// its mean and M2 (the sum of squared deviations from that mean), from sums shifted by its
+// first element (so no large mean cancels: the shift is one of the values); two vectors'
+// (mean, M2) travel together as a vec4 through `row_moments`, which merges them in a fixed
+// order: invocations 0-7 each merge a group of 8 in turn, then every invocation the 8 groups.
+var<workgroup> mom: array<vec4<f32>, 72>;
+fn share(l: u32, m: u32) -> f32 {
+    return f32(select(0u, (m - l - 1u) / WG + 1u, l < m));
+}
+// (mean, M2) pairs a (count na) and b (count nb) merged.
+fn merge(a: vec4<f32>, na: f32, b: vec4<f32>, nb: f32) -> vec4<f32> {
+    let n = na + nb;
+    let f = select(nb / n, 0.0, n == 0.0);
+    let d = vec2<f32>(b.x - a.x, b.z - a.z);
+    return vec4<f32>(a.x + d.x * f, a.y + b.y + d.x * d.x * na * f, a.z + d.y * f, a.w + b.w + d.y * d.y * na * f);
+}
+// Invocation l's (mean, M2) pairs from its shifted sums s (sum d, sum d^2 per vector, d the
+// element minus the shift k) over its c elements.
+fn local_moments(k: vec2<f32>, s: vec4<f32>, c: f32) -> vec4<f32> {
+    let ic = 1.0 / max(c, 1.0);
+    return vec4<f32>(k.x + s.x * ic, max(s.y - s.x * s.x * ic, 0.0), k.y + s.z * ic, max(s.w - s.z * s.z * ic, 0.0));
+}
+// Every invocation calls it (uniform control flow) and gets the row's (mean, M2) pairs.
+fn row_moments(l: u32, m: u32, v: vec4<f32>) -> vec4<f32> {
+    mom[l] = v;
+    workgroupBarrier();
+    if (l < 8u) {
+        var a = mom[8u * l];
+        var na = share(8u * l, m);
+        for (var i = 1u; i < 8u; i++) {
+            let nb = share(8u * l + i, m);
+            a = merge(a, na, mom[8u * l + i], nb);
+            na += nb;
+        }
+        mom[64u + l] = a;
+    }
+    workgroupBarrier();
+    var t = mom[64u];
+    var nt = 0.0;
+    for (var i = 0u; i < 8u; i++) {
+        nt += share(i, m);
+    }
+    for (var g = 1u; g < 8u; g++) {
+        var ng = 0.0;
+        for (var i = 0u; i < 8u; i++) {
+            ng += share(8u * g + i, m);
+        }
+        t = merge(t, nt, mom[64u + g], ng);
+        nt += ng;
+    }
+    // Everyone has read the result before the next call overwrites the slots.
+    workgroupBarrier();
+    return t;
+}
 
 @compute @workgroup_size(64)
 fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -37,25 +94,22 @@ fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let g4 = 4u * n;
     let m4 = f32(g4);
 
-    // LN_ih and LN_hh: means of xp and r, then biased variances.
+    // LN_ih and LN_hh: means and biased variances of xp and r.
+    var sh = vec2<f32>(0.0);
+    if (l < g4) {
+        sh = vec2<f32>(xp(row, l), r(row, l));
+    }
     var a = vec4<f32>(0.0);
     for (var k = l; k < g4; k += WG) {
-        a.x += xp(row, k);
-        a.y += r(row, k);
+        let di = xp(row, k) - sh.x;
+        let dh = r(row, k) - sh.y;
+        a += vec4<f32>(di, di * di, dh, dh * dh);
     }
-    let sums = row_sum(l, a);
-    let mean_ih = sums.x / m4;
-    let mean_hh = sums.y / m4;
-    a = vec4<f32>(0.0);
-    for (var k = l; k < g4; k += WG) {
-        let di = xp(row, k) - mean_ih;
-        let dh = r(row, k) - mean_hh;
-        a.x += di * di;
-        a.y += dh * dh;
-    }
-    let sq = row_sum(l, a);
-    let rstd_ih = inverseSqrt(sq.x / m4 + LN_EPS);
-    let rstd_hh = inverseSqrt(sq.y / m4 + LN_EPS);
+    let mv = row_moments(l, g4, local_moments(sh, a, share(l, g4)));
+    let mean_ih = mv.x;
+    let mean_hh = mv.z;
+    let rstd_ih = inverseSqrt(mv.y / m4 + LN_EPS);
+    let rstd_hh = inverseSqrt(mv.w / m4 + LN_EPS);
 
     // The gates and c'; c' goes to the state (read back below by the same invocation).
     a = vec4<f32>(0.0);
@@ -79,15 +133,15 @@ fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         tape_set(row, 2u * g4 + n + j, fg);
         tape_set(row, 2u * g4 + 2u * n + j, gg);
         tape_set(row, 2u * g4 + 3u * n + j, og);
-        a.x += c;
+        if (j == l) {
+            sh.x = c;
+        }
+        let d = c - sh.x;
+        a += vec4<f32>(d, d * d, 0.0, 0.0);
     }
-    let mean_c = row_sum(l, a).x / f32(n);
-    a = vec4<f32>(0.0);
-    for (var j = l; j < n; j += WG) {
-        let d = s_get(row, n + j) - mean_c;
-        a.x += d * d;
-    }
-    let rstd_c = inverseSqrt(row_sum(l, a).x / f32(n) + LN_EPS);
+    let mc = row_moments(l, n, local_moments(sh, a, share(l, n)));
+    let mean_c = mc.x;
+    let rstd_c = inverseSqrt(mc.y / f32(n) + LN_EPS);
 
     // h' = o tanh(LN_c(c')).
     for (var j = l; j < n; j += WG) {

@@ -226,20 +226,21 @@ fn dx_add(row: u32, k: u32, v: f32) {
 }
 
 // Workgroup sums for cells whose step reduces over the row (layer norm) or over a column of a
-// derived matrix (the uRNN): invocation l's partial sums v (up to four at once) added by a
-// fixed tree, stride 32, 16, ..., 1, a barrier after each level; every invocation must call
-// it (uniform control flow), and gets the sums.
-var<workgroup> red: array<vec4<f32>, 64>;
+// derived matrix (the uRNN): invocation l's partial sums v (up to four at once) added in a
+// fixed order in two levels: invocations 0-7 each add 8 slots (8l .. 8l + 7), then every
+// invocation adds those 8; three barriers a call (a 64-to-1 tree took eight: on lavapipe each
+// costs a pass over the workgroup's invocations: LSTM_LAYERNORM's cell_forward, with four
+// calls, 55 -> 48 ms at C1). Every invocation must call it (uniform control flow), and gets the sums.
+var<workgroup> red: array<vec4<f32>, 72>;
 fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
     red[l] = v;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s / 2u) {
-        if (l < s) {
-            red[l] = red[l] + red[l + s];
-        }
-        workgroupBarrier();
+    if (l < 8u) {
+        let b = 8u * l;
+        red[64u + l] = ((red[b] + red[b + 1u]) + (red[b + 2u] + red[b + 3u])) + ((red[b + 4u] + red[b + 5u]) + (red[b + 6u] + red[b + 7u]));
     }
-    let t = red[0];
+    workgroupBarrier();
+    let t = ((red[64u] + red[65u]) + (red[66u] + red[67u])) + ((red[68u] + red[69u]) + (red[70u] + red[71u]));
     // Everyone has read the result before the next call overwrites the slots.
     workgroupBarrier();
     return t;
