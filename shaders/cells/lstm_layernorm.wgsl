@@ -5,8 +5,8 @@
 // LN(a) = (a - mean(a)) * rstd * weight + bias, rstd = 1 / sqrt(var(a) + 1e-5), the mean and
 // the biased variance over the whole vector (4H for LN_ih and LN_hh, H for LN_c), both from
 // one reduction (`row_moments`, below; the CPU takes two passes, the mean, then the mean of
-// squared deviations); rstd = inverseSqrt in f32 (the CPU: 1 / sqrt). States h [H], c [H] (h first). xp = W_ih x (no input bias),
-// one product r = W_hh h (no bias), one stage.
+// squared deviations); rstd = inverseSqrt in f32 (the CPU: 1 / sqrt). States h [H], c [H]
+// (h first). xp = W_ih x (no input bias), one product r = W_hh h (no bias), one stage.
 // Pointwise parameters: bias [0, 4H), ln_ih_weight [4H, 8H), ln_ih_bias [8H, 12H),
 // ln_hh_weight [12H, 16H), ln_hh_bias [16H, 20H), ln_c_weight [20H, 21H), ln_c_bias
 // [21H, 22H). de (14H, Layout::de_blocks): the gates' dv at [0, 4H) (the gradient of bias,
@@ -86,10 +86,8 @@ fn row_moments(l: u32, m: u32, v: vec4<f32>) -> vec4<f32> {
     return t;
 }
 
-@compute @workgroup_size(64)
-fn cell_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    let row = wid.x;
-    let l = lid.x;
+// A row's forward (row_step.wgsl's cell_forward, a workgroup per row; invocation l).
+fn row_forward(row: u32, l: u32) {
     let n = p.hidden;
     let g4 = 4u * n;
     let m4 = f32(g4);

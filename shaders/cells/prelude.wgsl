@@ -230,7 +230,8 @@ fn dx_add(row: u32, k: u32, v: f32) {
 // fixed order in two levels: invocations 0-7 each add 8 slots (8l .. 8l + 7), then every
 // invocation adds those 8; three barriers a call (a 64-to-1 tree took eight: on lavapipe each
 // costs a pass over the workgroup's invocations: LSTM_LAYERNORM's cell_forward, with four
-// calls, 55 -> 48 ms at C1). Every invocation must call it (uniform control flow), and gets the sums.
+// calls, 55 -> 48 ms at C1). Every invocation must call it (uniform control flow), and gets
+// the sums.
 var<workgroup> red: array<vec4<f32>, 72>;
 fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
     red[l] = v;
@@ -249,14 +250,8 @@ fn row_sum(l: u32, v: vec4<f32>) -> vec4<f32> {
 fn dsigmoid(y: f32) -> f32 { return y * (1.0 - y); }
 fn dtanh(y: f32) -> f32 { return 1.0 - y * y; }
 
-// Training forward, before stage 0: the step's state rows to the tape.
-@compute @workgroup_size(64)
-fn save_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
-    save_row(wid.x, lid.x);
-}
-
 // The step's state row `row` to the tape's states before each row, invocation l of a
-// workgroup's share (save_states, and stage.wgsl's stage_input).
+// workgroup's share (stage.wgsl's stage_input, row_step.wgsl's cell_forward).
 fn save_row(row: u32, l: u32) {
     for (var j = l; j < p.sw; j += WG) {
         tp[p.sprev_off + packed(row) * p.sw + j] = st[p.s_off + row * p.sw + j];
@@ -273,7 +268,7 @@ fn zoned(row: u32, j: u32) -> bool { return mask_hit(packed(row) * h_width() + j
 
 // Zoneout after a step's last stage: h (state and output) keeps its previous value where hit
 // (p.stage == 1: training), or takes p.f h_prev + (1 - p.f) h_new (p.stage == 0: inference).
-// The previous states are at p.sprev (save_states ran before stage 0).
+// The previous states are at p.sprev (saved in stage 0).
 @compute @workgroup_size(64)
 fn zoneout(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
     let row = wid.x;

@@ -399,15 +399,17 @@ pub trait Cell: 'static {
     /// after stage 0. The WGSL side is the cell's own.
     const DR_IS_DXP: bool = false;
     /// The cell's GPU kernels: `shaders/cells/prelude.wgsl`, the cell's file and, for cells
-    /// with [`Cell::UNIT_STEP`], `shaders/cells/stage.wgsl`; see `cell_wgsl!`.
+    /// with [`Cell::UNIT_STEP`], `shaders/cells/stage.wgsl` (else
+    /// `shaders/cells/row_step.wgsl`); see `cell_wgsl!`.
     const WGSL: &'static str;
     /// Whether every stage's pointwise forward is per unit: the cell's WGSL defines
     /// `unit_forward(row, j)`, which reads and writes only unit j's columns of the states, of
     /// the stage's product ([`Product::gates`]) and of the tape, so the fused stage kernel
     /// (`cell_stage` in `shaders/cells/stage.wgsl`) computes the product and the update in one
     /// dispatch. Otherwise (`cell_wgsl!(rows ..)`: a pointwise step that reduces over the
-    /// row, as layer norm does) the file defines the whole-row kernel `cell_forward`, and
-    /// each stage is a product GEMM and that kernel.
+    /// row, as layer norm does) the file defines the whole-row `row_forward(row, l)` and the
+    /// entry point `cell_backward`, and each stage is a product GEMM and row_step.wgsl's
+    /// `cell_forward` over `row_forward`.
     const UNIT_STEP: bool = true;
     /// Rules on sizes beyond positivity (e.g. input == hidden), as a message.
     fn check(_s: Sizes) -> std::result::Result<(), String> {
@@ -478,7 +480,8 @@ macro_rules! cell_wgsl {
             include_str!("../../shaders/shared/activations.wgsl"),
             include_str!("../../shaders/shared/random.wgsl"),
             include_str!("../../shaders/cells/prelude.wgsl"),
-            include_str!(concat!("../../shaders/cells/", $file))
+            include_str!(concat!("../../shaders/cells/", $file)),
+            include_str!("../../shaders/cells/row_step.wgsl")
         )
     };
     (input $file:literal) => {

@@ -15,9 +15,10 @@
 //! cell with [`crate::cells::Cell::UNIT_STEP`] per stage the fused stage kernel (`cell_stage`,
 //! shaders/cells/stage.wgsl: the stage's product and the cell's `unit_forward` in one
 //! dispatch) after `stage_input` (the product's input rows, and in training, or with
-//! zoneout, the step's states to the tape); for a whole-row cell the states' save
-//! (`save_states`), then per stage its product (one GEMM over the step's rows, on R^T, into
-//! the scratch buffer) and one dispatch of the cell's `cell_forward` (a workgroup per row);
+//! zoneout, the step's states to the tape); for a whole-row cell per stage its product (one
+//! GEMM over the step's rows, on R^T, into the scratch buffer) and one dispatch of
+//! `cell_forward` (shaders/cells/row_step.wgsl: a workgroup per row, the cell's `row_forward`,
+//! in stage 0 of a training or zoneout step after the states' save to the tape);
 //! then with zoneout the `zoneout` kernel; in training with dropout, `dropout_rows` between
 //! layers. Where a step is too small to pay for its dispatches (or with
 //! `StepStrategy::SingleDispatch`), a cell with a per-unit step walks runs of steps in one
@@ -1285,17 +1286,13 @@ impl<'a> Shape<'a> {
         Ok(rt_offs)
     }
 
-    /// One step of a whole-row cell: the states' save (training, zoneout), then per stage its
-    /// product's GEMM and the cell's `cell_forward`.
+    /// One step of a whole-row cell: per stage its product's GEMM and `cell_forward` (which in
+    /// stage 0 of a training or zoneout step saves the states first).
     #[allow(clippy::too_many_arguments)]
     fn gemm_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &mut CellParams, rt_offs: &[usize], (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
         let (lay, wo, cell) = (&dm.lay, &self.woffs[k], self.cfg.mode);
         let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
         let rows = cp.rows as usize;
-        if self.training || self.zone {
-            cp.stage = 0;
-            bl.cell(ops, Kernel::CellSave(cell), cp, bufs);
-        }
         for (st, stage) in lay.stages.iter().enumerate() {
             if let Some(pr) = stage {
                 let bias = product_weights(wo, pr)?.1;
@@ -1305,7 +1302,9 @@ impl<'a> Shape<'a> {
                 bl.gemm(ops, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
             }
             cp.stage = st as u32;
-            bl.cell(ops, Kernel::CellForward(cell), cp, bufs);
+            // Stage 0 of a training or zoneout step first saves the states (row_step.wgsl).
+            let save = (self.training || self.zone) && st == 0;
+            bl.cell(ops, Kernel::CellForward(cell), &CellParams { save: save as u32, ..*cp }, bufs);
         }
         Ok(())
     }

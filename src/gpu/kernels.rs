@@ -217,8 +217,6 @@ pub enum Kernel {
     },
     /// A cell's pointwise backward of one stage.
     CellBackward(Mode),
-    /// Copies the step's state rows to the tape (prelude).
-    CellSave(Mode),
     /// Zoneout of h after a step's last stage (prelude).
     CellZoneout(Mode),
     /// Zoneout's backward before a step's last stage: the gradients of the units that kept
@@ -314,7 +312,7 @@ impl Kernel {
             CastToStored | CastToF32 => Family::Cast,
             CellStage { cell: m, .. } | CellLoop { cell: m, .. } => Family::Stage(m),
             CellLoopGrad { cell: m, .. } => Family::LoopGrad(m),
-            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellSave(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) | CellDerive(m) | CellDerivePolish(m) | CellDeriveGrad(m) | CellDeriveSum(m) => Family::Cell(m),
+            CellForward(m) | CellStageInput(m) | CellBackward(m) | CellZoneout(m) | CellZoneoutStash(m) | CellZoneoutAdd(m) | CellDropout(m) | CellDerive(m) | CellDerivePolish(m) | CellDeriveGrad(m) | CellDeriveSum(m) => Family::Cell(m),
         }
     }
 
@@ -339,7 +337,6 @@ impl Kernel {
             CellLoop { .. } => "cell_loop",
             CellLoopGrad { .. } => "cell_loop_grad",
             CellBackward(_) => "cell_backward",
-            CellSave(_) => "save_states",
             CellZoneout(_) => "zoneout",
             CellZoneoutStash(_) => "zoneout_stash",
             CellZoneoutAdd(_) => "zoneout_add",

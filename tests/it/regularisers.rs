@@ -204,12 +204,13 @@ fn probability_zero_gives_todays_numbers_bit_for_bit() {
                 // The input projection: W_x^T, then its GEMM. Per step: on the fused stage
                 // kernel, per stage the kernel and, where it has a product (and in stage 0,
                 // which saves the states), its input copy; otherwise (after each product's
-                // R^T) the states' save, then per stage its product GEMM and pointwise kernel.
+                // R^T) per stage its product GEMM and pointwise kernel (stage 0's saves the
+                // states).
                 let per_step = if mode.unit_step() {
                     lay.stages.iter().enumerate().map(|(s, p)| 1 + (p.is_some() || s == 0) as usize).sum()
                 } else {
                     f += products;
-                    1 + lay.stages.len() + products
+                    lay.stages.len() + products
                 };
                 f += 2 + steps * per_step;
                 b += steps * (lay.stages.len() + products) + 2 + lay.input_bias as usize;

@@ -251,7 +251,7 @@ fn all_kernels() -> Vec<Kernel> {
             } else {
                 v.push(CellForward(m));
             }
-            v.extend([CellBackward(m), CellSave(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
+            v.extend([CellBackward(m), CellZoneout(m), CellZoneoutStash(m), CellZoneoutAdd(m), CellDropout(m)]);
             if m.derived(wgpu_rnn::cells::Sizes { input: 8, hidden: 8, proj: 0, bias: true }).is_some() {
                 v.extend([CellDerive(m), CellDerivePolish(m), CellDeriveGrad(m), CellDeriveSum(m)]);
             }
@@ -261,7 +261,7 @@ fn all_kernels() -> Vec<Kernel> {
     for k in &v {
         match k {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
-            | Transpose | ColSum | ColSum4 | GatherRows | MoveRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellSave(_) | CellZoneout(_)
+            | Transpose | ColSum | ColSum4 | GatherRows | MoveRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDerivePolish(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
         }
     }
