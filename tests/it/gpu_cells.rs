@@ -211,3 +211,49 @@ fn the_cell_loops_at_their_largest_sizes_match_the_cpu() {
         }
     }
 }
+
+/// LSTM_LAYERNORM's GPU forward against the CPU (both f32) where every entry of `W_ih x`
+/// carries the same large offset (`OFFSET`, through one input feature all of W_ih's rows
+/// weigh by 1): the layer norm removes it, and the GPU's one-pass moments (shifted sums,
+/// shaders/cells/lstm_layernorm.wgsl) must too. A mean of squares minus the squared mean in
+/// f32 loses the variance and fails this (tried: the kernel's shift set to 0).
+#[test]
+fn layer_norm_moments_survive_a_large_common_offset() {
+    use crate::common::{assert_close, rng, uniform};
+    use wgpu_rnn::cells::Slot;
+    use wgpu_rnn::cpu;
+    use wgpu_rnn::{PackedSequence, Weights};
+    const OFFSET: f32 = 3000.0;
+    // The offset's rounding in f32 (ulp 2.4e-4 at 3e3, through GEMMs that add in different
+    // orders) moves W_ih x by a few 1e-4 on either side, and the outputs by up to about 1e-3
+    // (the spread around the offset is near 1); without the shift they are off by 0.1.
+    const OFFSET_ATOL: f64 = 5e-3;
+    // H 256: each of the kernel's 64 invocations takes 16 of W_ih x's 1024 entries, so its
+    // own sums must not cancel either.
+    let cfg = RnnConfig::new(Mode::LstmLayerNorm, 6, 256);
+    let mut w = Weights::<f32>::init_uniform(&cfg, 5).unwrap();
+    let wih = w.params[0].get_mut(Slot::WeightIh).unwrap();
+    for row in wih.chunks_mut(cfg.input_size) {
+        row[0] = 1.0;
+        // The other features' weights from +-1/16 to +-1: a spread near 1 around the offset.
+        row[1..].iter_mut().for_each(|v| *v *= 16.0);
+    }
+    let mut g = rng(77);
+    let (t, b) = (4, 3);
+    let mut xin: Vec<f32> = uniform(&mut g, t * b * cfg.input_size, 1.0).iter().map(|&v| v as f32).collect();
+    for x in xin.chunks_mut(cfg.input_size) {
+        x[0] = OFFSET;
+    }
+    let x = PackedSequence::from_padded(&xin, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
+    let (c_out, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
+    let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
+    for ctx in contexts() {
+        let rnn = wgpu_rnn::gpu::GpuRnn::new(ctx, &w).unwrap();
+        let (g_out, _) = rnn.forward(&x, &[], Pass::Inference).unwrap();
+        let backend = ctx.adapter_info().backend;
+        assert_close(&format!("{backend:?} output"), &to64(&g_out.output.data), &to64(&c_out.output.data), OFFSET_ATOL, 0.0);
+        for (i, s) in c_out.states.iter().enumerate() {
+            assert_close(&format!("{backend:?} state {i}"), &to64(&g_out.states[i].data), &to64(&s.data), OFFSET_ATOL, 0.0);
+        }
+    }
+}
