@@ -244,7 +244,7 @@ fn layer_norm_moments_survive_a_large_common_offset() {
     for x in xin.chunks_mut(cfg.input_size) {
         x[0] = OFFSET;
     }
-    let x = PackedSequence::from_padded(&xin, [t, b, cfg.input_size], false, &[t; 3]).unwrap();
+    let x = PackedSequence::from_padded(&xin, [t, b, cfg.input_size], false, &vec![t; b]).unwrap();
     let (c_out, _) = cpu::forward(&w, &x, &[], Pass::Inference).unwrap();
     let to64 = |v: &[f32]| v.iter().map(|&x| x as f64).collect::<Vec<f64>>();
     for ctx in contexts() {
