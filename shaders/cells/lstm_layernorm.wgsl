@@ -109,8 +109,10 @@ fn row_forward(row: u32, l: u32) {
     let rstd_ih = inverseSqrt(mv.y / m4 + LN_EPS);
     let rstd_hh = inverseSqrt(mv.w / m4 + LN_EPS);
 
-    // The gates and c'; c' goes to the state (read back below by the same invocation).
+    // The gates and c'; c' goes to the state (read back below by the same invocation). LN_c's
+    // shifted sums take the shift from this invocation's first c'.
     a = vec4<f32>(0.0);
+    var kc = 0.0;
     for (var j = l; j < n; j += WG) {
         var gv: array<f32, 4>;
         for (var q = 0u; q < 4u; q++) {
@@ -132,12 +134,12 @@ fn row_forward(row: u32, l: u32) {
         tape_set(row, 2u * g4 + 2u * n + j, gg);
         tape_set(row, 2u * g4 + 3u * n + j, og);
         if (j == l) {
-            sh.x = c;
+            kc = c;
         }
-        let d = c - sh.x;
+        let d = c - kc;
         a += vec4<f32>(d, d * d, 0.0, 0.0);
     }
-    let mc = row_moments(l, n, local_moments(sh, a, share(l, n)));
+    let mc = row_moments(l, n, local_moments(vec2<f32>(kc, 0.0), a, share(l, n)));
     let mean_c = mc.x;
     let rstd_c = inverseSqrt(mc.y / f32(n) + LN_EPS);
 

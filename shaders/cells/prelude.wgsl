@@ -4,9 +4,10 @@
 // j)` (one unit of one row) and `row_backward(row, l)` (one row, invocation l of 64 striding
 // over its units, every such loop over at most p.hidden and ending with
 // `if (ONE_PASS_UNITS) { break; }`: see below), which stage.wgsl's kernels call; a cell whose
-// step reduces over the row as the entry points `cell_forward` and `cell_backward`. The
-// per-step kernels run one workgroup per active row of the step: (rows, 1, 1); a workgroup's
-// 64 invocations stride over the row's units.
+// step reduces over the row as `row_forward(row, l)` (which row_step.wgsl's entry point
+// `cell_forward` calls) and the entry point `cell_backward`. The per-step kernels run one
+// workgroup per active row of the step: (rows, 1, 1); a workgroup's 64 invocations stride over
+// the row's units.
 //   @0 params uniform, dynamic offset: CellParams
 //   @1 w     read: all weights; the pointwise parameters at p.e
 //   @2 xin   read: the layer input [N, inw] at p.x_off

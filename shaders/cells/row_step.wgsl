@@ -1,4 +1,3 @@
-
 // The forward entry point of a whole-row cell (one without Cell::UNIT_STEP), after the cell's
 // file, which defines `row_forward(row, l)`: invocation l's share of one stage for a row, a
 // workgroup per row; it reads and writes the states in place. In stage 0 of a training or

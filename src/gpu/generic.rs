@@ -1183,7 +1183,7 @@ impl<'a> Shape<'a> {
                     if self.unit {
                         self.stage_step(bl, &mut fwd, dm, k, &cp, (x, y, tp))?;
                     } else {
-                        self.gemm_step(bl, &mut fwd, dm, k, &mut cp, &rt_offs, (x, y, tp))?;
+                        self.gemm_step(bl, &mut fwd, dm, k, &cp, &rt_offs, (x, y, tp))?;
                     }
                     if self.zone {
                         let zb = [Buf::Counter, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
@@ -1289,7 +1289,7 @@ impl<'a> Shape<'a> {
     /// One step of a whole-row cell: per stage its product's GEMM and `cell_forward` (which in
     /// stage 0 of a training or zoneout step saves the states first).
     #[allow(clippy::too_many_arguments)]
-    fn gemm_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &mut CellParams, rt_offs: &[usize], (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
+    fn gemm_step(&self, bl: &mut Builder, ops: &mut Vec<Op>, dm: &Dims, k: usize, cp: &CellParams, rt_offs: &[usize], (x, y, tp): (Buf, Buf, Buf)) -> Result<()> {
         let (lay, wo, cell) = (&dm.lay, &self.woffs[k], self.cfg.mode);
         let bufs = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, Buf::Dummy(0), Buf::Dummy(1)];
         let rows = cp.rows as usize;
@@ -1301,10 +1301,9 @@ impl<'a> Shape<'a> {
                 let p = gp(rows, pr.rows, pr.k, (a_off, a_rs, 1), (rt_offs[st], pr.rows, 1), (dm.roffs[st], dm.rw), bias, 0.0);
                 bl.gemm(ops, p, abuf, Buf::RT, Buf::Scratch, bias.map(|_| Buf::Weights))?;
             }
-            cp.stage = st as u32;
             // Stage 0 of a training or zoneout step first saves the states (row_step.wgsl).
             let save = (self.training || self.zone) && st == 0;
-            bl.cell(ops, Kernel::CellForward(cell), &CellParams { save: save as u32, ..*cp }, bufs);
+            bl.cell(ops, Kernel::CellForward(cell), &CellParams { stage: st as u32, save: save as u32, ..*cp }, bufs);
         }
         Ok(())
     }
