@@ -43,7 +43,7 @@ impl Cell for IndRnn {
         for j in 0..n {
             let da = if tape[j] > T::zero() { ds[j] + dout[j] } else { T::zero() };
             dxp[j] = da;
-            du[j] = da * hp[j];
+            du[j] += da * hp[j];
             ds[j] = da * u[j];
         }
     }

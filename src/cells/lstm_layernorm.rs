@@ -108,7 +108,7 @@ impl Cell for LstmLayerNorm {
             tape: 13 * h + 3,
             pointwise: 22 * h,
             // A row's de (14H): the gates' dv at [0, 4H) (the gradient of `bias`, `ln_ih_bias`
-            // and `ln_hh_bias` alike, written once), dv n_ih at [4H, 8H), dv n_hh at [8H, 12H),
+            // and `ln_hh_bias` alike, added once), dv n_ih at [4H, 8H), dv n_hh at [8H, 12H),
             // dy n_c at 12H, dy at 13H.
             de_blocks: vec![
                 GradBlock { de: 0, param: 0, len: 4 * h },
@@ -182,25 +182,30 @@ impl Cell for LstmLayerNorm {
         let (n_c, cp, dout, dh_state, dc) = (&n_c[..n], &cp[..n], &dout[..n], &mut dh_state[..n], &mut dc[..n]);
         let (de_v, de_c) = de.split_at_mut(3 * g4);
         let (de_wc, de_bc) = de_c.split_at_mut(n);
-        let de_bc = &mut de_bc[..n];
-        // h' = o tanh(y), y = LN_c(c'): d o, and dy (kept as ln_c_bias's gradient).
+        let (de_wc, de_bc) = (&mut de_wc[..n], &mut de_bc[..n]);
+        // h' = o tanh(y), y = LN_c(c'): d o, and dy and dy n_c (ln_c_bias's and ln_c_weight's
+        // terms) kept in dr, which the last loop overwrites.
+        let (dy, dyn_c) = dr[..2 * n].split_at_mut(n);
+        let dyn_c = &mut dyn_c[..n];
         {
             let dxo = &mut dxp[3 * n..4 * n];
             for j in 0..n {
                 let o = go[j];
                 let dh = dh_state[j] + dout[j];
                 let ty = (n_c[j] * w_c[j] + b_c[j]).tanh();
-                let dy = dh * o * dtanh(ty);
+                let d = dh * o * dtanh(ty);
                 dxo[j] = dh * ty * dsigmoid(o);
-                de_wc[j] = dy * n_c[j];
-                de_bc[j] = dy;
+                let dn = d * n_c[j];
+                dy[j] = d;
+                dyn_c[j] = dn;
+                de_wc[j] += dn;
+                de_bc[j] += d;
             }
         }
         // Through LN_c to c' (dn = dy w_c), then the gates' pre-activations v.
         let hm = T::from_f64(n as f64);
-        let dy = &*de_bc;
-        // de_wc = dy n_c: sum(dy w_c n_c) as sum(de_wc w_c).
-        let (m1, m2) = (sum8(dy, w_c, |d, w| d * w) / hm, sum8(de_wc, w_c, |a, w| a * w) / hm);
+        // sum(dy w_c n_c) as sum((dy n_c) w_c).
+        let (m1, m2) = (sum8(dy, w_c, |d, w| d * w) / hm, sum8(dyn_c, w_c, |a, w| a * w) / hm);
         {
             let (dxi, rest) = dxp.split_at_mut(n);
             let (dxf, rest) = rest.split_at_mut(n);
@@ -222,9 +227,9 @@ impl Cell for LstmLayerNorm {
         let (n_ih, n_hh, d_whh) = (&n_ih[..g4], &n_hh[..g4], &mut d_whh[..g4]);
         for k in 0..g4 {
             let dv = dxp[k];
-            d_bias[k] = dv;
-            d_wih[k] = dv * n_ih[k];
-            d_whh[k] = dv * n_hh[k];
+            d_bias[k] += dv;
+            d_wih[k] += dv * n_ih[k];
+            d_whh[k] += dv * n_hh[k];
             dxp[k] = dv * w_ih[k];
             dr[k] = dv * w_hh[k];
         }

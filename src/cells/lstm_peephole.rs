@@ -90,9 +90,9 @@ impl Cell for LstmPeephole {
             dxf[j] = df;
             dxg[j] = dg;
             dxo[j] = d_o;
-            dei[j] = di * cp[j];
-            def[j] = df * cp[j];
-            deo[j] = d_o * c;
+            dei[j] += di * cp[j];
+            def[j] += df * cp[j];
+            deo[j] += d_o * c;
             dc[j] = dct * f + di * wci[j] + df * wcf[j];
             // h reaches the previous step only through the product (the driver adds it).
             dh_state[j] = T::zero();

@@ -369,7 +369,10 @@ pub struct BwdRow<'a, T> {
     /// as GRU_RESET_BEFORE's stage 1 writes z's). Stage 0's columns are not the cell's to
     /// write when [`Cell::DR_IS_DXP`]; empty when that is the only product.
     pub dr: &'a mut [T],
-    /// This row's gradient of the pointwise parameters (zero on entry; the driver sums rows).
+    /// The pointwise parameters' gradient: add this row's terms to it (never overwrite or read
+    /// it), each element at most once a stage, as the GPU's `de_add`. With f32 and f64 it is
+    /// the batch row's sum over the steps so far; with f16 storage a cleared row the driver
+    /// rounds and adds to that sum.
     pub de: &'a mut [T],
     /// Direct input gradient, added to (cells with `uses_input`).
     pub dx: &'a mut [T],

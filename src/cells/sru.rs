@@ -75,10 +75,10 @@ impl Cell for Sru {
             dxp[n + j] = df;
             dxp[2 * n + j] = dr;
             dx[j] += dh * (T::one() - r);
-            de[j] = df * cp[j];
-            de[n + j] = dr * cp[j];
-            de[2 * n + j] = df;
-            de[3 * n + j] = dr;
+            de[j] += df * cp[j];
+            de[n + j] += dr * cp[j];
+            de[2 * n + j] += df;
+            de[3 * n + j] += dr;
             dc[j] = dcn * f + df * e[j] + dr * e[n + j];
         }
     }

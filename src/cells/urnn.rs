@@ -162,7 +162,7 @@ impl Cell for Urnn {
             };
             dxp[j] = dzr;
             dxp[n + j] = dzi;
-            de[j] = db;
+            de[j] += db;
             ds[j] = T::zero();
             ds[n + j] = T::zero();
         }

@@ -1394,7 +1394,12 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             let _ = self.failed.set(e);
             bar.poison();
         };
-        let alloc = || -> Result<_> { Ok((scratch("tape gradients", &[nr, tw])?, scratch("zoneout gradients", &[nr, hw])?, scratch("pointwise parameter gradients", &[nr, ew])?)) };
+        // The pointwise-parameter terms go straight into the batch rows' sums (`de`), except
+        // with f16 storage, where each step's are rounded first (`de_step`).
+        let de_step = self.q == Precision::F16;
+        let alloc = || -> Result<_> {
+            Ok((scratch("tape gradients", &[nr, tw])?, scratch("zoneout gradients", &[nr, hw])?, scratch("pointwise parameter gradients", &[if de_step { nr } else { 0 }, ew])?))
+        };
         let (mut dtape, mut zg, mut de) = match alloc() {
             Ok(v) => v,
             Err(e) => return fail(e),
@@ -1412,7 +1417,9 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             if tape_products {
                 dtape[..mr * tw].fill(T::zero());
             }
-            de[..mr * ew].fill(T::zero());
+            if de_step {
+                de[..mr * ew].fill(T::zero());
+            }
             for rr in my.clone() {
                 unsafe { self.dxp.part((o + rr) * gx, gx) }.fill(T::zero());
                 if !self.alias {
@@ -1429,6 +1436,7 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
                 for rr in my.clone() {
                     let (row, l) = (o + rr, rr - r0);
                     let dr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(row * rw, rw) } };
+                    let de: &mut [T] = if de_step { &mut de[l * ew..(l + 1) * ew] } else { unsafe { self.de.part(rr * ew, ew) } };
                     self.backward_row(
                         k,
                         row,
@@ -1436,7 +1444,7 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
                         &mut dtape[l * tw..(l + 1) * tw],
                         unsafe { self.dxp.part(row * gx, gx) },
                         dr,
-                        &mut de[l * ew..(l + 1) * ew],
+                        de,
                         unsafe { self.dx.part(row * inw, inw) },
                     );
                 }
@@ -1477,9 +1485,11 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             }
             for rr in my.clone() {
                 let l = rr - r0;
-                let de_sum = unsafe { self.de.part(rr * ew, ew) };
-                for (a, &v) in de_sum.iter_mut().zip(&de[l * ew..(l + 1) * ew]) {
-                    *a += v;
+                if de_step {
+                    let de_sum = unsafe { self.de.part(rr * ew, ew) };
+                    for (a, &v) in de_sum.iter_mut().zip(&de[l * ew..(l + 1) * ew]) {
+                        *a += v;
+                    }
                 }
                 let ds = unsafe { self.ds.part(rr * sw, sw) };
                 store(self.q, ds);
@@ -1506,6 +1516,8 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         let (_, rw) = lay.product_offsets();
         let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
         let (r0, nr) = (mine.start, mine.len());
+        // As the column split's (`de_step`).
+        let de_step = self.q == Precision::F16;
         // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
         // `o..o + rows` of one step, which no other thread touches.
         let ds = unsafe { self.ds.part(r0 * sw, nr * sw) };
@@ -1515,7 +1527,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                 scratch("product input gradients", &[nr, kmax])?,
                 scratch("zoneout gradients", &[nr, self.zone.map_or(0, |z| z.hw)])?,
                 scratch("input gradients", &[if self.w_x.is_some() { nr } else { 0 }, inw])?,
-                scratch("pointwise parameter gradients", &[nr, ew])?,
+                scratch("pointwise parameter gradients", &[if de_step { nr } else { 0 }, ew])?,
             ))
         };
         // Tape gradients are defined only where a product reads the tape (`BwdRow::dtape`).
@@ -1543,7 +1555,9 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             if !self.alias {
                 dr.fill(T::zero());
             }
-            de[..rows * ew].fill(T::zero());
+            if de_step {
+                de[..rows * ew].fill(T::zero());
+            }
             let dx = unsafe { self.dx.part(o * inw, rows * inw) };
             if let Some(z) = self.zone {
                 // (`Zone::backward_row`; g is added to the previous h's gradient below.)
@@ -1556,6 +1570,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             for k in (0..lay.stages.len()).rev() {
                 for rr in 0..rows {
                     let drr: &mut [T] = if self.alias { &mut [] } else { &mut dr[rr * rw..(rr + 1) * rw] };
+                    let der = if de_step { &mut de[rr * ew..(rr + 1) * ew] } else { &mut de_sum[rr * ew..(rr + 1) * ew] };
                     self.backward_row(
                         k,
                         o + rr,
@@ -1563,7 +1578,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                         &mut dtape[rr * tw..(rr + 1) * tw],
                         &mut dxp[rr * gx..(rr + 1) * gx],
                         drr,
-                        &mut de[rr * ew..(rr + 1) * ew],
+                        der,
                         &mut dx[rr * inw..(rr + 1) * inw],
                     );
                 }
@@ -1589,8 +1604,10 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
                     }
                 }
             }
-            for (a, &v) in de_sum[..rows * ew].iter_mut().zip(&de[..rows * ew]) {
-                *a += v;
+            if de_step {
+                for (a, &v) in de_sum[..rows * ew].iter_mut().zip(&de[..rows * ew]) {
+                    *a += v;
+                }
             }
             store(self.q, &mut ds[..rows * sw]);
             if let Some(z) = self.zone {
