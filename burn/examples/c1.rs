@@ -42,6 +42,7 @@ fn main() {
     let theirs = LstmConfig::new(I, H, true).with_batch_first(false).init(&ad);
     let x = Tensor::<3>::random([T, B, I], Distribution::Uniform(-1.0, 1.0), &ad);
     let r = Tensor::<3>::random([T, B, H], Distribution::Uniform(-1.0, 1.0), &ad);
+    let yl = Tensor::<3>::random([T, B, H], Distribution::Uniform(-1.0, 1.0), &ad).require_grad();
     let rows = [
         ("ours (wgpu-rnn fused)", "forward", time(reps, &device, || {
             let _ = ours.forward(x.clone(), None, None).unwrap().output;
@@ -56,6 +57,11 @@ fn main() {
         ("burn nn::Lstm", "training", time(reps, &device, || {
             let y = theirs.forward(x.clone(), None).0;
             let _ = (y * r.clone()).sum().backward();
+        })),
+        // What both training rows share: the loss over a [T, B, H] output and its backward,
+        // here over a leaf tensor (no RNN).
+        ("loss alone (burn ops)", "training", time(reps, &device, || {
+            let _ = (yl.clone() * r.clone()).sum().backward();
         })),
     ];
     println!("{:24} {:9} {:>12} {:>22}", "module", "mode", "median ms", "(min - max)");
