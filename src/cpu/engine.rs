@@ -310,11 +310,17 @@ fn forward_checked<T: Float>(
     crate::cells::with_cell!(cfg.mode, C => forward_cell::<C, T>(w, input, states0, pass, draw, recheck))
 }
 
+/// Whether `precision`'s storage rounds what [`store`] is given (f16); with f32 it is a no-op,
+/// so a sum may be added into directly rather than through a rounded row.
+fn rounds(precision: Precision) -> bool {
+    precision == Precision::F16
+}
+
 /// Rounds `v` as the config's precision stores it (the f16-storage twin of `gpu::CellPlan`:
 /// arithmetic in `T`, every stored value rounded to f16 where the GPU stores it; a no-op for
 /// f32 storage).
 pub(crate) fn store<T: Float>(precision: Precision, v: &mut [T]) {
-    if precision == Precision::F16 {
+    if rounds(precision) {
         for x in v {
             *x = T::from_f64(half::f16::from_f64(x.to_f64()).to_f64());
         }
@@ -1395,8 +1401,8 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
             bar.poison();
         };
         // The pointwise-parameter terms go straight into the batch rows' sums (`de`), except
-        // with f16 storage, where each step's are rounded first (`de_step`).
-        let de_step = self.q == Precision::F16;
+        // where storage rounds (f16): each step's are rounded first (`de_step`).
+        let de_step = rounds(self.q);
         let alloc = || -> Result<_> {
             Ok((scratch("tape gradients", &[nr, tw])?, scratch("zoneout gradients", &[nr, hw])?, scratch("pointwise parameter gradients", &[if de_step { nr } else { 0 }, ew])?))
         };
@@ -1517,7 +1523,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
         let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
         let (r0, nr) = (mine.start, mine.len());
         // As the column split's (`de_step`).
-        let de_step = self.q == Precision::F16;
+        let de_step = rounds(self.q);
         // SAFETY (every `part` below): this thread's state rows `r0..r0 + nr`, or packed rows
         // `o..o + rows` of one step, which no other thread touches.
         let ds = unsafe { self.ds.part(r0 * sw, nr * sw) };
