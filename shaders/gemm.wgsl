@@ -278,10 +278,11 @@ fn gemm4t(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
     var c6 = vec4<f32>(0.0);
     var c7 = vec4<f32>(0.0);
     // Four k a pass (then the rest one at a time): a quarter of the loop's own work, each
-    // accumulator still summed over k in order. The tail repeats the body on purpose: one
-    // loop whose passes run min(4, k - k0) times was not unrolled, and C1 LSTM's gemm4t took
-    // 145-152 ms against 111-114 ms on lavapipe
-    // (benches/results/gemm4t-unroll-lavapipe-2026-12-06.txt).
+    // accumulator still summed over k in order. The tail repeats the body on purpose (C1 LSTM's
+    // gemm4t on lavapipe, benches/results/gemm4t-unroll-lavapipe-2026-12-06.txt): one loop
+    // whose passes run min(4, k - k0) times was not unrolled (145-152 ms against 111-114 ms),
+    // and the body as a function over pointers to the accumulators was slower too (117-128 ms
+    // against 107-110 ms).
     let k4 = p.k & ~3u;
     var kk = 0u;
     for (; kk < k4; kk += 4u) {
