@@ -33,7 +33,7 @@ mod common;
 
 use clap::Parser;
 use common::plot::{write_png, Panel, Rgb, Series};
-use common::Metrics;
+use common::{forget_bias, Metrics};
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -103,23 +103,6 @@ fn batch(rng: &mut impl Rng, t: usize, b: usize) -> (Vec<f32>, Vec<f32>) {
         }
     }
     (x, y)
-}
-
-/// The forget-gate bias of the LSTM family set to 1 in total (the notebook's advice for
-/// LSTMs); other cells are left as initialised.
-fn forget_bias(w: &mut Weights<f32>) {
-    let h = w.config.hidden_size;
-    let (stems, range, value): (&[&str], _, f32) = match w.config.mode {
-        Mode::Lstm | Mode::LstmPeephole => (&["bias_ih", "bias_hh"], h..2 * h, 0.5),
-        Mode::LstmCifg => (&["bias_ih", "bias_hh"], 0..h, 0.5),
-        Mode::LstmLayerNorm => (&["bias"], h..2 * h, 1.0),
-        _ => return,
-    };
-    w.for_each_mut(|def, _, _, v| {
-        if stems.contains(&def.stem) {
-            v[range.clone()].iter_mut().for_each(|x| *x = value);
-        }
-    });
 }
 
 /// The recurrent layer: one engine plan (`gpu::Plan`) for every cell, training and

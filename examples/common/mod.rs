@@ -2,7 +2,11 @@
 //! device, weights read back from a GPU model, and the PNG plot.
 #![allow(dead_code)]
 
+pub mod init;
 pub mod plot;
+
+#[allow(unused_imports)] // not every example trains an LSTM
+pub use init::forget_bias;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -61,18 +65,6 @@ pub fn weights_of(ctx: &Context, rnn: &GpuRnn) -> Result<Weights<f32>> {
     let c = rnn.config();
     let flat = read_stored(ctx, rnn.weights_buffer(), wgpu_rnn::gpu::weight_elems(c), c.precision)?;
     wgpu_rnn::gpu::weights_from_flat(c, &flat)
-}
-
-/// PyTorch's LSTM forget-gate bias trick: 1 in total, split between b_ih and b_hh.
-pub fn forget_bias(w: &mut Weights<f32>) {
-    let h = w.config.hidden_size;
-    if w.config.mode == wgpu_rnn::Mode::Lstm {
-        w.for_each_mut(|def, _, _, v| {
-            if matches!(def.slot, wgpu_rnn::Slot::BiasIh | wgpu_rnn::Slot::BiasHh) {
-                v[h..2 * h].iter_mut().for_each(|x| *x = 0.5);
-            }
-        });
-    }
 }
 
 /// Standard normal samples (Box-Muller), for embedding initialisation.
