@@ -1,6 +1,7 @@
 //! The sentiment model written in burn (issue 28): burn's embedding (GloVe-initialised), a
-//! bidirectional LSTM, burn's linear head and burn's Adam (gradients clipped to a global norm of
-//! 5, as PyTorch's `clip_grad_norm_` and the library's example do), on the
+//! bidirectional LSTM (forget-gate bias 1, as the library's example: `examples/common/init.rs`),
+//! burn's linear head and burn's Adam (gradients clipped to a global norm of 5, as PyTorch's
+//! `clip_grad_norm_` and the library's example do), on the
 //! IMDB sample with `examples/sentiment`'s pipeline (`examples/common/text.rs`) and defaults.
 //! The BiLSTM is wgpu-rnn's fused one over packed sequences, or with `--burn-lstm` burn's own
 //! `nn::BiLstm` (no packing: reviews left-padded so the forward direction ends on the last word).
@@ -13,8 +14,11 @@
 #[allow(dead_code)]
 mod text;
 
+#[path = "../../examples/common/init.rs"]
+mod init;
+
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::nn::{BiLstm, BiLstmConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig};
+use burn::nn::{BiLstm, BiLstmConfig, Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, Lstm};
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use std::path::Path;
@@ -228,6 +232,18 @@ fn train<M: Module + Classify>(mut model: M, a: &Args, train: &[Batch], test: &[
     (accs, times)
 }
 
+/// [`init::forget_bias`] for burn's `nn::Lstm`: its forget gate's two biases (input and hidden
+/// transform, as PyTorch's `b_ih` and `b_hh`) at 0.5 each.
+fn burn_forget_bias(lstm: &mut Lstm) {
+    if let Some(gate) = lstm.forget_gate.as_mut() {
+        for lin in [&mut gate.input_transform, &mut gate.hidden_transform] {
+            if let Some(b) = lin.bias.take() {
+                lin.bias = Some(Param::from_tensor(b.val().ones_like().mul_scalar(0.5)));
+            }
+        }
+    }
+}
+
 fn main() {
     let a = args();
     let data_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/data");
@@ -262,11 +278,14 @@ fn main() {
     let train_b: Vec<Batch> = text::buckets(&corpus.train, a.batch).iter().map(|idx| batch(&corpus.train, idx, left)).collect();
     let test_b: Vec<Batch> = text::buckets(&corpus.test, a.batch).iter().map(|idx| batch(&corpus.test, idx, left)).collect();
     let (accs, times) = if a.burn_lstm {
-        let rnn = BiLstmConfig::new(EMBED, a.hidden, true).init(&device);
+        let mut rnn = BiLstmConfig::new(EMBED, a.hidden, true).init(&device);
+        burn_forget_bias(&mut rnn.forward);
+        burn_forget_bias(&mut rnn.reverse);
         train(Theirs { embed, dropout, rnn, head }, &a, &train_b, &test_b, &device)
     } else {
         let cfg = RnnConfig::new(Mode::Lstm, EMBED, a.hidden).bidirectional(true);
-        let w = Weights::<f32>::init_uniform(&cfg, a.seed).unwrap();
+        let mut w = Weights::<f32>::init_uniform(&cfg, a.seed).unwrap();
+        init::forget_bias(&mut w);
         let rnn = FusedRnn::from_weights(&w, false, &device).unwrap();
         train(Ours { embed, dropout, rnn, head }, &a, &train_b, &test_b, &device)
     };
