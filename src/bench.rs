@@ -316,8 +316,8 @@ pub fn bench_cpu(c: &BenchConfig, timing: Timing) -> Result<Vec<Record>> {
 
 /// Threads the CPU path uses, as a label: the time loops split the batch over
 /// [`cpu::split::threads`] threads (`MATMUL_NUM_THREADS` when set, else the available
-/// parallelism), and matrixmultiply's large GEMMs use `MATMUL_NUM_THREADS` or its default (one
-/// per physical core).
+/// parallelism), as do the large f32 GEMMs (`cpu::gemm`); matrixmultiply's (f64 and small
+/// products) use `MATMUL_NUM_THREADS` or its default (one per physical core).
 pub fn cpu_threads() -> String {
     let loops = cpu::split::threads();
     match cpu::split::env_threads() {
@@ -499,7 +499,7 @@ fn gemm_record(device: &str, adapter: &str, (m, n, k): (usize, usize, usize), t:
 /// GEMM shapes the ceiling is measured on: the input projection of C1 and a square one.
 pub const GEMM_SHAPES: [(usize, usize, usize); 2] = [(1600, 1024, 128), (1024, 1024, 1024)];
 
-/// The best GEMM GFLOP/s of the CPU path (matrixmultiply) over [`GEMM_SHAPES`].
+/// The best GEMM GFLOP/s of the CPU path (`cpu::gemm`, the engine's own f32 GEMM) over [`GEMM_SHAPES`].
 pub fn bench_cpu_gemm(timing: Timing) -> Result<Record> {
     let mut best: Option<Record> = None;
     for (m, n, k) in GEMM_SHAPES {

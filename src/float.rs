@@ -85,10 +85,32 @@ pub trait Float:
         rsc: isize,
         csc: isize,
     );
+    /// `crate::cpu::gemm`'s own blocked path for this type, where it has one
+    /// (`crate::cpu::gemm::blocked_f32`): `Ok(true)` when it computed C, `Ok(false)` when the
+    /// caller should use [`Float::gemm_raw`] instead.
+    #[allow(clippy::too_many_arguments)]
+    fn blocked_gemm(
+        alpha: Self,
+        a: crate::cpu::gemm::Mat<'_, Self>,
+        opa: crate::cpu::gemm::Op,
+        b: crate::cpu::gemm::Mat<'_, Self>,
+        opb: crate::cpu::gemm::Op,
+        beta: Self,
+        c: &mut [Self],
+        ldc: usize,
+    ) -> crate::Result<bool>
+    where
+        Self: Sized;
+}
+
+/// No blocked GEMM of our own for this type ([`Float::blocked_gemm`]).
+#[allow(clippy::too_many_arguments)]
+fn no_blocked_gemm<T>(_: T, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: T, _: &mut [T], _: usize) -> crate::Result<bool> {
+    Ok(false)
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr, $panels:expr) => {
+    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr, $panels:expr, $blocked:path) => {
         impl Float for $t {
             #[inline]
             fn zero() -> Self {
@@ -162,18 +184,39 @@ macro_rules! impl_float {
             ) {
                 $gemm(m, k, n, alpha, a, rsa, csa, b, rsb, csb, beta, c, rsc, csc)
             }
+            fn blocked_gemm(
+                alpha: Self,
+                a: crate::cpu::gemm::Mat<'_, Self>,
+                opa: crate::cpu::gemm::Op,
+                b: crate::cpu::gemm::Mat<'_, Self>,
+                opb: crate::cpu::gemm::Op,
+                beta: Self,
+                c: &mut [Self],
+                ldc: usize,
+            ) -> crate::Result<bool> {
+                $blocked(alpha, a, opa, b, opb, beta, c, ldc)
+            }
         }
     };
 }
 
-impl_float!(f32, matrixmultiply::sgemm, fast::tanh, fast::sigmoid, crate::cpu::smallgemm::f32_gemm, crate::cpu::smallgemm::f32_gemm_panels);
+impl_float!(
+    f32,
+    matrixmultiply::sgemm,
+    fast::tanh,
+    fast::sigmoid,
+    crate::cpu::smallgemm::f32_gemm,
+    crate::cpu::smallgemm::f32_gemm_panels,
+    crate::cpu::gemm::blocked_f32
+);
 impl_float!(
     f64,
     matrixmultiply::dgemm,
     f64::tanh,
     sigmoid_f64,
     crate::cpu::smallgemm::portable::<f64>,
-    crate::cpu::smallgemm::portable_panels::<f64>
+    crate::cpu::smallgemm::portable_panels::<f64>,
+    no_blocked_gemm
 );
 
 /// The logistic function in f64, written so that it neither overflows nor loses precision.

@@ -45,14 +45,19 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// [`PackedB::transposed`] with typed errors (a short `w`, a packed size that overflows or
     /// cannot be allocated).
     pub fn try_transposed(w: &[T], n: usize, k: usize) -> Result<Self> {
-        let len = packed_len::<T>(w.len(), n, k)?;
+        Self::try_transposed_ld(w, n, k, k)
+    }
+
+    /// [`PackedB::try_transposed`] for a W whose rows are `ld >= k` elements apart.
+    pub fn try_transposed_ld(w: &[T], n: usize, k: usize, ld: usize) -> Result<Self> {
+        let len = packed_len_ld::<T>(w.len(), n, k, n, k, ld)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
             return Ok(PackedB { k, n, data, direct: None });
         }
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             for c in 0..NR.min(n - p * NR) {
-                let row = &w[(p * NR + c) * k..(p * NR + c + 1) * k];
+                let row = &w[(p * NR + c) * ld..(p * NR + c) * ld + k];
                 for (dst, &v) in panel.chunks_exact_mut(NR).zip(row) {
                     dst[c] = v;
                 }
@@ -73,7 +78,12 @@ impl<'w, T: Float> PackedB<'w, T> {
 
     /// [`PackedB::plain`] with typed errors.
     pub fn try_plain(w: &[T], k: usize, n: usize) -> Result<Self> {
-        let len = packed_len::<T>(w.len(), n, k)?;
+        Self::try_plain_ld(w, k, n, n)
+    }
+
+    /// [`PackedB::try_plain`] for a W whose rows are `ld >= n` elements apart.
+    pub fn try_plain_ld(w: &[T], k: usize, n: usize, ld: usize) -> Result<Self> {
+        let len = packed_len_ld::<T>(w.len(), n, k, k, n, ld)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
             return Ok(PackedB { k, n, data, direct: None });
@@ -81,7 +91,7 @@ impl<'w, T: Float> PackedB<'w, T> {
         for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
             for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                dst[..valid].copy_from_slice(&w[kk * n + j0..kk * n + j0 + valid]);
+                dst[..valid].copy_from_slice(&w[kk * ld + j0..kk * ld + j0 + valid]);
             }
         }
         Ok(PackedB { k, n, data, direct: None })
@@ -178,6 +188,16 @@ impl<'w, T: Float> PackedB<'w, T> {
     }
 }
 
+/// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements,
+/// `w_rows` rows of `w_cols` read, `ld` apart) covers every element read.
+fn packed_len_ld<T>(w_len: usize, n: usize, k: usize, w_rows: usize, w_cols: usize, ld: usize) -> Result<usize> {
+    let span = if w_rows == 0 || w_cols == 0 { Some(0) } else { (w_rows - 1).checked_mul(ld).and_then(|v| v.checked_add(w_cols)) };
+    if ld < w_cols || span.is_none_or(|e| e > w_len) {
+        return Err(Error::LengthMismatch { what: "packed weights' W".into(), shape: vec![w_rows, w_cols], expected: span.unwrap_or(usize::MAX), got: w_len });
+    }
+    checked_len::<T>("packed weights", &[n.div_ceil(NR), k, NR])
+}
+
 /// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements)
 /// holds `n * k`.
 fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
@@ -256,11 +276,49 @@ pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, l
     run::<T, 4, false>(pb, a, rows, lda, c, ldc, panels)
 }
 
+/// Fewest rows, and the range of k, for which a packed B's f32 product runs the k-blocked
+/// kernel over A packed into its row blocks ([`f32_gemm_kblocked`]) rather than the per-step
+/// kernel over A's rows: 8-20% faster on one core of the 2-core Ice Lake VM from 16 rows (k
+/// 256 and 512, n 1024; A's rows packed at every call, `rows x k` elements against
+/// `rows x k x n` multiply-adds). Each element of C is the same chain of FMAs either way.
+const PACKED_A_MIN_ROWS: usize = 16;
+const PACKED_A_MIN_K: usize = 64;
+const PACKED_A_MAX_K: usize = 4096;
+/// Rows of A packed at a time (the packed rows, at most 2 MiB, stay in this thread's buffer).
+const PACKED_A_ROWS: usize = 128;
+
+thread_local! {
+    /// This thread's packed rows of A for [`f32_gemm_panels`].
+    static PACKED_A: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// [`f32_gemm`] over the columns of `panels` only, into a raw C (see [`PackedB::gemm_panels`]).
 ///
 /// # Safety
 /// As [`PackedB::gemm_panels`].
 pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    if !pb.is_direct() && rows >= PACKED_A_MIN_ROWS && (PACKED_A_MIN_K..=PACKED_A_MAX_K).contains(&pb.k) {
+        if let Some(kernel) = f32_kblocked_kernel(false) {
+            let mr = kblocked_mr();
+            PACKED_A.with(|buf| {
+                let mut buf = buf.borrow_mut();
+                let mut r0 = 0;
+                while r0 < rows {
+                    let r1 = (r0 + PACKED_A_ROWS).min(rows);
+                    let len = (r1 - r0).div_ceil(mr) * mr * pb.k;
+                    if buf.len() < len {
+                        buf.resize(len, 0.0);
+                    }
+                    pack_a(&a[r0 * lda..], lda, false, r1 - r0, pb.k, mr, &mut buf);
+                    // SAFETY (the kernel's own): its target features were detected; the
+                    // packed rows hold the chunk's blocks, C's rows r0..r1 lie in the caller's.
+                    kernel(pb, &buf, r1 - r0, pb.k, c.add(r0 * ldc), ldc, panels.clone());
+                    r0 = r1;
+                }
+            });
+            return;
+        }
+    }
     match f32_kernel() {
         // SAFETY (the kernel's own): its target features were detected.
         Some(kernel) => kernel(pb, a, rows, lda, c, ldc, panels),
@@ -345,15 +403,19 @@ mod x86 {
     /// strided pieces of W from L2 again (the direct kernel ran at half the packed one's rate).
     const KC: usize = 128;
 
-    /// [`block512`] for a direct view, with k in blocks of [`KC`]: each block of C carries its
-    /// partial sums through C between k blocks (stored, then loaded back: the same f32 values,
-    /// so every element is the same chain of FMAs in k order as in one pass).
+    /// [`block512`] with k in blocks of [`KC`], for a direct view or (from [`avx512_kblocked`])
+    /// a packed B over many rows: each block of C carries its partial sums through C between k
+    /// blocks (stored, then loaded back: the same f32 values, so every element is the same
+    /// chain of FMAs in k order as in one pass). `ACCUMULATE`: the chains start from C's
+    /// values (`C += A B`) instead of zero. `PACKED_A`: A is packed in blocks of 8 rows
+    /// ([`pack_a`]: one stream, element `(r, kk)` of block `r / 8` at `kk * 8 + r % 8`), not
+    /// rows at stride `lda`.
     #[inline(always)]
-    unsafe fn direct512<const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+    unsafe fn kblock512<const NP: usize, const DIRECT: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         const MR: usize = 8;
         let k = pb.k;
-        if k <= KC {
-            return block512::<MR, NP, true>(pb, a, rows, lda, c, ldc, p);
+        if k <= KC && !ACCUMULATE && !PACKED_A {
+            return block512::<MR, NP, DIRECT>(pb, a, rows, lda, c, ldc, p);
         }
         let pp: [(*const f32, usize); NP] = std::array::from_fn(|q| pb.panel_ptr(p + q));
         // Valid lanes of each panel's 16 columns (the last panel of C may be partial).
@@ -368,9 +430,9 @@ mod x86 {
             while r0 < rows {
                 let mr = MR.min(rows - r0);
                 // Rows past the edge repeat the last valid row; their results are not stored.
-                let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * k + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
                 let mut acc = [[_mm512_setzero_ps(); NP]; MR];
-                if k0 > 0 {
+                if k0 > 0 || ACCUMULATE {
                     for (i, row_acc) in acc.iter_mut().enumerate().take(mr) {
                         for (q, v) in row_acc.iter_mut().enumerate() {
                             *v = _mm512_maskz_loadu_ps(masks[q], c.add((r0 + i) * ldc + (p + q) * NR));
@@ -378,9 +440,9 @@ mod x86 {
                     }
                 }
                 for kk in k0..k1 {
-                    let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(pp[q].0.add(kk * pp[q].1)));
+                    let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(if DIRECT { pp[q].0.add(kk * pp[q].1) } else { pp[q].0.add(kk * NR) }));
                     for i in 0..MR {
-                        let av = _mm512_set1_ps(*ap[i].add(kk));
+                        let av = _mm512_set1_ps(*ap[i].add(if PACKED_A { kk * MR } else { kk }));
                         for q in 0..NP {
                             acc[i][q] = _mm512_fmadd_ps(av, b[q], acc[i][q]);
                         }
@@ -397,23 +459,53 @@ mod x86 {
         }
     }
 
+    /// [`direct512`]'s k-blocked loop for a direct view.
+    #[inline(always)]
+    unsafe fn direct512<const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+        kblock512::<NP, true, false, false>(pb, a, rows, lda, c, ldc, p)
+    }
+
+    /// `C = A B` (`ACCUMULATE`: `C += A B`) for a packed B and a packed A ([`pack_a`], 8-row
+    /// blocks) over many rows, k in blocks of [`KC`] rows of 3 panels (24 KiB) that stay in L1
+    /// while every row block of A passes over them ([`kblock512`]).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn avx512_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        let mut p = panels.start;
+        while p < panels.end {
+            match panels.end - p {
+                1 => kblock512::<1, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
+                2 => kblock512::<2, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
+                _ => kblock512::<3, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
+            }
+            p += 3;
+        }
+    }
+
     /// 4 rows x 16 columns per block: 8 ymm accumulators (two per row), 87 GFLOP/s on one
     /// core of the AVX-512 development VM forced onto this kernel (its 256-bit peak; 6 x 16 was
     /// no faster, 8 x 16 spills); same FMA chains as [`block512`].
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         if pb.is_direct() {
-            avx2_panels::<true>(pb, a, rows, lda, c, ldc, panels)
+            avx2_panels::<true, true, false, false>(pb, a, rows, lda, c, ldc, panels)
         } else {
-            avx2_panels::<false>(pb, a, rows, lda, c, ldc, panels)
+            avx2_panels::<false, false, false, false>(pb, a, rows, lda, c, ldc, panels)
         }
     }
 
+    /// [`avx512_kblocked`] on AVX2: a packed B, A packed in 4-row blocks, k in blocks of [`KC`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn avx2_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        avx2_panels::<false, true, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, panels)
+    }
+
     /// [`avx2`]'s loop; `DIRECT` as [`block512`]'s (a packed panel's rows are `NR` apart, a
-    /// constant the addressing folds), and for a direct view k in blocks of [`KC`] rows as
-    /// [`direct512`]'s (partial sums carried through C: the same chains as one pass).
+    /// constant the addressing folds); `KB`: k in blocks of [`KC`] rows as [`kblock512`]'s
+    /// (partial sums carried through C: the same chains as one pass), for a direct view or a
+    /// packed B over many rows; `ACCUMULATE`: `C += A B`; `PACKED_A`: A packed in 4-row blocks
+    /// ([`pack_a`]).
     #[inline(always)]
-    unsafe fn avx2_panels<const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    unsafe fn avx2_panels<const DIRECT: bool, const KB: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         const MR: usize = 4;
         let k = pb.k;
         for p in panels {
@@ -423,14 +515,14 @@ mod x86 {
             let nv = NR.min(pb.n - j0);
             let mut k0 = 0;
             loop {
-                let k1 = if DIRECT { (k0 + KC).min(k) } else { k };
+                let k1 = if KB { (k0 + KC).min(k) } else { k };
                 let mut r0 = 0;
                 while r0 < rows {
                     let mr = MR.min(rows - r0);
                     // Rows past the edge repeat the last valid row; their results are not stored.
-                    let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda));
+                    let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * k + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
                     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
-                    if DIRECT && k0 > 0 {
+                    if (KB && k0 > 0) || ACCUMULATE {
                         for (i, [lo, hi]) in acc.iter_mut().enumerate().take(mr) {
                             let mut row = [0f32; NR];
                             std::ptr::copy_nonoverlapping(c.add((r0 + i) * ldc + j0), row.as_mut_ptr(), nv);
@@ -441,7 +533,7 @@ mod x86 {
                     for kk in k0..k1 {
                         let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * ks)), _mm256_loadu_ps(panel.add(kk * ks + 8)));
                         for (i, [lo, hi]) in acc.iter_mut().enumerate() {
-                            let av = _mm256_set1_ps(*ap[i].add(kk));
+                            let av = _mm256_set1_ps(*ap[i].add(if PACKED_A { kk * MR } else { kk }));
                             *lo = _mm256_fmadd_ps(av, b0, *lo);
                             *hi = _mm256_fmadd_ps(av, b1, *hi);
                         }
@@ -465,26 +557,159 @@ mod x86 {
 
 type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>);
 
-/// The f32 kernel for this machine, chosen once (`WGPU_RNN_CPU_KERNEL=portable` forces the
-/// portable one, `=avx2` the AVX2 one on an AVX-512 machine, to measure it there).
-fn f32_kernel() -> Option<KernelFn> {
-    static K: std::sync::OnceLock<Option<KernelFn>> = std::sync::OnceLock::new();
+/// The f32 kernels this machine runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Avx512,
+    Avx2,
+    Portable,
+}
+
+/// The f32 kernels for this machine, chosen once (`WGPU_RNN_CPU_KERNEL=portable` forces the
+/// portable ones, `=avx2` the AVX2 ones on an AVX-512 machine, to measure them there).
+fn isa() -> Isa {
+    static K: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *K.get_or_init(|| {
         let forced = std::env::var("WGPU_RNN_CPU_KERNEL").ok();
         if forced.as_deref() == Some("portable") {
-            return None;
+            return Isa::Portable;
         }
         #[cfg(target_arch = "x86_64")]
         {
             if std::is_x86_feature_detected!("avx512f") && forced.as_deref() != Some("avx2") {
-                return Some(x86::avx512 as KernelFn);
+                return Isa::Avx512;
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                return Some(x86::avx2 as KernelFn);
+                return Isa::Avx2;
             }
         }
-        None
+        Isa::Portable
     })
+}
+
+/// The per-step f32 kernel for this machine ([`isa`]), or `None` for the portable one.
+fn f32_kernel() -> Option<KernelFn> {
+    match isa() {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => Some(x86::avx512 as KernelFn),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => Some(x86::avx2 as KernelFn),
+        _ => None,
+    }
+}
+
+/// The k-blocked f32 kernel for a packed B over many rows ([`isa`]; `accumulate`: `C += A B`),
+/// or `None` where only the portable kernel runs.
+fn f32_kblocked_kernel(accumulate: bool) -> Option<KernelFn> {
+    match (isa(), accumulate) {
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, false) => Some(x86::avx512_kblocked::<false> as KernelFn),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx512, true) => Some(x86::avx512_kblocked::<true> as KernelFn),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, false) => Some(x86::avx2_kblocked::<false> as KernelFn),
+        #[cfg(target_arch = "x86_64")]
+        (Isa::Avx2, true) => Some(x86::avx2_kblocked::<true> as KernelFn),
+        _ => None,
+    }
+}
+
+/// Whether this machine has a k-blocked f32 kernel ([`f32_gemm_kblocked`] runs).
+pub fn has_kblocked_f32() -> bool {
+    f32_kblocked_kernel(false).is_some()
+}
+
+/// Rows per block of a packed A ([`pack_a`]) for this machine's k-blocked kernel
+/// ([`f32_gemm_kblocked`]): its row block, 8 with AVX-512, 4 with AVX2; 0 where there is none.
+pub fn kblocked_mr() -> usize {
+    match f32_kblocked_kernel(false).map(|_| isa()) {
+        Some(Isa::Avx512) => 8,
+        Some(Isa::Avx2) => 4,
+        _ => 0,
+    }
+}
+
+/// Packs rows `0..rows` of a `rows x k` matrix for [`f32_gemm_kblocked`]: blocks of `mr` rows
+/// ([`kblocked_mr`]), each block's `k` columns of `mr` elements one after another, a last
+/// partial block's missing rows repeating its last row (their results are not stored). The
+/// matrix is `a` with row `r` at `r * ld` (`transposed == false`), or the transpose of `a`
+/// (row `r` is column `r` of a `[k, rows]` matrix with rows `ld` apart). `out` must hold
+/// `rows.div_ceil(mr) * mr * k` elements.
+///
+/// # Panics
+/// When `a` or `out` is too short, or `mr` is not 4 or 8.
+pub fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32]) {
+    match mr {
+        8 => pack_a_mr::<8>(a, ld, transposed, rows, k, out),
+        4 => pack_a_mr::<4>(a, ld, transposed, rows, k, out),
+        _ => panic!("pack_a: {mr} rows a block"),
+    }
+}
+
+fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, out: &mut [f32]) {
+    if rows == 0 || k == 0 {
+        return;
+    }
+    let blocks = rows.div_ceil(MR);
+    let out = &mut out[..blocks * MR * k];
+    if transposed {
+        // Column r of A's row kk: each row of A is read once, in order, into every block.
+        for kk in 0..k {
+            let src = &a[kk * ld..kk * ld + rows];
+            for (rb, block) in out.chunks_exact_mut(MR * k).enumerate() {
+                let dst: &mut [f32; MR] = (&mut block[kk * MR..kk * MR + MR]).try_into().unwrap();
+                let r0 = rb * MR;
+                if r0 + MR <= rows {
+                    dst.copy_from_slice(&src[r0..r0 + MR]);
+                } else {
+                    for (i, v) in dst.iter_mut().enumerate() {
+                        *v = src[(r0 + i).min(rows - 1)];
+                    }
+                }
+            }
+        }
+    } else {
+        for (rb, block) in out.chunks_exact_mut(MR * k).enumerate() {
+            let last = (rb * MR + MR).min(rows) - 1;
+            let src: [&[f32]; MR] = std::array::from_fn(|i| {
+                let r = (rb * MR + i).min(last);
+                &a[r * ld..r * ld + k]
+            });
+            for (kk, dst) in block.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    dst[i] = src[i][kk];
+                }
+            }
+        }
+    }
+}
+
+/// `C = A B` (`accumulate`: `C += A B`) for a packed (not direct) B over the columns of
+/// `panels` and A packed by [`pack_a`] with [`kblocked_mr`] rows a block, k in blocks of 128
+/// rows with partial sums carried through C: for many rows of A (a GEMM over all of a
+/// sequence's rows), where a panel group's k-block stays in L1 while every row block passes
+/// over it, and each row block of A is one stream. Each element of C is one chain of FMAs in
+/// k order (from zero, or from C's value), whatever the rows, panels or thread split. Returns
+/// `false`, doing nothing, where the machine has only the portable kernel.
+///
+/// # Safety
+/// `a` must hold `rows.div_ceil(kblocked_mr()) * kblocked_mr() * k` elements, C must be valid
+/// for `rows` rows of `n` at stride `ldc` with no other thread touching these panels' columns
+/// of them, and `panels.end <= pb.panels()`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool) -> bool {
+    debug_assert!(!pb.is_direct() && panels.end <= pb.panels());
+    match f32_kblocked_kernel(accumulate) {
+        Some(kernel) => {
+            let mr = kblocked_mr();
+            assert!(a.len() >= rows.div_ceil(mr) * mr * pb.k, "f32_gemm_kblocked: packed A too small");
+            if rows > 0 && pb.n > 0 && pb.k > 0 {
+                kernel(pb, a, rows, pb.k, c, ldc, panels);
+            }
+            true
+        }
+        None => false,
+    }
 }
 
 /// The f32 product with the machine's kernel, on the calling thread. (Splitting one step's

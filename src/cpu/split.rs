@@ -59,8 +59,9 @@ pub fn take_max_parts() -> usize {
 }
 
 /// Sets the number of threads the CPU path's time loops use (`0` restores the default:
-/// `MATMUL_NUM_THREADS` when set, else the machine's available parallelism). The large GEMMs
-/// use matrixmultiply's own threads, set by `MATMUL_NUM_THREADS`. Results do not depend on it.
+/// `MATMUL_NUM_THREADS` when set, else the machine's available parallelism), as do the large
+/// f32 GEMMs (`cpu::gemm`); matrixmultiply's (f64, small products) use its own threads, set by
+/// `MATMUL_NUM_THREADS`. Results do not depend on it.
 pub fn set_threads(n: usize) {
     THREADS.store(n, Ordering::Relaxed);
 }

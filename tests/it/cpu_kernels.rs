@@ -76,6 +76,57 @@ fn packed_gemm_matches_naive_on_awkward_sizes() {
     }
 }
 
+/// The general f32 GEMM (`cpu::gemm`), which past `BLOCKED_MIN_*` runs the micro-kernels with
+/// B packed and k blocked, against f64 arithmetic: both operands in both orientations, leading
+/// dimensions past the columns, C overwritten (`beta` 0, over NaN) or added to (`beta` 1), rows
+/// and columns off the kernels' blocks, k over several of its k-blocks; and bitwise the same on
+/// 1 and 3 threads.
+#[test]
+fn general_gemm_matches_f64_in_every_orientation() {
+    use wgpu_rnn::cpu::gemm::{try_gemm, Mat, Op};
+    use wgpu_rnn::cpu::split::with_threads;
+    let mut g = rng(29);
+    for &(m, k, n) in &[(37, 300, 97), (130, 129, 70), (64, 1000, 33), (40, 2, 16), (33, 40000, 1)] {
+        for opa in [Op::N, Op::T] {
+            for opb in [Op::N, Op::T] {
+                for beta in [0f32, 1.0] {
+                    // Stored shapes and leading dimensions (3 and 5 past the columns).
+                    let (ar, ac) = if opa == Op::N { (m, k) } else { (k, m) };
+                    let (br, bc) = if opb == Op::N { (k, n) } else { (n, k) };
+                    let (lda, ldb, ldc) = (ac + 3, bc + 5, n + 2);
+                    let a: Vec<f32> = uniform(&mut g, ar * lda, 1.0).into_iter().map(|v| v as f32).collect();
+                    let b: Vec<f32> = uniform(&mut g, br * ldb, 1.0).into_iter().map(|v| v as f32).collect();
+                    let c0: Vec<f32> = if beta == 0.0 { vec![f32::NAN; m * ldc] } else { uniform(&mut g, m * ldc, 1.0).into_iter().map(|v| v as f32).collect() };
+                    let at = |i: usize, kk: usize| if opa == Op::N { a[i * lda + kk] } else { a[kk * lda + i] } as f64;
+                    let bt = |kk: usize, j: usize| if opb == Op::N { b[kk * ldb + j] } else { b[j * ldb + kk] } as f64;
+                    let run = |threads: usize| {
+                        let mut c = c0.clone();
+                        with_threads(threads, || try_gemm(1.0, Mat::with_ld(&a, ar, ac, lda).unwrap(), opa, Mat::with_ld(&b, br, bc, ldb).unwrap(), opb, beta, &mut c, ldc)).unwrap();
+                        c
+                    };
+                    let c = run(3);
+                    let what = format!("{m}x{k}x{n} {opa:?}{opb:?} beta {beta}");
+                    assert_eq!(c.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), run(1).iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{what}: 1 and 3 threads differ");
+                    for i in 0..m {
+                        for j in 0..n {
+                            let want = (0..k).map(|kk| at(i, kk) * bt(kk, j)).sum::<f64>() + if beta == 0.0 { 0.0 } else { c0[i * ldc + j] as f64 };
+                            let got = c[i * ldc + j] as f64;
+                            assert!((got - want).abs() <= GEMM_F32_RTOL * (k as f64).sqrt() * (1.0 + want.abs()), "{what} at ({i},{j}): {got} vs {want}");
+                        }
+                        // Padding columns of C are untouched.
+                        for j in n..ldc {
+                            assert_eq!(c[i * ldc + j].to_bits(), c0[i * ldc + j].to_bits(), "{what}: padding ({i},{j}) written");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The f32 GEMM's error against f64, relative to `sqrt(k) (1 + |C|)`.
+const GEMM_F32_RTOL: f64 = 1e-5;
+
 /// A direct view of B ([`PackedB::try_direct`]: W read in place, only a partial last panel
 /// copied) gives bitwise what the packed B gives, on every kernel, through the threaded product
 /// on 1 and 3 threads too; and `xwt_direct` (C = X W^T computed as (W X^T)^T with X^T packed)
