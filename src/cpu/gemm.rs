@@ -187,8 +187,8 @@ const BLOCKED_MIN_MACS: usize = 1 << 20;
 /// [`BLOCKED_MC`] at a time into the kernel's row blocks (a transpose costs nothing more), k
 /// in blocks whose panel groups stay in L1 ([`smallgemm::f32_gemm_kblocked`]). Each element of C
 /// is one chain of FMAs in k order, so the results do not depend on the thread count.
-/// matrixmultiply's sgemm ran at 55-65 GFLOP/s on one core of the 2-core Ice Lake VM for the
-/// engine's shapes, these kernels at 90-115 (MKL 115-125).
+/// On one core of the 2-core Ice Lake VM, for the engine's shapes, matrixmultiply's sgemm ran at
+/// 55-65 GFLOP/s, this at 87-118 (MKL through PyTorch 113-124; ARCHITECTURE.md, "Our own GEMM").
 ///
 /// Returns `Ok(false)`, doing nothing, for other `alpha`/`beta`, small products, or a machine
 /// with only the portable kernel: the caller then uses matrixmultiply.

@@ -459,7 +459,7 @@ mod x86 {
         }
     }
 
-    /// [`direct512`]'s k-blocked loop for a direct view.
+    /// [`kblock512`] for a direct view, A read in place: the direct kernels' entry.
     #[inline(always)]
     unsafe fn direct512<const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         kblock512::<NP, true, false, false>(pb, a, rows, lda, c, ldc, p)
@@ -692,13 +692,16 @@ fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usiz
 /// k order (from zero, or from C's value), whatever the rows, panels or thread split. Returns
 /// `false`, doing nothing, where the machine has only the portable kernel.
 ///
+/// # Panics
+/// When B is a direct view, the panels are out of range, or `a` is shorter than said below.
+///
 /// # Safety
 /// `a` must hold `rows.div_ceil(kblocked_mr()) * kblocked_mr() * k` elements, C must be valid
 /// for `rows` rows of `n` at stride `ldc` with no other thread touching these panels' columns
 /// of them, and `panels.end <= pb.panels()`.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool) -> bool {
-    debug_assert!(!pb.is_direct() && panels.end <= pb.panels());
+    assert!(!pb.is_direct() && panels.end <= pb.panels(), "f32_gemm_kblocked: a direct view, or panels {panels:?} of {}", pb.panels());
     match f32_kblocked_kernel(accumulate) {
         Some(kernel) => {
             let mr = kblocked_mr();
