@@ -1,6 +1,6 @@
 //! The CPU GEMM: one generic call with row-major operands and optional transposes. f32
 //! products of some size run our own blocked GEMM over the per-step products' micro-kernels
-//! ([`blocked_f32`]); the rest (f64, small products, a machine with no SIMD kernel) run
+//! (`blocked_f32`); the rest (f64, small products, a machine with no SIMD kernel) run
 //! `matrixmultiply`'s sgemm/dgemm (a transpose is only a swap of strides).
 //!
 //! Every size reaches the unsafe call checked: a [`Mat`] can only be built over a slice that
