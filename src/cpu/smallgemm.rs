@@ -557,8 +557,9 @@ mod x86 {
 
 type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>);
 
-/// The f32 kernels this machine runs.
+/// The f32 kernels this machine runs (off x86-64, only the portable one).
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 enum Isa {
     Avx512,
     Avx2,
