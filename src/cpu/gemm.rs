@@ -171,11 +171,6 @@ pub fn try_gemm<T: Float>(
     Ok(())
 }
 
-/// Rows of `op(A)` a thread takes at a time in [`blocked_f32`]: their k-block (64 KiB at most)
-/// stays in L2 while every panel group of B passes over it, and B is read from memory once per
-/// chunk.
-const BLOCKED_MC: usize = 128;
-
 /// Fewest rows of `op(A)`, and multiply-adds, for [`blocked_f32`]: below them packing B costs
 /// more than it saves (the engine's products over few rows read W in place instead).
 const BLOCKED_MIN_ROWS: usize = 32;
@@ -183,9 +178,9 @@ const BLOCKED_MIN_MACS: usize = 1 << 20;
 
 /// `C = op(A) op(B)` (`beta == 0`, C not read) or `C += op(A) op(B)` (`beta == 1`) through the
 /// per-step products' micro-kernels (`smallgemm`): B packed into column panels once, the rows
-/// of `op(A)` split across the time loops' threads ([`super::split`]) and packed
-/// [`BLOCKED_MC`] at a time into the kernel's row blocks (a transpose costs nothing more), k
-/// in blocks whose panel groups stay in L1 ([`smallgemm::f32_gemm_kblocked`]). Each element of C
+/// of `op(A)` split across the time loops' threads ([`super::split`]), each thread's rows
+/// packed a chunk at a time into the kernel's row blocks (a transpose costs nothing more) with
+/// k in blocks whose panel groups stay in L1 ([`smallgemm::f32_gemm_kblocked`]). Each element of C
 /// is one chain of FMAs in k order, so the results do not depend on the thread count.
 /// On one core of the 2-core Ice Lake VM, for the engine's shapes, matrixmultiply's sgemm ran at
 /// 55-65 GFLOP/s, this at 87-118 (MKL through PyTorch 113-124; ARCHITECTURE.md, "Our own GEMM").
@@ -215,32 +210,25 @@ pub(crate) fn blocked_f32(alpha: f32, a: Mat<'_, f32>, opa: Op, b: Mat<'_, f32>,
     let failed = super::Failure::new();
     let c_len = c.len();
     let shared = super::split::Rows::new(c);
-    let mr = smallgemm::kblocked_mr();
     super::split::run(&parts, |mine| {
-        // Each chunk of rows of op(A) packed into the kernel's row blocks (one stream each).
-        let mut packed = match super::pool::try_reused("GEMM rows", BLOCKED_MC.min(mine.len()).div_ceil(mr).saturating_mul(mr).saturating_mul(k)) {
+        // This thread's rows of op(A), packed a chunk at a time into the kernel's row blocks.
+        let mut packed = match super::pool::try_reused("GEMM rows", smallgemm::packed_a_len(mine.len(), k)) {
             Ok(v) => v,
             Err(e) => {
                 let _ = failed.set(e);
                 return;
             }
         };
-        let mut r0 = mine.start;
-        while r0 < mine.end {
-            let r1 = (r0 + BLOCKED_MC).min(mine.end);
-            match opa {
-                Op::N => smallgemm::pack_a(&a.data[r0 * a.ld..], a.ld, false, r1 - r0, k, mr, &mut packed),
-                Op::T => smallgemm::pack_a(&a.data[r0..], a.ld, true, r1 - r0, k, mr, &mut packed),
-            }
-            // SAFETY: the parts' row ranges are disjoint, so their rows of C are; C was checked
-            // by the caller to cover m rows of n at stride ldc, the packed rows hold the
-            // chunk's blocks, and the panels are B's own.
-            unsafe {
-                let (cp, _) = shared.tail_ptr(0);
-                debug_assert!((r1 - 1) * ldc + n <= c_len);
-                smallgemm::f32_gemm_kblocked(&pb, &packed, r1 - r0, cp.add(r0 * ldc), ldc, 0..pb.panels(), accumulate);
-            }
-            r0 = r1;
+        let rows_at = match opa {
+            Op::N => &a.data[mine.start * a.ld..],
+            Op::T => &a.data[mine.start..],
+        };
+        // SAFETY: the parts' row ranges are disjoint, so their rows of C are; C was checked by
+        // the caller to cover m rows of n at stride ldc.
+        unsafe {
+            let (cp, _) = shared.tail_ptr(0);
+            debug_assert!((mine.end - 1) * ldc + n <= c_len);
+            smallgemm::f32_gemm_kblocked(&pb, rows_at, a.ld, opa == Op::T, mine.len(), cp.add(mine.start * ldc), ldc, 0..pb.panels(), accumulate, &mut packed);
         }
         super::pool::recycle(packed);
     });

@@ -50,7 +50,7 @@ impl<'w, T: Float> PackedB<'w, T> {
 
     /// [`PackedB::try_transposed`] for a W whose rows are `ld >= k` elements apart.
     pub fn try_transposed_ld(w: &[T], n: usize, k: usize, ld: usize) -> Result<Self> {
-        let len = packed_len_ld::<T>(w.len(), n, k, n, k, ld)?;
+        let len = packed_len::<T>(w.len(), n, k, n, k, ld)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
             return Ok(PackedB { k, n, data, direct: None });
@@ -83,7 +83,7 @@ impl<'w, T: Float> PackedB<'w, T> {
 
     /// [`PackedB::try_plain`] for a W whose rows are `ld >= n` elements apart.
     pub fn try_plain_ld(w: &[T], k: usize, n: usize, ld: usize) -> Result<Self> {
-        let len = packed_len_ld::<T>(w.len(), n, k, k, n, ld)?;
+        let len = packed_len::<T>(w.len(), n, k, k, n, ld)?;
         let mut data = super::pool::try_zeroed("packed weights", len)?;
         if len == 0 {
             return Ok(PackedB { k, n, data, direct: None });
@@ -103,7 +103,7 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// call's `dv = dr R`), where packing reads and writes all of W to save nothing. Each
     /// element of C is the same chain of operations as with the packed B.
     pub fn try_direct(w: &'w [T], k: usize, n: usize) -> Result<Self> {
-        packed_len::<T>(w.len(), n, k)?;
+        packed_len::<T>(w.len(), n, k, k, n, n)?;
         let full = n / NR;
         let edge = n - full * NR;
         let mut data = if edge > 0 && k > 0 { super::pool::try_zeroed("packed weights", checked_len::<T>("packed weights", &[k, NR])?)? } else { Vec::new() };
@@ -190,19 +190,10 @@ impl<'w, T: Float> PackedB<'w, T> {
 
 /// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements,
 /// `w_rows` rows of `w_cols` read, `ld` apart) covers every element read.
-fn packed_len_ld<T>(w_len: usize, n: usize, k: usize, w_rows: usize, w_cols: usize, ld: usize) -> Result<usize> {
+fn packed_len<T>(w_len: usize, n: usize, k: usize, w_rows: usize, w_cols: usize, ld: usize) -> Result<usize> {
     let span = if w_rows == 0 || w_cols == 0 { Some(0) } else { (w_rows - 1).checked_mul(ld).and_then(|v| v.checked_add(w_cols)) };
     if ld < w_cols || span.is_none_or(|e| e > w_len) {
         return Err(Error::LengthMismatch { what: "packed weights' W".into(), shape: vec![w_rows, w_cols], expected: span.unwrap_or(usize::MAX), got: w_len });
-    }
-    checked_len::<T>("packed weights", &[n.div_ceil(NR), k, NR])
-}
-
-/// The packed length of B with `n` columns and `k` rows, checking that W (`w_len` elements)
-/// holds `n * k`.
-fn packed_len<T>(w_len: usize, n: usize, k: usize) -> Result<usize> {
-    if n.checked_mul(k).is_none_or(|nk| nk > w_len) {
-        return Err(Error::LengthMismatch { what: "packed weights' W".into(), shape: vec![n, k], expected: n.saturating_mul(k), got: w_len });
     }
     checked_len::<T>("packed weights", &[n.div_ceil(NR), k, NR])
 }
@@ -284,8 +275,6 @@ pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, l
 const PACKED_A_MIN_ROWS: usize = 16;
 const PACKED_A_MIN_K: usize = 64;
 const PACKED_A_MAX_K: usize = 4096;
-/// Rows of A packed at a time (the packed rows, at most 2 MiB, stay in this thread's buffer).
-const PACKED_A_ROWS: usize = 128;
 
 thread_local! {
     /// This thread's packed rows of A for [`f32_gemm_panels`].
@@ -298,24 +287,9 @@ thread_local! {
 /// As [`PackedB::gemm_panels`].
 pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
     if !pb.is_direct() && rows >= PACKED_A_MIN_ROWS && (PACKED_A_MIN_K..=PACKED_A_MAX_K).contains(&pb.k) {
-        if let Some(kernel) = f32_kblocked_kernel(false) {
-            let mr = kblocked_mr();
-            PACKED_A.with(|buf| {
-                let mut buf = buf.borrow_mut();
-                let mut r0 = 0;
-                while r0 < rows {
-                    let r1 = (r0 + PACKED_A_ROWS).min(rows);
-                    let len = (r1 - r0).div_ceil(mr) * mr * pb.k;
-                    if buf.len() < len {
-                        buf.resize(len, 0.0);
-                    }
-                    pack_a(&a[r0 * lda..], lda, false, r1 - r0, pb.k, mr, &mut buf);
-                    // SAFETY (the kernel's own): its target features were detected; the
-                    // packed rows hold the chunk's blocks, C's rows r0..r1 lie in the caller's.
-                    kernel(pb, &buf, r1 - r0, pb.k, c.add(r0 * ldc), ldc, panels.clone());
-                    r0 = r1;
-                }
-            });
+        // SAFETY: the caller's, as for the kernels below (at most 2 MiB of packed rows stay in
+        // this thread's buffer).
+        if PACKED_A.with(|buf| f32_gemm_kblocked(pb, a, lda, false, rows, c, ldc, panels.clone(), false, &mut buf.borrow_mut())) {
             return;
         }
     }
@@ -622,7 +596,7 @@ pub fn has_kblocked_f32() -> bool {
 
 /// Rows per block of a packed A ([`pack_a`]) for this machine's k-blocked kernel
 /// ([`f32_gemm_kblocked`]): its row block, 8 with AVX-512, 4 with AVX2; 0 where there is none.
-pub fn kblocked_mr() -> usize {
+fn kblocked_mr() -> usize {
     match f32_kblocked_kernel(false).map(|_| isa()) {
         Some(Isa::Avx512) => 8,
         Some(Isa::Avx2) => 4,
@@ -639,7 +613,7 @@ pub fn kblocked_mr() -> usize {
 ///
 /// # Panics
 /// When `a` or `out` is too short, or `mr` is not 4 or 8.
-pub fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32]) {
+fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32]) {
     match mr {
         8 => pack_a_mr::<8>(a, ld, transposed, rows, k, out),
         4 => pack_a_mr::<4>(a, ld, transposed, rows, k, out),
@@ -685,35 +659,59 @@ fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usiz
     }
 }
 
+/// Rows of A [`f32_gemm_kblocked`] packs at a time: their k-block (64 KiB at most) stays in L2
+/// while every panel group of B passes over it.
+const PACKED_A_ROWS: usize = 128;
+
+/// Elements of the buffer [`f32_gemm_kblocked`] packs `rows` rows of `k` into (0 where the
+/// machine has no k-blocked kernel).
+pub fn packed_a_len(rows: usize, k: usize) -> usize {
+    let mr = kblocked_mr();
+    if mr == 0 {
+        return 0;
+    }
+    rows.min(PACKED_A_ROWS).div_ceil(mr).saturating_mul(mr).saturating_mul(k)
+}
+
 /// `C = A B` (`accumulate`: `C += A B`) for a packed (not direct) B over the columns of
-/// `panels` and A packed by [`pack_a`] with [`kblocked_mr`] rows a block, k in blocks of 128
-/// rows with partial sums carried through C: for many rows of A (a GEMM over all of a
-/// sequence's rows), where a panel group's k-block stays in L1 while every row block passes
-/// over it, and each row block of A is one stream. Each element of C is one chain of FMAs in
-/// k order (from zero, or from C's value), whatever the rows, panels or thread split. Returns
-/// `false`, doing nothing, where the machine has only the portable kernel.
+/// `panels`, `rows` rows of A taken 128 at a time (`PACKED_A_ROWS`) and packed into `buf` in
+/// the kernel's row blocks (`pack_a`: one stream for the broadcasts), k in blocks of 128 rows
+/// with partial sums carried through C: a panel group's k-block stays in L1 while every row
+/// block passes over it. A is `a` with row `r` at `r * lda`, or (`a_transposed`) the transpose
+/// of a `[k, rows]` matrix with rows `lda` apart. `buf` grows to [`packed_a_len`] if it is
+/// shorter. Each element of C is one chain of FMAs in k order (from zero, or from C's value),
+/// whatever the rows, panels or thread split. Returns `false`, doing nothing, where the
+/// machine has only the portable kernel.
 ///
 /// # Panics
-/// When B is a direct view, the panels are out of range, or `a` is shorter than said below.
+/// When B is a direct view, the panels are out of range, or `a` does not cover the rows.
 ///
 /// # Safety
-/// `a` must hold `rows.div_ceil(kblocked_mr()) * kblocked_mr() * k` elements, C must be valid
-/// for `rows` rows of `n` at stride `ldc` with no other thread touching these panels' columns
-/// of them, and `panels.end <= pb.panels()`.
+/// C must be valid for `rows` rows of `n` at stride `ldc`, with no other thread touching these
+/// panels' columns of them.
 #[allow(clippy::too_many_arguments)]
-pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool) -> bool {
+pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], lda: usize, a_transposed: bool, rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool, buf: &mut Vec<f32>) -> bool {
     assert!(!pb.is_direct() && panels.end <= pb.panels(), "f32_gemm_kblocked: a direct view, or panels {panels:?} of {}", pb.panels());
-    match f32_kblocked_kernel(accumulate) {
-        Some(kernel) => {
-            let mr = kblocked_mr();
-            assert!(a.len() >= rows.div_ceil(mr) * mr * pb.k, "f32_gemm_kblocked: packed A too small");
-            if rows > 0 && pb.n > 0 && pb.k > 0 {
-                kernel(pb, a, rows, pb.k, c, ldc, panels);
-            }
-            true
-        }
-        None => false,
+    let Some(kernel) = f32_kblocked_kernel(accumulate) else { return false };
+    if rows == 0 || pb.n == 0 || pb.k == 0 {
+        return true;
     }
+    let (mr, k) = (kblocked_mr(), pb.k);
+    let len = packed_a_len(rows, k);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let mut r0 = 0;
+    while r0 < rows {
+        let r1 = (r0 + PACKED_A_ROWS).min(rows);
+        let rows_at = if a_transposed { &a[r0..] } else { &a[r0 * lda..] };
+        pack_a(rows_at, lda, a_transposed, r1 - r0, k, mr, buf);
+        // SAFETY (the kernel's own): its target features were detected; the packed rows hold
+        // the chunk's blocks; C's rows r0..r1 lie in the caller's.
+        kernel(pb, buf, r1 - r0, k, c.add(r0 * ldc), ldc, panels.clone());
+        r0 = r1;
+    }
+    true
 }
 
 /// The f32 product with the machine's kernel, on the calling thread. (Splitting one step's
