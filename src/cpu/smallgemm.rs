@@ -51,18 +51,14 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// [`PackedB::try_transposed`] for a W whose rows are `ld >= k` elements apart.
     pub fn try_transposed_ld(w: &[T], n: usize, k: usize, ld: usize) -> Result<Self> {
         let len = packed_len::<T>(w.len(), n, k, n, k, ld)?;
-        let mut data = super::pool::try_zeroed("packed weights", len)?;
-        if len == 0 {
-            return Ok(PackedB { k, n, data, direct: None });
-        }
-        for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
+        let data = pack_panels(len, k, n, |p, panel| {
             for c in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + c) * ld..(p * NR + c) * ld + k];
                 for (dst, &v) in panel.chunks_exact_mut(NR).zip(row) {
                     dst[c] = v;
                 }
             }
-        }
+        })?;
         Ok(PackedB { k, n, data, direct: None })
     }
 
@@ -84,16 +80,12 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// [`PackedB::try_plain`] for a W whose rows are `ld >= n` elements apart.
     pub fn try_plain_ld(w: &[T], k: usize, n: usize, ld: usize) -> Result<Self> {
         let len = packed_len::<T>(w.len(), n, k, k, n, ld)?;
-        let mut data = super::pool::try_zeroed("packed weights", len)?;
-        if len == 0 {
-            return Ok(PackedB { k, n, data, direct: None });
-        }
-        for (p, panel) in data.chunks_exact_mut(k * NR).enumerate() {
+        let data = pack_panels(len, k, n, |p, panel| {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
             for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 dst[..valid].copy_from_slice(&w[kk * ld + j0..kk * ld + j0 + valid]);
             }
-        }
+        })?;
         Ok(PackedB { k, n, data, direct: None })
     }
 
@@ -265,6 +257,39 @@ pub fn portable<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: 
 /// As [`PackedB::gemm_panels`].
 pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: *mut T, ldc: usize, panels: Range<usize>) {
     run::<T, 4, false>(pb, a, rows, lda, c, ldc, panels)
+}
+
+/// Packed weights (bytes) from which [`pack_panels`] splits the panels across the time loops'
+/// threads: packing was serial, 2.5% of DeepBench's LSTM H 512 B 64 forward, and the B of the
+/// backward's weight-gradient GEMMs (C1: X, 0.8 MiB, and the previous states, 1.6 MiB) was
+/// packed by one thread while the other waited.
+const PARALLEL_PACK_MIN_BYTES: usize = 256 << 10;
+
+/// The `len` elements of `k x n`'s panels (`len` is `panels * k * NR`), each filled by
+/// `fill(p, panel)` for panel `p` (its `k * NR` elements, each written once), split across
+/// the time loops' threads from [`PARALLEL_PACK_MIN_BYTES`]. Only a last partial panel is
+/// zeroed first (its padding columns); every other element is `fill`'s, so the buffer comes
+/// from the pool as it is. The same elements whatever the split.
+fn pack_panels<T: Float>(len: usize, k: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Result<Vec<T>> {
+    let panel_len = k * NR;
+    let mut data = super::pool::try_reused("packed weights", len)?;
+    if len == 0 {
+        return Ok(data);
+    }
+    let panels = len / panel_len;
+    if n % NR != 0 {
+        data[(panels - 1) * panel_len..].fill(T::zero());
+    }
+    let bytes = len.saturating_mul(std::mem::size_of::<T>());
+    let parts = if bytes >= PARALLEL_PACK_MIN_BYTES { super::split::step_ranges(panels, super::split::threads().min(panels)) } else { vec![0..panels] };
+    let shared = super::split::Rows::new(&mut data);
+    super::split::run(&parts, |mine| {
+        for p in mine {
+            // SAFETY: the parts' panel ranges are disjoint, so their elements are.
+            fill(p, unsafe { shared.part(p * panel_len, panel_len) });
+        }
+    });
+    Ok(data)
 }
 
 /// Fewest rows, and the range of k, for which a packed B's f32 product runs the k-blocked
