@@ -101,6 +101,17 @@ pub trait Float:
     ) -> crate::Result<bool>
     where
         Self: Sized;
+    /// `crate::cpu::gemm::shared_at_b`'s own blocked path for this type, where it has one
+    /// (`crate::cpu::gemm::shared_at_b_f32`): `Ok(true)` when it computed every product and the
+    /// sums, `Ok(false)` when the caller should compute them one GEMM at a time.
+    fn blocked_shared_at_b(a: crate::cpu::gemm::Mat<'_, Self>, products: &mut [crate::cpu::gemm::AtB<'_, Self>], sums: Option<&mut [Self]>) -> crate::Result<bool>
+    where
+        Self: Sized;
+}
+
+/// No blocked shared-A product of our own for this type ([`Float::blocked_shared_at_b`]).
+fn no_blocked_shared_at_b<T>(_: crate::cpu::gemm::Mat<'_, T>, _: &mut [crate::cpu::gemm::AtB<'_, T>], _: Option<&mut [T]>) -> crate::Result<bool> {
+    Ok(false)
 }
 
 /// No blocked GEMM of our own for this type ([`Float::blocked_gemm`]).
@@ -110,7 +121,7 @@ fn no_blocked_gemm<T>(_: T, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm
 }
 
 macro_rules! impl_float {
-    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr, $panels:expr, $blocked:path) => {
+    ($t:ty, $gemm:path, $tanh:path, $sigmoid:path, $packed:expr, $panels:expr, $blocked:path, $shared:path) => {
         impl Float for $t {
             #[inline]
             fn zero() -> Self {
@@ -196,6 +207,9 @@ macro_rules! impl_float {
             ) -> crate::Result<bool> {
                 $blocked(alpha, a, opa, b, opb, beta, c, ldc)
             }
+            fn blocked_shared_at_b(a: crate::cpu::gemm::Mat<'_, Self>, products: &mut [crate::cpu::gemm::AtB<'_, Self>], sums: Option<&mut [Self]>) -> crate::Result<bool> {
+                $shared(a, products, sums)
+            }
         }
     };
 }
@@ -207,7 +221,8 @@ impl_float!(
     fast::sigmoid,
     crate::cpu::smallgemm::f32_gemm,
     crate::cpu::smallgemm::f32_gemm_panels,
-    crate::cpu::gemm::blocked_f32
+    crate::cpu::gemm::blocked_f32,
+    crate::cpu::gemm::shared_at_b_f32
 );
 impl_float!(
     f64,
@@ -216,7 +231,8 @@ impl_float!(
     sigmoid_f64,
     crate::cpu::smallgemm::portable::<f64>,
     crate::cpu::smallgemm::portable_panels::<f64>,
-    no_blocked_gemm
+    no_blocked_gemm,
+    no_blocked_shared_at_b
 );
 
 /// The logistic function in f64, written so that it neither overflows nor loses precision.

@@ -6,16 +6,18 @@
 //! pointwise function per row. Backward mirrors it: per step, stages last to first, the
 //! pointwise backward, then `dv = dr_k R_k` routed to the state or tape value the product
 //! read; after the loop, GEMMs over all rows for `dW_x`, `dR_k` (and `dX` unless made per
-//! step), column sums for the biases and the pointwise parameters.
+//! step), column sums for the biases and the pointwise parameters. Where a stage's output
+//! gradients are dxp itself (LSTM's), `dW_x`, that stage's `dR` and the bias sums come from one
+//! pass over dxp (`gemm::shared_at_b`).
 
-use super::gemm::{gemm, Mat, Op};
+use super::gemm::{gemm, shared_at_b, AtB, Mat, Op};
 use super::smallgemm::{self, PackedB};
 use super::split::{self, Rows};
 use std::marker::PhantomData;
 use std::ops::Range;
 use super::{check_finite, permute_state, pool, reused, scratch, step_order, zeros, Failure, Pass};
 use crate::packing::step_offsets;
-use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Pointwise, Sizes, Slot, Src, StateDef, Standard};
+use crate::cells::{state_offsets, BwdRow, Cell, FwdRow, Layout, Pointwise, Product, Sizes, Slot, Src, StateDef, Standard};
 use crate::config::RnnConfig;
 use crate::error::{check_len, Error, Result};
 use crate::float::Float;
@@ -1206,14 +1208,62 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     if let (0, Some(gw)) = (gx, a.grad.get_mut(Slot::WeightIh)) {
         gw.fill(T::zero());
     }
+    // A state product's rows that started from zero initial states add nothing: the first
+    // step processed (step 0's rows, or the reverse direction's last step's) is left out of
+    // its weight gradient (for one step from zero states, the whole GEMM; the slot stays as
+    // `Weights::zeros` made it).
+    let from_state = match (tp.zero_start, a.reverse) {
+        (false, _) => 0..n,
+        (true, false) => off[1]..n,
+        (true, true) => 0..off[off.len() - 2],
+    };
+    // Stage k's product: its rows, their input (rows `ld` apart from `offset`), and its
+    // output gradients (dxp when aliased).
+    let stage_input = |pr: &Product| match pr.src {
+        Src::State(i) => (from_state.clone(), &tp.s_prev, soffs[i], sw),
+        Src::Tape { offset } => (0..n, &tp.tape, offset, tw),
+    };
+    let dr_all: &[T] = if alias { &dxp } else { &dr };
+    // The one stage whose output gradients are dxp's columns (`Cell::DR_IS_DXP`, LSTM's):
+    // its weight gradient shares W_ih's A (dxp^T, packed once for both) and its bias
+    // gradient W_ih's bias's column sums of dxp.
+    let shared = match lay.stages.first() {
+        Some(Some(pr)) if alias && gx > 0 && roffs[0] == 0 && pr.rows == gx => Some(pr),
+        _ => None,
+    };
+    // dxp's column sums over all rows (`gemm::shared_at_b`'s), when a bias gradient needs them.
+    let mut sums = Vec::new();
     if gx > 0 {
-        let gw = a.grad.get_mut(Slot::WeightIh).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?;
-        let rest = gw.get_mut(gx * inw..).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?;
-        rest.fill(T::zero());
-        gemm(one, Mat::try_new(&dxp, n, gx)?, Op::T, Mat::try_new(a.x, n, inw)?, Op::N, T::zero(), &mut gw[..gx * inw], inw);
+        let mut gw = std::mem::take(a.grad.get_mut(Slot::WeightIh).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?);
+        gw.get_mut(gx * inw..).ok_or_else(|| Error::MissingTensor("WeightIh slot".into()))?.fill(T::zero());
+        let mut gst = match shared {
+            Some(pr) => Some(std::mem::take(a.grad.get_mut(pr.slot).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?)),
+            None => None,
+        };
+        if lay.input_bias || shared.is_some_and(|pr| pr.bias.is_some()) {
+            sums = zeros("bias gradients", &[gx])?;
+        }
+        {
+            let mut products = vec![AtB::try_new(0..n, Mat::try_new(a.x, n, inw)?, &mut gw[..gx * inw], inw)?];
+            if let (Some(pr), Some(g)) = (shared, gst.as_mut()) {
+                let (rows, src, offset, ld) = stage_input(pr);
+                if !rows.is_empty() {
+                    let v = Mat::with_ld(&src[rows.start * ld + offset..], rows.len(), pr.k, ld)?;
+                    let c = g.get_mut(pr.offset..pr.offset + pr.rows * pr.k).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?;
+                    products.push(AtB::try_new(rows, v, c, pr.k)?);
+                }
+            }
+            shared_at_b(Mat::try_new(&dxp, n, gx)?, &mut products, (!sums.is_empty()).then_some(&mut sums[..]))?;
+        }
+        *a.grad.get_mut(Slot::WeightIh).expect("taken above") = gw;
+        if let (Some(pr), Some(g)) = (shared, gst) {
+            *a.grad.get_mut(pr.slot).expect("taken above") = g;
+        }
         if lay.input_bias {
             let gb = a.grad.get_mut(Slot::BiasIh).ok_or_else(|| Error::MissingTensor("BiasIh slot".into()))?;
-            super::col_sum_into(&dxp, gx, &mut gb[..gx]);
+            for (g, &v) in gb[..gx].iter_mut().zip(&sums) {
+                *g += v;
+            }
         }
         if !per_step_dx {
             let w_x = slot(p, Slot::WeightIh, "input matrix")?;
@@ -1232,24 +1282,12 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
             }
         }
     }
-    // A state product's rows that started from zero initial states add nothing: the first
-    // step processed (step 0's rows, or the reverse direction's last step's) is left out of
-    // its weight gradient (for one step from zero states, the whole GEMM; the slot stays as
-    // `Weights::zeros` made it).
-    let from_state = match (tp.zero_start, a.reverse) {
-        (false, _) => 0..n,
-        (true, false) => off[1]..n,
-        (true, true) => 0..off[off.len() - 2],
-    };
     for (k, stage) in lay.stages.iter().enumerate() {
         let Some(pr) = stage else { continue };
-        let (rows, src, offset, ld) = match pr.src {
-            Src::State(i) => (from_state.clone(), &tp.s_prev, soffs[i], sw),
-            Src::Tape { offset } => (0..n, &tp.tape, offset, tw),
-        };
-        let dr_all: &[T] = if alias { &dxp } else { &dr };
+        let is_shared = k == 0 && shared.is_some();
+        let (rows, src, offset, ld) = stage_input(pr);
         let gw = a.grad.get_mut(pr.slot).ok_or_else(|| Error::MissingTensor(format!("{:?} slot", pr.slot)))?;
-        if !rows.is_empty() {
+        if !rows.is_empty() && !is_shared {
             // The product's inputs and gradients for those rows, at their row strides.
             let v = Mat::with_ld(&src[rows.start * ld + offset..], rows.len(), pr.k, ld)?;
             let drk = Mat::with_ld(&dr_all[rows.start * rw + roffs[k]..], rows.len(), pr.rows, rw)?;
@@ -1257,9 +1295,16 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         }
         if let Some((bs, bo)) = pr.bias {
             let gb = a.grad.get_mut(bs).ok_or_else(|| Error::MissingTensor(format!("{bs:?} slot")))?;
-            for row in 0..n {
-                for (g, &v) in gb[bo..bo + pr.rows].iter_mut().zip(&dr_all[row * rw + roffs[k]..row * rw + roffs[k] + pr.rows]) {
+            if is_shared {
+                // The same sums, in the same order, as the rows' loop below gives.
+                for (g, &v) in gb[bo..bo + pr.rows].iter_mut().zip(&sums) {
                     *g += v;
+                }
+            } else {
+                for row in 0..n {
+                    for (g, &v) in gb[bo..bo + pr.rows].iter_mut().zip(&dr_all[row * rw + roffs[k]..row * rw + roffs[k] + pr.rows]) {
+                        *g += v;
+                    }
                 }
             }
         }

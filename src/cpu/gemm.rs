@@ -238,3 +238,132 @@ pub(crate) fn blocked_f32(alpha: f32, a: Mat<'_, f32>, opa: Op, b: Mat<'_, f32>,
         None => Ok(true),
     }
 }
+
+/// One product of [`shared_at_b`]: `C = A[ks]^T B` (C overwritten) over rows `ks` of the
+/// shared A, B holding as many rows. The fields are private: [`AtB::try_new`] checks B
+/// against the rows, and [`shared_at_b`] C against A's columns.
+pub struct AtB<'a, T> {
+    ks: std::ops::Range<usize>,
+    b: Mat<'a, T>,
+    c: &'a mut [T],
+    ldc: usize,
+}
+
+impl<'a, T> AtB<'a, T> {
+    /// The product over rows `ks` of A and B's rows (`b.rows() == ks.len()`), into C with rows
+    /// `ldc >= b.cols()` apart.
+    ///
+    /// # Errors
+    /// [`Error::ShapeMismatch`] when B's rows are not `ks`'s count; [`Error::InvalidConfig`]
+    /// for a `ldc` below B's columns.
+    pub fn try_new(ks: std::ops::Range<usize>, b: Mat<'a, T>, c: &'a mut [T], ldc: usize) -> Result<Self> {
+        if b.rows != ks.len() {
+            return Err(Error::ShapeMismatch { what: "shared product's B rows".into(), expected: vec![ks.len()], got: vec![b.rows] });
+        }
+        if ldc < b.cols || ldc > isize::MAX as usize {
+            return Err(Error::InvalidConfig(format!("shared product: leading dimension {ldc} of C for {} columns", b.cols)));
+        }
+        Ok(AtB { ks, b, c, ldc })
+    }
+}
+
+/// The weight gradients of one layer-direction whose products share their output gradients
+/// (and their bias gradients): for A `[k, m]`, each `C_i = A[ks_i]^T B_i` (`m x n_i`,
+/// overwritten) and, with `sums`, `sums[j]` = column `j` of A summed over all k rows in order
+/// from zero. In f32 where our blocked GEMM runs (`blocked_f32`'s conditions), each of the
+/// threads' chunks of A's columns is packed once for every product and summed in the same
+/// pass; else each product is one [`try_gemm`] and the sums one more pass. Either way each
+/// element is the same chain of operations as that [`try_gemm`] (`A[ks]` transposed, beta 0)
+/// and as adding A's rows in order (`cpu::col_sum_into` into zeros), whatever the threads.
+///
+/// # Errors
+/// [`Error::ShapeMismatch`] or [`Error::LengthMismatch`] when a product's rows lie past A's,
+/// its C does not cover `m x n_i`, or `sums` is shorter than `m`.
+pub fn shared_at_b<T: Float>(a: Mat<'_, T>, products: &mut [AtB<'_, T>], mut sums: Option<&mut [T]>) -> Result<()> {
+    let m = a.cols;
+    for p in products.iter() {
+        if p.ks.end > a.rows {
+            return Err(Error::ShapeMismatch { what: "shared product's rows".into(), expected: vec![a.rows], got: vec![p.ks.end] });
+        }
+        match span(m, p.b.cols, p.ldc) {
+            Some(need) if need <= p.c.len() => {}
+            need => {
+                return Err(Error::LengthMismatch { what: format!("shared product output {m} x {}", p.b.cols), shape: vec![m, p.b.cols], expected: need.unwrap_or(usize::MAX), got: p.c.len() });
+            }
+        }
+    }
+    if let Some(s) = &sums {
+        if s.len() < m {
+            return Err(Error::LengthMismatch { what: "shared product sums".into(), shape: vec![m], expected: m, got: s.len() });
+        }
+    }
+    if T::blocked_shared_at_b(a, products, sums.as_deref_mut())? {
+        return Ok(());
+    }
+    for p in products.iter_mut() {
+        let rows = Mat::with_ld(&a.data[p.ks.start * a.ld..], p.ks.len(), m, a.ld)?;
+        try_gemm(T::one(), rows, Op::T, p.b, Op::N, T::zero(), p.c, p.ldc)?;
+    }
+    if let Some(s) = sums {
+        s[..m].fill(T::zero());
+        for r in 0..a.rows {
+            for (acc, &v) in s[..m].iter_mut().zip(&a.data[r * a.ld..r * a.ld + m]) {
+                *acc += v;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`shared_at_b`] through our blocked GEMM ([`blocked_f32`]'s kernels and conditions, its
+/// multiply-adds summed over the products): each product's B packed, A's columns (the rows of
+/// `A^T`) split across the time loops' threads, each thread's packed a chunk at a time for
+/// every product, with their sums ([`smallgemm::f32_gemm_kblocked_shared`]). `Ok(false)`,
+/// doing nothing, where [`blocked_f32`] would not run. The caller checked the sizes.
+pub(crate) fn shared_at_b_f32(a: Mat<'_, f32>, products: &mut [AtB<'_, f32>], sums: Option<&mut [f32]>) -> Result<bool> {
+    use super::smallgemm::{self, KProduct, PackedB};
+    let (m, k) = (a.cols, a.rows);
+    let macs = products.iter().fold(0usize, |t, p| t.saturating_add(m.saturating_mul(p.ks.len()).saturating_mul(p.b.cols)));
+    if m < BLOCKED_MIN_ROWS || macs < BLOCKED_MIN_MACS || !smallgemm::has_kblocked_f32() {
+        return Ok(false);
+    }
+    let packed: Vec<PackedB<'_, f32>> = products.iter().map(|p| PackedB::try_plain_ld(p.b.data, p.ks.len(), p.b.cols, p.b.ld)).collect::<Result<_>>()?;
+    // A product over no rows is zero (beta 0): the kernels leave its C alone.
+    for p in products.iter_mut().filter(|p| p.ks.is_empty()) {
+        for r in 0..m {
+            p.c[r * p.ldc..r * p.ldc + p.b.cols].fill(0.0);
+        }
+    }
+    let parts = super::split::ranges(m, macs);
+    let failed = super::Failure::new();
+    let outs: Vec<(super::split::Rows<'_, f32>, usize, usize)> = products.iter_mut().map(|p| (p.ldc, p.ks.start, super::split::Rows::new(&mut *p.c))).map(|(ldc, k0, c)| (c, ldc, k0)).collect();
+    let sums = sums.map(super::split::Rows::new);
+    super::split::run(&parts, |mine| {
+        let mut buf = match super::pool::try_reused("GEMM rows", smallgemm::packed_a_len(mine.len(), k)) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = failed.set(e);
+                return;
+            }
+        };
+        // SAFETY: the parts' row ranges of A^T are disjoint, so their rows of every C and
+        // their sums are; each C was checked by the caller to cover m rows of n at its ldc.
+        unsafe {
+            let prods: Vec<KProduct<'_>> = outs
+                .iter()
+                .zip(&packed)
+                .map(|((c, ldc, k0), pb)| KProduct { pb, k0: *k0, c: c.tail_ptr(0).0.add(mine.start * ldc), ldc: *ldc, panels: 0..pb.panels(), accumulate: false })
+                .collect();
+            let my_sums = sums.as_ref().map(|s| s.part(mine.start, mine.len()));
+            smallgemm::f32_gemm_kblocked_shared(&a.data[mine.start..], a.ld, true, mine.len(), k, &prods, my_sums, &mut buf);
+        }
+        super::pool::recycle(buf);
+    });
+    for pb in packed {
+        pb.recycle();
+    }
+    match failed.into_inner() {
+        Some(e) => Err(e),
+        None => Ok(true),
+    }
+}

@@ -407,8 +407,9 @@ mod x86 {
     /// blocks (stored, then loaded back: the same f32 values, so every element is the same
     /// chain of FMAs in k order as in one pass). `ACCUMULATE`: the chains start from C's
     /// values (`C += A B`) instead of zero. `PACKED_A`: A is packed in blocks of 8 rows
-    /// ([`pack_a`]: one stream, element `(r, kk)` of block `r / 8` at `kk * 8 + r % 8`), not
-    /// rows at stride `lda`.
+    /// ([`pack_a`]: one stream, element `(r, kk)` of block `r / 8` at `kk * 8 + r % 8`), the
+    /// blocks `8 * lda` elements apart (`lda`: the k A was packed with, at least B's), not rows
+    /// at stride `lda`.
     #[inline(always)]
     unsafe fn kblock512<const NP: usize, const DIRECT: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         const MR: usize = 8;
@@ -429,7 +430,7 @@ mod x86 {
             while r0 < rows {
                 let mr = MR.min(rows - r0);
                 // Rows past the edge repeat the last valid row; their results are not stored.
-                let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * k + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
+                let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * lda + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
                 let mut acc = [[_mm512_setzero_ps(); NP]; MR];
                 if k0 > 0 || ACCUMULATE {
                     for (i, row_acc) in acc.iter_mut().enumerate().take(mr) {
@@ -502,7 +503,7 @@ mod x86 {
     /// constant the addressing folds); `KB`: k in blocks of [`KC`] rows as [`kblock512`]'s
     /// (partial sums carried through C: the same chains as one pass), for a direct view or a
     /// packed B over many rows; `ACCUMULATE`: `C += A B`; `PACKED_A`: A packed in 4-row blocks
-    /// ([`pack_a`]).
+    /// ([`pack_a`]), `4 * lda` elements apart.
     #[inline(always)]
     unsafe fn avx2_panels<const DIRECT: bool, const KB: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         const MR: usize = 4;
@@ -519,7 +520,7 @@ mod x86 {
                 while r0 < rows {
                     let mr = MR.min(rows - r0);
                     // Rows past the edge repeat the last valid row; their results are not stored.
-                    let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * k + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
+                    let ap: [*const f32; MR] = if PACKED_A { std::array::from_fn(|i| a.as_ptr().add(r0 * lda + i)) } else { std::array::from_fn(|i| a.as_ptr().add((r0 + i.min(mr - 1)) * lda)) };
                     let mut acc = [[_mm256_setzero_ps(); 2]; MR];
                     if (KB && k0 > 0) || ACCUMULATE {
                         for (i, [lo, hi]) in acc.iter_mut().enumerate().take(mr) {
@@ -634,19 +635,24 @@ fn kblocked_mr() -> usize {
 /// partial block's missing rows repeating its last row (their results are not stored). The
 /// matrix is `a` with row `r` at `r * ld` (`transposed == false`), or the transpose of `a`
 /// (row `r` is column `r` of a `[k, rows]` matrix with rows `ld` apart). `out` must hold
-/// `rows.div_ceil(mr) * mr * k` elements.
+/// `rows.div_ceil(mr) * mr * k` elements. With `sums`, also `sums[r]` = row `r`'s sum, from
+/// zero in k order (for a transposed A, the column sums of the `[k, rows]` matrix, as
+/// `cpu::col_sum_into` adds them: the same bits), read from the pass that packs.
 ///
 /// # Panics
-/// When `a` or `out` is too short, or `mr` is not 4 or 8.
-fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32]) {
+/// When `a`, `out` or `sums` is too short, or `mr` is not 4 or 8.
+fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32], sums: Option<&mut [f32]>) {
     match mr {
-        8 => pack_a_mr::<8>(a, ld, transposed, rows, k, out),
-        4 => pack_a_mr::<4>(a, ld, transposed, rows, k, out),
+        8 => pack_a_mr::<8>(a, ld, transposed, rows, k, out, sums),
+        4 => pack_a_mr::<4>(a, ld, transposed, rows, k, out, sums),
         _ => panic!("pack_a: {mr} rows a block"),
     }
 }
 
-fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, out: &mut [f32]) {
+fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, out: &mut [f32], mut sums: Option<&mut [f32]>) {
+    if let Some(s) = sums.as_deref_mut() {
+        s[..rows].fill(0.0);
+    }
     if rows == 0 || k == 0 {
         return;
     }
@@ -656,6 +662,11 @@ fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usiz
         // Column r of A's row kk: each row of A is read once, in order, into every block.
         for kk in 0..k {
             let src = &a[kk * ld..kk * ld + rows];
+            if let Some(s) = sums.as_deref_mut() {
+                for (acc, &v) in s[..rows].iter_mut().zip(src) {
+                    *acc += v;
+                }
+            }
             for (rb, block) in out.chunks_exact_mut(MR * k).enumerate() {
                 let dst: &mut [f32; MR] = (&mut block[kk * MR..kk * MR + MR]).try_into().unwrap();
                 let r0 = rb * MR;
@@ -678,6 +689,13 @@ fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usiz
             for (kk, dst) in block.chunks_exact_mut(MR).enumerate() {
                 for i in 0..MR {
                     dst[i] = src[i][kk];
+                }
+            }
+        }
+        if let Some(s) = sums {
+            for (r, acc) in s[..rows].iter_mut().enumerate() {
+                for &v in &a[r * ld..r * ld + k] {
+                    *acc += v;
                 }
             }
         }
@@ -716,12 +734,57 @@ pub fn packed_a_len(rows: usize, k: usize) -> usize {
 /// panels' columns of them.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], lda: usize, a_transposed: bool, rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool, buf: &mut Vec<f32>) -> bool {
-    assert!(!pb.is_direct() && panels.end <= pb.panels(), "f32_gemm_kblocked: a direct view, or panels {panels:?} of {}", pb.panels());
-    let Some(kernel) = f32_kblocked_kernel(accumulate) else { return false };
-    if rows == 0 || pb.n == 0 || pb.k == 0 {
+    let product = KProduct { pb, k0: 0, c, ldc, panels, accumulate };
+    f32_gemm_kblocked_shared(a, lda, a_transposed, rows, pb.k, std::slice::from_ref(&product), None, buf)
+}
+
+/// One product of [`f32_gemm_kblocked_shared`]: `C = A[.., k0..k0 + k] B` (`accumulate`:
+/// `C += ..`) for B packed (`k` rows: `pb.k`), over the columns of `panels`, C at `c` with
+/// rows `ldc` apart.
+pub(crate) struct KProduct<'a> {
+    pub(crate) pb: &'a PackedB<'a, f32>,
+    pub(crate) k0: usize,
+    pub(crate) c: *mut f32,
+    pub(crate) ldc: usize,
+    pub(crate) panels: Range<usize>,
+    pub(crate) accumulate: bool,
+}
+
+/// [`f32_gemm_kblocked`] for several products over column ranges `k0..k0 + pb.k` of one A
+/// (`rows x k`, as there), each chunk of A's rows packed once for all of them (the weight
+/// gradients of a layer-direction whose products share their output gradients: one pass over
+/// them, not one a product), and, with `sums`, `sums[r]` = A's row `r` summed over all of k
+/// (`pack_a`'s). A product with no columns or no k leaves its C alone. Each element of C is
+/// the same chain of FMAs as [`f32_gemm_kblocked`] over that column range of A gives.
+///
+/// # Panics
+/// When a B is a direct view, its panels are out of range or its k past A's, `a` does not cover
+/// the rows, or `sums` is shorter than `rows`.
+///
+/// # Safety
+/// Each product's C as [`f32_gemm_kblocked`]'s, no two products' Cs overlapping.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn f32_gemm_kblocked_shared(a: &[f32], lda: usize, a_transposed: bool, rows: usize, k: usize, products: &[KProduct<'_>], mut sums: Option<&mut [f32]>, buf: &mut Vec<f32>) -> bool {
+    for p in products {
+        assert!(
+            !p.pb.is_direct() && p.panels.end <= p.pb.panels() && p.k0.checked_add(p.pb.k).is_some_and(|e| e <= k),
+            "f32_gemm_kblocked: a direct view, panels {:?} of {}, or k {}..+{} of {k}",
+            p.panels,
+            p.pb.panels(),
+            p.k0,
+            p.pb.k
+        );
+    }
+    if let Some(s) = &sums {
+        assert!(s.len() >= rows, "f32_gemm_kblocked: {} sums for {rows} rows", s.len());
+    }
+    let mr = kblocked_mr();
+    if mr == 0 {
+        return false;
+    }
+    if rows == 0 {
         return true;
     }
-    let (mr, k) = (kblocked_mr(), pb.k);
     let len = packed_a_len(rows, k);
     if buf.len() < len {
         buf.resize(len, 0.0);
@@ -730,10 +793,14 @@ pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], lda: usize, a_tran
     while r0 < rows {
         let r1 = (r0 + PACKED_A_ROWS).min(rows);
         let rows_at = if a_transposed { &a[r0..] } else { &a[r0 * lda..] };
-        pack_a(rows_at, lda, a_transposed, r1 - r0, k, mr, buf);
-        // SAFETY (the kernel's own): its target features were detected; the packed rows hold
-        // the chunk's blocks; C's rows r0..r1 lie in the caller's.
-        kernel(pb, buf, r1 - r0, k, c.add(r0 * ldc), ldc, panels.clone());
+        pack_a(rows_at, lda, a_transposed, r1 - r0, k, mr, buf, sums.as_deref_mut().map(|s| &mut s[r0..r1]));
+        for p in products.iter().filter(|p| p.pb.n > 0 && p.pb.k > 0) {
+            let kernel = f32_kblocked_kernel(p.accumulate).expect("a k-blocked kernel for either accumulation, as kblocked_mr found");
+            // SAFETY (the kernel's own): its target features were detected; the packed rows
+            // hold the chunk's blocks, `k` apart, of which the product reads columns
+            // k0..k0 + pb.k; C's rows r0..r1 lie in the caller's.
+            kernel(p.pb, &buf[p.k0 * mr..], r1 - r0, k, p.c.add(r0 * p.ldc), p.ldc, p.panels.clone());
+        }
         r0 = r1;
     }
     true

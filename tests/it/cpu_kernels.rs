@@ -124,6 +124,133 @@ fn general_gemm_matches_f64_in_every_orientation() {
     }
 }
 
+/// The backward's shared weight-gradient products (`gemm::shared_at_b`: several `A[ks]^T B`
+/// over row ranges of one A, packed once, with A's column sums) against f64 and against one
+/// `try_gemm` a product: bitwise where every product is large enough for our blocked GEMM on
+/// its own, as each element is the same chain of FMAs; the sums bitwise those of adding A's
+/// rows in order; 1 and 3 threads bitwise equal; a product over no rows zero over NaN; C's
+/// padding columns untouched; and typed errors for rows past A's, a B of the wrong rows and a
+/// short C.
+#[test]
+fn shared_weight_gradient_products_match_separate_gemms() {
+    use wgpu_rnn::cpu::gemm::{shared_at_b, try_gemm, AtB, Mat, Op};
+    use wgpu_rnn::cpu::split::with_threads;
+    use wgpu_rnn::Error;
+    let mut g = rng(31);
+    // (m, k, [(rows of A, n)], each product large enough for the blocked GEMM alone)
+    let cases: [(usize, usize, Vec<(std::ops::Range<usize>, usize)>, bool); 4] = [
+        (70, 1500, vec![(0..1500, 20), (100..1500, 33), (7..7, 5)], true),
+        (131, 257, vec![(0..257, 17), (0..200, 40)], false),
+        (33, 40, vec![(3..40, 9)], false),
+        (200, 1600, vec![(0..1600, 40), (32..1600, 72)], true),
+    ];
+    for (m, k, prods, big) in cases {
+        let lda = m + 3;
+        let a: Vec<f32> = uniform(&mut g, k * lda, 1.0).into_iter().map(|v| v as f32).collect();
+        let bs: Vec<(Vec<f32>, usize)> = prods.iter().map(|(ks, n)| (uniform(&mut g, ks.len() * (n + 1), 1.0).into_iter().map(|v| v as f32).collect(), n + 1)).collect();
+        let run = |threads: usize| {
+            let mut cs: Vec<Vec<f32>> = prods.iter().map(|(_, n)| vec![f32::NAN; m * (n + 2)]).collect();
+            let mut sums = vec![f32::NAN; m];
+            {
+                let mut products: Vec<AtB<'_, f32>> = prods
+                    .iter()
+                    .zip(&bs)
+                    .zip(cs.iter_mut())
+                    .map(|(((ks, n), (b, ldb)), c)| AtB::try_new(ks.clone(), Mat::with_ld(b, ks.len(), *n, *ldb).unwrap(), c, n + 2).unwrap())
+                    .collect();
+                with_threads(threads, || shared_at_b(Mat::with_ld(&a, k, m, lda).unwrap(), &mut products, Some(&mut sums))).unwrap();
+            }
+            (cs, sums)
+        };
+        let (cs, sums) = run(3);
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let (cs1, sums1) = run(1);
+        assert_eq!(bits(&sums), bits(&sums1), "m {m} k {k}: sums differ on 1 and 3 threads");
+        for ((c, c1), ((ks, n), (b, ldb))) in cs.iter().zip(&cs1).zip(prods.iter().zip(&bs)) {
+            let what = format!("m {m} k {k} rows {ks:?} n {n}");
+            assert_eq!(bits(c), bits(c1), "{what}: 1 and 3 threads differ");
+            let ldc = n + 2;
+            // One GEMM for this product alone.
+            let mut alone = vec![f32::NAN; m * ldc];
+            if !ks.is_empty() {
+                try_gemm(1.0, Mat::with_ld(&a[ks.start * lda..], ks.len(), m, lda).unwrap(), Op::T, Mat::with_ld(b, ks.len(), *n, *ldb).unwrap(), Op::N, 0.0, &mut alone, ldc).unwrap();
+            }
+            for i in 0..m {
+                for j in 0..*n {
+                    let got = c[i * ldc + j];
+                    if ks.is_empty() {
+                        assert_eq!(got.to_bits(), 0f32.to_bits(), "{what}: ({i},{j}) of an empty product");
+                        continue;
+                    }
+                    let want: f64 = ks.clone().map(|r| a[r * lda + i] as f64 * b[(r - ks.start) * ldb + j] as f64).sum();
+                    assert!((got as f64 - want).abs() <= GEMM_F32_RTOL * (ks.len() as f64).sqrt() * (1.0 + want.abs()), "{what} at ({i},{j}): {got} vs {want}");
+                    if big {
+                        assert_eq!(got.to_bits(), alone[i * ldc + j].to_bits(), "{what} at ({i},{j}): not the lone GEMM's bits");
+                    }
+                }
+                for j in *n..ldc {
+                    assert!(c[i * ldc + j].is_nan(), "{what}: padding ({i},{j}) written");
+                }
+            }
+        }
+        for (j, s) in sums.iter().enumerate() {
+            let in_order = (0..k).fold(0f32, |acc, r| acc + a[r * lda + j]);
+            assert_eq!(s.to_bits(), in_order.to_bits(), "m {m} k {k}: sum of column {j}");
+        }
+    }
+    // Typed errors, not panics.
+    let a = vec![0f32; 10 * 4];
+    let b = vec![0f32; 10 * 3];
+    let mut c = vec![0f32; 4 * 3];
+    assert!(matches!(AtB::try_new(0..9, Mat::new(&b, 10, 3), &mut c, 3), Err(Error::ShapeMismatch { .. })));
+    let mut past = [AtB::try_new(1..11, Mat::new(&b, 10, 3), &mut c, 3).unwrap()];
+    assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut past, None), Err(Error::ShapeMismatch { .. })));
+    let mut short = vec![0f32; 4 * 3 - 1];
+    let mut small = [AtB::try_new(0..10, Mat::new(&b, 10, 3), &mut short, 3).unwrap()];
+    assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut small, None), Err(Error::LengthMismatch { .. })));
+    let mut ok = [AtB::try_new(0..10, Mat::new(&b, 10, 3), &mut c, 3).unwrap()];
+    assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut ok, Some(&mut [0f32; 3])), Err(Error::LengthMismatch { .. })));
+}
+
+/// LSTM's weight and bias gradients through the shared products (W_ih's and W_hh's share dG,
+/// packed once; the biases share its column sums) at sizes where our blocked GEMM runs them
+/// (4H = 96 rows, 1,140 packed rows), in f32 against the same run in f64: both directions (the
+/// state product leaves out the first step processed, step 0's rows forward and the last
+/// step's in reverse), from zero states and from given ones (all rows).
+#[test]
+fn lstm_weight_gradients_through_shared_products_match_f64() {
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    let mut g = rng(83);
+    let cfg = RnnConfig::new(Mode::Lstm, 48, 24).bidirectional(true);
+    let w64 = Weights::<f64>::init_uniform(&cfg, 3).unwrap();
+    let w32: Weights<f32> = w64.cast();
+    let (t, b) = (40, 30);
+    let lengths: Vec<usize> = (0..b).map(|i| t - i % 7).collect();
+    let x = uniform(&mut g, t * b * cfg.input_size, 1.0);
+    let x64 = PackedSequence::from_padded(&x, [t, b, cfg.input_size], false, &lengths).unwrap();
+    let x32 = PackedSequence::from_padded(&wgpu_rnn::cpu::cast::<f64, f32>(&x), [t, b, cfg.input_size], false, &lengths).unwrap();
+    let s0: Vec<Vec<f64>> = cfg.states().iter().map(|s| uniform(&mut g, cfg.directions() * b * s.width, 0.5)).collect();
+    let s0_32: Vec<Vec<f32>> = s0.iter().map(|v| wgpu_rnn::cpu::cast(v)).collect();
+    for given in [false, true] {
+        let st64: Vec<Option<&[f64]>> = s0.iter().map(|v| given.then_some(v.as_slice())).collect();
+        let st32: Vec<Option<&[f32]>> = s0_32.iter().map(|v| given.then_some(v.as_slice())).collect();
+        let (o64, t64) = cpu::forward(&w64, &x64, &st64, Pass::Training).unwrap();
+        let (_, t32) = cpu::forward(&w32, &x32, &st32, Pass::Training).unwrap();
+        let go = uniform(&mut g, o64.output.data.len(), 1.0);
+        let g64 = cpu::backward(&w64, &t64.unwrap(), &go, &[]).unwrap().params.to_flat();
+        let g32 = cpu::backward(&w32, &t32.unwrap(), &wgpu_rnn::cpu::cast::<f64, f32>(&go), &[]).unwrap().params.to_flat();
+        let scale = g64.iter().fold(0f64, |m, v| m.max(v.abs()));
+        assert!(scale > 1.0 && scale.is_finite(), "gradient scale {scale}");
+        for (k, (&u, &v)) in g32.iter().zip(&g64).enumerate() {
+            assert!((u as f64 - v).abs() <= SHARED_GRAD_RTOL * scale, "states given {given}: parameter gradient {k}: {u} in f32, {v} in f64");
+        }
+    }
+}
+
+/// f32 against f64 weight gradients summed over 1,140 rows, relative to the largest.
+const SHARED_GRAD_RTOL: f64 = 1e-5;
+
 /// The f32 GEMM's error against f64, relative to `sqrt(k) (1 + |C|)`.
 const GEMM_F32_RTOL: f64 = 1e-5;
 
