@@ -83,7 +83,13 @@ impl<'w, T: Float> PackedB<'w, T> {
         let data = pack_panels(len, k, n, |p, panel| {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
             for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
-                dst[..valid].copy_from_slice(&w[kk * ld + j0..kk * ld + j0 + valid]);
+                if valid == NR {
+                    // A constant length: inline moves, not a memmove call a row.
+                    let src: &[T; NR] = w[kk * ld + j0..kk * ld + j0 + NR].try_into().expect("NR elements");
+                    dst.copy_from_slice(src);
+                } else {
+                    dst[..valid].copy_from_slice(&w[kk * ld + j0..kk * ld + j0 + valid]);
+                }
             }
         })?;
         Ok(PackedB { k, n, data, direct: None })
