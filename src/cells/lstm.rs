@@ -18,6 +18,9 @@ fn h_out(s: Sizes) -> usize {
 
 impl Cell for Lstm {
     const DR_IS_DXP: bool = true;
+    // The forward writes the gates, c and (with a projection) h before it, all the tape; the
+    // backward assigns all four gates' dxp.
+    const WRITES_WHOLE_ROWS: bool = true;
     const NAME: &'static str = "LSTM";
     const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh];
     const WGSL: &'static str = super::cell_wgsl!("lstm.wgsl");

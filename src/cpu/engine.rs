@@ -725,6 +725,18 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     Ok(())
 }
 
+/// Clears a forward's tape rows or a backward's dxp rows before the cell writes them: zeros,
+/// unless the cell writes every element ([`Cell::WRITES_WHOLE_ROWS`]); then nothing in
+/// release builds and NaN in debug builds (the tests'), so an element it does not write shows.
+#[inline(always)]
+fn clear_row<C: Cell, T: Float>(row: &mut [T]) {
+    if !C::WRITES_WHOLE_ROWS {
+        row.fill(T::zero());
+    } else if cfg!(debug_assertions) {
+        row.fill(T::from_f64(f64::NAN));
+    }
+}
+
 /// One layer-direction's forward time loop over a slice of the batch.
 struct FwdLoop<'a, C, T: Float> {
     failed: &'a Failure,
@@ -820,7 +832,7 @@ impl<C: Cell, T: Float> split::StepLoop for FwdLoop<'_, C, T> {
                 let s = unsafe { self.s.part(rr * sw, sw) };
                 if self.training {
                     unsafe { self.s_prev.part((o + rr) * sw, sw) }.copy_from_slice(s);
-                    unsafe { self.tape.part((o + rr) * tw, tw) }.fill(T::zero());
+                    clear_row::<C, T>(unsafe { self.tape.part((o + rr) * tw, tw) });
                 }
                 if hw > 0 {
                     let at = (rr - mine.start) * hw;
@@ -940,7 +952,7 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
             let tape: &mut [T] = if self.training {
                 unsafe { self.s_prev.part(o * sw, rows * sw) }.copy_from_slice(&s[..rows * sw]);
                 let tape = unsafe { self.tape.part(o * tw, rows * tw) };
-                tape.fill(T::zero());
+                clear_row::<C, T>(tape);
                 tape
             } else {
                 &mut tscratch[..rows * tw]
@@ -1472,7 +1484,7 @@ impl<C: Cell, T: Float> split::StepLoop for BwdLoop<'_, C, T> {
                 de[..mr * ew].fill(T::zero());
             }
             for rr in my.clone() {
-                unsafe { self.dxp.part((o + rr) * gx, gx) }.fill(T::zero());
+                clear_row::<C, T>(unsafe { self.dxp.part((o + rr) * gx, gx) });
                 if !self.alias {
                     unsafe { self.dr.part((o + rr) * rw, rw) }.fill(T::zero());
                 }
@@ -1602,7 +1614,7 @@ impl<C: Cell, T: Float> split::RowLoop for BwdLoop<'_, C, T> {
             }
             let dxp = unsafe { self.dxp.part(o * gx, rows * gx) };
             let dr: &mut [T] = if self.alias { &mut [] } else { unsafe { self.dr.part(o * rw, rows * rw) } };
-            dxp.fill(T::zero());
+            clear_row::<C, T>(dxp);
             if !self.alias {
                 dr.fill(T::zero());
             }
