@@ -7,8 +7,8 @@
 //! pointwise backward, then `dv = dr_k R_k` routed to the state or tape value the product
 //! read; after the loop, GEMMs over all rows for `dW_x`, `dR_k` (and `dX` unless made per
 //! step), column sums for the biases and the pointwise parameters. Where a stage's output
-//! gradients are dxp itself (LSTM's), `dW_x`, that stage's `dR` and the bias sums come from one
-//! pass over dxp (`gemm::shared_at_b`).
+//! gradients are dxp itself (`Cell::DR_IS_DXP` with one stage), `dW_x`, that stage's `dR` and
+//! the bias sums come from one pass over dxp (`gemm::shared_at_b`).
 
 use super::gemm::{gemm, shared_at_b, AtB, Mat, Op};
 use super::smallgemm::{self, PackedB};
@@ -1236,7 +1236,8 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
         Src::Tape { offset } => (0..n, &tp.tape, offset, tw),
     };
     let dr_all: &[T] = if alias { &dxp } else { &dr };
-    // The one stage whose output gradients are dxp's columns (`Cell::DR_IS_DXP`, LSTM's):
+    // The one stage whose output gradients are dxp's columns (`Cell::DR_IS_DXP`: LSTM, RNN,
+    // LSTM_PEEPHOLE, LSTM_CIFG):
     // its weight gradient shares W_ih's A (dxp^T, packed once for both) and its bias
     // gradient W_ih's bias's column sums of dxp.
     let shared = match lay.stages.first() {
