@@ -282,8 +282,8 @@ impl<'a, T> AtB<'a, T> {
 pub fn shared_at_b<T: Float>(a: Mat<'_, T>, products: &mut [AtB<'_, T>], mut sums: Option<&mut [T]>) -> Result<()> {
     let m = a.cols;
     for p in products.iter() {
-        if p.ks.end > a.rows {
-            return Err(Error::ShapeMismatch { what: "shared product's rows".into(), expected: vec![a.rows], got: vec![p.ks.end] });
+        if p.ks.start > p.ks.end || p.ks.end > a.rows {
+            return Err(Error::ShapeMismatch { what: format!("shared product's rows {:?}", p.ks), expected: vec![a.rows], got: vec![p.ks.end] });
         }
         match span(m, p.b.cols, p.ldc) {
             Some(need) if need <= p.c.len() => {}
@@ -301,7 +301,8 @@ pub fn shared_at_b<T: Float>(a: Mat<'_, T>, products: &mut [AtB<'_, T>], mut sum
         return Ok(());
     }
     for p in products.iter_mut() {
-        let rows = Mat::with_ld(&a.data[p.ks.start * a.ld..], p.ks.len(), m, a.ld)?;
+        // (An empty range may start at A's end, past its data.)
+        let rows = Mat::with_ld(a.data.get(p.ks.start * a.ld..).unwrap_or(&[]), p.ks.len(), m, a.ld)?;
         try_gemm(T::one(), rows, Op::T, p.b, Op::N, T::zero(), p.c, p.ldc)?;
     }
     if let Some(s) = sums {

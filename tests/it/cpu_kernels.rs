@@ -141,12 +141,13 @@ fn shared_weight_gradient_products_match_separate_gemms() {
     let cases: [(usize, usize, Vec<(std::ops::Range<usize>, usize)>, bool); 4] = [
         (70, 1500, vec![(0..1500, 20), (100..1500, 33), (7..7, 5)], true),
         (131, 257, vec![(0..257, 17), (0..200, 40)], false),
-        (33, 40, vec![(3..40, 9)], false),
+        (33, 40, vec![(3..40, 9), (40..40, 4)], false),
         (200, 1600, vec![(0..1600, 40), (32..1600, 72)], true),
     ];
     for (m, k, prods, big) in cases {
         let lda = m + 3;
-        let a: Vec<f32> = uniform(&mut g, k * lda, 1.0).into_iter().map(|v| v as f32).collect();
+        // Exactly the elements the view addresses: the last row ends at its m-th column.
+        let a: Vec<f32> = uniform(&mut g, (k - 1) * lda + m, 1.0).into_iter().map(|v| v as f32).collect();
         let bs: Vec<(Vec<f32>, usize)> = prods.iter().map(|(ks, n)| (uniform(&mut g, ks.len() * (n + 1), 1.0).into_iter().map(|v| v as f32).collect(), n + 1)).collect();
         let run = |threads: usize| {
             let mut cs: Vec<Vec<f32>> = prods.iter().map(|(_, n)| vec![f32::NAN; m * (n + 2)]).collect();
@@ -208,6 +209,9 @@ fn shared_weight_gradient_products_match_separate_gemms() {
     let mut short = vec![0f32; 4 * 3 - 1];
     let mut small = [AtB::try_new(0..10, Mat::new(&b, 10, 3), &mut short, 3).unwrap()];
     assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut small, None), Err(Error::LengthMismatch { .. })));
+    #[allow(clippy::reversed_empty_ranges)]
+    let mut reversed = [AtB::try_new(20..0, Mat::new(&b, 0, 3), &mut c, 3).unwrap()];
+    assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut reversed, None), Err(Error::ShapeMismatch { .. })));
     let mut ok = [AtB::try_new(0..10, Mat::new(&b, 10, 3), &mut c, 3).unwrap()];
     assert!(matches!(shared_at_b(Mat::new(&a, 10, 4), &mut ok, Some(&mut [0f32; 3])), Err(Error::LengthMismatch { .. })));
 }
