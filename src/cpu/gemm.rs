@@ -206,19 +206,10 @@ pub(crate) fn blocked_f32(alpha: f32, a: Mat<'_, f32>, opa: Op, b: Mat<'_, f32>,
         Op::N => PackedB::try_plain_ld(b.data, k, n, b.ld)?,
         Op::T => PackedB::try_transposed_ld(b.data, n, k, b.ld)?,
     };
-    let parts = super::split::ranges(m, m.saturating_mul(n).saturating_mul(k));
-    let failed = super::Failure::new();
     let c_len = c.len();
     let shared = super::split::Rows::new(c);
-    super::split::run(&parts, |mine| {
-        // This thread's rows of op(A), packed a chunk at a time into the kernel's row blocks.
-        let mut packed = match super::pool::try_reused("GEMM rows", smallgemm::packed_a_len(mine.len(), k)) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = failed.set(e);
-                return;
-            }
-        };
+    // This thread's rows of op(A), packed a chunk at a time into the kernel's row blocks.
+    let done = run_packed_rows(m, k, m.saturating_mul(n).saturating_mul(k), |mine, packed| {
         let rows_at = match opa {
             Op::N => &a.data[mine.start * a.ld..],
             Op::T => &a.data[mine.start..],
@@ -228,14 +219,33 @@ pub(crate) fn blocked_f32(alpha: f32, a: Mat<'_, f32>, opa: Op, b: Mat<'_, f32>,
         unsafe {
             let (cp, _) = shared.tail_ptr(0);
             debug_assert!((mine.end - 1) * ldc + n <= c_len);
-            smallgemm::f32_gemm_kblocked(&pb, rows_at, a.ld, opa == Op::T, mine.len(), cp.add(mine.start * ldc), ldc, 0..pb.panels(), accumulate, &mut packed);
+            smallgemm::f32_gemm_kblocked(&pb, rows_at, a.ld, opa == Op::T, mine.len(), cp.add(mine.start * ldc), ldc, 0..pb.panels(), accumulate, packed);
         }
-        super::pool::recycle(packed);
     });
     pb.recycle();
+    done.map(|()| true)
+}
+
+/// Runs `f(rows, buf)` on the time loops' threads, each with its share of `0..m` (as
+/// [`super::split::ranges`] splits `macs` multiply-adds) and a buffer from the pool to pack
+/// those rows of A into ([`super::smallgemm::packed_a_len`] for `k`); the first error met.
+fn run_packed_rows(m: usize, k: usize, macs: usize, f: impl Fn(std::ops::Range<usize>, &mut Vec<f32>) + Sync) -> Result<()> {
+    let parts = super::split::ranges(m, macs);
+    let failed = super::Failure::new();
+    super::split::run(&parts, |mine| {
+        let mut buf = match super::pool::try_reused("GEMM rows", super::smallgemm::packed_a_len(mine.len(), k)) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = failed.set(e);
+                return;
+            }
+        };
+        f(mine, &mut buf);
+        super::pool::recycle(buf);
+    });
     match failed.into_inner() {
         Some(e) => Err(e),
-        None => Ok(true),
+        None => Ok(()),
     }
 }
 
@@ -335,18 +345,9 @@ pub(crate) fn shared_at_b_f32(a: Mat<'_, f32>, products: &mut [AtB<'_, f32>], su
             p.c[r * p.ldc..r * p.ldc + p.b.cols].fill(0.0);
         }
     }
-    let parts = super::split::ranges(m, macs);
-    let failed = super::Failure::new();
-    let outs: Vec<(super::split::Rows<'_, f32>, usize, usize)> = products.iter_mut().map(|p| (p.ldc, p.ks.start, super::split::Rows::new(&mut *p.c))).map(|(ldc, k0, c)| (c, ldc, k0)).collect();
+    let outs: Vec<(super::split::Rows<'_, f32>, usize, usize)> = products.iter_mut().map(|p| (super::split::Rows::new(&mut *p.c), p.ldc, p.ks.start)).collect();
     let sums = sums.map(super::split::Rows::new);
-    super::split::run(&parts, |mine| {
-        let mut buf = match super::pool::try_reused("GEMM rows", smallgemm::packed_a_len(mine.len(), k)) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = failed.set(e);
-                return;
-            }
-        };
+    let done = run_packed_rows(m, k, macs, |mine, buf| {
         // SAFETY: the parts' row ranges of A^T are disjoint, so their rows of every C and
         // their sums are; each C was checked by the caller to cover m rows of n at its ldc.
         unsafe {
@@ -356,15 +357,11 @@ pub(crate) fn shared_at_b_f32(a: Mat<'_, f32>, products: &mut [AtB<'_, f32>], su
                 .map(|((c, ldc, k0), pb)| KProduct { pb, k0: *k0, c: c.tail_ptr(0).0.add(mine.start * ldc), ldc: *ldc, panels: 0..pb.panels(), accumulate: false })
                 .collect();
             let my_sums = sums.as_ref().map(|s| s.part(mine.start, mine.len()));
-            smallgemm::f32_gemm_kblocked_shared(&a.data[mine.start..], a.ld, true, mine.len(), k, &prods, my_sums, &mut buf);
+            smallgemm::f32_gemm_kblocked_shared(&a.data[mine.start..], a.ld, true, mine.len(), k, &prods, my_sums, buf);
         }
-        super::pool::recycle(buf);
     });
     for pb in packed {
         pb.recycle();
     }
-    match failed.into_inner() {
-        Some(e) => Err(e),
-        None => Ok(true),
-    }
+    done.map(|()| true)
 }
