@@ -16,6 +16,8 @@ fn with_bias(s: Sizes) -> Sizes {
 
 impl Cell for LstmCifg {
     const DR_IS_DXP: bool = true;
+    // The forward writes f, g, o and c, all the tape; the backward assigns all three gates' dxp.
+    const WRITES_WHOLE_ROWS: bool = true;
     const NAME: &'static str = "LSTM_CIFG";
     // f (the gates), g, h, and the forget gate's own (ONNX's input_forget: `1 - F(-x)`).
     const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh, Function::Sigmoid];

@@ -18,6 +18,9 @@ fn with_bias(s: Sizes) -> Sizes {
 
 impl Cell for LstmPeephole {
     const DR_IS_DXP: bool = true;
+    // The forward writes i, f, g, o and c, all the tape; the backward assigns all four gates'
+    // dxp.
+    const WRITES_WHOLE_ROWS: bool = true;
     const NAME: &'static str = "LSTM_PEEPHOLE";
     // f (the gates), g, h, and the forget gate's own (ONNX's input_forget: `1 - F(-x)`).
     const SLOTS: &'static [Function] = &[Function::Sigmoid, Function::Tanh, Function::Tanh, Function::Sigmoid];

@@ -91,6 +91,8 @@ pub(super) fn torch_layout(g: usize, s: Sizes, h_out: usize, tape: usize) -> Lay
 
 impl<A: Activation> Cell for Rnn<A> {
     const DR_IS_DXP: bool = true;
+    // The forward writes its one tape column, h; the backward assigns dxp.
+    const WRITES_WHOLE_ROWS: bool = true;
     const NAME: &'static str = A::NAME;
     const OPTIONAL_BIAS: bool = true;
     const WGSL: &'static str = A::WGSL;
