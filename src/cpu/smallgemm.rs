@@ -641,12 +641,13 @@ fn kblocked_mr() -> usize {
 /// partial block's missing rows repeating its last row (their results are not stored). The
 /// matrix is `a` with row `r` at `r * ld` (`transposed == false`), or the transpose of `a`
 /// (row `r` is column `r` of a `[k, rows]` matrix with rows `ld` apart). `out` must hold
-/// `rows.div_ceil(mr) * mr * k` elements. With `sums`, also `sums[r]` = row `r`'s sum, from
-/// zero in k order (for a transposed A, the column sums of the `[k, rows]` matrix, as
-/// `cpu::col_sum_into` adds them: the same bits), read from the pass that packs.
+/// `rows.div_ceil(mr) * mr * k` elements. With `sums` (a transposed A only), also `sums[r]` =
+/// row `r`'s sum, from zero in k order: the column sums of the `[k, rows]` matrix as
+/// `cpu::col_sum_into` adds them (the same bits), read from the pass that packs.
 ///
 /// # Panics
-/// When `a`, `out` or `sums` is too short, or `mr` is not 4 or 8.
+/// When `a`, `out` or `sums` is too short, `sums` is given for an A not transposed, or `mr` is
+/// not 4 or 8.
 fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usize, out: &mut [f32], sums: Option<&mut [f32]>) {
     match mr {
         8 => pack_a_mr::<8>(a, ld, transposed, rows, k, out, sums),
@@ -656,6 +657,7 @@ fn pack_a(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, mr: usi
 }
 
 fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usize, k: usize, out: &mut [f32], mut sums: Option<&mut [f32]>) {
+    assert!(transposed || sums.is_none(), "pack_a: sums of an A not transposed");
     if let Some(s) = sums.as_deref_mut() {
         s[..rows].fill(0.0);
     }
@@ -695,13 +697,6 @@ fn pack_a_mr<const MR: usize>(a: &[f32], ld: usize, transposed: bool, rows: usiz
             for (kk, dst) in block.chunks_exact_mut(MR).enumerate() {
                 for i in 0..MR {
                     dst[i] = src[i][kk];
-                }
-            }
-        }
-        if let Some(s) = sums {
-            for (r, acc) in s[..rows].iter_mut().enumerate() {
-                for &v in &a[r * ld..r * ld + k] {
-                    *acc += v;
                 }
             }
         }
@@ -759,13 +754,13 @@ pub(crate) struct KProduct<'a> {
 /// [`f32_gemm_kblocked`] for several products over column ranges `k0..k0 + pb.k` of one A
 /// (`rows x k`, as there), each chunk of A's rows packed once for all of them (the weight
 /// gradients of a layer-direction whose products share their output gradients: one pass over
-/// them, not one a product), and, with `sums`, `sums[r]` = A's row `r` summed over all of k
-/// (`pack_a`'s). A product with no columns or no k leaves its C alone. Each element of C is
+/// them, not one a product), and, with `sums` (a transposed A only), `sums[r]` = A's row `r`
+/// summed over all of k (`pack_a`'s). A product with no columns or no k leaves its C alone. Each element of C is
 /// the same chain of FMAs as [`f32_gemm_kblocked`] over that column range of A gives.
 ///
 /// # Panics
 /// When a B is a direct view, its panels are out of range or its k past A's, `a` does not cover
-/// the rows, or `sums` is shorter than `rows`.
+/// the rows, or `sums` is shorter than `rows` or given for an A not transposed.
 ///
 /// # Safety
 /// Each product's C as [`f32_gemm_kblocked`]'s, no two products' Cs overlapping.
@@ -782,7 +777,7 @@ pub(crate) unsafe fn f32_gemm_kblocked_shared(a: &[f32], lda: usize, a_transpose
         );
     }
     if let Some(s) = &sums {
-        assert!(s.len() >= rows, "f32_gemm_kblocked: {} sums for {rows} rows", s.len());
+        assert!(a_transposed && s.len() >= rows, "f32_gemm_kblocked: {} sums for {rows} rows of an A transposed: {a_transposed}", s.len());
     }
     let mr = kblocked_mr();
     if mr == 0 {
