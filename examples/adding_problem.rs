@@ -126,7 +126,6 @@ struct Trainer {
     x: TrackedBuffer,
     y: TrackedBuffer,
     output: TrackedBuffer,
-    grad_input: TrackedBuffer,
     grad_weights: TrackedBuffer,
     /// The head's input (the last step's output rows) and its gradient.
     _last: TrackedBuffer,
@@ -161,7 +160,6 @@ impl Trainer {
         let x = storage(ctx, "x", n * width)?;
         let y = storage(ctx, "y", b)?;
         let output = storage(ctx, "output", n * h)?;
-        let grad_input = storage(ctx, "grad input", n * width)?;
         let last = storage(ctx, "head input", b * h)?;
         let grad_last = storage(ctx, "grad head input", b * h)?;
         let strategy = match a.strategy.as_str() {
@@ -222,7 +220,6 @@ impl Trainer {
             x,
             y,
             output,
-            grad_input,
             grad_weights,
             _last: last,
             _grad_last: grad_last,
@@ -266,7 +263,8 @@ impl Trainer {
                 states0: &[],
                 grad_output: l.grad_output.slice(..),
                 grad_states_n: &[],
-                grad_input: self.grad_input.slice(..),
+                // The data needs no gradient: the backward leaves out dG W_ih.
+                grad_input: None,
                 grad_states0: &grad_states0,
                 grad_weights: self.grad_weights.slice(..),
                 counter: None,

@@ -267,7 +267,7 @@ impl Model {
                     states0: &states0,
                     grad_output: self.dout.slice(..),
                     grad_states_n: &[],
-                    grad_input: self.gi.slice(..),
+                    grad_input: Some(self.gi.slice(..)),
                     grad_states0: &grad_states0,
                     grad_weights: self.gw.slice(..),
                     counter: None,

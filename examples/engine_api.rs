@@ -74,7 +74,7 @@ fn run(ctx: &std::sync::Arc<Context>, device: &wgpu::Device, mode: Mode) -> Resu
             states0: &[],
             grad_output: grad_output.slice(..),
             grad_states_n: &[],
-            grad_input: grad_input.slice(..),
+            grad_input: Some(grad_input.slice(..)),
             grad_states0: &grad_states0,
             grad_weights: grad_weights.slice(..),
             counter: None,

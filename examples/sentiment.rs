@@ -411,7 +411,7 @@ impl Model {
                     states0: &[],
                     grad_output: p.zeros.slice(..),
                     grad_states_n: &[Some(p.dhn.slice(..))],
-                    grad_input: p.gi.slice(..),
+                    grad_input: Some(p.gi.slice(..)),
                     grad_states0: &grad_states0,
                     grad_weights: p.gw.slice(..),
                     counter: None,

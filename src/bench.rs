@@ -408,7 +408,7 @@ impl GpuRig {
                 states0: &[],
                 grad_output: b[2].slice(..),
                 grad_states_n: &[],
-                grad_input: b[3].slice(..),
+                grad_input: Some(b[3].slice(..)),
                 grad_states0: &grad_states0,
                 grad_weights: b[4].slice(..),
                 counter: None,

@@ -45,7 +45,8 @@ struct Input {
     f16: bool,
     dropout: bool,
     zoneout: bool,
-    /// Which initial states / final-state gradients are given.
+    /// Which initial states / final-state gradients are given (bits 0-3), and whether the
+    /// backward is given no input gradient (bit 4).
     given: u8,
     defect: Defect,
     /// The one-step plan (`StepPlan`) instead, for a unidirectional stack.
@@ -224,6 +225,8 @@ pub fn exercise(data: &[u8]) -> &'static str {
     let grad_states_n: Vec<Option<wgpu::BufferSlice<'_>>> = (0..count(2)).map(|i| (input.given & (4 << i) != 0).then(|| buf(9 + 4 * i))).collect();
     let grad_states0: Vec<wgpu::BufferSlice<'_>> = (0..count(3)).map(|i| buf(10 + 4 * i)).collect();
     let counter = (input.dropout || input.zoneout).then(|| buf(6));
+    // Half the backwards want no input gradient (role 4 then unbound).
+    let with_dx = input.given & 16 == 0;
     let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
     let mut enc = ctx.device.create_command_encoder(&Default::default());
     let fwd = ForwardBuffers { weights: buf(0), input: buf(1), output: buf(2), states0: &states0, states_n: &states_n, counter };
@@ -236,7 +239,7 @@ pub fn exercise(data: &[u8]) -> &'static str {
             states0: &states0,
             grad_output: buf(3),
             grad_states_n: &grad_states_n,
-            grad_input: buf(4),
+            grad_input: with_dx.then(|| buf(4)),
             grad_states0: &grad_states0,
             grad_weights: buf(5),
             counter,
@@ -251,7 +254,8 @@ pub fn exercise(data: &[u8]) -> &'static str {
         let training = input.training;
         match k {
             0..=2 => true,
-            3..=5 => training,
+            3 | 5 => training,
+            4 => training && with_dx,
             6 => counter.is_some(),
             _ => {
                 // Bound only while its list (shortened or lengthened by a Slice defect) has

@@ -567,7 +567,7 @@ impl GpuRnn {
             states0: &s0,
             grad_output: go.slice(..),
             grad_states_n: &gn,
-            grad_input: gi.slice(..),
+            grad_input: Some(gi.slice(..)),
             grad_states0: &g0r,
             grad_weights: gw.slice(..),
             counter: Some(rec.counter.slice(..)),

@@ -75,8 +75,10 @@ pub struct BackwardBuffers<'a> {
     pub grad_output: wgpu::BufferSlice<'a>,
     /// The gradients of the final states, per state (zeros when `None` or absent).
     pub grad_states_n: &'a [Option<wgpu::BufferSlice<'a>>],
-    /// `[N, I]` (written; needs `COPY_DST`).
-    pub grad_input: wgpu::BufferSlice<'a>,
+    /// `[N, I]` (written; needs `COPY_DST`), or `None` where the input needs no gradient
+    /// (PyTorch's input without `requires_grad`): the backward then leaves out the first
+    /// layer's input-gradient product (`dG W_x`, about a sixth of C1 LSTM's backward FLOPs).
+    pub grad_input: Option<wgpu::BufferSlice<'a>>,
     /// The gradients of the initial states (written): one per state.
     pub grad_states0: &'a [wgpu::BufferSlice<'a>],
     /// Flat, the weights' layout (written, every element; needs `COPY_DST`).

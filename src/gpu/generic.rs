@@ -48,7 +48,7 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, LOOP_WG, NONE, ROW_BACKWARD_LOOPS};
+use super::kernels::{CellParams, Family, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, LOOP_WG, NONE, ROW_BACKWARD_LOOPS};
 use super::sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
@@ -205,6 +205,9 @@ enum Buf {
     Pin,
     /// A layer-direction's `W_x^T` for the input projection's GEMM.
     WxT,
+    /// The input gradient that cells adding to it directly (`Layout::uses_input`) add to when
+    /// the caller wants none (`BackwardBuffers::grad_input` `None`), `[N, I]`.
+    DiscardedDx,
     /// A layer-direction's products' `R^T`, for their GEMMs (cells without the fused stage
     /// kernel).
     RT,
@@ -233,6 +236,22 @@ enum Op {
     Dispatch { kernel: Kernel, param_off: u32, groups: [u32; 3], bufs: Vec<Buf> },
     Clear(Buf, u64),
 }
+
+impl Op {
+    /// Whether the op's only effect is on the caller's input gradient: its clear and the
+    /// first layer's `dG W_x` (the one GEMM writing it). A backward without an input gradient
+    /// leaves these out.
+    fn makes_input_gradient_only(&self) -> bool {
+        match self {
+            Op::Clear(b, _) => *b == Buf::GradInput,
+            Op::Dispatch { kernel, bufs, .. } => kernel.family() == Family::Gemm && bufs.get(2) == Some(&Buf::GradInput),
+        }
+    }
+}
+
+/// The dummy bound as the input gradient where the caller gives none and the cell never adds
+/// to it (distinct from the dummies that stand for a kernel's unused bindings).
+const NO_DX: u8 = 6;
 
 /// Collects the ops of a plan and their parameter blocks.
 struct Builder {
@@ -571,14 +590,17 @@ impl CellPlan {
         self.check("input", bufs.input, self.n * c.input_size)?;
         self.check("output", bufs.output, self.n * c.output_size())?;
         self.check("grad_output", bufs.grad_output, self.n * c.output_size())?;
-        self.check("grad_input", bufs.grad_input, self.n * c.input_size)?;
+        if let Some(gi) = bufs.grad_input {
+            self.check("grad_input", gi, self.n * c.input_size)?;
+        }
         self.check("grad_weights", bufs.grad_weights, self.weight_elems)?;
         self.check_states_io(bufs.grad_states_n, bufs.grad_states0, ("_n gradient", "0 gradient"))?;
         // The forward's initial states: not read by this backward, but part of the API's
         // contract, so checked the same way.
         self.check_states_io(bufs.states0, bufs.grad_states0, ("0", "0 gradient"))?;
         // Both are cleared (their first elements only) before the sums that add into them.
-        for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", bufs.grad_weights)] {
+        for (what, b) in [("grad_input", bufs.grad_input), ("grad_weights", Some(bufs.grad_weights))] {
+            let Some(b) = b else { continue };
             let usage = b.buffer().usage();
             if !usage.contains(wgpu::BufferUsages::COPY_DST) {
                 return Err(Error::Gpu(format!("{what} buffer lacks BufferUsages::COPY_DST, which the backward clears it with (has {usage:?})")));
@@ -591,7 +613,7 @@ impl CellPlan {
             ("input", Some(bufs.input), false),
             ("counter", Some(counter), false),
             ("grad_output", Some(bufs.grad_output), true),
-            ("grad_input", Some(bufs.grad_input), true),
+            ("grad_input", bufs.grad_input, true),
             ("grad_weights", Some(bufs.grad_weights), true),
         ];
         // The forward's output and initial states, part of the contract: never a buffer this
@@ -602,12 +624,20 @@ impl CellPlan {
         roles.extend(bufs.grad_states0.iter().map(|g| ("initial state gradient", Some(*g), true)));
         record::check_aliasing(&self.ctx, &roles)?;
         let io = &self.states_io;
-        let ops = Self::with_states(&io.grad_clear, &io.bwd_in, bufs.grad_states_n, &self.backward_ops, &io.bwd_out);
+        let mut ops = Self::with_states(&io.grad_clear, &io.bwd_in, bufs.grad_states_n, &self.backward_ops, &io.bwd_out);
+        // Without the caller's input gradient: a cell that adds to it directly adds to a
+        // buffer of the plan's own; otherwise the ops that only make it are left out.
+        let grad_input = bufs.grad_input.or_else(|| self.own.get(&Buf::DiscardedDx).map(|b| b.slice(..)));
+        if grad_input.is_none() {
+            ops.retain(|op| !op.makes_input_gradient_only());
+        }
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
             Buf::GradOutput => bufs.grad_output,
-            Buf::GradInput => bufs.grad_input,
+            // Else bound only by the cell kernels of layer 0, which add to it only when the
+            // layout says so (`uses_input`: then the plan's own is there).
+            Buf::GradInput => grad_input.unwrap_or_else(|| self.own[&Buf::Dummy(NO_DX)].slice(..)),
             Buf::GradWeights => bufs.grad_weights,
             Buf::Counter => counter,
             Buf::Given(i) => bufs.grad_states_n[i as usize].expect("gathered only when given"),
@@ -1491,7 +1521,7 @@ impl<'a> Shape<'a> {
         if training {
             own.insert(Buf::GradStates, buf("state gradients", rows * self.sw)?);
         }
-        for i in 0..6 {
+        for i in 0..=NO_DX {
             own.insert(Buf::Dummy(i), buf("unused", 4)?);
         }
         own.insert(Buf::ZeroCounter, readback::storage(ctx, "zero step counter", 4)?);
@@ -1532,6 +1562,9 @@ impl<'a> Shape<'a> {
         }
         if training {
             own.insert(Buf::Bws, buf("backward workspace", self.bws_len)?);
+            if self.dims[0].lay.uses_input {
+                own.insert(Buf::DiscardedDx, buf("input gradient (discarded)", n * self.cfg.input_size)?);
+            }
         }
         Ok(own)
     }

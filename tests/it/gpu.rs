@@ -136,6 +136,22 @@ pub(crate) fn engine_run(
     ghn: Option<&[f32]>,
     gcn: Option<&[f32]>,
 ) -> EngineOut {
+    engine_run_dx(ctx, strategy, w, x, (h0, c0), go, (ghn, gcn), true)
+}
+
+/// [`engine_run`], the backward given the input gradient's buffer only `with_dx` (else
+/// `grad_input` is that buffer read back untouched: NaN).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn engine_run_dx(
+    ctx: &Arc<Context>,
+    strategy: StepStrategy,
+    w: &Weights<f32>,
+    x: &PackedSequence<f32>,
+    (h0, c0): (Option<&[f32]>, Option<&[f32]>),
+    go: &[f32],
+    (ghn, gcn): (Option<&[f32]>, Option<&[f32]>),
+    with_dx: bool,
+) -> EngineOut {
     let cfg = &w.config;
     let dev = &ctx.device;
     // States 0 and 1 of any cell (h, and LSTM's c or another cell's second state).
@@ -186,7 +202,7 @@ pub(crate) fn engine_run(
             states0: &states0[..ns],
             grad_output: gob.slice(..),
             grad_states_n: &grad_states_n[..ns],
-            grad_input: gi.slice(..),
+            grad_input: with_dx.then(|| gi.slice(..)),
             grad_states0: &grad_states0,
             grad_weights: gw.slice(..),
             counter: None,
@@ -354,6 +370,44 @@ fn two_identical_runs_are_bitwise_identical() {
 }
 
 #[test]
+fn backward_without_the_input_gradient_gives_the_rest_bitwise() {
+    // Every cell (SRU and MUT1 add to the input gradient directly), two layers (the inner
+    // layer's input gradient is still needed), both directions where the cell allows, per
+    // step and in single dispatch: the backward without `grad_input` gives the same bits for
+    // everything else and leaves the caller's buffer alone.
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+    for ctx in contexts() {
+        for &mode in Mode::REGISTRY {
+            let mut cfg = RnnConfig::new(mode, 6, 8).layers(2).bidirectional(true);
+            if cfg.validate().is_err() {
+                cfg = RnnConfig::new(mode, 8, 8).layers(2);
+            }
+            let lengths = [5, 2, 4];
+            let w = Weights::<f32>::init_uniform(&cfg, 21).unwrap();
+            let mut g = rng(22);
+            let xpad: Vec<f32> = uniform(&mut g, 5 * 3 * cfg.input_size, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = PackedSequence::from_padded(&xpad, [5, 3, cfg.input_size], false, &lengths).unwrap();
+            let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+            for strategy in [StepStrategy::PerStep, StepStrategy::SingleDispatch] {
+                // Cells whose step is not one unit's have no single-dispatch loop.
+                if strategy == StepStrategy::SingleDispatch && Plan::with_strategy(ctx, &cfg, &SeqLayout::of(&x).unwrap(), Pass::Training, strategy).is_err() {
+                    continue;
+                }
+                let name = format!("{mode} {strategy:?} on {}", ctx.describe());
+                let with = engine_run_dx(ctx, strategy, &w, &x, (None, None), &go, (None, None), true);
+                let without = engine_run_dx(ctx, strategy, &w, &x, (None, None), &go, (None, None), false);
+                assert!(with.grad_input.iter().all(|v| v.is_finite()), "{name}: grad_input");
+                assert!(without.grad_input.iter().all(|v| v.is_nan()), "{name}: the caller's grad_input was written");
+                for (what, a, b) in [("output", &with.output, &without.output), ("grad_h0", &with.grad_h0, &without.grad_h0), ("grad_c0", &with.grad_c0, &without.grad_c0), ("grad_w", &with.grad_w, &without.grad_w)] {
+                    assert!(a.iter().all(|v| v.is_finite()), "{name}: {what}");
+                    assert_eq!(bits(a), bits(b), "{name}: {what}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn engine_api_on_a_caller_created_device() {
     // The caller makes the device; the library only wraps it.
     let Some(ours) = vulkan() else { return };
@@ -502,7 +556,7 @@ fn engine_api_rejects_wrong_buffers_and_inference_backward() {
         &mut enc,
         &BackwardBuffers {
             weights: big.slice(..), input: big.slice(..), output: big.slice(..), states0: &[], grad_output: big.slice(..), grad_states_n: &[],
-            grad_input: big.slice(..), grad_states0: &[big.slice(..)], grad_weights: big.slice(..), counter: None,
+            grad_input: Some(big.slice(..)), grad_states0: &[big.slice(..)], grad_weights: big.slice(..), counter: None,
         },
     );
     assert!(matches!(r, Err(Error::NotTraining)));

@@ -167,7 +167,7 @@ impl EngineBufs {
     /// A backward's roles: grad_input, grad_weights, [grad_h0, grad_c0]; the rest fixed.
     #[allow(clippy::too_many_arguments)]
     fn backward<'a>(&'a self, states0: &'a [Option<wgpu::BufferSlice<'a>>], grad_states_n: &'a [Option<wgpu::BufferSlice<'a>>], grad_input: wgpu::BufferSlice<'a>, grad_weights: wgpu::BufferSlice<'a>, grad_states0: &'a [wgpu::BufferSlice<'a>]) -> BackwardBuffers<'a> {
-        BackwardBuffers { weights: self.w.slice(..), input: self.x.slice(..), output: self.out.slice(..), states0, grad_output: self.go.slice(..), grad_states_n, grad_input, grad_states0, grad_weights, counter: None }
+        BackwardBuffers { weights: self.w.slice(..), input: self.x.slice(..), output: self.out.slice(..), states0, grad_output: self.go.slice(..), grad_states_n, grad_input: Some(grad_input), grad_states0, grad_weights, counter: None }
     }
 }
 

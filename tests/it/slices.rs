@@ -151,7 +151,7 @@ fn record<'a>(ctx: &Context, plan: &Plan, r: &Roles, slot: &dyn Fn(usize) -> wgp
             states0: &s0,
             grad_output: slot(Roles::GRAD_OUTPUT),
             grad_states_n: &gsn,
-            grad_input: slot(Roles::GRAD_INPUT),
+            grad_input: Some(slot(Roles::GRAD_INPUT)),
             grad_states0: &gs0,
             grad_weights: slot(Roles::GRAD_WEIGHTS),
             counter: None,

@@ -323,7 +323,7 @@ fn train_tiny(ctx: &Arc<Context>, steps: usize) -> (Vec<f32>, Vec<f32>) {
             states0: &[],
             grad_output: zeros.slice(..),
             grad_states_n: &[Some(dhn.slice(..))],
-            grad_input: gi.slice(..),
+            grad_input: Some(gi.slice(..)),
             grad_states0: &[gh0.slice(..), gc0.slice(..)],
             grad_weights: gw.slice(..),
             counter: None,
