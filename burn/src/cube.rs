@@ -4,10 +4,11 @@
 //! - The packed input, the weights, the output rows and the input's gradient start their
 //!   tensors (the pool aligns every allocation to the device's storage offset alignment), so
 //!   they are bound in place: no copy.
-//! - The states (and the weights' gradient, after the input's in the result) sit at offsets
-//!   that are not aligned: they go through small buffers of the plan's own, copied with
-//!   `copy_buffer_to_buffer` (4-byte alignment) inside the same encoder. So do the weights of
-//!   a cell that derives its matrix into them (the uRNN): burn's tensors are not written.
+//! - The states (and the weights' gradient, after the input's in the result where that is
+//!   wanted) sit at offsets that are not aligned: they go through small buffers of the plan's
+//!   own, copied with `copy_buffer_to_buffer` (4-byte alignment) inside the same encoder. So
+//!   do the weights of a cell that derives its matrix into them (the uRNN): burn's tensors are
+//!   not written.
 //! - `ComputeClient::get_resource` runs burn's pending work on each tensor's stream before it
 //!   returns the buffer; our encoder is then submitted to burn's queue, so burn's later work
 //!   on the result comes after ours. The resources are held until the submit.
@@ -136,8 +137,8 @@ fn join_states(enc: &mut wgpu::CommandEncoder, bufs: &[wgpu::Buffer], r: &WgpuRe
 }
 
 /// The forward (`gy` None: `[N * O | S]`; with `spec.run`, a training forward that keeps its
-/// tape) or the gradient (`[N * I | W | S]`, from the kept tape of `spec.run` where it is
-/// still there, else after a training forward of its own).
+/// tape) or the gradient (`[N * I | W | S]`, or `[W | S]` without `spec.input_grad`, from the
+/// kept tape of `spec.run` where it is still there, else after a training forward of its own).
 fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>, spec: &RnnSpec) -> wgpu_rnn::Result<CubeTensor> {
     use std::sync::atomic::Ordering::SeqCst;
     let ctx = context_of(x)?;
@@ -149,6 +150,8 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
     let cached = plan_for(&ctx, spec, grad || keeps)?;
     let elems = cfg.state_elems(b);
     let (no, ni, nw) = (n * cfg.output_size(), n * cfg.input_size, spec.weight_elems());
+    // Where the weights' gradient starts in the result: after the input's, if it is wanted.
+    let gi = spec.input_grad_elems();
     let result_elems = if grad { spec.grad_elems() } else { spec.result_elems() };
     let client = x.client.clone();
     let result = client.empty(result_elems * 4);
@@ -226,14 +229,14 @@ fn run(x: &CubeTensor, w: &CubeTensor, s0: &CubeTensor, gy: Option<&CubeTensor>,
             states0: &s0s,
             grad_output: slice(rgy, 0, no),
             grad_states_n: &gns,
-            grad_input: slice(rr, 0, ni),
+            grad_input: spec.input_grad.then(|| slice(rr, 0, ni)),
             grad_states0: &g0s,
             grad_weights: gwb.slice(..),
             counter: None,
         };
         cached.plan.record_backward(&mut enc, &bwd)?;
-        enc.copy_buffer_to_buffer(&gwb, 0, &rr.buffer, rr.offset + 4 * ni as u64, 4 * nw as u64);
-        join_states(&mut enc, &g0b, rr, 4 * (ni + nw) as u64, &elems);
+        enc.copy_buffer_to_buffer(&gwb, 0, &rr.buffer, rr.offset + 4 * gi as u64, 4 * nw as u64);
+        join_states(&mut enc, &g0b, rr, 4 * (gi + nw) as u64, &elems);
     }
     ctx.queue.submit([enc.finish()]);
     drop((mx, mw, ms0, mr, mgy, kept_out));

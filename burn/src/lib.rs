@@ -47,12 +47,16 @@ pub struct RnnSpec {
     /// training run: its forward keeps its tape (on burn's wgpu runtime) for the gradient of
     /// the same id, which uses it unless a later forward overwrote it (then it recomputes).
     pub run: u64,
+    /// Whether the gradient includes the input's (`[N * I | W | S]`) or not (`[W | S]`: an
+    /// input that needs none, as under autodiff an untracked one; the backward then leaves out
+    /// the first layer's input-gradient product).
+    pub input_grad: bool,
 }
 
 impl RnnSpec {
     /// A spec with no training run.
     pub fn new(config: RnnConfig, lengths: Vec<usize>) -> Self {
-        RnnSpec { config, lengths, run: 0 }
+        RnnSpec { config, lengths, run: 0, input_grad: true }
     }
 
     /// The batch structure as a packed sequence of one zero feature: the rows' order that
@@ -78,9 +82,18 @@ impl RnnSpec {
     pub fn result_elems(&self) -> usize {
         self.rows() * self.config.output_size() + self.state_elems()
     }
-    /// Elements of the gradient `[N * I | W | S]`.
+    /// Elements of the input's gradient in the gradient: `N * I`, or 0 without
+    /// [`RnnSpec::input_grad`].
+    pub fn input_grad_elems(&self) -> usize {
+        if self.input_grad {
+            self.rows() * self.config.input_size
+        } else {
+            0
+        }
+    }
+    /// Elements of the gradient `[N * I | W | S]` (`[W | S]` without [`RnnSpec::input_grad`]).
     pub fn grad_elems(&self) -> usize {
-        self.rows() * self.config.input_size + self.weight_elems() + self.state_elems()
+        self.input_grad_elems() + self.weight_elems() + self.state_elems()
     }
 }
 
@@ -92,7 +105,7 @@ pub trait FusedRnnBackend: Backend {
     /// `[N * O | S]` from `x [N * I]`, `w [W]`, `s0 [S]`.
     fn fused_rnn(x: FloatTensor<Self>, w: FloatTensor<Self>, s0: FloatTensor<Self>, spec: RnnSpec) -> FloatTensor<Self>;
     /// `[N * I | W | S]`: the gradients of `x`, `w` and `s0` given `gy`, the gradient of the
-    /// result (`[N * O | S]`).
+    /// result (`[N * O | S]`); `[W | S]` without `spec.input_grad`.
     fn fused_rnn_grad(x: FloatTensor<Self>, w: FloatTensor<Self>, s0: FloatTensor<Self>, gy: FloatTensor<Self>, spec: RnnSpec) -> FloatTensor<Self>;
 }
 
@@ -131,7 +144,7 @@ pub mod host {
         Ok(r)
     }
 
-    /// `[N * I | W | S]`.
+    /// `[N * I | W | S]` (`[W | S]` without [`RnnSpec::input_grad`]).
     pub fn grad(spec: &RnnSpec, x: &[f32], w: &[f32], s0: &[f32], gy: &[f32]) -> wgpu_rnn::Result<Vec<f32>> {
         let weights: Weights<f32> = wgpu_rnn::gpu::weights_from_flat(&spec.config, w)?;
         let p = packed(spec, x)?;
@@ -143,7 +156,7 @@ pub mod host {
         let gs = states(spec, &gy[no..]);
         let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
         let (input, states, params) = cpu::backward(&weights, &tape, &gy[..no], &gsr)?.into_parts();
-        let mut r = input.data;
+        let mut r = if spec.input_grad { input.data } else { Vec::new() };
         r.extend(wgpu_rnn::gpu::flat_weights(&params));
         for st in states {
             r.extend(st.data);
@@ -242,11 +255,13 @@ impl<B: FusedRnnBackend, C: CheckpointStrategy> FusedRnnBackend for Autodiff<B, 
 
             fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
                 let (x, w, s0, spec) = ops.state;
+                let [px, pw, ps] = ops.parents;
+                // An untracked input (a model's data) gets no gradient, as with burn's own ops.
+                let spec = RnnSpec { input_grad: px.is_some(), ..spec };
                 let gy = grads.consume::<B>(&ops.node);
                 let g = B::fused_rnn_grad(x, w, s0, gy, spec.clone());
-                let (ni, nw, ns) = (spec.rows() * spec.config.input_size, spec.weight_elems(), spec.state_elems());
+                let (ni, nw, ns) = (spec.input_grad_elems(), spec.weight_elems(), spec.state_elems());
                 let part = |a: usize, n: usize| B::float_slice(g.clone(), &[burn::tensor::Slice::from(a..a + n)]);
-                let [px, pw, ps] = ops.parents;
                 if let Some(node) = px {
                     grads.register::<B>(node.id, part(0, ni));
                 }

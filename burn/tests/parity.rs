@@ -33,11 +33,19 @@ struct Problem {
 }
 
 fn problem(mode: Mode) -> Problem {
-    let cfg = RnnConfig::new(mode, 3, 5).layers(2).bidirectional(true);
+    problem_of_width(mode, 3)
+}
+
+/// [`problem`] with input width `i` (SRU's is its hidden size, 5, and one direction).
+fn problem_of_width(mode: Mode, i: usize) -> Problem {
+    let mut cfg = RnnConfig::new(mode, i, 5).layers(2).bidirectional(true);
+    if cfg.validate().is_err() {
+        cfg = RnnConfig::new(mode, i, 5).layers(2);
+    }
     let w = Weights::<f32>::init_uniform(&cfg, 11).unwrap();
     let (t, b) = (4, 3);
     let lengths = vec![4, 2, 3];
-    let x: Vec<f32> = (0..t * b * 3).map(|k| (k as f32 * 0.37).sin()).collect();
+    let x: Vec<f32> = (0..t * b * i).map(|k| (k as f32 * 0.37).sin()).collect();
     Problem { cfg, w, t, b, lengths, x }
 }
 
@@ -118,6 +126,54 @@ fn gradients_on_ndarray_match_the_cpu_engine() {
 #[test]
 fn gradients_on_burns_wgpu_device_match_the_cpu_engine() {
     check_gradients(&wgpu_device(), "wgpu");
+}
+
+/// An input without `require_grad` (a model's data): burn asks for no input gradient, so the
+/// backward leaves out the first layer's input-gradient product (`RnnSpec::input_grad`); the
+/// weights' and the tracked initial states' gradients still match the CPU engine's. SRU adds
+/// to the input gradient directly.
+fn untracked_input(device: &Device, what: &str) {
+    for (mode, i) in [(Mode::Lstm, 3), (Mode::Gru, 3), (Mode::Sru, 5)] {
+        let p = problem_of_width(mode, i);
+        let device = device.clone().autodiff();
+        let m = FusedRnn::from_weights(&p.w, false, &device).unwrap();
+        let x = Tensor::<3>::from_data(TensorData::new(p.x.clone(), [p.t, p.b, i]), &device);
+        let s0v: Vec<Vec<f32>> = p.cfg.state_elems(p.b).iter().map(|&e| (0..e).map(|k| (k as f32 * 0.61).cos() * 0.3).collect()).collect();
+        let shapes: Vec<[usize; 3]> = p.cfg.states().iter().map(|s| {
+            let v = p.cfg.state_shape(s, p.b);
+            [v[0], v[1], v[2]]
+        }).collect();
+        let s0: Vec<Tensor<3>> = s0v.iter().zip(&shapes).map(|(v, &sh)| Tensor::<3>::from_data(TensorData::new(v.clone(), sh), &device).require_grad()).collect();
+        let got = m.forward(x.clone(), Some(&p.lengths), Some(s0.clone())).unwrap();
+        let o = p.cfg.output_size();
+        let r: Vec<f32> = (0..p.t * p.b * o).map(|k| ((k % 7) as f32 - 3.0) * 0.1).collect();
+        let q: Vec<f32> = (0..p.cfg.state_elems(p.b)[0]).map(|k| ((k % 5) as f32 - 2.0) * 0.2).collect();
+        let hn = got.states[0].clone();
+        let qt = Tensor::<3>::from_data(TensorData::new(q.clone(), hn.dims()), &device);
+        let loss = (got.output * Tensor::<3>::from_data(TensorData::new(r.clone(), [p.t, p.b, o]), &device)).sum() + (hn * qt).sum();
+        let grads = loss.backward();
+        assert!(x.grad(&grads).is_none(), "{what} {mode}: an untracked input got a gradient");
+        let gw: Vec<f32> = m.weights.grad(&grads).unwrap().into_data().to_vec().unwrap();
+        let packed = PackedSequence::from_padded(&p.x, [p.t, p.b, i], false, &p.lengths).unwrap();
+        let given: Vec<Option<&[f32]>> = s0v.iter().map(|v| Some(&v[..])).collect();
+        let (_, tape) = cpu::forward(&p.w, &packed, &given, Pass::Training).unwrap();
+        let go = PackedSequence::from_padded(&r, [p.t, p.b, o], false, &p.lengths).unwrap();
+        let g = cpu::backward(&p.w, &tape.unwrap(), &go.data, &[Some(&q)]).unwrap();
+        close(&format!("{what} {mode} weight gradient, untracked input"), &gw, &wgpu_rnn::gpu::flat_weights(&g.params));
+        for (i, (s, want)) in s0.iter().zip(&g.states).enumerate() {
+            close(&format!("{what} {mode} initial state {i} gradient, untracked input"), &s.grad(&grads).unwrap().into_data().to_vec().unwrap(), &want.data);
+        }
+    }
+}
+
+#[test]
+fn untracked_input_on_ndarray() {
+    untracked_input(&Device::ndarray(), "ndarray");
+}
+
+#[test]
+fn untracked_input_on_burns_wgpu_device() {
+    untracked_input(&wgpu_device(), "wgpu");
 }
 
 /// Every golden case (PyTorch's cells and the cell family) through the burn module: forward,
