@@ -1,7 +1,8 @@
 //! C1 (T 50, B 32, I 128, H 256) LSTM through burn on its wgpu runtime: our fused module
 //! against burn's own `nn::Lstm`, forward and training (forward, a loss over the output,
-//! `backward`), wall-clock medians with burn's device synchronised after each.
-//!   cd burn && cargo run --release --example c1 [-- --reps 5]
+//! `backward`), wall-clock medians with burn's device synchronised after each, ours and
+//! burn's in alternated blocks (`time_rounds`).
+//!   cd burn && cargo run --release --example c1 [-- --reps 5 --rounds 3]
 
 use burn::nn::LstmConfig;
 use burn::tensor::{Device, Distribution, Tensor};
@@ -19,58 +20,113 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-fn time(reps: usize, device: &Device, mut f: impl FnMut()) -> (f64, f64, f64) {
+/// Median, min and max of milliseconds.
+fn stats(v: &[f64]) -> (f64, f64, f64) {
+    let (lo, hi) = (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
+    (median(v.to_vec()), lo, hi)
+}
+
+/// One call of `f`, synchronised, in milliseconds.
+fn once(device: &Device, f: &mut impl FnMut()) -> f64 {
+    let t0 = Instant::now();
     f();
     device.sync().unwrap();
-    let mut v = Vec::new();
-    for _ in 0..reps {
-        let t0 = Instant::now();
-        f();
-        device.sync().unwrap();
-        v.push(t0.elapsed().as_secs_f64() * 1e3);
+    t0.elapsed().as_secs_f64() * 1e3
+}
+
+fn time(reps: usize, device: &Device, mut f: impl FnMut()) -> (f64, f64, f64) {
+    once(device, &mut f);
+    stats(&(0..reps).map(|_| once(device, &mut f)).collect::<Vec<_>>())
+}
+
+/// `ours` and `theirs` timed in alternated blocks: `rounds` rounds, each a block of `ours`
+/// (one warm-up call, then `reps` timed) and then one of `theirs`, so that each runs warm in
+/// its own regime while a slow spell of the machine falls on both alike. Each side's stats
+/// over all its timed calls, and the median over the rounds of the ratio of the two blocks'
+/// medians, theirs / ours (with each round's ratio).
+fn time_rounds(rounds: usize, reps: usize, device: &Device, mut ours: impl FnMut(), mut theirs: impl FnMut()) -> ((f64, f64, f64), (f64, f64, f64), f64, Vec<f64>) {
+    let (mut a, mut b, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        once(device, &mut ours);
+        let ra: Vec<f64> = (0..reps).map(|_| once(device, &mut ours)).collect();
+        once(device, &mut theirs);
+        let rb: Vec<f64> = (0..reps).map(|_| once(device, &mut theirs)).collect();
+        ratios.push(median(rb.clone()) / median(ra.clone()));
+        a.extend(ra);
+        b.extend(rb);
     }
-    let (lo, hi) = (v.iter().cloned().fold(f64::INFINITY, f64::min), v.iter().cloned().fold(0.0, f64::max));
-    (median(v), lo, hi)
+    (stats(&a), stats(&b), median(ratios.clone()), ratios)
 }
 
 fn main() {
-    let reps = std::env::args().skip_while(|a| a != "--reps").nth(1).map(|v| v.parse().unwrap()).unwrap_or(5);
+    let arg = |name: &str, default: usize| std::env::args().skip_while(|a| a != name).nth(1).map(|v| v.parse().unwrap()).unwrap_or(default);
+    let (reps, rounds) = (arg("--reps", 5), arg("--rounds", 3));
     let (device, ctx) = wgpu_rnn_burn::init_wgpu(Device::wgpu_options()).unwrap();
-    println!("adapter: {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {reps} reps after one warm-up", ctx.describe());
+    println!("adapter: {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up", ctx.describe());
     let ad = device.clone().autodiff();
     let ours = FusedRnnConfig::new(Mode::Lstm, I, H).init(1, &ad).unwrap();
     let theirs = LstmConfig::new(I, H, true).with_batch_first(false).init(&ad);
     let x = Tensor::<3>::random([T, B, I], Distribution::Uniform(-1.0, 1.0), &ad);
     let r = Tensor::<3>::random([T, B, H], Distribution::Uniform(-1.0, 1.0), &ad);
     let yl = Tensor::<3>::random([T, B, H], Distribution::Uniform(-1.0, 1.0), &ad).require_grad();
-    let rows = [
-        ("ours (wgpu-rnn fused)", "forward", time(reps, &device, || {
+    let (of, tf, rf, rfs) = time_rounds(
+        rounds,
+        reps,
+        &device,
+        || {
             let _ = ours.forward(x.clone(), None, None).unwrap().output;
-        })),
-        ("burn nn::Lstm", "forward", time(reps, &device, || {
+        },
+        || {
             let _ = theirs.forward(x.clone(), None).0;
-        })),
-        ("ours (wgpu-rnn fused)", "training", time(reps, &device, || {
+        },
+    );
+    let (ot, tt, rt, rts) = time_rounds(
+        rounds,
+        reps,
+        &device,
+        || {
             let y = ours.forward(x.clone(), None, None).unwrap().output;
             let _ = (y * r.clone()).sum().backward();
-        })),
-        ("burn nn::Lstm", "training", time(reps, &device, || {
+        },
+        || {
             let y = theirs.forward(x.clone(), None).0;
             let _ = (y * r.clone()).sum().backward();
-        })),
-        // What both training rows share: the loss over a [T, B, H] output and its backward,
-        // here over a leaf tensor (no RNN).
-        ("loss alone (burn ops)", "training", time(reps, &device, || {
-            let _ = (yl.clone() * r.clone()).sum().backward();
-        })),
+        },
+    );
+    // Ours again with the input tracked (its gradient then computed too, as burn's
+    // nn::Lstm would), in blocks alternated with ours untracked.
+    let xg = x.clone().require_grad();
+    let (_, og, rg, rgs) = time_rounds(
+        rounds,
+        reps,
+        &device,
+        || {
+            let y = ours.forward(x.clone(), None, None).unwrap().output;
+            let _ = (y * r.clone()).sum().backward();
+        },
+        || {
+            let y = ours.forward(xg.clone(), None, None).unwrap().output;
+            let _ = (y * r.clone()).sum().backward();
+        },
+    );
+    // What both training rows share: the loss over a [T, B, H] output and its backward, here
+    // over a leaf tensor (no RNN).
+    let loss = time(reps, &device, || {
+        let _ = (yl.clone() * r.clone()).sum().backward();
+    });
+    let rows = [
+        ("ours (wgpu-rnn fused)", "forward", of),
+        ("burn nn::Lstm", "forward", tf),
+        ("ours (wgpu-rnn fused)", "training", ot),
+        ("burn nn::Lstm", "training", tt),
+        ("ours, input tracked", "training", og),
+        ("loss alone (burn ops)", "training", loss),
     ];
     println!("{:24} {:9} {:>12} {:>22}", "module", "mode", "median ms", "(min - max)");
     for (who, mode, (m, lo, hi)) in &rows {
         println!("{who:24} {mode:9} {m:12.1} {:>22}", format!("({lo:.1} - {hi:.1})"));
     }
-    let ratio = |mode: &str| {
-        let get = |w: &str| rows.iter().find(|(a, b, _)| a.starts_with(w) && *b == mode).unwrap().2 .0;
-        get("burn") / get("ours")
-    };
-    println!("burn nn::Lstm / ours: forward {:.2}x, training {:.2}x", ratio("forward"), ratio("training"));
+    let list = |v: &[f64]| v.iter().map(|r| format!("{r:.2}x")).collect::<Vec<_>>().join(", ");
+    println!("burn nn::Lstm / ours, median of the rounds' ratios: forward {rf:.2}x ({}), training {rt:.2}x ({})", list(&rfs), list(&rts));
+    println!("ours, input tracked / untracked, median of the rounds' ratios: training {rg:.2}x ({})", list(&rgs));
 }
