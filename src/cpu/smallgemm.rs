@@ -563,18 +563,20 @@ mod x86 {
 
 type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>);
 
-/// The f32 kernels this machine runs (off x86-64, only the portable one).
+/// The instruction set the CPU engine's kernels and time loops run (off x86-64, only the
+/// portable one).
 #[derive(Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum Isa {
+pub(crate) enum Isa {
     Avx512,
     Avx2,
     Portable,
 }
 
-/// The f32 kernels for this machine, chosen once (`WGPU_RNN_CPU_KERNEL=portable` forces the
-/// portable ones, `=avx2` the AVX2 ones on an AVX-512 machine, to measure them there).
-fn isa() -> Isa {
+/// The instruction set for this machine, chosen once: the GEMM kernels' and the time loops'
+/// (`split::run_loop`). `WGPU_RNN_CPU_KERNEL=portable` forces the portable ones, `=avx2` the
+/// AVX2 ones on an AVX-512 machine, to measure them there.
+pub(crate) fn isa() -> Isa {
     static K: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
     *K.get_or_init(|| {
         let forced = std::env::var("WGPU_RNN_CPU_KERNEL").ok();

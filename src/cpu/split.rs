@@ -121,22 +121,20 @@ pub trait RowLoop: Sync {
     fn rows(&self, mine: Range<usize>);
 }
 
-/// Runs `l` over `ranges` like [`run`], each part through the widest instruction set the
-/// machine has: the loop's pointwise updates (exp, tanh, divisions) then vectorise 16 or 8
-/// wide instead of SSE2's 4. Only the instruction selection differs (no FMA contraction, no
-/// reassociation), so the results are bitwise those of the baseline build.
+/// Runs `l` over `ranges` like [`run`], each part through the instruction set of the CPU
+/// engine's kernels (the widest the machine has, `smallgemm::isa`): the loop's pointwise
+/// updates (exp, tanh, divisions) then vectorise 16 or 8 wide instead of SSE2's 4. Only the
+/// instruction selection differs (no FMA contraction, no reassociation), so the results are
+/// bitwise those of the baseline build.
 pub fn run_loop<L: RowLoop>(ranges: &[Range<usize>], l: &L) {
     run(ranges, |mine| {
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the feature was detected.
-                return unsafe { x86::avx512(l, mine) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the feature was detected.
-                return unsafe { x86::avx2(l, mine) };
-            }
+        match super::smallgemm::isa() {
+            // SAFETY: `isa` chose it where the machine has it.
+            super::smallgemm::Isa::Avx512 => return unsafe { x86::avx512(l, mine) },
+            // SAFETY: as above.
+            super::smallgemm::Isa::Avx2 => return unsafe { x86::avx2(l, mine) },
+            super::smallgemm::Isa::Portable => {}
         }
         l.rows(mine)
     })
@@ -178,9 +176,9 @@ pub trait StepLoop: Sync {
 }
 
 /// Runs `l` on `ranges.len()` threads (the calling one included), thread `p` with pointwise
-/// rows `ranges[p]`, each through the widest instruction set the machine has (as
-/// [`run_loop`]). A thread that panics poisons the barrier, so the others leave their loops
-/// instead of waiting for it forever; the panic then propagates.
+/// rows `ranges[p]`, each through the engine's instruction set (as [`run_loop`]). A thread
+/// that panics poisons the barrier, so the others leave their loops instead of waiting for it
+/// forever; the panic then propagates.
 pub fn run_steps<L: StepLoop>(ranges: &[Range<usize>], l: &L) {
     let barrier = StepBarrier::new(ranges.len());
     run_parts(ranges.len(), |part| {
@@ -195,15 +193,12 @@ pub fn run_steps<L: StepLoop>(ranges: &[Range<usize>], l: &L) {
         let _guard = PoisonOnUnwind(&barrier);
         let mine = ranges[part].clone();
         #[cfg(target_arch = "x86_64")]
-        {
-            if std::is_x86_feature_detected!("avx512f") {
-                // SAFETY: the feature was detected.
-                return unsafe { x86::avx512_steps(l, part, ranges.len(), mine, &barrier) };
-            }
-            if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the feature was detected.
-                return unsafe { x86::avx2_steps(l, part, ranges.len(), mine, &barrier) };
-            }
+        match super::smallgemm::isa() {
+            // SAFETY: `isa` chose it where the machine has it.
+            super::smallgemm::Isa::Avx512 => return unsafe { x86::avx512_steps(l, part, ranges.len(), mine, &barrier) },
+            // SAFETY: as above.
+            super::smallgemm::Isa::Avx2 => return unsafe { x86::avx2_steps(l, part, ranges.len(), mine, &barrier) },
+            super::smallgemm::Isa::Portable => {}
         }
         l.steps(part, ranges.len(), mine, &barrier)
     })

@@ -697,3 +697,68 @@ fn column_split_matches_one_thread_bitwise() {
     // Every cell whose step has a product of 256 x 256 or more takes the column split at B = 5.
     assert!(split_runs >= 2 * 10, "the column split ran {split_runs} times");
 }
+
+/// The AVX-512 and AVX2 paths (the per-step kernels, our GEMM and the time loops' pointwise
+/// code, `smallgemm::isa`) give the same bits: the test binary runs this test again in two
+/// child processes, one with `WGPU_RNN_CPU_KERNEL=avx2` (the choice is made once a process),
+/// and compares a hash of every result of LSTM, GRU and SRU training runs. Only a machine
+/// with both instruction sets can check it; elsewhere it says so and checks nothing.
+#[test]
+fn avx512_and_avx2_paths_give_the_same_bits() {
+    use wgpu_rnn::cpu::{self, Pass};
+    use wgpu_rnn::{Mode, PackedSequence, RnnConfig, Weights};
+    const CHILD: &str = "WGPU_RNN_TEST_ISA_CHILD";
+    const NAME: &str = "cpu_kernels::avx512_and_avx2_paths_give_the_same_bits";
+    if std::env::var_os(CHILD).is_some() {
+        // FNV-1a over every result's bits.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |v: &[f32]| {
+            for x in v {
+                h = (h ^ u64::from(x.to_bits())).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        };
+        for (mode, i) in [(Mode::Lstm, 40), (Mode::Gru, 40), (Mode::Sru, 48)] {
+            let mut cfg = RnnConfig::new(mode, i, 48).layers(2).bidirectional(true);
+            if cfg.validate().is_err() {
+                cfg = RnnConfig::new(mode, i, 48).layers(2);
+            }
+            let w = Weights::<f32>::init_uniform(&cfg, 4).unwrap();
+            let (t, b) = (9, 20);
+            let lengths: Vec<usize> = (0..b).map(|k| 1 + (k * 5) % t).collect();
+            let xs: Vec<f32> = uniform(&mut rng(5), t * b * i, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = PackedSequence::from_padded(&xs, [t, b, i], false, &lengths).unwrap();
+            let (out, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+            let go: Vec<f32> = uniform(&mut rng(6), out.output.data.len(), 1.0).into_iter().map(|v| v as f32).collect();
+            let g = cpu::backward(&w, &tape.unwrap(), &go, &[]).unwrap();
+            eat(&out.output.data);
+            out.states.iter().for_each(|s| eat(&s.data));
+            eat(&g.input.data);
+            g.states.iter().for_each(|s| eat(&s.data));
+            eat(&g.params.to_flat());
+        }
+        println!("result bits hash {h:016x}");
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    let both = std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma");
+    #[cfg(not(target_arch = "x86_64"))]
+    let both = false;
+    if !both {
+        eprintln!("{NAME}: this machine lacks AVX-512 or AVX2: nothing to compare");
+        return;
+    }
+    let run = |kernel: Option<&str>| -> String {
+        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+        cmd.args(["--exact", NAME, "--nocapture", "--test-threads=1"]).env(CHILD, "1");
+        match kernel {
+            Some(k) => cmd.env("WGPU_RNN_CPU_KERNEL", k),
+            None => cmd.env_remove("WGPU_RNN_CPU_KERNEL"),
+        };
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "child ({kernel:?}) failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        // The harness prints the test's name first, on the same line.
+        text.split("result bits hash ").nth(1).and_then(|r| r.get(..16)).map(str::to_owned).unwrap_or_else(|| panic!("child ({kernel:?}) printed no hash: {text}"))
+    };
+    assert_eq!(run(None), run(Some("avx2")), "AVX-512 and AVX2 results differ");
+}
