@@ -205,8 +205,9 @@ enum Buf {
     Pin,
     /// A layer-direction's `W_x^T` for the input projection's GEMM.
     WxT,
-    /// The input gradient that cells adding to it directly (`Layout::uses_input`) add to when
-    /// the caller wants none (`BackwardBuffers::grad_input` `None`), `[N, I]`.
+    /// What cells adding to the input gradient directly (`Layout::uses_input`) add to when
+    /// the caller wants none (`BackwardBuffers::grad_input` `None`), `[N, I]`: never read
+    /// (nor cleared).
     DiscardedDx,
     /// A layer-direction's products' `R^T`, for their GEMMs (cells without the fused stage
     /// kernel).
@@ -250,7 +251,8 @@ impl Op {
 }
 
 /// The dummy bound as the input gradient where the caller gives none and the cell never adds
-/// to it (distinct from the dummies that stand for a kernel's unused bindings).
+/// to it (`Layout::uses_input` false; distinct from the dummies that stand for a kernel's
+/// unused bindings).
 const NO_DX: u8 = 6;
 
 /// Collects the ops of a plan and their parameter blocks.
@@ -625,19 +627,19 @@ impl CellPlan {
         record::check_aliasing(&self.ctx, &roles)?;
         let io = &self.states_io;
         let mut ops = Self::with_states(&io.grad_clear, &io.bwd_in, bufs.grad_states_n, &self.backward_ops, &io.bwd_out);
-        // Without the caller's input gradient: a cell that adds to it directly adds to a
-        // buffer of the plan's own; otherwise the ops that only make it are left out.
-        let grad_input = bufs.grad_input.or_else(|| self.own.get(&Buf::DiscardedDx).map(|b| b.slice(..)));
-        if grad_input.is_none() {
+        // Without the caller's input gradient the ops that only make it are left out, and
+        // the cell kernels of layer 0 bind a stand-in: a buffer of the plan's own where the
+        // cell adds to it directly (`Layout::uses_input`; never read), else a dummy they do
+        // not touch.
+        if bufs.grad_input.is_none() {
             ops.retain(|op| !op.makes_input_gradient_only());
         }
+        let grad_input = bufs.grad_input.unwrap_or_else(|| self.own.get(&Buf::DiscardedDx).unwrap_or(&self.own[&Buf::Dummy(NO_DX)]).slice(..));
         let resolve = |b: Buf| match b {
             Buf::Weights => bufs.weights,
             Buf::Input => bufs.input,
             Buf::GradOutput => bufs.grad_output,
-            // Else bound only by the cell kernels of layer 0, which add to it only when the
-            // layout says so (`uses_input`: then the plan's own is there).
-            Buf::GradInput => grad_input.unwrap_or_else(|| self.own[&Buf::Dummy(NO_DX)].slice(..)),
+            Buf::GradInput => grad_input,
             Buf::GradWeights => bufs.grad_weights,
             Buf::Counter => counter,
             Buf::Given(i) => bufs.grad_states_n[i as usize].expect("gathered only when given"),
