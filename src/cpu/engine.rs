@@ -1028,6 +1028,21 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
 /// - `grad_states[i]`: state i's final-value gradient `[L*D, B, S_i]`, caller's order, in the
 ///   cell's state order (`&[grad_h_n, grad_c_n]` for LSTM); zeros when `None` or absent.
 pub fn backward<T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<Gradients<T>> {
+    backward_with(w, tape, grad_output, grad_states, true)
+}
+
+/// [`backward`] for an input that needs no gradient (PyTorch's without `requires_grad`): the
+/// first layer's input-gradient product (`dG W_x`) is left out, and only the initial states'
+/// and the parameters' gradients are returned (as [`Gradients::into_parts`] gives them).
+pub fn backward_without_input<T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<(Vec<Tensor<T>>, Weights<T>)> {
+    let (input, states, params) = backward_with(w, tape, grad_output, grad_states, false)?.into_parts();
+    // Only the direct terms of cells that add to it (`Layout::uses_input`), if any.
+    pool::recycle(input.data);
+    Ok((states, params))
+}
+
+/// [`backward`], the first layer's input gradient made only `with_input`.
+fn backward_with<T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>], with_input: bool) -> Result<Gradients<T>> {
     check_weights(w)?;
     let cfg = &w.config;
     if tape.config != *cfg {
@@ -1053,12 +1068,12 @@ pub fn backward<T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], gra
         let mut gs: Vec<Vec<T>> = grad_states.iter().map(|s| s.map(|v| v.to_vec()).unwrap_or_default()).collect();
         gs.iter_mut().for_each(|v| store(q, v));
         let gs: Vec<Option<&[T]>> = grad_states.iter().zip(&gs).map(|(o, v)| o.map(|_| v.as_slice())).collect();
-        return crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(&w, tape, &go, &gs));
+        return crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(&w, tape, &go, &gs, with_input));
     }
-    crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(w, tape, grad_output, grad_states))
+    crate::cells::with_cell!(cfg.mode, C => backward_cell::<C, T>(w, tape, grad_output, grad_states, with_input))
 }
 
-fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>]) -> Result<Gradients<T>> {
+fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output: &[T], grad_states: &[Option<&[T]>], with_input: bool) -> Result<Gradients<T>> {
     let cfg = &w.config;
     let b = tape.batch_sizes[0];
     let d = cfg.directions();
@@ -1094,6 +1109,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
                 sw,
                 grad: &mut grads.params[k],
                 dx: &mut dx,
+                input_grad: with_input || layer > 0,
                 zone: Zone::of(cfg, k, n, draw, true)?,
                 precision: cfg.precision,
             })?;
@@ -1130,6 +1146,9 @@ struct DirBwd<'a, T: Float> {
     grad: &'a mut DirParams<T>,
     /// `[N, in]`, accumulated.
     dx: &'a mut [T],
+    /// Whether `dx` is wanted (else only a cell's direct terms, `Layout::uses_input`, go there,
+    /// and the products `dG W_x` are left out).
+    input_grad: bool,
     zone: Option<Zone>,
     precision: Precision,
 }
@@ -1162,7 +1181,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
     // dX = dxp W_x step by step in the loop (W_x packed once), or by one GEMM after it, as the
     // forward's input projection (`super::per_step_input`); then, as the forward, the per-step
     // products split by columns (`super::column_split`) or the loop by rows.
-    let per_step_dx = gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
+    let per_step_dx = a.input_grad && gx > 0 && super::per_step_input::<T>(b, n, gx * inw);
     let col_parts = if per_step_dx { 0 } else { super::column_split::<T>(b, n, lay.product_macs()) };
     let ranges = if col_parts > 0 { split::step_ranges(b, col_parts) } else { split::ranges(b, macs) };
     let kmax = lay.stages.iter().flatten().map(|p| p.k).max().unwrap_or(0);
@@ -1278,7 +1297,7 @@ fn dir_backward<C: Cell, T: Float>(a: DirBwd<'_, T>) -> Result<()> {
                 *g += v;
             }
         }
-        if !per_step_dx {
+        if a.input_grad && !per_step_dx {
             let w_x = slot(p, Slot::WeightIh, "input matrix")?;
             if n <= smallgemm::DIRECT_MAX_ROWS {
                 // Few rows: W_ih read in place, not packed, into a scratch added to dX.

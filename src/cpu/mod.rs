@@ -33,7 +33,7 @@ pub mod train;
 mod workers;
 
 pub use crate::float::{cast, fast, Float};
-pub use engine::{backward, forward, forward_with, ForwardOutput, Gradients, Tape};
+pub use engine::{backward, backward_without_input, forward, forward_with, ForwardOutput, Gradients, Tape};
 pub(crate) use engine::{check_run, check_states, check_weights};
 
 use crate::error::{Error, Result};

@@ -354,3 +354,39 @@ fn stale_pooled_buffers_never_reach_results() {
         assert_eq!(bits(&fresh.2), bits(&poisoned.2), "{mode}: parameter gradients");
     }
 }
+
+#[test]
+fn cpu_backward_without_the_input_gives_the_rest_bitwise() {
+    // Every cell (SRU and MUT1 add to the input gradient directly), two layers, both
+    // directions where allowed, enough rows for the step-by-step input side (256 packed rows):
+    // `backward_without_input` gives the initial states' and parameters' gradients of
+    // `backward`, bit for bit.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(8);
+    for &mode in Mode::REGISTRY {
+        let mut cfg = RnnConfig::new(mode, 24, 24).layers(2).bidirectional(true);
+        if cfg.validate().is_err() {
+            cfg = RnnConfig::new(mode, 24, 24).layers(2);
+        }
+        let w = Weights::<f32>::init_uniform(&cfg, 3).unwrap();
+        let (t, b) = (20, 16);
+        let lengths: Vec<usize> = (0..b).map(|i| t - (i * 3) % 7).collect();
+        let xs: Vec<f32> = (0..t * b * cfg.input_size).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let x = PackedSequence::from_padded(&xs, [t, b, cfg.input_size], false, &lengths).unwrap();
+        let (out, tape) = cpu::forward(&w, &x, &[], Pass::Training).unwrap();
+        let tape = tape.unwrap();
+        let go: Vec<f32> = (0..out.output.data.len()).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let gs: Vec<Vec<f32>> = out.states.iter().map(|s| (0..s.data.len()).map(|_| rng.random_range(-1.0..1.0)).collect()).collect();
+        let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
+        let full = cpu::backward(&w, &tape, &go, &gsr).unwrap();
+        let (states, params) = cpu::backward_without_input(&w, &tape, &go, &gsr).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert!(full.input.data.iter().all(|v| v.is_finite()), "{mode}: grad_input");
+        assert_eq!(states.len(), full.states.len(), "{mode}: states");
+        for (a, b) in states.iter().zip(&full.states) {
+            assert_eq!(bits(&a.data), bits(&b.data), "{mode}: initial state gradient");
+        }
+        let (p, q) = (params.to_flat(), full.params.to_flat());
+        assert!(q.iter().all(|v| v.is_finite()), "{mode}: parameter gradients");
+        assert_eq!(bits(&p), bits(&q), "{mode}: parameter gradients");
+    }
+}
