@@ -155,8 +155,13 @@ pub mod host {
         let no = spec.rows() * spec.config.output_size();
         let gs = states(spec, &gy[no..]);
         let gsr: Vec<Option<&[f32]>> = gs.iter().map(|v| Some(&v[..])).collect();
-        let (input, states, params) = cpu::backward(&weights, &tape, &gy[..no], &gsr)?.into_parts();
-        let mut r = if spec.input_grad { input.data } else { Vec::new() };
+        let (mut r, states, params) = if spec.input_grad {
+            let (input, states, params) = cpu::backward(&weights, &tape, &gy[..no], &gsr)?.into_parts();
+            (input.data, states, params)
+        } else {
+            let (states, params) = cpu::backward_without_input(&weights, &tape, &gy[..no], &gsr)?;
+            (Vec::new(), states, params)
+        };
         r.extend(wgpu_rnn::gpu::flat_weights(&params));
         for st in states {
             r.extend(st.data);
