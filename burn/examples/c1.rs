@@ -80,14 +80,16 @@ fn main() {
             let _ = theirs.forward(x.clone(), None).0;
         },
     );
+    // Ours: forward, the loss over the output, backward, from input `xin`.
+    let ours_training = |xin: &Tensor<3>| {
+        let y = ours.forward(xin.clone(), None, None).unwrap().output;
+        let _ = (y * r.clone()).sum().backward();
+    };
     let (ot, tt, rt, rts) = time_rounds(
         rounds,
         reps,
         &device,
-        || {
-            let y = ours.forward(x.clone(), None, None).unwrap().output;
-            let _ = (y * r.clone()).sum().backward();
-        },
+        || ours_training(&x),
         || {
             let y = theirs.forward(x.clone(), None).0;
             let _ = (y * r.clone()).sum().backward();
@@ -96,19 +98,7 @@ fn main() {
     // Ours again with the input tracked (its gradient then computed too, as burn's
     // nn::Lstm would), in blocks alternated with ours untracked.
     let xg = x.clone().require_grad();
-    let (_, og, rg, rgs) = time_rounds(
-        rounds,
-        reps,
-        &device,
-        || {
-            let y = ours.forward(x.clone(), None, None).unwrap().output;
-            let _ = (y * r.clone()).sum().backward();
-        },
-        || {
-            let y = ours.forward(xg.clone(), None, None).unwrap().output;
-            let _ = (y * r.clone()).sum().backward();
-        },
-    );
+    let (_, og, rg, rgs) = time_rounds(rounds, reps, &device, || ours_training(&x), || ours_training(&xg));
     // What both training rows share: the loss over a [T, B, H] output and its backward, here
     // over a leaf tensor (no RNN).
     let loss = time(reps, &device, || {
