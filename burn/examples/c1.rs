@@ -62,7 +62,11 @@ fn main() {
     let arg = |name: &str, default: usize| std::env::args().skip_while(|a| a != name).nth(1).map(|v| v.parse().unwrap()).unwrap_or(default);
     let (reps, rounds) = (arg("--reps", 5), arg("--rounds", 3));
     let (device, ctx) = wgpu_rnn_burn::init_wgpu(Device::wgpu_options()).unwrap();
-    println!("adapter: {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up", ctx.describe());
+    println!(
+        "adapter: {}; subgroup GEMMs {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up",
+        ctx.describe(),
+        if ctx.subgroup_gemm() { "on" } else { "off" }
+    );
     let ad = device.clone().autodiff();
     let ours = FusedRnnConfig::new(Mode::Lstm, I, H).init(1, &ad).unwrap();
     let theirs = LstmConfig::new(I, H, true).with_batch_first(false).init(&ad);

@@ -78,7 +78,13 @@ impl MatMul {
         let mut blocks = ParamBlocks::new(ctx);
         blocks.push(&p);
         let params = blocks.upload(ctx, "gemm parameters")?;
-        Ok(MatMul { ctx: ctx.clone(), desc, params, kernel: p.kernel(), pipeline: ctx.pipeline(p.kernel())?, groups: p.groups() })
+        let kernel = p.kernel(ctx.subgroup_gemm());
+        Ok(MatMul { ctx: ctx.clone(), desc, params, kernel, pipeline: ctx.pipeline(kernel)?, groups: p.groups(kernel) })
+    }
+
+    /// The kernel variant that runs the product.
+    pub fn kernel(&self) -> Kernel {
+        self.kernel
     }
 
     /// Floating-point operations of one product.

@@ -48,7 +48,7 @@
 //! A plan does not split work that exceeds one binding (such problems are `Error::Limit`).
 
 use super::context::{Context, ErrorScope, TrackedBuffer};
-use super::kernels::{CellParams, Family, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, LOOP_WG, NONE, ROW_BACKWARD_LOOPS};
+use super::kernels::{CellParams, GemmParams, Kernel, LoopShape, UtilParams, LOOP_STAGES, LOOP_WG, NONE, ROW_BACKWARD_LOOPS};
 use super::sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, SINGLE_DISPATCH_MAX_MACS};
 use super::readback;
 use super::record::{self, ParamBlocks, Recorder};
@@ -245,7 +245,7 @@ impl Op {
     fn makes_input_gradient_only(&self) -> bool {
         match self {
             Op::Clear(b, _) => *b == Buf::GradInput,
-            Op::Dispatch { kernel, bufs, .. } => kernel.family() == Family::Gemm && bufs.get(2) == Some(&Buf::GradInput),
+            Op::Dispatch { kernel, bufs, .. } => kernel.family().is_gemm() && bufs.get(2) == Some(&Buf::GradInput),
         }
     }
 }
@@ -261,6 +261,8 @@ struct Builder {
     max_groups: u32,
     /// Bytes per stored element (the plan's precision).
     elem_bytes: usize,
+    /// The GEMMs' subgroup twins ([`Context::subgroup_gemm`] when the plan was built).
+    subgroups: bool,
 }
 
 impl Builder {
@@ -289,7 +291,8 @@ impl Builder {
         let bias_buf = bias.unwrap_or(b);
         for q in p.runs(run) {
             let off = self.params.push(&q);
-            ops.push(Op::Dispatch { kernel: q.kernel(), param_off: off, groups: q.groups(), bufs: vec![a, b, c, bias_buf, b, a] });
+            let kernel = q.kernel(self.subgroups);
+            ops.push(Op::Dispatch { kernel, param_off: off, groups: q.groups(kernel), bufs: vec![a, b, c, bias_buf, b, a] });
         }
         Ok(())
     }
@@ -413,7 +416,7 @@ impl CellPlan {
         sh.check_step_loops()?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
-        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes() };
+        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes(), subgroups: ctx.subgroup_gemm() };
         let forward_ops = sh.forward_ops(&mut bl)?;
         let backward_ops = if sh.training { sh.backward_ops(&mut bl)? } else { Vec::new() };
         let (states_io, tables) = sh.states_io(&mut bl);

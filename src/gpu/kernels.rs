@@ -10,8 +10,11 @@ use bytemuck::{Pod, Zeroable};
 pub mod source {
     /// `shared/activations.wgsl`: the activation functions every cell kernel uses.
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
-    /// `gemm.wgsl`: the strided matrix product with bias.
-    pub const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
+    /// `gemm.wgsl` after `shared/gemm_io.wgsl`: the strided matrix product with bias.
+    pub const GEMM: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm.wgsl"));
+    /// `gemm_subgroup.wgsl` after `shared/gemm_io.wgsl`: `gemm44` and `gemm4t` with A shared
+    /// through subgroup broadcasts (devices with `SUBGROUP`, see `Context::subgroup_gemm`).
+    pub const GEMM_SUBGROUP: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm_subgroup.wgsl"));
     /// `util.wgsl`: row gathers between orders, transposes, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
     /// `rows.wgsl`: rows moved by tables (`gpu::RowMoves`).
@@ -39,6 +42,10 @@ pub const MAX_PARAM_BYTES: u32 = 208;
 pub enum Family {
     /// The strided matrix product (`gemm.wgsl`, [`GemmParams`]).
     Gemm,
+    /// The same products with A shared through subgroup broadcasts (`gemm_subgroup.wgsl`
+    /// after `gemm.wgsl`, the same bindings and [`GemmParams`]): a module only a device with
+    /// `SUBGROUP` compiles ([`Family::features`]).
+    GemmSubgroup,
     /// Row movement and column sums (`util.wgsl`, [`UtilParams`]).
     Util,
     /// The training kit (`train.wgsl`, [`TrainParams`]).
@@ -63,7 +70,7 @@ pub enum Family {
 
 impl Family {
     /// The families that do not depend on a cell.
-    pub const FIXED: [Family; 5] = [Family::Gemm, Family::Util, Family::Train, Family::Cast, Family::Rows];
+    pub const FIXED: [Family; 6] = [Family::Gemm, Family::GemmSubgroup, Family::Util, Family::Train, Family::Cast, Family::Rows];
 
     /// Every family: the fixed ones, one per registered cell, and the stage kernels' layouts.
     pub fn all() -> Vec<Family> {
@@ -107,6 +114,7 @@ impl Family {
         match self {
             Family::Cell(m) | Family::Stage(m) | Family::LoopGrad(m) => m.wgsl(),
             Family::Gemm => source::GEMM,
+            Family::GemmSubgroup => source::GEMM_SUBGROUP,
             Family::Util => source::UTIL,
             Family::Train => source::TRAIN,
             Family::Cast => source::CAST,
@@ -114,11 +122,26 @@ impl Family {
         }
     }
 
+    /// The device features the family's module needs beyond what every kernel needs:
+    /// `SUBGROUP` for [`Family::GemmSubgroup`]. A context builds such a module only when it
+    /// first runs one of its kernels, which it chooses only where the device has them.
+    pub fn features(self) -> wgpu::Features {
+        match self {
+            Family::GemmSubgroup => wgpu::Features::SUBGROUP,
+            _ => wgpu::Features::empty(),
+        }
+    }
+
+    /// Whether the family's kernels are the matrix products ([`GemmParams`]).
+    pub fn is_gemm(self) -> bool {
+        matches!(self, Family::Gemm | Family::GemmSubgroup)
+    }
+
     /// Read-only (false) or read-write (true) for storage bindings 1.., after the uniform @0.
     pub fn storage_bindings(self) -> &'static [bool] {
         match self {
             // a, b, c (rw), bias, b as vec4, a as vec4
-            Family::Gemm => &[false, false, true, false, false, false],
+            Family::Gemm | Family::GemmSubgroup => &[false, false, true, false, false, false],
             // src, src as vec4, seq, dst (rw)
             Family::Util => &[false, false, false, true],
             // a, b, idx (u32), out (rw), out2 (rw), state (rw)
@@ -141,7 +164,7 @@ impl Family {
     /// Size of the family's parameter struct.
     pub fn param_size(self) -> u64 {
         (match self {
-            Family::Gemm => std::mem::size_of::<GemmParams>(),
+            Family::Gemm | Family::GemmSubgroup => std::mem::size_of::<GemmParams>(),
             Family::Util => std::mem::size_of::<UtilParams>(),
             Family::Train => std::mem::size_of::<TrainParams>(),
             Family::Cast => std::mem::size_of::<CastParams>(),
@@ -165,6 +188,10 @@ pub enum Kernel {
     Gemm44,
     /// `gemm4t`: B's rows and A's columns (A transposed) read as vec4s.
     Gemm4T,
+    /// `gemm44_sg`: `gemm44` over 16 rows an invocation, A shared by subgroup broadcasts.
+    Gemm44Sg,
+    /// `gemm4t_sg`: `gemm4t` over 16 rows an invocation, A shared by subgroup broadcasts.
+    Gemm4TSg,
     /// `gather_rows`: rows moved between orders and strides by a table (states between the
     /// caller's order and a cell plan's own).
     GatherRows,
@@ -306,6 +333,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
+            Gemm44Sg | Gemm4TSg => Family::GemmSubgroup,
             GatherRows | Transpose | ColSum | ColSum4 => Family::Util,
             MoveRows => Family::Rows,
             Train(_) => Family::Train,
@@ -325,6 +353,8 @@ impl Kernel {
             Gemm4 => "gemm4",
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
+            Gemm44Sg => "gemm44_sg",
+            Gemm4TSg => "gemm4t_sg",
             GatherRows => "gather_rows",
             MoveRows => "move_rows",
             Transpose => "transpose",
@@ -452,11 +482,12 @@ pub fn runtime_checks() -> bool {
     }
 }
 
-/// One shader module per family and precision: the f32 modules built with the context, the
-/// f16 ones when first asked for (on a device with `SHADER_F16`).
+/// One shader module per family and precision: the f32 modules of the families that need no
+/// device feature built with the context, the others (f16, and [`Family::features`]' families)
+/// when first asked for (the caller checked the device has what they need).
 pub(crate) struct Modules {
     f32: Vec<(Family, wgpu::ShaderModule)>,
-    f16: std::sync::Mutex<Vec<(Family, wgpu::ShaderModule)>>,
+    lazy: std::sync::Mutex<Vec<(Family, Precision, wgpu::ShaderModule)>>,
     /// Every storage binding read-write ([`super::Context::with_shared_buffers`]).
     shared: bool,
 }
@@ -489,8 +520,12 @@ fn create_module(device: &wgpu::Device, f: Family, precision: Precision, shared:
 impl Modules {
     pub(crate) fn new(device: &wgpu::Device, shared: bool) -> Self {
         Modules {
-            f32: Family::all().iter().filter(|f| f.module_family() == **f).map(|&f| (f, create_module(device, f, Precision::F32, shared))).collect(),
-            f16: std::sync::Mutex::new(Vec::new()),
+            f32: Family::all()
+                .iter()
+                .filter(|f| f.module_family() == **f && f.features().is_empty())
+                .map(|&f| (f, create_module(device, f, Precision::F32, shared)))
+                .collect(),
+            lazy: std::sync::Mutex::new(Vec::new()),
             shared,
         }
     }
@@ -501,22 +536,23 @@ impl Modules {
     }
 
     /// The module of family `f` storing in `precision` (only the families that
-    /// [`Family::stores_precision`] have f16 modules; the caller checked `SHADER_F16`).
+    /// [`Family::stores_precision`] have f16 modules; the caller checked `SHADER_F16`, and
+    /// the family's [`Family::features`]).
     pub(crate) fn get(&self, device: &wgpu::Device, f: Family, precision: Precision) -> wgpu::ShaderModule {
         let precision = if f.stores_precision() { precision } else { Precision::F32 };
         let f = f.module_family();
-        match precision {
-            Precision::F32 => self.f32.iter().find(|(g, _)| *g == f).expect("every family has a module").1.clone(),
-            Precision::F16 => {
-                let mut v = self.f16.lock().unwrap_or_else(|e| e.into_inner());
-                if let Some((_, m)) = v.iter().find(|(g, _)| *g == f) {
-                    return m.clone();
-                }
-                let m = create_module(device, f, Precision::F16, self.shared);
-                v.push((f, m.clone()));
-                m
+        if precision == Precision::F32 {
+            if let Some((_, m)) = self.f32.iter().find(|(g, _)| *g == f) {
+                return m.clone();
             }
         }
+        let mut v = self.lazy.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, m)) = v.iter().find(|(g, p, _)| *g == f && *p == precision) {
+            return m.clone();
+        }
+        let m = create_module(device, f, precision, self.shared);
+        v.push((f, precision, m.clone()));
+        m
     }
 }
 
@@ -585,15 +621,17 @@ pub const NONE: u32 = u32::MAX;
 pub const GEMM_CHUNK_BYTES: usize = 1 << 20;
 
 impl GemmParams {
-    /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous.
-    pub fn kernel(&self) -> Kernel {
+    /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous;
+    /// with `subgroups` (the context's [`super::Context::subgroup_gemm`]) `gemm44` and
+    /// `gemm4t` become their subgroup twins, which give the same bits.
+    pub fn kernel(&self, subgroups: bool) -> Kernel {
         let b4 = self.b_cs == 1 && self.b_off.is_multiple_of(4) && self.b_rs.is_multiple_of(4) && self.n.is_multiple_of(4);
         let a4 = self.a_cs == 1 && self.a_off.is_multiple_of(4) && self.a_rs.is_multiple_of(4) && self.k.is_multiple_of(4);
         let a4t = self.a_rs == 1 && self.a_off.is_multiple_of(4) && self.a_cs.is_multiple_of(4) && self.m.is_multiple_of(8);
         if b4 && a4 {
-            Kernel::Gemm44
+            if subgroups { Kernel::Gemm44Sg } else { Kernel::Gemm44 }
         } else if b4 && a4t {
-            Kernel::Gemm4T
+            if subgroups { Kernel::Gemm4TSg } else { Kernel::Gemm4T }
         } else if b4 {
             Kernel::Gemm4
         } else if self.n <= 128 {
@@ -603,9 +641,11 @@ impl GemmParams {
         }
     }
 
-    /// Workgroups to dispatch (both kernels cover 256 columns x 8 rows per workgroup).
-    pub fn groups(&self) -> [u32; 3] {
-        [self.n.div_ceil(256), self.m.div_ceil(8), 1]
+    /// Workgroups to dispatch for `kernel` (one of [`GemmParams::kernel`]'s): 256 columns x 8
+    /// rows a workgroup, 16 rows for the subgroup kernels.
+    pub fn groups(&self, kernel: Kernel) -> [u32; 3] {
+        let rows = if kernel.family() == Family::GemmSubgroup { 16 } else { 8 };
+        [self.n.div_ceil(256), self.m.div_ceil(rows), 1]
     }
 
     /// The run of k for a weight-gradient GEMM (k = all rows) with `elem_bytes` per stored

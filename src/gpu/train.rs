@@ -387,7 +387,8 @@ impl OpBuilder {
 
     fn push_gemm(&mut self, p: GemmParams, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>) {
         let bufs = vec![Some(a.clone()), Some(b.clone()), Some(c.clone()), Some(bias.unwrap_or(b).clone()), Some(b.clone()), Some(a.clone())];
-        self.ops.push(Pending { kernel: p.kernel(), precision: Precision::F32, params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups() });
+        let kernel = p.kernel(self.ctx.subgroup_gemm());
+        self.ops.push(Pending { kernel, precision: Precision::F32, params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups(kernel) });
     }
 
     fn check_linear(s: &LinearShape) -> Result<()> {

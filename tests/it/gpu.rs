@@ -370,6 +370,96 @@ fn two_identical_runs_are_bitwise_identical() {
 }
 
 #[test]
+fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
+    // The GEMMs' subgroup twins (shaders/gemm_subgroup.wgsl) against the kernels they stand
+    // for, on contexts of the test's own (it turns them on and off): products over every edge
+    // (a last block of 8 rows in a 16-row one, columns past the last 256, k's odd tail for
+    // gemm4t) and training plans of LSTM and GRU, bitwise; and the products against the CPU.
+    use wgpu_rnn::gpu::kernels::Kernel;
+    use wgpu_rnn::gpu::{MatMul, MatMulDesc};
+    // The first element whose bits differ, if any (the vectors are long to print).
+    let differs = |x: &[f32], y: &[f32]| (x.len() != y.len()).then_some(usize::MAX).or_else(|| x.iter().zip(y).position(|(a, b)| a.to_bits() != b.to_bits()));
+    let (mut checked, mut skipped) = (0, Vec::new());
+    for backends in [wgpu::Backends::VULKAN, wgpu::Backends::GL] {
+        let Ok(ctx) = Context::with_options(&wgpu_rnn::gpu::ContextOptions { backends: Some(backends), adapter_name: None }) else {
+            // The shared contexts fail the run in CI where an adapter is missing.
+            continue;
+        };
+        let info = ctx.adapter_info().clone();
+        if !ctx.set_subgroup_gemm(true) {
+            // lavapipe has subgroups of 8: it must run them.
+            assert!(!(info.backend == wgpu::Backend::Vulkan && info.device_type == wgpu::DeviceType::Cpu), "{}: no subgroup GEMMs", ctx.describe());
+            skipped.push(format!("{}: no SUBGROUP or subgroups under 8", ctx.describe()));
+            continue;
+        }
+        let mut g = rng(31);
+        for (m, n, k, trans_a) in [(40, 260, 12, false), (24, 8, 4, false), (1, 4, 8, false), (40, 260, 7, true), (8, 4, 1, true), (48, 516, 33, true)] {
+            let a: Vec<f32> = uniform(&mut g, m * k, 1.0).into_iter().map(|v| v as f32).collect();
+            let b: Vec<f32> = uniform(&mut g, k * n, 1.0).into_iter().map(|v| v as f32).collect();
+            let init = |d: &[f32]| ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(d), usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC });
+            let (ab, bb) = (init(&a), init(&b));
+            let mut outs = Vec::new();
+            for sg in [false, true] {
+                assert_eq!(ctx.set_subgroup_gemm(sg), sg);
+                let mm = MatMul::new(&ctx, MatMulDesc { m, n, k, trans_a, trans_b: false, alpha: 1.0, beta: 0.0, bias: false }).unwrap();
+                let want = match (trans_a, sg) {
+                    (false, false) => Kernel::Gemm44,
+                    (false, true) => Kernel::Gemm44Sg,
+                    (true, false) => Kernel::Gemm4T,
+                    (true, true) => Kernel::Gemm4TSg,
+                };
+                assert_eq!(mm.kernel(), want, "{m}x{n}x{k} trans_a {trans_a}");
+                let cb = init(&vec![f32::NAN; m * n]);
+                let mut enc = ctx.device.create_command_encoder(&Default::default());
+                mm.record(&mut enc, &ab, &bb, &cb, None, 1).unwrap();
+                let mut rb = wgpu_rnn::gpu::Readback::new();
+                rb.copy(&ctx, &mut enc, &cb, m * n).unwrap();
+                outs.push(rb.submit_and_read(&ctx, enc).unwrap().remove(0));
+            }
+            let name = format!("{m}x{n}x{k} trans_a {trans_a} on {}", ctx.describe());
+            assert_eq!(differs(&outs[0], &outs[1]), None, "{name}: the first element that differs");
+            // And the product itself, against f64 on the CPU.
+            let mut want = vec![0f64; m * n];
+            for i in 0..m {
+                for kk in 0..k {
+                    let av = if trans_a { a[kk * m + i] } else { a[i * k + kk] } as f64;
+                    for j in 0..n {
+                        want[i * n + j] += av * b[kk * n + j] as f64;
+                    }
+                }
+            }
+            let got: Vec<f64> = outs[1].iter().map(|&v| v as f64).collect();
+            assert_close(&name, &got, &want, FORWARD_ATOL, FORWARD_RTOL);
+        }
+        // Training plans: the input projection, dX and the per-step dG R products (gemm44),
+        // the weight gradients (gemm4t, k = the rows, odd here), two layers both ways.
+        let mut cfgs = vec![RnnConfig::new(Mode::Lstm, 12, 10).layers(2).bidirectional(true), RnnConfig::new(Mode::Gru, 8, 18).layers(2)];
+        if ctx.check_precision(wgpu_rnn::Precision::F16).is_ok() {
+            cfgs.push(RnnConfig::new(Mode::Lstm, 8, 6).with_precision(wgpu_rnn::Precision::F16));
+        }
+        for cfg in cfgs {
+            let lengths = [9, 3, 12, 12, 1, 7, 12, 5, 2, 11, 12, 6, 4, 8, 10, 12, 3, 9, 1];
+            let w = Weights::<f32>::init_uniform(&cfg, 32).unwrap();
+            let xpad: Vec<f32> = uniform(&mut g, 12 * lengths.len() * cfg.input_size, 1.0).into_iter().map(|v| v as f32).collect();
+            let x = PackedSequence::from_padded(&xpad, [12, lengths.len(), cfg.input_size], false, &lengths).unwrap();
+            let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
+            let mut runs = Vec::new();
+            for sg in [false, true] {
+                ctx.set_subgroup_gemm(sg);
+                runs.push(engine_run(&ctx, StepStrategy::PerStep, &w, &x, None, None, &go, None, None));
+            }
+            let (a, b) = (&runs[0], &runs[1]);
+            for (what, x, y) in [("output", &a.output, &b.output), ("grad_input", &a.grad_input, &b.grad_input), ("grad_h0", &a.grad_h0, &b.grad_h0), ("grad_w", &a.grad_w, &b.grad_w)] {
+                assert!(x.iter().all(|v| v.is_finite()), "{what}");
+                assert_eq!(differs(x, y), None, "{} {} {what} on {}: the first element that differs", cfg.mode, cfg.precision, ctx.describe());
+            }
+        }
+        checked += 1;
+    }
+    crate::gpu_common::require_checked("subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t", checked, &skipped);
+}
+
+#[test]
 fn backward_without_the_input_gradient_gives_the_rest_bitwise() {
     // Every cell (SRU and MUT1 add to the input gradient directly), two layers (the inner
     // layer's input gradient is still needed), both directions where the cell allows, per

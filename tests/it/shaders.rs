@@ -5,12 +5,32 @@ use wgpu_rnn::gpu::kernels::{source, Family, GemmParams, LoopShape, TrainParams,
 use wgpu_rnn::{Precision, RnnConfig};
 
 /// The capabilities a device needs for kernels storing in `precision`: f16 needs
-/// `SHADER_F16` (naga's `SHADER_FLOAT16`); f32 needs none.
-fn caps(precision: Precision) -> naga::valid::Capabilities {
-    match precision {
+/// `SHADER_F16` (naga's `SHADER_FLOAT16`); f32 needs none. With `subgroups` (a family whose
+/// [`Family::features`] has `SUBGROUP`), naga's `SUBGROUP` too.
+fn caps(precision: Precision, subgroups: bool) -> naga::valid::Capabilities {
+    let c = match precision {
         Precision::F32 => naga::valid::Capabilities::empty(),
         Precision::F16 => naga::valid::Capabilities::SHADER_FLOAT16,
+    };
+    if subgroups {
+        c | naga::valid::Capabilities::SUBGROUP
+    } else {
+        c
     }
+}
+
+/// A validator for a module storing in `precision`, with the subgroup operations wgpu allows
+/// in compute shaders on a device with `SUBGROUP` where `subgroups`.
+fn validator(precision: Precision, subgroups: bool) -> naga::valid::Validator {
+    let mut v = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(precision, subgroups));
+    if subgroups {
+        v.subgroup_stages(naga::valid::ShaderStages::COMPUTE).subgroup_operations(naga::valid::SubgroupOperationSet::all());
+    }
+    v
+}
+
+fn needs_subgroups(f: Family) -> bool {
+    f.features().contains(wgpu_rnn::wgpu::Features::SUBGROUP)
 }
 
 fn module(src: &str) -> naga::Module {
@@ -18,12 +38,12 @@ fn module(src: &str) -> naga::Module {
 }
 
 fn validate(name: &str, src: &str) -> naga::Module {
-    validate_at(name, src, Precision::F32)
+    validate_at(name, src, Precision::F32, false)
 }
 
-fn validate_at(name: &str, src: &str, precision: Precision) -> naga::Module {
+fn validate_at(name: &str, src: &str, precision: Precision, subgroups: bool) -> naga::Module {
     let m = module(src);
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(precision))
+    validator(precision, subgroups)
         .validate(&m)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     m
@@ -43,11 +63,15 @@ fn struct_size(m: &naga::Module, name: &str) -> u32 {
 #[test]
 fn every_shader_family_validates_with_naga() {
     for f in Family::all() {
-        validate(&format!("{f:?}"), &f.source_at(Precision::F32));
+        validate_at(&format!("{f:?}"), &f.source_at(Precision::F32), Precision::F32, needs_subgroups(f));
         if f.stores_precision() {
-            validate_at(&format!("{f:?} f16"), &f.source_at(Precision::F16), Precision::F16);
+            validate_at(&format!("{f:?} f16"), &f.source_at(Precision::F16), Precision::F16, needs_subgroups(f));
         }
     }
+    // Only the subgroup family needs SUBGROUP: the others validate without it (above), and
+    // it does not.
+    let sg = Family::GemmSubgroup.source_at(Precision::F32);
+    assert!(validator(Precision::F32, false).validate(&module(&sg)).is_err(), "the subgroup GEMMs validate without SUBGROUP");
     // The activations snippet on its own is valid WGSL too.
     validate("activations", source::ACTIVATIONS);
 }
@@ -214,7 +238,7 @@ fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Transpose, ColSum, ColSum4, GatherRows, MoveRows, CastToStored, CastToF32]);
+    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Gemm44Sg, Gemm4TSg, Transpose, ColSum, ColSum4, GatherRows, MoveRows, CastToStored, CastToF32]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
@@ -260,7 +284,7 @@ fn all_kernels() -> Vec<Kernel> {
     // The match makes this list fail to compile when a kernel variant is added.
     for k in &v {
         match k {
-            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T
+            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | Gemm44Sg | Gemm4TSg
             | Transpose | ColSum | ColSum4 | GatherRows | MoveRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDerivePolish(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
         }
@@ -296,7 +320,7 @@ fn no_kernel_uses_more_workgroup_memory_than_webgpu_allows() {
 fn specialised(k: Kernel, precision: Precision) -> (naga::Module, naga::valid::ModuleInfo) {
     let src = &k.family().source_at(precision);
     let m = module(src);
-    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps(precision))
+    let info = validator(precision, needs_subgroups(k.family()))
         .validate(&m)
         .unwrap_or_else(|e| panic!("{} {precision}: {}", k.label(), e.emit_to_string(src)));
     let mut constants = naga::back::PipelineConstants::default();
