@@ -1,6 +1,6 @@
 // gemm.wgsl's gemm44 and gemm4t (after shared/gemm_io.wgsl, as there) with A shared through
 // subgroup broadcasts, for adapters whose subgroups have at least 8 invocations (the context chooses
-// them: `Context::subgroup_gemm`). On lavapipe every storage-buffer load is a loop over the 8
+// them: `Context::subgroup_kernels`). On lavapipe every storage-buffer load is a loop over the 8
 // lanes of a vector, uniform address or not (Mesa 22.3), so gemm44 and gemm4t spend most of
 // their time in the 8 loads of A per k that every invocation of a workgroup makes alike.
 // Here lane l of each subgroup loads only row l % 8 of a block (or, transposed, one vec4 of a

@@ -65,7 +65,7 @@ fn main() {
     println!(
         "adapter: {}; subgroup GEMMs {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up",
         ctx.describe(),
-        if ctx.subgroup_gemm() { "on" } else { "off" }
+        if ctx.subgroup_kernels() { "on" } else { "off" }
     );
     let ad = device.clone().autodiff();
     let ours = FusedRnnConfig::new(Mode::Lstm, I, H).init(1, &ad).unwrap();

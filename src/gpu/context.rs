@@ -53,9 +53,9 @@ impl std::fmt::Debug for GlGuard<'_> {
 pub const ENV_BACKEND: &str = "WGPU_RNN_BACKEND";
 /// Environment variable choosing the adapter by a case-insensitive substring of its name.
 pub const ENV_ADAPTER: &str = "WGPU_RNN_ADAPTER";
-/// Environment variable: `1` / `0` turns the GEMMs' subgroup twins on or off for new contexts
-/// (see [`Context::subgroup_gemm`]).
-pub const ENV_SUBGROUP_GEMM: &str = "WGPU_RNN_SUBGROUP_GEMM";
+/// Environment variable: `1` / `0` turns the subgroup kernels on or off for new contexts
+/// (see [`Context::subgroup_kernels`]).
+pub const ENV_SUBGROUPS: &str = "WGPU_RNN_SUBGROUPS";
 
 /// How to pick the adapter for a context of our own.
 #[derive(Clone, Debug, Default)]
@@ -153,9 +153,9 @@ pub struct Context {
     lost: Arc<OnceLock<String>>,
     /// The largest storage binding (bytes) the library plans for (see [`Context::set_binding_limit`]).
     binding_limit: AtomicU64,
-    /// Whether plans and products built now take the GEMMs' subgroup twins (see
-    /// [`Context::subgroup_gemm`]).
-    subgroup_gemm: AtomicBool,
+    /// Whether plans and products built now take the subgroup kernels (see
+    /// [`Context::subgroup_kernels`]).
+    subgroup_kernels: AtomicBool,
 }
 
 impl std::fmt::Debug for Context {
@@ -212,7 +212,7 @@ impl Context {
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-rnn"),
             // Timestamps inside passes, where the adapter has them, for `gpu::profile`; f16
-            // storage (`Precision::F16`) and subgroups (`Context::subgroup_gemm`) where the
+            // storage (`Precision::F16`) and subgroups (`Context::subgroup_kernels`) where the
             // adapter has them.
             required_features: adapter.features()
                 & (wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES | wgpu::Features::SHADER_F16 | wgpu::Features::SUBGROUP),
@@ -284,12 +284,12 @@ impl Context {
         });
         let scope = ErrorScope::push(&device);
         let layouts = Layouts::new(&device, shared);
-        let modules = Modules::new(&device, shared);
+        let modules = Modules::new(&device, shared, Self::subgroup_kernels_run(&device, &info));
         scope.pop()?;
         let align = limits.min_uniform_buffer_offset_alignment.max(1);
         let param_stride = super::kernels::MAX_PARAM_BYTES.div_ceil(align) * align;
-        let subgroup_gemm = Self::subgroup_gemm_runs(&device, &info)
-            && match std::env::var(ENV_SUBGROUP_GEMM) {
+        let subgroup_kernels = Self::subgroup_kernels_run(&device, &info)
+            && match std::env::var(ENV_SUBGROUPS) {
                 Ok(v) => v.trim() != "0",
                 Err(_) => info.device_type == wgpu::DeviceType::Cpu,
             };
@@ -307,37 +307,40 @@ impl Context {
             lost,
             binding_limit: AtomicU64::new(limits.max_storage_buffer_binding_size),
             limits,
-            subgroup_gemm: AtomicBool::new(subgroup_gemm),
+            subgroup_kernels: AtomicBool::new(subgroup_kernels),
         }))
     }
 
-    /// Whether the device can run the GEMMs' subgroup twins: it has `SUBGROUP`, and its
+    /// Whether the device can run the subgroup kernels: it has `SUBGROUP`, and its
     /// adapter's subgroups are known to hold at least 8 invocations (the kernels broadcast
     /// from lanes 0..7). A caller's device given without its adapter's info never can.
     /// (Not in the browser: its WGSL compiler wants `enable subgroups;`, which naga does not
     /// parse yet.)
-    fn subgroup_gemm_runs(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
+    fn subgroup_kernels_run(device: &wgpu::Device, info: &wgpu::AdapterInfo) -> bool {
         !cfg!(target_arch = "wasm32") && device.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8
     }
 
-    /// Whether the plans and products built now run `gemm44` and `gemm4t` as their subgroup
-    /// twins (`shaders/gemm_subgroup.wgsl`: A shared through subgroup broadcasts, 16 rows an
-    /// invocation; the same bits). By default on CPU adapters whose subgroups hold at least 8
-    /// invocations (lavapipe), where each storage load is a loop over the vector's lanes:
-    /// there a 1024 x 1024 x 256 product went from 11 to 28 GFLOP/s and C1 LSTM training took
-    /// 0.67-0.72x the time (`benches/results/subgroup-gemm-lavapipe-2026-12-07.txt`). Off on
-    /// other adapters, where they have not been measured. `WGPU_RNN_SUBGROUP_GEMM=1` / `=0` overrides
-    /// the default (on only where the device can run them).
-    pub fn subgroup_gemm(&self) -> bool {
-        self.subgroup_gemm.load(Ordering::Relaxed)
+    /// Whether the plans and products built now run the subgroup twins of `gemm44`, `gemm4t`
+    /// (`shaders/gemm_subgroup.wgsl`) and the fused stage kernel
+    /// (`shaders/cells/stage_subgroup.wgsl`): the operand every invocation of a workgroup reads
+    /// alike (A, the product's input rows) loaded once a lane and shared through subgroup
+    /// broadcasts, 16 rows a block; the same bits. By default on CPU adapters whose subgroups
+    /// hold at least 8 invocations (lavapipe), where each storage load is a loop over the
+    /// vector's lanes: there a 1024 x 1024 x 256 product went from 11 to 28 GFLOP/s, and C1
+    /// LSTM and GRU training took 0.56x the time, forward 0.48-0.52x
+    /// (`benches/results/subgroup-gemm-lavapipe-2026-12-07.txt`). Off on other adapters,
+    /// where they have not been measured. `WGPU_RNN_SUBGROUPS=1` / `=0` overrides the default
+    /// (on only where the device can run them).
+    pub fn subgroup_kernels(&self) -> bool {
+        self.subgroup_kernels.load(Ordering::Relaxed)
     }
 
-    /// Turns the GEMMs' subgroup twins on or off for plans and products built after this
+    /// Turns the subgroup kernels on or off for plans and products built after this
     /// (those built before keep their kernels); on only where the device can run them.
     /// Returns whether they are on now.
-    pub fn set_subgroup_gemm(&self, on: bool) -> bool {
-        let on = on && Self::subgroup_gemm_runs(&self.device, &self.info);
-        self.subgroup_gemm.store(on, Ordering::Relaxed);
+    pub fn set_subgroup_kernels(&self, on: bool) -> bool {
+        let on = on && Self::subgroup_kernels_run(&self.device, &self.info);
+        self.subgroup_kernels.store(on, Ordering::Relaxed);
         on
     }
 

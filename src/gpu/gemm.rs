@@ -78,7 +78,7 @@ impl MatMul {
         let mut blocks = ParamBlocks::new(ctx);
         blocks.push(&p);
         let params = blocks.upload(ctx, "gemm parameters")?;
-        let kernel = p.kernel(ctx.subgroup_gemm());
+        let kernel = p.kernel(ctx.subgroup_kernels());
         Ok(MatMul { ctx: ctx.clone(), desc, params, kernel, pipeline: ctx.pipeline(kernel)?, groups: p.groups(kernel) })
     }
 

@@ -71,6 +71,8 @@ const K_RUN: usize = super::sequence::GEMM_K_RUN;
 
 /// Rows a fused stage kernel's invocation takes (`RB` in shaders/cells/stage.wgsl).
 const STAGE_ROWS: usize = 8;
+/// Rows a workgroup of the stage kernel's subgroup twin (stage_subgroup.wgsl's `RB_SG`).
+const STAGE_ROWS_SG: usize = 16;
 
 /// Sorted rows a workgroup of the single-dispatch loop owns (`LR` in shaders/cells/stage.wgsl).
 const LOOP_ROWS: usize = 4;
@@ -261,7 +263,7 @@ struct Builder {
     max_groups: u32,
     /// Bytes per stored element (the plan's precision).
     elem_bytes: usize,
-    /// The GEMMs' subgroup twins ([`Context::subgroup_gemm`] when the plan was built).
+    /// The subgroup kernels ([`Context::subgroup_kernels`] when the plan was built).
     subgroups: bool,
 }
 
@@ -416,7 +418,7 @@ impl CellPlan {
         sh.check_step_loops()?;
         let _serial = ctx.exclusive();
         ctx.check_alive()?;
-        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes(), subgroups: ctx.subgroup_gemm() };
+        let mut bl = Builder { params: ParamBlocks::new(ctx), max_groups: ctx.limits().max_compute_workgroups_per_dimension, elem_bytes: prec.bytes(), subgroups: ctx.subgroup_kernels() };
         let forward_ops = sh.forward_ops(&mut bl)?;
         let backward_ops = if sh.training { sh.backward_ops(&mut bl)? } else { Vec::new() };
         let (states_io, tables) = sh.states_io(&mut bl);
@@ -1275,13 +1277,15 @@ impl<'a> Shape<'a> {
             let gates = p.pg.max(1) as u8;
             // An invocation takes 4 / gates units (stage.wgsl, `lanes`).
             let per = units.div_ceil(4 / gates as usize);
-            let groups = [per.div_ceil(64) as u32, rows.div_ceil(STAGE_ROWS) as u32, 1];
+            // 16 rows a workgroup for the subgroup twin (stage_subgroup.wgsl's RB_SG).
+            let subgroups = bl.subgroups;
+            let groups = [per.div_ceil(64) as u32, rows.div_ceil(if subgroups { STAGE_ROWS_SG } else { STAGE_ROWS }) as u32, 1];
             // The weights as vec4s at 7 where read so (16 bytes of them at least then), and
             // the product's input at 8.
             let w4 = if vec4 { Buf::Weights } else { Buf::Dummy(5) };
             let sb = [Buf::Weights, x, tp, Buf::States, Buf::Scratch, y, w4, Buf::Pin];
             let pointwise = self.cfg.pointwise_of(k % self.cfg.directions()).copied();
-            bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates, pointwise }, &p, sb, groups);
+            bl.cell_in(ops, Kernel::CellStage { cell, vec4, gates, pointwise, subgroups }, &p, sb, groups);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ pub mod source {
     /// `gemm.wgsl` after `shared/gemm_io.wgsl`: the strided matrix product with bias.
     pub const GEMM: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm.wgsl"));
     /// `gemm_subgroup.wgsl` after `shared/gemm_io.wgsl`: `gemm44` and `gemm4t` with A shared
-    /// through subgroup broadcasts (devices with `SUBGROUP`, see `Context::subgroup_gemm`).
+    /// through subgroup broadcasts (devices with `SUBGROUP`, see `Context::subgroup_kernels`).
     pub const GEMM_SUBGROUP: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm_subgroup.wgsl"));
     /// `util.wgsl`: row gathers between orders, transposes, column sums.
     pub const UTIL: &str = include_str!("../../shaders/util.wgsl");
@@ -21,6 +21,10 @@ pub mod source {
     pub const ROWS: &str = include_str!("../../shaders/rows.wgsl");
     /// `cast.wgsl`: conversions between f32 and the storage precision (mixed-precision training).
     pub const CAST: &str = include_str!("../../shaders/cast.wgsl");
+    /// `cells/stage_subgroup.wgsl`: `cell_stage_sg`, joined after a per-unit cell's module
+    /// (which ends with `cells/stage.wgsl`) on devices that run subgroup kernels
+    /// ([`Family::source_with`]).
+    pub const STAGE_SUBGROUP: &str = include_str!("../../shaders/cells/stage_subgroup.wgsl");
     /// `train.wgsl` after `shared/random.wgsl`: the training kit (embedding, losses, optimisers, dropout).
     pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
 }
@@ -105,6 +109,17 @@ impl Family {
             format!("{}{}", precision.wgsl_prefix(), self.source())
         } else {
             self.source().to_string()
+        }
+    }
+
+    /// [`Family::source_at`], and with `subgroups` (a device that runs subgroup kernels) a
+    /// per-unit cell's module extended by [`source::STAGE_SUBGROUP`] (`cell_stage_sg`, for
+    /// [`Kernel::CellStage`] with `subgroups`).
+    pub fn source_with(self, precision: Precision, subgroups: bool) -> String {
+        let s = self.source_at(precision);
+        match self {
+            Family::Cell(m) if subgroups && m.unit_step() => s + source::STAGE_SUBGROUP,
+            _ => s,
         }
     }
 
@@ -220,6 +235,9 @@ pub enum Kernel {
         gates: u8,
         /// The direction's activation slots (`None`: the cell's own), as override constants.
         pointwise: Option<Pointwise>,
+        /// `cell_stage_sg` (shaders/cells/stage_subgroup.wgsl): the product's input rows
+        /// shared through subgroup broadcasts, 16 rows a workgroup (the same bits).
+        subgroups: bool,
     },
     /// The fused stage kernel's input: a stage's product input rows copied to a buffer it
     /// reads as vec4s, and in training the step's states to the tape (stage.wgsl).
@@ -362,7 +380,8 @@ impl Kernel {
             ColSum4 => "colsum4",
             Train(k) => k.entry(),
             CellForward(_) => "cell_forward",
-            CellStage { .. } => "cell_stage",
+            CellStage { subgroups: false, .. } => "cell_stage",
+            CellStage { subgroups: true, .. } => "cell_stage_sg",
             CellStageInput(_) => "stage_input",
             CellLoop { .. } => "cell_loop",
             CellLoopGrad { .. } => "cell_loop_grad",
@@ -490,6 +509,9 @@ pub(crate) struct Modules {
     lazy: std::sync::Mutex<Vec<(Family, Precision, wgpu::ShaderModule)>>,
     /// Every storage binding read-write ([`super::Context::with_shared_buffers`]).
     shared: bool,
+    /// The device runs subgroup kernels: the per-unit cells' modules have `cell_stage_sg`
+    /// ([`Family::source_with`]).
+    subgroups: bool,
 }
 
 /// `source` with every storage binding read-write (a context with
@@ -502,10 +524,10 @@ fn bindings_as(source: String, shared: bool) -> String {
     }
 }
 
-fn create_module(device: &wgpu::Device, f: Family, precision: Precision, shared: bool) -> wgpu::ShaderModule {
+fn create_module(device: &wgpu::Device, f: Family, precision: Precision, shared: bool, subgroups: bool) -> wgpu::ShaderModule {
     let desc = wgpu::ShaderModuleDescriptor {
         label: Some(f.source().lines().next().unwrap_or("wgpu-rnn")),
-        source: wgpu::ShaderSource::Wgsl(bindings_as(f.source_at(precision), shared).into()),
+        source: wgpu::ShaderSource::Wgsl(bindings_as(f.source_with(precision, subgroups), shared).into()),
     };
     if runtime_checks() {
         device.create_shader_module(desc)
@@ -518,15 +540,18 @@ fn create_module(device: &wgpu::Device, f: Family, precision: Precision, shared:
 }
 
 impl Modules {
-    pub(crate) fn new(device: &wgpu::Device, shared: bool) -> Self {
+    /// The modules of a device; `subgroups`: it runs subgroup kernels (see
+    /// [`super::Context::subgroup_kernels`]).
+    pub(crate) fn new(device: &wgpu::Device, shared: bool, subgroups: bool) -> Self {
         Modules {
             f32: Family::all()
                 .iter()
                 .filter(|f| f.module_family() == **f && f.features().is_empty())
-                .map(|&f| (f, create_module(device, f, Precision::F32, shared)))
+                .map(|&f| (f, create_module(device, f, Precision::F32, shared, subgroups)))
                 .collect(),
             lazy: std::sync::Mutex::new(Vec::new()),
             shared,
+            subgroups,
         }
     }
 
@@ -550,7 +575,7 @@ impl Modules {
         if let Some((_, _, m)) = v.iter().find(|(g, p, _)| *g == f && *p == precision) {
             return m.clone();
         }
-        let m = create_module(device, f, precision, self.shared);
+        let m = create_module(device, f, precision, self.shared, self.subgroups);
         v.push((f, precision, m.clone()));
         m
     }
@@ -622,7 +647,7 @@ pub const GEMM_CHUNK_BYTES: usize = 1 << 20;
 
 impl GemmParams {
     /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous;
-    /// with `subgroups` (the context's [`super::Context::subgroup_gemm`]) `gemm44` and
+    /// with `subgroups` (the context's [`super::Context::subgroup_kernels`]) `gemm44` and
     /// `gemm4t` become their subgroup twins, which give the same bits.
     pub fn kernel(&self, subgroups: bool) -> Kernel {
         let b4 = self.b_cs == 1 && self.b_off.is_multiple_of(4) && self.b_rs.is_multiple_of(4) && self.n.is_multiple_of(4);

@@ -30,6 +30,6 @@ pub use generic::{flat_weights, weight_elems, weights_from_flat, StepBuffers, St
 pub use gemm::{MatMul, MatMulDesc};
 pub use rows::{RowMove, RowMoves};
 pub(crate) use record::{check_aliasing, check_buffer as check_slice, check_overlap};
-pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND, ENV_SUBGROUP_GEMM};
+pub use context::{parse_backends, Context, ContextOptions, GlGuard, TrackedBuffer, ENV_ADAPTER, ENV_BACKEND, ENV_SUBGROUPS};
 pub use sequence::{loop_iteration_budget, loop_run_steps, SeqLayout, StepStrategy, LOOP_ITERATIONS_CAPPED, LOOP_ITERATIONS_GPU, SINGLE_DISPATCH_MAX_MACS};
 pub use readback::{storage, storage_at, upload, upload_stored, PendingRead, Readback};

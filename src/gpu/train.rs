@@ -387,7 +387,7 @@ impl OpBuilder {
 
     fn push_gemm(&mut self, p: GemmParams, a: &wgpu::Buffer, b: &wgpu::Buffer, c: &wgpu::Buffer, bias: Option<&wgpu::Buffer>) {
         let bufs = vec![Some(a.clone()), Some(b.clone()), Some(c.clone()), Some(bias.unwrap_or(b).clone()), Some(b.clone()), Some(a.clone())];
-        let kernel = p.kernel(self.ctx.subgroup_gemm());
+        let kernel = p.kernel(self.ctx.subgroup_kernels());
         self.ops.push(Pending { kernel, precision: Precision::F32, params: bytemuck::bytes_of(&p).to_vec(), bufs, groups: p.groups(kernel) });
     }
 

@@ -370,11 +370,14 @@ fn two_identical_runs_are_bitwise_identical() {
 }
 
 #[test]
-fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
-    // The GEMMs' subgroup twins (shaders/gemm_subgroup.wgsl) against the kernels they stand
-    // for, on contexts of the test's own (it turns them on and off): products over every edge
-    // (a last block of 8 rows in a 16-row one, columns past the last 256, k's odd tail for
-    // gemm4t) and training plans of LSTM and GRU, bitwise; and the products against the CPU.
+fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
+    // The subgroup twins of the GEMMs (shaders/gemm_subgroup.wgsl) and of the fused stage
+    // kernel (shaders/cells/stage_subgroup.wgsl) against the kernels they stand for, on
+    // contexts of the test's own (it turns them on and off): products over every edge (a last
+    // block of 8 rows in a 16-row one, columns past the last 256, k's odd tail for gemm4t),
+    // and training plans (steps of more than 16 rows and fewer; 1, 3 and 4 gates; R read as
+    // vec4s and not; a second stage; units past one workgroup; f16), bitwise; and the
+    // products against the CPU.
     use wgpu_rnn::gpu::kernels::Kernel;
     use wgpu_rnn::gpu::{MatMul, MatMulDesc};
     // The first element whose bits differ, if any (the vectors are long to print).
@@ -386,7 +389,7 @@ fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
             continue;
         };
         let info = ctx.adapter_info().clone();
-        if !ctx.set_subgroup_gemm(true) {
+        if !ctx.set_subgroup_kernels(true) {
             // lavapipe has subgroups of 8: it must run them.
             assert!(!(info.backend == wgpu::Backend::Vulkan && info.device_type == wgpu::DeviceType::Cpu), "{}: no subgroup GEMMs", ctx.describe());
             skipped.push(format!("{}: no SUBGROUP or subgroups under 8", ctx.describe()));
@@ -400,7 +403,7 @@ fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
             let (ab, bb) = (init(&a), init(&b));
             let mut outs = Vec::new();
             for sg in [false, true] {
-                assert_eq!(ctx.set_subgroup_gemm(sg), sg);
+                assert_eq!(ctx.set_subgroup_kernels(sg), sg);
                 let mm = MatMul::new(&ctx, MatMulDesc { m, n, k, trans_a, trans_b: false, alpha: 1.0, beta: 0.0, bias: false }).unwrap();
                 let want = match (trans_a, sg) {
                     (false, false) => Kernel::Gemm44,
@@ -433,7 +436,11 @@ fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
         }
         // Training plans: the input projection, dX and the per-step dG R products (gemm44),
         // the weight gradients (gemm4t, k = the rows, odd here), two layers both ways.
-        let mut cfgs = vec![RnnConfig::new(Mode::Lstm, 12, 10).layers(2).bidirectional(true), RnnConfig::new(Mode::Gru, 8, 18).layers(2)];
+        let mut cfgs = vec![
+            RnnConfig::new(Mode::Lstm, 12, 10).layers(2).bidirectional(true).proj(6),
+            RnnConfig::new(Mode::Gru, 8, 16).layers(2),
+            RnnConfig::new(Mode::RnnTanh, 5, 68),
+        ];
         if ctx.check_precision(wgpu_rnn::Precision::F16).is_ok() {
             cfgs.push(RnnConfig::new(Mode::Lstm, 8, 6).with_precision(wgpu_rnn::Precision::F16));
         }
@@ -445,7 +452,7 @@ fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
             let go: Vec<f32> = uniform(&mut g, x.rows() * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
             let mut runs = Vec::new();
             for sg in [false, true] {
-                ctx.set_subgroup_gemm(sg);
+                ctx.set_subgroup_kernels(sg);
                 runs.push(engine_run(&ctx, StepStrategy::PerStep, &w, &x, None, None, &go, None, None));
             }
             let (a, b) = (&runs[0], &runs[1]);
@@ -456,7 +463,7 @@ fn subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t() {
         }
         checked += 1;
     }
-    crate::gpu_common::require_checked("subgroup_gemms_give_the_bits_of_gemm44_and_gemm4t", checked, &skipped);
+    crate::gpu_common::require_checked("subgroup_kernels_give_the_bits_of_the_kernels_they_replace", checked, &skipped);
 }
 
 #[test]
@@ -704,11 +711,13 @@ fn kernel_profile_counts_every_dispatch() {
         let count = |times: &[wgpu_rnn::gpu::profile::KernelTime], entry: &str| -> u32 {
             times.iter().filter(|k| k.kernel.split(' ').next() == Some(entry)).map(|k| k.dispatches).sum()
         };
+        // The stage kernel, or its subgroup twin where the context runs that.
+        let stages = |times: &[wgpu_rnn::gpu::profile::KernelTime]| count(times, "cell_stage") + count(times, "cell_stage_sg");
         let fwd = rig.profile(false).unwrap();
-        assert_eq!(count(&fwd, "cell_stage"), t, "{fwd:?}");
+        assert_eq!(stages(&fwd), t, "{fwd:?}");
         assert!(fwd.iter().all(|k| k.ms >= 0.0) && fwd.iter().map(|k| k.ms).sum::<f64>() > 0.0, "{fwd:?}");
         let train = rig.profile(true).unwrap();
-        assert_eq!(count(&train, "cell_stage"), t, "{train:?}");
+        assert_eq!(stages(&train), t, "{train:?}");
         assert_eq!(count(&train, "cell_backward"), t, "{train:?}");
         // The plan records unprofiled again afterwards.
         rig.run(true).unwrap();
@@ -718,12 +727,12 @@ fn kernel_profile_counts_every_dispatch() {
         let scrn = BenchConfig::parse(&format!("scrn,t={t},b=4,i=8,h=16")).unwrap();
         let per_step = GpuRig::with_strategy(ctx, &scrn, StepStrategy::PerStep).unwrap();
         let fwd = per_step.profile(false).unwrap();
-        assert_eq!(count(&fwd, "cell_stage"), 2 * t, "{fwd:?}");
+        assert_eq!(stages(&fwd), 2 * t, "{fwd:?}");
         assert_eq!(count(&fwd, "stage_input"), 2 * t, "{fwd:?}");
         let train = per_step.profile(true).unwrap();
         assert_eq!(count(&train, "cell_backward"), 2 * t, "{train:?}");
         let fwd = GpuRig::new(ctx, &scrn).unwrap().profile(false).unwrap();
-        assert_eq!((count(&fwd, "cell_loop"), count(&fwd, "cell_stage")), (1, 0), "{fwd:?}");
+        assert_eq!((count(&fwd, "cell_loop"), stages(&fwd)), (1, 0), "{fwd:?}");
     }
     crate::gpu_common::require_checked("kernel_profile_counts_every_dispatch", checked, &skipped);
 }

@@ -33,6 +33,18 @@ fn needs_subgroups(f: Family) -> bool {
     f.features().contains(wgpu_rnn::wgpu::Features::SUBGROUP)
 }
 
+/// Whether kernel `k` runs on a device's subgroups: its family needs them, or it is the stage
+/// kernel's subgroup twin (in its cell's module extended by `cells/stage_subgroup.wgsl`).
+fn kernel_needs_subgroups(k: Kernel) -> bool {
+    needs_subgroups(k.family()) || matches!(k, Kernel::CellStage { subgroups: true, .. })
+}
+
+/// The module source `k` is compiled from on a device that runs subgroup kernels where it
+/// needs them.
+fn kernel_source(k: Kernel, precision: Precision) -> String {
+    k.family().module_family().source_with(precision, kernel_needs_subgroups(k))
+}
+
 fn module(src: &str) -> naga::Module {
     naga::front::wgsl::parse_str(src).unwrap_or_else(|e| panic!("{}", e.emit_to_string(src)))
 }
@@ -66,6 +78,13 @@ fn every_shader_family_validates_with_naga() {
         validate_at(&format!("{f:?}"), &f.source_at(Precision::F32), Precision::F32, needs_subgroups(f));
         if f.stores_precision() {
             validate_at(&format!("{f:?} f16"), &f.source_at(Precision::F16), Precision::F16, needs_subgroups(f));
+        }
+        // A module as a device that runs subgroup kernels has it (a per-unit cell's with
+        // cell_stage_sg).
+        let with = f.source_with(Precision::F32, true);
+        if with != f.source_at(Precision::F32) {
+            validate_at(&format!("{f:?} with subgroups"), &with, Precision::F32, true);
+            validate_at(&format!("{f:?} f16 with subgroups"), &f.source_with(Precision::F16, true), Precision::F16, true);
         }
     }
     // Only the subgroup family needs SUBGROUP: the others validate without it (above), and
@@ -142,7 +161,7 @@ fn every_shader_file_is_compiled_into_a_validated_family() {
     assert!(files.len() >= 5, "found {} shader files", files.len());
     for p in files {
         let src = std::fs::read_to_string(&p).unwrap();
-        assert!(Family::all().iter().any(|f| f.source().contains(&src)), "{} is not part of any kernel family", p.display());
+        assert!(Family::all().iter().any(|f| f.source_with(Precision::F32, true).contains(&src)), "{} is not part of any kernel family", p.display());
         if p.ends_with("shared/activations.wgsl") {
             validate(&p.display().to_string(), &src);
         }
@@ -245,11 +264,13 @@ fn all_kernels() -> Vec<Kernel> {
             // A cell has the whole-row forward or the fused stage kernel (Mode::unit_step).
             if m.unit_step() {
                 for gates in 1..=wgpu_rnn::cells::MAX_GATES as u8 {
-                    v.extend([CellStage { cell: m, vec4: false, gates, pointwise: None }, CellStage { cell: m, vec4: true, gates, pointwise: None }]);
+                    for subgroups in b {
+                        v.extend([CellStage { cell: m, vec4: false, gates, pointwise: None, subgroups }, CellStage { cell: m, vec4: true, gates, pointwise: None, subgroups }]);
+                    }
                 }
                 // Custom activation slots (every function among the cells' slots, a clip).
                 for pw in custom_slots(m) {
-                    v.push(CellStage { cell: m, vec4: true, gates: 1, pointwise: Some(pw) });
+                    v.push(CellStage { cell: m, vec4: true, gates: 1, pointwise: Some(pw), subgroups: false });
                 }
                 v.push(CellStageInput(m));
                 // The loops are specialised for a layer's stages: the cell's shapes (with and
@@ -315,12 +336,12 @@ fn no_kernel_uses_more_workgroup_memory_than_webgpu_allows() {
 }
 
 /// The module with `k`'s override constants substituted, as wgpu does before handing it to a
-/// backend writer; validated with the capabilities the library's device has (it requests no
-/// shader features, so none).
+/// backend writer; validated with the capabilities a device that runs it has (`SUBGROUP` for
+/// the subgroup kernels, none else at f32).
 fn specialised(k: Kernel, precision: Precision) -> (naga::Module, naga::valid::ModuleInfo) {
-    let src = &k.family().source_at(precision);
+    let src = &kernel_source(k, precision);
     let m = module(src);
-    let info = validator(precision, needs_subgroups(k.family()))
+    let info = validator(precision, kernel_needs_subgroups(k))
         .validate(&m)
         .unwrap_or_else(|e| panic!("{} {precision}: {}", k.label(), e.emit_to_string(src)));
     let mut constants = naga::back::PipelineConstants::default();
@@ -435,8 +456,10 @@ fn every_entry_point_has_a_kernel_variant() {
     let mut total = 0;
     // (Families that share a module, a cell's and its stage kernel's, name its entry points
     // between them.)
+    // (A module as a device that runs subgroup kernels has it: a per-unit cell's with
+    // cell_stage_sg.)
     for f in Family::all().into_iter().filter(|f| f.module_family() == *f) {
-        let m = module(&f.source_at(Precision::F32));
+        let m = module(&f.source_with(Precision::F32, true));
         assert!(!m.entry_points.is_empty(), "{f:?} has no entry points");
         for ep in &m.entry_points {
             assert_eq!(ep.stage, naga::ShaderStage::Compute, "{f:?}::{}", ep.name);
@@ -446,7 +469,7 @@ fn every_entry_point_has_a_kernel_variant() {
     }
     // And every variant names an entry point of its family.
     for k in &kernels {
-        let m = module(&k.family().source_at(Precision::F32));
+        let m = module(&kernel_source(*k, Precision::F32));
         assert!(m.entry_points.iter().any(|ep| ep.name == k.entry()), "{}: no such entry point in {:?}", k.label(), k.family());
     }
     assert!(total >= 30, "only {total} entry points found");
