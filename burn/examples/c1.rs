@@ -63,7 +63,7 @@ fn main() {
     let (reps, rounds) = (arg("--reps", 5), arg("--rounds", 3));
     let (device, ctx) = wgpu_rnn_burn::init_wgpu(Device::wgpu_options()).unwrap();
     println!(
-        "adapter: {}; subgroup GEMMs {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up",
+        "adapter: {}; subgroup kernels {}; burn 0.22.0, wgpu-rnn-burn; C1 = LSTM T {T}, B {B}, I {I}, H {H}; {rounds} rounds of alternated blocks, each {reps} reps after one warm-up",
         ctx.describe(),
         if ctx.subgroup_kernels() { "on" } else { "off" }
     );
