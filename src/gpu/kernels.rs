@@ -23,7 +23,7 @@ pub mod source {
     pub const CAST: &str = include_str!("../../shaders/cast.wgsl");
     /// `cells/stage_subgroup.wgsl`: `cell_stage_sg`, joined after a per-unit cell's module
     /// (which ends with `cells/stage.wgsl`) on devices that run subgroup kernels
-    /// ([`Family::source_with`]).
+    /// ([`super::Family::source_with`]).
     pub const STAGE_SUBGROUP: &str = include_str!("../../shaders/cells/stage_subgroup.wgsl");
     /// `train.wgsl` after `shared/random.wgsl`: the training kit (embedding, losses, optimisers, dropout).
     pub const TRAIN: &str = concat!(include_str!("../../shaders/shared/random.wgsl"), include_str!("../../shaders/train.wgsl"));
@@ -510,7 +510,7 @@ pub(crate) struct Modules {
     /// Every storage binding read-write ([`super::Context::with_shared_buffers`]).
     shared: bool,
     /// The device runs subgroup kernels: the per-unit cells' modules have `cell_stage_sg`
-    /// ([`Family::source_with`]).
+    /// ([`super::Family::source_with`]).
     subgroups: bool,
 }
 
