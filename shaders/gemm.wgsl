@@ -1,16 +1,10 @@
-// The strided GEMMs, after shared/gemm_io.wgsl (parameters, bindings, store4).
+// The strided GEMMs, after shared/gemm_io.wgsl (parameters, bindings, ADJACENT, store_row,
+// store4).
 // Dispatch: (ceil(n / 256), ceil(m / 8), 1); workgroup 64, each invocation an 8-row x
 // 4-column block of C in registers (columns 64 apart): per k, four loads of B (each
 // contiguous across the workgroup when b_cs == 1) and 8 loads of A shared by every
 // invocation of the workgroup.
 // No workgroup memory (on lavapipe shared tiles were slower than this).
-
-// How an invocation's four columns lie. false: 64 apart, so each load and store is
-// contiguous across the workgroup's invocations. true (narrow C, n <= 128, as dX = dG W_ih
-// or dW_ih = dG^T X when the input size is not a multiple of 4): adjacent, so no invocation
-// computes clamped copies of the last column (64-apart columns leave 3 of 4 accumulators
-// idle when n < 64).
-override ADJACENT: bool = false;
 
 @compute @workgroup_size(64)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
@@ -66,29 +60,6 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid
     store_row(i0 + 7u, j0, cstep, c7);
 }
 
-// Writes the valid part of a row block (columns j0 + u * cstep, u < 4):
-// alpha * acc + beta * C + bias.
-fn store_row(i: u32, j0: u32, cstep: u32, acc: vec4<f32>) {
-    if (i >= p.m) {
-        return;
-    }
-    for (var u = 0u; u < 4u; u++) {
-        let j = j0 + cstep * u;
-        if (j >= p.n) {
-            return;
-        }
-        var v = p.alpha * acc[u];
-        let at = p.c_off + i * p.ldc + j;
-        if (p.beta != 0.0) {
-            v += p.beta * f32(c[at]);
-        }
-        if (p.bias_off != NONE) {
-            v += f32(bias[p.bias_off + j]);
-        }
-        c[at] = S(v);
-    }
-}
-
 // The same product when B is row-major with 4-aligned offset and row stride (b_cs == 1,
 // b_off % 4 == 0, b_rs % 4 == 0, n % 4 == 0): each invocation owns 4 adjacent columns and
 // reads them as one vec4 per k, so a workgroup reads 1 KiB of contiguous B per k.
@@ -140,7 +111,6 @@ fn gemm4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) li
     store4(i0 + 6u, j0, c6);
     store4(i0 + 7u, j0, c7);
 }
-
 
 // gemm4 when A is also row-major and 4-aligned along k (a_cs == 1, a_off, a_rs and k
 // multiples of 4): four k at a time, one vec4 of A per row and four vec4s of B.

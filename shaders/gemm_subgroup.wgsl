@@ -1,22 +1,28 @@
-// gemm.wgsl's gemm44 and gemm4t (after shared/gemm_io.wgsl, as there) with A shared through
-// subgroup broadcasts, for adapters whose subgroups have at least 8 invocations (the context chooses
+// gemm.wgsl's kernels (after shared/gemm_io.wgsl, as there) with A shared through subgroup
+// broadcasts, for adapters whose subgroups have at least 8 invocations (the context chooses
 // them: `Context::subgroup_kernels`). On lavapipe every storage-buffer load is a loop over the 8
-// lanes of a vector, uniform address or not (Mesa 22.3), so gemm44 and gemm4t spend most of
-// their time in the 8 loads of A per k that every invocation of a workgroup makes alike.
-// Here lane l of each subgroup loads only row l % 8 of a block (or, transposed, one vec4 of a
-// pair of k), and `subgroupBroadcast` hands each lane the others' values: one load of A per
-// lane instead of eight, and each invocation owns 16 rows x 4 columns of C (two loads of A
-// and four of B per four k feed 256 FMAs). Every element of C is the same chain of operations
-// in k order as in gemm44 / gemm4t, so the results are bitwise theirs (tested).
-// Dispatch: (ceil(n / 256), ceil(m / 16), 1), workgroup 64. No invocation returns before the
-// loop (subgroup operations need uniform control flow): columns past n read B's last vec4 and
-// rows past m repeat the last row; neither is stored.
+// lanes of a vector, uniform address or not (Mesa 22.3), so the GEMMs spend most of their
+// time in the 8 loads of A per k that every invocation of a workgroup makes alike. Here lane
+// l of each subgroup loads only row l % 8 of a block (and 8 + l % 8; in gemm4t_sg one vec4 of
+// a pair of k), and `subgroupBroadcast` hands each lane the others' values: one or two loads
+// of A per lane instead of eight, and each invocation owns 16 rows x 4 columns of C (in
+// gemm44_sg two loads of A and four of B per four k feed 256 FMAs). Every element of C is the
+// same chain of operations in k order as in the kernel of gemm.wgsl it stands for, so the
+// results are bitwise its (tested).
+// Dispatch: (ceil(n / 256), ceil(m / 16), 1), workgroup 64. Only a subgroup whose columns
+// all lie past n returns before the loop (subgroup operations need the subgroup's control
+// flow uniform): in the others, columns past n read B's last column and rows past m repeat
+// the last row; neither is stored.
 
 // gemm44 (A and B row-major, vec4-aligned along k and n) over 16 rows.
 @compute @workgroup_size(64)
 fn gemm44_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
     let j0 = (wid.x * 64u + lid.x) * 4u;
     let i0 = wid.y * 16u;
+    // A subgroup wholly past the columns leaves (the others stay whole, as the broadcasts need).
+    if (subgroupAll(j0 >= p.n)) {
+        return;
+    }
     let last_i = p.m - 1u;
     let arq = p.a_rs / 4u;
     let aq = p.a_off / 4u;
@@ -91,6 +97,10 @@ fn gemm44_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
 fn gemm4t_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
     let j0 = (wid.x * 64u + lid.x) * 4u;
     let i0 = wid.y * 16u;
+    // A subgroup wholly past the columns leaves (the others stay whole, as the broadcasts need).
+    if (subgroupAll(j0 >= p.n)) {
+        return;
+    }
     let quads = min(4u, (p.m - i0) / 4u);
     let aq = (p.a_off + i0) / 4u + min(sl & 3u, quads - 1u);
     let ku = (sl >> 2u) & 1u;
@@ -183,6 +193,156 @@ fn gemm4t_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id
         c13 += q03.y * bv0;
         c14 += q03.z * bv0;
         c15 += q03.w * bv0;
+    }
+    if (j0 < p.n) {
+        store4(i0, j0, c0);
+        store4(i0 + 1u, j0, c1);
+        store4(i0 + 2u, j0, c2);
+        store4(i0 + 3u, j0, c3);
+        store4(i0 + 4u, j0, c4);
+        store4(i0 + 5u, j0, c5);
+        store4(i0 + 6u, j0, c6);
+        store4(i0 + 7u, j0, c7);
+        store4(i0 + 8u, j0, c8);
+        store4(i0 + 9u, j0, c9);
+        store4(i0 + 10u, j0, c10);
+        store4(i0 + 11u, j0, c11);
+        store4(i0 + 12u, j0, c12);
+        store4(i0 + 13u, j0, c13);
+        store4(i0 + 14u, j0, c14);
+        store4(i0 + 15u, j0, c15);
+    }
+}
+
+// gemm (any strides; ADJACENT as there) over 16 rows: lane l of a subgroup loads A's element
+// of rows l % 8 and 8 + l % 8 at each k.
+@compute @workgroup_size(64)
+fn gemm_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
+    let cstep = select(64u, 1u, ADJACENT);
+    let j0 = select(wid.x * 256u + lid.x, (wid.x * 64u + lid.x) * 4u, ADJACENT);
+    let i0 = wid.y * 16u;
+    // A subgroup wholly past the columns leaves (the others stay whole, as the broadcasts need).
+    if (subgroupAll(j0 >= p.n)) {
+        return;
+    }
+    let last_i = p.m - 1u;
+    let ra = p.a_off + min(i0 + (sl & 7u), last_i) * p.a_rs;
+    let rb = p.a_off + min(i0 + 8u + (sl & 7u), last_i) * p.a_rs;
+    let last_j = p.n - 1u;
+    let b0 = p.b_off + min(j0, last_j) * p.b_cs;
+    let b1 = p.b_off + min(j0 + cstep, last_j) * p.b_cs;
+    let b2 = p.b_off + min(j0 + 2u * cstep, last_j) * p.b_cs;
+    let b3 = p.b_off + min(j0 + 3u * cstep, last_j) * p.b_cs;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    var c8 = vec4<f32>(0.0);
+    var c9 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c12 = vec4<f32>(0.0);
+    var c13 = vec4<f32>(0.0);
+    var c14 = vec4<f32>(0.0);
+    var c15 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let kb = kk * p.b_rs;
+        let bv = vec4<f32>(f32(b[b0 + kb]), f32(b[b1 + kb]), f32(b[b2 + kb]), f32(b[b3 + kb]));
+        let ka = kk * p.a_cs;
+        let xa = f32(a[ra + ka]);
+        let xb = f32(a[rb + ka]);
+        c0 += subgroupBroadcast(xa, 0u) * bv;
+        c1 += subgroupBroadcast(xa, 1u) * bv;
+        c2 += subgroupBroadcast(xa, 2u) * bv;
+        c3 += subgroupBroadcast(xa, 3u) * bv;
+        c4 += subgroupBroadcast(xa, 4u) * bv;
+        c5 += subgroupBroadcast(xa, 5u) * bv;
+        c6 += subgroupBroadcast(xa, 6u) * bv;
+        c7 += subgroupBroadcast(xa, 7u) * bv;
+        c8 += subgroupBroadcast(xb, 0u) * bv;
+        c9 += subgroupBroadcast(xb, 1u) * bv;
+        c10 += subgroupBroadcast(xb, 2u) * bv;
+        c11 += subgroupBroadcast(xb, 3u) * bv;
+        c12 += subgroupBroadcast(xb, 4u) * bv;
+        c13 += subgroupBroadcast(xb, 5u) * bv;
+        c14 += subgroupBroadcast(xb, 6u) * bv;
+        c15 += subgroupBroadcast(xb, 7u) * bv;
+    }
+    if (j0 < p.n) {
+        store_row(i0, j0, cstep, c0);
+        store_row(i0 + 1u, j0, cstep, c1);
+        store_row(i0 + 2u, j0, cstep, c2);
+        store_row(i0 + 3u, j0, cstep, c3);
+        store_row(i0 + 4u, j0, cstep, c4);
+        store_row(i0 + 5u, j0, cstep, c5);
+        store_row(i0 + 6u, j0, cstep, c6);
+        store_row(i0 + 7u, j0, cstep, c7);
+        store_row(i0 + 8u, j0, cstep, c8);
+        store_row(i0 + 9u, j0, cstep, c9);
+        store_row(i0 + 10u, j0, cstep, c10);
+        store_row(i0 + 11u, j0, cstep, c11);
+        store_row(i0 + 12u, j0, cstep, c12);
+        store_row(i0 + 13u, j0, cstep, c13);
+        store_row(i0 + 14u, j0, cstep, c14);
+        store_row(i0 + 15u, j0, cstep, c15);
+    }
+}
+
+// gemm4 (B's rows read as vec4s, A any strides) over 16 rows, A shared as in gemm_sg.
+@compute @workgroup_size(64)
+fn gemm4_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
+    let j0 = (wid.x * 64u + lid.x) * 4u;
+    let i0 = wid.y * 16u;
+    // A subgroup wholly past the columns leaves (the others stay whole, as the broadcasts need).
+    if (subgroupAll(j0 >= p.n)) {
+        return;
+    }
+    let last_i = p.m - 1u;
+    let ra = p.a_off + min(i0 + (sl & 7u), last_i) * p.a_rs;
+    let rb = p.a_off + min(i0 + 8u + (sl & 7u), last_i) * p.a_rs;
+    let bq = p.b_off / 4u + min(j0, p.n - 4u) / 4u;
+    let brq = p.b_rs / 4u;
+    var c0 = vec4<f32>(0.0);
+    var c1 = vec4<f32>(0.0);
+    var c2 = vec4<f32>(0.0);
+    var c3 = vec4<f32>(0.0);
+    var c4 = vec4<f32>(0.0);
+    var c5 = vec4<f32>(0.0);
+    var c6 = vec4<f32>(0.0);
+    var c7 = vec4<f32>(0.0);
+    var c8 = vec4<f32>(0.0);
+    var c9 = vec4<f32>(0.0);
+    var c10 = vec4<f32>(0.0);
+    var c11 = vec4<f32>(0.0);
+    var c12 = vec4<f32>(0.0);
+    var c13 = vec4<f32>(0.0);
+    var c14 = vec4<f32>(0.0);
+    var c15 = vec4<f32>(0.0);
+    for (var kk = 0u; kk < p.k; kk++) {
+        let bv = vec4<f32>(b4[bq + kk * brq]);
+        let ka = kk * p.a_cs;
+        let xa = f32(a[ra + ka]);
+        let xb = f32(a[rb + ka]);
+        c0 += subgroupBroadcast(xa, 0u) * bv;
+        c1 += subgroupBroadcast(xa, 1u) * bv;
+        c2 += subgroupBroadcast(xa, 2u) * bv;
+        c3 += subgroupBroadcast(xa, 3u) * bv;
+        c4 += subgroupBroadcast(xa, 4u) * bv;
+        c5 += subgroupBroadcast(xa, 5u) * bv;
+        c6 += subgroupBroadcast(xa, 6u) * bv;
+        c7 += subgroupBroadcast(xa, 7u) * bv;
+        c8 += subgroupBroadcast(xb, 0u) * bv;
+        c9 += subgroupBroadcast(xb, 1u) * bv;
+        c10 += subgroupBroadcast(xb, 2u) * bv;
+        c11 += subgroupBroadcast(xb, 3u) * bv;
+        c12 += subgroupBroadcast(xb, 4u) * bv;
+        c13 += subgroupBroadcast(xb, 5u) * bv;
+        c14 += subgroupBroadcast(xb, 6u) * bv;
+        c15 += subgroupBroadcast(xb, 7u) * bv;
     }
     if (j0 < p.n) {
         store4(i0, j0, c0);

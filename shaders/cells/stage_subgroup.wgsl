@@ -7,9 +7,10 @@
 // `subgroupBroadcast` hands them to the others: RB_SG = 16 rows a workgroup, two loads of the
 // input a lane per 4 k instead of sixteen. Each element of the product is the same chain of
 // operations as in cell_stage, so the results are bitwise its (tested).
-// Dispatch: (ceil(units / (4 / GATES) / 64), ceil(rows / RB_SG), 1), workgroup 64. The product
-// runs in uniform control flow (subgroup operations need it): invocations past the units read
-// unit 0's rows of R and rows past the step's repeat the last; neither is stored.
+// Dispatch: (ceil(units / (4 / GATES) / 64), ceil(rows / RB_SG), 1), workgroup 64. Only a
+// subgroup wholly past the units returns first; in the others the product runs in the
+// subgroup's uniform control flow (subgroup operations need it): invocations past the units
+// read unit 0's rows of R and rows past the step's repeat the last; neither is stored.
 
 const RB_SG: u32 = 16u;
 
@@ -84,6 +85,10 @@ fn stage_product_sg(j0: u32, rb: u32, nr: u32, sl: u32) {
 fn cell_stage_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>, @builtin(subgroup_invocation_id) sl: u32) {
     let j0 = (wid.x * 64u + lid.x) * lanes();
     let rb = wid.y * RB_SG;
+    // A subgroup wholly past the units leaves (the others stay whole, as the broadcasts need).
+    if (subgroupAll(j0 >= p.units)) {
+        return;
+    }
     let nr = min(RB_SG, p.rows - rb);
     if (p.pg > 0u) {
         stage_product_sg(j0, rb, nr, sl);

@@ -1,5 +1,5 @@
 // The GEMM kernels' shared part, joined before `gemm.wgsl` and before `gemm_subgroup.wgsl`:
-// the parameters, the bindings and the store of 4 columns.
+// the parameters, the bindings, the generic kernels' column layout and the stores.
 // General matrix product for the input projection of all steps and the post-loop gradient
 // GEMMs: C = alpha * op(A) op(B) + beta * C + bias, with op() chosen by strides, so one
 // kernel serves A B, A^T B and A B^T over sub-blocks of larger buffers.
@@ -52,6 +52,36 @@ fn store4(i: u32, j0: u32, acc: vec4<f32>) {
     }
     for (var u = 0u; u < 4u; u++) {
         let j = j0 + u;
+        var v = p.alpha * acc[u];
+        let at = p.c_off + i * p.ldc + j;
+        if (p.beta != 0.0) {
+            v += p.beta * f32(c[at]);
+        }
+        if (p.bias_off != NONE) {
+            v += f32(bias[p.bias_off + j]);
+        }
+        c[at] = S(v);
+    }
+}
+
+// How an invocation's four columns lie. false: 64 apart, so each load and store is
+// contiguous across the workgroup's invocations. true (narrow C, n <= 128, as dX = dG W_ih
+// or dW_ih = dG^T X when the input size is not a multiple of 4): adjacent, so no invocation
+// computes clamped copies of the last column (64-apart columns leave 3 of 4 accumulators
+// idle when n < 64).
+override ADJACENT: bool = false;
+
+// Writes the valid part of a row block (columns j0 + u * cstep, u < 4):
+// alpha * acc + beta * C + bias.
+fn store_row(i: u32, j0: u32, cstep: u32, acc: vec4<f32>) {
+    if (i >= p.m) {
+        return;
+    }
+    for (var u = 0u; u < 4u; u++) {
+        let j = j0 + cstep * u;
+        if (j >= p.n) {
+            return;
+        }
         var v = p.alpha * acc[u];
         let at = p.c_off + i * p.ldc + j;
         if (p.beta != 0.0) {

@@ -320,14 +320,14 @@ impl Context {
         !cfg!(target_arch = "wasm32") && device.features().contains(wgpu::Features::SUBGROUP) && info.subgroup_min_size >= 8
     }
 
-    /// Whether the plans and products built now run the subgroup twins of `gemm44`, `gemm4t`
-    /// (`shaders/gemm_subgroup.wgsl`) and the fused stage kernel
+    /// Whether the plans and products built now run the subgroup twins of the GEMMs
+    /// (`shaders/gemm_subgroup.wgsl`) and of the fused stage kernel
     /// (`shaders/cells/stage_subgroup.wgsl`): the operand every invocation of a workgroup reads
     /// alike (A, the product's input rows) loaded once a lane and shared through subgroup
     /// broadcasts, 16 rows a block; the same bits. By default on CPU adapters whose subgroups
     /// hold at least 8 invocations (lavapipe), where each storage load is a loop over the
-    /// vector's lanes: there a 1024 x 1024 x 256 product went from 11 to 28 GFLOP/s, and C1
-    /// LSTM and GRU training took 0.56x the time, forward 0.48-0.52x
+    /// vector's lanes: there a 1024 x 1024 x 256 product went from 11 to 28 GFLOP/s, C1 LSTM
+    /// training took 0.49x the time and forward 0.52x, the IMDB BiLSTM's training 0.54x
     /// (`benches/results/subgroup-gemm-lavapipe-2026-12-07.txt`). Off on other adapters,
     /// where they have not been measured. `WGPU_RNN_SUBGROUPS=1` / `=0` overrides the default
     /// (on only where the device can run them).

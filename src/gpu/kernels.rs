@@ -12,7 +12,7 @@ pub mod source {
     pub const ACTIVATIONS: &str = include_str!("../../shaders/shared/activations.wgsl");
     /// `gemm.wgsl` after `shared/gemm_io.wgsl`: the strided matrix product with bias.
     pub const GEMM: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm.wgsl"));
-    /// `gemm_subgroup.wgsl` after `shared/gemm_io.wgsl`: `gemm44` and `gemm4t` with A shared
+    /// `gemm_subgroup.wgsl` after `shared/gemm_io.wgsl`: `gemm.wgsl`'s kernels with A shared
     /// through subgroup broadcasts (devices with `SUBGROUP`, see `Context::subgroup_kernels`).
     pub const GEMM_SUBGROUP: &str = concat!(include_str!("../../shaders/shared/gemm_io.wgsl"), include_str!("../../shaders/gemm_subgroup.wgsl"));
     /// `util.wgsl`: row gathers between orders, transposes, column sums.
@@ -205,6 +205,12 @@ pub enum Kernel {
     Gemm4T,
     /// `gemm44_sg`: `gemm44` over 16 rows an invocation, A shared by subgroup broadcasts.
     Gemm44Sg,
+    /// `gemm_sg`: `gemm` likewise.
+    GemmSg,
+    /// `gemm_sg` with `ADJACENT` (as [`Kernel::GemmNarrow`]).
+    GemmNarrowSg,
+    /// `gemm4_sg`: `gemm4` likewise.
+    Gemm4Sg,
     /// `gemm4t_sg`: `gemm4t` over 16 rows an invocation, A shared by subgroup broadcasts.
     Gemm4TSg,
     /// `gather_rows`: rows moved between orders and strides by a table (states between the
@@ -351,7 +357,7 @@ impl Kernel {
         use Kernel::*;
         match self {
             Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T => Family::Gemm,
-            Gemm44Sg | Gemm4TSg => Family::GemmSubgroup,
+            Gemm44Sg | Gemm4TSg | GemmSg | GemmNarrowSg | Gemm4Sg => Family::GemmSubgroup,
             GatherRows | Transpose | ColSum | ColSum4 => Family::Util,
             MoveRows => Family::Rows,
             Train(_) => Family::Train,
@@ -372,6 +378,8 @@ impl Kernel {
             Gemm44 => "gemm44",
             Gemm4T => "gemm4t",
             Gemm44Sg => "gemm44_sg",
+            GemmSg | GemmNarrowSg => "gemm_sg",
+            Gemm4Sg => "gemm4_sg",
             Gemm4TSg => "gemm4t_sg",
             GatherRows => "gather_rows",
             MoveRows => "move_rows",
@@ -413,7 +421,7 @@ impl Kernel {
     pub fn constants(self) -> Vec<(&'static str, f64)> {
         use Kernel::*;
         match self {
-            GemmNarrow => vec![("ADJACENT", 1.0)],
+            GemmNarrow | GemmNarrowSg => vec![("ADJACENT", 1.0)],
             CellStage { vec4, gates, pointwise, .. } => {
                 let mut v = vec![("VEC4", vec4 as u8 as f64), ("GATES", gates as f64)];
                 v.extend(pointwise.map(|p| p.constants()).unwrap_or_default());
@@ -647,22 +655,27 @@ pub const GEMM_CHUNK_BYTES: usize = 1 << 20;
 
 impl GemmParams {
     /// The kernel for these strides: `gemm4` when B's rows are 4-aligned and contiguous;
-    /// with `subgroups` (the context's [`super::Context::subgroup_kernels`]) `gemm44` and
-    /// `gemm4t` become their subgroup twins, which give the same bits.
+    /// with `subgroups` (the context's [`super::Context::subgroup_kernels`]) its subgroup
+    /// twin, which gives the same bits.
     pub fn kernel(&self, subgroups: bool) -> Kernel {
         let b4 = self.b_cs == 1 && self.b_off.is_multiple_of(4) && self.b_rs.is_multiple_of(4) && self.n.is_multiple_of(4);
         let a4 = self.a_cs == 1 && self.a_off.is_multiple_of(4) && self.a_rs.is_multiple_of(4) && self.k.is_multiple_of(4);
         let a4t = self.a_rs == 1 && self.a_off.is_multiple_of(4) && self.a_cs.is_multiple_of(4) && self.m.is_multiple_of(8);
-        if b4 && a4 {
-            if subgroups { Kernel::Gemm44Sg } else { Kernel::Gemm44 }
+        let (plain, twin) = if b4 && a4 {
+            (Kernel::Gemm44, Kernel::Gemm44Sg)
         } else if b4 && a4t {
-            if subgroups { Kernel::Gemm4TSg } else { Kernel::Gemm4T }
+            (Kernel::Gemm4T, Kernel::Gemm4TSg)
         } else if b4 {
-            Kernel::Gemm4
+            (Kernel::Gemm4, Kernel::Gemm4Sg)
         } else if self.n <= 128 {
-            Kernel::GemmNarrow
+            (Kernel::GemmNarrow, Kernel::GemmNarrowSg)
         } else {
-            Kernel::Gemm
+            (Kernel::Gemm, Kernel::GemmSg)
+        };
+        if subgroups {
+            twin
+        } else {
+            plain
         }
     }
 

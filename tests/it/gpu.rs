@@ -396,7 +396,22 @@ fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
             continue;
         }
         let mut g = rng(31);
-        for (m, n, k, trans_a) in [(40, 260, 12, false), (24, 8, 4, false), (1, 4, 8, false), (40, 260, 7, true), (8, 4, 1, true), (48, 516, 33, true)] {
+        // (m, n, k, A transposed, B transposed): gemm44 (A and B vec4), gemm4t (A transposed),
+        // gemm4 (k not a multiple of 4), gemm with and without ADJACENT (B transposed; n up
+        // to 128 and past it).
+        for (m, n, k, trans_a, trans_b) in [
+            (40, 260, 12, false, false),
+            (24, 8, 4, false, false),
+            (1, 4, 8, false, false),
+            (40, 260, 7, true, false),
+            (8, 4, 1, true, false),
+            (48, 516, 33, true, false),
+            (40, 260, 7, false, false),
+            (17, 12, 50, false, false),
+            (40, 50, 9, false, true),
+            (25, 130, 6, false, true),
+            (19, 300, 3, true, true),
+        ] {
             let a: Vec<f32> = uniform(&mut g, m * k, 1.0).into_iter().map(|v| v as f32).collect();
             let b: Vec<f32> = uniform(&mut g, k * n, 1.0).into_iter().map(|v| v as f32).collect();
             let init = |d: &[f32]| ctx.device.create_buffer_init(&wgpu::util::BufferInitDescriptor { label: None, contents: bytemuck::cast_slice(d), usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC });
@@ -404,14 +419,22 @@ fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
             let mut outs = Vec::new();
             for sg in [false, true] {
                 assert_eq!(ctx.set_subgroup_kernels(sg), sg);
-                let mm = MatMul::new(&ctx, MatMulDesc { m, n, k, trans_a, trans_b: false, alpha: 1.0, beta: 0.0, bias: false }).unwrap();
-                let want = match (trans_a, sg) {
-                    (false, false) => Kernel::Gemm44,
-                    (false, true) => Kernel::Gemm44Sg,
+                let mm = MatMul::new(&ctx, MatMulDesc { m, n, k, trans_a, trans_b, alpha: 1.0, beta: 0.0, bias: false }).unwrap();
+                let plain = match (trans_a, trans_b) {
+                    (_, true) if n <= 128 => Kernel::GemmNarrow,
+                    (_, true) => Kernel::Gemm,
                     (true, false) => Kernel::Gemm4T,
-                    (true, true) => Kernel::Gemm4TSg,
+                    (false, false) if k % 4 == 0 => Kernel::Gemm44,
+                    (false, false) => Kernel::Gemm4,
                 };
-                assert_eq!(mm.kernel(), want, "{m}x{n}x{k} trans_a {trans_a}");
+                let twin = match plain {
+                    Kernel::Gemm44 => Kernel::Gemm44Sg,
+                    Kernel::Gemm4T => Kernel::Gemm4TSg,
+                    Kernel::Gemm4 => Kernel::Gemm4Sg,
+                    Kernel::GemmNarrow => Kernel::GemmNarrowSg,
+                    _ => Kernel::GemmSg,
+                };
+                assert_eq!(mm.kernel(), if sg { twin } else { plain }, "{m}x{n}x{k} trans_a {trans_a} trans_b {trans_b}");
                 let cb = init(&vec![f32::NAN; m * n]);
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
                 mm.record(&mut enc, &ab, &bb, &cb, None, 1).unwrap();
@@ -419,7 +442,7 @@ fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
                 rb.copy(&ctx, &mut enc, &cb, m * n).unwrap();
                 outs.push(rb.submit_and_read(&ctx, enc).unwrap().remove(0));
             }
-            let name = format!("{m}x{n}x{k} trans_a {trans_a} on {}", ctx.describe());
+            let name = format!("{m}x{n}x{k} trans_a {trans_a} trans_b {trans_b} on {}", ctx.describe());
             assert_eq!(differs(&outs[0], &outs[1]), None, "{name}: the first element that differs");
             // And the product itself, against f64 on the CPU.
             let mut want = vec![0f64; m * n];
@@ -427,7 +450,7 @@ fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
                 for kk in 0..k {
                     let av = if trans_a { a[kk * m + i] } else { a[i * k + kk] } as f64;
                     for j in 0..n {
-                        want[i * n + j] += av * b[kk * n + j] as f64;
+                        want[i * n + j] += av * if trans_b { b[j * k + kk] } else { b[kk * n + j] } as f64;
                     }
                 }
             }

@@ -257,7 +257,7 @@ fn all_kernels() -> Vec<Kernel> {
     use Kernel::*;
     let mut v = Vec::new();
     let b = [false, true];
-    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Gemm44Sg, Gemm4TSg, Transpose, ColSum, ColSum4, GatherRows, MoveRows, CastToStored, CastToF32]);
+    v.extend([Gemm, GemmNarrow, Gemm4, Gemm44, Gemm4T, Gemm44Sg, Gemm4TSg, GemmSg, GemmNarrowSg, Gemm4Sg, Transpose, ColSum, ColSum4, GatherRows, MoveRows, CastToStored, CastToF32]);
     v.extend(train_kernels().into_iter().map(Train));
     for f in Family::all() {
         if let Family::Cell(m) = f {
@@ -305,7 +305,7 @@ fn all_kernels() -> Vec<Kernel> {
     // The match makes this list fail to compile when a kernel variant is added.
     for k in &v {
         match k {
-            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | Gemm44Sg | Gemm4TSg
+            Gemm | GemmNarrow | Gemm4 | Gemm44 | Gemm4T | Gemm44Sg | Gemm4TSg | GemmSg | GemmNarrowSg | Gemm4Sg
             | Transpose | ColSum | ColSum4 | GatherRows | MoveRows | Train(_) | CellForward(_) | CellStage { .. } | CellStageInput(_) | CellLoop { .. } | CellLoopGrad { .. } | CellBackward(_) | CellZoneout(_)
             | CellZoneoutStash(_) | CellZoneoutAdd(_) | CellDropout(_) | CellDerive(_) | CellDerivePolish(_) | CellDeriveGrad(_) | CellDeriveSum(_) | CastToStored | CastToF32 => {}
         }
