@@ -156,11 +156,30 @@ fn stage_product(j0: u32, rb: u32, nr: u32) {
     let bias = vec4<f32>(col_bias(0u, j0, u), col_bias(1u, j0, u), col_bias(2u, j0, u), col_bias(3u, j0, u));
     var acc = array<vec4<f32>, 8>(a0 + bias, a1 + bias, a2 + bias, a3 + bias, a4 + bias, a5 + bias, a6 + bias, a7 + bias);
     for (var t = 0u; t < nr; t++) {
-        let at = p.r_off + (rb + t) * p.rw + p.pcol;
-        for (var c = 0u; c < 4u; c++) {
-            let row = col_row(c, j0, u);
-            if (row != NONE) {
-                scr[at + row] = S(acc[t][c]);
+        store_product_row(rb + t, j0, u, acc[t]);
+    }
+}
+
+// Row `row`'s product columns of the units j0 .. j0 + lanes() (u units per gate) to r: v's
+// columns, bias included (stage_product's and its subgroup twin's).
+fn store_product_row(row: u32, j0: u32, u: u32, v: vec4<f32>) {
+    let at = p.r_off + row * p.rw + p.pcol;
+    for (var c = 0u; c < 4u; c++) {
+        let col = col_row(c, j0, u);
+        if (col != NONE) {
+            scr[at + col] = S(v[c]);
+        }
+    }
+}
+
+// The stage's pointwise step (unit_forward) of the units j0 .. j0 + lanes() for rows rb ..
+// rb + nr (cell_stage's and its subgroup twin's).
+fn stage_units(j0: u32, rb: u32, nr: u32) {
+    for (var l = 0u; l < lanes(); l++) {
+        let j = j0 + l;
+        if (j < p.units) {
+            for (var t = 0u; t < nr; t++) {
+                unit_forward(rb + t, j);
             }
         }
     }
@@ -177,14 +196,7 @@ fn cell_stage(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_i
     if (p.pg > 0u && j0 < p.prows / GATES) {
         stage_product(j0, rb, nr);
     }
-    for (var l = 0u; l < lanes(); l++) {
-        let j = j0 + l;
-        if (j < p.units) {
-            for (var t = 0u; t < nr; t++) {
-                unit_forward(rb + t, j);
-            }
-        }
-    }
+    stage_units(j0, rb, nr);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -71,13 +71,7 @@ fn stage_product_sg(j0: u32, rb: u32, nr: u32, sl: u32) {
         a8 + bias, a9 + bias, a10 + bias, a11 + bias, a12 + bias, a13 + bias, a14 + bias, a15 + bias,
     );
     for (var t = 0u; t < nr; t++) {
-        let at = p.r_off + (rb + t) * p.rw + p.pcol;
-        for (var c = 0u; c < 4u; c++) {
-            let row = col_row(c, j0, u);
-            if (row != NONE) {
-                scr[at + row] = S(acc[t][c]);
-            }
-        }
+        store_product_row(rb + t, j0, u, acc[t]);
     }
 }
 
@@ -93,12 +87,5 @@ fn cell_stage_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     if (p.pg > 0u) {
         stage_product_sg(j0, rb, nr, sl);
     }
-    for (var l = 0u; l < lanes(); l++) {
-        let j = j0 + l;
-        if (j < p.units) {
-            for (var t = 0u; t < nr; t++) {
-                unit_forward(rb + t, j);
-            }
-        }
-    }
+    stage_units(j0, rb, nr);
 }
