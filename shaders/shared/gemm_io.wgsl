@@ -42,26 +42,12 @@ struct GemmParams {
 @group(0) @binding(5) var<storage, read> b4: array<vec4<S>>;
 @group(0) @binding(6) var<storage, read> a4: array<vec4<S>>;
 
-// Writes 4 adjacent columns of row i (n is a multiple of 4, so all or none are valid).
-// (The kernels call it once per row with named accumulators: passing the 8 accumulators as
+// Writes 4 adjacent columns of row i: store_row's with adjacent columns (the vec4 kernels'
+// n is a multiple of 4, so all or none are valid). (The kernels call it once per row with named accumulators: passing the 8 accumulators as
 // an array made lavapipe keep them in memory, and the 1600x1024x128 product went from 36 to
 // 60 ms.)
 fn store4(i: u32, j0: u32, acc: vec4<f32>) {
-    if (i >= p.m) {
-        return;
-    }
-    for (var u = 0u; u < 4u; u++) {
-        let j = j0 + u;
-        var v = p.alpha * acc[u];
-        let at = p.c_off + i * p.ldc + j;
-        if (p.beta != 0.0) {
-            v += p.beta * f32(c[at]);
-        }
-        if (p.bias_off != NONE) {
-            v += f32(bias[p.bias_off + j]);
-        }
-        c[at] = S(v);
-    }
+    store_row(i, j0, 1u, acc);
 }
 
 // How an invocation's four columns lie. false: 64 apart, so each load and store is

@@ -284,11 +284,12 @@ impl Context {
         });
         let scope = ErrorScope::push(&device);
         let layouts = Layouts::new(&device, shared);
-        let modules = Modules::new(&device, shared, Self::subgroup_kernels_run(&device, &info));
+        let subgroups_run = Self::subgroup_kernels_run(&device, &info);
+        let modules = Modules::new(&device, shared, subgroups_run);
         scope.pop()?;
         let align = limits.min_uniform_buffer_offset_alignment.max(1);
         let param_stride = super::kernels::MAX_PARAM_BYTES.div_ceil(align) * align;
-        let subgroup_kernels = Self::subgroup_kernels_run(&device, &info)
+        let subgroup_kernels = subgroups_run
             && match std::env::var(ENV_SUBGROUPS) {
                 Ok(v) => v.trim() != "0",
                 Err(_) => info.device_type == wgpu::DeviceType::Cpu,

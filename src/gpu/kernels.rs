@@ -368,6 +368,21 @@ impl Kernel {
         }
     }
 
+    /// The kernel's subgroup twin (the same bits, the shared operand loaded once a lane and
+    /// broadcast; see `super::Context::subgroup_kernels`), if it has one.
+    pub fn subgroup_twin(self) -> Option<Kernel> {
+        use Kernel::*;
+        match self {
+            Gemm => Some(GemmSg),
+            GemmNarrow => Some(GemmNarrowSg),
+            Gemm4 => Some(Gemm4Sg),
+            Gemm44 => Some(Gemm44Sg),
+            Gemm4T => Some(Gemm4TSg),
+            CellStage { cell, vec4, gates, pointwise, subgroups: false } => Some(CellStage { cell, vec4, gates, pointwise, subgroups: true }),
+            _ => None,
+        }
+    }
+
     /// The entry point's name in the family's WGSL.
     pub fn entry(self) -> &'static str {
         use Kernel::*;
@@ -661,21 +676,20 @@ impl GemmParams {
         let b4 = self.b_cs == 1 && self.b_off.is_multiple_of(4) && self.b_rs.is_multiple_of(4) && self.n.is_multiple_of(4);
         let a4 = self.a_cs == 1 && self.a_off.is_multiple_of(4) && self.a_rs.is_multiple_of(4) && self.k.is_multiple_of(4);
         let a4t = self.a_rs == 1 && self.a_off.is_multiple_of(4) && self.a_cs.is_multiple_of(4) && self.m.is_multiple_of(8);
-        let (plain, twin) = if b4 && a4 {
-            (Kernel::Gemm44, Kernel::Gemm44Sg)
+        let plain = if b4 && a4 {
+            Kernel::Gemm44
         } else if b4 && a4t {
-            (Kernel::Gemm4T, Kernel::Gemm4TSg)
+            Kernel::Gemm4T
         } else if b4 {
-            (Kernel::Gemm4, Kernel::Gemm4Sg)
+            Kernel::Gemm4
         } else if self.n <= 128 {
-            (Kernel::GemmNarrow, Kernel::GemmNarrowSg)
+            Kernel::GemmNarrow
         } else {
-            (Kernel::Gemm, Kernel::GemmSg)
+            Kernel::Gemm
         };
-        if subgroups {
-            twin
-        } else {
-            plain
+        match plain.subgroup_twin() {
+            Some(twin) if subgroups => twin,
+            _ => plain,
         }
     }
 

@@ -427,13 +427,7 @@ fn subgroup_kernels_give_the_bits_of_the_kernels_they_replace() {
                     (false, false) if k % 4 == 0 => Kernel::Gemm44,
                     (false, false) => Kernel::Gemm4,
                 };
-                let twin = match plain {
-                    Kernel::Gemm44 => Kernel::Gemm44Sg,
-                    Kernel::Gemm4T => Kernel::Gemm4TSg,
-                    Kernel::Gemm4 => Kernel::Gemm4Sg,
-                    Kernel::GemmNarrow => Kernel::GemmNarrowSg,
-                    _ => Kernel::GemmSg,
-                };
+                let twin = plain.subgroup_twin().expect("every GEMM kernel has a subgroup twin");
                 assert_eq!(mm.kernel(), if sg { twin } else { plain }, "{m}x{n}x{k} trans_a {trans_a} trans_b {trans_b}");
                 let cb = init(&vec![f32::NAN; m * n]);
                 let mut enc = ctx.device.create_command_encoder(&Default::default());
