@@ -248,18 +248,22 @@ fn sigmoid_f64(x: f64) -> f64 {
 /// Branch-free f32 exp, sigmoid and tanh that vectorise (libm's `tanhf` costs ~17 ns a call
 /// here and does not). exp: Cody-Waite reduction and a degree-6 polynomial, within 2 ulp on
 /// the clamped range; tanh and sigmoid inherit an absolute error of a few 1e-8.
+///
+/// exp is written with fused multiply-adds (`mul_add`): one rounding each, exactly as IEEE 754
+/// defines it on every target, so the bits do not depend on how it is computed. Inside the CPU
+/// engine's time loops (`cpu::split::run_loop`'s AVX-512 and AVX2+FMA copies) each is one FMA
+/// instruction, which halves the polynomial's dependency chain; elsewhere (the portable loop,
+/// wasm32) `mul_add` may be a call to libm's `fmaf`, slower but giving the same bits.
 pub mod fast {
     #[inline(always)]
     /// `e^x`, x clamped to `[-87, 88]`; within 2 ulp.
     pub fn exp(x: f32) -> f32 {
         let x = x.clamp(-87.0, 88.0);
         // n = round(x / ln 2), by the 1.5 * 2^23 trick (no rounding instruction needed).
-        let t = x * std::f32::consts::LOG2_E + 12_582_912.0;
+        let t = x.mul_add(std::f32::consts::LOG2_E, 12_582_912.0);
         let n = t - 12_582_912.0;
-        let r = x - n * 0.693_145_75 - n * 1.428_606_8e-6;
-        let p = 1.0
-            + r * (1.0
-                + r * (0.5 + r * (0.166_666_67 + r * (0.041_666_668 + r * (0.008_333_452 + r * 0.001_388_819_8)))));
+        let r = (-n).mul_add(1.428_606_8e-6, (-n).mul_add(0.693_145_75, x));
+        let p = r.mul_add(r.mul_add(r.mul_add(r.mul_add(r.mul_add(r.mul_add(0.001_388_819_8, 0.008_333_452), 0.041_666_668), 0.166_666_67), 0.5), 1.0), 1.0);
         // 2^n from t's bits: t lies in [2^23, 2^24), where the ulp is 1, so its low bits hold
         // n exactly (|n| <= 127). Integer lane ops, where `n as i32` (a saturating cast) made
         // LLVM fall back to one scalar conversion per element.

@@ -123,9 +123,11 @@ pub trait RowLoop: Sync {
 
 /// Runs `l` over `ranges` like [`run`], each part through the instruction set of the CPU
 /// engine's kernels (the widest the machine has, `smallgemm::isa`): the loop's pointwise
-/// updates (exp, tanh, divisions) then vectorise 16 or 8 wide instead of SSE2's 4. Only the
-/// instruction selection differs (no FMA contraction, no reassociation), so the results are
-/// bitwise those of the baseline build.
+/// updates (exp, tanh, divisions) then vectorise 16 or 8 wide instead of SSE2's 4, and the
+/// explicit fused multiply-adds (`mul_add`, in `float::fast::exp`) become FMA instructions.
+/// Only the instruction selection differs (no contraction of separate multiplies and adds, no
+/// reassociation; `mul_add` rounds once on every target), so the results are bitwise those of
+/// the baseline build.
 pub fn run_loop<L: RowLoop>(ranges: &[Range<usize>], l: &L) {
     run(ranges, |mine| {
         #[cfg(target_arch = "x86_64")]
@@ -149,7 +151,7 @@ mod x86 {
         l.rows(mine)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2<L: RowLoop>(l: &L, mine: Range<usize>) {
         l.rows(mine)
     }
@@ -159,7 +161,7 @@ mod x86 {
         l.steps(part, parts, mine, b)
     }
 
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2_steps<L: super::StepLoop>(l: &L, part: usize, parts: usize, mine: Range<usize>, b: &super::StepBarrier) {
         l.steps(part, parts, mine, b)
     }
