@@ -408,6 +408,12 @@ mod x86 {
     /// strided pieces of W from L2 again (the direct kernel ran at half the packed one's rate).
     const KC: usize = 128;
 
+    /// How many of B's rows (k) ahead the k-blocked kernels' first row block prefetches (one
+    /// 64-byte line a panel each): 8 gave C1 LSTM about 0.97x the time with AVX-512 and 0.98x
+    /// with AVX2; 16, and one k-block ahead into L2, did not pay (ARCHITECTURE.md, "Prefetching
+    /// B").
+    const PREFETCH_K: usize = 8;
+
     /// [`block512`] with k in blocks of [`KC`], for a direct view or (from [`avx512_kblocked`])
     /// a packed B over many rows: each block of C carries its partial sums through C between k
     /// blocks (stored, then loaded back: the same f32 values, so every element is the same
@@ -445,7 +451,16 @@ mod x86 {
                         }
                     }
                 }
+                // The first row block brings the k-block's B into L1 for the others: B's rows
+                // PREFETCH_K ahead are asked for while these are used (a hint: it never faults,
+                // so the address may run past the panel).
+                let prefetch = PACKED_A && !DIRECT && r0 == 0;
                 for kk in k0..k1 {
+                    if prefetch {
+                        for q in 0..NP {
+                            _mm_prefetch::<_MM_HINT_T0>(pp[q].0.wrapping_add((kk + PREFETCH_K) * NR).cast::<i8>());
+                        }
+                    }
                     let b: [__m512; NP] = std::array::from_fn(|q| _mm512_loadu_ps(if DIRECT { pp[q].0.add(kk * pp[q].1) } else { pp[q].0.add(kk * NR) }));
                     for i in 0..MR {
                         let av = _mm512_set1_ps(*ap[i].add(if PACKED_A { kk * MR } else { kk }));
@@ -536,7 +551,12 @@ mod x86 {
                             *hi = _mm256_loadu_ps(row.as_ptr().add(8));
                         }
                     }
+                    // As in `kblock512`: the first row block prefetches B's rows ahead.
+                    let prefetch = KB && PACKED_A && !DIRECT && r0 == 0;
                     for kk in k0..k1 {
+                        if prefetch {
+                            _mm_prefetch::<_MM_HINT_T0>(panel.wrapping_add((kk + PREFETCH_K) * ks).cast::<i8>());
+                        }
                         let (b0, b1) = (_mm256_loadu_ps(panel.add(kk * ks)), _mm256_loadu_ps(panel.add(kk * ks + 8)));
                         for (i, [lo, hi]) in acc.iter_mut().enumerate() {
                             let av = _mm256_set1_ps(*ap[i].add(if PACKED_A { kk * MR } else { kk }));
