@@ -78,7 +78,7 @@ impl Cell for Lstm {
         let go = &mut go[..n];
         // Two loops: the gates (four independent activations a unit), then c and h. In one loop
         // the chain exp -> divide -> c -> tanh(c) -> divide was too long for the out-of-order
-        // window to overlap iterations: the update took 9% more cycles (ARCHITECTURE.md, "The
+        // window to overlap iterations: the update took 10% more cycles (ARCHITECTURE.md, "The
         // pointwise update"). Every element gets the same operations either way.
         for j in 0..n {
             gi[j] = a.act(0, xi[j] + ri[j], T::sigmoid);
