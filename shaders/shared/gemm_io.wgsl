@@ -43,9 +43,9 @@ struct GemmParams {
 @group(0) @binding(6) var<storage, read> a4: array<vec4<S>>;
 
 // Writes 4 adjacent columns of row i: store_row's with adjacent columns (the vec4 kernels'
-// n is a multiple of 4, so all or none are valid). (The kernels call it once per row with named accumulators: passing the 8 accumulators as
-// an array made lavapipe keep them in memory, and the 1600x1024x128 product went from 36 to
-// 60 ms.)
+// n is a multiple of 4, so all or none are valid). (The kernels call it once per row with
+// named accumulators: passing the 8 accumulators as an array made lavapipe keep them in
+// memory, and the 1600x1024x128 product went from 36 to 60 ms.)
 fn store4(i: u32, j0: u32, acc: vec4<f32>) {
     store_row(i, j0, 1u, acc);
 }
