@@ -35,7 +35,7 @@ fn fast_activations_match_libm() {
 #[test]
 fn packed_gemm_matches_naive_on_awkward_sizes() {
     let mut g = rng(3);
-    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (8, 256, 1024)] {
+    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (8, 256, 1024), (1, 256, 1030), (2, 100, 400), (4, 65, 1000)] {
         let a: Vec<f32> = uniform(&mut g, rows * k, 1.0).into_iter().map(|v| v as f32).collect();
         let w: Vec<f32> = uniform(&mut g, n * k, 1.0).into_iter().map(|v| v as f32).collect();
         // B = W^T with W [n, k].
@@ -262,12 +262,13 @@ const GEMM_F32_RTOL: f64 = 1e-5;
 /// copied) gives bitwise what the packed B gives, on every kernel, through the threaded product
 /// on 1 and 3 threads too; and `xwt_direct` (C = X W^T computed as (W X^T)^T with X^T packed)
 /// gives bitwise what the transposed packing of W gives. Sizes with and without a partial last
-/// panel, a single column, and k = 1.
+/// panel, a single column, k = 1, and 1 to 4 rows over many panels (the AVX-512 kernel's
+/// few-row blocks, with every remainder of panels they take at a time).
 #[test]
 fn direct_products_match_packed_bitwise() {
     use wgpu_rnn::cpu::split;
     let mut g = rng(5);
-    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (64, 40, 48), (5, 1, 100), (64, 256, 520)] {
+    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (64, 40, 48), (5, 1, 100), (64, 256, 520), (1, 256, 1030), (2, 100, 400), (3, 300, 200), (4, 65, 1000)] {
         let a: Vec<f32> = uniform(&mut g, rows * k, 1.0).into_iter().map(|v| v as f32).collect();
         // W [k, n] for the plain product.
         let w: Vec<f32> = uniform(&mut g, k * n, 1.0).into_iter().map(|v| v as f32).collect();
@@ -467,7 +468,16 @@ fn cpu_thread_count_is_honoured_while_the_global_count_changes() {
     let x: Vec<f32> = uniform(&mut g, SPLIT_T * SPLIT_B * SPLIT_I, 1.0).into_iter().map(|v| v as f32).collect();
     let go: Vec<f32> = uniform(&mut g, SPLIT_T * SPLIT_B * cfg.output_size(), 1.0).into_iter().map(|v| v as f32).collect();
     let stop = AtomicBool::new(false);
+    /// Stops the flipping thread when the runs end, a failing one included: the scope joins
+    /// that thread before it passes the panic on, so without this a failure hung the test.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     std::thread::scope(|s| {
+        let _stop = StopOnDrop(&stop);
         // Flips the global count between "default" and 1 thread while the runs below happen.
         s.spawn(|| {
             let mut k = 0usize;
@@ -483,7 +493,6 @@ fn cpu_thread_count_is_honoured_while_the_global_count_changes() {
                 run_with_threads(n, || run_split_case(&w, &x, &go, SPLIT_T, &lengths));
             }
         }
-        stop.store(true, Ordering::Relaxed);
     });
 }
 
