@@ -387,16 +387,28 @@ mod x86 {
     /// FMA latency on both FMA ports (the first kernel's 8 x 16, one accumulator per row,
     /// reached 112 GFLOP/s on one core of the AVX-512 development VM; 8 x 32 148, 8 x 48 152,
     /// MKL's sgemm on the same shape 160). The last one or two panels take 8 x 32 / 8 x 16.
+    ///
+    /// Fewer rows waste most of the 8-row block (at batch 1 it computed 7 rows for nothing), and
+    /// their products are bound by B's bandwidth (each element of B serves at most 4 rows). With
+    /// a packed B, 1 or 2 rows go to the AVX2 blocks over several panels ([`avx2`]), and 3 or 4
+    /// to 4 x 6 zmm blocks ([`few512_4`]). One core of the Ice Lake VM, k 256, n 1024, W_hh in
+    /// L2 (with W_ih beside it, from L3), GFLOP/s: 1 row 14 (13) with the 8-row block, 22-26 (18)
+    /// with 1 x 12 zmm blocks, 32 (21) with the AVX2 ones; 2 rows 28 (24), 44 (33-34) with 2 x 8,
+    /// 72-76 (42-44); 4 rows 45 (38), 77-79 (62-65) with 4 x 6, 83 (66-67) with AVX2's 4 x 16.
+    /// In the engine (one process, alternated) the AVX2 blocks against the zmm ones: 1-2 rows
+    /// 0.87-0.99x the forward's time, 0.84-1.01x training's, but 4 rows 1.25x / 1.17x (the
+    /// column split keeps each thread's W in L2 there, where the zmm FMAs' width pays). From 5
+    /// rows the 8-row block is faster than AVX2's (5 rows: 69 against 52; 7: 95 against 70).
     #[target_feature(enable = "avx512f")]
     pub(super) unsafe fn avx512(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         let mut p = panels.start;
         let direct = pb.is_direct();
+        if !direct && rows <= 2 {
+            // SAFETY: AVX-512F implies AVX2 and FMA.
+            return avx2(pb, a, rows, lda, c, ldc, panels);
+        }
         if !direct && rows <= 4 {
-            return match rows {
-                1 => few512_1(pb, a, rows, lda, c, ldc, panels),
-                2 => few512_2(pb, a, rows, lda, c, ldc, panels),
-                _ => few512_4(pb, a, rows, lda, c, ldc, panels),
-            };
+            return few512_4(pb, a, rows, lda, c, ldc, panels);
         }
         while p < panels.end {
             match (panels.end - p, direct) {
@@ -411,33 +423,23 @@ mod x86 {
         }
     }
 
-    /// [`block512`] over at most 4 rows of A (batch 1 to 4, and a packed batch's last steps,
-    /// where few sequences are left): `$mr` rows against up to `$np` panels at a time, so that
-    /// fewer of the block's rows are padding (the 8-row block computed 7 rows for nothing at
-    /// batch 1) and the broadcasts are shared by more panels. One core of the Ice Lake VM, k 256,
-    /// n 1024, W in L2: 1 row 14 -> 23 GFLOP/s, 2 rows 28 -> 43, 4 rows 45 -> 65 (with W_ih
-    /// beside it, streaming from L3: 13 -> 16, 24 -> 30, 38 -> 45). The same chains of FMAs as
-    /// the 8-row block, so the same bits.
-    macro_rules! few512 {
-        ($name:ident, $mr:literal, $np:literal, $($n:literal)*) => {
-            #[inline(always)]
-            unsafe fn $name(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-                let mut p = panels.start;
-                while p < panels.end {
-                    let np = (panels.end - p).min($np);
-                    match np {
-                        $($n => block512::<$mr, $n, false>(pb, a, rows, lda, c, ldc, p),)*
-                        _ => unreachable!("{np} panels past {}", $np),
-                    }
-                    p += np;
-                }
+    /// [`block512`] for 3 or 4 rows of A: 4 rows against 6 panels at a time (24 zmm accumulators
+    /// and 6 of B's rows: 30 of 32 registers). The same chains of FMAs as the 8-row block.
+    #[inline(always)]
+    unsafe fn few512_4(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        let mut p = panels.start;
+        while p < panels.end {
+            match panels.end - p {
+                1 => block512::<4, 1, false>(pb, a, rows, lda, c, ldc, p),
+                2 => block512::<4, 2, false>(pb, a, rows, lda, c, ldc, p),
+                3 => block512::<4, 3, false>(pb, a, rows, lda, c, ldc, p),
+                4 => block512::<4, 4, false>(pb, a, rows, lda, c, ldc, p),
+                5 => block512::<4, 5, false>(pb, a, rows, lda, c, ldc, p),
+                _ => block512::<4, 6, false>(pb, a, rows, lda, c, ldc, p),
             }
-        };
+            p += 6;
+        }
     }
-    // Accumulators and B's rows in zmm registers: 1 x 12 takes 24, 2 x 8 24, 4 x 6 30 (of 32).
-    few512!(few512_1, 1, 12, 1 2 3 4 5 6 7 8 9 10 11 12);
-    few512!(few512_2, 2, 8, 1 2 3 4 5 6 7 8);
-    few512!(few512_4, 4, 6, 1 2 3 4 5 6);
 
     /// Rows of W a direct view's panel group runs per pass over the rows of A: `KC` rows of 3
     /// panels (`KC * 192` bytes, strided `n` apart in W) stay in L1 while every row block of A
@@ -541,15 +543,75 @@ mod x86 {
 
     /// 4 rows x 16 columns per block: 8 ymm accumulators (two per row), 87 GFLOP/s on one
     /// core of the AVX-512 development VM forced onto this kernel (its 256-bit peak; 6 x 16 was
-    /// no faster, 8 x 16 spills); same FMA chains as [`block512`].
+    /// no faster, 8 x 16 spills); same FMA chains as [`block512`]. One or two rows of a packed
+    /// B take [`avx2_block`]s over several panels (1 row 17 -> 28-32 GFLOP/s, 2 rows 38 -> 64-76,
+    /// k 256, n 1024, W in L2, this kernel forced on the Ice Lake VM).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+        if !pb.is_direct() && rows <= 2 {
+            return if rows == 1 { few2_1(pb, a, rows, lda, c, ldc, panels) } else { few2_2(pb, a, rows, lda, c, ldc, panels) };
+        }
         if pb.is_direct() {
             avx2_panels::<true, true, false, false>(pb, a, rows, lda, c, ldc, panels)
         } else {
             avx2_panels::<false, false, false, false>(pb, a, rows, lda, c, ldc, panels)
         }
     }
+
+    /// [`avx2`] over 1 or 2 rows of A (batch 1 or 2, a packed batch's last steps): `MR` rows
+    /// against `NP` panels of a packed B (two ymm accumulators a row and panel), in place of the
+    /// 4-row block over one panel, which computed 3 or 2 rows for nothing and had 2 or 4 FMA
+    /// chains to hide the FMA latency with. The same chains of FMAs, so the same bits.
+    #[inline(always)]
+    unsafe fn avx2_block<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+        let k = pb.k;
+        let panel = pb.data.as_ptr().add(p * k * NR);
+        // Rows past the edge repeat the last valid row; their results are not stored.
+        let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add(i.min(rows - 1) * lda));
+        let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
+        for kk in 0..k {
+            let b: [[__m256; 2]; NP] = std::array::from_fn(|q| {
+                let bp = panel.add(q * k * NR + kk * NR);
+                [_mm256_loadu_ps(bp), _mm256_loadu_ps(bp.add(8))]
+            });
+            for i in 0..MR {
+                let av = _mm256_set1_ps(*ap[i].add(kk));
+                for q in 0..NP {
+                    acc[i][q][0] = _mm256_fmadd_ps(av, b[q][0], acc[i][q][0]);
+                    acc[i][q][1] = _mm256_fmadd_ps(av, b[q][1], acc[i][q][1]);
+                }
+            }
+        }
+        for (i, row_acc) in acc.iter().enumerate().take(rows.min(MR)) {
+            for (q, [lo, hi]) in row_acc.iter().enumerate() {
+                let j0 = (p + q) * NR;
+                let mut row = [0f32; NR];
+                _mm256_storeu_ps(row.as_mut_ptr(), *lo);
+                _mm256_storeu_ps(row.as_mut_ptr().add(8), *hi);
+                store_row(c.add(i * ldc + j0), &row, NR.min(pb.n - j0));
+            }
+        }
+    }
+
+    macro_rules! few2 {
+        ($name:ident, $mr:literal, $np:literal, $($n:literal)*) => {
+            #[inline(always)]
+            unsafe fn $name(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+                let mut p = panels.start;
+                while p < panels.end {
+                    let np = (panels.end - p).min($np);
+                    match np {
+                        $($n => avx2_block::<$mr, $n>(pb, a, rows, lda, c, ldc, p),)*
+                        _ => unreachable!("{np} panels past {}", $np),
+                    }
+                    p += np;
+                }
+            }
+        };
+    }
+    // ymm registers: 1 x 6 panels 12 accumulators (B read by the FMAs), 2 x 2 8 and B's 4.
+    few2!(few2_1, 1, 6, 1 2 3 4 5 6);
+    few2!(few2_2, 2, 2, 1 2);
 
     /// [`avx512_kblocked`] on AVX2: a packed B, A packed in 4-row blocks, k in blocks of [`KC`].
     #[target_feature(enable = "avx2,fma")]
