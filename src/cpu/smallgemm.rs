@@ -403,12 +403,11 @@ mod x86 {
     pub(super) unsafe fn avx512(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
         let mut p = panels.start;
         let direct = pb.is_direct();
-        if !direct && rows <= 2 {
-            // SAFETY: AVX-512F implies AVX2 and FMA.
-            return avx2(pb, a, rows, lda, c, ldc, panels);
-        }
-        if !direct && rows <= 4 {
-            return few512_4(pb, a, rows, lda, c, ldc, panels);
+        match rows {
+            // SAFETY: `isa` takes AVX-512 only where AVX2 and FMA are there too.
+            1 | 2 if !direct => return avx2(pb, a, rows, lda, c, ldc, panels),
+            3 | 4 if !direct => return few512_4(pb, a, rows, lda, c, ldc, panels),
+            _ => {}
         }
         while p < panels.end {
             match (panels.end - p, direct) {
@@ -548,8 +547,10 @@ mod x86 {
     /// k 256, n 1024, W in L2, this kernel forced on the Ice Lake VM).
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn avx2(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-        if !pb.is_direct() && rows <= 2 {
-            return if rows == 1 { few2_1(pb, a, rows, lda, c, ldc, panels) } else { few2_2(pb, a, rows, lda, c, ldc, panels) };
+        match rows {
+            1 if !pb.is_direct() => return few2_1(pb, a, rows, lda, c, ldc, panels),
+            2 if !pb.is_direct() => return few2_2(pb, a, rows, lda, c, ldc, panels),
+            _ => {}
         }
         if pb.is_direct() {
             avx2_panels::<true, true, false, false>(pb, a, rows, lda, c, ldc, panels)
@@ -704,7 +705,8 @@ pub(crate) fn isa() -> Isa {
         }
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512f") && forced.as_deref() != Some("avx2") {
+            // The AVX-512 kernels hand few rows to the AVX2 ones (`x86::avx512`).
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && forced.as_deref() != Some("avx2") {
                 return Isa::Avx512;
             }
             if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {

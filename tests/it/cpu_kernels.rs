@@ -35,7 +35,7 @@ fn fast_activations_match_libm() {
 #[test]
 fn packed_gemm_matches_naive_on_awkward_sizes() {
     let mut g = rng(3);
-    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (8, 256, 1024), (1, 256, 1030), (2, 100, 400), (4, 65, 1000)] {
+    for &(rows, k, n) in &[(1, 1, 1), (3, 7, 17), (9, 65, 33), (17, 16, 16), (32, 129, 257), (8, 256, 1024), (1, 256, 1030), (2, 100, 400), (4, 65, 1000), (0, 16, 40)] {
         let a: Vec<f32> = uniform(&mut g, rows * k, 1.0).into_iter().map(|v| v as f32).collect();
         let w: Vec<f32> = uniform(&mut g, n * k, 1.0).into_iter().map(|v| v as f32).collect();
         // B = W^T with W [n, k].
