@@ -115,8 +115,12 @@ const PER_STEP_INPUT_MIN_ROWS: usize = 256;
 const COLUMN_SPLIT_MIN_BYTES: usize = 2 << 20;
 
 /// Fewest multiply-adds in one step's products (every row) for the column split: its two
-/// barriers a step must cost little beside a thread's share.
-const COLUMN_SPLIT_MIN_STEP_MACS: usize = 1 << 18;
+/// barriers a step must cost little beside a thread's share. At 1 << 18, GRU with H 256 at
+/// batch 1 (196,608) ran its loop on one thread beside the other's idle spin; with the column
+/// split (one process, alternated, 2 threads): forward 0.884x and 0.937x the time (I 128,
+/// I 256; T 50), training 0.981x and 0.914x. Near the new bound: RNN H 256 batch 2 0.93x /
+/// 0.91x, LSTM H 128 batch 2 0.86x / 0.89x, GRU H 128 batch 3 1.06x / 0.91x.
+const COLUMN_SPLIT_MIN_STEP_MACS: usize = 1 << 17;
 
 /// Threads for the column split of a layer-direction's forward or backward with batch `b`, `n`
 /// packed rows and `product_macs` multiply-adds per row in its products, or 0 for the row
