@@ -262,8 +262,9 @@ const GEMM_F32_RTOL: f64 = 1e-5;
 /// copied) gives bitwise what the packed B gives, on every kernel, through the threaded product
 /// on 1 and 3 threads too; and `xwt_direct` (C = X W^T computed as (W X^T)^T with X^T packed)
 /// gives bitwise what the transposed packing of W gives. Sizes with and without a partial last
-/// panel, a single column, k = 1, and 1 to 4 rows over many panels (the AVX-512 kernel's
-/// few-row blocks, with every remainder of panels they take at a time).
+/// panel, a single column, k = 1, and 1 to 4 rows over many panels (the few-row blocks: the
+/// AVX2 ones for 1 and 2 rows, on either kind of machine, the 4 x 6 zmm ones for 3 and 4, with
+/// every remainder of panels they take at a time).
 #[test]
 fn direct_products_match_packed_bitwise() {
     use wgpu_rnn::cpu::split;
