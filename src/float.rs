@@ -86,8 +86,8 @@ pub trait Float:
         csc: isize,
     );
     /// `crate::cpu::gemm`'s own blocked path for this type, where it has one
-    /// (`crate::cpu::gemm::blocked_f32`): `Ok(true)` when it computed C, `Ok(false)` when the
-    /// caller should use [`Float::gemm_raw`] instead.
+    /// (`crate::cpu::gemm::blocked_f32`): `Ok(true)` when it computed C (and added `bias` to
+    /// its rows), `Ok(false)` when the caller should use [`Float::gemm_raw`] instead.
     #[allow(clippy::too_many_arguments)]
     fn blocked_gemm(
         alpha: Self,
@@ -98,6 +98,7 @@ pub trait Float:
         beta: Self,
         c: &mut [Self],
         ldc: usize,
+        bias: Option<&[Self]>,
     ) -> crate::Result<bool>
     where
         Self: Sized;
@@ -116,7 +117,7 @@ fn no_blocked_shared_at_b<T>(_: crate::cpu::gemm::Mat<'_, T>, _: &mut [crate::cp
 
 /// No blocked GEMM of our own for this type ([`Float::blocked_gemm`]).
 #[allow(clippy::too_many_arguments)]
-fn no_blocked_gemm<T>(_: T, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: T, _: &mut [T], _: usize) -> crate::Result<bool> {
+fn no_blocked_gemm<T>(_: T, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: crate::cpu::gemm::Mat<'_, T>, _: crate::cpu::gemm::Op, _: T, _: &mut [T], _: usize, _: Option<&[T]>) -> crate::Result<bool> {
     Ok(false)
 }
 
@@ -204,8 +205,9 @@ macro_rules! impl_float {
                 beta: Self,
                 c: &mut [Self],
                 ldc: usize,
+                bias: Option<&[Self]>,
             ) -> crate::Result<bool> {
-                $blocked(alpha, a, opa, b, opb, beta, c, ldc)
+                $blocked(alpha, a, opa, b, opb, beta, c, ldc, bias)
             }
             fn blocked_shared_at_b(a: crate::cpu::gemm::Mat<'_, Self>, products: &mut [crate::cpu::gemm::AtB<'_, Self>], sums: Option<&mut [Self]>) -> crate::Result<bool> {
                 $shared(a, products, sums)

@@ -10,7 +10,7 @@
 //! gradients are dxp itself (`Cell::DR_IS_DXP` with one stage), `dW_x`, that stage's `dR` and
 //! the bias sums come from one pass over dxp (`gemm::shared_at_b`).
 
-use super::gemm::{gemm, shared_at_b, AtB, Mat, Op};
+use super::gemm::{gemm, shared_at_b, try_gemm_bias, AtB, Mat, Op};
 use super::smallgemm::{self, PackedB};
 use super::split::{self, Rows};
 use std::marker::PhantomData;
@@ -642,10 +642,10 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
                     recheck()?;
                 }
             }
+            super::add_bias(&mut xp, gx, b_x);
         } else {
-            gemm(T::one(), Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, T::zero(), &mut xp, gx);
+            try_gemm_bias(Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, &mut xp, gx, b_x)?;
         }
-        super::add_bias(&mut xp, gx, b_x);
         store(a.precision, &mut xp);
     }
     let e = pointwise_params(p, &lay)?;

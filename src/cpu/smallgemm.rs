@@ -459,9 +459,11 @@ mod x86 {
     /// values (`C += A B`) instead of zero. `PACKED_A`: A is packed in blocks of 8 rows
     /// ([`pack_a`]: one stream, element `(r, kk)` of block `r / 8` at `kk * 8 + r % 8`), the
     /// blocks `8 * lda` elements apart (`lda`: the k A was packed with, at least B's), not rows
-    /// at stride `lda`.
+    /// at stride `lda`. `bias` (null for none, else `pb.n` elements) is added to the finished
+    /// sums before the last k-block's store: the one add a pass over C after would make.
     #[inline(always)]
-    unsafe fn kblock512<const NP: usize, const DIRECT: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn kblock512<const NP: usize, const DIRECT: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize, bias: *const f32) {
         const MR: usize = 8;
         let k = pb.k;
         if k <= KC && !ACCUMULATE && !PACKED_A {
@@ -507,6 +509,14 @@ mod x86 {
                         }
                     }
                 }
+                if k1 == k && !bias.is_null() {
+                    for q in 0..NP {
+                        let bv = _mm512_maskz_loadu_ps(masks[q], bias.add((p + q) * NR));
+                        for row_acc in acc.iter_mut() {
+                            row_acc[q] = _mm512_add_ps(row_acc[q], bv);
+                        }
+                    }
+                }
                 for (i, row_acc) in acc.iter().enumerate().take(mr) {
                     for (q, v) in row_acc.iter().enumerate() {
                         _mm512_mask_storeu_ps(c.add((r0 + i) * ldc + (p + q) * NR), masks[q], *v);
@@ -521,20 +531,20 @@ mod x86 {
     /// [`kblock512`] for a direct view, A read in place: the direct kernels' entry.
     #[inline(always)]
     unsafe fn direct512<const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
-        kblock512::<NP, true, false, false>(pb, a, rows, lda, c, ldc, p)
+        kblock512::<NP, true, false, false>(pb, a, rows, lda, c, ldc, p, std::ptr::null())
     }
 
     /// `C = A B` (`ACCUMULATE`: `C += A B`) for a packed B and a packed A ([`pack_a`], 8-row
     /// blocks) over many rows, k in blocks of [`KC`] rows of 3 panels (24 KiB) that stay in L1
     /// while every row block of A passes over them ([`kblock512`]).
     #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn avx512_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    pub(super) unsafe fn avx512_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: *const f32) {
         let mut p = panels.start;
         while p < panels.end {
             match panels.end - p {
-                1 => kblock512::<1, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
-                2 => kblock512::<2, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
-                _ => kblock512::<3, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p),
+                1 => kblock512::<1, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p, bias),
+                2 => kblock512::<2, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p, bias),
+                _ => kblock512::<3, false, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, p, bias),
             }
             p += 3;
         }
@@ -553,9 +563,9 @@ mod x86 {
             _ => {}
         }
         if pb.is_direct() {
-            avx2_panels::<true, true, false, false>(pb, a, rows, lda, c, ldc, panels)
+            avx2_panels::<true, true, false, false>(pb, a, rows, lda, c, ldc, panels, std::ptr::null())
         } else {
-            avx2_panels::<false, false, false, false>(pb, a, rows, lda, c, ldc, panels)
+            avx2_panels::<false, false, false, false>(pb, a, rows, lda, c, ldc, panels, std::ptr::null())
         }
     }
 
@@ -616,17 +626,18 @@ mod x86 {
 
     /// [`avx512_kblocked`] on AVX2: a packed B, A packed in 4-row blocks, k in blocks of [`KC`].
     #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn avx2_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
-        avx2_panels::<false, true, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, panels)
+    pub(super) unsafe fn avx2_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: *const f32) {
+        avx2_panels::<false, true, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, panels, bias)
     }
 
     /// [`avx2`]'s loop; `DIRECT` as [`block512`]'s (a packed panel's rows are `NR` apart, a
     /// constant the addressing folds); `KB`: k in blocks of [`KC`] rows as [`kblock512`]'s
     /// (partial sums carried through C: the same chains as one pass), for a direct view or a
     /// packed B over many rows; `ACCUMULATE`: `C += A B`; `PACKED_A`: A packed in 4-row blocks
-    /// ([`pack_a`]), `4 * lda` elements apart.
+    /// ([`pack_a`]), `4 * lda` elements apart; `bias` as [`kblock512`]'s.
     #[inline(always)]
-    unsafe fn avx2_panels<const DIRECT: bool, const KB: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn avx2_panels<const DIRECT: bool, const KB: bool, const ACCUMULATE: bool, const PACKED_A: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: *const f32) {
         const MR: usize = 4;
         let k = pb.k;
         for p in panels {
@@ -664,6 +675,15 @@ mod x86 {
                             *hi = _mm256_fmadd_ps(av, b1, *hi);
                         }
                     }
+                    if k1 == k && !bias.is_null() {
+                        let mut bb = [0f32; NR];
+                        std::ptr::copy_nonoverlapping(bias.add(j0), bb.as_mut_ptr(), nv);
+                        let (b0, b1) = (_mm256_loadu_ps(bb.as_ptr()), _mm256_loadu_ps(bb.as_ptr().add(8)));
+                        for [lo, hi] in acc.iter_mut() {
+                            *lo = _mm256_add_ps(*lo, b0);
+                            *hi = _mm256_add_ps(*hi, b1);
+                        }
+                    }
                     for (i, [lo, hi]) in acc.iter().enumerate().take(mr) {
                         let mut row = [0f32; NR];
                         _mm256_storeu_ps(row.as_mut_ptr(), *lo);
@@ -682,6 +702,9 @@ mod x86 {
 }
 
 type KernelFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>);
+/// A k-blocked kernel: [`KernelFn`]'s arguments and a bias to add to the finished sums (null
+/// for none).
+type KBlockedFn = unsafe fn(&PackedB<f32>, &[f32], usize, usize, *mut f32, usize, Range<usize>, *const f32);
 
 /// The instruction set the CPU engine's kernels and time loops run (off x86-64, only the
 /// portable one).
@@ -730,16 +753,16 @@ fn f32_kernel() -> Option<KernelFn> {
 
 /// The k-blocked f32 kernel for a packed B over many rows ([`isa`]; `accumulate`: `C += A B`),
 /// or `None` where only the portable kernel runs.
-fn f32_kblocked_kernel(accumulate: bool) -> Option<KernelFn> {
+fn f32_kblocked_kernel(accumulate: bool) -> Option<KBlockedFn> {
     match (isa(), accumulate) {
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, false) => Some(x86::avx512_kblocked::<false> as KernelFn),
+        (Isa::Avx512, false) => Some(x86::avx512_kblocked::<false> as KBlockedFn),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx512, true) => Some(x86::avx512_kblocked::<true> as KernelFn),
+        (Isa::Avx512, true) => Some(x86::avx512_kblocked::<true> as KBlockedFn),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, false) => Some(x86::avx2_kblocked::<false> as KernelFn),
+        (Isa::Avx2, false) => Some(x86::avx2_kblocked::<false> as KBlockedFn),
         #[cfg(target_arch = "x86_64")]
-        (Isa::Avx2, true) => Some(x86::avx2_kblocked::<true> as KernelFn),
+        (Isa::Avx2, true) => Some(x86::avx2_kblocked::<true> as KBlockedFn),
         _ => None,
     }
 }
@@ -858,7 +881,22 @@ pub fn packed_a_len(rows: usize, k: usize) -> usize {
 /// panels' columns of them.
 #[allow(clippy::too_many_arguments)]
 pub unsafe fn f32_gemm_kblocked(pb: &PackedB<f32>, a: &[f32], lda: usize, a_transposed: bool, rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool, buf: &mut Vec<f32>) -> bool {
-    let product = KProduct { pb, k0: 0, c, ldc, panels, accumulate };
+    f32_gemm_kblocked_bias(pb, a, lda, a_transposed, rows, c, ldc, panels, accumulate, None, buf)
+}
+
+/// [`f32_gemm_kblocked`], then `bias` (`pb.n` elements, or `None`) added to each row of C's
+/// columns in `panels` by the kernel, to the finished sums before their last store: each
+/// element gets the one `+=` a separate pass over C gives (`cpu::add_bias`), so the bits are
+/// the same.
+///
+/// # Panics
+/// As [`f32_gemm_kblocked`]'s, and when `bias` holds fewer than `pb.n` elements.
+///
+/// # Safety
+/// As [`f32_gemm_kblocked`]'s.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn f32_gemm_kblocked_bias(pb: &PackedB<f32>, a: &[f32], lda: usize, a_transposed: bool, rows: usize, c: *mut f32, ldc: usize, panels: Range<usize>, accumulate: bool, bias: Option<&[f32]>, buf: &mut Vec<f32>) -> bool {
+    let product = KProduct { pb, k0: 0, c, ldc, panels, accumulate, bias };
     f32_gemm_kblocked_shared(a, lda, a_transposed, rows, pb.k, std::slice::from_ref(&product), None, buf)
 }
 
@@ -872,6 +910,8 @@ pub(crate) struct KProduct<'a> {
     pub(crate) ldc: usize,
     pub(crate) panels: Range<usize>,
     pub(crate) accumulate: bool,
+    /// Added to each row of C's columns in `panels` after the product (`pb.n` elements).
+    pub(crate) bias: Option<&'a [f32]>,
 }
 
 /// [`f32_gemm_kblocked`] for several products over column ranges `k0..k0 + pb.k` of one A
@@ -879,7 +919,8 @@ pub(crate) struct KProduct<'a> {
 /// gradients of a layer-direction whose products share their output gradients: one pass over
 /// them, not one a product), and, with `sums` (a transposed A only), `sums[r]` = A's row `r`
 /// summed over all of k (`pack_a`'s). A product with no columns or no k leaves its C alone. Each element of C is
-/// the same chain of FMAs as [`f32_gemm_kblocked`] over that column range of A gives.
+/// the same chain of FMAs as [`f32_gemm_kblocked`] over that column range of A gives, then a
+/// product's `bias` added to the chunk's rows ([`f32_gemm_kblocked_bias`]).
 ///
 /// # Panics
 /// When a B is a direct view, its panels are out of range or its k past A's, `a` does not cover
@@ -898,6 +939,7 @@ pub(crate) unsafe fn f32_gemm_kblocked_shared(a: &[f32], lda: usize, a_transpose
             p.k0,
             p.pb.k
         );
+        assert!(p.bias.is_none_or(|b| b.len() >= p.pb.n), "f32_gemm_kblocked: a bias shorter than {} columns", p.pb.n);
     }
     if let Some(s) = &sums {
         assert!(a_transposed && s.len() >= rows, "f32_gemm_kblocked: {} sums for {rows} rows of an A transposed: {a_transposed}", s.len());
@@ -922,8 +964,9 @@ pub(crate) unsafe fn f32_gemm_kblocked_shared(a: &[f32], lda: usize, a_transpose
             let kernel = f32_kblocked_kernel(p.accumulate).expect("a k-blocked kernel for either accumulation, as kblocked_mr found");
             // SAFETY (the kernel's own): its target features were detected; the packed rows
             // hold the chunk's blocks, `k` apart, of which the product reads columns
-            // k0..k0 + pb.k; C's rows r0..r1 lie in the caller's.
-            kernel(p.pb, &buf[p.k0 * mr..], r1 - r0, k, p.c.add(r0 * p.ldc), p.ldc, p.panels.clone());
+            // k0..k0 + pb.k; C's rows r0..r1 lie in the caller's; a bias holds pb.n elements
+            // (asserted above).
+            kernel(p.pb, &buf[p.k0 * mr..], r1 - r0, k, p.c.add(r0 * p.ldc), p.ldc, p.panels.clone(), p.bias.map_or(std::ptr::null(), <[f32]>::as_ptr));
         }
         r0 = r1;
     }

@@ -6,7 +6,7 @@
 //! error ([`Error::LengthMismatch`], [`Error::InvalidConfig`] for ids and classes) instead of
 //! panicking.
 
-use super::gemm::{try_gemm, Mat, Op};
+use super::gemm::{try_gemm, try_gemm_bias, Mat, Op};
 use super::Float;
 use crate::error::{check_len, Error, Result};
 use crate::tensor::{checked_len, try_filled};
@@ -104,8 +104,7 @@ pub fn linear_forward<T: Float>(x: &[T], params: &[T], rows: usize, input: usize
     let wl = linear_sizes(x.len(), params.len(), rows, input, output)?;
     let (w, b) = params.split_at(wl);
     let mut y = try_filled("linear output", count("linear output", &[rows, output])?, T::zero())?;
-    try_gemm(T::one(), Mat::try_new(x, rows, input)?, Op::N, Mat::try_new(w, output, input)?, Op::T, T::zero(), &mut y, output)?;
-    super::add_bias(&mut y, output, Some(b));
+    try_gemm_bias(Mat::try_new(x, rows, input)?, Op::N, Mat::try_new(w, output, input)?, Op::T, &mut y, output, Some(b))?;
     Ok(y)
 }
 

@@ -124,6 +124,57 @@ fn general_gemm_matches_f64_in_every_orientation() {
     }
 }
 
+/// `try_gemm_bias` (the forward's input projection up front, the training kit's linear layer)
+/// gives bitwise what `try_gemm` (beta 0) and then adding the bias to each row give, on our
+/// blocked GEMM (which adds it chunk by chunk, on 1 and 3 threads) and on matrixmultiply's
+/// (small products, f64), in every orientation; C's padding columns are untouched, k = 0 gives
+/// the bias, and a bias shorter than C's columns is a typed error.
+#[test]
+fn gemm_with_bias_matches_gemm_then_bias_bitwise() {
+    use wgpu_rnn::cpu::gemm::{try_gemm, try_gemm_bias, Mat, Op};
+    use wgpu_rnn::cpu::split::with_threads;
+    use wgpu_rnn::Error;
+    fn check<T: wgpu_rnn::cpu::Float + std::fmt::Debug>(g: &mut impl FnMut(usize) -> Vec<T>, m: usize, k: usize, n: usize, opa: Op, opb: Op) {
+        let (ar, ac) = if opa == Op::N { (m, k) } else { (k, m) };
+        let (br, bc) = if opb == Op::N { (k, n) } else { (n, k) };
+        let (lda, ldb, ldc) = (ac + 3, bc + 5, n + 2);
+        let (a, b, bias) = (g(ar * lda), g(br * ldb), g(n + 1));
+        let (av, bv) = (Mat::with_ld(&a, ar, ac, lda).unwrap(), Mat::with_ld(&b, br, bc, ldb).unwrap());
+        let c0 = g(m * ldc);
+        let mut want = c0.clone();
+        try_gemm(T::one(), av, opa, bv, opb, T::zero(), &mut want, ldc).unwrap();
+        for r in 0..m {
+            for j in 0..n {
+                want[r * ldc + j] += bias[j];
+            }
+        }
+        let what = format!("{m}x{k}x{n} {opa:?}{opb:?} {}", std::any::type_name::<T>());
+        for threads in [1, 3] {
+            let mut c = c0.clone();
+            with_threads(threads, || try_gemm_bias(av, opa, bv, opb, &mut c, ldc, Some(&bias[..n]))).unwrap();
+            assert!(c.iter().zip(&want).all(|(x, y)| x.to_f64().to_bits() == y.to_f64().to_bits()), "{what}, {threads} threads: not the bits of the GEMM and then the bias");
+        }
+        let mut c = c0.clone();
+        match try_gemm_bias(av, opa, bv, opb, &mut c, ldc, Some(&bias[..n - 1])) {
+            Err(Error::LengthMismatch { .. }) => {}
+            other => panic!("{what}: a bias of {} for {n} columns gave {other:?}", n - 1),
+        }
+    }
+    let mut r = rng(37);
+    let mut g32 = |len: usize| uniform(&mut r, len, 1.0).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+    // Blocked (2^20 multiply-adds or more, 32 rows or more), then small, then k = 0.
+    for &(m, k, n) in &[(300, 129, 70), (37, 300, 97), (130, 129, 70), (40, 2, 16), (33, 0, 20)] {
+        for opa in [Op::N, Op::T] {
+            for opb in [Op::N, Op::T] {
+                check(&mut g32, m, k, n, opa, opb);
+            }
+        }
+    }
+    let mut r = rng(38);
+    let mut g64 = |len: usize| uniform(&mut r, len, 1.0);
+    check(&mut g64, 37, 300, 97, Op::N, Op::T);
+}
+
 /// The backward's shared weight-gradient products (`gemm::shared_at_b`: several `A[ks]^T B`
 /// over row ranges of one A, packed once, with A's column sums) against f64 and against one
 /// `try_gemm` a product: bitwise where every product is large enough for our blocked GEMM on
@@ -711,7 +762,8 @@ fn column_split_matches_one_thread_bitwise() {
 /// The AVX-512 and AVX2 paths (the per-step kernels, our GEMM and the time loops' pointwise
 /// code, `smallgemm::isa`) give the same bits: the test binary runs this test again in two
 /// child processes, one with `WGPU_RNN_CPU_KERNEL=avx2` (the choice is made once a process),
-/// and compares a hash of every result of LSTM, GRU and SRU training runs. Only a machine
+/// and compares a hash of every result of LSTM, GRU and SRU training runs and of a blocked
+/// GEMM with a bias. Only a machine
 /// with both instruction sets can check it; elsewhere it says so and checks nothing.
 #[test]
 fn avx512_and_avx2_paths_give_the_same_bits() {
@@ -745,6 +797,16 @@ fn avx512_and_avx2_paths_give_the_same_bits() {
             eat(&g.input.data);
             g.states.iter().for_each(|s| eat(&s.data));
             eat(&g.params.to_flat());
+        }
+        // Our blocked GEMM with a bias (the kernels add it before their last store).
+        {
+            use wgpu_rnn::cpu::gemm::{try_gemm_bias, Mat, Op};
+            let (m, k, n) = (300, 129, 70);
+            let v = |len: usize, seed: u64| uniform(&mut rng(seed), len, 1.0).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+            let (a, b, bias) = (v(m * k, 7), v(n * k, 8), v(n, 9));
+            let mut c = vec![f32::NAN; m * n];
+            try_gemm_bias(Mat::new(&a, m, k), Op::N, Mat::new(&b, n, k), Op::T, &mut c, n, Some(&bias)).unwrap();
+            eat(&c);
         }
         println!("result bits hash {h:016x}");
         return;
