@@ -99,6 +99,47 @@ def timeit(fn, repeats, sync):
     return statistics.median(times), min(times), max(times)
 
 
+def bench_config(name, cell, t, b, i, h, layers, bidir, dev, sync, quick, adapter):
+    """One configuration's rows, forward then training (also `interleave_pytorch.py`'s)."""
+    m, call = make(cell, i, h, layers, bidir, dev)
+    x = torch.randn(t, b, i, device=dev)
+    repeats = 5 if quick else 20
+
+    def fwd():
+        with torch.no_grad():
+            call(x)
+
+    # The input's gradient too, as wgpu-rnn's backward computes it (oneDNN's LSTM makes it
+    # anyway; GRU's costs about 10% more with it).
+    xg = x.clone().requires_grad_(True)
+
+    def train():
+        m.zero_grad(set_to_none=True)
+        xg.grad = None
+        call(xg).sum().backward()
+
+    rows = []
+    for mode, fn in (("forward", fwd), ("training", train)):
+        med, lo, hi = timeit(fn, repeats, sync)
+        fl = flops(cell, t, b, i, h, layers, bidir, mode == "training")
+        rows.append({
+            "name": name, "cell": cell, "t": t, "b": b, "input": i, "hidden": h, "layers": layers,
+            "bidirectional": bidir, "device": "pytorch-" + dev.type, "mode": mode,
+            "median_ms": med, "min_ms": lo, "max_ms": hi, "gflops": fl / (med * 1e6), "adapter": adapter,
+        })
+        print(f"{name:24} {mode:9} {med:9.3f} ms  {fl / (med * 1e6):7.1f} GFLOP/s", file=sys.stderr)
+    return rows
+
+
+def setup(threads, device):
+    """Threads and device: `(dev, sync, adapter)` for [`bench_config`]."""
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    adapter = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"PyTorch CPU ({threads} threads)"
+    return dev, sync, adapter
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
@@ -107,40 +148,12 @@ def main():
     ap.add_argument("--only", default=None, help="comma list of configuration names")
     ap.add_argument("--cells", action="store_true", help="every other cell at C1 sizes (TorchScript loops)")
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
-    dev = torch.device(a.device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    adapter = torch.cuda.get_device_name(0) if dev.type == "cuda" else f"PyTorch CPU ({a.threads} threads)"
+    dev, sync, adapter = setup(a.threads, a.device)
     rows = []
-    for name, cell, t, b, i, h, layers, bidir in (CELL_CONFIGS if a.cells else CONFIGS):
-        if a.only and name not in a.only.split(","):
+    for c in (CELL_CONFIGS if a.cells else CONFIGS):
+        if a.only and c[0] not in a.only.split(","):
             continue
-        m, call = make(cell, i, h, layers, bidir, dev)
-        x = torch.randn(t, b, i, device=dev)
-        repeats = 5 if a.quick else 20
-
-        def fwd():
-            with torch.no_grad():
-                call(x)
-
-        # The input's gradient too, as wgpu-rnn's backward computes it (oneDNN's LSTM makes it
-        # anyway; GRU's costs about 10% more with it).
-        xg = x.clone().requires_grad_(True)
-
-        def train():
-            m.zero_grad(set_to_none=True)
-            xg.grad = None
-            call(xg).sum().backward()
-
-        for mode, fn in (("forward", fwd), ("training", train)):
-            med, lo, hi = timeit(fn, repeats, sync)
-            fl = flops(cell, t, b, i, h, layers, bidir, mode == "training")
-            rows.append({
-                "name": name, "cell": cell, "t": t, "b": b, "input": i, "hidden": h, "layers": layers,
-                "bidirectional": bidir, "device": "pytorch-" + dev.type, "mode": mode,
-                "median_ms": med, "min_ms": lo, "max_ms": hi, "gflops": fl / (med * 1e6), "adapter": adapter,
-            })
-            print(f"{name:24} {mode:9} {med:9.3f} ms  {fl / (med * 1e6):7.1f} GFLOP/s", file=sys.stderr)
+        rows += bench_config(*c, dev, sync, a.quick, adapter)
     json.dump(rows, sys.stdout, indent=1)
     print()
 
