@@ -45,8 +45,9 @@ pub trait Float:
     fn fma(self, b: Self, c: Self) -> Self;
     /// The logistic function.
     fn sigmoid(self) -> Self;
-    /// The per-step product with a pre-packed B (see [`crate::cpu::smallgemm`]).
-    fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize)
+    /// The per-step product with a pre-packed B (see [`crate::cpu::smallgemm`]), then `bias`
+    /// (at least B's columns, checked by the caller) added to each row of C.
+    fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize, bias: Option<&[Self]>)
     where
         Self: Sized;
     /// [`Float::packed_gemm`] over some panels' columns into a raw C.
@@ -152,8 +153,8 @@ macro_rules! impl_float {
             fn fma(self, b: Self, c: Self) -> Self {
                 self.mul_add(b, c)
             }
-            fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize) {
-                ($packed)(pb, a, rows, lda, c, ldc)
+            fn packed_gemm(pb: &crate::cpu::smallgemm::PackedB<Self>, a: &[Self], rows: usize, lda: usize, c: &mut [Self], ldc: usize, bias: Option<&[Self]>) {
+                ($packed)(pb, a, rows, lda, c, ldc, bias)
             }
             unsafe fn packed_gemm_panels(
                 pb: &crate::cpu::smallgemm::PackedB<Self>,
@@ -221,7 +222,7 @@ impl_float!(
     matrixmultiply::sgemm,
     fast::tanh,
     fast::sigmoid,
-    crate::cpu::smallgemm::f32_gemm,
+    crate::cpu::smallgemm::f32_gemm_bias,
     crate::cpu::smallgemm::f32_gemm_panels,
     crate::cpu::gemm::blocked_f32,
     crate::cpu::gemm::shared_at_b_f32
@@ -231,7 +232,7 @@ impl_float!(
     matrixmultiply::dgemm,
     f64::tanh,
     sigmoid_f64,
-    crate::cpu::smallgemm::portable::<f64>,
+    crate::cpu::smallgemm::portable_bias::<f64>,
     crate::cpu::smallgemm::portable_panels::<f64>,
     no_blocked_gemm,
     no_blocked_shared_at_b

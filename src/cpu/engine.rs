@@ -942,8 +942,7 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
             let xrows: &[T] = match self.w_x {
                 Some(w) => {
                     let dst: &mut [T] = if self.keep_xp { unsafe { self.xp.part(o * gx, rows * gx) } } else { &mut xs[..rows * gx] };
-                    w.gemm(&self.x[o * inw..(o + rows) * inw], rows, inw, dst, gx);
-                    super::add_bias(dst, gx, self.b_x);
+                    w.gemm_bias(&self.x[o * inw..(o + rows) * inw], rows, inw, dst, gx, self.b_x);
                     store(self.q, dst);
                     dst
                 }
@@ -966,24 +965,33 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
             for (k, stage) in lay.stages.iter().enumerate() {
                 if let Some(pr) = stage {
                     let c = &mut r[self.roffs[k]..];
-                    match (pr.src, &self.packed[k]) {
+                    // The product's bias: added by the product (`gemm_bias`), or below.
+                    let bias = self.biases[k];
+                    let added = match (pr.src, &self.packed[k]) {
                         // A zero state's product is zero (its matrix may not be packed: see
                         // `pack_products`).
                         (Src::State(_), _) if fresh => {
                             for rr in 0..rows {
                                 c[rr * rw..rr * rw + pr.rows].fill(T::zero());
                             }
+                            false
                         }
-                        (Src::State(i), Some(pk)) => pk.gemm(&s[self.soffs[i]..], rows, sw, c, rw),
-                        (Src::Tape { offset }, Some(pk)) => pk.gemm(&tape[offset..], rows, tw, c, rw),
+                        (Src::State(i), Some(pk)) => {
+                            pk.gemm_bias(&s[self.soffs[i]..], rows, sw, c, rw, bias);
+                            true
+                        }
+                        (Src::Tape { offset }, Some(pk)) => {
+                            pk.gemm_bias(&tape[offset..], rows, tw, c, rw, bias);
+                            true
+                        }
                         // Not reached: only one step from zero states leaves a state's matrix
                         // unpacked, and that step is `fresh`.
                         (_, None) => {
                             let _ = self.failed.set(Error::InvalidConfig("internal: a product's matrix was not packed".into()));
                             return;
                         }
-                    }
-                    if let Some(bias) = self.biases[k] {
+                    };
+                    if let Some(bias) = bias.filter(|_| !added) {
                         for rr in 0..rows {
                             let at = rr * rw + self.roffs[k];
                             for (dst, &bv) in r[at..at + pr.rows].iter_mut().zip(bias) {

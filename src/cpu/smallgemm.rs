@@ -146,11 +146,23 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// # Panics
     /// When A or C do not cover the rows addressed.
     pub fn gemm(&self, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize) {
+        self.gemm_bias(a, rows, lda, c, ldc, None);
+    }
+
+    /// [`PackedB::gemm`], then `bias` (`None`, or at least `n` elements) added to each of C's
+    /// rows: the one add a pass over C after would make, so the same bits, but on the k-blocked
+    /// path the kernel adds it before its last store (the forward's per-step products and
+    /// input projection).
+    ///
+    /// # Panics
+    /// As [`PackedB::gemm`], and when `bias` is shorter than `n`.
+    pub fn gemm_bias(&self, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize, bias: Option<&[T]>) {
         if rows == 0 || self.n == 0 {
             return;
         }
         self.check(a, rows, lda, c, ldc);
-        T::packed_gemm(self, a, rows, lda, c, ldc);
+        assert!(bias.is_none_or(|b| b.len() >= self.n), "PackedB::gemm_bias: a bias shorter than {} columns", self.n);
+        T::packed_gemm(self, a, rows, lda, c, ldc, bias);
     }
 
     /// `C[r, j] = sum_k A[r, k] B[k, j]` for `r < rows` and the columns of panels `panels`
@@ -257,6 +269,26 @@ pub fn portable<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: 
     unsafe { run::<T, 4, false>(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) }
 }
 
+/// [`portable`], then `bias` added to each row of C (as [`PackedB::gemm_bias`]).
+///
+/// # Panics
+/// As [`portable`]'s, and when `bias` is shorter than B's columns.
+pub fn portable_bias<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize, bias: Option<&[T]>) {
+    portable(pb, a, rows, lda, c, ldc);
+    add_rows(c, rows, ldc, pb.n, bias);
+}
+
+/// `bias[..n]` added to each of C's `rows` rows (`ldc` apart).
+fn add_rows<T: Float>(c: &mut [T], rows: usize, ldc: usize, n: usize, bias: Option<&[T]>) {
+    if let Some(b) = bias {
+        for r in 0..rows {
+            for (v, &bv) in c[r * ldc..r * ldc + n].iter_mut().zip(&b[..n]) {
+                *v += bv;
+            }
+        }
+    }
+}
+
 /// [`portable`] over the columns of `panels` only, into a raw C (see [`PackedB::gemm_panels`]).
 ///
 /// # Safety
@@ -319,11 +351,21 @@ thread_local! {
 /// # Safety
 /// As [`PackedB::gemm_panels`].
 pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>) {
+    f32_gemm_panels_bias(pb, a, rows, lda, c, ldc, panels, None);
+}
+
+/// [`f32_gemm_panels`], and on the k-blocked path `bias` (`pb.n` elements) added by the
+/// kernel: returns whether it was (`false`: the caller adds it).
+///
+/// # Safety
+/// As [`PackedB::gemm_panels`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn f32_gemm_panels_bias(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: Option<&[f32]>) -> bool {
     if !pb.is_direct() && rows >= PACKED_A_MIN_ROWS && (PACKED_A_MIN_K..=PACKED_A_MAX_K).contains(&pb.k) {
         // SAFETY: the caller's, as for the kernels below (at most 2 MiB of packed rows stay in
         // this thread's buffer).
-        if PACKED_A.with(|buf| f32_gemm_kblocked(pb, a, lda, false, rows, c, ldc, panels.clone(), false, &mut buf.borrow_mut())) {
-            return;
+        if PACKED_A.with(|buf| f32_gemm_kblocked_bias(pb, a, lda, false, rows, c, ldc, panels.clone(), false, bias, &mut buf.borrow_mut())) {
+            return true;
         }
     }
     match f32_kernel() {
@@ -331,6 +373,7 @@ pub unsafe fn f32_gemm_panels(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: us
         Some(kernel) => kernel(pb, a, rows, lda, c, ldc, panels),
         None => run::<f32, 4, false>(pb, a, rows, lda, c, ldc, panels),
     }
+    bias.is_none()
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -981,13 +1024,25 @@ pub(crate) unsafe fn f32_gemm_kblocked_shared(a: &[f32], lda: usize, a_transpose
 /// # Panics
 /// When A or C do not cover the rows addressed (as [`PackedB::gemm`]).
 pub fn f32_gemm(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [f32], ldc: usize) {
+    f32_gemm_bias(pb, a, rows, lda, c, ldc, None)
+}
+
+/// [`f32_gemm`], then `bias` added to each row of C (as [`PackedB::gemm_bias`]): by the
+/// kernel before its last store where the k-blocked kernel runs, else after.
+///
+/// # Panics
+/// As [`f32_gemm`]'s, and when `bias` is shorter than B's columns.
+pub fn f32_gemm_bias(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &mut [f32], ldc: usize, bias: Option<&[f32]>) {
     if rows == 0 || pb.n == 0 {
         return;
     }
     pb.check(a, rows, lda, c, ldc);
+    assert!(bias.is_none_or(|b| b.len() >= pb.n), "f32_gemm_bias: a bias shorter than {} columns", pb.n);
     // SAFETY: checked just above that A and C cover every element the kernel addresses (the
-    // packed panels hold `panels * k * NR` by construction).
-    unsafe { f32_gemm_panels(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels()) }
+    // packed panels hold `panels * k * NR` by construction), and the bias its columns.
+    if !unsafe { f32_gemm_panels_bias(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels(), bias) } {
+        add_rows(c, rows, ldc, pb.n, bias);
+    }
 }
 
 /// Rows at or below which a product computed once per call over all of a layer-direction's

@@ -125,7 +125,8 @@ fn general_gemm_matches_f64_in_every_orientation() {
 }
 
 /// `try_gemm_bias` (the forward's input projection up front, the training kit's linear layer)
-/// gives bitwise what `try_gemm` (beta 0) and then adding the bias to each row give, on our
+/// and `PackedB::gemm_bias` (the forward's per-step products, over 1 to 20 rows) give bitwise
+/// what the product and then adding the bias to each row give; `try_gemm_bias` on our
 /// blocked GEMM (which adds it chunk by chunk, on 1 and 3 threads) and on matrixmultiply's
 /// (small products, f64), in every orientation; C's padding columns are untouched, k = 0 gives
 /// the bias, and a bias shorter than C's columns is a typed error.
@@ -173,6 +174,25 @@ fn gemm_with_bias_matches_gemm_then_bias_bitwise() {
     let mut r = rng(38);
     let mut g64 = |len: usize| uniform(&mut r, len, 1.0);
     check(&mut g64, 37, 300, 97, Op::N, Op::T);
+    // The per-step products' `PackedB::gemm_bias`: the k-blocked kernel adds the bias from 8
+    // rows (k 64 or more), the few-row kernels and k 40 after the product.
+    let mut r = rng(39);
+    for &(rows, k, n) in &[(1, 128, 70), (3, 100, 33), (8, 129, 70), (20, 300, 97), (16, 40, 50)] {
+        let v = |len: usize, r: &mut _| uniform(r, len, 1.0).into_iter().map(|v| v as f32).collect::<Vec<f32>>();
+        let (w, a, bias) = (v(n * k, &mut r), v(rows * (k + 3), &mut r), v(n, &mut r));
+        let pb = wgpu_rnn::cpu::smallgemm::PackedB::transposed(&w, n, k);
+        let ldc = n + 2;
+        let mut want = v(rows * ldc, &mut r);
+        let mut got = want.clone();
+        pb.gemm(&a, rows, k + 3, &mut want, ldc);
+        for row in 0..rows {
+            for j in 0..n {
+                want[row * ldc + j] += bias[j];
+            }
+        }
+        pb.gemm_bias(&a, rows, k + 3, &mut got, ldc, Some(&bias));
+        assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "PackedB::gemm_bias {rows}x{k}x{n}: not the bits of the product and then the bias");
+    }
 }
 
 /// The backward's shared weight-gradient products (`gemm::shared_at_b`: several `A[ks]^T B`
