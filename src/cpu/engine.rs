@@ -232,10 +232,10 @@ pub fn forward_with<T: Float>(
     pass: Pass,
     draw: Draw,
 ) -> Result<(ForwardOutput<T>, Option<Tape<T>>)> {
-    // Over few rows the input projections' finiteness is checked on their products (see
-    // `check_weights_but_projections`); any error then goes after the full check's, so which
-    // error a call gets does not change.
-    let deferred = (1..=smallgemm::DIRECT_MAX_ROWS).contains(&input.rows());
+    // The input projections' finiteness is checked on their products where they are made up
+    // front (see `check_weights_but_projections`); any error then goes after the full
+    // check's, so which error a call gets does not change.
+    let deferred = input.rows() > 0;
     if !deferred {
         check_forward(w, input, states0)?;
         return forward_checked(w, input, states0, pass, draw, false);
@@ -255,11 +255,14 @@ pub fn forward_with<T: Float>(
 
 /// [`check_weights`] except the part of each layer-direction's input matrix that its input
 /// projection multiplies: [`Error::NonFinite`] as [`Weights::check_finite`] names it when
-/// anything else is not finite. For a forward over at most [`smallgemm::DIRECT_MAX_ROWS`]
-/// rows, where reading W_ih once more to check it cost a fifth of DeepBench's GRU T 1: a
-/// non-finite element of W makes every row of its column of `X W^T` non-finite (an FMA chain
-/// never turns an infinity or a NaN back into a number), so `dir_forward` checks the product
-/// instead, `rows x G` elements against W's `G x I`.
+/// anything else is not finite. A non-finite element of W makes every row of its column of
+/// `X W^T` non-finite where X's row is finite (an FMA chain never turns an infinity or a NaN
+/// back into a number; `0 x inf` is NaN), so where the projection is made up front
+/// `dir_forward` checks the product instead: all of its rows over at most
+/// [`smallgemm::DIRECT_MAX_ROWS`] rows (where reading W_ih once more cost a fifth of
+/// DeepBench's GRU T 1), else its first row (the input was checked finite; a later layer's
+/// row that overflowed only costs the full check), `G` elements against W's `G x I` (3% of
+/// DeepBench's LSTM H 512 B 16 forward). A projection made step by step checks W itself.
 fn check_weights_but_projections<T: Float>(w: &Weights<T>) -> Result<()> {
     w.validate()?;
     let cfg = &w.config;
@@ -626,9 +629,9 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
     // Few rows: the projection made up front from W_ih in place, not packed (DeepBench's GRU
     // with T = 1).
     let direct_xp = gx > 0 && !per_step && n <= smallgemm::DIRECT_MAX_ROWS;
-    // The projection's part of W_ih, when its check was left to this function (only for 1 to
-    // DIRECT_MAX_ROWS rows): on the direct product below, else on W here.
-    if let Some(recheck) = a.recheck.filter(|_| !direct_xp) {
+    // The projection's part of W_ih, when its check was left to this function: on the product
+    // made up front below, else (made step by step) on W here.
+    if let Some(recheck) = a.recheck.filter(|_| gx > 0 && per_step) {
         if !crate::float::all_finite(&slot(p, Slot::WeightIh, "input matrix")?[..gx * inw]) {
             recheck()?;
         }
@@ -645,6 +648,13 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
             super::add_bias(&mut xp, gx, b_x);
         } else {
             try_gemm_bias(Mat::try_new(a.x, n, inw)?, Op::N, Mat::try_new(w, gx, inw)?, Op::T, &mut xp, gx, b_x)?;
+            // Its first row is non-finite if any element of the part of W left unchecked is (the
+            // bias was checked).
+            if let Some(recheck) = a.recheck {
+                if !crate::float::all_finite(&xp[..gx]) {
+                    recheck()?;
+                }
+            }
         }
         store(a.precision, &mut xp);
     }

@@ -51,9 +51,10 @@ fn forward_rejects_wrong_shapes_and_non_finite() {
 }
 
 /// A NaN or an infinity anywhere in any parameter of any cell (first, middle or last element)
-/// gets the same error over every batch: within and past the rows for which the CPU engine
-/// checks the input projection's part of W_ih on its product (at most
-/// `smallgemm::DIRECT_MAX_ROWS`), over zero inputs (the product's terms then `0 x inf`), and
+/// gets the same error over every batch: whether the CPU engine checks the input projection's
+/// part of W_ih on every row of its product (at most `smallgemm::DIRECT_MAX_ROWS`), on its first
+/// row (more rows, made up front) or on W (made step by step), over zero inputs (the product's
+/// terms then `0 x inf`), and
 /// with a NaN input too; for a trained parameter that error names it (`NonFinite`), for the
 /// uRNN's fixed permutation it is the permutation's own refusal. Likewise in f16 storage (the
 /// same error over few rows as over many), and with a second bad parameter after it (the first
@@ -64,8 +65,12 @@ fn every_non_finite_parameter_is_named() {
     use wgpu_rnn::Precision;
     let (few, many) = (packed(3, 2, 3, &[3, 2]), packed(40, 2, 3, &[40, 33]));
     assert!(few.rows() <= DIRECT_MAX_ROWS && many.rows() > DIRECT_MAX_ROWS);
+    // Enough rows and batch for the input projection made step by step (W_ih checked itself).
+    let per_step = packed(32, 8, 3, &[32; 8]);
     let mut zeros = few.clone();
     zeros.data.iter_mut().for_each(|v| *v = 0.0);
+    let mut many_zeros = many.clone();
+    many_zeros.data.iter_mut().for_each(|v| *v = 0.0);
     let mut nan_input = few.clone();
     nan_input.data[0] = f32::NAN;
     let mut cells = 0;
@@ -99,12 +104,11 @@ fn every_non_finite_parameter_is_named() {
                 let mut wn = w.clone();
                 let (name, fixed) = spoil(&mut wn, target, at, bad);
                 let what = format!("{name}[{a}] = {bad}");
-                // Past the row limit every parameter is checked up front, before anything else.
                 let want = error(&wn, &many, &what);
                 if !fixed {
                     assert_eq!(want, format!("{:?}", Error::NonFinite(name.clone())), "{mode} {what}");
                 }
-                for (x, over) in [(&few, "few rows"), (&zeros, "zero inputs"), (&nan_input, "a NaN input too")] {
+                for (x, over) in [(&few, "few rows"), (&zeros, "zero inputs"), (&nan_input, "a NaN input too"), (&many_zeros, "many zero rows"), (&per_step, "the projection step by step")] {
                     assert_eq!(error(&wn, x, &what), want, "{mode} {what}, {over}");
                 }
                 if a == 0 && !fixed {
