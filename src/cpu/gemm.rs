@@ -126,7 +126,7 @@ pub fn try_gemm<T: Float>(
 
 /// `C = op(A) op(B)` (C not read), then `bias` added to each of C's rows: the same bits as
 /// [`try_gemm`] (beta 0) followed by a pass adding `bias` (`cpu::add_bias`), but where our
-/// blocked GEMM runs each thread adds it to its chunk of rows while they are in cache (the
+/// blocked GEMM runs its kernels add it to the finished sums before their last store (the
 /// forward's input projection up front: the serial pass over `[N, G*H]` cost about 3% of
 /// DeepBench's LSTM H 512 forward).
 ///
@@ -211,8 +211,8 @@ const BLOCKED_MIN_MACS: usize = 1 << 20;
 /// On one core of the 2-core Ice Lake VM, for the engine's shapes, matrixmultiply's sgemm ran at
 /// 55-65 GFLOP/s, this at 87-118 (MKL through PyTorch 113-124; ARCHITECTURE.md, "Our own GEMM").
 ///
-/// With `bias` (at least C's columns, checked by the caller), it is then added to each row of
-/// C, chunk by chunk ([`smallgemm::f32_gemm_kblocked_bias`]).
+/// With `bias` (at least C's columns, checked by the caller), the kernels add it to each row of
+/// C before their last store ([`smallgemm::f32_gemm_kblocked_bias`]).
 ///
 /// Returns `Ok(false)`, doing nothing, for other `alpha`/`beta`, small products, or a machine
 /// with only the portable kernel: the caller then uses matrixmultiply.

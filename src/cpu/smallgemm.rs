@@ -953,7 +953,8 @@ pub(crate) struct KProduct<'a> {
     pub(crate) ldc: usize,
     pub(crate) panels: Range<usize>,
     pub(crate) accumulate: bool,
-    /// Added to each row of C's columns in `panels` after the product (`pb.n` elements).
+    /// Added to each row of C's columns in `panels` by the kernel, to the finished sums before
+    /// their last store (`pb.n` elements).
     pub(crate) bias: Option<&'a [f32]>,
 }
 
@@ -963,7 +964,7 @@ pub(crate) struct KProduct<'a> {
 /// them, not one a product), and, with `sums` (a transposed A only), `sums[r]` = A's row `r`
 /// summed over all of k (`pack_a`'s). A product with no columns or no k leaves its C alone. Each element of C is
 /// the same chain of FMAs as [`f32_gemm_kblocked`] over that column range of A gives, then a
-/// product's `bias` added to the chunk's rows ([`f32_gemm_kblocked_bias`]).
+/// product's `bias` added by the kernel before its last store ([`f32_gemm_kblocked_bias`]).
 ///
 /// # Panics
 /// When a B is a direct view, its panels are out of range or its k past A's, `a` does not cover
