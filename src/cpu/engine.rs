@@ -1001,13 +1001,8 @@ impl<C: Cell, T: Float> split::RowLoop for FwdLoop<'_, C, T> {
                             return;
                         }
                     };
-                    if let Some(bias) = bias.filter(|_| !added) {
-                        for rr in 0..rows {
-                            let at = rr * rw + self.roffs[k];
-                            for (dst, &bv) in r[at..at + pr.rows].iter_mut().zip(bias) {
-                                *dst += bv;
-                            }
-                        }
+                    if !added {
+                        super::add_bias_rows(&mut r[self.roffs[k]..], rows, rw, pr.rows, bias);
                     }
                     for rr in 0..rows {
                         let at = rr * rw + self.roffs[k];

@@ -187,13 +187,7 @@ fn gemm_then_bias<T: Float>(alpha: T, a: Mat<'_, T>, opa: Op, b: Mat<'_, T>, opb
             T::gemm_raw(m, k, n, alpha, a.data.as_ptr(), rsa, csa, b.data.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), ldc as isize, 1);
         }
     }
-    if let Some(bias) = bias {
-        for r in 0..m {
-            for (v, &bv) in c[r * ldc..r * ldc + n].iter_mut().zip(bias) {
-                *v += bv;
-            }
-        }
-    }
+    super::add_bias_rows(c, m, ldc, n, bias);
     Ok(())
 }
 

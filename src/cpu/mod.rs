@@ -85,9 +85,18 @@ fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usi
 /// Adds a bias row to every row of `y: [rows, n]`.
 #[inline(always)]
 pub(crate) fn add_bias<T: Float>(y: &mut [T], n: usize, bias: Option<&[T]>) {
+    if n > 0 {
+        add_bias_rows(y, y.len() / n, n, n, bias);
+    }
+}
+
+/// Adds `bias[..n]` to the first `n` elements of each of `rows` rows of `c`, `ldc` apart: the
+/// one add a product's bias gets wherever the kernel did not add it (`smallgemm`, `gemm`).
+#[inline(always)]
+pub(crate) fn add_bias_rows<T: Float>(c: &mut [T], rows: usize, ldc: usize, n: usize, bias: Option<&[T]>) {
     if let Some(b) = bias {
-        for row in y.chunks_exact_mut(n) {
-            for (v, &bv) in row.iter_mut().zip(b) {
+        for r in 0..rows {
+            for (v, &bv) in c[r * ldc..r * ldc + n].iter_mut().zip(&b[..n]) {
                 *v += bv;
             }
         }

@@ -275,18 +275,7 @@ pub fn portable<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: 
 /// As [`portable`]'s, and when `bias` is shorter than B's columns.
 pub fn portable_bias<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, lda: usize, c: &mut [T], ldc: usize, bias: Option<&[T]>) {
     portable(pb, a, rows, lda, c, ldc);
-    add_rows(c, rows, ldc, pb.n, bias);
-}
-
-/// `bias[..n]` added to each of C's `rows` rows (`ldc` apart).
-fn add_rows<T: Float>(c: &mut [T], rows: usize, ldc: usize, n: usize, bias: Option<&[T]>) {
-    if let Some(b) = bias {
-        for r in 0..rows {
-            for (v, &bv) in c[r * ldc..r * ldc + n].iter_mut().zip(&b[..n]) {
-                *v += bv;
-            }
-        }
-    }
+    super::add_bias_rows(c, rows, ldc, pb.n, bias);
 }
 
 /// [`portable`] over the columns of `panels` only, into a raw C (see [`PackedB::gemm_panels`]).
@@ -688,6 +677,11 @@ mod x86 {
             let ks = if DIRECT { ks } else { NR };
             let j0 = p * NR;
             let nv = NR.min(pb.n - j0);
+            // This panel's bias columns, for every row block's last store.
+            let mut bb = [0f32; NR];
+            if !bias.is_null() {
+                std::ptr::copy_nonoverlapping(bias.add(j0), bb.as_mut_ptr(), nv);
+            }
             let mut k0 = 0;
             loop {
                 let k1 = if KB { (k0 + KC).min(k) } else { k };
@@ -719,8 +713,6 @@ mod x86 {
                         }
                     }
                     if k1 == k && !bias.is_null() {
-                        let mut bb = [0f32; NR];
-                        std::ptr::copy_nonoverlapping(bias.add(j0), bb.as_mut_ptr(), nv);
                         let (b0, b1) = (_mm256_loadu_ps(bb.as_ptr()), _mm256_loadu_ps(bb.as_ptr().add(8)));
                         for [lo, hi] in acc.iter_mut() {
                             *lo = _mm256_add_ps(*lo, b0);
@@ -1042,7 +1034,7 @@ pub fn f32_gemm_bias(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: &
     // SAFETY: checked just above that A and C cover every element the kernel addresses (the
     // packed panels hold `panels * k * NR` by construction), and the bias its columns.
     if !unsafe { f32_gemm_panels_bias(pb, a, rows, lda, c.as_mut_ptr(), ldc, 0..pb.panels(), bias) } {
-        add_rows(c, rows, ldc, pb.n, bias);
+        super::add_bias_rows(c, rows, ldc, pb.n, bias);
     }
 }
 
