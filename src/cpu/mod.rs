@@ -85,8 +85,8 @@ fn permute_state<T: Float>(src: &[T], ld: usize, b: usize, f: usize, perm: &[usi
 /// Adds a bias row to every row of `y: [rows, n]`.
 #[inline(always)]
 pub(crate) fn add_bias<T: Float>(y: &mut [T], n: usize, bias: Option<&[T]>) {
-    if n > 0 {
-        add_bias_rows(y, y.len() / n, n, n, bias);
+    if let Some(rows) = y.len().checked_div(n) {
+        add_bias_rows(y, rows, n, n, bias);
     }
 }
 

@@ -570,6 +570,7 @@ mod x86 {
     /// blocks) over many rows, k in blocks of [`KC`] rows of 3 panels (24 KiB) that stay in L1
     /// while every row block of A passes over them ([`kblock512`]).
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn avx512_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: *const f32) {
         let mut p = panels.start;
         while p < panels.end {
@@ -658,6 +659,7 @@ mod x86 {
 
     /// [`avx512_kblocked`] on AVX2: a packed B, A packed in 4-row blocks, k in blocks of [`KC`].
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn avx2_kblocked<const ACCUMULATE: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, panels: Range<usize>, bias: *const f32) {
         avx2_panels::<false, true, ACCUMULATE, true>(pb, a, rows, lda, c, ldc, panels, bias)
     }
