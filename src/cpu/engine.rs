@@ -441,12 +441,21 @@ fn forward_cell<C: Cell, T: Float>(
     let (_, sw) = state_offsets(&states);
     let mut s = gather_states(&states, states0, ld, b, &input.sorted_indices)?;
     let mut layers = Vec::new();
-    let mut x = zeros("layer input", &[input.data.len()])?;
-    x.copy_from_slice(&input.data);
+    // The layer's input: the caller's for layer 0 (copied only into a training tape), then
+    // the layer before's output.
+    let mut owned: Option<Vec<T>> = None;
     let out_w = d * C::layout(cfg.sizes(0)).out;
     for layer in 0..cfg.num_layers {
         let sizes = cfg.sizes(layer);
-        let mut out = zeros("layer output", &[n, out_w])?;
+        let x: &[T] = owned.as_deref().unwrap_or(&input.data);
+        // Every element is written by its direction's time loop (each packed row at its one
+        // step, by the cell's last stage, then zoneout), so the buffer comes from the pool as
+        // it is; debug builds (the tests') fill it with NaN first, so a cell that leaves part
+        // of its output unwritten fails the golden cases.
+        let mut out = reused("layer output", &[n, out_w])?;
+        if cfg!(debug_assertions) {
+            out.fill(T::from_f64(f64::NAN));
+        }
         let mut dirs = Vec::new();
         for dir in 0..d {
             let k = layer * d + dir;
@@ -455,7 +464,7 @@ fn forward_cell<C: Cell, T: Float>(
                 sizes,
                 zero_start: states0.iter().all(Option::is_none),
                 p: w.dir(layer, dir),
-                x: &x,
+                x,
                 batch_sizes: &input.batch_sizes,
                 reverse: dir == 1,
                 pointwise: cfg.pointwise_of(dir).copied(),
@@ -474,14 +483,22 @@ fn forward_cell<C: Cell, T: Float>(
         if pass == Pass::Training && !cfg.dropout.is_zero() && layer + 1 < cfg.num_layers {
             dropout_layer(&mut out, cfg, layer, draw)?;
         }
-        let layer_input = std::mem::replace(&mut x, out);
+        let layer_input = owned.replace(out);
         if pass == Pass::Training {
-            layers.push(LayerTape { input: layer_input, dirs });
-        } else {
-            pool::recycle(layer_input);
+            let input = match layer_input {
+                Some(v) => v,
+                None => {
+                    let mut v = reused("layer input", &[input.data.len()])?;
+                    v.copy_from_slice(&input.data);
+                    v
+                }
+            };
+            layers.push(LayerTape { input, dirs });
+        } else if let Some(v) = layer_input {
+            pool::recycle(v);
         }
     }
-    let output = input.with_data(x, out_w)?;
+    let output = input.with_data(owned.ok_or_else(|| Error::InvalidConfig("num_layers must be positive".into()))?, out_w)?;
     let states_n = scatter_states(cfg, &states, &s, ld, b, &input.unsorted_indices)?;
     let tape = (pass == Pass::Training).then(|| Tape {
         config: cfg.clone(),
