@@ -1116,12 +1116,14 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
     // W_ih's gradient is written whole by `dir_backward` (a GEMM with beta 0), so its slot
     // is not zeroed first: for DeepBench's GRU with T = 1 that memset was a tenth of training.
     let mut grads = Weights::zeros_except(cfg, Slot::WeightIh)?;
-    let mut dy = zeros("output gradients", &[grad_output.len()])?;
-    dy.copy_from_slice(grad_output);
+    // The layer's output gradient: the caller's for the top layer (read in place), then the
+    // layer above's input gradient.
+    let mut owned: Option<Vec<T>> = None;
     let draw = tape.draw;
     for layer in (0..cfg.num_layers).rev() {
         let sizes = cfg.sizes(layer);
         let lt = &tape.layers[layer];
+        let dy: &[T] = owned.as_deref().unwrap_or(grad_output);
         let mut dx = zeros("input gradients", &[n, sizes.input])?;
         for dir in 0..d {
             let k = layer * d + dir;
@@ -1132,7 +1134,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
                 x: &lt.input,
                 batch_sizes: &tape.batch_sizes,
                 reverse: dir == 1,
-                dy: &dy,
+                dy,
                 out_w,
                 col: dir * (out_w / d),
                 ds: &mut ds[k * b * sw..(k + 1) * b * sw],
@@ -1148,10 +1150,12 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
         if layer > 0 && !cfg.dropout.is_zero() {
             dropout_layer(&mut dx, cfg, layer - 1, draw)?;
         }
-        pool::recycle(std::mem::replace(&mut dy, dx));
+        if let Some(v) = owned.replace(dx) {
+            pool::recycle(v);
+        }
     }
     let input = PackedSequence {
-        data: dy,
+        data: owned.ok_or_else(|| Error::InvalidConfig("num_layers must be positive".into()))?,
         features: cfg.input_size,
         batch_sizes: tape.batch_sizes.clone(),
         sorted_indices: tape.sorted_indices.clone(),
