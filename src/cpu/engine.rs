@@ -450,12 +450,10 @@ fn forward_cell<C: Cell, T: Float>(
         let x: &[T] = owned.as_deref().unwrap_or(&input.data);
         // Every element is written by its direction's time loop (each packed row at its one
         // step, by the cell's last stage, then zoneout), so the buffer comes from the pool as
-        // it is; debug builds (the tests') fill it with NaN first, so a cell that leaves part
-        // of its output unwritten fails the golden cases.
+        // it is (NaN in debug builds: a cell that leaves part of it unwritten fails the golden
+        // cases).
         let mut out = reused("layer output", &[n, out_w])?;
-        if cfg!(debug_assertions) {
-            out.fill(T::from_f64(f64::NAN));
-        }
+        poison_in_debug(&mut out);
         let mut dirs = Vec::new();
         for dir in 0..d {
             let k = layer * d + dir;
@@ -759,8 +757,17 @@ fn dir_forward<C: Cell, T: Float>(a: DirFwd<'_, T>) -> Result<()> {
 fn clear_row<C: Cell, T: Float>(row: &mut [T]) {
     if !C::WRITES_WHOLE_ROWS {
         row.fill(T::zero());
-    } else if cfg!(debug_assertions) {
-        row.fill(T::from_f64(f64::NAN));
+    } else {
+        poison_in_debug(row);
+    }
+}
+
+/// For a buffer the loops must write whole, taken from the pool as it is: NaN in debug builds
+/// (the tests'), so an element left unwritten shows in the golden cases; nothing in release.
+#[inline(always)]
+fn poison_in_debug<T: Float>(v: &mut [T]) {
+    if cfg!(debug_assertions) {
+        v.fill(T::from_f64(f64::NAN));
     }
 }
 
