@@ -23,9 +23,13 @@ pub const NR: usize = 16;
 pub struct PackedB<'w, T> {
     k: usize,
     n: usize,
-    /// The packed panels; for a direct view, its last panel's columns when `n` is not a
-    /// multiple of `NR` (zero-padded: a kernel reads `NR` columns of every panel).
+    /// The packed panels from `data[off]`; for a direct view, its last panel's columns when `n`
+    /// is not a multiple of `NR` (zero-padded: a kernel reads `NR` columns of every panel).
     data: Vec<T>,
+    /// Where the packed panels start in `data`: at a cache line's first byte ([`LINE`]), so
+    /// that every panel row (`NR` elements, a line's worth of f32) is one line and no vector
+    /// load of it straddles two. 0 for a direct view.
+    off: usize,
     /// A direct view's W (exactly `k * n` elements).
     direct: Option<&'w [T]>,
 }
@@ -51,7 +55,7 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// [`PackedB::try_transposed`] for a W whose rows are `ld >= k` elements apart.
     pub fn try_transposed_ld(w: &[T], n: usize, k: usize, ld: usize) -> Result<Self> {
         let len = packed_len::<T>(w.len(), n, k, n, k, ld)?;
-        let data = pack_panels(len, k, n, |p, panel| {
+        let (data, off) = pack_panels(len, k, n, |p, panel| {
             for c in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + c) * ld..(p * NR + c) * ld + k];
                 for (dst, &v) in panel.chunks_exact_mut(NR).zip(row) {
@@ -59,7 +63,7 @@ impl<'w, T: Float> PackedB<'w, T> {
                 }
             }
         })?;
-        Ok(PackedB { k, n, data, direct: None })
+        Ok(PackedB { k, n, data, off, direct: None })
     }
 
     /// `B = W` for a row-major `W[k, n]` (backward: `dG W_hh`): each panel row is a
@@ -80,7 +84,7 @@ impl<'w, T: Float> PackedB<'w, T> {
     /// [`PackedB::try_plain`] for a W whose rows are `ld >= n` elements apart.
     pub fn try_plain_ld(w: &[T], k: usize, n: usize, ld: usize) -> Result<Self> {
         let len = packed_len::<T>(w.len(), n, k, k, n, ld)?;
-        let data = pack_panels(len, k, n, |p, panel| {
+        let (data, off) = pack_panels(len, k, n, |p, panel| {
             let (j0, valid) = (p * NR, NR.min(n - p * NR));
             for (kk, dst) in panel.chunks_exact_mut(NR).enumerate() {
                 if valid == NR {
@@ -92,7 +96,7 @@ impl<'w, T: Float> PackedB<'w, T> {
                 }
             }
         })?;
-        Ok(PackedB { k, n, data, direct: None })
+        Ok(PackedB { k, n, data, off, direct: None })
     }
 
     /// `B = W` for a row-major `W[k, n]`, as [`PackedB::try_plain`], but read in place: a
@@ -108,7 +112,7 @@ impl<'w, T: Float> PackedB<'w, T> {
         for (kk, dst) in data.chunks_exact_mut(NR).enumerate() {
             dst[..edge].copy_from_slice(&w[kk * n + full * NR..(kk + 1) * n]);
         }
-        Ok(PackedB { k, n, data, direct: Some(&w[..k * n]) })
+        Ok(PackedB { k, n, data, off: 0, direct: Some(&w[..k * n]) })
     }
 
     /// Panel `p`'s first row and the distance between its rows, in elements: a packed panel's
@@ -120,8 +124,8 @@ impl<'w, T: Float> PackedB<'w, T> {
             // SAFETY (of the offsets): p * NR + NR <= n, so every row's NR columns lie in W.
             Some(w) if (p + 1) * NR <= self.n => (unsafe { w.as_ptr().add(p * NR) }, self.n),
             Some(_) => (self.data.as_ptr(), NR),
-            // SAFETY: p < panels(), and data holds panels() * k * NR elements.
-            None => (unsafe { self.data.as_ptr().add(p * self.k * NR) }, NR),
+            // SAFETY: p < panels(), and data holds panels() * k * NR elements from off.
+            None => (unsafe { self.data.as_ptr().add(self.off + p * self.k * NR) }, NR),
         }
     }
 
@@ -292,31 +296,45 @@ pub unsafe fn portable_panels<T: Float>(pb: &PackedB<T>, a: &[T], rows: usize, l
 /// packed by one thread while the other waited.
 const PARALLEL_PACK_MIN_BYTES: usize = 256 << 10;
 
+/// The alignment of packed panels, in bytes: a cache line. A vector load that straddles two
+/// lines costs two; malloc's blocks are 16-byte aligned (a large one 16 bytes past a page), so
+/// unaligned, every zmm load of a panel row straddled two lines. Aligned, the k-blocked
+/// GEMM's 800 x 512 x 2048 on one core took 0.89x the time, 800 x 512 x 240 (B in L2) 0.90x
+/// (ARCHITECTURE.md, "Packed panels on cache lines").
+const LINE: usize = 64;
+
 /// The `len` elements of `k x n`'s panels (`len` is `panels * k * NR`), each filled by
 /// `fill(p, panel)` for panel `p` (its `k * NR` elements, each written once), split across
-/// the time loops' threads from [`PARALLEL_PACK_MIN_BYTES`]. Only a last partial panel is
-/// zeroed first (its padding columns); every other element is `fill`'s, so the buffer comes
-/// from the pool as it is. The same elements whatever the split.
-fn pack_panels<T: Float>(len: usize, k: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Result<Vec<T>> {
+/// the time loops' threads from [`PARALLEL_PACK_MIN_BYTES`], in a buffer with room to start
+/// them on a [`LINE`] boundary: returns it and the offset of the first panel. Only a last
+/// partial panel is zeroed first (its padding columns); every other element is `fill`'s, so
+/// the buffer comes from the pool as it is. The same elements whatever the split.
+fn pack_panels<T: Float>(len: usize, k: usize, n: usize, fill: impl Fn(usize, &mut [T]) + Sync) -> Result<(Vec<T>, usize)> {
     let panel_len = k * NR;
-    let mut data = super::pool::try_reused("packed weights", len)?;
     if len == 0 {
-        return Ok(data);
+        return Ok((Vec::new(), 0));
     }
+    let size = std::mem::size_of::<T>();
+    // A saturated length fails as an allocation (a typed error), like any other too large.
+    let mut all = super::pool::try_reused("packed weights", len.saturating_add(LINE / size - 1))?;
+    // A Vec<T>'s address is a multiple of T's size, so this is whole elements, fewer than
+    // LINE / size.
+    let off = (LINE - all.as_ptr() as usize % LINE) % LINE / size;
+    let data = &mut all[off..off + len];
     let panels = len / panel_len;
     if n % NR != 0 {
         data[(panels - 1) * panel_len..].fill(T::zero());
     }
     let bytes = len.saturating_mul(std::mem::size_of::<T>());
     let parts = if bytes >= PARALLEL_PACK_MIN_BYTES { super::split::step_ranges(panels, super::split::threads().min(panels)) } else { vec![0..panels] };
-    let shared = super::split::Rows::new(&mut data);
+    let shared = super::split::Rows::new(data);
     super::split::run(&parts, |mine| {
         for p in mine {
             // SAFETY: the parts' panel ranges are disjoint, so their elements are.
             fill(p, unsafe { shared.part(p * panel_len, panel_len) });
         }
     });
-    Ok(data)
+    Ok((all, off))
 }
 
 /// Fewest rows, and the range of k, for which a packed B's f32 product runs the k-blocked
@@ -386,7 +404,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn block512<const MR: usize, const NP: usize, const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(if DIRECT { 0 } else { p * k * NR });
+        let panel = pb.data.as_ptr().add(if DIRECT { 0 } else { pb.off + p * k * NR });
         let pp: [(*const f32, usize); NP] = std::array::from_fn(|q| if DIRECT { pb.panel_ptr(p + q) } else { (panel, NR) });
         let mut r0 = 0;
         while r0 < rows {
@@ -609,7 +627,7 @@ mod x86 {
     #[inline(always)]
     unsafe fn avx2_block<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(p * k * NR);
+        let panel = pb.data.as_ptr().add(pb.off + p * k * NR);
         // Rows past the edge repeat the last valid row; their results are not stored.
         let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add(i.min(rows - 1) * lda));
         let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
