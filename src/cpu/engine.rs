@@ -496,7 +496,7 @@ fn forward_cell<C: Cell, T: Float>(
             pool::recycle(v);
         }
     }
-    let output = input.with_data(owned.ok_or_else(|| Error::InvalidConfig("num_layers must be positive".into()))?, out_w)?;
+    let output = input.with_data(owned.ok_or_else(no_layers)?, out_w)?;
     let states_n = scatter_states(cfg, &states, &s, ld, b, &input.unsorted_indices)?;
     let tape = (pass == Pass::Training).then(|| Tape {
         config: cfg.clone(),
@@ -760,6 +760,13 @@ fn clear_row<C: Cell, T: Float>(row: &mut [T]) {
     } else {
         poison_in_debug(row);
     }
+}
+
+/// What the forward and the backward return where a configuration had no layers: unreachable
+/// after `RnnConfig`'s validation, which refuses `num_layers == 0`, but an error, not a panic,
+/// should a config ever get past it.
+fn no_layers() -> Error {
+    Error::InvalidConfig("num_layers must be positive".into())
 }
 
 /// For a buffer the loops must write whole, taken from the pool as it is: NaN in debug builds
@@ -1162,7 +1169,7 @@ fn backward_cell<C: Cell, T: Float>(w: &Weights<T>, tape: &Tape<T>, grad_output:
         }
     }
     let input = PackedSequence {
-        data: owned.ok_or_else(|| Error::InvalidConfig("num_layers must be positive".into()))?,
+        data: owned.ok_or_else(no_layers)?,
         features: cfg.input_size,
         batch_sizes: tape.batch_sizes.clone(),
         sorted_indices: tape.sorted_indices.clone(),
