@@ -124,8 +124,14 @@ impl<'w, T: Float> PackedB<'w, T> {
             // SAFETY (of the offsets): p * NR + NR <= n, so every row's NR columns lie in W.
             Some(w) if (p + 1) * NR <= self.n => (unsafe { w.as_ptr().add(p * NR) }, self.n),
             Some(_) => (self.data.as_ptr(), NR),
-            // SAFETY: p < panels(), and data holds panels() * k * NR elements from off.
-            None => (unsafe { self.data.as_ptr().add(self.off + p * self.k * NR) }, NR),
+            None => {
+                // SAFETY: p < panels(), and data holds panels() * k * NR elements from off.
+                let panel = unsafe { self.data.as_ptr().add(self.off + p * self.k * NR) };
+                // Every panel row is one cache line (or two, for f64) from its first byte: the
+                // kernels' speed, not their results, depends on it (`LINE`).
+                debug_assert!(self.data.is_empty() || panel as usize % LINE == 0, "packed panel {p} at {panel:p}, not on a {LINE}-byte line");
+                (panel, NR)
+            }
         }
     }
 
@@ -404,7 +410,9 @@ mod x86 {
     #[inline(always)]
     unsafe fn block512<const MR: usize, const NP: usize, const DIRECT: bool>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(if DIRECT { 0 } else { pb.off + p * k * NR });
+        // A packed B's panels lie side by side, k * NR apart (a direct view's go through
+        // `panel_ptr` one by one below).
+        let panel = if DIRECT { std::ptr::null() } else { pb.panel_ptr(p).0 };
         let pp: [(*const f32, usize); NP] = std::array::from_fn(|q| if DIRECT { pb.panel_ptr(p + q) } else { (panel, NR) });
         let mut r0 = 0;
         while r0 < rows {
@@ -627,7 +635,8 @@ mod x86 {
     #[inline(always)]
     unsafe fn avx2_block<const MR: usize, const NP: usize>(pb: &PackedB<f32>, a: &[f32], rows: usize, lda: usize, c: *mut f32, ldc: usize, p: usize) {
         let k = pb.k;
-        let panel = pb.data.as_ptr().add(pb.off + p * k * NR);
+        // Only a packed B comes here, its panels side by side, k * NR apart.
+        let panel = pb.panel_ptr(p).0;
         // Rows past the edge repeat the last valid row; their results are not stored.
         let ap: [*const f32; MR] = std::array::from_fn(|i| a.as_ptr().add(i.min(rows - 1) * lda));
         let mut acc = [[[_mm256_setzero_ps(); 2]; NP]; MR];
