@@ -19,7 +19,7 @@ pub const NR: usize = 16;
 
 /// B packed into column panels, ready for [`PackedB::gemm`], or (a direct view,
 /// [`PackedB::try_direct`]) a row-major `W[k, n]` read in place.
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct PackedB<'w, T> {
     k: usize,
     n: usize,
@@ -32,6 +32,20 @@ pub struct PackedB<'w, T> {
     off: usize,
     /// A direct view's W (exactly `k * n` elements).
     direct: Option<&'w [T]>,
+}
+
+/// A clone's panels start on a line of its own buffer ([`LINE`]), as the original's do.
+impl<T: Float> Clone for PackedB<'_, T> {
+    fn clone(&self) -> Self {
+        if self.direct.is_some() || self.data.is_empty() {
+            return PackedB { k: self.k, n: self.n, data: self.data.clone(), off: self.off, direct: self.direct };
+        }
+        let len = self.panels() * self.k * NR;
+        let mut data = vec![T::zero(); len + LINE / std::mem::size_of::<T>() - 1];
+        let off = (LINE - data.as_ptr() as usize % LINE) % LINE / std::mem::size_of::<T>();
+        data[off..off + len].copy_from_slice(&self.data[self.off..self.off + len]);
+        PackedB { k: self.k, n: self.n, data, off, direct: None }
+    }
 }
 
 impl<'w, T: Float> PackedB<'w, T> {

@@ -32,6 +32,24 @@ fn fast_activations_match_libm() {
     assert_eq!(fast::sigmoid(1e30), 1.0);
 }
 
+/// A clone of packed weights (1 MiB: malloc puts such a block 16 bytes past a page) gives the
+/// original's bits: its panels are placed on a cache line of its own buffer, which debug
+/// builds assert at every panel the kernels read.
+#[test]
+fn cloned_packed_weights_give_the_same_bits() {
+    let mut g = rng(11);
+    let (rows, k, n) = (19, 256, 1030);
+    let a: Vec<f32> = uniform(&mut g, rows * k, 1.0).into_iter().map(|v| v as f32).collect();
+    let w: Vec<f32> = uniform(&mut g, n * k, 1.0).into_iter().map(|v| v as f32).collect();
+    let pb = PackedB::transposed(&w, n, k);
+    let copy = pb.clone();
+    let (mut want, mut got) = (vec![0f32; rows * n], vec![0f32; rows * n]);
+    pb.gemm(&a, rows, k, &mut want, n);
+    copy.gemm(&a, rows, k, &mut got, n);
+    assert!(want.iter().any(|v| *v != 0.0), "the product is all zeros");
+    assert!(got.iter().zip(&want).all(|(x, y)| x.to_bits() == y.to_bits()), "a clone's product differs from the original's");
+}
+
 #[test]
 fn packed_gemm_matches_naive_on_awkward_sizes() {
     let mut g = rng(3);
