@@ -87,13 +87,29 @@ pub fn run_parts<F: Fn(usize) + Sync>(parts: usize, f: F) {
             };
             match kept.and_then(|k| grown(k, parts - 1)) {
                 Some(kept) => run_kept(&kept[..parts - 1], &f),
-                None => std::thread::scope(|s| {
-                    for p in 1..parts {
-                        let f = &f;
-                        s.spawn(move || f(p));
+                None => {
+                    // As with the kept threads: every part finishes, then the part's own panic
+                    // (the caller's first) reaches the caller. Joining each scoped thread keeps
+                    // its payload; an unjoined panicked one would end the scope with a panic of
+                    // its own ("a scoped thread panicked"), losing it.
+                    let (mine, theirs) = std::thread::scope(|s| {
+                        let handles: Vec<_> = (1..parts)
+                            .map(|p| {
+                                let f = &f;
+                                s.spawn(move || f(p))
+                            })
+                            .collect();
+                        let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
+                        let theirs = handles.into_iter().filter_map(|h| h.join().err()).fold(None, |first, p| first.or(Some(p)));
+                        (mine, theirs)
+                    });
+                    if let Err(p) = mine {
+                        resume_unwind(p);
                     }
-                    f(0);
-                }),
+                    if let Some(p) = theirs {
+                        resume_unwind(p);
+                    }
+                }
             }
         }
     }
@@ -235,6 +251,28 @@ mod tests {
                 sum.fetch_add(p, Ordering::Relaxed);
             });
             assert_eq!(sum.into_inner(), 3);
+        }
+    }
+
+    /// With the kept threads busy (their lock held here), the parts run on scoped threads, and
+    /// a part's panic still reaches the caller with its own payload after every part finished.
+    #[test]
+    fn a_part_panic_propagates_from_scoped_threads_too() {
+        let _busy = lock(&KEPT);
+        for bad in [0, 1, 2] {
+            let finished = AtomicUsize::new(0);
+            let r = catch_unwind(AssertUnwindSafe(|| {
+                run_parts(3, |p| {
+                    if p == bad {
+                        panic!("part {p} fails");
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    finished.fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            let msg = r.expect_err("the panic was lost");
+            assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some(format!("part {bad} fails").as_str()));
+            assert_eq!(finished.load(Ordering::Relaxed), 2, "returned before the other parts finished");
         }
     }
 
