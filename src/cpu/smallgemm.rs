@@ -34,7 +34,7 @@ pub struct PackedB<'w, T> {
     direct: Option<&'w [T]>,
 }
 
-/// A clone's panels start on a line of its own buffer ([`LINE`]), as the original's do.
+/// A clone's panels start on a cache line of its own buffer, as the original's do.
 impl<T: Float> Clone for PackedB<'_, T> {
     fn clone(&self) -> Self {
         if self.direct.is_some() || self.data.is_empty() {
