@@ -228,24 +228,30 @@ mod tests {
         }
     }
 
+    /// Runs three parts of which part `bad` panics: the caller gets that part's own payload,
+    /// after the other two finished.
+    fn assert_part_panic_propagates(bad: usize) {
+        let finished = AtomicUsize::new(0);
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            run_parts(3, |p| {
+                if p == bad {
+                    panic!("part {p} fails");
+                }
+                std::thread::sleep(Duration::from_millis(20));
+                finished.fetch_add(1, Ordering::Relaxed);
+            })
+        }));
+        let msg = r.expect_err("the panic was lost");
+        assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some(format!("part {bad} fails").as_str()));
+        assert_eq!(finished.load(Ordering::Relaxed), 2, "returned before the other parts finished");
+    }
+
     /// A panic in a kept thread's part, or in the caller's, reaches the caller after every
     /// part finished, and the kept threads serve the next call.
     #[test]
     fn a_part_panic_propagates_and_the_threads_stay_usable() {
         for bad in [0, 1, 2] {
-            let finished = AtomicUsize::new(0);
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                run_parts(3, |p| {
-                    if p == bad {
-                        panic!("part {p} fails");
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    finished.fetch_add(1, Ordering::Relaxed);
-                })
-            }));
-            let msg = r.expect_err("the panic was lost");
-            assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some(format!("part {bad} fails").as_str()));
-            assert_eq!(finished.load(Ordering::Relaxed), 2, "returned before the other parts finished");
+            assert_part_panic_propagates(bad);
             let sum = AtomicUsize::new(0);
             run_parts(3, |p| {
                 sum.fetch_add(p, Ordering::Relaxed);
@@ -260,19 +266,7 @@ mod tests {
     fn a_part_panic_propagates_from_scoped_threads_too() {
         let _busy = lock(&KEPT);
         for bad in [0, 1, 2] {
-            let finished = AtomicUsize::new(0);
-            let r = catch_unwind(AssertUnwindSafe(|| {
-                run_parts(3, |p| {
-                    if p == bad {
-                        panic!("part {p} fails");
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                    finished.fetch_add(1, Ordering::Relaxed);
-                })
-            }));
-            let msg = r.expect_err("the panic was lost");
-            assert_eq!(msg.downcast_ref::<String>().map(String::as_str), Some(format!("part {bad} fails").as_str()));
-            assert_eq!(finished.load(Ordering::Relaxed), 2, "returned before the other parts finished");
+            assert_part_panic_propagates(bad);
         }
     }
 
