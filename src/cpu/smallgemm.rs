@@ -41,8 +41,8 @@ impl<T: Float> Clone for PackedB<'_, T> {
             return PackedB { k: self.k, n: self.n, data: self.data.clone(), off: self.off, direct: self.direct };
         }
         let len = self.panels() * self.k * NR;
-        let mut data = vec![T::zero(); len + LINE / std::mem::size_of::<T>() - 1];
-        let off = (LINE - data.as_ptr() as usize % LINE) % LINE / std::mem::size_of::<T>();
+        let mut data = vec![T::zero(); len + line_pad::<T>()];
+        let off = line_offset(&data);
         data[off..off + len].copy_from_slice(&self.data[self.off..self.off + len]);
         PackedB { k: self.k, n: self.n, data, off, direct: None }
     }
@@ -323,6 +323,17 @@ const PARALLEL_PACK_MIN_BYTES: usize = 256 << 10;
 /// (ARCHITECTURE.md, "Packed panels on cache lines").
 const LINE: usize = 64;
 
+/// Elements a buffer needs beyond its panels to start them on a [`LINE`] boundary.
+fn line_pad<T>() -> usize {
+    LINE / std::mem::size_of::<T>() - 1
+}
+
+/// The first element of `buf` on a [`LINE`] boundary: a slice's address is a multiple of T's
+/// size, so this is whole elements, at most [`line_pad`].
+fn line_offset<T>(buf: &[T]) -> usize {
+    (LINE - buf.as_ptr() as usize % LINE) % LINE / std::mem::size_of::<T>()
+}
+
 /// The `len` elements of `k x n`'s panels (`len` is `panels * k * NR`), each filled by
 /// `fill(p, panel)` for panel `p` (its `k * NR` elements, each written once), split across
 /// the time loops' threads from [`PARALLEL_PACK_MIN_BYTES`], in a buffer with room to start
@@ -334,12 +345,9 @@ fn pack_panels<T: Float>(len: usize, k: usize, n: usize, fill: impl Fn(usize, &m
     if len == 0 {
         return Ok((Vec::new(), 0));
     }
-    let size = std::mem::size_of::<T>();
     // A saturated length fails as an allocation (a typed error), like any other too large.
-    let mut all = super::pool::try_reused("packed weights", len.saturating_add(LINE / size - 1))?;
-    // A Vec<T>'s address is a multiple of T's size, so this is whole elements, fewer than
-    // LINE / size.
-    let off = (LINE - all.as_ptr() as usize % LINE) % LINE / size;
+    let mut all = super::pool::try_reused("packed weights", len.saturating_add(line_pad::<T>()))?;
+    let off = line_offset(&all);
     let data = &mut all[off..off + len];
     let panels = len / panel_len;
     if n % NR != 0 {
